@@ -1,0 +1,124 @@
+//! The JSON envelope every API answer uses, and the error kinds of API.md §3.
+
+use axum::http::StatusCode;
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+/// An answer with `code: 0`: `msg` and `data` as given.
+pub fn ok(status: StatusCode, msg: &str, data: impl Serialize) -> Response {
+    (status, Json(json!({"code": 0, "msg": msg, "data": data}))).into_response()
+}
+
+/// The error kinds host apps see in `data.error`.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Kind {
+    /// 400: malformed JSON or a missing or wrong field.
+    BadRequest,
+    /// 401: tokens configured and none or a wrong one given.
+    Unauthorized,
+    /// 403: not allowed.
+    Forbidden,
+    /// 404: unknown peer, service, request or callback id.
+    NotFound,
+    /// 409: the same request inside the service's dedupe window.
+    Duplicate,
+    /// 409: an earlier request with the same idempotency key is still running.
+    InProgress,
+    /// 413: body or file over the limits.
+    TooLarge,
+    /// 503: the remote service is disabled.
+    Unavailable,
+    /// 502: no connection to the peer.
+    PeerUnreachable,
+    /// 502: the remote node could not reach its service.
+    BackendUnreachable,
+    /// 504: past `timeout_ms`.
+    Timeout,
+    /// 500: a bug.
+    Internal,
+}
+
+impl Kind {
+    fn name(self) -> &'static str {
+        match self {
+            Kind::BadRequest => "bad_request",
+            Kind::Unauthorized => "unauthorized",
+            Kind::Forbidden => "forbidden",
+            Kind::NotFound => "not_found",
+            Kind::Duplicate => "duplicate",
+            Kind::InProgress => "in_progress",
+            Kind::TooLarge => "too_large",
+            Kind::Unavailable => "unavailable",
+            Kind::PeerUnreachable => "peer_unreachable",
+            Kind::BackendUnreachable => "backend_unreachable",
+            Kind::Timeout => "timeout",
+            Kind::Internal => "internal",
+        }
+    }
+
+    fn status(self) -> StatusCode {
+        match self {
+            Kind::BadRequest => StatusCode::BAD_REQUEST,
+            Kind::Unauthorized => StatusCode::UNAUTHORIZED,
+            Kind::Forbidden => StatusCode::FORBIDDEN,
+            Kind::NotFound => StatusCode::NOT_FOUND,
+            Kind::Duplicate | Kind::InProgress => StatusCode::CONFLICT,
+            Kind::TooLarge => StatusCode::PAYLOAD_TOO_LARGE,
+            Kind::Unavailable => StatusCode::SERVICE_UNAVAILABLE,
+            Kind::PeerUnreachable | Kind::BackendUnreachable => StatusCode::BAD_GATEWAY,
+            Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
+            Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+}
+
+/// An API error: its kind, a message saying what to do, and optional details for `data`.
+#[derive(Debug)]
+pub struct ApiError {
+    /// The kind.
+    pub kind: Kind,
+    /// Plain words: what is wrong and what to do.
+    pub msg: String,
+    /// Extra fields for `data`, beside `error`.
+    pub details: Map<String, Value>,
+}
+
+impl ApiError {
+    /// An error of `kind` with message `msg`.
+    pub fn new(kind: Kind, msg: impl Into<String>) -> Self {
+        ApiError {
+            kind,
+            msg: msg.into(),
+            details: Map::new(),
+        }
+    }
+
+    /// A 400 naming what is wrong.
+    pub fn bad_request(msg: impl Into<String>) -> Self {
+        ApiError::new(Kind::BadRequest, msg)
+    }
+
+    /// Adds a detail field to `data`.
+    pub fn with(mut self, key: &str, value: impl Into<Value>) -> Self {
+        self.details.insert(key.to_owned(), value.into());
+        self
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let status = self.kind.status();
+        if self.kind == Kind::Internal {
+            tracing::error!(msg = %self.msg, details = ?self.details, "internal error");
+        }
+        let mut data = self.details;
+        data.insert("error".into(), self.kind.name().into());
+        (
+            status,
+            Json(json!({"code": status.as_u16(), "msg": self.msg, "data": data})),
+        )
+            .into_response()
+    }
+}

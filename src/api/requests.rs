@@ -1,0 +1,306 @@
+//! `POST /v1/requests`: a host app sends a request to a peer's service.
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::rejection::BytesRejection;
+use axum::extract::State;
+use axum::http::{HeaderMap, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use base64::Engine;
+use serde::Deserialize;
+use serde_json::{json, Map, Value};
+
+use super::envelope::{ok, ApiError, Kind};
+use super::ApiState;
+use crate::store::Failure;
+use crate::wire::{self, Encoding, FormValue, RefusalKind};
+
+/// The body of `POST /v1/requests`, as the host sends it.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewRequest {
+    peer: String,
+    service: String,
+    path: String,
+    #[serde(default)]
+    method: Option<String>,
+    #[serde(default)]
+    form: Map<String, Value>,
+    #[serde(default)]
+    encoding: Option<String>,
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    file_field: Option<String>,
+    #[serde(default)]
+    mode: Option<String>,
+    #[serde(default)]
+    reply: Option<bool>,
+    #[serde(default)]
+    callback: Option<Value>,
+    #[serde(default)]
+    headers: BTreeMap<String, String>,
+    #[serde(default)]
+    conversation: Option<String>,
+    #[serde(default)]
+    idempotency_key: Option<String>,
+    #[serde(default)]
+    timeout_ms: Option<u64>,
+    #[serde(default)]
+    ttl_s: Option<u64>,
+}
+
+const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Validates the request, hands it to the store and, in sync mode, answers with the service's
+/// response or the reason there is none.
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    headers: HeaderMap,
+    body: Result<Bytes, BytesRejection>,
+) -> Result<Response, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
+            Kind::TooLarge,
+            format!("the request body is too large ({e})"),
+        ),
+        _ => ApiError::bad_request(format!("cannot read the request body: {e}")),
+    })?;
+    let new: NewRequest =
+        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+            .map_err(|e| match e.path().to_string().as_str() {
+                "." => {
+                    ApiError::bad_request(format!("the body is not a valid request: {}", e.inner()))
+                }
+                path => ApiError::bad_request(format!("field `{path}`: {}", e.inner()))
+                    .with("field", path),
+            })?;
+    let idempotency_key = new.idempotency_key.clone().or_else(|| {
+        headers
+            .get("idempotency-key")
+            .and_then(|v| v.to_str().ok())
+            .map(str::to_owned)
+    });
+    let (peer, request) = validate(&state, new, idempotency_key)?;
+    let timeout = Duration::from_millis(request.timeout_ms);
+    let id = request.id.clone();
+    let outcome = tokio::time::timeout(timeout, state.store.request(&peer, request))
+        .await
+        .map_err(|_| {
+            ApiError::new(
+                Kind::Timeout,
+                format!(
+                    "no answer from {peer} within timeout_ms={}",
+                    timeout.as_millis()
+                ),
+            )
+            .with("id", id.clone())
+        })?;
+    match outcome {
+        Ok(response) => Ok(answer(&id, response)),
+        Err(failure) => Err(failure_error(&peer, failure).with("id", id)),
+    }
+}
+
+/// Checks every field and builds the wire request.
+fn validate(
+    state: &ApiState,
+    new: NewRequest,
+    idempotency_key: Option<String>,
+) -> Result<(String, wire::Request), ApiError> {
+    let bad = ApiError::bad_request;
+    let not_yet = |field: &str| {
+        bad(format!("field `{field}`: this node relays synchronous requests without files; this field is not supported yet"))
+            .with("field", field)
+    };
+    if new.peer.is_empty() || new.service.is_empty() {
+        return Err(bad(
+            "fields `peer` and `service` must not be empty".to_owned()
+        ));
+    }
+    if state.peers.get(&new.peer).is_none() {
+        return Err(ApiError::new(
+            Kind::NotFound,
+            format!(
+                "unknown peer `{}`; configured peers are listed by GET /v1/peers",
+                new.peer
+            ),
+        ));
+    }
+    if !new.path.starts_with('/') || new.path.starts_with("//") {
+        return Err(bad(format!(
+            "field `path`: `{}` must start with a single `/`",
+            new.path
+        ))
+        .with("field", "path"));
+    }
+    let method = new.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
+    if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
+        return Err(bad(format!(
+            "field `method`: `{method}` is not one of GET, POST, PUT, PATCH, DELETE"
+        ))
+        .with("field", "method"));
+    }
+    let encoding = match new.encoding.as_deref() {
+        None | Some("form") => Encoding::Form,
+        Some("json") => Encoding::Json,
+        Some(other) => {
+            return Err(bad(format!(
+                "field `encoding`: `{other}` is not `form` or `json`"
+            ))
+            .with("field", "encoding"))
+        }
+    };
+    let form = new
+        .form
+        .into_iter()
+        .map(|(k, v)| {
+            let value = match v {
+                Value::String(s) => FormValue::Text(s),
+                Value::Bool(b) => FormValue::Bool(b),
+                Value::Number(n) => match n.as_i64() {
+                    Some(i) => FormValue::Int(i),
+                    None => FormValue::Float(n.as_f64().unwrap_or_default()),
+                },
+                _ => {
+                    return Err(bad(format!("field `form.{k}`: only strings, numbers and booleans can be sent as text fields")).with("field", format!("form.{k}")))
+                }
+            };
+            Ok((k, value))
+        })
+        .collect::<Result<Vec<_>, _>>()?;
+    for name in new.headers.keys() {
+        if wire::is_hop_by_hop(name) || name.to_ascii_lowercase().starts_with("x-ferry-") {
+            return Err(bad(format!(
+                "field `headers`: `{name}` is a hop-by-hop or X-Ferry-* header, set by the nodes"
+            ))
+            .with("field", "headers"));
+        }
+        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
+            return Err(bad(format!(
+                "field `headers`: `{name}` is not a valid header name"
+            ))
+            .with("field", "headers"));
+        }
+    }
+    match new.mode.as_deref() {
+        None | Some("sync") => {}
+        Some("async") => return Err(not_yet("mode")),
+        Some(other) => {
+            return Err(
+                bad(format!("field `mode`: `{other}` is not `sync` or `async`"))
+                    .with("field", "mode"),
+            )
+        }
+    }
+    if new.reply.is_some() {
+        return Err(not_yet("reply"));
+    }
+    if new.callback.is_some() {
+        return Err(not_yet("callback"));
+    }
+    if new.ttl_s.is_some() {
+        return Err(not_yet("ttl_s"));
+    }
+    if new.file.is_some() || new.file_field.is_some() {
+        return Err(not_yet("file"));
+    }
+    if let Some(key) = idempotency_key {
+        if key.is_empty() || key.chars().count() > 64 {
+            return Err(
+                bad("field `idempotency_key`: must be 1 to 64 characters".to_owned())
+                    .with("field", "idempotency_key"),
+            );
+        }
+        return Err(not_yet("idempotency_key"));
+    }
+    let timeout_ms = new.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
+    if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
+        return Err(
+            bad(format!("field `timeout_ms`: must be 1 to {MAX_TIMEOUT_MS}"))
+                .with("field", "timeout_ms"),
+        );
+    }
+    let request = wire::Request {
+        version: wire::PROTOCOL_VERSION,
+        id: uuid::Uuid::now_v7().to_string(),
+        service: new.service,
+        method,
+        path: new.path,
+        form,
+        encoding,
+        headers: new.headers.into_iter().collect(),
+        conversation: new.conversation,
+        timeout_ms,
+    };
+    Ok((new.peer, request))
+}
+
+/// The 200 answer: the service's status, headers and body (JSON, text or base64).
+fn answer(id: &str, response: wire::Response) -> Response {
+    let is_json = response
+        .headers
+        .iter()
+        .any(|(k, v)| k == "content-type" && v.contains("json"));
+    let (body, encoding) = match (is_json, std::str::from_utf8(&response.body)) {
+        (true, Ok(text)) => (
+            serde_json::from_str(text).unwrap_or_else(|_| text.into()),
+            None,
+        ),
+        (false, Ok(text)) => (Value::String(text.to_owned()), None),
+        (_, Err(_)) => (
+            base64::engine::general_purpose::STANDARD
+                .encode(&response.body)
+                .into(),
+            Some("base64"),
+        ),
+    };
+    let mut headers = Map::new();
+    for (k, v) in &response.headers {
+        match headers.get_mut(k) {
+            Some(Value::String(existing)) => *existing = format!("{existing}, {v}"),
+            _ => drop(headers.insert(k.clone(), v.clone().into())),
+        }
+    }
+    let deprecation = response
+        .headers
+        .iter()
+        .find(|(k, _)| k == "deprecation")
+        .map(|(_, v)| v.clone());
+    let mut data = json!({"id": id, "status": response.status, "headers": headers, "body": body});
+    if let Some(e) = encoding {
+        data["body_encoding"] = e.into();
+    }
+    let mut reply = ok(StatusCode::OK, "ActionOK", data);
+    if let Some(value) = deprecation.and_then(|v| HeaderValue::from_str(&v).ok()) {
+        reply.headers_mut().insert("deprecation", value);
+    }
+    reply.into_response()
+}
+
+/// The API error for a failed exchange.
+fn failure_error(peer: &str, failure: Failure) -> ApiError {
+    match failure {
+        Failure::PeerUnreachable(why) => ApiError::new(
+            Kind::PeerUnreachable,
+            format!("{why}; check that {peer} runs and is reachable"),
+        ),
+        Failure::Broken(why) => ApiError::new(Kind::PeerUnreachable, why),
+        Failure::Refused(refusal) => {
+            let kind = match refusal.kind {
+                RefusalKind::BadRequest => Kind::BadRequest,
+                RefusalKind::Forbidden => Kind::Forbidden,
+                RefusalKind::NotFound => Kind::NotFound,
+                RefusalKind::Unavailable => Kind::Unavailable,
+                RefusalKind::TooLarge => Kind::TooLarge,
+                RefusalKind::BackendUnreachable => Kind::BackendUnreachable,
+                RefusalKind::Timeout => Kind::Timeout,
+                RefusalKind::Internal => Kind::Internal,
+            };
+            ApiError::new(kind, format!("{peer}: {}", refusal.message))
+        }
+    }
+}

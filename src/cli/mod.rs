@@ -1,0 +1,288 @@
+//! The `ferry` command line (API.md §1).
+//!
+//! Every usage, file or config error ends with one line per problem on stderr and exit code 2.
+
+mod check;
+pub mod demo;
+pub mod edit;
+pub mod init;
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+
+use clap::{Parser, Subcommand};
+
+use crate::config::Config;
+use crate::node;
+
+/// A command failed: what to print, and the exit code.
+#[derive(Debug)]
+pub struct CliError {
+    /// The exit code: 2 for usage, file and config errors, 1 for failures at run time.
+    pub code: u8,
+    /// One line per problem.
+    pub message: String,
+}
+
+impl CliError {
+    /// A usage, file or config error (exit code 2).
+    pub fn usage(message: impl Into<String>) -> Self {
+        CliError {
+            code: 2,
+            message: message.into(),
+        }
+    }
+
+    /// A failure while running (exit code 1).
+    pub fn failed(message: impl Into<String>) -> Self {
+        CliError {
+            code: 1,
+            message: message.into(),
+        }
+    }
+}
+
+impl std::fmt::Display for CliError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.message)
+    }
+}
+
+impl std::error::Error for CliError {}
+
+impl From<crate::config::ConfigError> for CliError {
+    fn from(e: crate::config::ConfigError) -> Self {
+        CliError::usage(e.to_string())
+    }
+}
+
+impl From<crate::identity::IdentityError> for CliError {
+    fn from(e: crate::identity::IdentityError) -> Self {
+        CliError::usage(e.to_string())
+    }
+}
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "ferry",
+    version,
+    about = "Peer-to-peer file and message relay between organizations"
+)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, clap::Args)]
+struct ConfigArg {
+    /// The node's config file.
+    #[arg(long, env = "FERRY_CONFIG", default_value = "/etc/ferry/ferry.toml")]
+    config: PathBuf,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Create a node directory: config, key and certificate, data and outbox folders.
+    Init {
+        /// The node directory to create.
+        #[arg(long)]
+        dir: PathBuf,
+        /// This node's name, as its peers will know it.
+        #[arg(long)]
+        name: String,
+        /// QUIC (UDP) address for peers.
+        #[arg(long, default_value = crate::config::DEFAULT_LISTEN)]
+        listen: SocketAddr,
+        /// Local REST API address.
+        #[arg(long, default_value = crate::config::DEFAULT_API)]
+        api: SocketAddr,
+    },
+    /// Certificate commands.
+    Cert {
+        #[command(subcommand)]
+        command: CertCommand,
+    },
+    /// Peer commands.
+    Peer {
+        #[command(subcommand)]
+        command: PeerCommand,
+    },
+    /// Service commands.
+    Service {
+        #[command(subcommand)]
+        command: ServiceCommand,
+    },
+    /// Run the node until SIGTERM or SIGINT.
+    Run(ConfigArg),
+    /// Validate the config and certificates.
+    Check(ConfigArg),
+    /// Two nodes and a sample service in one process, on loopback; no set-up needed.
+    Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum CertCommand {
+    /// Print this node's certificate fingerprint, to compare with a peer's admin.
+    Fingerprint(ConfigArg),
+}
+
+#[derive(Debug, Subcommand)]
+enum PeerCommand {
+    /// Pin a peer's certificate and add it to the config.
+    Add {
+        /// The peer's node name.
+        #[arg(long)]
+        name: String,
+        /// The peer's QUIC address, host:port.
+        #[arg(long)]
+        address: String,
+        /// The peer's certificate (its certs/node.pem), received from its admin.
+        #[arg(long)]
+        cert: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+enum ServiceCommand {
+    /// Declare a local service that peers may call.
+    Add {
+        /// The id peers address the service by.
+        #[arg(long)]
+        id: String,
+        /// The service's base URL, e.g. http://127.0.0.1:8080.
+        #[arg(long)]
+        base_url: String,
+        /// Peers that may call it, comma-separated; `*` for every configured peer.
+        #[arg(long, value_delimiter = ',')]
+        allow: Vec<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+}
+
+/// Parses the command line, runs the command, and returns the process exit code.
+pub fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let _ = e.print();
+            return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
+        }
+    };
+    init_logging();
+    match run(cli.command) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            for line in e.message.lines() {
+                eprintln!("ferry: {line}");
+            }
+            ExitCode::from(e.code)
+        }
+    }
+}
+
+fn init_logging() {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
+        .unwrap_or_else(|_| "info,quinn=warn".into());
+    tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr)
+        .with_target(false)
+        .init();
+}
+
+fn run(command: Command) -> Result<(), CliError> {
+    match command {
+        Command::Init {
+            dir,
+            name,
+            listen,
+            api,
+        } => {
+            let fingerprint = init::init(&dir, &name, listen, api)?;
+            println!("created node `{name}` in {}", dir.display());
+            println!("fingerprint: {fingerprint}");
+            println!(
+                "send {} to your peers' admins and compare fingerprints by phone",
+                dir.join("certs/node.pem").display()
+            );
+            Ok(())
+        }
+        Command::Cert {
+            command: CertCommand::Fingerprint(c),
+        } => {
+            let config = Config::load(&c.config)?;
+            let cert = crate::identity::load_cert(&config.cert_path())?;
+            println!("{}", crate::identity::Fingerprint::of(&cert));
+            Ok(())
+        }
+        Command::Peer {
+            command:
+                PeerCommand::Add {
+                    name,
+                    address,
+                    cert,
+                    config,
+                },
+        } => {
+            let fingerprint = edit::add_peer(&config.config, &name, &address, &cert)?;
+            println!("added peer `{name}` at {address}");
+            println!("fingerprint: {fingerprint}");
+            println!("compare it with {name}'s admin (`ferry cert fingerprint` on their node) before you run");
+            Ok(())
+        }
+        Command::Service {
+            command:
+                ServiceCommand::Add {
+                    id,
+                    base_url,
+                    allow,
+                    config,
+                },
+        } => {
+            edit::add_service(&config.config, &id, &base_url, &allow)?;
+            println!(
+                "added service `{id}` at {base_url}, allowed for: {}",
+                if allow.is_empty() {
+                    "nobody yet".into()
+                } else {
+                    allow.join(", ")
+                }
+            );
+            Ok(())
+        }
+        Command::Run(c) => run_node(&c.config),
+        Command::Check(c) => check::check(&c.config),
+        Command::Demo => demo::run(),
+    }
+}
+
+fn run_node(path: &Path) -> Result<(), CliError> {
+    let config = Config::load(path)?;
+    let sockets = node::Sockets::bind(&config).map_err(|e| CliError::failed(e.to_string()))?;
+    let runtime = tokio::runtime::Runtime::new()
+        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
+    runtime
+        .block_on(node::run(config, sockets, stop_signal()))
+        .map_err(|e| CliError {
+            code: if matches!(e, node::NodeError::Identity(_)) {
+                2
+            } else {
+                1
+            },
+            message: e.to_string(),
+        })
+}
+
+/// Resolves on SIGTERM or SIGINT.
+async fn stop_signal() {
+    use tokio::signal::unix::{signal, SignalKind};
+    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
+        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    }
+}

@@ -1,0 +1,725 @@
+//! The node's configuration file (API.md §2): parsed completely, every problem reported at once.
+//!
+//! The file is read into a TOML table and walked key by key, so that a wrong type, a bad duration
+//! and an unknown key three sections apart are all named in one run of `ferry check`.
+
+use std::collections::BTreeSet;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use thiserror::Error;
+use toml::{Table, Value};
+use url::Url;
+
+/// A node's whole configuration, with paths resolved against the node's directory.
+#[derive(Debug, Clone)]
+pub struct Config {
+    /// The file this was read from.
+    pub path: PathBuf,
+    /// The node's directory: relative paths in the file are resolved against it.
+    pub dir: PathBuf,
+    /// `[node]`.
+    pub node: NodeConfig,
+    /// `[[peer]]` tables.
+    pub peers: Vec<PeerConfig>,
+    /// `[[service]]` tables.
+    pub services: Vec<ServiceConfig>,
+    /// `[files]`.
+    pub files: FilesConfig,
+    /// `[api]`.
+    pub api: ApiConfig,
+}
+
+/// `[node]`: who this node is and where it listens.
+#[derive(Debug, Clone)]
+pub struct NodeConfig {
+    /// This node's name, as its peers know it.
+    pub name: String,
+    /// QUIC (UDP) address for peers.
+    pub listen: SocketAddr,
+    /// The local REST API's address.
+    pub api: SocketAddr,
+    /// Store, received files, inbox.
+    pub data_dir: PathBuf,
+    /// `node.pem`, `node.key`, `peers/*.pem`.
+    pub certs_dir: PathBuf,
+    /// Base for callback URLs given as a path.
+    pub callback_base: Option<Url>,
+}
+
+/// `[[peer]]`: a node this one exchanges with.
+#[derive(Debug, Clone, PartialEq)]
+pub struct PeerConfig {
+    /// The peer's node name.
+    pub name: String,
+    /// `host:port`; a DNS name is resolved at connect time.
+    pub address: String,
+    /// The pinned certificate (PEM).
+    pub cert: PathBuf,
+}
+
+/// `[[service]]`: a local service that peers may call.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServiceConfig {
+    /// The id peers address it by.
+    pub id: String,
+    /// The service's base URL; request paths are appended to it.
+    pub base_url: Url,
+    /// Peers that may call it; `*` means every configured peer.
+    pub allow: Vec<String>,
+    /// Identical requests inside this window are refused.
+    pub dedupe_window: Option<Duration>,
+    /// How long a successful result is kept for an idempotency key.
+    pub idempotency_ttl: Duration,
+    /// Whether the service is served.
+    pub state: ServiceState,
+    /// Form fields shown only as their SHA-256.
+    pub mask_fields: Vec<String>,
+}
+
+impl ServiceConfig {
+    /// Whether `peer` may call this service.
+    pub fn allows(&self, peer: &str) -> bool {
+        self.allow.iter().any(|a| a == "*" || a == peer)
+    }
+}
+
+/// A service's lifecycle state.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum ServiceState {
+    /// Served.
+    Active,
+    /// Served, with a `Deprecation` header passed back to the caller.
+    Deprecated,
+    /// Refused with `unavailable`.
+    Disabled,
+}
+
+/// `[files]`.
+#[derive(Debug, Clone)]
+pub struct FilesConfig {
+    /// A host may send only files below these folders.
+    pub send_roots: Vec<PathBuf>,
+    /// The largest file sent or accepted, in bytes.
+    pub max_size: u64,
+}
+
+/// `[api]`.
+#[derive(Debug, Clone)]
+pub struct ApiConfig {
+    /// Bearer tokens; when empty, only loopback callers are served.
+    pub tokens: Vec<String>,
+    /// WebSocket clients must send `OK` at least this often.
+    pub heartbeat: Duration,
+}
+
+/// The configuration could not be used; every problem found is listed.
+#[derive(Debug, Error)]
+#[error("{}", .problems.iter().map(|p| format!("{}: {p}", .path.display())).collect::<Vec<_>>().join("\n"))]
+pub struct ConfigError {
+    /// The file.
+    pub path: PathBuf,
+    /// One line per problem.
+    pub problems: Vec<String>,
+}
+
+/// Default QUIC listen address.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
+/// Default API address.
+pub const DEFAULT_API: &str = "127.0.0.1:8888";
+
+impl Config {
+    /// Reads and validates the file at `path`.
+    pub fn load(path: &Path) -> Result<Config, ConfigError> {
+        let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
+            path: path.to_owned(),
+            problems: vec![format!(
+                "cannot read the config file: {e} (create one with `ferry init`)"
+            )],
+        })?;
+        Config::parse(path, &text)
+    }
+
+    /// Validates `text` as if read from `path` (which decides the node directory).
+    pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
+        let fail = |problems| ConfigError {
+            path: path.to_owned(),
+            problems,
+        };
+        let table: Table =
+            toml::from_str(text).map_err(|e| fail(vec![one_line(&e.to_string())]))?;
+        let dir = node_dir(path);
+        let mut errs = Vec::new();
+        let mut root = Section::new(&table, "", &mut errs);
+
+        let node = root.table("node", true);
+        let peers = root.array("peer");
+        let services = root.array("service");
+        let files = root.table("files", false);
+        let api = root.table("api", false);
+        root.finish();
+
+        let node = {
+            let mut s = Section::new(&node, "node", &mut errs);
+            let name = s.string("name", None).unwrap_or_default();
+            let listen = s.addr("listen", DEFAULT_LISTEN);
+            let api = s.addr("api", DEFAULT_API);
+            let data_dir = dir.join(s.string("data_dir", Some("data")).unwrap_or_default());
+            let certs_dir = dir.join(s.string("certs_dir", Some("certs")).unwrap_or_default());
+            let callback_base = s.url("callback_base", false);
+            s.finish();
+            if !name.is_empty() {
+                check_name(&name, "node.name", &mut errs);
+            }
+            NodeConfig {
+                name,
+                listen,
+                api,
+                data_dir,
+                certs_dir,
+                callback_base,
+            }
+        };
+
+        let peers: Vec<PeerConfig> = peers
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut s = Section::new(t, &format!("peer[{i}]"), &mut errs);
+                let name = s.string("name", None).unwrap_or_default();
+                let address = s.string("address", None).unwrap_or_default();
+                let cert = node
+                    .certs_dir
+                    .join(s.string("cert", None).unwrap_or_default());
+                s.finish();
+                if !name.is_empty() {
+                    check_name(&name, &format!("peer[{i}].name"), &mut errs);
+                }
+                if !address.is_empty() && !valid_host_port(&address) {
+                    errs.push(format!(
+                        "peer[{i}].address: `{address}` is not host:port (e.g. 192.0.2.7:7443)"
+                    ));
+                }
+                PeerConfig {
+                    name,
+                    address,
+                    cert,
+                }
+            })
+            .collect();
+        duplicates(
+            peers.iter().map(|p| p.name.as_str()),
+            "peer name",
+            &mut errs,
+        );
+        if peers
+            .iter()
+            .any(|p| p.name == node.name && !p.name.is_empty())
+        {
+            errs.push(format!(
+                "peer `{}` has this node's own name; give each node its own name",
+                node.name
+            ));
+        }
+
+        let services: Vec<ServiceConfig> = services
+            .iter()
+            .enumerate()
+            .map(|(i, t)| {
+                let mut s = Section::new(t, &format!("service[{i}]"), &mut errs);
+                let id = s.string("id", None).unwrap_or_default();
+                let base_url = s.url("base_url", true).unwrap_or_else(|| Url::parse("http://invalid/").unwrap());
+                let allow = s.strings("allow");
+                let dedupe_window = s.duration("dedupe_window", None);
+                let idempotency_ttl = s.duration("idempotency_ttl", Some("1h")).unwrap_or_default();
+                let state = match s.string("state", Some("active")).as_deref() {
+                    Some("active") | None => ServiceState::Active,
+                    Some("deprecated") => ServiceState::Deprecated,
+                    Some("disabled") => ServiceState::Disabled,
+                    Some(other) => {
+                        s.problem("state", format!("`{other}` is not one of active, deprecated, disabled"));
+                        ServiceState::Active
+                    }
+                };
+                let mask_fields = s.strings("mask_fields");
+                s.finish();
+                for a in &allow {
+                    if a != "*" && !peers.iter().any(|p| &p.name == a) {
+                        errs.push(format!("service[{i}].allow: `{a}` is not a configured peer (add it with `ferry peer add`)"));
+                    }
+                }
+                ServiceConfig { id, base_url, allow, dedupe_window, idempotency_ttl, state, mask_fields }
+            })
+            .collect();
+        duplicates(
+            services.iter().map(|s| s.id.as_str()),
+            "service id",
+            &mut errs,
+        );
+
+        let files = {
+            let mut s = Section::new(&files, "files", &mut errs);
+            let roots = if s.has("send_roots") {
+                s.strings("send_roots")
+            } else {
+                vec!["outbox".to_owned()]
+            };
+            let max_size = s.size("max_size", "20GiB");
+            s.finish();
+            FilesConfig {
+                send_roots: roots.iter().map(|r| dir.join(r)).collect(),
+                max_size,
+            }
+        };
+
+        let api = {
+            let mut s = Section::new(&api, "api", &mut errs);
+            let tokens = s.strings("tokens");
+            let heartbeat = s.duration("heartbeat", Some("15s")).unwrap_or_default();
+            s.finish();
+            if tokens.iter().any(|t| t.len() < 16) {
+                errs.push("api.tokens: every token must be at least 16 characters".to_owned());
+            }
+            ApiConfig { tokens, heartbeat }
+        };
+
+        if errs.is_empty() {
+            Ok(Config {
+                path: path.to_owned(),
+                dir,
+                node,
+                peers,
+                services,
+                files,
+                api,
+            })
+        } else {
+            Err(fail(errs))
+        }
+    }
+
+    /// The configured peer named `name`.
+    pub fn peer(&self, name: &str) -> Option<&PeerConfig> {
+        self.peers.iter().find(|p| p.name == name)
+    }
+
+    /// The configured service with id `id`.
+    pub fn service(&self, id: &str) -> Option<&ServiceConfig> {
+        self.services.iter().find(|s| s.id == id)
+    }
+
+    /// This node's certificate file.
+    pub fn cert_path(&self) -> PathBuf {
+        self.node.certs_dir.join("node.pem")
+    }
+
+    /// This node's private key file.
+    pub fn key_path(&self) -> PathBuf {
+        self.node.certs_dir.join("node.key")
+    }
+}
+
+/// The node directory for a config file: the parent of `config/`, else the file's folder.
+pub fn node_dir(config_file: &Path) -> PathBuf {
+    let parent = config_file
+        .parent()
+        .filter(|p| !p.as_os_str().is_empty())
+        .unwrap_or(Path::new("."));
+    let parent = std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned());
+    match (parent.file_name(), parent.parent()) {
+        (Some(n), Some(up)) if n == "config" => up.to_owned(),
+        _ => parent,
+    }
+}
+
+/// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `1d`.
+pub fn parse_duration(text: &str) -> Result<Duration, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("`{text}` is not a duration like 500ms, 30s, 5m, 1h or 1d"))?;
+    let ms = match unit {
+        "ms" => 1,
+        "s" => 1_000,
+        "m" => 60_000,
+        "h" => 3_600_000,
+        "d" => 86_400_000,
+        _ => {
+            return Err(format!(
+                "`{text}` is not a duration like 500ms, 30s, 5m, 1h or 1d"
+            ))
+        }
+    };
+    Ok(Duration::from_millis(n.saturating_mul(ms)))
+}
+
+/// Parses a size: `512KiB`, `10MiB`, `20GiB` (also `B`, `KB`, `MB`, `GB`, `TiB`).
+pub fn parse_size(text: &str) -> Result<u64, String> {
+    let split = text
+        .find(|c: char| !c.is_ascii_digit())
+        .unwrap_or(text.len());
+    let (num, unit) = text.split_at(split);
+    let bad = || format!("`{text}` is not a size like 512KiB, 10MiB or 20GiB");
+    let n: u64 = num.parse().map_err(|_| bad())?;
+    let mult: u64 = match unit.trim() {
+        "" | "B" => 1,
+        "KiB" => 1 << 10,
+        "MiB" => 1 << 20,
+        "GiB" => 1 << 30,
+        "TiB" => 1 << 40,
+        "KB" => 1_000,
+        "MB" => 1_000_000,
+        "GB" => 1_000_000_000,
+        _ => return Err(bad()),
+    };
+    n.checked_mul(mult).ok_or_else(bad)
+}
+
+/// Whether `name` may name a node: letters, digits, `.`, `-`, `_`, at most 64.
+pub fn valid_name(name: &str) -> bool {
+    !name.is_empty()
+        && name.len() <= 64
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+}
+
+fn check_name(name: &str, key: &str, errs: &mut Vec<String>) {
+    if !valid_name(name) {
+        errs.push(format!(
+            "{key}: `{name}` may hold only letters, digits, `.`, `-` and `_` (at most 64)"
+        ));
+    }
+}
+
+fn valid_host_port(address: &str) -> bool {
+    match address.rsplit_once(':') {
+        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        None => false,
+    }
+}
+
+fn duplicates<'a>(names: impl Iterator<Item = &'a str>, what: &str, errs: &mut Vec<String>) {
+    let mut seen = BTreeSet::new();
+    for n in names.filter(|n| !n.is_empty()) {
+        if !seen.insert(n) {
+            errs.push(format!("{what} `{n}` appears twice; each must be unique"));
+        }
+    }
+}
+
+fn one_line(s: &str) -> String {
+    s.lines()
+        .map(str::trim)
+        .filter(|l| !l.is_empty())
+        .collect::<Vec<_>>()
+        .join(" ")
+}
+
+/// A walk over one table that records problems and which keys were read.
+struct Section<'a> {
+    table: &'a Table,
+    prefix: String,
+    errs: &'a mut Vec<String>,
+    seen: BTreeSet<&'a str>,
+}
+
+impl<'a> Section<'a> {
+    fn new(table: &'a Table, prefix: &str, errs: &'a mut Vec<String>) -> Self {
+        Section {
+            table,
+            prefix: prefix.to_owned(),
+            errs,
+            seen: BTreeSet::new(),
+        }
+    }
+
+    fn key(&self, key: &str) -> String {
+        if self.prefix.is_empty() {
+            key.to_owned()
+        } else {
+            format!("{}.{key}", self.prefix)
+        }
+    }
+
+    fn problem(&mut self, key: &str, what: String) {
+        let k = self.key(key);
+        self.errs.push(format!("{k}: {what}"));
+    }
+
+    fn has(&self, key: &str) -> bool {
+        self.table.contains_key(key)
+    }
+
+    fn get(&mut self, key: &'a str) -> Option<&'a Value> {
+        self.seen.insert(key);
+        self.table.get(key)
+    }
+
+    fn table(&mut self, key: &'a str, required: bool) -> Table {
+        match self.get(key) {
+            Some(Value::Table(t)) => t.clone(),
+            Some(_) => {
+                self.problem(key, "must be a table, e.g. [node]".into());
+                Table::new()
+            }
+            None => {
+                if required {
+                    self.problem(key, format!("missing section [{key}]"));
+                }
+                Table::new()
+            }
+        }
+    }
+
+    fn array(&mut self, key: &'a str) -> Vec<Table> {
+        match self.get(key) {
+            None => vec![],
+            Some(Value::Array(items)) => items
+                .iter()
+                .filter_map(|v| v.as_table().cloned())
+                .collect::<Vec<_>>()
+                .into_iter()
+                .collect(),
+            Some(_) => {
+                self.problem(key, format!("must be written as [[{key}]] tables"));
+                vec![]
+            }
+        }
+    }
+
+    fn string(&mut self, key: &'a str, default: Option<&str>) -> Option<String> {
+        match (self.get(key), default) {
+            (Some(Value::String(s)), _) if !s.is_empty() => Some(s.clone()),
+            (Some(Value::String(_)), _) => {
+                self.problem(key, "must not be empty".into());
+                None
+            }
+            (Some(_), _) => {
+                self.problem(key, "must be a string in quotes".into());
+                None
+            }
+            (None, Some(d)) => Some(d.to_owned()),
+            (None, None) => {
+                self.problem(key, "is required".into());
+                None
+            }
+        }
+    }
+
+    fn strings(&mut self, key: &'a str) -> Vec<String> {
+        match self.get(key) {
+            None => vec![],
+            Some(Value::Array(items)) if items.iter().all(Value::is_str) => items
+                .iter()
+                .filter_map(|v| v.as_str().map(str::to_owned))
+                .collect(),
+            Some(_) => {
+                self.problem(key, "must be a list of strings, e.g. [\"a\", \"b\"]".into());
+                vec![]
+            }
+        }
+    }
+
+    fn addr(&mut self, key: &'a str, default: &str) -> SocketAddr {
+        let text = self
+            .string(key, Some(default))
+            .unwrap_or_else(|| default.to_owned());
+        text.parse().unwrap_or_else(|_| {
+            self.problem(
+                key,
+                format!("`{text}` is not an IP address and port, e.g. {default}"),
+            );
+            default.parse().unwrap()
+        })
+    }
+
+    fn url(&mut self, key: &'a str, required: bool) -> Option<Url> {
+        let text = self.string(key, if required { None } else { Some("") })?;
+        if text.is_empty() {
+            return None;
+        }
+        match Url::parse(&text) {
+            Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Some(u),
+            _ => {
+                self.problem(
+                    key,
+                    format!("`{text}` is not an http(s) URL, e.g. http://127.0.0.1:8080"),
+                );
+                None
+            }
+        }
+    }
+
+    fn duration(&mut self, key: &'a str, default: Option<&str>) -> Option<Duration> {
+        let text = match (self.get(key), default) {
+            (Some(Value::String(s)), _) => s.clone(),
+            (Some(_), _) => {
+                self.problem(key, "must be a duration in quotes, e.g. \"30s\"".into());
+                return None;
+            }
+            (None, Some(d)) => d.to_owned(),
+            (None, None) => return None,
+        };
+        parse_duration(&text).map_err(|e| self.problem(key, e)).ok()
+    }
+
+    fn size(&mut self, key: &'a str, default: &str) -> u64 {
+        let text = match self.get(key) {
+            Some(Value::String(s)) => s.clone(),
+            Some(Value::Integer(n)) if *n >= 0 => return *n as u64,
+            Some(_) => {
+                self.problem(key, "must be a size in quotes, e.g. \"20GiB\"".into());
+                return 0;
+            }
+            None => default.to_owned(),
+        };
+        parse_size(&text)
+            .map_err(|e| self.problem(key, e))
+            .unwrap_or(0)
+    }
+
+    /// Reports every key that was not read as unknown.
+    fn finish(self) {
+        for key in self.table.keys() {
+            if !self.seen.contains(key.as_str()) {
+                let k = if self.prefix.is_empty() {
+                    key.clone()
+                } else {
+                    format!("{}.{key}", self.prefix)
+                };
+                self.errs.push(format!(
+                    "{k}: unknown key (check its spelling against the example in config/)"
+                ));
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn parse(text: &str) -> Result<Config, ConfigError> {
+        Config::parse(Path::new("/srv/ferry/config/ferry.toml"), text)
+    }
+
+    const GOOD: &str = r#"
+        [node]
+        name = "org-a"
+        listen = "127.0.0.1:7443"
+        callback_base = "http://127.0.0.1:8080"
+        [[peer]]
+        name = "org-b"
+        address = "localhost:7444"
+        cert = "peers/org-b.pem"
+        [[service]]
+        id = "1"
+        base_url = "http://127.0.0.1:8080"
+        allow = ["org-b"]
+        dedupe_window = "30s"
+        state = "deprecated"
+        [files]
+        max_size = "10MiB"
+        [api]
+        heartbeat = "500ms"
+    "#;
+
+    #[test]
+    fn a_full_config_parses_with_paths_resolved_against_the_node_dir() {
+        let c = parse(GOOD).unwrap();
+        assert_eq!(c.dir, Path::new("/srv/ferry"));
+        assert_eq!(c.node.data_dir, Path::new("/srv/ferry/data"));
+        assert_eq!(
+            c.peers[0].cert,
+            Path::new("/srv/ferry/certs/peers/org-b.pem")
+        );
+        assert_eq!(c.files.send_roots, vec![PathBuf::from("/srv/ferry/outbox")]);
+        assert_eq!(c.files.max_size, 10 << 20);
+        assert_eq!(c.api.heartbeat, Duration::from_millis(500));
+        assert_eq!(c.node.api, DEFAULT_API.parse().unwrap());
+        let s = c.service("1").unwrap();
+        assert_eq!(s.dedupe_window, Some(Duration::from_secs(30)));
+        assert_eq!(s.idempotency_ttl, Duration::from_secs(3600));
+        assert_eq!(s.state, ServiceState::Deprecated);
+        assert!(s.allows("org-b") && !s.allows("org-c"));
+    }
+
+    #[test]
+    fn every_problem_is_reported_at_once() {
+        let err = parse(
+            r#"
+            [node]
+            name = "org a"
+            listen = "nowhere"
+            colour = "blue"
+            [[peer]]
+            name = "org-b"
+            address = "no-port"
+            [[service]]
+            id = "1"
+            base_url = "ftp://x"
+            allow = ["org-z"]
+            dedupe_window = "30 parsecs"
+            [files]
+            max_size = "lots"
+            [extra]
+        "#,
+        )
+        .unwrap_err();
+        let all = err.to_string();
+        for needle in [
+            "node.name",
+            "node.listen",
+            "node.colour: unknown key",
+            "peer[0].cert: is required",
+            "peer[0].address",
+            "service[0].base_url",
+            "service[0].allow: `org-z`",
+            "service[0].dedupe_window",
+            "files.max_size",
+            "extra: unknown key",
+        ] {
+            assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
+        }
+        assert_eq!(err.problems.len(), 10, "{all}");
+    }
+
+    #[test]
+    fn a_syntax_error_is_one_line_with_its_position() {
+        let err = parse("[node\nname=").unwrap_err();
+        assert_eq!(err.problems.len(), 1);
+        assert!(err.problems[0].contains("line 1"), "{}", err.problems[0]);
+    }
+
+    #[test]
+    fn durations_and_sizes() {
+        assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
+        assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
+        assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
+        assert!(
+            parse_duration("5").is_err()
+                && parse_duration("s").is_err()
+                && parse_duration("-1s").is_err()
+        );
+        assert_eq!(parse_size("512KiB"), Ok(512 << 10));
+        assert_eq!(parse_size("20GiB"), Ok(20 << 30));
+        assert!(parse_size("1.5GiB").is_err() && parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn node_dir_is_the_parent_of_config() {
+        assert_eq!(
+            node_dir(Path::new("/srv/ferry/config/ferry.toml")),
+            Path::new("/srv/ferry")
+        );
+        assert_eq!(
+            node_dir(Path::new("/etc/ferry/ferry.toml")),
+            Path::new("/etc/ferry")
+        );
+    }
+}

@@ -1,0 +1,228 @@
+//! Calls to this node's local services on behalf of peers.
+//!
+//! A request from a peer is checked against the service table (unknown service, allow list,
+//! lifecycle state), turned into an HTTP call exactly as API.md describes (query string for GET
+//! and DELETE, urlencoded or JSON body otherwise, the `X-Ferry-*` headers), and the service's answer
+//! is relayed as it is, whatever its status.
+
+use std::sync::{Arc, RwLock};
+use std::time::Duration;
+
+use crate::config::{ServiceConfig, ServiceState};
+use crate::wire::{self, Encoding, Refusal, RefusalKind};
+
+/// The largest service response body relayed, leaving room for the frame's other fields.
+pub const MAX_BODY: usize = wire::MAX_FRAME - 64 * 1024;
+
+/// The local services and an HTTP client pooled across calls.
+#[derive(Debug, Clone)]
+pub struct Services {
+    table: Arc<RwLock<Arc<Vec<ServiceConfig>>>>,
+    client: reqwest::Client,
+}
+
+fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
+    Refusal {
+        kind,
+        message: message.into(),
+    }
+}
+
+impl Services {
+    /// The services of this node.
+    pub fn new(services: Vec<ServiceConfig>) -> Self {
+        let client = reqwest::Client::builder()
+            .no_proxy()
+            .tcp_nodelay(true)
+            .pool_max_idle_per_host(256)
+            .redirect(reqwest::redirect::Policy::none())
+            .build()
+            .expect("an HTTP client without TLS always builds");
+        Services {
+            table: Arc::new(RwLock::new(Arc::new(services))),
+            client,
+        }
+    }
+
+    /// Replaces the service table (on reload).
+    pub fn replace(&self, services: Vec<ServiceConfig>) {
+        *self.table.write().unwrap() = Arc::new(services);
+    }
+
+    /// Calls the service a peer's request is for, and returns its answer or why there is none.
+    pub async fn call(
+        &self,
+        peer: &str,
+        request: &wire::Request,
+    ) -> Result<wire::Response, Refusal> {
+        let table = self.table.read().unwrap().clone();
+        let service = table
+            .iter()
+            .find(|s| s.id == request.service)
+            .ok_or_else(|| {
+                refuse(
+                    RefusalKind::NotFound,
+                    format!("the peer offers no service `{}`", request.service),
+                )
+            })?;
+        if !service.allows(peer) {
+            return Err(refuse(
+                RefusalKind::Forbidden,
+                format!(
+                    "service `{}` does not allow node `{peer}`; its admin must add it to `allow`",
+                    service.id
+                ),
+            ));
+        }
+        if service.state == ServiceState::Disabled {
+            return Err(refuse(
+                RefusalKind::Unavailable,
+                format!("service `{}` is disabled by its admin", service.id),
+            ));
+        }
+        let http = self.build(service, peer, request)?;
+        let response = self
+            .client
+            .execute(http)
+            .await
+            .map_err(|e| backend_error(service, e))?;
+        let mut answer = relay(response)
+            .await
+            .map_err(|e| backend_error(service, e))??;
+        if service.state == ServiceState::Deprecated {
+            answer.headers.push(("deprecation".into(), "true".into()));
+        }
+        Ok(answer)
+    }
+
+    fn build(
+        &self,
+        service: &ServiceConfig,
+        peer: &str,
+        r: &wire::Request,
+    ) -> Result<reqwest::Request, Refusal> {
+        let bad = |what: String| refuse(RefusalKind::BadRequest, what);
+        let url = service_url(&service.base_url, &r.path)
+            .ok_or_else(|| bad(format!("`{}` is not a path", r.path)))?;
+        let method = reqwest::Method::from_bytes(r.method.as_bytes())
+            .map_err(|_| bad(format!("bad method {}", r.method)))?;
+        let mut http = self.client.request(method.clone(), url);
+        let in_query = matches!(method, reqwest::Method::GET | reqwest::Method::DELETE);
+        let fields = || {
+            r.form
+                .iter()
+                .map(|(k, v)| (k.clone(), v.to_text()))
+                .collect::<Vec<_>>()
+        };
+        http = match (r.encoding, in_query) {
+            (_, _) if r.form.is_empty() => http,
+            (Encoding::Form, true) => http.query(&fields()),
+            (Encoding::Form, false) => http.form(&fields()),
+            (Encoding::Json, _) => {
+                let object: serde_json::Map<_, _> = r
+                    .form
+                    .iter()
+                    .map(|(k, v)| (k.clone(), v.to_json()))
+                    .collect();
+                http.json(&object)
+            }
+        };
+        for (name, value) in &r.headers {
+            http = http.header(name, value);
+        }
+        http = http
+            .header("X-Ferry-Peer", peer)
+            .header("X-Ferry-Request-Id", &r.id);
+        if let Some(c) = &r.conversation {
+            http = http.header("X-Ferry-Conversation", c);
+        }
+        http.timeout(Duration::from_millis(r.timeout_ms.max(1)))
+            .build()
+            .map_err(|e| bad(format!("cannot build the service call: {e}")))
+    }
+}
+
+/// The service URL for `path`: the base URL with the path appended, never another host.
+pub fn service_url(base: &url::Url, path: &str) -> Option<url::Url> {
+    if !path.starts_with('/') || path.starts_with("//") || path.contains(['\\', '#']) {
+        return None;
+    }
+    let url = url::Url::parse(&format!("{}{path}", base.as_str().trim_end_matches('/'))).ok()?;
+    (url.origin() == base.origin()).then_some(url)
+}
+
+fn backend_error(service: &ServiceConfig, e: reqwest::Error) -> Refusal {
+    if e.is_timeout() {
+        refuse(
+            RefusalKind::Timeout,
+            format!("service `{}` did not answer in time", service.id),
+        )
+    } else {
+        let mut cause = e.to_string();
+        let mut source = std::error::Error::source(&e);
+        while let Some(s) = source {
+            cause = format!("{cause}: {s}");
+            source = s.source();
+        }
+        refuse(
+            RefusalKind::BackendUnreachable,
+            format!(
+                "the peer could not reach its service `{}` at {} ({cause})",
+                service.id, service.base_url
+            ),
+        )
+    }
+}
+
+/// Reads the service's response, refusing bodies over [`MAX_BODY`].
+async fn relay(
+    mut response: reqwest::Response,
+) -> Result<Result<wire::Response, Refusal>, reqwest::Error> {
+    let headers = response
+        .headers()
+        .iter()
+        .filter(|(name, _)| !wire::is_hop_by_hop(name.as_str()))
+        .filter_map(|(name, value)| {
+            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
+        })
+        .collect();
+    let status = response.status().as_u16();
+    let mut body = Vec::new();
+    while let Some(chunk) = response.chunk().await? {
+        if body.len() + chunk.len() > MAX_BODY {
+            return Ok(Err(refuse(
+                RefusalKind::TooLarge,
+                format!("the service's answer is over {MAX_BODY} bytes; send large data as a file"),
+            )));
+        }
+        body.extend_from_slice(&chunk);
+    }
+    Ok(Ok(wire::Response {
+        status,
+        headers,
+        body,
+    }))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn paths_cannot_leave_the_service() {
+        let base = url::Url::parse("http://127.0.0.1:8080/api/").unwrap();
+        assert_eq!(
+            service_url(&base, "/user/list?a=1").unwrap().as_str(),
+            "http://127.0.0.1:8080/api/user/list?a=1"
+        );
+        for hostile in ["@evil.example/x", "//evil.example/x", "x", "/\\evil", ""] {
+            assert!(service_url(&base, hostile).is_none(), "{hostile}");
+        }
+        let bare = url::Url::parse("http://127.0.0.1:8080").unwrap();
+        assert_eq!(
+            service_url(&bare, "/a").unwrap().as_str(),
+            "http://127.0.0.1:8080/a"
+        );
+        assert!(service_url(&bare, "@evil.example/").is_none());
+    }
+}

@@ -1,0 +1,23 @@
+//! ferry: a peer-to-peer file and message relay between organizations.
+//!
+//! Each organization runs one node. Host applications call their own node over a local REST API;
+//! nodes talk to each other over QUIC with mutual TLS, each pinning the other's certificate.
+//! Data flows one way:
+//!
+//! ```text
+//! host app ──REST──▶ api ──▶ store ──▶ link (QUIC, mTLS) ═══▶ link ──▶ deliver ──REST──▶ local service
+//! ```
+//!
+//! `api` and `link` never import each other: they meet at [`store`] and [`wire`].
+
+pub mod api;
+pub mod cli;
+pub mod config;
+pub mod deliver;
+pub mod identity;
+pub mod link;
+pub mod node;
+pub mod peer;
+pub mod store;
+pub mod tls;
+pub mod wire;

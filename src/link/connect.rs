@@ -1,0 +1,119 @@
+//! One kept connection per peer: dialed on demand, then kept alive and redialed with backoff.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use super::Link;
+use crate::peer::Peer;
+
+/// The first pause before redialing a lost peer; it doubles up to [`MAX_BACKOFF`].
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+/// The longest pause between redials.
+const MAX_BACKOFF: Duration = Duration::from_secs(30);
+
+impl Link {
+    /// The connection to `peer`, dialing it if there is none, by `deadline` at the latest.
+    pub(super) async fn connection(
+        &self,
+        peer: &Arc<Peer>,
+        deadline: Instant,
+    ) -> Result<quinn::Connection, String> {
+        if let Some(c) = peer.connection() {
+            return Ok(c);
+        }
+        let no_answer = || {
+            format!(
+                "no connection to {} at {} within {:?}",
+                peer.name,
+                peer.address,
+                super::CONNECT_WITHIN
+            )
+        };
+        let _dialing = tokio::time::timeout_at(deadline, peer.dialing.lock())
+            .await
+            .map_err(|_| no_answer())?;
+        if let Some(c) = peer.connection() {
+            return Ok(c);
+        }
+        match tokio::time::timeout_at(deadline, self.dial(peer)).await {
+            Ok(Ok(connection)) => {
+                peer.connected(connection.clone());
+                tokio::spawn(self.clone().keep(peer.clone(), connection.clone()));
+                Ok(connection)
+            }
+            Ok(Err(e)) => {
+                peer.failed(e.clone());
+                Err(e)
+            }
+            Err(_) => {
+                peer.failed(no_answer());
+                Err(no_answer())
+            }
+        }
+    }
+
+    /// One attempt to connect to `peer`, accepting only its pinned certificate.
+    async fn dial(&self, peer: &Peer) -> Result<quinn::Connection, String> {
+        let addr = tokio::net::lookup_host(&peer.address)
+            .await
+            .ok()
+            .and_then(|mut addrs| addrs.next())
+            .ok_or_else(|| format!("cannot resolve {} ({})", peer.address, peer.name))?;
+        let tls = crate::tls::client_config(&self.inner.identity, peer.fingerprint)
+            .map_err(|e| e.to_string())?;
+        let crypto =
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+        config.transport_config(self.inner.transport.config());
+        let connecting = self
+            .inner
+            .endpoint
+            .connect_with(config, addr, crate::tls::SERVER_NAME)
+            .map_err(|e| format!("cannot dial {}: {e}", peer.name))?;
+        connecting
+            .await
+            .map_err(|e| format!("{} at {addr} refused the connection: {e}", peer.name))
+    }
+
+    /// Watches a peer's connection and, when it is lost, redials with backoff and jitter until
+    /// the link closes or the peer is connected again.
+    async fn keep(self, peer: Arc<Peer>, mut connection: quinn::Connection) {
+        let mut backoff = FIRST_BACKOFF;
+        loop {
+            let reason = connection.closed().await;
+            if self.is_closing()
+                || self
+                    .inner
+                    .peers
+                    .get(&peer.name)
+                    .is_none_or(|p| !Arc::ptr_eq(&p, &peer))
+            {
+                return;
+            }
+            tracing::info!(peer = %peer.name, %reason, "lost the connection; redialing");
+            loop {
+                let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 4);
+                tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
+                backoff = (backoff * 2).min(MAX_BACKOFF);
+                let _dialing = peer.dialing.lock().await;
+                if peer.connection().is_some() {
+                    return; // a request dialed first; its keeper watches that connection
+                }
+                match self.dial(&peer).await {
+                    Ok(c) => {
+                        tracing::info!(peer = %peer.name, "connected again");
+                        peer.connected(c.clone());
+                        connection = c;
+                        backoff = FIRST_BACKOFF;
+                        break;
+                    }
+                    Err(_) if self.is_closing() => return,
+                    Err(e) => peer.failed(e),
+                }
+            }
+        }
+    }
+}

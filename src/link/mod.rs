@@ -1,0 +1,139 @@
+//! The link: this node's QUIC endpoint and its connections to peers.
+//!
+//! Outbound, [`Link::pump`] drains what the store says is due, one bidirectional stream per
+//! request over one kept connection per peer ([`connect`]). Inbound, [`Link::serve`] accepts
+//! connections from pinned peers only, names the peer by its certificate, and answers each stream
+//! ([`inbound`]). The protocol itself is in [`crate::wire`].
+
+mod connect;
+mod inbound;
+mod outbound;
+mod transport;
+
+use std::net::SocketAddr;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use sha2::{Digest, Sha256};
+use thiserror::Error;
+
+pub use transport::Transport;
+
+use crate::deliver::Services;
+use crate::identity::Identity;
+use crate::peer::Peers;
+use crate::store::Due;
+use crate::wire::Code;
+
+/// How long a sync request waits for a connection to its peer.
+pub const CONNECT_WITHIN: Duration = Duration::from_secs(5);
+
+/// The endpoint and what it needs to dial and answer peers. Cheap to clone.
+#[derive(Clone)]
+pub struct Link {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    endpoint: quinn::Endpoint,
+    identity: Identity,
+    peers: Peers,
+    transport: Transport,
+    closing: AtomicBool,
+}
+
+/// The endpoint could not be set up.
+#[derive(Debug, Error)]
+pub enum LinkError {
+    /// The TLS configuration was refused (a bad key or certificate).
+    #[error("cannot use this node's certificate and key for TLS: {0}")]
+    Tls(String),
+    /// The socket could not be used.
+    #[error("cannot use the link socket: {0}")]
+    Socket(#[from] std::io::Error),
+}
+
+impl Link {
+    /// An endpoint on `socket` that serves pinned peers and dials them on demand.
+    pub fn new(
+        socket: std::net::UdpSocket,
+        identity: Identity,
+        peers: Peers,
+        transport: Transport,
+    ) -> Result<Link, LinkError> {
+        let tls = crate::tls::server_config(&identity, peers.clone())
+            .map_err(|e| LinkError::Tls(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
+            .map_err(|e| LinkError::Tls(e.to_string()))?;
+        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+        server.transport_config(transport.config());
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(&identity),
+            Some(server),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
+        Ok(Link {
+            inner: Arc::new(Inner {
+                endpoint,
+                identity,
+                peers,
+                transport,
+                closing: AtomicBool::new(false),
+            }),
+        })
+    }
+
+    /// The UDP address the endpoint is bound to.
+    pub fn local_addr(&self) -> SocketAddr {
+        self.inner
+            .endpoint
+            .local_addr()
+            .expect("a bound endpoint has an address")
+    }
+
+    /// Accepts peer connections and answers their requests until the endpoint closes.
+    pub async fn serve(self, services: Services) {
+        while let Some(incoming) = self.inner.endpoint.accept().await {
+            tokio::spawn(inbound::connection(
+                self.inner.peers.clone(),
+                services.clone(),
+                incoming,
+            ));
+        }
+    }
+
+    /// Sends every request that falls due, each on its own stream, until the store is gone.
+    pub async fn pump(self, mut due: Due) {
+        while let Some(outgoing) = due.next().await {
+            tokio::spawn(outbound::send(self.clone(), outgoing));
+        }
+    }
+
+    /// Closes every connection and waits, briefly, for peers to hear of it.
+    pub async fn close(&self) {
+        self.inner.closing.store(true, Ordering::Relaxed);
+        self.inner
+            .endpoint
+            .close(Code::Done.varint(), b"node stopping");
+        let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
+    }
+}
+
+impl Link {
+    fn is_closing(&self) -> bool {
+        self.inner.closing.load(Ordering::Relaxed)
+    }
+}
+
+/// The endpoint configuration, with a stateless-reset key derived from the node key: after a
+/// restart the node can still reset connections its previous run had, so peers notice at once
+/// instead of after the idle timeout.
+fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+    let secret = Sha256::new_with_prefix(b"ferry stateless reset key\0")
+        .chain_update(identity.key.secret_der())
+        .finalize();
+    let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_slice());
+    quinn::EndpointConfig::new(Arc::new(key))
+}

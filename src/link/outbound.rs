@@ -1,0 +1,90 @@
+//! Sending one request to a peer and bringing back its answer.
+
+use tokio::time::Instant;
+
+use super::{Link, CONNECT_WITHIN};
+use crate::store::{Failure, Outcome, Outgoing};
+use crate::wire::{self, Code, FrameError, Message};
+
+/// Sends one request and reports its outcome, unless its caller leaves first.
+pub(super) async fn send(link: Link, outgoing: Outgoing) {
+    let Outgoing {
+        peer,
+        request,
+        mut outcome,
+    } = outgoing;
+    let result = tokio::select! {
+        result = exchange(&link, &peer, request) => result,
+        _ = outcome.closed() => return,
+    };
+    let _ = outcome.send(result);
+}
+
+/// One request–answer round trip on a fresh stream of the peer's connection.
+///
+/// If the connection turns out to be one the peer no longer knows (it restarted and answered
+/// with a stateless reset), nothing reached its service, so the request is sent once more on a
+/// new connection. Any other failure mid-exchange is reported as [`Failure::Broken`].
+async fn exchange(link: &Link, peer_name: &str, request: wire::Request) -> Outcome {
+    let peer = link.inner.peers.get(peer_name).ok_or_else(|| {
+        Failure::PeerUnreachable(format!(
+            "`{peer_name}` is not a configured peer (add it with `ferry peer add`)"
+        ))
+    })?;
+    let frame =
+        wire::encode(&Message::Request(request)).map_err(|e| Failure::Broken(e.to_string()))?;
+    let deadline = Instant::now() + CONNECT_WITHIN;
+    let mut attempt = 0;
+    loop {
+        attempt += 1;
+        let connection = link
+            .connection(&peer, deadline)
+            .await
+            .map_err(Failure::PeerUnreachable)?;
+        match round_trip(&connection, &frame).await {
+            Ok(answer) => {
+                peer.seen();
+                return answer;
+            }
+            Err(e) if attempt == 1 && matches!(connection.close_reason(), Some(quinn::ConnectionError::Reset)) => {
+                tracing::debug!(peer = %peer.name, error = %e, "the peer restarted; sending again on a new connection");
+            }
+            Err(e) => {
+                return Err(Failure::Broken(format!(
+                    "the link to {} failed during the exchange ({e}); the service may or may not have been called",
+                    peer.name
+                )))
+            }
+        }
+    }
+}
+
+async fn round_trip(connection: &quinn::Connection, frame: &[u8]) -> Result<Outcome, String> {
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(frame).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    match wire::read(&mut recv).await {
+        Ok(Message::Response(response)) => Ok(Ok(response)),
+        Ok(Message::Refused(refusal)) => Ok(Err(Failure::Refused(refusal))),
+        Ok(_) => {
+            let _ = recv.stop(Code::ProtocolViolation.varint());
+            Err("the peer answered with an unexpected message".into())
+        }
+        Err(FrameError::Io(e)) => Err(match reset_code(&e) {
+            Some(Code::VersionMismatch) => {
+                "the peer speaks another protocol version; upgrade the older node".into()
+            }
+            Some(code) => format!("the peer reset the stream: {code:?}"),
+            None => e.to_string(),
+        }),
+        Err(e) => Err(e.to_string()),
+    }
+}
+
+/// The code a peer reset the stream with, if that is why reading failed.
+fn reset_code(e: &std::io::Error) -> Option<Code> {
+    match e.get_ref()?.downcast_ref::<quinn::ReadError>()? {
+        quinn::ReadError::Reset(code) => Code::from_varint(*code),
+        _ => None,
+    }
+}

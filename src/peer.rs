@@ -1,0 +1,182 @@
+//! The peers this node knows: their pinned certificates and the live state of their connections.
+//!
+//! The table is shared: the TLS verifiers look peers up by fingerprint, the link keeps each peer's
+//! connection here, and the API reads [`PeerStatus`] snapshots without knowing about QUIC.
+
+use std::collections::HashMap;
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::SystemTime;
+
+use rustls::pki_types::CertificateDer;
+use serde::Serialize;
+
+use crate::config::PeerConfig;
+use crate::identity::{load_cert, Fingerprint, IdentityError};
+
+/// A configured peer and its connection.
+#[derive(Debug)]
+pub struct Peer {
+    /// The peer's node name.
+    pub name: String,
+    /// `host:port`, resolved at connect time.
+    pub address: String,
+    /// The pinned certificate's fingerprint.
+    pub fingerprint: Fingerprint,
+    link: Mutex<LinkState>,
+    /// Held while dialing, so that one dial serves every waiting request.
+    pub dialing: tokio::sync::Mutex<()>,
+}
+
+#[derive(Debug, Default)]
+struct LinkState {
+    connection: Option<quinn::Connection>,
+    last_error: Option<String>,
+    last_seen: Option<SystemTime>,
+}
+
+impl Peer {
+    /// A peer with the given pinned certificate, not yet connected.
+    pub fn new(name: &str, address: &str, cert: &CertificateDer<'_>) -> Self {
+        Peer {
+            name: name.to_owned(),
+            address: address.to_owned(),
+            fingerprint: Fingerprint::of(cert),
+            link: Mutex::default(),
+            dialing: tokio::sync::Mutex::new(()),
+        }
+    }
+
+    /// The open connection to this peer, if there is one.
+    pub fn connection(&self) -> Option<quinn::Connection> {
+        let link = self.link.lock().unwrap();
+        link.connection
+            .clone()
+            .filter(|c| c.close_reason().is_none())
+    }
+
+    /// Records a new connection.
+    pub fn connected(&self, connection: quinn::Connection) {
+        let mut link = self.link.lock().unwrap();
+        link.connection = Some(connection);
+        link.last_error = None;
+        link.last_seen = Some(SystemTime::now());
+    }
+
+    /// Records that the peer answered on the link.
+    pub fn seen(&self) {
+        self.link.lock().unwrap().last_seen = Some(SystemTime::now());
+    }
+
+    /// Records a failure to reach the peer.
+    pub fn failed(&self, error: String) {
+        self.link.lock().unwrap().last_error = Some(error);
+    }
+
+    /// Closes the connection, if any, with `code`.
+    pub fn disconnect(&self, code: crate::wire::Code, reason: &str) {
+        if let Some(c) = self.link.lock().unwrap().connection.take() {
+            c.close(code.varint(), reason.as_bytes());
+        }
+    }
+
+    /// A snapshot for the API.
+    pub fn status(&self) -> PeerStatus {
+        let link = self.link.lock().unwrap();
+        let open = link
+            .connection
+            .as_ref()
+            .filter(|c| c.close_reason().is_none());
+        PeerStatus {
+            name: self.name.clone(),
+            address: self.address.clone(),
+            fingerprint: self.fingerprint.to_string(),
+            connected: open.is_some(),
+            rtt_ms: open.map(|c| c.rtt().as_secs_f64() * 1000.0),
+            last_error: link.last_error.clone(),
+            last_seen: link
+                .last_seen
+                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+        }
+    }
+}
+
+/// What the API shows of a peer (`GET /v1/peers`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct PeerStatus {
+    /// The peer's node name.
+    pub name: String,
+    /// `host:port`.
+    pub address: String,
+    /// The pinned fingerprint.
+    pub fingerprint: String,
+    /// Whether a connection is open now.
+    pub connected: bool,
+    /// The connection's smoothed round-trip time.
+    pub rtt_ms: Option<f64>,
+    /// Why the last attempt to reach it failed.
+    pub last_error: Option<String>,
+    /// When it last answered (RFC 3339).
+    pub last_seen: Option<String>,
+}
+
+/// The shared table of peers, by name and by fingerprint.
+#[derive(Debug, Clone, Default)]
+pub struct Peers {
+    inner: Arc<RwLock<Table>>,
+}
+
+#[derive(Debug, Default)]
+struct Table {
+    by_name: HashMap<String, Arc<Peer>>,
+    by_fingerprint: HashMap<Fingerprint, Arc<Peer>>,
+}
+
+impl Peers {
+    /// Loads every configured peer's certificate.
+    pub fn load(configs: &[PeerConfig]) -> Result<Peers, IdentityError> {
+        let peers = Peers::default();
+        for c in configs {
+            peers.insert(Peer::new(&c.name, &c.address, &load_cert(&c.cert)?));
+        }
+        Ok(peers)
+    }
+
+    /// Adds or replaces a peer.
+    pub fn insert(&self, peer: Peer) {
+        let peer = Arc::new(peer);
+        let mut table = self.inner.write().unwrap();
+        if let Some(old) = table.by_name.insert(peer.name.clone(), peer.clone()) {
+            table.by_fingerprint.remove(&old.fingerprint);
+        }
+        table.by_fingerprint.insert(peer.fingerprint, peer);
+    }
+
+    /// The peer named `name`.
+    pub fn get(&self, name: &str) -> Option<Arc<Peer>> {
+        self.inner.read().unwrap().by_name.get(name).cloned()
+    }
+
+    /// The peer whose pinned certificate has this fingerprint.
+    pub fn by_fingerprint(&self, fingerprint: &Fingerprint) -> Option<Arc<Peer>> {
+        self.inner
+            .read()
+            .unwrap()
+            .by_fingerprint
+            .get(fingerprint)
+            .cloned()
+    }
+
+    /// Every peer, by name.
+    pub fn all(&self) -> Vec<Arc<Peer>> {
+        let mut all: Vec<_> = self
+            .inner
+            .read()
+            .unwrap()
+            .by_name
+            .values()
+            .cloned()
+            .collect();
+        all.sort_by(|a, b| a.name.cmp(&b.name));
+        all
+    }
+}

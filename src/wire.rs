@@ -1,0 +1,379 @@
+//! The peer-to-peer protocol spoken between two ferry nodes over QUIC.
+//!
+//! # Connection
+//!
+//! A node dials each peer once and keeps the connection (QUIC keep-alive). The TLS handshake is
+//! TLS 1.3 with client certificates required both ways; each side accepts only the certificate it
+//! pinned for that peer (see [`crate::tls`]). The ALPN is [`ALPN`] (`ferry/1`): a node speaking
+//! another major version fails the handshake instead of misreading frames.
+//!
+//! # Streams and frames
+//!
+//! Every exchange gets its own bidirectional stream, opened by the side that sends the request.
+//! A stream carries frames: a 4-byte big-endian length, then that many bytes of a postcard-encoded
+//! [`Message`]. A length above [`MAX_FRAME`] is refused before anything is allocated.
+//!
+//! The first frame on a stream is a [`Message`] whose payload carries [`PROTOCOL_VERSION`]; the
+//! receiver refuses a version it does not speak with [`Code::VersionMismatch`].
+//!
+//! A synchronous request is one round trip:
+//!
+//! ```text
+//! opener                              receiver
+//!   ── Request{version, id, ...} ──▶    checks service and allow list, calls the service
+//!   ◀── Response{status, headers, body}  or  Refused{kind, message}
+//! ```
+//!
+//! The variants after [`Message::Refused`] are reserved for asynchronous requests, replies, signed
+//! receipts and file streams; their positions in the enum are fixed now so that later versions add
+//! fields to them without renumbering. A node that receives a variant it does not handle resets the
+//! stream with [`Code::Unsupported`].
+//!
+//! Every stream reset and connection close uses a [`Code`].
+
+use serde::{Deserialize, Serialize};
+use thiserror::Error;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
+
+/// The ALPN protocol id: the protocol name and its major version.
+pub const ALPN: &[u8] = b"ferry/1";
+
+/// The version carried in the first message of each stream.
+pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The largest frame either side accepts, checked before allocating.
+pub const MAX_FRAME: usize = 16 * 1024 * 1024;
+
+/// Every code used to reset a stream or close a connection.
+#[repr(u16)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Code {
+    /// Normal end: the node shuts down or the connection is no longer needed.
+    Done = 0,
+    /// A frame could not be decoded or broke the message order.
+    ProtocolViolation = 1,
+    /// The first message carried a protocol version this node does not speak.
+    VersionMismatch = 2,
+    /// A frame was longer than [`MAX_FRAME`].
+    FrameTooLarge = 3,
+    /// A reserved message type this node does not handle yet.
+    Unsupported = 4,
+    /// The certificate is no longer pinned (the peer was removed).
+    NotPinned = 5,
+    /// The opener gave up on the exchange (its caller left or timed out).
+    Cancelled = 6,
+    /// The peer sent nothing for too long in the middle of an exchange.
+    Stalled = 7,
+}
+
+impl Code {
+    /// The code as a QUIC varint.
+    pub fn varint(self) -> quinn::VarInt {
+        quinn::VarInt::from_u32(self as u32)
+    }
+
+    /// The code for a QUIC error code received from the peer, if it is one of ours.
+    pub fn from_varint(code: quinn::VarInt) -> Option<Self> {
+        use Code::*;
+        [
+            Done,
+            ProtocolViolation,
+            VersionMismatch,
+            FrameTooLarge,
+            Unsupported,
+            NotPinned,
+            Cancelled,
+            Stalled,
+        ]
+        .into_iter()
+        .find(|c| *c as u64 == code.into_inner())
+    }
+}
+
+/// One frame's payload.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum Message {
+    /// Opens a stream: a request for one of the receiver's services.
+    Request(Request),
+    /// The service's answer to a [`Message::Request`].
+    Response(Response),
+    /// The receiving node refused or could not complete the exchange.
+    Refused(Refusal),
+    /// Reserved: an asynchronous request, persisted by the receiver before it acknowledges.
+    AsyncRequest(Reserved),
+    /// Reserved: the receiver has persisted a message.
+    Ack(Reserved),
+    /// Reserved: a reply to an asynchronous request, carried back to the requesting node.
+    Reply(Reserved),
+    /// Reserved: a signed receipt over a message and its payload hashes.
+    Receipt(Reserved),
+    /// Reserved: the start of a file stream.
+    FileOffer(Reserved),
+    /// Reserved: one chunk of a file with its SHA-256.
+    FileChunk(Reserved),
+}
+
+/// The body of a reserved message type; later protocol versions give it fields.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reserved;
+
+/// A request for a service of the receiving node.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Request {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// The request id, unique across nodes (UUID v7 text).
+    pub id: String,
+    /// The receiving node's service id.
+    pub service: String,
+    /// HTTP method, upper case.
+    pub method: String,
+    /// Path under the service's base URL, starting with `/`.
+    pub path: String,
+    /// Form fields, in the order the host gave them.
+    pub form: Vec<(String, FormValue)>,
+    /// How the form reaches the service.
+    pub encoding: Encoding,
+    /// Extra headers for the service.
+    pub headers: Vec<(String, String)>,
+    /// A label grouping requests, passed on as `X-Ferry-Conversation`.
+    pub conversation: Option<String>,
+    /// How long the sender waits for the answer, in milliseconds.
+    pub timeout_ms: u64,
+}
+
+/// A form value: the JSON scalars a host may put in `form`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub enum FormValue {
+    /// A JSON string.
+    Text(String),
+    /// A JSON integer.
+    Int(i64),
+    /// A JSON number with a fraction.
+    Float(f64),
+    /// A JSON boolean.
+    Bool(bool),
+}
+
+impl FormValue {
+    /// The value as a text field.
+    pub fn to_text(&self) -> String {
+        match self {
+            FormValue::Text(s) => s.clone(),
+            FormValue::Int(i) => i.to_string(),
+            FormValue::Float(f) => f.to_string(),
+            FormValue::Bool(b) => b.to_string(),
+        }
+    }
+
+    /// The value as JSON.
+    pub fn to_json(&self) -> serde_json::Value {
+        match self {
+            FormValue::Text(s) => s.clone().into(),
+            FormValue::Int(i) => (*i).into(),
+            FormValue::Float(f) => (*f).into(),
+            FormValue::Bool(b) => (*b).into(),
+        }
+    }
+}
+
+/// How a request's form reaches the service.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Encoding {
+    /// Query string for GET and DELETE, urlencoded body otherwise.
+    Form,
+    /// The form as a JSON object body.
+    Json,
+}
+
+/// The service's HTTP answer, relayed as it is.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Response {
+    /// HTTP status code.
+    pub status: u16,
+    /// End-to-end response headers (hop-by-hop ones removed), lower-case names.
+    pub headers: Vec<(String, String)>,
+    /// The body bytes.
+    pub body: Vec<u8>,
+}
+
+/// Why the receiving node did not relay a service's answer.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Refusal {
+    /// What kind of failure, as the caller's API reports it.
+    pub kind: RefusalKind,
+    /// Plain words for the operator.
+    pub message: String,
+}
+
+/// The kinds of refusal a receiving node sends; each maps to one API error kind.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub enum RefusalKind {
+    /// The request was malformed.
+    BadRequest,
+    /// The service does not allow the sending node.
+    Forbidden,
+    /// The service id is unknown.
+    NotFound,
+    /// The service is disabled.
+    Unavailable,
+    /// The body or file is over the receiver's limits.
+    TooLarge,
+    /// The receiving node could not reach its service.
+    BackendUnreachable,
+    /// The service did not answer in time.
+    Timeout,
+    /// A bug on the receiving node.
+    Internal,
+}
+
+/// Whether a header is hop-by-hop (or framing) and so never crosses the link.
+pub fn is_hop_by_hop(name: &str) -> bool {
+    const HOP_BY_HOP: [&str; 10] = [
+        "connection",
+        "keep-alive",
+        "proxy-authenticate",
+        "proxy-authorization",
+        "proxy-connection",
+        "te",
+        "trailer",
+        "transfer-encoding",
+        "upgrade",
+        "content-length",
+    ];
+    HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || name.eq_ignore_ascii_case("host")
+}
+
+/// What can go wrong reading or writing a frame.
+#[derive(Debug, Error)]
+pub enum FrameError {
+    /// The stream ended cleanly before a frame started.
+    #[error("the stream ended before a message arrived")]
+    Finished,
+    /// The announced frame length is over the limit.
+    #[error("a frame of {0} bytes is over the {MAX_FRAME}-byte limit")]
+    TooLarge(usize),
+    /// The bytes are not a valid message.
+    #[error("undecodable message: {0}")]
+    Decode(#[from] postcard::Error),
+    /// The stream failed underneath.
+    #[error("stream error: {0}")]
+    Io(#[from] std::io::Error),
+}
+
+impl FrameError {
+    /// The code to reset the stream with after this error.
+    pub fn code(&self) -> Code {
+        match self {
+            FrameError::TooLarge(_) => Code::FrameTooLarge,
+            _ => Code::ProtocolViolation,
+        }
+    }
+}
+
+/// Encodes a message as one frame: length prefix and postcard bytes.
+pub fn encode(message: &Message) -> Result<Vec<u8>, FrameError> {
+    let mut frame = postcard::to_extend(message, vec![0u8; 4])?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    Ok(frame)
+}
+
+/// Decodes one frame's payload (without its length prefix).
+pub fn decode(payload: &[u8]) -> Result<Message, FrameError> {
+    Ok(postcard::from_bytes(payload)?)
+}
+
+/// Writes one message as a frame.
+pub async fn write<W: AsyncWrite + Unpin>(
+    out: &mut W,
+    message: &Message,
+) -> Result<(), FrameError> {
+    out.write_all(&encode(message)?).await?;
+    Ok(())
+}
+
+/// Reads one frame and decodes it. The length is checked before the buffer is allocated.
+pub async fn read<R: AsyncRead + Unpin>(input: &mut R) -> Result<Message, FrameError> {
+    let mut len = [0u8; 4];
+    match input.read_exact(&mut len).await {
+        Ok(_) => {}
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
+            return Err(FrameError::Finished)
+        }
+        Err(e) => return Err(e.into()),
+    }
+    let len = u32::from_be_bytes(len) as usize;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    let mut payload = vec![0u8; len];
+    input.read_exact(&mut payload).await?;
+    decode(&payload)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn request() -> Message {
+        Message::Request(Request {
+            version: PROTOCOL_VERSION,
+            id: "0192".into(),
+            service: "1".into(),
+            method: "GET".into(),
+            path: "/user/list".into(),
+            form: vec![
+                ("pageSize".into(), FormValue::Int(1)),
+                ("q".into(), FormValue::Text("a b".into())),
+            ],
+            encoding: Encoding::Form,
+            headers: vec![],
+            conversation: Some("c-1".into()),
+            timeout_ms: 30_000,
+        })
+    }
+
+    #[tokio::test]
+    async fn a_frame_round_trips() {
+        let mut buf = Vec::new();
+        write(&mut buf, &request()).await.unwrap();
+        let mut input = &buf[..];
+        assert_eq!(read(&mut input).await.unwrap(), request());
+        assert!(matches!(read(&mut input).await, Err(FrameError::Finished)));
+    }
+
+    #[tokio::test]
+    async fn an_oversized_length_is_refused_before_allocating() {
+        let mut input = &u32::MAX.to_be_bytes()[..];
+        let err = read(&mut input).await.unwrap_err();
+        assert!(matches!(err, FrameError::TooLarge(_)));
+        assert_eq!(err.code(), Code::FrameTooLarge);
+    }
+
+    #[tokio::test]
+    async fn garbage_is_a_protocol_violation() {
+        let mut frame = 3u32.to_be_bytes().to_vec();
+        frame.extend([0xff, 0xff, 0xff]);
+        let err = read(&mut &frame[..]).await.unwrap_err();
+        assert_eq!(err.code(), Code::ProtocolViolation);
+    }
+
+    #[tokio::test]
+    async fn a_truncated_frame_is_an_error() {
+        let frame = encode(&request()).unwrap();
+        let err = read(&mut &frame[..frame.len() - 1]).await.unwrap_err();
+        assert!(matches!(err, FrameError::Io(_)));
+    }
+
+    #[test]
+    fn codes_round_trip_through_varints() {
+        for code in [Code::Done, Code::VersionMismatch, Code::Stalled] {
+            assert_eq!(Code::from_varint(code.varint()), Some(code));
+        }
+        assert_eq!(Code::from_varint(quinn::VarInt::from_u32(999)), None);
+    }
+}
