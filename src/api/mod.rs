@@ -108,3 +108,62 @@ async fn health(State(state): State<ApiState>) -> Response {
         json!({"name": state.name, "version": env!("CARGO_PKG_VERSION"), "fingerprint": state.fingerprint}),
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use axum::body::Body;
+    use tower::ServiceExt;
+
+    fn state(tokens: &[&str]) -> ApiState {
+        ApiState {
+            store: Store::new().0,
+            peers: Peers::default(),
+            name: "org-a".into(),
+            fingerprint: "sha256:00".into(),
+            tokens: Arc::new(tokens.iter().map(|t| t.to_string()).collect()),
+        }
+    }
+
+    async fn call(state: ApiState, from: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::get("/v1/health").body(Body::empty()).unwrap();
+        request.extensions_mut().insert(ConnectInfo(from.parse::<SocketAddr>().unwrap()));
+        if let Some(t) = token {
+            request.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
+        }
+        let response = router(state).oneshot(request).await.unwrap();
+        let status = response.status();
+        let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+        (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn without_tokens_only_loopback_callers_are_served() {
+        let (status, body) = call(state(&[]), "127.0.0.1:5000", None).await;
+        assert_eq!(status, StatusCode::OK);
+        assert_eq!(body["data"]["name"], "org-a");
+        let (status, body) = call(state(&[]), "[::1]:5000", None).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        let (status, body) = call(state(&[]), "192.0.2.7:5000", None).await;
+        assert_eq!(status, StatusCode::FORBIDDEN);
+        assert_eq!(body["data"]["error"], "forbidden");
+    }
+
+    #[tokio::test]
+    async fn with_tokens_every_caller_needs_one() {
+        let tokens = ["0123456789abcdef-one", "0123456789abcdef-two"];
+        for (from, token, want) in [
+            ("192.0.2.7:5000", Some("0123456789abcdef-two"), StatusCode::OK),
+            ("127.0.0.1:5000", Some("0123456789abcdef-one"), StatusCode::OK),
+            ("127.0.0.1:5000", None, StatusCode::UNAUTHORIZED),
+            ("192.0.2.7:5000", Some("0123456789abcdef-on"), StatusCode::UNAUTHORIZED),
+            ("192.0.2.7:5000", Some(""), StatusCode::UNAUTHORIZED),
+        ] {
+            let (status, body) = call(state(&tokens), from, token).await;
+            assert_eq!(status, want, "{from} {token:?}: {body}");
+            if want != StatusCode::OK {
+                assert_eq!(body["data"]["error"], "unauthorized");
+            }
+        }
+    }
+}

@@ -1,0 +1,247 @@
+//! Test harness: real nodes on 127.0.0.1 in temporary directories, set up as admins would
+//! (`init`, `peer add`, `service add`), and a recording HTTP service.
+#![allow(dead_code)]
+
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use axum::body::Bytes;
+use axum::extract::{Path, RawQuery, State};
+use axum::http::{HeaderMap, Method, StatusCode};
+use axum::response::IntoResponse;
+use axum::Router;
+use serde_json::{json, Value};
+
+use ferry::cli::{edit, init};
+use ferry::config::Config;
+use ferry::node::{self, NodeError, Sockets};
+
+/// One node running in this process on loopback sockets.
+pub struct Node {
+    pub name: String,
+    pub dir: PathBuf,
+    pub config_path: PathBuf,
+    pub api: SocketAddr,
+    pub link: SocketAddr,
+    sockets: Option<Sockets>,
+    stop: Option<tokio::sync::watch::Sender<bool>>,
+    task: Option<tokio::task::JoinHandle<Result<(), NodeError>>>,
+}
+
+impl Node {
+    /// Creates (but does not start) a node in `root/name` with `ferry init` on free ports.
+    pub fn create(root: &std::path::Path, name: &str) -> Node {
+        let api = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let link = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+        let (api_addr, link_addr) = (api.local_addr().unwrap(), link.local_addr().unwrap());
+        let dir = root.join(name);
+        init::init(&dir, name, link_addr, api_addr).unwrap();
+        Node {
+            name: name.to_owned(),
+            config_path: dir.join("config/ferry.toml"),
+            dir,
+            api: api_addr,
+            link: link_addr,
+            sockets: Some(Sockets { api, link }),
+            stop: None,
+            task: None,
+        }
+    }
+
+    pub fn cert(&self) -> PathBuf {
+        self.dir.join("certs/node.pem")
+    }
+
+    /// Pins `other` as a peer of this node.
+    pub fn add_peer(&self, other: &Node) {
+        edit::add_peer(
+            &self.config_path,
+            &other.name,
+            &other.link.to_string(),
+            &other.cert(),
+        )
+        .unwrap();
+    }
+
+    /// Declares service `id` at `base_url` for `allow`.
+    pub fn add_service(&self, id: &str, base_url: &str, allow: &[&str]) {
+        let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
+        edit::add_service(&self.config_path, id, base_url, &allow).unwrap();
+    }
+
+    /// Starts the node from its config (rebinding its ports after a stop) and waits until it serves.
+    pub async fn start(&mut self) {
+        let config = Config::load(&self.config_path).unwrap();
+        let sockets = self.sockets.take().unwrap_or_else(|| Sockets {
+            api: std::net::TcpListener::bind(self.api).unwrap(),
+            link: std::net::UdpSocket::bind(self.link).unwrap(),
+        });
+        let (tx, mut rx) = tokio::sync::watch::channel(false);
+        let shutdown = async move {
+            let _ = rx.wait_for(|s| *s).await;
+        };
+        self.task = Some(tokio::spawn(node::run(config, sockets, shutdown)));
+        self.stop = Some(tx);
+        for _ in 0..100 {
+            if client().get(self.url("/v1/health")).send().await.is_ok() {
+                return;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        panic!("node {} did not start serving", self.name);
+    }
+
+    /// Stops the node gracefully and waits for it.
+    pub async fn stop(&mut self) {
+        if let Some(stop) = self.stop.take() {
+            let _ = stop.send(true);
+        }
+        if let Some(task) = self.task.take() {
+            tokio::time::timeout(Duration::from_secs(10), task)
+                .await
+                .expect("node stops in time")
+                .unwrap()
+                .unwrap();
+        }
+    }
+
+    pub fn url(&self, path: &str) -> String {
+        format!("http://{}{path}", self.api)
+    }
+
+    /// `POST /v1/requests` with `body`; the HTTP status and the envelope.
+    pub async fn request(&self, body: Value) -> (StatusCode, Value) {
+        let r = client()
+            .post(self.url("/v1/requests"))
+            .json(&body)
+            .send()
+            .await
+            .unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    /// `GET path`; the HTTP status and the envelope.
+    pub async fn get(&self, path: &str) -> (StatusCode, Value) {
+        let r = client().get(self.url(path)).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+}
+
+pub fn client() -> reqwest::Client {
+    reqwest::Client::builder().no_proxy().build().unwrap()
+}
+
+/// Two started nodes: org-a pins org-b and vice versa; org-b offers service "1" (the recording
+/// service) to org-a.
+pub struct Pair {
+    pub root: tempfile::TempDir,
+    pub a: Node,
+    pub b: Node,
+    pub service: Recorder,
+}
+
+pub async fn pair() -> Pair {
+    let service = Recorder::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::create(root.path(), "org-a");
+    let mut b = Node::create(root.path(), "org-b");
+    a.add_peer(&b);
+    b.add_peer(&a);
+    b.add_service("1", &service.base_url(), &["org-a"]);
+    a.start().await;
+    b.start().await;
+    Pair {
+        root,
+        a,
+        b,
+        service,
+    }
+}
+
+/// What the recording service saw of one call.
+#[derive(Debug, Clone)]
+pub struct Seen {
+    pub method: String,
+    pub path: String,
+    pub query: Option<String>,
+    pub headers: HashMap<String, String>,
+    pub body: String,
+}
+
+/// A local HTTP service that records every call and answers by path:
+/// `/status/{code}` answers that code, `/sleep/{ms}` waits first, `/binary` answers non-UTF-8
+/// bytes, `/text` plain text; anything else echoes the call as JSON.
+#[derive(Clone)]
+pub struct Recorder {
+    pub addr: SocketAddr,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl Recorder {
+    pub async fn start() -> Recorder {
+        let seen = Arc::new(Mutex::new(Vec::new()));
+        let app = Router::new()
+            .route("/{*path}", axum::routing::any(record))
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Recorder { addr, seen }
+    }
+
+    pub fn base_url(&self) -> String {
+        format!("http://{}", self.addr)
+    }
+
+    pub fn seen(&self) -> Vec<Seen> {
+        self.seen.lock().unwrap().clone()
+    }
+}
+
+async fn record(
+    State(seen): State<Arc<Mutex<Vec<Seen>>>>,
+    method: Method,
+    Path(path): Path<String>,
+    RawQuery(query): RawQuery,
+    headers: HeaderMap,
+    body: Bytes,
+) -> axum::response::Response {
+    let path = format!("/{path}");
+    let entry = Seen {
+        method: method.to_string(),
+        path: path.clone(),
+        query: query.clone(),
+        headers: headers
+            .iter()
+            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
+            .collect(),
+        body: String::from_utf8_lossy(&body).into_owned(),
+    };
+    seen.lock().unwrap().push(entry.clone());
+    let parts: Vec<&str> = path.trim_start_matches('/').split('/').collect();
+    match parts.as_slice() {
+        ["status", code] => {
+            let code = StatusCode::from_u16(code.parse().unwrap()).unwrap();
+            (code, axum::Json(json!({"error": "as asked"}))).into_response()
+        }
+        ["sleep", ms] => {
+            tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
+            "slept".into_response()
+        }
+        ["binary"] => (
+            [("content-type", "application/octet-stream")],
+            vec![0xffu8, 0xfe, 0x00, 0x01],
+        )
+            .into_response(),
+        ["text"] => "plain words".into_response(),
+        _ => axum::Json(json!({
+            "method": entry.method, "path": entry.path, "query": entry.query, "body": entry.body,
+        }))
+        .into_response(),
+    }
+}
