@@ -172,7 +172,8 @@ pub fn main() -> ExitCode {
             return ExitCode::from(if e.use_stderr() { 2 } else { 0 });
         }
     };
-    init_logging();
+    // The demo prints its own story; its nodes log only warnings unless RUST_LOG says otherwise.
+    init_logging(if matches!(cli.command, Command::Demo) { "warn" } else { "info,quinn=warn" });
     match run(cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

@@ -1,0 +1,109 @@
+//! A pinned peer that breaks the protocol has its streams reset with the right code, and the
+//! connection keeps serving its well-formed requests.
+
+mod common;
+
+use std::sync::Arc;
+
+use common::{Node, Recorder};
+use ferry::identity::Identity;
+use ferry::wire::{self, Code, Encoding, Message, Request, Reserved};
+
+struct Rogue {
+    connection: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+/// A peer pinned by org-b and allowed to call service 1, speaking raw frames.
+async fn rogue_and_node() -> (Rogue, Node, Recorder, tempfile::TempDir) {
+    let service = Recorder::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let identity = Identity::generate("rogue").unwrap();
+    let (cert, key) = (root.path().join("rogue.pem"), root.path().join("rogue.key"));
+    identity.save(&cert, &key).unwrap();
+    let mut b = Node::create(root.path(), "org-b");
+    ferry::cli::edit::add_peer(&b.config_path, "rogue", "127.0.0.1:9", &cert).unwrap();
+    b.add_service("1", &service.base_url(), &["rogue"]);
+    b.start().await;
+
+    let b_cert = ferry::identity::load_cert(&b.cert()).unwrap();
+    let tls = ferry::tls::client_config(&identity, ferry::identity::Fingerprint::of(&b_cert)).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = endpoint
+        .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), b.link, ferry::tls::SERVER_NAME)
+        .unwrap()
+        .await
+        .unwrap();
+    (Rogue { connection, _endpoint: endpoint }, b, service, root)
+}
+
+impl Rogue {
+    /// Sends `bytes` on a new stream and returns the answer, or the code the stream was reset with.
+    async fn send(&self, bytes: &[u8]) -> Result<Message, Option<Code>> {
+        let (mut send, mut recv) = self.connection.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        let _ = send.finish();
+        match recv.read_to_end(wire::MAX_FRAME + 4).await {
+            Ok(bytes) => Ok(wire::decode(&bytes[4..]).unwrap()),
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => Err(Code::from_varint(code)),
+            Err(e) => panic!("unexpected stream error: {e}"),
+        }
+    }
+}
+
+fn request(version: u16) -> Message {
+    Message::Request(Request {
+        version,
+        id: "01a2-rogue".into(),
+        service: "1".into(),
+        method: "GET".into(),
+        path: "/ok".into(),
+        form: vec![],
+        encoding: Encoding::Form,
+        headers: vec![],
+        conversation: None,
+        timeout_ms: 5_000,
+    })
+}
+
+#[tokio::test]
+async fn protocol_violations_reset_the_stream_and_spare_the_connection() {
+    let (rogue, _b, service, _root) = rogue_and_node().await;
+
+    let oversized = ((wire::MAX_FRAME + 1) as u32).to_be_bytes();
+    assert_eq!(rogue.send(&oversized).await, Err(Some(Code::FrameTooLarge)));
+
+    let mut garbage = 4u32.to_be_bytes().to_vec();
+    garbage.extend([0xfe, 0xff, 0xff, 0xff]);
+    assert_eq!(rogue.send(&garbage).await, Err(Some(Code::ProtocolViolation)));
+
+    let wrong_version = wire::encode(&request(wire::PROTOCOL_VERSION + 1)).unwrap();
+    assert_eq!(rogue.send(&wrong_version).await, Err(Some(Code::VersionMismatch)));
+
+    let reserved = wire::encode(&Message::Ack(Reserved)).unwrap();
+    assert_eq!(rogue.send(&reserved).await, Err(Some(Code::Unsupported)));
+
+    assert!(service.seen().is_empty(), "nothing malformed reached the service");
+
+    let good = wire::encode(&request(wire::PROTOCOL_VERSION)).unwrap();
+    match rogue.send(&good).await {
+        Ok(Message::Response(r)) => assert_eq!(r.status, 200),
+        other => panic!("expected a response, got {other:?}"),
+    }
+    let seen = service.seen();
+    assert_eq!(seen.len(), 1);
+    assert_eq!(seen[0].headers["x-ferry-peer"], "rogue", "the peer is named by its certificate");
+}
+
+#[tokio::test]
+async fn a_hostile_path_cannot_reach_another_host() {
+    let (rogue, _b, service, _root) = rogue_and_node().await;
+    let Message::Request(mut r) = request(wire::PROTOCOL_VERSION) else { unreachable!() };
+    r.path = "@198.51.100.1/steal".into();
+    match rogue.send(&wire::encode(&Message::Request(r)).unwrap()).await {
+        Ok(Message::Refused(refusal)) => assert_eq!(refusal.kind, wire::RefusalKind::BadRequest),
+        other => panic!("expected a refusal, got {other:?}"),
+    }
+    assert!(service.seen().is_empty());
+}
