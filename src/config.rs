@@ -134,21 +134,15 @@ impl Config {
     pub fn load(path: &Path) -> Result<Config, ConfigError> {
         let text = std::fs::read_to_string(path).map_err(|e| ConfigError {
             path: path.to_owned(),
-            problems: vec![format!(
-                "cannot read the config file: {e} (create one with `ferry init`)"
-            )],
+            problems: vec![format!("cannot read the config file: {e} (create one with `ferry init`)")],
         })?;
         Config::parse(path, &text)
     }
 
     /// Validates `text` as if read from `path` (which decides the node directory).
     pub fn parse(path: &Path, text: &str) -> Result<Config, ConfigError> {
-        let fail = |problems| ConfigError {
-            path: path.to_owned(),
-            problems,
-        };
-        let table: Table =
-            toml::from_str(text).map_err(|e| fail(vec![one_line(&e.to_string())]))?;
+        let fail = |problems| ConfigError { path: path.to_owned(), problems };
+        let table: Table = toml::from_str(text).map_err(|e| fail(vec![one_line(&e.to_string())]))?;
         let dir = node_dir(path);
         let mut errs = Vec::new();
         let mut root = Section::new(&table, "", &mut errs);
@@ -172,14 +166,7 @@ impl Config {
             if !name.is_empty() {
                 check_name(&name, "node.name", &mut errs);
             }
-            NodeConfig {
-                name,
-                listen,
-                api,
-                data_dir,
-                certs_dir,
-                callback_base,
-            }
+            NodeConfig { name, listen, api, data_dir, certs_dir, callback_base }
         };
 
         let peers: Vec<PeerConfig> = peers
@@ -189,38 +176,20 @@ impl Config {
                 let mut s = Section::new(t, &format!("peer[{i}]"), &mut errs);
                 let name = s.string("name", None).unwrap_or_default();
                 let address = s.string("address", None).unwrap_or_default();
-                let cert = node
-                    .certs_dir
-                    .join(s.string("cert", None).unwrap_or_default());
+                let cert = node.certs_dir.join(s.string("cert", None).unwrap_or_default());
                 s.finish();
                 if !name.is_empty() {
                     check_name(&name, &format!("peer[{i}].name"), &mut errs);
                 }
                 if !address.is_empty() && !valid_host_port(&address) {
-                    errs.push(format!(
-                        "peer[{i}].address: `{address}` is not host:port (e.g. 192.0.2.7:7443)"
-                    ));
+                    errs.push(format!("peer[{i}].address: `{address}` is not host:port (e.g. 192.0.2.7:7443)"));
                 }
-                PeerConfig {
-                    name,
-                    address,
-                    cert,
-                }
+                PeerConfig { name, address, cert }
             })
             .collect();
-        duplicates(
-            peers.iter().map(|p| p.name.as_str()),
-            "peer name",
-            &mut errs,
-        );
-        if peers
-            .iter()
-            .any(|p| p.name == node.name && !p.name.is_empty())
-        {
-            errs.push(format!(
-                "peer `{}` has this node's own name; give each node its own name",
-                node.name
-            ));
+        duplicates(peers.iter().map(|p| p.name.as_str()), "peer name", &mut errs);
+        if peers.iter().any(|p| p.name == node.name && !p.name.is_empty()) {
+            errs.push(format!("peer `{}` has this node's own name; give each node its own name", node.name));
         }
 
         let services: Vec<ServiceConfig> = services
@@ -246,31 +215,22 @@ impl Config {
                 s.finish();
                 for a in &allow {
                     if a != "*" && !peers.iter().any(|p| &p.name == a) {
-                        errs.push(format!("service[{i}].allow: `{a}` is not a configured peer (add it with `ferry peer add`)"));
+                        errs.push(format!(
+                            "service[{i}].allow: `{a}` is not a configured peer (add it with `ferry peer add`)"
+                        ));
                     }
                 }
                 ServiceConfig { id, base_url, allow, dedupe_window, idempotency_ttl, state, mask_fields }
             })
             .collect();
-        duplicates(
-            services.iter().map(|s| s.id.as_str()),
-            "service id",
-            &mut errs,
-        );
+        duplicates(services.iter().map(|s| s.id.as_str()), "service id", &mut errs);
 
         let files = {
             let mut s = Section::new(&files, "files", &mut errs);
-            let roots = if s.has("send_roots") {
-                s.strings("send_roots")
-            } else {
-                vec!["outbox".to_owned()]
-            };
+            let roots = if s.has("send_roots") { s.strings("send_roots") } else { vec!["outbox".to_owned()] };
             let max_size = s.size("max_size", "20GiB");
             s.finish();
-            FilesConfig {
-                send_roots: roots.iter().map(|r| dir.join(r)).collect(),
-                max_size,
-            }
+            FilesConfig { send_roots: roots.iter().map(|r| dir.join(r)).collect(), max_size }
         };
 
         let api = {
@@ -285,15 +245,7 @@ impl Config {
         };
 
         if errs.is_empty() {
-            Ok(Config {
-                path: path.to_owned(),
-                dir,
-                node,
-                peers,
-                services,
-                files,
-                api,
-            })
+            Ok(Config { path: path.to_owned(), dir, node, peers, services, files, api })
         } else {
             Err(fail(errs))
         }
@@ -322,10 +274,7 @@ impl Config {
 
 /// The node directory for a config file: the parent of `config/`, else the file's folder.
 pub fn node_dir(config_file: &Path) -> PathBuf {
-    let parent = config_file
-        .parent()
-        .filter(|p| !p.as_os_str().is_empty())
-        .unwrap_or(Path::new("."));
+    let parent = config_file.parent().filter(|p| !p.as_os_str().is_empty()).unwrap_or(Path::new("."));
     let parent = std::path::absolute(parent).unwrap_or_else(|_| parent.to_owned());
     match (parent.file_name(), parent.parent()) {
         (Some(n), Some(up)) if n == "config" => up.to_owned(),
@@ -335,33 +284,23 @@ pub fn node_dir(config_file: &Path) -> PathBuf {
 
 /// Parses a duration: `500ms`, `30s`, `5m`, `1h`, `1d`.
 pub fn parse_duration(text: &str) -> Result<Duration, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("`{text}` is not a duration like 500ms, 30s, 5m, 1h or 1d"))?;
+    let n: u64 = num.parse().map_err(|_| format!("`{text}` is not a duration like 500ms, 30s, 5m, 1h or 1d"))?;
     let ms = match unit {
         "ms" => 1,
         "s" => 1_000,
         "m" => 60_000,
         "h" => 3_600_000,
         "d" => 86_400_000,
-        _ => {
-            return Err(format!(
-                "`{text}` is not a duration like 500ms, 30s, 5m, 1h or 1d"
-            ))
-        }
+        _ => return Err(format!("`{text}` is not a duration like 500ms, 30s, 5m, 1h or 1d")),
     };
     Ok(Duration::from_millis(n.saturating_mul(ms)))
 }
 
 /// Parses a size: `512KiB`, `10MiB`, `20GiB` (also `B`, `KB`, `MB`, `GB`, `TiB`).
 pub fn parse_size(text: &str) -> Result<u64, String> {
-    let split = text
-        .find(|c: char| !c.is_ascii_digit())
-        .unwrap_or(text.len());
+    let split = text.find(|c: char| !c.is_ascii_digit()).unwrap_or(text.len());
     let (num, unit) = text.split_at(split);
     let bad = || format!("`{text}` is not a size like 512KiB, 10MiB or 20GiB");
     let n: u64 = num.parse().map_err(|_| bad())?;
@@ -381,18 +320,12 @@ pub fn parse_size(text: &str) -> Result<u64, String> {
 
 /// Whether `name` may name a node: letters, digits, `.`, `-`, `_`, at most 64.
 pub fn valid_name(name: &str) -> bool {
-    !name.is_empty()
-        && name.len() <= 64
-        && name
-            .chars()
-            .all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
+    !name.is_empty() && name.len() <= 64 && name.chars().all(|c| c.is_ascii_alphanumeric() || "._-".contains(c))
 }
 
 fn check_name(name: &str, key: &str, errs: &mut Vec<String>) {
     if !valid_name(name) {
-        errs.push(format!(
-            "{key}: `{name}` may hold only letters, digits, `.`, `-` and `_` (at most 64)"
-        ));
+        errs.push(format!("{key}: `{name}` may hold only letters, digits, `.`, `-` and `_` (at most 64)"));
     }
 }
 
@@ -413,11 +346,7 @@ fn duplicates<'a>(names: impl Iterator<Item = &'a str>, what: &str, errs: &mut V
 }
 
 fn one_line(s: &str) -> String {
-    s.lines()
-        .map(str::trim)
-        .filter(|l| !l.is_empty())
-        .collect::<Vec<_>>()
-        .join(" ")
+    s.lines().map(str::trim).filter(|l| !l.is_empty()).collect::<Vec<_>>().join(" ")
 }
 
 /// A walk over one table that records problems and which keys were read.
@@ -430,12 +359,7 @@ struct Section<'a> {
 
 impl<'a> Section<'a> {
     fn new(table: &'a Table, prefix: &str, errs: &'a mut Vec<String>) -> Self {
-        Section {
-            table,
-            prefix: prefix.to_owned(),
-            errs,
-            seen: BTreeSet::new(),
-        }
+        Section { table, prefix: prefix.to_owned(), errs, seen: BTreeSet::new() }
     }
 
     fn key(&self, key: &str) -> String {
@@ -479,12 +403,9 @@ impl<'a> Section<'a> {
     fn array(&mut self, key: &'a str) -> Vec<Table> {
         match self.get(key) {
             None => vec![],
-            Some(Value::Array(items)) => items
-                .iter()
-                .filter_map(|v| v.as_table().cloned())
-                .collect::<Vec<_>>()
-                .into_iter()
-                .collect(),
+            Some(Value::Array(items)) => {
+                items.iter().filter_map(|v| v.as_table().cloned()).collect::<Vec<_>>().into_iter().collect()
+            }
             Some(_) => {
                 self.problem(key, format!("must be written as [[{key}]] tables"));
                 vec![]
@@ -514,10 +435,9 @@ impl<'a> Section<'a> {
     fn strings(&mut self, key: &'a str) -> Vec<String> {
         match self.get(key) {
             None => vec![],
-            Some(Value::Array(items)) if items.iter().all(Value::is_str) => items
-                .iter()
-                .filter_map(|v| v.as_str().map(str::to_owned))
-                .collect(),
+            Some(Value::Array(items)) if items.iter().all(Value::is_str) => {
+                items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+            }
             Some(_) => {
                 self.problem(key, "must be a list of strings, e.g. [\"a\", \"b\"]".into());
                 vec![]
@@ -526,14 +446,9 @@ impl<'a> Section<'a> {
     }
 
     fn addr(&mut self, key: &'a str, default: &str) -> SocketAddr {
-        let text = self
-            .string(key, Some(default))
-            .unwrap_or_else(|| default.to_owned());
+        let text = self.string(key, Some(default)).unwrap_or_else(|| default.to_owned());
         text.parse().unwrap_or_else(|_| {
-            self.problem(
-                key,
-                format!("`{text}` is not an IP address and port, e.g. {default}"),
-            );
+            self.problem(key, format!("`{text}` is not an IP address and port, e.g. {default}"));
             default.parse().unwrap()
         })
     }
@@ -546,10 +461,7 @@ impl<'a> Section<'a> {
         match Url::parse(&text) {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Some(u),
             _ => {
-                self.problem(
-                    key,
-                    format!("`{text}` is not an http(s) URL, e.g. http://127.0.0.1:8080"),
-                );
+                self.problem(key, format!("`{text}` is not an http(s) URL, e.g. http://127.0.0.1:8080"));
                 None
             }
         }
@@ -578,23 +490,15 @@ impl<'a> Section<'a> {
             }
             None => default.to_owned(),
         };
-        parse_size(&text)
-            .map_err(|e| self.problem(key, e))
-            .unwrap_or(0)
+        parse_size(&text).map_err(|e| self.problem(key, e)).unwrap_or(0)
     }
 
     /// Reports every key that was not read as unknown.
     fn finish(self) {
         for key in self.table.keys() {
             if !self.seen.contains(key.as_str()) {
-                let k = if self.prefix.is_empty() {
-                    key.clone()
-                } else {
-                    format!("{}.{key}", self.prefix)
-                };
-                self.errs.push(format!(
-                    "{k}: unknown key (check its spelling against the example in config/)"
-                ));
+                let k = if self.prefix.is_empty() { key.clone() } else { format!("{}.{key}", self.prefix) };
+                self.errs.push(format!("{k}: unknown key (check its spelling against the example in config/)"));
             }
         }
     }
@@ -634,10 +538,7 @@ mod tests {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.dir, Path::new("/srv/ferry"));
         assert_eq!(c.node.data_dir, Path::new("/srv/ferry/data"));
-        assert_eq!(
-            c.peers[0].cert,
-            Path::new("/srv/ferry/certs/peers/org-b.pem")
-        );
+        assert_eq!(c.peers[0].cert, Path::new("/srv/ferry/certs/peers/org-b.pem"));
         assert_eq!(c.files.send_roots, vec![PathBuf::from("/srv/ferry/outbox")]);
         assert_eq!(c.files.max_size, 10 << 20);
         assert_eq!(c.api.heartbeat, Duration::from_millis(500));
@@ -701,11 +602,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("5m"), Ok(Duration::from_secs(300)));
         assert_eq!(parse_duration("1d"), Ok(Duration::from_secs(86_400)));
-        assert!(
-            parse_duration("5").is_err()
-                && parse_duration("s").is_err()
-                && parse_duration("-1s").is_err()
-        );
+        assert!(parse_duration("5").is_err() && parse_duration("s").is_err() && parse_duration("-1s").is_err());
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));
         assert_eq!(parse_size("20GiB"), Ok(20 << 30));
         assert!(parse_size("1.5GiB").is_err() && parse_size("99999999999TiB").is_err());
@@ -713,13 +610,7 @@ mod tests {
 
     #[test]
     fn node_dir_is_the_parent_of_config() {
-        assert_eq!(
-            node_dir(Path::new("/srv/ferry/config/ferry.toml")),
-            Path::new("/srv/ferry")
-        );
-        assert_eq!(
-            node_dir(Path::new("/etc/ferry/ferry.toml")),
-            Path::new("/etc/ferry")
-        );
+        assert_eq!(node_dir(Path::new("/srv/ferry/config/ferry.toml")), Path::new("/srv/ferry"));
+        assert_eq!(node_dir(Path::new("/etc/ferry/ferry.toml")), Path::new("/etc/ferry"));
     }
 }

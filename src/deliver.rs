@@ -8,8 +8,12 @@
 use std::sync::{Arc, RwLock};
 use std::time::Duration;
 
+use tokio::sync::Semaphore;
+
 use crate::config::{ServiceConfig, ServiceState};
+use crate::store::{idle, now_ms, ServiceOutcome, Store};
 use crate::wire::{self, Encoding, Refusal, RefusalKind};
+use tokio_util::sync::CancellationToken;
 
 /// The largest service response body relayed, leaving room for the frame's other fields.
 pub const MAX_BODY: usize = wire::MAX_FRAME - 64 * 1024;
@@ -22,10 +26,7 @@ pub struct Services {
 }
 
 fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
-    Refusal {
-        kind,
-        message: message.into(),
-    }
+    Refusal { kind, message: message.into() }
 }
 
 impl Services {
@@ -38,10 +39,7 @@ impl Services {
             .redirect(reqwest::redirect::Policy::none())
             .build()
             .expect("an HTTP client without TLS always builds");
-        Services {
-            table: Arc::new(RwLock::new(Arc::new(services))),
-            client,
-        }
+        Services { table: Arc::new(RwLock::new(Arc::new(services))), client }
     }
 
     /// Replaces the service table (on reload).
@@ -49,46 +47,47 @@ impl Services {
         *self.table.write().unwrap() = Arc::new(services);
     }
 
-    /// Calls the service a peer's request is for, and returns its answer or why there is none.
-    pub async fn call(
-        &self,
-        peer: &str,
-        request: &wire::Request,
-    ) -> Result<wire::Response, Refusal> {
+    /// The service `id` if `peer` may call it now: unknown, not allowed and disabled services
+    /// are refused.
+    pub fn check(&self, peer: &str, id: &str) -> Result<ServiceConfig, Refusal> {
         let table = self.table.read().unwrap().clone();
         let service = table
             .iter()
-            .find(|s| s.id == request.service)
-            .ok_or_else(|| {
-                refuse(
-                    RefusalKind::NotFound,
-                    format!("the peer offers no service `{}`", request.service),
-                )
-            })?;
+            .find(|s| s.id == id)
+            .ok_or_else(|| refuse(RefusalKind::NotFound, format!("the peer offers no service `{id}`")))?;
         if !service.allows(peer) {
             return Err(refuse(
                 RefusalKind::Forbidden,
-                format!(
-                    "service `{}` does not allow node `{peer}`; its admin must add it to `allow`",
-                    service.id
-                ),
+                format!("service `{id}` does not allow node `{peer}`; its admin must add it to `allow`"),
             ));
         }
         if service.state == ServiceState::Disabled {
-            return Err(refuse(
-                RefusalKind::Unavailable,
-                format!("service `{}` is disabled by its admin", service.id),
-            ));
+            return Err(refuse(RefusalKind::Unavailable, format!("service `{id}` is disabled by its admin")));
         }
-        let http = self.build(service, peer, request)?;
-        let response = self
-            .client
-            .execute(http)
-            .await
-            .map_err(|e| backend_error(service, e))?;
+        Ok(service.clone())
+    }
+
+    /// Calls the service a peer's request is for, and returns its answer or why there is none.
+    pub async fn call(&self, peer: &str, request: &wire::Request) -> Result<wire::Response, Refusal> {
+        self.call_with(peer, request, None).await.map_err(|e| e.refusal)
+    }
+
+    /// Like [`Services::call`], adding the `callbackId` field in reply mode, and telling whether
+    /// a failed call certainly never reached the service.
+    pub async fn call_with(
+        &self,
+        peer: &str,
+        request: &wire::Request,
+        callback_id: Option<&str>,
+    ) -> Result<wire::Response, CallError> {
+        let not_sent = |refusal| CallError { refusal, not_sent: true };
+        let service = self.check(peer, &request.service).map_err(not_sent)?;
+        let http = self.build(&service, peer, request, callback_id).map_err(not_sent)?;
+        let response = self.client.execute(http).await.map_err(|e| backend_error(&service, e))?;
         let mut answer = relay(response)
             .await
-            .map_err(|e| backend_error(service, e))??;
+            .map_err(|e| backend_error(&service, e))?
+            .map_err(|refusal| CallError { refusal, not_sent: false })?;
         if service.state == ServiceState::Deprecated {
             answer.headers.push(("deprecation".into(), "true".into()));
         }
@@ -100,39 +99,30 @@ impl Services {
         service: &ServiceConfig,
         peer: &str,
         r: &wire::Request,
+        callback_id: Option<&str>,
     ) -> Result<reqwest::Request, Refusal> {
         let bad = |what: String| refuse(RefusalKind::BadRequest, what);
-        let url = service_url(&service.base_url, &r.path)
-            .ok_or_else(|| bad(format!("`{}` is not a path", r.path)))?;
-        let method = reqwest::Method::from_bytes(r.method.as_bytes())
-            .map_err(|_| bad(format!("bad method {}", r.method)))?;
+        let url = service_url(&service.base_url, &r.path).ok_or_else(|| bad(format!("`{}` is not a path", r.path)))?;
+        let method =
+            reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|_| bad(format!("bad method {}", r.method)))?;
         let mut http = self.client.request(method.clone(), url);
         let in_query = matches!(method, reqwest::Method::GET | reqwest::Method::DELETE);
-        let fields = || {
-            r.form
-                .iter()
-                .map(|(k, v)| (k.clone(), v.to_text()))
-                .collect::<Vec<_>>()
-        };
+        let callback = callback_id.map(|id| ("callbackId".to_owned(), wire::FormValue::Text(id.to_owned())));
+        let form: Vec<_> = r.form.iter().cloned().chain(callback).collect();
+        let fields = || form.iter().map(|(k, v)| (k.clone(), v.to_text())).collect::<Vec<_>>();
         http = match (r.encoding, in_query) {
-            (_, _) if r.form.is_empty() => http,
+            (_, _) if form.is_empty() => http,
             (Encoding::Form, true) => http.query(&fields()),
             (Encoding::Form, false) => http.form(&fields()),
             (Encoding::Json, _) => {
-                let object: serde_json::Map<_, _> = r
-                    .form
-                    .iter()
-                    .map(|(k, v)| (k.clone(), v.to_json()))
-                    .collect();
+                let object: serde_json::Map<_, _> = form.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
                 http.json(&object)
             }
         };
         for (name, value) in &r.headers {
             http = http.header(name, value);
         }
-        http = http
-            .header("X-Ferry-Peer", peer)
-            .header("X-Ferry-Request-Id", &r.id);
+        http = http.header("X-Ferry-Peer", peer).header("X-Ferry-Request-Id", &r.id);
         if let Some(c) = &r.conversation {
             http = http.header("X-Ferry-Conversation", c);
         }
@@ -140,6 +130,51 @@ impl Services {
             .build()
             .map_err(|e| bad(format!("cannot build the service call: {e}")))
     }
+}
+
+/// How many service calls for asynchronous requests run at once.
+const CONCURRENT_CALLS: usize = 64;
+
+/// Calls the local services for incoming asynchronous requests as the store says they are due,
+/// and records each outcome, until `stop`; then waits for the calls under way.
+pub async fn work(services: Services, store: Store, stop: CancellationToken) {
+    let slots = Arc::new(Semaphore::new(CONCURRENT_CALLS));
+    while !stop.is_cancelled() {
+        let free = slots.available_permits();
+        let calls = if free == 0 {
+            Vec::new()
+        } else {
+            store.claim_incoming(free).await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read due service calls");
+                Vec::new()
+            })
+        };
+        if calls.is_empty() {
+            if !idle(&store.wake.incoming, Duration::from_millis(500), &stop).await {
+                break;
+            }
+            continue;
+        }
+        for call in calls {
+            let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+            let (services, store) = (services.clone(), store.clone());
+            tokio::spawn(async move {
+                let outcome = match services.call_with(&call.peer, &call.request, call.callback_id.as_deref()).await {
+                    Ok(response) => ServiceOutcome::Answered(response),
+                    Err(e) if e.not_sent && e.refusal.kind == RefusalKind::BackendUnreachable => {
+                        let wait = 1_000i64.saturating_mul(1 << call.attempts.min(6));
+                        ServiceOutcome::RetryAt(now_ms() + wait, e.refusal.message)
+                    }
+                    Err(e) => ServiceOutcome::Failed(e.refusal.message),
+                };
+                if let Err(e) = store.service_answered(&call.peer, &call.request.id, outcome).await {
+                    tracing::error!(id = %call.request.id, error = %e, "cannot record the service's answer");
+                }
+                drop(permit);
+            });
+        }
+    }
+    let _ = slots.acquire_many(CONCURRENT_CALLS as u32).await;
 }
 
 /// The service URL for `path`: the base URL with the path appended, never another host.
@@ -151,12 +186,20 @@ pub fn service_url(base: &url::Url, path: &str) -> Option<url::Url> {
     (url.origin() == base.origin()).then_some(url)
 }
 
-fn backend_error(service: &ServiceConfig, e: reqwest::Error) -> Refusal {
-    if e.is_timeout() {
-        refuse(
-            RefusalKind::Timeout,
-            format!("service `{}` did not answer in time", service.id),
-        )
+/// A failed service call.
+#[derive(Debug, Clone)]
+pub struct CallError {
+    /// What to tell the requesting node.
+    pub refusal: Refusal,
+    /// The call certainly never reached the service (refused by policy, or no connection), so
+    /// trying again later cannot do the request twice.
+    pub not_sent: bool,
+}
+
+fn backend_error(service: &ServiceConfig, e: reqwest::Error) -> CallError {
+    let not_sent = e.is_connect();
+    let refusal = if e.is_timeout() {
+        refuse(RefusalKind::Timeout, format!("service `{}` did not answer in time", service.id))
     } else {
         let mut cause = e.to_string();
         let mut source = std::error::Error::source(&e);
@@ -166,25 +209,19 @@ fn backend_error(service: &ServiceConfig, e: reqwest::Error) -> Refusal {
         }
         refuse(
             RefusalKind::BackendUnreachable,
-            format!(
-                "the peer could not reach its service `{}` at {} ({cause})",
-                service.id, service.base_url
-            ),
+            format!("the peer could not reach its service `{}` at {} ({cause})", service.id, service.base_url),
         )
-    }
+    };
+    CallError { refusal, not_sent }
 }
 
 /// Reads the service's response, refusing bodies over [`MAX_BODY`].
-async fn relay(
-    mut response: reqwest::Response,
-) -> Result<Result<wire::Response, Refusal>, reqwest::Error> {
+async fn relay(mut response: reqwest::Response) -> Result<Result<wire::Response, Refusal>, reqwest::Error> {
     let headers = response
         .headers()
         .iter()
         .filter(|(name, _)| !wire::is_hop_by_hop(name.as_str()))
-        .filter_map(|(name, value)| {
-            Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned()))
-        })
+        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
         .collect();
     let status = response.status().as_u16();
     let mut body = Vec::new();
@@ -197,11 +234,7 @@ async fn relay(
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Ok(wire::Response {
-        status,
-        headers,
-        body,
-    }))
+    Ok(Ok(wire::Response { status, headers, body }))
 }
 
 #[cfg(test)]
@@ -211,18 +244,12 @@ mod tests {
     #[test]
     fn paths_cannot_leave_the_service() {
         let base = url::Url::parse("http://127.0.0.1:8080/api/").unwrap();
-        assert_eq!(
-            service_url(&base, "/user/list?a=1").unwrap().as_str(),
-            "http://127.0.0.1:8080/api/user/list?a=1"
-        );
+        assert_eq!(service_url(&base, "/user/list?a=1").unwrap().as_str(), "http://127.0.0.1:8080/api/user/list?a=1");
         for hostile in ["@evil.example/x", "//evil.example/x", "x", "/\\evil", ""] {
             assert!(service_url(&base, hostile).is_none(), "{hostile}");
         }
         let bare = url::Url::parse("http://127.0.0.1:8080").unwrap();
-        assert_eq!(
-            service_url(&bare, "/a").unwrap().as_str(),
-            "http://127.0.0.1:8080/a"
-        );
+        assert_eq!(service_url(&bare, "/a").unwrap().as_str(), "http://127.0.0.1:8080/a");
         assert!(service_url(&bare, "@evil.example/").is_none());
     }
 }

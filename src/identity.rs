@@ -37,10 +37,7 @@ pub struct Identity {
 
 impl Clone for Identity {
     fn clone(&self) -> Self {
-        Identity {
-            cert: self.cert.clone(),
-            key: self.key.clone_key(),
-        }
+        Identity { cert: self.cert.clone(), key: self.key.clone_key() }
     }
 }
 
@@ -56,9 +53,7 @@ pub enum IdentityError {
         what: String,
     },
     /// The key file exists already; `init` never overwrites it.
-    #[error(
-        "{0} exists already; ferry never overwrites a key (remove it yourself if you mean to)"
-    )]
+    #[error("{0} exists already; ferry never overwrites a key (remove it yourself if you mean to)")]
     KeyExists(PathBuf),
     /// rcgen failed to generate a key or certificate.
     #[error("cannot generate a key: {0}")]
@@ -77,18 +72,12 @@ impl Identity {
 
     /// Loads `cert` and `key` (PEM) and checks that they belong together.
     pub fn load(cert: &Path, key: &Path) -> Result<Identity, IdentityError> {
-        let identity = Identity {
-            cert: load_cert(cert)?,
-            key: load_key(key)?,
-        };
+        let identity = Identity { cert: load_cert(cert)?, key: load_key(key)? };
         let provider = rustls::crypto::ring::default_provider();
         let signing = provider
             .key_provider
             .load_private_key(identity.key.clone_key())
-            .map_err(|e| IdentityError::File {
-                path: key.to_owned(),
-                what: format!("unusable private key: {e}"),
-            })?;
+            .map_err(|e| IdentityError::File { path: key.to_owned(), what: format!("unusable private key: {e}") })?;
         let certified = rustls::sign::CertifiedKey::new(vec![identity.cert.clone()], signing);
         if certified.keys_match().is_err() {
             return Err(IdentityError::File {
@@ -108,10 +97,7 @@ impl Identity {
     pub fn save(&self, cert: &Path, key: &Path) -> Result<(), IdentityError> {
         let io = |path: &Path| {
             let path = path.to_owned();
-            move |e: std::io::Error| IdentityError::File {
-                path,
-                what: e.to_string(),
-            }
+            move |e: std::io::Error| IdentityError::File { path, what: e.to_string() }
         };
         if key.exists() {
             return Err(IdentityError::KeyExists(key.to_owned()));
@@ -122,9 +108,7 @@ impl Identity {
         #[cfg(unix)]
         std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
         let mut file = options.open(key).map_err(io(key))?;
-        file.write_all(key_pem.as_bytes())
-            .and_then(|_| file.sync_all())
-            .map_err(io(key))?;
+        file.write_all(key_pem.as_bytes()).and_then(|_| file.sync_all()).map_err(io(key))?;
         std::fs::write(cert, pem("CERTIFICATE", &self.cert)).map_err(io(cert))?;
         Ok(())
     }
@@ -162,23 +146,13 @@ mod tests {
         let loaded = Identity::load(&cert, &key).unwrap();
         assert_eq!(loaded.fingerprint(), id.fingerprint());
         let fp = id.fingerprint().to_string();
-        assert!(
-            fp.starts_with("sha256:")
-                && fp.len() == 71
-                && fp[7..].chars().all(|c| c.is_ascii_hexdigit())
-        );
+        assert!(fp.starts_with("sha256:") && fp.len() == 71 && fp[7..].chars().all(|c| c.is_ascii_hexdigit()));
         #[cfg(unix)]
         {
             use std::os::unix::fs::PermissionsExt;
-            assert_eq!(
-                std::fs::metadata(&key).unwrap().permissions().mode() & 0o777,
-                0o600
-            );
+            assert_eq!(std::fs::metadata(&key).unwrap().permissions().mode() & 0o777, 0o600);
         }
-        assert!(matches!(
-            id.save(&cert, &key),
-            Err(IdentityError::KeyExists(_))
-        ));
+        assert!(matches!(id.save(&cert, &key), Err(IdentityError::KeyExists(_))));
     }
 
     #[test]
@@ -186,10 +160,8 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let a = Identity::generate("org-a").unwrap();
         let b = Identity::generate("org-b").unwrap();
-        a.save(&dir.path().join("a.pem"), &dir.path().join("a.key"))
-            .unwrap();
-        b.save(&dir.path().join("b.pem"), &dir.path().join("b.key"))
-            .unwrap();
+        a.save(&dir.path().join("a.pem"), &dir.path().join("a.key")).unwrap();
+        b.save(&dir.path().join("b.pem"), &dir.path().join("b.key")).unwrap();
         let err = Identity::load(&dir.path().join("a.pem"), &dir.path().join("b.key")).unwrap_err();
         assert!(err.to_string().contains("does not belong"), "{err}");
     }

@@ -11,6 +11,7 @@
 //! `api` and `link` never import each other: they meet at [`store`] and [`wire`].
 
 pub mod api;
+pub mod callbacks;
 pub mod cli;
 pub mod config;
 pub mod deliver;

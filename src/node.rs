@@ -5,14 +5,16 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
+use crate::callbacks;
 use crate::config::Config;
-use crate::deliver::Services;
+use crate::deliver::{self, Services};
 use crate::identity::{Identity, IdentityError};
 use crate::link::{Link, LinkError, Transport};
 use crate::peer::Peers;
-use crate::store::Store;
+use crate::store::{Store, StoreError};
 
 /// The node's two sockets, bound before it starts so that callers (and tests) may bind port 0.
 #[derive(Debug)]
@@ -26,11 +28,8 @@ pub struct Sockets {
 impl Sockets {
     /// Binds `node.api` and `node.listen`.
     pub fn bind(config: &Config) -> Result<Sockets, NodeError> {
-        let bind_err = |what: &'static str, addr: SocketAddr| {
-            move |source| NodeError::Bind { what, addr, source }
-        };
-        let api = std::net::TcpListener::bind(config.node.api)
-            .map_err(bind_err("API (node.api)", config.node.api))?;
+        let bind_err = |what: &'static str, addr: SocketAddr| move |source| NodeError::Bind { what, addr, source };
+        let api = std::net::TcpListener::bind(config.node.api).map_err(bind_err("API (node.api)", config.node.api))?;
         let link = std::net::UdpSocket::bind(config.node.listen)
             .map_err(bind_err("link (node.listen)", config.node.listen))?;
         Ok(Sockets { api, link })
@@ -56,10 +55,16 @@ pub enum NodeError {
     /// The QUIC endpoint could not be set up.
     #[error(transparent)]
     Link(#[from] LinkError),
+    /// The store could not be opened.
+    #[error("cannot open the store: {0}")]
+    Store(#[from] StoreError),
     /// Serving the API failed.
     #[error("the API server failed: {0}")]
     Io(#[from] std::io::Error),
 }
+
+/// How long a stopping node waits for work under way.
+const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
 /// Runs a node until `shutdown` resolves, then lets in-flight API calls finish and closes the link.
 pub async fn run(
@@ -70,15 +75,21 @@ pub async fn run(
     let identity = Identity::load(&config.cert_path(), &config.key_path())?;
     let peers = Peers::load(&config.peers)?;
     let services = Services::new(config.services.clone());
-    let (store, due) = Store::new();
-    let link = Link::new(
-        sockets.link,
-        identity.clone(),
-        peers.clone(),
-        Transport::default(),
-    )?;
-    tokio::spawn(link.clone().serve(services));
-    tokio::spawn(link.clone().pump(due));
+    let (store, due) = Store::open(&config.node.data_dir)?;
+    let interrupted = store.recover().await?;
+    if interrupted > 0 {
+        tracing::warn!(interrupted, "failed requests whose service call the last stop interrupted");
+    }
+    let link = Link::new(sockets.link, identity.clone(), peers.clone(), Transport::default(), store.clone())?;
+    tokio::spawn(link.clone().serve(services.clone()));
+    let stop = CancellationToken::new();
+    tokio::spawn(link.clone().pump(due, stop.clone()));
+    let workers = [
+        tokio::spawn(link.clone().carry(stop.clone())),
+        tokio::spawn(deliver::work(services, store.clone(), stop.clone())),
+        tokio::spawn(callbacks::work(store.clone(), stop.clone())),
+    ];
+    link.greet_peers();
 
     let state = ApiState {
         store,
@@ -86,6 +97,8 @@ pub async fn run(
         name: config.node.name.clone(),
         fingerprint: identity.fingerprint().to_string(),
         tokens: Arc::new(config.api.tokens.clone()),
+        callback_base: config.node.callback_base.clone(),
+        heartbeat: config.api.heartbeat,
     };
     sockets.api.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
@@ -96,12 +109,14 @@ pub async fn run(
         fingerprint = %identity.fingerprint(),
         "serving"
     );
-    axum::serve(
-        listener,
-        api::router(state).into_make_service_with_connect_info::<SocketAddr>(),
-    )
-    .with_graceful_shutdown(shutdown)
-    .await?;
+    axum::serve(listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
+        .with_graceful_shutdown(shutdown)
+        .await?;
+    // Stop taking new work, let what is under way finish (bounded), then close the link.
+    stop.cancel();
+    if tokio::time::timeout(DRAIN_WITHIN, futures::future::join_all(workers)).await.is_err() {
+        tracing::warn!("work still under way after {DRAIN_WITHIN:?}; the store resumes it at the next start");
+    }
     link.close().await;
     tracing::info!(node = %config.node.name, "stopped");
     Ok(())

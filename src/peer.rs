@@ -30,6 +30,7 @@ pub struct Peer {
 #[derive(Debug, Default)]
 struct LinkState {
     connection: Option<quinn::Connection>,
+    failures: u32,
     last_error: Option<String>,
     last_seen: Option<SystemTime>,
 }
@@ -49,15 +50,14 @@ impl Peer {
     /// The open connection to this peer, if there is one.
     pub fn connection(&self) -> Option<quinn::Connection> {
         let link = self.link.lock().unwrap();
-        link.connection
-            .clone()
-            .filter(|c| c.close_reason().is_none())
+        link.connection.clone().filter(|c| c.close_reason().is_none())
     }
 
     /// Records a new connection.
     pub fn connected(&self, connection: quinn::Connection) {
         let mut link = self.link.lock().unwrap();
         link.connection = Some(connection);
+        link.failures = 0;
         link.last_error = None;
         link.last_seen = Some(SystemTime::now());
     }
@@ -69,7 +69,14 @@ impl Peer {
 
     /// Records a failure to reach the peer.
     pub fn failed(&self, error: String) {
-        self.link.lock().unwrap().last_error = Some(error);
+        let mut link = self.link.lock().unwrap();
+        link.failures = link.failures.saturating_add(1);
+        link.last_error = Some(error);
+    }
+
+    /// Failed attempts to reach the peer since it was last connected.
+    pub fn failures(&self) -> u32 {
+        self.link.lock().unwrap().failures
     }
 
     /// Closes the connection, if any, with `code`.
@@ -82,10 +89,7 @@ impl Peer {
     /// A snapshot for the API.
     pub fn status(&self) -> PeerStatus {
         let link = self.link.lock().unwrap();
-        let open = link
-            .connection
-            .as_ref()
-            .filter(|c| c.close_reason().is_none());
+        let open = link.connection.as_ref().filter(|c| c.close_reason().is_none());
         PeerStatus {
             name: self.name.clone(),
             address: self.address.clone(),
@@ -93,9 +97,7 @@ impl Peer {
             connected: open.is_some(),
             rtt_ms: open.map(|c| c.rtt().as_secs_f64() * 1000.0),
             last_error: link.last_error.clone(),
-            last_seen: link
-                .last_seen
-                .map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            last_seen: link.last_seen.map(|t| humantime::format_rfc3339_millis(t).to_string()),
         }
     }
 }
@@ -158,24 +160,12 @@ impl Peers {
 
     /// The peer whose pinned certificate has this fingerprint.
     pub fn by_fingerprint(&self, fingerprint: &Fingerprint) -> Option<Arc<Peer>> {
-        self.inner
-            .read()
-            .unwrap()
-            .by_fingerprint
-            .get(fingerprint)
-            .cloned()
+        self.inner.read().unwrap().by_fingerprint.get(fingerprint).cloned()
     }
 
     /// Every peer, by name.
     pub fn all(&self) -> Vec<Arc<Peer>> {
-        let mut all: Vec<_> = self
-            .inner
-            .read()
-            .unwrap()
-            .by_name
-            .values()
-            .cloned()
-            .collect();
+        let mut all: Vec<_> = self.inner.read().unwrap().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
     }

@@ -24,15 +24,9 @@ pub fn provider() -> Arc<CryptoProvider> {
 }
 
 /// The server side: requires a client certificate pinned in `peers`.
-pub fn server_config(
-    identity: &Identity,
-    peers: Peers,
-) -> Result<rustls::ServerConfig, rustls::Error> {
+pub fn server_config(identity: &Identity, peers: Peers) -> Result<rustls::ServerConfig, rustls::Error> {
     let provider = provider();
-    let verifier = PinnedClients {
-        peers,
-        algorithms: provider.signature_verification_algorithms,
-    };
+    let verifier = PinnedClients { peers, algorithms: provider.signature_verification_algorithms };
     let mut config = rustls::ServerConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .with_client_cert_verifier(Arc::new(verifier))
@@ -44,15 +38,9 @@ pub fn server_config(
 }
 
 /// The client side for dialing one peer: accepts only the certificate pinned as `expected`.
-pub fn client_config(
-    identity: &Identity,
-    expected: Fingerprint,
-) -> Result<rustls::ClientConfig, rustls::Error> {
+pub fn client_config(identity: &Identity, expected: Fingerprint) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
-    let verifier = PinnedServer {
-        expected,
-        algorithms: provider.signature_verification_algorithms,
-    };
+    let verifier = PinnedServer { expected, algorithms: provider.signature_verification_algorithms };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -102,9 +90,7 @@ impl ClientCertVerifier for PinnedClients {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "TLS 1.2 is not spoken on the link".into(),
-        ))
+        Err(rustls::Error::General("TLS 1.2 is not spoken on the link".into()))
     }
 
     fn verify_tls13_signature(
@@ -151,9 +137,7 @@ impl ServerCertVerifier for PinnedServer {
         _cert: &CertificateDer<'_>,
         _dss: &DigitallySignedStruct,
     ) -> Result<HandshakeSignatureValid, rustls::Error> {
-        Err(rustls::Error::General(
-            "TLS 1.2 is not spoken on the link".into(),
-        ))
+        Err(rustls::Error::General("TLS 1.2 is not spoken on the link".into()))
     }
 
     fn verify_tls13_signature(

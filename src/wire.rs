@@ -75,18 +75,9 @@ impl Code {
     /// The code for a QUIC error code received from the peer, if it is one of ours.
     pub fn from_varint(code: quinn::VarInt) -> Option<Self> {
         use Code::*;
-        [
-            Done,
-            ProtocolViolation,
-            VersionMismatch,
-            FrameTooLarge,
-            Unsupported,
-            NotPinned,
-            Cancelled,
-            Stalled,
-        ]
-        .into_iter()
-        .find(|c| *c as u64 == code.into_inner())
+        [Done, ProtocolViolation, VersionMismatch, FrameTooLarge, Unsupported, NotPinned, Cancelled, Stalled]
+            .into_iter()
+            .find(|c| *c as u64 == code.into_inner())
     }
 }
 
@@ -99,18 +90,57 @@ pub enum Message {
     Response(Response),
     /// The receiving node refused or could not complete the exchange.
     Refused(Refusal),
-    /// Reserved: an asynchronous request, persisted by the receiver before it acknowledges.
-    AsyncRequest(Reserved),
-    /// Reserved: the receiver has persisted a message.
-    Ack(Reserved),
-    /// Reserved: a reply to an asynchronous request, carried back to the requesting node.
-    Reply(Reserved),
+    /// Opens a stream: an asynchronous request, persisted by the receiver before it answers
+    /// [`Message::Ack`] (or [`Message::Refused`] when its service refuses the sender).
+    AsyncRequest(AsyncRequest),
+    /// The receiver has persisted a request or reply; the sender may stop retransmitting it.
+    Ack(Ack),
+    /// Opens a stream: a result of an asynchronous request, carried back to the requesting node,
+    /// which persists it and answers [`Message::Ack`].
+    Reply(Reply),
     /// Reserved: a signed receipt over a message and its payload hashes.
     Receipt(Reserved),
     /// Reserved: the start of a file stream.
     FileOffer(Reserved),
     /// Reserved: one chunk of a file with its SHA-256.
     FileChunk(Reserved),
+}
+
+/// An asynchronous request: the same fields as a synchronous one, plus its reply mode and expiry.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct AsyncRequest {
+    /// The request; its `timeout_ms` bounds each call of the service.
+    pub request: Request,
+    /// Whether the result is the service's later replies rather than its immediate response.
+    pub reply: bool,
+    /// When the requesting node gives up (ms since the Unix epoch).
+    pub expires_at_ms: i64,
+}
+
+/// The receiver persisted request `id` (`seq` 0) or its reply `seq`.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Ack {
+    /// The request id.
+    pub id: String,
+    /// 0 for the request itself, else the reply's sequence number.
+    pub seq: u32,
+}
+
+/// One result of an asynchronous request, in `seq` order.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Reply {
+    /// The request id.
+    pub id: String,
+    /// 1, 2, …
+    pub seq: u32,
+    /// Whether this is the last one.
+    pub end: bool,
+    /// The reply's data, or the service's response body, as JSON text.
+    pub data: Option<String>,
+    /// Why the request failed, when it did.
+    pub error: Option<String>,
+    /// The service's immediate response (non-reply mode, or a refusal in reply mode).
+    pub response: Option<Response>,
 }
 
 /// The body of a reserved message type; later protocol versions give it fields.
@@ -195,6 +225,37 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// The body bytes.
     pub body: Vec<u8>,
+}
+
+impl Response {
+    /// The body for a host: JSON when the Content-Type says so and it parses, text when it is
+    /// UTF-8, else base64 (and then the returned encoding is `Some("base64")`).
+    pub fn body_value(&self) -> (serde_json::Value, Option<&'static str>) {
+        use base64::Engine;
+        let is_json = self.headers.iter().any(|(k, v)| k == "content-type" && v.contains("json"));
+        match (is_json, std::str::from_utf8(&self.body)) {
+            (true, Ok(text)) => (serde_json::from_str(text).unwrap_or_else(|_| text.into()), None),
+            (false, Ok(text)) => (text.into(), None),
+            (_, Err(_)) => (base64::engine::general_purpose::STANDARD.encode(&self.body).into(), Some("base64")),
+        }
+    }
+
+    /// The headers as a JSON object; repeated names are joined with `, `.
+    pub fn headers_json(&self) -> serde_json::Map<String, serde_json::Value> {
+        let mut map = serde_json::Map::new();
+        for (k, v) in &self.headers {
+            match map.get_mut(k) {
+                Some(serde_json::Value::String(existing)) => *existing = format!("{existing}, {v}"),
+                _ => drop(map.insert(k.clone(), v.clone().into())),
+            }
+        }
+        map
+    }
+
+    /// Whether the status is 2xx.
+    pub fn is_success(&self) -> bool {
+        (200..300).contains(&self.status)
+    }
 }
 
 /// Why the receiving node did not relay a service's answer.
@@ -288,10 +349,7 @@ pub fn decode(payload: &[u8]) -> Result<Message, FrameError> {
 }
 
 /// Writes one message as a frame.
-pub async fn write<W: AsyncWrite + Unpin>(
-    out: &mut W,
-    message: &Message,
-) -> Result<(), FrameError> {
+pub async fn write<W: AsyncWrite + Unpin>(out: &mut W, message: &Message) -> Result<(), FrameError> {
     out.write_all(&encode(message)?).await?;
     Ok(())
 }
@@ -301,9 +359,7 @@ pub async fn read<R: AsyncRead + Unpin>(input: &mut R) -> Result<Message, FrameE
     let mut len = [0u8; 4];
     match input.read_exact(&mut len).await {
         Ok(_) => {}
-        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => {
-            return Err(FrameError::Finished)
-        }
+        Err(e) if e.kind() == std::io::ErrorKind::UnexpectedEof => return Err(FrameError::Finished),
         Err(e) => return Err(e.into()),
     }
     let len = u32::from_be_bytes(len) as usize;
@@ -326,10 +382,7 @@ mod tests {
             service: "1".into(),
             method: "GET".into(),
             path: "/user/list".into(),
-            form: vec![
-                ("pageSize".into(), FormValue::Int(1)),
-                ("q".into(), FormValue::Text("a b".into())),
-            ],
+            form: vec![("pageSize".into(), FormValue::Int(1)), ("q".into(), FormValue::Text("a b".into()))],
             encoding: Encoding::Form,
             headers: vec![],
             conversation: Some("c-1".into()),

@@ -81,7 +81,7 @@ async fn protocol_violations_reset_the_stream_and_spare_the_connection() {
     let wrong_version = wire::encode(&request(wire::PROTOCOL_VERSION + 1)).unwrap();
     assert_eq!(rogue.send(&wrong_version).await, Err(Some(Code::VersionMismatch)));
 
-    let reserved = wire::encode(&Message::Ack(Reserved)).unwrap();
+    let reserved = wire::encode(&Message::FileChunk(Reserved)).unwrap();
     assert_eq!(rogue.send(&reserved).await, Err(Some(Code::Unsupported)));
 
     assert!(service.seen().is_empty(), "nothing malformed reached the service");

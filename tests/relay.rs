@@ -16,18 +16,13 @@ fn req(path: &str, method: &str, form: Value) -> Value {
 #[tokio::test]
 async fn a_get_reaches_the_service_with_its_query_and_headers() {
     let p = pair().await;
-    let (status, env) =
-        p.a.request(req("/user/list", "GET", json!({"pageSize": 1})))
-            .await;
+    let (status, env) = p.a.request(req("/user/list", "GET", json!({"pageSize": 1}))).await;
     assert_eq!(status, StatusCode::OK, "{env}");
     assert_eq!(env["code"], 0);
     assert_eq!(env["msg"], "ActionOK");
     let data = &env["data"];
     assert_eq!(data["status"], 200);
-    assert_eq!(
-        data["body"]["path"], "/user/list",
-        "JSON bodies come back as JSON: {data}"
-    );
+    assert_eq!(data["body"]["path"], "/user/list", "JSON bodies come back as JSON: {data}");
     assert_eq!(data["headers"]["content-type"], "application/json");
 
     let seen = p.service.seen();
@@ -36,21 +31,14 @@ async fn a_get_reaches_the_service_with_its_query_and_headers() {
     assert_eq!(seen[0].path, "/user/list");
     assert_eq!(seen[0].query.as_deref(), Some("pageSize=1"));
     assert_eq!(seen[0].headers["x-ferry-peer"], "org-a");
-    assert_eq!(
-        seen[0].headers["x-ferry-request-id"],
-        data["id"].as_str().unwrap()
-    );
+    assert_eq!(seen[0].headers["x-ferry-request-id"], data["id"].as_str().unwrap());
     assert!(!seen[0].headers.contains_key("x-ferry-conversation"));
 }
 
 #[tokio::test]
 async fn forms_go_urlencoded_or_as_json_with_the_conversation_header() {
     let p = pair().await;
-    let mut body = req(
-        "/user/create",
-        "POST",
-        json!({"name": "Ada Lovelace", "n": 2, "ok": true, "x": 1.5}),
-    );
+    let mut body = req("/user/create", "POST", json!({"name": "Ada Lovelace", "n": 2, "ok": true, "x": 1.5}));
     body["conversation"] = "c-42".into();
     body["headers"] = json!({"X-Trace": "t1"});
     let (status, env) = p.a.request(body.clone()).await;
@@ -59,26 +47,18 @@ async fn forms_go_urlencoded_or_as_json_with_the_conversation_header() {
     let (status, env) = p.a.request(body).await;
     assert_eq!(status, StatusCode::OK, "{env}");
     // DELETE puts the form in the query string, like GET.
-    let (status, _) =
-        p.a.request(req("/user/7", "delete", json!({"hard": true})))
-            .await;
+    let (status, _) = p.a.request(req("/user/7", "delete", json!({"hard": true}))).await;
     assert_eq!(status, StatusCode::OK);
 
     let seen = p.service.seen();
     assert_eq!(seen[0].method, "POST");
-    assert_eq!(
-        seen[0].headers["content-type"],
-        "application/x-www-form-urlencoded"
-    );
+    assert_eq!(seen[0].headers["content-type"], "application/x-www-form-urlencoded");
     assert_eq!(seen[0].body, "name=Ada+Lovelace&n=2&ok=true&x=1.5");
     assert_eq!(seen[0].headers["x-ferry-conversation"], "c-42");
     assert_eq!(seen[0].headers["x-trace"], "t1");
     assert_eq!(seen[1].headers["content-type"], "application/json");
     let json: Value = serde_json::from_str(&seen[1].body).unwrap();
-    assert_eq!(
-        json,
-        json!({"name": "Ada Lovelace", "n": 2, "ok": true, "x": 1.5})
-    );
+    assert_eq!(json, json!({"name": "Ada Lovelace", "n": 2, "ok": true, "x": 1.5}));
     assert_eq!(seen[2].method, "DELETE");
     assert_eq!(seen[2].query.as_deref(), Some("hard=true"));
     assert_eq!(seen[2].body, "");
@@ -88,11 +68,7 @@ async fn forms_go_urlencoded_or_as_json_with_the_conversation_header() {
 async fn the_services_own_status_and_body_come_back_as_they_are() {
     let p = pair().await;
     let (status, env) = p.a.request(req("/status/404", "GET", json!({}))).await;
-    assert_eq!(
-        status,
-        StatusCode::OK,
-        "a backend's 404 is not a relay error: {env}"
-    );
+    assert_eq!(status, StatusCode::OK, "a backend's 404 is not a relay error: {env}");
     assert_eq!(env["data"]["status"], 404);
     assert_eq!(env["data"]["body"]["error"], "as asked");
 
@@ -111,10 +87,7 @@ fn assert_error(got: (StatusCode, Value), status: StatusCode, kind: &str) -> Val
     assert_eq!(got_status, status, "{env}");
     assert_eq!(env["code"], status.as_u16(), "{env}");
     assert_eq!(env["data"]["error"], kind, "{env}");
-    assert!(
-        env["msg"].as_str().is_some_and(|m| m.len() > 10),
-        "a message that says what to do: {env}"
-    );
+    assert!(env["msg"].as_str().is_some_and(|m| m.len() > 10), "a message that says what to do: {env}");
     env
 }
 
@@ -136,37 +109,13 @@ async fn the_receiving_node_enforces_service_ids_allow_lists_and_state() {
     a.start().await;
     b.start().await;
 
-    let to =
-        |service: &str| json!({"peer": "org-b", "service": service, "path": "/x", "method": "GET"});
-    assert_error(
-        a.request(to("nope")).await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
-    assert_error(
-        a.request(to("closed")).await,
-        StatusCode::FORBIDDEN,
-        "forbidden",
-    );
-    assert_error(
-        a.request(to("off")).await,
-        StatusCode::SERVICE_UNAVAILABLE,
-        "unavailable",
-    );
-    let env = assert_error(
-        a.request(to("gone")).await,
-        StatusCode::BAD_GATEWAY,
-        "backend_unreachable",
-    );
-    assert!(
-        env["data"]["id"].is_string(),
-        "the id is given for the log: {env}"
-    );
-    assert!(
-        service.seen().is_empty(),
-        "the service was called: {:?}",
-        service.seen()
-    );
+    let to = |service: &str| json!({"peer": "org-b", "service": service, "path": "/x", "method": "GET"});
+    assert_error(a.request(to("nope")).await, StatusCode::NOT_FOUND, "not_found");
+    assert_error(a.request(to("closed")).await, StatusCode::FORBIDDEN, "forbidden");
+    assert_error(a.request(to("off")).await, StatusCode::SERVICE_UNAVAILABLE, "unavailable");
+    let env = assert_error(a.request(to("gone")).await, StatusCode::BAD_GATEWAY, "backend_unreachable");
+    assert!(env["data"]["id"].is_string(), "the id is given for the log: {env}");
+    assert!(service.seen().is_empty(), "the service was called: {:?}", service.seen());
     let (status, _) = a.request(to("1")).await;
     assert_eq!(status, StatusCode::OK);
 }
@@ -177,16 +126,8 @@ async fn a_slow_service_times_out_without_hanging_the_caller() {
     let mut body = req("/sleep/3000", "GET", json!({}));
     body["timeout_ms"] = 300.into();
     let started = Instant::now();
-    assert_error(
-        p.a.request(body).await,
-        StatusCode::GATEWAY_TIMEOUT,
-        "timeout",
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(2),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert_error(p.a.request(body).await, StatusCode::GATEWAY_TIMEOUT, "timeout");
+    assert!(started.elapsed() < Duration::from_secs(2), "took {:?}", started.elapsed());
 }
 
 #[tokio::test]
@@ -194,16 +135,8 @@ async fn a_peer_that_is_down_is_unreachable_within_five_seconds() {
     let mut p = pair().await;
     p.b.stop().await;
     let started = Instant::now();
-    let env = assert_error(
-        p.a.request(req("/x", "GET", json!({}))).await,
-        StatusCode::BAD_GATEWAY,
-        "peer_unreachable",
-    );
-    assert!(
-        started.elapsed() < Duration::from_secs(7),
-        "took {:?}",
-        started.elapsed()
-    );
+    let env = assert_error(p.a.request(req("/x", "GET", json!({}))).await, StatusCode::BAD_GATEWAY, "peer_unreachable");
+    assert!(started.elapsed() < Duration::from_secs(7), "took {:?}", started.elapsed());
     assert!(env["msg"].as_str().unwrap().contains("org-b"), "{env}");
     let (_, peers) = p.a.get("/v1/peers").await;
     assert_eq!(peers["data"][0]["connected"], false, "{peers}");
@@ -217,32 +150,15 @@ async fn bad_requests_are_refused_naming_the_field() {
     let post_raw = |body: &'static str| {
         let url = url.clone();
         async move {
-            let r = client()
-                .post(url)
-                .header("content-type", "application/json")
-                .body(body)
-                .send()
-                .await
-                .unwrap();
+            let r = client().post(url).header("content-type", "application/json").body(body).send().await.unwrap();
             (r.status(), r.json::<Value>().await.unwrap())
         }
     };
-    assert_error(
-        post_raw("{not json").await,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-    );
-    let env = assert_error(
-        post_raw(r#"{"peer":"org-b","path":"/x"}"#).await,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-    );
+    assert_error(post_raw("{not json").await, StatusCode::BAD_REQUEST, "bad_request");
+    let env = assert_error(post_raw(r#"{"peer":"org-b","path":"/x"}"#).await, StatusCode::BAD_REQUEST, "bad_request");
     assert!(env["msg"].as_str().unwrap().contains("service"), "{env}");
-    let env = assert_error(
-        post_raw(r#"{"peer":5,"service":"1","path":"/x"}"#).await,
-        StatusCode::BAD_REQUEST,
-        "bad_request",
-    );
+    let env =
+        assert_error(post_raw(r#"{"peer":5,"service":"1","path":"/x"}"#).await, StatusCode::BAD_REQUEST, "bad_request");
     assert_eq!(env["data"]["field"], "peer");
     let env = assert_error(
         post_raw(r#"{"peer":"org-b","service":"1","path":"/x","colour":1}"#).await,
@@ -255,72 +171,33 @@ async fn bad_requests_are_refused_naming_the_field() {
         (req("x", "GET", json!({})), "path"),
         (req("/x", "BREW", json!({})), "method"),
         (req("/x", "GET", json!({"nested": {"a": 1}})), "form.nested"),
-        (
-            json!({"peer": "org-b", "service": "1", "path": "/x", "headers": {"Connection": "close"}}),
-            "headers",
-        ),
-        (
-            json!({"peer": "org-b", "service": "1", "path": "/x", "headers": {"X-Ferry-Peer": "me"}}),
-            "headers",
-        ),
-        (
-            json!({"peer": "org-b", "service": "1", "path": "/x", "encoding": "xml"}),
-            "encoding",
-        ),
-        (
-            json!({"peer": "org-b", "service": "1", "path": "/x", "timeout_ms": 0}),
-            "timeout_ms",
-        ),
-        (
-            json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "async"}),
-            "mode",
-        ),
-        (
-            json!({"peer": "org-b", "service": "1", "path": "/x", "file": "/etc/passwd"}),
-            "file",
-        ),
-        (
-            json!({"peer": "org-b", "service": "1", "path": "/x", "idempotency_key": "k".repeat(65)}),
-            "idempotency_key",
-        ),
+        (json!({"peer": "org-b", "service": "1", "path": "/x", "headers": {"Connection": "close"}}), "headers"),
+        (json!({"peer": "org-b", "service": "1", "path": "/x", "headers": {"X-Ferry-Peer": "me"}}), "headers"),
+        (json!({"peer": "org-b", "service": "1", "path": "/x", "encoding": "xml"}), "encoding"),
+        (json!({"peer": "org-b", "service": "1", "path": "/x", "timeout_ms": 0}), "timeout_ms"),
+        (json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "later"}), "mode"),
+        (json!({"peer": "org-b", "service": "1", "path": "/x", "reply": true}), "reply"),
+        (json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "async", "callback": {"url": "/cb"}}), "callback"),
+        (json!({"peer": "org-b", "service": "1", "path": "/x", "file": "/etc/passwd"}), "file"),
+        (json!({"peer": "org-b", "service": "1", "path": "/x", "idempotency_key": "k".repeat(65)}), "idempotency_key"),
     ];
     for (body, field) in cases {
-        let env = assert_error(
-            p.a.request(body.clone()).await,
-            StatusCode::BAD_REQUEST,
-            "bad_request",
-        );
+        let env = assert_error(p.a.request(body.clone()).await, StatusCode::BAD_REQUEST, "bad_request");
         assert_eq!(env["data"]["field"], field, "{body} → {env}");
     }
     assert_error(
-        p.a.request(json!({"peer": "org-z", "service": "1", "path": "/x"}))
-            .await,
+        p.a.request(json!({"peer": "org-z", "service": "1", "path": "/x"})).await,
         StatusCode::NOT_FOUND,
         "not_found",
     );
 
     let huge = json!({"peer": "org-b", "service": "1", "path": "/x", "form": {"blob": "x".repeat(3 << 20)}});
-    let r = client()
-        .post(p.a.url("/v1/requests"))
-        .json(&huge)
-        .send()
-        .await
-        .unwrap();
+    let r = client().post(p.a.url("/v1/requests")).json(&huge).send().await.unwrap();
     assert_eq!(r.status(), StatusCode::PAYLOAD_TOO_LARGE);
-    assert_eq!(
-        r.json::<Value>().await.unwrap()["data"]["error"],
-        "too_large"
-    );
+    assert_eq!(r.json::<Value>().await.unwrap()["data"]["error"], "too_large");
 
-    assert_error(
-        p.a.get("/v1/nothing").await,
-        StatusCode::NOT_FOUND,
-        "not_found",
-    );
-    assert!(
-        p.service.seen().is_empty(),
-        "nothing bad reached the service"
-    );
+    assert_error(p.a.get("/v1/nothing").await, StatusCode::NOT_FOUND, "not_found");
+    assert!(p.service.seen().is_empty(), "nothing bad reached the service");
 }
 
 #[tokio::test]
@@ -335,11 +212,7 @@ async fn many_concurrent_requests_share_one_connection() {
     }
     assert_eq!(ids.len(), 64);
     let seen = p.service.seen();
-    assert_eq!(
-        seen.len(),
-        64,
-        "each request reached the service exactly once"
-    );
+    assert_eq!(seen.len(), 64, "each request reached the service exactly once");
     let queries: HashSet<_> = seen.iter().filter_map(|s| s.query.clone()).collect();
     assert_eq!(queries.len(), 64);
     let (_, peers) = p.a.get("/v1/peers").await;
@@ -359,11 +232,7 @@ async fn a_restarted_peer_is_reached_again() {
     let started = Instant::now();
     let (status, env) = p.a.request(req("/after", "GET", json!({}))).await;
     assert_eq!(status, StatusCode::OK, "{env}");
-    assert!(
-        started.elapsed() < Duration::from_secs(5),
-        "took {:?}",
-        started.elapsed()
-    );
+    assert!(started.elapsed() < Duration::from_secs(5), "took {:?}", started.elapsed());
     let paths: Vec<_> = p.service.seen().iter().map(|s| s.path.clone()).collect();
     assert_eq!(paths, ["/before", "/after"]);
 }
@@ -375,11 +244,7 @@ async fn a_client_whose_certificate_is_not_pinned_gets_nothing() {
     let mut c = Node::create(p.root.path(), "org-c");
     c.add_peer(&p.b);
     c.start().await;
-    let env = assert_error(
-        c.request(req("/x", "GET", json!({}))).await,
-        StatusCode::BAD_GATEWAY,
-        "peer_unreachable",
-    );
+    let env = assert_error(c.request(req("/x", "GET", json!({}))).await, StatusCode::BAD_GATEWAY, "peer_unreachable");
     assert!(env["msg"].as_str().unwrap().contains("org-b"), "{env}");
     assert!(p.service.seen().is_empty());
 }
@@ -392,22 +257,12 @@ async fn a_server_that_is_not_the_pinned_one_is_refused() {
     let mut b = Node::create(root.path(), "org-b");
     let impostor = Node::create(root.path(), "impostor");
     // org-a pins the impostor's certificate under org-b's name and address.
-    ferry::cli::edit::add_peer(
-        &a.config_path,
-        "org-b",
-        &b.link.to_string(),
-        &impostor.cert(),
-    )
-    .unwrap();
+    ferry::cli::edit::add_peer(&a.config_path, "org-b", &b.link.to_string(), &impostor.cert()).unwrap();
     b.add_peer(&a);
     b.add_service("1", &service.base_url(), &["org-a"]);
     a.start().await;
     b.start().await;
-    let env = assert_error(
-        a.request(req("/x", "GET", json!({}))).await,
-        StatusCode::BAD_GATEWAY,
-        "peer_unreachable",
-    );
+    let env = assert_error(a.request(req("/x", "GET", json!({}))).await, StatusCode::BAD_GATEWAY, "peer_unreachable");
     assert!(env["msg"].as_str().unwrap().contains("org-b"), "{env}");
     assert!(service.seen().is_empty());
 }

@@ -11,6 +11,22 @@ pub fn ok(status: StatusCode, msg: &str, data: impl Serialize) -> Response {
     (status, Json(json!({"code": 0, "msg": msg, "data": data}))).into_response()
 }
 
+/// Parses a JSON request body, naming the field that is wrong.
+pub fn json_body<T: serde::de::DeserializeOwned>(
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<T, ApiError> {
+    let body = body.map_err(|e| match e.status() {
+        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(Kind::TooLarge, format!("the request body is too large ({e})")),
+        _ => ApiError::bad_request(format!("cannot read the request body: {e}")),
+    })?;
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)).map_err(|e| {
+        match e.path().to_string().as_str() {
+            "." | "?" => ApiError::bad_request(format!("the body is not valid: {}", e.inner())),
+            path => ApiError::bad_request(format!("field `{path}`: {}", e.inner())).with("field", path),
+        }
+    })
+}
+
 /// The error kinds host apps see in `data.error`.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Kind {
@@ -88,11 +104,7 @@ pub struct ApiError {
 impl ApiError {
     /// An error of `kind` with message `msg`.
     pub fn new(kind: Kind, msg: impl Into<String>) -> Self {
-        ApiError {
-            kind,
-            msg: msg.into(),
-            details: Map::new(),
-        }
+        ApiError { kind, msg: msg.into(), details: Map::new() }
     }
 
     /// A 400 naming what is wrong.
@@ -115,10 +127,6 @@ impl IntoResponse for ApiError {
         }
         let mut data = self.details;
         data.insert("error".into(), self.kind.name().into());
-        (
-            status,
-            Json(json!({"code": status.as_u16(), "msg": self.msg, "data": data})),
-        )
-            .into_response()
+        (status, Json(json!({"code": status.as_u16(), "msg": self.msg, "data": data}))).into_response()
     }
 }

@@ -4,6 +4,9 @@
 //! the link. Every answer is the JSON envelope of [`envelope`].
 
 pub mod envelope;
+mod events;
+mod monitor;
+mod replies;
 mod requests;
 
 use std::net::SocketAddr;
@@ -35,41 +38,35 @@ pub struct ApiState {
     pub fingerprint: String,
     /// Bearer tokens; empty means loopback callers only.
     pub tokens: Arc<Vec<String>>,
+    /// Base for callback URLs given as a path.
+    pub callback_base: Option<url::Url>,
+    /// How often WebSocket clients must send `OK`.
+    pub heartbeat: std::time::Duration,
 }
 
 /// The API's routes, guarded by the token and loopback rules.
 pub fn router(state: ApiState) -> Router {
     Router::new()
-        .route("/v1/requests", post(requests::create))
+        .route("/v1/requests", post(requests::create).get(monitor::list))
+        .route("/v1/requests/{id}", get(monitor::one))
+        .route("/v1/replies", post(replies::create))
+        .route("/v1/pending", get(monitor::pending))
+        .route("/v1/stats", get(monitor::stats))
+        .route("/v1/events", get(events::stream))
         .route("/v1/peers", get(peers))
         .route("/v1/health", get(health))
-        .fallback(|| async {
-            ApiError::new(
-                Kind::NotFound,
-                "no such endpoint; see API.md §3 for the routes",
-            )
-        })
+        .fallback(|| async { ApiError::new(Kind::NotFound, "no such endpoint; see API.md §3 for the routes") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(
-                Kind::NotFound,
-                "this endpoint does not take that method; see API.md §3",
-            )
+            ApiError::new(Kind::NotFound, "this endpoint does not take that method; see API.md §3")
         })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)
 }
 
 /// With tokens configured, every call needs one; without, only loopback callers are served.
-async fn guard(
-    State(state): State<ApiState>,
-    request: Request,
-    next: Next,
-) -> Result<Response, ApiError> {
+async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
     if state.tokens.is_empty() {
-        let loopback = request
-            .extensions()
-            .get::<ConnectInfo<SocketAddr>>()
-            .is_some_and(|c| c.0.ip().is_loopback());
+        let loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
         if !loopback {
             return Err(ApiError::new(
                 Kind::Forbidden,
@@ -83,9 +80,7 @@ async fn guard(
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let valid = state.tokens.iter().fold(0u8, |any, t| {
-            any | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8()
-        });
+        let valid = state.tokens.iter().fold(0u8, |any, t| any | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
         if valid == 0 {
             return Err(ApiError::new(
                 Kind::Unauthorized,
@@ -117,11 +112,13 @@ mod tests {
 
     fn state(tokens: &[&str]) -> ApiState {
         ApiState {
-            store: Store::new().0,
+            store: Store::open(&tempfile::tempdir().unwrap().keep()).unwrap().0,
             peers: Peers::default(),
             name: "org-a".into(),
             fingerprint: "sha256:00".into(),
             tokens: Arc::new(tokens.iter().map(|t| t.to_string()).collect()),
+            callback_base: None,
+            heartbeat: std::time::Duration::from_secs(15),
         }
     }
 

@@ -3,18 +3,15 @@
 use std::collections::BTreeMap;
 use std::time::Duration;
 
-use axum::body::Bytes;
-use axum::extract::rejection::BytesRejection;
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use base64::Engine;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::envelope::{ok, ApiError, Kind};
+use super::envelope::{json_body, ok, ApiError, Kind};
 use super::ApiState;
-use crate::store::Failure;
+use crate::store::{now_ms, Failure, NewAsync};
 use crate::wire::{self, Encoding, FormValue, RefusalKind};
 
 /// The body of `POST /v1/requests`, as the host sends it.
@@ -39,7 +36,7 @@ struct NewRequest {
     #[serde(default)]
     reply: Option<bool>,
     #[serde(default)]
-    callback: Option<Value>,
+    callback: Option<CallbackSpec>,
     #[serde(default)]
     headers: BTreeMap<String, String>,
     #[serde(default)]
@@ -52,7 +49,24 @@ struct NewRequest {
     ttl_s: Option<u64>,
 }
 
+/// Where an async request's results go.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct CallbackSpec {
+    url: String,
+    #[serde(default)]
+    method: Option<String>,
+}
+
+/// The async part of a validated request.
+struct AsyncPart {
+    reply: bool,
+    callback: Option<(String, String)>,
+    ttl_s: u64,
+}
+
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
+const DEFAULT_TTL_S: u64 = 86_400;
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Validates the request, hands it to the store and, in sync mode, answers with the service's
@@ -60,45 +74,35 @@ const MAX_TIMEOUT_MS: u64 = 3_600_000;
 pub(super) async fn create(
     State(state): State<ApiState>,
     headers: HeaderMap,
-    body: Result<Bytes, BytesRejection>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
-    let body = body.map_err(|e| match e.status() {
-        StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(
-            Kind::TooLarge,
-            format!("the request body is too large ({e})"),
-        ),
-        _ => ApiError::bad_request(format!("cannot read the request body: {e}")),
-    })?;
-    let new: NewRequest =
-        serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
-            .map_err(|e| match e.path().to_string().as_str() {
-                "." => {
-                    ApiError::bad_request(format!("the body is not a valid request: {}", e.inner()))
-                }
-                path => ApiError::bad_request(format!("field `{path}`: {}", e.inner()))
-                    .with("field", path),
-            })?;
-    let idempotency_key = new.idempotency_key.clone().or_else(|| {
-        headers
-            .get("idempotency-key")
-            .and_then(|v| v.to_str().ok())
-            .map(str::to_owned)
-    });
-    let (peer, request) = validate(&state, new, idempotency_key)?;
+    let new: NewRequest = json_body(body)?;
+    let idempotency_key = new
+        .idempotency_key
+        .clone()
+        .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned));
+    let (peer, request, async_part) = validate(&state, new, idempotency_key)?;
+    if let Some(a) = async_part {
+        let id = request.id.clone();
+        let new = NewAsync {
+            peer,
+            request,
+            reply: a.reply,
+            callback_method: a.callback.as_ref().map(|c| c.1.clone()).unwrap_or_default(),
+            callback_url: a.callback.map(|c| c.0),
+            expires_at: now_ms() + (a.ttl_s as i64).saturating_mul(1000),
+        };
+        state.store.insert_outgoing(new).await.map_err(|e| {
+            ApiError::new(Kind::Internal, format!("the request could not be stored: {e}")).with("id", id.clone())
+        })?;
+        return Ok(ok(StatusCode::ACCEPTED, "Accepted", json!({"id": id, "state": "waiting"})));
+    }
     let timeout = Duration::from_millis(request.timeout_ms);
     let id = request.id.clone();
-    let outcome = tokio::time::timeout(timeout, state.store.request(&peer, request))
-        .await
-        .map_err(|_| {
-            ApiError::new(
-                Kind::Timeout,
-                format!(
-                    "no answer from {peer} within timeout_ms={}",
-                    timeout.as_millis()
-                ),
-            )
+    let outcome = tokio::time::timeout(timeout, state.store.request(&peer, request)).await.map_err(|_| {
+        ApiError::new(Kind::Timeout, format!("no answer from {peer} within timeout_ms={}", timeout.as_millis()))
             .with("id", id.clone())
-        })?;
+    })?;
     match outcome {
         Ok(response) => Ok(answer(&id, response)),
         Err(failure) => Err(failure_error(&peer, failure).with("id", id)),
@@ -110,48 +114,36 @@ fn validate(
     state: &ApiState,
     new: NewRequest,
     idempotency_key: Option<String>,
-) -> Result<(String, wire::Request), ApiError> {
+) -> Result<(String, wire::Request, Option<AsyncPart>), ApiError> {
     let bad = ApiError::bad_request;
     let not_yet = |field: &str| {
-        bad(format!("field `{field}`: this node relays synchronous requests without files; this field is not supported yet"))
+        bad(format!("field `{field}`: this node does not send files or honour idempotency keys yet"))
             .with("field", field)
     };
+    let sync_only =
+        |field: &str| bad(format!("field `{field}`: applies to `mode: \"async\"` only")).with("field", field);
     if new.peer.is_empty() || new.service.is_empty() {
-        return Err(bad(
-            "fields `peer` and `service` must not be empty".to_owned()
-        ));
+        return Err(bad("fields `peer` and `service` must not be empty".to_owned()));
     }
     if state.peers.get(&new.peer).is_none() {
         return Err(ApiError::new(
             Kind::NotFound,
-            format!(
-                "unknown peer `{}`; configured peers are listed by GET /v1/peers",
-                new.peer
-            ),
+            format!("unknown peer `{}`; configured peers are listed by GET /v1/peers", new.peer),
         ));
     }
     if !new.path.starts_with('/') || new.path.starts_with("//") {
-        return Err(bad(format!(
-            "field `path`: `{}` must start with a single `/`",
-            new.path
-        ))
-        .with("field", "path"));
+        return Err(bad(format!("field `path`: `{}` must start with a single `/`", new.path)).with("field", "path"));
     }
     let method = new.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
     if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
-        return Err(bad(format!(
-            "field `method`: `{method}` is not one of GET, POST, PUT, PATCH, DELETE"
-        ))
-        .with("field", "method"));
+        return Err(bad(format!("field `method`: `{method}` is not one of GET, POST, PUT, PATCH, DELETE"))
+            .with("field", "method"));
     }
     let encoding = match new.encoding.as_deref() {
         None | Some("form") => Encoding::Form,
         Some("json") => Encoding::Json,
         Some(other) => {
-            return Err(bad(format!(
-                "field `encoding`: `{other}` is not `form` or `json`"
-            ))
-            .with("field", "encoding"))
+            return Err(bad(format!("field `encoding`: `{other}` is not `form` or `json`")).with("field", "encoding"))
         }
     };
     let form = new
@@ -166,7 +158,10 @@ fn validate(
                     None => FormValue::Float(n.as_f64().unwrap_or_default()),
                 },
                 _ => {
-                    return Err(bad(format!("field `form.{k}`: only strings, numbers and booleans can be sent as text fields")).with("field", format!("form.{k}")))
+                    return Err(bad(format!(
+                        "field `form.{k}`: only strings, numbers and booleans can be sent as text fields"
+                    ))
+                    .with("field", format!("form.{k}")))
                 }
             };
             Ok((k, value))
@@ -180,49 +175,49 @@ fn validate(
             .with("field", "headers"));
         }
         if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(bad(format!(
-                "field `headers`: `{name}` is not a valid header name"
-            ))
-            .with("field", "headers"));
+            return Err(bad(format!("field `headers`: `{name}` is not a valid header name")).with("field", "headers"));
         }
     }
-    match new.mode.as_deref() {
-        None | Some("sync") => {}
-        Some("async") => return Err(not_yet("mode")),
+    let async_part = match new.mode.as_deref() {
+        None | Some("sync") => {
+            for (set, field) in
+                [(new.reply.is_some(), "reply"), (new.callback.is_some(), "callback"), (new.ttl_s.is_some(), "ttl_s")]
+            {
+                if set {
+                    return Err(sync_only(field));
+                }
+            }
+            None
+        }
+        Some("async") => {
+            let callback = match new.callback {
+                None => None,
+                Some(spec) => Some(callback_target(state, spec)?),
+            };
+            let ttl_s = new.ttl_s.unwrap_or(DEFAULT_TTL_S);
+            if ttl_s == 0 {
+                return Err(bad("field `ttl_s`: must be at least 1".to_owned()).with("field", "ttl_s"));
+            }
+            Some(AsyncPart { reply: new.reply.unwrap_or(false), callback, ttl_s })
+        }
         Some(other) => {
-            return Err(
-                bad(format!("field `mode`: `{other}` is not `sync` or `async`"))
-                    .with("field", "mode"),
-            )
+            return Err(bad(format!("field `mode`: `{other}` is not `sync` or `async`")).with("field", "mode"))
         }
-    }
-    if new.reply.is_some() {
-        return Err(not_yet("reply"));
-    }
-    if new.callback.is_some() {
-        return Err(not_yet("callback"));
-    }
-    if new.ttl_s.is_some() {
-        return Err(not_yet("ttl_s"));
-    }
+    };
     if new.file.is_some() || new.file_field.is_some() {
         return Err(not_yet("file"));
     }
     if let Some(key) = idempotency_key {
         if key.is_empty() || key.chars().count() > 64 {
             return Err(
-                bad("field `idempotency_key`: must be 1 to 64 characters".to_owned())
-                    .with("field", "idempotency_key"),
+                bad("field `idempotency_key`: must be 1 to 64 characters".to_owned()).with("field", "idempotency_key")
             );
         }
         return Err(not_yet("idempotency_key"));
     }
     let timeout_ms = new.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
-        return Err(
-            bad(format!("field `timeout_ms`: must be 1 to {MAX_TIMEOUT_MS}"))
-                .with("field", "timeout_ms"),
-        );
+        return Err(bad(format!("field `timeout_ms`: must be 1 to {MAX_TIMEOUT_MS}")).with("field", "timeout_ms"));
     }
     let request = wire::Request {
         version: wire::PROTOCOL_VERSION,
@@ -236,40 +231,38 @@ fn validate(
         conversation: new.conversation,
         timeout_ms,
     };
-    Ok((new.peer, request))
+    Ok((new.peer, request, async_part))
+}
+
+/// The absolute callback URL and method: a path is joined to `node.callback_base`.
+fn callback_target(state: &ApiState, spec: CallbackSpec) -> Result<(String, String), ApiError> {
+    let bad = |msg: String| ApiError::bad_request(msg).with("field", "callback");
+    let method = spec.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
+    if method != "GET" && method != "POST" {
+        return Err(bad(format!("field `callback.method`: `{method}` is not GET or POST")));
+    }
+    let url = if spec.url.starts_with('/') {
+        let base = state.callback_base.as_ref().ok_or_else(|| {
+            bad(format!(
+                "field `callback.url`: `{}` is a path, but `node.callback_base` is not set; give an absolute URL",
+                spec.url
+            ))
+        })?;
+        format!("{}{}", base.as_str().trim_end_matches('/'), spec.url)
+    } else {
+        spec.url
+    };
+    match url::Url::parse(&url) {
+        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok((u.to_string(), method)),
+        _ => Err(bad(format!("field `callback.url`: `{url}` is not an http(s) URL or a path"))),
+    }
 }
 
 /// The 200 answer: the service's status, headers and body (JSON, text or base64).
 fn answer(id: &str, response: wire::Response) -> Response {
-    let is_json = response
-        .headers
-        .iter()
-        .any(|(k, v)| k == "content-type" && v.contains("json"));
-    let (body, encoding) = match (is_json, std::str::from_utf8(&response.body)) {
-        (true, Ok(text)) => (
-            serde_json::from_str(text).unwrap_or_else(|_| text.into()),
-            None,
-        ),
-        (false, Ok(text)) => (Value::String(text.to_owned()), None),
-        (_, Err(_)) => (
-            base64::engine::general_purpose::STANDARD
-                .encode(&response.body)
-                .into(),
-            Some("base64"),
-        ),
-    };
-    let mut headers = Map::new();
-    for (k, v) in &response.headers {
-        match headers.get_mut(k) {
-            Some(Value::String(existing)) => *existing = format!("{existing}, {v}"),
-            _ => drop(headers.insert(k.clone(), v.clone().into())),
-        }
-    }
-    let deprecation = response
-        .headers
-        .iter()
-        .find(|(k, _)| k == "deprecation")
-        .map(|(_, v)| v.clone());
+    let (body, encoding) = response.body_value();
+    let headers = response.headers_json();
+    let deprecation = response.headers.iter().find(|(k, _)| k == "deprecation").map(|(_, v)| v.clone());
     let mut data = json!({"id": id, "status": response.status, "headers": headers, "body": body});
     if let Some(e) = encoding {
         data["body_encoding"] = e.into();
@@ -284,10 +277,9 @@ fn answer(id: &str, response: wire::Response) -> Response {
 /// The API error for a failed exchange.
 fn failure_error(peer: &str, failure: Failure) -> ApiError {
     match failure {
-        Failure::PeerUnreachable(why) => ApiError::new(
-            Kind::PeerUnreachable,
-            format!("{why}; check that {peer} runs and is reachable"),
-        ),
+        Failure::PeerUnreachable(why) => {
+            ApiError::new(Kind::PeerUnreachable, format!("{why}; check that {peer} runs and is reachable"))
+        }
         Failure::Broken(why) => ApiError::new(Kind::PeerUnreachable, why),
         Failure::Refused(refusal) => {
             let kind = match refusal.kind {

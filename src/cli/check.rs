@@ -19,11 +19,9 @@ pub fn check(path: &Path) -> Result<(), CliError> {
     };
     for peer in &config.peers {
         match load_cert(&peer.cert) {
-            Ok(cert) if Some(Fingerprint::of(&cert)) == own => problems.push(format!(
-                "peer `{}`: {} is this node's own certificate",
-                peer.name,
-                peer.cert.display()
-            )),
+            Ok(cert) if Some(Fingerprint::of(&cert)) == own => {
+                problems.push(format!("peer `{}`: {} is this node's own certificate", peer.name, peer.cert.display()))
+            }
             Ok(_) => {}
             Err(e) => problems.push(format!("peer `{}`: {e}", peer.name)),
         }

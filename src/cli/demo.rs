@@ -18,11 +18,9 @@ use crate::node::{self, Sockets};
 
 /// Runs the demo and prints what happened.
 pub fn run() -> Result<(), CliError> {
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
-    runtime
-        .block_on(demo())
-        .map_err(|e| CliError::failed(format!("demo failed: {e:#}")))
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(demo()).map_err(|e| CliError::failed(format!("demo failed: {e:#}")))
 }
 
 async fn demo() -> anyhow::Result<()> {
@@ -30,42 +28,18 @@ async fn demo() -> anyhow::Result<()> {
     let service = sample_service().await?;
     println!("sample service of org-b listening on http://{service}");
 
-    let a = Sockets {
-        api: loopback_tcp()?,
-        link: loopback_udp()?,
-    };
-    let b = Sockets {
-        api: loopback_tcp()?,
-        link: loopback_udp()?,
-    };
+    let a = Sockets { api: loopback_tcp()?, link: loopback_udp()? };
+    let b = Sockets { api: loopback_tcp()?, link: loopback_udp()? };
     let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
     let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
     let (a_dir, b_dir) = (dir.path().join("org-a"), dir.path().join("org-b"));
     let fa = init::init(&a_dir, "org-a", a_link, a_api)?;
     let fb = init::init(&b_dir, "org-b", b_link, b_api)?;
     println!("ferry init org-a: {fa}\nferry init org-b: {fb}");
-    let (a_conf, b_conf) = (
-        a_dir.join("config/ferry.toml"),
-        b_dir.join("config/ferry.toml"),
-    );
-    edit::add_peer(
-        &a_conf,
-        "org-b",
-        &b_link.to_string(),
-        &b_dir.join("certs/node.pem"),
-    )?;
-    edit::add_peer(
-        &b_conf,
-        "org-a",
-        &a_link.to_string(),
-        &a_dir.join("certs/node.pem"),
-    )?;
-    edit::add_service(
-        &b_conf,
-        "1",
-        &format!("http://{service}"),
-        &["org-a".to_owned()],
-    )?;
+    let (a_conf, b_conf) = (a_dir.join("config/ferry.toml"), b_dir.join("config/ferry.toml"));
+    edit::add_peer(&a_conf, "org-b", &b_link.to_string(), &b_dir.join("certs/node.pem"))?;
+    edit::add_peer(&b_conf, "org-a", &a_link.to_string(), &a_dir.join("certs/node.pem"))?;
+    edit::add_service(&b_conf, "1", &format!("http://{service}"), &["org-a".to_owned()])?;
     println!("peers pinned both ways; org-b offers service 1 to org-a\n");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -89,22 +63,10 @@ async fn demo() -> anyhow::Result<()> {
         println!("host app → org-a: POST /v1/requests {body}");
         let started = std::time::Instant::now();
         let answer: Value = host.post(&url).json(&body).send().await?.json().await?;
-        println!(
-            "org-a → host app in {:.1} ms: {}\n",
-            started.elapsed().as_secs_f64() * 1000.0,
-            pretty(&answer)
-        );
-        anyhow::ensure!(
-            answer["code"] == 0 && answer["data"]["status"] == 200,
-            "the request failed: {answer}"
-        );
+        println!("org-a → host app in {:.1} ms: {}\n", started.elapsed().as_secs_f64() * 1000.0, pretty(&answer));
+        anyhow::ensure!(answer["code"] == 0 && answer["data"]["status"] == 200, "the request failed: {answer}");
     }
-    let peers: Value = host
-        .get(format!("http://{a_api}/v1/peers"))
-        .send()
-        .await?
-        .json()
-        .await?;
+    let peers: Value = host.get(format!("http://{a_api}/v1/peers")).send().await?.json().await?;
     println!("GET /v1/peers on org-a: {}", pretty(&peers["data"]));
 
     let _ = stop.send(true);
@@ -130,33 +92,23 @@ fn loopback_udp() -> std::io::Result<std::net::UdpSocket> {
 /// org-b's sample service: lists users on GET, echoes what it got on POST.
 async fn sample_service() -> std::io::Result<SocketAddr> {
     fn seen(headers: &HeaderMap) -> Value {
-        let h = |n: &str| {
-            headers
-                .get(n)
-                .and_then(|v| v.to_str().ok())
-                .unwrap_or("")
-                .to_owned()
-        };
+        let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         json!({"peer": h("x-ferry-peer"), "request_id": h("x-ferry-request-id"), "conversation": h("x-ferry-conversation")})
     }
     let app = Router::new()
         .route(
             "/user/list",
-            get(
-                |headers: HeaderMap, Query(q): Query<HashMap<String, String>>| async move {
-                    let size: usize = q.get("pageSize").and_then(|s| s.parse().ok()).unwrap_or(10);
-                    let users: Vec<_> = ["Ada", "Grace", "Edsger"].iter().take(size).collect();
-                    Json(json!({"users": users, "seen": seen(&headers)}))
-                },
-            ),
+            get(|headers: HeaderMap, Query(q): Query<HashMap<String, String>>| async move {
+                let size: usize = q.get("pageSize").and_then(|s| s.parse().ok()).unwrap_or(10);
+                let users: Vec<_> = ["Ada", "Grace", "Edsger"].iter().take(size).collect();
+                Json(json!({"users": users, "seen": seen(&headers)}))
+            }),
         )
         .route(
             "/user/create",
-            post(
-                |headers: HeaderMap, Form(form): Form<HashMap<String, String>>| async move {
-                    Json(json!({"created": form, "seen": seen(&headers)}))
-                },
-            ),
+            post(|headers: HeaderMap, Form(form): Form<HashMap<String, String>>| async move {
+                Json(json!({"created": form, "seen": seen(&headers)}))
+            }),
         );
     let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
     let addr = listener.local_addr()?;

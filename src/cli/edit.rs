@@ -12,17 +12,10 @@ use crate::config::{valid_name, Config};
 use crate::identity::{load_cert, Fingerprint};
 
 /// Pins the certificate in `cert_file` for peer `name` and adds its `[[peer]]` table.
-pub fn add_peer(
-    config_path: &Path,
-    name: &str,
-    address: &str,
-    cert_file: &Path,
-) -> Result<Fingerprint, CliError> {
+pub fn add_peer(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> Result<Fingerprint, CliError> {
     let config = Config::load(config_path)?;
     if !valid_name(name) {
-        return Err(CliError::usage(format!(
-            "--name `{name}`: only letters, digits, `.`, `-` and `_` (at most 64)"
-        )));
+        return Err(CliError::usage(format!("--name `{name}`: only letters, digits, `.`, `-` and `_` (at most 64)")));
     }
     if config.peer(name).is_some() {
         return Err(CliError::usage(format!(
@@ -38,11 +31,7 @@ pub fn add_peer(
             cert_file.display()
         )));
     }
-    let pinned = config
-        .node
-        .certs_dir
-        .join("peers")
-        .join(format!("{name}.pem"));
+    let pinned = config.node.certs_dir.join("peers").join(format!("{name}.pem"));
     if pinned.exists() {
         return Err(CliError::usage(format!(
             "{} exists already; remove it first to pin another certificate",
@@ -59,12 +48,7 @@ pub fn add_peer(
 
     std::fs::create_dir_all(pinned.parent().expect("peers/ has a parent"))
         .and_then(|_| std::fs::copy(cert_file, &pinned))
-        .map_err(|e| {
-            CliError::usage(format!(
-                "cannot copy the certificate to {}: {e}",
-                pinned.display()
-            ))
-        })?;
+        .map_err(|e| CliError::usage(format!("cannot copy the certificate to {}: {e}", pinned.display())))?;
     if let Err(e) = save(config_path, &doc) {
         let _ = std::fs::remove_file(&pinned);
         return Err(e);
@@ -73,12 +57,7 @@ pub fn add_peer(
 }
 
 /// Adds a `[[service]]` table.
-pub fn add_service(
-    config_path: &Path,
-    id: &str,
-    base_url: &str,
-    allow: &[String],
-) -> Result<(), CliError> {
+pub fn add_service(config_path: &Path, id: &str, base_url: &str, allow: &[String]) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
     if config.service(id).is_some() {
         return Err(CliError::usage(format!(
@@ -96,24 +75,18 @@ pub fn add_service(
 }
 
 fn document(path: &Path) -> Result<DocumentMut, CliError> {
-    let text = std::fs::read_to_string(path)
-        .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-    text.parse()
-        .map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
+    let text = std::fs::read_to_string(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
+    text.parse().map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
 }
 
 fn push(doc: &mut DocumentMut, key: &str, table: Table) -> Result<(), CliError> {
-    let item = doc
-        .entry(key)
-        .or_insert_with(|| Item::ArrayOfTables(ArrayOfTables::new()));
+    let item = doc.entry(key).or_insert_with(|| Item::ArrayOfTables(ArrayOfTables::new()));
     match item.as_array_of_tables_mut() {
         Some(tables) => {
             tables.push(table);
             Ok(())
         }
-        None => Err(CliError::usage(format!(
-            "`{key}` in the config is not written as [[{key}]] tables"
-        ))),
+        None => Err(CliError::usage(format!("`{key}` in the config is not written as [[{key}]] tables"))),
     }
 }
 

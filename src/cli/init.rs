@@ -9,12 +9,7 @@ use crate::identity::{Fingerprint, Identity};
 
 /// Creates `dir/config/ferry.toml`, `dir/certs/node.{pem,key}`, `dir/certs/peers/`, `dir/data/`
 /// and `dir/outbox/`, and returns the new certificate's fingerprint. Refuses to overwrite.
-pub fn init(
-    dir: &Path,
-    name: &str,
-    listen: SocketAddr,
-    api: SocketAddr,
-) -> Result<Fingerprint, CliError> {
+pub fn init(dir: &Path, name: &str, listen: SocketAddr, api: SocketAddr) -> Result<Fingerprint, CliError> {
     if !valid_name(name) {
         return Err(CliError::usage(format!(
             "--name `{name}`: a node name may hold only letters, digits, `.`, `-` and `_` (at most 64)"

@@ -28,18 +28,12 @@ pub struct CliError {
 impl CliError {
     /// A usage, file or config error (exit code 2).
     pub fn usage(message: impl Into<String>) -> Self {
-        CliError {
-            code: 2,
-            message: message.into(),
-        }
+        CliError { code: 2, message: message.into() }
     }
 
     /// A failure while running (exit code 1).
     pub fn failed(message: impl Into<String>) -> Self {
-        CliError {
-            code: 1,
-            message: message.into(),
-        }
+        CliError { code: 1, message: message.into() }
     }
 }
 
@@ -64,11 +58,7 @@ impl From<crate::identity::IdentityError> for CliError {
 }
 
 #[derive(Debug, Parser)]
-#[command(
-    name = "ferry",
-    version,
-    about = "Peer-to-peer file and message relay between organizations"
-)]
+#[command(name = "ferry", version, about = "Peer-to-peer file and message relay between organizations")]
 struct Cli {
     #[command(subcommand)]
     command: Command,
@@ -186,10 +176,10 @@ pub fn main() -> ExitCode {
 }
 
 fn init_logging(default: &str) {
-    let filter = tracing_subscriber::EnvFilter::try_from_default_env()
-        .unwrap_or_else(|_| default.into());
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
     tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
         .with_writer(std::io::stderr)
         .with_target(false)
         .init();
@@ -197,12 +187,7 @@ fn init_logging(default: &str) {
 
 fn run(command: Command) -> Result<(), CliError> {
     match command {
-        Command::Init {
-            dir,
-            name,
-            listen,
-            api,
-        } => {
+        Command::Init { dir, name, listen, api } => {
             let fingerprint = init::init(&dir, &name, listen, api)?;
             println!("created node `{name}` in {}", dir.display());
             println!("fingerprint: {fingerprint}");
@@ -212,46 +197,24 @@ fn run(command: Command) -> Result<(), CliError> {
             );
             Ok(())
         }
-        Command::Cert {
-            command: CertCommand::Fingerprint(c),
-        } => {
+        Command::Cert { command: CertCommand::Fingerprint(c) } => {
             let config = Config::load(&c.config)?;
             let cert = crate::identity::load_cert(&config.cert_path())?;
             println!("{}", crate::identity::Fingerprint::of(&cert));
             Ok(())
         }
-        Command::Peer {
-            command:
-                PeerCommand::Add {
-                    name,
-                    address,
-                    cert,
-                    config,
-                },
-        } => {
+        Command::Peer { command: PeerCommand::Add { name, address, cert, config } } => {
             let fingerprint = edit::add_peer(&config.config, &name, &address, &cert)?;
             println!("added peer `{name}` at {address}");
             println!("fingerprint: {fingerprint}");
             println!("compare it with {name}'s admin (`ferry cert fingerprint` on their node) before you run");
             Ok(())
         }
-        Command::Service {
-            command:
-                ServiceCommand::Add {
-                    id,
-                    base_url,
-                    allow,
-                    config,
-                },
-        } => {
+        Command::Service { command: ServiceCommand::Add { id, base_url, allow, config } } => {
             edit::add_service(&config.config, &id, &base_url, &allow)?;
             println!(
                 "added service `{id}` at {base_url}, allowed for: {}",
-                if allow.is_empty() {
-                    "nobody yet".into()
-                } else {
-                    allow.join(", ")
-                }
+                if allow.is_empty() { "nobody yet".into() } else { allow.join(", ") }
             );
             Ok(())
         }
@@ -264,18 +227,12 @@ fn run(command: Command) -> Result<(), CliError> {
 fn run_node(path: &Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let sockets = node::Sockets::bind(&config).map_err(|e| CliError::failed(e.to_string()))?;
-    let runtime = tokio::runtime::Runtime::new()
-        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
-    runtime
-        .block_on(node::run(config, sockets, stop_signal()))
-        .map_err(|e| CliError {
-            code: if matches!(e, node::NodeError::Identity(_)) {
-                2
-            } else {
-                1
-            },
-            message: e.to_string(),
-        })
+    let runtime =
+        tokio::runtime::Runtime::new().map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
+    runtime.block_on(node::run(config, sockets, stop_signal())).map_err(|e| CliError {
+        code: if matches!(e, node::NodeError::Identity(_)) { 2 } else { 1 },
+        message: e.to_string(),
+    })
 }
 
 /// Resolves on SIGTERM or SIGINT.

@@ -16,25 +16,13 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Link {
     /// The connection to `peer`, dialing it if there is none, by `deadline` at the latest.
-    pub(super) async fn connection(
-        &self,
-        peer: &Arc<Peer>,
-        deadline: Instant,
-    ) -> Result<quinn::Connection, String> {
+    pub(super) async fn connection(&self, peer: &Arc<Peer>, deadline: Instant) -> Result<quinn::Connection, String> {
         if let Some(c) = peer.connection() {
             return Ok(c);
         }
-        let no_answer = || {
-            format!(
-                "no connection to {} at {} within {:?}",
-                peer.name,
-                peer.address,
-                super::CONNECT_WITHIN
-            )
-        };
-        let _dialing = tokio::time::timeout_at(deadline, peer.dialing.lock())
-            .await
-            .map_err(|_| no_answer())?;
+        let no_answer =
+            || format!("no connection to {} at {} within {:?}", peer.name, peer.address, super::CONNECT_WITHIN);
+        let _dialing = tokio::time::timeout_at(deadline, peer.dialing.lock()).await.map_err(|_| no_answer())?;
         if let Some(c) = peer.connection() {
             return Ok(c);
         }
@@ -62,10 +50,8 @@ impl Link {
             .ok()
             .and_then(|mut addrs| addrs.next())
             .ok_or_else(|| format!("cannot resolve {} ({})", peer.address, peer.name))?;
-        let tls = crate::tls::client_config(&self.inner.identity, peer.fingerprint)
-            .map_err(|e| e.to_string())?;
-        let crypto =
-            quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+        let tls = crate::tls::client_config(&self.inner.identity, peer.fingerprint).map_err(|e| e.to_string())?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.inner.transport.config());
         let connecting = self
@@ -73,9 +59,7 @@ impl Link {
             .endpoint
             .connect_with(config, addr, crate::tls::SERVER_NAME)
             .map_err(|e| format!("cannot dial {}: {e}", peer.name))?;
-        connecting
-            .await
-            .map_err(|e| format!("{} at {addr} refused the connection: {e}", peer.name))
+        connecting.await.map_err(|e| format!("{} at {addr} refused the connection: {e}", peer.name))
     }
 
     /// Watches a peer's connection and, when it is lost, redials with backoff and jitter until
@@ -84,13 +68,7 @@ impl Link {
         let mut backoff = FIRST_BACKOFF;
         loop {
             let reason = connection.closed().await;
-            if self.is_closing()
-                || self
-                    .inner
-                    .peers
-                    .get(&peer.name)
-                    .is_none_or(|p| !Arc::ptr_eq(&p, &peer))
-            {
+            if self.is_closing() || self.inner.peers.get(&peer.name).is_none_or(|p| !Arc::ptr_eq(&p, &peer)) {
                 return;
             }
             tracing::info!(peer = %peer.name, %reason, "lost the connection; redialing");
@@ -102,10 +80,14 @@ impl Link {
                 if peer.connection().is_some() {
                     return; // a request dialed first; its keeper watches that connection
                 }
-                match self.dial(&peer).await {
+                let dialed = tokio::time::timeout(super::CONNECT_WITHIN, self.dial(&peer)).await;
+                match dialed.unwrap_or_else(|_| {
+                    Err(format!("no answer from {} within {:?}", peer.address, super::CONNECT_WITHIN))
+                }) {
                     Ok(c) => {
                         tracing::info!(peer = %peer.name, "connected again");
                         peer.connected(c.clone());
+                        let _ = self.inner.store.peer_is_back(&peer.name).await;
                         connection = c;
                         backoff = FIRST_BACKOFF;
                         break;

@@ -5,6 +5,7 @@
 //! connections from pinned peers only, names the peer by its certificate, and answers each stream
 //! ([`inbound`]). The protocol itself is in [`crate::wire`].
 
+mod carry;
 mod connect;
 mod inbound;
 mod outbound;
@@ -17,13 +18,14 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
+use tokio_util::sync::CancellationToken;
 
 pub use transport::Transport;
 
 use crate::deliver::Services;
 use crate::identity::Identity;
 use crate::peer::Peers;
-use crate::store::Due;
+use crate::store::{Due, Store};
 use crate::wire::Code;
 
 /// How long a sync request waits for a connection to its peer.
@@ -40,6 +42,7 @@ struct Inner {
     identity: Identity,
     peers: Peers,
     transport: Transport,
+    store: Store,
     closing: AtomicBool,
 }
 
@@ -61,36 +64,23 @@ impl Link {
         identity: Identity,
         peers: Peers,
         transport: Transport,
+        store: Store,
     ) -> Result<Link, LinkError> {
-        let tls = crate::tls::server_config(&identity, peers.clone())
-            .map_err(|e| LinkError::Tls(e.to_string()))?;
-        let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls)
-            .map_err(|e| LinkError::Tls(e.to_string()))?;
+        let tls = crate::tls::server_config(&identity, peers.clone()).map_err(|e| LinkError::Tls(e.to_string()))?;
+        let crypto =
+            quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport.config());
-        let endpoint = quinn::Endpoint::new(
-            endpoint_config(&identity),
-            Some(server),
-            socket,
-            Arc::new(quinn::TokioRuntime),
-        )?;
+        let endpoint =
+            quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, Arc::new(quinn::TokioRuntime))?;
         Ok(Link {
-            inner: Arc::new(Inner {
-                endpoint,
-                identity,
-                peers,
-                transport,
-                closing: AtomicBool::new(false),
-            }),
+            inner: Arc::new(Inner { endpoint, identity, peers, transport, store, closing: AtomicBool::new(false) }),
         })
     }
 
     /// The UDP address the endpoint is bound to.
     pub fn local_addr(&self) -> SocketAddr {
-        self.inner
-            .endpoint
-            .local_addr()
-            .expect("a bound endpoint has an address")
+        self.inner.endpoint.local_addr().expect("a bound endpoint has an address")
     }
 
     /// Accepts peer connections and answers their requests until the endpoint closes.
@@ -99,14 +89,36 @@ impl Link {
             tokio::spawn(inbound::connection(
                 self.inner.peers.clone(),
                 services.clone(),
+                self.inner.store.clone(),
                 incoming,
             ));
         }
     }
 
-    /// Sends every request that falls due, each on its own stream, until the store is gone.
-    pub async fn pump(self, mut due: Due) {
-        while let Some(outgoing) = due.next().await {
+    /// Dials every peer once in the background, so that peers holding work for this node learn
+    /// at once that it is up.
+    pub fn greet_peers(&self) {
+        for peer in self.inner.peers.all() {
+            let link = self.clone();
+            tokio::spawn(async move {
+                let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
+                if let Err(e) = link.connection(&peer, deadline).await {
+                    tracing::info!(peer = %peer.name, error = %e, "peer not reachable yet");
+                }
+            });
+        }
+    }
+
+    /// Sends every synchronous request that falls due, each on its own stream, until the store is gone.
+    pub async fn pump(self, mut due: Due, stop: CancellationToken) {
+        loop {
+            let outgoing = tokio::select! {
+                _ = stop.cancelled() => return,
+                next = due.next() => match next {
+                    Some(o) => o,
+                    None => return,
+                },
+            };
             tokio::spawn(outbound::send(self.clone(), outgoing));
         }
     }
@@ -114,9 +126,7 @@ impl Link {
     /// Closes every connection and waits, briefly, for peers to hear of it.
     pub async fn close(&self) {
         self.inner.closing.store(true, Ordering::Relaxed);
-        self.inner
-            .endpoint
-            .close(Code::Done.varint(), b"node stopping");
+        self.inner.endpoint.close(Code::Done.varint(), b"node stopping");
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
     }
 }
@@ -127,13 +137,16 @@ impl Link {
     }
 }
 
-/// The endpoint configuration, with a stateless-reset key derived from the node key: after a
-/// restart the node can still reset connections its previous run had, so peers notice at once
-/// instead of after the idle timeout.
+/// The endpoint configuration, with the stateless-reset key and the connection-id key derived
+/// from the node key: after a restart, even a crash, the node recognises connection ids of its
+/// previous run and resets those connections, so peers notice at once instead of after the idle
+/// timeout.
 fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
-    let secret = Sha256::new_with_prefix(b"ferry stateless reset key\0")
-        .chain_update(identity.key.secret_der())
-        .finalize();
+    let secret =
+        Sha256::new_with_prefix(b"ferry stateless reset key\0").chain_update(identity.key.secret_der()).finalize();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_slice());
-    quinn::EndpointConfig::new(Arc::new(key))
+    let cid_key = u64::from_be_bytes(secret[..8].try_into().expect("a SHA-256 has 8 bytes"));
+    let mut config = quinn::EndpointConfig::new(Arc::new(key));
+    config.cid_generator(move || Box::new(quinn_proto::HashedConnectionIdGenerator::from_key(cid_key)));
+    config
 }

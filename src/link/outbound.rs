@@ -8,11 +8,7 @@ use crate::wire::{self, Code, FrameError, Message};
 
 /// Sends one request and reports its outcome, unless its caller leaves first.
 pub(super) async fn send(link: Link, outgoing: Outgoing) {
-    let Outgoing {
-        peer,
-        request,
-        mut outcome,
-    } = outgoing;
+    let Outgoing { peer, request, mut outcome } = outgoing;
     let result = tokio::select! {
         result = exchange(&link, &peer, request) => result,
         _ = outcome.closed() => return,
@@ -27,20 +23,14 @@ pub(super) async fn send(link: Link, outgoing: Outgoing) {
 /// new connection. Any other failure mid-exchange is reported as [`Failure::Broken`].
 async fn exchange(link: &Link, peer_name: &str, request: wire::Request) -> Outcome {
     let peer = link.inner.peers.get(peer_name).ok_or_else(|| {
-        Failure::PeerUnreachable(format!(
-            "`{peer_name}` is not a configured peer (add it with `ferry peer add`)"
-        ))
+        Failure::PeerUnreachable(format!("`{peer_name}` is not a configured peer (add it with `ferry peer add`)"))
     })?;
-    let frame =
-        wire::encode(&Message::Request(request)).map_err(|e| Failure::Broken(e.to_string()))?;
+    let frame = wire::encode(&Message::Request(request)).map_err(|e| Failure::Broken(e.to_string()))?;
     let deadline = Instant::now() + CONNECT_WITHIN;
     let mut attempt = 0;
     loop {
         attempt += 1;
-        let connection = link
-            .connection(&peer, deadline)
-            .await
-            .map_err(Failure::PeerUnreachable)?;
+        let connection = link.connection(&peer, deadline).await.map_err(Failure::PeerUnreachable)?;
         match round_trip(&connection, &frame).await {
             Ok(answer) => {
                 peer.seen();
@@ -71,9 +61,7 @@ async fn round_trip(connection: &quinn::Connection, frame: &[u8]) -> Result<Outc
             Err("the peer answered with an unexpected message".into())
         }
         Err(FrameError::Io(e)) => Err(match reset_code(&e) {
-            Some(Code::VersionMismatch) => {
-                "the peer speaks another protocol version; upgrade the older node".into()
-            }
+            Some(Code::VersionMismatch) => "the peer speaks another protocol version; upgrade the older node".into(),
             Some(code) => format!("the peer reset the stream: {code:?}"),
             None => e.to_string(),
         }),

@@ -46,11 +46,7 @@ impl Transport {
             .receive_window(self.receive_window.into())
             .send_window(self.send_window)
             .keep_alive_interval(Some(self.keep_alive))
-            .max_idle_timeout(Some(
-                self.idle_timeout
-                    .try_into()
-                    .expect("idle timeout fits a varint"),
-            ))
+            .max_idle_timeout(Some(self.idle_timeout.try_into().expect("idle timeout fits a varint")))
             .max_concurrent_bidi_streams(self.max_streams.into())
             .max_concurrent_uni_streams(0u32.into());
         Arc::new(t)

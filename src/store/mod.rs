@@ -1,17 +1,37 @@
-//! The one place requests pass between the API and the link.
+//! The one place of durable state, and the one place the API and the link meet.
 //!
-//! Producers (the API) hand a request to the [`Store`] and wait for its outcome; the link drains
-//! what is due from [`Due`] and reports each outcome back. A synchronous request lives only in
-//! memory: its caller is waiting on an open HTTP connection, and if the node dies the caller sees
-//! that connection fail. Durable state (asynchronous requests, replies, the evidence log) joins
-//! this module behind the same handle, so the API and the link keep meeting here and nowhere else.
+//! A SQLite database in WAL mode under `data_dir` holds requests, replies and callback
+//! deliveries. One writer thread owns the connection; everyone else holds a cheap, cloneable
+//! [`Store`] handle that sends it jobs. The writer runs every job waiting in its queue inside one
+//! transaction and commits once (group commit), and only then answers the jobs and publishes
+//! their [`Event`]s: an answer from the store means the change is on disk.
+//!
+//! The workers that act on this state ([`crate::link`]'s outbound pump, [`crate::deliver`],
+//! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and
+//! survives a restart. Synchronous requests are the exception: their caller is waiting on an open
+//! HTTP connection, so they go to the link through an in-memory queue ([`Store::request`]).
 
-use tokio::sync::{mpsc, oneshot};
+mod records;
+mod schema;
+mod work;
+
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime};
+
+use serde::Serialize;
+use thiserror::Error;
+use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+
+pub use records::{Page, Pending, RequestFilter, RequestView, Stats};
+pub use work::{CallbackWork, IncomingCall, NewAsync, OutboundWork, ServiceOutcome};
 
 use crate::wire;
 
-/// How many requests may wait for the link before producers are slowed down.
+/// How many synchronous requests may wait for the link before producers are slowed down.
 const DUE_CAPACITY: usize = 4096;
+/// How many jobs one transaction takes at most.
+const MAX_BATCH: usize = 1024;
 
 /// A request on its way to a peer, with the channel its outcome goes to.
 #[derive(Debug)]
@@ -24,7 +44,7 @@ pub struct Outgoing {
     pub outcome: oneshot::Sender<Outcome>,
 }
 
-/// The result of one exchange with a peer.
+/// The result of one synchronous exchange with a peer.
 pub type Outcome = Result<wire::Response, Failure>;
 
 /// Why an exchange did not produce the service's answer.
@@ -38,28 +58,147 @@ pub enum Failure {
     Broken(String),
 }
 
-/// The cheap, cloneable handle producers use.
-#[derive(Debug, Clone)]
-pub struct Store {
-    due: mpsc::Sender<Outgoing>,
+/// A change others may watch (`GET /v1/events`).
+#[derive(Debug, Clone, Serialize, PartialEq)]
+#[serde(tag = "type", rename_all = "lowercase")]
+pub enum Event {
+    /// A request changed state.
+    State {
+        /// The request id.
+        id: String,
+        /// The peer it is exchanged with.
+        peer: String,
+        /// The new state.
+        state: State,
+    },
+    /// A reply arrived (requesting node) or was sent (receiving node).
+    Reply {
+        /// The request id.
+        id: String,
+        /// The peer it is exchanged with.
+        peer: String,
+        /// 1, 2, …
+        seq: u32,
+        /// The reply's data.
+        data: serde_json::Value,
+        /// A received file's local path.
+        file: Option<String>,
+        /// Whether this is the last reply.
+        end: bool,
+    },
 }
 
-/// The link's end: requests due to be sent.
+impl Event {
+    /// The peer the event concerns.
+    pub fn peer(&self) -> &str {
+        match self {
+            Event::State { peer, .. } | Event::Reply { peer, .. } => peer,
+        }
+    }
+}
+
+/// A request's state (API.md §3).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum State {
+    /// Stored; not yet accepted by the peer, or not yet handed to the service.
+    Waiting,
+    /// The peer has it; the service is working or a reply is awaited.
+    Doing,
+    /// Done.
+    Success,
+    /// Refused, failed or expired.
+    Failed,
+}
+
+impl State {
+    /// The name stored and shown.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            State::Waiting => "waiting",
+            State::Doing => "doing",
+            State::Success => "success",
+            State::Failed => "failed",
+        }
+    }
+
+    /// Parses a stored or requested state name.
+    pub fn parse(s: &str) -> Option<State> {
+        [State::Waiting, State::Doing, State::Success, State::Failed].into_iter().find(|st| st.as_str() == s)
+    }
+}
+
+/// The store failed.
+#[derive(Debug, Error)]
+pub enum StoreError {
+    /// SQLite refused an operation.
+    #[error("store: {0}")]
+    Sqlite(#[from] rusqlite::Error),
+    /// The writer thread has stopped.
+    #[error("the store has stopped")]
+    Stopped,
+    /// A stored value could not be decoded.
+    #[error("store: corrupt record: {0}")]
+    Corrupt(String),
+}
+
+/// Who should be woken after a commit.
+#[derive(Debug, Default)]
+pub(crate) struct Wakers {
+    /// The link's outbound pump: requests or replies became due.
+    pub outbound: Notify,
+    /// The delivery worker: incoming requests became due.
+    pub incoming: Notify,
+    /// The callback worker: results to deliver.
+    pub callbacks: Notify,
+}
+
+type Answer = Box<dyn FnOnce(bool) + Send>;
+type Job = Box<dyn FnOnce(&rusqlite::Transaction, &mut Vec<Event>) -> Answer + Send>;
+
+/// The cheap, cloneable handle to the store.
+#[derive(Clone)]
+pub struct Store {
+    due: mpsc::Sender<Outgoing>,
+    jobs: mpsc::UnboundedSender<Job>,
+    events: broadcast::Sender<Event>,
+    pub(crate) wake: Arc<Wakers>,
+}
+
+impl std::fmt::Debug for Store {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("Store")
+    }
+}
+
+/// The link's end of the synchronous queue.
 #[derive(Debug)]
 pub struct Due(mpsc::Receiver<Outgoing>);
 
 impl Due {
-    /// The next request to send; `None` once every [`Store`] handle is gone.
+    /// The next synchronous request to send; `None` once every [`Store`] handle is gone.
     pub async fn next(&mut self) -> Option<Outgoing> {
         self.0.recv().await
     }
 }
 
 impl Store {
-    /// A store and the queue the link drains.
-    pub fn new() -> (Store, Due) {
-        let (tx, rx) = mpsc::channel(DUE_CAPACITY);
-        (Store { due: tx }, Due(rx))
+    /// Opens (creating or migrating) the database `data_dir/ferry.db` and starts its writer.
+    pub fn open(data_dir: &Path) -> Result<(Store, Due), StoreError> {
+        std::fs::create_dir_all(data_dir)
+            .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", data_dir.display())))?;
+        let mut conn = rusqlite::Connection::open(data_dir.join("ferry.db"))?;
+        schema::prepare(&mut conn)?;
+        let (jobs, rx) = mpsc::unbounded_channel();
+        let (events, _) = broadcast::channel(4096);
+        let publish = events.clone();
+        std::thread::Builder::new()
+            .name("ferry-store".into())
+            .spawn(move || writer(conn, rx, publish))
+            .map_err(|e| StoreError::Corrupt(format!("cannot start the store thread: {e}")))?;
+        let (tx, due) = mpsc::channel(DUE_CAPACITY);
+        let store = Store { due: tx, jobs, events, wake: Arc::default() };
+        Ok((store, Due(due)))
     }
 
     /// Hands a synchronous request to the link and waits for its outcome.
@@ -67,18 +206,86 @@ impl Store {
     /// Dropping the returned future tells the link the caller has gone.
     pub async fn request(&self, peer: &str, request: wire::Request) -> Outcome {
         let (tx, rx) = oneshot::channel();
-        let outgoing = Outgoing {
-            peer: peer.to_owned(),
-            request,
-            outcome: tx,
-        };
+        let outgoing = Outgoing { peer: peer.to_owned(), request, outcome: tx };
         if self.due.send(outgoing).await.is_err() {
             return Err(Failure::PeerUnreachable("the node is shutting down".into()));
         }
-        rx.await.unwrap_or_else(|_| {
-            Err(Failure::Broken(
-                "the node stopped before the exchange ended".into(),
-            ))
-        })
+        rx.await.unwrap_or_else(|_| Err(Failure::Broken("the node stopped before the exchange ended".into())))
     }
+
+    /// Watches every event from now on.
+    pub fn subscribe(&self) -> broadcast::Receiver<Event> {
+        self.events.subscribe()
+    }
+
+    /// Runs `f` in the writer's next transaction and returns its result once committed.
+    async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&rusqlite::Transaction, &mut Vec<Event>) -> Result<T, StoreError> + Send + 'static,
+    {
+        let (tx, rx) = oneshot::channel();
+        let job: Job = Box::new(move |t, events| {
+            let result = f(t, events);
+            Box::new(move |committed| {
+                let _ = tx.send(if committed { result } else { Err(StoreError::Stopped) });
+            })
+        });
+        self.jobs.send(job).map_err(|_| StoreError::Stopped)?;
+        rx.await.map_err(|_| StoreError::Stopped)?
+    }
+}
+
+/// The writer: takes every waiting job, runs them in one transaction, commits, then answers the
+/// jobs and publishes their events.
+fn writer(mut conn: rusqlite::Connection, mut jobs: mpsc::UnboundedReceiver<Job>, publish: broadcast::Sender<Event>) {
+    while let Some(first) = jobs.blocking_recv() {
+        let mut batch = vec![first];
+        while batch.len() < MAX_BATCH {
+            match jobs.try_recv() {
+                Ok(job) => batch.push(job),
+                Err(_) => break,
+            }
+        }
+        let mut events = Vec::new();
+        let t = match conn.transaction() {
+            Ok(t) => t,
+            Err(e) => {
+                tracing::error!(error = %e, "the store cannot begin a transaction");
+                continue;
+            }
+        };
+        let answers: Vec<Answer> = batch.into_iter().map(|job| job(&t, &mut events)).collect();
+        let committed = t.commit().map_err(|e| tracing::error!(error = %e, "the store could not commit")).is_ok();
+        for answer in answers {
+            answer(committed);
+        }
+        if committed {
+            for e in events {
+                let _ = publish.send(e);
+            }
+        }
+    }
+}
+
+/// Waits until `wake` is notified or `tick` passes; `false` once `stop` is cancelled.
+///
+/// Workers call this when the store has nothing due for them.
+pub async fn idle(wake: &Notify, tick: Duration, stop: &tokio_util::sync::CancellationToken) -> bool {
+    tokio::select! {
+        _ = stop.cancelled() => false,
+        _ = wake.notified() => true,
+        _ = tokio::time::sleep(tick) => true,
+    }
+}
+
+/// Milliseconds since the Unix epoch.
+pub fn now_ms() -> i64 {
+    SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
+}
+
+/// RFC 3339 text for a stored time.
+pub fn rfc3339(ms: i64) -> String {
+    let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
+    humantime::format_rfc3339_millis(t).to_string()
 }

@@ -57,13 +57,7 @@ impl Node {
 
     /// Pins `other` as a peer of this node.
     pub fn add_peer(&self, other: &Node) {
-        edit::add_peer(
-            &self.config_path,
-            &other.name,
-            &other.link.to_string(),
-            &other.cert(),
-        )
-        .unwrap();
+        edit::add_peer(&self.config_path, &other.name, &other.link.to_string(), &other.cert()).unwrap();
     }
 
     /// Declares service `id` at `base_url` for `allow`.
@@ -100,11 +94,7 @@ impl Node {
             let _ = stop.send(true);
         }
         if let Some(task) = self.task.take() {
-            tokio::time::timeout(Duration::from_secs(10), task)
-                .await
-                .expect("node stops in time")
-                .unwrap()
-                .unwrap();
+            tokio::time::timeout(Duration::from_secs(10), task).await.expect("node stops in time").unwrap().unwrap();
         }
     }
 
@@ -114,12 +104,7 @@ impl Node {
 
     /// `POST /v1/requests` with `body`; the HTTP status and the envelope.
     pub async fn request(&self, body: Value) -> (StatusCode, Value) {
-        let r = client()
-            .post(self.url("/v1/requests"))
-            .json(&body)
-            .send()
-            .await
-            .unwrap();
+        let r = client().post(self.url("/v1/requests")).json(&body).send().await.unwrap();
         let status = r.status();
         (status, r.json().await.unwrap())
     }
@@ -155,12 +140,7 @@ pub async fn pair() -> Pair {
     b.add_service("1", &service.base_url(), &["org-a"]);
     a.start().await;
     b.start().await;
-    Pair {
-        root,
-        a,
-        b,
-        service,
-    }
+    Pair { root, a, b, service }
 }
 
 /// What the recording service saw of one call.
@@ -185,9 +165,7 @@ pub struct Recorder {
 impl Recorder {
     pub async fn start() -> Recorder {
         let seen = Arc::new(Mutex::new(Vec::new()));
-        let app = Router::new()
-            .route("/{*path}", axum::routing::any(record))
-            .with_state(seen.clone());
+        let app = Router::new().route("/{*path}", axum::routing::any(record)).with_state(seen.clone());
         let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
         let addr = listener.local_addr().unwrap();
         tokio::spawn(async move { axum::serve(listener, app).await });
@@ -216,10 +194,7 @@ async fn record(
         method: method.to_string(),
         path: path.clone(),
         query: query.clone(),
-        headers: headers
-            .iter()
-            .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned()))
-            .collect(),
+        headers: headers.iter().map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or("").to_owned())).collect(),
         body: String::from_utf8_lossy(&body).into_owned(),
     };
     seen.lock().unwrap().push(entry.clone());
@@ -233,11 +208,7 @@ async fn record(
             tokio::time::sleep(Duration::from_millis(ms.parse().unwrap())).await;
             "slept".into_response()
         }
-        ["binary"] => (
-            [("content-type", "application/octet-stream")],
-            vec![0xffu8, 0xfe, 0x00, 0x01],
-        )
-            .into_response(),
+        ["binary"] => ([("content-type", "application/octet-stream")], vec![0xffu8, 0xfe, 0x00, 0x01]).into_response(),
         ["text"] => "plain words".into_response(),
         _ => axum::Json(json!({
             "method": entry.method, "path": entry.path, "query": entry.query, "body": entry.body,

@@ -1,0 +1,697 @@
+//! Synchronous request latency and throughput through two ferry nodes, against the same service
+//! called directly, in one run: `cargo bench --bench relay`.
+//!
+//! Everything runs in this one process on loopback: the callers (one shared reqwest client,
+//! HTTP/1.1 keep-alive), node org-a, node org-b (set up as admins would: `init`, `peer add`,
+//! `service add`) and org-b's service, a trivial axum handler (`GET /ping?n=1` → `{"ok":true}`) so
+//! that the service is never the bottleneck. For 1, 8 and 64 concurrent callers, each doing
+//! requests back to back, it measures the service called directly (`direct`) and the same call
+//! relayed org-a → org-b → service (`relay`, `POST /v1/requests` on org-a), and prints p50, p99,
+//! requests per second and the process's CPU time per request, then the targets with PASS/MISS
+//! (printed, not asserted).
+//!
+//! Settings, from the environment:
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `FERRY_BENCH_WARMUP_MS` | 500 | warm-up per row, not measured |
+//! | `FERRY_BENCH_MEASURE_MS` | 3000 | measured time per row |
+//! | `FERRY_BENCH_CALLERS` | `1,8,64` | the concurrent caller counts, one row pair each |
+//! | `FERRY_BENCH_WORKERS` | available CPUs | tokio worker threads |
+//! | `FERRY_BENCH_PATHS` | `direct,relay` | which paths to measure |
+//! | `FERRY_BENCH_SPLIT` | unset | `1`: callers, org-a, org-b and the service each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and the CPU time per request is broken down by component; for profiling, not for the headline figures |
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use axum::routing::get;
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::{json, Value};
+
+use ferry::cli::{edit, init};
+use ferry::config::Config;
+use ferry::node::{self, NodeError, Sockets};
+
+/// The relay may add at most this much to the p50 latency with one caller.
+const TARGET_ADDED_P50_MS: f64 = 0.3;
+/// The relay must carry at least this many requests per second with 64 callers.
+const TARGET_RPS: f64 = 10_000.0;
+/// The caller count the throughput target is for.
+const TARGET_RPS_CALLERS: usize = 64;
+/// Idle keep-alive connections the shared client keeps per host.
+const POOL: usize = 256;
+
+struct Settings {
+    warmup: Duration,
+    measure: Duration,
+    callers: Vec<usize>,
+    workers: usize,
+    paths: Vec<Path_>,
+    split: bool,
+}
+
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
+enum Path_ {
+    Direct,
+    Relay,
+}
+
+impl Path_ {
+    fn name(self) -> &'static str {
+        match self {
+            Path_::Direct => "direct",
+            Path_::Relay => "relay",
+        }
+    }
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+            match std::env::var(name) {
+                Ok(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name}={v} is not a valid value")),
+                Err(_) => Ok(default),
+            }
+        }
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        let callers = std::env::var("FERRY_BENCH_CALLERS").unwrap_or_else(|_| "1,8,64".into());
+        let callers = callers
+            .split(',')
+            .map(|c| c.trim().parse::<usize>().ok().filter(|&c| c > 0))
+            .collect::<Option<Vec<_>>>()
+            .with_context(|| format!("FERRY_BENCH_CALLERS={callers}: want e.g. 1,8,64"))?;
+        let paths = std::env::var("FERRY_BENCH_PATHS").unwrap_or_else(|_| "direct,relay".into());
+        let paths = paths
+            .split(',')
+            .map(|p| match p.trim() {
+                "direct" => Some(Path_::Direct),
+                "relay" => Some(Path_::Relay),
+                _ => None,
+            })
+            .collect::<Option<Vec<_>>>()
+            .with_context(|| format!("FERRY_BENCH_PATHS={paths}: want direct, relay or both"))?;
+        Ok(Settings {
+            warmup: Duration::from_millis(var("FERRY_BENCH_WARMUP_MS", 500)?),
+            measure: Duration::from_millis(var("FERRY_BENCH_MEASURE_MS", 3000)?),
+            callers,
+            workers: var("FERRY_BENCH_WORKERS", cpus)?.max(1),
+            paths,
+            split: std::env::var("FERRY_BENCH_SPLIT").is_ok_and(|v| v == "1"),
+        })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench` (and any filter); this bench takes its settings from the
+    // environment and ignores them.
+    let settings = Settings::from_env()?;
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.workers)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .context("cannot start a tokio runtime")
+    };
+    let client_rt = runtime("b-client")?;
+    let runtimes = if settings.split {
+        Some(Runtimes { node_a: runtime("b-node-a")?, node_b: runtime("b-node-b")?, service: runtime("b-service")? })
+    } else {
+        None
+    };
+    client_rt.block_on(bench(&settings, runtimes.as_ref()))
+}
+
+/// Separate runtimes for the components, in split mode.
+struct Runtimes {
+    node_a: tokio::runtime::Runtime,
+    node_b: tokio::runtime::Runtime,
+    service: tokio::runtime::Runtime,
+}
+
+async fn bench(settings: &Settings, runtimes: Option<&Runtimes>) -> anyhow::Result<()> {
+    let service = match runtimes {
+        Some(r) => r.service.spawn(ping_service()).await??,
+        None => ping_service().await?,
+    };
+    let nodes = Nodes::start(service, runtimes).await?;
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(POOL).build()?;
+    let direct = Arc::new(Target::Direct {
+        url: format!("http://{service}/ping?n=1").parse()?,
+    });
+    let relay = Arc::new(Target::Relay {
+        url: format!("http://{}/v1/requests", nodes.a_api),
+        body: Bytes::from(serde_json::to_vec(&json!({
+            "peer": "org-b", "service": "1", "path": "/ping", "method": "GET", "form": {"n": 1}
+        }))?),
+    });
+    for target in [&direct, &relay] {
+        first_call(&client, target).await?;
+    }
+
+    println!("ferry relay bench: host → org-a → (QUIC, mutual TLS) → org-b → service, against host → service");
+    println!(
+        "{} CPUs (load average {} at start); tokio multi-thread runtime{}, {} worker threads{}; callers, both nodes and the service in this one process on loopback",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+        if runtimes.is_some() { "s (split: one per component)" } else { "" },
+        settings.workers,
+        if runtimes.is_some() { " each" } else { "" },
+    );
+    println!(
+        "service: axum GET /ping?n=1 → {{\"ok\":true}}; callers: one reqwest client, HTTP/1.1 keep-alive, pool {POOL}; per row {:.1} s warm-up, {:.1} s measured\n",
+        settings.warmup.as_secs_f64(),
+        settings.measure.as_secs_f64()
+    );
+
+    let mut results: Vec<Row> = Vec::new();
+    for &callers in &settings.callers {
+        for &path in &settings.paths {
+            let target = match path {
+                Path_::Direct => &direct,
+                Path_::Relay => &relay,
+            };
+            let row = measure(settings, &client, target, path, callers).await;
+            eprintln!(
+                "  {:<6} {:>3} callers: {:>9.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+                path.name(),
+                callers,
+                row.rps,
+                row.p50_ms,
+                row.p99_ms,
+                row.errors
+            );
+            results.push(row);
+        }
+    }
+    print_report(settings, &results);
+    nodes.stop().await;
+    Ok(())
+}
+
+/// What a caller calls. URLs are parsed once, so that the callers spend as little CPU as they
+/// can: they share the machine with the nodes.
+enum Target {
+    Direct { url: reqwest::Url },
+    Relay { url: reqwest::Url, body: Bytes },
+}
+
+/// The service's answer, `{"ok":true}`.
+#[derive(Deserialize)]
+struct Ping {
+    ok: bool,
+}
+
+/// org-a's answer to a sync request: `{"code":0,"data":{"status":200,"body":{"ok":true},..},..}`.
+#[derive(Deserialize)]
+struct Envelope {
+    code: i64,
+    data: Option<Answer>,
+}
+
+#[derive(Deserialize)]
+struct Answer {
+    status: Option<u16>,
+    body: Option<Ping>,
+}
+
+impl Target {
+    /// One request; `Err` with what was wrong when it did not succeed.
+    async fn call(&self, client: &reqwest::Client) -> Result<(), String> {
+        let response = match self {
+            Target::Direct { url } => client.get(url.clone()).send().await,
+            Target::Relay { url, body } => {
+                client
+                    .post(url.clone())
+                    .header(reqwest::header::CONTENT_TYPE, "application/json")
+                    .body(body.clone())
+                    .send()
+                    .await
+            }
+        }
+        .map_err(|e| format!("transport error: {e:?}"))?;
+        let status = response.status();
+        let body = response
+            .bytes()
+            .await
+            .map_err(|e| format!("HTTP {status}, body unreadable: {e:?}"))?;
+        let ok = status == reqwest::StatusCode::OK
+            && match self {
+                Target::Direct { .. } => {
+                    serde_json::from_slice::<Ping>(&body).is_ok_and(|p| p.ok)
+                }
+                Target::Relay { .. } => serde_json::from_slice::<Envelope>(&body).is_ok_and(|e| {
+                    e.code == 0
+                        && e.data.is_some_and(|d| {
+                            d.status == Some(200) && d.body.is_some_and(|p| p.ok)
+                        })
+                }),
+            };
+        if ok {
+            Ok(())
+        } else {
+            Err(format!(
+                "HTTP {status}: {}",
+                String::from_utf8_lossy(&body)
+            ))
+        }
+    }
+}
+
+/// Makes sure a target answers before measuring it (the relay dials its peer on first use).
+async fn first_call(client: &reqwest::Client, target: &Target) -> anyhow::Result<()> {
+    let mut last = String::new();
+    for _ in 0..50 {
+        match target.call(client).await {
+            Ok(()) => return Ok(()),
+            Err(e) => last = e,
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    anyhow::bail!("the first request never succeeded: {last}")
+}
+
+/// One measured row.
+struct Row {
+    path: Path_,
+    callers: usize,
+    requests: usize,
+    errors: u64,
+    first_error: Option<String>,
+    p50_ms: f64,
+    p99_ms: f64,
+    rps: f64,
+    cpu_us_per_request: Option<f64>,
+    cpu_by_component: BTreeMap<String, f64>,
+    /// CPU time other processes used during the row, in CPUs (1.0 = one core busy throughout).
+    others_share: Option<f64>,
+}
+
+/// What one caller saw while measuring.
+struct Seen {
+    latencies_ns: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+}
+
+async fn measure(
+    settings: &Settings,
+    client: &reqwest::Client,
+    target: &Arc<Target>,
+    path: Path_,
+    callers: usize,
+) -> Row {
+    let start = Instant::now();
+    let measure_from = start + settings.warmup;
+    let until = measure_from + settings.measure;
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        cpu_times()
+    });
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (client, target) = (client.clone(), target.clone());
+            tokio::spawn(async move {
+                let mut seen = Seen { latencies_ns: Vec::with_capacity(1 << 16), errors: 0, first_error: None };
+                loop {
+                    let sent = Instant::now();
+                    if sent >= until {
+                        return seen;
+                    }
+                    let result = target.call(&client).await;
+                    if sent < measure_from {
+                        continue;
+                    }
+                    match result {
+                        Ok(()) => seen.latencies_ns.push(sent.elapsed().as_nanos() as u64),
+                        Err(e) => {
+                            seen.errors += 1;
+                            seen.first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut latencies = Vec::new();
+    let (mut errors, mut first_error) = (0, None);
+    for task in tasks {
+        let seen = task.await.expect("a caller panicked");
+        latencies.extend(seen.latencies_ns);
+        errors += seen.errors;
+        if first_error.is_none() {
+            first_error = seen.first_error;
+        }
+    }
+    // Requests sent before `until` complete after it: the measured window ends with the last one.
+    let elapsed = measure_from.elapsed().as_secs_f64();
+    let cpu_after = cpu_times();
+    latencies.sort_unstable();
+    let percentile = |p: f64| -> f64 {
+        if latencies.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+        latencies[rank - 1] as f64 / 1e6
+    };
+    let requests = latencies.len();
+    let done = (requests as u64 + errors).max(1) as f64;
+    let cpu_before = sampler.await.ok().flatten();
+    let (mut cpu_us_per_request, mut cpu_by_component, mut others_share) = (None, BTreeMap::new(), None);
+    if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
+        let ours = after.ours() - before.ours();
+        cpu_us_per_request = Some(ours * 1e6 / done);
+        cpu_by_component = after
+            .threads
+            .iter()
+            .map(|(k, v)| (k.clone(), (v - before.threads.get(k).copied().unwrap_or(0.0)) * 1e6 / done))
+            .collect();
+        others_share = after.machine_busy.zip(before.machine_busy).map(|(a, b)| ((a - b - ours) / elapsed).max(0.0));
+    }
+    Row {
+        path,
+        callers,
+        requests,
+        errors,
+        first_error,
+        p50_ms: percentile(0.50),
+        p99_ms: percentile(0.99),
+        rps: requests as f64 / elapsed.max(f64::EPSILON),
+        cpu_us_per_request,
+        cpu_by_component,
+        others_share,
+    }
+}
+
+/// CPU seconds (user + system) used so far.
+struct CpuTimes {
+    /// By this process's threads, by thread name; threads that have exited under "exited".
+    threads: BTreeMap<String, f64>,
+    /// By the whole machine, every process.
+    machine_busy: Option<f64>,
+}
+
+impl CpuTimes {
+    fn ours(&self) -> f64 {
+        self.threads.values().sum()
+    }
+}
+
+/// USER_HZ, the unit of `/proc` CPU times, is 100 on every Linux this runs on.
+const TICK: f64 = 0.01;
+
+/// The CPU clocks from `/proc`; `None` where there is no `/proc`.
+fn cpu_times() -> Option<CpuTimes> {
+    let ticks = |stat: &str| -> Option<(String, f64)> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the name: state is field 3 of proc_pid_stat(5); utime is 14, stime 15.
+        let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+        Some((name, (field(14)? + field(15)?) * TICK))
+    };
+    let process = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1;
+    let mut threads = BTreeMap::new();
+    let mut live = 0.0;
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        if let Some((name, cpu)) = std::fs::read_to_string(task.path().join("stat")).ok().and_then(|s| ticks(&s)) {
+            live += cpu;
+            let name = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+            *threads.entry(name.to_owned()).or_insert(0.0) += cpu;
+        }
+    }
+    threads.insert("exited".into(), (process - live).max(0.0));
+    Some(CpuTimes { threads, machine_busy: machine_busy() })
+}
+
+/// CPU seconds the whole machine has been busy (`/proc/stat`: user, nice, system, irq, softirq,
+/// steal).
+fn machine_busy() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<f64> = cpu.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum::<f64>() * TICK)
+}
+
+/// The 1-minute load average, to show whether the machine was quiet.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// org-b's service: `GET /ping` answers `{"ok":true}`.
+async fn ping_service() -> anyhow::Result<SocketAddr> {
+    let app = Router::new().route("/ping", get(|| async { Json(json!({"ok": true})) }));
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let addr = listener.local_addr()?;
+    let listener = listener.tap_io(|tcp| {
+        let _ = tcp.set_nodelay(true);
+    });
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok(addr)
+}
+
+/// org-a and org-b, running, pinned both ways; org-b offers service 1 (the ping service) to org-a.
+struct Nodes {
+    _dir: tempfile::TempDir,
+    a_api: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), NodeError>>>,
+}
+
+impl Nodes {
+    async fn start(service: SocketAddr, runtimes: Option<&Runtimes>) -> anyhow::Result<Nodes> {
+        let dir = tempfile::tempdir()?;
+        let sockets = || -> std::io::Result<Sockets> {
+            Ok(Sockets {
+                api: std::net::TcpListener::bind("127.0.0.1:0")?,
+                link: std::net::UdpSocket::bind("127.0.0.1:0")?,
+            })
+        };
+        let (a, b) = (sockets()?, sockets()?);
+        let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
+        let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
+        let (a_dir, b_dir) = (dir.path().join("org-a"), dir.path().join("org-b"));
+        init::init(&a_dir, "org-a", a_link, a_api)?;
+        init::init(&b_dir, "org-b", b_link, b_api)?;
+        let conf = |d: &Path| d.join("config/ferry.toml");
+        let cert = |d: &Path| d.join("certs/node.pem");
+        edit::add_peer(&conf(&a_dir), "org-b", &b_link.to_string(), &cert(&b_dir))?;
+        edit::add_peer(&conf(&b_dir), "org-a", &a_link.to_string(), &cert(&a_dir))?;
+        edit::add_service(&conf(&b_dir), "1", &format!("http://{service}"), &["org-a".to_owned()])?;
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        let handles = runtimes.map(|r| [r.node_a.handle().clone(), r.node_b.handle().clone()]);
+        for (i, (d, sockets)) in [(&a_dir, a), (&b_dir, b)].into_iter().enumerate() {
+            let config = Config::load(&conf(d))?;
+            let mut stopped = stopped.clone();
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            let run = node::run(config, sockets, shutdown);
+            tasks.push(match &handles {
+                Some(h) => h[i].spawn(run),
+                None => tokio::spawn(run),
+            });
+        }
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        for api in [a_api, b_api] {
+            let mut up = false;
+            for _ in 0..250 {
+                if client.get(format!("http://{api}/v1/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ensure!(up, "the node on {api} did not start serving");
+        }
+        Ok(Nodes { _dir: dir, a_api, stop, tasks })
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(10), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => eprintln!("a node stopped with an error: {e}"),
+                Ok(Err(e)) => eprintln!("a node task failed: {e}"),
+                Err(_) => eprintln!("a node did not stop within 10 s"),
+            }
+        }
+    }
+}
+
+fn print_report(settings: &Settings, rows: &[Row]) {
+    let direct_p50 =
+        |callers: usize| rows.iter().find(|r| r.path == Path_::Direct && r.callers == callers).map(|r| r.p50_ms);
+    let headers = [
+        "path",
+        "callers",
+        "requests",
+        "errors",
+        "p50 ms",
+        "p99 ms",
+        "req/s",
+        "CPU µs/req",
+        "relay adds (p50)",
+        "target",
+        "result",
+    ];
+    let mut table = Vec::new();
+    for r in rows {
+        let added = match (r.path, direct_p50(r.callers)) {
+            (Path_::Relay, Some(d)) => Some(r.p50_ms - d),
+            _ => None,
+        };
+        let (target, result) = match r.path {
+            Path_::Relay if r.callers == 1 => {
+                (format!("adds ≤ {TARGET_ADDED_P50_MS:.2} ms"), added.map(|a| pass(a <= TARGET_ADDED_P50_MS)))
+            }
+            Path_::Relay if r.callers == TARGET_RPS_CALLERS => {
+                (format!("≥ {} req/s", thousands(TARGET_RPS)), Some(pass(r.rps >= TARGET_RPS && r.errors == 0)))
+            }
+            _ => (String::new(), None),
+        };
+        table.push(vec![
+            r.path.name().to_owned(),
+            r.callers.to_string(),
+            thousands(r.requests as f64),
+            r.errors.to_string(),
+            format!("{:.3}", r.p50_ms),
+            format!("{:.3}", r.p99_ms),
+            thousands(r.rps),
+            r.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.0}")),
+            added.map_or(String::new(), |a| format!("{a:+.3} ms")),
+            target,
+            result.unwrap_or_default().to_owned(),
+        ]);
+    }
+    println!("{}", render(&headers, &table, false));
+    let busy: Vec<String> = rows
+        .iter()
+        .filter(|r| r.others_share.is_some_and(|s| s > 0.1))
+        .map(|r| format!("{} {} ({:.0}% of a CPU)", r.path.name(), r.callers, r.others_share.unwrap_or(0.0) * 100.0))
+        .collect();
+    if !busy.is_empty() {
+        println!(
+            "\nwarning: other processes were busy during: {}; those figures are lower than on a quiet machine",
+            busy.join(", ")
+        );
+    }
+    for r in rows.iter().filter(|r| r.errors > 0) {
+        println!(
+            "first error, {} with {} callers: {}",
+            r.path.name(),
+            r.callers,
+            r.first_error.as_deref().unwrap_or("?")
+        );
+    }
+    if settings.split {
+        println!("\nCPU µs per request by component (split runtimes):");
+        let names: Vec<String> = {
+            let mut n: Vec<String> = rows.iter().flat_map(|r| r.cpu_by_component.keys().cloned()).collect();
+            n.sort();
+            n.dedup();
+            n
+        };
+        let mut headers = vec!["path".to_owned(), "callers".to_owned()];
+        headers.extend(names.iter().cloned());
+        let table: Vec<Vec<String>> = rows
+            .iter()
+            .map(|r| {
+                let mut line = vec![r.path.name().to_owned(), r.callers.to_string()];
+                line.extend(names.iter().map(|n| r.cpu_by_component.get(n).map_or("-".into(), |c| format!("{c:.1}"))));
+                line
+            })
+            .collect();
+        let headers: Vec<&str> = headers.iter().map(String::as_str).collect();
+        println!("{}", render(&headers, &table, false));
+    }
+    println!(
+        "\nTargets (printed, not asserted): the relay adds at most {TARGET_ADDED_P50_MS} ms at p50 with 1 caller; at least {} req/s with {TARGET_RPS_CALLERS} callers.",
+        thousands(TARGET_RPS)
+    );
+    println!("\nMarkdown:\n");
+    println!("{}", render(&headers, &table, true));
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+/// `12345.6` → `12,346`.
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A table with columns padded to their widths: plain (two spaces between columns) or markdown.
+/// Text columns are left-aligned, figures right-aligned.
+fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
+    let width = |s: &str| s.chars().count();
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| rows.iter().map(|r| width(&r[i])).chain([width(headers[i])]).max().unwrap_or(0))
+        .collect();
+    let numeric: Vec<bool> = (0..headers.len())
+        .map(|i| {
+            rows.iter().all(|r| {
+                r[i].is_empty() || r[i] == "-" || r[i].starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-')
+            })
+        })
+        .collect();
+    let pad = |s: &str, i: usize| {
+        let fill = " ".repeat(widths[i] - width(s));
+        if numeric[i] {
+            format!("{fill}{s}")
+        } else {
+            format!("{s}{fill}")
+        }
+    };
+    let line = |cells: Vec<String>| {
+        if markdown {
+            format!("| {} |", cells.join(" | "))
+        } else {
+            cells.join("  ").trim_end().to_owned()
+        }
+    };
+    let mut out = vec![line(headers.iter().enumerate().map(|(i, h)| pad(h, i)).collect())];
+    out.push(if markdown {
+        line(
+            widths
+                .iter()
+                .zip(&numeric)
+                .map(|(&w, &n)| if n { format!("{}:", "-".repeat(w.max(2) - 1)) } else { "-".repeat(w.max(1)) })
+                .collect(),
+        )
+    } else {
+        line(widths.iter().map(|&w| "-".repeat(w)).collect())
+    });
+    for r in rows {
+        out.push(line(r.iter().enumerate().map(|(i, c)| pad(c, i)).collect()));
+    }
+    out.join("\n")
+}

@@ -1,0 +1,97 @@
+//! Monitoring: a request's status, pages of requests, pending replies, counts.
+
+use axum::extract::{Path, Query, State};
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::json;
+
+use super::envelope::{ok, ApiError, Kind};
+use super::ApiState;
+use crate::store::{RequestFilter, State as RequestState, StoreError};
+
+fn internal(e: StoreError) -> ApiError {
+    ApiError::new(Kind::Internal, format!("the store failed: {e}"))
+}
+
+/// `GET /v1/requests/{id}`.
+pub(super) async fn one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    match state.store.get(&id).await.map_err(internal)? {
+        Some(view) => Ok(ok(StatusCode::OK, "ActionOK", view)),
+        None => Err(ApiError::new(
+            Kind::NotFound,
+            format!("no request `{id}` on this node (synchronous requests are not kept)"),
+        )),
+    }
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct ListQuery {
+    direction: Option<String>,
+    state: Option<String>,
+    peer: Option<String>,
+    conversation: Option<String>,
+    limit: Option<usize>,
+    before: Option<String>,
+}
+
+/// `GET /v1/requests`: newest first, filtered, paged with `before`.
+pub(super) async fn list(
+    State(state): State<ApiState>,
+    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    if let Some(d) = &q.direction {
+        if d != "outgoing" && d != "incoming" {
+            return Err(ApiError::bad_request(format!("`direction={d}` is not outgoing or incoming"))
+                .with("field", "direction"));
+        }
+    }
+    if let Some(s) = &q.state {
+        if RequestState::parse(s).is_none() {
+            return Err(ApiError::bad_request(format!("`state={s}` is not waiting, doing, success or failed"))
+                .with("field", "state"));
+        }
+    }
+    let limit = q.limit.unwrap_or(50);
+    if !(1..=500).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be 1 to 500".to_owned()).with("field", "limit"));
+    }
+    let filter = RequestFilter {
+        direction: q.direction,
+        state: q.state,
+        peer: q.peer,
+        conversation: q.conversation,
+        limit,
+        before: q.before,
+    };
+    Ok(ok(StatusCode::OK, "ActionOK", state.store.list(filter).await.map_err(internal)?))
+}
+
+/// `GET /v1/pending`.
+pub(super) async fn pending(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    Ok(ok(StatusCode::OK, "ActionOK", state.store.pending().await.map_err(internal)?))
+}
+
+/// `GET /v1/stats`.
+pub(super) async fn stats(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    let stats = state.store.stats().await.map_err(internal)?;
+    let peers: Vec<_> = state
+        .peers
+        .all()
+        .iter()
+        .map(|p| {
+            let s = p.status();
+            json!({"name": s.name, "connected": s.connected, "rtt_ms": s.rtt_ms, "last_seen": s.last_seen})
+        })
+        .collect();
+    Ok(ok(
+        StatusCode::OK,
+        "ActionOK",
+        json!({
+            "peers": peers, "outgoing": stats.outgoing, "incoming": stats.incoming,
+            "callbacks_pending": stats.callbacks_pending, "transfers_active": 0,
+        }),
+    ))
+}

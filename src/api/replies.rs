@@ -1,0 +1,61 @@
+//! `POST /v1/replies`: a local service answers an asynchronous request it was given a
+//! `callbackId` for.
+
+use axum::extract::State;
+use axum::http::StatusCode;
+use axum::response::Response;
+use serde::Deserialize;
+use serde_json::{json, Value};
+
+use super::envelope::{json_body, ok, ApiError, Kind};
+use super::ApiState;
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct NewReply {
+    callback_id: String,
+    #[serde(default)]
+    data: Option<Value>,
+    #[serde(default)]
+    error: Option<String>,
+    #[serde(default)]
+    end: Option<bool>,
+    #[serde(default)]
+    file: Option<String>,
+    #[serde(default)]
+    file_field: Option<String>,
+}
+
+/// Stores the reply (on disk before the answer) for carrying back to the requesting node.
+pub(super) async fn create(
+    State(state): State<ApiState>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let reply: NewReply = json_body(body)?;
+    if reply.file.is_some() || reply.file_field.is_some() {
+        return Err(
+            ApiError::bad_request("field `file`: this node does not send files yet".to_owned()).with("field", "file")
+        );
+    }
+    if reply.error.is_some() && reply.data.is_some() {
+        return Err(ApiError::bad_request("give either `data` or `error`, not both".to_owned()).with("field", "error"));
+    }
+    let end = reply.end.unwrap_or(true);
+    let added = state
+        .store
+        .add_reply(&reply.callback_id, reply.data, reply.error, end)
+        .await
+        .map_err(|e| ApiError::new(Kind::Internal, format!("the reply could not be stored: {e}")))?;
+    match added {
+        Some((_, seq)) => {
+            Ok(ok(StatusCode::ACCEPTED, "Accepted", json!({"callback_id": reply.callback_id, "seq": seq})))
+        }
+        None => Err(ApiError::new(
+            Kind::NotFound,
+            format!(
+                "no request awaits a reply with callback id `{}`: it is unknown or already finished",
+                reply.callback_id
+            ),
+        )),
+    }
+}

@@ -1,0 +1,92 @@
+//! Delivery of results to host apps' callback URLs, retried from the store until `ttl_s`.
+//!
+//! Each result goes as `METHOD url` with the text fields `id`, `seq`, `end`, `data`, `status`,
+//! `error` (API.md §3): in the query string for GET, urlencoded for POST. Any 2xx counts as
+//! delivered; otherwise the next attempt is 1 s later, doubling up to 5 minutes. Results of one
+//! request are delivered in `seq` order: the store hands out the next only once the previous is in.
+
+use std::sync::Arc;
+use std::time::Duration;
+
+use tokio::sync::Semaphore;
+
+use tokio_util::sync::CancellationToken;
+
+use crate::store::{idle, now_ms, CallbackWork, Store};
+
+/// How many deliveries run at once.
+const CONCURRENT: usize = 64;
+/// How long one delivery may take.
+const TIMEOUT: Duration = Duration::from_secs(30);
+/// The longest pause between two attempts.
+const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
+
+/// Delivers results as the store says they are due, until `stop`; then waits for deliveries
+/// under way.
+pub async fn work(store: Store, stop: CancellationToken) {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(TIMEOUT)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .expect("an HTTP client without TLS always builds");
+    let slots = Arc::new(Semaphore::new(CONCURRENT));
+    while !stop.is_cancelled() {
+        let free = slots.available_permits();
+        let due = if free == 0 {
+            Vec::new()
+        } else {
+            store.claim_callbacks(free).await.unwrap_or_else(|e| {
+                tracing::error!(error = %e, "cannot read due callbacks");
+                Vec::new()
+            })
+        };
+        if due.is_empty() {
+            if !idle(&store.wake.callbacks, Duration::from_millis(250), &stop).await {
+                break;
+            }
+            continue;
+        }
+        for work in due {
+            let permit = slots.clone().acquire_owned().await.expect("never closed");
+            let (store, client) = (store.clone(), client.clone());
+            tokio::spawn(async move {
+                let outcome = deliver(&client, &work).await.map_err(|error| {
+                    let wait = 1_000i64.saturating_mul(1 << work.attempts.min(20)).min(MAX_BACKOFF_MS);
+                    let next = now_ms() + wait;
+                    tracing::info!(id = %work.id, seq = work.seq, %error, "callback not delivered; retrying");
+                    (error, (next <= work.expires_at).then_some(next))
+                });
+                if let Err(e) = store.callback_attempted(&work, outcome).await {
+                    tracing::error!(id = %work.id, error = %e, "cannot record a callback delivery");
+                }
+                drop(permit);
+            });
+        }
+    }
+    let _ = slots.acquire_many(CONCURRENT as u32).await;
+}
+
+/// One delivery attempt.
+async fn deliver(client: &reqwest::Client, work: &CallbackWork) -> Result<(), String> {
+    let mut fields = vec![("id", work.id.clone()), ("seq", work.seq.to_string()), ("end", work.end.to_string())];
+    if let Some(data) = &work.data {
+        fields.push(("data", data.clone()));
+    }
+    if let Some(status) = work.status {
+        fields.push(("status", status.to_string()));
+    }
+    if let Some(error) = &work.error {
+        fields.push(("error", error.clone()));
+    }
+    let request = match work.method.as_str() {
+        "GET" => client.get(&work.url).query(&fields),
+        _ => client.post(&work.url).form(&fields),
+    };
+    let response = request.send().await.map_err(|e| format!("cannot reach {}: {e}", work.url))?;
+    if response.status().is_success() {
+        Ok(())
+    } else {
+        Err(format!("{} answered HTTP {}", work.url, response.status().as_u16()))
+    }
+}

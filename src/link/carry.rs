@@ -1,0 +1,140 @@
+//! Store-and-forward: carries asynchronous requests and replies to peers until each is
+//! acknowledged, in the order they were stored, retrying with backoff while a peer is away.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures::StreamExt;
+use rand::Rng;
+use tokio::sync::Semaphore;
+
+use super::{Link, CONNECT_WITHIN};
+use crate::peer::Peer;
+use crate::store::{idle, now_ms, OutboundWork};
+use crate::wire::{self, Message};
+use tokio_util::sync::CancellationToken;
+
+/// How many messages are in flight at once, over all peers.
+const IN_FLIGHT: usize = 1024;
+/// How many streams one peer's batch uses at once.
+const STREAMS_PER_PEER: usize = 128;
+/// The longest pause before a lost peer is tried again.
+const MAX_PEER_BACKOFF_MS: u64 = 5_000;
+/// The pause before resending one message the peer did not acknowledge.
+const RESEND_AFTER_MS: i64 = 1_000;
+
+impl Link {
+    /// Claims due work from the store and carries it, until `stop`; then waits, briefly, for
+    /// messages in flight.
+    pub async fn carry(self, stop: CancellationToken) {
+        let store = self.inner.store.clone();
+        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
+        while !stop.is_cancelled() {
+            let free = slots.available_permits().min(512);
+            let work = if free == 0 {
+                Vec::new()
+            } else {
+                store.claim_outbound(free).await.unwrap_or_else(|e| {
+                    tracing::error!(error = %e, "cannot read due messages");
+                    Vec::new()
+                })
+            };
+            if work.is_empty() {
+                if !idle(&store.wake.outbound, Duration::from_millis(250), &stop).await {
+                    break;
+                }
+                continue;
+            }
+            let mut by_peer: BTreeMap<String, Vec<OutboundWork>> = BTreeMap::new();
+            for w in work {
+                by_peer.entry(w.peer().to_owned()).or_default().push(w);
+            }
+            for (peer, batch) in by_peer {
+                let permits = slots.clone().acquire_many_owned(batch.len() as u32).await.expect("never closed");
+                let link = self.clone();
+                tokio::spawn(async move {
+                    link.carry_to(&peer, batch).await;
+                    drop(permits);
+                });
+            }
+        }
+        let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+    }
+
+    /// Sends one peer's batch over its connection; on no connection, defers it with backoff.
+    async fn carry_to(&self, peer_name: &str, batch: Vec<OutboundWork>) {
+        let store = &self.inner.store;
+        let Some(peer) = self.inner.peers.get(peer_name) else {
+            tracing::warn!(peer = peer_name, "work for a peer that is no longer configured; held back");
+            let _ = store.retry_outbound(batch, now_ms() + 60_000).await;
+            return;
+        };
+        let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
+        let connection = match self.connection(&peer, deadline).await {
+            Ok(c) => c,
+            Err(e) => {
+                let at = now_ms() + peer_backoff(&peer);
+                tracing::debug!(peer = peer_name, error = %e, waiting = batch.len(), "peer away; retrying later");
+                let _ = store.retry_outbound(batch, at).await;
+                return;
+            }
+        };
+        futures::stream::iter(batch)
+            .for_each_concurrent(STREAMS_PER_PEER, |work| {
+                let connection = connection.clone();
+                let peer = peer.clone();
+                async move {
+                    let result = send(&connection, &work).await;
+                    let store = &self.inner.store;
+                    let recorded = match result {
+                        Ok(Message::Ack(ack)) => store.acknowledged(&peer.name, ack).await,
+                        Ok(Message::Refused(refusal)) => match &work {
+                            OutboundWork::Request { message, .. } => {
+                                store
+                                    .refused(
+                                        &peer.name,
+                                        &message.request.id,
+                                        format!("{}: {}", peer.name, refusal.message),
+                                    )
+                                    .await
+                            }
+                            OutboundWork::Reply { .. } => {
+                                store.retry_outbound(vec![work], now_ms() + RESEND_AFTER_MS).await
+                            }
+                        },
+                        Ok(_) | Err(_) => {
+                            if let Err(e) = &result {
+                                tracing::debug!(peer = %peer.name, error = %e, "not acknowledged; resending later");
+                            }
+                            store.retry_outbound(vec![work], now_ms() + RESEND_AFTER_MS).await
+                        }
+                    };
+                    if let Err(e) = recorded {
+                        tracing::error!(error = %e, "cannot record a peer's answer");
+                    }
+                    peer.seen();
+                }
+            })
+            .await;
+    }
+}
+
+/// Sends one message on a new stream and reads the peer's answer.
+async fn send(connection: &quinn::Connection, work: &OutboundWork) -> Result<Message, String> {
+    let message = match work {
+        OutboundWork::Request { message, .. } => Message::AsyncRequest(message.clone()),
+        OutboundWork::Reply { message, .. } => Message::Reply(message.clone()),
+    };
+    let frame = wire::encode(&message).map_err(|e| e.to_string())?;
+    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
+    send.write_all(&frame).await.map_err(|e| e.to_string())?;
+    let _ = send.finish();
+    wire::read(&mut recv).await.map_err(|e| e.to_string())
+}
+
+/// The pause before trying a peer again: doubling per failure from 200 ms, capped, with jitter.
+fn peer_backoff(peer: &Peer) -> i64 {
+    let base = (200u64 << peer.failures().min(10)).min(MAX_PEER_BACKOFF_MS);
+    (base + rand::rng().random_range(0..=base / 4)) as i64
+}

@@ -1,0 +1,318 @@
+//! Read views of the store for the monitoring API: one request, pages of requests, pending
+//! approvals, and counts.
+
+use rusqlite::{params, OptionalExtension, Row};
+use serde::Serialize;
+use serde_json::{json, Map, Value};
+
+use super::{rfc3339, Store, StoreError};
+use crate::wire;
+
+/// A request's status (`GET /v1/requests/{id}`).
+#[derive(Debug, Clone, Serialize)]
+pub struct RequestView {
+    /// The request id.
+    pub id: String,
+    /// `outgoing` or `incoming`.
+    pub direction: String,
+    /// The peer.
+    pub peer: String,
+    /// The service id.
+    pub service: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// Always `async`: synchronous requests are not stored.
+    pub mode: &'static str,
+    /// Reply mode.
+    pub reply: bool,
+    /// The conversation label.
+    pub conversation: Option<String>,
+    /// `waiting`, `doing`, `success` or `failed`.
+    pub state: String,
+    /// Why it failed.
+    pub error: Option<String>,
+    /// RFC 3339.
+    pub created_at: String,
+    /// RFC 3339.
+    pub updated_at: String,
+    /// Attempts to send it (outgoing) or to call the service (incoming).
+    pub attempts: u32,
+    /// The service's response, when known.
+    pub response: Option<Value>,
+    /// The replies; left out of lists.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub replies: Option<Vec<Value>>,
+    /// File transfer progress (none yet).
+    pub transfer: Option<Value>,
+    /// Callback delivery, for outgoing requests with a callback.
+    pub callback: Option<Value>,
+}
+
+/// Filters for `GET /v1/requests`.
+#[derive(Debug, Clone, Default)]
+pub struct RequestFilter {
+    /// `outgoing` or `incoming`.
+    pub direction: Option<String>,
+    /// A state name.
+    pub state: Option<String>,
+    /// A peer name.
+    pub peer: Option<String>,
+    /// A conversation label.
+    pub conversation: Option<String>,
+    /// At most this many (1..=500).
+    pub limit: usize,
+    /// Only requests older than this id (the previous page's `next`).
+    pub before: Option<String>,
+}
+
+/// One page of requests, newest first.
+#[derive(Debug, Clone, Serialize)]
+pub struct Page {
+    /// The requests, without their replies.
+    pub items: Vec<RequestView>,
+    /// The `before` for the next page, if there is one.
+    pub next: Option<String>,
+}
+
+/// An incoming reply-mode request awaiting its reply (`GET /v1/pending`, the inbox).
+#[derive(Debug, Clone, Serialize)]
+pub struct Pending {
+    /// The id the service answers with.
+    pub callback_id: String,
+    /// The requesting peer.
+    pub peer: String,
+    /// The service id.
+    pub service: String,
+    /// The HTTP method.
+    pub method: String,
+    /// The path.
+    pub path: String,
+    /// The form fields.
+    pub form: Map<String, Value>,
+    /// RFC 3339.
+    pub created_at: String,
+}
+
+/// Counts by direction and state (`GET /v1/stats`).
+#[derive(Debug, Clone, Serialize, Default)]
+pub struct Stats {
+    /// Outgoing requests by state.
+    pub outgoing: Map<String, Value>,
+    /// Incoming requests by state.
+    pub incoming: Map<String, Value>,
+    /// Results not yet delivered to callbacks.
+    pub callbacks_pending: u64,
+}
+
+const COLUMNS: &str = "seq, id, direction, peer, service, method, path, reply, conversation, state, error,
+    created_at, updated_at, attempts, response_status, response_headers, response_body, callback_url, callback_method";
+
+fn view(r: &Row) -> rusqlite::Result<(i64, RequestView, Option<(String, String)>)> {
+    let response = match r.get::<_, Option<u16>>(14)? {
+        Some(status) => {
+            let headers: Vec<(String, String)> =
+                r.get::<_, Option<String>>(15)?.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+            let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(16)?.unwrap_or_default();
+            let response = wire::Response { status, headers, body };
+            let (body, encoding) = response.body_value();
+            let mut v = json!({"status": status, "headers": response.headers_json(), "body": body});
+            if let Some(e) = encoding {
+                v["body_encoding"] = e.into();
+            }
+            Some(v)
+        }
+        None => None,
+    };
+    let callback = match (r.get::<_, Option<String>>(17)?, r.get::<_, Option<String>>(18)?) {
+        (Some(url), Some(method)) => Some((url, method)),
+        _ => None,
+    };
+    Ok((
+        r.get(0)?,
+        RequestView {
+            id: r.get(1)?,
+            direction: r.get(2)?,
+            peer: r.get(3)?,
+            service: r.get(4)?,
+            method: r.get(5)?,
+            path: r.get(6)?,
+            mode: "async",
+            reply: r.get(7)?,
+            conversation: r.get(8)?,
+            state: r.get(9)?,
+            error: r.get(10)?,
+            created_at: super::rfc3339(r.get(11)?),
+            updated_at: super::rfc3339(r.get(12)?),
+            attempts: r.get(13)?,
+            response,
+            replies: None,
+            transfer: None,
+            callback: None,
+        },
+        callback,
+    ))
+}
+
+/// Fills in callback delivery (and, when `with_replies`, the replies) of request row `row`.
+fn complete(
+    t: &rusqlite::Transaction,
+    row: i64,
+    view: &mut RequestView,
+    callback: Option<(String, String)>,
+    with_replies: bool,
+) -> Result<(), StoreError> {
+    if let Some((url, method)) = callback {
+        let (count, delivered, attempts, last_error): (u32, u32, u32, Option<String>) = t.query_row(
+            "SELECT COUNT(*), COALESCE(SUM(delivered), 0), COALESCE(SUM(callback_attempts), 0),
+                    (SELECT callback_error FROM replies WHERE request = ?1 AND callback_error IS NOT NULL
+                     ORDER BY seq DESC LIMIT 1)
+             FROM replies WHERE request = ?1",
+            [row],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+        )?;
+        view.callback = Some(json!({
+            "url": url, "method": method, "delivered": count > 0 && delivered == count,
+            "attempts": attempts, "last_error": last_error,
+        }));
+    }
+    if with_replies {
+        let mut stmt = t.prepare_cached(
+            "SELECT seq, data, error, end, created_at, delivered, next_send_at IS NULL FROM replies WHERE request = ?1 ORDER BY seq",
+        )?;
+        let outgoing = view.direction == "outgoing";
+        let replies = stmt
+            .query_map([row], |r| {
+                let data: Option<String> = r.get(1)?;
+                let data = data.and_then(|d| serde_json::from_str::<Value>(&d).ok()).unwrap_or(Value::Null);
+                // On the requesting node `delivered` means delivered to the callback; on the
+                // receiving node, acknowledged by the requesting node.
+                let delivered: bool = if outgoing { r.get(5)? } else { r.get(6)? };
+                Ok(json!({
+                    "seq": r.get::<_, u32>(0)?, "data": data, "error": r.get::<_, Option<String>>(2)?,
+                    "file": null, "end": r.get::<_, bool>(3)?, "received_at": rfc3339(r.get(4)?),
+                    "delivered": delivered,
+                }))
+            })?
+            .collect::<Result<Vec<_>, _>>()?;
+        view.replies = Some(replies);
+    }
+    Ok(())
+}
+
+impl Store {
+    /// The request with this id, with its replies; outgoing first if both directions have it.
+    pub async fn get(&self, id: &str) -> Result<Option<RequestView>, StoreError> {
+        let id = id.to_owned();
+        self.run(move |t, _| {
+            let found = t
+                .query_row(
+                    &format!("SELECT {COLUMNS} FROM requests WHERE id = ?1 ORDER BY direction DESC LIMIT 1"),
+                    [&id],
+                    view,
+                )
+                .optional()?;
+            let Some((row, mut v, callback)) = found else { return Ok(None) };
+            complete(t, row, &mut v, callback, true)?;
+            Ok(Some(v))
+        })
+        .await
+    }
+
+    /// A page of requests, newest first.
+    pub async fn list(&self, filter: RequestFilter) -> Result<Page, StoreError> {
+        self.run(move |t, _| {
+            let before: i64 = match &filter.before {
+                Some(id) => t
+                    .query_row("SELECT MIN(seq) FROM requests WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?
+                    .unwrap_or(0),
+                None => i64::MAX,
+            };
+            let mut stmt = t.prepare_cached(&format!(
+                "SELECT {COLUMNS} FROM requests WHERE seq < ?1
+                 AND (?2 IS NULL OR direction = ?2) AND (?3 IS NULL OR state = ?3)
+                 AND (?4 IS NULL OR peer = ?4) AND (?5 IS NULL OR conversation = ?5)
+                 ORDER BY seq DESC LIMIT ?6"
+            ))?;
+            let rows = stmt
+                .query_map(
+                    params![
+                        before,
+                        filter.direction,
+                        filter.state,
+                        filter.peer,
+                        filter.conversation,
+                        filter.limit as i64 + 1
+                    ],
+                    view,
+                )?
+                .collect::<Result<Vec<_>, _>>()?;
+            let more = rows.len() > filter.limit;
+            let mut items = Vec::new();
+            for (row, mut v, callback) in rows.into_iter().take(filter.limit) {
+                complete(t, row, &mut v, callback, false)?;
+                items.push(v);
+            }
+            let next = if more { items.last().map(|v| v.id.clone()) } else { None };
+            Ok(Page { items, next })
+        })
+        .await
+    }
+
+    /// Incoming reply-mode requests still awaiting a reply, oldest first.
+    pub async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
+        self.run(move |t, _| {
+            let mut stmt = t.prepare_cached(
+                "SELECT callback_id, peer, wire, created_at FROM requests
+                 WHERE direction = 'incoming' AND callback_id IS NOT NULL AND state = 'doing' AND response_status IS NOT NULL
+                 ORDER BY seq",
+            )?;
+            let rows = stmt
+                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?)))?
+                .collect::<Result<Vec<_>, _>>()?;
+            rows.into_iter()
+                .map(|(callback_id, peer, blob, created)| {
+                    let request: wire::Request =
+                        postcard::from_bytes(&blob).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                    Ok(Pending {
+                        callback_id,
+                        peer,
+                        service: request.service,
+                        method: request.method,
+                        path: request.path,
+                        form: request.form.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
+                        created_at: rfc3339(created),
+                    })
+                })
+                .collect()
+        })
+        .await
+    }
+
+    /// Counts of requests by direction and state, and undelivered callback results.
+    pub async fn stats(&self) -> Result<Stats, StoreError> {
+        self.run(move |t, _| {
+            let mut stats = Stats::default();
+            for map in [&mut stats.outgoing, &mut stats.incoming] {
+                for s in ["waiting", "doing", "success", "failed"] {
+                    map.insert(s.into(), 0.into());
+                }
+            }
+            let mut stmt =
+                t.prepare_cached("SELECT direction, state, COUNT(*) FROM requests GROUP BY direction, state")?;
+            let mut rows = stmt.query([])?;
+            while let Some(r) = rows.next()? {
+                let (direction, state, n): (String, String, u64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+                let map = if direction == "outgoing" { &mut stats.outgoing } else { &mut stats.incoming };
+                map.insert(state, n.into());
+            }
+            stats.callbacks_pending =
+                t.query_row("SELECT COUNT(*) FROM replies WHERE callback_at IS NOT NULL AND delivered = 0", [], |r| {
+                    r.get(0)
+                })?;
+            Ok(stats)
+        })
+        .await
+    }
+}

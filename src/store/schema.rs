@@ -1,0 +1,92 @@
+//! The database schema and its migrations, applied in order and recorded in `user_version`.
+
+use rusqlite::Connection;
+
+use super::StoreError;
+
+/// Each entry moves the schema one version up; never edit one that has shipped, add another.
+const MIGRATIONS: &[&str] = &[
+    // 1: requests in both directions, their replies, and callback deliveries of those replies.
+    "CREATE TABLE requests (
+        seq INTEGER PRIMARY KEY,              -- arrival order
+        id TEXT NOT NULL,
+        direction TEXT NOT NULL CHECK (direction IN ('outgoing', 'incoming')),
+        peer TEXT NOT NULL,
+        service TEXT NOT NULL,
+        method TEXT NOT NULL,
+        path TEXT NOT NULL,
+        wire BLOB NOT NULL,                   -- the wire::Request, postcard
+        reply INTEGER NOT NULL,               -- reply mode
+        conversation TEXT,
+        callback_url TEXT,
+        callback_method TEXT,
+        callback_id TEXT UNIQUE,              -- incoming reply mode: the id the service answers with
+        state TEXT NOT NULL,
+        error TEXT,
+        created_at INTEGER NOT NULL,          -- ms since the epoch
+        updated_at INTEGER NOT NULL,
+        expires_at INTEGER NOT NULL,
+        attempts INTEGER NOT NULL DEFAULT 0,
+        next_attempt_at INTEGER,              -- when the link or the service call is due; NULL: nothing due
+        response_status INTEGER,
+        response_headers TEXT,                -- JSON object
+        response_body BLOB,
+        UNIQUE (direction, peer, id)
+    );
+    CREATE INDEX requests_due ON requests (direction, state, next_attempt_at);
+    CREATE INDEX requests_by_id ON requests (id);
+    CREATE TABLE replies (
+        request INTEGER NOT NULL REFERENCES requests (seq),
+        seq INTEGER NOT NULL,                 -- 1, 2, …
+        data TEXT,                            -- JSON text
+        error TEXT,
+        status INTEGER,                       -- the service's status, non-reply mode
+        end INTEGER NOT NULL,
+        created_at INTEGER NOT NULL,
+        next_send_at INTEGER,                 -- receiving node: when carrying it back is due; NULL once acknowledged
+        send_attempts INTEGER NOT NULL DEFAULT 0,
+        delivered INTEGER NOT NULL DEFAULT 0, -- requesting node: callback answered 2xx
+        callback_at INTEGER,                  -- requesting node: when delivery is due; NULL: none due
+        callback_attempts INTEGER NOT NULL DEFAULT 0,
+        callback_error TEXT,
+        PRIMARY KEY (request, seq)
+    );
+    CREATE INDEX replies_send ON replies (next_send_at);
+    CREATE INDEX replies_callback ON replies (callback_at);",
+];
+
+/// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.
+pub(super) fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
+    conn.pragma_update(None, "journal_mode", "WAL")?;
+    conn.pragma_update(None, "synchronous", "FULL")?;
+    conn.pragma_update(None, "foreign_keys", "ON")?;
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
+    if version > MIGRATIONS.len() {
+        return Err(StoreError::Corrupt(format!(
+            "the database is at schema version {version}, newer than this ferry knows ({}); run the newer ferry",
+            MIGRATIONS.len()
+        )));
+    }
+    for (i, sql) in MIGRATIONS.iter().enumerate().skip(version) {
+        let t = conn.transaction()?;
+        t.execute_batch(sql)?;
+        t.pragma_update(None, "user_version", i + 1)?;
+        t.commit()?;
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn migrations_apply_once_and_refuse_a_newer_database() {
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("t.db");
+        let mut conn = rusqlite::Connection::open(&path).unwrap();
+        super::prepare(&mut conn).unwrap();
+        super::prepare(&mut conn).unwrap();
+        conn.pragma_update(None, "user_version", 99).unwrap();
+        assert!(super::prepare(&mut conn).unwrap_err().to_string().contains("newer"));
+    }
+}

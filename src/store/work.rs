@@ -1,0 +1,710 @@
+//! The durable queue: asynchronous requests and replies in both directions, and what is due.
+//!
+//! Due work is claimed with a lease (its due time moves [`LEASE_MS`] ahead), so a worker never
+//! takes the same item twice while it is in flight, and an item whose worker died becomes due
+//! again by itself. [`Store::recover`] clears leases at start-up.
+
+use rusqlite::{params, OptionalExtension, Transaction};
+use serde_json::Value;
+
+use super::{now_ms, Event, State, Store, StoreError};
+use crate::wire;
+
+/// How long a claimed item stays with its worker before it is due again.
+pub const LEASE_MS: i64 = 60_000;
+
+/// A new asynchronous request from a host.
+#[derive(Debug, Clone)]
+pub struct NewAsync {
+    /// The peer.
+    pub peer: String,
+    /// The request as it goes on the wire.
+    pub request: wire::Request,
+    /// Reply mode.
+    pub reply: bool,
+    /// The callback URL (absolute), if any.
+    pub callback_url: Option<String>,
+    /// `GET` or `POST`.
+    pub callback_method: String,
+    /// When to give up (ms since the epoch).
+    pub expires_at: i64,
+}
+
+/// Something the link must carry to a peer.
+#[derive(Debug, Clone)]
+pub enum OutboundWork {
+    /// An asynchronous request of this node.
+    Request {
+        /// The peer.
+        peer: String,
+        /// The message.
+        message: wire::AsyncRequest,
+    },
+    /// A result of a request this node received.
+    Reply {
+        /// The peer that sent the request.
+        peer: String,
+        /// The message.
+        message: wire::Reply,
+    },
+}
+
+impl OutboundWork {
+    /// The peer it goes to.
+    pub fn peer(&self) -> &str {
+        match self {
+            OutboundWork::Request { peer, .. } | OutboundWork::Reply { peer, .. } => peer,
+        }
+    }
+}
+
+/// An incoming request whose service call is due.
+#[derive(Debug, Clone)]
+pub struct IncomingCall {
+    /// The peer that sent it.
+    pub peer: String,
+    /// The request.
+    pub request: wire::Request,
+    /// The callback id given to the service in reply mode.
+    pub callback_id: Option<String>,
+    /// When the requesting node gives up.
+    pub expires_at: i64,
+    /// Calls tried so far, this one included.
+    pub attempts: u32,
+}
+
+/// What became of a service call for an incoming asynchronous request.
+#[derive(Debug, Clone)]
+pub enum ServiceOutcome {
+    /// The service answered.
+    Answered(wire::Response),
+    /// The node refused the request or the call failed for good.
+    Failed(String),
+    /// The service could not be reached, so it was not called: try again at this time.
+    RetryAt(i64, String),
+}
+
+/// A result to deliver to a host's callback URL.
+#[derive(Debug, Clone)]
+pub struct CallbackWork {
+    /// The request id.
+    pub id: String,
+    /// The absolute callback URL.
+    pub url: String,
+    /// `GET` or `POST`.
+    pub method: String,
+    /// The reply's sequence number.
+    pub seq: u32,
+    /// Whether it is the last.
+    pub end: bool,
+    /// JSON text.
+    pub data: Option<String>,
+    /// The service's status (non-reply mode).
+    pub status: Option<u16>,
+    /// Why the request failed.
+    pub error: Option<String>,
+    /// Earlier failed attempts.
+    pub attempts: u32,
+    /// When to stop trying.
+    pub expires_at: i64,
+    request: i64,
+}
+
+fn state_event(events: &mut Vec<Event>, id: &str, peer: &str, state: State) {
+    events.push(Event::State { id: id.to_owned(), peer: peer.to_owned(), state });
+}
+
+fn decode_request(blob: &[u8]) -> Result<wire::Request, StoreError> {
+    postcard::from_bytes(blob).map_err(|e| StoreError::Corrupt(e.to_string()))
+}
+
+/// Adds a reply row (the next seq) for request row `request`; returns its seq.
+fn push_reply(
+    t: &Transaction,
+    request: i64,
+    data: Option<&str>,
+    error: Option<&str>,
+    status: Option<u16>,
+    end: bool,
+    send: bool,
+    callback: bool,
+) -> Result<u32, StoreError> {
+    let seq: u32 =
+        t.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM replies WHERE request = ?1", [request], |r| r.get(0))?;
+    let now = now_ms();
+    t.execute(
+        "INSERT INTO replies (request, seq, data, error, status, end, created_at, next_send_at, callback_at)
+         VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
+        params![request, seq, data, error, status, end, now, send.then_some(now), callback.then_some(now)],
+    )?;
+    Ok(seq)
+}
+
+/// Ends a request as failed with `error`, recording the error as its last reply.
+///
+/// On the requesting node the reply goes to the callback; on the receiving node it is carried back.
+fn fail(t: &Transaction, events: &mut Vec<Event>, row: i64, error: &str) -> Result<(), StoreError> {
+    let (id, peer, direction, callback): (String, String, String, Option<String>) =
+        t.query_row("SELECT id, peer, direction, callback_url FROM requests WHERE seq = ?1", [row], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    t.execute(
+        "UPDATE requests SET state = 'failed', error = ?2, updated_at = ?3, next_attempt_at = NULL WHERE seq = ?1",
+        params![row, error, now_ms()],
+    )?;
+    let incoming = direction == "incoming";
+    push_reply(t, row, None, Some(error), None, true, incoming, !incoming && callback.is_some())?;
+    state_event(events, &id, &peer, State::Failed);
+    Ok(())
+}
+
+impl Store {
+    /// Stores a new asynchronous request as `waiting`; returns once it is on disk.
+    pub async fn insert_outgoing(&self, new: NewAsync) -> Result<(), StoreError> {
+        self.run(move |t, events| {
+            let now = now_ms();
+            let r = &new.request;
+            let blob = postcard::to_stdvec(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            t.execute(
+                "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply, conversation,
+                    callback_url, callback_method, state, created_at, updated_at, expires_at, next_attempt_at)
+                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'waiting', ?11, ?11, ?12, ?11)",
+                params![
+                    r.id,
+                    new.peer,
+                    r.service,
+                    r.method,
+                    r.path,
+                    blob,
+                    new.reply,
+                    r.conversation,
+                    new.callback_url,
+                    new.callback_method,
+                    now,
+                    new.expires_at
+                ],
+            )?;
+            state_event(events, &r.id, &new.peer, State::Waiting);
+            Ok(())
+        })
+        .await?;
+        self.wake.outbound.notify_one();
+        Ok(())
+    }
+
+    /// Expires what is past its time, then claims up to `limit` requests and replies due for the link.
+    pub async fn claim_outbound(&self, limit: usize) -> Result<Vec<OutboundWork>, StoreError> {
+        let claimed = self
+            .run(move |t, events| {
+                let now = now_ms();
+                let expired: Vec<i64> = t
+                    .prepare_cached(
+                        "SELECT seq FROM requests WHERE direction = 'outgoing' AND state IN ('waiting', 'doing')
+                         AND expires_at < ?1",
+                    )?
+                    .query_map([now], |r| r.get(0))?
+                    .collect::<Result<_, _>>()?;
+                for row in expired {
+                    fail(t, events, row, "expired: ttl_s passed before the request completed")?;
+                }
+                let mut work = Vec::new();
+                let mut due = t.prepare_cached(
+                    "UPDATE requests SET next_attempt_at = ?1 + ?2, attempts = attempts + 1
+                     WHERE seq IN (SELECT seq FROM requests WHERE direction = 'outgoing' AND state = 'waiting'
+                                   AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?3)
+                     RETURNING seq, peer, wire, reply, expires_at",
+                )?;
+                let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
+                let mut requests = Vec::new();
+                while let Some(r) = rows.next()? {
+                    let blob: Vec<u8> = r.get(2)?;
+                    requests.push((
+                        r.get::<_, i64>(0)?,
+                        OutboundWork::Request {
+                            peer: r.get(1)?,
+                            message: wire::AsyncRequest {
+                                request: decode_request(&blob)?,
+                                reply: r.get(3)?,
+                                expires_at_ms: r.get(4)?,
+                            },
+                        },
+                    ));
+                }
+                requests.sort_by_key(|(seq, _)| *seq);
+                work.extend(requests.into_iter().map(|(_, w)| w));
+                let mut due = t.prepare_cached(
+                    "UPDATE replies SET next_send_at = ?1 + ?2, send_attempts = send_attempts + 1
+                     WHERE rowid IN (SELECT rowid FROM replies WHERE next_send_at <= ?1
+                                     ORDER BY request, seq LIMIT ?3)
+                     RETURNING (SELECT peer FROM requests q WHERE q.seq = request),
+                               (SELECT id FROM requests q WHERE q.seq = request),
+                               request, seq, end, data, error, status,
+                               (SELECT response_status FROM requests q WHERE q.seq = request)",
+                )?;
+                let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
+                let mut replies = Vec::new();
+                while let Some(r) = rows.next()? {
+                    replies.push((
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, u32>(3)?,
+                        OutboundWork::Reply {
+                            peer: r.get(0)?,
+                            message: wire::Reply {
+                                id: r.get(1)?,
+                                seq: r.get(3)?,
+                                end: r.get(4)?,
+                                data: r.get(5)?,
+                                error: r.get(6)?,
+                                response: None,
+                            },
+                        },
+                    ));
+                }
+                drop(rows);
+                replies.sort_by_key(|(request, seq, _)| (*request, *seq));
+                for (request, _, mut w) in replies {
+                    if let OutboundWork::Reply { message, .. } = &mut w {
+                        message.response = response_of(t, request)?.filter(|_| message.seq == 1);
+                    }
+                    work.push(w);
+                }
+                Ok(work)
+            })
+            .await?;
+        Ok(claimed)
+    }
+
+    /// The peer persisted request `id` (`seq` 0) or its reply `seq`.
+    pub async fn acknowledged(&self, peer: &str, ack: wire::Ack) -> Result<(), StoreError> {
+        let peer = peer.to_owned();
+        self.run(move |t, events| {
+            if ack.seq == 0 {
+                let changed = t.execute(
+                    "UPDATE requests SET state = 'doing', next_attempt_at = NULL, updated_at = ?3
+                     WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                    params![peer, ack.id, now_ms()],
+                )?;
+                if changed > 0 {
+                    state_event(events, &ack.id, &peer, State::Doing);
+                }
+            } else {
+                t.execute(
+                    "UPDATE replies SET next_send_at = NULL
+                     WHERE seq = ?3 AND request = (SELECT seq FROM requests
+                        WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
+                    params![peer, ack.id, ack.seq],
+                )?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sending `work` failed; try again at `at` (ms since the epoch).
+    pub async fn retry_outbound(&self, work: Vec<OutboundWork>, at: i64) -> Result<(), StoreError> {
+        self.run(move |t, _| {
+            for w in &work {
+                match w {
+                    OutboundWork::Request { peer, message } => t.execute(
+                        "UPDATE requests SET next_attempt_at = ?3
+                         WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                        params![peer, message.request.id, at],
+                    )?,
+                    OutboundWork::Reply { peer, message } => t.execute(
+                        "UPDATE replies SET next_send_at = ?4 WHERE seq = ?3 AND next_send_at IS NOT NULL
+                         AND request = (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
+                        params![peer, message.id, message.seq, at],
+                    )?,
+                };
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Everything waiting for `peer` is due now (it came back).
+    pub async fn peer_is_back(&self, peer: &str) -> Result<(), StoreError> {
+        let peer = peer.to_owned();
+        self.run(move |t, _| {
+            let now = now_ms();
+            t.execute(
+                "UPDATE requests SET next_attempt_at = ?2 WHERE direction = 'outgoing' AND peer = ?1
+                 AND state = 'waiting' AND next_attempt_at > ?2",
+                params![peer, now],
+            )?;
+            Ok(())
+        })
+        .await?;
+        self.wake.outbound.notify_one();
+        Ok(())
+    }
+
+    /// The peer refused asynchronous request `id` outright (unknown service, not allowed, disabled).
+    pub async fn refused(&self, peer: &str, id: &str, error: String) -> Result<(), StoreError> {
+        let (peer, id) = (peer.to_owned(), id.to_owned());
+        self.run(move |t, events| {
+            let row: Option<i64> = t
+                .query_row(
+                    "SELECT seq FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                    params![peer, id],
+                    |r| r.get(0),
+                )
+                .optional()?;
+            if let Some(row) = row {
+                fail(t, events, row, &error)?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.wake.callbacks.notify_one();
+        Ok(())
+    }
+
+    /// Persists a peer's asynchronous request; returns whether it is new (false: a retransmission).
+    pub async fn insert_incoming(&self, peer: &str, message: wire::AsyncRequest) -> Result<bool, StoreError> {
+        let peer = peer.to_owned();
+        let new = self
+            .run(move |t, events| {
+                let now = now_ms();
+                let r = &message.request;
+                let blob = postcard::to_stdvec(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                let callback_id = message.reply.then(|| uuid::Uuid::new_v4().simple().to_string());
+                let inserted = t.execute(
+                    "INSERT OR IGNORE INTO requests (id, direction, peer, service, method, path, wire, reply,
+                        conversation, callback_id, state, created_at, updated_at, expires_at, next_attempt_at)
+                     VALUES (?1, 'incoming', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'waiting', ?10, ?10, ?11, ?10)",
+                    params![
+                        r.id,
+                        peer,
+                        r.service,
+                        r.method,
+                        r.path,
+                        blob,
+                        message.reply,
+                        r.conversation,
+                        callback_id,
+                        now,
+                        message.expires_at_ms
+                    ],
+                )?;
+                if inserted > 0 {
+                    state_event(events, &r.id, &peer, State::Waiting);
+                }
+                Ok(inserted > 0)
+            })
+            .await?;
+        if new {
+            self.wake.incoming.notify_one();
+        }
+        Ok(new)
+    }
+
+    /// Claims up to `limit` incoming requests whose service call is due, marking them `doing`
+    /// before the call, so that a crash during the call never leads to a second call.
+    pub async fn claim_incoming(&self, limit: usize) -> Result<Vec<IncomingCall>, StoreError> {
+        self.run(move |t, events| {
+            let now = now_ms();
+            let expired: Vec<i64> = t
+                .prepare_cached(
+                    "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'waiting' AND expires_at < ?1",
+                )?
+                .query_map([now], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for row in expired {
+                fail(t, events, row, "expired: ttl_s passed before the service could be called")?;
+            }
+            let mut claim = t.prepare_cached(
+                "UPDATE requests SET state = 'doing', next_attempt_at = NULL, attempts = attempts + 1, updated_at = ?1
+                 WHERE seq IN (SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'waiting'
+                               AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?2)
+                 RETURNING seq, peer, wire, callback_id, expires_at, attempts",
+            )?;
+            let mut rows = claim.query(params![now, limit as i64])?;
+            let mut calls = Vec::new();
+            while let Some(r) = rows.next()? {
+                let blob: Vec<u8> = r.get(2)?;
+                calls.push((
+                    r.get::<_, i64>(0)?,
+                    IncomingCall {
+                        peer: r.get(1)?,
+                        request: decode_request(&blob)?,
+                        callback_id: r.get(3)?,
+                        expires_at: r.get(4)?,
+                        attempts: r.get(5)?,
+                    },
+                ));
+            }
+            calls.sort_by_key(|(seq, _)| *seq);
+            for (_, c) in &calls {
+                state_event(events, &c.request.id, &c.peer, State::Doing);
+            }
+            Ok(calls.into_iter().map(|(_, c)| c).collect())
+        })
+        .await
+    }
+
+    /// Records what the service did with an incoming request, and queues the result for the
+    /// requesting node when there is one to carry back.
+    pub async fn service_answered(&self, peer: &str, id: &str, outcome: ServiceOutcome) -> Result<(), StoreError> {
+        let (peer, id) = (peer.to_owned(), id.to_owned());
+        self.run(move |t, events| {
+            let (row, reply): (i64, bool) = t.query_row(
+                "SELECT seq, reply FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2",
+                params![peer, id],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
+            match outcome {
+                ServiceOutcome::RetryAt(at, why) => {
+                    t.execute(
+                        "UPDATE requests SET state = 'waiting', next_attempt_at = ?2, error = ?3, updated_at = ?4 WHERE seq = ?1",
+                        params![row, at, why, now_ms()],
+                    )?;
+                    state_event(events, &id, &peer, State::Waiting);
+                }
+                ServiceOutcome::Failed(why) => fail(t, events, row, &why)?,
+                ServiceOutcome::Answered(response) => {
+                    let headers = serde_json::to_string(&response.headers).unwrap_or_default();
+                    t.execute(
+                        "UPDATE requests SET response_status = ?2, response_headers = ?3, response_body = ?4, updated_at = ?5
+                         WHERE seq = ?1",
+                        params![row, response.status, headers, response.body, now_ms()],
+                    )?;
+                    let ok = response.is_success();
+                    if !ok {
+                        fail(t, events, row, &format!("the service answered HTTP {}", response.status))?;
+                    } else if !reply {
+                        let data = response.body_value().0.to_string();
+                        push_reply(t, row, Some(&data), None, Some(response.status), true, true, false)?;
+                        t.execute("UPDATE requests SET state = 'success' WHERE seq = ?1", [row])?;
+                        state_event(events, &id, &peer, State::Success);
+                    }
+                }
+            }
+            Ok(())
+        })
+        .await?;
+        self.wake.outbound.notify_one();
+        Ok(())
+    }
+
+    /// A service's reply to an incoming reply-mode request (`POST /v1/replies`).
+    ///
+    /// Returns the request id and the reply's seq, or `None` for an unknown or finished callback id.
+    pub async fn add_reply(
+        &self,
+        callback_id: &str,
+        data: Option<Value>,
+        error: Option<String>,
+        end: bool,
+    ) -> Result<Option<(String, u32)>, StoreError> {
+        let callback_id = callback_id.to_owned();
+        let added = self
+            .run(move |t, events| {
+                let found: Option<(i64, String, String)> = t
+                    .query_row(
+                        "SELECT seq, id, peer FROM requests WHERE callback_id = ?1 AND direction = 'incoming'
+                         AND state = 'doing'",
+                        [&callback_id],
+                        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                    )
+                    .optional()?;
+                let Some((row, id, peer)) = found else { return Ok(None) };
+                if let Some(error) = error {
+                    fail(t, events, row, &error)?;
+                    let seq = t.query_row("SELECT MAX(seq) FROM replies WHERE request = ?1", [row], |r| r.get(0))?;
+                    return Ok(Some((id, seq)));
+                }
+                let data = data.unwrap_or(Value::Null);
+                let seq = push_reply(t, row, Some(&data.to_string()), None, None, end, true, false)?;
+                events.push(Event::Reply { id: id.clone(), peer: peer.clone(), seq, data, file: None, end });
+                if end {
+                    t.execute(
+                        "UPDATE requests SET state = 'success', updated_at = ?2 WHERE seq = ?1",
+                        params![row, now_ms()],
+                    )?;
+                    state_event(events, &id, &peer, State::Success);
+                }
+                Ok(Some((id, seq)))
+            })
+            .await?;
+        if added.is_some() {
+            self.wake.outbound.notify_one();
+        }
+        Ok(added)
+    }
+
+    /// Persists a result the peer carried back for one of this node's requests.
+    ///
+    /// Retransmissions are ignored; the request's state follows its final reply.
+    pub async fn received_reply(&self, peer: &str, reply: wire::Reply) -> Result<(), StoreError> {
+        let peer = peer.to_owned();
+        self.run(move |t, events| {
+            let found: Option<(i64, bool, Option<String>)> = t
+                .query_row(
+                    "SELECT seq, reply, callback_url FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
+                    params![peer, reply.id],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            let Some((row, _reply_mode, callback)) = found else {
+                tracing::warn!(%peer, id = %reply.id, "a reply for a request this node does not know; ignored");
+                return Ok(());
+            };
+            let status = reply.response.as_ref().map(|r| r.status);
+            let inserted = t.execute(
+                "INSERT OR IGNORE INTO replies (request, seq, data, error, status, end, created_at, callback_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                params![row, reply.seq, reply.data, reply.error, status, reply.end, now_ms(), callback.as_ref().map(|_| now_ms())],
+            )?;
+            if inserted == 0 {
+                return Ok(());
+            }
+            if let Some(response) = &reply.response {
+                let headers = serde_json::to_string(&response.headers).unwrap_or_default();
+                t.execute(
+                    "UPDATE requests SET response_status = ?2, response_headers = ?3, response_body = ?4 WHERE seq = ?1",
+                    params![row, response.status, headers, response.body],
+                )?;
+            }
+            let data = reply.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(Value::Null);
+            events.push(Event::Reply { id: reply.id.clone(), peer: peer.clone(), seq: reply.seq, data, file: None, end: reply.end });
+            let state = match (&reply.error, reply.end) {
+                (Some(_), _) => Some(State::Failed),
+                (None, true) => Some(State::Success),
+                (None, false) => None,
+            };
+            if let Some(state) = state {
+                t.execute(
+                    "UPDATE requests SET state = ?2, error = ?3, updated_at = ?4, next_attempt_at = NULL
+                     WHERE seq = ?1 AND state IN ('waiting', 'doing')",
+                    params![row, state.as_str(), reply.error, now_ms()],
+                )?;
+                state_event(events, &reply.id, &peer, state);
+            }
+            Ok(())
+        })
+        .await?;
+        self.wake.callbacks.notify_one();
+        Ok(())
+    }
+
+    /// Claims up to `limit` results due for delivery to callbacks: per request only the lowest
+    /// undelivered seq, so that results arrive in order.
+    pub async fn claim_callbacks(&self, limit: usize) -> Result<Vec<CallbackWork>, StoreError> {
+        self.run(move |t, _| {
+            let now = now_ms();
+            let mut claim = t.prepare_cached(
+                "UPDATE replies SET callback_at = ?1 + ?2
+                 WHERE rowid IN (
+                    SELECT r.rowid FROM replies r WHERE r.callback_at <= ?1 AND r.delivered = 0
+                    AND NOT EXISTS (SELECT 1 FROM replies e WHERE e.request = r.request AND e.seq < r.seq AND e.delivered = 0)
+                    ORDER BY r.callback_at LIMIT ?3)
+                 RETURNING request, seq, end, data, error, status, callback_attempts",
+            )?;
+            let mut rows = claim.query(params![now, LEASE_MS, limit as i64])?;
+            let mut claimed = Vec::new();
+            while let Some(r) = rows.next()? {
+                claimed.push((
+                    r.get::<_, i64>(0)?,
+                    r.get::<_, u32>(1)?,
+                    r.get::<_, bool>(2)?,
+                    r.get::<_, Option<String>>(3)?,
+                    r.get::<_, Option<String>>(4)?,
+                    r.get::<_, Option<u16>>(5)?,
+                    r.get::<_, u32>(6)?,
+                ));
+            }
+            drop(rows);
+            let mut work = Vec::new();
+            for (request, seq, end, data, error, status, attempts) in claimed {
+                let (id, url, method, expires_at) = t.query_row(
+                    "SELECT id, callback_url, callback_method, expires_at FROM requests WHERE seq = ?1",
+                    [request],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+                )?;
+                work.push(CallbackWork { id, url, method, seq, end, data, error, status, attempts, expires_at, request });
+            }
+            Ok(work)
+        })
+        .await
+    }
+
+    /// Records one delivery attempt: delivered, or failed with `error` and the next try at `retry_at`
+    /// (`None`: give up).
+    pub async fn callback_attempted(
+        &self,
+        work: &CallbackWork,
+        outcome: Result<(), (String, Option<i64>)>,
+    ) -> Result<(), StoreError> {
+        let (request, seq) = (work.request, work.seq);
+        self.run(move |t, _| {
+            match outcome {
+                Ok(()) => t.execute(
+                    "UPDATE replies SET delivered = 1, callback_at = NULL, callback_attempts = callback_attempts + 1,
+                     callback_error = NULL WHERE request = ?1 AND seq = ?2",
+                    params![request, seq],
+                )?,
+                Err((error, at)) => t.execute(
+                    "UPDATE replies SET callback_at = ?3, callback_attempts = callback_attempts + 1, callback_error = ?4
+                     WHERE request = ?1 AND seq = ?2",
+                    params![request, seq, at, error],
+                )?,
+            };
+            Ok(())
+        })
+        .await?;
+        self.wake.callbacks.notify_one();
+        Ok(())
+    }
+
+    /// At start-up: clears leases of the previous run, and fails incoming requests whose service
+    /// call was under way when the node stopped (the service may have acted; it is not called twice).
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        self.run(move |t, events| {
+            let now = now_ms();
+            t.execute(
+                "UPDATE requests SET next_attempt_at = ?1 WHERE state = 'waiting' AND next_attempt_at > ?1",
+                [now],
+            )?;
+            t.execute("UPDATE replies SET next_send_at = ?1 WHERE next_send_at > ?1", [now])?;
+            t.execute("UPDATE replies SET callback_at = ?1 WHERE callback_at > ?1 AND delivered = 0", [now])?;
+            let interrupted: Vec<i64> = t
+                .prepare(
+                    "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'doing'
+                     AND response_status IS NULL",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for row in &interrupted {
+                fail(
+                    t,
+                    events,
+                    *row,
+                    "the receiving node stopped while its service was being called; the service may have acted, \
+                     so it is not called again",
+                )?;
+            }
+            Ok(interrupted.len())
+        })
+        .await
+    }
+}
+
+/// The stored service response of request row `request`, if any.
+fn response_of(t: &Transaction, request: i64) -> Result<Option<wire::Response>, StoreError> {
+    let row: Option<(Option<u16>, Option<String>, Option<Vec<u8>>)> = t
+        .query_row(
+            "SELECT response_status, response_headers, response_body FROM requests WHERE seq = ?1",
+            [request],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+        )
+        .optional()?;
+    Ok(match row {
+        Some((Some(status), headers, body)) => Some(wire::Response {
+            status,
+            headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+            body: body.unwrap_or_default(),
+        }),
+        _ => None,
+    })
+}

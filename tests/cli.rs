@@ -1,0 +1,1043 @@
+//! End-to-end tests of the `ferry` binary as a process (API.md §1 and §2): `init`, `cert
+//! fingerprint`, `peer add`, `service add`, `check`, usage errors, the two-node walkthrough with
+//! `ferry run`, and `ferry demo`.
+
+use std::collections::HashMap;
+use std::fs;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+// ---------------------------------------------------------------------------------------------
+// Helpers
+// ---------------------------------------------------------------------------------------------
+
+/// A `ferry` command with a clean environment: no `FERRY_CONFIG` inherited from the caller.
+fn ferry_cmd() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
+    cmd.env_remove("FERRY_CONFIG").env_remove("NOTIFY_SOCKET").env("RUST_LOG", "warn").stdin(Stdio::null());
+    cmd
+}
+
+/// Runs `ferry ARGS` to completion (bounded by a deadline) and returns its output.
+fn ferry<I, S>(args: I) -> Output
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<std::ffi::OsStr>,
+{
+    run_bounded(ferry_cmd().args(args), Duration::from_secs(30))
+}
+
+/// Runs `cmd`, killing it if it has not finished within `limit`.
+fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
+    let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn ferry");
+    let pid = child.id();
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(limit) {
+        Ok(output) => output.expect("wait for ferry"),
+        Err(_) => {
+            let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
+            panic!("{cmd:?} did not finish within {limit:?}");
+        }
+    }
+}
+
+fn stdout(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stdout).into_owned()
+}
+
+fn stderr(o: &Output) -> String {
+    String::from_utf8_lossy(&o.stderr).into_owned()
+}
+
+/// Non-empty lines of `s`.
+fn lines(s: &str) -> Vec<&str> {
+    s.lines().filter(|l| !l.trim().is_empty()).collect()
+}
+
+#[track_caller]
+fn assert_code(o: &Output, code: i32) {
+    assert_eq!(
+        o.status.code(),
+        Some(code),
+        "expected exit code {code}, got {:?}\nstdout:\n{}\nstderr:\n{}",
+        o.status,
+        stdout(o),
+        stderr(o)
+    );
+}
+
+/// A usage/file/config error: exit 2, at least one line on stderr, nothing on stdout.
+#[track_caller]
+fn assert_usage_error(o: &Output) {
+    assert_code(o, 2);
+    assert!(!stderr(o).trim().is_empty(), "a refusal must say why on stderr");
+    assert!(stdout(o).trim().is_empty(), "a refusal printed on stdout:\n{}", stdout(o));
+}
+
+/// Extracts the one `sha256:<64 lowercase hex>` fingerprint in `text`.
+#[track_caller]
+fn fingerprint_in(text: &str) -> String {
+    let found: Vec<String> = text
+        .split(|c: char| c.is_whitespace() || c == '`' || c == ',')
+        .filter(|w| w.starts_with("sha256:"))
+        .map(str::to_owned)
+        .collect();
+    assert_eq!(found.len(), 1, "expected one fingerprint in:\n{text}");
+    let fp = found.into_iter().next().unwrap();
+    assert_fingerprint_format(&fp);
+    fp
+}
+
+#[track_caller]
+fn assert_fingerprint_format(fp: &str) {
+    let hex = fp.strip_prefix("sha256:").unwrap_or_else(|| panic!("{fp:?} does not start with sha256:"));
+    assert_eq!(hex.len(), 64, "{fp:?}: not 64 hex digits");
+    assert!(hex.chars().all(|c| c.is_ascii_digit() || ('a'..='f').contains(&c)), "{fp:?}: not lowercase hex");
+}
+
+/// `sha256:` + hex of SHA-256 over the DER of the first certificate in the PEM file.
+fn fingerprint_of_pem(path: &Path) -> String {
+    let text = fs::read(path).unwrap();
+    let pem = pem::parse(&text).unwrap_or_else(|e| panic!("{}: {e}", path.display()));
+    assert_eq!(pem.tag(), "CERTIFICATE", "{}", path.display());
+    let digest = Sha256::digest(pem.contents());
+    let hex: String = digest.iter().map(|b| format!("{b:02x}")).collect();
+    format!("sha256:{hex}")
+}
+
+/// A node directory made with `ferry init`.
+struct NodeDir {
+    dir: PathBuf,
+    config: PathBuf,
+    fingerprint: String,
+}
+
+impl NodeDir {
+    fn cert(&self) -> PathBuf {
+        self.dir.join("certs/node.pem")
+    }
+
+    fn key(&self) -> PathBuf {
+        self.dir.join("certs/node.key")
+    }
+
+    fn config_arg(&self) -> String {
+        self.config.to_str().unwrap().to_owned()
+    }
+
+    fn config_text(&self) -> Vec<u8> {
+        fs::read(&self.config).unwrap()
+    }
+
+    fn toml(&self) -> toml::Table {
+        toml::from_str(&fs::read_to_string(&self.config).unwrap()).unwrap()
+    }
+}
+
+/// `ferry init --dir root/name --name name [--listen L --api A]`, asserted to succeed.
+fn init(root: &Path, name: &str, addrs: Option<(SocketAddr, SocketAddr)>) -> NodeDir {
+    let dir = root.join(name);
+    let mut args = vec!["init".to_owned(), "--dir".into(), dir.to_str().unwrap().into(), "--name".into(), name.into()];
+    if let Some((listen, api)) = addrs {
+        args.extend(["--listen".into(), listen.to_string(), "--api".into(), api.to_string()]);
+    }
+    let out = ferry(&args);
+    assert_code(&out, 0);
+    let fingerprint = fingerprint_in(&stdout(&out));
+    NodeDir { config: dir.join("config/ferry.toml"), dir, fingerprint }
+}
+
+fn peer_add(node: &NodeDir, name: &str, address: &str, cert: &Path) -> Output {
+    ferry([
+        "peer",
+        "add",
+        "--name",
+        name,
+        "--address",
+        address,
+        "--cert",
+        cert.to_str().unwrap(),
+        "--config",
+        &node.config_arg(),
+    ])
+}
+
+fn service_add(node: &NodeDir, id: &str, base_url: &str, allow: Option<&str>) -> Output {
+    let config = node.config_arg();
+    let mut args = vec!["service", "add", "--id", id, "--base-url", base_url, "--config", &config];
+    if let Some(allow) = allow {
+        args.extend(["--allow", allow]);
+    }
+    ferry(args)
+}
+
+fn check(node: &NodeDir) -> Output {
+    ferry(["check", "--config", &node.config_arg()])
+}
+
+fn free_udp() -> SocketAddr {
+    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+fn free_tcp() -> SocketAddr {
+    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
+}
+
+#[cfg(unix)]
+fn mode(path: &Path) -> u32 {
+    use std::os::unix::fs::PermissionsExt;
+    fs::metadata(path).unwrap().permissions().mode() & 0o777
+}
+
+/// A `ferry run` child process, killed when dropped (also when the test panics); its stderr goes
+/// to a log file that is printed if the test fails.
+struct RunningNode {
+    name: String,
+    child: Child,
+    log: PathBuf,
+}
+
+impl RunningNode {
+    fn start(node: &NodeDir, name: &str) -> RunningNode {
+        let log = node.dir.join("run.log");
+        let file = fs::File::create(&log).unwrap();
+        let child = ferry_cmd()
+            .env("RUST_LOG", "info,quinn=warn")
+            .args(["run", "--config", &node.config_arg()])
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(file))
+            .spawn()
+            .expect("spawn ferry run");
+        RunningNode { name: name.to_owned(), child, log }
+    }
+
+    fn log(&self) -> String {
+        fs::read_to_string(&self.log).unwrap_or_default()
+    }
+
+    /// Sends `signal` (a name for `kill`, e.g. `TERM`).
+    fn signal(&self, signal: &str) {
+        let status =
+            Command::new("kill").arg(format!("-{signal}")).arg(self.child.id().to_string()).status().expect("run kill");
+        assert!(status.success(), "kill -{signal} failed");
+    }
+
+    /// Sends `signal` and waits up to `limit` for the process to exit.
+    fn terminate(&mut self, signal: &str, limit: Duration) -> Option<ExitStatus> {
+        self.signal(signal);
+        self.wait_for_exit(limit)
+    }
+
+    fn wait_for_exit(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.child.try_wait().unwrap() {
+                return Some(status);
+            }
+            if Instant::now() >= deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for RunningNode {
+    fn drop(&mut self) {
+        if std::thread::panicking() {
+            eprintln!("---- log of `ferry run` for {} ----\n{}", self.name, self.log());
+        }
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// ferry init, ferry cert fingerprint
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn init_creates_the_node_directory_and_prints_its_fingerprint() {
+    let root = tempfile::tempdir().unwrap();
+    let node = init(root.path(), "org-a", None);
+
+    assert!(node.config.is_file(), "config/ferry.toml missing");
+    assert!(node.cert().is_file(), "certs/node.pem missing");
+    assert!(node.key().is_file(), "certs/node.key missing");
+    for dir in ["certs/peers", "data", "outbox"] {
+        assert!(node.dir.join(dir).is_dir(), "{dir}/ missing");
+    }
+    #[cfg(unix)]
+    assert_eq!(mode(&node.key()), 0o600, "node.key must be mode 0600");
+
+    // The key is a PEM private key, the certificate a PEM certificate.
+    let key = pem::parse(fs::read(node.key()).unwrap()).expect("node.key is PEM");
+    assert!(key.tag().contains("PRIVATE KEY"), "{}", key.tag());
+
+    // The printed fingerprint is SHA-256 over the certificate's DER …
+    assert_eq!(node.fingerprint, fingerprint_of_pem(&node.cert()));
+
+    // … and what `ferry cert fingerprint` prints, alone on its line.
+    let out = ferry(["cert", "fingerprint", "--config", &node.config_arg()]);
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out).trim(), node.fingerprint);
+
+    // The config names everything relatively, with the documented defaults.
+    let conf = node.toml();
+    let n = conf["node"].as_table().unwrap();
+    assert_eq!(n["name"].as_str(), Some("org-a"));
+    assert_eq!(n["listen"].as_str(), Some("0.0.0.0:7443"));
+    assert_eq!(n["api"].as_str(), Some("127.0.0.1:8888"));
+    assert_eq!(n.get("data_dir").and_then(|v| v.as_str()), Some("data"));
+    assert_eq!(n.get("certs_dir").and_then(|v| v.as_str()), Some("certs"));
+    let roots = conf["files"]["send_roots"].as_array().unwrap();
+    assert_eq!(roots, &vec![toml::Value::String("outbox".into())]);
+
+    // A fresh node passes `ferry check`.
+    let out = check(&node);
+    assert_code(&out, 0);
+    assert!(stdout(&out).starts_with("ok"), "{}", stdout(&out));
+}
+
+#[test]
+fn init_honours_listen_and_api() {
+    let root = tempfile::tempdir().unwrap();
+    let listen: SocketAddr = "127.0.0.1:17443".parse().unwrap();
+    let api: SocketAddr = "127.0.0.1:18888".parse().unwrap();
+    let node = init(root.path(), "org-a", Some((listen, api)));
+    let conf = node.toml();
+    assert_eq!(conf["node"]["listen"].as_str(), Some("127.0.0.1:17443"));
+    assert_eq!(conf["node"]["api"].as_str(), Some("127.0.0.1:18888"));
+}
+
+#[test]
+fn init_refuses_to_overwrite_a_node() {
+    let root = tempfile::tempdir().unwrap();
+    let node = init(root.path(), "org-a", None);
+    let key = fs::read(node.key()).unwrap();
+    let cert = fs::read(node.cert()).unwrap();
+    let config = node.config_text();
+
+    let out = ferry(["init", "--dir", node.dir.to_str().unwrap(), "--name", "org-a"]);
+    assert_usage_error(&out);
+    assert_eq!(lines(&stderr(&out)).len(), 1, "one line expected:\n{}", stderr(&out));
+    assert_eq!(fs::read(node.key()).unwrap(), key, "the key was changed");
+    assert_eq!(fs::read(node.cert()).unwrap(), cert, "the cert was changed");
+    assert_eq!(node.config_text(), config, "the config was changed");
+
+    // Also when only the key is left (config removed): the key is never overwritten.
+    fs::remove_file(&node.config).unwrap();
+    let out = ferry(["init", "--dir", node.dir.to_str().unwrap(), "--name", "org-a"]);
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains("node.key"), "should name the key: {}", stderr(&out));
+    assert_eq!(fs::read(node.key()).unwrap(), key, "the key was changed");
+    assert!(!node.config.exists(), "a config was written after a refusal");
+}
+
+#[test]
+fn init_rejects_an_invalid_name() {
+    let root = tempfile::tempdir().unwrap();
+    let long = "x".repeat(65);
+    for name in ["org a", "", "../evil", "org/a", "ü", long.as_str()] {
+        let dir = root.path().join("node");
+        let out = ferry(["init", "--dir", dir.to_str().unwrap(), "--name", name]);
+        assert_usage_error(&out);
+        assert_eq!(lines(&stderr(&out)).len(), 1, "{name:?}: {}", stderr(&out));
+        assert!(
+            !dir.join("certs/node.key").exists() && !dir.join("config/ferry.toml").exists(),
+            "{name:?}: files were written after a refusal"
+        );
+    }
+}
+
+#[test]
+fn init_rejects_a_bad_listen_address() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("node");
+    let out = ferry(["init", "--dir", dir.to_str().unwrap(), "--name", "org-a", "--listen", "not-an-address"]);
+    assert_code(&out, 2);
+    assert!(!dir.join("certs/node.key").exists());
+}
+
+#[test]
+fn config_defaults_to_the_ferry_config_variable() {
+    let root = tempfile::tempdir().unwrap();
+    let node = init(root.path(), "org-a", None);
+
+    let out = run_bounded(
+        ferry_cmd().env("FERRY_CONFIG", &node.config).args(["cert", "fingerprint"]),
+        Duration::from_secs(30),
+    );
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out).trim(), node.fingerprint);
+
+    let out = run_bounded(ferry_cmd().env("FERRY_CONFIG", &node.config).arg("check"), Duration::from_secs(30));
+    assert_code(&out, 0);
+    assert!(stdout(&out).starts_with("ok"), "{}", stdout(&out));
+
+    // A FERRY_CONFIG naming a missing file is an error that names the file.
+    let missing = root.path().join("nowhere/ferry.toml");
+    let out =
+        run_bounded(ferry_cmd().env("FERRY_CONFIG", &missing).args(["cert", "fingerprint"]), Duration::from_secs(30));
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains(missing.to_str().unwrap()), "{}", stderr(&out));
+
+    // An explicit --config wins over the variable.
+    let out = run_bounded(
+        ferry_cmd().env("FERRY_CONFIG", &missing).args(["cert", "fingerprint", "--config", &node.config_arg()]),
+        Duration::from_secs(30),
+    );
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out).trim(), node.fingerprint);
+}
+
+#[test]
+fn without_flag_or_variable_the_config_is_etc_ferry() {
+    if Path::new("/etc/ferry/ferry.toml").exists() {
+        eprintln!("skipped: /etc/ferry/ferry.toml exists on this machine");
+        return;
+    }
+    let out = ferry(["cert", "fingerprint"]);
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains("/etc/ferry/ferry.toml"), "{}", stderr(&out));
+}
+
+// ---------------------------------------------------------------------------------------------
+// ferry peer add, ferry service add
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn peer_add_pins_the_certificate_and_adds_a_peer_table() {
+    let root = tempfile::tempdir().unwrap();
+    let a = init(root.path(), "org-a", None);
+    let b = init(root.path(), "org-b", None);
+
+    let out = peer_add(&a, "org-b", "127.0.0.1:7444", &b.cert());
+    assert_code(&out, 0);
+    assert_eq!(fingerprint_in(&stdout(&out)), b.fingerprint);
+
+    let pinned = a.dir.join("certs/peers/org-b.pem");
+    assert_eq!(
+        fs::read(&pinned).unwrap(),
+        fs::read(b.cert()).unwrap(),
+        "certs/peers/org-b.pem is not a copy of org-b's certificate"
+    );
+
+    let conf = a.toml();
+    let peers = conf["peer"].as_array().expect("[[peer]] tables");
+    assert_eq!(peers.len(), 1);
+    assert_eq!(peers[0]["name"].as_str(), Some("org-b"));
+    assert_eq!(peers[0]["address"].as_str(), Some("127.0.0.1:7444"));
+    let cert = peers[0]["cert"].as_str().unwrap();
+    assert_eq!(a.dir.join("certs").join(cert), pinned, "cert is relative to certs_dir");
+
+    // The edit keeps the rest of the file and the result still checks.
+    let text = String::from_utf8(a.config_text()).unwrap();
+    assert!(text.contains("send_roots"), "{text}");
+    let out = check(&a);
+    assert_code(&out, 0);
+    assert!(stdout(&out).starts_with("ok"), "{}", stdout(&out));
+
+    // A DNS name is a valid address.
+    let c = init(root.path(), "org-c", None);
+    let out = peer_add(&a, "org-c", "ferry.org-c.example:7443", &c.cert());
+    assert_code(&out, 0);
+    assert_eq!(a.toml()["peer"].as_array().unwrap().len(), 2);
+}
+
+#[test]
+fn refused_peer_adds_leave_the_config_unchanged() {
+    let root = tempfile::tempdir().unwrap();
+    let a = init(root.path(), "org-a", None);
+    let b = init(root.path(), "org-b", None);
+    let c = init(root.path(), "org-c", None);
+    assert_code(&peer_add(&a, "org-b", "127.0.0.1:7444", &b.cert()), 0);
+    let before = a.config_text();
+    let pinned_b = fs::read(a.dir.join("certs/peers/org-b.pem")).unwrap();
+
+    // The same peer twice, even with another certificate.
+    for cert in [b.cert(), c.cert()] {
+        let out = peer_add(&a, "org-b", "127.0.0.1:7444", &cert);
+        assert_usage_error(&out);
+        assert!(stderr(&out).contains("org-b"), "{}", stderr(&out));
+        assert_eq!(a.config_text(), before, "config changed after a refusal");
+        assert_eq!(
+            fs::read(a.dir.join("certs/peers/org-b.pem")).unwrap(),
+            pinned_b,
+            "the pinned certificate was replaced"
+        );
+    }
+
+    // This node's own certificate.
+    let out = peer_add(&a, "org-self", "127.0.0.1:7445", &a.cert());
+    assert_usage_error(&out);
+    assert_eq!(a.config_text(), before, "config changed after a refusal");
+    assert!(!a.dir.join("certs/peers/org-self.pem").exists());
+
+    // A missing certificate file: named in the message.
+    let missing = root.path().join("no-such-cert.pem");
+    let out = peer_add(&a, "org-c", "127.0.0.1:7446", &missing);
+    assert_usage_error(&out);
+    assert_eq!(lines(&stderr(&out)).len(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains(missing.to_str().unwrap()), "should name {}: {}", missing.display(), stderr(&out));
+    assert_eq!(a.config_text(), before, "config changed after a refusal");
+    assert!(!a.dir.join("certs/peers/org-c.pem").exists());
+
+    // A file that is not a certificate (the private key).
+    let out = peer_add(&a, "org-c", "127.0.0.1:7446", &c.key());
+    assert_usage_error(&out);
+    assert_eq!(a.config_text(), before, "config changed after a refusal");
+    assert!(!a.dir.join("certs/peers/org-c.pem").exists());
+
+    // A bad address and a bad name: refused, and nothing half-written.
+    for (name, address) in [("org-c", "no-port"), ("org-c", "host:0"), ("org c", "127.0.0.1:7446")] {
+        let out = peer_add(&a, name, address, &c.cert());
+        assert_usage_error(&out);
+        assert_eq!(a.config_text(), before, "config changed after refusing {name:?} {address:?}");
+        assert!(
+            !a.dir.join("certs/peers/org-c.pem").exists(),
+            "a pinned certificate was left after refusing {name:?} {address:?}"
+        );
+    }
+
+    // This node's own name.
+    let out = peer_add(&a, "org-a", "127.0.0.1:7446", &c.cert());
+    assert_usage_error(&out);
+    assert_eq!(a.config_text(), before, "config changed after a refusal");
+
+    // After all that, org-c can still be added properly.
+    let out = peer_add(&a, "org-c", "127.0.0.1:7446", &c.cert());
+    assert_code(&out, 0);
+    assert_eq!(fingerprint_in(&stdout(&out)), c.fingerprint);
+}
+
+#[test]
+fn service_add_adds_a_service_table() {
+    let root = tempfile::tempdir().unwrap();
+    let a = init(root.path(), "org-a", None);
+    let b = init(root.path(), "org-b", None);
+    let c = init(root.path(), "org-c", None);
+    assert_code(&peer_add(&a, "org-b", "127.0.0.1:7444", &b.cert()), 0);
+    assert_code(&peer_add(&a, "org-c", "127.0.0.1:7445", &c.cert()), 0);
+
+    let out = service_add(&a, "1", "http://127.0.0.1:8080", Some("org-b"));
+    assert_code(&out, 0);
+    let out = service_add(&a, "2", "http://127.0.0.1:8081", Some("org-b,org-c"));
+    assert_code(&out, 0);
+
+    let conf = a.toml();
+    let services = conf["service"].as_array().expect("[[service]] tables");
+    assert_eq!(services.len(), 2);
+    assert_eq!(services[0]["id"].as_str(), Some("1"));
+    assert_eq!(services[0]["base_url"].as_str(), Some("http://127.0.0.1:8080"));
+    let allow = |i: usize| -> Vec<&str> {
+        services[i]["allow"].as_array().unwrap().iter().map(|v| v.as_str().unwrap()).collect()
+    };
+    assert_eq!(allow(0), ["org-b"]);
+    assert_eq!(allow(1), ["org-b", "org-c"]);
+    assert_code(&check(&a), 0);
+}
+
+#[test]
+fn refused_service_adds_leave_the_config_unchanged() {
+    let root = tempfile::tempdir().unwrap();
+    let a = init(root.path(), "org-a", None);
+    let b = init(root.path(), "org-b", None);
+    assert_code(&peer_add(&a, "org-b", "127.0.0.1:7444", &b.cert()), 0);
+    assert_code(&service_add(&a, "1", "http://127.0.0.1:8080", Some("org-b")), 0);
+    let before = a.config_text();
+
+    // An unknown peer in --allow: named.
+    let out = service_add(&a, "2", "http://127.0.0.1:8080", Some("org-z"));
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains("org-z"), "{}", stderr(&out));
+    assert_eq!(a.config_text(), before, "config changed after a refusal");
+
+    // One unknown among known ones.
+    let out = service_add(&a, "2", "http://127.0.0.1:8080", Some("org-b,org-z"));
+    assert_usage_error(&out);
+    assert_eq!(a.config_text(), before, "config changed after a refusal");
+
+    // The same id twice.
+    let out = service_add(&a, "1", "http://127.0.0.1:9090", Some("org-b"));
+    assert_usage_error(&out);
+    assert_eq!(a.config_text(), before, "config changed after a refusal");
+
+    // Not an http(s) URL.
+    let out = service_add(&a, "2", "ftp://127.0.0.1/", Some("org-b"));
+    assert_usage_error(&out);
+    assert_eq!(a.config_text(), before, "config changed after a refusal");
+
+    // `*` allows every configured peer.
+    let out = service_add(&a, "2", "http://127.0.0.1:8080", Some("*"));
+    assert_code(&out, 0);
+}
+
+// ---------------------------------------------------------------------------------------------
+// ferry check
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn check_names_every_problem_one_per_line() {
+    let root = tempfile::tempdir().unwrap();
+    let node = init(root.path(), "org-a", None);
+    fs::write(
+        &node.config,
+        r#"
+[node]
+name = "org-a"
+listen = "nowhere"
+api = "127.0.0.1:8888"
+colour = "blue"
+
+[api]
+heartbeat = "15 parsecs"
+"#,
+    )
+    .unwrap();
+
+    let out = check(&node);
+    assert_usage_error(&out);
+    let err = stderr(&out);
+    let err_lines = lines(&err);
+    assert_eq!(err_lines.len(), 3, "one line per problem expected:\n{err}");
+    for (needle, what) in
+        [("colour", "the unknown key"), ("heartbeat", "the bad duration"), ("listen", "the bad address")]
+    {
+        let matching: Vec<_> = err_lines.iter().filter(|l| l.contains(needle)).collect();
+        assert_eq!(matching.len(), 1, "{what} ({needle}) not named on one line:\n{err}");
+    }
+    assert!(err_lines.iter().all(|l| l.contains(node.config.to_str().unwrap())), "every line should say where:\n{err}");
+}
+
+#[test]
+fn check_names_a_deleted_peer_certificate() {
+    let root = tempfile::tempdir().unwrap();
+    let a = init(root.path(), "org-a", None);
+    let b = init(root.path(), "org-b", None);
+    assert_code(&peer_add(&a, "org-b", "127.0.0.1:7444", &b.cert()), 0);
+    assert_code(&check(&a), 0);
+
+    let pinned = a.dir.join("certs/peers/org-b.pem");
+    fs::remove_file(&pinned).unwrap();
+    let out = check(&a);
+    assert_usage_error(&out);
+    let err = stderr(&out);
+    assert_eq!(lines(&err).len(), 1, "{err}");
+    assert!(err.contains("org-b.pem"), "should name the file: {err}");
+    assert!(err.contains("org-b"), "should name the peer: {err}");
+}
+
+#[test]
+fn check_refuses_a_key_that_does_not_match_the_certificate() {
+    let root = tempfile::tempdir().unwrap();
+    let a = init(root.path(), "org-a", None);
+    let b = init(root.path(), "org-b", None);
+    fs::remove_file(a.key()).unwrap();
+    fs::copy(b.key(), a.key()).unwrap();
+    let out = check(&a);
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains("node.key"), "{}", stderr(&out));
+
+    fs::write(a.key(), "garbage\n").unwrap();
+    let out = check(&a);
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains("node.key"), "{}", stderr(&out));
+}
+
+#[test]
+fn check_on_a_missing_or_malformed_config() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("config/ferry.toml");
+    let out = ferry(["check", "--config", missing.to_str().unwrap()]);
+    assert_usage_error(&out);
+    assert_eq!(lines(&stderr(&out)).len(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains(missing.to_str().unwrap()), "{}", stderr(&out));
+
+    let node = init(root.path(), "org-a", None);
+    fs::write(&node.config, "[node\nname = ").unwrap();
+    let out = check(&node);
+    assert_usage_error(&out);
+    assert_eq!(lines(&stderr(&out)).len(), 1, "{}", stderr(&out));
+    assert!(stderr(&out).contains(node.config.to_str().unwrap()), "{}", stderr(&out));
+}
+
+// ---------------------------------------------------------------------------------------------
+// Usage errors
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn usage_errors_exit_2() {
+    let root = tempfile::tempdir().unwrap();
+    let dir = root.path().join("n");
+    let d = dir.to_str().unwrap();
+    for args in [
+        vec!["frobnicate"],
+        vec!["init", "--dir", d, "--name", "org-a", "--bogus"],
+        vec!["init", "--dir", d],
+        vec!["check", "--verbose-please"],
+        vec!["peer", "remove", "--name", "x"],
+        vec!["cert", "sign"],
+        vec![],
+    ] {
+        let out = ferry(&args);
+        assert_code(&out, 2);
+        assert!(!stderr(&out).trim().is_empty(), "{args:?}: nothing on stderr");
+    }
+    assert!(!dir.exists(), "a refused command created files");
+
+    // --help and --version are not errors.
+    let out = ferry(["--help"]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("init"), "{}", stdout(&out));
+    let out = ferry(["--version"]);
+    assert_code(&out, 0);
+}
+
+#[test]
+fn run_refuses_a_missing_config_or_an_unreadable_key() {
+    let root = tempfile::tempdir().unwrap();
+    let missing = root.path().join("config/ferry.toml");
+    let out = ferry(["run", "--config", missing.to_str().unwrap()]);
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains(missing.to_str().unwrap()), "{}", stderr(&out));
+
+    let node = init(root.path(), "org-a", Some((free_udp(), free_tcp())));
+    fs::write(node.key(), "not a key\n").unwrap();
+    let mut running = RunningNode::start(&node, "org-a");
+    let status =
+        running.wait_for_exit(Duration::from_secs(10)).expect("`ferry run` with an unreadable key should exit");
+    assert_eq!(status.code(), Some(2), "log:\n{}", running.log());
+    assert!(running.log().contains("node.key"), "log:\n{}", running.log());
+}
+
+// ---------------------------------------------------------------------------------------------
+// The walkthrough: two nodes as two admins would set them up, run as processes
+// ---------------------------------------------------------------------------------------------
+
+/// What the recording service saw: method, path and query, headers.
+#[derive(Debug, Clone)]
+struct Seen {
+    method: String,
+    uri: String,
+    headers: HashMap<String, String>,
+}
+
+/// Starts an HTTP service on 127.0.0.1 that records every request and answers JSON.
+async fn recording_service() -> (SocketAddr, Arc<Mutex<Vec<Seen>>>) {
+    use axum::http::{HeaderMap, Method, Uri};
+    let seen = Arc::new(Mutex::new(Vec::new()));
+    let record = seen.clone();
+    let app = axum::Router::new().fallback(move |method: Method, uri: Uri, headers: HeaderMap| {
+        let record = record.clone();
+        async move {
+            let headers = headers
+                .iter()
+                .map(|(k, v)| (k.as_str().to_owned(), v.to_str().unwrap_or_default().to_owned()))
+                .collect();
+            let uri = uri.path_and_query().map(|p| p.as_str().to_owned()).unwrap_or_default();
+            record.lock().unwrap().push(Seen { method: method.to_string(), uri: uri.clone(), headers });
+            axum::Json(json!({"users": ["Ada"], "uri": uri}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, seen)
+}
+
+/// Polls GET /v1/health until it answers 200, or fails after `limit`.
+async fn wait_healthy(client: &reqwest::Client, node: &RunningNode, api: SocketAddr, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    let url = format!("http://{api}/v1/health");
+    loop {
+        if let Ok(resp) = client.get(&url).send().await {
+            if resp.status() == 200 {
+                return resp.json().await.expect("health is JSON");
+            }
+        }
+        assert!(
+            Instant::now() < deadline,
+            "{}: GET /v1/health did not answer 200 within {limit:?}\nlog:\n{}",
+            node.name,
+            node.log()
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn walkthrough_two_nodes_as_processes() {
+    let root = tempfile::tempdir().unwrap();
+    let (service, seen) = recording_service().await;
+
+    let (a_link, a_api) = (free_udp(), free_tcp());
+    let (b_link, b_api) = (free_udp(), free_tcp());
+    let a = init(root.path(), "org-a", Some((a_link, a_api)));
+    let b = init(root.path(), "org-b", Some((b_link, b_api)));
+
+    let out = peer_add(&a, "org-b", &b_link.to_string(), &b.cert());
+    assert_code(&out, 0);
+    assert_eq!(fingerprint_in(&stdout(&out)), b.fingerprint);
+    let out = peer_add(&b, "org-a", &a_link.to_string(), &a.cert());
+    assert_code(&out, 0);
+    assert_eq!(fingerprint_in(&stdout(&out)), a.fingerprint);
+    let out = service_add(&b, "1", &format!("http://{service}"), Some("org-a"));
+    assert_code(&out, 0);
+    assert_code(&check(&a), 0);
+    assert_code(&check(&b), 0);
+
+    let mut node_a = RunningNode::start(&a, "org-a");
+    let mut node_b = RunningNode::start(&b, "org-b");
+
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+    let health_a = wait_healthy(&client, &node_a, a_api, Duration::from_secs(15)).await;
+    let health_b = wait_healthy(&client, &node_b, b_api, Duration::from_secs(15)).await;
+    assert_eq!(health_a["data"]["name"], "org-a", "{health_a}");
+    assert_eq!(health_a["data"]["fingerprint"], a.fingerprint.as_str(), "{health_a}");
+    assert_eq!(health_b["data"]["name"], "org-b", "{health_b}");
+    assert_eq!(health_b["data"]["fingerprint"], b.fingerprint.as_str(), "{health_b}");
+
+    let resp = client
+        .post(format!("http://{a_api}/v1/requests"))
+        .json(&json!({
+            "peer": "org-b", "service": "1", "path": "/user/list",
+            "method": "GET", "form": {"pageSize": 1}
+        }))
+        .send()
+        .await
+        .expect("POST /v1/requests");
+    let status = resp.status();
+    let answer: Value = resp.json().await.expect("a JSON envelope");
+    assert_eq!(status, 200, "{answer}\nlog a:\n{}\nlog b:\n{}", node_a.log(), node_b.log());
+    assert_eq!(answer["code"], 0, "{answer}");
+    assert_eq!(answer["data"]["status"], 200, "{answer}");
+    assert_eq!(answer["data"]["body"]["users"], json!(["Ada"]), "{answer}");
+    let id = answer["data"]["id"].as_str().unwrap_or_else(|| panic!("data.id missing: {answer}")).to_owned();
+    assert!(!id.is_empty());
+
+    let calls = seen.lock().unwrap().clone();
+    assert_eq!(calls.len(), 1, "the service was called {calls:?}");
+    let call = &calls[0];
+    assert_eq!(call.method, "GET");
+    assert_eq!(call.uri, "/user/list?pageSize=1");
+    assert_eq!(call.headers.get("x-ferry-peer").map(String::as_str), Some("org-a"), "{call:?}");
+    assert_eq!(call.headers.get("x-ferry-request-id").map(String::as_str), Some(id.as_str()), "{call:?}");
+
+    // SIGTERM: a graceful stop with exit status 0.
+    let status = node_b
+        .terminate("TERM", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("org-b did not stop within 10 s of SIGTERM\nlog:\n{}", node_b.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", node_b.log());
+    // SIGINT stops as gracefully.
+    let status = node_a
+        .terminate("INT", Duration::from_secs(10))
+        .unwrap_or_else(|| panic!("org-a did not stop within 10 s of SIGINT\nlog:\n{}", node_a.log()));
+    assert_eq!(status.code(), Some(0), "log:\n{}", node_a.log());
+}
+
+// ---------------------------------------------------------------------------------------------
+// ferry demo
+// ---------------------------------------------------------------------------------------------
+
+#[test]
+fn demo_runs_without_set_up() {
+    let out = run_bounded(ferry_cmd().arg("demo"), Duration::from_secs(60));
+    assert_code(&out, 0);
+    let text = stdout(&out);
+    assert!(text.contains("demo complete"), "{text}");
+    // Both requests' answers: the GET's user list and the POST's echo of what was created.
+    assert!(text.contains("/user/list"), "{text}");
+    assert!(text.contains("/user/create"), "{text}");
+    assert!(text.contains("Ada"), "{text}");
+    assert!(text.matches("\"status\": 200").count() >= 2, "two answers with status 200 expected:\n{text}");
+}
+
+/// A node directory set up and started as a `ferry run` process on free loopback ports.
+struct Started {
+    dir: NodeDir,
+    api: SocketAddr,
+    link: SocketAddr,
+}
+
+/// `ferry init` on free loopback ports.
+fn init_on_loopback(root: &Path, name: &str) -> Started {
+    let (link, api) = (free_udp(), free_tcp());
+    Started { dir: init(root, name, Some((link, api))), api, link }
+}
+
+/// Pins each node's certificate on the other.
+fn pin_both_ways(x: &Started, x_name: &str, y: &Started, y_name: &str) {
+    assert_code(&peer_add(&x.dir, y_name, &y.link.to_string(), &y.dir.cert()), 0);
+    assert_code(&peer_add(&y.dir, x_name, &x.link.to_string(), &x.dir.cert()), 0);
+}
+
+/// POSTs a sync GET request to `from`'s API; returns the HTTP status and the envelope.
+async fn send_request(client: &reqwest::Client, from: SocketAddr, peer: &str, service: &str) -> (u16, Value) {
+    let resp = client
+        .post(format!("http://{from}/v1/requests"))
+        .json(&json!({
+            "peer": peer, "service": service, "path": "/user/list",
+            "method": "GET", "form": {"pageSize": 1}
+        }))
+        .send()
+        .await
+        .expect("POST /v1/requests");
+    let status = resp.status().as_u16();
+    (status, resp.json().await.expect("a JSON envelope"))
+}
+
+/// Sends the request until it answers 200 with `data.status` 200, or fails after `limit`.
+async fn request_until_ok(
+    client: &reqwest::Client,
+    from: SocketAddr,
+    peer: &str,
+    service: &str,
+    limit: Duration,
+    logs: &[&RunningNode],
+) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let (status, answer) = send_request(client, from, peer, service).await;
+        if status == 200 && answer["code"] == 0 && answer["data"]["status"] == 200 {
+            return answer;
+        }
+        if Instant::now() >= deadline {
+            let logs: Vec<String> = logs.iter().map(|n| format!("log of {}:\n{}", n.name, n.log())).collect();
+            panic!("no successful answer within {limit:?}; last: {status} {answer}\n{}", logs.join("\n"));
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "bug: `ferry run` does not handle SIGHUP (API.md §1: reload peers and services); the default action kills the node"]
+async fn sighup_reloads_peers_and_services() {
+    let root = tempfile::tempdir().unwrap();
+    let (service, seen) = recording_service().await;
+    let a = init_on_loopback(root.path(), "org-a");
+    let b = init_on_loopback(root.path(), "org-b");
+    pin_both_ways(&a, "org-a", &b, "org-b");
+
+    let mut node_a = RunningNode::start(&a.dir, "org-a");
+    let mut node_b = RunningNode::start(&b.dir, "org-b");
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+
+    // org-b offers no service yet.
+    let (status, answer) = send_request(&client, a.api, "org-b", "1").await;
+    assert_ne!(status, 200, "{answer}");
+    assert!(seen.lock().unwrap().is_empty());
+
+    // The admin adds one while the node runs, and sends SIGHUP.
+    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
+    node_b.signal("HUP");
+    std::thread::sleep(Duration::from_millis(300));
+    if let Some(status) = node_b.child.try_wait().unwrap() {
+        panic!("SIGHUP stopped the node ({status})\nlog:\n{}", node_b.log());
+    }
+    let answer = request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
+    {
+        let calls = seen.lock().unwrap();
+        assert_eq!(calls.len(), 1, "{calls:?}");
+        assert_eq!(calls[0].headers.get("x-ferry-request-id").map(String::as_str), answer["data"]["id"].as_str());
+    }
+
+    // A new peer, pinned while org-b runs, is known after SIGHUP.
+    let c = init_on_loopback(root.path(), "org-c");
+    pin_both_ways(&b, "org-b", &c, "org-c");
+    assert_code(&service_add(&b.dir, "2", &format!("http://{service}"), Some("org-c")), 0);
+    node_b.signal("HUP");
+    let mut node_c = RunningNode::start(&c.dir, "org-c");
+    wait_healthy(&client, &node_c, c.api, Duration::from_secs(15)).await;
+    request_until_ok(&client, c.api, "org-b", "2", Duration::from_secs(10), &[&node_b, &node_c]).await;
+    {
+        let calls = seen.lock().unwrap();
+        assert_eq!(calls.len(), 2, "{calls:?}");
+        assert_eq!(calls[1].headers.get("x-ferry-peer").map(String::as_str), Some("org-c"));
+    }
+
+    for node in [&mut node_a, &mut node_b, &mut node_c] {
+        let status = node.terminate("TERM", Duration::from_secs(10));
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{} log:\n{}", node.name, node.log());
+    }
+}
+
+#[cfg(unix)]
+#[test]
+#[ignore = "bug: `ferry run` never writes to NOTIFY_SOCKET (API.md §1: READY, WATCHDOG, STOPPING)"]
+fn run_speaks_sd_notify() {
+    use std::os::unix::net::UnixDatagram;
+
+    let root = tempfile::tempdir().unwrap();
+    let a = init_on_loopback(root.path(), "org-a");
+    let socket_path = root.path().join("notify.sock");
+    let socket = UnixDatagram::bind(&socket_path).unwrap();
+    socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+
+    let log = a.dir.dir.join("run.log");
+    let child = ferry_cmd()
+        .env("NOTIFY_SOCKET", &socket_path)
+        .env("WATCHDOG_USEC", "400000")
+        .env("RUST_LOG", "info,quinn=warn")
+        .args(["run", "--config", &a.dir.config_arg()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut node = RunningNode { name: "org-a".into(), child, log };
+
+    let mut messages = Vec::new();
+    let receive_until = |want: &str, limit: Duration, messages: &mut Vec<String>| {
+        let deadline = Instant::now() + limit;
+        let mut buf = [0u8; 4096];
+        while Instant::now() < deadline {
+            if let Ok(n) = socket.recv(&mut buf) {
+                let text = String::from_utf8_lossy(&buf[..n]).into_owned();
+                let found = text.lines().any(|l| l == want);
+                messages.push(text);
+                if found {
+                    return true;
+                }
+            }
+        }
+        false
+    };
+    assert!(
+        receive_until("READY=1", Duration::from_secs(15), &mut messages),
+        "no READY=1; got {messages:?}\nlog:\n{}",
+        node.log()
+    );
+    assert!(
+        receive_until("WATCHDOG=1", Duration::from_secs(3), &mut messages),
+        "no WATCHDOG=1 with WATCHDOG_USEC=400000; got {messages:?}"
+    );
+    node.signal("TERM");
+    assert!(
+        receive_until("STOPPING=1", Duration::from_secs(10), &mut messages),
+        "no STOPPING=1 after SIGTERM; got {messages:?}"
+    );
+    let status = node.wait_for_exit(Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "log:\n{}", node.log());
+}
+
+#[test]
+#[ignore = "bug: `ferry demo` runs two sync requests only; API.md §1 wants also an async request with a reply and callback, and a file transfer"]
+fn demo_runs_async_reply_callback_and_file_transfer() {
+    let out = run_bounded(ferry_cmd().arg("demo"), Duration::from_secs(60));
+    assert_code(&out, 0);
+    let text = stdout(&out).to_lowercase();
+    for word in ["async", "reply", "callback", "file", "sha256"] {
+        assert!(text.contains(word), "demo output never mentions {word:?}:\n{text}");
+    }
+}
