@@ -32,7 +32,8 @@ use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use bytes::Bytes;
-use serde_json::{json, Value};
+use serde::Deserialize;
+use serde_json::json;
 
 use ferry::cli::{edit, init};
 use ferry::config::Config;
@@ -142,11 +143,9 @@ async fn bench(settings: &Settings, runtimes: Option<&Runtimes>) -> anyhow::Resu
     };
     let nodes = Nodes::start(service, runtimes).await?;
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(POOL).build()?;
-    let direct = Arc::new(Target::Direct {
-        url: format!("http://{service}/ping?n=1").parse()?,
-    });
+    let direct = Arc::new(Target::Direct { url: format!("http://{service}/ping?n=1").parse()? });
     let relay = Arc::new(Target::Relay {
-        url: format!("http://{}/v1/requests", nodes.a_api),
+        url: format!("http://{}/v1/requests", nodes.a_api).parse()?,
         body: Bytes::from(serde_json::to_vec(&json!({
             "peer": "org-b", "service": "1", "path": "/ping", "method": "GET", "form": {"n": 1}
         }))?),
@@ -237,29 +236,18 @@ impl Target {
         }
         .map_err(|e| format!("transport error: {e:?}"))?;
         let status = response.status();
-        let body = response
-            .bytes()
-            .await
-            .map_err(|e| format!("HTTP {status}, body unreadable: {e:?}"))?;
+        let body = response.bytes().await.map_err(|e| format!("HTTP {status}, body unreadable: {e:?}"))?;
         let ok = status == reqwest::StatusCode::OK
             && match self {
-                Target::Direct { .. } => {
-                    serde_json::from_slice::<Ping>(&body).is_ok_and(|p| p.ok)
-                }
+                Target::Direct { .. } => serde_json::from_slice::<Ping>(&body).is_ok_and(|p| p.ok),
                 Target::Relay { .. } => serde_json::from_slice::<Envelope>(&body).is_ok_and(|e| {
-                    e.code == 0
-                        && e.data.is_some_and(|d| {
-                            d.status == Some(200) && d.body.is_some_and(|p| p.ok)
-                        })
+                    e.code == 0 && e.data.is_some_and(|d| d.status == Some(200) && d.body.is_some_and(|p| p.ok))
                 }),
             };
         if ok {
             Ok(())
         } else {
-            Err(format!(
-                "HTTP {status}: {}",
-                String::from_utf8_lossy(&body)
-            ))
+            Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
         }
     }
 }
@@ -391,7 +379,7 @@ async fn measure(
 
 /// CPU seconds (user + system) used so far.
 struct CpuTimes {
-    /// By this process's threads, by thread name; threads that have exited under "exited".
+    /// By this process's threads, by component (thread name); threads that have exited under "other".
     threads: BTreeMap<String, f64>,
     /// By the whole machine, every process.
     machine_busy: Option<f64>,
@@ -422,11 +410,12 @@ fn cpu_times() -> Option<CpuTimes> {
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         if let Some((name, cpu)) = std::fs::read_to_string(task.path().join("stat")).ok().and_then(|s| ticks(&s)) {
             live += cpu;
-            let name = name.trim_end_matches(|c: char| c.is_ascii_digit() || c == '-');
+            // The runtimes' threads are named `b-<component>`; the rest (the main thread) is "other".
+            let name = name.strip_prefix("b-").unwrap_or("other");
             *threads.entry(name.to_owned()).or_insert(0.0) += cpu;
         }
     }
-    threads.insert("exited".into(), (process - live).max(0.0));
+    *threads.entry("other".into()).or_insert(0.0) += (process - live).max(0.0);
     Some(CpuTimes { threads, machine_busy: machine_busy() })
 }
 
@@ -610,7 +599,11 @@ fn print_report(settings: &Settings, rows: &[Row]) {
             .iter()
             .map(|r| {
                 let mut line = vec![r.path.name().to_owned(), r.callers.to_string()];
-                line.extend(names.iter().map(|n| r.cpu_by_component.get(n).map_or("-".into(), |c| format!("{c:.1}"))));
+                line.extend(
+                    names
+                        .iter()
+                        .map(|n| r.cpu_by_component.get(n).map_or("-".into(), |c| format!("{:.1}", c.max(0.0)))),
+                );
                 line
             })
             .collect();

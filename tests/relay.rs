@@ -177,7 +177,10 @@ async fn bad_requests_are_refused_naming_the_field() {
         (json!({"peer": "org-b", "service": "1", "path": "/x", "timeout_ms": 0}), "timeout_ms"),
         (json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "later"}), "mode"),
         (json!({"peer": "org-b", "service": "1", "path": "/x", "reply": true}), "reply"),
-        (json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "async", "callback": {"url": "/cb"}}), "callback"),
+        (
+            json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "async", "callback": {"url": "/cb"}}),
+            "callback",
+        ),
         (json!({"peer": "org-b", "service": "1", "path": "/x", "file": "/etc/passwd"}), "file"),
         (json!({"peer": "org-b", "service": "1", "path": "/x", "idempotency_key": "k".repeat(65)}), "idempotency_key"),
     ];

@@ -109,6 +109,25 @@ impl Node {
         (status, r.json().await.unwrap())
     }
 
+    /// `POST path` with a JSON body; the HTTP status and the envelope.
+    pub async fn post(&self, path: &str, body: Value) -> (StatusCode, Value) {
+        let r = client().post(self.url(path)).json(&body).send().await.unwrap();
+        let status = r.status();
+        (status, r.json().await.unwrap())
+    }
+
+    /// Polls `GET /v1/requests/{id}` until its state is `state` (at most `within`); the last status.
+    pub async fn wait_state(&self, id: &str, state: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let (_, env) = self.get(&format!("/v1/requests/{id}")).await;
+            if env["data"]["state"] == state || tokio::time::Instant::now() > deadline {
+                return env["data"].clone();
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
     /// `GET path`; the HTTP status and the envelope.
     pub async fn get(&self, path: &str) -> (StatusCode, Value) {
         let r = client().get(self.url(path)).send().await.unwrap();
@@ -155,7 +174,8 @@ pub struct Seen {
 
 /// A local HTTP service that records every call and answers by path:
 /// `/status/{code}` answers that code, `/sleep/{ms}` waits first, `/binary` answers non-UTF-8
-/// bytes, `/text` plain text; anything else echoes the call as JSON.
+/// bytes, `/text` plain text, `/flaky/{n}/…` fails its first `n` calls; anything else echoes the
+/// call as JSON.
 #[derive(Clone)]
 pub struct Recorder {
     pub addr: SocketAddr,
@@ -178,6 +198,18 @@ impl Recorder {
 
     pub fn seen(&self) -> Vec<Seen> {
         self.seen.lock().unwrap().clone()
+    }
+
+    /// Waits until `n` calls were seen (at most `within`), and returns them.
+    pub async fn wait_for(&self, n: usize, within: Duration) -> Vec<Seen> {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let seen = self.seen();
+            if seen.len() >= n || tokio::time::Instant::now() > deadline {
+                return seen;
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
     }
 }
 
@@ -210,6 +242,15 @@ async fn record(
         }
         ["binary"] => ([("content-type", "application/octet-stream")], vec![0xffu8, 0xfe, 0x00, 0x01]).into_response(),
         ["text"] => "plain words".into_response(),
+        ["flaky", n, ..] => {
+            // Fails the first `n` calls to this path, then succeeds.
+            let calls = seen.lock().unwrap().iter().filter(|s| s.path == path).count();
+            if calls <= n.parse::<usize>().unwrap() {
+                (StatusCode::SERVICE_UNAVAILABLE, "not yet").into_response()
+            } else {
+                "ok".into_response()
+            }
+        }
         _ => axum::Json(json!({
             "method": entry.method, "path": entry.path, "query": entry.query, "body": entry.body,
         }))
