@@ -24,10 +24,23 @@
 //!   ◀── Response{status, headers, body}  or  Refused{kind, message}
 //! ```
 //!
-//! The variants after [`Message::Refused`] are reserved for asynchronous requests, replies, signed
-//! receipts and file streams; their positions in the enum are fixed now so that later versions add
-//! fields to them without renumbering. A node that receives a variant it does not handle resets the
-//! stream with [`Code::Unsupported`].
+//! An asynchronous request and each of its results is store-and-forward, one stream each:
+//!
+//! ```text
+//! requesting node                          receiving node
+//!   ── AsyncRequest{request, reply, expires} ─▶  persists it (once per id), then
+//!   ◀── Ack{id, seq: 0}                          or Refused (unknown service, not allowed, disabled)
+//!                                                calls its service later, at most once per id
+//!   ◀── Reply{id, seq, end, data|error, response}  (opened by the receiving node)
+//!   ── Ack{id, seq} ──▶                          persisted by the requesting node
+//! ```
+//!
+//! Each side resends what the other has not acknowledged (after a lost connection, a restart),
+//! and each side ignores what it already has, so nothing is lost and nothing is done twice.
+//!
+//! The variants after [`Message::Reply`] are reserved for signed receipts and file streams; their
+//! positions in the enum are fixed now so that later versions fill them without renumbering. A
+//! node that receives a variant it does not handle resets the stream with [`Code::Unsupported`].
 //!
 //! Every stream reset and connection close uses a [`Code`].
 

@@ -25,13 +25,13 @@ pub fn run() -> Result<(), CliError> {
 
 async fn demo() -> anyhow::Result<()> {
     let dir = tempfile::tempdir()?;
-    let service = sample_service().await?;
-    println!("sample service of org-b listening on http://{service}");
-
     let a = Sockets { api: loopback_tcp()?, link: loopback_udp()? };
     let b = Sockets { api: loopback_tcp()?, link: loopback_udp()? };
     let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
     let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
+    let service = sample_service(b_api).await?;
+    println!("sample service of org-b listening on http://{service}");
+    let (callback_url, mut callbacks) = callback_receiver().await?;
     let (a_dir, b_dir) = (dir.path().join("org-a"), dir.path().join("org-b"));
     let fa = init::init(&a_dir, "org-a", a_link, a_api)?;
     let fb = init::init(&b_dir, "org-b", b_link, b_api)?;
@@ -66,6 +66,31 @@ async fn demo() -> anyhow::Result<()> {
         println!("org-a → host app in {:.1} ms: {}\n", started.elapsed().as_secs_f64() * 1000.0, pretty(&answer));
         anyhow::ensure!(answer["code"] == 0 && answer["data"]["status"] == 200, "the request failed: {answer}");
     }
+
+    let body = json!({"peer": "org-b", "service": "1", "path": "/report", "form": {"month": "2026-10"},
+                      "mode": "async", "reply": true, "callback": {"url": callback_url}});
+    println!("host app → org-a: POST /v1/requests {body}");
+    let answer: Value = host.post(&url).json(&body).send().await?.json().await?;
+    println!("org-a → host app at once: {answer}");
+    let id = answer["data"]["id"].as_str().unwrap_or_default().to_owned();
+    anyhow::ensure!(answer["msg"] == "Accepted", "the async request was not accepted: {answer}");
+    loop {
+        let delivery = tokio::time::timeout(std::time::Duration::from_secs(15), callbacks.recv())
+            .await
+            .map_err(|_| anyhow::anyhow!("no callback within 15 s"))?
+            .ok_or_else(|| anyhow::anyhow!("the callback receiver stopped"))?;
+        println!("callback → host app: seq={} end={} data={}", delivery["seq"], delivery["end"], delivery["data"]);
+        if delivery["end"] == "true" {
+            break;
+        }
+    }
+    let status: Value = host.get(format!("http://{a_api}/v1/requests/{id}")).send().await?.json().await?;
+    println!(
+        "GET /v1/requests/{id} on org-a: state {}, {} replies\n",
+        status["data"]["state"],
+        status["data"]["replies"].as_array().map_or(0, |r| r.len())
+    );
+
     let peers: Value = host.get(format!("http://{a_api}/v1/peers")).send().await?.json().await?;
     println!("GET /v1/peers on org-a: {}", pretty(&peers["data"]));
 
@@ -89,8 +114,26 @@ fn loopback_udp() -> std::io::Result<std::net::UdpSocket> {
     std::net::UdpSocket::bind("127.0.0.1:0")
 }
 
-/// org-b's sample service: lists users on GET, echoes what it got on POST.
-async fn sample_service() -> std::io::Result<SocketAddr> {
+/// The host app's callback endpoint on org-a's side: each delivery's fields go to the channel.
+async fn callback_receiver() -> std::io::Result<(String, tokio::sync::mpsc::UnboundedReceiver<HashMap<String, String>>)>
+{
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    let app = Router::new().route(
+        "/callback",
+        post(move |Form(fields): Form<HashMap<String, String>>| async move {
+            let _ = tx.send(fields);
+            "ok"
+        }),
+    );
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+    let url = format!("http://{}/callback", listener.local_addr()?);
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    Ok((url, rx))
+}
+
+/// org-b's sample service: lists users on GET, echoes what it got on POST, and answers
+/// `/report` later with two replies through org-b's `POST /v1/replies`.
+async fn sample_service(node_api: SocketAddr) -> std::io::Result<SocketAddr> {
     fn seen(headers: &HeaderMap) -> Value {
         let h = |n: &str| headers.get(n).and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
         json!({"peer": h("x-ferry-peer"), "request_id": h("x-ferry-request-id"), "conversation": h("x-ferry-conversation")})
@@ -102,6 +145,24 @@ async fn sample_service() -> std::io::Result<SocketAddr> {
                 let size: usize = q.get("pageSize").and_then(|s| s.parse().ok()).unwrap_or(10);
                 let users: Vec<_> = ["Ada", "Grace", "Edsger"].iter().take(size).collect();
                 Json(json!({"users": users, "seen": seen(&headers)}))
+            }),
+        )
+        .route(
+            "/report",
+            post(move |Form(form): Form<HashMap<String, String>>| async move {
+                let callback_id = form.get("callbackId").cloned().unwrap_or_default();
+                tokio::spawn(async move {
+                    let client = reqwest::Client::builder().no_proxy().build().expect("a plain HTTP client");
+                    let replies = format!("http://{node_api}/v1/replies");
+                    for (part, end) in [(1, false), (2, true)] {
+                        tokio::time::sleep(std::time::Duration::from_millis(200)).await;
+                        let reply =
+                            json!({"callback_id": callback_id, "data": {"part": part, "rows": part * 10}, "end": end});
+                        println!("org-b's service → org-b: POST /v1/replies {reply}");
+                        let _ = client.post(&replies).json(&reply).send().await;
+                    }
+                });
+                Json(json!({"accepted": true}))
             }),
         )
         .route(
