@@ -406,12 +406,13 @@ impl Store {
             let now = now_ms();
             let expired: Vec<i64> = t
                 .prepare_cached(
-                    "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'waiting' AND expires_at < ?1",
+                    "SELECT seq FROM requests WHERE direction = 'incoming' AND expires_at < ?1
+                     AND (state = 'waiting' OR (state = 'doing' AND callback_id IS NOT NULL AND response_status IS NOT NULL))",
                 )?
                 .query_map([now], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             for row in expired {
-                fail(t, events, row, "expired: ttl_s passed before the service could be called")?;
+                fail(t, events, row, "expired: ttl_s passed before the request completed")?;
             }
             let mut claim = t.prepare_cached(
                 "UPDATE requests SET state = 'doing', next_attempt_at = NULL, attempts = attempts + 1, updated_at = ?1
