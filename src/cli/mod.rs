@@ -239,8 +239,12 @@ fn run_node(path: &Path) -> Result<(), CliError> {
 async fn stop_signal() {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    tokio::select! {
-        _ = term.recv() => tracing::info!("SIGTERM: stopping"),
-        _ = tokio::signal::ctrl_c() => tracing::info!("SIGINT: stopping"),
+    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
+    loop {
+        tokio::select! {
+            _ = term.recv() => return tracing::info!("SIGTERM: stopping"),
+            _ = tokio::signal::ctrl_c() => return tracing::info!("SIGINT: stopping"),
+            _ = hup.recv() => tracing::warn!("SIGHUP: reloading is not supported yet; restart the node to apply config changes"),
+        }
     }
 }
