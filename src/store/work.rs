@@ -322,7 +322,7 @@ impl Store {
         .await
     }
 
-    /// Everything waiting for `peer` is due now (it came back).
+    /// Everything waiting for `peer`, requests and replies, is due now (it came back).
     pub async fn peer_is_back(&self, peer: &str) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         self.run(move |t, _| {
@@ -330,6 +330,11 @@ impl Store {
             t.execute(
                 "UPDATE requests SET next_attempt_at = ?2 WHERE direction = 'outgoing' AND peer = ?1
                  AND state = 'waiting' AND next_attempt_at > ?2",
+                params![peer, now],
+            )?;
+            t.execute(
+                "UPDATE replies SET next_send_at = ?2 WHERE next_send_at > ?2
+                 AND request IN (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1)",
                 params![peer, now],
             )?;
             Ok(())
