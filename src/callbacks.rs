@@ -79,6 +79,11 @@ async fn deliver(client: &reqwest::Client, work: &CallbackWork) -> Result<(), St
     if let Some(error) = &work.error {
         fields.push(("error", error.clone()));
     }
+    let file_field;
+    if let Some((field, path)) = &work.file {
+        file_field = field.clone();
+        fields.push((file_field.as_str(), path.clone()));
+    }
     let request = match work.method.as_str() {
         "GET" => client.get(&work.url).query(&fields),
         _ => client.post(&work.url).form(&fields),

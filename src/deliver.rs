@@ -69,20 +69,20 @@ impl Services {
 
     /// Calls the service a peer's request is for, and returns its answer or why there is none.
     pub async fn call(&self, peer: &str, request: &wire::Request) -> Result<wire::Response, Refusal> {
-        self.call_with(peer, request, None).await.map_err(|e| e.refusal)
+        self.call_with(peer, request, &[]).await.map_err(|e| e.refusal)
     }
 
-    /// Like [`Services::call`], adding the `callbackId` field in reply mode, and telling whether
-    /// a failed call certainly never reached the service.
+    /// Like [`Services::call`], adding `extra` text fields (`callbackId` in reply mode, the
+    /// received file's path), and telling whether a failed call certainly never reached the service.
     pub async fn call_with(
         &self,
         peer: &str,
         request: &wire::Request,
-        callback_id: Option<&str>,
+        extra: &[(String, String)],
     ) -> Result<wire::Response, CallError> {
         let not_sent = |refusal| CallError { refusal, not_sent: true };
         let service = self.check(peer, &request.service).map_err(not_sent)?;
-        let http = self.build(&service, peer, request, callback_id).map_err(not_sent)?;
+        let http = self.build(&service, peer, request, extra).map_err(not_sent)?;
         let response = self.client.execute(http).await.map_err(|e| backend_error(&service, e))?;
         let mut answer = relay(response)
             .await
@@ -99,7 +99,7 @@ impl Services {
         service: &ServiceConfig,
         peer: &str,
         r: &wire::Request,
-        callback_id: Option<&str>,
+        extra: &[(String, String)],
     ) -> Result<reqwest::Request, Refusal> {
         let bad = |what: String| refuse(RefusalKind::BadRequest, what);
         let url = service_url(&service.base_url, &r.path).ok_or_else(|| bad(format!("`{}` is not a path", r.path)))?;
@@ -107,8 +107,8 @@ impl Services {
             reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|_| bad(format!("bad method {}", r.method)))?;
         let mut http = self.client.request(method.clone(), url);
         let in_query = matches!(method, reqwest::Method::GET | reqwest::Method::DELETE);
-        let callback = callback_id.map(|id| ("callbackId".to_owned(), wire::FormValue::Text(id.to_owned())));
-        let form: Vec<_> = r.form.iter().cloned().chain(callback).collect();
+        let extra = extra.iter().map(|(k, v)| (k.clone(), wire::FormValue::Text(v.clone())));
+        let form: Vec<_> = r.form.iter().cloned().chain(extra).collect();
         let fields = || form.iter().map(|(k, v)| (k.clone(), v.to_text())).collect::<Vec<_>>();
         http = match (r.encoding, in_query) {
             (_, _) if form.is_empty() => http,
@@ -159,7 +159,13 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
             let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
             let (services, store) = (services.clone(), store.clone());
             tokio::spawn(async move {
-                let outcome = match services.call_with(&call.peer, &call.request, call.callback_id.as_deref()).await {
+                let extra: Vec<(String, String)> = call
+                    .callback_id
+                    .iter()
+                    .map(|id| ("callbackId".to_owned(), id.clone()))
+                    .chain(call.file.clone())
+                    .collect();
+                let outcome = match services.call_with(&call.peer, &call.request, &extra).await {
                     Ok(response) => ServiceOutcome::Answered(response),
                     Err(e) if e.not_sent && e.refusal.kind == RefusalKind::BackendUnreachable => {
                         let wait = 1_000i64.saturating_mul(1 << call.attempts.min(6));

@@ -21,4 +21,5 @@ pub mod node;
 pub mod peer;
 pub mod store;
 pub mod tls;
+pub mod transfer;
 pub mod wire;

@@ -81,7 +81,8 @@ pub async fn run(
         tracing::warn!(interrupted, "failed requests whose service call the last stop interrupted");
     }
     let link = Link::new(sockets.link, identity.clone(), peers.clone(), Transport::default(), store.clone())?;
-    tokio::spawn(link.clone().serve(services.clone()));
+    let folders = crate::transfer::Folders::new(&config.node.data_dir, config.files.max_size);
+    tokio::spawn(link.clone().serve(services.clone(), folders));
     let stop = CancellationToken::new();
     tokio::spawn(link.clone().pump(due, stop.clone()));
     let workers = [
@@ -99,6 +100,8 @@ pub async fn run(
         tokens: Arc::new(config.api.tokens.clone()),
         callback_base: config.node.callback_base.clone(),
         heartbeat: config.api.heartbeat,
+        send_roots: Arc::new(api::files::canonical_roots(&config.files.send_roots)),
+        max_size: config.files.max_size,
     };
     sockets.api.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;

@@ -77,6 +77,8 @@ pub enum Code {
     Cancelled = 6,
     /// The peer sent nothing for too long in the middle of an exchange.
     Stalled = 7,
+    /// A file chunk did not match its SHA-256; the sender resumes from the last good chunk.
+    ChunkCorrupt = 8,
 }
 
 impl Code {
@@ -88,7 +90,7 @@ impl Code {
     /// The code for a QUIC error code received from the peer, if it is one of ours.
     pub fn from_varint(code: quinn::VarInt) -> Option<Self> {
         use Code::*;
-        [Done, ProtocolViolation, VersionMismatch, FrameTooLarge, Unsupported, NotPinned, Cancelled, Stalled]
+        [Done, ProtocolViolation, VersionMismatch, FrameTooLarge, Unsupported, NotPinned, Cancelled, Stalled, ChunkCorrupt]
             .into_iter()
             .find(|c| *c as u64 == code.into_inner())
     }
@@ -113,10 +115,16 @@ pub enum Message {
     Reply(Reply),
     /// Reserved: a signed receipt over a message and its payload hashes.
     Receipt(Reserved),
-    /// Reserved: the start of a file stream.
-    FileOffer(Reserved),
-    /// Reserved: one chunk of a file with its SHA-256.
-    FileChunk(Reserved),
+    /// Opens a stream: the sender offers a file for a request or reply.
+    FileOffer(FileOffer),
+    /// One chunk's header; exactly `len` raw bytes of the file follow the frame.
+    FileChunk(FileChunk),
+    /// The receiver's answer to an offer: it holds the first `have` bytes, verified.
+    FileResume(FileResume),
+    /// After the last chunk: the whole file's SHA-256.
+    FileEnd(FileEnd),
+    /// The receiver verified the whole file and keeps it.
+    FileDone(FileDone),
 }
 
 /// An asynchronous request: the same fields as a synchronous one, plus its reply mode and expiry.
@@ -154,6 +162,66 @@ pub struct Reply {
     pub error: Option<String>,
     /// The service's immediate response (non-reply mode, or a refusal in reply mode).
     pub response: Option<Response>,
+    /// The file sent ahead of this reply, if any (key: `id/seq`).
+    pub file: Option<FileRef>,
+}
+
+/// A file offered for a request (key: the request id) or a reply (key: `id/seq`).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileOffer {
+    /// [`PROTOCOL_VERSION`] of the sender.
+    pub version: u16,
+    /// What the file belongs to: a request id, or `id/seq` for a reply.
+    pub key: String,
+    /// The file's name at the sender (reduced to a safe name by the receiver).
+    pub name: String,
+    /// Its size in bytes.
+    pub size: u64,
+}
+
+/// The header of one chunk; `len` bytes follow on the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileChunk {
+    /// Where the chunk starts in the file.
+    pub offset: u64,
+    /// Its length: [`crate::transfer::CHUNK`] except for the last.
+    pub len: u32,
+    /// SHA-256 of the chunk's bytes.
+    pub sha256: [u8; 32],
+}
+
+/// How much of an offered file the receiver already holds, verified.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileResume {
+    /// Bytes held; the sender continues from here.
+    pub have: u64,
+}
+
+/// The end of a file stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileEnd {
+    /// SHA-256 of the whole file.
+    pub sha256: [u8; 32],
+}
+
+/// The receiver verified and stored the file.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileDone {
+    /// SHA-256 of the whole file, as the receiver computed it.
+    pub sha256: [u8; 32],
+}
+
+/// A file that travelled ahead of its request or reply, as the message refers to it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileRef {
+    /// The form field that carries the file's local path to the service or callback.
+    pub field: String,
+    /// Its name.
+    pub name: String,
+    /// Its size.
+    pub size: u64,
+    /// SHA-256 of the whole file.
+    pub sha256: [u8; 32],
 }
 
 /// The body of a reserved message type; later protocol versions give it fields.
@@ -183,6 +251,8 @@ pub struct Request {
     pub conversation: Option<String>,
     /// How long the sender waits for the answer, in milliseconds.
     pub timeout_ms: u64,
+    /// The file sent ahead of this request, if any (key: the request id).
+    pub file: Option<FileRef>,
 }
 
 /// A form value: the JSON scalars a host may put in `form`.
@@ -400,6 +470,7 @@ mod tests {
             headers: vec![],
             conversation: Some("c-1".into()),
             timeout_ms: 30_000,
+            file: None,
         })
     }
 

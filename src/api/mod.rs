@@ -5,6 +5,7 @@
 
 pub mod envelope;
 mod events;
+pub mod files;
 mod monitor;
 mod replies;
 mod requests;
@@ -42,6 +43,10 @@ pub struct ApiState {
     pub callback_base: Option<url::Url>,
     /// How often WebSocket clients must send `OK`.
     pub heartbeat: std::time::Duration,
+    /// Canonical `files.send_roots`.
+    pub send_roots: Arc<Vec<std::path::PathBuf>>,
+    /// `files.max_size`.
+    pub max_size: u64,
 }
 
 /// The API's routes, guarded by the token and loopback rules.
@@ -119,6 +124,8 @@ mod tests {
             tokens: Arc::new(tokens.iter().map(|t| t.to_string()).collect()),
             callback_base: None,
             heartbeat: std::time::Duration::from_secs(15),
+            send_roots: Arc::new(vec![]),
+            max_size: 1 << 30,
         }
     }
 

@@ -32,18 +32,20 @@ pub(super) async fn create(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let reply: NewReply = json_body(body)?;
-    if reply.file.is_some() || reply.file_field.is_some() {
-        return Err(
-            ApiError::bad_request("field `file`: this node does not send files yet".to_owned()).with("field", "file")
-        );
-    }
+    let file = match reply.file {
+        Some(path) => Some(super::files::outgoing(&state.send_roots, state.max_size, &path, reply.file_field)?),
+        None if reply.file_field.is_some() => {
+            return Err(ApiError::bad_request("`file_field` without `file`".to_owned()).with("field", "file_field"))
+        }
+        None => None,
+    };
     if reply.error.is_some() && reply.data.is_some() {
         return Err(ApiError::bad_request("give either `data` or `error`, not both".to_owned()).with("field", "error"));
     }
     let end = reply.end.unwrap_or(true);
     let added = state
         .store
-        .add_reply(&reply.callback_id, reply.data, reply.error, end)
+        .add_reply(&reply.callback_id, reply.data, reply.error, end, file)
         .await
         .map_err(|e| ApiError::new(Kind::Internal, format!("the reply could not be stored: {e}")))?;
     match added {

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::envelope::{json_body, ok, ApiError, Kind};
 use super::ApiState;
-use crate::store::{now_ms, Failure, NewAsync};
+use crate::store::{now_ms, Failure, NewAsync, OutgoingFile};
 use crate::wire::{self, Encoding, FormValue, RefusalKind};
 
 /// The body of `POST /v1/requests`, as the host sends it.
@@ -81,7 +81,7 @@ pub(super) async fn create(
         .idempotency_key
         .clone()
         .or_else(|| headers.get("idempotency-key").and_then(|v| v.to_str().ok()).map(str::to_owned));
-    let (peer, request, async_part) = validate(&state, new, idempotency_key)?;
+    let (peer, request, async_part, file) = validate(&state, new, idempotency_key)?;
     if let Some(a) = async_part {
         let id = request.id.clone();
         let new = NewAsync {
@@ -91,6 +91,7 @@ pub(super) async fn create(
             callback_method: a.callback.as_ref().map(|c| c.1.clone()).unwrap_or_default(),
             callback_url: a.callback.map(|c| c.0),
             expires_at: now_ms() + (a.ttl_s as i64).saturating_mul(1000),
+            file,
         };
         state.store.insert_outgoing(new).await.map_err(|e| {
             ApiError::new(Kind::Internal, format!("the request could not be stored: {e}")).with("id", id.clone())
@@ -99,7 +100,7 @@ pub(super) async fn create(
     }
     let timeout = Duration::from_millis(request.timeout_ms);
     let id = request.id.clone();
-    let outcome = tokio::time::timeout(timeout, state.store.request(&peer, request)).await.map_err(|_| {
+    let outcome = tokio::time::timeout(timeout, state.store.request(&peer, request, file)).await.map_err(|_| {
         ApiError::new(Kind::Timeout, format!("no answer from {peer} within timeout_ms={}", timeout.as_millis()))
             .with("id", id.clone())
     })?;
@@ -114,10 +115,10 @@ fn validate(
     state: &ApiState,
     new: NewRequest,
     idempotency_key: Option<String>,
-) -> Result<(String, wire::Request, Option<AsyncPart>), ApiError> {
+) -> Result<(String, wire::Request, Option<AsyncPart>, Option<OutgoingFile>), ApiError> {
     let bad = ApiError::bad_request;
     let not_yet = |field: &str| {
-        bad(format!("field `{field}`: this node does not send files or honour idempotency keys yet"))
+        bad(format!("field `{field}`: this node does not honour idempotency keys yet"))
             .with("field", field)
     };
     let sync_only =
@@ -204,9 +205,13 @@ fn validate(
             return Err(bad(format!("field `mode`: `{other}` is not `sync` or `async`")).with("field", "mode"))
         }
     };
-    if new.file.is_some() || new.file_field.is_some() {
-        return Err(not_yet("file"));
-    }
+    let file = match new.file {
+        Some(path) => Some(super::files::outgoing(&state.send_roots, state.max_size, &path, new.file_field)?),
+        None if new.file_field.is_some() => {
+            return Err(bad("`file_field` without `file`".to_owned()).with("field", "file_field"))
+        }
+        None => None,
+    };
     if let Some(key) = idempotency_key {
         if key.is_empty() || key.chars().count() > 64 {
             return Err(
@@ -230,8 +235,9 @@ fn validate(
         headers: new.headers.into_iter().collect(),
         conversation: new.conversation,
         timeout_ms,
+        file: None,
     };
-    Ok((new.peer, request, async_part))
+    Ok((new.peer, request, async_part, file))
 }
 
 /// The absolute callback URL and method: a path is joined to `node.callback_base`.

@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 use super::{Link, CONNECT_WITHIN};
 use crate::peer::Peer;
 use crate::store::{idle, now_ms, OutboundWork};
+use crate::transfer::TransferError;
 use crate::wire::{self, Message};
 use tokio_util::sync::CancellationToken;
 
@@ -85,7 +86,16 @@ impl Link {
                 let connection = connection.clone();
                 let peer = peer.clone();
                 async move {
-                    let result = send(&connection, &work).await;
+                    let mut work = work;
+                    let result = match self.attach_file(&connection, &peer.name, &mut work).await {
+                        Ok(()) => send(&connection, &work).await,
+                        Err(TransferError::Interrupted(why)) => Err(why),
+                        Err(TransferError::Refused(refusal)) => Ok(Message::Refused(refusal)),
+                        Err(e @ TransferError::Source { .. }) => Ok(Message::Refused(wire::Refusal {
+                            kind: wire::RefusalKind::BadRequest,
+                            message: e.to_string(),
+                        })),
+                    };
                     let store = &self.inner.store;
                     let recorded = match result {
                         Ok(Message::Ack(ack)) => store.acknowledged(&peer.name, ack).await,
@@ -117,6 +127,30 @@ impl Link {
                 }
             })
             .await;
+    }
+}
+
+impl Link {
+    /// Sends the file of `work`, if it has one and it is not yet through, and refers to it in the
+    /// message. Only one upload per key runs at a time, even if a long one outlives its lease.
+    async fn attach_file(&self, connection: &quinn::Connection, peer: &str, work: &mut OutboundWork) -> Result<(), TransferError> {
+        let (key, file, slot, stored) = match work {
+            OutboundWork::Request { message, file: Some(file), .. } => {
+                (message.request.id.clone(), file.clone(), &mut message.request.file, true)
+            }
+            OutboundWork::Reply { message, file: Some(file), .. } => {
+                (format!("{}/{}", message.id, message.seq), file.clone(), &mut message.file, false)
+            }
+            _ => return Ok(()),
+        };
+        let claim = format!("{peer}\0{key}");
+        if !self.inner.uploading.lock().unwrap().insert(claim.clone()) {
+            return Err(TransferError::Interrupted(format!("the file for {key} is still being sent")));
+        }
+        let sent = self.upload(connection, peer, &key, &file, stored).await;
+        self.inner.uploading.lock().unwrap().remove(&claim);
+        *slot = Some(sent?);
+        Ok(())
     }
 }
 

@@ -1,4 +1,4 @@
-//! Connections and streams opened by peers: who they are, and the answer to each request.
+//! Connections and streams opened by peers: who they are, and the answer to each message.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -9,13 +9,24 @@ use crate::deliver::Services;
 use crate::identity::Fingerprint;
 use crate::peer::{Peer, Peers};
 use crate::store::Store;
-use crate::wire::{self, Code, Message};
+use crate::transfer::{self, Folders, ReceiveError};
+use crate::wire::{self, Code, Message, Refusal, RefusalKind};
 
-/// How long a peer may take to send a request's first frame once it opened the stream.
+/// How long a peer may take to send a stream's first frame once it opened the stream.
 const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
 
+/// What answering peers needs: the local services, the store, and where files go.
+#[derive(Clone)]
+pub(super) struct Inbound {
+    pub services: Services,
+    pub store: Store,
+    pub folders: Folders,
+    /// Files being received now, as `peer\0key`: a second offer of the same file waits its turn.
+    pub receiving: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
+}
+
 /// Completes the handshake, names the peer by its certificate, and serves its streams.
-pub(super) async fn connection(peers: Peers, services: Services, store: Store, incoming: quinn::Incoming) {
+pub(super) async fn connection(peers: Peers, inbound: Inbound, incoming: quinn::Incoming) {
     let remote = incoming.remote_address();
     let connection = match incoming.await {
         Ok(c) => c,
@@ -28,13 +39,13 @@ pub(super) async fn connection(peers: Peers, services: Services, store: Store, i
     tracing::debug!(peer = %peer.name, %remote, "peer connected");
     peer.seen();
     // The peer is up: whatever waits for it is due now.
-    if let Err(e) = store.peer_is_back(&peer.name).await {
+    if let Err(e) = inbound.store.peer_is_back(&peer.name).await {
         tracing::error!(error = %e, "cannot reschedule work for a returning peer");
     }
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(stream(peer.clone(), services.clone(), store.clone(), send, recv));
+                tokio::spawn(stream(peer.clone(), inbound.clone(), send, recv));
             }
             Err(e) => return tracing::debug!(peer = %peer.name, reason = %e, "peer connection ended"),
         }
@@ -48,18 +59,13 @@ fn identify(peers: &Peers, connection: &quinn::Connection) -> Option<Arc<Peer>> 
     peers.by_fingerprint(&Fingerprint::of(certs.first()?))
 }
 
+fn reset(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: Code) {
+    let _ = send.reset(code.varint());
+    let _ = recv.stop(code.varint());
+}
+
 /// Answers one stream: reads its opening message and answers it.
-async fn stream(
-    peer: Arc<Peer>,
-    services: Services,
-    store: Store,
-    mut send: quinn::SendStream,
-    mut recv: quinn::RecvStream,
-) {
-    let reset = |send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: Code| {
-        let _ = send.reset(code.varint());
-        let _ = recv.stop(code.varint());
-    };
+async fn stream(peer: Arc<Peer>, inbound: Inbound, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
     let message = match tokio::time::timeout(FIRST_FRAME_WITHIN, wire::read(&mut recv)).await {
         Err(_) => return reset(&mut send, &mut recv, Code::Stalled),
         Ok(Err(e)) => {
@@ -71,6 +77,7 @@ async fn stream(
     let version = match &message {
         Message::Request(r) => Some(r.version),
         Message::AsyncRequest(a) => Some(a.request.version),
+        Message::FileOffer(o) => Some(o.version),
         _ => None,
     };
     if version.is_some_and(|v| v != wire::PROTOCOL_VERSION) {
@@ -78,37 +85,93 @@ async fn stream(
         return reset(&mut send, &mut recv, Code::VersionMismatch);
     }
     peer.seen();
+    let Inbound { services, store, folders, receiving } = &inbound;
     let answer = match message {
-        Message::Request(request) => {
-            let started = std::time::Instant::now();
-            let answer = match services.call(&peer.name, &request).await {
-                Ok(response) => Message::Response(response),
-                Err(refusal) => Message::Refused(refusal),
-            };
-            tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
-            answer
-        }
+        Message::Request(request) => match received_file(store, &peer.name, &request.id, &request.file).await {
+            Err(refusal) => Message::Refused(refusal),
+            Ok(file) => {
+                let started = std::time::Instant::now();
+                let extra: Vec<_> = file.into_iter().collect();
+                let answer = match services.call_with(&peer.name, &request, &extra).await {
+                    Ok(response) => Message::Response(response),
+                    Err(e) => Message::Refused(e.refusal),
+                };
+                tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
+                answer
+            }
+        },
         Message::AsyncRequest(message) => {
             let id = message.request.id.clone();
-            if let Err(refusal) = services.check(&peer.name, &message.request.service) {
-                Message::Refused(refusal)
-            } else {
-                match store.insert_incoming(&peer.name, message).await {
+            let checked = match services.check(&peer.name, &message.request.service) {
+                Ok(_) => received_file(store, &peer.name, &id, &message.request.file).await,
+                Err(refusal) => Err(refusal),
+            };
+            match checked {
+                Err(refusal) => Message::Refused(refusal),
+                Ok(file) => match store.insert_incoming(&peer.name, message, file.map(|(_, path)| path)).await {
                     Ok(_) => Message::Ack(wire::Ack { id, seq: 0 }),
                     Err(e) => {
                         tracing::error!(peer = %peer.name, %id, error = %e, "cannot persist a request; the peer will resend it");
                         return reset(&mut send, &mut recv, Code::Done);
                     }
-                }
+                },
             }
         }
         Message::Reply(reply) => {
             let ack = wire::Ack { id: reply.id.clone(), seq: reply.seq };
-            match store.received_reply(&peer.name, reply).await {
-                Ok(()) => Message::Ack(ack),
-                Err(e) => {
-                    tracing::error!(peer = %peer.name, id = %ack.id, error = %e, "cannot persist a reply; the peer will resend it");
-                    return reset(&mut send, &mut recv, Code::Done);
+            let key = format!("{}/{}", reply.id, reply.seq);
+            match received_file(store, &peer.name, &key, &reply.file).await {
+                Err(refusal) => Message::Refused(refusal),
+                Ok(file) => match store.received_reply(&peer.name, reply, file.map(|(_, path)| path)).await {
+                    Ok(()) => Message::Ack(ack),
+                    Err(e) => {
+                        tracing::error!(peer = %peer.name, id = %ack.id, error = %e, "cannot persist a reply; the peer will resend it");
+                        return reset(&mut send, &mut recv, Code::Done);
+                    }
+                },
+            }
+        }
+        Message::FileOffer(offer) => {
+            let key = offer.key.clone();
+            let request_id = key.split('/').next().unwrap_or_default().to_owned();
+            match store.received_file(&peer.name, &key).await {
+                Ok(Some(f)) if f.size == offer.size => Message::FileDone(wire::FileDone { sha256: f.sha256 }),
+                _ => {
+                    let claim = format!("{}\0{key}", peer.name);
+                    if !receiving.lock().unwrap().insert(claim.clone()) {
+                        return reset(&mut send, &mut recv, Code::Done);
+                    }
+                    let _release = Release(receiving.clone(), claim);
+                    let first = std::sync::atomic::AtomicBool::new(true);
+                    let progress = |done: u64, total: u64| {
+                        let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
+                        if first || done == total || done % (16 * transfer::CHUNK as u64) == 0 {
+                            store.progress_event(&peer.name, &request_id, done, total);
+                        }
+                    };
+                    match transfer::receive(folders, &peer.name, offer, &mut send, &mut recv, progress).await {
+                        Ok(received) => {
+                            let sha256 = received.sha256;
+                            let record = crate::store::ReceivedFile {
+                                path: received.path.to_string_lossy().into_owned(),
+                                size: received.size,
+                                sha256,
+                            };
+                            if let Err(e) = store.file_received(&peer.name, &key, record).await {
+                                tracing::error!(peer = %peer.name, %key, error = %e, "cannot record a received file");
+                                return reset(&mut send, &mut recv, Code::Done);
+                            }
+                            Message::FileDone(wire::FileDone { sha256 })
+                        }
+                        Err(ReceiveError::Reset(code, why)) => {
+                            tracing::warn!(peer = %peer.name, %key, %why, "file stream ended early; the sender will resume");
+                            return reset(&mut send, &mut recv, code);
+                        }
+                        Err(ReceiveError::Refuse(refusal)) => {
+                            tracing::warn!(peer = %peer.name, %key, why = %refusal.message, "refused a file");
+                            Message::Refused(refusal)
+                        }
+                    }
                 }
             }
         }
@@ -122,5 +185,33 @@ async fn stream(
             let _ = send.finish();
         }
         Err(e) => tracing::debug!(peer = %peer.name, error = %e, "could not send the answer"),
+    }
+}
+
+/// Removes `claim` from `set` when dropped.
+struct Release(Arc<std::sync::Mutex<std::collections::HashSet<String>>>, String);
+
+impl Drop for Release {
+    fn drop(&mut self) {
+        self.0.lock().unwrap().remove(&self.1);
+    }
+}
+
+/// The form field and local path of the file a message refers to, which must have arrived whole
+/// and verified under `key`.
+async fn received_file(
+    store: &Store,
+    peer: &str,
+    key: &str,
+    file: &Option<wire::FileRef>,
+) -> Result<Option<(String, String)>, Refusal> {
+    let Some(want) = file else { return Ok(None) };
+    match store.received_file(peer, key).await {
+        Ok(Some(got)) if got.sha256 == want.sha256 && got.size == want.size => Ok(Some((want.field.clone(), got.path))),
+        Ok(_) => Err(Refusal {
+            kind: RefusalKind::BadRequest,
+            message: format!("the file `{}` for {key} has not arrived whole; send it first", want.name),
+        }),
+        Err(e) => Err(Refusal { kind: RefusalKind::Internal, message: format!("the peer's store failed: {e}") }),
     }
 }

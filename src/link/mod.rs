@@ -8,6 +8,7 @@
 mod carry;
 mod connect;
 mod inbound;
+mod upload;
 mod outbound;
 mod transport;
 
@@ -44,6 +45,8 @@ struct Inner {
     transport: Transport,
     store: Store,
     closing: AtomicBool,
+    /// Files being uploaded now, as `peer\0key`.
+    uploading: std::sync::Mutex<std::collections::HashSet<String>>,
 }
 
 /// The endpoint could not be set up.
@@ -74,7 +77,7 @@ impl Link {
         let endpoint =
             quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, Arc::new(quinn::TokioRuntime))?;
         Ok(Link {
-            inner: Arc::new(Inner { endpoint, identity, peers, transport, store, closing: AtomicBool::new(false) }),
+            inner: Arc::new(Inner { endpoint, identity, peers, transport, store, closing: AtomicBool::new(false), uploading: Default::default() }),
         })
     }
 
@@ -84,14 +87,11 @@ impl Link {
     }
 
     /// Accepts peer connections and answers their requests until the endpoint closes.
-    pub async fn serve(self, services: Services) {
+    pub async fn serve(self, services: Services, folders: crate::transfer::Folders) {
+        let inbound =
+            inbound::Inbound { services, store: self.inner.store.clone(), folders, receiving: Default::default() };
         while let Some(incoming) = self.inner.endpoint.accept().await {
-            tokio::spawn(inbound::connection(
-                self.inner.peers.clone(),
-                services.clone(),
-                self.inner.store.clone(),
-                incoming,
-            ));
+            tokio::spawn(inbound::connection(self.inner.peers.clone(), inbound.clone(), incoming));
         }
     }
 

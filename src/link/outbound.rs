@@ -3,14 +3,15 @@
 use tokio::time::Instant;
 
 use super::{Link, CONNECT_WITHIN};
-use crate::store::{Failure, Outcome, Outgoing};
+use crate::store::{Failure, Outcome, Outgoing, OutgoingFile};
+use crate::transfer::TransferError;
 use crate::wire::{self, Code, FrameError, Message};
 
 /// Sends one request and reports its outcome, unless its caller leaves first.
 pub(super) async fn send(link: Link, outgoing: Outgoing) {
-    let Outgoing { peer, request, mut outcome } = outgoing;
+    let Outgoing { peer, request, file, mut outcome } = outgoing;
     let result = tokio::select! {
-        result = exchange(&link, &peer, request) => result,
+        result = exchange(&link, &peer, request, file) => result,
         _ = outcome.closed() => return,
     };
     let _ = outcome.send(result);
@@ -21,10 +22,19 @@ pub(super) async fn send(link: Link, outgoing: Outgoing) {
 /// If the connection turns out to be one the peer no longer knows (it restarted and answered
 /// with a stateless reset), nothing reached its service, so the request is sent once more on a
 /// new connection. Any other failure mid-exchange is reported as [`Failure::Broken`].
-async fn exchange(link: &Link, peer_name: &str, request: wire::Request) -> Outcome {
+async fn exchange(link: &Link, peer_name: &str, mut request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
     let peer = link.inner.peers.get(peer_name).ok_or_else(|| {
         Failure::PeerUnreachable(format!("`{peer_name}` is not a configured peer (add it with `ferry peer add`)"))
     })?;
+    if let Some(file) = &file {
+        let connection =
+            link.connection(&peer, Instant::now() + CONNECT_WITHIN).await.map_err(Failure::PeerUnreachable)?;
+        let sent = link.upload(&connection, peer_name, &request.id, file, false).await;
+        request.file = Some(sent.map_err(|e| match e {
+            TransferError::Refused(refusal) => Failure::Refused(refusal),
+            other => Failure::Broken(other.to_string()),
+        })?);
+    }
     let frame = wire::encode(&Message::Request(request)).map_err(|e| Failure::Broken(e.to_string()))?;
     let deadline = Instant::now() + CONNECT_WITHIN;
     let mut attempt = 0;

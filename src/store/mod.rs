@@ -11,6 +11,7 @@
 //! survives a restart. Synchronous requests are the exception: their caller is waiting on an open
 //! HTTP connection, so they go to the link through an in-memory queue ([`Store::request`]).
 
+mod files;
 mod records;
 mod schema;
 mod work;
@@ -24,7 +25,8 @@ use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
 pub use records::{Page, Pending, RequestFilter, RequestView, Stats};
-pub use work::{CallbackWork, IncomingCall, NewAsync, OutboundWork, ServiceOutcome};
+pub use files::ReceivedFile;
+pub use work::{CallbackWork, IncomingCall, NewAsync, OutboundWork, OutgoingFile, ServiceOutcome};
 
 use crate::wire;
 
@@ -40,6 +42,8 @@ pub struct Outgoing {
     pub peer: String,
     /// The request as it goes on the wire.
     pub request: wire::Request,
+    /// A file to send ahead of the request.
+    pub file: Option<OutgoingFile>,
     /// Where the outcome goes; closed when the caller gave up.
     pub outcome: oneshot::Sender<Outcome>,
 }
@@ -86,13 +90,24 @@ pub enum Event {
         /// Whether this is the last reply.
         end: bool,
     },
+    /// A file transfer advanced.
+    Progress {
+        /// The request id.
+        id: String,
+        /// The peer it is exchanged with.
+        peer: String,
+        /// Bytes the receiver holds.
+        bytes_done: u64,
+        /// The file's size.
+        bytes_total: u64,
+    },
 }
 
 impl Event {
     /// The peer the event concerns.
     pub fn peer(&self) -> &str {
         match self {
-            Event::State { peer, .. } | Event::Reply { peer, .. } => peer,
+            Event::State { peer, .. } | Event::Reply { peer, .. } | Event::Progress { peer, .. } => peer,
         }
     }
 }
@@ -204,9 +219,9 @@ impl Store {
     /// Hands a synchronous request to the link and waits for its outcome.
     ///
     /// Dropping the returned future tells the link the caller has gone.
-    pub async fn request(&self, peer: &str, request: wire::Request) -> Outcome {
+    pub async fn request(&self, peer: &str, request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
         let (tx, rx) = oneshot::channel();
-        let outgoing = Outgoing { peer: peer.to_owned(), request, outcome: tx };
+        let outgoing = Outgoing { peer: peer.to_owned(), request, file, outcome: tx };
         if self.due.send(outgoing).await.is_err() {
             return Err(Failure::PeerUnreachable("the node is shutting down".into()));
         }

@@ -44,7 +44,7 @@ pub struct RequestView {
     /// The replies; left out of lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replies: Option<Vec<Value>>,
-    /// File transfer progress (none yet).
+    /// The file sent with the request: `{name, size, sha256, bytes_done, path}`.
     pub transfer: Option<Value>,
     /// Callback delivery, for outgoing requests with a callback.
     pub callback: Option<Value>,
@@ -107,7 +107,8 @@ pub struct Stats {
 }
 
 const COLUMNS: &str = "seq, id, direction, peer, service, method, path, reply, conversation, state, error,
-    created_at, updated_at, attempts, response_status, response_headers, response_body, callback_url, callback_method";
+    created_at, updated_at, attempts, response_status, response_headers, response_body, callback_url, callback_method,
+    file_name, file_size, file_sha256, file_done, file_path";
 
 fn view(r: &Row) -> rusqlite::Result<(i64, RequestView, Option<(String, String)>)> {
     let response = match r.get::<_, Option<u16>>(14)? {
@@ -148,7 +149,16 @@ fn view(r: &Row) -> rusqlite::Result<(i64, RequestView, Option<(String, String)>
             attempts: r.get(13)?,
             response,
             replies: None,
-            transfer: None,
+            transfer: match r.get::<_, Option<String>>(19)? {
+                Some(name) => Some(json!({
+                    "name": name,
+                    "size": r.get::<_, Option<i64>>(20)?,
+                    "sha256": r.get::<_, Option<String>>(21)?,
+                    "bytes_done": r.get::<_, i64>(22)?,
+                    "path": r.get::<_, Option<String>>(23)?,
+                })),
+                None => None,
+            },
             callback: None,
         },
         callback,
@@ -179,7 +189,8 @@ fn complete(
     }
     if with_replies {
         let mut stmt = t.prepare_cached(
-            "SELECT seq, data, error, end, created_at, delivered, next_send_at IS NULL FROM replies WHERE request = ?1 ORDER BY seq",
+            "SELECT seq, data, error, end, created_at, delivered, next_send_at IS NULL, file_path FROM replies
+             WHERE request = ?1 ORDER BY seq",
         )?;
         let outgoing = view.direction == "outgoing";
         let replies = stmt
@@ -191,7 +202,7 @@ fn complete(
                 let delivered: bool = if outgoing { r.get(5)? } else { r.get(6)? };
                 Ok(json!({
                     "seq": r.get::<_, u32>(0)?, "data": data, "error": r.get::<_, Option<String>>(2)?,
-                    "file": null, "end": r.get::<_, bool>(3)?, "received_at": rfc3339(r.get(4)?),
+                    "file": r.get::<_, Option<String>>(7)?, "end": r.get::<_, bool>(3)?, "received_at": rfc3339(r.get(4)?),
                     "delivered": delivered,
                 }))
             })?

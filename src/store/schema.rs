@@ -53,6 +53,28 @@ const MIGRATIONS: &[&str] = &[
     );
     CREATE INDEX replies_send ON replies (next_send_at);
     CREATE INDEX replies_callback ON replies (callback_at);",
+    // 2: files. On the sending node `file_path` is the host's file; on the receiving node it is
+    // the received, verified copy. `file_done` counts bytes the receiver holds.
+    "ALTER TABLE requests ADD COLUMN file_path TEXT;
+    ALTER TABLE requests ADD COLUMN file_name TEXT;
+    ALTER TABLE requests ADD COLUMN file_field TEXT;
+    ALTER TABLE requests ADD COLUMN file_size INTEGER;
+    ALTER TABLE requests ADD COLUMN file_sha256 TEXT;
+    ALTER TABLE requests ADD COLUMN file_done INTEGER NOT NULL DEFAULT 0;
+    ALTER TABLE replies ADD COLUMN file_path TEXT;
+    ALTER TABLE replies ADD COLUMN file_name TEXT;
+    ALTER TABLE replies ADD COLUMN file_field TEXT;
+    ALTER TABLE replies ADD COLUMN file_size INTEGER;
+    ALTER TABLE replies ADD COLUMN file_sha256 TEXT;
+    CREATE TABLE received_files (
+        peer TEXT NOT NULL,
+        key TEXT NOT NULL,                    -- request id, or id/seq for a reply
+        path TEXT NOT NULL,
+        size INTEGER NOT NULL,
+        sha256 TEXT NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (peer, key)
+    );",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.

@@ -28,6 +28,19 @@ pub struct NewAsync {
     pub callback_method: String,
     /// When to give up (ms since the epoch).
     pub expires_at: i64,
+    /// A file to send ahead of the request.
+    pub file: Option<OutgoingFile>,
+}
+
+/// A host's file to send with a request or reply (already checked against `files.send_roots`).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingFile {
+    /// The canonical path of the host's file; ferry only reads it.
+    pub path: String,
+    /// The name the peer gets.
+    pub name: String,
+    /// The form field that carries the received file's path on the far side.
+    pub field: String,
 }
 
 /// Something the link must carry to a peer.
@@ -39,6 +52,8 @@ pub enum OutboundWork {
         peer: String,
         /// The message.
         message: wire::AsyncRequest,
+        /// A file to send first.
+        file: Option<OutgoingFile>,
     },
     /// A result of a request this node received.
     Reply {
@@ -46,6 +61,8 @@ pub enum OutboundWork {
         peer: String,
         /// The message.
         message: wire::Reply,
+        /// A file to send first.
+        file: Option<OutgoingFile>,
     },
 }
 
@@ -71,6 +88,8 @@ pub struct IncomingCall {
     pub expires_at: i64,
     /// Calls tried so far, this one included.
     pub attempts: u32,
+    /// The received file: its form field and local path.
+    pub file: Option<(String, String)>,
 }
 
 /// What became of a service call for an incoming asynchronous request.
@@ -107,6 +126,8 @@ pub struct CallbackWork {
     pub attempts: u32,
     /// When to stop trying.
     pub expires_at: i64,
+    /// A received file: its form field and local path.
+    pub file: Option<(String, String)>,
     request: i64,
 }
 
@@ -167,8 +188,9 @@ impl Store {
             let blob = postcard::to_stdvec(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             t.execute(
                 "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply, conversation,
-                    callback_url, callback_method, state, created_at, updated_at, expires_at, next_attempt_at)
-                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'waiting', ?11, ?11, ?12, ?11)",
+                    callback_url, callback_method, state, created_at, updated_at, expires_at, next_attempt_at,
+                    file_path, file_name, file_field)
+                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'waiting', ?11, ?11, ?12, ?11, ?13, ?14, ?15)",
                 params![
                     r.id,
                     new.peer,
@@ -181,7 +203,10 @@ impl Store {
                     new.callback_url,
                     new.callback_method,
                     now,
-                    new.expires_at
+                    new.expires_at,
+                    new.file.as_ref().map(|f| &f.path),
+                    new.file.as_ref().map(|f| &f.name),
+                    new.file.as_ref().map(|f| &f.field),
                 ],
             )?;
             state_event(events, &r.id, &new.peer, State::Waiting);
@@ -212,7 +237,7 @@ impl Store {
                     "UPDATE requests SET next_attempt_at = ?1 + ?2, attempts = attempts + 1
                      WHERE seq IN (SELECT seq FROM requests WHERE direction = 'outgoing' AND state = 'waiting'
                                    AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?3)
-                     RETURNING seq, peer, wire, reply, expires_at",
+                     RETURNING seq, peer, wire, reply, expires_at, file_path, file_name, file_field",
                 )?;
                 let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
                 let mut requests = Vec::new();
@@ -227,6 +252,7 @@ impl Store {
                                 reply: r.get(3)?,
                                 expires_at_ms: r.get(4)?,
                             },
+                            file: outgoing_file(r, 5)?,
                         },
                     ));
                 }
@@ -239,7 +265,8 @@ impl Store {
                      RETURNING (SELECT peer FROM requests q WHERE q.seq = request),
                                (SELECT id FROM requests q WHERE q.seq = request),
                                request, seq, end, data, error, status,
-                               (SELECT response_status FROM requests q WHERE q.seq = request)",
+                               (SELECT response_status FROM requests q WHERE q.seq = request),
+                               file_path, file_name, file_field",
                 )?;
                 let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
                 let mut replies = Vec::new();
@@ -256,7 +283,9 @@ impl Store {
                                 data: r.get(5)?,
                                 error: r.get(6)?,
                                 response: None,
+                                file: None,
                             },
+                            file: outgoing_file(r, 9)?,
                         },
                     ));
                 }
@@ -305,12 +334,12 @@ impl Store {
         self.run(move |t, _| {
             for w in &work {
                 match w {
-                    OutboundWork::Request { peer, message } => t.execute(
+                    OutboundWork::Request { peer, message, .. } => t.execute(
                         "UPDATE requests SET next_attempt_at = ?3
                          WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
                         params![peer, message.request.id, at],
                     )?,
-                    OutboundWork::Reply { peer, message } => t.execute(
+                    OutboundWork::Reply { peer, message, .. } => t.execute(
                         "UPDATE replies SET next_send_at = ?4 WHERE seq = ?3 AND next_send_at IS NOT NULL
                          AND request = (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
                         params![peer, message.id, message.seq, at],
@@ -366,7 +395,14 @@ impl Store {
     }
 
     /// Persists a peer's asynchronous request; returns whether it is new (false: a retransmission).
-    pub async fn insert_incoming(&self, peer: &str, message: wire::AsyncRequest) -> Result<bool, StoreError> {
+    ///
+    /// `file` is the local path of the request's file, already received and verified.
+    pub async fn insert_incoming(
+        &self,
+        peer: &str,
+        message: wire::AsyncRequest,
+        file: Option<String>,
+    ) -> Result<bool, StoreError> {
         let peer = peer.to_owned();
         let new = self
             .run(move |t, events| {
@@ -376,8 +412,10 @@ impl Store {
                 let callback_id = message.reply.then(|| uuid::Uuid::new_v4().simple().to_string());
                 let inserted = t.execute(
                     "INSERT OR IGNORE INTO requests (id, direction, peer, service, method, path, wire, reply,
-                        conversation, callback_id, state, created_at, updated_at, expires_at, next_attempt_at)
-                     VALUES (?1, 'incoming', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'waiting', ?10, ?10, ?11, ?10)",
+                        conversation, callback_id, state, created_at, updated_at, expires_at, next_attempt_at,
+                        file_path, file_name, file_field, file_size, file_sha256, file_done)
+                     VALUES (?1, 'incoming', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'waiting', ?10, ?10, ?11, ?10,
+                        ?12, ?13, ?14, ?15, ?16, COALESCE(?15, 0))",
                     params![
                         r.id,
                         peer,
@@ -389,7 +427,12 @@ impl Store {
                         r.conversation,
                         callback_id,
                         now,
-                        message.expires_at_ms
+                        message.expires_at_ms,
+                        file,
+                        r.file.as_ref().map(|f| &f.name),
+                        r.file.as_ref().map(|f| &f.field),
+                        r.file.as_ref().map(|f| f.size as i64),
+                        r.file.as_ref().map(|f| hex::encode(f.sha256)),
                     ],
                 )?;
                 if inserted > 0 {
@@ -423,7 +466,7 @@ impl Store {
                 "UPDATE requests SET state = 'doing', next_attempt_at = NULL, attempts = attempts + 1, updated_at = ?1
                  WHERE seq IN (SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'waiting'
                                AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?2)
-                 RETURNING seq, peer, wire, callback_id, expires_at, attempts",
+                 RETURNING seq, peer, wire, callback_id, expires_at, attempts, file_field, file_path",
             )?;
             let mut rows = claim.query(params![now, limit as i64])?;
             let mut calls = Vec::new();
@@ -437,6 +480,7 @@ impl Store {
                         callback_id: r.get(3)?,
                         expires_at: r.get(4)?,
                         attempts: r.get(5)?,
+                        file: r.get::<_, Option<String>>(6)?.zip(r.get::<_, Option<String>>(7)?),
                     },
                 ));
             }
@@ -502,6 +546,7 @@ impl Store {
         data: Option<Value>,
         error: Option<String>,
         end: bool,
+        file: Option<OutgoingFile>,
     ) -> Result<Option<(String, u32)>, StoreError> {
         let callback_id = callback_id.to_owned();
         let added = self
@@ -522,7 +567,14 @@ impl Store {
                 }
                 let data = data.unwrap_or(Value::Null);
                 let seq = push_reply(t, row, Some(&data.to_string()), None, None, end, true, false)?;
-                events.push(Event::Reply { id: id.clone(), peer: peer.clone(), seq, data, file: None, end });
+                if let Some(f) = &file {
+                    t.execute(
+                        "UPDATE replies SET file_path = ?3, file_name = ?4, file_field = ?5 WHERE request = ?1 AND seq = ?2",
+                        params![row, seq, f.path, f.name, f.field],
+                    )?;
+                }
+                let file = file.map(|f| f.path);
+                events.push(Event::Reply { id: id.clone(), peer: peer.clone(), seq, data, file, end });
                 if end {
                     t.execute(
                         "UPDATE requests SET state = 'success', updated_at = ?2 WHERE seq = ?1",
@@ -542,7 +594,9 @@ impl Store {
     /// Persists a result the peer carried back for one of this node's requests.
     ///
     /// Retransmissions are ignored; the request's state follows its final reply.
-    pub async fn received_reply(&self, peer: &str, reply: wire::Reply) -> Result<(), StoreError> {
+    ///
+    /// `file` is the local path of the reply's file, already received and verified.
+    pub async fn received_reply(&self, peer: &str, reply: wire::Reply, file: Option<String>) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         self.run(move |t, events| {
             let found: Option<(i64, bool, Option<String>)> = t
@@ -565,6 +619,13 @@ impl Store {
             if inserted == 0 {
                 return Ok(());
             }
+            if let Some(f) = &reply.file {
+                t.execute(
+                    "UPDATE replies SET file_path = ?3, file_name = ?4, file_field = ?5, file_size = ?6, file_sha256 = ?7
+                     WHERE request = ?1 AND seq = ?2",
+                    params![row, reply.seq, file, f.name, f.field, f.size as i64, hex::encode(f.sha256)],
+                )?;
+            }
             if let Some(response) = &reply.response {
                 let headers = serde_json::to_string(&response.headers).unwrap_or_default();
                 t.execute(
@@ -573,7 +634,14 @@ impl Store {
                 )?;
             }
             let data = reply.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(Value::Null);
-            events.push(Event::Reply { id: reply.id.clone(), peer: peer.clone(), seq: reply.seq, data, file: None, end: reply.end });
+            events.push(Event::Reply {
+                id: reply.id.clone(),
+                peer: peer.clone(),
+                seq: reply.seq,
+                data,
+                file: file.clone(),
+                end: reply.end,
+            });
             let state = match (&reply.error, reply.end) {
                 (Some(_), _) => Some(State::Failed),
                 (None, true) => Some(State::Success),
@@ -605,7 +673,7 @@ impl Store {
                     SELECT r.rowid FROM replies r WHERE r.callback_at <= ?1 AND r.delivered = 0
                     AND NOT EXISTS (SELECT 1 FROM replies e WHERE e.request = r.request AND e.seq < r.seq AND e.delivered = 0)
                     ORDER BY r.callback_at LIMIT ?3)
-                 RETURNING request, seq, end, data, error, status, callback_attempts",
+                 RETURNING request, seq, end, data, error, status, callback_attempts, file_field, file_path",
             )?;
             let mut rows = claim.query(params![now, LEASE_MS, limit as i64])?;
             let mut claimed = Vec::new();
@@ -618,17 +686,31 @@ impl Store {
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, Option<u16>>(5)?,
                     r.get::<_, u32>(6)?,
+                    r.get::<_, Option<String>>(7)?.zip(r.get::<_, Option<String>>(8)?),
                 ));
             }
             drop(rows);
             let mut work = Vec::new();
-            for (request, seq, end, data, error, status, attempts) in claimed {
+            for (request, seq, end, data, error, status, attempts, file) in claimed {
                 let (id, url, method, expires_at) = t.query_row(
                     "SELECT id, callback_url, callback_method, expires_at FROM requests WHERE seq = ?1",
                     [request],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
                 )?;
-                work.push(CallbackWork { id, url, method, seq, end, data, error, status, attempts, expires_at, request });
+                work.push(CallbackWork {
+                    id,
+                    url,
+                    method,
+                    seq,
+                    end,
+                    data,
+                    error,
+                    status,
+                    attempts,
+                    expires_at,
+                    file,
+                    request,
+                });
             }
             Ok(work)
         })
@@ -694,6 +776,14 @@ impl Store {
         })
         .await
     }
+}
+
+/// The outgoing file in columns `at`, `at + 1`, `at + 2` (path, name, field), if any.
+fn outgoing_file(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Option<OutgoingFile>> {
+    Ok(match (r.get::<_, Option<String>>(at)?, r.get::<_, Option<String>>(at + 1)?, r.get::<_, Option<String>>(at + 2)?) {
+        (Some(path), Some(name), Some(field)) => Some(OutgoingFile { path, name, field }),
+        _ => None,
+    })
 }
 
 /// The stored service response of request row `request`, if any.

@@ -1,0 +1,87 @@
+//! Files received from peers, and transfer progress.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{now_ms, Event, Store, StoreError};
+
+/// A file received from a peer and verified.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ReceivedFile {
+    /// Where it lies.
+    pub path: String,
+    /// Its size.
+    pub size: u64,
+    /// Its SHA-256.
+    pub sha256: [u8; 32],
+}
+
+impl Store {
+    /// The verified file `peer` sent for `key` (a request id, or `id/seq`), if it arrived.
+    pub async fn received_file(&self, peer: &str, key: &str) -> Result<Option<ReceivedFile>, StoreError> {
+        let (peer, key) = (peer.to_owned(), key.to_owned());
+        self.run(move |t, _| {
+            let row: Option<(String, i64, String)> = t
+                .query_row(
+                    "SELECT path, size, sha256 FROM received_files WHERE peer = ?1 AND key = ?2",
+                    params![peer, key],
+                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+                )
+                .optional()?;
+            row.map(|(path, size, sha)| {
+                let mut sha256 = [0u8; 32];
+                hex::decode_to_slice(&sha, &mut sha256).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                Ok(ReceivedFile { path, size: size as u64, sha256 })
+            })
+            .transpose()
+        })
+        .await
+    }
+
+    /// Records a file received from `peer` for `key`, verified and in its final place.
+    pub async fn file_received(&self, peer: &str, key: &str, file: ReceivedFile) -> Result<(), StoreError> {
+        let (peer, key) = (peer.to_owned(), key.to_owned());
+        self.run(move |t, _| {
+            t.execute(
+                "INSERT OR REPLACE INTO received_files (peer, key, path, size, sha256, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                params![peer, key, file.path, file.size as i64, hex::encode(file.sha256), now_ms()],
+            )?;
+            Ok(())
+        })
+        .await
+    }
+
+    /// Records how far the file of this node's request `id` has reached the peer, and tells watchers.
+    ///
+    /// `sha256` is set once the whole file is through.
+    pub async fn file_progress(
+        &self,
+        peer: &str,
+        id: &str,
+        done: u64,
+        total: u64,
+        sha256: Option<[u8; 32]>,
+    ) -> Result<(), StoreError> {
+        let (peer, id) = (peer.to_owned(), id.to_owned());
+        self.run(move |t, events| {
+            t.execute(
+                "UPDATE requests SET file_done = ?3, file_size = ?4, file_sha256 = COALESCE(?5, file_sha256)
+                 WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
+                params![peer, id, done as i64, total as i64, sha256.map(hex::encode)],
+            )?;
+            events.push(Event::Progress { id, peer, bytes_done: done, bytes_total: total });
+            Ok(())
+        })
+        .await
+    }
+
+    /// Tells watchers how far a file has come, without storing it.
+    pub fn progress_event(&self, peer: &str, id: &str, done: u64, total: u64) {
+        let _ = self.events.send(Event::Progress {
+            id: id.to_owned(),
+            peer: peer.to_owned(),
+            bytes_done: done,
+            bytes_total: total,
+        });
+    }
+}
