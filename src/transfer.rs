@@ -62,10 +62,8 @@ pub struct Received {
 /// Reduces a name from a peer to a safe file name: no separators, no `..`, no control or
 /// reserved characters, at most 200 bytes, never empty.
 pub fn safe_name(name: &str) -> String {
-    let cleaned: String = name
-        .chars()
-        .map(|c| if c.is_control() || "/\\:*?\"<>|".contains(c) { '_' } else { c })
-        .collect();
+    let cleaned: String =
+        name.chars().map(|c| if c.is_control() || "/\\:*?\"<>|".contains(c) { '_' } else { c }).collect();
     let mut cleaned = cleaned.trim().trim_start_matches('.').to_owned();
     while cleaned.len() > MAX_NAME {
         cleaned.pop();
@@ -227,7 +225,14 @@ pub async fn receive(
     let dir = folders.partial.join(safe_name(peer));
     tokio::fs::create_dir_all(&dir).await.map_err(io)?;
     let partial = dir.join(format!("{key}.part"));
-    let mut file = tokio::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&partial).await.map_err(io)?;
+    let mut file = tokio::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .read(true)
+        .write(true)
+        .open(&partial)
+        .await
+        .map_err(io)?;
     // Keep only whole verified chunks, and never more than the offered size.
     let len = file.metadata().await.map_err(io)?.len();
     let mut have = (len / CHUNK as u64 * CHUNK as u64).min(offer.size / CHUNK as u64 * CHUNK as u64);
@@ -254,12 +259,18 @@ pub async fn receive(
             Ok(Message::FileChunk(c)) => {
                 let len = c.len as usize;
                 if c.offset != have || len == 0 || len > CHUNK || have + len as u64 > offer.size {
-                    return Err(ReceiveError::Reset(Code::ProtocolViolation, format!("chunk at {} of {len} bytes is out of place", c.offset)));
+                    return Err(ReceiveError::Reset(
+                        Code::ProtocolViolation,
+                        format!("chunk at {} of {len} bytes is out of place", c.offset),
+                    ));
                 }
                 rx.read_exact(&mut buf[..len]).await.map_err(|e| ReceiveError::Reset(Code::Done, e.to_string()))?;
                 if <[u8; 32]>::from(Sha256::digest(&buf[..len])) != c.sha256 {
                     file.flush().await.map_err(io)?;
-                    return Err(ReceiveError::Reset(Code::ChunkCorrupt, format!("chunk at {} failed its SHA-256", c.offset)));
+                    return Err(ReceiveError::Reset(
+                        Code::ChunkCorrupt,
+                        format!("chunk at {} failed its SHA-256", c.offset),
+                    ));
                 }
                 file.write_all(&buf[..len]).await.map_err(io)?;
                 whole.update(&buf[..len]);
@@ -268,13 +279,19 @@ pub async fn receive(
             }
             Ok(Message::FileEnd(FileEnd { sha256 })) => {
                 if have != offer.size {
-                    return Err(ReceiveError::Reset(Code::ProtocolViolation, format!("the file ended at {have} of {} bytes", offer.size)));
+                    return Err(ReceiveError::Reset(
+                        Code::ProtocolViolation,
+                        format!("the file ended at {have} of {} bytes", offer.size),
+                    ));
                 }
                 let ours: [u8; 32] = whole.finalize().into();
                 if ours != sha256 {
                     drop(file);
                     let _ = tokio::fs::remove_file(&partial).await;
-                    return Err(refuse(wire::RefusalKind::BadRequest, "the whole file did not match its SHA-256; it was discarded".into()));
+                    return Err(refuse(
+                        wire::RefusalKind::BadRequest,
+                        "the whole file did not match its SHA-256; it was discarded".into(),
+                    ));
                 }
                 file.flush().await.map_err(io)?;
                 file.sync_all().await.map_err(io)?;

@@ -90,9 +90,19 @@ impl Code {
     /// The code for a QUIC error code received from the peer, if it is one of ours.
     pub fn from_varint(code: quinn::VarInt) -> Option<Self> {
         use Code::*;
-        [Done, ProtocolViolation, VersionMismatch, FrameTooLarge, Unsupported, NotPinned, Cancelled, Stalled, ChunkCorrupt]
-            .into_iter()
-            .find(|c| *c as u64 == code.into_inner())
+        [
+            Done,
+            ProtocolViolation,
+            VersionMismatch,
+            FrameTooLarge,
+            Unsupported,
+            NotPinned,
+            Cancelled,
+            Stalled,
+            ChunkCorrupt,
+        ]
+        .into_iter()
+        .find(|c| *c as u64 == code.into_inner())
     }
 }
 

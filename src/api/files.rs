@@ -35,7 +35,9 @@ pub fn outgoing(roots: &[PathBuf], max_size: u64, path: &str, field: Option<Stri
     }
     let field = field.unwrap_or_else(|| "file".to_owned());
     if field.is_empty() {
-        return Err(ApiError::bad_request("field `file_field` must not be empty".to_owned()).with("field", "file_field"));
+        return Err(
+            ApiError::bad_request("field `file_field` must not be empty".to_owned()).with("field", "file_field")
+        );
     }
     let name = real.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_else(|| "file".to_owned());
     Ok(OutgoingFile { path: real.to_string_lossy().into_owned(), name, field })

@@ -118,8 +118,7 @@ fn validate(
 ) -> Result<(String, wire::Request, Option<AsyncPart>, Option<OutgoingFile>), ApiError> {
     let bad = ApiError::bad_request;
     let not_yet = |field: &str| {
-        bad(format!("field `{field}`: this node does not honour idempotency keys yet"))
-            .with("field", field)
+        bad(format!("field `{field}`: this node does not honour idempotency keys yet")).with("field", field)
     };
     let sync_only =
         |field: &str| bad(format!("field `{field}`: applies to `mode: \"async\"` only")).with("field", field);

@@ -133,7 +133,12 @@ impl Link {
 impl Link {
     /// Sends the file of `work`, if it has one and it is not yet through, and refers to it in the
     /// message. Only one upload per key runs at a time, even if a long one outlives its lease.
-    async fn attach_file(&self, connection: &quinn::Connection, peer: &str, work: &mut OutboundWork) -> Result<(), TransferError> {
+    async fn attach_file(
+        &self,
+        connection: &quinn::Connection,
+        peer: &str,
+        work: &mut OutboundWork,
+    ) -> Result<(), TransferError> {
         let (key, file, slot, stored) = match work {
             OutboundWork::Request { message, file: Some(file), .. } => {
                 (message.request.id.clone(), file.clone(), &mut message.request.file, true)

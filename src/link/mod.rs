@@ -8,9 +8,9 @@
 mod carry;
 mod connect;
 mod inbound;
-mod upload;
 mod outbound;
 mod transport;
+mod upload;
 
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
@@ -77,7 +77,15 @@ impl Link {
         let endpoint =
             quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, Arc::new(quinn::TokioRuntime))?;
         Ok(Link {
-            inner: Arc::new(Inner { endpoint, identity, peers, transport, store, closing: AtomicBool::new(false), uploading: Default::default() }),
+            inner: Arc::new(Inner {
+                endpoint,
+                identity,
+                peers,
+                transport,
+                store,
+                closing: AtomicBool::new(false),
+                uploading: Default::default(),
+            }),
         })
     }
 
@@ -127,6 +135,11 @@ impl Link {
     pub async fn close(&self) {
         self.inner.closing.store(true, Ordering::Relaxed);
         self.inner.endpoint.close(Code::Done.varint(), b"node stopping");
+        // Peers hold their connections, and the endpoint's TLS verifier holds the peers: drop the
+        // connections so that the endpoint, and its socket, can go.
+        for peer in self.inner.peers.all() {
+            peer.disconnect(Code::Done, "node stopping");
+        }
         let _ = tokio::time::timeout(Duration::from_secs(2), self.inner.endpoint.wait_idle()).await;
     }
 }

@@ -44,7 +44,9 @@ impl Link {
         };
         let mut result = Err(TransferError::Interrupted("not tried".into()));
         for attempt in 1..=QUICK_RESUMES {
-            result = transfer::send(connection, key, file.path.as_ref(), &file.name, |n| done.store(n, Ordering::Relaxed)).await;
+            result =
+                transfer::send(connection, key, file.path.as_ref(), &file.name, |n| done.store(n, Ordering::Relaxed))
+                    .await;
             match &result {
                 Err(TransferError::Interrupted(why)) if connection.close_reason().is_none() => {
                     tracing::info!(%peer, %key, attempt, %why, "file stream broke; resuming");
@@ -59,7 +61,15 @@ impl Link {
     }
 }
 
-async fn report(store: &crate::store::Store, peer: &str, id: &str, done: u64, total: u64, sha: Option<[u8; 32]>, stored: bool) {
+async fn report(
+    store: &crate::store::Store,
+    peer: &str,
+    id: &str,
+    done: u64,
+    total: u64,
+    sha: Option<[u8; 32]>,
+    stored: bool,
+) {
     if stored {
         if let Err(e) = store.file_progress(peer, id, done, total, sha).await {
             tracing::warn!(error = %e, "cannot record transfer progress");

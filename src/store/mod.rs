@@ -24,8 +24,8 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
-pub use records::{Page, Pending, RequestFilter, RequestView, Stats};
 pub use files::ReceivedFile;
+pub use records::{Page, Pending, RequestFilter, RequestView, Stats};
 pub use work::{CallbackWork, IncomingCall, NewAsync, OutboundWork, OutgoingFile, ServiceOutcome};
 
 use crate::wire;

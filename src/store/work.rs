@@ -780,10 +780,16 @@ impl Store {
 
 /// The outgoing file in columns `at`, `at + 1`, `at + 2` (path, name, field), if any.
 fn outgoing_file(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Option<OutgoingFile>> {
-    Ok(match (r.get::<_, Option<String>>(at)?, r.get::<_, Option<String>>(at + 1)?, r.get::<_, Option<String>>(at + 2)?) {
-        (Some(path), Some(name), Some(field)) => Some(OutgoingFile { path, name, field }),
-        _ => None,
-    })
+    Ok(
+        match (
+            r.get::<_, Option<String>>(at)?,
+            r.get::<_, Option<String>>(at + 1)?,
+            r.get::<_, Option<String>>(at + 2)?,
+        ) {
+            (Some(path), Some(name), Some(field)) => Some(OutgoingFile { path, name, field }),
+            _ => None,
+        },
+    )
 }
 
 /// The stored service response of request row `request`, if any.

@@ -69,10 +69,10 @@ impl Node {
     /// Starts the node from its config (rebinding its ports after a stop) and waits until it serves.
     pub async fn start(&mut self) {
         let config = Config::load(&self.config_path).unwrap();
-        let sockets = self.sockets.take().unwrap_or_else(|| Sockets {
-            api: std::net::TcpListener::bind(self.api).unwrap(),
-            link: std::net::UdpSocket::bind(self.link).unwrap(),
-        });
+        let sockets = match self.sockets.take() {
+            Some(s) => s,
+            None => rebind(self.api, self.link).await,
+        };
         let (tx, mut rx) = tokio::sync::watch::channel(false);
         let shutdown = async move {
             let _ = rx.wait_for(|s| *s).await;
@@ -134,6 +134,17 @@ impl Node {
         let status = r.status();
         (status, r.json().await.unwrap())
     }
+}
+
+/// Binds the same ports again after a stop; tasks of the stopped node may hold them a moment.
+async fn rebind(api: SocketAddr, link: SocketAddr) -> Sockets {
+    for _ in 0..250 {
+        if let (Ok(api), Ok(link)) = (std::net::TcpListener::bind(api), std::net::UdpSocket::bind(link)) {
+            return Sockets { api, link };
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    panic!("cannot bind {api} and {link} again");
 }
 
 pub fn client() -> reqwest::Client {

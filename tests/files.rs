@@ -1,0 +1,246 @@
+//! Files with requests and replies between two real nodes: sizes around the chunk boundary and a
+//! few hundred MiB compared by hash, send-root checks, replies with files, and resumption after a
+//! cut connection.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use axum::http::StatusCode;
+use common::{pair, Pair, Recorder};
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+
+const CHUNK: u64 = ferry::transfer::CHUNK as u64;
+const WITHIN: Duration = Duration::from_secs(60);
+
+/// Writes `size` bytes of a repeatable pattern to `dir/name` and returns the path and its SHA-256.
+fn make_file(dir: &Path, name: &str, size: u64) -> (PathBuf, String) {
+    let path = dir.join(name);
+    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
+    let mut hasher = Sha256::new();
+    let block: Vec<u8> = (0..65_536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
+    let mut left = size;
+    let mut n = 0u8;
+    while left > 0 {
+        let take = left.min(block.len() as u64) as usize;
+        let mut part = block[..take].to_vec();
+        part[0] = n; // no two blocks alike
+        n = n.wrapping_add(1);
+        file.write_all(&part).unwrap();
+        hasher.update(&part);
+        left -= take as u64;
+    }
+    file.flush().unwrap();
+    (path, hex::encode(hasher.finalize()))
+}
+
+fn sha_of(path: &Path) -> String {
+    let mut file = std::fs::File::open(path).unwrap();
+    let mut hasher = Sha256::new();
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = std::io::Read::read(&mut file, &mut buf).unwrap();
+        if n == 0 {
+            return hex::encode(hasher.finalize());
+        }
+        hasher.update(&buf[..n]);
+    }
+}
+
+fn outbox(node: &common::Node) -> PathBuf {
+    node.dir.join("outbox")
+}
+
+/// The path of the received file the service saw in form field `field` of call `n`.
+fn received_path(p: &Pair, field: &str) -> PathBuf {
+    let seen = p.service.seen();
+    let last = seen.last().expect("the service was called");
+    let text = if last.method == "GET" { last.query.clone().unwrap_or_default() } else { last.body.clone() };
+    let form: std::collections::HashMap<String, String> = serde_urlencoded::from_str(&text).unwrap();
+    PathBuf::from(&form[field])
+}
+
+#[tokio::test]
+async fn files_around_the_chunk_boundary_arrive_whole() {
+    let p = pair().await;
+    for size in [0, 1, CHUNK - 1, CHUNK, CHUNK + 1, 3 * CHUNK + 7] {
+        let (path, sha) = make_file(&outbox(&p.a), &format!("f-{size}.bin"), size);
+        let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "file": path, "file_field": "doc"});
+        let (status, env) = p.a.request(body).await;
+        assert_eq!(status, StatusCode::OK, "{size}: {env}");
+        let got = received_path(&p, "doc");
+        let id = env["data"]["id"].as_str().unwrap();
+        assert_eq!(got, p.b.dir.join("data/received/org-a").join(id).join(format!("f-{size}.bin")));
+        assert_eq!(std::fs::metadata(&got).unwrap().len(), size);
+        assert_eq!(sha_of(&got), sha, "{size} bytes arrived intact");
+    }
+    assert!(std::fs::read_dir(p.b.dir.join("data/partial/org-a")).unwrap().next().is_none(), "no partial files left");
+}
+
+#[tokio::test]
+async fn a_few_hundred_mib_go_async_with_progress_and_a_verified_hash() {
+    let p = pair().await;
+    let size = 256 * CHUNK + 12_345;
+    let (path, sha) = make_file(&outbox(&p.a), "big.bin", size);
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/events", p.a.api)).await.unwrap();
+    let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": "async", "file": path});
+    let (status, env) = p.a.request(body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+    let id = env["data"]["id"].as_str().unwrap().to_owned();
+
+    let mut progress = Vec::new();
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while tokio::time::Instant::now() < deadline {
+        ws.send(tokio_tungstenite::tungstenite::Message::text("OK")).await.unwrap();
+        let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_millis(500), ws.next()).await
+        else {
+            continue;
+        };
+        let e: Value = serde_json::from_str(&t).unwrap();
+        if e["type"] == "progress" {
+            assert_eq!(e["bytes_total"], size);
+            progress.push(e["bytes_done"].as_u64().unwrap());
+        }
+        if e["type"] == "state" && e["state"] == "success" {
+            break;
+        }
+    }
+    assert_eq!(progress.last(), Some(&size), "progress reaches the end: {progress:?}");
+    assert!(progress.windows(2).all(|w| w[0] <= w[1]), "progress never goes back: {progress:?}");
+
+    let status = p.a.wait_state(&id, "success", WITHIN).await;
+    assert_eq!(status["transfer"]["bytes_done"], size, "{status}");
+    assert_eq!(status["transfer"]["sha256"], sha.as_str());
+    assert_eq!(status["transfer"]["name"], "big.bin");
+    let got = received_path(&p, "file");
+    assert_eq!(sha_of(&got), sha);
+    let incoming = p.b.wait_state(&id, "success", WITHIN).await;
+    assert_eq!(incoming["transfer"]["path"], got.to_str().unwrap());
+    assert_eq!(std::fs::metadata(&path).unwrap().len(), size, "the host's file is untouched");
+}
+
+#[tokio::test]
+async fn only_readable_regular_files_below_a_send_root_may_leave() {
+    let p = pair().await;
+    let secret = p.root.path().join("secret.txt");
+    std::fs::write(&secret, "not for peers").unwrap();
+    let (inside, _) = make_file(&outbox(&p.a), "ok.txt", 10);
+    std::os::unix::fs::symlink(&secret, outbox(&p.a).join("link.txt")).unwrap();
+    std::fs::create_dir(outbox(&p.a).join("dir")).unwrap();
+    let escape = format!("{}/../../secret.txt", outbox(&p.a).display());
+    let cases = [
+        (escape.clone(), StatusCode::FORBIDDEN, "forbidden"),
+        (outbox(&p.a).join("link.txt").display().to_string(), StatusCode::FORBIDDEN, "forbidden"),
+        (secret.display().to_string(), StatusCode::FORBIDDEN, "forbidden"),
+        ("ok.txt".to_owned(), StatusCode::BAD_REQUEST, "bad_request"),
+        (outbox(&p.a).join("missing.txt").display().to_string(), StatusCode::BAD_REQUEST, "bad_request"),
+        (outbox(&p.a).join("dir").display().to_string(), StatusCode::BAD_REQUEST, "bad_request"),
+    ];
+    for (file, want, kind) in cases {
+        let (status, env) = p.a.request(json!({"peer": "org-b", "service": "1", "path": "/x", "file": file})).await;
+        assert_eq!(status, want, "{file}: {env}");
+        assert_eq!(env["data"]["error"], kind);
+        assert_eq!(env["data"]["field"], "file");
+    }
+    assert!(p.service.seen().is_empty());
+    let (status, env) = p.a.request(json!({"peer": "org-b", "service": "1", "path": "/x", "file": inside})).await;
+    assert_eq!(status, StatusCode::OK, "{env}");
+}
+
+#[tokio::test]
+async fn a_file_over_the_size_limit_is_refused() {
+    let service = Recorder::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut a = common::Node::create(root.path(), "org-a");
+    let mut b = common::Node::create(root.path(), "org-b");
+    a.add_peer(&b);
+    b.add_peer(&a);
+    b.add_service("1", &service.base_url(), &["org-a"]);
+    for (node, limit) in [(&a, "2MiB"), (&b, "1MiB")] {
+        let config = std::fs::read_to_string(&node.config_path).unwrap().replace("20GiB", limit);
+        std::fs::write(&node.config_path, config).unwrap();
+    }
+    a.start().await;
+    b.start().await;
+    let (over_a, _) = make_file(&a.dir.join("outbox"), "3m.bin", 3 * CHUNK);
+    let (status, env) = a.request(json!({"peer": "org-b", "service": "1", "path": "/x", "file": over_a})).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{env}");
+    // Within org-a's limit but over org-b's: the receiver refuses it.
+    let (over_b, _) = make_file(&a.dir.join("outbox"), "1.5m.bin", CHUNK + CHUNK / 2);
+    let (status, env) = a.request(json!({"peer": "org-b", "service": "1", "path": "/x", "file": over_b})).await;
+    assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{env}");
+    assert!(service.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_reply_carries_a_file_back_to_the_callback() {
+    let p = pair().await;
+    let host = Recorder::start().await;
+    let body = json!({"peer": "org-b", "service": "1", "path": "/export", "mode": "async", "reply": true,
+                      "callback": {"url": format!("{}/cb", host.base_url())}});
+    let (_, env) = p.a.request(body).await;
+    let id = env["data"]["id"].as_str().unwrap().to_owned();
+    let seen = p.service.wait_for(1, WITHIN).await;
+    let form: std::collections::HashMap<String, String> = serde_urlencoded::from_str(&seen[0].body).unwrap();
+    let (path, sha) = make_file(&outbox(&p.b), "export.csv", 2 * CHUNK + 3);
+    let (status, env) =
+        p.b.post(
+            "/v1/replies",
+            json!({"callback_id": form["callbackId"], "data": {"rows": 3}, "file": path, "file_field": "report"}),
+        )
+        .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+
+    let status = p.a.wait_state(&id, "success", WITHIN).await;
+    let file = status["replies"][0]["file"].as_str().expect("the reply names its file");
+    assert!(file.starts_with(p.a.dir.join("data/received/org-b").join(&id).to_str().unwrap()), "{file}");
+    assert_eq!(sha_of(Path::new(file)), sha);
+    let calls = host.wait_for(1, WITHIN).await;
+    let fields: std::collections::HashMap<String, String> = serde_urlencoded::from_str(&calls[0].body).unwrap();
+    assert_eq!(fields["report"], file, "the callback gets the local path in file_field");
+    assert_eq!(fields["data"], r#"{"rows":3}"#);
+}
+
+#[tokio::test]
+async fn a_transfer_cut_midway_resumes_from_the_last_verified_chunk() {
+    let mut p = pair().await;
+    let size = 192 * CHUNK;
+    let (path, sha) = make_file(&outbox(&p.a), "resume.bin", size);
+    let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": "async", "file": path});
+    let (_, env) = p.a.request(body).await;
+    let id = env["data"]["id"].as_str().unwrap().to_owned();
+    // Wait until part of the file is on org-b's disk, then stop org-b (the connection drops).
+    let partial = p.b.dir.join(format!("data/partial/org-a/{id}.part"));
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 8 * CHUNK {
+        assert!(tokio::time::Instant::now() < deadline, "the transfer never started");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    p.b.stop().await;
+    let kept = std::fs::metadata(&partial).unwrap().len();
+    assert!(kept >= 8 * CHUNK && kept < size, "kept {kept}");
+
+    p.b.start().await;
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/events", p.b.api)).await.unwrap();
+    let first = loop {
+        ws.send(tokio_tungstenite::tungstenite::Message::text("OK")).await.unwrap();
+        let Ok(Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t)))) =
+            tokio::time::timeout(Duration::from_secs(10), ws.next()).await
+        else {
+            panic!("no progress after the restart");
+        };
+        let e: Value = serde_json::from_str(&t).unwrap();
+        if e["type"] == "progress" {
+            break e["bytes_done"].as_u64().unwrap();
+        }
+    };
+    assert!(first >= kept / CHUNK * CHUNK && first > 0, "resumed from {first}, not from zero (kept {kept})");
+    p.a.wait_state(&id, "success", WITHIN).await;
+    assert_eq!(sha_of(&received_path(&p, "file")), sha);
+    assert_eq!(p.service.seen().len(), 1);
+}
