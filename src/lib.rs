@@ -16,6 +16,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod identity;
+pub mod inbox;
 pub mod link;
 pub mod node;
 pub mod peer;

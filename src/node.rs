@@ -8,13 +8,13 @@ use thiserror::Error;
 use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
-use crate::callbacks;
 use crate::config::Config;
 use crate::deliver::{self, Services};
 use crate::identity::{Identity, IdentityError};
 use crate::link::{Link, LinkError, Transport};
 use crate::peer::Peers;
 use crate::store::{Store, StoreError};
+use crate::{callbacks, inbox};
 
 /// The node's two sockets, bound before it starts so that callers (and tests) may bind port 0.
 #[derive(Debug)]
@@ -89,6 +89,7 @@ pub async fn run(
         tokio::spawn(link.clone().carry(stop.clone())),
         tokio::spawn(deliver::work(services, store.clone(), stop.clone())),
         tokio::spawn(callbacks::work(store.clone(), stop.clone())),
+        tokio::spawn(inbox::work(store.clone(), config.node.data_dir.join("inbox"), stop.clone())),
     ];
     link.greet_peers();
 

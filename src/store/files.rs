@@ -85,3 +85,20 @@ impl Store {
         });
     }
 }
+
+impl Store {
+    /// Whether a reply of this node carries the file at `path`: `None` if none does, else
+    /// whether the requesting node has acknowledged that reply (so it holds the file verified).
+    pub async fn reply_file_state(&self, path: &str) -> Result<Option<bool>, StoreError> {
+        let path = path.to_owned();
+        self.run(move |t, _| {
+            Ok(t.query_row(
+                "SELECT next_send_at IS NULL FROM replies WHERE file_path = ?1 ORDER BY rowid DESC LIMIT 1",
+                [path],
+                |r| r.get(0),
+            )
+            .optional()?)
+        })
+        .await
+    }
+}

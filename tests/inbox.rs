@@ -1,0 +1,135 @@
+//! The watched inbox: approving a download by dropping a file, rejecting, half-written files,
+//! files that arrived while the node was down, and unknown callback ids.
+
+mod common;
+
+use std::io::Write;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use common::{pair, Pair, Recorder};
+use serde_json::{json, Value};
+
+const WITHIN: Duration = Duration::from_secs(20);
+
+fn inbox(p: &Pair) -> PathBuf {
+    p.b.dir.join("data/inbox")
+}
+
+/// Sends a reply-mode request with a callback; returns its id and the callback id org-b's service got.
+async fn download(p: &Pair, host: &Recorder, n: usize) -> (String, String) {
+    let body = json!({"peer": "org-b", "service": "1", "path": "/download", "method": "POST", "form": {"doc": n},
+                      "mode": "async", "reply": true, "callback": {"url": format!("{}/cb", host.base_url())}});
+    let (_, env) = p.a.request(body).await;
+    let id = env["data"]["id"].as_str().unwrap().to_owned();
+    let seen = p.service.wait_for(n, WITHIN).await;
+    let form: std::collections::HashMap<String, String> = serde_urlencoded::from_str(&seen[n - 1].body).unwrap();
+    (id, form["callbackId"].clone())
+}
+
+async fn wait_for_path(path: &Path, present: bool) {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while path.exists() != present {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "{} never {}",
+            path.display(),
+            if present { "appeared" } else { "went" }
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+fn fields(seen: &common::Seen) -> std::collections::HashMap<String, String> {
+    serde_urlencoded::from_str(&seen.body).unwrap()
+}
+
+#[tokio::test]
+async fn a_file_dropped_into_the_inbox_answers_the_request() {
+    let p = pair().await;
+    let host = Recorder::start().await;
+    let (id, callback_id) = download(&p, &host, 1).await;
+    let pending = inbox(&p).join(format!(".pending/{callback_id}.json"));
+    wait_for_path(&pending, true).await;
+    let listed: Value = serde_json::from_slice(&std::fs::read(&pending).unwrap()).unwrap();
+    assert_eq!(listed["peer"], "org-a");
+    assert_eq!(listed["path"], "/download");
+    assert_eq!(listed["form"]["doc"], 1);
+
+    // Written under an ignored name, then renamed into place.
+    let folder = inbox(&p).join(&callback_id);
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("report.csv.part"), "a,b\n1,2\n").unwrap();
+    tokio::time::sleep(Duration::from_millis(1200)).await;
+    assert_eq!(p.a.get(&format!("/v1/requests/{id}")).await.1["data"]["state"], "doing", "a .part file is ignored");
+    std::fs::rename(folder.join("report.csv.part"), folder.join("report.csv")).unwrap();
+
+    let status = p.a.wait_state(&id, "success", WITHIN).await;
+    let file = status["replies"][0]["file"].as_str().unwrap().to_owned();
+    assert_eq!(std::fs::read_to_string(&file).unwrap(), "a,b\n1,2\n");
+    assert_eq!(status["replies"][0]["data"], json!({"file_name": "report.csv"}));
+    let calls = host.wait_for(1, WITHIN).await;
+    assert_eq!(fields(&calls[0])["file"], file);
+    wait_for_path(&inbox(&p).join(format!(".sent/{callback_id}/report.csv")), true).await;
+    wait_for_path(&pending, false).await;
+    assert!(!folder.exists(), "the emptied folder is gone");
+}
+
+#[tokio::test]
+async fn a_reject_file_fails_the_request_with_its_text() {
+    let p = pair().await;
+    let host = Recorder::start().await;
+    let (id, callback_id) = download(&p, &host, 1).await;
+    std::fs::write(inbox(&p).join(format!("{callback_id}.reject")), "not for you\n").unwrap();
+    let status = p.a.wait_state(&id, "failed", WITHIN).await;
+    assert_eq!(status["error"], "not for you");
+    assert_eq!(fields(&host.wait_for(1, WITHIN).await[0])["error"], "not for you");
+    wait_for_path(&inbox(&p).join(format!(".sent/{callback_id}/{callback_id}.reject")), true).await;
+}
+
+#[tokio::test]
+async fn a_file_written_in_place_is_not_sent_half_written() {
+    let p = pair().await;
+    let host = Recorder::start().await;
+    let (id, callback_id) = download(&p, &host, 1).await;
+    let folder = inbox(&p).join(&callback_id);
+    std::fs::create_dir(&folder).unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // the watcher picks the new folder up
+    let mut file = std::fs::File::create(folder.join("slow.bin")).unwrap();
+    file.write_all(&[1u8; 100_000]).unwrap();
+    file.flush().unwrap();
+    // Longer than two scans: size and time stay the same, but the file is still open for writing.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    file.write_all(&[2u8; 50_000]).unwrap();
+    drop(file);
+    let status = p.a.wait_state(&id, "success", WITHIN).await;
+    let got = std::fs::read(status["replies"][0]["file"].as_str().unwrap()).unwrap();
+    assert_eq!(got.len(), 150_000, "the whole file, not the first half");
+    assert!(got[100_000..].iter().all(|b| *b == 2));
+}
+
+#[tokio::test]
+async fn files_that_arrived_while_the_node_was_down_are_sent_at_start() {
+    let mut p = pair().await;
+    let host = Recorder::start().await;
+    let (id, callback_id) = download(&p, &host, 1).await;
+    wait_for_path(&inbox(&p).join(format!(".pending/{callback_id}.json")), true).await;
+    p.b.stop().await;
+    let folder = inbox(&p).join(&callback_id);
+    std::fs::create_dir(&folder).unwrap();
+    std::fs::write(folder.join("late.txt"), "while you were away").unwrap();
+    p.b.start().await;
+    let status = p.a.wait_state(&id, "success", WITHIN).await;
+    assert_eq!(std::fs::read_to_string(status["replies"][0]["file"].as_str().unwrap()).unwrap(), "while you were away");
+}
+
+#[tokio::test]
+async fn a_file_for_an_unknown_callback_id_is_set_aside() {
+    let p = pair().await;
+    let folder = inbox(&p).join("0123456789abcdef");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("stray.txt"), "who wants this").unwrap();
+    let moved = inbox(&p).join(".unmatched/stray.txt");
+    wait_for_path(&moved, true).await;
+    assert_eq!(std::fs::read_to_string(moved).unwrap(), "who wants this", "never deleted");
+}
