@@ -64,6 +64,7 @@ fn request(version: u16) -> Message {
         headers: vec![],
         conversation: None,
         timeout_ms: 5_000,
+        file: None,
     })
 }
 
@@ -81,7 +82,7 @@ async fn protocol_violations_reset_the_stream_and_spare_the_connection() {
     let wrong_version = wire::encode(&request(wire::PROTOCOL_VERSION + 1)).unwrap();
     assert_eq!(rogue.send(&wrong_version).await, Err(Some(Code::VersionMismatch)));
 
-    let reserved = wire::encode(&Message::FileChunk(Reserved)).unwrap();
+    let reserved = wire::encode(&Message::Receipt(Reserved)).unwrap();
     assert_eq!(rogue.send(&reserved).await, Err(Some(Code::Unsupported)));
 
     assert!(service.seen().is_empty(), "nothing malformed reached the service");

@@ -1,0 +1,1066 @@
+//! Asynchronous (store-and-forward) throughput through two ferry nodes: `cargo bench --bench async`.
+//!
+//! Everything runs in this one process on loopback: the callers (one shared reqwest client,
+//! HTTP/1.1 keep-alive), node org-a, node org-b (set up as admins would: `init`, `peer add`,
+//! `service add`) and org-b's service, a trivial axum handler (`POST /count` → `{"ok":true}`) that
+//! counts the calls and the distinct `X-Ferry-Request-Id`s it sees, so that the service is never
+//! the bottleneck. Three measurements:
+//!
+//! 1. **accept**: 64 callers post `"mode":"async"` requests back to back to org-a for a fixed time;
+//!    each 202 means the request is committed to org-a's SQLite store. Accepted per second, p50 and
+//!    p99 accept latency. Afterwards org-a's database is opened read-only and its outgoing rows are
+//!    counted, to check that every 202 is on disk.
+//! 2. **end to end**: N requests submitted by 64 callers; the time from the first submission until
+//!    the service has seen all N and org-a's `GET /v1/stats` shows them all `success`.
+//! 3. **backlog drain**: a fresh pair of nodes, org-b's sockets bound but its node not running;
+//!    N requests queued on org-a; then org-b is started, and the time from its start until the
+//!    service has seen all N and org-a shows them all `success`.
+//!
+//! Then a table with PASS/MISS against the targets (printed, not asserted), also as markdown.
+//!
+//! Settings, from the environment:
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `FERRY_BENCH_CALLERS` | 64 | concurrent callers |
+//! | `FERRY_BENCH_WARMUP_MS` | 500 | accept: warm-up, not measured |
+//! | `FERRY_BENCH_MEASURE_MS` | 3000 | accept: measured time |
+//! | `FERRY_BENCH_N` | 10000 | end to end: requests |
+//! | `FERRY_BENCH_BACKLOG` | 10000 | backlog drain: requests queued while org-b is down |
+//! | `FERRY_BENCH_WAIT_S` | 30 | the longest wait for one phase to complete |
+//! | `FERRY_BENCH_WORKERS` | available CPUs | tokio worker threads |
+//! | `FERRY_BENCH_LOG` | unset | the nodes' log filter (e.g. `warn`, `ferry=debug`), to stderr |
+
+use std::collections::{BTreeMap, HashSet};
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{ensure, Context};
+use axum::extract::State;
+use axum::http::HeaderMap;
+use axum::routing::post;
+use axum::serve::ListenerExt;
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde::Deserialize;
+use serde_json::json;
+
+use ferry::cli::{edit, init};
+use ferry::config::Config;
+use ferry::node::{self, NodeError, Sockets};
+
+/// Accepted async requests per second with [`TARGET_CALLERS`] callers.
+const TARGET_ACCEPT_RPS: f64 = 5_000.0;
+/// The caller count the accept target is for.
+const TARGET_CALLERS: usize = 64;
+/// The longest backlog drain, from org-b's start.
+const TARGET_DRAIN_S: f64 = 5.0;
+/// Idle keep-alive connections the shared client keeps per host.
+const POOL: usize = 256;
+/// How often the waiters look at the service's count and org-a's stats.
+const POLL: Duration = Duration::from_millis(20);
+
+struct Settings {
+    callers: usize,
+    warmup: Duration,
+    measure: Duration,
+    n: usize,
+    backlog: usize,
+    wait: Duration,
+    workers: usize,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+            match std::env::var(name) {
+                Ok(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name}={v} is not a valid value")),
+                Err(_) => Ok(default),
+            }
+        }
+        let cpus = std::thread::available_parallelism().map_or(2, |n| n.get());
+        Ok(Settings {
+            callers: var("FERRY_BENCH_CALLERS", TARGET_CALLERS)?.max(1),
+            warmup: Duration::from_millis(var("FERRY_BENCH_WARMUP_MS", 500)?),
+            measure: Duration::from_millis(var("FERRY_BENCH_MEASURE_MS", 3000)?.max(100)),
+            n: var("FERRY_BENCH_N", 10_000)?.max(1),
+            backlog: var("FERRY_BENCH_BACKLOG", 10_000)?.max(1),
+            wait: Duration::from_secs(var("FERRY_BENCH_WAIT_S", 30)?.max(1)),
+            workers: var("FERRY_BENCH_WORKERS", cpus)?.max(1),
+        })
+    }
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench` (and any filter); this bench takes its settings from the
+    // environment and ignores them.
+    let settings = Settings::from_env()?;
+    if let Ok(filter) = std::env::var("FERRY_BENCH_LOG") {
+        tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+            .with_writer(std::io::stderr)
+            .init();
+    }
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(settings.workers)
+        .thread_name("b-worker")
+        .enable_all()
+        .build()
+        .context("cannot start a tokio runtime")?;
+    let started = Instant::now();
+    let result = runtime.block_on(bench(&settings));
+    eprintln!("bench took {:.1} s", started.elapsed().as_secs_f64());
+    // Nodes that did not stop in time must not hold the process up.
+    runtime.shutdown_timeout(Duration::from_secs(2));
+    result
+}
+
+async fn bench(settings: &Settings) -> anyhow::Result<()> {
+    let service = CountingService::start().await?;
+    let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(POOL).build()?;
+
+    println!("ferry async bench: host → org-a (SQLite, 202) → (QUIC, mutual TLS) → org-b (SQLite) → service");
+    println!(
+        "{} CPUs (load average {} at start); tokio multi-thread runtime, {} worker threads; callers, both nodes and the service in this one process on loopback",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        load_average(),
+        settings.workers,
+    );
+    println!(
+        "service: axum POST /count → {{\"ok\":true}}, counting calls; callers: one reqwest client, HTTP/1.1 keep-alive, pool {POOL}, {} callers\n",
+        settings.callers
+    );
+
+    let mut rows: Vec<Row> = Vec::new();
+
+    // Phases 1 and 2: both nodes running.
+    let pair = Pair::start(service.addr, true).await?;
+    let target = Target::new(pair.a_api)?;
+    first_async(&client, &target, &service, settings.wait).await?;
+
+    // 1. accept rate.
+    let accepted = accept_for(&client, &target, settings.callers, settings.warmup, settings.measure).await;
+    let cpu = accepted.cpu.clone();
+    let stored = pair.a_rows_on_disk().context("cannot count org-a's stored requests")?;
+    let total_202 = accepted.total_ok + 1; // with the first request
+    eprintln!(
+        "  accept: {:.0}/s, p50 {:.3} ms, p99 {:.3} ms, {} errors; {} requests answered 202 in all, {} outgoing rows on org-a's disk; {}",
+        accepted.rps(),
+        accepted.p50_ms(),
+        accepted.p99_ms(),
+        accepted.errors,
+        total_202,
+        stored,
+        cpu.describe()
+    );
+    let durable = stored >= total_202 as u64;
+    rows.push(Row {
+        what: "accept (202 = committed)".into(),
+        requests: accepted.latencies_ns.len(),
+        errors: accepted.errors,
+        seconds: accepted.elapsed_s,
+        rate: accepted.rps(),
+        p50_ms: Some(accepted.p50_ms()),
+        p99_ms: Some(accepted.p99_ms()),
+        note: format!(
+            "{} on disk / {} answered 202{}",
+            thousands(stored as f64),
+            thousands(total_202 as f64),
+            if durable { "" } else { " (MISSING ROWS)" }
+        ),
+        target: format!("≥ {} req/s", thousands(TARGET_ACCEPT_RPS)),
+        result: Some(accepted.rps() >= TARGET_ACCEPT_RPS && accepted.errors == 0 && durable),
+        cpu,
+        first_error: accepted.first_error.clone(),
+    });
+
+    // What phase 1 queued must be through before phase 2 starts.
+    let queued = total_202;
+    let drained = wait_through(&client, &pair, &service, Instant::now(), queued, queued, settings.wait).await;
+    eprintln!(
+        "  phase 1's {} requests through in {:.2} s after the callers stopped{}",
+        queued,
+        drained.elapsed_s,
+        if drained.complete { "" } else { " (INCOMPLETE)" }
+    );
+
+    // 2. end to end.
+    let (base_seen, base_success) = (service.distinct(), pair.a_success(&client).await.unwrap_or(0));
+    let cpu_before = cpu_times();
+    let t0 = Instant::now();
+    let submitted = submit(&client, &target, settings.callers, settings.n).await;
+    let submit_s = t0.elapsed().as_secs_f64();
+    let through = wait_through(
+        &client,
+        &pair,
+        &service,
+        t0,
+        base_seen + submitted.total_ok,
+        base_success + submitted.total_ok,
+        settings.wait,
+    )
+    .await;
+    let total_s = if through.complete { through.elapsed_s } else { t0.elapsed().as_secs_f64() };
+    let cpu = cpu_delta(cpu_before, cpu_times(), t0.elapsed().as_secs_f64());
+    eprintln!(
+        "  end to end: {} submitted in {:.2} s ({:.0}/s, p50 {:.3} ms, p99 {:.3} ms); from the first submission, service saw all at {}, org-a all success at {}{}; {}",
+        submitted.total_ok,
+        submit_s,
+        submitted.total_ok as f64 / submit_s,
+        submitted.p50_ms(),
+        submitted.p99_ms(),
+        secs(through.service_s),
+        secs(through.success_s),
+        if through.complete { "" } else { " (INCOMPLETE)" },
+        cpu.describe()
+    );
+    rows.push(Row {
+        what: format!("end to end ({} requests)", thousands(settings.n as f64)),
+        requests: submitted.total_ok,
+        errors: submitted.errors + if through.complete { 0 } else { 1 },
+        seconds: total_s,
+        rate: submitted.total_ok as f64 / total_s,
+        p50_ms: Some(submitted.p50_ms()),
+        p99_ms: Some(submitted.p99_ms()),
+        note: format!(
+            "submitted in {:.2} s; from the first submission, service saw all at {}, org-a all success at {}",
+            submit_s,
+            secs(through.service_s),
+            secs(through.success_s)
+        ),
+        target: String::new(),
+        result: None,
+        cpu,
+        first_error: submitted.first_error.clone().or_else(|| through.problem.clone()),
+    });
+    pair.stop().await;
+
+    // 3. backlog drain: a fresh pair, org-b not running while the backlog is queued.
+    let service_base = service.distinct();
+    let mut pair = Pair::start(service.addr, false).await?;
+    let target = Target::new(pair.a_api)?;
+    let cpu_before = cpu_times();
+    let t0 = Instant::now();
+    let queued = submit(&client, &target, settings.callers, settings.backlog).await;
+    let queue_s = t0.elapsed().as_secs_f64();
+    let queue_cpu = cpu_delta(cpu_before, cpu_times(), queue_s);
+    let waiting = pair.a_stats(&client).await.map(|s| s.outgoing.waiting).unwrap_or(0);
+    eprintln!(
+        "  backlog: {} queued with org-b down in {:.2} s ({:.0}/s, p50 {:.3} ms, p99 {:.3} ms); org-a shows {} waiting",
+        queued.total_ok,
+        queue_s,
+        queued.total_ok as f64 / queue_s,
+        queued.p50_ms(),
+        queued.p99_ms(),
+        waiting
+    );
+    rows.push(Row {
+        what: "backlog: queue, org-b down".into(),
+        requests: queued.total_ok,
+        errors: queued.errors,
+        seconds: queue_s,
+        rate: queued.total_ok as f64 / queue_s,
+        p50_ms: Some(queued.p50_ms()),
+        p99_ms: Some(queued.p99_ms()),
+        note: format!("org-a shows {} waiting", thousands(waiting as f64)),
+        target: String::new(),
+        result: None,
+        cpu: queue_cpu,
+        first_error: queued.first_error.clone(),
+    });
+    let cpu_before = cpu_times();
+    let t0 = Instant::now();
+    pair.start_b()?;
+    let through =
+        wait_through(&client, &pair, &service, t0, service_base + queued.total_ok, queued.total_ok, settings.wait)
+            .await;
+    let drain_s = through.elapsed_s;
+    let cpu = cpu_delta(cpu_before, cpu_times(), drain_s);
+    eprintln!(
+        "  backlog drain: service saw all at {}, org-a all success at {} after org-b's start{}; {}",
+        secs(through.service_s),
+        secs(through.success_s),
+        if through.complete { "" } else { " (INCOMPLETE)" },
+        cpu.describe()
+    );
+    rows.push(Row {
+        what: format!("backlog: drain ({} requests)", thousands(settings.backlog as f64)),
+        requests: queued.total_ok,
+        errors: if through.complete { 0 } else { 1 },
+        seconds: drain_s,
+        rate: queued.total_ok as f64 / drain_s,
+        p50_ms: None,
+        p99_ms: None,
+        note: format!(
+            "from org-b's start: service saw all at {}, org-a all success at {}",
+            secs(through.service_s),
+            secs(through.success_s)
+        ),
+        target: format!("≤ {TARGET_DRAIN_S:.0} s"),
+        result: Some(through.complete && drain_s <= TARGET_DRAIN_S),
+        cpu,
+        first_error: through.problem.clone(),
+    });
+    let duplicates = service.calls() - service.distinct();
+    pair.stop().await;
+
+    print_report(settings, &rows, duplicates);
+    Ok(())
+}
+
+/// What the callers post to org-a: one async request to org-b's counting service.
+struct Target {
+    url: reqwest::Url,
+    body: Bytes,
+}
+
+impl Target {
+    fn new(api: SocketAddr) -> anyhow::Result<Target> {
+        Ok(Target {
+            url: format!("http://{api}/v1/requests").parse()?,
+            body: Bytes::from(serde_json::to_vec(&json!({
+                "peer": "org-b", "service": "1", "path": "/count", "method": "POST",
+                "form": {"n": 1}, "mode": "async"
+            }))?),
+        })
+    }
+
+    /// One async request; `Ok` once org-a answered 202 with the request's id.
+    async fn call(&self, client: &reqwest::Client) -> Result<(), String> {
+        let response = client
+            .post(self.url.clone())
+            .header(reqwest::header::CONTENT_TYPE, "application/json")
+            .body(self.body.clone())
+            .send()
+            .await
+            .map_err(|e| format!("transport error: {e:?}"))?;
+        let status = response.status();
+        let body = response.bytes().await.map_err(|e| format!("HTTP {status}, body unreadable: {e:?}"))?;
+        #[derive(Deserialize)]
+        struct Envelope {
+            code: i64,
+            data: Option<Accepted>,
+        }
+        #[derive(Deserialize)]
+        struct Accepted {
+            id: String,
+            state: String,
+        }
+        let ok = status == reqwest::StatusCode::ACCEPTED
+            && serde_json::from_slice::<Envelope>(&body)
+                .is_ok_and(|e| e.code == 0 && e.data.is_some_and(|d| !d.id.is_empty() && d.state == "waiting"));
+        if ok {
+            Ok(())
+        } else {
+            Err(format!("HTTP {status}: {}", String::from_utf8_lossy(&body)))
+        }
+    }
+}
+
+/// Sends one async request and waits until the service has seen it (org-a dials org-b on first use).
+async fn first_async(
+    client: &reqwest::Client,
+    target: &Target,
+    service: &CountingService,
+    wait: Duration,
+) -> anyhow::Result<()> {
+    target.call(client).await.map_err(|e| anyhow::anyhow!("the first async request was refused: {e}"))?;
+    let until = Instant::now() + wait;
+    while service.distinct() < 1 {
+        ensure!(Instant::now() < until, "the first async request did not reach the service within {wait:?}");
+        tokio::time::sleep(POLL).await;
+    }
+    Ok(())
+}
+
+/// What the callers saw.
+#[derive(Default)]
+struct Calls {
+    latencies_ns: Vec<u64>,
+    /// Every 202, measured or not.
+    total_ok: usize,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed_s: f64,
+    /// CPU over the measured window (accept only).
+    cpu: Cpu,
+}
+
+impl Calls {
+    fn merge(&mut self, other: Calls) {
+        self.latencies_ns.extend(other.latencies_ns);
+        self.total_ok += other.total_ok;
+        self.errors += other.errors;
+        if self.first_error.is_none() {
+            self.first_error = other.first_error;
+        }
+    }
+
+    fn sort(&mut self) {
+        self.latencies_ns.sort_unstable();
+    }
+
+    fn percentile_ms(&self, p: f64) -> f64 {
+        if self.latencies_ns.is_empty() {
+            return f64::NAN;
+        }
+        let rank = ((p * self.latencies_ns.len() as f64).ceil() as usize).clamp(1, self.latencies_ns.len());
+        self.latencies_ns[rank - 1] as f64 / 1e6
+    }
+
+    fn p50_ms(&self) -> f64 {
+        self.percentile_ms(0.50)
+    }
+
+    fn p99_ms(&self) -> f64 {
+        self.percentile_ms(0.99)
+    }
+
+    fn rps(&self) -> f64 {
+        self.latencies_ns.len() as f64 / self.elapsed_s.max(f64::EPSILON)
+    }
+}
+
+/// `callers` callers post back to back for `warmup` + `measure`; only the measured part counts.
+async fn accept_for(
+    client: &reqwest::Client,
+    target: &Target,
+    callers: usize,
+    warmup: Duration,
+    measure: Duration,
+) -> Calls {
+    let start = Instant::now();
+    let measure_from = start + warmup;
+    let until = measure_from + measure;
+    let sampler = tokio::spawn(async move {
+        tokio::time::sleep_until(measure_from.into()).await;
+        cpu_times()
+    });
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (client, url, body) = (client.clone(), target.url.clone(), target.body.clone());
+            tokio::spawn(async move {
+                let target = Target { url, body };
+                let mut seen = Calls { latencies_ns: Vec::with_capacity(1 << 14), ..Calls::default() };
+                loop {
+                    let sent = Instant::now();
+                    if sent >= until {
+                        return seen;
+                    }
+                    let result = target.call(&client).await;
+                    if result.is_ok() {
+                        seen.total_ok += 1;
+                    }
+                    if sent < measure_from {
+                        continue;
+                    }
+                    match result {
+                        Ok(()) => seen.latencies_ns.push(sent.elapsed().as_nanos() as u64),
+                        Err(e) => {
+                            seen.errors += 1;
+                            seen.first_error.get_or_insert(e);
+                        }
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut all = Calls::default();
+    for task in tasks {
+        all.merge(task.await.expect("a caller panicked"));
+    }
+    // Requests sent before `until` complete after it: the measured window ends with the last one.
+    all.elapsed_s = measure_from.elapsed().as_secs_f64();
+    all.cpu = cpu_delta(sampler.await.ok().flatten(), cpu_times(), all.elapsed_s);
+    all.sort();
+    all
+}
+
+/// `callers` callers post `n` requests in all, as fast as org-a takes them.
+async fn submit(client: &reqwest::Client, target: &Target, callers: usize, n: usize) -> Calls {
+    let start = Instant::now();
+    let next = Arc::new(AtomicUsize::new(0));
+    let tasks: Vec<_> = (0..callers)
+        .map(|_| {
+            let (client, url, body, next) = (client.clone(), target.url.clone(), target.body.clone(), next.clone());
+            tokio::spawn(async move {
+                let target = Target { url, body };
+                let mut seen = Calls::default();
+                while next.fetch_add(1, Ordering::Relaxed) < n {
+                    let sent = Instant::now();
+                    match target.call(&client).await {
+                        Ok(()) => {
+                            seen.total_ok += 1;
+                            seen.latencies_ns.push(sent.elapsed().as_nanos() as u64);
+                        }
+                        Err(e) => {
+                            seen.errors += 1;
+                            seen.first_error.get_or_insert(e);
+                        }
+                    }
+                }
+                seen
+            })
+        })
+        .collect();
+    let mut all = Calls::default();
+    for task in tasks {
+        all.merge(task.await.expect("a caller panicked"));
+    }
+    all.elapsed_s = start.elapsed().as_secs_f64();
+    all.sort();
+    all
+}
+
+/// When a batch of requests was through.
+struct Through {
+    /// From the call until the service had seen them all.
+    service_s: Option<f64>,
+    /// From the call until org-a showed them all `success`.
+    success_s: Option<f64>,
+    /// The later of the two (or the time waited).
+    elapsed_s: f64,
+    complete: bool,
+    problem: Option<String>,
+}
+
+/// Waits until the service has seen `service_target` distinct requests and org-a shows
+/// `success_target` outgoing requests `success`, at most `wait`.
+async fn wait_through(
+    client: &reqwest::Client,
+    pair: &Pair,
+    service: &CountingService,
+    start: Instant,
+    service_target: usize,
+    success_target: usize,
+    wait: Duration,
+) -> Through {
+    let until = Instant::now() + wait;
+    let (mut service_s, mut success_s) = (None, None);
+    let mut last = None;
+    loop {
+        if service_s.is_none() && service.distinct() >= service_target {
+            service_s = Some(start.elapsed().as_secs_f64());
+        }
+        // Stats are a store transaction on org-a: ask only once the service has seen them all,
+        // or now and then, so that the waiting does not load the store it measures.
+        if success_s.is_none()
+            && (service_s.is_some() || last.is_none_or(|t: Instant| t.elapsed() > Duration::from_millis(500)))
+        {
+            last = Some(Instant::now());
+            if let Some(stats) = pair.a_stats(client).await {
+                if stats.outgoing.success >= success_target as u64 {
+                    success_s = Some(start.elapsed().as_secs_f64());
+                }
+            }
+        }
+        if service_s.is_some() && success_s.is_some() {
+            return Through {
+                service_s,
+                success_s,
+                elapsed_s: service_s.unwrap_or_default().max(success_s.unwrap_or_default()),
+                complete: true,
+                problem: None,
+            };
+        }
+        if Instant::now() >= until {
+            let stats = pair.a_stats(client).await;
+            let problem = format!(
+                "after {:?}: the service saw {} of {}, org-a stats {}",
+                wait,
+                service.distinct(),
+                service_target,
+                stats.map_or("unavailable".into(), |s| format!(
+                    "waiting {} doing {} success {} (of {}) failed {}",
+                    s.outgoing.waiting, s.outgoing.doing, s.outgoing.success, success_target, s.outgoing.failed
+                ))
+            );
+            eprintln!("  {problem}\n  stores: {}", pair.census());
+            return Through {
+                service_s,
+                success_s,
+                elapsed_s: start.elapsed().as_secs_f64(),
+                complete: false,
+                problem: Some(problem),
+            };
+        }
+        tokio::time::sleep(POLL).await;
+    }
+}
+
+/// org-b's service: `POST /count` answers `{"ok":true}` and counts the call and its request id.
+#[derive(Clone)]
+struct CountingService {
+    addr: SocketAddr,
+    seen: Arc<Seen>,
+}
+
+#[derive(Default)]
+struct Seen {
+    calls: AtomicU64,
+    ids: Mutex<HashSet<String>>,
+    distinct: AtomicUsize,
+}
+
+impl CountingService {
+    async fn start() -> anyhow::Result<CountingService> {
+        let seen = Arc::new(Seen::default());
+        let app = Router::new()
+            .route(
+                "/count",
+                post(|State(seen): State<Arc<Seen>>, headers: HeaderMap| async move {
+                    seen.calls.fetch_add(1, Ordering::Relaxed);
+                    if let Some(id) = headers.get("x-ferry-request-id").and_then(|v| v.to_str().ok()) {
+                        let mut ids = seen.ids.lock().unwrap();
+                        if ids.insert(id.to_owned()) {
+                            seen.distinct.store(ids.len(), Ordering::Release);
+                        }
+                    }
+                    Json(json!({"ok": true}))
+                }),
+            )
+            .with_state(seen.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        let listener = listener.tap_io(|tcp| {
+            let _ = tcp.set_nodelay(true);
+        });
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(CountingService { addr, seen })
+    }
+
+    /// Distinct request ids seen.
+    fn distinct(&self) -> usize {
+        self.seen.distinct.load(Ordering::Acquire)
+    }
+
+    /// Calls, counting repeats.
+    fn calls(&self) -> usize {
+        self.seen.calls.load(Ordering::Relaxed) as usize
+    }
+}
+
+/// org-a's `GET /v1/stats`, the part this bench reads.
+#[derive(Deserialize)]
+struct StatsEnvelope {
+    data: Stats,
+}
+
+#[derive(Deserialize)]
+struct Stats {
+    outgoing: Counts,
+}
+
+#[derive(Deserialize)]
+struct Counts {
+    waiting: u64,
+    doing: u64,
+    success: u64,
+    failed: u64,
+}
+
+/// org-a and org-b, pinned both ways; org-b offers service 1 (the counting service) to org-a.
+/// org-b's sockets are bound at once; its node may start later ([`Pair::start_b`]).
+struct Pair {
+    _dir: tempfile::TempDir,
+    a_api: SocketAddr,
+    b_api: SocketAddr,
+    a_data: PathBuf,
+    b_data: PathBuf,
+    b_pending: Option<(Config, Sockets)>,
+    stop: tokio::sync::watch::Sender<bool>,
+    stopped: tokio::sync::watch::Receiver<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), NodeError>>>,
+    stats_url: reqwest::Url,
+}
+
+impl Pair {
+    async fn start(service: SocketAddr, start_b: bool) -> anyhow::Result<Pair> {
+        let dir = tempfile::tempdir()?;
+        let sockets = || -> std::io::Result<Sockets> {
+            Ok(Sockets {
+                api: std::net::TcpListener::bind("127.0.0.1:0")?,
+                link: std::net::UdpSocket::bind("127.0.0.1:0")?,
+            })
+        };
+        let (a, b) = (sockets()?, sockets()?);
+        let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
+        let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
+        let (a_dir, b_dir) = (dir.path().join("org-a"), dir.path().join("org-b"));
+        init::init(&a_dir, "org-a", a_link, a_api)?;
+        init::init(&b_dir, "org-b", b_link, b_api)?;
+        let conf = |d: &Path| d.join("config/ferry.toml");
+        let cert = |d: &Path| d.join("certs/node.pem");
+        edit::add_peer(&conf(&a_dir), "org-b", &b_link.to_string(), &cert(&b_dir))?;
+        edit::add_peer(&conf(&b_dir), "org-a", &a_link.to_string(), &cert(&a_dir))?;
+        edit::add_service(&conf(&b_dir), "1", &format!("http://{service}"), &["org-a".to_owned()])?;
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let a_config = Config::load(&conf(&a_dir))?;
+        let b_config = Config::load(&conf(&b_dir))?;
+        let mut pair = Pair {
+            _dir: dir,
+            a_api,
+            b_api,
+            a_data: a_config.node.data_dir.clone(),
+            b_data: b_config.node.data_dir.clone(),
+            b_pending: Some((b_config, b)),
+            stop,
+            stopped,
+            tasks: Vec::new(),
+            stats_url: format!("http://{a_api}/v1/stats").parse()?,
+        };
+        pair.spawn(a_config, a);
+        let mut apis = vec![a_api];
+        if start_b {
+            pair.start_b()?;
+            apis.push(b_api);
+        }
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        for api in apis {
+            wait_healthy(&client, api).await?;
+        }
+        Ok(pair)
+    }
+
+    fn spawn(&mut self, config: Config, sockets: Sockets) {
+        let mut stopped = self.stopped.clone();
+        let shutdown = async move {
+            let _ = stopped.wait_for(|s| *s).await;
+        };
+        self.tasks.push(tokio::spawn(node::run(config, sockets, shutdown)));
+    }
+
+    /// Starts org-b's node on the sockets bound at the start.
+    fn start_b(&mut self) -> anyhow::Result<()> {
+        let (config, sockets) = self.b_pending.take().context("org-b runs already")?;
+        self.spawn(config, sockets);
+        Ok(())
+    }
+
+    async fn a_stats(&self, client: &reqwest::Client) -> Option<Stats> {
+        let response = client.get(self.stats_url.clone()).send().await.ok()?;
+        let body = response.bytes().await.ok()?;
+        serde_json::from_slice::<StatsEnvelope>(&body).ok().map(|e| e.data)
+    }
+
+    async fn a_success(&self, client: &reqwest::Client) -> Option<usize> {
+        self.a_stats(client).await.map(|s| s.outgoing.success as usize)
+    }
+
+    /// Outgoing requests in org-a's database, read by a connection of its own.
+    fn a_rows_on_disk(&self) -> anyhow::Result<u64> {
+        let conn = rusqlite::Connection::open_with_flags(
+            self.a_data.join("ferry.db"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+        )?;
+        Ok(conn.query_row("SELECT COUNT(*) FROM requests WHERE direction = 'outgoing'", [], |r| r.get(0))?)
+    }
+
+    /// Counts by direction and state in a node's database, read by a connection of its own: the
+    /// whole picture when a phase did not complete.
+    fn census(&self) -> String {
+        let count = |name: &str, data: &Path| -> rusqlite::Result<String> {
+            let conn = rusqlite::Connection::open_with_flags(
+                data.join("ferry.db"),
+                rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY | rusqlite::OpenFlags::SQLITE_OPEN_NO_MUTEX,
+            )?;
+            let mut stmt = conn.prepare(
+                "SELECT direction, state, COUNT(*), SUM(next_attempt_at IS NOT NULL), MAX(attempts) FROM requests
+                 GROUP BY direction, state",
+            )?;
+            let parts: Vec<String> = stmt
+                .query_map([], |r| {
+                    Ok(format!(
+                        "{} {} {} (due set {}, max attempts {})",
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, i64>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, i64>(4)?
+                    ))
+                })?
+                .collect::<Result<_, _>>()?;
+            let unsent: i64 =
+                conn.query_row("SELECT COUNT(*) FROM replies WHERE next_send_at IS NOT NULL", [], |r| r.get(0))?;
+            Ok(format!("{name}: {}; replies not yet acknowledged {unsent}", parts.join(", ")))
+        };
+        [("org-a", &self.a_data), ("org-b", &self.b_data)]
+            .iter()
+            .map(|(name, data)| count(name, data).unwrap_or_else(|e| format!("{name}: cannot read its store: {e}")))
+            .collect::<Vec<_>>()
+            .join("; ")
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        let _ = self.b_api;
+        for task in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(15), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => eprintln!("a node stopped with an error: {e}"),
+                Ok(Err(e)) => eprintln!("a node task failed: {e}"),
+                Err(_) => eprintln!("a node did not stop within 15 s"),
+            }
+        }
+    }
+}
+
+async fn wait_healthy(client: &reqwest::Client, api: SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..250 {
+        if client.get(format!("http://{api}/v1/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("the node on {api} did not start serving")
+}
+
+/// CPU used during a phase, in CPUs (1.0 = one core busy throughout), and in CPU seconds.
+#[derive(Default, Clone)]
+struct Cpu {
+    process: Option<f64>,
+    store_writers: Option<f64>,
+    others: Option<f64>,
+    process_s: Option<f64>,
+}
+
+impl Cpu {
+    /// Process CPU time per request, in µs.
+    fn us_per(&self, requests: usize) -> Option<f64> {
+        self.process_s.filter(|_| requests > 0).map(|s| s * 1e6 / requests as f64)
+    }
+}
+
+impl Cpu {
+    fn describe(&self) -> String {
+        let f = |x: Option<f64>| x.map_or("-".into(), |x| format!("{x:.2}"));
+        format!(
+            "CPU in cores: process {}, of it the store writer threads {}; other processes {}",
+            f(self.process),
+            f(self.store_writers),
+            f(self.others)
+        )
+    }
+}
+
+/// CPU seconds (user + system) used so far.
+struct CpuTimes {
+    process: f64,
+    /// By thread id: the thread's name and its CPU seconds.
+    threads: BTreeMap<u64, (String, f64)>,
+    machine_busy: Option<f64>,
+}
+
+fn cpu_delta(before: Option<CpuTimes>, after: Option<CpuTimes>, seconds: f64) -> Cpu {
+    let (Some(b), Some(a)) = (before, after) else { return Cpu::default() };
+    let s = seconds.max(f64::EPSILON);
+    let process = a.process - b.process;
+    // Threads alive at the end; one that started during the phase counts from zero.
+    let thread = |name: &str| -> f64 {
+        a.threads
+            .iter()
+            .filter(|(_, (n, _))| n == name)
+            .map(|(tid, (_, cpu))| cpu - b.threads.get(tid).map_or(0.0, |(_, c)| *c))
+            .sum()
+    };
+    Cpu {
+        process: Some(process / s),
+        store_writers: Some(thread("ferry-store") / s),
+        others: a.machine_busy.zip(b.machine_busy).map(|(a, b)| ((a - b - process) / s).max(0.0)),
+        process_s: Some(process),
+    }
+}
+
+/// USER_HZ, the unit of `/proc` CPU times, is 100 on every Linux this runs on.
+const TICK: f64 = 0.01;
+
+/// The CPU clocks from `/proc`; `None` where there is no `/proc`. Threads that have exited are
+/// counted in the process's total only.
+fn cpu_times() -> Option<CpuTimes> {
+    let ticks = |stat: &str| -> Option<(String, f64)> {
+        let (head, rest) = stat.rsplit_once(')')?;
+        let name = head.split_once('(')?.1.to_owned();
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        // After the name: state is field 3 of proc_pid_stat(5); utime is 14, stime 15.
+        let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+        Some((name, (field(14)? + field(15)?) * TICK))
+    };
+    let process = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1;
+    let mut threads = BTreeMap::new();
+    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else { continue };
+        if let Some((name, cpu)) = std::fs::read_to_string(task.path().join("stat")).ok().and_then(|s| ticks(&s)) {
+            threads.insert(tid, (name, cpu));
+        }
+    }
+    Some(CpuTimes { process, threads, machine_busy: machine_busy() })
+}
+
+/// CPU seconds the whole machine has been busy (`/proc/stat`: user, nice, system, irq, softirq,
+/// steal).
+fn machine_busy() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<f64> = cpu.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum::<f64>() * TICK)
+}
+
+/// The 1-minute load average, to show whether the machine was quiet.
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+/// One line of the report.
+struct Row {
+    what: String,
+    requests: usize,
+    errors: u64,
+    seconds: f64,
+    rate: f64,
+    p50_ms: Option<f64>,
+    p99_ms: Option<f64>,
+    note: String,
+    target: String,
+    result: Option<bool>,
+    cpu: Cpu,
+    first_error: Option<String>,
+}
+
+fn print_report(settings: &Settings, rows: &[Row], duplicates: usize) {
+    let headers = [
+        "measurement",
+        "requests",
+        "errors",
+        "seconds",
+        "req/s",
+        "p50 ms",
+        "p99 ms",
+        "CPU cores",
+        "CPU µs/req",
+        "target",
+        "result",
+        "notes",
+    ];
+    let ms = |x: Option<f64>| x.map_or("-".to_owned(), |x| format!("{x:.3}"));
+    let table: Vec<Vec<String>> = rows
+        .iter()
+        .map(|r| {
+            vec![
+                r.what.clone(),
+                thousands(r.requests as f64),
+                r.errors.to_string(),
+                format!("{:.2}", r.seconds),
+                thousands(r.rate),
+                ms(r.p50_ms),
+                ms(r.p99_ms),
+                r.cpu.process.map_or("-".into(), |c| format!("{c:.2}")),
+                r.cpu.us_per(r.requests).map_or("-".into(), |c| format!("{c:.0}")),
+                r.target.clone(),
+                r.result.map_or(String::new(), |ok| pass(ok).to_owned()),
+                r.note.clone(),
+            ]
+        })
+        .collect();
+    println!("{}", render(&headers, &table, false));
+    for r in rows.iter().filter(|r| r.cpu.others.is_some_and(|s| s > 0.1)) {
+        println!(
+            "warning: other processes used {:.0}% of a CPU during `{}`; its figures are lower than on a quiet machine",
+            r.cpu.others.unwrap_or(0.0) * 100.0,
+            r.what
+        );
+    }
+    for r in rows.iter().filter(|r| r.first_error.is_some()) {
+        println!("first error, {}: {}", r.what, r.first_error.as_deref().unwrap_or("?"));
+    }
+    println!("service calls repeating a request id already seen: {duplicates}");
+    println!(
+        "\nTargets (printed, not asserted): at least {} async requests accepted per second with {TARGET_CALLERS} callers (this run: {}); a backlog of {} drained within {TARGET_DRAIN_S:.0} s of org-b's start.",
+        thousands(TARGET_ACCEPT_RPS),
+        settings.callers,
+        thousands(settings.backlog as f64),
+    );
+    println!("\nMarkdown:\n");
+    println!("{}", render(&headers, &table, true));
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+fn secs(s: Option<f64>) -> String {
+    s.map_or("never".into(), |s| format!("{s:.2} s"))
+}
+
+/// `12345.6` → `12,346`.
+fn thousands(x: f64) -> String {
+    if !x.is_finite() {
+        return "-".into();
+    }
+    let digits = format!("{:.0}", x.max(0.0));
+    let mut out = String::new();
+    for (i, c) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i) % 3 == 0 {
+            out.push(',');
+        }
+        out.push(c);
+    }
+    out
+}
+
+/// A table with columns padded to their widths: plain (two spaces between columns) or markdown.
+/// Text columns are left-aligned, figures right-aligned.
+fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
+    let width = |s: &str| s.chars().count();
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| rows.iter().map(|r| width(&r[i])).chain([width(headers[i])]).max().unwrap_or(0))
+        .collect();
+    let numeric: Vec<bool> = (0..headers.len())
+        .map(|i| {
+            rows.iter().all(|r| {
+                r[i].is_empty() || r[i] == "-" || r[i].starts_with(|c: char| c.is_ascii_digit() || c == '+' || c == '-')
+            })
+        })
+        .collect();
+    let pad = |s: &str, i: usize| {
+        let fill = " ".repeat(widths[i] - width(s));
+        if numeric[i] {
+            format!("{fill}{s}")
+        } else {
+            format!("{s}{fill}")
+        }
+    };
+    let line = |cells: Vec<String>| {
+        if markdown {
+            format!("| {} |", cells.join(" | "))
+        } else {
+            cells.join("  ").trim_end().to_owned()
+        }
+    };
+    let mut out = vec![line(headers.iter().enumerate().map(|(i, h)| pad(h, i)).collect())];
+    out.push(if markdown {
+        line(
+            widths
+                .iter()
+                .zip(&numeric)
+                .map(|(&w, &n)| if n { format!("{}:", "-".repeat(w.max(2) - 1)) } else { "-".repeat(w.max(1)) })
+                .collect(),
+        )
+    } else {
+        line(widths.iter().map(|&w| "-".repeat(w)).collect())
+    });
+    for r in rows {
+        out.push(line(r.iter().enumerate().map(|(i, c)| pad(c, i)).collect()));
+    }
+    out.join("\n")
+}
