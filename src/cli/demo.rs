@@ -91,6 +91,53 @@ async fn demo() -> anyhow::Result<()> {
         status["data"]["replies"].as_array().map_or(0, |r| r.len())
     );
 
+    // An upload: a file from org-a's outbox goes with an async request.
+    let upload = a_dir.join("outbox/invoice-2026-10.pdf");
+    std::fs::write(&upload, vec![b'%'; 3 * 1024 * 1024 + 17])?;
+    let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": "async", "file": upload});
+    println!("host app → org-a: POST /v1/requests {body}");
+    let answer: Value = host.post(&url).json(&body).send().await?.json().await?;
+    let id = answer["data"]["id"].as_str().unwrap_or_default().to_owned();
+    let status = wait_done(&host, a_api, &id).await?;
+    println!(
+        "org-a: upload {} ({} bytes, sha256 {}); org-b's service answered {}\n",
+        status["state"], status["transfer"]["bytes_done"], status["transfer"]["sha256"], status["response"]["body"]
+    );
+
+    // A download approved through org-b's inbox: the operator drops the file into the folder.
+    let body = json!({"peer": "org-b", "service": "1", "path": "/download", "form": {"doc": "contract-7"},
+                      "mode": "async", "reply": true, "callback": {"url": callback_url}});
+    println!("host app → org-a: POST /v1/requests {body}");
+    let answer: Value = host.post(&url).json(&body).send().await?.json().await?;
+    let id = answer["data"]["id"].as_str().unwrap_or_default().to_owned();
+    let inbox = b_dir.join("data/inbox");
+    let callback_id = loop {
+        let listed = std::fs::read_dir(inbox.join(".pending"))?.flatten().find_map(|e| {
+            e.file_name().to_string_lossy().strip_suffix(".json").map(str::to_owned)
+        });
+        if let Some(c) = listed {
+            break c;
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    };
+    println!("org-b's operator sees {}/.pending/{callback_id}.json and approves it:", inbox.display());
+    std::fs::create_dir_all(inbox.join(&callback_id))?;
+    std::fs::write(inbox.join(&callback_id).join(".contract-7.pdf.tmp"), b"%PDF-1.7 signed contract")?;
+    std::fs::rename(inbox.join(&callback_id).join(".contract-7.pdf.tmp"), inbox.join(&callback_id).join("contract-7.pdf"))?;
+    println!("  wrote {}/{callback_id}/contract-7.pdf", inbox.display());
+    let delivery = tokio::time::timeout(std::time::Duration::from_secs(15), callbacks.recv())
+        .await
+        .map_err(|_| anyhow::anyhow!("no callback for the download within 15 s"))?
+        .ok_or_else(|| anyhow::anyhow!("the callback receiver stopped"))?;
+    let received = delivery.get("file").cloned().unwrap_or_default();
+    println!(
+        "callback → host app: id={} data={} file={received} ({} bytes)\n",
+        delivery["id"],
+        delivery["data"],
+        std::fs::metadata(&received).map(|m| m.len()).unwrap_or(0)
+    );
+    anyhow::ensure!(delivery["id"] == id, "the callback was for another request");
+
     let peers: Value = host.get(format!("http://{a_api}/v1/peers")).send().await?.json().await?;
     println!("GET /v1/peers on org-a: {}", pretty(&peers["data"]));
 
@@ -100,6 +147,18 @@ async fn demo() -> anyhow::Result<()> {
     }
     println!("\ndemo complete: both nodes stopped cleanly");
     Ok(())
+}
+
+/// Polls a request's status until it is done.
+async fn wait_done(host: &reqwest::Client, api: SocketAddr, id: &str) -> anyhow::Result<Value> {
+    for _ in 0..300 {
+        let status: Value = host.get(format!("http://{api}/v1/requests/{id}")).send().await?.json().await?;
+        if status["data"]["state"] == "success" || status["data"]["state"] == "failed" {
+            return Ok(status["data"].clone());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+    }
+    anyhow::bail!("request {id} did not finish within 15 s")
 }
 
 fn pretty(v: &Value) -> String {
@@ -147,6 +206,16 @@ async fn sample_service(node_api: SocketAddr) -> std::io::Result<SocketAddr> {
                 Json(json!({"users": users, "seen": seen(&headers)}))
             }),
         )
+        .route(
+            "/upload",
+            post(|Form(form): Form<HashMap<String, String>>| async move {
+                let path = form.get("file").cloned().unwrap_or_default();
+                let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
+                println!("org-b's service got a file: {path} ({bytes} bytes)");
+                Json(json!({"stored": true, "bytes": bytes}))
+            }),
+        )
+        .route("/download", post(|| async { Json(json!({"queued": "for the operator"})) }))
         .route(
             "/report",
             post(move |Form(form): Form<HashMap<String, String>>| async move {
