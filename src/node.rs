@@ -75,7 +75,7 @@ pub async fn run(
     let identity = Identity::load(&config.cert_path(), &config.key_path())?;
     let peers = Peers::load(&config.peers)?;
     let services = Services::new(config.services.clone());
-    let (store, due) = Store::open(&config.node.data_dir)?;
+    let store = Store::open(&config.node.data_dir)?;
     let interrupted = store.recover().await?;
     if interrupted > 0 {
         tracing::warn!(interrupted, "failed requests whose service call the last stop interrupted");
@@ -84,7 +84,7 @@ pub async fn run(
     let folders = crate::transfer::Folders::new(&config.node.data_dir, config.files.max_size);
     tokio::spawn(link.clone().serve(services.clone(), folders));
     let stop = CancellationToken::new();
-    tokio::spawn(link.clone().pump(due, stop.clone()));
+    store.set_carrier(Some(Arc::new(link.clone())));
     let workers = [
         tokio::spawn(link.clone().carry(stop.clone())),
         tokio::spawn(deliver::work(services, store.clone(), stop.clone())),

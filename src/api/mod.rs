@@ -117,7 +117,7 @@ mod tests {
 
     fn state(tokens: &[&str]) -> ApiState {
         ApiState {
-            store: Store::open(&tempfile::tempdir().unwrap().keep()).unwrap().0,
+            store: Store::open(&tempfile::tempdir().unwrap().keep()).unwrap(),
             peers: Peers::default(),
             name: "org-a".into(),
             fingerprint: "sha256:00".into(),

@@ -112,9 +112,9 @@ async fn demo() -> anyhow::Result<()> {
     let id = answer["data"]["id"].as_str().unwrap_or_default().to_owned();
     let inbox = b_dir.join("data/inbox");
     let callback_id = loop {
-        let listed = std::fs::read_dir(inbox.join(".pending"))?.flatten().find_map(|e| {
-            e.file_name().to_string_lossy().strip_suffix(".json").map(str::to_owned)
-        });
+        let listed = std::fs::read_dir(inbox.join(".pending"))?
+            .flatten()
+            .find_map(|e| e.file_name().to_string_lossy().strip_suffix(".json").map(str::to_owned));
         if let Some(c) = listed {
             break c;
         }
@@ -123,7 +123,10 @@ async fn demo() -> anyhow::Result<()> {
     println!("org-b's operator sees {}/.pending/{callback_id}.json and approves it:", inbox.display());
     std::fs::create_dir_all(inbox.join(&callback_id))?;
     std::fs::write(inbox.join(&callback_id).join(".contract-7.pdf.tmp"), b"%PDF-1.7 signed contract")?;
-    std::fs::rename(inbox.join(&callback_id).join(".contract-7.pdf.tmp"), inbox.join(&callback_id).join("contract-7.pdf"))?;
+    std::fs::rename(
+        inbox.join(&callback_id).join(".contract-7.pdf.tmp"),
+        inbox.join(&callback_id).join("contract-7.pdf"),
+    )?;
     println!("  wrote {}/{callback_id}/contract-7.pdf", inbox.display());
     let delivery = tokio::time::timeout(std::time::Duration::from_secs(15), callbacks.recv())
         .await

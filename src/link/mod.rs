@@ -1,7 +1,8 @@
 //! The link: this node's QUIC endpoint and its connections to peers.
 //!
-//! Outbound, [`Link::pump`] drains what the store says is due, one bidirectional stream per
-//! request over one kept connection per peer ([`connect`]). Inbound, [`Link::serve`] accepts
+//! Outbound, synchronous requests come straight from the store's [`crate::store::Carrier`]
+//! ([`outbound`]), and [`Link::carry`] drains the asynchronous ones the store says are due; each
+//! gets its own bidirectional stream over one kept connection per peer ([`connect`]). Inbound, [`Link::serve`] accepts
 //! connections from pinned peers only, names the peer by its certificate, and answers each stream
 //! ([`inbound`]). The protocol itself is in [`crate::wire`].
 
@@ -19,14 +20,13 @@ use std::time::Duration;
 
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio_util::sync::CancellationToken;
 
 pub use transport::Transport;
 
 use crate::deliver::Services;
 use crate::identity::Identity;
 use crate::peer::Peers;
-use crate::store::{Due, Store};
+use crate::store::Store;
 use crate::wire::Code;
 
 /// How long a sync request waits for a connection to its peer.
@@ -117,23 +117,10 @@ impl Link {
         }
     }
 
-    /// Sends every synchronous request that falls due, each on its own stream, until the store is gone.
-    pub async fn pump(self, mut due: Due, stop: CancellationToken) {
-        loop {
-            let outgoing = tokio::select! {
-                _ = stop.cancelled() => return,
-                next = due.next() => match next {
-                    Some(o) => o,
-                    None => return,
-                },
-            };
-            tokio::spawn(outbound::send(self.clone(), outgoing));
-        }
-    }
-
     /// Closes every connection and waits, briefly, for peers to hear of it.
     pub async fn close(&self) {
         self.inner.closing.store(true, Ordering::Relaxed);
+        self.inner.store.set_carrier(None);
         self.inner.endpoint.close(Code::Done.varint(), b"node stopping");
         // Peers hold their connections, and the endpoint's TLS verifier holds the peers: drop the
         // connections so that the endpoint, and its socket, can go.

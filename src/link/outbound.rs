@@ -3,18 +3,22 @@
 use tokio::time::Instant;
 
 use super::{Link, CONNECT_WITHIN};
-use crate::store::{Failure, Outcome, Outgoing, OutgoingFile};
+use futures::future::BoxFuture;
+
+use crate::store::{Carrier, Failure, Outcome, OutgoingFile};
 use crate::transfer::TransferError;
 use crate::wire::{self, Code, FrameError, Message};
 
-/// Sends one request and reports its outcome, unless its caller leaves first.
-pub(super) async fn send(link: Link, outgoing: Outgoing) {
-    let Outgoing { peer, request, file, mut outcome } = outgoing;
-    let result = tokio::select! {
-        result = exchange(&link, &peer, request, file) => result,
-        _ = outcome.closed() => return,
-    };
-    let _ = outcome.send(result);
+impl Carrier for Link {
+    fn exchange(
+        &self,
+        peer: String,
+        request: wire::Request,
+        file: Option<OutgoingFile>,
+    ) -> BoxFuture<'static, Outcome> {
+        let link = self.clone();
+        Box::pin(async move { exchange(&link, &peer, request, file).await })
+    }
 }
 
 /// One request–answer round trip on a fresh stream of the peer's connection.

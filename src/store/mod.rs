@@ -9,7 +9,7 @@
 //! The workers that act on this state ([`crate::link`]'s outbound pump, [`crate::deliver`],
 //! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and
 //! survives a restart. Synchronous requests are the exception: their caller is waiting on an open
-//! HTTP connection, so they go to the link through an in-memory queue ([`Store::request`]).
+//! HTTP connection, so they go straight to the link's [`Carrier`] ([`Store::request`]).
 
 mod files;
 mod records;
@@ -20,6 +20,7 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
+use futures::future::BoxFuture;
 use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
@@ -30,22 +31,16 @@ pub use work::{CallbackWork, IncomingCall, NewAsync, OutboundWork, OutgoingFile,
 
 use crate::wire;
 
-/// How many synchronous requests may wait for the link before producers are slowed down.
-const DUE_CAPACITY: usize = 4096;
 /// How many jobs one transaction takes at most.
 const MAX_BATCH: usize = 1024;
 
-/// A request on its way to a peer, with the channel its outcome goes to.
-#[derive(Debug)]
-pub struct Outgoing {
-    /// The peer's node name.
-    pub peer: String,
-    /// The request as it goes on the wire.
-    pub request: wire::Request,
-    /// A file to send ahead of the request.
-    pub file: Option<OutgoingFile>,
-    /// Where the outcome goes; closed when the caller gave up.
-    pub outcome: oneshot::Sender<Outcome>,
+/// Carries synchronous requests to peers. The link registers itself with
+/// [`Store::set_carrier`] at start-up, so that a synchronous request goes from the API handler's
+/// own task straight onto its QUIC stream, without a queue in between.
+pub trait Carrier: Send + Sync {
+    /// One request–answer exchange with `peer`, the file (if any) sent first.
+    fn exchange(&self, peer: String, request: wire::Request, file: Option<OutgoingFile>)
+        -> BoxFuture<'static, Outcome>;
 }
 
 /// The result of one synchronous exchange with a peer.
@@ -174,7 +169,7 @@ type Job = Box<dyn FnOnce(&rusqlite::Transaction, &mut Vec<Event>) -> Answer + S
 /// The cheap, cloneable handle to the store.
 #[derive(Clone)]
 pub struct Store {
-    due: mpsc::Sender<Outgoing>,
+    carrier: Arc<std::sync::RwLock<Option<Arc<dyn Carrier>>>>,
     jobs: mpsc::UnboundedSender<Job>,
     events: broadcast::Sender<Event>,
     pub(crate) wake: Arc<Wakers>,
@@ -186,20 +181,9 @@ impl std::fmt::Debug for Store {
     }
 }
 
-/// The link's end of the synchronous queue.
-#[derive(Debug)]
-pub struct Due(mpsc::Receiver<Outgoing>);
-
-impl Due {
-    /// The next synchronous request to send; `None` once every [`Store`] handle is gone.
-    pub async fn next(&mut self) -> Option<Outgoing> {
-        self.0.recv().await
-    }
-}
-
 impl Store {
     /// Opens (creating or migrating) the database `data_dir/ferry.db` and starts its writer.
-    pub fn open(data_dir: &Path) -> Result<(Store, Due), StoreError> {
+    pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", data_dir.display())))?;
         let mut conn = rusqlite::Connection::open(data_dir.join("ferry.db"))?;
@@ -211,21 +195,23 @@ impl Store {
             .name("ferry-store".into())
             .spawn(move || writer(conn, rx, publish))
             .map_err(|e| StoreError::Corrupt(format!("cannot start the store thread: {e}")))?;
-        let (tx, due) = mpsc::channel(DUE_CAPACITY);
-        let store = Store { due: tx, jobs, events, wake: Arc::default() };
-        Ok((store, Due(due)))
+        Ok(Store { carrier: Arc::default(), jobs, events, wake: Arc::default() })
     }
 
-    /// Hands a synchronous request to the link and waits for its outcome.
+    /// Sets (or, with `None`, removes) the carrier of synchronous requests.
+    pub fn set_carrier(&self, carrier: Option<Arc<dyn Carrier>>) {
+        *self.carrier.write().unwrap() = carrier;
+    }
+
+    /// Sends a synchronous request, with its file if any, and waits for its outcome.
     ///
-    /// Dropping the returned future tells the link the caller has gone.
+    /// Dropping the returned future abandons the exchange (the caller has gone).
     pub async fn request(&self, peer: &str, request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
-        let (tx, rx) = oneshot::channel();
-        let outgoing = Outgoing { peer: peer.to_owned(), request, file, outcome: tx };
-        if self.due.send(outgoing).await.is_err() {
-            return Err(Failure::PeerUnreachable("the node is shutting down".into()));
+        let carrier = self.carrier.read().unwrap().clone();
+        match carrier {
+            Some(c) => c.exchange(peer.to_owned(), request, file).await,
+            None => Err(Failure::PeerUnreachable("the node's link is not running".into())),
         }
-        rx.await.unwrap_or_else(|_| Err(Failure::Broken("the node stopped before the exchange ended".into())))
     }
 
     /// Watches every event from now on.
