@@ -6,17 +6,24 @@
 //! counts the calls and the distinct `X-Ferry-Request-Id`s it sees, so that the service is never
 //! the bottleneck. Three measurements:
 //!
-//! 1. **accept**: 64 callers post `"mode":"async"` requests back to back to org-a for a fixed time;
-//!    each 202 means the request is committed to org-a's SQLite store. Accepted per second, p50 and
-//!    p99 accept latency. Afterwards org-a's database is opened read-only and its outgoing rows are
-//!    counted, to check that every 202 is on disk.
+//! 1. **accept**: 64 callers post `"mode":"async"` requests back to back to org-a for a fixed time,
+//!    while the whole pipeline runs (org-a carries them on, org-b calls the service, the replies
+//!    come back); each 202 means the request is committed to org-a's SQLite store. Accepted per
+//!    second, p50 and p99 accept latency. Afterwards org-a's database is opened read-only and its
+//!    outgoing rows are counted, to check that every 202 is on disk; then the bench waits until
+//!    they are all through, so that the next phase starts clean.
 //! 2. **end to end**: N requests submitted by 64 callers; the time from the first submission until
 //!    the service has seen all N and org-a's `GET /v1/stats` shows them all `success`.
 //! 3. **backlog drain**: a fresh pair of nodes, org-b's sockets bound but its node not running;
 //!    N requests queued on org-a; then org-b is started, and the time from its start until the
 //!    service has seen all N and org-a shows them all `success`.
 //!
-//! Then a table with PASS/MISS against the targets (printed, not asserted), also as markdown.
+//! The row `backlog: queue, org-b down` is the accept rate without the rest of the
+//! pipeline competing for the CPU. Each row also gives the process's CPU use, in cores and in CPU
+//! time per request, which is steadier than the rates when other processes share the machine. A
+//! phase that does not complete within `FERRY_BENCH_WAIT_S` is marked INCOMPLETE, with the
+//! per-state counts of both nodes' stores on stderr. Then a table with PASS/MISS against the
+//! targets (printed, not asserted), also as markdown.
 //!
 //! Settings, from the environment:
 //!
@@ -162,7 +169,7 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
         requests: accepted.latencies_ns.len(),
         errors: accepted.errors,
         seconds: accepted.elapsed_s,
-        rate: accepted.rps(),
+        rate: Some(accepted.rps()),
         p50_ms: Some(accepted.p50_ms()),
         p99_ms: Some(accepted.p99_ms()),
         note: format!(
@@ -186,6 +193,15 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
         drained.elapsed_s,
         if drained.complete { "" } else { " (INCOMPLETE)" }
     );
+    let phase1_drain = if drained.complete {
+        format!(
+            "after the accept phase: its {} requests were all through {:.2} s after the callers stopped",
+            thousands(queued as f64),
+            drained.elapsed_s
+        )
+    } else {
+        format!("after the accept phase: {}", drained.incomplete(queued, 0, 0).trim_end_matches("; "))
+    };
 
     // 2. end to end.
     let (base_seen, base_success) = (service.distinct(), pair.a_success(&client).await.unwrap_or(0));
@@ -220,17 +236,21 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
     rows.push(Row {
         what: format!("end to end ({} requests)", thousands(settings.n as f64)),
         requests: submitted.total_ok,
-        errors: submitted.errors + if through.complete { 0 } else { 1 },
+        errors: submitted.errors,
         seconds: total_s,
-        rate: submitted.total_ok as f64 / total_s,
+        rate: through.complete.then(|| submitted.total_ok as f64 / total_s),
         p50_ms: Some(submitted.p50_ms()),
         p99_ms: Some(submitted.p99_ms()),
-        note: format!(
-            "submitted in {:.2} s; from the first submission, service saw all at {}, org-a all success at {}",
-            submit_s,
-            secs(through.service_s),
-            secs(through.success_s)
-        ),
+        note: if through.complete {
+            format!(
+                "submitted in {:.2} s; from the first submission, service saw all at {}, org-a all success at {}",
+                submit_s,
+                secs(through.service_s),
+                secs(through.success_s)
+            )
+        } else {
+            format!("{}submitted in {submit_s:.2} s", through.incomplete(submitted.total_ok, base_seen, base_success))
+        },
         target: String::new(),
         result: None,
         cpu,
@@ -262,7 +282,7 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
         requests: queued.total_ok,
         errors: queued.errors,
         seconds: queue_s,
-        rate: queued.total_ok as f64 / queue_s,
+        rate: Some(queued.total_ok as f64 / queue_s),
         p50_ms: Some(queued.p50_ms()),
         p99_ms: Some(queued.p99_ms()),
         note: format!("org-a shows {} waiting", thousands(waiting as f64)),
@@ -280,7 +300,8 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
     let drain_s = through.elapsed_s;
     let cpu = cpu_delta(cpu_before, cpu_times(), drain_s);
     eprintln!(
-        "  backlog drain: service saw all at {}, org-a all success at {} after org-b's start{}; {}",
+        "  backlog drain: service saw the first at {}, all at {}, org-a all success at {} after org-b's start{}; {}",
+        secs(through.first_s),
         secs(through.service_s),
         secs(through.success_s),
         if through.complete { "" } else { " (INCOMPLETE)" },
@@ -289,16 +310,25 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
     rows.push(Row {
         what: format!("backlog: drain ({} requests)", thousands(settings.backlog as f64)),
         requests: queued.total_ok,
-        errors: if through.complete { 0 } else { 1 },
+        errors: 0,
         seconds: drain_s,
-        rate: queued.total_ok as f64 / drain_s,
+        rate: through.complete.then(|| queued.total_ok as f64 / drain_s),
         p50_ms: None,
         p99_ms: None,
-        note: format!(
-            "from org-b's start: service saw all at {}, org-a all success at {}",
-            secs(through.service_s),
-            secs(through.success_s)
-        ),
+        note: if through.complete {
+            format!(
+                "from org-b's start: service saw the first at {}, all at {}, org-a all success at {}",
+                secs(through.first_s),
+                secs(through.service_s),
+                secs(through.success_s)
+            )
+        } else {
+            format!(
+                "{}the first reached the service {} after org-b's start",
+                through.incomplete(queued.total_ok, service_base, 0),
+                secs(through.first_s)
+            )
+        },
         target: format!("≤ {TARGET_DRAIN_S:.0} s"),
         result: Some(through.complete && drain_s <= TARGET_DRAIN_S),
         cpu,
@@ -307,7 +337,7 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
     let duplicates = service.calls() - service.distinct();
     pair.stop().await;
 
-    print_report(settings, &rows, duplicates);
+    print_report(settings, &rows, duplicates, &phase1_drain);
     Ok(())
 }
 
@@ -517,6 +547,8 @@ async fn submit(client: &reqwest::Client, target: &Target, callers: usize, n: us
 
 /// When a batch of requests was through.
 struct Through {
+    /// From the call until the service saw the first of them.
+    first_s: Option<f64>,
     /// From the call until the service had seen them all.
     service_s: Option<f64>,
     /// From the call until org-a showed them all `success`.
@@ -525,6 +557,23 @@ struct Through {
     elapsed_s: f64,
     complete: bool,
     problem: Option<String>,
+    /// Distinct requests the service had seen at the end (all phases).
+    service_seen: usize,
+    /// Outgoing requests org-a showed `success` at the end, when it answered (all phases).
+    success: Option<u64>,
+}
+
+impl Through {
+    /// Why the row is incomplete, relative to the phase's own requests.
+    fn incomplete(&self, n: usize, service_base: usize, success_base: usize) -> String {
+        format!(
+            "INCOMPLETE after {:.0} s: service saw {} of {}, org-a shows {} of them success; ",
+            self.elapsed_s,
+            thousands(self.service_seen.saturating_sub(service_base) as f64),
+            thousands(n as f64),
+            self.success.map_or("?".into(), |s| thousands(s.saturating_sub(success_base as u64) as f64)),
+        )
+    }
 }
 
 /// Waits until the service has seen `service_target` distinct requests and org-a shows
@@ -541,7 +590,12 @@ async fn wait_through(
     let until = Instant::now() + wait;
     let (mut service_s, mut success_s) = (None, None);
     let mut last = None;
+    let seen_before = service.distinct();
+    let mut first_s = None;
     loop {
+        if first_s.is_none() && (service.distinct() > seen_before || seen_before >= service_target) {
+            first_s = Some(start.elapsed().as_secs_f64());
+        }
         if service_s.is_none() && service.distinct() >= service_target {
             service_s = Some(start.elapsed().as_secs_f64());
         }
@@ -559,32 +613,39 @@ async fn wait_through(
         }
         if service_s.is_some() && success_s.is_some() {
             return Through {
+                first_s,
                 service_s,
                 success_s,
                 elapsed_s: service_s.unwrap_or_default().max(success_s.unwrap_or_default()),
                 complete: true,
                 problem: None,
+                service_seen: service.distinct(),
+                success: Some(success_target as u64),
             };
         }
         if Instant::now() >= until {
             let stats = pair.a_stats(client).await;
+            let success = stats.as_ref().map(|s| s.outgoing.success);
             let problem = format!(
                 "after {:?}: the service saw {} of {}, org-a stats {}",
                 wait,
                 service.distinct(),
                 service_target,
-                stats.map_or("unavailable".into(), |s| format!(
+                stats.as_ref().map_or("unavailable".into(), |s| format!(
                     "waiting {} doing {} success {} (of {}) failed {}",
                     s.outgoing.waiting, s.outgoing.doing, s.outgoing.success, success_target, s.outgoing.failed
                 ))
             );
             eprintln!("  {problem}\n  stores: {}", pair.census());
             return Through {
+                first_s,
                 service_s,
                 success_s,
                 elapsed_s: start.elapsed().as_secs_f64(),
                 complete: false,
                 problem: Some(problem),
+                service_seen: service.distinct(),
+                success,
             };
         }
         tokio::time::sleep(POLL).await;
@@ -923,7 +984,8 @@ struct Row {
     requests: usize,
     errors: u64,
     seconds: f64,
-    rate: f64,
+    /// `None` when the phase did not complete.
+    rate: Option<f64>,
     p50_ms: Option<f64>,
     p99_ms: Option<f64>,
     note: String,
@@ -933,7 +995,7 @@ struct Row {
     first_error: Option<String>,
 }
 
-fn print_report(settings: &Settings, rows: &[Row], duplicates: usize) {
+fn print_report(settings: &Settings, rows: &[Row], duplicates: usize, phase1_drain: &str) {
     let headers = [
         "measurement",
         "requests",
@@ -957,7 +1019,7 @@ fn print_report(settings: &Settings, rows: &[Row], duplicates: usize) {
                 thousands(r.requests as f64),
                 r.errors.to_string(),
                 format!("{:.2}", r.seconds),
-                thousands(r.rate),
+                r.rate.map_or("-".into(), thousands),
                 ms(r.p50_ms),
                 ms(r.p99_ms),
                 r.cpu.process.map_or("-".into(), |c| format!("{c:.2}")),
@@ -979,6 +1041,7 @@ fn print_report(settings: &Settings, rows: &[Row], duplicates: usize) {
     for r in rows.iter().filter(|r| r.first_error.is_some()) {
         println!("first error, {}: {}", r.what, r.first_error.as_deref().unwrap_or("?"));
     }
+    println!("{phase1_drain}");
     println!("service calls repeating a request id already seen: {duplicates}");
     println!(
         "\nTargets (printed, not asserted): at least {} async requests accepted per second with {TARGET_CALLERS} callers (this run: {}); a backlog of {} drained within {TARGET_DRAIN_S:.0} s of org-b's start.",
