@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 
 use tokio_util::sync::CancellationToken;
 
-use crate::store::{idle, now_ms, CallbackWork, Store};
+use crate::store::{idle, now_ms, slot_free, CallbackWork, Store};
 
 /// How many deliveries run at once.
 const CONCURRENT: usize = 64;
@@ -32,6 +32,9 @@ pub async fn work(store: Store, stop: CancellationToken) {
         .expect("an HTTP client without TLS always builds");
     let slots = Arc::new(Semaphore::new(CONCURRENT));
     while !stop.is_cancelled() {
+        if !slot_free(&slots, &stop).await {
+            break;
+        }
         let free = slots.available_permits();
         let due = if free == 0 {
             Vec::new()

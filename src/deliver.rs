@@ -11,7 +11,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::config::{ServiceConfig, ServiceState};
-use crate::store::{idle, now_ms, ServiceOutcome, Store};
+use crate::store::{idle, now_ms, slot_free, ServiceOutcome, Store};
 use crate::wire::{self, Encoding, Refusal, RefusalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -140,6 +140,9 @@ const CONCURRENT_CALLS: usize = 64;
 pub async fn work(services: Services, store: Store, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_CALLS));
     while !stop.is_cancelled() {
+        if !slot_free(&slots, &stop).await {
+            break;
+        }
         let free = slots.available_permits();
         let calls = if free == 0 {
             Vec::new()

@@ -11,7 +11,7 @@ use tokio::sync::Semaphore;
 
 use super::{Link, CONNECT_WITHIN};
 use crate::peer::Peer;
-use crate::store::{idle, now_ms, OutboundWork};
+use crate::store::{idle, now_ms, slot_free, OutboundWork};
 use crate::transfer::TransferError;
 use crate::wire::{self, Message};
 use tokio_util::sync::CancellationToken;
@@ -32,6 +32,9 @@ impl Link {
         let store = self.inner.store.clone();
         let slots = Arc::new(Semaphore::new(IN_FLIGHT));
         while !stop.is_cancelled() {
+            if !slot_free(&slots, &stop).await {
+                break;
+            }
             let free = slots.available_permits().min(512);
             let work = if free == 0 {
                 Vec::new()

@@ -2,7 +2,7 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{now_ms, Event, Store, StoreError};
+use super::{exec, now_ms, query_row, Event, Store, StoreError};
 
 /// A file received from a peer and verified.
 #[derive(Debug, Clone, PartialEq)]
@@ -20,13 +20,13 @@ impl Store {
     pub async fn received_file(&self, peer: &str, key: &str) -> Result<Option<ReceivedFile>, StoreError> {
         let (peer, key) = (peer.to_owned(), key.to_owned());
         self.run(move |t, _| {
-            let row: Option<(String, i64, String)> = t
-                .query_row(
-                    "SELECT path, size, sha256 FROM received_files WHERE peer = ?1 AND key = ?2",
-                    params![peer, key],
-                    |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
-                )
-                .optional()?;
+            let row: Option<(String, i64, String)> = query_row(
+                t,
+                "SELECT path, size, sha256 FROM received_files WHERE peer = ?1 AND key = ?2",
+                params![peer, key],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            )
+            .optional()?;
             row.map(|(path, size, sha)| {
                 let mut sha256 = [0u8; 32];
                 hex::decode_to_slice(&sha, &mut sha256).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -41,7 +41,8 @@ impl Store {
     pub async fn file_received(&self, peer: &str, key: &str, file: ReceivedFile) -> Result<(), StoreError> {
         let (peer, key) = (peer.to_owned(), key.to_owned());
         self.run(move |t, _| {
-            t.execute(
+            exec(
+                t,
                 "INSERT OR REPLACE INTO received_files (peer, key, path, size, sha256, received_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
                 params![peer, key, file.path, file.size as i64, hex::encode(file.sha256), now_ms()],
@@ -64,7 +65,8 @@ impl Store {
     ) -> Result<(), StoreError> {
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
-            t.execute(
+            exec(
+                t,
                 "UPDATE requests SET file_done = ?3, file_size = ?4, file_sha256 = COALESCE(?5, file_sha256)
                  WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
                 params![peer, id, done as i64, total as i64, sha256.map(hex::encode)],
@@ -92,7 +94,8 @@ impl Store {
     pub async fn reply_file_state(&self, path: &str) -> Result<Option<bool>, StoreError> {
         let path = path.to_owned();
         self.run(move |t, _| {
-            Ok(t.query_row(
+            Ok(query_row(
+                t,
                 "SELECT next_send_at IS NULL FROM replies WHERE file_path = ?1 ORDER BY rowid DESC LIMIT 1",
                 [path],
                 |r| r.get(0),

@@ -5,7 +5,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{rfc3339, Store, StoreError};
+use super::{query_row, rfc3339, Store, StoreError};
 use crate::wire;
 
 /// A request's status (`GET /v1/requests/{id}`).
@@ -174,7 +174,8 @@ fn complete(
     with_replies: bool,
 ) -> Result<(), StoreError> {
     if let Some((url, method)) = callback {
-        let (count, delivered, attempts, last_error): (u32, u32, u32, Option<String>) = t.query_row(
+        let (count, delivered, attempts, last_error): (u32, u32, u32, Option<String>) = query_row(
+            t,
             "SELECT COUNT(*), COALESCE(SUM(delivered), 0), COALESCE(SUM(callback_attempts), 0),
                     (SELECT callback_error FROM replies WHERE request = ?1 AND callback_error IS NOT NULL
                      ORDER BY seq DESC LIMIT 1)
@@ -217,13 +218,13 @@ impl Store {
     pub async fn get(&self, id: &str) -> Result<Option<RequestView>, StoreError> {
         let id = id.to_owned();
         self.run(move |t, _| {
-            let found = t
-                .query_row(
-                    &format!("SELECT {COLUMNS} FROM requests WHERE id = ?1 ORDER BY direction DESC LIMIT 1"),
-                    [&id],
-                    view,
-                )
-                .optional()?;
+            let found = query_row(
+                t,
+                &format!("SELECT {COLUMNS} FROM requests WHERE id = ?1 ORDER BY direction DESC LIMIT 1"),
+                [&id],
+                view,
+            )
+            .optional()?;
             let Some((row, mut v, callback)) = found else { return Ok(None) };
             complete(t, row, &mut v, callback, true)?;
             Ok(Some(v))
@@ -318,10 +319,12 @@ impl Store {
                 let map = if direction == "outgoing" { &mut stats.outgoing } else { &mut stats.incoming };
                 map.insert(state, n.into());
             }
-            stats.callbacks_pending =
-                t.query_row("SELECT COUNT(*) FROM replies WHERE callback_at IS NOT NULL AND delivered = 0", [], |r| {
-                    r.get(0)
-                })?;
+            stats.callbacks_pending = query_row(
+                t,
+                "SELECT COUNT(*) FROM replies WHERE callback_at IS NOT NULL AND delivered = 0",
+                [],
+                |r| r.get(0),
+            )?;
             Ok(stats)
         })
         .await

@@ -66,6 +66,7 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE replies ADD COLUMN file_field TEXT;
     ALTER TABLE replies ADD COLUMN file_size INTEGER;
     ALTER TABLE replies ADD COLUMN file_sha256 TEXT;
+    CREATE INDEX requests_expiry ON requests (direction, state, expires_at);
     CREATE TABLE received_files (
         peer TEXT NOT NULL,
         key TEXT NOT NULL,                    -- request id, or id/seq for a reply
@@ -83,6 +84,10 @@ pub(super) fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
     conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Every statement is prepared once and cached; keep plans stable so a bound LIMIT does not
+    // force a fresh prepare.
+    conn.set_prepared_statement_cache_capacity(128);
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Corrupt(format!(

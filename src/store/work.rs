@@ -7,7 +7,7 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
-use super::{now_ms, Event, State, Store, StoreError};
+use super::{exec, now_ms, query_row, Event, State, Store, StoreError};
 use crate::wire;
 
 /// How long a claimed item stays with its worker before it is due again.
@@ -151,9 +151,10 @@ fn push_reply(
     callback: bool,
 ) -> Result<u32, StoreError> {
     let seq: u32 =
-        t.query_row("SELECT COALESCE(MAX(seq), 0) + 1 FROM replies WHERE request = ?1", [request], |r| r.get(0))?;
+        query_row(t, "SELECT COALESCE(MAX(seq), 0) + 1 FROM replies WHERE request = ?1", [request], |r| r.get(0))?;
     let now = now_ms();
-    t.execute(
+    exec(
+        t,
         "INSERT INTO replies (request, seq, data, error, status, end, created_at, next_send_at, callback_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![request, seq, data, error, status, end, now, send.then_some(now), callback.then_some(now)],
@@ -166,10 +167,11 @@ fn push_reply(
 /// On the requesting node the reply goes to the callback; on the receiving node it is carried back.
 fn fail(t: &Transaction, events: &mut Vec<Event>, row: i64, error: &str) -> Result<(), StoreError> {
     let (id, peer, direction, callback): (String, String, String, Option<String>) =
-        t.query_row("SELECT id, peer, direction, callback_url FROM requests WHERE seq = ?1", [row], |r| {
+        query_row(t, "SELECT id, peer, direction, callback_url FROM requests WHERE seq = ?1", [row], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
         })?;
-    t.execute(
+    exec(
+        t,
         "UPDATE requests SET state = 'failed', error = ?2, updated_at = ?3, next_attempt_at = NULL WHERE seq = ?1",
         params![row, error, now_ms()],
     )?;
@@ -186,7 +188,7 @@ impl Store {
             let now = now_ms();
             let r = &new.request;
             let blob = postcard::to_stdvec(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            t.execute(
+            exec(t,
                 "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply, conversation,
                     callback_url, callback_method, state, created_at, updated_at, expires_at, next_attempt_at,
                     file_path, file_name, file_field)
@@ -236,7 +238,7 @@ impl Store {
                 let mut due = t.prepare_cached(
                     "UPDATE requests SET next_attempt_at = ?1 + ?2, attempts = attempts + 1
                      WHERE seq IN (SELECT seq FROM requests WHERE direction = 'outgoing' AND state = 'waiting'
-                                   AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?3)
+                                   AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?3)
                      RETURNING seq, peer, wire, reply, expires_at, file_path, file_name, file_field",
                 )?;
                 let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
@@ -261,7 +263,7 @@ impl Store {
                 let mut due = t.prepare_cached(
                     "UPDATE replies SET next_send_at = ?1 + ?2, send_attempts = send_attempts + 1
                      WHERE rowid IN (SELECT rowid FROM replies WHERE next_send_at <= ?1
-                                     ORDER BY request, seq LIMIT ?3)
+                                     ORDER BY next_send_at, rowid LIMIT ?3)
                      RETURNING (SELECT peer FROM requests q WHERE q.seq = request),
                                (SELECT id FROM requests q WHERE q.seq = request),
                                request, seq, end, data, error, status,
@@ -308,7 +310,8 @@ impl Store {
         let peer = peer.to_owned();
         self.run(move |t, events| {
             if ack.seq == 0 {
-                let changed = t.execute(
+                let changed = exec(
+                    t,
                     "UPDATE requests SET state = 'doing', next_attempt_at = NULL, updated_at = ?3
                      WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
                     params![peer, ack.id, now_ms()],
@@ -317,7 +320,8 @@ impl Store {
                     state_event(events, &ack.id, &peer, State::Doing);
                 }
             } else {
-                t.execute(
+                exec(
+                    t,
                     "UPDATE replies SET next_send_at = NULL
                      WHERE seq = ?3 AND request = (SELECT seq FROM requests
                         WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
@@ -334,12 +338,12 @@ impl Store {
         self.run(move |t, _| {
             for w in &work {
                 match w {
-                    OutboundWork::Request { peer, message, .. } => t.execute(
+                    OutboundWork::Request { peer, message, .. } => exec(t,
                         "UPDATE requests SET next_attempt_at = ?3
                          WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
                         params![peer, message.request.id, at],
                     )?,
-                    OutboundWork::Reply { peer, message, .. } => t.execute(
+                    OutboundWork::Reply { peer, message, .. } => exec(t,
                         "UPDATE replies SET next_send_at = ?4 WHERE seq = ?3 AND next_send_at IS NOT NULL
                          AND request = (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
                         params![peer, message.id, message.seq, at],
@@ -356,12 +360,14 @@ impl Store {
         let peer = peer.to_owned();
         self.run(move |t, _| {
             let now = now_ms();
-            t.execute(
+            exec(
+                t,
                 "UPDATE requests SET next_attempt_at = ?2 WHERE direction = 'outgoing' AND peer = ?1
                  AND state = 'waiting' AND next_attempt_at > ?2",
                 params![peer, now],
             )?;
-            t.execute(
+            exec(
+                t,
                 "UPDATE replies SET next_send_at = ?2 WHERE next_send_at > ?2
                  AND request IN (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1)",
                 params![peer, now],
@@ -377,13 +383,13 @@ impl Store {
     pub async fn refused(&self, peer: &str, id: &str, error: String) -> Result<(), StoreError> {
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
-            let row: Option<i64> = t
-                .query_row(
-                    "SELECT seq FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
-                    params![peer, id],
-                    |r| r.get(0),
-                )
-                .optional()?;
+            let row: Option<i64> = query_row(
+                t,
+                "SELECT seq FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                params![peer, id],
+                |r| r.get(0),
+            )
+            .optional()?;
             if let Some(row) = row {
                 fail(t, events, row, &error)?;
             }
@@ -410,7 +416,8 @@ impl Store {
                 let r = &message.request;
                 let blob = postcard::to_stdvec(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let callback_id = message.reply.then(|| uuid::Uuid::new_v4().simple().to_string());
-                let inserted = t.execute(
+                let inserted = exec(
+                    t,
                     "INSERT OR IGNORE INTO requests (id, direction, peer, service, method, path, wire, reply,
                         conversation, callback_id, state, created_at, updated_at, expires_at, next_attempt_at,
                         file_path, file_name, file_field, file_size, file_sha256, file_done)
@@ -465,7 +472,7 @@ impl Store {
             let mut claim = t.prepare_cached(
                 "UPDATE requests SET state = 'doing', next_attempt_at = NULL, attempts = attempts + 1, updated_at = ?1
                  WHERE seq IN (SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'waiting'
-                               AND next_attempt_at <= ?1 ORDER BY seq LIMIT ?2)
+                               AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?2)
                  RETURNING seq, peer, wire, callback_id, expires_at, attempts, file_field, file_path",
             )?;
             let mut rows = claim.query(params![now, limit as i64])?;
@@ -498,14 +505,14 @@ impl Store {
     pub async fn service_answered(&self, peer: &str, id: &str, outcome: ServiceOutcome) -> Result<(), StoreError> {
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
-            let (row, reply): (i64, bool) = t.query_row(
+            let (row, reply): (i64, bool) = query_row(t,
                 "SELECT seq, reply FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2",
                 params![peer, id],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )?;
             match outcome {
                 ServiceOutcome::RetryAt(at, why) => {
-                    t.execute(
+                    exec(t,
                         "UPDATE requests SET state = 'waiting', next_attempt_at = ?2, error = ?3, updated_at = ?4 WHERE seq = ?1",
                         params![row, at, why, now_ms()],
                     )?;
@@ -514,7 +521,7 @@ impl Store {
                 ServiceOutcome::Failed(why) => fail(t, events, row, &why)?,
                 ServiceOutcome::Answered(response) => {
                     let headers = serde_json::to_string(&response.headers).unwrap_or_default();
-                    t.execute(
+                    exec(t,
                         "UPDATE requests SET response_status = ?2, response_headers = ?3, response_body = ?4, updated_at = ?5
                          WHERE seq = ?1",
                         params![row, response.status, headers, response.body, now_ms()],
@@ -525,7 +532,7 @@ impl Store {
                     } else if !reply {
                         let data = response.body_value().0.to_string();
                         push_reply(t, row, Some(&data), None, Some(response.status), true, true, false)?;
-                        t.execute("UPDATE requests SET state = 'success' WHERE seq = ?1", [row])?;
+                        exec(t, "UPDATE requests SET state = 'success' WHERE seq = ?1", [row])?;
                         state_event(events, &id, &peer, State::Success);
                     }
                 }
@@ -562,13 +569,13 @@ impl Store {
                 let Some((row, id, peer)) = found else { return Ok(None) };
                 if let Some(error) = error {
                     fail(t, events, row, &error)?;
-                    let seq = t.query_row("SELECT MAX(seq) FROM replies WHERE request = ?1", [row], |r| r.get(0))?;
+                    let seq = query_row(t, "SELECT MAX(seq) FROM replies WHERE request = ?1", [row], |r| r.get(0))?;
                     return Ok(Some((id, seq)));
                 }
                 let data = data.unwrap_or(Value::Null);
                 let seq = push_reply(t, row, Some(&data.to_string()), None, None, end, true, false)?;
                 if let Some(f) = &file {
-                    t.execute(
+                    exec(t,
                         "UPDATE replies SET file_path = ?3, file_name = ?4, file_field = ?5 WHERE request = ?1 AND seq = ?2",
                         params![row, seq, f.path, f.name, f.field],
                     )?;
@@ -576,7 +583,7 @@ impl Store {
                 let file = file.map(|f| f.path);
                 events.push(Event::Reply { id: id.clone(), peer: peer.clone(), seq, data, file, end });
                 if end {
-                    t.execute(
+                    exec(t,
                         "UPDATE requests SET state = 'success', updated_at = ?2 WHERE seq = ?1",
                         params![row, now_ms()],
                     )?;
@@ -599,8 +606,7 @@ impl Store {
     pub async fn received_reply(&self, peer: &str, reply: wire::Reply, file: Option<String>) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         self.run(move |t, events| {
-            let found: Option<(i64, bool, Option<String>)> = t
-                .query_row(
+            let found: Option<(i64, bool, Option<String>)> = query_row(t,
                     "SELECT seq, reply, callback_url FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
                     params![peer, reply.id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
@@ -611,7 +617,7 @@ impl Store {
                 return Ok(());
             };
             let status = reply.response.as_ref().map(|r| r.status);
-            let inserted = t.execute(
+            let inserted = exec(t,
                 "INSERT OR IGNORE INTO replies (request, seq, data, error, status, end, created_at, callback_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 params![row, reply.seq, reply.data, reply.error, status, reply.end, now_ms(), callback.as_ref().map(|_| now_ms())],
@@ -620,7 +626,7 @@ impl Store {
                 return Ok(());
             }
             if let Some(f) = &reply.file {
-                t.execute(
+                exec(t,
                     "UPDATE replies SET file_path = ?3, file_name = ?4, file_field = ?5, file_size = ?6, file_sha256 = ?7
                      WHERE request = ?1 AND seq = ?2",
                     params![row, reply.seq, file, f.name, f.field, f.size as i64, hex::encode(f.sha256)],
@@ -628,7 +634,7 @@ impl Store {
             }
             if let Some(response) = &reply.response {
                 let headers = serde_json::to_string(&response.headers).unwrap_or_default();
-                t.execute(
+                exec(t,
                     "UPDATE requests SET response_status = ?2, response_headers = ?3, response_body = ?4 WHERE seq = ?1",
                     params![row, response.status, headers, response.body],
                 )?;
@@ -648,7 +654,7 @@ impl Store {
                 (None, false) => None,
             };
             if let Some(state) = state {
-                t.execute(
+                exec(t,
                     "UPDATE requests SET state = ?2, error = ?3, updated_at = ?4, next_attempt_at = NULL
                      WHERE seq = ?1 AND state IN ('waiting', 'doing')",
                     params![row, state.as_str(), reply.error, now_ms()],
@@ -692,7 +698,7 @@ impl Store {
             drop(rows);
             let mut work = Vec::new();
             for (request, seq, end, data, error, status, attempts, file) in claimed {
-                let (id, url, method, expires_at) = t.query_row(
+                let (id, url, method, expires_at) = query_row(t,
                     "SELECT id, callback_url, callback_method, expires_at FROM requests WHERE seq = ?1",
                     [request],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -727,12 +733,12 @@ impl Store {
         let (request, seq) = (work.request, work.seq);
         self.run(move |t, _| {
             match outcome {
-                Ok(()) => t.execute(
+                Ok(()) => exec(t,
                     "UPDATE replies SET delivered = 1, callback_at = NULL, callback_attempts = callback_attempts + 1,
                      callback_error = NULL WHERE request = ?1 AND seq = ?2",
                     params![request, seq],
                 )?,
-                Err((error, at)) => t.execute(
+                Err((error, at)) => exec(t,
                     "UPDATE replies SET callback_at = ?3, callback_attempts = callback_attempts + 1, callback_error = ?4
                      WHERE request = ?1 AND seq = ?2",
                     params![request, seq, at, error],
@@ -750,12 +756,13 @@ impl Store {
     pub async fn recover(&self) -> Result<usize, StoreError> {
         self.run(move |t, events| {
             let now = now_ms();
-            t.execute(
+            exec(
+                t,
                 "UPDATE requests SET next_attempt_at = ?1 WHERE state = 'waiting' AND next_attempt_at > ?1",
                 [now],
             )?;
-            t.execute("UPDATE replies SET next_send_at = ?1 WHERE next_send_at > ?1", [now])?;
-            t.execute("UPDATE replies SET callback_at = ?1 WHERE callback_at > ?1 AND delivered = 0", [now])?;
+            exec(t, "UPDATE replies SET next_send_at = ?1 WHERE next_send_at > ?1", [now])?;
+            exec(t, "UPDATE replies SET callback_at = ?1 WHERE callback_at > ?1 AND delivered = 0", [now])?;
             let interrupted: Vec<i64> = t
                 .prepare(
                     "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'doing'
