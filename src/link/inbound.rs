@@ -136,6 +136,11 @@ async fn stream(peer: Arc<Peer>, inbound: Inbound, mut send: quinn::SendStream, 
             let request_id = key.split('/').next().unwrap_or_default().to_owned();
             match store.received_file(&peer.name, &key).await {
                 Ok(Some(f)) if f.size == offer.size => Message::FileDone(wire::FileDone { sha256: f.sha256 }),
+                // A verified file is never replaced: it may be in a service's hands already.
+                Ok(Some(_)) => Message::Refused(Refusal {
+                    kind: RefusalKind::BadRequest,
+                    message: format!("another file was already received for {key}; it is kept as it was"),
+                }),
                 _ => {
                     let claim = format!("{}\0{key}", peer.name);
                     if !receiving.lock().unwrap().insert(claim.clone()) {
