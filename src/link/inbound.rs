@@ -150,7 +150,7 @@ async fn stream(peer: Arc<Peer>, inbound: Inbound, mut send: quinn::SendStream, 
                     let first = std::sync::atomic::AtomicBool::new(true);
                     let progress = |done: u64, total: u64| {
                         let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
-                        if first || done == total || done % (16 * transfer::CHUNK as u64) == 0 {
+                        if first || done == total || done.is_multiple_of(16 * transfer::CHUNK as u64) {
                             store.progress_event(&peer.name, &request_id, done, total);
                         }
                     };

@@ -6,7 +6,7 @@
 //! transaction and commits once (group commit), and only then answers the jobs and publishes
 //! their [`Event`]s: an answer from the store means the change is on disk.
 //!
-//! The workers that act on this state ([`crate::link`]'s outbound pump, [`crate::deliver`],
+//! The workers that act on this state ([`crate::link`]'s carry loop, [`crate::deliver`],
 //! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and
 //! survives a restart. Synchronous requests are the exception: their caller is waiting on an open
 //! HTTP connection, so they go straight to the link's [`Carrier`] ([`Store::request`]).
@@ -155,7 +155,7 @@ pub enum StoreError {
 /// Who should be woken after a commit.
 #[derive(Debug, Default)]
 pub(crate) struct Wakers {
-    /// The link's outbound pump: requests or replies became due.
+    /// The link's carry loop: requests or replies became due.
     pub outbound: Notify,
     /// The delivery worker: incoming requests became due.
     pub incoming: Notify,
