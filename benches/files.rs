@@ -1,0 +1,1423 @@
+//! One large file from node to node, against what the machine and QUIC can do, in one run:
+//! `cargo bench --bench files`.
+//!
+//! Everything runs in this one process on loopback, on one tokio runtime (as `benches/relay.rs`):
+//! the host client, org-a and org-b (set up as admins would: `init`, `peer add`, `service add`)
+//! and org-b's service, an axum handler that records when it is called. With
+//! `FERRY_BENCH_SPLIT=1` the sending side (org-a, threads `b-send`) and the receiving side (org-b,
+//! `b-recv`) get their own runtimes, so that their CPU time can be told apart. The figures:
+//!
+//! - **ferry**: a synchronous `POST /v1/requests` to org-a with `file`, measured from the request
+//!   until org-b's service is called (the file is then on org-b's disk, verified);
+//! - **(a)** raw quinn, one bidirectional stream, the same transport settings
+//!   (`ferry::link::Transport::default().config()`) and the same TLS configurations
+//!   (`ferry::tls`), the sender writing from memory, the receiver hashing with SHA-256 what it
+//!   reads (and without hashing), until the receiver's 32-byte answer is back;
+//! - **(b)** SHA-256 (sha2) of the size in memory;
+//! - **(c)** write + fsync of the size to the disk of the nodes' data directories;
+//! - **(d)** scp over ssh on loopback, if `sshd` can be started by the bench on a free port with a
+//!   throwaway host key and authorized key generated into a temporary directory;
+//! - the process's peak RSS during the ferry transfer (VmHWM after resetting it through
+//!   `/proc/self/clear_refs`, and VmRSS sampled every 5 ms);
+//! - diagnostics for where the time goes: (k) raw quinn with ferry's four SHA-256 passes added
+//!   (per chunk and whole, each side) and (l) with one pass each side; (e)
+//!   `ferry::transfer::send` → `ferry::transfer::receive` over raw quinn (the file code without
+//!   the nodes); (p) a prototype of the proposed file path (same frames, hashing and std::fs I/O on
+//!   threads beside the stream, no copies into and out of quinn) and (q) the same without the
+//!   per-chunk SHA-256; each side's file work without any network (tokio::fs reads and writes in
+//!   1 MiB pieces, the SHA-256s per chunk and whole), and plain reads of the source.
+//!
+//! Targets are printed next to the figures, not asserted. The source file is written into a
+//! temporary directory and removed with it.
+//!
+//! | variable | default | meaning |
+//! | --- | --- | --- |
+//! | `FERRY_BENCH_MIB` | 1024 | the file size in MiB |
+//! | `FERRY_BENCH_RUNS` | 2 | runs of each network measurement (the best is compared) |
+//! | `FERRY_BENCH_DIR` | the system temp dir | where the temporary directory goes (the disk measured) |
+//! | `FERRY_BENCH_WORKERS` | available CPUs | worker threads of each of the three runtimes |
+//! | `FERRY_BENCH_SPLIT` | unset | `1`: the sending side (org-a), the receiving side (org-b) and the rest each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and CPU time is broken down by side; for profiling, not for the headline figures (more threads than CPUs) |
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use anyhow::{bail, ensure, Context};
+use axum::extract::State;
+use axum::routing::post;
+use axum::{Json, Router};
+use bytes::Bytes;
+use serde_json::{json, Value};
+use sha2::{Digest, Sha256};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+
+use ferry::cli::{edit, init};
+use ferry::config::Config;
+use ferry::identity::{Fingerprint, Identity};
+use ferry::node::{self, NodeError, Sockets};
+use ferry::peer::{Peer, Peers};
+use ferry::wire::{self, Message};
+
+/// ferry must reach this share of raw quinn with the receiver hashing.
+const TARGET_SHARE_OF_QUINN: f64 = 0.90;
+/// ferry must be this much faster than scp.
+const TARGET_TIMES_SCP: f64 = 1.2;
+/// Peak RSS per node.
+const TARGET_RSS_MIB: f64 = 100.0;
+/// The stream receive window of row (e'), in chunks.
+const STREAM_WINDOW_CHUNKS: u32 = 8;
+/// The piece size of every file read and write here, as `ferry::transfer` uses.
+const PIECE: usize = ferry::transfer::CHUNK;
+const MIB: f64 = 1024.0 * 1024.0;
+
+struct Settings {
+    size: u64,
+    runs: usize,
+    dir: PathBuf,
+    workers: usize,
+    split: bool,
+}
+
+impl Settings {
+    fn from_env() -> anyhow::Result<Settings> {
+        fn var<T: std::str::FromStr>(name: &str, default: T) -> anyhow::Result<T> {
+            match std::env::var(name) {
+                Ok(v) => v.trim().parse().map_err(|_| anyhow::anyhow!("{name}={v} is not a valid value")),
+                Err(_) => Ok(default),
+            }
+        }
+        let mib: u64 = var("FERRY_BENCH_MIB", 1024)?;
+        ensure!(mib > 0, "FERRY_BENCH_MIB must be at least 1");
+        Ok(Settings {
+            size: mib << 20,
+            runs: var("FERRY_BENCH_RUNS", 2usize)?.max(1),
+            dir: std::env::var_os("FERRY_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
+            workers: var("FERRY_BENCH_WORKERS", std::thread::available_parallelism().map_or(2, |n| n.get()))?.max(1),
+            split: std::env::var("FERRY_BENCH_SPLIT").is_ok_and(|v| v == "1"),
+        })
+    }
+}
+
+/// Where the sending side and the receiving side run: their own runtimes, or (shared) the main one.
+struct Runtimes {
+    send: tokio::runtime::Handle,
+    recv: tokio::runtime::Handle,
+}
+
+fn main() -> anyhow::Result<()> {
+    // `cargo bench` passes `--bench`; this bench takes its settings from the environment.
+    let settings = Settings::from_env()?;
+    let runtime = |name: &str| {
+        tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(settings.workers)
+            .thread_name(name)
+            .enable_all()
+            .build()
+            .context("cannot start a tokio runtime")
+    };
+    let main_rt = runtime("b-main")?;
+    let (send_rt, recv_rt) =
+        if settings.split { (Some(runtime("b-send")?), Some(runtime("b-recv")?)) } else { (None, None) };
+    let handle =
+        |rt: &Option<tokio::runtime::Runtime>| rt.as_ref().map_or(main_rt.handle().clone(), |r| r.handle().clone());
+    let runtimes = Runtimes { send: handle(&send_rt), recv: handle(&recv_rt) };
+    let started = Instant::now();
+    let result = main_rt.block_on(bench(&settings, &runtimes));
+    eprintln!("the bench took {:.0} s", started.elapsed().as_secs_f64());
+    result
+}
+
+/// One measured figure.
+struct Figure {
+    what: String,
+    seconds: Vec<f64>,
+    /// CPU seconds of the best run by component (`send`, `recv`, `main`, `other`).
+    cpu: Option<Cpu>,
+    note: String,
+}
+
+impl Figure {
+    fn best(&self) -> f64 {
+        self.seconds.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+}
+
+/// Runs `f` `n` times (its argument: the run, from 0), timing each run as `f` reports it and
+/// keeping the CPU time of the best one.
+async fn runs(
+    n: usize,
+    what: &str,
+    note: &str,
+    mut f: impl AsyncFnMut(usize) -> anyhow::Result<f64>,
+) -> anyhow::Result<Figure> {
+    let mut figure = Figure { what: what.to_owned(), seconds: vec![], cpu: None, note: note.to_owned() };
+    for run in 0..n {
+        let before = Clock::now();
+        let secs = f(run).await?;
+        let cpu = Clock::now().zip(before).map(|(after, before)| after.since(&before));
+        if figure.seconds.iter().all(|s| secs < *s) {
+            figure.cpu = cpu;
+        }
+        figure.seconds.push(secs);
+    }
+    eprintln!("  {what}: {}", figure.seconds.iter().map(|s| format!("{s:.2} s")).collect::<Vec<_>>().join(", "));
+    Ok(figure)
+}
+
+async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
+    std::fs::create_dir_all(&settings.dir).with_context(|| format!("cannot create {}", settings.dir.display()))?;
+    let root = tempfile::Builder::new().prefix("ferry-bench-files-").tempdir_in(&settings.dir)?;
+    let (size, n) = (settings.size, settings.runs);
+    println!("ferry file bench: one {} file from org-a to org-b on loopback", human(size));
+    println!(
+        "{} CPUs ({}{}), load average {} at start; {}, {} worker threads per runtime",
+        std::thread::available_parallelism().map_or(0, |n| n.get()),
+        cpu_model(),
+        if cpu_has("sha_ni") { ", SHA-NI" } else { ", no SHA-NI" },
+        load_average(),
+        if settings.split {
+            "split runtimes: b-send (org-a, senders), b-recv (org-b, receivers), b-main (host client, service, bench)"
+        } else {
+            "one tokio runtime for everything (FERRY_BENCH_SPLIT=1 splits it by side)"
+        },
+        settings.workers,
+    );
+    println!("temporary directory (the disk measured): {}", root.path().display());
+
+    let service = Service::start().await?;
+    let nodes = Nodes::start(root.path(), service.addr, runtimes).await?;
+    let source = nodes.a_dir.join("outbox/big.bin");
+    let t = Instant::now();
+    let source_sha = make_file(&source, size)?;
+    println!(
+        "source file written in {:.1} s (it stays in the page cache: reads below come from memory, not the disk)\n",
+        t.elapsed().as_secs_f64()
+    );
+
+    let mut figures: Vec<Figure> = Vec::new();
+    let mut notes: Vec<String> = Vec::new();
+
+    // ferry, node to node.
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(600)).build()?;
+    nodes.warm_up(&client).await?;
+    let mut answered = f64::INFINITY;
+    let mut rss = Rss::default();
+    let mut ferry = runs(n, "ferry: request → service called", "", async |run| {
+        let reset = reset_peak_rss();
+        let before = status_kib("VmRSS").unwrap_or(0);
+        let sampler = RssSampler::start();
+        service.reset();
+        let t0 = Instant::now();
+        let response = client
+            .post(format!("http://{}/v1/requests", nodes.a_api))
+            .json(&json!({
+                "peer": "org-b", "service": "1", "path": "/upload", "method": "POST",
+                "file": source, "file_field": "file", "timeout_ms": 600_000,
+            }))
+            .send()
+            .await?;
+        let status = response.status();
+        let envelope: Value = response.json().await?;
+        let total = t0.elapsed().as_secs_f64();
+        let sampled_peak = sampler.stop();
+        ensure!(status == 200 && envelope["data"]["status"] == 200, "the ferry request failed: {status} {envelope}");
+        let (called, path) = service.called().context("the service was not called")?;
+        let secs = called.duration_since(t0).as_secs_f64();
+        let got = std::fs::metadata(&path).with_context(|| format!("the received file {}", path.display()))?.len();
+        ensure!(got == size, "the service got a file of {got} bytes, not {size}");
+        let hwm = if reset { status_kib("VmHWM") } else { None };
+        eprintln!(
+            "  ferry run {}: service called after {secs:.2} s, answer after {total:.2} s; RSS before {} MiB, peak {} MiB",
+            run + 1,
+            before / 1024,
+            hwm.unwrap_or(sampled_peak) / 1024
+        );
+        answered = answered.min(total - secs);
+        rss.before_kib = rss.before_kib.max(before);
+        rss.sampled_kib = rss.sampled_kib.max(sampled_peak);
+        rss.hwm_kib = match (rss.hwm_kib, hwm) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+        std::fs::remove_file(&path)?;
+        Ok(secs)
+    })
+    .await?;
+    ferry.note = format!("sync request with `file`; its answer came {answered:.3} s after the service call");
+    figures.push(ferry);
+    nodes.stop().await;
+
+    // (a) raw quinn, and the same with ferry's hashing added.
+    let quinn = QuinnPair::start(runtimes, ferry::link::Transport::default()).await?;
+    let note = "sender writes from memory (write_all), receiver read_chunk";
+    figures.push(
+        runs(n, "(a) raw quinn, 1 stream, receiver hashes (SHA-256)", note, async |_| {
+            quinn.raw(size, 0, 1, runtimes).await
+        })
+        .await?,
+    );
+    figures.push(
+        runs(n, "(a) raw quinn, 1 stream, receiver discards", note, async |_| quinn.raw(size, 0, 0, runtimes).await)
+            .await?,
+    );
+    figures.push(
+        runs(
+            n,
+            "(k) raw quinn + ferry's hashing: 2 SHA-256 passes each side",
+            "sender: per chunk + whole; receiver: per chunk + whole; inline, no files",
+            async |_| quinn.raw(size, 2, 2, runtimes).await,
+        )
+        .await?,
+    );
+    figures.push(
+        runs(
+            n,
+            "(l) raw quinn + 1 SHA-256 pass each side",
+            "the whole-file hash only (no per-chunk SHA-256); inline, no files",
+            async |_| quinn.raw(size, 1, 1, runtimes).await,
+        )
+        .await?,
+    );
+
+    // ferry's file code over raw quinn, without the nodes.
+    let folders = ferry::transfer::Folders::new(&root.path().join("transfer-only"), u64::MAX);
+    figures.push(
+        runs(
+            n,
+            "(e) ferry::transfer send → receive over raw quinn",
+            "src/transfer.rs alone: no nodes, store, HTTP or service",
+            async |run| {
+                let (secs, sha) = quinn.transfer(&source, &format!("bench-{run}"), &folders, runtimes).await?;
+                ensure!(hex::encode(sha) == source_sha, "ferry::transfer delivered another SHA-256");
+                Ok(secs)
+            },
+        )
+        .await?,
+    );
+    let into = root.path().join("prototype");
+    std::fs::create_dir_all(&into)?;
+    for per_chunk in [true, false] {
+        let (what, note) = if per_chunk {
+            (
+                "(p) prototype: pipelined, zero-copy, per-chunk SHA-256 kept",
+                "same frames and hashes as transfer.rs; file I/O and hashing on std threads beside the stream",
+            )
+        } else {
+            ("(q) prototype: as (p) without the per-chunk SHA-256", "whole-file SHA-256 only (FileChunk.sha256 unused)")
+        };
+        figures.push(
+            runs(n, what, note, async |_| {
+                let (secs, sha) = quinn.pipelined(&source, &into, per_chunk, runtimes).await?;
+                ensure!(hex::encode(sha) == source_sha, "the prototype delivered another SHA-256");
+                Ok(secs)
+            })
+            .await?,
+        );
+    }
+    quinn.stop().await;
+    // The same file code with a stream window of several chunks instead of about one.
+    let window = STREAM_WINDOW_CHUNKS * PIECE as u32;
+    let wide = ferry::link::Transport {
+        stream_receive_window: window,
+        receive_window: 4 * window,
+        send_window: 4 * window as u64,
+        ..ferry::link::Transport::default()
+    };
+    let quinn = QuinnPair::start(runtimes, wide).await?;
+    figures.push(
+        runs(
+            n,
+            &format!("(e') as (e), stream window {STREAM_WINDOW_CHUNKS} MiB"),
+            &format!(
+                "Transport {{ stream_receive_window: {} MiB, receive_window and send_window: {} MiB }}; else as (e)",
+                STREAM_WINDOW_CHUNKS,
+                4 * STREAM_WINDOW_CHUNKS
+            ),
+            async |run| {
+                let (secs, sha) = quinn.transfer(&source, &format!("wide-{run}"), &folders, runtimes).await?;
+                ensure!(hex::encode(sha) == source_sha, "ferry::transfer delivered another SHA-256");
+                Ok(secs)
+            },
+        )
+        .await?,
+    );
+    quinn.stop().await;
+    let _ = std::fs::remove_dir_all(&into);
+    let _ = std::fs::remove_dir_all(root.path().join("transfer-only"));
+
+    // (b) SHA-256 in memory.
+    let mut data = vec![0u8; size as usize];
+    fill(&mut data, 7);
+    figures.push(
+        runs(1, "(b) SHA-256 in memory (sha2)", "one thread", async |_| {
+            let t = Instant::now();
+            std::hint::black_box(Sha256::digest(&data));
+            Ok(t.elapsed().as_secs_f64())
+        })
+        .await?,
+    );
+    drop(data);
+
+    // (c) write + fsync; reads of the source; each side's file work without network.
+    let scratch = root.path().join("scratch.bin");
+    let one = async |what: &str, note: &str, f: &mut dyn FnMut() -> anyhow::Result<f64>| {
+        runs(1, what, note, async |_| f()).await
+    };
+    let mut fsync = 0.0;
+    let mut figure =
+        one("(c) write + fsync (std::fs, 1 MiB writes)", "", &mut || write_fsync_std(&scratch, size, &mut fsync))
+            .await?;
+    figure.note = format!("same disk as the data dirs; the final fsync took {fsync:.2} s of it");
+    figures.push(figure);
+    std::fs::remove_file(&scratch)?;
+    let mut figure = runs(1, "(j) write + fsync (tokio::fs, 1 MiB writes)", "", async |_| {
+        write_fsync_tokio(&scratch, size, &mut fsync).await
+    })
+    .await?;
+    figure.note = format!("as transfer::receive writes; the final flush + fsync took {fsync:.2} s of it");
+    figures.push(figure);
+    std::fs::remove_file(&scratch)?;
+    figures.push(one("(f) read the source (std::fs, 1 MiB reads)", "page cache", &mut || read_std(&source)).await?);
+    figures.push(
+        runs(1, "(g) read the source (tokio::fs, 1 MiB reads)", "as transfer::send reads; page cache", async |_| {
+            read_tokio(&source, false).await
+        })
+        .await?,
+    );
+    figures.push(
+        runs(
+            1,
+            "(h) sender's file work, no network",
+            "tokio::fs reads + SHA-256 per chunk + whole, one after the other as in transfer::send",
+            async |_| read_tokio(&source, true).await,
+        )
+        .await?,
+    );
+    figures.push(
+        runs(
+            1,
+            "(i) receiver's file work, no network",
+            "SHA-256 per chunk + whole + tokio::fs writes + fsync, one after the other as in transfer::receive",
+            async |_| receiver_work(&scratch, size).await,
+        )
+        .await?,
+    );
+    std::fs::remove_file(&scratch)?;
+
+    // (d) scp.
+    let scp = match scp(&source, root.path(), size) {
+        Ok(secs) => {
+            eprintln!("  scp: {secs:.2} s");
+            figures.push(Figure {
+                what: "(d) scp over ssh, loopback".into(),
+                seconds: vec![secs],
+                cpu: None,
+                note: "default cipher".into(),
+            });
+            Some(secs)
+        }
+        Err(reason) => {
+            notes.push(format!("(d) scp: skipped: {reason}"));
+            None
+        }
+    };
+
+    report(settings, &figures, &rss, scp, &notes);
+    std::fs::remove_file(&source)?;
+    drop(root);
+    Ok(())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The report
+// ---------------------------------------------------------------------------------------------
+
+#[derive(Default)]
+struct Rss {
+    before_kib: u64,
+    sampled_kib: u64,
+    hwm_kib: Option<u64>,
+}
+
+fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, notes: &[String]) {
+    let size = settings.size as f64;
+    let ferry = figures[0].best();
+    let quinn_hash = figures.iter().find(|f| f.what.starts_with("(a)") && f.what.contains("hashes")).map(Figure::best);
+    let headers = [
+        "measurement",
+        "runs (s)",
+        "best (s)",
+        "GB/s",
+        "MiB/s",
+        "ferry ÷ this",
+        if settings.split { "CPU s send/recv/main +other" } else { "CPU s" },
+        "others' CPUs",
+        "target",
+        "result",
+        "note",
+    ];
+    let mut rows = Vec::new();
+    for (i, f) in figures.iter().enumerate() {
+        let best = f.best();
+        let (target, result) = if i == 0 {
+            match quinn_hash {
+                Some(q) => (
+                    format!("≥ {:.0}% of (a) hashing", TARGET_SHARE_OF_QUINN * 100.0),
+                    pass(q / ferry >= TARGET_SHARE_OF_QUINN).to_owned() + &format!(" ({:.0}%)", q / ferry * 100.0),
+                ),
+                None => (String::new(), String::new()),
+            }
+        } else if f.what.starts_with("(d)") {
+            (
+                format!("ferry ≥ {TARGET_TIMES_SCP}× scp"),
+                pass(best / ferry >= TARGET_TIMES_SCP).to_owned() + &format!(" ({:.2}×)", best / ferry),
+            )
+        } else {
+            (String::new(), String::new())
+        };
+        rows.push(vec![
+            f.what.clone(),
+            f.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
+            format!("{best:.2}"),
+            format!("{:.2}", size / best / 1e9),
+            format!("{:.0}", size / best / MIB),
+            if i == 0 { String::new() } else { format!("{:.2}", best / ferry) },
+            f.cpu.as_ref().map_or(String::new(), |c| c.summary(settings.split)),
+            f.cpu.as_ref().and_then(|c| c.others_share).map_or(String::new(), |o| format!("{o:.2}")),
+            target,
+            result,
+            f.note.clone(),
+        ]);
+    }
+    if scp.is_none() {
+        rows.push(vec![
+            "(d) scp over ssh, loopback".into(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            String::new(),
+            format!("ferry ≥ {TARGET_TIMES_SCP}× scp"),
+            "skipped".into(),
+            notes.iter().find(|n| n.starts_with("(d)")).map_or(String::new(), |n| n["(d) scp: ".len()..].to_owned()),
+        ]);
+    }
+    let peak = rss.hwm_kib.unwrap_or(rss.sampled_kib);
+    let peak_mib = peak as f64 / 1024.0;
+    rows.push(vec![
+        "peak RSS during the ferry transfer (whole process)".into(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        String::new(),
+        format!("< {TARGET_RSS_MIB:.0} MiB per node"),
+        format!("{} ({peak_mib:.0} MiB for both nodes)", pass(peak_mib < 2.0 * TARGET_RSS_MIB)),
+        format!(
+            "{}: {peak_mib:.0} MiB; sampled VmRSS max {:.0} MiB; VmRSS before the transfer {:.0} MiB; both nodes, service and client in one process",
+            if rss.hwm_kib.is_some() { "VmHWM (reset before the transfer)" } else { "VmRSS sampled (VmHWM could not be reset)" },
+            rss.sampled_kib as f64 / 1024.0,
+            rss.before_kib as f64 / 1024.0
+        ),
+    ]);
+    println!("{}", render(&headers, &rows, false));
+    for n in notes {
+        println!("{n}");
+    }
+    println!(
+        "\nTargets (printed, not asserted): ferry ≥ {:.0}% of raw quinn with the receiver hashing; ferry ≥ {TARGET_TIMES_SCP}× scp; RSS < {TARGET_RSS_MIB:.0} MiB per node.",
+        TARGET_SHARE_OF_QUINN * 100.0
+    );
+    println!("GB/s = 10^9 bytes per second; \"ferry ÷ this\" = ferry's best time ÷ this one's (above 1: ferry is slower by that factor).");
+    if settings.split {
+        println!("CPU s: user + system seconds of the best run on the b-send (org-a / sender), b-recv (org-b / receiver) and b-main (client, service, bench) threads, + other threads of this process.");
+    } else {
+        println!("CPU s: user + system seconds this process used in the best run (both sides; FERRY_BENCH_SPLIT=1 breaks it down by side).");
+    }
+    println!(
+        "others' CPUs: CPU used meanwhile by other processes on the machine, in cores (their load slows every figure)."
+    );
+    println!("\nMarkdown:\n");
+    println!("{}", render(&headers, &rows, true));
+}
+
+fn pass(ok: bool) -> &'static str {
+    if ok {
+        "PASS"
+    } else {
+        "MISS"
+    }
+}
+
+/// A table with columns padded to their widths: plain or markdown.
+fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
+    let width = |s: &str| s.chars().count();
+    let widths: Vec<usize> = (0..headers.len())
+        .map(|i| rows.iter().map(|r| width(&r[i])).chain([width(headers[i])]).max().unwrap_or(0))
+        .collect();
+    let pad = |s: &str, i: usize| format!("{s}{}", " ".repeat(widths[i] - width(s)));
+    let line = |cells: Vec<String>| {
+        if markdown {
+            format!("| {} |", cells.join(" | "))
+        } else {
+            cells.join("  ").trim_end().to_owned()
+        }
+    };
+    let mut out = vec![line(headers.iter().enumerate().map(|(i, h)| pad(h, i)).collect())];
+    out.push(if markdown {
+        line(widths.iter().map(|&w| "-".repeat(w.max(3))).collect())
+    } else {
+        line(widths.iter().map(|&w| "-".repeat(w)).collect())
+    });
+    for r in rows {
+        out.push(line(r.iter().enumerate().map(|(i, c)| pad(c, i)).collect()));
+    }
+    out.join("\n")
+}
+
+fn human(bytes: u64) -> String {
+    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+        format!("{} GiB", bytes >> 30)
+    } else {
+        format!("{} MiB", bytes >> 20)
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Machine facts: CPU time by thread, RSS
+// ---------------------------------------------------------------------------------------------
+
+/// A snapshot of the CPU clocks: this process's threads by id, the process, the machine.
+struct Clock {
+    at: Instant,
+    /// Thread id → (name, CPU seconds).
+    threads: std::collections::HashMap<String, (String, f64)>,
+    process: f64,
+    machine_busy: Option<f64>,
+}
+
+/// CPU seconds (user + system) used during a run, by component (from the thread names), and by
+/// other processes.
+#[derive(Clone, Default)]
+struct Cpu {
+    send: f64,
+    recv: f64,
+    main: f64,
+    /// This process's other threads, also those that ended during the run.
+    other: f64,
+    /// Other processes on the machine, in CPUs (1.0: one core busy throughout).
+    others_share: Option<f64>,
+}
+
+/// USER_HZ, the unit of `/proc` CPU times.
+const TICK: f64 = 0.01;
+
+/// A `stat` line's command name and user + system CPU seconds.
+fn ticks(stat: &str) -> Option<(String, f64)> {
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3 of proc_pid_stat(5); utime is 14, stime 15.
+    let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+    Some((name, (field(14)? + field(15)?) * TICK))
+}
+
+impl Clock {
+    fn now() -> Option<Clock> {
+        let process = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1;
+        let mut threads = std::collections::HashMap::new();
+        let main = std::process::id().to_string();
+        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
+            if let Some(mut t) = std::fs::read_to_string(task.path().join("stat")).ok().and_then(|s| ticks(&s)) {
+                let tid = task.file_name().to_string_lossy().into_owned();
+                if tid == main {
+                    t.0 = "b-main".into(); // the thread the main runtime's block_on runs on
+                }
+                threads.insert(tid, t);
+            }
+        }
+        Some(Clock { at: Instant::now(), threads, process, machine_busy: machine_busy() })
+    }
+
+    fn since(&self, before: &Clock) -> Cpu {
+        let mut cpu = Cpu::default();
+        let mut counted = 0.0;
+        for (tid, (name, t)) in &self.threads {
+            let delta = (t - before.threads.get(tid).map_or(0.0, |(_, b)| *b)).max(0.0);
+            counted += delta;
+            match name.as_str() {
+                "b-send" => cpu.send += delta,
+                "b-recv" => cpu.recv += delta,
+                "b-main" => cpu.main += delta,
+                _ => cpu.other += delta,
+            }
+        }
+        let ours = (self.process - before.process).max(0.0);
+        cpu.other += (ours - counted).max(0.0);
+        let wall = self.at.duration_since(before.at).as_secs_f64().max(1e-3);
+        cpu.others_share = self.machine_busy.zip(before.machine_busy).map(|(a, b)| ((a - b - ours) / wall).max(0.0));
+        cpu
+    }
+}
+
+impl Cpu {
+    fn summary(&self, split: bool) -> String {
+        if !split {
+            return format!("{:.1}", self.send + self.recv + self.main + self.other);
+        }
+        let other = if self.other >= 0.05 { format!(" +{:.1}", self.other) } else { String::new() };
+        format!("{:.1}/{:.1}/{:.1}{other}", self.send, self.recv, self.main)
+    }
+}
+
+/// CPU seconds the whole machine has been busy (`/proc/stat`: user, nice, system, irq, softirq,
+/// steal).
+fn machine_busy() -> Option<f64> {
+    let stat = std::fs::read_to_string("/proc/stat").ok()?;
+    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
+    let f: Vec<f64> = cpu.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
+    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum::<f64>() * TICK)
+}
+
+/// A line of `/proc/self/status` in KiB.
+fn status_kib(key: &str) -> Option<u64> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
+    line[key.len() + 1..].split_whitespace().next()?.parse().ok()
+}
+
+/// Resets VmHWM to the current RSS (Linux ≥ 4.0); whether it worked.
+fn reset_peak_rss() -> bool {
+    std::fs::write("/proc/self/clear_refs", "5").is_ok()
+}
+
+/// Samples VmRSS every 5 ms on its own thread.
+struct RssSampler {
+    stop: Arc<AtomicBool>,
+    peak: Arc<AtomicU64>,
+    thread: std::thread::JoinHandle<()>,
+}
+
+impl RssSampler {
+    fn start() -> RssSampler {
+        let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
+        let thread = {
+            let (stop, peak) = (stop.clone(), peak.clone());
+            std::thread::spawn(move || {
+                while !stop.load(Ordering::Relaxed) {
+                    if let Some(kib) = status_kib("VmRSS") {
+                        peak.fetch_max(kib, Ordering::Relaxed);
+                    }
+                    std::thread::sleep(Duration::from_millis(5));
+                }
+            })
+        };
+        RssSampler { stop, peak, thread }
+    }
+
+    /// The largest VmRSS seen, KiB.
+    fn stop(self) -> u64 {
+        self.stop.store(true, Ordering::Relaxed);
+        let _ = self.thread.join();
+        self.peak.load(Ordering::Relaxed)
+    }
+}
+
+fn cpu_model() -> String {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .ok()
+        .and_then(|c| {
+            c.lines()
+                .find(|l| l.starts_with("model name"))
+                .and_then(|l| l.split_once(':'))
+                .map(|(_, m)| m.trim().to_owned())
+        })
+        .unwrap_or_else(|| "unknown CPU".into())
+}
+
+fn cpu_has(flag: &str) -> bool {
+    std::fs::read_to_string("/proc/cpuinfo")
+        .is_ok_and(|c| c.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == flag)))
+}
+
+fn load_average() -> String {
+    std::fs::read_to_string("/proc/loadavg")
+        .ok()
+        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
+        .unwrap_or_else(|| "?".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// Files and disks
+// ---------------------------------------------------------------------------------------------
+
+/// Fills `buf` with repeatable pseudo-random bytes.
+fn fill(buf: &mut [u8], seed: u64) {
+    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
+    for word in buf.chunks_mut(8) {
+        x ^= x << 13;
+        x ^= x >> 7;
+        x ^= x << 17;
+        word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
+    }
+}
+
+/// Writes `size` pseudo-random bytes (no two MiB alike) to `path`; its SHA-256 in hex.
+fn make_file(path: &Path, size: u64) -> anyhow::Result<String> {
+    use std::io::Write;
+    let mut file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
+    let mut block = vec![0u8; PIECE];
+    fill(&mut block, 1);
+    let mut hasher = Sha256::new();
+    let (mut left, mut n) = (size, 0u64);
+    while left > 0 {
+        let take = left.min(PIECE as u64) as usize;
+        block[..8].copy_from_slice(&n.to_le_bytes());
+        n += 1;
+        file.write_all(&block[..take])?;
+        hasher.update(&block[..take]);
+        left -= take as u64;
+    }
+    file.sync_all()?;
+    Ok(hex::encode(hasher.finalize()))
+}
+
+/// Seconds for the whole; `fsync` gets the seconds of the final fsync alone.
+fn write_fsync_std(path: &Path, size: u64, fsync: &mut f64) -> anyhow::Result<f64> {
+    use std::io::Write;
+    let mut block = vec![0u8; PIECE];
+    fill(&mut block, 3);
+    let t = Instant::now();
+    let mut file = std::fs::File::create(path)?;
+    let mut left = size;
+    while left > 0 {
+        let take = left.min(PIECE as u64) as usize;
+        file.write_all(&block[..take])?;
+        left -= take as u64;
+    }
+    let f = Instant::now();
+    file.sync_all()?;
+    *fsync = f.elapsed().as_secs_f64();
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Seconds for the whole; `fsync` gets the seconds of the final flush and fsync alone.
+async fn write_fsync_tokio(path: &Path, size: u64, fsync: &mut f64) -> anyhow::Result<f64> {
+    let mut block = vec![0u8; PIECE];
+    fill(&mut block, 3);
+    let t = Instant::now();
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut left = size;
+    while left > 0 {
+        let take = left.min(PIECE as u64) as usize;
+        file.write_all(&block[..take]).await?;
+        left -= take as u64;
+    }
+    let f = Instant::now();
+    file.flush().await?;
+    file.sync_all().await?;
+    *fsync = f.elapsed().as_secs_f64();
+    Ok(t.elapsed().as_secs_f64())
+}
+
+fn read_std(path: &Path) -> anyhow::Result<f64> {
+    use std::io::Read;
+    let mut buf = vec![0u8; PIECE];
+    let t = Instant::now();
+    let mut file = std::fs::File::open(path)?;
+    let mut total = 0u64;
+    loop {
+        let n = file.read(&mut buf)?;
+        if n == 0 {
+            break;
+        }
+        total += n as u64;
+    }
+    std::hint::black_box(total);
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// Reads `path` with tokio::fs in 1 MiB pieces filled as `transfer::send` fills them; with `hash`,
+/// also hashes each piece and the whole, one after the other, as `transfer::send` does.
+async fn read_tokio(path: &Path, hash: bool) -> anyhow::Result<f64> {
+    let mut buf = vec![0u8; PIECE];
+    let t = Instant::now();
+    let mut file = tokio::fs::File::open(path).await?;
+    let mut whole = Sha256::new();
+    loop {
+        let mut filled = 0;
+        while filled < buf.len() {
+            let n = file.read(&mut buf[filled..]).await?;
+            if n == 0 {
+                break;
+            }
+            filled += n;
+        }
+        if filled == 0 {
+            break;
+        }
+        if hash {
+            whole.update(&buf[..filled]);
+            std::hint::black_box(Sha256::digest(&buf[..filled]));
+        }
+    }
+    std::hint::black_box(whole.finalize());
+    Ok(t.elapsed().as_secs_f64())
+}
+
+/// What `transfer::receive` does with each chunk besides reading it from the stream: its SHA-256,
+/// the whole file's, a tokio::fs write; then flush and fsync.
+async fn receiver_work(path: &Path, size: u64) -> anyhow::Result<f64> {
+    let mut block = vec![0u8; PIECE];
+    fill(&mut block, 5);
+    let t = Instant::now();
+    let mut file = tokio::fs::File::create(path).await?;
+    let mut whole = Sha256::new();
+    let mut left = size;
+    while left > 0 {
+        let take = left.min(PIECE as u64) as usize;
+        std::hint::black_box(Sha256::digest(&block[..take]));
+        file.write_all(&block[..take]).await?;
+        whole.update(&block[..take]);
+        left -= take as u64;
+    }
+    file.flush().await?;
+    file.sync_all().await?;
+    std::hint::black_box(whole.finalize());
+    Ok(t.elapsed().as_secs_f64())
+}
+
+// ---------------------------------------------------------------------------------------------
+// The nodes and the service
+// ---------------------------------------------------------------------------------------------
+
+/// org-b's service: records when `POST /upload` is called and the file path it was given.
+#[derive(Clone)]
+struct Service {
+    addr: SocketAddr,
+    called: Arc<Mutex<Option<(Instant, PathBuf)>>>,
+}
+
+impl Service {
+    async fn start() -> anyhow::Result<Service> {
+        let called: Arc<Mutex<Option<(Instant, PathBuf)>>> = Arc::default();
+        let app = Router::new()
+            .route("/upload", post(upload))
+            .route("/ping", post(|| async { Json(json!({"ok": true})) }))
+            .with_state(called.clone());
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
+        let addr = listener.local_addr()?;
+        tokio::spawn(async move { axum::serve(listener, app).await });
+        Ok(Service { addr, called })
+    }
+
+    fn reset(&self) {
+        *self.called.lock().unwrap() = None;
+    }
+
+    fn called(&self) -> Option<(Instant, PathBuf)> {
+        self.called.lock().unwrap().clone()
+    }
+}
+
+async fn upload(State(called): State<Arc<Mutex<Option<(Instant, PathBuf)>>>>, body: Bytes) -> Json<Value> {
+    let at = Instant::now();
+    let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
+    let path = form.into_iter().find(|(k, _)| k == "file").map(|(_, v)| PathBuf::from(v)).unwrap_or_default();
+    *called.lock().unwrap() = Some((at, path));
+    Json(json!({"ok": true}))
+}
+
+/// org-a (on the `send` runtime) and org-b (on the `recv` runtime), pinned both ways; org-b offers
+/// service 1 to org-a.
+struct Nodes {
+    a_dir: PathBuf,
+    a_api: SocketAddr,
+    stop: tokio::sync::watch::Sender<bool>,
+    tasks: Vec<tokio::task::JoinHandle<Result<(), NodeError>>>,
+}
+
+impl Nodes {
+    async fn start(root: &Path, service: SocketAddr, runtimes: &Runtimes) -> anyhow::Result<Nodes> {
+        let sockets = || -> std::io::Result<Sockets> {
+            Ok(Sockets {
+                api: std::net::TcpListener::bind("127.0.0.1:0")?,
+                link: std::net::UdpSocket::bind("127.0.0.1:0")?,
+            })
+        };
+        let (a, b) = (sockets()?, sockets()?);
+        let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
+        let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
+        let (a_dir, b_dir) = (root.join("org-a"), root.join("org-b"));
+        init::init(&a_dir, "org-a", a_link, a_api)?;
+        init::init(&b_dir, "org-b", b_link, b_api)?;
+        let conf = |d: &Path| d.join("config/ferry.toml");
+        let cert = |d: &Path| d.join("certs/node.pem");
+        edit::add_peer(&conf(&a_dir), "org-b", &b_link.to_string(), &cert(&b_dir))?;
+        edit::add_peer(&conf(&b_dir), "org-a", &a_link.to_string(), &cert(&a_dir))?;
+        edit::add_service(&conf(&b_dir), "1", &format!("http://{service}"), &["org-a".to_owned()])?;
+
+        let (stop, stopped) = tokio::sync::watch::channel(false);
+        let mut tasks = Vec::new();
+        for (d, sockets, rt) in [(&a_dir, a, &runtimes.send), (&b_dir, b, &runtimes.recv)] {
+            let config = Config::load(&conf(d))?;
+            let mut stopped = stopped.clone();
+            let shutdown = async move {
+                let _ = stopped.wait_for(|s| *s).await;
+            };
+            tasks.push(rt.spawn(node::run(config, sockets, shutdown)));
+        }
+        let client = reqwest::Client::builder().no_proxy().build()?;
+        for api in [a_api, b_api] {
+            let mut up = false;
+            for _ in 0..250 {
+                if client.get(format!("http://{api}/v1/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+                    up = true;
+                    break;
+                }
+                tokio::time::sleep(Duration::from_millis(20)).await;
+            }
+            ensure!(up, "the node on {api} did not start serving");
+        }
+        Ok(Nodes { a_dir, a_api, stop, tasks })
+    }
+
+    /// One request without a file, so that org-a has its connection to org-b before measuring.
+    async fn warm_up(&self, client: &reqwest::Client) -> anyhow::Result<()> {
+        let mut last = String::new();
+        for _ in 0..50 {
+            let r = client
+                .post(format!("http://{}/v1/requests", self.a_api))
+                .json(&json!({"peer": "org-b", "service": "1", "path": "/ping", "method": "POST"}))
+                .send()
+                .await?;
+            let env: Value = r.json().await?;
+            if env["data"]["status"] == 200 {
+                return Ok(());
+            }
+            last = env.to_string();
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        bail!("the warm-up request never succeeded: {last}")
+    }
+
+    async fn stop(self) {
+        let _ = self.stop.send(true);
+        for task in self.tasks {
+            match tokio::time::timeout(Duration::from_secs(15), task).await {
+                Ok(Ok(Ok(()))) => {}
+                Ok(Ok(Err(e))) => eprintln!("a node stopped with an error: {e}"),
+                Ok(Err(e)) => eprintln!("a node task failed: {e}"),
+                Err(_) => eprintln!("a node did not stop within 15 s"),
+            }
+        }
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Raw quinn
+// ---------------------------------------------------------------------------------------------
+
+/// A client endpoint (on the `send` runtime) connected to a server endpoint (on the `recv`
+/// runtime), with ferry's TLS configurations and transport settings.
+struct QuinnPair {
+    client: quinn::Endpoint,
+    server: quinn::Endpoint,
+    connection: quinn::Connection,
+    incoming: Arc<tokio::sync::Mutex<quinn::Connection>>,
+}
+
+impl QuinnPair {
+    async fn start(runtimes: &Runtimes, transport: ferry::link::Transport) -> anyhow::Result<QuinnPair> {
+        let server_id = Identity::generate("bench-server")?;
+        let client_id = Identity::generate("bench-client")?;
+        let peers = Peers::default();
+        peers.insert(Peer::new("bench-client", "127.0.0.1:9", &client_id.cert));
+        let server_tls = ferry::tls::server_config(&server_id, peers)?;
+        let mut server_config =
+            quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?));
+        server_config.transport_config(transport.config());
+        let client_tls = ferry::tls::client_config(&client_id, Fingerprint::of(&server_id.cert))?;
+        let mut client_config =
+            quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)?));
+        client_config.transport_config(transport.config());
+
+        let server = {
+            let _guard = runtimes.recv.enter();
+            quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?
+        };
+        let addr = server.local_addr()?;
+        let accepting = {
+            let server = server.clone();
+            runtimes.recv.spawn(async move {
+                let incoming = server.accept().await.context("the server endpoint closed")?;
+                anyhow::Ok(incoming.await?)
+            })
+        };
+        let client = {
+            let _guard = runtimes.send.enter();
+            quinn::Endpoint::client("127.0.0.1:0".parse()?)?
+        };
+        let connection = {
+            let client = client.clone();
+            runtimes
+                .send
+                .spawn(async move { anyhow::Ok(client.connect_with(client_config, addr, ferry::tls::SERVER_NAME)?.await?) })
+                .await??
+        };
+        let incoming = accepting.await??;
+        Ok(QuinnPair { client, server, connection, incoming: Arc::new(tokio::sync::Mutex::new(incoming)) })
+    }
+
+    /// `size` bytes on one stream; the receiver reads and answers 32 bytes. Each side makes
+    /// `passes` SHA-256 passes over the bytes, inline: 1 = the whole stream, 2 = also each 1 MiB
+    /// chunk on its own (as `ferry::transfer` does). Seconds from opening the stream to the answer.
+    async fn raw(&self, size: u64, send_passes: u8, recv_passes: u8, runtimes: &Runtimes) -> anyhow::Result<f64> {
+        let incoming = self.incoming.clone();
+        let receiver = runtimes.recv.spawn(async move {
+            let connection = incoming.lock().await;
+            let (mut tx, mut rx) = connection.accept_bi().await?;
+            let (mut whole, mut chunk) = (Sha256::new(), Sha256::new());
+            let (mut total, mut in_chunk) = (0u64, 0usize);
+            while let Some(got) = rx.read_chunk(usize::MAX, true).await? {
+                let mut bytes = &got.bytes[..];
+                total += bytes.len() as u64;
+                if recv_passes >= 1 {
+                    whole.update(bytes);
+                }
+                while recv_passes >= 2 && !bytes.is_empty() {
+                    let take = bytes.len().min(PIECE - in_chunk);
+                    chunk.update(&bytes[..take]);
+                    in_chunk += take;
+                    bytes = &bytes[take..];
+                    if in_chunk == PIECE {
+                        std::hint::black_box(chunk.finalize_reset());
+                        in_chunk = 0;
+                    }
+                }
+            }
+            ensure!(total == size, "the receiver got {total} of {size} bytes");
+            tx.write_all(&whole.finalize()).await?;
+            tx.finish()?;
+            let _ = tx.stopped().await;
+            anyhow::Ok(())
+        });
+        let connection = self.connection.clone();
+        let sender = runtimes.send.spawn(async move {
+            let mut block = vec![0u8; PIECE];
+            fill(&mut block, 9);
+            let t = Instant::now();
+            let (mut tx, mut rx) = connection.open_bi().await?;
+            let mut whole = Sha256::new();
+            let mut left = size;
+            while left > 0 {
+                let take = left.min(PIECE as u64) as usize;
+                if send_passes >= 1 {
+                    whole.update(&block[..take]);
+                }
+                if send_passes >= 2 {
+                    std::hint::black_box(Sha256::digest(&block[..take]));
+                }
+                tx.write_all(&block[..take]).await?;
+                left -= take as u64;
+            }
+            std::hint::black_box(whole.finalize());
+            tx.finish()?;
+            let answer = rx.read_to_end(64).await?;
+            ensure!(answer.len() == 32, "the receiver answered {} bytes", answer.len());
+            anyhow::Ok(t.elapsed().as_secs_f64())
+        });
+        let secs = sender.await??;
+        receiver.await??;
+        Ok(secs)
+    }
+
+    /// `ferry::transfer::send` of `path` under `key` to `ferry::transfer::receive` into `folders`;
+    /// seconds from the offer to `FileDone`, and the SHA-256.
+    async fn transfer(
+        &self,
+        path: &Path,
+        key: &str,
+        folders: &ferry::transfer::Folders,
+        runtimes: &Runtimes,
+    ) -> anyhow::Result<(f64, [u8; 32])> {
+        let incoming = self.incoming.clone();
+        let folders = folders.clone();
+        let receiver = runtimes.recv.spawn(async move {
+            let connection = incoming.lock().await;
+            let (mut tx, mut rx) = connection.accept_bi().await?;
+            let Message::FileOffer(offer) = wire::read(&mut rx).await? else { bail!("not a file offer") };
+            let received = ferry::transfer::receive(&folders, "bench-client", offer, &mut tx, &mut rx, |_, _| {})
+                .await
+                .map_err(|e| anyhow::anyhow!("receive failed: {e:?}"))?;
+            wire::write(&mut tx, &Message::FileDone(wire::FileDone { sha256: received.sha256 })).await?;
+            tx.finish()?;
+            let _ = tx.stopped().await;
+            std::fs::remove_file(&received.path)?;
+            anyhow::Ok(())
+        });
+        let connection = self.connection.clone();
+        let (path, key) = (path.to_owned(), key.to_owned());
+        let sender = runtimes.send.spawn(async move {
+            let t = Instant::now();
+            let (_, sha) = ferry::transfer::send(&connection, &key, &path, "big.bin", |_| {})
+                .await
+                .map_err(|e| anyhow::anyhow!("send failed: {e}"))?;
+            anyhow::Ok((t.elapsed().as_secs_f64(), sha))
+        });
+        let result = sender.await??;
+        receiver.await??;
+        Ok(result)
+    }
+
+    /// A prototype of the proposed file path, with ferry's frames (chunk header + raw bytes,
+    /// `FileEnd`, `FileDone`): the sender reads the file with std::fs on its own thread, which also
+    /// hashes (the whole file, and each chunk when `per_chunk`), and hands `Bytes` to the stream
+    /// (`write_chunk`, no copy); the receiver takes the stream's `Bytes` (`read_chunk`, no copy)
+    /// and hands them to its own thread, which gathers each chunk into one buffer (one copy, as
+    /// `read_exact` makes), checks it (when `per_chunk`), hashes the whole file and writes it with
+    /// std::fs, then fsyncs. Seconds from the first frame to
+    /// `FileDone`, and the SHA-256.
+    async fn pipelined(
+        &self,
+        path: &Path,
+        dir: &Path,
+        per_chunk: bool,
+        runtimes: &Runtimes,
+    ) -> anyhow::Result<(f64, [u8; 32])> {
+        const DEPTH: usize = 4;
+        let incoming = self.incoming.clone();
+        let target = dir.join("received.bin");
+        let receiver = runtimes.recv.spawn(async move {
+            let connection = incoming.lock().await;
+            let (mut tx, mut rx) = connection.accept_bi().await?;
+            let (to_disk, mut from_net) = tokio::sync::mpsc::channel::<(Vec<Bytes>, [u8; 32])>(DEPTH);
+            let disk = tokio::task::spawn_blocking(move || {
+                use std::io::Write;
+                let mut file = std::fs::File::create(&target)?;
+                let mut whole = Sha256::new();
+                // The stream's pieces are packet-sized: gathered into one buffer, one write per chunk.
+                let mut buf = Vec::with_capacity(PIECE);
+                while let Some((pieces, sha)) = from_net.blocking_recv() {
+                    buf.clear();
+                    pieces.iter().for_each(|p| buf.extend_from_slice(p));
+                    if per_chunk {
+                        ensure!(<[u8; 32]>::from(Sha256::digest(&buf)) == sha, "a chunk failed its SHA-256");
+                    }
+                    whole.update(&buf);
+                    file.write_all(&buf)?;
+                }
+                file.sync_all()?;
+                std::fs::remove_file(&target)?;
+                anyhow::Ok(<[u8; 32]>::from(whole.finalize()))
+            });
+            let claimed = loop {
+                match wire::read(&mut rx).await? {
+                    Message::FileChunk(c) => {
+                        let mut left = c.len as usize;
+                        let mut pieces = Vec::new();
+                        while left > 0 {
+                            let got = rx.read_chunk(left, true).await?.context("the stream ended inside a chunk")?;
+                            left -= got.bytes.len();
+                            pieces.push(got.bytes);
+                        }
+                        to_disk
+                            .send((pieces, c.sha256))
+                            .await
+                            .map_err(|_| anyhow::anyhow!("the disk thread stopped"))?;
+                    }
+                    Message::FileEnd(end) => break end.sha256,
+                    other => bail!("unexpected {other:?}"),
+                }
+            };
+            drop(to_disk);
+            let sha = disk.await??;
+            ensure!(sha == claimed, "the whole file did not match its SHA-256");
+            wire::write(&mut tx, &Message::FileDone(wire::FileDone { sha256: sha })).await?;
+            tx.finish()?;
+            let _ = tx.stopped().await;
+            anyhow::Ok(())
+        });
+        let connection = self.connection.clone();
+        let path = path.to_owned();
+        let sender = runtimes.send.spawn(async move {
+            let t = Instant::now();
+            let (to_net, mut from_disk) = tokio::sync::mpsc::channel::<(Bytes, [u8; 32])>(DEPTH);
+            let disk = tokio::task::spawn_blocking(move || {
+                use std::io::Read;
+                let mut file = std::fs::File::open(&path)?;
+                let mut whole = Sha256::new();
+                loop {
+                    let mut buf = bytes::BytesMut::zeroed(PIECE);
+                    let mut filled = 0;
+                    while filled < PIECE {
+                        let n = file.read(&mut buf[filled..])?;
+                        if n == 0 {
+                            break;
+                        }
+                        filled += n;
+                    }
+                    if filled == 0 {
+                        return anyhow::Ok(<[u8; 32]>::from(whole.finalize()));
+                    }
+                    buf.truncate(filled);
+                    whole.update(&buf);
+                    let sha = if per_chunk { Sha256::digest(&buf).into() } else { [0u8; 32] };
+                    if to_net.blocking_send((buf.freeze(), sha)).is_err() {
+                        bail!("the stream stopped");
+                    }
+                }
+            });
+            let (mut tx, mut rx) = connection.open_bi().await?;
+            let mut offset = 0u64;
+            while let Some((bytes, sha256)) = from_disk.recv().await {
+                let header = wire::FileChunk { offset, len: bytes.len() as u32, sha256 };
+                offset += bytes.len() as u64;
+                tx.write_all(&wire::encode(&Message::FileChunk(header))?).await?;
+                tx.write_chunk(bytes).await?;
+            }
+            let sha256 = disk.await??;
+            wire::write(&mut tx, &Message::FileEnd(wire::FileEnd { sha256 })).await?;
+            tx.finish()?;
+            match wire::read(&mut rx).await? {
+                Message::FileDone(done) if done.sha256 == sha256 => {}
+                other => bail!("unexpected answer {other:?}"),
+            }
+            anyhow::Ok((t.elapsed().as_secs_f64(), sha256))
+        });
+        let result = sender.await??;
+        receiver.await??;
+        Ok(result)
+    }
+
+    async fn stop(self) {
+        self.connection.close(0u32.into(), b"done");
+        self.client.wait_idle().await;
+        self.server.close(0u32.into(), b"done");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// scp
+// ---------------------------------------------------------------------------------------------
+
+/// Finds `name` in `PATH` or in the usual sbin folders.
+fn which(name: &str) -> Option<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
+        .map(|d| d.join(name))
+        .find(|p| p.is_file())
+}
+
+/// Kills the child (started here) when dropped.
+struct Kill(Child);
+
+impl Drop for Kill {
+    fn drop(&mut self) {
+        let _ = self.0.kill();
+        let _ = self.0.wait();
+    }
+}
+
+/// Copies `source` with scp to a throwaway sshd on loopback; seconds, or why it was skipped.
+fn scp(source: &Path, root: &Path, size: u64) -> Result<f64, String> {
+    let sshd = which("sshd").ok_or("no sshd (looked in PATH, /usr/sbin, /usr/local/sbin, /sbin)")?;
+    let keygen = which("ssh-keygen").ok_or("no ssh-keygen")?;
+    let scp = which("scp").ok_or("no scp")?;
+    let dir = tempfile::Builder::new().prefix("ssh-").tempdir_in(root).map_err(|e| e.to_string())?;
+    let d = dir.path();
+    for key in ["host_key", "user_key"] {
+        let status = Command::new(&keygen)
+            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+            .arg(d.join(key))
+            .stdin(Stdio::null())
+            .status()
+            .map_err(|e| format!("ssh-keygen: {e}"))?;
+        if !status.success() {
+            return Err(format!("ssh-keygen failed: {status}"));
+        }
+    }
+    std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
+    let port =
+        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+    let config = format!(
+        "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\nPidFile {pid}\n\
+         StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+         PubkeyAuthentication yes\nLogLevel ERROR\nSubsystem sftp internal-sftp\n",
+        host = d.join("host_key").display(),
+        auth = d.join("authorized_keys").display(),
+        pid = d.join("sshd.pid").display(),
+    );
+    std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
+    let _sshd = Kill(
+        Command::new(&sshd)
+            .arg("-D")
+            .arg("-e")
+            .arg("-f")
+            .arg(d.join("sshd_config"))
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::from(std::fs::File::create(d.join("sshd.log")).map_err(|e| e.to_string())?))
+            .spawn()
+            .map_err(|e| format!("cannot start sshd: {e}"))?,
+    );
+    let up = (0..250).any(|_| {
+        std::thread::sleep(Duration::from_millis(20));
+        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+    });
+    let log = || std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default().trim().replace('\n', "; ");
+    if !up {
+        return Err(format!("sshd did not listen on port {port}: {}", log()));
+    }
+    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+        Command::new("id")
+            .arg("-un")
+            .output()
+            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+            .unwrap_or_default()
+    });
+    let dest = d.join("copy.bin");
+    let t = Instant::now();
+    let output = Command::new(&scp)
+        .args(["-q", "-P", &port.to_string(), "-i"])
+        .arg(d.join("user_key"))
+        .args([
+            "-o",
+            "StrictHostKeyChecking=no",
+            "-o",
+            "UserKnownHostsFile=/dev/null",
+            "-o",
+            "BatchMode=yes",
+            "-o",
+            "IdentitiesOnly=yes",
+            "-o",
+            "LogLevel=ERROR",
+        ])
+        .arg(source)
+        .arg(format!("{user}@127.0.0.1:{}", dest.display()))
+        .stdin(Stdio::null())
+        .output()
+        .map_err(|e| format!("cannot run scp: {e}"))?;
+    let secs = t.elapsed().as_secs_f64();
+    if !output.status.success() {
+        return Err(format!(
+            "scp failed ({}): {}; sshd: {}",
+            output.status,
+            String::from_utf8_lossy(&output.stderr).trim(),
+            log()
+        ));
+    }
+    let got = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+    if got != size {
+        return Err(format!("scp copied {got} of {size} bytes"));
+    }
+    Ok(secs)
+}
