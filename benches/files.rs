@@ -583,7 +583,7 @@ fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
 }
 
 fn human(bytes: u64) -> String {
-    if bytes >= 1 << 30 && bytes % (1 << 30) == 0 {
+    if bytes >= 1 << 30 && bytes.is_multiple_of(1 << 30) {
         format!("{} GiB", bytes >> 30)
     } else {
         format!("{} MiB", bytes >> 20)
@@ -898,16 +898,19 @@ async fn receiver_work(path: &Path, size: u64) -> anyhow::Result<f64> {
 // The nodes and the service
 // ---------------------------------------------------------------------------------------------
 
+/// When the service was called, and the file path it was given.
+type Called = Arc<Mutex<Option<(Instant, PathBuf)>>>;
+
 /// org-b's service: records when `POST /upload` is called and the file path it was given.
 #[derive(Clone)]
 struct Service {
     addr: SocketAddr,
-    called: Arc<Mutex<Option<(Instant, PathBuf)>>>,
+    called: Called,
 }
 
 impl Service {
     async fn start() -> anyhow::Result<Service> {
-        let called: Arc<Mutex<Option<(Instant, PathBuf)>>> = Arc::default();
+        let called: Called = Arc::default();
         let app = Router::new()
             .route("/upload", post(upload))
             .route("/ping", post(|| async { Json(json!({"ok": true})) }))
@@ -927,7 +930,7 @@ impl Service {
     }
 }
 
-async fn upload(State(called): State<Arc<Mutex<Option<(Instant, PathBuf)>>>>, body: Bytes) -> Json<Value> {
+async fn upload(State(called): State<Called>, body: Bytes) -> Json<Value> {
     let at = Instant::now();
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let path = form.into_iter().find(|(k, _)| k == "file").map(|(_, v)| PathBuf::from(v)).unwrap_or_default();
