@@ -299,13 +299,7 @@ pub async fn receive(
                 let request_id = offer.key.split('/').next().unwrap_or_default();
                 let folder = folders.received.join(safe_name(peer)).join(safe_name(request_id));
                 tokio::fs::create_dir_all(&folder).await.map_err(io)?;
-                let mut path = folder.join(safe_name(&offer.name));
-                if let Some((_, seq)) = offer.key.split_once('/') {
-                    if tokio::fs::try_exists(&path).await.unwrap_or(false) {
-                        path = folder.join(format!("{}-{}", safe_name(seq), safe_name(&offer.name)));
-                    }
-                }
-                tokio::fs::rename(&partial, &path).await.map_err(io)?;
+                let path = place(&partial, &folder, &safe_name(&offer.name)).map_err(io)?;
                 if let Ok(d) = std::fs::File::open(&folder) {
                     let _ = d.sync_all();
                 }
@@ -318,6 +312,21 @@ pub async fn receive(
             }
         }
     }
+}
+
+/// Moves `partial` into `folder` as `name`, or `2-name`, `3-name`, … if that is taken: a file
+/// already received is never replaced (a service may hold it).
+fn place(partial: &Path, folder: &Path, name: &str) -> std::io::Result<PathBuf> {
+    let mut path = folder.join(name);
+    for n in 2.. {
+        match std::fs::hard_link(partial, &path) {
+            Ok(()) => break,
+            Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => path = folder.join(format!("{n}-{name}")),
+            Err(e) => return Err(e),
+        }
+    }
+    std::fs::remove_file(partial)?;
+    Ok(path)
 }
 
 #[cfg(test)]

@@ -420,7 +420,8 @@ impl FrameError {
     pub fn code(&self) -> Code {
         match self {
             FrameError::TooLarge(_) => Code::FrameTooLarge,
-            _ => Code::ProtocolViolation,
+            FrameError::Io(_) => Code::Done, // the stream broke underneath: nobody misbehaved
+            FrameError::Finished | FrameError::Decode(_) => Code::ProtocolViolation,
         }
     }
 }

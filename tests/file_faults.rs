@@ -466,10 +466,6 @@ async fn deliver(rogue: &Rogue, key: &str, name: &str, data: &[u8]) {
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "bug: src/transfer.rs `receive` renames the verified file onto \
-            received/<peer>/<safe_name(request id)>/<safe_name(name)> (or `{seq}-{name}` for a reply key) with \
-            tokio::fs::rename, which replaces a file already there from another key: request ids that safe_name \
-            maps to the same folder, or a reply fallback name equal to an existing file's name"]
 async fn a_verified_file_is_not_replaced_through_another_key_that_lands_in_the_same_place() {
     timeout(WHOLE, async {
         let (rogue, b, _service, _root) = rogue_and_node().await;
