@@ -5,7 +5,9 @@
 //! Data flows one way:
 //!
 //! ```text
-//! host app ──REST──▶ api ──▶ store ──▶ link (QUIC, mTLS) ═══▶ link ──▶ deliver ──REST──▶ local service
+//! host app ──REST──▶ api ──┐                                          ┌─▶ deliver ──REST──▶ local service
+//! inbox watcher ───────────┴─▶ store ─▶ link ══ QUIC, mTLS ══▶ link ─▶ store ─┤
+//!                             (SQLite)       (files: transfer)               └─▶ callbacks ──REST──▶ host app
 //! ```
 //!
 //! `api` and `link` never import each other: they meet at [`store`] and [`wire`].

@@ -147,6 +147,9 @@ pub enum StoreError {
     /// The writer thread has stopped.
     #[error("the store has stopped")]
     Stopped,
+    /// The store's folder or thread could not be set up.
+    #[error("store: {0}")]
+    Io(String),
     /// A stored value could not be decoded.
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
@@ -185,7 +188,7 @@ impl Store {
     /// Opens (creating or migrating) the database `data_dir/ferry.db` and starts its writer.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)
-            .map_err(|e| StoreError::Corrupt(format!("cannot create {}: {e}", data_dir.display())))?;
+            .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", data_dir.display())))?;
         let mut conn = rusqlite::Connection::open(data_dir.join("ferry.db"))?;
         schema::prepare(&mut conn)?;
         let (jobs, rx) = mpsc::unbounded_channel();
@@ -194,7 +197,7 @@ impl Store {
         std::thread::Builder::new()
             .name("ferry-store".into())
             .spawn(move || writer(conn, rx, publish))
-            .map_err(|e| StoreError::Corrupt(format!("cannot start the store thread: {e}")))?;
+            .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
         Ok(Store { carrier: Arc::default(), jobs, events, wake: Arc::default() })
     }
 
