@@ -12,16 +12,14 @@ use std::io::Write;
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
-use std::sync::Arc;
 use std::time::Duration;
 
-use common::{Node, Recorder};
+use common::{rogue_and_node, Recorder, Rogue};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::time::{timeout, Instant};
 
-use ferry::identity::Identity;
 use ferry::wire::{
     self, Code, Encoding, FileChunk, FileEnd, FileOffer, FileRef, FileResume, FrameError, Message, RefusalKind, Request,
 };
@@ -35,33 +33,6 @@ const WHOLE: Duration = Duration::from_secs(120);
 // ---------------------------------------------------------------------------------------------
 // A pinned peer speaking raw frames
 // ---------------------------------------------------------------------------------------------
-
-struct Rogue {
-    connection: quinn::Connection,
-    _endpoint: quinn::Endpoint,
-}
-
-/// A peer "rogue" pinned by org-b and allowed to call service 1 (a recorder), speaking raw frames.
-async fn rogue_and_node() -> (Rogue, Node, Recorder, tempfile::TempDir) {
-    let service = Recorder::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let identity = Identity::generate("rogue").unwrap();
-    let (cert, key) = (root.path().join("rogue.pem"), root.path().join("rogue.key"));
-    identity.save(&cert, &key).unwrap();
-    let mut b = Node::create(root.path(), "org-b");
-    ferry::cli::edit::add_peer(&b.config_path, "rogue", "127.0.0.1:9", &cert).unwrap();
-    b.add_service("1", &service.base_url(), &["rogue"]);
-    b.start().await;
-
-    let b_cert = ferry::identity::load_cert(&b.cert()).unwrap();
-    let tls = ferry::tls::client_config(&identity, ferry::identity::Fingerprint::of(&b_cert)).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-    config.transport_config(ferry::link::Transport::default().config());
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint.connect_with(config, b.link, ferry::tls::SERVER_NAME).unwrap().await.unwrap();
-    (Rogue { connection, _endpoint: endpoint }, b, service, root)
-}
 
 /// One file stream opened by the rogue.
 struct FileStream {

@@ -3,40 +3,8 @@
 
 mod common;
 
-use std::sync::Arc;
-
-use common::{Node, Recorder};
-use ferry::identity::Identity;
+use common::{rogue_and_node, Rogue};
 use ferry::wire::{self, Code, Encoding, Message, Request, Reserved};
-
-struct Rogue {
-    connection: quinn::Connection,
-    _endpoint: quinn::Endpoint,
-}
-
-/// A peer pinned by org-b and allowed to call service 1, speaking raw frames.
-async fn rogue_and_node() -> (Rogue, Node, Recorder, tempfile::TempDir) {
-    let service = Recorder::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let identity = Identity::generate("rogue").unwrap();
-    let (cert, key) = (root.path().join("rogue.pem"), root.path().join("rogue.key"));
-    identity.save(&cert, &key).unwrap();
-    let mut b = Node::create(root.path(), "org-b");
-    ferry::cli::edit::add_peer(&b.config_path, "rogue", "127.0.0.1:9", &cert).unwrap();
-    b.add_service("1", &service.base_url(), &["rogue"]);
-    b.start().await;
-
-    let b_cert = ferry::identity::load_cert(&b.cert()).unwrap();
-    let tls = ferry::tls::client_config(&identity, ferry::identity::Fingerprint::of(&b_cert)).unwrap();
-    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
-    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
-    let connection = endpoint
-        .connect_with(quinn::ClientConfig::new(Arc::new(crypto)), b.link, ferry::tls::SERVER_NAME)
-        .unwrap()
-        .await
-        .unwrap();
-    (Rogue { connection, _endpoint: endpoint }, b, service, root)
-}
 
 impl Rogue {
     /// Sends `bytes` on a new stream and returns the answer, or the code the stream was reset with.

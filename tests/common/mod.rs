@@ -6,6 +6,8 @@ use std::collections::HashMap;
 use std::net::SocketAddr;
 use std::path::PathBuf;
 use std::sync::{Arc, Mutex};
+
+use ferry::identity::Identity;
 use std::time::Duration;
 
 use axum::body::Bytes;
@@ -267,4 +269,32 @@ async fn record(
         }))
         .into_response(),
     }
+}
+
+/// A pinned peer that speaks raw frames to a node.
+pub struct Rogue {
+    pub connection: quinn::Connection,
+    _endpoint: quinn::Endpoint,
+}
+
+/// A peer "rogue" pinned by org-b and allowed to call service 1 (a recorder), speaking raw frames.
+pub async fn rogue_and_node() -> (Rogue, Node, Recorder, tempfile::TempDir) {
+    let service = Recorder::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let identity = Identity::generate("rogue").unwrap();
+    let (cert, key) = (root.path().join("rogue.pem"), root.path().join("rogue.key"));
+    identity.save(&cert, &key).unwrap();
+    let mut b = Node::create(root.path(), "org-b");
+    ferry::cli::edit::add_peer(&b.config_path, "rogue", "127.0.0.1:9", &cert).unwrap();
+    b.add_service("1", &service.base_url(), &["rogue"]);
+    b.start().await;
+
+    let b_cert = ferry::identity::load_cert(&b.cert()).unwrap();
+    let tls = ferry::tls::client_config(&identity, ferry::identity::Fingerprint::of(&b_cert)).unwrap();
+    let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap();
+    let mut config = quinn::ClientConfig::new(Arc::new(crypto));
+    config.transport_config(ferry::link::Transport::default().config());
+    let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+    let connection = endpoint.connect_with(config, b.link, ferry::tls::SERVER_NAME).unwrap().await.unwrap();
+    (Rogue { connection, _endpoint: endpoint }, b, service, root)
 }
