@@ -18,9 +18,13 @@
 
 use std::path::{Path, PathBuf};
 
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+
+use bytes::{Bytes, BytesMut};
 use sha2::{Digest, Sha256};
 use thiserror::Error;
-use tokio::io::{AsyncReadExt, AsyncSeekExt, AsyncWriteExt};
+use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 use crate::wire::{self, Code, FileChunk, FileDone, FileEnd, FileOffer, FileResume, Message};
 
@@ -75,8 +79,14 @@ pub fn safe_name(name: &str) -> String {
     }
 }
 
+/// Chunks in flight between a transfer's stream and its disk thread (each way).
+const DEPTH: usize = 4;
+
 /// Sends the file at `path` as `name` for `key`, resuming where the receiver stands; calls
 /// `progress(bytes_done)` as chunks go. Returns the whole file's size and SHA-256.
+///
+/// A blocking thread reads the file and hashes it (each chunk, and the whole) a few chunks ahead
+/// of the stream, which writes each chunk's header and bytes without copying them.
 pub async fn send(
     connection: &quinn::Connection,
     key: &str,
@@ -106,34 +116,19 @@ pub async fn send(
         Message::Refused(r) => return Err(TransferError::Refused(r)),
         other => return Err(TransferError::Interrupted(format!("unexpected answer to a file offer: {other:?}"))),
     };
-    // The whole-file hash covers the prefix the receiver holds: read it back locally.
-    let mut whole = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut done = 0u64;
-    while done < have {
-        let n = read_up_to(&mut file, &mut buf[..(have - done).min(CHUNK as u64) as usize]).await.map_err(source)?;
-        if n == 0 {
-            return Err(source(std::io::ErrorKind::UnexpectedEof.into()));
-        }
-        whole.update(&buf[..n]);
-        done += n as u64;
-    }
-    file.seek(std::io::SeekFrom::Start(have)).await.map_err(source)?;
+    let file = file.into_std().await;
+    let (to_net, mut from_disk) = tokio::sync::mpsc::channel::<(u64, Bytes, [u8; 32])>(DEPTH);
+    let reader = tokio::task::spawn_blocking(move || read_chunks(file, have, size, to_net));
     progress(have);
-    while done < size {
-        let n = read_up_to(&mut file, &mut buf[..(size - done).min(CHUNK as u64) as usize]).await.map_err(source)?;
-        if n == 0 {
-            return Err(source(std::io::Error::other("the file shrank while it was being sent")));
-        }
-        let chunk = &buf[..n];
-        whole.update(chunk);
-        let header = FileChunk { offset: done, len: n as u32, sha256: Sha256::digest(chunk).into() };
-        wire::write(&mut tx, &Message::FileChunk(header)).await.map_err(|e| interrupted(&e))?;
-        tx.write_all(chunk).await.map_err(|e| interrupted(&e))?;
-        done += n as u64;
-        progress(done);
+    while let Some((offset, bytes, sha256)) = from_disk.recv().await {
+        let len = bytes.len();
+        let header = FileChunk { offset, len: len as u32, sha256 };
+        let header = wire::encode(&Message::FileChunk(header)).map_err(|e| interrupted(&e))?;
+        tx.write_all_chunks(&mut [Bytes::from(header), bytes]).await.map_err(|e| interrupted(&e))?;
+        progress(offset + len as u64);
     }
-    let sha256: [u8; 32] = whole.finalize().into();
+    // The channel closes when the reader ends: with the whole file's hash, or with an error.
+    let sha256 = reader.await.map_err(|e| source(std::io::Error::other(e)))?.map_err(source)?;
     wire::write(&mut tx, &Message::FileEnd(FileEnd { sha256 })).await.map_err(|e| interrupted(&e))?;
     let _ = tx.finish();
     match wire::read(&mut rx).await {
@@ -143,6 +138,62 @@ pub async fn send(
         Ok(other) => Err(TransferError::Interrupted(format!("unexpected answer after the file: {other:?}"))),
         Err(e) => Err(interrupted(&e)),
     }
+}
+
+/// The sender's disk thread: hashes the prefix `[0, have)` the receiver holds (the whole-file
+/// hash covers it), then reads `[have, size)` in chunks, hashing each, and hands them to the
+/// stream. Returns the whole file's SHA-256; stops early (with an error) if the stream is gone.
+fn read_chunks(
+    mut file: std::fs::File,
+    have: u64,
+    size: u64,
+    to_net: tokio::sync::mpsc::Sender<(u64, Bytes, [u8; 32])>,
+) -> std::io::Result<[u8; 32]> {
+    use std::io::Seek;
+    file.seek(std::io::SeekFrom::Start(0))?;
+    let mut whole = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut done = 0u64;
+    while done < have {
+        let n = read_up_to_std(&mut file, &mut buf[..(have - done).min(CHUNK as u64) as usize])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        whole.update(&buf[..n]);
+        done += n as u64;
+    }
+    drop(buf);
+    file.seek(std::io::SeekFrom::Start(have))?;
+    while done < size {
+        let mut buf = BytesMut::zeroed((size - done).min(CHUNK as u64) as usize);
+        let n = read_up_to_std(&mut file, &mut buf)?;
+        if n == 0 {
+            return Err(std::io::Error::other("the file shrank while it was being sent"));
+        }
+        buf.truncate(n);
+        whole.update(&buf);
+        let sha256: [u8; 32] = Sha256::digest(&buf).into();
+        if to_net.blocking_send((done, buf.freeze(), sha256)).is_err() {
+            return Err(std::io::Error::other("the stream stopped"));
+        }
+        done += n as u64;
+    }
+    Ok(whole.finalize().into())
+}
+
+/// Fills `buf` as far as the file allows; returns how many bytes were read.
+fn read_up_to_std(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<usize> {
+    use std::io::Read;
+    let mut filled = 0;
+    while filled < buf.len() {
+        match file.read(&mut buf[filled..]) {
+            Ok(0) => break,
+            Ok(n) => filled += n,
+            Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+            Err(e) => return Err(e),
+        }
+    }
+    Ok(filled)
 }
 
 fn refused(message: &str) -> TransferError {
@@ -205,6 +256,11 @@ pub enum ReceiveError {
 /// Receives the file offered on this stream from `peer`, resuming a partial one, and moves it
 /// to `received/<peer>/<request-id>/<safe name>` once it is whole and verified. The caller
 /// records it, then answers [`Message::FileDone`].
+///
+/// The stream is read on this task; a blocking thread checks each chunk, hashes it into the whole
+/// file and writes it, a few chunks behind. It stops at the first bad chunk (nothing from it on is
+/// written), and every end of the receive waits for it, so the partial file then holds exactly the
+/// verified chunks.
 pub async fn receive(
     folders: &Folders,
     peer: &str,
@@ -223,95 +279,233 @@ pub async fn receive(
     }
     let key = safe_name(&offer.key.replace('/', "."));
     let dir = folders.partial.join(safe_name(peer));
-    tokio::fs::create_dir_all(&dir).await.map_err(io)?;
     let partial = dir.join(format!("{key}.part"));
-    let mut file = tokio::fs::OpenOptions::new()
-        .create(true)
-        .truncate(false)
-        .read(true)
-        .write(true)
-        .open(&partial)
-        .await
-        .map_err(io)?;
-    // Keep only whole verified chunks, and never more than the offered size.
-    let len = file.metadata().await.map_err(io)?.len();
-    let mut have = (len / CHUNK as u64 * CHUNK as u64).min(offer.size / CHUNK as u64 * CHUNK as u64);
-    if len != have {
-        file.set_len(have).await.map_err(io)?;
-    }
-    let mut whole = Sha256::new();
-    let mut buf = vec![0u8; CHUNK];
-    let mut read = 0u64;
-    while read < have {
-        let n = read_up_to(&mut file, &mut buf[..(have - read).min(CHUNK as u64) as usize]).await.map_err(io)?;
-        whole.update(&buf[..n]);
-        read += n as u64;
-    }
-    file.seek(std::io::SeekFrom::Start(have)).await.map_err(io)?;
+    let size = offer.size;
+    let (file, whole, have) = {
+        let partial = partial.clone();
+        tokio::task::spawn_blocking(move || open_partial(&dir, &partial, size))
+            .await
+            .map_err(|e| io(std::io::Error::other(e)))?
+            .map_err(io)?
+    };
     if have > 0 {
         tracing::info!(%peer, key = %offer.key, have, size = offer.size, "resuming a file transfer");
     }
     let broken = |e: &dyn std::fmt::Display| ReceiveError::Reset(Code::ProtocolViolation, e.to_string());
     wire::write(tx, &Message::FileResume(FileResume { have })).await.map_err(|e| broken(&e))?;
     progress(have, offer.size);
-    loop {
-        match wire::read(rx).await {
-            Ok(Message::FileChunk(c)) => {
-                let len = c.len as usize;
-                if c.offset != have || len == 0 || len > CHUNK || have + len as u64 > offer.size {
-                    return Err(ReceiveError::Reset(
-                        Code::ProtocolViolation,
-                        format!("chunk at {} of {len} bytes is out of place", c.offset),
-                    ));
-                }
-                rx.read_exact(&mut buf[..len]).await.map_err(|e| ReceiveError::Reset(Code::Done, e.to_string()))?;
-                if <[u8; 32]>::from(Sha256::digest(&buf[..len])) != c.sha256 {
-                    file.flush().await.map_err(io)?;
-                    return Err(ReceiveError::Reset(
-                        Code::ChunkCorrupt,
-                        format!("chunk at {} failed its SHA-256", c.offset),
-                    ));
-                }
-                file.write_all(&buf[..len]).await.map_err(io)?;
-                whole.update(&buf[..len]);
-                have += len as u64;
-                progress(have, offer.size);
+
+    let (to_disk, from_net) = tokio::sync::mpsc::channel::<(FileChunk, Vec<u8>)>(DEPTH);
+    let (written_tx, mut written) = tokio::sync::mpsc::unbounded_channel::<u64>();
+    let (recycle_tx, mut recycle) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let cancelled = Arc::new(AtomicBool::new(false));
+    // If this future is dropped, the disk thread writes nothing more.
+    let _cancel = CancelOnDrop(cancelled.clone());
+    let writer = tokio::task::spawn_blocking(move || {
+        write_chunks(file, whole, have, from_net, written_tx, recycle_tx, &cancelled)
+    });
+    let mut to_disk = Some(to_disk);
+    let mut next = have;
+    let mut writer_gone = false;
+    // How the stream part ended: with the whole file's hash, or with an error.
+    let ended: Result<[u8; 32], Fault> = loop {
+        let buf = match recycle.try_recv() {
+            Ok(buf) => buf,
+            Err(_) => vec![0u8; CHUNK],
+        };
+        let frame = next_frame(rx, next, offer.size, buf);
+        tokio::pin!(frame);
+        let frame = loop {
+            tokio::select! {
+                biased;
+                done = written.recv(), if !writer_gone => match done {
+                    Some(done) => progress(done, offer.size),
+                    // The disk thread stopped before it was told to: a bad chunk or a disk error.
+                    None => writer_gone = true,
+                },
+                frame = &mut frame => break Some(frame),
             }
-            Ok(Message::FileEnd(FileEnd { sha256 })) => {
-                if have != offer.size {
-                    return Err(ReceiveError::Reset(
-                        Code::ProtocolViolation,
-                        format!("the file ended at {have} of {} bytes", offer.size),
-                    ));
-                }
-                let ours: [u8; 32] = whole.finalize().into();
-                if ours != sha256 {
-                    drop(file);
-                    let _ = tokio::fs::remove_file(&partial).await;
-                    return Err(refuse(
-                        wire::RefusalKind::BadRequest,
-                        "the whole file did not match its SHA-256; it was discarded".into(),
-                    ));
-                }
-                file.flush().await.map_err(io)?;
-                file.sync_all().await.map_err(io)?;
-                drop(file);
-                let request_id = offer.key.split('/').next().unwrap_or_default();
-                let folder = folders.received.join(safe_name(peer)).join(safe_name(request_id));
-                tokio::fs::create_dir_all(&folder).await.map_err(io)?;
-                let path = place(&partial, &folder, &safe_name(&offer.name)).map_err(io)?;
-                if let Ok(d) = std::fs::File::open(&folder) {
-                    let _ = d.sync_all();
-                }
-                return Ok(Received { path, size: have, sha256 });
+            if writer_gone {
+                break None;
             }
-            Ok(other) => return Err(broken(&format!("unexpected message in a file stream: {other:?}"))),
-            Err(e) => {
-                file.flush().await.map_err(io)?;
-                return Err(ReceiveError::Reset(e.code(), format!("the file stream broke at {have} bytes: {e}")));
+        };
+        match frame {
+            None => break Err(Fault::Reset(ReceiveError::Reset(Code::Done, "the disk thread stopped".into()))),
+            Some(Ok(Frame::Chunk(c, buf))) => {
+                next += c.len as u64;
+                let Some(sender) = &to_disk else { unreachable!() };
+                if sender.send((c, buf)).await.is_err() {
+                    break Err(Fault::Reset(ReceiveError::Reset(Code::Done, "the disk thread stopped".into())));
+                }
             }
+            Some(Ok(Frame::End(sha256))) => break Ok(sha256),
+            Some(Err(e)) => break Err(e),
         }
+    };
+    // Let the disk thread finish what it holds, and take its verdict (which comes first).
+    drop(to_disk.take());
+    let outcome = writer.await.map_err(|e| io(std::io::Error::other(e)))?;
+    while let Ok(done) = written.try_recv() {
+        progress(done, offer.size);
     }
+    let (file, whole, have) = match outcome {
+        Ok(state) => state,
+        Err(WriteFailure::Corrupt(offset)) => {
+            return Err(ReceiveError::Reset(Code::ChunkCorrupt, format!("chunk at {offset} failed its SHA-256")))
+        }
+        Err(WriteFailure::Disk(e)) => return Err(io(e)),
+    };
+    let sha256 = match ended {
+        Ok(sha256) => sha256,
+        Err(Fault::Broken(e)) => {
+            return Err(ReceiveError::Reset(e.code(), format!("the file stream broke at {have} bytes: {e}")))
+        }
+        Err(Fault::Reset(e)) => return Err(e),
+    };
+    if have != offer.size {
+        return Err(ReceiveError::Reset(
+            Code::ProtocolViolation,
+            format!("the file ended at {have} of {} bytes", offer.size),
+        ));
+    }
+    let ours: [u8; 32] = whole.finalize().into();
+    if ours != sha256 {
+        drop(file);
+        let _ = tokio::fs::remove_file(&partial).await;
+        return Err(refuse(
+            wire::RefusalKind::BadRequest,
+            "the whole file did not match its SHA-256; it was discarded".into(),
+        ));
+    }
+    tokio::task::spawn_blocking(move || file.sync_all())
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io)?;
+    let request_id = offer.key.split('/').next().unwrap_or_default();
+    let folder = folders.received.join(safe_name(peer)).join(safe_name(request_id));
+    tokio::fs::create_dir_all(&folder).await.map_err(io)?;
+    let path = place(&partial, &folder, &safe_name(&offer.name)).map_err(io)?;
+    if let Ok(d) = std::fs::File::open(&folder) {
+        let _ = d.sync_all();
+    }
+    Ok(Received { path, size: have, sha256 })
+}
+
+/// Opens (or creates) the partial file, keeps only whole verified chunks and never more than the
+/// offered size, and hashes what it keeps. Returns the file (positioned at its end), the hash so
+/// far and the length kept.
+fn open_partial(dir: &Path, partial: &Path, size: u64) -> std::io::Result<(std::fs::File, Sha256, u64)> {
+    use std::io::Seek;
+    std::fs::create_dir_all(dir)?;
+    let mut file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(partial)?;
+    let len = file.metadata()?.len();
+    let have = (len / CHUNK as u64 * CHUNK as u64).min(size / CHUNK as u64 * CHUNK as u64);
+    if len != have {
+        file.set_len(have)?;
+    }
+    let mut whole = Sha256::new();
+    let mut buf = vec![0u8; CHUNK];
+    let mut read = 0u64;
+    while read < have {
+        let n = read_up_to_std(&mut file, &mut buf[..(have - read).min(CHUNK as u64) as usize])?;
+        if n == 0 {
+            return Err(std::io::ErrorKind::UnexpectedEof.into());
+        }
+        whole.update(&buf[..n]);
+        read += n as u64;
+    }
+    file.seek(std::io::SeekFrom::Start(have))?;
+    Ok((file, whole, have))
+}
+
+/// One frame of a file stream, as the receiver takes it.
+enum Frame {
+    /// A chunk's header and its bytes (`buf[..len]`).
+    Chunk(FileChunk, Vec<u8>),
+    /// The end, with the whole file's claimed SHA-256.
+    End([u8; 32]),
+}
+
+/// Reads the next frame, and a chunk's bytes into `buf`, checking the chunk is in place (at
+/// `next`, not empty, at most [`CHUNK`], within `size`).
+async fn next_frame(rx: &mut quinn::RecvStream, next: u64, size: u64, mut buf: Vec<u8>) -> Result<Frame, Fault> {
+    match wire::read(rx).await {
+        Ok(Message::FileChunk(c)) => {
+            let len = c.len as usize;
+            if c.offset != next || len == 0 || len > CHUNK || next + len as u64 > size {
+                return Err(Fault::Reset(ReceiveError::Reset(
+                    Code::ProtocolViolation,
+                    format!("chunk at {} of {len} bytes is out of place", c.offset),
+                )));
+            }
+            buf.resize(CHUNK, 0);
+            rx.read_exact(&mut buf[..len])
+                .await
+                .map_err(|e| Fault::Reset(ReceiveError::Reset(Code::Done, e.to_string())))?;
+            Ok(Frame::Chunk(c, buf))
+        }
+        Ok(Message::FileEnd(FileEnd { sha256 })) => Ok(Frame::End(sha256)),
+        Ok(other) => Err(Fault::Reset(ReceiveError::Reset(
+            Code::ProtocolViolation,
+            format!("unexpected message in a file stream: {other:?}"),
+        ))),
+        Err(e) => Err(Fault::Broken(e)),
+    }
+}
+
+/// Why the stream side of a receive stopped.
+enum Fault {
+    /// The stream broke (reset with the error's code, reporting how much was written).
+    Broken(wire::FrameError),
+    /// The stream was misused, or the disk thread is gone.
+    Reset(ReceiveError),
+}
+
+/// Why the receiver's disk thread stopped early.
+enum WriteFailure {
+    /// The chunk at this offset failed its SHA-256 (it and later ones were not written).
+    Corrupt(u64),
+    /// The disk failed.
+    Disk(std::io::Error),
+}
+
+/// Sets the flag when dropped.
+struct CancelOnDrop(Arc<AtomicBool>);
+
+impl Drop for CancelOnDrop {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+/// The receiver's disk thread: checks each chunk, hashes it into the whole file, appends it, and
+/// reports the length written; stops at the first bad chunk. Returns the file, the whole hash and
+/// the length once the stream side closes the channel.
+fn write_chunks(
+    mut file: std::fs::File,
+    mut whole: Sha256,
+    mut have: u64,
+    mut from_net: tokio::sync::mpsc::Receiver<(FileChunk, Vec<u8>)>,
+    written: tokio::sync::mpsc::UnboundedSender<u64>,
+    recycle: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    cancelled: &AtomicBool,
+) -> Result<(std::fs::File, Sha256, u64), WriteFailure> {
+    use std::io::Write;
+    while let Some((c, buf)) = from_net.blocking_recv() {
+        if cancelled.load(Ordering::SeqCst) {
+            break;
+        }
+        let chunk = &buf[..c.len as usize];
+        if <[u8; 32]>::from(Sha256::digest(chunk)) != c.sha256 {
+            return Err(WriteFailure::Corrupt(c.offset));
+        }
+        file.write_all(chunk).map_err(WriteFailure::Disk)?;
+        whole.update(chunk);
+        have += chunk.len() as u64;
+        let _ = written.send(have);
+        let _ = recycle.send(buf);
+    }
+    Ok((file, whole, have))
 }
 
 /// Moves `partial` into `folder` as `name`, or `2-name`, `3-name`, … if that is taken: a file
