@@ -62,6 +62,10 @@ use ferry::peer::{Peer, Peers};
 use ferry::wire::{self, Message};
 
 /// ferry must reach this share of raw quinn with the receiver hashing.
+#[path = "common/mod.rs"]
+mod common;
+use common::{load_average, machine_busy, pass, TICK};
+
 const TARGET_SHARE_OF_QUINN: f64 = 0.90;
 /// ferry must be this much faster than scp.
 const TARGET_TIMES_SCP: f64 = 1.2;
@@ -548,14 +552,6 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
     println!("{}", render(&headers, &rows, true));
 }
 
-fn pass(ok: bool) -> &'static str {
-    if ok {
-        "PASS"
-    } else {
-        "MISS"
-    }
-}
-
 /// A table with columns padded to their widths: plain or markdown.
 fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
     let width = |s: &str| s.chars().count();
@@ -616,9 +612,6 @@ struct Cpu {
     others_share: Option<f64>,
 }
 
-/// USER_HZ, the unit of `/proc` CPU times.
-const TICK: f64 = 0.01;
-
 /// A `stat` line's command name and user + system CPU seconds.
 fn ticks(stat: &str) -> Option<(String, f64)> {
     let (head, rest) = stat.rsplit_once(')')?;
@@ -675,15 +668,6 @@ impl Cpu {
         let other = if self.other >= 0.05 { format!(" +{:.1}", self.other) } else { String::new() };
         format!("{:.1}/{:.1}/{:.1}{other}", self.send, self.recv, self.main)
     }
-}
-
-/// CPU seconds the whole machine has been busy (`/proc/stat`: user, nice, system, irq, softirq,
-/// steal).
-fn machine_busy() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
-    let f: Vec<f64> = cpu.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum::<f64>() * TICK)
 }
 
 /// A line of `/proc/self/status` in KiB.
@@ -745,13 +729,6 @@ fn cpu_model() -> String {
 fn cpu_has(flag: &str) -> bool {
     std::fs::read_to_string("/proc/cpuinfo")
         .is_ok_and(|c| c.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == flag)))
-}
-
-fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
 }
 
 // ---------------------------------------------------------------------------------------------
