@@ -29,6 +29,8 @@ pub struct Config {
     pub files: FilesConfig,
     /// `[api]`.
     pub api: ApiConfig,
+    /// `[evidence]`.
+    pub evidence: EvidenceConfig,
 }
 
 /// `[node]`: who this node is and where it listens.
@@ -114,6 +116,16 @@ pub struct ApiConfig {
     pub heartbeat: Duration,
 }
 
+/// `[evidence]`: what this node keeps as proof of its exchanges.
+#[derive(Debug, Clone)]
+pub struct EvidenceConfig {
+    /// Keep the evidence log (default true). Turning it off gives up the proof of every exchange;
+    /// it exists to measure what the log costs.
+    pub log: bool,
+    /// Sign receipts for what peers send (default true).
+    pub receipts: bool,
+}
+
 /// The configuration could not be used; every problem found is listed.
 #[derive(Debug, Error)]
 #[error("{}", .problems.iter().map(|p| format!("{}: {p}", .path.display())).collect::<Vec<_>>().join("\n"))]
@@ -152,6 +164,7 @@ impl Config {
         let services = root.array("service");
         let files = root.table("files", false);
         let api = root.table("api", false);
+        let evidence = root.table("evidence", false);
         root.finish();
 
         let node = {
@@ -244,8 +257,16 @@ impl Config {
             ApiConfig { tokens, heartbeat }
         };
 
+        let evidence = {
+            let mut s = Section::new(&evidence, "evidence", &mut errs);
+            let log = s.flag("log", true);
+            let receipts = s.flag("receipts", true);
+            s.finish();
+            EvidenceConfig { log, receipts }
+        };
+
         if errs.is_empty() {
-            Ok(Config { path: path.to_owned(), dir, node, peers, services, files, api })
+            Ok(Config { path: path.to_owned(), dir, node, peers, services, files, api, evidence })
         } else {
             Err(fail(errs))
         }
@@ -409,6 +430,17 @@ impl<'a> Section<'a> {
             Some(_) => {
                 self.problem(key, format!("must be written as [[{key}]] tables"));
                 vec![]
+            }
+        }
+    }
+
+    fn flag(&mut self, key: &'a str, default: bool) -> bool {
+        match self.get(key) {
+            None => default,
+            Some(Value::Boolean(b)) => *b,
+            Some(_) => {
+                self.problem(key, "must be true or false".to_owned());
+                default
             }
         }
     }

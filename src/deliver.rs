@@ -26,7 +26,7 @@ pub struct Services {
 }
 
 fn refuse(kind: RefusalKind, message: impl Into<String>) -> Refusal {
-    Refusal { kind, message: message.into() }
+    Refusal::new(kind, message)
 }
 
 impl Services {
@@ -195,6 +195,21 @@ pub fn service_url(base: &url::Url, path: &str) -> Option<url::Url> {
     (url.origin() == base.origin()).then_some(url)
 }
 
+/// The form as a JSON object, each field named in `mask` shown only as `sha256:<hex>` of its text.
+pub fn masked_form(form: &[(String, wire::FormValue)], mask: &[String]) -> serde_json::Value {
+    form.iter()
+        .map(|(k, v)| {
+            let value = if mask.contains(k) {
+                format!("sha256:{}", crate::evidence::sha256_hex(v.to_text().as_bytes())).into()
+            } else {
+                v.to_json()
+            };
+            (k.clone(), value)
+        })
+        .collect::<serde_json::Map<_, _>>()
+        .into()
+}
+
 /// A failed service call.
 #[derive(Debug, Clone)]
 pub struct CallError {
@@ -243,7 +258,7 @@ async fn relay(mut response: reqwest::Response) -> Result<Result<wire::Response,
         }
         body.extend_from_slice(&chunk);
     }
-    Ok(Ok(wire::Response { status, headers, body }))
+    Ok(Ok(wire::Response { status, headers, body, replay_of: None }))
 }
 
 #[cfg(test)]

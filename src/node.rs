@@ -75,12 +75,19 @@ pub async fn run(
     let identity = Identity::load(&config.cert_path(), &config.key_path())?;
     let peers = Peers::load(&config.peers)?;
     let services = Services::new(config.services.clone());
-    let store = Store::open(&config.node.data_dir)?;
+    let store = Store::open_with(&config.node.data_dir, config.evidence.log)?;
     let interrupted = store.recover().await?;
     if interrupted > 0 {
         tracing::warn!(interrupted, "failed requests whose service call the last stop interrupted");
     }
-    let link = Link::new(sockets.link, identity.clone(), peers.clone(), Transport::default(), store.clone())?;
+    let link = Link::new(
+        sockets.link,
+        identity.clone(),
+        peers.clone(),
+        Transport::default(),
+        store.clone(),
+        config.evidence.receipts,
+    )?;
     let folders = crate::transfer::Folders::new(&config.node.data_dir, config.files.max_size);
     tokio::spawn(link.clone().serve(services.clone(), folders));
     let stop = CancellationToken::new();

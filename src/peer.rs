@@ -22,6 +22,8 @@ pub struct Peer {
     pub address: String,
     /// The pinned certificate's fingerprint.
     pub fingerprint: Fingerprint,
+    /// Its pinned certificate, which checks its receipts.
+    pub cert: CertificateDer<'static>,
     link: Mutex<LinkState>,
     /// Held while dialing, so that one dial serves every waiting request.
     pub dialing: tokio::sync::Mutex<()>,
@@ -42,6 +44,7 @@ impl Peer {
             name: name.to_owned(),
             address: address.to_owned(),
             fingerprint: Fingerprint::of(cert),
+            cert: cert.clone().into_owned(),
             link: Mutex::default(),
             dialing: tokio::sync::Mutex::new(()),
         }

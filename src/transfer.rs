@@ -197,7 +197,7 @@ fn read_up_to_std(file: &mut std::fs::File, buf: &mut [u8]) -> std::io::Result<u
 }
 
 fn refused(message: &str) -> TransferError {
-    TransferError::Refused(wire::Refusal { kind: wire::RefusalKind::BadRequest, message: message.to_owned() })
+    TransferError::Refused(wire::Refusal::new(wire::RefusalKind::BadRequest, message))
 }
 
 /// SHA-256 of the whole file, read from the start.
@@ -270,7 +270,7 @@ pub async fn receive(
     progress: impl Fn(u64, u64),
 ) -> Result<Received, ReceiveError> {
     let io = |e: std::io::Error| ReceiveError::Reset(Code::Done, format!("disk error: {e}"));
-    let refuse = |kind, message: String| ReceiveError::Refuse(wire::Refusal { kind, message });
+    let refuse = |kind, message: String| ReceiveError::Refuse(wire::Refusal::new(kind, message));
     if offer.size > folders.max_size {
         return Err(refuse(
             wire::RefusalKind::TooLarge,

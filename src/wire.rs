@@ -38,9 +38,13 @@
 //! Each side resends what the other has not acknowledged (after a lost connection, a restart),
 //! and each side ignores what it already has, so nothing is lost and nothing is done twice.
 //!
-//! The variants after [`Message::Reply`] are reserved for signed receipts and file streams; their
-//! positions in the enum are fixed now so that later versions fill them without renumbering. A
-//! node that receives a variant it does not handle resets the stream with [`Code::Unsupported`].
+//! A node that receives a message it accepted signs a receipt for it: the leaves of what it
+//! accepted (request or reply id, payload SHA-256, file SHA-256, time) are gathered for a few
+//! milliseconds and one signature over their Merkle root goes back in a [`Message::Receipt`] on a
+//! stream of its own (see [`crate::receipt`]). A receipt that does not verify against the pinned
+//! certificate closes the connection with [`Code::ProtocolViolation`].
+//!
+//! A node that receives a variant it does not handle resets the stream with [`Code::Unsupported`].
 //!
 //! Every stream reset and connection close uses a [`Code`].
 
@@ -123,8 +127,9 @@ pub enum Message {
     /// Opens a stream: a result of an asynchronous request, carried back to the requesting node,
     /// which persists it and answers [`Message::Ack`].
     Reply(Reply),
-    /// Reserved: a signed receipt over a message and its payload hashes.
-    Receipt(Reserved),
+    /// Opens a stream: the receiver's signature over what it accepted lately; answered with
+    /// [`Message::Ack`] once the sender has recorded it.
+    Receipt(Receipt),
     /// Opens a stream: the sender offers a file for a request or reply.
     FileOffer(FileOffer),
     /// One chunk's header; exactly `len` raw bytes of the file follow the frame.
@@ -234,9 +239,36 @@ pub struct FileRef {
     pub sha256: [u8; 32],
 }
 
-/// The body of a reserved message type; later protocol versions give it fields.
+/// A batch receipt: one signature by the receiving node over the Merkle root of `leaves`.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct Reserved;
+pub struct Receipt {
+    /// What the receiver accepted, in the order of the tree's leaves.
+    pub leaves: Vec<Leaf>,
+    /// ECDSA P-256 SHA-256 signature (ASN.1 DER) over [`crate::receipt::statement`] of the root.
+    pub signature: Vec<u8>,
+}
+
+/// One message a receiver accepted, as its receipt names it.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Leaf {
+    /// The request id.
+    pub id: String,
+    /// 0 for the request itself, else the reply's sequence number.
+    pub seq: u32,
+    /// SHA-256 of the message's postcard payload ([`payload_sha256`]).
+    pub payload_sha256: [u8; 32],
+    /// SHA-256 of the file that came with it, if any.
+    pub file_sha256: Option<[u8; 32]>,
+    /// When the receiver accepted it (ms since the Unix epoch).
+    pub at_ms: i64,
+}
+
+/// SHA-256 of a message's postcard encoding: what receipts and evidence records name as its payload.
+pub fn payload_sha256<T: Serialize>(message: &T) -> [u8; 32] {
+    use sha2::Digest;
+    let bytes = postcard::to_stdvec(message).unwrap_or_default();
+    sha2::Sha256::digest(bytes).into()
+}
 
 /// A request for a service of the receiving node.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -263,6 +295,8 @@ pub struct Request {
     pub timeout_ms: u64,
     /// The file sent ahead of this request, if any (key: the request id).
     pub file: Option<FileRef>,
+    /// The host's idempotency key (at most 64 characters), scoped by sender, service and path.
+    pub idempotency_key: Option<String>,
 }
 
 /// A form value: the JSON scalars a host may put in `form`.
@@ -318,6 +352,9 @@ pub struct Response {
     pub headers: Vec<(String, String)>,
     /// The body bytes.
     pub body: Vec<u8>,
+    /// Set when the answer is a stored one: the id of the earlier request with the same
+    /// idempotency key, whose service call produced it.
+    pub replay_of: Option<String>,
 }
 
 impl Response {
@@ -358,6 +395,15 @@ pub struct Refusal {
     pub kind: RefusalKind,
     /// Plain words for the operator.
     pub message: String,
+    /// For [`RefusalKind::InProgress`] and [`RefusalKind::Duplicate`]: the earlier request's id.
+    pub earlier: Option<String>,
+}
+
+impl Refusal {
+    /// A refusal of `kind` that names no earlier request.
+    pub fn new(kind: RefusalKind, message: impl Into<String>) -> Self {
+        Refusal { kind, message: message.into(), earlier: None }
+    }
 }
 
 /// The kinds of refusal a receiving node sends; each maps to one API error kind.
@@ -379,6 +425,10 @@ pub enum RefusalKind {
     Timeout,
     /// A bug on the receiving node.
     Internal,
+    /// A request with the same idempotency key is still running.
+    InProgress,
+    /// The same request arrived inside the service's duplicate window.
+    Duplicate,
 }
 
 /// Whether a header is hop-by-hop (or framing) and so never crosses the link.
@@ -482,6 +532,7 @@ mod tests {
             conversation: Some("c-1".into()),
             timeout_ms: 30_000,
             file: None,
+            idempotency_key: None,
         })
     }
 

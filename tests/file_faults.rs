@@ -188,6 +188,7 @@ fn request_with(key: &str, file: FileRef) -> Request {
         conversation: None,
         timeout_ms: 5_000,
         file: Some(file),
+        idempotency_key: None,
     }
 }
 

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{rogue_and_node, Rogue};
-use ferry::wire::{self, Code, Encoding, Message, Request, Reserved};
+use ferry::wire::{self, Code, Encoding, Message, Request};
 
 impl Rogue {
     /// Sends `bytes` on a new stream and returns the answer, or the code the stream was reset with.
@@ -33,6 +33,7 @@ fn request(version: u16) -> Message {
         conversation: None,
         timeout_ms: 5_000,
         file: None,
+        idempotency_key: None,
     })
 }
 
@@ -50,8 +51,8 @@ async fn protocol_violations_reset_the_stream_and_spare_the_connection() {
     let wrong_version = wire::encode(&request(wire::PROTOCOL_VERSION + 1)).unwrap();
     assert_eq!(rogue.send(&wrong_version).await, Err(Some(Code::VersionMismatch)));
 
-    let reserved = wire::encode(&Message::Receipt(Reserved)).unwrap();
-    assert_eq!(rogue.send(&reserved).await, Err(Some(Code::Unsupported)));
+    let not_an_opener = wire::encode(&Message::Ack(wire::Ack { id: "x".into(), seq: 0 })).unwrap();
+    assert_eq!(rogue.send(&not_an_opener).await, Err(Some(Code::Unsupported)));
 
     assert!(service.seen().is_empty(), "nothing malformed reached the service");
 
@@ -75,4 +76,29 @@ async fn a_hostile_path_cannot_reach_another_host() {
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(service.seen().is_empty());
+}
+
+#[tokio::test]
+async fn a_receipt_signed_by_another_key_closes_the_connection() {
+    let (rogue, _b, _service, _root) = rogue_and_node().await;
+    let leaves = vec![wire::Leaf { id: "r1".into(), seq: 0, payload_sha256: [1; 32], file_sha256: None, at_ms: 7 }];
+
+    let own = ferry::receipt::Signer::new(&rogue.identity).unwrap().sign(&leaves);
+    let receipt = wire::encode(&Message::Receipt(wire::Receipt { leaves: leaves.clone(), signature: own })).unwrap();
+    assert!(matches!(rogue.send(&receipt).await, Ok(Message::Ack(_))), "a receipt signed with the pinned key is taken");
+
+    let stranger = ferry::identity::Identity::generate("stranger").unwrap();
+    let forged = ferry::receipt::Signer::new(&stranger).unwrap().sign(&leaves);
+    let receipt = wire::encode(&Message::Receipt(wire::Receipt { leaves, signature: forged })).unwrap();
+    let (mut send, mut recv) = rogue.connection.open_bi().await.unwrap();
+    send.write_all(&receipt).await.unwrap();
+    let _ = send.finish();
+    let _ = recv.read_to_end(1024).await;
+    let reason = tokio::time::timeout(std::time::Duration::from_secs(5), rogue.connection.closed()).await.unwrap();
+    match reason {
+        quinn::ConnectionError::ApplicationClosed(close) => {
+            assert_eq!(Code::from_varint(close.error_code), Some(Code::ProtocolViolation))
+        }
+        other => panic!("expected the node to close the connection, got {other}"),
+    }
 }

@@ -2,7 +2,7 @@
 
 use axum::extract::{Path, Query, State};
 use axum::http::StatusCode;
-use axum::response::Response;
+use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
@@ -94,4 +94,30 @@ pub(super) async fn stats(State(state): State<ApiState>) -> Result<Response, Api
             "callbacks_pending": stats.callbacks_pending, "transfers_active": 0,
         }),
     ))
+}
+
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub(super) struct AuditQuery {
+    since: Option<i64>,
+    limit: Option<usize>,
+}
+
+/// `GET /v1/audit?since=SEQ&limit=N`: evidence records after `since`, oldest first, as JSON lines.
+pub(super) async fn audit(
+    State(state): State<ApiState>,
+    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
+) -> Result<Response, ApiError> {
+    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+    let limit = q.limit.unwrap_or(1000);
+    if !(1..=10_000).contains(&limit) {
+        return Err(ApiError::bad_request("`limit` must be 1 to 10000".to_owned()).with("field", "limit"));
+    }
+    let records = state.store.audit(q.since.unwrap_or(0), limit).await.map_err(internal)?;
+    let mut body = String::with_capacity(records.iter().map(|r| r.len() + 1).sum());
+    for r in records {
+        body.push_str(&r);
+        body.push('\n');
+    }
+    Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }

@@ -93,10 +93,10 @@ pub(super) async fn create(
             expires_at: now_ms() + (a.ttl_s as i64).saturating_mul(1000),
             file,
         };
-        state.store.insert_outgoing(new).await.map_err(|e| {
+        let (id, stored) = state.store.insert_outgoing(new).await.map_err(|e| {
             ApiError::new(Kind::Internal, format!("the request could not be stored: {e}")).with("id", id.clone())
         })?;
-        return Ok(ok(StatusCode::ACCEPTED, "Accepted", json!({"id": id, "state": "waiting"})));
+        return Ok(ok(StatusCode::ACCEPTED, "Accepted", json!({"id": id, "state": stored})));
     }
     let timeout = Duration::from_millis(request.timeout_ms);
     let id = request.id.clone();
@@ -106,6 +106,9 @@ pub(super) async fn create(
     })?;
     match outcome {
         Ok(response) => Ok(answer(&id, response)),
+        Err(Failure::Refused(wire::Refusal { earlier: Some(earlier), kind, message })) => {
+            Err(failure_error(&peer, Failure::Refused(wire::Refusal::new(kind, message))).with("id", earlier))
+        }
         Err(failure) => Err(failure_error(&peer, failure).with("id", id)),
     }
 }
@@ -117,9 +120,6 @@ fn validate(
     idempotency_key: Option<String>,
 ) -> Result<(String, wire::Request, Option<AsyncPart>, Option<OutgoingFile>), ApiError> {
     let bad = ApiError::bad_request;
-    let not_yet = |field: &str| {
-        bad(format!("field `{field}`: this node does not honour idempotency keys yet")).with("field", field)
-    };
     let sync_only =
         |field: &str| bad(format!("field `{field}`: applies to `mode: \"async\"` only")).with("field", field);
     if new.peer.is_empty() || new.service.is_empty() {
@@ -211,13 +211,10 @@ fn validate(
         }
         None => None,
     };
-    if let Some(key) = idempotency_key {
-        if key.is_empty() || key.chars().count() > 64 {
-            return Err(
-                bad("field `idempotency_key`: must be 1 to 64 characters".to_owned()).with("field", "idempotency_key")
-            );
-        }
-        return Err(not_yet("idempotency_key"));
+    if idempotency_key.as_ref().is_some_and(|key| key.is_empty() || key.chars().count() > 64) {
+        return Err(
+            bad("field `idempotency_key`: must be 1 to 64 characters".to_owned()).with("field", "idempotency_key")
+        );
     }
     let timeout_ms = new.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
@@ -235,6 +232,7 @@ fn validate(
         conversation: new.conversation,
         timeout_ms,
         file: None,
+        idempotency_key,
     };
     Ok((new.peer, request, async_part, file))
 }
@@ -263,14 +261,19 @@ fn callback_target(state: &ApiState, spec: CallbackSpec) -> Result<(String, Stri
     }
 }
 
-/// The 200 answer: the service's status, headers and body (JSON, text or base64).
+/// The 200 answer: the service's status, headers and body (JSON, text or base64). A stored answer
+/// to an idempotency key names the earlier request's id and says `"replayed": true`.
 fn answer(id: &str, response: wire::Response) -> Response {
+    let id = response.replay_of.as_deref().unwrap_or(id);
     let (body, encoding) = response.body_value();
     let headers = response.headers_json();
     let deprecation = response.headers.iter().find(|(k, _)| k == "deprecation").map(|(_, v)| v.clone());
     let mut data = json!({"id": id, "status": response.status, "headers": headers, "body": body});
     if let Some(e) = encoding {
         data["body_encoding"] = e.into();
+    }
+    if response.replay_of.is_some() {
+        data["replayed"] = true.into();
     }
     let mut reply = ok(StatusCode::OK, "ActionOK", data);
     if let Some(value) = deprecation.and_then(|v| HeaderValue::from_str(&v).ok()) {
@@ -296,6 +299,8 @@ fn failure_error(peer: &str, failure: Failure) -> ApiError {
                 RefusalKind::BackendUnreachable => Kind::BackendUnreachable,
                 RefusalKind::Timeout => Kind::Timeout,
                 RefusalKind::Internal => Kind::Internal,
+                RefusalKind::InProgress => Kind::InProgress,
+                RefusalKind::Duplicate => Kind::Duplicate,
             };
             ApiError::new(kind, format!("{peer}: {}", refusal.message))
         }

@@ -2,6 +2,7 @@
 //!
 //! Every usage, file or config error ends with one line per problem on stderr and exit code 2.
 
+mod audit;
 mod check;
 pub mod demo;
 pub mod edit;
@@ -107,8 +108,27 @@ enum Command {
     Run(ConfigArg),
     /// Validate the config and certificates.
     Check(ConfigArg),
+    /// The evidence log: export it, or verify its chain and receipts.
+    Audit {
+        #[command(subcommand)]
+        command: AuditCommand,
+    },
     /// Two nodes and a sample service in one process, on loopback; no set-up needed.
     Demo,
+}
+
+#[derive(Debug, Subcommand)]
+enum AuditCommand {
+    /// Write the evidence log as JSON lines.
+    Export {
+        /// Only records after this seq.
+        #[arg(long, default_value_t = 0)]
+        since: i64,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Recompute the hash chain and check every receipt; exit 0 when intact, else name the first bad seq.
+    Verify(ConfigArg),
 }
 
 #[derive(Debug, Subcommand)]
@@ -220,6 +240,8 @@ fn run(command: Command) -> Result<(), CliError> {
         }
         Command::Run(c) => run_node(&c.config),
         Command::Check(c) => check::check(&c.config),
+        Command::Audit { command: AuditCommand::Export { since, config } } => audit::export(&config.config, since),
+        Command::Audit { command: AuditCommand::Verify(c) } => audit::verify(&c.config),
         Command::Demo => demo::run(),
     }
 }

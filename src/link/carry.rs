@@ -94,14 +94,13 @@ impl Link {
                         Ok(()) => send(&connection, &work).await,
                         Err(TransferError::Interrupted(why)) => Err(why),
                         Err(TransferError::Refused(refusal)) => Ok(Message::Refused(refusal)),
-                        Err(e @ TransferError::Source { .. }) => Ok(Message::Refused(wire::Refusal {
-                            kind: wire::RefusalKind::BadRequest,
-                            message: e.to_string(),
-                        })),
+                        Err(e @ TransferError::Source { .. }) => {
+                            Ok(Message::Refused(wire::Refusal::new(wire::RefusalKind::BadRequest, e.to_string())))
+                        }
                     };
                     let store = &self.inner.store;
                     let recorded = match result {
-                        Ok(Message::Ack(ack)) => store.acknowledged(&peer.name, ack).await,
+                        Ok(Message::Ack(ack)) => store.acknowledged(&peer.name, ack, &work).await,
                         Ok(Message::Refused(refusal)) => match &work {
                             OutboundWork::Request { message, .. } => {
                                 store

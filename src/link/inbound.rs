@@ -5,10 +5,11 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
+use super::Link;
 use crate::deliver::Services;
 use crate::identity::Fingerprint;
 use crate::peer::{Peer, Peers};
-use crate::store::Store;
+use crate::store::{Admission, Store};
 use crate::transfer::{self, Folders, ReceiveError};
 use crate::wire::{self, Code, Message, Refusal, RefusalKind};
 
@@ -18,6 +19,7 @@ const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
 /// What answering peers needs: the local services, the store, and where files go.
 #[derive(Clone)]
 pub(super) struct Inbound {
+    pub link: Link,
     pub services: Services,
     pub store: Store,
     pub folders: Folders,
@@ -45,7 +47,7 @@ pub(super) async fn connection(peers: Peers, inbound: Inbound, incoming: quinn::
     loop {
         match connection.accept_bi().await {
             Ok((send, recv)) => {
-                tokio::spawn(stream(peer.clone(), inbound.clone(), send, recv));
+                tokio::spawn(stream(peer.clone(), inbound.clone(), connection.clone(), send, recv));
             }
             Err(e) => return tracing::debug!(peer = %peer.name, reason = %e, "peer connection ended"),
         }
@@ -65,7 +67,13 @@ fn reset(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: Code)
 }
 
 /// Answers one stream: reads its opening message and answers it.
-async fn stream(peer: Arc<Peer>, inbound: Inbound, mut send: quinn::SendStream, mut recv: quinn::RecvStream) {
+async fn stream(
+    peer: Arc<Peer>,
+    inbound: Inbound,
+    connection: quinn::Connection,
+    mut send: quinn::SendStream,
+    mut recv: quinn::RecvStream,
+) {
     let message = match tokio::time::timeout(FIRST_FRAME_WITHIN, wire::read(&mut recv)).await {
         Err(_) => return reset(&mut send, &mut recv, Code::Stalled),
         Ok(Err(e)) => {
@@ -85,45 +93,50 @@ async fn stream(peer: Arc<Peer>, inbound: Inbound, mut send: quinn::SendStream, 
         return reset(&mut send, &mut recv, Code::VersionMismatch);
     }
     peer.seen();
-    let Inbound { services, store, folders, receiving } = &inbound;
+    let Inbound { link, services, store, folders, receiving } = &inbound;
     let answer = match message {
-        Message::Request(request) => match received_file(store, &peer.name, &request.id, &request.file).await {
-            Err(refusal) => Message::Refused(refusal),
-            Ok(file) => {
-                let started = std::time::Instant::now();
-                let extra: Vec<_> = file.into_iter().collect();
-                let answer = match services.call_with(&peer.name, &request, &extra).await {
-                    Ok(response) => Message::Response(response),
-                    Err(e) => Message::Refused(e.refusal),
-                };
-                tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
-                answer
-            }
+        Message::Request(request) => match sync_request(&inbound, &peer, &request).await {
+            Ok(answer) => answer,
+            Err(code) => return reset(&mut send, &mut recv, code),
         },
         Message::AsyncRequest(message) => {
             let id = message.request.id.clone();
+            let payload = wire::payload_sha256(&message.request);
+            let file_sha = message.request.file.as_ref().map(|f| f.sha256);
             let checked = match services.check(&peer.name, &message.request.service) {
-                Ok(_) => received_file(store, &peer.name, &id, &message.request.file).await,
+                Ok(service) => {
+                    received_file(store, &peer.name, &id, &message.request.file).await.map(|file| (service, file))
+                }
                 Err(refusal) => Err(refusal),
             };
             match checked {
                 Err(refusal) => Message::Refused(refusal),
-                Ok(file) => match store.insert_incoming(&peer.name, message, file.map(|(_, path)| path)).await {
-                    Ok(_) => Message::Ack(wire::Ack { id, seq: 0 }),
-                    Err(e) => {
-                        tracing::error!(peer = %peer.name, %id, error = %e, "cannot persist a request; the peer will resend it");
-                        return reset(&mut send, &mut recv, Code::Done);
+                Ok((service, file)) => {
+                    match store.insert_incoming(&peer.name, message, file.map(|(_, path)| path), &service).await {
+                        Ok(Admission::Refused(refusal)) => Message::Refused(refusal),
+                        Ok(_) => {
+                            link.sign_receipt(&peer.name, &id, 0, payload, file_sha);
+                            Message::Ack(wire::Ack { id, seq: 0 })
+                        }
+                        Err(e) => {
+                            tracing::error!(peer = %peer.name, %id, error = %e, "cannot persist a request; the peer will resend it");
+                            return reset(&mut send, &mut recv, Code::Done);
+                        }
                     }
-                },
+                }
             }
         }
         Message::Reply(reply) => {
             let ack = wire::Ack { id: reply.id.clone(), seq: reply.seq };
             let key = format!("{}/{}", reply.id, reply.seq);
+            let (payload, file_sha) = (wire::payload_sha256(&reply), reply.file.as_ref().map(|f| f.sha256));
             match received_file(store, &peer.name, &key, &reply.file).await {
                 Err(refusal) => Message::Refused(refusal),
                 Ok(file) => match store.received_reply(&peer.name, reply, file.map(|(_, path)| path)).await {
-                    Ok(()) => Message::Ack(ack),
+                    Ok(()) => {
+                        link.sign_receipt(&peer.name, &ack.id, ack.seq, payload, file_sha);
+                        Message::Ack(ack)
+                    }
                     Err(e) => {
                         tracing::error!(peer = %peer.name, id = %ack.id, error = %e, "cannot persist a reply; the peer will resend it");
                         return reset(&mut send, &mut recv, Code::Done);
@@ -137,10 +150,10 @@ async fn stream(peer: Arc<Peer>, inbound: Inbound, mut send: quinn::SendStream, 
             match store.received_file(&peer.name, &key).await {
                 Ok(Some(f)) if f.size == offer.size => Message::FileDone(wire::FileDone { sha256: f.sha256 }),
                 // A verified file is never replaced: it may be in a service's hands already.
-                Ok(Some(_)) => Message::Refused(Refusal {
-                    kind: RefusalKind::BadRequest,
-                    message: format!("another file was already received for {key}; it is kept as it was"),
-                }),
+                Ok(Some(_)) => Message::Refused(Refusal::new(
+                    RefusalKind::BadRequest,
+                    format!("another file was already received for {key}; it is kept as it was"),
+                )),
                 _ => {
                     let claim = format!("{}\0{key}", peer.name);
                     if !receiving.lock().unwrap().insert(claim.clone()) {
@@ -180,6 +193,18 @@ async fn stream(peer: Arc<Peer>, inbound: Inbound, mut send: quinn::SendStream, 
                 }
             }
         }
+        Message::Receipt(receipt) => {
+            let leaves = receipt.leaves.len() as u32;
+            if let Err(why) = super::receipts::verify(&peer, &receipt) {
+                tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
+                return connection.close(Code::ProtocolViolation.varint(), b"receipt does not verify");
+            }
+            if let Err(e) = super::receipts::keep(store, &peer.name, receipt).await {
+                tracing::error!(peer = %peer.name, error = %e, "cannot record a receipt");
+                return reset(&mut send, &mut recv, Code::Done);
+            }
+            Message::Ack(wire::Ack { id: String::new(), seq: leaves })
+        }
         other => {
             tracing::warn!(peer = %peer.name, message = ?std::mem::discriminant(&other), "unsupported message");
             return reset(&mut send, &mut recv, Code::Unsupported);
@@ -191,6 +216,55 @@ async fn stream(peer: Arc<Peer>, inbound: Inbound, mut send: quinn::SendStream, 
         }
         Err(e) => tracing::debug!(peer = %peer.name, error = %e, "could not send the answer"),
     }
+}
+
+/// Answers a synchronous request: admission (idempotency key, duplicate window, evidence), the
+/// service call, and the record of its answer, which is on disk before the answer leaves.
+/// `Err`: the stream is reset with that code (the store failed; nothing was called).
+async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -> Result<Message, Code> {
+    let Inbound { link, services, store, .. } = inbound;
+    let service = match services.check(&peer.name, &request.service) {
+        Ok(service) => service,
+        Err(refusal) => return Ok(Message::Refused(refusal)),
+    };
+    let file = match received_file(store, &peer.name, &request.id, &request.file).await {
+        Ok(file) => file,
+        Err(refusal) => return Ok(Message::Refused(refusal)),
+    };
+    let tracked = store.keeps_evidence() || request.idempotency_key.is_some() || service.dedupe_window.is_some();
+    if tracked {
+        let admitted = store.admit_sync(&peer.name, request, &service).await.map_err(|e| {
+            tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a request");
+            Code::Done
+        })?;
+        match admitted {
+            Admission::New | Admission::Known => {}
+            Admission::Replay(response) => return Ok(Message::Response(response)),
+            Admission::Refused(refusal) => return Ok(Message::Refused(refusal)),
+        }
+    }
+    link.sign_receipt(
+        &peer.name,
+        &request.id,
+        0,
+        wire::payload_sha256(request),
+        request.file.as_ref().map(|f| f.sha256),
+    );
+    let started = std::time::Instant::now();
+    let extra: Vec<_> = file.into_iter().collect();
+    let answer = services.call_with(&peer.name, request, &extra).await.map_err(|e| e.refusal);
+    tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
+    if tracked {
+        let recorded =
+            store.sync_answered(&peer.name, &request.id, answer.as_ref().map_err(|r| r.message.as_str())).await;
+        if let Err(e) = recorded {
+            tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a service's answer");
+        }
+    }
+    Ok(match answer {
+        Ok(response) => Message::Response(response),
+        Err(refusal) => Message::Refused(refusal),
+    })
 }
 
 /// Removes `claim` from `set` when dropped.
@@ -213,10 +287,10 @@ async fn received_file(
     let Some(want) = file else { return Ok(None) };
     match store.received_file(peer, key).await {
         Ok(Some(got)) if got.sha256 == want.sha256 && got.size == want.size => Ok(Some((want.field.clone(), got.path))),
-        Ok(_) => Err(Refusal {
-            kind: RefusalKind::BadRequest,
-            message: format!("the file `{}` for {key} has not arrived whole; send it first", want.name),
-        }),
-        Err(e) => Err(Refusal { kind: RefusalKind::Internal, message: format!("the peer's store failed: {e}") }),
+        Ok(_) => Err(Refusal::new(
+            RefusalKind::BadRequest,
+            format!("the file `{}` for {key} has not arrived whole; send it first", want.name),
+        )),
+        Err(e) => Err(Refusal::new(RefusalKind::Internal, format!("the peer's store failed: {e}"))),
     }
 }

@@ -4,12 +4,14 @@
 //! ([`outbound`]), and [`Link::carry`] drains the asynchronous ones the store says are due; each
 //! gets its own bidirectional stream over one kept connection per peer ([`connect`]). Inbound, [`Link::serve`] accepts
 //! connections from pinned peers only, names the peer by its certificate, and answers each stream
-//! ([`inbound`]). The protocol itself is in [`crate::wire`].
+//! ([`inbound`]), signing receipts for what it accepted ([`receipts`]). The protocol itself is in
+//! [`crate::wire`].
 
 mod carry;
 mod connect;
 mod inbound;
 mod outbound;
+mod receipts;
 mod transport;
 mod upload;
 
@@ -26,6 +28,7 @@ pub use transport::Transport;
 use crate::deliver::Services;
 use crate::identity::Identity;
 use crate::peer::Peers;
+use crate::receipt::Signer;
 use crate::store::Store;
 use crate::wire::Code;
 
@@ -47,6 +50,7 @@ struct Inner {
     closing: AtomicBool,
     /// Files being uploaded now, as `peer\0key`.
     uploading: std::sync::Mutex<std::collections::HashSet<String>>,
+    receipts: receipts::Receipts,
 }
 
 /// The endpoint could not be set up.
@@ -61,14 +65,17 @@ pub enum LinkError {
 }
 
 impl Link {
-    /// An endpoint on `socket` that serves pinned peers and dials them on demand.
+    /// An endpoint on `socket` that serves pinned peers and dials them on demand; with
+    /// `receipts`, it signs receipts for what peers send.
     pub fn new(
         socket: std::net::UdpSocket,
         identity: Identity,
         peers: Peers,
         transport: Transport,
         store: Store,
+        receipts: bool,
     ) -> Result<Link, LinkError> {
+        let signer = if receipts { Some(Signer::new(&identity).map_err(LinkError::Tls)?) } else { None };
         let tls = crate::tls::server_config(&identity, peers.clone()).map_err(|e| LinkError::Tls(e.to_string()))?;
         let crypto =
             quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
@@ -85,6 +92,7 @@ impl Link {
                 store,
                 closing: AtomicBool::new(false),
                 uploading: Default::default(),
+                receipts: receipts::Receipts::new(signer),
             }),
         })
     }
@@ -96,8 +104,13 @@ impl Link {
 
     /// Accepts peer connections and answers their requests until the endpoint closes.
     pub async fn serve(self, services: Services, folders: crate::transfer::Folders) {
-        let inbound =
-            inbound::Inbound { services, store: self.inner.store.clone(), folders, receiving: Default::default() };
+        let inbound = inbound::Inbound {
+            link: self.clone(),
+            services,
+            store: self.inner.store.clone(),
+            folders,
+            receiving: Default::default(),
+        };
         while let Some(incoming) = self.inner.endpoint.accept().await {
             tokio::spawn(inbound::connection(self.inner.peers.clone(), inbound.clone(), incoming));
         }
@@ -121,6 +134,7 @@ impl Link {
     pub async fn close(&self) {
         self.inner.closing.store(true, Ordering::Relaxed);
         self.inner.store.set_carrier(None);
+        self.inner.receipts.close();
         self.inner.endpoint.close(Code::Done.varint(), b"node stopping");
         // Peers hold their connections, and the endpoint's TLS verifier holds the peers: drop the
         // connections so that the endpoint, and its socket, can go.

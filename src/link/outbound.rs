@@ -15,9 +15,13 @@ impl Carrier for Link {
         peer: String,
         request: wire::Request,
         file: Option<OutgoingFile>,
-    ) -> BoxFuture<'static, Outcome> {
+    ) -> BoxFuture<'static, (wire::Request, Outcome)> {
         let link = self.clone();
-        Box::pin(async move { exchange(&link, &peer, request, file).await })
+        Box::pin(async move {
+            let mut request = request;
+            let outcome = exchange(&link, &peer, &mut request, file).await;
+            (request, outcome)
+        })
     }
 }
 
@@ -26,7 +30,7 @@ impl Carrier for Link {
 /// If the connection turns out to be one the peer no longer knows (it restarted and answered
 /// with a stateless reset), nothing reached its service, so the request is sent once more on a
 /// new connection. Any other failure mid-exchange is reported as [`Failure::Broken`].
-async fn exchange(link: &Link, peer_name: &str, mut request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
+async fn exchange(link: &Link, peer_name: &str, request: &mut wire::Request, file: Option<OutgoingFile>) -> Outcome {
     let peer = link.inner.peers.get(peer_name).ok_or_else(|| {
         Failure::PeerUnreachable(format!("`{peer_name}` is not a configured peer (add it with `ferry peer add`)"))
     })?;
@@ -39,7 +43,7 @@ async fn exchange(link: &Link, peer_name: &str, mut request: wire::Request, file
             other => Failure::Broken(other.to_string()),
         })?);
     }
-    let frame = wire::encode(&Message::Request(request)).map_err(|e| Failure::Broken(e.to_string()))?;
+    let frame = wire::encode(&Message::Request(request.clone())).map_err(|e| Failure::Broken(e.to_string()))?;
     let deadline = Instant::now() + CONNECT_WITHIN;
     let mut attempt = 0;
     loop {

@@ -57,7 +57,11 @@ impl Link {
         reporter.abort();
         let (size, sha256) = result?;
         report(&store, peer, &id, size, size, Some(sha256), stored).await;
-        Ok(FileRef { field: file.field.clone(), name: file.name.clone(), size, sha256 })
+        let sent = FileRef { field: file.field.clone(), name: file.name.clone(), size, sha256 };
+        if let Err(e) = store.file_sent(peer, key, &sent).await {
+            tracing::error!(%peer, %key, error = %e, "cannot record a sent file in the evidence log");
+        }
+        Ok(sent)
     }
 }
 

@@ -3,6 +3,16 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::{exec, now_ms, query_row, Event, Store, StoreError};
+use crate::evidence::{Entry, FileFacts};
+
+/// The log's record of a file moved under `key` (a request id, or `id/seq` for a reply).
+fn file_entry(direction: &'static str, peer: &str, key: &str, name: &str, size: u64, sha256: &[u8; 32]) -> Entry {
+    let (id, seq) = key.split_once('/').map_or((key, None), |(id, seq)| (id, seq.parse().ok()));
+    let mut entry = Entry::new("file", direction, peer, id);
+    entry.reply_seq = seq;
+    entry.file = Some(FileFacts { name: Some(name.to_owned()), size: Some(size), sha256: hex::encode(sha256) });
+    entry
+}
 
 /// A file received from a peer and verified.
 #[derive(Debug, Clone, PartialEq)]
@@ -41,6 +51,8 @@ impl Store {
     pub async fn file_received(&self, peer: &str, key: &str, file: ReceivedFile) -> Result<(), StoreError> {
         let (peer, key) = (peer.to_owned(), key.to_owned());
         self.run(move |t, _| {
+            let name = std::path::Path::new(&file.path).file_name().map(|n| n.to_string_lossy().into_owned());
+            t.record(file_entry("in", &peer, &key, &name.unwrap_or_default(), file.size, &file.sha256))?;
             exec(
                 t,
                 "INSERT OR REPLACE INTO received_files (peer, key, path, size, sha256, received_at)
@@ -75,6 +87,12 @@ impl Store {
             Ok(())
         })
         .await
+    }
+
+    /// Records that `peer` verified the whole file sent under `key`.
+    pub async fn file_sent(&self, peer: &str, key: &str, file: &crate::wire::FileRef) -> Result<(), StoreError> {
+        let entry = file_entry("out", peer, key, &file.name, file.size, &file.sha256);
+        self.run(move |t, _| t.record(entry)).await
     }
 
     /// Tells watchers how far a file has come, without storing it.

@@ -11,9 +11,11 @@
 //! survives a restart. Synchronous requests are the exception: their caller is waiting on an open
 //! HTTP connection, so they go straight to the link's [`Carrier`] ([`Store::request`]).
 
+mod evidence;
 mod files;
 mod records;
 mod schema;
+mod trust;
 mod work;
 
 use std::path::Path;
@@ -25,8 +27,10 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, mpsc, oneshot, Notify};
 
+pub use evidence::read_log;
 pub use files::ReceivedFile;
 pub use records::{Page, Pending, RequestFilter, RequestView, Stats};
+pub use trust::Admission;
 pub use work::{CallbackWork, IncomingCall, NewAsync, OutboundWork, OutgoingFile, ServiceOutcome};
 
 use crate::wire;
@@ -38,9 +42,14 @@ const MAX_BATCH: usize = 1024;
 /// [`Store::set_carrier`] at start-up, so that a synchronous request goes from the API handler's
 /// own task straight onto its QUIC stream, without a queue in between.
 pub trait Carrier: Send + Sync {
-    /// One request–answer exchange with `peer`, the file (if any) sent first.
-    fn exchange(&self, peer: String, request: wire::Request, file: Option<OutgoingFile>)
-        -> BoxFuture<'static, Outcome>;
+    /// One request–answer exchange with `peer`, the file (if any) sent first. Returns the request
+    /// as it went on the wire (with its file reference) and the outcome.
+    fn exchange(
+        &self,
+        peer: String,
+        request: wire::Request,
+        file: Option<OutgoingFile>,
+    ) -> BoxFuture<'static, (wire::Request, Outcome)>;
 }
 
 /// The result of one synchronous exchange with a peer.
@@ -167,11 +176,27 @@ pub(crate) struct Wakers {
 }
 
 type Answer = Box<dyn FnOnce(bool) + Send>;
-type Job = Box<dyn FnOnce(&rusqlite::Transaction, &mut Vec<Event>) -> Answer + Send>;
+type Job = Box<dyn FnOnce(&Tx, &mut Vec<Event>) -> Answer + Send>;
+
+/// The writer's transaction, with the evidence log beside it ([`Tx::record`]).
+pub(crate) struct Tx<'c> {
+    t: rusqlite::Transaction<'c>,
+    /// Whether the evidence log is kept.
+    evidence: bool,
+}
+
+impl<'c> std::ops::Deref for Tx<'c> {
+    type Target = rusqlite::Transaction<'c>;
+
+    fn deref(&self) -> &Self::Target {
+        &self.t
+    }
+}
 
 /// The cheap, cloneable handle to the store.
 #[derive(Clone)]
 pub struct Store {
+    evidence: bool,
     carrier: Arc<std::sync::RwLock<Option<Arc<dyn Carrier>>>>,
     jobs: mpsc::UnboundedSender<Job>,
     events: broadcast::Sender<Event>,
@@ -187,6 +212,11 @@ impl std::fmt::Debug for Store {
 impl Store {
     /// Opens (creating or migrating) the database `data_dir/ferry.db` and starts its writer.
     pub fn open(data_dir: &Path) -> Result<Store, StoreError> {
+        Store::open_with(data_dir, true)
+    }
+
+    /// Like [`Store::open`]; `evidence: false` keeps no evidence log (for measuring its cost).
+    pub fn open_with(data_dir: &Path, evidence: bool) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", data_dir.display())))?;
         let mut conn = rusqlite::Connection::open(data_dir.join("ferry.db"))?;
@@ -196,9 +226,14 @@ impl Store {
         let publish = events.clone();
         std::thread::Builder::new()
             .name("ferry-store".into())
-            .spawn(move || writer(conn, rx, publish))
+            .spawn(move || writer(conn, evidence, rx, publish))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { carrier: Arc::default(), jobs, events, wake: Arc::default() })
+        Ok(Store { evidence, carrier: Arc::default(), jobs, events, wake: Arc::default() })
+    }
+
+    /// Whether this store keeps the evidence log.
+    pub fn keeps_evidence(&self) -> bool {
+        self.evidence
     }
 
     /// Sets (or, with `None`, removes) the carrier of synchronous requests.
@@ -206,15 +241,18 @@ impl Store {
         *self.carrier.write().unwrap() = carrier;
     }
 
-    /// Sends a synchronous request, with its file if any, and waits for its outcome.
+    /// Sends a synchronous request, with its file if any, and waits for its outcome; an exchange
+    /// that reached the peer is in the evidence log before this returns.
     ///
     /// Dropping the returned future abandons the exchange (the caller has gone).
     pub async fn request(&self, peer: &str, request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
         let carrier = self.carrier.read().unwrap().clone();
-        match carrier {
-            Some(c) => c.exchange(peer.to_owned(), request, file).await,
-            None => Err(Failure::PeerUnreachable("the node's link is not running".into())),
-        }
+        let Some(carrier) = carrier else {
+            return Err(Failure::PeerUnreachable("the node's link is not running".into()));
+        };
+        let (sent, outcome) = carrier.exchange(peer.to_owned(), request, file).await;
+        self.sync_exchanged(peer, &sent, &outcome).await;
+        outcome
     }
 
     /// Watches every event from now on.
@@ -226,7 +264,7 @@ impl Store {
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
-        F: FnOnce(&rusqlite::Transaction, &mut Vec<Event>) -> Result<T, StoreError> + Send + 'static,
+        F: FnOnce(&Tx, &mut Vec<Event>) -> Result<T, StoreError> + Send + 'static,
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |t, events| {
@@ -242,7 +280,12 @@ impl Store {
 
 /// The writer: takes every waiting job, runs them in one transaction, commits, then answers the
 /// jobs and publishes their events.
-fn writer(mut conn: rusqlite::Connection, mut jobs: mpsc::UnboundedReceiver<Job>, publish: broadcast::Sender<Event>) {
+fn writer(
+    mut conn: rusqlite::Connection,
+    evidence: bool,
+    mut jobs: mpsc::UnboundedReceiver<Job>,
+    publish: broadcast::Sender<Event>,
+) {
     while let Some(first) = jobs.blocking_recv() {
         let mut batch = vec![first];
         while batch.len() < MAX_BATCH {
@@ -253,14 +296,14 @@ fn writer(mut conn: rusqlite::Connection, mut jobs: mpsc::UnboundedReceiver<Job>
         }
         let mut events = Vec::new();
         let t = match conn.transaction() {
-            Ok(t) => t,
+            Ok(t) => Tx { t, evidence },
             Err(e) => {
                 tracing::error!(error = %e, "the store cannot begin a transaction");
                 continue;
             }
         };
         let answers: Vec<Answer> = batch.into_iter().map(|job| job(&t, &mut events)).collect();
-        let committed = t.commit().map_err(|e| tracing::error!(error = %e, "the store could not commit")).is_ok();
+        let committed = t.t.commit().map_err(|e| tracing::error!(error = %e, "the store could not commit")).is_ok();
         for answer in answers {
             answer(committed);
         }

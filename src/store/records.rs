@@ -116,7 +116,7 @@ fn view(r: &Row) -> rusqlite::Result<(i64, RequestView, Option<(String, String)>
             let headers: Vec<(String, String)> =
                 r.get::<_, Option<String>>(15)?.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
             let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(16)?.unwrap_or_default();
-            let response = wire::Response { status, headers, body };
+            let response = wire::Response { status, headers, body, replay_of: None };
             let (body, encoding) = response.body_value();
             let mut v = json!({"status": status, "headers": response.headers_json(), "body": body});
             if let Some(e) = encoding {
@@ -276,15 +276,23 @@ impl Store {
     pub async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
         self.run(move |t, _| {
             let mut stmt = t.prepare_cached(
-                "SELECT callback_id, peer, wire, created_at FROM requests
+                "SELECT callback_id, peer, wire, created_at, masked_form FROM requests
                  WHERE direction = 'incoming' AND callback_id IS NOT NULL AND state = 'doing' AND response_status IS NOT NULL
                  ORDER BY seq",
             )?;
             let rows = stmt
-                .query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, Vec<u8>>(2)?, r.get::<_, i64>(3)?)))?
+                .query_map([], |r| {
+                    Ok((
+                        r.get::<_, String>(0)?,
+                        r.get::<_, String>(1)?,
+                        r.get::<_, Vec<u8>>(2)?,
+                        r.get::<_, i64>(3)?,
+                        r.get::<_, Option<String>>(4)?,
+                    ))
+                })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(callback_id, peer, blob, created)| {
+                .map(|(callback_id, peer, blob, created, masked)| {
                     let request: wire::Request =
                         postcard::from_bytes(&blob).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                     Ok(Pending {
@@ -293,7 +301,9 @@ impl Store {
                         service: request.service,
                         method: request.method,
                         path: request.path,
-                        form: request.form.iter().map(|(k, v)| (k.clone(), v.to_json())).collect(),
+                        form: masked.and_then(|m| serde_json::from_str(&m).ok()).unwrap_or_else(|| {
+                            request.form.iter().map(|(k, v)| (k.clone(), v.to_json())).collect()
+                        }),
                         created_at: rfc3339(created),
                     })
                 })

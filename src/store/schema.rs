@@ -76,6 +76,43 @@ const MIGRATIONS: &[&str] = &[
         received_at INTEGER NOT NULL,
         PRIMARY KEY (peer, key)
     );",
+    // 3: trust. The evidence log (each record's JSON as exported; `hash` chains it), idempotency
+    // keys and duplicate windows of the services of this node, and the key on outgoing requests.
+    "CREATE TABLE evidence (
+        seq INTEGER PRIMARY KEY,
+        peer TEXT NOT NULL,
+        id TEXT NOT NULL,
+        hash TEXT NOT NULL,
+        record TEXT NOT NULL
+    );
+    CREATE TABLE idempotency (
+        peer TEXT NOT NULL,
+        service TEXT NOT NULL,
+        path TEXT NOT NULL,
+        key TEXT NOT NULL,
+        id TEXT NOT NULL,                     -- the first request, whose result is kept
+        state TEXT NOT NULL CHECK (state IN ('running', 'success')),
+        response_status INTEGER,
+        response_headers TEXT,
+        response_body BLOB,
+        ttl_ms INTEGER NOT NULL,              -- the service's idempotency_ttl
+        expires_at INTEGER,                   -- success: when the result stops counting
+        PRIMARY KEY (peer, service, path, key)
+    );
+    CREATE INDEX idempotency_by_id ON idempotency (id);
+    CREATE TABLE dedupe (
+        service TEXT NOT NULL,
+        digest TEXT NOT NULL,                 -- SHA-256 of sender, method, path, form, file SHA-256
+        id TEXT NOT NULL,
+        at INTEGER NOT NULL,
+        PRIMARY KEY (service, digest)
+    );
+    CREATE INDEX dedupe_age ON dedupe (service, at);
+    ALTER TABLE requests ADD COLUMN idempotency_key TEXT;
+    ALTER TABLE requests ADD COLUMN replay_of TEXT;
+    ALTER TABLE requests ADD COLUMN masked_form TEXT;     -- incoming: the form as views show it
+    CREATE INDEX requests_by_key ON requests (peer, service, path, idempotency_key)
+        WHERE idempotency_key IS NOT NULL;",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.

@@ -7,7 +7,11 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
-use super::{exec, now_ms, query_row, Event, State, Store, StoreError};
+use super::evidence::{file_facts, request_entry};
+use super::trust::{admit, refused_entry, response_entry, settle_key, Admission};
+use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
+use crate::config::ServiceConfig;
+use crate::evidence::{sha256_hex, Entry};
 use crate::wire;
 
 /// How long a claimed item stays with its worker before it is due again.
@@ -165,7 +169,7 @@ fn push_reply(
 /// Ends a request as failed with `error`, recording the error as its last reply.
 ///
 /// On the requesting node the reply goes to the callback; on the receiving node it is carried back.
-fn fail(t: &Transaction, events: &mut Vec<Event>, row: i64, error: &str) -> Result<(), StoreError> {
+fn fail(t: &Tx, events: &mut Vec<Event>, row: i64, error: &str) -> Result<(), StoreError> {
     let (id, peer, direction, callback): (String, String, String, Option<String>) =
         query_row(t, "SELECT id, peer, direction, callback_url FROM requests WHERE seq = ?1", [row], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -176,6 +180,9 @@ fn fail(t: &Transaction, events: &mut Vec<Event>, row: i64, error: &str) -> Resu
         params![row, error, now_ms()],
     )?;
     let incoming = direction == "incoming";
+    if incoming {
+        settle_key(t, &peer, &id, None)?;
+    }
     push_reply(t, row, None, Some(error), None, true, incoming, !incoming && callback.is_some())?;
     state_event(events, &id, &peer, State::Failed);
     Ok(())
@@ -183,16 +190,31 @@ fn fail(t: &Transaction, events: &mut Vec<Event>, row: i64, error: &str) -> Resu
 
 impl Store {
     /// Stores a new asynchronous request as `waiting`; returns once it is on disk.
-    pub async fn insert_outgoing(&self, new: NewAsync) -> Result<(), StoreError> {
-        self.run(move |t, events| {
+    ///
+    /// With an idempotency key, an earlier request in the same scope (peer, service, path, key)
+    /// that is still under way stands for it: its id and state are returned and nothing is stored.
+    /// Otherwise the new request's id and `waiting`.
+    pub async fn insert_outgoing(&self, new: NewAsync) -> Result<(String, State), StoreError> {
+        let stored = self.run(move |t, events| {
             let now = now_ms();
             let r = &new.request;
+            if let Some(key) = &r.idempotency_key {
+                let running: Option<(String, String)> = query_row(t,
+                    "SELECT id, state FROM requests WHERE peer = ?1 AND service = ?2 AND path = ?3
+                     AND idempotency_key = ?4 AND direction = 'outgoing' AND state IN ('waiting', 'doing')",
+                    params![new.peer, r.service, r.path, key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                ).optional()?;
+                if let Some((id, state)) = running {
+                    return Ok((id, State::parse(&state).unwrap_or(State::Waiting)));
+                }
+            }
             let blob = postcard::to_stdvec(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
             exec(t,
                 "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply, conversation,
                     callback_url, callback_method, state, created_at, updated_at, expires_at, next_attempt_at,
-                    file_path, file_name, file_field)
-                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'waiting', ?11, ?11, ?12, ?11, ?13, ?14, ?15)",
+                    file_path, file_name, file_field, idempotency_key)
+                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'waiting', ?11, ?11, ?12, ?11, ?13, ?14, ?15, ?16)",
                 params![
                     r.id,
                     new.peer,
@@ -209,14 +231,15 @@ impl Store {
                     new.file.as_ref().map(|f| &f.path),
                     new.file.as_ref().map(|f| &f.name),
                     new.file.as_ref().map(|f| &f.field),
+                    r.idempotency_key,
                 ],
             )?;
             state_event(events, &r.id, &new.peer, State::Waiting);
-            Ok(())
+            Ok((r.id.clone(), State::Waiting))
         })
         .await?;
         self.wake.outbound.notify_one();
-        Ok(())
+        Ok(stored)
     }
 
     /// Expires what is past its time, then claims up to `limit` requests and replies due for the link.
@@ -305,10 +328,16 @@ impl Store {
         Ok(claimed)
     }
 
-    /// The peer persisted request `id` (`seq` 0) or its reply `seq`.
-    pub async fn acknowledged(&self, peer: &str, ack: wire::Ack) -> Result<(), StoreError> {
+    /// The peer persisted request `id` (`seq` 0) or its reply `seq`: `work`, as it was sent,
+    /// goes into the evidence log.
+    pub async fn acknowledged(&self, peer: &str, ack: wire::Ack, work: &OutboundWork) -> Result<(), StoreError> {
         let peer = peer.to_owned();
+        let entry = match work {
+            OutboundWork::Request { message, .. } => request_entry("out", &peer, &message.request, &[]),
+            OutboundWork::Reply { message, .. } => reply_entry("out", &peer, message),
+        };
         self.run(move |t, events| {
+            t.record(entry)?;
             if ack.seq == 0 {
                 let changed = exec(
                     t,
@@ -379,10 +408,12 @@ impl Store {
         Ok(())
     }
 
-    /// The peer refused asynchronous request `id` outright (unknown service, not allowed, disabled).
+    /// The peer refused asynchronous request `id` outright (unknown service, not allowed, disabled,
+    /// a duplicate or a key still in progress).
     pub async fn refused(&self, peer: &str, id: &str, error: String) -> Result<(), StoreError> {
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
+            t.record(refused_entry("in", &peer, &id, &error))?;
             let row: Option<i64> = query_row(
                 t,
                 "SELECT seq FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
@@ -400,7 +431,10 @@ impl Store {
         Ok(())
     }
 
-    /// Persists a peer's asynchronous request; returns whether it is new (false: a retransmission).
+    /// Takes a peer's asynchronous request in: a retransmission is [`Admission::Known`]; a new one
+    /// passes `service`'s idempotency and duplicate checks and is stored as `waiting`, or, when its
+    /// key's earlier request succeeded, stored as done with that request's results (to be carried
+    /// back like any others), or is refused.
     ///
     /// `file` is the local path of the request's file, already received and verified.
     pub async fn insert_incoming(
@@ -408,21 +442,40 @@ impl Store {
         peer: &str,
         message: wire::AsyncRequest,
         file: Option<String>,
-    ) -> Result<bool, StoreError> {
-        let peer = peer.to_owned();
-        let new = self
+        service: &ServiceConfig,
+    ) -> Result<Admission, StoreError> {
+        let (peer, service) = (peer.to_owned(), service.clone());
+        let admission = self
             .run(move |t, events| {
                 let now = now_ms();
                 let r = &message.request;
+                let known: Option<i64> = query_row(
+                    t,
+                    "SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2",
+                    params![peer, r.id],
+                    |row| row.get(0),
+                )
+                .optional()?;
+                if known.is_some() {
+                    return Ok(Admission::Known);
+                }
+                let admission = admit(t, &peer, r, &service)?;
+                let replay = match &admission {
+                    Admission::New => None,
+                    Admission::Replay(response) => Some(response.clone()),
+                    Admission::Known | Admission::Refused(_) => return Ok(admission),
+                };
                 let blob = postcard::to_stdvec(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let callback_id = message.reply.then(|| uuid::Uuid::new_v4().simple().to_string());
-                let inserted = exec(
+                let masked = crate::deliver::masked_form(&r.form, &service.mask_fields).to_string();
+                exec(
                     t,
-                    "INSERT OR IGNORE INTO requests (id, direction, peer, service, method, path, wire, reply,
+                    "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply,
                         conversation, callback_id, state, created_at, updated_at, expires_at, next_attempt_at,
-                        file_path, file_name, file_field, file_size, file_sha256, file_done)
+                        file_path, file_name, file_field, file_size, file_sha256, file_done, idempotency_key,
+                        masked_form)
                      VALUES (?1, 'incoming', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'waiting', ?10, ?10, ?11, ?10,
-                        ?12, ?13, ?14, ?15, ?16, COALESCE(?15, 0))",
+                        ?12, ?13, ?14, ?15, ?16, COALESCE(?15, 0), ?17, ?18)",
                     params![
                         r.id,
                         peer,
@@ -440,18 +493,24 @@ impl Store {
                         r.file.as_ref().map(|f| &f.field),
                         r.file.as_ref().map(|f| f.size as i64),
                         r.file.as_ref().map(|f| hex::encode(f.sha256)),
+                        r.idempotency_key,
+                        masked,
                     ],
                 )?;
-                if inserted > 0 {
-                    state_event(events, &r.id, &peer, State::Waiting);
+                let row = t.last_insert_rowid();
+                match replay {
+                    None => state_event(events, &r.id, &peer, State::Waiting),
+                    Some(response) => replay_results(t, events, row, &peer, &r.id, response)?,
                 }
-                Ok(inserted > 0)
+                Ok(admission)
             })
             .await?;
-        if new {
-            self.wake.incoming.notify_one();
+        match admission {
+            Admission::New => self.wake.incoming.notify_one(),
+            Admission::Replay(_) => self.wake.outbound.notify_one(),
+            _ => {}
         }
-        Ok(new)
+        Ok(admission)
     }
 
     /// Claims up to `limit` incoming requests whose service call is due, marking them `doing`
@@ -520,6 +579,10 @@ impl Store {
                 }
                 ServiceOutcome::Failed(why) => fail(t, events, row, &why)?,
                 ServiceOutcome::Answered(response) => {
+                    t.record(response_entry("out", &peer, &id, &response))?;
+                    if response.is_success() && !reply {
+                        settle_key(t, &peer, &id, Some(&response))?;
+                    }
                     let headers = serde_json::to_string(&response.headers).unwrap_or_default();
                     exec(t,
                         "UPDATE requests SET response_status = ?2, response_headers = ?3, response_body = ?4, updated_at = ?5
@@ -587,6 +650,9 @@ impl Store {
                         "UPDATE requests SET state = 'success', updated_at = ?2 WHERE seq = ?1",
                         params![row, now_ms()],
                     )?;
+                    if let Some(response) = response_of(t, row)? {
+                        settle_key(t, &peer, &id, Some(&response))?;
+                    }
                     state_event(events, &id, &peer, State::Success);
                 }
                 Ok(Some((id, seq)))
@@ -625,6 +691,7 @@ impl Store {
             if inserted == 0 {
                 return Ok(());
             }
+            t.record(reply_entry("in", &peer, &reply))?;
             if let Some(f) = &reply.file {
                 exec(t,
                     "UPDATE replies SET file_path = ?3, file_name = ?4, file_field = ?5, file_size = ?6, file_sha256 = ?7
@@ -731,7 +798,17 @@ impl Store {
         outcome: Result<(), (String, Option<i64>)>,
     ) -> Result<(), StoreError> {
         let (request, seq) = (work.request, work.seq);
+        let mut delivered = Entry::new("callback", "out", "", &work.id);
+        delivered.reply_seq = Some(work.seq);
+        delivered.body_sha256 =
+            Some(sha256_hex(work.data.as_deref().or(work.error.as_deref()).unwrap_or_default().as_bytes()));
+        delivered.path = Some(work.url.clone());
+        delivered.method = Some(work.method.clone());
         self.run(move |t, _| {
+            if outcome.is_ok() {
+                delivered.peer = query_row(t, "SELECT peer FROM requests WHERE seq = ?1", [request], |r| r.get(0))?;
+                t.record(delivered)?;
+            }
             match outcome {
                 Ok(()) => exec(t,
                     "UPDATE replies SET delivered = 1, callback_at = NULL, callback_attempts = callback_attempts + 1,
@@ -779,10 +856,69 @@ impl Store {
                      so it is not called again",
                 )?;
             }
+            // Keys of synchronous requests cut by the stop, which never finished: a failure does not count.
+            exec(
+                t,
+                "DELETE FROM idempotency WHERE state = 'running' AND id NOT IN
+                    (SELECT id FROM requests WHERE direction = 'incoming' AND state IN ('waiting', 'doing'))",
+                [],
+            )?;
+            exec(t, "DELETE FROM idempotency WHERE state = 'success' AND expires_at < ?1", [now])?;
             Ok(interrupted.len())
         })
         .await
     }
+}
+
+/// The log's record of a reply (or of a non-reply-mode result, event `response`).
+fn reply_entry(direction: &'static str, peer: &str, reply: &wire::Reply) -> Entry {
+    let event = if reply.response.is_some() && reply.error.is_none() { "response" } else { "reply" };
+    let mut entry = Entry::new(event, direction, peer, &reply.id);
+    entry.reply_seq = Some(reply.seq);
+    entry.body_sha256 = Some(hex::encode(wire::payload_sha256(reply)));
+    entry.file = reply.file.as_ref().map(file_facts);
+    entry
+}
+
+/// Completes incoming request row `row` from the stored result of its key's earlier request:
+/// that request's replies when this node still has them, else one reply from its response.
+fn replay_results(
+    t: &Tx,
+    events: &mut Vec<Event>,
+    row: i64,
+    peer: &str,
+    id: &str,
+    response: wire::Response,
+) -> Result<(), StoreError> {
+    let now = now_ms();
+    let earlier = response.replay_of.clone().unwrap_or_default();
+    exec(
+        t,
+        "UPDATE requests SET state = 'success', replay_of = ?2, next_attempt_at = NULL, response_status = ?3,
+            response_headers = ?4, response_body = ?5 WHERE seq = ?1",
+        params![
+            row,
+            earlier,
+            response.status,
+            serde_json::to_string(&response.headers).unwrap_or_default(),
+            response.body
+        ],
+    )?;
+    let copied = exec(
+        t,
+        "INSERT INTO replies (request, seq, data, error, status, end, created_at, next_send_at,
+            file_path, file_name, file_field)
+         SELECT ?1, r.seq, r.data, r.error, r.status, r.end, ?2, ?2, r.file_path, r.file_name, r.file_field
+         FROM replies r JOIN requests q ON r.request = q.seq
+         WHERE q.direction = 'incoming' AND q.peer = ?3 AND q.id = ?4",
+        params![row, now, peer, earlier],
+    )?;
+    if copied == 0 {
+        let data = response.body_value().0.to_string();
+        push_reply(t, row, Some(&data), None, Some(response.status), true, true, false)?;
+    }
+    state_event(events, id, peer, State::Success);
+    Ok(())
 }
 
 /// The outgoing file in columns `at`, `at + 1`, `at + 2` (path, name, field), if any.
@@ -810,6 +946,7 @@ fn response_of(t: &Transaction, request: i64) -> Result<Option<wire::Response>, 
         .optional()?;
     Ok(match row {
         Some((Some(status), headers, body)) => Some(wire::Response {
+            replay_of: None,
             status,
             headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
             body: body.unwrap_or_default(),

@@ -70,6 +70,11 @@ impl Node {
 
     /// Starts the node from its config (rebinding its ports after a stop) and waits until it serves.
     pub async fn start(&mut self) {
+        // `RUST_LOG=ferry=debug cargo test ...` shows the nodes' logs with the test's output.
+        let _ = tracing_subscriber::fmt()
+            .with_env_filter(tracing_subscriber::EnvFilter::from_default_env())
+            .with_test_writer()
+            .try_init();
         let config = Config::load(&self.config_path).unwrap();
         let sockets = match self.sockets.take() {
             Some(s) => s,
@@ -84,6 +89,10 @@ impl Node {
         for _ in 0..100 {
             if client().get(self.url("/v1/health")).send().await.is_ok() {
                 return;
+            }
+            if self.task.as_ref().is_some_and(|t| t.is_finished()) {
+                let result = self.task.take().unwrap().await.unwrap();
+                panic!("node {} stopped at start: {result:?}", self.name);
             }
             tokio::time::sleep(Duration::from_millis(20)).await;
         }
@@ -274,6 +283,7 @@ async fn record(
 /// A pinned peer that speaks raw frames to a node.
 pub struct Rogue {
     pub connection: quinn::Connection,
+    pub identity: Identity,
     _endpoint: quinn::Endpoint,
 }
 
@@ -296,5 +306,5 @@ pub async fn rogue_and_node() -> (Rogue, Node, Recorder, tempfile::TempDir) {
     config.transport_config(ferry::link::Transport::default().config());
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let connection = endpoint.connect_with(config, b.link, ferry::tls::SERVER_NAME).unwrap().await.unwrap();
-    (Rogue { connection, _endpoint: endpoint }, b, service, root)
+    (Rogue { connection, identity, _endpoint: endpoint }, b, service, root)
 }

@@ -1,0 +1,253 @@
+//! The evidence log: every request, response, reply, file and callback delivery, in and out, as a
+//! hash chain (API.md §5).
+//!
+//! Each [`Record`]'s `hash` is the SHA-256 of its canonical JSON without `hash`, which includes
+//! `prev`, the previous record's hash; so a record changed, dropped or moved breaks the chain at
+//! that point. The store appends records in the same transaction as the change they record.
+//! Receipts arrive later than what they cover, so they are records of their own (`event:
+//! "receipt"`), naming the id, payload and file hashes the peer signed.
+//!
+//! [`verify`] checks a log offline: the chain, and every receipt against the pinned certificates.
+
+use std::collections::HashMap;
+
+use rustls::pki_types::CertificateDer;
+use serde::{Deserialize, Serialize};
+use serde_json::Value;
+use sha2::{Digest, Sha256};
+
+use crate::receipt::Proof;
+use crate::wire::Leaf;
+
+/// The `prev` of the first record.
+pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
+
+/// One entry of the evidence log, as exported.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Record {
+    /// Position in the log: 1, 2, … without gaps.
+    pub seq: i64,
+    /// When it was recorded (RFC 3339).
+    pub at: String,
+    /// `request`, `response`, `reply`, `file`, `callback`, `refused` or `receipt`.
+    pub event: String,
+    /// `in` (from the peer) or `out` (to the peer, or to a host's callback).
+    pub direction: String,
+    /// The peer of the exchange.
+    pub peer: String,
+    /// The request id.
+    pub id: String,
+    /// The reply's sequence number, for replies and their receipts.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_seq: Option<u32>,
+    /// HTTP method of a request.
+    pub method: Option<String>,
+    /// Path of a request.
+    pub path: Option<String>,
+    /// A request's form; fields the service masks appear as `sha256:<hex>`.
+    pub form: Option<Value>,
+    /// SHA-256 of the payload: the wire message of a request or reply, a response's body, the data
+    /// delivered to a callback.
+    pub body_sha256: Option<String>,
+    /// The file that came with it.
+    pub file: Option<FileFacts>,
+    /// The peer's signed receipt (on `receipt` records).
+    pub receipt: Option<Proof>,
+    /// The previous record's hash ([`GENESIS`] for the first).
+    pub prev: String,
+    /// SHA-256 over this record's canonical JSON without `hash`.
+    pub hash: String,
+}
+
+/// A file as the evidence log names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileFacts {
+    /// Its name (absent on receipts, which sign only the hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its size in bytes (absent on receipts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// SHA-256 of its content, hex.
+    pub sha256: String,
+}
+
+/// What is recorded; the log adds `seq`, `at`, `prev` and `hash`.
+#[derive(Debug, Clone, Default)]
+pub struct Entry {
+    /// See [`Record::event`].
+    pub event: &'static str,
+    /// See [`Record::direction`].
+    pub direction: &'static str,
+    /// See [`Record::peer`].
+    pub peer: String,
+    /// See [`Record::id`].
+    pub id: String,
+    /// See [`Record::reply_seq`].
+    pub reply_seq: Option<u32>,
+    /// See [`Record::method`].
+    pub method: Option<String>,
+    /// See [`Record::path`].
+    pub path: Option<String>,
+    /// See [`Record::form`].
+    pub form: Option<Value>,
+    /// See [`Record::body_sha256`].
+    pub body_sha256: Option<String>,
+    /// See [`Record::file`].
+    pub file: Option<FileFacts>,
+    /// See [`Record::receipt`].
+    pub receipt: Option<Proof>,
+}
+
+impl Entry {
+    /// An entry for `event` in `direction` of request `id` with `peer`.
+    pub fn new(event: &'static str, direction: &'static str, peer: &str, id: &str) -> Entry {
+        Entry { event, direction, peer: peer.to_owned(), id: id.to_owned(), ..Entry::default() }
+    }
+
+    /// The record at `seq`, chained to `prev`.
+    pub fn seal(self, seq: i64, at: String, prev: String) -> Record {
+        let mut record = Record {
+            seq,
+            at,
+            event: self.event.to_owned(),
+            direction: self.direction.to_owned(),
+            peer: self.peer,
+            id: self.id,
+            reply_seq: self.reply_seq,
+            method: self.method,
+            path: self.path,
+            form: self.form,
+            body_sha256: self.body_sha256,
+            file: self.file,
+            receipt: self.receipt,
+            prev,
+            hash: String::new(),
+        };
+        record.hash = record.chain_hash();
+        record
+    }
+}
+
+/// SHA-256 of `bytes`, hex.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Record {
+    /// SHA-256 over the canonical JSON of every field but `hash`.
+    pub fn chain_hash(&self) -> String {
+        let mut value = serde_json::to_value(self).unwrap_or_default();
+        if let Some(fields) = value.as_object_mut() {
+            fields.remove("hash");
+        }
+        sha256_hex(&serde_json::to_vec(&value).unwrap_or_default())
+    }
+
+    /// The leaf a `receipt` record says the peer signed.
+    fn leaf(&self, proof: &Proof) -> Result<Leaf, String> {
+        let hash = |hex_text: &str| -> Result<[u8; 32], String> {
+            hex::decode(hex_text)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| format!("`{hex_text}` is not a SHA-256"))
+        };
+        Ok(Leaf {
+            id: self.id.clone(),
+            seq: self.reply_seq.unwrap_or(0),
+            payload_sha256: hash(self.body_sha256.as_deref().unwrap_or_default())?,
+            file_sha256: self.file.as_ref().map(|f| hash(&f.sha256)).transpose()?,
+            at_ms: proof.at_ms,
+        })
+    }
+}
+
+/// What [`verify`] checked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Intact {
+    /// Records in the chain.
+    pub records: u64,
+    /// Receipts whose signature verified.
+    pub receipts: u64,
+}
+
+/// Where the log is broken, and why.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Broken {
+    /// The first bad record.
+    pub seq: i64,
+    /// What is wrong with it.
+    pub why: String,
+}
+
+/// Checks a whole log given as (stored seq, record JSON) in stored order: the chain, and every
+/// receipt against `certs` (the pinned certificate of each peer, by name). A receipt must also
+/// match an earlier or later record of what this node sent.
+pub fn verify(
+    rows: impl IntoIterator<Item = (i64, String)>,
+    certs: &HashMap<String, CertificateDer<'static>>,
+) -> Result<Intact, Broken> {
+    let mut prev = GENESIS.to_owned();
+    let mut expected = 1;
+    let mut intact = Intact { records: 0, receipts: 0 };
+    // What this node sent, by (peer, id, reply seq): payload and file hashes.
+    let mut sent: HashMap<(String, String, u32), (Option<String>, Option<String>)> = HashMap::new();
+    let mut receipts: Vec<Record> = Vec::new();
+    for (stored_seq, text) in rows {
+        let broken = |why: String| Broken { seq: stored_seq, why };
+        let record: Record = serde_json::from_str(&text).map_err(|e| broken(format!("unreadable record: {e}")))?;
+        if stored_seq != expected || record.seq != stored_seq {
+            return Err(Broken {
+                seq: expected.min(stored_seq),
+                why: format!("expected record {expected} here, found {} (stored as {stored_seq})", record.seq),
+            });
+        }
+        if record.prev != prev {
+            return Err(broken(
+                "its `prev` is not the previous record's hash: a record before it was changed, removed or moved".into(),
+            ));
+        }
+        if record.chain_hash() != record.hash {
+            return Err(broken("its content does not match its hash: the record was changed".into()));
+        }
+        if record.direction == "out" && matches!(record.event.as_str(), "request" | "reply") {
+            sent.insert(
+                (record.peer.clone(), record.id.clone(), record.reply_seq.unwrap_or(0)),
+                (record.body_sha256.clone(), record.file.as_ref().map(|f| f.sha256.clone())),
+            );
+        }
+        if record.event == "receipt" {
+            let proof = record.receipt.as_ref().ok_or_else(|| broken("a receipt record without a receipt".into()))?;
+            let cert = certs.get(&record.peer).ok_or_else(|| {
+                broken(format!("no pinned certificate for peer `{}` to check its receipt", record.peer))
+            })?;
+            let leaf = record.leaf(proof).map_err(&broken)?;
+            proof.verify(cert, &leaf).map_err(|why| broken(format!("receipt: {why}")))?;
+            intact.receipts += 1;
+            receipts.push(record.clone());
+        }
+        prev = record.hash;
+        expected += 1;
+        intact.records += 1;
+    }
+    for r in receipts {
+        let key = (r.peer.clone(), r.id.clone(), r.reply_seq.unwrap_or(0));
+        let signed = (r.body_sha256.clone(), r.file.as_ref().map(|f| f.sha256.clone()));
+        match sent.get(&key) {
+            Some(ours) if *ours == signed => {}
+            Some(_) => {
+                return Err(Broken {
+                    seq: r.seq,
+                    why: "the peer signed other content than this node recorded sending".into(),
+                })
+            }
+            None => {
+                return Err(Broken {
+                    seq: r.seq,
+                    why: "a receipt for something this node has no record of sending".into(),
+                })
+            }
+        }
+    }
+    Ok(intact)
+}

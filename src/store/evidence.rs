@@ -1,0 +1,107 @@
+//! The evidence log's table: appended inside the writer's transactions, read for export.
+
+use std::path::Path;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{exec, now_ms, query_row, rfc3339, Store, StoreError, Tx};
+use crate::evidence::{Entry, GENESIS};
+use crate::receipt::Proof;
+use crate::wire::Leaf;
+
+impl Tx<'_> {
+    /// Appends `entry` to the evidence log, chained to the last record, in this transaction.
+    pub(crate) fn record(&self, entry: Entry) -> Result<(), StoreError> {
+        if !self.evidence {
+            return Ok(());
+        }
+        let last: Option<(i64, String)> =
+            query_row(self, "SELECT seq, hash FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_owned()));
+        let record = entry.seal(seq, rfc3339(now_ms()), prev);
+        let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        exec(
+            self,
+            "INSERT INTO evidence (seq, peer, id, hash, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+            params![seq, record.peer, record.id, record.hash, text],
+        )?;
+        Ok(())
+    }
+}
+
+impl Store {
+    /// Up to `limit` evidence records after `since`, in order, as JSON text.
+    pub async fn audit(&self, since: i64, limit: usize) -> Result<Vec<String>, StoreError> {
+        self.run(move |t, _| {
+            let mut rows = t.prepare_cached("SELECT record FROM evidence WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
+            let records = rows.query_map(params![since, limit as i64], |r| r.get(0))?.collect::<Result<_, _>>()?;
+            Ok(records)
+        })
+        .await
+    }
+
+    /// Records a peer's verified receipt for each leaf: what this node sent, as the peer signed it.
+    pub async fn receipts(&self, peer: &str, leaves: Vec<Leaf>, proofs: Vec<Proof>) -> Result<(), StoreError> {
+        let peer = peer.to_owned();
+        self.run(move |t, _| {
+            for (leaf, proof) in leaves.into_iter().zip(proofs) {
+                let mut entry = Entry::new("receipt", "in", &peer, &leaf.id);
+                entry.reply_seq = (leaf.seq > 0).then_some(leaf.seq);
+                entry.body_sha256 = Some(hex::encode(leaf.payload_sha256));
+                entry.file = leaf.file_sha256.map(|s| crate::evidence::FileFacts {
+                    name: None,
+                    size: None,
+                    sha256: hex::encode(s),
+                });
+                entry.receipt = Some(proof);
+                t.record(entry)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+}
+
+/// Reads the whole evidence log of the database under `data_dir`, read-only (a running node may
+/// keep writing; what was committed before the read began is read), as (seq, record JSON).
+pub fn read_log(data_dir: &Path, since: i64) -> Result<Vec<(i64, String)>, StoreError> {
+    let path = data_dir.join("ferry.db");
+    if !path.exists() {
+        return Err(StoreError::Io(format!("no store at {}; is `node.data_dir` right?", path.display())));
+    }
+    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let has_log: bool = conn
+        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evidence'", [], |_| Ok(true))
+        .optional()?
+        .unwrap_or(false);
+    if !has_log {
+        return Ok(Vec::new());
+    }
+    let mut rows = conn.prepare("SELECT seq, record FROM evidence WHERE seq > ?1 ORDER BY seq")?;
+    let log = rows.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
+    Ok(log)
+}
+
+/// A summary record of a request for the log, from its wire form: `form` masked by `mask`.
+pub(crate) fn request_entry(
+    direction: &'static str,
+    peer: &str,
+    request: &crate::wire::Request,
+    mask: &[String],
+) -> Entry {
+    let mut entry = Entry::new("request", direction, peer, &request.id);
+    entry.method = Some(request.method.clone());
+    entry.path = Some(request.path.clone());
+    entry.form = Some(crate::deliver::masked_form(&request.form, mask));
+    entry.body_sha256 = Some(hex::encode(crate::wire::payload_sha256(request)));
+    entry.file = request.file.as_ref().map(file_facts);
+    entry
+}
+
+/// The log's view of a file reference.
+pub(crate) fn file_facts(f: &crate::wire::FileRef) -> crate::evidence::FileFacts {
+    crate::evidence::FileFacts { name: Some(f.name.clone()), size: Some(f.size), sha256: hex::encode(f.sha256) }
+}

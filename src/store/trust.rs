@@ -1,0 +1,215 @@
+//! Taking a peer's request in: idempotency keys and duplicate windows of this node's services,
+//! and the evidence of synchronous exchanges (asynchronous ones are recorded with their state).
+//!
+//! Both checks run on the receiving node, where the service and its `idempotency_ttl` and
+//! `dedupe_window` are, inside one writer transaction, so two concurrent requests with one key
+//! cannot both get through.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::evidence::request_entry;
+use super::{exec, now_ms, query_row, StoreError, Tx};
+use crate::config::ServiceConfig;
+use crate::evidence::{sha256_hex, Entry};
+use crate::store::{Failure, Outcome, Store};
+use crate::wire::{self, Refusal, RefusalKind};
+
+/// What becomes of a request a peer sent.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Admission {
+    /// A new request: call the service (asynchronous ones are stored as `waiting`).
+    New,
+    /// An asynchronous request already stored: a retransmission.
+    Known,
+    /// The idempotency key's earlier request succeeded inside the service's `idempotency_ttl`:
+    /// its stored response answers, and the service is not called.
+    Replay(wire::Response),
+    /// Refused: the key's earlier request is still running, or the same request arrived inside
+    /// the duplicate window.
+    Refused(Refusal),
+}
+
+/// Checks `request` from `peer` against the key and duplicate tables of `service`, and records
+/// what it claims. Returns [`Admission::New`] when the request may go on.
+pub(super) fn admit(
+    t: &Tx,
+    peer: &str,
+    request: &wire::Request,
+    service: &ServiceConfig,
+) -> Result<Admission, StoreError> {
+    let now = now_ms();
+    let key = request.idempotency_key.as_deref();
+    if let Some(key) = key {
+        let earlier: Option<(String, String, Option<u16>, Option<String>, Option<Vec<u8>>, Option<i64>)> = query_row(
+            t,
+            "SELECT id, state, response_status, response_headers, response_body, expires_at FROM idempotency
+             WHERE peer = ?1 AND service = ?2 AND path = ?3 AND key = ?4",
+            params![peer, request.service, request.path, key],
+            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?, r.get(5)?)),
+        )
+        .optional()?;
+        match earlier {
+            Some((id, ..)) if id == request.id => {} // the same request again
+            Some((id, state, ..)) if state == "running" => {
+                return Ok(Admission::Refused(Refusal {
+                    kind: RefusalKind::InProgress,
+                    message: format!("request {id} with the same idempotency key is still running"),
+                    earlier: Some(id),
+                }))
+            }
+            Some((id, _, Some(status), headers, body, Some(expires))) if expires > now => {
+                return Ok(Admission::Replay(wire::Response {
+                    status,
+                    headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+                    body: body.unwrap_or_default(),
+                    replay_of: Some(id),
+                }))
+            }
+            _ => {}
+        }
+    }
+    if let Some(window) = service.dedupe_window {
+        let digest = dedupe_digest(peer, request);
+        exec(
+            t,
+            "DELETE FROM dedupe WHERE service = ?1 AND at <= ?2",
+            params![service.id, now - window.as_millis() as i64],
+        )?;
+        let earlier: Option<String> = query_row(
+            t,
+            "SELECT id FROM dedupe WHERE service = ?1 AND digest = ?2",
+            params![service.id, digest],
+            |r| r.get(0),
+        )
+        .optional()?;
+        match earlier {
+            Some(id) if id != request.id => {
+                return Ok(Admission::Refused(Refusal {
+                    kind: RefusalKind::Duplicate,
+                    message: format!(
+                        "the same request ({id}) arrived less than {} ago; service `{}` refuses duplicates",
+                        humantime::format_duration(window),
+                        service.id
+                    ),
+                    earlier: Some(id),
+                }))
+            }
+            Some(_) => {}
+            None => {
+                exec(
+                    t,
+                    "INSERT INTO dedupe (service, digest, id, at) VALUES (?1, ?2, ?3, ?4)",
+                    params![service.id, digest, request.id, now],
+                )?;
+            }
+        }
+    }
+    if let Some(key) = key {
+        exec(
+            t,
+            "INSERT OR REPLACE INTO idempotency (peer, service, path, key, id, state, ttl_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+            params![peer, request.service, request.path, key, request.id, service.idempotency_ttl.as_millis() as i64],
+        )?;
+    }
+    t.record(request_entry("in", peer, request, &service.mask_fields))?;
+    Ok(Admission::New)
+}
+
+/// What the duplicate window compares: sender, method, path, form and the file's SHA-256.
+fn dedupe_digest(peer: &str, request: &wire::Request) -> String {
+    let form = crate::deliver::masked_form(&request.form, &[]);
+    let file = request.file.as_ref().map(|f| hex::encode(f.sha256)).unwrap_or_default();
+    sha256_hex(format!("{peer}\0{}\0{}\0{form}\0{file}", request.method, request.path).as_bytes())
+}
+
+/// Settles the idempotency key of request `id` from `peer` (if it has one): a success keeps the
+/// response for the key's ttl; anything else frees the key, since a failure does not count.
+pub(super) fn settle_key(t: &Tx, peer: &str, id: &str, success: Option<&wire::Response>) -> Result<(), StoreError> {
+    match success {
+        Some(r) => exec(
+            t,
+            "UPDATE idempotency SET state = 'success', response_status = ?3, response_headers = ?4,
+                response_body = ?5, expires_at = ?6 + ttl_ms
+             WHERE id = ?1 AND peer = ?2",
+            params![id, peer, r.status, serde_json::to_string(&r.headers).unwrap_or_default(), r.body, now_ms()],
+        )?,
+        None => exec(t, "DELETE FROM idempotency WHERE id = ?1 AND peer = ?2", params![id, peer])?,
+    };
+    Ok(())
+}
+
+/// The log's record of a response.
+pub(super) fn response_entry(direction: &'static str, peer: &str, id: &str, response: &wire::Response) -> Entry {
+    let mut entry = Entry::new("response", direction, peer, id);
+    entry.body_sha256 = Some(sha256_hex(&response.body));
+    entry
+}
+
+/// The log's record of a refusal.
+pub(super) fn refused_entry(direction: &'static str, peer: &str, id: &str, why: &str) -> Entry {
+    let mut entry = Entry::new("refused", direction, peer, id);
+    entry.body_sha256 = Some(sha256_hex(why.as_bytes()));
+    entry
+}
+
+impl Store {
+    /// Takes a synchronous request from `peer` in: checks its key and duplicate window and
+    /// records it, before the service is called.
+    pub async fn admit_sync(
+        &self,
+        peer: &str,
+        request: &wire::Request,
+        service: &ServiceConfig,
+    ) -> Result<Admission, StoreError> {
+        let (peer, request, service) = (peer.to_owned(), request.clone(), service.clone());
+        self.run(move |t, _| admit(t, &peer, &request, &service)).await
+    }
+
+    /// Records the service's answer (or the failure) to a synchronous request from `peer`, and
+    /// settles its idempotency key, before the answer goes back.
+    pub async fn sync_answered(
+        &self,
+        peer: &str,
+        id: &str,
+        answer: Result<&wire::Response, &str>,
+    ) -> Result<(), StoreError> {
+        let (peer, id) = (peer.to_owned(), id.to_owned());
+        let answer = answer.map(Clone::clone).map_err(str::to_owned);
+        self.run(move |t, _| match &answer {
+            Ok(response) => {
+                t.record(response_entry("out", &peer, &id, response))?;
+                settle_key(t, &peer, &id, response.is_success().then_some(response))
+            }
+            Err(why) => {
+                t.record(refused_entry("out", &peer, &id, why))?;
+                settle_key(t, &peer, &id, None)
+            }
+        })
+        .await
+    }
+
+    /// Records, on the requesting node, a synchronous exchange that reached the peer: the
+    /// request as sent, and its response or refusal.
+    pub(super) async fn sync_exchanged(&self, peer: &str, request: &wire::Request, outcome: &Outcome) {
+        let reached = match outcome {
+            Ok(response) => Some(Ok(response.clone())),
+            Err(Failure::Refused(refusal)) => Some(Err(refusal.message.clone())),
+            Err(_) => None,
+        };
+        let Some(reached) = reached else { return };
+        let (peer, request) = (peer.to_owned(), request.clone());
+        let recorded = self
+            .run(move |t, _| {
+                t.record(request_entry("out", &peer, &request, &[]))?;
+                match &reached {
+                    Ok(response) => t.record(response_entry("in", &peer, &request.id, response)),
+                    Err(why) => t.record(refused_entry("in", &peer, &request.id, why)),
+                }
+            })
+            .await;
+        if let Err(e) = recorded {
+            tracing::error!(error = %e, "cannot record a synchronous exchange in the evidence log");
+        }
+    }
+}
