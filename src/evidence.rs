@@ -210,7 +210,12 @@ pub fn verify(
         if record.chain_hash() != record.hash {
             return Err(broken("its content does not match its hash: the record was changed".into()));
         }
-        if record.direction == "out" && matches!(record.event.as_str(), "request" | "reply") {
+        let signed_by_peer = match record.event.as_str() {
+            "request" => true,
+            "reply" | "response" => record.reply_seq.is_some(),
+            _ => false,
+        };
+        if record.direction == "out" && signed_by_peer {
             sent.insert(
                 (record.peer.clone(), record.id.clone(), record.reply_seq.unwrap_or(0)),
                 (record.body_sha256.clone(), record.file.as_ref().map(|f| f.sha256.clone())),

@@ -1,0 +1,399 @@
+//! Trust: idempotency keys, duplicate windows, the evidence log and its receipts, masked fields.
+
+mod common;
+
+use std::io::Write;
+use std::process::Command;
+use std::sync::{Arc, Mutex, OnceLock};
+use std::time::Duration;
+
+use common::{Pair, Recorder};
+use reqwest::StatusCode;
+use serde_json::{json, Value};
+
+const WITHIN: Duration = Duration::from_secs(15);
+
+/// Every log line of the nodes in this test binary, at every level, for the masked-field checks.
+fn logs() -> Arc<Mutex<Vec<u8>>> {
+    static LOGS: OnceLock<Arc<Mutex<Vec<u8>>>> = OnceLock::new();
+    LOGS.get_or_init(|| {
+        let buffer = Arc::new(Mutex::new(Vec::new()));
+        let sink = buffer.clone();
+        tracing_subscriber::fmt()
+            .with_env_filter("trace,quinn=info,quinn_proto=info,rustls=info,h2=info,hyper=info,reqwest=info")
+            .with_writer(move || Sink(sink.clone()))
+            .init();
+        buffer
+    })
+    .clone()
+}
+
+struct Sink(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Sink {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+/// A pair whose org-b service "1" has the given extra settings (TOML key = value lines).
+async fn pair_with(settings: &[(&str, &str)]) -> Pair {
+    logs();
+    let service = Recorder::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut a = common::Node::create(root.path(), "org-a");
+    let mut b = common::Node::create(root.path(), "org-b");
+    a.add_peer(&b);
+    b.add_peer(&a);
+    b.add_service("1", &service.base_url(), &["org-a"]);
+    let text = std::fs::read_to_string(&b.config_path).unwrap();
+    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+    let table = doc["service"].as_array_of_tables_mut().unwrap().get_mut(0).unwrap();
+    for (key, value) in settings {
+        table[*key] = toml_edit::value(value.parse::<toml_edit::Value>().unwrap());
+    }
+    std::fs::write(&b.config_path, doc.to_string()).unwrap();
+    a.start().await;
+    b.start().await;
+    Pair { root, a, b, service }
+}
+
+fn keyed(key: &str, path: &str) -> Value {
+    json!({"peer": "org-b", "service": "1", "path": path, "form": {"n": 1}, "idempotency_key": key})
+}
+
+/// Runs `ferry audit <args>` for `node` and returns (exit code, stdout, stderr).
+fn audit(node: &common::Node, args: &[&str]) -> (i32, String, String) {
+    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
+        .arg("audit")
+        .args(args)
+        .arg("--config")
+        .arg(&node.config_path)
+        .output()
+        .unwrap();
+    (
+        out.status.code().unwrap_or(-1),
+        String::from_utf8_lossy(&out.stdout).into(),
+        String::from_utf8_lossy(&out.stderr).into(),
+    )
+}
+
+fn database(node: &common::Node) -> rusqlite::Connection {
+    rusqlite::Connection::open(node.dir.join("data/ferry.db")).unwrap()
+}
+
+#[tokio::test]
+async fn a_replayed_key_is_answered_from_the_store_within_its_ttl_and_called_again_after() {
+    let p = pair_with(&[("idempotency_ttl", "\"2s\"")]).await;
+    let (status, first) = p.a.request(keyed("k-1", "/echo")).await;
+    assert_eq!(status, StatusCode::OK, "{first}");
+    let (status, again) = p.a.request(keyed("k-1", "/echo")).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["data"]["id"], first["data"]["id"], "the first request's id");
+    assert_eq!(again["data"]["body"], first["data"]["body"], "the first request's result");
+    assert_eq!(again["data"]["replayed"], true);
+    assert_eq!(p.service.seen().len(), 1, "the service is not called again");
+
+    let (status, other_path) = p.a.request(keyed("k-1", "/other")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(other_path["data"]["id"], first["data"]["id"], "the scope includes the path");
+    assert_eq!(p.service.seen().len(), 2);
+
+    tokio::time::sleep(Duration::from_millis(2_200)).await;
+    let (status, later) = p.a.request(keyed("k-1", "/echo")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_ne!(later["data"]["id"], first["data"]["id"], "after the ttl the key is free again");
+    assert_eq!(p.service.seen().len(), 3);
+}
+
+#[tokio::test]
+async fn a_failure_does_not_use_up_the_key() {
+    let p = pair_with(&[]).await;
+    let (status, first) = p.a.request(keyed("k-2", "/status/500")).await;
+    assert_eq!(status, StatusCode::OK);
+    assert_eq!(first["data"]["status"], 500);
+    let (_, second) = p.a.request(keyed("k-2", "/status/500")).await;
+    assert_ne!(second["data"]["id"], first["data"]["id"]);
+    assert_eq!(p.service.seen().len(), 2, "a failed request does not count");
+}
+
+#[tokio::test]
+async fn concurrent_requests_with_one_key_run_the_service_once() {
+    let p = pair_with(&[]).await;
+    let calls = (0..8).map(|_| p.a.request(keyed("k-3", "/sleep/300")));
+    let answers = futures::future::join_all(calls).await;
+    assert_eq!(p.service.seen().len(), 1, "the service ran once: {answers:?}");
+    let ok: Vec<_> = answers.iter().filter(|(s, _)| *s == StatusCode::OK).collect();
+    let running: Vec<_> = answers.iter().filter(|(s, _)| *s == StatusCode::CONFLICT).collect();
+    assert_eq!(ok.len(), 1, "{answers:?}");
+    assert_eq!(running.len(), 7, "{answers:?}");
+    for (_, body) in running {
+        assert_eq!(body["data"]["error"], "in_progress");
+        assert_eq!(body["data"]["id"], ok[0].1["data"]["id"], "names the running request");
+    }
+}
+
+#[tokio::test]
+async fn keys_survive_a_restart_of_the_receiving_node() {
+    let mut p = pair_with(&[]).await;
+    let (_, first) = p.a.request(keyed("k-4", "/echo")).await;
+    p.b.stop().await;
+    p.b.start().await;
+    let (status, again) = p.a.request(keyed("k-4", "/echo")).await;
+    assert_eq!(status, StatusCode::OK, "{again}");
+    assert_eq!(again["data"]["id"], first["data"]["id"]);
+    assert_eq!(p.service.seen().len(), 1);
+}
+
+#[tokio::test]
+async fn an_async_key_answers_with_the_running_request_then_with_its_result() {
+    let p = pair_with(&[]).await;
+    let mut body = keyed("k-5", "/sleep/500");
+    body["mode"] = "async".into();
+    let (status, first) = p.a.request(body.clone()).await;
+    assert_eq!(status, StatusCode::ACCEPTED);
+    let (_, second) = p.a.request(body.clone()).await;
+    assert_eq!(second["data"]["id"], first["data"]["id"], "the running request stands for it");
+    let id = first["data"]["id"].as_str().unwrap();
+    p.a.wait_state(id, "success", WITHIN).await;
+
+    let (_, third) = p.a.request(body).await;
+    let replay = third["data"]["id"].as_str().unwrap();
+    assert_ne!(replay, id, "a finished request no longer stands for the key on this node");
+    let status = p.a.wait_state(replay, "success", WITHIN).await;
+    assert_eq!(status["replies"][0]["data"], "slept", "the first request's result, from the store");
+    assert_eq!(p.service.seen().len(), 1, "the service ran once");
+}
+
+#[tokio::test]
+async fn a_key_over_64_characters_is_refused() {
+    let p = pair_with(&[]).await;
+    let (status, body) = p.a.request(keyed(&"x".repeat(65), "/echo")).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST);
+    assert_eq!(body["data"]["field"], "idempotency_key");
+    assert!(p.service.seen().is_empty());
+}
+
+#[tokio::test]
+async fn duplicates_inside_the_window_are_refused_with_the_earlier_id() {
+    let p = pair_with(&[("dedupe_window", "\"1s\"")]).await;
+    let request = json!({"peer": "org-b", "service": "1", "path": "/echo", "form": {"order": 7}});
+    let (_, first) = p.a.request(request.clone()).await;
+    let (status, dup) = p.a.request(request.clone()).await;
+    assert_eq!(status, StatusCode::CONFLICT, "{dup}");
+    assert_eq!(dup["data"]["error"], "duplicate");
+    assert_eq!(dup["data"]["id"], first["data"]["id"]);
+
+    let (status, _) =
+        p.a.request(json!({"peer": "org-b", "service": "1", "path": "/echo", "form": {"order": 8}})).await;
+    assert_eq!(status, StatusCode::OK, "another form is another request");
+
+    let mut async_dup = request.clone();
+    async_dup["mode"] = "async".into();
+    let (_, queued) = p.a.request(async_dup).await;
+    let failed = p.a.wait_state(queued["data"]["id"].as_str().unwrap(), "failed", WITHIN).await;
+    assert!(failed["error"].as_str().unwrap().contains(first["data"]["id"].as_str().unwrap()), "{failed}");
+
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    let (status, _) = p.a.request(request).await;
+    assert_eq!(status, StatusCode::OK, "outside the window it goes through");
+    assert_eq!(p.service.seen().len(), 3);
+}
+
+/// Some traffic of every kind: sync, async, reply mode with a callback.
+async fn exchanges(p: &Pair) {
+    let (status, _) = p.a.request(json!({"peer": "org-b", "service": "1", "path": "/echo", "form": {"a": 1}})).await;
+    assert_eq!(status, StatusCode::OK);
+    let host = Recorder::start().await;
+    let (_, queued) =
+        p.a.request(json!({"peer": "org-b", "service": "1", "path": "/echo", "mode": "async",
+                        "callback": {"url": format!("{}/done", host.base_url())}}))
+            .await;
+    let id = queued["data"]["id"].as_str().unwrap().to_owned();
+    p.a.wait_state(&id, "success", WITHIN).await;
+    host.wait_for(1, WITHIN).await;
+}
+
+/// Waits until `node`'s log has a receipt record.
+async fn wait_for_receipt(node: &common::Node) {
+    for _ in 0..200 {
+        let n: i64 = database(node)
+            .query_row("SELECT COUNT(*) FROM evidence WHERE record LIKE '%\"event\":\"receipt\"%'", [], |r| r.get(0))
+            .unwrap_or(0);
+        if n > 0 {
+            return;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no receipt reached {}", node.name);
+}
+
+#[tokio::test]
+async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_found() {
+    let p = pair_with(&[]).await;
+    exchanges(&p).await;
+    wait_for_receipt(&p.a).await;
+
+    for node in [&p.a, &p.b] {
+        let (code, out, err) = audit(node, &["verify"]);
+        assert_eq!(code, 0, "{}: {out}{err}", node.name);
+        assert!(out.starts_with("intact: "), "{out}");
+    }
+    let (_, out, _) = audit(&p.a, &["verify"]);
+    assert!(!out.contains(" 0 receipts"), "the sender holds receipts: {out}");
+
+    let (code, exported, _) = audit(&p.a, &["export"]);
+    assert_eq!(code, 0);
+    let records: Vec<Value> = exported.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    for event in ["request", "response", "callback", "receipt"] {
+        assert!(records.iter().any(|r| r["event"] == event), "a {event} record in {exported}");
+    }
+    let api = common::client().get(p.a.url("/v1/audit?since=1&limit=2")).send().await.unwrap();
+    assert_eq!(api.status(), StatusCode::OK);
+    let api = api.text().await.unwrap();
+    let seqs: Vec<Value> = api.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].clone()).collect();
+    assert_eq!(seqs, vec![json!(2), json!(3)], "GET /v1/audit pages by seq: {api}");
+    assert_eq!(api.lines().next(), exported.lines().nth(1), "the API and the export agree");
+
+    let (code, since) = {
+        let (c, out, _) = audit(&p.a, &["export", "--since", "2"]);
+        (c, out)
+    };
+    assert_eq!(code, 0);
+    assert_eq!(since.lines().next().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].clone()), Some(3.into()));
+
+    // Changed: a record's path rewritten.
+    let db = database(&p.b);
+    db.execute("UPDATE evidence SET record = replace(record, '\"/echo\"', '\"/elsewhere\"') WHERE seq = 1", [])
+        .unwrap();
+    let (code, _, err) = audit(&p.b, &["verify"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("seq 1"), "{err}");
+
+    // Deleted: the chain breaks at the record after the gap.
+    let db = database(&p.a);
+    let n: i64 = db.query_row("SELECT COUNT(*) FROM evidence", [], |r| r.get(0)).unwrap();
+    assert!(n >= 4, "{n} records");
+    let saved: (i64, String, String, String, String) = db
+        .query_row("SELECT seq, peer, id, hash, record FROM evidence WHERE seq = 2", [], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+        })
+        .unwrap();
+    db.execute("DELETE FROM evidence WHERE seq = 2", []).unwrap();
+    let (code, _, err) = audit(&p.a, &["verify"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("seq 2"), "{err}");
+
+    // Moved: two records swapped.
+    db.execute(
+        "INSERT INTO evidence (seq, peer, id, hash, record) VALUES (?1, ?2, ?3, ?4, ?5)",
+        rusqlite::params![saved.0, saved.1, saved.2, saved.3, saved.4],
+    )
+    .unwrap();
+    assert_eq!(audit(&p.a, &["verify"]).0, 0, "restored");
+    db.execute_batch(
+        "UPDATE evidence SET seq = -3 WHERE seq = 3; UPDATE evidence SET seq = 3 WHERE seq = 4;
+         UPDATE evidence SET seq = 4 WHERE seq = -3;",
+    )
+    .unwrap();
+    let (code, _, err) = audit(&p.a, &["verify"]);
+    assert_eq!(code, 1);
+    assert!(err.contains("seq 3"), "{err}");
+}
+
+#[tokio::test]
+async fn a_forged_receipt_fails_verification_even_with_the_chain_rebuilt() {
+    let p = pair_with(&[]).await;
+    exchanges(&p).await;
+    wait_for_receipt(&p.a).await;
+    // An insider rewrites a receipt and recomputes every hash after it: the chain holds, the
+    // signature does not.
+    let db = database(&p.a);
+    let rows: Vec<(i64, String)> = db
+        .prepare("SELECT seq, record FROM evidence ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    let mut prev = ferry::evidence::GENESIS.to_owned();
+    let mut forged_at = None;
+    for (seq, text) in rows {
+        let mut record: ferry::evidence::Record = serde_json::from_str(&text).unwrap();
+        if forged_at.is_none() && record.event == "receipt" {
+            let proof = record.receipt.as_mut().unwrap();
+            proof.at_ms += 1; // claims another time than the peer signed
+            forged_at = Some(seq);
+        }
+        record.prev = prev;
+        record.hash = record.chain_hash();
+        prev = record.hash.clone();
+        db.execute(
+            "UPDATE evidence SET record = ?2, hash = ?3 WHERE seq = ?1",
+            rusqlite::params![seq, serde_json::to_string(&record).unwrap(), record.hash],
+        )
+        .unwrap();
+    }
+    let (code, _, err) = audit(&p.a, &["verify"]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("seq {}", forged_at.unwrap())) && err.contains("receipt"), "{err}");
+}
+
+#[tokio::test]
+async fn masked_fields_appear_only_as_their_hash() {
+    let p = pair_with(&[("mask_fields", "[\"idCard\"]")]).await;
+    let secret = "ID-4711-0815-SECRET";
+    let hashed = ferry::evidence::sha256_hex(secret.as_bytes());
+    let form = json!({"idCard": secret, "name": "Ada"});
+    // `/text` answers without echoing the form: what a service answers is its own business.
+    let (status, _) = p.a.request(json!({"peer": "org-b", "service": "1", "path": "/text", "form": form})).await;
+    assert_eq!(status, StatusCode::OK);
+    let (_, queued) =
+        p.a.request(
+            json!({"peer": "org-b", "service": "1", "path": "/text", "form": form, "mode": "async", "reply": true}),
+        )
+        .await;
+    let id = queued["data"]["id"].as_str().unwrap();
+    p.a.wait_state(id, "doing", WITHIN).await;
+    assert!(
+        p.service
+            .wait_for(2, WITHIN)
+            .await
+            .iter()
+            .all(|s| s.body.contains(secret) || s.query.as_deref().unwrap_or("").contains(secret)),
+        "the service itself gets the value"
+    );
+
+    let (_, pending) = p.b.get("/v1/pending").await;
+    let (_, export, _) = audit(&p.b, &["export"]);
+    let (_, status_view) = p.b.get(&format!("/v1/requests/{id}")).await;
+    let mut pending_files = String::new();
+    for _ in 0..200 {
+        if let Ok(inbox) = std::fs::read_dir(p.b.dir.join("data/inbox/.pending")) {
+            pending_files = inbox.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
+        }
+        if !pending_files.is_empty() {
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    let logged = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
+    assert!(logged.len() > 1000, "the logs were captured");
+    for (what, text) in [
+        ("GET /v1/pending", pending.to_string()),
+        ("the evidence export", export.clone()),
+        ("the status view", status_view.to_string()),
+        ("the inbox's pending files", pending_files.clone()),
+        ("the logs", logged),
+    ] {
+        assert!(!text.contains(secret), "{what} shows the masked value: {text}");
+    }
+    assert!(pending.to_string().contains(&hashed), "{pending}");
+    assert!(pending_files.contains(&hashed), "{pending_files}");
+    assert!(export.contains(&format!("sha256:{hashed}")), "{export}");
+    assert!(export.contains("Ada"), "fields not masked are kept: {export}");
+}
