@@ -168,7 +168,11 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
                     .map(|id| ("callbackId".to_owned(), id.clone()))
                     .chain(call.file.clone())
                     .collect();
-                let outcome = match services.call_with(&call.peer, &call.request, &extra).await {
+                let started = std::time::Instant::now();
+                let called = services.call_with(&call.peer, &call.request, &extra).await;
+                let label = crate::metrics::ServiceLabel { service: call.request.service.clone() };
+                store.metrics().service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+                let outcome = match called {
                     Ok(response) => ServiceOutcome::Answered(response),
                     Err(e) if e.not_sent && e.refusal.kind == RefusalKind::BackendUnreachable => {
                         let wait = 1_000i64.saturating_mul(1 << call.attempts.min(6));

@@ -21,6 +21,7 @@ pub mod evidence;
 pub mod identity;
 pub mod inbox;
 pub mod link;
+pub mod metrics;
 pub mod node;
 pub mod peer;
 pub mod receipt;

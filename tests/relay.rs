@@ -269,3 +269,46 @@ async fn a_server_that_is_not_the_pinned_one_is_refused() {
     assert!(env["msg"].as_str().unwrap().contains("org-b"), "{env}");
     assert!(service.seen().is_empty());
 }
+
+/// `GET /metrics` as (series, value) pairs; every line must parse.
+async fn scrape(node: &common::Node) -> Vec<(String, f64)> {
+    let text = common::client().get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+    assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF: {text}");
+    text.lines()
+        .filter(|l| !l.starts_with('#') && !l.is_empty())
+        .map(|l| {
+            let (series, value) = l.rsplit_once(' ').unwrap_or_else(|| panic!("unparsable line `{l}`"));
+            (series.to_owned(), value.parse().unwrap_or_else(|_| panic!("unparsable value in `{l}`")))
+        })
+        .collect()
+}
+
+fn value(metrics: &[(String, f64)], series: &str) -> f64 {
+    metrics.iter().find(|(s, _)| s == series).map(|(_, v)| *v).unwrap_or_else(|| panic!("no {series} in {metrics:?}"))
+}
+
+#[tokio::test]
+async fn metrics_count_exchanges_queues_and_peers() {
+    let p = pair().await;
+    for path in ["/a", "/b", "/status/500"] {
+        let (status, _) = p.a.request(json!({"peer": "org-b", "service": "1", "path": path})).await;
+        assert_eq!(status, StatusCode::OK);
+    }
+    let (_, queued) = p.a.request(json!({"peer": "org-b", "service": "1", "path": "/c", "mode": "async"})).await;
+    p.a.wait_state(queued["data"]["id"].as_str().unwrap(), "success", Duration::from_secs(10)).await;
+
+    let a = scrape(&p.a).await;
+    let out = r#"ferry_sync_requests_total{peer="org-b",direction="outgoing",outcome="success"}"#;
+    assert_eq!(value(&a, out), 2.0);
+    assert_eq!(value(&a, &out.replace("success", "failed")), 1.0);
+    assert_eq!(value(&a, r#"ferry_sync_request_duration_seconds_count{peer="org-b"}"#), 3.0);
+    assert_eq!(value(&a, r#"ferry_requests{direction="outgoing",peer="org-b",state="success"}"#), 1.0);
+    assert_eq!(value(&a, r#"ferry_async_request_duration_seconds_count{peer="org-b"}"#), 1.0);
+    assert_eq!(value(&a, r#"ferry_peer_connected{peer="org-b"}"#), 1.0);
+    assert!(value(&a, r#"ferry_peer_rtt_seconds{peer="org-b"}"#) > 0.0);
+
+    let b = scrape(&p.b).await;
+    assert_eq!(value(&b, r#"ferry_sync_requests_total{peer="org-a",direction="incoming",outcome="success"}"#), 2.0);
+    assert_eq!(value(&b, r#"ferry_service_call_duration_seconds_count{service="1"}"#), 4.0);
+    assert_eq!(value(&b, r#"ferry_requests{direction="incoming",peer="org-a",state="success"}"#), 1.0);
+}

@@ -61,6 +61,7 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/health", get(health))
         .route("/v1/audit", get(monitor::audit))
+        .route("/metrics", get(monitor::metrics))
         .fallback(|| async { ApiError::new(Kind::NotFound, "no such endpoint; see API.md §3 for the routes") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(Kind::NotFound, "this endpoint does not take that method; see API.md §3")

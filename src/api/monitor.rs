@@ -121,3 +121,22 @@ pub(super) async fn audit(
     }
     Ok(([(axum::http::header::CONTENT_TYPE, "application/x-ndjson")], body).into_response())
 }
+
+/// `GET /metrics`: Prometheus (OpenMetrics) text. Figures held by the store and the peer table
+/// are read now.
+pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+    state.store.refresh_metrics().await.map_err(internal)?;
+    let metrics = state.store.metrics();
+    metrics.peer_connected.clear();
+    metrics.peer_rtt.clear();
+    for peer in state.peers.all() {
+        let status = peer.status();
+        let label = crate::metrics::PeerLabel { peer: status.name };
+        metrics.peer_connected.get_or_create(&label).set(status.connected as i64);
+        if let Some(rtt) = status.rtt_ms {
+            metrics.peer_rtt.get_or_create(&label).set(rtt / 1000.0);
+        }
+    }
+    let content_type = "application/openmetrics-text; version=1.0.0; charset=utf-8";
+    Ok(([(axum::http::header::CONTENT_TYPE, content_type)], metrics.encode()).into_response())
+}

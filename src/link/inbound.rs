@@ -161,7 +161,9 @@ async fn stream(
                     }
                     let _release = Release(receiving.clone(), claim);
                     let first = std::sync::atomic::AtomicBool::new(true);
+                    let moved = crate::metrics::Progress::default();
                     let progress = |done: u64, total: u64| {
+                        store.metrics().file_bytes(&peer.name, "received", moved.advance(done));
                         let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
                         if first || done == total || done.is_multiple_of(16 * transfer::CHUNK as u64) {
                             store.progress_event(&peer.name, &request_id, done, total);
@@ -253,6 +255,15 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
     let started = std::time::Instant::now();
     let extra: Vec<_> = file.into_iter().collect();
     let answer = services.call_with(&peer.name, request, &extra).await.map_err(|e| e.refusal);
+    let metrics = store.metrics();
+    let label = crate::metrics::ServiceLabel { service: service.id.clone() };
+    metrics.service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+    let outcome = match &answer {
+        Ok(r) if r.is_success() => "success",
+        Ok(_) => "failed",
+        Err(_) => "refused",
+    };
+    metrics.sync_request(&peer.name, "incoming", outcome);
     tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
     if tracked {
         let recorded =

@@ -44,9 +44,12 @@ impl Link {
         };
         let mut result = Err(TransferError::Interrupted("not tried".into()));
         for attempt in 1..=QUICK_RESUMES {
-            result =
-                transfer::send(connection, key, file.path.as_ref(), &file.name, |n| done.store(n, Ordering::Relaxed))
-                    .await;
+            let moved = crate::metrics::Progress::default();
+            let progress = |n| {
+                done.store(n, Ordering::Relaxed);
+                store.metrics().file_bytes(peer, "sent", moved.advance(n));
+            };
+            result = transfer::send(connection, key, file.path.as_ref(), &file.name, progress).await;
             match &result {
                 Err(TransferError::Interrupted(why)) if connection.close_reason().is_none() => {
                     tracing::info!(%peer, %key, attempt, %why, "file stream broke; resuming");

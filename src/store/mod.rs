@@ -197,6 +197,7 @@ impl<'c> std::ops::Deref for Tx<'c> {
 #[derive(Clone)]
 pub struct Store {
     evidence: bool,
+    metrics: Arc<crate::metrics::Metrics>,
     carrier: Arc<std::sync::RwLock<Option<Arc<dyn Carrier>>>>,
     jobs: mpsc::UnboundedSender<Job>,
     events: broadcast::Sender<Event>,
@@ -228,7 +229,12 @@ impl Store {
             .name("ferry-store".into())
             .spawn(move || writer(conn, evidence, rx, publish))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { evidence, carrier: Arc::default(), jobs, events, wake: Arc::default() })
+        Ok(Store { evidence, metrics: Arc::default(), carrier: Arc::default(), jobs, events, wake: Arc::default() })
+    }
+
+    /// The node's metrics.
+    pub fn metrics(&self) -> &crate::metrics::Metrics {
+        &self.metrics
     }
 
     /// Whether this store keeps the evidence log.
@@ -250,7 +256,17 @@ impl Store {
         let Some(carrier) = carrier else {
             return Err(Failure::PeerUnreachable("the node's link is not running".into()));
         };
+        let started = std::time::Instant::now();
         let (sent, outcome) = carrier.exchange(peer.to_owned(), request, file).await;
+        let label = crate::metrics::PeerLabel { peer: peer.to_owned() };
+        self.metrics.sync_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        let result = match &outcome {
+            Ok(r) if r.is_success() => "success",
+            Ok(_) => "failed",
+            Err(Failure::Refused(_)) => "refused",
+            Err(_) => "unreachable",
+        };
+        self.metrics.sync_request(peer, "outgoing", result);
         self.sync_exchanged(peer, &sent, &outcome).await;
         outcome
     }

@@ -312,6 +312,35 @@ impl Store {
         .await
     }
 
+    /// Sets the metrics read from the store: stored requests by direction, peer and state, and
+    /// results waiting for callbacks.
+    pub async fn refresh_metrics(&self) -> Result<(), StoreError> {
+        let metrics = self.metrics.clone();
+        self.run(move |t, _| {
+            let mut stmt = t.prepare_cached(
+                "SELECT direction, peer, state, COUNT(*) FROM requests GROUP BY direction, peer, state",
+            )?;
+            let rows = stmt
+                .query_map([], |r| {
+                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?))
+                })?
+                .collect::<Result<Vec<(String, String, String, i64)>, _>>()?;
+            metrics.requests.clear();
+            for (direction, peer, state, n) in rows {
+                metrics.requests.get_or_create(&crate::metrics::QueueLabels { direction, peer, state }).set(n);
+            }
+            let pending: i64 = query_row(
+                t,
+                "SELECT COUNT(*) FROM replies WHERE callback_at IS NOT NULL AND delivered = 0",
+                [],
+                |r| r.get(0),
+            )?;
+            metrics.callbacks_pending.set(pending);
+            Ok(())
+        })
+        .await
+    }
+
     /// Counts of requests by direction and state, and undelivered callback results.
     pub async fn stats(&self) -> Result<Stats, StoreError> {
         self.run(move |t, _| {

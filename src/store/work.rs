@@ -671,14 +671,15 @@ impl Store {
     /// `file` is the local path of the reply's file, already received and verified.
     pub async fn received_reply(&self, peer: &str, reply: wire::Reply, file: Option<String>) -> Result<(), StoreError> {
         let peer = peer.to_owned();
+        let metrics = self.metrics.clone();
         self.run(move |t, events| {
-            let found: Option<(i64, bool, Option<String>)> = query_row(t,
-                    "SELECT seq, reply, callback_url FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
+            let found: Option<(i64, i64, Option<String>)> = query_row(t,
+                    "SELECT seq, created_at, callback_url FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
                     params![peer, reply.id],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
                 )
                 .optional()?;
-            let Some((row, _reply_mode, callback)) = found else {
+            let Some((row, created_at, callback)) = found else {
                 tracing::warn!(%peer, id = %reply.id, "a reply for a request this node does not know; ignored");
                 return Ok(());
             };
@@ -727,6 +728,8 @@ impl Store {
                     params![row, state.as_str(), reply.error, now_ms()],
                 )?;
                 state_event(events, &reply.id, &peer, state);
+                let took = (now_ms() - created_at).max(0) as f64 / 1000.0;
+                metrics.async_duration.get_or_create(&crate::metrics::PeerLabel { peer: peer.clone() }).observe(took);
             }
             Ok(())
         })
@@ -798,6 +801,8 @@ impl Store {
         outcome: Result<(), (String, Option<i64>)>,
     ) -> Result<(), StoreError> {
         let (request, seq) = (work.request, work.seq);
+        let counted = if outcome.is_ok() { "delivered" } else { "retry" };
+        self.metrics.callbacks.get_or_create(&crate::metrics::OutcomeLabel { outcome: counted.into() }).inc();
         let mut delivered = Entry::new("callback", "out", "", &work.id);
         delivered.reply_seq = Some(work.seq);
         delivered.body_sha256 =
