@@ -14,12 +14,17 @@ use tokio::time::Instant;
 
 use super::ApiState;
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 pub(super) struct EventsQuery {
+    /// Only this peer's events.
     peer: Option<String>,
 }
 
 /// Upgrades to a WebSocket that streams events.
+#[utoipa::path(get, path = "/v1/events", tag = "monitoring",
+    summary = "WebSocket of state, reply and progress events; send the text OK every api.heartbeat",
+    params(EventsQuery), responses((status = 101, description = "Switching to the WebSocket")))]
 pub(super) async fn stream(
     State(state): State<ApiState>,
     Query(q): Query<EventsQuery>,

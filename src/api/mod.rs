@@ -7,6 +7,7 @@ pub mod envelope;
 mod events;
 pub mod files;
 mod monitor;
+pub mod openapi;
 mod replies;
 mod requests;
 
@@ -17,7 +18,6 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
-use axum::routing::{get, post};
 use axum::Router;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -49,19 +49,28 @@ pub struct ApiState {
     pub max_size: u64,
 }
 
-/// The API's routes, guarded by the token and loopback rules.
+/// The API's routes and their OpenAPI document, built from the same annotated handlers.
+pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+    use utoipa::OpenApi;
+    utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
+        .routes(utoipa_axum::routes!(requests::create, monitor::list))
+        .routes(utoipa_axum::routes!(monitor::one))
+        .routes(utoipa_axum::routes!(replies::create))
+        .routes(utoipa_axum::routes!(monitor::pending))
+        .routes(utoipa_axum::routes!(monitor::stats))
+        .routes(utoipa_axum::routes!(events::stream))
+        .routes(utoipa_axum::routes!(peers))
+        .routes(utoipa_axum::routes!(health))
+        .routes(utoipa_axum::routes!(monitor::audit))
+        .routes(utoipa_axum::routes!(monitor::metrics))
+        .split_for_parts()
+}
+
+/// The API's routes, guarded by the token and loopback rules, and `/openapi.json`.
 pub fn router(state: ApiState) -> Router {
-    Router::new()
-        .route("/v1/requests", post(requests::create).get(monitor::list))
-        .route("/v1/requests/{id}", get(monitor::one))
-        .route("/v1/replies", post(replies::create))
-        .route("/v1/pending", get(monitor::pending))
-        .route("/v1/stats", get(monitor::stats))
-        .route("/v1/events", get(events::stream))
-        .route("/v1/peers", get(peers))
-        .route("/v1/health", get(health))
-        .route("/v1/audit", get(monitor::audit))
-        .route("/metrics", get(monitor::metrics))
+    let (routes, doc) = routes();
+    routes
+        .route("/openapi.json", openapi::handler(doc))
         .fallback(|| async { ApiError::new(Kind::NotFound, "no such endpoint; see API.md §3 for the routes") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(Kind::NotFound, "this endpoint does not take that method; see API.md §3")
@@ -98,11 +107,17 @@ async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> R
     Ok(next.run(request).await)
 }
 
+/// `GET /v1/peers`.
+#[utoipa::path(get, path = "/v1/peers", tag = "monitoring", summary = "The configured peers and their connections",
+    responses((status = 200, body = openapi::Envelope)))]
 async fn peers(State(state): State<ApiState>) -> Response {
     let all: Vec<_> = state.peers.all().iter().map(|p| p.status()).collect();
     ok(StatusCode::OK, "ActionOK", all)
 }
 
+/// `GET /v1/health`.
+#[utoipa::path(get, path = "/v1/health", tag = "monitoring", summary = "`{name, version, fingerprint}` once the node serves",
+    responses((status = 200, body = openapi::Envelope)))]
 async fn health(State(state): State<ApiState>) -> Response {
     ok(
         StatusCode::OK,
@@ -141,6 +156,54 @@ mod tests {
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
         (status, serde_json::from_slice(&body).unwrap())
+    }
+
+    #[tokio::test]
+    async fn the_openapi_document_lists_every_route_and_every_route_it_lists_is_served() {
+        let (status, doc) = {
+            let mut request = Request::get("/openapi.json").body(Body::empty()).unwrap();
+            request.extensions_mut().insert(ConnectInfo("127.0.0.1:5000".parse::<SocketAddr>().unwrap()));
+            let response = router(state(&[])).oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice::<serde_json::Value>(&body).unwrap())
+        };
+        assert_eq!(status, StatusCode::OK);
+        assert!(doc["openapi"].as_str().unwrap().starts_with("3."), "{doc}");
+        let paths = doc["paths"].as_object().unwrap();
+        // API.md §3's routes, all of them.
+        for (path, method) in [
+            ("/v1/requests", "post"),
+            ("/v1/requests", "get"),
+            ("/v1/requests/{id}", "get"),
+            ("/v1/replies", "post"),
+            ("/v1/pending", "get"),
+            ("/v1/stats", "get"),
+            ("/v1/peers", "get"),
+            ("/v1/health", "get"),
+            ("/v1/events", "get"),
+            ("/v1/audit", "get"),
+            ("/metrics", "get"),
+        ] {
+            assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
+        }
+        assert!(doc["components"]["schemas"]["NewRequest"]["properties"]["idempotency_key"].is_object());
+        // Every documented operation reaches a handler, not the fallback.
+        for (path, item) in paths {
+            for method in item.as_object().unwrap().keys() {
+                let uri = path.replace("{id}", "some-id");
+                let mut request =
+                    Request::builder().method(method.to_uppercase().as_str()).uri(&uri).body(Body::empty()).unwrap();
+                request.extensions_mut().insert(ConnectInfo("127.0.0.1:5000".parse::<SocketAddr>().unwrap()));
+                let response = router(state(&[])).oneshot(request).await.unwrap();
+                let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+                let body = String::from_utf8_lossy(&body);
+                assert!(
+                    !body.contains("no such endpoint") && !body.contains("does not take that method"),
+                    "{method} {uri}: {body}"
+                );
+            }
+        }
     }
 
     #[tokio::test]

@@ -7,6 +7,7 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::envelope::{ok, ApiError, Kind};
+use super::openapi::Envelope;
 use super::ApiState;
 use crate::store::{RequestFilter, State as RequestState, StoreError};
 
@@ -15,6 +16,9 @@ fn internal(e: StoreError) -> ApiError {
 }
 
 /// `GET /v1/requests/{id}`.
+#[utoipa::path(get, path = "/v1/requests/{id}", tag = "monitoring", summary = "A request's status",
+    params(("id" = String, Path, description = "The request id")),
+    responses((status = 200, body = Envelope), (status = 404, description = "Unknown id", body = Envelope)))]
 pub(super) async fn one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
     match state.store.get(&id).await.map_err(internal)? {
         Some(view) => Ok(ok(StatusCode::OK, "ActionOK", view)),
@@ -25,7 +29,8 @@ pub(super) async fn one(State(state): State<ApiState>, Path(id): Path<String>) -
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct ListQuery {
     direction: Option<String>,
@@ -37,6 +42,8 @@ pub(super) struct ListQuery {
 }
 
 /// `GET /v1/requests`: newest first, filtered, paged with `before`.
+#[utoipa::path(get, path = "/v1/requests", tag = "monitoring", summary = "Stored requests, newest first",
+    params(ListQuery), responses((status = 200, description = "`data: {items, next}`", body = Envelope)))]
 pub(super) async fn list(
     State(state): State<ApiState>,
     query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
@@ -70,11 +77,15 @@ pub(super) async fn list(
 }
 
 /// `GET /v1/pending`.
+#[utoipa::path(get, path = "/v1/pending", tag = "monitoring",
+    summary = "Incoming reply-mode requests still awaiting a reply", responses((status = 200, body = Envelope)))]
 pub(super) async fn pending(State(state): State<ApiState>) -> Result<Response, ApiError> {
     Ok(ok(StatusCode::OK, "ActionOK", state.store.pending().await.map_err(internal)?))
 }
 
 /// `GET /v1/stats`.
+#[utoipa::path(get, path = "/v1/stats", tag = "monitoring", summary = "Counts by state, peers, callbacks",
+    responses((status = 200, body = Envelope)))]
 pub(super) async fn stats(State(state): State<ApiState>) -> Result<Response, ApiError> {
     let stats = state.store.stats().await.map_err(internal)?;
     let peers: Vec<_> = state
@@ -96,7 +107,8 @@ pub(super) async fn stats(State(state): State<ApiState>) -> Result<Response, Api
     ))
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 #[serde(deny_unknown_fields)]
 pub(super) struct AuditQuery {
     since: Option<i64>,
@@ -104,6 +116,9 @@ pub(super) struct AuditQuery {
 }
 
 /// `GET /v1/audit?since=SEQ&limit=N`: evidence records after `since`, oldest first, as JSON lines.
+#[utoipa::path(get, path = "/v1/audit", tag = "evidence", summary = "The evidence log as JSON lines",
+    params(AuditQuery),
+    responses((status = 200, description = "One evidence record per line", content_type = "application/x-ndjson", body = String)))]
 pub(super) async fn audit(
     State(state): State<ApiState>,
     query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
@@ -124,6 +139,8 @@ pub(super) async fn audit(
 
 /// `GET /metrics`: Prometheus (OpenMetrics) text. Figures held by the store and the peer table
 /// are read now.
+#[utoipa::path(get, path = "/metrics", tag = "monitoring", summary = "Prometheus metrics",
+    responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
     state.store.refresh_metrics().await.map_err(internal)?;
     let metrics = state.store.metrics();

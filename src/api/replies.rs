@@ -8,9 +8,11 @@ use serde::Deserialize;
 use serde_json::{json, Value};
 
 use super::envelope::{json_body, ok, ApiError, Kind};
+use super::openapi::Envelope;
 use super::ApiState;
 
-#[derive(Debug, Deserialize)]
+/// The body of `POST /v1/replies`.
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewReply {
     callback_id: String,
@@ -27,6 +29,16 @@ struct NewReply {
 }
 
 /// Stores the reply (on disk before the answer) for carrying back to the requesting node.
+#[utoipa::path(post, path = "/v1/replies", tag = "replies",
+    summary = "A service answers an async request it was given a callbackId for",
+    request_body = NewReply,
+    responses(
+        (status = 202, description = "Stored; `data: {callback_id, seq}`", body = Envelope),
+        (status = 400, description = "A malformed body or a wrong field (`data.field` names it)", body = Envelope),
+        (status = 401, description = "Tokens are configured and none or a wrong one was given", body = Envelope),
+        (status = 403, description = "Not allowed", body = Envelope),
+        (status = 404, description = "Unknown or finished callback id", body = Envelope),
+    ))]
 pub(super) async fn create(
     State(state): State<ApiState>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,

@@ -10,12 +10,13 @@ use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
 use super::envelope::{json_body, ok, ApiError, Kind};
+use super::openapi::Envelope;
 use super::ApiState;
 use crate::store::{now_ms, Failure, NewAsync, OutgoingFile};
 use crate::wire::{self, Encoding, FormValue, RefusalKind};
 
 /// The body of `POST /v1/requests`, as the host sends it.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewRequest {
     peer: String,
@@ -50,7 +51,7 @@ struct NewRequest {
 }
 
 /// Where an async request's results go.
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct CallbackSpec {
     url: String,
@@ -71,6 +72,25 @@ const MAX_TIMEOUT_MS: u64 = 3_600_000;
 
 /// Validates the request, hands it to the store and, in sync mode, answers with the service's
 /// response or the reason there is none.
+#[utoipa::path(post, path = "/v1/requests", tag = "requests",
+    summary = "Send a request to a peer's service",
+    description = "Sync (default): waits for the service's answer, `data: {id, status, headers, body}`. \
+                   Async: answers 202 at once, `data: {id, state}`, once the request is on disk.",
+    request_body = NewRequest,
+    params(("Idempotency-Key" = Option<String>, Header, description = "Same as `idempotency_key`")),
+    responses(
+        (status = 200, description = "The service's answer (sync)", body = Envelope),
+        (status = 202, description = "Stored (async)", body = Envelope),
+        (status = 400, description = "A malformed body or a wrong field (`data.field` names it)", body = Envelope),
+        (status = 401, description = "Tokens are configured and none or a wrong one was given", body = Envelope),
+        (status = 403, description = "Not allowed", body = Envelope),
+        (status = 404, description = "Unknown peer or service", body = Envelope),
+        (status = 409, description = "`duplicate` or `in_progress`; `data.id` names the earlier request", body = Envelope),
+        (status = 413, description = "Body or file over the limits", body = Envelope),
+        (status = 502, description = "`peer_unreachable` or `backend_unreachable`", body = Envelope),
+        (status = 503, description = "The remote service is disabled", body = Envelope),
+        (status = 504, description = "No answer within `timeout_ms`", body = Envelope),
+    ))]
 pub(super) async fn create(
     State(state): State<ApiState>,
     headers: HeaderMap,
