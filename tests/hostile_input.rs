@@ -1,0 +1,247 @@
+//! Hostile input, generated: the wire decoder, the config parser and the API's JSON never panic
+//! and answer every input with a value or a clear error.
+//!
+//! `cargo fuzz` needs a nightly toolchain, which this project's machines do not have, so these are
+//! property tests (proptest). A longer run:
+//!
+//! ```text
+//! PROPTEST_CASES=200000 cargo test --release --test hostile_input
+//! ```
+//!
+//! A failing case is shrunk and saved under `proptest-regressions/`; commit that file, and the
+//! case runs first from then on.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use axum::body::Body;
+use axum::extract::ConnectInfo;
+use axum::http::{Request, StatusCode};
+use proptest::prelude::*;
+use serde_json::{json, Value};
+use tower::ServiceExt;
+
+use ferry::api::{router, ApiState};
+use ferry::identity::Identity;
+use ferry::peer::{Peer, Peers};
+use ferry::store::Store;
+use ferry::wire::{self, Encoding, FormValue, Message};
+
+fn form_value() -> impl Strategy<Value = FormValue> {
+    prop_oneof![
+        ".{0,40}".prop_map(FormValue::Text),
+        any::<i64>().prop_map(FormValue::Int),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(FormValue::Float),
+        any::<bool>().prop_map(FormValue::Bool),
+    ]
+}
+
+fn request() -> impl Strategy<Value = wire::Request> {
+    (
+        ".{0,40}",
+        "/[a-z/]{0,30}",
+        prop::collection::vec((".{0,12}", form_value()), 0..6),
+        prop::option::of(".{0,64}"),
+        any::<u64>(),
+    )
+        .prop_map(|(id, path, form, key, timeout_ms)| wire::Request {
+            version: wire::PROTOCOL_VERSION,
+            id,
+            service: "1".into(),
+            method: "POST".into(),
+            path,
+            form,
+            encoding: Encoding::Json,
+            headers: vec![],
+            conversation: None,
+            timeout_ms,
+            file: None,
+            idempotency_key: key,
+        })
+}
+
+proptest! {
+    #[test]
+    fn the_wire_decoder_takes_any_bytes_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
+        let _ = wire::decode(&bytes);
+    }
+
+    #[test]
+    fn encoded_messages_decode_to_themselves(r in request()) {
+        let message = Message::Request(r);
+        let frame = wire::encode(&message).unwrap();
+        prop_assert_eq!(wire::decode(&frame[4..]).unwrap(), message);
+    }
+
+    #[test]
+    fn a_flipped_byte_never_panics_the_decoder(r in request(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
+        let mut frame = wire::encode(&Message::Request(r)).unwrap();
+        let i = 4 + at.index(frame.len() - 4);
+        frame[i] ^= 1 << bit;
+        let _ = wire::decode(&frame[4..]);
+    }
+
+    #[test]
+    fn the_config_parser_reports_problems_instead_of_panicking(text in config_text()) {
+        let dir = std::path::Path::new("/nonexistent/node/config/ferry.toml");
+        if let Err(e) = ferry::config::Config::parse(dir, &text) {
+            prop_assert!(!e.problems.is_empty());
+            prop_assert!(e.problems.iter().all(|p| !p.is_empty() && !p.contains('\n')), "one line per problem: {:?}", e.problems);
+        }
+    }
+}
+
+/// TOML-like text built from the config's own keys and values of every type, plus noise.
+fn config_text() -> impl Strategy<Value = String> {
+    let key = prop::sample::select(vec![
+        "name",
+        "listen",
+        "api",
+        "data_dir",
+        "certs_dir",
+        "callback_base",
+        "address",
+        "cert",
+        "id",
+        "base_url",
+        "allow",
+        "dedupe_window",
+        "idempotency_ttl",
+        "state",
+        "mask_fields",
+        "send_roots",
+        "max_size",
+        "tokens",
+        "heartbeat",
+        "log",
+        "receipts",
+        "bogus",
+    ]);
+    let value = prop_oneof![
+        ".{0,20}".prop_map(|s| format!("{s:?}")),
+        any::<i64>().prop_map(|i| i.to_string()),
+        any::<bool>().prop_map(|b| b.to_string()),
+        prop::sample::select(vec![
+            "\"30s\"",
+            "\"1h\"",
+            "\"20GiB\"",
+            "\"-1s\"",
+            "\"127.0.0.1:7443\"",
+            "[\"*\"]",
+            "[1, 2]",
+            "{}"
+        ])
+        .prop_map(str::to_owned),
+    ];
+    let table = prop::sample::select(vec![
+        "[node]",
+        "[files]",
+        "[api]",
+        "[evidence]",
+        "[[peer]]",
+        "[[service]]",
+        "[other]",
+        "",
+    ]);
+    prop::collection::vec((table, prop::collection::vec((key, value), 0..6), ".{0,3}"), 0..6).prop_map(|sections| {
+        sections
+            .into_iter()
+            .map(|(table, pairs, noise)| {
+                let body: String = pairs.into_iter().map(|(k, v)| format!("{k} = {v}\n")).collect();
+                format!("{table}\n{body}{noise}\n")
+            })
+            .collect()
+    })
+}
+
+/// A JSON value of any shape, a few levels deep.
+fn json_value() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(Value::from),
+        ".{0,20}".prop_map(Value::from),
+    ];
+    leaf.prop_recursive(3, 24, 6, |inner| {
+        prop_oneof![
+            prop::collection::vec(inner.clone(), 0..4).prop_map(Value::from),
+            prop::collection::btree_map(".{0,8}", inner, 0..4).prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+/// A request body built from the real fields with values of any shape, some fields left out.
+fn request_body() -> impl Strategy<Value = Value> {
+    let fields = [
+        "peer",
+        "service",
+        "path",
+        "method",
+        "form",
+        "encoding",
+        "file",
+        "file_field",
+        "mode",
+        "reply",
+        "callback",
+        "headers",
+        "conversation",
+        "idempotency_key",
+        "timeout_ms",
+        "ttl_s",
+        "extra",
+    ];
+    let plausible = prop_oneof![
+        json_value(),
+        Just(json!("org-b")),
+        Just(json!("1")),
+        Just(json!("/x")),
+        Just(json!("async")),
+        Just(json!({"url": "/cb"})),
+    ];
+    prop::collection::vec((prop::sample::select(fields.to_vec()), plausible), 0..10)
+        .prop_map(|pairs| Value::Object(pairs.into_iter().map(|(k, v)| (k.to_owned(), v)).collect()))
+}
+
+fn state() -> ApiState {
+    let dir = tempfile::tempdir().unwrap().keep();
+    let peers = Peers::default();
+    peers.insert(Peer::new("org-b", "127.0.0.1:9", &Identity::generate("org-b").unwrap().cert));
+    ApiState {
+        store: Store::open(&dir).unwrap(),
+        peers,
+        name: "org-a".into(),
+        fingerprint: "sha256:00".into(),
+        tokens: Arc::new(vec![]),
+        callback_base: None,
+        heartbeat: std::time::Duration::from_secs(15),
+        send_roots: Arc::new(vec![dir.clone()]),
+        max_size: 1 << 20,
+    }
+}
+
+#[test]
+fn the_api_answers_any_json_with_an_envelope_and_never_a_500() {
+    let runtime = tokio::runtime::Runtime::new().unwrap();
+    let state = state();
+    let config = ProptestConfig { cases: 256, ..ProptestConfig::default() };
+    proptest!(config, |(body in prop_oneof![request_body(), json_value()], raw in any::<bool>())| {
+        let bytes = if raw { body.to_string().into_bytes().into_iter().rev().collect() } else { body.to_string().into_bytes() };
+        let (status, answer) = runtime.block_on(async {
+            let mut request = Request::post("/v1/requests").body(Body::from(bytes)).unwrap();
+            request.extensions_mut().insert(ConnectInfo("127.0.0.1:5000".parse::<SocketAddr>().unwrap()));
+            let response = router(state.clone()).oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice::<Value>(&body))
+        });
+        prop_assert_ne!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let answer = answer.expect("every answer is JSON");
+        prop_assert!(answer["msg"].is_string(), "{}", answer);
+        if !status.is_success() {
+            prop_assert_eq!(answer["code"].as_u64(), Some(status.as_u16() as u64));
+            prop_assert!(answer["data"]["error"].is_string(), "{}", answer);
+        }
+    });
+}
