@@ -1,0 +1,185 @@
+#!/usr/bin/env bash
+# ferry against what an admin would set up instead, measured in one run on this machine:
+#
+#   sync relay   a ferry pair  vs  a pair of nginx reverse proxies with mutual TLS between them
+#                (and the backend called directly), same backend, same load generator (wrk)
+#   async        ferry's acceptance rate of asynchronous requests (202 = on disk)
+#   memory       resident memory of both ferry nodes and both nginx instances after the load
+#   files        `cargo bench --bench files`: ferry vs raw quinn, scp and rsync over ssh (skip: --no-files)
+#
+# Installs what it needs from Debian (nginx-light, wrk, openssl, curl). Certificates and keys are
+# generated at run time in a temporary directory and deleted afterwards.
+#
+# Usage: bench/compare.sh [--no-files] [--seconds N] [--connections N]
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+SECONDS_EACH=10
+CONNECTIONS=32
+FILES=1
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --no-files) FILES=0 ;;
+    --seconds) SECONDS_EACH="$2"; shift ;;
+    --connections) CONNECTIONS="$2"; shift ;;
+    *) echo "usage: bench/compare.sh [--no-files] [--seconds N] [--connections N]" >&2; exit 2 ;;
+  esac
+  shift
+done
+
+need() {
+  if ! command -v "$1" >/dev/null 2>&1; then
+    echo "== installing $2 (Debian)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q "$2" >/dev/null
+  fi
+}
+need nginx nginx-light
+need wrk wrk
+need openssl openssl
+need curl curl
+
+echo "== building ferry (release)"
+cargo build --release -q
+FERRY="$PWD/target/release/ferry"
+
+WORK=$(mktemp -d)
+PIDS=()
+cleanup() {
+  for pid in "${PIDS[@]}"; do kill "$pid" 2>/dev/null || true; done
+  for conf in "$WORK"/nginx-*.conf; do [ -f "$conf" ] && nginx -p "$WORK" -c "$conf" -s quit 2>/dev/null || true; done
+  sleep 0.5
+  rm -rf "$WORK"
+}
+trap cleanup EXIT
+
+port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
+BACKEND=$(port); FRONT=$(port); BACK=$(port)
+
+# -- the backend: a trivial JSON answer, served by nginx, used by every path ---------------------
+cert() { # name: a self-signed P-256 certificate and key for nginx's mutual TLS
+  openssl req -x509 -newkey ec -pkeyopt ec_paramgen_curve:P-256 -nodes -days 1 -subj "/CN=$1" \
+    -addext "subjectAltName=DNS:$1" -keyout "$WORK/$1.key" -out "$WORK/$1.pem" 2>/dev/null
+}
+cert org-a-proxy
+cert org-b-proxy
+mkdir -p "$WORK/logs" "$WORK/tmp"
+common="worker_processes 2; pid PIDFILE; error_log $WORK/logs/error.log warn; daemon on;
+events { worker_connections 4096; }"
+cat > "$WORK/nginx-b.conf" <<EOF
+${common//PIDFILE/$WORK/nginx-b.pid}
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp;
+  # the backend both relays call
+  server { listen 127.0.0.1:$BACKEND; default_type application/json; location / { return 200 '{"ok":true}'; } }
+  # org-b's proxy: accepts only org-a's pinned certificate
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
+  server {
+    listen 127.0.0.1:$BACK ssl;
+    ssl_protocols TLSv1.3;
+    ssl_certificate $WORK/org-b-proxy.pem; ssl_certificate_key $WORK/org-b-proxy.key;
+    ssl_verify_client on; ssl_client_certificate $WORK/org-a-proxy.pem;
+    keepalive_requests 1000000;
+    location / { proxy_pass http://backend; proxy_http_version 1.1; proxy_set_header Connection ""; }
+  }
+}
+EOF
+cat > "$WORK/nginx-a.conf" <<EOF
+${common//PIDFILE/$WORK/nginx-a.pid}
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp;
+  # org-a's proxy: host apps call it; it calls org-b's proxy with its client certificate
+  upstream org_b { server 127.0.0.1:$BACK; keepalive 64; }
+  server {
+    listen 127.0.0.1:$FRONT;
+    keepalive_requests 1000000;
+    location / {
+      proxy_pass https://org_b; proxy_http_version 1.1; proxy_set_header Connection "";
+      proxy_ssl_protocols TLSv1.3;
+      proxy_ssl_certificate $WORK/org-a-proxy.pem; proxy_ssl_certificate_key $WORK/org-a-proxy.key;
+      proxy_ssl_trusted_certificate $WORK/org-b-proxy.pem; proxy_ssl_verify on; proxy_ssl_name org-b-proxy;
+      proxy_ssl_session_reuse on;
+    }
+  }
+}
+EOF
+nginx -p "$WORK" -c "$WORK/nginx-b.conf"
+nginx -p "$WORK" -c "$WORK/nginx-a.conf"
+
+# -- the ferry pair, set up as admins would ------------------------------------------------------
+A_API=$(port); B_API=$(port); A_LINK=$(port); B_LINK=$(port)
+"$FERRY" init --dir "$WORK/org-a" --name org-a --listen "127.0.0.1:$A_LINK" --api "127.0.0.1:$A_API" >/dev/null
+"$FERRY" init --dir "$WORK/org-b" --name org-b --listen "127.0.0.1:$B_LINK" --api "127.0.0.1:$B_API" >/dev/null
+"$FERRY" peer add --name org-b --address "127.0.0.1:$B_LINK" --cert "$WORK/org-b/certs/node.pem" \
+  --config "$WORK/org-a/config/ferry.toml" >/dev/null
+"$FERRY" peer add --name org-a --address "127.0.0.1:$A_LINK" --cert "$WORK/org-a/certs/node.pem" \
+  --config "$WORK/org-b/config/ferry.toml" >/dev/null
+"$FERRY" service add --id 1 --base-url "http://127.0.0.1:$BACKEND" --allow org-a \
+  --config "$WORK/org-b/config/ferry.toml" >/dev/null
+for node in org-a org-b; do
+  RUST_LOG=warn "$FERRY" run --config "$WORK/$node/config/ferry.toml" 2>"$WORK/$node.log" &
+  PIDS+=($!)
+done
+for api in "$A_API" "$B_API"; do
+  for _ in $(seq 100); do curl -sf "http://127.0.0.1:$api/v1/health" >/dev/null && break; sleep 0.1; done
+done
+
+# -- load ----------------------------------------------------------------------------------------
+post_script() { # body: a wrk script that POSTs JSON
+  cat > "$WORK/$1.lua" <<EOF
+wrk.method = "POST"
+wrk.headers["Content-Type"] = "application/json"
+wrk.body = '$2'
+EOF
+  echo "$WORK/$1.lua"
+}
+SYNC=$(post_script sync '{"peer":"org-b","service":"1","path":"/ok","method":"GET"}')
+ASYNC=$(post_script async '{"peer":"org-b","service":"1","path":"/ok","method":"GET","mode":"async"}')
+
+RESULTS=()
+run() { # label url [script]: one wrk run, a row of the table
+  local label=$1 url=$2 script=${3:-}
+  local args=(-t2 "-c$CONNECTIONS" "-d${SECONDS_EACH}s" --latency)
+  [ -n "$script" ] && args+=(-s "$script")
+  wrk "${args[@]}" "$url" > "$WORK/wrk.out" 2>&1 || { cat "$WORK/wrk.out"; return 1; }
+  local rps p50 p99 errors
+  rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
+  p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
+  p99=$(awk '$1=="99%" {print $2}' "$WORK/wrk.out")
+  errors=$(awk '/Non-2xx/ {print $5} /Socket errors/ {print "socket:" $0}' "$WORK/wrk.out" | tr '\n' ' ')
+  RESULTS+=("$(printf '| %-44s | %10s | %8s | %8s | %s |' "$label" "$rps" "$p50" "$p99" "${errors:-none}")")
+  echo "   $label: $rps req/s, p50 $p50, p99 $p99"
+}
+
+echo "== warming up"
+curl -sf "http://127.0.0.1:$FRONT/ok" >/dev/null
+curl -sf -X POST -H 'Content-Type: application/json' -d '{"peer":"org-b","service":"1","path":"/ok","method":"GET"}' \
+  "http://127.0.0.1:$A_API/v1/requests" >/dev/null
+echo "== load: $CONNECTIONS connections, ${SECONDS_EACH} s each, wrk -t2"
+run "backend called directly" "http://127.0.0.1:$BACKEND/ok"
+run "nginx pair, mutual TLS between them" "http://127.0.0.1:$FRONT/ok"
+run "ferry pair, sync (QUIC, pinned mutual TLS)" "http://127.0.0.1:$A_API/v1/requests" "$SYNC"
+run "ferry pair, async accepted (202 = on disk)" "http://127.0.0.1:$A_API/v1/requests" "$ASYNC"
+
+rss() { ps -o rss= -p "$1" | awk '{printf "%.0f", $1/1024}'; }
+nginx_rss() { # master and workers of one instance, MiB
+  local master; master=$(cat "$1")
+  ps -o rss= --ppid "$master" -p "$master" | awk '{s+=$1} END {printf "%.0f", s/1024}'
+}
+MEM="ferry org-a $(rss "${PIDS[0]}") MiB, org-b $(rss "${PIDS[1]}") MiB; nginx org-a $(nginx_rss "$WORK/nginx-a.pid") MiB, org-b (with the backend) $(nginx_rss "$WORK/nginx-b.pid") MiB"
+
+echo
+echo "## Relay, $(nproc) cores, $(date -u +%Y-%m-%d), wrk -t2 -c$CONNECTIONS -d${SECONDS_EACH}s"
+echo
+echo "| path                                         |      req/s |      p50 |      p99 | errors |"
+echo "| -------------------------------------------- | ---------: | -------: | -------: | ------ |"
+printf '%s\n' "${RESULTS[@]}"
+echo
+echo "Resident memory after the load: $MEM"
+
+if [ "$FILES" = 1 ]; then
+  echo
+  echo "== files: cargo bench --bench files (ferry vs raw quinn, scp, rsync)"
+  cargo bench --bench files
+fi
