@@ -220,8 +220,10 @@ async fn stream(
     }
 }
 
-/// Answers a synchronous request: admission (idempotency key, duplicate window, evidence), the
-/// service call, and the record of its answer, which is on disk before the answer leaves.
+/// Answers a synchronous request: admission when its service checks idempotency keys or
+/// duplicates, the service call, and the evidence of the exchange, which is on disk before the
+/// answer leaves. Without checks, the request and its answer are recorded in one commit after
+/// the call, so a plain exchange waits for one fsync, not two.
 /// `Err`: the stream is reset with that code (the store failed; nothing was called).
 async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -> Result<Message, Code> {
     let Inbound { link, services, store, .. } = inbound;
@@ -233,8 +235,8 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
         Ok(file) => file,
         Err(refusal) => return Ok(Message::Refused(refusal)),
     };
-    let tracked = store.keeps_evidence() || request.idempotency_key.is_some() || service.dedupe_window.is_some();
-    if tracked {
+    let checked = request.idempotency_key.is_some() || service.dedupe_window.is_some();
+    if checked {
         let admitted = store.admit_sync(&peer.name, request, &service).await.map_err(|e| {
             tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a request");
             Code::Done
@@ -265,9 +267,9 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
     };
     metrics.sync_request(&peer.name, "incoming", outcome);
     tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
-    if tracked {
-        let recorded =
-            store.sync_answered(&peer.name, &request.id, answer.as_ref().map_err(|r| r.message.as_str())).await;
+    if checked || store.keeps_evidence() {
+        let answered = answer.as_ref().map_err(|r| r.message.as_str());
+        let recorded = store.sync_answered(&peer.name, request, &service, checked, answered).await;
         if let Err(e) = recorded {
             tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a service's answer");
         }

@@ -167,23 +167,33 @@ impl Store {
     }
 
     /// Records the service's answer (or the failure) to a synchronous request from `peer`, and
-    /// settles its idempotency key, before the answer goes back.
+    /// settles its idempotency key, before the answer goes back. Unless it was `admitted` (which
+    /// recorded it), the request is recorded too, in the same transaction.
     pub async fn sync_answered(
         &self,
         peer: &str,
-        id: &str,
+        request: &wire::Request,
+        service: &ServiceConfig,
+        admitted: bool,
         answer: Result<&wire::Response, &str>,
     ) -> Result<(), StoreError> {
-        let (peer, id) = (peer.to_owned(), id.to_owned());
+        let peer = peer.to_owned();
+        let arrived = (!admitted).then(|| request_entry("in", &peer, request, &service.mask_fields));
+        let id = request.id.clone();
         let answer = answer.map(Clone::clone).map_err(str::to_owned);
-        self.run(move |t, _| match &answer {
-            Ok(response) => {
-                t.record(response_entry("out", &peer, &id, response))?;
-                settle_key(t, &peer, &id, response.is_success().then_some(response))
+        self.run(move |t, _| {
+            if let Some(entry) = arrived {
+                t.record(entry)?;
             }
-            Err(why) => {
-                t.record(refused_entry("out", &peer, &id, why))?;
-                settle_key(t, &peer, &id, None)
+            match &answer {
+                Ok(response) => {
+                    t.record(response_entry("out", &peer, &id, response))?;
+                    settle_key(t, &peer, &id, response.is_success().then_some(response))
+                }
+                Err(why) => {
+                    t.record(refused_entry("out", &peer, &id, why))?;
+                    settle_key(t, &peer, &id, None)
+                }
             }
         })
         .await
