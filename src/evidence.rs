@@ -22,13 +22,38 @@ use crate::wire::Leaf;
 /// The `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
 
-/// One entry of the evidence log, as exported.
+/// One entry of the evidence log, as exported: what was recorded, and its place in the chain.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Record {
     /// Position in the log: 1, 2, … without gaps.
     pub seq: i64,
     /// When it was recorded (RFC 3339).
     pub at: String,
+    /// What was recorded.
+    #[serde(flatten)]
+    pub entry: Entry,
+    /// The previous record's hash ([`GENESIS`] for the first).
+    pub prev: String,
+    /// SHA-256 over this record's canonical JSON without `hash`.
+    pub hash: String,
+}
+
+/// A file as the evidence log names it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileFacts {
+    /// Its name (absent on receipts, which sign only the hash).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub name: Option<String>,
+    /// Its size in bytes (absent on receipts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub size: Option<u64>,
+    /// SHA-256 of its content, hex.
+    pub sha256: String,
+}
+
+/// What is recorded of one exchange step; the log adds `seq`, `at`, `prev` and `hash`.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+pub struct Entry {
     /// `request`, `response`, `reply`, `file`, `callback`, `refused` or `receipt`.
     pub event: String,
     /// `in` (from the peer) or `out` (to the peer, or to a host's callback).
@@ -53,77 +78,17 @@ pub struct Record {
     pub file: Option<FileFacts>,
     /// The peer's signed receipt (on `receipt` records).
     pub receipt: Option<Proof>,
-    /// The previous record's hash ([`GENESIS`] for the first).
-    pub prev: String,
-    /// SHA-256 over this record's canonical JSON without `hash`.
-    pub hash: String,
-}
-
-/// A file as the evidence log names it.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub struct FileFacts {
-    /// Its name (absent on receipts, which sign only the hash).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub name: Option<String>,
-    /// Its size in bytes (absent on receipts).
-    #[serde(default, skip_serializing_if = "Option::is_none")]
-    pub size: Option<u64>,
-    /// SHA-256 of its content, hex.
-    pub sha256: String,
-}
-
-/// What is recorded; the log adds `seq`, `at`, `prev` and `hash`.
-#[derive(Debug, Clone, Default)]
-pub struct Entry {
-    /// See [`Record::event`].
-    pub event: &'static str,
-    /// See [`Record::direction`].
-    pub direction: &'static str,
-    /// See [`Record::peer`].
-    pub peer: String,
-    /// See [`Record::id`].
-    pub id: String,
-    /// See [`Record::reply_seq`].
-    pub reply_seq: Option<u32>,
-    /// See [`Record::method`].
-    pub method: Option<String>,
-    /// See [`Record::path`].
-    pub path: Option<String>,
-    /// See [`Record::form`].
-    pub form: Option<Value>,
-    /// See [`Record::body_sha256`].
-    pub body_sha256: Option<String>,
-    /// See [`Record::file`].
-    pub file: Option<FileFacts>,
-    /// See [`Record::receipt`].
-    pub receipt: Option<Proof>,
 }
 
 impl Entry {
     /// An entry for `event` in `direction` of request `id` with `peer`.
-    pub fn new(event: &'static str, direction: &'static str, peer: &str, id: &str) -> Entry {
-        Entry { event, direction, peer: peer.to_owned(), id: id.to_owned(), ..Entry::default() }
+    pub fn new(event: &str, direction: &str, peer: &str, id: &str) -> Entry {
+        Entry { event: event.into(), direction: direction.into(), peer: peer.into(), id: id.into(), ..Entry::default() }
     }
 
     /// The record at `seq`, chained to `prev`.
     pub fn seal(self, seq: i64, at: String, prev: String) -> Record {
-        let mut record = Record {
-            seq,
-            at,
-            event: self.event.to_owned(),
-            direction: self.direction.to_owned(),
-            peer: self.peer,
-            id: self.id,
-            reply_seq: self.reply_seq,
-            method: self.method,
-            path: self.path,
-            form: self.form,
-            body_sha256: self.body_sha256,
-            file: self.file,
-            receipt: self.receipt,
-            prev,
-            hash: String::new(),
-        };
+        let mut record = Record { seq, at, entry: self, prev, hash: String::new() };
         record.hash = record.chain_hash();
         record
     }
@@ -143,8 +108,10 @@ impl Record {
         }
         sha256_hex(&serde_json::to_vec(&value).unwrap_or_default())
     }
+}
 
-    /// The leaf a `receipt` record says the peer signed.
+impl Entry {
+    /// The leaf a `receipt` entry says the peer signed.
     fn leaf(&self, proof: &Proof) -> Result<Leaf, String> {
         let hash = |hex_text: &str| -> Result<[u8; 32], String> {
             hex::decode(hex_text)
@@ -192,7 +159,7 @@ pub fn verify(
     let mut intact = Intact { records: 0, receipts: 0 };
     // What this node sent, by (peer, id, reply seq): payload and file hashes.
     let mut sent: HashMap<(String, String, u32), (Option<String>, Option<String>)> = HashMap::new();
-    let mut receipts: Vec<Record> = Vec::new();
+    let mut receipts: Vec<(i64, Entry)> = Vec::new();
     for (stored_seq, text) in rows {
         let broken = |why: String| Broken { seq: stored_seq, why };
         let record: Record = serde_json::from_str(&text).map_err(|e| broken(format!("unreadable record: {e}")))?;
@@ -202,6 +169,7 @@ pub fn verify(
                 why: format!("expected record {expected} here, found {} (stored as {stored_seq})", record.seq),
             });
         }
+        let entry = &record.entry;
         if record.prev != prev {
             return Err(broken(
                 "its `prev` is not the previous record's hash: a record before it was changed, removed or moved".into(),
@@ -210,47 +178,41 @@ pub fn verify(
         if record.chain_hash() != record.hash {
             return Err(broken("its content does not match its hash: the record was changed".into()));
         }
-        let signed_by_peer = match record.event.as_str() {
+        let signed_by_peer = match entry.event.as_str() {
             "request" => true,
-            "reply" | "response" => record.reply_seq.is_some(),
+            "reply" | "response" => entry.reply_seq.is_some(),
             _ => false,
         };
-        if record.direction == "out" && signed_by_peer {
+        if entry.direction == "out" && signed_by_peer {
             sent.insert(
-                (record.peer.clone(), record.id.clone(), record.reply_seq.unwrap_or(0)),
-                (record.body_sha256.clone(), record.file.as_ref().map(|f| f.sha256.clone())),
+                (entry.peer.clone(), entry.id.clone(), entry.reply_seq.unwrap_or(0)),
+                (entry.body_sha256.clone(), entry.file.as_ref().map(|f| f.sha256.clone())),
             );
         }
-        if record.event == "receipt" {
-            let proof = record.receipt.as_ref().ok_or_else(|| broken("a receipt record without a receipt".into()))?;
-            let cert = certs.get(&record.peer).ok_or_else(|| {
-                broken(format!("no pinned certificate for peer `{}` to check its receipt", record.peer))
+        if entry.event == "receipt" {
+            let proof = entry.receipt.as_ref().ok_or_else(|| broken("a receipt record without a receipt".into()))?;
+            let cert = certs.get(&entry.peer).ok_or_else(|| {
+                broken(format!("no pinned certificate for peer `{}` to check its receipt", entry.peer))
             })?;
-            let leaf = record.leaf(proof).map_err(&broken)?;
+            let leaf = entry.leaf(proof).map_err(&broken)?;
             proof.verify(cert, &leaf).map_err(|why| broken(format!("receipt: {why}")))?;
             intact.receipts += 1;
-            receipts.push(record.clone());
+            receipts.push((record.seq, entry.clone()));
         }
         prev = record.hash;
         expected += 1;
         intact.records += 1;
     }
-    for r in receipts {
+    for (seq, r) in receipts {
         let key = (r.peer.clone(), r.id.clone(), r.reply_seq.unwrap_or(0));
         let signed = (r.body_sha256.clone(), r.file.as_ref().map(|f| f.sha256.clone()));
         match sent.get(&key) {
             Some(ours) if *ours == signed => {}
             Some(_) => {
-                return Err(Broken {
-                    seq: r.seq,
-                    why: "the peer signed other content than this node recorded sending".into(),
-                })
+                return Err(Broken { seq, why: "the peer signed other content than this node recorded sending".into() })
             }
             None => {
-                return Err(Broken {
-                    seq: r.seq,
-                    why: "a receipt for something this node has no record of sending".into(),
-                })
+                return Err(Broken { seq, why: "a receipt for something this node has no record of sending".into() })
             }
         }
     }

@@ -324,8 +324,8 @@ async fn a_forged_receipt_fails_verification_even_with_the_chain_rebuilt() {
     let mut forged_at = None;
     for (seq, text) in rows {
         let mut record: ferry::evidence::Record = serde_json::from_str(&text).unwrap();
-        if forged_at.is_none() && record.event == "receipt" {
-            let proof = record.receipt.as_mut().unwrap();
+        if forged_at.is_none() && record.entry.event == "receipt" {
+            let proof = record.entry.receipt.as_mut().unwrap();
             proof.at_ms += 1; // claims another time than the peer signed
             forged_at = Some(seq);
         }

@@ -26,7 +26,7 @@ impl Tx<'_> {
         exec(
             self,
             "INSERT INTO evidence (seq, peer, id, hash, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![seq, record.peer, record.id, record.hash, text],
+            params![seq, record.entry.peer, record.entry.id, record.hash, text],
         )?;
         Ok(())
     }
