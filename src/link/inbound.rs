@@ -44,12 +44,22 @@ pub(super) async fn connection(peers: Peers, inbound: Inbound, incoming: quinn::
     if let Err(e) = inbound.store.peer_is_back(&peer.name).await {
         tracing::error!(error = %e, "cannot reschedule work for a returning peer");
     }
+    // Cancelled by a stream whose peer broke the protocol so that the whole connection must go.
+    // (Stream tasks do not hold the connection itself: a task that outlived it would keep the
+    // endpoint, and its socket, from closing.)
+    let broken = tokio_util::sync::CancellationToken::new();
     loop {
-        match connection.accept_bi().await {
-            Ok((send, recv)) => {
-                tokio::spawn(stream(peer.clone(), inbound.clone(), connection.clone(), send, recv));
+        tokio::select! {
+            accepted = connection.accept_bi() => match accepted {
+                Ok((send, recv)) => {
+                    tokio::spawn(stream(peer.clone(), inbound.clone(), broken.clone(), send, recv));
+                }
+                Err(e) => return tracing::debug!(peer = %peer.name, reason = %e, "peer connection ended"),
+            },
+            _ = broken.cancelled() => {
+                connection.close(Code::ProtocolViolation.varint(), b"protocol violation");
+                return tracing::warn!(peer = %peer.name, "closed the connection of a peer that broke the protocol");
             }
-            Err(e) => return tracing::debug!(peer = %peer.name, reason = %e, "peer connection ended"),
         }
     }
 }
@@ -70,7 +80,7 @@ fn reset(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: Code)
 async fn stream(
     peer: Arc<Peer>,
     inbound: Inbound,
-    connection: quinn::Connection,
+    broken: tokio_util::sync::CancellationToken,
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
@@ -199,7 +209,7 @@ async fn stream(
             let leaves = receipt.leaves.len() as u32;
             if let Err(why) = super::receipts::verify(&peer, &receipt) {
                 tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
-                return connection.close(Code::ProtocolViolation.varint(), b"receipt does not verify");
+                return broken.cancel();
             }
             if let Err(e) = super::receipts::keep(store, &peer.name, receipt).await {
                 tracing::error!(peer = %peer.name, error = %e, "cannot record a receipt");

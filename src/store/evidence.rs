@@ -35,7 +35,7 @@ impl Tx<'_> {
 impl Store {
     /// Up to `limit` evidence records after `since`, in order, as JSON text.
     pub async fn audit(&self, since: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.run(move |t, _| {
+        self.run_relaxed(move |t, _| {
             let mut rows = t.prepare_cached("SELECT record FROM evidence WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
             let records = rows.query_map(params![since, limit as i64], |r| r.get(0))?.collect::<Result<_, _>>()?;
             Ok(records)

@@ -29,7 +29,7 @@ impl Store {
     /// The verified file `peer` sent for `key` (a request id, or `id/seq`), if it arrived.
     pub async fn received_file(&self, peer: &str, key: &str) -> Result<Option<ReceivedFile>, StoreError> {
         let (peer, key) = (peer.to_owned(), key.to_owned());
-        self.run(move |t, _| {
+        self.run_relaxed(move |t, _| {
             let row: Option<(String, i64, String)> = query_row(
                 t,
                 "SELECT path, size, sha256 FROM received_files WHERE peer = ?1 AND key = ?2",

@@ -178,6 +178,19 @@ pub(crate) struct Wakers {
 type Answer = Box<dyn FnOnce(bool) + Send>;
 type Job = Box<dyn FnOnce(&Tx, &mut Vec<Event>) -> Answer + Send>;
 
+/// How a job's changes must be on disk when it is answered.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Durability {
+    /// fsynced (`synchronous=FULL`): survives a power loss. Every promise to a host or a peer
+    /// ("on disk before the answer") is made with this.
+    Full,
+    /// Written to the WAL without an fsync (`synchronous=NORMAL`): survives a crash or kill of
+    /// the node at once, and a power loss from the next full commit or checkpoint on. Used for the
+    /// evidence of synchronous exchanges without an idempotency key, which would otherwise wait
+    /// for an fsync each, and for reads.
+    Relaxed,
+}
+
 /// The writer's transaction, with the evidence log beside it ([`Tx::record`]).
 pub(crate) struct Tx<'c> {
     t: rusqlite::Transaction<'c>,
@@ -199,7 +212,7 @@ pub struct Store {
     evidence: bool,
     metrics: Arc<crate::metrics::Metrics>,
     carrier: Arc<std::sync::RwLock<Option<Arc<dyn Carrier>>>>,
-    jobs: mpsc::UnboundedSender<Job>,
+    jobs: mpsc::UnboundedSender<(Durability, Job)>,
     events: broadcast::Sender<Event>,
     pub(crate) wake: Arc<Wakers>,
 }
@@ -276,8 +289,27 @@ impl Store {
         self.events.subscribe()
     }
 
-    /// Runs `f` in the writer's next transaction and returns its result once committed.
+    /// Runs `f` in the writer's next transaction and returns its result once committed and
+    /// fsynced.
     async fn run<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx, &mut Vec<Event>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run_with(Durability::Full, f).await
+    }
+
+    /// Like [`Store::run`], answered once committed but without waiting for an fsync
+    /// ([`Durability::Relaxed`]).
+    async fn run_relaxed<T, F>(&self, f: F) -> Result<T, StoreError>
+    where
+        T: Send + 'static,
+        F: FnOnce(&Tx, &mut Vec<Event>) -> Result<T, StoreError> + Send + 'static,
+    {
+        self.run_with(Durability::Relaxed, f).await
+    }
+
+    async fn run_with<T, F>(&self, durability: Durability, f: F) -> Result<T, StoreError>
     where
         T: Send + 'static,
         F: FnOnce(&Tx, &mut Vec<Event>) -> Result<T, StoreError> + Send + 'static,
@@ -289,25 +321,39 @@ impl Store {
                 let _ = tx.send(if committed { result } else { Err(StoreError::Stopped) });
             })
         });
-        self.jobs.send(job).map_err(|_| StoreError::Stopped)?;
+        self.jobs.send((durability, job)).map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 }
 
-/// The writer: takes every waiting job, runs them in one transaction, commits, then answers the
-/// jobs and publishes their events.
+/// The writer: takes every waiting job, runs them in one transaction, commits (with an fsync
+/// when any job needs [`Durability::Full`]), then answers the jobs and publishes their events.
 fn writer(
     mut conn: rusqlite::Connection,
     evidence: bool,
-    mut jobs: mpsc::UnboundedReceiver<Job>,
+    mut jobs: mpsc::UnboundedReceiver<(Durability, Job)>,
     publish: broadcast::Sender<Event>,
 ) {
-    while let Some(first) = jobs.blocking_recv() {
+    let mut synchronous = Durability::Full;
+    while let Some((durability, first)) = jobs.blocking_recv() {
         let mut batch = vec![first];
+        let mut needed = durability;
         while batch.len() < MAX_BATCH {
             match jobs.try_recv() {
-                Ok(job) => batch.push(job),
+                Ok((durability, job)) => {
+                    if durability == Durability::Full {
+                        needed = Durability::Full;
+                    }
+                    batch.push(job)
+                }
                 Err(_) => break,
+            }
+        }
+        if needed != synchronous {
+            let mode = if needed == Durability::Full { "FULL" } else { "NORMAL" };
+            match conn.pragma_update(None, "synchronous", mode) {
+                Ok(()) => synchronous = needed,
+                Err(e) => tracing::error!(error = %e, "the store cannot set synchronous={mode}"),
             }
         }
         let mut events = Vec::new();

@@ -217,7 +217,7 @@ impl Store {
     /// The request with this id, with its replies; outgoing first if both directions have it.
     pub async fn get(&self, id: &str) -> Result<Option<RequestView>, StoreError> {
         let id = id.to_owned();
-        self.run(move |t, _| {
+        self.run_relaxed(move |t, _| {
             let found = query_row(
                 t,
                 &format!("SELECT {COLUMNS} FROM requests WHERE id = ?1 ORDER BY direction DESC LIMIT 1"),
@@ -234,7 +234,7 @@ impl Store {
 
     /// A page of requests, newest first.
     pub async fn list(&self, filter: RequestFilter) -> Result<Page, StoreError> {
-        self.run(move |t, _| {
+        self.run_relaxed(move |t, _| {
             let before: i64 = match &filter.before {
                 Some(id) => t
                     .query_row("SELECT MIN(seq) FROM requests WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?
@@ -274,7 +274,7 @@ impl Store {
 
     /// Incoming reply-mode requests still awaiting a reply, oldest first.
     pub async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
-        self.run(move |t, _| {
+        self.run_relaxed(move |t, _| {
             let mut stmt = t.prepare_cached(
                 "SELECT callback_id, peer, wire, created_at, masked_form FROM requests
                  WHERE direction = 'incoming' AND callback_id IS NOT NULL AND state = 'doing' AND response_status IS NOT NULL
@@ -316,7 +316,7 @@ impl Store {
     /// results waiting for callbacks.
     pub async fn refresh_metrics(&self) -> Result<(), StoreError> {
         let metrics = self.metrics.clone();
-        self.run(move |t, _| {
+        self.run_relaxed(move |t, _| {
             let mut stmt = t.prepare_cached(
                 "SELECT direction, peer, state, COUNT(*) FROM requests GROUP BY direction, peer, state",
             )?;
@@ -343,7 +343,7 @@ impl Store {
 
     /// Counts of requests by direction and state, and undelivered callback results.
     pub async fn stats(&self) -> Result<Stats, StoreError> {
-        self.run(move |t, _| {
+        self.run_relaxed(move |t, _| {
             let mut stats = Stats::default();
             for map in [&mut stats.outgoing, &mut stats.incoming] {
                 for s in ["waiting", "doing", "success", "failed"] {

@@ -8,7 +8,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::evidence::request_entry;
-use super::{exec, now_ms, query_row, StoreError, Tx};
+use super::{exec, now_ms, query_row, Durability, StoreError, Tx};
 use crate::config::ServiceConfig;
 use crate::evidence::{sha256_hex, Entry};
 use crate::store::{Failure, Outcome, Store};
@@ -181,7 +181,10 @@ impl Store {
         let arrived = (!admitted).then(|| request_entry("in", &peer, request, &service.mask_fields));
         let id = request.id.clone();
         let answer = answer.map(Clone::clone).map_err(str::to_owned);
-        self.run(move |t, _| {
+        // A settled key must outlive a power loss (a retry would call the service again); plain
+        // evidence need not wait for an fsync (see `Durability::Relaxed`).
+        let durability = if admitted { Durability::Full } else { Durability::Relaxed };
+        self.run_with(durability, move |t, _| {
             if let Some(entry) = arrived {
                 t.record(entry)?;
             }
@@ -210,7 +213,7 @@ impl Store {
         let Some(reached) = reached else { return };
         let (peer, request) = (peer.to_owned(), request.clone());
         let recorded = self
-            .run(move |t, _| {
+            .run_relaxed(move |t, _| {
                 t.record(request_entry("out", &peer, &request, &[]))?;
                 match &reached {
                     Ok(response) => t.record(response_entry("in", &peer, &request.id, response)),

@@ -149,13 +149,15 @@ impl Node {
 
 /// Binds the same ports again after a stop; tasks of the stopped node may hold them a moment.
 async fn rebind(api: SocketAddr, link: SocketAddr) -> Sockets {
+    let mut last = String::new();
     for _ in 0..250 {
-        if let (Ok(api), Ok(link)) = (std::net::TcpListener::bind(api), std::net::UdpSocket::bind(link)) {
-            return Sockets { api, link };
+        match (std::net::TcpListener::bind(api), std::net::UdpSocket::bind(link)) {
+            (Ok(api), Ok(link)) => return Sockets { api, link },
+            (a, l) => last = format!("api: {:?}, link: {:?}", a.err(), l.err()),
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("cannot bind {api} and {link} again");
+    panic!("cannot bind {api} and {link} again: {last}");
 }
 
 pub fn client() -> reqwest::Client {
