@@ -1,29 +1,36 @@
 //! Synchronous request latency and throughput through two ferry nodes, against the same service
-//! called directly, in one run: `cargo bench --bench relay`.
+//! called directly, and with the evidence log and receipts on and off, in one run:
+//! `cargo bench --bench relay`.
 //!
 //! Everything runs in this one process on loopback: the callers (one shared reqwest client,
-//! HTTP/1.1 keep-alive), node org-a, node org-b (set up as admins would: `init`, `peer add`,
-//! `service add`) and org-b's service, a trivial axum handler (`GET /ping?n=1` → `{"ok":true}`) so
-//! that the service is never the bottleneck. For 1, 8 and 64 concurrent callers, each doing
-//! requests back to back, it measures the service called directly (`direct`) and the same call
-//! relayed org-a → org-b → service (`relay`, `POST /v1/requests` on org-a), and prints p50, p99,
-//! requests per second and the process's CPU time per request, then the targets with PASS/MISS
-//! (printed, not asserted).
+//! HTTP/1.1 keep-alive), two pairs of nodes org-a and org-b (set up as admins would: `init`,
+//! `peer add`, `service add`) and org-b's service, a trivial axum handler (`GET /ping?n=1` →
+//! `{"ok":true}`) so that the service is never the bottleneck. One pair runs the default
+//! configuration (evidence log and signed receipts on); the other has `[evidence] log = false,
+//! receipts = false` in both nodes' configurations. For 1, 8 and 64 concurrent callers, each doing
+//! requests back to back, it measures the service called directly (`direct`), the same call
+//! relayed org-a → org-b → service (`relay`, `POST /v1/requests` on org-a, evidence on) and the
+//! same through the other pair (`relay-off`, evidence off). Each row's measured time is cut into
+//! `FERRY_BENCH_ROUNDS` slices, and the paths take turns slice by slice (on and off alternated
+//! ABBA), so that a busy stretch of a shared machine falls on all of them. It prints p50, p99,
+//! requests per second and the process's CPU time per request, what the evidence costs (throughput
+//! with it on against off, overall and by round), then the targets with PASS/MISS (printed, not
+//! asserted).
 //!
 //! Settings, from the environment:
 //!
 //! | variable | default | meaning |
 //! | --- | --- | --- |
-//! | `FERRY_BENCH_WARMUP_MS` | 500 | warm-up per row, not measured |
-//! | `FERRY_BENCH_MEASURE_MS` | 3000 | measured time per row |
-//! | `FERRY_BENCH_CALLERS` | `1,8,64` | the concurrent caller counts, one row pair each |
+//! | `FERRY_BENCH_WARMUP_MS` | 300 | warm-up per slice, not measured |
+//! | `FERRY_BENCH_MEASURE_MS` | 4500 | measured time per row, all its slices together |
+//! | `FERRY_BENCH_ROUNDS` | 3 | slices per row; the paths take turns slice by slice |
+//! | `FERRY_BENCH_CALLERS` | `1,8,64` | the concurrent caller counts, one row per path each |
 //! | `FERRY_BENCH_WORKERS` | available CPUs | tokio worker threads |
-//! | `FERRY_BENCH_PATHS` | `direct,relay` | which paths to measure |
+//! | `FERRY_BENCH_PATHS` | `direct,relay,relay-off` | which paths to measure; also `relay-log` (log on, receipts off) and `relay-receipts` (receipts on, log off), each through a pair of its own, to see which half costs what |
 //! | `FERRY_BENCH_SPLIT` | unset | `1`: callers, org-a, org-b and the service each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and the CPU time per request is broken down by component; for profiling, not for the headline figures |
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -35,15 +42,17 @@ use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
-use ferry::cli::{edit, init};
 use ferry::config::Config;
 use ferry::node::{self, NodeError, Sockets};
 
-/// The relay may add at most this much to the p50 latency with one caller.
 #[path = "common/mod.rs"]
 mod common;
-use common::{load_average, machine_busy, pass, render, thousands, TICK};
+use common::{
+    added_pct, check_evidence, configure_pair, cost_pct, load_average, machine_busy, pass, pct, render, thousands,
+    Evidence, TARGET_EVIDENCE_COST_PCT, TICK,
+};
 
+/// The relay may add at most this much to the p50 latency with one caller.
 const TARGET_ADDED_P50_MS: f64 = 0.3;
 /// The relay must carry at least this many requests per second with 64 callers.
 const TARGET_RPS: f64 = 10_000.0;
@@ -55,6 +64,7 @@ const POOL: usize = 256;
 struct Settings {
     warmup: Duration,
     measure: Duration,
+    rounds: usize,
     callers: Vec<usize>,
     workers: usize,
     paths: Vec<Path_>,
@@ -64,15 +74,42 @@ struct Settings {
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
 enum Path_ {
     Direct,
+    /// Through the pair with the evidence log and receipts on (the default configuration).
     Relay,
+    /// Through the pair with both off.
+    RelayOff,
+    /// Through a pair with the log on and receipts off (not measured unless asked for).
+    RelayLog,
+    /// Through a pair with receipts on and the log off (not measured unless asked for).
+    RelayReceipts,
 }
 
 impl Path_ {
+    const ALL: [Path_; 5] = [Path_::Direct, Path_::Relay, Path_::RelayOff, Path_::RelayLog, Path_::RelayReceipts];
+
     fn name(self) -> &'static str {
         match self {
             Path_::Direct => "direct",
             Path_::Relay => "relay",
+            Path_::RelayOff => "relay-off",
+            Path_::RelayLog => "relay-log",
+            Path_::RelayReceipts => "relay-receipts",
         }
+    }
+
+    /// The evidence settings of the pair a relayed path goes through.
+    fn evidence(self) -> Option<Evidence> {
+        match self {
+            Path_::Direct => None,
+            Path_::Relay => Some(Evidence::On),
+            Path_::RelayOff => Some(Evidence::Off),
+            Path_::RelayLog => Some(Evidence::LogOnly),
+            Path_::RelayReceipts => Some(Evidence::ReceiptsOnly),
+        }
+    }
+
+    fn is_relay(self) -> bool {
+        self != Path_::Direct
     }
 }
 
@@ -91,19 +128,20 @@ impl Settings {
             .map(|c| c.trim().parse::<usize>().ok().filter(|&c| c > 0))
             .collect::<Option<Vec<_>>>()
             .with_context(|| format!("FERRY_BENCH_CALLERS={callers}: want e.g. 1,8,64"))?;
-        let paths = std::env::var("FERRY_BENCH_PATHS").unwrap_or_else(|_| "direct,relay".into());
-        let paths = paths
+        let paths = std::env::var("FERRY_BENCH_PATHS").unwrap_or_else(|_| "direct,relay,relay-off".into());
+        let mut paths = paths
             .split(',')
-            .map(|p| match p.trim() {
-                "direct" => Some(Path_::Direct),
-                "relay" => Some(Path_::Relay),
-                _ => None,
-            })
+            .map(|p| Path_::ALL.into_iter().find(|path| path.name() == p.trim()))
             .collect::<Option<Vec<_>>>()
-            .with_context(|| format!("FERRY_BENCH_PATHS={paths}: want direct, relay or both"))?;
+            .with_context(|| {
+                format!("FERRY_BENCH_PATHS={paths}: want some of direct, relay, relay-off, relay-log, relay-receipts")
+            })?;
+        paths.sort();
+        paths.dedup();
         Ok(Settings {
-            warmup: Duration::from_millis(var("FERRY_BENCH_WARMUP_MS", 500)?),
-            measure: Duration::from_millis(var("FERRY_BENCH_MEASURE_MS", 3000)?),
+            warmup: Duration::from_millis(var("FERRY_BENCH_WARMUP_MS", 300)?),
+            measure: Duration::from_millis(var("FERRY_BENCH_MEASURE_MS", 4500)?.max(1)),
+            rounds: var("FERRY_BENCH_ROUNDS", 3)?.max(1),
             callers,
             workers: var("FERRY_BENCH_WORKERS", cpus)?.max(1),
             paths,
@@ -145,22 +183,32 @@ async fn bench(settings: &Settings, runtimes: Option<&Runtimes>) -> anyhow::Resu
         Some(r) => r.service.spawn(ping_service()).await??,
         None => ping_service().await?,
     };
-    let nodes = Nodes::start(service, runtimes).await?;
     let client = reqwest::Client::builder().no_proxy().pool_max_idle_per_host(POOL).build()?;
-    let direct = Arc::new(Target::Direct { url: format!("http://{service}/ping?n=1").parse()? });
-    let relay = Arc::new(Target::Relay {
-        url: format!("http://{}/v1/requests", nodes.a_api).parse()?,
-        body: Bytes::from(serde_json::to_vec(&json!({
-            "peer": "org-b", "service": "1", "path": "/ping", "method": "GET", "form": {"n": 1}
-        }))?),
-    });
-    for target in [&direct, &relay] {
+    let relay_body = Bytes::from(serde_json::to_vec(&json!({
+        "peer": "org-b", "service": "1", "path": "/ping", "method": "GET", "form": {"n": 1}
+    }))?);
+    // One pair of nodes for each relayed path, with its evidence settings.
+    let mut pairs: Vec<Nodes> = Vec::new();
+    let mut targets: BTreeMap<Path_, Arc<Target>> = BTreeMap::new();
+    for &path in &settings.paths {
+        let target = match path.evidence() {
+            None => Target::Direct { url: format!("http://{service}/ping?n=1").parse()? },
+            Some(evidence) => {
+                let nodes = Nodes::start(service, runtimes, evidence).await?;
+                let url = format!("http://{}/v1/requests", nodes.a_api).parse()?;
+                pairs.push(nodes);
+                Target::Relay { url, body: relay_body.clone() }
+            }
+        };
+        targets.insert(path, Arc::new(target));
+    }
+    for target in targets.values() {
         first_call(&client, target).await?;
     }
 
     println!("ferry relay bench: host → org-a → (QUIC, mutual TLS) → org-b → service, against host → service");
     println!(
-        "{} CPUs (load average {} at start); tokio multi-thread runtime{}, {} worker threads{}; callers, both nodes and the service in this one process on loopback",
+        "{} CPUs (load average {} at start); tokio multi-thread runtime{}, {} worker threads{}; callers, both node pairs and the service in this one process on loopback",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
         if runtimes.is_some() { "s (split: one per component)" } else { "" },
@@ -168,21 +216,51 @@ async fn bench(settings: &Settings, runtimes: Option<&Runtimes>) -> anyhow::Resu
         if runtimes.is_some() { " each" } else { "" },
     );
     println!(
-        "service: axum GET /ping?n=1 → {{\"ok\":true}}; callers: one reqwest client, HTTP/1.1 keep-alive, pool {POOL}; per row {:.1} s warm-up, {:.1} s measured\n",
+        "service: axum GET /ping?n=1 → {{\"ok\":true}}; callers: one reqwest client, HTTP/1.1 keep-alive, pool {POOL}; per row {:.1} s measured in {} slices of {:.2} s, each after {:.1} s warm-up, the paths taking turns slice by slice",
+        settings.measure.as_secs_f64(),
+        settings.rounds,
+        settings.measure.as_secs_f64() / settings.rounds as f64,
         settings.warmup.as_secs_f64(),
-        settings.measure.as_secs_f64()
+    );
+    println!(
+        "relay: the default configuration, evidence log and signed receipts on; relay-off: another pair of nodes with [evidence] log = false, receipts = false in both configurations{}\n",
+        if settings.paths.iter().any(|p| matches!(p, Path_::RelayLog | Path_::RelayReceipts)) {
+            "; relay-log: log = true, receipts = false; relay-receipts: log = false, receipts = true"
+        } else {
+            ""
+        }
     );
 
+    let slice = settings.measure / settings.rounds as u32;
     let mut results: Vec<Row> = Vec::new();
     for &callers in &settings.callers {
-        for &path in &settings.paths {
-            let target = match path {
-                Path_::Direct => &direct,
-                Path_::Relay => &relay,
-            };
-            let row = measure(settings, &client, target, path, callers).await;
+        let mut slices: BTreeMap<Path_, Vec<Slice>> = BTreeMap::new();
+        for round in 0..settings.rounds {
+            // direct first, then the relayed paths, in reverse order every other round (on and
+            // off alternated ABBA).
+            let mut relayed: Vec<Path_> = settings.paths.iter().copied().filter(|p| p.is_relay()).collect();
+            if round % 2 == 1 {
+                relayed.reverse();
+            }
+            let order = settings.paths.iter().copied().filter(|p| !p.is_relay()).chain(relayed);
+            for path in order {
+                let Some(target) = targets.get(&path) else { continue };
+                let s = measure(settings.warmup, slice, &client, target, callers).await;
+                eprintln!(
+                    "  round {} {:<9} {:>3} callers: {:>9.0} req/s, {} errors",
+                    round + 1,
+                    path.name(),
+                    callers,
+                    s.latencies_ns.len() as f64 / s.elapsed_s.max(f64::EPSILON),
+                    s.errors
+                );
+                slices.entry(path).or_default().push(s);
+            }
+        }
+        for (path, slices) in slices {
+            let row = Row::from_slices(path, callers, slices);
             eprintln!(
-                "  {:<6} {:>3} callers: {:>9.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
+                "  {:<9} {:>3} callers: {:>9.0} req/s, p50 {:.3} ms, p99 {:.3} ms, {} errors",
                 path.name(),
                 callers,
                 row.rps,
@@ -194,7 +272,9 @@ async fn bench(settings: &Settings, runtimes: Option<&Runtimes>) -> anyhow::Resu
         }
     }
     print_report(settings, &results);
-    nodes.stop().await;
+    for nodes in pairs {
+        nodes.stop().await;
+    }
     Ok(())
 }
 
@@ -269,7 +349,7 @@ async fn first_call(client: &reqwest::Client, target: &Target) -> anyhow::Result
     anyhow::bail!("the first request never succeeded: {last}")
 }
 
-/// One measured row.
+/// One measured row: a path and caller count, all its slices together.
 struct Row {
     path: Path_,
     callers: usize,
@@ -283,6 +363,67 @@ struct Row {
     cpu_by_component: BTreeMap<String, f64>,
     /// CPU time other processes used during the row, in CPUs (1.0 = one core busy throughout).
     others_share: Option<f64>,
+    /// Requests per second of each slice, in order (round 1, 2, …).
+    rps_by_round: Vec<f64>,
+}
+
+impl Row {
+    fn from_slices(path: Path_, callers: usize, slices: Vec<Slice>) -> Row {
+        let mut latencies: Vec<u64> = Vec::new();
+        let (mut errors, mut first_error, mut elapsed) = (0, None, 0.0);
+        let (mut cpu, mut others, mut by_component) = (Some(0.0), Some(0.0), BTreeMap::<String, f64>::new());
+        let mut rps_by_round = Vec::new();
+        for s in slices {
+            rps_by_round.push(s.latencies_ns.len() as f64 / s.elapsed_s.max(f64::EPSILON));
+            latencies.extend(s.latencies_ns);
+            errors += s.errors;
+            first_error = first_error.or(s.first_error);
+            elapsed += s.elapsed_s;
+            cpu = cpu.zip(s.cpu_s).map(|(a, b)| a + b);
+            others = others.zip(s.others_s).map(|(a, b)| a + b);
+            for (k, v) in s.cpu_by_component {
+                *by_component.entry(k).or_insert(0.0) += v;
+            }
+        }
+        latencies.sort_unstable();
+        let percentile = |p: f64| -> f64 {
+            if latencies.is_empty() {
+                return f64::NAN;
+            }
+            let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
+            latencies[rank - 1] as f64 / 1e6
+        };
+        let requests = latencies.len();
+        let done = (requests as u64 + errors).max(1) as f64;
+        Row {
+            path,
+            callers,
+            requests,
+            errors,
+            first_error,
+            p50_ms: percentile(0.50),
+            p99_ms: percentile(0.99),
+            rps: requests as f64 / elapsed.max(f64::EPSILON),
+            cpu_us_per_request: cpu.map(|c| c * 1e6 / done),
+            cpu_by_component: by_component.into_iter().map(|(k, v)| (k, v * 1e6 / done)).collect(),
+            others_share: others.map(|o| o / elapsed.max(f64::EPSILON)),
+            rps_by_round,
+        }
+    }
+}
+
+/// One slice of a row, as measured.
+struct Slice {
+    latencies_ns: Vec<u64>,
+    errors: u64,
+    first_error: Option<String>,
+    elapsed_s: f64,
+    /// CPU seconds this process used in the slice.
+    cpu_s: Option<f64>,
+    /// The same by component.
+    cpu_by_component: BTreeMap<String, f64>,
+    /// CPU seconds other processes used in the slice.
+    others_s: Option<f64>,
 }
 
 /// What one caller saw while measuring.
@@ -292,16 +433,18 @@ struct Seen {
     first_error: Option<String>,
 }
 
+/// `callers` callers call `target` back to back for `warmup` + `measure`; only the measured
+/// part counts.
 async fn measure(
-    settings: &Settings,
+    warmup: Duration,
+    measure: Duration,
     client: &reqwest::Client,
     target: &Arc<Target>,
-    path: Path_,
     callers: usize,
-) -> Row {
+) -> Slice {
     let start = Instant::now();
-    let measure_from = start + settings.warmup;
-    let until = measure_from + settings.measure;
+    let measure_from = start + warmup;
+    let until = measure_from + measure;
     let sampler = tokio::spawn(async move {
         tokio::time::sleep_until(measure_from.into()).await;
         cpu_times()
@@ -310,7 +453,7 @@ async fn measure(
         .map(|_| {
             let (client, target) = (client.clone(), target.clone());
             tokio::spawn(async move {
-                let mut seen = Seen { latencies_ns: Vec::with_capacity(1 << 16), errors: 0, first_error: None };
+                let mut seen = Seen { latencies_ns: Vec::with_capacity(1 << 14), errors: 0, first_error: None };
                 loop {
                     let sent = Instant::now();
                     if sent >= until {
@@ -342,43 +485,18 @@ async fn measure(
         }
     }
     // Requests sent before `until` complete after it: the measured window ends with the last one.
-    let elapsed = measure_from.elapsed().as_secs_f64();
+    let elapsed_s = measure_from.elapsed().as_secs_f64();
     let cpu_after = cpu_times();
-    latencies.sort_unstable();
-    let percentile = |p: f64| -> f64 {
-        if latencies.is_empty() {
-            return f64::NAN;
-        }
-        let rank = ((p * latencies.len() as f64).ceil() as usize).clamp(1, latencies.len());
-        latencies[rank - 1] as f64 / 1e6
-    };
-    let requests = latencies.len();
-    let done = (requests as u64 + errors).max(1) as f64;
     let cpu_before = sampler.await.ok().flatten();
-    let (mut cpu_us_per_request, mut cpu_by_component, mut others_share) = (None, BTreeMap::new(), None);
+    let (mut cpu_s, mut cpu_by_component, mut others_s) = (None, BTreeMap::new(), None);
     if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
         let ours = after.ours() - before.ours();
-        cpu_us_per_request = Some(ours * 1e6 / done);
-        cpu_by_component = after
-            .threads
-            .iter()
-            .map(|(k, v)| (k.clone(), (v - before.threads.get(k).copied().unwrap_or(0.0)) * 1e6 / done))
-            .collect();
-        others_share = after.machine_busy.zip(before.machine_busy).map(|(a, b)| ((a - b - ours) / elapsed).max(0.0));
+        cpu_s = Some(ours);
+        cpu_by_component =
+            after.threads.iter().map(|(k, v)| (k.clone(), v - before.threads.get(k).copied().unwrap_or(0.0))).collect();
+        others_s = after.machine_busy.zip(before.machine_busy).map(|(a, b)| (a - b - ours).max(0.0));
     }
-    Row {
-        path,
-        callers,
-        requests,
-        errors,
-        first_error,
-        p50_ms: percentile(0.50),
-        p99_ms: percentile(0.99),
-        rps: requests as f64 / elapsed.max(f64::EPSILON),
-        cpu_us_per_request,
-        cpu_by_component,
-        others_share,
-    }
+    Slice { latencies_ns: latencies, errors, first_error, elapsed_s, cpu_s, cpu_by_component, others_s }
 }
 
 /// CPU seconds (user + system) used so far.
@@ -411,8 +529,13 @@ fn cpu_times() -> Option<CpuTimes> {
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         if let Some((name, cpu)) = std::fs::read_to_string(task.path().join("stat")).ok().and_then(|s| ticks(&s)) {
             live += cpu;
-            // The runtimes' threads are named `b-<component>`; the rest (the main thread) is "other".
-            let name = name.strip_prefix("b-").unwrap_or("other");
+            // The runtimes' threads are named `b-<component>`, the nodes' store writers
+            // `ferry-store`; the rest (the main thread) is "other".
+            let name = match name.strip_prefix("b-") {
+                Some(component) => component,
+                None if name == "ferry-store" => "store",
+                None => "other",
+            };
             *threads.entry(name.to_owned()).or_insert(0.0) += cpu;
         }
     }
@@ -441,7 +564,7 @@ struct Nodes {
 }
 
 impl Nodes {
-    async fn start(service: SocketAddr, runtimes: Option<&Runtimes>) -> anyhow::Result<Nodes> {
+    async fn start(service: SocketAddr, runtimes: Option<&Runtimes>, evidence: Evidence) -> anyhow::Result<Nodes> {
         let dir = tempfile::tempdir()?;
         let sockets = || -> std::io::Result<Sockets> {
             Ok(Sockets {
@@ -452,20 +575,15 @@ impl Nodes {
         let (a, b) = (sockets()?, sockets()?);
         let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
         let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
-        let (a_dir, b_dir) = (dir.path().join("org-a"), dir.path().join("org-b"));
-        init::init(&a_dir, "org-a", a_link, a_api)?;
-        init::init(&b_dir, "org-b", b_link, b_api)?;
-        let conf = |d: &Path| d.join("config/ferry.toml");
-        let cert = |d: &Path| d.join("certs/node.pem");
-        edit::add_peer(&conf(&a_dir), "org-b", &b_link.to_string(), &cert(&b_dir))?;
-        edit::add_peer(&conf(&b_dir), "org-a", &a_link.to_string(), &cert(&a_dir))?;
-        edit::add_service(&conf(&b_dir), "1", &format!("http://{service}"), &["org-a".to_owned()])?;
+        let (a_conf, b_conf) =
+            configure_pair(dir.path(), (a_link, a_api), (b_link, b_api), &format!("http://{service}"), evidence)?;
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();
         let handles = runtimes.map(|r| [r.node_a.handle().clone(), r.node_b.handle().clone()]);
-        for (i, (d, sockets)) in [(&a_dir, a), (&b_dir, b)].into_iter().enumerate() {
-            let config = Config::load(&conf(d))?;
+        for (i, (conf, sockets)) in [(&a_conf, a), (&b_conf, b)].into_iter().enumerate() {
+            let config = Config::load(conf)?;
+            check_evidence(&config, evidence)?;
             let mut stopped = stopped.clone();
             let shutdown = async move {
                 let _ = stopped.wait_for(|s| *s).await;
@@ -505,10 +623,11 @@ impl Nodes {
 }
 
 fn print_report(settings: &Settings, rows: &[Row]) {
-    let direct_p50 =
-        |callers: usize| rows.iter().find(|r| r.path == Path_::Direct && r.callers == callers).map(|r| r.p50_ms);
+    let find = |path: Path_, callers: usize| rows.iter().find(|r| r.path == path && r.callers == callers);
+    let direct_p50 = |callers: usize| find(Path_::Direct, callers).map(|r| r.p50_ms);
     let headers = [
         "path",
+        "evidence",
         "callers",
         "requests",
         "errors",
@@ -522,8 +641,8 @@ fn print_report(settings: &Settings, rows: &[Row]) {
     ];
     let mut table = Vec::new();
     for r in rows {
-        let added = match (r.path, direct_p50(r.callers)) {
-            (Path_::Relay, Some(d)) => Some(r.p50_ms - d),
+        let added = match direct_p50(r.callers) {
+            Some(d) if r.path.is_relay() => Some(r.p50_ms - d),
             _ => None,
         };
         let (target, result) = match r.path {
@@ -537,6 +656,7 @@ fn print_report(settings: &Settings, rows: &[Row]) {
         };
         table.push(vec![
             r.path.name().to_owned(),
+            r.path.evidence().map_or("", Evidence::name).to_owned(),
             r.callers.to_string(),
             thousands(r.requests as f64),
             r.errors.to_string(),
@@ -550,6 +670,66 @@ fn print_report(settings: &Settings, rows: &[Row]) {
         ]);
     }
     println!("{}", render(&headers, &table, false));
+
+    // The evidence log and receipts: relay (on), and the halves if measured, against relay-off,
+    // caller count by caller count.
+    let cost_headers = [
+        "callers",
+        "evidence",
+        "req/s",
+        "off req/s",
+        "throughput cost",
+        "cost by round",
+        "p50 ms",
+        "off p50 ms",
+        "CPU µs/req",
+        "off CPU µs/req",
+        "CPU added",
+        "target",
+        "result",
+    ];
+    let mut cost_table = Vec::new();
+    for &callers in &settings.callers {
+        let Some(off) = find(Path_::RelayOff, callers) else { continue };
+        for path in [Path_::Relay, Path_::RelayLog, Path_::RelayReceipts] {
+            let Some(on) = find(path, callers) else { continue };
+            let cost = cost_pct(on.rps, off.rps);
+            let by_round: Vec<String> = on
+                .rps_by_round
+                .iter()
+                .zip(&off.rps_by_round)
+                .map(|(&a, &b)| format!("{:.0}", cost_pct(a, b)))
+                .collect();
+            let cpu_added =
+                on.cpu_us_per_request.zip(off.cpu_us_per_request).map_or(f64::NAN, |(a, b)| added_pct(a, b));
+            let judged = path == Path_::Relay && callers == TARGET_RPS_CALLERS;
+            cost_table.push(vec![
+                callers.to_string(),
+                path.evidence().map_or("", Evidence::name).to_owned(),
+                thousands(on.rps),
+                thousands(off.rps),
+                pct(cost),
+                format!("{}%", by_round.join(", ")),
+                format!("{:.3}", on.p50_ms),
+                format!("{:.3}", off.p50_ms),
+                on.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.0}")),
+                off.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.0}")),
+                pct(cpu_added),
+                if judged { format!("≤ {TARGET_EVIDENCE_COST_PCT:.0}%") } else { String::new() },
+                if judged {
+                    pass(cost <= TARGET_EVIDENCE_COST_PCT && on.errors == 0).to_owned()
+                } else {
+                    String::new()
+                },
+            ]);
+        }
+    }
+    if !cost_table.is_empty() {
+        println!(
+            "\nEvidence log and signed receipts against relay-off (throughput cost = (off - on) / off; CPU added = (on - off) / off, per request):"
+        );
+        println!("{}", render(&cost_headers, &cost_table, false));
+    }
     let busy: Vec<String> = rows
         .iter()
         .filter(|r| r.others_share.is_some_and(|s| s > 0.1))
@@ -570,7 +750,7 @@ fn print_report(settings: &Settings, rows: &[Row]) {
         );
     }
     if settings.split {
-        println!("\nCPU µs per request by component (split runtimes):");
+        println!("\nCPU µs per request by component (split runtimes; store = both nodes' SQLite writer threads):");
         let names: Vec<String> = {
             let mut n: Vec<String> = rows.iter().flat_map(|r| r.cpu_by_component.keys().cloned()).collect();
             n.sort();
@@ -595,9 +775,13 @@ fn print_report(settings: &Settings, rows: &[Row]) {
         println!("{}", render(&headers, &table, false));
     }
     println!(
-        "\nTargets (printed, not asserted): the relay adds at most {TARGET_ADDED_P50_MS} ms at p50 with 1 caller; at least {} req/s with {TARGET_RPS_CALLERS} callers.",
+        "\nTargets (printed, not asserted): the relay adds at most {TARGET_ADDED_P50_MS} ms at p50 with 1 caller; at least {} req/s with {TARGET_RPS_CALLERS} callers; the evidence log and receipts cost at most {TARGET_EVIDENCE_COST_PCT:.0}% of the relay's throughput with {TARGET_RPS_CALLERS} callers (relay against relay-off).",
         thousands(TARGET_RPS)
     );
     println!("\nMarkdown:\n");
     println!("{}", render(&headers, &table, true));
+    if !cost_table.is_empty() {
+        println!();
+        println!("{}", render(&cost_headers, &cost_table, true));
+    }
 }

@@ -91,3 +91,128 @@ pub fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String 
     }
     out.join("\n")
 }
+
+/// The issue-5 target: the evidence log and signed receipts cost at most this share of throughput.
+pub const TARGET_EVIDENCE_COST_PCT: f64 = 10.0;
+
+/// Whether a pair of nodes keeps the evidence log and signs receipts (`[evidence] log`,
+/// `receipts`): on is the default configuration; the halves are for finding where the cost goes.
+#[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug, Hash)]
+pub enum Evidence {
+    On,
+    Off,
+    /// The log without receipts.
+    LogOnly,
+    /// Receipts without the log.
+    ReceiptsOnly,
+}
+
+impl Evidence {
+    pub fn name(self) -> &'static str {
+        match self {
+            Evidence::On => "on",
+            Evidence::Off => "off",
+            Evidence::LogOnly => "log only",
+            Evidence::ReceiptsOnly => "receipts only",
+        }
+    }
+
+    /// `[evidence] log`.
+    pub fn log(self) -> bool {
+        matches!(self, Evidence::On | Evidence::LogOnly)
+    }
+
+    /// `[evidence] receipts`.
+    pub fn receipts(self) -> bool {
+        matches!(self, Evidence::On | Evidence::ReceiptsOnly)
+    }
+
+    /// The order of `rounds` on/off pairs, alternated ABBA (on off, off on, on off, …) so that
+    /// a machine getting faster or slower during the run favours neither.
+    pub fn alternated(rounds: usize) -> Vec<Evidence> {
+        (0..rounds)
+            .flat_map(|r| if r % 2 == 0 { [Evidence::On, Evidence::Off] } else { [Evidence::Off, Evidence::On] })
+            .collect()
+    }
+}
+
+/// Writes `[evidence] log = …, receipts = …` into the node configuration at `config`, both false
+/// for [`Evidence::Off`]; leaves it as `init` wrote it (the defaults, both on) for [`Evidence::On`].
+pub fn set_evidence(config: &std::path::Path, evidence: Evidence) -> anyhow::Result<()> {
+    if evidence == Evidence::On {
+        return Ok(());
+    }
+    let text = std::fs::read_to_string(config)?;
+    let mut doc: toml_edit::DocumentMut = text.parse()?;
+    let mut section = toml_edit::Table::new();
+    section.insert("log", toml_edit::value(evidence.log()));
+    section.insert("receipts", toml_edit::value(evidence.receipts()));
+    doc.insert("evidence", toml_edit::Item::Table(section));
+    std::fs::write(config, doc.to_string())?;
+    Ok(())
+}
+
+/// Checks that a loaded configuration has the evidence settings `evidence` stands for.
+pub fn check_evidence(config: &ferry::config::Config, evidence: Evidence) -> anyhow::Result<()> {
+    anyhow::ensure!(
+        config.evidence.log == evidence.log() && config.evidence.receipts == evidence.receipts(),
+        "{}: [evidence] is not `{}` as configured",
+        config.path.display(),
+        evidence.name()
+    );
+    Ok(())
+}
+
+/// Sets up org-a and org-b under `dir` as admins would (`init`, `peer add` both ways, `service
+/// add` on org-b: service 1 at `service_url`, for org-a), with the evidence log and receipts `on`
+/// or off in both nodes' configurations. Returns the two configuration files.
+pub fn configure_pair(
+    dir: &std::path::Path,
+    a: (std::net::SocketAddr, std::net::SocketAddr),
+    b: (std::net::SocketAddr, std::net::SocketAddr),
+    service_url: &str,
+    evidence: Evidence,
+) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
+    use ferry::cli::{edit, init};
+    let ((a_link, a_api), (b_link, b_api)) = (a, b);
+    let (a_dir, b_dir) = (dir.join("org-a"), dir.join("org-b"));
+    init::init(&a_dir, "org-a", a_link, a_api)?;
+    init::init(&b_dir, "org-b", b_link, b_api)?;
+    let conf = |d: &std::path::Path| d.join("config/ferry.toml");
+    let cert = |d: &std::path::Path| d.join("certs/node.pem");
+    edit::add_peer(&conf(&a_dir), "org-b", &b_link.to_string(), &cert(&b_dir))?;
+    edit::add_peer(&conf(&b_dir), "org-a", &a_link.to_string(), &cert(&a_dir))?;
+    edit::add_service(&conf(&b_dir), "1", service_url, &["org-a".to_owned()])?;
+    for d in [&a_dir, &b_dir] {
+        set_evidence(&conf(d), evidence)?;
+    }
+    Ok((conf(&a_dir), conf(&b_dir)))
+}
+
+/// What turning the evidence on costs, in % of the rate with it off: `(off - on) / off`.
+/// Negative when the "on" run was faster (noise).
+pub fn cost_pct(on: f64, off: f64) -> f64 {
+    if off > 0.0 && on.is_finite() && off.is_finite() {
+        (off - on) / off * 100.0
+    } else {
+        f64::NAN
+    }
+}
+
+/// What turning the evidence on adds, in % of the CPU time per request with it off.
+pub fn added_pct(on: f64, off: f64) -> f64 {
+    if off > 0.0 && on.is_finite() && off.is_finite() {
+        (on - off) / off * 100.0
+    } else {
+        f64::NAN
+    }
+}
+
+/// `12.34` → `+12.3%`; NaN → `-`.
+pub fn pct(x: f64) -> String {
+    if x.is_finite() {
+        format!("{x:+.1}%")
+    } else {
+        "-".into()
+    }
+}
