@@ -3,6 +3,7 @@
 //! [`router`] builds the whole API over a [`Store`] handle and the peer table; it never touches
 //! the link. Every answer is the JSON envelope of [`envelope`].
 
+mod console;
 pub mod envelope;
 mod events;
 pub mod files;
@@ -61,6 +62,11 @@ pub fn router(state: ApiState) -> Router {
         .route("/v1/peers", get(peers))
         .route("/v1/health", get(health))
         .route("/v1/audit", get(monitor::audit))
+        .route("/v1/audit/verify", get(console::audit_verify))
+        .route("/v1/outbox", get(console::outbox))
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
         .fallback(|| async { ApiError::new(Kind::NotFound, "no such endpoint; see API.md §3 for the routes") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(Kind::NotFound, "this endpoint does not take that method; see API.md §3")
@@ -70,7 +76,15 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// With tokens configured, every call needs one; without, only loopback callers are served.
+///
+/// The console's static page and assets need no token (they hold no data, and the page asks for
+/// the token); the events WebSocket also takes the token as a subprotocol, since browsers cannot
+/// set headers on it. Browsers' requests from other origins, and (without tokens) to a
+/// non-loopback host name, are refused.
 async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(why) = console::browser_refusal(request.headers(), state.tokens.is_empty()) {
+        return Err(ApiError::new(Kind::Forbidden, why));
+    }
     if state.tokens.is_empty() {
         let loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
         if !loopback {
@@ -79,13 +93,20 @@ async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> R
                 "this node serves only loopback callers until `api.tokens` is set in its config",
             ));
         }
-    } else {
-        let given = request
+    } else if !console::STATIC_PATHS.contains(&request.uri().path()) {
+        let header = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .map(str::to_owned);
+        let given = match header {
+            Some(token) => token,
+            None if request.uri().path() == "/v1/events" => {
+                console::websocket_token(request.headers()).unwrap_or_default()
+            }
+            None => String::new(),
+        };
         let valid = state.tokens.iter().fold(0u8, |any, t| any | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
         if valid == 0 {
             return Err(ApiError::new(

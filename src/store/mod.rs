@@ -197,6 +197,7 @@ impl<'c> std::ops::Deref for Tx<'c> {
 #[derive(Clone)]
 pub struct Store {
     evidence: bool,
+    data_dir: Arc<std::path::PathBuf>,
     carrier: Arc<std::sync::RwLock<Option<Arc<dyn Carrier>>>>,
     jobs: mpsc::UnboundedSender<Job>,
     events: broadcast::Sender<Event>,
@@ -228,7 +229,14 @@ impl Store {
             .name("ferry-store".into())
             .spawn(move || writer(conn, evidence, rx, publish))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { evidence, carrier: Arc::default(), jobs, events, wake: Arc::default() })
+        Ok(Store {
+            evidence,
+            data_dir: Arc::new(data_dir.to_path_buf()),
+            carrier: Arc::default(),
+            jobs,
+            events,
+            wake: Arc::default(),
+        })
     }
 
     /// Whether this store keeps the evidence log.
