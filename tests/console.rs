@@ -401,6 +401,8 @@ async fn drive(exe: &Path) {
 
     // The transfer's bar moves: values between 0 and the whole, then the whole.
     browser.wait_for(&format!("window.progressSeen.some(d => d > 0 && d < {FILE_SIZE})"), secs(60)).await;
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_owned();
+    browser.screenshot(&shots.join("console-transfer.png")).await;
     browser.wait_for(&format!("window.progressSeen.includes({FILE_SIZE})"), secs(120)).await;
     let seen = browser.eval("window.progressSeen").await;
     let moving = seen.as_array().unwrap().iter().filter(|d| d.as_u64().is_some_and(|d| d > 0 && d < FILE_SIZE));
@@ -442,7 +444,7 @@ async fn drive(exe: &Path) {
     browser.wait_for("document.querySelector('#live').textContent === 'live'", secs(5)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // a chart tick after the transfer
 
-    let shot = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().join("console.png");
+    let shot = shots.join("console.png");
     browser.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot at {}", shot.display());
     let _ = writeln!(std::io::stderr(), "console screenshot: {}", shot.display());

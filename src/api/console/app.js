@@ -43,7 +43,7 @@
     const units = ["B", "KiB", "MiB", "GiB", "TiB"];
     let i = 0;
     while (n >= 1024 && i < units.length - 1) { n /= 1024; i++; }
-    return (i === 0 ? n : n.toFixed(n < 10 ? 2 : 1)) + " " + units[i];
+    return (i === 0 ? String(n) : n.toFixed(n < 10 ? 2 : 1).replace(/\.0+$/, "")) + " " + units[i];
   }
 
   function when(text) {
@@ -52,7 +52,8 @@
     return isNaN(d) ? text : d.toLocaleTimeString();
   }
 
-  function short(id) { return id ? String(id).slice(0, 8) : ""; }
+  // Ids are UUIDv7: their start is a timestamp, their end tells them apart.
+  function short(id) { return id ? "…" + String(id).slice(-8) : ""; }
 
   function badge(text, cls) { return el("span", { class: "badge " + (cls || "state-" + text), text }); }
 
@@ -113,14 +114,20 @@
       el("th", { text: name }),
       ...["waiting", "doing", "success", "failed"].map((s) => el("td", { class: "num", "data-state": s, text: q[s] ?? 0 })));
     $("#queues tbody").replaceChildren(row("outgoing", stats.outgoing), row("incoming", stats.incoming));
+    callbacksPending = stats.callbacks_pending;
+    showExtra();
+  }
+
+  let callbacksPending = 0;
+  function showExtra() {
     const active = [...transfers.values()].filter((t) => t.done < t.total).length;
-    $("#queues-extra").textContent =
-      `callbacks pending: ${stats.callbacks_pending} · transfers active: ${Math.max(active, stats.transfers_active || 0)}`;
+    $("#queues-extra").textContent = `callbacks pending: ${callbacksPending} · transfers active: ${active}`;
   }
 
   // ---- requests in flight, with transfers --------------------------------------------------
 
   let inflightItems = [];
+  const requestInfo = new Map(); // id -> the last listed status, for transfers that left the list
 
   async function refreshInflight() {
     const [waiting, doing] = await Promise.all([
@@ -130,9 +137,15 @@
     inflightItems = [...waiting.items, ...doing.items];
     for (const item of inflightItems) {
       knownIds.add(item.id);
+      requestInfo.set(item.id, item);
       if (item.transfer && item.transfer.size && !transfers.has(item.id)) {
         transfers.set(item.id, { done: item.transfer.bytes_done || 0, total: item.transfer.size, at: Date.now(), peer: item.peer });
       }
+    }
+    // Kept a while after a request leaves the list: its file may still be on its way.
+    for (const id of requestInfo.keys()) {
+      if (requestInfo.size <= 1000) break;
+      requestInfo.delete(id);
     }
     renderInflight();
   }
@@ -166,9 +179,13 @@
     for (const [id, t] of transfers) {
       if (listed.has(id)) continue;
       if (t.done >= t.total && now - t.at > KEEP_FINISHED_TRANSFER_MS) { transfers.delete(id); continue; }
+      const r = requestInfo.get(id) || {};
       rows.push(el("tr", { "data-id": id },
         el("td", {}, el("code", { text: short(id), title: id })),
-        el("td", { text: "" }), el("td", { text: t.peer || "" }), el("td", {}), el("td", {}),
+        el("td", { text: r.direction ? (r.direction === "outgoing" ? "out" : "in") : "" }),
+        el("td", { text: t.peer || "" }),
+        el("td", { text: r.service || "" }),
+        el("td", {}, r.method ? el("code", { text: `${r.method} ${r.path}` }) : ""),
         el("td", {}, t.done >= t.total ? badge("sent", "state-success") : badge("moving", "state-doing")),
         el("td", {}, progressBar(id, t))));
     }
@@ -185,6 +202,7 @@
     const bar = document.querySelector(`#inflight .bar[data-id="${CSS.escape(event.id)}"]`);
     if (bar) updateBar(bar, t);
     else renderInflight();
+    if (!previous || (previous.done < previous.total) !== (t.done < t.total)) showExtra();
   }
 
   // ---- pending approvals -------------------------------------------------------------------
@@ -265,6 +283,10 @@
     for (;;) {
       const records = await api(`/v1/audit?since=${lastEvidenceSeq}&limit=1000`);
       if (records.length === 0) break;
+      const b = $("#verify");
+      b.className = "badge";
+      b.textContent = "checking…";
+      delete b.dataset.intact;
       lastEvidenceSeq = records[records.length - 1].seq;
       evidenceRows = evidenceRows.concat(records).slice(-30);
       if (records.length < 1000) break;
@@ -276,7 +298,7 @@
       el("td", { text: r.direction }),
       el("td", { text: r.peer }),
       el("td", {}, el("code", { text: short(r.id), title: r.id })),
-      el("td", { text: r.file ? `${r.file.name || ""} ${bytes(r.file.size)}` : "" }),
+      el("td", { text: r.file && r.file.name ? `${r.file.name} ${bytes(r.file.size)}` : "" }),
       el("td", {}, el("code", { text: (r.hash || "").slice(0, 12), title: r.hash })))));
     await verifyEvidence();
   }
@@ -284,7 +306,7 @@
   let lastVerify = 0;
   let verifyTimer = null;
   async function verifyEvidence() {
-    const wait = lastVerify + 2000 - Date.now();
+    const wait = lastVerify + 1000 - Date.now();
     if (wait > 0) {
       if (!verifyTimer) verifyTimer = setTimeout(() => { verifyTimer = null; verifyEvidence().catch(report); }, wait);
       return;
@@ -330,6 +352,7 @@
   function onEvent(event) {
     if (event.type === "progress") { onProgress(event); return; }
     if (event.type === "state" && !knownIds.has(event.id)) {
+      if (knownIds.size > 100000) knownIds.clear(); // bounded; a few old ids may count again
       knownIds.add(event.id);
       count("requests", 1);
     }
