@@ -152,7 +152,16 @@ mod tests {
     }
 
     async fn call(state: ApiState, from: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
-        let mut request = Request::get("/v1/health").body(Body::empty()).unwrap();
+        call_path(state, "/v1/health", from, token).await
+    }
+
+    async fn call_path(
+        state: ApiState,
+        path: &str,
+        from: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::get(path).body(Body::empty()).unwrap();
         request.extensions_mut().insert(ConnectInfo(from.parse::<SocketAddr>().unwrap()));
         if let Some(t) = token {
             request.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
@@ -160,7 +169,32 @@ mod tests {
         let response = router(state).oneshot(request).await.unwrap();
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&body).unwrap())
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn the_console_page_follows_the_same_rules() {
+        let tokens = ["0123456789abcdef-one"];
+        for path in ["/", "/console/app.js", "/console/app.css"] {
+            // The static page needs no token (it asks for one) ...
+            let (status, _) = call_path(state(&tokens), path, "192.0.2.7:5000", None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            // ... but without tokens only loopback callers get even the page.
+            let (status, body) = call_path(state(&[]), path, "192.0.2.7:5000", None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+            assert_eq!(body["data"]["error"], "forbidden");
+            let (status, _) = call_path(state(&[]), path, "127.0.0.1:5000", None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+        for path in ["/v1/outbox", "/v1/audit/verify", "/v1/events", "/v1/pending"] {
+            let (status, body) = call_path(state(&tokens), path, "127.0.0.1:5000", None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+            let (status, body) = call_path(state(&[]), path, "192.0.2.7:5000", None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        }
+        let (status, body) = call_path(state(&tokens), "/v1/outbox", "192.0.2.7:5000", Some(tokens[0])).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"]["files"], serde_json::json!([]));
     }
 
     #[tokio::test]
