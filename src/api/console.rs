@@ -269,7 +269,7 @@ mod tests {
         std::fs::write(dir.path().join("outside"), b"x").unwrap();
         #[cfg(unix)]
         std::os::unix::fs::symlink(dir.path().join("outside"), root.join("link")).unwrap();
-        let (files, truncated) = list_outbox(&[root.clone()]);
+        let (files, truncated) = list_outbox(std::slice::from_ref(&root));
         assert!(!truncated);
         let names: Vec<_> = files.iter().map(|f| (f.name.as_str(), f.size)).collect();
         assert_eq!(names, [("outbox/a.txt", 3), ("outbox/sub/b.bin", 5)]);
