@@ -448,6 +448,21 @@ async fn drive(exe: &Path) {
     browser.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot at {}", shot.display());
     let _ = writeln!(std::io::stderr(), "console screenshot: {}", shot.display());
+    let charted = browser
+        .eval("[document.querySelector('#chart').dataset.requests, document.querySelector('#chart').dataset.bytes]")
+        .await;
+    assert_eq!(charted[0], "3", "the chart counted the three requests");
+    assert!(
+        charted[1].as_str().unwrap().parse::<u64>().unwrap() >= FILE_SIZE / 2,
+        "the chart counted the bytes: {charted}"
+    );
+
+    // Opened again in the same tab: the token is kept for the tab, and the chart shows the
+    // requests of the last minutes from their creation times.
+    browser.call("Page.reload", json!({})).await;
+    browser.wait_for("document.querySelector('#live')?.textContent === 'live'", secs(15)).await;
+    assert_eq!(browser.eval("document.querySelector('#login').hidden").await, true);
+    browser.wait_for("document.querySelector('#chart').dataset.requests === '3'", secs(5)).await;
 }
 
 fn secs(n: u64) -> Duration {

@@ -422,6 +422,27 @@
     buckets.set(second, b);
   }
 
+  // The request rate of the minutes before the page opened, from the requests' creation times
+  // (the bytes moved then are not known, so that series starts when the page does).
+  let seeded = false;
+  async function seedChart() {
+    if (seeded) return;
+    const since = Date.now() - CHART_SECONDS * 1000;
+    const page = await api("/v1/requests?limit=500");
+    seeded = true;
+    for (const r of page.items) {
+      const created = Date.parse(r.created_at);
+      knownIds.add(r.id);
+      if (created >= since) {
+        const second = Math.floor(created / 1000);
+        const b = buckets.get(second) || { bytes: 0, requests: 0 };
+        b.requests += 1;
+        buckets.set(second, b);
+      }
+    }
+    drawChart();
+  }
+
   function drawChart() {
     const canvas = $("#chart");
     const ratio = window.devicePixelRatio || 1;
@@ -434,6 +455,8 @@
     for (const s of buckets.keys()) if (s < now - CHART_SECONDS) buckets.delete(s);
     const series = [];
     for (let s = now - CHART_SECONDS + 1; s <= now; s++) series.push(buckets.get(s) || { bytes: 0, requests: 0 });
+    canvas.dataset.requests = String(series.reduce((n, b) => n + b.requests, 0));
+    canvas.dataset.bytes = String(series.reduce((n, b) => n + b.bytes, 0));
     const maxBytes = Math.max(1024, ...series.map((b) => b.bytes));
     const maxRate = Math.max(1, ...series.map((b) => b.requests));
     const left = 80, right = 60, top = 10, bottom = 22;
@@ -493,7 +516,7 @@
     $("#node-name").textContent = health.name + " · " + health.version;
     $("#node-fingerprint").textContent = health.fingerprint;
     document.title = "ferry · " + health.name;
-    await Promise.all(Object.values(refreshers).map((r) => r().catch(report)));
+    await Promise.all([seedChart(), ...Object.values(refreshers).map((r) => r())].map((p) => p.catch(report)));
     if (started && !socket) connect();
   }
 
