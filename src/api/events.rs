@@ -32,7 +32,9 @@ pub(super) async fn stream(
 ) -> Response {
     let heartbeat = state.heartbeat;
     let events = state.store.subscribe();
-    ws.on_upgrade(move |socket| forward(socket, events, q.peer, heartbeat))
+    // The console asks for the `ferry` subprotocol (beside the one carrying its token); a
+    // browser drops a socket whose server selects none of those it asked for.
+    ws.protocols([super::console::SUBPROTOCOL]).on_upgrade(move |socket| forward(socket, events, q.peer, heartbeat))
 }
 
 async fn forward(

@@ -3,6 +3,7 @@
 //! [`router`] builds the whole API over a [`Store`] handle and the peer table; it never touches
 //! the link. Every answer is the JSON envelope of [`envelope`].
 
+mod console;
 pub mod envelope;
 mod events;
 pub mod files;
@@ -18,6 +19,7 @@ use axum::extract::{ConnectInfo, Request, State};
 use axum::http::StatusCode;
 use axum::middleware::{self, Next};
 use axum::response::Response;
+use axum::routing::get;
 use axum::Router;
 use serde_json::json;
 use subtle::ConstantTimeEq;
@@ -62,6 +64,8 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
         .routes(utoipa_axum::routes!(peers))
         .routes(utoipa_axum::routes!(health))
         .routes(utoipa_axum::routes!(monitor::audit))
+        .routes(utoipa_axum::routes!(console::audit_verify))
+        .routes(utoipa_axum::routes!(console::outbox))
         .routes(utoipa_axum::routes!(monitor::metrics))
         .split_for_parts()
 }
@@ -71,6 +75,9 @@ pub fn router(state: ApiState) -> Router {
     let (routes, doc) = routes();
     routes
         .route("/openapi.json", openapi::handler(doc))
+        .route("/", get(console::index))
+        .route("/console/app.js", get(console::script))
+        .route("/console/app.css", get(console::style))
         .fallback(|| async { ApiError::new(Kind::NotFound, "no such endpoint; see API.md §3 for the routes") })
         .method_not_allowed_fallback(|| async {
             ApiError::new(Kind::NotFound, "this endpoint does not take that method; see API.md §3")
@@ -80,7 +87,15 @@ pub fn router(state: ApiState) -> Router {
 }
 
 /// With tokens configured, every call needs one; without, only loopback callers are served.
+///
+/// The console's static page and assets need no token (they hold no data, and the page asks for
+/// the token); the events WebSocket also takes the token as a subprotocol, since browsers cannot
+/// set headers on it. Browsers' requests from other origins, and (without tokens) to a
+/// non-loopback host name, are refused.
 async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
+    if let Some(why) = console::browser_refusal(request.headers(), state.tokens.is_empty()) {
+        return Err(ApiError::new(Kind::Forbidden, why));
+    }
     if state.tokens.is_empty() {
         let loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
         if !loopback {
@@ -89,13 +104,20 @@ async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> R
                 "this node serves only loopback callers until `api.tokens` is set in its config",
             ));
         }
-    } else {
-        let given = request
+    } else if !console::STATIC_PATHS.contains(&request.uri().path()) {
+        let header = request
             .headers()
             .get(axum::http::header::AUTHORIZATION)
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
-            .unwrap_or("");
+            .map(str::to_owned);
+        let given = match header {
+            Some(token) => token,
+            None if request.uri().path() == "/v1/events" => {
+                console::websocket_token(request.headers()).unwrap_or_default()
+            }
+            None => String::new(),
+        };
         let valid = state.tokens.iter().fold(0u8, |any, t| any | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
         if valid == 0 {
             return Err(ApiError::new(
@@ -147,7 +169,16 @@ mod tests {
     }
 
     async fn call(state: ApiState, from: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {
-        let mut request = Request::get("/v1/health").body(Body::empty()).unwrap();
+        call_path(state, "/v1/health", from, token).await
+    }
+
+    async fn call_path(
+        state: ApiState,
+        path: &str,
+        from: &str,
+        token: Option<&str>,
+    ) -> (StatusCode, serde_json::Value) {
+        let mut request = Request::get(path).body(Body::empty()).unwrap();
         request.extensions_mut().insert(ConnectInfo(from.parse::<SocketAddr>().unwrap()));
         if let Some(t) = token {
             request.headers_mut().insert("authorization", format!("Bearer {t}").parse().unwrap());
@@ -155,7 +186,32 @@ mod tests {
         let response = router(state).oneshot(request).await.unwrap();
         let status = response.status();
         let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
-        (status, serde_json::from_slice(&body).unwrap())
+        (status, serde_json::from_slice(&body).unwrap_or(serde_json::Value::Null))
+    }
+
+    #[tokio::test]
+    async fn the_console_page_follows_the_same_rules() {
+        let tokens = ["0123456789abcdef-one"];
+        for path in ["/", "/console/app.js", "/console/app.css"] {
+            // The static page needs no token (it asks for one) ...
+            let (status, _) = call_path(state(&tokens), path, "192.0.2.7:5000", None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+            // ... but without tokens only loopback callers get even the page.
+            let (status, body) = call_path(state(&[]), path, "192.0.2.7:5000", None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}");
+            assert_eq!(body["data"]["error"], "forbidden");
+            let (status, _) = call_path(state(&[]), path, "127.0.0.1:5000", None).await;
+            assert_eq!(status, StatusCode::OK, "{path}");
+        }
+        for path in ["/v1/outbox", "/v1/audit/verify", "/v1/events", "/v1/pending"] {
+            let (status, body) = call_path(state(&tokens), path, "127.0.0.1:5000", None).await;
+            assert_eq!(status, StatusCode::UNAUTHORIZED, "{path}: {body}");
+            let (status, body) = call_path(state(&[]), path, "192.0.2.7:5000", None).await;
+            assert_eq!(status, StatusCode::FORBIDDEN, "{path}: {body}");
+        }
+        let (status, body) = call_path(state(&tokens), "/v1/outbox", "192.0.2.7:5000", Some(tokens[0])).await;
+        assert_eq!(status, StatusCode::OK, "{body}");
+        assert_eq!(body["data"]["files"], serde_json::json!([]));
     }
 
     #[tokio::test]

@@ -65,6 +65,17 @@ impl Store {
     }
 }
 
+impl Store {
+    /// The whole evidence log as (seq, record JSON), read on a separate read-only connection so
+    /// that the writer is not held up; what was committed before the read began is read.
+    pub async fn evidence_log(&self) -> Result<Vec<(i64, String)>, StoreError> {
+        let data_dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || read_log(&data_dir, 0))
+            .await
+            .map_err(|e| StoreError::Io(format!("the log reader failed: {e}")))?
+    }
+}
+
 /// Reads the whole evidence log of the database under `data_dir`, read-only (a running node may
 /// keep writing; what was committed before the read began is read), as (seq, record JSON).
 pub fn read_log(data_dir: &Path, since: i64) -> Result<Vec<(i64, String)>, StoreError> {

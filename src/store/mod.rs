@@ -211,6 +211,7 @@ impl<'c> std::ops::Deref for Tx<'c> {
 pub struct Store {
     evidence: bool,
     metrics: Arc<crate::metrics::Metrics>,
+    data_dir: Arc<std::path::PathBuf>,
     carrier: Arc<std::sync::RwLock<Option<Arc<dyn Carrier>>>>,
     jobs: mpsc::UnboundedSender<(Durability, Job)>,
     events: broadcast::Sender<Event>,
@@ -242,7 +243,15 @@ impl Store {
             .name("ferry-store".into())
             .spawn(move || writer(conn, evidence, rx, publish))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { evidence, metrics: Arc::default(), carrier: Arc::default(), jobs, events, wake: Arc::default() })
+        Ok(Store {
+            evidence,
+            metrics: Arc::default(),
+            data_dir: Arc::new(data_dir.to_path_buf()),
+            carrier: Arc::default(),
+            jobs,
+            events,
+            wake: Arc::default(),
+        })
     }
 
     /// The node's metrics.

@@ -1,0 +1,470 @@
+//! The operator console (`GET /`): its token rules without a browser, and the page itself in a
+//! real headless Chromium driven over the Chrome DevTools Protocol.
+//!
+//! `.ci/setup-browser` installs Debian's `chromium`; where no Chromium can be found the browser
+//! test says so on stderr and passes without running (set `CHROMIUM` to a binary to choose one).
+
+mod common;
+
+use std::io::{BufRead, Write};
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use base64::Engine;
+use futures::{SinkExt, StreamExt};
+use serde_json::{json, Value};
+use tokio_tungstenite::tungstenite::client::IntoClientRequest;
+use tokio_tungstenite::tungstenite::Message;
+
+use common::{client, Node, Recorder};
+
+const TOKEN: &str = "console-test-token-0123456789";
+const FILE_SIZE: u64 = 400 << 20;
+
+/// Two started nodes as in `common::pair`, but org-b requires `TOKEN` and a 2 s heartbeat.
+async fn pair_with_token() -> (tempfile::TempDir, Node, Node, Recorder) {
+    let service = Recorder::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::create(root.path(), "org-a");
+    let mut b = Node::create(root.path(), "org-b");
+    a.add_peer(&b);
+    b.add_peer(&a);
+    b.add_service("1", &service.base_url(), &["org-a"]);
+    let text = std::fs::read_to_string(&b.config_path).unwrap();
+    let text = text.replacen("tokens = []", &format!("tokens = [\"{TOKEN}\"]"), 1).replacen(
+        "heartbeat = \"15s\"",
+        "heartbeat = \"2s\"",
+        1,
+    );
+    assert!(text.contains(TOKEN), "the config template changed; set the token another way");
+    std::fs::write(&b.config_path, text).unwrap();
+    a.start().await;
+    b.start().await;
+    (root, a, b, service)
+}
+
+async fn get(url: &str, headers: &[(&str, &str)]) -> (u16, String) {
+    let mut r = client().get(url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    let r = r.send().await.unwrap();
+    (r.status().as_u16(), r.text().await.unwrap())
+}
+
+/// Opens `/v1/events` with the given subprotocols; the HTTP status of the handshake and the
+/// subprotocol the node selected.
+async fn events_handshake(node: &Node, protocols: &str) -> (u16, Option<String>) {
+    let mut request = format!("ws://{}/v1/events", node.api).into_client_request().unwrap();
+    request.headers_mut().insert("sec-websocket-protocol", protocols.parse().unwrap());
+    match tokio_tungstenite::connect_async(request).await {
+        Ok((_, response)) => (
+            response.status().as_u16(),
+            response.headers().get("sec-websocket-protocol").map(|v| v.to_str().unwrap().to_owned()),
+        ),
+        Err(tokio_tungstenite::tungstenite::Error::Http(response)) => (response.status().as_u16(), None),
+        Err(e) => panic!("handshake failed: {e}"),
+    }
+}
+
+fn token_protocol(token: &str) -> String {
+    format!("ferry, bearer.{}", base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(token))
+}
+
+#[tokio::test]
+async fn the_console_follows_the_api_token_rules() {
+    let (_root, a, b, _service) = pair_with_token().await;
+    std::fs::write(b.dir.join("outbox/report.csv"), b"a,b\n1,2\n").unwrap();
+
+    // With tokens: the static page is served to anyone (it asks for the token) ...
+    for path in ["/", "/console/app.js", "/console/app.css"] {
+        let (status, body) = get(&b.url(path), &[]).await;
+        assert_eq!(status, 200, "{path}: {body}");
+    }
+    let (_, page) = get(&b.url("/"), &[]).await;
+    assert!(page.contains("content=\"2000\""), "the page carries the node's heartbeat");
+    // ... but nothing the page calls answers without the token, or with a wrong one.
+    let bearer = format!("Bearer {TOKEN}");
+    for path in ["/v1/health", "/v1/stats", "/v1/peers", "/v1/pending", "/v1/outbox", "/v1/audit", "/v1/audit/verify"] {
+        let (status, body) = get(&b.url(path), &[]).await;
+        assert_eq!(status, 401, "{path} without a token: {body}");
+        let (status, _) = get(&b.url(path), &[("authorization", "Bearer console-test-token-012345678")]).await;
+        assert_eq!(status, 401, "{path} with a wrong token");
+        let (status, body) = get(&b.url(path), &[("authorization", &bearer)]).await;
+        assert_eq!(status, 200, "{path} with the token: {body}");
+    }
+    let (status, _) = get(&b.url("/v1/outbox"), &[("sec-websocket-protocol", &token_protocol(TOKEN))]).await;
+    assert_eq!(status, 401, "the subprotocol token counts only on /v1/events");
+
+    // The events socket takes the token as a subprotocol, and selects `ferry`.
+    assert_eq!(events_handshake(&b, "ferry").await, (401, None));
+    assert_eq!(events_handshake(&b, &token_protocol("console-test-token-wrong-one")).await, (401, None));
+    assert_eq!(events_handshake(&b, &token_protocol(TOKEN)).await, (101, Some("ferry".to_owned())));
+
+    let (status, body) = get(&b.url("/v1/outbox"), &[("authorization", &bearer)]).await;
+    assert_eq!(status, 200);
+    let outbox: Value = serde_json::from_str(&body).unwrap();
+    let files = outbox["data"]["files"].as_array().unwrap();
+    assert_eq!(files.len(), 1, "{outbox}");
+    assert_eq!(files[0]["name"], "outbox/report.csv");
+    assert_eq!(files[0]["size"], 8);
+    let (_, body) = get(&b.url("/v1/audit/verify"), &[("authorization", &bearer)]).await;
+    let verdict: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(verdict["data"]["intact"], true, "{verdict}");
+
+    // Pages of other origins get nothing, token or not.
+    let (status, body) =
+        get(&b.url("/v1/stats"), &[("authorization", &bearer), ("origin", "http://evil.example")]).await;
+    assert_eq!(status, 403, "{body}");
+    let own_origin = format!("http://{}", b.api);
+    let (status, _) = get(&b.url("/v1/stats"), &[("authorization", &bearer), ("origin", &own_origin)]).await;
+    assert_eq!(status, 200);
+
+    // Without tokens (org-a): loopback callers only, and only by a loopback name, page included.
+    let (status, _) = get(&a.url("/"), &[]).await;
+    assert_eq!(status, 200);
+    let (status, _) = get(&a.url("/v1/outbox"), &[]).await;
+    assert_eq!(status, 200);
+    assert_eq!(events_handshake(&a, "ferry").await, (101, Some("ferry".to_owned())));
+    for path in ["/", "/v1/outbox", "/v1/audit/verify"] {
+        let (status, body) = get(&a.url(path), &[("host", &format!("rebound.example:{}", a.api.port()))]).await;
+        assert_eq!(status, 403, "{path} by a rebound name: {body}");
+    }
+}
+
+// ---- a small Chrome DevTools Protocol client ---------------------------------------------------
+
+type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
+
+/// A headless Chromium with one page, driven over the DevTools Protocol; killed on drop.
+struct Browser {
+    child: std::process::Child,
+    socket: Socket,
+    next_id: u64,
+    session: String,
+    _profile: tempfile::TempDir,
+}
+
+fn find_chromium() -> Option<PathBuf> {
+    if let Some(path) = std::env::var_os("CHROMIUM").filter(|p| !p.is_empty()) {
+        return Some(PathBuf::from(path));
+    }
+    let dirs: Vec<PathBuf> = std::env::split_paths(&std::env::var_os("PATH").unwrap_or_default()).collect();
+    ["chromium", "chromium-browser", "google-chrome", "google-chrome-stable"]
+        .iter()
+        .flat_map(|name| dirs.iter().map(move |d| d.join(name)))
+        .find(|p| p.is_file())
+}
+
+fn running_as_root() -> bool {
+    std::fs::read_to_string("/proc/self/status")
+        .ok()
+        .and_then(|s| s.lines().find(|l| l.starts_with("Uid:")).map(|l| l.split_whitespace().nth(1) == Some("0")))
+        .unwrap_or(false)
+}
+
+impl Browser {
+    async fn launch(exe: &Path) -> Browser {
+        let profile = tempfile::tempdir().unwrap();
+        let mut command = std::process::Command::new(exe);
+        command.args([
+            "--headless",
+            "--disable-gpu",
+            "--disable-quic",
+            "--no-first-run",
+            "--no-default-browser-check",
+            "--disable-background-networking",
+            "--disable-component-update",
+            "--disable-sync",
+            "--disable-extensions",
+            "--remote-debugging-address=127.0.0.1",
+            "--remote-debugging-port=0",
+            "--window-size=1400,2000",
+        ]);
+        command.arg(format!("--user-data-dir={}", profile.path().display()));
+        if running_as_root() {
+            command.arg("--no-sandbox");
+        }
+        command.arg("about:blank").stdin(std::process::Stdio::null()).stdout(std::process::Stdio::null());
+        command.stderr(std::process::Stdio::piped());
+        let mut child = command.spawn().unwrap_or_else(|e| panic!("cannot start {}: {e}", exe.display()));
+        let stderr = child.stderr.take().unwrap();
+        let (tx, rx) = std::sync::mpsc::channel();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr).lines().map_while(Result::ok) {
+                if let Some(url) = line.strip_prefix("DevTools listening on ") {
+                    let _ = tx.send(url.trim().to_owned());
+                }
+            }
+        });
+        let url = tokio::task::spawn_blocking(move || rx.recv_timeout(Duration::from_secs(30)))
+            .await
+            .unwrap()
+            .expect("Chromium prints its DevTools address within 30 s");
+        let (socket, _) = tokio_tungstenite::connect_async(url.as_str()).await.unwrap();
+        let mut browser = Browser { child, socket, next_id: 0, session: String::new(), _profile: profile };
+        let target = browser.send("Target.createTarget", json!({"url": "about:blank"})).await;
+        let attached =
+            browser.send("Target.attachToTarget", json!({"targetId": target["targetId"], "flatten": true})).await;
+        browser.session = attached["sessionId"].as_str().unwrap().to_owned();
+        browser.call("Page.enable", json!({})).await;
+        browser
+            .call(
+                "Emulation.setDeviceMetricsOverride",
+                json!({"width": 1400, "height": 2000, "deviceScaleFactor": 1, "mobile": false}),
+            )
+            .await;
+        browser
+    }
+
+    /// A browser-level command.
+    async fn send(&mut self, method: &str, params: Value) -> Value {
+        self.command(None, method, params).await
+    }
+
+    /// A command to the page.
+    async fn call(&mut self, method: &str, params: Value) -> Value {
+        let session = self.session.clone();
+        self.command(Some(session), method, params).await
+    }
+
+    async fn command(&mut self, session: Option<String>, method: &str, params: Value) -> Value {
+        self.next_id += 1;
+        let id = self.next_id;
+        let mut message = json!({"id": id, "method": method, "params": params});
+        if let Some(s) = session {
+            message["sessionId"] = json!(s);
+        }
+        self.socket.send(Message::Text(message.to_string().into())).await.unwrap();
+        let answer = tokio::time::timeout(Duration::from_secs(30), async {
+            while let Some(frame) = self.socket.next().await {
+                if let Message::Text(text) = frame.unwrap() {
+                    let v: Value = serde_json::from_str(&text).unwrap();
+                    if v["id"] == id {
+                        return v;
+                    }
+                }
+            }
+            panic!("the browser closed its DevTools socket");
+        })
+        .await
+        .unwrap_or_else(|_| panic!("{method}: no answer within 30 s"));
+        if !answer["error"].is_null() {
+            panic!("{method}: {}", answer["error"]);
+        }
+        answer["result"].clone()
+    }
+
+    /// Evaluates `expression` in the page (awaiting a promise) and returns its value.
+    async fn eval(&mut self, expression: &str) -> Value {
+        let r = self
+            .call("Runtime.evaluate", json!({"expression": expression, "returnByValue": true, "awaitPromise": true}))
+            .await;
+        if let Some(e) = r.get("exceptionDetails") {
+            panic!("`{expression}` threw: {e}");
+        }
+        r["result"]["value"].clone()
+    }
+
+    /// Polls `expression` until it is truthy; its value.
+    async fn wait_for(&mut self, expression: &str, within: Duration) -> Value {
+        let deadline = tokio::time::Instant::now() + within;
+        loop {
+            let v = self.eval(expression).await;
+            if !(v.is_null() || v == false || v == 0 || v == "") {
+                return v;
+            }
+            if tokio::time::Instant::now() > deadline {
+                let text = self.eval("document.body.innerText").await;
+                panic!("waited {within:?} for `{expression}`; the page shows:\n{}", text.as_str().unwrap_or(""));
+            }
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+    }
+
+    /// Clicks the middle of the element `selector` with the mouse, as a person would.
+    async fn click(&mut self, selector: &str) {
+        let expression = format!(
+            "(() => {{ const e = document.querySelector({selector:?}); if (!e) return null; \
+             e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect(); \
+             return [r.x + r.width / 2, r.y + r.height / 2, e.disabled === true]; }})()"
+        );
+        let at = self.wait_for(&expression, Duration::from_secs(10)).await;
+        assert_eq!(at[2], false, "{selector} is disabled");
+        let (x, y) = (at[0].as_f64().unwrap(), at[1].as_f64().unwrap());
+        for kind in ["mouseMoved", "mousePressed", "mouseReleased"] {
+            self.call(
+                "Input.dispatchMouseEvent",
+                json!({"type": kind, "x": x, "y": y, "button": "left", "buttons": 1, "clickCount": 1}),
+            )
+            .await;
+        }
+    }
+
+    /// Types `text` into the focused element.
+    async fn type_text(&mut self, text: &str) {
+        self.call("Input.insertText", json!({"text": text})).await;
+    }
+
+    async fn screenshot(&mut self, path: &Path) {
+        let shot = self.call("Page.captureScreenshot", json!({"format": "png", "captureBeyondViewport": true})).await;
+        let png = base64::engine::general_purpose::STANDARD.decode(shot["data"].as_str().unwrap()).unwrap();
+        std::fs::write(path, png).unwrap();
+    }
+}
+
+impl Drop for Browser {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+// ---- the page in a browser ---------------------------------------------------------------------
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_in_a_real_browser() {
+    let Some(exe) = find_chromium() else {
+        // Written past the test harness's capture, so that the skip is seen.
+        let _ = writeln!(
+            std::io::stderr(),
+            "SKIPPED the_console_in_a_real_browser: no Chromium on PATH (run .ci/setup-browser, or set CHROMIUM)"
+        );
+        return;
+    };
+    tokio::time::timeout(Duration::from_secs(240), drive(&exe)).await.expect("the browser test ends within 4 minutes");
+}
+
+async fn drive(exe: &Path) {
+    let (_root, a, b, service) = pair_with_token().await;
+    let big = b.dir.join("outbox/export-2026-10.bin");
+    std::fs::File::create(&big).unwrap().set_len(FILE_SIZE).unwrap();
+    std::fs::write(b.dir.join("outbox/notes.txt"), b"nothing to see").unwrap();
+
+    let mut browser = Browser::launch(exe).await;
+    browser.call("Page.navigate", json!({"url": b.url("/")})).await;
+
+    // The node requires a token: the page asks for it, and shows nothing before.
+    browser.wait_for("document.querySelector('#login') && !document.querySelector('#login').hidden", secs(15)).await;
+    assert_eq!(browser.eval("document.querySelector('#console').hidden").await, true);
+    browser.click("#token").await;
+    browser.type_text(TOKEN).await;
+    browser.click("#connect").await;
+    browser.wait_for("document.querySelector('#live').textContent === 'live'", secs(15)).await;
+    browser.wait_for("document.querySelector('#peers tr[data-peer=\"org-a\"]') !== null", secs(10)).await;
+    browser.wait_for("document.querySelector('#verify').dataset.intact === 'true'", secs(10)).await;
+
+    // A host at org-a asks for two downloads that wait for approval, and one call that fails.
+    let ask = |path: &str| {
+        json!({"peer": "org-b", "service": "1", "path": path, "mode": "async", "reply": true,
+               "form": {"month": "2026-10"}})
+    };
+    let (status, export) = a.request(ask("/export")).await;
+    assert_eq!(status, 202, "{export}");
+    let export_id = export["data"]["id"].as_str().unwrap().to_owned();
+    let (_, old) = a.request(ask("/export-old")).await;
+    let old_id = old["data"]["id"].as_str().unwrap().to_owned();
+    let (_, failing) =
+        a.request(json!({"peer": "org-b", "service": "1", "path": "/status/500", "mode": "async"})).await;
+    let failing_id = failing["data"]["id"].as_str().unwrap().to_owned();
+    service.wait_for(3, secs(15)).await;
+
+    // Both show up as pending approvals, live.
+    let row = |path: &str| {
+        format!("[...document.querySelectorAll('#pending tr[data-callback]')].find(r => r.cells[2].innerText === 'POST {path}')")
+    };
+    let export_cb = browser.wait_for(&format!("({})?.dataset.callback", row("/export")), secs(15)).await;
+    let old_cb = browser.wait_for(&format!("({})?.dataset.callback", row("/export-old")), secs(15)).await;
+    let (export_cb, old_cb) = (export_cb.as_str().unwrap().to_owned(), old_cb.as_str().unwrap().to_owned());
+
+    // Watch every value the progress bars take.
+    browser
+        .eval(
+            "window.progressSeen = []; new MutationObserver(() => { \
+               for (const b of document.querySelectorAll('#inflight .bar')) { const d = Number(b.dataset.done); \
+                 if (!window.progressSeen.includes(d)) window.progressSeen.push(d); } \
+             }).observe(document.querySelector('#inflight'), {subtree: true, childList: true, attributes: true}); true",
+        )
+        .await;
+
+    // Approve the export with the big file, by choosing it and clicking.
+    let export_row = format!("#pending tr[data-callback=\"{export_cb}\"]");
+    let chosen = browser
+        .eval(&format!(
+            "(() => {{ const s = document.querySelector('{export_row} select'); \
+             const o = [...s.options].find(o => o.value.endsWith('/export-2026-10.bin')); if (!o) return null; \
+             s.value = o.value; s.dispatchEvent(new Event('change')); return o.textContent; }})()"
+        ))
+        .await;
+    assert_eq!(chosen, "outbox/export-2026-10.bin (400 MiB)", "the outbox lists the file");
+    browser.click(&format!("{export_row} button.approve")).await;
+
+    // The transfer's bar moves: values between 0 and the whole, then the whole.
+    browser.wait_for(&format!("window.progressSeen.some(d => d > 0 && d < {FILE_SIZE})"), secs(60)).await;
+    let shots = Path::new(env!("CARGO_TARGET_TMPDIR")).parent().unwrap().to_owned();
+    browser.screenshot(&shots.join("console-transfer.png")).await;
+    browser.wait_for(&format!("window.progressSeen.includes({FILE_SIZE})"), secs(120)).await;
+    let seen = browser.eval("window.progressSeen").await;
+    let moving = seen.as_array().unwrap().iter().filter(|d| d.as_u64().is_some_and(|d| d > 0 && d < FILE_SIZE));
+    assert!(moving.count() >= 1, "the bar showed the transfer under way: {seen}");
+
+    // Reject the other one with a reason, typed and clicked.
+    browser.click(&format!("#pending tr[data-callback=\"{old_cb}\"] input.reason")).await;
+    browser.type_text("not this month").await;
+    browser.click(&format!("#pending tr[data-callback=\"{old_cb}\"] button.reject")).await;
+
+    // What the host at org-a sees: the file, verified, and the rejection.
+    let done = a.wait_state(&export_id, "success", secs(120)).await;
+    assert_eq!(done["state"], "success", "{done}");
+    let file = done["replies"][0]["file"].as_str().expect("the reply carries the file");
+    assert_eq!(std::fs::metadata(file).unwrap().len(), FILE_SIZE);
+    let rejected = a.wait_state(&old_id, "failed", secs(30)).await;
+    assert_eq!(rejected["error"], "not this month", "{rejected}");
+    let failed = a.wait_state(&failing_id, "failed", secs(30)).await;
+    assert_eq!(failed["state"], "failed");
+
+    // The page follows: nothing pending, failures with their error, queues, the log verified.
+    browser.wait_for("document.querySelectorAll('#pending tr[data-callback]').length === 0", secs(15)).await;
+    browser.wait_for("document.querySelector('#failures').innerText.includes('not this month')", secs(15)).await;
+    browser
+        .wait_for(
+            "Number(document.querySelector('#queues tr[data-direction=\"incoming\"] td[data-state=\"success\"]')\
+             .textContent) >= 1",
+            secs(15),
+        )
+        .await;
+    browser
+        .wait_for(
+            "document.querySelector('#verify').dataset.intact === 'true' && \
+             /receipts/.test(document.querySelector('#verify').textContent)",
+            secs(15),
+        )
+        .await;
+    browser.wait_for("document.querySelectorAll('#evidence tr[data-seq]').length > 3", secs(15)).await;
+    browser.wait_for("document.querySelector('#live').textContent === 'live'", secs(5)).await;
+    tokio::time::sleep(Duration::from_millis(1500)).await; // a chart tick after the transfer
+
+    let shot = shots.join("console.png");
+    browser.screenshot(&shot).await;
+    assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot at {}", shot.display());
+    let _ = writeln!(std::io::stderr(), "console screenshot: {}", shot.display());
+    let charted = browser
+        .eval("[document.querySelector('#chart').dataset.requests, document.querySelector('#chart').dataset.bytes]")
+        .await;
+    assert_eq!(charted[0], "3", "the chart counted the three requests");
+    assert!(
+        charted[1].as_str().unwrap().parse::<u64>().unwrap() >= FILE_SIZE / 2,
+        "the chart counted the bytes: {charted}"
+    );
+
+    // Opened again in the same tab: the token is kept for the tab, and the chart shows the
+    // requests of the last minutes from their creation times.
+    browser.call("Page.reload", json!({})).await;
+    browser.wait_for("document.querySelector('#live')?.textContent === 'live'", secs(15)).await;
+    assert_eq!(browser.eval("document.querySelector('#login').hidden").await, true);
+    browser.wait_for("document.querySelector('#chart').dataset.requests === '3'", secs(5)).await;
+}
+
+fn secs(n: u64) -> Duration {
+    Duration::from_secs(n)
+}
