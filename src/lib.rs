@@ -21,6 +21,7 @@ pub mod identity;
 pub mod inbox;
 pub mod link;
 pub mod node;
+pub mod notify;
 pub mod peer;
 pub mod store;
 pub mod tls;

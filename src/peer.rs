@@ -25,6 +25,8 @@ pub struct Peer {
     link: Mutex<LinkState>,
     /// Held while dialing, so that one dial serves every waiting request.
     pub dialing: tokio::sync::Mutex<()>,
+    /// Cancelled when a reload removes or replaces this peer.
+    retired: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -44,7 +46,19 @@ impl Peer {
             fingerprint: Fingerprint::of(cert),
             link: Mutex::default(),
             dialing: tokio::sync::Mutex::new(()),
+            retired: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Marks the peer as no longer configured (or configured anew) and closes its connection.
+    pub fn retire(&self) {
+        self.retired.cancel();
+        self.disconnect(crate::wire::Code::NotPinned, "no longer pinned");
+    }
+
+    /// Resolves once the peer has been retired by a reload; connections it opened should close.
+    pub async fn retired(&self) {
+        self.retired.cancelled().await
     }
 
     /// The open connection to this peer, if there is one.
@@ -121,6 +135,24 @@ pub struct PeerStatus {
     pub last_seen: Option<String>,
 }
 
+/// What a [`Peers::reload`] changed, by peer name.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PeerChanges {
+    /// Peers that were not configured before.
+    pub added: Vec<String>,
+    /// Peers whose address or certificate changed: their connections were closed.
+    pub changed: Vec<String>,
+    /// Peers no longer configured: their connections were closed.
+    pub removed: Vec<String>,
+}
+
+impl PeerChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// The shared table of peers, by name and by fingerprint.
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
@@ -141,6 +173,51 @@ impl Peers {
             peers.insert(Peer::new(&c.name, &c.address, &load_cert(&c.cert)?));
         }
         Ok(peers)
+    }
+
+    /// Replaces the table with `configs` (on reload), keeping the live [`Peer`] of every peer whose
+    /// address and certificate are unchanged, so its connection stays up. Removed and changed
+    /// peers are retired: their connections close. Every certificate is loaded first: if one
+    /// cannot be, nothing changes.
+    pub fn reload(&self, configs: &[PeerConfig]) -> Result<PeerChanges, IdentityError> {
+        let mut loaded = Vec::with_capacity(configs.len());
+        for c in configs {
+            loaded.push(Peer::new(&c.name, &c.address, &load_cert(&c.cert)?));
+        }
+        let mut changes = PeerChanges::default();
+        let mut retired = Vec::new();
+        {
+            let mut table = self.inner.write().unwrap();
+            let mut old = std::mem::take(&mut table.by_name);
+            table.by_fingerprint.clear();
+            for new in loaded {
+                let peer = match old.remove(&new.name) {
+                    Some(kept) if kept.address == new.address && kept.fingerprint == new.fingerprint => kept,
+                    Some(replaced) => {
+                        changes.changed.push(new.name.clone());
+                        retired.push(replaced);
+                        Arc::new(new)
+                    }
+                    None => {
+                        changes.added.push(new.name.clone());
+                        Arc::new(new)
+                    }
+                };
+                table.by_fingerprint.insert(peer.fingerprint, peer.clone());
+                table.by_name.insert(peer.name.clone(), peer);
+            }
+            for (name, gone) in old {
+                changes.removed.push(name);
+                retired.push(gone);
+            }
+        }
+        for peer in retired {
+            peer.retire();
+        }
+        for list in [&mut changes.added, &mut changes.changed, &mut changes.removed] {
+            list.sort();
+        }
+        Ok(changes)
     }
 
     /// Adds or replaces a peer.

@@ -920,7 +920,6 @@ async fn request_until_ok(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 6: SIGHUP reload of peers and services is not built yet (the node logs and ignores SIGHUP)"]
 async fn sighup_reloads_peers_and_services() {
     let root = tempfile::tempdir().unwrap();
     let (service, seen) = recording_service().await;
@@ -975,7 +974,6 @@ async fn sighup_reloads_peers_and_services() {
 
 #[cfg(unix)]
 #[test]
-#[ignore = "issue 6: sd_notify (READY, WATCHDOG, STOPPING) is not built yet"]
 fn run_speaks_sd_notify() {
     use std::os::unix::net::UnixDatagram;
 

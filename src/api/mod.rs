@@ -37,8 +37,8 @@ pub struct ApiState {
     pub name: String,
     /// This node's certificate fingerprint.
     pub fingerprint: String,
-    /// Bearer tokens; empty means loopback callers only.
-    pub tokens: Arc<Vec<String>>,
+    /// Bearer tokens; empty means loopback callers only. Swapped in place on reload.
+    pub tokens: Arc<arc_swap::ArcSwap<Vec<String>>>,
     /// Base for callback URLs given as a path.
     pub callback_base: Option<url::Url>,
     /// How often WebSocket clients must send `OK`.
@@ -70,7 +70,8 @@ pub fn router(state: ApiState) -> Router {
 
 /// With tokens configured, every call needs one; without, only loopback callers are served.
 async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    if state.tokens.is_empty() {
+    let tokens = state.tokens.load();
+    if tokens.is_empty() {
         let loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
         if !loopback {
             return Err(ApiError::new(
@@ -85,7 +86,7 @@ async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> R
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.strip_prefix("Bearer "))
             .unwrap_or("");
-        let valid = state.tokens.iter().fold(0u8, |any, t| any | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
+        let valid = tokens.iter().fold(0u8, |any, t| any | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
         if valid == 0 {
             return Err(ApiError::new(
                 Kind::Unauthorized,
@@ -121,7 +122,7 @@ mod tests {
             peers: Peers::default(),
             name: "org-a".into(),
             fingerprint: "sha256:00".into(),
-            tokens: Arc::new(tokens.iter().map(|t| t.to_string()).collect()),
+            tokens: Arc::new(arc_swap::ArcSwap::from_pointee(tokens.iter().map(|t| t.to_string()).collect())),
             callback_base: None,
             heartbeat: std::time::Duration::from_secs(15),
             send_roots: Arc::new(vec![]),

@@ -6,6 +6,7 @@ mod check;
 pub mod demo;
 pub mod edit;
 pub mod init;
+mod journal;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -175,14 +176,17 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr with the filter of `RUST_LOG`, or `default`. Under systemd (`JOURNAL_STREAM`
+/// set) lines carry no timestamps or colours, and begin with the `<N>` syslog priority that
+/// journald reads as the entry's level.
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.with_ansi(false).event_format(journal::Format).init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
 }
 
 fn run(command: Command) -> Result<(), CliError> {
@@ -229,14 +233,20 @@ fn run_node(path: &Path) -> Result<(), CliError> {
     let sockets = node::Sockets::bind(&config).map_err(|e| CliError::failed(e.to_string()))?;
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(node::run(config, sockets, stop_signal())).map_err(|e| CliError {
-        code: if matches!(e, node::NodeError::Identity(_)) { 2 } else { 1 },
-        message: e.to_string(),
-    })
+    runtime
+        .block_on(async {
+            let (reload, reloads) = tokio::sync::mpsc::channel(1);
+            let controls = node::Controls { reload: Some(reloads), notifier: crate::notify::Notifier::from_env() };
+            node::run_with(config, sockets, signals(reload), controls).await
+        })
+        .map_err(|e| CliError {
+            code: if matches!(e, node::NodeError::Identity(_)) { 2 } else { 1 },
+            message: e.to_string(),
+        })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Resolves on SIGTERM or SIGINT; asks for a reload on each SIGHUP.
+async fn signals(reload: tokio::sync::mpsc::Sender<()>) {
     use tokio::signal::unix::{signal, SignalKind};
     let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
     let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
@@ -244,7 +254,11 @@ async fn stop_signal() {
         tokio::select! {
             _ = term.recv() => return tracing::info!("SIGTERM: stopping"),
             _ = tokio::signal::ctrl_c() => return tracing::info!("SIGINT: stopping"),
-            _ = hup.recv() => tracing::warn!("SIGHUP: reloading is not supported yet; restart the node to apply config changes"),
+            _ = hup.recv() => {
+                tracing::info!("SIGHUP: reloading peers, services and tokens");
+                // A reload already queued will read the file as it is now: one is enough.
+                let _ = reload.try_send(());
+            }
         }
     }
 }

@@ -43,7 +43,14 @@ pub(super) async fn connection(peers: Peers, inbound: Inbound, incoming: quinn::
         tracing::error!(error = %e, "cannot reschedule work for a returning peer");
     }
     loop {
-        match connection.accept_bi().await {
+        let accepted = tokio::select! {
+            accepted = connection.accept_bi() => accepted,
+            () = peer.retired() => {
+                connection.close(Code::NotPinned.varint(), b"no longer pinned");
+                return tracing::info!(peer = %peer.name, "closed the connection of a peer that a reload removed or changed");
+            }
+        };
+        match accepted {
             Ok((send, recv)) => {
                 tokio::spawn(stream(peer.clone(), inbound.clone(), send, recv));
             }

@@ -211,10 +211,19 @@ impl Store {
     /// Dropping the returned future abandons the exchange (the caller has gone).
     pub async fn request(&self, peer: &str, request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
         let carrier = self.carrier.read().unwrap().clone();
-        match carrier {
+        let started = std::time::Instant::now();
+        let (id, path) = (request.id.clone(), request.path.clone());
+        let outcome = match carrier {
             Some(c) => c.exchange(peer.to_owned(), request, file).await,
             None => Err(Failure::PeerUnreachable("the node's link is not running".into())),
+        };
+        // Where every outgoing sync exchange ends: one line for it.
+        let ms = format!("{:.1}", started.elapsed().as_secs_f64() * 1000.0);
+        match &outcome {
+            Ok(r) => tracing::info!(%id, %peer, %path, status = r.status, duration_ms = %ms, "exchange"),
+            Err(f) => tracing::info!(%id, %peer, %path, status = "failed", duration_ms = %ms, error = ?f, "exchange"),
         }
+        outcome
     }
 
     /// Watches every event from now on.
