@@ -7,6 +7,8 @@ pub mod demo;
 pub mod edit;
 pub mod init;
 mod journal;
+pub mod operator;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -110,6 +112,18 @@ enum Command {
     Check(ConfigArg),
     /// Two nodes and a sample service in one process, on loopback; no set-up needed.
     Demo,
+    /// Send a request to a peer's service through the running node (a progress bar for files).
+    Send(operator::SendArgs),
+    /// Show one request: state, answer, replies, file, callback.
+    Status(operator::StatusArgs),
+    /// List recent requests, newest first.
+    Requests(operator::RequestsArgs),
+    /// List incoming reply-mode requests still awaiting a reply.
+    Pending(operator::ApiArgs),
+    /// Answer (or reject) an incoming reply-mode request by its callback id.
+    Reply(operator::ReplyArgs),
+    /// List the peers and their connections.
+    Peers(operator::ApiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -225,6 +239,12 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Run(c) => run_node(&c.config),
         Command::Check(c) => check::check(&c.config),
         Command::Demo => demo::run(),
+        Command::Send(a) => operator::send(a),
+        Command::Status(a) => operator::status(a),
+        Command::Requests(a) => operator::requests(a),
+        Command::Pending(a) => operator::pending(a),
+        Command::Reply(a) => operator::reply(a),
+        Command::Peers(a) => operator::peers(a),
     }
 }
 
