@@ -108,8 +108,14 @@ enum Command {
     },
     /// Run the node until SIGTERM or SIGINT.
     Run(ConfigArg),
-    /// Validate the config and certificates.
-    Check(ConfigArg),
+    /// Validate the config and certificates; with --connect, also reach every peer and service.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also try a pinned QUIC handshake with each peer and an HTTP call to each service's base URL.
+        #[arg(long)]
+        connect: bool,
+    },
     /// Two nodes and a sample service in one process, on loopback; no set-up needed.
     Demo,
     /// Send a request to a peer's service through the running node (a progress bar for files).
@@ -237,7 +243,7 @@ fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Run(c) => run_node(&c.config),
-        Command::Check(c) => check::check(&c.config),
+        Command::Check { config, connect } => check::check(&config.config, connect),
         Command::Demo => demo::run(),
         Command::Send(a) => operator::send(a),
         Command::Status(a) => operator::status(a),

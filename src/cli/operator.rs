@@ -12,6 +12,22 @@ use std::time::Duration;
 use serde_json::{json, Map, Value};
 
 use super::table::{cell, Table};
+
+/// `println!` that ignores a closed stdout (`ferry requests | head`) instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
 use super::CliError;
 use crate::config::Config;
 
@@ -217,7 +233,7 @@ fn runtime() -> Result<tokio::runtime::Runtime, CliError> {
 }
 
 fn print_json(value: &Value) {
-    println!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
+    out!("{}", serde_json::to_string_pretty(value).unwrap_or_default());
 }
 
 fn absolute(path: &std::path::Path, what: &str) -> Result<String, CliError> {
@@ -284,8 +300,8 @@ pub fn send(args: SendArgs) -> Result<(), CliError> {
                 if args.api.json {
                     print_json(&data);
                 } else {
-                    println!("accepted: {id} ({})", data["state"].as_str().unwrap_or("waiting"));
-                    println!("follow it with `ferry status {id}`");
+                    out!("accepted: {id} ({})", data["state"].as_str().unwrap_or("waiting"));
+                    out!("follow it with `ferry status {id}`");
                 }
                 return Ok(());
             }
@@ -330,9 +346,9 @@ pub fn send(args: SendArgs) -> Result<(), CliError> {
         if args.api.json {
             print_json(&data);
         } else {
-            println!("{} answered {status} (request {})", args.peer, data["id"].as_str().unwrap_or("?"));
+            out!("{} answered {status} (request {})", args.peer, data["id"].as_str().unwrap_or("?"));
             match &data["body"] {
-                Value::String(s) => println!("{s}"),
+                Value::String(s) => out!("{s}"),
                 other => print_json(other),
             }
         }
@@ -478,10 +494,10 @@ fn print_status(v: &Value) {
         rows.push(("callback", line));
     }
     for (k, val) in rows {
-        println!("{k:<13} {val}");
+        out!("{k:<13} {val}");
     }
     if let Some(replies) = v["replies"].as_array().filter(|r| !r.is_empty()) {
-        println!("replies:");
+        out!("replies:");
         let mut t = Table::new(["SEQ", "END", "RECEIVED", "DELIVERED", "FILE", "DATA"]);
         for r in replies {
             t.row([
@@ -496,11 +512,12 @@ fn print_status(v: &Value) {
                 ),
             ]);
         }
-        print!("{}", t.render_indented(2));
+        out_raw!("{}", t.render_indented(2));
     }
 }
 
 fn shorten(s: &str, max: usize) -> String {
+    let s = &s.replace(['\n', '\r', '\t'], " ");
     if s.chars().count() <= max {
         s.to_owned()
     } else {
@@ -541,9 +558,9 @@ pub fn requests(args: RequestsArgs) -> Result<(), CliError> {
             cell(&r["updated_at"]),
         ]);
     }
-    print!("{}", t.render());
+    out_raw!("{}", t.render());
     if let Some(next) = page["next"].as_str() {
-        println!("more: ferry requests --before {next}");
+        out!("more: ferry requests --before {next}");
     }
     Ok(())
 }
@@ -567,7 +584,7 @@ pub fn pending(args: ApiArgs) -> Result<(), CliError> {
             cell(&p["created_at"]),
         ]);
     }
-    print!("{}", t.render());
+    out_raw!("{}", t.render());
     Ok(())
 }
 
@@ -595,9 +612,9 @@ pub fn reply(args: ReplyArgs) -> Result<(), CliError> {
     if args.api.json {
         print_json(&data);
     } else if args.reject.is_some() {
-        println!("rejected {}", args.callback_id);
+        out!("rejected {}", args.callback_id);
     } else {
-        println!(
+        out!(
             "reply {} to {} accepted{}",
             cell(&data["seq"]),
             args.callback_id,
@@ -625,7 +642,7 @@ pub fn peers(args: ApiArgs) -> Result<(), CliError> {
             cell(&p["last_error"]),
         ]);
     }
-    print!("{}", t.render());
+    out_raw!("{}", t.render());
     Ok(())
 }
 
