@@ -119,8 +119,19 @@ async fn reach_peer(identity: &Identity, peer: &PeerConfig, pinned: Fingerprint)
         Ok(Err(e)) => Err(explain_handshake(&e)),
         Ok(Ok(connection)) => {
             let rtt = connection.rtt().min(started.elapsed());
-            connection.close(crate::wire::Code::Done.varint(), b"ferry check");
-            Ok(rtt)
+            // Our side of the handshake is done before the peer has checked our certificate: a
+            // peer that does not pin this node closes the connection one round trip later.
+            let verdict = (rtt * 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
+            match tokio::time::timeout(verdict, connection.closed()).await {
+                Ok(reason) => Err(format!(
+                    "the peer closed the connection right after the handshake ({reason}); it has probably not \
+                     pinned this node's certificate: compare `ferry cert fingerprint` here with its `certs/peers/` file"
+                )),
+                Err(_) => {
+                    connection.close(crate::wire::Code::Done.varint(), b"ferry check");
+                    Ok(rtt)
+                }
+            }
         }
     };
     let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
