@@ -247,3 +247,46 @@ impl Peers {
         all
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    fn pinned(dir: &std::path::Path, name: &str, address: &str) -> PeerConfig {
+        let cert = dir.join(format!("{name}.pem"));
+        if !cert.exists() {
+            Identity::generate(name).unwrap().save(&cert, &dir.join(format!("{name}.key"))).unwrap();
+        }
+        PeerConfig { name: name.into(), address: address.into(), cert }
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_peers_and_retires_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, c) = (pinned(dir.path(), "org-b", "127.0.0.1:1"), pinned(dir.path(), "org-c", "127.0.0.1:2"));
+        let peers = Peers::load(&[b.clone(), c.clone()]).unwrap();
+        let (old_b, old_c) = (peers.get("org-b").unwrap(), peers.get("org-c").unwrap());
+
+        let moved_c = PeerConfig { address: "127.0.0.1:3".into(), ..c.clone() };
+        let d = pinned(dir.path(), "org-d", "127.0.0.1:4");
+        let changes = peers.reload(&[b.clone(), moved_c, d.clone()]).unwrap();
+        assert_eq!(changes.added, ["org-d"]);
+        assert_eq!(changes.changed, ["org-c"]);
+        assert!(changes.removed.is_empty());
+        assert!(Arc::ptr_eq(&old_b, &peers.get("org-b").unwrap()), "an unchanged peer keeps its connection");
+        assert!(old_c.retired.is_cancelled() && !old_b.retired.is_cancelled());
+        assert_eq!(peers.get("org-c").unwrap().address, "127.0.0.1:3");
+        assert!(peers.by_fingerprint(&peers.get("org-d").unwrap().fingerprint).is_some());
+
+        let changes = peers.reload(&[d.clone()]).unwrap();
+        assert_eq!(changes.removed, ["org-b", "org-c"]);
+        assert!(old_b.retired.is_cancelled());
+        assert!(peers.get("org-b").is_none() && peers.by_fingerprint(&old_b.fingerprint).is_none());
+
+        // A certificate that cannot be read changes nothing.
+        let missing = PeerConfig { cert: dir.path().join("gone.pem"), ..b };
+        assert!(peers.reload(&[missing, d]).is_err());
+        assert_eq!(peers.all().iter().map(|p| p.name.clone()).collect::<Vec<_>>(), ["org-d"]);
+    }
+}

@@ -1025,6 +1025,18 @@ fn run_speaks_sd_notify() {
         receive_until("WATCHDOG=1", Duration::from_secs(3), &mut messages),
         "no WATCHDOG=1 with WATCHDOG_USEC=400000; got {messages:?}"
     );
+    let ready = messages.iter().find(|m| m.lines().any(|l| l == "READY=1")).unwrap();
+    assert!(ready.lines().any(|l| l.starts_with("STATUS=org-a: 0/0 peers connected")), "{ready:?}");
+    // Watchdog pings keep coming, about every 200 ms.
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert!(receive_until("WATCHDOG=1", Duration::from_secs(2), &mut messages), "{messages:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "3 pings took {:?}", started.elapsed());
+    // A reload is announced, then READY again.
+    node.signal("HUP");
+    assert!(receive_until("RELOADING=1", Duration::from_secs(5), &mut messages), "{messages:?}");
+    assert!(receive_until("READY=1", Duration::from_secs(5), &mut messages), "{messages:?}");
     node.signal("TERM");
     assert!(
         receive_until("STOPPING=1", Duration::from_secs(10), &mut messages),
