@@ -279,7 +279,7 @@ mod tests {
         assert_eq!(peers.get("org-c").unwrap().address, "127.0.0.1:3");
         assert!(peers.by_fingerprint(&peers.get("org-d").unwrap().fingerprint).is_some());
 
-        let changes = peers.reload(&[d.clone()]).unwrap();
+        let changes = peers.reload(std::slice::from_ref(&d)).unwrap();
         assert_eq!(changes.removed, ["org-b", "org-c"]);
         assert!(old_b.retired.is_cancelled());
         assert!(peers.get("org-b").is_none() && peers.by_fingerprint(&old_b.fingerprint).is_none());

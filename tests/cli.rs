@@ -1329,7 +1329,26 @@ async fn operator_commands_against_a_running_pair() {
     assert_code(&out, 0);
     let answer: Value = serde_json::from_str(&stdout(&out)).expect("--json prints JSON");
     assert_eq!(answer["status"], 200, "{answer}");
-    assert_eq!(seen.lock().unwrap()[1].headers["x-ferry-request-id"], answer["id"].as_str().unwrap());
+    let id = answer["id"].as_str().unwrap().to_owned();
+    assert_eq!(seen.lock().unwrap()[1].headers["x-ferry-request-id"], id);
+    // One info line per exchange, on both nodes.
+    for (node, peer) in [(&node_a, "org-b"), (&node_b, "org-a")] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = node.log();
+            let line = log.lines().find(|l| l.contains(&format!("id={id}"))).map(str::to_owned);
+            if let Some(line) = line {
+                for want in
+                    [" INFO ", "exchange", &format!("peer={peer}"), "path=/user/list", "status=200", "duration_ms="]
+                {
+                    assert!(line.contains(want), "no {want:?} in {line:?}");
+                }
+                break;
+            }
+            assert!(Instant::now() < deadline, "no exchange line for {id} on {}:\n{log}", node.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
 
     // peers: the connection the requests used.
     let out = ferry(["peers", "--config", &ca]);
@@ -1471,4 +1490,35 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     let s_line = line("service `2`").unwrap_or_else(|| panic!("service 2 not named:\n{failed}"));
     assert!(s_line.contains("unreachable") && s_line.contains(&dead.to_string()), "{s_line}");
     assert_eq!(failed.lines().count(), 3, "{failed}");
+}
+
+#[test]
+fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
+    let root = tempfile::tempdir().unwrap();
+    let a = init_on_loopback(root.path(), "org-a");
+    let log = a.dir.dir.join("run.log");
+    let child = ferry_cmd()
+        .env("JOURNAL_STREAM", "8:12345")
+        .env("RUST_LOG", "info,quinn=warn")
+        .args(["run", "--config", &a.dir.config_arg()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut node = RunningNode { name: "org-a".into(), child, log };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !node.log().contains("serving") {
+        assert!(Instant::now() < deadline, "no serving line:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = node.terminate("TERM", Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.log());
+    let text = node.log();
+    let lines = lines(&text);
+    assert!(lines.iter().any(|l| l.starts_with("<6>serving node=org-a")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("<6>") && l.contains("stopped")), "{text}");
+    for line in &lines {
+        assert!(line.starts_with('<') && line[1..].starts_with(char::is_numeric), "no priority: {line:?}");
+        assert!(!line.contains("T0") && !line.contains("\x1b["), "a timestamp or colour: {line:?}");
+    }
 }
