@@ -262,8 +262,9 @@ fn run_node(path: &Path) -> Result<(), CliError> {
     runtime
         .block_on(async {
             let (reload, reloads) = tokio::sync::mpsc::channel(1);
+            let stop = signals(reload).map_err(node::NodeError::Io)?;
             let controls = node::Controls { reload: Some(reloads), notifier: crate::notify::Notifier::from_env() };
-            node::run_with(config, sockets, signals(reload), controls).await
+            node::run_with(config, sockets, stop, controls).await
         })
         .map_err(|e| CliError {
             code: if matches!(e, node::NodeError::Identity(_)) { 2 } else { 1 },
@@ -271,20 +272,25 @@ fn run_node(path: &Path) -> Result<(), CliError> {
         })
 }
 
-/// Resolves on SIGTERM or SIGINT; asks for a reload on each SIGHUP.
-async fn signals(reload: tokio::sync::mpsc::Sender<()>) {
+/// Takes over SIGTERM, SIGINT and SIGHUP at once (so that none kills the process while the node
+/// starts), and returns a future that resolves on SIGTERM or SIGINT and asks for a reload on each
+/// SIGHUP.
+fn signals(reload: tokio::sync::mpsc::Sender<()>) -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = term.recv() => return tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => return tracing::info!("SIGINT: stopping"),
-            _ = hup.recv() => {
-                tracing::info!("SIGHUP: reloading peers, services and tokens");
-                // A reload already queued will read the file as it is now: one is enough.
-                let _ = reload.try_send(());
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => return tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => return tracing::info!("SIGINT: stopping"),
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading peers, services and tokens");
+                    // A reload already queued will read the file as it is now: one is enough.
+                    let _ = reload.try_send(());
+                }
             }
         }
-    }
+    })
 }

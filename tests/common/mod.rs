@@ -146,7 +146,8 @@ async fn rebind(api: SocketAddr, link: SocketAddr) -> Sockets {
         }
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
-    panic!("cannot bind {api} and {link} again");
+    let (x, y) = (std::net::TcpListener::bind(api).err(), std::net::UdpSocket::bind(link).err());
+    panic!("cannot bind {api} and {link} again: {x:?} {y:?}");
 }
 
 pub fn client() -> reqwest::Client {
