@@ -140,7 +140,9 @@ impl Node {
 
 /// Binds the same ports again after a stop; tasks of the stopped node may hold them a moment.
 async fn rebind(api: SocketAddr, link: SocketAddr) -> Sockets {
-    for _ in 0..250 {
+    // On a loaded machine (load 12+ on 2 cores) a node stopped in the middle of receiving a file
+    // was seen to hold its UDP port for 5 to 10 s after `node::run` returned: wait up to 20 s.
+    for _ in 0..1000 {
         if let (Ok(api), Ok(link)) = (std::net::TcpListener::bind(api), std::net::UdpSocket::bind(link)) {
             return Sockets { api, link };
         }
