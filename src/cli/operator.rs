@@ -292,7 +292,8 @@ pub fn send(args: SendArgs) -> Result<(), CliError> {
         None => None,
     };
     runtime()?.block_on(async {
-        let bar = progress_bar(size, args.api.json);
+        // A bar only where something is awaited: a sync upload, or an async request with --wait.
+        let bar = progress_bar(size, args.api.json || (args.asynchronous && !args.wait));
         if args.asynchronous {
             let data = api.call(api.request(reqwest::Method::POST, "/v1/requests").json(&body)).await?;
             let id = data["id"].as_str().unwrap_or_default().to_owned();
@@ -305,10 +306,11 @@ pub fn send(args: SendArgs) -> Result<(), CliError> {
                 }
                 return Ok(());
             }
-            let view = wait_done(&api, &id, bar.as_ref()).await?;
+            let view = wait_done(&api, &id, bar.as_ref()).await;
             if let Some(bar) = bar {
                 bar.finish_and_clear();
             }
+            let view = view?;
             if args.api.json {
                 print_json(&view);
             } else {
