@@ -80,6 +80,28 @@ impl Services {
         request: &wire::Request,
         extra: &[(String, String)],
     ) -> Result<wire::Response, CallError> {
+        let started = std::time::Instant::now();
+        let result = self.call_service(peer, request, extra).await;
+        // The one place every request from a peer, sync or async, ends: one line per exchange.
+        let ms = started.elapsed().as_secs_f64() * 1000.0;
+        let (id, path, service) = (&request.id, &request.path, &request.service);
+        match &result {
+            Ok(answer) => {
+                tracing::info!(%id, %peer, %service, method = %request.method, %path, status = answer.status, duration_ms = format_args!("{ms:.1}"), "exchange")
+            }
+            Err(e) => {
+                tracing::info!(%id, %peer, %service, method = %request.method, %path, status = ?e.refusal.kind, duration_ms = format_args!("{ms:.1}"), error = %e.refusal.message, "exchange")
+            }
+        }
+        result
+    }
+
+    async fn call_service(
+        &self,
+        peer: &str,
+        request: &wire::Request,
+        extra: &[(String, String)],
+    ) -> Result<wire::Response, CallError> {
         let not_sent = |refusal| CallError { refusal, not_sent: true };
         let service = self.check(peer, &request.service).map_err(not_sent)?;
         let http = self.build(&service, peer, request, extra).map_err(not_sent)?;
@@ -88,7 +110,7 @@ impl Services {
             .await
             .map_err(|e| backend_error(&service, e))?
             .map_err(|refusal| CallError { refusal, not_sent: false })?;
-        if service.state == ServiceState::Deprecated {
+        if service.state == ServiceState::Deprecated && !answer.headers.iter().any(|(k, _)| k == "deprecation") {
             answer.headers.push(("deprecation".into(), "true".into()));
         }
         Ok(answer)

@@ -23,6 +23,7 @@ pub mod inbox;
 pub mod link;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod peer;
 pub mod receipt;
 pub mod store;

@@ -12,6 +12,7 @@ use crate::config::Config;
 use crate::deliver::{self, Services};
 use crate::identity::{Identity, IdentityError};
 use crate::link::{Link, LinkError, Transport};
+use crate::notify::Notifier;
 use crate::peer::Peers;
 use crate::store::{Store, StoreError};
 use crate::{callbacks, inbox};
@@ -66,11 +67,32 @@ pub enum NodeError {
 /// How long a stopping node waits for work under way.
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
+/// What `ferry run` adds to a node: systemd notifications and reloads on SIGHUP. Tests and the
+/// demo run nodes without them.
+#[derive(Debug, Default)]
+pub struct Controls {
+    /// Each message asks for the config file to be read again (SIGHUP).
+    pub reload: Option<tokio::sync::mpsc::Receiver<()>>,
+    /// systemd's notification socket, when started with `Type=notify`.
+    pub notifier: Option<Notifier>,
+}
+
 /// Runs a node until `shutdown` resolves, then lets in-flight API calls finish and closes the link.
 pub async fn run(
     config: Config,
     sockets: Sockets,
     shutdown: impl Future<Output = ()> + Send + 'static,
+) -> Result<(), NodeError> {
+    run_with(config, sockets, shutdown, Controls::default()).await
+}
+
+/// [`run`], reloading peers, services and tokens when `controls.reload` says so, and telling
+/// systemd how the node is doing through `controls.notifier`.
+pub async fn run_with(
+    config: Config,
+    sockets: Sockets,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    controls: Controls,
 ) -> Result<(), NodeError> {
     let identity = Identity::load(&config.cert_path(), &config.key_path())?;
     let peers = Peers::load(&config.peers)?;
@@ -94,18 +116,19 @@ pub async fn run(
     store.set_carrier(Some(Arc::new(link.clone())));
     let workers = [
         tokio::spawn(link.clone().carry(stop.clone())),
-        tokio::spawn(deliver::work(services, store.clone(), stop.clone())),
+        tokio::spawn(deliver::work(services.clone(), store.clone(), stop.clone())),
         tokio::spawn(callbacks::work(store.clone(), stop.clone())),
         tokio::spawn(inbox::work(store.clone(), config.node.data_dir.join("inbox"), stop.clone())),
     ];
     link.greet_peers();
 
+    let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(config.api.tokens.clone()));
     let state = ApiState {
-        store,
-        peers,
+        store: store.clone(),
+        peers: peers.clone(),
         name: config.node.name.clone(),
         fingerprint: identity.fingerprint().to_string(),
-        tokens: Arc::new(config.api.tokens.clone()),
+        tokens: tokens.clone(),
         callback_base: config.node.callback_base.clone(),
         heartbeat: config.api.heartbeat,
         send_roots: Arc::new(api::files::canonical_roots(&config.files.send_roots)),
@@ -120,8 +143,39 @@ pub async fn run(
         fingerprint = %identity.fingerprint(),
         "serving"
     );
+    let Controls { reload, notifier } = controls;
+    let serving = stop.child_token();
+    if let Some(reload) = reload {
+        let reloader = Reloader {
+            config: config.clone(),
+            peers: peers.clone(),
+            services,
+            tokens,
+            link: link.clone(),
+            notifier: notifier.clone(),
+        };
+        tokio::spawn(reloader.listen(reload, serving.clone()));
+    }
+    if let Some(n) = &notifier {
+        // The listener is bound and the link serves: the API answers from the first accept on.
+        let line = crate::notify::summary(&config.node.name, &store, &peers)
+            .await
+            .unwrap_or_else(|e| format!("{}: serving (no figures: {e})", config.node.name));
+        n.ready(&line);
+        tokio::spawn(n.clone().watch(config.node.name.clone(), store.clone(), peers.clone(), serving.clone()));
+    }
+    let stopping = {
+        let (notifier, serving) = (notifier.clone(), serving.clone());
+        async move {
+            shutdown.await;
+            serving.cancel();
+            if let Some(n) = notifier {
+                n.stopping();
+            }
+        }
+    };
     axum::serve(listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(shutdown)
+        .with_graceful_shutdown(stopping)
         .await?;
     // Stop taking new work, let what is under way finish (bounded), then close the link.
     stop.cancel();
@@ -131,4 +185,99 @@ pub async fn run(
     link.close().await;
     tracing::info!(node = %config.node.name, "stopped");
     Ok(())
+}
+
+/// What a reload may change in place: peers, services and API tokens.
+struct Reloader {
+    /// The config in force.
+    config: Config,
+    peers: Peers,
+    services: Services,
+    tokens: Arc<arc_swap::ArcSwap<Vec<String>>>,
+    link: Link,
+    notifier: Option<Notifier>,
+}
+
+impl Reloader {
+    async fn listen(mut self, mut requests: tokio::sync::mpsc::Receiver<()>, stop: CancellationToken) {
+        loop {
+            tokio::select! {
+                asked = requests.recv() => if asked.is_none() { return },
+                () = stop.cancelled() => return,
+            }
+            if let Some(n) = &self.notifier {
+                n.reloading();
+            }
+            let outcome = self.reload();
+            match &outcome {
+                Ok(summary) => tracing::info!(config = %self.config.path.display(), "reloaded: {summary}"),
+                Err(e) => tracing::error!(
+                    config = %self.config.path.display(),
+                    "reload refused, the running config stays in force; fix the file and send SIGHUP again: {e}"
+                ),
+            }
+            if let Some(n) = &self.notifier {
+                let line = match outcome {
+                    Ok(summary) => format!("{}: reloaded: {summary}", self.config.node.name),
+                    Err(e) => format!(
+                        "{}: reload refused ({}), old config in force",
+                        self.config.node.name,
+                        e.lines().next().unwrap_or("")
+                    ),
+                };
+                n.ready(&line);
+            }
+        }
+    }
+
+    /// Reads the config file again and applies peers, services and tokens; on any error changes
+    /// nothing and says why.
+    fn reload(&mut self) -> Result<String, String> {
+        let new = Config::load(&self.config.path).map_err(|e| e.to_string())?;
+        let old = &self.config;
+        let mut restart = Vec::new();
+        if new.node.name != old.node.name {
+            restart.push("node.name");
+        }
+        if new.node.listen != old.node.listen {
+            restart.push("node.listen");
+        }
+        if new.node.api != old.node.api {
+            restart.push("node.api");
+        }
+        if new.node.data_dir != old.node.data_dir {
+            restart.push("node.data_dir");
+        }
+        if new.node.certs_dir != old.node.certs_dir {
+            restart.push("node.certs_dir");
+        }
+        if new.node.callback_base != old.node.callback_base
+            || new.files.send_roots != old.files.send_roots
+            || new.files.max_size != old.files.max_size
+            || new.api.heartbeat != old.api.heartbeat
+        {
+            restart.push("node.callback_base, [files] or api.heartbeat");
+        }
+        let changes = self.peers.reload(&new.peers).map_err(|e| e.to_string())?;
+        self.services.replace(new.services.clone());
+        self.tokens.store(Arc::new(new.api.tokens.clone()));
+        if !changes.added.is_empty() || !changes.changed.is_empty() {
+            // Peers holding work for this node learn at once that it knows them now.
+            self.link.greet_peers();
+        }
+        let mut summary = format!("{} peer(s), {} service(s)", new.peers.len(), new.services.len());
+        for (what, names) in [("added", &changes.added), ("changed", &changes.changed), ("removed", &changes.removed)] {
+            if !names.is_empty() {
+                summary.push_str(&format!("; {what} {}", names.join(", ")));
+            }
+        }
+        if !restart.is_empty() {
+            tracing::warn!("changes to {} take effect only at the next start", restart.join(", "));
+        }
+        // Settings that need a restart stay as they are, so that the next reload warns again.
+        self.config.peers = new.peers;
+        self.config.services = new.services;
+        self.config.api.tokens = new.api.tokens;
+        Ok(summary)
+    }
 }

@@ -27,6 +27,8 @@ pub struct Peer {
     link: Mutex<LinkState>,
     /// Held while dialing, so that one dial serves every waiting request.
     pub dialing: tokio::sync::Mutex<()>,
+    /// Cancelled when a reload removes or replaces this peer.
+    retired: tokio_util::sync::CancellationToken,
 }
 
 #[derive(Debug, Default)]
@@ -47,7 +49,19 @@ impl Peer {
             cert: cert.clone().into_owned(),
             link: Mutex::default(),
             dialing: tokio::sync::Mutex::new(()),
+            retired: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// Marks the peer as no longer configured (or configured anew) and closes its connection.
+    pub fn retire(&self) {
+        self.retired.cancel();
+        self.disconnect(crate::wire::Code::NotPinned, "no longer pinned");
+    }
+
+    /// Resolves once the peer has been retired by a reload; connections it opened should close.
+    pub async fn retired(&self) {
+        self.retired.cancelled().await
     }
 
     /// The open connection to this peer, if there is one.
@@ -124,6 +138,24 @@ pub struct PeerStatus {
     pub last_seen: Option<String>,
 }
 
+/// What a [`Peers::reload`] changed, by peer name.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct PeerChanges {
+    /// Peers that were not configured before.
+    pub added: Vec<String>,
+    /// Peers whose address or certificate changed: their connections were closed.
+    pub changed: Vec<String>,
+    /// Peers no longer configured: their connections were closed.
+    pub removed: Vec<String>,
+}
+
+impl PeerChanges {
+    /// Whether nothing changed.
+    pub fn is_empty(&self) -> bool {
+        self.added.is_empty() && self.changed.is_empty() && self.removed.is_empty()
+    }
+}
+
 /// The shared table of peers, by name and by fingerprint.
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
@@ -144,6 +176,51 @@ impl Peers {
             peers.insert(Peer::new(&c.name, &c.address, &load_cert(&c.cert)?));
         }
         Ok(peers)
+    }
+
+    /// Replaces the table with `configs` (on reload), keeping the live [`Peer`] of every peer whose
+    /// address and certificate are unchanged, so its connection stays up. Removed and changed
+    /// peers are retired: their connections close. Every certificate is loaded first: if one
+    /// cannot be, nothing changes.
+    pub fn reload(&self, configs: &[PeerConfig]) -> Result<PeerChanges, IdentityError> {
+        let mut loaded = Vec::with_capacity(configs.len());
+        for c in configs {
+            loaded.push(Peer::new(&c.name, &c.address, &load_cert(&c.cert)?));
+        }
+        let mut changes = PeerChanges::default();
+        let mut retired = Vec::new();
+        {
+            let mut table = self.inner.write().unwrap();
+            let mut old = std::mem::take(&mut table.by_name);
+            table.by_fingerprint.clear();
+            for new in loaded {
+                let peer = match old.remove(&new.name) {
+                    Some(kept) if kept.address == new.address && kept.fingerprint == new.fingerprint => kept,
+                    Some(replaced) => {
+                        changes.changed.push(new.name.clone());
+                        retired.push(replaced);
+                        Arc::new(new)
+                    }
+                    None => {
+                        changes.added.push(new.name.clone());
+                        Arc::new(new)
+                    }
+                };
+                table.by_fingerprint.insert(peer.fingerprint, peer.clone());
+                table.by_name.insert(peer.name.clone(), peer);
+            }
+            for (name, gone) in old {
+                changes.removed.push(name);
+                retired.push(gone);
+            }
+        }
+        for peer in retired {
+            peer.retire();
+        }
+        for list in [&mut changes.added, &mut changes.changed, &mut changes.removed] {
+            list.sort();
+        }
+        Ok(changes)
     }
 
     /// Adds or replaces a peer.
@@ -171,5 +248,48 @@ impl Peers {
         let mut all: Vec<_> = self.inner.read().unwrap().by_name.values().cloned().collect();
         all.sort_by(|a, b| a.name.cmp(&b.name));
         all
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::identity::Identity;
+
+    fn pinned(dir: &std::path::Path, name: &str, address: &str) -> PeerConfig {
+        let cert = dir.join(format!("{name}.pem"));
+        if !cert.exists() {
+            Identity::generate(name).unwrap().save(&cert, &dir.join(format!("{name}.key"))).unwrap();
+        }
+        PeerConfig { name: name.into(), address: address.into(), cert }
+    }
+
+    #[test]
+    fn reload_keeps_unchanged_peers_and_retires_the_others() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, c) = (pinned(dir.path(), "org-b", "127.0.0.1:1"), pinned(dir.path(), "org-c", "127.0.0.1:2"));
+        let peers = Peers::load(&[b.clone(), c.clone()]).unwrap();
+        let (old_b, old_c) = (peers.get("org-b").unwrap(), peers.get("org-c").unwrap());
+
+        let moved_c = PeerConfig { address: "127.0.0.1:3".into(), ..c.clone() };
+        let d = pinned(dir.path(), "org-d", "127.0.0.1:4");
+        let changes = peers.reload(&[b.clone(), moved_c, d.clone()]).unwrap();
+        assert_eq!(changes.added, ["org-d"]);
+        assert_eq!(changes.changed, ["org-c"]);
+        assert!(changes.removed.is_empty());
+        assert!(Arc::ptr_eq(&old_b, &peers.get("org-b").unwrap()), "an unchanged peer keeps its connection");
+        assert!(old_c.retired.is_cancelled() && !old_b.retired.is_cancelled());
+        assert_eq!(peers.get("org-c").unwrap().address, "127.0.0.1:3");
+        assert!(peers.by_fingerprint(&peers.get("org-d").unwrap().fingerprint).is_some());
+
+        let changes = peers.reload(std::slice::from_ref(&d)).unwrap();
+        assert_eq!(changes.removed, ["org-b", "org-c"]);
+        assert!(old_b.retired.is_cancelled());
+        assert!(peers.get("org-b").is_none() && peers.by_fingerprint(&old_b.fingerprint).is_none());
+
+        // A certificate that cannot be read changes nothing.
+        let missing = PeerConfig { cert: dir.path().join("gone.pem"), ..b };
+        assert!(peers.reload(&[missing, d]).is_err());
+        assert_eq!(peers.all().iter().map(|p| p.name.clone()).collect::<Vec<_>>(), ["org-d"]);
     }
 }

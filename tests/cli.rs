@@ -20,7 +20,12 @@ use sha2::{Digest, Sha256};
 /// A `ferry` command with a clean environment: no `FERRY_CONFIG` inherited from the caller.
 fn ferry_cmd() -> Command {
     let mut cmd = Command::new(env!("CARGO_BIN_EXE_ferry"));
-    cmd.env_remove("FERRY_CONFIG").env_remove("NOTIFY_SOCKET").env("RUST_LOG", "warn").stdin(Stdio::null());
+    cmd.env_remove("FERRY_CONFIG")
+        .env_remove("FERRY_TOKEN")
+        .env_remove("NOTIFY_SOCKET")
+        .env_remove("JOURNAL_STREAM")
+        .env("RUST_LOG", "warn")
+        .stdin(Stdio::null());
     cmd
 }
 
@@ -920,7 +925,6 @@ async fn request_until_ok(
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "issue 6: SIGHUP reload of peers and services is not built yet (the node logs and ignores SIGHUP)"]
 async fn sighup_reloads_peers_and_services() {
     let root = tempfile::tempdir().unwrap();
     let (service, seen) = recording_service().await;
@@ -975,7 +979,6 @@ async fn sighup_reloads_peers_and_services() {
 
 #[cfg(unix)]
 #[test]
-#[ignore = "issue 6: sd_notify (READY, WATCHDOG, STOPPING) is not built yet"]
 fn run_speaks_sd_notify() {
     use std::os::unix::net::UnixDatagram;
 
@@ -1022,6 +1025,18 @@ fn run_speaks_sd_notify() {
         receive_until("WATCHDOG=1", Duration::from_secs(3), &mut messages),
         "no WATCHDOG=1 with WATCHDOG_USEC=400000; got {messages:?}"
     );
+    let ready = messages.iter().find(|m| m.lines().any(|l| l == "READY=1")).unwrap();
+    assert!(ready.lines().any(|l| l.starts_with("STATUS=org-a: 0/0 peers connected")), "{ready:?}");
+    // Watchdog pings keep coming, about every 200 ms.
+    let started = Instant::now();
+    for _ in 0..3 {
+        assert!(receive_until("WATCHDOG=1", Duration::from_secs(2), &mut messages), "{messages:?}");
+    }
+    assert!(started.elapsed() < Duration::from_secs(2), "3 pings took {:?}", started.elapsed());
+    // A reload is announced, then READY again.
+    node.signal("HUP");
+    assert!(receive_until("RELOADING=1", Duration::from_secs(5), &mut messages), "{messages:?}");
+    assert!(receive_until("READY=1", Duration::from_secs(5), &mut messages), "{messages:?}");
     node.signal("TERM");
     assert!(
         receive_until("STOPPING=1", Duration::from_secs(10), &mut messages),
@@ -1038,5 +1053,472 @@ fn demo_runs_async_reply_callback_and_file_transfer() {
     let text = stdout(&out).to_lowercase();
     for word in ["async", "reply", "callback", "file", "sha256"] {
         assert!(text.contains(word), "demo output never mentions {word:?}:\n{text}");
+    }
+}
+
+// ---------------------------------------------------------------------------------------------
+// Running as a service: SIGTERM with work under way, reloads, service lifecycle, operator CLI,
+// check --connect
+// ---------------------------------------------------------------------------------------------
+
+/// Sets (or, with `None`, removes) `key` of the `[[service]]` table `id` in the node's config.
+fn set_service_key(node: &NodeDir, id: &str, key: &str, value: Option<&str>) {
+    let mut doc: toml_edit::DocumentMut = fs::read_to_string(&node.config).unwrap().parse().unwrap();
+    let services = doc["service"].as_array_of_tables_mut().expect("[[service]] tables");
+    let table = services.iter_mut().find(|t| t["id"].as_str() == Some(id)).expect("the service");
+    match value {
+        Some(v) => table[key] = toml_edit::value(v),
+        None => {
+            table.remove(key);
+        }
+    }
+    fs::write(&node.config, doc.to_string()).unwrap();
+}
+
+/// POSTs `body` to the API at `api`; the HTTP status, the `Deprecation` header and the envelope.
+async fn post_request(client: &reqwest::Client, api: SocketAddr, body: Value) -> (u16, Option<String>, Value) {
+    let resp = client.post(format!("http://{api}/v1/requests")).json(&body).send().await.expect("POST /v1/requests");
+    let status = resp.status().as_u16();
+    let deprecation = resp.headers().get("deprecation").map(|v| v.to_str().unwrap().to_owned());
+    (status, deprecation, resp.json().await.expect("a JSON envelope"))
+}
+
+/// GET /v1/requests/{id} until its state is final (success or failed), or `limit` passes.
+async fn wait_final(client: &reqwest::Client, api: SocketAddr, id: &str, limit: Duration) -> Value {
+    let deadline = Instant::now() + limit;
+    loop {
+        let view: Value =
+            client.get(format!("http://{api}/v1/requests/{id}")).send().await.unwrap().json().await.unwrap();
+        let state = view["data"]["state"].as_str().unwrap_or_default().to_owned();
+        if state == "success" || state == "failed" || Instant::now() >= deadline {
+            return view["data"].clone();
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
+
+/// A service whose `/slow` path takes 1.5 s; it records each call's request id when it arrives
+/// and again when it has answered.
+async fn slow_service() -> (SocketAddr, Arc<Mutex<Vec<String>>>, Arc<Mutex<Vec<String>>>) {
+    use axum::http::{HeaderMap, Uri};
+    let (arrived, answered) = (Arc::new(Mutex::new(Vec::new())), Arc::new(Mutex::new(Vec::new())));
+    let (a, b) = (arrived.clone(), answered.clone());
+    let app = axum::Router::new().fallback(move |uri: Uri, headers: HeaderMap| {
+        let (arrived, answered) = (a.clone(), b.clone());
+        async move {
+            let id = headers.get("x-ferry-request-id").and_then(|v| v.to_str().ok()).unwrap_or("").to_owned();
+            arrived.lock().unwrap().push(id.clone());
+            if uri.path().starts_with("/slow") {
+                tokio::time::sleep(Duration::from_millis(1500)).await;
+            }
+            answered.lock().unwrap().push(id);
+            axum::Json(json!({"done": true}))
+        }
+    });
+    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = listener.local_addr().unwrap();
+    tokio::spawn(async move { axum::serve(listener, app).await });
+    (addr, arrived, answered)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sigterm_exits_0_and_keeps_async_work_under_way() {
+    let root = tempfile::tempdir().unwrap();
+    let (service, arrived, answered) = slow_service().await;
+    let a = init_on_loopback(root.path(), "org-a");
+    let b = init_on_loopback(root.path(), "org-b");
+    pin_both_ways(&a, "org-a", &b, "org-b");
+    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
+    let mut node_a = RunningNode::start(&a.dir, "org-a");
+    let mut node_b = RunningNode::start(&b.dir, "org-b");
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+    let async_to =
+        |path: &str| json!({"peer": "org-b", "service": "1", "path": path, "method": "POST", "mode": "async"});
+
+    // org-b is in the middle of a slow service call when it is told to stop.
+    let (status, _, answer) = post_request(&client, a.api, async_to("/slow")).await;
+    assert_eq!(status, 202, "{answer}");
+    let slow = answer["data"]["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while arrived.lock().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "the service was never called\n{}", node_b.log());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let status = node_b.terminate("TERM", Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "org-b log:\n{}", node_b.log());
+    assert_eq!(*answered.lock().unwrap(), vec![slow.clone()], "the call under way was let finish before the exit");
+
+    // org-a holds requests for the stopped peer when it is told to stop.
+    let mut waiting = Vec::new();
+    for i in 0..3 {
+        let (status, _, answer) = post_request(&client, a.api, async_to(&format!("/quick/{i}"))).await;
+        assert_eq!(status, 202, "{answer}");
+        waiting.push(answer["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let status = node_a.terminate("TERM", Duration::from_secs(15));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "org-a log:\n{}", node_a.log());
+    assert!(node_a.log().contains("stopped"), "{}", node_a.log());
+
+    // Both back: every request completes, and the interrupted one is not called again.
+    let node_a = RunningNode::start(&a.dir, "org-a");
+    let node_b = RunningNode::start(&b.dir, "org-b");
+    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+    for id in waiting.iter().chain([&slow]) {
+        let view = wait_final(&client, a.api, id, Duration::from_secs(20)).await;
+        assert_eq!(view["state"], "success", "{view}\nlog a:\n{}\nlog b:\n{}", node_a.log(), node_b.log());
+    }
+    let calls = arrived.lock().unwrap().clone();
+    assert_eq!(calls.iter().filter(|id| **id == slow).count(), 1, "{calls:?}");
+    assert_eq!(calls.len(), 4, "each request called the service once: {calls:?}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_reload_keeps_the_old_config_and_a_removed_peer_is_disconnected() {
+    let root = tempfile::tempdir().unwrap();
+    let (service, seen) = recording_service().await;
+    let a = init_on_loopback(root.path(), "org-a");
+    let b = init_on_loopback(root.path(), "org-b");
+    pin_both_ways(&a, "org-a", &b, "org-b");
+    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
+    let node_a = RunningNode::start(&a.dir, "org-a");
+    let node_b = RunningNode::start(&b.dir, "org-b");
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
+
+    // A broken file: an unknown key, and the service's allow list emptied.
+    let good = fs::read_to_string(&b.dir.config).unwrap();
+    let broken = good.replace("allow = [\"org-a\"]", "allow = []\nbogus_key = 1");
+    assert_ne!(broken, good);
+    fs::write(&b.dir.config, &broken).unwrap();
+    node_b.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node_b.log().contains("reload refused") {
+        assert!(Instant::now() < deadline, "no `reload refused` line:\n{}", node_b.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(node_b.log().contains("bogus_key"), "the log names the problem:\n{}", node_b.log());
+    let (status, answer) = send_request(&client, a.api, "org-b", "1").await;
+    assert_eq!((status, &answer["data"]["status"]), (200, &json!(200)), "the old config still serves: {answer}");
+    assert_eq!(seen.lock().unwrap().len(), 2);
+
+    // A good file without org-a: its connection is closed, and it cannot come back.
+    let mut doc: toml_edit::DocumentMut = good.parse().unwrap();
+    doc.remove("peer");
+    doc["service"][0]["allow"] = toml_edit::value(toml_edit::Array::new());
+    fs::write(&b.dir.config, doc.to_string()).unwrap();
+    node_b.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !node_b.log().contains("removed org-a") {
+        assert!(Instant::now() < deadline, "no reload line naming the removed peer:\n{}", node_b.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, answer) = send_request(&client, a.api, "org-b", "1").await;
+        if status == 502 {
+            assert_eq!(answer["data"]["error"], "peer_unreachable", "{answer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "org-b still answers org-a: {status} {answer}\n{}", node_b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let peers: Value = client.get(format!("http://{}/v1/peers", a.api)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(peers["data"][0]["connected"], false, "{peers}");
+    assert_eq!(seen.lock().unwrap().len(), 2, "no call reached the service after the removal");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn deprecated_and_disabled_services_take_effect_on_sighup() {
+    let root = tempfile::tempdir().unwrap();
+    let (service, seen) = recording_service().await;
+    let a = init_on_loopback(root.path(), "org-a");
+    let b = init_on_loopback(root.path(), "org-b");
+    pin_both_ways(&a, "org-a", &b, "org-b");
+    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
+    let node_a = RunningNode::start(&a.dir, "org-a");
+    let node_b = RunningNode::start(&b.dir, "org-b");
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+    let sync = json!({"peer": "org-b", "service": "1", "path": "/x", "method": "GET"});
+
+    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
+    let (status, deprecation, answer) = post_request(&client, a.api, sync.clone()).await;
+    assert_eq!((status, deprecation), (200, None), "an active service: {answer}");
+
+    set_service_key(&b.dir, "1", "state", Some("deprecated"));
+    node_b.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, deprecation, answer) = post_request(&client, a.api, sync.clone()).await;
+        assert_eq!(status, 200, "a deprecated service is still served: {answer}");
+        if let Some(value) = deprecation {
+            assert_eq!(value, "true");
+            assert_eq!(answer["data"]["headers"]["deprecation"], "true", "{answer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "no Deprecation header after the reload\n{}", node_b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+
+    set_service_key(&b.dir, "1", "state", Some("disabled"));
+    node_b.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let (status, _, answer) = post_request(&client, a.api, sync.clone()).await;
+        if status == 503 {
+            assert_eq!(answer["data"]["error"], "unavailable", "{answer}");
+            break;
+        }
+        assert!(Instant::now() < deadline, "a disabled service is still served: {answer}\n{}", node_b.log());
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let calls_before = seen.lock().unwrap().len();
+    let mut body = sync.clone();
+    body["mode"] = "async".into();
+    let (status, _, answer) = post_request(&client, a.api, body).await;
+    assert_eq!(status, 202, "{answer}");
+    let view = wait_final(&client, a.api, answer["data"]["id"].as_str().unwrap(), Duration::from_secs(15)).await;
+    assert_eq!(view["state"], "failed", "{view}");
+    assert!(view["error"].as_str().unwrap_or_default().contains("disabled"), "{view}");
+    assert_eq!(seen.lock().unwrap().len(), calls_before, "a disabled service is never called");
+
+    set_service_key(&b.dir, "1", "state", None);
+    node_b.signal("HUP");
+    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
+}
+
+/// Runs `ferry ARGS` with `FERRY_TOKEN` set to `token` when given.
+fn ferry_with_token(args: &[&str], token: Option<&str>) -> Output {
+    let mut cmd = ferry_cmd();
+    cmd.args(args);
+    if let Some(t) = token {
+        cmd.env("FERRY_TOKEN", t);
+    }
+    run_bounded(&mut cmd, Duration::from_secs(30))
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn operator_commands_against_a_running_pair() {
+    let root = tempfile::tempdir().unwrap();
+    let (service, seen) = recording_service().await;
+    let a = init_on_loopback(root.path(), "org-a");
+    let b = init_on_loopback(root.path(), "org-b");
+    pin_both_ways(&a, "org-a", &b, "org-b");
+    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
+    let node_a = RunningNode::start(&a.dir, "org-a");
+    let node_b = RunningNode::start(&b.dir, "org-b");
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+    let (ca, cb) = (a.dir.config_arg(), b.dir.config_arg());
+
+    // send, sync: the service's answer, as a table and as JSON.
+    let send = ["send", "--peer", "org-b", "--service", "1", "--path", "/user/list", "--method", "GET"];
+    let out = ferry(send.iter().copied().chain(["--form", "pageSize=1", "--config", &ca]));
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("org-b answered 200"), "{}", stdout(&out));
+    assert!(stdout(&out).contains("Ada"), "{}", stdout(&out));
+    assert_eq!(seen.lock().unwrap()[0].uri, "/user/list?pageSize=1");
+    let out = ferry(send.iter().copied().chain(["--json", "--config", &ca]));
+    assert_code(&out, 0);
+    let answer: Value = serde_json::from_str(&stdout(&out)).expect("--json prints JSON");
+    assert_eq!(answer["status"], 200, "{answer}");
+    let id = answer["id"].as_str().unwrap().to_owned();
+    assert_eq!(seen.lock().unwrap()[1].headers["x-ferry-request-id"], id);
+    // One info line per exchange, on both nodes.
+    for (node, peer) in [(&node_a, "org-b"), (&node_b, "org-a")] {
+        let deadline = Instant::now() + Duration::from_secs(5);
+        loop {
+            let log = node.log();
+            let line = log.lines().find(|l| l.contains(&format!("id={id}"))).map(str::to_owned);
+            if let Some(line) = line {
+                for want in
+                    [" INFO ", "exchange", &format!("peer={peer}"), "path=/user/list", "status=200", "duration_ms="]
+                {
+                    assert!(line.contains(want), "no {want:?} in {line:?}");
+                }
+                break;
+            }
+            assert!(Instant::now() < deadline, "no exchange line for {id} on {}:\n{log}", node.name);
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
+    // peers: the connection the requests used.
+    let out = ferry(["peers", "--config", &ca]);
+    assert_code(&out, 0);
+    let row = lines(&stdout(&out)).into_iter().find(|l| l.starts_with("org-b")).map(str::to_owned);
+    let row = row.unwrap_or_else(|| panic!("no org-b row:\n{}", stdout(&out)));
+    assert!(row.contains(&b.link.to_string()) && row.contains("yes"), "{row}");
+    let out = ferry(["peers", "--json", "--config", &ca]);
+    let peers: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(peers[0]["fingerprint"], b.dir.fingerprint.as_str(), "{peers}");
+
+    // send --file: the file arrives whole.
+    let bytes: Vec<u8> = (0..3 * 1024 * 1024 + 17).map(|i: u32| (i.wrapping_mul(2_654_435_761) >> 24) as u8).collect();
+    let file = a.dir.dir.join("outbox/report.bin");
+    fs::write(&file, &bytes).unwrap();
+    let out = ferry([
+        "send",
+        "--peer",
+        "org-b",
+        "--service",
+        "1",
+        "--path",
+        "/upload",
+        "--file",
+        file.to_str().unwrap(),
+        "--json",
+        "--config",
+        &ca,
+    ]);
+    assert_code(&out, 0);
+    let answer: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let received = b.dir.dir.join("data/received/org-a").join(answer["id"].as_str().unwrap()).join("report.bin");
+    assert_eq!(Sha256::digest(fs::read(&received).unwrap()), Sha256::digest(&bytes), "{}", received.display());
+
+    // send --async --reply, pending, reply, status, requests.
+    let out = ferry(send.iter().copied().chain(["--async", "--reply", "--json", "--config", &ca]));
+    assert_code(&out, 0);
+    let accepted: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let id = accepted["id"].as_str().unwrap().to_owned();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let callback_id = loop {
+        let out = ferry(["pending", "--json", "--config", &cb]);
+        assert_code(&out, 0);
+        let pending: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        if let Some(cb) = pending[0]["callback_id"].as_str() {
+            break cb.to_owned();
+        }
+        assert!(Instant::now() < deadline, "nothing pending on org-b\n{}", node_b.log());
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    let out = ferry(["pending", "--config", &cb]);
+    assert!(stdout(&out).lines().next().unwrap().starts_with("CALLBACK_ID"), "{}", stdout(&out));
+    assert!(stdout(&out).contains(&callback_id) && stdout(&out).contains("GET /user/list"), "{}", stdout(&out));
+    let out = ferry(["reply", &callback_id, "--data", r#"{"rows":[7]}"#, "--config", &cb]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("accepted"), "{}", stdout(&out));
+    let out = ferry(["reply", "no-such-callback", "--reject", "no", "--config", &cb]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("not_found"), "{}", stderr(&out));
+    let out = ferry(["reply", &callback_id, "--data", "{not json", "--config", &cb]);
+    assert_usage_error(&out);
+
+    let view = wait_final(&client, a.api, &id, Duration::from_secs(10)).await;
+    assert_eq!(view["state"], "success", "{view}");
+    let out = ferry(["status", &id, "--json", "--config", &ca]);
+    assert_code(&out, 0);
+    let status: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(status["replies"][0]["data"], json!({"rows": [7]}), "{status}");
+    let out = ferry(["status", &id, "--config", &ca]);
+    assert_code(&out, 0);
+    for want in [id.as_str(), "success", "async, reply", r#"{"rows":[7]}"#] {
+        assert!(stdout(&out).contains(want), "no {want:?} in:\n{}", stdout(&out));
+    }
+    let out = ferry(["status", "no-such-id", "--config", &ca]);
+    assert_code(&out, 1);
+
+    let out = ferry(["requests", "--state", "success", "--peer", "org-b", "--config", &ca]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).starts_with("ID"), "{}", stdout(&out));
+    assert!(stdout(&out).contains(&id), "{}", stdout(&out));
+    let out = ferry(["requests", "--state", "failed", "--json", "--config", &ca]);
+    let page: Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(page["items"], json!([]), "{page}");
+
+    // Tokens, set while the node runs: the commands need one, from --token or FERRY_TOKEN.
+    let token = "operator-token-0123456789";
+    let config = fs::read_to_string(&a.dir.config).unwrap().replace("tokens = []", &format!("tokens = [\"{token}\"]"));
+    fs::write(&a.dir.config, config).unwrap();
+    node_a.signal("HUP");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let out = ferry(["peers", "--config", &ca]);
+        if out.status.code() == Some(1) {
+            assert!(stderr(&out).contains("unauthorized"), "{}", stderr(&out));
+            break;
+        }
+        assert!(Instant::now() < deadline, "tokens not in force after SIGHUP\n{}", node_a.log());
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert_code(&ferry(["peers", "--token", token, "--config", &ca]), 0);
+    assert_code(&ferry_with_token(&["peers", "--config", &ca], Some(token)), 0);
+    assert_code(&ferry_with_token(&["peers", "--config", &ca], Some("wrong-token-0123456789")), 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn check_connect_names_each_unreachable_peer_and_service() {
+    let root = tempfile::tempdir().unwrap();
+    let (service, _seen) = recording_service().await;
+    let a = init_on_loopback(root.path(), "org-a");
+    let b = init_on_loopback(root.path(), "org-b");
+    let c = init_on_loopback(root.path(), "org-c"); // pinned by org-b, never started
+    let d = init_on_loopback(root.path(), "org-d"); // running, but does not pin org-b
+    pin_both_ways(&a, "org-a", &b, "org-b");
+    assert_code(&peer_add(&b.dir, "org-c", &c.link.to_string(), &c.dir.cert()), 0);
+    assert_code(&peer_add(&b.dir, "org-d", &d.link.to_string(), &d.dir.cert()), 0);
+    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
+    let dead = free_tcp();
+    assert_code(&service_add(&b.dir, "2", &format!("http://{dead}"), Some("org-a")), 0);
+    let node_a = RunningNode::start(&a.dir, "org-a");
+    let node_d = RunningNode::start(&d.dir, "org-d");
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+    wait_healthy(&client, &node_d, d.api, Duration::from_secs(15)).await;
+
+    // Without --connect nothing is dialed: the files are fine.
+    assert_code(&check(&b.dir), 0);
+    let started = Instant::now();
+    let out = ferry(["check", "--connect", "--config", &b.dir.config_arg()]);
+    assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
+    assert_code(&out, 1);
+    let (ok, failed) = (stdout(&out), stderr(&out));
+    assert!(ok.contains("ok: peer `org-a`"), "{ok}");
+    assert!(ok.contains("ok: service `1`"), "{ok}");
+    let line = |name: &str| failed.lines().find(|l| l.contains(name)).map(str::to_owned);
+    let c_line = line("peer `org-c`").unwrap_or_else(|| panic!("org-c not named:\n{failed}"));
+    assert!(c_line.contains("no answer"), "{c_line}");
+    let d_line = line("peer `org-d`").unwrap_or_else(|| panic!("org-d not named:\n{failed}"));
+    assert!(d_line.contains("pinned"), "{d_line}");
+    let s_line = line("service `2`").unwrap_or_else(|| panic!("service 2 not named:\n{failed}"));
+    assert!(s_line.contains("unreachable") && s_line.contains(&dead.to_string()), "{s_line}");
+    assert_eq!(failed.lines().count(), 3, "{failed}");
+}
+
+#[test]
+fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
+    let root = tempfile::tempdir().unwrap();
+    let a = init_on_loopback(root.path(), "org-a");
+    let log = a.dir.dir.join("run.log");
+    let child = ferry_cmd()
+        .env("JOURNAL_STREAM", "8:12345")
+        .env("RUST_LOG", "info,quinn=warn")
+        .args(["run", "--config", &a.dir.config_arg()])
+        .stdout(Stdio::null())
+        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
+        .spawn()
+        .unwrap();
+    let mut node = RunningNode { name: "org-a".into(), child, log };
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !node.log().contains("serving") {
+        assert!(Instant::now() < deadline, "no serving line:\n{}", node.log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = node.terminate("TERM", Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.log());
+    let text = node.log();
+    let lines = lines(&text);
+    assert!(lines.iter().any(|l| l.starts_with("<6>serving node=org-a")), "{text}");
+    assert!(lines.iter().any(|l| l.starts_with("<6>") && l.contains("stopped")), "{text}");
+    for line in &lines {
+        assert!(line.starts_with('<') && line[1..].starts_with(char::is_numeric), "no priority: {line:?}");
+        assert!(!line.contains("T0") && !line.contains("\x1b["), "a timestamp or colour: {line:?}");
     }
 }

@@ -213,7 +213,7 @@ fn state() -> ApiState {
         peers,
         name: "org-a".into(),
         fingerprint: "sha256:00".into(),
-        tokens: Arc::new(vec![]),
+        tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec![])),
         callback_base: None,
         heartbeat: std::time::Duration::from_secs(15),
         send_roots: Arc::new(vec![dir.clone()]),

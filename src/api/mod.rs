@@ -39,8 +39,8 @@ pub struct ApiState {
     pub name: String,
     /// This node's certificate fingerprint.
     pub fingerprint: String,
-    /// Bearer tokens; empty means loopback callers only.
-    pub tokens: Arc<Vec<String>>,
+    /// Bearer tokens; empty means loopback callers only. Swapped in place on reload.
+    pub tokens: Arc<arc_swap::ArcSwap<Vec<String>>>,
     /// Base for callback URLs given as a path.
     pub callback_base: Option<url::Url>,
     /// How often WebSocket clients must send `OK`.
@@ -93,10 +93,11 @@ pub fn router(state: ApiState) -> Router {
 /// set headers on it. Browsers' requests from other origins, and (without tokens) to a
 /// non-loopback host name, are refused.
 async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
-    if let Some(why) = console::browser_refusal(request.headers(), state.tokens.is_empty()) {
+    let tokens = state.tokens.load();
+    if let Some(why) = console::browser_refusal(request.headers(), tokens.is_empty()) {
         return Err(ApiError::new(Kind::Forbidden, why));
     }
-    if state.tokens.is_empty() {
+    if tokens.is_empty() {
         let loopback = request.extensions().get::<ConnectInfo<SocketAddr>>().is_some_and(|c| c.0.ip().is_loopback());
         if !loopback {
             return Err(ApiError::new(
@@ -118,7 +119,7 @@ async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> R
             }
             None => String::new(),
         };
-        let valid = state.tokens.iter().fold(0u8, |any, t| any | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
+        let valid = tokens.iter().fold(0u8, |any, t| any | t.as_bytes().ct_eq(given.as_bytes()).unwrap_u8());
         if valid == 0 {
             return Err(ApiError::new(
                 Kind::Unauthorized,
@@ -160,7 +161,7 @@ mod tests {
             peers: Peers::default(),
             name: "org-a".into(),
             fingerprint: "sha256:00".into(),
-            tokens: Arc::new(tokens.iter().map(|t| t.to_string()).collect()),
+            tokens: Arc::new(arc_swap::ArcSwap::from_pointee(tokens.iter().map(|t| t.to_string()).collect())),
             callback_base: None,
             heartbeat: std::time::Duration::from_secs(15),
             send_roots: Arc::new(vec![]),

@@ -1,40 +1,177 @@
-//! `ferry check`: the config, this node's key and certificate, and every pinned peer certificate.
+//! `ferry check`: the config, this node's key and certificate, and every pinned peer certificate;
+//! with `--connect`, also a pinned QUIC handshake with each peer and a call to each service.
 
 use std::path::Path;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
 
 use super::CliError;
-use crate::config::Config;
+use crate::config::{Config, PeerConfig, ServiceConfig};
 use crate::identity::{load_cert, Fingerprint, Identity};
 
-/// Prints a summary and returns `Ok`, or every problem found, one per line.
-pub fn check(path: &Path) -> Result<(), CliError> {
+/// How long each peer and service has to answer.
+const REACH_WITHIN: Duration = Duration::from_secs(5);
+
+/// Prints a summary and returns `Ok`, or every problem found, one per line (exit 2). With
+/// `connect`, then reaches every peer and service and prints one line for each; any that fails
+/// makes the exit code 1.
+pub fn check(path: &Path, connect: bool) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let mut problems = Vec::new();
-    let own = match Identity::load(&config.cert_path(), &config.key_path()) {
-        Ok(identity) => Some(identity.fingerprint()),
+    let identity = match Identity::load(&config.cert_path(), &config.key_path()) {
+        Ok(identity) => Some(identity),
         Err(e) => {
             problems.push(e.to_string());
             None
         }
     };
+    let own = identity.as_ref().map(Identity::fingerprint);
+    let mut pinned = Vec::new();
     for peer in &config.peers {
         match load_cert(&peer.cert) {
             Ok(cert) if Some(Fingerprint::of(&cert)) == own => {
                 problems.push(format!("peer `{}`: {} is this node's own certificate", peer.name, peer.cert.display()))
             }
-            Ok(_) => {}
+            Ok(cert) => pinned.push((peer.clone(), Fingerprint::of(&cert))),
             Err(e) => problems.push(format!("peer `{}`: {e}", peer.name)),
         }
     }
     if !problems.is_empty() {
         return Err(CliError::usage(problems.join("\n")));
     }
+    let identity = identity.expect("no problems means the identity loaded");
     println!(
         "ok: node `{}`, {} peer(s), {} service(s), fingerprint {}",
         config.node.name,
         config.peers.len(),
         config.services.len(),
-        own.expect("no problems means the identity loaded")
+        identity.fingerprint()
     );
-    Ok(())
+    if !connect {
+        return Ok(());
+    }
+    let runtime = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
+    let failures = runtime.block_on(reach_all(&identity, &pinned, &config.services));
+    if failures.is_empty() {
+        Ok(())
+    } else {
+        Err(CliError::failed(failures.join("\n")))
+    }
+}
+
+/// Reaches every peer and service at once; prints what answered and returns what did not.
+async fn reach_all(
+    identity: &Identity,
+    peers: &[(PeerConfig, Fingerprint)],
+    services: &[ServiceConfig],
+) -> Vec<String> {
+    let peer_checks = futures::future::join_all(peers.iter().map(|(p, fp)| reach_peer(identity, p, *fp)));
+    let service_checks = futures::future::join_all(services.iter().map(reach_service));
+    let (peer_results, service_results) = tokio::join!(peer_checks, service_checks);
+    let mut failures = Vec::new();
+    for ((peer, _), result) in peers.iter().zip(peer_results) {
+        match result {
+            Ok(rtt) => {
+                println!("ok: peer `{}` at {}: pinned handshake, rtt {:.2} ms", peer.name, peer.address, rtt_ms(rtt))
+            }
+            Err(why) => failures.push(format!("peer `{}` at {}: {why}", peer.name, peer.address)),
+        }
+    }
+    for (service, result) in services.iter().zip(service_results) {
+        match result {
+            Ok(status) => println!("ok: service `{}` at {}: answered HTTP {status}", service.id, service.base_url),
+            Err(why) => failures.push(format!("service `{}` at {}: {why}", service.id, service.base_url)),
+        }
+    }
+    failures
+}
+
+fn rtt_ms(d: Duration) -> f64 {
+    d.as_secs_f64() * 1000.0
+}
+
+/// A QUIC handshake with `peer` that accepts only its pinned certificate, and presents ours.
+async fn reach_peer(identity: &Identity, peer: &PeerConfig, pinned: Fingerprint) -> Result<Duration, String> {
+    let addr = tokio::net::lookup_host(&peer.address)
+        .await
+        .map_err(|e| format!("cannot resolve the address ({e}); check `address` in its [[peer]] table"))?
+        .next()
+        .ok_or("the address resolves to nothing; check `address` in its [[peer]] table")?;
+    let local: std::net::SocketAddr =
+        if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("a valid wildcard address");
+    let endpoint = quinn::Endpoint::client(local).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
+    let tls = crate::tls::client_config(identity, pinned).map_err(|e| format!("cannot set up TLS: {e}"))?;
+    let crypto =
+        quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| format!("cannot set up TLS: {e}"))?;
+    let mut client = quinn::ClientConfig::new(Arc::new(crypto));
+    client.transport_config(crate::link::Transport::default().config());
+    let started = Instant::now();
+    let connecting =
+        endpoint.connect_with(client, addr, crate::tls::SERVER_NAME).map_err(|e| format!("cannot dial: {e}"))?;
+    let result = match tokio::time::timeout(REACH_WITHIN, connecting).await {
+        Err(_) => Err(format!(
+            "no answer within {REACH_WITHIN:?}; is its node running, and is UDP port {} open on the way?",
+            addr.port()
+        )),
+        Ok(Err(e)) => Err(explain_handshake(&e)),
+        Ok(Ok(connection)) => {
+            let rtt = connection.rtt().min(started.elapsed());
+            // Our side of the handshake is done before the peer has checked our certificate: a
+            // peer that does not pin this node closes the connection one round trip later.
+            let verdict = (rtt * 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
+            match tokio::time::timeout(verdict, connection.closed()).await {
+                Ok(reason) => Err(format!(
+                    "the peer closed the connection right after the handshake ({reason}); it has probably not \
+                     pinned this node's certificate: compare `ferry cert fingerprint` here with its `certs/peers/` file"
+                )),
+                Err(_) => {
+                    connection.close(crate::wire::Code::Done.varint(), b"ferry check");
+                    Ok(rtt)
+                }
+            }
+        }
+    };
+    let _ = tokio::time::timeout(Duration::from_secs(1), endpoint.wait_idle()).await;
+    result
+}
+
+/// What a failed handshake means for the admin.
+fn explain_handshake(e: &quinn::ConnectionError) -> String {
+    let text = e.to_string();
+    if text.contains("certificate") || text.contains("ApplicationVerificationFailure") {
+        format!(
+            "handshake refused ({text}): either the peer's certificate is not the one pinned here, or the peer has \
+             not pinned this node's certificate; compare `ferry cert fingerprint` on both sides"
+        )
+    } else if matches!(e, quinn::ConnectionError::TimedOut) {
+        "the handshake timed out; is its node running, and is its UDP port open on the way?".to_owned()
+    } else {
+        format!("handshake failed: {text}")
+    }
+}
+
+/// An HTTP GET of the service's base URL: any answer means it is reachable.
+async fn reach_service(service: &ServiceConfig) -> Result<u16, String> {
+    let client = reqwest::Client::builder()
+        .no_proxy()
+        .timeout(REACH_WITHIN)
+        .redirect(reqwest::redirect::Policy::none())
+        .build()
+        .map_err(|e| format!("cannot build an HTTP client: {e}"))?;
+    match client.get(service.base_url.clone()).send().await {
+        Ok(response) => Ok(response.status().as_u16()),
+        Err(e) if e.is_timeout() => Err(format!("no answer within {REACH_WITHIN:?}; is the service up?")),
+        Err(e) => {
+            let mut cause = e.to_string();
+            let mut source = std::error::Error::source(&e);
+            while let Some(s) = source {
+                cause = format!("{cause}: {s}");
+                source = s.source();
+            }
+            Err(format!("unreachable ({cause}); is the service running at `base_url`?"))
+        }
+    }
 }

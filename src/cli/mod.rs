@@ -7,6 +7,9 @@ mod check;
 pub mod demo;
 pub mod edit;
 pub mod init;
+mod journal;
+pub mod operator;
+mod table;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
@@ -106,8 +109,14 @@ enum Command {
     },
     /// Run the node until SIGTERM or SIGINT.
     Run(ConfigArg),
-    /// Validate the config and certificates.
-    Check(ConfigArg),
+    /// Validate the config and certificates; with --connect, also reach every peer and service.
+    Check {
+        #[command(flatten)]
+        config: ConfigArg,
+        /// Also try a pinned QUIC handshake with each peer and an HTTP call to each service's base URL.
+        #[arg(long)]
+        connect: bool,
+    },
     /// The evidence log: export it, or verify its chain and receipts.
     Audit {
         #[command(subcommand)]
@@ -115,6 +124,18 @@ enum Command {
     },
     /// Two nodes and a sample service in one process, on loopback; no set-up needed.
     Demo,
+    /// Send a request to a peer's service through the running node (a progress bar for files).
+    Send(operator::SendArgs),
+    /// Show one request: state, answer, replies, file, callback.
+    Status(operator::StatusArgs),
+    /// List recent requests, newest first.
+    Requests(operator::RequestsArgs),
+    /// List incoming reply-mode requests still awaiting a reply.
+    Pending(operator::ApiArgs),
+    /// Answer (or reject) an incoming reply-mode request by its callback id.
+    Reply(operator::ReplyArgs),
+    /// List the peers and their connections.
+    Peers(operator::ApiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -195,14 +216,17 @@ pub fn main() -> ExitCode {
     }
 }
 
+/// Logs to stderr with the filter of `RUST_LOG`, or `default`. Under systemd (`JOURNAL_STREAM`
+/// set) lines carry no timestamps or colours, and begin with the `<N>` syslog priority that
+/// journald reads as the entry's level.
 fn init_logging(default: &str) {
     let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| default.into());
-    tracing_subscriber::fmt()
-        .with_env_filter(filter)
-        .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_writer(std::io::stderr)
-        .with_target(false)
-        .init();
+    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr).with_target(false);
+    if std::env::var_os("JOURNAL_STREAM").is_some() {
+        builder.with_ansi(false).event_format(journal::Format).init();
+    } else {
+        builder.with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr())).init();
+    }
 }
 
 fn run(command: Command) -> Result<(), CliError> {
@@ -239,10 +263,16 @@ fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Run(c) => run_node(&c.config),
-        Command::Check(c) => check::check(&c.config),
+        Command::Check { config, connect } => check::check(&config.config, connect),
         Command::Audit { command: AuditCommand::Export { since, config } } => audit::export(&config.config, since),
         Command::Audit { command: AuditCommand::Verify(c) } => audit::verify(&c.config),
         Command::Demo => demo::run(),
+        Command::Send(a) => operator::send(a),
+        Command::Status(a) => operator::status(a),
+        Command::Requests(a) => operator::requests(a),
+        Command::Pending(a) => operator::pending(a),
+        Command::Reply(a) => operator::reply(a),
+        Command::Peers(a) => operator::peers(a),
     }
 }
 
@@ -251,22 +281,38 @@ fn run_node(path: &Path) -> Result<(), CliError> {
     let sockets = node::Sockets::bind(&config).map_err(|e| CliError::failed(e.to_string()))?;
     let runtime =
         tokio::runtime::Runtime::new().map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
-    runtime.block_on(node::run(config, sockets, stop_signal())).map_err(|e| CliError {
-        code: if matches!(e, node::NodeError::Identity(_)) { 2 } else { 1 },
-        message: e.to_string(),
-    })
+    runtime
+        .block_on(async {
+            let (reload, reloads) = tokio::sync::mpsc::channel(1);
+            let stop = signals(reload).map_err(node::NodeError::Io)?;
+            let controls = node::Controls { reload: Some(reloads), notifier: crate::notify::Notifier::from_env() };
+            node::run_with(config, sockets, stop, controls).await
+        })
+        .map_err(|e| CliError {
+            code: if matches!(e, node::NodeError::Identity(_)) { 2 } else { 1 },
+            message: e.to_string(),
+        })
 }
 
-/// Resolves on SIGTERM or SIGINT.
-async fn stop_signal() {
+/// Takes over SIGTERM, SIGINT and SIGHUP at once (so that none kills the process while the node
+/// starts), and returns a future that resolves on SIGTERM or SIGINT and asks for a reload on each
+/// SIGHUP.
+fn signals(reload: tokio::sync::mpsc::Sender<()>) -> std::io::Result<impl std::future::Future<Output = ()>> {
     use tokio::signal::unix::{signal, SignalKind};
-    let mut term = signal(SignalKind::terminate()).expect("SIGTERM handler");
-    let mut hup = signal(SignalKind::hangup()).expect("SIGHUP handler");
-    loop {
-        tokio::select! {
-            _ = term.recv() => return tracing::info!("SIGTERM: stopping"),
-            _ = tokio::signal::ctrl_c() => return tracing::info!("SIGINT: stopping"),
-            _ = hup.recv() => tracing::warn!("SIGHUP: reloading is not supported yet; restart the node to apply config changes"),
+    let mut term = signal(SignalKind::terminate())?;
+    let mut int = signal(SignalKind::interrupt())?;
+    let mut hup = signal(SignalKind::hangup())?;
+    Ok(async move {
+        loop {
+            tokio::select! {
+                _ = term.recv() => return tracing::info!("SIGTERM: stopping"),
+                _ = int.recv() => return tracing::info!("SIGINT: stopping"),
+                _ = hup.recv() => {
+                    tracing::info!("SIGHUP: reloading peers, services and tokens");
+                    // A reload already queued will read the file as it is now: one is enough.
+                    let _ = reload.try_send(());
+                }
+            }
         }
-    }
+    })
 }

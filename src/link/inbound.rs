@@ -60,6 +60,10 @@ pub(super) async fn connection(peers: Peers, inbound: Inbound, incoming: quinn::
                 connection.close(Code::ProtocolViolation.varint(), b"protocol violation");
                 return tracing::warn!(peer = %peer.name, "closed the connection of a peer that broke the protocol");
             }
+            () = peer.retired() => {
+                connection.close(Code::NotPinned.varint(), b"no longer pinned");
+                return tracing::info!(peer = %peer.name, "closed the connection of a peer that a reload removed or changed");
+            }
         }
     }
 }

@@ -280,8 +280,9 @@ impl Store {
         };
         let started = std::time::Instant::now();
         let (sent, outcome) = carrier.exchange(peer.to_owned(), request, file).await;
+        let elapsed = started.elapsed();
         let label = crate::metrics::PeerLabel { peer: peer.to_owned() };
-        self.metrics.sync_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        self.metrics.sync_duration.get_or_create(&label).observe(elapsed.as_secs_f64());
         let result = match &outcome {
             Ok(r) if r.is_success() => "success",
             Ok(_) => "failed",
@@ -289,6 +290,12 @@ impl Store {
             Err(_) => "unreachable",
         };
         self.metrics.sync_request(peer, "outgoing", result);
+        // Where every outgoing sync exchange ends: one line for it.
+        let (id, path, ms) = (&sent.id, &sent.path, format!("{:.1}", elapsed.as_secs_f64() * 1000.0));
+        match &outcome {
+            Ok(r) => tracing::info!(%id, %peer, %path, status = r.status, duration_ms = %ms, "exchange"),
+            Err(f) => tracing::info!(%id, %peer, %path, status = "failed", duration_ms = %ms, error = ?f, "exchange"),
+        }
         self.sync_exchanged(peer, &sent, &outcome).await;
         outcome
     }

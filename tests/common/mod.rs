@@ -149,8 +149,11 @@ impl Node {
 
 /// Binds the same ports again after a stop; tasks of the stopped node may hold them a moment.
 async fn rebind(api: SocketAddr, link: SocketAddr) -> Sockets {
+    // On a loaded machine (load 12+ on 2 cores) a node stopped in the middle of receiving a file
+    // was seen to hold its UDP port for 5 to 10 s after `node::run` returned (its closed
+    // connections still draining): wait up to 20 s.
     let mut last = String::new();
-    for _ in 0..250 {
+    for _ in 0..1000 {
         match (std::net::TcpListener::bind(api), std::net::UdpSocket::bind(link)) {
             (Ok(api), Ok(link)) => return Sockets { api, link },
             (a, l) => last = format!("api: {:?}, link: {:?}", a.err(), l.err()),
