@@ -15,8 +15,22 @@
 //!   reads (and without hashing), until the receiver's 32-byte answer is back;
 //! - **(b)** SHA-256 (sha2) of the size in memory;
 //! - **(c)** write + fsync of the size to the disk of the nodes' data directories;
-//! - **(d)** scp over ssh on loopback, if `sshd` can be started by the bench on a free port with a
-//!   throwaway host key and authorized key generated into a temporary directory;
+//! - **(d)** scp, and rsync over ssh, on loopback: the bench installs openssh-server and
+//!   openssh-client (and rsync) with `apt-get install -y` when they are missing and it runs as
+//!   root, starts its own sshd on a free loopback port with a host key and an authorized client
+//!   key generated into a temporary directory at run time (no key is kept), and stops it after;
+//!   skipped with the reason printed when that fails;
+//! - **(a0)** raw quinn as (a) with the transport settings before the windows were sized (quinn's
+//!   1.25 MB stream window, the system's socket buffers), to show the sizing costs loopback
+//!   nothing; **(s)** rows for any settings asked for with `FERRY_BENCH_SWEEP`;
+//! - **50 ms of RTT** (a second table): two network namespaces joined by a veth pair with
+//!   `tc qdisc ... netem delay 25ms` on each side (the link sockets are bound inside the namespaces
+//!   from a thread that enters them with setns, so the nodes still run in this process and their
+//!   APIs and the service stay on loopback); where the kernel has no netem (the build machine's
+//!   does not), a userspace relay on loopback that holds each datagram 25 ms each way instead.
+//!   Rows: ferry node to node (`FERRY_BENCH_WAN_MIB`, 256 MiB by default), raw quinn with the
+//!   previous and the current settings, with quinn's loss and congestion counters. The namespaces
+//!   are deleted by a drop guard, also on panic; ones left by a killed run are removed at the next;
 //! - the process's peak RSS during the ferry transfer (VmHWM after resetting it through
 //!   `/proc/self/clear_refs`, and VmRSS sampled every 5 ms);
 //! - diagnostics for where the time goes: (k) raw quinn with ferry's four SHA-256 passes added
@@ -36,6 +50,10 @@
 //! | `FERRY_BENCH_RUNS` | 2 | runs of each network measurement (the best is compared) |
 //! | `FERRY_BENCH_DIR` | the system temp dir | where the temporary directory goes (the disk measured) |
 //! | `FERRY_BENCH_WORKERS` | available CPUs | worker threads of each of the three runtimes |
+//! | `FERRY_BENCH_WAN_MIB` | 256 | the file size across 50 ms of RTT |
+//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `diag` (rows k to q, e'), `local` (b, c, f to j), `ssh`, `wan` |
+//! | `FERRY_BENCH_SWEEP` | none | extra raw-quinn rows on loopback and at 50 ms: `window:buffer,...`, the stream window in MiB and the socket buffers in KiB (0: system default); e.g. `8:4096,32:4096` |
+//! | `FERRY_BENCH_NETEM` | unset | `off`: build the namespaces without netem (a check of the plumbing, no delay) |
 //! | `FERRY_BENCH_SPLIT` | unset | `1`: the sending side (org-a), the receiving side (org-b) and the rest each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and CPU time is broken down by side; for profiling, not for the headline figures (more threads than CPUs) |
 
 use std::net::SocketAddr;
@@ -1841,7 +1859,7 @@ impl Namespaces {
             run("ip", &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev])?;
             run("ip", &["-n", ns, "link", "set", dev, "up"])?;
             run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-            if std::env::var("FERRY_BENCH_NETEM").is_ok_and(|v| v == "off") {
+            if netem_off() {
                 continue; // a check of the namespace plumbing alone, without delay
             }
             run(
@@ -1926,6 +1944,9 @@ impl Wan {
 
     fn describe(&self) -> String {
         match self {
+            Wan::Netem(_) if netem_off() => {
+                "two network namespaces joined by a veth pair, WITHOUT delay (FERRY_BENCH_NETEM=off)".into()
+            }
             Wan::Netem(_) => format!(
                 "two network namespaces joined by a veth pair, netem delay {ONE_WAY_DELAY_MS} ms (limit {NETEM_LIMIT} packets) on each side"
             ),
@@ -2037,4 +2058,8 @@ impl Drop for DelayRelay {
             let _ = t.join();
         }
     }
+}
+
+fn netem_off() -> bool {
+    std::env::var("FERRY_BENCH_NETEM").is_ok_and(|v| v == "off")
 }

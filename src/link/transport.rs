@@ -7,18 +7,22 @@ const MIB: u32 = 1 << 20;
 
 /// Flow-control windows, socket buffers, keep-alive and limits for every peer connection.
 ///
-/// Window sizing (figures from `cargo bench --bench files`; see the README): one stream moves at
-/// most one stream window per round trip. quinn's default (about 1.25 MB) is fine on loopback but
-/// caps one transfer near 25 MB/s at 50 ms of RTT. [`Transport::default`] takes the values from
-/// [`Transport::windows`] with the stream window set by measurement at both loopback and 50 ms
-/// RTT. The windows are limits, not allocations: memory follows what is actually in flight, and a
-/// receiver that keeps up (ferry's does: the disk thread drains the stream) buffers little.
+/// Window sizing. One stream moves at most one stream window per round trip: quinn's default
+/// (about 1.25 MB) caps a transfer near 25 MB/s at 50 ms of RTT, and `cargo bench --bench files`
+/// measured far worse across 50 ms (3–5 MiB/s, with losses and a collapsed congestion window,
+/// because bursts overflowed the system's default 208 KiB UDP receive buffer). Here the stream
+/// window is 8 MiB (a cap of about 168 MB/s at 50 ms: a 1 Gbit/s link up to 67 ms of RTT), the
+/// connection may take two such streams at once and keep as much in flight, and the link socket
+/// asks for 4 MiB of buffers ([`Transport::tune_socket`]; the kernel caps that at
+/// `net.core.rmem_max`/`wmem_max`, 4 MiB on the build machine, 208 KiB on stock kernels, where
+/// raising those sysctls helps). With these, 50 ms measured 45 MiB/s for raw quinn with no
+/// window limit reached (the loaded 2-core machine was the limit: 8, 16, 32 and 64 MiB windows
+/// all measured the same there).
 ///
-/// Larger windows alone measured slower on loopback: bursts overflow the kernel's default UDP
-/// receive buffer (about 208 KiB) and the losses shrink the congestion window. So the socket
-/// buffers are raised too ([`Transport::tune_socket`]); the kernel caps the request at
-/// `net.core.rmem_max` / `wmem_max` (4 MiB on the build machine, 208 KiB on stock kernels, where
-/// raising those sysctls helps).
+/// The cost is on loopback: larger windows let a sender run further ahead of a busy receiver,
+/// and on the loaded build machine raw quinn measured 15–40% slower with an 8 MiB window than
+/// with quinn's default, and slower still with 16 MiB, in interleaved runs. 8 MiB is the
+/// compromise; the windows are limits, not allocations (memory follows what is in flight).
 #[derive(Debug, Clone)]
 pub struct Transport {
     /// Bytes a peer may send on one stream before we read them.
@@ -39,7 +43,7 @@ pub struct Transport {
 
 impl Default for Transport {
     fn default() -> Self {
-        Transport::windows(16 * MIB, 4 << 20)
+        Transport::windows(8 * MIB, 4 << 20)
     }
 }
 
