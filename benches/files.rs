@@ -15,8 +15,22 @@
 //!   reads (and without hashing), until the receiver's 32-byte answer is back;
 //! - **(b)** SHA-256 (sha2) of the size in memory;
 //! - **(c)** write + fsync of the size to the disk of the nodes' data directories;
-//! - **(d)** scp over ssh on loopback, if `sshd` can be started by the bench on a free port with a
-//!   throwaway host key and authorized key generated into a temporary directory;
+//! - **(d)** scp, and rsync over ssh, on loopback: the bench installs openssh-server and
+//!   openssh-client (and rsync) with `apt-get install -y` when they are missing and it runs as
+//!   root, starts its own sshd on a free loopback port with a host key and an authorized client
+//!   key generated into a temporary directory at run time (no key is kept), and stops it after;
+//!   skipped with the reason printed when that fails;
+//! - **(a0)** raw quinn as (a) with the transport settings before the windows were sized (quinn's
+//!   1.25 MB stream window, the system's socket buffers), to show the sizing costs loopback
+//!   nothing; **(s)** rows for any settings asked for with `FERRY_BENCH_SWEEP`;
+//! - **50 ms of RTT** (a second table): two network namespaces joined by a veth pair with
+//!   `tc qdisc ... netem delay 25ms` on each side (the link sockets are bound inside the namespaces
+//!   from a thread that enters them with setns, so the nodes still run in this process and their
+//!   APIs and the service stay on loopback); where the kernel has no netem (the build machine's
+//!   does not), a userspace relay on loopback that holds each datagram 25 ms each way instead.
+//!   Rows: ferry node to node (`FERRY_BENCH_WAN_MIB`, 256 MiB by default), raw quinn with the
+//!   previous and the current settings, with quinn's loss and congestion counters. The namespaces
+//!   are deleted by a drop guard, also on panic; ones left by a killed run are removed at the next;
 //! - the process's peak RSS during the ferry transfer (VmHWM after resetting it through
 //!   `/proc/self/clear_refs`, and VmRSS sampled every 5 ms);
 //! - diagnostics for where the time goes: (k) raw quinn with ferry's four SHA-256 passes added
@@ -36,6 +50,10 @@
 //! | `FERRY_BENCH_RUNS` | 2 | runs of each network measurement (the best is compared) |
 //! | `FERRY_BENCH_DIR` | the system temp dir | where the temporary directory goes (the disk measured) |
 //! | `FERRY_BENCH_WORKERS` | available CPUs | worker threads of each of the three runtimes |
+//! | `FERRY_BENCH_WAN_MIB` | 256 | the file size across 50 ms of RTT |
+//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `diag` (rows k to q, e'), `local` (b, c, f to j), `ssh`, `wan` |
+//! | `FERRY_BENCH_SWEEP` | none | extra raw-quinn rows on loopback and at 50 ms: `window:buffer,...`, the stream window in MiB and the socket buffers in KiB (0: system default); e.g. `8:4096,32:4096` |
+//! | `FERRY_BENCH_NETEM` | unset | `off`: build the namespaces without netem (a check of the plumbing, no delay) |
 //! | `FERRY_BENCH_SPLIT` | unset | `1`: the sending side (org-a), the receiving side (org-b) and the rest each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and CPU time is broken down by side; for profiling, not for the headline figures (more threads than CPUs) |
 
 use std::net::SocketAddr;
@@ -83,6 +101,12 @@ struct Settings {
     dir: PathBuf,
     workers: usize,
     split: bool,
+    /// The file size across 50 ms of RTT.
+    wan_size: u64,
+    /// Parts left out (`FERRY_BENCH_SKIP`).
+    skip: Vec<String>,
+    /// Extra raw-quinn rows: (stream window, socket buffer) in bytes (`FERRY_BENCH_SWEEP`).
+    sweep: Vec<(u32, usize)>,
 }
 
 impl Settings {
@@ -101,7 +125,29 @@ impl Settings {
             dir: std::env::var_os("FERRY_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
             workers: var("FERRY_BENCH_WORKERS", std::thread::available_parallelism().map_or(2, |n| n.get()))?.max(1),
             split: std::env::var("FERRY_BENCH_SPLIT").is_ok_and(|v| v == "1"),
+            wan_size: var("FERRY_BENCH_WAN_MIB", 256u64)?.max(1) << 20,
+            skip: std::env::var("FERRY_BENCH_SKIP")
+                .unwrap_or_default()
+                .split(',')
+                .map(|p| p.trim().to_owned())
+                .filter(|p| !p.is_empty())
+                .collect(),
+            sweep: std::env::var("FERRY_BENCH_SWEEP")
+                .unwrap_or_default()
+                .split(',')
+                .filter(|p| !p.trim().is_empty())
+                .map(|p| {
+                    let (w, b) = p.trim().split_once(':').unwrap_or((p.trim(), "0"));
+                    let w: f64 = w.parse().map_err(|_| anyhow::anyhow!("FERRY_BENCH_SWEEP: bad window {w}"))?;
+                    let b: usize = b.parse().map_err(|_| anyhow::anyhow!("FERRY_BENCH_SWEEP: bad buffer {b}"))?;
+                    anyhow::Ok(((w * MIB) as u32, b << 10))
+                })
+                .collect::<anyhow::Result<_>>()?,
         })
+    }
+
+    fn runs(&self, part: &str) -> bool {
+        !self.skip.iter().any(|p| p == part)
     }
 }
 
@@ -192,7 +238,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
     println!("temporary directory (the disk measured): {}", root.path().display());
 
     let service = Service::start().await?;
-    let nodes = Nodes::start(root.path(), service.addr, runtimes).await?;
+    let nodes = Nodes::start(root.path(), service.addr, runtimes, None).await?;
     let source = nodes.a_dir.join("outbox/big.bin");
     let t = Instant::now();
     let source_sha = make_file(&source, size)?;
@@ -267,169 +313,227 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
         runs(n, "(a) raw quinn, 1 stream, receiver discards", note, async |_| quinn.raw(size, 0, 0, runtimes).await)
             .await?,
     );
-    figures.push(
-        runs(
-            n,
-            "(k) raw quinn + ferry's hashing: 2 SHA-256 passes each side",
-            "sender: per chunk + whole; receiver: per chunk + whole; inline, no files",
-            async |_| quinn.raw(size, 2, 2, runtimes).await,
-        )
-        .await?,
-    );
-    figures.push(
-        runs(
-            n,
-            "(l) raw quinn + 1 SHA-256 pass each side",
-            "the whole-file hash only (no per-chunk SHA-256); inline, no files",
-            async |_| quinn.raw(size, 1, 1, runtimes).await,
-        )
-        .await?,
-    );
-
-    // ferry's file code over raw quinn, without the nodes.
-    let folders = ferry::transfer::Folders::new(&root.path().join("transfer-only"), u64::MAX);
-    figures.push(
-        runs(
-            n,
-            "(e) ferry::transfer send → receive over raw quinn",
-            "src/transfer.rs alone: no nodes, store, HTTP or service",
-            async |run| {
-                let (secs, sha) = quinn.transfer(&source, &format!("bench-{run}"), &folders, runtimes).await?;
-                ensure!(hex::encode(sha) == source_sha, "ferry::transfer delivered another SHA-256");
-                Ok(secs)
-            },
-        )
-        .await?,
-    );
-    let into = root.path().join("prototype");
-    std::fs::create_dir_all(&into)?;
-    for per_chunk in [true, false] {
-        let (what, note) = if per_chunk {
-            (
-                "(p) prototype: pipelined, zero-copy, per-chunk SHA-256 kept",
-                "same frames and hashes as transfer.rs; file I/O and hashing on std threads beside the stream",
-            )
-        } else {
-            ("(q) prototype: as (p) without the per-chunk SHA-256", "whole-file SHA-256 only (FileChunk.sha256 unused)")
-        };
+    if settings.runs("diag") {
         figures.push(
-            runs(n, what, note, async |_| {
-                let (secs, sha) = quinn.pipelined(&source, &into, per_chunk, runtimes).await?;
-                ensure!(hex::encode(sha) == source_sha, "the prototype delivered another SHA-256");
-                Ok(secs)
-            })
+            runs(
+                n,
+                "(k) raw quinn + ferry's hashing: 2 SHA-256 passes each side",
+                "sender: per chunk + whole; receiver: per chunk + whole; inline, no files",
+                async |_| quinn.raw(size, 2, 2, runtimes).await,
+            )
             .await?,
         );
-    }
-    quinn.stop().await;
-    // The same file code with a stream window of several chunks instead of about one.
-    let window = STREAM_WINDOW_CHUNKS * PIECE as u32;
-    let wide = ferry::link::Transport {
-        stream_receive_window: window,
-        receive_window: 4 * window,
-        send_window: 4 * window as u64,
-        ..ferry::link::Transport::default()
-    };
-    let quinn = QuinnPair::start(runtimes, wide).await?;
-    figures.push(
-        runs(
-            n,
-            &format!("(e') as (e), stream window {STREAM_WINDOW_CHUNKS} MiB"),
-            &format!(
+        figures.push(
+            runs(
+                n,
+                "(l) raw quinn + 1 SHA-256 pass each side",
+                "the whole-file hash only (no per-chunk SHA-256); inline, no files",
+                async |_| quinn.raw(size, 1, 1, runtimes).await,
+            )
+            .await?,
+        );
+
+        // ferry's file code over raw quinn, without the nodes.
+        let folders = ferry::transfer::Folders::new(&root.path().join("transfer-only"), u64::MAX);
+        figures.push(
+            runs(
+                n,
+                "(e) ferry::transfer send → receive over raw quinn",
+                "src/transfer.rs alone: no nodes, store, HTTP or service",
+                async |run| {
+                    let (secs, sha) = quinn.transfer(&source, &format!("bench-{run}"), &folders, runtimes).await?;
+                    ensure!(hex::encode(sha) == source_sha, "ferry::transfer delivered another SHA-256");
+                    Ok(secs)
+                },
+            )
+            .await?,
+        );
+        let into = root.path().join("prototype");
+        std::fs::create_dir_all(&into)?;
+        for per_chunk in [true, false] {
+            let (what, note) = if per_chunk {
+                (
+                    "(p) prototype: pipelined, zero-copy, per-chunk SHA-256 kept",
+                    "same frames and hashes as transfer.rs; file I/O and hashing on std threads beside the stream",
+                )
+            } else {
+                (
+                    "(q) prototype: as (p) without the per-chunk SHA-256",
+                    "whole-file SHA-256 only (FileChunk.sha256 unused)",
+                )
+            };
+            figures.push(
+                runs(n, what, note, async |_| {
+                    let (secs, sha) = quinn.pipelined(&source, &into, per_chunk, runtimes).await?;
+                    ensure!(hex::encode(sha) == source_sha, "the prototype delivered another SHA-256");
+                    Ok(secs)
+                })
+                .await?,
+            );
+        }
+        quinn.stop().await;
+        // The same file code with a stream window of several chunks instead of about one.
+        let window = STREAM_WINDOW_CHUNKS * PIECE as u32;
+        let wide = ferry::link::Transport {
+            stream_receive_window: window,
+            receive_window: 4 * window,
+            send_window: 4 * window as u64,
+            ..ferry::link::Transport::default()
+        };
+        let quinn = QuinnPair::start(runtimes, wide).await?;
+        figures.push(
+            runs(
+                n,
+                &format!("(e') as (e), stream window {STREAM_WINDOW_CHUNKS} MiB"),
+                &format!(
                 "Transport {{ stream_receive_window: {} MiB, receive_window and send_window: {} MiB }}; else as (e)",
                 STREAM_WINDOW_CHUNKS,
                 4 * STREAM_WINDOW_CHUNKS
             ),
-            async |run| {
-                let (secs, sha) = quinn.transfer(&source, &format!("wide-{run}"), &folders, runtimes).await?;
-                ensure!(hex::encode(sha) == source_sha, "ferry::transfer delivered another SHA-256");
-                Ok(secs)
-            },
-        )
-        .await?,
-    );
-    quinn.stop().await;
-    let _ = std::fs::remove_dir_all(&into);
-    let _ = std::fs::remove_dir_all(root.path().join("transfer-only"));
+                async |run| {
+                    let (secs, sha) = quinn.transfer(&source, &format!("wide-{run}"), &folders, runtimes).await?;
+                    ensure!(hex::encode(sha) == source_sha, "ferry::transfer delivered another SHA-256");
+                    Ok(secs)
+                },
+            )
+            .await?,
+        );
+        quinn.stop().await;
+        let _ = std::fs::remove_dir_all(&into);
+        let _ = std::fs::remove_dir_all(root.path().join("transfer-only"));
+    } else {
+        quinn.stop().await;
+    }
 
-    // (b) SHA-256 in memory.
-    let mut data = vec![0u8; size as usize];
-    fill(&mut data, 7);
-    figures.push(
-        runs(1, "(b) SHA-256 in memory (sha2)", "one thread", async |_| {
-            let t = Instant::now();
-            std::hint::black_box(Sha256::digest(&data));
-            Ok(t.elapsed().as_secs_f64())
+    // The windows before they were sized (quinn's stream window, default socket buffers), and
+    // any asked for with FERRY_BENCH_SWEEP.
+    let mut settings_tried =
+        vec![(previous_transport(), "(a0) as (a) hashing, previous windows".to_owned(), previous_note())];
+    for &(window, buffer) in &settings.sweep {
+        let t = ferry::link::Transport::windows(window, buffer);
+        settings_tried.push((t.clone(), format!("(s) as (a) hashing, {}", describe(&t)), String::new()));
+    }
+    for (transport, what, note) in settings_tried {
+        let quinn = QuinnPair::start(runtimes, transport).await?;
+        figures.push(runs(n, &what, &note, async |_| quinn.raw(size, 0, 1, runtimes).await).await?);
+        quinn.stop().await;
+    }
+    if settings.runs("local") {
+        // (b) SHA-256 in memory.
+        let mut data = vec![0u8; size as usize];
+        fill(&mut data, 7);
+        figures.push(
+            runs(1, "(b) SHA-256 in memory (sha2)", "one thread", async |_| {
+                let t = Instant::now();
+                std::hint::black_box(Sha256::digest(&data));
+                Ok(t.elapsed().as_secs_f64())
+            })
+            .await?,
+        );
+        drop(data);
+
+        // (c) write + fsync; reads of the source; each side's file work without network.
+        let scratch = root.path().join("scratch.bin");
+        let one = async |what: &str, note: &str, f: &mut dyn FnMut() -> anyhow::Result<f64>| {
+            runs(1, what, note, async |_| f()).await
+        };
+        let mut fsync = 0.0;
+        let mut figure =
+            one("(c) write + fsync (std::fs, 1 MiB writes)", "", &mut || write_fsync_std(&scratch, size, &mut fsync))
+                .await?;
+        figure.note = format!("same disk as the data dirs; the final fsync took {fsync:.2} s of it");
+        figures.push(figure);
+        std::fs::remove_file(&scratch)?;
+        let mut figure = runs(1, "(j) write + fsync (tokio::fs, 1 MiB writes)", "", async |_| {
+            write_fsync_tokio(&scratch, size, &mut fsync).await
         })
-        .await?,
-    );
-    drop(data);
+        .await?;
+        figure.note = format!("as transfer::receive writes; the final flush + fsync took {fsync:.2} s of it");
+        figures.push(figure);
+        std::fs::remove_file(&scratch)?;
+        figures.push(one("(f) read the source (std::fs, 1 MiB reads)", "page cache", &mut || read_std(&source)).await?);
+        figures.push(
+            runs(
+                1,
+                "(g) read the source (tokio::fs, 1 MiB reads)",
+                "as transfer::send reads; page cache",
+                async |_| read_tokio(&source, false).await,
+            )
+            .await?,
+        );
+        figures.push(
+            runs(
+                1,
+                "(h) sender's file work, no network",
+                "tokio::fs reads + SHA-256 per chunk + whole, one after the other as in transfer::send",
+                async |_| read_tokio(&source, true).await,
+            )
+            .await?,
+        );
+        figures.push(
+            runs(
+                1,
+                "(i) receiver's file work, no network",
+                "SHA-256 per chunk + whole + tokio::fs writes + fsync, one after the other as in transfer::receive",
+                async |_| receiver_work(&scratch, size).await,
+            )
+            .await?,
+        );
+        std::fs::remove_file(&scratch)?;
+    }
 
-    // (c) write + fsync; reads of the source; each side's file work without network.
-    let scratch = root.path().join("scratch.bin");
-    let one = async |what: &str, note: &str, f: &mut dyn FnMut() -> anyhow::Result<f64>| {
-        runs(1, what, note, async |_| f()).await
-    };
-    let mut fsync = 0.0;
-    let mut figure =
-        one("(c) write + fsync (std::fs, 1 MiB writes)", "", &mut || write_fsync_std(&scratch, size, &mut fsync))
-            .await?;
-    figure.note = format!("same disk as the data dirs; the final fsync took {fsync:.2} s of it");
-    figures.push(figure);
-    std::fs::remove_file(&scratch)?;
-    let mut figure = runs(1, "(j) write + fsync (tokio::fs, 1 MiB writes)", "", async |_| {
-        write_fsync_tokio(&scratch, size, &mut fsync).await
-    })
-    .await?;
-    figure.note = format!("as transfer::receive writes; the final flush + fsync took {fsync:.2} s of it");
-    figures.push(figure);
-    std::fs::remove_file(&scratch)?;
-    figures.push(one("(f) read the source (std::fs, 1 MiB reads)", "page cache", &mut || read_std(&source)).await?);
-    figures.push(
-        runs(1, "(g) read the source (tokio::fs, 1 MiB reads)", "as transfer::send reads; page cache", async |_| {
-            read_tokio(&source, false).await
-        })
-        .await?,
-    );
-    figures.push(
-        runs(
-            1,
-            "(h) sender's file work, no network",
-            "tokio::fs reads + SHA-256 per chunk + whole, one after the other as in transfer::send",
-            async |_| read_tokio(&source, true).await,
-        )
-        .await?,
-    );
-    figures.push(
-        runs(
-            1,
-            "(i) receiver's file work, no network",
-            "SHA-256 per chunk + whole + tokio::fs writes + fsync, one after the other as in transfer::receive",
-            async |_| receiver_work(&scratch, size).await,
-        )
-        .await?,
-    );
-    std::fs::remove_file(&scratch)?;
+    // (d) scp and rsync over ssh.
+    let mut scp = None;
+    if settings.runs("ssh") {
+        match Sshd::start(root.path()) {
+            Err(reason) => notes.push(format!("(d) scp: skipped: {reason}")),
+            Ok(sshd) => {
+                let mut tools = vec!["scp"];
+                match rsync_available() {
+                    Ok(()) => tools.push("rsync"),
+                    Err(reason) => notes.push(format!("(d) rsync: skipped: {reason}")),
+                }
+                for tool in tools {
+                    let mut failed = None;
+                    let figure = runs(n, &format!("(d) {tool} over ssh, loopback"), "", async |_| {
+                        sshd.copy(tool, &source, size).map_err(|e| anyhow::anyhow!(e))
+                    })
+                    .await;
+                    match figure {
+                        Ok(mut f) => {
+                            f.note = if tool == "scp" {
+                                scp = Some(f.best());
+                                "OpenSSH's default cipher".into()
+                            } else {
+                                "rsync -e ssh --whole-file, default cipher".into()
+                            };
+                            figures.push(f);
+                        }
+                        Err(e) => failed = Some(e.to_string()),
+                    }
+                    if let Some(reason) = failed {
+                        notes.push(format!("(d) {tool}: skipped: {reason}"));
+                    }
+                }
+            }
+        }
+    }
 
-    // (d) scp.
-    let scp = match scp(&source, root.path(), size) {
-        Ok(secs) => {
-            eprintln!("  scp: {secs:.2} s");
-            figures.push(Figure {
-                what: "(d) scp over ssh, loopback".into(),
-                seconds: vec![secs],
-                cpu: None,
-                note: "default cipher".into(),
-            });
-            Some(secs)
+    // 50 ms of RTT.
+    let (mut wan_figures, mut wan_how) = (Vec::new(), String::new());
+    if settings.runs("wan") {
+        match Wan::build() {
+            Err(reason) => notes.push(format!("50 ms RTT: skipped: {reason}")),
+            Ok(wan) => {
+                wan_how = wan.describe();
+                wan_figures = across_wan(&wan, settings, runtimes, root.path(), &service, &client).await?;
+                drop(wan);
+            }
         }
-        Err(reason) => {
-            notes.push(format!("(d) scp: skipped: {reason}"));
-            None
-        }
-    };
+    }
 
     report(settings, &figures, &rss, scp, &notes);
+    report_wan(settings, &wan_figures, &wan_how);
     std::fs::remove_file(&source)?;
     drop(root);
     Ok(())
@@ -474,7 +578,7 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
                 ),
                 None => (String::new(), String::new()),
             }
-        } else if f.what.starts_with("(d)") {
+        } else if f.what.starts_with("(d) scp") {
             (
                 format!("ferry ≥ {TARGET_TIMES_SCP}× scp"),
                 pass(best / ferry >= TARGET_TIMES_SCP).to_owned() + &format!(" ({:.2}×)", best / ferry),
@@ -576,6 +680,166 @@ fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
         out.push(line(r.iter().enumerate().map(|(i, c)| pad(c, i)).collect()));
     }
     out.join("\n")
+}
+
+/// The transport settings before the windows were sized: quinn's stream window (1.25 MB), the
+/// system's socket buffers.
+fn previous_transport() -> ferry::link::Transport {
+    ferry::link::Transport {
+        stream_receive_window: 1_250_000,
+        receive_window: 16 * 1_250_000,
+        send_window: 8 * 1_250_000,
+        socket_buffer: 0,
+        ..ferry::link::Transport::default()
+    }
+}
+
+fn previous_note() -> String {
+    format!("{}; now: {}", describe(&previous_transport()), describe(&ferry::link::Transport::default()))
+}
+
+/// `stream 16 MiB, conn 32 MiB, send 32 MiB, sockbuf 4096 KiB`.
+fn describe(t: &ferry::link::Transport) -> String {
+    let mib = |b: f64| {
+        let m = b / MIB;
+        if (m - m.round()).abs() < 0.01 {
+            format!("{m:.0} MiB")
+        } else {
+            format!("{m:.2} MiB")
+        }
+    };
+    format!(
+        "stream window {}, conn {}, send {}, socket buffers {}",
+        mib(t.stream_receive_window as f64),
+        mib(t.receive_window as f64),
+        mib(t.send_window as f64),
+        if t.socket_buffer == 0 { "system default".to_owned() } else { format!("{} KiB asked", t.socket_buffer >> 10) }
+    )
+}
+
+/// One synchronous request with `file` from org-a's API; seconds until the service was called,
+/// and until the answer. The received file is checked for its size and removed.
+async fn ferry_once(
+    client: &reqwest::Client,
+    api: SocketAddr,
+    service: &Service,
+    source: &Path,
+    size: u64,
+) -> anyhow::Result<(f64, f64)> {
+    service.reset();
+    let t0 = Instant::now();
+    let response = client
+        .post(format!("http://{api}/v1/requests"))
+        .json(&json!({
+            "peer": "org-b", "service": "1", "path": "/upload", "method": "POST",
+            "file": source, "file_field": "file", "timeout_ms": 600_000,
+        }))
+        .send()
+        .await?;
+    let status = response.status();
+    let envelope: Value = response.json().await?;
+    let total = t0.elapsed().as_secs_f64();
+    ensure!(status == 200 && envelope["data"]["status"] == 200, "the ferry request failed: {status} {envelope}");
+    let (called, path) = service.called().context("the service was not called")?;
+    let got = std::fs::metadata(&path).with_context(|| format!("the received file {}", path.display()))?.len();
+    ensure!(got == size, "the service got a file of {got} bytes, not {size}");
+    std::fs::remove_file(&path)?;
+    Ok((called.duration_since(t0).as_secs_f64(), total))
+}
+
+/// Across the namespaces of `wan`: raw quinn with the previous and the current transport
+/// settings, then two nodes with their link sockets in the namespaces (org-a in `a`, org-b in
+/// `b`; their APIs, the host client and the service stay on this process's loopback).
+async fn across_wan(
+    wan: &Wan,
+    settings: &Settings,
+    runtimes: &Runtimes,
+    root: &Path,
+    service: &Service,
+    client: &reqwest::Client,
+) -> anyhow::Result<Vec<Figure>> {
+    let (size, n) = (settings.wan_size, settings.runs);
+    let mut figures = Vec::new();
+    let mut tried = vec![(previous_transport(), "raw quinn, receiver hashes, previous windows".to_owned())];
+    tried.push((ferry::link::Transport::default(), "raw quinn, receiver hashes, ferry's windows".to_owned()));
+    for &(window, buffer) in &settings.sweep {
+        let t = ferry::link::Transport::windows(window, buffer);
+        tried.push((t.clone(), format!("(s) raw quinn, receiver hashes, {}", describe(&t))));
+    }
+    for (i, (transport, what)) in tried.into_iter().enumerate() {
+        let note = describe(&transport);
+        let link = wan.link()?;
+        let quinn = QuinnPair::start_on(runtimes, transport, link.a, link.b, Some(link.a_to_b)).await?;
+        // The previous windows take a minute a run here: one run is enough to show it.
+        let n = if i == 0 { 1 } else { n };
+        let before = quinn.connection.stats().path;
+        let mut figure = runs(n, &what, &note, async |_| quinn.raw(size, 0, 1, runtimes).await).await?;
+        let after = quinn.connection.stats().path;
+        figure.note = format!(
+            "{note}; RTT seen by quinn {:.1} ms, {} of {} packets lost, {} congestion events, final cwnd {:.1} MiB",
+            quinn.connection.rtt().as_secs_f64() * 1e3,
+            after.lost_packets - before.lost_packets,
+            after.sent_packets - before.sent_packets,
+            after.congestion_events - before.congestion_events,
+            after.cwnd as f64 / MIB
+        );
+        quinn.stop().await;
+        drop(link._relay);
+        figures.push(figure);
+    }
+
+    let dir = root.join("wan");
+    std::fs::create_dir_all(&dir)?;
+    let link = wan.link()?;
+    let nodes = Nodes::start(&dir, service.addr, runtimes, Some((link.a, link.b, link.a_to_b, link.b_to_a))).await?;
+    let source = nodes.a_dir.join("outbox/wan.bin");
+    make_file(&source, size)?;
+    nodes.warm_up(client).await?;
+    let mut answered = f64::INFINITY;
+    let mut figure = runs(n, "ferry: request → service called", "", async |_| {
+        let (called, total) = ferry_once(client, nodes.a_api, service, &source, size).await?;
+        answered = answered.min(total - called);
+        Ok(called)
+    })
+    .await?;
+    figure.note = format!(
+        "two nodes, {}; the answer came {answered:.3} s after the service call",
+        describe(&ferry::link::Transport::default())
+    );
+    figures.insert(0, figure);
+    nodes.stop().await;
+    drop(link._relay);
+    let _ = std::fs::remove_dir_all(&dir);
+    Ok(figures)
+}
+
+fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
+    let Some(ferry) = figures.first().map(Figure::best) else { return };
+    let size = settings.wan_size as f64;
+    println!("\n{} from org-a to org-b across {} ms of RTT: {how}\n", human(settings.wan_size), 2 * ONE_WAY_DELAY_MS);
+    let headers =
+        ["measurement", "runs (s)", "best (s)", "GB/s", "MiB/s", "ferry ÷ this", "CPU s", "others' CPUs", "note"];
+    let rows: Vec<Vec<String>> = figures
+        .iter()
+        .enumerate()
+        .map(|(i, f)| {
+            let best = f.best();
+            vec![
+                f.what.clone(),
+                f.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
+                format!("{best:.2}"),
+                format!("{:.2}", size / best / 1e9),
+                format!("{:.0}", size / best / MIB),
+                if i == 0 { String::new() } else { format!("{:.2}", best / ferry) },
+                f.cpu.as_ref().map_or(String::new(), |c| c.summary(false)),
+                f.cpu.as_ref().and_then(|c| c.others_share).map_or(String::new(), |o| format!("{o:.2}")),
+                f.note.clone(),
+            ]
+        })
+        .collect();
+    println!("{}", render(&headers, &rows, false));
+    println!("\nMarkdown:\n");
+    println!("{}", render(&headers, &rows, true));
 }
 
 fn human(bytes: u64) -> String {
@@ -925,14 +1189,22 @@ struct Nodes {
 }
 
 impl Nodes {
-    async fn start(root: &Path, service: SocketAddr, runtimes: &Runtimes) -> anyhow::Result<Nodes> {
-        let sockets = || -> std::io::Result<Sockets> {
-            Ok(Sockets {
-                api: std::net::TcpListener::bind("127.0.0.1:0")?,
-                link: std::net::UdpSocket::bind("127.0.0.1:0")?,
-            })
+    /// With `links`, the nodes' link sockets (org-a's, org-b's) and the addresses at which each
+    /// reaches the other, else both on loopback; their APIs are on loopback either way.
+    async fn start(
+        root: &Path,
+        service: SocketAddr,
+        runtimes: &Runtimes,
+        links: Option<(std::net::UdpSocket, std::net::UdpSocket, SocketAddr, SocketAddr)>,
+    ) -> anyhow::Result<Nodes> {
+        let (a_link, b_link, a_to_b, b_to_a) = match links {
+            Some((a, b, a_to_b, b_to_a)) => (a, b, Some(a_to_b), Some(b_to_a)),
+            None => (std::net::UdpSocket::bind("127.0.0.1:0")?, std::net::UdpSocket::bind("127.0.0.1:0")?, None, None),
         };
-        let (a, b) = (sockets()?, sockets()?);
+        let sockets = |link| -> std::io::Result<Sockets> {
+            Ok(Sockets { api: std::net::TcpListener::bind("127.0.0.1:0")?, link })
+        };
+        let (a, b) = (sockets(a_link)?, sockets(b_link)?);
         let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
         let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
         let (a_dir, b_dir) = (root.join("org-a"), root.join("org-b"));
@@ -940,8 +1212,8 @@ impl Nodes {
         init::init(&b_dir, "org-b", b_link, b_api)?;
         let conf = |d: &Path| d.join("config/ferry.toml");
         let cert = |d: &Path| d.join("certs/node.pem");
-        edit::add_peer(&conf(&a_dir), "org-b", &b_link.to_string(), &cert(&b_dir))?;
-        edit::add_peer(&conf(&b_dir), "org-a", &a_link.to_string(), &cert(&a_dir))?;
+        edit::add_peer(&conf(&a_dir), "org-b", &a_to_b.unwrap_or(b_link).to_string(), &cert(&b_dir))?;
+        edit::add_peer(&conf(&b_dir), "org-a", &b_to_a.unwrap_or(a_link).to_string(), &cert(&a_dir))?;
         edit::add_service(&conf(&b_dir), "1", &format!("http://{service}"), &["org-a".to_owned()])?;
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
@@ -1015,7 +1287,23 @@ struct QuinnPair {
 }
 
 impl QuinnPair {
+    /// On loopback.
     async fn start(runtimes: &Runtimes, transport: ferry::link::Transport) -> anyhow::Result<QuinnPair> {
+        let socket = || std::net::UdpSocket::bind("127.0.0.1:0");
+        QuinnPair::start_on(runtimes, transport, socket()?, socket()?, None).await
+    }
+
+    /// The client on `client_socket`, the server on `server_socket`; both tuned as ferry's link
+    /// tunes its socket.
+    async fn start_on(
+        runtimes: &Runtimes,
+        transport: ferry::link::Transport,
+        client_socket: std::net::UdpSocket,
+        server_socket: std::net::UdpSocket,
+        server_addr: Option<SocketAddr>,
+    ) -> anyhow::Result<QuinnPair> {
+        transport.tune_socket(&client_socket)?;
+        transport.tune_socket(&server_socket)?;
         let server_id = Identity::generate("bench-server")?;
         let client_id = Identity::generate("bench-client")?;
         let peers = Peers::default();
@@ -1031,9 +1319,14 @@ impl QuinnPair {
 
         let server = {
             let _guard = runtimes.recv.enter();
-            quinn::Endpoint::server(server_config, "127.0.0.1:0".parse()?)?
+            quinn::Endpoint::new(
+                quinn::EndpointConfig::default(),
+                Some(server_config),
+                server_socket,
+                Arc::new(quinn::TokioRuntime),
+            )?
         };
-        let addr = server.local_addr()?;
+        let addr = server_addr.map_or_else(|| server.local_addr(), Ok)?;
         let accepting = {
             let server = server.clone();
             runtimes.recv.spawn(async move {
@@ -1043,7 +1336,7 @@ impl QuinnPair {
         };
         let client = {
             let _guard = runtimes.send.enter();
-            quinn::Endpoint::client("127.0.0.1:0".parse()?)?
+            quinn::Endpoint::new(quinn::EndpointConfig::default(), None, client_socket, Arc::new(quinn::TokioRuntime))?
         };
         let connection = {
             let client = client.clone();
@@ -1285,7 +1578,7 @@ impl QuinnPair {
 }
 
 // ---------------------------------------------------------------------------------------------
-// scp
+// scp and rsync over ssh
 // ---------------------------------------------------------------------------------------------
 
 /// Finds `name` in `PATH` or in the usual sbin folders.
@@ -1307,97 +1600,466 @@ impl Drop for Kill {
     }
 }
 
-/// Copies `source` with scp to a throwaway sshd on loopback; seconds, or why it was skipped.
-fn scp(source: &Path, root: &Path, size: u64) -> Result<f64, String> {
-    let sshd = which("sshd").ok_or("no sshd (looked in PATH, /usr/sbin, /usr/local/sbin, /sbin)")?;
-    let keygen = which("ssh-keygen").ok_or("no ssh-keygen")?;
-    let scp = which("scp").ok_or("no scp")?;
-    let dir = tempfile::Builder::new().prefix("ssh-").tempdir_in(root).map_err(|e| e.to_string())?;
-    let d = dir.path();
-    for key in ["host_key", "user_key"] {
-        let status = Command::new(&keygen)
-            .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-            .arg(d.join(key))
-            .stdin(Stdio::null())
-            .status()
-            .map_err(|e| format!("ssh-keygen: {e}"))?;
-        if !status.success() {
-            return Err(format!("ssh-keygen failed: {status}"));
-        }
+fn is_root() -> bool {
+    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
+}
+
+/// Installs Debian `packages` with apt-get, non-interactively (after one `apt-get update` if the
+/// first attempt fails); why not, if it did not work.
+fn apt_install(packages: &[&str]) -> Result<(), String> {
+    if !is_root() {
+        return Err(format!("not root, so {} cannot be installed here", packages.join(" and ")));
     }
-    std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
-    let port =
-        std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-    let config = format!(
-        "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\nPidFile {pid}\n\
-         StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-         PubkeyAuthentication yes\nLogLevel ERROR\nSubsystem sftp internal-sftp\n",
-        host = d.join("host_key").display(),
-        auth = d.join("authorized_keys").display(),
-        pid = d.join("sshd.pid").display(),
-    );
-    std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
-    let _sshd = Kill(
-        Command::new(&sshd)
+    let apt = which("apt-get").ok_or("no apt-get to install it with")?;
+    let install = || {
+        Command::new(&apt)
+            .args(["install", "-y", "-q", "--no-install-recommends"])
+            .args(packages)
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .stdin(Stdio::null())
+            .output()
+    };
+    eprintln!("  installing {} with apt-get", packages.join(", "));
+    let first = install().map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if first.status.success() {
+        return Ok(());
+    }
+    let _ = Command::new(&apt)
+        .args(["update", "-q"])
+        .env("DEBIAN_FRONTEND", "noninteractive")
+        .stdin(Stdio::null())
+        .output();
+    let second = install().map_err(|e| format!("cannot run apt-get: {e}"))?;
+    if second.status.success() {
+        Ok(())
+    } else {
+        let err = String::from_utf8_lossy(&second.stderr);
+        Err(format!(
+            "apt-get install {} failed ({}): {}",
+            packages.join(" "),
+            second.status,
+            err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
+        ))
+    }
+}
+
+/// A throwaway sshd on a free loopback port, with a host key and one authorized client key
+/// generated into a temporary directory at run time; stopped (and the keys deleted) when dropped.
+struct Sshd {
+    port: u16,
+    /// The client's private key (in `dir`).
+    key: PathBuf,
+    user: String,
+    _sshd: Kill,
+    dir: tempfile::TempDir,
+}
+
+impl Sshd {
+    /// Makes sure sshd, ssh and scp are there (installing openssh-server and openssh-client if
+    /// sshd is missing) and starts sshd; why not, if it could not.
+    fn start(root: &Path) -> Result<Sshd, String> {
+        if which("sshd").is_none() || which("scp").is_none() || which("ssh").is_none() {
+            apt_install(&["openssh-server", "openssh-client"])?;
+        }
+        let sshd = which("sshd").ok_or("no sshd even after installing openssh-server")?;
+        let keygen = which("ssh-keygen").ok_or("no ssh-keygen")?;
+        // sshd refuses to start without its privilege separation directory.
+        let _ = std::fs::create_dir_all("/run/sshd");
+        let dir = tempfile::Builder::new().prefix("ssh-").tempdir_in(root).map_err(|e| e.to_string())?;
+        let d = dir.path();
+        for key in ["host_key", "user_key"] {
+            let status = Command::new(&keygen)
+                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
+                .arg(d.join(key))
+                .stdin(Stdio::null())
+                .status()
+                .map_err(|e| format!("ssh-keygen: {e}"))?;
+            if !status.success() {
+                return Err(format!("ssh-keygen failed: {status}"));
+            }
+        }
+        std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
+        let port =
+            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
+        let config = format!(
+            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\nPidFile {pid}\n\
+             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
+             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nLogLevel ERROR\n\
+             Subsystem sftp internal-sftp\n",
+            host = d.join("host_key").display(),
+            auth = d.join("authorized_keys").display(),
+            pid = d.join("sshd.pid").display(),
+        );
+        std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
+        let log = std::fs::File::create(d.join("sshd.log")).map_err(|e| e.to_string())?;
+        let child = Command::new(&sshd)
             .arg("-D")
             .arg("-e")
             .arg("-f")
             .arg(d.join("sshd_config"))
             .stdin(Stdio::null())
             .stdout(Stdio::null())
-            .stderr(Stdio::from(std::fs::File::create(d.join("sshd.log")).map_err(|e| e.to_string())?))
+            .stderr(Stdio::from(log))
             .spawn()
-            .map_err(|e| format!("cannot start sshd: {e}"))?,
-    );
-    let up = (0..250).any(|_| {
-        std::thread::sleep(Duration::from_millis(20));
-        std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-    });
-    let log = || std::fs::read_to_string(d.join("sshd.log")).unwrap_or_default().trim().replace('\n', "; ");
-    if !up {
-        return Err(format!("sshd did not listen on port {port}: {}", log()));
+            .map_err(|e| format!("cannot start sshd: {e}"))?;
+        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
+            Command::new("id")
+                .arg("-un")
+                .output()
+                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
+                .unwrap_or_default()
+        });
+        let sshd = Sshd { port, key: d.join("user_key"), user, _sshd: Kill(child), dir };
+        let up = (0..250).any(|_| {
+            std::thread::sleep(Duration::from_millis(20));
+            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
+        });
+        if !up {
+            return Err(format!("sshd did not listen on port {port}: {}", sshd.log()));
+        }
+        Ok(sshd)
     }
-    let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
-        Command::new("id")
-            .arg("-un")
-            .output()
-            .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-            .unwrap_or_default()
-    });
-    let dest = d.join("copy.bin");
-    let t = Instant::now();
-    let output = Command::new(&scp)
-        .args(["-q", "-P", &port.to_string(), "-i"])
-        .arg(d.join("user_key"))
-        .args([
-            "-o",
+
+    fn log(&self) -> String {
+        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default().trim().replace('\n', "; ")
+    }
+
+    /// The client options: the throwaway key only, no host key checks (the host key is new each
+    /// run), never a prompt.
+    fn options(&self) -> Vec<String> {
+        let mut o = vec!["-i".to_owned(), self.key.display().to_string()];
+        for opt in [
             "StrictHostKeyChecking=no",
-            "-o",
             "UserKnownHostsFile=/dev/null",
-            "-o",
             "BatchMode=yes",
-            "-o",
             "IdentitiesOnly=yes",
-            "-o",
             "LogLevel=ERROR",
-        ])
-        .arg(source)
-        .arg(format!("{user}@127.0.0.1:{}", dest.display()))
+        ] {
+            o.extend(["-o".to_owned(), opt.to_owned()]);
+        }
+        o
+    }
+
+    /// Copies `source` into the temporary directory with `tool` (`scp`, or `rsync -e ssh`), checks
+    /// the size that arrived and removes the copy; seconds.
+    fn copy(&self, tool: &str, source: &Path, size: u64) -> Result<f64, String> {
+        let dest = self.dir.path().join(format!("copy-{tool}.bin"));
+        let target = format!("{}@127.0.0.1:{}", self.user, dest.display());
+        let mut command = match tool {
+            "scp" => {
+                let mut c = Command::new(which("scp").ok_or("no scp")?);
+                c.args(["-q", "-P", &self.port.to_string()]).args(self.options()).arg(source).arg(&target);
+                c
+            }
+            "rsync" => {
+                let ssh = which("ssh").ok_or("no ssh")?;
+                let mut c = Command::new(which("rsync").ok_or("no rsync")?);
+                // --whole-file: the destination is new anyway; rsync's own checksums stay on.
+                c.args(["-q", "--whole-file", "-e"])
+                    .arg(format!("{} -p {} {}", ssh.display(), self.port, self.options().join(" ")))
+                    .arg(source)
+                    .arg(&target);
+                c
+            }
+            other => return Err(format!("unknown copy tool {other}")),
+        };
+        let t = Instant::now();
+        let output = command.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {tool}: {e}"))?;
+        let secs = t.elapsed().as_secs_f64();
+        if !output.status.success() {
+            return Err(format!(
+                "{tool} failed ({}): {}; sshd: {}",
+                output.status,
+                String::from_utf8_lossy(&output.stderr).trim(),
+                self.log()
+            ));
+        }
+        let got = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
+        let _ = std::fs::remove_file(&dest);
+        if got != size {
+            return Err(format!("{tool} copied {got} of {size} bytes"));
+        }
+        Ok(secs)
+    }
+}
+
+/// Whether rsync is there, installing it if not; why not, if it could not be.
+fn rsync_available() -> Result<(), String> {
+    if which("rsync").is_none() {
+        apt_install(&["rsync"])?;
+    }
+    which("rsync").map(|_| ()).ok_or_else(|| "no rsync even after installing it".into())
+}
+
+// ---------------------------------------------------------------------------------------------
+// 50 ms of RTT: two network namespaces joined by a veth pair, netem on each side
+// ---------------------------------------------------------------------------------------------
+
+/// The one-way delay netem adds on each side of the veth pair (so the RTT is twice this).
+const ONE_WAY_DELAY_MS: u32 = 25;
+/// Packets netem may hold per side: its default (1000) would itself cap a flow at about
+/// 1000 × 1.4 kB per 25 ms, far below what is measured.
+const NETEM_LIMIT: u32 = 200_000;
+
+fn run(program: &str, args: &[&str]) -> Result<(), String> {
+    let output = Command::new(program)
+        .args(args)
         .stdin(Stdio::null())
         .output()
-        .map_err(|e| format!("cannot run scp: {e}"))?;
-    let secs = t.elapsed().as_secs_f64();
-    if !output.status.success() {
-        return Err(format!(
-            "scp failed ({}): {}; sshd: {}",
+        .map_err(|e| format!("cannot run {program}: {e}"))?;
+    if output.status.success() {
+        Ok(())
+    } else {
+        Err(format!(
+            "`{program} {}` failed ({}): {}",
+            args.join(" "),
             output.status,
-            String::from_utf8_lossy(&output.stderr).trim(),
-            log()
-        ));
+            String::from_utf8_lossy(&output.stderr).trim()
+        ))
     }
-    let got = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
-    if got != size {
-        return Err(format!("scp copied {got} of {size} bytes"));
+}
+
+/// Two network namespaces, `a` and `b`, joined by a veth pair whose ends have
+/// [`ONE_WAY_DELAY_MS`] of netem delay each; both namespaces (and with them the pair) are
+/// deleted when this is dropped, also when the bench panics.
+struct Namespaces {
+    a: String,
+    b: String,
+    a_ip: std::net::IpAddr,
+    b_ip: std::net::IpAddr,
+}
+
+impl Namespaces {
+    const PREFIX: &str = "ferry-bench-";
+
+    fn build() -> Result<Namespaces, String> {
+        which("ip").ok_or("no `ip` command (iproute2)")?;
+        which("tc").ok_or("no `tc` command (iproute2)")?;
+        Namespaces::remove_stale();
+        let pid = std::process::id();
+        let wan = Namespaces {
+            a: format!("{}{pid}-a", Namespaces::PREFIX),
+            b: format!("{}{pid}-b", Namespaces::PREFIX),
+            a_ip: "10.231.0.1".parse().unwrap(),
+            b_ip: "10.231.0.2".parse().unwrap(),
+        };
+        // Interface names: at most 15 bytes.
+        let (va, vb) = (format!("fb{}a", pid % 1_000_000), format!("fb{}b", pid % 1_000_000));
+        run("ip", &["netns", "add", &wan.a])?;
+        // From here on, dropping `wan` deletes what was made.
+        run("ip", &["netns", "add", &wan.b])?;
+        run("ip", &["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
+        let delay = format!("{ONE_WAY_DELAY_MS}ms");
+        let limit = NETEM_LIMIT.to_string();
+        for (ns, dev, ip) in [(&wan.a, &va, wan.a_ip), (&wan.b, &vb, wan.b_ip)] {
+            if let Err(e) = run("ip", &["link", "set", dev, "netns", ns]) {
+                let _ = run("ip", &["link", "del", dev]);
+                return Err(e);
+            }
+            run("ip", &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev])?;
+            run("ip", &["-n", ns, "link", "set", dev, "up"])?;
+            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
+            if netem_off() {
+                continue; // a check of the namespace plumbing alone, without delay
+            }
+            run(
+                "ip",
+                &[
+                    "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", &delay, "limit",
+                    &limit,
+                ],
+            )?;
+        }
+        Ok(wan)
     }
-    Ok(secs)
+
+    /// Deletes namespaces left by an earlier run of this bench that was killed (its process gone).
+    fn remove_stale() {
+        let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else { return };
+        for line in String::from_utf8_lossy(&output.stdout).lines() {
+            let Some(name) = line.split_whitespace().next() else { continue };
+            let Some(rest) = name.strip_prefix(Namespaces::PREFIX) else { continue };
+            let pid = rest.split('-').next().unwrap_or("");
+            if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
+                let _ = run("ip", &["netns", "del", name]);
+            }
+        }
+    }
+
+    /// A UDP socket bound to `port` (0: any) on `ip`, inside namespace `ns`: bound from a thread
+    /// that enters the namespace, so the rest of the bench (its HTTP, its service) stays on this
+    /// process's own loopback. A socket keeps the namespace it was made in.
+    fn udp(ns: &str, ip: std::net::IpAddr) -> anyhow::Result<std::net::UdpSocket> {
+        let path = Path::new("/run/netns").join(ns);
+        std::thread::spawn(move || -> anyhow::Result<std::net::UdpSocket> {
+            use std::os::fd::AsRawFd;
+            let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
+            // SAFETY: setns with a valid namespace file descriptor changes only this thread's
+            // network namespace; the thread ends right after binding.
+            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
+                return Err(std::io::Error::last_os_error()).context("setns into the bench's network namespace");
+            }
+            Ok(std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?)
+        })
+        .join()
+        .map_err(|_| anyhow::anyhow!("the thread binding a socket in {ns} panicked"))?
+    }
+}
+
+impl Drop for Namespaces {
+    fn drop(&mut self) {
+        for ns in [&self.a, &self.b] {
+            if let Err(e) = run("ip", &["netns", "del", ns]) {
+                eprintln!("could not delete network namespace {ns}: {e}");
+            }
+        }
+    }
+}
+
+/// A path with 50 ms of RTT between two sockets: through network namespaces with netem, or, where
+/// the kernel has no netem, through a [`DelayRelay`] on loopback.
+enum Wan {
+    Netem(Namespaces),
+    Relay { why: String },
+}
+
+/// One side `a` and one side `b` of a [`Wan`]: their sockets and the address each sends to for
+/// the other.
+struct WanLink {
+    a: std::net::UdpSocket,
+    b: std::net::UdpSocket,
+    a_to_b: SocketAddr,
+    b_to_a: SocketAddr,
+    _relay: Option<DelayRelay>,
+}
+
+impl Wan {
+    fn build() -> Result<Wan, String> {
+        match Namespaces::build() {
+            Ok(ns) => Ok(Wan::Netem(ns)),
+            Err(e) if e.contains("qdisc kind is unknown") => Ok(Wan::Relay { why: e }),
+            Err(e) => Err(e),
+        }
+    }
+
+    fn describe(&self) -> String {
+        match self {
+            Wan::Netem(_) if netem_off() => {
+                "two network namespaces joined by a veth pair, WITHOUT delay (FERRY_BENCH_NETEM=off)".into()
+            }
+            Wan::Netem(_) => format!(
+                "two network namespaces joined by a veth pair, netem delay {ONE_WAY_DELAY_MS} ms (limit {NETEM_LIMIT} packets) on each side"
+            ),
+            Wan::Relay { why } => format!(
+                "this kernel has no netem ({why}), so a userspace relay on loopback holds every datagram {ONE_WAY_DELAY_MS} ms each way \
+                 (std threads of this process, GRO in and GSO out; it costs CPU of its own)"
+            ),
+        }
+    }
+
+    fn link(&self) -> anyhow::Result<WanLink> {
+        match self {
+            Wan::Netem(ns) => {
+                let a = Namespaces::udp(&ns.a, ns.a_ip)?;
+                let b = Namespaces::udp(&ns.b, ns.b_ip)?;
+                let (a_to_b, b_to_a) = (b.local_addr()?, a.local_addr()?);
+                Ok(WanLink { a, b, a_to_b, b_to_a, _relay: None })
+            }
+            Wan::Relay { .. } => {
+                let a = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                let b = std::net::UdpSocket::bind("127.0.0.1:0")?;
+                let relay = DelayRelay::start(a.local_addr()?, b.local_addr()?)?;
+                Ok(WanLink { a, b, a_to_b: relay.to_b, b_to_a: relay.to_a, _relay: Some(relay) })
+            }
+        }
+    }
+}
+
+/// Datagrams between `a` and `b` on loopback, each held [`ONE_WAY_DELAY_MS`] before it is passed
+/// on: `a` sends to `to_b`, `b` to `to_a`. Per direction one thread receives (with GRO, so a
+/// call takes up to 64 datagrams) and one sends when due (with GSO); the queue between them is
+/// unbounded, as a long wire is. Stopped when dropped.
+struct DelayRelay {
+    to_b: SocketAddr,
+    to_a: SocketAddr,
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl DelayRelay {
+    fn start(a: SocketAddr, b: SocketAddr) -> anyhow::Result<DelayRelay> {
+        let delay = Duration::from_millis(ONE_WAY_DELAY_MS.into());
+        let from_a = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0")?);
+        let from_b = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0")?);
+        let stop = Arc::new(AtomicBool::new(false));
+        let mut relay =
+            DelayRelay { to_b: from_a.local_addr()?, to_a: from_b.local_addr()?, stop: stop.clone(), threads: vec![] };
+        for (input, output, destination) in [(&from_a, &from_b, b), (&from_b, &from_a, a)] {
+            let state = Arc::new(quinn::udp::UdpSocketState::new((&**input).into())?);
+            let out_state = Arc::new(quinn::udp::UdpSocketState::new((&**output).into())?);
+            for (st, sock) in [(&state, input), (&out_state, output)] {
+                let _ = st.set_recv_buffer_size((&**sock).into(), 16 << 20);
+                let _ = st.set_send_buffer_size((&**sock).into(), 16 << 20);
+            }
+            input.set_read_timeout(Some(Duration::from_millis(50)))?;
+            let (queue, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>, usize)>();
+            let (input, stop_in) = (input.clone(), stop.clone());
+            relay.threads.push(std::thread::Builder::new().name("relay-in".into()).spawn(move || {
+                // Room for as many datagrams as GRO may coalesce, however large.
+                let mut buf = vec![0u8; state.gro_segments().max(1) * 65_536];
+                let mut meta = [quinn::udp::RecvMeta::default()];
+                while !stop_in.load(Ordering::Relaxed) {
+                    let got = state.recv((&*input).into(), &mut [std::io::IoSliceMut::new(&mut buf)], &mut meta);
+                    match got {
+                        Ok(n) if n > 0 => {
+                            let m = meta[0];
+                            if queue.send((Instant::now() + delay, buf[..m.len].to_vec(), m.stride)).is_err() {
+                                return;
+                            }
+                        }
+                        Ok(_) => {}
+                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
+                        }
+                        Err(_) => return,
+                    }
+                }
+            })?);
+            let output = output.clone();
+            relay.threads.push(std::thread::Builder::new().name("relay-out".into()).spawn(move || {
+                // Ends when the receiving thread does (the queue's sender is dropped).
+                while let Ok((at, bytes, stride)) = due.recv() {
+                    if let Some(wait) = at.checked_duration_since(Instant::now()) {
+                        std::thread::sleep(wait);
+                    }
+                    let stride = stride.max(1);
+                    let batch = stride * out_state.max_gso_segments().max(1);
+                    for part in bytes.chunks(batch) {
+                        let transmit = quinn::udp::Transmit {
+                            destination,
+                            ecn: None,
+                            contents: part,
+                            segment_size: (part.len() > stride).then_some(stride),
+                            src_ip: None,
+                        };
+                        // A datagram lost here is lost as on a wire; QUIC resends it.
+                        let _ = out_state.send((&*output).into(), &transmit);
+                    }
+                }
+            })?);
+        }
+        Ok(relay)
+    }
+}
+
+impl Drop for DelayRelay {
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn netem_off() -> bool {
+    std::env::var("FERRY_BENCH_NETEM").is_ok_and(|v| v == "off")
 }

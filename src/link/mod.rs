@@ -81,6 +81,8 @@ impl Link {
             quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
         let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
         server.transport_config(transport.config());
+        let (recv_buffer, send_buffer) = transport.tune_socket(&socket)?;
+        tracing::debug!(recv_buffer, send_buffer, "link socket buffers");
         let endpoint =
             quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, Arc::new(quinn::TokioRuntime))?;
         Ok(Link {
