@@ -40,6 +40,12 @@ pub(super) async fn connection(peers: Peers, inbound: Inbound, incoming: quinn::
     };
     tracing::debug!(peer = %peer.name, %remote, "peer connected");
     peer.seen();
+    // A peer that dials anew may have restarted: a datagram on this node's own connection to it
+    // draws a stateless reset at once if that connection is from its previous run, so that it is
+    // redialed before a request uses it.
+    if let Some(ours) = peer.connection() {
+        let _ = ours.send_datagram(bytes::Bytes::from_static(b"?"));
+    }
     // The peer is up: whatever waits for it is due now.
     if let Err(e) = inbound.store.peer_is_back(&peer.name).await {
         tracing::error!(error = %e, "cannot reschedule work for a returning peer");

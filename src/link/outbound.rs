@@ -27,9 +27,10 @@ impl Carrier for Link {
 
 /// One request–answer round trip on a fresh stream of the peer's connection.
 ///
-/// If the connection turns out to be one the peer no longer knows (it restarted and answered
-/// with a stateless reset), nothing reached its service, so the request is sent once more on a
-/// new connection. Any other failure mid-exchange is reported as [`Failure::Broken`].
+/// A failure mid-exchange is reported as [`Failure::Broken`] and never sent again: the peer may
+/// have called its service before it failed (even a connection it resets after a restart may
+/// have carried the request to the service of its previous run). Stale connections to a
+/// restarted peer are found before requests use them: see [`super::inbound`].
 async fn exchange(link: &Link, peer_name: &str, request: &mut wire::Request, file: Option<OutgoingFile>) -> Outcome {
     let peer = link.inner.peers.get(peer_name).ok_or_else(|| {
         Failure::PeerUnreachable(format!("`{peer_name}` is not a configured peer (add it with `ferry peer add`)"))
@@ -44,26 +45,16 @@ async fn exchange(link: &Link, peer_name: &str, request: &mut wire::Request, fil
         })?);
     }
     let frame = wire::encode(&Message::Request(request.clone())).map_err(|e| Failure::Broken(e.to_string()))?;
-    let deadline = Instant::now() + CONNECT_WITHIN;
-    let mut attempt = 0;
-    loop {
-        attempt += 1;
-        let connection = link.connection(&peer, deadline).await.map_err(Failure::PeerUnreachable)?;
-        match round_trip(&connection, &frame).await {
-            Ok(answer) => {
-                peer.seen();
-                return answer;
-            }
-            Err(e) if attempt == 1 && matches!(connection.close_reason(), Some(quinn::ConnectionError::Reset)) => {
-                tracing::debug!(peer = %peer.name, error = %e, "the peer restarted; sending again on a new connection");
-            }
-            Err(e) => {
-                return Err(Failure::Broken(format!(
-                    "the link to {} failed during the exchange ({e}); the service may or may not have been called",
-                    peer.name
-                )))
-            }
+    let connection = link.connection(&peer, Instant::now() + CONNECT_WITHIN).await.map_err(Failure::PeerUnreachable)?;
+    match round_trip(&connection, &frame).await {
+        Ok(answer) => {
+            peer.seen();
+            answer
         }
+        Err(e) => Err(Failure::Broken(format!(
+            "the link to {} failed during the exchange ({e}); the service may or may not have been called",
+            peer.name
+        ))),
     }
 }
 
