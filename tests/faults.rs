@@ -609,28 +609,20 @@ async fn check_round(
     }
 }
 
-/// Counts the request ids and the test's requests (tags) of the phase (`ours` picks its tags)
-/// that reached the service more than once; call it once the calls had time to settle.
+/// Counts the test's requests of the phase (`ours` picks their tags) that reached the service more
+/// than once, under one id or several; call it once the calls had time to settle.
 fn count_duplicates(pair: &Pair, t: &mut Tally, ours: impl Fn(&str) -> bool) {
-    let mut by_tag: BTreeMap<String, usize> = BTreeMap::new();
-    let mut by_id: BTreeMap<String, usize> = BTreeMap::new();
+    let mut by_tag: BTreeMap<String, Vec<String>> = BTreeMap::new();
     for c in pair.service.calls() {
         let tag = c.fields().get("tag").cloned().unwrap_or_default();
         if ours(&tag) {
-            *by_id.entry(c.request_id().unwrap_or("<none>").to_owned()).or_insert(0) += 1;
-            *by_tag.entry(tag).or_insert(0) += 1;
+            by_tag.entry(tag).or_default().push(c.request_id().unwrap_or("<none>").to_owned());
         }
     }
-    for (id, n) in by_id {
-        if n > 1 {
+    for (tag, ids) in by_tag {
+        if ids.len() > 1 {
             t.duplicated += 1;
-            t.problem(format!("request {id} reached the service {n} times"));
-        }
-    }
-    for (tag, n) in by_tag {
-        if n > 1 {
-            t.duplicated += 1;
-            t.problem(format!("request {tag} of the test reached the service {n} times (under several ids?)"));
+            t.problem(format!("request {tag} reached the service {} times, with request ids {ids:?}", ids.len()));
         }
     }
 }
