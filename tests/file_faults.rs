@@ -8,14 +8,11 @@
 mod common;
 
 use std::collections::BTreeSet;
-use std::io::Write;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::Duration;
 
+use common::process::{self, bytes, make_file, progress_events, sha_of};
 use common::{rogue_and_node, Recorder, Rogue};
-use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::time::{timeout, Instant};
@@ -138,19 +135,6 @@ impl FileStream {
 
 fn chunks(data: &[u8]) -> usize {
     data.len().div_ceil(CHUNK)
-}
-
-/// `size` repeatable pseudo-random bytes, different for each `seed`.
-fn bytes(size: usize, seed: u64) -> Vec<u8> {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    (0..size)
-        .map(|_| {
-            x ^= x << 13;
-            x ^= x >> 7;
-            x ^= x << 17;
-            (x >> 24) as u8
-        })
-        .collect()
 }
 
 fn sha(data: &[u8]) -> [u8; 32] {
@@ -484,192 +468,13 @@ async fn deliver_if_accepted(rogue: &Rogue, key: &str, name: &str, data: &[u8]) 
 // d. The sending node killed mid-file
 // ---------------------------------------------------------------------------------------------
 
-fn free_tcp() -> SocketAddr {
-    std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-fn free_udp() -> SocketAddr {
-    std::net::UdpSocket::bind("127.0.0.1:0").unwrap().local_addr().unwrap()
-}
-
-/// A node directory made by `ferry init`, run as a `ferry run` child process. Dropping it kills
-/// the process; if the test is failing, its log is printed.
-struct Process {
-    name: String,
-    dir: PathBuf,
-    config: PathBuf,
-    api: SocketAddr,
-    link: SocketAddr,
-    log: PathBuf,
-    child: Option<Child>,
-    client: reqwest::Client,
-}
-
-impl Process {
-    fn create(root: &Path, name: &str) -> Process {
-        let (api, link) = (free_tcp(), free_udp());
-        let dir = root.join(name);
-        ferry::cli::init::init(&dir, name, link, api).unwrap();
-        Process {
-            name: name.to_owned(),
-            config: dir.join("config/ferry.toml"),
-            log: dir.join("run.log"),
-            dir,
-            api,
-            link,
-            child: None,
-            client: reqwest::Client::builder()
-                .no_proxy()
-                .pool_max_idle_per_host(0)
-                .timeout(Duration::from_secs(10))
-                .build()
-                .unwrap(),
-        }
-    }
-
-    fn pin(&self, other: &Process) {
-        let cert = other.dir.join("certs/node.pem");
-        ferry::cli::edit::add_peer(&self.config, &other.name, &other.link.to_string(), &cert).unwrap();
-    }
-
-    async fn start(&mut self) {
-        assert!(self.child.is_none());
-        let log = std::fs::OpenOptions::new().create(true).append(true).open(&self.log).unwrap();
-        writeln!(&log, "==== {} started ====", self.name).unwrap();
-        let child = Command::new(env!("CARGO_BIN_EXE_ferry"))
-            .env_remove("FERRY_CONFIG")
-            .env_remove("NOTIFY_SOCKET")
-            .env("RUST_LOG", "info,quinn=warn")
-            .arg("run")
-            .arg("--config")
-            .arg(&self.config)
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .expect("spawn ferry run");
-        self.child = Some(child);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        loop {
-            if self.client.get(self.url("/v1/health")).send().await.is_ok_and(|r| r.status() == 200) {
-                return;
-            }
-            if let Some(status) = self.child.as_mut().unwrap().try_wait().unwrap() {
-                panic!("{} exited with {status} before serving", self.name);
-            }
-            assert!(Instant::now() < deadline, "{} did not serve within 15 s", self.name);
-            tokio::time::sleep(Duration::from_millis(25)).await;
-        }
-    }
-
-    fn kill(&mut self) {
-        use std::os::unix::process::ExitStatusExt;
-        let mut child = self.child.take().expect("running");
-        child.kill().expect("SIGKILL");
-        let status = child.wait().unwrap();
-        assert_eq!(status.signal(), Some(9), "{} ended by SIGKILL: {status}", self.name);
-    }
-
-    fn url(&self, path: &str) -> String {
-        format!("http://{}{path}", self.api)
-    }
-
-    fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
-    }
-
-    async fn status(&self, id: &str) -> Value {
-        match self.client.get(self.url(&format!("/v1/requests/{id}"))).send().await {
-            Ok(r) => r.json::<Value>().await.map(|e| e["data"].clone()).unwrap_or(Value::Null),
-            Err(_) => Value::Null,
-        }
-    }
-}
-
-impl Drop for Process {
-    fn drop(&mut self) {
-        if let Some(mut child) = self.child.take() {
-            let _ = child.kill();
-            let _ = child.wait();
-        }
-        if std::thread::panicking() {
-            eprintln!("---- log of `ferry run` for {} ----\n{}", self.name, self.log_text());
-        }
-    }
-}
-
-/// Writes `size` bytes of a repeatable pattern to `path`; its SHA-256 in hex.
-fn make_file(path: &Path, size: u64) -> String {
-    let mut file = std::io::BufWriter::new(std::fs::File::create(path).unwrap());
-    let mut hasher = Sha256::new();
-    let mut block = bytes(1 << 20, 99);
-    let mut left = size;
-    let mut n = 0u64;
-    while left > 0 {
-        let take = left.min(block.len() as u64) as usize;
-        block[..8].copy_from_slice(&n.to_le_bytes()); // no two blocks alike
-        n += 1;
-        file.write_all(&block[..take]).unwrap();
-        hasher.update(&block[..take]);
-        left -= take as u64;
-    }
-    file.flush().unwrap();
-    hex::encode(hasher.finalize())
-}
-
-fn sha_of(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buf).unwrap();
-        if n == 0 {
-            return hex::encode(hasher.finalize());
-        }
-        hasher.update(&buf[..n]);
-    }
-}
-
-/// Progress events for `id` from a node's `/v1/events`, answering the heartbeat every 500 ms.
-async fn progress_events(api: SocketAddr, id: String) -> tokio::sync::mpsc::UnboundedReceiver<(u64, u64)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{api}/v1/events")).await.unwrap();
-    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
-    tokio::spawn(async move {
-        let mut beat = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = beat.tick() => {
-                    if ws.send(tokio_tungstenite::tungstenite::Message::text("OK")).await.is_err() {
-                        return;
-                    }
-                }
-                next = ws.next() => match next {
-                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
-                        let e: Value = serde_json::from_str(&t).unwrap();
-                        if e["type"] == "progress" && e["id"] == id.as_str() {
-                            let done = e["bytes_done"].as_u64().unwrap();
-                            let total = e["bytes_total"].as_u64().unwrap();
-                            if tx.send((done, total)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => return,
-                },
-            }
-        }
-    });
-    rx
-}
-
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_file_resumes_after_the_sender_is_killed_midway() {
     timeout(WHOLE, async {
         let service = Recorder::start().await;
         let root = tempfile::tempdir().unwrap();
-        let mut a = Process::create(root.path(), "org-a");
-        let mut b = Process::create(root.path(), "org-b");
+        let mut a = process::Node::create(root.path(), "org-a");
+        let mut b = process::Node::create(root.path(), "org-b");
         a.pin(&b);
         b.pin(&a);
         let allow = vec!["org-a".to_owned()];
@@ -717,7 +522,7 @@ async fn a_file_resumes_after_the_sender_is_killed_midway() {
 
         let deadline = Instant::now() + Duration::from_secs(60);
         let status = loop {
-            let status = a.status(&id).await;
+            let status = a.status(&id).await.unwrap_or(Value::Null);
             if status["state"] == "success" || status["state"] == "failed" {
                 break status;
             }

@@ -1,6 +1,9 @@
 //! Test harness: real nodes on 127.0.0.1 in temporary directories, set up as admins would
-//! (`init`, `peer add`, `service add`), and a recording HTTP service.
+//! (`init`, `peer add`, `service add`), and a recording HTTP service. Nodes as `ferry run` child
+//! processes, for the tests that kill and restart them, are in [`process`].
 #![allow(dead_code)]
+
+pub mod process;
 
 use std::collections::HashMap;
 use std::net::SocketAddr;
