@@ -886,6 +886,33 @@ fn pin_both_ways(x: &Started, x_name: &str, y: &Started, y_name: &str) {
     assert_code(&peer_add(&y.dir, x_name, &x.link.to_string(), &x.dir.cert()), 0);
 }
 
+/// Two `ferry run` processes on loopback, pinned both ways, org-b offering service 1 (a recording
+/// service) to org-a, both serving.
+struct RunningPair {
+    a: Started,
+    b: Started,
+    node_a: RunningNode,
+    node_b: RunningNode,
+    client: reqwest::Client,
+    seen: Arc<Mutex<Vec<Seen>>>,
+}
+
+impl RunningPair {
+    async fn start(root: &Path) -> RunningPair {
+        let (service, seen) = recording_service().await;
+        let a = init_on_loopback(root, "org-a");
+        let b = init_on_loopback(root, "org-b");
+        pin_both_ways(&a, "org-a", &b, "org-b");
+        assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
+        let node_a = RunningNode::start(&a.dir, "org-a");
+        let node_b = RunningNode::start(&b.dir, "org-b");
+        let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
+        wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+        wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+        RunningPair { a, b, node_a, node_b, client, seen }
+    }
+}
+
 /// POSTs a sync GET request to `from`'s API; returns the HTTP status and the envelope.
 async fn send_request(client: &reqwest::Client, from: SocketAddr, peer: &str, service: &str) -> (u16, Value) {
     let resp = client
@@ -1178,16 +1205,7 @@ async fn sigterm_exits_0_and_keeps_async_work_under_way() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_bad_reload_keeps_the_old_config_and_a_removed_peer_is_disconnected() {
     let root = tempfile::tempdir().unwrap();
-    let (service, seen) = recording_service().await;
-    let a = init_on_loopback(root.path(), "org-a");
-    let b = init_on_loopback(root.path(), "org-b");
-    pin_both_ways(&a, "org-a", &b, "org-b");
-    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
-    let node_a = RunningNode::start(&a.dir, "org-a");
-    let node_b = RunningNode::start(&b.dir, "org-b");
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
-    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
-    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+    let RunningPair { a, b, node_a, node_b, client, seen } = RunningPair::start(root.path()).await;
     request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
 
     // A broken file: an unknown key, and the service's allow list emptied.
@@ -1235,16 +1253,7 @@ async fn a_bad_reload_keeps_the_old_config_and_a_removed_peer_is_disconnected() 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn deprecated_and_disabled_services_take_effect_on_sighup() {
     let root = tempfile::tempdir().unwrap();
-    let (service, seen) = recording_service().await;
-    let a = init_on_loopback(root.path(), "org-a");
-    let b = init_on_loopback(root.path(), "org-b");
-    pin_both_ways(&a, "org-a", &b, "org-b");
-    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
-    let node_a = RunningNode::start(&a.dir, "org-a");
-    let node_b = RunningNode::start(&b.dir, "org-b");
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
-    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
-    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+    let RunningPair { a, b, node_a, node_b, client, seen } = RunningPair::start(root.path()).await;
     let sync = json!({"peer": "org-b", "service": "1", "path": "/x", "method": "GET"});
 
     request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
@@ -1306,16 +1315,7 @@ fn ferry_with_token(args: &[&str], token: Option<&str>) -> Output {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn operator_commands_against_a_running_pair() {
     let root = tempfile::tempdir().unwrap();
-    let (service, seen) = recording_service().await;
-    let a = init_on_loopback(root.path(), "org-a");
-    let b = init_on_loopback(root.path(), "org-b");
-    pin_both_ways(&a, "org-a", &b, "org-b");
-    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
-    let node_a = RunningNode::start(&a.dir, "org-a");
-    let node_b = RunningNode::start(&b.dir, "org-b");
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(30)).build().unwrap();
-    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
-    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+    let RunningPair { a, b, node_a, node_b, client, seen } = RunningPair::start(root.path()).await;
     let (ca, cb) = (a.dir.config_arg(), b.dir.config_arg());
 
     // send, sync: the service's answer, as a table and as JSON.
