@@ -4,15 +4,14 @@
 
 mod common;
 
-use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::StatusCode;
+use common::process::sha_of;
 use common::{pair, Pair, Recorder};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
 
 const CHUNK: u64 = ferry::transfer::CHUNK as u64;
 const WITHIN: Duration = Duration::from_secs(60);
@@ -20,35 +19,8 @@ const WITHIN: Duration = Duration::from_secs(60);
 /// Writes `size` bytes of a repeatable pattern to `dir/name` and returns the path and its SHA-256.
 fn make_file(dir: &Path, name: &str, size: u64) -> (PathBuf, String) {
     let path = dir.join(name);
-    let mut file = std::io::BufWriter::new(std::fs::File::create(&path).unwrap());
-    let mut hasher = Sha256::new();
-    let block: Vec<u8> = (0..65_536u32).map(|i| (i.wrapping_mul(2_654_435_761) >> 13) as u8).collect();
-    let mut left = size;
-    let mut n = 0u8;
-    while left > 0 {
-        let take = left.min(block.len() as u64) as usize;
-        let mut part = block[..take].to_vec();
-        part[0] = n; // no two blocks alike
-        n = n.wrapping_add(1);
-        file.write_all(&part).unwrap();
-        hasher.update(&part);
-        left -= take as u64;
-    }
-    file.flush().unwrap();
-    (path, hex::encode(hasher.finalize()))
-}
-
-fn sha_of(path: &Path) -> String {
-    let mut file = std::fs::File::open(path).unwrap();
-    let mut hasher = Sha256::new();
-    let mut buf = vec![0u8; 1 << 20];
-    loop {
-        let n = std::io::Read::read(&mut file, &mut buf).unwrap();
-        if n == 0 {
-            return hex::encode(hasher.finalize());
-        }
-        hasher.update(&buf[..n]);
-    }
+    let sha = common::process::make_file(&path, size);
+    (path, sha)
 }
 
 fn outbox(node: &common::Node) -> PathBuf {
