@@ -156,13 +156,14 @@ pub fn verify(
     rows: impl IntoIterator<Item = (i64, String)>,
     certs: &HashMap<String, CertificateDer<'static>>,
 ) -> Result<Intact, Broken> {
+    // What a message is known by (peer, id, reply seq), and what its payload and file hashes were.
+    type Key = (String, String, u32);
+    type Hashes = (Option<String>, Option<String>);
     let mut prev = GENESIS.to_owned();
-    let mut expected = 1;
     let mut intact = Intact { records: 0, receipts: 0 };
-    // What this node sent, by (peer, id, reply seq): payload and file hashes.
-    let mut sent: HashMap<(String, String, u32), (Option<String>, Option<String>)> = HashMap::new();
+    let mut sent: HashMap<Key, Hashes> = HashMap::new();
     let mut receipts: Vec<(i64, Entry)> = Vec::new();
-    for (stored_seq, text) in rows {
+    for (expected, (stored_seq, text)) in (1..).zip(rows) {
         let broken = |why: String| Broken { seq: stored_seq, why };
         let record: Record = serde_json::from_str(&text).map_err(|e| broken(format!("unreadable record: {e}")))?;
         if stored_seq != expected || record.seq != stored_seq {
@@ -202,7 +203,6 @@ pub fn verify(
             receipts.push((record.seq, entry.clone()));
         }
         prev = record.hash;
-        expected += 1;
         intact.records += 1;
     }
     for (seq, r) in receipts {

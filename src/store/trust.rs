@@ -40,7 +40,9 @@ pub(super) fn admit(
     let now = now_ms();
     let key = request.idempotency_key.as_deref();
     if let Some(key) = key {
-        let earlier: Option<(String, String, Option<u16>, Option<String>, Option<Vec<u8>>, Option<i64>)> = query_row(
+        // The key's earlier request: id, state, its stored response, when that stops counting.
+        type Earlier = (String, String, Option<u16>, Option<String>, Option<Vec<u8>>, Option<i64>);
+        let earlier: Option<Earlier> = query_row(
             t,
             "SELECT id, state, response_status, response_headers, response_body, expires_at FROM idempotency
              WHERE peer = ?1 AND service = ?2 AND path = ?3 AND key = ?4",
@@ -180,7 +182,7 @@ impl Store {
         let peer = peer.to_owned();
         let arrived = (!admitted).then(|| request_entry("in", &peer, request, &service.mask_fields));
         let id = request.id.clone();
-        let answer = answer.map(Clone::clone).map_err(str::to_owned);
+        let answer = answer.cloned().map_err(str::to_owned);
         // A settled key must outlive a power loss (a retry would call the service again); plain
         // evidence need not wait for an fsync (see `Durability::Relaxed`).
         let durability = if admitted { Durability::Full } else { Durability::Relaxed };
