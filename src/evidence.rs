@@ -35,6 +35,7 @@ pub struct Record {
     /// The previous record's hash ([`GENESIS`] for the first).
     pub prev: String,
     /// SHA-256 over this record's canonical JSON without `hash`.
+    #[serde(default, skip_serializing_if = "String::is_empty")]
     pub hash: String,
 }
 
@@ -86,11 +87,11 @@ impl Entry {
         Entry { event: event.into(), direction: direction.into(), peer: peer.into(), id: id.into(), ..Entry::default() }
     }
 
-    /// The record at `seq`, chained to `prev`.
-    pub fn seal(self, seq: i64, at: String, prev: String) -> Record {
+    /// The record at `seq`, chained to `prev`, and its JSON as stored.
+    pub fn seal(self, seq: i64, at: String, prev: String) -> (Record, String) {
         let mut record = Record { seq, at, entry: self, prev, hash: String::new() };
-        record.hash = record.chain_hash();
-        record
+        let text = record.seal_text();
+        (record, text)
     }
 }
 
@@ -102,11 +103,18 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 impl Record {
     /// SHA-256 over the canonical JSON of every field but `hash`.
     pub fn chain_hash(&self) -> String {
-        let mut value = serde_json::to_value(self).unwrap_or_default();
-        if let Some(fields) = value.as_object_mut() {
-            fields.remove("hash");
-        }
-        sha256_hex(&serde_json::to_vec(&value).unwrap_or_default())
+        let unhashed = Record { hash: String::new(), ..self.clone() };
+        sha256_hex(&serde_json::to_vec(&unhashed).unwrap_or_default())
+    }
+
+    /// This record (whose `hash` is empty) as stored: its canonical JSON with `hash` appended,
+    /// serialized once; `hash` is set.
+    pub fn seal_text(&mut self) -> String {
+        let mut text = serde_json::to_string(self).unwrap_or_default();
+        self.hash = sha256_hex(text.as_bytes());
+        text.pop(); // the closing brace
+        text.push_str(&format!(",\"hash\":\"{}\"}}", self.hash));
+        text
     }
 }
 
@@ -217,4 +225,21 @@ pub fn verify(
         }
     }
     Ok(intact)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_sealed_record_reads_back_and_verifies() {
+        let mut entry = Entry::new("request", "out", "org-b", "r1");
+        entry.form = Some(serde_json::json!({"a": 1.5, "b": "x"}));
+        let (record, text) = entry.seal(1, "2026-11-22T00:00:00.000Z".into(), GENESIS.into());
+        let back: Record = serde_json::from_str(&text).unwrap();
+        assert_eq!(back, record);
+        assert_eq!(back.chain_hash(), record.hash, "the stored text hashes to its hash");
+        assert_eq!(serde_json::to_string(&back).unwrap(), text, "one canonical form");
+        assert_eq!(verify([(1, text)], &HashMap::new()), Ok(Intact { records: 1, receipts: 0 }));
+    }
 }

@@ -21,8 +21,7 @@ impl Tx<'_> {
             })
             .optional()?;
         let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_owned()));
-        let record = entry.seal(seq, rfc3339(now_ms()), prev);
-        let text = serde_json::to_string(&record).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        let (record, text) = entry.seal(seq, rfc3339(now_ms()), prev);
         exec(
             self,
             "INSERT INTO evidence (seq, peer, id, hash, record) VALUES (?1, ?2, ?3, ?4, ?5)",

@@ -269,8 +269,9 @@ impl Store {
         *self.carrier.write().unwrap() = carrier;
     }
 
-    /// Sends a synchronous request, with its file if any, and waits for its outcome; an exchange
-    /// that reached the peer is in the evidence log before this returns.
+    /// Sends a synchronous request, with its file if any, and waits for its outcome. An exchange
+    /// that reached the peer is recorded in the evidence log with the writer's next commit (the
+    /// receiving node recorded it before it answered).
     ///
     /// Dropping the returned future abandons the exchange (the caller has gone).
     pub async fn request(&self, peer: &str, request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
@@ -296,7 +297,10 @@ impl Store {
             Ok(r) => tracing::info!(%id, %peer, %path, status = r.status, duration_ms = %ms, "exchange"),
             Err(f) => tracing::info!(%id, %peer, %path, status = "failed", duration_ms = %ms, error = ?f, "exchange"),
         }
-        self.sync_exchanged(peer, &sent, &outcome).await;
+        // The receiving node recorded the exchange before it answered; this node's records go into
+        // the writer's next commit without holding up the host's answer.
+        let (store, peer, recorded) = (self.clone(), peer.to_owned(), outcome.clone());
+        tokio::spawn(async move { store.sync_exchanged(&peer, &sent, &recorded).await });
         outcome
     }
 
