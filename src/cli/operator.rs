@@ -90,6 +90,7 @@ pub struct SendArgs {
     /// Sync only: how long to wait for the answer, in milliseconds (default 30000).
     #[arg(long)]
     pub timeout_ms: Option<u64>,
+    /// How to reach the node's API.
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -99,6 +100,7 @@ pub struct SendArgs {
 pub struct StatusArgs {
     /// The request id.
     pub id: String,
+    /// How to reach the node's API.
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -124,6 +126,7 @@ pub struct RequestsArgs {
     /// Show the page before this cursor (printed as `next` under a full page).
     #[arg(long)]
     pub before: Option<String>,
+    /// How to reach the node's API.
     #[command(flatten)]
     pub api: ApiArgs,
 }
@@ -145,6 +148,7 @@ pub struct ReplyArgs {
     /// More replies follow (the reply is not the last).
     #[arg(long, conflicts_with = "reject")]
     pub more: bool,
+    /// How to reach the node's API.
     #[command(flatten)]
     pub api: ApiArgs,
 }
