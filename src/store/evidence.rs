@@ -15,11 +15,14 @@ impl Tx<'_> {
         if !self.evidence {
             return Ok(());
         }
-        let last: Option<(i64, String)> =
-            query_row(self, "SELECT seq, hash FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
+        let known = self.head.borrow_mut().take();
+        let last: Option<(i64, String)> = match known {
+            Some(head) => Some(head),
+            None => query_row(self, "SELECT seq, hash FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
                 Ok((r.get(0)?, r.get(1)?))
             })
-            .optional()?;
+            .optional()?,
+        };
         let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_owned()));
         let (record, text) = entry.seal(seq, rfc3339(now_ms()), prev);
         exec(
@@ -27,6 +30,7 @@ impl Tx<'_> {
             "INSERT INTO evidence (seq, peer, id, hash, record) VALUES (?1, ?2, ?3, ?4, ?5)",
             params![seq, record.entry.peer, record.entry.id, record.hash, text],
         )?;
+        *self.head.borrow_mut() = Some((seq, record.hash));
         Ok(())
     }
 }

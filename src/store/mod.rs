@@ -196,6 +196,9 @@ pub(crate) struct Tx<'c> {
     t: rusqlite::Transaction<'c>,
     /// Whether the evidence log is kept.
     evidence: bool,
+    /// The evidence log's last record (seq, hash), once known: the writer keeps it from one
+    /// transaction to the next, and forgets it when a commit fails.
+    head: std::cell::RefCell<Option<(i64, String)>>,
 }
 
 impl<'c> std::ops::Deref for Tx<'c> {
@@ -355,6 +358,7 @@ fn writer(
     publish: broadcast::Sender<Event>,
 ) {
     let mut synchronous = Durability::Full;
+    let mut head = None;
     while let Some((durability, first)) = jobs.blocking_recv() {
         let mut batch = vec![first];
         let mut needed = durability;
@@ -378,14 +382,16 @@ fn writer(
         }
         let mut events = Vec::new();
         let t = match conn.transaction() {
-            Ok(t) => Tx { t, evidence },
+            Ok(t) => Tx { t, evidence, head: std::cell::RefCell::new(head.take()) },
             Err(e) => {
                 tracing::error!(error = %e, "the store cannot begin a transaction");
                 continue;
             }
         };
         let answers: Vec<Answer> = batch.into_iter().map(|job| job(&t, &mut events)).collect();
-        let committed = t.t.commit().map_err(|e| tracing::error!(error = %e, "the store could not commit")).is_ok();
+        let Tx { t, head: chain_head, .. } = t;
+        let committed = t.commit().map_err(|e| tracing::error!(error = %e, "the store could not commit")).is_ok();
+        head = if committed { chain_head.into_inner() } else { None };
         for answer in answers {
             answer(committed);
         }
