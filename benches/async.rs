@@ -828,7 +828,7 @@ impl Pair {
         }
         let client = reqwest::Client::builder().no_proxy().build()?;
         for api in apis {
-            wait_healthy(&client, api).await?;
+            common::wait_serving(&client, api).await?;
         }
         Ok(pair)
     }
@@ -914,16 +914,6 @@ impl Pair {
             }
         }
     }
-}
-
-async fn wait_healthy(client: &reqwest::Client, api: SocketAddr) -> anyhow::Result<()> {
-    for _ in 0..250 {
-        if client.get(format!("http://{api}/v1/health")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        tokio::time::sleep(Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("the node on {api} did not start serving")
 }
 
 /// CPU used during a phase (or several runs of it), in CPU seconds over `wall_s` seconds.

@@ -635,7 +635,7 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
             rss.before_kib as f64 / 1024.0
         ),
     ]);
-    println!("{}", render(&headers, &rows, false));
+    println!("{}", common::render(&headers, &rows, false));
     for n in notes {
         println!("{n}");
     }
@@ -653,33 +653,7 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
         "others' CPUs: CPU used meanwhile by other processes on the machine, in cores (their load slows every figure)."
     );
     println!("\nMarkdown:\n");
-    println!("{}", render(&headers, &rows, true));
-}
-
-/// A table with columns padded to their widths: plain or markdown.
-fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String {
-    let width = |s: &str| s.chars().count();
-    let widths: Vec<usize> = (0..headers.len())
-        .map(|i| rows.iter().map(|r| width(&r[i])).chain([width(headers[i])]).max().unwrap_or(0))
-        .collect();
-    let pad = |s: &str, i: usize| format!("{s}{}", " ".repeat(widths[i] - width(s)));
-    let line = |cells: Vec<String>| {
-        if markdown {
-            format!("| {} |", cells.join(" | "))
-        } else {
-            cells.join("  ").trim_end().to_owned()
-        }
-    };
-    let mut out = vec![line(headers.iter().enumerate().map(|(i, h)| pad(h, i)).collect())];
-    out.push(if markdown {
-        line(widths.iter().map(|&w| "-".repeat(w.max(3))).collect())
-    } else {
-        line(widths.iter().map(|&w| "-".repeat(w)).collect())
-    });
-    for r in rows {
-        out.push(line(r.iter().enumerate().map(|(i, c)| pad(c, i)).collect()));
-    }
-    out.join("\n")
+    println!("{}", common::render(&headers, &rows, true));
 }
 
 /// The transport settings before the windows were sized: quinn's stream window (1.25 MB), the
@@ -837,9 +811,9 @@ fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
             ]
         })
         .collect();
-    println!("{}", render(&headers, &rows, false));
+    println!("{}", common::render(&headers, &rows, false));
     println!("\nMarkdown:\n");
-    println!("{}", render(&headers, &rows, true));
+    println!("{}", common::render(&headers, &rows, true));
 }
 
 fn human(bytes: u64) -> String {
@@ -1228,15 +1202,7 @@ impl Nodes {
         }
         let client = reqwest::Client::builder().no_proxy().build()?;
         for api in [a_api, b_api] {
-            let mut up = false;
-            for _ in 0..250 {
-                if client.get(format!("http://{api}/v1/health")).send().await.is_ok_and(|r| r.status().is_success()) {
-                    up = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            ensure!(up, "the node on {api} did not start serving");
+            common::wait_serving(&client, api).await?;
         }
         Ok(Nodes { a_dir, a_api, stop, tasks })
     }

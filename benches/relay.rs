@@ -34,7 +34,7 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
-use anyhow::{ensure, Context};
+use anyhow::Context;
 use axum::routing::get;
 use axum::serve::ListenerExt;
 use axum::{Json, Router};
@@ -596,15 +596,7 @@ impl Nodes {
         }
         let client = reqwest::Client::builder().no_proxy().build()?;
         for api in [a_api, b_api] {
-            let mut up = false;
-            for _ in 0..250 {
-                if client.get(format!("http://{api}/v1/health")).send().await.is_ok_and(|r| r.status().is_success()) {
-                    up = true;
-                    break;
-                }
-                tokio::time::sleep(Duration::from_millis(20)).await;
-            }
-            ensure!(up, "the node on {api} did not start serving");
+            common::wait_serving(&client, api).await?;
         }
         Ok(Nodes { _dir: dir, a_api, stop, tasks })
     }

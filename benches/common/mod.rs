@@ -92,6 +92,17 @@ pub fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String 
     out.join("\n")
 }
 
+/// Waits until the node API at `api` answers `GET /v1/health` (at most 5 s).
+pub async fn wait_serving(client: &reqwest::Client, api: std::net::SocketAddr) -> anyhow::Result<()> {
+    for _ in 0..250 {
+        if client.get(format!("http://{api}/v1/health")).send().await.is_ok_and(|r| r.status().is_success()) {
+            return Ok(());
+        }
+        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
+    }
+    anyhow::bail!("the node on {api} did not start serving")
+}
+
 /// The issue-5 target: the evidence log and signed receipts cost at most this share of throughput.
 pub const TARGET_EVIDENCE_COST_PCT: f64 = 10.0;
 
