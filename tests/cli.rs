@@ -213,10 +213,16 @@ struct RunningNode {
 
 impl RunningNode {
     fn start(node: &NodeDir, name: &str) -> RunningNode {
+        RunningNode::start_with(node, name, &[])
+    }
+
+    /// Like [`RunningNode::start`], with extra environment variables.
+    fn start_with(node: &NodeDir, name: &str, env: &[(&str, &str)]) -> RunningNode {
         let log = node.dir.join("run.log");
         let file = fs::File::create(&log).unwrap();
         let child = ferry_cmd()
             .env("RUST_LOG", "info,quinn=warn")
+            .envs(env.iter().copied())
             .args(["run", "--config", &node.config_arg()])
             .stdout(Stdio::null())
             .stderr(Stdio::from(file))
@@ -1015,17 +1021,8 @@ fn run_speaks_sd_notify() {
     let socket = UnixDatagram::bind(&socket_path).unwrap();
     socket.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
 
-    let log = a.dir.dir.join("run.log");
-    let child = ferry_cmd()
-        .env("NOTIFY_SOCKET", &socket_path)
-        .env("WATCHDOG_USEC", "400000")
-        .env("RUST_LOG", "info,quinn=warn")
-        .args(["run", "--config", &a.dir.config_arg()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let mut node = RunningNode { name: "org-a".into(), child, log };
+    let notify = socket_path.to_str().unwrap();
+    let mut node = RunningNode::start_with(&a.dir, "org-a", &[("NOTIFY_SOCKET", notify), ("WATCHDOG_USEC", "400000")]);
 
     let mut messages = Vec::new();
     let receive_until = |want: &str, limit: Duration, messages: &mut Vec<String>| {
@@ -1496,16 +1493,7 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
 fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
     let root = tempfile::tempdir().unwrap();
     let a = init_on_loopback(root.path(), "org-a");
-    let log = a.dir.dir.join("run.log");
-    let child = ferry_cmd()
-        .env("JOURNAL_STREAM", "8:12345")
-        .env("RUST_LOG", "info,quinn=warn")
-        .args(["run", "--config", &a.dir.config_arg()])
-        .stdout(Stdio::null())
-        .stderr(Stdio::from(fs::File::create(&log).unwrap()))
-        .spawn()
-        .unwrap();
-    let mut node = RunningNode { name: "org-a".into(), child, log };
+    let mut node = RunningNode::start_with(&a.dir, "org-a", &[("JOURNAL_STREAM", "8:12345")]);
     let deadline = Instant::now() + Duration::from_secs(15);
     while !node.log().contains("serving") {
         assert!(Instant::now() < deadline, "no serving line:\n{}", node.log());
