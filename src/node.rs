@@ -183,6 +183,9 @@ pub async fn run_with(
         tracing::warn!("work still under way after {DRAIN_WITHIN:?}; the store resumes it at the next start");
     }
     link.close().await;
+    if let Err(e) = store.flush().await {
+        tracing::error!(error = %e, "the store could not commit its last records");
+    }
     tracing::info!(node = %config.node.name, "stopped");
     Ok(())
 }

@@ -115,11 +115,7 @@ pub(super) fn verify(peer: &Peer, receipt: &wire::Receipt) -> Result<(), String>
 }
 
 /// Records a proof for each leaf of a verified receipt.
-pub(super) async fn keep(
-    store: &crate::store::Store,
-    peer: &str,
-    receipt: wire::Receipt,
-) -> Result<(), crate::store::StoreError> {
+pub(super) fn keep(store: &crate::store::Store, peer: &str, receipt: wire::Receipt) {
     let proofs = Proof::for_batch(&receipt.leaves, &receipt.signature);
-    store.receipts(peer, receipt.leaves, proofs).await
+    store.receipts(peer, receipt.leaves, proofs);
 }

@@ -25,7 +25,7 @@ use std::time::{Duration, SystemTime};
 use futures::future::BoxFuture;
 use serde::Serialize;
 use thiserror::Error;
-use tokio::sync::{broadcast, mpsc, oneshot, Notify};
+use tokio::sync::{broadcast, oneshot, Notify};
 
 pub use evidence::read_log;
 pub use files::ReceivedFile;
@@ -37,6 +37,8 @@ use crate::wire;
 
 /// How many jobs one transaction takes at most.
 const MAX_BATCH: usize = 1024;
+/// How long a deferred job ([`Store::defer`]) may wait for a transaction to join.
+const DEFER_WITHIN: Duration = Duration::from_millis(5);
 
 /// Carries synchronous requests to peers. The link registers itself with
 /// [`Store::set_carrier`] at start-up, so that a synchronous request goes from the API handler's
@@ -216,7 +218,9 @@ pub struct Store {
     metrics: Arc<crate::metrics::Metrics>,
     data_dir: Arc<std::path::PathBuf>,
     carrier: Arc<std::sync::RwLock<Option<Arc<dyn Carrier>>>>,
-    jobs: mpsc::UnboundedSender<(Durability, Job)>,
+    jobs: std::sync::mpsc::Sender<Message>,
+    /// Jobs no one waits for, committed with the writer's next transaction ([`Store::defer`]).
+    deferred: Arc<std::sync::Mutex<Vec<Job>>>,
     events: broadcast::Sender<Event>,
     pub(crate) wake: Arc<Wakers>,
 }
@@ -239,12 +243,13 @@ impl Store {
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", data_dir.display())))?;
         let mut conn = rusqlite::Connection::open(data_dir.join("ferry.db"))?;
         schema::prepare(&mut conn)?;
-        let (jobs, rx) = mpsc::unbounded_channel();
+        let (jobs, rx) = std::sync::mpsc::channel();
+        let deferred = Arc::default();
         let (events, _) = broadcast::channel(4096);
-        let publish = events.clone();
+        let (publish, waiting) = (events.clone(), Arc::clone(&deferred));
         std::thread::Builder::new()
             .name("ferry-store".into())
-            .spawn(move || writer(conn, evidence, rx, publish))
+            .spawn(move || writer(conn, evidence, rx, waiting, publish))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
         Ok(Store {
             evidence,
@@ -252,6 +257,7 @@ impl Store {
             data_dir: Arc::new(data_dir.to_path_buf()),
             carrier: Arc::default(),
             jobs,
+            deferred,
             events,
             wake: Arc::default(),
         })
@@ -300,10 +306,9 @@ impl Store {
             Ok(r) => tracing::info!(%id, %peer, %path, status = r.status, duration_ms = %ms, "exchange"),
             Err(f) => tracing::info!(%id, %peer, %path, status = "failed", duration_ms = %ms, error = ?f, "exchange"),
         }
-        // The receiving node recorded the exchange before it answered; this node's records go into
-        // the writer's next commit without holding up the host's answer.
-        let (store, peer, recorded) = (self.clone(), peer.to_owned(), outcome.clone());
-        tokio::spawn(async move { store.sync_exchanged(&peer, &sent, &recorded).await });
+        // The receiving node recorded the exchange before it answered; this node's records join
+        // a commit of the writer's soon after, without holding up the host's answer.
+        self.sync_exchanged(peer, &sent, &outcome);
         outcome
     }
 
@@ -344,54 +349,138 @@ impl Store {
                 let _ = tx.send(if committed { result } else { Err(StoreError::Stopped) });
             })
         });
-        self.jobs.send((durability, job)).map_err(|_| StoreError::Stopped)?;
+        self.jobs.send(Some((durability, job))).map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
+    }
+
+    /// Runs `f` in a transaction of the writer within [`DEFER_WITHIN`], without an fsync of its
+    /// own and without anyone waiting: for evidence that must not hold up an exchange (the
+    /// requesting node's records of a synchronous exchange, peers' receipts). A failure is logged
+    /// as `what`. Many exchanges' records share one commit, and the writer is woken once for them.
+    fn defer<F>(&self, what: &'static str, f: F)
+    where
+        F: FnOnce(&Tx) -> Result<(), StoreError> + Send + 'static,
+    {
+        let job: Job = Box::new(move |t, _| {
+            if let Err(e) = f(t) {
+                tracing::error!(error = %e, "cannot record {what}");
+            }
+            Box::new(|_| {})
+        });
+        let mut deferred = self.deferred.lock().unwrap();
+        deferred.push(job);
+        if deferred.len() == 1 {
+            let _ = self.jobs.send(None);
+        }
+    }
+
+    /// Returns once everything queued so far, deferred jobs included, is committed.
+    pub async fn flush(&self) -> Result<(), StoreError> {
+        self.run_relaxed(|_, _| Ok(())).await
     }
 }
 
+/// What the writer's queue carries: a job, or word that deferred jobs are waiting.
+type Message = Option<(Durability, Job)>;
+
 /// The writer: takes every waiting job, runs them in one transaction, commits (with an fsync
 /// when any job needs [`Durability::Full`]), then answers the jobs and publishes their events.
+/// Deferred jobs join the next transaction, or one of their own [`DEFER_WITHIN`] after the first
+/// of them was queued.
 fn writer(
     mut conn: rusqlite::Connection,
     evidence: bool,
-    mut jobs: mpsc::UnboundedReceiver<(Durability, Job)>,
+    jobs: std::sync::mpsc::Receiver<Message>,
+    deferred: Arc<std::sync::Mutex<Vec<Job>>>,
     publish: broadcast::Sender<Event>,
 ) {
-    let mut synchronous = Durability::Full;
-    let mut head = None;
-    while let Some((durability, first)) = jobs.blocking_recv() {
-        let mut batch = vec![first];
-        let mut needed = durability;
-        while batch.len() < MAX_BATCH {
-            match jobs.try_recv() {
-                Ok((durability, job)) => {
-                    if durability == Durability::Full {
-                        needed = Durability::Full;
-                    }
-                    batch.push(job)
+    use std::sync::mpsc::RecvTimeoutError;
+    let mut state = Writer { synchronous: Durability::Full, head: None, evidence };
+    // When the deferred jobs waiting must be committed.
+    let mut due: Option<std::time::Instant> = None;
+    loop {
+        let first = match due {
+            None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
+            Some(at) => jobs.recv_timeout(at.saturating_duration_since(std::time::Instant::now())),
+        };
+        let (stopping, mut waiting) = match first {
+            Ok(None) if due.is_none() => {
+                due = Some(std::time::Instant::now() + DEFER_WITHIN);
+                continue;
+            }
+            Ok(message) => (false, message),
+            Err(RecvTimeoutError::Timeout) => (false, None),
+            Err(RecvTimeoutError::Disconnected) => (true, None),
+        };
+        let mut batch = Vec::new();
+        let mut needed = Durability::Relaxed;
+        loop {
+            if let Some((durability, job)) = waiting {
+                if durability == Durability::Full {
+                    needed = Durability::Full;
                 }
+                batch.push(job);
+            }
+            if batch.len() >= MAX_BATCH {
+                break;
+            }
+            match jobs.try_recv() {
+                Ok(message) => waiting = message,
                 Err(_) => break,
             }
         }
-        if needed != synchronous {
+        // Deferred jobs were queued before these ones were taken: they go first.
+        let mut all = std::mem::take(&mut *deferred.lock().unwrap());
+        due = None;
+        all.append(&mut batch);
+        if !all.is_empty() {
+            state.commit(&mut conn, all, needed, &publish);
+        }
+        if stopping {
+            return;
+        }
+    }
+}
+
+/// What the writer keeps between transactions.
+struct Writer {
+    /// The connection's `synchronous` setting.
+    synchronous: Durability,
+    /// The evidence log's last record, once known.
+    head: Option<(i64, String)>,
+    /// Whether the evidence log is kept.
+    evidence: bool,
+}
+
+impl Writer {
+    /// Runs `jobs` in one transaction and commits it with `needed` durability, then answers them
+    /// and publishes their events.
+    fn commit(
+        &mut self,
+        conn: &mut rusqlite::Connection,
+        jobs: Vec<Job>,
+        needed: Durability,
+        publish: &broadcast::Sender<Event>,
+    ) {
+        if needed != self.synchronous {
             let mode = if needed == Durability::Full { "FULL" } else { "NORMAL" };
             match conn.pragma_update(None, "synchronous", mode) {
-                Ok(()) => synchronous = needed,
+                Ok(()) => self.synchronous = needed,
                 Err(e) => tracing::error!(error = %e, "the store cannot set synchronous={mode}"),
             }
         }
         let mut events = Vec::new();
         let t = match conn.transaction() {
-            Ok(t) => Tx { t, evidence, head: std::cell::RefCell::new(head.take()) },
+            Ok(t) => Tx { t, evidence: self.evidence, head: std::cell::RefCell::new(self.head.take()) },
             Err(e) => {
                 tracing::error!(error = %e, "the store cannot begin a transaction");
-                continue;
+                return;
             }
         };
-        let answers: Vec<Answer> = batch.into_iter().map(|job| job(&t, &mut events)).collect();
+        let answers: Vec<Answer> = jobs.into_iter().map(|job| job(&t, &mut events)).collect();
         let Tx { t, head: chain_head, .. } = t;
         let committed = t.commit().map_err(|e| tracing::error!(error = %e, "the store could not commit")).is_ok();
-        head = if committed { chain_head.into_inner() } else { None };
+        self.head = if committed { chain_head.into_inner() } else { None };
         for answer in answers {
             answer(committed);
         }

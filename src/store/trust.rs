@@ -205,26 +205,20 @@ impl Store {
     }
 
     /// Records, on the requesting node, a synchronous exchange that reached the peer: the
-    /// request as sent, and its response or refusal.
-    pub(super) async fn sync_exchanged(&self, peer: &str, request: &wire::Request, outcome: &Outcome) {
-        let reached = match outcome {
-            Ok(response) => Some(Ok(response.clone())),
-            Err(Failure::Refused(refusal)) => Some(Err(refusal.message.clone())),
-            Err(_) => None,
-        };
-        let Some(reached) = reached else { return };
-        let (peer, request) = (peer.to_owned(), request.clone());
-        let recorded = self
-            .run_relaxed(move |t, _| {
-                t.record(request_entry("out", &peer, &request, &[]))?;
-                match &reached {
-                    Ok(response) => t.record(response_entry("in", &peer, &request.id, response)),
-                    Err(why) => t.record(refused_entry("in", &peer, &request.id, why)),
-                }
-            })
-            .await;
-        if let Err(e) = recorded {
-            tracing::error!(error = %e, "cannot record a synchronous exchange in the evidence log");
+    /// request as sent, and its response or refusal ([`Store::defer`]red).
+    pub(super) fn sync_exchanged(&self, peer: &str, request: &wire::Request, outcome: &Outcome) {
+        if !self.evidence {
+            return;
         }
+        let answer = match outcome {
+            Ok(response) => response_entry("in", peer, &request.id, response),
+            Err(Failure::Refused(refusal)) => refused_entry("in", peer, &request.id, &refusal.message),
+            Err(_) => return,
+        };
+        let sent = request_entry("out", peer, request, &[]);
+        self.defer("a synchronous exchange", move |t| {
+            t.record(sent)?;
+            t.record(answer)
+        });
     }
 }
