@@ -30,8 +30,3 @@ pub mod store;
 pub mod tls;
 pub mod transfer;
 pub mod wire;
-
-/// mimalloc instead of the system allocator: a node allocates small, short-lived buffers on many
-/// threads, where glibc's malloc spent a tenth of the relay's CPU time (measured with perf).
-#[global_allocator]
-static ALLOCATOR: mimalloc::MiMalloc = mimalloc::MiMalloc;

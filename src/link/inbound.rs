@@ -264,13 +264,8 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
             Admission::Refused(refusal) => return Ok(Message::Refused(refusal)),
         }
     }
-    link.sign_receipt(
-        &peer.name,
-        &request.id,
-        0,
-        wire::payload_sha256(request),
-        request.file.as_ref().map(|f| f.sha256),
-    );
+    let payload = wire::payload_sha256(request);
+    link.sign_receipt(&peer.name, &request.id, 0, payload, request.file.as_ref().map(|f| f.sha256));
     let started = std::time::Instant::now();
     let extra: Vec<_> = file.into_iter().collect();
     let answer = services.call_with(&peer.name, request, &extra).await.map_err(|e| e.refusal);
@@ -286,7 +281,7 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
     tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
     if checked || store.keeps_evidence() {
         let answered = answer.as_ref().map_err(|r| r.message.as_str());
-        let recorded = store.sync_answered(&peer.name, request, &service, checked, answered).await;
+        let recorded = store.sync_answered(&peer.name, request, &service, checked, payload, answered).await;
         if let Err(e) = recorded {
             tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a service's answer");
         }

@@ -102,18 +102,20 @@ pub fn read_log(data_dir: &Path, since: i64) -> Result<Vec<(i64, String)>, Store
     Ok(log)
 }
 
-/// A summary record of a request for the log, from its wire form: `form` masked by `mask`.
+/// A summary record of a request for the log, from its wire form and the SHA-256 of its payload
+/// ([`crate::wire::payload_sha256`]): `form` masked by `mask`.
 pub(crate) fn request_entry(
     direction: &'static str,
     peer: &str,
     request: &crate::wire::Request,
+    payload_sha256: [u8; 32],
     mask: &[String],
 ) -> Entry {
     let mut entry = Entry::new("request", direction, peer, &request.id);
     entry.method = Some(request.method.clone());
     entry.path = Some(request.path.clone());
     entry.form = Some(crate::deliver::masked_form(&request.form, mask));
-    entry.body_sha256 = Some(hex::encode(crate::wire::payload_sha256(request)));
+    entry.body_sha256 = Some(hex::encode(payload_sha256));
     entry.file = request.file.as_ref().map(file_facts);
     entry
 }

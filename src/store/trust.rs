@@ -114,7 +114,7 @@ pub(super) fn admit(
             params![peer, request.service, request.path, key, request.id, service.idempotency_ttl.as_millis() as i64],
         )?;
     }
-    t.record(request_entry("in", peer, request, &service.mask_fields))?;
+    t.record(request_entry("in", peer, request, wire::payload_sha256(request), &service.mask_fields))?;
     Ok(Admission::New)
 }
 
@@ -177,10 +177,11 @@ impl Store {
         request: &wire::Request,
         service: &ServiceConfig,
         admitted: bool,
+        payload_sha256: [u8; 32],
         answer: Result<&wire::Response, &str>,
     ) -> Result<(), StoreError> {
         let peer = peer.to_owned();
-        let arrived = (!admitted).then(|| request_entry("in", &peer, request, &service.mask_fields));
+        let arrived = (!admitted).then(|| request_entry("in", &peer, request, payload_sha256, &service.mask_fields));
         let id = request.id.clone();
         let answer = answer.cloned().map_err(str::to_owned);
         // A settled key must outlive a power loss (a retry would call the service again); plain
@@ -191,15 +192,14 @@ impl Store {
                 t.record(entry)?;
             }
             match &answer {
-                Ok(response) => {
-                    t.record(response_entry("out", &peer, &id, response))?;
-                    settle_key(t, &peer, &id, response.is_success().then_some(response))
-                }
-                Err(why) => {
-                    t.record(refused_entry("out", &peer, &id, why))?;
-                    settle_key(t, &peer, &id, None)
-                }
+                Ok(response) => t.record(response_entry("out", &peer, &id, response))?,
+                Err(why) => t.record(refused_entry("out", &peer, &id, why))?,
             }
+            // Only an admitted request holds a key to settle.
+            if admitted {
+                settle_key(t, &peer, &id, answer.as_ref().ok().filter(|r| r.is_success()))?;
+            }
+            Ok(())
         })
         .await
     }
@@ -215,7 +215,7 @@ impl Store {
             Err(Failure::Refused(refusal)) => refused_entry("in", peer, &request.id, &refusal.message),
             Err(_) => return,
         };
-        let sent = request_entry("out", peer, request, &[]);
+        let sent = request_entry("out", peer, request, wire::payload_sha256(request), &[]);
         self.defer("a synchronous exchange", move |t| {
             t.record(sent)?;
             t.record(answer)

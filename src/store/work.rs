@@ -333,7 +333,9 @@ impl Store {
     pub async fn acknowledged(&self, peer: &str, ack: wire::Ack, work: &OutboundWork) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         let entry = match work {
-            OutboundWork::Request { message, .. } => request_entry("out", &peer, &message.request, &[]),
+            OutboundWork::Request { message, .. } => {
+                request_entry("out", &peer, &message.request, wire::payload_sha256(&message.request), &[])
+            },
             OutboundWork::Reply { message, .. } => reply_entry("out", &peer, message),
         };
         self.run(move |t, events| {
