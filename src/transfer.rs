@@ -283,7 +283,9 @@ pub async fn receive(
     let size = offer.size;
     let (file, whole, have) = {
         let partial = partial.clone();
-        tokio::task::spawn_blocking(move || open_partial(&dir, &partial, size))
+        tokio::task::spawn_blocking(move || {
+            open_partial(&dir, &partial, size).map(|(file, whole, have)| (Sink::open(&partial, file), whole, have))
+        })
             .await
             .map_err(|e| io(std::io::Error::other(e)))?
             .map_err(io)?
@@ -295,9 +297,9 @@ pub async fn receive(
     wire::write(tx, &Message::FileResume(FileResume { have })).await.map_err(|e| broken(&e))?;
     progress(have, offer.size);
 
-    let (to_disk, from_net) = tokio::sync::mpsc::channel::<(FileChunk, Vec<u8>)>(DEPTH);
+    let (to_disk, from_net) = tokio::sync::mpsc::channel::<(FileChunk, ChunkBuf)>(DEPTH);
     let (written_tx, mut written) = tokio::sync::mpsc::unbounded_channel::<u64>();
-    let (recycle_tx, mut recycle) = tokio::sync::mpsc::unbounded_channel::<Vec<u8>>();
+    let (recycle_tx, mut recycle) = tokio::sync::mpsc::unbounded_channel::<ChunkBuf>();
     let cancelled = Arc::new(AtomicBool::new(false));
     // If this future is dropped, the disk thread writes nothing more.
     let _cancel = CancelOnDrop(cancelled.clone());
@@ -311,7 +313,7 @@ pub async fn receive(
     let ended: Result<[u8; 32], Fault> = loop {
         let buf = match recycle.try_recv() {
             Ok(buf) => buf,
-            Err(_) => vec![0u8; CHUNK],
+            Err(_) => ChunkBuf::new(),
         };
         let frame = next_frame(rx, next, offer.size, buf);
         tokio::pin!(frame);
@@ -377,7 +379,7 @@ pub async fn receive(
             "the whole file did not match its SHA-256; it was discarded".into(),
         ));
     }
-    tokio::task::spawn_blocking(move || file.sync_all())
+    tokio::task::spawn_blocking(move || file.finish(have))
         .await
         .map_err(|e| io(std::io::Error::other(e)))?
         .map_err(io)?;
@@ -420,15 +422,15 @@ fn open_partial(dir: &Path, partial: &Path, size: u64) -> std::io::Result<(std::
 
 /// One frame of a file stream, as the receiver takes it.
 enum Frame {
-    /// A chunk's header and its bytes (`buf[..len]`).
-    Chunk(FileChunk, Vec<u8>),
+    /// A chunk's header and its bytes (the first `len` of the buffer).
+    Chunk(FileChunk, ChunkBuf),
     /// The end, with the whole file's claimed SHA-256.
     End([u8; 32]),
 }
 
 /// Reads the next frame, and a chunk's bytes into `buf`, checking the chunk is in place (at
 /// `next`, not empty, at most [`CHUNK`], within `size`).
-async fn next_frame(rx: &mut quinn::RecvStream, next: u64, size: u64, mut buf: Vec<u8>) -> Result<Frame, Fault> {
+async fn next_frame(rx: &mut quinn::RecvStream, next: u64, size: u64, mut buf: ChunkBuf) -> Result<Frame, Fault> {
     match wire::read(rx).await {
         Ok(Message::FileChunk(c)) => {
             let len = c.len as usize;
@@ -438,8 +440,7 @@ async fn next_frame(rx: &mut quinn::RecvStream, next: u64, size: u64, mut buf: V
                     format!("chunk at {} of {len} bytes is out of place", c.offset),
                 )));
             }
-            buf.resize(CHUNK, 0);
-            rx.read_exact(&mut buf[..len])
+            rx.read_exact(&mut buf.space()[..len])
                 .await
                 .map_err(|e| Fault::Reset(ReceiveError::Reset(Code::Done, e.to_string())))?;
             Ok(Frame::Chunk(c, buf))
@@ -478,34 +479,113 @@ impl Drop for CancelOnDrop {
     }
 }
 
-/// The receiver's disk thread: checks each chunk, hashes it into the whole file, appends it, and
+/// The receiver's disk thread: checks each chunk, hashes it into the whole file, writes it, and
 /// reports the length written; stops at the first bad chunk. Returns the file, the whole hash and
 /// the length once the stream side closes the channel.
 fn write_chunks(
-    mut file: std::fs::File,
+    mut sink: Sink,
     mut whole: Sha256,
     mut have: u64,
-    mut from_net: tokio::sync::mpsc::Receiver<(FileChunk, Vec<u8>)>,
+    mut from_net: tokio::sync::mpsc::Receiver<(FileChunk, ChunkBuf)>,
     written: tokio::sync::mpsc::UnboundedSender<u64>,
-    recycle: tokio::sync::mpsc::UnboundedSender<Vec<u8>>,
+    recycle: tokio::sync::mpsc::UnboundedSender<ChunkBuf>,
     cancelled: &AtomicBool,
-) -> Result<(std::fs::File, Sha256, u64), WriteFailure> {
-    use std::io::Write;
+) -> Result<(Sink, Sha256, u64), WriteFailure> {
     while let Some((c, buf)) = from_net.blocking_recv() {
         if cancelled.load(Ordering::SeqCst) {
             break;
         }
-        let chunk = &buf[..c.len as usize];
+        let len = c.len as usize;
+        let chunk = &buf.window()[..len];
         if <[u8; 32]>::from(Sha256::digest(chunk)) != c.sha256 {
             return Err(WriteFailure::Corrupt(c.offset));
         }
-        file.write_all(chunk).map_err(WriteFailure::Disk)?;
+        sink.write(have, &buf, len).map_err(WriteFailure::Disk)?;
         whole.update(chunk);
-        have += chunk.len() as u64;
+        have += len as u64;
         let _ = written.send(have);
         let _ = recycle.send(buf);
     }
-    Ok((file, whole, have))
+    Ok((sink, whole, have))
+}
+
+/// Alignment of direct I/O, in memory, offsets and lengths: the largest logical block size in use.
+const ALIGN: usize = 4096;
+
+/// A receive buffer whose window of [`CHUNK`] bytes starts at a multiple of [`ALIGN`] in memory,
+/// as direct I/O needs.
+struct ChunkBuf {
+    bytes: Vec<u8>,
+    start: usize,
+}
+
+impl ChunkBuf {
+    fn new() -> ChunkBuf {
+        let bytes = vec![0u8; CHUNK + ALIGN];
+        let start = (ALIGN - bytes.as_ptr() as usize % ALIGN) % ALIGN;
+        ChunkBuf { bytes, start }
+    }
+
+    /// The window, to fill.
+    fn space(&mut self) -> &mut [u8] {
+        &mut self.bytes[self.start..self.start + CHUNK]
+    }
+
+    /// The window.
+    fn window(&self) -> &[u8] {
+        &self.bytes[self.start..self.start + CHUNK]
+    }
+}
+
+/// Where the receiver writes a file: with direct I/O where the file system takes it (Linux), so
+/// that a file of tens of GiB is not copied through the page cache and does not evict what the
+/// machine keeps there; through the page cache otherwise.
+struct Sink {
+    /// The partial file, opened normally.
+    file: std::fs::File,
+    /// The same file opened for direct I/O, until the file system refuses a write through it.
+    direct: Option<std::fs::File>,
+}
+
+impl Sink {
+    fn open(path: &Path, file: std::fs::File) -> Sink {
+        Sink { file, direct: open_direct(path) }
+    }
+
+    /// Writes the first `len` bytes of `buf`'s window at `offset` (a multiple of [`CHUNK`]). A
+    /// direct write is rounded up to whole blocks; [`Sink::finish`] cuts the file to its size.
+    fn write(&mut self, offset: u64, buf: &ChunkBuf, len: usize) -> std::io::Result<()> {
+        use std::os::unix::fs::FileExt;
+        if let Some(direct) = &self.direct {
+            match direct.write_all_at(&buf.window()[..len.next_multiple_of(ALIGN)], offset) {
+                Ok(()) => return Ok(()),
+                // The file system takes no direct I/O after all (or not with this alignment).
+                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => self.direct = None,
+                Err(e) => return Err(e),
+            }
+        }
+        self.file.write_all_at(&buf.window()[..len], offset)
+    }
+
+    /// Cuts the file to `size` and fsyncs it.
+    fn finish(self, size: u64) -> std::io::Result<()> {
+        drop(self.direct);
+        self.file.set_len(size)?;
+        self.file.sync_all()
+    }
+}
+
+/// The file at `path` opened for direct I/O writes, if the system and file system allow it.
+#[cfg(target_os = "linux")]
+fn open_direct(path: &Path) -> Option<std::fs::File> {
+    use std::os::unix::fs::OpenOptionsExt;
+    std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(path).ok()
+}
+
+/// The file at `path` opened for direct I/O writes: not on this system.
+#[cfg(not(target_os = "linux"))]
+fn open_direct(_: &Path) -> Option<std::fs::File> {
+    None
 }
 
 /// Moves `partial` into `folder` as `name`, or `2-name`, `3-name`, … if that is taken: a file
@@ -525,7 +605,34 @@ fn place(partial: &Path, folder: &Path, name: &str) -> std::io::Result<PathBuf> 
 
 #[cfg(test)]
 mod tests {
-    use super::safe_name;
+    use super::{safe_name, ChunkBuf, Sink, CHUNK};
+
+    /// A whole chunk and a short last one, written as the receiver writes them, in a temporary
+    /// folder (direct I/O on most disks) and in /dev/shm (tmpfs: direct I/O or the fallback).
+    #[test]
+    fn the_sink_writes_chunks_and_cuts_the_padded_tail() {
+        let content: Vec<u8> = (0..CHUNK + 5000).map(|i| (i * 7 % 251) as u8).collect();
+        let shm = std::path::Path::new("/dev/shm");
+        let dirs: Vec<tempfile::TempDir> =
+            [Some(tempfile::tempdir().unwrap()), shm.is_dir().then(|| tempfile::tempdir_in(shm).unwrap())]
+                .into_iter()
+                .flatten()
+                .collect();
+        for dir in &dirs {
+            let path = dir.path().join("f.part");
+            let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).unwrap();
+            let mut sink = Sink::open(&path, file);
+            let mut offset = 0;
+            for piece in content.chunks(CHUNK) {
+                let mut buf = ChunkBuf::new();
+                buf.space()[..piece.len()].copy_from_slice(piece);
+                sink.write(offset, &buf, piece.len()).unwrap();
+                offset += piece.len() as u64;
+            }
+            sink.finish(offset).unwrap();
+            assert!(std::fs::read(&path).unwrap() == content, "{}", path.display());
+        }
+    }
 
     #[test]
     fn hostile_names_become_safe_file_names() {
