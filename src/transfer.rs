@@ -21,7 +21,7 @@ use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 
-use bytes::{Bytes, BytesMut};
+use bytes::Bytes;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
@@ -165,15 +165,16 @@ fn read_chunks(
     drop(buf);
     file.seek(std::io::SeekFrom::Start(have))?;
     while done < size {
-        let mut buf = BytesMut::zeroed((size - done).min(CHUNK as u64) as usize);
-        let n = read_up_to_std(&mut file, &mut buf)?;
+        // Read into fresh capacity: no zeroing of what the read overwrites.
+        let want = (size - done).min(CHUNK as u64);
+        let mut buf = Vec::with_capacity(want as usize);
+        let n = std::io::Read::read_to_end(&mut std::io::Read::take(&mut file, want), &mut buf)?;
         if n == 0 {
             return Err(std::io::Error::other("the file shrank while it was being sent"));
         }
-        buf.truncate(n);
         whole.update(&buf);
         let sha256: [u8; 32] = Sha256::digest(&buf).into();
-        if to_net.blocking_send((done, buf.freeze(), sha256)).is_err() {
+        if to_net.blocking_send((done, Bytes::from(buf), sha256)).is_err() {
             return Err(std::io::Error::other("the stream stopped"));
         }
         done += n as u64;
