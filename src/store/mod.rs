@@ -546,3 +546,37 @@ pub fn rfc3339(ms: i64) -> String {
     let t = SystemTime::UNIX_EPOCH + Duration::from_millis(ms.max(0) as u64);
     humantime::format_rfc3339_millis(t).to_string()
 }
+
+#[cfg(test)]
+mod tests {
+    use std::collections::HashMap;
+
+    use super::*;
+    use serde_json::Value;
+
+    use crate::evidence::{verify, Entry, Intact};
+
+    /// A deferred record is committed on its own, with no other job to join, and
+    /// [`Store::flush`] commits everything deferred before it returns, in order.
+    #[tokio::test]
+    async fn deferred_records_are_committed_on_their_own_and_by_a_flush() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let record = |id: String| move |t: &Tx| t.record(Entry::new("request", "out", "org-b", &id));
+        store.defer("a test record", record("r1".into()));
+        let started = std::time::Instant::now();
+        while read_log(dir.path(), 0).unwrap().is_empty() {
+            assert!(started.elapsed() < Duration::from_secs(5), "the deferred record was never committed");
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+        for i in 2..=50 {
+            store.defer("a test record", record(format!("r{i}")));
+        }
+        store.flush().await.unwrap();
+        let log = read_log(dir.path(), 0).unwrap();
+        assert_eq!(verify(log.clone(), &HashMap::new()), Ok(Intact { records: 50, receipts: 0 }));
+        let ids: Vec<String> =
+            log.iter().map(|(_, text)| serde_json::from_str::<Value>(text).unwrap()["id"].to_string()).collect();
+        assert_eq!(ids, (1..=50).map(|i| format!("\"r{i}\"")).collect::<Vec<_>>());
+    }
+}
