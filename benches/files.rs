@@ -36,10 +36,9 @@
 //! - diagnostics for where the time goes: (k) raw quinn with ferry's four SHA-256 passes added
 //!   (per chunk and whole, each side) and (l) with one pass each side; (e)
 //!   `ferry::transfer::send` → `ferry::transfer::receive` over raw quinn (the file code without
-//!   the nodes); (p) a prototype of the proposed file path (same frames, hashing and std::fs I/O on
-//!   threads beside the stream, no copies into and out of quinn) and (q) the same without the
-//!   per-chunk SHA-256; each side's file work without any network (tokio::fs reads and writes in
-//!   1 MiB pieces, the SHA-256s per chunk and whole), and plain reads of the source.
+//!   the nodes: with (k), it shows what the file code adds to its hashing); each side's file work
+//!   without any network (tokio::fs reads and writes in 1 MiB pieces, the SHA-256s per chunk and
+//!   whole), and plain reads of the source.
 //!
 //! Targets are printed next to the figures, not asserted. The source file is written into a
 //! temporary directory and removed with it.
@@ -51,7 +50,7 @@
 //! | `FERRY_BENCH_DIR` | the system temp dir | where the temporary directory goes (the disk measured) |
 //! | `FERRY_BENCH_WORKERS` | available CPUs | worker threads of each of the three runtimes |
 //! | `FERRY_BENCH_WAN_MIB` | 256 | the file size across 50 ms of RTT |
-//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `diag` (rows k to q, e'), `local` (b, c, f to j), `ssh`, `wan` |
+//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `diag` (rows k, l, e), `local` (b, c, f to j), `ssh`, `wan` |
 //! | `FERRY_BENCH_SWEEP` | none | extra raw-quinn rows on loopback and at 50 ms: `window:buffer,...`, the stream window in MiB and the socket buffers in KiB (0: system default); e.g. `8:4096,32:4096` |
 //! | `FERRY_BENCH_NETEM` | unset | `off`: build the namespaces without netem (a check of the plumbing, no delay) |
 //! | `FERRY_BENCH_SPLIT` | unset | `1`: the sending side (org-a), the receiving side (org-b) and the rest each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and CPU time is broken down by side; for profiling, not for the headline figures (more threads than CPUs) |
@@ -89,8 +88,6 @@ const TARGET_SHARE_OF_QUINN: f64 = 0.90;
 const TARGET_TIMES_SCP: f64 = 1.2;
 /// Peak RSS per node.
 const TARGET_RSS_MIB: f64 = 100.0;
-/// The stream receive window of row (e'), in chunks.
-const STREAM_WINDOW_CHUNKS: u32 = 8;
 /// The piece size of every file read and write here, as `ferry::transfer` uses.
 const PIECE: usize = ferry::transfer::CHUNK;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -348,58 +345,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
             )
             .await?,
         );
-        let into = root.path().join("prototype");
-        std::fs::create_dir_all(&into)?;
-        for per_chunk in [true, false] {
-            let (what, note) = if per_chunk {
-                (
-                    "(p) prototype: pipelined, zero-copy, per-chunk SHA-256 kept",
-                    "same frames and hashes as transfer.rs; file I/O and hashing on std threads beside the stream",
-                )
-            } else {
-                (
-                    "(q) prototype: as (p) without the per-chunk SHA-256",
-                    "whole-file SHA-256 only (FileChunk.sha256 unused)",
-                )
-            };
-            figures.push(
-                runs(n, what, note, async |_| {
-                    let (secs, sha) = quinn.pipelined(&source, &into, per_chunk, runtimes).await?;
-                    ensure!(hex::encode(sha) == source_sha, "the prototype delivered another SHA-256");
-                    Ok(secs)
-                })
-                .await?,
-            );
-        }
         quinn.stop().await;
-        // The same file code with a stream window of several chunks instead of about one.
-        let window = STREAM_WINDOW_CHUNKS * PIECE as u32;
-        let wide = ferry::link::Transport {
-            stream_receive_window: window,
-            receive_window: 4 * window,
-            send_window: 4 * window as u64,
-            ..ferry::link::Transport::default()
-        };
-        let quinn = QuinnPair::start(runtimes, wide).await?;
-        figures.push(
-            runs(
-                n,
-                &format!("(e') as (e), stream window {STREAM_WINDOW_CHUNKS} MiB"),
-                &format!(
-                "Transport {{ stream_receive_window: {} MiB, receive_window and send_window: {} MiB }}; else as (e)",
-                STREAM_WINDOW_CHUNKS,
-                4 * STREAM_WINDOW_CHUNKS
-            ),
-                async |run| {
-                    let (secs, sha) = quinn.transfer(&source, &format!("wide-{run}"), &folders, runtimes).await?;
-                    ensure!(hex::encode(sha) == source_sha, "ferry::transfer delivered another SHA-256");
-                    Ok(secs)
-                },
-            )
-            .await?,
-        );
-        quinn.stop().await;
-        let _ = std::fs::remove_dir_all(&into);
         let _ = std::fs::remove_dir_all(root.path().join("transfer-only"));
     } else {
         quinn.stop().await;
@@ -1410,126 +1356,6 @@ impl QuinnPair {
                 .await
                 .map_err(|e| anyhow::anyhow!("send failed: {e}"))?;
             anyhow::Ok((t.elapsed().as_secs_f64(), sha))
-        });
-        let result = sender.await??;
-        receiver.await??;
-        Ok(result)
-    }
-
-    /// A prototype of the proposed file path, with ferry's frames (chunk header + raw bytes,
-    /// `FileEnd`, `FileDone`): the sender reads the file with std::fs on its own thread, which also
-    /// hashes (the whole file, and each chunk when `per_chunk`), and hands `Bytes` to the stream
-    /// (`write_chunk`, no copy); the receiver takes the stream's `Bytes` (`read_chunk`, no copy)
-    /// and hands them to its own thread, which gathers each chunk into one buffer (one copy, as
-    /// `read_exact` makes), checks it (when `per_chunk`), hashes the whole file and writes it with
-    /// std::fs, then fsyncs. Seconds from the first frame to
-    /// `FileDone`, and the SHA-256.
-    async fn pipelined(
-        &self,
-        path: &Path,
-        dir: &Path,
-        per_chunk: bool,
-        runtimes: &Runtimes,
-    ) -> anyhow::Result<(f64, [u8; 32])> {
-        const DEPTH: usize = 4;
-        let incoming = self.incoming.clone();
-        let target = dir.join("received.bin");
-        let receiver = runtimes.recv.spawn(async move {
-            let connection = incoming.lock().await;
-            let (mut tx, mut rx) = connection.accept_bi().await?;
-            let (to_disk, mut from_net) = tokio::sync::mpsc::channel::<(Vec<Bytes>, [u8; 32])>(DEPTH);
-            let disk = tokio::task::spawn_blocking(move || {
-                use std::io::Write;
-                let mut file = std::fs::File::create(&target)?;
-                let mut whole = Sha256::new();
-                // The stream's pieces are packet-sized: gathered into one buffer, one write per chunk.
-                let mut buf = Vec::with_capacity(PIECE);
-                while let Some((pieces, sha)) = from_net.blocking_recv() {
-                    buf.clear();
-                    pieces.iter().for_each(|p| buf.extend_from_slice(p));
-                    if per_chunk {
-                        ensure!(<[u8; 32]>::from(Sha256::digest(&buf)) == sha, "a chunk failed its SHA-256");
-                    }
-                    whole.update(&buf);
-                    file.write_all(&buf)?;
-                }
-                file.sync_all()?;
-                std::fs::remove_file(&target)?;
-                anyhow::Ok(<[u8; 32]>::from(whole.finalize()))
-            });
-            let claimed = loop {
-                match wire::read(&mut rx).await? {
-                    Message::FileChunk(c) => {
-                        let mut left = c.len as usize;
-                        let mut pieces = Vec::new();
-                        while left > 0 {
-                            let got = rx.read_chunk(left, true).await?.context("the stream ended inside a chunk")?;
-                            left -= got.bytes.len();
-                            pieces.push(got.bytes);
-                        }
-                        to_disk
-                            .send((pieces, c.sha256))
-                            .await
-                            .map_err(|_| anyhow::anyhow!("the disk thread stopped"))?;
-                    }
-                    Message::FileEnd(end) => break end.sha256,
-                    other => bail!("unexpected {other:?}"),
-                }
-            };
-            drop(to_disk);
-            let sha = disk.await??;
-            ensure!(sha == claimed, "the whole file did not match its SHA-256");
-            wire::write(&mut tx, &Message::FileDone(wire::FileDone { sha256: sha })).await?;
-            tx.finish()?;
-            let _ = tx.stopped().await;
-            anyhow::Ok(())
-        });
-        let connection = self.connection.clone();
-        let path = path.to_owned();
-        let sender = runtimes.send.spawn(async move {
-            let t = Instant::now();
-            let (to_net, mut from_disk) = tokio::sync::mpsc::channel::<(Bytes, [u8; 32])>(DEPTH);
-            let disk = tokio::task::spawn_blocking(move || {
-                use std::io::Read;
-                let mut file = std::fs::File::open(&path)?;
-                let mut whole = Sha256::new();
-                loop {
-                    let mut buf = bytes::BytesMut::zeroed(PIECE);
-                    let mut filled = 0;
-                    while filled < PIECE {
-                        let n = file.read(&mut buf[filled..])?;
-                        if n == 0 {
-                            break;
-                        }
-                        filled += n;
-                    }
-                    if filled == 0 {
-                        return anyhow::Ok(<[u8; 32]>::from(whole.finalize()));
-                    }
-                    buf.truncate(filled);
-                    whole.update(&buf);
-                    let sha = if per_chunk { Sha256::digest(&buf).into() } else { [0u8; 32] };
-                    if to_net.blocking_send((buf.freeze(), sha)).is_err() {
-                        bail!("the stream stopped");
-                    }
-                }
-            });
-            let (mut tx, mut rx) = connection.open_bi().await?;
-            let mut offset = 0u64;
-            while let Some((bytes, sha256)) = from_disk.recv().await {
-                let header = wire::FileChunk { offset, len: bytes.len() as u32, sha256 };
-                offset += bytes.len() as u64;
-                tx.write_all(&wire::encode(&Message::FileChunk(header))?).await?;
-                tx.write_chunk(bytes).await?;
-            }
-            let sha256 = disk.await??;
-            wire::write(&mut tx, &Message::FileEnd(wire::FileEnd { sha256 })).await?;
-            tx.finish()?;
-            match wire::read(&mut rx).await? {
-                Message::FileDone(done) if done.sha256 == sha256 => {}
-                other => bail!("unexpected answer {other:?}"),
-            }
-            anyhow::Ok((t.elapsed().as_secs_f64(), sha256))
         });
         let result = sender.await??;
         receiver.await??;
