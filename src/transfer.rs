@@ -13,8 +13,9 @@
 //! ```
 //!
 //! Whatever breaks the stream (a lost connection, a restart of either node, a bad chunk), the
-//! next offer of the same key continues from the last verified chunk. Memory per transfer is two
-//! chunk buffers whatever the file size.
+//! next offer of the same key continues from the last verified chunk. Memory per transfer is a few
+//! chunk buffers whatever the file size. The receiver writes with direct I/O where the file system
+//! allows it, so a file of tens of GiB is not copied through the page cache.
 
 use std::path::{Path, PathBuf};
 

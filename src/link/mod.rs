@@ -1,11 +1,11 @@
 //! The link: this node's QUIC endpoint and its connections to peers.
 //!
 //! Outbound, synchronous requests come straight from the store's [`crate::store::Carrier`]
-//! ([`outbound`]), and [`Link::carry`] drains the asynchronous ones the store says are due; each
-//! gets its own bidirectional stream over one kept connection per peer ([`connect`]). Inbound, [`Link::serve`] accepts
-//! connections from pinned peers only, names the peer by its certificate, and answers each stream
-//! ([`inbound`]), signing receipts for what it accepted ([`receipts`]). The protocol itself is in
-//! [`crate::wire`].
+//! (`outbound`), and [`Link::carry`] drains the asynchronous ones the store says are due; each
+//! gets its own bidirectional stream over one kept connection per peer (`connect`). Inbound,
+//! [`Link::serve`] accepts connections from pinned peers only, names the peer by its certificate,
+//! and answers each stream (`inbound`), signing receipts for what it accepted (`receipts`). The
+//! protocol itself is in [`crate::wire`].
 
 mod carry;
 mod connect;

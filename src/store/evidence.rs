@@ -46,8 +46,8 @@ impl Store {
         .await
     }
 
-    /// Records a peer's verified receipt for each leaf: what this node sent, as the peer signed it
-    /// ([`Store::defer`]red).
+    /// Records a peer's verified receipt for each leaf: what this node sent, as the peer signed it.
+    /// Deferred: the records join the writer's next commit, or one of their own within 5 ms.
     pub fn receipts(&self, peer: &str, leaves: Vec<Leaf>, proofs: Vec<Proof>) {
         if !self.evidence {
             return;

@@ -4,7 +4,9 @@
 //! deliveries. One writer thread owns the connection; everyone else holds a cheap, cloneable
 //! [`Store`] handle that sends it jobs. The writer runs every job waiting in its queue inside one
 //! transaction and commits once (group commit), and only then answers the jobs and publishes
-//! their [`Event`]s: an answer from the store means the change is on disk.
+//! their [`Event`]s: an answer from the store means the change is on disk. Evidence no one waits
+//! for (the requesting node's records of a synchronous exchange, peers' receipts) is deferred: it
+//! joins the next transaction, or one of its own within 5 ms.
 //!
 //! The workers that act on this state ([`crate::link`]'s carry loop, [`crate::deliver`],
 //! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and
