@@ -506,7 +506,7 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
         "best (s)",
         "GB/s",
         "MiB/s",
-        "ferry ÷ this",
+        "ferry speed ×",
         if settings.split { "CPU s send/recv/main +other" } else { "CPU s" },
         "others' CPUs",
         "target",
@@ -589,7 +589,7 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
         "\nTargets (printed, not asserted): ferry ≥ {:.0}% of raw quinn with the receiver hashing; ferry ≥ {TARGET_TIMES_SCP}× scp; RSS < {TARGET_RSS_MIB:.0} MiB per node.",
         TARGET_SHARE_OF_QUINN * 100.0
     );
-    println!("GB/s = 10^9 bytes per second; \"ferry ÷ this\" = ferry's best time ÷ this one's (above 1: ferry is slower by that factor).");
+    println!("GB/s = 10^9 bytes per second; \"ferry speed ×\" = this one's best time ÷ ferry's (above 1: ferry is faster by that factor).");
     if settings.split {
         println!("CPU s: user + system seconds of the best run on the b-send (org-a / sender), b-recv (org-b / receiver) and b-main (client, service, bench) threads, + other threads of this process.");
     } else {
@@ -738,7 +738,7 @@ fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
     let size = settings.wan_size as f64;
     println!("\n{} from org-a to org-b across {} ms of RTT: {how}\n", human(settings.wan_size), 2 * ONE_WAY_DELAY_MS);
     let headers =
-        ["measurement", "runs (s)", "best (s)", "GB/s", "MiB/s", "ferry ÷ this", "CPU s", "others' CPUs", "note"];
+        ["measurement", "runs (s)", "best (s)", "GB/s", "MiB/s", "ferry speed ×", "CPU s", "others' CPUs", "note"];
     let rows: Vec<Vec<String>> = figures
         .iter()
         .enumerate()
