@@ -381,7 +381,7 @@ pub async fn receive(
             "the whole file did not match its SHA-256; it was discarded".into(),
         ));
     }
-    tokio::task::spawn_blocking(move || file.finish(have))
+    tokio::task::spawn_blocking(move || file.finish())
         .await
         .map_err(|e| io(std::io::Error::other(e)))?
         .map_err(io)?;
@@ -554,25 +554,32 @@ impl Sink {
         Sink { file, direct: open_direct(path) }
     }
 
-    /// Writes the first `len` bytes of `buf`'s window at `offset` (a multiple of [`CHUNK`]). A
-    /// direct write is rounded up to whole blocks; [`Sink::finish`] cuts the file to its size.
+    /// Writes the first `len` bytes of `buf`'s window at `offset`: the whole blocks directly when
+    /// `offset` is block-aligned (as every chunk of a well-behaved sender is), the rest through the
+    /// page cache. Nothing past `offset + len` is ever written.
     fn write(&mut self, offset: u64, buf: &ChunkBuf, len: usize) -> std::io::Result<()> {
         use std::os::unix::fs::FileExt;
+        let mut done = 0;
         if let Some(direct) = &self.direct {
-            match direct.write_all_at(&buf.window()[..len.next_multiple_of(ALIGN)], offset) {
-                Ok(()) => return Ok(()),
-                // The file system takes no direct I/O after all (or not with this alignment).
-                Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => self.direct = None,
-                Err(e) => return Err(e),
+            let whole_blocks = if offset % ALIGN as u64 == 0 { len / ALIGN * ALIGN } else { 0 };
+            if whole_blocks > 0 {
+                match direct.write_all_at(&buf.window()[..whole_blocks], offset) {
+                    Ok(()) => done = whole_blocks,
+                    // The file system takes no direct I/O after all (or not with this alignment).
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidInput => self.direct = None,
+                    Err(e) => return Err(e),
+                }
             }
         }
-        self.file.write_all_at(&buf.window()[..len], offset)
+        if done < len {
+            self.file.write_all_at(&buf.window()[done..len], offset + done as u64)?;
+        }
+        Ok(())
     }
 
-    /// Cuts the file to `size` and fsyncs it.
-    fn finish(self, size: u64) -> std::io::Result<()> {
+    /// Fsyncs the file.
+    fn finish(self) -> std::io::Result<()> {
         drop(self.direct);
-        self.file.set_len(size)?;
         self.file.sync_all()
     }
 }
@@ -609,10 +616,11 @@ fn place(partial: &Path, folder: &Path, name: &str) -> std::io::Result<PathBuf> 
 mod tests {
     use super::{safe_name, ChunkBuf, Sink, CHUNK};
 
-    /// A whole chunk and a short last one, written as the receiver writes them, in a temporary
-    /// folder (direct I/O on most disks) and in /dev/shm (tmpfs: direct I/O or the fallback).
+    /// A whole chunk and a short last one (whole blocks and a tail), written as the receiver
+    /// writes them, in a temporary folder (direct I/O on most disks) and in /dev/shm (tmpfs:
+    /// direct I/O or the fallback); then a chunk at an offset that is not block-aligned.
     #[test]
-    fn the_sink_writes_chunks_and_cuts_the_padded_tail() {
+    fn the_sink_writes_whole_blocks_directly_and_the_rest_through_the_page_cache() {
         let content: Vec<u8> = (0..CHUNK + 5000).map(|i| (i * 7 % 251) as u8).collect();
         let shm = std::path::Path::new("/dev/shm");
         let dirs: Vec<tempfile::TempDir> =
@@ -631,8 +639,12 @@ mod tests {
                 sink.write(offset, &buf, piece.len()).unwrap();
                 offset += piece.len() as u64;
             }
-            sink.finish(offset).unwrap();
-            assert!(std::fs::read(&path).unwrap() == content, "{}", path.display());
+            let mut odd = ChunkBuf::new();
+            odd.space()[..3].copy_from_slice(b"end");
+            sink.write(offset, &odd, 3).unwrap();
+            sink.finish().unwrap();
+            let written = std::fs::read(&path).unwrap();
+            assert!(written[..content.len()] == content[..] && written[content.len()..] == *b"end", "{}", path.display());
         }
     }
 
