@@ -30,13 +30,17 @@ use crate::store::{OutgoingFile, Store};
 /// How often the inbox is scanned without a change notice.
 const TICK: Duration = Duration::from_millis(500);
 
-/// Watches `dir` and turns what operators drop there into replies, until `stop`.
-pub async fn work(store: Store, dir: PathBuf, stop: CancellationToken) {
+/// Creates the inbox `dir` and its folders (`.pending`, `.sent`, `.unmatched`) if missing.
+pub fn create(dir: &Path) -> std::io::Result<()> {
     for sub in [".pending", ".sent", ".unmatched"] {
-        if let Err(e) = std::fs::create_dir_all(dir.join(sub)) {
-            return tracing::error!(dir = %dir.display(), error = %e, "cannot create the inbox; it is off");
-        }
+        std::fs::create_dir_all(dir.join(sub))?;
     }
+    Ok(())
+}
+
+/// Watches `dir`, made by [`create`], and turns what operators drop there into replies, until
+/// `stop`.
+pub async fn work(store: Store, dir: PathBuf, stop: CancellationToken) {
     let changed = std::sync::Arc::new(tokio::sync::Notify::new());
     let writing = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
     let (notice, open) = (changed.clone(), writing.clone());

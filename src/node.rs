@@ -114,11 +114,20 @@ pub async fn run_with(
     tokio::spawn(link.clone().serve(services.clone(), folders));
     let stop = CancellationToken::new();
     store.set_carrier(Some(Arc::new(link.clone())));
+    // The inbox's folders exist once the node is up, for operators and scripts to drop files in.
+    let inbox_dir = config.node.data_dir.join("inbox");
+    let inbox = match inbox::create(&inbox_dir) {
+        Ok(()) => tokio::spawn(inbox::work(store.clone(), inbox_dir, stop.clone())),
+        Err(e) => {
+            tracing::error!(dir = %inbox_dir.display(), error = %e, "cannot create the inbox; it is off");
+            tokio::spawn(async {})
+        }
+    };
     let workers = [
         tokio::spawn(link.clone().carry(stop.clone())),
         tokio::spawn(deliver::work(services.clone(), store.clone(), stop.clone())),
         tokio::spawn(callbacks::work(store.clone(), stop.clone())),
-        tokio::spawn(inbox::work(store.clone(), config.node.data_dir.join("inbox"), stop.clone())),
+        inbox,
     ];
     link.greet_peers();
 
