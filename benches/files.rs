@@ -394,7 +394,9 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
             write_fsync_tokio(&scratch, size, &mut fsync).await
         })
         .await?;
-        figure.note = format!("as transfer::receive writes; the final flush + fsync took {fsync:.2} s of it");
+        figure.note = format!(
+            "through the page cache (transfer::receive writes with direct I/O where it can); the final flush + fsync took {fsync:.2} s of it"
+        );
         figures.push(figure);
         std::fs::remove_file(&scratch)?;
         figures.push(one("(f) read the source (std::fs, 1 MiB reads)", "page cache", &mut || read_std(&source)).await?);
@@ -402,7 +404,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
             runs(
                 1,
                 "(g) read the source (tokio::fs, 1 MiB reads)",
-                "as transfer::send reads; page cache",
+                "page cache (transfer::send reads with std::fs on a blocking thread)",
                 async |_| read_tokio(&source, false).await,
             )
             .await?,
@@ -411,7 +413,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
             runs(
                 1,
                 "(h) sender's file work, no network",
-                "tokio::fs reads + SHA-256 per chunk + whole, one after the other as in transfer::send",
+                "tokio::fs reads + SHA-256 per chunk + whole, one after the other, as transfer::send hashes",
                 async |_| read_tokio(&source, true).await,
             )
             .await?,
@@ -420,7 +422,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
             runs(
                 1,
                 "(i) receiver's file work, no network",
-                "SHA-256 per chunk + whole + tokio::fs writes + fsync, one after the other as in transfer::receive",
+                "SHA-256 per chunk + whole + tokio::fs writes through the page cache + fsync, one after the other",
                 async |_| receiver_work(&scratch, size).await,
             )
             .await?,

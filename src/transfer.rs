@@ -288,9 +288,9 @@ pub async fn receive(
         tokio::task::spawn_blocking(move || {
             open_partial(&dir, &partial, size).map(|(file, whole, have)| (Sink::open(&partial, file), whole, have))
         })
-            .await
-            .map_err(|e| io(std::io::Error::other(e)))?
-            .map_err(io)?
+        .await
+        .map_err(|e| io(std::io::Error::other(e)))?
+        .map_err(io)?
     };
     if have > 0 {
         tracing::info!(%peer, key = %offer.key, have, size = offer.size, "resuming a file transfer");
@@ -381,10 +381,7 @@ pub async fn receive(
             "the whole file did not match its SHA-256; it was discarded".into(),
         ));
     }
-    tokio::task::spawn_blocking(move || file.finish())
-        .await
-        .map_err(|e| io(std::io::Error::other(e)))?
-        .map_err(io)?;
+    tokio::task::spawn_blocking(move || file.finish()).await.map_err(|e| io(std::io::Error::other(e)))?.map_err(io)?;
     let request_id = offer.key.split('/').next().unwrap_or_default();
     let folder = folders.received.join(safe_name(peer)).join(safe_name(request_id));
     tokio::fs::create_dir_all(&folder).await.map_err(io)?;
@@ -577,9 +574,8 @@ impl Sink {
         Ok(())
     }
 
-    /// Fsyncs the file.
+    /// Fsyncs the file (both handles share it).
     fn finish(self) -> std::io::Result<()> {
-        drop(self.direct);
         self.file.sync_all()
     }
 }
@@ -630,7 +626,8 @@ mod tests {
                 .collect();
         for dir in &dirs {
             let path = dir.path().join("f.part");
-            let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).unwrap();
+            let file =
+                std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).unwrap();
             let mut sink = Sink::open(&path, file);
             let mut offset = 0;
             for piece in content.chunks(CHUNK) {
@@ -644,7 +641,11 @@ mod tests {
             sink.write(offset, &odd, 3).unwrap();
             sink.finish().unwrap();
             let written = std::fs::read(&path).unwrap();
-            assert!(written[..content.len()] == content[..] && written[content.len()..] == *b"end", "{}", path.display());
+            assert!(
+                written[..content.len()] == content[..] && written[content.len()..] == *b"end",
+                "{}",
+                path.display()
+            );
         }
     }
 

@@ -335,7 +335,7 @@ impl Store {
         let entry = match work {
             OutboundWork::Request { message, .. } => {
                 request_entry("out", &peer, &message.request, wire::payload_sha256(&message.request), &[])
-            },
+            }
             OutboundWork::Reply { message, .. } => reply_entry("out", &peer, message),
         };
         self.run(move |t, events| {
