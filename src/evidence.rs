@@ -5,7 +5,8 @@
 //! `prev`, the previous record's hash; so a record changed, dropped or moved breaks the chain at
 //! that point. The store appends records in the same transaction as the change they record.
 //! Receipts arrive later than what they cover, so they are records of their own (`event:
-//! "receipt"`), naming the id, payload and file hashes the peer signed.
+//! "receipt"`): one per receipt the peer sent, holding every message it covers (id, payload and
+//! file hashes, time) and the peer's one signature over them.
 //!
 //! [`verify`] checks a log offline: the chain, and every receipt against the pinned certificates.
 
@@ -16,7 +17,9 @@ use serde::{Deserialize, Serialize};
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 
-use crate::receipt::Proof;
+use base64::Engine;
+
+use crate::receipt;
 use crate::wire::Leaf;
 
 /// The `prev` of the first record.
@@ -78,7 +81,78 @@ pub struct Entry {
     /// The file that came with it.
     pub file: Option<FileFacts>,
     /// The peer's signed receipt (on `receipt` records).
-    pub receipt: Option<Proof>,
+    pub receipt: Option<Receipt>,
+}
+
+/// A peer's receipt as kept: the messages it covers, and its signature over their Merkle root.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Receipt {
+    /// What the peer signed, in the order it signed it.
+    pub leaves: Vec<Signed>,
+    /// The peer's signature over the leaves' Merkle root (base64 of ASN.1 DER).
+    pub signature: String,
+}
+
+/// One message a receipt covers, as the peer signed it.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Signed {
+    /// The request id.
+    pub id: String,
+    /// The reply's sequence number; absent for the request itself.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub reply_seq: Option<u32>,
+    /// SHA-256 of the payload the peer received, hex.
+    pub body_sha256: String,
+    /// SHA-256 of the file the peer received with it, hex.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub file_sha256: Option<String>,
+    /// When the peer accepted it (ms since the Unix epoch).
+    pub at_ms: i64,
+}
+
+impl Receipt {
+    /// The kept form of a receipt received on the link.
+    pub fn kept(receipt: crate::wire::Receipt) -> Receipt {
+        let leaves = receipt
+            .leaves
+            .into_iter()
+            .map(|l| Signed {
+                reply_seq: (l.seq > 0).then_some(l.seq),
+                body_sha256: hex::encode(l.payload_sha256),
+                file_sha256: l.file_sha256.map(hex::encode),
+                at_ms: l.at_ms,
+                id: l.id,
+            })
+            .collect();
+        Receipt { leaves, signature: base64::engine::general_purpose::STANDARD.encode(receipt.signature) }
+    }
+
+    /// Checks that `cert`'s key signed exactly these leaves.
+    pub fn verify(&self, cert: &CertificateDer<'_>) -> Result<(), String> {
+        let hash = |hex_text: &str| -> Result<[u8; 32], String> {
+            hex::decode(hex_text)
+                .ok()
+                .and_then(|b| b.try_into().ok())
+                .ok_or_else(|| format!("`{hex_text}` is not a SHA-256"))
+        };
+        let leaves = self
+            .leaves
+            .iter()
+            .map(|s| {
+                Ok(Leaf {
+                    id: s.id.clone(),
+                    seq: s.reply_seq.unwrap_or(0),
+                    payload_sha256: hash(&s.body_sha256)?,
+                    file_sha256: s.file_sha256.as_deref().map(hash).transpose()?,
+                    at_ms: s.at_ms,
+                })
+            })
+            .collect::<Result<Vec<_>, String>>()?;
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(&self.signature)
+            .map_err(|_| "the signature is not base64".to_owned())?;
+        receipt::verify_root(cert, &receipt::root(&leaves), &signature)
+    }
 }
 
 impl Entry {
@@ -118,31 +192,12 @@ impl Record {
     }
 }
 
-impl Entry {
-    /// The leaf a `receipt` entry says the peer signed.
-    fn leaf(&self, proof: &Proof) -> Result<Leaf, String> {
-        let hash = |hex_text: &str| -> Result<[u8; 32], String> {
-            hex::decode(hex_text)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| format!("`{hex_text}` is not a SHA-256"))
-        };
-        Ok(Leaf {
-            id: self.id.clone(),
-            seq: self.reply_seq.unwrap_or(0),
-            payload_sha256: hash(self.body_sha256.as_deref().unwrap_or_default())?,
-            file_sha256: self.file.as_ref().map(|f| hash(&f.sha256)).transpose()?,
-            at_ms: proof.at_ms,
-        })
-    }
-}
-
 /// What [`verify`] checked.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Intact {
     /// Records in the chain.
     pub records: u64,
-    /// Receipts whose signature verified.
+    /// Messages covered by a receipt whose signature verified.
     pub receipts: u64,
 }
 
@@ -170,7 +225,7 @@ pub fn verify(
     let mut prev = GENESIS.to_owned();
     let mut intact = Intact { records: 0, receipts: 0 };
     let mut sent: HashMap<Key, Hashes> = HashMap::new();
-    let mut receipts: Vec<(i64, Entry)> = Vec::new();
+    let mut receipts: Vec<(i64, String, Signed)> = Vec::new();
     for (expected, (stored_seq, text)) in (1..).zip(rows) {
         let broken = |why: String| Broken { seq: stored_seq, why };
         let record: Record = serde_json::from_str(&text).map_err(|e| broken(format!("unreadable record: {e}")))?;
@@ -201,23 +256,21 @@ pub fn verify(
             );
         }
         if entry.event == "receipt" {
-            let proof = entry.receipt.as_ref().ok_or_else(|| broken("a receipt record without a receipt".into()))?;
+            let receipt = entry.receipt.as_ref().ok_or_else(|| broken("a receipt record without a receipt".into()))?;
             let cert = certs.get(&entry.peer).ok_or_else(|| {
                 broken(format!("no pinned certificate for peer `{}` to check its receipt", entry.peer))
             })?;
-            let leaf = entry.leaf(proof).map_err(&broken)?;
-            proof.verify(cert, &leaf).map_err(|why| broken(format!("receipt: {why}")))?;
-            intact.receipts += 1;
-            receipts.push((record.seq, entry.clone()));
+            receipt.verify(cert).map_err(|why| broken(format!("receipt: {why}")))?;
+            intact.receipts += receipt.leaves.len() as u64;
+            receipts.extend(receipt.leaves.iter().map(|l| (record.seq, entry.peer.clone(), l.clone())));
         }
         prev = record.hash;
         intact.records += 1;
     }
-    for (seq, r) in receipts {
-        let key = (r.peer.clone(), r.id.clone(), r.reply_seq.unwrap_or(0));
-        let signed = (r.body_sha256.clone(), r.file.as_ref().map(|f| f.sha256.clone()));
+    for (seq, peer, signed) in receipts {
+        let key = (peer, signed.id, signed.reply_seq.unwrap_or(0));
         match sent.get(&key) {
-            Some(ours) if *ours == signed => {}
+            Some(ours) if *ours == (Some(signed.body_sha256), signed.file_sha256) => {}
             Some(_) => {
                 return Err(Broken { seq, why: "the peer signed other content than this node recorded sending".into() })
             }

@@ -2,17 +2,14 @@
 //!
 //! A receiving node gathers the [`Leaf`]s of what it accepted for a few milliseconds and signs the
 //! Merkle root of their hashes once, so a busy link costs one signature per batch rather than one
-//! per message. The sender keeps, for each leaf, a [`Proof`]: the path from the leaf to the root
-//! and the signature. Anyone holding the signer's certificate can check one leaf on its own,
-//! offline ([`Proof::verify`]).
+//! per message. The sender keeps the whole batch, leaves and signature, as one evidence record;
+//! anyone holding the signer's certificate can check it offline ([`verify_root`] over [`root`]).
 //!
 //! Hashes are domain-separated: a leaf hash can never be mistaken for an inner node or a root.
 
-use base64::Engine;
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
 use rustls::pki_types::CertificateDer;
-use serde::{Deserialize, Serialize};
 use sha2::{Digest, Sha256};
 
 use crate::identity::Identity;
@@ -50,100 +47,14 @@ pub fn statement(root: &[u8; 32]) -> Vec<u8> {
     [ROOT, root.as_slice()].concat()
 }
 
-/// One step from a node towards the root: the sibling's hash and which side it is on.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-struct Step {
-    sibling_left: bool,
-    hash: [u8; 32],
-}
-
-/// The root over `leaves` and, for each leaf, its path to the root. Nodes are paired left to
-/// right; an odd last node moves up a level unchanged.
-fn tree(leaves: &[[u8; 32]]) -> ([u8; 32], Vec<Vec<Step>>) {
-    let mut paths = vec![Vec::new(); leaves.len()];
-    // Which leaves sit under each node of the current level.
-    let mut level: Vec<([u8; 32], Vec<usize>)> = leaves.iter().enumerate().map(|(i, h)| (*h, vec![i])).collect();
-    while level.len() > 1 {
-        let mut next = Vec::with_capacity(level.len().div_ceil(2));
-        let mut pairs = level.into_iter();
-        while let Some((left, mut under_left)) = pairs.next() {
-            match pairs.next() {
-                Some((right, under_right)) => {
-                    for &i in &under_left {
-                        paths[i].push(Step { sibling_left: false, hash: right });
-                    }
-                    for &i in &under_right {
-                        paths[i].push(Step { sibling_left: true, hash: left });
-                    }
-                    under_left.extend(under_right);
-                    next.push((node(&left, &right), under_left));
-                }
-                None => next.push((left, under_left)),
-            }
-        }
-        level = next;
-    }
-    (level.first().map(|(h, _)| *h).unwrap_or([0; 32]), paths)
-}
-
-/// The Merkle root over the leaves' hashes.
+/// The Merkle root over the leaves' hashes. Nodes are paired left to right; an odd last node
+/// moves up a level unchanged.
 pub fn root(leaves: &[Leaf]) -> [u8; 32] {
-    tree(&leaves.iter().map(leaf_hash).collect::<Vec<_>>()).0
-}
-
-/// What a sender keeps of a receipt for one leaf: enough to check it alone, offline.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub struct Proof {
-    /// When the receiver accepted the message (ms since the Unix epoch), as it signed it.
-    pub at_ms: i64,
-    /// The path to the root: sibling hashes in hex, each prefixed `L:` or `R:` by its side.
-    pub path: Vec<String>,
-    /// The receiver's signature over the root (base64 of ASN.1 DER).
-    pub signature: String,
-}
-
-impl Proof {
-    /// The proof of each leaf of a batch receipt, in the leaves' order.
-    pub fn for_batch(leaves: &[Leaf], signature: &[u8]) -> Vec<Proof> {
-        let signature = base64::engine::general_purpose::STANDARD.encode(signature);
-        let (_, paths) = tree(&leaves.iter().map(leaf_hash).collect::<Vec<_>>());
-        leaves
-            .iter()
-            .zip(paths)
-            .map(|(leaf, path)| Proof {
-                at_ms: leaf.at_ms,
-                path: path
-                    .iter()
-                    .map(|s| format!("{}:{}", if s.sibling_left { 'L' } else { 'R' }, hex::encode(s.hash)))
-                    .collect(),
-                signature: signature.clone(),
-            })
-            .collect()
+    let mut level: Vec<[u8; 32]> = leaves.iter().map(leaf_hash).collect();
+    while level.len() > 1 {
+        level = level.chunks(2).map(|pair| if let [l, r] = pair { node(l, r) } else { pair[0] }).collect();
     }
-
-    /// Checks that `cert`'s key signed a batch holding `leaf` (whose `at_ms` must be this proof's).
-    pub fn verify(&self, cert: &CertificateDer<'_>, leaf: &Leaf) -> Result<(), String> {
-        if leaf.at_ms != self.at_ms {
-            return Err("the receipt's time differs from the record's".into());
-        }
-        let mut hash = leaf_hash(leaf);
-        for step in &self.path {
-            let (side, hex_hash) = step.split_once(':').ok_or_else(|| format!("malformed path step `{step}`"))?;
-            let sibling: [u8; 32] = hex::decode(hex_hash)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| format!("malformed path step `{step}`"))?;
-            hash = match side {
-                "L" => node(&sibling, &hash),
-                "R" => node(&hash, &sibling),
-                _ => return Err(format!("malformed path step `{step}`")),
-            };
-        }
-        let signature = base64::engine::general_purpose::STANDARD
-            .decode(&self.signature)
-            .map_err(|_| "the signature is not base64".to_owned())?;
-        verify_root(cert, &hash, &signature)
-    }
+    level.first().copied().unwrap_or([0; 32])
 }
 
 /// Checks a signature over `root` with the key of `cert`.
@@ -196,19 +107,27 @@ mod tests {
     }
 
     #[test]
-    fn every_leaf_of_every_batch_size_proves_alone_and_nothing_else_does() {
+    fn a_batch_verifies_whole_and_no_changed_dropped_or_moved_leaf_does() {
         let identity = Identity::generate("org-b").unwrap();
         let other = Identity::generate("org-x").unwrap();
         let signer = Signer::new(&identity).unwrap();
         for n in 1..=9 {
             let leaves: Vec<Leaf> = (0..n).map(leaf).collect();
-            let proofs = Proof::for_batch(&leaves, &signer.sign(&leaves));
-            for (l, p) in leaves.iter().zip(&proofs) {
-                p.verify(&identity.cert, l).unwrap();
-                assert!(p.verify(&other.cert, l).is_err(), "another key must not verify");
-                let mut changed = l.clone();
-                changed.payload_sha256[0] ^= 1;
-                assert!(p.verify(&identity.cert, &changed).is_err(), "a changed leaf must not verify");
+            let signature = signer.sign(&leaves);
+            verify_root(&identity.cert, &root(&leaves), &signature).unwrap();
+            assert!(verify_root(&other.cert, &root(&leaves), &signature).is_err(), "another key must not verify");
+            for i in 0..leaves.len() {
+                let mut changed = leaves.clone();
+                changed[i].payload_sha256[0] ^= 1;
+                assert!(verify_root(&identity.cert, &root(&changed), &signature).is_err(), "a changed leaf");
+                let mut dropped = leaves.clone();
+                dropped.remove(i);
+                assert!(verify_root(&identity.cert, &root(&dropped), &signature).is_err(), "a dropped leaf");
+                if i > 0 {
+                    let mut moved = leaves.clone();
+                    moved.swap(0, i);
+                    assert!(verify_root(&identity.cert, &root(&moved), &signature).is_err(), "a moved leaf");
+                }
             }
         }
     }

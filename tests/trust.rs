@@ -278,22 +278,15 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
     let db = database(&p.a);
     let n: i64 = db.query_row("SELECT COUNT(*) FROM evidence", [], |r| r.get(0)).unwrap();
     assert!(n >= 4, "{n} records");
-    let saved: (i64, String, String, String, String) = db
-        .query_row("SELECT seq, peer, id, hash, record FROM evidence WHERE seq = 2", [], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })
-        .unwrap();
+    let saved: (i64, String) =
+        db.query_row("SELECT seq, record FROM evidence WHERE seq = 2", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     db.execute("DELETE FROM evidence WHERE seq = 2", []).unwrap();
     let (code, _, err) = audit(&p.a, &["verify"]);
     assert_eq!(code, 1);
     assert!(err.contains("seq 2"), "{err}");
 
     // Moved: two records swapped.
-    db.execute(
-        "INSERT INTO evidence (seq, peer, id, hash, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-        rusqlite::params![saved.0, saved.1, saved.2, saved.3, saved.4],
-    )
-    .unwrap();
+    db.execute("INSERT INTO evidence (seq, record) VALUES (?1, ?2)", rusqlite::params![saved.0, saved.1]).unwrap();
     assert_eq!(audit(&p.a, &["verify"]).0, 0, "restored");
     db.execute_batch(
         "UPDATE evidence SET seq = -3 WHERE seq = 3; UPDATE evidence SET seq = 3 WHERE seq = 4;
@@ -325,16 +318,16 @@ async fn a_forged_receipt_fails_verification_even_with_the_chain_rebuilt() {
     for (seq, text) in rows {
         let mut record: ferry::evidence::Record = serde_json::from_str(&text).unwrap();
         if forged_at.is_none() && record.entry.event == "receipt" {
-            let proof = record.entry.receipt.as_mut().unwrap();
-            proof.at_ms += 1; // claims another time than the peer signed
+            let receipt = record.entry.receipt.as_mut().unwrap();
+            receipt.leaves[0].at_ms += 1; // claims another time than the peer signed
             forged_at = Some(seq);
         }
         record.prev = prev;
         record.hash = record.chain_hash();
         prev = record.hash.clone();
         db.execute(
-            "UPDATE evidence SET record = ?2, hash = ?3 WHERE seq = ?1",
-            rusqlite::params![seq, serde_json::to_string(&record).unwrap(), record.hash],
+            "UPDATE evidence SET record = ?2 WHERE seq = ?1",
+            rusqlite::params![seq, serde_json::to_string(&record).unwrap()],
         )
         .unwrap();
     }

@@ -221,7 +221,7 @@ async fn stream(
                 tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
                 return broken.cancel();
             }
-            super::receipts::keep(store, &peer.name, receipt);
+            store.receipt(&peer.name, receipt);
             Message::Ack(wire::Ack { id: String::new(), seq: leaves })
         }
         other => {
@@ -238,9 +238,9 @@ async fn stream(
 }
 
 /// Answers a synchronous request: admission when its service checks idempotency keys or
-/// duplicates, the service call, and the evidence of the exchange, which is on disk before the
-/// answer leaves. Without checks, the request and its answer are recorded in one commit after
-/// the call, so a plain exchange waits for one fsync, not two.
+/// duplicates (the request, its key and the answer are then on disk before the answer leaves),
+/// the service call, and the evidence of the exchange. A plain exchange changes no state: its
+/// records join the writer's next commit without holding up the answer.
 /// `Err`: the stream is reset with that code (the store failed; nothing was called).
 async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -> Result<Message, Code> {
     let Inbound { link, services, store, .. } = inbound;
@@ -279,12 +279,13 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
     };
     metrics.sync_request(&peer.name, "incoming", outcome);
     tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
-    if checked || store.keeps_evidence() {
-        let answered = answer.as_ref().map_err(|r| r.message.as_str());
-        let recorded = store.sync_answered(&peer.name, request, &service, checked, payload, answered).await;
-        if let Err(e) = recorded {
+    let answered = answer.as_ref().map_err(|r| r.message.as_str());
+    if checked {
+        if let Err(e) = store.sync_settled(&peer.name, &request.id, answered).await {
             tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a service's answer");
         }
+    } else {
+        store.sync_served(&peer.name, request, &service.mask_fields, payload, answered);
     }
     Ok(match answer {
         Ok(response) => Message::Response(response),

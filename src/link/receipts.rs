@@ -9,7 +9,7 @@ use tokio::sync::mpsc;
 
 use super::{Link, CONNECT_WITHIN};
 use crate::peer::Peer;
-use crate::receipt::{self, Proof, Signer};
+use crate::receipt::{self, Signer};
 use crate::wire::{self, Leaf, Message};
 
 /// How long accepted messages gather before one signature covers them all.
@@ -56,12 +56,14 @@ impl Link {
         if self.is_closing() {
             return;
         }
-        let queue = queues.entry(peer.to_owned()).or_insert_with(|| {
-            let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(self.clone().send_receipts(peer.to_owned(), rx));
-            tx
-        });
-        let _ = queue.send(leaf);
+        if let Some(queue) = queues.get(peer) {
+            let _ = queue.send(leaf);
+            return;
+        }
+        let (tx, rx) = mpsc::unbounded_channel();
+        tokio::spawn(self.clone().send_receipts(peer.to_owned(), rx));
+        let _ = tx.send(leaf);
+        queues.insert(peer.to_owned(), tx);
     }
 
     /// Gathers leaves for [`BATCH_WINDOW`], signs their root once, and sends the receipt to `peer`,
@@ -112,10 +114,4 @@ pub(super) fn verify(peer: &Peer, receipt: &wire::Receipt) -> Result<(), String>
         return Err(format!("a receipt must cover 1 to {MAX_LEAVES} messages"));
     }
     receipt::verify_root(&peer.cert, &receipt::root(&receipt.leaves), &receipt.signature)
-}
-
-/// Records a proof for each leaf of a verified receipt.
-pub(super) fn keep(store: &crate::store::Store, peer: &str, receipt: wire::Receipt) {
-    let proofs = Proof::for_batch(&receipt.leaves, &receipt.signature);
-    store.receipts(peer, receipt.leaves, proofs);
 }

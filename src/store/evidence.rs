@@ -5,9 +5,8 @@ use std::path::Path;
 use rusqlite::{params, OptionalExtension};
 
 use super::{exec, now_ms, query_row, rfc3339, Store, StoreError, Tx};
-use crate::evidence::{Entry, GENESIS};
-use crate::receipt::Proof;
-use crate::wire::Leaf;
+use crate::evidence::{Entry, Receipt, Record, GENESIS};
+use crate::wire;
 
 impl Tx<'_> {
     /// Appends `entry` to the evidence log, chained to the last record, in this transaction.
@@ -18,18 +17,18 @@ impl Tx<'_> {
         let known = self.head.borrow_mut().take();
         let last: Option<(i64, String)> = match known {
             Some(head) => Some(head),
-            None => query_row(self, "SELECT seq, hash FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
-                Ok((r.get(0)?, r.get(1)?))
+            None => query_row(self, "SELECT seq, record FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
+                Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
             })
-            .optional()?,
+            .optional()?
+            .map(|(seq, text)| {
+                let hash = serde_json::from_str::<Record>(&text).map(|r| r.hash).unwrap_or_default();
+                (seq, hash)
+            }),
         };
         let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_owned()));
         let (record, text) = entry.seal(seq, rfc3339(now_ms()), prev);
-        exec(
-            self,
-            "INSERT INTO evidence (seq, peer, id, hash, record) VALUES (?1, ?2, ?3, ?4, ?5)",
-            params![seq, record.entry.peer, record.entry.id, record.hash, text],
-        )?;
+        exec(self, "INSERT INTO evidence (seq, record) VALUES (?1, ?2)", params![seq, text])?;
         *self.head.borrow_mut() = Some((seq, record.hash));
         Ok(())
     }
@@ -46,28 +45,15 @@ impl Store {
         .await
     }
 
-    /// Records a peer's verified receipt for each leaf: what this node sent, as the peer signed it.
-    /// Deferred: the records join the writer's next commit, or one of their own within 5 ms.
-    pub fn receipts(&self, peer: &str, leaves: Vec<Leaf>, proofs: Vec<Proof>) {
+    /// Records a peer's verified receipt, which covers what this node sent it, as one record.
+    /// Deferred: it joins the writer's next commit, or one of its own within 5 ms.
+    pub fn receipt(&self, peer: &str, receipt: wire::Receipt) {
         if !self.evidence {
             return;
         }
-        let peer = peer.to_owned();
-        self.defer("a peer's receipt", move |t| {
-            for (leaf, proof) in leaves.into_iter().zip(proofs) {
-                let mut entry = Entry::new("receipt", "in", &peer, &leaf.id);
-                entry.reply_seq = (leaf.seq > 0).then_some(leaf.seq);
-                entry.body_sha256 = Some(hex::encode(leaf.payload_sha256));
-                entry.file = leaf.file_sha256.map(|s| crate::evidence::FileFacts {
-                    name: None,
-                    size: None,
-                    sha256: hex::encode(s),
-                });
-                entry.receipt = Some(proof);
-                t.record(entry)?;
-            }
-            Ok(())
-        })
+        let mut entry = Entry::new("receipt", "in", peer, "");
+        entry.receipt = Some(Receipt::kept(receipt));
+        self.defer("a peer's receipt", move |t| t.record(entry))
     }
 }
 

@@ -113,6 +113,15 @@ const MIGRATIONS: &[&str] = &[
     ALTER TABLE requests ADD COLUMN masked_form TEXT;     -- incoming: the form as views show it
     CREATE INDEX requests_by_key ON requests (peer, service, path, idempotency_key)
         WHERE idempotency_key IS NOT NULL;",
+    // 4: the evidence log keeps each record's JSON only: peer, id and hash are in it, and the
+    // smaller row makes appending cheaper.
+    "CREATE TABLE evidence_records (
+        seq INTEGER PRIMARY KEY,
+        record TEXT NOT NULL
+    );
+    INSERT INTO evidence_records (seq, record) SELECT seq, record FROM evidence;
+    DROP TABLE evidence;
+    ALTER TABLE evidence_records RENAME TO evidence;",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.
@@ -152,5 +161,24 @@ mod tests {
         super::prepare(&mut conn).unwrap();
         conn.pragma_update(None, "user_version", 99).unwrap();
         assert!(super::prepare(&mut conn).unwrap_err().to_string().contains("newer"));
+    }
+
+    #[test]
+    fn a_version_3_evidence_log_keeps_its_records() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut conn = rusqlite::Connection::open(dir.path().join("t.db")).unwrap();
+        for (i, sql) in super::MIGRATIONS[..3].iter().enumerate() {
+            conn.execute_batch(sql).unwrap();
+            conn.pragma_update(None, "user_version", i + 1).unwrap();
+        }
+        conn.execute(
+            "INSERT INTO evidence (seq, peer, id, hash, record) VALUES (1, 'org-b', 'r1', 'h', '{\"seq\":1}')",
+            [],
+        )
+        .unwrap();
+        super::prepare(&mut conn).unwrap();
+        let kept: (i64, String) =
+            conn.query_row("SELECT seq, record FROM evidence", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!(kept, (1, "{\"seq\":1}".to_owned()));
     }
 }

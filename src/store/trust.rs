@@ -8,7 +8,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::evidence::request_entry;
-use super::{exec, now_ms, query_row, Durability, StoreError, Tx};
+use super::{exec, now_ms, query_row, StoreError, Tx};
 use crate::config::ServiceConfig;
 use crate::evidence::{sha256_hex, Entry};
 use crate::store::{Failure, Outcome, Store};
@@ -141,17 +141,19 @@ pub(super) fn settle_key(t: &Tx, peer: &str, id: &str, success: Option<&wire::Re
     Ok(())
 }
 
-/// The log's record of a response.
-pub(super) fn response_entry(direction: &'static str, peer: &str, id: &str, response: &wire::Response) -> Entry {
-    let mut entry = Entry::new("response", direction, peer, id);
-    entry.body_sha256 = Some(sha256_hex(&response.body));
-    entry
-}
-
-/// The log's record of a refusal.
-pub(super) fn refused_entry(direction: &'static str, peer: &str, id: &str, why: &str) -> Entry {
-    let mut entry = Entry::new("refused", direction, peer, id);
-    entry.body_sha256 = Some(sha256_hex(why.as_bytes()));
+/// The log's record of a response, or of a refusal (`Err`, its reason).
+pub(super) fn answer_entry(
+    direction: &'static str,
+    peer: &str,
+    id: &str,
+    answer: Result<&wire::Response, &str>,
+) -> Entry {
+    let (event, body) = match answer {
+        Ok(response) => ("response", response.body.as_slice()),
+        Err(why) => ("refused", why.as_bytes()),
+    };
+    let mut entry = Entry::new(event, direction, peer, id);
+    entry.body_sha256 = Some(sha256_hex(body));
     entry
 }
 
@@ -168,40 +170,45 @@ impl Store {
         self.run(move |t, _| admit(t, &peer, &request, &service)).await
     }
 
-    /// Records the service's answer (or the failure) to a synchronous request from `peer`, and
-    /// settles its idempotency key, before the answer goes back. Unless it was `admitted` (which
-    /// recorded it), the request is recorded too, in the same transaction.
-    pub async fn sync_answered(
+    /// Records the service's answer (or the failure) to an admitted synchronous request from
+    /// `peer` ([`Store::admit_sync`] recorded the request) and settles its idempotency key, on
+    /// disk before the answer goes back: a retry after a power loss must not call the service again.
+    pub async fn sync_settled(
+        &self,
+        peer: &str,
+        id: &str,
+        answer: Result<&wire::Response, &str>,
+    ) -> Result<(), StoreError> {
+        let answered = answer_entry("out", peer, id, answer);
+        let success = answer.ok().filter(|r| r.is_success()).cloned();
+        let (peer, id) = (peer.to_owned(), id.to_owned());
+        self.run(move |t, _| {
+            t.record(answered)?;
+            settle_key(t, &peer, &id, success.as_ref())
+        })
+        .await
+    }
+
+    /// Records, on the receiving node, a synchronous exchange that changed no state (its service
+    /// checks neither keys nor duplicates): the request as received and the answer, in the
+    /// writer's next commit ([`Store::defer`]red), like the requesting node's records of it.
+    pub fn sync_served(
         &self,
         peer: &str,
         request: &wire::Request,
-        service: &ServiceConfig,
-        admitted: bool,
+        mask: &[String],
         payload_sha256: [u8; 32],
         answer: Result<&wire::Response, &str>,
-    ) -> Result<(), StoreError> {
-        let peer = peer.to_owned();
-        let arrived = (!admitted).then(|| request_entry("in", &peer, request, payload_sha256, &service.mask_fields));
-        let id = request.id.clone();
-        let answer = answer.cloned().map_err(str::to_owned);
-        // A settled key must outlive a power loss (a retry would call the service again); plain
-        // evidence need not wait for an fsync (see `Durability::Relaxed`).
-        let durability = if admitted { Durability::Full } else { Durability::Relaxed };
-        self.run_with(durability, move |t, _| {
-            if let Some(entry) = arrived {
-                t.record(entry)?;
-            }
-            match &answer {
-                Ok(response) => t.record(response_entry("out", &peer, &id, response))?,
-                Err(why) => t.record(refused_entry("out", &peer, &id, why))?,
-            }
-            // Only an admitted request holds a key to settle.
-            if admitted {
-                settle_key(t, &peer, &id, answer.as_ref().ok().filter(|r| r.is_success()))?;
-            }
-            Ok(())
-        })
-        .await
+    ) {
+        if !self.evidence {
+            return;
+        }
+        let arrived = request_entry("in", peer, request, payload_sha256, mask);
+        let answered = answer_entry("out", peer, &request.id, answer);
+        self.defer("a synchronous exchange", move |t| {
+            t.record(arrived)?;
+            t.record(answered)
+        });
     }
 
     /// Records, on the requesting node, a synchronous exchange that reached the peer: the
@@ -211,8 +218,8 @@ impl Store {
             return;
         }
         let answer = match outcome {
-            Ok(response) => response_entry("in", peer, &request.id, response),
-            Err(Failure::Refused(refusal)) => refused_entry("in", peer, &request.id, &refusal.message),
+            Ok(response) => answer_entry("in", peer, &request.id, Ok(response)),
+            Err(Failure::Refused(refusal)) => answer_entry("in", peer, &request.id, Err(&refusal.message)),
             Err(_) => return,
         };
         let sent = request_entry("out", peer, request, wire::payload_sha256(request), &[]);

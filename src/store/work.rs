@@ -8,7 +8,7 @@ use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
 use super::evidence::{file_facts, request_entry};
-use super::trust::{admit, refused_entry, response_entry, settle_key, Admission};
+use super::trust::{admit, answer_entry, settle_key, Admission};
 use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
 use crate::config::ServiceConfig;
 use crate::evidence::{sha256_hex, Entry};
@@ -415,7 +415,7 @@ impl Store {
     pub async fn refused(&self, peer: &str, id: &str, error: String) -> Result<(), StoreError> {
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
-            t.record(refused_entry("in", &peer, &id, &error))?;
+            t.record(answer_entry("in", &peer, &id, Err(&error)))?;
             let row: Option<i64> = query_row(
                 t,
                 "SELECT seq FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
@@ -581,7 +581,7 @@ impl Store {
                 }
                 ServiceOutcome::Failed(why) => fail(t, events, row, &why)?,
                 ServiceOutcome::Answered(response) => {
-                    t.record(response_entry("out", &peer, &id, &response))?;
+                    t.record(answer_entry("out", &peer, &id, Ok(&response)))?;
                     if response.is_success() && !reply {
                         settle_key(t, &peer, &id, Some(&response))?;
                     }
