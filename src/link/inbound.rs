@@ -132,7 +132,10 @@ async fn stream(
             match checked {
                 Err(refusal) => Message::Refused(refusal),
                 Ok((service, file)) => {
-                    match store.insert_incoming(&peer.name, message, file.map(|(_, path)| path), &service).await {
+                    match store
+                        .insert_incoming(&peer.name, message, file.map(|(_, path)| path), &service, payload)
+                        .await
+                    {
                         Ok(Admission::Refused(refusal)) => Message::Refused(refusal),
                         Ok(_) => {
                             link.sign_receipt(&peer.name, &id, 0, payload, file_sha);
@@ -252,9 +255,10 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
         Ok(file) => file,
         Err(refusal) => return Ok(Message::Refused(refusal)),
     };
+    let payload = wire::payload_sha256(request);
     let checked = request.idempotency_key.is_some() || service.dedupe_window.is_some();
     if checked {
-        let admitted = store.admit_sync(&peer.name, request, &service).await.map_err(|e| {
+        let admitted = store.admit_sync(&peer.name, request, &service, payload).await.map_err(|e| {
             tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a request");
             Code::Done
         })?;
@@ -264,7 +268,6 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
             Admission::Refused(refusal) => return Ok(Message::Refused(refusal)),
         }
     }
-    let payload = wire::payload_sha256(request);
     link.sign_receipt(&peer.name, &request.id, 0, payload, request.file.as_ref().map(|f| f.sha256));
     let started = std::time::Instant::now();
     let extra: Vec<_> = file.into_iter().collect();

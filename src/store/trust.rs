@@ -30,12 +30,14 @@ pub enum Admission {
 }
 
 /// Checks `request` from `peer` against the key and duplicate tables of `service`, and records
-/// what it claims. Returns [`Admission::New`] when the request may go on.
+/// what it claims and, once admitted, `arrived` (its evidence record, built by the caller outside
+/// the writer). Returns [`Admission::New`] when the request may go on.
 pub(super) fn admit(
     t: &Tx,
     peer: &str,
     request: &wire::Request,
     service: &ServiceConfig,
+    arrived: Entry,
 ) -> Result<Admission, StoreError> {
     let now = now_ms();
     let key = request.idempotency_key.as_deref();
@@ -114,7 +116,7 @@ pub(super) fn admit(
             params![peer, request.service, request.path, key, request.id, service.idempotency_ttl.as_millis() as i64],
         )?;
     }
-    t.record(request_entry("in", peer, request, wire::payload_sha256(request), &service.mask_fields))?;
+    t.record(arrived)?;
     Ok(Admission::New)
 }
 
@@ -165,9 +167,25 @@ impl Store {
         peer: &str,
         request: &wire::Request,
         service: &ServiceConfig,
+        payload_sha256: [u8; 32],
     ) -> Result<Admission, StoreError> {
+        let arrived = self.arrived(peer, request, service, payload_sha256);
         let (peer, request, service) = (peer.to_owned(), request.clone(), service.clone());
-        self.run(move |t, _| admit(t, &peer, &request, &service)).await
+        self.run(move |t, _| admit(t, &peer, &request, &service, arrived)).await
+    }
+
+    /// The evidence record of `request` as received from `peer` (empty when no log is kept).
+    pub(super) fn arrived(
+        &self,
+        peer: &str,
+        request: &wire::Request,
+        service: &ServiceConfig,
+        payload_sha256: [u8; 32],
+    ) -> Entry {
+        if !self.evidence {
+            return Entry::default();
+        }
+        request_entry("in", peer, request, payload_sha256, &service.mask_fields)
     }
 
     /// Records the service's answer (or the failure) to an admitted synchronous request from

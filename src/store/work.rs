@@ -445,7 +445,9 @@ impl Store {
         message: wire::AsyncRequest,
         file: Option<String>,
         service: &ServiceConfig,
+        payload_sha256: [u8; 32],
     ) -> Result<Admission, StoreError> {
+        let arrived = self.arrived(peer, &message.request, service, payload_sha256);
         let (peer, service) = (peer.to_owned(), service.clone());
         let admission = self
             .run(move |t, events| {
@@ -461,7 +463,7 @@ impl Store {
                 if known.is_some() {
                     return Ok(Admission::Known);
                 }
-                let admission = admit(t, &peer, r, &service)?;
+                let admission = admit(t, &peer, r, &service, arrived)?;
                 let replay = match &admission {
                     Admission::New => None,
                     Admission::Replay(response) => Some(response.clone()),
