@@ -10,6 +10,7 @@
 //!
 //! [`verify`] checks a log offline: the chain, and every receipt against the pinned certificates.
 
+use std::borrow::Cow;
 use std::collections::HashMap;
 
 use rustls::pki_types::CertificateDer;
@@ -59,9 +60,9 @@ pub struct FileFacts {
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
 pub struct Entry {
     /// `request`, `response`, `reply`, `file`, `callback`, `refused` or `receipt`.
-    pub event: String,
+    pub event: Cow<'static, str>,
     /// `in` (from the peer) or `out` (to the peer, or to a host's callback).
-    pub direction: String,
+    pub direction: Cow<'static, str>,
     /// The peer of the exchange.
     pub peer: String,
     /// The request id.
@@ -157,7 +158,7 @@ impl Receipt {
 
 impl Entry {
     /// An entry for `event` in `direction` of request `id` with `peer`.
-    pub fn new(event: &str, direction: &str, peer: &str, id: &str) -> Entry {
+    pub fn new(event: &'static str, direction: &'static str, peer: &str, id: &str) -> Entry {
         Entry { event: event.into(), direction: direction.into(), peer: peer.into(), id: id.into(), ..Entry::default() }
     }
 
@@ -184,11 +185,14 @@ impl Record {
     /// This record (whose `hash` is empty) as stored: its canonical JSON with `hash` appended,
     /// serialized once; `hash` is set.
     pub fn seal_text(&mut self) -> String {
-        let mut text = serde_json::to_string(self).unwrap_or_default();
-        self.hash = sha256_hex(text.as_bytes());
+        let mut text = Vec::with_capacity(1024);
+        let _ = serde_json::to_writer(&mut text, self);
+        self.hash = sha256_hex(&text);
         text.pop(); // the closing brace
-        text.push_str(&format!(",\"hash\":\"{}\"}}", self.hash));
-        text
+        for part in [",\"hash\":\"", self.hash.as_str(), "\"}"] {
+            text.extend_from_slice(part.as_bytes());
+        }
+        String::from_utf8(text).unwrap_or_default()
     }
 }
 
@@ -244,7 +248,7 @@ pub fn verify(
         if record.chain_hash() != record.hash {
             return Err(broken("its content does not match its hash: the record was changed".into()));
         }
-        let signed_by_peer = match entry.event.as_str() {
+        let signed_by_peer = match entry.event.as_ref() {
             "request" => true,
             "reply" | "response" => entry.reply_seq.is_some(),
             _ => false,
