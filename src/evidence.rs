@@ -162,11 +162,40 @@ impl Entry {
         Entry { event: event.into(), direction: direction.into(), peer: peer.into(), id: id.into(), ..Entry::default() }
     }
 
-    /// The record at `seq`, chained to `prev`, and its JSON as stored.
-    pub fn seal(self, seq: i64, at: String, prev: String) -> (Record, String) {
-        let mut record = Record { seq, at, entry: self, prev, hash: String::new() };
-        let text = record.seal_text();
-        (record, text)
+    /// This entry's JSON fields, rendered ahead of the log's writer (see [`Rendered`]).
+    pub fn render(&self) -> Rendered {
+        let mut text = serde_json::to_string(self).unwrap_or_default();
+        text.pop(); // the closing brace
+        text.remove(0); // the opening brace
+        Rendered(text)
+    }
+}
+
+/// An [`Entry`] rendered as its JSON fields without braces: the costly part of appending it,
+/// done by the caller, so that the log's one writer only chains it ([`Rendered::seal`]).
+#[derive(Debug, Clone, Default)]
+pub struct Rendered(String);
+
+impl From<Entry> for Rendered {
+    fn from(entry: Entry) -> Rendered {
+        entry.render()
+    }
+}
+
+impl Rendered {
+    /// The record's JSON as stored, at `seq`, recorded `at`, chained to `prev`: the canonical JSON
+    /// of the [`Record`] without `hash`, then `hash` (SHA-256 over that text) appended. Returns
+    /// the hash and the text.
+    pub fn seal(&self, seq: i64, at: &str, prev: &str) -> (String, String) {
+        let fields = &self.0;
+        let mut text = String::with_capacity(fields.len() + 256);
+        text.push_str(&format!("{{\"seq\":{seq},\"at\":\"{at}\",{fields},\"prev\":\"{prev}\"}}"));
+        let hash = sha256_hex(text.as_bytes());
+        text.pop(); // the closing brace
+        for part in [",\"hash\":\"", hash.as_str(), "\"}"] {
+            text.push_str(part);
+        }
+        (hash, text)
     }
 }
 
@@ -180,19 +209,6 @@ impl Record {
     pub fn chain_hash(&self) -> String {
         let unhashed = Record { hash: String::new(), ..self.clone() };
         sha256_hex(&serde_json::to_vec(&unhashed).unwrap_or_default())
-    }
-
-    /// This record (whose `hash` is empty) as stored: its canonical JSON with `hash` appended,
-    /// serialized once; `hash` is set.
-    pub fn seal_text(&mut self) -> String {
-        let mut text = Vec::with_capacity(1024);
-        let _ = serde_json::to_writer(&mut text, self);
-        self.hash = sha256_hex(&text);
-        text.pop(); // the closing brace
-        for part in [",\"hash\":\"", self.hash.as_str(), "\"}"] {
-            text.extend_from_slice(part.as_bytes());
-        }
-        String::from_utf8(text).unwrap_or_default()
     }
 }
 
@@ -292,10 +308,11 @@ mod tests {
     fn a_sealed_record_reads_back_and_verifies() {
         let mut entry = Entry::new("request", "out", "org-b", "r1");
         entry.form = Some(serde_json::json!({"a": 1.5, "b": "x"}));
-        let (record, text) = entry.seal(1, "2026-11-22T00:00:00.000Z".into(), GENESIS.into());
+        let (hash, text) = entry.render().seal(1, "2026-11-22T00:00:00.000Z", GENESIS);
         let back: Record = serde_json::from_str(&text).unwrap();
-        assert_eq!(back, record);
-        assert_eq!(back.chain_hash(), record.hash, "the stored text hashes to its hash");
+        assert_eq!(back.entry, entry);
+        assert_eq!((back.seq, back.prev.as_str()), (1, GENESIS));
+        assert_eq!(back.chain_hash(), hash, "the stored text hashes to its hash");
         assert_eq!(serde_json::to_string(&back).unwrap(), text, "one canonical form");
         assert_eq!(verify([(1, text)], &HashMap::new()), Ok(Intact { records: 1, receipts: 0 }));
     }

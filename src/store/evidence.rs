@@ -5,12 +5,12 @@ use std::path::Path;
 use rusqlite::{params, OptionalExtension};
 
 use super::{exec, now_ms, query_row, rfc3339, Store, StoreError, Tx};
-use crate::evidence::{Entry, Receipt, Record, GENESIS};
+use crate::evidence::{Entry, Receipt, Record, Rendered, GENESIS};
 use crate::wire;
 
 impl Tx<'_> {
     /// Appends `entry` to the evidence log, chained to the last record, in this transaction.
-    pub(crate) fn record(&self, entry: Entry) -> Result<(), StoreError> {
+    pub(crate) fn record(&self, entry: impl Into<Rendered>) -> Result<(), StoreError> {
         if !self.evidence {
             return Ok(());
         }
@@ -27,9 +27,9 @@ impl Tx<'_> {
             }),
         };
         let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_owned()));
-        let (record, text) = entry.seal(seq, rfc3339(now_ms()), prev);
+        let (hash, text) = entry.into().seal(seq, &rfc3339(now_ms()), &prev);
         exec(self, "INSERT INTO evidence (seq, record) VALUES (?1, ?2)", params![seq, text])?;
-        *self.head.borrow_mut() = Some((seq, record.hash));
+        *self.head.borrow_mut() = Some((seq, hash));
         Ok(())
     }
 }
@@ -53,7 +53,8 @@ impl Store {
         }
         let mut entry = Entry::new("receipt", "in", peer, "");
         entry.receipt = Some(Receipt::kept(receipt));
-        self.defer("a peer's receipt", move |t| t.record(entry))
+        let rendered = entry.render();
+        self.defer("a peer's receipt", move |t| t.record(rendered))
     }
 }
 

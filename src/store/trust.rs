@@ -10,7 +10,7 @@ use rusqlite::{params, OptionalExtension};
 use super::evidence::request_entry;
 use super::{exec, now_ms, query_row, StoreError, Tx};
 use crate::config::ServiceConfig;
-use crate::evidence::{sha256_hex, Entry};
+use crate::evidence::{sha256_hex, Entry, Rendered};
 use crate::store::{Failure, Outcome, Store};
 use crate::wire::{self, Refusal, RefusalKind};
 
@@ -37,7 +37,7 @@ pub(super) fn admit(
     peer: &str,
     request: &wire::Request,
     service: &ServiceConfig,
-    arrived: Entry,
+    arrived: Rendered,
 ) -> Result<Admission, StoreError> {
     let now = now_ms();
     let key = request.idempotency_key.as_deref();
@@ -174,18 +174,19 @@ impl Store {
         self.run(move |t, _| admit(t, &peer, &request, &service, arrived)).await
     }
 
-    /// The evidence record of `request` as received from `peer` (empty when no log is kept).
+    /// The evidence record of `request` as received from `peer`, rendered (empty when no log is
+    /// kept).
     pub(super) fn arrived(
         &self,
         peer: &str,
         request: &wire::Request,
         service: &ServiceConfig,
         payload_sha256: [u8; 32],
-    ) -> Entry {
+    ) -> Rendered {
         if !self.evidence {
-            return Entry::default();
+            return Rendered::default();
         }
-        request_entry("in", peer, request, payload_sha256, &service.mask_fields)
+        request_entry("in", peer, request, payload_sha256, &service.mask_fields).render()
     }
 
     /// Records the service's answer (or the failure) to an admitted synchronous request from
@@ -221,8 +222,8 @@ impl Store {
         if !self.evidence {
             return;
         }
-        let arrived = request_entry("in", peer, request, payload_sha256, mask);
-        let answered = answer_entry("out", peer, &request.id, answer);
+        let arrived = request_entry("in", peer, request, payload_sha256, mask).render();
+        let answered = answer_entry("out", peer, &request.id, answer).render();
         self.defer("a synchronous exchange", move |t| {
             t.record(arrived)?;
             t.record(answered)
@@ -236,11 +237,11 @@ impl Store {
             return;
         }
         let answer = match outcome {
-            Ok(response) => answer_entry("in", peer, &request.id, Ok(response)),
-            Err(Failure::Refused(refusal)) => answer_entry("in", peer, &request.id, Err(&refusal.message)),
+            Ok(response) => answer_entry("in", peer, &request.id, Ok(response)).render(),
+            Err(Failure::Refused(refusal)) => answer_entry("in", peer, &request.id, Err(&refusal.message)).render(),
             Err(_) => return,
         };
-        let sent = request_entry("out", peer, request, wire::payload_sha256(request), &[]);
+        let sent = request_entry("out", peer, request, wire::payload_sha256(request), &[]).render();
         self.defer("a synchronous exchange", move |t| {
             t.record(sent)?;
             t.record(answer)

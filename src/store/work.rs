@@ -11,7 +11,7 @@ use super::evidence::{file_facts, request_entry};
 use super::trust::{admit, answer_entry, settle_key, Admission};
 use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
 use crate::config::ServiceConfig;
-use crate::evidence::{sha256_hex, Entry};
+use crate::evidence::{sha256_hex, Entry, Rendered};
 use crate::wire;
 
 /// How long a claimed item stays with its worker before it is due again.
@@ -333,10 +333,11 @@ impl Store {
     pub async fn acknowledged(&self, peer: &str, ack: wire::Ack, work: &OutboundWork) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         let entry = match work {
+            _ if !self.evidence => Rendered::default(),
             OutboundWork::Request { message, .. } => {
-                request_entry("out", &peer, &message.request, wire::payload_sha256(&message.request), &[])
+                request_entry("out", &peer, &message.request, wire::payload_sha256(&message.request), &[]).render()
             }
-            OutboundWork::Reply { message, .. } => reply_entry("out", &peer, message),
+            OutboundWork::Reply { message, .. } => reply_entry("out", &peer, message).render(),
         };
         self.run(move |t, events| {
             t.record(entry)?;
