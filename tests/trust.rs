@@ -218,25 +218,28 @@ async fn exchanges(p: &Pair) {
     host.wait_for(1, WITHIN).await;
 }
 
-/// Waits until `node`'s log has a receipt record.
-async fn wait_for_receipt(node: &common::Node) {
+/// Waits until `node`'s log has a record of `event` (records of deliveries and receipts are
+/// committed a moment after what they record).
+async fn wait_for_record(node: &common::Node, event: &str) {
+    let pattern = format!("%\"event\":\"{event}\"%");
     for _ in 0..200 {
         let n: i64 = database(node)
-            .query_row("SELECT COUNT(*) FROM evidence WHERE record LIKE '%\"event\":\"receipt\"%'", [], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM evidence WHERE record LIKE ?1", [&pattern], |r| r.get(0))
             .unwrap_or(0);
         if n > 0 {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
-    panic!("no receipt reached {}", node.name);
+    panic!("no {event} record reached {}", node.name);
 }
 
 #[tokio::test]
 async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_found() {
     let p = pair_with(&[]).await;
     exchanges(&p).await;
-    wait_for_receipt(&p.a).await;
+    wait_for_record(&p.a, "receipt").await;
+    wait_for_record(&p.a, "callback").await;
 
     for node in [&p.a, &p.b] {
         let (code, out, err) = audit(node, &["verify"]);
@@ -302,7 +305,7 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
 async fn a_forged_receipt_fails_verification_even_with_the_chain_rebuilt() {
     let p = pair_with(&[]).await;
     exchanges(&p).await;
-    wait_for_receipt(&p.a).await;
+    wait_for_record(&p.a, "receipt").await;
     // An insider rewrites a receipt and recomputes every hash after it: the chain holds, the
     // signature does not.
     let db = database(&p.a);

@@ -5,7 +5,7 @@
 //! [`Store`] handle that sends it jobs. The writer runs every job waiting in its queue inside one
 //! transaction and commits once (group commit), and only then answers the jobs and publishes
 //! their [`Event`]s: an answer from the store means the change is on disk. Evidence no one waits
-//! for (the requesting node's records of a synchronous exchange, peers' receipts) is deferred: it
+//! for (both nodes' records of a plain synchronous exchange, peers' receipts) is deferred: it
 //! joins the next transaction, or one of its own within 5 ms.
 //!
 //! The workers that act on this state ([`crate::link`]'s carry loop, [`crate::deliver`],
@@ -189,9 +189,9 @@ enum Durability {
     /// ("on disk before the answer") is made with this.
     Full,
     /// Written to the WAL without an fsync (`synchronous=NORMAL`): survives a crash or kill of
-    /// the node at once, and a power loss from the next full commit or checkpoint on. Used for the
-    /// evidence of synchronous exchanges without an idempotency key, which would otherwise wait
-    /// for an fsync each, and for reads.
+    /// the node at once, and a power loss from the next full commit or checkpoint on. Used for
+    /// deferred evidence ([`Store::defer`]), which would otherwise wait for an fsync each, and for
+    /// reads.
     Relaxed,
 }
 
@@ -281,8 +281,7 @@ impl Store {
     }
 
     /// Sends a synchronous request, with its file if any, and waits for its outcome. An exchange
-    /// that reached the peer is recorded in the evidence log with the writer's next commit (the
-    /// receiving node recorded it before it answered).
+    /// that reached the peer is recorded in the evidence log with the writer's next commit.
     ///
     /// Dropping the returned future abandons the exchange (the caller has gone).
     pub async fn request(&self, peer: &str, request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
@@ -308,8 +307,8 @@ impl Store {
             Ok(r) => tracing::info!(%id, %peer, %path, status = r.status, duration_ms = %ms, "exchange"),
             Err(f) => tracing::info!(%id, %peer, %path, status = "failed", duration_ms = %ms, error = ?f, "exchange"),
         }
-        // The receiving node recorded the exchange before it answered; this node's records join
-        // a commit of the writer's soon after, without holding up the host's answer.
+        // This node's records join a commit of the writer's soon after, without holding up the
+        // host's answer.
         self.sync_exchanged(peer, &sent, &outcome);
         outcome
     }
@@ -357,7 +356,7 @@ impl Store {
 
     /// Runs `f` in a transaction of the writer within [`DEFER_WITHIN`], without an fsync of its
     /// own and without anyone waiting: for evidence that must not hold up an exchange (the
-    /// requesting node's records of a synchronous exchange, peers' receipts). A failure is logged
+    /// records of a plain synchronous exchange, peers' receipts). A failure is logged
     /// as `what`. Many exchanges' records share one commit, and the writer is woken once for them.
     fn defer<F>(&self, what: &'static str, f: F)
     where

@@ -210,7 +210,7 @@ impl Store {
 
     /// Records, on the receiving node, a synchronous exchange that changed no state (its service
     /// checks neither keys nor duplicates): the request as received and the answer, in the
-    /// writer's next commit ([`Store::defer`]red), like the requesting node's records of it.
+    /// writer's next commit (deferred), like the requesting node's records of it.
     pub fn sync_served(
         &self,
         peer: &str,
