@@ -187,14 +187,10 @@ impl Rendered {
     /// of the [`Record`] without `hash`, then `hash` (SHA-256 over that text) appended. Returns
     /// the hash and the text.
     pub fn seal(&self, seq: i64, at: &str, prev: &str) -> (String, String) {
-        let fields = &self.0;
-        let mut text = String::with_capacity(fields.len() + 256);
-        text.push_str(&format!("{{\"seq\":{seq},\"at\":\"{at}\",{fields},\"prev\":\"{prev}\"}}"));
+        let mut text = format!("{{\"seq\":{seq},\"at\":\"{at}\",{},\"prev\":\"{prev}\"}}", self.0);
         let hash = sha256_hex(text.as_bytes());
         text.pop(); // the closing brace
-        for part in [",\"hash\":\"", hash.as_str(), "\"}"] {
-            text.push_str(part);
-        }
+        text.push_str(&format!(",\"hash\":\"{hash}\"}}"));
         (hash, text)
     }
 }
@@ -315,5 +311,35 @@ mod tests {
         assert_eq!(back.chain_hash(), hash, "the stored text hashes to its hash");
         assert_eq!(serde_json::to_string(&back).unwrap(), text, "one canonical form");
         assert_eq!(verify([(1, text)], &HashMap::new()), Ok(Intact { records: 1, receipts: 0 }));
+    }
+
+    /// A log of one sent request and the peer's receipt for it, the receipt signed over
+    /// `signed_payload`.
+    fn sent_and_receipted(signer: &crate::receipt::Signer, signed_payload: [u8; 32]) -> Vec<(i64, String)> {
+        let mut sent = Entry::new("request", "out", "org-b", "r1");
+        sent.body_sha256 = Some(hex::encode([1; 32]));
+        let leaves =
+            vec![Leaf { id: "r1".into(), seq: 0, payload_sha256: signed_payload, file_sha256: None, at_ms: 7 }];
+        let signature = signer.sign(&leaves);
+        let mut receipt = Entry::new("receipt", "in", "org-b", "");
+        receipt.receipt = Some(Receipt::kept(crate::wire::Receipt { leaves, signature }));
+        let at = "2026-11-30T00:00:00.000Z";
+        let (hash, first) = sent.render().seal(1, at, GENESIS);
+        let (_, second) = receipt.render().seal(2, at, &hash);
+        vec![(1, first), (2, second)]
+    }
+
+    #[test]
+    fn a_receipt_verifies_against_the_pinned_certificate_and_what_was_sent() {
+        let identity = crate::identity::Identity::generate("org-b").unwrap();
+        let signer = crate::receipt::Signer::new(&identity).unwrap();
+        let certs = HashMap::from([("org-b".to_owned(), identity.cert.clone())]);
+        assert_eq!(verify(sent_and_receipted(&signer, [1; 32]), &certs), Ok(Intact { records: 2, receipts: 1 }));
+        let broken = verify(sent_and_receipted(&signer, [2; 32]), &certs).unwrap_err();
+        assert_eq!(broken.seq, 2);
+        assert!(broken.why.contains("signed other content"), "{}", broken.why);
+        let other = crate::identity::Identity::generate("org-b").unwrap();
+        let certs = HashMap::from([("org-b".to_owned(), other.cert)]);
+        assert!(verify(sent_and_receipted(&signer, [1; 32]), &certs).unwrap_err().why.contains("receipt"));
     }
 }
