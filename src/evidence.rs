@@ -162,19 +162,24 @@ impl Entry {
         Entry { event: event.into(), direction: direction.into(), peer: peer.into(), id: id.into(), ..Entry::default() }
     }
 
-    /// This entry's JSON fields, rendered ahead of the log's writer (see [`Rendered`]).
+    /// This entry's JSON, rendered ahead of the log's writer (see [`Rendered`]).
     pub fn render(&self) -> Rendered {
-        let mut text = serde_json::to_string(self).unwrap_or_default();
-        text.pop(); // the closing brace
-        text.remove(0); // the opening brace
-        Rendered(text)
+        let mut text = Vec::with_capacity(512);
+        serde_json::to_writer(&mut text, self).expect("an entry serializes");
+        Rendered(String::from_utf8(text).expect("serde_json writes UTF-8"))
     }
 }
 
-/// An [`Entry`] rendered as its JSON fields without braces: the costly part of appending it,
-/// done by the caller, so that the log's one writer only chains it ([`Rendered::seal`]).
-#[derive(Debug, Clone, Default)]
+/// An [`Entry`] rendered as its JSON object: the costly part of appending it, done by the caller,
+/// so that the log's one writer only chains it ([`Rendered::seal`]).
+#[derive(Debug, Clone)]
 pub struct Rendered(String);
+
+impl Default for Rendered {
+    fn default() -> Rendered {
+        Rendered("{}".into())
+    }
+}
 
 impl From<Entry> for Rendered {
     fn from(entry: Entry) -> Rendered {
@@ -187,10 +192,14 @@ impl Rendered {
     /// of the [`Record`] without `hash`, then `hash` (SHA-256 over that text) appended. Returns
     /// the hash and the text.
     pub fn seal(&self, seq: i64, at: &str, prev: &str) -> (String, String) {
-        let mut text = format!("{{\"seq\":{seq},\"at\":\"{at}\",{},\"prev\":\"{prev}\"}}", self.0);
+        use std::fmt::Write;
+        // The entry's fields, without the braces of its object.
+        let fields = &self.0[1..self.0.len() - 1];
+        let mut text = String::with_capacity(fields.len() + at.len() + 200);
+        let _ = write!(text, "{{\"seq\":{seq},\"at\":\"{at}\",{fields},\"prev\":\"{prev}\"}}");
         let hash = sha256_hex(text.as_bytes());
         text.pop(); // the closing brace
-        text.push_str(&format!(",\"hash\":\"{hash}\"}}"));
+        let _ = write!(text, ",\"hash\":\"{hash}\"}}");
         (hash, text)
     }
 }

@@ -155,7 +155,7 @@ async fn stream(
             let (payload, file_sha) = (wire::payload_sha256(&reply), reply.file.as_ref().map(|f| f.sha256));
             match received_file(store, &peer.name, &key, &reply.file).await {
                 Err(refusal) => Message::Refused(refusal),
-                Ok(file) => match store.received_reply(&peer.name, reply, file.map(|(_, path)| path)).await {
+                Ok(file) => match store.received_reply(&peer.name, reply, file.map(|(_, path)| path), payload).await {
                     Ok(()) => {
                         link.sign_receipt(&peer.name, &ack.id, ack.seq, payload, file_sha);
                         Message::Ack(ack)

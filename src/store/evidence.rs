@@ -4,16 +4,19 @@ use std::path::Path;
 
 use rusqlite::{params, OptionalExtension};
 
-use super::{exec, now_ms, query_row, rfc3339, Store, StoreError, Tx};
+use super::{now_ms, query_row, rfc3339, Store, StoreError, Tx};
 use crate::evidence::{Entry, Receipt, Record, Rendered, GENESIS};
 use crate::wire;
 
-impl Tx<'_> {
+/// Appends one record; the writer prepares it once ([`Tx::record`]).
+pub(super) const INSERT: &str = "INSERT INTO evidence (seq, record) VALUES (?1, ?2)";
+
+impl Tx<'_, '_> {
     /// Appends `entry` to the evidence log, chained to the last record, in this transaction.
     pub(crate) fn record(&self, entry: impl Into<Rendered>) -> Result<(), StoreError> {
-        if !self.evidence {
+        let Some(log) = self.log else {
             return Ok(());
-        }
+        };
         let known = self.head.borrow_mut().take();
         let last: Option<(i64, String)> = match known {
             Some(head) => Some(head),
@@ -27,8 +30,9 @@ impl Tx<'_> {
             }),
         };
         let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_owned()));
-        let (hash, text) = entry.into().seal(seq, &rfc3339(now_ms()), &prev);
-        exec(self, "INSERT INTO evidence (seq, record) VALUES (?1, ?2)", params![seq, text])?;
+        let at = self.at.get_or_init(|| rfc3339(now_ms()));
+        let (hash, text) = entry.into().seal(seq, at, &prev);
+        log.borrow_mut().execute(params![seq, text])?;
         *self.head.borrow_mut() = Some((seq, hash));
         Ok(())
     }
@@ -46,7 +50,7 @@ impl Store {
     }
 
     /// Records a peer's verified receipt, which covers what this node sent it, as one record.
-    /// Deferred: it joins the writer's next commit, or one of its own within 5 ms.
+    /// Deferred: it joins the writer's next commit, or one of its own within 20 ms.
     pub fn receipt(&self, peer: &str, receipt: wire::Receipt) {
         if !self.evidence {
             return;

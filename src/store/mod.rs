@@ -6,7 +6,7 @@
 //! transaction and commits once (group commit), and only then answers the jobs and publishes
 //! their [`Event`]s: an answer from the store means the change is on disk. Evidence no one waits
 //! for (both nodes' records of a plain synchronous exchange, peers' receipts) is deferred: it
-//! joins the next transaction, or one of its own within 5 ms.
+//! joins the next transaction, or one of its own within 20 ms.
 //!
 //! The workers that act on this state ([`crate::link`]'s carry loop, [`crate::deliver`],
 //! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and
@@ -40,7 +40,7 @@ use crate::wire;
 /// How many jobs one transaction takes at most.
 const MAX_BATCH: usize = 1024;
 /// How long a deferred job ([`Store::defer`]) may wait for a transaction to join.
-const DEFER_WITHIN: Duration = Duration::from_millis(5);
+const DEFER_WITHIN: Duration = Duration::from_millis(20);
 
 /// Carries synchronous requests to peers. The link registers itself with
 /// [`Store::set_carrier`] at start-up, so that a synchronous request goes from the API handler's
@@ -196,17 +196,19 @@ enum Durability {
 }
 
 /// The writer's transaction, with the evidence log beside it ([`Tx::record`]).
-pub(crate) struct Tx<'c> {
-    t: rusqlite::Transaction<'c>,
-    /// Whether the evidence log is kept.
-    evidence: bool,
+pub(crate) struct Tx<'t, 'c> {
+    t: rusqlite::Transaction<'t>,
+    /// The evidence log's insert, prepared once for the writer's life; `None` when no log is kept.
+    log: Option<&'t std::cell::RefCell<rusqlite::Statement<'c>>>,
     /// The evidence log's last record (seq, hash), once known: the writer keeps it from one
     /// transaction to the next, and forgets it when a commit fails.
     head: std::cell::RefCell<Option<(i64, String)>>,
+    /// When this transaction's records are recorded (RFC 3339), once the first one is.
+    at: std::cell::OnceCell<String>,
 }
 
-impl<'c> std::ops::Deref for Tx<'c> {
-    type Target = rusqlite::Transaction<'c>;
+impl<'t> std::ops::Deref for Tx<'t, '_> {
+    type Target = rusqlite::Transaction<'t>;
 
     fn deref(&self) -> &Self::Target {
         &self.t
@@ -389,14 +391,18 @@ type Message = Option<(Durability, Job)>;
 /// Deferred jobs join the next transaction, or one of their own [`DEFER_WITHIN`] after the first
 /// of them was queued.
 fn writer(
-    mut conn: rusqlite::Connection,
+    conn: rusqlite::Connection,
     evidence: bool,
     jobs: std::sync::mpsc::Receiver<Message>,
     deferred: Arc<std::sync::Mutex<Vec<Job>>>,
     publish: broadcast::Sender<Event>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let mut state = Writer { synchronous: Durability::Full, head: None, evidence };
+    let log = match evidence.then(|| conn.prepare(evidence::INSERT)).transpose() {
+        Ok(log) => log.map(std::cell::RefCell::new),
+        Err(e) => return tracing::error!(error = %e, "the store cannot prepare its evidence log; it stops"),
+    };
+    let mut state = Writer { conn: &conn, synchronous: Durability::Full, head: None, log };
     // When the deferred jobs waiting must be committed.
     let mut due: Option<std::time::Instant> = None;
     loop {
@@ -435,7 +441,7 @@ fn writer(
         due = None;
         all.append(&mut batch);
         if !all.is_empty() {
-            state.commit(&mut conn, all, needed, &publish);
+            state.commit(all, needed, &publish);
         }
         if stopping {
             return;
@@ -444,35 +450,42 @@ fn writer(
 }
 
 /// What the writer keeps between transactions.
-struct Writer {
+struct Writer<'c> {
+    /// The store's connection; the writer is its only user.
+    conn: &'c rusqlite::Connection,
     /// The connection's `synchronous` setting.
     synchronous: Durability,
     /// The evidence log's last record, once known.
     head: Option<(i64, String)>,
-    /// Whether the evidence log is kept.
-    evidence: bool,
+    /// The evidence log's insert ([`Tx::log`]).
+    log: Option<std::cell::RefCell<rusqlite::Statement<'c>>>,
 }
 
-impl Writer {
+impl<'c> Writer<'c> {
     /// Runs `jobs` in one transaction and commits it with `needed` durability, then answers them
     /// and publishes their events.
     fn commit(
         &mut self,
-        conn: &mut rusqlite::Connection,
         jobs: Vec<Job>,
         needed: Durability,
         publish: &broadcast::Sender<Event>,
     ) {
         if needed != self.synchronous {
             let mode = if needed == Durability::Full { "FULL" } else { "NORMAL" };
-            match conn.pragma_update(None, "synchronous", mode) {
+            match self.conn.pragma_update(None, "synchronous", mode) {
                 Ok(()) => self.synchronous = needed,
                 Err(e) => tracing::error!(error = %e, "the store cannot set synchronous={mode}"),
             }
         }
         let mut events = Vec::new();
-        let t = match conn.transaction() {
-            Ok(t) => Tx { t, evidence: self.evidence, head: std::cell::RefCell::new(self.head.take()) },
+        // The writer is the connection's only user, so no transaction of its is open here.
+        let t = match self.conn.unchecked_transaction() {
+            Ok(t) => Tx {
+                t,
+                log: self.log.as_ref(),
+                head: std::cell::RefCell::new(self.head.take()),
+                at: std::cell::OnceCell::new(),
+            },
             Err(e) => {
                 tracing::error!(error = %e, "the store cannot begin a transaction");
                 return;

@@ -337,7 +337,9 @@ impl Store {
             OutboundWork::Request { message, .. } => {
                 request_entry("out", &peer, &message.request, wire::payload_sha256(&message.request), &[]).render()
             }
-            OutboundWork::Reply { message, .. } => reply_entry("out", &peer, message).render(),
+            OutboundWork::Reply { message, .. } => {
+                reply_entry("out", &peer, message, wire::payload_sha256(message)).render()
+            }
         };
         self.run(move |t, events| {
             t.record(entry)?;
@@ -567,6 +569,10 @@ impl Store {
     /// Records what the service did with an incoming request, and queues the result for the
     /// requesting node when there is one to carry back.
     pub async fn service_answered(&self, peer: &str, id: &str, outcome: ServiceOutcome) -> Result<(), StoreError> {
+        let answered = match &outcome {
+            ServiceOutcome::Answered(response) if self.evidence => answer_entry("out", peer, id, Ok(response)).render(),
+            _ => Rendered::default(),
+        };
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
             let (row, reply): (i64, bool) = query_row(t,
@@ -584,7 +590,7 @@ impl Store {
                 }
                 ServiceOutcome::Failed(why) => fail(t, events, row, &why)?,
                 ServiceOutcome::Answered(response) => {
-                    t.record(answer_entry("out", &peer, &id, Ok(&response)))?;
+                    t.record(answered)?;
                     if response.is_success() && !reply {
                         settle_key(t, &peer, &id, Some(&response))?;
                     }
@@ -673,8 +679,17 @@ impl Store {
     ///
     /// Retransmissions are ignored; the request's state follows its final reply.
     ///
-    /// `file` is the local path of the reply's file, already received and verified.
-    pub async fn received_reply(&self, peer: &str, reply: wire::Reply, file: Option<String>) -> Result<(), StoreError> {
+    /// `file` is the local path of the reply's file, already received and verified;
+    /// `payload_sha256` the reply's [`wire::payload_sha256`].
+    pub async fn received_reply(
+        &self,
+        peer: &str,
+        reply: wire::Reply,
+        file: Option<String>,
+        payload_sha256: [u8; 32],
+    ) -> Result<(), StoreError> {
+        let arrived =
+            if self.evidence { reply_entry("in", peer, &reply, payload_sha256).render() } else { Rendered::default() };
         let peer = peer.to_owned();
         let metrics = self.metrics.clone();
         self.run(move |t, events| {
@@ -697,7 +712,7 @@ impl Store {
             if inserted == 0 {
                 return Ok(());
             }
-            t.record(reply_entry("in", &peer, &reply))?;
+            t.record(arrived)?;
             if let Some(f) = &reply.file {
                 exec(t,
                     "UPDATE replies SET file_path = ?3, file_name = ?4, file_field = ?5, file_size = ?6, file_sha256 = ?7
@@ -881,11 +896,11 @@ impl Store {
 }
 
 /// The log's record of a reply (or of a non-reply-mode result, event `response`).
-fn reply_entry(direction: &'static str, peer: &str, reply: &wire::Reply) -> Entry {
+fn reply_entry(direction: &'static str, peer: &str, reply: &wire::Reply, payload_sha256: [u8; 32]) -> Entry {
     let event = if reply.response.is_some() && reply.error.is_none() { "response" } else { "reply" };
     let mut entry = Entry::new(event, direction, peer, &reply.id);
     entry.reply_seq = Some(reply.seq);
-    entry.body_sha256 = Some(hex::encode(wire::payload_sha256(reply)));
+    entry.body_sha256 = Some(hex::encode(payload_sha256));
     entry.file = reply.file.as_ref().map(file_facts);
     entry
 }
