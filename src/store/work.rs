@@ -567,12 +567,9 @@ impl Store {
     }
 
     /// Records what the service did with an incoming request, and queues the result for the
-    /// requesting node when there is one to carry back.
+    /// requesting node when there is one to carry back. The evidence log records the result as it
+    /// goes out, in the reply that carries it ([`Store::acknowledged`]).
     pub async fn service_answered(&self, peer: &str, id: &str, outcome: ServiceOutcome) -> Result<(), StoreError> {
-        let answered = match &outcome {
-            ServiceOutcome::Answered(response) if self.evidence => answer_entry("out", peer, id, Ok(response)).render(),
-            _ => Rendered::default(),
-        };
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
             let (row, reply): (i64, bool) = query_row(t,
@@ -590,7 +587,6 @@ impl Store {
                 }
                 ServiceOutcome::Failed(why) => fail(t, events, row, &why)?,
                 ServiceOutcome::Answered(response) => {
-                    t.record(answered)?;
                     if response.is_success() && !reply {
                         settle_key(t, &peer, &id, Some(&response))?;
                     }
