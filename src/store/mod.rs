@@ -464,12 +464,7 @@ struct Writer<'c> {
 impl<'c> Writer<'c> {
     /// Runs `jobs` in one transaction and commits it with `needed` durability, then answers them
     /// and publishes their events.
-    fn commit(
-        &mut self,
-        jobs: Vec<Job>,
-        needed: Durability,
-        publish: &broadcast::Sender<Event>,
-    ) {
+    fn commit(&mut self, jobs: Vec<Job>, needed: Durability, publish: &broadcast::Sender<Event>) {
         if needed != self.synchronous {
             let mode = if needed == Durability::Full { "FULL" } else { "NORMAL" };
             match self.conn.pragma_update(None, "synchronous", mode) {
