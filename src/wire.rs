@@ -487,6 +487,22 @@ pub fn encode(message: &Message) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
+/// Encodes `request` as a [`Message::Request`] frame without copying it, and returns the frame
+/// and the request's [`payload_sha256`], hashed from the frame's own bytes.
+pub fn encode_request(request: &Request) -> Result<(Vec<u8>, [u8; 32]), FrameError> {
+    use sha2::Digest;
+    // After the length prefix, postcard writes the message's variant index as a varint (0, one
+    // byte, for `Request`) and then the request's own encoding: its payload.
+    let mut frame = postcard::to_extend(request, vec![0u8; 5])?;
+    let len = frame.len() - 4;
+    if len > MAX_FRAME {
+        return Err(FrameError::TooLarge(len));
+    }
+    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
+    let payload = sha2::Sha256::digest(&frame[5..]).into();
+    Ok((frame, payload))
+}
+
 /// Decodes one frame's payload (without its length prefix).
 pub fn decode(payload: &[u8]) -> Result<Message, FrameError> {
     Ok(postcard::from_bytes(payload)?)
@@ -543,6 +559,16 @@ mod tests {
         let mut input = &buf[..];
         assert_eq!(read(&mut input).await.unwrap(), request());
         assert!(matches!(read(&mut input).await, Err(FrameError::Finished)));
+    }
+
+    /// A request encoded on its own is the same frame as the message, and its hash is the one
+    /// receipts and evidence records name.
+    #[test]
+    fn a_request_frame_carries_its_payload_hash() {
+        let Message::Request(r) = request() else { unreachable!() };
+        let (frame, payload) = encode_request(&r).unwrap();
+        assert_eq!(frame, encode(&request()).unwrap());
+        assert_eq!(payload, payload_sha256(&r));
     }
 
     #[tokio::test]

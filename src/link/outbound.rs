@@ -15,12 +15,12 @@ impl Carrier for Link {
         peer: String,
         request: wire::Request,
         file: Option<OutgoingFile>,
-    ) -> BoxFuture<'static, (wire::Request, Outcome)> {
+    ) -> BoxFuture<'static, (wire::Request, Option<[u8; 32]>, Outcome)> {
         let link = self.clone();
         Box::pin(async move {
-            let mut request = request;
-            let outcome = exchange(&link, &peer, &mut request, file).await;
-            (request, outcome)
+            let (mut request, mut payload) = (request, None);
+            let outcome = exchange(&link, &peer, &mut request, &mut payload, file).await;
+            (request, payload, outcome)
         })
     }
 }
@@ -31,7 +31,15 @@ impl Carrier for Link {
 /// have called its service before it failed (even a connection it resets after a restart may
 /// have carried the request to the service of its previous run). Stale connections to a
 /// restarted peer are found before requests use them: see [`super::inbound`].
-async fn exchange(link: &Link, peer_name: &str, request: &mut wire::Request, file: Option<OutgoingFile>) -> Outcome {
+///
+/// `payload` is set to the request's [`wire::payload_sha256`] once it is encoded to be sent.
+async fn exchange(
+    link: &Link,
+    peer_name: &str,
+    request: &mut wire::Request,
+    payload: &mut Option<[u8; 32]>,
+    file: Option<OutgoingFile>,
+) -> Outcome {
     let peer = link.inner.peers.get(peer_name).ok_or_else(|| {
         Failure::PeerUnreachable(format!("`{peer_name}` is not a configured peer (add it with `ferry peer add`)"))
     })?;
@@ -44,7 +52,8 @@ async fn exchange(link: &Link, peer_name: &str, request: &mut wire::Request, fil
             other => Failure::Broken(other.to_string()),
         })?);
     }
-    let frame = wire::encode(&Message::Request(request.clone())).map_err(|e| Failure::Broken(e.to_string()))?;
+    let (frame, sha256) = wire::encode_request(request).map_err(|e| Failure::Broken(e.to_string()))?;
+    *payload = Some(sha256);
     let connection = link.connection(&peer, Instant::now() + CONNECT_WITHIN).await.map_err(Failure::PeerUnreachable)?;
     match round_trip(&connection, &frame).await {
         Ok(answer) => {

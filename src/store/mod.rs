@@ -47,13 +47,14 @@ const DEFER_WITHIN: Duration = Duration::from_millis(20);
 /// own task straight onto its QUIC stream, without a queue in between.
 pub trait Carrier: Send + Sync {
     /// One request–answer exchange with `peer`, the file (if any) sent first. Returns the request
-    /// as it went on the wire (with its file reference) and the outcome.
+    /// as it went on the wire (with its file reference), its [`wire::payload_sha256`] once it was
+    /// encoded to be sent, and the outcome.
     fn exchange(
         &self,
         peer: String,
         request: wire::Request,
         file: Option<OutgoingFile>,
-    ) -> BoxFuture<'static, (wire::Request, Outcome)>;
+    ) -> BoxFuture<'static, (wire::Request, Option<[u8; 32]>, Outcome)>;
 }
 
 /// The result of one synchronous exchange with a peer.
@@ -292,7 +293,7 @@ impl Store {
             return Err(Failure::PeerUnreachable("the node's link is not running".into()));
         };
         let started = std::time::Instant::now();
-        let (sent, outcome) = carrier.exchange(peer.to_owned(), request, file).await;
+        let (sent, payload, outcome) = carrier.exchange(peer.to_owned(), request, file).await;
         let elapsed = started.elapsed();
         let label = crate::metrics::PeerLabel { peer: peer.to_owned() };
         self.metrics.sync_duration.get_or_create(&label).observe(elapsed.as_secs_f64());
@@ -311,7 +312,7 @@ impl Store {
         }
         // This node's records join a commit of the writer's soon after, without holding up the
         // host's answer.
-        self.sync_exchanged(peer, &sent, &outcome);
+        self.sync_exchanged(peer, &sent, payload, &outcome);
         outcome
     }
 

@@ -231,8 +231,15 @@ impl Store {
     }
 
     /// Records, on the requesting node, a synchronous exchange that reached the peer: the
-    /// request as sent, and its response or refusal ([`Store::defer`]red).
-    pub(super) fn sync_exchanged(&self, peer: &str, request: &wire::Request, outcome: &Outcome) {
+    /// request as sent (`payload`: its [`wire::payload_sha256`], when known), and its response or
+    /// refusal ([`Store::defer`]red).
+    pub(super) fn sync_exchanged(
+        &self,
+        peer: &str,
+        request: &wire::Request,
+        payload: Option<[u8; 32]>,
+        outcome: &Outcome,
+    ) {
         if !self.evidence {
             return;
         }
@@ -241,7 +248,8 @@ impl Store {
             Err(Failure::Refused(refusal)) => answer_entry("in", peer, &request.id, Err(&refusal.message)).render(),
             Err(_) => return,
         };
-        let sent = request_entry("out", peer, request, wire::payload_sha256(request), &[]).render();
+        let payload = payload.unwrap_or_else(|| wire::payload_sha256(request));
+        let sent = request_entry("out", peer, request, payload, &[]).render();
         self.defer("a synchronous exchange", move |t| {
             t.record(sent)?;
             t.record(answer)
