@@ -478,13 +478,7 @@ impl FrameError {
 
 /// Encodes a message as one frame: length prefix and postcard bytes.
 pub fn encode(message: &Message) -> Result<Vec<u8>, FrameError> {
-    let mut frame = postcard::to_extend(message, vec![0u8; 4])?;
-    let len = frame.len() - 4;
-    if len > MAX_FRAME {
-        return Err(FrameError::TooLarge(len));
-    }
-    frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    Ok(frame)
+    framed(postcard::to_extend(message, vec![0u8; 4])?)
 }
 
 /// Encodes `request` as a [`Message::Request`] frame without copying it, and returns the frame
@@ -493,14 +487,19 @@ pub fn encode_request(request: &Request) -> Result<(Vec<u8>, [u8; 32]), FrameErr
     use sha2::Digest;
     // After the length prefix, postcard writes the message's variant index as a varint (0, one
     // byte, for `Request`) and then the request's own encoding: its payload.
-    let mut frame = postcard::to_extend(request, vec![0u8; 5])?;
+    let frame = framed(postcard::to_extend(request, vec![0u8; 5])?)?;
+    let payload = sha2::Sha256::digest(&frame[5..]).into();
+    Ok((frame, payload))
+}
+
+/// Fills in the length prefix of `frame`, whose first 4 bytes are reserved for it.
+fn framed(mut frame: Vec<u8>) -> Result<Vec<u8>, FrameError> {
     let len = frame.len() - 4;
     if len > MAX_FRAME {
         return Err(FrameError::TooLarge(len));
     }
     frame[..4].copy_from_slice(&(len as u32).to_be_bytes());
-    let payload = sha2::Sha256::digest(&frame[5..]).into();
-    Ok((frame, payload))
+    Ok(frame)
 }
 
 /// Decodes one frame's payload (without its length prefix).
