@@ -204,8 +204,9 @@ async fn duplicates_inside_the_window_are_refused_with_the_earlier_id() {
     assert_eq!(p.service.seen().len(), 3);
 }
 
-/// Some traffic of every kind: sync, async, reply mode with a callback.
-async fn exchanges(p: &Pair) {
+/// Some traffic of every kind: sync, async, reply mode with a callback. Returns the async
+/// request's id.
+async fn exchanges(p: &Pair) -> String {
     let (status, _) = p.a.request(json!({"peer": "org-b", "service": "1", "path": "/echo", "form": {"a": 1}})).await;
     assert_eq!(status, StatusCode::OK);
     let host = Recorder::start().await;
@@ -216,6 +217,24 @@ async fn exchanges(p: &Pair) {
     let id = queued["data"]["id"].as_str().unwrap().to_owned();
     p.a.wait_state(&id, "success", WITHIN).await;
     host.wait_for(1, WITHIN).await;
+    id
+}
+
+/// `node`'s exported records of request `id`'s response, once there are any.
+async fn responses(node: &common::Node, id: &str) -> Vec<Value> {
+    for _ in 0..200 {
+        let (_, exported, _) = audit(node, &["export"]);
+        let found: Vec<Value> = exported
+            .lines()
+            .map(|l| serde_json::from_str::<Value>(l).unwrap())
+            .filter(|r| r["id"] == id && r["event"] == "response")
+            .collect();
+        if !found.is_empty() {
+            return found;
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no response record of {id} reached {}", node.name);
 }
 
 /// Waits until `node`'s log has a record of `event` (records of deliveries and receipts are
@@ -237,9 +256,17 @@ async fn wait_for_record(node: &common::Node, event: &str) {
 #[tokio::test]
 async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_found() {
     let p = pair_with(&[]).await;
-    exchanges(&p).await;
+    let id = exchanges(&p).await;
     wait_for_record(&p.a, "receipt").await;
     wait_for_record(&p.a, "callback").await;
+
+    // An async answer is recorded once on each node, as it went out and as it came in, under one
+    // hash (that of the reply carrying it, which the requesting node's receipt signs).
+    let (sent, received) = (responses(&p.b, &id).await, responses(&p.a, &id).await);
+    assert_eq!((sent.len(), received.len()), (1, 1), "{sent:?} {received:?}");
+    assert_eq!((&sent[0]["direction"], &received[0]["direction"]), (&json!("out"), &json!("in")));
+    assert_eq!(sent[0]["reply_seq"], 1);
+    assert_eq!(sent[0]["body_sha256"], received[0]["body_sha256"]);
 
     for node in [&p.a, &p.b] {
         let (code, out, err) = audit(node, &["verify"]);

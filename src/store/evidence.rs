@@ -49,6 +49,16 @@ impl Store {
         .await
     }
 
+    /// `entry()` rendered, outside the writer, for a job to record; nothing is built when no log
+    /// is kept.
+    pub(super) fn rendered(&self, entry: impl FnOnce() -> Entry) -> Rendered {
+        if self.evidence {
+            entry().render()
+        } else {
+            Rendered::default()
+        }
+    }
+
     /// Records a peer's verified receipt, which covers what this node sent it, as one record.
     /// Deferred: it joins the writer's next commit, or one of its own within 20 ms.
     pub fn receipt(&self, peer: &str, receipt: wire::Receipt) {

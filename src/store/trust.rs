@@ -174,8 +174,7 @@ impl Store {
         self.run(move |t, _| admit(t, &peer, &request, &service, arrived)).await
     }
 
-    /// The evidence record of `request` as received from `peer`, rendered (empty when no log is
-    /// kept).
+    /// The evidence record of `request` as received from `peer`, rendered ([`Store::rendered`]).
     pub(super) fn arrived(
         &self,
         peer: &str,
@@ -183,10 +182,7 @@ impl Store {
         service: &ServiceConfig,
         payload_sha256: [u8; 32],
     ) -> Rendered {
-        if !self.evidence {
-            return Rendered::default();
-        }
-        request_entry("in", peer, request, payload_sha256, &service.mask_fields).render()
+        self.rendered(|| request_entry("in", peer, request, payload_sha256, &service.mask_fields))
     }
 
     /// Records the service's answer (or the failure) to an admitted synchronous request from

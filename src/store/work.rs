@@ -11,7 +11,7 @@ use super::evidence::{file_facts, request_entry};
 use super::trust::{admit, answer_entry, settle_key, Admission};
 use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
 use crate::config::ServiceConfig;
-use crate::evidence::{sha256_hex, Entry, Rendered};
+use crate::evidence::{sha256_hex, Entry};
 use crate::wire;
 
 /// How long a claimed item stays with its worker before it is due again.
@@ -332,15 +332,12 @@ impl Store {
     /// goes into the evidence log.
     pub async fn acknowledged(&self, peer: &str, ack: wire::Ack, work: &OutboundWork) -> Result<(), StoreError> {
         let peer = peer.to_owned();
-        let entry = match work {
-            _ if !self.evidence => Rendered::default(),
+        let entry = self.rendered(|| match work {
             OutboundWork::Request { message, .. } => {
-                request_entry("out", &peer, &message.request, wire::payload_sha256(&message.request), &[]).render()
+                request_entry("out", &peer, &message.request, wire::payload_sha256(&message.request), &[])
             }
-            OutboundWork::Reply { message, .. } => {
-                reply_entry("out", &peer, message, wire::payload_sha256(message)).render()
-            }
-        };
+            OutboundWork::Reply { message, .. } => reply_entry("out", &peer, message, wire::payload_sha256(message)),
+        });
         self.run(move |t, events| {
             t.record(entry)?;
             if ack.seq == 0 {
@@ -684,8 +681,7 @@ impl Store {
         file: Option<String>,
         payload_sha256: [u8; 32],
     ) -> Result<(), StoreError> {
-        let arrived =
-            if self.evidence { reply_entry("in", peer, &reply, payload_sha256).render() } else { Rendered::default() };
+        let arrived = self.rendered(|| reply_entry("in", peer, &reply, payload_sha256));
         let peer = peer.to_owned();
         let metrics = self.metrics.clone();
         self.run(move |t, events| {
