@@ -223,17 +223,7 @@ pub fn service_url(base: &url::Url, path: &str) -> Option<url::Url> {
 
 /// The form as a JSON object, each field named in `mask` shown only as `sha256:<hex>` of its text.
 pub fn masked_form(form: &[(String, wire::FormValue)], mask: &[String]) -> serde_json::Value {
-    form.iter()
-        .map(|(k, v)| {
-            let value = if mask.contains(k) {
-                format!("sha256:{}", crate::evidence::sha256_hex(v.to_text().as_bytes())).into()
-            } else {
-                v.to_json()
-            };
-            (k.clone(), value)
-        })
-        .collect::<serde_json::Map<_, _>>()
-        .into()
+    crate::evidence::MaskedForm { form, mask }.to_json()
 }
 
 /// A failed service call.

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use base64::Engine;
 
 use crate::receipt;
-use crate::wire::Leaf;
+use crate::wire::{FormValue, Leaf};
 
 /// The `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -170,6 +170,110 @@ impl Entry {
     }
 }
 
+/// The [`Entry`] of a request or of an answer to one, borrowed from what it records: it renders
+/// to the same JSON as the owned entry ([`Summary::render`]) without copying the request's fields
+/// into one first, since every exchange records two on each node.
+#[derive(Debug, Default, Serialize)]
+pub struct Summary<'a> {
+    /// As [`Entry::event`].
+    pub event: &'static str,
+    /// As [`Entry::direction`].
+    pub direction: &'static str,
+    /// As [`Entry::peer`].
+    pub peer: &'a str,
+    /// As [`Entry::id`].
+    pub id: &'a str,
+    /// As [`Entry::method`].
+    pub method: Option<&'a str>,
+    /// As [`Entry::path`].
+    pub path: Option<&'a str>,
+    /// As [`Entry::form`].
+    pub form: Option<MaskedForm<'a>>,
+    /// As [`Entry::body_sha256`].
+    pub body_sha256: Option<&'a str>,
+    /// As [`Entry::file`].
+    pub file: Option<FileFacts>,
+    /// Always `null`: receipts are records of their own.
+    pub receipt: Option<&'a Receipt>,
+}
+
+/// A request's form as the log shows it: fields in `mask` as `sha256:<hex>` of their text.
+#[derive(Debug, Clone, Copy)]
+pub struct MaskedForm<'a> {
+    /// The form as it came.
+    pub form: &'a [(String, FormValue)],
+    /// The names of the fields to mask.
+    pub mask: &'a [String],
+}
+
+impl MaskedForm<'_> {
+    /// The form as a JSON object (a later field of a repeated name wins, in the first one's place).
+    pub fn to_json(&self) -> Value {
+        let fields = self.form.iter().map(|(name, value)| (name.clone(), self.value(name, value)));
+        Value::Object(fields.collect())
+    }
+
+    fn value(&self, name: &String, value: &FormValue) -> Value {
+        if self.mask.contains(name) {
+            format!("sha256:{}", sha256_hex(value.to_text().as_bytes())).into()
+        } else {
+            value.to_json()
+        }
+    }
+
+    /// Whether a field name repeats (the JSON object keeps one of them).
+    fn repeats(&self) -> bool {
+        self.form.iter().enumerate().any(|(i, (name, _))| self.form[..i].iter().any(|(earlier, _)| earlier == name))
+    }
+}
+
+impl Serialize for MaskedForm<'_> {
+    fn serialize<S: serde::Serializer>(&self, serializer: S) -> Result<S::Ok, S::Error> {
+        use serde::ser::SerializeMap;
+        let mut map = serializer.serialize_map(Some(self.form.len()))?;
+        for (name, value) in self.form {
+            match value {
+                FormValue::Text(text) if !self.mask.contains(name) => map.serialize_entry(name, text)?,
+                _ => map.serialize_entry(name, &self.value(name, value))?,
+            }
+        }
+        map.end()
+    }
+}
+
+impl Summary<'_> {
+    /// This record's JSON, the same as its owned [`Entry`]'s.
+    pub fn render(&self) -> Rendered {
+        match self.form {
+            // A repeated field name: the owned form keeps one of them, and the log must read back
+            // as it was hashed.
+            Some(form) if form.form.len() > 1 && form.repeats() => self.to_entry().render(),
+            _ => {
+                let mut text = Vec::with_capacity(512);
+                serde_json::to_writer(&mut text, self).expect("a summary serializes");
+                Rendered(String::from_utf8(text).expect("serde_json writes UTF-8"))
+            }
+        }
+    }
+
+    /// The owned entry.
+    pub fn to_entry(&self) -> Entry {
+        Entry {
+            event: self.event.into(),
+            direction: self.direction.into(),
+            peer: self.peer.into(),
+            id: self.id.into(),
+            reply_seq: None,
+            method: self.method.map(str::to_owned),
+            path: self.path.map(str::to_owned),
+            form: self.form.map(|f| f.to_json()),
+            body_sha256: self.body_sha256.map(str::to_owned),
+            file: self.file.clone(),
+            receipt: None,
+        }
+    }
+}
+
 /// An [`Entry`] rendered as its JSON object: the costly part of appending it, done by the caller,
 /// so that the log's one writer only chains it ([`Rendered::seal`]).
 #[derive(Debug, Clone)]
@@ -192,14 +296,18 @@ impl Rendered {
     /// of the [`Record`] without `hash`, then `hash` (SHA-256 over that text) appended. Returns
     /// the hash and the text.
     pub fn seal(&self, seq: i64, at: &str, prev: &str) -> (String, String) {
-        use std::fmt::Write;
         // The entry's fields, without the braces of its object.
         let fields = &self.0[1..self.0.len() - 1];
-        let mut text = String::with_capacity(fields.len() + at.len() + 200);
-        let _ = write!(text, "{{\"seq\":{seq},\"at\":\"{at}\",{fields},\"prev\":\"{prev}\"}}");
+        let mut seq_text = itoa::Buffer::new();
+        let mut text = String::with_capacity(fields.len() + at.len() + 2 * GENESIS.len() + 64);
+        for part in ["{\"seq\":", seq_text.format(seq), ",\"at\":\"", at, "\",", fields, ",\"prev\":\"", prev, "\"}"] {
+            text.push_str(part);
+        }
         let hash = sha256_hex(text.as_bytes());
         text.pop(); // the closing brace
-        let _ = write!(text, ",\"hash\":\"{hash}\"}}");
+        for part in [",\"hash\":\"", &hash, "\"}"] {
+            text.push_str(part);
+        }
         (hash, text)
     }
 }
@@ -308,6 +416,47 @@ pub fn verify(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    fn form_value() -> impl proptest::strategy::Strategy<Value = FormValue> {
+        use proptest::prelude::*;
+        prop_oneof![
+            ".{0,8}".prop_map(FormValue::Text),
+            any::<i64>().prop_map(FormValue::Int),
+            any::<f64>().prop_map(FormValue::Float),
+            any::<bool>().prop_map(FormValue::Bool),
+        ]
+    }
+
+    proptest::proptest! {
+        /// The borrowed summary of a request renders byte for byte as its owned entry, with
+        /// masked, repeated, escaped and non-finite fields: the log must read back as it was
+        /// hashed.
+        #[test]
+        fn a_summary_renders_as_its_entry(
+            form in proptest::collection::vec(("[ab\"\\\\é]{0,2}", form_value()), 0..6),
+            mask in proptest::collection::vec("[ab]{0,2}", 0..3),
+            file in proptest::option::of(("[a-z\"]{1,4}", 0u64..u64::MAX)),
+        ) {
+            let file = file.map(|(name, size)| FileFacts { name: Some(name), size: Some(size), sha256: "ab".into() });
+            let summary = Summary {
+                event: "request",
+                direction: "in",
+                peer: "org-b",
+                id: "r\u{1}1",
+                method: Some("POST"),
+                path: Some("/a?b=\"c\""),
+                form: Some(MaskedForm { form: &form, mask: &mask }),
+                body_sha256: Some("00"),
+                file,
+                receipt: None,
+            };
+            let (fast, owned) = (summary.render(), summary.to_entry().render());
+            proptest::prop_assert_eq!(&fast.0, &owned.0);
+            let (hash, text) = fast.seal(1, "2026-11-30T00:00:00.000Z", GENESIS);
+            let back: Record = serde_json::from_str(&text).unwrap();
+            proptest::prop_assert_eq!(back.chain_hash(), hash);
+        }
+    }
 
     #[test]
     fn a_sealed_record_reads_back_and_verifies() {

@@ -5,7 +5,7 @@ use std::path::Path;
 use rusqlite::{params, OptionalExtension};
 
 use super::{now_ms, query_row, rfc3339, Store, StoreError, Tx};
-use crate::evidence::{Entry, Receipt, Record, Rendered, GENESIS};
+use crate::evidence::{Entry, MaskedForm, Receipt, Record, Rendered, Summary, GENESIS};
 use crate::wire;
 
 /// Appends one record; the writer prepares it once ([`Tx::record`]).
@@ -49,18 +49,18 @@ impl Store {
         .await
     }
 
-    /// `entry()` rendered, outside the writer, for a job to record; nothing is built when no log
+    /// `record()`, rendered outside the writer for a job to record; nothing is built when no log
     /// is kept.
-    pub(super) fn rendered(&self, entry: impl FnOnce() -> Entry) -> Rendered {
+    pub(super) fn rendered(&self, record: impl FnOnce() -> Rendered) -> Rendered {
         if self.evidence {
-            entry().render()
+            record()
         } else {
             Rendered::default()
         }
     }
 
     /// Records a peer's verified receipt, which covers what this node sent it, as one record.
-    /// Deferred: it joins the writer's next commit, or one of its own within 20 ms.
+    /// Deferred: it joins the writer's next commit, or one of its own within 50 ms.
     pub fn receipt(&self, peer: &str, receipt: wire::Receipt) {
         if !self.evidence {
             return;
@@ -103,22 +103,29 @@ pub fn read_log(data_dir: &Path, since: i64) -> Result<Vec<(i64, String)>, Store
     Ok(log)
 }
 
-/// A summary record of a request for the log, from its wire form and the SHA-256 of its payload
+/// The record of a request for the log, from its wire form and the SHA-256 of its payload
 /// ([`crate::wire::payload_sha256`]): `form` masked by `mask`.
-pub(crate) fn request_entry(
+pub(crate) fn request_record(
     direction: &'static str,
     peer: &str,
     request: &crate::wire::Request,
     payload_sha256: [u8; 32],
     mask: &[String],
-) -> Entry {
-    let mut entry = Entry::new("request", direction, peer, &request.id);
-    entry.method = Some(request.method.clone());
-    entry.path = Some(request.path.clone());
-    entry.form = Some(crate::deliver::masked_form(&request.form, mask));
-    entry.body_sha256 = Some(hex::encode(payload_sha256));
-    entry.file = request.file.as_ref().map(file_facts);
-    entry
+) -> Rendered {
+    let body_sha256 = hex::encode(payload_sha256);
+    Summary {
+        event: "request",
+        direction,
+        peer,
+        id: &request.id,
+        method: Some(&request.method),
+        path: Some(&request.path),
+        form: Some(MaskedForm { form: &request.form, mask }),
+        body_sha256: Some(&body_sha256),
+        file: request.file.as_ref().map(file_facts),
+        receipt: None,
+    }
+    .render()
 }
 
 /// The log's view of a file reference.

@@ -7,10 +7,10 @@
 
 use rusqlite::{params, OptionalExtension};
 
-use super::evidence::request_entry;
+use super::evidence::request_record;
 use super::{exec, now_ms, query_row, StoreError, Tx};
 use crate::config::ServiceConfig;
-use crate::evidence::{sha256_hex, Entry, Rendered};
+use crate::evidence::{sha256_hex, Rendered, Summary};
 use crate::store::{Failure, Outcome, Store};
 use crate::wire::{self, Refusal, RefusalKind};
 
@@ -144,19 +144,18 @@ pub(super) fn settle_key(t: &Tx, peer: &str, id: &str, success: Option<&wire::Re
 }
 
 /// The log's record of a response, or of a refusal (`Err`, its reason).
-pub(super) fn answer_entry(
+pub(super) fn answer_record(
     direction: &'static str,
     peer: &str,
     id: &str,
     answer: Result<&wire::Response, &str>,
-) -> Entry {
+) -> Rendered {
     let (event, body) = match answer {
         Ok(response) => ("response", response.body.as_slice()),
         Err(why) => ("refused", why.as_bytes()),
     };
-    let mut entry = Entry::new(event, direction, peer, id);
-    entry.body_sha256 = Some(sha256_hex(body));
-    entry
+    let body_sha256 = sha256_hex(body);
+    Summary { event, direction, peer, id, body_sha256: Some(&body_sha256), ..Summary::default() }.render()
 }
 
 impl Store {
@@ -182,7 +181,7 @@ impl Store {
         service: &ServiceConfig,
         payload_sha256: [u8; 32],
     ) -> Rendered {
-        self.rendered(|| request_entry("in", peer, request, payload_sha256, &service.mask_fields))
+        self.rendered(|| request_record("in", peer, request, payload_sha256, &service.mask_fields))
     }
 
     /// Records the service's answer (or the failure) to an admitted synchronous request from
@@ -194,7 +193,7 @@ impl Store {
         id: &str,
         answer: Result<&wire::Response, &str>,
     ) -> Result<(), StoreError> {
-        let answered = answer_entry("out", peer, id, answer);
+        let answered = self.rendered(|| answer_record("out", peer, id, answer));
         let success = answer.ok().filter(|r| r.is_success()).cloned();
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, _| {
@@ -218,8 +217,8 @@ impl Store {
         if !self.evidence {
             return;
         }
-        let arrived = request_entry("in", peer, request, payload_sha256, mask).render();
-        let answered = answer_entry("out", peer, &request.id, answer).render();
+        let arrived = request_record("in", peer, request, payload_sha256, mask);
+        let answered = answer_record("out", peer, &request.id, answer);
         self.defer("a synchronous exchange", move |t| {
             t.record(arrived)?;
             t.record(answered)
@@ -240,12 +239,12 @@ impl Store {
             return;
         }
         let answer = match outcome {
-            Ok(response) => answer_entry("in", peer, &request.id, Ok(response)).render(),
-            Err(Failure::Refused(refusal)) => answer_entry("in", peer, &request.id, Err(&refusal.message)).render(),
+            Ok(response) => answer_record("in", peer, &request.id, Ok(response)),
+            Err(Failure::Refused(refusal)) => answer_record("in", peer, &request.id, Err(&refusal.message)),
             Err(_) => return,
         };
         let payload = payload.unwrap_or_else(|| wire::payload_sha256(request));
-        let sent = request_entry("out", peer, request, payload, &[]).render();
+        let sent = request_record("out", peer, request, payload, &[]);
         self.defer("a synchronous exchange", move |t| {
             t.record(sent)?;
             t.record(answer)

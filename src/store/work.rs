@@ -7,8 +7,8 @@
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
-use super::evidence::{file_facts, request_entry};
-use super::trust::{admit, answer_entry, settle_key, Admission};
+use super::evidence::{file_facts, request_record};
+use super::trust::{admit, answer_record, settle_key, Admission};
 use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
 use crate::config::ServiceConfig;
 use crate::evidence::{sha256_hex, Entry};
@@ -334,9 +334,11 @@ impl Store {
         let peer = peer.to_owned();
         let entry = self.rendered(|| match work {
             OutboundWork::Request { message, .. } => {
-                request_entry("out", &peer, &message.request, wire::payload_sha256(&message.request), &[])
+                request_record("out", &peer, &message.request, wire::payload_sha256(&message.request), &[])
             }
-            OutboundWork::Reply { message, .. } => reply_entry("out", &peer, message, wire::payload_sha256(message)),
+            OutboundWork::Reply { message, .. } => {
+                reply_entry("out", &peer, message, wire::payload_sha256(message)).render()
+            }
         });
         self.run(move |t, events| {
             t.record(entry)?;
@@ -413,9 +415,10 @@ impl Store {
     /// The peer refused asynchronous request `id` outright (unknown service, not allowed, disabled,
     /// a duplicate or a key still in progress).
     pub async fn refused(&self, peer: &str, id: &str, error: String) -> Result<(), StoreError> {
+        let refusal = self.rendered(|| answer_record("in", peer, id, Err(&error)));
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
-            t.record(answer_entry("in", &peer, &id, Err(&error)))?;
+            t.record(refusal)?;
             let row: Option<i64> = query_row(
                 t,
                 "SELECT seq FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
@@ -681,7 +684,7 @@ impl Store {
         file: Option<String>,
         payload_sha256: [u8; 32],
     ) -> Result<(), StoreError> {
-        let arrived = self.rendered(|| reply_entry("in", peer, &reply, payload_sha256));
+        let arrived = self.rendered(|| reply_entry("in", peer, &reply, payload_sha256).render());
         let peer = peer.to_owned();
         let metrics = self.metrics.clone();
         self.run(move |t, events| {
