@@ -13,7 +13,7 @@ use crate::receipt::{self, Signer};
 use crate::wire::{self, Leaf, Message};
 
 /// How long accepted messages gather before one signature covers them all.
-const BATCH_WINDOW: Duration = Duration::from_millis(50);
+const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// The most leaves one receipt covers.
 const MAX_LEAVES: usize = 1024;
 

@@ -60,7 +60,7 @@ impl Store {
     }
 
     /// Records a peer's verified receipt, which covers what this node sent it, as one record.
-    /// Deferred: it joins the writer's next commit, or one of its own within 50 ms.
+    /// Deferred: it joins the writer's next commit, or one of its own within 20 ms.
     pub fn receipt(&self, peer: &str, receipt: wire::Receipt) {
         if !self.evidence {
             return;

@@ -6,7 +6,7 @@
 //! transaction and commits once (group commit), and only then answers the jobs and publishes
 //! their [`Event`]s: an answer from the store means the change is on disk. Evidence no one waits
 //! for (both nodes' records of a plain synchronous exchange, peers' receipts) is deferred: it
-//! joins the next transaction, or one of its own within 50 ms.
+//! joins the next transaction, or one of its own within 20 ms.
 //!
 //! The workers that act on this state ([`crate::link`]'s carry loop, [`crate::deliver`],
 //! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and
@@ -40,7 +40,7 @@ use crate::wire;
 /// How many jobs one transaction takes at most.
 const MAX_BATCH: usize = 1024;
 /// How long a deferred job ([`Store::defer`]) may wait for a transaction to join.
-const DEFER_WITHIN: Duration = Duration::from_millis(50);
+const DEFER_WITHIN: Duration = Duration::from_millis(20);
 
 /// Carries synchronous requests to peers. The link registers itself with
 /// [`Store::set_carrier`] at start-up, so that a synchronous request goes from the API handler's
