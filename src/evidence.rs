@@ -296,18 +296,14 @@ impl Rendered {
     /// of the [`Record`] without `hash`, then `hash` (SHA-256 over that text) appended. Returns
     /// the hash and the text.
     pub fn seal(&self, seq: i64, at: &str, prev: &str) -> (String, String) {
+        use std::fmt::Write;
         // The entry's fields, without the braces of its object.
         let fields = &self.0[1..self.0.len() - 1];
-        let mut seq_text = itoa::Buffer::new();
-        let mut text = String::with_capacity(fields.len() + at.len() + 2 * GENESIS.len() + 64);
-        for part in ["{\"seq\":", seq_text.format(seq), ",\"at\":\"", at, "\",", fields, ",\"prev\":\"", prev, "\"}"] {
-            text.push_str(part);
-        }
+        let mut text = String::with_capacity(fields.len() + at.len() + 200);
+        let _ = write!(text, "{{\"seq\":{seq},\"at\":\"{at}\",{fields},\"prev\":\"{prev}\"}}");
         let hash = sha256_hex(text.as_bytes());
         text.pop(); // the closing brace
-        for part in [",\"hash\":\"", &hash, "\"}"] {
-            text.push_str(part);
-        }
+        let _ = write!(text, ",\"hash\":\"{hash}\"}}");
         (hash, text)
     }
 }
