@@ -247,7 +247,7 @@ impl Summary<'_> {
         match self.form {
             // A repeated field name: the owned form keeps one of them, and the log must read back
             // as it was hashed.
-            Some(form) if form.form.len() > 1 && form.repeats() => self.to_entry().render(),
+            Some(form) if form.repeats() => self.to_entry().render(),
             _ => {
                 let mut text = Vec::with_capacity(512);
                 serde_json::to_writer(&mut text, self).expect("a summary serializes");
