@@ -243,7 +243,7 @@ async fn wait_for_record(node: &common::Node, event: &str) {
     let pattern = format!("%\"event\":\"{event}\"%");
     for _ in 0..200 {
         let n: i64 = database(node)
-            .query_row("SELECT COUNT(*) FROM evidence WHERE record LIKE ?1", [&pattern], |r| r.get(0))
+            .query_row("SELECT COUNT(*) FROM evidence WHERE records LIKE ?1", [&pattern], |r| r.get(0))
             .unwrap_or(0);
         if n > 0 {
             return;
@@ -251,6 +251,25 @@ async fn wait_for_record(node: &common::Node, event: &str) {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     panic!("no {event} record reached {}", node.name);
+}
+
+/// Rewrites the evidence log of `db` one record per row, as an insider editing single records
+/// would: the store keeps each commit's records in one row, as JSON lines, and a row of one line
+/// is a record as well.
+fn one_record_per_row(db: &rusqlite::Connection) {
+    let blocks: Vec<(i64, String)> = db
+        .prepare("SELECT seq, records FROM evidence ORDER BY seq")
+        .unwrap()
+        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
+    db.execute("DELETE FROM evidence", []).unwrap();
+    for (first, block) in blocks {
+        for (seq, line) in (first..).zip(block.lines()) {
+            db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![seq, line]).unwrap();
+        }
+    }
 }
 
 #[tokio::test]
@@ -298,7 +317,7 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
 
     // Changed: a record's path rewritten.
     let db = database(&p.b);
-    db.execute("UPDATE evidence SET record = replace(record, '\"/echo\"', '\"/elsewhere\"') WHERE seq = 1", [])
+    db.execute("UPDATE evidence SET records = replace(records, '\"/echo\"', '\"/elsewhere\"') WHERE seq = 1", [])
         .unwrap();
     let (code, _, err) = audit(&p.b, &["verify"]);
     assert_eq!(code, 1);
@@ -306,17 +325,18 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
 
     // Deleted: the chain breaks at the record after the gap.
     let db = database(&p.a);
+    one_record_per_row(&db);
     let n: i64 = db.query_row("SELECT COUNT(*) FROM evidence", [], |r| r.get(0)).unwrap();
     assert!(n >= 4, "{n} records");
     let saved: (i64, String) =
-        db.query_row("SELECT seq, record FROM evidence WHERE seq = 2", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        db.query_row("SELECT seq, records FROM evidence WHERE seq = 2", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     db.execute("DELETE FROM evidence WHERE seq = 2", []).unwrap();
     let (code, _, err) = audit(&p.a, &["verify"]);
     assert_eq!(code, 1);
     assert!(err.contains("seq 2"), "{err}");
 
     // Moved: two records swapped.
-    db.execute("INSERT INTO evidence (seq, record) VALUES (?1, ?2)", rusqlite::params![saved.0, saved.1]).unwrap();
+    db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![saved.0, saved.1]).unwrap();
     assert_eq!(audit(&p.a, &["verify"]).0, 0, "restored");
     db.execute_batch(
         "UPDATE evidence SET seq = -3 WHERE seq = 3; UPDATE evidence SET seq = 3 WHERE seq = 4;
@@ -336,8 +356,9 @@ async fn a_forged_receipt_fails_verification_even_with_the_chain_rebuilt() {
     // An insider rewrites a receipt and recomputes every hash after it: the chain holds, the
     // signature does not.
     let db = database(&p.a);
+    one_record_per_row(&db);
     let rows: Vec<(i64, String)> = db
-        .prepare("SELECT seq, record FROM evidence ORDER BY seq")
+        .prepare("SELECT seq, records FROM evidence ORDER BY seq")
         .unwrap()
         .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
         .unwrap()
@@ -356,7 +377,7 @@ async fn a_forged_receipt_fails_verification_even_with_the_chain_rebuilt() {
         record.hash = record.chain_hash();
         prev = record.hash.clone();
         db.execute(
-            "UPDATE evidence SET record = ?2 WHERE seq = ?1",
+            "UPDATE evidence SET records = ?2 WHERE seq = ?1",
             rusqlite::params![seq, serde_json::to_string(&record).unwrap()],
         )
         .unwrap();

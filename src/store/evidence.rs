@@ -8,8 +8,26 @@ use super::{now_ms, query_row, rfc3339, Store, StoreError, Tx};
 use crate::evidence::{Entry, MaskedForm, Receipt, Record, Rendered, Summary, GENESIS};
 use crate::wire;
 
-/// Appends one record; the writer prepares it once ([`Tx::record`]).
-pub(super) const INSERT: &str = "INSERT INTO evidence (seq, record) VALUES (?1, ?2)";
+/// The evidence log as the writer appends to it. A transaction's records are sealed into one
+/// block of JSON lines, inserted as one row (`seq`: its first record's) just before the
+/// transaction commits: one insert per commit rather than per record. A row of one line is a
+/// record as schema version 4 kept it.
+pub(super) struct Log<'c> {
+    /// The block's insert, prepared once for the writer's life.
+    insert: rusqlite::Statement<'c>,
+    /// The open transaction's records, sealed, one per line; its buffer is kept between them.
+    block: String,
+    /// The seq of the block's first record.
+    first: i64,
+}
+
+impl<'c> Log<'c> {
+    /// The log of the writer's connection.
+    pub(super) fn prepare(conn: &'c rusqlite::Connection) -> rusqlite::Result<Log<'c>> {
+        let insert = conn.prepare("INSERT INTO evidence (seq, records) VALUES (?1, ?2)")?;
+        Ok(Log { insert, block: String::new(), first: 0 })
+    }
+}
 
 impl Tx<'_, '_> {
     /// Appends `entry` to the evidence log, chained to the last record, in this transaction.
@@ -18,35 +36,79 @@ impl Tx<'_, '_> {
             return Ok(());
         };
         let known = self.head.borrow_mut().take();
-        let last: Option<(i64, String)> = match known {
+        let last = match known {
             Some(head) => Some(head),
-            None => query_row(self, "SELECT seq, record FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
+            None => query_row(self, "SELECT seq, records FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
                 Ok((r.get::<_, i64>(0)?, r.get::<_, String>(1)?))
             })
             .optional()?
-            .map(|(seq, text)| {
-                let hash = serde_json::from_str::<Record>(&text).map(|r| r.hash).unwrap_or_default();
-                (seq, hash)
-            }),
+            .and_then(|(seq, block)| lines(seq, &block).last().map(|(seq, line)| (seq, hash_of(line)))),
         };
         let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_owned()));
         let at = self.at.get_or_init(|| rfc3339(now_ms()));
-        let (hash, text) = entry.into().seal(seq, at, &prev);
-        log.borrow_mut().execute(params![seq, text])?;
+        let entry = entry.into();
+        let mut log = log.borrow_mut();
+        if log.block.is_empty() {
+            log.first = seq;
+        } else {
+            log.block.push('\n');
+        }
+        let hash = entry.seal(&mut log.block, seq, at, &prev);
+        entry.recycle();
         *self.head.borrow_mut() = Some((seq, hash));
         Ok(())
     }
+
+    /// Inserts this transaction's block of records, if it has any; the writer calls it last
+    /// before committing.
+    pub(super) fn append_block(&self) -> Result<(), StoreError> {
+        let Some(log) = self.log else {
+            return Ok(());
+        };
+        let log = &mut *log.borrow_mut();
+        if log.block.is_empty() {
+            return Ok(());
+        }
+        let inserted = log.insert.execute(params![log.first, log.block]);
+        log.block.clear();
+        inserted?;
+        Ok(())
+    }
+}
+
+/// The hash a sealed record ends with (empty when it is unreadable).
+fn hash_of(line: &str) -> String {
+    serde_json::from_str::<Record>(line).map(|r| r.hash).unwrap_or_default()
+}
+
+/// The records of a block stored at `seq`, each with its seq.
+fn lines(seq: i64, block: &str) -> impl Iterator<Item = (i64, &str)> {
+    (seq..).zip(block.split('\n'))
+}
+
+/// Up to `limit` records after `since`, in order, with their seqs, from the blocks of `conn`.
+fn records_after(conn: &rusqlite::Connection, since: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+    // From the block holding the record after `since`.
+    let mut rows = conn.prepare_cached(
+        "SELECT seq, records FROM evidence
+         WHERE seq >= (SELECT COALESCE(MAX(seq), 0) FROM evidence WHERE seq <= ?1 + 1) ORDER BY seq",
+    )?;
+    let mut rows = rows.query([since])?;
+    let mut records = Vec::new();
+    while records.len() < limit {
+        let Some(row) = rows.next()? else { break };
+        let (seq, block): (i64, String) = (row.get(0)?, row.get(1)?);
+        let after = lines(seq, &block).filter(|(seq, _)| *seq > since);
+        records.extend(after.take(limit - records.len()).map(|(seq, line)| (seq, line.to_owned())));
+    }
+    Ok(records)
 }
 
 impl Store {
     /// Up to `limit` evidence records after `since`, in order, as JSON text.
     pub async fn audit(&self, since: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.run_relaxed(move |t, _| {
-            let mut rows = t.prepare_cached("SELECT record FROM evidence WHERE seq > ?1 ORDER BY seq LIMIT ?2")?;
-            let records = rows.query_map(params![since, limit as i64], |r| r.get(0))?.collect::<Result<_, _>>()?;
-            Ok(records)
-        })
-        .await
+        self.run_relaxed(move |t, _| Ok(records_after(t, since, limit)?.into_iter().map(|(_, text)| text).collect()))
+            .await
     }
 
     /// `record()`, rendered outside the writer for a job to record; nothing is built when no log
@@ -98,9 +160,7 @@ pub fn read_log(data_dir: &Path, since: i64) -> Result<Vec<(i64, String)>, Store
     if !has_log {
         return Ok(Vec::new());
     }
-    let mut rows = conn.prepare("SELECT seq, record FROM evidence WHERE seq > ?1 ORDER BY seq")?;
-    let log = rows.query_map([since], |r| Ok((r.get(0)?, r.get(1)?)))?.collect::<Result<_, _>>()?;
-    Ok(log)
+    records_after(&conn, since, usize::MAX)
 }
 
 /// The record of a request for the log, from its wire form and the SHA-256 of its payload

@@ -199,8 +199,8 @@ enum Durability {
 /// The writer's transaction, with the evidence log beside it ([`Tx::record`]).
 pub(crate) struct Tx<'t, 'c> {
     t: rusqlite::Transaction<'t>,
-    /// The evidence log's insert, prepared once for the writer's life; `None` when no log is kept.
-    log: Option<&'t std::cell::RefCell<rusqlite::Statement<'c>>>,
+    /// The evidence log; `None` when no log is kept.
+    log: Option<&'t std::cell::RefCell<evidence::Log<'c>>>,
     /// The evidence log's last record (seq, hash), once known: the writer keeps it from one
     /// transaction to the next, and forgets it when a commit fails.
     head: std::cell::RefCell<Option<(i64, String)>>,
@@ -399,13 +399,14 @@ fn writer(
     publish: broadcast::Sender<Event>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let log = match evidence.then(|| conn.prepare(evidence::INSERT)).transpose() {
+    let log = match evidence.then(|| evidence::Log::prepare(&conn)).transpose() {
         Ok(log) => log.map(std::cell::RefCell::new),
         Err(e) => return tracing::error!(error = %e, "the store cannot prepare its evidence log; it stops"),
     };
     let mut state = Writer { conn: &conn, synchronous: Durability::Full, head: None, log };
     // When the deferred jobs waiting must be committed.
     let mut due: Option<std::time::Instant> = None;
+    let mut emptied: Vec<Job> = Vec::new();
     loop {
         let first = match due {
             None => jobs.recv().map_err(|_| RecvTimeoutError::Disconnected),
@@ -437,13 +438,15 @@ fn writer(
                 Err(_) => break,
             }
         }
-        // Deferred jobs were queued before these ones were taken: they go first.
-        let mut all = std::mem::take(&mut *deferred.lock().unwrap());
+        // Deferred jobs were queued before these ones were taken: they go first. Their queue is
+        // swapped for the last one, emptied: its memory stays with the queue.
+        let mut all = std::mem::replace(&mut *deferred.lock().unwrap(), std::mem::take(&mut emptied));
         due = None;
         all.append(&mut batch);
         if !all.is_empty() {
-            state.commit(all, needed, &publish);
+            state.commit(&mut all, needed, &publish);
         }
+        emptied = all;
         if stopping {
             return;
         }
@@ -458,14 +461,14 @@ struct Writer<'c> {
     synchronous: Durability,
     /// The evidence log's last record, once known.
     head: Option<(i64, String)>,
-    /// The evidence log's insert ([`Tx::log`]).
-    log: Option<std::cell::RefCell<rusqlite::Statement<'c>>>,
+    /// The evidence log ([`Tx::log`]).
+    log: Option<std::cell::RefCell<evidence::Log<'c>>>,
 }
 
 impl<'c> Writer<'c> {
     /// Runs `jobs` in one transaction and commits it with `needed` durability, then answers them
     /// and publishes their events.
-    fn commit(&mut self, jobs: Vec<Job>, needed: Durability, publish: &broadcast::Sender<Event>) {
+    fn commit(&mut self, jobs: &mut Vec<Job>, needed: Durability, publish: &broadcast::Sender<Event>) {
         if needed != self.synchronous {
             let mode = if needed == Durability::Full { "FULL" } else { "NORMAL" };
             match self.conn.pragma_update(None, "synchronous", mode) {
@@ -487,9 +490,13 @@ impl<'c> Writer<'c> {
                 return;
             }
         };
-        let answers: Vec<Answer> = jobs.into_iter().map(|job| job(&t, &mut events)).collect();
+        let answers: Vec<Answer> = jobs.drain(..).map(|job| job(&t, &mut events)).collect();
+        let appended =
+            t.append_block().map_err(|e| tracing::error!(error = %e, "the store cannot append to the evidence log"));
         let Tx { t, head: chain_head, .. } = t;
-        let committed = t.commit().map_err(|e| tracing::error!(error = %e, "the store could not commit")).is_ok();
+        // Without its records, the transaction rolls back.
+        let committed = appended.is_ok()
+            && t.commit().map_err(|e| tracing::error!(error = %e, "the store could not commit")).is_ok();
         self.head = if committed { chain_head.into_inner() } else { None };
         for answer in answers {
             answer(committed);
@@ -588,5 +595,30 @@ mod tests {
         let ids: Vec<String> =
             log.iter().map(|(_, text)| serde_json::from_str::<Value>(text).unwrap()["id"].to_string()).collect();
         assert_eq!(ids, (1..=50).map(|i| format!("\"r{i}\"")).collect::<Vec<_>>());
+    }
+
+    /// A commit's records share one row, and one removed from its middle breaks the chain there.
+    #[tokio::test]
+    async fn a_record_removed_from_a_commits_row_is_found() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store
+            .run(|t, _| {
+                for id in ["r1", "r2", "r3"] {
+                    t.record(Entry::new("request", "out", "org-b", id))?;
+                }
+                Ok(())
+            })
+            .await
+            .unwrap();
+        let db = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
+        let (rows, block): (i64, String) =
+            db.query_row("SELECT COUNT(*), records FROM evidence", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        let lines: Vec<&str> = block.lines().collect();
+        assert_eq!((rows, lines.len()), (1, 3), "{block}");
+        assert_eq!(verify(read_log(dir.path(), 0).unwrap(), &HashMap::new()), Ok(Intact { records: 3, receipts: 0 }));
+        db.execute("UPDATE evidence SET records = ?1", [format!("{}\n{}", lines[0], lines[2])]).unwrap();
+        let broken = verify(read_log(dir.path(), 0).unwrap(), &HashMap::new()).unwrap_err();
+        assert_eq!(broken.seq, 2, "{broken:?}");
     }
 }

@@ -122,6 +122,9 @@ const MIGRATIONS: &[&str] = &[
     INSERT INTO evidence_records (seq, record) SELECT seq, record FROM evidence;
     DROP TABLE evidence;
     ALTER TABLE evidence_records RENAME TO evidence;",
+    // 5: the evidence log keeps each transaction's records in one row, as JSON lines, `seq` being
+    // the first one's; a version 4 row is a block of one.
+    "ALTER TABLE evidence RENAME COLUMN record TO records;",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.
@@ -178,7 +181,7 @@ mod tests {
         .unwrap();
         super::prepare(&mut conn).unwrap();
         let kept: (i64, String) =
-            conn.query_row("SELECT seq, record FROM evidence", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+            conn.query_row("SELECT seq, records FROM evidence", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!(kept, (1, "{\"seq\":1}".to_owned()));
     }
 }
