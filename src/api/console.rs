@@ -208,15 +208,12 @@ fn relative_name(root: &Path, path: &Path) -> String {
     responses((status = 200, description = "`data: {intact: true, records, receipts}` or `{intact: false, seq, why}`",
                body = super::openapi::Envelope)))]
 pub(super) async fn audit_verify(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let log = state
+    let certs: HashMap<_, _> = state.peers.all().iter().map(|p| (p.name.clone(), p.cert.clone())).collect();
+    let verdict = state
         .store
-        .evidence_log()
+        .verify_log(certs)
         .await
         .map_err(|e| ApiError::new(Kind::Internal, format!("the evidence log cannot be read: {e}")))?;
-    let certs: HashMap<_, _> = state.peers.all().iter().map(|p| (p.name.clone(), p.cert.clone())).collect();
-    let verdict = tokio::task::spawn_blocking(move || crate::evidence::verify(log, &certs))
-        .await
-        .map_err(|e| ApiError::new(Kind::Internal, format!("the verification failed: {e}")))?;
     let data = match verdict {
         Ok(intact) => json!({"intact": true, "records": intact.records, "receipts": intact.receipts}),
         Err(broken) => json!({"intact": false, "seq": broken.seq, "why": broken.why}),

@@ -14,7 +14,8 @@ pub fn export(path: &Path, since: i64) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let log = crate::store::read_log(&config.node.data_dir, since).map_err(|e| CliError::failed(e.to_string()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
-    for (_, record) in log {
+    for read in log {
+        let (_, record) = read.map_err(|e| CliError::failed(e.to_string()))?;
         writeln!(out, "{record}").map_err(|e| CliError::failed(format!("cannot write the export: {e}")))?;
     }
     out.flush().map_err(|e| CliError::failed(format!("cannot write the export: {e}")))
@@ -28,8 +29,9 @@ pub fn verify(path: &Path) -> Result<(), CliError> {
     for peer in &config.peers {
         certs.insert(peer.name.clone(), load_cert(&peer.cert)?);
     }
-    let log = crate::store::read_log(&config.node.data_dir, 0).map_err(|e| CliError::failed(e.to_string()))?;
-    match crate::evidence::verify(log, &certs) {
+    let verdict =
+        crate::store::verify_log(&config.node.data_dir, &certs).map_err(|e| CliError::failed(e.to_string()))?;
+    match verdict {
         Ok(intact) => {
             println!("intact: {} records, {} receipts verified", intact.records, intact.receipts);
             Ok(())

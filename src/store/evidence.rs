@@ -1,11 +1,13 @@
 //! The evidence log's table: appended inside the writer's transactions, read for export.
 
+use std::collections::HashMap;
 use std::path::Path;
 
 use rusqlite::{params, OptionalExtension};
+use rustls::pki_types::CertificateDer;
 
 use super::{now_ms, query_row, rfc3339, Store, StoreError, Tx};
-use crate::evidence::{Entry, MaskedForm, Receipt, Record, Rendered, Summary, GENESIS};
+use crate::evidence::{Broken, Entry, Intact, MaskedForm, Receipt, Record, Rendered, Summary, GENESIS};
 use crate::wire;
 
 /// The evidence log as the writer appends to it. A transaction's records are sealed into one
@@ -135,19 +137,38 @@ impl Store {
 }
 
 impl Store {
-    /// The whole evidence log as (seq, record JSON), read on a separate read-only connection so
-    /// that the writer is not held up; what was committed before the read began is read.
-    pub async fn evidence_log(&self) -> Result<Vec<(i64, String)>, StoreError> {
+    /// Checks the whole evidence log ([`verify_log`]) on a connection of its own, so that the
+    /// writer is not held up.
+    pub async fn verify_log(&self, certs: HashMap<String, CertificateDer<'static>>) -> Result<Verdict, StoreError> {
         let data_dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || read_log(&data_dir, 0))
+        tokio::task::spawn_blocking(move || verify_log(&data_dir, &certs))
             .await
-            .map_err(|e| StoreError::Io(format!("the log reader failed: {e}")))?
+            .map_err(|e| StoreError::Io(format!("the log check failed: {e}")))?
     }
 }
 
-/// Reads the whole evidence log of the database under `data_dir`, read-only (a running node may
-/// keep writing; what was committed before the read began is read), as (seq, record JSON).
-pub fn read_log(data_dir: &Path, since: i64) -> Result<Vec<(i64, String)>, StoreError> {
+/// What checking a log found: intact, or where it is broken.
+pub type Verdict = Result<Intact, Broken>;
+
+/// Checks the evidence log of the database under `data_dir` against the peers' pinned `certs`
+/// ([`crate::evidence::verify`]), reading it a page at a time ([`read_log`]).
+pub fn verify_log(data_dir: &Path, certs: &HashMap<String, CertificateDer<'static>>) -> Result<Verdict, StoreError> {
+    let mut failed = None;
+    let records = read_log(data_dir, 0)?.map_while(|read| read.map_err(|e| failed = Some(e)).ok());
+    let verdict = crate::evidence::verify(records, certs);
+    failed.map_or(Ok(verdict), Err)
+}
+
+/// How many records [`LogReader`] reads at a time.
+const PAGE: usize = 4096;
+
+/// Reads the evidence log of the database under `data_dir` after `since`, read-only (a running
+/// node may keep writing; each page reads what was committed before it began).
+pub fn read_log(data_dir: &Path, since: i64) -> Result<LogReader, StoreError> {
+    read_log_in_pages(data_dir, since, PAGE)
+}
+
+fn read_log_in_pages(data_dir: &Path, since: i64, page: usize) -> Result<LogReader, StoreError> {
     let path = data_dir.join("ferry.db");
     if !path.exists() {
         return Err(StoreError::Io(format!("no store at {}; is `node.data_dir` right?", path.display())));
@@ -157,10 +178,45 @@ pub fn read_log(data_dir: &Path, since: i64) -> Result<Vec<(i64, String)>, Store
         .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evidence'", [], |_| Ok(true))
         .optional()?
         .unwrap_or(false);
-    if !has_log {
-        return Ok(Vec::new());
+    Ok(LogReader { conn: has_log.then_some(conn), after: since, page, read: Vec::new().into_iter() })
+}
+
+/// The records of an evidence log in order, as (seq, record JSON), read a page at a time so that a
+/// log of any length takes little memory ([`read_log`]).
+pub struct LogReader {
+    /// `None` once the log is read to its end, or has failed.
+    conn: Option<rusqlite::Connection>,
+    /// The seq of the last record given.
+    after: i64,
+    /// How many records a page holds.
+    page: usize,
+    /// The rest of the page read last.
+    read: std::vec::IntoIter<(i64, String)>,
+}
+
+impl Iterator for LogReader {
+    type Item = Result<(i64, String), StoreError>;
+
+    fn next(&mut self) -> Option<Self::Item> {
+        loop {
+            if let Some(record) = self.read.next() {
+                self.after = record.0;
+                return Some(Ok(record));
+            }
+            let read = records_after(self.conn.as_ref()?, self.after, self.page);
+            match read {
+                Ok(page) if !page.is_empty() => self.read = page.into_iter(),
+                Ok(_) => {
+                    self.conn = None;
+                    return None;
+                }
+                Err(e) => {
+                    self.conn = None;
+                    return Some(Err(e));
+                }
+            }
+        }
     }
-    records_after(&conn, since, usize::MAX)
 }
 
 /// The record of a request for the log, from its wire form and the SHA-256 of its payload
@@ -191,4 +247,31 @@ pub(crate) fn request_record(
 /// The log's view of a file reference.
 pub(crate) fn file_facts(f: &crate::wire::FileRef) -> crate::evidence::FileFacts {
     crate::evidence::FileFacts { name: Some(f.name.clone()), size: Some(f.size), sha256: hex::encode(f.sha256) }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Pages of any size give every record after `since` once and in order, across rows.
+    #[tokio::test]
+    async fn the_log_reads_in_pages_across_rows() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for commit in 0..3 {
+            store
+                .run(move |t, _| {
+                    for i in 0..3 {
+                        t.record(Entry::new("request", "out", "org-b", &format!("r{commit}{i}")))?;
+                    }
+                    Ok(())
+                })
+                .await
+                .unwrap();
+        }
+        for (since, page) in [(0, 1), (0, 2), (2, 4), (4, 100), (9, 2)] {
+            let seqs: Vec<i64> = read_log_in_pages(dir.path(), since, page).unwrap().map(|r| r.unwrap().0).collect();
+            assert_eq!(seqs, ((since + 1)..=9).collect::<Vec<_>>(), "after {since}, pages of {page}");
+        }
+    }
 }

@@ -29,7 +29,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, oneshot, Notify};
 
-pub use evidence::read_log;
+pub use evidence::{read_log, verify_log, LogReader, Verdict};
 pub use files::ReceivedFile;
 pub use records::{Page, Pending, RequestFilter, RequestView, Stats};
 pub use trust::Admission;
@@ -573,6 +573,11 @@ mod tests {
 
     use crate::evidence::{verify, Entry, Intact};
 
+    /// The whole evidence log under `dir`.
+    fn log(dir: &Path) -> Vec<(i64, String)> {
+        read_log(dir, 0).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
     /// A deferred record is committed on its own, with no other job to join, and
     /// [`Store::flush`] commits everything deferred before it returns, in order.
     #[tokio::test]
@@ -582,7 +587,7 @@ mod tests {
         let record = |id: String| move |t: &Tx| t.record(Entry::new("request", "out", "org-b", &id));
         store.defer("a test record", record("r1".into()));
         let started = std::time::Instant::now();
-        while read_log(dir.path(), 0).unwrap().is_empty() {
+        while log(dir.path()).is_empty() {
             assert!(started.elapsed() < Duration::from_secs(5), "the deferred record was never committed");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -590,10 +595,10 @@ mod tests {
             store.defer("a test record", record(format!("r{i}")));
         }
         store.flush().await.unwrap();
-        let log = read_log(dir.path(), 0).unwrap();
-        assert_eq!(verify(log.clone(), &HashMap::new()), Ok(Intact { records: 50, receipts: 0 }));
+        let records = log(dir.path());
+        assert_eq!(verify(records.clone(), &HashMap::new()), Ok(Intact { records: 50, receipts: 0 }));
         let ids: Vec<String> =
-            log.iter().map(|(_, text)| serde_json::from_str::<Value>(text).unwrap()["id"].to_string()).collect();
+            records.iter().map(|(_, text)| serde_json::from_str::<Value>(text).unwrap()["id"].to_string()).collect();
         assert_eq!(ids, (1..=50).map(|i| format!("\"r{i}\"")).collect::<Vec<_>>());
     }
 
@@ -616,9 +621,9 @@ mod tests {
             db.query_row("SELECT COUNT(*), records FROM evidence", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         let lines: Vec<&str> = block.lines().collect();
         assert_eq!((rows, lines.len()), (1, 3), "{block}");
-        assert_eq!(verify(read_log(dir.path(), 0).unwrap(), &HashMap::new()), Ok(Intact { records: 3, receipts: 0 }));
+        assert_eq!(verify_log(dir.path(), &HashMap::new()).unwrap(), Ok(Intact { records: 3, receipts: 0 }));
         db.execute("UPDATE evidence SET records = ?1", [format!("{}\n{}", lines[0], lines[2])]).unwrap();
-        let broken = verify(read_log(dir.path(), 0).unwrap(), &HashMap::new()).unwrap_err();
+        let broken = verify_log(dir.path(), &HashMap::new()).unwrap().unwrap_err();
         assert_eq!(broken.seq, 2, "{broken:?}");
     }
 }
