@@ -378,13 +378,15 @@ pub fn verify(
     rows: impl IntoIterator<Item = (i64, String)>,
     certs: &HashMap<String, CertificateDer<'static>>,
 ) -> Result<Intact, Broken> {
-    // What a message is known by (peer, id, reply seq), and what its payload and file hashes were.
-    type Key = (String, String, u32);
-    type Hashes = (Option<String>, Option<String>);
     let mut prev = GENESIS.to_owned();
     let mut intact = Intact { records: 0, receipts: 0 };
-    let mut sent: HashMap<Key, Hashes> = HashMap::new();
-    let mut receipts: Vec<(i64, String, Signed)> = Vec::new();
+    // What this node recorded sending, by message ([`message`]): its content ([`content`]).
+    let mut sent: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
+    // Receipts' messages not recorded as sent (yet) where the receipt is: (receipt seq, message,
+    // content signed).
+    let mut unmatched: Vec<(i64, [u8; 32], [u8; 32])> = Vec::new();
+    // The first receipt whose content differs from what was recorded sending.
+    let mut differs: Option<i64> = None;
     for (expected, (stored_seq, text)) in (1..).zip(rows) {
         let broken = |why: String| Broken { seq: stored_seq, why };
         let record: Record = serde_json::from_str(&text).map_err(|e| broken(format!("unreadable record: {e}")))?;
@@ -410,8 +412,8 @@ pub fn verify(
         };
         if entry.direction == "out" && signed_by_peer {
             sent.insert(
-                (entry.peer.clone(), entry.id.clone(), entry.reply_seq.unwrap_or(0)),
-                (entry.body_sha256.clone(), entry.file.as_ref().map(|f| f.sha256.clone())),
+                message(&entry.peer, &entry.id, entry.reply_seq),
+                content(entry.body_sha256.as_deref(), entry.file.as_ref().map(|f| f.sha256.as_str())),
             );
         }
         if entry.event == "receipt" {
@@ -421,22 +423,56 @@ pub fn verify(
             })?;
             receipt.verify(cert).map_err(|why| broken(format!("receipt: {why}")))?;
             intact.receipts += receipt.leaves.len() as u64;
-            receipts.extend(receipt.leaves.iter().map(|l| (record.seq, entry.peer.clone(), l.clone())));
+            for signed in &receipt.leaves {
+                let key = message(&entry.peer, &signed.id, signed.reply_seq);
+                let theirs = content(Some(&signed.body_sha256), signed.file_sha256.as_deref());
+                match sent.get(&key) {
+                    Some(ours) if *ours != theirs => differs = differs.or(Some(record.seq)),
+                    Some(_) => {}
+                    None => unmatched.push((record.seq, key, theirs)),
+                }
+            }
         }
         prev = record.hash;
         intact.records += 1;
     }
-    for (seq, peer, signed) in receipts {
-        let key = (peer, signed.id, signed.reply_seq.unwrap_or(0));
-        match sent.get(&key) {
-            Some(ours) if *ours == (Some(signed.body_sha256), signed.file_sha256) => {}
-            Some(_) => {
-                return Err(Broken { seq, why: "the peer signed other content than this node recorded sending".into() })
-            }
-            None => {}
+    for (seq, key, theirs) in unmatched {
+        if sent.get(&key).is_some_and(|ours| *ours != theirs) {
+            differs = Some(differs.map_or(seq, |first| first.min(seq)));
         }
     }
-    Ok(intact)
+    match differs {
+        Some(seq) => Err(Broken { seq, why: "the peer signed other content than this node recorded sending".into() }),
+        None => Ok(intact),
+    }
+}
+
+/// What [`verify`] knows a message by: its peer, request id and reply seq, as one SHA-256 so that
+/// checking a long log takes little memory.
+fn message(peer: &str, id: &str, reply_seq: Option<u32>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [peer, id] {
+        h.update((part.len() as u64).to_le_bytes());
+        h.update(part);
+    }
+    h.update(reply_seq.unwrap_or(0).to_le_bytes());
+    h.finalize().into()
+}
+
+/// A message's payload and file hashes as [`verify`] compares them, as one SHA-256.
+fn content(body_sha256: Option<&str>, file_sha256: Option<&str>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    for part in [body_sha256, file_sha256] {
+        match part {
+            Some(hex) => {
+                h.update([1]);
+                h.update((hex.len() as u64).to_le_bytes());
+                h.update(hex);
+            }
+            None => h.update([0]),
+        }
+    }
+    h.finalize().into()
 }
 
 #[cfg(test)]
