@@ -467,7 +467,7 @@ struct Writer<'c> {
 
 impl<'c> Writer<'c> {
     /// Runs `jobs` in one transaction and commits it with `needed` durability, then answers them
-    /// and publishes their events.
+    /// and publishes their events; `jobs` is left empty.
     fn commit(&mut self, jobs: &mut Vec<Job>, needed: Durability, publish: &broadcast::Sender<Event>) {
         if needed != self.synchronous {
             let mode = if needed == Durability::Full { "FULL" } else { "NORMAL" };
@@ -487,6 +487,8 @@ impl<'c> Writer<'c> {
             },
             Err(e) => {
                 tracing::error!(error = %e, "the store cannot begin a transaction");
+                // Unanswered, their callers learn the store failed.
+                jobs.clear();
                 return;
             }
         };
