@@ -604,6 +604,34 @@ mod tests {
         assert_eq!(ids, (1..=50).map(|i| format!("\"r{i}\"")).collect::<Vec<_>>());
     }
 
+    /// A log kept one record per row (schema 4) goes on in rows of a commit each, one chain.
+    #[tokio::test]
+    async fn a_log_of_one_record_per_row_goes_on_after_the_upgrade() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
+            for (i, sql) in schema::MIGRATIONS[..4].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", i + 1).unwrap();
+            }
+            let mut prev = crate::evidence::GENESIS.to_owned();
+            for seq in 1..=2 {
+                let mut text = String::new();
+                prev = Entry::new("request", "out", "org-b", &format!("r{seq}")).render().seal(
+                    &mut text,
+                    seq,
+                    "2026-11-30T00:00:00.000Z",
+                    &prev,
+                );
+                conn.execute("INSERT INTO evidence (seq, record) VALUES (?1, ?2)", rusqlite::params![seq, text])
+                    .unwrap();
+            }
+        }
+        let store = Store::open(dir.path()).unwrap();
+        store.run(|t, _| t.record(Entry::new("request", "out", "org-b", "r3"))).await.unwrap();
+        assert_eq!(verify_log(dir.path(), &HashMap::new()).unwrap(), Ok(Intact { records: 3, receipts: 0 }));
+    }
+
     /// A commit's records share one row, and one removed from its middle breaks the chain there.
     #[tokio::test]
     async fn a_record_removed_from_a_commits_row_is_found() {

@@ -5,7 +5,7 @@ use rusqlite::Connection;
 use super::StoreError;
 
 /// Each entry moves the schema one version up; never edit one that has shipped, add another.
-const MIGRATIONS: &[&str] = &[
+pub(super) const MIGRATIONS: &[&str] = &[
     // 1: requests in both directions, their replies, and callback deliveries of those replies.
     "CREATE TABLE requests (
         seq INTEGER PRIMARY KEY,              -- arrival order
