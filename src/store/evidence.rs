@@ -107,10 +107,17 @@ fn records_after(conn: &rusqlite::Connection, since: i64, limit: usize) -> Resul
 }
 
 impl Store {
-    /// Up to `limit` evidence records after `since`, in order, as JSON text.
+    /// Up to `limit` evidence records after `since`, in order, as JSON text: records deferred
+    /// until now are committed first, and the log is read on a connection of its own, so that
+    /// the writer is not held up.
     pub async fn audit(&self, since: i64, limit: usize) -> Result<Vec<String>, StoreError> {
-        self.run_relaxed(move |t, _| Ok(records_after(t, since, limit)?.into_iter().map(|(_, text)| text).collect()))
-            .await
+        self.flush().await?;
+        let data_dir = self.data_dir.clone();
+        tokio::task::spawn_blocking(move || {
+            read_log_in_pages(&data_dir, since, limit)?.take(limit).map(|read| read.map(|(_, text)| text)).collect()
+        })
+        .await
+        .map_err(|e| StoreError::Io(format!("the log reader failed: {e}")))?
     }
 
     /// `record()`, rendered outside the writer for a job to record; nothing is built when no log
