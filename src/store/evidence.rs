@@ -1,4 +1,5 @@
-//! The evidence log's table: appended inside the writer's transactions, read for export.
+//! The evidence log's table: one row per commit of the writer, its records as JSON lines (`Log`),
+//! read a page at a time for the API, export and checks (`LogReader`).
 
 use std::collections::HashMap;
 use std::path::Path;
