@@ -324,8 +324,8 @@ impl Rendered {
         hash
     }
 
-    /// Hands this record's buffer back to [`SPARE`] for another (or frees it, when large or
-    /// enough are kept).
+    /// Hands this record's buffer back for another record to be rendered into (or frees it, when
+    /// it is large or enough are kept).
     pub fn recycle(self) {
         let mut text = self.0;
         if text.capacity() <= SPARE_LARGEST {
