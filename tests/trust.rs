@@ -255,8 +255,8 @@ async fn wait_for_record(node: &common::Node, event: &str) {
 
 /// Rewrites the evidence log of `db` one record per row, as an insider editing single records
 /// would: the store keeps each commit's records in one row, as JSON lines, and a row of one line
-/// is a record as well.
-fn one_record_per_row(db: &rusqlite::Connection) {
+/// is a record as well. Returns the records, (seq, JSON), in order.
+fn one_record_per_row(db: &rusqlite::Connection) -> Vec<(i64, String)> {
     let blocks: Vec<(i64, String)> = db
         .prepare("SELECT seq, records FROM evidence ORDER BY seq")
         .unwrap()
@@ -265,11 +265,14 @@ fn one_record_per_row(db: &rusqlite::Connection) {
         .collect::<Result<_, _>>()
         .unwrap();
     db.execute("DELETE FROM evidence", []).unwrap();
+    let mut records = Vec::new();
     for (first, block) in blocks {
         for (seq, line) in (first..).zip(block.lines()) {
             db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![seq, line]).unwrap();
+            records.push((seq, line.to_owned()));
         }
     }
+    records
 }
 
 #[tokio::test]
@@ -356,14 +359,7 @@ async fn a_forged_receipt_fails_verification_even_with_the_chain_rebuilt() {
     // An insider rewrites a receipt and recomputes every hash after it: the chain holds, the
     // signature does not.
     let db = database(&p.a);
-    one_record_per_row(&db);
-    let rows: Vec<(i64, String)> = db
-        .prepare("SELECT seq, records FROM evidence ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+    let rows = one_record_per_row(&db);
     let mut prev = ferry::evidence::GENESIS.to_owned();
     let mut forged_at = None;
     for (seq, text) in rows {
