@@ -26,7 +26,7 @@
 //! | `FERRY_BENCH_ROUNDS` | 3 | slices per row; the paths take turns slice by slice |
 //! | `FERRY_BENCH_CALLERS` | `1,8,64` | the concurrent caller counts, one row per path each |
 //! | `FERRY_BENCH_WORKERS` | available CPUs | tokio worker threads |
-//! | `FERRY_BENCH_PATHS` | `direct,relay,relay-off` | which paths to measure; also `relay-log` (log on, receipts off) and `relay-receipts` (receipts on, log off), each through a pair of its own, to see which half costs what |
+//! | `FERRY_BENCH_PATHS` | `direct,relay,relay-off` | which paths to measure; also `relay-log` (log on, receipts off) and `relay-receipts` (receipts on, log off), each through a pair of its own, to see which half costs what, and `relay-off-2`, a second pair with both off, to see how far two identical pairs differ in one run |
 //! | `FERRY_BENCH_SPLIT` | unset | `1`: callers, org-a, org-b and the service each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and the CPU time per request is broken down by component; for profiling, not for the headline figures |
 
 use std::collections::BTreeMap;
@@ -82,10 +82,14 @@ enum Path_ {
     RelayLog,
     /// Through a pair with receipts on and the log off (not measured unless asked for).
     RelayReceipts,
+    /// Through a second pair with both off (not measured unless asked for): against relay-off,
+    /// it shows how far two identical pairs differ in the same run, the noise floor of the cost.
+    RelayOffAgain,
 }
 
 impl Path_ {
-    const ALL: [Path_; 5] = [Path_::Direct, Path_::Relay, Path_::RelayOff, Path_::RelayLog, Path_::RelayReceipts];
+    const ALL: [Path_; 6] =
+        [Path_::Direct, Path_::Relay, Path_::RelayOff, Path_::RelayLog, Path_::RelayReceipts, Path_::RelayOffAgain];
 
     fn name(self) -> &'static str {
         match self {
@@ -94,6 +98,7 @@ impl Path_ {
             Path_::RelayOff => "relay-off",
             Path_::RelayLog => "relay-log",
             Path_::RelayReceipts => "relay-receipts",
+            Path_::RelayOffAgain => "relay-off-2",
         }
     }
 
@@ -102,7 +107,7 @@ impl Path_ {
         match self {
             Path_::Direct => None,
             Path_::Relay => Some(Evidence::On),
-            Path_::RelayOff => Some(Evidence::Off),
+            Path_::RelayOff | Path_::RelayOffAgain => Some(Evidence::Off),
             Path_::RelayLog => Some(Evidence::LogOnly),
             Path_::RelayReceipts => Some(Evidence::ReceiptsOnly),
         }
@@ -134,7 +139,7 @@ impl Settings {
             .map(|p| Path_::ALL.into_iter().find(|path| path.name() == p.trim()))
             .collect::<Option<Vec<_>>>()
             .with_context(|| {
-                format!("FERRY_BENCH_PATHS={paths}: want some of direct, relay, relay-off, relay-log, relay-receipts")
+                format!("FERRY_BENCH_PATHS={paths}: want some of direct, relay, relay-off, relay-log, relay-receipts, relay-off-2")
             })?;
         paths.sort();
         paths.dedup();
@@ -223,12 +228,13 @@ async fn bench(settings: &Settings, runtimes: Option<&Runtimes>) -> anyhow::Resu
         settings.warmup.as_secs_f64(),
     );
     println!(
-        "relay: the default configuration, evidence log and signed receipts on; relay-off: another pair of nodes with [evidence] log = false, receipts = false in both configurations{}\n",
+        "relay: the default configuration, evidence log and signed receipts on; relay-off: another pair of nodes with [evidence] log = false, receipts = false in both configurations{}{}\n",
         if settings.paths.iter().any(|p| matches!(p, Path_::RelayLog | Path_::RelayReceipts)) {
             "; relay-log: log = true, receipts = false; relay-receipts: log = false, receipts = true"
         } else {
             ""
-        }
+        },
+        if settings.paths.contains(&Path_::RelayOffAgain) { "; relay-off-2: one more pair, as relay-off" } else { "" }
     );
 
     let slice = settings.measure / settings.rounds as u32;
@@ -683,7 +689,7 @@ fn print_report(settings: &Settings, rows: &[Row]) {
     let mut cost_table = Vec::new();
     for &callers in &settings.callers {
         let Some(off) = find(Path_::RelayOff, callers) else { continue };
-        for path in [Path_::Relay, Path_::RelayLog, Path_::RelayReceipts] {
+        for path in [Path_::Relay, Path_::RelayLog, Path_::RelayReceipts, Path_::RelayOffAgain] {
             let Some(on) = find(path, callers) else { continue };
             let cost = cost_pct(on.rps, off.rps);
             let by_round: Vec<String> = on
@@ -697,7 +703,8 @@ fn print_report(settings: &Settings, rows: &[Row]) {
             let judged = path == Path_::Relay && callers == TARGET_RPS_CALLERS;
             cost_table.push(vec![
                 callers.to_string(),
-                path.evidence().map_or("", Evidence::name).to_owned(),
+                if path == Path_::RelayOffAgain { "off, 2nd pair" } else { path.evidence().map_or("", Evidence::name) }
+                    .to_owned(),
                 thousands(on.rps),
                 thousands(off.rps),
                 pct(cost),

@@ -247,7 +247,6 @@ pub(crate) fn request_record(
         form: Some(MaskedForm { form: &request.form, mask }),
         body_sha256: Some(&body_sha256),
         file: request.file.as_ref().map(file_facts),
-        receipt: None,
     }
     .render()
 }
