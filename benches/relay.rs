@@ -27,7 +27,7 @@
 //! | `FERRY_BENCH_CALLERS` | `1,8,64` | the concurrent caller counts, one row per path each |
 //! | `FERRY_BENCH_WORKERS` | available CPUs | tokio worker threads |
 //! | `FERRY_BENCH_PATHS` | `direct,relay,relay-off` | which paths to measure; also `relay-log` (log on, receipts off) and `relay-receipts` (receipts on, log off), each through a pair of its own, to see which half costs what, and `relay-off-2`, a second pair with both off, to see how far two identical pairs differ in one run |
-//! | `FERRY_BENCH_SPLIT` | unset | `1`: callers, org-a, org-b and the service each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and the CPU time per request is broken down by component; for profiling, not for the headline figures |
+//! | `FERRY_BENCH_LAYOUT` | `shared` | where the components run: `shared`, one runtime for all; `split`, callers, org-a, org-b and the service each on a runtime of their own (`FERRY_BENCH_WORKERS` threads each); `processes`, each node a `ferry run` process of its own, as deployed. With `split` and `processes`, the CPU time per request is broken down by component |
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
@@ -68,7 +68,29 @@ struct Settings {
     callers: Vec<usize>,
     workers: usize,
     paths: Vec<Path_>,
-    split: bool,
+    layout: Layout,
+}
+
+/// Where the components run.
+#[derive(Clone, Copy, PartialEq, Eq, Debug)]
+enum Layout {
+    /// Callers, both nodes of every pair and the service on one tokio runtime.
+    Shared,
+    /// Callers, org-a, org-b and the service each on a runtime of their own, in this process.
+    Split,
+    /// Each node a `ferry run` process of its own, as deployed; the callers and the service on
+    /// this process's runtime.
+    Processes,
+}
+
+impl Layout {
+    fn name(self) -> &'static str {
+        match self {
+            Layout::Shared => "shared",
+            Layout::Split => "split",
+            Layout::Processes => "processes",
+        }
+    }
 }
 
 #[derive(Clone, Copy, PartialEq, Eq, PartialOrd, Ord, Debug)]
@@ -150,7 +172,13 @@ impl Settings {
             callers,
             workers: var("FERRY_BENCH_WORKERS", cpus)?.max(1),
             paths,
-            split: std::env::var("FERRY_BENCH_SPLIT").is_ok_and(|v| v == "1"),
+            layout: {
+                let layout = std::env::var("FERRY_BENCH_LAYOUT").unwrap_or_else(|_| "shared".into());
+                [Layout::Shared, Layout::Split, Layout::Processes]
+                    .into_iter()
+                    .find(|l| l.name() == layout.trim())
+                    .with_context(|| format!("FERRY_BENCH_LAYOUT={layout}: want shared, split or processes"))?
+            },
         })
     }
 }
@@ -168,7 +196,7 @@ fn main() -> anyhow::Result<()> {
             .context("cannot start a tokio runtime")
     };
     let client_rt = runtime("b-client")?;
-    let runtimes = if settings.split {
+    let runtimes = if settings.layout == Layout::Split {
         Some(Runtimes { node_a: runtime("b-node-a")?, node_b: runtime("b-node-b")?, service: runtime("b-service")? })
     } else {
         None
@@ -199,7 +227,7 @@ async fn bench(settings: &Settings, runtimes: Option<&Runtimes>) -> anyhow::Resu
         let target = match path.evidence() {
             None => Target::Direct { url: format!("http://{service}/ping?n=1").parse()? },
             Some(evidence) => {
-                let nodes = Nodes::start(service, runtimes, evidence).await?;
+                let nodes = Nodes::start(service, settings.layout, runtimes, evidence).await?;
                 let url = format!("http://{}/v1/requests", nodes.a_api).parse()?;
                 pairs.push(nodes);
                 Target::Relay { url, body: relay_body.clone() }
@@ -213,12 +241,23 @@ async fn bench(settings: &Settings, runtimes: Option<&Runtimes>) -> anyhow::Resu
 
     println!("ferry relay bench: host → org-a → (QUIC, mutual TLS) → org-b → service, against host → service");
     println!(
-        "{} CPUs (load average {} at start); tokio multi-thread runtime{}, {} worker threads{}; callers, both node pairs and the service in this one process on loopback",
+        "{} CPUs (load average {} at start), on loopback; {}",
         std::thread::available_parallelism().map_or(0, |n| n.get()),
         load_average(),
-        if runtimes.is_some() { "s (split: one per component)" } else { "" },
-        settings.workers,
-        if runtimes.is_some() { " each" } else { "" },
+        match settings.layout {
+            Layout::Shared => format!(
+                "callers, both nodes of every pair and the service on one tokio runtime of {} worker threads",
+                settings.workers
+            ),
+            Layout::Split => format!(
+                "callers, org-a, org-b and the service each on a tokio runtime of their own, {} worker threads each",
+                settings.workers
+            ),
+            Layout::Processes => format!(
+                "each node a `ferry run` process of its own (default runtime); callers and service on one tokio runtime of {} worker threads in the bench's process",
+                settings.workers
+            ),
+        }
     );
     println!(
         "service: axum GET /ping?n=1 → {{\"ok\":true}}; callers: one reqwest client, HTTP/1.1 keep-alive, pool {POOL}; per row {:.1} s measured in {} slices of {:.2} s, each after {:.1} s warm-up, the paths taking turns slice by slice",
@@ -546,6 +585,25 @@ fn cpu_times() -> Option<CpuTimes> {
         }
     }
     *threads.entry("other".into()).or_insert(0.0) += (process - live).max(0.0);
+    // `ferry run` processes: their store writers apart, the rest as the node.
+    for &(component, pid) in NODE_PROCESSES.lock().unwrap().iter() {
+        let Some((_, total)) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| ticks(&s)) else {
+            continue;
+        };
+        let mut store = 0.0;
+        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
+            if let Some(("ferry-store", cpu)) = std::fs::read_to_string(task.path().join("stat"))
+                .ok()
+                .and_then(|s| ticks(&s))
+                .as_ref()
+                .map(|(n, c)| (n.as_str(), *c))
+            {
+                store += cpu;
+            }
+        }
+        *threads.entry("store".into()).or_insert(0.0) += store;
+        *threads.entry(component.into()).or_insert(0.0) += (total - store).max(0.0);
+    }
     Some(CpuTimes { threads, machine_busy: machine_busy() })
 }
 
@@ -563,14 +621,29 @@ async fn ping_service() -> anyhow::Result<SocketAddr> {
 
 /// org-a and org-b, running, pinned both ways; org-b offers service 1 (the ping service) to org-a.
 struct Nodes {
-    _dir: tempfile::TempDir,
+    dir: tempfile::TempDir,
     a_api: SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), NodeError>>>,
+    running: Running,
 }
 
+/// How a pair of nodes runs.
+enum Running {
+    /// As tasks of this process, until `stop` says so.
+    Tasks { stop: tokio::sync::watch::Sender<bool>, tasks: Vec<tokio::task::JoinHandle<Result<(), NodeError>>> },
+    /// As `ferry run` processes, until SIGTERM.
+    Processes(Vec<std::process::Child>),
+}
+
+/// The `ferry run` processes running (component, pid), for [`cpu_times`].
+static NODE_PROCESSES: std::sync::Mutex<Vec<(&str, u32)>> = std::sync::Mutex::new(Vec::new());
+
 impl Nodes {
-    async fn start(service: SocketAddr, runtimes: Option<&Runtimes>, evidence: Evidence) -> anyhow::Result<Nodes> {
+    async fn start(
+        service: SocketAddr,
+        layout: Layout,
+        runtimes: Option<&Runtimes>,
+        evidence: Evidence,
+    ) -> anyhow::Result<Nodes> {
         let dir = tempfile::tempdir()?;
         let sockets = || -> std::io::Result<Sockets> {
             Ok(Sockets {
@@ -578,43 +651,112 @@ impl Nodes {
                 link: std::net::UdpSocket::bind("127.0.0.1:0")?,
             })
         };
+        let addresses = |s: &Sockets| -> std::io::Result<(SocketAddr, SocketAddr)> {
+            Ok((s.link.local_addr()?, s.api.local_addr()?))
+        };
         let (a, b) = (sockets()?, sockets()?);
-        let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
-        let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
+        let ((a_link, a_api), (b_link, b_api)) = (addresses(&a)?, addresses(&b)?);
         let (a_conf, b_conf) =
             configure_pair(dir.path(), (a_link, a_api), (b_link, b_api), &format!("http://{service}"), evidence)?;
-
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        let handles = runtimes.map(|r| [r.node_a.handle().clone(), r.node_b.handle().clone()]);
-        for (i, (conf, sockets)) in [(&a_conf, a), (&b_conf, b)].into_iter().enumerate() {
-            let config = Config::load(conf)?;
-            check_evidence(&config, evidence)?;
-            let mut stopped = stopped.clone();
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            let run = node::run(config, sockets, shutdown);
-            tasks.push(match &handles {
-                Some(h) => h[i].spawn(run),
-                None => tokio::spawn(run),
-            });
+        for conf in [&a_conf, &b_conf] {
+            check_evidence(&Config::load(conf)?, evidence)?;
         }
+
+        let running = if layout == Layout::Processes {
+            // The processes bind the same addresses once these sockets are closed.
+            drop((a, b));
+            let mut children = Vec::new();
+            for (component, conf) in [("node-a", &a_conf), ("node-b", &b_conf)] {
+                let log = std::fs::File::create(dir.path().join(format!("{component}.log")))?;
+                let child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
+                    .arg("run")
+                    .arg("--config")
+                    .arg(conf)
+                    .env("RUST_LOG", "warn")
+                    .stdin(std::process::Stdio::null())
+                    .stdout(std::process::Stdio::null())
+                    .stderr(log)
+                    .spawn()
+                    .context("cannot start `ferry run`")?;
+                NODE_PROCESSES.lock().unwrap().push((component, child.id()));
+                children.push(child);
+            }
+            Running::Processes(children)
+        } else {
+            let (stop, stopped) = tokio::sync::watch::channel(false);
+            let mut tasks = Vec::new();
+            let handles = runtimes.map(|r| [r.node_a.handle().clone(), r.node_b.handle().clone()]);
+            for (i, (conf, sockets)) in [(&a_conf, a), (&b_conf, b)].into_iter().enumerate() {
+                let mut stopped = stopped.clone();
+                let shutdown = async move {
+                    let _ = stopped.wait_for(|s| *s).await;
+                };
+                let run = node::run(Config::load(conf)?, sockets, shutdown);
+                tasks.push(match &handles {
+                    Some(h) => h[i].spawn(run),
+                    None => tokio::spawn(run),
+                });
+            }
+            Running::Tasks { stop, tasks }
+        };
+        let nodes = Nodes { dir, a_api, running };
         let client = reqwest::Client::builder().no_proxy().build()?;
         for api in [a_api, b_api] {
-            common::wait_serving(&client, api).await?;
+            if let Err(e) = common::wait_serving(&client, api).await {
+                let logs = nodes.logs();
+                nodes.stop().await;
+                return Err(e.context(logs));
+            }
         }
-        Ok(Nodes { _dir: dir, a_api, stop, tasks })
+        Ok(nodes)
+    }
+
+    /// What the node processes logged (warnings and errors).
+    fn logs(&self) -> String {
+        ["node-a", "node-b"]
+            .iter()
+            .filter_map(|c| std::fs::read_to_string(self.dir.path().join(format!("{c}.log"))).ok())
+            .collect::<Vec<_>>()
+            .join("\n")
     }
 
     async fn stop(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            match tokio::time::timeout(Duration::from_secs(10), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => eprintln!("a node stopped with an error: {e}"),
-                Ok(Err(e)) => eprintln!("a node task failed: {e}"),
-                Err(_) => eprintln!("a node did not stop within 10 s"),
+        match self.running {
+            Running::Tasks { stop, tasks } => {
+                let _ = stop.send(true);
+                for task in tasks {
+                    match tokio::time::timeout(Duration::from_secs(10), task).await {
+                        Ok(Ok(Ok(()))) => {}
+                        Ok(Ok(Err(e))) => eprintln!("a node stopped with an error: {e}"),
+                        Ok(Err(e)) => eprintln!("a node task failed: {e}"),
+                        Err(_) => eprintln!("a node did not stop within 10 s"),
+                    }
+                }
+            }
+            Running::Processes(children) => {
+                NODE_PROCESSES.lock().unwrap().retain(|(_, pid)| children.iter().all(|c| c.id() != *pid));
+                for child in &children {
+                    // SAFETY: kill(2) on a child this process started and has not reaped.
+                    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
+                }
+                for mut child in children {
+                    let deadline = Instant::now() + Duration::from_secs(10);
+                    loop {
+                        match child.try_wait() {
+                            Ok(Some(status)) if status.success() => break,
+                            Ok(Some(status)) => break eprintln!("a node process exited with {status}"),
+                            Ok(None) if Instant::now() < deadline => {
+                                tokio::time::sleep(Duration::from_millis(20)).await
+                            }
+                            _ => {
+                                eprintln!("a node process did not stop within 10 s");
+                                let _ = child.kill();
+                                let _ = child.wait();
+                                break;
+                            }
+                        }
+                    }
+                }
             }
         }
     }
@@ -748,8 +890,12 @@ fn print_report(settings: &Settings, rows: &[Row]) {
             r.first_error.as_deref().unwrap_or("?")
         );
     }
-    if settings.split {
-        println!("\nCPU µs per request by component (split runtimes; store = both nodes' SQLite writer threads):");
+    if settings.layout != Layout::Shared {
+        println!(
+            "\nCPU µs per request by component ({} layout; store = both nodes' SQLite writer threads{}):",
+            settings.layout.name(),
+            if settings.layout == Layout::Processes { "; client = the callers and the service" } else { "" }
+        );
         let names: Vec<String> = {
             let mut n: Vec<String> = rows.iter().flat_map(|r| r.cpu_by_component.keys().cloned()).collect();
             n.sort();
