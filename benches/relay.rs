@@ -14,8 +14,12 @@
 //! `FERRY_BENCH_ROUNDS` slices, and the paths take turns slice by slice (on and off alternated
 //! ABBA), so that a busy stretch of a shared machine falls on all of them. It prints p50, p99,
 //! requests per second and the process's CPU time per request, what the evidence costs (throughput
-//! with it on against off, overall and by round), then the targets with PASS/MISS (printed, not
-//! asserted).
+//! with it on against off, overall and by round, with the rounds' mean and its standard error),
+//! then the targets with PASS/MISS (printed, not asserted).
+//!
+//! On a shared 2-core machine a single round's cost swings by ±40%, so the cost is worth reading
+//! only from long runs: `FERRY_BENCH_CALLERS=64 FERRY_BENCH_PATHS=relay,relay-off
+//! FERRY_BENCH_ROUNDS=100 FERRY_BENCH_MEASURE_MS=150000` (about 6 minutes) gives it to about ±1.5%.
 //!
 //! Settings, from the environment:
 //!
@@ -762,6 +766,27 @@ impl Nodes {
     }
 }
 
+/// Each round's cost, or their range when there are many.
+fn rounds(costs: &[f64]) -> String {
+    if costs.len() <= 16 {
+        let each: Vec<String> = costs.iter().map(|c| format!("{c:.0}")).collect();
+        return format!("{}%", each.join(", "));
+    }
+    let (min, max) = costs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+    format!("{min:.0} to {max:.0}%")
+}
+
+/// The mean of the rounds' costs and its standard error, the figure's resolution in this run.
+fn mean_and_error(costs: &[f64]) -> String {
+    let n = costs.len() as f64;
+    if n < 2.0 {
+        return "-".into();
+    }
+    let mean = costs.iter().sum::<f64>() / n;
+    let variance = costs.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / (n - 1.0);
+    format!("{mean:+.1} ± {:.1}%", (variance / n).sqrt())
+}
+
 fn print_report(settings: &Settings, rows: &[Row]) {
     let find = |path: Path_, callers: usize| rows.iter().find(|r| r.path == path && r.callers == callers);
     let direct_p50 = |callers: usize| find(Path_::Direct, callers).map(|r| r.p50_ms);
@@ -820,6 +845,7 @@ fn print_report(settings: &Settings, rows: &[Row]) {
         "off req/s",
         "throughput cost",
         "cost by round",
+        "rounds: mean ± SE",
         "p50 ms",
         "off p50 ms",
         "CPU µs/req",
@@ -834,12 +860,8 @@ fn print_report(settings: &Settings, rows: &[Row]) {
         for path in [Path_::Relay, Path_::RelayLog, Path_::RelayReceipts, Path_::RelayOffAgain] {
             let Some(on) = find(path, callers) else { continue };
             let cost = cost_pct(on.rps, off.rps);
-            let by_round: Vec<String> = on
-                .rps_by_round
-                .iter()
-                .zip(&off.rps_by_round)
-                .map(|(&a, &b)| format!("{:.0}", cost_pct(a, b)))
-                .collect();
+            let by_round: Vec<f64> =
+                on.rps_by_round.iter().zip(&off.rps_by_round).map(|(&a, &b)| cost_pct(a, b)).collect();
             let cpu_added =
                 on.cpu_us_per_request.zip(off.cpu_us_per_request).map_or(f64::NAN, |(a, b)| added_pct(a, b));
             let judged = path == Path_::Relay && callers == TARGET_RPS_CALLERS;
@@ -850,7 +872,8 @@ fn print_report(settings: &Settings, rows: &[Row]) {
                 thousands(on.rps),
                 thousands(off.rps),
                 pct(cost),
-                format!("{}%", by_round.join(", ")),
+                rounds(&by_round),
+                mean_and_error(&by_round),
                 format!("{:.3}", on.p50_ms),
                 format!("{:.3}", off.p50_ms),
                 on.cpu_us_per_request.map_or("-".into(), |c| format!("{c:.0}")),
