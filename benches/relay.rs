@@ -30,7 +30,7 @@
 //! | `FERRY_BENCH_ROUNDS` | 3 | slices per row; the paths take turns slice by slice |
 //! | `FERRY_BENCH_CALLERS` | `1,8,64` | the concurrent caller counts, one row per path each |
 //! | `FERRY_BENCH_WORKERS` | available CPUs | tokio worker threads |
-//! | `FERRY_BENCH_PATHS` | `direct,relay,relay-off` | which paths to measure; also `relay-log` (log on, receipts off) and `relay-receipts` (receipts on, log off), each through a pair of its own, to see which half costs what, and `relay-off-2`, a second pair with both off, to see how far two identical pairs differ in one run |
+//! | `FERRY_BENCH_PATHS` | `direct,relay,relay-off` | which paths to measure; also `relay-log` (log on, receipts off) and `relay-receipts` (receipts on, log off), each through a pair of its own, to see which half costs what, and `relay-off-2`, a second pair with both off, to see how far two identical pairs differ in one run (measure it with `relay-off` alone, so that both take turns as on and off do) |
 //! | `FERRY_BENCH_LAYOUT` | `shared` | where the components run: `shared`, one runtime for all; `split`, callers, org-a, org-b and the service each on a runtime of their own (`FERRY_BENCH_WORKERS` threads each); `processes`, each node a `ferry run` process of its own, as deployed. With `split` and `processes`, the CPU time per request is broken down by component |
 
 use std::collections::BTreeMap;
