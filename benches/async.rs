@@ -28,7 +28,8 @@
 //! time per request, which is steadier than the rates when other processes share the machine. A
 //! phase that does not complete within `FERRY_BENCH_WAIT_S` is marked INCOMPLETE, with the
 //! per-state counts of both nodes' stores on stderr. Then a table with PASS/MISS against the
-//! targets (printed, not asserted), and one of the evidence's cost, also as markdown.
+//! targets (printed, not asserted), and one of the evidence's cost, also as markdown: UNSURE while
+//! the target is inside the cost's 95% confidence interval.
 //!
 //! Settings, from the environment:
 //!
@@ -67,8 +68,8 @@ use ferry::node::{self, NodeError, Sockets};
 #[path = "common/mod.rs"]
 mod common;
 use common::{
-    added_pct, check_evidence, configure_pair, cost_pct, load_average, machine_busy, pass, pct, render, thousands,
-    Evidence, TARGET_EVIDENCE_COST_PCT, TICK,
+    added_pct, check_evidence, configure_pair, cost_pct, judge_cost, load_average, machine_busy, pass, pct, render,
+    rounds, thousands, Evidence, RoundCosts, TARGET_EVIDENCE_COST_PCT, TICK,
 };
 
 /// Accepted async requests per second with [`TARGET_CALLERS`] callers.
@@ -1197,6 +1198,7 @@ fn print_report(settings: &Settings, runs: &[Run], duplicates: usize, phase1_dra
         "off req/s",
         "throughput cost",
         "cost by round",
+        "rounds: mean ± SE",
         "on CPU µs/req",
         "off CPU µs/req",
         "CPU added",
@@ -1208,11 +1210,12 @@ fn print_report(settings: &Settings, runs: &[Run], duplicates: usize, phase1_dra
         let find = |e: Evidence| rows.iter().find(|r| r.phase == phase && r.evidence == e);
         let (Some(on), Some(off)) = (find(Evidence::On), find(Evidence::Off)) else { continue };
         let cost = on.rate.zip(off.rate).map_or(f64::NAN, |(a, b)| cost_pct(a, b));
-        let by_round: Vec<String> = on
+        let by_round: Vec<f64> = on
             .rate_by_run
             .iter()
             .zip(&off.rate_by_run)
-            .map(|(a, b)| a.zip(*b).map_or("-".into(), |(a, b)| format!("{:.0}", cost_pct(a, b))))
+            .filter_map(|(a, b)| a.zip(*b))
+            .map(|(a, b)| cost_pct(a, b))
             .collect();
         let (cpu_on, cpu_off) = (on.cpu.us_per(on.done), off.cpu.us_per(off.done));
         cost_table.push(vec![
@@ -1220,12 +1223,13 @@ fn print_report(settings: &Settings, runs: &[Run], duplicates: usize, phase1_dra
             on.rate.map_or("-".into(), thousands),
             off.rate.map_or("-".into(), thousands),
             pct(cost),
-            format!("{}%", by_round.join(", ")),
+            rounds(&by_round),
+            RoundCosts::of(&by_round).map_or("-".into(), |r| r.to_string()),
             cpu_on.map_or("-".into(), |c| format!("{c:.0}")),
             cpu_off.map_or("-".into(), |c| format!("{c:.0}")),
             pct(cpu_on.zip(cpu_off).map_or(f64::NAN, |(a, b)| added_pct(a, b))),
             format!("≤ {TARGET_EVIDENCE_COST_PCT:.0}%"),
-            pass(cost <= TARGET_EVIDENCE_COST_PCT && on.errors == 0).to_owned(),
+            judge_cost(cost, &by_round, on.errors).to_owned(),
         ]);
     }
     if !cost_table.is_empty() {

@@ -219,6 +219,61 @@ pub fn added_pct(on: f64, off: f64) -> f64 {
     }
 }
 
+/// Each round's cost, or their range when there are many.
+pub fn rounds(costs: &[f64]) -> String {
+    if costs.len() <= 16 {
+        let each: Vec<String> = costs.iter().map(|c| format!("{c:.0}")).collect();
+        return format!("{}%", each.join(", "));
+    }
+    let (min, max) = costs.iter().fold((f64::INFINITY, f64::NEG_INFINITY), |(lo, hi), &c| (lo.min(c), hi.max(c)));
+    format!("{min:.0} to {max:.0}%")
+}
+
+/// The mean of the rounds' costs and its standard error: how far one run can be trusted.
+pub struct RoundCosts {
+    pub mean: f64,
+    pub error: f64,
+}
+
+impl RoundCosts {
+    /// `None` with fewer than two rounds.
+    pub fn of(costs: &[f64]) -> Option<RoundCosts> {
+        let n = costs.len() as f64;
+        if n < 2.0 {
+            return None;
+        }
+        let mean = costs.iter().sum::<f64>() / n;
+        let variance = costs.iter().map(|c| (c - mean).powi(2)).sum::<f64>() / (n - 1.0);
+        Some(RoundCosts { mean, error: (variance / n).sqrt() })
+    }
+}
+
+impl std::fmt::Display for RoundCosts {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        write!(f, "{:+.1} ± {:.1}%", self.mean, self.error)
+    }
+}
+
+/// The evidence cost against [`TARGET_EVIDENCE_COST_PCT`]: PASS or MISS when the target is
+/// outside the cost's 95% confidence interval (from its rounds' standard error, Student's t),
+/// else UNSURE: the run cannot tell, and more rounds can. MISS whenever a request failed.
+pub fn judge_cost(cost: f64, by_round: &[f64], errors: u64) -> &'static str {
+    let margin = RoundCosts::of(by_round).map_or(f64::INFINITY, |r| t95(by_round.len() - 1) * r.error);
+    if errors > 0 || cost > TARGET_EVIDENCE_COST_PCT + margin {
+        "MISS"
+    } else if cost < TARGET_EVIDENCE_COST_PCT - margin {
+        "PASS"
+    } else {
+        "UNSURE"
+    }
+}
+
+/// Student's t for a two-sided 95% interval with `df` degrees of freedom (within 1% beyond 10).
+fn t95(df: usize) -> f64 {
+    const SMALL: [f64; 10] = [12.71, 4.30, 3.18, 2.78, 2.57, 2.45, 2.36, 2.31, 2.26, 2.23];
+    SMALL.get(df.saturating_sub(1)).copied().unwrap_or(1.96 + 2.4 / df as f64)
+}
+
 /// `12.34` → `+12.3%`; NaN → `-`.
 pub fn pct(x: f64) -> String {
     if x.is_finite() {
