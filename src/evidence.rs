@@ -282,18 +282,18 @@ impl Summary<'_> {
 
     /// Appends the record's JSON object to `out`, field by field as [`Entry`] serializes.
     fn write(&self, out: &mut String) {
-        out.push_str("{\"event\":");
-        json_string(out, self.event);
-        out.push_str(",\"direction\":");
-        json_string(out, self.direction);
-        out.push_str(",\"peer\":");
-        json_string(out, self.peer);
-        out.push_str(",\"id\":");
-        json_string(out, self.id);
-        out.push_str(",\"method\":");
-        json_option(out, self.method);
-        out.push_str(",\"path\":");
-        json_option(out, self.path);
+        let texts = [
+            ("{\"event\":", Some(self.event)),
+            (",\"direction\":", Some(self.direction)),
+            (",\"peer\":", Some(self.peer)),
+            (",\"id\":", Some(self.id)),
+            (",\"method\":", self.method),
+            (",\"path\":", self.path),
+        ];
+        for (key, text) in texts {
+            out.push_str(key);
+            json_option(out, text);
+        }
         out.push_str(",\"form\":");
         match self.form {
             Some(form) => form.write(out),
