@@ -240,12 +240,10 @@ async fn responses(node: &common::Node, id: &str) -> Vec<Value> {
 /// Waits until `node`'s log has a record of `event` (records of deliveries and receipts are
 /// committed a moment after what they record).
 async fn wait_for_record(node: &common::Node, event: &str) {
-    let pattern = format!("%\"event\":\"{event}\"%");
+    let pattern = format!("\"event\":\"{event}\"");
     for _ in 0..200 {
-        let n: i64 = database(node)
-            .query_row("SELECT COUNT(*) FROM evidence WHERE records LIKE ?1", [&pattern], |r| r.get(0))
-            .unwrap_or(0);
-        if n > 0 {
+        let log = ferry::store::read_log(&node.dir.join("data"), 0).unwrap();
+        if log.map(|read| read.unwrap().1).any(|record| record.contains(&pattern)) {
             return;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
@@ -253,26 +251,19 @@ async fn wait_for_record(node: &common::Node, event: &str) {
     panic!("no {event} record reached {}", node.name);
 }
 
-/// Rewrites the evidence log of `db` one record per row, as an insider editing single records
-/// would: the store keeps each commit's records in one row, as JSON lines, and a row of one line
-/// is a record as well. Returns the records, (seq, JSON), in order.
-fn one_record_per_row(db: &rusqlite::Connection) -> Vec<(i64, String)> {
-    let blocks: Vec<(i64, String)> = db
-        .prepare("SELECT seq, records FROM evidence ORDER BY seq")
-        .unwrap()
-        .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))
-        .unwrap()
-        .collect::<Result<_, _>>()
-        .unwrap();
+/// Rewrites the evidence log of `node` one record per row, as text, as an insider editing single
+/// records would: the store keeps each commit's records in one row, as compressed JSON lines, and
+/// a row of one line of text is a record as well. Returns the database and the records, (seq,
+/// JSON), in order.
+fn one_record_per_row(node: &common::Node) -> (rusqlite::Connection, Vec<(i64, String)>) {
+    let records: Vec<(i64, String)> =
+        ferry::store::read_log(&node.dir.join("data"), 0).unwrap().collect::<Result<_, _>>().unwrap();
+    let db = database(node);
     db.execute("DELETE FROM evidence", []).unwrap();
-    let mut records = Vec::new();
-    for (first, block) in blocks {
-        for (seq, line) in (first..).zip(block.lines()) {
-            db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![seq, line]).unwrap();
-            records.push((seq, line.to_owned()));
-        }
+    for (seq, record) in &records {
+        db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![seq, record]).unwrap();
     }
-    records
+    (db, records)
 }
 
 #[tokio::test]
@@ -319,7 +310,7 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
     assert_eq!(since.lines().next().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].clone()), Some(3.into()));
 
     // Changed: a record's path rewritten.
-    let db = database(&p.b);
+    let (db, _) = one_record_per_row(&p.b);
     db.execute("UPDATE evidence SET records = replace(records, '\"/echo\"', '\"/elsewhere\"') WHERE seq = 1", [])
         .unwrap();
     let (code, _, err) = audit(&p.b, &["verify"]);
@@ -327,8 +318,7 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
     assert!(err.contains("seq 1"), "{err}");
 
     // Deleted: the chain breaks at the record after the gap.
-    let db = database(&p.a);
-    one_record_per_row(&db);
+    let (db, _) = one_record_per_row(&p.a);
     let n: i64 = db.query_row("SELECT COUNT(*) FROM evidence", [], |r| r.get(0)).unwrap();
     assert!(n >= 4, "{n} records");
     let saved: (i64, String) =
@@ -358,8 +348,7 @@ async fn a_forged_receipt_fails_verification_even_with_the_chain_rebuilt() {
     wait_for_record(&p.a, "receipt").await;
     // An insider rewrites a receipt and recomputes every hash after it: the chain holds, the
     // signature does not.
-    let db = database(&p.a);
-    let rows = one_record_per_row(&db);
+    let (db, rows) = one_record_per_row(&p.a);
     let mut prev = ferry::evidence::GENESIS.to_owned();
     let mut forged_at = None;
     for (seq, text) in rows {

@@ -647,13 +647,32 @@ mod tests {
             .await
             .unwrap();
         let db = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
-        let (rows, block): (i64, String) =
-            db.query_row("SELECT COUNT(*), records FROM evidence", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
-        let lines: Vec<&str> = block.lines().collect();
-        assert_eq!((rows, lines.len()), (1, 3), "{block}");
+        let (rows, stored): (i64, String) =
+            db.query_row("SELECT COUNT(*), typeof(records) FROM evidence", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
+        assert_eq!((rows, stored.as_str()), (1, "blob"), "one row, compressed");
+        let lines: Vec<String> = read_log(dir.path(), 0).unwrap().map(|r| r.unwrap().1).collect();
+        assert_eq!(lines.len(), 3, "{lines:?}");
         assert_eq!(verify_log(dir.path(), &HashMap::new()).unwrap(), Ok(Intact { records: 3, receipts: 0 }));
+        // Rewritten by hand as text, the middle record left out.
         db.execute("UPDATE evidence SET records = ?1", [format!("{}\n{}", lines[0], lines[2])]).unwrap();
         let broken = verify_log(dir.path(), &HashMap::new()).unwrap().unwrap_err();
         assert_eq!(broken.seq, 2, "{broken:?}");
+    }
+
+    /// A compressed block damaged in the file is reported with its seq, not read as records.
+    #[tokio::test]
+    async fn a_damaged_block_names_its_seq() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for id in ["r1", "r2"] {
+            store.run(move |t, _| t.record(Entry::new("request", "out", "org-b", id))).await.unwrap();
+        }
+        let db = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
+        let packed: Vec<u8> = db.query_row("SELECT records FROM evidence WHERE seq = 2", [], |r| r.get(0)).unwrap();
+        for damaged in [packed[..packed.len() / 2].to_vec(), vec![0xff; 4], vec![]] {
+            db.execute("UPDATE evidence SET records = ?1 WHERE seq = 2", [&damaged]).unwrap();
+            let error = verify_log(dir.path(), &HashMap::new()).unwrap_err().to_string();
+            assert!(error.contains("seq 2"), "{error}");
+        }
     }
 }

@@ -125,6 +125,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 5: the evidence log keeps each transaction's records in one row, as JSON lines, `seq` being
     // the first one's; a version 4 row is a block of one.
     "ALTER TABLE evidence RENAME COLUMN record TO records;",
+    // 6: new blocks are stored lz4-compressed (a BLOB); text rows stay readable. Nothing to
+    // change in place, but a ferry that cannot unpack them must not open the database.
+    "",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.
