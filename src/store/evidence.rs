@@ -46,11 +46,9 @@ impl Tx<'_, '_> {
             Some(head) => Some(head),
             None => query_row(self, "SELECT seq, records FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
                 let seq = r.get(0)?;
-                Ok(unpack(seq, r.get_ref(1)?).map(|block| (seq, block)))
+                Ok(last_record(seq, unpack(seq, r.get_ref(1)?)))
             })
-            .optional()?
-            .transpose()?
-            .and_then(|(seq, block)| lines(seq, &block).last().map(|(seq, line)| (seq, hash_of(line)))),
+            .optional()?,
         };
         let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_owned()));
         let at = self.at.get_or_init(|| rfc3339(now_ms()));
@@ -106,6 +104,18 @@ fn unpack(seq: i64, stored: ValueRef<'_>) -> Result<String, StoreError> {
         _ => return Err(corrupt("is neither text nor a compressed block")),
     };
     String::from_utf8(text).map_err(|_| corrupt("is not UTF-8"))
+}
+
+/// The seq and hash of the last record of the block stored at `seq`. A block that cannot be read
+/// counts as one unreadable record: the log goes on after it, and `audit verify` names it.
+fn last_record(seq: i64, block: Result<String, StoreError>) -> (i64, String) {
+    match block {
+        Ok(block) => lines(seq, &block).last().map_or((seq, String::new()), |(seq, line)| (seq, hash_of(line))),
+        Err(e) => {
+            tracing::error!(error = %e, "the evidence log's last block is unreadable; `ferry audit verify` shows where");
+            (seq, String::new())
+        }
+    }
 }
 
 /// The hash a sealed record ends with (empty when it is unreadable).

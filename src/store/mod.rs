@@ -674,5 +674,17 @@ mod tests {
             let error = verify_log(dir.path(), &HashMap::new()).unwrap_err().to_string();
             assert!(error.contains("seq 2"), "{error}");
         }
+        // A node started on it still records, after the damaged block.
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        store.run(|t, _| t.record(Entry::new("request", "out", "org-b", "r3"))).await.unwrap();
+        let seqs: Vec<i64> = db
+            .prepare("SELECT seq FROM evidence")
+            .unwrap()
+            .query_map([], |r| r.get(0))
+            .unwrap()
+            .map(Result::unwrap)
+            .collect();
+        assert_eq!(seqs, [1, 2, 3]);
     }
 }
