@@ -1109,7 +1109,7 @@ impl Row {
             Phase::Drain => (
                 format!("backlog: drain ({} requests)", thousands(settings.backlog as f64)),
                 if on { format!("≤ {TARGET_DRAIN_S:.0} s") } else { String::new() },
-                on.then(|| complete && max_seconds <= TARGET_DRAIN_S),
+                on.then_some(complete && max_seconds <= TARGET_DRAIN_S),
             ),
         };
         let mut note = runs.iter().map(|r| r.note.as_str()).collect::<Vec<_>>().join(" | ");

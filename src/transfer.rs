@@ -558,7 +558,7 @@ impl Sink {
         use std::os::unix::fs::FileExt;
         let mut done = 0;
         if let Some(direct) = &self.direct {
-            let whole_blocks = if offset % ALIGN as u64 == 0 { len / ALIGN * ALIGN } else { 0 };
+            let whole_blocks = if offset.is_multiple_of(ALIGN as u64) { len / ALIGN * ALIGN } else { 0 };
             if whole_blocks > 0 {
                 match direct.write_all_at(&buf.window()[..whole_blocks], offset) {
                     Ok(()) => done = whole_blocks,

@@ -911,7 +911,7 @@ async fn netem(seed: u64) -> Tally {
     } else {
         t.faults += 1;
     }
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x6e65_7465_6d);
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x006e_6574_656d);
     let root = temp_root();
     let service = Recorder::start_on(net.addr(2, 1, 0)).await;
     let callbacks = Recorder::start_on(net.addr(1, 1, 0)).await;

@@ -110,7 +110,10 @@ const COLUMNS: &str = "seq, id, direction, peer, service, method, path, reply, c
     created_at, updated_at, attempts, response_status, response_headers, response_body, callback_url, callback_method,
     file_name, file_size, file_sha256, file_done, file_path";
 
-fn view(r: &Row) -> rusqlite::Result<(i64, RequestView, Option<(String, String)>)> {
+/// A request row as the API shows it: its seq, its view, and its callback (URL, method), if any.
+type Viewed = (i64, RequestView, Option<(String, String)>);
+
+fn view(r: &Row) -> rusqlite::Result<Viewed> {
     let response = match r.get::<_, Option<u16>>(14)? {
         Some(status) => {
             let headers: Vec<(String, String)> =

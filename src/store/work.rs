@@ -143,7 +143,18 @@ fn decode_request(blob: &[u8]) -> Result<wire::Request, StoreError> {
     postcard::from_bytes(blob).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
-/// Adds a reply row (the next seq) for request row `request`; returns its seq.
+/// Who a new reply is due to.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Due {
+    /// The requesting peer: the receiving node carries it back.
+    Peer,
+    /// The host's callback: the requesting node delivers it.
+    Callback,
+    /// No one.
+    Nobody,
+}
+
+/// Adds a reply row (the next seq) for request row `request`, due to `due` now; returns its seq.
 fn push_reply(
     t: &Transaction,
     request: i64,
@@ -151,8 +162,7 @@ fn push_reply(
     error: Option<&str>,
     status: Option<u16>,
     end: bool,
-    send: bool,
-    callback: bool,
+    due: Due,
 ) -> Result<u32, StoreError> {
     let seq: u32 =
         query_row(t, "SELECT COALESCE(MAX(seq), 0) + 1 FROM replies WHERE request = ?1", [request], |r| r.get(0))?;
@@ -161,7 +171,17 @@ fn push_reply(
         t,
         "INSERT INTO replies (request, seq, data, error, status, end, created_at, next_send_at, callback_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
-        params![request, seq, data, error, status, end, now, send.then_some(now), callback.then_some(now)],
+        params![
+            request,
+            seq,
+            data,
+            error,
+            status,
+            end,
+            now,
+            (due == Due::Peer).then_some(now),
+            (due == Due::Callback).then_some(now)
+        ],
     )?;
     Ok(seq)
 }
@@ -183,7 +203,12 @@ fn fail(t: &Tx, events: &mut Vec<Event>, row: i64, error: &str) -> Result<(), St
     if incoming {
         settle_key(t, &peer, &id, None)?;
     }
-    push_reply(t, row, None, Some(error), None, true, incoming, !incoming && callback.is_some())?;
+    let due = match (incoming, callback) {
+        (true, _) => Due::Peer,
+        (false, Some(_)) => Due::Callback,
+        (false, None) => Due::Nobody,
+    };
+    push_reply(t, row, None, Some(error), None, true, due)?;
     state_event(events, &id, &peer, State::Failed);
     Ok(())
 }
@@ -601,7 +626,7 @@ impl Store {
                         fail(t, events, row, &format!("the service answered HTTP {}", response.status))?;
                     } else if !reply {
                         let data = response.body_value().0.to_string();
-                        push_reply(t, row, Some(&data), None, Some(response.status), true, true, false)?;
+                        push_reply(t, row, Some(&data), None, Some(response.status), true, Due::Peer)?;
                         exec(t, "UPDATE requests SET state = 'success' WHERE seq = ?1", [row])?;
                         state_event(events, &id, &peer, State::Success);
                     }
@@ -643,7 +668,7 @@ impl Store {
                     return Ok(Some((id, seq)));
                 }
                 let data = data.unwrap_or(Value::Null);
-                let seq = push_reply(t, row, Some(&data.to_string()), None, None, end, true, false)?;
+                let seq = push_reply(t, row, Some(&data.to_string()), None, None, end, Due::Peer)?;
                 if let Some(f) = &file {
                     exec(t,
                         "UPDATE replies SET file_path = ?3, file_name = ?4, file_field = ?5 WHERE request = ?1 AND seq = ?2",
@@ -935,7 +960,7 @@ fn replay_results(
     )?;
     if copied == 0 {
         let data = response.body_value().0.to_string();
-        push_reply(t, row, Some(&data), None, Some(response.status), true, true, false)?;
+        push_reply(t, row, Some(&data), None, Some(response.status), true, Due::Peer)?;
     }
     state_event(events, id, peer, State::Success);
     Ok(())
@@ -957,20 +982,21 @@ fn outgoing_file(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Option<Outgoi
 
 /// The stored service response of request row `request`, if any.
 fn response_of(t: &Transaction, request: i64) -> Result<Option<wire::Response>, StoreError> {
-    let row: Option<(Option<u16>, Option<String>, Option<Vec<u8>>)> = t
+    let response = t
         .query_row(
             "SELECT response_status, response_headers, response_body FROM requests WHERE seq = ?1",
             [request],
-            |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)),
+            |r| {
+                let Some(status) = r.get(0)? else { return Ok(None) };
+                let headers: Option<String> = r.get(1)?;
+                Ok(Some(wire::Response {
+                    replay_of: None,
+                    status,
+                    headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
+                    body: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+                }))
+            },
         )
         .optional()?;
-    Ok(match row {
-        Some((Some(status), headers, body)) => Some(wire::Response {
-            replay_of: None,
-            status,
-            headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
-            body: body.unwrap_or_default(),
-        }),
-        _ => None,
-    })
+    Ok(response.flatten())
 }
