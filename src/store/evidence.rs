@@ -94,13 +94,14 @@ fn unpack(seq: i64, stored: ValueRef<'_>) -> Result<String, StoreError> {
     let corrupt = |why: &str| StoreError::Corrupt(format!("the evidence block at seq {seq} {why}"));
     let text = match stored {
         ValueRef::Text(text) => text.to_vec(),
-        ValueRef::Blob(packed) => match packed.split_first_chunk::<4>() {
-            Some((size, packed)) if u32::from_le_bytes(*size) as usize <= BLOCK_MAX => {
-                lz4_flex::block::decompress(packed, u32::from_le_bytes(*size) as usize)
-                    .map_err(|e| corrupt(&format!("cannot be unpacked: {e}")))?
+        ValueRef::Blob(packed) => {
+            let (size, packed) = packed.split_first_chunk::<4>().ok_or_else(|| corrupt("has no size"))?;
+            let size = u32::from_le_bytes(*size) as usize;
+            if size > BLOCK_MAX {
+                return Err(corrupt(&format!("claims {size} bytes, more than a block can hold")));
             }
-            _ => return Err(corrupt("has no valid size")),
-        },
+            lz4_flex::block::decompress(packed, size).map_err(|e| corrupt(&format!("cannot be unpacked: {e}")))?
+        }
         _ => return Err(corrupt("is neither text nor a compressed block")),
     };
     String::from_utf8(text).map_err(|_| corrupt("is not UTF-8"))
