@@ -68,8 +68,8 @@ use ferry::node::{self, NodeError, Sockets};
 #[path = "common/mod.rs"]
 mod common;
 use common::{
-    added_pct, check_evidence, configure_pair, cost_pct, judge_cost, load_average, machine_busy, pass, pct, render,
-    rounds, thousands, Evidence, RoundCosts, TARGET_EVIDENCE_COST_PCT, TICK,
+    added_pct, check_evidence, configure_pair, cost_pct, judge_cost, load_average, machine_busy, pass, pct, proc_cpu,
+    render, rounds, thousands, Evidence, RoundCosts, TARGET_EVIDENCE_COST_PCT,
 };
 
 /// Accepted async requests per second with [`TARGET_CALLERS`] callers.
@@ -1000,19 +1000,11 @@ fn cpu_delta(before: Option<CpuTimes>, after: Option<CpuTimes>, seconds: f64) ->
 /// The CPU clocks from `/proc`; `None` where there is no `/proc`. Threads that have exited are
 /// counted in the process's total only.
 fn cpu_times() -> Option<CpuTimes> {
-    let ticks = |stat: &str| -> Option<(String, f64)> {
-        let (head, rest) = stat.rsplit_once(')')?;
-        let name = head.split_once('(')?.1.to_owned();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // After the name: state is field 3 of proc_pid_stat(5); utime is 14, stime 15.
-        let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
-        Some((name, (field(14)? + field(15)?) * TICK))
-    };
-    let process = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1;
+    let process = proc_cpu("/proc/self/stat")?.1;
     let mut threads = BTreeMap::new();
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
         let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else { continue };
-        if let Some((name, cpu)) = std::fs::read_to_string(task.path().join("stat")).ok().and_then(|s| ticks(&s)) {
+        if let Some((name, cpu)) = proc_cpu(task.path().join("stat")) {
             threads.insert(tid, (name, cpu));
         }
     }

@@ -81,7 +81,7 @@ use ferry::wire::{self, Message};
 /// ferry must reach this share of raw quinn with the receiver hashing.
 #[path = "common/mod.rs"]
 mod common;
-use common::{load_average, machine_busy, pass, TICK};
+use common::{load_average, machine_busy, pass, proc_cpu};
 
 const TARGET_SHARE_OF_QUINN: f64 = 0.90;
 /// ferry must be this much faster than scp.
@@ -798,23 +798,13 @@ struct Cpu {
     others_share: Option<f64>,
 }
 
-/// A `stat` line's command name and user + system CPU seconds.
-fn ticks(stat: &str) -> Option<(String, f64)> {
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_owned();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3 of proc_pid_stat(5); utime is 14, stime 15.
-    let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
-    Some((name, (field(14)? + field(15)?) * TICK))
-}
-
 impl Clock {
     fn now() -> Option<Clock> {
-        let process = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1;
+        let process = proc_cpu("/proc/self/stat")?.1;
         let mut threads = std::collections::HashMap::new();
         let main = std::process::id().to_string();
         for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-            if let Some(mut t) = std::fs::read_to_string(task.path().join("stat")).ok().and_then(|s| ticks(&s)) {
+            if let Some(mut t) = proc_cpu(task.path().join("stat")) {
                 let tid = task.file_name().to_string_lossy().into_owned();
                 if tid == main {
                     t.0 = "b-main".into(); // the thread the main runtime's block_on runs on

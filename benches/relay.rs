@@ -53,8 +53,8 @@ use ferry::node::{self, NodeError, Sockets};
 #[path = "common/mod.rs"]
 mod common;
 use common::{
-    added_pct, check_evidence, configure_pair, cost_pct, judge_cost, load_average, machine_busy, pass, pct, render,
-    rounds, thousands, Evidence, RoundCosts, TARGET_EVIDENCE_COST_PCT, TICK,
+    added_pct, check_evidence, configure_pair, cost_pct, judge_cost, load_average, machine_busy, pass, pct, proc_cpu,
+    render, rounds, thousands, Evidence, RoundCosts, TARGET_EVIDENCE_COST_PCT,
 };
 
 /// The relay may add at most this much to the p50 latency with one caller.
@@ -565,19 +565,11 @@ impl CpuTimes {
 
 /// The CPU clocks from `/proc`; `None` where there is no `/proc`.
 fn cpu_times() -> Option<CpuTimes> {
-    let ticks = |stat: &str| -> Option<(String, f64)> {
-        let (head, rest) = stat.rsplit_once(')')?;
-        let name = head.split_once('(')?.1.to_owned();
-        let fields: Vec<&str> = rest.split_whitespace().collect();
-        // After the name: state is field 3 of proc_pid_stat(5); utime is 14, stime 15.
-        let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
-        Some((name, (field(14)? + field(15)?) * TICK))
-    };
-    let process = ticks(&std::fs::read_to_string("/proc/self/stat").ok()?)?.1;
+    let process = proc_cpu("/proc/self/stat")?.1;
     let mut threads = BTreeMap::new();
     let mut live = 0.0;
     for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        if let Some((name, cpu)) = std::fs::read_to_string(task.path().join("stat")).ok().and_then(|s| ticks(&s)) {
+        if let Some((name, cpu)) = proc_cpu(task.path().join("stat")) {
             live += cpu;
             // The runtimes' threads are named `b-<component>`, the nodes' store writers
             // `ferry-store`; the rest (the main thread) is "other".
@@ -592,20 +584,15 @@ fn cpu_times() -> Option<CpuTimes> {
     *threads.entry("other".into()).or_insert(0.0) += (process - live).max(0.0);
     // `ferry run` processes: their store writers apart, the rest as the node.
     for &(component, pid) in NODE_PROCESSES.lock().unwrap().iter() {
-        let Some((_, total)) = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok().and_then(|s| ticks(&s)) else {
-            continue;
-        };
-        let mut store = 0.0;
-        for task in std::fs::read_dir(format!("/proc/{pid}/task")).into_iter().flatten().flatten() {
-            if let Some(("ferry-store", cpu)) = std::fs::read_to_string(task.path().join("stat"))
-                .ok()
-                .and_then(|s| ticks(&s))
-                .as_ref()
-                .map(|(n, c)| (n.as_str(), *c))
-            {
-                store += cpu;
-            }
-        }
+        let Some((_, total)) = proc_cpu(format!("/proc/{pid}/stat")) else { continue };
+        let store: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
+            .into_iter()
+            .flatten()
+            .flatten()
+            .filter_map(|task| proc_cpu(task.path().join("stat")))
+            .filter(|(name, _)| name == "ferry-store")
+            .map(|(_, cpu)| cpu)
+            .sum();
         *threads.entry("store".into()).or_insert(0.0) += store;
         *threads.entry(component.into()).or_insert(0.0) += (total - store).max(0.0);
     }

@@ -4,6 +4,17 @@
 /// Seconds per clock tick in /proc (USER_HZ = 100 on Linux).
 pub const TICK: f64 = 0.01;
 
+/// The command name and user + system CPU seconds in a `/proc/<pid>[/task/<tid>]/stat` file.
+pub fn proc_cpu(stat: impl AsRef<std::path::Path>) -> Option<(String, f64)> {
+    let stat = std::fs::read_to_string(stat).ok()?;
+    let (head, rest) = stat.rsplit_once(')')?;
+    let name = head.split_once('(')?.1.to_owned();
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // After the name: state is field 3 of proc_pid_stat(5); utime is 14, stime 15.
+    let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
+    Some((name, (field(14)? + field(15)?) * TICK))
+}
+
 /// CPU seconds the whole machine has been busy (`/proc/stat`: user, nice, system, irq, softirq,
 /// steal).
 pub fn machine_busy() -> Option<f64> {
