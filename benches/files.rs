@@ -1344,7 +1344,8 @@ impl QuinnPair {
         let (path, key) = (path.to_owned(), key.to_owned());
         let sender = runtimes.send.spawn(async move {
             let t = Instant::now();
-            let (_, sha) = ferry::transfer::send(&connection, &key, &path, "big.bin", |_| {})
+            let file = std::fs::File::open(&path)?;
+            let (_, sha) = ferry::transfer::send(&connection, &key, file, &path, "big.bin", |_| {})
                 .await
                 .map_err(|e| anyhow::anyhow!("send failed: {e}"))?;
             anyhow::Ok((t.elapsed().as_secs_f64(), sha))

@@ -25,7 +25,11 @@ use notify::Watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 
+use crate::host_file::HostFiles;
 use crate::store::{OutgoingFile, Store};
+
+/// The longest rejection reason taken from a `.reject` file; the rest is cut.
+const MAX_REASON: usize = 4096;
 
 /// How often the inbox is scanned without a change notice.
 const TICK: Duration = Duration::from_millis(500);
@@ -39,8 +43,9 @@ pub fn create(dir: &Path) -> std::io::Result<()> {
 }
 
 /// Watches `dir`, made by [`create`], and turns what operators drop there into replies, until
-/// `stop`.
-pub async fn work(store: Store, dir: PathBuf, stop: CancellationToken) {
+/// `stop`. Files are opened through `files` (rooted at `dir`): never through a symbolic link,
+/// never one of the node's own, and sent only while they are the file that was queued.
+pub async fn work(store: Store, dir: PathBuf, files: HostFiles, stop: CancellationToken) {
     let changed = std::sync::Arc::new(tokio::sync::Notify::new());
     let writing = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
     let (notice, open) = (changed.clone(), writing.clone());
@@ -66,7 +71,7 @@ pub async fn work(store: Store, dir: PathBuf, stop: CancellationToken) {
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the inbox; scanning it every {TICK:?} instead");
     }
-    let mut inbox = Inbox { store, dir, seen: HashMap::new(), writing };
+    let mut inbox = Inbox { store, dir, files, seen: HashMap::new(), writing };
     while !stop.is_cancelled() {
         if let Err(e) = inbox.scan().await {
             tracing::warn!(error = %e, "inbox scan failed");
@@ -83,6 +88,7 @@ pub async fn work(store: Store, dir: PathBuf, stop: CancellationToken) {
 struct Inbox {
     store: Store,
     dir: PathBuf,
+    files: HostFiles,
     /// Size and modification time of each candidate file at the previous scan.
     seen: HashMap<PathBuf, (u64, SystemTime)>,
     /// Files written to and not yet closed, as the watcher saw them.
@@ -143,13 +149,24 @@ impl Inbox {
                 None => {}
             }
         }
+        // Opened once, confined to the inbox: a link or one of the node's own files is set aside.
+        let opened = match self.files.open(&text) {
+            Ok(opened) => opened,
+            Err(e) => {
+                tracing::warn!(%callback_id, file = %text, error = %e, "inbox: this file cannot be sent; moved to .unmatched");
+                return self.file_away(path, &self.dir.join(".unmatched"));
+            }
+        };
         let added = if reject {
-            let reason = std::fs::read_to_string(path)?.trim().to_owned();
+            let mut reason = Vec::new();
+            std::io::Read::read_to_end(&mut std::io::Read::take(opened.file, MAX_REASON as u64), &mut reason)?;
+            let reason = String::from_utf8_lossy(&reason).trim().to_owned();
             let reason = if reason.is_empty() { "rejected by the operator".to_owned() } else { reason };
             self.store.add_reply(callback_id, None, Some(reason), true, None).await?
         } else {
             let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
-            let file = OutgoingFile { path: text.clone(), name: name.clone(), field: "file".to_owned() };
+            let identity = Some(opened.identity);
+            let file = OutgoingFile { path: text.clone(), name: name.clone(), field: "file".to_owned(), identity };
             self.store.add_reply(callback_id, Some(json!({"file_name": name})), None, true, Some(file)).await?
         };
         match added {

@@ -18,6 +18,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod evidence;
+pub mod host_file;
 pub mod identity;
 pub mod inbox;
 pub mod link;

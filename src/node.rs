@@ -10,6 +10,7 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::deliver::{self, Services};
+use crate::host_file::HostFiles;
 use crate::identity::{Identity, IdentityError};
 use crate::link::{Link, LinkError, Transport};
 use crate::notify::Notifier;
@@ -64,6 +65,15 @@ pub enum NodeError {
     Io(#[from] std::io::Error),
 }
 
+/// The node's own files, which are never sent whatever path names them: its key, its config and
+/// its store.
+fn own_files(config: &Config) -> Vec<std::path::PathBuf> {
+    let db = config.node.data_dir.join("ferry.db");
+    let mut files = vec![config.key_path(), config.path.clone(), db.clone()];
+    files.extend(["-wal", "-shm"].map(|end| db.with_file_name(format!("ferry.db{end}"))));
+    files
+}
+
 /// How long a stopping node waits for work under way.
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -102,6 +112,11 @@ pub async fn run_with(
     if interrupted > 0 {
         tracing::warn!(interrupted, "failed requests whose service call the last stop interrupted");
     }
+    // The inbox's folders exist once the node is up, for operators and scripts to drop files in.
+    let inbox_dir = config.node.data_dir.join("inbox");
+    let inbox_made = inbox::create(&inbox_dir);
+    // The link reads files below the send roots (requests and replies) and the inbox (replies).
+    let sendable = [config.files.send_roots.clone(), vec![inbox_dir.clone()]].concat();
     let link = Link::new(
         sockets.link,
         identity.clone(),
@@ -109,15 +124,17 @@ pub async fn run_with(
         Transport::default(),
         store.clone(),
         config.evidence.receipts,
+        HostFiles::new(&sendable, own_files(&config)),
     )?;
     let folders = crate::transfer::Folders::new(&config.node.data_dir, config.files.max_size);
     tokio::spawn(link.clone().serve(services.clone(), folders));
     let stop = CancellationToken::new();
     store.set_carrier(Some(Arc::new(link.clone())));
-    // The inbox's folders exist once the node is up, for operators and scripts to drop files in.
-    let inbox_dir = config.node.data_dir.join("inbox");
-    let inbox = match inbox::create(&inbox_dir) {
-        Ok(()) => tokio::spawn(inbox::work(store.clone(), inbox_dir, stop.clone())),
+    let inbox = match inbox_made {
+        Ok(()) => {
+            let files = HostFiles::new(std::slice::from_ref(&inbox_dir), own_files(&config));
+            tokio::spawn(inbox::work(store.clone(), inbox_dir, files, stop.clone()))
+        }
         Err(e) => {
             tracing::error!(dir = %inbox_dir.display(), error = %e, "cannot create the inbox; it is off");
             tokio::spawn(async {})
@@ -140,7 +157,7 @@ pub async fn run_with(
         tokens: tokens.clone(),
         callback_base: config.node.callback_base.clone(),
         heartbeat: config.api.heartbeat,
-        send_roots: Arc::new(api::files::canonical_roots(&config.files.send_roots)),
+        send_roots: Arc::new(HostFiles::new(&config.files.send_roots, own_files(&config))),
         max_size: config.files.max_size,
     };
     sockets.api.set_nonblocking(true)?;

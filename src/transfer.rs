@@ -83,21 +83,23 @@ pub fn safe_name(name: &str) -> String {
 /// Chunks in flight between a transfer's stream and its disk thread (each way).
 const DEPTH: usize = 4;
 
-/// Sends the file at `path` as `name` for `key`, resuming where the receiver stands; calls
-/// `progress(bytes_done)` as chunks go. Returns the whole file's size and SHA-256.
+/// Sends `file` (opened from `path`, which only error messages name) as `name` for `key`,
+/// resuming where the receiver stands; calls `progress(bytes_done)` as chunks go. Returns the
+/// whole file's size and SHA-256.
 ///
 /// A blocking thread reads the file and hashes it (each chunk, and the whole) a few chunks ahead
 /// of the stream, which writes each chunk's header and bytes without copying them.
 pub async fn send(
     connection: &quinn::Connection,
     key: &str,
+    file: std::fs::File,
     path: &Path,
     name: &str,
     progress: impl Fn(u64),
 ) -> Result<(u64, [u8; 32]), TransferError> {
     let source = |error| TransferError::Source { path: path.to_owned(), error };
     let interrupted = |e: &dyn std::fmt::Display| TransferError::Interrupted(e.to_string());
-    let mut file = tokio::fs::File::open(path).await.map_err(source)?;
+    let mut file = tokio::fs::File::from_std(file);
     let size = file.metadata().await.map_err(source)?.len();
     let (mut tx, mut rx) = connection.open_bi().await.map_err(|e| interrupted(&e))?;
     let offer = FileOffer { version: wire::PROTOCOL_VERSION, key: key.to_owned(), name: name.to_owned(), size };

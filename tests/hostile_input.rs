@@ -216,7 +216,7 @@ fn state() -> ApiState {
         tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec![])),
         callback_base: None,
         heartbeat: std::time::Duration::from_secs(15),
-        send_roots: Arc::new(vec![dir.clone()]),
+        send_roots: Arc::new(ferry::host_file::HostFiles::new(std::slice::from_ref(&dir), vec![])),
         max_size: 1 << 20,
     }
 }

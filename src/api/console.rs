@@ -146,11 +146,12 @@ pub struct OutboxFile {
     responses((status = 200, description = "`data: {roots, files: [{path, name, size, modified}], truncated}`",
                body = super::openapi::Envelope)))]
 pub(super) async fn outbox(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    let roots = state.send_roots.clone();
-    let (files, truncated) = tokio::task::spawn_blocking(move || list_outbox(&roots))
+    let roots: Vec<PathBuf> = state.send_roots.roots().map(PathBuf::from).collect();
+    let listed = roots.clone();
+    let (files, truncated) = tokio::task::spawn_blocking(move || list_outbox(&listed))
         .await
         .map_err(|e| ApiError::new(Kind::Internal, format!("listing the send roots failed: {e}")))?;
-    let roots: Vec<_> = state.send_roots.iter().map(|r| r.to_string_lossy().into_owned()).collect();
+    let roots: Vec<_> = roots.iter().map(|r| r.to_string_lossy().into_owned()).collect();
     Ok(ok(StatusCode::OK, "ActionOK", json!({"roots": roots, "files": files, "truncated": truncated})))
 }
 

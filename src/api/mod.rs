@@ -45,8 +45,8 @@ pub struct ApiState {
     pub callback_base: Option<url::Url>,
     /// How often WebSocket clients must send `OK`.
     pub heartbeat: std::time::Duration,
-    /// Canonical `files.send_roots`.
-    pub send_roots: Arc<Vec<std::path::PathBuf>>,
+    /// `files.send_roots`, and the node's own files that are never sent.
+    pub send_roots: Arc<crate::host_file::HostFiles>,
     /// `files.max_size`.
     pub max_size: u64,
 }
@@ -164,7 +164,7 @@ mod tests {
             tokens: Arc::new(arc_swap::ArcSwap::from_pointee(tokens.iter().map(|t| t.to_string()).collect())),
             callback_base: None,
             heartbeat: std::time::Duration::from_secs(15),
-            send_roots: Arc::new(vec![]),
+            send_roots: Default::default(),
             max_size: 1 << 30,
         }
     }

@@ -90,7 +90,10 @@ impl Link {
                 let peer = peer.clone();
                 async move {
                     let mut work = work;
-                    let result = match self.attach_file(&connection, &peer.name, &mut work).await {
+                    let attached = self.attach_file(&connection, &peer.name, &mut work).await;
+                    // This node's own file cannot be read: no retry makes it readable.
+                    let unsendable = matches!(attached, Err(TransferError::Source { .. }));
+                    let result = match attached {
                         Ok(()) => send(&connection, &work).await,
                         Err(TransferError::Interrupted(why)) => Err(why),
                         Err(TransferError::Refused(refusal)) => Ok(Message::Refused(refusal)),
@@ -110,6 +113,11 @@ impl Link {
                                         format!("{}: {}", peer.name, refusal.message),
                                     )
                                     .await
+                            }
+                            OutboundWork::Reply { message, file: Some(_), .. } if unsendable => {
+                                let why = format!("the reply's file cannot be sent: {}", refusal.message);
+                                tracing::warn!(peer = %peer.name, id = %message.id, seq = message.seq, error = %why, "reply failed");
+                                store.reply_file_refused(&peer.name, &message.id, message.seq, why).await
                             }
                             OutboundWork::Reply { .. } => {
                                 store.retry_outbound(vec![work], now_ms() + RESEND_AFTER_MS).await

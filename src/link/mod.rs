@@ -26,6 +26,7 @@ use thiserror::Error;
 pub use transport::Transport;
 
 use crate::deliver::Services;
+use crate::host_file::HostFiles;
 use crate::identity::Identity;
 use crate::peer::Peers;
 use crate::receipt::Signer;
@@ -51,6 +52,8 @@ struct Inner {
     /// Files being uploaded now, as `peer\0key`.
     uploading: std::sync::Mutex<std::collections::HashSet<String>>,
     receipts: receipts::Receipts,
+    /// Where the files of requests and replies may be read from.
+    files: HostFiles,
 }
 
 /// The endpoint could not be set up.
@@ -66,7 +69,7 @@ pub enum LinkError {
 
 impl Link {
     /// An endpoint on `socket` that serves pinned peers and dials them on demand; with
-    /// `receipts`, it signs receipts for what peers send.
+    /// `receipts`, it signs receipts for what peers send. It sends only files `files` opens.
     pub fn new(
         socket: std::net::UdpSocket,
         identity: Identity,
@@ -74,6 +77,7 @@ impl Link {
         transport: Transport,
         store: Store,
         receipts: bool,
+        files: HostFiles,
     ) -> Result<Link, LinkError> {
         let signer = if receipts { Some(Signer::new(&identity).map_err(LinkError::Tls)?) } else { None };
         let tls = crate::tls::server_config(&identity, peers.clone()).map_err(|e| LinkError::Tls(e.to_string()))?;
@@ -95,6 +99,7 @@ impl Link {
                 closing: AtomicBool::new(false),
                 uploading: Default::default(),
                 receipts: receipts::Receipts::new(signer),
+                files,
             }),
         })
     }

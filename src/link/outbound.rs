@@ -49,6 +49,9 @@ async fn exchange(
         let sent = link.upload(&connection, peer_name, &request.id, file, false).await;
         request.file = Some(sent.map_err(|e| match e {
             TransferError::Refused(refusal) => Failure::Refused(refusal),
+            e @ TransferError::Source { .. } => {
+                Failure::Refused(wire::Refusal::new(wire::RefusalKind::BadRequest, e.to_string()))
+            }
             other => Failure::Broken(other.to_string()),
         })?);
     }

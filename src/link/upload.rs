@@ -27,7 +27,7 @@ impl Link {
         let store = self.inner.store.clone();
         let id = key.split('/').next().unwrap_or_default().to_owned();
         let done = Arc::new(AtomicU64::new(0));
-        let total = std::fs::metadata(&file.path).map(|m| m.len()).unwrap_or(0);
+        let total = file.identity.map_or(0, |i| i.size);
         let reporter = {
             let (store, done, peer, id) = (store.clone(), done.clone(), peer.to_owned(), id.clone());
             tokio::spawn(async move {
@@ -49,7 +49,15 @@ impl Link {
                 done.store(n, Ordering::Relaxed);
                 store.metrics().file_bytes(peer, "sent", moved.advance(n));
             };
-            result = transfer::send(connection, key, file.path.as_ref(), &file.name, progress).await;
+            // Opened afresh each time, confined, and only while it is the file that was accepted.
+            let opened = self.inner.files.reopen(&file.path, file.identity).map_err(|e| TransferError::Source {
+                path: file.path.clone().into(),
+                error: std::io::Error::new(std::io::ErrorKind::PermissionDenied, e),
+            });
+            result = match opened {
+                Ok(opened) => transfer::send(connection, key, opened, file.path.as_ref(), &file.name, progress).await,
+                Err(e) => Err(e),
+            };
             match &result {
                 Err(TransferError::Interrupted(why)) if connection.close_reason().is_none() => {
                     tracing::info!(%peer, %key, attempt, %why, "file stream broke; resuming");

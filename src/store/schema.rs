@@ -128,6 +128,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 6: new blocks are stored lz4-compressed (a BLOB); text rows stay readable. Nothing to
     // change in place, but a ferry that cannot unpack them must not open the database.
     "",
+    // 7: what a host's file to send was when it was accepted (`dev:ino:size:mtime_ns`), so that a
+    // file swapped or changed while its request or reply waits is never sent.
+    "ALTER TABLE requests ADD COLUMN file_identity TEXT;
+    ALTER TABLE replies ADD COLUMN file_identity TEXT;",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.

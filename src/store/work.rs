@@ -12,6 +12,7 @@ use super::trust::{admit, answer_record, settle_key, Admission};
 use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
 use crate::config::ServiceConfig;
 use crate::evidence::{sha256_hex, Entry};
+use crate::host_file::Identity;
 use crate::wire;
 
 /// How long a claimed item stays with its worker before it is due again.
@@ -36,15 +37,18 @@ pub struct NewAsync {
     pub file: Option<OutgoingFile>,
 }
 
-/// A host's file to send with a request or reply (already checked against `files.send_roots`).
+/// A host's file to send with a request or reply, as it was accepted (see [`crate::host_file`]).
 #[derive(Debug, Clone, PartialEq)]
 pub struct OutgoingFile {
-    /// The canonical path of the host's file; ferry only reads it.
+    /// The absolute path of the host's file, below a send root or the inbox; ferry only reads it.
     pub path: String,
     /// The name the peer gets.
     pub name: String,
     /// The form field that carries the received file's path on the far side.
     pub field: String,
+    /// What the file was when accepted; it is not sent if it changed (`None` in rows stored
+    /// before identities were kept).
+    pub identity: Option<Identity>,
 }
 
 /// Something the link must carry to a peer.
@@ -238,8 +242,9 @@ impl Store {
             exec(t,
                 "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply, conversation,
                     callback_url, callback_method, state, created_at, updated_at, expires_at, next_attempt_at,
-                    file_path, file_name, file_field, idempotency_key)
-                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'waiting', ?11, ?11, ?12, ?11, ?13, ?14, ?15, ?16)",
+                    file_path, file_name, file_field, idempotency_key, file_identity)
+                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'waiting', ?11, ?11, ?12, ?11, ?13, ?14, ?15, ?16,
+                    ?17)",
                 params![
                     r.id,
                     new.peer,
@@ -257,6 +262,7 @@ impl Store {
                     new.file.as_ref().map(|f| &f.name),
                     new.file.as_ref().map(|f| &f.field),
                     r.idempotency_key,
+                    new.file.as_ref().and_then(|f| f.identity).map(|i| i.to_string()),
                 ],
             )?;
             state_event(events, &r.id, &new.peer, State::Waiting);
@@ -287,7 +293,7 @@ impl Store {
                     "UPDATE requests SET next_attempt_at = ?1 + ?2, attempts = attempts + 1
                      WHERE seq IN (SELECT seq FROM requests WHERE direction = 'outgoing' AND state = 'waiting'
                                    AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?3)
-                     RETURNING seq, peer, wire, reply, expires_at, file_path, file_name, file_field",
+                     RETURNING seq, peer, wire, reply, expires_at, file_path, file_name, file_field, file_identity",
                 )?;
                 let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
                 let mut requests = Vec::new();
@@ -316,7 +322,7 @@ impl Store {
                                (SELECT id FROM requests q WHERE q.seq = request),
                                request, seq, end, data, error, status,
                                (SELECT response_status FROM requests q WHERE q.seq = request),
-                               file_path, file_name, file_field",
+                               file_path, file_name, file_field, file_identity",
                 )?;
                 let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
                 let mut replies = Vec::new();
@@ -670,15 +676,18 @@ impl Store {
                 let data = data.unwrap_or(Value::Null);
                 let seq = push_reply(t, row, Some(&data.to_string()), None, None, end, Due::Peer)?;
                 if let Some(f) = &file {
-                    exec(t,
-                        "UPDATE replies SET file_path = ?3, file_name = ?4, file_field = ?5 WHERE request = ?1 AND seq = ?2",
-                        params![row, seq, f.path, f.name, f.field],
+                    exec(
+                        t,
+                        "UPDATE replies SET file_path = ?3, file_name = ?4, file_field = ?5, file_identity = ?6
+                         WHERE request = ?1 AND seq = ?2",
+                        params![row, seq, f.path, f.name, f.field, f.identity.map(|i| i.to_string())],
                     )?;
                 }
                 let file = file.map(|f| f.path);
                 events.push(Event::Reply { id: id.clone(), peer: peer.clone(), seq, data, file, end });
                 if end {
-                    exec(t,
+                    exec(
+                        t,
                         "UPDATE requests SET state = 'success', updated_at = ?2 WHERE seq = ?1",
                         params![row, now_ms()],
                     )?;
@@ -694,6 +703,41 @@ impl Store {
             self.wake.outbound.notify_one();
         }
         Ok(added)
+    }
+
+    /// Turns reply `seq` of the peer's request `id`, whose file cannot be sent (it changed after
+    /// it was accepted, or cannot be opened), into the request's failure with `error`: the
+    /// requesting node learns why instead of waiting for a file that never comes.
+    pub async fn reply_file_refused(&self, peer: &str, id: &str, seq: u32, error: String) -> Result<(), StoreError> {
+        let (peer, id) = (peer.to_owned(), id.to_owned());
+        self.run(move |t, events| {
+            let row: Option<i64> = query_row(
+                t,
+                "SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2",
+                params![peer, id],
+                |r| r.get(0),
+            )
+            .optional()?;
+            let Some(row) = row else { return Ok(()) };
+            exec(
+                t,
+                "UPDATE replies SET data = NULL, error = ?3, end = 1, next_send_at = ?4, file_path = NULL,
+                    file_name = NULL, file_field = NULL, file_identity = NULL
+                 WHERE request = ?1 AND seq = ?2",
+                params![row, seq, error, now_ms()],
+            )?;
+            exec(
+                t,
+                "UPDATE requests SET state = 'failed', error = ?2, updated_at = ?3 WHERE seq = ?1",
+                params![row, error, now_ms()],
+            )?;
+            settle_key(t, &peer, &id, None)?;
+            state_event(events, &id, &peer, State::Failed);
+            Ok(())
+        })
+        .await?;
+        self.wake.outbound.notify_one();
+        Ok(())
     }
 
     /// Persists a result the peer carried back for one of this node's requests.
@@ -952,8 +996,9 @@ fn replay_results(
     let copied = exec(
         t,
         "INSERT INTO replies (request, seq, data, error, status, end, created_at, next_send_at,
-            file_path, file_name, file_field)
-         SELECT ?1, r.seq, r.data, r.error, r.status, r.end, ?2, ?2, r.file_path, r.file_name, r.file_field
+            file_path, file_name, file_field, file_identity)
+         SELECT ?1, r.seq, r.data, r.error, r.status, r.end, ?2, ?2, r.file_path, r.file_name, r.file_field,
+            r.file_identity
          FROM replies r JOIN requests q ON r.request = q.seq
          WHERE q.direction = 'incoming' AND q.peer = ?3 AND q.id = ?4",
         params![row, now, peer, earlier],
@@ -966,7 +1011,7 @@ fn replay_results(
     Ok(())
 }
 
-/// The outgoing file in columns `at`, `at + 1`, `at + 2` (path, name, field), if any.
+/// The outgoing file in columns `at` to `at + 3` (path, name, field, identity), if any.
 fn outgoing_file(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Option<OutgoingFile>> {
     Ok(
         match (
@@ -974,7 +1019,10 @@ fn outgoing_file(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Option<Outgoi
             r.get::<_, Option<String>>(at + 1)?,
             r.get::<_, Option<String>>(at + 2)?,
         ) {
-            (Some(path), Some(name), Some(field)) => Some(OutgoingFile { path, name, field }),
+            (Some(path), Some(name), Some(field)) => {
+                let identity = r.get::<_, Option<String>>(at + 3)?.as_deref().and_then(Identity::parse);
+                Some(OutgoingFile { path, name, field, identity })
+            }
             _ => None,
         },
     )
