@@ -831,7 +831,8 @@ impl Store {
                 "UPDATE replies SET callback_at = ?1 + ?2
                  WHERE rowid IN (
                     SELECT r.rowid FROM replies r WHERE r.callback_at <= ?1 AND r.delivered = 0
-                    AND NOT EXISTS (SELECT 1 FROM replies e WHERE e.request = r.request AND e.seq < r.seq AND e.delivered = 0)
+                    AND (r.seq = 1 OR EXISTS (SELECT 1 FROM replies e WHERE e.request = r.request
+                                              AND e.seq = r.seq - 1 AND e.delivered = 1))
                     ORDER BY r.callback_at LIMIT ?3)
                  RETURNING request, seq, end, data, error, status, callback_attempts, file_field, file_path",
             )?;
@@ -852,7 +853,8 @@ impl Store {
             drop(rows);
             let mut work = Vec::new();
             for (request, seq, end, data, error, status, attempts, file) in claimed {
-                let (id, url, method, expires_at) = query_row(t,
+                let (id, url, method, expires_at) = query_row(
+                    t,
                     "SELECT id, callback_url, callback_method, expires_at FROM requests WHERE seq = ?1",
                     [request],
                     |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
@@ -1047,4 +1049,56 @@ fn response_of(t: &Transaction, request: i64) -> Result<Option<wire::Response>, 
         )
         .optional()?;
     Ok(response.flatten())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn reply(id: &str, seq: u32, end: bool) -> wire::Reply {
+        let data = Some(format!("{{\"n\":{seq}}}"));
+        wire::Reply { id: id.to_owned(), seq, end, data, error: None, response: None, file: None }
+    }
+
+    /// Replies carried on concurrent streams may arrive out of order; their callbacks may not.
+    #[tokio::test]
+    async fn a_reply_that_overtakes_an_earlier_one_waits_for_its_callback() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let request = wire::Request {
+            version: wire::PROTOCOL_VERSION,
+            id: "r1".into(),
+            service: "1".into(),
+            method: "POST".into(),
+            path: "/job".into(),
+            form: vec![],
+            encoding: wire::Encoding::Form,
+            headers: vec![],
+            conversation: None,
+            timeout_ms: 30_000,
+            file: None,
+            idempotency_key: None,
+        };
+        let new = NewAsync {
+            peer: "org-b".into(),
+            request,
+            reply: true,
+            callback_url: Some("http://127.0.0.1:9/cb".into()),
+            callback_method: "POST".into(),
+            expires_at: now_ms() + 60_000,
+            file: None,
+        };
+        store.insert_outgoing(new).await.unwrap();
+        let due = |store: Store| async move {
+            store.claim_callbacks(10).await.unwrap().into_iter().map(|w| w.seq).collect::<Vec<_>>()
+        };
+
+        store.received_reply("org-b", reply("r1", 2, true), None, [0; 32]).await.unwrap();
+        assert_eq!(due(store.clone()).await, Vec::<u32>::new(), "seq 2 waits while seq 1 has not arrived");
+        store.received_reply("org-b", reply("r1", 1, false), None, [0; 32]).await.unwrap();
+        let first = store.claim_callbacks(10).await.unwrap();
+        assert_eq!(first.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![1]);
+        store.callback_attempted(&first[0], Ok(())).await.unwrap();
+        assert_eq!(due(store.clone()).await, vec![2], "seq 2 once seq 1 is delivered");
+    }
 }
