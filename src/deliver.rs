@@ -74,21 +74,10 @@ impl Services {
     /// nothing refused is stored, and again before each call.
     pub fn check_request(&self, peer: &str, r: &wire::Request) -> Result<ServiceConfig, Refusal> {
         let service = self.check(peer, &r.service)?;
-        let bad = |what: String| refuse(RefusalKind::BadRequest, what);
-        service_url(&service.base_url, &r.path).map_err(|why| bad(format!("path `{}` {why}", wire::cut(&r.path))))?;
-        let file_field = r.file.as_ref().map(|f| f.field.as_str());
-        if let Some(why) = file_field.and_then(|f| wire::file_field_problem(f, &[wire::CALLBACK_ID_FIELD])) {
-            return Err(bad(format!("file field {why}")));
-        }
-        if let Some(field) = wire::forged_field(r.form.iter().map(|(k, _)| k.as_str()), file_field) {
-            return Err(bad(format!("form field `{}` is set by the receiving node only", wire::cut(field))));
-        }
-        if let Some(why) = r.headers.iter().find_map(|(name, value)| wire::header_problem(name, value)) {
-            return Err(bad(format!("header {why}")));
-        }
-        if let Some(why) = r.conversation.as_deref().and_then(wire::value_problem) {
-            return Err(bad(format!("conversation {why}")));
-        }
+        within_boundary(&service, r).map_err(|why| {
+            tracing::warn!(%peer, id = %wire::cut(&r.id), %why, "refused a request that crosses the boundary to a service");
+            refuse(RefusalKind::BadRequest, why)
+        })?;
         Ok(service)
     }
 
@@ -245,6 +234,25 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
         }
     }
     let _ = slots.acquire_many(CONCURRENT_CALLS as u32).await;
+}
+
+/// Why request `r` may not reach `service`, if it may not (see [`Services::check_request`]).
+fn within_boundary(service: &ServiceConfig, r: &wire::Request) -> Result<(), String> {
+    service_url(&service.base_url, &r.path).map_err(|why| format!("path `{}` {why}", wire::cut(&r.path)))?;
+    let file_field = r.file.as_ref().map(|f| f.field.as_str());
+    if let Some(why) = file_field.and_then(|f| wire::file_field_problem(f, &[wire::CALLBACK_ID_FIELD])) {
+        return Err(format!("file field {why}"));
+    }
+    if let Some(field) = wire::forged_field(r.form.iter().map(|(k, _)| k.as_str()), file_field) {
+        return Err(format!("form field `{}` is set by the receiving node only", wire::cut(field)));
+    }
+    if let Some(why) = r.headers.iter().find_map(|(name, value)| wire::header_problem(name, value)) {
+        return Err(format!("header {why}"));
+    }
+    match r.conversation.as_deref().and_then(wire::value_problem) {
+        Some(why) => Err(format!("conversation {why}")),
+        None => Ok(()),
+    }
 }
 
 /// The service URL for `path`: the base URL with the path appended, never another host nor a
