@@ -83,9 +83,16 @@ async fn deliver(client: &reqwest::Client, work: &CallbackWork) -> Result<(), St
         fields.push(("error", error.clone()));
     }
     let file_field;
-    if let Some((field, path)) = &work.file {
-        file_field = field.clone();
-        fields.push((file_field.as_str(), path.clone()));
+    match &work.file {
+        // Refused where replies are accepted; one stored before that never shadows the node's own.
+        Some((field, _)) if crate::wire::CALLBACK_FIELDS.contains(&field.as_str()) => {
+            tracing::warn!(id = %work.id, seq = work.seq, %field, "a reply's file field names a callback field; its path is left out");
+        }
+        Some((field, path)) => {
+            file_field = field.clone();
+            fields.push((file_field.as_str(), path.clone()));
+        }
+        None => {}
     }
     let request = match work.method.as_str() {
         "GET" => client.get(&work.url).query(&fields),

@@ -78,12 +78,20 @@ pub struct ServiceConfig {
     pub state: ServiceState,
     /// Form fields shown only as their SHA-256.
     pub mask_fields: Vec<String>,
+    /// Headers carrying credentials or client claims (`Authorization`, `Cookie`, `Forwarded`,
+    /// `X-Forwarded-*`, `X-Real-IP`) that peers may pass to the service; others are dropped.
+    pub pass_headers: Vec<String>,
 }
 
 impl ServiceConfig {
     /// Whether `peer` may call this service.
     pub fn allows(&self, peer: &str) -> bool {
         self.allow.iter().any(|a| a == "*" || a == peer)
+    }
+
+    /// Whether `pass_headers` lists header `name` (case-insensitive).
+    pub fn passes(&self, name: &str) -> bool {
+        self.pass_headers.iter().any(|h| h.eq_ignore_ascii_case(name))
     }
 }
 
@@ -225,7 +233,13 @@ impl Config {
                     }
                 };
                 let mask_fields = s.strings("mask_fields");
+                let pass_headers = s.strings("pass_headers");
                 s.finish();
+                for h in &pass_headers {
+                    if let Some(why) = crate::wire::header_problem(h, "") {
+                        errs.push(format!("service[{i}].pass_headers: {why}"));
+                    }
+                }
                 for a in &allow {
                     if a != "*" && !peers.iter().any(|p| &p.name == a) {
                         errs.push(format!(
@@ -233,7 +247,7 @@ impl Config {
                         ));
                     }
                 }
-                ServiceConfig { id, base_url, allow, dedupe_window, idempotency_ttl, state, mask_fields }
+                ServiceConfig { id, base_url, allow, dedupe_window, idempotency_ttl, state, mask_fields, pass_headers }
             })
             .collect();
         duplicates(services.iter().map(|s| s.id.as_str()), "service id", &mut errs);
@@ -620,6 +634,16 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(err.problems.len(), 10, "{all}");
+    }
+
+    #[test]
+    fn pass_headers_default_to_none_and_never_name_a_header_the_nodes_set() {
+        assert!(!parse(GOOD).unwrap().service("1").unwrap().passes("Authorization"));
+        let with = |list: &str| parse(&GOOD.replace("state = \"deprecated\"", &format!("pass_headers = {list}")));
+        assert!(with(r#"["Authorization"]"#).unwrap().service("1").unwrap().passes("authorization"));
+        let err = with(r#"["X-Ferry-Peer", "Host", "bad name"]"#).unwrap_err();
+        assert_eq!(err.problems.len(), 3, "{err}");
+        assert!(err.problems.iter().all(|p| p.starts_with("service[0].pass_headers: ")), "{err}");
     }
 
     #[test]

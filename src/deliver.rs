@@ -67,13 +67,28 @@ impl Services {
         Ok(service.clone())
     }
 
+    /// The service a peer's request is for, if the peer may call it and the request keeps to the
+    /// boundary between peers and services, whatever the sender checked: its path stays below the
+    /// service's base URL, its form holds no field the node sets itself, and its headers and
+    /// conversation are ones a service may get. Checked where a request is accepted, so that
+    /// nothing refused is stored, and again before each call.
+    pub fn check_request(&self, peer: &str, r: &wire::Request) -> Result<ServiceConfig, Refusal> {
+        let service = self.check(peer, &r.service)?;
+        within_boundary(&service, r).map_err(|why| {
+            tracing::warn!(%peer, id = %wire::cut(&r.id), %why, "refused a request that crosses the boundary to a service");
+            refuse(RefusalKind::BadRequest, why)
+        })?;
+        Ok(service)
+    }
+
     /// Calls the service a peer's request is for, and returns its answer or why there is none.
     pub async fn call(&self, peer: &str, request: &wire::Request) -> Result<wire::Response, Refusal> {
         self.call_with(peer, request, &[]).await.map_err(|e| e.refusal)
     }
 
-    /// Like [`Services::call`], adding `extra` text fields (`callbackId` in reply mode, the
-    /// received file's path), and telling whether a failed call certainly never reached the service.
+    /// Like [`Services::call`], adding `extra` text fields (`callbackId` in reply mode, also sent
+    /// as header `X-Ferry-Callback-Id`; the received file's path), and telling whether a failed
+    /// call certainly never reached the service.
     pub async fn call_with(
         &self,
         peer: &str,
@@ -103,7 +118,7 @@ impl Services {
         extra: &[(String, String)],
     ) -> Result<wire::Response, CallError> {
         let not_sent = |refusal| CallError { refusal, not_sent: true };
-        let service = self.check(peer, &request.service).map_err(not_sent)?;
+        let service = self.check_request(peer, request).map_err(not_sent)?;
         let http = self.build(&service, peer, request, extra).map_err(not_sent)?;
         let response = self.client.execute(http).await.map_err(|e| backend_error(&service, e))?;
         let mut answer = relay(response)
@@ -124,13 +139,14 @@ impl Services {
         extra: &[(String, String)],
     ) -> Result<reqwest::Request, Refusal> {
         let bad = |what: String| refuse(RefusalKind::BadRequest, what);
-        let url = service_url(&service.base_url, &r.path).ok_or_else(|| bad(format!("`{}` is not a path", r.path)))?;
+        let url = service_url(&service.base_url, &r.path)
+            .map_err(|why| bad(format!("path `{}` {why}", wire::cut(&r.path))))?;
         let method =
             reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|_| bad(format!("bad method {}", r.method)))?;
         let mut http = self.client.request(method.clone(), url);
         let in_query = matches!(method, reqwest::Method::GET | reqwest::Method::DELETE);
-        let extra = extra.iter().map(|(k, v)| (k.clone(), wire::FormValue::Text(v.clone())));
-        let form: Vec<_> = r.form.iter().cloned().chain(extra).collect();
+        let added = extra.iter().map(|(k, v)| (k.clone(), wire::FormValue::Text(v.clone())));
+        let form: Vec<_> = r.form.iter().cloned().chain(added).collect();
         let fields = || form.iter().map(|(k, v)| (k.clone(), v.to_text())).collect::<Vec<_>>();
         http = match (r.encoding, in_query) {
             (_, _) if form.is_empty() => http,
@@ -142,9 +158,17 @@ impl Services {
             }
         };
         for (name, value) in &r.headers {
+            if wire::is_guarded_header(name) && !service.passes(name) {
+                let header = wire::cut(name);
+                tracing::debug!(id = %r.id, %peer, service = %service.id, %header, "dropped a header the service's `pass_headers` does not list");
+                continue;
+            }
             http = http.header(name, value);
         }
         http = http.header("X-Ferry-Peer", peer).header("X-Ferry-Request-Id", &r.id);
+        if let Some((_, id)) = extra.iter().find(|(name, _)| name == wire::CALLBACK_ID_FIELD) {
+            http = http.header("X-Ferry-Callback-Id", id);
+        }
         if let Some(c) = &r.conversation {
             http = http.header("X-Ferry-Conversation", c);
         }
@@ -187,7 +211,7 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
                 let extra: Vec<(String, String)> = call
                     .callback_id
                     .iter()
-                    .map(|id| ("callbackId".to_owned(), id.clone()))
+                    .map(|id| (wire::CALLBACK_ID_FIELD.to_owned(), id.clone()))
                     .chain(call.file.clone())
                     .collect();
                 let started = std::time::Instant::now();
@@ -212,13 +236,45 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
     let _ = slots.acquire_many(CONCURRENT_CALLS as u32).await;
 }
 
-/// The service URL for `path`: the base URL with the path appended, never another host.
-pub fn service_url(base: &url::Url, path: &str) -> Option<url::Url> {
-    if !path.starts_with('/') || path.starts_with("//") || path.contains(['\\', '#']) {
-        return None;
+/// Why request `r` may not reach `service`, if it may not (see [`Services::check_request`]).
+fn within_boundary(service: &ServiceConfig, r: &wire::Request) -> Result<(), String> {
+    service_url(&service.base_url, &r.path).map_err(|why| format!("path `{}` {why}", wire::cut(&r.path)))?;
+    let file_field = r.file.as_ref().map(|f| f.field.as_str());
+    if let Some(why) = file_field.and_then(|f| wire::file_field_problem(f, &[wire::CALLBACK_ID_FIELD])) {
+        return Err(format!("file field {why}"));
     }
-    let url = url::Url::parse(&format!("{}{path}", base.as_str().trim_end_matches('/'))).ok()?;
-    (url.origin() == base.origin()).then_some(url)
+    if let Some(field) = wire::forged_field(r.form.iter().map(|(k, _)| k.as_str()), file_field) {
+        return Err(format!("form field `{}` is set by the receiving node only", wire::cut(field)));
+    }
+    if let Some(why) = r.headers.iter().find_map(|(name, value)| wire::header_problem(name, value)) {
+        return Err(format!("header {why}"));
+    }
+    match r.conversation.as_deref().and_then(wire::value_problem) {
+        Some(why) => Err(format!("conversation {why}")),
+        None => Ok(()),
+    }
+}
+
+/// The service URL for `path`: the base URL with the path appended, never another host nor a
+/// path outside the base URL's path (compared segment by segment: `/api/v1` does not admit
+/// `/api/v10`). `Err` says why not ([`wire::path_problem`]).
+pub fn service_url(base: &url::Url, path: &str) -> Result<url::Url, &'static str> {
+    if let Some(why) = wire::path_problem(path) {
+        return Err(why);
+    }
+    let url = url::Url::parse(&format!("{}{path}", base.as_str().trim_end_matches('/')))
+        .map_err(|_| "does not make a valid URL with the service's base URL")?;
+    if below(base, &url) {
+        Ok(url)
+    } else {
+        Err("leaves the service's base URL")
+    }
+}
+
+/// Whether `url` is on `base`'s origin and its path is `base`'s path or below it, segment-wise.
+fn below(base: &url::Url, url: &url::Url) -> bool {
+    let rest = url.path().strip_prefix(base.path().trim_end_matches('/'));
+    url.origin() == base.origin() && rest.is_some_and(|rest| rest.is_empty() || rest.starts_with('/'))
 }
 
 /// The form as a JSON object, each field named in `mask` shown only as `sha256:<hex>` of its text.
@@ -286,10 +342,24 @@ mod tests {
         let base = url::Url::parse("http://127.0.0.1:8080/api/").unwrap();
         assert_eq!(service_url(&base, "/user/list?a=1").unwrap().as_str(), "http://127.0.0.1:8080/api/user/list?a=1");
         for hostile in ["@evil.example/x", "//evil.example/x", "x", "/\\evil", ""] {
-            assert!(service_url(&base, hostile).is_none(), "{hostile}");
+            assert!(service_url(&base, hostile).is_err(), "{hostile}");
         }
         let bare = url::Url::parse("http://127.0.0.1:8080").unwrap();
         assert_eq!(service_url(&bare, "/a").unwrap().as_str(), "http://127.0.0.1:8080/a");
-        assert!(service_url(&bare, "@evil.example/").is_none());
+        assert!(service_url(&bare, "@evil.example/").is_err());
+    }
+
+    #[test]
+    fn paths_stay_below_the_base_path_segment_by_segment() {
+        let base = url::Url::parse("http://127.0.0.1:8080/api/v1").unwrap();
+        assert_eq!(service_url(&base, "/x").unwrap().path(), "/api/v1/x");
+        for hostile in ["/../../admin", "/%2e%2E/%2e%2e/admin", "/./x", "/a/..%2f..%2fadmin", "/..;/admin", "/.\t./x"] {
+            assert!(service_url(&base, hostile).is_err(), "{hostile}");
+        }
+        // The final URL is compared with the base path segment-wise, not as a string prefix.
+        let url = |p: &str| url::Url::parse(&format!("http://127.0.0.1:8080{p}")).unwrap();
+        assert!(below(&base, &url("/api/v1")) && below(&base, &url("/api/v1/x")));
+        assert!(!below(&base, &url("/api/v10")) && !below(&base, &url("/api/v10/x")));
+        assert!(!below(&base, &url::Url::parse("http://127.0.0.2:8080/api/v1/x").unwrap()));
     }
 }

@@ -448,6 +448,98 @@ pub fn is_hop_by_hop(name: &str) -> bool {
     HOP_BY_HOP.iter().any(|h| h.eq_ignore_ascii_case(name)) || name.eq_ignore_ascii_case("host")
 }
 
+/// The form field that carries the callback id to a service in reply mode (and, as header
+/// `X-Ferry-Callback-Id`, the same id); only the receiving node sets it.
+pub const CALLBACK_ID_FIELD: &str = "callbackId";
+
+/// The form field that carries a received file's local path when the sender names none; only the
+/// receiving node sets it, with or without a file.
+pub const DEFAULT_FILE_FIELD: &str = "file";
+
+/// The fields a callback gets from its node; a reply's file field cannot take one of their names.
+pub const CALLBACK_FIELDS: [&str; 6] = ["id", "seq", "end", "data", "status", "error"];
+
+/// `text` as a message or a log line may name it: the first 64 characters, then `…`.
+pub fn cut(text: &str) -> String {
+    match text.char_indices().nth(64) {
+        Some((at, _)) => format!("{}…", &text[..at]),
+        None => text.to_owned(),
+    }
+}
+
+/// Why `path` cannot be appended to a service's base URL, if it cannot. Each node applies this
+/// itself, whatever the other checked: a path starts with one `/` and holds no `.` or `..`
+/// segment (raw or percent-encoded in any case, also as `..;x` or around `%2f`), no backslash
+/// (raw or `%5c`), no NUL (raw or `%00`) or other control character, and no `#`.
+pub fn path_problem(path: &str) -> Option<&'static str> {
+    let lower = path.to_ascii_lowercase();
+    let route = lower.split('?').next().unwrap_or_default();
+    let dot_segment = || {
+        let decoded = route.replace("%2f", "/").replace("%2e", ".");
+        decoded.split('/').any(|segment| matches!(segment.split(';').next(), Some("." | "..")))
+    };
+    if !path.starts_with('/') || path.starts_with("//") {
+        Some("must start with a single `/`")
+    } else if path.chars().any(|c| c.is_ascii_control()) || lower.contains("%00") {
+        Some("holds NUL or another control character (raw or percent-encoded)")
+    } else if path.contains('\\') || route.contains("%5c") {
+        Some("holds a backslash (raw or `%5c`)")
+    } else if path.contains('#') {
+        Some("holds a `#`")
+    } else if dot_segment() {
+        Some("holds a `.` or `..` segment (raw or percent-encoded)")
+    } else {
+        None
+    }
+}
+
+/// The first of `form`'s field names that only the receiving node sets: [`CALLBACK_ID_FIELD`],
+/// [`DEFAULT_FILE_FIELD`], or `file_field`, the field of the request's file.
+pub fn forged_field<'a>(form: impl IntoIterator<Item = &'a str>, file_field: Option<&str>) -> Option<&'a str> {
+    form.into_iter().find(|&name| name == CALLBACK_ID_FIELD || name == DEFAULT_FILE_FIELD || Some(name) == file_field)
+}
+
+/// Why `field` cannot carry a file's path, if it cannot: it is empty or one of `node_fields`, the
+/// fields its node sets itself (`[CALLBACK_ID_FIELD]` for a request, [`CALLBACK_FIELDS`] for a reply).
+pub fn file_field_problem(field: &str, node_fields: &[&str]) -> Option<String> {
+    if field.is_empty() {
+        Some("must not be empty".to_owned())
+    } else if node_fields.contains(&field) {
+        Some(format!("`{field}` is a field the node sets itself; name the file's field otherwise"))
+    } else {
+        None
+    }
+}
+
+/// Why a header cannot go to a service as a host or a peer gave it, if it cannot: a name that is
+/// not an HTTP token; a header only the nodes set (`X-Ferry-*`, hop-by-hop ones, `Host`,
+/// `Content-Length`, `Content-Type`, `Content-Encoding`, `Expect`); or a value with CR, LF, NUL
+/// or another control character.
+pub fn header_problem(name: &str, value: &str) -> Option<String> {
+    const NODE_SET: [&str; 3] = ["content-type", "content-encoding", "expect"];
+    let lower = name.to_ascii_lowercase();
+    if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
+        Some(format!("`{}` is not a valid header name", cut(name)))
+    } else if is_hop_by_hop(name) || lower.starts_with("x-ferry-") || NODE_SET.contains(&lower.as_str()) {
+        Some(format!("`{}` is set by the nodes only; remove it", cut(name)))
+    } else {
+        value_problem(value).map(|why| format!("the value of `{}` {why}", cut(name)))
+    }
+}
+
+/// Why `value` cannot be a header value, if it cannot: CR, LF, NUL or another control character.
+pub fn value_problem(value: &str) -> Option<&'static str> {
+    value.chars().any(|c| c.is_ascii_control() && c != '\t').then_some("holds CR, LF, NUL or another control character")
+}
+
+/// Whether a header carries credentials or claims about the client (`Authorization`, `Cookie`,
+/// `Forwarded`, `X-Forwarded-*`, `X-Real-IP`): such a header reaches a service only when the
+/// service's `pass_headers` lists it.
+pub fn is_guarded_header(name: &str) -> bool {
+    let lower = name.to_ascii_lowercase();
+    ["authorization", "cookie", "forwarded", "x-real-ip"].contains(&lower.as_str()) || lower.starts_with("x-forwarded-")
+}
+
 /// What can go wrong reading or writing a frame.
 #[derive(Debug, Error)]
 pub enum FrameError {
@@ -591,6 +683,60 @@ mod tests {
         let frame = encode(&request()).unwrap();
         let err = read(&mut &frame[..frame.len() - 1]).await.unwrap_err();
         assert!(matches!(err, FrameError::Io(_)));
+    }
+
+    #[test]
+    fn paths_with_dot_segments_backslashes_or_nul_are_refused() {
+        for fine in ["/", "/user/list?a=1", "/a.b/..c/.d?x=../y", "/a%2E%2Ex", "/q?path=a%5cb"] {
+            assert_eq!(path_problem(fine), None, "{fine}");
+        }
+        for hostile in [
+            "",
+            "x",
+            "//evil",
+            "/../../admin",
+            "/%2e%2E/%2e%2e/admin",
+            "/./x",
+            "/a/.",
+            "/a/%2E",
+            "/.%2e/x",
+            "/..;x/admin",
+            "/a/..%2fadmin",
+            "/a\\b",
+            "/a%5Cb",
+            "/a\0b",
+            "/a%00b",
+            "/q?x=%00",
+            "/a\r\nb",
+            "/.\t./x",
+            "/a#b",
+        ] {
+            assert!(path_problem(hostile).is_some(), "{hostile:?}");
+        }
+    }
+
+    #[test]
+    fn node_fields_and_node_headers_cannot_be_forged() {
+        assert_eq!(forged_field(["a", "callbackId"], None), Some("callbackId"));
+        assert_eq!(forged_field(["file"], Some("doc")), Some("file"));
+        assert_eq!(forged_field(["a", "doc"], Some("doc")), Some("doc"));
+        assert_eq!(forged_field(["a", "callbackid", "files"], Some("doc")), None);
+        assert!(file_field_problem("callbackId", &[CALLBACK_ID_FIELD]).is_some());
+        assert!(CALLBACK_FIELDS.iter().all(|f| file_field_problem(f, &CALLBACK_FIELDS).is_some()));
+        assert!(file_field_problem("", &[]).is_some() && file_field_problem("doc", &CALLBACK_FIELDS).is_none());
+        for name in ["X-Ferry-Peer", "host", "Content-Type", "content-length", "Connection", "Transfer-Encoding", "a b"]
+        {
+            assert!(header_problem(name, "v").is_some(), "{name}");
+        }
+        for value in ["a\r\nX-Ferry-Peer: org-a", "a\nb", "a\0b", "a\x7fb"] {
+            assert!(header_problem("X-Custom", value).is_some(), "{value:?}");
+        }
+        assert_eq!(header_problem("X-Custom", "a\tb é"), None);
+        assert!(
+            is_guarded_header("authorization") && is_guarded_header("X-Forwarded-For") && is_guarded_header("Cookie")
+        );
+        assert!(!is_guarded_header("X-Custom"));
+        assert_eq!(cut(&"é".repeat(100)), format!("{}…", "é".repeat(64)));
     }
 
     #[test]

@@ -4,7 +4,7 @@
 mod common;
 
 use common::{rogue_and_node, Rogue};
-use ferry::wire::{self, Code, Encoding, Message, Request};
+use ferry::wire::{self, Code, Encoding, FormValue, Message, Request};
 
 impl Rogue {
     /// Sends `bytes` on a new stream and returns the answer, or the code the stream was reset with.
@@ -101,4 +101,98 @@ async fn a_receipt_signed_by_another_key_closes_the_connection() {
         }
         other => panic!("expected the node to close the connection, got {other}"),
     }
+}
+
+/// A change that makes a well-formed request hostile.
+type Change = fn(&mut Request);
+
+fn header(name: &str, value: &str) -> Vec<(String, String)> {
+    vec![(name.to_owned(), value.to_owned())]
+}
+
+/// A request as `request()` builds it, changed by `change`.
+fn changed(id: String, change: impl FnOnce(&mut Request)) -> Request {
+    let Message::Request(mut r) = request(wire::PROTOCOL_VERSION) else { unreachable!() };
+    r.id = id;
+    change(&mut r);
+    r
+}
+
+fn asynchronous(request: Request) -> Message {
+    let in_a_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 60_000;
+    Message::AsyncRequest(wire::AsyncRequest { request, reply: true, expires_at_ms: in_a_minute as i64 })
+}
+
+/// The receiving node confines what a peer sends to its services whatever the peer checked:
+/// paths that leave the base path, form fields and headers only the nodes set, control characters
+/// in headers and the conversation are refused, sync or async, before anything is stored or
+/// called; credentials the service's `pass_headers` does not list are dropped.
+#[tokio::test]
+async fn a_hostile_peer_cannot_bend_paths_forge_fields_or_pass_headers() {
+    let (rogue, b, service, _root) = rogue_and_node().await;
+    let hostile: Vec<(&str, Change)> = vec![
+        ("path `", |r| r.path = "/../../admin".into()),
+        ("path `", |r| r.path = "/%2e%2E/%2e%2e/admin".into()),
+        ("path `", |r| r.path = "/ok/..%2f..%2fadmin".into()),
+        ("path `", |r| r.path = "/a%5c..%5cadmin".into()),
+        ("path `", |r| r.path = "/a%00b".into()),
+        ("path `", |r| r.path = "/..".repeat(5_000)),
+        ("form field `callbackId`", |r| r.form = vec![("callbackId".into(), FormValue::Text("forged".into()))]),
+        ("form field `file`", |r| r.form = vec![("file".into(), FormValue::Text("/etc/passwd".into()))]),
+        ("file field `callbackId`", |r| {
+            r.file = Some(wire::FileRef { field: "callbackId".into(), name: "f".into(), size: 1, sha256: [0; 32] })
+        }),
+        ("header `X-Ferry-Peer`", |r| r.headers = header("X-Ferry-Peer", "org-a")),
+        ("header `Host`", |r| r.headers = header("Host", "admin.internal")),
+        ("header `Content-Type`", |r| r.headers = header("Content-Type", "text/plain")),
+        ("header the value of `X-Note`", |r| r.headers = header("X-Note", "a\r\nX-Ferry-Peer: org-a")),
+        ("conversation", |r| r.conversation = Some("c\r\nX-Ferry-Peer: org-a".into())),
+    ];
+    for (i, (what, change)) in hostile.iter().enumerate() {
+        let sync = Message::Request(changed(format!("hostile-{i}"), change));
+        let queued = asynchronous(changed(format!("hostile-async-{i}"), change));
+        for message in [sync, queued] {
+            match rogue.send(&wire::encode(&message).unwrap()).await {
+                Ok(Message::Refused(r)) => {
+                    assert_eq!(r.kind, wire::RefusalKind::BadRequest, "{what}: {r:?}");
+                    assert!(r.message.contains(what), "{what}: {}", r.message);
+                    assert!(r.message.len() < 300, "a long value is cut: {}", r.message.len());
+                }
+                other => panic!("{what}: expected a refusal, got {other:?}"),
+            }
+        }
+    }
+    assert!(service.seen().is_empty(), "nothing hostile reached the service: {:?}", service.seen());
+    let (_, listed) = b.get("/v1/requests?direction=incoming").await;
+    assert_eq!(listed["data"]["items"], serde_json::json!([]), "nothing hostile was stored");
+
+    // Credentials the service does not list in `pass_headers` are dropped, sync and async.
+    let credentials = |r: &mut Request| {
+        r.headers = vec![
+            ("Authorization".into(), "Bearer stolen".into()),
+            ("Cookie".into(), "session=stolen".into()),
+            ("X-Forwarded-For".into(), "10.0.0.1".into()),
+            ("X-Trace".into(), "t1".into()),
+        ]
+    };
+    match rogue.send(&wire::encode(&Message::Request(changed("creds".into(), credentials))).unwrap()).await {
+        Ok(Message::Response(r)) => assert_eq!(r.status, 200),
+        other => panic!("expected a response, got {other:?}"),
+    }
+    let queued = asynchronous(changed("creds-async".into(), credentials));
+    assert!(matches!(rogue.send(&wire::encode(&queued).unwrap()).await, Ok(Message::Ack(_))));
+    let seen = service.wait_for(2, std::time::Duration::from_secs(10)).await;
+    assert_eq!(seen.len(), 2, "{seen:?}");
+    for call in &seen {
+        assert_eq!(call.path, "/ok");
+        assert_eq!(call.headers["x-ferry-peer"], "rogue");
+        assert_eq!(call.headers["x-trace"], "t1", "other headers pass");
+        for name in ["authorization", "cookie", "x-forwarded-for"] {
+            assert!(!call.headers.contains_key(name), "{name} was not listed in pass_headers: {:?}", call.headers);
+        }
+    }
+    let query = seen[1].query.clone().unwrap_or_default();
+    let header = seen[1].headers.get("x-ferry-callback-id").map(String::as_str);
+    assert_eq!(query.strip_prefix("callbackId="), header, "one callbackId, the node's own: {:?}", seen[1]);
+    assert!(header.is_some_and(|id| !id.is_empty()));
 }

@@ -10,6 +10,7 @@ use serde_json::{json, Value};
 use super::envelope::{json_body, ok, ApiError, Kind};
 use super::openapi::Envelope;
 use super::ApiState;
+use crate::wire;
 
 /// The body of `POST /v1/replies`.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
@@ -44,6 +45,10 @@ pub(super) async fn create(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let reply: NewReply = json_body(body)?;
+    if let Some(why) = reply.file_field.as_deref().and_then(|f| wire::file_field_problem(f, &wire::CALLBACK_FIELDS)) {
+        let msg = format!("field `file_field`: {why} (the callback gets {})", wire::CALLBACK_FIELDS.join(", "));
+        return Err(ApiError::bad_request(msg).with("field", "file_field"));
+    }
     let file = match reply.file {
         Some(path) => Some(super::files::outgoing(&state.send_roots, state.max_size, &path, reply.file_field)?),
         None if reply.file_field.is_some() => {

@@ -151,9 +151,7 @@ fn validate(
             format!("unknown peer `{}`; configured peers are listed by GET /v1/peers", new.peer),
         ));
     }
-    if !new.path.starts_with('/') || new.path.starts_with("//") {
-        return Err(bad(format!("field `path`: `{}` must start with a single `/`", new.path)).with("field", "path"));
-    }
+    check_boundary(&new)?;
     let method = new.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
     if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
         return Err(bad(format!("field `method`: `{method}` is not one of GET, POST, PUT, PATCH, DELETE"))
@@ -187,17 +185,6 @@ fn validate(
             Ok((k, value))
         })
         .collect::<Result<Vec<_>, _>>()?;
-    for name in new.headers.keys() {
-        if wire::is_hop_by_hop(name) || name.to_ascii_lowercase().starts_with("x-ferry-") {
-            return Err(bad(format!(
-                "field `headers`: `{name}` is a hop-by-hop or X-Ferry-* header, set by the nodes"
-            ))
-            .with("field", "headers"));
-        }
-        if axum::http::HeaderName::from_bytes(name.as_bytes()).is_err() {
-            return Err(bad(format!("field `headers`: `{name}` is not a valid header name")).with("field", "headers"));
-        }
-    }
     let async_part = match new.mode.as_deref() {
         None | Some("sync") => {
             for (set, field) in
@@ -255,6 +242,36 @@ fn validate(
         idempotency_key,
     };
     Ok((new.peer, request, async_part, file))
+}
+
+/// Checks what the receiving node checks again at the boundary to its service (the rules of
+/// [`wire`]), so that the host learns early: the path stays below the service's base URL, the form
+/// forges no field the node sets, and headers and `conversation` are ones a service may get.
+fn check_boundary(new: &NewRequest) -> Result<(), ApiError> {
+    let bad = |field: &str, msg: String| ApiError::bad_request(format!("field `{field}`: {msg}")).with("field", field);
+    if let Some(why) = wire::path_problem(&new.path) {
+        let msg = format!("`{}` {why}; give a path below the service's base URL", wire::cut(&new.path));
+        return Err(bad("path", msg));
+    }
+    let file_field = new.file_field.as_deref();
+    if let Some(why) = file_field.and_then(|f| wire::file_field_problem(f, &[wire::CALLBACK_ID_FIELD])) {
+        return Err(bad("file_field", why));
+    }
+    if let Some(name) = wire::forged_field(new.form.keys().map(String::as_str), file_field) {
+        let msg = format!(
+            "set by the receiving node only (`{}` in reply mode, `{}` or `file_field` for a file); use another name",
+            wire::CALLBACK_ID_FIELD,
+            wire::DEFAULT_FILE_FIELD
+        );
+        return Err(bad(&format!("form.{}", wire::cut(name)), msg));
+    }
+    if let Some(why) = new.headers.iter().find_map(|(name, value)| wire::header_problem(name, value)) {
+        return Err(bad("headers", why));
+    }
+    match new.conversation.as_deref().and_then(wire::value_problem) {
+        Some(why) => Err(bad("conversation", why.to_owned())),
+        None => Ok(()),
+    }
 }
 
 /// The absolute callback URL and method: a path is joined to `node.callback_base`.

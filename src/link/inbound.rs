@@ -123,7 +123,8 @@ async fn stream(
             let id = message.request.id.clone();
             let payload = wire::payload_sha256(&message.request);
             let file_sha = message.request.file.as_ref().map(|f| f.sha256);
-            let checked = match services.check(&peer.name, &message.request.service) {
+            // Refused here, before it is stored: nothing hostile waits in the store for a call.
+            let checked = match services.check_request(&peer.name, &message.request) {
                 Ok(service) => {
                     received_file(store, &peer.name, &id, &message.request.file).await.map(|file| (service, file))
                 }
@@ -153,7 +154,13 @@ async fn stream(
             let ack = wire::Ack { id: reply.id.clone(), seq: reply.seq };
             let key = format!("{}/{}", reply.id, reply.seq);
             let (payload, file_sha) = (wire::payload_sha256(&reply), reply.file.as_ref().map(|f| f.sha256));
-            match received_file(store, &peer.name, &key, &reply.file).await {
+            let field_problem =
+                reply.file.as_ref().and_then(|f| wire::file_field_problem(&f.field, &wire::CALLBACK_FIELDS));
+            let file = match field_problem {
+                Some(why) => Err(Refusal::new(RefusalKind::BadRequest, format!("the reply's file field {why}"))),
+                None => received_file(store, &peer.name, &key, &reply.file).await,
+            };
+            match file {
                 Err(refusal) => Message::Refused(refusal),
                 Ok(file) => match store.received_reply(&peer.name, reply, file.map(|(_, path)| path), payload).await {
                     Ok(()) => {
@@ -247,7 +254,7 @@ async fn stream(
 /// `Err`: the stream is reset with that code (the store failed; nothing was called).
 async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -> Result<Message, Code> {
     let Inbound { link, services, store, .. } = inbound;
-    let service = match services.check(&peer.name, &request.service) {
+    let service = match services.check_request(&peer.name, request) {
         Ok(service) => service,
         Err(refusal) => return Ok(Message::Refused(refusal)),
     };
