@@ -90,10 +90,7 @@ impl Link {
                 let peer = peer.clone();
                 async move {
                     let mut work = work;
-                    let attached = self.attach_file(&connection, &peer.name, &mut work).await;
-                    // This node's own file cannot be read: no retry makes it readable.
-                    let unsendable = matches!(attached, Err(TransferError::Source { .. }));
-                    let result = match attached {
+                    let result = match self.attach_file(&connection, &peer.name, &mut work).await {
                         Ok(()) => send(&connection, &work).await,
                         Err(TransferError::Interrupted(why)) => Err(why),
                         Err(TransferError::Refused(refusal)) => Ok(Message::Refused(refusal)),
@@ -114,13 +111,15 @@ impl Link {
                                     )
                                     .await
                             }
-                            OutboundWork::Reply { message, file: Some(_), .. } if unsendable => {
-                                let why = format!("the reply's file cannot be sent: {}", refusal.message);
-                                tracing::warn!(peer = %peer.name, id = %message.id, seq = message.seq, error = %why, "reply failed");
-                                store.reply_file_refused(&peer.name, &message.id, message.seq, why).await
-                            }
-                            OutboundWork::Reply { .. } => {
+                            // The peer's store failed: it may take the reply later.
+                            OutboundWork::Reply { .. } if refusal.kind == wire::RefusalKind::Internal => {
                                 store.retry_outbound(vec![work], now_ms() + RESEND_AFTER_MS).await
+                            }
+                            // Anything else no retry changes: the request fails, and says why.
+                            OutboundWork::Reply { message, .. } => {
+                                let why = format!("the reply cannot be delivered: {}", refusal.message);
+                                tracing::warn!(peer = %peer.name, id = %message.id, seq = message.seq, error = %why, "reply failed");
+                                store.reply_refused(&peer.name, &message.id, message.seq, why).await.map(drop)
                             }
                         },
                         Ok(_) | Err(_) => {
