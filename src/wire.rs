@@ -310,6 +310,10 @@ pub enum FormValue {
     Float(f64),
     /// A JSON boolean.
     Bool(bool),
+    /// A JSON number that is not an `i64` (a big integer, a decimal), as the host wrote it, so
+    /// that its digits reach the service unchanged. Last, so that stored rows of older versions
+    /// decode as they were.
+    Number(String),
 }
 
 impl FormValue {
@@ -320,6 +324,7 @@ impl FormValue {
             FormValue::Int(i) => i.to_string(),
             FormValue::Float(f) => f.to_string(),
             FormValue::Bool(b) => b.to_string(),
+            FormValue::Number(n) => n.clone(),
         }
     }
 
@@ -330,6 +335,8 @@ impl FormValue {
             FormValue::Int(i) => (*i).into(),
             FormValue::Float(f) => (*f).into(),
             FormValue::Bool(b) => (*b).into(),
+            // A peer may send any text: what is not a JSON number goes as a string.
+            FormValue::Number(n) => n.parse::<serde_json::Number>().map_or_else(|_| n.clone().into(), Into::into),
         }
     }
 }
