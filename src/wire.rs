@@ -600,6 +600,19 @@ mod tests {
         assert!(matches!(err, FrameError::Io(_)));
     }
 
+    /// Form values stored by older versions decode as they were; a number's text from a peer
+    /// reaches a JSON body only as a number or as a string.
+    #[test]
+    fn form_values_keep_their_encoding_and_a_number_its_digits() {
+        assert_eq!(postcard::to_stdvec(&FormValue::Bool(true)).unwrap(), [3, 1]);
+        let big = FormValue::Number("123456789012345678901234567890".into());
+        assert_eq!(postcard::from_bytes::<FormValue>(&postcard::to_stdvec(&big).unwrap()).unwrap(), big);
+        assert_eq!(big.to_text(), "123456789012345678901234567890");
+        assert_eq!(big.to_json().to_string(), "123456789012345678901234567890");
+        let forged = FormValue::Number("1,\"admin\":true".into());
+        assert_eq!(forged.to_json(), serde_json::Value::from("1,\"admin\":true"));
+    }
+
     #[test]
     fn codes_round_trip_through_varints() {
         for code in [Code::Done, Code::VersionMismatch, Code::Stalled] {
