@@ -272,11 +272,11 @@ const WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
 #[tokio::test]
 async fn big_integers_and_decimals_reach_the_service_with_their_digits() {
     let p = common::pair().await;
-    let form = format!(r#"{{"n": {BIG}, "neg": -{BIG}, "d": 1.10, "u": 18446744073709551615, "i": 7}}"#);
+    let form = format!(r#"{{"n": {BIG}, "neg": -{BIG}, "d": 1.10, "f": 2.5, "u": 18446744073709551615, "i": 7}}"#);
     for (encoding, method, want) in [
-        ("json", "POST", format!(r#"{{"n":{BIG},"neg":-{BIG},"d":1.10,"u":18446744073709551615,"i":7}}"#)),
-        ("form", "POST", format!("n={BIG}&neg=-{BIG}&d=1.10&u=18446744073709551615&i=7")),
-        ("form", "GET", format!("n={BIG}&neg=-{BIG}&d=1.10&u=18446744073709551615&i=7")),
+        ("json", "POST", format!(r#"{{"n":{BIG},"neg":-{BIG},"d":1.10,"f":2.5,"u":18446744073709551615,"i":7}}"#)),
+        ("form", "POST", format!("n={BIG}&neg=-{BIG}&d=1.10&f=2.5&u=18446744073709551615&i=7")),
+        ("form", "GET", format!("n={BIG}&neg=-{BIG}&d=1.10&f=2.5&u=18446744073709551615&i=7")),
     ] {
         let body = format!(
             r#"{{"peer": "org-b", "service": "1", "path": "/n", "method": "{method}", "encoding": "{encoding}", "form": {form}}}"#

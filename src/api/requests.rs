@@ -283,8 +283,8 @@ fn callback_target(state: &ApiState, spec: CallbackSpec) -> Result<(String, Stri
         return Err(bad(format!("scheme `{}` refused; give an http(s) URL or a path", cut(url.scheme()))));
     }
     if !url.username().is_empty() || url.password().is_some() {
-        return Err(bad("credentials (`user:pass@`) are refused in callback URLs; the callback receiver must \
-                        accept the node's calls without them"
+        return Err(bad("credentials (`user:pass@`) are refused in callback URLs, which are stored and shown; \
+                        give the URL without them"
             .to_owned()));
     }
     let host = url.host().ok_or_else(|| bad("the URL has no host".to_owned()))?;
@@ -338,12 +338,17 @@ fn check_limits(new: &NewRequest) -> Result<(), ApiError> {
     Ok(())
 }
 
-/// A form number as the host wrote it: an `i64` as such, any other number (a big integer, a
-/// decimal) as its literal text, so that its digits reach the service unchanged.
+/// A form number as the host wrote it. An `i64`, or a float that both renderings (text field and
+/// JSON) give back as written, travels as older nodes read it; any other number (a big integer,
+/// `1.10`) as its literal text, so that its digits reach the service unchanged.
 fn form_number(n: serde_json::Number) -> FormValue {
-    match n.as_i64() {
-        Some(i) => FormValue::Int(i),
-        None => FormValue::Number(n.to_string()),
+    let text = n.to_string();
+    match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => FormValue::Int(i),
+        (None, Some(f)) if f.to_string() == text && FormValue::Float(f).to_json().to_string() == text => {
+            FormValue::Float(f)
+        }
+        _ => FormValue::Number(text),
     }
 }
 
@@ -389,6 +394,23 @@ fn failure_error(peer: &str, failure: Failure) -> ApiError {
                 RefusalKind::Duplicate => Kind::Duplicate,
             };
             ApiError::new(kind, format!("{peer}: {}", refusal.message))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Numbers older nodes read the same stay `Int` and `Float`; only those that would lose or
+    /// change digits use the newer `Number`.
+    #[test]
+    fn form_numbers_keep_their_text_and_old_variants_where_they_can() {
+        let number = |text: &str| form_number(text.parse().unwrap());
+        assert_eq!(number("7"), FormValue::Int(7));
+        assert_eq!(number("-2.5"), FormValue::Float(-2.5));
+        for text in ["1.10", "18446744073709551615", "123456789012345678901234567890", "0.0000001"] {
+            assert_eq!(number(text), FormValue::Number(text.into()), "{text}");
         }
     }
 }
