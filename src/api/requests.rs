@@ -345,7 +345,9 @@ fn form_number(n: serde_json::Number) -> FormValue {
     let text = n.to_string();
     match (n.as_i64(), n.as_f64()) {
         (Some(i), _) => FormValue::Int(i),
-        (None, Some(f)) if f.to_string() == text && FormValue::Float(f).to_json().to_string() == text => {
+        (None, Some(f))
+            if f.to_string() == text && serde_json::Number::from_f64(f).is_some_and(|j| j.to_string() == text) =>
+        {
             FormValue::Float(f)
         }
         _ => FormValue::Number(text),
