@@ -122,6 +122,8 @@ pub struct ApiConfig {
     pub tokens: Vec<String>,
     /// WebSocket clients must send `OK` at least this often.
     pub heartbeat: Duration,
+    /// Hosts callbacks may go to besides loopback and the host of `node.callback_base`.
+    pub callback_hosts: Vec<url::Host>,
 }
 
 /// `[evidence]`: what this node keeps as proof of its exchanges.
@@ -264,11 +266,13 @@ impl Config {
             let mut s = Section::new(&api, "api", &mut errs);
             let tokens = s.strings("tokens");
             let heartbeat = s.duration("heartbeat", Some("15s")).unwrap_or_default();
+            let callback_hosts =
+                s.strings("callback_hosts").iter().filter_map(|h| s.host("callback_hosts", h)).collect();
             s.finish();
             if tokens.iter().any(|t| t.len() < 16) {
                 errs.push("api.tokens: every token must be at least 16 characters".to_owned());
             }
-            ApiConfig { tokens, heartbeat }
+            ApiConfig { tokens, heartbeat, callback_hosts }
         };
 
         let evidence = {
@@ -508,6 +512,20 @@ impl<'a> Section<'a> {
             Ok(u) if matches!(u.scheme(), "http" | "https") && u.has_host() => Some(u),
             _ => {
                 self.problem(key, format!("`{text}` is not an http(s) URL, e.g. http://127.0.0.1:8080"));
+                None
+            }
+        }
+    }
+
+    /// A host name or IP address alone (no scheme, port or path), as URLs name it.
+    fn host(&mut self, key: &str, text: &str) -> Option<url::Host> {
+        // URLs write an IPv6 address in brackets; the config may give it with or without.
+        let bracketed =
+            if text.contains(':') && !text.starts_with('[') { format!("[{text}]") } else { text.to_owned() };
+        match url::Host::parse(&bracketed) {
+            Ok(host) if !text.contains(['/', '@', '?', '#']) => Some(host),
+            _ => {
+                self.problem(key, format!("`{text}` is not a host name or IP address, e.g. app.internal or 10.0.0.5"));
                 None
             }
         }

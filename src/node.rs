@@ -156,6 +156,7 @@ pub async fn run_with(
         fingerprint: identity.fingerprint().to_string(),
         tokens: tokens.clone(),
         callback_base: config.node.callback_base.clone(),
+        callback_hosts: Arc::new(config.api.callback_hosts.clone()),
         heartbeat: config.api.heartbeat,
         send_roots: Arc::new(HostFiles::new(&config.files.send_roots, own_files(&config))),
         max_size: config.files.max_size,
@@ -281,11 +282,12 @@ impl Reloader {
             restart.push("node.certs_dir");
         }
         if new.node.callback_base != old.node.callback_base
+            || new.api.callback_hosts != old.api.callback_hosts
             || new.files.send_roots != old.files.send_roots
             || new.files.max_size != old.files.max_size
             || new.api.heartbeat != old.api.heartbeat
         {
-            restart.push("node.callback_base, [files] or api.heartbeat");
+            restart.push("node.callback_base, api.callback_hosts, [files] or api.heartbeat");
         }
         let changes = self.peers.reload(&new.peers).map_err(|e| e.to_string())?;
         self.services.replace(new.services.clone());

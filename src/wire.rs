@@ -310,6 +310,10 @@ pub enum FormValue {
     Float(f64),
     /// A JSON boolean.
     Bool(bool),
+    /// A JSON number that is not an `i64` (a big integer, a decimal), as the host wrote it, so
+    /// that its digits reach the service unchanged. Last, so that stored rows of older versions
+    /// decode as they were.
+    Number(String),
 }
 
 impl FormValue {
@@ -320,6 +324,7 @@ impl FormValue {
             FormValue::Int(i) => i.to_string(),
             FormValue::Float(f) => f.to_string(),
             FormValue::Bool(b) => b.to_string(),
+            FormValue::Number(n) => n.clone(),
         }
     }
 
@@ -330,6 +335,8 @@ impl FormValue {
             FormValue::Int(i) => (*i).into(),
             FormValue::Float(f) => (*f).into(),
             FormValue::Bool(b) => (*b).into(),
+            // A peer may send any text: what is not a JSON number goes as a string.
+            FormValue::Number(n) => n.parse::<serde_json::Number>().map_or_else(|_| n.clone().into(), Into::into),
         }
     }
 }
@@ -459,11 +466,19 @@ pub const DEFAULT_FILE_FIELD: &str = "file";
 /// The fields a callback gets from its node; a reply's file field cannot take one of their names.
 pub const CALLBACK_FIELDS: [&str; 6] = ["id", "seq", "end", "data", "status", "error"];
 
-/// `text` as a message or a log line may name it: the first 64 characters, then `…`.
-pub fn cut(text: &str) -> String {
-    match text.char_indices().nth(64) {
-        Some((at, _)) => format!("{}…", &text[..at]),
-        None => text.to_owned(),
+/// The most characters of a value from a host or a peer that a message or a log line quotes.
+pub const QUOTED_CHARS: usize = 64;
+
+/// `text` as a message or a log line may quote it: at most [`QUOTED_CHARS`] characters, then `…`.
+pub fn cut(text: &str) -> std::borrow::Cow<'_, str> {
+    cut_to(text, QUOTED_CHARS)
+}
+
+/// `text` cut to at most `max_chars` characters, then `…`.
+pub fn cut_to(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
+    match text.char_indices().nth(max_chars) {
+        Some((at, _)) => format!("{}…", &text[..at]).into(),
+        None => text.into(),
     }
 }
 
@@ -683,6 +698,19 @@ mod tests {
         let frame = encode(&request()).unwrap();
         let err = read(&mut &frame[..frame.len() - 1]).await.unwrap_err();
         assert!(matches!(err, FrameError::Io(_)));
+    }
+
+    /// Form values stored by older versions decode as they were; a number's text from a peer
+    /// reaches a JSON body only as a number or as a string.
+    #[test]
+    fn form_values_keep_their_encoding_and_a_number_its_digits() {
+        assert_eq!(postcard::to_stdvec(&FormValue::Bool(true)).unwrap(), [3, 1]);
+        let big = FormValue::Number("123456789012345678901234567890".into());
+        assert_eq!(postcard::from_bytes::<FormValue>(&postcard::to_stdvec(&big).unwrap()).unwrap(), big);
+        assert_eq!(big.to_text(), "123456789012345678901234567890");
+        assert_eq!(big.to_json().to_string(), "123456789012345678901234567890");
+        let forged = FormValue::Number("1,\"admin\":true".into());
+        assert_eq!(forged.to_json(), serde_json::Value::from("1,\"admin\":true"));
     }
 
     #[test]

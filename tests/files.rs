@@ -149,6 +149,40 @@ async fn a_file_over_the_size_limit_is_refused() {
     assert!(service.seen().is_empty());
 }
 
+/// A refusal no retry changes ends the request on both sides, once, with the reason.
+#[tokio::test]
+async fn a_reply_file_over_the_requesters_limit_fails_the_request_on_both_sides() {
+    let service = Recorder::start().await;
+    let host = Recorder::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let mut a = common::Node::create(root.path(), "org-a");
+    let mut b = common::Node::create(root.path(), "org-b");
+    a.add_peer(&b);
+    b.add_peer(&a);
+    b.add_service("1", &service.base_url(), &["org-a"]);
+    let config = std::fs::read_to_string(&a.config_path).unwrap().replace("20GiB", "1MiB");
+    std::fs::write(&a.config_path, config).unwrap();
+    a.start().await;
+    b.start().await;
+    let body = json!({"peer": "org-b", "service": "1", "path": "/export", "mode": "async", "reply": true,
+                      "callback": {"url": format!("{}/cb", host.base_url())}});
+    let id = a.request(body).await.1["data"]["id"].as_str().unwrap().to_owned();
+    let form: std::collections::HashMap<String, String> =
+        serde_urlencoded::from_str(&service.wait_for(1, WITHIN).await[0].body).unwrap();
+    let (path, _) = make_file(&b.dir.join("outbox"), "big.bin", 2 * CHUNK);
+    let (status, env) = b.post("/v1/replies", json!({"callback_id": form["callbackId"], "file": path})).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+
+    let status = a.wait_state(&id, "failed", WITHIN).await;
+    assert!(status["error"].as_str().unwrap().contains("files.max_size"), "{status}");
+    assert_eq!(b.wait_state(&id, "failed", WITHIN).await["error"], status["error"]);
+    let calls = host.wait_for(1, WITHIN).await;
+    let fields: std::collections::HashMap<String, String> = serde_urlencoded::from_str(&calls[0].body).unwrap();
+    assert_eq!(fields["error"], status["error"].as_str().unwrap(), "the callback hears why");
+    let (_, listed) = b.get("/v1/requests?direction=incoming").await;
+    assert_eq!(listed["data"]["items"][0]["state"], "failed", "{listed}");
+}
+
 #[tokio::test]
 async fn a_reply_carries_a_file_back_to_the_callback() {
     let p = pair().await;

@@ -33,6 +33,7 @@ fn form_value() -> impl Strategy<Value = FormValue> {
         any::<i64>().prop_map(FormValue::Int),
         any::<f64>().prop_filter("finite", |f| f.is_finite()).prop_map(FormValue::Float),
         any::<bool>().prop_map(FormValue::Bool),
+        "-?[0-9]{1,40}(\\.[0-9]{1,10})?".prop_map(FormValue::Number),
     ]
 }
 
@@ -113,6 +114,7 @@ fn config_text() -> impl Strategy<Value = String> {
         "max_size",
         "tokens",
         "heartbeat",
+        "callback_hosts",
         "log",
         "receipts",
         "bogus",
@@ -215,6 +217,7 @@ fn state() -> ApiState {
         fingerprint: "sha256:00".into(),
         tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec![])),
         callback_base: None,
+        callback_hosts: Arc::new(vec![]),
         heartbeat: std::time::Duration::from_secs(15),
         send_roots: Arc::new(ferry::host_file::HostFiles::new(std::slice::from_ref(&dir), vec![])),
         max_size: 1 << 20,
@@ -244,4 +247,130 @@ fn the_api_answers_any_json_with_an_envelope_and_never_a_500() {
             prop_assert!(answer["data"]["error"].is_string(), "{}", answer);
         }
     });
+}
+
+mod common;
+
+/// `POST path` on `node` with `body` as it is (numbers a `json!` could not hold); the status, the
+/// envelope and the envelope's raw text.
+async fn post_raw(node: &common::Node, path: &str, body: String) -> (StatusCode, Value, String) {
+    let r = common::client()
+        .post(node.url(path))
+        .header("content-type", "application/json")
+        .body(body)
+        .send()
+        .await
+        .unwrap();
+    let status = r.status();
+    let text = r.text().await.unwrap();
+    (status, serde_json::from_str(&text).unwrap(), text)
+}
+
+const BIG: &str = "123456789012345678901234567890";
+const WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
+
+#[tokio::test]
+async fn big_integers_and_decimals_reach_the_service_with_their_digits() {
+    let p = common::pair().await;
+    let form = format!(r#"{{"n": {BIG}, "neg": -{BIG}, "d": 1.10, "f": 2.5, "u": 18446744073709551615, "i": 7}}"#);
+    for (encoding, method, want) in [
+        ("json", "POST", format!(r#"{{"n":{BIG},"neg":-{BIG},"d":1.10,"f":2.5,"u":18446744073709551615,"i":7}}"#)),
+        ("form", "POST", format!("n={BIG}&neg=-{BIG}&d=1.10&f=2.5&u=18446744073709551615&i=7")),
+        ("form", "GET", format!("n={BIG}&neg=-{BIG}&d=1.10&f=2.5&u=18446744073709551615&i=7")),
+    ] {
+        let body = format!(
+            r#"{{"peer": "org-b", "service": "1", "path": "/n", "method": "{method}", "encoding": "{encoding}", "form": {form}}}"#
+        );
+        let (status, env, _) = post_raw(&p.a, "/v1/requests", body).await;
+        assert_eq!(status, StatusCode::OK, "{env}");
+        let seen = p.service.seen().pop().unwrap();
+        let got = if method == "GET" { seen.query.unwrap_or_default() } else { seen.body };
+        assert_eq!(got, want, "{encoding} {method}");
+    }
+}
+
+#[tokio::test]
+async fn a_big_integer_in_reply_data_reaches_the_callback_with_its_digits() {
+    let p = common::pair().await;
+    let host = common::Recorder::start().await;
+    let (status, env) =
+        p.a.request(json!({"peer": "org-b", "service": "1", "path": "/r", "mode": "async", "reply": true,
+                        "callback": {"url": format!("{}/cb", host.base_url())}}))
+            .await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+    let id = env["data"]["id"].as_str().unwrap().to_owned();
+    let called = p.service.wait_for(1, WITHIN).await;
+    let form: std::collections::HashMap<String, String> = serde_urlencoded::from_str(&called[0].body).unwrap();
+    let data = format!(r#"{{"n":{BIG},"d":1.10,"list":[-{BIG}]}}"#);
+    let reply = format!(r#"{{"callback_id": "{}", "data": {data}}}"#, form["callbackId"]);
+    let (status, env, _) = post_raw(&p.b, "/v1/replies", reply).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+
+    let delivered = host.wait_for(1, WITHIN).await;
+    let fields: std::collections::HashMap<String, String> = serde_urlencoded::from_str(&delivered[0].body).unwrap();
+    assert_eq!(fields["data"], data);
+    // The status view shows the same digits.
+    p.a.wait_state(&id, "success", WITHIN).await;
+    let text = common::client().get(p.a.url(&format!("/v1/requests/{id}"))).send().await.unwrap().text().await.unwrap();
+    assert!(text.contains(&format!(r#""data":{data}"#)), "{text}");
+}
+
+#[tokio::test]
+async fn numbers_out_of_bounds_are_refused_naming_the_field() {
+    let p = common::pair().await;
+    for (field, body) in [
+        ("ttl_s", json!({"mode": "async", "ttl_s": 9_300_000_000_000_000u64})),
+        ("ttl_s", json!({"mode": "async", "ttl_s": 10 * 366 * 86_400})),
+        ("ttl_s", json!({"mode": "async", "ttl_s": 0})),
+        ("timeout_ms", json!({"timeout_ms": 3_600_001})),
+        ("timeout_ms", json!({"mode": "async", "timeout_ms": u64::MAX})),
+    ] {
+        let mut request = json!({"peer": "org-b", "service": "1", "path": "/x"});
+        request.as_object_mut().unwrap().extend(body.as_object().unwrap().clone());
+        let (status, env) = p.a.request(request).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{body}: {env}");
+        assert_eq!(env["data"]["field"], field, "{body}: {env}");
+    }
+    let (_, env) = p.a.get("/v1/requests?direction=outgoing").await;
+    assert_eq!(env["data"]["items"], json!([]), "nothing was stored: {env}");
+    // The monitoring queries name theirs too.
+    for (query, field) in [
+        ("/v1/requests?limit=99999999999999999999999", "limit"),
+        ("/v1/requests?limit=0", "limit"),
+        ("/v1/audit?since=-1", "since"),
+        ("/v1/audit?limit=x", "limit"),
+    ] {
+        let (status, env) = p.a.get(query).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{query}: {env}");
+        assert_eq!(env["data"]["field"], field, "{query}: {env}");
+    }
+}
+
+#[tokio::test]
+async fn long_values_are_refused_or_cut_never_echoed_whole() {
+    let p = common::pair().await;
+    let long = format!("/{}", "a".repeat(1 << 20));
+    let (status, env) = p.a.request(json!({"peer": "org-b", "service": "1", "path": long})).await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{}", &env.to_string()[..200]);
+    assert_eq!(env["data"]["error"], "bad_request");
+    assert_eq!(env["data"]["field"], "path");
+    assert!(env.to_string().len() < 400, "{}", &env.to_string()[..400]);
+    assert!(p.service.seen().is_empty());
+
+    let huge = "x".repeat(100_000);
+    for body in [
+        json!({"peer": huge, "service": "1", "path": "/x"}),
+        json!({"peer": "org-b", "service": "1", "path": "/x", "method": huge}),
+        json!({"peer": "org-b", "service": "1", "path": "/x", "mode": huge}),
+        json!({"peer": "org-b", "service": "1", "path": "/x", "timeout_ms": huge}),
+        json!({"peer": "org-b", "service": "1", "path": "/x", huge.clone(): 1}),
+        json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "async", "callback": {"url": huge}}),
+    ] {
+        let (status, env) = p.a.request(body).await;
+        assert!(status.is_client_error(), "{status}");
+        assert!(env.to_string().len() < 600, "{}", &env.to_string()[..600]);
+    }
+    let (status, env) = p.b.post("/v1/replies", json!({"callback_id": huge})).await;
+    assert_eq!(status, StatusCode::NOT_FOUND);
+    assert!(env.to_string().len() < 400, "{}", &env.to_string()[..400]);
 }

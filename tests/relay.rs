@@ -179,7 +179,7 @@ async fn bad_requests_are_refused_naming_the_field() {
         (json!({"peer": "org-b", "service": "1", "path": "/x", "reply": true}), "reply"),
         (
             json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "async", "callback": {"url": "/cb"}}),
-            "callback",
+            "callback.url",
         ),
         (json!({"peer": "org-b", "service": "1", "path": "/x", "file": "report.txt"}), "file"),
         (json!({"peer": "org-b", "service": "1", "path": "/x", "idempotency_key": "k".repeat(65)}), "idempotency_key"),

@@ -6,6 +6,11 @@ use axum::Json;
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
+/// The most characters of a parser's message (which may quote a value) an error message keeps.
+const PARSER_CHARS: usize = 256;
+
+pub use crate::wire::cut;
+
 /// An answer with `code: 0`: `msg` and `data` as given.
 pub fn ok(status: StatusCode, msg: &str, data: impl Serialize) -> Response {
     (status, Json(json!({"code": 0, "msg": msg, "data": data}))).into_response()
@@ -19,12 +24,27 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(Kind::TooLarge, format!("the request body is too large ({e})")),
         _ => ApiError::bad_request(format!("cannot read the request body: {e}")),
     })?;
-    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)).map_err(|e| {
-        match e.path().to_string().as_str() {
-            "." | "?" => ApiError::bad_request(format!("the body is not valid: {}", e.inner())),
-            path => ApiError::bad_request(format!("field `{path}`: {}", e.inner())).with("field", path),
+    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
+        .map_err(|e| field_error("the body is not valid", e))
+}
+
+/// Parses a query string, naming the parameter that is wrong.
+pub fn query<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> Result<T, ApiError> {
+    let pairs = url::form_urlencoded::parse(raw.unwrap_or_default().as_bytes());
+    serde_path_to_error::deserialize(serde_urlencoded::Deserializer::new(pairs))
+        .map_err(|e| field_error("the query is not valid", e))
+}
+
+/// A 400 for a parser's error: the field it names (cut), and its message (shortened).
+fn field_error<E: std::fmt::Display>(whole: &str, e: serde_path_to_error::Error<E>) -> ApiError {
+    let why = crate::wire::cut_to(&e.inner().to_string(), PARSER_CHARS).into_owned();
+    match e.path().to_string().as_str() {
+        "." | "?" => ApiError::bad_request(format!("{whole}: {why}")),
+        path => {
+            let path = cut(path);
+            ApiError::bad_request(format!("field `{path}`: {why}")).with("field", path.into_owned())
         }
-    })
+    }
 }
 
 /// The error kinds host apps see in `data.error`.

@@ -41,8 +41,10 @@ pub struct ApiState {
     pub fingerprint: String,
     /// Bearer tokens; empty means loopback callers only. Swapped in place on reload.
     pub tokens: Arc<arc_swap::ArcSwap<Vec<String>>>,
-    /// Base for callback URLs given as a path.
+    /// Base for callback URLs given as a path; callbacks may go to its host.
     pub callback_base: Option<url::Url>,
+    /// `api.callback_hosts`: hosts callbacks may go to besides loopback and `callback_base`'s.
+    pub callback_hosts: Arc<Vec<url::Host>>,
     /// How often WebSocket clients must send `OK`.
     pub heartbeat: std::time::Duration,
     /// `files.send_roots`, and the node's own files that are never sent.
@@ -163,6 +165,7 @@ mod tests {
             fingerprint: "sha256:00".into(),
             tokens: Arc::new(arc_swap::ArcSwap::from_pointee(tokens.iter().map(|t| t.to_string()).collect())),
             callback_base: None,
+            callback_hosts: Arc::new(vec![]),
             heartbeat: std::time::Duration::from_secs(15),
             send_roots: Default::default(),
             max_size: 1 << 30,

@@ -1,12 +1,12 @@
 //! Monitoring: a request's status, pages of requests, pending replies, counts.
 
-use axum::extract::{Path, Query, State};
+use axum::extract::{Path, RawQuery, State};
 use axum::http::StatusCode;
 use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::json;
 
-use super::envelope::{ok, ApiError, Kind};
+use super::envelope::{cut, ok, query, ApiError, Kind};
 use super::openapi::Envelope;
 use super::ApiState;
 use crate::store::{RequestFilter, State as RequestState, StoreError};
@@ -24,7 +24,7 @@ pub(super) async fn one(State(state): State<ApiState>, Path(id): Path<String>) -
         Some(view) => Ok(ok(StatusCode::OK, "ActionOK", view)),
         None => Err(ApiError::new(
             Kind::NotFound,
-            format!("no request `{id}` on this node (synchronous requests are not kept)"),
+            format!("no request `{}` on this node (synchronous requests are not kept)", cut(&id)),
         )),
     }
 }
@@ -44,20 +44,17 @@ pub(super) struct ListQuery {
 /// `GET /v1/requests`: newest first, filtered, paged with `before`.
 #[utoipa::path(get, path = "/v1/requests", tag = "monitoring", summary = "Stored requests, newest first",
     params(ListQuery), responses((status = 200, description = "`data: {items, next}`", body = Envelope)))]
-pub(super) async fn list(
-    State(state): State<ApiState>,
-    query: Result<Query<ListQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+pub(super) async fn list(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q: ListQuery = query(raw.as_deref())?;
     if let Some(d) = &q.direction {
         if d != "outgoing" && d != "incoming" {
-            return Err(ApiError::bad_request(format!("`direction={d}` is not outgoing or incoming"))
+            return Err(ApiError::bad_request(format!("`direction={}` is not outgoing or incoming", cut(d)))
                 .with("field", "direction"));
         }
     }
     if let Some(s) = &q.state {
         if RequestState::parse(s).is_none() {
-            return Err(ApiError::bad_request(format!("`state={s}` is not waiting, doing, success or failed"))
+            return Err(ApiError::bad_request(format!("`state={}` is not waiting, doing, success or failed", cut(s)))
                 .with("field", "state"));
         }
     }
@@ -119,11 +116,11 @@ pub(super) struct AuditQuery {
 #[utoipa::path(get, path = "/v1/audit", tag = "evidence", summary = "The evidence log as JSON lines",
     params(AuditQuery),
     responses((status = 200, description = "One evidence record per line", content_type = "application/x-ndjson", body = String)))]
-pub(super) async fn audit(
-    State(state): State<ApiState>,
-    query: Result<Query<AuditQuery>, axum::extract::rejection::QueryRejection>,
-) -> Result<Response, ApiError> {
-    let Query(q) = query.map_err(|e| ApiError::bad_request(format!("bad query: {}", e.body_text())))?;
+pub(super) async fn audit(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q: AuditQuery = query(raw.as_deref())?;
+    if q.since.is_some_and(|since| since < 0) {
+        return Err(ApiError::bad_request("`since` must be 0 or more".to_owned()).with("field", "since"));
+    }
     let limit = q.limit.unwrap_or(1000);
     if !(1..=10_000).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be 1 to 10000".to_owned()).with("field", "limit"));

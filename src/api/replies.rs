@@ -7,7 +7,7 @@ use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Value};
 
-use super::envelope::{json_body, ok, ApiError, Kind};
+use super::envelope::{cut, json_body, ok, ApiError, Kind};
 use super::openapi::Envelope;
 use super::ApiState;
 use crate::wire;
@@ -73,7 +73,7 @@ pub(super) async fn create(
             Kind::NotFound,
             format!(
                 "no request awaits a reply with callback id `{}`: it is unknown or already finished",
-                reply.callback_id
+                cut(&reply.callback_id)
             ),
         )),
     }

@@ -9,7 +9,7 @@ use axum::response::{IntoResponse, Response};
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
-use super::envelope::{json_body, ok, ApiError, Kind};
+use super::envelope::{cut, json_body, ok, ApiError, Kind};
 use super::openapi::Envelope;
 use super::ApiState;
 use crate::store::{now_ms, Failure, NewAsync, OutgoingFile};
@@ -69,6 +69,12 @@ struct AsyncPart {
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_TTL_S: u64 = 86_400;
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
+/// The longest `ttl_s`: ten years.
+const MAX_TTL_S: u64 = 10 * 365 * 86_400;
+/// The longest `path`, in bytes.
+const MAX_PATH: usize = 2048;
+/// The longest `peer`, `service` and `conversation`, in characters.
+const MAX_NAME: usize = 256;
 
 /// Validates the request, hands it to the store and, in sync mode, answers with the service's
 /// response or the reason there is none.
@@ -139,6 +145,7 @@ fn validate(
     new: NewRequest,
     idempotency_key: Option<String>,
 ) -> Result<(String, wire::Request, Option<AsyncPart>, Option<OutgoingFile>), ApiError> {
+    check_limits(&new)?;
     let bad = ApiError::bad_request;
     let sync_only =
         |field: &str| bad(format!("field `{field}`: applies to `mode: \"async\"` only")).with("field", field);
@@ -148,20 +155,22 @@ fn validate(
     if state.peers.get(&new.peer).is_none() {
         return Err(ApiError::new(
             Kind::NotFound,
-            format!("unknown peer `{}`; configured peers are listed by GET /v1/peers", new.peer),
+            format!("unknown peer `{}`; configured peers are listed by GET /v1/peers", cut(&new.peer)),
         ));
     }
     check_boundary(&new)?;
     let method = new.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
     if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
-        return Err(bad(format!("field `method`: `{method}` is not one of GET, POST, PUT, PATCH, DELETE"))
+        return Err(bad(format!("field `method`: `{}` is not one of GET, POST, PUT, PATCH, DELETE", cut(&method)))
             .with("field", "method"));
     }
     let encoding = match new.encoding.as_deref() {
         None | Some("form") => Encoding::Form,
         Some("json") => Encoding::Json,
         Some(other) => {
-            return Err(bad(format!("field `encoding`: `{other}` is not `form` or `json`")).with("field", "encoding"))
+            return Err(
+                bad(format!("field `encoding`: `{}` is not `form` or `json`", cut(other))).with("field", "encoding")
+            )
         }
     };
     let form = new
@@ -171,10 +180,7 @@ fn validate(
             let value = match v {
                 Value::String(s) => FormValue::Text(s),
                 Value::Bool(b) => FormValue::Bool(b),
-                Value::Number(n) => match n.as_i64() {
-                    Some(i) => FormValue::Int(i),
-                    None => FormValue::Float(n.as_f64().unwrap_or_default()),
-                },
+                Value::Number(n) => form_number(n),
                 _ => {
                     return Err(bad(format!(
                         "field `form.{k}`: only strings, numbers and booleans can be sent as text fields"
@@ -202,13 +208,10 @@ fn validate(
                 Some(spec) => Some(callback_target(state, spec)?),
             };
             let ttl_s = new.ttl_s.unwrap_or(DEFAULT_TTL_S);
-            if ttl_s == 0 {
-                return Err(bad("field `ttl_s`: must be at least 1".to_owned()).with("field", "ttl_s"));
-            }
             Some(AsyncPart { reply: new.reply.unwrap_or(false), callback, ttl_s })
         }
         Some(other) => {
-            return Err(bad(format!("field `mode`: `{other}` is not `sync` or `async`")).with("field", "mode"))
+            return Err(bad(format!("field `mode`: `{}` is not `sync` or `async`", cut(other))).with("field", "mode"))
         }
     };
     let file = match new.file {
@@ -224,9 +227,6 @@ fn validate(
         );
     }
     let timeout_ms = new.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
-    if timeout_ms == 0 || timeout_ms > MAX_TIMEOUT_MS {
-        return Err(bad(format!("field `timeout_ms`: must be 1 to {MAX_TIMEOUT_MS}")).with("field", "timeout_ms"));
-    }
     let request = wire::Request {
         version: wire::PROTOCOL_VERSION,
         id: uuid::Uuid::now_v7().to_string(),
@@ -250,7 +250,7 @@ fn validate(
 fn check_boundary(new: &NewRequest) -> Result<(), ApiError> {
     let bad = |field: &str, msg: String| ApiError::bad_request(format!("field `{field}`: {msg}")).with("field", field);
     if let Some(why) = wire::path_problem(&new.path) {
-        let msg = format!("`{}` {why}; give a path below the service's base URL", wire::cut(&new.path));
+        let msg = format!("`{}` {why}; give a path below the service's base URL", cut(&new.path));
         return Err(bad("path", msg));
     }
     let file_field = new.file_field.as_deref();
@@ -263,7 +263,7 @@ fn check_boundary(new: &NewRequest) -> Result<(), ApiError> {
             wire::CALLBACK_ID_FIELD,
             wire::DEFAULT_FILE_FIELD
         );
-        return Err(bad(&format!("form.{}", wire::cut(name)), msg));
+        return Err(bad(&format!("form.{}", cut(name)), msg));
     }
     if let Some(why) = new.headers.iter().find_map(|(name, value)| wire::header_problem(name, value)) {
         return Err(bad("headers", why));
@@ -274,27 +274,100 @@ fn check_boundary(new: &NewRequest) -> Result<(), ApiError> {
     }
 }
 
-/// The absolute callback URL and method: a path is joined to `node.callback_base`.
+/// The absolute callback URL and method: a path is joined to `node.callback_base`. The URL must
+/// be http(s), carry no credentials, and go to a host callbacks may reach ([`callback_host_allowed`]).
 fn callback_target(state: &ApiState, spec: CallbackSpec) -> Result<(String, String), ApiError> {
-    let bad = |msg: String| ApiError::bad_request(msg).with("field", "callback");
+    let refuse =
+        |field: &str, msg: String| ApiError::bad_request(format!("field `{field}`: {msg}")).with("field", field);
     let method = spec.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
     if method != "GET" && method != "POST" {
-        return Err(bad(format!("field `callback.method`: `{method}` is not GET or POST")));
+        return Err(refuse("callback.method", format!("`{}` is not GET or POST", cut(&method))));
     }
-    let url = if spec.url.starts_with('/') {
-        let base = state.callback_base.as_ref().ok_or_else(|| {
-            bad(format!(
-                "field `callback.url`: `{}` is a path, but `node.callback_base` is not set; give an absolute URL",
-                spec.url
+    let url = match (spec.url.starts_with('/'), &state.callback_base) {
+        (true, Some(base)) => format!("{}{}", base.as_str().trim_end_matches('/'), spec.url),
+        (true, None) => {
+            return Err(refuse(
+                "callback.url",
+                "a path needs `node.callback_base` in this node's config; give an absolute URL".to_owned(),
             ))
-        })?;
-        format!("{}{}", base.as_str().trim_end_matches('/'), spec.url)
-    } else {
-        spec.url
+        }
+        (false, _) => spec.url,
     };
-    match url::Url::parse(&url) {
-        Ok(u) if matches!(u.scheme(), "http" | "https") => Ok((u.to_string(), method)),
-        _ => Err(bad(format!("field `callback.url`: `{url}` is not an http(s) URL or a path"))),
+    let bad = |msg: String| refuse("callback.url", msg);
+    // The URL itself is never quoted: it may hold credentials.
+    let url = url::Url::parse(&url).map_err(|e| bad(format!("not a URL or a path ({e})")))?;
+    if !matches!(url.scheme(), "http" | "https") {
+        return Err(bad(format!("scheme `{}` refused; give an http(s) URL or a path", cut(url.scheme()))));
+    }
+    if !url.username().is_empty() || url.password().is_some() {
+        return Err(bad("credentials (`user:pass@`) are refused in callback URLs, which are stored and shown; \
+                        give the URL without them"
+            .to_owned()));
+    }
+    let host = url.host().ok_or_else(|| bad("the URL has no host".to_owned()))?;
+    if !callback_host_allowed(state, &host.to_owned()) {
+        return Err(bad(format!(
+            "host `{}` is not loopback, the host of `node.callback_base` or in `api.callback_hosts`; \
+             its admin may add it to `api.callback_hosts`",
+            cut(&host.to_string())
+        )));
+    }
+    Ok((url.to_string(), method))
+}
+
+/// Whether callbacks may go to `host`: a loopback address or `localhost`, the host of
+/// `node.callback_base`, or one of `api.callback_hosts`.
+fn callback_host_allowed(state: &ApiState, host: &url::Host) -> bool {
+    let loopback = match host {
+        url::Host::Domain(name) => name == "localhost",
+        url::Host::Ipv4(ip) => ip.is_loopback(),
+        url::Host::Ipv6(ip) => ip.to_canonical().is_loopback(),
+    };
+    loopback
+        || state.callback_base.as_ref().and_then(|b| b.host()).is_some_and(|b| b.to_owned() == *host)
+        || state.callback_hosts.contains(host)
+}
+
+/// Refuses values over their bounds, before anything quotes them: `path` over [`MAX_PATH`] bytes,
+/// names over [`MAX_NAME`] characters, `ttl_s` and `timeout_ms` out of range.
+fn check_limits(new: &NewRequest) -> Result<(), ApiError> {
+    let refuse =
+        |field: &str, rule: String| Err(ApiError::bad_request(format!("field `{field}`: {rule}")).with("field", field));
+    if new.path.len() > MAX_PATH {
+        return refuse(
+            "path",
+            format!("{} bytes, over the {MAX_PATH}-byte limit; send long data in `form`", new.path.len()),
+        );
+    }
+    let names =
+        [("peer", Some(&new.peer)), ("service", Some(&new.service)), ("conversation", new.conversation.as_ref())];
+    for (field, value) in names {
+        if value.is_some_and(|v| v.chars().count() > MAX_NAME) {
+            return refuse(field, format!("over {MAX_NAME} characters"));
+        }
+    }
+    if new.ttl_s.is_some_and(|ttl| !(1..=MAX_TTL_S).contains(&ttl)) {
+        return refuse("ttl_s", format!("must be 1 to {MAX_TTL_S} seconds (10 years)"));
+    }
+    if new.timeout_ms.is_some_and(|ms| !(1..=MAX_TIMEOUT_MS).contains(&ms)) {
+        return refuse("timeout_ms", format!("must be 1 to {MAX_TIMEOUT_MS} (one hour)"));
+    }
+    Ok(())
+}
+
+/// A form number as the host wrote it. An `i64`, or a float that both renderings (text field and
+/// JSON) give back as written, travels as older nodes read it; any other number (a big integer,
+/// `1.10`) as its literal text, so that its digits reach the service unchanged.
+fn form_number(n: serde_json::Number) -> FormValue {
+    let text = n.to_string();
+    match (n.as_i64(), n.as_f64()) {
+        (Some(i), _) => FormValue::Int(i),
+        (None, Some(f))
+            if f.to_string() == text && serde_json::Number::from_f64(f).is_some_and(|j| j.to_string() == text) =>
+        {
+            FormValue::Float(f)
+        }
+        _ => FormValue::Number(text),
     }
 }
 
@@ -340,6 +413,23 @@ fn failure_error(peer: &str, failure: Failure) -> ApiError {
                 RefusalKind::Duplicate => Kind::Duplicate,
             };
             ApiError::new(kind, format!("{peer}: {}", refusal.message))
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// Numbers older nodes read the same stay `Int` and `Float`; only those that would lose or
+    /// change digits use the newer `Number`.
+    #[test]
+    fn form_numbers_keep_their_text_and_old_variants_where_they_can() {
+        let number = |text: &str| form_number(text.parse().unwrap());
+        assert_eq!(number("7"), FormValue::Int(7));
+        assert_eq!(number("-2.5"), FormValue::Float(-2.5));
+        for text in ["1.10", "18446744073709551615", "123456789012345678901234567890", "0.0000001"] {
+            assert_eq!(number(text), FormValue::Number(text.into()), "{text}");
         }
     }
 }

@@ -94,8 +94,17 @@ impl Link {
                         Ok(()) => send(&connection, &work).await,
                         Err(TransferError::Interrupted(why)) => Err(why),
                         Err(TransferError::Refused(refusal)) => Ok(Message::Refused(refusal)),
+                        // This node's own file cannot be read (no retry helps). A reply's peer learns
+                        // only that, not this node's paths; the log has the details.
                         Err(e @ TransferError::Source { .. }) => {
-                            Ok(Message::Refused(wire::Refusal::new(wire::RefusalKind::BadRequest, e.to_string())))
+                            let why = match &work {
+                                OutboundWork::Request { .. } => e.to_string(),
+                                OutboundWork::Reply { .. } => {
+                                    tracing::warn!(peer = %peer.name, error = %e, "a reply's file cannot be sent");
+                                    "its file changed or went after it was accepted".to_owned()
+                                }
+                            };
+                            Ok(Message::Refused(wire::Refusal::new(wire::RefusalKind::BadRequest, why)))
                         }
                     };
                     let store = &self.inner.store;
@@ -115,11 +124,18 @@ impl Link {
                             OutboundWork::Reply { .. } if refusal.kind == wire::RefusalKind::Internal => {
                                 store.retry_outbound(vec![work], now_ms() + RESEND_AFTER_MS).await
                             }
-                            // Anything else no retry changes: the request fails, and says why.
-                            OutboundWork::Reply { message, .. } => {
-                                let why = format!("the reply cannot be delivered: {}", refusal.message);
-                                tracing::warn!(peer = %peer.name, id = %message.id, seq = message.seq, error = %why, "reply failed");
-                                store.reply_refused(&peer.name, &message.id, message.seq, why).await.map(drop)
+                            // Anything else no retry changes: the request fails, and says why; if
+                            // the peer refuses even that, the reply is not sent again.
+                            OutboundWork::Reply { message, file, .. } => {
+                                let (id, seq) = (&message.id, message.seq);
+                                if file.is_none() && message.error.is_some() {
+                                    tracing::error!(peer = %peer.name, %id, seq, error = %refusal.message, "the peer refused an error reply; it is not sent again");
+                                    store.reply_abandoned(&peer.name, id, seq).await
+                                } else {
+                                    let why = format!("the reply cannot be delivered: {}", refusal.message);
+                                    tracing::warn!(peer = %peer.name, %id, seq, error = %why, "reply failed");
+                                    store.reply_refused(&peer.name, id, seq, why).await
+                                }
                             }
                         },
                         Ok(_) | Err(_) => {

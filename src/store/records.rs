@@ -186,8 +186,10 @@ fn complete(
             [row],
             |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
         )?;
+        let shown = without_credentials(&url);
+        let last_error = last_error.map(|e| e.replace(&url, &shown));
         view.callback = Some(json!({
-            "url": url, "method": method, "delivered": count > 0 && delivered == count,
+            "url": shown, "method": method, "delivered": count > 0 && delivered == count,
             "attempts": attempts, "last_error": last_error,
         }));
     }
@@ -214,6 +216,19 @@ fn complete(
         view.replies = Some(replies);
     }
     Ok(())
+}
+
+/// A callback URL as the API shows it: credentials (`user:pass@`), which callbacks stored before
+/// they were refused may hold, are masked as `***@`.
+fn without_credentials(url: &str) -> String {
+    match url::Url::parse(url) {
+        Ok(mut u) if !u.username().is_empty() || u.password().is_some() => {
+            let _ = u.set_password(None);
+            let _ = u.set_username("***");
+            u.to_string()
+        }
+        _ => url.to_owned(),
+    }
 }
 
 impl Store {

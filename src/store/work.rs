@@ -708,49 +708,54 @@ impl Store {
     /// Ends reply `seq` of the peer's request `id`, which can never be delivered as it is (its file
     /// cannot be read, or the peer refused it for good), as the request's failure with `error`:
     /// the reply becomes an error reply without file, carried to the requesting node so that it
-    /// learns why. If that error reply is refused too, it is not sent again. Returns whether the
-    /// error reply goes out.
-    pub async fn reply_refused(&self, peer: &str, id: &str, seq: u32, error: String) -> Result<bool, StoreError> {
+    /// learns why.
+    pub async fn reply_refused(&self, peer: &str, id: &str, seq: u32, error: String) -> Result<(), StoreError> {
         let (peer, id) = (peer.to_owned(), id.to_owned());
-        let carried = self
-            .run(move |t, events| {
-                let found: Option<(i64, bool)> = query_row(
-                    t,
-                    "SELECT q.seq, r.file_path IS NULL AND r.error IS NOT NULL AND r.end = 1
-                     FROM requests q JOIN replies r ON r.request = q.seq
-                     WHERE q.direction = 'incoming' AND q.peer = ?1 AND q.id = ?2 AND r.seq = ?3",
-                    params![peer, id, seq],
-                    |r| Ok((r.get(0)?, r.get(1)?)),
-                )
-                .optional()?;
-                let Some((row, already_an_error)) = found else { return Ok(false) };
-                if already_an_error {
-                    exec(
-                        t,
-                        "UPDATE replies SET next_send_at = NULL WHERE request = ?1 AND seq = ?2",
-                        params![row, seq],
-                    )?;
-                    return Ok(false);
-                }
-                exec(
-                    t,
-                    "UPDATE replies SET data = NULL, error = ?3, end = 1, next_send_at = ?4, file_path = NULL,
-                        file_name = NULL, file_field = NULL, file_identity = NULL
-                     WHERE request = ?1 AND seq = ?2",
-                    params![row, seq, error, now_ms()],
-                )?;
-                exec(
-                    t,
-                    "UPDATE requests SET state = 'failed', error = ?2, updated_at = ?3 WHERE seq = ?1",
-                    params![row, error, now_ms()],
-                )?;
-                settle_key(t, &peer, &id, None)?;
-                state_event(events, &id, &peer, State::Failed);
-                Ok(true)
-            })
-            .await?;
+        self.run(move |t, events| {
+            let row: Option<i64> = query_row(
+                t,
+                "SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2",
+                params![peer, id],
+                |r| r.get(0),
+            )
+            .optional()?;
+            let Some(row) = row else { return Ok(()) };
+            exec(
+                t,
+                "UPDATE replies SET data = NULL, error = ?3, end = 1, next_send_at = ?4, file_path = NULL,
+                    file_name = NULL, file_field = NULL, file_identity = NULL
+                 WHERE request = ?1 AND seq = ?2",
+                params![row, seq, error, now_ms()],
+            )?;
+            exec(
+                t,
+                "UPDATE requests SET state = 'failed', error = ?2, updated_at = ?3 WHERE seq = ?1",
+                params![row, error, now_ms()],
+            )?;
+            settle_key(t, &peer, &id, None)?;
+            state_event(events, &id, &peer, State::Failed);
+            Ok(())
+        })
+        .await?;
         self.wake.outbound.notify_one();
-        Ok(carried)
+        Ok(())
+    }
+
+    /// Stops carrying reply `seq` of the peer's request `id`: the peer refused even the error reply
+    /// [`Store::reply_refused`] made of it.
+    pub async fn reply_abandoned(&self, peer: &str, id: &str, seq: u32) -> Result<(), StoreError> {
+        let (peer, id) = (peer.to_owned(), id.to_owned());
+        self.run(move |t, _| {
+            exec(
+                t,
+                "UPDATE replies SET next_send_at = NULL
+                 WHERE seq = ?3 AND request = (SELECT seq FROM requests WHERE direction = 'incoming'
+                                               AND peer = ?1 AND id = ?2)",
+                params![peer, id, seq],
+            )?;
+            Ok(())
+        })
+        .await
     }
 
     /// Persists a result the peer carried back for one of this node's requests.
