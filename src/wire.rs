@@ -482,11 +482,18 @@ pub fn cut_to(text: &str, max_chars: usize) -> std::borrow::Cow<'_, str> {
     }
 }
 
+/// The longest request path either node takes, in bytes.
+pub const MAX_PATH: usize = 2048;
+
 /// Why `path` cannot be appended to a service's base URL, if it cannot. Each node applies this
-/// itself, whatever the other checked: a path starts with one `/` and holds no `.` or `..`
+/// itself, whatever the other checked: a path of at most [`MAX_PATH`] bytes starts with one `/`
+/// and holds no `.` or `..`
 /// segment (raw or percent-encoded in any case, also as `..;x` or around `%2f`), no backslash
 /// (raw or `%5c`), no NUL (raw or `%00`) or other control character, and no `#`.
 pub fn path_problem(path: &str) -> Option<&'static str> {
+    if path.len() > MAX_PATH {
+        return Some("is over 2048 bytes; send long data in the form");
+    }
     let lower = path.to_ascii_lowercase();
     let route = lower.split('?').next().unwrap_or_default();
     let dot_segment = || {

@@ -71,8 +71,6 @@ const DEFAULT_TTL_S: u64 = 86_400;
 const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// The longest `ttl_s`: ten years.
 const MAX_TTL_S: u64 = 10 * 365 * 86_400;
-/// The longest `path`, in bytes.
-const MAX_PATH: usize = 2048;
 /// The longest `peer`, `service` and `conversation`, in characters.
 const MAX_NAME: usize = 256;
 
@@ -328,15 +326,15 @@ fn callback_host_allowed(state: &ApiState, host: &url::Host) -> bool {
         || state.callback_hosts.contains(host)
 }
 
-/// Refuses values over their bounds, before anything quotes them: `path` over [`MAX_PATH`] bytes,
+/// Refuses values over their bounds, before anything quotes them: `path` over [`wire::MAX_PATH`] bytes,
 /// names over [`MAX_NAME`] characters, `ttl_s` and `timeout_ms` out of range.
 fn check_limits(new: &NewRequest) -> Result<(), ApiError> {
     let refuse =
         |field: &str, rule: String| Err(ApiError::bad_request(format!("field `{field}`: {rule}")).with("field", field));
-    if new.path.len() > MAX_PATH {
+    if new.path.len() > wire::MAX_PATH {
         return refuse(
             "path",
-            format!("{} bytes, over the {MAX_PATH}-byte limit; send long data in `form`", new.path.len()),
+            format!("{} bytes, over the {}-byte limit; send long data in `form`", new.path.len(), wire::MAX_PATH),
         );
     }
     let names =
