@@ -141,18 +141,16 @@ async fn reach_peer(identity: &Identity, peer: &PeerConfig, pinned: Fingerprint)
         Ok(Err(e)) => Err(explain_handshake(&e)),
         Ok(Ok(connection)) => {
             let rtt = connection.rtt().min(started.elapsed());
-            // Our side of the handshake is done before the peer has checked our certificate: a
-            // peer that does not pin this node closes the connection one round trip later.
-            let verdict = (rtt * 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
-            match tokio::time::timeout(verdict, connection.closed()).await {
-                Ok(reason) => Err(format!(
-                    "the peer closed the connection right after the handshake ({reason}); it has probably not \
-                     pinned this node's certificate: compare `ferry cert fingerprint` here with its `certs/peers/` file"
-                )),
-                Err(_) => {
+            match tokio::time::timeout(REACH_WITHIN, crate::link::accepted(&connection)).await {
+                Ok(Ok(())) => {
                     connection.close(crate::wire::Code::Done.varint(), b"ferry check");
                     Ok(rtt)
                 }
+                Ok(Err(reason)) => Err(format!(
+                    "the peer closed the connection right after the handshake ({reason}); it has probably not \
+                     pinned this node's certificate: compare `ferry cert fingerprint` here with its `certs/peers/` file"
+                )),
+                Err(_) => Err(format!("the peer did not confirm the handshake within {REACH_WITHIN:?}")),
             }
         }
     };
