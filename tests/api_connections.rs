@@ -114,7 +114,7 @@ async fn past_the_cap_a_connection_gets_503_and_the_node_goes_on_with_its_peers(
 async fn a_connection_that_does_not_finish_its_request_head_in_time_is_closed() {
     let root = tempfile::tempdir().unwrap();
     let mut node = Node::create(root.path(), "org-a");
-    limit_api(&node, 4, "1s");
+    limit_api(&node, 4, "2s");
     node.start().await;
 
     let (mut held, _) = fill(node.api, 4).await;
