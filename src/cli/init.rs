@@ -70,6 +70,8 @@ max_size = "20GiB"
 [api]
 tokens = []                      # bearer tokens; when empty, only loopback callers, no token
 heartbeat = "15s"                # WebSocket clients must send "OK" at least this often
+# max_connections = 1024         # open API connections; past it, 503 (keep below LimitNOFILE)
+# header_timeout = "10s"         # time for each request head, and for an idle kept-alive connection
 
 # Peers are added with `ferry peer add --name NAME --address HOST:PORT --cert FILE`,
 # services with `ferry service add --id ID --base-url URL --allow PEER`.
