@@ -124,6 +124,11 @@ pub struct ApiConfig {
     pub heartbeat: Duration,
     /// Hosts callbacks may go to besides loopback and the host of `node.callback_base`.
     pub callback_hosts: Vec<url::Host>,
+    /// API connections served at once; past it, new ones are answered 503 and closed.
+    pub max_connections: usize,
+    /// A client must send each request head (line and headers) within this time, or its
+    /// connection is closed; also the longest a kept-alive connection may sit idle.
+    pub header_timeout: Duration,
 }
 
 /// `[evidence]`: what this node keeps as proof of its exchanges.
@@ -150,6 +155,9 @@ pub struct ConfigError {
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 /// Default API address.
 pub const DEFAULT_API: &str = "127.0.0.1:8888";
+/// Default `api.max_connections`: far below the unit's `LimitNOFILE`, so that API clients cannot
+/// take the descriptors the store, the inbox, files and peers need.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
 
 impl Config {
     /// Reads and validates the file at `path`.
@@ -268,11 +276,16 @@ impl Config {
             let heartbeat = s.duration("heartbeat", Some("15s")).unwrap_or_default();
             let callback_hosts =
                 s.strings("callback_hosts").iter().filter_map(|h| s.host("callback_hosts", h)).collect();
+            let max_connections = s.count("max_connections", DEFAULT_MAX_CONNECTIONS);
+            let header_timeout = s.duration("header_timeout", Some("10s")).unwrap_or(Duration::from_secs(10));
             s.finish();
             if tokens.iter().any(|t| t.len() < 16) {
                 errs.push("api.tokens: every token must be at least 16 characters".to_owned());
             }
-            ApiConfig { tokens, heartbeat, callback_hosts }
+            if header_timeout.is_zero() {
+                errs.push("api.header_timeout: must be more than 0, e.g. \"10s\"".to_owned());
+            }
+            ApiConfig { tokens, heartbeat, callback_hosts, max_connections, header_timeout }
         };
 
         let evidence = {
@@ -463,6 +476,18 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A whole number of at least 1.
+    fn count(&mut self, key: &'a str, default: usize) -> usize {
+        match self.get(key) {
+            None => default,
+            Some(Value::Integer(n)) if *n >= 1 => usize::try_from(*n).unwrap_or(usize::MAX),
+            Some(_) => {
+                self.problem(key, format!("must be a whole number of at least 1, e.g. {default}"));
+                default
+            }
+        }
+    }
+
     fn string(&mut self, key: &'a str, default: Option<&str>) -> Option<String> {
         match (self.get(key), default) {
             (Some(Value::String(s)), _) if !s.is_empty() => Some(s.clone()),
@@ -595,6 +620,8 @@ mod tests {
         max_size = "10MiB"
         [api]
         heartbeat = "500ms"
+        max_connections = 64
+        header_timeout = "2s"
     "#;
 
     #[test]
@@ -606,6 +633,7 @@ mod tests {
         assert_eq!(c.files.send_roots, vec![PathBuf::from("/srv/ferry/outbox")]);
         assert_eq!(c.files.max_size, 10 << 20);
         assert_eq!(c.api.heartbeat, Duration::from_millis(500));
+        assert_eq!((c.api.max_connections, c.api.header_timeout), (64, Duration::from_secs(2)));
         assert_eq!(c.node.api, DEFAULT_API.parse().unwrap());
         let s = c.service("1").unwrap();
         assert_eq!(s.dedupe_window, Some(Duration::from_secs(30)));
@@ -662,6 +690,19 @@ mod tests {
         let err = with(r#"["X-Ferry-Peer", "Host", "bad name"]"#).unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
         assert!(err.problems.iter().all(|p| p.starts_with("service[0].pass_headers: ")), "{err}");
+    }
+
+    #[test]
+    fn api_connection_limits_default_and_are_checked() {
+        let c = parse("[node]\nname = \"org-a\"").unwrap();
+        assert_eq!(c.api.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(c.api.header_timeout, Duration::from_secs(10));
+        let err = parse("[node]\nname = \"org-a\"\n[api]\nmax_connections = 0\nheader_timeout = \"0s\"").unwrap_err();
+        let all = err.to_string();
+        assert!(
+            all.contains("api.max_connections: must be a whole number") && all.contains("api.header_timeout"),
+            "{all}"
+        );
     }
 
     #[test]

@@ -201,9 +201,9 @@ pub async fn run_with(
             }
         }
     };
-    axum::serve(listener, api::router(state).into_make_service_with_connect_info::<SocketAddr>())
-        .with_graceful_shutdown(stopping)
-        .await?;
+    let limits =
+        api::serve::Limits { max_connections: config.api.max_connections, header_timeout: config.api.header_timeout };
+    api::serve::serve(listener, api::router(state), limits, stopping).await;
     // Stop taking new work, let what is under way finish (bounded), then close the link.
     stop.cancel();
     if tokio::time::timeout(DRAIN_WITHIN, futures::future::join_all(workers)).await.is_err() {
@@ -286,8 +286,12 @@ impl Reloader {
             || new.files.send_roots != old.files.send_roots
             || new.files.max_size != old.files.max_size
             || new.api.heartbeat != old.api.heartbeat
+            || new.api.max_connections != old.api.max_connections
+            || new.api.header_timeout != old.api.header_timeout
         {
-            restart.push("node.callback_base, api.callback_hosts, [files] or api.heartbeat");
+            restart.push(
+                "node.callback_base, api.callback_hosts, [files], api.heartbeat, api.max_connections or api.header_timeout",
+            );
         }
         let changes = self.peers.reload(&new.peers).map_err(|e| e.to_string())?;
         self.services.replace(new.services.clone());

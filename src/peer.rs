@@ -70,6 +70,12 @@ impl Peer {
         link.connection.clone().filter(|c| c.close_reason().is_none())
     }
 
+    /// Whether `connection` is the one recorded last (open or not): no other has replaced it.
+    pub fn holds(&self, connection: &quinn::Connection) -> bool {
+        let link = self.link.lock().unwrap();
+        link.connection.as_ref().is_some_and(|c| c.stable_id() == connection.stable_id())
+    }
+
     /// Records a new connection.
     pub fn connected(&self, connection: quinn::Connection) {
         let mut link = self.link.lock().unwrap();

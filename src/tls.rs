@@ -5,13 +5,21 @@
 //! pinned for the peer it dialed. Both still verify the handshake signature with the certificate's
 //! key, so a copy of a pinned certificate without its key is worth nothing. Session resumption is
 //! off, so every connection shows its certificate to the verifier again.
+//!
+//! A refusal is logged with the other side's address and the certificate it presented, once a
+//! minute per certificate ([`RefusalLog`]): the server's configuration is made for each incoming
+//! connection ([`Acceptor`]), the client's for each dial, so that each verifier knows the address.
 
-use std::sync::Arc;
+use std::collections::HashMap;
+use std::net::SocketAddr;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, ServerCertVerifier};
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
+use rustls::sign::{CertifiedKey, SingleCertAndKey};
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::identity::{Fingerprint, Identity};
@@ -23,24 +31,103 @@ pub fn provider() -> Arc<CryptoProvider> {
     Arc::new(rustls::crypto::ring::default_provider())
 }
 
-/// The server side: requires a client certificate pinned in `peers`.
+/// The address shown for a handshake whose other side is not known (tests, benches).
+const UNKNOWN: SocketAddr = SocketAddr::new(std::net::IpAddr::V4(std::net::Ipv4Addr::UNSPECIFIED), 0);
+/// How long a refused certificate is not logged again.
+const QUIET_FOR: Duration = Duration::from_secs(60);
+/// The most certificates a [`RefusalLog`] remembers; past it (a flood of new certificates), a
+/// refusal is not logged until the oldest are a minute old.
+const REMEMBERED: usize = 1024;
+
+/// Remembers which certificates were refused in the last minute, so that a node that keeps
+/// knocking is named once a minute and not at every attempt. Cheap to clone; clones share.
+#[derive(Debug, Clone, Default)]
+pub struct RefusalLog {
+    last: Arc<Mutex<HashMap<Fingerprint, Instant>>>,
+}
+
+impl RefusalLog {
+    /// Records a refusal of `fingerprint`; whether to log it (none logged in the last minute).
+    pub fn first_in_a_minute(&self, fingerprint: Fingerprint) -> bool {
+        let now = Instant::now();
+        let mut last = self.last.lock().unwrap();
+        if last.get(&fingerprint).is_some_and(|at| now.duration_since(*at) < QUIET_FOR) {
+            return false;
+        }
+        if last.len() >= REMEMBERED {
+            last.retain(|_, at| now.duration_since(*at) < QUIET_FOR);
+            if last.len() >= REMEMBERED {
+                return false;
+            }
+        }
+        last.insert(fingerprint, now);
+        true
+    }
+}
+
+/// Makes the server side's configuration for each incoming connection, requiring a client
+/// certificate pinned in the peer table.
+#[derive(Debug, Clone)]
+pub struct Acceptor {
+    peers: Peers,
+    key: Arc<CertifiedKey>,
+    refusals: RefusalLog,
+}
+
+impl Acceptor {
+    /// An acceptor presenting `identity`, pinning `peers`, and logging refusals in `refusals`.
+    pub fn new(identity: &Identity, peers: Peers, refusals: RefusalLog) -> Result<Acceptor, rustls::Error> {
+        let signer = provider().key_provider.load_private_key(identity.key.clone_key())?;
+        let key = Arc::new(CertifiedKey::new(vec![identity.cert.clone()], signer));
+        Ok(Acceptor { peers, key, refusals })
+    }
+
+    /// The configuration for a connection from `remote`.
+    pub fn config(&self, remote: SocketAddr) -> Result<rustls::ServerConfig, rustls::Error> {
+        let provider = provider();
+        let verifier = PinnedClients {
+            peers: self.peers.clone(),
+            algorithms: provider.signature_verification_algorithms,
+            remote,
+            refusals: self.refusals.clone(),
+        };
+        let mut config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_protocol_versions(&[&rustls::version::TLS13])?
+            .with_client_cert_verifier(Arc::new(verifier))
+            .with_cert_resolver(Arc::new(SingleCertAndKey::from(self.key.clone())));
+        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
+        config.send_tls13_tickets = 0;
+        Ok(config)
+    }
+}
+
+/// The server side for connections from unknown addresses: requires a client certificate
+/// pinned in `peers`.
 pub fn server_config(identity: &Identity, peers: Peers) -> Result<rustls::ServerConfig, rustls::Error> {
-    let provider = provider();
-    let verifier = PinnedClients { peers, algorithms: provider.signature_verification_algorithms };
-    let mut config = rustls::ServerConfig::builder_with_provider(provider)
-        .with_protocol_versions(&[&rustls::version::TLS13])?
-        .with_client_cert_verifier(Arc::new(verifier))
-        .with_single_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
-    config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
-    config.send_tls13_tickets = 0;
-    Ok(config)
+    Acceptor::new(identity, peers, RefusalLog::default())?.config(UNKNOWN)
 }
 
 /// The client side for dialing one peer: accepts only the certificate pinned as `expected`.
 pub fn client_config(identity: &Identity, expected: Fingerprint) -> Result<rustls::ClientConfig, rustls::Error> {
+    dial_config(identity, expected, UNKNOWN, &RefusalLog::default())
+}
+
+/// The client side for dialing the peer at `remote`: accepts only the certificate pinned as
+/// `expected`, and logs another in `refusals`.
+pub fn dial_config(
+    identity: &Identity,
+    expected: Fingerprint,
+    remote: SocketAddr,
+    refusals: &RefusalLog,
+) -> Result<rustls::ClientConfig, rustls::Error> {
     let provider = provider();
-    let verifier = PinnedServer { expected, algorithms: provider.signature_verification_algorithms };
+    let verifier = PinnedServer {
+        expected,
+        algorithms: provider.signature_verification_algorithms,
+        remote,
+        refusals: refusals.clone(),
+    };
     let mut config = rustls::ClientConfig::builder_with_provider(provider)
         .with_protocol_versions(&[&rustls::version::TLS13])?
         .dangerous()
@@ -62,6 +149,8 @@ fn not_pinned() -> rustls::Error {
 struct PinnedClients {
     peers: Peers,
     algorithms: WebPkiSupportedAlgorithms,
+    remote: SocketAddr,
+    refusals: RefusalLog,
 }
 
 impl ClientCertVerifier for PinnedClients {
@@ -75,13 +164,19 @@ impl ClientCertVerifier for PinnedClients {
         _intermediates: &[CertificateDer<'_>],
         _now: UnixTime,
     ) -> Result<ClientCertVerified, rustls::Error> {
-        match self.peers.by_fingerprint(&Fingerprint::of(end_entity)) {
-            Some(_) => Ok(ClientCertVerified::assertion()),
-            None => {
-                tracing::warn!(fingerprint = %Fingerprint::of(end_entity), "refused a client whose certificate is not pinned");
-                Err(not_pinned())
-            }
+        let fingerprint = Fingerprint::of(end_entity);
+        if self.peers.by_fingerprint(&fingerprint).is_some() {
+            return Ok(ClientCertVerified::assertion());
         }
+        if self.refusals.first_in_a_minute(fingerprint) {
+            tracing::warn!(
+                remote = %self.remote,
+                %fingerprint,
+                "refused a node whose certificate is not pinned here (its further attempts within a minute are not \
+                 logged); if it is a peer, pin its certificate with `ferry peer add`"
+            );
+        }
+        Err(not_pinned())
     }
 
     fn verify_tls12_signature(
@@ -111,6 +206,8 @@ impl ClientCertVerifier for PinnedClients {
 struct PinnedServer {
     expected: Fingerprint,
     algorithms: WebPkiSupportedAlgorithms,
+    remote: SocketAddr,
+    refusals: RefusalLog,
 }
 
 impl ServerCertVerifier for PinnedServer {
@@ -124,11 +221,18 @@ impl ServerCertVerifier for PinnedServer {
     ) -> Result<ServerCertVerified, rustls::Error> {
         let got = Fingerprint::of(end_entity);
         if got == self.expected {
-            Ok(ServerCertVerified::assertion())
-        } else {
-            tracing::warn!(expected = %self.expected, got = %got, "the peer presented a certificate that is not the pinned one");
-            Err(not_pinned())
+            return Ok(ServerCertVerified::assertion());
         }
+        if self.refusals.first_in_a_minute(got) {
+            tracing::warn!(
+                remote = %self.remote,
+                fingerprint = %got,
+                pinned = %self.expected,
+                "refused a peer whose certificate is not the one pinned for it (further attempts within a minute are \
+                 not logged); compare `ferry cert fingerprint` there with the file pinned here"
+            );
+        }
+        Err(not_pinned())
     }
 
     fn verify_tls12_signature(
@@ -151,5 +255,21 @@ impl ServerCertVerifier for PinnedServer {
 
     fn supported_verify_schemes(&self) -> Vec<SignatureScheme> {
         self.algorithms.supported_schemes()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_refused_certificate_is_logged_once_a_minute() {
+        let log = RefusalLog::default();
+        let (a, b) = (Fingerprint([1; 32]), Fingerprint([2; 32]));
+        assert!(log.first_in_a_minute(a));
+        assert!(!log.first_in_a_minute(a), "the same certificate again within the minute");
+        assert!(log.first_in_a_minute(b), "another certificate is named");
+        log.last.lock().unwrap().insert(a, Instant::now() - QUIET_FOR);
+        assert!(log.first_in_a_minute(a), "a minute later, named again");
     }
 }

@@ -203,6 +203,12 @@ fn mode(path: &Path) -> u32 {
     fs::metadata(path).unwrap().permissions().mode() & 0o777
 }
 
+#[cfg(unix)]
+fn set_mode(path: &Path, mode: u32) {
+    use std::os::unix::fs::PermissionsExt;
+    fs::set_permissions(path, fs::Permissions::from_mode(mode)).unwrap();
+}
+
 /// A `ferry run` child process, killed when dropped (also when the test panics); its stderr goes
 /// to a log file that is printed if the test fails.
 struct RunningNode {
@@ -317,6 +323,22 @@ fn init_creates_the_node_directory_and_prints_its_fingerprint() {
     let out = check(&node);
     assert_code(&out, 0);
     assert!(stdout(&out).starts_with("ok"), "{}", stdout(&out));
+}
+
+#[cfg(unix)]
+#[test]
+fn init_writes_the_config_for_its_owner_only_and_edits_keep_it_so() {
+    let root = tempfile::tempdir().unwrap();
+    let a = init(root.path(), "org-a", None);
+    let b = init(root.path(), "org-b", None);
+    // The config will hold api.tokens.
+    assert_eq!(mode(&a.config), 0o600, "config/ferry.toml must be mode 0600");
+    assert_code(&peer_add(&a, "org-b", "127.0.0.1:7444", &b.cert()), 0);
+    assert_eq!(mode(&a.config), 0o600, "an edit must not widen the config's mode");
+    // An operator's choice (0640 for the node's group under systemd) survives edits too.
+    set_mode(&a.config, 0o640);
+    assert_code(&service_add(&a, "1", "http://127.0.0.1:9", Some("org-b")), 0);
+    assert_eq!(mode(&a.config), 0o640);
 }
 
 #[test]
@@ -628,6 +650,36 @@ heartbeat = "15 parsecs"
         assert_eq!(matching.len(), 1, "{what} ({needle}) not named on one line:\n{err}");
     }
     assert!(err_lines.iter().all(|l| l.contains(node.config.to_str().unwrap())), "every line should say where:\n{err}");
+}
+
+#[cfg(unix)]
+#[test]
+fn check_warns_when_a_config_holding_tokens_is_readable_by_others() {
+    let root = tempfile::tempdir().unwrap();
+    let node = init(root.path(), "org-a", None);
+    let warned = |out: &Output| lines(&stdout(out)).iter().filter(|l| l.starts_with("warning:")).count();
+
+    // Readable by everyone, but nothing secret in it yet.
+    set_mode(&node.config, 0o644);
+    let out = check(&node);
+    assert_code(&out, 0);
+    assert_eq!(warned(&out), 0, "{}", stdout(&out));
+
+    let mut doc: toml_edit::DocumentMut = fs::read_to_string(&node.config).unwrap().parse().unwrap();
+    doc["api"]["tokens"] = toml_edit::value(toml_edit::Array::from_iter(["0123456789abcdef-secret"]));
+    fs::write(&node.config, doc.to_string()).unwrap();
+    let out = check(&node);
+    assert_code(&out, 0);
+    assert_eq!(warned(&out), 1, "{}", stdout(&out));
+    let text = stdout(&out);
+    assert!(text.contains("api.tokens") && text.contains("0644") && text.contains("chmod 600"), "{text}");
+    assert!(!text.contains("0123456789abcdef-secret"), "the warning must not show the token: {text}");
+
+    // Readable by the owner and the node's group only: no warning.
+    set_mode(&node.config, 0o640);
+    let out = check(&node);
+    assert_code(&out, 0);
+    assert_eq!(warned(&out), 0, "{}", stdout(&out));
 }
 
 #[test]

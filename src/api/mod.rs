@@ -11,6 +11,7 @@ mod monitor;
 pub mod openapi;
 mod replies;
 mod requests;
+pub mod serve;
 
 use std::net::SocketAddr;
 use std::sync::Arc;

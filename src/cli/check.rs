@@ -47,6 +47,9 @@ pub fn check(path: &Path, connect: bool) -> Result<(), CliError> {
         config.services.len(),
         identity.fingerprint()
     );
+    if let Some(warning) = readable_tokens(&config) {
+        println!("{warning}");
+    }
     if !connect {
         return Ok(());
     }
@@ -60,6 +63,25 @@ pub fn check(path: &Path, connect: bool) -> Result<(), CliError> {
     } else {
         Err(CliError::failed(failures.join("\n")))
     }
+}
+
+/// A warning when the config holds API tokens and users other than its owner and group may read
+/// it (the exit code stays as it is).
+fn readable_tokens(config: &Config) -> Option<String> {
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::PermissionsExt;
+        let mode = std::fs::metadata(&config.path).ok()?.permissions().mode();
+        if !config.api.tokens.is_empty() && mode & 0o004 != 0 {
+            return Some(format!(
+                "warning: {} holds api.tokens and every user of this host may read it (mode {:04o}); \
+                 `chmod 600` it, or 640 with the node's group (see README, systemd)",
+                config.path.display(),
+                mode & 0o7777
+            ));
+        }
+    }
+    None
 }
 
 /// Reaches every peer and service at once; prints what answered and returns what did not.
@@ -119,18 +141,16 @@ async fn reach_peer(identity: &Identity, peer: &PeerConfig, pinned: Fingerprint)
         Ok(Err(e)) => Err(explain_handshake(&e)),
         Ok(Ok(connection)) => {
             let rtt = connection.rtt().min(started.elapsed());
-            // Our side of the handshake is done before the peer has checked our certificate: a
-            // peer that does not pin this node closes the connection one round trip later.
-            let verdict = (rtt * 4).clamp(Duration::from_millis(250), Duration::from_secs(2));
-            match tokio::time::timeout(verdict, connection.closed()).await {
-                Ok(reason) => Err(format!(
-                    "the peer closed the connection right after the handshake ({reason}); it has probably not \
-                     pinned this node's certificate: compare `ferry cert fingerprint` here with its `certs/peers/` file"
-                )),
-                Err(_) => {
+            match tokio::time::timeout(REACH_WITHIN, crate::link::accepted(&connection)).await {
+                Ok(Ok(())) => {
                     connection.close(crate::wire::Code::Done.varint(), b"ferry check");
                     Ok(rtt)
                 }
+                Ok(Err(reason)) => Err(format!(
+                    "the peer closed the connection right after the handshake ({reason}); it has probably not \
+                     pinned this node's certificate: compare `ferry cert fingerprint` here with its `certs/peers/` file"
+                )),
+                Err(_) => Err(format!("the peer did not confirm the handshake within {REACH_WITHIN:?}")),
             }
         }
     };

@@ -95,7 +95,23 @@ fn save(path: &Path, doc: &DocumentMut) -> Result<(), CliError> {
     let text = doc.to_string();
     Config::parse(path, &text)?;
     let tmp = path.with_extension("toml.tmp");
-    std::fs::write(&tmp, &text)
+    let _ = std::fs::remove_file(&tmp); // left by an edit that was interrupted
+    super::init::write_private(&tmp, &text)
+        .and_then(|_| same_access(path, &tmp))
         .and_then(|_| std::fs::rename(&tmp, path))
         .map_err(|e| CliError::usage(format!("cannot write {}: {e}", path.display())))
+}
+
+/// Gives `new` the mode, owner and group of `old` (the owner only when run as root), so that an
+/// edit leaves the config exactly as readable as it was.
+fn same_access(old: &Path, new: &Path) -> std::io::Result<()> {
+    let meta = std::fs::metadata(old)?;
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::MetadataExt;
+        if std::os::unix::fs::chown(new, Some(meta.uid()), Some(meta.gid())).is_err() {
+            std::os::unix::fs::chown(new, None, Some(meta.gid()))?;
+        }
+    }
+    std::fs::set_permissions(new, meta.permissions())
 }

@@ -8,7 +8,8 @@ use crate::config::valid_name;
 use crate::identity::{Fingerprint, Identity};
 
 /// Creates `dir/config/ferry.toml`, `dir/certs/node.{pem,key}`, `dir/certs/peers/`, `dir/data/`
-/// and `dir/outbox/`, and returns the new certificate's fingerprint. Refuses to overwrite.
+/// and `dir/outbox/`, and returns the new certificate's fingerprint. Refuses to overwrite. The
+/// config and the key are readable by their owner only.
 pub fn init(dir: &Path, name: &str, listen: SocketAddr, api: SocketAddr) -> Result<Fingerprint, CliError> {
     if !valid_name(name) {
         return Err(CliError::usage(format!(
@@ -32,9 +33,21 @@ pub fn init(dir: &Path, name: &str, listen: SocketAddr, api: SocketAddr) -> Resu
             .map_err(|e| CliError::usage(format!("cannot create {}: {e}", path.display())))?;
     }
     identity.save(&cert, &key)?;
-    std::fs::write(&config, template(name, listen, api))
+    write_private(&config, &template(name, listen, api))
         .map_err(|e| CliError::usage(format!("cannot write {}: {e}", config.display())))?;
     Ok(identity.fingerprint())
+}
+
+/// Writes a new file readable by its owner only (mode 0600): the config will hold `api.tokens`.
+pub(super) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 fn template(name: &str, listen: SocketAddr, api: SocketAddr) -> String {
@@ -57,6 +70,8 @@ max_size = "20GiB"
 [api]
 tokens = []                      # bearer tokens; when empty, only loopback callers, no token
 heartbeat = "15s"                # WebSocket clients must send "OK" at least this often
+# max_connections = 1024         # open API connections; past it, 503 (keep below LimitNOFILE)
+# header_timeout = "10s"         # time for each request head, and for an idle kept-alive connection
 
 # Peers are added with `ferry peer add --name NAME --address HOST:PORT --cert FILE`,
 # services with `ferry service add --id ID --base-url URL --allow PEER`.

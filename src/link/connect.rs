@@ -50,7 +50,8 @@ impl Link {
             .ok()
             .and_then(|mut addrs| addrs.next())
             .ok_or_else(|| format!("cannot resolve {} ({})", peer.address, peer.name))?;
-        let tls = crate::tls::client_config(&self.inner.identity, peer.fingerprint).map_err(|e| e.to_string())?;
+        let tls = crate::tls::dial_config(&self.inner.identity, peer.fingerprint, addr, &self.inner.refusals)
+            .map_err(|e| e.to_string())?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.inner.transport.config());
@@ -59,7 +60,16 @@ impl Link {
             .endpoint
             .connect_with(config, addr, crate::tls::SERVER_NAME)
             .map_err(|e| format!("cannot dial {}: {e}", peer.name))?;
-        connecting.await.map_err(|e| format!("{} at {addr} refused the connection: {e}", peer.name))
+        let connection =
+            connecting.await.map_err(|e| format!("{} at {addr} refused the connection: {e}", peer.name))?;
+        accepted(&connection).await.map_err(|reason| {
+            format!(
+                "{} at {addr} refused this node's certificate ({reason}); it has probably not pinned it: compare \
+                 `ferry cert fingerprint` here with its `certs/peers/` file",
+                peer.name
+            )
+        })?;
+        Ok(connection)
     }
 
     /// Watches a peer's connection and, when it is lost, redials with backoff and jitter until
@@ -77,8 +87,8 @@ impl Link {
                 tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
                 backoff = (backoff * 2).min(MAX_BACKOFF);
                 let _dialing = peer.dialing.lock().await;
-                if peer.connection().is_some() {
-                    return; // a request dialed first; its keeper watches that connection
+                if peer.connection().is_some() || !peer.holds(&connection) {
+                    return; // a request dialed since; the keeper of its connection watches it
                 }
                 let dialed = tokio::time::timeout(super::CONNECT_WITHIN, self.dial(&peer)).await;
                 match dialed.unwrap_or_else(|_| {
@@ -97,5 +107,22 @@ impl Link {
                 }
             }
         }
+    }
+}
+
+/// Waits until the peer has accepted this node's certificate: a client's handshake is complete
+/// before the server has checked the client's certificate, and a server that does not pin it
+/// closes the connection instead of confirming the handshake (`HANDSHAKE_DONE`, one round trip
+/// later). Counting such a connection as connected made a refused node redial at once, forever.
+pub(crate) async fn accepted(connection: &quinn::Connection) -> Result<(), quinn::ConnectionError> {
+    // quinn reports no event for the confirmation; its frame count shows it.
+    let confirmed = async {
+        while connection.stats().frame_rx.handshake_done == 0 {
+            tokio::time::sleep(Duration::from_millis(1)).await;
+        }
+    };
+    tokio::select! {
+        reason = connection.closed() => Err(reason),
+        () = confirmed => Ok(()),
     }
 }

@@ -27,10 +27,19 @@ pub(super) struct Inbound {
     pub receiving: Arc<std::sync::Mutex<std::collections::HashSet<String>>>,
 }
 
-/// Completes the handshake, names the peer by its certificate, and serves its streams.
-pub(super) async fn connection(peers: Peers, inbound: Inbound, incoming: quinn::Incoming) {
+/// Completes the handshake with `tls`, names the peer by its certificate, and serves its streams.
+pub(super) async fn connection(
+    peers: Peers,
+    inbound: Inbound,
+    incoming: quinn::Incoming,
+    tls: Arc<quinn::ServerConfig>,
+) {
     let remote = incoming.remote_address();
-    let connection = match incoming.await {
+    let handshake = match incoming.accept_with(tls) {
+        Ok(connecting) => connecting.await,
+        Err(e) => Err(e),
+    };
+    let connection = match handshake {
         Ok(c) => c,
         Err(e) => return tracing::debug!(%remote, error = %e, "handshake failed"),
     };

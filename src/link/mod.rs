@@ -23,6 +23,7 @@ use std::time::Duration;
 use sha2::{Digest, Sha256};
 use thiserror::Error;
 
+pub(crate) use connect::accepted;
 pub use transport::Transport;
 
 use crate::deliver::Services;
@@ -54,6 +55,10 @@ struct Inner {
     receipts: receipts::Receipts,
     /// Where the files of requests and replies may be read from.
     files: HostFiles,
+    /// Makes the TLS configuration of each incoming connection.
+    acceptor: crate::tls::Acceptor,
+    /// Certificates of dialed peers that were not the pinned ones, logged once a minute each.
+    refusals: crate::tls::RefusalLog,
 }
 
 /// The endpoint could not be set up.
@@ -80,15 +85,19 @@ impl Link {
         files: HostFiles,
     ) -> Result<Link, LinkError> {
         let signer = if receipts { Some(Signer::new(&identity).map_err(LinkError::Tls)?) } else { None };
-        let tls = crate::tls::server_config(&identity, peers.clone()).map_err(|e| LinkError::Tls(e.to_string()))?;
-        let crypto =
-            quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
-        let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
-        server.transport_config(transport.config());
+        let acceptor = crate::tls::Acceptor::new(&identity, peers.clone(), crate::tls::RefusalLog::default())
+            .map_err(|e| LinkError::Tls(e.to_string()))?;
+        // Each connection is accepted with its own configuration (see `serve`); this one is
+        // quinn's default, never used.
+        let server = server_config(&acceptor, &transport, socket.local_addr()?)?;
         let (recv_buffer, send_buffer) = transport.tune_socket(&socket)?;
         tracing::debug!(recv_buffer, send_buffer, "link socket buffers");
-        let endpoint =
-            quinn::Endpoint::new(endpoint_config(&identity), Some(server), socket, Arc::new(quinn::TokioRuntime))?;
+        let endpoint = quinn::Endpoint::new(
+            endpoint_config(&identity),
+            Some(Arc::unwrap_or_clone(server)),
+            socket,
+            Arc::new(quinn::TokioRuntime),
+        )?;
         Ok(Link {
             inner: Arc::new(Inner {
                 endpoint,
@@ -100,6 +109,8 @@ impl Link {
                 uploading: Default::default(),
                 receipts: receipts::Receipts::new(signer),
                 files,
+                acceptor,
+                refusals: Default::default(),
             }),
         })
     }
@@ -119,7 +130,17 @@ impl Link {
             receiving: Default::default(),
         };
         while let Some(incoming) = self.inner.endpoint.accept().await {
-            tokio::spawn(inbound::connection(self.inner.peers.clone(), inbound.clone(), incoming));
+            // A configuration per connection, so that a refused certificate is logged with the
+            // address it came from.
+            match server_config(&self.inner.acceptor, &self.inner.transport, incoming.remote_address()) {
+                Ok(tls) => {
+                    tokio::spawn(inbound::connection(self.inner.peers.clone(), inbound.clone(), incoming, tls));
+                }
+                Err(e) => {
+                    tracing::error!(error = %e, "cannot set up TLS for an incoming connection; refused");
+                    incoming.refuse();
+                }
+            }
         }
     }
 
@@ -156,6 +177,19 @@ impl Link {
     fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Relaxed)
     }
+}
+
+/// The QUIC server configuration for a connection from `remote`.
+fn server_config(
+    acceptor: &crate::tls::Acceptor,
+    transport: &Transport,
+    remote: SocketAddr,
+) -> Result<Arc<quinn::ServerConfig>, LinkError> {
+    let tls = acceptor.config(remote).map_err(|e| LinkError::Tls(e.to_string()))?;
+    let crypto = quinn::crypto::rustls::QuicServerConfig::try_from(tls).map_err(|e| LinkError::Tls(e.to_string()))?;
+    let mut server = quinn::ServerConfig::with_crypto(Arc::new(crypto));
+    server.transport_config(transport.config());
+    Ok(Arc::new(server))
 }
 
 /// The endpoint configuration, with the stateless-reset key and the connection-id key derived
