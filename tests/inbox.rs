@@ -92,9 +92,7 @@ async fn a_file_written_in_place_is_not_sent_half_written() {
     let p = pair().await;
     let host = Recorder::start().await;
     let (id, callback_id) = download(&p, &host, 1).await;
-    let folder = inbox(&p).join(&callback_id);
-    std::fs::create_dir(&folder).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the watcher picks the new folder up
+    let folder = watched_folder(&p, &callback_id).await;
     let mut file = std::fs::File::create(folder.join("slow.bin")).unwrap();
     file.write_all(&[1u8; 100_000]).unwrap();
     file.flush().unwrap();
