@@ -75,10 +75,10 @@ pub fn create(dir: &Path) -> std::io::Result<()> {
 pub async fn work(store: Store, dir: PathBuf, files: HostFiles, stop: CancellationToken) {
     let changed = Arc::new(tokio::sync::Notify::new());
     let watched = WatchedFiles::default();
-    let (notice, record, root) = (changed.clone(), watched.clone(), dir.clone());
+    let (notice, seen_by_watcher, root) = (changed.clone(), watched.clone(), dir.clone());
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            watch(&mut record.lock().unwrap(), &root, event);
+            watch(&mut seen_by_watcher.lock().unwrap(), &root, event);
         }
         notice.notify_one();
     })
@@ -216,8 +216,9 @@ impl Inbox {
                     Level::INFO,
                     &path,
                     format!(
-                        "held back: the watcher saw no close after its last write (still open for writing, or \
-                         linked or copied in without one); taken once closed, or unchanged for {STABLE:?}"
+                        "held back: no close after its last write was seen (a writer may still hold it open; a \
+                         hard link or a file present at start-up shows none); taken once closed, or unchanged for \
+                         {STABLE:?}"
                     ),
                 ),
             }
