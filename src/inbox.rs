@@ -7,26 +7,44 @@
 //!   <callback_id>.reject          rejects the request; its text is the reason
 //!   .sent/<callback_id>/          answered: moved here once the peer holds the file verified
 //!   .unmatched/                   files for callback ids nobody awaits
+//!   .failed/<name>, <name>.reason entries that can never be acted on, each with why
 //! ```
 //!
 //! The folder is scanned at start-up, whenever it changes (notify), and every half second. A
-//! file is taken only when it is closed after its last write (as inotify reports) and its size
-//! and modification time stayed the same between two scans, so a file still being written in
-//! place is never sent half-written (inotify sees a new `<callback_id>/` folder a moment after
-//! it is made: a file created in that instant and then left open and idle for over a second
-//! could be taken early, which writing under an ignored name and renaming avoids); names beginning with `.` or
-//! ending in `.part` or `.tmp` are ignored until renamed. ferry never deletes a host's file.
+//! file is taken once its inode, size, modification and change times stayed the same between two
+//! scans and either the watcher saw it closed after its last write (or renamed into place), or it
+//! stayed so for [`STABLE`]. The second rule takes what never shows a close after writing: a hard
+//! link, a file present at start-up, one in a folder made a moment before the watcher watched it,
+//! or events the kernel dropped. A writer that keeps writing changes the file, so a file still
+//! being written in place is not sent half-written; the one window left is a writer that holds a
+//! file open and idle for longer than [`STABLE`], which writing under an ignored name and renaming
+//! into place avoids. Names beginning with `.` or ending in `.part` or `.tmp` are ignored until
+//! renamed.
+//!
+//! Every entry is handled on its own, so one bad entry never stops the others: one that can never
+//! be acted on (a name that is not UTF-8, a `.reject` or a file in `<callback_id>/` that is not a
+//! regular file, a file ferry refuses to open, a folder it cannot read) is moved to `.failed/` with
+//! `<name>.reason` beside it; a file that vanished is skipped; a failure that may pass (the store)
+//! is tried again at the next scan. Each is logged once, not at every scan. ferry never deletes a
+//! host's file.
 
-use std::collections::{HashMap, HashSet};
+use std::collections::HashMap;
+use std::ffi::OsStr;
+use std::io::ErrorKind;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
-use std::time::{Duration, SystemTime};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 use notify::Watcher;
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
+use tracing::Level;
 
 use crate::host_file::HostFiles;
 use crate::store::{OutgoingFile, Store};
+use crate::wire::cut;
 
 /// The longest rejection reason taken from a `.reject` file; the rest is cut.
 const MAX_REASON: usize = 4096;
@@ -34,9 +52,18 @@ const MAX_REASON: usize = 4096;
 /// How often the inbox is scanned without a change notice.
 const TICK: Duration = Duration::from_millis(500);
 
-/// Creates the inbox `dir` and its folders (`.pending`, `.sent`, `.unmatched`) if missing.
+/// How long a file must stay unchanged to be taken when the watcher saw no close after its last
+/// write (a hard link, a file present at start-up): longer than a writer's usual pause.
+pub const STABLE: Duration = Duration::from_secs(2);
+
+/// Why an entry whose name is not UTF-8 is set aside.
+const NOT_UTF8: &str = "the name is not valid UTF-8, so it can name neither a callback id nor a file sent to a \
+                        peer; rename it in UTF-8 and put it back";
+
+/// Creates the inbox `dir` and its folders (`.pending`, `.sent`, `.unmatched`, `.failed`) if
+/// missing.
 pub fn create(dir: &Path) -> std::io::Result<()> {
-    for sub in [".pending", ".sent", ".unmatched"] {
+    for sub in [".pending", ".sent", ".unmatched", ".failed"] {
         std::fs::create_dir_all(dir.join(sub))?;
     }
     Ok(())
@@ -46,21 +73,12 @@ pub fn create(dir: &Path) -> std::io::Result<()> {
 /// `stop`. Files are opened through `files` (rooted at `dir`): never through a symbolic link,
 /// never one of the node's own, and sent only while they are the file that was queued.
 pub async fn work(store: Store, dir: PathBuf, files: HostFiles, stop: CancellationToken) {
-    let changed = std::sync::Arc::new(tokio::sync::Notify::new());
-    let writing = std::sync::Arc::new(std::sync::Mutex::new(HashSet::new()));
-    let (notice, open) = (changed.clone(), writing.clone());
+    let changed = Arc::new(tokio::sync::Notify::new());
+    let watched = WatchedFiles::default();
+    let (notice, seen_by_watcher, root) = (changed.clone(), watched.clone(), dir.clone());
     let watcher = notify::recommended_watcher(move |event: notify::Result<notify::Event>| {
         if let Ok(event) = event {
-            use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind};
-            let mut open = open.lock().unwrap();
-            for path in event.paths {
-                match event.kind {
-                    EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => drop(open.insert(path)),
-                    EventKind::Access(AccessKind::Close(AccessMode::Write)) => drop(open.remove(&path)),
-                    EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => drop(open.remove(&path)),
-                    _ => {}
-                }
-            }
+            watch(&mut seen_by_watcher.lock().unwrap(), &root, event);
         }
         notice.notify_one();
     })
@@ -71,11 +89,10 @@ pub async fn work(store: Store, dir: PathBuf, files: HostFiles, stop: Cancellati
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the inbox; scanning it every {TICK:?} instead");
     }
-    let mut inbox = Inbox { store, dir, files, seen: HashMap::new(), writing };
+    let mut inbox =
+        Inbox { store, dir, files, seen: HashMap::new(), watched, said: HashMap::new(), saying: HashMap::new() };
     while !stop.is_cancelled() {
-        if let Err(e) = inbox.scan().await {
-            tracing::warn!(error = %e, "inbox scan failed");
-        }
+        inbox.scan().await;
         tokio::select! {
             _ = stop.cancelled() => break,
             _ = changed.notified() => tokio::time::sleep(Duration::from_millis(50)).await,
@@ -85,66 +102,217 @@ pub async fn work(store: Store, dir: PathBuf, files: HostFiles, stop: Cancellati
     drop(watcher);
 }
 
+/// What the watcher last saw happen to a file.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Watched {
+    /// Created or written to, and not closed since.
+    Open,
+    /// Closed after its last write, or renamed into place.
+    Closed,
+}
+
+/// The files the watcher saw, by path.
+type WatchedFiles = Arc<Mutex<HashMap<PathBuf, Watched>>>;
+
+/// Records in `files` what `event` says of the files in the inbox `dir` (not in its dot folders).
+fn watch(files: &mut HashMap<PathBuf, Watched>, dir: &Path, event: notify::Event) {
+    use notify::event::{AccessKind, AccessMode, EventKind, ModifyKind, RenameMode};
+    if event.need_rescan() {
+        files.clear(); // events were lost: every file waits out STABLE
+        return;
+    }
+    let now = match event.kind {
+        EventKind::Create(_) | EventKind::Modify(ModifyKind::Data(_)) => Some(Watched::Open),
+        EventKind::Access(AccessKind::Close(AccessMode::Write)) => Some(Watched::Closed),
+        EventKind::Modify(ModifyKind::Name(RenameMode::To)) => Some(Watched::Closed),
+        EventKind::Modify(ModifyKind::Name(RenameMode::Both)) => return, // its From and To come too
+        EventKind::Modify(ModifyKind::Name(_)) | EventKind::Remove(_) => None,
+        _ => return,
+    };
+    let in_inbox = |path: &PathBuf| {
+        path.strip_prefix(dir).is_ok_and(|rest| rest.iter().all(|part| !part.as_bytes().starts_with(b".")))
+    };
+    for path in event.paths.into_iter().filter(in_inbox) {
+        match now {
+            Some(state) => files.insert(path, state),
+            None => files.remove(&path),
+        };
+    }
+}
+
+/// What tells that a file changed: its inode, size, modification and change times.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+struct Stamp {
+    ino: u64,
+    size: u64,
+    mtime: (i64, i64),
+    ctime: (i64, i64),
+}
+
+impl Stamp {
+    fn of(meta: &std::fs::Metadata) -> Stamp {
+        let (mtime, ctime) = ((meta.mtime(), meta.mtime_nsec()), (meta.ctime(), meta.ctime_nsec()));
+        Stamp { ino: meta.ino(), size: meta.size(), mtime, ctime }
+    }
+}
+
 struct Inbox {
     store: Store,
     dir: PathBuf,
     files: HostFiles,
-    /// Size and modification time of each candidate file at the previous scan.
-    seen: HashMap<PathBuf, (u64, SystemTime)>,
-    /// Files written to and not yet closed, as the watcher saw them.
-    writing: std::sync::Arc<std::sync::Mutex<HashSet<PathBuf>>>,
+    /// Each candidate file as the previous scan found it, and since when it is so.
+    seen: HashMap<PathBuf, (Stamp, Instant)>,
+    /// Files as the watcher saw them.
+    watched: WatchedFiles,
+    /// What the previous scan logged about each path: not logged again while it stays true.
+    said: HashMap<PathBuf, String>,
+    /// What this scan has to say about each path.
+    saying: HashMap<PathBuf, String>,
 }
 
 /// Whether a name is one operators use while writing: `.x`, `x.part`, `x.tmp`.
-fn ignored(name: &str) -> bool {
-    name.starts_with('.') || name.ends_with(".part") || name.ends_with(".tmp")
+fn ignored(name: &OsStr) -> bool {
+    let name = name.as_bytes();
+    name.starts_with(b".") || name.ends_with(b".part") || name.ends_with(b".tmp")
+}
+
+/// A file type in words.
+fn kind_name(kind: std::fs::FileType) -> &'static str {
+    use std::os::unix::fs::FileTypeExt;
+    match kind {
+        k if k.is_dir() => "a folder",
+        k if k.is_symlink() => "a symbolic link",
+        k if k.is_fifo() => "a FIFO",
+        k if k.is_socket() => "a socket",
+        k if k.is_file() => "a regular file",
+        _ => "a device",
+    }
 }
 
 impl Inbox {
-    async fn scan(&mut self) -> anyhow::Result<()> {
-        self.write_pending().await?;
+    async fn scan(&mut self) {
+        if let Err(e) = self.write_pending().await {
+            let pending = self.dir.join(".pending");
+            self.say(Level::WARN, &pending, format!("cannot list the requests awaiting a reply: {e}"));
+        }
+        let mut seen = HashMap::new();
+        for (callback_id, path) in self.list() {
+            let meta = match path.symlink_metadata() {
+                Ok(meta) => meta,
+                Err(e) if e.kind() == ErrorKind::NotFound => continue, // gone since it was listed
+                Err(e) => {
+                    self.set_aside(&path, &format!("its metadata cannot be read: {e}"));
+                    continue;
+                }
+            };
+            let stamp = Stamp::of(&meta);
+            let unchanged_since = self.seen.get(&path).filter(|(before, _)| *before == stamp).map(|(_, since)| *since);
+            seen.insert(path.clone(), (stamp, unchanged_since.unwrap_or_else(Instant::now)));
+            let closed = self.watched.lock().unwrap().get(&path) == Some(&Watched::Closed);
+            match unchanged_since {
+                Some(since) if closed || since.elapsed() >= STABLE => self.handle(&callback_id, &path).await,
+                _ if closed || !self.seen.contains_key(&path) => {} // new, or being closed: the next scans tell
+                _ => self.say(
+                    Level::INFO,
+                    &path,
+                    format!(
+                        "held back: no close after its last write was seen (a writer may still hold it open; a \
+                         hard link or a file present at start-up shows none); taken once closed, or unchanged for \
+                         {STABLE:?}"
+                    ),
+                ),
+            }
+        }
+        self.seen = seen;
+        self.said = std::mem::take(&mut self.saying);
+    }
+
+    /// The files that may answer a request, as (callback id, path). Other entries are set aside,
+    /// left alone (logged once) or skipped, each on its own.
+    fn list(&mut self) -> Vec<(String, PathBuf)> {
+        let entries = match std::fs::read_dir(&self.dir) {
+            Ok(entries) => entries,
+            Err(e) => {
+                let dir = self.dir.clone();
+                self.say(Level::WARN, &dir, format!("cannot read the inbox: {e}"));
+                return Vec::new();
+            }
+        };
         let mut candidates = Vec::new();
-        for entry in std::fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
+        for entry in entries.flatten() {
+            let (path, name) = (entry.path(), entry.file_name());
             if ignored(&name) {
                 continue;
             }
-            let path = entry.path();
-            if entry.file_type()?.is_dir() {
-                for file in std::fs::read_dir(&path)? {
-                    let file = file?;
-                    let file_name = file.file_name().to_string_lossy().into_owned();
-                    if !ignored(&file_name) && file.file_type()?.is_file() {
-                        candidates.push((name.clone(), file.path()));
-                    }
-                }
-            } else if let Some(callback_id) = name.strip_suffix(".reject") {
-                candidates.push((callback_id.to_owned(), path));
+            let Some(kind) = self.kind(&entry) else { continue };
+            let reject = name.as_bytes().ends_with(b".reject");
+            if !reject && !kind.is_dir() {
+                let what = "neither a `<callback_id>/` folder nor a `<callback_id>.reject` file; left alone";
+                self.say(Level::INFO, &path, what.to_owned());
+            } else if name.to_str().is_none() {
+                self.set_aside(&path, NOT_UTF8);
+            } else if !reject {
+                self.list_folder(&name.to_string_lossy(), &path, &mut candidates);
+            } else if kind.is_file() {
+                let name = name.to_string_lossy();
+                candidates.push((name.strip_suffix(".reject").unwrap_or(&name).to_owned(), path));
+            } else {
+                let why = format!("a `.reject` must be a regular file holding the reason; this is {}", kind_name(kind));
+                self.set_aside(&path, &why);
             }
         }
-        let mut still = HashMap::new();
-        for (callback_id, path) in candidates {
-            let meta = std::fs::metadata(&path)?;
-            let now = (meta.len(), meta.modified()?);
-            let open = self.writing.lock().unwrap().contains(&path);
-            let settled = self.seen.get(&path) == Some(&now) && !open;
-            still.insert(path.clone(), now);
-            if settled {
-                self.handle(&callback_id, &path).await?;
-            }
-        }
-        self.seen = still;
-        Ok(())
+        candidates
     }
 
-    /// Acts on one settled file for `callback_id`.
-    async fn handle(&self, callback_id: &str, path: &Path) -> anyhow::Result<()> {
+    /// Adds the files in `<callback_id>/` to `candidates`; sets aside what cannot be sent.
+    fn list_folder(&mut self, callback_id: &str, folder: &Path, candidates: &mut Vec<(String, PathBuf)>) {
+        let entries = match std::fs::read_dir(folder) {
+            Ok(entries) => entries,
+            Err(e) if e.kind() == ErrorKind::NotFound => return,
+            Err(e) => return self.set_aside(folder, &format!("the folder cannot be read: {e}")),
+        };
+        for entry in entries.flatten().filter(|entry| !ignored(&entry.file_name())) {
+            let path = entry.path();
+            match self.kind(&entry) {
+                None => {}
+                Some(_) if entry.file_name().to_str().is_none() => self.set_aside(&path, NOT_UTF8),
+                Some(kind) if kind.is_file() => candidates.push((callback_id.to_owned(), path)),
+                Some(kind) => {
+                    let why = format!("only regular files are sent; this is {}", kind_name(kind));
+                    self.set_aside(&path, &why)
+                }
+            }
+        }
+    }
+
+    /// The type of a listed entry (not following a link); `None`, after setting it aside if it is
+    /// not just gone, when it cannot be told.
+    fn kind(&mut self, entry: &std::fs::DirEntry) -> Option<std::fs::FileType> {
+        match entry.file_type() {
+            Ok(kind) => Some(kind),
+            Err(e) if e.kind() == ErrorKind::NotFound => None,
+            Err(e) => {
+                self.set_aside(&entry.path(), &format!("its type cannot be read: {e}"));
+                None
+            }
+        }
+    }
+
+    /// Acts on one settled file for `callback_id`; a failure that may pass is logged once and
+    /// tried again at the next scan.
+    async fn handle(&mut self, callback_id: &str, path: &Path) {
+        if let Err(e) = self.answer(callback_id, path).await {
+            self.say(Level::WARN, path, format!("cannot act on this file now; tried again at each scan: {e}"));
+        }
+    }
+
+    async fn answer(&mut self, callback_id: &str, path: &Path) -> anyhow::Result<()> {
         let text = path.to_string_lossy().into_owned();
+        let shown = self.shown(path);
         let reject = path.extension().is_some_and(|e| e == "reject") && path.parent() == Some(self.dir.as_path());
         if !reject {
             match self.store.reply_file_state(&text).await? {
-                Some(true) => return self.file_away(path, &self.dir.join(".sent").join(callback_id)),
+                Some(true) => return self.file_away(path, &self.dir.join(".sent").join(callback_id)).map(drop),
                 Some(false) => return Ok(()), // on its way; moved once the peer holds it
                 None => {}
             }
@@ -152,9 +320,10 @@ impl Inbox {
         // Opened once, confined to the inbox: a link or one of the node's own files is set aside.
         let opened = match self.files.open(&text) {
             Ok(opened) => opened,
+            Err(_) if matches!(path.symlink_metadata(), Err(e) if e.kind() == ErrorKind::NotFound) => return Ok(()),
             Err(e) => {
-                tracing::warn!(%callback_id, file = %text, error = %e, "inbox: this file cannot be sent; moved to .unmatched");
-                return self.file_away(path, &self.dir.join(".unmatched"));
+                self.set_aside(path, &format!("this file cannot be sent: {e}"));
+                return Ok(());
             }
         };
         let added = if reject {
@@ -171,36 +340,82 @@ impl Inbox {
         };
         match added {
             Some((id, seq)) if reject => {
-                tracing::info!(%callback_id, %id, seq, "inbox: request rejected");
-                self.file_away(path, &self.dir.join(".sent").join(callback_id))
+                tracing::info!(callback_id = %cut(callback_id), %id, seq, "inbox: request rejected");
+                self.file_away(path, &self.dir.join(".sent").join(callback_id)).map(drop)
             }
             Some((id, seq)) => {
-                tracing::info!(%callback_id, %id, seq, file = %text, "inbox: file queued as the final reply");
+                tracing::info!(callback_id = %cut(callback_id), %id, seq, file = %shown, "inbox: file queued as the final reply");
                 Ok(())
             }
             None => {
-                tracing::warn!(%callback_id, file = %text, "inbox: no request awaits this callback id; moved to .unmatched");
-                self.file_away(path, &self.dir.join(".unmatched"))
+                self.file_away(path, &self.dir.join(".unmatched"))?;
+                tracing::warn!(callback_id = %cut(callback_id), file = %shown, "inbox: no request awaits this callback id; moved to .unmatched");
+                Ok(())
             }
         }
     }
 
-    /// Moves `path` into `folder` (never over an existing file), and removes an emptied
-    /// `<callback_id>/` folder.
-    fn file_away(&self, path: &Path, folder: &Path) -> anyhow::Result<()> {
+    /// Moves `path`, which can never be acted on, to `.failed/` with `<name>.reason` (the text
+    /// `why`) beside it, and logs it; if it cannot be moved, says so once.
+    fn set_aside(&mut self, path: &Path, why: &str) {
+        match self.file_away(path, &self.dir.join(".failed")) {
+            Ok(moved) => {
+                let mut reason = moved.into_os_string();
+                reason.push(".reason");
+                let written = std::fs::write(&reason, format!("{why}\n"));
+                let shown = self.shown(path);
+                tracing::warn!(file = %shown, reason = why, "inbox: this entry cannot be acted on; moved to .failed");
+                if let Err(e) = written {
+                    tracing::warn!(file = %shown, error = %e, "inbox: cannot write the reason beside it in .failed");
+                }
+            }
+            Err(e) => {
+                let what = format!("{why}; it cannot be moved to .failed either ({e}): move it away by hand");
+                self.say(Level::WARN, path, what)
+            }
+        }
+    }
+
+    /// Moves `path` into `folder`, never over an existing file (nor beside one named like its
+    /// `.reason`), and removes an emptied `<callback_id>/` folder; where it went.
+    fn file_away(&self, path: &Path, folder: &Path) -> anyhow::Result<PathBuf> {
         std::fs::create_dir_all(folder)?;
-        let name = path.file_name().unwrap_or_default().to_string_lossy().into_owned();
-        let mut target = folder.join(&name);
+        let name = path.file_name().unwrap_or_default();
+        let taken = |target: &Path| {
+            let mut reason = target.as_os_str().to_owned();
+            reason.push(".reason");
+            target.symlink_metadata().is_ok() || Path::new(&reason).symlink_metadata().is_ok()
+        };
+        let mut target = folder.join(name);
         let mut n = 1;
-        while target.exists() {
-            target = folder.join(format!("{n}-{name}"));
+        while taken(&target) {
+            let mut numbered = std::ffi::OsString::from(format!("{n}-"));
+            numbered.push(name);
+            target = folder.join(numbered);
             n += 1;
         }
         std::fs::rename(path, &target)?;
         if let Some(parent) = path.parent().filter(|p| *p != self.dir) {
             let _ = std::fs::remove_dir(parent); // only if empty
         }
-        Ok(())
+        Ok(target)
+    }
+
+    /// Logs `what` about `path` at `level`, unless the previous scan said the same.
+    fn say(&mut self, level: Level, path: &Path, what: String) {
+        if self.said.get(path) != Some(&what) {
+            let file = self.shown(path);
+            match level {
+                Level::WARN => tracing::warn!(%file, "inbox: {what}"),
+                _ => tracing::info!(%file, "inbox: {what}"),
+            }
+        }
+        self.saying.insert(path.to_owned(), what);
+    }
+
+    /// `path` as a log line names it: below the inbox, cut.
+    fn shown(&self, path: &Path) -> String {
+        cut(&path.strip_prefix(&self.dir).unwrap_or(path).to_string_lossy())
     }
 
     /// Makes `.pending/` list exactly the requests awaiting a reply.
@@ -219,8 +434,8 @@ impl Inbox {
                 std::fs::rename(&tmp, &file)?;
             }
         }
-        for entry in std::fs::read_dir(&folder)? {
-            let path = entry?.path();
+        for entry in std::fs::read_dir(&folder)?.flatten() {
+            let path = entry.path();
             if !keep.contains(&path) {
                 let _ = std::fs::remove_file(&path);
             }

@@ -92,14 +92,13 @@ async fn a_file_written_in_place_is_not_sent_half_written() {
     let p = pair().await;
     let host = Recorder::start().await;
     let (id, callback_id) = download(&p, &host, 1).await;
-    let folder = inbox(&p).join(&callback_id);
-    std::fs::create_dir(&folder).unwrap();
-    tokio::time::sleep(Duration::from_millis(300)).await; // the watcher picks the new folder up
+    let folder = watched_folder(&p, &callback_id).await;
     let mut file = std::fs::File::create(folder.join("slow.bin")).unwrap();
     file.write_all(&[1u8; 100_000]).unwrap();
     file.flush().unwrap();
-    // Longer than two scans: size and time stay the same, but the file is still open for writing.
-    tokio::time::sleep(Duration::from_millis(1500)).await;
+    // Longer than two scans (size and times stay the same, but the file is still open for
+    // writing), and well within inbox::STABLE, after which an idle open file is taken.
+    tokio::time::sleep(Duration::from_millis(1000)).await;
     file.write_all(&[2u8; 50_000]).unwrap();
     drop(file);
     let status = p.a.wait_state(&id, "success", WITHIN).await;
@@ -132,4 +131,137 @@ async fn a_file_for_an_unknown_callback_id_is_set_aside() {
     let moved = inbox(&p).join(".unmatched/stray.txt");
     wait_for_path(&moved, true).await;
     assert_eq!(std::fs::read_to_string(moved).unwrap(), "who wants this", "never deleted");
+}
+
+/// Waits until this process's inotify watches `folder`: a file made in it from then on is seen
+/// by the inbox watcher (a new folder is watched a moment after it is made).
+async fn wait_watched(folder: &Path) {
+    use std::os::unix::fs::MetadataExt;
+    let inode = format!(" ino:{:x} ", std::fs::metadata(folder).unwrap().ino());
+    let watched = || {
+        std::fs::read_dir("/proc/self/fd").unwrap().flatten().any(|fd| {
+            std::fs::read_link(fd.path()).is_ok_and(|target| target.as_os_str() == "anon_inode:inotify")
+                && std::fs::read_to_string(Path::new("/proc/self/fdinfo").join(fd.file_name()))
+                    .is_ok_and(|info| info.contains(&inode))
+        })
+    };
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !watched() {
+        assert!(tokio::time::Instant::now() < deadline, "{} is never watched", folder.display());
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// A new `<callback_id>/` folder, once the watcher watches it.
+async fn watched_folder(p: &Pair, callback_id: &str) -> PathBuf {
+    let folder = inbox(p).join(callback_id);
+    std::fs::create_dir(&folder).unwrap();
+    wait_watched(&folder).await;
+    folder
+}
+
+/// Waits until `name` is set aside in `inbox/.failed/` with its reason next to it; the reason.
+async fn wait_failed(p: &Pair, name: &std::ffi::OsStr) -> String {
+    let failed = inbox(p).join(".failed");
+    let mut reason_name = name.to_owned();
+    reason_name.push(".reason");
+    wait_for_path(&failed.join(&reason_name), true).await;
+    assert!(failed.join(name).symlink_metadata().is_ok(), "{name:?} is moved, never deleted");
+    let reason = std::fs::read_to_string(failed.join(reason_name)).unwrap();
+    assert!(!reason.trim().is_empty(), "{name:?} has a reason");
+    reason
+}
+
+#[tokio::test]
+async fn names_that_are_not_utf8_are_set_aside_with_a_reason() {
+    use std::os::unix::ffi::OsStrExt;
+    let p = pair().await;
+    let host = Recorder::start().await;
+    let (id, callback_id) = download(&p, &host, 1).await;
+    let bad_reject = std::ffi::OsStr::from_bytes(b"\xff\xfe.reject");
+    std::fs::write(inbox(&p).join(bad_reject), "no").unwrap();
+    let bad_folder = std::ffi::OsStr::from_bytes(b"\xff\xfe");
+    std::fs::create_dir(inbox(&p).join(bad_folder)).unwrap();
+    std::fs::write(inbox(&p).join(bad_folder).join("a.txt"), "a").unwrap();
+    let folder = inbox(&p).join(&callback_id);
+    std::fs::create_dir(&folder).unwrap();
+    let bad_file = std::ffi::OsStr::from_bytes(b"r\xe9sum\xe9.txt");
+    std::fs::write(folder.join(bad_file), "latin-1").unwrap();
+    std::fs::write(folder.join("answer.txt"), "the answer").unwrap();
+
+    let status = p.a.wait_state(&id, "success", WITHIN).await;
+    assert_eq!(std::fs::read_to_string(status["replies"][0]["file"].as_str().unwrap()).unwrap(), "the answer");
+    for name in [bad_reject, bad_folder, bad_file] {
+        assert!(wait_failed(&p, name).await.contains("UTF-8"), "the reason says why");
+    }
+}
+
+#[tokio::test]
+async fn entries_that_cannot_be_read_do_not_stop_the_inbox() {
+    let p = pair().await;
+    let host = Recorder::start().await;
+    let (id, callback_id) = download(&p, &host, 1).await;
+    let (_, other_callback_id) = download(&p, &host, 2).await;
+    let dir = inbox(&p);
+    // Each fails for root too: a link to nowhere, a FIFO, a folder, where a reason is expected.
+    std::os::unix::fs::symlink("/nonexistent/reason", dir.join("0123456789abcdef.reject")).unwrap();
+    let fifo = dir.join(format!("{other_callback_id}.reject"));
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR, 0).unwrap();
+    std::fs::create_dir(dir.join("fedcba9876543210.reject")).unwrap();
+    let folder = dir.join(&callback_id);
+    std::fs::create_dir(&folder).unwrap();
+    std::os::unix::fs::symlink(p.b.dir.join("config/ferry.toml"), folder.join("config.toml")).unwrap();
+    std::fs::write(folder.join("answer.txt"), "the answer").unwrap();
+
+    let status = p.a.wait_state(&id, "success", WITHIN).await;
+    assert_eq!(std::fs::read_to_string(status["replies"][0]["file"].as_str().unwrap()).unwrap(), "the answer");
+    for name in
+        ["0123456789abcdef.reject", &format!("{other_callback_id}.reject"), "fedcba9876543210.reject", "config.toml"]
+    {
+        wait_failed(&p, name.as_ref()).await;
+    }
+    assert!(
+        dir.join(format!(".pending/{other_callback_id}.json")).exists(),
+        "a FIFO rejects nothing: the request still awaits its reply"
+    );
+}
+
+#[tokio::test]
+async fn a_hard_link_made_in_the_inbox_is_taken() {
+    let p = pair().await;
+    let host = Recorder::start().await;
+    let (id, callback_id) = download(&p, &host, 1).await;
+    let folder = watched_folder(&p, &callback_id).await;
+    let outside = p.b.dir.join("report.txt");
+    std::fs::write(&outside, "linked in").unwrap();
+    std::fs::hard_link(&outside, folder.join("report.txt")).unwrap();
+    let status = p.a.wait_state(&id, "success", WITHIN).await;
+    assert_eq!(std::fs::read_to_string(status["replies"][0]["file"].as_str().unwrap()).unwrap(), "linked in");
+    wait_for_path(&inbox(&p).join(format!(".sent/{callback_id}/report.txt")), true).await;
+}
+
+#[tokio::test]
+async fn a_file_moved_in_from_another_file_system_is_taken() {
+    use std::os::unix::fs::MetadataExt;
+    let p = pair().await;
+    let elsewhere = Path::new("/dev/shm");
+    let dev = |path: &Path| std::fs::metadata(path).map(|m| m.dev()).ok();
+    if dev(elsewhere).is_none() || dev(elsewhere) == dev(p.root.path()) {
+        let why = format!("{} is missing or on the file system of {}", elsewhere.display(), p.root.path().display());
+        assert!(std::env::var("CI").as_deref() != Ok("true"), "cannot move a file across file systems: {why}");
+        eprintln!("skipped: cannot move a file across file systems: {why}");
+        return;
+    }
+    let host = Recorder::start().await;
+    let (id, callback_id) = download(&p, &host, 1).await;
+    let folder = watched_folder(&p, &callback_id).await;
+    let source = tempfile::tempdir_in(elsewhere).unwrap();
+    std::fs::write(source.path().join("moved.txt"), "from another file system").unwrap();
+    let moved = std::process::Command::new("mv").arg(source.path().join("moved.txt")).arg(&folder).status().unwrap();
+    assert!(moved.success());
+    let status = p.a.wait_state(&id, "success", WITHIN).await;
+    assert_eq!(
+        std::fs::read_to_string(status["replies"][0]["file"].as_str().unwrap()).unwrap(),
+        "from another file system"
+    );
 }
