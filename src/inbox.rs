@@ -43,7 +43,7 @@ use tokio_util::sync::CancellationToken;
 use tracing::Level;
 
 use crate::host_file::HostFiles;
-use crate::store::{OutgoingFile, Store};
+use crate::store::{OutgoingFile, ReplyFile, Store};
 use crate::wire::cut;
 
 /// The longest rejection reason taken from a `.reject` file; the rest is cut.
@@ -312,8 +312,14 @@ impl Inbox {
         let reject = path.extension().is_some_and(|e| e == "reject") && path.parent() == Some(self.dir.as_path());
         if !reject {
             match self.store.reply_file_state(&text).await? {
-                Some(true) => return self.file_away(path, &self.dir.join(".sent").join(callback_id)).map(drop),
-                Some(false) => return Ok(()), // on its way; moved once the peer holds it
+                Some(ReplyFile::Delivered) => {
+                    return self.file_away(path, &self.dir.join(".sent").join(callback_id)).map(drop)
+                }
+                Some(ReplyFile::Sending) => return Ok(()), // on its way; moved once the peer holds it
+                Some(ReplyFile::Failed(why)) => {
+                    self.set_aside(path, &format!("the reply carrying this file failed: {why}"));
+                    return Ok(());
+                }
                 None => {}
             }
         }
@@ -415,7 +421,7 @@ impl Inbox {
 
     /// `path` as a log line names it: below the inbox, cut.
     fn shown(&self, path: &Path) -> String {
-        cut(&path.strip_prefix(&self.dir).unwrap_or(path).to_string_lossy())
+        cut(&path.strip_prefix(&self.dir).unwrap_or(path).to_string_lossy()).into_owned()
     }
 
     /// Makes `.pending/` list exactly the requests awaiting a reply.

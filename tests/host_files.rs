@@ -164,12 +164,21 @@ async fn an_inbox_file_swapped_after_it_was_queued_is_never_sent() {
         assert!(tokio::time::Instant::now() < deadline, "the inbox file was never queued");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // A hard link: a regular file, so only its device and inode give it away.
     std::fs::remove_file(&file).unwrap();
-    std::os::unix::fs::symlink(key(&p.b), &file).unwrap();
+    std::fs::hard_link(key(&p.b), &file).unwrap();
     p.a.start().await;
     let status = p.a.wait_state(&id, "failed", WITHIN).await;
     assert!(status["error"].as_str().unwrap().contains("changed or went after it was accepted"), "{status}");
     never_arrived(&p.a, &p.service, &key(&p.b));
+    // The operator finds the file set aside with why.
+    let reason = p.b.dir.join("data/inbox/.failed/report.txt.reason");
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while !reason.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "the failed reply's file was never set aside");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(std::fs::read_to_string(&reason).unwrap().contains("the reply carrying this file failed"));
 }
 
 #[tokio::test]
@@ -184,7 +193,7 @@ async fn inbox_links_to_the_key_are_set_aside_unread() {
     std::fs::hard_link(key(&p.b), inbox.join(&callback_id).join("key.pem")).unwrap();
     p.b.start().await;
     for moved in [format!("{callback_id}.reject"), "key.pem".to_owned()] {
-        let moved = inbox.join(".unmatched").join(moved);
+        let moved = inbox.join(".failed").join(moved);
         let deadline = tokio::time::Instant::now() + WITHIN;
         while std::fs::symlink_metadata(&moved).is_err() {
             assert!(tokio::time::Instant::now() < deadline, "{} was never set aside", moved.display());

@@ -106,17 +106,33 @@ impl Store {
     }
 }
 
+/// Where a reply of this node that carries a host's file stands.
+#[derive(Debug, Clone, PartialEq)]
+pub enum ReplyFile {
+    /// On its way to the requesting node.
+    Sending,
+    /// The requesting node acknowledged the reply: it holds the file verified.
+    Delivered,
+    /// The reply failed instead (the file changed, or the peer refused it for good), for this reason.
+    Failed(String),
+}
+
 impl Store {
-    /// Whether a reply of this node carries the file at `path`: `None` if none does, else
-    /// whether the requesting node has acknowledged that reply (so it holds the file verified).
-    pub async fn reply_file_state(&self, path: &str) -> Result<Option<bool>, StoreError> {
+    /// Where the latest reply of this node carrying the file at `path` stands, if one does.
+    pub async fn reply_file_state(&self, path: &str) -> Result<Option<ReplyFile>, StoreError> {
         let path = path.to_owned();
         self.run(move |t, _| {
             Ok(query_row(
                 t,
-                "SELECT next_send_at IS NULL FROM replies WHERE file_path = ?1 ORDER BY rowid DESC LIMIT 1",
+                "SELECT next_send_at IS NULL, error FROM replies WHERE file_path = ?1 ORDER BY rowid DESC LIMIT 1",
                 [path],
-                |r| r.get(0),
+                |r| {
+                    Ok(match (r.get::<_, bool>(0)?, r.get::<_, Option<String>>(1)?) {
+                        (_, Some(error)) => ReplyFile::Failed(error),
+                        (true, None) => ReplyFile::Delivered,
+                        (false, None) => ReplyFile::Sending,
+                    })
+                },
             )
             .optional()?)
         })

@@ -30,7 +30,7 @@ use thiserror::Error;
 use tokio::sync::{broadcast, oneshot, Notify};
 
 pub use evidence::{read_log, verify_log, LogReader, Verdict};
-pub use files::ReceivedFile;
+pub use files::{ReceivedFile, ReplyFile};
 pub use records::{Page, Pending, RequestFilter, RequestView, Stats};
 pub use trust::Admission;
 pub use work::{CallbackWork, IncomingCall, NewAsync, OutboundWork, OutgoingFile, ServiceOutcome};

@@ -708,7 +708,8 @@ impl Store {
     /// Ends reply `seq` of the peer's request `id`, which can never be delivered as it is (its file
     /// cannot be read, or the peer refused it for good), as the request's failure with `error`:
     /// the reply becomes an error reply without file, carried to the requesting node so that it
-    /// learns why.
+    /// learns why. Its `file_path` stays, for the inbox to tell the operator (see
+    /// [`Store::reply_file_state`]).
     pub async fn reply_refused(&self, peer: &str, id: &str, seq: u32, error: String) -> Result<(), StoreError> {
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
@@ -722,8 +723,8 @@ impl Store {
             let Some(row) = row else { return Ok(()) };
             exec(
                 t,
-                "UPDATE replies SET data = NULL, error = ?3, end = 1, next_send_at = ?4, file_path = NULL,
-                    file_name = NULL, file_field = NULL, file_identity = NULL
+                "UPDATE replies SET data = NULL, error = ?3, end = 1, next_send_at = ?4, file_name = NULL,
+                    file_field = NULL, file_identity = NULL
                  WHERE request = ?1 AND seq = ?2",
                 params![row, seq, error, now_ms()],
             )?;
