@@ -931,7 +931,7 @@ async fn over_netem(net: TestNet, seed: u64) -> Tally {
 /// are the datagrams dropped.
 async fn over_relay(seed: u64) -> Tally {
     let mut t = Tally::new("relay 5%/50ms RTT");
-    let relay_seed = seed ^ 0x7265_6c61_79;
+    let relay_seed = seed ^ 0x0072_656c_6179;
     eprintln!("lossy relay seed {relay_seed} (from the suite's seed)");
     let root = temp_root();
     let (service, callbacks) = (Recorder::start().await, Recorder::start().await);
