@@ -436,6 +436,9 @@ fn config_defaults_to_the_ferry_config_variable() {
 #[test]
 fn without_flag_or_variable_the_config_is_etc_ferry() {
     if Path::new("/etc/ferry/ferry.toml").exists() {
+        // Under CI (`CI` set) a test that cannot run fails: a CI machine has no ferry installed.
+        let in_ci = std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"));
+        assert!(!in_ci, "/etc/ferry/ferry.toml exists on this CI machine: the default config path cannot be tested");
         eprintln!("skipped: /etc/ferry/ferry.toml exists on this machine");
         return;
     }

@@ -2,7 +2,8 @@
 //! real headless Chromium driven over the Chrome DevTools Protocol.
 //!
 //! `.ci/setup-browser` installs Debian's `chromium`; where no Chromium can be found the browser
-//! test says so on stderr and passes without running (set `CHROMIUM` to a binary to choose one).
+//! test fails under CI (`CI` set, as `.ci/run` sets it) and elsewhere says so on stderr and passes
+//! without running (set `CHROMIUM` to a binary to choose one).
 
 mod common;
 
@@ -154,6 +155,12 @@ fn find_chromium() -> Option<PathBuf> {
         .iter()
         .flat_map(|name| dirs.iter().map(move |d| d.join(name)))
         .find(|p| p.is_file())
+}
+
+/// Whether the tests run under CI (`CI` set, as CI services and `.ci/run` set it), where a test
+/// that cannot run fails instead of skipping.
+fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
 }
 
 fn running_as_root() -> bool {
@@ -325,11 +332,10 @@ impl Drop for Browser {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn the_console_in_a_real_browser() {
     let Some(exe) = find_chromium() else {
+        let why = "no Chromium on PATH (run .ci/setup-browser, or set CHROMIUM to a Chromium binary)";
+        assert!(!in_ci(), "the browser test cannot run under CI: {why}");
         // Written past the test harness's capture, so that the skip is seen.
-        let _ = writeln!(
-            std::io::stderr(),
-            "SKIPPED the_console_in_a_real_browser: no Chromium on PATH (run .ci/setup-browser, or set CHROMIUM)"
-        );
+        let _ = writeln!(std::io::stderr(), "SKIPPED the_console_in_a_real_browser: {why}");
         return;
     };
     tokio::time::timeout(Duration::from_secs(240), drive(&exe)).await.expect("the browser test ends within 4 minutes");

@@ -5,11 +5,12 @@
 //!   `FERRY_FAULT_SEED` to replay a run), at a random point of the sync, async, reply (reply mode
 //!   and `POST /v1/replies`), callback and file flows, then a restart on the same ports;
 //! - one round with the receiving peer down for a while (graceful stop) while a backlog builds;
-//! - 5 % packet loss and 50 ms delay with `tc netem` on a veth pair between two network
-//!   namespaces the test creates, the nodes running inside them (`ip netns exec`). Skipped, with
-//!   the reason printed, where that is not possible (not root, no `ip`, netem refused).
-//!   `FERRY_FAULT_NETNS_WITHOUT_NETEM=1` runs that workload in the namespaces even when netem is
-//!   refused.
+//! - one round of every flow over a lossy link: 5 % packet loss and 50 ms delay with `tc netem` on
+//!   a veth pair between two network namespaces the test creates, the nodes running inside them
+//!   (`ip netns exec`), where the machine allows it (root, `ip`, a kernel with netem); elsewhere
+//!   on loopback through a userspace UDP relay (`common/lossy.rs`) that drops 5 % of the
+//!   datagrams each way, from an RNG seeded by the suite's seed, and delays the others 25 ms each
+//!   way. The phase always runs: none of the suite is skipped.
 //!
 //! After each round: every request reached its final state (async ones `success`, or `failed`
 //! with the documented "stopped while its service was being called" error when a kill interrupted
@@ -20,6 +21,8 @@
 //! table is printed at the end; lost and duplicated must be 0.
 
 mod common;
+#[path = "common/lossy.rs"]
+mod lossy;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -30,6 +33,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::process::{make_file_seeded, sha_of, try_until, Node, Recorder, INTERRUPTED, SETTLE};
+use lossy::LossyLink;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
@@ -267,10 +271,8 @@ struct Pair {
 }
 
 impl Pair {
-    /// Pins a and b both ways, offers org-b's service to org-a, starts both and the driver.
+    /// Offers org-b's service to org-a, starts both (pinned both ways already) and the driver.
     async fn start(root: tempfile::TempDir, mut a: Node, mut b: Node, service: Recorder, callbacks: Recorder) -> Pair {
-        a.pin(&b);
-        b.pin(&a);
         b.add_service("1", &service.base_url(), &["org-a"]);
         a.start().await;
         b.start().await;
@@ -394,8 +396,6 @@ struct Tally {
     /// Callback results delivered more than once (a kill between the delivery and its record).
     redelivered: usize,
     files: usize,
-    /// Why the phase did not run, if it did not.
-    skipped: Option<String>,
     problems: Vec<String>,
 }
 
@@ -715,6 +715,8 @@ async fn kills_and_backlog(seed: u64) -> Vec<Tally> {
     let root = temp_root();
     let (service, callbacks) = (Recorder::start().await, Recorder::start().await);
     let (a, b) = (Node::create(root.path(), "org-a"), Node::create(root.path(), "org-b"));
+    a.pin(&b);
+    b.pin(&a);
     let mut pair = Pair::start(root, a, b, service, callbacks).await;
     let mix = Mix { sync: 2, r#async: 3, reply: 2, file: 1, file_max: 6 << 20 };
 
@@ -891,27 +893,22 @@ fn run(program: &str, args: &[String]) -> Result<(), String> {
     }
 }
 
-/// A round of every flow between nodes in two namespaces, over a link with netem.
-async fn netem(seed: u64) -> Tally {
-    let mut t = Tally::new("netem 5%/50ms");
-    let net = match TestNet::create() {
-        Ok(net) => net,
+/// The lossy-link phase: every flow over a link that loses 5 % of the datagrams and delays the
+/// others; netem between two network namespaces where the kernel has it, else the relay.
+async fn lossy(seed: u64) -> Tally {
+    match TestNet::create().and_then(|net| net.netem().map(|()| net)) {
+        Ok(net) => over_netem(net, seed).await,
         Err(why) => {
-            t.skipped = Some(format!("no network namespaces: {why}"));
-            return t;
+            eprintln!("no netem ({why}): the lossy-link phase runs through the userspace relay");
+            over_relay(seed).await
         }
-    };
-    if let Err(why) = net.netem() {
-        if std::env::var_os("FERRY_FAULT_NETNS_WITHOUT_NETEM").is_none() {
-            t.skipped = Some(format!("tc netem unavailable: {why}"));
-            return t;
-        }
-        t.phase = "netns (no netem)".into();
-        eprintln!("netem refused ({why}); running in the namespaces without it");
-    } else {
-        t.faults += 1;
     }
-    let mut rng = StdRng::seed_from_u64(seed ^ 0x006e_6574_656d);
+}
+
+/// One round of every flow between nodes in two namespaces, over a link with netem.
+async fn over_netem(net: TestNet, seed: u64) -> Tally {
+    let mut t = Tally::new("netem 5%/50ms");
+    t.faults += 1;
     let root = temp_root();
     let service = Recorder::start_on(net.addr(2, 1, 0)).await;
     let callbacks = Recorder::start_on(net.addr(1, 1, 0)).await;
@@ -921,22 +918,53 @@ async fn netem(seed: u64) -> Tally {
         Node::create_at(root.path(), "org-b", net.addr(3, 2, 7443), net.addr(2, 2, 8888), Some(&net.namespaces[1]));
     a.set_token(TOKEN);
     b.set_token(TOKEN);
-    let mut pair = Pair::start(root, a, b, service, callbacks).await;
+    a.pin(&b);
+    b.pin(&a);
+    let pair = Pair::start(root, a, b, service, callbacks).await;
+    lossy_round(pair, seed, &mut t).await;
+    drop(net); // after the nodes: they ended with the pair
+    t
+}
+
+/// One round of every flow between nodes on loopback whose datagrams pass the lossy relay: 5 %
+/// dropped each way, the others delayed 25 ms each way (50 ms round trip). The faults counted
+/// are the datagrams dropped.
+async fn over_relay(seed: u64) -> Tally {
+    let mut t = Tally::new("relay 5%/50ms RTT");
+    let relay_seed = seed ^ 0x0072_656c_6179;
+    eprintln!("lossy relay seed {relay_seed} (from the suite's seed)");
+    let root = temp_root();
+    let (service, callbacks) = (Recorder::start().await, Recorder::start().await);
+    let (a, b) = (Node::create(root.path(), "org-a"), Node::create(root.path(), "org-b"));
+    let link = LossyLink::start(a.link, b.link, 0.05, Duration::from_millis(25), relay_seed);
+    a.pin_at(&b, link.to_b);
+    b.pin_at(&a, link.to_a);
+    let pair = Pair::start(root, a, b, service, callbacks).await;
+    lossy_round(pair, seed, &mut t).await;
+    let (forwarded, dropped) = (link.forwarded(), link.dropped());
+    eprintln!("lossy relay: forwarded {forwarded:?}, dropped {dropped:?} datagrams (a to b, b to a)");
+    t.faults += (dropped[0] + dropped[1]) as usize;
+    if t.faults == 0 {
+        t.problem(format!("the relay dropped none of {forwarded:?} datagrams: no loss was tested"));
+    }
+    t
+}
+
+/// Sends a round of every flow and checks it; the nodes stop at the end.
+async fn lossy_round(mut pair: Pair, seed: u64, t: &mut Tally) {
+    let mut rng = StdRng::seed_from_u64(seed ^ 0x006e_6574_656d);
     let mix = Mix { sync: 4, r#async: 6, reply: 3, file: 2, file_max: 256 << 10 };
-    let specs = pair.specs("netem", mix, &mut rng);
+    let specs = pair.specs("lossy", mix, &mut rng);
     let mut answers = Vec::new();
     for task in pair.send(&specs, &mut rng) {
         answers.push(task.await.unwrap());
     }
-    check_round(&pair, "netem", &specs, answers, Expect::Clean, &mut t).await;
+    check_round(&pair, "lossy", &specs, answers, Expect::Clean, t).await;
     t.rounds += 1;
     tokio::time::sleep(SETTLE).await;
     pair.stop_driver().await;
-    count_duplicates(&pair, &mut t, |tag| tag.starts_with("netem-"));
-    wrap_up(&pair, &mut t);
-    drop(pair); // the nodes end before their namespaces go
-    drop(net);
-    t
+    count_duplicates(&pair, t, |tag| tag.starts_with("lossy-"));
+    wrap_up(&pair, t);
 }
 
 /// The table: one row per phase and the total.
@@ -950,10 +978,6 @@ fn table(tallies: &[Tally]) -> String {
     };
     let mut total = [0usize; 9];
     for t in tallies {
-        if let Some(why) = &t.skipped {
-            writeln!(out, "{:<18}  skipped: {why}", t.phase).unwrap();
-            continue;
-        }
         let v = [t.rounds, t.faults, t.requests, t.lost, t.duplicated, t.interrupted, t.cut, t.redelivered, t.files];
         for (sum, n) in total.iter_mut().zip(v) {
             *sum += n;
@@ -969,7 +993,7 @@ async fn nothing_is_lost_and_nothing_is_done_twice_under_faults() {
     let seed = seed();
     eprintln!("fault suite seed {seed} (FERRY_FAULT_SEED={seed} replays it)");
     let started = Instant::now();
-    let (mut tallies, net) = tokio::time::timeout(WHOLE, async { tokio::join!(kills_and_backlog(seed), netem(seed)) })
+    let (mut tallies, net) = tokio::time::timeout(WHOLE, async { tokio::join!(kills_and_backlog(seed), lossy(seed)) })
         .await
         .unwrap_or_else(|_| panic!("the fault suite did not end within {WHOLE:?} (seed {seed})"));
     tallies.push(net);

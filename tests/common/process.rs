@@ -224,8 +224,13 @@ impl Node {
 
     /// Pins `other` as a peer (`ferry peer add`).
     pub fn pin(&self, other: &Node) {
+        self.pin_at(other, other.link);
+    }
+
+    /// Pins `other` as a peer reached at `addr` (a relay in front of it).
+    pub fn pin_at(&self, other: &Node, addr: SocketAddr) {
         let cert = other.dir.join("certs/node.pem");
-        ferry::cli::edit::add_peer(&self.config, &other.name, &other.link.to_string(), &cert).unwrap();
+        ferry::cli::edit::add_peer(&self.config, &other.name, &addr.to_string(), &cert).unwrap();
     }
 
     /// Declares service `id` at `base_url` for `allow` (`ferry service add`).
