@@ -159,10 +159,6 @@ fn find_chromium() -> Option<PathBuf> {
 
 /// Whether the tests run under CI (`CI` set, as CI services and `.ci/run` set it), where a test
 /// that cannot run fails instead of skipping.
-fn in_ci() -> bool {
-    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
-}
-
 fn running_as_root() -> bool {
     std::fs::read_to_string("/proc/self/status")
         .ok()
@@ -333,7 +329,7 @@ impl Drop for Browser {
 async fn the_console_in_a_real_browser() {
     let Some(exe) = find_chromium() else {
         let why = "no Chromium on PATH (run .ci/setup-browser, or set CHROMIUM to a Chromium binary)";
-        assert!(!in_ci(), "the browser test cannot run under CI: {why}");
+        assert!(!common::in_ci(), "the browser test cannot run under CI: {why}");
         // Written past the test harness's capture, so that the skip is seen.
         let _ = writeln!(std::io::stderr(), "SKIPPED the_console_in_a_real_browser: {why}");
         return;

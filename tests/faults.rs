@@ -21,8 +21,6 @@
 //! table is printed at the end; lost and duplicated must be 0.
 
 mod common;
-#[path = "common/lossy.rs"]
-mod lossy;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
@@ -32,8 +30,8 @@ use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use common::lossy::LossyLink;
 use common::process::{make_file_seeded, sha_of, try_until, Node, Recorder, INTERRUPTED, SETTLE};
-use lossy::LossyLink;
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};

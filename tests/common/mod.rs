@@ -3,6 +3,7 @@
 //! processes, for the tests that kill and restart them, are in [`process`].
 #![allow(dead_code)]
 
+pub mod lossy;
 pub mod process;
 
 use std::collections::HashMap;
@@ -315,4 +316,10 @@ pub async fn rogue_and_node() -> (Rogue, Node, Recorder, tempfile::TempDir) {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let connection = endpoint.connect_with(config, b.link, ferry::tls::SERVER_NAME).unwrap().await.unwrap();
     (Rogue { connection, identity, _endpoint: endpoint }, b, service, root)
+}
+
+/// Whether the tests run under CI (`CI` set to anything but empty, `0` or `false`): there a test
+/// that cannot run for want of a tool fails instead of skipping.
+pub fn in_ci() -> bool {
+    std::env::var("CI").is_ok_and(|v| !matches!(v.as_str(), "" | "0" | "false"))
 }
