@@ -273,7 +273,13 @@ pub async fn receive(
     rx: &mut quinn::RecvStream,
     progress: impl Fn(u64, u64),
 ) -> Result<Received, ReceiveError> {
-    let io = |e: std::io::Error| ReceiveError::Reset(Code::Done, format!("disk error: {e}"));
+    let io = |e: std::io::Error| match out_of_space(&e) {
+        true => ReceiveError::Refuse(wire::Refusal::new(
+            wire::RefusalKind::InsufficientStorage,
+            format!("the receiving node's disk is full ({e}); send it again once its admin has freed space"),
+        )),
+        false => ReceiveError::Reset(Code::Done, format!("disk error: {e}")),
+    };
     let refuse = |kind, message: String| ReceiveError::Refuse(wire::Refusal::new(kind, message));
     if offer.size > folders.max_size {
         return Err(refuse(
@@ -285,6 +291,11 @@ pub async fn receive(
     let dir = folders.partial.join(safe_name(peer));
     let partial = dir.join(format!("{key}.part"));
     let size = offer.size;
+    let held = std::fs::metadata(&partial).map_or(0, |m| m.len().min(size));
+    if let Some(refusal) = no_room(&folders.partial, size - held) {
+        tracing::warn!(%peer, key = %offer.key, size, "{}", refusal.message);
+        return Err(ReceiveError::Refuse(refusal));
+    }
     let (file, whole, have) = {
         let partial = partial.clone();
         tokio::task::spawn_blocking(move || {
@@ -359,6 +370,17 @@ pub async fn receive(
         Err(WriteFailure::Corrupt(offset)) => {
             return Err(ReceiveError::Reset(Code::ChunkCorrupt, format!("chunk at {offset} failed its SHA-256")))
         }
+        // The disk filled up under way: the partial file only takes room, and resuming cannot help.
+        Err(WriteFailure::Disk(e)) if out_of_space(&e) => {
+            let _ = tokio::fs::remove_file(&partial).await;
+            tracing::warn!(%peer, key = %offer.key, error = %e, "a received file did not fit on the disk; discarded");
+            return Err(refuse(
+                wire::RefusalKind::InsufficientStorage,
+                "the receiving node's disk filled up while the file arrived; it was discarded. Send it again once \
+                 that node's admin has freed space"
+                    .into(),
+            ));
+        }
         Err(WriteFailure::Disk(e)) => return Err(io(e)),
     };
     let sha256 = match ended {
@@ -392,6 +414,33 @@ pub async fn receive(
         let _ = d.sync_all();
     }
     Ok(Received { path, size: have, sha256 })
+}
+
+/// Room kept free on the disk of received files beyond what a file needs.
+const SPARE: u64 = 16 << 20;
+
+/// Why a file needing `more` bytes cannot be received into `dir` now, if the disk is short of
+/// room (with [`SPARE`] to spare); `None` when it fits, or when the free space cannot be read.
+fn no_room(dir: &Path, more: u64) -> Option<wire::Refusal> {
+    let existing = dir.ancestors().find(|d| d.exists())?;
+    let stats = rustix::fs::statvfs(existing).ok()?;
+    let free = stats.f_bavail.saturating_mul(stats.f_frsize);
+    (free < more.saturating_add(SPARE)).then(|| {
+        wire::Refusal::new(
+            wire::RefusalKind::InsufficientStorage,
+            format!(
+                "the receiving node has {} MiB free for received files, and this file needs {} MiB more; \
+                 send it again once that node's admin has freed space",
+                free >> 20,
+                (more.saturating_add(SPARE) + (1 << 20) - 1) >> 20
+            ),
+        )
+    })
+}
+
+/// Whether a write failed for want of room: a full disk, a quota, a file size limit.
+fn out_of_space(e: &std::io::Error) -> bool {
+    matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG))
 }
 
 /// Opens (or creates) the partial file, keeps only whole verified chunks and never more than the

@@ -436,6 +436,8 @@ pub enum RefusalKind {
     InProgress,
     /// The same request arrived inside the service's duplicate window.
     Duplicate,
+    /// The receiving node's disk has no room for the file.
+    InsufficientStorage,
 }
 
 /// Whether a header is hop-by-hop (or framing) and so never crosses the link.

@@ -11,6 +11,21 @@ const PARSER_CHARS: usize = 256;
 
 pub use crate::wire::cut;
 
+/// The error for a store that could not take a write: 507 when its disk is full (send again once
+/// the admin freed space), else 500.
+pub fn store_failed(what: &str, e: &crate::store::StoreError) -> ApiError {
+    if e.is_disk_full() {
+        ApiError::new(
+            Kind::InsufficientStorage,
+            format!(
+                "{what} could not be stored: this node's disk is full; send it again once its admin has freed space"
+            ),
+        )
+    } else {
+        ApiError::new(Kind::Internal, format!("{what} could not be stored: {e}"))
+    }
+}
+
 /// An answer with `code: 0`: `msg` and `data` as given.
 pub fn ok(status: StatusCode, msg: &str, data: impl Serialize) -> Response {
     (status, Json(json!({"code": 0, "msg": msg, "data": data}))).into_response()
@@ -74,6 +89,8 @@ pub enum Kind {
     Timeout,
     /// 500: a bug.
     Internal,
+    /// 507: a disk (this node's store, or the receiving node's) has no room.
+    InsufficientStorage,
 }
 
 impl Kind {
@@ -91,6 +108,7 @@ impl Kind {
             Kind::BackendUnreachable => "backend_unreachable",
             Kind::Timeout => "timeout",
             Kind::Internal => "internal",
+            Kind::InsufficientStorage => "insufficient_storage",
         }
     }
 
@@ -106,6 +124,7 @@ impl Kind {
             Kind::PeerUnreachable | Kind::BackendUnreachable => StatusCode::BAD_GATEWAY,
             Kind::Timeout => StatusCode::GATEWAY_TIMEOUT,
             Kind::Internal => StatusCode::INTERNAL_SERVER_ERROR,
+            Kind::InsufficientStorage => StatusCode::INSUFFICIENT_STORAGE,
         }
     }
 }

@@ -64,7 +64,7 @@ pub(super) async fn create(
         .store
         .add_reply(&reply.callback_id, reply.data, reply.error, end, file)
         .await
-        .map_err(|e| ApiError::new(Kind::Internal, format!("the reply could not be stored: {e}")))?;
+        .map_err(|e| super::envelope::store_failed("the reply", &e))?;
     match added {
         Some((_, seq)) => {
             Ok(ok(StatusCode::ACCEPTED, "Accepted", json!({"callback_id": reply.callback_id, "seq": seq})))

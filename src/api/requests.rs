@@ -117,9 +117,11 @@ pub(super) async fn create(
             expires_at: now_ms() + (a.ttl_s as i64).saturating_mul(1000),
             file,
         };
-        let (id, stored) = state.store.insert_outgoing(new).await.map_err(|e| {
-            ApiError::new(Kind::Internal, format!("the request could not be stored: {e}")).with("id", id.clone())
-        })?;
+        let (id, stored) = state
+            .store
+            .insert_outgoing(new)
+            .await
+            .map_err(|e| super::envelope::store_failed("the request", &e).with("id", id.clone()))?;
         return Ok(ok(StatusCode::ACCEPTED, "Accepted", json!({"id": id, "state": stored})));
     }
     let timeout = Duration::from_millis(request.timeout_ms);
@@ -409,6 +411,7 @@ fn failure_error(peer: &str, failure: Failure) -> ApiError {
                 RefusalKind::Internal => Kind::Internal,
                 RefusalKind::InProgress => Kind::InProgress,
                 RefusalKind::Duplicate => Kind::Duplicate,
+                RefusalKind::InsufficientStorage => Kind::InsufficientStorage,
             };
             ApiError::new(kind, format!("{peer}: {}", refusal.message))
         }

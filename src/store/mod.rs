@@ -167,6 +167,36 @@ pub enum StoreError {
     /// A stored value could not be decoded.
     #[error("store: corrupt record: {0}")]
     Corrupt(String),
+    /// The transaction holding this change could not be committed (nothing of it was stored).
+    #[error("store: not committed: {}", .0.why)]
+    NotCommitted(NotCommitted),
+}
+
+/// Why a transaction was not committed.
+#[derive(Debug, Clone)]
+pub struct NotCommitted {
+    /// In words.
+    pub why: String,
+    /// The disk was full.
+    pub disk_full: bool,
+}
+
+impl NotCommitted {
+    fn of(e: &StoreError) -> NotCommitted {
+        NotCommitted { why: e.to_string(), disk_full: e.is_disk_full() }
+    }
+}
+
+impl StoreError {
+    /// Whether the store's disk is full (SQLite's `SQLITE_FULL`): the write can succeed once space
+    /// is freed, and nothing stored before was harmed (the transaction was rolled back).
+    pub fn is_disk_full(&self) -> bool {
+        match self {
+            StoreError::Sqlite(e) => e.sqlite_error_code() == Some(rusqlite::ErrorCode::DiskFull),
+            StoreError::NotCommitted(n) => n.disk_full,
+            _ => false,
+        }
+    }
 }
 
 /// Who should be woken after a commit.
@@ -180,7 +210,8 @@ pub(crate) struct Wakers {
     pub callbacks: Notify,
 }
 
-type Answer = Box<dyn FnOnce(bool) + Send>;
+/// Told whether the job's transaction committed: `None` if it did, else why not.
+type Answer = Box<dyn FnOnce(Option<&NotCommitted>) + Send>;
 type Job = Box<dyn FnOnce(&Tx, &mut Vec<Event>) -> Answer + Send>;
 
 /// How a job's changes must be on disk when it is answered.
@@ -349,8 +380,11 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |t, events| {
             let result = f(t, events);
-            Box::new(move |committed| {
-                let _ = tx.send(if committed { result } else { Err(StoreError::Stopped) });
+            Box::new(move |failed: Option<&NotCommitted>| {
+                let _ = tx.send(match failed {
+                    None => result,
+                    Some(why) => Err(StoreError::NotCommitted(why.clone())),
+                });
             })
         });
         self.jobs.send(Some((durability, job))).map_err(|_| StoreError::Stopped)?;
@@ -493,15 +527,24 @@ impl<'c> Writer<'c> {
             }
         };
         let answers: Vec<Answer> = jobs.drain(..).map(|job| job(&t, &mut events)).collect();
-        let appended =
-            t.append_block().map_err(|e| tracing::error!(error = %e, "the store cannot append to the evidence log"));
+        let appended = t.append_block().map_err(|e| {
+            tracing::error!(error = %e, "the store cannot append to the evidence log");
+            NotCommitted::of(&e)
+        });
         let Tx { t, head: chain_head, .. } = t;
         // Without its records, the transaction rolls back.
-        let committed = appended.is_ok()
-            && t.commit().map_err(|e| tracing::error!(error = %e, "the store could not commit")).is_ok();
+        let failed = appended
+            .and_then(|()| {
+                t.commit().map_err(|e| {
+                    tracing::error!(error = %e, "the store could not commit");
+                    NotCommitted::of(&e.into())
+                })
+            })
+            .err();
+        let committed = failed.is_none();
         self.head = if committed { chain_head.into_inner() } else { None };
         for answer in answers {
-            answer(committed);
+            answer(failed.as_ref());
         }
         if committed {
             for e in events {
