@@ -6,7 +6,7 @@ mod common;
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::{Node, Recorder};
+use common::Node;
 use serde_json::{json, Value};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
@@ -72,17 +72,11 @@ async fn closed(stream: &mut TcpStream) -> Duration {
 
 #[tokio::test]
 async fn past_the_cap_a_connection_gets_503_and_the_node_goes_on_with_its_peers() {
-    let service = Recorder::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let mut a = Node::create(root.path(), "org-a");
-    let mut b = Node::create(root.path(), "org-b");
-    a.add_peer(&b);
-    b.add_peer(&a);
-    b.add_service("1", &service.base_url(), &["org-a"]);
+    let mut p = common::unstarted_pair().await;
     // The half-sent connections outlive the test: only the cap lets go of them.
-    limit_api(&b, 4, "60s");
-    a.start().await;
-    b.start().await;
+    limit_api(&p.b, 4, "60s");
+    p.start().await;
+    let common::Pair { root: _root, mut a, mut b, service } = p;
 
     let (held, refusal) = fill(b.api, 4).await;
     assert_eq!(refusal["code"], 503, "{refusal}");

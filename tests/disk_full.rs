@@ -9,7 +9,6 @@ use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{Node, Recorder};
 use serde_json::{json, Value};
 
 const WITHIN: Duration = Duration::from_secs(30);
@@ -43,25 +42,14 @@ impl Drop for SmallDisk {
     }
 }
 
-/// org-a and org-b (whose service is `service`), created but not started.
-fn nodes(root: &Path, service: &Recorder) -> (Node, Node) {
-    let a = Node::create(root, "org-a");
-    let b = Node::create(root, "org-b");
-    a.add_peer(&b);
-    b.add_peer(&a);
-    b.add_service("1", &service.base_url(), &["org-a"]);
-    (a, b)
-}
-
 fn send(file: &Path, mode: &str) -> Value {
     json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": mode, "file": file})
 }
 
 #[tokio::test]
 async fn a_file_that_does_not_fit_on_the_receiving_disk_is_refused_507_and_the_node_goes_on() {
-    let service = Recorder::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let (mut a, mut b) = nodes(root.path(), &service);
+    let p = common::unstarted_pair().await;
+    let common::Pair { root: _root, mut a, mut b, service } = p;
     let Some(_disk) = SmallDisk::mount(&b.dir.join("data"), 40) else { return };
     a.start().await;
     b.start().await;
@@ -87,9 +75,8 @@ async fn a_file_that_does_not_fit_on_the_receiving_disk_is_refused_507_and_the_n
 
 #[tokio::test]
 async fn a_disk_that_fills_under_way_refuses_what_does_not_fit_and_keeps_what_does() {
-    let service = Recorder::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let (mut a, mut b) = nodes(root.path(), &service);
+    let p = common::unstarted_pair().await;
+    let common::Pair { root: _root, mut a, mut b, service } = p;
     let Some(_disk) = SmallDisk::mount(&b.dir.join("data"), 64) else { return };
     a.start().await;
     b.start().await;
@@ -128,9 +115,8 @@ async fn a_disk_that_fills_under_way_refuses_what_does_not_fit_and_keeps_what_do
 
 #[tokio::test]
 async fn a_full_store_refuses_507_keeps_what_it_holds_and_takes_work_again_once_space_returns() {
-    let service = Recorder::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let (mut a, mut b) = nodes(root.path(), &service);
+    let p = common::unstarted_pair().await;
+    let common::Pair { root: _root, mut a, mut b, service: _ } = p;
     let Some(_disk) = SmallDisk::mount(&a.dir.join("data"), 8) else { return };
     a.start().await;
     b.start().await;

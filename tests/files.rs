@@ -23,6 +23,12 @@ fn make_file(dir: &Path, name: &str, size: u64) -> (PathBuf, String) {
     (path, sha)
 }
 
+/// Sets `node`'s `files.max_size` to `limit` (before it starts).
+fn limit_files(node: &common::Node, limit: &str) {
+    let config = std::fs::read_to_string(&node.config_path).unwrap().replace("20GiB", limit);
+    std::fs::write(&node.config_path, config).unwrap();
+}
+
 fn outbox(node: &common::Node) -> PathBuf {
     node.dir.join("outbox")
 }
@@ -126,19 +132,11 @@ async fn only_readable_regular_files_below_a_send_root_may_leave() {
 
 #[tokio::test]
 async fn a_file_over_the_size_limit_is_refused() {
-    let service = Recorder::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let mut a = common::Node::create(root.path(), "org-a");
-    let mut b = common::Node::create(root.path(), "org-b");
-    a.add_peer(&b);
-    b.add_peer(&a);
-    b.add_service("1", &service.base_url(), &["org-a"]);
-    for (node, limit) in [(&a, "2MiB"), (&b, "1MiB")] {
-        let config = std::fs::read_to_string(&node.config_path).unwrap().replace("20GiB", limit);
-        std::fs::write(&node.config_path, config).unwrap();
-    }
-    a.start().await;
-    b.start().await;
+    let mut p = common::unstarted_pair().await;
+    limit_files(&p.a, "2MiB");
+    limit_files(&p.b, "1MiB");
+    p.start().await;
+    let Pair { a, service, .. } = &p;
     let (over_a, _) = make_file(&a.dir.join("outbox"), "3m.bin", 3 * CHUNK);
     let (status, env) = a.request(json!({"peer": "org-b", "service": "1", "path": "/x", "file": over_a})).await;
     assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE, "{env}");
@@ -152,18 +150,11 @@ async fn a_file_over_the_size_limit_is_refused() {
 /// A refusal no retry changes ends the request on both sides, once, with the reason.
 #[tokio::test]
 async fn a_reply_file_over_the_requesters_limit_fails_the_request_on_both_sides() {
-    let service = Recorder::start().await;
     let host = Recorder::start().await;
-    let root = tempfile::tempdir().unwrap();
-    let mut a = common::Node::create(root.path(), "org-a");
-    let mut b = common::Node::create(root.path(), "org-b");
-    a.add_peer(&b);
-    b.add_peer(&a);
-    b.add_service("1", &service.base_url(), &["org-a"]);
-    let config = std::fs::read_to_string(&a.config_path).unwrap().replace("20GiB", "1MiB");
-    std::fs::write(&a.config_path, config).unwrap();
-    a.start().await;
-    b.start().await;
+    let mut p = common::unstarted_pair().await;
+    limit_files(&p.a, "1MiB");
+    p.start().await;
+    let Pair { a, b, service, .. } = &p;
     let body = json!({"peer": "org-b", "service": "1", "path": "/export", "mode": "async", "reply": true,
                       "callback": {"url": format!("{}/cb", host.base_url())}});
     let id = a.request(body).await.1["data"]["id"].as_str().unwrap().to_owned();

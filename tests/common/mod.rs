@@ -181,16 +181,29 @@ pub struct Pair {
 }
 
 pub async fn pair() -> Pair {
+    let mut p = unstarted_pair().await;
+    p.start().await;
+    p
+}
+
+/// A [`pair`] created and pinned but not started, for a test to change its configs first.
+pub async fn unstarted_pair() -> Pair {
     let service = Recorder::start().await;
     let root = tempfile::tempdir().unwrap();
-    let mut a = Node::create(root.path(), "org-a");
-    let mut b = Node::create(root.path(), "org-b");
+    let a = Node::create(root.path(), "org-a");
+    let b = Node::create(root.path(), "org-b");
     a.add_peer(&b);
     b.add_peer(&a);
     b.add_service("1", &service.base_url(), &["org-a"]);
-    a.start().await;
-    b.start().await;
     Pair { root, a, b, service }
+}
+
+impl Pair {
+    /// Starts both nodes.
+    pub async fn start(&mut self) {
+        self.a.start().await;
+        self.b.start().await;
+    }
 }
 
 /// What the recording service saw of one call.
