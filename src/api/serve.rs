@@ -158,18 +158,16 @@ async fn accept_failed(e: io::Error) {
 /// `wanted`, or less if the process's descriptor limit leaves no room for it beside
 /// [`REFUSING`] and [`RESERVED_FDS`] (then says so).
 fn within_fd_limit(wanted: usize) -> usize {
-    let mut limit = libc::rlimit { rlim_cur: 0, rlim_max: 0 };
-    // SAFETY: getrlimit writes the one struct it is given.
-    if unsafe { libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) } != 0 {
-        return wanted;
-    }
-    let room = usize::try_from(limit.rlim_cur.saturating_sub(RESERVED_FDS + REFUSING as u64)).unwrap_or(usize::MAX);
+    let Some(open_files) = rustix::process::getrlimit(rustix::process::Resource::Nofile).current else {
+        return wanted; // unlimited
+    };
+    let room = usize::try_from(open_files.saturating_sub(RESERVED_FDS + REFUSING as u64)).unwrap_or(usize::MAX);
     if room >= wanted {
         return wanted;
     }
     let max = room.max(1);
     tracing::warn!(
-        open_files = limit.rlim_cur,
+        open_files,
         "serving at most {max} API connections instead of api.max_connections = {wanted}, to keep descriptors for \
          the store, files and peers; raise the open-file limit (LimitNOFILE in the unit, or ulimit -n)"
     );
