@@ -23,7 +23,8 @@
 //!
 //! Every entry is handled on its own, so one bad entry never stops the others: one that can never
 //! be acted on (a name that is not UTF-8, a `.reject` or a file in `<callback_id>/` that is not a
-//! regular file, a file ferry refuses to open, a folder it cannot read) is moved to `.failed/` with
+//! regular file, a file ferry refuses to open, a folder it cannot read, a file whose reply failed
+//! because it changed before it was sent or the peer refused it) is moved to `.failed/` with
 //! `<name>.reason` beside it; a file that vanished is skipped; a failure that may pass (the store)
 //! is tried again at the next scan. Each is logged once, not at every scan. ferry never deletes a
 //! host's file.
