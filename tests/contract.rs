@@ -1,6 +1,7 @@
 //! docs/API.md is the contract: these tests hold it to the code, both ways. Every route the API
 //! serves is in its route table and every route there is served; every config key `src/config.rs`
-//! reads is in its example config, and that example loads. The README stays small and its links,
+//! reads is in its example config, and that example loads; every command and option of the binary
+//! is in its §1, and every one named there exists. The README stays small and its links,
 //! like those of the other documents, resolve. No nodes are started.
 
 use std::collections::BTreeSet;
@@ -140,6 +141,90 @@ fn api_md_example_config_loads_and_names_every_accepted_key() {
         panic!("docs/API.md's example config does not load:\n{e}");
     }
     let problems = differences("config key", &accepted_keys(), &keys_in(&example));
+    assert!(problems.is_empty(), "{}", problems.join("\n"));
+}
+
+/// `ferry --help` (or a subcommand's): the names under `Commands:` (without `help`), and the long
+/// options under `Options:` (without `--help` and `--version`).
+fn help(args: &[&str]) -> (Vec<String>, BTreeSet<String>) {
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_ferry")).args(args).arg("--help").output().unwrap();
+    assert!(out.status.success(), "ferry {args:?} --help failed");
+    let text = String::from_utf8(out.stdout).unwrap();
+    let mut commands = Vec::new();
+    let mut options = BTreeSet::new();
+    let mut section = "";
+    for line in text.lines() {
+        if !line.starts_with(' ') {
+            section = line;
+            continue;
+        }
+        let first = line.split_whitespace().next().unwrap_or_default();
+        match section {
+            "Commands:" if first != "help" => commands.push(first.to_owned()),
+            "Options:" => {
+                let long = line.split_whitespace().find(|w| w.starts_with("--")).unwrap_or_default();
+                let long = long.trim_end_matches(|c: char| !c.is_ascii_alphanumeric());
+                if !long.is_empty() && long != "--help" && long != "--version" {
+                    options.insert(long.to_owned());
+                }
+            }
+            _ => {}
+        }
+    }
+    (commands, options)
+}
+
+/// Every command of the binary (`init`, `cert fingerprint`, …) with its long options.
+fn commands() -> Vec<(String, BTreeSet<String>)> {
+    let mut all = Vec::new();
+    for command in help(&[]).0 {
+        let (subcommands, options) = help(&[&command]);
+        for sub in &subcommands {
+            all.push((format!("{command} {sub}"), help(&[&command, sub]).1));
+        }
+        if subcommands.is_empty() {
+            all.push((command, options));
+        }
+    }
+    assert!(all.iter().any(|(c, _)| c == "cert fingerprint"), "the help scan found too little: {all:?}");
+    all
+}
+
+#[test]
+fn api_md_names_every_command_and_option_and_no_other() {
+    let doc = read("docs/API.md");
+    let section = marked(&doc, "commands");
+    let code = commands();
+    let mut problems = Vec::new();
+    let mut named = BTreeSet::new();
+    for row in section.lines().filter(|l| l.starts_with("| `ferry ")) {
+        let usage = row.split('`').nth(1).unwrap();
+        let words = usage.split_whitespace().skip(1);
+        let command = words.take_while(|w| w.chars().all(|c| c.is_ascii_lowercase())).collect::<Vec<_>>().join(" ");
+        let Some((_, options)) = code.iter().find(|(c, _)| *c == command) else {
+            problems.push(format!("command `ferry {command}` is in docs/API.md but not in the binary"));
+            continue;
+        };
+        for word in usage.split(|c: char| !(c.is_ascii_alphanumeric() || c == '-')).filter(|w| w.starts_with("--")) {
+            if !options.contains(word) {
+                problems.push(format!("`ferry {command}` has no option `{word}`, which docs/API.md names"));
+            }
+        }
+        named.insert(command);
+    }
+    for (command, options) in &code {
+        if !named.contains(command) {
+            problems.push(format!("command `ferry {command}` is not in docs/API.md §1: document it"));
+        }
+        for option in options {
+            let mentioned = section.match_indices(option.as_str()).any(|(at, _)| {
+                !section[at + option.len()..].starts_with(|c: char| c.is_ascii_alphanumeric() || c == '-')
+            });
+            if !mentioned {
+                problems.push(format!("option `{option}` of `ferry {command}` is not in docs/API.md §1"));
+            }
+        }
+    }
     assert!(problems.is_empty(), "{}", problems.join("\n"));
 }
 
