@@ -11,6 +11,44 @@
 //! ```
 //!
 //! `api` and `link` never import each other: they meet at [`store`] and [`wire`].
+//!
+//! The outside contract (command line, config, REST API, callbacks, inbox, evidence log) is
+//! `docs/API.md`; this page is the inside.
+//!
+//! # Layout
+//!
+//! | module | what it is |
+//! | --- | --- |
+//! | `main.rs` | the thin binary: calls [`cli::main`] |
+//! | [`cli`] | the command line: `init`, `edit` (`peer add` and `service add`, which keep comments and are validated before they are written), `check [--connect]`, `audit`, `demo`, the operator commands over the local API (`operator`, `table`), journald log lines (`journal`) |
+//! | [`config`] | the TOML config, parsed completely; every problem is reported at once |
+//! | [`identity`] | the node's key and self-signed certificate (rcgen), and fingerprints |
+//! | [`tls`] | rustls configs that require and pin certificates both ways; the ALPN `ferry/1` |
+//! | [`wire`] | the node-to-node protocol: postcard frames, protocol version, close and reset codes; the checks both nodes apply to paths, fields and headers |
+//! | [`peer`] | the peer table (by name and by fingerprint) and each peer's connection state |
+//! | [`node`] | wiring: bound sockets plus a shutdown future become a running node; reload on SIGHUP |
+//! | [`notify`] | sd_notify: READY, WATCHDOG while the store answers, RELOADING, STOPPING, STATUS |
+//! | [`metrics`] | the Prometheus metrics (`prometheus-client`) behind `GET /metrics` |
+//! | [`api`] | the local REST API (axum): router and OpenAPI document from the same annotated handlers ([`api::openapi`]), token and loopback guard, requests, replies, monitoring, events, the operator console, the envelope and error kinds ([`api::envelope`]) |
+//! | [`host_file`] | a host's files, opened confined beneath `files.send_roots`, never the node's own |
+//! | [`store`] | the one place of durable state (SQLite, one writer thread, group commit): the queue of requests and replies (`work`), files, read views (`records`), idempotency and duplicate checks (`trust`), the evidence log's table (`evidence`) |
+//! | [`evidence`], [`receipt`] | the evidence log's records, hash chain and offline check; receipts: Merkle batches, signing and checking |
+//! | [`link`] | the QUIC endpoint: dialing and keeping peer connections, the outbound stream per request, store-and-forward (`carry`), files (`upload`), the inbound handler, receipts both ways, transport settings |
+//! | [`transfer`] | files on the wire: 1 MiB chunks with their SHA-256, resumption, direct I/O on the receiving side |
+//! | [`deliver`] | calls to this node's local services for peers: allow list, service state, the `X-Ferry-*` headers |
+//! | [`callbacks`] | delivery of results to host apps' callback URLs, in `seq` order, retried until `ttl_s` |
+//! | [`inbox`] | the inbox folder: operators answer reply-mode requests by dropping files |
+//!
+//! Outside `src/`: `tests/` (end-to-end tests with real nodes on loopback, in process or as
+//! `ferry run` processes; the fault suite, property tests, the load test, the browser test of the
+//! console, `contract.rs` holding `docs/API.md` to the code), `benches/` and `bench/compare.sh`
+//! (`BENCHMARKS.md`), `config/` (example configs), `certs/` (certificate exchange), `systemd/`
+//! (the unit), `docs/`, and `.ci/run`, what CI runs: `cargo fmt --check`, `cargo clippy
+//! --all-targets -- -D warnings`, then `cargo test` with `CI=true` after `.ci/setup-browser`
+//! (Chromium for `tests/console.rs`). Under CI a test that cannot run for want of a tool fails
+//! with the reason instead of skipping; the fault suite's lossy phase uses `tc netem` in network
+//! namespaces where the kernel has it, else a seeded userspace UDP relay on loopback
+//! (`tests/common/lossy.rs`: 5% of datagrams dropped each way, 25 ms delay each way).
 
 pub mod api;
 pub mod callbacks;

@@ -52,7 +52,7 @@ pub(super) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
 
 fn template(name: &str, listen: SocketAddr, api: SocketAddr) -> String {
     format!(
-        r#"# ferry node configuration (API.md §2). Relative paths are resolved against the node
+        r#"# ferry node configuration (docs/API.md §2). Relative paths are resolved against the node
 # directory, the parent of this config/ folder. `ferry check` validates this file.
 
 [node]
