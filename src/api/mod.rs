@@ -81,9 +81,9 @@ pub fn router(state: ApiState) -> Router {
         .route("/", get(console::index))
         .route("/console/app.js", get(console::script))
         .route("/console/app.css", get(console::style))
-        .fallback(|| async { ApiError::new(Kind::NotFound, "no such endpoint; see API.md §3 for the routes") })
+        .fallback(|| async { ApiError::new(Kind::NotFound, "no such endpoint; see docs/API.md §3 for the routes") })
         .method_not_allowed_fallback(|| async {
-            ApiError::new(Kind::NotFound, "this endpoint does not take that method; see API.md §3")
+            ApiError::new(Kind::NotFound, "this endpoint does not take that method; see docs/API.md §3")
         })
         .layer(middleware::from_fn_with_state(state.clone(), guard))
         .with_state(state)

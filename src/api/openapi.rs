@@ -11,7 +11,7 @@ use utoipa::{OpenApi, ToSchema};
 #[openapi(
     info(
         title = "ferry local API",
-        description = "The REST API a ferry node serves to its host applications (API.md §3). Every answer is \
+        description = "The REST API a ferry node serves to its host applications (docs/API.md §3). Every answer is \
                        the JSON envelope `{code, msg, data}`; on an error `code` is the HTTP status and \
                        `data.error` names the kind. With `api.tokens` set, send `Authorization: Bearer <token>`."
     ),

@@ -39,6 +39,8 @@ struct NewReply {
         (status = 401, description = "Tokens are configured and none or a wrong one was given", body = Envelope),
         (status = 403, description = "Not allowed", body = Envelope),
         (status = 404, description = "Unknown or finished callback id", body = Envelope),
+        (status = 413, description = "The file is over `files.max_size`", body = Envelope),
+        (status = 507, description = "`insufficient_storage`: this node's store is full", body = Envelope),
     ))]
 pub(super) async fn create(
     State(state): State<ApiState>,

@@ -94,6 +94,7 @@ const MAX_NAME: usize = 256;
         (status = 502, description = "`peer_unreachable` or `backend_unreachable`", body = Envelope),
         (status = 503, description = "The remote service is disabled", body = Envelope),
         (status = 504, description = "No answer within `timeout_ms`", body = Envelope),
+        (status = 507, description = "`insufficient_storage`: this node's store, or the receiving node's disk for the file, is full", body = Envelope),
     ))]
 pub(super) async fn create(
     State(state): State<ApiState>,
