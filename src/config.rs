@@ -132,7 +132,7 @@ pub struct ApiConfig {
 }
 
 /// `[evidence]`: what this node keeps as proof of its exchanges.
-#[derive(Debug, Clone)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct EvidenceConfig {
     /// Keep the evidence log (default true). Turning it off gives up the proof of every exchange;
     /// it exists to measure what the log costs.

@@ -281,6 +281,9 @@ impl Reloader {
         if new.node.certs_dir != old.node.certs_dir {
             restart.push("node.certs_dir");
         }
+        if new.evidence != old.evidence {
+            restart.push("[evidence]");
+        }
         if new.node.callback_base != old.node.callback_base
             || new.api.callback_hosts != old.api.callback_hosts
             || new.files.send_roots != old.files.send_roots
