@@ -239,18 +239,8 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
 /// Why request `r` may not reach `service`, if it may not (see [`Services::check_request`]).
 fn within_boundary(service: &ServiceConfig, r: &wire::Request) -> Result<(), String> {
     service_url(&service.base_url, &r.path).map_err(|why| format!("path `{}` {why}", wire::cut(&r.path)))?;
-    let file_field = r.file.as_ref().map(|f| f.field.as_str());
-    if let Some(why) = file_field.and_then(|f| wire::file_field_problem(f, &[wire::CALLBACK_ID_FIELD])) {
-        return Err(format!("file field {why}"));
-    }
-    if let Some(field) = wire::forged_field(r.form.iter().map(|(k, _)| k.as_str()), file_field) {
-        return Err(format!("form field `{}` is set by the receiving node only", wire::cut(field)));
-    }
-    if let Some(why) = r.headers.iter().find_map(|(name, value)| wire::header_problem(name, value)) {
-        return Err(format!("header {why}"));
-    }
-    match r.conversation.as_deref().and_then(wire::value_problem) {
-        Some(why) => Err(format!("conversation {why}")),
+    match wire::boundary_problem(r, r.file.as_ref().map(|f| f.field.as_str())) {
+        Some((field, why)) => Err(format!("{field}: {why}")),
         None => Ok(()),
     }
 }

@@ -517,6 +517,53 @@ pub fn path_problem(path: &str) -> Option<&'static str> {
     }
 }
 
+/// The HTTP methods a request may use.
+pub const METHODS: [&str; 5] = ["GET", "POST", "PUT", "PATCH", "DELETE"];
+
+/// The longest `timeout_ms` either node takes: one hour.
+pub const MAX_TIMEOUT_MS: u64 = 3_600_000;
+
+/// Why `r` may not cross to a service, if it may not, as the field to blame and why: each node
+/// checks this itself, whatever the other did. `file_field` is the field of the request's file,
+/// if one comes. The path stays below the service's base URL ([`path_problem`]); neither the form
+/// nor the path's query holds a field only the receiving node sets ([`forged_field`]); the method
+/// is one of [`METHODS`]; `timeout_ms` is at most [`MAX_TIMEOUT_MS`]; headers and `conversation`
+/// are ones a service may get ([`header_problem`], [`value_problem`]).
+pub fn boundary_problem(r: &Request, file_field: Option<&str>) -> Option<(String, String)> {
+    let blame = |field: &str, why: String| Some((field.to_owned(), why));
+    if let Some(why) = path_problem(&r.path) {
+        return blame("path", format!("`{}` {why}; give a path below the service's base URL", cut(&r.path)));
+    }
+    let only_the_node = || {
+        format!(
+            "set by the receiving node only (`{CALLBACK_ID_FIELD}` in reply mode, `{DEFAULT_FILE_FIELD}` or \
+             `file_field` for a file); use another name"
+        )
+    };
+    let query = r.path.split_once('?').map_or("", |(_, query)| query);
+    let query_names: Vec<String> = url::form_urlencoded::parse(query.as_bytes()).map(|(k, _)| k.into_owned()).collect();
+    if let Some(name) = forged_field(query_names.iter().map(String::as_str), file_field) {
+        return blame("path", format!("its query's field `{}` is {}", cut(name), only_the_node()));
+    }
+    if let Some(name) = forged_field(r.form.iter().map(|(k, _)| k.as_str()), file_field) {
+        return blame(&format!("form.{}", cut(name)), only_the_node());
+    }
+    if let Some(why) = file_field.and_then(|f| file_field_problem(f, &[CALLBACK_ID_FIELD])) {
+        return blame("file_field", why);
+    }
+    if !METHODS.contains(&r.method.as_str()) {
+        return blame("method", format!("`{}` is not one of {}", cut(&r.method), METHODS.join(", ")));
+    }
+    if !(1..=MAX_TIMEOUT_MS).contains(&r.timeout_ms) {
+        return blame("timeout_ms", format!("must be 1 to {MAX_TIMEOUT_MS} (one hour)"));
+    }
+    if let Some(why) = r.headers.iter().find_map(|(name, value)| header_problem(name, value)) {
+        return blame("headers", why);
+    }
+    let why = r.conversation.as_deref().and_then(value_problem)?;
+    blame("conversation", why.to_owned())
+}
+
 /// The first of `form`'s field names that only the receiving node sets: [`CALLBACK_ID_FIELD`],
 /// [`DEFAULT_FILE_FIELD`], or `file_field`, the field of the request's file.
 pub fn forged_field<'a>(form: impl IntoIterator<Item = &'a str>, file_field: Option<&str>) -> Option<&'a str> {
@@ -537,15 +584,22 @@ pub fn file_field_problem(field: &str, node_fields: &[&str]) -> Option<String> {
 
 /// Why a header cannot go to a service as a host or a peer gave it, if it cannot: a name that is
 /// not an HTTP token; a header only the nodes set (`X-Ferry-*`, hop-by-hop ones, `Host`,
-/// `Content-Length`, `Content-Type`, `Content-Encoding`, `Expect`); or a value with CR, LF, NUL
-/// or another control character.
+/// `Content-Length`, `Content-Type`, `Content-Encoding`, `Expect`); one that reroutes the request
+/// (`X-Original-URL`, `X-Rewrite-URL`, `X-HTTP-Method-Override` and the like); or a value with CR,
+/// LF, NUL or another control character.
 pub fn header_problem(name: &str, value: &str) -> Option<String> {
     const NODE_SET: [&str; 3] = ["content-type", "content-encoding", "expect"];
+    // Frameworks that honour these would route to another path or run another method than the
+    // one the nodes checked.
+    const REROUTING: [&str; 5] =
+        ["x-original-url", "x-rewrite-url", "x-http-method-override", "x-http-method", "x-method-override"];
     let lower = name.to_ascii_lowercase();
     if reqwest::header::HeaderName::from_bytes(name.as_bytes()).is_err() {
         Some(format!("`{}` is not a valid header name", cut(name)))
     } else if is_hop_by_hop(name) || lower.starts_with("x-ferry-") || NODE_SET.contains(&lower.as_str()) {
         Some(format!("`{}` is set by the nodes only; remove it", cut(name)))
+    } else if REROUTING.contains(&lower.as_str()) {
+        Some(format!("`{}` would make the service route or run the request otherwise; remove it", cut(name)))
     } else {
         value_problem(value).map(|why| format!("the value of `{}` {why}", cut(name)))
     }
@@ -557,11 +611,14 @@ pub fn value_problem(value: &str) -> Option<&'static str> {
 }
 
 /// Whether a header carries credentials or claims about the client (`Authorization`, `Cookie`,
-/// `Forwarded`, `X-Forwarded-*`, `X-Real-IP`): such a header reaches a service only when the
-/// service's `pass_headers` lists it.
+/// `Forwarded`, `X-Forwarded-*`, `X-Real-IP`, `True-Client-IP`, `X-Client-IP`,
+/// `X-Original-Forwarded-For`): such a header reaches a service only when the service's
+/// `pass_headers` lists it.
 pub fn is_guarded_header(name: &str) -> bool {
     let lower = name.to_ascii_lowercase();
-    ["authorization", "cookie", "forwarded", "x-real-ip"].contains(&lower.as_str()) || lower.starts_with("x-forwarded-")
+    ["authorization", "cookie", "forwarded", "x-real-ip", "true-client-ip", "x-client-ip", "x-original-forwarded-for"]
+        .contains(&lower.as_str())
+        || lower.starts_with("x-forwarded-")
 }
 
 /// What can go wrong reading or writing a frame.
@@ -750,6 +807,37 @@ mod tests {
         ] {
             assert!(path_problem(hostile).is_some(), "{hostile:?}");
         }
+    }
+
+    #[test]
+    fn the_query_of_a_path_cannot_forge_node_fields_either() {
+        let request = |path: &str, method: &str| Request {
+            version: PROTOCOL_VERSION,
+            id: "r1".into(),
+            service: "1".into(),
+            method: method.into(),
+            path: path.into(),
+            form: vec![],
+            encoding: Encoding::Form,
+            headers: vec![],
+            conversation: None,
+            timeout_ms: 1_000,
+            file: None,
+            idempotency_key: None,
+        };
+        assert_eq!(boundary_problem(&request("/job?page=2&files=x", "GET"), None), None);
+        for forged in ["/job?file=%2Fetc%2Fpasswd", "/job?a=1&callbackId=x", "/job?callback%49d=x", "/job?doc=x"] {
+            let (field, why) = boundary_problem(&request(forged, "GET"), Some("doc")).expect(forged);
+            assert_eq!(field, "path", "{forged}: {why}");
+        }
+        assert_eq!(boundary_problem(&request("/job", "PROPFIND"), None).unwrap().0, "method");
+        let mut slow = request("/job", "GET");
+        slow.timeout_ms = u64::MAX;
+        assert_eq!(boundary_problem(&slow, None).unwrap().0, "timeout_ms");
+        for rerouting in ["X-Original-URL", "x-rewrite-url", "X-HTTP-Method-Override"] {
+            assert!(header_problem(rerouting, "/admin").is_some(), "{rerouting}");
+        }
+        assert!(is_guarded_header("True-Client-IP") && is_guarded_header("x-original-forwarded-for"));
     }
 
     #[test]

@@ -137,15 +137,20 @@ async fn a_hostile_peer_cannot_bend_paths_forge_fields_or_pass_headers() {
         ("path `", |r| r.path = "/a%5c..%5cadmin".into()),
         ("path `", |r| r.path = "/a%00b".into()),
         ("path `", |r| r.path = "/..".repeat(5_000)),
-        ("form field `callbackId`", |r| r.form = vec![("callbackId".into(), FormValue::Text("forged".into()))]),
-        ("form field `file`", |r| r.form = vec![("file".into(), FormValue::Text("/etc/passwd".into()))]),
-        ("file field `callbackId`", |r| {
+        ("path: its query's field `file`", |r| r.path = "/ok?file=%2Fetc%2Fpasswd&callbackId=forged".into()),
+        ("path: its query's field `callbackId`", |r| r.path = "/ok?callback%49d=forged".into()),
+        ("method: ", |r| r.method = "PROPFIND".into()),
+        ("timeout_ms: ", |r| r.timeout_ms = u64::MAX),
+        ("headers: `X-Original-URL`", |r| r.headers = header("X-Original-URL", "/admin")),
+        ("form.callbackId", |r| r.form = vec![("callbackId".into(), FormValue::Text("forged".into()))]),
+        ("form.file", |r| r.form = vec![("file".into(), FormValue::Text("/etc/passwd".into()))]),
+        ("file_field: ", |r| {
             r.file = Some(wire::FileRef { field: "callbackId".into(), name: "f".into(), size: 1, sha256: [0; 32] })
         }),
-        ("header `X-Ferry-Peer`", |r| r.headers = header("X-Ferry-Peer", "org-a")),
-        ("header `Host`", |r| r.headers = header("Host", "admin.internal")),
-        ("header `Content-Type`", |r| r.headers = header("Content-Type", "text/plain")),
-        ("header the value of `X-Note`", |r| r.headers = header("X-Note", "a\r\nX-Ferry-Peer: org-a")),
+        ("headers: `X-Ferry-Peer`", |r| r.headers = header("X-Ferry-Peer", "org-a")),
+        ("headers: `Host`", |r| r.headers = header("Host", "admin.internal")),
+        ("headers: `Content-Type`", |r| r.headers = header("Content-Type", "text/plain")),
+        ("headers: the value of `X-Note`", |r| r.headers = header("X-Note", "a\r\nX-Ferry-Peer: org-a")),
         ("conversation", |r| r.conversation = Some("c\r\nX-Ferry-Peer: org-a".into())),
     ];
     for (i, (what, change)) in hostile.iter().enumerate() {

@@ -68,7 +68,6 @@ struct AsyncPart {
 
 const DEFAULT_TIMEOUT_MS: u64 = 30_000;
 const DEFAULT_TTL_S: u64 = 86_400;
-const MAX_TIMEOUT_MS: u64 = 3_600_000;
 /// The longest `ttl_s`: ten years.
 const MAX_TTL_S: u64 = 10 * 365 * 86_400;
 /// The longest `peer`, `service` and `conversation`, in characters.
@@ -159,7 +158,6 @@ fn validate(
             format!("unknown peer `{}`; configured peers are listed by GET /v1/peers", cut(&new.peer)),
         ));
     }
-    check_boundary(&new)?;
     let method = new.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
     if !["GET", "POST", "PUT", "PATCH", "DELETE"].contains(&method.as_str()) {
         return Err(bad(format!("field `method`: `{}` is not one of GET, POST, PUT, PATCH, DELETE", cut(&method)))
@@ -242,37 +240,11 @@ fn validate(
         file: None,
         idempotency_key,
     };
+    // What the receiving node checks again at the boundary to its service, so the host learns early.
+    if let Some((field, why)) = wire::boundary_problem(&request, file.as_ref().map(|f| f.field.as_str())) {
+        return Err(bad(format!("field `{field}`: {why}")).with("field", field));
+    }
     Ok((new.peer, request, async_part, file))
-}
-
-/// Checks what the receiving node checks again at the boundary to its service (the rules of
-/// [`wire`]), so that the host learns early: the path stays below the service's base URL, the form
-/// forges no field the node sets, and headers and `conversation` are ones a service may get.
-fn check_boundary(new: &NewRequest) -> Result<(), ApiError> {
-    let bad = |field: &str, msg: String| ApiError::bad_request(format!("field `{field}`: {msg}")).with("field", field);
-    if let Some(why) = wire::path_problem(&new.path) {
-        let msg = format!("`{}` {why}; give a path below the service's base URL", cut(&new.path));
-        return Err(bad("path", msg));
-    }
-    let file_field = new.file_field.as_deref();
-    if let Some(why) = file_field.and_then(|f| wire::file_field_problem(f, &[wire::CALLBACK_ID_FIELD])) {
-        return Err(bad("file_field", why));
-    }
-    if let Some(name) = wire::forged_field(new.form.keys().map(String::as_str), file_field) {
-        let msg = format!(
-            "set by the receiving node only (`{}` in reply mode, `{}` or `file_field` for a file); use another name",
-            wire::CALLBACK_ID_FIELD,
-            wire::DEFAULT_FILE_FIELD
-        );
-        return Err(bad(&format!("form.{}", cut(name)), msg));
-    }
-    if let Some(why) = new.headers.iter().find_map(|(name, value)| wire::header_problem(name, value)) {
-        return Err(bad("headers", why));
-    }
-    match new.conversation.as_deref().and_then(wire::value_problem) {
-        Some(why) => Err(bad("conversation", why.to_owned())),
-        None => Ok(()),
-    }
 }
 
 /// The absolute callback URL and method: a path is joined to `node.callback_base`. The URL must
@@ -350,8 +322,8 @@ fn check_limits(new: &NewRequest) -> Result<(), ApiError> {
     if new.ttl_s.is_some_and(|ttl| !(1..=MAX_TTL_S).contains(&ttl)) {
         return refuse("ttl_s", format!("must be 1 to {MAX_TTL_S} seconds (10 years)"));
     }
-    if new.timeout_ms.is_some_and(|ms| !(1..=MAX_TIMEOUT_MS).contains(&ms)) {
-        return refuse("timeout_ms", format!("must be 1 to {MAX_TIMEOUT_MS} (one hour)"));
+    if new.timeout_ms.is_some_and(|ms| !(1..=wire::MAX_TIMEOUT_MS).contains(&ms)) {
+        return refuse("timeout_ms", format!("must be 1 to {} (one hour)", wire::MAX_TIMEOUT_MS));
     }
     Ok(())
 }
