@@ -11,8 +11,8 @@
 //! - it must be a regular file, and never one of the node's own secrets (its key, config or store,
 //!   compared by device and inode, so a hard link does not hide them);
 //! - at acceptance its [`Identity`] (device, inode, size, modification time) is kept; the
-//!   [`Opened`] descriptor is what a sync request reads, and an async one opens the file again
-//!   and refuses it if the identity changed.
+//!   file is opened again when it is sent (at once for a sync request, days later perhaps for an
+//!   async one) and refused if its identity changed.
 //!
 //! Keeping the identity, rather than copying the file into a spool at acceptance, costs one
 //! `fstat` per file instead of a second write of every byte (seconds per GiB here, and twice the
@@ -86,6 +86,9 @@ pub enum HostFileError {
         path: String,
         /// Why, in words.
         why: String,
+        /// Whether trying again later may succeed (out of descriptors or memory, a stale NFS
+        /// handle), unlike a missing or forbidden file.
+        may_pass: bool,
     },
     /// A directory, FIFO, socket or device.
     #[error("`{0}` is not a regular file")]
@@ -96,6 +99,13 @@ pub enum HostFileError {
     /// Another file than the one accepted, or the same one changed since.
     #[error("`{0}` changed after it was accepted (it was replaced, moved or written to); send it again")]
     Changed(String),
+}
+
+impl HostFileError {
+    /// Whether trying again later may succeed: only a passing failure to open the file.
+    pub fn may_pass(&self) -> bool {
+        matches!(self, HostFileError::Unreadable { may_pass: true, .. })
+    }
 }
 
 /// A host file opened for sending.
@@ -162,7 +172,14 @@ impl HostFiles {
                 (!rest.as_os_str().is_empty()).then_some((root, rest))
             })
             .ok_or_else(|| HostFileError::Outside(path.to_owned()))?;
-        let unreadable = |e: std::io::Error| HostFileError::Unreadable { path: path.to_owned(), why: e.to_string() };
+        let unreadable = |e: std::io::Error| HostFileError::Unreadable {
+            path: path.to_owned(),
+            why: e.to_string(),
+            may_pass: !matches!(
+                e.raw_os_error(),
+                Some(libc::ENOENT | libc::EACCES | libc::EPERM | libc::ENOTDIR | libc::ENAMETOOLONG)
+            ),
+        };
         let file = open_beneath(&root.canonical, rest).map_err(|e| match e.raw_os_error() {
             // ELOOP: a link on the way; EXDEV: the resolution left the root.
             Some(libc::ELOOP | libc::EXDEV) => HostFileError::Escapes(path.to_owned()),

@@ -294,6 +294,8 @@ pub async fn receive(
     let held = std::fs::metadata(&partial).map_or(0, |m| m.len().min(size));
     if let Some(refusal) = no_room(&folders.partial, size - held) {
         tracing::warn!(%peer, key = %offer.key, size, "{}", refusal.message);
+        // Refused, the sender does not resume: what an earlier attempt left only takes room.
+        let _ = std::fs::remove_file(&partial);
         return Err(ReceiveError::Refuse(refusal));
     }
     let (file, whole, have) = {

@@ -90,7 +90,10 @@ impl Link {
                 let peer = peer.clone();
                 async move {
                     let mut work = work;
-                    let result = match self.attach_file(&connection, &peer.name, &mut work).await {
+                    let attached = self.attach_file(&connection, &peer.name, &mut work).await;
+                    // A refusal that comes from this node, not from the peer.
+                    let ours = matches!(attached, Err(TransferError::Source { .. }));
+                    let result = match attached {
                         Ok(()) => send(&connection, &work).await,
                         Err(TransferError::Interrupted(why)) => Err(why),
                         Err(TransferError::Refused(refusal)) => Ok(Message::Refused(refusal)),
@@ -112,13 +115,11 @@ impl Link {
                         Ok(Message::Ack(ack)) => store.acknowledged(&peer.name, ack, &work).await,
                         Ok(Message::Refused(refusal)) => match &work {
                             OutboundWork::Request { message, .. } => {
-                                store
-                                    .refused(
-                                        &peer.name,
-                                        &message.request.id,
-                                        format!("{}: {}", peer.name, refusal.message),
-                                    )
-                                    .await
+                                let why = match ours {
+                                    true => refusal.message,
+                                    false => format!("{}: {}", peer.name, refusal.message),
+                                };
+                                store.refused(&peer.name, &message.request.id, why).await
                             }
                             // The peer's store failed: it may take the reply later.
                             OutboundWork::Reply { .. } if refusal.kind == wire::RefusalKind::Internal => {

@@ -50,9 +50,12 @@ impl Link {
                 store.metrics().file_bytes(peer, "sent", moved.advance(n));
             };
             // Opened afresh each time, confined, and only while it is the file that was accepted.
-            let opened = self.inner.files.reopen(&file.path, file.identity).map_err(|e| TransferError::Source {
-                path: file.path.clone().into(),
-                error: std::io::Error::new(std::io::ErrorKind::PermissionDenied, e),
+            let opened = self.inner.files.reopen(&file.path, file.identity).map_err(|e| match e.may_pass() {
+                true => TransferError::Interrupted(e.to_string()),
+                false => TransferError::Source {
+                    path: file.path.clone().into(),
+                    error: std::io::Error::new(std::io::ErrorKind::PermissionDenied, e),
+                },
             });
             result = match opened {
                 Ok(opened) => transfer::send(connection, key, opened, file.path.as_ref(), &file.name, progress).await,

@@ -728,6 +728,13 @@ impl Store {
                  WHERE request = ?1 AND seq = ?2",
                 params![row, seq, error, now_ms()],
             )?;
+            // Later replies not yet carried would arrive after the end: they stay, unsent.
+            exec(
+                t,
+                "UPDATE replies SET next_send_at = NULL, error = COALESCE(error, ?3)
+                 WHERE request = ?1 AND seq > ?2 AND next_send_at IS NOT NULL",
+                params![row, seq, format!("not sent: reply {seq} before it failed ({error})")],
+            )?;
             exec(
                 t,
                 "UPDATE requests SET state = 'failed', error = ?2, updated_at = ?3 WHERE seq = ?1",
