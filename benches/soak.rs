@@ -59,7 +59,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
-use common::{child_pid, mib, pass, proc_usage, render, thousands, ProcUsage};
+use common::{child_pid, fd_kinds, mib, pass, proc_usage, render, thousands, ProcUsage};
 use process::{http, make_file_seeded, two_nodes, Node, INTERRUPTED};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -358,7 +358,7 @@ async fn callback(State(soak): State<Arc<Soak>>, uri: Uri, body: Bytes) -> impl 
     let first_attempt = soak.callback_attempts.lock().unwrap().insert((id.clone(), seq));
     let mut hasher = std::hash::DefaultHasher::new();
     std::hash::Hash::hash(&(soak.seed, &id, seq), &mut hasher);
-    if first_attempt && std::hash::Hasher::finish(&hasher) % REFUSE_ONE_IN == 0 {
+    if first_attempt && std::hash::Hasher::finish(&hasher).is_multiple_of(REFUSE_ONE_IN) {
         return StatusCode::SERVICE_UNAVAILABLE;
     }
     if end {
@@ -680,7 +680,7 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
         if Instant::now() >= next_restart && Instant::now() + Duration::from_secs(5) < until {
             // org-a and org-b in turn; per node SIGKILL and SIGTERM alternate, so that a short
             // run sees both kinds on both; how long it stays down is random (0.2 to 4 s).
-            let (who, kill) = (restarts % 2, (restarts / 2) % 2 == 0);
+            let (who, kill) = (restarts % 2, (restarts / 2).is_multiple_of(2));
             let down = Duration::from_millis(rng.random_range(200..4000));
             let w = if who == 0 { &mut a } else { &mut b };
             let down_at = Instant::now();
@@ -714,6 +714,7 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
     tokio::time::sleep(LATE).await;
     let settle_s = (began.elapsed() - sent_for).as_secs_f64();
     let end = [a.snapshot(), b.snapshot()];
+    let fds_at_end = [a.pid.map(fd_kinds).unwrap_or_default(), b.pid.map(fd_kinds).unwrap_or_default()];
     let listed = list_all(&a.node, "outgoing").await;
 
     let report = check(&soak, listed);
@@ -722,7 +723,7 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
     for w in [&mut a, &mut b] {
         w.end_run(&mut runs, false, "end").await;
     }
-    print_report(&settings, &soak, &report, sent_for, settle_s, settled, [&a, &b], start, end, &runs);
+    print_report(&settings, &soak, &report, sent_for, settle_s, settled, [&a, &b], start, end, fds_at_end, &runs);
     if settings.keep {
         println!("kept the nodes' directory {}", root.path().display());
     }
@@ -953,6 +954,7 @@ fn print_report(
     nodes: [&Watched; 2],
     start: [Snapshot; 2],
     end: [Snapshot; 2],
+    fds_at_end: [BTreeMap<String, usize>; 2],
     runs: &[Run],
 ) {
     let n = |x: usize| thousands(x as f64);
@@ -1088,6 +1090,7 @@ fn print_report(
                 "fds end",
                 "store start",
                 "store end",
+                "KiB / stored request",
                 "CPU s",
                 "log warn / error"
             ],
@@ -1118,6 +1121,10 @@ fn print_report(
         render(&["node", "run", "ended by", "uptime s", "RSS", "peak RSS", "fds", "store", "CPU s"], &run_rows, true)
     );
 
+    for (w, kinds) in nodes.iter().zip(fds_at_end) {
+        let each: Vec<String> = kinds.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+        println!("{} open fds at the end: {}", w.node.name, each.join(", "));
+    }
     for w in nodes {
         let (_, _, firsts) = w.log_lines();
         for line in firsts {
