@@ -59,7 +59,7 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
-use common::{child_pid, fd_kinds, mib, pass, proc_usage, render, thousands, ProcUsage};
+use common::{child_pid, mib, pass, proc_usage, render, thousands, ProcUsage};
 use process::{http, make_file_seeded, two_nodes, Node, INTERRUPTED};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
@@ -73,6 +73,8 @@ const IN_FLIGHT: usize = 256;
 const REFUSE_ONE_IN: u64 = 50;
 /// After everything has ended, how long to keep watching for a late duplicate.
 const LATE: Duration = Duration::from_secs(5);
+/// How long the nodes idle before their descriptors are read a second time.
+const IDLE: Duration = Duration::from_secs(95);
 
 /// The settings, from the environment.
 struct Settings {
@@ -638,6 +640,7 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
     let service_app = axum::Router::new().fallback(service).with_state(soak.clone());
     tokio::spawn(async move { axum::serve(listener, service_app).await });
     let callbacks = serve(axum::Router::new().fallback(callback).with_state(soak.clone())).await?;
+    let callbacks_port: u16 = callbacks.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
 
     let (a_api, a_outbox) = (a.url(""), a.dir.join("outbox"));
     let mut a = Watched::start(a).await;
@@ -714,16 +717,24 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
     tokio::time::sleep(LATE).await;
     let settle_s = (began.elapsed() - sent_for).as_secs_f64();
     let end = [a.snapshot(), b.snapshot()];
-    let fds_at_end = [a.pid.map(fd_kinds).unwrap_or_default(), b.pid.map(fd_kinds).unwrap_or_default()];
+    let ports = [
+        (a.node.api.port(), "org-a's API"),
+        (b.node.api.port(), "org-b's API"),
+        (service_addr.port(), "the service"),
+        (callbacks_port, "the callback receiver"),
+    ];
+    let mut fds = vec![("at the end", [describe_fds(&a, &ports), describe_fds(&b, &ports)])];
     let listed = list_all(&a.node, "outgoing").await;
-
     let report = check(&soak, listed);
+    // Idle HTTP connections stay pooled 90 s (reqwest's default): what is left after that.
+    tokio::time::sleep(IDLE).await;
+    fds.push(("after 95 s idle", [describe_fds(&a, &ports), describe_fds(&b, &ports)]));
     a.sample();
     b.sample();
     for w in [&mut a, &mut b] {
         w.end_run(&mut runs, false, "end").await;
     }
-    print_report(&settings, &soak, &report, sent_for, settle_s, settled, [&a, &b], start, end, fds_at_end, &runs);
+    print_report(&settings, &soak, &report, sent_for, settle_s, settled, [&a, &b], start, end, &fds, &runs);
     if settings.keep {
         println!("kept the nodes' directory {}", root.path().display());
     }
@@ -745,6 +756,61 @@ async fn settle_wait(soak: &Soak, a: &Node, b: &Node, within: Duration) -> Resul
         }
     })
     .await
+}
+
+/// The node's open descriptors by kind, its TCP sockets by what they connect to (`ports`, read
+/// from /proc/net/tcp*), e.g. `12 to the callback receiver`, with their state unless established.
+fn describe_fds(w: &Watched, ports: &[(u16, &str)]) -> String {
+    let Some(pid) = w.pid else { return "not running".into() };
+    let mut sockets: HashMap<String, (String, u16, u16)> = HashMap::new();
+    for table in ["tcp", "tcp6", "udp", "udp6"] {
+        let text = std::fs::read_to_string(format!("/proc/{pid}/net/{table}")).unwrap_or_default();
+        for line in text.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            let port = |a: &str| a.rsplit(':').next().and_then(|p| u16::from_str_radix(p, 16).ok()).unwrap_or(0);
+            if let (Some(local), Some(remote), Some(state), Some(inode)) = (f.get(1), f.get(2), f.get(3), f.get(9)) {
+                let state = match (table.starts_with("udp"), *state) {
+                    (true, _) => "udp",
+                    (_, "01") => "",
+                    (_, "06") => " TIME_WAIT",
+                    (_, "08") => " CLOSE_WAIT",
+                    (_, "0A") => " LISTEN",
+                    _ => " (other state)",
+                };
+                sockets.insert(inode.to_string(), (state.to_owned(), port(local), port(remote)));
+            }
+        }
+    }
+    let role = |port: u16| ports.iter().find(|(p, _)| *p == port).map(|(_, r)| *r);
+    let mut kinds: BTreeMap<String, usize> = BTreeMap::new();
+    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
+        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
+        let target = target.to_string_lossy().into_owned();
+        let inode = target.strip_prefix("socket:[").and_then(|t| t.strip_suffix(']'));
+        let kind = match inode.map(|i| sockets.get(i)) {
+            None => fd_kinds_name(&target),
+            Some(None) => "socket (other)".to_owned(),
+            Some(Some((state, _, _))) if state == "udp" => "UDP socket (link)".to_owned(),
+            Some(Some((state, local, remote))) => match (role(*local), role(*remote)) {
+                (Some(r), _) if state == " LISTEN" => format!("{r} listening"),
+                (Some(r), _) => format!("{r}, accepted{state}"),
+                (_, Some(r)) => format!("to {r}{state}"),
+                _ => format!("TCP{state}"),
+            },
+        };
+        *kinds.entry(kind).or_insert(0) += 1;
+    }
+    let each: Vec<String> = kinds.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
+    format!("{} in all: {}", kinds.values().sum::<usize>(), each.join(", "))
+}
+
+/// A descriptor that is not a socket: `pipe`, `anon_inode:[eventpoll]` and the like, or a file's name.
+fn fd_kinds_name(target: &str) -> String {
+    match target.split_once(":[") {
+        Some(("pipe", _)) => "pipe".to_owned(),
+        Some(_) => target.to_owned(),
+        None => target.rsplit('/').next().unwrap_or_default().to_owned(),
+    }
 }
 
 /// Every request of `direction` on `node`, all pages.
@@ -954,7 +1020,7 @@ fn print_report(
     nodes: [&Watched; 2],
     start: [Snapshot; 2],
     end: [Snapshot; 2],
-    fds_at_end: [BTreeMap<String, usize>; 2],
+    fds: &[(&str, [String; 2])],
     runs: &[Run],
 ) {
     let n = |x: usize| thousands(x as f64);
@@ -1121,9 +1187,10 @@ fn print_report(
         render(&["node", "run", "ended by", "uptime s", "RSS", "peak RSS", "fds", "store", "CPU s"], &run_rows, true)
     );
 
-    for (w, kinds) in nodes.iter().zip(fds_at_end) {
-        let each: Vec<String> = kinds.iter().map(|(kind, n)| format!("{n} {kind}")).collect();
-        println!("{} open fds at the end: {}", w.node.name, each.join(", "));
+    for (when, described) in fds {
+        for (w, d) in nodes.iter().zip(described) {
+            println!("{} open fds {when}: {d}", w.node.name);
+        }
     }
     for w in nodes {
         let (_, _, firsts) = w.log_lines();

@@ -334,20 +334,3 @@ pub fn proc_usage(pid: u32) -> Option<ProcUsage> {
 pub fn mib(bytes: u64) -> String {
     format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
 }
-
-/// The open descriptors of process `pid` counted by what they are: `socket`, `pipe`,
-/// `anon_inode:[eventpoll]` and the like, or a file's name (without its folder).
-pub fn fd_kinds(pid: u32) -> std::collections::BTreeMap<String, usize> {
-    let mut kinds = std::collections::BTreeMap::new();
-    for entry in std::fs::read_dir(format!("/proc/{pid}/fd")).into_iter().flatten().flatten() {
-        let Ok(target) = std::fs::read_link(entry.path()) else { continue };
-        let target = target.to_string_lossy();
-        let kind = match target.split_once(":[") {
-            Some((kind @ ("socket" | "pipe"), _)) => kind.to_owned(),
-            Some(_) => target.into_owned(),
-            None => target.rsplit('/').next().unwrap_or_default().to_owned(),
-        };
-        *kinds.entry(kind).or_insert(0) += 1;
-    }
-    kinds
-}
