@@ -73,8 +73,9 @@ const IN_FLIGHT: usize = 256;
 const REFUSE_ONE_IN: u64 = 50;
 /// After everything has ended, how long to keep watching for a late duplicate.
 const LATE: Duration = Duration::from_secs(5);
-/// How long the nodes idle before their descriptors are read a second time.
-const IDLE: Duration = Duration::from_secs(95);
+/// How long the nodes may idle at the end until their descriptors are back to those at start
+/// (pooled connections idle 90 s and are swept as often).
+const IDLE: Duration = Duration::from_secs(190);
 
 /// The settings, from the environment.
 struct Settings {
@@ -726,9 +727,20 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
     let mut fds = vec![("at the end", [describe_fds(&a, &ports), describe_fds(&b, &ports)])];
     let listed = list_all(&a.node, "outgoing").await;
     let report = check(&soak, listed);
-    // Idle HTTP connections stay pooled 90 s (reqwest's default): what is left after that.
-    tokio::time::sleep(IDLE).await;
-    fds.push(("after 95 s idle", [describe_fds(&a, &ports), describe_fds(&b, &ports)]));
+    // Idle HTTP connections stay pooled 90 s (reqwest's default), swept at most as often: wait
+    // (at most IDLE) until both nodes are back to their descriptors at start.
+    let idle = Instant::now();
+    let _ = process::try_until(IDLE, async || {
+        let back = |w: &Watched, at: &Snapshot| w.pid.and_then(proc_usage).is_some_and(|u| u.fds <= at.usage.fds);
+        if back(&a, &start[0]) && back(&b, &start[1]) {
+            Ok(())
+        } else {
+            Err(String::new())
+        }
+    })
+    .await;
+    let when = format!("after {:.0} s idle", idle.elapsed().as_secs_f64());
+    fds.push((when.as_str(), [describe_fds(&a, &ports), describe_fds(&b, &ports)]));
     a.sample();
     b.sample();
     for w in [&mut a, &mut b] {
