@@ -293,3 +293,44 @@ pub fn pct(x: f64) -> String {
         "-".into()
     }
 }
+
+/// The pid of a child of this process whose command line has `arg` as one of its arguments (a
+/// node's config path tells its `ferry run` apart).
+pub fn child_pid(arg: &std::path::Path) -> Option<u32> {
+    use std::os::unix::ffi::OsStrExt;
+    let me = std::process::id();
+    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
+        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
+        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
+        // After the name: state, then the parent's pid.
+        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
+        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
+        (ppid == me && cmdline.split(|&b| b == 0).any(|a| a == arg.as_os_str().as_bytes())).then_some(pid)
+    })
+}
+
+/// What a process holds, read from /proc.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct ProcUsage {
+    /// Resident set size (`VmRSS`), in KiB.
+    pub rss_kib: u64,
+    /// Open file descriptors (entries of `/proc/PID/fd`).
+    pub fds: u64,
+    /// User + system CPU seconds.
+    pub cpu_s: f64,
+}
+
+/// The resident set, open descriptors and CPU time of process `pid`; `None` once it is gone.
+pub fn proc_usage(pid: u32) -> Option<ProcUsage> {
+    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
+    let rss_kib =
+        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
+    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
+    let (_, cpu_s) = proc_cpu(format!("/proc/{pid}/stat"))?;
+    Some(ProcUsage { rss_kib, fds, cpu_s })
+}
+
+/// `bytes` in MiB with one decimal.
+pub fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / (1 << 20) as f64)
+}
