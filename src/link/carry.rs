@@ -22,8 +22,6 @@ const IN_FLIGHT: usize = 1024;
 const STREAMS_PER_PEER: usize = 128;
 /// The longest pause before a lost peer is tried again.
 const MAX_PEER_BACKOFF_MS: u64 = 5_000;
-/// The pause before resending one message the peer did not acknowledge.
-const RESEND_AFTER_MS: i64 = 1_000;
 
 impl Link {
     /// Claims due work from the store and carries it, until `stop`; then waits, briefly, for
@@ -123,7 +121,7 @@ impl Link {
                             }
                             // The peer's store failed: it may take the reply later.
                             OutboundWork::Reply { .. } if refusal.kind == wire::RefusalKind::Internal => {
-                                store.retry_outbound(vec![work], now_ms() + RESEND_AFTER_MS).await
+                                store.resend_later(vec![work]).await
                             }
                             // Anything else no retry changes: the request fails, and says why; if
                             // the peer refuses even that, the reply is not sent again.
@@ -143,7 +141,7 @@ impl Link {
                             if let Err(e) = &result {
                                 tracing::debug!(peer = %peer.name, error = %e, "not acknowledged; resending later");
                             }
-                            store.retry_outbound(vec![work], now_ms() + RESEND_AFTER_MS).await
+                            store.resend_later(vec![work]).await
                         }
                     };
                     if let Err(e) = recorded {

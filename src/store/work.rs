@@ -419,6 +419,32 @@ impl Store {
         .await
     }
 
+    /// Puts back `work` the peer did not acknowledge (the stream broke, or its store failed), to
+    /// be sent again after a pause that doubles with each attempt, from 1 s up to a minute. A peer
+    /// that comes back makes it due at once ([`Store::peer_is_back`]).
+    pub async fn resend_later(&self, work: Vec<OutboundWork>) -> Result<(), StoreError> {
+        self.run(move |t, _| {
+            let now = now_ms();
+            for w in &work {
+                match w {
+                    OutboundWork::Request { peer, message, .. } => exec(t,
+                        "UPDATE requests SET next_attempt_at = ?3 + MIN(60000, 1000 << MIN(MAX(attempts - 1, 0), 6))
+                         WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                        params![peer, message.request.id, now],
+                    )?,
+                    OutboundWork::Reply { peer, message, .. } => exec(t,
+                        "UPDATE replies SET next_send_at = ?4 + MIN(60000, 1000 << MIN(MAX(send_attempts - 1, 0), 6))
+                         WHERE seq = ?3 AND next_send_at IS NOT NULL
+                         AND request = (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
+                        params![peer, message.id, message.seq, now],
+                    )?,
+                };
+            }
+            Ok(())
+        })
+        .await
+    }
+
     /// Everything waiting for `peer`, requests and replies, is due now (it came back).
     pub async fn peer_is_back(&self, peer: &str) -> Result<(), StoreError> {
         let peer = peer.to_owned();
@@ -1086,14 +1112,11 @@ mod tests {
         wire::Reply { id: id.to_owned(), seq, end, data, error: None, response: None, file: None }
     }
 
-    /// Replies carried on concurrent streams may arrive out of order; their callbacks may not.
-    #[tokio::test]
-    async fn a_reply_that_overtakes_an_earlier_one_waits_for_its_callback() {
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+    /// An async reply-mode request `id` to org-b with a callback, expiring in a minute.
+    fn new_async(id: &str) -> NewAsync {
         let request = wire::Request {
             version: wire::PROTOCOL_VERSION,
-            id: "r1".into(),
+            id: id.into(),
             service: "1".into(),
             method: "POST".into(),
             path: "/job".into(),
@@ -1105,7 +1128,7 @@ mod tests {
             file: None,
             idempotency_key: None,
         };
-        let new = NewAsync {
+        NewAsync {
             peer: "org-b".into(),
             request,
             reply: true,
@@ -1113,8 +1136,15 @@ mod tests {
             callback_method: "POST".into(),
             expires_at: now_ms() + 60_000,
             file: None,
-        };
-        store.insert_outgoing(new).await.unwrap();
+        }
+    }
+
+    /// Replies carried on concurrent streams may arrive out of order; their callbacks may not.
+    #[tokio::test]
+    async fn a_reply_that_overtakes_an_earlier_one_waits_for_its_callback() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_outgoing(new_async("r1")).await.unwrap();
         let due = |store: Store| async move {
             store.claim_callbacks(10).await.unwrap().into_iter().map(|w| w.seq).collect::<Vec<_>>()
         };
@@ -1126,5 +1156,33 @@ mod tests {
         assert_eq!(first.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![1]);
         store.callback_attempted(&first[0], Ok(())).await.unwrap();
         assert_eq!(due(store.clone()).await, vec![2], "seq 2 once seq 1 is delivered");
+    }
+
+    /// What the peer did not acknowledge is sent again after a pause that doubles, up to a minute.
+    #[tokio::test]
+    async fn resends_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut new = new_async("r1");
+        new.callback_url = None;
+        store.insert_outgoing(new).await.unwrap();
+        let claimed = store.claim_outbound(10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let pause = |store: Store, attempts: i64| {
+            let claimed = claimed.clone();
+            async move {
+                store.run(move |t, _| Ok(exec(t, "UPDATE requests SET attempts = ?1", [attempts])?)).await.unwrap();
+                store.resend_later(claimed).await.unwrap();
+                let at: i64 = store
+                    .run(|t, _| Ok(query_row(t, "SELECT next_attempt_at FROM requests", [], |r| r.get(0))?))
+                    .await
+                    .unwrap();
+                at - now_ms()
+            }
+        };
+        for (attempts, want) in [(1, 1_000), (2, 2_000), (4, 8_000), (7, 60_000), (40, 60_000)] {
+            let got = pause(store.clone(), attempts).await;
+            assert!((want - 500..=want).contains(&got), "after {attempts} attempts: {got} ms, want {want}");
+        }
     }
 }
