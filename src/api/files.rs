@@ -8,12 +8,7 @@ use crate::store::OutgoingFile;
 /// The file at `path` as it will be sent, with the form field `field` (default `file`), and its
 /// identity now, which the link checks again before it reads the file.
 pub fn outgoing(files: &HostFiles, max_size: u64, path: &str, field: Option<String>) -> Result<OutgoingFile, ApiError> {
-    let field = field.unwrap_or_else(|| "file".to_owned());
-    if field.is_empty() {
-        return Err(
-            ApiError::bad_request("field `file_field` must not be empty".to_owned()).with("field", "file_field")
-        );
-    }
+    let field = field.unwrap_or_else(|| crate::wire::DEFAULT_FILE_FIELD.to_owned());
     let opened = files.open(path).map_err(|e| {
         let kind = match e {
             HostFileError::Outside(_) | HostFileError::Escapes(_) | HostFileError::Secret(_) => Kind::Forbidden,
