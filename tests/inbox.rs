@@ -340,3 +340,13 @@ async fn a_pending_file_is_never_written_through_a_planted_link() {
     assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "never written through the link");
     assert!(listed.symlink_metadata().unwrap().is_file(), "the listing is a file of its own");
 }
+
+#[tokio::test]
+async fn a_dot_folder_swapped_for_a_dangling_link_does_not_turn_the_inbox_off() {
+    let mut p = pair().await;
+    p.b.stop().await;
+    replace_with_link(&p, ".failed", Path::new("/nonexistent/failed"));
+    p.b.start().await;
+    wait_scanned(&p).await;
+    assert!(inbox(&p).join(".failed").symlink_metadata().unwrap().is_symlink(), "a host's entry is left alone");
+}
