@@ -28,17 +28,26 @@
 //! `<name>.reason` beside it; a file that vanished is skipped; a failure that may pass (the store)
 //! is tried again at the next scan. Each is logged once, not at every scan. ferry never deletes a
 //! host's file.
+//!
+//! Hosts and operators of other users write below the inbox, so ferry trusts the inbox folder it
+//! made and nothing below it: every entry below it is reached through a [`Folder`] descriptor,
+//! never through a symbolic link, moved without replacing anything, and ferry's own files there
+//! (`.pending/*.json`, `.failed/*.reason`) are created anew, never written through a planted name.
+//! A dot folder that is not a real folder is not used (said once) until it is made one again.
 
 use std::collections::HashMap;
-use std::ffi::OsStr;
-use std::io::ErrorKind;
+use std::ffi::{OsStr, OsString};
+use std::io::{ErrorKind, Write};
 use std::os::unix::ffi::OsStrExt;
 use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
+use anyhow::Context;
 use notify::Watcher;
+use rustix::fd::OwnedFd;
+use rustix::fs::{AtFlags, FileType, Mode, OFlags};
 use serde_json::json;
 use tokio_util::sync::CancellationToken;
 use tracing::Level;
@@ -62,12 +71,96 @@ const NOT_UTF8: &str = "the name is not valid UTF-8, so it can name neither a ca
                         peer; rename it in UTF-8 and put it back";
 
 /// Creates the inbox `dir` and its folders (`.pending`, `.sent`, `.unmatched`, `.failed`) if
-/// missing.
+/// missing; an entry already there under one of those names is left as it is.
 pub fn create(dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
     for sub in [".pending", ".sent", ".unmatched", ".failed"] {
-        std::fs::create_dir_all(dir.join(sub))?;
+        match std::fs::create_dir(dir.join(sub)) {
+            Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+            made => made?,
+        }
     }
     Ok(())
+}
+
+/// A folder of the inbox, held open: what is done in it goes through this descriptor, so an
+/// entry swapped for a symbolic link is never followed.
+struct Folder(OwnedFd);
+
+impl Folder {
+    /// The inbox itself, which ferry made and trusts.
+    fn open_inbox(dir: &Path) -> std::io::Result<Folder> {
+        Ok(Folder(rustix::fs::open(dir, OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC, Mode::empty())?))
+    }
+
+    /// The folder at `path` below this one, each part opened without following a link and, if
+    /// `make`, made when missing. A part that is not a real folder is refused.
+    fn open_sub(&self, path: &Path, make: bool) -> std::io::Result<Folder> {
+        let flags = OFlags::RDONLY | OFlags::DIRECTORY | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let mut folder: Option<Folder> = None;
+        for name in path.iter() {
+            let parent = folder.as_ref().unwrap_or(self);
+            if make {
+                match rustix::fs::mkdirat(&parent.0, name, Mode::from_raw_mode(0o777)) {
+                    Ok(()) | Err(rustix::io::Errno::EXIST) => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            folder = Some(Folder(rustix::fs::openat(&parent.0, name, flags, Mode::empty()).map_err(|e| {
+                if matches!(e, rustix::io::Errno::LOOP | rustix::io::Errno::NOTDIR) {
+                    let name = cut(&name.to_string_lossy()).into_owned();
+                    let why = format!("`{name}` must be a folder (not a symbolic link or a file); make it one");
+                    std::io::Error::new(ErrorKind::NotADirectory, why)
+                } else {
+                    e.into()
+                }
+            })?));
+        }
+        folder.ok_or_else(|| std::io::Error::new(ErrorKind::InvalidInput, "no folder named"))
+    }
+
+    /// Moves the entry `name` to `to_name` in `to`, never over an existing entry.
+    fn move_to(&self, name: &OsStr, to: &Folder, to_name: &OsStr) -> std::io::Result<()> {
+        Ok(rustix::fs::renameat_with(&self.0, name, &to.0, to_name, rustix::fs::RenameFlags::NOREPLACE)?)
+    }
+
+    /// Creates the file `name` holding `bytes`; fails if anything, a link too, has that name.
+    fn create_new(&self, name: &OsStr, bytes: &[u8]) -> std::io::Result<()> {
+        let flags = OFlags::WRONLY | OFlags::CREATE | OFlags::EXCL | OFlags::NOFOLLOW | OFlags::CLOEXEC;
+        let fd = rustix::fs::openat(&self.0, name, flags, Mode::from_raw_mode(0o666))?;
+        std::fs::File::from(fd).write_all(bytes)
+    }
+
+    /// Whether anything, a link too, is named `name` here.
+    fn has(&self, name: &OsStr) -> bool {
+        rustix::fs::statat(&self.0, name, AtFlags::SYMLINK_NOFOLLOW).is_ok()
+    }
+
+    /// Removes the entry `name` (a folder only if `folder` and empty); never what a link names.
+    fn remove(&self, name: &OsStr, folder: bool) -> std::io::Result<()> {
+        let flags = if folder { AtFlags::REMOVEDIR } else { AtFlags::empty() };
+        Ok(rustix::fs::unlinkat(&self.0, name, flags)?)
+    }
+
+    /// The entries, each with its type (a link is a link) or why that cannot be told.
+    fn entries(&self) -> std::io::Result<Vec<(OsString, std::io::Result<FileType>)>> {
+        let mut entries = Vec::new();
+        for entry in rustix::fs::Dir::read_from(&self.0)? {
+            let entry = entry?;
+            let name = OsStr::from_bytes(entry.file_name().to_bytes());
+            if name == "." || name == ".." {
+                continue;
+            }
+            let kind = match entry.file_type() {
+                FileType::Unknown => rustix::fs::statat(&self.0, name, AtFlags::SYMLINK_NOFOLLOW)
+                    .map(|stat| FileType::from_raw_mode(stat.st_mode))
+                    .map_err(Into::into),
+                kind => Ok(kind),
+            };
+            entries.push((name.to_owned(), kind));
+        }
+        Ok(entries)
+    }
 }
 
 /// Watches `dir`, made by [`create`], and turns what operators drop there into replies, until
@@ -90,8 +183,8 @@ pub async fn work(store: Store, dir: PathBuf, files: HostFiles, stop: Cancellati
     if let Err(e) = &watcher {
         tracing::warn!(error = %e, "cannot watch the inbox; scanning it every {TICK:?} instead");
     }
-    let mut inbox =
-        Inbox { store, dir, files, seen: HashMap::new(), watched, said: HashMap::new(), saying: HashMap::new() };
+    let (seen, said, saying) = (HashMap::new(), HashMap::new(), HashMap::new());
+    let mut inbox = Inbox { store, dir, root: None, files, seen, watched, said, saying };
     while !stop.is_cancelled() {
         inbox.scan().await;
         tokio::select! {
@@ -160,6 +253,8 @@ impl Stamp {
 struct Inbox {
     store: Store,
     dir: PathBuf,
+    /// The inbox, opened afresh at each scan.
+    root: Option<Folder>,
     files: HostFiles,
     /// Each candidate file as the previous scan found it, and since when it is so.
     seen: HashMap<PathBuf, (Stamp, Instant)>,
@@ -178,8 +273,7 @@ fn ignored(name: &OsStr) -> bool {
 }
 
 /// A file type in words.
-fn kind_name(kind: std::fs::FileType) -> &'static str {
-    use std::os::unix::fs::FileTypeExt;
+fn kind_name(kind: FileType) -> &'static str {
     match kind {
         k if k.is_dir() => "a folder",
         k if k.is_symlink() => "a symbolic link",
@@ -192,6 +286,15 @@ fn kind_name(kind: std::fs::FileType) -> &'static str {
 
 impl Inbox {
     async fn scan(&mut self) {
+        self.root = match Folder::open_inbox(&self.dir) {
+            Ok(root) => Some(root),
+            Err(e) => {
+                let dir = self.dir.clone();
+                self.say(Level::WARN, &dir, format!("cannot open the inbox: {e}"));
+                self.said = std::mem::take(&mut self.saying);
+                return;
+            }
+        };
         if let Err(e) = self.write_pending().await {
             let pending = self.dir.join(".pending");
             self.say(Level::WARN, &pending, format!("cannot list the requests awaiting a reply: {e}"));
@@ -231,7 +334,7 @@ impl Inbox {
     /// The files that may answer a request, as (callback id, path). Other entries are set aside,
     /// left alone (logged once) or skipped, each on its own.
     fn list(&mut self) -> Vec<(String, PathBuf)> {
-        let entries = match std::fs::read_dir(&self.dir) {
+        let entries = match self.root().and_then(|root| Ok(root.entries()?)) {
             Ok(entries) => entries,
             Err(e) => {
                 let dir = self.dir.clone();
@@ -240,12 +343,12 @@ impl Inbox {
             }
         };
         let mut candidates = Vec::new();
-        for entry in entries.flatten() {
-            let (path, name) = (entry.path(), entry.file_name());
+        for (name, kind) in entries {
+            let path = self.dir.join(&name);
             if ignored(&name) {
                 continue;
             }
-            let Some(kind) = self.kind(&entry) else { continue };
+            let Some(kind) = self.kind(&path, kind) else { continue };
             let reject = name.as_bytes().ends_with(b".reject");
             if !reject && !kind.is_dir() {
                 let what = "neither a `<callback_id>/` folder nor a `<callback_id>.reject` file; left alone";
@@ -253,7 +356,7 @@ impl Inbox {
             } else if name.to_str().is_none() {
                 self.set_aside(&path, NOT_UTF8);
             } else if !reject {
-                self.list_folder(&name.to_string_lossy(), &path, &mut candidates);
+                self.list_folder(&name, &path, &mut candidates);
             } else if kind.is_file() {
                 let name = name.to_string_lossy();
                 candidates.push((name.strip_suffix(".reject").unwrap_or(&name).to_owned(), path));
@@ -265,19 +368,20 @@ impl Inbox {
         candidates
     }
 
-    /// Adds the files in `<callback_id>/` to `candidates`; sets aside what cannot be sent.
-    fn list_folder(&mut self, callback_id: &str, folder: &Path, candidates: &mut Vec<(String, PathBuf)>) {
-        let entries = match std::fs::read_dir(folder) {
+    /// Adds the files in the folder `callback_id` (at `folder`) to `candidates`; sets aside what
+    /// cannot be sent.
+    fn list_folder(&mut self, callback_id: &OsStr, folder: &Path, candidates: &mut Vec<(String, PathBuf)>) {
+        let entries = match self.root().and_then(|root| Ok(root.open_sub(callback_id.as_ref(), false)?.entries()?)) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == ErrorKind::NotFound => return,
+            Err(e) if e.downcast_ref::<std::io::Error>().is_some_and(|e| e.kind() == ErrorKind::NotFound) => return,
             Err(e) => return self.set_aside(folder, &format!("the folder cannot be read: {e}")),
         };
-        for entry in entries.flatten().filter(|entry| !ignored(&entry.file_name())) {
-            let path = entry.path();
-            match self.kind(&entry) {
+        for (name, kind) in entries.into_iter().filter(|(name, _)| !ignored(name)) {
+            let path = folder.join(&name);
+            match self.kind(&path, kind) {
                 None => {}
-                Some(_) if entry.file_name().to_str().is_none() => self.set_aside(&path, NOT_UTF8),
-                Some(kind) if kind.is_file() => candidates.push((callback_id.to_owned(), path)),
+                Some(_) if name.to_str().is_none() => self.set_aside(&path, NOT_UTF8),
+                Some(kind) if kind.is_file() => candidates.push((callback_id.to_string_lossy().into_owned(), path)),
                 Some(kind) => {
                     let why = format!("only regular files are sent; this is {}", kind_name(kind));
                     self.set_aside(&path, &why)
@@ -286,14 +390,14 @@ impl Inbox {
         }
     }
 
-    /// The type of a listed entry (not following a link); `None`, after setting it aside if it is
+    /// The type of the listed entry at `path`, as listed; `None`, after setting it aside if it is
     /// not just gone, when it cannot be told.
-    fn kind(&mut self, entry: &std::fs::DirEntry) -> Option<std::fs::FileType> {
-        match entry.file_type() {
+    fn kind(&mut self, path: &Path, kind: std::io::Result<FileType>) -> Option<FileType> {
+        match kind {
             Ok(kind) => Some(kind),
             Err(e) if e.kind() == ErrorKind::NotFound => None,
             Err(e) => {
-                self.set_aside(&entry.path(), &format!("its type cannot be read: {e}"));
+                self.set_aside(path, &format!("its type cannot be read: {e}"));
                 None
             }
         }
@@ -314,7 +418,7 @@ impl Inbox {
         if !reject {
             match self.store.reply_file_state(&text).await? {
                 Some(ReplyFile::Delivered) => {
-                    return self.file_away(path, &self.dir.join(".sent").join(callback_id)).map(drop)
+                    return self.file_away(path, &Path::new(".sent").join(callback_id)).map(drop)
                 }
                 Some(ReplyFile::Sending) => return Ok(()), // on its way; moved once the peer holds it
                 Some(ReplyFile::Failed(why)) => {
@@ -348,14 +452,14 @@ impl Inbox {
         match added {
             Some((id, seq)) if reject => {
                 tracing::info!(callback_id = %cut(callback_id), %id, seq, "inbox: request rejected");
-                self.file_away(path, &self.dir.join(".sent").join(callback_id)).map(drop)
+                self.file_away(path, &Path::new(".sent").join(callback_id)).map(drop)
             }
             Some((id, seq)) => {
                 tracing::info!(callback_id = %cut(callback_id), %id, seq, file = %shown, "inbox: file queued as the final reply");
                 Ok(())
             }
             None => {
-                self.file_away(path, &self.dir.join(".unmatched"))?;
+                self.file_away(path, Path::new(".unmatched"))?;
                 tracing::warn!(callback_id = %cut(callback_id), file = %shown, "inbox: no request awaits this callback id; moved to .unmatched");
                 Ok(())
             }
@@ -365,11 +469,10 @@ impl Inbox {
     /// Moves `path`, which can never be acted on, to `.failed/` with `<name>.reason` (the text
     /// `why`) beside it, and logs it; if it cannot be moved, says so once.
     fn set_aside(&mut self, path: &Path, why: &str) {
-        match self.file_away(path, &self.dir.join(".failed")) {
-            Ok(moved) => {
-                let mut reason = moved.into_os_string();
+        match self.file_away(path, Path::new(".failed")) {
+            Ok((failed, mut reason)) => {
                 reason.push(".reason");
-                let written = std::fs::write(&reason, format!("{why}\n"));
+                let written = failed.create_new(&reason, format!("{why}\n").as_bytes());
                 let shown = self.shown(path);
                 tracing::warn!(file = %shown, reason = why, "inbox: this entry cannot be acted on; moved to .failed");
                 if let Err(e) = written {
@@ -383,29 +486,41 @@ impl Inbox {
         }
     }
 
-    /// Moves `path` into `folder`, never over an existing file (nor beside one named like its
-    /// `.reason`), and removes an emptied `<callback_id>/` folder; where it went.
-    fn file_away(&self, path: &Path, folder: &Path) -> anyhow::Result<PathBuf> {
-        std::fs::create_dir_all(folder)?;
-        let name = path.file_name().unwrap_or_default();
-        let taken = |target: &Path| {
-            let mut reason = target.as_os_str().to_owned();
+    /// The inbox as this scan opened it.
+    fn root(&self) -> anyhow::Result<&Folder> {
+        self.root.as_ref().context("the inbox is not open")
+    }
+
+    /// Moves `path`, an entry of the inbox or of a `<callback_id>/` in it, into the folder `to`
+    /// below the inbox (made if missing), never over an existing entry (nor beside one named like
+    /// its `.reason`), and removes an emptied `<callback_id>/`; the folder and name it went to.
+    fn file_away(&self, path: &Path, to: &Path) -> anyhow::Result<(Folder, OsString)> {
+        let root = self.root()?;
+        let rest = path.strip_prefix(&self.dir)?;
+        let name = rest.file_name().context("no name to move")?;
+        let callback_folder = rest.parent().filter(|parent| !parent.as_os_str().is_empty());
+        let opened = callback_folder.map(|parent| root.open_sub(parent, false)).transpose()?;
+        let from = opened.as_ref().unwrap_or(root);
+        let to = root.open_sub(to, true)?;
+        let (mut target, mut n) = (name.to_owned(), 1);
+        loop {
+            let mut reason = target.clone();
             reason.push(".reason");
-            target.symlink_metadata().is_ok() || Path::new(&reason).symlink_metadata().is_ok()
-        };
-        let mut target = folder.join(name);
-        let mut n = 1;
-        while taken(&target) {
-            let mut numbered = std::ffi::OsString::from(format!("{n}-"));
-            numbered.push(name);
-            target = folder.join(numbered);
+            if !to.has(&reason) {
+                match from.move_to(name, &to, &target) {
+                    Ok(()) => break,
+                    Err(e) if e.kind() == ErrorKind::AlreadyExists => {}
+                    Err(e) => return Err(e.into()),
+                }
+            }
+            target = OsString::from(format!("{n}-"));
+            target.push(name);
             n += 1;
         }
-        std::fs::rename(path, &target)?;
-        if let Some(parent) = path.parent().filter(|p| *p != self.dir) {
-            let _ = std::fs::remove_dir(parent); // only if empty
+        if let Some(parent) = callback_folder {
+            let _ = root.remove(parent.as_os_str(), true); // only if empty
         }
-        Ok(target)
+        Ok((to, target))
     }
 
     /// Logs `what` about `path` at `level`, unless the previous scan said the same.
@@ -428,23 +543,23 @@ impl Inbox {
     /// Makes `.pending/` list exactly the requests awaiting a reply.
     async fn write_pending(&self) -> anyhow::Result<()> {
         let pending = self.store.pending().await?;
-        let folder = self.dir.join(".pending");
-        let mut keep = std::collections::HashSet::new();
-        for p in &pending {
-            let file = folder.join(format!("{}.json", crate::transfer::safe_name(&p.callback_id)));
-            keep.insert(file.clone());
-            if !file.exists() {
-                let tmp = file.with_extension("json.tmp");
-                let body = json!({"peer": p.peer, "service": p.service, "method": p.method, "path": p.path,
-                                  "form": p.form, "created_at": p.created_at});
-                std::fs::write(&tmp, serde_json::to_vec_pretty(&body)?)?;
-                std::fs::rename(&tmp, &file)?;
+        let folder = self.root()?.open_sub(Path::new(".pending"), true)?;
+        let file_name = |callback_id: &str| OsString::from(format!("{}.json", crate::transfer::safe_name(callback_id)));
+        let keep: std::collections::HashSet<_> = pending.iter().map(|p| file_name(&p.callback_id)).collect();
+        for (name, _) in folder.entries()? {
+            if !keep.contains(&name) {
+                let _ = folder.remove(&name, false); // through the folder: never what a link names
             }
         }
-        for entry in std::fs::read_dir(&folder)?.flatten() {
-            let path = entry.path();
-            if !keep.contains(&path) {
-                let _ = std::fs::remove_file(&path);
+        for p in &pending {
+            let file = file_name(&p.callback_id);
+            if !folder.has(&file) {
+                let mut tmp = file.clone();
+                tmp.push(".tmp");
+                let body = json!({"peer": p.peer, "service": p.service, "method": p.method, "path": p.path,
+                                  "form": p.form, "created_at": p.created_at});
+                folder.create_new(&tmp, &serde_json::to_vec_pretty(&body)?)?;
+                folder.move_to(&tmp, &folder, &file)?;
             }
         }
         Ok(())

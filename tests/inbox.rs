@@ -265,3 +265,88 @@ async fn a_file_moved_in_from_another_file_system_is_taken() {
         "from another file system"
     );
 }
+
+/// Replaces the folder `inbox/<name>` at once with a symbolic link to `target`, as a host in the
+/// `ferry` group can; the folder itself is removed.
+fn replace_with_link(p: &Pair, name: &str, target: &Path) {
+    use rustix::fs::{renameat_with, RenameFlags, CWD};
+    let (folder, link) = (inbox(p).join(name), inbox(p).join(format!("{name}-link")));
+    std::os::unix::fs::symlink(target, &link).unwrap();
+    renameat_with(CWD, &link, CWD, &folder, RenameFlags::EXCHANGE).unwrap();
+    std::fs::remove_dir_all(&link).unwrap(); // the folder, now under the link's name
+}
+
+/// Waits until the inbox scanned at least once from now on: a stray file dropped now is moved to
+/// `.unmatched` only once two scans found it unchanged.
+async fn wait_scanned(p: &Pair) {
+    let stray = format!("{:016x}", rand_id());
+    std::fs::create_dir(inbox(p).join(&stray)).unwrap();
+    std::fs::write(inbox(p).join(&stray).join(format!("{stray}.txt")), "who wants this").unwrap();
+    wait_for_path(&inbox(p).join(format!(".unmatched/{stray}.txt")), true).await;
+}
+
+/// A callback id nobody awaits, new at each call.
+fn rand_id() -> u64 {
+    use std::sync::atomic::{AtomicU64, Ordering};
+    static NEXT: AtomicU64 = AtomicU64::new(0xfeed_0000_0000);
+    NEXT.fetch_add(1, Ordering::Relaxed)
+}
+
+/// A folder outside the inbox holding a file `victim` that ferry must never touch.
+fn outside_folder(p: &Pair) -> PathBuf {
+    let outside = p.b.dir.join("outside");
+    std::fs::create_dir(&outside).unwrap();
+    std::fs::write(outside.join("victim"), "precious").unwrap();
+    outside
+}
+
+#[tokio::test]
+async fn a_pending_folder_swapped_for_a_link_is_never_emptied_through_it() {
+    let p = pair().await;
+    let outside = outside_folder(&p);
+    replace_with_link(&p, ".pending", &outside);
+    wait_scanned(&p).await;
+    wait_scanned(&p).await;
+    assert_eq!(std::fs::read_to_string(outside.join("victim")).unwrap(), "precious", "never deleted");
+    assert!(inbox(&p).join(".pending").symlink_metadata().unwrap().is_symlink(), "a host's entry is left alone");
+}
+
+#[tokio::test]
+async fn nothing_is_set_aside_through_a_failed_folder_swapped_for_a_link() {
+    let p = pair().await;
+    let outside = outside_folder(&p);
+    replace_with_link(&p, ".failed", &outside);
+    let fifo = inbox(&p).join("0123456789abcdef.reject");
+    rustix::fs::mknodat(rustix::fs::CWD, &fifo, rustix::fs::FileType::Fifo, rustix::fs::Mode::RUSR, 0).unwrap();
+    wait_scanned(&p).await;
+    let names: Vec<_> = std::fs::read_dir(&outside).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(names, ["victim"], "nothing is moved or written out of the inbox");
+    assert!(fifo.symlink_metadata().is_ok(), "the entry stays where the host put it");
+}
+
+#[tokio::test]
+async fn a_pending_file_is_never_written_through_a_planted_link() {
+    let mut p = pair().await;
+    let host = Recorder::start().await;
+    let (_, callback_id) = download(&p, &host, 1).await;
+    let listed = inbox(&p).join(format!(".pending/{callback_id}.json"));
+    wait_for_path(&listed, true).await;
+    p.b.stop().await;
+    let victim = outside_folder(&p).join("victim");
+    std::fs::remove_file(&listed).unwrap();
+    std::os::unix::fs::symlink(&victim, inbox(&p).join(format!(".pending/{callback_id}.json.tmp"))).unwrap();
+    p.b.start().await;
+    wait_for_path(&listed, true).await;
+    assert_eq!(std::fs::read_to_string(&victim).unwrap(), "precious", "never written through the link");
+    assert!(listed.symlink_metadata().unwrap().is_file(), "the listing is a file of its own");
+}
+
+#[tokio::test]
+async fn a_dot_folder_swapped_for_a_dangling_link_does_not_turn_the_inbox_off() {
+    let mut p = pair().await;
+    p.b.stop().await;
+    replace_with_link(&p, ".failed", Path::new("/nonexistent/failed"));
+    p.b.start().await;
+    wait_scanned(&p).await;
+    assert!(inbox(&p).join(".failed").symlink_metadata().unwrap().is_symlink(), "a host's entry is left alone");
+}
