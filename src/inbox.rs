@@ -30,7 +30,7 @@
 //! host's file.
 //!
 //! Hosts and operators of other users write below the inbox, so ferry trusts the inbox folder it
-//! made and nothing below it: every entry below it is reached through a [`Folder`] descriptor,
+//! made and nothing below it: every entry below it is reached through a folder descriptor,
 //! never through a symbolic link, moved without replacing anything, and ferry's own files there
 //! (`.pending/*.json`, `.failed/*.reason`) are created anew, never written through a planted name.
 //! A dot folder that is not a real folder is not used (said once) until it is made one again.
