@@ -44,7 +44,7 @@
 //! console, `contract.rs` holding `docs/API.md` to the code), `benches/` and `bench/compare.sh`
 //! (`BENCHMARKS.md`), `config/` (example configs), `certs/` (certificate exchange), `systemd/`
 //! (the unit), `docs/`, and `.ci/run`, what CI runs: `cargo fmt --check`, `cargo clippy
-//! --all-targets -- -D warnings`, then `cargo test` with `CI=true` after `.ci/setup-browser`
+//! --all-targets -- -D warnings`, `cargo doc` with its links checked, then `cargo test` with `CI=true` after `.ci/setup-browser`
 //! (Chromium for `tests/console.rs`). Under CI a test that cannot run for want of a tool fails
 //! with the reason instead of skipping; the fault suite's lossy phase uses `tc netem` in network
 //! namespaces where the kernel has it, else a seeded userspace UDP relay on loopback
