@@ -71,32 +71,38 @@ impl Services {
     /// boundary between peers and services, whatever the sender checked: its path stays below the
     /// service's base URL, its form holds no field the node sets itself, and its headers and
     /// conversation are ones a service may get. Checked where a request is accepted, so that
-    /// nothing refused is stored, and again before each call.
-    pub fn check_request(&self, peer: &str, r: &wire::Request) -> Result<ServiceConfig, Refusal> {
+    /// nothing refused is stored, and again before a stored request is called (the table may have
+    /// changed since).
+    pub fn check_request(&self, peer: &str, r: &wire::Request) -> Result<Checked, Refusal> {
         let service = self.check(peer, &r.service)?;
-        within_boundary(&service, r).map_err(|why| {
+        let url = within_boundary(&service, r).map_err(|why| {
             tracing::warn!(%peer, id = %wire::cut(&r.id), %why, "refused a request that crosses the boundary to a service");
             refuse(RefusalKind::BadRequest, why)
         })?;
-        Ok(service)
+        Ok(Checked { service, url })
     }
 
     /// Calls the service a peer's request is for, and returns its answer or why there is none.
     pub async fn call(&self, peer: &str, request: &wire::Request) -> Result<wire::Response, Refusal> {
-        self.call_with(peer, request, &[]).await.map_err(|e| e.refusal)
+        self.call_with(peer, request, None, &[]).await.map_err(|e| e.refusal)
     }
 
     /// Like [`Services::call`], adding `extra` text fields (`callbackId` in reply mode, also sent
     /// as header `X-Ferry-Callback-Id`; the received file's path), and telling whether a failed
-    /// call certainly never reached the service.
+    /// call certainly never reached the service. `checked` is the request's
+    /// [`Services::check_request`] if it was just made; without it, the check is made now.
     pub async fn call_with(
         &self,
         peer: &str,
         request: &wire::Request,
+        checked: Option<Checked>,
         extra: &[(String, String)],
     ) -> Result<wire::Response, CallError> {
         let started = std::time::Instant::now();
-        let result = self.call_service(peer, request, extra).await;
+        let result = match checked.map_or_else(|| self.check_request(peer, request), Ok) {
+            Ok(checked) => self.call_service(peer, request, checked, extra).await,
+            Err(refusal) => Err(CallError { refusal, not_sent: true }),
+        };
         // The one place every request from a peer, sync or async, ends: one line per exchange.
         let ms = started.elapsed().as_secs_f64() * 1000.0;
         let (id, path, service) = (&request.id, &request.path, &request.service);
@@ -115,11 +121,11 @@ impl Services {
         &self,
         peer: &str,
         request: &wire::Request,
+        Checked { service, url }: Checked,
         extra: &[(String, String)],
     ) -> Result<wire::Response, CallError> {
         let not_sent = |refusal| CallError { refusal, not_sent: true };
-        let service = self.check_request(peer, request).map_err(not_sent)?;
-        let http = self.build(&service, peer, request, extra).map_err(not_sent)?;
+        let http = self.build(&service, url, peer, request, extra).map_err(not_sent)?;
         let response = self.client.execute(http).await.map_err(|e| backend_error(&service, e))?;
         let mut answer = relay(response)
             .await
@@ -134,13 +140,12 @@ impl Services {
     fn build(
         &self,
         service: &ServiceConfig,
+        url: url::Url,
         peer: &str,
         r: &wire::Request,
         extra: &[(String, String)],
     ) -> Result<reqwest::Request, Refusal> {
         let bad = |what: String| refuse(RefusalKind::BadRequest, what);
-        let url = service_url(&service.base_url, &r.path)
-            .map_err(|why| bad(format!("path `{}` {why}", wire::cut(&r.path))))?;
         let method =
             reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|_| bad(format!("bad method {}", r.method)))?;
         let mut http = self.client.request(method.clone(), url);
@@ -215,7 +220,7 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
                     .chain(call.file.clone())
                     .collect();
                 let started = std::time::Instant::now();
-                let called = services.call_with(&call.peer, &call.request, &extra).await;
+                let called = services.call_with(&call.peer, &call.request, None, &extra).await;
                 let label = crate::metrics::ServiceLabel { service: call.request.service.clone() };
                 store.metrics().service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
                 let outcome = match called {
@@ -236,12 +241,13 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
     let _ = slots.acquire_many(CONCURRENT_CALLS as u32).await;
 }
 
-/// Why request `r` may not reach `service`, if it may not (see [`Services::check_request`]).
-fn within_boundary(service: &ServiceConfig, r: &wire::Request) -> Result<(), String> {
-    service_url(&service.base_url, &r.path).map_err(|why| format!("path `{}` {why}", wire::cut(&r.path)))?;
+/// The URL request `r` calls at `service`, or why it may not reach it (see
+/// [`Services::check_request`]).
+fn within_boundary(service: &ServiceConfig, r: &wire::Request) -> Result<url::Url, String> {
+    let url = service_url(&service.base_url, &r.path).map_err(|why| format!("path `{}` {why}", wire::cut(&r.path)))?;
     match wire::boundary_problem(r, r.file.as_ref().map(|f| f.field.as_str())) {
         Some((field, why)) => Err(format!("{field}: {why}")),
-        None => Ok(()),
+        None => Ok(url),
     }
 }
 
@@ -270,6 +276,15 @@ fn below(base: &url::Url, url: &url::Url) -> bool {
 /// The form as a JSON object, each field named in `mask` shown only as `sha256:<hex>` of its text.
 pub fn masked_form(form: &[(String, wire::FormValue)], mask: &[String]) -> serde_json::Value {
     crate::evidence::MaskedForm { form, mask }.to_json()
+}
+
+/// A request checked against the service table and the boundary, ready to call.
+#[derive(Debug, Clone)]
+pub struct Checked {
+    /// The service it is for.
+    pub service: ServiceConfig,
+    /// The URL it calls.
+    url: url::Url,
 }
 
 /// A failed service call.

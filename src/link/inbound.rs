@@ -134,9 +134,9 @@ async fn stream(
             let file_sha = message.request.file.as_ref().map(|f| f.sha256);
             // Refused here, before it is stored: nothing hostile waits in the store for a call.
             let checked = match services.check_request(&peer.name, &message.request) {
-                Ok(service) => {
-                    received_file(store, &peer.name, &id, &message.request.file).await.map(|file| (service, file))
-                }
+                Ok(allowed) => received_file(store, &peer.name, &id, &message.request.file)
+                    .await
+                    .map(|file| (allowed.service, file)),
                 Err(refusal) => Err(refusal),
             };
             match checked {
@@ -263,10 +263,11 @@ async fn stream(
 /// `Err`: the stream is reset with that code (the store failed; nothing was called).
 async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -> Result<Message, Code> {
     let Inbound { link, services, store, .. } = inbound;
-    let service = match services.check_request(&peer.name, request) {
-        Ok(service) => service,
+    let allowed = match services.check_request(&peer.name, request) {
+        Ok(allowed) => allowed,
         Err(refusal) => return Ok(Message::Refused(refusal)),
     };
+    let service = allowed.service.clone();
     let file = match received_file(store, &peer.name, &request.id, &request.file).await {
         Ok(file) => file,
         Err(refusal) => return Ok(Message::Refused(refusal)),
@@ -287,7 +288,7 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
     link.sign_receipt(&peer.name, &request.id, 0, payload, request.file.as_ref().map(|f| f.sha256));
     let started = std::time::Instant::now();
     let extra: Vec<_> = file.into_iter().collect();
-    let answer = services.call_with(&peer.name, request, &extra).await.map_err(|e| e.refusal);
+    let answer = services.call_with(&peer.name, request, Some(allowed), &extra).await.map_err(|e| e.refusal);
     let metrics = store.metrics();
     let label = crate::metrics::ServiceLabel { service: service.id.clone() };
     metrics.service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
