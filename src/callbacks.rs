@@ -12,6 +12,7 @@ use tokio::sync::Semaphore;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::metrics::{Metrics, OutcomeLabel};
 use crate::store::{idle, now_ms, slot_free, CallbackWork, Store};
 
 /// How many deliveries run at once.
@@ -23,7 +24,7 @@ const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 
 /// Delivers results as the store says they are due, until `stop`; then waits for deliveries
 /// under way.
-pub async fn work(store: Store, stop: CancellationToken) {
+pub async fn work(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
     let client = reqwest::Client::builder()
         .no_proxy()
         .timeout(TIMEOUT)
@@ -52,9 +53,12 @@ pub async fn work(store: Store, stop: CancellationToken) {
         }
         for work in due {
             let permit = slots.clone().acquire_owned().await.expect("never closed");
-            let (store, client) = (store.clone(), client.clone());
+            let (store, client, metrics) = (store.clone(), client.clone(), metrics.clone());
             tokio::spawn(async move {
-                let outcome = deliver(&client, &work).await.map_err(|error| {
+                let outcome = deliver(&client, &work).await;
+                let counted = if outcome.is_ok() { "delivered" } else { "retry" };
+                metrics.callbacks.get_or_create(&OutcomeLabel { outcome: counted.into() }).inc();
+                let outcome = outcome.map_err(|error| {
                     let wait = 1_000i64.saturating_mul(1 << work.attempts.min(20)).min(MAX_BACKOFF_MS);
                     let next = now_ms() + wait;
                     tracing::info!(id = %work.id, seq = work.seq, %error, "callback not delivered; retrying");

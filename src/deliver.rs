@@ -11,6 +11,7 @@ use std::time::Duration;
 use tokio::sync::Semaphore;
 
 use crate::config::{ServiceConfig, ServiceState};
+use crate::metrics::{Metrics, ServiceLabel};
 use crate::store::{idle, now_ms, slot_free, ServiceOutcome, Store};
 use crate::wire::{self, Encoding, Refusal, RefusalKind};
 use tokio_util::sync::CancellationToken;
@@ -188,7 +189,7 @@ const CONCURRENT_CALLS: usize = 64;
 
 /// Calls the local services for incoming asynchronous requests as the store says they are due,
 /// and records each outcome, until `stop`; then waits for the calls under way.
-pub async fn work(services: Services, store: Store, stop: CancellationToken) {
+pub async fn work(services: Services, store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
     let slots = Arc::new(Semaphore::new(CONCURRENT_CALLS));
     while !stop.is_cancelled() {
         if !slot_free(&slots, &stop).await {
@@ -211,7 +212,7 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
         }
         for call in calls {
             let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
-            let (services, store) = (services.clone(), store.clone());
+            let (services, store, metrics) = (services.clone(), store.clone(), metrics.clone());
             tokio::spawn(async move {
                 let extra: Vec<(String, String)> = call
                     .callback_id
@@ -221,8 +222,8 @@ pub async fn work(services: Services, store: Store, stop: CancellationToken) {
                     .collect();
                 let started = std::time::Instant::now();
                 let called = services.call_with(&call.peer, &call.request, None, &extra).await;
-                let label = crate::metrics::ServiceLabel { service: call.request.service.clone() };
-                store.metrics().service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+                let label = ServiceLabel { service: call.request.service.clone() };
+                metrics.service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
                 let outcome = match called {
                     Ok(response) => ServiceOutcome::Answered(response),
                     Err(e) if e.not_sent && e.refusal.kind == RefusalKind::BackendUnreachable => {

@@ -8,9 +8,14 @@
 //! host app ──REST──▶ api ──┐                                          ┌─▶ deliver ──REST──▶ local service
 //! inbox watcher ───────────┴─▶ store ─▶ link ══ QUIC, mTLS ══▶ link ─▶ store ─┤
 //!                             (SQLite)       (files: transfer)               └─▶ callbacks ──REST──▶ host app
+//!
+//! synchronous: api ─▶ exchange ─▶ link ══▶ link ─▶ deliver, the answer back the same way (the
+//!              caller waits; the store only records the exchange)
 //! ```
 //!
-//! `api` and `link` never import each other: they meet at [`store`] and [`wire`].
+//! `api` and `link` never import each other: they meet at [`store`] and [`wire`], and a
+//! synchronous request reaches the link through [`exchange`]'s [`Carrier`](exchange::Carrier),
+//! which [`node`] wires. [`metrics`] are handed to each worker by [`node`], not kept in the store.
 //!
 //! The outside contract (command line, config, REST API, callbacks, inbox, evidence log) is
 //! `docs/API.md`; this page is the inside.
@@ -30,6 +35,7 @@
 //! | [`notify`] | sd_notify: READY, WATCHDOG while the store answers, RELOADING, STOPPING, STATUS |
 //! | [`metrics`] | the Prometheus metrics (`prometheus-client`) behind `GET /metrics` |
 //! | [`api`] | the local REST API (axum): router and OpenAPI document from the same annotated handlers ([`api::openapi`]), token and loopback guard, requests, replies, monitoring, events, the operator console, the envelope and error kinds ([`api::envelope`]) |
+//! | [`exchange`] | synchronous requests: from the API handler's task straight to the link ([`exchange::Carrier`]), counted, logged and handed to the store as evidence |
 //! | [`host_file`] | a host's files, opened confined beneath `files.send_roots`, never the node's own |
 //! | [`store`] | the one place of durable state (SQLite, one writer thread, group commit): the queue of requests and replies (`work`), files, read views (`records`), idempotency and duplicate checks (`trust`), the evidence log's table (`evidence`) |
 //! | [`evidence`], [`receipt`] | the evidence log's records, hash chain and offline check; receipts: Merkle batches, signing and checking |
@@ -56,6 +62,7 @@ pub mod cli;
 pub mod config;
 pub mod deliver;
 pub mod evidence;
+pub mod exchange;
 pub mod host_file;
 pub mod identity;
 pub mod inbox;

@@ -1,6 +1,6 @@
 //! The node's Prometheus metrics (`GET /metrics`), with the `prometheus-client` crate.
 //!
-//! Counters and histograms are updated where things happen (the store's exchange entry point,
+//! Counters and histograms are updated where things happen (synchronous exchanges, replies,
 //! service calls, callbacks, file streams). Figures the store and the peer table already hold —
 //! requests by state, peer connections and RTT — are read when the metrics are scraped, so they
 //! can never drift from the truth.

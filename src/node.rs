@@ -10,9 +10,11 @@ use tokio_util::sync::CancellationToken;
 use crate::api::{self, ApiState};
 use crate::config::Config;
 use crate::deliver::{self, Services};
+use crate::exchange::Exchange;
 use crate::host_file::HostFiles;
 use crate::identity::{Identity, IdentityError};
-use crate::link::{Link, LinkError, Transport};
+use crate::link::{self, Link, LinkError, Transport};
+use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::peer::Peers;
 use crate::store::{Store, StoreError};
@@ -117,19 +119,17 @@ pub async fn run_with(
     let inbox_made = inbox::create(&inbox_dir);
     // The link reads files below the send roots (requests and replies) and the inbox (replies).
     let sendable = [config.files.send_roots.clone(), vec![inbox_dir.clone()]].concat();
-    let link = Link::new(
-        sockets.link,
-        identity.clone(),
-        peers.clone(),
-        Transport::default(),
-        store.clone(),
-        config.evidence.receipts,
-        HostFiles::new(&sendable, own_files(&config)),
-    )?;
+    let metrics = Arc::new(Metrics::default());
+    let context = link::Context {
+        peers: peers.clone(),
+        store: store.clone(),
+        metrics: metrics.clone(),
+        files: HostFiles::new(&sendable, own_files(&config)),
+    };
+    let link = Link::new(sockets.link, identity.clone(), Transport::default(), config.evidence.receipts, context)?;
     let folders = crate::transfer::Folders::new(&config.node.data_dir, config.files.max_size);
     tokio::spawn(link.clone().serve(services.clone(), folders));
     let stop = CancellationToken::new();
-    store.set_carrier(Some(Arc::new(link.clone())));
     let inbox = match inbox_made {
         Ok(()) => {
             let files = HostFiles::new(std::slice::from_ref(&inbox_dir), own_files(&config));
@@ -142,14 +142,16 @@ pub async fn run_with(
     };
     let workers = [
         tokio::spawn(link.clone().carry(stop.clone())),
-        tokio::spawn(deliver::work(services.clone(), store.clone(), stop.clone())),
-        tokio::spawn(callbacks::work(store.clone(), stop.clone())),
+        tokio::spawn(deliver::work(services.clone(), store.clone(), metrics.clone(), stop.clone())),
+        tokio::spawn(callbacks::work(store.clone(), metrics.clone(), stop.clone())),
         inbox,
     ];
     link.greet_peers();
 
     let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(config.api.tokens.clone()));
     let state = ApiState {
+        exchange: Exchange::new(Arc::new(link.clone()), store.clone(), metrics.clone()),
+        metrics,
         store: store.clone(),
         peers: peers.clone(),
         name: config.node.name.clone(),

@@ -22,6 +22,7 @@ use serde_json::{json, Value};
 use tower::ServiceExt;
 
 use ferry::api::{router, ApiState};
+use ferry::exchange::{Exchange, NoLink};
 use ferry::identity::Identity;
 use ferry::peer::{Peer, Peers};
 use ferry::store::Store;
@@ -210,8 +211,11 @@ fn state() -> ApiState {
     let dir = tempfile::tempdir().unwrap().keep();
     let peers = Peers::default();
     peers.insert(Peer::new("org-b", "127.0.0.1:9", &Identity::generate("org-b").unwrap().cert));
+    let store = Store::open(&dir).unwrap();
     ApiState {
-        store: Store::open(&dir).unwrap(),
+        exchange: Exchange::new(Arc::new(NoLink), store.clone(), Arc::default()),
+        metrics: Arc::default(),
+        store,
         peers,
         name: "org-a".into(),
         fingerprint: "sha256:00".into(),

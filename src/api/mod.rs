@@ -25,6 +25,8 @@ use axum::Router;
 use serde_json::json;
 use subtle::ConstantTimeEq;
 
+use crate::exchange::Exchange;
+use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::store::Store;
 use envelope::{ok, ApiError, Kind};
@@ -32,8 +34,12 @@ use envelope::{ok, ApiError, Kind};
 /// What the API handlers share.
 #[derive(Clone)]
 pub struct ApiState {
-    /// Where requests go.
+    /// Where requests are stored, and read from.
     pub store: Store,
+    /// Where synchronous requests go.
+    pub exchange: Exchange,
+    /// The node's metrics (`GET /metrics`).
+    pub metrics: Arc<Metrics>,
     /// The peers, for validation and status.
     pub peers: Peers,
     /// This node's name.
@@ -159,8 +165,11 @@ mod tests {
     use tower::ServiceExt;
 
     fn state(tokens: &[&str]) -> ApiState {
+        let store = Store::open(&tempfile::tempdir().unwrap().keep()).unwrap();
         ApiState {
-            store: Store::open(&tempfile::tempdir().unwrap().keep()).unwrap(),
+            exchange: Exchange::new(Arc::new(crate::exchange::NoLink), store.clone(), Arc::default()),
+            metrics: Arc::default(),
+            store,
             peers: Peers::default(),
             name: "org-a".into(),
             fingerprint: "sha256:00".into(),

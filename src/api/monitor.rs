@@ -139,8 +139,14 @@ pub(super) async fn audit(State(state): State<ApiState>, RawQuery(raw): RawQuery
 #[utoipa::path(get, path = "/metrics", tag = "monitoring", summary = "Prometheus metrics",
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
 pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
-    state.store.refresh_metrics().await.map_err(internal)?;
-    let metrics = state.store.metrics();
+    let queues = state.store.queue_counts().await.map_err(internal)?;
+    let metrics = &state.metrics;
+    metrics.requests.clear();
+    for q in queues.requests {
+        let labels = crate::metrics::QueueLabels { direction: q.direction, peer: q.peer, state: q.state };
+        metrics.requests.get_or_create(&labels).set(q.count);
+    }
+    metrics.callbacks_pending.set(queues.callbacks_pending);
     metrics.peer_connected.clear();
     metrics.peer_rtt.clear();
     for peer in state.peers.all() {

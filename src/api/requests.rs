@@ -12,7 +12,8 @@ use serde_json::{json, Map, Value};
 use super::envelope::{cut, json_body, ok, ApiError, Kind};
 use super::openapi::Envelope;
 use super::ApiState;
-use crate::store::{now_ms, Failure, NewAsync, OutgoingFile};
+use crate::exchange::Failure;
+use crate::store::{now_ms, NewAsync, OutgoingFile};
 use crate::wire::{self, Encoding, FormValue, RefusalKind};
 
 /// The body of `POST /v1/requests`, as the host sends it.
@@ -126,7 +127,7 @@ pub(super) async fn create(
     }
     let timeout = Duration::from_millis(request.timeout_ms);
     let id = request.id.clone();
-    let outcome = tokio::time::timeout(timeout, state.store.request(&peer, request, file)).await.map_err(|_| {
+    let outcome = tokio::time::timeout(timeout, state.exchange.request(&peer, request, file)).await.map_err(|_| {
         ApiError::new(Kind::Timeout, format!("no answer from {peer} within timeout_ms={}", timeout.as_millis()))
             .with("id", id.clone())
     })?;

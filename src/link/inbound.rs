@@ -172,7 +172,11 @@ async fn stream(
             match file {
                 Err(refusal) => Message::Refused(refusal),
                 Ok(file) => match store.received_reply(&peer.name, reply, file.map(|(_, path)| path), payload).await {
-                    Ok(()) => {
+                    Ok(ended) => {
+                        if let Some(took) = ended {
+                            let label = crate::metrics::PeerLabel { peer: peer.name.clone() };
+                            link.inner.metrics.async_duration.get_or_create(&label).observe(took.as_secs_f64());
+                        }
                         link.sign_receipt(&peer.name, &ack.id, ack.seq, payload, file_sha);
                         Message::Ack(ack)
                     }
@@ -202,7 +206,7 @@ async fn stream(
                     let first = std::sync::atomic::AtomicBool::new(true);
                     let moved = crate::metrics::Progress::default();
                     let progress = |done: u64, total: u64| {
-                        store.metrics().file_bytes(&peer.name, "received", moved.advance(done));
+                        link.inner.metrics.file_bytes(&peer.name, "received", moved.advance(done));
                         let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
                         if first || done == total || done.is_multiple_of(16 * transfer::CHUNK as u64) {
                             store.progress_event(&peer.name, &request_id, done, total);
@@ -289,7 +293,7 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
     let started = std::time::Instant::now();
     let extra: Vec<_> = file.into_iter().collect();
     let answer = services.call_with(&peer.name, request, Some(allowed), &extra).await.map_err(|e| e.refusal);
-    let metrics = store.metrics();
+    let metrics = &link.inner.metrics;
     let label = crate::metrics::ServiceLabel { service: service.id.clone() };
     metrics.service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
     let outcome = match &answer {

@@ -1,11 +1,11 @@
 //! The link: this node's QUIC endpoint and its connections to peers.
 //!
-//! Outbound, synchronous requests come straight from the store's [`crate::store::Carrier`]
-//! (`outbound`), and [`Link::carry`] drains the asynchronous ones the store says are due; each
-//! gets its own bidirectional stream over one kept connection per peer (`connect`). Inbound,
-//! [`Link::serve`] accepts connections from pinned peers only, names the peer by its certificate,
-//! and answers each stream (`inbound`), signing receipts for what it accepted (`receipts`). The
-//! protocol itself is in [`crate::wire`].
+//! Outbound, synchronous requests come straight from [`crate::exchange`], whose
+//! [`Carrier`](crate::exchange::Carrier) the link is (`outbound`), and [`Link::carry`] drains the
+//! asynchronous ones the store says are due; each gets its own bidirectional stream over one kept
+//! connection per peer (`connect`). Inbound, [`Link::serve`] accepts connections from pinned peers
+//! only, names the peer by its certificate, and answers each stream (`inbound`), signing receipts
+//! for what it accepted (`receipts`). The protocol itself is in [`crate::wire`].
 
 mod carry;
 mod connect;
@@ -29,6 +29,7 @@ pub use transport::Transport;
 use crate::deliver::Services;
 use crate::host_file::HostFiles;
 use crate::identity::Identity;
+use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::receipt::Signer;
 use crate::store::Store;
@@ -49,6 +50,7 @@ struct Inner {
     peers: Peers,
     transport: Transport,
     store: Store,
+    metrics: Arc<Metrics>,
     closing: AtomicBool,
     /// Files being uploaded now, as `peer\0key`.
     uploading: std::sync::Mutex<std::collections::HashSet<String>>,
@@ -72,18 +74,30 @@ pub enum LinkError {
     Socket(#[from] std::io::Error),
 }
 
+/// What a link works with besides its socket, identity and settings.
+pub struct Context {
+    /// The pinned peers it serves and dials.
+    pub peers: Peers,
+    /// Where what it carries is stored.
+    pub store: Store,
+    /// The node's metrics, which it counts file bytes and service calls in.
+    pub metrics: Arc<Metrics>,
+    /// Where the files of requests and replies may be read from.
+    pub files: HostFiles,
+}
+
 impl Link {
-    /// An endpoint on `socket` that serves pinned peers and dials them on demand; with
-    /// `receipts`, it signs receipts for what peers send. It sends only files `files` opens.
+    /// An endpoint on `socket` that serves `context`'s pinned peers and dials them on demand; with
+    /// `receipts`, it signs receipts for what peers send. It sends only files `context.files`
+    /// opens.
     pub fn new(
         socket: std::net::UdpSocket,
         identity: Identity,
-        peers: Peers,
         transport: Transport,
-        store: Store,
         receipts: bool,
-        files: HostFiles,
+        context: Context,
     ) -> Result<Link, LinkError> {
+        let Context { peers, store, metrics, files } = context;
         let signer = if receipts { Some(Signer::new(&identity).map_err(LinkError::Tls)?) } else { None };
         let acceptor = crate::tls::Acceptor::new(&identity, peers.clone(), crate::tls::RefusalLog::default())
             .map_err(|e| LinkError::Tls(e.to_string()))?;
@@ -105,6 +119,7 @@ impl Link {
                 peers,
                 transport,
                 store,
+                metrics,
                 closing: AtomicBool::new(false),
                 uploading: Default::default(),
                 receipts: receipts::Receipts::new(signer),
@@ -161,7 +176,6 @@ impl Link {
     /// Closes every connection and waits, briefly, for peers to hear of it.
     pub async fn close(&self) {
         self.inner.closing.store(true, Ordering::Relaxed);
-        self.inner.store.set_carrier(None);
         self.inner.receipts.close();
         self.inner.endpoint.close(Code::Done.varint(), b"node stopping");
         // Peers hold their connections, and the endpoint's TLS verifier holds the peers: drop the

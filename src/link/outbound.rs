@@ -5,7 +5,8 @@ use tokio::time::Instant;
 use super::{Link, CONNECT_WITHIN};
 use futures::future::BoxFuture;
 
-use crate::store::{Carrier, Failure, Outcome, OutgoingFile};
+use crate::exchange::{Carrier, Failure, Outcome};
+use crate::store::OutgoingFile;
 use crate::transfer::TransferError;
 use crate::wire::{self, Code, FrameError, Message};
 

@@ -47,7 +47,7 @@ impl Link {
             let moved = crate::metrics::Progress::default();
             let progress = |n| {
                 done.store(n, Ordering::Relaxed);
-                store.metrics().file_bytes(peer, "sent", moved.advance(n));
+                self.inner.metrics.file_bytes(peer, "sent", moved.advance(n));
             };
             // Opened afresh each time, confined, and only while it is the file that was accepted.
             let opened = self.inner.files.reopen(&file.path, file.identity).map_err(|e| match e.may_pass() {

@@ -1,4 +1,5 @@
-//! The one place of durable state, and the one place the API and the link meet.
+//! The one place of durable state, where the API's and the peers' requests meet the workers that
+//! carry them.
 //!
 //! A SQLite database in WAL mode under `data_dir` holds requests, replies and callback
 //! deliveries. One writer thread owns the connection; everyone else holds a cheap, cloneable
@@ -11,7 +12,8 @@
 //! The workers that act on this state ([`crate::link`]'s carry loop, [`crate::deliver`],
 //! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and
 //! survives a restart. Synchronous requests are the exception: their caller is waiting on an open
-//! HTTP connection, so they go straight to the link's [`Carrier`] ([`Store::request`]).
+//! HTTP connection, so they go straight to the link ([`crate::exchange`]); the store only records
+//! them ([`Store::sync_exchanged`]).
 
 mod evidence;
 mod files;
@@ -24,52 +26,20 @@ use std::path::Path;
 use std::sync::Arc;
 use std::time::{Duration, SystemTime};
 
-use futures::future::BoxFuture;
 use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, oneshot, Notify};
 
 pub use evidence::{read_log, verify_log, LogReader, Verdict};
 pub use files::{ReceivedFile, ReplyFile};
-pub use records::{Page, Pending, RequestFilter, RequestView, Stats};
+pub use records::{Page, Pending, QueueCount, QueueCounts, RequestFilter, RequestView, Stats};
 pub use trust::Admission;
 pub use work::{CallbackWork, IncomingCall, NewAsync, OutboundWork, OutgoingFile, ServiceOutcome};
-
-use crate::wire;
 
 /// How many jobs one transaction takes at most.
 const MAX_BATCH: usize = 1024;
 /// How long a deferred job ([`Store::defer`]) may wait for a transaction to join.
 const DEFER_WITHIN: Duration = Duration::from_millis(20);
-
-/// Carries synchronous requests to peers. The link registers itself with
-/// [`Store::set_carrier`] at start-up, so that a synchronous request goes from the API handler's
-/// own task straight onto its QUIC stream, without a queue in between.
-pub trait Carrier: Send + Sync {
-    /// One request–answer exchange with `peer`, the file (if any) sent first. Returns the request
-    /// as it went on the wire (with its file reference), its [`wire::payload_sha256`] once it was
-    /// encoded to be sent, and the outcome.
-    fn exchange(
-        &self,
-        peer: String,
-        request: wire::Request,
-        file: Option<OutgoingFile>,
-    ) -> BoxFuture<'static, (wire::Request, Option<[u8; 32]>, Outcome)>;
-}
-
-/// The result of one synchronous exchange with a peer.
-pub type Outcome = Result<wire::Response, Failure>;
-
-/// Why an exchange did not produce the service's answer.
-#[derive(Debug, Clone, PartialEq)]
-pub enum Failure {
-    /// No connection to the peer could be made in time.
-    PeerUnreachable(String),
-    /// The peer's node refused the request or could not complete it.
-    Refused(wire::Refusal),
-    /// The connection failed during the exchange; the service may or may not have been called.
-    Broken(String),
-}
 
 /// A change others may watch (`GET /v1/events`).
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -251,9 +221,7 @@ impl<'t> std::ops::Deref for Tx<'t, '_> {
 #[derive(Clone)]
 pub struct Store {
     evidence: bool,
-    metrics: Arc<crate::metrics::Metrics>,
     data_dir: Arc<std::path::PathBuf>,
-    carrier: Arc<std::sync::RwLock<Option<Arc<dyn Carrier>>>>,
     jobs: std::sync::mpsc::Sender<Message>,
     /// Jobs no one waits for, committed with the writer's next transaction ([`Store::defer`]).
     deferred: Arc<std::sync::Mutex<Vec<Job>>>,
@@ -287,64 +255,12 @@ impl Store {
             .name("ferry-store".into())
             .spawn(move || writer(conn, evidence, rx, waiting, publish))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        Ok(Store {
-            evidence,
-            metrics: Arc::default(),
-            data_dir: Arc::new(data_dir.to_path_buf()),
-            carrier: Arc::default(),
-            jobs,
-            deferred,
-            events,
-            wake: Arc::default(),
-        })
-    }
-
-    /// The node's metrics.
-    pub fn metrics(&self) -> &crate::metrics::Metrics {
-        &self.metrics
+        Ok(Store { evidence, data_dir: Arc::new(data_dir.to_path_buf()), jobs, deferred, events, wake: Arc::default() })
     }
 
     /// Whether this store keeps the evidence log.
     pub fn keeps_evidence(&self) -> bool {
         self.evidence
-    }
-
-    /// Sets (or, with `None`, removes) the carrier of synchronous requests.
-    pub fn set_carrier(&self, carrier: Option<Arc<dyn Carrier>>) {
-        *self.carrier.write().unwrap() = carrier;
-    }
-
-    /// Sends a synchronous request, with its file if any, and waits for its outcome. An exchange
-    /// that reached the peer is recorded in the evidence log with the writer's next commit.
-    ///
-    /// Dropping the returned future abandons the exchange (the caller has gone).
-    pub async fn request(&self, peer: &str, request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
-        let carrier = self.carrier.read().unwrap().clone();
-        let Some(carrier) = carrier else {
-            return Err(Failure::PeerUnreachable("the node's link is not running".into()));
-        };
-        let started = std::time::Instant::now();
-        let (sent, payload, outcome) = carrier.exchange(peer.to_owned(), request, file).await;
-        let elapsed = started.elapsed();
-        let label = crate::metrics::PeerLabel { peer: peer.to_owned() };
-        self.metrics.sync_duration.get_or_create(&label).observe(elapsed.as_secs_f64());
-        let result = match &outcome {
-            Ok(r) if r.is_success() => "success",
-            Ok(_) => "failed",
-            Err(Failure::Refused(_)) => "refused",
-            Err(_) => "unreachable",
-        };
-        self.metrics.sync_request(peer, "outgoing", result);
-        // Where every outgoing sync exchange ends: one line for it.
-        let (id, path, ms) = (&sent.id, &sent.path, format!("{:.1}", elapsed.as_secs_f64() * 1000.0));
-        match &outcome {
-            Ok(r) => tracing::info!(%id, %peer, %path, status = r.status, duration_ms = %ms, "exchange"),
-            Err(f) => tracing::info!(%id, %peer, %path, status = "failed", duration_ms = %ms, error = ?f, "exchange"),
-        }
-        // This node's records join a commit of the writer's soon after, without holding up the
-        // host's answer.
-        self.sync_exchanged(peer, &sent, payload, &outcome);
-        outcome
     }
 
     /// Watches every event from now on.

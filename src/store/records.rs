@@ -106,6 +106,28 @@ pub struct Stats {
     pub callbacks_pending: u64,
 }
 
+/// Stored requests in one direction, with one peer, in one state.
+#[derive(Debug, Clone, PartialEq)]
+pub struct QueueCount {
+    /// `outgoing` or `incoming`.
+    pub direction: String,
+    /// The peer.
+    pub peer: String,
+    /// `waiting`, `doing`, `success` or `failed`.
+    pub state: String,
+    /// How many.
+    pub count: i64,
+}
+
+/// What the queue metrics show ([`Store::queue_counts`]).
+#[derive(Debug, Clone, Default)]
+pub struct QueueCounts {
+    /// Stored requests by direction, peer and state.
+    pub requests: Vec<QueueCount>,
+    /// Results waiting to be delivered to callbacks.
+    pub callbacks_pending: i64,
+}
+
 const COLUMNS: &str = "seq, id, direction, peer, service, method, path, reply, conversation, state, error,
     created_at, updated_at, attempts, response_status, response_headers, response_body, callback_url, callback_method,
     file_name, file_size, file_sha256, file_done, file_path";
@@ -330,31 +352,25 @@ impl Store {
         .await
     }
 
-    /// Sets the metrics read from the store: stored requests by direction, peer and state, and
+    /// The figures behind the queue metrics: stored requests by direction, peer and state, and
     /// results waiting for callbacks.
-    pub async fn refresh_metrics(&self) -> Result<(), StoreError> {
-        let metrics = self.metrics.clone();
+    pub async fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
         self.run_relaxed(move |t, _| {
             let mut stmt = t.prepare_cached(
                 "SELECT direction, peer, state, COUNT(*) FROM requests GROUP BY direction, peer, state",
             )?;
-            let rows = stmt
+            let requests = stmt
                 .query_map([], |r| {
-                    Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?, r.get::<_, String>(2)?, r.get(3)?))
+                    Ok(QueueCount { direction: r.get(0)?, peer: r.get(1)?, state: r.get(2)?, count: r.get(3)? })
                 })?
-                .collect::<Result<Vec<(String, String, String, i64)>, _>>()?;
-            metrics.requests.clear();
-            for (direction, peer, state, n) in rows {
-                metrics.requests.get_or_create(&crate::metrics::QueueLabels { direction, peer, state }).set(n);
-            }
-            let pending: i64 = query_row(
+                .collect::<Result<_, _>>()?;
+            let callbacks_pending = query_row(
                 t,
                 "SELECT COUNT(*) FROM replies WHERE callback_at IS NOT NULL AND delivered = 0",
                 [],
                 |r| r.get(0),
             )?;
-            metrics.callbacks_pending.set(pending);
-            Ok(())
+            Ok(QueueCounts { requests, callbacks_pending })
         })
         .await
     }

@@ -11,7 +11,7 @@ use super::evidence::request_record;
 use super::{exec, now_ms, query_row, StoreError, Tx};
 use crate::config::ServiceConfig;
 use crate::evidence::{sha256_hex, Rendered, Summary};
-use crate::store::{Failure, Outcome, Store};
+use crate::store::Store;
 use crate::wire::{self, Refusal, RefusalKind};
 
 /// What becomes of a request a peer sent.
@@ -226,23 +226,19 @@ impl Store {
     }
 
     /// Records, on the requesting node, a synchronous exchange that reached the peer: the
-    /// request as sent (`payload`: its [`wire::payload_sha256`], when known), and its response or
-    /// refusal ([`Store::defer`]red).
-    pub(super) fn sync_exchanged(
+    /// request as sent (`payload`: its [`wire::payload_sha256`], when known), and the response or
+    /// the peer node's refusal message, in the writer's next commit (deferred).
+    pub fn sync_exchanged(
         &self,
         peer: &str,
         request: &wire::Request,
         payload: Option<[u8; 32]>,
-        outcome: &Outcome,
+        answer: Result<&wire::Response, &str>,
     ) {
         if !self.evidence {
             return;
         }
-        let answer = match outcome {
-            Ok(response) => answer_record("in", peer, &request.id, Ok(response)),
-            Err(Failure::Refused(refusal)) => answer_record("in", peer, &request.id, Err(&refusal.message)),
-            Err(_) => return,
-        };
+        let answer = answer_record("in", peer, &request.id, answer);
         let payload = payload.unwrap_or_else(|| wire::payload_sha256(request));
         let sent = request_record("out", peer, request, payload, &[]);
         self.defer("a synchronous exchange", move |t| {

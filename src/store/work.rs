@@ -4,6 +4,8 @@
 //! takes the same item twice while it is in flight, and an item whose worker died becomes due
 //! again by itself. [`Store::recover`] clears leases at start-up.
 
+use std::time::Duration;
+
 use rusqlite::{params, OptionalExtension, Transaction};
 use serde_json::Value;
 
@@ -797,18 +799,18 @@ impl Store {
     /// Retransmissions are ignored; the request's state follows its final reply.
     ///
     /// `file` is the local path of the reply's file, already received and verified;
-    /// `payload_sha256` the reply's [`wire::payload_sha256`].
+    /// `payload_sha256` the reply's [`wire::payload_sha256`]. Returns how long the request took,
+    /// from its acceptance to this reply, when this reply ended it.
     pub async fn received_reply(
         &self,
         peer: &str,
         reply: wire::Reply,
         file: Option<String>,
         payload_sha256: [u8; 32],
-    ) -> Result<(), StoreError> {
+    ) -> Result<Option<Duration>, StoreError> {
         let arrived = self.rendered(|| reply_entry("in", peer, &reply, payload_sha256).render());
         let peer = peer.to_owned();
-        let metrics = self.metrics.clone();
-        self.run(move |t, events| {
+        let took = self.run(move |t, events| {
             let found: Option<(i64, i64, Option<String>)> = query_row(t,
                     "SELECT seq, created_at, callback_url FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
                     params![peer, reply.id],
@@ -817,7 +819,7 @@ impl Store {
                 .optional()?;
             let Some((row, created_at, callback)) = found else {
                 tracing::warn!(%peer, id = %reply.id, "a reply for a request this node does not know; ignored");
-                return Ok(());
+                return Ok(None);
             };
             let status = reply.response.as_ref().map(|r| r.status);
             let inserted = exec(t,
@@ -826,7 +828,7 @@ impl Store {
                 params![row, reply.seq, reply.data, reply.error, status, reply.end, now_ms(), callback.as_ref().map(|_| now_ms())],
             )?;
             if inserted == 0 {
-                return Ok(());
+                return Ok(None);
             }
             t.record(arrived)?;
             if let Some(f) = &reply.file {
@@ -864,14 +866,13 @@ impl Store {
                     params![row, state.as_str(), reply.error, now_ms()],
                 )?;
                 state_event(events, &reply.id, &peer, state);
-                let took = (now_ms() - created_at).max(0) as f64 / 1000.0;
-                metrics.async_duration.get_or_create(&crate::metrics::PeerLabel { peer: peer.clone() }).observe(took);
+                return Ok(Some(Duration::from_millis((now_ms() - created_at).max(0) as u64)));
             }
-            Ok(())
+            Ok(None)
         })
         .await?;
         self.wake.callbacks.notify_one();
-        Ok(())
+        Ok(took)
     }
 
     /// Claims up to `limit` results due for delivery to callbacks: per request only the lowest
@@ -939,8 +940,6 @@ impl Store {
         outcome: Result<(), (String, Option<i64>)>,
     ) -> Result<(), StoreError> {
         let (request, seq) = (work.request, work.seq);
-        let counted = if outcome.is_ok() { "delivered" } else { "retry" };
-        self.metrics.callbacks.get_or_create(&crate::metrics::OutcomeLabel { outcome: counted.into() }).inc();
         let mut delivered = Entry::new("callback", "out", "", &work.id);
         delivered.reply_seq = Some(work.seq);
         delivered.body_sha256 =

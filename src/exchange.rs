@@ -1,0 +1,109 @@
+//! Synchronous exchanges: a host's request goes from its API handler's own task straight onto a
+//! QUIC stream to the peer, and the answer comes back on the same open HTTP connection.
+//!
+//! Everything else a host asks for is queued in the [`store`](crate::store) and carried by the
+//! link's workers; a synchronous request is the one exception, because its caller is waiting.
+//! [`Exchange`] is wired by [`crate::node`]: the API calls it, it calls the [`Carrier`] (the
+//! link), and it hands the records of what was exchanged to the store for the evidence log.
+
+use std::sync::Arc;
+use std::time::Instant;
+
+use futures::future::BoxFuture;
+
+use crate::metrics::{Metrics, PeerLabel};
+use crate::store::{OutgoingFile, Store};
+use crate::wire;
+
+/// Carries one synchronous request to a peer and brings back its answer: the link.
+pub trait Carrier: Send + Sync {
+    /// One request–answer exchange with `peer`, the file (if any) sent first. Returns the request
+    /// as it went on the wire (with its file reference), its [`wire::payload_sha256`] once it was
+    /// encoded to be sent, and the outcome.
+    fn exchange(
+        &self,
+        peer: String,
+        request: wire::Request,
+        file: Option<OutgoingFile>,
+    ) -> BoxFuture<'static, (wire::Request, Option<[u8; 32]>, Outcome)>;
+}
+
+/// The result of one synchronous exchange with a peer.
+pub type Outcome = Result<wire::Response, Failure>;
+
+/// Why an exchange did not produce the service's answer.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Failure {
+    /// No connection to the peer could be made in time.
+    PeerUnreachable(String),
+    /// The peer's node refused the request or could not complete it.
+    Refused(wire::Refusal),
+    /// The connection failed during the exchange; the service may or may not have been called.
+    Broken(String),
+}
+
+/// A carrier for a node without a link (API tests): every peer is unreachable.
+#[derive(Debug, Clone, Copy)]
+pub struct NoLink;
+
+impl Carrier for NoLink {
+    fn exchange(
+        &self,
+        _peer: String,
+        request: wire::Request,
+        _file: Option<OutgoingFile>,
+    ) -> BoxFuture<'static, (wire::Request, Option<[u8; 32]>, Outcome)> {
+        Box::pin(async move { (request, None, Err(Failure::PeerUnreachable("the node's link is not running".into()))) })
+    }
+}
+
+/// Sends synchronous requests, counts them, logs them and has them recorded as evidence.
+#[derive(Clone)]
+pub struct Exchange {
+    carrier: Arc<dyn Carrier>,
+    store: Store,
+    metrics: Arc<Metrics>,
+}
+
+impl Exchange {
+    /// An exchange over `carrier` whose records go to `store`.
+    pub fn new(carrier: Arc<dyn Carrier>, store: Store, metrics: Arc<Metrics>) -> Exchange {
+        Exchange { carrier, store, metrics }
+    }
+
+    /// Sends a synchronous request, with its file if any, and waits for its outcome. An exchange
+    /// that reached the peer is recorded in the evidence log with the store's next commit.
+    ///
+    /// Dropping the returned future abandons the exchange (the caller has gone).
+    pub async fn request(&self, peer: &str, request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
+        let started = Instant::now();
+        let (sent, payload, outcome) = self.carrier.exchange(peer.to_owned(), request, file).await;
+        let elapsed = started.elapsed();
+        let label = PeerLabel { peer: peer.to_owned() };
+        self.metrics.sync_duration.get_or_create(&label).observe(elapsed.as_secs_f64());
+        let result = match &outcome {
+            Ok(r) if r.is_success() => "success",
+            Ok(_) => "failed",
+            Err(Failure::Refused(_)) => "refused",
+            Err(_) => "unreachable",
+        };
+        self.metrics.sync_request(peer, "outgoing", result);
+        // Where every outgoing sync exchange ends: one line for it.
+        let (id, path, ms) = (&sent.id, &sent.path, format!("{:.1}", elapsed.as_secs_f64() * 1000.0));
+        match &outcome {
+            Ok(r) => tracing::info!(%id, %peer, %path, status = r.status, duration_ms = %ms, "exchange"),
+            Err(f) => tracing::info!(%id, %peer, %path, status = "failed", duration_ms = %ms, error = ?f, "exchange"),
+        }
+        // This node's records join a commit of the store's soon after, without holding up the
+        // host's answer. Only an answer, or a refusal, from the peer's node is evidence.
+        let answered = match &outcome {
+            Ok(response) => Some(Ok(response)),
+            Err(Failure::Refused(refusal)) => Some(Err(refusal.message.as_str())),
+            Err(_) => None,
+        };
+        if let Some(answer) = answered {
+            self.store.sync_exchanged(peer, &sent, payload, answer);
+        }
+        outcome
+    }
+}
