@@ -31,6 +31,7 @@
 //! | [`tls`] | rustls configs that require and pin certificates both ways; the ALPN `ferry/1` |
 //! | [`wire`] | the node-to-node protocol: postcard frames, protocol version, close and reset codes; the checks both nodes apply to paths, fields and headers |
 //! | [`peer`] | the peer table (by name and by fingerprint) and each peer's connection state |
+//! | [`service`] | this node's service table: who may call what, lifecycle states, the boundary a peer's request keeps to, masked forms |
 //! | [`node`] | wiring: bound sockets plus a shutdown future become a running node; reload on SIGHUP |
 //! | [`notify`] | sd_notify: READY, WATCHDOG while the store answers, RELOADING, STOPPING, STATUS |
 //! | [`metrics`] | the Prometheus metrics (`prometheus-client`) behind `GET /metrics` |
@@ -41,7 +42,7 @@
 //! | [`evidence`], [`receipt`] | the evidence log's records, hash chain and offline check; receipts: Merkle batches, signing and checking |
 //! | [`link`] | the QUIC endpoint: dialing and keeping peer connections, the outbound stream per request, store-and-forward (`carry`), files (`upload`), the inbound handler, receipts both ways, transport settings |
 //! | [`transfer`] | files on the wire: 1 MiB chunks with their SHA-256, resumption, direct I/O on the receiving side |
-//! | [`deliver`] | calls to this node's local services for peers: allow list, service state, the `X-Ferry-*` headers |
+//! | [`deliver`] | calls to this node's local services for peers (the link's [`service::Caller`], and the worker for stored requests): the HTTP call, the `X-Ferry-*` headers |
 //! | [`callbacks`] | delivery of results to host apps' callback URLs, in `seq` order, retried until `ttl_s` |
 //! | [`inbox`] | the inbox folder: operators answer reply-mode requests by dropping files |
 //!
@@ -72,6 +73,7 @@ pub mod node;
 pub mod notify;
 pub mod peer;
 pub mod receipt;
+pub mod service;
 pub mod store;
 pub mod tls;
 pub mod transfer;

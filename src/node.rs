@@ -9,7 +9,7 @@ use tokio_util::sync::CancellationToken;
 
 use crate::api::{self, ApiState};
 use crate::config::Config;
-use crate::deliver::{self, Services};
+use crate::deliver::{self, Deliverer};
 use crate::exchange::Exchange;
 use crate::host_file::HostFiles;
 use crate::identity::{Identity, IdentityError};
@@ -17,6 +17,7 @@ use crate::link::{self, Link, LinkError, Transport};
 use crate::metrics::Metrics;
 use crate::notify::Notifier;
 use crate::peer::Peers;
+use crate::service::Services;
 use crate::store::{Store, StoreError};
 use crate::{callbacks, inbox};
 
@@ -128,7 +129,8 @@ pub async fn run_with(
     };
     let link = Link::new(sockets.link, identity.clone(), Transport::default(), config.evidence.receipts, context)?;
     let folders = crate::transfer::Folders::new(&config.node.data_dir, config.files.max_size);
-    tokio::spawn(link.clone().serve(services.clone(), folders));
+    let deliverer = Deliverer::new(services.clone());
+    tokio::spawn(link.clone().serve(services.clone(), Arc::new(deliverer.clone()), folders));
     let stop = CancellationToken::new();
     let inbox = match inbox_made {
         Ok(()) => {
@@ -142,7 +144,7 @@ pub async fn run_with(
     };
     let workers = [
         tokio::spawn(link.clone().carry(stop.clone())),
-        tokio::spawn(deliver::work(services.clone(), store.clone(), metrics.clone(), stop.clone())),
+        tokio::spawn(deliver::work(deliverer, store.clone(), metrics.clone(), stop.clone())),
         tokio::spawn(callbacks::work(store.clone(), metrics.clone(), stop.clone())),
         inbox,
     ];

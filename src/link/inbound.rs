@@ -6,9 +6,9 @@ use std::time::Duration;
 use rustls::pki_types::CertificateDer;
 
 use super::Link;
-use crate::deliver::Services;
 use crate::identity::Fingerprint;
 use crate::peer::{Peer, Peers};
+use crate::service::{Caller, Services};
 use crate::store::{Admission, Store};
 use crate::transfer::{self, Folders, ReceiveError};
 use crate::wire::{self, Code, Message, Refusal, RefusalKind};
@@ -16,11 +16,12 @@ use crate::wire::{self, Code, Message, Refusal, RefusalKind};
 /// How long a peer may take to send a stream's first frame once it opened the stream.
 const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
 
-/// What answering peers needs: the local services, the store, and where files go.
+/// What answering peers needs: the local services and their caller, the store, and where files go.
 #[derive(Clone)]
 pub(super) struct Inbound {
     pub link: Link,
     pub services: Services,
+    pub caller: Arc<dyn Caller>,
     pub store: Store,
     pub folders: Folders,
     /// Files being received now, as `peer\0key`: a second offer of the same file waits its turn.
@@ -122,7 +123,7 @@ async fn stream(
         return reset(&mut send, &mut recv, Code::VersionMismatch);
     }
     peer.seen();
-    let Inbound { link, services, store, folders, receiving } = &inbound;
+    let Inbound { link, services, store, folders, receiving, .. } = &inbound;
     let answer = match message {
         Message::Request(request) => match sync_request(&inbound, &peer, &request).await {
             Ok(answer) => answer,
@@ -266,7 +267,7 @@ async fn stream(
 /// records join the writer's next commit without holding up the answer.
 /// `Err`: the stream is reset with that code (the store failed; nothing was called).
 async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -> Result<Message, Code> {
-    let Inbound { link, services, store, .. } = inbound;
+    let Inbound { link, services, caller, store, .. } = inbound;
     let allowed = match services.check_request(&peer.name, request) {
         Ok(allowed) => allowed,
         Err(refusal) => return Ok(Message::Refused(refusal)),
@@ -292,7 +293,7 @@ async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -
     link.sign_receipt(&peer.name, &request.id, 0, payload, request.file.as_ref().map(|f| f.sha256));
     let started = std::time::Instant::now();
     let extra: Vec<_> = file.into_iter().collect();
-    let answer = services.call_with(&peer.name, request, Some(allowed), &extra).await.map_err(|e| e.refusal);
+    let answer = caller.call(&peer.name, request, Some(allowed), &extra).await.map_err(|e| e.refusal);
     let metrics = &link.inner.metrics;
     let label = crate::metrics::ServiceLabel { service: service.id.clone() };
     metrics.service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());

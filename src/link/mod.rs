@@ -26,12 +26,12 @@ use thiserror::Error;
 pub(crate) use connect::accepted;
 pub use transport::Transport;
 
-use crate::deliver::Services;
 use crate::host_file::HostFiles;
 use crate::identity::Identity;
 use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::receipt::Signer;
+use crate::service::{Caller, Services};
 use crate::store::Store;
 use crate::wire::Code;
 
@@ -135,11 +135,13 @@ impl Link {
         self.inner.endpoint.local_addr().expect("a bound endpoint has an address")
     }
 
-    /// Accepts peer connections and answers their requests until the endpoint closes.
-    pub async fn serve(self, services: Services, folders: crate::transfer::Folders) {
+    /// Accepts peer connections and answers their requests until the endpoint closes: checked
+    /// against `services`, synchronous ones called by `caller`, files received into `folders`.
+    pub async fn serve(self, services: Services, caller: Arc<dyn Caller>, folders: crate::transfer::Folders) {
         let inbound = inbound::Inbound {
             link: self.clone(),
             services,
+            caller,
             store: self.inner.store.clone(),
             folders,
             receiving: Default::default(),

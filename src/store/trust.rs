@@ -122,7 +122,7 @@ pub(super) fn admit(
 
 /// What the duplicate window compares: sender, method, path, form and the file's SHA-256.
 fn dedupe_digest(peer: &str, request: &wire::Request) -> String {
-    let form = crate::deliver::masked_form(&request.form, &[]);
+    let form = crate::service::masked_form(&request.form, &[]);
     let file = request.file.as_ref().map(|f| hex::encode(f.sha256)).unwrap_or_default();
     sha256_hex(format!("{peer}\0{}\0{}\0{form}\0{file}", request.method, request.path).as_bytes())
 }

@@ -533,7 +533,7 @@ impl Store {
                 };
                 let blob = postcard::to_stdvec(r).map_err(|e| StoreError::Corrupt(e.to_string()))?;
                 let callback_id = message.reply.then(|| uuid::Uuid::new_v4().simple().to_string());
-                let masked = crate::deliver::masked_form(&r.form, &service.mask_fields).to_string();
+                let masked = crate::service::masked_form(&r.form, &service.mask_fields).to_string();
                 exec(
                     t,
                     "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply,
