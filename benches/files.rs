@@ -71,7 +71,7 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use ferry::cli::{edit, init};
+use ferry::cli::{init, peer, service};
 use ferry::config::Config;
 use ferry::identity::{Fingerprint, Identity};
 use ferry::node::{self, NodeError, Sockets};
@@ -1124,9 +1124,9 @@ impl Nodes {
         init::init(&b_dir, "org-b", b_link, b_api)?;
         let conf = |d: &Path| d.join("config/ferry.toml");
         let cert = |d: &Path| d.join("certs/node.pem");
-        edit::add_peer(&conf(&a_dir), "org-b", &a_to_b.unwrap_or(b_link).to_string(), &cert(&b_dir))?;
-        edit::add_peer(&conf(&b_dir), "org-a", &b_to_a.unwrap_or(a_link).to_string(), &cert(&a_dir))?;
-        edit::add_service(&conf(&b_dir), "1", &format!("http://{service}"), &["org-a".to_owned()])?;
+        peer::add(&conf(&a_dir), "org-b", &a_to_b.unwrap_or(b_link).to_string(), &cert(&b_dir))?;
+        peer::add(&conf(&b_dir), "org-a", &b_to_a.unwrap_or(a_link).to_string(), &cert(&a_dir))?;
+        service::add(&conf(&b_dir), "1", &format!("http://{service}"), &["org-a".to_owned()])?;
 
         let (stop, stopped) = tokio::sync::watch::channel(false);
         let mut tasks = Vec::new();

@@ -25,7 +25,7 @@
 //! | module | what it is |
 //! | --- | --- |
 //! | `main.rs` | the thin binary: calls [`cli::main`] |
-//! | [`cli`] | the command line: `init`, `edit` (`peer add` and `service add`, which keep comments and are validated before they are written), `check [--connect]`, `audit`, `demo`, the operator commands over the local API (`operator`, `table`), journald log lines (`journal`) |
+//! | [`cli`] | the command line: `init`, `peer add` and `service add` (`peer`, `service`: they keep the file's comments and are validated before they are written), `check [--connect]`, `audit`, `demo`, the operator commands over the local API (`operator`, `table`), journald log lines (`journal`) |
 //! | [`config`] | the TOML config, parsed completely; every problem is reported at once |
 //! | [`identity`] | the node's key and self-signed certificate (rcgen), and fingerprints |
 //! | [`tls`] | rustls configs that require and pin certificates both ways; the ALPN `ferry/1` |
@@ -33,7 +33,7 @@
 //! | [`peer`] | the peer table (by name and by fingerprint) and each peer's connection state |
 //! | [`service`] | this node's service table: who may call what, lifecycle states, the boundary a peer's request keeps to, masked forms |
 //! | [`node`] | wiring: bound sockets plus a shutdown future become a running node; reload on SIGHUP |
-//! | [`notify`] | sd_notify: READY, WATCHDOG while the store answers, RELOADING, STOPPING, STATUS |
+//! | [`systemd`] | sd_notify: READY, WATCHDOG while the store answers, RELOADING, STOPPING, STATUS |
 //! | [`metrics`] | the Prometheus metrics (`prometheus-client`) behind `GET /metrics` |
 //! | [`api`] | the local REST API (axum): router and OpenAPI document from the same annotated handlers ([`api::openapi`]), token and loopback guard, requests, replies, monitoring, events, the operator console, the envelope and error kinds ([`api::envelope`]) |
 //! | [`exchange`] | synchronous requests: from the API handler's task straight to the link ([`exchange::Carrier`]), counted, logged and handed to the store as evidence |
@@ -70,11 +70,11 @@ pub mod inbox;
 pub mod link;
 pub mod metrics;
 pub mod node;
-pub mod notify;
 pub mod peer;
 pub mod receipt;
 pub mod service;
 pub mod store;
+pub mod systemd;
 pub mod tls;
 pub mod transfer;
 pub mod wire;

@@ -15,10 +15,10 @@ use crate::host_file::HostFiles;
 use crate::identity::{Identity, IdentityError};
 use crate::link::{self, Link, LinkError, Transport};
 use crate::metrics::Metrics;
-use crate::notify::Notifier;
 use crate::peer::Peers;
 use crate::service::Services;
 use crate::store::{Store, StoreError};
+use crate::systemd::Notifier;
 use crate::{callbacks, inbox};
 
 /// The node's two sockets, bound before it starts so that callers (and tests) may bind port 0.
@@ -189,7 +189,7 @@ pub async fn run_with(
     }
     if let Some(n) = &notifier {
         // The listener is bound and the link serves: the API answers from the first accept on.
-        let line = crate::notify::summary(&config.node.name, &store, &peers)
+        let line = crate::systemd::summary(&config.node.name, &store, &peers)
             .await
             .unwrap_or_else(|e| format!("{}: serving (no figures: {e})", config.node.name));
         n.ready(&line);

@@ -478,7 +478,7 @@ async fn a_file_resumes_after_the_sender_is_killed_midway() {
         a.pin(&b);
         b.pin(&a);
         let allow = vec!["org-a".to_owned()];
-        ferry::cli::edit::add_service(&b.config, "1", &service.base_url(), &allow).unwrap();
+        ferry::cli::service::add(&b.config, "1", &service.base_url(), &allow).unwrap();
         let size = 192 * CHUNK as u64;
         let source = a.dir.join("outbox/big.bin");
         let sha = make_file(&source, size);

@@ -195,16 +195,16 @@ pub fn configure_pair(
     service_url: &str,
     evidence: Evidence,
 ) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
-    use ferry::cli::{edit, init};
+    use ferry::cli::{init, peer, service};
     let ((a_link, a_api), (b_link, b_api)) = (a, b);
     let (a_dir, b_dir) = (dir.join("org-a"), dir.join("org-b"));
     init::init(&a_dir, "org-a", a_link, a_api)?;
     init::init(&b_dir, "org-b", b_link, b_api)?;
     let conf = |d: &std::path::Path| d.join("config/ferry.toml");
     let cert = |d: &std::path::Path| d.join("certs/node.pem");
-    edit::add_peer(&conf(&a_dir), "org-b", &b_link.to_string(), &cert(&b_dir))?;
-    edit::add_peer(&conf(&b_dir), "org-a", &a_link.to_string(), &cert(&a_dir))?;
-    edit::add_service(&conf(&b_dir), "1", service_url, &["org-a".to_owned()])?;
+    peer::add(&conf(&a_dir), "org-b", &b_link.to_string(), &cert(&b_dir))?;
+    peer::add(&conf(&b_dir), "org-a", &a_link.to_string(), &cert(&a_dir))?;
+    service::add(&conf(&b_dir), "1", service_url, &["org-a".to_owned()])?;
     for d in [&a_dir, &b_dir] {
         set_evidence(&conf(d), evidence)?;
     }

@@ -12,7 +12,7 @@ use axum::routing::{get, post};
 use axum::{Form, Json, Router};
 use serde_json::{json, Value};
 
-use super::{edit, init, CliError};
+use super::{init, peer, service, CliError};
 use crate::config::Config;
 use crate::node::{self, Sockets};
 
@@ -37,9 +37,9 @@ async fn demo() -> anyhow::Result<()> {
     let fb = init::init(&b_dir, "org-b", b_link, b_api)?;
     println!("ferry init org-a: {fa}\nferry init org-b: {fb}");
     let (a_conf, b_conf) = (a_dir.join("config/ferry.toml"), b_dir.join("config/ferry.toml"));
-    edit::add_peer(&a_conf, "org-b", &b_link.to_string(), &b_dir.join("certs/node.pem"))?;
-    edit::add_peer(&b_conf, "org-a", &a_link.to_string(), &a_dir.join("certs/node.pem"))?;
-    edit::add_service(&b_conf, "1", &format!("http://{service}"), &["org-a".to_owned()])?;
+    peer::add(&a_conf, "org-b", &b_link.to_string(), &b_dir.join("certs/node.pem"))?;
+    peer::add(&b_conf, "org-a", &a_link.to_string(), &a_dir.join("certs/node.pem"))?;
+    service::add(&b_conf, "1", &format!("http://{service}"), &["org-a".to_owned()])?;
     println!("peers pinned both ways; org-b offers service 1 to org-a\n");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);

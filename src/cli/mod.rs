@@ -4,11 +4,13 @@
 
 mod audit;
 mod check;
+mod config_file;
 pub mod demo;
-pub mod edit;
 pub mod init;
 mod journal;
 pub mod operator;
+pub mod peer;
+pub mod service;
 mod table;
 
 use std::net::SocketAddr;
@@ -248,14 +250,14 @@ fn run(command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Peer { command: PeerCommand::Add { name, address, cert, config } } => {
-            let fingerprint = edit::add_peer(&config.config, &name, &address, &cert)?;
+            let fingerprint = peer::add(&config.config, &name, &address, &cert)?;
             println!("added peer `{name}` at {address}");
             println!("fingerprint: {fingerprint}");
             println!("compare it with {name}'s admin (`ferry cert fingerprint` on their node) before you run");
             Ok(())
         }
         Command::Service { command: ServiceCommand::Add { id, base_url, allow, config } } => {
-            edit::add_service(&config.config, &id, &base_url, &allow)?;
+            service::add(&config.config, &id, &base_url, &allow)?;
             println!(
                 "added service `{id}` at {base_url}, allowed for: {}",
                 if allow.is_empty() { "nobody yet".into() } else { allow.join(", ") }
@@ -285,7 +287,7 @@ fn run_node(path: &Path) -> Result<(), CliError> {
         .block_on(async {
             let (reload, reloads) = tokio::sync::mpsc::channel(1);
             let stop = signals(reload).map_err(node::NodeError::Io)?;
-            let controls = node::Controls { reload: Some(reloads), notifier: crate::notify::Notifier::from_env() };
+            let controls = node::Controls { reload: Some(reloads), notifier: crate::systemd::Notifier::from_env() };
             node::run_with(config, sockets, stop, controls).await
         })
         .map_err(|e| CliError {

@@ -21,7 +21,7 @@ use axum::response::IntoResponse;
 use axum::Router;
 use serde_json::{json, Value};
 
-use ferry::cli::{edit, init};
+use ferry::cli::{init, peer, service};
 use ferry::config::Config;
 use ferry::node::{self, NodeError, Sockets};
 
@@ -63,13 +63,13 @@ impl Node {
 
     /// Pins `other` as a peer of this node.
     pub fn add_peer(&self, other: &Node) {
-        edit::add_peer(&self.config_path, &other.name, &other.link.to_string(), &other.cert()).unwrap();
+        peer::add(&self.config_path, &other.name, &other.link.to_string(), &other.cert()).unwrap();
     }
 
     /// Declares service `id` at `base_url` for `allow`.
     pub fn add_service(&self, id: &str, base_url: &str, allow: &[&str]) {
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
-        edit::add_service(&self.config_path, id, base_url, &allow).unwrap();
+        service::add(&self.config_path, id, base_url, &allow).unwrap();
     }
 
     /// Starts the node from its config (rebinding its ports after a stop) and waits until it serves.
@@ -317,7 +317,7 @@ pub async fn rogue_and_node() -> (Rogue, Node, Recorder, tempfile::TempDir) {
     let (cert, key) = (root.path().join("rogue.pem"), root.path().join("rogue.key"));
     identity.save(&cert, &key).unwrap();
     let mut b = Node::create(root.path(), "org-b");
-    ferry::cli::edit::add_peer(&b.config_path, "rogue", "127.0.0.1:9", &cert).unwrap();
+    ferry::cli::peer::add(&b.config_path, "rogue", "127.0.0.1:9", &cert).unwrap();
     b.add_service("1", &service.base_url(), &["rogue"]);
     b.start().await;
 

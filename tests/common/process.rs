@@ -230,13 +230,13 @@ impl Node {
     /// Pins `other` as a peer reached at `addr` (a relay in front of it).
     pub fn pin_at(&self, other: &Node, addr: SocketAddr) {
         let cert = other.dir.join("certs/node.pem");
-        ferry::cli::edit::add_peer(&self.config, &other.name, &addr.to_string(), &cert).unwrap();
+        ferry::cli::peer::add(&self.config, &other.name, &addr.to_string(), &cert).unwrap();
     }
 
     /// Declares service `id` at `base_url` for `allow` (`ferry service add`).
     pub fn add_service(&self, id: &str, base_url: &str, allow: &[&str]) {
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
-        ferry::cli::edit::add_service(&self.config, id, base_url, &allow).unwrap();
+        ferry::cli::service::add(&self.config, id, base_url, &allow).unwrap();
     }
 
     /// Every run's stderr so far.
