@@ -3,12 +3,13 @@
 //!
 //! A SQLite database in WAL mode under `data_dir` holds requests, replies and callback
 //! deliveries. One writer thread owns the connection that changes it; everyone else holds a cheap,
-//! cloneable [`Store`] handle that sends it jobs. Read views do not queue behind the writer: they
-//! run on read-only connections of their own (`reader`). The writer runs every job waiting in its queue inside one
-//! transaction and commits once (group commit), and only then answers the jobs and publishes
-//! their [`Event`]s: an answer from the store means the change is on disk. Evidence no one waits
-//! for (both nodes' records of a plain synchronous exchange, peers' receipts) is deferred: it
-//! joins the next transaction, or one of its own within 20 ms.
+//! cloneable [`Store`] handle that sends it jobs. The writer runs every job waiting in its queue
+//! inside one transaction and commits once (group commit), and only then answers the jobs and
+//! publishes their [`Event`]s: an answer from the store means the change is on disk. Evidence no
+//! one waits for (both nodes' records of a plain synchronous exchange, peers' receipts) is
+//! deferred: it joins the next transaction, or one of its own within 20 ms. Read views do not
+//! queue behind the writer: they run on read-only connections of their own (`reader`), and see
+//! every change answered before they began.
 //!
 //! The workers that act on this state ([`crate::link`]'s carry loop, [`crate::deliver`],
 //! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and

@@ -1,7 +1,7 @@
 //! This node's requests to peers: accepted from a host, claimed when due for the link, then
 //! acknowledged by the peer or refused, and retried or resent while they are not. The link's
-//! queue ([`OutboundWork`]) also carries this node's replies to peers' requests; their rows are
-//! [`super::replies`]'.
+//! queue ([`OutboundWork`]) also carries this node's replies to peers' requests, whose rows
+//! [`super::replies`] keeps.
 
 use rusqlite::{params, OptionalExtension};
 
