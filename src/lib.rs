@@ -38,7 +38,7 @@
 //! | [`api`] | the local REST API (axum): router and OpenAPI document from the same annotated handlers ([`api::openapi`]), token and loopback guard, requests, replies, monitoring, events, the operator console, the envelope and error kinds ([`api::envelope`]) |
 //! | [`exchange`] | synchronous requests: from the API handler's task straight to the link ([`exchange::Carrier`]), counted, logged and handed to the store as evidence |
 //! | [`host_file`] | a host's files, opened confined beneath `files.send_roots`, never the node's own |
-//! | [`store`] | the one place of durable state (SQLite, one writer thread, group commit): the queue of requests and replies (`work`), files, read views (`records`), idempotency and duplicate checks (`trust`), the evidence log's table (`evidence`) |
+//! | [`store`] | the one place of durable state (SQLite, one writer thread, group commit): the queue of requests and replies by domain (`outgoing`, `incoming`, `replies`, `callbacks`; leases and recovery in `queue`), their stored form (`stored`, versioned), files, read views (`records`) on read-only connections beside the writer (`reader`), idempotency and duplicate checks (`trust`), the evidence log's table (`evidence`) |
 //! | [`evidence`], [`receipt`] | the evidence log's records, hash chain and offline check; receipts: Merkle batches, signing and checking |
 //! | [`link`] | the QUIC endpoint: dialing and keeping peer connections, the outbound stream per request, store-and-forward (`carry`), files (`upload`), the inbound handler, receipts both ways, transport settings |
 //! | [`transfer`] | files on the wire: 1 MiB chunks with their SHA-256, resumption, direct I/O on the receiving side |

@@ -98,6 +98,8 @@ impl Notifier {
 
 /// One line for `STATUS=` and `systemctl status`: peers connected and requests by state.
 pub async fn summary(name: &str, store: &Store, peers: &Peers) -> Result<String, crate::store::StoreError> {
+    // The writer must answer too: read views run beside it.
+    store.flush().await?;
     let stats = store.stats().await?;
     let all = peers.all();
     let connected = all.iter().filter(|p| p.connection().is_some()).count();

@@ -29,7 +29,7 @@ impl Store {
     /// The verified file `peer` sent for `key` (a request id, or `id/seq`), if it arrived.
     pub async fn received_file(&self, peer: &str, key: &str) -> Result<Option<ReceivedFile>, StoreError> {
         let (peer, key) = (peer.to_owned(), key.to_owned());
-        self.run_relaxed(move |t, _| {
+        self.read(move |t| {
             let row: Option<(String, i64, String)> = query_row(
                 t,
                 "SELECT path, size, sha256 FROM received_files WHERE peer = ?1 AND key = ?2",
@@ -121,7 +121,7 @@ impl Store {
     /// Where the latest reply of this node carrying the file at `path` stands, if one does.
     pub async fn reply_file_state(&self, path: &str) -> Result<Option<ReplyFile>, StoreError> {
         let path = path.to_owned();
-        self.run(move |t, _| {
+        self.read(move |t| {
             Ok(query_row(
                 t,
                 "SELECT next_send_at IS NULL, error FROM replies WHERE file_path = ?1 ORDER BY rowid DESC LIMIT 1",

@@ -2,12 +2,14 @@
 //! carry them.
 //!
 //! A SQLite database in WAL mode under `data_dir` holds requests, replies and callback
-//! deliveries. One writer thread owns the connection; everyone else holds a cheap, cloneable
-//! [`Store`] handle that sends it jobs. The writer runs every job waiting in its queue inside one
-//! transaction and commits once (group commit), and only then answers the jobs and publishes
-//! their [`Event`]s: an answer from the store means the change is on disk. Evidence no one waits
-//! for (both nodes' records of a plain synchronous exchange, peers' receipts) is deferred: it
-//! joins the next transaction, or one of its own within 20 ms.
+//! deliveries. One writer thread owns the connection that changes it; everyone else holds a cheap,
+//! cloneable [`Store`] handle that sends it jobs. The writer runs every job waiting in its queue
+//! inside one transaction and commits once (group commit), and only then answers the jobs and
+//! publishes their [`Event`]s: an answer from the store means the change is on disk. Evidence no
+//! one waits for (both nodes' records of a plain synchronous exchange, peers' receipts) is
+//! deferred: it joins the next transaction, or one of its own within 20 ms. Read views do not
+//! queue behind the writer: they run on read-only connections of their own (`reader`), and see
+//! every change answered before they began.
 //!
 //! The workers that act on this state ([`crate::link`]'s carry loop, [`crate::deliver`],
 //! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and
@@ -15,12 +17,18 @@
 //! HTTP connection, so they go straight to the link ([`crate::exchange`]); the store only records
 //! them ([`Store::sync_exchanged`]).
 
+mod callbacks;
 mod evidence;
 mod files;
+mod incoming;
+mod outgoing;
+mod queue;
+mod reader;
 mod records;
+mod replies;
 mod schema;
+mod stored;
 mod trust;
-mod work;
 
 use std::path::Path;
 use std::sync::Arc;
@@ -30,11 +38,13 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, oneshot, Notify};
 
+pub use callbacks::CallbackWork;
 pub use evidence::{read_log, verify_log, LogReader, Verdict};
 pub use files::{ReceivedFile, ReplyFile};
+pub use incoming::{IncomingCall, ServiceOutcome};
+pub use outgoing::{NewAsync, OutboundWork, OutgoingFile};
 pub use records::{Page, Pending, QueueCount, QueueCounts, RequestFilter, RequestView, Stats};
 pub use trust::Admission;
-pub use work::{CallbackWork, IncomingCall, NewAsync, OutboundWork, OutgoingFile, ServiceOutcome};
 
 /// How many jobs one transaction takes at most.
 const MAX_BATCH: usize = 1024;
@@ -193,7 +203,7 @@ enum Durability {
     /// Written to the WAL without an fsync (`synchronous=NORMAL`): survives a crash or kill of
     /// the node at once, and a power loss from the next full commit or checkpoint on. Used for
     /// deferred evidence ([`Store::defer`]), which would otherwise wait for an fsync each, and for
-    /// reads.
+    /// [`Store::flush`].
     Relaxed,
 }
 
@@ -227,6 +237,8 @@ pub struct Store {
     deferred: Arc<std::sync::Mutex<Vec<Job>>>,
     events: broadcast::Sender<Event>,
     pub(crate) wake: Arc<Wakers>,
+    /// The read-only connections of read views.
+    readers: Arc<reader::Readers>,
 }
 
 impl std::fmt::Debug for Store {
@@ -255,7 +267,16 @@ impl Store {
             .name("ferry-store".into())
             .spawn(move || writer(conn, evidence, rx, waiting, publish))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        Ok(Store { evidence, data_dir: Arc::new(data_dir.to_path_buf()), jobs, deferred, events, wake: Arc::default() })
+        let readers = Arc::new(reader::Readers::new(data_dir.join("ferry.db")));
+        Ok(Store {
+            evidence,
+            data_dir: Arc::new(data_dir.to_path_buf()),
+            jobs,
+            deferred,
+            events,
+            wake: Arc::default(),
+            readers,
+        })
     }
 
     /// Whether this store keeps the evidence log.

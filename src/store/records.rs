@@ -1,11 +1,11 @@
 //! Read views of the store for the monitoring API: one request, pages of requests, pending
-//! approvals, and counts.
+//! approvals, and counts. They run on read-only connections beside the writer (`reader`).
 
 use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{query_row, rfc3339, Store, StoreError};
+use super::{query_row, rfc3339, stored, Store, StoreError};
 use crate::wire;
 
 /// A request's status (`GET /v1/requests/{id}`).
@@ -257,7 +257,7 @@ impl Store {
     /// The request with this id, with its replies; outgoing first if both directions have it.
     pub async fn get(&self, id: &str) -> Result<Option<RequestView>, StoreError> {
         let id = id.to_owned();
-        self.run_relaxed(move |t, _| {
+        self.read(move |t| {
             let found = query_row(
                 t,
                 &format!("SELECT {COLUMNS} FROM requests WHERE id = ?1 ORDER BY direction DESC LIMIT 1"),
@@ -274,7 +274,7 @@ impl Store {
 
     /// A page of requests, newest first.
     pub async fn list(&self, filter: RequestFilter) -> Result<Page, StoreError> {
-        self.run_relaxed(move |t, _| {
+        self.read(move |t| {
             let before: i64 = match &filter.before {
                 Some(id) => t
                     .query_row("SELECT MIN(seq) FROM requests WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?
@@ -314,9 +314,9 @@ impl Store {
 
     /// Incoming reply-mode requests still awaiting a reply, oldest first.
     pub async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
-        self.run_relaxed(move |t, _| {
+        self.read(move |t| {
             let mut stmt = t.prepare_cached(
-                "SELECT callback_id, peer, wire, created_at, masked_form FROM requests
+                "SELECT callback_id, peer, wire, created_at, masked_form, record_version FROM requests
                  WHERE direction = 'incoming' AND callback_id IS NOT NULL AND state = 'doing' AND response_status IS NOT NULL
                  ORDER BY seq",
             )?;
@@ -328,13 +328,13 @@ impl Store {
                         r.get::<_, Vec<u8>>(2)?,
                         r.get::<_, i64>(3)?,
                         r.get::<_, Option<String>>(4)?,
+                        r.get::<_, Option<i64>>(5)?,
                     ))
                 })?
                 .collect::<Result<Vec<_>, _>>()?;
             rows.into_iter()
-                .map(|(callback_id, peer, blob, created, masked)| {
-                    let request: wire::Request =
-                        postcard::from_bytes(&blob).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+                .map(|(callback_id, peer, blob, created, masked, version)| {
+                    let request = stored::decode(version, &blob)?;
                     Ok(Pending {
                         callback_id,
                         peer,
@@ -355,7 +355,7 @@ impl Store {
     /// The figures behind the queue metrics: stored requests by direction, peer and state, and
     /// results waiting for callbacks.
     pub async fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
-        self.run_relaxed(move |t, _| {
+        self.read(move |t| {
             let mut stmt = t.prepare_cached(
                 "SELECT direction, peer, state, COUNT(*) FROM requests GROUP BY direction, peer, state",
             )?;
@@ -377,7 +377,7 @@ impl Store {
 
     /// Counts of requests by direction and state, and undelivered callback results.
     pub async fn stats(&self) -> Result<Stats, StoreError> {
-        self.run_relaxed(move |t, _| {
+        self.read(move |t| {
             let mut stats = Stats::default();
             for map in [&mut stats.outgoing, &mut stats.incoming] {
                 for s in ["waiting", "doing", "success", "failed"] {
@@ -401,5 +401,58 @@ impl Store {
             Ok(stats)
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use std::time::Duration;
+
+    use crate::store::queue::fixtures::new_async;
+    use crate::store::{RequestFilter, Store};
+
+    /// A read begun after a write was answered sees it.
+    #[tokio::test]
+    async fn a_read_sees_every_write_answered_before_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        for i in 0..50 {
+            let id = format!("r{i}");
+            store.insert_outgoing(new_async(&id)).await.unwrap();
+            assert_eq!(store.get(&id).await.unwrap().map(|v| v.id), Some(id));
+            let page = store.list(RequestFilter { limit: 1, ..RequestFilter::default() }).await.unwrap();
+            assert_eq!(page.items[0].id, format!("r{i}"));
+            assert_eq!(store.stats().await.unwrap().outgoing["waiting"], i + 1);
+        }
+    }
+
+    /// Read views answer while the writer is busy with a transaction.
+    #[tokio::test]
+    async fn reads_do_not_queue_behind_the_writer() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_outgoing(new_async("r1")).await.unwrap();
+        let (started, busy) = tokio::sync::oneshot::channel();
+        let (release, released) = std::sync::mpsc::channel::<()>();
+        let writing = tokio::spawn({
+            let store = store.clone();
+            async move {
+                store
+                    .run(move |_, _| {
+                        let _ = started.send(());
+                        let _ = released.recv();
+                        Ok(())
+                    })
+                    .await
+            }
+        });
+        busy.await.unwrap();
+        let read = tokio::time::timeout(Duration::from_secs(30), async {
+            (store.get("r1").await.unwrap().is_some(), store.stats().await.unwrap().outgoing["waiting"].clone())
+        })
+        .await;
+        release.send(()).unwrap();
+        assert_eq!(read.expect("a read waited for the writer"), (true, 1.into()));
+        writing.await.unwrap().unwrap();
     }
 }

@@ -132,6 +132,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // file swapped or changed while its request or reply waits is never sent.
     "ALTER TABLE requests ADD COLUMN file_identity TEXT;
     ALTER TABLE replies ADD COLUMN file_identity TEXT;",
+    // 8: `wire` holds the store's own request record (`stored`), of this version; NULL in rows
+    // stored before, which hold a postcard `wire::Request` of the layout of record version 1.
+    "ALTER TABLE requests ADD COLUMN record_version INTEGER;",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.
@@ -139,11 +142,7 @@ pub(super) fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
     conn.pragma_update(None, "journal_mode", "WAL")?;
     conn.pragma_update(None, "synchronous", "FULL")?;
     conn.pragma_update(None, "foreign_keys", "ON")?;
-    conn.busy_timeout(std::time::Duration::from_secs(5))?;
-    // Every statement is prepared once and cached; keep plans stable so a bound LIMIT does not
-    // force a fresh prepare.
-    conn.set_prepared_statement_cache_capacity(128);
-    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
+    cache_statements(conn)?;
     let version: usize = conn.pragma_query_value(None, "user_version", |r| r.get(0))?;
     if version > MIGRATIONS.len() {
         return Err(StoreError::Corrupt(format!(
@@ -157,6 +156,16 @@ pub(super) fn prepare(conn: &mut Connection) -> Result<(), StoreError> {
         t.pragma_update(None, "user_version", i + 1)?;
         t.commit()?;
     }
+    Ok(())
+}
+
+/// Sets a connection up for the store's statements: waits up to 5 s for a lock, and prepares
+/// every statement once and caches it.
+pub(super) fn cache_statements(conn: &Connection) -> Result<(), StoreError> {
+    conn.busy_timeout(std::time::Duration::from_secs(5))?;
+    // Keep plans stable so a bound LIMIT does not force a fresh prepare.
+    conn.set_prepared_statement_cache_capacity(128);
+    conn.set_db_config(rusqlite::config::DbConfig::SQLITE_DBCONFIG_ENABLE_QPSG, true)?;
     Ok(())
 }
 

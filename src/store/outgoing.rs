@@ -1,0 +1,424 @@
+//! This node's requests to peers: accepted from a host, claimed when due for the link, then
+//! acknowledged by the peer or refused, and retried or resent while they are not. The link's
+//! queue ([`OutboundWork`]) also carries this node's replies to peers' requests, whose rows
+//! [`super::replies`] keeps.
+
+use rusqlite::{params, OptionalExtension};
+
+use super::evidence::request_record;
+use super::queue::{fail, state_event, LEASE_MS};
+use super::replies::{self, reply_entry};
+use super::stored;
+use super::trust::answer_record;
+use super::{exec, now_ms, query_row, State, Store, StoreError};
+use crate::host_file::Identity;
+use crate::wire;
+
+/// A new asynchronous request from a host.
+#[derive(Debug, Clone)]
+pub struct NewAsync {
+    /// The peer.
+    pub peer: String,
+    /// The request as it goes on the wire.
+    pub request: wire::Request,
+    /// Reply mode.
+    pub reply: bool,
+    /// The callback URL (absolute), if any.
+    pub callback_url: Option<String>,
+    /// `GET` or `POST`.
+    pub callback_method: String,
+    /// When to give up (ms since the epoch).
+    pub expires_at: i64,
+    /// A file to send ahead of the request.
+    pub file: Option<OutgoingFile>,
+}
+
+/// A host's file to send with a request or reply, as it was accepted (see [`crate::host_file`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutgoingFile {
+    /// The absolute path of the host's file, below a send root or the inbox; ferry only reads it.
+    pub path: String,
+    /// The name the peer gets.
+    pub name: String,
+    /// The form field that carries the received file's path on the far side.
+    pub field: String,
+    /// What the file was when accepted; it is not sent if it changed (`None` in rows stored
+    /// before identities were kept).
+    pub identity: Option<Identity>,
+}
+
+/// Something the link must carry to a peer.
+#[derive(Debug, Clone)]
+pub enum OutboundWork {
+    /// An asynchronous request of this node.
+    Request {
+        /// The peer.
+        peer: String,
+        /// The message.
+        message: wire::AsyncRequest,
+        /// A file to send first.
+        file: Option<OutgoingFile>,
+    },
+    /// A result of a request this node received.
+    Reply {
+        /// The peer that sent the request.
+        peer: String,
+        /// The message.
+        message: wire::Reply,
+        /// A file to send first.
+        file: Option<OutgoingFile>,
+    },
+}
+
+impl OutboundWork {
+    /// The peer it goes to.
+    pub fn peer(&self) -> &str {
+        match self {
+            OutboundWork::Request { peer, .. } | OutboundWork::Reply { peer, .. } => peer,
+        }
+    }
+}
+
+impl Store {
+    /// Stores a new asynchronous request as `waiting`; returns once it is on disk.
+    ///
+    /// With an idempotency key, an earlier request in the same scope (peer, service, path, key)
+    /// that is still under way stands for it: its id and state are returned and nothing is stored.
+    /// Otherwise the new request's id and `waiting`.
+    pub async fn insert_outgoing(&self, new: NewAsync) -> Result<(String, State), StoreError> {
+        let accepted = self.run(move |t, events| {
+            let now = now_ms();
+            let r = &new.request;
+            if let Some(key) = &r.idempotency_key {
+                let running: Option<(String, String)> = query_row(t,
+                    "SELECT id, state FROM requests WHERE peer = ?1 AND service = ?2 AND path = ?3
+                     AND idempotency_key = ?4 AND direction = 'outgoing' AND state IN ('waiting', 'doing')",
+                    params![new.peer, r.service, r.path, key],
+                    |row| Ok((row.get(0)?, row.get(1)?)),
+                ).optional()?;
+                if let Some((id, state)) = running {
+                    return Ok((id, State::parse(&state).unwrap_or(State::Waiting)));
+                }
+            }
+            let blob = stored::encode(r)?;
+            exec(t,
+                "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply, conversation,
+                    callback_url, callback_method, state, created_at, updated_at, expires_at, next_attempt_at,
+                    file_path, file_name, file_field, idempotency_key, file_identity, record_version)
+                 VALUES (?1, 'outgoing', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, 'waiting', ?11, ?11, ?12, ?11, ?13, ?14, ?15, ?16,
+                    ?17, ?18)",
+                params![
+                    r.id,
+                    new.peer,
+                    r.service,
+                    r.method,
+                    r.path,
+                    blob,
+                    new.reply,
+                    r.conversation,
+                    new.callback_url,
+                    new.callback_method,
+                    now,
+                    new.expires_at,
+                    new.file.as_ref().map(|f| &f.path),
+                    new.file.as_ref().map(|f| &f.name),
+                    new.file.as_ref().map(|f| &f.field),
+                    r.idempotency_key,
+                    new.file.as_ref().and_then(|f| f.identity).map(|i| i.to_string()),
+                    stored::VERSION,
+                ],
+            )?;
+            state_event(events, &r.id, &new.peer, State::Waiting);
+            Ok((r.id.clone(), State::Waiting))
+        })
+        .await?;
+        self.wake.outbound.notify_one();
+        Ok(accepted)
+    }
+
+    /// Expires what is past its time, then claims up to `limit` requests and replies due for the link.
+    pub async fn claim_outbound(&self, limit: usize) -> Result<Vec<OutboundWork>, StoreError> {
+        self.run(move |t, events| {
+            let now = now_ms();
+            let expired: Vec<i64> = t
+                .prepare_cached(
+                    "SELECT seq FROM requests WHERE direction = 'outgoing' AND state IN ('waiting', 'doing')
+                     AND expires_at < ?1",
+                )?
+                .query_map([now], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for row in expired {
+                fail(t, events, row, "expired: ttl_s passed before the request completed")?;
+            }
+            let mut work = Vec::new();
+            let mut due = t.prepare_cached(
+                "UPDATE requests SET next_attempt_at = ?1 + ?2, attempts = attempts + 1
+                 WHERE seq IN (SELECT seq FROM requests WHERE direction = 'outgoing' AND state = 'waiting'
+                               AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?3)
+                 RETURNING seq, peer, wire, reply, expires_at, file_path, file_name, file_field, file_identity,
+                    record_version",
+            )?;
+            let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
+            let mut requests = Vec::new();
+            while let Some(r) = rows.next()? {
+                let blob: Vec<u8> = r.get(2)?;
+                requests.push((
+                    r.get::<_, i64>(0)?,
+                    OutboundWork::Request {
+                        peer: r.get(1)?,
+                        message: wire::AsyncRequest {
+                            request: stored::decode(r.get(9)?, &blob)?,
+                            reply: r.get(3)?,
+                            expires_at_ms: r.get(4)?,
+                        },
+                        file: outgoing_file(r, 5)?,
+                    },
+                ));
+            }
+            requests.sort_by_key(|(seq, _)| *seq);
+            work.extend(requests.into_iter().map(|(_, w)| w));
+            work.extend(replies::claim_due(t, now, limit)?);
+            Ok(work)
+        })
+        .await
+    }
+
+    /// The peer persisted request `id` (`seq` 0) or its reply `seq`: `work`, as it was sent,
+    /// goes into the evidence log.
+    pub async fn acknowledged(&self, peer: &str, ack: wire::Ack, work: &OutboundWork) -> Result<(), StoreError> {
+        let peer = peer.to_owned();
+        let entry = self.rendered(|| match work {
+            OutboundWork::Request { message, .. } => {
+                request_record("out", &peer, &message.request, wire::payload_sha256(&message.request), &[])
+            }
+            OutboundWork::Reply { message, .. } => {
+                reply_entry("out", &peer, message, wire::payload_sha256(message)).render()
+            }
+        });
+        self.run(move |t, events| {
+            t.record(entry)?;
+            if ack.seq == 0 {
+                let changed = exec(
+                    t,
+                    "UPDATE requests SET state = 'doing', next_attempt_at = NULL, updated_at = ?3
+                     WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                    params![peer, ack.id, now_ms()],
+                )?;
+                if changed > 0 {
+                    state_event(events, &ack.id, &peer, State::Doing);
+                }
+            } else {
+                replies::acknowledged(t, &peer, &ack.id, ack.seq)?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Sending `work` failed; try again at `at` (ms since the epoch).
+    pub async fn retry_outbound(&self, work: Vec<OutboundWork>, at: i64) -> Result<(), StoreError> {
+        self.run(move |t, _| {
+            for w in &work {
+                match w {
+                    OutboundWork::Request { peer, message, .. } => exec(
+                        t,
+                        "UPDATE requests SET next_attempt_at = ?3
+                         WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                        params![peer, message.request.id, at],
+                    )?,
+                    OutboundWork::Reply { peer, message, .. } => replies::retry(t, peer, message, at)?,
+                };
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Puts back `work` the peer did not acknowledge (the stream broke, or its store failed), to
+    /// be sent again after a pause that doubles with each attempt, from 1 s up to a minute. A peer
+    /// that comes back makes it due at once ([`Store::peer_is_back`]).
+    pub async fn resend_later(&self, work: Vec<OutboundWork>) -> Result<(), StoreError> {
+        self.run(move |t, _| {
+            let now = now_ms();
+            for w in &work {
+                match w {
+                    OutboundWork::Request { peer, message, .. } => exec(
+                        t,
+                        "UPDATE requests SET next_attempt_at = ?3 + MIN(60000, 1000 << MIN(MAX(attempts - 1, 0), 6))
+                         WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                        params![peer, message.request.id, now],
+                    )?,
+                    OutboundWork::Reply { peer, message, .. } => replies::resend_later(t, peer, message, now)?,
+                };
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Everything waiting for `peer`, requests and replies, is due now (it came back).
+    pub async fn peer_is_back(&self, peer: &str) -> Result<(), StoreError> {
+        let peer = peer.to_owned();
+        self.run(move |t, _| {
+            let now = now_ms();
+            exec(
+                t,
+                "UPDATE requests SET next_attempt_at = ?2 WHERE direction = 'outgoing' AND peer = ?1
+                 AND state = 'waiting' AND next_attempt_at > ?2",
+                params![peer, now],
+            )?;
+            replies::due_now(t, &peer, now)?;
+            Ok(())
+        })
+        .await?;
+        self.wake.outbound.notify_one();
+        Ok(())
+    }
+
+    /// The peer refused asynchronous request `id` outright (unknown service, not allowed, disabled,
+    /// a duplicate or a key still in progress).
+    pub async fn refused(&self, peer: &str, id: &str, error: String) -> Result<(), StoreError> {
+        let refusal = self.rendered(|| answer_record("in", peer, id, Err(&error)));
+        let (peer, id) = (peer.to_owned(), id.to_owned());
+        self.run(move |t, events| {
+            t.record(refusal)?;
+            let row: Option<i64> = query_row(
+                t,
+                "SELECT seq FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                params![peer, id],
+                |r| r.get(0),
+            )
+            .optional()?;
+            if let Some(row) = row {
+                fail(t, events, row, &error)?;
+            }
+            Ok(())
+        })
+        .await?;
+        self.wake.callbacks.notify_one();
+        Ok(())
+    }
+}
+
+/// The outgoing file in columns `at` to `at + 3` (path, name, field, identity), if any.
+pub(super) fn outgoing_file(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Option<OutgoingFile>> {
+    Ok(
+        match (
+            r.get::<_, Option<String>>(at)?,
+            r.get::<_, Option<String>>(at + 1)?,
+            r.get::<_, Option<String>>(at + 2)?,
+        ) {
+            (Some(path), Some(name), Some(field)) => {
+                let identity = r.get::<_, Option<String>>(at + 3)?.as_deref().and_then(Identity::parse);
+                Some(OutgoingFile { path, name, field, identity })
+            }
+            _ => None,
+        },
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::queue::fixtures::new_async;
+
+    /// Accepted, a request is due for the link once; acknowledged by the peer it is `doing` and
+    /// not sent again.
+    #[tokio::test]
+    async fn an_accepted_request_is_claimed_once_and_done_with_when_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut events = store.subscribe();
+        assert_eq!(store.insert_outgoing(new_async("r1")).await.unwrap(), ("r1".to_owned(), State::Waiting));
+        let claimed = store.claim_outbound(10).await.unwrap();
+        let [work @ OutboundWork::Request { message, .. }] = claimed.as_slice() else {
+            panic!("want the request, got {claimed:?}")
+        };
+        assert_eq!(message.request, new_async("r1").request);
+        assert!(store.claim_outbound(10).await.unwrap().is_empty(), "leased while in flight");
+        store.acknowledged("org-b", wire::Ack { id: "r1".into(), seq: 0 }, work).await.unwrap();
+        assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing");
+        store.recover().await.unwrap();
+        assert!(store.claim_outbound(10).await.unwrap().is_empty(), "acknowledged: not sent again");
+        let states: Vec<_> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+        assert_eq!(
+            states,
+            [State::Waiting, State::Doing].map(|state| crate::store::Event::State {
+                id: "r1".into(),
+                peer: "org-b".into(),
+                state
+            })
+        );
+    }
+
+    /// A request the peer refuses fails, and its failure is due to the callback.
+    #[tokio::test]
+    async fn a_refused_request_fails_and_tells_its_callback() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_outgoing(new_async("r1")).await.unwrap();
+        store.refused("org-b", "r1", "not allowed".into()).await.unwrap();
+        let view = store.get("r1").await.unwrap().unwrap();
+        assert_eq!((view.state.as_str(), view.error.as_deref()), ("failed", Some("not allowed")));
+        let due = store.claim_callbacks(10).await.unwrap();
+        assert_eq!(
+            due.iter().map(|w| (w.seq, w.end, w.error.as_deref())).collect::<Vec<_>>(),
+            [(1, true, Some("not allowed"))]
+        );
+    }
+
+    /// What the peer did not acknowledge is sent again after a pause that doubles, up to a minute.
+    #[tokio::test]
+    async fn resends_back_off() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut new = new_async("r1");
+        new.callback_url = None;
+        store.insert_outgoing(new).await.unwrap();
+        let claimed = store.claim_outbound(10).await.unwrap();
+        assert_eq!(claimed.len(), 1);
+        let pause = |store: Store, attempts: i64| {
+            let claimed = claimed.clone();
+            async move {
+                store.run(move |t, _| Ok(exec(t, "UPDATE requests SET attempts = ?1", [attempts])?)).await.unwrap();
+                store.resend_later(claimed).await.unwrap();
+                let at: i64 = store
+                    .run(|t, _| Ok(query_row(t, "SELECT next_attempt_at FROM requests", [], |r| r.get(0))?))
+                    .await
+                    .unwrap();
+                at - now_ms()
+            }
+        };
+        for (attempts, want) in [(1, 1_000), (2, 2_000), (4, 8_000), (7, 60_000), (40, 60_000)] {
+            let got = pause(store.clone(), attempts).await;
+            assert!((want - 500..=want).contains(&got), "after {attempts} attempts: {got} ms, want {want}");
+        }
+    }
+
+    /// A request stored by the release before versioned records (schema version 7, the `wire`
+    /// column a raw postcard `wire::Request`) is still sent as it was accepted.
+    #[tokio::test]
+    async fn a_request_stored_before_records_were_versioned_is_sent() {
+        let dir = tempfile::tempdir().unwrap();
+        {
+            let conn = rusqlite::Connection::open(dir.path().join("ferry.db")).unwrap();
+            for (i, sql) in crate::store::schema::MIGRATIONS[..7].iter().enumerate() {
+                conn.execute_batch(sql).unwrap();
+                conn.pragma_update(None, "user_version", i + 1).unwrap();
+            }
+            let legacy = hex::decode(crate::store::stored::tests::LEGACY).unwrap();
+            conn.execute(
+                "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply, state, created_at,
+                    updated_at, expires_at, next_attempt_at)
+                 VALUES ('r1', 'outgoing', 'org-b', '1', 'POST', '/job', ?1, 1, 'waiting', ?2, ?2, ?3, ?2)",
+                rusqlite::params![legacy, now_ms(), now_ms() + 60_000],
+            )
+            .unwrap();
+        }
+        let store = Store::open(dir.path()).unwrap();
+        let claimed = store.claim_outbound(10).await.unwrap();
+        let [OutboundWork::Request { message, .. }] = claimed.as_slice() else { panic!("{claimed:?}") };
+        assert_eq!(message.request, crate::store::stored::tests::full());
+        assert!(message.reply);
+    }
+}

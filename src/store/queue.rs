@@ -1,0 +1,187 @@
+//! What requests in both directions share: leases on due work, a request's failure, and
+//! recovery at start-up.
+//!
+//! Due work is claimed with a lease (its due time moves [`LEASE_MS`] ahead), so a worker never
+//! takes the same item twice while it is in flight, and an item whose worker died becomes due
+//! again by itself. [`Store::recover`] clears leases at start-up.
+
+use rusqlite::params;
+
+use super::replies::{push_reply, Due};
+use super::trust::settle_key;
+use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
+
+/// How long a claimed item stays with its worker before it is due again.
+pub(super) const LEASE_MS: i64 = 60_000;
+
+/// Tells watchers that request `id` exchanged with `peer` is now in `state`.
+pub(super) fn state_event(events: &mut Vec<Event>, id: &str, peer: &str, state: State) {
+    events.push(Event::State { id: id.to_owned(), peer: peer.to_owned(), state });
+}
+
+/// Ends a request as failed with `error`, recording the error as its last reply.
+///
+/// On the requesting node the reply goes to the callback; on the receiving node it is carried back.
+pub(super) fn fail(t: &Tx, events: &mut Vec<Event>, row: i64, error: &str) -> Result<(), StoreError> {
+    let (id, peer, direction, callback): (String, String, String, Option<String>) =
+        query_row(t, "SELECT id, peer, direction, callback_url FROM requests WHERE seq = ?1", [row], |r| {
+            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
+        })?;
+    exec(
+        t,
+        "UPDATE requests SET state = 'failed', error = ?2, updated_at = ?3, next_attempt_at = NULL WHERE seq = ?1",
+        params![row, error, now_ms()],
+    )?;
+    let incoming = direction == "incoming";
+    if incoming {
+        settle_key(t, &peer, &id, None)?;
+    }
+    let due = match (incoming, callback) {
+        (true, _) => Due::Peer,
+        (false, Some(_)) => Due::Callback,
+        (false, None) => Due::Nobody,
+    };
+    push_reply(t, row, None, Some(error), None, true, due)?;
+    state_event(events, &id, &peer, State::Failed);
+    Ok(())
+}
+
+impl Store {
+    /// At start-up: clears leases of the previous run, and fails incoming requests whose service
+    /// call was under way when the node stopped (the service may have acted; it is not called twice).
+    pub async fn recover(&self) -> Result<usize, StoreError> {
+        self.run(move |t, events| {
+            let now = now_ms();
+            exec(
+                t,
+                "UPDATE requests SET next_attempt_at = ?1 WHERE state = 'waiting' AND next_attempt_at > ?1",
+                [now],
+            )?;
+            exec(t, "UPDATE replies SET next_send_at = ?1 WHERE next_send_at > ?1", [now])?;
+            exec(t, "UPDATE replies SET callback_at = ?1 WHERE callback_at > ?1 AND delivered = 0", [now])?;
+            let interrupted: Vec<i64> = t
+                .prepare(
+                    "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'doing'
+                     AND response_status IS NULL",
+                )?
+                .query_map([], |r| r.get(0))?
+                .collect::<Result<_, _>>()?;
+            for row in &interrupted {
+                fail(
+                    t,
+                    events,
+                    *row,
+                    "the receiving node stopped while its service was being called; the service may have acted, \
+                     so it is not called again",
+                )?;
+            }
+            // Keys of synchronous requests cut by the stop, which never finished: a failure does not count.
+            exec(
+                t,
+                "DELETE FROM idempotency WHERE state = 'running' AND id NOT IN
+                    (SELECT id FROM requests WHERE direction = 'incoming' AND state IN ('waiting', 'doing'))",
+                [],
+            )?;
+            exec(t, "DELETE FROM idempotency WHERE state = 'success' AND expires_at < ?1", [now])?;
+            Ok(interrupted.len())
+        })
+        .await
+    }
+}
+
+/// Requests, replies and services the store's tests share.
+#[cfg(test)]
+pub(super) mod fixtures {
+    use std::time::Duration;
+
+    use super::now_ms;
+    use crate::config::{ServiceConfig, ServiceState};
+    use crate::store::NewAsync;
+    use crate::wire;
+
+    /// Reply `seq` of request `id`, its data `{"n": seq}`.
+    pub(in crate::store) fn reply(id: &str, seq: u32, end: bool) -> wire::Reply {
+        let data = Some(format!("{{\"n\":{seq}}}"));
+        wire::Reply { id: id.to_owned(), seq, end, data, error: None, response: None, file: None }
+    }
+
+    /// `POST /job` to service 1, request `id`.
+    pub(in crate::store) fn request(id: &str) -> wire::Request {
+        wire::Request {
+            version: wire::PROTOCOL_VERSION,
+            id: id.into(),
+            service: "1".into(),
+            method: "POST".into(),
+            path: "/job".into(),
+            form: vec![],
+            encoding: wire::Encoding::Form,
+            headers: vec![],
+            conversation: None,
+            timeout_ms: 30_000,
+            file: None,
+            idempotency_key: None,
+        }
+    }
+
+    /// An async reply-mode request `id` to org-b with a callback, expiring in a minute.
+    pub(in crate::store) fn new_async(id: &str) -> NewAsync {
+        NewAsync {
+            peer: "org-b".into(),
+            request: request(id),
+            reply: true,
+            callback_url: Some("http://127.0.0.1:9/cb".into()),
+            callback_method: "POST".into(),
+            expires_at: now_ms() + 60_000,
+            file: None,
+        }
+    }
+
+    /// `request(id)` as org-a sends it in reply mode, expiring in a minute.
+    pub(in crate::store) fn incoming(id: &str) -> wire::AsyncRequest {
+        wire::AsyncRequest { request: request(id), reply: true, expires_at_ms: now_ms() + 60_000 }
+    }
+
+    /// Service 1, open to every peer, with no duplicate window.
+    pub(in crate::store) fn service() -> ServiceConfig {
+        ServiceConfig {
+            id: "1".into(),
+            base_url: "http://127.0.0.1:9/".parse().unwrap(),
+            allow: vec!["*".into()],
+            dedupe_window: None,
+            idempotency_ttl: Duration::from_secs(60),
+            state: ServiceState::Active,
+            mask_fields: vec![],
+            pass_headers: vec![],
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::fixtures::{incoming, service};
+    use crate::store::{OutboundWork, State, Store};
+
+    /// An incoming request whose service call was under way when the node stopped is failed at
+    /// start-up, not called again, and the failure is carried back to the requesting node.
+    #[tokio::test]
+    async fn a_service_call_cut_by_a_stop_fails_at_start_up() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_incoming("org-a", incoming("r1"), None, &service(), [0; 32]).await.unwrap();
+        assert_eq!(store.claim_incoming(10).await.unwrap().len(), 1);
+        drop(store);
+
+        let store = Store::open(dir.path()).unwrap();
+        assert_eq!(store.recover().await.unwrap(), 1);
+        assert!(store.claim_incoming(10).await.unwrap().is_empty(), "the service is not called again");
+        assert_eq!(store.get("r1").await.unwrap().unwrap().state, State::Failed.as_str());
+        let carried = store.claim_outbound(10).await.unwrap();
+        match carried.as_slice() {
+            [OutboundWork::Reply { peer, message, .. }] => {
+                assert_eq!((peer.as_str(), message.seq, message.end), ("org-a", 1, true));
+                assert!(message.error.as_deref().unwrap_or_default().contains("stopped"), "{message:?}");
+            }
+            other => panic!("want the failure carried back, got {other:?}"),
+        }
+    }
+}
