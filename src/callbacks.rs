@@ -12,15 +12,14 @@ use tokio::sync::Semaphore;
 
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff;
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::store::{idle, now_ms, slot_free, CallbackWork, Store};
+use crate::store::{idle, slot_free, CallbackWork, Store};
 
 /// How many deliveries run at once.
 const CONCURRENT: usize = 64;
 /// How long one delivery may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest pause between two attempts.
-const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 
 /// Delivers results as the store says they are due, until `stop`; then waits for deliveries
 /// under way.
@@ -59,8 +58,7 @@ pub async fn work(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) 
                 let counted = if outcome.is_ok() { "delivered" } else { "retry" };
                 metrics.callbacks.get_or_create(&OutcomeLabel { outcome: counted.into() }).inc();
                 let outcome = outcome.map_err(|error| {
-                    let wait = 1_000i64.saturating_mul(1 << work.attempts.min(20)).min(MAX_BACKOFF_MS);
-                    let next = now_ms() + wait;
+                    let next = backoff::CALLBACK.next_at(work.attempts);
                     tracing::info!(id = %work.id, seq = work.seq, %error, "callback not delivered; retrying");
                     (error, (next <= work.expires_at).then_some(next))
                 });

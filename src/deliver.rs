@@ -12,10 +12,11 @@ use std::time::Duration;
 use futures::future::BoxFuture;
 use tokio::sync::Semaphore;
 
+use crate::backoff;
 use crate::config::{ServiceConfig, ServiceState};
 use crate::metrics::{Metrics, ServiceLabel};
 use crate::service::{CallError, Caller, Checked, Services};
-use crate::store::{idle, now_ms, slot_free, ServiceOutcome, Store};
+use crate::store::{idle, slot_free, ServiceOutcome, Store};
 use crate::wire::{self, Encoding, Refusal, RefusalKind};
 use tokio_util::sync::CancellationToken;
 
@@ -193,8 +194,7 @@ pub async fn work(deliverer: Deliverer, store: Store, metrics: Arc<Metrics>, sto
                 let outcome = match called {
                     Ok(response) => ServiceOutcome::Answered(response),
                     Err(e) if e.not_sent && e.refusal.kind == RefusalKind::BackendUnreachable => {
-                        let wait = 1_000i64.saturating_mul(1 << call.attempts.min(6));
-                        ServiceOutcome::RetryAt(now_ms() + wait, e.refusal.message)
+                        ServiceOutcome::RetryAt(backoff::SERVICE_UNREACHABLE.next_at(call.attempts), e.refusal.message)
                     }
                     Err(e) => ServiceOutcome::Failed(e.refusal.message),
                 };

@@ -6,10 +6,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rand::Rng;
 use tokio::sync::Semaphore;
 
 use super::{Link, CONNECT_WITHIN};
+use crate::backoff;
 use crate::peer::Peer;
 use crate::store::{idle, now_ms, slot_free, OutboundWork};
 use crate::transfer::TransferError;
@@ -20,8 +20,6 @@ use tokio_util::sync::CancellationToken;
 const IN_FLIGHT: usize = 1024;
 /// How many streams one peer's batch uses at once.
 const STREAMS_PER_PEER: usize = 128;
-/// The longest pause before a lost peer is tried again.
-const MAX_PEER_BACKOFF_MS: u64 = 5_000;
 
 impl Link {
     /// Claims due work from the store and carries it, until `stop`; then waits, briefly, for
@@ -196,8 +194,7 @@ async fn send(connection: &quinn::Connection, work: &OutboundWork) -> Result<Mes
     wire::read(&mut recv).await.map_err(|e| e.to_string())
 }
 
-/// The pause before trying a peer again: doubling per failure from 200 ms, capped, with jitter.
+/// The pause, in milliseconds, before trying a peer again ([`backoff::PEER_AWAY`]).
 fn peer_backoff(peer: &Peer) -> i64 {
-    let base = (200u64 << peer.failures().min(10)).min(MAX_PEER_BACKOFF_MS);
-    (base + rand::rng().random_range(0..=base / 4)) as i64
+    backoff::PEER_AWAY.after(peer.failures()).as_millis() as i64
 }
