@@ -8,19 +8,17 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::Semaphore;
-
 use tokio_util::sync::CancellationToken;
 
+use crate::backoff;
 use crate::metrics::{Metrics, OutcomeLabel};
-use crate::store::{idle, now_ms, slot_free, CallbackWork, Store};
+use crate::store::{CallbackWork, Store};
+use crate::worker::Worker;
 
 /// How many deliveries run at once.
 const CONCURRENT: usize = 64;
 /// How long one delivery may take.
 const TIMEOUT: Duration = Duration::from_secs(30);
-/// The longest pause between two attempts.
-const MAX_BACKOFF_MS: i64 = 5 * 60 * 1000;
 
 /// Delivers results as the store says they are due, until `stop`; then waits for deliveries
 /// under way.
@@ -31,47 +29,27 @@ pub async fn work(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) 
         .redirect(reqwest::redirect::Policy::none())
         .build()
         .expect("an HTTP client without TLS always builds");
-    let slots = Arc::new(Semaphore::new(CONCURRENT));
-    while !stop.is_cancelled() {
-        if !slot_free(&slots, &stop).await {
-            break;
-        }
-        let free = slots.available_permits();
-        let due = if free == 0 {
-            Vec::new()
-        } else {
-            store.claim_callbacks(free).await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot read due callbacks");
-                Vec::new()
-            })
-        };
-        if due.is_empty() {
-            if !idle(&store.wake.callbacks, Duration::from_millis(250), &stop).await {
-                break;
-            }
-            continue;
-        }
-        for work in due {
-            let permit = slots.clone().acquire_owned().await.expect("never closed");
+    let worker =
+        Worker { what: "callbacks", slots: CONCURRENT, tick: Duration::from_millis(250), wake: &store.wake.callbacks };
+    let claim = |free| store.claim_callbacks(free);
+    worker
+        .each(&stop, claim, |work| {
             let (store, client, metrics) = (store.clone(), client.clone(), metrics.clone());
-            tokio::spawn(async move {
+            async move {
                 let outcome = deliver(&client, &work).await;
                 let counted = if outcome.is_ok() { "delivered" } else { "retry" };
                 metrics.callbacks.get_or_create(&OutcomeLabel { outcome: counted.into() }).inc();
                 let outcome = outcome.map_err(|error| {
-                    let wait = 1_000i64.saturating_mul(1 << work.attempts.min(20)).min(MAX_BACKOFF_MS);
-                    let next = now_ms() + wait;
+                    let next = backoff::CALLBACK.next_at(work.attempts);
                     tracing::info!(id = %work.id, seq = work.seq, %error, "callback not delivered; retrying");
                     (error, (next <= work.expires_at).then_some(next))
                 });
                 if let Err(e) = store.callback_attempted(&work, outcome).await {
                     tracing::error!(id = %work.id, error = %e, "cannot record a callback delivery");
                 }
-                drop(permit);
-            });
-        }
-    }
-    let _ = slots.acquire_many(CONCURRENT as u32).await;
+            }
+        })
+        .await;
 }
 
 /// One delivery attempt.

@@ -10,13 +10,14 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use futures::future::BoxFuture;
-use tokio::sync::Semaphore;
 
+use crate::backoff;
 use crate::config::{ServiceConfig, ServiceState};
 use crate::metrics::{Metrics, ServiceLabel};
 use crate::service::{CallError, Caller, Checked, Services};
-use crate::store::{idle, now_ms, slot_free, ServiceOutcome, Store};
+use crate::store::{ServiceOutcome, Store};
 use crate::wire::{self, Encoding, Refusal, RefusalKind};
+use crate::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 /// The largest service response body relayed, leaving room for the frame's other fields.
@@ -156,30 +157,13 @@ const CONCURRENT_CALLS: usize = 64;
 /// Calls the local services for incoming asynchronous requests as the store says they are due,
 /// and records each outcome, until `stop`; then waits for the calls under way.
 pub async fn work(deliverer: Deliverer, store: Store, metrics: Arc<Metrics>, stop: CancellationToken) {
-    let slots = Arc::new(Semaphore::new(CONCURRENT_CALLS));
-    while !stop.is_cancelled() {
-        if !slot_free(&slots, &stop).await {
-            break;
-        }
-        let free = slots.available_permits();
-        let calls = if free == 0 {
-            Vec::new()
-        } else {
-            store.claim_incoming(free).await.unwrap_or_else(|e| {
-                tracing::error!(error = %e, "cannot read due service calls");
-                Vec::new()
-            })
-        };
-        if calls.is_empty() {
-            if !idle(&store.wake.incoming, Duration::from_millis(500), &stop).await {
-                break;
-            }
-            continue;
-        }
-        for call in calls {
-            let permit = slots.clone().acquire_owned().await.expect("the semaphore is never closed");
+    let wake = &store.wake.incoming;
+    let worker = Worker { what: "service calls", slots: CONCURRENT_CALLS, tick: Duration::from_millis(500), wake };
+    let claim = |free| store.claim_incoming(free);
+    worker
+        .each(&stop, claim, |call| {
             let (deliverer, store, metrics) = (deliverer.clone(), store.clone(), metrics.clone());
-            tokio::spawn(async move {
+            async move {
                 let extra: Vec<(String, String)> = call
                     .callback_id
                     .iter()
@@ -193,19 +177,16 @@ pub async fn work(deliverer: Deliverer, store: Store, metrics: Arc<Metrics>, sto
                 let outcome = match called {
                     Ok(response) => ServiceOutcome::Answered(response),
                     Err(e) if e.not_sent && e.refusal.kind == RefusalKind::BackendUnreachable => {
-                        let wait = 1_000i64.saturating_mul(1 << call.attempts.min(6));
-                        ServiceOutcome::RetryAt(now_ms() + wait, e.refusal.message)
+                        ServiceOutcome::RetryAt(backoff::SERVICE_UNREACHABLE.next_at(call.attempts), e.refusal.message)
                     }
                     Err(e) => ServiceOutcome::Failed(e.refusal.message),
                 };
                 if let Err(e) = store.service_answered(&call.peer, &call.request.id, outcome).await {
                     tracing::error!(id = %call.request.id, error = %e, "cannot record the service's answer");
                 }
-                drop(permit);
-            });
-        }
-    }
-    let _ = slots.acquire_many(CONCURRENT_CALLS as u32).await;
+            }
+        })
+        .await;
 }
 
 fn backend_error(service: &ServiceConfig, e: reqwest::Error) -> CallError {

@@ -44,6 +44,8 @@
 //! | [`transfer`] | files on the wire: 1 MiB chunks with their SHA-256, resumption, direct I/O on the receiving side |
 //! | [`deliver`] | calls to this node's local services for peers (the link's [`service::Caller`], and the worker for stored requests): the HTTP call, the `X-Ferry-*` headers |
 //! | [`callbacks`] | delivery of results to host apps' callback URLs, in `seq` order, retried until `ttl_s` |
+//! | [`worker`] | the loop the workers (`carry`, [`deliver`], [`callbacks`]) run: claim what is due up to their free slots, a task per item or per peer's batch, idle until woken or the next tick, drain at stop |
+//! | [`backoff`] | how long to wait before trying again: one doubling schedule with optional jitter, and the workers' schedules (callbacks, unreachable services, peers away) |
 //! | [`inbox`] | the inbox folder: operators answer reply-mode requests by dropping files |
 //!
 //! Outside `src/`: `tests/` (end-to-end tests with real nodes on loopback, in process or as
@@ -58,6 +60,7 @@
 //! (`tests/common/lossy.rs`: 5% of datagrams dropped each way, 25 ms delay each way).
 
 pub mod api;
+pub mod backoff;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
@@ -78,3 +81,4 @@ pub mod systemd;
 pub mod tls;
 pub mod transfer;
 pub mod wire;
+pub mod worker;

@@ -1,67 +1,45 @@
 //! Store-and-forward: carries asynchronous requests and replies to peers until each is
 //! acknowledged, in the order they were stored, retrying with backoff while a peer is away.
 
-use std::collections::BTreeMap;
-use std::sync::Arc;
 use std::time::Duration;
 
 use futures::StreamExt;
-use rand::Rng;
-use tokio::sync::Semaphore;
 
 use super::{Link, CONNECT_WITHIN};
+use crate::backoff;
 use crate::peer::Peer;
-use crate::store::{idle, now_ms, slot_free, OutboundWork};
+use crate::store::{now_ms, OutboundWork};
 use crate::transfer::TransferError;
 use crate::wire::{self, Message};
+use crate::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
 /// How many messages are in flight at once, over all peers.
 const IN_FLIGHT: usize = 1024;
+/// How many messages one claim takes at most.
+const MAX_CLAIM: usize = 512;
 /// How many streams one peer's batch uses at once.
 const STREAMS_PER_PEER: usize = 128;
-/// The longest pause before a lost peer is tried again.
-const MAX_PEER_BACKOFF_MS: u64 = 5_000;
 
 impl Link {
     /// Claims due work from the store and carries it, until `stop`; then waits, briefly, for
     /// messages in flight.
     pub async fn carry(self, stop: CancellationToken) {
         let store = self.inner.store.clone();
-        let slots = Arc::new(Semaphore::new(IN_FLIGHT));
-        while !stop.is_cancelled() {
-            if !slot_free(&slots, &stop).await {
-                break;
-            }
-            let free = slots.available_permits().min(512);
-            let work = if free == 0 {
-                Vec::new()
-            } else {
-                store.claim_outbound(free).await.unwrap_or_else(|e| {
-                    tracing::error!(error = %e, "cannot read due messages");
-                    Vec::new()
-                })
-            };
-            if work.is_empty() {
-                if !idle(&store.wake.outbound, Duration::from_millis(250), &stop).await {
-                    break;
-                }
-                continue;
-            }
-            let mut by_peer: BTreeMap<String, Vec<OutboundWork>> = BTreeMap::new();
-            for w in work {
-                by_peer.entry(w.peer().to_owned()).or_default().push(w);
-            }
-            for (peer, batch) in by_peer {
-                let permits = slots.clone().acquire_many_owned(batch.len() as u32).await.expect("never closed");
-                let link = self.clone();
-                tokio::spawn(async move {
-                    link.carry_to(&peer, batch).await;
-                    drop(permits);
-                });
-            }
-        }
-        let _ = slots.acquire_many(IN_FLIGHT as u32).await;
+        let worker =
+            Worker { what: "messages", slots: IN_FLIGHT, tick: Duration::from_millis(250), wake: &store.wake.outbound };
+        let claim = |free: usize| store.claim_outbound(free.min(MAX_CLAIM));
+        worker
+            .by(
+                &stop,
+                claim,
+                |work| work.peer().to_owned(),
+                |peer, batch| {
+                    let link = self.clone();
+                    async move { link.carry_to(&peer, batch).await }
+                },
+            )
+            .await;
     }
 
     /// Sends one peer's batch over its connection; on no connection, defers it with backoff.
@@ -196,8 +174,7 @@ async fn send(connection: &quinn::Connection, work: &OutboundWork) -> Result<Mes
     wire::read(&mut recv).await.map_err(|e| e.to_string())
 }
 
-/// The pause before trying a peer again: doubling per failure from 200 ms, capped, with jitter.
+/// The pause, in milliseconds, before trying a peer again ([`backoff::PEER_AWAY`]).
 fn peer_backoff(peer: &Peer) -> i64 {
-    let base = (200u64 << peer.failures().min(10)).min(MAX_PEER_BACKOFF_MS);
-    (base + rand::rng().random_range(0..=base / 4)) as i64
+    backoff::PEER_AWAY.after(peer.failures()).as_millis() as i64
 }

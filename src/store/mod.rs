@@ -491,35 +491,6 @@ impl<'c> Writer<'c> {
     }
 }
 
-/// Waits until `wake` is notified or `tick` passes; `false` once `stop` is cancelled.
-///
-/// Workers call this when the store has nothing due for them.
-pub async fn idle(wake: &Notify, tick: Duration, stop: &tokio_util::sync::CancellationToken) -> bool {
-    tokio::select! {
-        _ = stop.cancelled() => false,
-        // Let a burst of work gather, so that one claim takes many items.
-        _ = wake.notified() => {
-            tokio::time::sleep(Duration::from_millis(2)).await;
-            true
-        }
-        _ = tokio::time::sleep(tick) => true,
-    }
-}
-
-/// Waits until `slots` has a free permit; `false` once `stop` is cancelled.
-///
-/// Workers call this before claiming work, so that a full worker resumes the moment one of its
-/// calls ends rather than at its next tick.
-pub async fn slot_free(slots: &Arc<tokio::sync::Semaphore>, stop: &tokio_util::sync::CancellationToken) -> bool {
-    if slots.available_permits() > 0 {
-        return true;
-    }
-    tokio::select! {
-        _ = stop.cancelled() => false,
-        permit = slots.clone().acquire_owned() => permit.is_ok(),
-    }
-}
-
 /// Runs a statement, prepared once per connection and cached.
 pub(crate) fn exec<P: rusqlite::Params>(t: &rusqlite::Transaction, sql: &str, params: P) -> rusqlite::Result<usize> {
     t.prepare_cached(sql)?.execute(params)
