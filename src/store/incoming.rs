@@ -79,7 +79,7 @@ impl Store {
                 };
                 let blob = stored::encode(r)?;
                 let callback_id = message.reply.then(|| uuid::Uuid::new_v4().simple().to_string());
-                let masked = crate::deliver::masked_form(&r.form, &service.mask_fields).to_string();
+                let masked = crate::service::masked_form(&r.form, &service.mask_fields).to_string();
                 exec(
                     t,
                     "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply,
