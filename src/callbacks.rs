@@ -67,12 +67,12 @@ async fn deliver(client: &reqwest::Client, work: &CallbackWork) -> Result<(), St
     let file_field;
     match &work.file {
         // Refused where replies are accepted; one stored before that never shadows the node's own.
-        Some((field, _)) if crate::wire::CALLBACK_FIELDS.contains(&field.as_str()) => {
-            tracing::warn!(id = %work.id, seq = work.seq, %field, "a reply's file field names a callback field; its path is left out");
+        Some(file) if crate::wire::CALLBACK_FIELDS.contains(&file.field.as_str()) => {
+            tracing::warn!(id = %work.id, seq = work.seq, field = %file.field, "a reply's file field names a callback field; its path is left out");
         }
-        Some((field, path)) => {
-            file_field = field.clone();
-            fields.push((file_field.as_str(), path.clone()));
+        Some(file) => {
+            file_field = file.field.clone();
+            fields.push((file_field.as_str(), file.path.clone()));
         }
         None => {}
     }

@@ -168,7 +168,7 @@ pub async fn work(deliverer: Deliverer, store: Store, metrics: Arc<Metrics>, sto
                     .callback_id
                     .iter()
                     .map(|id| (wire::CALLBACK_ID_FIELD.to_owned(), id.clone()))
-                    .chain(call.file.clone())
+                    .chain(call.file.clone().map(|f| (f.field, f.path)))
                     .collect();
                 let started = std::time::Instant::now();
                 let called = deliverer.call(&call.peer, &call.request, None, &extra).await;

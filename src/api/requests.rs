@@ -13,7 +13,7 @@ use super::envelope::{cut, json_body, ok, ApiError, Kind};
 use super::openapi::Envelope;
 use super::ApiState;
 use crate::exchange::Failure;
-use crate::store::{now_ms, NewAsync, OutgoingFile};
+use crate::store::{now_ms, Callback, NewAsync, OutgoingFile};
 use crate::wire::{self, Encoding, FormValue, RefusalKind};
 
 /// The body of `POST /v1/requests`, as the host sends it.
@@ -63,7 +63,7 @@ struct CallbackSpec {
 /// The async part of a validated request.
 struct AsyncPart {
     reply: bool,
-    callback: Option<(String, String)>,
+    callback: Option<Callback>,
     ttl_s: u64,
 }
 
@@ -113,8 +113,7 @@ pub(super) async fn create(
             peer,
             request,
             reply: a.reply,
-            callback_method: a.callback.as_ref().map(|c| c.1.clone()).unwrap_or_default(),
-            callback_url: a.callback.map(|c| c.0),
+            callback: a.callback,
             expires_at: now_ms() + (a.ttl_s as i64).saturating_mul(1000),
             file,
         };
@@ -250,7 +249,7 @@ fn validate(
 
 /// The absolute callback URL and method: a path is joined to `node.callback_base`. The URL must
 /// be http(s), carry no credentials, and go to a host callbacks may reach ([`callback_host_allowed`]).
-fn callback_target(state: &ApiState, spec: CallbackSpec) -> Result<(String, String), ApiError> {
+fn callback_target(state: &ApiState, spec: CallbackSpec) -> Result<Callback, ApiError> {
     let refuse =
         |field: &str, msg: String| ApiError::bad_request(format!("field `{field}`: {msg}")).with("field", field);
     let method = spec.method.as_deref().unwrap_or("POST").to_ascii_uppercase();
@@ -286,7 +285,7 @@ fn callback_target(state: &ApiState, spec: CallbackSpec) -> Result<(String, Stri
             cut(&host.to_string())
         )));
     }
-    Ok((url.to_string(), method))
+    Ok(Callback { url: url.to_string(), method })
 }
 
 /// Whether callbacks may go to `host`: a loopback address or `localhost`, the host of

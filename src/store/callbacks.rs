@@ -4,7 +4,7 @@
 use rusqlite::params;
 
 use super::queue::LEASE_MS;
-use super::{exec, now_ms, query_row, Store, StoreError};
+use super::{exec, now_ms, query_row, FormFile, Store, StoreError};
 use crate::evidence::{sha256_hex, Entry};
 
 /// A result to deliver to a host's callback URL.
@@ -30,8 +30,8 @@ pub struct CallbackWork {
     pub attempts: u32,
     /// When to stop trying.
     pub expires_at: i64,
-    /// A received file: its form field and local path.
-    pub file: Option<(String, String)>,
+    /// A received file.
+    pub file: Option<FormFile>,
     request: i64,
 }
 
@@ -61,7 +61,9 @@ impl Store {
                     r.get::<_, Option<String>>(4)?,
                     r.get::<_, Option<u16>>(5)?,
                     r.get::<_, u32>(6)?,
-                    r.get::<_, Option<String>>(7)?.zip(r.get::<_, Option<String>>(8)?),
+                    r.get::<_, Option<String>>(7)?
+                        .zip(r.get::<_, Option<String>>(8)?)
+                        .map(|(field, path)| FormFile { field, path }),
                 ));
             }
             drop(rows);

@@ -5,6 +5,15 @@ use rusqlite::{params, OptionalExtension};
 use super::{exec, now_ms, query_row, Event, Store, StoreError};
 use crate::evidence::{Entry, FileFacts};
 
+/// A received file as a service or callback gets it: the form field it goes in, and its local path.
+#[derive(Debug, Clone, PartialEq)]
+pub struct FormFile {
+    /// The form field.
+    pub field: String,
+    /// The file's local path.
+    pub path: String,
+}
+
 /// The log's record of a file moved under `key` (a request id, or `id/seq` for a reply).
 fn file_entry(direction: &'static str, peer: &str, key: &str, name: &str, size: u64, sha256: &[u8; 32]) -> Entry {
     let (id, seq) = key.split_once('/').map_or((key, None), |(id, seq)| (id, seq.parse().ok()));

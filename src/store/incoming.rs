@@ -8,7 +8,7 @@ use super::queue::{fail, state_event};
 use super::replies::{push_reply, Due};
 use super::stored;
 use super::trust::{admit, settle_key, Admission};
-use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
+use super::{exec, now_ms, query_row, Event, FormFile, State, Store, StoreError, Tx};
 use crate::config::ServiceConfig;
 use crate::wire;
 
@@ -25,8 +25,8 @@ pub struct IncomingCall {
     pub expires_at: i64,
     /// Calls tried so far, this one included.
     pub attempts: u32,
-    /// The received file: its form field and local path.
-    pub file: Option<(String, String)>,
+    /// The received file.
+    pub file: Option<FormFile>,
 }
 
 /// What became of a service call for an incoming asynchronous request.
@@ -159,7 +159,10 @@ impl Store {
                         callback_id: r.get(3)?,
                         expires_at: r.get(4)?,
                         attempts: r.get(5)?,
-                        file: r.get::<_, Option<String>>(6)?.zip(r.get::<_, Option<String>>(7)?),
+                        file: r
+                            .get::<_, Option<String>>(6)?
+                            .zip(r.get::<_, Option<String>>(7)?)
+                            .map(|(field, path)| FormFile { field, path }),
                     },
                 ));
             }

@@ -40,9 +40,9 @@ use tokio::sync::{broadcast, oneshot, Notify};
 
 pub use callbacks::CallbackWork;
 pub use evidence::{read_log, verify_log, LogReader, Verdict};
-pub use files::{ReceivedFile, ReplyFile};
+pub use files::{FormFile, ReceivedFile, ReplyFile};
 pub use incoming::{IncomingCall, ServiceOutcome};
-pub use outgoing::{NewAsync, OutboundWork, OutgoingFile};
+pub use outgoing::{Callback, NewAsync, OutboundWork, OutgoingFile};
 pub use records::{Page, Pending, QueueCount, QueueCounts, RequestFilter, RequestView, Stats};
 pub use trust::Admission;
 

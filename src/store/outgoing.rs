@@ -14,6 +14,15 @@ use super::{exec, now_ms, query_row, State, Store, StoreError};
 use crate::host_file::Identity;
 use crate::wire;
 
+/// Where the results of an asynchronous request go: a host app's URL, called with `method`.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Callback {
+    /// The absolute URL.
+    pub url: String,
+    /// `GET` or `POST`.
+    pub method: String,
+}
+
 /// A new asynchronous request from a host.
 #[derive(Debug, Clone)]
 pub struct NewAsync {
@@ -23,10 +32,8 @@ pub struct NewAsync {
     pub request: wire::Request,
     /// Reply mode.
     pub reply: bool,
-    /// The callback URL (absolute), if any.
-    pub callback_url: Option<String>,
-    /// `GET` or `POST`.
-    pub callback_method: String,
+    /// Where results go, if anywhere.
+    pub callback: Option<Callback>,
     /// When to give up (ms since the epoch).
     pub expires_at: i64,
     /// A file to send ahead of the request.
@@ -116,8 +123,8 @@ impl Store {
                     blob,
                     new.reply,
                     r.conversation,
-                    new.callback_url,
-                    new.callback_method,
+                    new.callback.as_ref().map(|c| &c.url),
+                    new.callback.as_ref().map_or("", |c| c.method.as_str()),
                     now,
                     new.expires_at,
                     new.file.as_ref().map(|f| &f.path),
@@ -373,7 +380,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let mut new = new_async("r1");
-        new.callback_url = None;
+        new.callback = None;
         store.insert_outgoing(new).await.unwrap();
         let claimed = store.claim_outbound(10).await.unwrap();
         assert_eq!(claimed.len(), 1);

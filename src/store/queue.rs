@@ -96,7 +96,7 @@ pub(super) mod fixtures {
 
     use super::now_ms;
     use crate::config::{ServiceConfig, ServiceState};
-    use crate::store::NewAsync;
+    use crate::store::{Callback, NewAsync};
     use crate::wire;
 
     /// Reply `seq` of request `id`, its data `{"n": seq}`.
@@ -129,8 +129,7 @@ pub(super) mod fixtures {
             peer: "org-b".into(),
             request: request(id),
             reply: true,
-            callback_url: Some("http://127.0.0.1:9/cb".into()),
-            callback_method: "POST".into(),
+            callback: Some(Callback { url: "http://127.0.0.1:9/cb".into(), method: "POST".into() }),
             expires_at: now_ms() + 60_000,
             file: None,
         }

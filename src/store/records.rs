@@ -5,7 +5,7 @@ use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
-use super::{query_row, rfc3339, stored, Store, StoreError};
+use super::{query_row, rfc3339, stored, Callback, Store, StoreError};
 use crate::wire;
 
 /// A request's status (`GET /v1/requests/{id}`).
@@ -132,8 +132,15 @@ const COLUMNS: &str = "seq, id, direction, peer, service, method, path, reply, c
     created_at, updated_at, attempts, response_status, response_headers, response_body, callback_url, callback_method,
     file_name, file_size, file_sha256, file_done, file_path";
 
-/// A request row as the API shows it: its seq, its view, and its callback (URL, method), if any.
-type Viewed = (i64, RequestView, Option<(String, String)>);
+/// A request row as the API shows it, before its callback delivery and replies are filled in.
+struct Viewed {
+    /// The row's seq.
+    row: i64,
+    /// What the API shows.
+    view: RequestView,
+    /// Where its results go, if anywhere.
+    callback: Option<Callback>,
+}
 
 fn view(r: &Row) -> rusqlite::Result<Viewed> {
     let response = match r.get::<_, Option<u16>>(14)? {
@@ -152,12 +159,12 @@ fn view(r: &Row) -> rusqlite::Result<Viewed> {
         None => None,
     };
     let callback = match (r.get::<_, Option<String>>(17)?, r.get::<_, Option<String>>(18)?) {
-        (Some(url), Some(method)) => Some((url, method)),
+        (Some(url), Some(method)) => Some(Callback { url, method }),
         _ => None,
     };
-    Ok((
-        r.get(0)?,
-        RequestView {
+    Ok(Viewed {
+        row: r.get(0)?,
+        view: RequestView {
             id: r.get(1)?,
             direction: r.get(2)?,
             peer: r.get(3)?,
@@ -187,18 +194,14 @@ fn view(r: &Row) -> rusqlite::Result<Viewed> {
             callback: None,
         },
         callback,
-    ))
+    })
 }
 
-/// Fills in callback delivery (and, when `with_replies`, the replies) of request row `row`.
-fn complete(
-    t: &rusqlite::Transaction,
-    row: i64,
-    view: &mut RequestView,
-    callback: Option<(String, String)>,
-    with_replies: bool,
-) -> Result<(), StoreError> {
-    if let Some((url, method)) = callback {
+/// The view of a request row with its callback delivery (and, when `with_replies`, its replies)
+/// filled in.
+fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Result<RequestView, StoreError> {
+    let Viewed { row, mut view, callback } = viewed;
+    if let Some(Callback { url, method }) = callback {
         let (count, delivered, attempts, last_error): (u32, u32, u32, Option<String>) = query_row(
             t,
             "SELECT COUNT(*), COALESCE(SUM(delivered), 0), COALESCE(SUM(callback_attempts), 0),
@@ -237,7 +240,7 @@ fn complete(
             .collect::<Result<Vec<_>, _>>()?;
         view.replies = Some(replies);
     }
-    Ok(())
+    Ok(view)
 }
 
 /// A callback URL as the API shows it: credentials (`user:pass@`), which callbacks stored before
@@ -265,9 +268,7 @@ impl Store {
                 view,
             )
             .optional()?;
-            let Some((row, mut v, callback)) = found else { return Ok(None) };
-            complete(t, row, &mut v, callback, true)?;
-            Ok(Some(v))
+            found.map(|viewed| complete(t, viewed, true)).transpose()
         })
         .await
     }
@@ -301,11 +302,11 @@ impl Store {
                 )?
                 .collect::<Result<Vec<_>, _>>()?;
             let more = rows.len() > filter.limit;
-            let mut items = Vec::new();
-            for (row, mut v, callback) in rows.into_iter().take(filter.limit) {
-                complete(t, row, &mut v, callback, false)?;
-                items.push(v);
-            }
+            let items = rows
+                .into_iter()
+                .take(filter.limit)
+                .map(|viewed| complete(t, viewed, false))
+                .collect::<Result<Vec<_>, _>>()?;
             let next = if more { items.last().map(|v| v.id.clone()) } else { None };
             Ok(Page { items, next })
         })
