@@ -12,7 +12,7 @@ use tokio::sync::Semaphore;
 use super::{Link, LinkFailure, CONNECT_WITHIN};
 use crate::peer::Peer;
 use crate::store::{idle, now_ms, slot_free, OutboundWork, StoreError};
-use crate::wire::{self, Message};
+use crate::wire::{self, Answer, Opening};
 use tokio_util::sync::CancellationToken;
 
 /// How many messages are in flight at once, over all peers.
@@ -205,12 +205,12 @@ impl Link {
 /// Sends one message on a new stream; the peer's acknowledgement.
 async fn send(connection: &quinn::Connection, work: &OutboundWork) -> Result<wire::Ack, LinkFailure> {
     let message = match work {
-        OutboundWork::Request { message, .. } => Message::AsyncRequest(message.clone()),
-        OutboundWork::Reply { message, .. } => Message::Reply(message.clone()),
+        OutboundWork::Request { message, .. } => Opening::AsyncRequest(message.clone()),
+        OutboundWork::Reply { message, .. } => Opening::Reply(message.clone()),
     };
     let frame = wire::encode(&message).map_err(LinkFailure::encoding)?;
     super::outbound::ask(connection, &frame, |answer| match answer {
-        Message::Ack(ack) => Some(ack),
+        Answer::Ack(ack) => Some(ack),
         _ => None,
     })
     .await

@@ -11,7 +11,7 @@ use crate::peer::{Peer, Peers};
 use crate::service::{Caller, Services};
 use crate::store::{Admission, Store};
 use crate::transfer::{self, Folders, ReceiveError};
-use crate::wire::{self, Code, Message, Refusal, RefusalKind};
+use crate::wire::{self, Answer, Code, FrameError, Opening, Refusal, RefusalKind};
 
 /// How long a peer may take to send a stream's first frame once it opened the stream.
 const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
@@ -105,38 +105,33 @@ async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let message = match tokio::time::timeout(FIRST_FRAME_WITHIN, wire::read(&mut recv)).await {
+    let opening: Opening = match tokio::time::timeout(FIRST_FRAME_WITHIN, wire::read(&mut recv)).await {
         Err(_) => return reset(&mut send, &mut recv, Code::Stalled),
+        Ok(Err(e @ FrameError::Misplaced { .. })) => {
+            tracing::warn!(peer = %peer.name, error = %e, "unsupported message");
+            return reset(&mut send, &mut recv, e.code());
+        }
         Ok(Err(e)) => {
             tracing::warn!(peer = %peer.name, error = %e, "bad frame from peer");
             return reset(&mut send, &mut recv, e.code());
         }
         Ok(Ok(m)) => m,
     };
-    let version = match &message {
-        Message::Request(r) => Some(r.version),
-        Message::AsyncRequest(a) => Some(a.request.version),
-        Message::FileOffer(o) => Some(o.version),
-        _ => None,
-    };
+    let version = opening.version();
     if version.is_some_and(|v| v != wire::PROTOCOL_VERSION) {
         tracing::warn!(peer = %peer.name, version = ?version, "peer speaks another protocol version");
         return reset(&mut send, &mut recv, Code::VersionMismatch);
     }
     peer.seen();
-    let answer = match message {
-        Message::Request(request) => inbound.request(&peer, &request).await,
-        Message::AsyncRequest(message) => inbound.async_request(&peer, message).await,
-        Message::Reply(reply) => inbound.reply(&peer, reply).await,
-        Message::FileOffer(offer) => inbound.file_offer(&peer, offer, &mut send, &mut recv).await,
-        Message::Receipt(receipt) => match inbound.receipt(&peer, receipt) {
+    let answer = match opening {
+        Opening::Request(request) => inbound.request(&peer, &request).await,
+        Opening::AsyncRequest(message) => inbound.async_request(&peer, message).await,
+        Opening::Reply(reply) => inbound.reply(&peer, reply).await,
+        Opening::FileOffer(offer) => inbound.file_offer(&peer, offer, &mut send, &mut recv).await,
+        Opening::Receipt(receipt) => match inbound.receipt(&peer, receipt) {
             Some(ack) => Ok(ack),
             None => return broken.cancel(),
         },
-        other => {
-            tracing::warn!(peer = %peer.name, message = ?std::mem::discriminant(&other), "unsupported message");
-            Err(Code::Unsupported)
-        }
     };
     match answer {
         Ok(answer) => match wire::write(&mut send, &answer).await {
@@ -157,16 +152,16 @@ impl Inbound {
     /// leaves), the service call, and the evidence of the exchange. A plain exchange changes no
     /// state: its records join the writer's next commit without holding up the answer.
     /// `Err`: the store failed; nothing was called.
-    async fn request(&self, peer: &Peer, request: &wire::Request) -> Result<Message, Code> {
+    async fn request(&self, peer: &Peer, request: &wire::Request) -> Result<Answer, Code> {
         let Inbound { link, services, caller, store, .. } = self;
         let allowed = match services.check_request(&peer.name, request) {
             Ok(allowed) => allowed,
-            Err(refusal) => return Ok(Message::Refused(refusal)),
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
         let service = allowed.service.clone();
         let file = match received_file(store, &peer.name, &request.id, &request.file).await {
             Ok(file) => file,
-            Err(refusal) => return Ok(Message::Refused(refusal)),
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
         let payload = wire::payload_sha256(request);
         let checked = request.idempotency_key.is_some() || service.dedupe_window.is_some();
@@ -177,8 +172,8 @@ impl Inbound {
             })?;
             match admitted {
                 Admission::New | Admission::Known => {}
-                Admission::Replay(response) => return Ok(Message::Response(response)),
-                Admission::Refused(refusal) => return Ok(Message::Refused(refusal)),
+                Admission::Replay(response) => return Ok(Answer::Response(response)),
+                Admission::Refused(refusal) => return Ok(Answer::Refused(refusal)),
             }
         }
         link.sign_receipt(&peer.name, &request.id, 0, payload, request.file.as_ref().map(|f| f.sha256));
@@ -204,32 +199,32 @@ impl Inbound {
             store.sync_served(&peer.name, request, &service.mask_fields, payload, answered);
         }
         Ok(match answer {
-            Ok(response) => Message::Response(response),
-            Err(refusal) => Message::Refused(refusal),
+            Ok(response) => Answer::Response(response),
+            Err(refusal) => Answer::Refused(refusal),
         })
     }
 
     /// Takes an asynchronous request: checked against its service and refused here, before it
     /// is stored, so that nothing hostile waits in the store for a call; else persisted (once
     /// per id) and acknowledged. `Err`: the store failed; the peer will send it again.
-    async fn async_request(&self, peer: &Peer, message: wire::AsyncRequest) -> Result<Message, Code> {
+    async fn async_request(&self, peer: &Peer, message: wire::AsyncRequest) -> Result<Answer, Code> {
         let Inbound { link, services, store, .. } = self;
         let id = message.request.id.clone();
         let payload = wire::payload_sha256(&message.request);
         let file_sha = message.request.file.as_ref().map(|f| f.sha256);
         let service = match services.check_request(&peer.name, &message.request) {
             Ok(allowed) => allowed.service,
-            Err(refusal) => return Ok(Message::Refused(refusal)),
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
         let file = match received_file(store, &peer.name, &id, &message.request.file).await {
             Ok(file) => file,
-            Err(refusal) => return Ok(Message::Refused(refusal)),
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
         match store.insert_incoming(&peer.name, message, file.map(|(_, path)| path), &service, payload).await {
-            Ok(Admission::Refused(refusal)) => Ok(Message::Refused(refusal)),
+            Ok(Admission::Refused(refusal)) => Ok(Answer::Refused(refusal)),
             Ok(_) => {
                 link.sign_receipt(&peer.name, &id, 0, payload, file_sha);
-                Ok(Message::Ack(wire::Ack { id, seq: 0 }))
+                Ok(Answer::Ack(wire::Ack { id, seq: 0 }))
             }
             Err(e) => {
                 tracing::error!(peer = %peer.name, %id, error = %e, "cannot persist a request; the peer will resend it");
@@ -240,7 +235,7 @@ impl Inbound {
 
     /// Takes a reply to one of this node's requests: persisted (once per `id/seq`) and
     /// acknowledged. `Err`: the store failed; the peer will send it again.
-    async fn reply(&self, peer: &Peer, reply: wire::Reply) -> Result<Message, Code> {
+    async fn reply(&self, peer: &Peer, reply: wire::Reply) -> Result<Answer, Code> {
         let Inbound { link, store, .. } = self;
         let ack = wire::Ack { id: reply.id.clone(), seq: reply.seq };
         let key = format!("{}/{}", reply.id, reply.seq);
@@ -253,7 +248,7 @@ impl Inbound {
         };
         let file = match file {
             Ok(file) => file,
-            Err(refusal) => return Ok(Message::Refused(refusal)),
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
         match store.received_reply(&peer.name, reply, file.map(|(_, path)| path), payload).await {
             Ok(ended) => {
@@ -262,7 +257,7 @@ impl Inbound {
                     link.inner.metrics.async_duration.get_or_create(&label).observe(took.as_secs_f64());
                 }
                 link.sign_receipt(&peer.name, &ack.id, ack.seq, payload, file_sha);
-                Ok(Message::Ack(ack))
+                Ok(Answer::Ack(ack))
             }
             Err(e) => {
                 tracing::error!(peer = %peer.name, id = %ack.id, error = %e, "cannot persist a reply; the peer will resend it");
@@ -280,14 +275,14 @@ impl Inbound {
         offer: wire::FileOffer,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
-    ) -> Result<Message, Code> {
+    ) -> Result<Answer, Code> {
         let Inbound { link, store, folders, receiving, .. } = self;
         let key = offer.key.clone();
         match store.received_file(&peer.name, &key).await {
-            Ok(Some(f)) if f.size == offer.size => return Ok(Message::FileDone(wire::FileDone { sha256: f.sha256 })),
+            Ok(Some(f)) if f.size == offer.size => return Ok(Answer::FileDone(wire::FileDone { sha256: f.sha256 })),
             // A verified file is never replaced: it may be in a service's hands already.
             Ok(Some(_)) => {
-                return Ok(Message::Refused(Refusal::new(
+                return Ok(Answer::Refused(Refusal::new(
                     RefusalKind::BadRequest,
                     format!("another file was already received for {key}; it is kept as it was"),
                 )))
@@ -321,7 +316,7 @@ impl Inbound {
                     tracing::error!(peer = %peer.name, %key, error = %e, "cannot record a received file");
                     return Err(Code::Done);
                 }
-                Ok(Message::FileDone(wire::FileDone { sha256 }))
+                Ok(Answer::FileDone(wire::FileDone { sha256 }))
             }
             Err(ReceiveError::Reset(code, why)) => {
                 tracing::warn!(peer = %peer.name, %key, %why, "file stream ended early; the sender will resume");
@@ -329,21 +324,21 @@ impl Inbound {
             }
             Err(ReceiveError::Refuse(refusal)) => {
                 tracing::warn!(peer = %peer.name, %key, why = %refusal.message, "refused a file");
-                Ok(Message::Refused(refusal))
+                Ok(Answer::Refused(refusal))
             }
         }
     }
 
     /// Keeps a peer's receipt for what this node sent it, and acknowledges it; `None` when it
     /// does not verify against the peer's pinned certificate, and the connection must close.
-    fn receipt(&self, peer: &Peer, receipt: wire::Receipt) -> Option<Message> {
+    fn receipt(&self, peer: &Peer, receipt: wire::Receipt) -> Option<Answer> {
         let leaves = receipt.leaves.len() as u32;
         if let Err(why) = super::receipts::verify(peer, &receipt) {
             tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
             return None;
         }
         self.store.receipt(&peer.name, receipt);
-        Some(Message::Ack(wire::Ack { id: String::new(), seq: leaves }))
+        Some(Answer::Ack(wire::Ack { id: String::new(), seq: leaves }))
     }
 }
 

@@ -8,7 +8,7 @@ use futures::future::BoxFuture;
 
 use crate::exchange::{Carrier, Failure, Outcome};
 use crate::store::OutgoingFile;
-use crate::wire::{self, Code, Message};
+use crate::wire::{self, Answer, Code, FrameError};
 
 impl Carrier for Link {
     fn exchange(
@@ -59,7 +59,7 @@ async fn exchange(
     *payload = Some(sha256);
     let connection = link.connection(&peer, Instant::now() + CONNECT_WITHIN).await.map_err(unreachable)?;
     let answer = ask(&connection, &frame, |answer| match answer {
-        Message::Response(response) => Some(response),
+        Answer::Response(response) => Some(response),
         _ => None,
     })
     .await;
@@ -86,17 +86,18 @@ async fn exchange(
 pub(super) async fn ask<T>(
     connection: &quinn::Connection,
     frame: &[u8],
-    expected: impl FnOnce(Message) -> Option<T>,
+    expected: impl FnOnce(Answer) -> Option<T>,
 ) -> Result<T, LinkFailure> {
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(frame).await?;
     let _ = send.finish();
     let unexpected = match wire::read(&mut recv).await {
-        Ok(Message::Refused(refusal)) => return Err(LinkFailure::Refused(refusal)),
+        Ok(Answer::Refused(refusal)) => return Err(LinkFailure::Refused(refusal)),
         Ok(answer) => match expected(answer) {
             Some(answer) => return Ok(answer),
             None => LinkFailure::Noncompliant("the peer answered with an unexpected message".into()),
         },
+        Err(e @ FrameError::Misplaced { .. }) => e.into(),
         Err(e) => return Err(e.into()),
     };
     let _ = recv.stop(Code::ProtocolViolation.varint());

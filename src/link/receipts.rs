@@ -10,7 +10,7 @@ use tokio::sync::mpsc;
 use super::{Link, LinkFailure, CONNECT_WITHIN};
 use crate::peer::Peer;
 use crate::receipt::{self, Signer};
-use crate::wire::{self, Leaf, Message};
+use crate::wire::{self, Answer, Leaf, Opening};
 
 /// How long accepted messages gather before one signature covers them all.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
@@ -98,9 +98,9 @@ impl Link {
     /// Sends `receipt` to `peer` on a stream of its own; the peer acknowledges it.
     async fn deliver_receipt(&self, peer: &Arc<Peer>, receipt: wire::Receipt) -> Result<(), LinkFailure> {
         let connection = self.connection(peer, tokio::time::Instant::now() + CONNECT_WITHIN).await?;
-        let frame = wire::encode(&Message::Receipt(receipt)).map_err(LinkFailure::encoding)?;
+        let frame = wire::encode(&Opening::Receipt(receipt)).map_err(LinkFailure::encoding)?;
         super::outbound::ask(&connection, &frame, |answer| match answer {
-            Message::Ack(_) => Some(()),
+            Answer::Ack(_) => Some(()),
             _ => None,
         })
         .await
