@@ -76,7 +76,7 @@ use ferry::config::Config;
 use ferry::identity::{Fingerprint, Identity};
 use ferry::node::{self, NodeError, Sockets};
 use ferry::peer::{Peer, Peers};
-use ferry::wire::{self, Message};
+use ferry::wire::{self, Answer, Opening};
 
 /// ferry must reach this share of raw quinn with the receiver hashing.
 #[path = "common/mod.rs"]
@@ -1330,11 +1330,11 @@ impl QuinnPair {
         let receiver = runtimes.recv.spawn(async move {
             let connection = incoming.lock().await;
             let (mut tx, mut rx) = connection.accept_bi().await?;
-            let Message::FileOffer(offer) = wire::read(&mut rx).await? else { bail!("not a file offer") };
+            let Opening::FileOffer(offer) = wire::read(&mut rx).await? else { bail!("not a file offer") };
             let received = ferry::transfer::receive(&folders, "bench-client", offer, &mut tx, &mut rx, |_, _| {})
                 .await
                 .map_err(|e| anyhow::anyhow!("receive failed: {e:?}"))?;
-            wire::write(&mut tx, &Message::FileDone(wire::FileDone { sha256: received.sha256 })).await?;
+            wire::write(&mut tx, &Answer::FileDone(wire::FileDone { sha256: received.sha256 })).await?;
             tx.finish()?;
             let _ = tx.stopped().await;
             std::fs::remove_file(&received.path)?;

@@ -27,7 +27,7 @@ use sha2::{Digest, Sha256};
 use thiserror::Error;
 use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
-use crate::wire::{self, Code, FileChunk, FileDone, FileEnd, FileOffer, FileResume, Message};
+use crate::wire::{self, Answer, Code, FileChunk, FileDone, FileEnd, FileOffer, FilePart, FileResume, Opening};
 
 /// The chunk size: each chunk carries its own SHA-256.
 pub const CHUNK: usize = 1 << 20;
@@ -103,10 +103,10 @@ pub async fn send(
     let size = file.metadata().await.map_err(source)?.len();
     let (mut tx, mut rx) = connection.open_bi().await.map_err(|e| interrupted(&e))?;
     let offer = FileOffer { version: wire::PROTOCOL_VERSION, key: key.to_owned(), name: name.to_owned(), size };
-    wire::write(&mut tx, &Message::FileOffer(offer)).await.map_err(|e| interrupted(&e))?;
+    wire::write(&mut tx, &Opening::FileOffer(offer)).await.map_err(|e| interrupted(&e))?;
     let have = match wire::read(&mut rx).await.map_err(|e| interrupted(&e))? {
-        Message::FileResume(FileResume { have }) if have <= size => have,
-        Message::FileDone(FileDone { sha256: theirs }) => {
+        Answer::FileResume(FileResume { have }) if have <= size => have,
+        Answer::FileDone(FileDone { sha256: theirs }) => {
             // The peer holds the whole file from an earlier attempt: check it is this one.
             let ours = hash_file(&mut file, &mut vec![0u8; CHUNK]).await.map_err(source)?;
             progress(size);
@@ -116,7 +116,7 @@ pub async fn send(
                 Err(refused("the peer holds another file under this request"))
             };
         }
-        Message::Refused(r) => return Err(TransferError::Refused(r)),
+        Answer::Refused(r) => return Err(TransferError::Refused(r)),
         other => return Err(TransferError::Interrupted(format!("unexpected answer to a file offer: {other:?}"))),
     };
     let file = file.into_std().await;
@@ -126,18 +126,18 @@ pub async fn send(
     while let Some((offset, bytes, sha256)) = from_disk.recv().await {
         let len = bytes.len();
         let header = FileChunk { offset, len: len as u32, sha256 };
-        let header = wire::encode(&Message::FileChunk(header)).map_err(|e| interrupted(&e))?;
+        let header = wire::encode(&FilePart::FileChunk(header)).map_err(|e| interrupted(&e))?;
         tx.write_all_chunks(&mut [Bytes::from(header), bytes]).await.map_err(|e| interrupted(&e))?;
         progress(offset + len as u64);
     }
     // The channel closes when the reader ends: with the whole file's hash, or with an error.
     let sha256 = reader.await.map_err(|e| source(std::io::Error::other(e)))?.map_err(source)?;
-    wire::write(&mut tx, &Message::FileEnd(FileEnd { sha256 })).await.map_err(|e| interrupted(&e))?;
+    wire::write(&mut tx, &FilePart::FileEnd(FileEnd { sha256 })).await.map_err(|e| interrupted(&e))?;
     let _ = tx.finish();
     match wire::read(&mut rx).await {
-        Ok(Message::FileDone(FileDone { sha256: theirs })) if theirs == sha256 => Ok((size, sha256)),
-        Ok(Message::FileDone(_)) => Err(refused("the peer computed another SHA-256")),
-        Ok(Message::Refused(r)) => Err(TransferError::Refused(r)),
+        Ok(Answer::FileDone(FileDone { sha256: theirs })) if theirs == sha256 => Ok((size, sha256)),
+        Ok(Answer::FileDone(_)) => Err(refused("the peer computed another SHA-256")),
+        Ok(Answer::Refused(r)) => Err(TransferError::Refused(r)),
         Ok(other) => Err(TransferError::Interrupted(format!("unexpected answer after the file: {other:?}"))),
         Err(e) => Err(interrupted(&e)),
     }
@@ -259,7 +259,7 @@ pub enum ReceiveError {
 
 /// Receives the file offered on this stream from `peer`, resuming a partial one, and moves it
 /// to `received/<peer>/<request-id>/<safe name>` once it is whole and verified. The caller
-/// records it, then answers [`Message::FileDone`].
+/// records it, then answers [`Answer::FileDone`].
 ///
 /// The stream is read on this task; a blocking thread checks each chunk, hashes it into the whole
 /// file and writes it, a few chunks behind. It stops at the first bad chunk (nothing from it on is
@@ -311,7 +311,7 @@ pub async fn receive(
         tracing::info!(%peer, key = %offer.key, have, size = offer.size, "resuming a file transfer");
     }
     let broken = |e: &dyn std::fmt::Display| ReceiveError::Reset(Code::ProtocolViolation, e.to_string());
-    wire::write(tx, &Message::FileResume(FileResume { have })).await.map_err(|e| broken(&e))?;
+    wire::write(tx, &Answer::FileResume(FileResume { have })).await.map_err(|e| broken(&e))?;
     progress(have, offer.size);
 
     let (to_disk, from_net) = tokio::sync::mpsc::channel::<(FileChunk, ChunkBuf)>(DEPTH);
@@ -484,7 +484,7 @@ enum Frame {
 /// `next`, not empty, at most [`CHUNK`], within `size`).
 async fn next_frame(rx: &mut quinn::RecvStream, next: u64, size: u64, mut buf: ChunkBuf) -> Result<Frame, Fault> {
     match wire::read(rx).await {
-        Ok(Message::FileChunk(c)) => {
+        Ok(FilePart::FileChunk(c)) => {
             let len = c.len as usize;
             if c.offset != next || len == 0 || len > CHUNK || next + len as u64 > size {
                 return Err(Fault::Reset(ReceiveError::Reset(
@@ -497,10 +497,10 @@ async fn next_frame(rx: &mut quinn::RecvStream, next: u64, size: u64, mut buf: C
                 .map_err(|e| Fault::Reset(ReceiveError::Reset(Code::Done, e.to_string())))?;
             Ok(Frame::Chunk(c, buf))
         }
-        Ok(Message::FileEnd(FileEnd { sha256 })) => Ok(Frame::End(sha256)),
-        Ok(other) => Err(Fault::Reset(ReceiveError::Reset(
+        Ok(FilePart::FileEnd(FileEnd { sha256 })) => Ok(Frame::End(sha256)),
+        Err(e @ wire::FrameError::Misplaced { .. }) => Err(Fault::Reset(ReceiveError::Reset(
             Code::ProtocolViolation,
-            format!("unexpected message in a file stream: {other:?}"),
+            format!("unexpected message in a file stream: {e}"),
         ))),
         Err(e) => Err(Fault::Broken(e)),
     }

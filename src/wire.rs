@@ -10,11 +10,18 @@
 //! # Streams and frames
 //!
 //! Every exchange gets its own bidirectional stream, opened by the side that sends the request.
-//! A stream carries frames: a 4-byte big-endian length, then that many bytes of a postcard-encoded
-//! [`Message`]. A length above [`MAX_FRAME`] is refused before anything is allocated.
+//! A stream carries frames: a 4-byte big-endian length, then that many bytes of payload: the
+//! message's [`Tag`] (one byte) and the message's postcard encoding. A length above [`MAX_FRAME`]
+//! is refused before anything is allocated.
 //!
-//! The first frame on a stream is a [`Message`] whose payload carries [`PROTOCOL_VERSION`]; the
-//! receiver refuses a version it does not speak with [`Code::VersionMismatch`].
+//! The opener's first frame is an [`Opening`]; a request, an asynchronous request and a file offer
+//! carry [`PROTOCOL_VERSION`], and the receiver refuses a version it does not speak with
+//! [`Code::VersionMismatch`]. After a file offer the opener sends [`FilePart`]s (see
+//! [`crate::transfer`]). The receiver sends [`Answer`]s. A message where it does not stand is a
+//! [`FrameError::Misplaced`]: a stream opened with anything but an [`Opening`] is reset with
+//! [`Code::Unsupported`], any other misplaced message with [`Code::ProtocolViolation`]. The tags
+//! are numbered across the three, as when one enum held every message, so that nodes of every
+//! release of `ferry/1` read each other's frames.
 //!
 //! A synchronous request is one round trip:
 //!
@@ -40,11 +47,9 @@
 //!
 //! A node that receives a message it accepted signs a receipt for it: the leaves of what it
 //! accepted (request or reply id, payload SHA-256, file SHA-256, time) are gathered for a few
-//! milliseconds and one signature over their Merkle root goes back in a [`Message::Receipt`] on a
+//! milliseconds and one signature over their Merkle root goes back in an [`Opening::Receipt`] on a
 //! stream of its own (see [`crate::receipt`]). A receipt that does not verify against the pinned
 //! certificate closes the connection with [`Code::ProtocolViolation`].
-//!
-//! A node that receives a variant it does not handle resets the stream with [`Code::Unsupported`].
 //!
 //! Every stream reset and connection close uses a [`Code`].
 
@@ -110,37 +115,175 @@ impl Code {
     }
 }
 
-/// One frame's payload.
-#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-pub enum Message {
-    /// Opens a stream: a request for one of the receiver's services.
+/// Every message of `ferry/1` and its number: the first byte of a frame's payload (postcard's
+/// varint, one byte for each), before the message's own postcard encoding. The numbers are fixed:
+/// a new message takes the next one.
+#[repr(u8)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tag {
+    /// [`Opening::Request`].
+    Request = 0,
+    /// [`Answer::Response`].
+    Response = 1,
+    /// [`Answer::Refused`].
+    Refused = 2,
+    /// [`Opening::AsyncRequest`].
+    AsyncRequest = 3,
+    /// [`Answer::Ack`].
+    Ack = 4,
+    /// [`Opening::Reply`].
+    Reply = 5,
+    /// [`Opening::Receipt`].
+    Receipt = 6,
+    /// [`Opening::FileOffer`].
+    FileOffer = 7,
+    /// [`FilePart::FileChunk`].
+    FileChunk = 8,
+    /// [`Answer::FileResume`].
+    FileResume = 9,
+    /// [`FilePart::FileEnd`].
+    FileEnd = 10,
+    /// [`Answer::FileDone`].
+    FileDone = 11,
+}
+
+impl Tag {
+    /// The message numbered `n`, if there is one.
+    fn of(n: u32) -> Option<Tag> {
+        use Tag::*;
+        [
+            Request,
+            Response,
+            Refused,
+            AsyncRequest,
+            Ack,
+            Reply,
+            Receipt,
+            FileOffer,
+            FileChunk,
+            FileResume,
+            FileEnd,
+            FileDone,
+        ]
+        .into_iter()
+        .find(|t| *t as u32 == n)
+    }
+}
+
+/// The first frame of a stream: what its opener sends.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Opening {
+    /// A request for one of the receiver's services, answered [`Answer::Response`] (or
+    /// [`Answer::Refused`]).
     Request(Request),
-    /// The service's answer to a [`Message::Request`].
+    /// An asynchronous request, persisted by the receiver before it answers [`Answer::Ack`] (or
+    /// [`Answer::Refused`] when its service refuses the sender).
+    AsyncRequest(AsyncRequest),
+    /// A result of an asynchronous request, carried back to the requesting node, which persists
+    /// it and answers [`Answer::Ack`].
+    Reply(Reply),
+    /// The receiver's signature over what it accepted lately; answered with [`Answer::Ack`] once
+    /// the sender has recorded it.
+    Receipt(Receipt),
+    /// The sender offers a file for a request or reply; answered [`Answer::FileResume`] (then
+    /// [`FilePart`]s follow), [`Answer::FileDone`] if the receiver holds it already, or
+    /// [`Answer::Refused`].
+    FileOffer(FileOffer),
+}
+
+impl Opening {
+    /// The [`PROTOCOL_VERSION`] the opening carries, if it carries one.
+    pub fn version(&self) -> Option<u16> {
+        match self {
+            Opening::Request(r) => Some(r.version),
+            Opening::AsyncRequest(a) => Some(a.request.version),
+            Opening::FileOffer(o) => Some(o.version),
+            Opening::Reply(_) | Opening::Receipt(_) => None,
+        }
+    }
+}
+
+/// What the opener of a file stream sends after its [`Opening::FileOffer`] was answered
+/// [`Answer::FileResume`].
+#[derive(Debug, Clone, PartialEq)]
+pub enum FilePart {
+    /// One chunk's header; exactly `len` raw bytes of the file follow the frame.
+    FileChunk(FileChunk),
+    /// After the last chunk: the whole file's SHA-256.
+    FileEnd(FileEnd),
+}
+
+/// What the receiver of a stream answers.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Answer {
+    /// The service's answer to an [`Opening::Request`].
     Response(Response),
     /// The receiving node refused or could not complete the exchange.
     Refused(Refusal),
-    /// Opens a stream: an asynchronous request, persisted by the receiver before it answers
-    /// [`Message::Ack`] (or [`Message::Refused`] when its service refuses the sender).
-    AsyncRequest(AsyncRequest),
-    /// The receiver has persisted a request or reply; the sender may stop retransmitting it.
+    /// The receiver has persisted a request or reply (or recorded a receipt); the sender may stop
+    /// retransmitting it.
     Ack(Ack),
-    /// Opens a stream: a result of an asynchronous request, carried back to the requesting node,
-    /// which persists it and answers [`Message::Ack`].
-    Reply(Reply),
-    /// Opens a stream: the receiver's signature over what it accepted lately; answered with
-    /// [`Message::Ack`] once the sender has recorded it.
-    Receipt(Receipt),
-    /// Opens a stream: the sender offers a file for a request or reply.
-    FileOffer(FileOffer),
-    /// One chunk's header; exactly `len` raw bytes of the file follow the frame.
-    FileChunk(FileChunk),
-    /// The receiver's answer to an offer: it holds the first `have` bytes, verified.
+    /// The answer to a file offer: the receiver holds the first `have` bytes, verified.
     FileResume(FileResume),
-    /// After the last chunk: the whole file's SHA-256.
-    FileEnd(FileEnd),
     /// The receiver verified the whole file and keeps it.
     FileDone(FileDone),
 }
+
+/// Where a frame stands on a stream, which decides the messages it may hold.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Place {
+    /// The first frame of a stream: an [`Opening`].
+    Opening,
+    /// A frame after a file offer: a [`FilePart`].
+    FilePart,
+    /// A frame from the receiver: an [`Answer`].
+    Answer,
+}
+
+/// A message that travels as one frame: an [`Opening`], a [`FilePart`] or an [`Answer`].
+pub trait Frame: Sized {
+    /// Where frames of this type stand.
+    const PLACE: Place;
+    /// The message's number.
+    fn tag(&self) -> Tag;
+    /// Appends the message's own postcard encoding to `frame`.
+    fn encode_body(&self, frame: Vec<u8>) -> postcard::Result<Vec<u8>>;
+    /// The message numbered `tag`, decoded from `body`: [`FrameError::Misplaced`] if such a
+    /// message does not stand here.
+    fn decode_body(tag: Tag, body: &[u8]) -> Result<Self, FrameError>;
+}
+
+/// Implements [`Frame`] for `$frame`, whose variants are named as their [`Tag`]s.
+macro_rules! frame {
+    ($frame:ident: $($variant:ident),+) => {
+        impl Frame for $frame {
+            const PLACE: Place = Place::$frame;
+
+            fn tag(&self) -> Tag {
+                match self {
+                    $($frame::$variant(_) => Tag::$variant,)+
+                }
+            }
+
+            fn encode_body(&self, frame: Vec<u8>) -> postcard::Result<Vec<u8>> {
+                match self {
+                    $($frame::$variant(message) => postcard::to_extend(message, frame),)+
+                }
+            }
+
+            fn decode_body(tag: Tag, body: &[u8]) -> Result<Self, FrameError> {
+                match tag {
+                    $(Tag::$variant => Ok($frame::$variant(postcard::from_bytes(body)?)),)+
+                    tag => Err(FrameError::Misplaced { tag, place: Place::$frame }),
+                }
+            }
+        }
+    };
+}
+
+frame!(Opening: Request, AsyncRequest, Reply, Receipt, FileOffer);
+frame!(FilePart: FileChunk, FileEnd);
+frame!(Answer: Response, Refused, Ack, FileResume, FileDone);
 
 /// An asynchronous request: the same fields as a synchronous one, plus its reply mode and expiry.
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
@@ -636,6 +779,26 @@ pub enum FrameError {
     /// The stream failed underneath.
     #[error("stream error: {0}")]
     Io(#[from] std::io::Error),
+    /// A message of the protocol where it does not stand (an answer opening a stream, a request
+    /// answering one).
+    #[error("{tag:?} message where {} belongs", place.what())]
+    Misplaced {
+        /// The message.
+        tag: Tag,
+        /// Where it was read.
+        place: Place,
+    },
+}
+
+impl Place {
+    /// What stands here, in words.
+    fn what(self) -> &'static str {
+        match self {
+            Place::Opening => "an opening",
+            Place::FilePart => "a file chunk or file end",
+            Place::Answer => "an answer",
+        }
+    }
 }
 
 impl FrameError {
@@ -644,23 +807,24 @@ impl FrameError {
         match self {
             FrameError::TooLarge(_) => Code::FrameTooLarge,
             FrameError::Io(_) => Code::Done, // the stream broke underneath: nobody misbehaved
-            FrameError::Finished | FrameError::Decode(_) => Code::ProtocolViolation,
+            // A stream opened with a message no stream opens with: not one this node handles there.
+            FrameError::Misplaced { place: Place::Opening, .. } => Code::Unsupported,
+            FrameError::Finished | FrameError::Decode(_) | FrameError::Misplaced { .. } => Code::ProtocolViolation,
         }
     }
 }
 
-/// Encodes a message as one frame: length prefix and postcard bytes.
-pub fn encode(message: &Message) -> Result<Vec<u8>, FrameError> {
-    framed(postcard::to_extend(message, vec![0u8; 4])?)
+/// Encodes a message as one frame: length prefix, the message's [`Tag`], its postcard bytes.
+pub fn encode<M: Frame>(message: &M) -> Result<Vec<u8>, FrameError> {
+    framed(message.encode_body(vec![0, 0, 0, 0, message.tag() as u8])?)
 }
 
-/// Encodes `request` as a [`Message::Request`] frame without copying it, and returns the frame
+/// Encodes `request` as an [`Opening::Request`] frame without copying it, and returns the frame
 /// and the request's [`payload_sha256`], hashed from the frame's own bytes.
 pub fn encode_request(request: &Request) -> Result<(Vec<u8>, [u8; 32]), FrameError> {
     use sha2::Digest;
-    // After the length prefix, postcard writes the message's variant index as a varint (0, one
-    // byte, for `Request`) and then the request's own encoding: its payload.
-    let frame = framed(postcard::to_extend(request, vec![0u8; 5])?)?;
+    // After the length prefix and the tag comes the request's own encoding: its payload.
+    let frame = framed(postcard::to_extend(request, vec![0, 0, 0, 0, Tag::Request as u8])?)?;
     let payload = sha2::Sha256::digest(&frame[5..]).into();
     Ok((frame, payload))
 }
@@ -675,19 +839,25 @@ fn framed(mut frame: Vec<u8>) -> Result<Vec<u8>, FrameError> {
     Ok(frame)
 }
 
-/// Decodes one frame's payload (without its length prefix).
-pub fn decode(payload: &[u8]) -> Result<Message, FrameError> {
-    Ok(postcard::from_bytes(payload)?)
+/// Decodes one frame's payload (without its length prefix) as a message that stands where `M`
+/// does. An unknown tag is [`FrameError::Decode`], a message of another place
+/// [`FrameError::Misplaced`].
+pub fn decode<M: Frame>(payload: &[u8]) -> Result<M, FrameError> {
+    let (n, body) = postcard::take_from_bytes::<u32>(payload)?;
+    // The error postcard gives an enum's unknown variant, as when one enum held every message.
+    let tag = Tag::of(n).ok_or(postcard::Error::SerdeDeCustom)?;
+    M::decode_body(tag, body)
 }
 
 /// Writes one message as a frame.
-pub async fn write<W: AsyncWrite + Unpin>(out: &mut W, message: &Message) -> Result<(), FrameError> {
+pub async fn write<W: AsyncWrite + Unpin, M: Frame>(out: &mut W, message: &M) -> Result<(), FrameError> {
     out.write_all(&encode(message)?).await?;
     Ok(())
 }
 
-/// Reads one frame and decodes it. The length is checked before the buffer is allocated.
-pub async fn read<R: AsyncRead + Unpin>(input: &mut R) -> Result<Message, FrameError> {
+/// Reads one frame and decodes it as a message that stands where `M` does. The length is checked
+/// before the buffer is allocated.
+pub async fn read<R: AsyncRead + Unpin, M: Frame>(input: &mut R) -> Result<M, FrameError> {
     let mut len = [0u8; 4];
     match input.read_exact(&mut len).await {
         Ok(_) => {}
@@ -707,8 +877,8 @@ pub async fn read<R: AsyncRead + Unpin>(input: &mut R) -> Result<Message, FrameE
 mod tests {
     use super::*;
 
-    fn request() -> Message {
-        Message::Request(Request {
+    fn request() -> Opening {
+        Opening::Request(Request {
             version: PROTOCOL_VERSION,
             id: "0192".into(),
             service: "1".into(),
@@ -729,24 +899,159 @@ mod tests {
         let mut buf = Vec::new();
         write(&mut buf, &request()).await.unwrap();
         let mut input = &buf[..];
-        assert_eq!(read(&mut input).await.unwrap(), request());
-        assert!(matches!(read(&mut input).await, Err(FrameError::Finished)));
+        assert_eq!(read::<_, Opening>(&mut input).await.unwrap(), request());
+        assert!(matches!(read::<_, Opening>(&mut input).await, Err(FrameError::Finished)));
     }
 
     /// A request encoded on its own is the same frame as the message, and its hash is the one
     /// receipts and evidence records name.
     #[test]
     fn a_request_frame_carries_its_payload_hash() {
-        let Message::Request(r) = request() else { unreachable!() };
+        let Opening::Request(r) = request() else { unreachable!() };
         let (frame, payload) = encode_request(&r).unwrap();
         assert_eq!(frame, encode(&request()).unwrap());
         assert_eq!(payload, payload_sha256(&r));
     }
 
+    /// A request that sets every optional field.
+    fn full_request() -> Request {
+        Request {
+            version: PROTOCOL_VERSION,
+            id: "0192".into(),
+            service: "1".into(),
+            method: "POST".into(),
+            path: "/job?x=1".into(),
+            form: vec![("n".into(), FormValue::Int(-2)), ("q".into(), FormValue::Text("a b".into()))],
+            encoding: Encoding::Json,
+            headers: vec![("x-a".into(), "v".into())],
+            conversation: Some("c-1".into()),
+            timeout_ms: 30_000,
+            file: Some(FileRef { field: "doc".into(), name: "a.txt".into(), size: 3, sha256: [7; 32] }),
+            idempotency_key: Some("k".into()),
+        }
+    }
+
+    /// Checks that `message` encodes to `golden` (hex: the frame as the release where one enum
+    /// held every message encoded it) and decodes back from it.
+    fn same_bytes<M: Frame + PartialEq + std::fmt::Debug>(message: M, golden: &str) {
+        let frame = encode(&message).unwrap();
+        assert_eq!(hex::encode(&frame), golden, "{message:?}");
+        assert_eq!(decode::<M>(&frame[4..]).unwrap(), message);
+    }
+
+    /// Every message is the same bytes on the wire as before the split into openings, file parts
+    /// and answers: nodes of older releases of `ferry/1` read them, and they read theirs.
+    #[test]
+    fn every_message_keeps_its_bytes_on_the_wire() {
+        let response = Response {
+            status: 200,
+            headers: vec![("content-type".into(), "text/plain".into())],
+            body: b"ok".to_vec(),
+            replay_of: Some("0191".into()),
+        };
+        let file = FileRef { field: "file".into(), name: "b".into(), size: 1 << 20, sha256: [8; 32] };
+        let reply = Reply {
+            id: "0192".into(),
+            seq: 1,
+            end: true,
+            data: Some("{}".into()),
+            error: Some("e".into()),
+            response: Some(response.clone()),
+            file: Some(file),
+        };
+        let leaf = Leaf { id: "0192".into(), seq: 0, payload_sha256: [1; 32], file_sha256: Some([2; 32]), at_ms: 5 };
+        let offer = FileOffer { version: PROTOCOL_VERSION, key: "0192/1".into(), name: "a.txt".into(), size: 3 };
+        let refusal = Refusal { kind: RefusalKind::Duplicate, message: "seen".into(), earlier: Some("0191".into()) };
+        let queued = AsyncRequest { request: full_request(), reply: true, expires_at_ms: 1_700_000_000_000 };
+
+        same_bytes(
+            Opening::Request(full_request()),
+            concat!(
+                "0000006200010430313932013104504f5354082f6a6f623f783d3102016e01030171000361206201",
+                "0103782d6101760103632d31b0ea010103646f6305612e7478740307070707070707070707070707",
+                "0707070707070707070707070707070707070701016b",
+            ),
+        );
+        same_bytes(
+            Answer::Response(response),
+            concat!("0000002501c801010c636f6e74656e742d747970650a746578742f706c61696e026f6b0104303139", "31",),
+        );
+        same_bytes(Answer::Refused(refusal), "0000000d0209047365656e010430313931");
+        same_bytes(
+            Opening::AsyncRequest(queued),
+            concat!(
+                "0000006903010430313932013104504f5354082f6a6f623f783d3102016e01030171000361206201",
+                "0103782d6101760103632d31b0ea010103646f6305612e7478740307070707070707070707070707",
+                "0707070707070707070707070707070707070701016b0180a0abfef962",
+            ),
+        );
+        same_bytes(Answer::Ack(Ack { id: "0192".into(), seq: 3 }), "0000000704043031393203");
+        same_bytes(
+            Opening::Reply(reply),
+            concat!(
+                "0000005f050430313932010101027b7d01016501c801010c636f6e74656e742d747970650a746578",
+                "742f706c61696e026f6b010430313931010466696c65016280804008080808080808080808080808",
+                "08080808080808080808080808080808080808",
+            ),
+        );
+        same_bytes(
+            Opening::Receipt(Receipt { leaves: vec![leaf], signature: vec![9, 8] }),
+            concat!(
+                "0000004d060104303139320001010101010101010101010101010101010101010101010101010101",
+                "010101010102020202020202020202020202020202020202020202020202020202020202020a0209",
+                "08",
+            ),
+        );
+        same_bytes(Opening::FileOffer(offer), "00000010070106303139322f3105612e74787403");
+        same_bytes(
+            FilePart::FileChunk(FileChunk { offset: 1 << 20, len: 3, sha256: [3; 32] }),
+            concat!("00000025088080400303030303030303030303030303030303030303030303030303030303030303", "03",),
+        );
+        same_bytes(Answer::FileResume(FileResume { have: 1 << 20 }), "0000000409808040");
+        same_bytes(
+            FilePart::FileEnd(FileEnd { sha256: [4; 32] }),
+            "000000210a0404040404040404040404040404040404040404040404040404040404040404",
+        );
+        same_bytes(
+            Answer::FileDone(FileDone { sha256: [5; 32] }),
+            "000000210b0505050505050505050505050505050505050505050505050505050505050505",
+        );
+        let (frame, _) = encode_request(&full_request()).unwrap();
+        assert_eq!(
+            hex::encode(frame),
+            concat!(
+                "0000006200010430313932013104504f5354082f6a6f623f783d3102016e01030171000361206201",
+                "0103782d6101760103632d31b0ea010103646f6305612e7478740307070707070707070707070707",
+                "0707070707070707070707070707070707070701016b",
+            )
+        );
+    }
+
+    /// A message where it does not stand is an error that names it, and the code it resets the
+    /// stream with; an unknown tag is an undecodable frame.
+    #[tokio::test]
+    async fn a_misplaced_message_is_a_frame_error() {
+        let ack = encode(&Answer::Ack(Ack { id: "x".into(), seq: 0 })).unwrap();
+        let err = read::<_, Opening>(&mut &ack[..]).await.unwrap_err();
+        assert!(matches!(err, FrameError::Misplaced { tag: Tag::Ack, place: Place::Opening }), "{err:?}");
+        assert_eq!(err.code(), Code::Unsupported);
+        let chunk = encode(&FilePart::FileEnd(FileEnd { sha256: [0; 32] })).unwrap();
+        assert_eq!(decode::<Opening>(&chunk[4..]).unwrap_err().code(), Code::Unsupported);
+        let err = decode::<Answer>(&encode(&request()).unwrap()[4..]).unwrap_err();
+        assert!(matches!(err, FrameError::Misplaced { tag: Tag::Request, place: Place::Answer }), "{err:?}");
+        assert_eq!(err.code(), Code::ProtocolViolation);
+        assert!(err.to_string().contains("Request"), "{err}");
+        let err = decode::<FilePart>(&ack[4..]).unwrap_err();
+        assert_eq!(err.code(), Code::ProtocolViolation);
+        for unknown in [&[12u8][..], &[0x80, 0x01], &[]] {
+            assert!(matches!(decode::<Answer>(unknown), Err(FrameError::Decode(_))), "{unknown:?}");
+        }
+    }
+
     #[tokio::test]
     async fn an_oversized_length_is_refused_before_allocating() {
         let mut input = &u32::MAX.to_be_bytes()[..];
-        let err = read(&mut input).await.unwrap_err();
+        let err = read::<_, Opening>(&mut input).await.unwrap_err();
         assert!(matches!(err, FrameError::TooLarge(_)));
         assert_eq!(err.code(), Code::FrameTooLarge);
     }
@@ -755,14 +1060,14 @@ mod tests {
     async fn garbage_is_a_protocol_violation() {
         let mut frame = 3u32.to_be_bytes().to_vec();
         frame.extend([0xff, 0xff, 0xff]);
-        let err = read(&mut &frame[..]).await.unwrap_err();
+        let err = read::<_, Opening>(&mut &frame[..]).await.unwrap_err();
         assert_eq!(err.code(), Code::ProtocolViolation);
     }
 
     #[tokio::test]
     async fn a_truncated_frame_is_an_error() {
         let frame = encode(&request()).unwrap();
-        let err = read(&mut &frame[..frame.len() - 1]).await.unwrap_err();
+        let err = read::<_, Opening>(&mut &frame[..frame.len() - 1]).await.unwrap_err();
         assert!(matches!(err, FrameError::Io(_)));
     }
 

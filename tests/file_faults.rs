@@ -18,7 +18,8 @@ use sha2::{Digest, Sha256};
 use tokio::time::{timeout, Instant};
 
 use ferry::wire::{
-    self, Code, Encoding, FileChunk, FileEnd, FileOffer, FileRef, FileResume, FrameError, Message, RefusalKind, Request,
+    self, Answer, Code, Encoding, FileChunk, FileEnd, FileOffer, FilePart, FileRef, FileResume, FrameError, Opening,
+    RefusalKind, Request,
 };
 
 const CHUNK: usize = ferry::transfer::CHUNK;
@@ -50,8 +51,8 @@ impl Rogue {
     /// Offers `size` bytes named `name` for `key` and reads the node's answer. An offer of a key
     /// whose earlier stream is still being wound up is reset with `Done`: it is offered again, as
     /// a real sender would.
-    async fn offer(&self, key: &str, name: &str, size: u64) -> (FileStream, Result<Message, Option<Code>>) {
-        let offer = Message::FileOffer(FileOffer {
+    async fn offer(&self, key: &str, name: &str, size: u64) -> (FileStream, Result<Answer, Option<Code>>) {
+        let offer = Opening::FileOffer(FileOffer {
             version: wire::PROTOCOL_VERSION,
             key: key.to_owned(),
             name: name.to_owned(),
@@ -74,13 +75,13 @@ impl Rogue {
     /// Offers the file and expects `FileResume`; the stream and the offset the node holds.
     async fn offer_expecting_resume(&self, key: &str, name: &str, data: &[u8]) -> (FileStream, u64) {
         match self.offer(key, name, data.len() as u64).await {
-            (stream, Ok(Message::FileResume(FileResume { have }))) => (stream, have),
+            (stream, Ok(Answer::FileResume(FileResume { have }))) => (stream, have),
             (_, other) => panic!("expected FileResume for {key}, got {other:?}"),
         }
     }
 
     /// Sends `message` on a new stream and returns the answer, or the code the stream was reset with.
-    async fn exchange(&self, message: &Message) -> Result<Message, Option<Code>> {
+    async fn exchange(&self, message: &Opening) -> Result<Answer, Option<Code>> {
         let (mut tx, rx) = self.connection.open_bi().await.unwrap();
         wire::write(&mut tx, message).await.unwrap();
         let _ = tx.finish();
@@ -90,7 +91,7 @@ impl Rogue {
 
 impl FileStream {
     /// The next message from the node, or the code it reset the stream with.
-    async fn answer(&mut self) -> Result<Message, Option<Code>> {
+    async fn answer(&mut self) -> Result<Answer, Option<Code>> {
         match timeout(STEP, wire::read(&mut self.rx)).await.expect("the node answers in time") {
             Ok(m) => Ok(m),
             Err(e) => match reset_code(&e) {
@@ -107,7 +108,7 @@ impl FileStream {
         let start = index * CHUNK;
         let bytes = &data[start..(start + CHUNK).min(data.len())];
         let header = FileChunk { offset: start as u64, len: bytes.len() as u32, sha256: Sha256::digest(bytes).into() };
-        self.tx.write_all(&wire::encode(&Message::FileChunk(header)).unwrap()).await?;
+        self.tx.write_all(&wire::encode(&FilePart::FileChunk(header)).unwrap()).await?;
         if corrupt {
             let mut bad = bytes.to_vec();
             bad[bytes.len() / 2] ^= 0x5a;
@@ -126,8 +127,8 @@ impl FileStream {
     }
 
     /// Sends `FileEnd{sha256}` and finishes the stream; the node's answer.
-    async fn end(&mut self, sha256: [u8; 32]) -> Result<Message, Option<Code>> {
-        self.tx.write_all(&wire::encode(&Message::FileEnd(FileEnd { sha256 })).unwrap()).await.unwrap();
+    async fn end(&mut self, sha256: [u8; 32]) -> Result<Answer, Option<Code>> {
+        self.tx.write_all(&wire::encode(&FilePart::FileEnd(FileEnd { sha256 })).unwrap()).await.unwrap();
         let _ = self.tx.finish();
         self.answer().await
     }
@@ -209,7 +210,7 @@ async fn hostile_file_names_land_inside_the_peers_request_folder() {
             assert_eq!(have, 0, "{name:?}: nothing held yet");
             stream.rest(&data, 0).await;
             match stream.end(sha(&data)).await {
-                Ok(Message::FileDone(done)) => assert_eq!(done.sha256, sha(&data), "{name:?}"),
+                Ok(Answer::FileDone(done)) => assert_eq!(done.sha256, sha(&data), "{name:?}"),
                 other => panic!("{name:?}: expected FileDone, got {other:?}"),
             }
             let folder = received.join(&key);
@@ -278,7 +279,7 @@ async fn a_corrupted_chunk_resets_the_stream_and_the_transfer_resumes_after_the_
         assert_eq!(have, 3 * CHUNK as u64, "the offer of the same key resumes after the three good chunks");
         stream.rest(&data, have).await;
         match stream.end(sha(&data)).await {
-            Ok(Message::FileDone(done)) => assert_eq!(done.sha256, sha(&data)),
+            Ok(Answer::FileDone(done)) => assert_eq!(done.sha256, sha(&data)),
             other => panic!("expected FileDone, got {other:?}"),
         }
         let landed = b.dir.join(format!("data/received/rogue/{key}/data.bin"));
@@ -288,8 +289,8 @@ async fn a_corrupted_chunk_resets_the_stream_and_the_transfer_resumes_after_the_
         // The verified file is handed to the service with a request that refers to it.
         let file =
             FileRef { field: "doc".into(), name: "data.bin".into(), size: data.len() as u64, sha256: sha(&data) };
-        match rogue.exchange(&Message::Request(request_with(key, file))).await {
-            Ok(Message::Response(r)) => assert_eq!(r.status, 200),
+        match rogue.exchange(&Opening::Request(request_with(key, file))).await {
+            Ok(Answer::Response(r)) => assert_eq!(r.status, 200),
             other => panic!("expected a response, got {other:?}"),
         }
         let seen = service.seen();
@@ -317,7 +318,7 @@ async fn a_file_whose_whole_sha256_does_not_match_is_refused_and_discarded() {
         assert_eq!(have, 0);
         stream.rest(&data, 0).await;
         match stream.end(wrong).await {
-            Ok(Message::Refused(r)) => assert_eq!(r.kind, RefusalKind::BadRequest, "{r:?}"),
+            Ok(Answer::Refused(r)) => assert_eq!(r.kind, RefusalKind::BadRequest, "{r:?}"),
             other => panic!("expected Refused, got {other:?}"),
         }
         drop(stream);
@@ -334,18 +335,18 @@ async fn a_file_whose_whole_sha256_does_not_match_is_refused_and_discarded() {
         // A request referring to it, with either hash, is refused and the service is not called.
         for sha256 in [sha(&data), wrong] {
             let file = FileRef { field: "file".into(), name: "data.bin".into(), size: data.len() as u64, sha256 };
-            let sync = Message::Request(request_with(key, file.clone()));
+            let sync = Opening::Request(request_with(key, file.clone()));
             match rogue.exchange(&sync).await {
-                Ok(Message::Refused(r)) => assert_eq!(r.kind, RefusalKind::BadRequest, "{r:?}"),
+                Ok(Answer::Refused(r)) => assert_eq!(r.kind, RefusalKind::BadRequest, "{r:?}"),
                 other => panic!("expected the sync request to be refused, got {other:?}"),
             }
-            let queued = Message::AsyncRequest(wire::AsyncRequest {
+            let queued = Opening::AsyncRequest(wire::AsyncRequest {
                 request: request_with(key, file),
                 reply: false,
                 expires_at_ms: i64::MAX / 2,
             });
             match rogue.exchange(&queued).await {
-                Ok(Message::Refused(r)) => assert_eq!(r.kind, RefusalKind::BadRequest, "{r:?}"),
+                Ok(Answer::Refused(r)) => assert_eq!(r.kind, RefusalKind::BadRequest, "{r:?}"),
                 other => panic!("expected the async request to be refused, got {other:?}"),
             }
         }
@@ -375,11 +376,11 @@ async fn a_file_handed_to_the_service_is_not_replaced_by_a_later_offer_of_the_sa
         let first = bytes(CHUNK + 10, 1);
         let (mut stream, _) = rogue.offer_expecting_resume(key, "report.pdf", &first).await;
         stream.rest(&first, 0).await;
-        assert!(matches!(stream.end(sha(&first)).await, Ok(Message::FileDone(_))));
+        assert!(matches!(stream.end(sha(&first)).await, Ok(Answer::FileDone(_))));
         let file =
             FileRef { field: "file".into(), name: "report.pdf".into(), size: first.len() as u64, sha256: sha(&first) };
-        match rogue.exchange(&Message::Request(request_with(key, file))).await {
-            Ok(Message::Response(r)) => assert_eq!(r.status, 200),
+        match rogue.exchange(&Opening::Request(request_with(key, file))).await {
+            Ok(Answer::Response(r)) => assert_eq!(r.status, 200),
             other => panic!("expected a response, got {other:?}"),
         }
         let seen = service.seen();
@@ -390,7 +391,7 @@ async fn a_file_handed_to_the_service_is_not_replaced_by_a_later_offer_of_the_sa
         // The same key again, another file of another size, under the same name.
         let second = bytes(2 * CHUNK + 20, 2);
         let (mut stream, answer) = rogue.offer(key, "report.pdf", second.len() as u64).await;
-        if let Ok(Message::FileResume(FileResume { have })) = answer {
+        if let Ok(Answer::FileResume(FileResume { have })) = answer {
             stream.rest(&second, have).await;
             let _ = stream.end(sha(&second)).await;
         }
@@ -416,7 +417,7 @@ async fn deliver(rogue: &Rogue, key: &str, name: &str, data: &[u8]) {
     assert_eq!(have, 0, "{key:?}");
     stream.rest(data, 0).await;
     match stream.end(sha(data)).await {
-        Ok(Message::FileDone(done)) => assert_eq!(done.sha256, sha(data), "{key:?}"),
+        Ok(Answer::FileDone(done)) => assert_eq!(done.sha256, sha(data), "{key:?}"),
         other => panic!("{key:?}: expected FileDone, got {other:?}"),
     }
 }
@@ -457,8 +458,7 @@ async fn a_verified_file_is_not_replaced_through_another_key_that_lands_in_the_s
 
 /// Sends `data` under `key` if the node accepts the offer (a refusal is fine).
 async fn deliver_if_accepted(rogue: &Rogue, key: &str, name: &str, data: &[u8]) {
-    if let (mut stream, Ok(Message::FileResume(FileResume { have }))) = rogue.offer(key, name, data.len() as u64).await
-    {
+    if let (mut stream, Ok(Answer::FileResume(FileResume { have }))) = rogue.offer(key, name, data.len() as u64).await {
         stream.rest(data, have).await;
         let _ = stream.end(sha(data)).await;
     }

@@ -26,7 +26,7 @@ use ferry::exchange::{Exchange, NoLink};
 use ferry::identity::Identity;
 use ferry::peer::{Peer, Peers};
 use ferry::store::Store;
-use ferry::wire::{self, Encoding, FormValue, Message};
+use ferry::wire::{self, Answer, Encoding, FilePart, FormValue, Opening};
 
 fn form_value() -> impl Strategy<Value = FormValue> {
     prop_oneof![
@@ -65,22 +65,24 @@ fn request() -> impl Strategy<Value = wire::Request> {
 proptest! {
     #[test]
     fn the_wire_decoder_takes_any_bytes_without_panicking(bytes in prop::collection::vec(any::<u8>(), 0..512)) {
-        let _ = wire::decode(&bytes);
+        let _ = wire::decode::<Opening>(&bytes);
+        let _ = wire::decode::<FilePart>(&bytes);
+        let _ = wire::decode::<Answer>(&bytes);
     }
 
     #[test]
     fn encoded_messages_decode_to_themselves(r in request()) {
-        let message = Message::Request(r);
+        let message = Opening::Request(r);
         let frame = wire::encode(&message).unwrap();
-        prop_assert_eq!(wire::decode(&frame[4..]).unwrap(), message);
+        prop_assert_eq!(wire::decode::<Opening>(&frame[4..]).unwrap(), message);
     }
 
     #[test]
     fn a_flipped_byte_never_panics_the_decoder(r in request(), at in any::<prop::sample::Index>(), bit in 0u8..8) {
-        let mut frame = wire::encode(&Message::Request(r)).unwrap();
+        let mut frame = wire::encode(&Opening::Request(r)).unwrap();
         let i = 4 + at.index(frame.len() - 4);
         frame[i] ^= 1 << bit;
-        let _ = wire::decode(&frame[4..]);
+        let _ = wire::decode::<Opening>(&frame[4..]);
     }
 
     #[test]

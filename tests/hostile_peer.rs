@@ -4,11 +4,11 @@
 mod common;
 
 use common::{rogue_and_node, Rogue};
-use ferry::wire::{self, Code, Encoding, FormValue, Message, Request};
+use ferry::wire::{self, Answer, Code, Encoding, FormValue, Opening, Request};
 
 impl Rogue {
     /// Sends `bytes` on a new stream and returns the answer, or the code the stream was reset with.
-    async fn send(&self, bytes: &[u8]) -> Result<Message, Option<Code>> {
+    async fn send(&self, bytes: &[u8]) -> Result<Answer, Option<Code>> {
         let (mut send, mut recv) = self.connection.open_bi().await.unwrap();
         send.write_all(bytes).await.unwrap();
         let _ = send.finish();
@@ -20,8 +20,8 @@ impl Rogue {
     }
 }
 
-fn request(version: u16) -> Message {
-    Message::Request(Request {
+fn request(version: u16) -> Opening {
+    Opening::Request(Request {
         version,
         id: "01a2-rogue".into(),
         service: "1".into(),
@@ -51,14 +51,14 @@ async fn protocol_violations_reset_the_stream_and_spare_the_connection() {
     let wrong_version = wire::encode(&request(wire::PROTOCOL_VERSION + 1)).unwrap();
     assert_eq!(rogue.send(&wrong_version).await, Err(Some(Code::VersionMismatch)));
 
-    let not_an_opener = wire::encode(&Message::Ack(wire::Ack { id: "x".into(), seq: 0 })).unwrap();
+    let not_an_opener = wire::encode(&Answer::Ack(wire::Ack { id: "x".into(), seq: 0 })).unwrap();
     assert_eq!(rogue.send(&not_an_opener).await, Err(Some(Code::Unsupported)));
 
     assert!(service.seen().is_empty(), "nothing malformed reached the service");
 
     let good = wire::encode(&request(wire::PROTOCOL_VERSION)).unwrap();
     match rogue.send(&good).await {
-        Ok(Message::Response(r)) => assert_eq!(r.status, 200),
+        Ok(Answer::Response(r)) => assert_eq!(r.status, 200),
         other => panic!("expected a response, got {other:?}"),
     }
     let seen = service.seen();
@@ -69,10 +69,10 @@ async fn protocol_violations_reset_the_stream_and_spare_the_connection() {
 #[tokio::test]
 async fn a_hostile_path_cannot_reach_another_host() {
     let (rogue, _b, service, _root) = rogue_and_node().await;
-    let Message::Request(mut r) = request(wire::PROTOCOL_VERSION) else { unreachable!() };
+    let Opening::Request(mut r) = request(wire::PROTOCOL_VERSION) else { unreachable!() };
     r.path = "@198.51.100.1/steal".into();
-    match rogue.send(&wire::encode(&Message::Request(r)).unwrap()).await {
-        Ok(Message::Refused(refusal)) => assert_eq!(refusal.kind, wire::RefusalKind::BadRequest),
+    match rogue.send(&wire::encode(&Opening::Request(r)).unwrap()).await {
+        Ok(Answer::Refused(refusal)) => assert_eq!(refusal.kind, wire::RefusalKind::BadRequest),
         other => panic!("expected a refusal, got {other:?}"),
     }
     assert!(service.seen().is_empty());
@@ -84,12 +84,12 @@ async fn a_receipt_signed_by_another_key_closes_the_connection() {
     let leaves = vec![wire::Leaf { id: "r1".into(), seq: 0, payload_sha256: [1; 32], file_sha256: None, at_ms: 7 }];
 
     let own = ferry::receipt::Signer::new(&rogue.identity).unwrap().sign(&leaves);
-    let receipt = wire::encode(&Message::Receipt(wire::Receipt { leaves: leaves.clone(), signature: own })).unwrap();
-    assert!(matches!(rogue.send(&receipt).await, Ok(Message::Ack(_))), "a receipt signed with the pinned key is taken");
+    let receipt = wire::encode(&Opening::Receipt(wire::Receipt { leaves: leaves.clone(), signature: own })).unwrap();
+    assert!(matches!(rogue.send(&receipt).await, Ok(Answer::Ack(_))), "a receipt signed with the pinned key is taken");
 
     let stranger = ferry::identity::Identity::generate("stranger").unwrap();
     let forged = ferry::receipt::Signer::new(&stranger).unwrap().sign(&leaves);
-    let receipt = wire::encode(&Message::Receipt(wire::Receipt { leaves, signature: forged })).unwrap();
+    let receipt = wire::encode(&Opening::Receipt(wire::Receipt { leaves, signature: forged })).unwrap();
     let (mut send, mut recv) = rogue.connection.open_bi().await.unwrap();
     send.write_all(&receipt).await.unwrap();
     let _ = send.finish();
@@ -112,15 +112,15 @@ fn header(name: &str, value: &str) -> Vec<(String, String)> {
 
 /// A request as `request()` builds it, changed by `change`.
 fn changed(id: String, change: impl FnOnce(&mut Request)) -> Request {
-    let Message::Request(mut r) = request(wire::PROTOCOL_VERSION) else { unreachable!() };
+    let Opening::Request(mut r) = request(wire::PROTOCOL_VERSION) else { unreachable!() };
     r.id = id;
     change(&mut r);
     r
 }
 
-fn asynchronous(request: Request) -> Message {
+fn asynchronous(request: Request) -> Opening {
     let in_a_minute = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() + 60_000;
-    Message::AsyncRequest(wire::AsyncRequest { request, reply: true, expires_at_ms: in_a_minute as i64 })
+    Opening::AsyncRequest(wire::AsyncRequest { request, reply: true, expires_at_ms: in_a_minute as i64 })
 }
 
 /// The receiving node confines what a peer sends to its services whatever the peer checked:
@@ -154,11 +154,11 @@ async fn a_hostile_peer_cannot_bend_paths_forge_fields_or_pass_headers() {
         ("conversation", |r| r.conversation = Some("c\r\nX-Ferry-Peer: org-a".into())),
     ];
     for (i, (what, change)) in hostile.iter().enumerate() {
-        let sync = Message::Request(changed(format!("hostile-{i}"), change));
+        let sync = Opening::Request(changed(format!("hostile-{i}"), change));
         let queued = asynchronous(changed(format!("hostile-async-{i}"), change));
         for message in [sync, queued] {
             match rogue.send(&wire::encode(&message).unwrap()).await {
-                Ok(Message::Refused(r)) => {
+                Ok(Answer::Refused(r)) => {
                     assert_eq!(r.kind, wire::RefusalKind::BadRequest, "{what}: {r:?}");
                     assert!(r.message.contains(what), "{what}: {}", r.message);
                     assert!(r.message.len() < 300, "a long value is cut: {}", r.message.len());
@@ -180,12 +180,12 @@ async fn a_hostile_peer_cannot_bend_paths_forge_fields_or_pass_headers() {
             ("X-Trace".into(), "t1".into()),
         ]
     };
-    match rogue.send(&wire::encode(&Message::Request(changed("creds".into(), credentials))).unwrap()).await {
-        Ok(Message::Response(r)) => assert_eq!(r.status, 200),
+    match rogue.send(&wire::encode(&Opening::Request(changed("creds".into(), credentials))).unwrap()).await {
+        Ok(Answer::Response(r)) => assert_eq!(r.status, 200),
         other => panic!("expected a response, got {other:?}"),
     }
     let queued = asynchronous(changed("creds-async".into(), credentials));
-    assert!(matches!(rogue.send(&wire::encode(&queued).unwrap()).await, Ok(Message::Ack(_))));
+    assert!(matches!(rogue.send(&wire::encode(&queued).unwrap()).await, Ok(Answer::Ack(_))));
     let seen = service.wait_for(2, std::time::Duration::from_secs(10)).await;
     assert_eq!(seen.len(), 2, "{seen:?}");
     for call in &seen {

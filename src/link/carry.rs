@@ -5,12 +5,11 @@ use std::time::Duration;
 
 use futures::StreamExt;
 
-use super::{Link, CONNECT_WITHIN};
+use super::{Link, LinkFailure, CONNECT_WITHIN};
 use crate::backoff;
 use crate::peer::Peer;
-use crate::store::{now_ms, OutboundWork};
-use crate::transfer::TransferError;
-use crate::wire::{self, Message};
+use crate::store::{now_ms, OutboundWork, StoreError};
+use crate::wire::{self, Answer, Opening};
 use crate::worker::Worker;
 use tokio_util::sync::CancellationToken;
 
@@ -66,59 +65,22 @@ impl Link {
                 let peer = peer.clone();
                 async move {
                     let mut work = work;
-                    let attached = self.attach_file(&connection, &peer.name, &mut work).await;
-                    // A refusal that comes from this node, not from the peer.
-                    let ours = matches!(attached, Err(TransferError::Source { .. }));
-                    let result = match attached {
-                        Ok(()) => send(&connection, &work).await,
-                        Err(TransferError::Interrupted(why)) => Err(why),
-                        Err(TransferError::Refused(refusal)) => Ok(Message::Refused(refusal)),
-                        // This node's own file cannot be read (no retry helps). A reply's peer learns
-                        // only that, not this node's paths; the log has the details.
-                        Err(e @ TransferError::Source { .. }) => {
-                            let why = match &work {
-                                OutboundWork::Request { .. } => e.to_string(),
-                                OutboundWork::Reply { .. } => {
-                                    tracing::warn!(peer = %peer.name, error = %e, "a reply's file cannot be sent");
-                                    "its file changed or went after it was accepted".to_owned()
-                                }
-                            };
-                            Ok(Message::Refused(wire::Refusal::new(wire::RefusalKind::BadRequest, why)))
+                    let (answer, refuser) = match self.attach_file(&connection, &peer.name, &mut work).await {
+                        Ok(()) => (send(&connection, &work).await, Refuser::Peer),
+                        // This node's own file cannot be read (no retry helps): this node refuses
+                        // the message itself.
+                        Err(LinkFailure::Local(why)) => {
+                            let refusal = wire::Refusal::new(wire::RefusalKind::BadRequest, why);
+                            (Err(LinkFailure::Refused(refusal)), Refuser::ThisNode)
                         }
+                        Err(e) => (Err(e), Refuser::Peer),
                     };
                     let store = &self.inner.store;
-                    let recorded = match result {
-                        Ok(Message::Ack(ack)) => store.acknowledged(&peer.name, ack, &work).await,
-                        Ok(Message::Refused(refusal)) => match &work {
-                            OutboundWork::Request { message, .. } => {
-                                let why = match ours {
-                                    true => refusal.message,
-                                    false => format!("{}: {}", peer.name, refusal.message),
-                                };
-                                store.refused(&peer.name, &message.request.id, why).await
-                            }
-                            // The peer's store failed: it may take the reply later.
-                            OutboundWork::Reply { .. } if refusal.kind == wire::RefusalKind::Internal => {
-                                store.resend_later(vec![work]).await
-                            }
-                            // Anything else no retry changes: the request fails, and says why; if
-                            // the peer refuses even that, the reply is not sent again.
-                            OutboundWork::Reply { message, file, .. } => {
-                                let (id, seq) = (&message.id, message.seq);
-                                if file.is_none() && message.error.is_some() {
-                                    tracing::error!(peer = %peer.name, %id, seq, error = %refusal.message, "the peer refused an error reply; it is not sent again");
-                                    store.reply_abandoned(&peer.name, id, seq).await
-                                } else {
-                                    let why = format!("the reply cannot be delivered: {}", refusal.message);
-                                    tracing::warn!(peer = %peer.name, %id, seq, error = %why, "reply failed");
-                                    store.reply_refused(&peer.name, id, seq, why).await
-                                }
-                            }
-                        },
-                        Ok(_) | Err(_) => {
-                            if let Err(e) = &result {
-                                tracing::debug!(peer = %peer.name, error = %e, "not acknowledged; resending later");
-                            }
+                    let recorded = match answer {
+                        Ok(ack) => store.acknowledged(&peer.name, ack, &work).await,
+                        Err(LinkFailure::Refused(refusal)) => self.record_refusal(&peer, work, refusal, refuser).await,
+                        Err(e) => {
+                            tracing::debug!(peer = %peer.name, error = %e, "not acknowledged; resending later");
                             store.resend_later(vec![work]).await
                         }
                     };
@@ -130,6 +92,63 @@ impl Link {
             })
             .await;
     }
+
+    /// Records that `work` was refused, by the peer or by this node (whose host's file cannot be
+    /// read): a request fails and says why; a reply is resent later if the peer's store failed,
+    /// and otherwise fails its request, or, if the peer refuses even that, is not sent again.
+    async fn record_refusal(
+        &self,
+        peer: &Peer,
+        work: OutboundWork,
+        refusal: wire::Refusal,
+        by: Refuser,
+    ) -> Result<(), StoreError> {
+        let store = &self.inner.store;
+        match &work {
+            OutboundWork::Request { message, .. } => {
+                let why = match by {
+                    Refuser::ThisNode => refusal.message,
+                    Refuser::Peer => format!("{}: {}", peer.name, refusal.message),
+                };
+                store.refused(&peer.name, &message.request.id, why).await
+            }
+            // The peer's store failed: it may take the reply later.
+            OutboundWork::Reply { .. } if refusal.kind == wire::RefusalKind::Internal => {
+                store.resend_later(vec![work]).await
+            }
+            // Anything else no retry changes: the request fails, and says why; if the peer refuses
+            // even that, the reply is not sent again.
+            OutboundWork::Reply { message, file, .. } => {
+                let (id, seq) = (&message.id, message.seq);
+                // A reply's peer learns only that its file cannot be sent, not this node's paths;
+                // the log has the details.
+                let refusal = match by {
+                    Refuser::ThisNode => {
+                        tracing::warn!(peer = %peer.name, error = %refusal.message, "a reply's file cannot be sent");
+                        wire::Refusal::new(refusal.kind, "its file changed or went after it was accepted")
+                    }
+                    Refuser::Peer => refusal,
+                };
+                if file.is_none() && message.error.is_some() {
+                    tracing::error!(peer = %peer.name, %id, seq, error = %refusal.message, "the peer refused an error reply; it is not sent again");
+                    store.reply_abandoned(&peer.name, id, seq).await
+                } else {
+                    let why = format!("the reply cannot be delivered: {}", refusal.message);
+                    tracing::warn!(peer = %peer.name, %id, seq, error = %why, "reply failed");
+                    store.reply_refused(&peer.name, id, seq, why).await
+                }
+            }
+        }
+    }
+}
+
+/// Who refused a message.
+#[derive(Clone, Copy)]
+enum Refuser {
+    /// The peer's node.
+    Peer,
+    /// This node: the host's file cannot be read.
+    ThisNode,
 }
 
 impl Link {
@@ -140,7 +159,7 @@ impl Link {
         connection: &quinn::Connection,
         peer: &str,
         work: &mut OutboundWork,
-    ) -> Result<(), TransferError> {
+    ) -> Result<(), LinkFailure> {
         let (key, file, slot, stored) = match work {
             OutboundWork::Request { message, file: Some(file), .. } => {
                 (message.request.id.clone(), file.clone(), &mut message.request.file, true)
@@ -152,7 +171,7 @@ impl Link {
         };
         let claim = format!("{peer}\0{key}");
         if !self.inner.uploading.lock().unwrap().insert(claim.clone()) {
-            return Err(TransferError::Interrupted(format!("the file for {key} is still being sent")));
+            return Err(LinkFailure::Interrupted(format!("the file for {key} is still being sent")));
         }
         let sent = self.upload(connection, peer, &key, &file, stored).await;
         self.inner.uploading.lock().unwrap().remove(&claim);
@@ -161,17 +180,18 @@ impl Link {
     }
 }
 
-/// Sends one message on a new stream and reads the peer's answer.
-async fn send(connection: &quinn::Connection, work: &OutboundWork) -> Result<Message, String> {
+/// Sends one message on a new stream; the peer's acknowledgement.
+async fn send(connection: &quinn::Connection, work: &OutboundWork) -> Result<wire::Ack, LinkFailure> {
     let message = match work {
-        OutboundWork::Request { message, .. } => Message::AsyncRequest(message.clone()),
-        OutboundWork::Reply { message, .. } => Message::Reply(message.clone()),
+        OutboundWork::Request { message, .. } => Opening::AsyncRequest(message.clone()),
+        OutboundWork::Reply { message, .. } => Opening::Reply(message.clone()),
     };
-    let frame = wire::encode(&message).map_err(|e| e.to_string())?;
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    send.write_all(&frame).await.map_err(|e| e.to_string())?;
-    let _ = send.finish();
-    wire::read(&mut recv).await.map_err(|e| e.to_string())
+    let frame = wire::encode(&message).map_err(LinkFailure::encoding)?;
+    super::outbound::ask(connection, &frame, |answer| match answer {
+        Answer::Ack(ack) => Some(ack),
+        _ => None,
+    })
+    .await
 }
 
 /// The pause, in milliseconds, before trying a peer again ([`backoff::PEER_AWAY`]).

@@ -6,7 +6,7 @@ use std::time::Duration;
 use rand::Rng;
 use tokio::time::Instant;
 
-use super::Link;
+use super::{Link, LinkFailure};
 use crate::peer::Peer;
 
 /// The first pause before redialing a lost peer; it doubles up to [`MAX_BACKOFF`].
@@ -16,12 +16,22 @@ const MAX_BACKOFF: Duration = Duration::from_secs(30);
 
 impl Link {
     /// The connection to `peer`, dialing it if there is none, by `deadline` at the latest.
-    pub(super) async fn connection(&self, peer: &Arc<Peer>, deadline: Instant) -> Result<quinn::Connection, String> {
+    pub(super) async fn connection(
+        &self,
+        peer: &Arc<Peer>,
+        deadline: Instant,
+    ) -> Result<quinn::Connection, LinkFailure> {
         if let Some(c) = peer.connection() {
             return Ok(c);
         }
-        let no_answer =
-            || format!("no connection to {} at {} within {:?}", peer.name, peer.address, super::CONNECT_WITHIN);
+        let no_answer = || {
+            LinkFailure::Unreachable(format!(
+                "no connection to {} at {} within {:?}",
+                peer.name,
+                peer.address,
+                super::CONNECT_WITHIN
+            ))
+        };
         let _dialing = tokio::time::timeout_at(deadline, peer.dialing.lock()).await.map_err(|_| no_answer())?;
         if let Some(c) = peer.connection() {
             return Ok(c);
@@ -33,41 +43,45 @@ impl Link {
                 Ok(connection)
             }
             Ok(Err(e)) => {
-                peer.failed(e.clone());
+                peer.failed(e.to_string());
                 Err(e)
             }
             Err(_) => {
-                peer.failed(no_answer());
+                peer.failed(no_answer().to_string());
                 Err(no_answer())
             }
         }
     }
 
-    /// One attempt to connect to `peer`, accepting only its pinned certificate.
-    async fn dial(&self, peer: &Peer) -> Result<quinn::Connection, String> {
+    /// One attempt to connect to `peer`, accepting only its pinned certificate. Fails
+    /// [`LinkFailure::Unreachable`], or [`LinkFailure::Local`] when this node's own TLS
+    /// configuration cannot be made.
+    async fn dial(&self, peer: &Peer) -> Result<quinn::Connection, LinkFailure> {
+        use LinkFailure::{Local, Unreachable};
         let addr = tokio::net::lookup_host(&peer.address)
             .await
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| format!("cannot resolve {} ({})", peer.address, peer.name))?;
+            .ok_or_else(|| Unreachable(format!("cannot resolve {} ({})", peer.address, peer.name)))?;
         let tls = crate::tls::dial_config(&self.inner.identity, peer.fingerprint, addr, &self.inner.refusals)
-            .map_err(|e| e.to_string())?;
-        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| e.to_string())?;
+            .map_err(|e| Local(e.to_string()))?;
+        let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Local(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.inner.transport.config());
         let connecting = self
             .inner
             .endpoint
             .connect_with(config, addr, crate::tls::SERVER_NAME)
-            .map_err(|e| format!("cannot dial {}: {e}", peer.name))?;
-        let connection =
-            connecting.await.map_err(|e| format!("{} at {addr} refused the connection: {e}", peer.name))?;
+            .map_err(|e| Unreachable(format!("cannot dial {}: {e}", peer.name)))?;
+        let connection = connecting
+            .await
+            .map_err(|e| Unreachable(format!("{} at {addr} refused the connection: {e}", peer.name)))?;
         accepted(&connection).await.map_err(|reason| {
-            format!(
+            Unreachable(format!(
                 "{} at {addr} refused this node's certificate ({reason}); it has probably not pinned it: compare \
                  `ferry cert fingerprint` here with its `certs/peers/` file",
                 peer.name
-            )
+            ))
         })?;
         Ok(connection)
     }
@@ -92,7 +106,11 @@ impl Link {
                 }
                 let dialed = tokio::time::timeout(super::CONNECT_WITHIN, self.dial(&peer)).await;
                 match dialed.unwrap_or_else(|_| {
-                    Err(format!("no answer from {} within {:?}", peer.address, super::CONNECT_WITHIN))
+                    Err(LinkFailure::Unreachable(format!(
+                        "no answer from {} within {:?}",
+                        peer.address,
+                        super::CONNECT_WITHIN
+                    )))
                 }) {
                     Ok(c) => {
                         tracing::info!(peer = %peer.name, "connected again");
@@ -103,7 +121,7 @@ impl Link {
                         break;
                     }
                     Err(_) if self.is_closing() => return,
-                    Err(e) => peer.failed(e),
+                    Err(e) => peer.failed(e.to_string()),
                 }
             }
         }

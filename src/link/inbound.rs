@@ -11,7 +11,7 @@ use crate::peer::{Peer, Peers};
 use crate::service::{Caller, Services};
 use crate::store::{Admission, Store};
 use crate::transfer::{self, Folders, ReceiveError};
-use crate::wire::{self, Code, Message, Refusal, RefusalKind};
+use crate::wire::{self, Answer, Code, FrameError, Opening, Refusal, RefusalKind};
 
 /// How long a peer may take to send a stream's first frame once it opened the stream.
 const FIRST_FRAME_WITHIN: Duration = Duration::from_secs(10);
@@ -96,7 +96,8 @@ fn reset(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: Code)
     let _ = recv.stop(code.varint());
 }
 
-/// Answers one stream: reads its opening message and answers it.
+/// Answers one stream: reads its opening message, hands it to the handler for its kind, and
+/// sends the answer, or resets the stream with the code the handler gives.
 async fn stream(
     peer: Arc<Peer>,
     inbound: Inbound,
@@ -104,218 +105,241 @@ async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
-    let message = match tokio::time::timeout(FIRST_FRAME_WITHIN, wire::read(&mut recv)).await {
+    let opening: Opening = match tokio::time::timeout(FIRST_FRAME_WITHIN, wire::read(&mut recv)).await {
         Err(_) => return reset(&mut send, &mut recv, Code::Stalled),
+        Ok(Err(e @ FrameError::Misplaced { .. })) => {
+            tracing::warn!(peer = %peer.name, error = %e, "unsupported message");
+            return reset(&mut send, &mut recv, e.code());
+        }
         Ok(Err(e)) => {
             tracing::warn!(peer = %peer.name, error = %e, "bad frame from peer");
             return reset(&mut send, &mut recv, e.code());
         }
         Ok(Ok(m)) => m,
     };
-    let version = match &message {
-        Message::Request(r) => Some(r.version),
-        Message::AsyncRequest(a) => Some(a.request.version),
-        Message::FileOffer(o) => Some(o.version),
-        _ => None,
-    };
+    let version = opening.version();
     if version.is_some_and(|v| v != wire::PROTOCOL_VERSION) {
         tracing::warn!(peer = %peer.name, version = ?version, "peer speaks another protocol version");
         return reset(&mut send, &mut recv, Code::VersionMismatch);
     }
     peer.seen();
-    let Inbound { link, services, store, folders, receiving, .. } = &inbound;
-    let answer = match message {
-        Message::Request(request) => match sync_request(&inbound, &peer, &request).await {
-            Ok(answer) => answer,
-            Err(code) => return reset(&mut send, &mut recv, code),
+    let answer = match opening {
+        Opening::Request(request) => inbound.request(&peer, &request).await,
+        Opening::AsyncRequest(message) => inbound.async_request(&peer, message).await,
+        Opening::Reply(reply) => inbound.reply(&peer, reply).await,
+        Opening::FileOffer(offer) => inbound.file_offer(&peer, offer, &mut send, &mut recv).await,
+        Opening::Receipt(receipt) => match inbound.receipt(&peer, receipt) {
+            Some(ack) => Ok(ack),
+            None => return broken.cancel(),
         },
-        Message::AsyncRequest(message) => {
-            let id = message.request.id.clone();
-            let payload = wire::payload_sha256(&message.request);
-            let file_sha = message.request.file.as_ref().map(|f| f.sha256);
-            // Refused here, before it is stored: nothing hostile waits in the store for a call.
-            let checked = match services.check_request(&peer.name, &message.request) {
-                Ok(allowed) => received_file(store, &peer.name, &id, &message.request.file)
-                    .await
-                    .map(|file| (allowed.service, file)),
-                Err(refusal) => Err(refusal),
-            };
-            match checked {
-                Err(refusal) => Message::Refused(refusal),
-                Ok((service, file)) => {
-                    match store
-                        .insert_incoming(&peer.name, message, file.map(|(_, path)| path), &service, payload)
-                        .await
-                    {
-                        Ok(Admission::Refused(refusal)) => Message::Refused(refusal),
-                        Ok(_) => {
-                            link.sign_receipt(&peer.name, &id, 0, payload, file_sha);
-                            Message::Ack(wire::Ack { id, seq: 0 })
-                        }
-                        Err(e) => {
-                            tracing::error!(peer = %peer.name, %id, error = %e, "cannot persist a request; the peer will resend it");
-                            return reset(&mut send, &mut recv, Code::Done);
-                        }
-                    }
-                }
-            }
-        }
-        Message::Reply(reply) => {
-            let ack = wire::Ack { id: reply.id.clone(), seq: reply.seq };
-            let key = format!("{}/{}", reply.id, reply.seq);
-            let (payload, file_sha) = (wire::payload_sha256(&reply), reply.file.as_ref().map(|f| f.sha256));
-            let field_problem =
-                reply.file.as_ref().and_then(|f| wire::file_field_problem(&f.field, &wire::CALLBACK_FIELDS));
-            let file = match field_problem {
-                Some(why) => Err(Refusal::new(RefusalKind::BadRequest, format!("the reply's file field {why}"))),
-                None => received_file(store, &peer.name, &key, &reply.file).await,
-            };
-            match file {
-                Err(refusal) => Message::Refused(refusal),
-                Ok(file) => match store.received_reply(&peer.name, reply, file.map(|(_, path)| path), payload).await {
-                    Ok(ended) => {
-                        if let Some(took) = ended {
-                            let label = crate::metrics::PeerLabel { peer: peer.name.clone() };
-                            link.inner.metrics.async_duration.get_or_create(&label).observe(took.as_secs_f64());
-                        }
-                        link.sign_receipt(&peer.name, &ack.id, ack.seq, payload, file_sha);
-                        Message::Ack(ack)
-                    }
-                    Err(e) => {
-                        tracing::error!(peer = %peer.name, id = %ack.id, error = %e, "cannot persist a reply; the peer will resend it");
-                        return reset(&mut send, &mut recv, Code::Done);
-                    }
-                },
-            }
-        }
-        Message::FileOffer(offer) => {
-            let key = offer.key.clone();
-            let request_id = key.split('/').next().unwrap_or_default().to_owned();
-            match store.received_file(&peer.name, &key).await {
-                Ok(Some(f)) if f.size == offer.size => Message::FileDone(wire::FileDone { sha256: f.sha256 }),
-                // A verified file is never replaced: it may be in a service's hands already.
-                Ok(Some(_)) => Message::Refused(Refusal::new(
-                    RefusalKind::BadRequest,
-                    format!("another file was already received for {key}; it is kept as it was"),
-                )),
-                _ => {
-                    let claim = format!("{}\0{key}", peer.name);
-                    if !receiving.lock().unwrap().insert(claim.clone()) {
-                        return reset(&mut send, &mut recv, Code::Done);
-                    }
-                    let _release = Release(receiving.clone(), claim);
-                    let first = std::sync::atomic::AtomicBool::new(true);
-                    let moved = crate::metrics::Progress::default();
-                    let progress = |done: u64, total: u64| {
-                        link.inner.metrics.file_bytes(&peer.name, "received", moved.advance(done));
-                        let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
-                        if first || done == total || done.is_multiple_of(16 * transfer::CHUNK as u64) {
-                            store.progress_event(&peer.name, &request_id, done, total);
-                        }
-                    };
-                    match transfer::receive(folders, &peer.name, offer, &mut send, &mut recv, progress).await {
-                        Ok(received) => {
-                            let sha256 = received.sha256;
-                            let record = crate::store::ReceivedFile {
-                                path: received.path.to_string_lossy().into_owned(),
-                                size: received.size,
-                                sha256,
-                            };
-                            if let Err(e) = store.file_received(&peer.name, &key, record).await {
-                                tracing::error!(peer = %peer.name, %key, error = %e, "cannot record a received file");
-                                return reset(&mut send, &mut recv, Code::Done);
-                            }
-                            Message::FileDone(wire::FileDone { sha256 })
-                        }
-                        Err(ReceiveError::Reset(code, why)) => {
-                            tracing::warn!(peer = %peer.name, %key, %why, "file stream ended early; the sender will resume");
-                            return reset(&mut send, &mut recv, code);
-                        }
-                        Err(ReceiveError::Refuse(refusal)) => {
-                            tracing::warn!(peer = %peer.name, %key, why = %refusal.message, "refused a file");
-                            Message::Refused(refusal)
-                        }
-                    }
-                }
-            }
-        }
-        Message::Receipt(receipt) => {
-            let leaves = receipt.leaves.len() as u32;
-            if let Err(why) = super::receipts::verify(&peer, &receipt) {
-                tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
-                return broken.cancel();
-            }
-            store.receipt(&peer.name, receipt);
-            Message::Ack(wire::Ack { id: String::new(), seq: leaves })
-        }
-        other => {
-            tracing::warn!(peer = %peer.name, message = ?std::mem::discriminant(&other), "unsupported message");
-            return reset(&mut send, &mut recv, Code::Unsupported);
-        }
     };
-    match wire::write(&mut send, &answer).await {
-        Ok(()) => {
-            let _ = send.finish();
-        }
-        Err(e) => tracing::debug!(peer = %peer.name, error = %e, "could not send the answer"),
+    match answer {
+        Ok(answer) => match wire::write(&mut send, &answer).await {
+            Ok(()) => {
+                let _ = send.finish();
+            }
+            Err(e) => tracing::debug!(peer = %peer.name, error = %e, "could not send the answer"),
+        },
+        Err(code) => reset(&mut send, &mut recv, code),
     }
 }
 
-/// Answers a synchronous request: admission when its service checks idempotency keys or
-/// duplicates (the request, its key and the answer are then on disk before the answer leaves),
-/// the service call, and the evidence of the exchange. A plain exchange changes no state: its
-/// records join the writer's next commit without holding up the answer.
-/// `Err`: the stream is reset with that code (the store failed; nothing was called).
-async fn sync_request(inbound: &Inbound, peer: &Peer, request: &wire::Request) -> Result<Message, Code> {
-    let Inbound { link, services, caller, store, .. } = inbound;
-    let allowed = match services.check_request(&peer.name, request) {
-        Ok(allowed) => allowed,
-        Err(refusal) => return Ok(Message::Refused(refusal)),
-    };
-    let service = allowed.service.clone();
-    let file = match received_file(store, &peer.name, &request.id, &request.file).await {
-        Ok(file) => file,
-        Err(refusal) => return Ok(Message::Refused(refusal)),
-    };
-    let payload = wire::payload_sha256(request);
-    let checked = request.idempotency_key.is_some() || service.dedupe_window.is_some();
-    if checked {
-        let admitted = store.admit_sync(&peer.name, request, &service, payload).await.map_err(|e| {
-            tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a request");
-            Code::Done
-        })?;
-        match admitted {
-            Admission::New | Admission::Known => {}
-            Admission::Replay(response) => return Ok(Message::Response(response)),
-            Admission::Refused(refusal) => return Ok(Message::Refused(refusal)),
+/// The handlers, one per message that opens a stream. Each returns its answer, or the code to
+/// reset the stream with.
+impl Inbound {
+    /// Answers a synchronous request: admission when its service checks idempotency keys or
+    /// duplicates (the request, its key and the answer are then on disk before the answer
+    /// leaves), the service call, and the evidence of the exchange. A plain exchange changes no
+    /// state: its records join the writer's next commit without holding up the answer.
+    /// `Err`: the store failed; nothing was called.
+    async fn request(&self, peer: &Peer, request: &wire::Request) -> Result<Answer, Code> {
+        let Inbound { link, services, caller, store, .. } = self;
+        let allowed = match services.check_request(&peer.name, request) {
+            Ok(allowed) => allowed,
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
+        };
+        let service = allowed.service.clone();
+        let file = match received_file(store, &peer.name, &request.id, &request.file).await {
+            Ok(file) => file,
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
+        };
+        let payload = wire::payload_sha256(request);
+        let checked = request.idempotency_key.is_some() || service.dedupe_window.is_some();
+        if checked {
+            let admitted = store.admit_sync(&peer.name, request, &service, payload).await.map_err(|e| {
+                tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a request");
+                Code::Done
+            })?;
+            match admitted {
+                Admission::New | Admission::Known => {}
+                Admission::Replay(response) => return Ok(Answer::Response(response)),
+                Admission::Refused(refusal) => return Ok(Answer::Refused(refusal)),
+            }
+        }
+        link.sign_receipt(&peer.name, &request.id, 0, payload, request.file.as_ref().map(|f| f.sha256));
+        let started = std::time::Instant::now();
+        let extra: Vec<_> = file.into_iter().collect();
+        let answer = caller.call(&peer.name, request, Some(allowed), &extra).await.map_err(|e| e.refusal);
+        let metrics = &link.inner.metrics;
+        let label = crate::metrics::ServiceLabel { service: service.id.clone() };
+        metrics.service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
+        let outcome = match &answer {
+            Ok(r) if r.is_success() => "success",
+            Ok(_) => "failed",
+            Err(_) => "refused",
+        };
+        metrics.sync_request(&peer.name, "incoming", outcome);
+        tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
+        let answered = answer.as_ref().map_err(|r| r.message.as_str());
+        if checked {
+            if let Err(e) = store.sync_settled(&peer.name, &request.id, answered).await {
+                tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a service's answer");
+            }
+        } else {
+            store.sync_served(&peer.name, request, &service.mask_fields, payload, answered);
+        }
+        Ok(match answer {
+            Ok(response) => Answer::Response(response),
+            Err(refusal) => Answer::Refused(refusal),
+        })
+    }
+
+    /// Takes an asynchronous request: checked against its service and refused here, before it
+    /// is stored, so that nothing hostile waits in the store for a call; else persisted (once
+    /// per id) and acknowledged. `Err`: the store failed; the peer will send it again.
+    async fn async_request(&self, peer: &Peer, message: wire::AsyncRequest) -> Result<Answer, Code> {
+        let Inbound { link, services, store, .. } = self;
+        let id = message.request.id.clone();
+        let payload = wire::payload_sha256(&message.request);
+        let file_sha = message.request.file.as_ref().map(|f| f.sha256);
+        let service = match services.check_request(&peer.name, &message.request) {
+            Ok(allowed) => allowed.service,
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
+        };
+        let file = match received_file(store, &peer.name, &id, &message.request.file).await {
+            Ok(file) => file,
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
+        };
+        match store.insert_incoming(&peer.name, message, file.map(|(_, path)| path), &service, payload).await {
+            Ok(Admission::Refused(refusal)) => Ok(Answer::Refused(refusal)),
+            Ok(_) => {
+                link.sign_receipt(&peer.name, &id, 0, payload, file_sha);
+                Ok(Answer::Ack(wire::Ack { id, seq: 0 }))
+            }
+            Err(e) => {
+                tracing::error!(peer = %peer.name, %id, error = %e, "cannot persist a request; the peer will resend it");
+                Err(Code::Done)
+            }
         }
     }
-    link.sign_receipt(&peer.name, &request.id, 0, payload, request.file.as_ref().map(|f| f.sha256));
-    let started = std::time::Instant::now();
-    let extra: Vec<_> = file.into_iter().collect();
-    let answer = caller.call(&peer.name, request, Some(allowed), &extra).await.map_err(|e| e.refusal);
-    let metrics = &link.inner.metrics;
-    let label = crate::metrics::ServiceLabel { service: service.id.clone() };
-    metrics.service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
-    let outcome = match &answer {
-        Ok(r) if r.is_success() => "success",
-        Ok(_) => "failed",
-        Err(_) => "refused",
-    };
-    metrics.sync_request(&peer.name, "incoming", outcome);
-    tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
-    let answered = answer.as_ref().map_err(|r| r.message.as_str());
-    if checked {
-        if let Err(e) = store.sync_settled(&peer.name, &request.id, answered).await {
-            tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a service's answer");
+
+    /// Takes a reply to one of this node's requests: persisted (once per `id/seq`) and
+    /// acknowledged. `Err`: the store failed; the peer will send it again.
+    async fn reply(&self, peer: &Peer, reply: wire::Reply) -> Result<Answer, Code> {
+        let Inbound { link, store, .. } = self;
+        let ack = wire::Ack { id: reply.id.clone(), seq: reply.seq };
+        let key = format!("{}/{}", reply.id, reply.seq);
+        let (payload, file_sha) = (wire::payload_sha256(&reply), reply.file.as_ref().map(|f| f.sha256));
+        let field_problem =
+            reply.file.as_ref().and_then(|f| wire::file_field_problem(&f.field, &wire::CALLBACK_FIELDS));
+        let file = match field_problem {
+            Some(why) => Err(Refusal::new(RefusalKind::BadRequest, format!("the reply's file field {why}"))),
+            None => received_file(store, &peer.name, &key, &reply.file).await,
+        };
+        let file = match file {
+            Ok(file) => file,
+            Err(refusal) => return Ok(Answer::Refused(refusal)),
+        };
+        match store.received_reply(&peer.name, reply, file.map(|(_, path)| path), payload).await {
+            Ok(ended) => {
+                if let Some(took) = ended {
+                    let label = crate::metrics::PeerLabel { peer: peer.name.clone() };
+                    link.inner.metrics.async_duration.get_or_create(&label).observe(took.as_secs_f64());
+                }
+                link.sign_receipt(&peer.name, &ack.id, ack.seq, payload, file_sha);
+                Ok(Answer::Ack(ack))
+            }
+            Err(e) => {
+                tracing::error!(peer = %peer.name, id = %ack.id, error = %e, "cannot persist a reply; the peer will resend it");
+                Err(Code::Done)
+            }
         }
-    } else {
-        store.sync_served(&peer.name, request, &service.mask_fields, payload, answered);
     }
-    Ok(match answer {
-        Ok(response) => Message::Response(response),
-        Err(refusal) => Message::Refused(refusal),
-    })
+
+    /// Takes a file offered ahead of a request or reply: done at once if it is here already,
+    /// refused if another file is, else received on this stream (one stream per file at a time;
+    /// another offer of it is reset with [`Code::Done`] and resumes later) and recorded.
+    async fn file_offer(
+        &self,
+        peer: &Peer,
+        offer: wire::FileOffer,
+        send: &mut quinn::SendStream,
+        recv: &mut quinn::RecvStream,
+    ) -> Result<Answer, Code> {
+        let Inbound { link, store, folders, receiving, .. } = self;
+        let key = offer.key.clone();
+        match store.received_file(&peer.name, &key).await {
+            Ok(Some(f)) if f.size == offer.size => return Ok(Answer::FileDone(wire::FileDone { sha256: f.sha256 })),
+            // A verified file is never replaced: it may be in a service's hands already.
+            Ok(Some(_)) => {
+                return Ok(Answer::Refused(Refusal::new(
+                    RefusalKind::BadRequest,
+                    format!("another file was already received for {key}; it is kept as it was"),
+                )))
+            }
+            _ => {}
+        }
+        let claim = format!("{}\0{key}", peer.name);
+        if !receiving.lock().unwrap().insert(claim.clone()) {
+            return Err(Code::Done);
+        }
+        let _release = Release(receiving.clone(), claim);
+        let request_id = key.split('/').next().unwrap_or_default().to_owned();
+        let first = std::sync::atomic::AtomicBool::new(true);
+        let moved = crate::metrics::Progress::default();
+        let progress = |done: u64, total: u64| {
+            link.inner.metrics.file_bytes(&peer.name, "received", moved.advance(done));
+            let first = first.swap(false, std::sync::atomic::Ordering::Relaxed);
+            if first || done == total || done.is_multiple_of(16 * transfer::CHUNK as u64) {
+                store.progress_event(&peer.name, &request_id, done, total);
+            }
+        };
+        match transfer::receive(folders, &peer.name, offer, send, recv, progress).await {
+            Ok(received) => {
+                let sha256 = received.sha256;
+                let record = crate::store::ReceivedFile {
+                    path: received.path.to_string_lossy().into_owned(),
+                    size: received.size,
+                    sha256,
+                };
+                if let Err(e) = store.file_received(&peer.name, &key, record).await {
+                    tracing::error!(peer = %peer.name, %key, error = %e, "cannot record a received file");
+                    return Err(Code::Done);
+                }
+                Ok(Answer::FileDone(wire::FileDone { sha256 }))
+            }
+            Err(ReceiveError::Reset(code, why)) => {
+                tracing::warn!(peer = %peer.name, %key, %why, "file stream ended early; the sender will resume");
+                Err(code)
+            }
+            Err(ReceiveError::Refuse(refusal)) => {
+                tracing::warn!(peer = %peer.name, %key, why = %refusal.message, "refused a file");
+                Ok(Answer::Refused(refusal))
+            }
+        }
+    }
+
+    /// Keeps a peer's receipt for what this node sent it, and acknowledges it; `None` when it
+    /// does not verify against the peer's pinned certificate, and the connection must close.
+    fn receipt(&self, peer: &Peer, receipt: wire::Receipt) -> Option<Answer> {
+        let leaves = receipt.leaves.len() as u32;
+        if let Err(why) = super::receipts::verify(peer, &receipt) {
+            tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
+            return None;
+        }
+        self.store.receipt(&peer.name, receipt);
+        Some(Answer::Ack(wire::Ack { id: String::new(), seq: leaves }))
+    }
 }
 
 /// Removes `claim` from `set` when dropped.

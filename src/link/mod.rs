@@ -5,10 +5,13 @@
 //! asynchronous ones the store says are due; each gets its own bidirectional stream over one kept
 //! connection per peer (`connect`). Inbound, [`Link::serve`] accepts connections from pinned peers
 //! only, names the peer by its certificate, and answers each stream (`inbound`), signing receipts
-//! for what it accepted (`receipts`). The protocol itself is in [`crate::wire`].
+//! for what it accepted (`receipts`). A message that does not get through fails with a
+//! [`LinkFailure`] that says what to do about it (`error`). The protocol itself is in
+//! [`crate::wire`].
 
 mod carry;
 mod connect;
+mod error;
 mod inbound;
 mod outbound;
 mod receipts;
@@ -21,9 +24,9 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use sha2::{Digest, Sha256};
-use thiserror::Error;
 
 pub(crate) use connect::accepted;
+pub use error::{LinkError, LinkFailure};
 pub use transport::Transport;
 
 use crate::host_file::HostFiles;
@@ -61,17 +64,6 @@ struct Inner {
     acceptor: crate::tls::Acceptor,
     /// Certificates of dialed peers that were not the pinned ones, logged once a minute each.
     refusals: crate::tls::RefusalLog,
-}
-
-/// The endpoint could not be set up.
-#[derive(Debug, Error)]
-pub enum LinkError {
-    /// The TLS configuration was refused (a bad key or certificate).
-    #[error("cannot use this node's certificate and key for TLS: {0}")]
-    Tls(String),
-    /// The socket could not be used.
-    #[error("cannot use the link socket: {0}")]
-    Socket(#[from] std::io::Error),
 }
 
 /// What a link works with besides its socket, identity and settings.

@@ -1,14 +1,14 @@
-//! Sending one request to a peer and bringing back its answer.
+//! Sending one request to a peer and bringing back its answer; and [`ask`], the one stream
+//! every message this node opens goes on.
 
 use tokio::time::Instant;
 
-use super::{Link, CONNECT_WITHIN};
+use super::{Link, LinkFailure, CONNECT_WITHIN};
 use futures::future::BoxFuture;
 
 use crate::exchange::{Carrier, Failure, Outcome};
 use crate::store::OutgoingFile;
-use crate::transfer::TransferError;
-use crate::wire::{self, Code, FrameError, Message};
+use crate::wire::{self, Answer, Code, FrameError};
 
 impl Carrier for Link {
     fn exchange(
@@ -44,25 +44,33 @@ async fn exchange(
     let peer = link.inner.peers.get(peer_name).ok_or_else(|| {
         Failure::PeerUnreachable(format!("`{peer_name}` is not a configured peer (add it with `ferry peer add`)"))
     })?;
+    let unreachable = |e: LinkFailure| Failure::PeerUnreachable(e.to_string());
     if let Some(file) = &file {
-        let connection =
-            link.connection(&peer, Instant::now() + CONNECT_WITHIN).await.map_err(Failure::PeerUnreachable)?;
+        let connection = link.connection(&peer, Instant::now() + CONNECT_WITHIN).await.map_err(unreachable)?;
         let sent = link.upload(&connection, peer_name, &request.id, file, false).await;
         request.file = Some(sent.map_err(|e| match e {
-            TransferError::Refused(refusal) => Failure::Refused(refusal),
-            e @ TransferError::Source { .. } => {
-                Failure::Refused(wire::Refusal::new(wire::RefusalKind::BadRequest, e.to_string()))
-            }
+            LinkFailure::Refused(refusal) => Failure::Refused(refusal),
+            // This node cannot read the host's file: the request cannot go as it is.
+            LinkFailure::Local(why) => Failure::Refused(wire::Refusal::new(wire::RefusalKind::BadRequest, why)),
             other => Failure::Broken(other.to_string()),
         })?);
     }
     let (frame, sha256) = wire::encode_request(request).map_err(|e| Failure::Broken(e.to_string()))?;
     *payload = Some(sha256);
-    let connection = link.connection(&peer, Instant::now() + CONNECT_WITHIN).await.map_err(Failure::PeerUnreachable)?;
-    match round_trip(&connection, &frame).await {
-        Ok(answer) => {
+    let connection = link.connection(&peer, Instant::now() + CONNECT_WITHIN).await.map_err(unreachable)?;
+    let answer = ask(&connection, &frame, |answer| match answer {
+        Answer::Response(response) => Some(response),
+        _ => None,
+    })
+    .await;
+    match answer {
+        Ok(response) => {
             peer.seen();
-            answer
+            Ok(response)
+        }
+        Err(LinkFailure::Refused(refusal)) => {
+            peer.seen();
+            Err(Failure::Refused(refusal))
         }
         Err(e) => Err(Failure::Broken(format!(
             "the link to {} failed during the exchange ({e}); the service may or may not have been called",
@@ -71,30 +79,27 @@ async fn exchange(
     }
 }
 
-async fn round_trip(connection: &quinn::Connection, frame: &[u8]) -> Result<Outcome, String> {
-    let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-    send.write_all(frame).await.map_err(|e| e.to_string())?;
+/// Opens a stream on `connection`, sends `frame` (a message that opens a stream) and reads the
+/// peer's answer, which `expected` takes (`Some`) or not. A refusal is [`LinkFailure::Refused`];
+/// an answer `expected` does not take, or a message that is no answer, is
+/// [`LinkFailure::Noncompliant`], and the stream is stopped with [`Code::ProtocolViolation`].
+pub(super) async fn ask<T>(
+    connection: &quinn::Connection,
+    frame: &[u8],
+    expected: impl FnOnce(Answer) -> Option<T>,
+) -> Result<T, LinkFailure> {
+    let (mut send, mut recv) = connection.open_bi().await?;
+    send.write_all(frame).await?;
     let _ = send.finish();
-    match wire::read(&mut recv).await {
-        Ok(Message::Response(response)) => Ok(Ok(response)),
-        Ok(Message::Refused(refusal)) => Ok(Err(Failure::Refused(refusal))),
-        Ok(_) => {
-            let _ = recv.stop(Code::ProtocolViolation.varint());
-            Err("the peer answered with an unexpected message".into())
-        }
-        Err(FrameError::Io(e)) => Err(match reset_code(&e) {
-            Some(Code::VersionMismatch) => "the peer speaks another protocol version; upgrade the older node".into(),
-            Some(code) => format!("the peer reset the stream: {code:?}"),
-            None => e.to_string(),
-        }),
-        Err(e) => Err(e.to_string()),
-    }
-}
-
-/// The code a peer reset the stream with, if that is why reading failed.
-fn reset_code(e: &std::io::Error) -> Option<Code> {
-    match e.get_ref()?.downcast_ref::<quinn::ReadError>()? {
-        quinn::ReadError::Reset(code) => Code::from_varint(*code),
-        _ => None,
-    }
+    let unexpected = match wire::read(&mut recv).await {
+        Ok(Answer::Refused(refusal)) => return Err(LinkFailure::Refused(refusal)),
+        Ok(answer) => match expected(answer) {
+            Some(answer) => return Ok(answer),
+            None => LinkFailure::Noncompliant("the peer answered with an unexpected message".into()),
+        },
+        Err(e @ FrameError::Misplaced { .. }) => e.into(),
+        Err(e) => return Err(e.into()),
+    };
+    let _ = recv.stop(Code::ProtocolViolation.varint());
+    Err(unexpected)
 }

@@ -7,10 +7,10 @@ use std::time::Duration;
 
 use tokio::sync::mpsc;
 
-use super::{Link, CONNECT_WITHIN};
+use super::{Link, LinkFailure, CONNECT_WITHIN};
 use crate::peer::Peer;
 use crate::receipt::{self, Signer};
-use crate::wire::{self, Leaf, Message};
+use crate::wire::{self, Answer, Leaf, Opening};
 
 /// How long accepted messages gather before one signature covers them all.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
@@ -95,23 +95,24 @@ impl Link {
         }
     }
 
-    async fn deliver_receipt(&self, peer: &Arc<Peer>, receipt: wire::Receipt) -> Result<(), String> {
+    /// Sends `receipt` to `peer` on a stream of its own; the peer acknowledges it.
+    async fn deliver_receipt(&self, peer: &Arc<Peer>, receipt: wire::Receipt) -> Result<(), LinkFailure> {
         let connection = self.connection(peer, tokio::time::Instant::now() + CONNECT_WITHIN).await?;
-        let (mut send, mut recv) = connection.open_bi().await.map_err(|e| e.to_string())?;
-        wire::write(&mut send, &Message::Receipt(receipt)).await.map_err(|e| e.to_string())?;
-        let _ = send.finish();
-        match wire::read(&mut recv).await {
-            Ok(Message::Ack(_)) => Ok(()),
-            Ok(_) => Err("the peer answered a receipt with an unexpected message".into()),
-            Err(e) => Err(e.to_string()),
-        }
+        let frame = wire::encode(&Opening::Receipt(receipt)).map_err(LinkFailure::encoding)?;
+        super::outbound::ask(&connection, &frame, |answer| match answer {
+            Answer::Ack(_) => Some(()),
+            _ => None,
+        })
+        .await
     }
 }
 
-/// Checks a peer's receipt against its pinned certificate; `Err` means the peer broke the protocol.
-pub(super) fn verify(peer: &Peer, receipt: &wire::Receipt) -> Result<(), String> {
+/// Checks a peer's receipt against its pinned certificate: [`LinkFailure::Noncompliant`] if it
+/// does not hold.
+pub(super) fn verify(peer: &Peer, receipt: &wire::Receipt) -> Result<(), LinkFailure> {
     if receipt.leaves.is_empty() || receipt.leaves.len() > MAX_LEAVES {
-        return Err(format!("a receipt must cover 1 to {MAX_LEAVES} messages"));
+        return Err(LinkFailure::Noncompliant(format!("a receipt must cover 1 to {MAX_LEAVES} messages")));
     }
     receipt::verify_root(&peer.cert, &receipt::root(&receipt.leaves), &receipt.signature)
+        .map_err(LinkFailure::Noncompliant)
 }

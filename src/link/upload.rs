@@ -4,7 +4,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
-use super::Link;
+use super::{Link, LinkFailure};
 use crate::store::OutgoingFile;
 use crate::transfer::{self, TransferError};
 use crate::wire::FileRef;
@@ -15,7 +15,8 @@ const QUICK_RESUMES: u32 = 3;
 impl Link {
     /// Sends `file` to `peer` under `key` (the request id, or `id/seq` for a reply), resuming
     /// from what the peer holds. Progress goes to `/v1/events`, and, for this node's request
-    /// `id` when `stored` is set, to its status.
+    /// `id` when `stored` is set, to its status. A file this node cannot read fails
+    /// [`LinkFailure::Local`].
     pub(super) async fn upload(
         &self,
         connection: &quinn::Connection,
@@ -23,7 +24,7 @@ impl Link {
         key: &str,
         file: &OutgoingFile,
         stored: bool,
-    ) -> Result<FileRef, TransferError> {
+    ) -> Result<FileRef, LinkFailure> {
         let store = self.inner.store.clone();
         let id = key.split('/').next().unwrap_or_default().to_owned();
         let done = Arc::new(AtomicU64::new(0));
