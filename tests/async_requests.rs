@@ -71,6 +71,18 @@ async fn an_async_request_is_answered_by_the_services_response_and_called_back()
     assert_eq!(status["callback"]["delivered"], true, "{status}");
 }
 
+/// `GET /v1/pending` on `node` once it lists `n` requests (or after [`WITHIN`]).
+async fn pending_on(node: &Node, n: usize) -> Value {
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        let (_, pending) = node.get("/v1/pending").await;
+        if pending["data"].as_array().is_some_and(|d| d.len() >= n) || tokio::time::Instant::now() > deadline {
+            return pending;
+        }
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
 async fn callback_id_of(p: &Pair, n: usize) -> String {
     let seen = p.service.wait_for(n, WITHIN).await;
     let form: std::collections::HashMap<String, String> = serde_urlencoded::from_str(&seen[n - 1].body).unwrap();
@@ -85,7 +97,8 @@ async fn replies_arrive_in_order_and_end_the_request() {
     let callback_id = callback_id_of(&p, 1).await;
     assert_eq!(p.a.wait_state(&id, "doing", WITHIN).await["state"], "doing");
 
-    let (_, pending) = p.b.get("/v1/pending").await;
+    // The service saw the call before its node recorded the answer: wait for the record.
+    let pending = pending_on(&p.b, 1).await;
     assert_eq!(pending["data"][0]["callback_id"], callback_id.as_str());
     assert_eq!(pending["data"][0]["peer"], "org-a");
     assert_eq!(pending["data"][0]["form"]["q"], "x");

@@ -397,19 +397,22 @@ async fn masked_fields_appear_only_as_their_hash() {
         "the service itself gets the value"
     );
 
-    let (_, pending) = p.b.get("/v1/pending").await;
-    let (_, export, _) = audit(&p.b, &["export"]);
-    let (_, status_view) = p.b.get(&format!("/v1/requests/{id}")).await;
-    let mut pending_files = String::new();
+    // The service saw the call before its node recorded the answer: wait until the request is
+    // pending (listed, and in the inbox's pending files), so that every view below shows it.
+    let (mut pending, mut pending_files) = (Value::Null, String::new());
     for _ in 0..200 {
         if let Ok(inbox) = std::fs::read_dir(p.b.dir.join("data/inbox/.pending")) {
             pending_files = inbox.map(|e| std::fs::read_to_string(e.unwrap().path()).unwrap()).collect();
         }
-        if !pending_files.is_empty() {
+        pending = p.b.get("/v1/pending").await.1;
+        if !pending_files.is_empty() && pending["data"].as_array().is_some_and(|d| !d.is_empty()) {
             break;
         }
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
+    assert_eq!(pending["data"][0]["peer"], "org-a", "{pending}");
+    let (_, export, _) = audit(&p.b, &["export"]);
+    let (_, status_view) = p.b.get(&format!("/v1/requests/{id}")).await;
     let logged = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
     assert!(logged.len() > 1000, "the logs were captured");
     for (what, text) in [
