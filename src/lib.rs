@@ -40,11 +40,11 @@
 //! | [`host_file`] | a host's files, opened confined beneath `files.send_roots`, never the node's own |
 //! | [`store`] | the one place of durable state (SQLite, one writer thread, group commit): the queue of requests and replies by domain (`outgoing`, `incoming`, `replies`, `callbacks`; leases and recovery in `queue`), their stored form (`stored`, versioned), files, read views (`records`) on read-only connections beside the writer (`reader`), idempotency and duplicate checks (`trust`), the evidence log's table (`evidence`) |
 //! | [`evidence`], [`receipt`] | the evidence log's records, hash chain and offline check; receipts: Merkle batches, signing and checking |
-//! | [`link`] | the QUIC endpoint: dialing and keeping peer connections, the outbound stream per request, store-and-forward (`carry`), files (`upload`), the inbound handler, receipts both ways, transport settings |
+//! | [`link`] | the QUIC endpoint: dialing and keeping peer connections, the outbound stream per request, store-and-forward (`forward`), files (`upload`), the inbound handler, receipts both ways, transport settings |
 //! | [`transfer`] | files on the wire: 1 MiB chunks with their SHA-256, resumption, direct I/O on the receiving side |
 //! | [`deliver`] | calls to this node's local services for peers (the link's [`service::Caller`], and the worker for stored requests): the HTTP call, the `X-Ferry-*` headers |
 //! | [`callbacks`] | delivery of results to host apps' callback URLs, in `seq` order, retried until `ttl_s` |
-//! | [`worker`] | the loop the workers (`carry`, [`deliver`], [`callbacks`]) run: claim what is due up to their free slots, a task per item or per peer's batch, idle until woken or the next tick, drain at stop |
+//! | [`worker`] | the loop the workers (the link's `forward`, [`deliver`], [`callbacks`]) run: claim what is due up to their free slots, a task per item or per peer's batch, idle until woken or the next tick, drain at stop |
 //! | [`backoff`] | how long to wait before trying again: one doubling schedule with optional jitter, and the workers' schedules (callbacks, unreachable services, peers away) |
 //! | [`inbox`] | the inbox folder: operators answer reply-mode requests by dropping files |
 //!

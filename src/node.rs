@@ -143,7 +143,7 @@ pub async fn run_with(
         }
     };
     let workers = [
-        tokio::spawn(link.clone().carry(stop.clone())),
+        tokio::spawn(link.clone().forward(stop.clone())),
         tokio::spawn(deliver::work(deliverer, store.clone(), metrics.clone(), stop.clone())),
         tokio::spawn(callbacks::work(store.clone(), metrics.clone(), stop.clone())),
         inbox,

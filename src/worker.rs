@@ -1,7 +1,7 @@
 //! The loop every worker runs: claim what the store says is due, as many as there are free slots,
 //! and handle each in a task of its own; idle until woken or the next tick when nothing is due.
 //!
-//! [`crate::callbacks`], [`crate::deliver`] and the link's carry loop ([`crate::link`]) each run
+//! [`crate::callbacks`], [`crate::deliver`] and the link's forwarding loop ([`crate::link`]) each run
 //! one. At stop, a worker claims nothing more and waits for the tasks under way.
 
 use std::collections::BTreeMap;

@@ -9,7 +9,7 @@ use super::Link;
 use crate::identity::Fingerprint;
 use crate::peer::{Peer, Peers};
 use crate::service::{Caller, Services};
-use crate::store::{Admission, Store};
+use crate::store::{Admission, FormFile, Store};
 use crate::transfer::{self, Folders, ReceiveError};
 use crate::wire::{self, Answer, Code, FrameError, Opening, Refusal, RefusalKind};
 
@@ -178,7 +178,7 @@ impl Inbound {
         }
         link.sign_receipt(&peer.name, &request.id, 0, payload, request.file.as_ref().map(|f| f.sha256));
         let started = std::time::Instant::now();
-        let extra: Vec<_> = file.into_iter().collect();
+        let extra: Vec<_> = file.into_iter().map(|f| (f.field, f.path)).collect();
         let answer = caller.call(&peer.name, request, Some(allowed), &extra).await.map_err(|e| e.refusal);
         let metrics = &link.inner.metrics;
         let label = crate::metrics::ServiceLabel { service: service.id.clone() };
@@ -220,7 +220,7 @@ impl Inbound {
             Ok(file) => file,
             Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
-        match store.insert_incoming(&peer.name, message, file.map(|(_, path)| path), &service, payload).await {
+        match store.insert_incoming(&peer.name, message, file.map(|f| f.path), &service, payload).await {
             Ok(Admission::Refused(refusal)) => Ok(Answer::Refused(refusal)),
             Ok(_) => {
                 link.sign_receipt(&peer.name, &id, 0, payload, file_sha);
@@ -250,7 +250,7 @@ impl Inbound {
             Ok(file) => file,
             Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
-        match store.received_reply(&peer.name, reply, file.map(|(_, path)| path), payload).await {
+        match store.received_reply(&peer.name, reply, file.map(|f| f.path), payload).await {
             Ok(ended) => {
                 if let Some(took) = ended {
                     let label = crate::metrics::PeerLabel { peer: peer.name.clone() };
@@ -351,17 +351,19 @@ impl Drop for Release {
     }
 }
 
-/// The form field and local path of the file a message refers to, which must have arrived whole
-/// and verified under `key`.
+/// The file a message refers to, which must have arrived whole and verified under `key`, as the
+/// service or callback gets it.
 async fn received_file(
     store: &Store,
     peer: &str,
     key: &str,
     file: &Option<wire::FileRef>,
-) -> Result<Option<(String, String)>, Refusal> {
+) -> Result<Option<FormFile>, Refusal> {
     let Some(want) = file else { return Ok(None) };
     match store.received_file(peer, key).await {
-        Ok(Some(got)) if got.sha256 == want.sha256 && got.size == want.size => Ok(Some((want.field.clone(), got.path))),
+        Ok(Some(got)) if got.sha256 == want.sha256 && got.size == want.size => {
+            Ok(Some(FormFile { field: want.field.clone(), path: got.path }))
+        }
         Ok(_) => Err(Refusal::new(
             RefusalKind::BadRequest,
             format!("the file `{}` for {key} has not arrived whole; send it first", want.name),

@@ -1,7 +1,7 @@
 //! The link: this node's QUIC endpoint and its connections to peers.
 //!
 //! Outbound, synchronous requests come straight from [`crate::exchange`], whose
-//! [`Carrier`](crate::exchange::Carrier) the link is (`outbound`), and [`Link::carry`] drains the
+//! [`Carrier`](crate::exchange::Carrier) the link is (`outbound`), and [`Link::forward`] drains the
 //! asynchronous ones the store says are due; each gets its own bidirectional stream over one kept
 //! connection per peer (`connect`). Inbound, [`Link::serve`] accepts connections from pinned peers
 //! only, names the peer by its certificate, and answers each stream (`inbound`), signing receipts
@@ -9,9 +9,9 @@
 //! [`LinkFailure`] that says what to do about it (`error`). The protocol itself is in
 //! [`crate::wire`].
 
-mod carry;
 mod connect;
 mod error;
+mod forward;
 mod inbound;
 mod outbound;
 mod receipts;

@@ -11,7 +11,7 @@
 //! queue behind the writer: they run on read-only connections of their own (`reader`), and see
 //! every change answered before they began.
 //!
-//! The workers that act on this state ([`crate::link`]'s carry loop, [`crate::deliver`],
+//! The workers that act on this state ([`crate::link`]'s forwarding loop, [`crate::deliver`],
 //! [`crate::callbacks`]) ask the store what is due, so every retry is driven from the database and
 //! survives a restart. Synchronous requests are the exception: their caller is waiting on an open
 //! HTTP connection, so they go straight to the link ([`crate::exchange`]); the store only records
@@ -182,7 +182,7 @@ impl StoreError {
 /// Who should be woken after a commit.
 #[derive(Debug, Default)]
 pub(crate) struct Wakers {
-    /// The link's carry loop: requests or replies became due.
+    /// The link's forwarding loop: requests or replies became due.
     pub outbound: Notify,
     /// The delivery worker: incoming requests became due.
     pub incoming: Notify,

@@ -23,7 +23,7 @@ const STREAMS_PER_PEER: usize = 128;
 impl Link {
     /// Claims due work from the store and carries it, until `stop`; then waits, briefly, for
     /// messages in flight.
-    pub async fn carry(self, stop: CancellationToken) {
+    pub async fn forward(self, stop: CancellationToken) {
         let store = self.inner.store.clone();
         let worker =
             Worker { what: "messages", slots: IN_FLIGHT, tick: Duration::from_millis(250), wake: &store.wake.outbound };
@@ -35,14 +35,14 @@ impl Link {
                 |work| work.peer().to_owned(),
                 |peer, batch| {
                     let link = self.clone();
-                    async move { link.carry_to(&peer, batch).await }
+                    async move { link.forward_to(&peer, batch).await }
                 },
             )
             .await;
     }
 
     /// Sends one peer's batch over its connection; on no connection, defers it with backoff.
-    async fn carry_to(&self, peer_name: &str, batch: Vec<OutboundWork>) {
+    async fn forward_to(&self, peer_name: &str, batch: Vec<OutboundWork>) {
         let store = &self.inner.store;
         let Some(peer) = self.inner.peers.get(peer_name) else {
             tracing::warn!(peer = peer_name, "work for a peer that is no longer configured; held back");
