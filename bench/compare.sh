@@ -5,10 +5,14 @@
 #                (and the backend called directly), same backend, same load generator (wrk)
 #   async        ferry's acceptance rate of asynchronous requests (202 = on disk)
 #   memory       resident memory of both ferry nodes and both nginx instances after the load
-#   files        `cargo bench --bench files`: ferry vs raw quinn, scp and rsync over ssh (skip: --no-files)
+#   files        `cargo bench --bench files` (ferry vs raw quinn), then scp and rsync over ssh on
+#                loopback with a file of the same size (FERRY_BENCH_MIB, 1024 by default), each
+#                the best of FERRY_BENCH_RUNS (2) runs, against ferry's best (skip: --no-files)
 #
-# Installs what it needs from Debian (nginx-light, wrk, openssl, curl). Certificates and keys are
-# generated at run time in a temporary directory and deleted afterwards.
+# Installs what it needs from Debian (nginx-light, wrk, openssl, curl; openssh-server,
+# openssh-client and rsync for the files part). Certificates and keys (also sshd's host key and
+# the client key it authorizes) are generated at run time in a temporary directory and deleted
+# afterwards; the throwaway sshd listens on a free loopback port and is stopped on exit.
 #
 # Usage: bench/compare.sh [--no-files] [--seconds N] [--connections N]
 set -euo pipefail
@@ -180,6 +184,79 @@ echo "Resident memory after the load: $MEM"
 
 if [ "$FILES" = 1 ]; then
   echo
-  echo "== files: cargo bench --bench files (ferry vs raw quinn, scp, rsync)"
-  cargo bench --bench files
+  echo "== files: cargo bench --bench files (ferry vs raw quinn)"
+  cargo bench --bench files | tee "$WORK/files.out"
+  # ferry's best time, from the files bench's markdown table.
+  FERRY_S=$(awk -F'|' '$2 ~ /^ ferry: request → service called/ {gsub(/ /, "", $4); print $4; exit}' "$WORK/files.out")
+
+  echo
+  echo "== files: scp and rsync over ssh, loopback"
+  if [ ! -x /usr/sbin/sshd ]; then
+    echo "== installing openssh-server (Debian)"
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -q --no-install-recommends openssh-server >/dev/null
+  fi
+  need ssh openssh-client
+  need scp openssh-client
+  need rsync rsync
+  SSH_DIR="$WORK/ssh"
+  # sshd refuses to start without its privilege separation directory.
+  mkdir -p "$SSH_DIR" /run/sshd
+  ssh-keygen -q -t ed25519 -N "" -f "$SSH_DIR/host_key"
+  ssh-keygen -q -t ed25519 -N "" -f "$SSH_DIR/user_key"
+  cp "$SSH_DIR/user_key.pub" "$SSH_DIR/authorized_keys"
+  SSH_PORT=$(port)
+  printf '%s\n' "Port $SSH_PORT" "ListenAddress 127.0.0.1" "HostKey $SSH_DIR/host_key" \
+    "AuthorizedKeysFile $SSH_DIR/authorized_keys" "PidFile $SSH_DIR/sshd.pid" "StrictModes no" "UsePAM no" \
+    "PasswordAuthentication no" "KbdInteractiveAuthentication no" "PubkeyAuthentication yes" \
+    "PermitRootLogin prohibit-password" "LogLevel ERROR" "Subsystem sftp internal-sftp" > "$SSH_DIR/sshd_config"
+  /usr/sbin/sshd -D -e -f "$SSH_DIR/sshd_config" 2>"$SSH_DIR/sshd.log" &
+  PIDS+=($!)
+  for _ in $(seq 250); do (exec 3<>"/dev/tcp/127.0.0.1/$SSH_PORT") 2>/dev/null && break; sleep 0.02; done
+  # The client: the throwaway key only, no host key checks (the host key is new each run), no prompt.
+  SSH_OPTS=(-i "$SSH_DIR/user_key" -o StrictHostKeyChecking=no -o UserKnownHostsFile=/dev/null -o BatchMode=yes
+    -o IdentitiesOnly=yes -o LogLevel=ERROR)
+  MIB=${FERRY_BENCH_MIB:-1024}
+  RUNS=${FERRY_BENCH_RUNS:-2}
+  head -c $((MIB << 20)) /dev/urandom > "$WORK/source.bin"
+  DEST="$(id -un)@127.0.0.1:$SSH_DIR/copy.bin"
+  copy() { # tool: one copy of source.bin over ssh, checked for its size; its seconds
+    local t0 t1
+    t0=$(date +%s.%N)
+    case "$1" in
+      scp) scp -q -P "$SSH_PORT" "${SSH_OPTS[@]}" "$WORK/source.bin" "$DEST" ;;
+      # --whole-file: the destination is new anyway; rsync's own checksums stay on.
+      rsync) rsync -q --whole-file -e "ssh -p $SSH_PORT ${SSH_OPTS[*]}" "$WORK/source.bin" "$DEST" ;;
+    esac
+    t1=$(date +%s.%N)
+    if [ "$(stat -c %s "$SSH_DIR/copy.bin" 2>/dev/null)" != $((MIB << 20)) ]; then
+      echo "$1 did not copy the whole file; sshd: $(cat "$SSH_DIR/sshd.log")" >&2
+      return 1
+    fi
+    rm -f "$SSH_DIR/copy.bin"
+    awk -v a="$t0" -v b="$t1" 'BEGIN {printf "%.2f", b - a}'
+  }
+  FILE_ROWS=()
+  for tool in scp rsync; do
+    best=
+    for _ in $(seq "$RUNS"); do
+      s=$(copy "$tool")
+      echo "   $tool: $s s"
+      best=$(awk -v a="${best:-$s}" -v b="$s" 'BEGIN {print (b < a ? b : a)}')
+    done
+    ratio=$(awk -v t="$best" -v f="${FERRY_S:-0}" 'BEGIN {if (f > 0) printf "%.2f", t / f; else print "-"}')
+    target=
+    if [ "$tool" = scp ] && [ "$ratio" != - ]; then
+      target="ferry ≥ 1.2× scp: $(awk -v r="$ratio" 'BEGIN {print (r >= 1.2 ? "PASS" : "MISS")}')"
+    fi
+    mibs=$(awk -v t="$best" -v m="$MIB" 'BEGIN {printf "%.0f", m / t}')
+    FILE_ROWS+=("$(printf '| %-24s | %8s | %6s | %13s | %-22s |' "$tool over ssh, loopback" "$best" "$mibs" "$ratio" "$target")")
+  done
+  echo
+  echo "## Files, $MIB MiB on loopback, $(nproc) cores, $(date -u +%Y-%m-%d): ferry's best ${FERRY_S:-?} s (files bench above)"
+  echo
+  echo "| measurement              | best (s) |  MiB/s | ferry speed × | target                 |"
+  echo "| ------------------------ | -------: | -----: | ------------: | ---------------------- |"
+  printf '%s\n' "${FILE_ROWS[@]}"
+  echo
+  echo "OpenSSH's default cipher; \"ferry speed ×\" = this one's best time ÷ ferry's (above 1: ferry is faster)."
 fi

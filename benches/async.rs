@@ -56,20 +56,19 @@ use anyhow::{ensure, Context};
 use axum::extract::State;
 use axum::http::HeaderMap;
 use axum::routing::post;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
 use ferry::config::Config;
-use ferry::node::{self, NodeError, Sockets};
 
-#[path = "common/mod.rs"]
-mod common;
-use common::{
-    added_pct, check_evidence, configure_pair, cost_pct, judge_cost, load_average, machine_busy, pass, pct, proc_cpu,
-    render, rounds, thousands, Evidence, RoundCosts, TARGET_EVIDENCE_COST_PCT,
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::cpu::{load_average, Snapshot};
+use support::report::{
+    added_pct, check_evidence, cost_pct, judge_cost, pass, pct, render, rounds, set_evidence, thousands, Evidence,
+    RoundCosts, TARGET_EVIDENCE_COST_PCT,
 };
 
 /// Accepted async requests per second with [`TARGET_CALLERS`] callers.
@@ -338,7 +337,7 @@ async fn bench(settings: &Settings) -> anyhow::Result<()> {
         });
         let cpu_before = cpu_times();
         let t0 = Instant::now();
-        pair.start_b()?;
+        pair.start_b();
         let through =
             wait_through(&client, &pair, &service, t0, service_base + queued.total_ok, queued.total_ok, settings.wait)
                 .await;
@@ -734,12 +733,7 @@ impl CountingService {
                 }),
             )
             .with_state(seen.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        let listener = listener.tap_io(|tcp| {
-            let _ = tcp.set_nodelay(true);
-        });
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = support::serve(app, true).await;
         Ok(CountingService { addr, seen })
     }
 
@@ -777,76 +771,43 @@ struct Counts {
 /// org-b's sockets are bound at once; its node may start later ([`Pair::start_b`]).
 struct Pair {
     _dir: tempfile::TempDir,
+    a: support::Node,
+    b: support::Node,
     a_api: SocketAddr,
-    b_api: SocketAddr,
     a_data: PathBuf,
     b_data: PathBuf,
-    b_pending: Option<(Config, Sockets)>,
-    stop: tokio::sync::watch::Sender<bool>,
-    stopped: tokio::sync::watch::Receiver<bool>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), NodeError>>>,
     stats_url: reqwest::Url,
 }
 
 impl Pair {
     async fn start(service: SocketAddr, start_b: bool, evidence: Evidence) -> anyhow::Result<Pair> {
         let dir = tempfile::tempdir()?;
-        let sockets = || -> std::io::Result<Sockets> {
-            Ok(Sockets {
-                api: std::net::TcpListener::bind("127.0.0.1:0")?,
-                link: std::net::UdpSocket::bind("127.0.0.1:0")?,
-            })
-        };
-        let (a, b) = (sockets()?, sockets()?);
-        let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
-        let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
-        let (a_conf, b_conf) =
-            configure_pair(dir.path(), (a_link, a_api), (b_link, b_api), &format!("http://{service}"), evidence)?;
-
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let a_config = Config::load(&a_conf)?;
-        let b_config = Config::load(&b_conf)?;
-        for config in [&a_config, &b_config] {
-            check_evidence(config, evidence)?;
+        let (mut a, b) = support::node::two_nodes(dir.path(), &format!("http://{service}"));
+        for config in [&a.config_path, &b.config_path] {
+            set_evidence(config, evidence)?;
+            check_evidence(&Config::load(config)?, evidence)?;
         }
+        a.spawn_on(&tokio::runtime::Handle::current());
         let mut pair = Pair {
             _dir: dir,
-            a_api,
-            b_api,
-            a_data: a_config.node.data_dir.clone(),
-            b_data: b_config.node.data_dir.clone(),
-            b_pending: Some((b_config, b)),
-            stop,
-            stopped,
-            tasks: Vec::new(),
-            stats_url: format!("http://{a_api}/v1/stats").parse()?,
+            a_api: a.api,
+            a_data: a.data_dir(),
+            b_data: b.data_dir(),
+            stats_url: format!("http://{}/v1/stats", a.api).parse()?,
+            a,
+            b,
         };
-        pair.spawn(a_config, a);
-        let mut apis = vec![a_api];
+        pair.a.serving(Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
         if start_b {
-            pair.start_b()?;
-            apis.push(b_api);
-        }
-        let client = reqwest::Client::builder().no_proxy().build()?;
-        for api in apis {
-            common::wait_serving(&client, api).await?;
+            pair.start_b();
+            pair.b.serving(Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
         }
         Ok(pair)
     }
 
-    fn spawn(&mut self, config: Config, sockets: Sockets) {
-        let mut stopped = self.stopped.clone();
-        let shutdown = async move {
-            let _ = stopped.wait_for(|s| *s).await;
-        };
-        self.tasks.push(tokio::spawn(node::run(config, sockets, shutdown)));
-    }
-
     /// Starts org-b's node on the sockets bound at the start.
-    fn start_b(&mut self) -> anyhow::Result<()> {
-        let (config, sockets) = self.b_pending.take().context("org-b runs already")?;
-        self.spawn(config, sockets);
-        Ok(())
+    fn start_b(&mut self) {
+        self.b.spawn_on(&tokio::runtime::Handle::current());
     }
 
     async fn a_stats(&self, client: &reqwest::Client) -> Option<Stats> {
@@ -903,15 +864,10 @@ impl Pair {
             .join("; ")
     }
 
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        let _ = self.b_api;
-        for task in self.tasks {
-            match tokio::time::timeout(Duration::from_secs(15), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => eprintln!("a node stopped with an error: {e}"),
-                Ok(Err(e)) => eprintln!("a node task failed: {e}"),
-                Err(_) => eprintln!("a node did not stop within 15 s"),
+    async fn stop(mut self) {
+        for node in [&mut self.a, &mut self.b] {
+            if let Err(e) = node.stop_within(Duration::from_secs(15)).await {
+                eprintln!("{e}");
             }
         }
     }
@@ -969,46 +925,21 @@ impl Cpu {
     }
 }
 
-/// CPU seconds (user + system) used so far.
-struct CpuTimes {
-    process: f64,
-    /// By thread id: the thread's name and its CPU seconds.
-    threads: BTreeMap<u64, (String, f64)>,
-    machine_busy: Option<f64>,
-}
-
-fn cpu_delta(before: Option<CpuTimes>, after: Option<CpuTimes>, seconds: f64) -> Cpu {
+fn cpu_delta(before: Option<Snapshot>, after: Option<Snapshot>, seconds: f64) -> Cpu {
     let (Some(b), Some(a)) = (before, after) else { return Cpu::default() };
-    let s = seconds.max(f64::EPSILON);
     let process = a.process - b.process;
-    // Threads alive at the end; one that started during the phase counts from zero.
-    let thread = |name: &str| -> f64 {
-        a.threads
-            .iter()
-            .filter(|(_, (n, _))| n == name)
-            .map(|(tid, (_, cpu))| cpu - b.threads.get(tid).map_or(0.0, |(_, c)| *c))
-            .sum()
-    };
+    let by_name = a.by_group(&b, |_, name| name.to_owned(), "");
     Cpu {
-        wall_s: s,
+        wall_s: seconds.max(f64::EPSILON),
         process_s: Some(process),
-        store_s: Some(thread("ferry-store")),
-        others_s: a.machine_busy.zip(b.machine_busy).map(|(a, b)| (a - b - process).max(0.0)),
+        store_s: Some(by_name.get("ferry-store").copied().unwrap_or(0.0)),
+        others_s: a.others_since(&b, process),
     }
 }
 
-/// The CPU clocks from `/proc`; `None` where there is no `/proc`. Threads that have exited are
-/// counted in the process's total only.
-fn cpu_times() -> Option<CpuTimes> {
-    let process = proc_cpu("/proc/self/stat")?.1;
-    let mut threads = BTreeMap::new();
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        let Some(tid) = task.file_name().to_str().and_then(|t| t.parse::<u64>().ok()) else { continue };
-        if let Some((name, cpu)) = proc_cpu(task.path().join("stat")) {
-            threads.insert(tid, (name, cpu));
-        }
-    }
-    Some(CpuTimes { process, threads, machine_busy: machine_busy() })
+/// The CPU clocks from `/proc`; `None` where there is no `/proc`.
+fn cpu_times() -> Option<Snapshot> {
+    Snapshot::now()
 }
 
 /// The measurements, in the report's order.

@@ -15,11 +15,6 @@
 //!   reads (and without hashing), until the receiver's 32-byte answer is back;
 //! - **(b)** SHA-256 (sha2) of the size in memory;
 //! - **(c)** write + fsync of the size to the disk of the nodes' data directories;
-//! - **(d)** scp, and rsync over ssh, on loopback: the bench installs openssh-server and
-//!   openssh-client (and rsync) with `apt-get install -y` when they are missing and it runs as
-//!   root, starts its own sshd on a free loopback port with a host key and an authorized client
-//!   key generated into a temporary directory at run time (no key is kept), and stops it after;
-//!   skipped with the reason printed when that fails;
 //! - **(a0)** raw quinn as (a) with the transport settings before the windows were sized (quinn's
 //!   1.25 MB stream window, the system's socket buffers), to show the sizing costs loopback
 //!   nothing; **(s)** rows for any settings asked for with `FERRY_BENCH_SWEEP`;
@@ -33,12 +28,14 @@
 //!   are deleted by a drop guard, also on panic; ones left by a killed run are removed at the next;
 //! - the process's peak RSS during the ferry transfer (VmHWM after resetting it through
 //!   `/proc/self/clear_refs`, and VmRSS sampled every 5 ms);
-//! - diagnostics for where the time goes: (k) raw quinn with ferry's four SHA-256 passes added
-//!   (per chunk and whole, each side) and (l) with one pass each side; (e)
-//!   `ferry::transfer::send` → `ferry::transfer::receive` over raw quinn (the file code without
-//!   the nodes: with (k), it shows what the file code adds to its hashing); each side's file work
-//!   without any network (tokio::fs reads and writes in 1 MiB pieces, the SHA-256s per chunk and
-//!   whole), and plain reads of the source.
+//! - diagnostics for where the time goes: (k) raw quinn with as many SHA-256 passes added as
+//!   ferry makes (per chunk and whole, each side) and (l) with one pass each side; (e)
+//!   `ferry::transfer::send` → `ferry::transfer::receive` over raw quinn (ferry's own file code
+//!   without the nodes: with (k), it shows what the file code adds to its hashing); plain reads
+//!   of the source.
+//!
+//! It measures ferry and what the machine and QUIC can do, nothing else: it installs nothing and
+//! starts no other server. ferry against scp and rsync over ssh is `bench/compare.sh`.
 //!
 //! Targets are printed next to the figures, not asserted. The source file is written into a
 //! temporary directory and removed with it.
@@ -50,15 +47,13 @@
 //! | `FERRY_BENCH_DIR` | the system temp dir | where the temporary directory goes (the disk measured) |
 //! | `FERRY_BENCH_WORKERS` | available CPUs | worker threads of each of the three runtimes |
 //! | `FERRY_BENCH_WAN_MIB` | 256 | the file size across 50 ms of RTT |
-//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `diag` (rows k, l, e), `local` (b, c, f to j), `ssh`, `wan` |
+//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `diag` (rows k, l, e), `local` (b, c, f, g, j), `wan` |
 //! | `FERRY_BENCH_SWEEP` | none | extra raw-quinn rows on loopback and at 50 ms: `window:buffer,...`, the stream window in MiB and the socket buffers in KiB (0: system default); e.g. `8:4096,32:4096` |
 //! | `FERRY_BENCH_NETEM` | unset | `off`: build the namespaces without netem (a check of the plumbing, no delay) |
 //! | `FERRY_BENCH_SPLIT` | unset | `1`: the sending side (org-a), the receiving side (org-b) and the rest each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and CPU time is broken down by side; for profiling, not for the headline figures (more threads than CPUs) |
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
-use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
@@ -71,21 +66,20 @@ use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 
-use ferry::cli::{init, peer, service};
-use ferry::config::Config;
 use ferry::identity::{Fingerprint, Identity};
-use ferry::node::{self, NodeError, Sockets};
 use ferry::peer::{Peer, Peers};
 use ferry::wire::{self, Answer, Opening};
 
-/// ferry must reach this share of raw quinn with the receiver hashing.
-#[path = "common/mod.rs"]
-mod common;
-use common::{load_average, machine_busy, pass, proc_cpu};
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::cpu::{cpu_has, cpu_model, load_average, own_kib, reset_peak_rss, RssSampler, Snapshot};
+use support::files::{bytes, make_file_seeded};
+use support::lossy::DelayRelay;
+use support::netns::TestNet;
+use support::report::{pass, render};
 
+/// ferry must reach this share of raw quinn with the receiver hashing.
 const TARGET_SHARE_OF_QUINN: f64 = 0.90;
-/// ferry must be this much faster than scp.
-const TARGET_TIMES_SCP: f64 = 1.2;
 /// Peak RSS per node.
 const TARGET_RSS_MIB: f64 = 100.0;
 /// The piece size of every file read and write here, as `ferry::transfer` uses.
@@ -202,9 +196,9 @@ async fn runs(
 ) -> anyhow::Result<Figure> {
     let mut figure = Figure { what: what.to_owned(), seconds: vec![], cpu: None, note: note.to_owned() };
     for run in 0..n {
-        let before = Clock::now();
+        let before = Snapshot::now();
         let secs = f(run).await?;
-        let cpu = Clock::now().zip(before).map(|(after, before)| after.since(&before));
+        let cpu = Snapshot::now().zip(before).map(|(after, before)| Cpu::since(&after, &before));
         if figure.seconds.iter().all(|s| secs < *s) {
             figure.cpu = cpu;
         }
@@ -254,7 +248,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
     let mut rss = Rss::default();
     let mut ferry = runs(n, "ferry: request → service called", "", async |run| {
         let reset = reset_peak_rss();
-        let before = status_kib("VmRSS").unwrap_or(0);
+        let before = own_kib("VmRSS").unwrap_or(0);
         let sampler = RssSampler::start();
         service.reset();
         let t0 = Instant::now();
@@ -275,7 +269,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
         let secs = called.duration_since(t0).as_secs_f64();
         let got = std::fs::metadata(&path).with_context(|| format!("the received file {}", path.display()))?.len();
         ensure!(got == size, "the service got a file of {got} bytes, not {size}");
-        let hwm = if reset { status_kib("VmHWM") } else { None };
+        let hwm = if reset { own_kib("VmHWM") } else { None };
         eprintln!(
             "  ferry run {}: service called after {secs:.2} s, answer after {total:.2} s; RSS before {} MiB, peak {} MiB",
             run + 1,
@@ -366,8 +360,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
     }
     if settings.runs("local") {
         // (b) SHA-256 in memory.
-        let mut data = vec![0u8; size as usize];
-        fill(&mut data, 7);
+        let data = bytes(size as usize, 7);
         figures.push(
             runs(1, "(b) SHA-256 in memory (sha2)", "one thread", async |_| {
                 let t = Instant::now();
@@ -405,66 +398,10 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
                 1,
                 "(g) read the source (tokio::fs, 1 MiB reads)",
                 "page cache (transfer::send reads with std::fs on a blocking thread)",
-                async |_| read_tokio(&source, false).await,
+                async |_| read_tokio(&source).await,
             )
             .await?,
         );
-        figures.push(
-            runs(
-                1,
-                "(h) sender's file work, no network",
-                "tokio::fs reads + SHA-256 per chunk + whole, one after the other, as transfer::send hashes",
-                async |_| read_tokio(&source, true).await,
-            )
-            .await?,
-        );
-        figures.push(
-            runs(
-                1,
-                "(i) receiver's file work, no network",
-                "SHA-256 per chunk + whole + tokio::fs writes through the page cache + fsync, one after the other",
-                async |_| receiver_work(&scratch, size).await,
-            )
-            .await?,
-        );
-        std::fs::remove_file(&scratch)?;
-    }
-
-    // (d) scp and rsync over ssh.
-    let mut scp = None;
-    if settings.runs("ssh") {
-        match Sshd::start(root.path()) {
-            Err(reason) => notes.push(format!("(d) scp: skipped: {reason}")),
-            Ok(sshd) => {
-                let mut tools = vec!["scp"];
-                match rsync_available() {
-                    Ok(()) => tools.push("rsync"),
-                    Err(reason) => notes.push(format!("(d) rsync: skipped: {reason}")),
-                }
-                for tool in tools {
-                    let mut failed = None;
-                    let figure = runs(n, &format!("(d) {tool} over ssh, loopback"), "", async |_| {
-                        sshd.copy(tool, &source, size).map_err(|e| anyhow::anyhow!(e))
-                    })
-                    .await;
-                    match figure {
-                        Ok(mut f) => {
-                            f.note = if tool == "scp" {
-                                scp = Some(f.best());
-                                "OpenSSH's default cipher".into()
-                            } else {
-                                "rsync -e ssh --whole-file, default cipher".into()
-                            };
-                            figures.push(f);
-                        }
-                        Err(e) => failed = Some(e.to_string()),
-                    }
-                    if let Some(reason) = failed {
-                        notes.push(format!("(d) {tool}: skipped: {reason}"));
-                    }
-                }
-            }
-        }
     }
 
     // 50 ms of RTT.
@@ -480,7 +417,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
         }
     }
 
-    report(settings, &figures, &rss, scp, &notes);
+    report(settings, &figures, &rss, &notes);
     report_wan(settings, &wan_figures, &wan_how);
     std::fs::remove_file(&source)?;
     drop(root);
@@ -498,7 +435,7 @@ struct Rss {
     hwm_kib: Option<u64>,
 }
 
-fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, notes: &[String]) {
+fn report(settings: &Settings, figures: &[Figure], rss: &Rss, notes: &[String]) {
     let size = settings.size as f64;
     let ferry = figures[0].best();
     let quinn_hash = figures.iter().find(|f| f.what.starts_with("(a)") && f.what.contains("hashes")).map(Figure::best);
@@ -526,11 +463,6 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
                 ),
                 None => (String::new(), String::new()),
             }
-        } else if f.what.starts_with("(d) scp") {
-            (
-                format!("ferry ≥ {TARGET_TIMES_SCP}× scp"),
-                pass(best / ferry >= TARGET_TIMES_SCP).to_owned() + &format!(" ({:.2}×)", best / ferry),
-            )
         } else {
             (String::new(), String::new())
         };
@@ -546,21 +478,6 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
             target,
             result,
             f.note.clone(),
-        ]);
-    }
-    if scp.is_none() {
-        rows.push(vec![
-            "(d) scp over ssh, loopback".into(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            String::new(),
-            format!("ferry ≥ {TARGET_TIMES_SCP}× scp"),
-            "skipped".into(),
-            notes.iter().find(|n| n.starts_with("(d)")).map_or(String::new(), |n| n["(d) scp: ".len()..].to_owned()),
         ]);
     }
     let peak = rss.hwm_kib.unwrap_or(rss.sampled_kib);
@@ -583,14 +500,15 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
             rss.before_kib as f64 / 1024.0
         ),
     ]);
-    println!("{}", common::render(&headers, &rows, false));
+    println!("{}", render(&headers, &rows, false));
     for n in notes {
         println!("{n}");
     }
     println!(
-        "\nTargets (printed, not asserted): ferry ≥ {:.0}% of raw quinn with the receiver hashing; ferry ≥ {TARGET_TIMES_SCP}× scp; RSS < {TARGET_RSS_MIB:.0} MiB per node.",
+        "\nTargets (printed, not asserted): ferry ≥ {:.0}% of raw quinn with the receiver hashing; RSS < {TARGET_RSS_MIB:.0} MiB per node.",
         TARGET_SHARE_OF_QUINN * 100.0
     );
+    println!("ferry against scp and rsync over ssh: bench/compare.sh (it installs and starts its own sshd).");
     println!("GB/s = 10^9 bytes per second; \"ferry speed ×\" = this one's best time ÷ ferry's (above 1: ferry is faster by that factor).");
     if settings.split {
         println!("CPU s: user + system seconds of the best run on the b-send (org-a / sender), b-recv (org-b / receiver) and b-main (client, service, bench) threads, + other threads of this process.");
@@ -601,7 +519,7 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, scp: Option<f64>, 
         "others' CPUs: CPU used meanwhile by other processes on the machine, in cores (their load slows every figure)."
     );
     println!("\nMarkdown:\n");
-    println!("{}", common::render(&headers, &rows, true));
+    println!("{}", render(&headers, &rows, true));
 }
 
 /// The transport settings before the windows were sized: quinn's stream window (1.25 MB), the
@@ -759,9 +677,9 @@ fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
             ]
         })
         .collect();
-    println!("{}", common::render(&headers, &rows, false));
+    println!("{}", render(&headers, &rows, false));
     println!("\nMarkdown:\n");
-    println!("{}", common::render(&headers, &rows, true));
+    println!("{}", render(&headers, &rows, true));
 }
 
 fn human(bytes: u64) -> String {
@@ -776,15 +694,6 @@ fn human(bytes: u64) -> String {
 // Machine facts: CPU time by thread, RSS
 // ---------------------------------------------------------------------------------------------
 
-/// A snapshot of the CPU clocks: this process's threads by id, the process, the machine.
-struct Clock {
-    at: Instant,
-    /// Thread id → (name, CPU seconds).
-    threads: std::collections::HashMap<String, (String, f64)>,
-    process: f64,
-    machine_busy: Option<f64>,
-}
-
 /// CPU seconds (user + system) used during a run, by component (from the thread names), and by
 /// other processes.
 #[derive(Clone, Default)]
@@ -798,45 +707,32 @@ struct Cpu {
     others_share: Option<f64>,
 }
 
-impl Clock {
-    fn now() -> Option<Clock> {
-        let process = proc_cpu("/proc/self/stat")?.1;
-        let mut threads = std::collections::HashMap::new();
-        let main = std::process::id().to_string();
-        for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-            if let Some(mut t) = proc_cpu(task.path().join("stat")) {
-                let tid = task.file_name().to_string_lossy().into_owned();
-                if tid == main {
-                    t.0 = "b-main".into(); // the thread the main runtime's block_on runs on
-                }
-                threads.insert(tid, t);
-            }
-        }
-        Some(Clock { at: Instant::now(), threads, process, machine_busy: machine_busy() })
-    }
-
-    fn since(&self, before: &Clock) -> Cpu {
+impl Cpu {
+    /// What this process's threads used between two snapshots, by component (from the runtimes'
+    /// thread names; the main thread runs the main runtime's `block_on`), and what other
+    /// processes used, in CPUs.
+    fn since(after: &Snapshot, before: &Snapshot) -> Cpu {
+        let main = u64::from(std::process::id());
+        let by = after.by_group(
+            before,
+            |tid, name| if tid == main { "b-main".to_owned() } else { name.to_owned() },
+            "other",
+        );
         let mut cpu = Cpu::default();
-        let mut counted = 0.0;
-        for (tid, (name, t)) in &self.threads {
-            let delta = (t - before.threads.get(tid).map_or(0.0, |(_, b)| *b)).max(0.0);
-            counted += delta;
+        for (name, seconds) in by {
             match name.as_str() {
-                "b-send" => cpu.send += delta,
-                "b-recv" => cpu.recv += delta,
-                "b-main" => cpu.main += delta,
-                _ => cpu.other += delta,
+                "b-send" => cpu.send += seconds,
+                "b-recv" => cpu.recv += seconds,
+                "b-main" => cpu.main += seconds,
+                _ => cpu.other += seconds,
             }
         }
-        let ours = (self.process - before.process).max(0.0);
-        cpu.other += (ours - counted).max(0.0);
-        let wall = self.at.duration_since(before.at).as_secs_f64().max(1e-3);
-        cpu.others_share = self.machine_busy.zip(before.machine_busy).map(|(a, b)| ((a - b - ours) / wall).max(0.0));
+        let ours = after.process_since(before);
+        let wall = after.wall_since(before).max(1e-3);
+        cpu.others_share = after.others_since(before, ours).map(|o| o / wall);
         cpu
     }
-}
 
-impl Cpu {
     fn summary(&self, split: bool) -> String {
         if !split {
             return format!("{:.1}", self.send + self.recv + self.main + self.other);
@@ -846,107 +742,22 @@ impl Cpu {
     }
 }
 
-/// A line of `/proc/self/status` in KiB.
-fn status_kib(key: &str) -> Option<u64> {
-    let status = std::fs::read_to_string("/proc/self/status").ok()?;
-    let line = status.lines().find(|l| l.starts_with(key) && l[key.len()..].starts_with(':'))?;
-    line[key.len() + 1..].split_whitespace().next()?.parse().ok()
-}
-
-/// Resets VmHWM to the current RSS (Linux ≥ 4.0); whether it worked.
-fn reset_peak_rss() -> bool {
-    std::fs::write("/proc/self/clear_refs", "5").is_ok()
-}
-
-/// Samples VmRSS every 5 ms on its own thread.
-struct RssSampler {
-    stop: Arc<AtomicBool>,
-    peak: Arc<AtomicU64>,
-    thread: std::thread::JoinHandle<()>,
-}
-
-impl RssSampler {
-    fn start() -> RssSampler {
-        let (stop, peak) = (Arc::new(AtomicBool::new(false)), Arc::new(AtomicU64::new(0)));
-        let thread = {
-            let (stop, peak) = (stop.clone(), peak.clone());
-            std::thread::spawn(move || {
-                while !stop.load(Ordering::Relaxed) {
-                    if let Some(kib) = status_kib("VmRSS") {
-                        peak.fetch_max(kib, Ordering::Relaxed);
-                    }
-                    std::thread::sleep(Duration::from_millis(5));
-                }
-            })
-        };
-        RssSampler { stop, peak, thread }
-    }
-
-    /// The largest VmRSS seen, KiB.
-    fn stop(self) -> u64 {
-        self.stop.store(true, Ordering::Relaxed);
-        let _ = self.thread.join();
-        self.peak.load(Ordering::Relaxed)
-    }
-}
-
-fn cpu_model() -> String {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .ok()
-        .and_then(|c| {
-            c.lines()
-                .find(|l| l.starts_with("model name"))
-                .and_then(|l| l.split_once(':'))
-                .map(|(_, m)| m.trim().to_owned())
-        })
-        .unwrap_or_else(|| "unknown CPU".into())
-}
-
-fn cpu_has(flag: &str) -> bool {
-    std::fs::read_to_string("/proc/cpuinfo")
-        .is_ok_and(|c| c.lines().any(|l| l.starts_with("flags") && l.split_whitespace().any(|f| f == flag)))
-}
-
 // ---------------------------------------------------------------------------------------------
 // Files and disks
 // ---------------------------------------------------------------------------------------------
 
-/// Fills `buf` with repeatable pseudo-random bytes.
-fn fill(buf: &mut [u8], seed: u64) {
-    let mut x = seed.wrapping_mul(0x9e37_79b9_7f4a_7c15) | 1;
-    for word in buf.chunks_mut(8) {
-        x ^= x << 13;
-        x ^= x >> 7;
-        x ^= x << 17;
-        word.copy_from_slice(&x.to_le_bytes()[..word.len()]);
-    }
-}
-
-/// Writes `size` pseudo-random bytes (no two MiB alike) to `path`; its SHA-256 in hex.
+/// Writes `size` pseudo-random bytes (no two MiB alike) to `path` and syncs it, so that no
+/// write-back of it runs during the measurements; its SHA-256 in hex.
 fn make_file(path: &Path, size: u64) -> anyhow::Result<String> {
-    use std::io::Write;
-    let mut file = std::fs::File::create(path).with_context(|| format!("cannot create {}", path.display()))?;
-    let mut block = vec![0u8; PIECE];
-    fill(&mut block, 1);
-    let mut hasher = Sha256::new();
-    let (mut left, mut n) = (size, 0u64);
-    while left > 0 {
-        let take = left.min(PIECE as u64) as usize;
-        block[..8].copy_from_slice(&n.to_le_bytes());
-        n += 1;
-        file.write_all(&block[..take])?;
-        hasher.update(&block[..take]);
-        left -= take as u64;
-    }
-    file.sync_all()?;
-    Ok(hex::encode(hasher.finalize()))
+    let sha = make_file_seeded(path, size, 1);
+    std::fs::File::open(path)?.sync_all()?;
+    Ok(sha)
 }
 
 /// Seconds for the whole; `fsync` gets the seconds of the final fsync alone.
 fn write_fsync_std(path: &Path, size: u64, fsync: &mut f64) -> anyhow::Result<f64> {
     use std::io::Write;
-    let mut block = vec![0u8; PIECE];
-    fill(&mut block, 3);
+    let block = bytes(PIECE, 3);
     let t = Instant::now();
     let mut file = std::fs::File::create(path)?;
     let mut left = size;
@@ -963,8 +774,7 @@ fn write_fsync_std(path: &Path, size: u64, fsync: &mut f64) -> anyhow::Result<f6
 
 /// Seconds for the whole; `fsync` gets the seconds of the final flush and fsync alone.
 async fn write_fsync_tokio(path: &Path, size: u64, fsync: &mut f64) -> anyhow::Result<f64> {
-    let mut block = vec![0u8; PIECE];
-    fill(&mut block, 3);
+    let block = bytes(PIECE, 3);
     let t = Instant::now();
     let mut file = tokio::fs::File::create(path).await?;
     let mut left = size;
@@ -997,13 +807,11 @@ fn read_std(path: &Path) -> anyhow::Result<f64> {
     Ok(t.elapsed().as_secs_f64())
 }
 
-/// Reads `path` with tokio::fs in 1 MiB pieces filled as `transfer::send` fills them; with `hash`,
-/// also hashes each piece and the whole, one after the other, as `transfer::send` does.
-async fn read_tokio(path: &Path, hash: bool) -> anyhow::Result<f64> {
+/// Reads `path` with tokio::fs in 1 MiB pieces.
+async fn read_tokio(path: &Path) -> anyhow::Result<f64> {
     let mut buf = vec![0u8; PIECE];
     let t = Instant::now();
     let mut file = tokio::fs::File::open(path).await?;
-    let mut whole = Sha256::new();
     loop {
         let mut filled = 0;
         while filled < buf.len() {
@@ -1016,34 +824,7 @@ async fn read_tokio(path: &Path, hash: bool) -> anyhow::Result<f64> {
         if filled == 0 {
             break;
         }
-        if hash {
-            whole.update(&buf[..filled]);
-            std::hint::black_box(Sha256::digest(&buf[..filled]));
-        }
     }
-    std::hint::black_box(whole.finalize());
-    Ok(t.elapsed().as_secs_f64())
-}
-
-/// What `transfer::receive` does with each chunk besides reading it from the stream: its SHA-256,
-/// the whole file's, a tokio::fs write; then flush and fsync.
-async fn receiver_work(path: &Path, size: u64) -> anyhow::Result<f64> {
-    let mut block = vec![0u8; PIECE];
-    fill(&mut block, 5);
-    let t = Instant::now();
-    let mut file = tokio::fs::File::create(path).await?;
-    let mut whole = Sha256::new();
-    let mut left = size;
-    while left > 0 {
-        let take = left.min(PIECE as u64) as usize;
-        std::hint::black_box(Sha256::digest(&block[..take]));
-        file.write_all(&block[..take]).await?;
-        whole.update(&block[..take]);
-        left -= take as u64;
-    }
-    file.flush().await?;
-    file.sync_all().await?;
-    std::hint::black_box(whole.finalize());
     Ok(t.elapsed().as_secs_f64())
 }
 
@@ -1068,9 +849,7 @@ impl Service {
             .route("/upload", post(upload))
             .route("/ping", post(|| async { Json(json!({"ok": true})) }))
             .with_state(called.clone());
-        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-        let addr = listener.local_addr()?;
-        tokio::spawn(async move { axum::serve(listener, app).await });
+        let addr = support::serve(app, false).await;
         Ok(Service { addr, called })
     }
 
@@ -1094,10 +873,10 @@ async fn upload(State(called): State<Called>, body: Bytes) -> Json<Value> {
 /// org-a (on the `send` runtime) and org-b (on the `recv` runtime), pinned both ways; org-b offers
 /// service 1 to org-a.
 struct Nodes {
+    a: support::Node,
+    b: support::Node,
     a_dir: PathBuf,
     a_api: SocketAddr,
-    stop: tokio::sync::watch::Sender<bool>,
-    tasks: Vec<tokio::task::JoinHandle<Result<(), NodeError>>>,
 }
 
 impl Nodes {
@@ -1113,36 +892,18 @@ impl Nodes {
             Some((a, b, a_to_b, b_to_a)) => (a, b, Some(a_to_b), Some(b_to_a)),
             None => (std::net::UdpSocket::bind("127.0.0.1:0")?, std::net::UdpSocket::bind("127.0.0.1:0")?, None, None),
         };
-        let sockets = |link| -> std::io::Result<Sockets> {
-            Ok(Sockets { api: std::net::TcpListener::bind("127.0.0.1:0")?, link })
-        };
-        let (a, b) = (sockets(a_link)?, sockets(b_link)?);
-        let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
-        let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
-        let (a_dir, b_dir) = (root.join("org-a"), root.join("org-b"));
-        init::init(&a_dir, "org-a", a_link, a_api)?;
-        init::init(&b_dir, "org-b", b_link, b_api)?;
-        let conf = |d: &Path| d.join("config/ferry.toml");
-        let cert = |d: &Path| d.join("certs/node.pem");
-        peer::add(&conf(&a_dir), "org-b", &a_to_b.unwrap_or(b_link).to_string(), &cert(&b_dir))?;
-        peer::add(&conf(&b_dir), "org-a", &b_to_a.unwrap_or(a_link).to_string(), &cert(&a_dir))?;
-        service::add(&conf(&b_dir), "1", &format!("http://{service}"), &["org-a".to_owned()])?;
-
-        let (stop, stopped) = tokio::sync::watch::channel(false);
-        let mut tasks = Vec::new();
-        for (d, sockets, rt) in [(&a_dir, a, &runtimes.send), (&b_dir, b, &runtimes.recv)] {
-            let config = Config::load(&conf(d))?;
-            let mut stopped = stopped.clone();
-            let shutdown = async move {
-                let _ = stopped.wait_for(|s| *s).await;
-            };
-            tasks.push(rt.spawn(node::run(config, sockets, shutdown)));
+        let api = || std::net::TcpListener::bind("127.0.0.1:0");
+        let mut a = support::Node::create_on(root, "org-a", api()?, a_link);
+        let mut b = support::Node::create_on(root, "org-b", api()?, b_link);
+        a.add_peer_at(&b, a_to_b.unwrap_or(b.link));
+        b.add_peer_at(&a, b_to_a.unwrap_or(a.link));
+        b.add_service("1", &format!("http://{service}"), &["org-a"]);
+        a.spawn_on(&runtimes.send);
+        b.spawn_on(&runtimes.recv);
+        for node in [&mut a, &mut b] {
+            node.serving(Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
         }
-        let client = reqwest::Client::builder().no_proxy().build()?;
-        for api in [a_api, b_api] {
-            common::wait_serving(&client, api).await?;
-        }
-        Ok(Nodes { a_dir, a_api, stop, tasks })
+        Ok(Nodes { a_dir: a.dir.clone(), a_api: a.api, a, b })
     }
 
     /// One request without a file, so that org-a has its connection to org-b before measuring.
@@ -1164,14 +925,10 @@ impl Nodes {
         bail!("the warm-up request never succeeded: {last}")
     }
 
-    async fn stop(self) {
-        let _ = self.stop.send(true);
-        for task in self.tasks {
-            match tokio::time::timeout(Duration::from_secs(15), task).await {
-                Ok(Ok(Ok(()))) => {}
-                Ok(Ok(Err(e))) => eprintln!("a node stopped with an error: {e}"),
-                Ok(Err(e)) => eprintln!("a node task failed: {e}"),
-                Err(_) => eprintln!("a node did not stop within 15 s"),
+    async fn stop(mut self) {
+        for node in [&mut self.a, &mut self.b] {
+            if let Err(e) = node.stop_within(Duration::from_secs(15)).await {
+                eprintln!("{e}");
             }
         }
     }
@@ -1288,8 +1045,7 @@ impl QuinnPair {
         });
         let connection = self.connection.clone();
         let sender = runtimes.send.spawn(async move {
-            let mut block = vec![0u8; PIECE];
-            fill(&mut block, 9);
+            let block = bytes(PIECE, 9);
             let t = Instant::now();
             let (mut tx, mut rx) = connection.open_bi().await?;
             let mut whole = Sha256::new();
@@ -1363,220 +1119,6 @@ impl QuinnPair {
 }
 
 // ---------------------------------------------------------------------------------------------
-// scp and rsync over ssh
-// ---------------------------------------------------------------------------------------------
-
-/// Finds `name` in `PATH` or in the usual sbin folders.
-fn which(name: &str) -> Option<PathBuf> {
-    let path = std::env::var_os("PATH").unwrap_or_default();
-    std::env::split_paths(&path)
-        .chain(["/usr/sbin", "/usr/local/sbin", "/sbin"].map(PathBuf::from))
-        .map(|d| d.join(name))
-        .find(|p| p.is_file())
-}
-
-/// Kills the child (started here) when dropped.
-struct Kill(Child);
-
-impl Drop for Kill {
-    fn drop(&mut self) {
-        let _ = self.0.kill();
-        let _ = self.0.wait();
-    }
-}
-
-fn is_root() -> bool {
-    Command::new("id").arg("-u").output().is_ok_and(|o| String::from_utf8_lossy(&o.stdout).trim() == "0")
-}
-
-/// Installs Debian `packages` with apt-get, non-interactively (after one `apt-get update` if the
-/// first attempt fails); why not, if it did not work.
-fn apt_install(packages: &[&str]) -> Result<(), String> {
-    if !is_root() {
-        return Err(format!("not root, so {} cannot be installed here", packages.join(" and ")));
-    }
-    let apt = which("apt-get").ok_or("no apt-get to install it with")?;
-    let install = || {
-        Command::new(&apt)
-            .args(["install", "-y", "-q", "--no-install-recommends"])
-            .args(packages)
-            .env("DEBIAN_FRONTEND", "noninteractive")
-            .stdin(Stdio::null())
-            .output()
-    };
-    eprintln!("  installing {} with apt-get", packages.join(", "));
-    let first = install().map_err(|e| format!("cannot run apt-get: {e}"))?;
-    if first.status.success() {
-        return Ok(());
-    }
-    let _ = Command::new(&apt)
-        .args(["update", "-q"])
-        .env("DEBIAN_FRONTEND", "noninteractive")
-        .stdin(Stdio::null())
-        .output();
-    let second = install().map_err(|e| format!("cannot run apt-get: {e}"))?;
-    if second.status.success() {
-        Ok(())
-    } else {
-        let err = String::from_utf8_lossy(&second.stderr);
-        Err(format!(
-            "apt-get install {} failed ({}): {}",
-            packages.join(" "),
-            second.status,
-            err.lines().rev().find(|l| !l.trim().is_empty()).unwrap_or("").trim()
-        ))
-    }
-}
-
-/// A throwaway sshd on a free loopback port, with a host key and one authorized client key
-/// generated into a temporary directory at run time; stopped (and the keys deleted) when dropped.
-struct Sshd {
-    port: u16,
-    /// The client's private key (in `dir`).
-    key: PathBuf,
-    user: String,
-    _sshd: Kill,
-    dir: tempfile::TempDir,
-}
-
-impl Sshd {
-    /// Makes sure sshd, ssh and scp are there (installing openssh-server and openssh-client if
-    /// sshd is missing) and starts sshd; why not, if it could not.
-    fn start(root: &Path) -> Result<Sshd, String> {
-        if which("sshd").is_none() || which("scp").is_none() || which("ssh").is_none() {
-            apt_install(&["openssh-server", "openssh-client"])?;
-        }
-        let sshd = which("sshd").ok_or("no sshd even after installing openssh-server")?;
-        let keygen = which("ssh-keygen").ok_or("no ssh-keygen")?;
-        // sshd refuses to start without its privilege separation directory.
-        let _ = std::fs::create_dir_all("/run/sshd");
-        let dir = tempfile::Builder::new().prefix("ssh-").tempdir_in(root).map_err(|e| e.to_string())?;
-        let d = dir.path();
-        for key in ["host_key", "user_key"] {
-            let status = Command::new(&keygen)
-                .args(["-q", "-t", "ed25519", "-N", "", "-f"])
-                .arg(d.join(key))
-                .stdin(Stdio::null())
-                .status()
-                .map_err(|e| format!("ssh-keygen: {e}"))?;
-            if !status.success() {
-                return Err(format!("ssh-keygen failed: {status}"));
-            }
-        }
-        std::fs::copy(d.join("user_key.pub"), d.join("authorized_keys")).map_err(|e| e.to_string())?;
-        let port =
-            std::net::TcpListener::bind("127.0.0.1:0").and_then(|l| l.local_addr()).map_err(|e| e.to_string())?.port();
-        let config = format!(
-            "Port {port}\nListenAddress 127.0.0.1\nHostKey {host}\nAuthorizedKeysFile {auth}\nPidFile {pid}\n\
-             StrictModes no\nUsePAM no\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n\
-             PubkeyAuthentication yes\nPermitRootLogin prohibit-password\nLogLevel ERROR\n\
-             Subsystem sftp internal-sftp\n",
-            host = d.join("host_key").display(),
-            auth = d.join("authorized_keys").display(),
-            pid = d.join("sshd.pid").display(),
-        );
-        std::fs::write(d.join("sshd_config"), config).map_err(|e| e.to_string())?;
-        let log = std::fs::File::create(d.join("sshd.log")).map_err(|e| e.to_string())?;
-        let child = Command::new(&sshd)
-            .arg("-D")
-            .arg("-e")
-            .arg("-f")
-            .arg(d.join("sshd_config"))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::from(log))
-            .spawn()
-            .map_err(|e| format!("cannot start sshd: {e}"))?;
-        let user = std::env::var("USER").ok().filter(|u| !u.is_empty()).unwrap_or_else(|| {
-            Command::new("id")
-                .arg("-un")
-                .output()
-                .map(|o| String::from_utf8_lossy(&o.stdout).trim().to_owned())
-                .unwrap_or_default()
-        });
-        let sshd = Sshd { port, key: d.join("user_key"), user, _sshd: Kill(child), dir };
-        let up = (0..250).any(|_| {
-            std::thread::sleep(Duration::from_millis(20));
-            std::net::TcpStream::connect(("127.0.0.1", port)).is_ok()
-        });
-        if !up {
-            return Err(format!("sshd did not listen on port {port}: {}", sshd.log()));
-        }
-        Ok(sshd)
-    }
-
-    fn log(&self) -> String {
-        std::fs::read_to_string(self.dir.path().join("sshd.log")).unwrap_or_default().trim().replace('\n', "; ")
-    }
-
-    /// The client options: the throwaway key only, no host key checks (the host key is new each
-    /// run), never a prompt.
-    fn options(&self) -> Vec<String> {
-        let mut o = vec!["-i".to_owned(), self.key.display().to_string()];
-        for opt in [
-            "StrictHostKeyChecking=no",
-            "UserKnownHostsFile=/dev/null",
-            "BatchMode=yes",
-            "IdentitiesOnly=yes",
-            "LogLevel=ERROR",
-        ] {
-            o.extend(["-o".to_owned(), opt.to_owned()]);
-        }
-        o
-    }
-
-    /// Copies `source` into the temporary directory with `tool` (`scp`, or `rsync -e ssh`), checks
-    /// the size that arrived and removes the copy; seconds.
-    fn copy(&self, tool: &str, source: &Path, size: u64) -> Result<f64, String> {
-        let dest = self.dir.path().join(format!("copy-{tool}.bin"));
-        let target = format!("{}@127.0.0.1:{}", self.user, dest.display());
-        let mut command = match tool {
-            "scp" => {
-                let mut c = Command::new(which("scp").ok_or("no scp")?);
-                c.args(["-q", "-P", &self.port.to_string()]).args(self.options()).arg(source).arg(&target);
-                c
-            }
-            "rsync" => {
-                let ssh = which("ssh").ok_or("no ssh")?;
-                let mut c = Command::new(which("rsync").ok_or("no rsync")?);
-                // --whole-file: the destination is new anyway; rsync's own checksums stay on.
-                c.args(["-q", "--whole-file", "-e"])
-                    .arg(format!("{} -p {} {}", ssh.display(), self.port, self.options().join(" ")))
-                    .arg(source)
-                    .arg(&target);
-                c
-            }
-            other => return Err(format!("unknown copy tool {other}")),
-        };
-        let t = Instant::now();
-        let output = command.stdin(Stdio::null()).output().map_err(|e| format!("cannot run {tool}: {e}"))?;
-        let secs = t.elapsed().as_secs_f64();
-        if !output.status.success() {
-            return Err(format!(
-                "{tool} failed ({}): {}; sshd: {}",
-                output.status,
-                String::from_utf8_lossy(&output.stderr).trim(),
-                self.log()
-            ));
-        }
-        let got = std::fs::metadata(&dest).map(|m| m.len()).unwrap_or(0);
-        let _ = std::fs::remove_file(&dest);
-        if got != size {
-            return Err(format!("{tool} copied {got} of {size} bytes"));
-        }
-        Ok(secs)
-    }
-}
-
-/// Whether rsync is there, installing it if not; why not, if it could not be.
-fn rsync_available() -> Result<(), String> {
-    if which("rsync").is_none() {
-        apt_install(&["rsync"])?;
-    }
-    which("rsync").map(|_| ()).ok_or_else(|| "no rsync even after installing it".into())
-}
-
-// ---------------------------------------------------------------------------------------------
 // 50 ms of RTT: two network namespaces joined by a veth pair, netem on each side
 // ---------------------------------------------------------------------------------------------
 
@@ -1586,125 +1128,11 @@ const ONE_WAY_DELAY_MS: u32 = 25;
 /// 1000 × 1.4 kB per 25 ms, far below what is measured.
 const NETEM_LIMIT: u32 = 200_000;
 
-fn run(program: &str, args: &[&str]) -> Result<(), String> {
-    let output = Command::new(program)
-        .args(args)
-        .stdin(Stdio::null())
-        .output()
-        .map_err(|e| format!("cannot run {program}: {e}"))?;
-    if output.status.success() {
-        Ok(())
-    } else {
-        Err(format!(
-            "`{program} {}` failed ({}): {}",
-            args.join(" "),
-            output.status,
-            String::from_utf8_lossy(&output.stderr).trim()
-        ))
-    }
-}
-
-/// Two network namespaces, `a` and `b`, joined by a veth pair whose ends have
-/// [`ONE_WAY_DELAY_MS`] of netem delay each; both namespaces (and with them the pair) are
-/// deleted when this is dropped, also when the bench panics.
-struct Namespaces {
-    a: String,
-    b: String,
-    a_ip: std::net::IpAddr,
-    b_ip: std::net::IpAddr,
-}
-
-impl Namespaces {
-    const PREFIX: &str = "ferry-bench-";
-
-    fn build() -> Result<Namespaces, String> {
-        which("ip").ok_or("no `ip` command (iproute2)")?;
-        which("tc").ok_or("no `tc` command (iproute2)")?;
-        Namespaces::remove_stale();
-        let pid = std::process::id();
-        let wan = Namespaces {
-            a: format!("{}{pid}-a", Namespaces::PREFIX),
-            b: format!("{}{pid}-b", Namespaces::PREFIX),
-            a_ip: "10.231.0.1".parse().unwrap(),
-            b_ip: "10.231.0.2".parse().unwrap(),
-        };
-        // Interface names: at most 15 bytes.
-        let (va, vb) = (format!("fb{}a", pid % 1_000_000), format!("fb{}b", pid % 1_000_000));
-        run("ip", &["netns", "add", &wan.a])?;
-        // From here on, dropping `wan` deletes what was made.
-        run("ip", &["netns", "add", &wan.b])?;
-        run("ip", &["link", "add", &va, "type", "veth", "peer", "name", &vb])?;
-        let delay = format!("{ONE_WAY_DELAY_MS}ms");
-        let limit = NETEM_LIMIT.to_string();
-        for (ns, dev, ip) in [(&wan.a, &va, wan.a_ip), (&wan.b, &vb, wan.b_ip)] {
-            if let Err(e) = run("ip", &["link", "set", dev, "netns", ns]) {
-                let _ = run("ip", &["link", "del", dev]);
-                return Err(e);
-            }
-            run("ip", &["-n", ns, "addr", "add", &format!("{ip}/24"), "dev", dev])?;
-            run("ip", &["-n", ns, "link", "set", dev, "up"])?;
-            run("ip", &["-n", ns, "link", "set", "lo", "up"])?;
-            if netem_off() {
-                continue; // a check of the namespace plumbing alone, without delay
-            }
-            run(
-                "ip",
-                &[
-                    "netns", "exec", ns, "tc", "qdisc", "add", "dev", dev, "root", "netem", "delay", &delay, "limit",
-                    &limit,
-                ],
-            )?;
-        }
-        Ok(wan)
-    }
-
-    /// Deletes namespaces left by an earlier run of this bench that was killed (its process gone).
-    fn remove_stale() {
-        let Ok(output) = Command::new("ip").args(["netns", "list"]).output() else { return };
-        for line in String::from_utf8_lossy(&output.stdout).lines() {
-            let Some(name) = line.split_whitespace().next() else { continue };
-            let Some(rest) = name.strip_prefix(Namespaces::PREFIX) else { continue };
-            let pid = rest.split('-').next().unwrap_or("");
-            if !pid.is_empty() && !Path::new("/proc").join(pid).exists() {
-                let _ = run("ip", &["netns", "del", name]);
-            }
-        }
-    }
-
-    /// A UDP socket bound to `port` (0: any) on `ip`, inside namespace `ns`: bound from a thread
-    /// that enters the namespace, so the rest of the bench (its HTTP, its service) stays on this
-    /// process's own loopback. A socket keeps the namespace it was made in.
-    fn udp(ns: &str, ip: std::net::IpAddr) -> anyhow::Result<std::net::UdpSocket> {
-        let path = Path::new("/run/netns").join(ns);
-        std::thread::spawn(move || -> anyhow::Result<std::net::UdpSocket> {
-            use std::os::fd::AsRawFd;
-            let file = std::fs::File::open(&path).with_context(|| format!("cannot open {}", path.display()))?;
-            // SAFETY: setns with a valid namespace file descriptor changes only this thread's
-            // network namespace; the thread ends right after binding.
-            if unsafe { libc::setns(file.as_raw_fd(), libc::CLONE_NEWNET) } != 0 {
-                return Err(std::io::Error::last_os_error()).context("setns into the bench's network namespace");
-            }
-            Ok(std::net::UdpSocket::bind(SocketAddr::new(ip, 0))?)
-        })
-        .join()
-        .map_err(|_| anyhow::anyhow!("the thread binding a socket in {ns} panicked"))?
-    }
-}
-
-impl Drop for Namespaces {
-    fn drop(&mut self) {
-        for ns in [&self.a, &self.b] {
-            if let Err(e) = run("ip", &["netns", "del", ns]) {
-                eprintln!("could not delete network namespace {ns}: {e}");
-            }
-        }
-    }
-}
-
-/// A path with 50 ms of RTT between two sockets: through network namespaces with netem, or, where
-/// the kernel has no netem, through a [`DelayRelay`] on loopback.
+/// A path with 50 ms of RTT between two sockets: through network namespaces with
+/// [`ONE_WAY_DELAY_MS`] of netem delay on each end of their link, or, where the kernel has no
+/// netem, through a [`DelayRelay`] on loopback.
 enum Wan {
-    Netem(Namespaces),
+    Netem(TestNet),
     Relay { why: String },
 }
 
@@ -1720,8 +1148,12 @@ struct WanLink {
 
 impl Wan {
     fn build() -> Result<Wan, String> {
-        match Namespaces::build() {
-            Ok(ns) => Ok(Wan::Netem(ns)),
+        let net = TestNet::create("fb", false)?;
+        if netem_off() {
+            return Ok(Wan::Netem(net)); // a check of the namespace plumbing alone, without delay
+        }
+        match net.netem(&format!("delay {ONE_WAY_DELAY_MS}ms limit {NETEM_LIMIT}")) {
+            Ok(()) => Ok(Wan::Netem(net)),
             Err(e) if e.contains("qdisc kind is unknown") => Ok(Wan::Relay { why: e }),
             Err(e) => Err(e),
         }
@@ -1744,103 +1176,21 @@ impl Wan {
 
     fn link(&self) -> anyhow::Result<WanLink> {
         match self {
-            Wan::Netem(ns) => {
-                let a = Namespaces::udp(&ns.a, ns.a_ip)?;
-                let b = Namespaces::udp(&ns.b, ns.b_ip)?;
+            Wan::Netem(net) => {
+                let (a, b) = (net.udp(0)?, net.udp(1)?);
                 let (a_to_b, b_to_a) = (b.local_addr()?, a.local_addr()?);
                 Ok(WanLink { a, b, a_to_b, b_to_a, _relay: None })
             }
             Wan::Relay { .. } => {
                 let a = std::net::UdpSocket::bind("127.0.0.1:0")?;
                 let b = std::net::UdpSocket::bind("127.0.0.1:0")?;
-                let relay = DelayRelay::start(a.local_addr()?, b.local_addr()?)?;
+                let relay = DelayRelay::start(
+                    a.local_addr()?,
+                    b.local_addr()?,
+                    Duration::from_millis(ONE_WAY_DELAY_MS.into()),
+                )?;
                 Ok(WanLink { a, b, a_to_b: relay.to_b, b_to_a: relay.to_a, _relay: Some(relay) })
             }
-        }
-    }
-}
-
-/// Datagrams between `a` and `b` on loopback, each held [`ONE_WAY_DELAY_MS`] before it is passed
-/// on: `a` sends to `to_b`, `b` to `to_a`. Per direction one thread receives (with GRO, so a
-/// call takes up to 64 datagrams) and one sends when due (with GSO); the queue between them is
-/// unbounded, as a long wire is. Stopped when dropped.
-struct DelayRelay {
-    to_b: SocketAddr,
-    to_a: SocketAddr,
-    stop: Arc<AtomicBool>,
-    threads: Vec<std::thread::JoinHandle<()>>,
-}
-
-impl DelayRelay {
-    fn start(a: SocketAddr, b: SocketAddr) -> anyhow::Result<DelayRelay> {
-        let delay = Duration::from_millis(ONE_WAY_DELAY_MS.into());
-        let from_a = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0")?);
-        let from_b = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0")?);
-        let stop = Arc::new(AtomicBool::new(false));
-        let mut relay =
-            DelayRelay { to_b: from_a.local_addr()?, to_a: from_b.local_addr()?, stop: stop.clone(), threads: vec![] };
-        for (input, output, destination) in [(&from_a, &from_b, b), (&from_b, &from_a, a)] {
-            let state = Arc::new(quinn::udp::UdpSocketState::new((&**input).into())?);
-            let out_state = Arc::new(quinn::udp::UdpSocketState::new((&**output).into())?);
-            for (st, sock) in [(&state, input), (&out_state, output)] {
-                let _ = st.set_recv_buffer_size((&**sock).into(), 16 << 20);
-                let _ = st.set_send_buffer_size((&**sock).into(), 16 << 20);
-            }
-            input.set_read_timeout(Some(Duration::from_millis(50)))?;
-            let (queue, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>, usize)>();
-            let (input, stop_in) = (input.clone(), stop.clone());
-            relay.threads.push(std::thread::Builder::new().name("relay-in".into()).spawn(move || {
-                // Room for as many datagrams as GRO may coalesce, however large.
-                let mut buf = vec![0u8; state.gro_segments().max(1) * 65_536];
-                let mut meta = [quinn::udp::RecvMeta::default()];
-                while !stop_in.load(Ordering::Relaxed) {
-                    let got = state.recv((&*input).into(), &mut [std::io::IoSliceMut::new(&mut buf)], &mut meta);
-                    match got {
-                        Ok(n) if n > 0 => {
-                            let m = meta[0];
-                            if queue.send((Instant::now() + delay, buf[..m.len].to_vec(), m.stride)).is_err() {
-                                return;
-                            }
-                        }
-                        Ok(_) => {}
-                        Err(e) if matches!(e.kind(), std::io::ErrorKind::WouldBlock | std::io::ErrorKind::TimedOut) => {
-                        }
-                        Err(_) => return,
-                    }
-                }
-            })?);
-            let output = output.clone();
-            relay.threads.push(std::thread::Builder::new().name("relay-out".into()).spawn(move || {
-                // Ends when the receiving thread does (the queue's sender is dropped).
-                while let Ok((at, bytes, stride)) = due.recv() {
-                    if let Some(wait) = at.checked_duration_since(Instant::now()) {
-                        std::thread::sleep(wait);
-                    }
-                    let stride = stride.max(1);
-                    let batch = stride * out_state.max_gso_segments().max(1);
-                    for part in bytes.chunks(batch) {
-                        let transmit = quinn::udp::Transmit {
-                            destination,
-                            ecn: None,
-                            contents: part,
-                            segment_size: (part.len() > stride).then_some(stride),
-                            src_ip: None,
-                        };
-                        // A datagram lost here is lost as on a wire; QUIC resends it.
-                        let _ = out_state.send((&*output).into(), &transmit);
-                    }
-                }
-            })?);
-        }
-        Ok(relay)
-    }
-}
-
-impl Drop for DelayRelay {
-    fn drop(&mut self) {
-        self.stop.store(true, Ordering::Relaxed);
-        for t in self.threads.drain(..) {
-            let _ = t.join();
         }
     }
 }

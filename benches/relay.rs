@@ -41,20 +41,19 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use axum::routing::get;
-use axum::serve::ListenerExt;
 use axum::{Json, Router};
 use bytes::Bytes;
 use serde::Deserialize;
 use serde_json::json;
 
 use ferry::config::Config;
-use ferry::node::{self, NodeError, Sockets};
 
-#[path = "common/mod.rs"]
-mod common;
-use common::{
-    added_pct, check_evidence, configure_pair, cost_pct, judge_cost, load_average, machine_busy, pass, pct, proc_cpu,
-    render, rounds, thousands, Evidence, RoundCosts, TARGET_EVIDENCE_COST_PCT,
+#[path = "../tests/support/mod.rs"]
+mod support;
+use support::cpu::{load_average, Snapshot};
+use support::report::{
+    added_pct, check_evidence, cost_pct, judge_cost, pass, pct, render, rounds, set_evidence, thousands, Evidence,
+    RoundCosts, TARGET_EVIDENCE_COST_PCT,
 };
 
 /// The relay may add at most this much to the p50 latency with one caller.
@@ -540,90 +539,68 @@ async fn measure(
     let cpu_before = sampler.await.ok().flatten();
     let (mut cpu_s, mut cpu_by_component, mut others_s) = (None, BTreeMap::new(), None);
     if let (Some(before), Some(after)) = (cpu_before, cpu_after) {
-        let ours = after.ours() - before.ours();
+        cpu_by_component = after.since(&before);
+        let ours: f64 = cpu_by_component.values().sum();
         cpu_s = Some(ours);
-        cpu_by_component =
-            after.threads.iter().map(|(k, v)| (k.clone(), v - before.threads.get(k).copied().unwrap_or(0.0))).collect();
-        others_s = after.machine_busy.zip(before.machine_busy).map(|(a, b)| (a - b - ours).max(0.0));
+        others_s = after.ours.others_since(&before.ours, ours);
     }
     Slice { latencies_ns: latencies, errors, first_error, elapsed_s, cpu_s, cpu_by_component, others_s }
 }
 
-/// CPU seconds (user + system) used so far.
+/// The CPU clocks of this process and of the `ferry run` processes running.
 struct CpuTimes {
-    /// By this process's threads, by component (thread name); threads that have exited under "other".
-    threads: BTreeMap<String, f64>,
-    /// By the whole machine, every process.
-    machine_busy: Option<f64>,
+    ours: Snapshot,
+    /// Each node process (its component name) and its clocks.
+    nodes: Vec<(&'static str, Snapshot)>,
 }
 
 impl CpuTimes {
-    fn ours(&self) -> f64 {
-        self.threads.values().sum()
+    /// CPU seconds used since `before`, by component: this process's threads by runtime (they are
+    /// named `b-<component>`; the nodes' store writers `ferry-store`; the rest, also the threads
+    /// that ended, "other"), and each node process, its store writers apart.
+    fn since(&self, before: &CpuTimes) -> BTreeMap<String, f64> {
+        let ours = |_: u64, name: &str| match name.strip_prefix("b-") {
+            Some(component) => component.to_owned(),
+            None if name == "ferry-store" => "store".to_owned(),
+            None => "other".to_owned(),
+        };
+        let mut by = self.ours.by_group(&before.ours, ours, "other");
+        for (component, after) in &self.nodes {
+            let Some((_, earlier)) = before.nodes.iter().find(|(c, _)| c == component) else { continue };
+            let node = |_: u64, name: &str| if name == "ferry-store" { "store" } else { component }.to_owned();
+            for (k, v) in after.by_group(earlier, node, component) {
+                *by.entry(k).or_insert(0.0) += v;
+            }
+        }
+        by
     }
 }
 
 /// The CPU clocks from `/proc`; `None` where there is no `/proc`.
 fn cpu_times() -> Option<CpuTimes> {
-    let process = proc_cpu("/proc/self/stat")?.1;
-    let mut threads = BTreeMap::new();
-    let mut live = 0.0;
-    for task in std::fs::read_dir("/proc/self/task").ok()?.flatten() {
-        if let Some((name, cpu)) = proc_cpu(task.path().join("stat")) {
-            live += cpu;
-            // The runtimes' threads are named `b-<component>`, the nodes' store writers
-            // `ferry-store`; the rest (the main thread) is "other".
-            let name = match name.strip_prefix("b-") {
-                Some(component) => component,
-                None if name == "ferry-store" => "store",
-                None => "other",
-            };
-            *threads.entry(name.to_owned()).or_insert(0.0) += cpu;
-        }
-    }
-    *threads.entry("other".into()).or_insert(0.0) += (process - live).max(0.0);
-    // `ferry run` processes: their store writers apart, the rest as the node.
-    for &(component, pid) in NODE_PROCESSES.lock().unwrap().iter() {
-        let Some((_, total)) = proc_cpu(format!("/proc/{pid}/stat")) else { continue };
-        let store: f64 = std::fs::read_dir(format!("/proc/{pid}/task"))
-            .into_iter()
-            .flatten()
-            .flatten()
-            .filter_map(|task| proc_cpu(task.path().join("stat")))
-            .filter(|(name, _)| name == "ferry-store")
-            .map(|(_, cpu)| cpu)
-            .sum();
-        *threads.entry("store".into()).or_insert(0.0) += store;
-        *threads.entry(component.into()).or_insert(0.0) += (total - store).max(0.0);
-    }
-    Some(CpuTimes { threads, machine_busy: machine_busy() })
+    let nodes = NODE_PROCESSES.lock().unwrap().iter().filter_map(|&(c, pid)| Some((c, Snapshot::of(pid)?))).collect();
+    Some(CpuTimes { ours: Snapshot::now()?, nodes })
 }
 
 /// org-b's service: `GET /ping` answers `{"ok":true}`.
 async fn ping_service() -> anyhow::Result<SocketAddr> {
     let app = Router::new().route("/ping", get(|| async { Json(json!({"ok": true})) }));
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    let listener = listener.tap_io(|tcp| {
-        let _ = tcp.set_nodelay(true);
-    });
-    tokio::spawn(async move { axum::serve(listener, app).await });
-    Ok(addr)
+    Ok(support::serve(app, true).await)
 }
 
 /// org-a and org-b, running, pinned both ways; org-b offers service 1 (the ping service) to org-a.
 struct Nodes {
-    dir: tempfile::TempDir,
+    _dir: tempfile::TempDir,
     a_api: SocketAddr,
     running: Running,
 }
 
 /// How a pair of nodes runs.
 enum Running {
-    /// As tasks of this process, until `stop` says so.
-    Tasks { stop: tokio::sync::watch::Sender<bool>, tasks: Vec<tokio::task::JoinHandle<Result<(), NodeError>>> },
-    /// As `ferry run` processes, until SIGTERM.
-    Processes(Vec<std::process::Child>),
+    /// As tasks of this process.
+    Tasks(support::Node, support::Node),
+    /// As `ferry run` processes.
+    Processes(support::process::Node, support::process::Node),
 }
 
 /// The `ferry run` processes running (component, pid), for [`cpu_times`].
@@ -637,118 +614,54 @@ impl Nodes {
         evidence: Evidence,
     ) -> anyhow::Result<Nodes> {
         let dir = tempfile::tempdir()?;
-        let sockets = || -> std::io::Result<Sockets> {
-            Ok(Sockets {
-                api: std::net::TcpListener::bind("127.0.0.1:0")?,
-                link: std::net::UdpSocket::bind("127.0.0.1:0")?,
-            })
+        let service_url = format!("http://{service}");
+        let evidence_as_asked = |config: &std::path::Path| -> anyhow::Result<()> {
+            set_evidence(config, evidence)?;
+            check_evidence(&Config::load(config)?, evidence)
         };
-        let addresses = |s: &Sockets| -> std::io::Result<(SocketAddr, SocketAddr)> {
-            Ok((s.link.local_addr()?, s.api.local_addr()?))
-        };
-        let (a, b) = (sockets()?, sockets()?);
-        let ((a_link, a_api), (b_link, b_api)) = (addresses(&a)?, addresses(&b)?);
-        let (a_conf, b_conf) =
-            configure_pair(dir.path(), (a_link, a_api), (b_link, b_api), &format!("http://{service}"), evidence)?;
-        for conf in [&a_conf, &b_conf] {
-            check_evidence(&Config::load(conf)?, evidence)?;
-        }
-
         let running = if layout == Layout::Processes {
-            // The processes bind the same addresses once these sockets are closed.
-            drop((a, b));
-            let mut children = Vec::new();
-            for (component, conf) in [("node-a", &a_conf), ("node-b", &b_conf)] {
-                let log = std::fs::File::create(dir.path().join(format!("{component}.log")))?;
-                let child = std::process::Command::new(env!("CARGO_BIN_EXE_ferry"))
-                    .arg("run")
-                    .arg("--config")
-                    .arg(conf)
-                    .env("RUST_LOG", "warn")
-                    .stdin(std::process::Stdio::null())
-                    .stdout(std::process::Stdio::null())
-                    .stderr(log)
-                    .spawn()
-                    .context("cannot start `ferry run`")?;
-                NODE_PROCESSES.lock().unwrap().push((component, child.id()));
-                children.push(child);
+            let (mut a, mut b) = support::process::two_nodes(dir.path(), &service_url);
+            for (component, node) in [("node-a", &mut a), ("node-b", &mut b)] {
+                evidence_as_asked(&node.config)?;
+                node.rust_log = "warn".into();
+                node.start().await;
+                NODE_PROCESSES.lock().unwrap().push((component, node.pid().context("no pid")?));
             }
-            Running::Processes(children)
+            Running::Processes(a, b)
         } else {
-            let (stop, stopped) = tokio::sync::watch::channel(false);
-            let mut tasks = Vec::new();
-            let handles = runtimes.map(|r| [r.node_a.handle().clone(), r.node_b.handle().clone()]);
-            for (i, (conf, sockets)) in [(&a_conf, a), (&b_conf, b)].into_iter().enumerate() {
-                let mut stopped = stopped.clone();
-                let shutdown = async move {
-                    let _ = stopped.wait_for(|s| *s).await;
-                };
-                let run = node::run(Config::load(conf)?, sockets, shutdown);
-                tasks.push(match &handles {
-                    Some(h) => h[i].spawn(run),
-                    None => tokio::spawn(run),
-                });
+            let (mut a, mut b) = support::node::two_nodes(dir.path(), &service_url);
+            let current = tokio::runtime::Handle::current();
+            let (on_a, on_b) = match runtimes {
+                Some(r) => (r.node_a.handle().clone(), r.node_b.handle().clone()),
+                None => (current.clone(), current),
+            };
+            for (node, runtime) in [(&mut a, &on_a), (&mut b, &on_b)] {
+                evidence_as_asked(&node.config_path)?;
+                node.spawn_on(runtime);
             }
-            Running::Tasks { stop, tasks }
+            for node in [&mut a, &mut b] {
+                node.serving(Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
+            }
+            Running::Tasks(a, b)
         };
-        let nodes = Nodes { dir, a_api, running };
-        let client = reqwest::Client::builder().no_proxy().build()?;
-        for api in [a_api, b_api] {
-            if let Err(e) = common::wait_serving(&client, api).await {
-                let logs = nodes.logs();
-                nodes.stop().await;
-                return Err(e.context(logs));
-            }
-        }
-        Ok(nodes)
-    }
-
-    /// What the node processes logged (warnings and errors).
-    fn logs(&self) -> String {
-        ["node-a", "node-b"]
-            .iter()
-            .filter_map(|c| std::fs::read_to_string(self.dir.path().join(format!("{c}.log"))).ok())
-            .collect::<Vec<_>>()
-            .join("\n")
+        let a_api = match &running {
+            Running::Tasks(a, _) => a.api,
+            Running::Processes(a, _) => a.api,
+        };
+        Ok(Nodes { _dir: dir, a_api, running })
     }
 
     async fn stop(self) {
         match self.running {
-            Running::Tasks { stop, tasks } => {
-                let _ = stop.send(true);
-                for task in tasks {
-                    match tokio::time::timeout(Duration::from_secs(10), task).await {
-                        Ok(Ok(Ok(()))) => {}
-                        Ok(Ok(Err(e))) => eprintln!("a node stopped with an error: {e}"),
-                        Ok(Err(e)) => eprintln!("a node task failed: {e}"),
-                        Err(_) => eprintln!("a node did not stop within 10 s"),
-                    }
-                }
+            Running::Tasks(mut a, mut b) => {
+                a.stop().await;
+                b.stop().await;
             }
-            Running::Processes(children) => {
-                NODE_PROCESSES.lock().unwrap().retain(|(_, pid)| children.iter().all(|c| c.id() != *pid));
-                for child in &children {
-                    // SAFETY: kill(2) on a child this process started and has not reaped.
-                    unsafe { libc::kill(child.id() as libc::pid_t, libc::SIGTERM) };
-                }
-                for mut child in children {
-                    let deadline = Instant::now() + Duration::from_secs(10);
-                    loop {
-                        match child.try_wait() {
-                            Ok(Some(status)) if status.success() => break,
-                            Ok(Some(status)) => break eprintln!("a node process exited with {status}"),
-                            Ok(None) if Instant::now() < deadline => {
-                                tokio::time::sleep(Duration::from_millis(20)).await
-                            }
-                            _ => {
-                                eprintln!("a node process did not stop within 10 s");
-                                let _ = child.kill();
-                                let _ = child.wait();
-                                break;
-                            }
-                        }
-                    }
-                }
+            Running::Processes(mut a, mut b) => {
+                let pids = [a.pid(), b.pid()];
+                NODE_PROCESSES.lock().unwrap().retain(|(_, pid)| !pids.contains(&Some(*pid)));
+                a.stop().await;
+                b.stop().await;
             }
         }
     }

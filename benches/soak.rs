@@ -43,13 +43,10 @@
 //! | `FERRY_SOAK_SEED` | the clock | the seed of the request mix, sizes, delays and stop kinds (timing is not replayed) |
 //! | `FERRY_SOAK_KEEP` | unset | keep the nodes' directory (its path is printed) |
 
-mod common;
-#[path = "../tests/common/process.rs"]
-#[allow(dead_code)]
-mod process;
+#[path = "../tests/support/mod.rs"]
+mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
-use std::io::Read as _;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -59,12 +56,13 @@ use axum::body::Bytes;
 use axum::extract::State;
 use axum::http::{HeaderMap, StatusCode, Uri};
 use axum::response::IntoResponse;
-use common::{child_pid, mib, pass, proc_usage, render, thousands, ProcUsage};
-use process::{http, make_file_seeded, two_nodes, Node, INTERRUPTED};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
-use sha2::{Digest, Sha256};
+use support::cpu::{proc_usage, ProcUsage};
+use support::files::{make_file_seeded, try_sha_of};
+use support::process::{http, two_nodes, Node, INTERRUPTED};
+use support::report::{mib, pass, render, thousands};
 use tokio::time::Instant;
 
 /// Posts in flight at most; a tick past it is skipped (counted).
@@ -247,17 +245,7 @@ impl Soak {
 
 /// The SHA-256 in hex of the file at `path`, read off the async threads.
 async fn file_sha(path: PathBuf) -> std::io::Result<String> {
-    tokio::task::spawn_blocking(move || {
-        let mut file = std::fs::File::open(path)?;
-        let (mut hasher, mut buf) = (Sha256::new(), vec![0u8; 1 << 20]);
-        loop {
-            match file.read(&mut buf)? {
-                0 => return Ok(hex::encode(hasher.finalize())),
-                n => hasher.update(&buf[..n]),
-            }
-        }
-    })
-    .await?
+    tokio::task::spawn_blocking(move || try_sha_of(&path)).await?
 }
 
 /// Checks the file at `path` against `want`, then deletes it (and its folder, when that is a
@@ -379,14 +367,6 @@ async fn callback(State(soak): State<Arc<Soak>>, uri: Uri, body: Bytes) -> impl 
     }
     soak.callbacks.lock().unwrap().entry(id).or_default().push(Delivery { seq, end, at: Instant::now() });
     StatusCode::OK
-}
-
-/// Serves `router` on a free loopback port; its base URL.
-async fn serve(router: axum::Router) -> anyhow::Result<String> {
-    let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await?;
-    let addr = listener.local_addr()?;
-    tokio::spawn(async move { axum::serve(listener, router).await });
-    Ok(format!("http://{addr}"))
 }
 
 // ---------------------------------------------------------------------------------------------
@@ -530,7 +510,7 @@ impl Watched {
 
     async fn launch(&mut self) {
         self.node.start().await;
-        self.pid = child_pid(&self.node.config);
+        self.pid = self.node.pid();
         assert!(self.pid.is_some(), "cannot find the pid of {}'s `ferry run`", self.node.name);
         self.started = Instant::now();
         self.run_peak_kib = 0;
@@ -616,7 +596,7 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
     let traffic = Duration::from_secs_f64(settings.minutes * 60.0);
     let settle = Duration::from_secs_f64(settings.settle_s);
     let t0 = Instant::now();
-    let service_addr = process::free_tcp();
+    let service_addr = support::free_tcp();
     let (a, b) = two_nodes(root.path(), &format!("http://{service_addr}"));
     let soak = Arc::new(Soak {
         seed,
@@ -640,7 +620,10 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
     let listener = tokio::net::TcpListener::bind(service_addr).await?;
     let service_app = axum::Router::new().fallback(service).with_state(soak.clone());
     tokio::spawn(async move { axum::serve(listener, service_app).await });
-    let callbacks = serve(axum::Router::new().fallback(callback).with_state(soak.clone())).await?;
+    let callbacks = format!(
+        "http://{}",
+        support::serve(axum::Router::new().fallback(callback).with_state(soak.clone()), false).await
+    );
     let callbacks_port: u16 = callbacks.rsplit(':').next().and_then(|p| p.parse().ok()).unwrap_or(0);
 
     let (a_api, a_outbox) = (a.url(""), a.dir.join("outbox"));
@@ -730,7 +713,7 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
     // Idle HTTP connections stay pooled 90 s (reqwest's default), swept at most as often: wait
     // (at most IDLE) until both nodes are back to their descriptors at start.
     let idle = Instant::now();
-    let _ = process::try_until(IDLE, async || {
+    let _ = support::try_until(IDLE, async || {
         let back = |w: &Watched, at: &Snapshot| w.pid.and_then(proc_usage).is_some_and(|u| u.fds <= at.usage.fds);
         if back(&a, &start[0]) && back(&b, &start[1]) {
             Ok(())
@@ -756,7 +739,7 @@ async fn soak(settings: Settings) -> anyhow::Result<()> {
 /// Waits (at most `within`) until neither node has a request waiting or doing, org-a has no
 /// callback pending and the reply driver has nothing left to post; or why not.
 async fn settle_wait(soak: &Soak, a: &Node, b: &Node, within: Duration) -> Result<(), String> {
-    process::try_until(within, async || {
+    support::try_until(within, async || {
         let (sa, sb) = (a.get("/v1/stats").await?, b.get("/v1/stats").await?);
         let open = |s: &Value, direction: &str| s[direction]["waiting"].as_u64().unwrap_or(0) + s[direction]["doing"].as_u64().unwrap_or(0);
         let (out_a, in_b, cb) = (open(&sa, "outgoing"), open(&sb, "incoming"), sa["callbacks_pending"].as_u64().unwrap_or(0));
@@ -1082,7 +1065,7 @@ fn print_report(
             Err(open) => format!(" (NOT settled within {} s: {open})", settings.settle_s),
         },
         settings.seed,
-        common::load_average(),
+        support::cpu::load_average(),
     );
     let stops: Vec<String> = restarts
         .iter()

@@ -50,14 +50,18 @@
 //!
 //! Outside `src/`: `tests/` (end-to-end tests with real nodes on loopback, in process or as
 //! `ferry run` processes; the fault suite, property tests, the load test, the browser test of the
-//! console, `contract.rs` holding `docs/API.md` to the code), `benches/` and `bench/compare.sh`
-//! (`BENCHMARKS.md`), `config/` (example configs), `certs/` (certificate exchange), `systemd/`
-//! (the unit), `docs/`, and `.ci/run`, what CI runs: `cargo fmt --check`, `cargo clippy
-//! --all-targets -- -D warnings`, `cargo doc` with its links checked, then `cargo test` with `CI=true` after `.ci/setup-browser`
-//! (Chromium for `tests/console.rs`). Under CI a test that cannot run for want of a tool fails
-//! with the reason instead of skipping; the fault suite's lossy phase uses `tc netem` in network
-//! namespaces where the kernel has it, else a seeded userspace UDP relay on loopback
-//! (`tests/common/lossy.rs`: 5% of datagrams dropped each way, 25 ms delay each way).
+//! console, the command line's tests one file per command (`cli_*.rs`), `contract.rs` holding
+//! `docs/API.md` to the code), `tests/support/` (the one harness tests and benches share: nodes in
+//! process and as processes, the recording service, CPU samplers, network namespaces, the lossy
+//! relay), `benches/` (ferry alone; `cargo bench` installs nothing) and `bench/compare.sh` (ferry
+//! against nginx, scp and rsync, which it installs) (`BENCHMARKS.md`), `config/` (example
+//! configs), `certs/` (certificate exchange), `systemd/` (the unit), `docs/`, and `.ci/run`, what
+//! CI runs: `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`, `cargo doc` with its
+//! links checked, then `cargo test` with `CI=true` after `.ci/setup-browser` (Chromium for
+//! `tests/console.rs`). Under CI a test that cannot run for want of a tool fails with the reason
+//! instead of skipping; the fault suite's lossy phase uses `tc netem` in network namespaces where
+//! the kernel has it, else a seeded userspace UDP relay on loopback (`tests/support/lossy.rs`: 5%
+//! of datagrams dropped each way, 25 ms delay each way).
 
 pub mod api;
 pub mod backoff;

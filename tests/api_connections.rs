@@ -1,13 +1,13 @@
 //! The API's connections (issue 19): a cap on how many are open, with a 503 past it; a deadline
 //! for each request head; and a node that goes on exchanging with its peers while its API is full.
 
-mod common;
+mod support;
 
 use std::net::SocketAddr;
 use std::time::{Duration, Instant};
 
-use common::Node;
 use serde_json::{json, Value};
+use support::Node;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::TcpStream;
 
@@ -72,11 +72,11 @@ async fn closed(stream: &mut TcpStream) -> Duration {
 
 #[tokio::test]
 async fn past_the_cap_a_connection_gets_503_and_the_node_goes_on_with_its_peers() {
-    let mut p = common::unstarted_pair().await;
+    let mut p = support::unstarted_pair().await;
     // The half-sent connections outlive the test: only the cap lets go of them.
     limit_api(&p.b, 4, "60s");
     p.start().await;
-    let common::Pair { root: _root, mut a, mut b, service } = p;
+    let support::Pair { root: _root, mut a, mut b, service } = p;
 
     let (held, refusal) = fill(b.api, 4).await;
     assert_eq!(refusal["code"], 503, "{refusal}");

@@ -1,14 +1,14 @@
 //! Asynchronous requests between two real nodes: states, replies, callbacks, store-and-forward,
 //! monitoring and events.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{client, pair, Node, Pair, Recorder};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use support::{client, pair, Node, Pair, Recorder};
 use tokio_tungstenite::tungstenite::Message;
 
 const WITHIN: Duration = Duration::from_secs(10);
@@ -28,12 +28,6 @@ async fn accepted(node: &Node, body: Value) -> String {
     env["data"]["id"].as_str().unwrap().to_owned()
 }
 
-/// The callback fields a delivery carried (urlencoded body or query string).
-fn fields(seen: &common::Seen) -> std::collections::HashMap<String, String> {
-    let text = if seen.method == "GET" { seen.query.clone().unwrap_or_default() } else { seen.body.clone() };
-    serde_urlencoded::from_str(&text).unwrap()
-}
-
 #[tokio::test]
 async fn an_async_request_is_answered_by_the_services_response_and_called_back() {
     let p = pair().await;
@@ -50,7 +44,7 @@ async fn an_async_request_is_answered_by_the_services_response_and_called_back()
     let calls = host.wait_for(1, WITHIN).await;
     assert_eq!(calls.len(), 1, "one result, one delivery");
     assert_eq!(calls[0].method, "POST");
-    let f = fields(&calls[0]);
+    let f = calls[0].fields();
     assert_eq!(f["id"], id);
     assert_eq!(f["seq"], "1");
     assert_eq!(f["end"], "true");
@@ -117,10 +111,10 @@ async fn replies_arrive_in_order_and_end_the_request() {
     assert_eq!(replies[1]["end"], true);
 
     let calls = host.wait_for(2, WITHIN).await;
-    let seqs: Vec<_> = calls.iter().map(|c| fields(c)["seq"].clone()).collect();
+    let seqs: Vec<_> = calls.iter().map(|c| c.fields()["seq"].clone()).collect();
     assert_eq!(seqs, ["1", "2"]);
-    assert_eq!(fields(&calls[0])["end"], "false");
-    assert_eq!(fields(&calls[1])["data"], r#"{"part":2}"#);
+    assert_eq!(calls[0].fields()["end"], "false");
+    assert_eq!(calls[1].fields()["data"], r#"{"part":2}"#);
 
     // The request is finished: more replies are refused, as are unknown ids.
     let (status, env) = p.b.post("/v1/replies", json!({"callback_id": callback_id, "data": 3})).await;
@@ -143,7 +137,7 @@ async fn an_error_reply_fails_the_request_with_its_reason() {
     let status = p.a.wait_state(&id, "failed", WITHIN).await;
     assert_eq!(status["error"], "no such user", "{status}");
     let calls = host.wait_for(1, WITHIN).await;
-    let f = fields(&calls[0]);
+    let f = calls[0].fields();
     assert_eq!(f["error"], "no such user");
     assert_eq!(f["end"], "true");
 }
@@ -156,7 +150,7 @@ async fn a_failing_service_or_a_refusing_peer_fails_the_request() {
     let status = p.a.wait_state(&id, "failed", WITHIN).await;
     assert!(status["error"].as_str().unwrap().contains("500"), "{status}");
     assert_eq!(status["response"]["status"], 500);
-    let f = fields(&host.wait_for(1, WITHIN).await[0]);
+    let f = host.wait_for(1, WITHIN).await[0].fields();
     assert_eq!(f["status"], "500");
 
     let mut body = async_req("/x", &host, false);
@@ -165,7 +159,7 @@ async fn a_failing_service_or_a_refusing_peer_fails_the_request() {
     let status = p.a.wait_state(&id, "failed", WITHIN).await;
     assert!(status["error"].as_str().unwrap().contains("no service"), "{status}");
     let calls = host.wait_for(2, WITHIN).await;
-    assert!(fields(&calls[1])["error"].contains("no service"));
+    assert!(calls[1].fields()["error"].contains("no service"));
 }
 
 #[tokio::test]
@@ -177,7 +171,7 @@ async fn a_callback_receiver_that_fails_is_retried() {
     let id = accepted(&p.a, body).await;
     let calls = host.wait_for(3, WITHIN).await;
     assert_eq!(calls.len(), 3, "two failures, then delivered");
-    assert!(calls.iter().all(|c| c.method == "GET" && fields(c)["id"] == id));
+    assert!(calls.iter().all(|c| c.method == "GET" && c.fields()["id"] == id));
     tokio::time::sleep(Duration::from_millis(200)).await;
     let status = p.a.wait_state(&id, "success", WITHIN).await;
     assert_eq!(status["callback"]["delivered"], true, "{status}");
@@ -220,7 +214,7 @@ async fn a_request_past_its_ttl_expires_and_says_so() {
     let id = accepted(&p.a, body).await;
     let status = p.a.wait_state(&id, "failed", WITHIN).await;
     assert!(status["error"].as_str().unwrap().starts_with("expired"), "{status}");
-    let f = fields(&host.wait_for(1, WITHIN).await[0]);
+    let f = host.wait_for(1, WITHIN).await[0].fields();
     assert!(f["error"].starts_with("expired"));
 }
 

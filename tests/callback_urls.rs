@@ -2,13 +2,13 @@
 //! `api.callback_hosts` only; no credentials, no other schemes; and credentials stored before
 //! they were refused never shown.
 
-mod common;
+mod support;
 
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{pair, Node, Recorder};
 use serde_json::{json, Value};
+use support::{pair, Node, Recorder};
 
 const WITHIN: Duration = Duration::from_secs(15);
 

@@ -5,7 +5,7 @@
 //! test fails under CI (`CI` set, as `.ci/run` sets it) and elsewhere says so on stderr and passes
 //! without running (set `CHROMIUM` to a binary to choose one).
 
-mod common;
+mod support;
 
 use std::io::{BufRead, Write};
 use std::path::{Path, PathBuf};
@@ -17,20 +17,16 @@ use serde_json::{json, Value};
 use tokio_tungstenite::tungstenite::client::IntoClientRequest;
 use tokio_tungstenite::tungstenite::Message;
 
-use common::{client, Node, Recorder};
+use support::{client, Node, Recorder};
 
 const TOKEN: &str = "console-test-token-0123456789";
 const FILE_SIZE: u64 = 400 << 20;
 
-/// Two started nodes as in `common::pair`, but org-b requires `TOKEN` and a 2 s heartbeat.
+/// Two started nodes as in `support::pair`, but org-b requires `TOKEN` and a 2 s heartbeat.
 async fn pair_with_token() -> (tempfile::TempDir, Node, Node, Recorder) {
     let service = Recorder::start().await;
     let root = tempfile::tempdir().unwrap();
-    let mut a = Node::create(root.path(), "org-a");
-    let mut b = Node::create(root.path(), "org-b");
-    a.add_peer(&b);
-    b.add_peer(&a);
-    b.add_service("1", &service.base_url(), &["org-a"]);
+    let (mut a, mut b) = support::node::two_nodes(root.path(), &service.base_url());
     let text = std::fs::read_to_string(&b.config_path).unwrap();
     let text = text.replacen("tokens = []", &format!("tokens = [\"{TOKEN}\"]"), 1).replacen(
         "heartbeat = \"15s\"",
@@ -329,7 +325,7 @@ impl Drop for Browser {
 async fn the_console_in_a_real_browser() {
     let Some(exe) = find_chromium() else {
         let why = "no Chromium on PATH (run .ci/setup-browser, or set CHROMIUM to a Chromium binary)";
-        assert!(!common::in_ci(), "the browser test cannot run under CI: {why}");
+        assert!(!support::in_ci(), "the browser test cannot run under CI: {why}");
         // Written past the test harness's capture, so that the skip is seen.
         let _ = writeln!(std::io::stderr(), "SKIPPED the_console_in_a_real_browser: {why}");
         return;

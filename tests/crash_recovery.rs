@@ -4,18 +4,18 @@
 //! request id reaches the service at most once; results reach the host's callback.
 //!
 //! The recording service and the recording callback receiver run in the test process. The
-//! harness (nodes as child processes, the recorder) is `tests/common/process.rs`: every child
+//! harness (nodes as child processes, the recorder) is `tests/support/process.rs`: every child
 //! process is killed when its `Node` is dropped, also when a test fails, and its log (stderr of
 //! every run) is printed then.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
 
-use common::process::{free_tcp, outgoing, two_nodes, until, Node, Recorder, INTERRUPTED, SETTLE};
 use futures::StreamExt;
 use serde_json::{json, Value};
+use support::process::{free_tcp, outgoing, two_nodes, until, Node, Recorder, INTERRUPTED, SETTLE};
 use tokio::time::Instant;
 
 /// An asynchronous request to `peer`'s service "1" with a POST callback to `callbacks`.
@@ -83,7 +83,7 @@ async fn a_request_survives_the_sender_being_killed_right_after_its_202() {
     let calls = service.calls_for(&id);
     assert_eq!(calls.len(), 1, "the service is called exactly once: {calls:?}");
     assert_eq!(calls[0].headers["x-ferry-peer"], "org-a");
-    assert_eq!(service.calls().len(), 1, "no other call: {:?}", service.calls());
+    assert_eq!(service.seen().len(), 1, "no other call: {:?}", service.seen());
 
     let status = wait_callback_recorded(&a, &id).await;
     assert_eq!(status["state"], "success", "{status}");
@@ -121,7 +121,7 @@ async fn a_request_survives_the_receiver_being_killed_before_calling_its_service
     let calls = until("the service to be called", async || {
         let calls = service.calls_for(&id);
         if calls.is_empty() {
-            Err(format!("{:?}", service.calls()))
+            Err(format!("{:?}", service.seen()))
         } else {
             Ok(calls)
         }
@@ -137,7 +137,7 @@ async fn a_request_survives_the_receiver_being_killed_before_calling_its_service
     assert_eq!(delivered[0]["status"], "200");
     let calls = service.calls_for(&id);
     assert_eq!(calls.len(), 1, "the service is called exactly once: {calls:?}");
-    assert_eq!(service.calls().len(), 1);
+    assert_eq!(service.seen().len(), 1);
 
     wait_callback_recorded(&a, &id).await;
     let incoming = b.wait_state(&id, "success").await;
@@ -156,7 +156,7 @@ async fn replies_survive_the_requester_being_killed_before_they_arrive() {
 
     let id = a.accepted(async_request("org-b", "/report", &callbacks, true)).await;
     let call = until("the service to get the request", async || {
-        service.calls_for(&id).pop().ok_or_else(|| format!("{:?}", service.calls()))
+        service.calls_for(&id).pop().ok_or_else(|| format!("{:?}", service.seen()))
     })
     .await;
     let callback_id = call.fields().get("callbackId").cloned().unwrap_or_else(|| panic!("no callbackId: {call:?}"));
@@ -244,9 +244,9 @@ async fn a_backlog_survives_the_sender_being_killed() {
     })
     .await;
     a.kill();
-    eprintln!("org-a killed with outgoing {mix:?}; the service had {} calls", service.calls().len());
+    eprintln!("org-a killed with outgoing {mix:?}; the service had {} calls", service.seen().len());
     assert_eq!(mix.get("success").copied().unwrap_or(0), 0, "nothing finished before the kill: {mix:?}");
-    assert!(callbacks.calls().is_empty(), "no result reached org-a before the kill: {:?}", callbacks.calls());
+    assert!(callbacks.seen().is_empty(), "no result reached org-a before the kill: {:?}", callbacks.seen());
 
     a.start().await;
     c.start().await;
@@ -260,10 +260,10 @@ async fn a_backlog_survives_the_sender_being_killed() {
     })
     .await;
     until("200 callbacks", async || {
-        if callbacks.calls().len() >= 200 {
+        if callbacks.seen().len() >= 200 {
             Ok(())
         } else {
-            Err(format!("{} callbacks", callbacks.calls().len()))
+            Err(format!("{} callbacks", callbacks.seen().len()))
         }
     })
     .await;
@@ -278,8 +278,8 @@ async fn a_backlog_survives_the_sender_being_killed() {
         assert_eq!(calls.get(id), Some(&1), "request {i} ({id}) reaches the service exactly once");
         assert_eq!(deliveries.get(&(id.clone(), "1".to_owned())), Some(&1), "request {i}: one callback delivery");
     }
-    assert_eq!(service.calls().len(), 200, "no call without a request: {calls:?}");
-    assert_eq!(callbacks.calls().len(), 200, "no other delivery: {deliveries:?}");
+    assert_eq!(service.seen().len(), 200, "no call without a request: {calls:?}");
+    assert_eq!(callbacks.seen().len(), 200, "no other delivery: {deliveries:?}");
     eprintln!("the backlog recovered in {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(30), "bounded: {:?}", started.elapsed());
 }
@@ -309,10 +309,10 @@ async fn a_backlog_survives_the_receiver_being_killed() {
     let mix = until("org-b to have called its service for some and queued others", async || {
         let stats = b.get("/v1/stats").await?;
         let n = |s: &str| stats["incoming"][s].as_u64().unwrap_or(0);
-        if service.calls().len() >= 70 && n("waiting") >= 1 && n("doing") >= 1 {
+        if service.seen().len() >= 70 && n("waiting") >= 1 && n("doing") >= 1 {
             Ok(stats["incoming"].clone())
         } else {
-            Err(format!("{stats} with {} calls", service.calls().len()))
+            Err(format!("{stats} with {} calls", service.seen().len()))
         }
     })
     .await;
@@ -332,10 +332,10 @@ async fn a_backlog_survives_the_receiver_being_killed() {
     })
     .await;
     until("200 callbacks", async || {
-        if callbacks.calls().len() >= 200 {
+        if callbacks.seen().len() >= 200 {
             Ok(())
         } else {
-            Err(format!("{} callbacks", callbacks.calls().len()))
+            Err(format!("{} callbacks", callbacks.seen().len()))
         }
     })
     .await;
@@ -371,7 +371,7 @@ async fn a_backlog_survives_the_receiver_being_killed() {
         }
         assert_eq!(deliveries.get(&(id.clone(), "1".to_owned())), Some(&1), "request {i}: one callback delivery");
     }
-    assert_eq!(callbacks.calls().len(), 200, "no other delivery: {deliveries:?}");
+    assert_eq!(callbacks.seen().len(), 200, "no other delivery: {deliveries:?}");
     assert!(calls.values().all(|n| *n == 1), "no id called twice: {calls:?}");
     eprintln!("the backlog recovered in {:?}", started.elapsed());
     assert!(started.elapsed() < Duration::from_secs(30), "bounded: {:?}", started.elapsed());

@@ -3,7 +3,7 @@
 //! harmed, and work goes on once space returns. Each test mounts a small tmpfs of its own (as
 //! root); where that is not allowed it skips, and fails under CI.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
@@ -28,7 +28,7 @@ impl SmallDisk {
             Ok(o) if o.status.success() => Some(SmallDisk(dir.to_owned())),
             other => {
                 let why = format!("cannot mount a small tmpfs here: {other:?}");
-                assert!(!common::in_ci(), "the disk-full tests cannot run under CI: {why}");
+                assert!(!support::in_ci(), "the disk-full tests cannot run under CI: {why}");
                 eprintln!("SKIPPED: {why}");
                 None
             }
@@ -48,14 +48,14 @@ fn send(file: &Path, mode: &str) -> Value {
 
 #[tokio::test]
 async fn a_file_that_does_not_fit_on_the_receiving_disk_is_refused_507_and_the_node_goes_on() {
-    let p = common::unstarted_pair().await;
-    let common::Pair { root: _root, mut a, mut b, service } = p;
+    let p = support::unstarted_pair().await;
+    let support::Pair { root: _root, mut a, mut b, service } = p;
     let Some(_disk) = SmallDisk::mount(&b.dir.join("data"), 40) else { return };
     a.start().await;
     b.start().await;
     let outbox = a.dir.join("outbox");
-    common::process::make_file(&outbox.join("big.bin"), 48 * MIB);
-    common::process::make_file(&outbox.join("small.bin"), MIB);
+    support::files::make_file(&outbox.join("big.bin"), 48 * MIB);
+    support::files::make_file(&outbox.join("small.bin"), MIB);
 
     let (status, env) = a.request(send(&outbox.join("big.bin"), "sync")).await;
     assert_eq!(status, StatusCode::INSUFFICIENT_STORAGE, "{env}");
@@ -75,15 +75,15 @@ async fn a_file_that_does_not_fit_on_the_receiving_disk_is_refused_507_and_the_n
 
 #[tokio::test]
 async fn a_disk_that_fills_under_way_refuses_what_does_not_fit_and_keeps_what_does() {
-    let p = common::unstarted_pair().await;
-    let common::Pair { root: _root, mut a, mut b, service } = p;
+    let p = support::unstarted_pair().await;
+    let support::Pair { root: _root, mut a, mut b, service } = p;
     let Some(_disk) = SmallDisk::mount(&b.dir.join("data"), 64) else { return };
     a.start().await;
     b.start().await;
     // Each fits alone (with the node's 16 MiB to spare), both together do not: they start at
     // once, both pass the check of free space, and the disk fills while they arrive.
     let files: Vec<PathBuf> = (0..2).map(|i| a.dir.join(format!("outbox/f{i}.bin"))).collect();
-    let shas: Vec<String> = files.iter().map(|f| common::process::make_file(f, 36 * MIB)).collect();
+    let shas: Vec<String> = files.iter().map(|f| support::files::make_file(f, 36 * MIB)).collect();
     let (first, second) = tokio::join!(a.request(send(&files[0], "sync")), a.request(send(&files[1], "sync")));
     let mut delivered = 0;
     for ((status, env), sha) in [first, second].into_iter().zip(&shas) {
@@ -92,7 +92,7 @@ async fn a_disk_that_fills_under_way_refuses_what_does_not_fit_and_keeps_what_do
                 let seen = service.seen();
                 let form: std::collections::HashMap<String, String> =
                     serde_urlencoded::from_str(&seen.last().unwrap().body).unwrap();
-                assert_eq!(&common::process::sha_of(Path::new(&form["file"])), sha, "what arrived is whole");
+                assert_eq!(&support::files::sha_of(Path::new(&form["file"])), sha, "what arrived is whole");
                 delivered += 1;
             }
             _ => {
@@ -115,8 +115,8 @@ async fn a_disk_that_fills_under_way_refuses_what_does_not_fit_and_keeps_what_do
 
 #[tokio::test]
 async fn a_full_store_refuses_507_keeps_what_it_holds_and_takes_work_again_once_space_returns() {
-    let p = common::unstarted_pair().await;
-    let common::Pair { root: _root, mut a, mut b, service: _ } = p;
+    let p = support::unstarted_pair().await;
+    let support::Pair { root: _root, mut a, mut b, service: _ } = p;
     let Some(_disk) = SmallDisk::mount(&a.dir.join("data"), 8) else { return };
     a.start().await;
     b.start().await;

@@ -8,7 +8,7 @@
 //! - one round of every flow over a lossy link: 5 % packet loss and 50 ms delay with `tc netem` on
 //!   a veth pair between two network namespaces the test creates, the nodes running inside them
 //!   (`ip netns exec`), where the machine allows it (root, `ip`, a kernel with netem); elsewhere
-//!   on loopback through a userspace UDP relay (`common/lossy.rs`) that drops 5 % of the
+//!   on loopback through a userspace UDP relay (`support/lossy.rs`) that drops 5 % of the
 //!   datagrams each way, from an RNG seeded by the suite's seed, and delays the others 25 ms each
 //!   way. The phase always runs: none of the suite is skipped.
 //!
@@ -20,21 +20,22 @@
 //! file's SHA-256 matches the sent one, and `ferry audit verify` passes on both nodes. A summary
 //! table is printed at the end; lost and duplicated must be 0.
 
-mod common;
+mod support;
 
 use std::collections::{BTreeMap, HashMap, HashSet};
 use std::fmt::Write as _;
 use std::path::PathBuf;
-use std::process::Command;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::lossy::LossyLink;
-use common::process::{make_file_seeded, sha_of, try_until, Node, Recorder, INTERRUPTED, SETTLE};
 use rand::rngs::StdRng;
 use rand::{Rng, SeedableRng};
 use serde_json::{json, Value};
+use support::files::{make_file_seeded, sha_of};
+use support::lossy::LossyLink;
+use support::netns::TestNet;
+use support::process::{try_until, Node, Recorder, INTERRUPTED, SETTLE};
 use tokio::time::Instant;
 
 /// SIGKILL rounds (`FERRY_FAULT_ROUNDS` sets fewer or more, to reproduce a finding quickly).
@@ -194,7 +195,7 @@ impl ReplyDriver {
         let (api, me) = (Api::of(node), driver.clone());
         let task = tokio::spawn(async move {
             while !me.stop.load(Ordering::Relaxed) {
-                for call in service.calls() {
+                for call in service.seen() {
                     let fields = call.fields();
                     let Some(callback_id) = fields.get("callbackId") else { continue };
                     let tag = fields.get("tag").cloned().unwrap_or_default();
@@ -611,7 +612,7 @@ async fn check_round(
 /// than once, under one id or several; call it once the calls had time to settle.
 fn count_duplicates(pair: &Pair, t: &mut Tally, ours: impl Fn(&str) -> bool) {
     let mut by_tag: BTreeMap<String, Vec<String>> = BTreeMap::new();
-    for c in pair.service.calls() {
+    for c in pair.service.seen() {
         let tag = c.fields().get("tag").cloned().unwrap_or_default();
         if ours(&tag) {
             by_tag.entry(tag).or_default().push(c.request_id().unwrap_or("<none>").to_owned());
@@ -666,7 +667,7 @@ const POINTS: [Point; 6] =
 fn reached(pair: &Pair, conversation: &str, point: Point, callbacks_before: usize) -> bool {
     let of_round = || {
         pair.service
-            .calls()
+            .seen()
             .into_iter()
             .filter(|c| c.headers.get("x-ferry-conversation").map(String::as_str) == Some(conversation))
             .collect::<Vec<_>>()
@@ -682,7 +683,7 @@ fn reached(pair: &Pair, conversation: &str, point: Point, callbacks_before: usiz
                 || of_round().iter().any(|c| c.path.contains("/file/"))
         }
         Point::Reply => pair.driver.replies_in(conversation) > 0,
-        Point::Callback => pair.callbacks.calls().len() > callbacks_before,
+        Point::Callback => pair.callbacks.seen().len() > callbacks_before,
     }
 }
 
@@ -728,7 +729,7 @@ async fn kills_and_backlog(seed: u64) -> Vec<Tally> {
         let extra = Duration::from_millis(rng.random_range(0..250));
         let down = Duration::from_millis(rng.random_range(50..800));
         let specs = pair.specs(&conversation, mix, &mut rng);
-        let callbacks_before = pair.callbacks.calls().len();
+        let callbacks_before = pair.callbacks.seen().len();
         let tasks = pair.send(&specs, &mut rng);
 
         let hit = try_until(Duration::from_secs(6), async || {
@@ -794,107 +795,10 @@ async fn kills_and_backlog(seed: u64) -> Vec<Tally> {
     vec![t, p]
 }
 
-// ---------------------------------------------------------------------------------------------
-// Network namespaces with netem
-// ---------------------------------------------------------------------------------------------
-
-/// Two network namespaces, each with a veth to the test's own namespace (the host side: API,
-/// service, callbacks) and one veth pair between them (the nodes' link). Removed on drop.
-struct TestNet {
-    namespaces: [String; 2],
-    host_links: [String; 2],
-    /// 10.{octet}.x.0/24: x = 1 host–a, 2 host–b, 3 a–b.
-    octet: u8,
-}
-
-impl TestNet {
-    /// Creates the namespaces and links, or says why it cannot.
-    fn create() -> Result<TestNet, String> {
-        if Command::new("id").arg("-u").output().map(|o| o.stdout != b"0\n").unwrap_or(true) {
-            return Err("not root".into());
-        }
-        if Command::new("ip").arg("-V").output().is_err() {
-            return Err("no `ip` command".into());
-        }
-        let pid = std::process::id();
-        let net = TestNet {
-            namespaces: [format!("fz{pid}a"), format!("fz{pid}b")],
-            host_links: [format!("fz{pid}ha"), format!("fz{pid}hb")],
-            octet: (100 + pid % 100) as u8,
-        };
-        let o = net.octet;
-        let [na, nb] = net.namespaces.clone();
-        let [ha, hb] = net.host_links.clone();
-        let steps: Vec<Vec<String>> = [
-            format!("netns add {na}"),
-            format!("netns add {nb}"),
-            format!("-n {na} link set lo up"),
-            format!("-n {nb} link set lo up"),
-            format!("link add {ha} type veth peer name fz{pid}xa netns {na}"),
-            format!("link add {hb} type veth peer name fz{pid}xb netns {nb}"),
-            format!("addr add 10.{o}.1.1/24 dev {ha}"),
-            format!("addr add 10.{o}.2.1/24 dev {hb}"),
-            format!("link set {ha} up"),
-            format!("link set {hb} up"),
-            format!("-n {na} addr add 10.{o}.1.2/24 dev fz{pid}xa"),
-            format!("-n {nb} addr add 10.{o}.2.2/24 dev fz{pid}xb"),
-            format!("-n {na} link set fz{pid}xa up"),
-            format!("-n {nb} link set fz{pid}xb up"),
-            format!("-n {na} link add fz{pid}la type veth peer name fz{pid}lb netns {nb}"),
-            format!("-n {na} addr add 10.{o}.3.1/24 dev fz{pid}la"),
-            format!("-n {nb} addr add 10.{o}.3.2/24 dev fz{pid}lb"),
-            format!("-n {na} link set fz{pid}la up"),
-            format!("-n {nb} link set fz{pid}lb up"),
-        ]
-        .iter()
-        .map(|s| s.split(' ').map(str::to_owned).collect())
-        .collect();
-        for step in steps {
-            run("ip", &step)?;
-        }
-        Ok(net)
-    }
-
-    /// 5 % loss and 50 ms delay on both ends of the nodes' link, or why not.
-    fn netem(&self) -> Result<(), String> {
-        let pid = std::process::id();
-        for (ns, dev) in [(&self.namespaces[0], format!("fz{pid}la")), (&self.namespaces[1], format!("fz{pid}lb"))] {
-            let args = format!("netns exec {ns} tc qdisc add dev {dev} root netem loss 5% delay 50ms");
-            run("ip", &args.split(' ').map(str::to_owned).collect::<Vec<_>>())?;
-        }
-        Ok(())
-    }
-
-    fn addr(&self, net: u8, host: u8, port: u16) -> std::net::SocketAddr {
-        format!("10.{}.{net}.{host}:{port}", self.octet).parse().unwrap()
-    }
-}
-
-impl Drop for TestNet {
-    fn drop(&mut self) {
-        for ns in &self.namespaces {
-            let _ = Command::new("ip").args(["netns", "del", ns]).output();
-        }
-        for link in &self.host_links {
-            let _ = Command::new("ip").args(["link", "del", link]).stderr(std::process::Stdio::null()).output();
-        }
-    }
-}
-
-/// Runs `program args`; its stderr if it fails.
-fn run(program: &str, args: &[String]) -> Result<(), String> {
-    let out = Command::new(program).args(args).output().map_err(|e| format!("{program}: {e}"))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(format!("`{program} {}` refused: {}", args.join(" "), String::from_utf8_lossy(&out.stderr).trim()))
-    }
-}
-
 /// The lossy-link phase: every flow over a link that loses 5 % of the datagrams and delays the
 /// others; netem between two network namespaces where the kernel has it, else the relay.
 async fn lossy(seed: u64) -> Tally {
-    match TestNet::create().and_then(|net| net.netem().map(|()| net)) {
+    match TestNet::create("fz", true).and_then(|net| net.netem("loss 5% delay 50ms").map(|()| net)) {
         Ok(net) => over_netem(net, seed).await,
         Err(why) => {
             eprintln!("no netem ({why}): the lossy-link phase runs through the userspace relay");

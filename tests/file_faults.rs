@@ -5,16 +5,17 @@
 //!
 //! Everything runs on loopback and every wait is bounded.
 
-mod common;
+mod support;
 
 use std::collections::BTreeSet;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::process::{self, bytes, make_file, progress_events, sha_of};
-use common::{rogue_and_node, Recorder, Rogue};
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+use support::files::{bytes, make_file, sha_of};
+use support::process::{self, progress_events};
+use support::{rogue_and_node, Recorder, Rogue};
 use tokio::time::{timeout, Instant};
 
 use ferry::wire::{

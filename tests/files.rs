@@ -2,16 +2,16 @@
 //! few hundred MiB compared by hash, send-root checks, replies with files, and resumption after a
 //! cut connection.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::process::sha_of;
-use common::{pair, Pair, Recorder};
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
+use support::files::sha_of;
+use support::{pair, Pair, Recorder};
 
 const CHUNK: u64 = ferry::transfer::CHUNK as u64;
 const WITHIN: Duration = Duration::from_secs(60);
@@ -19,17 +19,17 @@ const WITHIN: Duration = Duration::from_secs(60);
 /// Writes `size` bytes of a repeatable pattern to `dir/name` and returns the path and its SHA-256.
 fn make_file(dir: &Path, name: &str, size: u64) -> (PathBuf, String) {
     let path = dir.join(name);
-    let sha = common::process::make_file(&path, size);
+    let sha = support::files::make_file(&path, size);
     (path, sha)
 }
 
 /// Sets `node`'s `files.max_size` to `limit` (before it starts).
-fn limit_files(node: &common::Node, limit: &str) {
+fn limit_files(node: &support::Node, limit: &str) {
     let config = std::fs::read_to_string(&node.config_path).unwrap().replace("20GiB", limit);
     std::fs::write(&node.config_path, config).unwrap();
 }
 
-fn outbox(node: &common::Node) -> PathBuf {
+fn outbox(node: &support::Node) -> PathBuf {
     node.dir.join("outbox")
 }
 
@@ -132,7 +132,7 @@ async fn only_readable_regular_files_below_a_send_root_may_leave() {
 
 #[tokio::test]
 async fn a_file_over_the_size_limit_is_refused() {
-    let mut p = common::unstarted_pair().await;
+    let mut p = support::unstarted_pair().await;
     limit_files(&p.a, "2MiB");
     limit_files(&p.b, "1MiB");
     p.start().await;
@@ -151,7 +151,7 @@ async fn a_file_over_the_size_limit_is_refused() {
 #[tokio::test]
 async fn a_reply_file_over_the_requesters_limit_fails_the_request_on_both_sides() {
     let host = Recorder::start().await;
-    let mut p = common::unstarted_pair().await;
+    let mut p = support::unstarted_pair().await;
     limit_files(&p.a, "1MiB");
     p.start().await;
     let Pair { a, b, service, .. } = &p;

@@ -2,22 +2,22 @@
 //! were accepted, links and hard links to the node's own key, and FIFOs are never sent, for
 //! requests, replies and the inbox alike.
 
-mod common;
+mod support;
 
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use axum::http::StatusCode;
-use common::{pair, Pair, Recorder};
 use serde_json::{json, Value};
+use support::{pair, Pair, Recorder};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
-fn outbox(node: &common::Node) -> PathBuf {
+fn outbox(node: &support::Node) -> PathBuf {
     node.dir.join("outbox")
 }
 
-fn key(node: &common::Node) -> PathBuf {
+fn key(node: &support::Node) -> PathBuf {
     node.dir.join("certs/node.key")
 }
 
@@ -34,7 +34,7 @@ fn contents_below(dir: &Path) -> Vec<Vec<u8>> {
 
 /// Asserts that no file below `node`'s received folder, and nothing `service` was sent, holds
 /// `secret`.
-fn never_arrived(node: &common::Node, service: &Recorder, secret: &Path) {
+fn never_arrived(node: &support::Node, service: &Recorder, secret: &Path) {
     let secret = std::fs::read(secret).unwrap();
     assert!(!contents_below(&node.dir.join("data/received")).contains(&secret), "the secret was received");
     let text = String::from_utf8_lossy(&secret);

@@ -255,12 +255,12 @@ fn the_api_answers_any_json_with_an_envelope_and_never_a_500() {
     });
 }
 
-mod common;
+mod support;
 
 /// `POST path` on `node` with `body` as it is (numbers a `json!` could not hold); the status, the
 /// envelope and the envelope's raw text.
-async fn post_raw(node: &common::Node, path: &str, body: String) -> (StatusCode, Value, String) {
-    let r = common::client()
+async fn post_raw(node: &support::Node, path: &str, body: String) -> (StatusCode, Value, String) {
+    let r = support::client()
         .post(node.url(path))
         .header("content-type", "application/json")
         .body(body)
@@ -277,7 +277,7 @@ const WITHIN: std::time::Duration = std::time::Duration::from_secs(15);
 
 #[tokio::test]
 async fn big_integers_and_decimals_reach_the_service_with_their_digits() {
-    let p = common::pair().await;
+    let p = support::pair().await;
     let form = format!(r#"{{"n": {BIG}, "neg": -{BIG}, "d": 1.10, "f": 2.5, "u": 18446744073709551615, "i": 7}}"#);
     for (encoding, method, want) in [
         ("json", "POST", format!(r#"{{"n":{BIG},"neg":-{BIG},"d":1.10,"f":2.5,"u":18446744073709551615,"i":7}}"#)),
@@ -297,8 +297,8 @@ async fn big_integers_and_decimals_reach_the_service_with_their_digits() {
 
 #[tokio::test]
 async fn a_big_integer_in_reply_data_reaches_the_callback_with_its_digits() {
-    let p = common::pair().await;
-    let host = common::Recorder::start().await;
+    let p = support::pair().await;
+    let host = support::Recorder::start().await;
     let (status, env) =
         p.a.request(json!({"peer": "org-b", "service": "1", "path": "/r", "mode": "async", "reply": true,
                         "callback": {"url": format!("{}/cb", host.base_url())}}))
@@ -317,13 +317,14 @@ async fn a_big_integer_in_reply_data_reaches_the_callback_with_its_digits() {
     assert_eq!(fields["data"], data);
     // The status view shows the same digits.
     p.a.wait_state(&id, "success", WITHIN).await;
-    let text = common::client().get(p.a.url(&format!("/v1/requests/{id}"))).send().await.unwrap().text().await.unwrap();
+    let text =
+        support::client().get(p.a.url(&format!("/v1/requests/{id}"))).send().await.unwrap().text().await.unwrap();
     assert!(text.contains(&format!(r#""data":{data}"#)), "{text}");
 }
 
 #[tokio::test]
 async fn numbers_out_of_bounds_are_refused_naming_the_field() {
-    let p = common::pair().await;
+    let p = support::pair().await;
     for (field, body) in [
         ("ttl_s", json!({"mode": "async", "ttl_s": 9_300_000_000_000_000u64})),
         ("ttl_s", json!({"mode": "async", "ttl_s": 10 * 366 * 86_400})),
@@ -354,7 +355,7 @@ async fn numbers_out_of_bounds_are_refused_naming_the_field() {
 
 #[tokio::test]
 async fn long_values_are_refused_or_cut_never_echoed_whole() {
-    let p = common::pair().await;
+    let p = support::pair().await;
     let long = format!("/{}", "a".repeat(1 << 20));
     let (status, env) = p.a.request(json!({"peer": "org-b", "service": "1", "path": long})).await;
     assert_eq!(status, StatusCode::BAD_REQUEST, "{}", &env.to_string()[..200]);

@@ -1,10 +1,10 @@
 //! A pinned peer that breaks the protocol has its streams reset with the right code, and the
 //! connection keeps serving its well-formed requests.
 
-mod common;
+mod support;
 
-use common::{rogue_and_node, Rogue};
 use ferry::wire::{self, Answer, Code, Encoding, FormValue, Opening, Request};
+use support::{rogue_and_node, Rogue};
 
 impl Rogue {
     /// Sends `bytes` on a new stream and returns the answer, or the code the stream was reset with.

@@ -1,14 +1,14 @@
 //! The watched inbox: approving a download by dropping a file, rejecting, half-written files,
 //! files that arrived while the node was down, and unknown callback ids.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-use common::{pair, Pair, Recorder};
 use serde_json::{json, Value};
+use support::{pair, Pair, Recorder};
 
 const WITHIN: Duration = Duration::from_secs(20);
 
@@ -40,7 +40,7 @@ async fn wait_for_path(path: &Path, present: bool) {
     }
 }
 
-fn fields(seen: &common::Seen) -> std::collections::HashMap<String, String> {
+fn fields(seen: &support::Seen) -> std::collections::HashMap<String, String> {
     serde_urlencoded::from_str(&seen.body).unwrap()
 }
 

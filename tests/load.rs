@@ -4,14 +4,14 @@
 //!
 //! `FERRY_LOAD_SECONDS=60 cargo test --release --test load -- --nocapture` runs it longer.
 
-mod common;
+mod support;
 
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use common::{client, pair};
 use serde_json::json;
+use support::{client, pair};
 
 const CALLERS: usize = 64;
 

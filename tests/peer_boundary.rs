@@ -4,7 +4,7 @@
 //! Each case refused at the sender is answered 400 naming the field, and the service is never
 //! reached.
 
-mod common;
+mod support;
 
 use std::collections::HashMap;
 use std::time::Duration;
@@ -12,7 +12,7 @@ use std::time::Duration;
 use axum::http::StatusCode;
 use serde_json::{json, Value};
 
-use common::{Node, Recorder};
+use support::{Node, Recorder};
 
 const WITHIN: Duration = Duration::from_secs(10);
 

@@ -2,13 +2,13 @@
 //! peer, and the refusing node says who knocked, with the address and the certificate, once a
 //! minute rather than at every attempt.
 
-mod common;
+mod support;
 
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use common::Node;
 use serde_json::json;
+use support::Node;
 
 /// How long the dials are counted.
 const WINDOW: Duration = Duration::from_secs(5);

@@ -1,13 +1,13 @@
 //! Synchronous requests relayed between two real nodes over pinned mutual-TLS QUIC.
 
-mod common;
+mod support;
 
 use std::collections::HashSet;
 use std::time::{Duration, Instant};
 
 use axum::http::StatusCode;
-use common::{client, pair, Node, Recorder};
 use serde_json::{json, Value};
+use support::{client, pair, Node, Recorder};
 
 fn req(path: &str, method: &str, form: Value) -> Value {
     json!({"peer": "org-b", "service": "1", "path": path, "method": method, "form": form})
@@ -271,8 +271,8 @@ async fn a_server_that_is_not_the_pinned_one_is_refused() {
 }
 
 /// `GET /metrics` as (series, value) pairs; every line must parse.
-async fn scrape(node: &common::Node) -> Vec<(String, f64)> {
-    let text = common::client().get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
+async fn scrape(node: &support::Node) -> Vec<(String, f64)> {
+    let text = support::client().get(node.url("/metrics")).send().await.unwrap().text().await.unwrap();
     assert!(text.trim_end().ends_with("# EOF"), "OpenMetrics text ends with # EOF: {text}");
     text.lines()
         .filter(|l| !l.starts_with('#') && !l.is_empty())

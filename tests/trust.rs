@@ -1,15 +1,15 @@
 //! Trust: idempotency keys, duplicate windows, the evidence log and its receipts, masked fields.
 
-mod common;
+mod support;
 
 use std::io::Write;
 use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
-use common::{Pair, Recorder};
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use support::{Pair, Recorder};
 
 const WITHIN: Duration = Duration::from_secs(15);
 
@@ -45,8 +45,8 @@ async fn pair_with(settings: &[(&str, &str)]) -> Pair {
     logs();
     let service = Recorder::start().await;
     let root = tempfile::tempdir().unwrap();
-    let mut a = common::Node::create(root.path(), "org-a");
-    let mut b = common::Node::create(root.path(), "org-b");
+    let mut a = support::Node::create(root.path(), "org-a");
+    let mut b = support::Node::create(root.path(), "org-b");
     a.add_peer(&b);
     b.add_peer(&a);
     b.add_service("1", &service.base_url(), &["org-a"]);
@@ -67,7 +67,7 @@ fn keyed(key: &str, path: &str) -> Value {
 }
 
 /// Runs `ferry audit <args>` for `node` and returns (exit code, stdout, stderr).
-fn audit(node: &common::Node, args: &[&str]) -> (i32, String, String) {
+fn audit(node: &support::Node, args: &[&str]) -> (i32, String, String) {
     let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
         .arg("audit")
         .args(args)
@@ -82,7 +82,7 @@ fn audit(node: &common::Node, args: &[&str]) -> (i32, String, String) {
     )
 }
 
-fn database(node: &common::Node) -> rusqlite::Connection {
+fn database(node: &support::Node) -> rusqlite::Connection {
     rusqlite::Connection::open(node.dir.join("data/ferry.db")).unwrap()
 }
 
@@ -221,7 +221,7 @@ async fn exchanges(p: &Pair) -> String {
 }
 
 /// `node`'s exported records of request `id`'s response, once there are any.
-async fn responses(node: &common::Node, id: &str) -> Vec<Value> {
+async fn responses(node: &support::Node, id: &str) -> Vec<Value> {
     for _ in 0..200 {
         let (_, exported, _) = audit(node, &["export"]);
         let found: Vec<Value> = exported
@@ -239,7 +239,7 @@ async fn responses(node: &common::Node, id: &str) -> Vec<Value> {
 
 /// Waits until `node`'s log has a record of `event` (records of deliveries and receipts are
 /// committed a moment after what they record).
-async fn wait_for_record(node: &common::Node, event: &str) {
+async fn wait_for_record(node: &support::Node, event: &str) {
     let pattern = format!("\"event\":\"{event}\"");
     for _ in 0..200 {
         let log = ferry::store::read_log(&node.dir.join("data"), 0).unwrap();
@@ -255,7 +255,7 @@ async fn wait_for_record(node: &common::Node, event: &str) {
 /// records would: the store keeps each commit's records in one row, as compressed JSON lines, and
 /// a row of one line of text is a record as well. Returns the database and the records, (seq,
 /// JSON), in order.
-fn one_record_per_row(node: &common::Node) -> (rusqlite::Connection, Vec<(i64, String)>) {
+fn one_record_per_row(node: &support::Node) -> (rusqlite::Connection, Vec<(i64, String)>) {
     let records: Vec<(i64, String)> =
         ferry::store::read_log(&node.dir.join("data"), 0).unwrap().collect::<Result<_, _>>().unwrap();
     let db = database(node);
@@ -295,7 +295,7 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
     for event in ["request", "response", "callback", "receipt"] {
         assert!(records.iter().any(|r| r["event"] == event), "a {event} record in {exported}");
     }
-    let api = common::client().get(p.a.url("/v1/audit?since=1&limit=2")).send().await.unwrap();
+    let api = support::client().get(p.a.url("/v1/audit?since=1&limit=2")).send().await.unwrap();
     assert_eq!(api.status(), StatusCode::OK);
     let api = api.text().await.unwrap();
     let seqs: Vec<Value> = api.lines().map(|l| serde_json::from_str::<Value>(l).unwrap()["seq"].clone()).collect();

@@ -1,37 +1,7 @@
 //! Helpers the benchmarks share: machine load readings and the printed tables.
 #![allow(dead_code)]
 
-/// Seconds per clock tick in /proc (USER_HZ = 100 on Linux).
-pub const TICK: f64 = 0.01;
-
-/// The command name and user + system CPU seconds in a `/proc/<pid>[/task/<tid>]/stat` file.
-pub fn proc_cpu(stat: impl AsRef<std::path::Path>) -> Option<(String, f64)> {
-    let stat = std::fs::read_to_string(stat).ok()?;
-    let (head, rest) = stat.rsplit_once(')')?;
-    let name = head.split_once('(')?.1.to_owned();
-    let fields: Vec<&str> = rest.split_whitespace().collect();
-    // After the name: state is field 3 of proc_pid_stat(5); utime is 14, stime 15.
-    let field = |n: usize| fields.get(n - 3)?.parse::<f64>().ok();
-    Some((name, (field(14)? + field(15)?) * TICK))
-}
-
-/// CPU seconds the whole machine has been busy (`/proc/stat`: user, nice, system, irq, softirq,
-/// steal).
-pub fn machine_busy() -> Option<f64> {
-    let stat = std::fs::read_to_string("/proc/stat").ok()?;
-    let cpu = stat.lines().next()?.strip_prefix("cpu ")?;
-    let f: Vec<f64> = cpu.split_whitespace().map(|x| x.parse().ok()).collect::<Option<_>>()?;
-    Some([0, 1, 2, 5, 6, 7].iter().filter_map(|&i| f.get(i)).sum::<f64>() * TICK)
-}
-
-/// The 1-minute load average, to show whether the machine was quiet.
-pub fn load_average() -> String {
-    std::fs::read_to_string("/proc/loadavg")
-        .ok()
-        .and_then(|l| l.split_whitespace().next().map(str::to_owned))
-        .unwrap_or_else(|| "?".into())
-}
-
+/// `PASS` or `MISS`.
 pub fn pass(ok: bool) -> &'static str {
     if ok {
         "PASS"
@@ -103,17 +73,6 @@ pub fn render(headers: &[&str], rows: &[Vec<String>], markdown: bool) -> String 
     out.join("\n")
 }
 
-/// Waits until the node API at `api` answers `GET /v1/health` (at most 5 s).
-pub async fn wait_serving(client: &reqwest::Client, api: std::net::SocketAddr) -> anyhow::Result<()> {
-    for _ in 0..250 {
-        if client.get(format!("http://{api}/v1/health")).send().await.is_ok_and(|r| r.status().is_success()) {
-            return Ok(());
-        }
-        tokio::time::sleep(std::time::Duration::from_millis(20)).await;
-    }
-    anyhow::bail!("the node on {api} did not start serving")
-}
-
 /// The issue-5 target: the evidence log and signed receipts cost at most this share of throughput.
 pub const TARGET_EVIDENCE_COST_PCT: f64 = 10.0;
 
@@ -130,6 +89,7 @@ pub enum Evidence {
 }
 
 impl Evidence {
+    /// How the setting is named in the report.
     pub fn name(self) -> &'static str {
         match self {
             Evidence::On => "on",
@@ -183,32 +143,6 @@ pub fn check_evidence(config: &ferry::config::Config, evidence: Evidence) -> any
         evidence.name()
     );
     Ok(())
-}
-
-/// Sets up org-a and org-b under `dir` as admins would (`init`, `peer add` both ways, `service
-/// add` on org-b: service 1 at `service_url`, for org-a), with the evidence log and receipts `on`
-/// or off in both nodes' configurations. Returns the two configuration files.
-pub fn configure_pair(
-    dir: &std::path::Path,
-    a: (std::net::SocketAddr, std::net::SocketAddr),
-    b: (std::net::SocketAddr, std::net::SocketAddr),
-    service_url: &str,
-    evidence: Evidence,
-) -> anyhow::Result<(std::path::PathBuf, std::path::PathBuf)> {
-    use ferry::cli::{init, peer, service};
-    let ((a_link, a_api), (b_link, b_api)) = (a, b);
-    let (a_dir, b_dir) = (dir.join("org-a"), dir.join("org-b"));
-    init::init(&a_dir, "org-a", a_link, a_api)?;
-    init::init(&b_dir, "org-b", b_link, b_api)?;
-    let conf = |d: &std::path::Path| d.join("config/ferry.toml");
-    let cert = |d: &std::path::Path| d.join("certs/node.pem");
-    peer::add(&conf(&a_dir), "org-b", &b_link.to_string(), &cert(&b_dir))?;
-    peer::add(&conf(&b_dir), "org-a", &a_link.to_string(), &cert(&a_dir))?;
-    service::add(&conf(&b_dir), "1", service_url, &["org-a".to_owned()])?;
-    for d in [&a_dir, &b_dir] {
-        set_evidence(&conf(d), evidence)?;
-    }
-    Ok((conf(&a_dir), conf(&b_dir)))
 }
 
 /// What turning the evidence on costs, in % of the rate with it off: `(off - on) / off`.
@@ -292,42 +226,6 @@ pub fn pct(x: f64) -> String {
     } else {
         "-".into()
     }
-}
-
-/// The pid of a child of this process whose command line has `arg` as one of its arguments (a
-/// node's config path tells its `ferry run` apart).
-pub fn child_pid(arg: &std::path::Path) -> Option<u32> {
-    use std::os::unix::ffi::OsStrExt;
-    let me = std::process::id();
-    std::fs::read_dir("/proc").ok()?.flatten().find_map(|entry| {
-        let pid: u32 = entry.file_name().to_str()?.parse().ok()?;
-        let stat = std::fs::read_to_string(entry.path().join("stat")).ok()?;
-        // After the name: state, then the parent's pid.
-        let ppid: u32 = stat.rsplit_once(')')?.1.split_whitespace().nth(1)?.parse().ok()?;
-        let cmdline = std::fs::read(entry.path().join("cmdline")).ok()?;
-        (ppid == me && cmdline.split(|&b| b == 0).any(|a| a == arg.as_os_str().as_bytes())).then_some(pid)
-    })
-}
-
-/// What a process holds, read from /proc.
-#[derive(Clone, Copy, Debug, Default)]
-pub struct ProcUsage {
-    /// Resident set size (`VmRSS`), in KiB.
-    pub rss_kib: u64,
-    /// Open file descriptors (entries of `/proc/PID/fd`).
-    pub fds: u64,
-    /// User + system CPU seconds.
-    pub cpu_s: f64,
-}
-
-/// The resident set, open descriptors and CPU time of process `pid`; `None` once it is gone.
-pub fn proc_usage(pid: u32) -> Option<ProcUsage> {
-    let status = std::fs::read_to_string(format!("/proc/{pid}/status")).ok()?;
-    let rss_kib =
-        status.lines().find_map(|l| l.strip_prefix("VmRSS:"))?.trim().trim_end_matches("kB").trim().parse().ok()?;
-    let fds = std::fs::read_dir(format!("/proc/{pid}/fd")).ok()?.count() as u64;
-    let (_, cpu_s) = proc_cpu(format!("/proc/{pid}/stat"))?;
-    Some(ProcUsage { rss_kib, fds, cpu_s })
 }
 
 /// `bytes` in MiB with one decimal.
