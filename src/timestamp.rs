@@ -345,7 +345,7 @@ fn check_signed_attributes(signer: &SignerInfo, econtent: &[u8]) -> Result<(), T
 /// RFC 3161 §2.3: a TSA signs with a certificate whose extended key usage is timeStamping.
 fn require_time_stamping(cert: &Certificate) -> Result<(), TimestampError> {
     let eku = extension(cert, ID_CE_EXT_KEY_USAGE)
-        .map(|value| ExtendedKeyUsage::from_der(value))
+        .map(ExtendedKeyUsage::from_der)
         .transpose()
         .map_err(|e| TimestampError::BadCertificate(format!("its extended key usage cannot be read ({e})")))?;
     match eku {
