@@ -102,13 +102,13 @@ pub enum TimestampError {
         reason: String,
     },
     /// The TSA answered with a status other than granted or granted with modifications.
-    #[error("the TSA at {url} refused the time-stamp: {status}{detail}; check the TSA's terms (accepted hash algorithms, account) — the node retries")]
+    #[error("the TSA at {url} refused the time-stamp (PKIStatus {status}{detail}); check that it takes SHA-256 imprints from this node (its terms, an account) — the node retries")]
     Rejected {
         /// The TSA's URL.
         url: String,
-        /// The PKIStatus, by name.
+        /// The PKIStatus, by its RFC 3161 name (`rejection`, `waiting`, …).
         status: String,
-        /// The TSA's status text and failure bits, if it gave any (starting with `: `).
+        /// The failure bits and the TSA's status text, if it gave them.
         detail: String,
     },
     /// The granted token is not for what was asked (another imprint or nonce).
@@ -193,15 +193,17 @@ fn token_from_response(url: &str, answer: &[u8], digest: &[u8; 32], nonce: &Int)
     let status = &response.status;
     // PKIStatus granted(0) or grantedWithMods(1)
     if status.status as u8 > 1 {
-        let mut detail = Vec::new();
-        for text in status.status_string.iter().flatten() {
-            detail.push(text.as_str().to_owned());
+        let mut detail = String::new();
+        if let Some(fail) = status.fail_info {
+            let bits: Vec<String> = fail.into_iter().map(|bit| rfc_name(&format!("{bit:?}"))).collect();
+            detail = format!(", failInfo {}", bits.join(" | "));
         }
-        if let Some(fail) = &status.fail_info {
-            detail.push(format!("failure {fail:?}"));
+        let texts: Vec<&str> = status.status_string.iter().flatten().map(|text| text.as_str()).collect();
+        if !texts.is_empty() {
+            detail = format!("{detail}: {:?}", texts.join(" "));
         }
-        let detail = if detail.is_empty() { String::new() } else { format!(": {}", detail.join("; ")) };
-        return Err(TimestampError::Rejected { url: url.to_owned(), status: format!("{:?}", status.status), detail });
+        let status = rfc_name(&format!("{:?}", status.status));
+        return Err(TimestampError::Rejected { url: url.to_owned(), status, detail });
     }
     let token = response.time_stamp_token.ok_or_else(|| not_a_response("granted, but no token".into()))?;
     let token = Token(token.to_der().map_err(|e| not_a_response(e.to_string()))?);
@@ -422,6 +424,12 @@ fn accuracy_ms(accuracy: &Accuracy) -> u64 {
     let millis = accuracy.millis.map_or(0, |m| m.max(0) as u64);
     let micros = accuracy.micros.map_or(0, |m| m.max(0) as u64);
     seconds.saturating_add(millis).saturating_add(micros.div_ceil(1000))
+}
+
+/// `BadAlg` → `badAlg`: the name RFC 3161 gives a status or failure bit.
+fn rfc_name(debug: &str) -> String {
+    let mut chars = debug.chars();
+    chars.next().map(|first| first.to_ascii_lowercase().to_string() + chars.as_str()).unwrap_or_default()
 }
 
 fn error_chain(e: &dyn std::error::Error) -> String {
