@@ -5,11 +5,11 @@
 //! returns the token once the answer is granted and covers what was asked. [`verify`] checks a
 //! stored token: the TSTInfo's imprint, the signed attributes (content type, message digest), the
 //! signer's identity and its signature with the given certificate's key (RSA PKCS#1 v1.5 or ECDSA
-//! P-256, over SHA-256), and that the certificate is meant for time-stamping.
+//! P-256, over SHA-256), that the ESS signing-certificate attribute names that very certificate,
+//! and that the certificate is meant for time-stamping.
 //!
 //! Not checked here: the TSA certificate's chain to a root, its validity period and revocation
-//! (the certificate is configured, i.e. pinned, like a peer's), and the ESS signing-certificate
-//! attribute (the signer is matched by issuer and serial or key identifier instead).
+//! (the certificate is configured, i.e. pinned, like a peer's).
 
 use std::time::Duration;
 
@@ -38,6 +38,8 @@ const ID_SIGNED_DATA: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.1
 const ID_CT_TST_INFO: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.1.4");
 const ID_CONTENT_TYPE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.3");
 const ID_MESSAGE_DIGEST: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.4");
+const ID_AA_SIGNING_CERTIFICATE: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.12");
+const ID_AA_SIGNING_CERTIFICATE_V2: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.2.840.113549.1.9.16.2.47");
 const ID_KP_TIME_STAMPING: ObjectIdentifier = ObjectIdentifier::new_unwrap("1.3.6.1.5.5.7.3.8");
 const ID_CE_EXT_KEY_USAGE: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.37");
 const ID_CE_SUBJECT_KEY_IDENTIFIER: ObjectIdentifier = ObjectIdentifier::new_unwrap("2.5.29.14");
@@ -128,8 +130,8 @@ pub enum TimestampError {
     /// The signed attributes do not bind the TSTInfo (content type or message digest differs).
     #[error("the time-stamp token's signed attributes do not match its TSTInfo ({0}): it was altered after the TSA signed it")]
     AttributesDoNotMatch(&'static str),
-    /// The signer identifier names another certificate.
-    #[error("the time-stamp token is not signed by the configured TSA certificate (it names another signer); configure the certificate of the TSA that issued it")]
+    /// The signer identifier or the signing-certificate attribute names another certificate.
+    #[error("the time-stamp token is not signed by the configured TSA certificate (it names another one); configure the certificate of the TSA that issued it")]
     OtherSigner,
     /// The signature does not verify with the configured certificate's key.
     #[error("the time-stamp token is not signed by the configured TSA certificate: its signature does not verify ({0}); the token was altered or comes from another TSA")]
@@ -244,6 +246,9 @@ pub fn verify(token_der: &[u8], digest: &[u8; 32], tsa_cert_der: &[u8]) -> Resul
     end_entity
         .verify_signature(algorithm, &parsed.signed_attrs_der, signer.signature.as_bytes())
         .map_err(|e| TimestampError::BadSignature(format!("{e:?}")))?;
+    if !signing_certificate_is(signer, tsa_cert_der)? {
+        return Err(TimestampError::OtherSigner);
+    }
     Ok(Stamped {
         time: info.gen_time.rfc3339(),
         unix_ms: info.gen_time.unix_ms,
@@ -342,6 +347,31 @@ fn check_signed_attributes(signer: &SignerInfo, econtent: &[u8]) -> Result<(), T
         return Err(TimestampError::AttributesDoNotMatch("message digest"));
     }
     Ok(())
+}
+
+/// Whether the ESS signing-certificate attribute (v2 with SHA-256, or v1 with SHA-1), which RFC 3161
+/// §2.4.1 requires among the signed attributes, names `cert_der` as the signer's certificate.
+fn signing_certificate_is(signer: &SignerInfo, cert_der: &[u8]) -> Result<bool, TimestampError> {
+    let attrs = signer.signed_attrs.as_ref().ok_or(TimestampError::AttributesDoNotMatch("none"))?;
+    let value = |oid| attrs.iter().find(|a| a.oid == oid).and_then(|a| a.values.get(0));
+    let unreadable = |_| TimestampError::AttributesDoNotMatch("signing certificate");
+    if let Some(value) = value(ID_AA_SIGNING_CERTIFICATE_V2) {
+        let ess = value.decode_as::<SigningCertificateV2>().map_err(unreadable)?;
+        let first = ess.certs.first().ok_or(TimestampError::AttributesDoNotMatch("signing certificate"))?;
+        match &first.hash_algorithm {
+            Some(algorithm) if algorithm.oid != ID_SHA_256 => {
+                Err(TimestampError::Unsupported(format!("a signing certificate hashed with {}", algorithm.oid)))
+            }
+            _ => Ok(first.cert_hash.as_bytes() == Sha256::digest(cert_der).as_slice()),
+        }
+    } else if let Some(value) = value(ID_AA_SIGNING_CERTIFICATE) {
+        let ess = value.decode_as::<SigningCertificate>().map_err(unreadable)?;
+        let first = ess.certs.first().ok_or(TimestampError::AttributesDoNotMatch("signing certificate"))?;
+        let sha1 = ring::digest::digest(&ring::digest::SHA1_FOR_LEGACY_USE_ONLY, cert_der);
+        Ok(first.cert_hash.as_bytes() == sha1.as_ref())
+    } else {
+        Err(TimestampError::AttributesDoNotMatch("no signing certificate"))
+    }
 }
 
 /// RFC 3161 §2.3: a TSA signs with a certificate whose extended key usage is timeStamping.
@@ -462,6 +492,40 @@ struct TstInfo {
     tsa: Option<GeneralName>,
     #[asn1(context_specific = "1", tag_mode = "IMPLICIT", optional = "true")]
     extensions: Option<Extensions>,
+}
+
+/// ESS `SigningCertificate` (RFC 2634): the hashes of the signer's certificate and its chain.
+#[derive(Sequence)]
+struct SigningCertificate {
+    certs: Vec<EssCertId>,
+    #[asn1(optional = "true")]
+    policies: Option<Any>,
+}
+
+/// ESS `ESSCertID`: a certificate's SHA-1 hash, with its issuer and serial.
+#[derive(Sequence)]
+struct EssCertId {
+    cert_hash: OctetString,
+    #[asn1(optional = "true")]
+    issuer_serial: Option<Any>,
+}
+
+/// ESS `SigningCertificateV2` (RFC 5035).
+#[derive(Sequence)]
+struct SigningCertificateV2 {
+    certs: Vec<EssCertIdV2>,
+    #[asn1(optional = "true")]
+    policies: Option<Any>,
+}
+
+/// ESS `ESSCertIDv2`: a certificate's hash (SHA-256 when the algorithm is absent).
+#[derive(Sequence)]
+struct EssCertIdV2 {
+    #[asn1(optional = "true")]
+    hash_algorithm: Option<AlgorithmIdentifierOwned>,
+    cert_hash: OctetString,
+    #[asn1(optional = "true")]
+    issuer_serial: Option<Any>,
 }
 
 /// A GeneralizedTime `YYYYMMDDHHMMSS[.f*]Z`: its text as sent, and milliseconds since the epoch.

@@ -74,7 +74,14 @@ fn signer(kind: KeyKind, dir: &Path, name: &str, eku: bool) -> Signer {
             rcgen::KeyPair::from_pem(&pem).unwrap()
         }
     };
-    let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+    certificate(&key.serialize_pem(), name, eku, None)
+}
+
+/// A certificate for the key `key_pem` named `CN=name` with serial 0x0a11ce, and `alt_name` as its
+/// DNS name if given; `eku`: whether it carries the critical timeStamping extended key usage.
+fn certificate(key_pem: &str, name: &str, eku: bool, alt_name: Option<&str>) -> Signer {
+    let key = rcgen::KeyPair::from_pem(key_pem).unwrap();
+    let mut params = rcgen::CertificateParams::new(alt_name.into_iter().map(String::from).collect::<Vec<_>>()).unwrap();
     params.distinguished_name.push(rcgen::DnType::CommonName, name);
     params.serial_number = Some(rcgen::SerialNumber::from(vec![0x0a, 0x11, 0xce]));
     if eku {
@@ -83,7 +90,7 @@ fn signer(kind: KeyKind, dir: &Path, name: &str, eku: bool) -> Signer {
         params.custom_extensions.push(extension);
     }
     let cert = params.self_signed(&key).unwrap();
-    Signer { key_pem: key.serialize_pem(), cert_pem: cert.pem(), cert_der: cert.der().to_vec() }
+    Signer { key_pem: key_pem.to_owned(), cert_pem: cert.pem(), cert_der: cert.der().to_vec() }
 }
 
 fn unique() -> u64 {
@@ -135,7 +142,9 @@ impl Drop for Tsa {
 }
 
 /// Starts a TSA signing with a `kind` key that accepts the hash algorithms `digests` (an
-/// `openssl ts` config value) and gives `genTime` with `precision` digits of a second.
+/// `openssl ts` config value) and gives `genTime` with `precision` digits of a second. The RSA TSA
+/// names its certificate in an ESS signingCertificate attribute (SHA-1), the ECDSA one in a
+/// signingCertificateV2 (SHA-256), so both kinds are verified.
 async fn start(kind: KeyKind, digests: &str, precision: u8, behaviour: Behaviour) -> Tsa {
     let dir = tempfile::tempdir().unwrap();
     let signer = signer(kind, dir.path(), NAME, true);
@@ -149,8 +158,12 @@ async fn start(kind: KeyKind, digests: &str, precision: u8, behaviour: Behaviour
             "[ tsa ]\ndefault_tsa = test_tsa\n\n[ test_tsa ]\ndir = {dir}\nserial = $dir/serial\n\
              crypto_device = builtin\nsigner_digest = sha256\ndefault_policy = 1.2.3.4.1\n\
              digests = {digests}\naccuracy = secs:1, millisecs:500\nclock_precision_digits = {precision}\n\
-             ordering = no\ntsa_name = yes\ness_cert_id_chain = no\ness_cert_id_alg = sha256\n",
-            dir = dir.path().display()
+             ordering = no\ntsa_name = yes\ness_cert_id_chain = no\ness_cert_id_alg = {ess}\n",
+            dir = dir.path().display(),
+            ess = match kind {
+                KeyKind::Rsa => "sha1",
+                KeyKind::EcdsaP256 => "sha256",
+            }
         ),
     )
     .unwrap();
@@ -285,6 +298,12 @@ async fn a_token_is_refused_with_another_certificate() {
             let err = timestamp::verify(&token.0, &head, &impostor.cert_der).unwrap_err();
             assert!(matches!(err, TimestampError::BadSignature(_)), "{kind:?}: {err}");
             assert!(err.to_string().contains("not signed by the configured TSA certificate"), "{err}");
+
+            // the TSA's key, name and serial in another certificate: the signature verifies, but the
+            // token's signing-certificate attribute names the TSA's own certificate
+            let reissued = certificate(&tsa.signer.key_pem, NAME, true, Some("reissued.test"));
+            let err = timestamp::verify(&token.0, &head, &reissued.cert_der).unwrap_err();
+            assert!(matches!(err, TimestampError::OtherSigner), "{kind:?}: {err}");
 
             // a certificate of another name: the token names another signer
             let other = signer(kind, dir.path(), "another TSA", true);
