@@ -59,7 +59,8 @@
 //! configs), `certs/` (certificate exchange), `systemd/` (the unit), `docs/`, and `.ci/run`, what
 //! CI runs: `cargo fmt --check`, `cargo clippy --all-targets -- -D warnings`, `cargo doc` with its
 //! links checked, then `cargo test` with `CI=true` after `.ci/setup-browser` (Chromium for
-//! `tests/console.rs`). Under CI a test that cannot run for want of a tool fails with the reason
+//! `tests/console.rs`) and `.ci/setup-openssl` (`openssl ts` as a real time-stamping authority for
+//! `tests/timestamp.rs`). Under CI a test that cannot run for want of a tool fails with the reason
 //! instead of skipping; the fault suite's lossy phase uses `tc netem` in network namespaces where
 //! the kernel has it, else a seeded userspace UDP relay on loopback (`tests/support/lossy.rs`: 5%
 //! of datagrams dropped each way, 25 ms delay each way).
