@@ -139,6 +139,21 @@ pub struct EvidenceConfig {
     pub log: bool,
     /// Sign receipts for what peers send (default true).
     pub receipts: bool,
+    /// Time-stamp the chain head with an RFC 3161 TSA (`tsa_url`, `tsa_cert`, `tsa_every`).
+    pub tsa: Option<TsaConfig>,
+}
+
+/// The time-stamping authority the node has its chain head stamped by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TsaConfig {
+    /// Where to send time-stamp requests (`tsa_url`, http or https).
+    pub url: Url,
+    /// The TSA's PEM certificate (`tsa_cert`, relative to `node.certs_dir`).
+    pub cert: PathBuf,
+    /// The certificate, DER, as read when the config was loaded.
+    pub cert_der: Vec<u8>,
+    /// How often the head is stamped when it moved (`tsa_every`, default 60 s).
+    pub every: Duration,
 }
 
 /// The configuration could not be used; every problem found is listed.
@@ -149,6 +164,46 @@ pub struct ConfigError {
     pub path: PathBuf,
     /// One line per problem.
     pub problems: Vec<String>,
+}
+
+/// `[evidence]`'s TSA from its keys: both `tsa_url` and `tsa_cert` or neither, the certificate
+/// readable and meant for time-stamping.
+fn tsa_config(
+    url: Option<Url>,
+    cert: &str,
+    every: Duration,
+    certs_dir: &Path,
+    errs: &mut Vec<String>,
+) -> Option<TsaConfig> {
+    match (url, cert.is_empty()) {
+        (None, true) => None,
+        (Some(_), true) => {
+            errs.push(
+                "evidence.tsa_url: needs evidence.tsa_cert, the TSA's PEM certificate, to check its tokens".into(),
+            );
+            None
+        }
+        (None, false) => {
+            errs.push("evidence.tsa_cert: needs evidence.tsa_url, where the TSA answers (or remove tsa_cert)".into());
+            None
+        }
+        (Some(url), false) => {
+            let path = certs_dir.join(cert);
+            let read = crate::identity::load_cert(&path)
+                .map_err(|e| e.to_string())
+                .and_then(|der| crate::timestamp::check_certificate(&der).map(|()| der).map_err(|e| e.to_string()));
+            if every.is_zero() {
+                errs.push("evidence.tsa_every: must be more than 0, e.g. \"60s\"".into());
+            }
+            match read {
+                Ok(der) => Some(TsaConfig { url, cert: path, cert_der: der.to_vec(), every }),
+                Err(e) => {
+                    errs.push(format!("evidence.tsa_cert: {e}"));
+                    None
+                }
+            }
+        }
+    }
 }
 
 /// Default QUIC listen address.
@@ -292,8 +347,12 @@ impl Config {
             let mut s = Section::new(&evidence, "evidence", &mut errs);
             let log = s.flag("log", true);
             let receipts = s.flag("receipts", true);
+            let tsa_url = s.url("tsa_url", false);
+            let tsa_cert = s.string("tsa_cert", Some("")).unwrap_or_default();
+            let tsa_every = s.duration("tsa_every", Some("60s")).unwrap_or(Duration::from_secs(60));
             s.finish();
-            EvidenceConfig { log, receipts }
+            let tsa = tsa_config(tsa_url, &tsa_cert, tsa_every, &node.certs_dir, &mut errs);
+            EvidenceConfig { log, receipts, tsa }
         };
 
         if errs.is_empty() {
