@@ -148,10 +148,9 @@ pub struct EvidenceConfig {
 pub struct TsaConfig {
     /// Where to send time-stamp requests (`tsa_url`, http or https).
     pub url: Url,
-    /// The TSA's PEM certificate (`tsa_cert`, relative to `node.certs_dir`).
+    /// The TSA's PEM certificate (`tsa_cert`, relative to `node.certs_dir`), read by
+    /// [`TsaConfig::certificate`] when the node starts, `ferry check` and `ferry audit verify`.
     pub cert: PathBuf,
-    /// The certificate, DER, as read when the config was loaded.
-    pub cert_der: Vec<u8>,
     /// How often the head is stamped when it moved (`tsa_every`, default 60 s).
     pub every: Duration,
 }
@@ -166,8 +165,18 @@ pub struct ConfigError {
     pub problems: Vec<String>,
 }
 
-/// `[evidence]`'s TSA from its keys: both `tsa_url` and `tsa_cert` or neither, the certificate
-/// readable and meant for time-stamping.
+impl TsaConfig {
+    /// The TSA's certificate (DER), once it is read and found meant for time-stamping; `Err` says
+    /// what is wrong with the file.
+    pub fn certificate(&self) -> Result<Vec<u8>, String> {
+        let der = crate::identity::load_cert(&self.cert).map_err(|e| format!("evidence.tsa_cert: {e}"))?;
+        crate::timestamp::check_certificate(&der)
+            .map_err(|e| format!("evidence.tsa_cert: {}: {e}", self.cert.display()))?;
+        Ok(der.to_vec())
+    }
+}
+
+/// `[evidence]`'s TSA from its keys: both `tsa_url` and `tsa_cert` or neither.
 fn tsa_config(
     url: Option<Url>,
     cert: &str,
@@ -188,20 +197,10 @@ fn tsa_config(
             None
         }
         (Some(url), false) => {
-            let path = certs_dir.join(cert);
-            let read = crate::identity::load_cert(&path)
-                .map_err(|e| e.to_string())
-                .and_then(|der| crate::timestamp::check_certificate(&der).map(|()| der).map_err(|e| e.to_string()));
             if every.is_zero() {
                 errs.push("evidence.tsa_every: must be more than 0, e.g. \"60s\"".into());
             }
-            match read {
-                Ok(der) => Some(TsaConfig { url, cert: path, cert_der: der.to_vec(), every }),
-                Err(e) => {
-                    errs.push(format!("evidence.tsa_cert: {e}"));
-                    None
-                }
-            }
+            Some(TsaConfig { url, cert: certs_dir.join(cert), every })
         }
     }
 }

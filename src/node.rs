@@ -64,6 +64,9 @@ pub enum NodeError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// The TSA's certificate (`evidence.tsa_cert`) cannot be used.
+    #[error("{0}")]
+    Tsa(String),
     /// Serving the API failed.
     #[error("the API server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -146,13 +149,17 @@ pub async fn run_with(
             tokio::spawn(async {})
         }
     };
-    let stamper = match (&config.evidence.tsa, store.keeps_evidence()) {
-        (Some(tsa), true) => Some(Stamper::new(store.clone(), tsa.clone(), metrics.clone())),
-        (Some(_), false) => {
+    let tsa_cert = match &config.evidence.tsa {
+        Some(tsa) => Some(Arc::new(tsa.certificate().map_err(NodeError::Tsa)?)),
+        None => None,
+    };
+    let stamper = match (&config.evidence.tsa, &tsa_cert, store.keeps_evidence()) {
+        (Some(tsa), Some(cert), true) => Some(Stamper::new(store.clone(), tsa.clone(), cert.clone(), metrics.clone())),
+        (Some(_), _, false) => {
             tracing::warn!("evidence.tsa_url is set but evidence.log is off: nothing is time-stamped");
             None
         }
-        (None, _) => None,
+        _ => None,
     };
     let stamping = match &stamper {
         Some(s) => tokio::spawn(s.clone().work(stop.clone())),
@@ -182,7 +189,7 @@ pub async fn run_with(
         send_roots: Arc::new(HostFiles::new(&config.files.send_roots, own_files(&config))),
         max_size: config.files.max_size,
         timestamps: stamper.as_ref().map(Stamper::status),
-        tsa_cert: config.evidence.tsa.as_ref().map(|tsa| Arc::new(tsa.cert_der.clone())),
+        tsa_cert,
     };
     sockets.api.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;

@@ -60,6 +60,8 @@ impl Status {
 pub struct Stamper {
     store: Store,
     tsa: TsaConfig,
+    /// The TSA's certificate (DER).
+    cert: Arc<Vec<u8>>,
     client: reqwest::Client,
     status: Arc<Status>,
     metrics: Arc<Metrics>,
@@ -69,9 +71,18 @@ pub struct Stamper {
 }
 
 impl Stamper {
-    /// A stamper for `tsa`, reporting to `metrics` and [`Stamper::status`].
-    pub fn new(store: Store, tsa: TsaConfig, metrics: Arc<Metrics>) -> Stamper {
-        Stamper { store, tsa, client: reqwest::Client::new(), status: Arc::default(), metrics, last: Arc::default() }
+    /// A stamper for `tsa` whose certificate is `cert` (DER, [`TsaConfig::certificate`]),
+    /// reporting to `metrics` and [`Stamper::status`].
+    pub fn new(store: Store, tsa: TsaConfig, cert: Arc<Vec<u8>>, metrics: Arc<Metrics>) -> Stamper {
+        Stamper {
+            store,
+            tsa,
+            cert,
+            client: reqwest::Client::new(),
+            status: Arc::default(),
+            metrics,
+            last: Arc::default(),
+        }
     }
 
     /// How the stamping goes.
@@ -133,7 +144,7 @@ impl Stamper {
         hex::decode_to_slice(&hash, &mut digest)
             .map_err(|_| format!("the chain head (seq {seq}) is unreadable; run `ferry audit verify`"))?;
         let token = crate::timestamp::stamp(&self.client, &self.tsa.url, &digest).await.map_err(|e| e.to_string())?;
-        let stamped = crate::timestamp::verify(&token.0, &digest, &self.tsa.cert_der)
+        let stamped = crate::timestamp::verify(&token.0, &digest, &self.cert)
             .map_err(|e| format!("the TSA's token does not verify against {}: {e}", self.tsa.cert.display()))?;
         let record = TimeStamp {
             seq,

@@ -30,8 +30,8 @@ pub fn verify(path: &Path) -> Result<(), CliError> {
     for peer in &config.peers {
         certs.insert(peer.name.clone(), load_cert(&peer.cert)?);
     }
-    let tsa_cert = config.evidence.tsa.as_ref().map(|tsa| tsa.cert_der.as_slice());
-    let verdict = crate::store::verify_log(&config.node.data_dir, &certs, tsa_cert)
+    let tsa_cert = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()).transpose().map_err(CliError::usage)?;
+    let verdict = crate::store::verify_log(&config.node.data_dir, &certs, tsa_cert.as_deref())
         .map_err(|e| CliError::failed(e.to_string()))?;
     match verdict {
         Ok(intact) => {
