@@ -764,6 +764,47 @@ mod tests {
     }
 
     #[test]
+    fn the_tsa_keys_go_together_and_default_to_a_minute() {
+        assert_eq!(parse("[node]\nname = \"org-a\"").unwrap().evidence.tsa, None);
+        let both = "[node]\nname = \"org-a\"\n[evidence]\ntsa_url = \"http://127.0.0.1:3180/\"\ntsa_cert = \"tsa.pem\"";
+        let tsa = parse(both).unwrap().evidence.tsa.unwrap();
+        assert_eq!((tsa.cert, tsa.every), (PathBuf::from("/srv/ferry/certs/tsa.pem"), Duration::from_secs(60)));
+        for (keys, problem) in [
+            ("tsa_url = \"http://127.0.0.1:3180/\"", "evidence.tsa_url: needs evidence.tsa_cert"),
+            ("tsa_cert = \"tsa.pem\"", "evidence.tsa_cert: needs evidence.tsa_url"),
+            ("tsa_url = \"ftp://tsa/\"\ntsa_cert = \"tsa.pem\"", "is not an http(s) URL"),
+            (
+                "tsa_url = \"http://tsa/\"\ntsa_cert = \"tsa.pem\"\ntsa_every = \"0s\"",
+                "evidence.tsa_every: must be more than 0",
+            ),
+        ] {
+            let all = parse(&format!("[node]\nname = \"org-a\"\n[evidence]\n{keys}")).unwrap_err().to_string();
+            assert!(all.contains(problem), "{keys}: {all}");
+        }
+    }
+
+    /// The TSA certificate is refused unreadable or without the timeStamping extended key usage.
+    #[test]
+    fn the_tsa_certificate_must_be_readable_and_for_time_stamping() {
+        let dir = tempfile::tempdir().unwrap();
+        let tsa = |cert: &str| TsaConfig {
+            url: Url::parse("http://127.0.0.1:3180/").unwrap(),
+            cert: dir.path().join(cert),
+            every: Duration::from_secs(60),
+        };
+        let err = tsa("missing.pem").certificate().unwrap_err();
+        assert!(err.starts_with("evidence.tsa_cert: ") && err.contains("missing.pem"), "{err}");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        std::fs::write(dir.path().join("plain.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+        let err = tsa("plain.pem").certificate().unwrap_err();
+        assert!(err.contains("timeStamping"), "{err}");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::TimeStamping];
+        std::fs::write(dir.path().join("tsa.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+        assert!(tsa("tsa.pem").certificate().is_ok());
+    }
+
+    #[test]
     fn a_syntax_error_is_one_line_with_its_position() {
         let err = parse("[node\nname=").unwrap_err();
         assert_eq!(err.problems.len(), 1);
