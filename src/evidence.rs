@@ -570,6 +570,9 @@ fn check_stamp(
     hashes: &std::collections::VecDeque<[u8; 32]>,
     tsa_cert: Option<&[u8]>,
 ) -> Result<(), String> {
+    if stamp.seq < 1 {
+        return Err(format!("it stamps seq {}, which is no record", stamp.seq));
+    }
     let back = seq - stamp.seq;
     if back < 1 {
         return Err(format!("it stamps seq {}, which is not before it", stamp.seq));
@@ -688,6 +691,37 @@ mod tests {
         assert_eq!(back.chain_hash(), hash, "the stored text hashes to its hash");
         assert_eq!(serde_json::to_string(&back).unwrap(), text, "one canonical form");
         assert_eq!(verify([(1, text)], &HashMap::new(), None), Ok(Intact { records: 1, ..Intact::default() }));
+    }
+
+    /// A log of one request and a time-stamp record stamping `seq` with `hash`.
+    fn stamped(seq: i64, hash: Option<&str>) -> Vec<(i64, String)> {
+        let at = "2026-12-06T00:00:00.000Z";
+        let (first_hash, first) = sealed(&Entry::new("request", "out", "org-b", "r1").render(), 1, at, GENESIS);
+        let mut entry = Entry::new("timestamp", "out", "", "");
+        let hash = hash.unwrap_or(&first_hash).to_owned();
+        entry.timestamp = Some(TimeStamp { seq, hash, tsa_time: at.into(), token: "AA==".into() });
+        let (_, second) = sealed(&entry.render(), 2, at, &first_hash);
+        vec![(1, first), (2, second)]
+    }
+
+    /// Without a TSA certificate the stamped hash is still checked against the chain, and the
+    /// token is counted as not checked.
+    #[test]
+    fn a_time_stamp_must_stamp_an_earlier_record_of_the_chain() {
+        let unchecked = Intact { records: 2, unchecked_timestamps: 1, stamped: Some(1), ..Intact::default() };
+        assert_eq!(verify(stamped(1, None), &HashMap::new(), None), Ok(unchecked));
+        for (seq, hash, why) in [
+            (1, Some(GENESIS), "not the hash of record 1"),
+            (2, None, "not before it"),
+            (0, None, "no record"),
+            (-5, None, "no record"),
+        ] {
+            let broken = verify(stamped(seq, hash), &HashMap::new(), None).unwrap_err();
+            assert_eq!(broken.seq, 2);
+            assert!(broken.why.starts_with("time-stamp: ") && broken.why.contains(why), "{}", broken.why);
+        }
+        let broken = verify(stamped(1, None), &HashMap::new(), Some(b"not a certificate")).unwrap_err();
+        assert!(broken.why.starts_with("time-stamp: "), "{}", broken.why);
     }
 
     /// A log of one sent request and the peer's receipt for it, the receipt signed over

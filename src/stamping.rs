@@ -11,7 +11,7 @@ use serde::Serialize;
 use tokio_util::sync::CancellationToken;
 
 use crate::config::TsaConfig;
-use crate::evidence::TimeStamp;
+use crate::evidence::{Record, TimeStamp};
 use crate::metrics::Metrics;
 use crate::store::{now_ms, rfc3339, Store};
 
@@ -133,11 +133,23 @@ impl Stamper {
         }
     }
 
+    /// Whether the record at `seq` is a time-stamp record.
+    async fn is_time_stamp(&self, seq: i64) -> bool {
+        let records = self.store.audit(seq - 1, 1).await.unwrap_or_default();
+        records
+            .first()
+            .and_then(|text| serde_json::from_str::<Record>(text).ok())
+            .is_some_and(|r| r.entry.event == "timestamp")
+    }
+
     /// Stamps the head and records the token: `None` when the head has not moved.
     async fn try_stamp(&self) -> Result<Option<Stamp>, String> {
         let head = self.store.chain_head().await.map_err(|e| format!("the chain head cannot be read: {e}"))?;
         let Some((seq, hash)) = head else { return Ok(None) };
-        if *self.last.lock().unwrap() == Some(seq) {
+        let last = *self.last.lock().unwrap();
+        if last == Some(seq) || (last.is_none() && self.is_time_stamp(seq).await) {
+            // Unmoved since this node's last stamp (in this run, or the stop's of the last run).
+            *self.last.lock().unwrap() = Some(seq);
             return Ok(None);
         }
         let mut digest = [0; 32];
