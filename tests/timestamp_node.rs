@@ -161,8 +161,19 @@ async fn time_stamps_are_kept_and_verified_and_a_changed_token_is_named() {
             assert!(out.contains(&format!("{} time-stamps verified", stamps.len())), "{out}");
         }
 
-        // An altered token, the chain left as it is: the record's hash names it.
+        // A time-stamp record removed: the chain breaks there, as for any record.
+        // The first one, followed by more exchanges' records: a cut tail is not seen by the chain.
         let first = stamps(&p.a)[0].seq;
+        rewrite(&p.a, false, |_| false);
+        let db = rusqlite::Connection::open(p.a.dir.join("data/ferry.db")).unwrap();
+        let saved: String = db.query_row("SELECT records FROM evidence WHERE seq = ?1", [first], |r| r.get(0)).unwrap();
+        db.execute("DELETE FROM evidence WHERE seq = ?1", [first]).unwrap();
+        let (code, _, err) = audit(&p.a, &["verify"]);
+        assert!(code == 1 && err.contains(&format!("broken at seq {first}")), "{err}");
+        db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![first, saved]).unwrap();
+        assert_eq!(audit(&p.a, &["verify"]).0, 0, "restored");
+
+        // An altered token, the chain left as it is: the record's hash names it.
         let changed = rewrite(&p.a, false, |r| match r.entry.timestamp.as_mut() {
             Some(stamp) if r.seq == first => {
                 stamp.token = altered(&stamp.token);
