@@ -139,6 +139,20 @@ pub struct EvidenceConfig {
     pub log: bool,
     /// Sign receipts for what peers send (default true).
     pub receipts: bool,
+    /// Time-stamp the chain head with an RFC 3161 TSA (`tsa_url`, `tsa_cert`, `tsa_every`).
+    pub tsa: Option<TsaConfig>,
+}
+
+/// The time-stamping authority the node has its chain head stamped by.
+#[derive(Debug, Clone, PartialEq)]
+pub struct TsaConfig {
+    /// Where to send time-stamp requests (`tsa_url`, http or https).
+    pub url: Url,
+    /// The TSA's PEM certificate (`tsa_cert`, relative to `node.certs_dir`), read by
+    /// [`TsaConfig::certificate`] when the node starts, `ferry check` and `ferry audit verify`.
+    pub cert: PathBuf,
+    /// How often the head is stamped when it moved (`tsa_every`, default 60 s).
+    pub every: Duration,
 }
 
 /// The configuration could not be used; every problem found is listed.
@@ -149,6 +163,46 @@ pub struct ConfigError {
     pub path: PathBuf,
     /// One line per problem.
     pub problems: Vec<String>,
+}
+
+impl TsaConfig {
+    /// The TSA's certificate (DER), once it is read and found meant for time-stamping; `Err` says
+    /// what is wrong with the file.
+    pub fn certificate(&self) -> Result<Vec<u8>, String> {
+        let der = crate::identity::load_cert(&self.cert).map_err(|e| format!("evidence.tsa_cert: {e}"))?;
+        crate::timestamp::check_certificate(&der)
+            .map_err(|e| format!("evidence.tsa_cert: {}: {e}", self.cert.display()))?;
+        Ok(der.to_vec())
+    }
+}
+
+/// `[evidence]`'s TSA from its keys: both `tsa_url` and `tsa_cert` or neither.
+fn tsa_config(
+    url: Option<Url>,
+    cert: &str,
+    every: Duration,
+    certs_dir: &Path,
+    errs: &mut Vec<String>,
+) -> Option<TsaConfig> {
+    match (url, cert.is_empty()) {
+        (None, true) => None,
+        (Some(_), true) => {
+            errs.push(
+                "evidence.tsa_url: needs evidence.tsa_cert, the TSA's PEM certificate, to check its tokens".into(),
+            );
+            None
+        }
+        (None, false) => {
+            errs.push("evidence.tsa_cert: needs evidence.tsa_url, where the TSA answers (or remove tsa_cert)".into());
+            None
+        }
+        (Some(url), false) => {
+            if every.is_zero() {
+                errs.push("evidence.tsa_every: must be more than 0, e.g. \"60s\"".into());
+            }
+            Some(TsaConfig { url, cert: certs_dir.join(cert), every })
+        }
+    }
 }
 
 /// Default QUIC listen address.
@@ -292,8 +346,12 @@ impl Config {
             let mut s = Section::new(&evidence, "evidence", &mut errs);
             let log = s.flag("log", true);
             let receipts = s.flag("receipts", true);
+            let tsa_url = s.url("tsa_url", false);
+            let tsa_cert = s.string("tsa_cert", Some("")).unwrap_or_default();
+            let tsa_every = s.duration("tsa_every", Some("60s")).unwrap_or(Duration::from_secs(60));
             s.finish();
-            EvidenceConfig { log, receipts }
+            let tsa = tsa_config(tsa_url, &tsa_cert, tsa_every, &node.certs_dir, &mut errs);
+            EvidenceConfig { log, receipts, tsa }
         };
 
         if errs.is_empty() {
@@ -703,6 +761,47 @@ mod tests {
             all.contains("api.max_connections: must be a whole number") && all.contains("api.header_timeout"),
             "{all}"
         );
+    }
+
+    #[test]
+    fn the_tsa_keys_go_together_and_default_to_a_minute() {
+        assert_eq!(parse("[node]\nname = \"org-a\"").unwrap().evidence.tsa, None);
+        let both = "[node]\nname = \"org-a\"\n[evidence]\ntsa_url = \"http://127.0.0.1:3180/\"\ntsa_cert = \"tsa.pem\"";
+        let tsa = parse(both).unwrap().evidence.tsa.unwrap();
+        assert_eq!((tsa.cert, tsa.every), (PathBuf::from("/srv/ferry/certs/tsa.pem"), Duration::from_secs(60)));
+        for (keys, problem) in [
+            ("tsa_url = \"http://127.0.0.1:3180/\"", "evidence.tsa_url: needs evidence.tsa_cert"),
+            ("tsa_cert = \"tsa.pem\"", "evidence.tsa_cert: needs evidence.tsa_url"),
+            ("tsa_url = \"ftp://tsa/\"\ntsa_cert = \"tsa.pem\"", "is not an http(s) URL"),
+            (
+                "tsa_url = \"http://tsa/\"\ntsa_cert = \"tsa.pem\"\ntsa_every = \"0s\"",
+                "evidence.tsa_every: must be more than 0",
+            ),
+        ] {
+            let all = parse(&format!("[node]\nname = \"org-a\"\n[evidence]\n{keys}")).unwrap_err().to_string();
+            assert!(all.contains(problem), "{keys}: {all}");
+        }
+    }
+
+    /// The TSA certificate is refused unreadable or without the timeStamping extended key usage.
+    #[test]
+    fn the_tsa_certificate_must_be_readable_and_for_time_stamping() {
+        let dir = tempfile::tempdir().unwrap();
+        let tsa = |cert: &str| TsaConfig {
+            url: Url::parse("http://127.0.0.1:3180/").unwrap(),
+            cert: dir.path().join(cert),
+            every: Duration::from_secs(60),
+        };
+        let err = tsa("missing.pem").certificate().unwrap_err();
+        assert!(err.starts_with("evidence.tsa_cert: ") && err.contains("missing.pem"), "{err}");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(Vec::<String>::new()).unwrap();
+        std::fs::write(dir.path().join("plain.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+        let err = tsa("plain.pem").certificate().unwrap_err();
+        assert!(err.contains("timeStamping"), "{err}");
+        params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::TimeStamping];
+        std::fs::write(dir.path().join("tsa.pem"), params.self_signed(&key).unwrap().pem()).unwrap();
+        assert!(tsa("tsa.pem").certificate().is_ok());
     }
 
     #[test]

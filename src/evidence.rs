@@ -83,6 +83,22 @@ pub struct Entry {
     pub file: Option<FileFacts>,
     /// The peer's signed receipt (on `receipt` records).
     pub receipt: Option<Receipt>,
+    /// A TSA's time-stamp of the chain head (on `timestamp` records; absent on all others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub timestamp: Option<TimeStamp>,
+}
+
+/// A TSA's RFC 3161 token over an earlier record's hash (a chain head), as kept.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TimeStamp {
+    /// The seq of the record stamped (the chain head when it was stamped).
+    pub seq: i64,
+    /// That record's hash, the digest the token covers.
+    pub hash: String,
+    /// The TSA's time (TSTInfo `genTime`, RFC 3339, UTC).
+    pub tsa_time: String,
+    /// The token: base64 of its DER (`openssl ts -verify -token_in` reads it decoded).
+    pub token: String,
 }
 
 /// A peer's receipt as kept: the messages it covers, and its signature over their Merkle root.
@@ -323,6 +339,7 @@ impl Summary<'_> {
             body_sha256: self.body_sha256.map(str::to_owned),
             file: self.file.clone(),
             receipt: None,
+            timestamp: None,
         }
     }
 }
@@ -411,13 +428,25 @@ impl Record {
 }
 
 /// What [`verify`] checked.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub struct Intact {
     /// Records in the chain.
     pub records: u64,
     /// Messages covered by a receipt whose signature verified.
     pub receipts: u64,
+    /// Time-stamp records whose token verified against the TSA certificate.
+    pub timestamps: u64,
+    /// Time-stamp records found with no TSA certificate to check their tokens against (their
+    /// stamped hash was still checked against the chain).
+    pub unchecked_timestamps: u64,
+    /// The newest seq a time-stamp covers: records after it have no trusted time.
+    pub stamped: Option<i64>,
 }
+
+/// How many of the latest records' hashes [`verify`] keeps to check what a time-stamp record
+/// stamped (32 MiB): the stamping task records a token within a TSA round trip of the head it
+/// stamped.
+const STAMP_WINDOW: usize = 1 << 20;
 
 /// Where the log is broken, and why.
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -433,12 +462,18 @@ pub struct Broken {
 /// match what this node recorded sending, when it recorded it: a sync request whose caller gave
 /// up (or whose node stopped) before the answer has its receipt as its only record, which is no
 /// break, since no record can go missing without breaking the chain.
+///
+/// Each time-stamp record must stamp the hash of the record at its stamped seq, and its token must
+/// verify against `tsa_cert` (DER), when one is given.
 pub fn verify(
     rows: impl IntoIterator<Item = (i64, String)>,
     certs: &HashMap<String, CertificateDer<'static>>,
+    tsa_cert: Option<&[u8]>,
 ) -> Result<Intact, Broken> {
     let mut prev = GENESIS.to_owned();
-    let mut intact = Intact { records: 0, receipts: 0 };
+    let mut intact = Intact::default();
+    // The latest records' hashes, the oldest first, for time-stamps to be checked against.
+    let mut hashes: std::collections::VecDeque<[u8; 32]> = std::collections::VecDeque::new();
     // What this node recorded sending, by message ([`message`]): its content ([`content`]).
     let mut sent: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
     // Receipts' messages not recorded as sent (yet) where the receipt is: (receipt seq, message,
@@ -492,6 +527,20 @@ pub fn verify(
                 }
             }
         }
+        if entry.event == "timestamp" {
+            let stamp =
+                entry.timestamp.as_ref().ok_or_else(|| broken("a timestamp record without a time-stamp".into()))?;
+            check_stamp(stamp, record.seq, &hashes, tsa_cert).map_err(|why| broken(format!("time-stamp: {why}")))?;
+            match tsa_cert {
+                Some(_) => intact.timestamps += 1,
+                None => intact.unchecked_timestamps += 1,
+            }
+            intact.stamped = intact.stamped.max(Some(stamp.seq));
+        }
+        if hashes.len() == STAMP_WINDOW {
+            hashes.pop_front();
+        }
+        hashes.push_back(digest(&record.hash).unwrap_or_default());
         prev = record.hash;
         intact.records += 1;
     }
@@ -504,6 +553,51 @@ pub fn verify(
         Some(seq) => Err(Broken { seq, why: "the peer signed other content than this node recorded sending".into() }),
         None => Ok(intact),
     }
+}
+
+/// A hex SHA-256 as bytes.
+fn digest(hex_text: &str) -> Option<[u8; 32]> {
+    let mut bytes = [0; 32];
+    hex::decode_to_slice(hex_text, &mut bytes).ok().map(|()| bytes)
+}
+
+/// Checks the time-stamp of record `seq`: it stamps the hash of an earlier record (`hashes` holds
+/// the latest ones, the last being record `seq - 1`'s), and its token verifies against
+/// `tsa_cert` and covers that hash.
+fn check_stamp(
+    stamp: &TimeStamp,
+    seq: i64,
+    hashes: &std::collections::VecDeque<[u8; 32]>,
+    tsa_cert: Option<&[u8]>,
+) -> Result<(), String> {
+    if stamp.seq < 1 {
+        return Err(format!("it stamps seq {}, which is no record", stamp.seq));
+    }
+    let back = seq - stamp.seq;
+    if back < 1 {
+        return Err(format!("it stamps seq {}, which is not before it", stamp.seq));
+    }
+    let stamped = usize::try_from(back)
+        .ok()
+        .and_then(|back| hashes.len().checked_sub(back))
+        .and_then(|at| hashes.get(at))
+        .ok_or_else(|| format!("it stamps seq {}, too far before it to be checked", stamp.seq))?;
+    let hash = digest(&stamp.hash).ok_or_else(|| format!("its stamped hash `{}` is not a SHA-256", stamp.hash))?;
+    if hash != *stamped {
+        return Err(format!(
+            "the hash it stamps is not the hash of record {}: the record or the time-stamp was changed",
+            stamp.seq
+        ));
+    }
+    let Some(cert) = tsa_cert else { return Ok(()) };
+    let token = base64::engine::general_purpose::STANDARD
+        .decode(&stamp.token)
+        .map_err(|_| "its token is not base64: it was altered".to_owned())?;
+    let verified = crate::timestamp::verify(&token, &hash, cert).map_err(|e| e.to_string())?;
+    if verified.time != stamp.tsa_time {
+        return Err(format!("its `tsa_time` {} is not the token's time {}", stamp.tsa_time, verified.time));
+    }
+    Ok(())
 }
 
 /// What [`verify`] knows a message by: its peer, request id and reply seq, as one SHA-256 so that
@@ -596,7 +690,38 @@ mod tests {
         assert_eq!((back.seq, back.prev.as_str()), (1, GENESIS));
         assert_eq!(back.chain_hash(), hash, "the stored text hashes to its hash");
         assert_eq!(serde_json::to_string(&back).unwrap(), text, "one canonical form");
-        assert_eq!(verify([(1, text)], &HashMap::new()), Ok(Intact { records: 1, receipts: 0 }));
+        assert_eq!(verify([(1, text)], &HashMap::new(), None), Ok(Intact { records: 1, ..Intact::default() }));
+    }
+
+    /// A log of one request and a time-stamp record stamping `seq` with `hash`.
+    fn stamped(seq: i64, hash: Option<&str>) -> Vec<(i64, String)> {
+        let at = "2026-12-06T00:00:00.000Z";
+        let (first_hash, first) = sealed(&Entry::new("request", "out", "org-b", "r1").render(), 1, at, GENESIS);
+        let mut entry = Entry::new("timestamp", "out", "", "");
+        let hash = hash.unwrap_or(&first_hash).to_owned();
+        entry.timestamp = Some(TimeStamp { seq, hash, tsa_time: at.into(), token: "AA==".into() });
+        let (_, second) = sealed(&entry.render(), 2, at, &first_hash);
+        vec![(1, first), (2, second)]
+    }
+
+    /// Without a TSA certificate the stamped hash is still checked against the chain, and the
+    /// token is counted as not checked.
+    #[test]
+    fn a_time_stamp_must_stamp_an_earlier_record_of_the_chain() {
+        let unchecked = Intact { records: 2, unchecked_timestamps: 1, stamped: Some(1), ..Intact::default() };
+        assert_eq!(verify(stamped(1, None), &HashMap::new(), None), Ok(unchecked));
+        for (seq, hash, why) in [
+            (1, Some(GENESIS), "not the hash of record 1"),
+            (2, None, "not before it"),
+            (0, None, "no record"),
+            (-5, None, "no record"),
+        ] {
+            let broken = verify(stamped(seq, hash), &HashMap::new(), None).unwrap_err();
+            assert_eq!(broken.seq, 2);
+            assert!(broken.why.starts_with("time-stamp: ") && broken.why.contains(why), "{}", broken.why);
+        }
+        let broken = verify(stamped(1, None), &HashMap::new(), Some(b"not a certificate")).unwrap_err();
+        assert!(broken.why.starts_with("time-stamp: "), "{}", broken.why);
     }
 
     /// A log of one sent request and the peer's receipt for it, the receipt signed over
@@ -620,12 +745,15 @@ mod tests {
         let identity = crate::identity::Identity::generate("org-b").unwrap();
         let signer = crate::receipt::Signer::new(&identity).unwrap();
         let certs = HashMap::from([("org-b".to_owned(), identity.cert.clone())]);
-        assert_eq!(verify(sent_and_receipted(&signer, [1; 32]), &certs), Ok(Intact { records: 2, receipts: 1 }));
-        let broken = verify(sent_and_receipted(&signer, [2; 32]), &certs).unwrap_err();
+        assert_eq!(
+            verify(sent_and_receipted(&signer, [1; 32]), &certs, None),
+            Ok(Intact { records: 2, receipts: 1, ..Intact::default() })
+        );
+        let broken = verify(sent_and_receipted(&signer, [2; 32]), &certs, None).unwrap_err();
         assert_eq!(broken.seq, 2);
         assert!(broken.why.contains("signed other content"), "{}", broken.why);
         let other = crate::identity::Identity::generate("org-b").unwrap();
         let certs = HashMap::from([("org-b".to_owned(), other.cert)]);
-        assert!(verify(sent_and_receipted(&signer, [1; 32]), &certs).unwrap_err().why.contains("receipt"));
+        assert!(verify(sent_and_receipted(&signer, [1; 32]), &certs, None).unwrap_err().why.contains("receipt"));
     }
 }

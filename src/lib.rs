@@ -41,6 +41,7 @@
 //! | [`store`] | the one place of durable state (SQLite, one writer thread, group commit): the queue of requests and replies by domain (`outgoing`, `incoming`, `replies`, `callbacks`; leases and recovery in `queue`), their stored form (`stored`, versioned), files, read views (`records`) on read-only connections beside the writer (`reader`), idempotency and duplicate checks (`trust`), the evidence log's table (`evidence`) |
 //! | [`evidence`], [`receipt`] | the evidence log's records, hash chain and offline check; receipts: Merkle batches, signing and checking |
 //! | [`timestamp`] | trusted time (RFC 3161): asking a time-stamping authority to stamp a digest, and checking a token offline against the TSA's certificate |
+//! | [`stamping`] | the task that has the TSA stamp the evidence log's head every `tsa_every` and at shutdown, and reports how it goes |
 //! | [`link`] | the QUIC endpoint: dialing and keeping peer connections, the outbound stream per request, store-and-forward (`forward`), files (`upload`), the inbound handler, receipts both ways, transport settings |
 //! | [`transfer`] | files on the wire: 1 MiB chunks with their SHA-256, resumption, direct I/O on the receiving side |
 //! | [`deliver`] | calls to this node's local services for peers (the link's [`service::Caller`], and the worker for stored requests): the HTTP call, the `X-Ferry-*` headers |
@@ -82,6 +83,7 @@ pub mod node;
 pub mod peer;
 pub mod receipt;
 pub mod service;
+pub mod stamping;
 pub mod store;
 pub mod systemd;
 pub mod timestamp;

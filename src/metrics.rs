@@ -61,7 +61,8 @@ pub struct ServiceLabel {
 /// Labels of callback deliveries.
 #[derive(Debug, Clone, Hash, PartialEq, Eq, EncodeLabelSet)]
 pub struct OutcomeLabel {
-    /// `delivered` or `retry` (the attempt failed and another is scheduled, or it gave up).
+    /// `delivered` or `retry` for callbacks (the attempt failed and another is scheduled, or it
+    /// gave up); `stamped` or `failed` for time-stamps.
     pub outcome: String,
 }
 
@@ -81,6 +82,8 @@ pub struct Metrics {
     pub file_bytes: Family<BytesLabels, Counter>,
     /// Callback delivery attempts.
     pub callbacks: Family<OutcomeLabel, Counter>,
+    /// Attempts to time-stamp the evidence log's head: `stamped` or `failed`.
+    pub timestamps: Family<OutcomeLabel, Counter>,
     /// Stored requests by direction, peer and state (set at scrape time).
     pub requests: Family<QueueLabels, Gauge>,
     /// Results waiting for delivery to callbacks (set at scrape time).
@@ -106,6 +109,7 @@ impl Default for Metrics {
             service_duration: Family::new_with_constructor(latency),
             file_bytes: Family::default(),
             callbacks: Family::default(),
+            timestamps: Family::default(),
             requests: Family::default(),
             callbacks_pending: Gauge::default(),
             peer_connected: Family::default(),
@@ -122,6 +126,7 @@ impl Default for Metrics {
         registry.register("service_call_duration_seconds", "Local service answer time", m.service_duration.clone());
         registry.register("file_bytes", "File bytes moved over the link", m.file_bytes.clone());
         registry.register("callback_attempts", "Callback delivery attempts", m.callbacks.clone());
+        registry.register("timestamps", "Attempts to time-stamp the evidence log's head", m.timestamps.clone());
         registry.register("requests", "Stored requests by direction, peer and state", m.requests.clone());
         registry.register(
             "callbacks_pending",

@@ -17,6 +17,7 @@ use crate::link::{self, Link, LinkError, Transport};
 use crate::metrics::Metrics;
 use crate::peer::Peers;
 use crate::service::Services;
+use crate::stamping::Stamper;
 use crate::store::{Store, StoreError};
 use crate::systemd::Notifier;
 use crate::{callbacks, inbox};
@@ -63,6 +64,9 @@ pub enum NodeError {
     /// The store could not be opened.
     #[error("cannot open the store: {0}")]
     Store(#[from] StoreError),
+    /// The TSA's certificate (`evidence.tsa_cert`) cannot be used.
+    #[error("{0}")]
+    Tsa(String),
     /// Serving the API failed.
     #[error("the API server failed: {0}")]
     Io(#[from] std::io::Error),
@@ -79,6 +83,9 @@ fn own_files(config: &Config) -> Vec<std::path::PathBuf> {
 
 /// How long a stopping node waits for work under way.
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// How long a stopping node waits for the TSA to stamp its last head.
+const STAMP_AT_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
 /// What `ferry run` adds to a node: systemd notifications and reloads on SIGHUP. Tests and the
 /// demo run nodes without them.
@@ -142,11 +149,28 @@ pub async fn run_with(
             tokio::spawn(async {})
         }
     };
+    let tsa_cert = match &config.evidence.tsa {
+        Some(tsa) => Some(Arc::new(tsa.certificate().map_err(NodeError::Tsa)?)),
+        None => None,
+    };
+    let stamper = match (&config.evidence.tsa, &tsa_cert, store.keeps_evidence()) {
+        (Some(tsa), Some(cert), true) => Some(Stamper::new(store.clone(), tsa.clone(), cert.clone(), metrics.clone())),
+        (Some(_), _, false) => {
+            tracing::warn!("evidence.tsa_url is set but evidence.log is off: nothing is time-stamped");
+            None
+        }
+        _ => None,
+    };
+    let stamping = match &stamper {
+        Some(s) => tokio::spawn(s.clone().work(stop.clone())),
+        None => tokio::spawn(async {}),
+    };
     let workers = [
         tokio::spawn(link.clone().forward(stop.clone())),
         tokio::spawn(deliver::work(deliverer, store.clone(), metrics.clone(), stop.clone())),
         tokio::spawn(callbacks::work(store.clone(), metrics.clone(), stop.clone())),
         inbox,
+        stamping,
     ];
     link.greet_peers();
 
@@ -164,6 +188,8 @@ pub async fn run_with(
         heartbeat: config.api.heartbeat,
         send_roots: Arc::new(HostFiles::new(&config.files.send_roots, own_files(&config))),
         max_size: config.files.max_size,
+        timestamps: stamper.as_ref().map(Stamper::status),
+        tsa_cert,
     };
     sockets.api.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
@@ -212,6 +238,12 @@ pub async fn run_with(
     stop.cancel();
     if tokio::time::timeout(DRAIN_WITHIN, futures::future::join_all(workers)).await.is_err() {
         tracing::warn!("work still under way after {DRAIN_WITHIN:?}; the store resumes it at the next start");
+    }
+    if let Some(stamper) = &stamper {
+        // The last head gets its trusted time before the store's last commit.
+        if tokio::time::timeout(STAMP_AT_STOP_WITHIN, stamper.stamp_head()).await.is_err() {
+            tracing::warn!("the TSA did not stamp the last head within {STAMP_AT_STOP_WITHIN:?}");
+        }
     }
     link.close().await;
     if let Err(e) = store.flush().await {
@@ -286,6 +318,7 @@ impl Reloader {
             restart.push("node.certs_dir");
         }
         if new.evidence != old.evidence {
+            // Including evidence.tsa_url, tsa_cert and tsa_every: the stamping task starts with the node.
             restart.push("[evidence]");
         }
         if new.node.callback_base != old.node.callback_base

@@ -258,6 +258,14 @@ pub fn verify(token_der: &[u8], digest: &[u8; 32], tsa_cert_der: &[u8]) -> Resul
     })
 }
 
+/// Checks that `tsa_cert_der` is a certificate a TSA may sign tokens with (RFC 3161 §2.3: its
+/// extended key usage is timeStamping), as [`verify`] requires.
+pub fn check_certificate(tsa_cert_der: &[u8]) -> Result<(), TimestampError> {
+    let cert = Certificate::from_der(tsa_cert_der)
+        .map_err(|e| TimestampError::BadCertificate(format!("not a DER X.509 certificate ({e})")))?;
+    require_time_stamping(&cert)
+}
+
 /// A token taken apart: its TSTInfo, the eContent bytes it was decoded from, its one signer, and
 /// the DER of that signer's signed attributes as they were signed.
 struct Parsed {

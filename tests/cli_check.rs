@@ -161,3 +161,27 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     assert!(s_line.contains("unreachable") && s_line.contains(&dead.to_string()), "{s_line}");
     assert_eq!(failed.lines().count(), 3, "{failed}");
 }
+
+#[test]
+fn check_refuses_a_tsa_certificate_missing_or_not_for_time_stamping() {
+    let root = tempfile::tempdir().unwrap();
+    let node = init(root.path(), "org-a", None);
+    let use_tsa_cert = |cert: &str| {
+        let mut doc: toml_edit::DocumentMut = fs::read_to_string(&node.config).unwrap().parse().unwrap();
+        doc["evidence"] = toml_edit::table();
+        doc["evidence"]["tsa_url"] = toml_edit::value("http://127.0.0.1:3180/");
+        doc["evidence"]["tsa_cert"] = toml_edit::value(cert);
+        fs::write(&node.config, doc.to_string()).unwrap();
+    };
+    for (cert, named) in [("tsa.pem", "tsa.pem"), ("node.pem", "timeStamping")] {
+        use_tsa_cert(cert);
+        let out = check(&node);
+        assert_usage_error(&out);
+        let err = stderr(&out);
+        assert!(err.contains("evidence.tsa_cert: ") && err.contains(named), "{cert}: {err}");
+    }
+    let tsa = support::tsa::signer(support::tsa::KeyKind::EcdsaP256, root.path(), "a TSA", true);
+    fs::write(node.dir.join("certs/tsa.pem"), tsa.cert_pem).unwrap();
+    use_tsa_cert("tsa.pem");
+    assert_code(&check(&node), 0);
+}

@@ -226,6 +226,8 @@ fn state() -> ApiState {
         callback_hosts: Arc::new(vec![]),
         heartbeat: std::time::Duration::from_secs(15),
         send_roots: Arc::new(ferry::host_file::HostFiles::new(std::slice::from_ref(&dir), vec![])),
+        timestamps: None,
+        tsa_cert: None,
         max_size: 1 << 20,
     }
 }

@@ -212,11 +212,12 @@ pub(super) async fn audit_verify(State(state): State<ApiState>) -> Result<Respon
     let certs: HashMap<_, _> = state.peers.all().iter().map(|p| (p.name.clone(), p.cert.clone())).collect();
     let verdict = state
         .store
-        .verify_log(certs)
+        .verify_log(certs, state.tsa_cert.as_deref().cloned())
         .await
         .map_err(|e| ApiError::new(Kind::Internal, format!("the evidence log cannot be read: {e}")))?;
     let data = match verdict {
-        Ok(intact) => json!({"intact": true, "records": intact.records, "receipts": intact.receipts}),
+        Ok(intact) => json!({"intact": true, "records": intact.records, "receipts": intact.receipts,
+            "timestamps": intact.timestamps, "stamped_seq": intact.stamped}),
         Err(broken) => json!({"intact": false, "seq": broken.seq, "why": broken.why}),
     };
     Ok(ok(StatusCode::OK, "ActionOK", data))

@@ -58,6 +58,10 @@ pub struct ApiState {
     pub send_roots: Arc<crate::host_file::HostFiles>,
     /// `files.max_size`.
     pub max_size: u64,
+    /// How time-stamping goes, when `evidence.tsa_url` is set (`/v1/health`).
+    pub timestamps: Option<Arc<crate::stamping::Status>>,
+    /// The TSA's certificate (DER), for `/v1/audit/verify` to check time-stamps.
+    pub tsa_cert: Option<Arc<Vec<u8>>>,
 }
 
 /// The API's routes and their OpenAPI document, built from the same annotated handlers.
@@ -148,14 +152,14 @@ async fn peers(State(state): State<ApiState>) -> Response {
 }
 
 /// `GET /v1/health`.
-#[utoipa::path(get, path = "/v1/health", tag = "monitoring", summary = "`{name, version, fingerprint}` once the node serves",
+#[utoipa::path(get, path = "/v1/health", tag = "monitoring", summary = "`{name, version, fingerprint}` once the node serves, and `timestamps` with a TSA",
     responses((status = 200, body = openapi::Envelope)))]
 async fn health(State(state): State<ApiState>) -> Response {
-    ok(
-        StatusCode::OK,
-        "ActionOK",
-        json!({"name": state.name, "version": env!("CARGO_PKG_VERSION"), "fingerprint": state.fingerprint}),
-    )
+    let mut data = json!({"name": state.name, "version": env!("CARGO_PKG_VERSION"), "fingerprint": state.fingerprint});
+    if let Some(status) = &state.timestamps {
+        data["timestamps"] = json!(status.health());
+    }
+    ok(StatusCode::OK, "ActionOK", data)
 }
 
 #[cfg(test)]
@@ -178,6 +182,8 @@ mod tests {
             callback_hosts: Arc::new(vec![]),
             heartbeat: std::time::Duration::from_secs(15),
             send_roots: Default::default(),
+            timestamps: None,
+            tsa_cert: None,
             max_size: 1 << 30,
         }
     }

@@ -36,6 +36,9 @@ pub fn check(path: &Path, connect: bool) -> Result<(), CliError> {
             Err(e) => problems.push(format!("peer `{}`: {e}", peer.name)),
         }
     }
+    if let Some(Err(e)) = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()) {
+        problems.push(e);
+    }
     if !problems.is_empty() {
         return Err(CliError::usage(problems.join("\n")));
     }

@@ -9,7 +9,7 @@ use rusqlite::{params, OptionalExtension};
 use rustls::pki_types::CertificateDer;
 
 use super::{now_ms, query_row, rfc3339, Store, StoreError, Tx};
-use crate::evidence::{Broken, Entry, Intact, MaskedForm, Receipt, Record, Rendered, Summary, GENESIS};
+use crate::evidence::{Broken, Entry, Intact, MaskedForm, Receipt, Record, Rendered, Summary, TimeStamp, GENESIS};
 use crate::wire;
 
 /// The evidence log as the writer appends to it. A transaction's records are sealed into one
@@ -41,15 +41,7 @@ impl Tx<'_, '_> {
         let Some(log) = self.log else {
             return Ok(());
         };
-        let known = self.head.borrow_mut().take();
-        let last = match known {
-            Some(head) => Some(head),
-            None => query_row(self, "SELECT seq, records FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
-                let seq = r.get(0)?;
-                Ok(last_record(seq, unpack(seq, r.get_ref(1)?)))
-            })
-            .optional()?,
-        };
+        let last = self.chain_head()?;
         let (seq, prev) = last.map(|(s, h)| (s + 1, h)).unwrap_or((1, GENESIS.to_owned()));
         let at = self.at.get_or_init(|| rfc3339(now_ms()));
         let entry = entry.into();
@@ -63,6 +55,20 @@ impl Tx<'_, '_> {
         entry.recycle();
         *self.head.borrow_mut() = Some((seq, hash));
         Ok(())
+    }
+
+    /// The evidence log's last record (seq, hash) in this transaction; `None` while it is empty.
+    fn chain_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        if let Some(head) = self.head.borrow().clone() {
+            return Ok(Some(head));
+        }
+        let last = query_row(self, "SELECT seq, records FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
+            let seq = r.get(0)?;
+            Ok(last_record(seq, unpack(seq, r.get_ref(1)?)))
+        })
+        .optional()?;
+        self.head.borrow_mut().clone_from(&last);
+        Ok(last)
     }
 
     /// Inserts this transaction's block of records, if it has any; the writer calls it last
@@ -186,11 +192,37 @@ impl Store {
 }
 
 impl Store {
+    /// The evidence log's last record (seq, hash) once everything queued so far is committed;
+    /// `None` while the log is empty or none is kept.
+    pub async fn chain_head(&self) -> Result<Option<(i64, String)>, StoreError> {
+        if !self.evidence {
+            return Ok(None);
+        }
+        self.run_relaxed(|t, _| t.chain_head()).await
+    }
+
+    /// Records a TSA's time-stamp of an earlier chain head as a record of its own (`event:
+    /// "timestamp"`), on disk when this returns; returns that record's seq.
+    pub async fn time_stamped(&self, stamp: TimeStamp) -> Result<i64, StoreError> {
+        let mut entry = Entry::new("timestamp", "out", "", "");
+        entry.timestamp = Some(stamp);
+        let rendered = entry.render();
+        self.run(move |t, _| {
+            t.record(rendered)?;
+            Ok(t.chain_head()?.map_or(0, |(seq, _)| seq))
+        })
+        .await
+    }
+
     /// Checks the whole evidence log ([`verify_log`]) on a connection of its own, so that the
     /// writer is not held up.
-    pub async fn verify_log(&self, certs: HashMap<String, CertificateDer<'static>>) -> Result<Verdict, StoreError> {
+    pub async fn verify_log(
+        &self,
+        certs: HashMap<String, CertificateDer<'static>>,
+        tsa_cert: Option<Vec<u8>>,
+    ) -> Result<Verdict, StoreError> {
         let data_dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || verify_log(&data_dir, &certs))
+        tokio::task::spawn_blocking(move || verify_log(&data_dir, &certs, tsa_cert.as_deref()))
             .await
             .map_err(|e| StoreError::Io(format!("the log check failed: {e}")))?
     }
@@ -200,11 +232,16 @@ impl Store {
 pub type Verdict = Result<Intact, Broken>;
 
 /// Checks the evidence log of the database under `data_dir` against the peers' pinned `certs`
-/// ([`crate::evidence::verify`]), reading it a page at a time ([`read_log`]).
-pub fn verify_log(data_dir: &Path, certs: &HashMap<String, CertificateDer<'static>>) -> Result<Verdict, StoreError> {
+/// and its time-stamps against `tsa_cert` (DER) ([`crate::evidence::verify`]), reading it a page at
+/// a time ([`read_log`]).
+pub fn verify_log(
+    data_dir: &Path,
+    certs: &HashMap<String, CertificateDer<'static>>,
+    tsa_cert: Option<&[u8]>,
+) -> Result<Verdict, StoreError> {
     let mut failed = None;
     let records = read_log(data_dir, 0)?.map_while(|read| read.map_err(|e| failed = Some(e)).ok());
-    let verdict = crate::evidence::verify(records, certs);
+    let verdict = crate::evidence::verify(records, certs, tsa_cert);
     failed.map_or(Ok(verdict), Err)
 }
 

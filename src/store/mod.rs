@@ -549,7 +549,7 @@ mod tests {
         }
         store.flush().await.unwrap();
         let records = log(dir.path());
-        assert_eq!(verify(records.clone(), &HashMap::new()), Ok(Intact { records: 50, receipts: 0 }));
+        assert_eq!(verify(records.clone(), &HashMap::new(), None), Ok(Intact { records: 50, ..Intact::default() }));
         let ids: Vec<String> =
             records.iter().map(|(_, text)| serde_json::from_str::<Value>(text).unwrap()["id"].to_string()).collect();
         assert_eq!(ids, (1..=50).map(|i| format!("\"r{i}\"")).collect::<Vec<_>>());
@@ -580,7 +580,10 @@ mod tests {
         }
         let store = Store::open(dir.path()).unwrap();
         store.run(|t, _| t.record(Entry::new("request", "out", "org-b", "r3"))).await.unwrap();
-        assert_eq!(verify_log(dir.path(), &HashMap::new()).unwrap(), Ok(Intact { records: 3, receipts: 0 }));
+        assert_eq!(
+            verify_log(dir.path(), &HashMap::new(), None).unwrap(),
+            Ok(Intact { records: 3, ..Intact::default() })
+        );
     }
 
     /// A commit's records share one row, and one removed from its middle breaks the chain there.
@@ -603,10 +606,13 @@ mod tests {
         assert_eq!((rows, stored.as_str()), (1, "blob"), "one row, compressed");
         let lines: Vec<String> = read_log(dir.path(), 0).unwrap().map(|r| r.unwrap().1).collect();
         assert_eq!(lines.len(), 3, "{lines:?}");
-        assert_eq!(verify_log(dir.path(), &HashMap::new()).unwrap(), Ok(Intact { records: 3, receipts: 0 }));
+        assert_eq!(
+            verify_log(dir.path(), &HashMap::new(), None).unwrap(),
+            Ok(Intact { records: 3, ..Intact::default() })
+        );
         // Rewritten by hand as text, the middle record left out.
         db.execute("UPDATE evidence SET records = ?1", [format!("{}\n{}", lines[0], lines[2])]).unwrap();
-        let broken = verify_log(dir.path(), &HashMap::new()).unwrap().unwrap_err();
+        let broken = verify_log(dir.path(), &HashMap::new(), None).unwrap().unwrap_err();
         assert_eq!(broken.seq, 2, "{broken:?}");
     }
 
@@ -622,7 +628,7 @@ mod tests {
         let packed: Vec<u8> = db.query_row("SELECT records FROM evidence WHERE seq = 2", [], |r| r.get(0)).unwrap();
         for damaged in [packed[..packed.len() / 2].to_vec(), vec![0xff; 4], vec![]] {
             db.execute("UPDATE evidence SET records = ?1 WHERE seq = 2", [&damaged]).unwrap();
-            let error = verify_log(dir.path(), &HashMap::new()).unwrap_err().to_string();
+            let error = verify_log(dir.path(), &HashMap::new(), None).unwrap_err().to_string();
             assert!(error.contains("seq 2"), "{error}");
         }
         // A node started on it still records, after the damaged block.

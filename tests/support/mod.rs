@@ -17,6 +17,7 @@
 //! | [`cpu`] | CPU time, memory and descriptors of processes and threads, from `/proc` |
 //! | [`netns`] | two network namespaces joined by a veth pair, with netem |
 //! | [`lossy`] | userspace UDP relays that drop or delay datagrams, where there is no netem |
+//! | [`tsa`] | an RFC 3161 time-stamping authority on loopback (`openssl ts -reply`) |
 //! | [`report`] | the benches' tables, statistics and evidence settings |
 #![allow(dead_code)]
 
@@ -30,6 +31,7 @@ pub mod process;
 pub mod recorder;
 pub mod report;
 pub mod rogue;
+pub mod tsa;
 
 use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
