@@ -260,3 +260,33 @@ async fn a_tsa_that_is_down_leaves_the_node_working_and_health_says_so() {
         assert!(out.contains("0 time-stamps verified; no record has a trusted time"), "{out}");
     });
 }
+
+#[tokio::test]
+async fn a_tsa_that_hangs_does_not_hold_up_a_stop() {
+    bounded!(async {
+        let dir = tempfile::tempdir().unwrap();
+        let cert = signer(KeyKind::EcdsaP256, dir.path(), NAME, true).cert_pem;
+        // A TSA that takes every connection and never answers (its requests time out after 30 s).
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let url = format!("http://{}/", listener.local_addr().unwrap());
+        let held = tokio::spawn(async move {
+            let mut connections = Vec::new();
+            while let Ok((connection, _)) = listener.accept().await {
+                connections.push(connection);
+            }
+        });
+        let mut p = unstarted_pair().await;
+        // Only the stop stamps: the first tick is an hour away.
+        use_tsa(&p.a, &url, &cert, "1h");
+        p.start().await;
+        exchanges(&p, 2).await;
+        let started = std::time::Instant::now();
+        p.a.stop_within(Duration::from_secs(20)).await.expect("the stop's stamp is bounded (5 s), not the TSA's 30 s");
+        assert!(started.elapsed() < Duration::from_secs(20), "stopped in {:?}", started.elapsed());
+        p.b.stop().await;
+        held.abort();
+        assert!(stamps(&p.a).is_empty(), "no answer, no time-stamp");
+        let (code, out, err) = audit(&p.a, &["verify"]);
+        assert_eq!(code, 0, "{out}{err}");
+    });
+}
