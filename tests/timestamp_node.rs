@@ -290,3 +290,29 @@ async fn a_tsa_that_hangs_does_not_hold_up_a_stop() {
         assert_eq!(code, 0, "{out}{err}");
     });
 }
+
+#[tokio::test]
+async fn a_restart_does_not_stamp_the_last_stop_stamp_again() {
+    bounded!(async {
+        let tsa = start(KeyKind::EcdsaP256, "sha256", 0, Behaviour::Tsa).await;
+        let mut p = pair_with_tsa(&tsa, "200ms").await;
+        exchanges(&p, 2).await;
+        p.a.stop().await;
+        let after_stop = stamps(&p.a).len();
+        assert!(after_stop >= 1, "the stop stamped the last head");
+        p.a.start().await;
+        // Five ticks with an unmoved head (its last record is the stop's stamp): nothing is
+        // stamped. Whether something happens can only be seen by waiting for it.
+        tokio::time::sleep(Duration::from_millis(1000)).await;
+        assert_eq!(stamps(&p.a).len(), after_stop, "an unmoved head is not stamped again after a restart");
+        // The stamper is alive: a moved head is stamped at the next tick.
+        exchanges(&p, 1).await;
+        support::until("a time-stamp of the moved head", async || match stamps(&p.a).len() {
+            n if n > after_stop => Ok(()),
+            n => Err(format!("{n} time-stamps")),
+        })
+        .await;
+        p.a.stop().await;
+        p.b.stop().await;
+    });
+}
