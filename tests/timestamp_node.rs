@@ -5,7 +5,6 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use ferry::evidence::Record;
@@ -57,22 +56,6 @@ async fn exchanges(p: &Pair, n: usize) {
             p.a.request(json!({"peer": "org-b", "service": "1", "path": "/echo", "form": {"i": i}})).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
     }
-}
-
-/// Runs `ferry audit <args>` for `node`: (exit code, stdout, stderr).
-fn audit(node: &Node, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("audit")
-        .args(args)
-        .arg("--config")
-        .arg(&node.config_path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 /// `node`'s evidence records.
@@ -156,7 +139,7 @@ async fn time_stamps_are_kept_and_verified_and_a_changed_token_is_named() {
                 let stamped = &all[stamp.seq as usize - 1];
                 assert_eq!((stamped.seq, &stamped.hash), (stamp.seq, &stamp.hash), "it stamps that record's hash");
             }
-            let (code, out, err) = audit(node, &["verify"]);
+            let (code, out, err) = node.audit(&["verify"]);
             assert_eq!(code, 0, "{}: {out}{err}", node.name);
             assert!(out.contains(&format!("{} time-stamps verified", stamps.len())), "{out}");
         }
@@ -168,10 +151,10 @@ async fn time_stamps_are_kept_and_verified_and_a_changed_token_is_named() {
         let db = rusqlite::Connection::open(p.a.dir.join("data/ferry.db")).unwrap();
         let saved: String = db.query_row("SELECT records FROM evidence WHERE seq = ?1", [first], |r| r.get(0)).unwrap();
         db.execute("DELETE FROM evidence WHERE seq = ?1", [first]).unwrap();
-        let (code, _, err) = audit(&p.a, &["verify"]);
+        let (code, _, err) = p.a.audit(&["verify"]);
         assert!(code == 1 && err.contains(&format!("broken at seq {first}")), "{err}");
         db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![first, saved]).unwrap();
-        assert_eq!(audit(&p.a, &["verify"]).0, 0, "restored");
+        assert_eq!(p.a.audit(&["verify"]).0, 0, "restored");
 
         // An altered token, the chain left as it is: the record's hash names it.
         let changed = rewrite(&p.a, false, |r| match r.entry.timestamp.as_mut() {
@@ -181,13 +164,13 @@ async fn time_stamps_are_kept_and_verified_and_a_changed_token_is_named() {
             }
             _ => false,
         });
-        let (code, _, err) = audit(&p.a, &["verify"]);
+        let (code, _, err) = p.a.audit(&["verify"]);
         assert_eq!(code, 1, "{err}");
         assert!(err.contains(&format!("broken at seq {}", changed[0])), "{err}");
 
         // The chain rebuilt over the altered token: the token's check names it.
         rewrite(&p.a, true, |_| false);
-        let (code, _, err) = audit(&p.a, &["verify"]);
+        let (code, _, err) = p.a.audit(&["verify"]);
         assert!(code == 1 && err.contains(&format!("broken at seq {}: time-stamp:", changed[0])), "{err}");
 
         // A token over another record's hash, the chain rebuilt: named as not stamping that record.
@@ -199,7 +182,7 @@ async fn time_stamps_are_kept_and_verified_and_a_changed_token_is_named() {
             }
             _ => false,
         });
-        let (code, _, err) = audit(&p.b, &["verify"]);
+        let (code, _, err) = p.b.audit(&["verify"]);
         assert_eq!(code, 1);
         assert!(
             err.contains(&format!("broken at seq {first}: time-stamp:")) && err.contains("not the hash of record"),
@@ -223,7 +206,7 @@ async fn a_stop_stamps_the_last_head() {
         let before = &all[all.len() - 2];
         let stamp = last.entry.timestamp.as_ref().unwrap();
         assert_eq!((stamp.seq, &stamp.hash), (before.seq, &before.hash), "it stamps the head at the stop");
-        let (code, out, err) = audit(&p.a, &["verify"]);
+        let (code, out, err) = p.a.audit(&["verify"]);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("1 time-stamps verified") && out.contains("the last 1 records are after it"), "{out}");
         p.b.stop().await;
@@ -255,7 +238,7 @@ async fn a_tsa_that_is_down_leaves_the_node_working_and_health_says_so() {
         p.a.stop_within(Duration::from_secs(20)).await.unwrap();
         p.b.stop().await;
         assert!(stamps(&p.a).is_empty());
-        let (code, out, err) = audit(&p.a, &["verify"]);
+        let (code, out, err) = p.a.audit(&["verify"]);
         assert_eq!(code, 0, "{out}{err}");
         assert!(out.contains("0 time-stamps verified; no record has a trusted time"), "{out}");
     });
@@ -286,7 +269,7 @@ async fn a_tsa_that_hangs_does_not_hold_up_a_stop() {
         p.b.stop().await;
         held.abort();
         assert!(stamps(&p.a).is_empty(), "no answer, no time-stamp");
-        let (code, out, err) = audit(&p.a, &["verify"]);
+        let (code, out, err) = p.a.audit(&["verify"]);
         assert_eq!(code, 0, "{out}{err}");
     });
 }

@@ -3,7 +3,6 @@
 mod support;
 
 use std::io::Write;
-use std::process::Command;
 use std::sync::{Arc, Mutex, OnceLock};
 use std::time::Duration;
 
@@ -64,22 +63,6 @@ async fn pair_with(settings: &[(&str, &str)]) -> Pair {
 
 fn keyed(key: &str, path: &str) -> Value {
     json!({"peer": "org-b", "service": "1", "path": path, "form": {"n": 1}, "idempotency_key": key})
-}
-
-/// Runs `ferry audit <args>` for `node` and returns (exit code, stdout, stderr).
-fn audit(node: &support::Node, args: &[&str]) -> (i32, String, String) {
-    let out = Command::new(env!("CARGO_BIN_EXE_ferry"))
-        .arg("audit")
-        .args(args)
-        .arg("--config")
-        .arg(&node.config_path)
-        .output()
-        .unwrap();
-    (
-        out.status.code().unwrap_or(-1),
-        String::from_utf8_lossy(&out.stdout).into(),
-        String::from_utf8_lossy(&out.stderr).into(),
-    )
 }
 
 fn database(node: &support::Node) -> rusqlite::Connection {
@@ -223,7 +206,7 @@ async fn exchanges(p: &Pair) -> String {
 /// `node`'s exported records of request `id`'s response, once there are any.
 async fn responses(node: &support::Node, id: &str) -> Vec<Value> {
     for _ in 0..200 {
-        let (_, exported, _) = audit(node, &["export"]);
+        let (_, exported, _) = node.audit(&["export"]);
         let found: Vec<Value> = exported
             .lines()
             .map(|l| serde_json::from_str::<Value>(l).unwrap())
@@ -282,14 +265,14 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
     assert_eq!(sent[0]["body_sha256"], received[0]["body_sha256"]);
 
     for node in [&p.a, &p.b] {
-        let (code, out, err) = audit(node, &["verify"]);
+        let (code, out, err) = node.audit(&["verify"]);
         assert_eq!(code, 0, "{}: {out}{err}", node.name);
         assert!(out.starts_with("intact: "), "{out}");
     }
-    let (_, out, _) = audit(&p.a, &["verify"]);
+    let (_, out, _) = p.a.audit(&["verify"]);
     assert!(!out.contains(" 0 receipts"), "the sender holds receipts: {out}");
 
-    let (code, exported, _) = audit(&p.a, &["export"]);
+    let (code, exported, _) = p.a.audit(&["export"]);
     assert_eq!(code, 0);
     let records: Vec<Value> = exported.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for event in ["request", "response", "callback", "receipt"] {
@@ -303,7 +286,7 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
     assert_eq!(api.lines().next(), exported.lines().nth(1), "the API and the export agree");
 
     let (code, since) = {
-        let (c, out, _) = audit(&p.a, &["export", "--since", "2"]);
+        let (c, out, _) = p.a.audit(&["export", "--since", "2"]);
         (c, out)
     };
     assert_eq!(code, 0);
@@ -313,7 +296,7 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
     let (db, _) = one_record_per_row(&p.b);
     db.execute("UPDATE evidence SET records = replace(records, '\"/echo\"', '\"/elsewhere\"') WHERE seq = 1", [])
         .unwrap();
-    let (code, _, err) = audit(&p.b, &["verify"]);
+    let (code, _, err) = p.b.audit(&["verify"]);
     assert_eq!(code, 1);
     assert!(err.contains("seq 1"), "{err}");
 
@@ -324,19 +307,19 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
     let saved: (i64, String) =
         db.query_row("SELECT seq, records FROM evidence WHERE seq = 2", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
     db.execute("DELETE FROM evidence WHERE seq = 2", []).unwrap();
-    let (code, _, err) = audit(&p.a, &["verify"]);
+    let (code, _, err) = p.a.audit(&["verify"]);
     assert_eq!(code, 1);
     assert!(err.contains("seq 2"), "{err}");
 
     // Moved: two records swapped.
     db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![saved.0, saved.1]).unwrap();
-    assert_eq!(audit(&p.a, &["verify"]).0, 0, "restored");
+    assert_eq!(p.a.audit(&["verify"]).0, 0, "restored");
     db.execute_batch(
         "UPDATE evidence SET seq = -3 WHERE seq = 3; UPDATE evidence SET seq = 3 WHERE seq = 4;
          UPDATE evidence SET seq = 4 WHERE seq = -3;",
     )
     .unwrap();
-    let (code, _, err) = audit(&p.a, &["verify"]);
+    let (code, _, err) = p.a.audit(&["verify"]);
     assert_eq!(code, 1);
     assert!(err.contains("seq 3"), "{err}");
 }
@@ -367,7 +350,7 @@ async fn a_forged_receipt_fails_verification_even_with_the_chain_rebuilt() {
         )
         .unwrap();
     }
-    let (code, _, err) = audit(&p.a, &["verify"]);
+    let (code, _, err) = p.a.audit(&["verify"]);
     assert_eq!(code, 1);
     assert!(err.contains(&format!("seq {}", forged_at.unwrap())) && err.contains("receipt"), "{err}");
 }
@@ -411,7 +394,7 @@ async fn masked_fields_appear_only_as_their_hash() {
         tokio::time::sleep(Duration::from_millis(25)).await;
     }
     assert_eq!(pending["data"][0]["peer"], "org-a", "{pending}");
-    let (_, export, _) = audit(&p.b, &["export"]);
+    let (_, export, _) = p.b.audit(&["export"]);
     let (_, status_view) = p.b.get(&format!("/v1/requests/{id}")).await;
     let logged = String::from_utf8_lossy(&logs().lock().unwrap()).into_owned();
     assert!(logged.len() > 1000, "the logs were captured");

@@ -62,6 +62,15 @@ impl Node {
         }
     }
 
+    /// Runs `ferry audit ARGS --config` on this node's config (bounded): the exit code, stdout
+    /// and stderr.
+    pub fn audit(&self, args: &[&str]) -> (i32, String, String) {
+        let mut cmd = super::cli::ferry_cmd();
+        cmd.arg("audit").args(args).arg("--config").arg(&self.config_path);
+        let out = super::cli::run_bounded(&mut cmd, Duration::from_secs(60));
+        (out.status.code().unwrap_or(-1), super::cli::stdout(&out), super::cli::stderr(&out))
+    }
+
     /// The node's certificate.
     pub fn cert(&self) -> PathBuf {
         self.dir.join("certs/node.pem")
