@@ -141,6 +141,9 @@ pub struct EvidenceConfig {
     pub receipts: bool,
     /// Time-stamp the chain head with an RFC 3161 TSA (`tsa_url`, `tsa_cert`, `tsa_every`).
     pub tsa: Option<TsaConfig>,
+    /// How often the node sends each connected peer a signed checkpoint of its chain head, when
+    /// the head moved (`checkpoint_every`, default 60 s; only with `receipts`).
+    pub checkpoint_every: Duration,
 }
 
 /// The time-stamping authority the node has its chain head stamped by.
@@ -349,9 +352,13 @@ impl Config {
             let tsa_url = s.url("tsa_url", false);
             let tsa_cert = s.string("tsa_cert", Some("")).unwrap_or_default();
             let tsa_every = s.duration("tsa_every", Some("60s")).unwrap_or(Duration::from_secs(60));
+            let checkpoint_every = s.duration("checkpoint_every", Some("60s")).unwrap_or(Duration::from_secs(60));
             s.finish();
+            if checkpoint_every.is_zero() {
+                errs.push("evidence.checkpoint_every: must be more than 0, e.g. \"60s\"".into());
+            }
             let tsa = tsa_config(tsa_url, &tsa_cert, tsa_every, &node.certs_dir, &mut errs);
-            EvidenceConfig { log, receipts, tsa }
+            EvidenceConfig { log, receipts, tsa, checkpoint_every }
         };
 
         if errs.is_empty() {

@@ -21,7 +21,7 @@ use sha2::{Digest, Sha256};
 use base64::Engine;
 
 use crate::receipt;
-use crate::wire::{FormValue, Leaf};
+use crate::wire::{Countersigned, FormValue, Leaf};
 
 /// The `prev` of the first record.
 pub const GENESIS: &str = "0000000000000000000000000000000000000000000000000000000000000000";
@@ -86,6 +86,63 @@ pub struct Entry {
     /// A TSA's time-stamp of the chain head (on `timestamp` records; absent on all others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub timestamp: Option<TimeStamp>,
+    /// The peer's signed chain head (on `checkpoint` records; absent on all others).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub checkpoint: Option<Checkpoint>,
+}
+
+/// A node's evidence chain head: its last record's seq and hash.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ChainHead {
+    /// The record's seq (0: the log was empty).
+    pub seq: u64,
+    /// The record's hash, hex (64 zeros when the log was empty).
+    pub hash: String,
+}
+
+impl From<crate::wire::Head> for ChainHead {
+    fn from(head: crate::wire::Head) -> ChainHead {
+        ChainHead { seq: head.seq, hash: hex::encode(head.hash) }
+    }
+}
+
+impl ChainHead {
+    /// The head as signed.
+    fn to_wire(&self) -> Result<crate::wire::Head, String> {
+        Ok(crate::wire::Head { seq: self.seq, hash: sha256_bytes(&self.hash)? })
+    }
+}
+
+/// A peer's signed chain head, as kept: the peer vouches that its log held record `head.seq` with
+/// hash `head.hash` at `at_ms`.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The peer's chain head.
+    pub head: ChainHead,
+    /// When the peer signed it (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// The peer's signature over [`crate::receipt::checkpoint_statement`] (base64 of ASN.1 DER).
+    pub signature: String,
+}
+
+impl Checkpoint {
+    /// The kept form of a checkpoint received on the link.
+    pub fn kept(checkpoint: crate::wire::Checkpoint) -> Checkpoint {
+        Checkpoint {
+            head: checkpoint.head.into(),
+            at_ms: checkpoint.at_ms,
+            signature: base64::engine::general_purpose::STANDARD.encode(checkpoint.signature),
+        }
+    }
+
+    /// Checks that `cert`'s key signed this head at this time.
+    pub fn verify(&self, cert: &CertificateDer<'_>) -> Result<(), String> {
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(&self.signature)
+            .map_err(|_| "the signature is not base64".to_owned())?;
+        let statement = receipt::checkpoint_statement(&self.head.to_wire()?, self.at_ms);
+        receipt::verify_statement(cert, &statement, &signature)
+    }
 }
 
 /// A TSA's RFC 3161 token over an earlier record's hash (a chain head), as kept.
@@ -101,12 +158,16 @@ pub struct TimeStamp {
     pub token: String,
 }
 
-/// A peer's receipt as kept: the messages it covers, and its signature over their Merkle root.
+/// A peer's receipt as kept: the messages it covers, and its signature over their Merkle root
+/// (and, on a countersignature, over its chain head).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub struct Receipt {
     /// What the peer signed, in the order it signed it.
     pub leaves: Vec<Signed>,
-    /// The peer's signature over the leaves' Merkle root (base64 of ASN.1 DER).
+    /// The peer's chain head when it signed (countersignatures; absent on `ferry/1` receipts).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub head: Option<ChainHead>,
+    /// The peer's signature (base64 of ASN.1 DER).
     pub signature: String,
 }
 
@@ -125,54 +186,117 @@ pub struct Signed {
     pub file_sha256: Option<String>,
     /// When the peer accepted it (ms since the Unix epoch).
     pub at_ms: i64,
+    /// The digest of the message's whole record as the peer read it
+    /// ([`crate::receipt::Binding::digest`]; countersignatures only).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub record_sha256: Option<String>,
+}
+
+impl Signed {
+    fn of(leaf: Leaf, record_sha256: Option<[u8; 32]>) -> Signed {
+        Signed {
+            reply_seq: (leaf.seq > 0).then_some(leaf.seq),
+            body_sha256: hex::encode(leaf.payload_sha256),
+            file_sha256: leaf.file_sha256.map(hex::encode),
+            at_ms: leaf.at_ms,
+            id: leaf.id,
+            record_sha256: record_sha256.map(hex::encode),
+        }
+    }
+
+    fn to_leaf(&self) -> Result<Leaf, String> {
+        Ok(Leaf {
+            id: self.id.clone(),
+            seq: self.reply_seq.unwrap_or(0),
+            payload_sha256: sha256_bytes(&self.body_sha256)?,
+            file_sha256: self.file_sha256.as_deref().map(sha256_bytes).transpose()?,
+            at_ms: self.at_ms,
+        })
+    }
+}
+
+/// A hex SHA-256 as bytes, or why it is not one.
+fn sha256_bytes(hex_text: &str) -> Result<[u8; 32], String> {
+    digest(hex_text).ok_or_else(|| format!("`{hex_text}` is not a SHA-256"))
+}
+
+impl From<crate::wire::Receipt> for Receipt {
+    fn from(receipt: crate::wire::Receipt) -> Receipt {
+        let leaves = receipt.leaves.into_iter().map(|l| Signed::of(l, None)).collect();
+        Receipt { leaves, head: None, signature: base64::engine::general_purpose::STANDARD.encode(receipt.signature) }
+    }
+}
+
+impl From<crate::wire::Countersign> for Receipt {
+    fn from(receipt: crate::wire::Countersign) -> Receipt {
+        let leaves = receipt.leaves.into_iter().map(|l| Signed::of(l.leaf, Some(l.record_sha256))).collect();
+        Receipt {
+            leaves,
+            head: Some(receipt.head.into()),
+            signature: base64::engine::general_purpose::STANDARD.encode(receipt.signature),
+        }
+    }
 }
 
 impl Receipt {
-    /// The kept form of a receipt received on the link.
-    pub fn kept(receipt: crate::wire::Receipt) -> Receipt {
-        let leaves = receipt
-            .leaves
-            .into_iter()
-            .map(|l| Signed {
-                reply_seq: (l.seq > 0).then_some(l.seq),
-                body_sha256: hex::encode(l.payload_sha256),
-                file_sha256: l.file_sha256.map(hex::encode),
-                at_ms: l.at_ms,
-                id: l.id,
-            })
-            .collect();
-        Receipt { leaves, signature: base64::engine::general_purpose::STANDARD.encode(receipt.signature) }
-    }
-
-    /// Checks that `cert`'s key signed exactly these leaves.
+    /// Checks that `cert`'s key signed exactly these leaves (and this head).
     pub fn verify(&self, cert: &CertificateDer<'_>) -> Result<(), String> {
-        let hash = |hex_text: &str| -> Result<[u8; 32], String> {
-            hex::decode(hex_text)
-                .ok()
-                .and_then(|b| b.try_into().ok())
-                .ok_or_else(|| format!("`{hex_text}` is not a SHA-256"))
+        let signature = base64::engine::general_purpose::STANDARD
+            .decode(&self.signature)
+            .map_err(|_| "the signature is not base64".to_owned())?;
+        let Some(head) = &self.head else {
+            let leaves = self.leaves.iter().map(Signed::to_leaf).collect::<Result<Vec<_>, String>>()?;
+            return receipt::verify_root(cert, &receipt::root(&leaves), &signature);
         };
         let leaves = self
             .leaves
             .iter()
             .map(|s| {
-                Ok(Leaf {
-                    id: s.id.clone(),
-                    seq: s.reply_seq.unwrap_or(0),
-                    payload_sha256: hash(&s.body_sha256)?,
-                    file_sha256: s.file_sha256.as_deref().map(hash).transpose()?,
-                    at_ms: s.at_ms,
-                })
+                let record = s.record_sha256.as_deref().ok_or("a countersigned leaf without `record_sha256`")?;
+                Ok(Countersigned { leaf: s.to_leaf()?, record_sha256: sha256_bytes(record)? })
             })
             .collect::<Result<Vec<_>, String>>()?;
-        let signature = base64::engine::general_purpose::STANDARD
-            .decode(&self.signature)
-            .map_err(|_| "the signature is not base64".to_owned())?;
-        receipt::verify_root(cert, &receipt::root(&leaves), &signature)
+        receipt::verify_statement(cert, &receipt::countersign_statement(&leaves, &head.to_wire()?), &signature)
     }
 }
 
 impl Entry {
+    /// The digest of what this request or reply record shows of the message
+    /// ([`crate::receipt::Binding`]), read as sent: no form field masked. `None` when the record
+    /// lacks what a request or reply record holds.
+    pub fn binding(&self) -> Option<[u8; 32]> {
+        let form = match &self.form {
+            Some(Value::Object(fields)) => {
+                let text = |v: &Value| -> [u8; 32] {
+                    match v {
+                        Value::String(text) => Sha256::digest(text).into(),
+                        other => Sha256::digest(other.to_string()).into(),
+                    }
+                };
+                Some(receipt::form_digest(fields.iter().map(|(name, v)| (name.as_str(), text(v)))))
+            }
+            Some(_) => return None,
+            None => None,
+        };
+        let file = match &self.file {
+            Some(FileFacts { name: Some(name), size: Some(size), sha256 }) => {
+                Some((name.as_str(), *size, digest(sha256)?))
+            }
+            Some(_) => return None,
+            None => None,
+        };
+        let binding = receipt::Binding {
+            id: &self.id,
+            seq: self.reply_seq.unwrap_or(0),
+            method: self.method.as_deref(),
+            path: self.path.as_deref(),
+            form,
+            payload_sha256: digest(self.body_sha256.as_deref()?)?,
+            file,
+        };
+        Some(binding.digest())
+    }
+
     /// An entry for `event` in `direction` of request `id` with `peer`.
     pub fn new(event: &'static str, direction: &'static str, peer: &str, id: &str) -> Entry {
         Entry { event: event.into(), direction: direction.into(), peer: peer.into(), id: id.into(), ..Entry::default() }
@@ -340,6 +464,7 @@ impl Summary<'_> {
             file: self.file.clone(),
             receipt: None,
             timestamp: None,
+            checkpoint: None,
         }
     }
 }
@@ -474,11 +599,12 @@ pub fn verify(
     let mut intact = Intact::default();
     // The latest records' hashes, the oldest first, for time-stamps to be checked against.
     let mut hashes: std::collections::VecDeque<[u8; 32]> = std::collections::VecDeque::new();
-    // What this node recorded sending, by message ([`message`]): its content ([`content`]).
-    let mut sent: HashMap<[u8; 32], [u8; 32]> = HashMap::new();
+    // What this node recorded sending, by message ([`message`]): its content ([`content`]) and
+    // the digest of its record ([`Entry::binding`]).
+    let mut sent: HashMap<[u8; 32], Sent> = HashMap::new();
     // Receipts' messages not recorded as sent (yet) where the receipt is: (receipt seq, message,
-    // content signed).
-    let mut unmatched: Vec<(i64, [u8; 32], [u8; 32])> = Vec::new();
+    // what was signed).
+    let mut unmatched: Vec<(i64, [u8; 32], Signature)> = Vec::new();
     // The first receipt whose content differs from what was recorded sending.
     let mut differs: Option<i64> = None;
     for (expected, (stored_seq, text)) in (1..).zip(rows) {
@@ -505,10 +631,8 @@ pub fn verify(
             _ => false,
         };
         if entry.direction == "out" && signed_by_peer {
-            sent.insert(
-                message(&entry.peer, &entry.id, entry.reply_seq),
-                content(entry.body_sha256.as_deref(), entry.file.as_ref().map(|f| f.sha256.as_str())),
-            );
+            let content = content(entry.body_sha256.as_deref(), entry.file.as_ref().map(|f| f.sha256.as_str()));
+            sent.insert(message(&entry.peer, &entry.id, entry.reply_seq), (content, entry.binding()));
         }
         if entry.event == "receipt" {
             let receipt = entry.receipt.as_ref().ok_or_else(|| broken("a receipt record without a receipt".into()))?;
@@ -519,9 +643,9 @@ pub fn verify(
             intact.receipts += receipt.leaves.len() as u64;
             for signed in &receipt.leaves {
                 let key = message(&entry.peer, &signed.id, signed.reply_seq);
-                let theirs = content(Some(&signed.body_sha256), signed.file_sha256.as_deref());
+                let theirs = Signature::of(signed);
                 match sent.get(&key) {
-                    Some(ours) if *ours != theirs => differs = differs.or(Some(record.seq)),
+                    Some(ours) if !theirs.matches(ours) => differs = differs.or(Some(record.seq)),
                     Some(_) => {}
                     None => unmatched.push((record.seq, key, theirs)),
                 }
@@ -545,7 +669,7 @@ pub fn verify(
         intact.records += 1;
     }
     for (seq, key, theirs) in unmatched {
-        if sent.get(&key).is_some_and(|ours| *ours != theirs) {
+        if sent.get(&key).is_some_and(|ours| !theirs.matches(ours)) {
             differs = Some(differs.map_or(seq, |first| first.min(seq)));
         }
     }
@@ -610,6 +734,34 @@ fn message(peer: &str, id: &str, reply_seq: Option<u32>) -> [u8; 32] {
     }
     h.update(reply_seq.unwrap_or(0).to_le_bytes());
     h.finalize().into()
+}
+
+/// What this node recorded sending: the [`content`] of the message, and its record's
+/// [`Entry::binding`] (`None`: the record cannot be read as a request or reply).
+type Sent = ([u8; 32], Option<[u8; 32]>);
+
+/// What a peer signed of one message: its [`content`], or on a countersignature the digest of its
+/// whole record.
+enum Signature {
+    Content([u8; 32]),
+    Record(Option<[u8; 32]>),
+}
+
+impl Signature {
+    fn of(signed: &Signed) -> Signature {
+        match &signed.record_sha256 {
+            Some(record) => Signature::Record(digest(record)),
+            None => Signature::Content(content(Some(&signed.body_sha256), signed.file_sha256.as_deref())),
+        }
+    }
+
+    /// Whether the peer signed what this node recorded sending.
+    fn matches(&self, (content, binding): &Sent) -> bool {
+        match self {
+            Signature::Content(theirs) => theirs == content,
+            Signature::Record(theirs) => theirs.is_some() && theirs == binding,
+        }
+    }
 }
 
 /// A message's payload and file hashes as [`verify`] compares them, as one SHA-256.
@@ -733,11 +885,91 @@ mod tests {
             vec![Leaf { id: "r1".into(), seq: 0, payload_sha256: signed_payload, file_sha256: None, at_ms: 7 }];
         let signature = signer.sign(&leaves);
         let mut receipt = Entry::new("receipt", "in", "org-b", "");
-        receipt.receipt = Some(Receipt::kept(crate::wire::Receipt { leaves, signature }));
+        receipt.receipt = Some(crate::wire::Receipt { leaves, signature }.into());
         let at = "2026-11-30T00:00:00.000Z";
         let (hash, first) = sealed(&sent.render(), 1, at, GENESIS);
         let (_, second) = sealed(&receipt.render(), 2, at, &hash);
         vec![(1, first), (2, second)]
+    }
+
+    /// A log of one sent request (`sent`) and the peer's countersignature for `signed`, as the
+    /// peer read it.
+    fn countersigned(
+        signer: &crate::receipt::Signer,
+        sent: &Entry,
+        signed: &crate::wire::Request,
+    ) -> Vec<(i64, String)> {
+        let payload = digest(sent.body_sha256.as_deref().unwrap()).unwrap();
+        let leaves = vec![crate::receipt::Binding::of_request(signed, payload).leaf(7)];
+        let head = crate::wire::Head { seq: 3, hash: [4; 32] };
+        let signature = signer.countersign(&leaves, &head);
+        let mut receipt = Entry::new("receipt", "in", "org-b", "");
+        receipt.receipt = Some(crate::wire::Countersign { leaves, head, signature }.into());
+        let at = "2026-12-06T00:00:00.000Z";
+        let (hash, first) = sealed(&sent.render(), 1, at, GENESIS);
+        let (_, second) = sealed(&receipt.render(), 2, at, &hash);
+        vec![(1, first), (2, second)]
+    }
+
+    /// A countersignature binds the whole record: a changed method, path, form field, file name
+    /// or size in the record of what was sent breaks it, though the payload hash is the same.
+    #[test]
+    fn a_countersignature_binds_the_whole_record_of_what_was_sent() {
+        let identity = crate::identity::Identity::generate("org-b").unwrap();
+        let signer = crate::receipt::Signer::new(&identity).unwrap();
+        let certs = HashMap::from([("org-b".to_owned(), identity.cert.clone())]);
+        let request = crate::wire::Request {
+            version: crate::wire::PROTOCOL_VERSION,
+            id: "r1".into(),
+            service: "1".into(),
+            method: "POST".into(),
+            path: "/pay".into(),
+            form: vec![
+                ("amount".into(), FormValue::Number("12.50".into())),
+                ("to".into(), FormValue::Text("sha256:x".into())),
+                ("to".into(), FormValue::Text("bob".into())),
+                ("n".into(), FormValue::Int(-3)),
+                ("ok".into(), FormValue::Bool(true)),
+            ],
+            encoding: crate::wire::Encoding::Form,
+            headers: vec![],
+            conversation: None,
+            timeout_ms: 30_000,
+            file: Some(crate::wire::FileRef { field: "doc".into(), name: "a.pdf".into(), size: 9, sha256: [5; 32] }),
+            idempotency_key: None,
+        };
+        let payload = crate::wire::payload_sha256(&request);
+        let rendered = Summary {
+            event: "request",
+            direction: "out",
+            peer: "org-b",
+            id: "r1",
+            method: Some("POST"),
+            path: Some("/pay"),
+            form: Some(MaskedForm { form: &request.form, mask: &[] }),
+            body_sha256: Some(&hex::encode(payload)),
+            file: Some(FileFacts { name: Some("a.pdf".into()), size: Some(9), sha256: hex::encode([5; 32]) }),
+        }
+        .render();
+        let (_, text) = sealed(&rendered, 1, "2026-12-06T00:00:00.000Z", GENESIS);
+        let sent = serde_json::from_str::<Record>(&text).unwrap().entry;
+        let intact = verify(countersigned(&signer, &sent, &request), &certs, None).unwrap();
+        assert_eq!(intact.receipts, 1);
+        let changes: [(&str, fn(&mut Entry)); 6] = [
+            ("method", |e| e.method = Some("PUT".into())),
+            ("path", |e| e.path = Some("/transfer".into())),
+            ("form value", |e| e.form.as_mut().unwrap()["amount"] = serde_json::json!(1000000)),
+            ("form field added", |e| e.form.as_mut().unwrap()["admin"] = true.into()),
+            ("file size", |e| e.file.as_mut().unwrap().size = Some(10)),
+            ("file name", |e| e.file.as_mut().unwrap().name = Some("b.pdf".into())),
+        ];
+        for (what, change) in changes {
+            let mut changed = sent.clone();
+            change(&mut changed);
+            let broken = verify(countersigned(&signer, &changed, &request), &certs, None).unwrap_err();
+            assert_eq!(broken.seq, 2, "{what}");
+            assert!(broken.why.contains("signed other content"), "{what}: {}", broken.why);
+        }
     }
 
     #[test]

@@ -28,7 +28,7 @@
 //! | [`cli`] | the command line: `init`, `peer add` and `service add` (`peer`, `service`: they keep the file's comments and are validated before they are written), `check [--connect]`, `audit`, `demo`, the operator commands over the local API (`operator`, `table`), journald log lines (`journal`) |
 //! | [`config`] | the TOML config, parsed completely; every problem is reported at once |
 //! | [`identity`] | the node's key and self-signed certificate (rcgen), and fingerprints |
-//! | [`tls`] | rustls configs that require and pin certificates both ways; the ALPN `ferry/1` |
+//! | [`tls`] | rustls configs that require and pin certificates both ways; the ALPN ids `ferry/1+anchored` and `ferry/1` |
 //! | [`wire`] | the node-to-node protocol: postcard frames, protocol version, close and reset codes; the checks both nodes apply to paths, fields and headers |
 //! | [`peer`] | the peer table (by name and by fingerprint) and each peer's connection state |
 //! | [`service`] | this node's service table: who may call what, lifecycle states, the boundary a peer's request keeps to, masked forms |

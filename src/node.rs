@@ -171,6 +171,7 @@ pub async fn run_with(
         tokio::spawn(callbacks::work(store.clone(), metrics.clone(), stop.clone())),
         inbox,
         stamping,
+        tokio::spawn(link.clone().send_checkpoints(config.evidence.checkpoint_every, stop.clone())),
     ];
     link.greet_peers();
 

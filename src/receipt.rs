@@ -5,7 +5,13 @@
 //! per message. The sender keeps the whole batch, leaves and signature, as one evidence record;
 //! anyone holding the signer's certificate can check it offline ([`verify_root`] over [`root`]).
 //!
-//! Hashes are domain-separated: a leaf hash can never be mistaken for an inner node or a root.
+//! On `ferry/1+anchored` connections a receipt is a countersignature ([`countersign_statement`]):
+//! each leaf also binds the digest of the message's whole record ([`Binding`]: method, path, form,
+//! payload, file), and the signature also covers the signer's own chain head, so the sender's log
+//! holds a signed point of the signer's. A [`checkpoint_statement`] is a chain head signed alone.
+//!
+//! Hashes are domain-separated: a leaf hash can never be mistaken for an inner node or a root, nor
+//! one kind of statement for another.
 
 use ring::rand::SystemRandom;
 use ring::signature::{EcdsaKeyPair, ECDSA_P256_SHA256_ASN1_SIGNING};
@@ -13,11 +19,164 @@ use rustls::pki_types::CertificateDer;
 use sha2::{Digest, Sha256};
 
 use crate::identity::Identity;
-use crate::wire::Leaf;
+use crate::wire::{Countersigned, FormValue, Head, Leaf};
 
 const LEAF: &[u8] = b"ferry-receipt-leaf/1\0";
 const NODE: &[u8] = b"ferry-receipt-node/1\0";
 const ROOT: &[u8] = b"ferry-receipt-root/1\0";
+const COUNTERSIGNED: &[u8] = b"ferry-receipt-leaf/2\0";
+const COUNTERSIGN: &[u8] = b"ferry-receipt-root/2\0";
+const CHECKPOINT: &[u8] = b"ferry-checkpoint/1\0";
+const RECORD: &[u8] = b"ferry-record/1\0";
+const FORM: &[u8] = b"ferry-form/1\0";
+
+/// What makes a request or a reply, as both its sender's and its receiver's evidence records
+/// show it; its [`Binding::digest`] is what a countersigned leaf binds.
+#[derive(Debug, Clone, Default)]
+pub struct Binding<'a> {
+    /// The request id.
+    pub id: &'a str,
+    /// 0 for a request, else the reply's seq.
+    pub seq: u32,
+    /// A request's method.
+    pub method: Option<&'a str>,
+    /// A request's path.
+    pub path: Option<&'a str>,
+    /// A request's [`form_digest`].
+    pub form: Option<[u8; 32]>,
+    /// SHA-256 of the message's payload ([`crate::wire::payload_sha256`]).
+    pub payload_sha256: [u8; 32],
+    /// The file that came with it: name, size and SHA-256.
+    pub file: Option<(&'a str, u64, [u8; 32])>,
+}
+
+impl<'a> Binding<'a> {
+    /// What makes `request`, whose payload hashes to `payload_sha256`.
+    pub fn of_request(request: &'a crate::wire::Request, payload_sha256: [u8; 32]) -> Binding<'a> {
+        Binding {
+            id: &request.id,
+            seq: 0,
+            method: Some(&request.method),
+            path: Some(&request.path),
+            form: Some(wire_form_digest(&request.form)),
+            payload_sha256,
+            file: request.file.as_ref().map(|f| (f.name.as_str(), f.size, f.sha256)),
+        }
+    }
+
+    /// What makes `reply`, whose payload hashes to `payload_sha256`.
+    pub fn of_reply(reply: &'a crate::wire::Reply, payload_sha256: [u8; 32]) -> Binding<'a> {
+        Binding {
+            id: &reply.id,
+            seq: reply.seq,
+            payload_sha256,
+            file: reply.file.as_ref().map(|f| (f.name.as_str(), f.size, f.sha256)),
+            ..Binding::default()
+        }
+    }
+
+    /// The leaf a receipt signs for this message, accepted at `at_ms`.
+    pub fn leaf(&self, at_ms: i64) -> Countersigned {
+        let leaf = Leaf {
+            id: self.id.to_owned(),
+            seq: self.seq,
+            payload_sha256: self.payload_sha256,
+            file_sha256: self.file.map(|(_, _, sha256)| sha256),
+            at_ms,
+        };
+        Countersigned { leaf, record_sha256: self.digest() }
+    }
+
+    /// SHA-256 over every field, each length-prefixed or flagged, so no two bindings share one.
+    pub fn digest(&self) -> [u8; 32] {
+        let mut h = Sha256::new();
+        h.update(RECORD);
+        text(&mut h, self.id);
+        h.update(self.seq.to_be_bytes());
+        for part in [self.method, self.path] {
+            match part {
+                Some(part) => {
+                    h.update([1]);
+                    text(&mut h, part);
+                }
+                None => h.update([0]),
+            }
+        }
+        match self.form {
+            Some(form) => h.update([[1].as_slice(), &form].concat()),
+            None => h.update([0]),
+        }
+        h.update(self.payload_sha256);
+        match self.file {
+            Some((name, size, sha256)) => {
+                h.update([1]);
+                text(&mut h, name);
+                h.update(size.to_be_bytes());
+                h.update(sha256);
+            }
+            None => h.update([0]),
+        }
+        h.finalize().into()
+    }
+}
+
+/// Appends `part` length-prefixed.
+fn text(h: &mut Sha256, part: &str) {
+    h.update((part.len() as u64).to_be_bytes());
+    h.update(part.as_bytes());
+}
+
+/// The digest of a form from its fields in the order the evidence log shows them (a repeated name
+/// once, with its last value, in its first place), each as its name and the SHA-256 of its value's
+/// text: the SHA-256 a masked field shows, so a record that masks a field still names it.
+pub fn form_digest<'a>(fields: impl IntoIterator<Item = (&'a str, [u8; 32])>) -> [u8; 32] {
+    let mut h = Sha256::new();
+    h.update(FORM);
+    for (name, value_sha256) in fields {
+        text(&mut h, name);
+        h.update(value_sha256);
+    }
+    h.finalize().into()
+}
+
+/// The [`form_digest`] of a form as it travels.
+pub fn wire_form_digest(form: &[(String, FormValue)]) -> [u8; 32] {
+    let value = |v: &FormValue| -> [u8; 32] { Sha256::digest(v.to_text()).into() };
+    let repeats = form.iter().enumerate().any(|(i, (name, _))| form[..i].iter().any(|(n, _)| n == name));
+    if !repeats {
+        return form_digest(form.iter().map(|(name, v)| (name.as_str(), value(v))));
+    }
+    let mut shown: Vec<(&str, [u8; 32])> = Vec::new();
+    for (name, v) in form {
+        match shown.iter_mut().find(|(n, _)| n == name) {
+            Some(field) => field.1 = value(v),
+            None => shown.push((name, value(v))),
+        }
+    }
+    form_digest(shown)
+}
+
+/// The hash of one countersigned leaf: the `ferry/1` leaf's fields and the record digest.
+pub fn countersigned_hash(leaf: &Countersigned) -> [u8; 32] {
+    Sha256::new()
+        .chain_update(COUNTERSIGNED)
+        .chain_update(leaf_hash(&leaf.leaf))
+        .chain_update(leaf.record_sha256)
+        .finalize()
+        .into()
+}
+
+/// The bytes a countersignature covers: the domain, the Merkle root of the countersigned leaves,
+/// and the signer's chain head.
+pub fn countersign_statement(leaves: &[Countersigned], head: &Head) -> Vec<u8> {
+    let root = merkle(leaves.iter().map(countersigned_hash).collect());
+    [COUNTERSIGN, &root, &head.seq.to_be_bytes(), &head.hash].concat()
+}
+
+/// The bytes a checkpoint's signature covers: the domain, the signer's chain head and the time.
+pub fn checkpoint_statement(head: &Head, at_ms: i64) -> Vec<u8> {
+    [CHECKPOINT, &head.seq.to_be_bytes(), &head.hash, &at_ms.to_be_bytes()].concat()
+}
 
 /// The hash of one leaf: its id, seq, payload and file hashes and time.
 pub fn leaf_hash(leaf: &Leaf) -> [u8; 32] {
@@ -50,7 +209,11 @@ pub fn statement(root: &[u8; 32]) -> Vec<u8> {
 /// The Merkle root over the leaves' hashes. Nodes are paired left to right; an odd last node
 /// moves up a level unchanged.
 pub fn root(leaves: &[Leaf]) -> [u8; 32] {
-    let mut level: Vec<[u8; 32]> = leaves.iter().map(leaf_hash).collect();
+    merkle(leaves.iter().map(leaf_hash).collect())
+}
+
+/// The Merkle root over leaf hashes, as [`root`].
+fn merkle(mut level: Vec<[u8; 32]>) -> [u8; 32] {
     while level.len() > 1 {
         level = level.chunks(2).map(|pair| if let [l, r] = pair { node(l, r) } else { pair[0] }).collect();
     }
@@ -59,8 +222,13 @@ pub fn root(leaves: &[Leaf]) -> [u8; 32] {
 
 /// Checks a signature over `root` with the key of `cert`.
 pub fn verify_root(cert: &CertificateDer<'_>, root: &[u8; 32], signature: &[u8]) -> Result<(), String> {
+    verify_statement(cert, &statement(root), signature)
+}
+
+/// Checks a signature over `statement` with the key of `cert`.
+pub fn verify_statement(cert: &CertificateDer<'_>, statement: &[u8], signature: &[u8]) -> Result<(), String> {
     let cert = webpki::EndEntityCert::try_from(cert).map_err(|e| format!("unreadable certificate: {e:?}"))?;
-    cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, &statement(root), signature)
+    cert.verify_signature(webpki::ring::ECDSA_P256_SHA256, statement, signature)
         .map_err(|_| "the signature does not verify against the pinned certificate".to_owned())
 }
 
@@ -87,8 +255,21 @@ impl Signer {
 
     /// The signature over the root of `leaves`.
     pub fn sign(&self, leaves: &[Leaf]) -> Vec<u8> {
-        let root = root(leaves);
-        self.key.sign(&self.rng, &statement(&root)).map(|s| s.as_ref().to_vec()).unwrap_or_default()
+        self.sign_statement(&statement(&root(leaves)))
+    }
+
+    /// The signature over [`countersign_statement`].
+    pub fn countersign(&self, leaves: &[Countersigned], head: &Head) -> Vec<u8> {
+        self.sign_statement(&countersign_statement(leaves, head))
+    }
+
+    /// The signature over [`checkpoint_statement`].
+    pub fn checkpoint(&self, head: &Head, at_ms: i64) -> Vec<u8> {
+        self.sign_statement(&checkpoint_statement(head, at_ms))
+    }
+
+    fn sign_statement(&self, statement: &[u8]) -> Vec<u8> {
+        self.key.sign(&self.rng, statement).map(|s| s.as_ref().to_vec()).unwrap_or_default()
     }
 }
 

@@ -24,7 +24,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 
 use crate::identity::{Fingerprint, Identity};
 use crate::peer::Peers;
-use crate::wire::ALPN;
+use crate::wire::ALPNS;
 
 /// The one crypto provider the link uses.
 pub fn provider() -> Arc<CryptoProvider> {
@@ -95,7 +95,7 @@ impl Acceptor {
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(verifier))
             .with_cert_resolver(Arc::new(SingleCertAndKey::from(self.key.clone())));
-        config.alpn_protocols = vec![ALPN.to_vec()];
+        config.alpn_protocols = ALPNS.iter().map(|id| id.to_vec()).collect();
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
         Ok(config)
@@ -133,7 +133,7 @@ pub fn dial_config(
         .dangerous()
         .with_custom_certificate_verifier(Arc::new(verifier))
         .with_client_auth_cert(vec![identity.cert.clone()], identity.key.clone_key())?;
-    config.alpn_protocols = vec![ALPN.to_vec()];
+    config.alpn_protocols = ALPNS.iter().map(|id| id.to_vec()).collect();
     config.resumption = rustls::client::Resumption::disabled();
     Ok(config)
 }

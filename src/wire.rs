@@ -4,8 +4,9 @@
 //!
 //! A node dials each peer once and keeps the connection (QUIC keep-alive). The TLS handshake is
 //! TLS 1.3 with client certificates required both ways; each side accepts only the certificate it
-//! pinned for that peer (see [`crate::tls`]). The ALPN is [`ALPN`] (`ferry/1`): a node speaking
-//! another major version fails the handshake instead of misreading frames.
+//! pinned for that peer (see [`crate::tls`]). A node offers the ALPN ids [`ALPNS`]:
+//! `ferry/1+anchored` (countersigned receipts, checkpoints) and `ferry/1`; a node speaking another
+//! major version fails the handshake instead of misreading frames.
 //!
 //! # Streams and frames
 //!
@@ -48,8 +49,11 @@
 //! A node that receives a message it accepted signs a receipt for it: the leaves of what it
 //! accepted (request or reply id, payload SHA-256, file SHA-256, time) are gathered for a few
 //! milliseconds and one signature over their Merkle root goes back in an [`Opening::Receipt`] on a
-//! stream of its own (see [`crate::receipt`]). A receipt that does not verify against the pinned
-//! certificate closes the connection with [`Code::ProtocolViolation`].
+//! stream of its own (see [`crate::receipt`]); on `ferry/1+anchored` it is an
+//! [`Opening::Countersign`], which also binds each message's whole record and the signer's chain
+//! head, and each node sends its peers an [`Opening::Checkpoint`] of its head now and then. A
+//! receipt or checkpoint that does not verify against the pinned certificate closes the connection
+//! with [`Code::ProtocolViolation`].
 //!
 //! Every stream reset and connection close uses a [`Code`].
 
@@ -57,8 +61,17 @@ use serde::{Deserialize, Serialize};
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
-/// The ALPN protocol id: the protocol name and its major version.
+/// The ALPN protocol id of the first release: the protocol name and its major version.
 pub const ALPN: &[u8] = b"ferry/1";
+
+/// The ALPN protocol id of `ferry/1` plus anchored evidence: receipts bind the whole record and
+/// carry the signer's chain head ([`Opening::Countersign`]), and nodes send each other
+/// [`Opening::Checkpoint`]s. A node offers both ids, this one first, and speaks the newer messages
+/// only on connections that chose it, so it still serves peers of the first release.
+pub const ALPN_ANCHORED: &[u8] = b"ferry/1+anchored";
+
+/// The ALPN ids a node offers and accepts, the preferred first.
+pub const ALPNS: [&[u8]; 2] = [ALPN_ANCHORED, ALPN];
 
 /// The version carried in the first message of each stream.
 pub const PROTOCOL_VERSION: u16 = 1;
@@ -145,6 +158,10 @@ pub enum Tag {
     FileEnd = 10,
     /// [`Answer::FileDone`].
     FileDone = 11,
+    /// [`Opening::Countersign`] (`ferry/1+anchored` only).
+    Countersign = 12,
+    /// [`Opening::Checkpoint`] (`ferry/1+anchored` only).
+    Checkpoint = 13,
 }
 
 impl Tag {
@@ -164,6 +181,8 @@ impl Tag {
             FileResume,
             FileEnd,
             FileDone,
+            Countersign,
+            Checkpoint,
         ]
         .into_iter()
         .find(|t| *t as u32 == n)
@@ -189,6 +208,12 @@ pub enum Opening {
     /// [`FilePart`]s follow), [`Answer::FileDone`] if the receiver holds it already, or
     /// [`Answer::Refused`].
     FileOffer(FileOffer),
+    /// A receipt that binds each message's whole record and the signer's chain head; the
+    /// `ferry/1+anchored` form of [`Opening::Receipt`], answered the same.
+    Countersign(Countersign),
+    /// The sender's signed chain head, for the receiver to keep; answered with [`Answer::Ack`]
+    /// once recorded.
+    Checkpoint(Checkpoint),
 }
 
 impl Opening {
@@ -198,7 +223,7 @@ impl Opening {
             Opening::Request(r) => Some(r.version),
             Opening::AsyncRequest(a) => Some(a.request.version),
             Opening::FileOffer(o) => Some(o.version),
-            Opening::Reply(_) | Opening::Receipt(_) => None,
+            Opening::Reply(_) | Opening::Receipt(_) | Opening::Countersign(_) | Opening::Checkpoint(_) => None,
         }
     }
 }
@@ -281,7 +306,7 @@ macro_rules! frame {
     };
 }
 
-frame!(Opening: Request, AsyncRequest, Reply, Receipt, FileOffer);
+frame!(Opening: Request, AsyncRequest, Reply, Receipt, FileOffer, Countersign, Checkpoint);
 frame!(FilePart: FileChunk, FileEnd);
 frame!(Answer: Response, Refused, Ack, FileResume, FileDone);
 
@@ -404,6 +429,50 @@ pub struct Leaf {
     pub file_sha256: Option<[u8; 32]>,
     /// When the receiver accepted it (ms since the Unix epoch).
     pub at_ms: i64,
+}
+
+/// A receipt of `ferry/1+anchored`: one signature by the receiving node over the Merkle root of
+/// `leaves` and its own chain head when it signed ([`crate::receipt::countersign_statement`]).
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Countersign {
+    /// What the receiver accepted, in the order of the tree's leaves.
+    pub leaves: Vec<Countersigned>,
+    /// The signer's evidence chain head when it signed.
+    pub head: Head,
+    /// ECDSA P-256 SHA-256 signature (ASN.1 DER).
+    pub signature: Vec<u8>,
+}
+
+/// One message a [`Countersign`] covers: the [`Leaf`] of `ferry/1`, and the digest of the whole
+/// record of the message ([`crate::receipt::Binding`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Countersigned {
+    /// Id, seq, payload and file hashes, time.
+    pub leaf: Leaf,
+    /// SHA-256 over what makes the message: method, path, form, payload, file, as the receiver
+    /// read them ([`crate::receipt::Binding::digest`]).
+    pub record_sha256: [u8; 32],
+}
+
+/// A node's evidence chain head: its last record's seq and hash.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Head {
+    /// The record's seq (0: the log is empty).
+    pub seq: u64,
+    /// The record's hash (zeros when the log is empty).
+    pub hash: [u8; 32],
+}
+
+/// A node's signed chain head, sent to each connected peer every few minutes for the peer to keep
+/// ([`crate::receipt::checkpoint_statement`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Checkpoint {
+    /// The sender's chain head.
+    pub head: Head,
+    /// When the sender signed it (ms since the Unix epoch).
+    pub at_ms: i64,
+    /// ECDSA P-256 SHA-256 signature (ASN.1 DER).
+    pub signature: Vec<u8>,
 }
 
 /// SHA-256 of a message's postcard encoding: what receipts and evidence records name as its payload.
@@ -1043,7 +1112,7 @@ mod tests {
         assert!(err.to_string().contains("Request"), "{err}");
         let err = decode::<FilePart>(&ack[4..]).unwrap_err();
         assert_eq!(err.code(), Code::ProtocolViolation);
-        for unknown in [&[12u8][..], &[0x80, 0x01], &[]] {
+        for unknown in [&[14u8][..], &[0x80, 0x01], &[]] {
             assert!(matches!(decode::<Answer>(unknown), Err(FrameError::Decode(_))), "{unknown:?}");
         }
     }

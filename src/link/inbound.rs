@@ -8,6 +8,7 @@ use rustls::pki_types::CertificateDer;
 use super::Link;
 use crate::identity::Fingerprint;
 use crate::peer::{Peer, Peers};
+use crate::receipt::Binding;
 use crate::service::{Caller, Services};
 use crate::store::{Admission, FormFile, Store};
 use crate::transfer::{self, Folders, ReceiveError};
@@ -132,6 +133,14 @@ async fn stream(
             Some(ack) => Ok(ack),
             None => return broken.cancel(),
         },
+        Opening::Countersign(receipt) => match inbound.countersign(&peer, receipt) {
+            Some(ack) => Ok(ack),
+            None => return broken.cancel(),
+        },
+        Opening::Checkpoint(checkpoint) => match inbound.checkpoint(&peer, checkpoint).await {
+            Some(answer) => answer,
+            None => return broken.cancel(),
+        },
     };
     match answer {
         Ok(answer) => match wire::write(&mut send, &answer).await {
@@ -176,7 +185,7 @@ impl Inbound {
                 Admission::Refused(refusal) => return Ok(Answer::Refused(refusal)),
             }
         }
-        link.sign_receipt(&peer.name, &request.id, 0, payload, request.file.as_ref().map(|f| f.sha256));
+        link.sign_receipt(&peer.name, Binding::of_request(request, payload).leaf(0));
         let started = std::time::Instant::now();
         let extra: Vec<_> = file.into_iter().map(|f| (f.field, f.path)).collect();
         let answer = caller.call(&peer.name, request, Some(allowed), &extra).await.map_err(|e| e.refusal);
@@ -211,7 +220,7 @@ impl Inbound {
         let Inbound { link, services, store, .. } = self;
         let id = message.request.id.clone();
         let payload = wire::payload_sha256(&message.request);
-        let file_sha = message.request.file.as_ref().map(|f| f.sha256);
+        let leaf = Binding::of_request(&message.request, payload).leaf(0);
         let service = match services.check_request(&peer.name, &message.request) {
             Ok(allowed) => allowed.service,
             Err(refusal) => return Ok(Answer::Refused(refusal)),
@@ -223,7 +232,7 @@ impl Inbound {
         match store.insert_incoming(&peer.name, message, file.map(|f| f.path), &service, payload).await {
             Ok(Admission::Refused(refusal)) => Ok(Answer::Refused(refusal)),
             Ok(_) => {
-                link.sign_receipt(&peer.name, &id, 0, payload, file_sha);
+                link.sign_receipt(&peer.name, leaf);
                 Ok(Answer::Ack(wire::Ack { id, seq: 0 }))
             }
             Err(e) => {
@@ -239,7 +248,8 @@ impl Inbound {
         let Inbound { link, store, .. } = self;
         let ack = wire::Ack { id: reply.id.clone(), seq: reply.seq };
         let key = format!("{}/{}", reply.id, reply.seq);
-        let (payload, file_sha) = (wire::payload_sha256(&reply), reply.file.as_ref().map(|f| f.sha256));
+        let payload = wire::payload_sha256(&reply);
+        let leaf = Binding::of_reply(&reply, payload).leaf(0);
         let field_problem =
             reply.file.as_ref().and_then(|f| wire::file_field_problem(&f.field, &wire::CALLBACK_FIELDS));
         let file = match field_problem {
@@ -256,7 +266,7 @@ impl Inbound {
                     let label = crate::metrics::PeerLabel { peer: peer.name.clone() };
                     link.inner.metrics.async_duration.get_or_create(&label).observe(took.as_secs_f64());
                 }
-                link.sign_receipt(&peer.name, &ack.id, ack.seq, payload, file_sha);
+                link.sign_receipt(&peer.name, leaf);
                 Ok(Answer::Ack(ack))
             }
             Err(e) => {
@@ -339,6 +349,34 @@ impl Inbound {
         }
         self.store.receipt(&peer.name, receipt);
         Some(Answer::Ack(wire::Ack { id: String::new(), seq: leaves }))
+    }
+
+    /// As [`Inbound::receipt`], for a countersignature.
+    fn countersign(&self, peer: &Peer, receipt: wire::Countersign) -> Option<Answer> {
+        let leaves = receipt.leaves.len() as u32;
+        if let Err(why) = super::receipts::verify_countersign(peer, &receipt) {
+            tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
+            return None;
+        }
+        self.store.receipt(&peer.name, receipt);
+        Some(Answer::Ack(wire::Ack { id: String::new(), seq: leaves }))
+    }
+
+    /// Keeps a peer's checkpoint of its chain head and acknowledges it once on disk (`Err`: the
+    /// store failed; the peer sends a later one); `None` when it does not verify, and the
+    /// connection must close.
+    async fn checkpoint(&self, peer: &Peer, checkpoint: wire::Checkpoint) -> Option<Result<Answer, Code>> {
+        if let Err(why) = super::receipts::verify_checkpoint(peer, &checkpoint) {
+            tracing::error!(peer = %peer.name, %why, "a forged or malformed checkpoint; closing the connection");
+            return None;
+        }
+        Some(match self.store.checkpoint(&peer.name, checkpoint).await {
+            Ok(()) => Ok(Answer::Ack(wire::Ack { id: String::new(), seq: 0 })),
+            Err(e) => {
+                tracing::error!(peer = %peer.name, error = %e, "cannot record a peer's checkpoint");
+                Err(Code::Done)
+            }
+        })
     }
 }
 

@@ -1,26 +1,29 @@
-//! Receipts, both ways: signing what this node accepted from a peer, in batches, and checking and
-//! keeping the receipts peers send for what this node sent them.
+//! Receipts and checkpoints, both ways: signing what this node accepted from a peer, in batches,
+//! and its chain head now and then; checking and keeping what peers sign for this node.
 
 use std::collections::HashMap;
 use std::sync::Arc;
 use std::time::Duration;
 
 use tokio::sync::mpsc;
+use tokio_util::sync::CancellationToken;
 
 use super::{Link, LinkFailure, CONNECT_WITHIN};
 use crate::peer::Peer;
 use crate::receipt::{self, Signer};
-use crate::wire::{self, Answer, Leaf, Opening};
+use crate::wire::{self, Answer, Countersigned, Head, Opening};
 
 /// How long accepted messages gather before one signature covers them all.
 const BATCH_WINDOW: Duration = Duration::from_millis(20);
 /// The most leaves one receipt covers.
 const MAX_LEAVES: usize = 1024;
+/// How long the checkpoints sent when the node stops may take.
+const LAST_CHECKPOINT_WITHIN: Duration = Duration::from_secs(2);
 
 /// The signer and one batching queue per peer.
 pub(super) struct Receipts {
     signer: Option<Arc<Signer>>,
-    queues: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<Leaf>>>,
+    queues: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<Countersigned>>>,
 }
 
 impl Receipts {
@@ -35,22 +38,24 @@ impl Receipts {
     }
 }
 
+/// Whether `connection` speaks `ferry/1+anchored` (countersignatures and checkpoints).
+pub(super) fn anchored(connection: &quinn::Connection) -> bool {
+    connection
+        .handshake_data()
+        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+        .and_then(|data| data.protocol)
+        .is_some_and(|protocol| protocol == wire::ALPN_ANCHORED)
+}
+
 impl Link {
-    /// Queues a receipt to `peer` for a message this node accepted from it: payload and file
-    /// hashes as received, and now.
-    pub(super) fn sign_receipt(
-        &self,
-        peer: &str,
-        id: &str,
-        seq: u32,
-        payload_sha256: [u8; 32],
-        file: Option<[u8; 32]>,
-    ) {
+    /// Queues a receipt to `peer` for a message this node accepted from it: the `leaf` of what
+    /// makes the message as received ([`receipt::Binding::leaf`]), its time set to now.
+    pub(super) fn sign_receipt(&self, peer: &str, mut leaf: Countersigned) {
         let receipts = &self.inner.receipts;
         if receipts.signer.is_none() {
             return;
         }
-        let leaf = Leaf { id: id.to_owned(), seq, payload_sha256, file_sha256: file, at_ms: crate::store::now_ms() };
+        leaf.leaf.at_ms = crate::store::now_ms();
         let mut queues = receipts.queues.lock().unwrap();
         // Checked under the lock: once closing, no queue (and no task holding the link) is added.
         if self.is_closing() {
@@ -66,9 +71,10 @@ impl Link {
         queues.insert(peer.to_owned(), tx);
     }
 
-    /// Gathers leaves for [`BATCH_WINDOW`], signs their root once, and sends the receipt to `peer`,
-    /// until the link closes.
-    async fn send_receipts(self, peer_name: String, mut leaves: mpsc::UnboundedReceiver<Leaf>) {
+    /// Gathers leaves for [`BATCH_WINDOW`], signs them once, and sends the receipt to `peer`,
+    /// until the link closes: a countersignature with this node's chain head on a
+    /// `ferry/1+anchored` connection, else a `ferry/1` receipt.
+    async fn send_receipts(self, peer_name: String, mut leaves: mpsc::UnboundedReceiver<Countersigned>) {
         let Some(signer) = self.inner.receipts.signer.clone() else { return };
         while let Some(first) = leaves.recv().await {
             if self.is_closing() {
@@ -82,37 +88,131 @@ impl Link {
                     Err(_) => break,
                 }
             }
-            let signature = signer.sign(&batch);
             let Some(peer) = self.inner.peers.get(&peer_name) else { continue };
             if self.is_closing() {
                 return;
             }
             let count = batch.len();
-            let receipt = wire::Receipt { leaves: batch, signature };
-            if let Err(e) = self.deliver_receipt(&peer, receipt).await {
+            if let Err(e) = self.deliver_receipt(&peer, &signer, batch).await {
                 tracing::warn!(peer = %peer_name, leaves = count, error = %e, "a receipt did not reach the peer");
             }
         }
     }
 
-    /// Sends `receipt` to `peer` on a stream of its own; the peer acknowledges it.
-    async fn deliver_receipt(&self, peer: &Arc<Peer>, receipt: wire::Receipt) -> Result<(), LinkFailure> {
+    /// Signs `leaves` as the connection to `peer` speaks, and sends the receipt on a stream of
+    /// its own; the peer acknowledges it.
+    async fn deliver_receipt(
+        &self,
+        peer: &Arc<Peer>,
+        signer: &Signer,
+        leaves: Vec<Countersigned>,
+    ) -> Result<(), LinkFailure> {
         let connection = self.connection(peer, tokio::time::Instant::now() + CONNECT_WITHIN).await?;
-        let frame = wire::encode(&Opening::Receipt(receipt)).map_err(LinkFailure::encoding)?;
-        super::outbound::ask(&connection, &frame, |answer| match answer {
+        let opening = if anchored(&connection) {
+            let head = self.head().await?;
+            let signature = signer.countersign(&leaves, &head);
+            Opening::Countersign(wire::Countersign { leaves, head, signature })
+        } else {
+            let leaves: Vec<_> = leaves.into_iter().map(|l| l.leaf).collect();
+            let signature = signer.sign(&leaves);
+            Opening::Receipt(wire::Receipt { leaves, signature })
+        };
+        self.acknowledged(&connection, &opening).await
+    }
+
+    /// Sends `opening` on a stream of its own and waits for the peer's [`Answer::Ack`].
+    async fn acknowledged(&self, connection: &quinn::Connection, opening: &Opening) -> Result<(), LinkFailure> {
+        let frame = wire::encode(opening).map_err(LinkFailure::encoding)?;
+        super::outbound::ask(connection, &frame, |answer| match answer {
             Answer::Ack(_) => Some(()),
             _ => None,
         })
         .await
     }
+
+    /// This node's chain head once what is queued is committed (seq 0 while the log is empty or
+    /// none is kept).
+    async fn head(&self) -> Result<Head, LinkFailure> {
+        let head = self.inner.store.chain_head().await.map_err(|e| LinkFailure::Local(e.to_string()))?;
+        let (seq, hash) = head.unwrap_or((0, crate::evidence::GENESIS.to_owned()));
+        let mut bytes = [0; 32];
+        hex::decode_to_slice(&hash, &mut bytes).map_err(|_| LinkFailure::Local(format!("chain head `{hash}`")))?;
+        Ok(Head { seq: seq as u64, hash: bytes })
+    }
+
+    /// Every `every`, and once more when `stop` is cancelled (bounded by [`LAST_CHECKPOINT_WITHIN`]),
+    /// sends each peer connected on `ferry/1+anchored` this node's signed chain head, when it
+    /// moved since the last one that peer acknowledged.
+    pub async fn send_checkpoints(self, every: Duration, stop: CancellationToken) {
+        let Some(signer) = self.inner.receipts.signer.clone() else { return };
+        if !self.inner.store.keeps_evidence() {
+            return;
+        }
+        let mut held: HashMap<String, Head> = HashMap::new();
+        let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
+        loop {
+            tokio::select! {
+                _ = tick.tick() => self.checkpoint_round(&signer, &mut held).await,
+                () = stop.cancelled() => {
+                    let last = self.checkpoint_round(&signer, &mut held);
+                    let _ = tokio::time::timeout(LAST_CHECKPOINT_WITHIN, last).await;
+                    return;
+                }
+            }
+        }
+    }
+
+    /// Sends this node's chain head to each peer connected on `ferry/1+anchored` that does not
+    /// hold it yet (`held`: the last head each peer acknowledged).
+    async fn checkpoint_round(&self, signer: &Signer, held: &mut HashMap<String, Head>) {
+        let head = match self.head().await {
+            Ok(head) if head.seq > 0 => head,
+            Ok(_) => return,
+            Err(e) => return tracing::warn!(error = %e, "cannot read the chain head for checkpoints"),
+        };
+        for peer in self.inner.peers.all() {
+            let Some(connection) = peer.connection().filter(anchored) else { continue };
+            if held.get(&peer.name) == Some(&head) {
+                continue;
+            }
+            let at_ms = crate::store::now_ms();
+            let signature = signer.checkpoint(&head, at_ms);
+            let opening = Opening::Checkpoint(wire::Checkpoint { head, at_ms, signature });
+            match self.acknowledged(&connection, &opening).await {
+                Ok(()) => {
+                    held.insert(peer.name.clone(), head);
+                }
+                Err(e) => tracing::warn!(peer = %peer.name, error = %e, "a checkpoint did not reach the peer"),
+            }
+        }
+    }
 }
 
-/// Checks a peer's receipt against its pinned certificate: [`LinkFailure::Noncompliant`] if it
-/// does not hold.
+/// Checks a peer's `ferry/1` receipt against its pinned certificate: [`LinkFailure::Noncompliant`]
+/// if it does not hold.
 pub(super) fn verify(peer: &Peer, receipt: &wire::Receipt) -> Result<(), LinkFailure> {
-    if receipt.leaves.is_empty() || receipt.leaves.len() > MAX_LEAVES {
-        return Err(LinkFailure::Noncompliant(format!("a receipt must cover 1 to {MAX_LEAVES} messages")));
-    }
+    covers(receipt.leaves.len())?;
     receipt::verify_root(&peer.cert, &receipt::root(&receipt.leaves), &receipt.signature)
         .map_err(LinkFailure::Noncompliant)
+}
+
+/// Checks a peer's countersignature against its pinned certificate.
+pub(super) fn verify_countersign(peer: &Peer, receipt: &wire::Countersign) -> Result<(), LinkFailure> {
+    covers(receipt.leaves.len())?;
+    let statement = receipt::countersign_statement(&receipt.leaves, &receipt.head);
+    receipt::verify_statement(&peer.cert, &statement, &receipt.signature).map_err(LinkFailure::Noncompliant)
+}
+
+/// Checks a peer's checkpoint against its pinned certificate.
+pub(super) fn verify_checkpoint(peer: &Peer, checkpoint: &wire::Checkpoint) -> Result<(), LinkFailure> {
+    let statement = receipt::checkpoint_statement(&checkpoint.head, checkpoint.at_ms);
+    receipt::verify_statement(&peer.cert, &statement, &checkpoint.signature).map_err(LinkFailure::Noncompliant)
+}
+
+/// A receipt must cover 1 to [`MAX_LEAVES`] messages.
+fn covers(leaves: usize) -> Result<(), LinkFailure> {
+    if leaves == 0 || leaves > MAX_LEAVES {
+        return Err(LinkFailure::Noncompliant(format!("a receipt must cover 1 to {MAX_LEAVES} messages")));
+    }
+    Ok(())
 }

@@ -9,7 +9,9 @@ use rusqlite::{params, OptionalExtension};
 use rustls::pki_types::CertificateDer;
 
 use super::{now_ms, query_row, rfc3339, Store, StoreError, Tx};
-use crate::evidence::{Broken, Entry, Intact, MaskedForm, Receipt, Record, Rendered, Summary, TimeStamp, GENESIS};
+use crate::evidence::{
+    Broken, Checkpoint, Entry, Intact, MaskedForm, Receipt, Record, Rendered, Summary, TimeStamp, GENESIS,
+};
 use crate::wire;
 
 /// The evidence log as the writer appends to it. A transaction's records are sealed into one
@@ -180,14 +182,26 @@ impl Store {
 
     /// Records a peer's verified receipt, which covers what this node sent it, as one record.
     /// Deferred: it joins the writer's next commit, or one of its own within 20 ms.
-    pub fn receipt(&self, peer: &str, receipt: wire::Receipt) {
+    pub fn receipt(&self, peer: &str, receipt: impl Into<Receipt>) {
         if !self.evidence {
             return;
         }
         let mut entry = Entry::new("receipt", "in", peer, "");
-        entry.receipt = Some(Receipt::kept(receipt));
+        entry.receipt = Some(receipt.into());
         let rendered = entry.render();
         self.defer("a peer's receipt", move |t| t.record(rendered))
+    }
+
+    /// Records a peer's verified checkpoint of its chain head (`event: "checkpoint"`), on disk when
+    /// this returns.
+    pub async fn checkpoint(&self, peer: &str, checkpoint: wire::Checkpoint) -> Result<(), StoreError> {
+        if !self.evidence {
+            return Ok(());
+        }
+        let mut entry = Entry::new("checkpoint", "in", peer, "");
+        entry.checkpoint = Some(Checkpoint::kept(checkpoint));
+        let rendered = entry.render();
+        self.run(move |t, _| t.record(rendered)).await
     }
 }
 
