@@ -955,7 +955,8 @@ mod tests {
         let sent = serde_json::from_str::<Record>(&text).unwrap().entry;
         let intact = verify(countersigned(&signer, &sent, &request), &certs, None).unwrap();
         assert_eq!(intact.receipts, 1);
-        let changes: [(&str, fn(&mut Entry)); 6] = [
+        type Change = (&'static str, fn(&mut Entry));
+        let changes: [Change; 6] = [
             ("method", |e| e.method = Some("PUT".into())),
             ("path", |e| e.path = Some("/transfer".into())),
             ("form value", |e| e.form.as_mut().unwrap()["amount"] = serde_json::json!(1000000)),
