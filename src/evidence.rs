@@ -525,6 +525,11 @@ impl Rendered {
         hash
     }
 
+    /// Whether this is a `checkpoint` record.
+    pub fn is_checkpoint(&self) -> bool {
+        self.0.starts_with("{\"event\":\"checkpoint\"")
+    }
+
     /// Hands this record's buffer back for another record to be rendered into (or frees it, when
     /// it is large or enough are kept).
     pub fn recycle(self) {

@@ -370,8 +370,8 @@ impl Inbound {
             tracing::error!(peer = %peer.name, %why, "a forged or malformed checkpoint; closing the connection");
             return None;
         }
-        Some(match self.store.checkpoint(&peer.name, checkpoint).await {
-            Ok(()) => Ok(Answer::Ack(wire::Ack { id: String::new(), seq: 0 })),
+        Some(match self.store.checkpoint("in", &peer.name, checkpoint).await {
+            Ok(_) => Ok(Answer::Ack(wire::Ack { id: String::new(), seq: 0 })),
             Err(e) => {
                 tracing::error!(peer = %peer.name, error = %e, "cannot record a peer's checkpoint");
                 Err(Code::Done)

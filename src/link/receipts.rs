@@ -134,10 +134,7 @@ impl Link {
     /// none is kept).
     async fn head(&self) -> Result<Head, LinkFailure> {
         let head = self.inner.store.chain_head().await.map_err(|e| LinkFailure::Local(e.to_string()))?;
-        let (seq, hash) = head.unwrap_or((0, crate::evidence::GENESIS.to_owned()));
-        let mut bytes = [0; 32];
-        hex::decode_to_slice(&hash, &mut bytes).map_err(|_| LinkFailure::Local(format!("chain head `{hash}`")))?;
-        Ok(Head { seq: seq as u64, hash: bytes })
+        wire_head(head.as_ref()).map_err(LinkFailure::Local)
     }
 
     /// Every `every`, and once more when `stop` is cancelled (bounded by [`LAST_CHECKPOINT_WITHIN`]),
@@ -162,30 +159,42 @@ impl Link {
         }
     }
 
-    /// Sends this node's chain head to each peer connected on `ferry/1+anchored` that does not
-    /// hold it yet (`held`: the last head each peer acknowledged).
+    /// Sends this node's chain head to each peer connected on `ferry/1+anchored` whose last
+    /// acknowledged head (`held`) is older than the last record other than a checkpoint
+    /// ([`Store::moved`](crate::store::Store::moved)), and records that the peer keeps it.
     async fn checkpoint_round(&self, signer: &Signer, held: &mut HashMap<String, Head>) {
         let head = match self.head().await {
             Ok(head) if head.seq > 0 => head,
             Ok(_) => return,
             Err(e) => return tracing::warn!(error = %e, "cannot read the chain head for checkpoints"),
         };
+        let moved = self.inner.store.moved() as u64;
         for peer in self.inner.peers.all() {
             let Some(connection) = peer.connection().filter(anchored) else { continue };
-            if held.get(&peer.name) == Some(&head) {
+            if held.get(&peer.name).is_some_and(|held| held.seq >= moved) {
                 continue;
             }
             let at_ms = crate::store::now_ms();
             let signature = signer.checkpoint(&head, at_ms);
-            let opening = Opening::Checkpoint(wire::Checkpoint { head, at_ms, signature });
-            match self.acknowledged(&connection, &opening).await {
-                Ok(()) => {
-                    held.insert(peer.name.clone(), head);
-                }
-                Err(e) => tracing::warn!(peer = %peer.name, error = %e, "a checkpoint did not reach the peer"),
+            let checkpoint = wire::Checkpoint { head, at_ms, signature };
+            if let Err(e) = self.acknowledged(&connection, &Opening::Checkpoint(checkpoint.clone())).await {
+                tracing::warn!(peer = %peer.name, error = %e, "a checkpoint did not reach the peer");
+                continue;
+            }
+            held.insert(peer.name.clone(), head);
+            if let Err(e) = self.inner.store.checkpoint("out", &peer.name, checkpoint).await {
+                tracing::error!(peer = %peer.name, error = %e, "cannot record a checkpoint a peer keeps");
             }
         }
     }
+}
+
+/// A chain head as the wire carries it (seq 0 and zeros for an empty log).
+fn wire_head(head: Option<&(i64, String)>) -> Result<Head, String> {
+    let Some((seq, hash)) = head else { return Ok(Head { seq: 0, hash: [0; 32] }) };
+    let mut bytes = [0; 32];
+    hex::decode_to_slice(hash, &mut bytes).map_err(|_| format!("the chain head's hash `{hash}` is not a SHA-256"))?;
+    Ok(Head { seq: *seq as u64, hash: bytes })
 }
 
 /// Checks a peer's `ferry/1` receipt against its pinned certificate: [`LinkFailure::Noncompliant`]

@@ -3,6 +3,8 @@
 
 use std::collections::HashMap;
 use std::path::Path;
+use std::sync::atomic::{AtomicI64, Ordering};
+use std::sync::Arc;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, OptionalExtension};
@@ -27,13 +29,15 @@ pub(super) struct Log<'c> {
     block: String,
     /// The seq of the block's first record.
     first: i64,
+    /// The seq of the last record other than a checkpoint appended since the store opened.
+    moved: Arc<AtomicI64>,
 }
 
 impl<'c> Log<'c> {
-    /// The log of the writer's connection.
-    pub(super) fn prepare(conn: &'c rusqlite::Connection) -> rusqlite::Result<Log<'c>> {
+    /// The log of the writer's connection; it sets `moved` ([`Store::moved`]).
+    pub(super) fn prepare(conn: &'c rusqlite::Connection, moved: Arc<AtomicI64>) -> rusqlite::Result<Log<'c>> {
         let insert = conn.prepare("INSERT INTO evidence (seq, records) VALUES (?1, ?2)")?;
-        Ok(Log { insert, block: String::new(), first: 0 })
+        Ok(Log { insert, block: String::new(), first: 0, moved })
     }
 }
 
@@ -54,6 +58,9 @@ impl Tx<'_, '_> {
             log.block.push('\n');
         }
         let hash = entry.seal(&mut log.block, seq, at, &prev);
+        if !entry.is_checkpoint() {
+            log.moved.store(seq, Ordering::Relaxed);
+        }
         entry.recycle();
         *self.head.borrow_mut() = Some((seq, hash));
         Ok(())
@@ -192,13 +199,19 @@ impl Store {
         self.defer("a peer's receipt", move |t| t.record(rendered))
     }
 
-    /// Records a peer's verified checkpoint of its chain head (`event: "checkpoint"`), on disk when
-    /// this returns.
-    pub async fn checkpoint(&self, peer: &str, checkpoint: wire::Checkpoint) -> Result<(), StoreError> {
+    /// Records a checkpoint of a chain head (`event: "checkpoint"`): a peer's, verified, that this
+    /// node keeps (`direction: "in"`), or this node's own that `peer` acknowledged keeping
+    /// (`"out"`). On disk when this returns.
+    pub async fn checkpoint(
+        &self,
+        direction: &'static str,
+        peer: &str,
+        checkpoint: wire::Checkpoint,
+    ) -> Result<(), StoreError> {
         if !self.evidence {
             return Ok(());
         }
-        let mut entry = Entry::new("checkpoint", "in", peer, "");
+        let mut entry = Entry::new("checkpoint", direction, peer, "");
         entry.checkpoint = Some(Checkpoint::kept(checkpoint));
         let rendered = entry.render();
         self.run(move |t, _| t.record(rendered)).await
@@ -206,6 +219,13 @@ impl Store {
 }
 
 impl Store {
+    /// The seq of the last record other than a checkpoint appended since the store opened (0:
+    /// none yet): checkpoints are sent when it moves, so that two nodes' checkpoints of each
+    /// other do not move each other's heads forever.
+    pub fn moved(&self) -> i64 {
+        self.moved.load(Ordering::Relaxed)
+    }
+
     /// The evidence log's last record (seq, hash) once everything queued so far is committed;
     /// `None` while the log is empty or none is kept.
     pub async fn chain_head(&self) -> Result<Option<(i64, String)>, StoreError> {

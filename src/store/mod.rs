@@ -239,6 +239,8 @@ pub struct Store {
     pub(crate) wake: Arc<Wakers>,
     /// The read-only connections of read views.
     readers: Arc<reader::Readers>,
+    /// [`Store::moved`].
+    moved: Arc<std::sync::atomic::AtomicI64>,
 }
 
 impl std::fmt::Debug for Store {
@@ -263,9 +265,11 @@ impl Store {
         let deferred = Arc::default();
         let (events, _) = broadcast::channel(4096);
         let (publish, waiting) = (events.clone(), Arc::clone(&deferred));
+        let moved = Arc::<std::sync::atomic::AtomicI64>::default();
+        let writer_moved = moved.clone();
         std::thread::Builder::new()
             .name("ferry-store".into())
-            .spawn(move || writer(conn, evidence, rx, waiting, publish))
+            .spawn(move || writer(conn, evidence.then_some(writer_moved), rx, waiting, publish))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
         let readers = Arc::new(reader::Readers::new(data_dir.join("ferry.db")));
         Ok(Store {
@@ -276,6 +280,7 @@ impl Store {
             events,
             wake: Arc::default(),
             readers,
+            moved,
         })
     }
 
@@ -364,13 +369,13 @@ type Message = Option<(Durability, Job)>;
 /// of them was queued.
 fn writer(
     conn: rusqlite::Connection,
-    evidence: bool,
+    evidence: Option<Arc<std::sync::atomic::AtomicI64>>,
     jobs: std::sync::mpsc::Receiver<Message>,
     deferred: Arc<std::sync::Mutex<Vec<Job>>>,
     publish: broadcast::Sender<Event>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let log = match evidence.then(|| evidence::Log::prepare(&conn)).transpose() {
+    let log = match evidence.map(|moved| evidence::Log::prepare(&conn, moved)).transpose() {
         Ok(log) => log.map(std::cell::RefCell::new),
         Err(e) => return tracing::error!(error = %e, "the store cannot prepare its evidence log; it stops"),
     };
