@@ -897,6 +897,27 @@ mod tests {
         vec![(1, first), (2, second)]
     }
 
+    /// A log written by the release before countersignatures (`ferry/1` receipts; a request's
+    /// response as a record of its own) still verifies, receipts and all, and a record changed in
+    /// it still breaks it: `tests/fixtures/evidence-v1`, both nodes' `ferry audit export` after
+    /// `ferry demo` of commit a961ab0, with their certificates.
+    #[test]
+    fn a_log_of_the_first_release_still_verifies() {
+        let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/evidence-v1");
+        for (node, peer, records) in [("org-a", "org-b", 19), ("org-b", "org-a", 17)] {
+            let cert = crate::identity::load_cert(&fixtures.join(format!("{peer}.pem"))).unwrap();
+            let certs = HashMap::from([(peer.to_owned(), cert)]);
+            let log = std::fs::read_to_string(fixtures.join(format!("{node}.jsonl"))).unwrap();
+            let rows: Vec<(i64, String)> = (1..).zip(log.lines().map(str::to_owned)).collect();
+            let intact = verify(rows.clone(), &certs, None).unwrap();
+            assert_eq!(intact.records, records, "{node}");
+            assert!(intact.receipts > 0, "{node}: {intact:?}");
+            let mut changed = rows;
+            changed[0].1 = changed[0].1.replacen("\"path\":\"/", "\"path\":\"/x", 1);
+            assert_eq!(verify(changed, &certs, None).unwrap_err().seq, 1, "{node}");
+        }
+    }
+
     /// A log of one sent request (`sent`) and the peer's countersignature for `signed`, as the
     /// peer read it.
     fn countersigned(

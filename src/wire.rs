@@ -1008,6 +1008,26 @@ mod tests {
         assert_eq!(decode::<M>(&frame[4..]).unwrap(), message);
     }
 
+    /// The messages of `ferry/1+anchored` keep their bytes too.
+    #[test]
+    fn anchored_messages_keep_their_bytes_on_the_wire() {
+        let leaf = Leaf { id: "0192".into(), seq: 2, payload_sha256: [1; 32], file_sha256: None, at_ms: 5 };
+        let head = Head { seq: 300, hash: [3; 32] };
+        let leaves = vec![Countersigned { leaf, record_sha256: [2; 32] }];
+        same_bytes(
+            Opening::Countersign(Countersign { leaves, head, signature: vec![9, 8] }),
+            concat!(
+                "0000006f0c010430313932020101010101010101010101010101010101010101010101010101010101010101000a02",
+                "02020202020202020202020202020202020202020202020202020202020202ac0203030303030303030303030303030303",
+                "03030303030303030303030303030303020908",
+            ),
+        );
+        same_bytes(
+            Opening::Checkpoint(Checkpoint { head, at_ms: 1_700_000_000_000, signature: vec![7] }),
+            "0000002b0dac02030303030303030303030303030303030303030303030303030303030303030380a0abfef9620107",
+        );
+    }
+
     /// Every message is the same bytes on the wire as before the split into openings, file parts
     /// and answers: nodes of older releases of `ferry/1` read them, and they read theirs.
     #[test]
