@@ -897,6 +897,38 @@ mod tests {
         vec![(1, first), (2, second)]
     }
 
+    /// A countersignature's head and a checkpoint verify as signed, and not once their head,
+    /// time or signature is altered.
+    #[test]
+    fn a_signed_head_verifies_only_as_signed() {
+        let identity = crate::identity::Identity::generate("org-b").unwrap();
+        let signer = crate::receipt::Signer::new(&identity).unwrap();
+        let head = crate::wire::Head { seq: 41, hash: [6; 32] };
+        let leaf = crate::receipt::Binding { id: "r1", payload_sha256: [1; 32], ..Default::default() }.leaf(9);
+        let signature = signer.countersign(std::slice::from_ref(&leaf), &head);
+        let receipt = Receipt::from(crate::wire::Countersign { leaves: vec![leaf], head, signature });
+        receipt.verify(&identity.cert).unwrap();
+        let checkpoint =
+            Checkpoint::kept(crate::wire::Checkpoint { head, at_ms: 7, signature: signer.checkpoint(&head, 7) });
+        checkpoint.verify(&identity.cert).unwrap();
+        let mut moved = receipt.clone();
+        moved.head.as_mut().unwrap().seq = 40;
+        let mut unlinked = receipt.clone();
+        unlinked.leaves[0].record_sha256 = None;
+        for altered in [moved, unlinked] {
+            assert!(altered.verify(&identity.cert).is_err(), "{altered:?}");
+        }
+        let mut earlier = checkpoint.clone();
+        earlier.at_ms = 6;
+        let mut rewritten = checkpoint.clone();
+        rewritten.head.hash = hex::encode([7; 32]);
+        let mut forged = checkpoint;
+        forged.signature = receipt.signature;
+        for altered in [earlier, rewritten, forged] {
+            assert!(altered.verify(&identity.cert).is_err(), "{altered:?}");
+        }
+    }
+
     /// A log written by the release before countersignatures (`ferry/1` receipts; a request's
     /// response as a record of its own) still verifies, receipts and all, and a record changed in
     /// it still breaks it: `tests/fixtures/evidence-v1`, both nodes' `ferry audit export` after
