@@ -185,6 +185,9 @@ struct Read {
 /// Makes the bundle of request `id` from the evidence log under `data_dir` (read-only: the node
 /// may be running), and checks it ([`verify`]).
 pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle, Verified), BundleError> {
+    if id.is_empty() {
+        return Err(BundleError::Cannot("the request id is empty: give the id of a request (`ferry requests`)".into()));
+    }
     let cannot = |e: crate::store::StoreError| BundleError::Cannot(e.to_string());
     // The id as it appears in a record's text: on the exchange's records and on the leaves of
     // the receipts that cover them.
@@ -548,6 +551,9 @@ pub fn verify(bundle: &Bundle) -> Result<Verified, BundleError> {
             clip(&bundle.format)
         )));
     }
+    if bundle.id.is_empty() {
+        return Err(broken("the bundle", "its request id is empty"));
+    }
     let node_cert = certificate(&bundle.node.certificate).map_err(|why| broken("the node's certificate", why))?;
     let peer_cert = certificate(&bundle.peer.certificate).map_err(|why| broken("the peer's certificate", why))?;
     let chain = chain(&bundle.segment)?;
@@ -883,12 +889,15 @@ fn sides_text(sides: &[PathSide]) -> String {
 
 /// Milliseconds since the Unix epoch as RFC 3339 (UTC).
 fn ms_text(ms: i64) -> String {
-    u64::try_from(ms)
-        .ok()
-        .map(|ms| {
-            humantime::format_rfc3339_millis(std::time::UNIX_EPOCH + std::time::Duration::from_millis(ms)).to_string()
-        })
-        .unwrap_or_else(|| format!("{ms} ms"))
+    // RFC 3339 has four-digit years: up to the end of 9999.
+    const YEAR_10000_MS: u64 = 253_402_300_800_000;
+    match u64::try_from(ms) {
+        Ok(unix_ms) if unix_ms < YEAR_10000_MS => {
+            let time = std::time::UNIX_EPOCH + std::time::Duration::from_millis(unix_ms);
+            humantime::format_rfc3339_millis(time).to_string()
+        }
+        _ => format!("{ms} ms after the Unix epoch"),
+    }
 }
 
 /// Checks the anchor against the segment's last record.
@@ -1025,14 +1034,24 @@ mod tests {
     }
 
     #[test]
+    fn times_of_any_size_are_told_without_panicking() {
+        assert_eq!(ms_text(1_796_592_933_671), "2026-12-06T21:35:33.671Z");
+        for ms in [i64::MIN, -1, i64::MAX, 253_402_300_800_000] {
+            assert!(ms_text(ms).ends_with("ms after the Unix epoch"), "{ms}");
+        }
+        assert!(ms_text(253_402_300_799_999).starts_with("9999-12-31T23:59:59"));
+    }
+
+    #[test]
     fn what_is_not_a_bundle_is_named_and_nothing_panics() {
         for (text, why) in [
             ("", "EOF"),
             ("[]", "expected struct Bundle"),
-            ("{\"format\": 1}", "at `format`"),
+            ("{\"format\": 1}", "its format is 1;"),
+            ("{\"format\": \"ferry-evidence-bundle/1\", \"explanation\": 5}", "at `explanation`"),
             ("{\"format\": \"ferry-evidence-bundle/9\"}", "this ferry reads `ferry-evidence-bundle/1`"),
             ("{\"format\": \"ferry-evidence-bundle/1\"}", "missing field"),
-            ("{} {}", "after the bundle"),
+            ("{} {}", "missing field `format`"),
         ] {
             let err = read(text.as_bytes()).unwrap_err().to_string();
             assert!(err.starts_with("not a ferry evidence bundle: ") && err.contains(why), "{text}: {err}");

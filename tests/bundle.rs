@@ -22,6 +22,9 @@ use support::{unstarted_pair, Node};
 /// The test's bound.
 const BOUND: Duration = Duration::from_secs(150);
 
+/// What `ferry audit bundle` says of a bundle a time-stamp anchors.
+const STAMPED: &str = "anchored by a time-stamp";
+
 /// `node`'s evidence records.
 fn records(node: &Node) -> Vec<Record> {
     ferry::store::read_log(&node.dir.join("data"), 0)
@@ -61,12 +64,13 @@ fn verify_bundle(file: &Path) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), support::cli::stdout(&out), support::cli::stderr(&out))
 }
 
-/// `ferry audit bundle --id ID --out dir/name.json` on `node`: the file, read.
-fn bundle(node: &Node, id: &str, dir: &Path, name: &str) -> (PathBuf, Value) {
+/// `ferry audit bundle --id ID --out dir/name.json` on `node`, which must say `anchored`: the
+/// file, read.
+fn bundle(node: &Node, id: &str, dir: &Path, name: &str, anchored: &str) -> (PathBuf, Value) {
     let file = dir.join(format!("{name}.json"));
     let (code, out, err) = node.audit(&["bundle", "--id", id, "--out", file.to_str().unwrap()]);
     assert_eq!(code, 0, "{name}: {out}{err}");
-    assert!(out.contains("anchored by a time-stamp"), "{name}: {out}");
+    assert!(out.contains(anchored), "{name}: {out}");
     let bundle: Value = serde_json::from_slice(&std::fs::read(&file).unwrap()).unwrap();
     (file, bundle)
 }
@@ -136,11 +140,74 @@ fn unhex(text: &str) -> [u8; 32] {
     hex::decode(text).unwrap().try_into().unwrap()
 }
 
+/// `text(s)` of docs/evidence.md: its length in bytes (8, big-endian), then its bytes.
+fn text(out: &mut Vec<u8>, s: &str) {
+    out.extend((s.len() as u64).to_be_bytes());
+    out.extend(s.as_bytes());
+}
+
+/// `record_sha256` of a request or reply record, from docs/evidence.md's layout.
+fn record_sha256(record: &Value) -> String {
+    let mut b = b"ferry-record/1\0".to_vec();
+    text(&mut b, record["id"].as_str().unwrap());
+    b.extend((record["reply_seq"].as_u64().unwrap_or(0) as u32).to_be_bytes());
+    for part in ["method", "path"] {
+        match record[part].as_str() {
+            Some(part) => {
+                b.push(1);
+                text(&mut b, part);
+            }
+            None => b.push(0),
+        }
+    }
+    match record["form"].as_object() {
+        Some(form) => {
+            let mut digest = b"ferry-form/1\0".to_vec();
+            for (name, value) in form {
+                text(&mut digest, name);
+                let value = match value {
+                    Value::String(text) => text.clone(),
+                    other => other.to_string(),
+                };
+                digest.extend(sha(&[value.as_bytes()]));
+            }
+            b.push(1);
+            b.extend(sha(&[&digest]));
+        }
+        None => b.push(0),
+    }
+    b.extend(unhex(record["body_sha256"].as_str().unwrap()));
+    match record["file"].as_object() {
+        Some(file) => {
+            b.push(1);
+            text(&mut b, file["name"].as_str().unwrap());
+            b.extend(file["size"].as_u64().unwrap().to_be_bytes());
+            b.extend(unhex(file["sha256"].as_str().unwrap()));
+        }
+        None => b.push(0),
+    }
+    hex::encode(sha(&[&b]))
+}
+
+/// Checks an ECDSA P-256 signature (base64 of DER) over `statement` with the key of the PEM
+/// certificate `cert`.
+fn signed_by(cert: &Value, statement: &[u8], signature: &Value) {
+    use base64::Engine;
+    let cert = pem::parse(cert.as_str().unwrap()).unwrap();
+    let key = public_key(cert.contents());
+    let signature = base64::engine::general_purpose::STANDARD.decode(signature.as_str().unwrap()).unwrap();
+    let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &key);
+    key.verify(statement, &signature).expect("the signature over the statement, as docs/evidence.md builds it");
+}
+
 /// The checks of docs/evidence.md, done by hand from its byte layouts (not with ferry's code):
-/// each record's hash over its line without `,"hash":"…"`, the leaf hash, the Merkle path, the
-/// statement and the peer's signature over it (ECDSA P-256 with the certificate's key).
-fn check_by_hand(bundle: &Value) {
+/// each record's hash over its line without `,"hash":"…"`, `record_sha256` of the record each
+/// leaf covers, the leaf hash, the Merkle path, the statement and the peer's signature over it,
+/// and the anchor: the time-stamp token with `openssl ts -verify` (in `dir`), or the checkpoint's
+/// signature.
+fn check_by_hand(bundle: &Value, dir: &Path) {
     let mut prev: Option<String> = None;
+    let mut segment = Vec::new();
     for line in bundle["segment"].as_array().unwrap() {
         let line = line.as_str().unwrap();
         let at = line.rfind(",\"hash\":\"").unwrap();
@@ -152,16 +219,20 @@ fn check_by_hand(bundle: &Value) {
             assert_eq!(record["prev"], prev.as_str());
         }
         prev = Some(hash.to_owned());
+        segment.push(record);
     }
-    let cert = pem::parse(bundle["peer"]["certificate"].as_str().unwrap()).unwrap();
-    let cert = webpki_key(cert.contents());
     for receipt in bundle["receipts"].as_array().unwrap() {
         let leaf = &receipt["leaf"];
+        let head = &receipt["head"];
+        let covered = segment.iter().find(|r| r["seq"] == receipt["covers"]).expect("the record it covers");
+        if !head.is_null() {
+            assert_eq!(leaf["record_sha256"].as_str().unwrap(), record_sha256(covered), "record_sha256 by hand");
+        }
         let id = leaf["id"].as_str().unwrap().as_bytes();
         let mut plain = b"ferry-receipt-leaf/1\0".to_vec();
         plain.extend((id.len() as u32).to_be_bytes());
         plain.extend(id);
-        plain.extend(leaf["reply_seq"].as_u64().unwrap_or(0).to_be_bytes()[4..].iter());
+        plain.extend((leaf["reply_seq"].as_u64().unwrap_or(0) as u32).to_be_bytes());
         plain.extend(unhex(leaf["body_sha256"].as_str().unwrap()));
         match leaf["file_sha256"].as_str() {
             Some(file) => {
@@ -172,7 +243,6 @@ fn check_by_hand(bundle: &Value) {
         }
         plain.extend(leaf["at_ms"].as_i64().unwrap().to_be_bytes());
         let plain = sha(&[&plain]);
-        let head = &receipt["head"];
         let mut hash = match leaf["record_sha256"].as_str() {
             Some(record) if !head.is_null() => sha(&[b"ferry-receipt-leaf/2\0", &plain, &unhex(record)]),
             _ => plain,
@@ -194,17 +264,41 @@ fn check_by_hand(bundle: &Value) {
             ]
             .concat(),
         };
-        use base64::Engine;
-        let signature =
-            base64::engine::general_purpose::STANDARD.decode(receipt["signature"].as_str().unwrap()).unwrap();
-        let key = ring::signature::UnparsedPublicKey::new(&ring::signature::ECDSA_P256_SHA256_ASN1, &cert);
-        key.verify(&statement, &signature)
-            .expect("the peer's signature over the statement, as docs/evidence.md builds it");
+        signed_by(&bundle["peer"]["certificate"], &statement, &receipt["signature"]);
     }
+    let last = segment.last().unwrap();
+    let anchor: Value = match bundle["anchor"]["record"].as_str() {
+        Some(record) => serde_json::from_str(record).unwrap(),
+        None => return,
+    };
+    if let Some(checkpoint) = anchor.get("checkpoint") {
+        assert_eq!(checkpoint["head"]["hash"], last["hash"]);
+        let statement = [
+            b"ferry-checkpoint/1\0".as_slice(),
+            &checkpoint["head"]["seq"].as_u64().unwrap().to_be_bytes(),
+            &unhex(checkpoint["head"]["hash"].as_str().unwrap()),
+            &checkpoint["at_ms"].as_i64().unwrap().to_be_bytes(),
+        ]
+        .concat();
+        signed_by(&bundle["node"]["certificate"], &statement, &checkpoint["signature"]);
+        return;
+    }
+    use base64::Engine;
+    let stamp = &anchor["timestamp"];
+    assert_eq!(stamp["hash"], last["hash"]);
+    let token = base64::engine::general_purpose::STANDARD.decode(stamp["token"].as_str().unwrap()).unwrap();
+    std::fs::write(dir.join("token.der"), token).unwrap();
+    std::fs::write(dir.join("tsa.pem"), bundle["anchor"]["tsa_certificate"].as_str().unwrap()).unwrap();
+    let mut openssl = std::process::Command::new("openssl");
+    openssl.current_dir(dir).args(["ts", "-verify", "-token_in", "-in", "token.der", "-CAfile", "tsa.pem"]);
+    openssl.args(["-partial_chain", "-digest", last["hash"].as_str().unwrap()]);
+    let out = support::cli::run_bounded(&mut openssl, Duration::from_secs(30));
+    let said = format!("{}{}", support::cli::stdout(&out), support::cli::stderr(&out));
+    assert!(out.status.success() && said.contains("Verification: OK"), "openssl ts -verify: {said}");
 }
 
 /// The public key (an uncompressed P-256 point) of a DER certificate.
-fn webpki_key(der: &[u8]) -> Vec<u8> {
+fn public_key(der: &[u8]) -> Vec<u8> {
     use x509_cert::der::Decode;
     let cert = x509_cert::Certificate::from_der(der).unwrap();
     cert.tbs_certificate.subject_public_key_info.subject_public_key.raw_bytes().to_vec()
@@ -270,15 +364,17 @@ async fn bundles_verify_after_both_nodes_are_gone_and_tampering_is_named() {
         receipted(&p.a, &sync_id, None).await;
         receipted(&p.a, &async_id, None).await;
         receipted(&p.b, &async_id, Some(1)).await;
-        // Each stop stamps its node's head.
+        // Stamped every 300 ms, and each stop stamps its node's head again.
+        stamped(&p.a).await;
+        stamped(&p.b).await;
         p.a.stop().await;
         p.b.stop().await;
 
         let out = tempfile::tempdir().unwrap();
-        let (sync_file, sync_bundle) = bundle(&p.a, &sync_id, out.path(), "sync");
-        let (async_file, async_bundle) = bundle(&p.a, &async_id, out.path(), "async");
-        let (reply_file, _) = bundle(&p.b, &async_id, out.path(), "reply");
-        let (batched_file, batched_bundle) = bundle(&p.a, &batched, out.path(), "batched");
+        let (sync_file, sync_bundle) = bundle(&p.a, &sync_id, out.path(), "sync", STAMPED);
+        let (async_file, async_bundle) = bundle(&p.a, &async_id, out.path(), "async", STAMPED);
+        let (reply_file, reply_bundle) = bundle(&p.b, &async_id, out.path(), "reply", STAMPED);
+        let (batched_file, batched_bundle) = bundle(&p.a, &batched, out.path(), "batched", STAMPED);
         assert_eq!(sync_bundle["format"], "ferry-evidence-bundle/1");
         assert_eq!(sync_bundle["anchor"]["kind"], "timestamp");
         assert!(batched_bundle["receipts"][0]["leaves"].as_u64().unwrap() >= 2, "{batched_bundle}");
@@ -312,8 +408,8 @@ async fn bundles_verify_after_both_nodes_are_gone_and_tampering_is_named() {
         }
         let (_, told, _) = verify_bundle(&sync_file);
         assert!(told.contains("the request at seq") && told.contains("countersigned"), "{told}");
-        for bundle in [&sync_bundle, &async_bundle, &batched_bundle] {
-            check_by_hand(bundle);
+        for bundle in [&sync_bundle, &async_bundle, &batched_bundle, &reply_bundle] {
+            check_by_hand(bundle, out.path());
         }
 
         let dir = out.path();
@@ -438,6 +534,99 @@ async fn bundles_verify_after_both_nodes_are_gone_and_tampering_is_named() {
         fails(dir, "a record outside the segment", &tampered, &["it is not in the segment"]);
         let (code, _, err) = verify_bundle(&dir.join("missing.json"));
         assert!(code == 2 && err.contains("cannot read"), "{err}");
+    })
+    .await
+    .expect("the test finished within its bound");
+}
+
+/// Sets `node`'s `[evidence] checkpoint_every`.
+fn checkpoint_every(node: &Node, every: &str) {
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&node.config_path).unwrap().parse().unwrap();
+    if doc.get("evidence").is_none() {
+        doc["evidence"] = toml_edit::table();
+    }
+    doc["evidence"]["checkpoint_every"] = toml_edit::value(every);
+    std::fs::write(&node.config_path, doc.to_string()).unwrap();
+}
+
+/// Waits until a time-stamp in `node`'s log stamps its last record as it is now, or a later one.
+async fn stamped(node: &Node) {
+    let last = records(node).last().unwrap().seq;
+    support::until(&format!("a time-stamp of {}'s record {last}", node.name), async || {
+        let stamps = records(node).into_iter().filter_map(|r| r.entry.timestamp);
+        match stamps.map(|t| t.seq).max() {
+            Some(seq) if seq >= last => Ok(()),
+            other => Err(format!("the newest stamps {other:?}")),
+        }
+    })
+    .await;
+}
+
+#[tokio::test]
+async fn without_a_time_stamp_a_bundle_is_anchored_by_a_checkpoint_or_says_nothing_anchors_it() {
+    tokio::time::timeout(BOUND, async {
+        let mut p = unstarted_pair().await;
+        // No checkpoint for an hour.
+        for node in [&p.a, &p.b] {
+            checkpoint_every(node, "1h");
+        }
+        p.start().await;
+        let body = json!({"peer": "org-b", "service": "1", "path": "/pay", "form": {"amount": 12.50, "to": "bob"}});
+        let (status, answer) = p.a.request(body).await;
+        assert_eq!(status, StatusCode::OK, "{answer}");
+        let id = answer["data"]["id"].as_str().unwrap().to_owned();
+        receipted(&p.a, &id, None).await;
+        let out = tempfile::tempdir().unwrap();
+
+        // The node running, nothing after the exchange vouches for it yet: said so, and verified.
+        let (file, unanchored) = bundle(&p.a, &id, out.path(), "unanchored", "not anchored: nothing anchors");
+        assert_eq!(unanchored["anchor"]["kind"], "none");
+        let (code, told, err) = verify_bundle(&file);
+        assert_eq!(code, 0, "{told}{err}");
+        assert!(told.contains("not anchored: nothing outside org-a vouches for these records yet"), "{told}");
+        check_by_hand(&unanchored, out.path());
+
+        // Restarted to send checkpoints every 200 ms: org-b acknowledges keeping org-a's head.
+        let last = records(&p.a).last().unwrap().seq;
+        p.a.stop().await;
+        checkpoint_every(&p.a, "200ms");
+        p.a.start().await;
+        support::until("org-b to keep a checkpoint of org-a's head", async || {
+            let kept =
+                records(&p.a).into_iter().filter_map(|r| r.entry.checkpoint.filter(|_| r.entry.direction == "out"));
+            match kept.map(|c| c.head.seq).max() {
+                Some(seq) if seq >= last as u64 => Ok(()),
+                other => Err(format!("the newest kept: {other:?}, the exchange's last record: {last}")),
+            }
+        })
+        .await;
+        p.a.stop().await;
+        let (file, anchored) = bundle(&p.a, &id, out.path(), "checkpoint", "anchored by a checkpoint");
+        p.b.stop().await;
+        for node in [&p.a, &p.b] {
+            std::fs::remove_dir_all(&node.dir).unwrap();
+        }
+        let (code, told, err) = verify_bundle(&file);
+        assert_eq!(code, 0, "{told}{err}");
+        assert!(told.contains("checkpoint: org-a signed its chain head at record"), "{told}");
+        assert!(told.contains("org-b acknowledged keeping it"), "{told}");
+        check_by_hand(&anchored, out.path());
+
+        // The checkpoint's signature altered, its record rehashed: named.
+        let mut tampered = anchored.clone();
+        let mut record: Record = serde_json::from_str(tampered["anchor"]["record"].as_str().unwrap()).unwrap();
+        let checkpoint = record.entry.checkpoint.as_mut().unwrap();
+        checkpoint.signature = altered(&checkpoint.signature);
+        record.hash = record.chain_hash();
+        tampered["anchor"]["record"] = json!(serde_json::to_string(&record).unwrap());
+        fails(out.path(), "an altered checkpoint", &tampered, &["anchor: the checkpoint", "does not verify"]);
+        // A checkpoint of another head.
+        let mut tampered = anchored.clone();
+        let mut record: Record = serde_json::from_str(tampered["anchor"]["record"].as_str().unwrap()).unwrap();
+        record.entry.checkpoint.as_mut().unwrap().head.seq -= 1;
+        record.hash = record.chain_hash();
+        tampered["anchor"]["record"] = json!(serde_json::to_string(&record).unwrap());
+        fails(out.path(), "a checkpoint of another head", &tampered, &["anchor", "not of the segment's last record"]);
     })
     .await
     .expect("the test finished within its bound");
