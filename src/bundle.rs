@@ -182,28 +182,34 @@ struct Read {
     record: Record,
 }
 
-/// Makes the bundle of request `id` from the evidence log under `data_dir` (read-only: the node
-/// may be running), and checks it ([`verify`]).
-pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle, Verified), BundleError> {
-    if id.is_empty() {
-        return Err(BundleError::Cannot("the request id is empty: give the id of a request (`ferry requests`)".into()));
-    }
-    let cannot = |e: crate::store::StoreError| BundleError::Cannot(e.to_string());
+/// What a first reading of the log found of one request.
+#[derive(Default)]
+struct Found {
+    /// The exchange's records.
+    ours: Vec<Read>,
+    /// The receipt records with a leaf of the request.
+    receipts: Vec<Read>,
+    /// After the exchange's first record: (seq, the seq it stamps) of each time-stamp.
+    stamps: Vec<(i64, i64)>,
+    /// After the exchange's first record: (seq, the head's seq) of each checkpoint of this node's
+    /// head a peer keeps.
+    checkpoints: Vec<(i64, i64)>,
+    /// The seq of the log's last record.
+    head: i64,
+}
+
+/// Reads the whole log once for request `id`, parsing only the records that name it and those
+/// that may anchor it.
+fn scan(data_dir: &Path, id: &str) -> Result<Found, BundleError> {
     // The id as it appears in a record's text: on the exchange's records and on the leaves of
     // the receipts that cover them.
     let needle = format!("\"id\":{}", serde_json::to_string(id).expect("a string serializes"));
-    let mut ours: Vec<Read> = Vec::new();
-    let mut receipts: Vec<Read> = Vec::new();
-    // After the exchange's first record: (seq, the seq it vouches for) of each time-stamp and of
-    // each checkpoint of this node's head a peer keeps.
-    let mut stamps: Vec<(i64, i64)> = Vec::new();
-    let mut checkpoints: Vec<(i64, i64)> = Vec::new();
-    let mut head = 0;
+    let mut found = Found::default();
     for read in crate::store::read_log(data_dir, 0).map_err(cannot)? {
         let (seq, text) = read.map_err(cannot)?;
-        head = seq;
+        found.head = seq;
         let mentions = text.contains(&needle);
-        let anchors = !ours.is_empty() && (text.contains("\"timestamp\":{") || text.contains("\"checkpoint\":{"));
+        let anchors = !found.ours.is_empty() && (text.contains("\"timestamp\":{") || text.contains("\"checkpoint\":{"));
         if !mentions && !anchors {
             continue;
         }
@@ -212,19 +218,57 @@ pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle
         })?;
         let entry = &record.entry;
         if entry.id == id {
-            ours.push(Read { seq, text, record });
+            found.ours.push(Read { seq, text, record });
         } else if entry.event == "receipt"
             && entry.receipt.as_ref().is_some_and(|r| r.leaves.iter().any(|l| l.id == id))
         {
-            receipts.push(Read { seq, text, record });
+            found.receipts.push(Read { seq, text, record });
         } else if let (Some(stamp), true) = (&entry.timestamp, entry.event == "timestamp") {
-            stamps.push((seq, stamp.seq));
+            found.stamps.push((seq, stamp.seq));
         } else if let (Some(checkpoint), true) =
             (&entry.checkpoint, entry.event == "checkpoint" && entry.direction == "out")
         {
-            checkpoints.push((seq, i64::try_from(checkpoint.head.seq).unwrap_or(i64::MAX)));
+            found.checkpoints.push((seq, i64::try_from(checkpoint.head.seq).unwrap_or(i64::MAX)));
         }
     }
+    Ok(found)
+}
+
+/// A failure to read the log, for [`build`].
+fn cannot(e: crate::store::StoreError) -> BundleError {
+    BundleError::Cannot(e.to_string())
+}
+
+/// The records `first` to `end` of the log as stored, and the record at `anchor` (after `end`).
+fn read_segment(
+    data_dir: &Path,
+    first: i64,
+    end: i64,
+    anchor: Option<i64>,
+) -> Result<(Vec<String>, Option<String>), BundleError> {
+    let mut segment = Vec::new();
+    let mut anchor_text = None;
+    for read in crate::store::read_log(data_dir, first - 1).map_err(cannot)? {
+        let (seq, text) = read.map_err(cannot)?;
+        if seq <= end {
+            segment.push(text);
+        } else if Some(seq) == anchor {
+            anchor_text = Some(text);
+        }
+        if seq >= end.max(anchor.unwrap_or(0)) {
+            break;
+        }
+    }
+    Ok((segment, anchor_text))
+}
+
+/// Makes the bundle of request `id` from the evidence log under `data_dir` (read-only: the node
+/// may be running), and checks it ([`verify`]).
+pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle, Verified), BundleError> {
+    if id.is_empty() {
+        return Err(BundleError::Cannot("the request id is empty: give the id of a request (`ferry requests`)".into()));
+    }
+    let Found { ours, mut receipts, stamps, checkpoints, head } = scan(data_dir, id)?;
     let Some(first) = ours.first().map(|r| r.seq) else {
         return Err(BundleError::Cannot(format!(
             "no record of request `{id}` in the evidence log; check the id (`ferry requests` lists them)"
@@ -232,6 +276,8 @@ pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle
     };
     let peer = exchange_peer(ours.iter().map(|r| &r.record.entry)).map_err(BundleError::Cannot)?;
     receipts.retain(|r| r.record.entry.peer == peer);
+    // The anchor: the nearest later time-stamp of a record at or after the exchange's last, else
+    // the nearest later checkpoint of such a head.
     let last = ours.iter().chain(&receipts).map(|r| r.seq).max().unwrap_or(first);
     let stamp = stamps.iter().find(|(_, stamped)| *stamped >= last);
     let checkpoint = checkpoints.iter().find(|(_, held)| *held >= last);
@@ -247,19 +293,7 @@ pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle
                 .into(),
         ));
     }
-    let mut segment = Vec::new();
-    let mut anchor_text = None;
-    for read in crate::store::read_log(data_dir, first - 1).map_err(cannot)? {
-        let (seq, text) = read.map_err(cannot)?;
-        if seq <= end {
-            segment.push(text);
-        } else if Some(seq) == anchor_seq {
-            anchor_text = Some(text);
-        }
-        if seq >= end.max(anchor_seq.unwrap_or(0)) {
-            break;
-        }
-    }
+    let (segment, anchor_text) = read_segment(data_dir, first, end, anchor_seq)?;
     let anchor = match (stamp, anchor_text) {
         (Some(_), Some(record)) => {
             Anchor::Timestamp { record, tsa_certificate: pem_of(sources.tsa_cert.unwrap_or_default()) }
@@ -282,14 +316,12 @@ pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle
     for read in &receipts {
         bundled.extend(bundled_receipts(read, id, &ours).map_err(BundleError::Cannot)?);
     }
-    let node = Party { name: sources.node.to_owned(), certificate: pem_of(sources.node_cert) };
-    let peer = Party { name: peer, certificate: pem_of(peer_cert) };
     let mut bundle = Bundle {
         format: FORMAT.into(),
         explanation: Vec::new(),
         id: id.to_owned(),
-        node,
-        peer,
+        node: Party { name: sources.node.to_owned(), certificate: pem_of(sources.node_cert) },
+        peer: Party { name: peer, certificate: pem_of(peer_cert) },
         records: ours.into_iter().map(|r| r.text).collect(),
         segment,
         receipts: bundled,
