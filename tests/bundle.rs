@@ -578,6 +578,11 @@ async fn without_a_time_stamp_a_bundle_is_anchored_by_a_checkpoint_or_says_nothi
         receipted(&p.a, &id, None).await;
         let out = tempfile::tempdir().unwrap();
 
+        // No such request: named, nothing written.
+        let nothing = out.path().join("nothing.json");
+        let (code, _, err) = p.a.audit(&["bundle", "--id", "no-such-id", "--out", nothing.to_str().unwrap()]);
+        assert!(code == 1 && err.contains("no record of request `no-such-id`"), "{err}");
+        assert!(!nothing.exists());
         // The node running, nothing after the exchange vouches for it yet: said so, and verified.
         let (file, unanchored) = bundle(&p.a, &id, out.path(), "unanchored", "not anchored: nothing anchors");
         assert_eq!(unanchored["anchor"]["kind"], "none");
