@@ -204,7 +204,8 @@ impl Signed {
         }
     }
 
-    fn to_leaf(&self) -> Result<Leaf, String> {
+    /// The leaf as signed (on a countersignature, without its record digest).
+    pub fn to_leaf(&self) -> Result<Leaf, String> {
         Ok(Leaf {
             id: self.id.clone(),
             seq: self.reply_seq.unwrap_or(0),

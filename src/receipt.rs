@@ -169,8 +169,13 @@ pub fn countersigned_hash(leaf: &Countersigned) -> [u8; 32] {
 /// The bytes a countersignature covers: the domain, the Merkle root of the countersigned leaves,
 /// and the signer's chain head.
 pub fn countersign_statement(leaves: &[Countersigned], head: &Head) -> Vec<u8> {
-    let root = merkle(leaves.iter().map(countersigned_hash).collect());
-    [COUNTERSIGN, &root, &head.seq.to_be_bytes(), &head.hash].concat()
+    countersigned_root_statement(&merkle(leaves.iter().map(countersigned_hash).collect()), head)
+}
+
+/// [`countersign_statement`] from the Merkle root of the countersigned leaves (one leaf's
+/// [`root_from_path`]).
+pub fn countersigned_root_statement(root: &[u8; 32], head: &Head) -> Vec<u8> {
+    [COUNTERSIGN, root, &head.seq.to_be_bytes(), &head.hash].concat()
 }
 
 /// The bytes a checkpoint's signature covers: the domain, the signer's chain head and the time.
@@ -218,6 +223,77 @@ fn merkle(mut level: Vec<[u8; 32]>) -> [u8; 32] {
         level = level.chunks(2).map(|pair| if let [l, r] = pair { node(l, r) } else { pair[0] }).collect();
     }
     level.first().copied().unwrap_or([0; 32])
+}
+
+/// Which side of the path a sibling is on: its hash goes before (`Left`) or after (`Right`) the
+/// hash being carried up.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Side {
+    /// The sibling is the left child: `node(sibling, carried)`.
+    Left,
+    /// The sibling is the right child: `node(carried, sibling)`.
+    Right,
+}
+
+/// One step up a Merkle path: the sibling's hash and its side.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Step {
+    /// The sibling's side.
+    pub side: Side,
+    /// The sibling's hash (a leaf hash or an inner node).
+    pub hash: [u8; 32],
+}
+
+/// The sides of the path of leaf `index` in a tree of `count` leaves, bottom up (a level where
+/// the node is the odd last one, which moves up unchanged, has no step); `None` when `index` is
+/// not below `count`. At most 64 steps, whatever the numbers.
+pub fn path_sides(mut index: u64, mut count: u64) -> Option<Vec<Side>> {
+    if index >= count {
+        return None;
+    }
+    let mut sides = Vec::new();
+    while count > 1 {
+        if index % 2 == 1 {
+            sides.push(Side::Left);
+        } else if index + 1 < count {
+            sides.push(Side::Right);
+        }
+        index /= 2;
+        count = count.div_ceil(2);
+    }
+    Some(sides)
+}
+
+/// The Merkle path of leaf `index` among the leaf hashes `hashes` (as [`root`] and
+/// [`countersign_statement`] pair them); `None` when there is no such leaf.
+pub fn merkle_path(hashes: &[[u8; 32]], mut index: usize) -> Option<Vec<Step>> {
+    if index >= hashes.len() {
+        return None;
+    }
+    let mut path = Vec::new();
+    let mut level = hashes.to_vec();
+    while level.len() > 1 {
+        let sibling = index ^ 1;
+        if let Some(hash) = level.get(sibling) {
+            path.push(Step { side: if sibling < index { Side::Left } else { Side::Right }, hash: *hash });
+        }
+        level = level.chunks(2).map(|pair| if let [l, r] = pair { node(l, r) } else { pair[0] }).collect();
+        index /= 2;
+    }
+    Some(path)
+}
+
+/// The root that a leaf's hash and its Merkle path lead to.
+pub fn root_from_path(leaf: [u8; 32], path: &[Step]) -> [u8; 32] {
+    path.iter().fold(leaf, |carried, step| match step.side {
+        Side::Left => node(&step.hash, &carried),
+        Side::Right => node(&carried, &step.hash),
+    })
+}
+
+/// The Merkle root over leaf hashes (a [`leaf_hash`] each, or a [`countersigned_hash`] each).
+pub fn merkle_root(hashes: &[[u8; 32]]) -> [u8; 32] {
+    merkle(hashes.to_vec())
 }
 
 /// Checks a signature over `root` with the key of `cert`.
@@ -285,6 +361,41 @@ mod tests {
             file_sha256: None,
             at_ms: 1_000 + i as i64,
         }
+    }
+
+    /// Every leaf's path of trees of 1 to 9 leaves leads to the tree's root, has the shape
+    /// [`path_sides`] gives, and no longer does with a step dropped, moved or flipped.
+    #[test]
+    fn each_leafs_merkle_path_leads_to_the_root() {
+        for n in 1..=9u32 {
+            let leaves: Vec<Leaf> = (0..n).map(leaf).collect();
+            let hashes: Vec<[u8; 32]> = leaves.iter().map(leaf_hash).collect();
+            let expected = root(&leaves);
+            assert_eq!(merkle_root(&hashes), expected);
+            for (i, hash) in hashes.iter().enumerate() {
+                let path = merkle_path(&hashes, i).unwrap();
+                assert_eq!(root_from_path(*hash, &path), expected, "leaf {i} of {n}");
+                let sides: Vec<Side> = path.iter().map(|s| s.side).collect();
+                assert_eq!(Some(sides), path_sides(i as u64, n as u64), "leaf {i} of {n}");
+                for at in 0..path.len() {
+                    let mut flipped = path.clone();
+                    flipped[at].side = if path[at].side == Side::Left { Side::Right } else { Side::Left };
+                    assert_ne!(root_from_path(*hash, &flipped), expected, "leaf {i} of {n}, step {at} flipped");
+                    let mut dropped = path.clone();
+                    dropped.remove(at);
+                    assert_ne!(root_from_path(*hash, &dropped), expected, "leaf {i} of {n}, step {at} dropped");
+                }
+                if path.len() > 1 {
+                    let mut moved = path.clone();
+                    moved.swap(0, 1);
+                    assert_ne!(root_from_path(*hash, &moved), expected, "leaf {i} of {n}, steps swapped");
+                }
+            }
+            assert_eq!(merkle_path(&hashes, n as usize), None);
+            assert_eq!(path_sides(n as u64, n as u64), None);
+        }
+        assert!(path_sides(u64::MAX - 1, u64::MAX).is_some_and(|s| s.len() <= 64), "bounded for any count");
+        assert_eq!(path_sides(0, u64::MAX).map(|s| s.len()), Some(64));
     }
 
     #[test]

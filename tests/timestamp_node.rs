@@ -10,7 +10,7 @@ use std::time::Duration;
 use ferry::evidence::Record;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::tsa::{have_openssl, signer, start, Behaviour, KeyKind, Tsa, NAME};
+use support::tsa::{have_openssl, signer, start, use_tsa, Behaviour, KeyKind, Tsa, NAME};
 use support::{unstarted_pair, Node, Pair};
 
 /// Every test's bound.
@@ -23,20 +23,6 @@ macro_rules! bounded {
             tokio::time::timeout(BOUND, $body).await.expect("the test finished within its bound");
         }
     };
-}
-
-/// Points `node` at the TSA at `url` whose PEM certificate is `cert_pem`, stamping `every`.
-fn use_tsa(node: &Node, url: &str, cert_pem: &str, every: &str) {
-    std::fs::write(node.dir.join("certs/tsa.pem"), cert_pem).unwrap();
-    let text = std::fs::read_to_string(&node.config_path).unwrap();
-    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
-    if doc.get("evidence").is_none() {
-        doc["evidence"] = toml_edit::table();
-    }
-    doc["evidence"]["tsa_url"] = toml_edit::value(url);
-    doc["evidence"]["tsa_cert"] = toml_edit::value("tsa.pem");
-    doc["evidence"]["tsa_every"] = toml_edit::value(every);
-    std::fs::write(&node.config_path, doc.to_string()).unwrap();
 }
 
 /// A started pair both of whose nodes use `tsa`, stamping `every`.

@@ -3,6 +3,7 @@
 //! Every usage, file or config error ends with one line per problem on stderr and exit code 2.
 
 mod audit;
+mod bundle;
 mod check;
 mod config_file;
 pub mod demo;
@@ -119,7 +120,7 @@ enum Command {
         #[arg(long)]
         connect: bool,
     },
-    /// The evidence log: export it, or verify its chain and receipts.
+    /// The evidence log: export it, verify its chain and receipts, bundle one exchange's evidence.
     Audit {
         #[command(subcommand)]
         command: AuditCommand,
@@ -152,6 +153,22 @@ enum AuditCommand {
     },
     /// Recompute the hash chain and check every receipt; exit 0 when intact, else name the first bad seq.
     Verify(ConfigArg),
+    /// Write one exchange's evidence to a file a third party can check (`audit verify-bundle`).
+    Bundle {
+        /// The request id.
+        #[arg(long)]
+        id: String,
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
+    /// Check a bundle of `audit bundle`, with no database and no config; exit 0 when it verifies.
+    VerifyBundle {
+        /// The bundle file.
+        file: PathBuf,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -268,6 +285,8 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Check { config, connect } => check::check(&config.config, connect),
         Command::Audit { command: AuditCommand::Export { since, config } } => audit::export(&config.config, since),
         Command::Audit { command: AuditCommand::Verify(c) } => audit::verify(&c.config),
+        Command::Audit { command: AuditCommand::Bundle { id, out, config } } => bundle::make(&config.config, &id, &out),
+        Command::Audit { command: AuditCommand::VerifyBundle { file } } => bundle::verify(&file),
         Command::Demo => demo::run(),
         Command::Send(a) => operator::send(a),
         Command::Status(a) => operator::status(a),

@@ -126,6 +126,21 @@ impl Drop for Tsa {
     }
 }
 
+/// Points `node`'s config at the TSA at `url` whose PEM certificate is `cert_pem` (kept as
+/// `certs/tsa.pem`), stamping `every`.
+pub fn use_tsa(node: &super::Node, url: &str, cert_pem: &str, every: &str) {
+    std::fs::write(node.dir.join("certs/tsa.pem"), cert_pem).unwrap();
+    let text = std::fs::read_to_string(&node.config_path).unwrap();
+    let mut doc: toml_edit::DocumentMut = text.parse().unwrap();
+    if doc.get("evidence").is_none() {
+        doc["evidence"] = toml_edit::table();
+    }
+    doc["evidence"]["tsa_url"] = toml_edit::value(url);
+    doc["evidence"]["tsa_cert"] = toml_edit::value("tsa.pem");
+    doc["evidence"]["tsa_every"] = toml_edit::value(every);
+    std::fs::write(&node.config_path, doc.to_string()).unwrap();
+}
+
 /// Starts a TSA signing with a `kind` key that accepts the hash algorithms `digests` (an
 /// `openssl ts` config value) and gives `genTime` with `precision` digits of a second. The RSA TSA
 /// names its certificate in an ESS signingCertificate attribute (SHA-1), the ECDSA one in a
