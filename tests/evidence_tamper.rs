@@ -9,8 +9,10 @@ use std::path::{Path, PathBuf};
 use std::sync::OnceLock;
 use std::time::Duration;
 
+use ferry::evidence::Record;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
+use support::tamper::Copy;
 use support::{Node, Recorder};
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -145,5 +147,155 @@ fn checkpoints_and_countersignatures_flow_both_ways() {
         let kept = records.iter().filter(|r| r["event"] == "checkpoint" && r["direction"] == "in").count();
         let acknowledged = records.iter().filter(|r| r["event"] == "checkpoint" && r["direction"] == "out").count();
         assert!(kept > 0 && acknowledged > 0, "{}: {kept} kept, {acknowledged} acknowledged", node.name);
+    }
+}
+
+/// A copy of org-a's folder to tamper with, named `name`.
+fn copy_of_a(name: &str) -> Copy {
+    let s = scenario();
+    Copy::of(&s.a.dir, &s.a.dir.parent().unwrap().join(format!("tampered-{name}")))
+}
+
+/// `--peer-export` with org-b's export.
+fn with_export() -> [&'static str; 2] {
+    ["--peer-export", scenario().b_export.to_str().unwrap()]
+}
+
+/// The newest head of org-a that org-b holds (its checkpoints from org-a, and the heads on org-a's
+/// receipts).
+fn newest_head_b_holds() -> i64 {
+    let export = std::fs::read_to_string(&scenario().b_export).unwrap();
+    let records: Vec<Value> = export.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
+    let heads = records
+        .iter()
+        .filter(|r| r["peer"] == "org-a" && r["direction"] == "in")
+        .filter_map(|r| r["checkpoint"]["head"]["seq"].as_i64().or_else(|| r["receipt"]["head"]["seq"].as_i64()));
+    heads.max().expect("org-b holds a head of org-a")
+}
+
+/// The request org-a recorded sending to `path`.
+fn sent_to(records: &[Record], path: &str) -> Record {
+    let found = records
+        .iter()
+        .find(|r| r.entry.event == "request" && r.entry.direction == "out" && r.entry.path.as_deref() == Some(path));
+    found.cloned().unwrap_or_else(|| panic!("no request to {path}"))
+}
+
+/// The first receipt record covering request `id`.
+fn receipt_of(records: &[Record], id: &str) -> i64 {
+    let covers = |r: &&Record| r.entry.receipt.as_ref().is_some_and(|x| x.leaves.iter().any(|l| l.id == id));
+    records.iter().find(covers).unwrap_or_else(|| panic!("no receipt of {id}")).seq
+}
+
+#[test]
+fn an_untampered_log_is_intact_and_says_what_the_export_covers() {
+    let copy = copy_of_a("none");
+    let (code, out, err) = copy.verify(&[]);
+    assert_eq!(code, 0, "{out}{err}");
+    assert!(
+        out.contains("not ruled out: the last ")
+            && out.contains("after the newest checkpoint a peer holds (org-b, seq "),
+        "{out}"
+    );
+    assert!(out.contains("--peer-export"), "{out}");
+    let (code, out, err) = copy.verify(&with_export());
+    assert_eq!(code, 0, "{out}{err}");
+    let newest = newest_head_b_holds();
+    assert!(out.contains("cross-checked with org-b's export (it calls this node org-a): "), "{out}");
+    assert!(out.contains(&format!("newest head seq {newest} signed at ")), "{out}");
+    let held: u64 = out.split(": ").nth(2).unwrap().split(' ').next().unwrap().parse().unwrap();
+    assert!(held >= 5, "the requests, the reply and heads: {out}");
+
+    // --peer names a configured peer; an export that is no log is refused, naming its line.
+    let (code, _, err) = copy.verify(&["--peer-export", scenario().b_export.to_str().unwrap(), "--peer", "org-z"]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("org-z") && err.contains("configured: org-b"), "{err}");
+    let garbage = copy.dir.join("garbage.jsonl");
+    let mut export = std::fs::read_to_string(&scenario().b_export).unwrap();
+    export.push_str("{\"seq\": \"no\"}\n");
+    std::fs::write(&garbage, export).unwrap();
+    let (code, _, err) = copy.verify(&["--peer-export", garbage.to_str().unwrap()]);
+    assert_eq!(code, 2, "{err}");
+    assert!(err.contains("is not a record"), "{err}");
+}
+
+/// (a) The last records deleted: the chain alone holds, and says the tail after the newest
+/// checkpoint a peer holds is not anchored; org-b's export names the cut.
+#[test]
+fn a_cut_tail_is_named_against_the_peers_export() {
+    let copy = copy_of_a("tail");
+    let newest = newest_head_b_holds();
+    let kept: Vec<Record> = copy.records().into_iter().filter(|r| r.seq < newest).collect();
+    copy.write(kept, false);
+    let (code, out, err) = copy.verify(&[]);
+    assert_eq!(code, 0, "the chain alone holds: {out}{err}");
+    assert!(out.contains("not ruled out: "), "{out}");
+    let (code, out, err) = copy.verify(&with_export());
+    assert_eq!(code, 1, "{out}");
+    let cut = format!("broken at seq {newest}: the log ends at seq {} but org-b holds a ", newest - 1);
+    assert!(err.contains(&cut) && err.contains("were removed"), "{err}");
+}
+
+/// (b) A record in the middle deleted and the chain recomputed after it: the chain alone holds;
+/// org-b's export names the deleted record's place.
+#[test]
+fn a_deleted_record_in_a_rewritten_chain_is_named_against_the_peers_export() {
+    let copy = copy_of_a("deleted");
+    let records = copy.records();
+    let gone = sent_to(&records, "/report");
+    copy.write(records.into_iter().filter(|r| r.seq != gone.seq).collect(), true);
+    let (code, out, err) = copy.verify(&[]);
+    assert_eq!(code, 0, "the chain recomputed holds alone: {out}{err}");
+    let (code, out, err) = copy.verify(&with_export());
+    assert_eq!(code, 1, "{out}");
+    assert!(err.contains(&format!("broken at seq {}: ", gone.seq)), "{err}");
+    assert!(err.contains(&format!("{} (its seq", gone.entry.id)) && err.contains("no record of it"), "{err}");
+}
+
+/// (c) A sent request's path and form changed, the chain recomputed: the receipt names it, and
+/// org-b's export names the request itself.
+#[test]
+fn a_changed_path_and_form_are_named_alone_and_against_the_peers_export() {
+    let copy = copy_of_a("changed");
+    let mut records = copy.records();
+    let pay = sent_to(&records, "/pay");
+    let receipt = receipt_of(&records, &pay.entry.id);
+    let changed = &mut records[pay.seq as usize - 1].entry;
+    changed.path = Some("/transfer".into());
+    changed.form = Some(json!({"amount": 1000000}));
+    copy.write(records, true);
+    let (code, _, err) = copy.verify(&[]);
+    assert_eq!(code, 1);
+    assert!(err.contains(&format!("broken at seq {receipt}: ")) && err.contains("signed other content"), "{err}");
+    let (code, _, err) = copy.verify(&with_export());
+    assert_eq!(code, 1);
+    assert!(
+        err.contains(&format!("broken at seq {}: its request", pay.seq)) && err.contains("differs in its path"),
+        "{err}"
+    );
+}
+
+/// (d) A receipt forged (a leaf or the signature altered), the chain recomputed: named alone
+/// and against the export.
+#[test]
+fn a_forged_receipt_is_named() {
+    type Forge = fn(&mut ferry::evidence::Receipt, &str);
+    let forgeries: [(&str, Forge); 2] = [
+        ("leaf", |receipt, _| receipt.leaves[0].body_sha256 = "00".repeat(32)),
+        ("signature", |receipt, other| receipt.signature = other.to_owned()),
+    ];
+    for (what, forge) in forgeries {
+        let copy = copy_of_a(&format!("forged-{what}"));
+        let mut records = copy.records();
+        let other = records.iter().find_map(|r| r.entry.checkpoint.as_ref()).unwrap().signature.clone();
+        let at = records.iter().position(|r| r.entry.event == "receipt").unwrap();
+        forge(records[at].entry.receipt.as_mut().unwrap(), &other);
+        let seq = records[at].seq;
+        copy.write(records, true);
+        for args in [&[][..], &with_export()[..]] {
+            let (code, _, err) = copy.verify(args);
+            assert_eq!(code, 1, "{what} {args:?}");
+            assert!(err.contains(&format!("broken at seq {seq}: receipt: ")), "{what} {args:?}: {err}");
+        }
     }
 }

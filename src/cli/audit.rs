@@ -102,7 +102,7 @@ fn cross_checked(peer: &str, covered: &Covered) -> String {
             ", newest head seq {seq} signed at {}; records after it are not covered",
             crate::store::rfc3339(at_ms)
         )),
-        None => text.push_str(&format!(", no head of ours: a removed tail is not covered")),
+        None => text.push_str(", no head of ours: a removed tail is not covered"),
     }
     text
 }
