@@ -8,7 +8,7 @@
 //! chain, a message missing a deleted record, a message that differs a changed one. Records of
 //! this log with no counterpart in the peer's (after its newest head of ours) are not covered.
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::io::BufRead;
 
 use rustls::pki_types::CertificateDer;
@@ -192,7 +192,10 @@ pub fn cross_check(
     let mut placed: Vec<(i64, i64)> = Vec::new();
     let mut matching_heads: Vec<i64> = Vec::new();
     // Messages this log holds a receipt of from the peer: (class is request, id, reply seq).
-    let mut receipted: std::collections::HashSet<(String, Option<u32>)> = Default::default();
+    let mut receipted: HashSet<(String, Option<u32>)> = HashSet::new();
+    // Requests this log holds as received from the peer: the record of a synchronous exchange
+    // may carry its answer.
+    let mut requested: HashSet<String> = HashSet::new();
     let mut last = 0;
     let mut held = Covered { name: name.to_owned(), ..Covered::default() };
     for (seq, text) in ours {
@@ -222,6 +225,9 @@ pub fn cross_check(
         }
         if let (Some(receipt), "receipt") = (&entry.receipt, &*entry.event) {
             receipted.extend(receipt.leaves.iter().map(|l| (l.id.clone(), l.reply_seq)));
+        }
+        if entry.event == "request" && entry.direction == "in" {
+            requested.insert(entry.id.clone());
         }
         let Some(class) = class(&entry.event) else { continue };
         let key = (entry.direction == "out", class, entry.id.clone(), entry.reply_seq);
@@ -295,8 +301,11 @@ pub fn cross_check(
                 want.their_seq
             );
             // A synchronous request whose caller gave up has the peer's receipt as its only
-            // record: that alone is no deletion, but it places where a rewritten chain went wrong.
-            let excused = matches!(want.says, Says::Received(_)) && receipted.contains(&(id.clone(), *reply_seq));
+            // record, and a synchronous answer may be recorded with its request: that alone is no
+            // deletion, but it places where a rewritten chain went wrong.
+            let excused = matches!(want.says, Says::Received(_)) && receipted.contains(&(id.clone(), *reply_seq))
+                || matches!((&want.says, class, reply_seq), (Says::Received(_), Class::Answer, None))
+                    && requested.contains(id);
             missing.push((excused, Finding { seq, rank: 1, why, after: 0 }));
         }
     }
@@ -365,5 +374,55 @@ fn bound(leaf: &Signed, ours: &Entry) -> Option<&'static str> {
         None if ours.body_sha256.as_deref() != Some(leaf.body_sha256.as_str()) => Some("its payload"),
         None if ours.file.as_ref().map(|f| f.sha256.as_str()) != leaf.file_sha256.as_deref() => Some("its file"),
         None => None,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A log of `n` requests out, as exported.
+    fn export(n: i64) -> Vec<String> {
+        let mut prev = GENESIS.to_owned();
+        (1..=n)
+            .map(|seq| {
+                let mut text = String::new();
+                let entry = Entry::new("request", "out", "org-a", &format!("r{seq}"));
+                prev = entry.render().seal(&mut text, seq, "2026-12-06T00:00:00.000Z", &prev);
+                text
+            })
+            .collect()
+    }
+
+    /// A crafted or partial export is refused with its line or seq named, never read in part.
+    #[test]
+    fn an_export_must_be_one_whole_chain() {
+        let lines = export(3);
+        assert_eq!(read_export(lines.join("\n").as_bytes()).unwrap().len(), 3);
+        let refused = |text: String, why: &str| {
+            let e = read_export(text.as_bytes()).unwrap_err();
+            assert!(e.contains(why), "{e}");
+        };
+        refused(format!("{}\nnot json\n", lines[0]), "line 2 of the export is not a record");
+        refused(lines[1..].join("\n"), "holds seq 2, expected 1");
+        refused(format!("{}\n{}", lines[0], lines[2]), "holds seq 3, expected 2");
+        refused(lines.join("\n").replace("\"r2\"", "\"r9\""), "broken at the peer's seq 2");
+    }
+
+    /// A field the peer masks matches our value when it is the SHA-256 of its text.
+    #[test]
+    fn a_masked_field_matches_the_value_it_hides() {
+        let mut ours = Entry::new("request", "out", "org-b", "r1");
+        ours.form = Some(serde_json::json!({"to": "bob", "n": 12}));
+        let mut theirs = ours.clone();
+        theirs.form =
+            Some(serde_json::json!({"to": format!("sha256:{}", crate::evidence::sha256_hex(b"bob")), "n": 12}));
+        assert_eq!(differs(&theirs, &ours), None);
+        theirs.form.as_mut().unwrap()["n"] = format!("sha256:{}", crate::evidence::sha256_hex(b"12")).into();
+        assert_eq!(differs(&theirs, &ours), None);
+        theirs.form.as_mut().unwrap()["to"] = format!("sha256:{}", crate::evidence::sha256_hex(b"eve")).into();
+        assert_eq!(differs(&theirs, &ours), Some("its form"));
+        ours.path = Some("/transfer".into());
+        assert_eq!(differs(&theirs, &ours), Some("its path"));
     }
 }

@@ -36,14 +36,19 @@ pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>) -> Re
     let cross = peer_export.map(|file| cross_check(&config, file, peer)).transpose()?;
     let verdict = crate::store::verify_log(&config.node.data_dir, &certs, tsa_cert.as_deref())
         .map_err(|e| CliError::failed(e.to_string()))?;
-    let first = match (verdict, cross) {
-        (Err(plain), Some((_, Err(cross)))) => Err(if cross.seq < plain.seq { cross } else { plain }),
-        (Err(broken), _) | (Ok(_), Some((_, Err(broken)))) => Err(broken),
-        (Ok(intact), cross) => Ok((intact, cross.map(|(peer, covered)| (peer, covered.expect("matched above"))))),
+    let (covered, cross_broken) = match cross {
+        Some((peer, Ok(covered))) => (Some((peer, covered)), None),
+        Some((_, Err(broken))) => (None, Some(broken)),
+        None => (None, None),
     };
-    let (intact, cross) = first.map_err(|b| CliError::failed(format!("broken at seq {}: {}", b.seq, b.why)))?;
+    let broken = |b: Broken| CliError::failed(format!("broken at seq {}: {}", b.seq, b.why));
+    let intact = match (verdict, cross_broken) {
+        (Ok(intact), None) => intact,
+        (Err(plain), Some(cross)) => return Err(broken(if cross.seq < plain.seq { cross } else { plain })),
+        (Err(first), None) | (Ok(_), Some(first)) => return Err(broken(first)),
+    };
     println!("intact: {} records, {} receipts verified{}", intact.records, intact.receipts, stamps(&intact));
-    match cross {
+    match covered {
         Some((peer, covered)) => println!("{}", cross_checked(&peer, &covered)),
         None => println!("{}", unanchored(&intact)),
     }
