@@ -684,7 +684,20 @@ pub fn verify(
             intact.stamped = intact.stamped.max(Some(stamp.seq));
         }
         if let (Some(checkpoint), "checkpoint", "out") = (&entry.checkpoint, &*entry.event, &*entry.direction) {
-            let seq = checkpoint.head.seq as i64;
+            // A head a peer keeps must be this chain's: changed records before it show here too.
+            let seq = i64::try_from(checkpoint.head.seq).unwrap_or(i64::MAX);
+            let kept = usize::try_from(record.seq.saturating_sub(seq))
+                .ok()
+                .filter(|back| *back >= 1)
+                .and_then(|back| hashes.len().checked_sub(back))
+                .and_then(|at| hashes.get(at));
+            if kept.is_some_and(|hash| digest(&checkpoint.head.hash) != Some(*hash)) || seq >= record.seq {
+                return Err(broken(format!(
+                    "checkpoint: {} keeps a head of seq {seq} that is not this log's record {seq}: the log was changed \
+                     at or before seq {seq}",
+                    entry.peer
+                )));
+            }
             if intact.anchored.as_ref().is_none_or(|(_, newest)| seq > *newest) {
                 intact.anchored = Some((entry.peer.clone(), seq));
             }

@@ -12,7 +12,8 @@ use std::time::Duration;
 use ferry::evidence::Record;
 use reqwest::StatusCode;
 use serde_json::{json, Value};
-use support::tamper::Copy;
+use support::tamper::{unanchored, Copy};
+use support::tsa::{Behaviour, KeyKind};
 use support::{Node, Recorder};
 
 const WITHIN: Duration = Duration::from_secs(20);
@@ -23,6 +24,8 @@ struct Scenario {
     b: Node,
     /// org-b's `ferry audit export`.
     b_export: PathBuf,
+    /// Whether org-a time-stamped its log (with `openssl`, always under `CI`).
+    stamped: bool,
 }
 
 /// Writes `[evidence] checkpoint_every = "1s"` into the config at `path`.
@@ -78,6 +81,19 @@ async fn exchange() -> Scenario {
     for node in [&a, &b] {
         checkpoint_every_second(&node.config_path);
     }
+    // org-a has a TSA stamp its head every second.
+    let tsa = match support::tsa::have_openssl() {
+        true => Some(support::tsa::start(KeyKind::EcdsaP256, "sha256", 3, Behaviour::Tsa).await),
+        false => None,
+    };
+    if let Some(tsa) = &tsa {
+        std::fs::write(a.dir.join("certs/tsa.pem"), &tsa.signer.cert_pem).unwrap();
+        let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&a.config_path).unwrap().parse().unwrap();
+        doc["evidence"]["tsa_url"] = toml_edit::value(tsa.url.as_str());
+        doc["evidence"]["tsa_cert"] = toml_edit::value("tsa.pem");
+        doc["evidence"]["tsa_every"] = toml_edit::value("1s");
+        std::fs::write(&a.config_path, doc.to_string()).unwrap();
+    }
     a.start().await;
     b.start().await;
 
@@ -115,6 +131,17 @@ async fn exchange() -> Scenario {
             wait_for(node, &what, |r| r["event"] == "checkpoint" && r["direction"] == direction).await;
         }
     }
+    if tsa.is_some() {
+        // A time-stamp record of org-a, and a head after it that org-b holds.
+        wait_for(&a, "a time-stamp", |r| r["event"] == "timestamp").await;
+        let stamp = exported(&a).into_iter().find(|r| r["event"] == "timestamp").unwrap()["seq"].as_i64().unwrap();
+        wait_for(&b, "a checkpoint of org-a after its time-stamp", |r| {
+            r["event"] == "checkpoint"
+                && r["direction"] == "in"
+                && r["checkpoint"]["head"]["seq"].as_i64() >= Some(stamp)
+        })
+        .await;
+    }
     a.stop().await;
     b.stop().await;
 
@@ -122,7 +149,7 @@ async fn exchange() -> Scenario {
     assert_eq!(code, 0, "{err}");
     let b_export = root.join("org-b.export.jsonl");
     std::fs::write(&b_export, export).unwrap();
-    Scenario { a, b, b_export }
+    Scenario { a, b, b_export, stamped: tsa.is_some() }
 }
 
 /// Both nodes' logs verify, and each holds what the other signed: receipts with the signer's
@@ -243,7 +270,14 @@ fn a_deleted_record_in_a_rewritten_chain_is_named_against_the_peers_export() {
     let copy = copy_of_a("deleted");
     let records = copy.records();
     let gone = sent_to(&records, "/report");
-    copy.write(records.into_iter().filter(|r| r.seq != gone.seq).collect(), true);
+    let records: Vec<Record> = records.into_iter().filter(|r| r.seq != gone.seq).collect();
+    // Its own checkpoints (and time-stamps) of later heads show a rewrite in the log alone.
+    copy.write(records.clone(), true);
+    let (code, _, err) = copy.verify(&[]);
+    assert_eq!(code, 1, "{err}");
+    assert!(err.contains("checkpoint: org-b keeps a head of seq") || err.contains("time-stamp: "), "{err}");
+    // Removed as well, they do not.
+    copy.write(unanchored(records, gone.seq), true);
     let (code, out, err) = copy.verify(&[]);
     assert_eq!(code, 0, "the chain recomputed holds alone: {out}{err}");
     let (code, out, err) = copy.verify(&with_export());
@@ -263,7 +297,7 @@ fn a_changed_path_and_form_are_named_alone_and_against_the_peers_export() {
     let changed = &mut records[pay.seq as usize - 1].entry;
     changed.path = Some("/transfer".into());
     changed.form = Some(json!({"amount": 1000000}));
-    copy.write(records, true);
+    copy.write(unanchored(records, pay.seq), true);
     let (code, _, err) = copy.verify(&[]);
     assert_eq!(code, 1);
     assert!(err.contains(&format!("broken at seq {receipt}: ")) && err.contains("signed other content"), "{err}");
@@ -298,4 +332,25 @@ fn a_forged_receipt_is_named() {
             assert!(err.contains(&format!("broken at seq {seq}: receipt: ")), "{what} {args:?}: {err}");
         }
     }
+}
+
+/// (e) A time-stamp record removed and the chain recomputed: the log alone cannot show it (the
+/// altered tokens and stamped hashes that it can show are tests/timestamp_node.rs's); org-b's
+/// heads of org-a after it name the rewrite.
+#[test]
+fn a_removed_time_stamp_in_a_rewritten_chain_is_named_against_the_peers_export() {
+    if !scenario().stamped {
+        return; // no openssl, outside CI: `have_openssl` said so
+    }
+    let copy = copy_of_a("timestamp");
+    let records = copy.records();
+    let stamp = records.iter().find(|r| r.entry.event == "timestamp").unwrap().seq;
+    copy.write(unanchored(records.into_iter().filter(|r| r.seq != stamp).collect(), stamp), true);
+    let (code, out, err) = copy.verify(&[]);
+    assert_eq!(code, 0, "the chain recomputed holds alone: {out}{err}");
+    let (code, out, err) = copy.verify(&with_export());
+    assert_eq!(code, 1, "{out}");
+    let named: i64 = err.split("broken at seq ").nth(1).unwrap().split(':').next().unwrap().parse().unwrap();
+    assert!(named >= stamp && named <= newest_head_b_holds(), "{err}");
+    assert!(err.contains(&format!("was rewritten at or before seq {named}")) || err.contains("were removed"), "{err}");
 }

@@ -64,6 +64,18 @@ impl Copy {
     }
 }
 
+/// `records` without the time-stamp records and this node's checkpoint records (`out`) of heads
+/// at seq `from` or later: what an insider who changes the log from `from` on also removes, since
+/// they would show the change.
+pub fn unanchored(records: Vec<Record>, from: i64) -> Vec<Record> {
+    let shows = |r: &Record| match (&r.entry.timestamp, &r.entry.checkpoint) {
+        (Some(stamp), _) => stamp.seq >= from,
+        (_, Some(checkpoint)) => r.entry.direction == "out" && checkpoint.head.seq as i64 >= from,
+        _ => false,
+    };
+    records.into_iter().filter(|r| !shows(r)).collect()
+}
+
 /// Copies the folder `from` to `to`, recursively.
 fn copy_dir(from: &Path, to: &Path) {
     std::fs::create_dir_all(to).unwrap();
