@@ -618,7 +618,8 @@ pub struct Broken {
 /// break, since no record can go missing without breaking the chain.
 ///
 /// Each time-stamp record must stamp the hash of the record at its stamped seq, and its token must
-/// verify against `tsa_cert` (DER), when one is given.
+/// verify against `tsa_cert` (DER), when one is given; each checkpoint record out (a head of this
+/// log a peer keeps) must name an earlier record with its hash.
 pub fn verify(
     rows: impl IntoIterator<Item = (i64, String)>,
     certs: &HashMap<String, CertificateDer<'static>>,

@@ -1,7 +1,8 @@
 //! Evidence against its own operator (issue 22): two real nodes exchange requests, replies and a
-//! file, sign receipts and checkpoints of each other's chain heads, and stop; then copies of
-//! org-a's data folder are tampered with as an insider would, and `ferry audit verify` (alone,
-//! and with org-b's export) must find each change and name its seq.
+//! file, sign receipts and checkpoints of each other's chain heads (org-a also has a local TSA
+//! stamp its head, where `openssl` is), and stop; then copies of org-a's folder are tampered with
+//! as an insider would (`support::tamper`), and `ferry audit verify` (alone, and with org-b's
+//! export) must find each change and name its seq.
 
 mod support;
 
