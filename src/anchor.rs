@@ -191,7 +191,7 @@ pub fn cross_check(
     // This log's seqs the peer's records place: (their seq, our seq), and the heads that match.
     let mut placed: Vec<(i64, i64)> = Vec::new();
     let mut matching_heads: Vec<i64> = Vec::new();
-    // Messages this log holds a receipt of from the peer: (class is request, id, reply seq).
+    // Messages this log holds a receipt of from the peer: (id, reply seq).
     let mut receipted: HashSet<(String, Option<u32>)> = HashSet::new();
     // Requests this log holds as received from the peer: the record of a synchronous exchange
     // may carry its answer.
