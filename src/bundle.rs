@@ -849,7 +849,7 @@ fn in_chain<'a>(
     if let Some((seq, sent)) = covers {
         let matches = match &leaf.record_sha256 {
             Some(record_sha256) if bundled.head.is_some() => {
-                sent.binding().is_some_and(|b| hex::encode(b) == *record_sha256)
+                sent.binding(false).is_some_and(|b| hex::encode(b) == *record_sha256)
             }
             _ => {
                 leaf.body_sha256 == sent.body_sha256.as_deref().unwrap_or_default()

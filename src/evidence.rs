@@ -263,16 +263,15 @@ impl Receipt {
 
 impl Entry {
     /// The digest of what this request or reply record shows of the message
-    /// ([`crate::receipt::Binding`]), read as sent: no form field masked. `None` when the record
-    /// lacks what a request or reply record holds.
-    pub fn binding(&self) -> Option<[u8; 32]> {
+    /// ([`crate::receipt::Binding`]). `masked`: a form value `sha256:<hex>` is read as a masked
+    /// field, `<hex>` being its text's SHA-256; else every field is read as sent. `None` when the
+    /// record lacks what a request or reply record holds.
+    pub fn binding(&self, masked: bool) -> Option<[u8; 32]> {
         let form = match &self.form {
             Some(Value::Object(fields)) => {
-                let text = |v: &Value| -> [u8; 32] {
-                    match v {
-                        Value::String(text) => Sha256::digest(text).into(),
-                        other => Sha256::digest(other.to_string()).into(),
-                    }
+                let text = |v: &Value| match v.as_str().and_then(|t| t.strip_prefix("sha256:")).and_then(digest) {
+                    Some(hash) if masked => hash,
+                    _ => field_sha256(v),
                 };
                 Some(receipt::form_digest(fields.iter().map(|(name, v)| (name.as_str(), text(v)))))
             }
@@ -545,6 +544,15 @@ impl Rendered {
     }
 }
 
+/// SHA-256 of a form field's text, as a masked field shows it and a receipt binds it: a string's
+/// text, any other value's JSON.
+pub fn field_sha256(value: &Value) -> [u8; 32] {
+    match value {
+        Value::String(text) => Sha256::digest(text).into(),
+        other => Sha256::digest(other.to_string()).into(),
+    }
+}
+
 /// SHA-256 of `bytes`, hex.
 pub fn sha256_hex(bytes: &[u8]) -> String {
     hex::encode(Sha256::digest(bytes))
@@ -556,10 +564,23 @@ impl Record {
         let unhashed = Record { hash: String::new(), ..self.clone() };
         sha256_hex(&serde_json::to_vec(&unhashed).unwrap_or_default())
     }
+
+    /// Whether this record follows a record hashed `prev` and matches its own hash; why not.
+    pub fn chained(&self, prev: &str) -> Result<(), String> {
+        if self.prev != prev {
+            return Err(
+                "its `prev` is not the previous record's hash: a record before it was changed, removed or moved".into(),
+            );
+        }
+        if self.chain_hash() != self.hash {
+            return Err("its content does not match its hash: the record was changed".into());
+        }
+        Ok(())
+    }
 }
 
 /// What [`verify`] checked.
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Intact {
     /// Records in the chain.
     pub records: u64,
@@ -572,6 +593,9 @@ pub struct Intact {
     pub unchecked_timestamps: u64,
     /// The newest seq a time-stamp covers: records after it have no trusted time.
     pub stamped: Option<i64>,
+    /// The newest head of this log a peer acknowledged keeping (`checkpoint` records out): the
+    /// peer and the seq. Records after it can be cut off unseen but against that peer's export.
+    pub anchored: Option<(String, i64)>,
 }
 
 /// How many of the latest records' hashes [`verify`] keeps to check what a time-stamp record
@@ -595,7 +619,8 @@ pub struct Broken {
 /// break, since no record can go missing without breaking the chain.
 ///
 /// Each time-stamp record must stamp the hash of the record at its stamped seq, and its token must
-/// verify against `tsa_cert` (DER), when one is given.
+/// verify against `tsa_cert` (DER), when one is given; each checkpoint record out (a head of this
+/// log a peer keeps) must name an earlier record with its hash.
 pub fn verify(
     rows: impl IntoIterator<Item = (i64, String)>,
     certs: &HashMap<String, CertificateDer<'static>>,
@@ -623,14 +648,7 @@ pub fn verify(
             });
         }
         let entry = &record.entry;
-        if record.prev != prev {
-            return Err(broken(
-                "its `prev` is not the previous record's hash: a record before it was changed, removed or moved".into(),
-            ));
-        }
-        if record.chain_hash() != record.hash {
-            return Err(broken("its content does not match its hash: the record was changed".into()));
-        }
+        record.chained(&prev).map_err(broken)?;
         let signed_by_peer = match entry.event.as_ref() {
             "request" => true,
             "reply" | "response" => entry.reply_seq.is_some(),
@@ -638,7 +656,7 @@ pub fn verify(
         };
         if entry.direction == "out" && signed_by_peer {
             let content = content(entry.body_sha256.as_deref(), entry.file.as_ref().map(|f| f.sha256.as_str()));
-            sent.insert(message(&entry.peer, &entry.id, entry.reply_seq), (content, entry.binding()));
+            sent.insert(message(&entry.peer, &entry.id, entry.reply_seq), (content, entry.binding(false)));
         }
         if entry.event == "receipt" {
             let receipt = entry.receipt.as_ref().ok_or_else(|| broken("a receipt record without a receipt".into()))?;
@@ -666,6 +684,25 @@ pub fn verify(
                 None => intact.unchecked_timestamps += 1,
             }
             intact.stamped = intact.stamped.max(Some(stamp.seq));
+        }
+        if let (Some(checkpoint), "checkpoint", "out") = (&entry.checkpoint, &*entry.event, &*entry.direction) {
+            // A head a peer keeps must be this chain's: changed records before it show here too.
+            let seq = i64::try_from(checkpoint.head.seq).unwrap_or(i64::MAX);
+            let kept = usize::try_from(record.seq.saturating_sub(seq))
+                .ok()
+                .filter(|back| *back >= 1)
+                .and_then(|back| hashes.len().checked_sub(back))
+                .and_then(|at| hashes.get(at));
+            if kept.is_some_and(|hash| digest(&checkpoint.head.hash) != Some(*hash)) || seq >= record.seq {
+                return Err(broken(format!(
+                    "checkpoint: {} keeps a head of seq {seq} that is not this log's record {seq}: the log was changed \
+                     at or before seq {seq}",
+                    entry.peer
+                )));
+            }
+            if intact.anchored.as_ref().is_none_or(|(_, newest)| seq > *newest) {
+                intact.anchored = Some((entry.peer.clone(), seq));
+            }
         }
         if hashes.len() == STAMP_WINDOW {
             hashes.pop_front();
@@ -1030,6 +1067,23 @@ mod tests {
             assert_eq!(broken.seq, 2, "{what}");
             assert!(broken.why.contains("signed other content"), "{what}: {}", broken.why);
         }
+    }
+
+    /// A masked field (`sha256:<hex>` of its text) binds as the field it hides, when read as
+    /// masked; read as sent, it is a text of its own.
+    #[test]
+    fn a_masked_form_binds_as_the_form_it_hides() {
+        let mut sent = Entry::new("request", "in", "org-a", "r1");
+        sent.body_sha256 = Some(hex::encode([1; 32]));
+        sent.form = Some(serde_json::json!({"to": "bob", "amount": 12, "note": "sha256:not hex"}));
+        let mut masked = sent.clone();
+        masked.form.as_mut().unwrap()["to"] = format!("sha256:{}", sha256_hex(b"bob")).into();
+        masked.form.as_mut().unwrap()["amount"] = format!("sha256:{}", sha256_hex(b"12")).into();
+        assert_eq!(masked.binding(true), sent.binding(false));
+        assert_eq!(sent.binding(true), sent.binding(false), "a value that is no hash is read as sent");
+        assert_ne!(masked.binding(false), sent.binding(false));
+        masked.form.as_mut().unwrap()["to"] = format!("sha256:{}", sha256_hex(b"eve")).into();
+        assert_ne!(masked.binding(true), sent.binding(false));
     }
 
     #[test]

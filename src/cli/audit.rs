@@ -6,8 +6,9 @@ use std::io::Write;
 use std::path::Path;
 
 use super::CliError;
+use crate::anchor::Covered;
 use crate::config::Config;
-use crate::evidence::Intact;
+use crate::evidence::{Broken, Intact};
 use crate::identity::load_cert;
 
 /// Writes the evidence records after `since` to stdout as JSON lines.
@@ -23,22 +24,107 @@ pub fn export(path: &Path, since: i64) -> Result<(), CliError> {
 }
 
 /// Checks the chain, every receipt against the pinned peer certificates and every time-stamp
-/// against `evidence.tsa_cert`; `Err` names the first bad record.
-pub fn verify(path: &Path) -> Result<(), CliError> {
+/// against `evidence.tsa_cert`, and with `peer_export` (`peer`'s `ferry audit export`) cross-checks
+/// the log against it ([`crate::anchor`]); `Err` names the first bad record.
+pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let mut certs = HashMap::new();
     for peer in &config.peers {
         certs.insert(peer.name.clone(), load_cert(&peer.cert)?);
     }
     let tsa_cert = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()).transpose().map_err(CliError::usage)?;
+    let cross = peer_export.map(|file| cross_check(&config, file, peer)).transpose()?;
     let verdict = crate::store::verify_log(&config.node.data_dir, &certs, tsa_cert.as_deref())
         .map_err(|e| CliError::failed(e.to_string()))?;
-    match verdict {
-        Ok(intact) => {
-            println!("intact: {} records, {} receipts verified{}", intact.records, intact.receipts, stamps(&intact));
-            Ok(())
+    let (covered, cross_broken) = match cross {
+        Some((peer, Ok(covered))) => (Some((peer, covered)), None),
+        Some((_, Err(broken))) => (None, Some(broken)),
+        None => (None, None),
+    };
+    let broken = |b: Broken| CliError::failed(format!("broken at seq {}: {}", b.seq, b.why));
+    let intact = match (verdict, cross_broken) {
+        (Ok(intact), None) => intact,
+        (Err(plain), Some(cross)) => return Err(broken(if cross.seq < plain.seq { cross } else { plain })),
+        (Err(first), None) | (Ok(_), Some(first)) => return Err(broken(first)),
+    };
+    println!("intact: {} records, {} receipts verified{}", intact.records, intact.receipts, stamps(&intact));
+    match covered {
+        Some((peer, covered)) => println!("{}", cross_checked(&peer, &covered)),
+        None => println!("{}", unanchored(&intact)),
+    }
+    Ok(())
+}
+
+/// Cross-checks the log under `config` against `peer`'s export in `file`: the peer's name, and
+/// what the check covered or where the log is broken.
+fn cross_check(
+    config: &Config,
+    file: &Path,
+    peer: Option<&str>,
+) -> Result<(String, Result<Covered, Broken>), CliError> {
+    let names = || config.peers.iter().map(|p| p.name.as_str()).collect::<Vec<_>>().join(", ");
+    let peer = match (peer, config.peers.as_slice()) {
+        (Some(name), peers) if peers.iter().any(|p| p.name == name) => name.to_owned(),
+        (Some(name), _) => {
+            return Err(CliError::usage(format!("--peer {name}: no such peer in the config (configured: {})", names())))
         }
-        Err(broken) => Err(CliError::failed(format!("broken at seq {}: {}", broken.seq, broken.why))),
+        (None, [only]) => only.name.clone(),
+        (None, []) => return Err(CliError::usage("no peer is configured: an export is cross-checked against a peer")),
+        (None, _) => {
+            return Err(CliError::usage(format!(
+                "name the peer that exported {} with --peer NAME (configured: {})",
+                file.display(),
+                names()
+            )))
+        }
+    };
+    let opened =
+        std::fs::File::open(file).map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
+    let theirs = crate::anchor::read_export(std::io::BufReader::new(opened))
+        .map_err(|e| CliError::usage(format!("{}: {e}", file.display())))?;
+    let cert = load_cert(&config.cert_path())?;
+    let name = crate::anchor::name_in(&theirs, &cert, &config.node.name);
+    let mut failed = None;
+    let ours = crate::store::read_log(&config.node.data_dir, 0)
+        .map_err(|e| CliError::failed(e.to_string()))?
+        .map_while(|read| read.map_err(|e| failed = Some(e)).ok());
+    let checked = crate::anchor::cross_check(ours, &theirs, &cert, &name, &peer)
+        .map_err(|e| CliError::usage(format!("{} ({peer}'s export): {e}", file.display())))?;
+    if let Some(e) = failed {
+        return Err(CliError::failed(e.to_string()));
+    }
+    Ok((peer, checked))
+}
+
+/// What the cross-check with `peer`'s export covered.
+fn cross_checked(peer: &str, covered: &Covered) -> String {
+    let mut text = format!(
+        "cross-checked with {peer}'s export (it calls this node {}): {} records of ours {peer} holds",
+        covered.name, covered.records
+    );
+    match covered.newest_head {
+        Some((seq, at_ms)) => text.push_str(&format!(
+            ", newest head seq {seq} signed at {}; records after it are not covered",
+            crate::store::rfc3339(at_ms)
+        )),
+        None => text.push_str(", no head of ours: a removed tail is not covered"),
+    }
+    text
+}
+
+/// What the log alone cannot rule out: from its `checkpoint` records out, how many records are
+/// after the newest head a peer keeps.
+fn unanchored(intact: &Intact) -> String {
+    let export = "a removed tail or a recomputed chain shows only against a peer's export (--peer-export)";
+    match &intact.anchored {
+        Some((peer, seq)) => {
+            let after = intact.records as i64 - seq;
+            format!(
+                "not ruled out: the last {after} records are after the newest checkpoint a peer holds ({peer}, seq \
+                 {seq}); {export}"
+            )
+        }
+        None => format!("not ruled out: no peer holds a checkpoint of this log; {export}"),
     }
 }
 

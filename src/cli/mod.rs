@@ -152,7 +152,16 @@ enum AuditCommand {
         config: ConfigArg,
     },
     /// Recompute the hash chain and check every receipt; exit 0 when intact, else name the first bad seq.
-    Verify(ConfigArg),
+    Verify {
+        /// A peer's `ferry audit export`: also check that everything of ours it holds is in our log.
+        #[arg(long, value_name = "FILE")]
+        peer_export: Option<PathBuf>,
+        /// The configured peer that exported it (default: the only configured peer).
+        #[arg(long, value_name = "NAME", requires = "peer_export")]
+        peer: Option<String>,
+        #[command(flatten)]
+        config: ConfigArg,
+    },
     /// Write one exchange's evidence to a file a third party can check (`audit verify-bundle`).
     Bundle {
         /// The request id.
@@ -284,7 +293,9 @@ fn run(command: Command) -> Result<(), CliError> {
         Command::Run(c) => run_node(&c.config),
         Command::Check { config, connect } => check::check(&config.config, connect),
         Command::Audit { command: AuditCommand::Export { since, config } } => audit::export(&config.config, since),
-        Command::Audit { command: AuditCommand::Verify(c) } => audit::verify(&c.config),
+        Command::Audit { command: AuditCommand::Verify { peer_export, peer, config } } => {
+            audit::verify(&config.config, peer_export.as_deref(), peer.as_deref())
+        }
         Command::Audit { command: AuditCommand::Bundle { id, out, config } } => bundle::make(&config.config, &id, &out),
         Command::Audit { command: AuditCommand::VerifyBundle { file } } => bundle::verify(&file),
         Command::Demo => demo::run(),

@@ -137,7 +137,7 @@ impl Link {
         wire_head(head.as_ref()).map_err(LinkFailure::Local)
     }
 
-    /// Every `every`, and once more when `stop` is cancelled (bounded by [`LAST_CHECKPOINT_WITHIN`]),
+    /// Every `every`, and once more when `stop` is cancelled (bounded by `LAST_CHECKPOINT_WITHIN`),
     /// sends each peer connected on `ferry/1+anchored` this node's signed chain head, when it
     /// moved since the last one that peer acknowledged.
     pub async fn send_checkpoints(self, every: Duration, stop: CancellationToken) {

@@ -17,6 +17,7 @@
 //! | [`cpu`] | CPU time, memory and descriptors of processes and threads, from `/proc` |
 //! | [`netns`] | two network namespaces joined by a veth pair, with netem |
 //! | [`lossy`] | userspace UDP relays that drop or delay datagrams, where there is no netem |
+//! | [`tamper`] | a stopped node's evidence log rewritten as an insider would, on a copy of its folder |
 //! | [`tsa`] | an RFC 3161 time-stamping authority on loopback (`openssl ts -reply`) |
 //! | [`report`] | the benches' tables, statistics and evidence settings |
 #![allow(dead_code)]
@@ -31,6 +32,7 @@ pub mod process;
 pub mod recorder;
 pub mod report;
 pub mod rogue;
+pub mod tamper;
 pub mod tsa;
 
 use std::net::SocketAddr;
