@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use rustls::pki_types::CertificateDer;
 
-use super::Link;
+use super::{receipts, Link, LinkFailure};
 use crate::identity::Fingerprint;
 use crate::peer::{Peer, Peers};
 use crate::receipt::Binding;
@@ -129,14 +129,16 @@ async fn stream(
         Opening::AsyncRequest(message) => inbound.async_request(&peer, message).await,
         Opening::Reply(reply) => inbound.reply(&peer, reply).await,
         Opening::FileOffer(offer) => inbound.file_offer(&peer, offer, &mut send, &mut recv).await,
-        Opening::Receipt(receipt) => match inbound.receipt(&peer, receipt) {
+        Opening::Receipt(r) => match inbound.receipt(&peer, r.leaves.len(), receipts::verify(&peer, &r), r) {
             Some(ack) => Ok(ack),
             None => return broken.cancel(),
         },
-        Opening::Countersign(receipt) => match inbound.countersign(&peer, receipt) {
-            Some(ack) => Ok(ack),
-            None => return broken.cancel(),
-        },
+        Opening::Countersign(r) => {
+            match inbound.receipt(&peer, r.leaves.len(), receipts::verify_countersign(&peer, &r), r) {
+                Some(ack) => Ok(ack),
+                None => return broken.cancel(),
+            }
+        }
         Opening::Checkpoint(checkpoint) => match inbound.checkpoint(&peer, checkpoint).await {
             Some(answer) => answer,
             None => return broken.cancel(),
@@ -339,34 +341,29 @@ impl Inbound {
         }
     }
 
-    /// Keeps a peer's receipt for what this node sent it, and acknowledges it; `None` when it
-    /// does not verify against the peer's pinned certificate, and the connection must close.
-    fn receipt(&self, peer: &Peer, receipt: wire::Receipt) -> Option<Answer> {
-        let leaves = receipt.leaves.len() as u32;
-        if let Err(why) = super::receipts::verify(peer, &receipt) {
+    /// Keeps a peer's receipt (`ferry/1`) or countersignature for what this node sent it, covering
+    /// `leaves` messages, and acknowledges it; `None` when it did not verify against the peer's
+    /// pinned certificate (`verified`), and the connection must close.
+    fn receipt(
+        &self,
+        peer: &Peer,
+        leaves: usize,
+        verified: Result<(), LinkFailure>,
+        receipt: impl Into<crate::evidence::Receipt>,
+    ) -> Option<Answer> {
+        if let Err(why) = verified {
             tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
             return None;
         }
         self.store.receipt(&peer.name, receipt);
-        Some(Answer::Ack(wire::Ack { id: String::new(), seq: leaves }))
-    }
-
-    /// As [`Inbound::receipt`], for a countersignature.
-    fn countersign(&self, peer: &Peer, receipt: wire::Countersign) -> Option<Answer> {
-        let leaves = receipt.leaves.len() as u32;
-        if let Err(why) = super::receipts::verify_countersign(peer, &receipt) {
-            tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
-            return None;
-        }
-        self.store.receipt(&peer.name, receipt);
-        Some(Answer::Ack(wire::Ack { id: String::new(), seq: leaves }))
+        Some(Answer::Ack(wire::Ack { id: String::new(), seq: leaves as u32 }))
     }
 
     /// Keeps a peer's checkpoint of its chain head and acknowledges it once on disk (`Err`: the
     /// store failed; the peer sends a later one); `None` when it does not verify, and the
     /// connection must close.
     async fn checkpoint(&self, peer: &Peer, checkpoint: wire::Checkpoint) -> Option<Result<Answer, Code>> {
-        if let Err(why) = super::receipts::verify_checkpoint(peer, &checkpoint) {
+        if let Err(why) = receipts::verify_checkpoint(peer, &checkpoint) {
             tracing::error!(peer = %peer.name, %why, "a forged or malformed checkpoint; closing the connection");
             return None;
         }
