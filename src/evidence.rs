@@ -81,6 +81,10 @@ pub struct Entry {
     pub body_sha256: Option<String>,
     /// The file that came with it.
     pub file: Option<FileFacts>,
+    /// The answer to a synchronous request, on its `request` record (absent on all others, and
+    /// in logs written before one record held both).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub answer: Option<Answer>,
     /// The peer's signed receipt (on `receipt` records).
     pub receipt: Option<Receipt>,
     /// A TSA's time-stamp of the chain head (on `timestamp` records; absent on all others).
@@ -89,6 +93,16 @@ pub struct Entry {
     /// The peer's signed chain head (on `checkpoint` records; absent on all others).
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub checkpoint: Option<Checkpoint>,
+}
+
+/// The answer to a synchronous request, as its request's record shows it: one record per
+/// exchange per node.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Answer {
+    /// `response` (the service's answer, whatever its status) or `refused` (a node's refusal).
+    pub event: Cow<'static, str>,
+    /// SHA-256 of the response's body, or of the refusal's message.
+    pub body_sha256: String,
 }
 
 /// A node's evidence chain head: its last record's seq and hash.
@@ -310,7 +324,7 @@ impl Entry {
 
 /// The [`Entry`] of a request or of an answer to one, borrowed from what it records: it renders
 /// to the same JSON as the owned entry ([`Summary::render`]) without copying the request's fields
-/// into one first, since every exchange records two on each node. Its `receipt` is always
+/// into one first, since every exchange records one on each node. Its `receipt` is always
 /// `null`: receipts are records of their own.
 #[derive(Debug, Default)]
 pub struct Summary<'a> {
@@ -332,6 +346,8 @@ pub struct Summary<'a> {
     pub body_sha256: Option<&'a str>,
     /// As [`Entry::file`].
     pub file: Option<FileFacts>,
+    /// As [`Entry::answer`]: its event and body's SHA-256.
+    pub answer: Option<(&'static str, &'a str)>,
 }
 
 /// A request's form as the log shows it: fields in `mask` as `sha256:<hex>` of their text.
@@ -446,6 +462,13 @@ impl Summary<'_> {
             Some(file) => out.push_str(&serde_json::to_string(file).expect("file facts serialize")),
             None => out.push_str("null"),
         }
+        if let Some((event, body_sha256)) = self.answer {
+            out.push_str(",\"answer\":{\"event\":");
+            json_string(out, event);
+            out.push_str(",\"body_sha256\":");
+            json_string(out, body_sha256);
+            out.push('}');
+        }
         out.push_str(",\"receipt\":null}");
     }
 
@@ -462,6 +485,9 @@ impl Summary<'_> {
             form: self.form.map(|f| f.to_json()),
             body_sha256: self.body_sha256.map(str::to_owned),
             file: self.file.clone(),
+            answer: self
+                .answer
+                .map(|(event, body_sha256)| Answer { event: event.into(), body_sha256: body_sha256.into() }),
             receipt: None,
             timestamp: None,
             checkpoint: None,
@@ -847,6 +873,7 @@ mod tests {
             mask in proptest::collection::vec("[ab]{0,2}", 0..3),
             file in proptest::option::of(("[a-z\"]{1,4}", 0u64..u64::MAX)),
             request in proptest::bool::ANY,
+            answer in proptest::option::of(proptest::bool::ANY),
         ) {
             let file = file.map(|(name, size)| FileFacts { name: Some(name), size: Some(size), sha256: "ab".into() });
             let summary = Summary {
@@ -859,6 +886,7 @@ mod tests {
                 form: request.then_some(MaskedForm { form: &form, mask: &mask }),
                 body_sha256: Some("00"),
                 file,
+                answer: answer.filter(|_| request).map(|refused| (if refused { "refused" } else { "response" }, "0\"1")),
             };
             let (fast, owned) = (summary.render(), summary.to_entry().render());
             proptest::prop_assert_eq!(&fast.0, &owned.0);
@@ -886,6 +914,30 @@ mod tests {
         assert_eq!(back.chain_hash(), hash, "the stored text hashes to its hash");
         assert_eq!(serde_json::to_string(&back).unwrap(), text, "one canonical form");
         assert_eq!(verify([(1, text)], &HashMap::new(), None), Ok(Intact { records: 1, ..Intact::default() }));
+    }
+
+    /// A synchronous exchange's record carries its answer; the receipt's binding ignores it, and
+    /// logs of the earlier shape (the answer a record of its own) verify as they did.
+    #[test]
+    fn a_request_record_with_its_answer_binds_as_the_request_and_old_logs_verify() {
+        let at = "2026-12-06T00:00:00.000Z";
+        let mut request = Entry::new("request", "out", "org-b", "r1");
+        (request.method, request.path) = (Some("GET".into()), Some("/a".into()));
+        request.body_sha256 = Some(sha256_hex(b"request"));
+        let mut answered = request.clone();
+        answered.answer = Some(Answer { event: "response".into(), body_sha256: sha256_hex(b"body") });
+        assert!(request.binding().is_some());
+        assert_eq!(answered.binding(), request.binding(), "the answer is not part of what was sent");
+        let (_, one) = sealed(&answered.render(), 1, at, GENESIS);
+        assert!(one.contains(r#""answer":{"event":"response","body_sha256":"#), "{one}");
+        assert_eq!(verify([(1, one)], &HashMap::new(), None).map(|i| i.records), Ok(1));
+
+        let (hash, first) = sealed(&request.render(), 1, at, GENESIS);
+        let mut response = Entry::new("response", "in", "org-b", "r1");
+        response.body_sha256 = Some(sha256_hex(b"body"));
+        let (_, second) = sealed(&response.render(), 2, at, &hash);
+        assert!(!first.contains("answer"), "no `answer` where there is none: {first}");
+        assert_eq!(verify([(1, first), (2, second)], &HashMap::new(), None).map(|i| i.records), Ok(2));
     }
 
     /// A log of one request and a time-stamp record stamping `seq` with `hash`.
@@ -1045,6 +1097,8 @@ mod tests {
             form: Some(MaskedForm { form: &request.form, mask: &[] }),
             body_sha256: Some(&hex::encode(payload)),
             file: Some(FileFacts { name: Some("a.pdf".into()), size: Some(9), sha256: hex::encode([5; 32]) }),
+            // A synchronous exchange's one record: the receipt still matches its request.
+            answer: Some(("response", &hex::encode([7; 32]))),
         }
         .render();
         let (_, text) = sealed(&rendered, 1, "2026-12-06T00:00:00.000Z", GENESIS);

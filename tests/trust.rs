@@ -41,6 +41,11 @@ impl Write for Sink {
 
 /// A pair whose org-b service "1" has the given extra settings (TOML key = value lines).
 async fn pair_with(settings: &[(&str, &str)]) -> Pair {
+    pair_set_up(settings, |_| {}).await
+}
+
+/// [`pair_with`], with `set_up` done to org-b before the nodes start.
+async fn pair_set_up(settings: &[(&str, &str)], set_up: impl FnOnce(&support::Node)) -> Pair {
     logs();
     let service = Recorder::start().await;
     let root = tempfile::tempdir().unwrap();
@@ -56,6 +61,7 @@ async fn pair_with(settings: &[(&str, &str)]) -> Pair {
         table[*key] = toml_edit::value(value.parse::<toml_edit::Value>().unwrap());
     }
     std::fs::write(&b.config_path, doc.to_string()).unwrap();
+    set_up(&b);
     a.start().await;
     b.start().await;
     Pair { root, a, b, service }
@@ -411,4 +417,55 @@ async fn masked_fields_appear_only_as_their_hash() {
     assert!(pending_files.contains(&hashed), "{pending_files}");
     assert!(export.contains(&format!("sha256:{hashed}")), "{export}");
     assert!(export.contains("Ada"), "fields not masked are kept: {export}");
+}
+
+/// `node`'s records (but receipts) of the request to `path`, once its request record is there.
+async fn records_of(node: &support::Node, path: &str) -> Vec<Value> {
+    for _ in 0..200 {
+        let records: Vec<Value> = ferry::store::read_log(&node.dir.join("data"), 0)
+            .unwrap()
+            .map(|read| serde_json::from_str::<Value>(&read.unwrap().1).unwrap())
+            .collect();
+        if let Some(request) = records.iter().find(|r| r["event"] == "request" && r["path"] == path) {
+            let id = request["id"].clone();
+            return records.into_iter().filter(|r| r["id"] == id && r["event"] != "receipt").collect();
+        }
+        tokio::time::sleep(Duration::from_millis(25)).await;
+    }
+    panic!("no request record of {path} reached {}", node.name);
+}
+
+#[tokio::test]
+async fn a_sync_exchange_is_one_record_per_node_carrying_its_answer() {
+    // Service "1" answers; service "2" is down, so org-b refuses what is sent to it.
+    let down = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap();
+    let p = pair_set_up(&[], |b| b.add_service("2", &format!("http://{down}"), &["org-a"])).await;
+    let plain_words = ferry::evidence::sha256_hex(b"plain words");
+    for (service, path, event, body_sha256) in [
+        ("1", "/text", "response", Some(plain_words.as_str())),
+        ("1", "/status/500", "response", None),
+        ("2", "/anything", "refused", None),
+    ] {
+        let (status, body) =
+            p.a.request(json!({"peer": "org-b", "service": service, "path": path, "form": {"n": 1}})).await;
+        // A service's failure is its answer: the envelope carries its status.
+        assert_eq!(status.is_success(), event == "response", "{path}: {status} {body}");
+        let (sent, received) = (records_of(&p.a, path).await, records_of(&p.b, path).await);
+        for (records, direction) in [(&sent, "out"), (&received, "in")] {
+            assert_eq!(records.len(), 1, "{path}: one record on the {direction} side: {records:?}");
+            let record = &records[0];
+            assert_eq!((&record["event"], &record["direction"]), (&json!("request"), &json!(direction)), "{record}");
+            assert_eq!(record["path"], path, "{record}");
+            assert_eq!(record["answer"]["event"], event, "{path}: {record}");
+        }
+        assert_eq!(sent[0]["answer"], received[0]["answer"], "{path}: both nodes record the same answer");
+        assert_eq!(sent[0]["body_sha256"], received[0]["body_sha256"], "{path}: the same request");
+        if let Some(expected) = body_sha256 {
+            assert_eq!(sent[0]["answer"]["body_sha256"], expected, "{path}: the response body's hash");
+        }
+    }
+    for node in [&p.a, &p.b] {
+        let (code, out, err) = node.audit(&["verify"]);
+        assert_eq!(code, 0, "{}: {out}{err}", node.name);
+    }
 }

@@ -348,6 +348,19 @@ pub(crate) fn request_record(
     payload_sha256: [u8; 32],
     mask: &[String],
 ) -> Rendered {
+    exchange_record(direction, peer, request, payload_sha256, mask, None)
+}
+
+/// The record of a request with its `answer` (event and body SHA-256), as [`request_record`]: the
+/// one record of a synchronous exchange.
+pub(crate) fn exchange_record(
+    direction: &'static str,
+    peer: &str,
+    request: &crate::wire::Request,
+    payload_sha256: [u8; 32],
+    mask: &[String],
+    answer: Option<(&'static str, &str)>,
+) -> Rendered {
     let body_sha256 = hex::encode(payload_sha256);
     Summary {
         event: "request",
@@ -359,6 +372,7 @@ pub(crate) fn request_record(
         form: Some(MaskedForm { form: &request.form, mask }),
         body_sha256: Some(&body_sha256),
         file: request.file.as_ref().map(file_facts),
+        answer,
     }
     .render()
 }

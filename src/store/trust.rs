@@ -143,19 +143,40 @@ pub(super) fn settle_key(t: &Tx, peer: &str, id: &str, success: Option<&wire::Re
     Ok(())
 }
 
-/// The log's record of a response, or of a refusal (`Err`, its reason).
+/// What the log shows of a response, or of a refusal (`Err`, its reason): its event and the
+/// SHA-256 of its body (the refusal's message).
+pub(super) fn answer_facts(answer: Result<&wire::Response, &str>) -> (&'static str, String) {
+    match answer {
+        Ok(response) => ("response", sha256_hex(&response.body)),
+        Err(why) => ("refused", sha256_hex(why.as_bytes())),
+    }
+}
+
+/// The log's record of a response, or of a refusal (`Err`, its reason), on its own: an
+/// asynchronous request's refusal, or the answer to a checked synchronous request, whose request
+/// was recorded before the service was called.
 pub(super) fn answer_record(
     direction: &'static str,
     peer: &str,
     id: &str,
     answer: Result<&wire::Response, &str>,
 ) -> Rendered {
-    let (event, body) = match answer {
-        Ok(response) => ("response", response.body.as_slice()),
-        Err(why) => ("refused", why.as_bytes()),
-    };
-    let body_sha256 = sha256_hex(body);
+    let (event, body_sha256) = answer_facts(answer);
     Summary { event, direction, peer, id, body_sha256: Some(&body_sha256), ..Summary::default() }.render()
+}
+
+/// The one record of a synchronous exchange on this node: the request (as sent, `out`, or as
+/// received, `in`) with its `answer`.
+fn exchange_record(
+    direction: &'static str,
+    peer: &str,
+    request: &wire::Request,
+    payload_sha256: [u8; 32],
+    mask: &[String],
+    answer: Result<&wire::Response, &str>,
+) -> Rendered {
+    let (event, body_sha256) = answer_facts(answer);
+    super::evidence::exchange_record(direction, peer, request, payload_sha256, mask, Some((event, &body_sha256)))
 }
 
 impl Store {
@@ -185,8 +206,10 @@ impl Store {
     }
 
     /// Records the service's answer (or the failure) to an admitted synchronous request from
-    /// `peer` ([`Store::admit_sync`] recorded the request) and settles its idempotency key, on
-    /// disk before the answer goes back: a retry after a power loss must not call the service again.
+    /// `peer` and settles its idempotency key, on disk before the answer goes back: a retry after
+    /// a power loss must not call the service again. The answer is a record of its own: the
+    /// request's ([`Store::admit_sync`]) was committed before the service was called, and a
+    /// committed record cannot take the answer in, so a checked exchange keeps two records here.
     pub async fn sync_settled(
         &self,
         peer: &str,
@@ -204,8 +227,8 @@ impl Store {
     }
 
     /// Records, on the receiving node, a synchronous exchange that changed no state (its service
-    /// checks neither keys nor duplicates): the request as received and the answer, in the
-    /// writer's next commit (deferred), like the requesting node's records of it.
+    /// checks neither keys nor duplicates): one record, the request as received with its answer,
+    /// in the writer's next commit (deferred), like the requesting node's record of it.
     pub fn sync_served(
         &self,
         peer: &str,
@@ -217,17 +240,13 @@ impl Store {
         if !self.evidence {
             return;
         }
-        let arrived = request_record("in", peer, request, payload_sha256, mask);
-        let answered = answer_record("out", peer, &request.id, answer);
-        self.defer("a synchronous exchange", move |t| {
-            t.record(arrived)?;
-            t.record(answered)
-        });
+        let served = exchange_record("in", peer, request, payload_sha256, mask, answer);
+        self.defer("a synchronous exchange", move |t| t.record(served));
     }
 
-    /// Records, on the requesting node, a synchronous exchange that reached the peer: the
-    /// request as sent (`payload`: its [`wire::payload_sha256`], when known), and the response or
-    /// the peer node's refusal message, in the writer's next commit (deferred).
+    /// Records, on the requesting node, a synchronous exchange that reached the peer: one
+    /// record, the request as sent (`payload`: its [`wire::payload_sha256`], when known) with the
+    /// response or the peer node's refusal message, in the writer's next commit (deferred).
     pub fn sync_exchanged(
         &self,
         peer: &str,
@@ -238,12 +257,8 @@ impl Store {
         if !self.evidence {
             return;
         }
-        let answer = answer_record("in", peer, &request.id, answer);
         let payload = payload.unwrap_or_else(|| wire::payload_sha256(request));
-        let sent = request_record("out", peer, request, payload, &[]);
-        self.defer("a synchronous exchange", move |t| {
-            t.record(sent)?;
-            t.record(answer)
-        });
+        let exchanged = exchange_record("out", peer, request, payload, &[], answer);
+        self.defer("a synchronous exchange", move |t| t.record(exchanged));
     }
 }
