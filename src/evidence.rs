@@ -926,8 +926,8 @@ mod tests {
         request.body_sha256 = Some(sha256_hex(b"request"));
         let mut answered = request.clone();
         answered.answer = Some(Answer { event: "response".into(), body_sha256: sha256_hex(b"body") });
-        assert!(request.binding().is_some());
-        assert_eq!(answered.binding(), request.binding(), "the answer is not part of what was sent");
+        assert!(request.binding(false).is_some());
+        assert_eq!(answered.binding(false), request.binding(false), "the answer is not part of what was sent");
         let (_, one) = sealed(&answered.render(), 1, at, GENESIS);
         assert!(one.contains(r#""answer":{"event":"response","body_sha256":"#), "{one}");
         assert_eq!(verify([(1, one)], &HashMap::new(), None).map(|i| i.records), Ok(1));

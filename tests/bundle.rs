@@ -549,9 +549,10 @@ fn checkpoint_every(node: &Node, every: &str) {
     std::fs::write(&node.config_path, doc.to_string()).unwrap();
 }
 
-/// Waits until a time-stamp in `node`'s log stamps its last record as it is now, or a later one.
+/// Waits until a time-stamp in `node`'s log stamps its last record other than a time-stamp as it
+/// is now, or a later one (the node stamps only a head that moved since its last stamp).
 async fn stamped(node: &Node) {
-    let last = records(node).last().unwrap().seq;
+    let last = records(node).iter().rev().find(|r| r.entry.timestamp.is_none()).unwrap().seq;
     support::until(&format!("a time-stamp of {}'s record {last}", node.name), async || {
         let stamps = records(node).into_iter().filter_map(|r| r.entry.timestamp);
         match stamps.map(|t| t.seq).max() {

@@ -37,11 +37,27 @@ async fn pair_with_tsa(tsa: &Tsa, every: &str) -> Pair {
 
 /// A few synchronous exchanges from org-a to org-b.
 async fn exchanges(p: &Pair, n: usize) {
+    let mut ids = Vec::new();
     for i in 0..n {
         let (status, answer) =
             p.a.request(json!({"peer": "org-b", "service": "1", "path": "/echo", "form": {"i": i}})).await;
         assert_eq!(status, StatusCode::OK, "{answer}");
+        ids.push(answer["data"]["id"].as_str().unwrap().to_owned());
     }
+    // org-b's receipts for them join org-a's log a little later: wait for them, so that no
+    // record lands while a test looks at the head.
+    support::until("org-a to hold org-b's receipts", async || {
+        let receipted: Vec<String> = records(&p.a)
+            .into_iter()
+            .filter_map(|r| r.entry.receipt)
+            .flat_map(|r| r.leaves.into_iter().map(|l| l.id))
+            .collect();
+        match ids.iter().find(|id| !receipted.contains(id)) {
+            Some(id) => Err(format!("no receipt of {id} yet")),
+            None => Ok(()),
+        }
+    })
+    .await;
 }
 
 /// `node`'s evidence records.
