@@ -230,9 +230,13 @@ impl Signed {
     }
 }
 
-/// A hex SHA-256 as bytes, or why it is not one.
-fn sha256_bytes(hex_text: &str) -> Result<[u8; 32], String> {
-    digest(hex_text).ok_or_else(|| format!("`{hex_text}` is not a SHA-256"))
+/// A hex SHA-256 as bytes, or why it is not one (the text cut short: it may come from a hostile
+/// file).
+pub fn sha256_bytes(hex_text: &str) -> Result<[u8; 32], String> {
+    digest(hex_text).ok_or_else(|| match hex_text.char_indices().nth(80) {
+        Some((at, _)) => format!("`{}…` is not a hex SHA-256", &hex_text[..at]),
+        None => format!("`{hex_text}` is not a hex SHA-256"),
+    })
 }
 
 impl From<crate::wire::Receipt> for Receipt {

@@ -15,7 +15,7 @@ mod verify;
 use rustls::pki_types::CertificateDer;
 use serde::{Deserialize, Serialize};
 
-use crate::evidence::{ChainHead, Entry, Signed, TimeStamp};
+use crate::evidence::{sha256_bytes as sha256, ChainHead, Entry, Signed, TimeStamp};
 use crate::receipt::{self, Side, Step};
 use crate::wire::Countersigned;
 
@@ -172,13 +172,6 @@ pub(crate) fn leaf_hash(leaf: &Signed, countersigned: bool) -> Result<[u8; 32], 
     }
     let record = leaf.record_sha256.as_deref().ok_or("a countersigned leaf without `record_sha256`")?;
     Ok(receipt::countersigned_hash(&Countersigned { leaf: plain, record_sha256: sha256(record)? }))
-}
-
-/// A hex SHA-256 as bytes.
-pub(crate) fn sha256(hex_text: &str) -> Result<[u8; 32], String> {
-    let mut bytes = [0; 32];
-    hex::decode_to_slice(hex_text, &mut bytes).map_err(|_| format!("`{}` is not a hex SHA-256", clip(hex_text)))?;
-    Ok(bytes)
 }
 
 /// `text`, cut short for a message.

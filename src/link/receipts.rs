@@ -192,9 +192,7 @@ impl Link {
 /// A chain head as the wire carries it (seq 0 and zeros for an empty log).
 fn wire_head(head: Option<&(i64, String)>) -> Result<Head, String> {
     let Some((seq, hash)) = head else { return Ok(Head { seq: 0, hash: [0; 32] }) };
-    let mut bytes = [0; 32];
-    hex::decode_to_slice(hash, &mut bytes).map_err(|_| format!("the chain head's hash `{hash}` is not a SHA-256"))?;
-    Ok(Head { seq: *seq as u64, hash: bytes })
+    Ok(Head { seq: *seq as u64, hash: crate::evidence::sha256_bytes(hash)? })
 }
 
 /// Checks a peer's `ferry/1` receipt against its pinned certificate: [`LinkFailure::Noncompliant`]
