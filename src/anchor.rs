@@ -346,6 +346,13 @@ fn differs(theirs: &Entry, ours: &Entry) -> Option<&'static str> {
     if file(theirs) != file(ours) {
         return Some("its file");
     }
+    // A synchronous exchange's answer, where both records carry it (a checked service's node
+    // records the answer apart).
+    if let (Some(theirs), Some(ours)) = (&theirs.answer, &ours.answer) {
+        if theirs != ours {
+            return Some("its answer");
+        }
+    }
     match (&theirs.form, &ours.form) {
         (Some(serde_json::Value::Object(theirs)), Some(serde_json::Value::Object(ours))) => {
             let same = theirs.len() == ours.len()
@@ -424,5 +431,21 @@ mod tests {
         assert_eq!(differs(&theirs, &ours), Some("its form"));
         ours.path = Some("/transfer".into());
         assert_eq!(differs(&theirs, &ours), Some("its path"));
+    }
+
+    /// Where both records of a synchronous exchange carry its answer, a changed answer differs.
+    #[test]
+    fn a_changed_answer_differs() {
+        let mut ours = Entry::new("request", "out", "org-b", "r1");
+        let answer = |body: &[u8]| {
+            Some(crate::evidence::Answer { event: "response".into(), body_sha256: crate::evidence::sha256_hex(body) })
+        };
+        ours.answer = answer(b"ok");
+        let mut theirs = ours.clone();
+        assert_eq!(differs(&theirs, &ours), None);
+        theirs.answer = None;
+        assert_eq!(differs(&theirs, &ours), None, "the peer recorded the answer apart");
+        theirs.answer = answer(b"paid");
+        assert_eq!(differs(&theirs, &ours), Some("its answer"));
     }
 }
