@@ -784,6 +784,7 @@ mod tests {
                 "tsa_url = \"http://tsa/\"\ntsa_cert = \"tsa.pem\"\ntsa_every = \"0s\"",
                 "evidence.tsa_every: must be more than 0",
             ),
+            ("checkpoint_every = \"0s\"", "evidence.checkpoint_every: must be more than 0"),
         ] {
             let all = parse(&format!("[node]\nname = \"org-a\"\n[evidence]\n{keys}")).unwrap_err().to_string();
             assert!(all.contains(problem), "{keys}: {all}");

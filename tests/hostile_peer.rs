@@ -89,9 +89,54 @@ async fn a_receipt_signed_by_another_key_closes_the_connection() {
 
     let stranger = ferry::identity::Identity::generate("stranger").unwrap();
     let forged = ferry::receipt::Signer::new(&stranger).unwrap().sign(&leaves);
-    let receipt = wire::encode(&Opening::Receipt(wire::Receipt { leaves, signature: forged })).unwrap();
+    closes(&rogue, &wire::encode(&Opening::Receipt(wire::Receipt { leaves, signature: forged })).unwrap()).await;
+}
+
+/// The same for a countersignature and a checkpoint: signed with the pinned key they are taken
+/// and kept; signed with another key, or over another head than they carry, the connection closes.
+#[tokio::test]
+async fn a_countersignature_or_checkpoint_signed_by_another_key_closes_the_connection() {
+    let stranger = ferry::identity::Identity::generate("stranger").unwrap();
+    let stranger = ferry::receipt::Signer::new(&stranger).unwrap();
+    let leaves = vec![ferry::receipt::Binding { id: "r1", payload_sha256: [1; 32], ..Default::default() }.leaf(7)];
+    let head = wire::Head { seq: 12, hash: [2; 32] };
+    let countersign = |signature| {
+        let leaves = leaves.clone();
+        wire::encode(&Opening::Countersign(wire::Countersign { leaves, head, signature })).unwrap()
+    };
+    let checkpoint =
+        |head, signature| wire::encode(&Opening::Checkpoint(wire::Checkpoint { head, at_ms: 9, signature })).unwrap();
+    for forgery in 0..3 {
+        let (rogue, b, _service, _root) = rogue_and_node().await;
+        let own = ferry::receipt::Signer::new(&rogue.identity).unwrap();
+        for genuine in [countersign(own.countersign(&leaves, &head)), checkpoint(head, own.checkpoint(&head, 9))] {
+            assert!(
+                matches!(rogue.send(&genuine).await, Ok(Answer::Ack(_))),
+                "signed with the pinned key, it is taken"
+            );
+        }
+        support::until("org-b to keep the countersignature and the checkpoint", async || {
+            let kept = b.audit(&["export"]).1;
+            match kept.contains("\"event\":\"checkpoint\"") && kept.contains("\"record_sha256\"") {
+                true => Ok(()),
+                false => Err(kept),
+            }
+        })
+        .await;
+        let forged = match forgery {
+            0 => countersign(stranger.countersign(&leaves, &head)),
+            1 => checkpoint(head, stranger.checkpoint(&head, 9)),
+            _ => checkpoint(wire::Head { seq: 13, ..head }, own.checkpoint(&head, 9)),
+        };
+        closes(&rogue, &forged).await;
+    }
+}
+
+/// Sends `frame` on a stream of its own and expects the node to close the connection as a
+/// protocol violation.
+async fn closes(rogue: &support::rogue::Rogue, frame: &[u8]) {
     let (mut send, mut recv) = rogue.connection.open_bi().await.unwrap();
-    send.write_all(&receipt).await.unwrap();
+    send.write_all(frame).await.unwrap();
     let _ = send.finish();
     let _ = recv.read_to_end(1024).await;
     let reason = tokio::time::timeout(std::time::Duration::from_secs(5), rogue.connection.closed()).await.unwrap();
