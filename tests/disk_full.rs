@@ -109,6 +109,19 @@ async fn a_disk_that_fills_under_way_refuses_what_does_not_fit_and_keeps_what_do
     // Space returns: the same file goes through.
     let received = b.dir.join("data/received");
     let _ = std::fs::remove_dir_all(&received);
+    // A refused transfer's file is removed at once, but its space returns only once the task
+    // writing it has closed it: wait for the room the file needs (its size and the node's 16 MiB).
+    let data = b.dir.join("data");
+    support::until("the space of the removed files to return", async || {
+        let stats = rustix::fs::statvfs(&data).unwrap();
+        let free = stats.f_bavail * stats.f_frsize;
+        if free >= 52 * MIB {
+            Ok(())
+        } else {
+            Err(format!("{} MiB free", free / MIB))
+        }
+    })
+    .await;
     let (status, env) = a.request(send(&files[0], "sync")).await;
     assert_eq!(status, StatusCode::OK, "{env}");
 }
