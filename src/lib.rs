@@ -28,7 +28,7 @@
 //! | [`cli`] | the command line: `init`, `peer add` and `service add` (`peer`, `service`: they keep the file's comments and are validated before they are written), `check [--connect]`, `audit`, `demo`, the operator commands over the local API (`operator`, `table`), journald log lines (`journal`) |
 //! | [`config`] | the TOML config, parsed completely; every problem is reported at once |
 //! | [`identity`] | the node's key and self-signed certificate (rcgen), and fingerprints |
-//! | [`tls`] | rustls configs that require and pin certificates both ways; the ALPN ids `ferry/1+anchored` and `ferry/1` |
+//! | [`tls`] | rustls configs that require and pin certificates both ways; the ALPN ids `ferry/2`, `ferry/1+anchored` and `ferry/1` |
 //! | [`wire`] | the node-to-node protocol: postcard frames, protocol version, close and reset codes; the checks both nodes apply to paths, fields and headers |
 //! | [`peer`] | the peer table (by name and by fingerprint) and each peer's connection state |
 //! | [`service`] | this node's service table: who may call what, lifecycle states, the boundary a peer's request keeps to, masked forms |
@@ -45,7 +45,7 @@
 //! | [`timestamp`] | trusted time (RFC 3161): asking a time-stamping authority to stamp a digest, and checking a token offline against the TSA's certificate |
 //! | [`stamping`] | the task that has the TSA stamp the evidence log's head every `tsa_every` and at shutdown, and reports how it goes |
 //! | [`link`] | the QUIC endpoint: dialing and keeping peer connections, the outbound stream per request, store-and-forward (`forward`), files (`upload`), the inbound handler, receipts both ways, transport settings |
-//! | [`transfer`] | files on the wire: 1 MiB chunks with their SHA-256, resumption, direct I/O on the receiving side |
+//! | [`transfer`] | files on the wire: a pipeline of 1 MiB chunks with a CRC32C each and one SHA-256 per side, resumption, direct I/O and incremental sync on the receiving side |
 //! | [`deliver`] | calls to this node's local services for peers (the link's [`service::Caller`], and the worker for stored requests): the HTTP call, the `X-Ferry-*` headers |
 //! | [`callbacks`] | delivery of results to host apps' callback URLs, in `seq` order, retried until `ttl_s` |
 //! | [`worker`] | the loop the workers (the link's `forward`, [`deliver`], [`callbacks`]) run: claim what is due up to their free slots, a task per item or per peer's batch, idle until woken or the next tick, drain at stop |

@@ -4,9 +4,9 @@
 //!
 //! A node dials each peer once and keeps the connection (QUIC keep-alive). The TLS handshake is
 //! TLS 1.3 with client certificates required both ways; each side accepts only the certificate it
-//! pinned for that peer (see [`crate::tls`]). A node offers the ALPN ids [`ALPNS`]:
-//! `ferry/1+anchored` (countersigned receipts, checkpoints) and `ferry/1`; a node speaking another
-//! major version fails the handshake instead of misreading frames.
+//! pinned for that peer (see [`crate::tls`]). A node offers the ALPN ids [`ALPNS`]: `ferry/2`
+//! (file streams of [`FILE_VERSION`] 2), `ferry/1+anchored` (countersigned receipts, checkpoints)
+//! and `ferry/1`; a node speaking none of them fails the handshake instead of misreading frames.
 //!
 //! # Streams and frames
 //!
@@ -15,9 +15,9 @@
 //! message's [`Tag`] (one byte) and the message's postcard encoding. A length above [`MAX_FRAME`]
 //! is refused before anything is allocated.
 //!
-//! The opener's first frame is an [`Opening`]; a request, an asynchronous request and a file offer
-//! carry [`PROTOCOL_VERSION`], and the receiver refuses a version it does not speak with
-//! [`Code::VersionMismatch`]. After a file offer the opener sends [`FilePart`]s (see
+//! The opener's first frame is an [`Opening`]; a request and an asynchronous request carry
+//! [`PROTOCOL_VERSION`], a file offer its file-stream version (1 or [`FILE_VERSION`]), and the
+//! receiver refuses a version it does not speak with [`Code::VersionMismatch`]. After a file offer the opener sends [`FilePart`]s (see
 //! [`crate::transfer`]). The receiver sends [`Answer`]s. A message where it does not stand is a
 //! [`FrameError::Misplaced`]: a stream opened with anything but an [`Opening`] is reset with
 //! [`Code::Unsupported`], any other misplaced message with [`Code::ProtocolViolation`]. The tags
@@ -49,7 +49,7 @@
 //! A node that receives a message it accepted signs a receipt for it: the leaves of what it
 //! accepted (request or reply id, payload SHA-256, file SHA-256, time) are gathered for a few
 //! milliseconds and one signature over their Merkle root goes back in an [`Opening::Receipt`] on a
-//! stream of its own (see [`crate::receipt`]); on `ferry/1+anchored` it is an
+//! stream of its own (see [`crate::receipt`]); on `ferry/1+anchored` and later it is an
 //! [`Opening::Countersign`], which also binds each message's whole record and the signer's chain
 //! head, and each node sends its peers an [`Opening::Checkpoint`] of its head now and then. A
 //! receipt or checkpoint that does not verify against the pinned certificate closes the connection
@@ -70,11 +70,56 @@ pub const ALPN: &[u8] = b"ferry/1";
 /// only on connections that chose it, so it still serves peers of the first release.
 pub const ALPN_ANCHORED: &[u8] = b"ferry/1+anchored";
 
-/// The ALPN ids a node offers and accepts, the preferred first.
-pub const ALPNS: [&[u8]; 2] = [ALPN_ANCHORED, ALPN];
+/// The ALPN protocol id of the second version: `ferry/1+anchored`, and file streams of
+/// [`FILE_VERSION`] 2, whose chunks carry a CRC32C ([`FilePart::FileChunkCrc`]) instead of a
+/// SHA-256 of their own. A node offers it first, and sends version-2 file streams only on
+/// connections that chose it; it receives file streams of both versions on every connection.
+pub const ALPN_2: &[u8] = b"ferry/2";
 
-/// The version carried in the first message of each stream.
+/// The ALPN ids a node offers and accepts, the preferred first.
+pub const ALPNS: [&[u8]; 3] = [ALPN_2, ALPN_ANCHORED, ALPN];
+
+/// The version carried by requests and asynchronous requests (unchanged since the first release).
 pub const PROTOCOL_VERSION: u16 = 1;
+
+/// The newest version of file streams, carried by [`FileOffer`]: 1, chunks each carry a SHA-256
+/// ([`FilePart::FileChunk`]); 2, a CRC32C ([`FilePart::FileChunkCrc`]). A receiver takes both.
+pub const FILE_VERSION: u16 = 2;
+
+/// The protocol a connection chose, from the ALPN id of its handshake.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, PartialOrd, Ord)]
+pub enum Protocol {
+    /// `ferry/1`: the first release.
+    First,
+    /// `ferry/1+anchored`: countersigned receipts and checkpoints.
+    Anchored,
+    /// `ferry/2`: anchored, and file streams of version 2.
+    Second,
+}
+
+impl Protocol {
+    /// The protocol of `connection` (`ferry/1` when the handshake named none).
+    pub fn of(connection: &quinn::Connection) -> Protocol {
+        let alpn = connection
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.protocol);
+        match alpn.as_deref() {
+            Some(ALPN_2) => Protocol::Second,
+            Some(ALPN_ANCHORED) => Protocol::Anchored,
+            _ => Protocol::First,
+        }
+    }
+
+    /// The file-stream version a sender uses on a connection of this protocol.
+    pub fn file_version(self) -> u16 {
+        if self >= Protocol::Second {
+            FILE_VERSION
+        } else {
+            1
+        }
+    }
+}
 
 /// The largest frame either side accepts, checked before allocating.
 pub const MAX_FRAME: usize = 16 * 1024 * 1024;
@@ -99,8 +144,12 @@ pub enum Code {
     Cancelled = 6,
     /// The peer sent nothing for too long in the middle of an exchange.
     Stalled = 7,
-    /// A file chunk did not match its SHA-256; the sender resumes from the last good chunk.
+    /// A file chunk did not match its SHA-256 or CRC32C; the sender resumes from the last good
+    /// chunk.
     ChunkCorrupt = 8,
+    /// The sender's file changed or shrank while it was being sent: the receiver discards what it
+    /// holds of it, and the sender does not resume.
+    SourceChanged = 9,
 }
 
 impl Code {
@@ -122,6 +171,7 @@ impl Code {
             Cancelled,
             Stalled,
             ChunkCorrupt,
+            SourceChanged,
         ]
         .into_iter()
         .find(|c| *c as u64 == code.into_inner())
@@ -162,6 +212,8 @@ pub enum Tag {
     Countersign = 12,
     /// [`Opening::Checkpoint`] (`ferry/1+anchored` only).
     Checkpoint = 13,
+    /// [`FilePart::FileChunkCrc`] (file streams of version 2).
+    FileChunkCrc = 14,
 }
 
 impl Tag {
@@ -183,6 +235,7 @@ impl Tag {
             FileDone,
             Countersign,
             Checkpoint,
+            FileChunkCrc,
         ]
         .into_iter()
         .find(|t| *t as u32 == n)
@@ -217,7 +270,8 @@ pub enum Opening {
 }
 
 impl Opening {
-    /// The [`PROTOCOL_VERSION`] the opening carries, if it carries one.
+    /// The version the opening carries, if it carries one: [`PROTOCOL_VERSION`] for requests, the
+    /// file-stream version for a file offer.
     pub fn version(&self) -> Option<u16> {
         match self {
             Opening::Request(r) => Some(r.version),
@@ -226,14 +280,26 @@ impl Opening {
             Opening::Reply(_) | Opening::Receipt(_) | Opening::Countersign(_) | Opening::Checkpoint(_) => None,
         }
     }
+
+    /// Whether this node speaks the version the opening carries (or it carries none): requests of
+    /// [`PROTOCOL_VERSION`], file offers of versions 1 to [`FILE_VERSION`].
+    pub fn version_spoken(&self) -> bool {
+        match self {
+            Opening::FileOffer(o) => (1..=FILE_VERSION).contains(&o.version),
+            other => other.version().is_none_or(|v| v == PROTOCOL_VERSION),
+        }
+    }
 }
 
 /// What the opener of a file stream sends after its [`Opening::FileOffer`] was answered
 /// [`Answer::FileResume`].
 #[derive(Debug, Clone, PartialEq)]
 pub enum FilePart {
-    /// One chunk's header; exactly `len` raw bytes of the file follow the frame.
+    /// One chunk's header with its SHA-256 (version 1); exactly `len` raw bytes of the file follow
+    /// the frame.
     FileChunk(FileChunk),
+    /// One chunk's header with its CRC32C (version 2); exactly `len` raw bytes follow the frame.
+    FileChunkCrc(FileChunkCrc),
     /// After the last chunk: the whole file's SHA-256.
     FileEnd(FileEnd),
 }
@@ -307,7 +373,7 @@ macro_rules! frame {
 }
 
 frame!(Opening: Request, AsyncRequest, Reply, Receipt, FileOffer, Countersign, Checkpoint);
-frame!(FilePart: FileChunk, FileEnd);
+frame!(FilePart: FileChunk, FileChunkCrc, FileEnd);
 frame!(Answer: Response, Refused, Ack, FileResume, FileDone);
 
 /// An asynchronous request: the same fields as a synchronous one, plus its reply mode and expiry.
@@ -371,6 +437,19 @@ pub struct FileChunk {
     pub len: u32,
     /// SHA-256 of the chunk's bytes.
     pub sha256: [u8; 32],
+}
+
+/// The header of one chunk of a version-2 file stream; `len` bytes follow on the stream. The
+/// CRC32C finds a chunk damaged on a disk or in memory, so that it alone is sent again; QUIC's
+/// AEAD already authenticates every byte in transit, and the whole file's SHA-256 ends the stream.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct FileChunkCrc {
+    /// Where the chunk starts in the file.
+    pub offset: u64,
+    /// Its length: [`crate::transfer::CHUNK`] except for the last.
+    pub len: u32,
+    /// CRC32C (Castagnoli) of the chunk's bytes.
+    pub crc32c: u32,
 }
 
 /// How much of an offered file the receiver already holds, verified.
@@ -1096,6 +1175,10 @@ mod tests {
             FilePart::FileChunk(FileChunk { offset: 1 << 20, len: 3, sha256: [3; 32] }),
             concat!("00000025088080400303030303030303030303030303030303030303030303030303030303030303", "03",),
         );
+        same_bytes(
+            FilePart::FileChunkCrc(FileChunkCrc { offset: 1 << 20, len: 3, crc32c: 0x1234_5678 }),
+            "0000000a0e80804003f8acd19101",
+        );
         same_bytes(Answer::FileResume(FileResume { have: 1 << 20 }), "0000000409808040");
         same_bytes(
             FilePart::FileEnd(FileEnd { sha256: [4; 32] }),
@@ -1132,7 +1215,7 @@ mod tests {
         assert!(err.to_string().contains("Request"), "{err}");
         let err = decode::<FilePart>(&ack[4..]).unwrap_err();
         assert_eq!(err.code(), Code::ProtocolViolation);
-        for unknown in [&[14u8][..], &[0x80, 0x01], &[]] {
+        for unknown in [&[15u8][..], &[0x80, 0x01], &[]] {
             assert!(matches!(decode::<Answer>(unknown), Err(FrameError::Decode(_))), "{unknown:?}");
         }
     }

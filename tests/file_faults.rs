@@ -19,8 +19,8 @@ use support::{rogue_and_node, Recorder, Rogue};
 use tokio::time::{timeout, Instant};
 
 use ferry::wire::{
-    self, Answer, Code, Encoding, FileChunk, FileEnd, FileOffer, FilePart, FileRef, FileResume, FrameError, Opening,
-    RefusalKind, Request,
+    self, Answer, Code, Encoding, FileChunk, FileChunkCrc, FileEnd, FileOffer, FilePart, FileRef, FileResume,
+    FrameError, Opening, RefusalKind, Request,
 };
 
 const CHUNK: usize = ferry::transfer::CHUNK;
@@ -37,6 +37,8 @@ const WHOLE: Duration = Duration::from_secs(120);
 struct FileStream {
     tx: quinn::SendStream,
     rx: quinn::RecvStream,
+    /// The file-stream version offered: 1, chunks carry a SHA-256; 2, a CRC32C.
+    version: u16,
 }
 
 /// The code a stream was reset with, if that is why reading failed.
@@ -53,17 +55,23 @@ impl Rogue {
     /// whose earlier stream is still being wound up is reset with `Done`: it is offered again, as
     /// a real sender would.
     async fn offer(&self, key: &str, name: &str, size: u64) -> (FileStream, Result<Answer, Option<Code>>) {
-        let offer = Opening::FileOffer(FileOffer {
-            version: wire::PROTOCOL_VERSION,
-            key: key.to_owned(),
-            name: name.to_owned(),
-            size,
-        });
+        self.offer_version(wire::FILE_VERSION, key, name, size).await
+    }
+
+    /// [`Rogue::offer`] of a file stream of `version`.
+    async fn offer_version(
+        &self,
+        version: u16,
+        key: &str,
+        name: &str,
+        size: u64,
+    ) -> (FileStream, Result<Answer, Option<Code>>) {
+        let offer = Opening::FileOffer(FileOffer { version, key: key.to_owned(), name: name.to_owned(), size });
         let deadline = Instant::now() + STEP;
         loop {
             let (mut tx, rx) = self.connection.open_bi().await.unwrap();
             wire::write(&mut tx, &offer).await.unwrap();
-            let mut stream = FileStream { tx, rx };
+            let mut stream = FileStream { tx, rx, version };
             let answer = stream.answer().await;
             if answer == Err(Some(Code::Done)) && Instant::now() < deadline {
                 tokio::time::sleep(Duration::from_millis(50)).await;
@@ -75,7 +83,18 @@ impl Rogue {
 
     /// Offers the file and expects `FileResume`; the stream and the offset the node holds.
     async fn offer_expecting_resume(&self, key: &str, name: &str, data: &[u8]) -> (FileStream, u64) {
-        match self.offer(key, name, data.len() as u64).await {
+        self.offer_version_expecting_resume(wire::FILE_VERSION, key, name, data).await
+    }
+
+    /// [`Rogue::offer_expecting_resume`] of a file stream of `version`.
+    async fn offer_version_expecting_resume(
+        &self,
+        version: u16,
+        key: &str,
+        name: &str,
+        data: &[u8],
+    ) -> (FileStream, u64) {
+        match self.offer_version(version, key, name, data.len() as u64).await {
             (stream, Ok(Answer::FileResume(FileResume { have }))) => (stream, have),
             (_, other) => panic!("expected FileResume for {key}, got {other:?}"),
         }
@@ -86,7 +105,7 @@ impl Rogue {
         let (mut tx, rx) = self.connection.open_bi().await.unwrap();
         wire::write(&mut tx, message).await.unwrap();
         let _ = tx.finish();
-        FileStream { tx, rx }.answer().await
+        FileStream { tx, rx, version: wire::FILE_VERSION }.answer().await
     }
 }
 
@@ -102,14 +121,18 @@ impl FileStream {
         }
     }
 
-    /// Sends chunk `index` of `data` (header frame, then the raw bytes); `corrupt` flips a byte of
-    /// the bytes after the header's SHA-256 was computed. A write error (the node stopped the
-    /// stream) is returned, not a panic.
+    /// Sends chunk `index` of `data` (header frame with the stream version's check, then the raw
+    /// bytes); `corrupt` flips a byte of the bytes after the header's check was computed. A write
+    /// error (the node stopped the stream) is returned, not a panic.
     async fn chunk(&mut self, data: &[u8], index: usize, corrupt: bool) -> Result<(), quinn::WriteError> {
         let start = index * CHUNK;
         let bytes = &data[start..(start + CHUNK).min(data.len())];
-        let header = FileChunk { offset: start as u64, len: bytes.len() as u32, sha256: Sha256::digest(bytes).into() };
-        self.tx.write_all(&wire::encode(&FilePart::FileChunk(header)).unwrap()).await?;
+        let (offset, len) = (start as u64, bytes.len() as u32);
+        let header = match self.version {
+            1 => FilePart::FileChunk(FileChunk { offset, len, sha256: Sha256::digest(bytes).into() }),
+            _ => FilePart::FileChunkCrc(FileChunkCrc { offset, len, crc32c: crc32c::crc32c(bytes) }),
+        };
+        self.tx.write_all(&wire::encode(&header).unwrap()).await?;
         if corrupt {
             let mut bad = bytes.to_vec();
             bad[bytes.len() / 2] ^= 0x5a;
@@ -258,16 +281,28 @@ async fn hostile_file_names_land_inside_the_peers_request_folder() {
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_corrupted_chunk_resets_the_stream_and_the_transfer_resumes_after_the_good_ones() {
+    corrupted_chunk(wire::FILE_VERSION).await;
+}
+
+/// As a sender of the first release does: chunks checked by their SHA-256.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_corrupted_chunk_of_a_version_1_stream_resets_it_and_the_transfer_resumes_after_the_good_ones() {
+    corrupted_chunk(1).await;
+}
+
+/// Three good chunks and a corrupted fourth on a file stream of `version`, then the rest on an
+/// offer of the same key (version 2, as a sender upgraded in between would).
+async fn corrupted_chunk(version: u16) {
     timeout(WHOLE, async {
         let (rogue, b, service, _root) = rogue_and_node().await;
         let key = "0199-corrupt-chunk";
         let data = bytes(6 * CHUNK + 777, 42);
-        let (mut stream, have) = rogue.offer_expecting_resume(key, "data.bin", &data).await;
+        let (mut stream, have) = rogue.offer_version_expecting_resume(version, key, "data.bin", &data).await;
         assert_eq!(have, 0);
         for index in 0..3 {
             stream.chunk(&data, index, false).await.unwrap();
         }
-        // The fourth chunk's bytes do not match the SHA-256 in its header. The node may stop the
+        // The fourth chunk's bytes do not match the check in its header. The node may stop the
         // stream while the bytes are still being written: only its answer counts.
         let _ = stream.chunk(&data, 3, true).await;
         assert_eq!(stream.answer().await, Err(Some(Code::ChunkCorrupt)), "the stream is reset with ChunkCorrupt");

@@ -241,3 +241,35 @@ async fn a_transfer_cut_midway_resumes_from_the_last_verified_chunk() {
     assert_eq!(sha_of(&received_path(&p, "file")), sha);
     assert_eq!(p.service.seen().len(), 1);
 }
+
+/// A host that truncates its file while ferry sends it: the sender resets the file stream with
+/// `SourceChanged`, the request fails saying the file changed (not that the peer is unreachable),
+/// the receiver discards the part it held, and the service is never called.
+#[tokio::test]
+async fn a_file_truncated_while_it_is_sent_fails_its_request_and_the_receivers_part_is_discarded() {
+    let p = pair().await;
+    let size = 256 * CHUNK;
+    let (path, _) = make_file(&outbox(&p.a), "shrinking.bin", size);
+    let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": "async", "file": path});
+    let (_, env) = p.a.request(body).await;
+    let id = env["data"]["id"].as_str().unwrap().to_owned();
+    let partial = p.b.dir.join(format!("data/partial/org-a/{id}.part"));
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 8 * CHUNK {
+        assert!(tokio::time::Instant::now() < deadline, "the transfer never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(size / 2).unwrap();
+
+    let status = p.a.wait_state(&id, "failed", WITHIN).await;
+    assert_eq!(status["state"], "failed", "{status}");
+    let error = status["error"].to_string();
+    assert!(error.contains("changed while it was being sent"), "{status}");
+    assert!(!error.contains("unreachable"), "{status}");
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while partial.exists() {
+        assert!(tokio::time::Instant::now() < deadline, "org-b kept the part of a file that changed");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    assert!(p.service.seen().is_empty(), "the service is not called with a file that changed");
+}

@@ -50,6 +50,12 @@ async fn protocol_violations_reset_the_stream_and_spare_the_connection() {
 
     let wrong_version = wire::encode(&request(wire::PROTOCOL_VERSION + 1)).unwrap();
     assert_eq!(rogue.send(&wrong_version).await, Err(Some(Code::VersionMismatch)));
+    // File streams of versions 1 and 2 are spoken; 0 and 3 are not.
+    for version in [0, wire::FILE_VERSION + 1] {
+        let offer = wire::FileOffer { version, key: "0199-v".into(), name: "a.bin".into(), size: 1 };
+        let offer = wire::encode(&wire::Opening::FileOffer(offer)).unwrap();
+        assert_eq!(rogue.send(&offer).await, Err(Some(Code::VersionMismatch)), "file stream version {version}");
+    }
 
     let not_an_opener = wire::encode(&Answer::Ack(wire::Ack { id: "x".into(), seq: 0 })).unwrap();
     assert_eq!(rogue.send(&not_an_opener).await, Err(Some(Code::Unsupported)));

@@ -118,9 +118,8 @@ async fn stream(
         }
         Ok(Ok(m)) => m,
     };
-    let version = opening.version();
-    if version.is_some_and(|v| v != wire::PROTOCOL_VERSION) {
-        tracing::warn!(peer = %peer.name, version = ?version, "peer speaks another protocol version");
+    if !opening.version_spoken() {
+        tracing::warn!(peer = %peer.name, version = ?opening.version(), "peer speaks another protocol version");
         return reset(&mut send, &mut recv, Code::VersionMismatch);
     }
     peer.seen();

@@ -38,13 +38,9 @@ impl Receipts {
     }
 }
 
-/// Whether `connection` speaks `ferry/1+anchored` (countersignatures and checkpoints).
+/// Whether `connection` speaks `ferry/1+anchored` or later (countersignatures and checkpoints).
 pub(super) fn anchored(connection: &quinn::Connection) -> bool {
-    connection
-        .handshake_data()
-        .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
-        .and_then(|data| data.protocol)
-        .is_some_and(|protocol| protocol == wire::ALPN_ANCHORED)
+    wire::Protocol::of(connection) >= wire::Protocol::Anchored
 }
 
 impl Link {
