@@ -1,5 +1,6 @@
 //! The receiving side: receive → check and write ∥ hash.
 
+use std::os::unix::fs::MetadataExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -59,19 +60,28 @@ pub async fn receive(
     let key = safe_name(&offer.key.replace('/', "."));
     let dir = folders.partial.join(safe_name(peer));
     let partial = dir.join(format!("{key}.part"));
-    let held = std::fs::metadata(&partial).map_or(0, |m| m.len().min(size));
+    // What an earlier attempt holds, or reserved beyond it, is already off the free space.
+    let held = std::fs::metadata(&partial).map_or(0, |m| m.len().max(m.blocks() * 512).min(size));
     if let Some(refusal) = no_room(&folders.partial, size - held) {
         tracing::warn!(%peer, key = %offer.key, size, "{}", refusal.message);
         // Refused, the sender does not resume: what an earlier attempt left only takes room.
         let _ = std::fs::remove_file(&partial);
         return Err(ReceiveError::Refuse(refusal));
     }
-    let (file, have) = {
+    let opened = {
         let partial = partial.clone();
         tokio::task::spawn_blocking(move || open_partial(&dir, &partial, size))
             .await
             .map_err(|e| io(std::io::Error::other(e)))?
-            .map_err(io)?
+    };
+    let (file, have) = match opened {
+        Ok(opened) => opened,
+        Err(e) => {
+            if out_of_space(&e) {
+                let _ = std::fs::remove_file(&partial);
+            }
+            return Err(io(e));
+        }
     };
     if have > 0 {
         tracing::info!(%peer, key = %offer.key, have, size, "resuming a file transfer");
@@ -220,8 +230,8 @@ fn out_of_space(e: &std::io::Error) -> bool {
     matches!(e.raw_os_error(), Some(libc::ENOSPC | libc::EDQUOT | libc::EFBIG))
 }
 
-/// Opens (or creates) the partial file and keeps only whole verified chunks and never more than
-/// the offered size. Returns the file and the length kept.
+/// Opens (or creates) the partial file, keeps only whole verified chunks and never more than the
+/// offered size, and reserves the disk space of the rest. Returns the file and the length kept.
 fn open_partial(dir: &Path, partial: &Path, size: u64) -> std::io::Result<(std::fs::File, u64)> {
     std::fs::create_dir_all(dir)?;
     let file = std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(partial)?;
@@ -230,7 +240,33 @@ fn open_partial(dir: &Path, partial: &Path, size: u64) -> std::io::Result<(std::
     if len != have {
         file.set_len(have)?;
     }
+    reserve(&file, have, size)?;
     Ok((file, have))
+}
+
+/// Reserves the blocks of `[from, size)` of `file` without changing its length (which stays the
+/// verified prefix a resumption starts from). A disk that is full fails here, before anything is
+/// sent; and the final sync of a file written into reserved blocks has no block allocations left
+/// to commit (measured on this project's ext4 disk: 0.01–0.08 s for 1 GiB written with direct
+/// I/O, against 0.75–1.27 s without). A file system that cannot reserve is written without.
+#[cfg(target_os = "linux")]
+fn reserve(file: &std::fs::File, from: u64, size: u64) -> std::io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    use rustix::io::Errno;
+    if size == from {
+        return Ok(());
+    }
+    match fallocate(file, FallocateFlags::KEEP_SIZE, from, size - from) {
+        Err(e) if [Errno::NOSPC, Errno::DQUOT, Errno::FBIG].contains(&e) => Err(e.into()),
+        // Not supported here (tmpfs of old kernels, some network file systems): no reservation.
+        _ => Ok(()),
+    }
+}
+
+/// Nothing to reserve with on this system.
+#[cfg(not(target_os = "linux"))]
+fn reserve(_: &std::fs::File, _: u64, _: u64) -> std::io::Result<()> {
+    Ok(())
 }
 
 /// One frame of a file stream, as the receiver takes it.
@@ -364,4 +400,30 @@ fn place(partial: &Path, folder: &Path, name: &str) -> std::io::Result<PathBuf> 
     }
     std::fs::remove_file(partial)?;
     Ok(path)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::os::unix::fs::MetadataExt;
+
+    use super::{open_partial, CHUNK};
+
+    /// The rest of an offered file is reserved on the disk, beyond the file's length, which stays
+    /// the verified prefix: whole chunks only, however much an earlier attempt wrote or reserved.
+    #[test]
+    fn a_partial_file_keeps_whole_chunks_and_reserves_the_rest_beyond_its_length() {
+        let dir = tempfile::tempdir().unwrap();
+        let partial = dir.path().join("peer/key.part");
+        let size = 8 * CHUNK as u64 + 5;
+        let (file, have) = open_partial(partial.parent().unwrap(), &partial, size).unwrap();
+        let meta = file.metadata().unwrap();
+        assert_eq!((have, meta.len()), (0, 0));
+        assert!(meta.blocks() * 512 >= size, "reserved {} bytes of {size}", meta.blocks() * 512);
+        drop(file);
+
+        std::fs::write(&partial, vec![7u8; 2 * CHUNK + CHUNK / 2]).unwrap();
+        let (file, have) = open_partial(partial.parent().unwrap(), &partial, size).unwrap();
+        assert_eq!((have, file.metadata().unwrap().len()), (2 * CHUNK as u64, 2 * CHUNK as u64));
+        assert!(file.metadata().unwrap().blocks() * 512 >= size);
+    }
 }
