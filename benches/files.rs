@@ -38,8 +38,10 @@
 //!   drops the same share from a seeded RNG (the seed is printed; the raw quinn rows and the ferry
 //!   row get relays with the same seed). Rows: ferry node to node (`FERRY_BENCH_WAN_MIB`, 256 MiB
 //!   by default), raw quinn with the previous and the current settings, with quinn's loss and
-//!   congestion counters; target: ferry ≥ 90% of raw quinn with ferry's settings. The namespaces
-//!   are deleted by a drop guard, also on panic; ones left by a killed run are removed at the next;
+//!   congestion counters, and (w) raw quinn with ferry's settings but quinn's BBR congestion
+//!   controller instead of Cubic (a diagnostic: Cubic takes each loss for congestion); target:
+//!   ferry ≥ 90% of raw quinn with ferry's settings. The namespaces are deleted by a drop guard,
+//!   also on panic; ones left by a killed run are removed at the next;
 //! - the process's peak RSS during the ferry transfer and during the big one (VmHWM after
 //!   resetting it through `/proc/self/clear_refs`, and VmRSS sampled every 5 ms);
 //! - diagnostics for where the time goes: (k) raw quinn with as many SHA-256 passes added as
@@ -64,9 +66,9 @@
 //! | `FERRY_BENCH_WAN_MIB` | 256 | the file size across 50 ms of RTT |
 //! | `FERRY_BENCH_WAN_LOSS` | 1 | the share of datagrams lost across 50 ms of RTT, in percent, round trip (half of it each way) |
 //! | `FERRY_BENCH_WAN_SEED` | drawn from the clock | the relay's seed for which datagrams it drops (printed; no effect with netem) |
-//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `big` (the big file), `diag` (rows k, l, e), `local` (b, c, f, g, j), `wan` |
+//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `big` (the big file), `diag` (rows k, l, e, and w at 50 ms), `local` (b, c, f, g, j), `wan` |
 //! | `FERRY_BENCH_SWEEP` | none | extra raw-quinn rows on loopback and at 50 ms: `window:buffer,...`, the stream window in MiB and the socket buffers in KiB (0: system default); e.g. `8:4096,32:4096` |
-//! | `FERRY_BENCH_NETEM` | unset | `off`: build the namespaces without netem (a check of the plumbing, no delay) |
+//! | `FERRY_BENCH_NETEM` | unset | `off`: build the namespaces without netem (a check of the plumbing, no delay and no loss) |
 //! | `FERRY_BENCH_SPLIT` | unset | `1`: the sending side (org-a), the receiving side (org-b) and the rest each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and CPU time is broken down by side; for profiling, not for the headline figures (more threads than CPUs) |
 
 use std::net::SocketAddr;
@@ -311,7 +313,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
     let mut figures: Vec<Figure> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
-    // ferry, node to node: one file, four at once, a big one, on the same nodes.
+    // ferry, node to node: one file, a big one, four at once, on the same nodes.
     let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3600)).build()?;
     nodes.warm_up(&client).await?;
     let mut answered = f64::INFINITY;
@@ -332,7 +334,8 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
     ferry.role = Role::Ferry;
     ferry.note = format!("sync request with `file`; its answer came {answered:.3} s after the service call");
     figures.push(ferry);
-    figures.push(four_at_once(&nodes, &client, &service, size, n).await?);
+    // The big file right after the first row, so that both start from the same state: the four
+    // transfers at once leave more memory with the allocator.
     let big_rss = if settings.runs("big") {
         match big_file(settings.big_size, &nodes, &client, &service).await? {
             Ok((figure, rss)) => {
@@ -344,6 +347,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
     } else {
         Err("left out (FERRY_BENCH_SKIP=big)".to_owned())
     };
+    figures.push(four_at_once(&nodes, &client, &service, size, n).await?);
     nodes.stop().await;
 
     // (a′) the physical limit, (a) raw quinn, and the same with ferry's hashing added.
@@ -600,7 +604,7 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, big_rss: &Result<R
             f.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
             format!("{:.2}", f.best()),
             format!("{:.2}", rate / 1e9),
-            format!("{:.0}", rate / MIB),
+            mib_per_s(rate),
             if f.role == Role::Ferry { String::new() } else { format!("{:.2}", ferry / rate) },
             f.cpu.as_ref().map_or(String::new(), |c| c.summary(settings.split)),
             f.cpu.as_ref().and_then(|c| c.others_share).map_or(String::new(), |o| format!("{o:.2}")),
@@ -895,28 +899,43 @@ async fn across_wan(
 ) -> anyhow::Result<Vec<Figure>> {
     let (size, n) = (settings.wan_size, settings.runs);
     let mut figures = Vec::new();
-    let mut tried = vec![(previous_transport(), "raw quinn, receiver hashes, previous windows".to_owned())];
-    tried.push((ferry::link::Transport::default(), "raw quinn, receiver hashes, ferry's windows".to_owned()));
+    let mut tried = vec![
+        (previous_transport(), false, "raw quinn, receiver hashes, previous windows".to_owned()),
+        (ferry::link::Transport::default(), false, "raw quinn, receiver hashes, ferry's windows".to_owned()),
+    ];
+    if settings.runs("diag") {
+        tried.push((
+            ferry::link::Transport::default(),
+            true,
+            "(w) raw quinn, receiver hashes, ferry's windows, BBR".to_owned(),
+        ));
+    }
     for &(window, buffer) in &settings.sweep {
         let t = ferry::link::Transport::windows(window, buffer);
-        tried.push((t.clone(), format!("(s) raw quinn, receiver hashes, {}", describe(&t))));
+        tried.push((t.clone(), false, format!("(s) raw quinn, receiver hashes, {}", describe(&t))));
     }
-    for (i, (transport, what)) in tried.into_iter().enumerate() {
-        let note = describe(&transport);
+    for (i, (transport, bbr, what)) in tried.into_iter().enumerate() {
+        let note = match bbr {
+            true => format!(
+                "{}, quinn's BBR instead of Cubic (a controller that does not take loss for congestion)",
+                describe(&transport)
+            ),
+            false => describe(&transport),
+        };
         let link = wan.link()?;
-        let quinn = QuinnPair::start_on(runtimes, transport, link.a, link.b, Some(link.a_to_b)).await?;
-        // The previous windows take a minute a run here: one run is enough to show it.
+        let quinn = QuinnPair::start_on(runtimes, &transport, bbr, link.a, link.b, Some(link.a_to_b)).await?;
+        // The previous windows are there to compare with: one run is enough to show them.
         let n = if i == 0 { 1 } else { n };
         let before = quinn.connection.stats().path;
         let mut figure = runs(n, &what, &note, async |_| quinn.raw(size, 0, 1, runtimes).await).await?;
         let after = quinn.connection.stats().path;
         figure.note = format!(
-            "{note}; RTT seen by quinn {:.1} ms, {} of {} packets lost, {} congestion events, final cwnd {:.1} MiB{}",
+            "{note}; RTT seen by quinn {:.1} ms, {} of {} packets lost, {} congestion events, final cwnd {:.0} KiB{}",
             quinn.connection.rtt().as_secs_f64() * 1e3,
             after.lost_packets - before.lost_packets,
             after.sent_packets - before.sent_packets,
             after.congestion_events - before.congestion_events,
-            after.cwnd as f64 / MIB,
+            after.cwnd as f64 / 1024.0,
             link.relay.as_ref().map_or(String::new(), relay_counts)
         );
         // The one with ferry's settings is what ferry is held to.
@@ -1007,7 +1026,7 @@ fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
                 f.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
                 format!("{:.2}", f.best()),
                 format!("{:.2}", rate / 1e9),
-                format!("{:.0}", rate / MIB),
+                mib_per_s(rate),
                 if f.role == Role::Ferry { String::new() } else { format!("{:.2}", ferry / rate) },
                 f.cpu.as_ref().map_or(String::new(), |c| c.summary(false)),
                 f.cpu.as_ref().and_then(|c| c.others_share).map_or(String::new(), |o| format!("{o:.2}")),
@@ -1024,6 +1043,16 @@ fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
     );
     println!("\nMarkdown:\n");
     println!("{}", render(&headers, &rows, true));
+}
+
+/// Bytes per second in MiB/s: `187`, or `0.45` below 10.
+fn mib_per_s(rate: f64) -> String {
+    let mib = rate / MIB;
+    if mib < 10.0 {
+        format!("{mib:.2}")
+    } else {
+        format!("{mib:.0}")
+    }
 }
 
 fn human(bytes: u64) -> String {
@@ -1298,14 +1327,16 @@ impl QuinnPair {
     /// On loopback.
     async fn start(runtimes: &Runtimes, transport: ferry::link::Transport) -> anyhow::Result<QuinnPair> {
         let socket = || std::net::UdpSocket::bind("127.0.0.1:0");
-        QuinnPair::start_on(runtimes, transport, socket()?, socket()?, None).await
+        QuinnPair::start_on(runtimes, &transport, false, socket()?, socket()?, None).await
     }
 
     /// The client on `client_socket`, the server on `server_socket`; both tuned as ferry's link
-    /// tunes its socket.
+    /// tunes its socket; with `bbr`, quinn's BBR congestion controller instead of its default
+    /// (Cubic).
     async fn start_on(
         runtimes: &Runtimes,
-        transport: ferry::link::Transport,
+        transport: &ferry::link::Transport,
+        bbr: bool,
         client_socket: std::net::UdpSocket,
         server_socket: std::net::UdpSocket,
         server_addr: Option<SocketAddr>,
@@ -1319,11 +1350,11 @@ impl QuinnPair {
         let server_tls = ferry::tls::server_config(&server_id, peers)?;
         let mut server_config =
             quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?));
-        server_config.transport_config(transport.config());
+        server_config.transport_config(quinn_config(transport, bbr));
         let client_tls = ferry::tls::client_config(&client_id, Fingerprint::of(&server_id.cert))?;
         let mut client_config =
             quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)?));
-        client_config.transport_config(transport.config());
+        client_config.transport_config(quinn_config(transport, bbr));
 
         let server = {
             let _guard = runtimes.recv.enter();
@@ -1490,6 +1521,17 @@ impl QuinnPair {
         self.client.wait_idle().await;
         self.server.close(0u32.into(), b"done");
     }
+}
+
+/// ferry's quinn configuration for `transport`; with `bbr`, with quinn's BBR congestion controller.
+fn quinn_config(transport: &ferry::link::Transport, bbr: bool) -> Arc<quinn::TransportConfig> {
+    let mut config = transport.config();
+    if bbr {
+        Arc::get_mut(&mut config)
+            .expect("a configuration just made has no other owner")
+            .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
+    config
 }
 
 /// Where the (a′) receiver writes: a file, through the page cache or with direct I/O.

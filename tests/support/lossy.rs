@@ -132,16 +132,22 @@ impl DelayRelay {
             stop: stop.clone(),
             threads: vec![],
         };
-        for (way, (input, output, destination)) in
-            [(&from_a, &from_b, b), (&from_b, &from_a, a)].into_iter().enumerate()
-        {
-            let state = Arc::new(quinn::udp::UdpSocketState::new((&**input).into())?);
-            let out_state = Arc::new(quinn::udp::UdpSocketState::new((&**output).into())?);
-            for (st, sock) in [(&state, input), (&out_state, output)] {
-                let _ = st.set_recv_buffer_size((&**sock).into(), 16 << 20);
-                let _ = st.set_send_buffer_size((&**sock).into(), 16 << 20);
-            }
-            input.set_read_timeout(Some(Duration::from_millis(50)))?;
+        // One state per socket: each receives one way and sends the other.
+        let mut states = Vec::new();
+        for socket in [&from_a, &from_b] {
+            let state = quinn::udp::UdpSocketState::new((&**socket).into())?;
+            let _ = state.set_recv_buffer_size((&**socket).into(), 16 << 20);
+            let _ = state.set_send_buffer_size((&**socket).into(), 16 << 20);
+            // quinn-udp has made the socket non-blocking, which would make the receiving thread
+            // spin: it blocks instead, up to a timeout to look at `stop`, and a send waits for
+            // room in the buffer rather than dropping more than the loss asked for.
+            socket.set_nonblocking(false)?;
+            socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+            states.push(Arc::new(state));
+        }
+        let ways = [(&from_a, &from_b, &states[0], &states[1], b), (&from_b, &from_a, &states[1], &states[0], a)];
+        for (way, (input, output, state, out_state, destination)) in ways.into_iter().enumerate() {
+            let (state, out_state) = (state.clone(), out_state.clone());
             let (queue, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>, usize)>();
             let (input, stop_in, counts) = (input.clone(), stop.clone(), relay.counts[way].clone());
             let mut rng = StdRng::seed_from_u64(seed.wrapping_add(way as u64));
