@@ -126,8 +126,8 @@ struct Settings {
     big_size: u64,
     /// The file size across 50 ms of RTT.
     wan_size: u64,
-    /// The share of datagrams lost across 50 ms of RTT, round trip (0 to 1).
-    wan_loss: f64,
+    /// The share of datagrams lost across 50 ms of RTT, round trip, in percent.
+    wan_loss_pct: f64,
     /// The relay's seed for which datagrams it drops.
     wan_seed: u64,
     /// Parts left out (`FERRY_BENCH_SKIP`).
@@ -158,7 +158,7 @@ impl Settings {
             split: std::env::var("FERRY_BENCH_SPLIT").is_ok_and(|v| v == "1"),
             big_size: var("FERRY_BENCH_BIG_MIB", 10_240u64)?.max(1) << 20,
             wan_size: var("FERRY_BENCH_WAN_MIB", 256u64)?.max(1) << 20,
-            wan_loss: loss / 100.0,
+            wan_loss_pct: loss,
             wan_seed: var("FERRY_BENCH_WAN_SEED", clock)?,
             skip: std::env::var("FERRY_BENCH_SKIP")
                 .unwrap_or_default()
@@ -991,12 +991,7 @@ fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
         return;
     };
     let limit = figures.iter().find(|f| f.role == Role::Limit).map(|f| f.rate(settings.wan_size));
-    println!(
-        "\n{} from org-a to org-b across {} ms of RTT with {}% loss: {how}\n",
-        human(settings.wan_size),
-        2 * ONE_WAY_DELAY_MS,
-        settings.wan_loss * 100.0
-    );
+    println!("\n{} from org-a to org-b across {}: {how}\n", human(settings.wan_size), Wan::title(settings));
     let headers = [
         "measurement",
         "runs (s)",
@@ -1681,8 +1676,8 @@ const NETEM_LIMIT: u32 = 200_000;
 /// A path with 50 ms of RTT and a share of the datagrams lost between two sockets.
 struct Wan {
     path: WanPath,
-    /// The share of datagrams lost each way (half the round trip's).
-    loss_each_way: f64,
+    /// The share of datagrams lost each way (half the round trip's), in percent.
+    loss_each_way_pct: f64,
     /// The relay's seed for which datagrams it drops.
     seed: u64,
 }
@@ -1706,24 +1701,32 @@ struct WanLink {
 
 impl Wan {
     fn build(settings: &Settings) -> Result<Wan, String> {
-        let (loss_each_way, seed) = (settings.wan_loss / 2.0, settings.wan_seed);
+        let (loss_each_way_pct, seed) = (settings.wan_loss_pct / 2.0, settings.wan_seed);
         let net = TestNet::create("fb", false)?;
         if netem_off() {
             // A check of the namespace plumbing alone, without delay or loss.
-            return Ok(Wan { path: WanPath::Netem(net), loss_each_way, seed });
+            return Ok(Wan { path: WanPath::Netem(net), loss_each_way_pct, seed });
         }
-        let loss = if loss_each_way > 0.0 { format!(" loss {}%", loss_each_way * 100.0) } else { String::new() };
+        let loss = if loss_each_way_pct > 0.0 { format!(" loss {loss_each_way_pct}%") } else { String::new() };
         match net.netem(&format!("delay {ONE_WAY_DELAY_MS}ms{loss} limit {NETEM_LIMIT}")) {
-            Ok(()) => Ok(Wan { path: WanPath::Netem(net), loss_each_way, seed }),
+            Ok(()) => Ok(Wan { path: WanPath::Netem(net), loss_each_way_pct, seed }),
             Err(e) if e.contains("qdisc kind is unknown") => {
-                Ok(Wan { path: WanPath::Relay { why: e }, loss_each_way, seed })
+                Ok(Wan { path: WanPath::Relay { why: e }, loss_each_way_pct, seed })
             }
             Err(e) => Err(e),
         }
     }
 
+    /// What the path is, for the table's heading: `50 ms of RTT with 1% loss`.
+    fn title(settings: &Settings) -> String {
+        match netem_off() {
+            true => "two network namespaces without netem (FERRY_BENCH_NETEM=off)".into(),
+            false => format!("{} ms of RTT with {}% loss", 2 * ONE_WAY_DELAY_MS, settings.wan_loss_pct),
+        }
+    }
+
     fn describe(&self) -> String {
-        let loss = self.loss_each_way * 100.0;
+        let loss = self.loss_each_way_pct;
         match &self.path {
             WanPath::Netem(_) if netem_off() => {
                 "two network namespaces joined by a veth pair, WITHOUT delay or loss (FERRY_BENCH_NETEM=off)".into()
@@ -1755,7 +1758,7 @@ impl Wan {
                     a.local_addr()?,
                     b.local_addr()?,
                     Duration::from_millis(ONE_WAY_DELAY_MS.into()),
-                    self.loss_each_way,
+                    self.loss_each_way_pct / 100.0,
                     self.seed,
                 )?;
                 Ok(WanLink { a, b, a_to_b: relay.to_b, b_to_a: relay.to_a, relay: Some(relay) })
