@@ -7,7 +7,10 @@
 #   memory       resident memory of both ferry nodes and both nginx instances after the load
 #   files        `cargo bench --bench files` (ferry vs raw quinn), then scp and rsync over ssh on
 #                loopback with a file of the same size (FERRY_BENCH_MIB, 1024 by default), each
-#                the best of FERRY_BENCH_RUNS (2) runs, against ferry's best (skip: --no-files)
+#                the best of FERRY_BENCH_RUNS (2) runs, against ferry's best (skip: --no-files).
+#                The files bench takes its FERRY_BENCH_* variables from this environment (see its
+#                header, benches/files.rs): FERRY_BENCH_SKIP=big,wan leaves out its 10 GiB file
+#                and its 50 ms table
 #
 # Installs what it needs from Debian (nginx-light, wrk, openssl, curl; openssh-server,
 # openssh-client and rsync for the files part). Certificates and keys (also sshd's host key and
@@ -186,8 +189,15 @@ if [ "$FILES" = 1 ]; then
   echo
   echo "== files: cargo bench --bench files (ferry vs raw quinn)"
   cargo bench --bench files | tee "$WORK/files.out"
-  # ferry's best time, from the files bench's markdown table.
-  FERRY_S=$(awk -F'|' '$2 ~ /^ ferry: request → service called/ {gsub(/ /, "", $4); print $4; exit}' "$WORK/files.out")
+  # ferry's best time: the "best (s)" column of the first markdown row named "ferry: request →
+  # service called" (the loopback table comes first; the 50 ms table has a row of that name too).
+  FERRY_S=$(awk -F'|' '
+    /^\|/ && !col { for (i = 2; i < NF; i++) { h = $i; gsub(/^ +| +$/, "", h); if (h == "best (s)") col = i } }
+    /^\| ferry: request → service called / && col { v = $col; gsub(/ /, "", v); print v; exit }
+  ' "$WORK/files.out")
+  if [ -z "$FERRY_S" ]; then
+    echo "!! ferry's best time is not in the files bench's output ($WORK/files.out): no ferry ratios below" >&2
+  fi
 
   echo
   echo "== files: scp and rsync over ssh, loopback"

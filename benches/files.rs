@@ -9,6 +9,17 @@
 //!
 //! - **ferry**: a synchronous `POST /v1/requests` to org-a with `file`, measured from the request
 //!   until org-b's service is called (the file is then on org-b's disk, verified);
+//! - **four files at once**: four such requests sent together, each with its own file of a quarter
+//!   of the size, from the first request until the last service call;
+//! - **a big file** (`FERRY_BENCH_BIG_MIB`, 10 GiB by default): one such request, with the peak
+//!   RSS during it against the peak of the first row; skipped, with the reason printed, where the
+//!   disk has no room for the source, the received copy and 1 GiB to spare. Its files are removed
+//!   afterwards by a drop guard, also when the run fails;
+//! - **(a′)** the physical limit: raw quinn as (a), the receiver hashing once (SHA-256) inline and
+//!   handing 1 MiB pieces through a bounded queue to a blocking thread that writes them to a file
+//!   in the bench's temporary directory (the nodes' disk) and fsyncs it at the end, before it
+//!   answers; one row writing through the page cache, one with direct I/O (where the file system
+//!   takes it); ferry's target is against the faster;
 //! - **(a)** raw quinn, one bidirectional stream, the same transport settings
 //!   (`ferry::link::Transport::default().config()`) and the same TLS configurations
 //!   (`ferry::tls`), the sender writing from memory, the receiver hashing with SHA-256 what it
@@ -18,16 +29,21 @@
 //! - **(a0)** raw quinn as (a) with the transport settings before the windows were sized (quinn's
 //!   1.25 MB stream window, the system's socket buffers), to show the sizing costs loopback
 //!   nothing; **(s)** rows for any settings asked for with `FERRY_BENCH_SWEEP`;
-//! - **50 ms of RTT** (a second table): two network namespaces joined by a veth pair with
-//!   `tc qdisc ... netem delay 25ms` on each side (the link sockets are bound inside the namespaces
-//!   from a thread that enters them with setns, so the nodes still run in this process and their
-//!   APIs and the service stay on loopback); where the kernel has no netem (the build machine's
-//!   does not), a userspace relay on loopback that holds each datagram 25 ms each way instead.
-//!   Rows: ferry node to node (`FERRY_BENCH_WAN_MIB`, 256 MiB by default), raw quinn with the
-//!   previous and the current settings, with quinn's loss and congestion counters. The namespaces
-//!   are deleted by a drop guard, also on panic; ones left by a killed run are removed at the next;
-//! - the process's peak RSS during the ferry transfer (VmHWM after resetting it through
-//!   `/proc/self/clear_refs`, and VmRSS sampled every 5 ms);
+//! - **50 ms of RTT with loss** (a second table): two network namespaces joined by a veth pair
+//!   with `tc qdisc ... netem delay 25ms loss 0.5%` on each side (half of `FERRY_BENCH_WAN_LOSS`
+//!   each way; the link sockets are bound inside the namespaces from a thread that enters them
+//!   with setns, so the nodes still run in this process and their APIs and the service stay on
+//!   loopback); where the kernel has no netem (the build machine's does not), a userspace relay on
+//!   loopback (`tests/support/lossy.rs`, `DelayRelay`) that holds each datagram 25 ms each way and
+//!   drops the same share from a seeded RNG (the seed is printed; the raw quinn rows and the ferry
+//!   row get relays with the same seed). Rows: ferry node to node (`FERRY_BENCH_WAN_MIB`, 256 MiB
+//!   by default), raw quinn with the previous and the current settings, with quinn's loss and
+//!   congestion counters, and (w) raw quinn with ferry's settings but quinn's BBR congestion
+//!   controller instead of Cubic (a diagnostic: Cubic takes each loss for congestion); target:
+//!   ferry ≥ 90% of raw quinn with ferry's settings. The namespaces are deleted by a drop guard,
+//!   also on panic; ones left by a killed run are removed at the next;
+//! - the process's peak RSS during the ferry transfer and during the big one (VmHWM after
+//!   resetting it through `/proc/self/clear_refs`, and VmRSS sampled every 5 ms);
 //! - diagnostics for where the time goes: (k) raw quinn with as many SHA-256 passes added as
 //!   ferry makes (per chunk and whole, each side) and (l) with one pass each side; (e)
 //!   `ferry::transfer::send` → `ferry::transfer::receive` over raw quinn (ferry's own file code
@@ -37,7 +53,7 @@
 //! It measures ferry and what the machine and QUIC can do, nothing else: it installs nothing and
 //! starts no other server. ferry against scp and rsync over ssh is `bench/compare.sh`.
 //!
-//! Targets are printed next to the figures, not asserted. The source file is written into a
+//! Targets are printed next to the figures, not asserted. The source files are written into a
 //! temporary directory and removed with it.
 //!
 //! | variable | default | meaning |
@@ -46,10 +62,13 @@
 //! | `FERRY_BENCH_RUNS` | 2 | runs of each network measurement (the best is compared) |
 //! | `FERRY_BENCH_DIR` | the system temp dir | where the temporary directory goes (the disk measured) |
 //! | `FERRY_BENCH_WORKERS` | available CPUs | worker threads of each of the three runtimes |
+//! | `FERRY_BENCH_BIG_MIB` | 10240 | the size of the big file, whose peak RSS is compared with the first row's |
 //! | `FERRY_BENCH_WAN_MIB` | 256 | the file size across 50 ms of RTT |
-//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `diag` (rows k, l, e), `local` (b, c, f, g, j), `wan` |
+//! | `FERRY_BENCH_WAN_LOSS` | 1 | the share of datagrams lost across 50 ms of RTT, in percent, round trip (half of it each way) |
+//! | `FERRY_BENCH_WAN_SEED` | drawn from the clock | the relay's seed for which datagrams it drops (printed; no effect with netem) |
+//! | `FERRY_BENCH_SKIP` | none | parts to leave out, comma-separated: `big` (the big file), `diag` (rows k, l, e, and w at 50 ms), `local` (b, c, f, g, j), `wan` |
 //! | `FERRY_BENCH_SWEEP` | none | extra raw-quinn rows on loopback and at 50 ms: `window:buffer,...`, the stream window in MiB and the socket buffers in KiB (0: system default); e.g. `8:4096,32:4096` |
-//! | `FERRY_BENCH_NETEM` | unset | `off`: build the namespaces without netem (a check of the plumbing, no delay) |
+//! | `FERRY_BENCH_NETEM` | unset | `off`: build the namespaces without netem (a check of the plumbing, no delay and no loss) |
 //! | `FERRY_BENCH_SPLIT` | unset | `1`: the sending side (org-a), the receiving side (org-b) and the rest each get their own runtime (`FERRY_BENCH_WORKERS` threads each), and CPU time is broken down by side; for profiling, not for the headline figures (more threads than CPUs) |
 
 use std::net::SocketAddr;
@@ -76,12 +95,23 @@ use support::cpu::{cpu_has, cpu_model, load_average, own_kib, reset_peak_rss, Rs
 use support::files::{bytes, make_file_seeded};
 use support::lossy::DelayRelay;
 use support::netns::TestNet;
-use support::report::{pass, render};
+use support::report::{pass, render, thousands};
 
-/// ferry must reach this share of raw quinn with the receiver hashing.
+/// ferry must reach this share of raw quinn with the receiver hashing once and writing with fsync
+/// (the faster (a′)), and across 50 ms of RTT with loss this share of raw quinn with its settings.
 const TARGET_SHARE_OF_QUINN: f64 = 0.90;
 /// Peak RSS per node.
 const TARGET_RSS_MIB: f64 = 100.0;
+/// The big file's peak RSS may exceed the first row's by at most this share.
+const TARGET_RSS_GROWTH: f64 = 0.10;
+/// The room the big file leaves free on the disk, besides its source and its received copy.
+const BIG_SPARE: u64 = 1 << 30;
+/// Alignment of direct I/O in memory, offsets and lengths (the largest logical block size in use).
+const ALIGN: usize = 4096;
+/// Pieces queued between the (a′) receiver and its writer thread, as `ferry::transfer` queues.
+const DEPTH: usize = 4;
+/// The label of ferry's row, which `bench/compare.sh` looks for in the markdown table.
+const FERRY_ROW: &str = "ferry: request → service called";
 /// The piece size of every file read and write here, as `ferry::transfer` uses.
 const PIECE: usize = ferry::transfer::CHUNK;
 const MIB: f64 = 1024.0 * 1024.0;
@@ -92,8 +122,14 @@ struct Settings {
     dir: PathBuf,
     workers: usize,
     split: bool,
+    /// The size of the big file.
+    big_size: u64,
     /// The file size across 50 ms of RTT.
     wan_size: u64,
+    /// The share of datagrams lost across 50 ms of RTT, round trip, in percent.
+    wan_loss_pct: f64,
+    /// The relay's seed for which datagrams it drops.
+    wan_seed: u64,
     /// Parts left out (`FERRY_BENCH_SKIP`).
     skip: Vec<String>,
     /// Extra raw-quinn rows: (stream window, socket buffer) in bytes (`FERRY_BENCH_SWEEP`).
@@ -110,13 +146,20 @@ impl Settings {
         }
         let mib: u64 = var("FERRY_BENCH_MIB", 1024)?;
         ensure!(mib > 0, "FERRY_BENCH_MIB must be at least 1");
+        let loss: f64 = var("FERRY_BENCH_WAN_LOSS", 1.0)?;
+        ensure!((0.0..100.0).contains(&loss), "FERRY_BENCH_WAN_LOSS is a percentage from 0 to below 100, not {loss}");
+        let clock =
+            std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos() as u64);
         Ok(Settings {
             size: mib << 20,
             runs: var("FERRY_BENCH_RUNS", 2usize)?.max(1),
             dir: std::env::var_os("FERRY_BENCH_DIR").map(PathBuf::from).unwrap_or_else(std::env::temp_dir),
             workers: var("FERRY_BENCH_WORKERS", std::thread::available_parallelism().map_or(2, |n| n.get()))?.max(1),
             split: std::env::var("FERRY_BENCH_SPLIT").is_ok_and(|v| v == "1"),
+            big_size: var("FERRY_BENCH_BIG_MIB", 10_240u64)?.max(1) << 20,
             wan_size: var("FERRY_BENCH_WAN_MIB", 256u64)?.max(1) << 20,
+            wan_loss_pct: loss,
+            wan_seed: var("FERRY_BENCH_WAN_SEED", clock)?,
             skip: std::env::var("FERRY_BENCH_SKIP")
                 .unwrap_or_default()
                 .split(',')
@@ -175,14 +218,36 @@ fn main() -> anyhow::Result<()> {
 struct Figure {
     what: String,
     seconds: Vec<f64>,
+    /// Bytes moved in each run; `None`: the table's size.
+    bytes: Option<u64>,
+    /// What the row is to the targets.
+    role: Role,
     /// CPU seconds of the best run by component (`send`, `recv`, `main`, `other`).
     cpu: Option<Cpu>,
     note: String,
 }
 
+/// What a row is to the printed targets.
+#[derive(Clone, Copy, PartialEq, Eq)]
+enum Role {
+    /// ferry's one-file row, the one the targets are about.
+    Ferry,
+    /// ferry's four-files-at-once row (target: at least the one-file row's speed).
+    Four,
+    /// A limit ferry's row is held to (the faster of them counts).
+    Limit,
+    /// A figure to compare by eye.
+    Plain,
+}
+
 impl Figure {
     fn best(&self) -> f64 {
         self.seconds.iter().copied().fold(f64::INFINITY, f64::min)
+    }
+
+    /// Bytes per second of the best run, given the table's size.
+    fn rate(&self, size: u64) -> f64 {
+        self.bytes.unwrap_or(size) as f64 / self.best()
     }
 }
 
@@ -194,7 +259,14 @@ async fn runs(
     note: &str,
     mut f: impl AsyncFnMut(usize) -> anyhow::Result<f64>,
 ) -> anyhow::Result<Figure> {
-    let mut figure = Figure { what: what.to_owned(), seconds: vec![], cpu: None, note: note.to_owned() };
+    let mut figure = Figure {
+        what: what.to_owned(),
+        seconds: vec![],
+        bytes: None,
+        role: Role::Plain,
+        cpu: None,
+        note: note.to_owned(),
+    };
     for run in 0..n {
         let before = Snapshot::now();
         let secs = f(run).await?;
@@ -232,7 +304,7 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
     let nodes = Nodes::start(root.path(), service.addr, runtimes, None).await?;
     let source = nodes.a_dir.join("outbox/big.bin");
     let t = Instant::now();
-    let source_sha = make_file(&source, size)?;
+    let source_sha = make_file(&source, size, 1)?;
     println!(
         "source file written in {:.1} s (it stays in the page cache: reads below come from memory, not the disk)\n",
         t.elapsed().as_secs_f64()
@@ -241,58 +313,70 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
     let mut figures: Vec<Figure> = Vec::new();
     let mut notes: Vec<String> = Vec::new();
 
-    // ferry, node to node.
-    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(600)).build()?;
+    // ferry, node to node: one file, a big one, four at once, on the same nodes.
+    let client = reqwest::Client::builder().no_proxy().timeout(Duration::from_secs(3600)).build()?;
     nodes.warm_up(&client).await?;
     let mut answered = f64::INFINITY;
     let mut rss = Rss::default();
-    let mut ferry = runs(n, "ferry: request → service called", "", async |run| {
-        let reset = reset_peak_rss();
-        let before = own_kib("VmRSS").unwrap_or(0);
-        let sampler = RssSampler::start();
-        service.reset();
-        let t0 = Instant::now();
-        let response = client
-            .post(format!("http://{}/v1/requests", nodes.a_api))
-            .json(&json!({
-                "peer": "org-b", "service": "1", "path": "/upload", "method": "POST",
-                "file": source, "file_field": "file", "timeout_ms": 600_000,
-            }))
-            .send()
-            .await?;
-        let status = response.status();
-        let envelope: Value = response.json().await?;
-        let total = t0.elapsed().as_secs_f64();
-        let sampled_peak = sampler.stop();
-        ensure!(status == 200 && envelope["data"]["status"] == 200, "the ferry request failed: {status} {envelope}");
-        let (called, path) = service.called().context("the service was not called")?;
-        let secs = called.duration_since(t0).as_secs_f64();
-        let got = std::fs::metadata(&path).with_context(|| format!("the received file {}", path.display()))?.len();
-        ensure!(got == size, "the service got a file of {got} bytes, not {size}");
-        let hwm = if reset { own_kib("VmHWM") } else { None };
+    let mut ferry = runs(n, FERRY_ROW, "", async |run| {
+        let ((called, total), seen) = peak_rss(ferry_once(&client, nodes.a_api, &service, &source, size)).await?;
         eprintln!(
-            "  ferry run {}: service called after {secs:.2} s, answer after {total:.2} s; RSS before {} MiB, peak {} MiB",
+            "  ferry run {}: service called after {called:.2} s, answer after {total:.2} s; RSS before {} MiB, peak {} MiB",
             run + 1,
-            before / 1024,
-            hwm.unwrap_or(sampled_peak) / 1024
+            seen.before_kib / 1024,
+            seen.peak_kib() / 1024
         );
-        answered = answered.min(total - secs);
-        rss.before_kib = rss.before_kib.max(before);
-        rss.sampled_kib = rss.sampled_kib.max(sampled_peak);
-        rss.hwm_kib = match (rss.hwm_kib, hwm) {
-            (Some(a), Some(b)) => Some(a.max(b)),
-            (a, b) => a.or(b),
-        };
-        std::fs::remove_file(&path)?;
-        Ok(secs)
+        answered = answered.min(total - called);
+        rss.merge(&seen);
+        Ok(called)
     })
     .await?;
+    ferry.role = Role::Ferry;
     ferry.note = format!("sync request with `file`; its answer came {answered:.3} s after the service call");
     figures.push(ferry);
+    // The big file right after the first row, so that both start from the same state: the four
+    // transfers at once leave more memory with the allocator.
+    let big_rss = if settings.runs("big") {
+        match big_file(settings.big_size, &nodes, &client, &service).await? {
+            Ok((figure, rss)) => {
+                figures.push(figure);
+                Ok(rss)
+            }
+            Err(why) => Err(why),
+        }
+    } else {
+        Err("left out (FERRY_BENCH_SKIP=big)".to_owned())
+    };
+    figures.push(four_at_once(&nodes, &client, &service, size, n).await?);
     nodes.stop().await;
 
-    // (a) raw quinn, and the same with ferry's hashing added.
+    // (a′) the physical limit, (a) raw quinn, and the same with ferry's hashing added.
     let quinn = QuinnPair::start(runtimes, ferry::link::Transport::default()).await?;
+    let written = root.path().join("quinn-received.bin");
+    for direct in [false, true] {
+        let (what, how) = if direct {
+            (
+                "(a′) raw quinn, receiver hashes once + writes (direct I/O) + fsync",
+                "with O_DIRECT (the pieces 4 KiB-aligned, as ferry's receiver writes)",
+            )
+        } else {
+            ("(a′) raw quinn, receiver hashes once + writes (page cache) + fsync", "through the page cache (std::fs)")
+        };
+        if direct {
+            if let Err(why) = direct_io_works(root.path()) {
+                notes.push(format!("(a′) with direct I/O: skipped, {why}"));
+                continue;
+            }
+        }
+        let note = format!(
+            "receive task hashes inline and hands 1 MiB pieces ({DEPTH} queued at most) to a blocking thread that writes them {how} \
+             to the bench's directory and fsyncs at the end, then answers"
+        );
+        let disk = Disk { path: written.clone(), direct };
+        let mut figure = runs(n, what, &note, async |_| quinn.raw_to_disk(size, &disk, runtimes).await).await?;
+        figure.role = Role::Limit;
+        figures.push(figure);
+    }
     let note = "sender writes from memory (write_all), receiver read_chunk";
     figures.push(
         runs(n, "(a) raw quinn, 1 stream, receiver hashes (SHA-256)", note, async |_| {
@@ -404,20 +488,21 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
         );
     }
 
-    // 50 ms of RTT.
+    // 50 ms of RTT, with loss.
     let (mut wan_figures, mut wan_how) = (Vec::new(), String::new());
     if settings.runs("wan") {
-        match Wan::build() {
+        match Wan::build(settings) {
             Err(reason) => notes.push(format!("50 ms RTT: skipped: {reason}")),
             Ok(wan) => {
                 wan_how = wan.describe();
+                eprintln!("across 50 ms of RTT: {wan_how}");
                 wan_figures = across_wan(&wan, settings, runtimes, root.path(), &service, &client).await?;
                 drop(wan);
             }
         }
     }
 
-    report(settings, &figures, &rss, &notes);
+    report(settings, &figures, &rss, &big_rss, &notes);
     report_wan(settings, &wan_figures, &wan_how);
     std::fs::remove_file(&source)?;
     drop(root);
@@ -428,17 +513,68 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
 // The report
 // ---------------------------------------------------------------------------------------------
 
-#[derive(Default)]
+/// The process's resident memory during a transfer.
+#[derive(Clone, Default)]
 struct Rss {
+    /// VmRSS just before.
     before_kib: u64,
+    /// The largest VmRSS sampled during it.
     sampled_kib: u64,
+    /// VmHWM after it, when it could be reset before.
     hwm_kib: Option<u64>,
 }
 
-fn report(settings: &Settings, figures: &[Figure], rss: &Rss, notes: &[String]) {
-    let size = settings.size as f64;
-    let ferry = figures[0].best();
-    let quinn_hash = figures.iter().find(|f| f.what.starts_with("(a)") && f.what.contains("hashes")).map(Figure::best);
+impl Rss {
+    /// The peak: VmHWM where it could be reset, else the sampled maximum.
+    fn peak_kib(&self) -> u64 {
+        self.hwm_kib.unwrap_or(self.sampled_kib)
+    }
+
+    /// The larger of each reading.
+    fn merge(&mut self, other: &Rss) {
+        self.before_kib = self.before_kib.max(other.before_kib);
+        self.sampled_kib = self.sampled_kib.max(other.sampled_kib);
+        self.hwm_kib = match (self.hwm_kib, other.hwm_kib) {
+            (Some(a), Some(b)) => Some(a.max(b)),
+            (a, b) => a.or(b),
+        };
+    }
+
+    /// How it was read, for a note.
+    fn describe(&self) -> String {
+        format!(
+            "{}: {:.0} MiB; sampled VmRSS max {:.0} MiB; VmRSS before the transfer {:.0} MiB; both nodes, service and client in one process",
+            if self.hwm_kib.is_some() { "VmHWM (reset before the transfer)" } else { "VmRSS sampled (VmHWM could not be reset)" },
+            self.peak_kib() as f64 / 1024.0,
+            self.sampled_kib as f64 / 1024.0,
+            self.before_kib as f64 / 1024.0
+        )
+    }
+}
+
+/// Runs `work` while watching this process's resident memory: VmHWM reset before and read after
+/// (Linux), and VmRSS sampled every 5 ms.
+async fn peak_rss<T>(work: impl std::future::Future<Output = anyhow::Result<T>>) -> anyhow::Result<(T, Rss)> {
+    let reset = reset_peak_rss();
+    let before_kib = own_kib("VmRSS").unwrap_or(0);
+    let sampler = RssSampler::start();
+    let out = work.await;
+    let sampled_kib = sampler.stop();
+    let out = out?;
+    let hwm_kib = if reset { own_kib("VmHWM") } else { None };
+    Ok((out, Rss { before_kib, sampled_kib, hwm_kib }))
+}
+
+/// `PASS (93%)`: whether `share` reaches `target`, and the share.
+fn share_result(share: f64, target: f64) -> String {
+    format!("{} ({:.0}%)", pass(share >= target), share * 100.0)
+}
+
+fn report(settings: &Settings, figures: &[Figure], rss: &Rss, big_rss: &Result<Rss, String>, notes: &[String]) {
+    let size = settings.size;
+    let ferry = figures.iter().find(|f| f.role == Role::Ferry).map_or(f64::NAN, |f| f.rate(size));
+    // The physical limit: the faster of the (a′) rows.
+    let limit = figures.iter().filter(|f| f.role == Role::Limit).map(|f| f.rate(size)).reduce(f64::max);
     let headers = [
         "measurement",
         "runs (s)",
@@ -453,26 +589,23 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, notes: &[String]) 
         "note",
     ];
     let mut rows = Vec::new();
-    for (i, f) in figures.iter().enumerate() {
-        let best = f.best();
-        let (target, result) = if i == 0 {
-            match quinn_hash {
-                Some(q) => (
-                    format!("≥ {:.0}% of (a) hashing", TARGET_SHARE_OF_QUINN * 100.0),
-                    pass(q / ferry >= TARGET_SHARE_OF_QUINN).to_owned() + &format!(" ({:.0}%)", q / ferry * 100.0),
-                ),
-                None => (String::new(), String::new()),
-            }
-        } else {
-            (String::new(), String::new())
+    for f in figures {
+        let rate = f.rate(size);
+        let (target, result) = match (f.role, limit) {
+            (Role::Ferry, Some(limit)) => (
+                format!("≥ {:.0}% of the faster (a′)", TARGET_SHARE_OF_QUINN * 100.0),
+                share_result(ferry / limit, TARGET_SHARE_OF_QUINN),
+            ),
+            (Role::Four, _) => ("four at once ≥ one file's MiB/s".to_owned(), share_result(rate / ferry, 1.0)),
+            _ => (String::new(), String::new()),
         };
         rows.push(vec![
             f.what.clone(),
             f.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
-            format!("{best:.2}"),
-            format!("{:.2}", size / best / 1e9),
-            format!("{:.0}", size / best / MIB),
-            if i == 0 { String::new() } else { format!("{:.2}", best / ferry) },
+            format!("{:.2}", f.best()),
+            format!("{:.2}", rate / 1e9),
+            mib_per_s(rate),
+            if f.role == Role::Ferry { String::new() } else { format!("{:.2}", ferry / rate) },
             f.cpu.as_ref().map_or(String::new(), |c| c.summary(settings.split)),
             f.cpu.as_ref().and_then(|c| c.others_share).map_or(String::new(), |o| format!("{o:.2}")),
             target,
@@ -480,36 +613,56 @@ fn report(settings: &Settings, figures: &[Figure], rss: &Rss, notes: &[String]) 
             f.note.clone(),
         ]);
     }
-    let peak = rss.hwm_kib.unwrap_or(rss.sampled_kib);
-    let peak_mib = peak as f64 / 1024.0;
-    rows.push(vec![
-        "peak RSS during the ferry transfer (whole process)".into(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
-        String::new(),
+    let rss_row = |what: String, target: String, result: String, note: String| {
+        let mut row = vec![what];
+        row.extend(std::iter::repeat_n(String::new(), 7));
+        row.extend([target, result, note]);
+        row
+    };
+    let peak_mib = rss.peak_kib() as f64 / 1024.0;
+    rows.push(rss_row(
+        format!("peak RSS during the {} ferry transfer (whole process)", human(size)),
         format!("< {TARGET_RSS_MIB:.0} MiB per node"),
         format!("{} ({peak_mib:.0} MiB for both nodes)", pass(peak_mib < 2.0 * TARGET_RSS_MIB)),
-        format!(
-            "{}: {peak_mib:.0} MiB; sampled VmRSS max {:.0} MiB; VmRSS before the transfer {:.0} MiB; both nodes, service and client in one process",
-            if rss.hwm_kib.is_some() { "VmHWM (reset before the transfer)" } else { "VmRSS sampled (VmHWM could not be reset)" },
-            rss.sampled_kib as f64 / 1024.0,
-            rss.before_kib as f64 / 1024.0
-        ),
-    ]);
+        rss.describe(),
+    ));
+    let big_what = format!("peak RSS during the {} ferry transfer (whole process)", human(settings.big_size));
+    let big_target = format!(
+        "< {TARGET_RSS_MIB:.0} MiB per node and within +{:.0}% of the {} peak",
+        TARGET_RSS_GROWTH * 100.0,
+        human(size)
+    );
+    rows.push(match big_rss {
+        Ok(big) => {
+            let big_mib = big.peak_kib() as f64 / 1024.0;
+            let growth = big_mib / peak_mib - 1.0;
+            let ok = big_mib < 2.0 * TARGET_RSS_MIB && growth <= TARGET_RSS_GROWTH;
+            rss_row(
+                big_what,
+                big_target,
+                format!(
+                    "{} ({big_mib:.0} MiB for both nodes, {:+.0}% on the {} peak)",
+                    pass(ok),
+                    growth * 100.0,
+                    human(size)
+                ),
+                big.describe(),
+            )
+        }
+        Err(why) => rss_row(big_what, big_target, "skipped".into(), why.clone()),
+    });
     println!("{}", render(&headers, &rows, false));
     for n in notes {
         println!("{n}");
     }
     println!(
-        "\nTargets (printed, not asserted): ferry ≥ {:.0}% of raw quinn with the receiver hashing; RSS < {TARGET_RSS_MIB:.0} MiB per node.",
-        TARGET_SHARE_OF_QUINN * 100.0
+        "\nTargets (printed, not asserted): ferry ≥ {:.0}% of raw quinn with the receiver hashing once and writing with fsync (the faster (a′)); \
+         four files at once at least as fast as one; RSS < {TARGET_RSS_MIB:.0} MiB per node, and with the big file within +{:.0}% of the first row's.",
+        TARGET_SHARE_OF_QUINN * 100.0,
+        TARGET_RSS_GROWTH * 100.0
     );
     println!("ferry against scp and rsync over ssh: bench/compare.sh (it installs and starts its own sshd).");
-    println!("GB/s = 10^9 bytes per second; \"ferry speed ×\" = this one's best time ÷ ferry's (above 1: ferry is faster by that factor).");
+    println!("GB/s = 10^9 bytes per second; \"ferry speed ×\" = ferry's speed ÷ this one's (above 1: ferry is faster by that factor; for the same size, this one's best time ÷ ferry's).");
     if settings.split {
         println!("CPU s: user + system seconds of the best run on the b-send (org-a / sender), b-recv (org-b / receiver) and b-main (client, service, bench) threads, + other threads of this process.");
     } else {
@@ -557,6 +710,30 @@ fn describe(t: &ferry::link::Transport) -> String {
     )
 }
 
+/// One synchronous request with `file` from org-a's API that the service answered with 200.
+async fn post_file(client: &reqwest::Client, api: SocketAddr, source: &Path) -> anyhow::Result<()> {
+    let response = client
+        .post(format!("http://{api}/v1/requests"))
+        .json(&json!({
+            "peer": "org-b", "service": "1", "path": "/upload", "method": "POST",
+            "file": source, "file_field": "file", "timeout_ms": 3_600_000,
+        }))
+        .send()
+        .await?;
+    let status = response.status();
+    let envelope: Value = response.json().await?;
+    ensure!(status == 200 && envelope["data"]["status"] == 200, "the ferry request failed: {status} {envelope}");
+    Ok(())
+}
+
+/// Checks that the service was given a file of `size` bytes at `path`, and removes it.
+fn check_and_remove(path: &Path, size: u64) -> anyhow::Result<()> {
+    let got = std::fs::metadata(path).with_context(|| format!("the received file {}", path.display()))?.len();
+    ensure!(got == size, "the service got a file of {got} bytes, not {size}");
+    std::fs::remove_file(path)?;
+    Ok(())
+}
+
 /// One synchronous request with `file` from org-a's API; seconds until the service was called,
 /// and until the answer. The received file is checked for its size and removed.
 async fn ferry_once(
@@ -568,28 +745,150 @@ async fn ferry_once(
 ) -> anyhow::Result<(f64, f64)> {
     service.reset();
     let t0 = Instant::now();
-    let response = client
-        .post(format!("http://{api}/v1/requests"))
-        .json(&json!({
-            "peer": "org-b", "service": "1", "path": "/upload", "method": "POST",
-            "file": source, "file_field": "file", "timeout_ms": 600_000,
-        }))
-        .send()
-        .await?;
-    let status = response.status();
-    let envelope: Value = response.json().await?;
+    post_file(client, api, source).await?;
     let total = t0.elapsed().as_secs_f64();
-    ensure!(status == 200 && envelope["data"]["status"] == 200, "the ferry request failed: {status} {envelope}");
-    let (called, path) = service.called().context("the service was not called")?;
-    let got = std::fs::metadata(&path).with_context(|| format!("the received file {}", path.display()))?.len();
-    ensure!(got == size, "the service got a file of {got} bytes, not {size}");
-    std::fs::remove_file(&path)?;
+    let calls = service.calls();
+    let [(called, path)] = &calls[..] else { bail!("the service was called {} times, not once", calls.len()) };
+    check_and_remove(path, size)?;
     Ok((called.duration_since(t0).as_secs_f64(), total))
 }
 
-/// Across the namespaces of `wan`: raw quinn with the previous and the current transport
-/// settings, then two nodes with their link sockets in the namespaces (org-a in `a`, org-b in
-/// `b`; their APIs, the host client and the service stay on this process's loopback).
+/// Four synchronous requests sent together, each with its own file of a quarter of `size`:
+/// seconds from the first request to the last service call.
+async fn four_at_once(
+    nodes: &Nodes,
+    client: &reqwest::Client,
+    service: &Service,
+    size: u64,
+    n: usize,
+) -> anyhow::Result<Figure> {
+    let quarter = size / 4;
+    let sources: Vec<PathBuf> = (0..4).map(|i| nodes.a_dir.join(format!("outbox/quarter-{i}.bin"))).collect();
+    for (seed, source) in (11..).zip(&sources) {
+        make_file(source, quarter, seed)?;
+    }
+    let what = format!("ferry: four files of {} at once, first request → last service call", human(quarter));
+    let mut figure = runs(n, &what, "", async |_| {
+        service.reset();
+        let t0 = Instant::now();
+        let posts = futures::future::join_all(sources.iter().map(|s| post_file(client, nodes.a_api, s))).await;
+        let answered = t0.elapsed().as_secs_f64();
+        posts.into_iter().collect::<anyhow::Result<Vec<()>>>()?;
+        let calls = service.calls();
+        ensure!(calls.len() == 4, "the service was called {} times, not 4", calls.len());
+        let last = calls.iter().map(|(at, _)| *at).max().unwrap_or(t0);
+        for (_, path) in &calls {
+            check_and_remove(path, quarter)?;
+        }
+        let secs = last.duration_since(t0).as_secs_f64();
+        eprintln!("  four at once: last service call after {secs:.2} s, last answer after {answered:.2} s");
+        Ok(secs)
+    })
+    .await?;
+    figure.bytes = Some(4 * quarter);
+    figure.role = Role::Four;
+    figure.note = "four sync requests with `file` sent together (one connection between the nodes)".into();
+    for source in &sources {
+        std::fs::remove_file(source)?;
+    }
+    Ok(figure)
+}
+
+/// One synchronous request with a file of `size` bytes, and the process's peak RSS during it;
+/// or why there is no room for it on the disk. The files are removed afterwards, also on error.
+async fn big_file(
+    size: u64,
+    nodes: &Nodes,
+    client: &reqwest::Client,
+    service: &Service,
+) -> anyhow::Result<Result<(Figure, Rss), String>> {
+    let name = format!("big-{}.bin", size >> 20);
+    let source = nodes.a_dir.join("outbox").join(&name);
+    let need = size.saturating_mul(2).saturating_add(BIG_SPARE);
+    match free_bytes(&nodes.a_dir) {
+        Err(e) => return Ok(Err(format!("cannot tell the free space of {}: {e}", nodes.a_dir.display()))),
+        Ok(free) if free < need => {
+            return Ok(Err(format!(
+                "{} MiB free on the bench's disk; the {} file needs {} MiB (source + received copy + {} MiB spare): \
+                 free some, or lower FERRY_BENCH_BIG_MIB, or point FERRY_BENCH_DIR at a larger disk",
+                free >> 20,
+                human(size),
+                need >> 20,
+                BIG_SPARE >> 20
+            )))
+        }
+        Ok(_) => {}
+    }
+    let _cleanup = BigFiles {
+        source: source.clone(),
+        received: nodes.b_data.join("received"),
+        partial: nodes.b_data.join("partial"),
+        name,
+    };
+    let t = Instant::now();
+    make_file(&source, size, 2)?;
+    eprintln!("  the {} source written and synced in {:.1} s", human(size), t.elapsed().as_secs_f64());
+    let (mut rss, mut answered) = (Rss::default(), 0.0);
+    let what = format!("ferry: one {} file, request → service called", human(size));
+    let mut figure = runs(1, &what, "", async |_| {
+        let ((called, total), seen) = peak_rss(ferry_once(client, nodes.a_api, service, &source, size)).await?;
+        (rss, answered) = (seen, total - called);
+        Ok(called)
+    })
+    .await?;
+    figure.bytes = Some(size);
+    figure.note = format!("one run, for its peak RSS (below); the answer came {answered:.3} s after the service call");
+    Ok(Ok((figure, rss)))
+}
+
+/// The big file's source, its received copy and any partial file of it on org-b: removed when
+/// dropped, whether the run ended well or not (nothing else is in flight then).
+struct BigFiles {
+    source: PathBuf,
+    /// org-b's received files, where the copy is looked for by `name`.
+    received: PathBuf,
+    /// org-b's partial files, all removed.
+    partial: PathBuf,
+    name: String,
+}
+
+impl Drop for BigFiles {
+    fn drop(&mut self) {
+        let _ = std::fs::remove_file(&self.source);
+        let copies = files_under(&self.received).into_iter().filter(|f| f.file_name() == Some(self.name.as_ref()));
+        for file in copies.chain(files_under(&self.partial)) {
+            if let Err(e) = std::fs::remove_file(&file) {
+                eprintln!("cannot remove {}: {e}", file.display());
+            }
+        }
+    }
+}
+
+/// The files beneath `dir`, at any depth (none if it cannot be read).
+fn files_under(dir: &Path) -> Vec<PathBuf> {
+    let mut files = Vec::new();
+    let mut dirs = vec![dir.to_owned()];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).into_iter().flatten().flatten() {
+            match entry.file_type() {
+                Ok(t) if t.is_dir() => dirs.push(entry.path()),
+                Ok(_) => files.push(entry.path()),
+                Err(_) => {}
+            }
+        }
+    }
+    files
+}
+
+/// Bytes free for an unprivileged user on the file system of `path`.
+fn free_bytes(path: &Path) -> std::io::Result<u64> {
+    let stats = rustix::fs::statvfs(path)?;
+    Ok(stats.f_bavail.saturating_mul(stats.f_frsize))
+}
+
+/// Across the namespaces or the relay of `wan`: raw quinn with the previous and the current
+/// transport settings, then two nodes with their link sockets on it (org-a on side `a`, org-b on
+/// side `b`; their APIs, the host client and the service stay on this process's loopback).
 async fn across_wan(
     wan: &Wan,
     settings: &Settings,
@@ -600,31 +899,51 @@ async fn across_wan(
 ) -> anyhow::Result<Vec<Figure>> {
     let (size, n) = (settings.wan_size, settings.runs);
     let mut figures = Vec::new();
-    let mut tried = vec![(previous_transport(), "raw quinn, receiver hashes, previous windows".to_owned())];
-    tried.push((ferry::link::Transport::default(), "raw quinn, receiver hashes, ferry's windows".to_owned()));
+    let mut tried = vec![
+        (previous_transport(), false, "raw quinn, receiver hashes, previous windows".to_owned()),
+        (ferry::link::Transport::default(), false, "raw quinn, receiver hashes, ferry's windows".to_owned()),
+    ];
+    if settings.runs("diag") {
+        tried.push((
+            ferry::link::Transport::default(),
+            true,
+            "(w) raw quinn, receiver hashes, ferry's windows, BBR".to_owned(),
+        ));
+    }
     for &(window, buffer) in &settings.sweep {
         let t = ferry::link::Transport::windows(window, buffer);
-        tried.push((t.clone(), format!("(s) raw quinn, receiver hashes, {}", describe(&t))));
+        tried.push((t.clone(), false, format!("(s) raw quinn, receiver hashes, {}", describe(&t))));
     }
-    for (i, (transport, what)) in tried.into_iter().enumerate() {
-        let note = describe(&transport);
+    for (i, (transport, bbr, what)) in tried.into_iter().enumerate() {
+        let note = match bbr {
+            true => format!(
+                "{}, quinn's BBR instead of Cubic (a controller that does not take loss for congestion)",
+                describe(&transport)
+            ),
+            false => describe(&transport),
+        };
         let link = wan.link()?;
-        let quinn = QuinnPair::start_on(runtimes, transport, link.a, link.b, Some(link.a_to_b)).await?;
-        // The previous windows take a minute a run here: one run is enough to show it.
+        let quinn = QuinnPair::start_on(runtimes, &transport, bbr, link.a, link.b, Some(link.a_to_b)).await?;
+        // The previous windows are there to compare with: one run is enough to show them.
         let n = if i == 0 { 1 } else { n };
         let before = quinn.connection.stats().path;
         let mut figure = runs(n, &what, &note, async |_| quinn.raw(size, 0, 1, runtimes).await).await?;
         let after = quinn.connection.stats().path;
         figure.note = format!(
-            "{note}; RTT seen by quinn {:.1} ms, {} of {} packets lost, {} congestion events, final cwnd {:.1} MiB",
+            "{note}; RTT seen by quinn {:.1} ms, {} of {} packets lost, {} congestion events, final cwnd {:.0} KiB{}",
             quinn.connection.rtt().as_secs_f64() * 1e3,
             after.lost_packets - before.lost_packets,
             after.sent_packets - before.sent_packets,
             after.congestion_events - before.congestion_events,
-            after.cwnd as f64 / MIB
+            after.cwnd as f64 / 1024.0,
+            link.relay.as_ref().map_or(String::new(), relay_counts)
         );
+        // The one with ferry's settings is what ferry is held to.
+        if i == 1 {
+            figure.role = Role::Limit;
+        }
         quinn.stop().await;
-        drop(link._relay);
+        drop(link.relay);
         figures.push(figure);
     }
 
@@ -633,53 +952,102 @@ async fn across_wan(
     let link = wan.link()?;
     let nodes = Nodes::start(&dir, service.addr, runtimes, Some((link.a, link.b, link.a_to_b, link.b_to_a))).await?;
     let source = nodes.a_dir.join("outbox/wan.bin");
-    make_file(&source, size)?;
+    make_file(&source, size, 1)?;
     nodes.warm_up(client).await?;
     let mut answered = f64::INFINITY;
-    let mut figure = runs(n, "ferry: request → service called", "", async |_| {
+    let mut figure = runs(n, FERRY_ROW, "", async |_| {
         let (called, total) = ferry_once(client, nodes.a_api, service, &source, size).await?;
         answered = answered.min(total - called);
         Ok(called)
     })
     .await?;
+    figure.role = Role::Ferry;
     figure.note = format!(
-        "two nodes, {}; the answer came {answered:.3} s after the service call",
-        describe(&ferry::link::Transport::default())
+        "two nodes, {}; the answer came {answered:.3} s after the service call{}",
+        describe(&ferry::link::Transport::default()),
+        link.relay.as_ref().map_or(String::new(), relay_counts)
     );
     figures.insert(0, figure);
     nodes.stop().await;
-    drop(link._relay);
+    drop(link.relay);
     let _ = std::fs::remove_dir_all(&dir);
     Ok(figures)
 }
 
+/// `; the relay dropped 123 of 45,678 datagrams (0.27%)`, both ways together.
+fn relay_counts(relay: &DelayRelay) -> String {
+    let (dropped, forwarded): (u64, u64) = (relay.dropped().iter().sum(), relay.forwarded().iter().sum());
+    let seen = (dropped + forwarded).max(1);
+    format!(
+        "; the relay dropped {} of {} datagrams ({:.2}%)",
+        thousands(dropped as f64),
+        thousands(seen as f64),
+        dropped as f64 / seen as f64 * 100.0
+    )
+}
+
 fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
-    let Some(ferry) = figures.first().map(Figure::best) else { return };
-    let size = settings.wan_size as f64;
-    println!("\n{} from org-a to org-b across {} ms of RTT: {how}\n", human(settings.wan_size), 2 * ONE_WAY_DELAY_MS);
-    let headers =
-        ["measurement", "runs (s)", "best (s)", "GB/s", "MiB/s", "ferry speed ×", "CPU s", "others' CPUs", "note"];
+    let Some(ferry) = figures.iter().find(|f| f.role == Role::Ferry).map(|f| f.rate(settings.wan_size)) else {
+        return;
+    };
+    let limit = figures.iter().find(|f| f.role == Role::Limit).map(|f| f.rate(settings.wan_size));
+    println!("\n{} from org-a to org-b across {}: {how}\n", human(settings.wan_size), Wan::title(settings));
+    let headers = [
+        "measurement",
+        "runs (s)",
+        "best (s)",
+        "GB/s",
+        "MiB/s",
+        "ferry speed ×",
+        "CPU s",
+        "others' CPUs",
+        "target",
+        "result",
+        "note",
+    ];
     let rows: Vec<Vec<String>> = figures
         .iter()
-        .enumerate()
-        .map(|(i, f)| {
-            let best = f.best();
+        .map(|f| {
+            let rate = f.rate(settings.wan_size);
+            let (target, result) = match (f.role, limit) {
+                (Role::Ferry, Some(limit)) => (
+                    format!("≥ {:.0}% of raw quinn, ferry's windows", TARGET_SHARE_OF_QUINN * 100.0),
+                    share_result(ferry / limit, TARGET_SHARE_OF_QUINN),
+                ),
+                _ => (String::new(), String::new()),
+            };
             vec![
                 f.what.clone(),
                 f.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
-                format!("{best:.2}"),
-                format!("{:.2}", size / best / 1e9),
-                format!("{:.0}", size / best / MIB),
-                if i == 0 { String::new() } else { format!("{:.2}", best / ferry) },
+                format!("{:.2}", f.best()),
+                format!("{:.2}", rate / 1e9),
+                mib_per_s(rate),
+                if f.role == Role::Ferry { String::new() } else { format!("{:.2}", ferry / rate) },
                 f.cpu.as_ref().map_or(String::new(), |c| c.summary(false)),
                 f.cpu.as_ref().and_then(|c| c.others_share).map_or(String::new(), |o| format!("{o:.2}")),
+                target,
+                result,
                 f.note.clone(),
             ]
         })
         .collect();
     println!("{}", render(&headers, &rows, false));
+    println!(
+        "\nTarget (printed, not asserted): ferry ≥ {:.0}% of raw quinn with the same settings (ferry's windows), across the same path.",
+        TARGET_SHARE_OF_QUINN * 100.0
+    );
     println!("\nMarkdown:\n");
     println!("{}", render(&headers, &rows, true));
+}
+
+/// Bytes per second in MiB/s: `187`, or `0.45` below 10.
+fn mib_per_s(rate: f64) -> String {
+    let mib = rate / MIB;
+    if mib < 10.0 {
+        format!("{mib:.2}")
+    } else {
+        format!("{mib:.0}")
+    }
 }
 
 fn human(bytes: u64) -> String {
@@ -746,10 +1114,10 @@ impl Cpu {
 // Files and disks
 // ---------------------------------------------------------------------------------------------
 
-/// Writes `size` pseudo-random bytes (no two MiB alike) to `path` and syncs it, so that no
-/// write-back of it runs during the measurements; its SHA-256 in hex.
-fn make_file(path: &Path, size: u64) -> anyhow::Result<String> {
-    let sha = make_file_seeded(path, size, 1);
+/// Writes `size` pseudo-random bytes (no two MiB alike, others for each `seed`) to `path` and
+/// syncs it, so that no write-back of it runs during the measurements; its SHA-256 in hex.
+fn make_file(path: &Path, size: u64, seed: u64) -> anyhow::Result<String> {
+    let sha = make_file_seeded(path, size, seed);
     std::fs::File::open(path)?.sync_all()?;
     Ok(sha)
 }
@@ -832,8 +1200,8 @@ async fn read_tokio(path: &Path) -> anyhow::Result<f64> {
 // The nodes and the service
 // ---------------------------------------------------------------------------------------------
 
-/// When the service was called, and the file path it was given.
-type Called = Arc<Mutex<Option<(Instant, PathBuf)>>>;
+/// When the service was called, and the file path it was given, for each call since the reset.
+type Called = Arc<Mutex<Vec<(Instant, PathBuf)>>>;
 
 /// org-b's service: records when `POST /upload` is called and the file path it was given.
 #[derive(Clone)]
@@ -854,10 +1222,11 @@ impl Service {
     }
 
     fn reset(&self) {
-        *self.called.lock().unwrap() = None;
+        self.called.lock().unwrap().clear();
     }
 
-    fn called(&self) -> Option<(Instant, PathBuf)> {
+    /// The calls since the reset, in the order they came.
+    fn calls(&self) -> Vec<(Instant, PathBuf)> {
         self.called.lock().unwrap().clone()
     }
 }
@@ -866,7 +1235,7 @@ async fn upload(State(called): State<Called>, body: Bytes) -> Json<Value> {
     let at = Instant::now();
     let form: Vec<(String, String)> = serde_urlencoded::from_bytes(&body).unwrap_or_default();
     let path = form.into_iter().find(|(k, _)| k == "file").map(|(_, v)| PathBuf::from(v)).unwrap_or_default();
-    *called.lock().unwrap() = Some((at, path));
+    called.lock().unwrap().push((at, path));
     Json(json!({"ok": true}))
 }
 
@@ -877,6 +1246,8 @@ struct Nodes {
     b: support::Node,
     a_dir: PathBuf,
     a_api: SocketAddr,
+    /// org-b's data directory (received and partial files).
+    b_data: PathBuf,
 }
 
 impl Nodes {
@@ -903,7 +1274,7 @@ impl Nodes {
         for node in [&mut a, &mut b] {
             node.serving(Duration::from_secs(5)).await.map_err(anyhow::Error::msg)?;
         }
-        Ok(Nodes { a_dir: a.dir.clone(), a_api: a.api, a, b })
+        Ok(Nodes { a_dir: a.dir.clone(), a_api: a.api, b_data: b.data_dir(), a, b })
     }
 
     /// One request without a file, so that org-a has its connection to org-b before measuring.
@@ -951,14 +1322,16 @@ impl QuinnPair {
     /// On loopback.
     async fn start(runtimes: &Runtimes, transport: ferry::link::Transport) -> anyhow::Result<QuinnPair> {
         let socket = || std::net::UdpSocket::bind("127.0.0.1:0");
-        QuinnPair::start_on(runtimes, transport, socket()?, socket()?, None).await
+        QuinnPair::start_on(runtimes, &transport, false, socket()?, socket()?, None).await
     }
 
     /// The client on `client_socket`, the server on `server_socket`; both tuned as ferry's link
-    /// tunes its socket.
+    /// tunes its socket; with `bbr`, quinn's BBR congestion controller instead of its default
+    /// (Cubic).
     async fn start_on(
         runtimes: &Runtimes,
-        transport: ferry::link::Transport,
+        transport: &ferry::link::Transport,
+        bbr: bool,
         client_socket: std::net::UdpSocket,
         server_socket: std::net::UdpSocket,
         server_addr: Option<SocketAddr>,
@@ -972,11 +1345,11 @@ impl QuinnPair {
         let server_tls = ferry::tls::server_config(&server_id, peers)?;
         let mut server_config =
             quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?));
-        server_config.transport_config(transport.config());
+        server_config.transport_config(quinn_config(transport, bbr));
         let client_tls = ferry::tls::client_config(&client_id, Fingerprint::of(&server_id.cert))?;
         let mut client_config =
             quinn::ClientConfig::new(Arc::new(quinn::crypto::rustls::QuicClientConfig::try_from(client_tls)?));
-        client_config.transport_config(transport.config());
+        client_config.transport_config(quinn_config(transport, bbr));
 
         let server = {
             let _guard = runtimes.recv.enter();
@@ -1014,13 +1387,34 @@ impl QuinnPair {
     /// `passes` SHA-256 passes over the bytes, inline: 1 = the whole stream, 2 = also each 1 MiB
     /// chunk on its own (as `ferry::transfer` does). Seconds from opening the stream to the answer.
     async fn raw(&self, size: u64, send_passes: u8, recv_passes: u8, runtimes: &Runtimes) -> anyhow::Result<f64> {
+        self.raw_into(size, send_passes, recv_passes, None, runtimes).await
+    }
+
+    /// As [`QuinnPair::raw`] with one pass on the receiver, which also writes what it reads to
+    /// `disk` and fsyncs it before it answers; the file is removed after the answer.
+    async fn raw_to_disk(&self, size: u64, disk: &Disk, runtimes: &Runtimes) -> anyhow::Result<f64> {
+        self.raw_into(size, 0, 1, Some(disk.clone()), runtimes).await
+    }
+
+    async fn raw_into(
+        &self,
+        size: u64,
+        send_passes: u8,
+        recv_passes: u8,
+        disk: Option<Disk>,
+        runtimes: &Runtimes,
+    ) -> anyhow::Result<f64> {
         let incoming = self.incoming.clone();
         let receiver = runtimes.recv.spawn(async move {
             let connection = incoming.lock().await;
             let (mut tx, mut rx) = connection.accept_bi().await?;
+            let mut writer = disk.as_ref().map(DiskWriter::start);
             let (mut whole, mut chunk) = (Sha256::new(), Sha256::new());
             let (mut total, mut in_chunk) = (0u64, 0usize);
             while let Some(got) = rx.read_chunk(usize::MAX, true).await? {
+                if let Some(writer) = &mut writer {
+                    writer.put(&got.bytes).await?;
+                }
                 let mut bytes = &got.bytes[..];
                 total += bytes.len() as u64;
                 if recv_passes >= 1 {
@@ -1038,9 +1432,15 @@ impl QuinnPair {
                 }
             }
             ensure!(total == size, "the receiver got {total} of {size} bytes");
+            if let Some(writer) = writer {
+                writer.finish().await?;
+            }
             tx.write_all(&whole.finalize()).await?;
             tx.finish()?;
             let _ = tx.stopped().await;
+            if let Some(disk) = disk {
+                std::fs::remove_file(&disk.path)?;
+            }
             anyhow::Ok(())
         });
         let connection = self.connection.clone();
@@ -1118,8 +1518,153 @@ impl QuinnPair {
     }
 }
 
+/// ferry's quinn configuration for `transport`; with `bbr`, with quinn's BBR congestion controller.
+fn quinn_config(transport: &ferry::link::Transport, bbr: bool) -> Arc<quinn::TransportConfig> {
+    let mut config = transport.config();
+    if bbr {
+        Arc::get_mut(&mut config)
+            .expect("a configuration just made has no other owner")
+            .congestion_controller_factory(Arc::new(quinn::congestion::BbrConfig::default()));
+    }
+    config
+}
+
+/// Where the (a′) receiver writes: a file, through the page cache or with direct I/O.
+#[derive(Clone)]
+struct Disk {
+    path: PathBuf,
+    direct: bool,
+}
+
+/// A 1 MiB piece of the (a′) receiver's stream; its bytes start at a multiple of [`ALIGN`] in
+/// memory, as direct I/O needs.
+struct Piece {
+    buf: Vec<u8>,
+    start: usize,
+    len: usize,
+}
+
+impl Piece {
+    fn new() -> Piece {
+        let buf = vec![0u8; PIECE + ALIGN];
+        let start = buf.as_ptr().align_offset(ALIGN);
+        Piece { buf, start, len: 0 }
+    }
+
+    fn bytes(&self) -> &[u8] {
+        &self.buf[self.start..self.start + self.len]
+    }
+
+    /// Copies in as much of `bytes` as fits; how much that was.
+    fn fill(&mut self, bytes: &[u8]) -> usize {
+        let take = bytes.len().min(PIECE - self.len);
+        let at = self.start + self.len;
+        self.buf[at..at + take].copy_from_slice(&bytes[..take]);
+        self.len += take;
+        take
+    }
+}
+
+/// The (a′) receiver's side of its writer: it fills pieces on the receive task and queues them
+/// (at most [`DEPTH`]) to a blocking thread that writes them in order and fsyncs the file at the
+/// end; written pieces come back to be filled again, so nothing is allocated per piece.
+struct DiskWriter {
+    piece: Piece,
+    full: tokio::sync::mpsc::Sender<Piece>,
+    empty: tokio::sync::mpsc::UnboundedReceiver<Piece>,
+    thread: tokio::task::JoinHandle<std::io::Result<()>>,
+}
+
+impl DiskWriter {
+    /// Starts the writer thread on the current runtime's blocking pool.
+    fn start(disk: &Disk) -> DiskWriter {
+        let (full, mut to_write) = tokio::sync::mpsc::channel::<Piece>(DEPTH);
+        let (recycle, empty) = tokio::sync::mpsc::unbounded_channel();
+        for _ in 0..=DEPTH {
+            let _ = recycle.send(Piece::new());
+        }
+        let disk = disk.clone();
+        let thread = tokio::task::spawn_blocking(move || {
+            use std::os::unix::fs::{FileExt, OpenOptionsExt};
+            let file = std::fs::File::create(&disk.path)?;
+            let direct = match disk.direct {
+                true => Some(std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&disk.path)?),
+                false => None,
+            };
+            let mut offset = 0u64;
+            while let Some(mut piece) = to_write.blocking_recv() {
+                let bytes = piece.bytes();
+                match &direct {
+                    // Direct I/O takes whole blocks only: a shorter last piece goes through the page cache.
+                    Some(direct) if bytes.len() % ALIGN == 0 => direct.write_all_at(bytes, offset)?,
+                    _ => file.write_all_at(bytes, offset)?,
+                }
+                offset += bytes.len() as u64;
+                piece.len = 0;
+                let _ = recycle.send(piece);
+            }
+            file.sync_all()
+        });
+        DiskWriter { piece: Piece::new(), full, empty, thread }
+    }
+
+    /// Adds `bytes` to the file, queueing each piece as it fills (waiting while the queue is full).
+    async fn put(&mut self, mut bytes: &[u8]) -> anyhow::Result<()> {
+        while !bytes.is_empty() {
+            bytes = &bytes[self.piece.fill(bytes)..];
+            if self.piece.len == PIECE {
+                let Some(next) = self.empty.recv().await else { return Err(self.failed().await) };
+                let piece = std::mem::replace(&mut self.piece, next);
+                if self.full.send(piece).await.is_err() {
+                    return Err(self.failed().await);
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Queues the last piece and waits until everything is written and fsynced.
+    async fn finish(self) -> anyhow::Result<()> {
+        let DiskWriter { piece, full, thread, .. } = self;
+        if piece.len > 0 {
+            // A thread that has stopped says why below.
+            let _ = full.send(piece).await;
+        }
+        drop(full);
+        thread.await?.context("the (a′) writer failed")
+    }
+
+    /// Why the writer thread stopped early.
+    async fn failed(&mut self) -> anyhow::Error {
+        match (&mut self.thread).await {
+            Ok(Err(e)) => anyhow::Error::new(e).context("the (a′) writer failed"),
+            Ok(Ok(())) => anyhow::anyhow!("the (a′) writer stopped early"),
+            Err(e) => anyhow::Error::new(e).context("the (a′) writer panicked"),
+        }
+    }
+}
+
+/// Whether files in `dir` can be written with direct I/O, or why not.
+fn direct_io_works(dir: &Path) -> Result<(), String> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let probe = dir.join("direct-io-probe");
+    let tried = std::fs::OpenOptions::new()
+        .write(true)
+        .create(true)
+        .truncate(true)
+        .custom_flags(libc::O_DIRECT)
+        .open(&probe)
+        .and_then(|mut file| {
+            let mut block = Piece::new();
+            block.fill(&[7u8; ALIGN]);
+            std::io::Write::write_all(&mut file, block.bytes())
+        });
+    let _ = std::fs::remove_file(&probe);
+    tried.map_err(|e| format!("the file system of {} refuses direct I/O ({e})", dir.display()))
+}
+
 // ---------------------------------------------------------------------------------------------
-// 50 ms of RTT: two network namespaces joined by a veth pair, netem on each side
+// 50 ms of RTT with loss: two network namespaces joined by a veth pair, netem on each side
 // ---------------------------------------------------------------------------------------------
 
 /// The one-way delay netem adds on each side of the veth pair (so the RTT is twice this).
@@ -1128,68 +1673,95 @@ const ONE_WAY_DELAY_MS: u32 = 25;
 /// 1000 × 1.4 kB per 25 ms, far below what is measured.
 const NETEM_LIMIT: u32 = 200_000;
 
-/// A path with 50 ms of RTT between two sockets: through network namespaces with
-/// [`ONE_WAY_DELAY_MS`] of netem delay on each end of their link, or, where the kernel has no
-/// netem, through a [`DelayRelay`] on loopback.
-enum Wan {
+/// A path with 50 ms of RTT and a share of the datagrams lost between two sockets.
+struct Wan {
+    path: WanPath,
+    /// The share of datagrams lost each way (half the round trip's), in percent.
+    loss_each_way_pct: f64,
+    /// The relay's seed for which datagrams it drops.
+    seed: u64,
+}
+
+/// Through network namespaces with [`ONE_WAY_DELAY_MS`] of netem delay and the loss on each end
+/// of their link, or, where the kernel has no netem, through a [`DelayRelay`] on loopback.
+enum WanPath {
     Netem(TestNet),
     Relay { why: String },
 }
 
 /// One side `a` and one side `b` of a [`Wan`]: their sockets and the address each sends to for
-/// the other.
+/// the other; the relay between them, if it is one.
 struct WanLink {
     a: std::net::UdpSocket,
     b: std::net::UdpSocket,
     a_to_b: SocketAddr,
     b_to_a: SocketAddr,
-    _relay: Option<DelayRelay>,
+    relay: Option<DelayRelay>,
 }
 
 impl Wan {
-    fn build() -> Result<Wan, String> {
+    fn build(settings: &Settings) -> Result<Wan, String> {
+        let (loss_each_way_pct, seed) = (settings.wan_loss_pct / 2.0, settings.wan_seed);
         let net = TestNet::create("fb", false)?;
         if netem_off() {
-            return Ok(Wan::Netem(net)); // a check of the namespace plumbing alone, without delay
+            // A check of the namespace plumbing alone, without delay or loss.
+            return Ok(Wan { path: WanPath::Netem(net), loss_each_way_pct, seed });
         }
-        match net.netem(&format!("delay {ONE_WAY_DELAY_MS}ms limit {NETEM_LIMIT}")) {
-            Ok(()) => Ok(Wan::Netem(net)),
-            Err(e) if e.contains("qdisc kind is unknown") => Ok(Wan::Relay { why: e }),
+        let loss = if loss_each_way_pct > 0.0 { format!(" loss {loss_each_way_pct}%") } else { String::new() };
+        match net.netem(&format!("delay {ONE_WAY_DELAY_MS}ms{loss} limit {NETEM_LIMIT}")) {
+            Ok(()) => Ok(Wan { path: WanPath::Netem(net), loss_each_way_pct, seed }),
+            Err(e) if e.contains("qdisc kind is unknown") => {
+                Ok(Wan { path: WanPath::Relay { why: e }, loss_each_way_pct, seed })
+            }
             Err(e) => Err(e),
         }
     }
 
+    /// What the path is, for the table's heading: `50 ms of RTT with 1% loss`.
+    fn title(settings: &Settings) -> String {
+        match netem_off() {
+            true => "two network namespaces without netem (FERRY_BENCH_NETEM=off)".into(),
+            false => format!("{} ms of RTT with {}% loss", 2 * ONE_WAY_DELAY_MS, settings.wan_loss_pct),
+        }
+    }
+
     fn describe(&self) -> String {
-        match self {
-            Wan::Netem(_) if netem_off() => {
-                "two network namespaces joined by a veth pair, WITHOUT delay (FERRY_BENCH_NETEM=off)".into()
+        let loss = self.loss_each_way_pct;
+        match &self.path {
+            WanPath::Netem(_) if netem_off() => {
+                "two network namespaces joined by a veth pair, WITHOUT delay or loss (FERRY_BENCH_NETEM=off)".into()
             }
-            Wan::Netem(_) => format!(
-                "two network namespaces joined by a veth pair, netem delay {ONE_WAY_DELAY_MS} ms (limit {NETEM_LIMIT} packets) on each side"
+            WanPath::Netem(_) => format!(
+                "two network namespaces joined by a veth pair, netem delay {ONE_WAY_DELAY_MS} ms, loss {loss}% \
+                 (limit {NETEM_LIMIT} packets) on each side"
             ),
-            Wan::Relay { why } => format!(
-                "this kernel has no netem ({why}), so a userspace relay on loopback holds every datagram {ONE_WAY_DELAY_MS} ms each way \
-                 (std threads of this process, GRO in and GSO out; it costs CPU of its own)"
+            WanPath::Relay { why } => format!(
+                "this kernel has no netem ({why}), so a userspace relay on loopback holds every datagram {ONE_WAY_DELAY_MS} ms \
+                 each way and drops {loss}% of them each way, drawn with seed {} (FERRY_BENCH_WAN_SEED={} repeats the draws; \
+                 every row's relay gets this seed); std threads of this process, GRO in and GSO out: it costs CPU of its own",
+                self.seed, self.seed
             ),
         }
     }
 
     fn link(&self) -> anyhow::Result<WanLink> {
-        match self {
-            Wan::Netem(net) => {
+        match &self.path {
+            WanPath::Netem(net) => {
                 let (a, b) = (net.udp(0)?, net.udp(1)?);
                 let (a_to_b, b_to_a) = (b.local_addr()?, a.local_addr()?);
-                Ok(WanLink { a, b, a_to_b, b_to_a, _relay: None })
+                Ok(WanLink { a, b, a_to_b, b_to_a, relay: None })
             }
-            Wan::Relay { .. } => {
+            WanPath::Relay { .. } => {
                 let a = std::net::UdpSocket::bind("127.0.0.1:0")?;
                 let b = std::net::UdpSocket::bind("127.0.0.1:0")?;
                 let relay = DelayRelay::start(
                     a.local_addr()?,
                     b.local_addr()?,
                     Duration::from_millis(ONE_WAY_DELAY_MS.into()),
+                    self.loss_each_way_pct / 100.0,
+                    self.seed,
                 )?;
-                Ok(WanLink { a, b, a_to_b: relay.to_b, b_to_a: relay.to_a, _relay: Some(relay) })
+                Ok(WanLink { a, b, a_to_b: relay.to_b, b_to_a: relay.to_a, relay: Some(relay) })
             }
         }
     }

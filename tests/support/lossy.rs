@@ -1,8 +1,8 @@
 //! Links on loopback for machines whose kernel has no netem: [`LossyLink`], a UDP relay between
 //! two nodes that drops a share of the datagrams and delays the others, each way, and
-//! [`DelayRelay`], one that only delays, fast enough for a bench. Which datagrams are
-//! dropped is drawn from a seeded RNG (one stream per direction), so a seed gives the same drop
-//! pattern for the same sequence of datagrams.
+//! [`DelayRelay`], the same built for a bench's throughput (GRO in, GSO out). Which datagrams
+//! are dropped is drawn from a seeded RNG (one stream per direction), so a seed gives the same
+//! drop pattern for the same sequence of datagrams.
 //!
 //! a pins b at [`LossyLink::to_b`] and b pins a at [`LossyLink::to_a`]: each node sees the other's
 //! datagrams come from the address it pinned, as over a real link.
@@ -99,35 +99,58 @@ impl Drop for LossyLink {
     }
 }
 
-/// Datagrams between `a` and `b` on loopback, each held `delay` before it is passed on, none
-/// dropped, built for throughput (for a bench across a long path where there is no netem): `a` sends to `to_b`, `b` to `to_a`. Per direction one thread receives (with GRO, so a
-/// call takes up to 64 datagrams) and one sends when due (with GSO); the queue between them is
-/// unbounded, as a long wire is. Stopped when dropped.
+/// Datagrams between `a` and `b` on loopback, each dropped with a seeded probability and the
+/// others held `delay` before they are passed on, built for throughput (for a bench across a long
+/// path where there is no netem): `a` sends to `to_b`, `b` to `to_a`. Per direction one thread
+/// receives (with GRO, so a call takes up to 64 datagrams) and draws each datagram's fate, and one
+/// sends when due (with GSO); the queue between them is unbounded, as a long wire is. Which
+/// datagrams are dropped comes from one RNG per direction seeded from `seed`, as in [`LossyLink`].
+/// Stopped when dropped.
 pub struct DelayRelay {
+    /// Where a sends to reach b.
     pub to_b: SocketAddr,
+    /// Where b sends to reach a.
     pub to_a: SocketAddr,
+    /// a to b, then b to a.
+    counts: [Arc<Counts>; 2],
     stop: Arc<AtomicBool>,
     threads: Vec<std::thread::JoinHandle<()>>,
 }
 
 impl DelayRelay {
-    /// Relays between `a` and `b`, holding each datagram `delay`.
-    pub fn start(a: SocketAddr, b: SocketAddr, delay: Duration) -> anyhow::Result<DelayRelay> {
+    /// Relays between `a` and `b`, dropping each datagram with probability `loss` (0 to 1, each
+    /// way) and holding the others `delay`.
+    pub fn start(a: SocketAddr, b: SocketAddr, delay: Duration, loss: f64, seed: u64) -> anyhow::Result<DelayRelay> {
+        anyhow::ensure!((0.0..1.0).contains(&loss), "a loss rate is a probability below 1, not {loss}");
         let from_a = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0")?);
         let from_b = Arc::new(std::net::UdpSocket::bind("127.0.0.1:0")?);
         let stop = Arc::new(AtomicBool::new(false));
-        let mut relay =
-            DelayRelay { to_b: from_a.local_addr()?, to_a: from_b.local_addr()?, stop: stop.clone(), threads: vec![] };
-        for (input, output, destination) in [(&from_a, &from_b, b), (&from_b, &from_a, a)] {
-            let state = Arc::new(quinn::udp::UdpSocketState::new((&**input).into())?);
-            let out_state = Arc::new(quinn::udp::UdpSocketState::new((&**output).into())?);
-            for (st, sock) in [(&state, input), (&out_state, output)] {
-                let _ = st.set_recv_buffer_size((&**sock).into(), 16 << 20);
-                let _ = st.set_send_buffer_size((&**sock).into(), 16 << 20);
-            }
-            input.set_read_timeout(Some(Duration::from_millis(50)))?;
+        let mut relay = DelayRelay {
+            to_b: from_a.local_addr()?,
+            to_a: from_b.local_addr()?,
+            counts: Default::default(),
+            stop: stop.clone(),
+            threads: vec![],
+        };
+        // One state per socket: each receives one way and sends the other.
+        let mut states = Vec::new();
+        for socket in [&from_a, &from_b] {
+            let state = quinn::udp::UdpSocketState::new((&**socket).into())?;
+            let _ = state.set_recv_buffer_size((&**socket).into(), 16 << 20);
+            let _ = state.set_send_buffer_size((&**socket).into(), 16 << 20);
+            // quinn-udp has made the socket non-blocking, which would make the receiving thread
+            // spin: it blocks instead, up to a timeout to look at `stop`, and a send waits for
+            // room in the buffer rather than dropping more than the loss asked for.
+            socket.set_nonblocking(false)?;
+            socket.set_read_timeout(Some(Duration::from_millis(50)))?;
+            states.push(Arc::new(state));
+        }
+        let ways = [(&from_a, &from_b, &states[0], &states[1], b), (&from_b, &from_a, &states[1], &states[0], a)];
+        for (way, (input, output, state, out_state, destination)) in ways.into_iter().enumerate() {
+            let (state, out_state) = (state.clone(), out_state.clone());
             let (queue, due) = std::sync::mpsc::channel::<(Instant, Vec<u8>, usize)>();
-            let (input, stop_in) = (input.clone(), stop.clone());
+            let (input, stop_in, counts) = (input.clone(), stop.clone(), relay.counts[way].clone());
+            let mut rng = StdRng::seed_from_u64(seed.wrapping_add(way as u64));
             relay.threads.push(std::thread::Builder::new().name("relay-in".into()).spawn(move || {
                 // Room for as many datagrams as GRO may coalesce, however large.
                 let mut buf = vec![0u8; state.gro_segments().max(1) * 65_536];
@@ -137,7 +160,19 @@ impl DelayRelay {
                     match got {
                         Ok(n) if n > 0 => {
                             let m = meta[0];
-                            if queue.send((Instant::now() + delay, buf[..m.len].to_vec(), m.stride)).is_err() {
+                            let stride = if m.stride == 0 { m.len } else { m.stride };
+                            // Each datagram of the batch on its own: the ones kept stay in order, all
+                            // of `stride` bytes but the last, as GSO sends them on.
+                            let mut kept = Vec::with_capacity(m.len);
+                            for datagram in buf[..m.len].chunks(stride.max(1)) {
+                                if loss > 0.0 && rng.random_bool(loss) {
+                                    counts.dropped.fetch_add(1, Ordering::Relaxed);
+                                } else {
+                                    counts.forwarded.fetch_add(1, Ordering::Relaxed);
+                                    kept.extend_from_slice(datagram);
+                                }
+                            }
+                            if !kept.is_empty() && queue.send((Instant::now() + delay, kept, stride)).is_err() {
                                 return;
                             }
                         }
@@ -172,6 +207,16 @@ impl DelayRelay {
             })?);
         }
         Ok(relay)
+    }
+
+    /// Datagrams passed on (or due to be) so far, a to b and b to a.
+    pub fn forwarded(&self) -> [u64; 2] {
+        self.counts.each_ref().map(|c| c.forwarded.load(Ordering::Relaxed))
+    }
+
+    /// Datagrams dropped so far, a to b and b to a.
+    pub fn dropped(&self) -> [u64; 2] {
+        self.counts.each_ref().map(|c| c.dropped.load(Ordering::Relaxed))
     }
 }
 
