@@ -370,9 +370,9 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
         }
         let note = format!(
             "receive task hashes inline and hands 1 MiB pieces ({DEPTH} queued at most) to a blocking thread that writes them {how} \
-             to the bench's directory and fsyncs at the end, then answers"
+             to the bench's directory, the size reserved first (fallocate KEEP_SIZE, as ferry's receiver does), and fsyncs at the end, then answers"
         );
-        let disk = Disk { path: written.clone(), direct };
+        let disk = Disk { path: written.clone(), direct, size };
         let mut figure = runs(n, what, &note, async |_| quinn.raw_to_disk(size, &disk, runtimes).await).await?;
         figure.role = Role::Limit;
         figures.push(figure);
@@ -1534,6 +1534,8 @@ fn quinn_config(transport: &ferry::link::Transport, bbr: bool) -> Arc<quinn::Tra
 struct Disk {
     path: PathBuf,
     direct: bool,
+    /// The size to reserve before writing.
+    size: u64,
 }
 
 /// A 1 MiB piece of the (a′) receiver's stream; its bytes start at a multiple of [`ALIGN`] in
@@ -1587,6 +1589,7 @@ impl DiskWriter {
         let thread = tokio::task::spawn_blocking(move || {
             use std::os::unix::fs::{FileExt, OpenOptionsExt};
             let file = std::fs::File::create(&disk.path)?;
+            rustix::fs::fallocate(&file, rustix::fs::FallocateFlags::KEEP_SIZE, 0, disk.size.max(1))?;
             let direct = match disk.direct {
                 true => Some(std::fs::OpenOptions::new().write(true).custom_flags(libc::O_DIRECT).open(&disk.path)?),
                 false => None,
