@@ -285,9 +285,13 @@ async fn a_file_under_way_is_doing_and_counted_on_both_nodes() {
     // The events agree: waiting, then doing just before the first progress that shows bytes at
     // the peer, progress under way, then success.
     let mut seen = Vec::new();
-    while let Ok(e) = events.try_recv() {
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
         if e["id"] == id.as_str() {
+            let last = e["state"] == "success";
             seen.push(e);
+            if last {
+                break;
+            }
         }
     }
     let states: Vec<&Value> = seen.iter().filter(|e| e["type"] == "state").map(|e| &e["state"]).collect();

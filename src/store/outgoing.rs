@@ -444,13 +444,20 @@ mod tests {
         claimed.remove(0)
     }
 
-    fn states(events: &mut tokio::sync::broadcast::Receiver<Event>) -> Vec<State> {
-        std::iter::from_fn(|| events.try_recv().ok())
-            .filter_map(|e| match e {
-                Event::State { state, .. } => Some(state),
-                _ => None,
-            })
-            .collect()
+    /// The next `n` state events (a job is answered before its events are published: they may
+    /// follow a moment later).
+    async fn states(events: &mut tokio::sync::broadcast::Receiver<Event>, n: usize) -> Vec<State> {
+        let mut states = Vec::new();
+        while states.len() < n {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), events.recv()).await {
+                Ok(Ok(Event::State { state, .. })) => states.push(state),
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        let more: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+        assert!(!more.iter().any(|e| matches!(e, Event::State { .. })), "more states: {states:?} then {more:?}");
+        states
     }
 
     /// A request is `doing` once the first byte of its file is at the peer, and counted as a file
@@ -509,7 +516,7 @@ mod tests {
         store.recover().await.unwrap();
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing", "acknowledged: a restart keeps it");
         assert!(store.claim_outbound(10).await.unwrap().is_empty(), "acknowledged: not sent again");
-        assert_eq!(states(&mut events), [State::Waiting, State::Doing, State::Waiting, State::Doing]);
+        assert_eq!(states(&mut events, 4).await, [State::Waiting, State::Doing, State::Waiting, State::Doing]);
     }
 
     /// A request `doing` while its file moved is `waiting` again after a restart, and when its
@@ -546,7 +553,8 @@ mod tests {
         let view = store.get("r1").await.unwrap().unwrap();
         assert_eq!((view.state.as_str(), view.error.as_deref()), ("failed", Some("org-b: the file is too large")));
         assert!(store.transfers_moving().is_empty());
-        assert_eq!(states(&mut events), [State::Waiting, State::Doing, State::Waiting, State::Doing, State::Failed]);
+        let want = [State::Waiting, State::Doing, State::Waiting, State::Doing, State::Failed];
+        assert_eq!(states(&mut events, 5).await, want);
     }
 
     /// A request the peer refuses fails, and its failure is due to the callback.
