@@ -45,7 +45,7 @@ pub use files::{FormFile, ReceivedFile, ReplyFile};
 pub use incoming::{IncomingCall, ServiceOutcome};
 pub use outgoing::{Callback, NewAsync, OutboundWork, OutgoingFile};
 pub use records::{Page, Pending, QueueCount, QueueCounts, RequestFilter, RequestView, Stats};
-pub use transfers::{Moving, QUIET_AT_MOST, QUIET_FOR};
+pub use transfers::Moving;
 pub use trust::Admission;
 
 /// How many jobs one transaction takes at most.

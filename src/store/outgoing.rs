@@ -249,24 +249,25 @@ impl Store {
         self.run(move |t, events| {
             t.record(entry)?;
             if ack.seq == 0 {
-                let was: Option<String> = query_row(
+                let now = now_ms();
+                let changed = exec(
                     t,
-                    &format!("SELECT state FROM requests WHERE {HELD} AND peer = ?1 AND id = ?2"),
-                    params![peer, ack.id],
-                    |r| r.get(0),
-                )
-                .optional()?;
-                if let Some(was) = was {
+                    "UPDATE requests SET state = 'doing', next_attempt_at = NULL, updated_at = ?3
+                     WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                    params![peer, ack.id, now],
+                )?;
+                if changed > 0 {
+                    state_event(events, &ack.id, &peer, State::Doing);
+                } else {
+                    // `doing` already if its file went first: the link no longer holds it.
                     exec(
                         t,
-                        "UPDATE requests SET state = 'doing', next_attempt_at = NULL, updated_at = ?3
-                         WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
-                        params![peer, ack.id, now_ms()],
+                        &format!(
+                            "UPDATE requests SET next_attempt_at = NULL, updated_at = ?3
+                             WHERE {HELD} AND state = 'doing' AND peer = ?1 AND id = ?2"
+                        ),
+                        params![peer, ack.id, now],
                     )?;
-                    // Already `doing` if its file went first.
-                    if was == State::Waiting.as_str() {
-                        state_event(events, &ack.id, &peer, State::Doing);
-                    }
                 }
             } else {
                 replies::acknowledged(t, &peer, &ack.id, ack.seq)?;
