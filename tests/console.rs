@@ -375,13 +375,20 @@ async fn drive(exe: &Path) {
     let old_cb = browser.wait_for(&format!("({})?.dataset.callback", row("/export-old")), secs(15)).await;
     let (export_cb, old_cb) = (export_cb.as_str().unwrap().to_owned(), old_cb.as_str().unwrap().to_owned());
 
-    // Watch every value the progress bars take.
+    // Watch every value the progress bars take, every state the in-flight rows show, and every
+    // count of transfers active.
     browser
         .eval(
-            "window.progressSeen = []; new MutationObserver(() => { \
-               for (const b of document.querySelectorAll('#inflight .bar')) { const d = Number(b.dataset.done); \
-                 if (!window.progressSeen.includes(d)) window.progressSeen.push(d); } \
-             }).observe(document.querySelector('#inflight'), {subtree: true, childList: true, attributes: true}); true",
+            "window.progressSeen = []; window.statesSeen = []; window.activeSeen = []; \
+             const note = (list, v) => { if (!list.includes(v)) list.push(v); }; \
+             new MutationObserver(() => { \
+               for (const b of document.querySelectorAll('#inflight .bar')) note(window.progressSeen, Number(b.dataset.done)); \
+               for (const b of document.querySelectorAll('#inflight .badge')) note(window.statesSeen, b.textContent); \
+             }).observe(document.querySelector('#inflight'), {subtree: true, childList: true, attributes: true, characterData: true}); \
+             new MutationObserver(() => { \
+               const m = /transfers active: (\\d+)/.exec(document.querySelector('#queues-extra').textContent); \
+               if (m) note(window.activeSeen, Number(m[1])); \
+             }).observe(document.querySelector('#queues-extra'), {subtree: true, childList: true, characterData: true}); true",
         )
         .await;
 
@@ -405,6 +412,11 @@ async fn drive(exe: &Path) {
     let seen = browser.eval("window.progressSeen").await;
     let moving = seen.as_array().unwrap().iter().filter(|d| d.as_u64().is_some_and(|d| d > 0 && d < FILE_SIZE));
     assert!(moving.count() >= 1, "the bar showed the transfer under way: {seen}");
+    // The count comes from the node (`/v1/stats`): 1 while the reply's file moved, 0 after.
+    browser.wait_for("window.activeSeen.includes(1)", secs(10)).await;
+    browser
+        .wait_for("document.querySelector('#queues-extra').textContent.endsWith('transfers active: 0')", secs(30))
+        .await;
 
     // Reject the other one with a reason, typed and clicked.
     browser.click(&format!("#pending tr[data-callback=\"{old_cb}\"] input.reason")).await;
@@ -439,6 +451,14 @@ async fn drive(exe: &Path) {
         )
         .await;
     browser.wait_for("document.querySelectorAll('#evidence tr[data-seq]').length > 3", secs(15)).await;
+    // Every state the in-flight rows showed is one of the API's names, the moving file's too.
+    let states = browser.eval("window.statesSeen").await;
+    let names = ["waiting", "doing", "success", "failed"];
+    assert!(states.as_array().unwrap().iter().all(|s| names.contains(&s.as_str().unwrap())), "{states}");
+    assert!(
+        states.as_array().unwrap().iter().any(|s| s == "success"),
+        "the approved request while its file moved: {states}"
+    );
     browser.wait_for("document.querySelector('#live').textContent === 'live'", secs(5)).await;
     tokio::time::sleep(Duration::from_millis(1500)).await; // a chart tick after the transfer
 

@@ -1,7 +1,7 @@
 //! Files under fault (API.md §3–§4, `src/transfer.rs`): a hostile pinned peer speaking raw file
 //! frames (hostile names, a corrupted chunk, a whole file whose SHA-256 does not match, later
-//! offers that would replace a verified file), and a sending node killed with SIGKILL in the
-//! middle of a large file.
+//! offers that would replace a verified file, offers left hanging that must not stay counted as
+//! transfers), and a sending node killed with SIGKILL in the middle of a large file.
 //!
 //! Everything runs on loopback and every wait is bounded.
 
@@ -498,6 +498,44 @@ async fn deliver_if_accepted(rogue: &Rogue, key: &str, name: &str, data: &[u8]) 
         stream.rest(data, have).await;
         let _ = stream.end(sha(data)).await;
     }
+}
+
+// ---------------------------------------------------------------------------------------------
+// c'. Offers left hanging
+// ---------------------------------------------------------------------------------------------
+
+/// A peer that opens file offers and then says nothing more (streams left open, or reset) does
+/// not keep them counted as moving: `/v1/stats` counts each from its offer, and none once the link
+/// has reported nothing of them for 10 s, whatever the peer keeps open.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn offers_left_hanging_stop_counting_as_transfers() {
+    timeout(WHOLE, async {
+        let (rogue, b, _service, _root) = rogue_and_node().await;
+        let active = async || b.get("/v1/stats").await.1["data"]["transfers_active"].as_u64().unwrap();
+        assert_eq!(active().await, 0);
+        let data = bytes(4 * CHUNK, 23);
+        let mut hanging = Vec::new();
+        for i in 0..20 {
+            let (mut stream, have) = rogue.offer_expecting_resume(&format!("hang-{i}"), "x.bin", &data).await;
+            assert_eq!(have, 0);
+            stream.chunk(&data, 0, false).await.unwrap();
+            if i % 2 == 1 {
+                let _ = stream.tx.reset(Code::Done.varint());
+            }
+            hanging.push(stream);
+        }
+        let last_offer = Instant::now();
+        assert_eq!(active().await, 20, "each offer counts from its start");
+        while active().await > 0 {
+            assert!(last_offer.elapsed() < Duration::from_secs(30), "still {} counted", active().await);
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        let quiet = last_offer.elapsed();
+        assert!(quiet >= Duration::from_secs(9), "counted while fresh, for {quiet:?} only");
+        drop(hanging);
+    })
+    .await
+    .expect("the test ends in time");
 }
 
 // ---------------------------------------------------------------------------------------------

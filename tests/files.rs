@@ -1,6 +1,6 @@
 //! Files with requests and replies between two real nodes: sizes around the chunk boundary and a
-//! few hundred MiB compared by hash, send-root checks, replies with files, and resumption after a
-//! cut connection.
+//! few hundred MiB compared by hash, send-root checks, replies with files, the state and counts a
+//! file under way shows (over a slow link), and resumption after a cut connection.
 
 mod support;
 
@@ -11,7 +11,8 @@ use axum::http::StatusCode;
 use futures::{SinkExt, StreamExt};
 use serde_json::{json, Value};
 use support::files::sha_of;
-use support::{pair, Pair, Recorder};
+use support::lossy::LossyLink;
+use support::{pair, Node, Pair, Recorder};
 
 const CHUNK: u64 = ferry::transfer::CHUNK as u64;
 const WITHIN: Duration = Duration::from_secs(60);
@@ -203,6 +204,111 @@ async fn a_reply_carries_a_file_back_to_the_callback() {
     assert_eq!(fields["data"], r#"{"rows":3}"#);
 }
 
+/// While a file moves (over a slow link, so that it is seen mid-way), its request is `doing` on
+/// the sending node, in its status, its events and `ferry status` (sizes, rate, time left), and
+/// `/v1/stats` counts the file on both nodes; once the request is done neither counts it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_file_under_way_is_doing_and_counted_on_both_nodes() {
+    let service = Recorder::start().await;
+    let root = tempfile::tempdir().unwrap();
+    let (mut a, mut b) = (Node::create(root.path(), "org-a"), Node::create(root.path(), "org-b"));
+    // 16 MiB/s each way: 64 MiB take about 4 s.
+    let link = LossyLink::slow(a.link, b.link, 16 << 20, Duration::from_millis(2));
+    a.add_peer_at(&b, link.to_b);
+    b.add_peer_at(&a, link.to_a);
+    b.add_service("1", &service.base_url(), &["org-a"]);
+    a.start().await;
+    b.start().await;
+    let p = Pair { root, a, b, service };
+    let size = 64 * CHUNK;
+    let (path, sha) = make_file(&outbox(&p.a), "slow.bin", size);
+    let mut events = support::events(p.a.api).await;
+    let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": "async", "file": path});
+    let (status, env) = p.a.request(body).await;
+    assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+    let id = env["data"]["id"].as_str().unwrap().to_owned();
+
+    // Watched every 50 ms until it is done: the status, both nodes' counts, and once
+    // `ferry status`.
+    let (mut doing, mut rate, mut shown) = (None, None, None);
+    let (mut counted_a, mut counted_b) = (0, 0);
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    loop {
+        assert!(tokio::time::Instant::now() < deadline, "not done within {WITHIN:?}");
+        let view = p.a.get(&format!("/v1/requests/{id}")).await.1["data"].clone();
+        let (stats_a, stats_b) =
+            (p.a.get("/v1/stats").await.1["data"].clone(), p.b.get("/v1/stats").await.1["data"].clone());
+        if view["state"] == "success" {
+            break;
+        }
+        let held = view["transfer"]["bytes_done"].as_u64().unwrap();
+        assert!(view["state"] != "waiting" || held == 0, "part of the file is at the peer, yet waiting: {view}");
+        if view["state"] == "doing" && held < size && view["transfer"]["moving"] == true {
+            doing.get_or_insert(held);
+            assert!(stats_a["outgoing"]["doing"].as_u64() >= Some(1), "{stats_a}");
+            if let Some(r) = view["transfer"]["bytes_per_s"].as_u64() {
+                rate.get_or_insert(r);
+                if shown.is_none() {
+                    let config = p.a.config_path.clone();
+                    let args = ["status".into(), id.clone(), "--config".into(), config.display().to_string()];
+                    let out = tokio::task::spawn_blocking(move || support::cli::ferry(args)).await.unwrap();
+                    let text = support::cli::stdout(&out);
+                    shown = text.contains(" left").then_some(text);
+                }
+            }
+        }
+        counted_a = counted_a.max(stats_a["transfers_active"].as_u64().unwrap());
+        counted_b = counted_b.max(stats_b["transfers_active"].as_u64().unwrap());
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let doing = doing.expect("the request was seen doing while its file moved");
+    let rate = rate.expect("its rate was measured while it moved");
+    assert!(doing < size);
+    // The link passes 16 MiB/s; the rate measured is of that order (reports come in steps).
+    assert!((2 << 20..=64 << 20).contains(&rate), "{rate} B/s");
+    assert_eq!((counted_a, counted_b), (1, 1), "the file counted on both nodes while it moved");
+    let shown = shown.expect("`ferry status` showed the file under way");
+    for want in ["doing", "slow.bin  ", " / 64.0 MiB (", "/s  ", " left"] {
+        assert!(shown.contains(want), "no {want:?} in:\n{shown}");
+    }
+    for node in [&p.a, &p.b] {
+        let (_, stats) = node.get("/v1/stats").await;
+        assert_eq!(stats["data"]["transfers_active"], 0, "{}: nothing moves once it is done: {stats}", node.name);
+    }
+    let done = p.a.get(&format!("/v1/requests/{id}")).await.1["data"].clone();
+    assert_eq!(
+        (done["transfer"]["moving"].clone(), done["transfer"]["bytes_per_s"].clone()),
+        (json!(false), Value::Null)
+    );
+    assert_eq!(sha_of(&received_path(&p, "file")), sha);
+
+    // The events agree: waiting, then doing just before the first progress that shows bytes at
+    // the peer, progress under way, then success.
+    let mut seen = Vec::new();
+    while let Ok(Some(e)) = tokio::time::timeout(Duration::from_secs(5), events.recv()).await {
+        if e["id"] == id.as_str() {
+            let last = e["state"] == "success";
+            seen.push(e);
+            if last {
+                break;
+            }
+        }
+    }
+    let states: Vec<&Value> = seen.iter().filter(|e| e["type"] == "state").map(|e| &e["state"]).collect();
+    assert_eq!(states, ["waiting", "doing", "success"], "{seen:?}");
+    let at_doing = seen.iter().position(|e| e["state"] == "doing").unwrap();
+    let bytes = |e: &Value| e["bytes_done"].as_u64();
+    assert!(seen[..at_doing].iter().filter_map(bytes).all(|d| d == 0), "bytes moved before doing: {seen:?}");
+    assert!(
+        seen.get(at_doing + 1).and_then(bytes).is_some_and(|d| d > 0),
+        "doing comes with the first bytes: {seen:?}"
+    );
+    assert!(seen[at_doing..].iter().filter_map(bytes).any(|d| d > 0 && d < size), "{seen:?}");
+}
+
+/// A file cut midway (the receiving node stops) sends its request back to `waiting`, no longer
+/// moving nor counted, while the retry waits; started again, it resumes from the last verified
+/// chunk, and the request completes.
 #[tokio::test]
 async fn a_transfer_cut_midway_resumes_from_the_last_verified_chunk() {
     let mut p = pair().await;
@@ -221,6 +327,16 @@ async fn a_transfer_cut_midway_resumes_from_the_last_verified_chunk() {
     p.b.stop().await;
     let kept = std::fs::metadata(&partial).unwrap().len();
     assert!(kept >= 8 * CHUNK && kept < size, "kept {kept}");
+    let cut = support::until("the cut request to wait", async || {
+        let view = p.a.get(&format!("/v1/requests/{id}")).await.1["data"].clone();
+        let active = p.a.get("/v1/stats").await.1["data"]["transfers_active"].clone();
+        match (&view["state"], &view["transfer"]["moving"], active.as_u64()) {
+            (state, moving, Some(0)) if state == "waiting" && moving == false => Ok(view),
+            _ => Err(format!("{view} with {active} transfers active")),
+        }
+    })
+    .await;
+    assert!(cut["transfer"]["bytes_done"].as_u64() < Some(size), "{cut}");
 
     p.b.start().await;
     let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/events", p.b.api)).await.unwrap();
@@ -237,7 +353,7 @@ async fn a_transfer_cut_midway_resumes_from_the_last_verified_chunk() {
         }
     };
     assert!(first >= kept / CHUNK * CHUNK && first > 0, "resumed from {first}, not from zero (kept {kept})");
-    p.a.wait_state(&id, "success", WITHIN).await;
+    assert_eq!(p.a.wait_state(&id, "success", WITHIN).await["state"], "success");
     assert_eq!(sha_of(&received_path(&p, "file")), sha);
     assert_eq!(p.service.seen().len(), 1);
 }

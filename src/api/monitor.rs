@@ -99,7 +99,7 @@ pub(super) async fn stats(State(state): State<ApiState>) -> Result<Response, Api
         "ActionOK",
         json!({
             "peers": peers, "outgoing": stats.outgoing, "incoming": stats.incoming,
-            "callbacks_pending": stats.callbacks_pending, "transfers_active": 0,
+            "callbacks_pending": stats.callbacks_pending, "transfers_active": state.store.transfers_moving().len(),
         }),
     ))
 }

@@ -7,6 +7,7 @@ mod bundle;
 mod check;
 mod config_file;
 pub mod demo;
+mod human;
 pub mod init;
 mod journal;
 pub mod operator;

@@ -11,6 +11,7 @@ use std::time::Duration;
 
 use serde_json::{json, Map, Value};
 
+use super::human;
 use super::table::{cell, Table};
 
 /// `println!` that ignores a closed stdout (`ferry requests | head`) instead of panicking.
@@ -478,17 +479,8 @@ fn print_status(v: &Value) {
     if let Some(r) = v["response"].as_object() {
         rows.push(("response", format!("{} {}", cell(&r["status"]), shorten(&cell(&r["body"]), 100))));
     }
-    if let Some(t) = v["transfer"].as_object() {
-        rows.push((
-            "file",
-            format!(
-                "{} {}/{} bytes {}",
-                cell(&t["name"]),
-                cell(&t["bytes_done"]),
-                cell(&t["size"]),
-                cell(&t["sha256"])
-            ),
-        ));
+    if !v["transfer"].is_null() {
+        rows.push(("file", transfer_line(&v["transfer"])));
     }
     if let Some(c) = v["callback"].as_object() {
         let delivered = if c["delivered"] == true { "delivered" } else { "not delivered yet" };
@@ -520,6 +512,33 @@ fn print_status(v: &Value) {
         }
         out_raw!("{}", t.render_indented(2));
     }
+}
+
+/// A request's file for people: its name and size, with, until it is through, how much the
+/// peer holds and, while it moves, its rate and the time left; once through, its SHA-256.
+fn transfer_line(t: &Value) -> String {
+    let name = cell(&t["name"]);
+    let (done, size) = (t["bytes_done"].as_u64().unwrap_or(0), t["size"].as_u64());
+    let Some(size) = size.filter(|&size| done < size) else {
+        let size = size.map_or_else(|| "size unknown".to_owned(), human::size);
+        return match t["sha256"].as_str() {
+            Some(sha) => format!("{name}  {size}  sha256 {sha}"),
+            None => format!("{name}  {size}"),
+        };
+    };
+    let mut line = format!("{name}  {} / {} ({}%)", human::size(done), human::size(size), done * 100 / size);
+    match (t["moving"].as_bool(), t["bytes_per_s"].as_u64()) {
+        (Some(true), Some(rate)) => {
+            line.push_str(&format!("  {}", human::rate(rate)));
+            if let Some(left) = human::eta(size - done, rate) {
+                line.push_str(&format!("  {left} left"));
+            }
+        }
+        (Some(true), None) => line.push_str("  moving"),
+        (Some(false), _) => line.push_str("  not moving now"),
+        (None, _) => {}
+    }
+    line
 }
 
 fn shorten(s: &str, max: usize) -> String {
@@ -661,6 +680,29 @@ mod tests {
         assert_eq!(reachable("0.0.0.0:8888".parse().unwrap()).to_string(), "127.0.0.1:8888");
         assert_eq!(reachable("[::]:8888".parse().unwrap()).to_string(), "[::1]:8888");
         assert_eq!(reachable("192.0.2.3:8888".parse().unwrap()).to_string(), "192.0.2.3:8888");
+    }
+
+    /// A file under way shows sizes for people, its rate and the time left; one through, its
+    /// size and hash; one stopped, that it does not move.
+    #[test]
+    fn a_file_is_shown_for_people() {
+        let gib = 1u64 << 30;
+        let moving = json!({"name": "big.bin", "size": 6 * gib, "bytes_done": 1_288_490_189u64, "sha256": null,
+                            "path": "/srv/outbox/big.bin", "moving": true, "bytes_per_s": 64 << 20});
+        assert_eq!(transfer_line(&moving), "big.bin  1.2 GiB / 6.0 GiB (20%)  64.0 MiB/s  1m 17s left");
+        let measuring =
+            json!({"name": "big.bin", "size": 6 * gib, "bytes_done": 1, "moving": true, "bytes_per_s": null});
+        assert_eq!(transfer_line(&measuring), "big.bin  1 B / 6.0 GiB (0%)  moving");
+        let stopped =
+            json!({"name": "big.bin", "size": 6 * gib, "bytes_done": 3 * gib, "moving": false, "bytes_per_s": null});
+        assert_eq!(transfer_line(&stopped), "big.bin  3.0 GiB / 6.0 GiB (50%)  not moving now");
+        let through = json!({"name": "big.bin", "size": 6 * gib, "bytes_done": 6 * gib, "sha256": "ab12",
+                             "moving": false, "bytes_per_s": null});
+        assert_eq!(transfer_line(&through), "big.bin  6.0 GiB  sha256 ab12");
+        let empty = json!({"name": "empty", "size": 0, "bytes_done": 0, "sha256": "e3b0"});
+        assert_eq!(transfer_line(&empty), "empty  0 B  sha256 e3b0");
+        let unknown = json!({"name": "new.bin", "size": null, "bytes_done": 0, "sha256": null});
+        assert_eq!(transfer_line(&unknown), "new.bin  size unknown");
     }
 
     #[test]

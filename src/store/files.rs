@@ -1,8 +1,12 @@
 //! Files received from peers, and transfer progress.
 
+use std::time::Instant;
+
 use rusqlite::{params, OptionalExtension};
 
-use super::{exec, now_ms, query_row, Event, Store, StoreError};
+use super::queue::{state_event, LEASE_MS};
+use super::transfers::Whose;
+use super::{exec, now_ms, query_row, Event, State, Store, StoreError};
 use crate::evidence::{Entry, FileFacts};
 
 /// A received file as a service or callback gets it: the form field it goes in, and its local path.
@@ -58,6 +62,7 @@ impl Store {
 
     /// Records a file received from `peer` for `key`, verified and in its final place.
     pub async fn file_received(&self, peer: &str, key: &str, file: ReceivedFile) -> Result<(), StoreError> {
+        self.transfers.end(peer, key.split('/').next().unwrap_or_default());
         let (peer, key) = (peer.to_owned(), key.to_owned());
         self.run(move |t, _| {
             let name = std::path::Path::new(&file.path).file_name().map(|n| n.to_string_lossy().into_owned());
@@ -75,7 +80,10 @@ impl Store {
 
     /// Records how far the file of this node's request `id` has reached the peer, and tells watchers.
     ///
-    /// `sha256` is set once the whole file is through.
+    /// `sha256` is set once the whole file is through. With its first byte at the peer (or the
+    /// whole file, for an empty one or one the peer held already) a `waiting` request becomes
+    /// `doing`: the peer has it. Each report also renews the link's lease on the request, so that a
+    /// file moving for longer than a lease is not claimed a second time.
     pub async fn file_progress(
         &self,
         peer: &str,
@@ -84,14 +92,30 @@ impl Store {
         total: u64,
         sha256: Option<[u8; 32]>,
     ) -> Result<(), StoreError> {
+        let arrived = done > 0 || sha256.is_some();
+        if arrived {
+            self.transfers.report(Whose::OwnRequest, peer, id, done, total, Instant::now());
+        }
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
+            let now = now_ms();
+            let doing = arrived
+                && exec(
+                    t,
+                    "UPDATE requests SET state = 'doing', updated_at = ?3
+                     WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                    params![peer, id, now],
+                )? > 0;
             exec(
                 t,
-                "UPDATE requests SET file_done = ?3, file_size = ?4, file_sha256 = COALESCE(?5, file_sha256)
+                "UPDATE requests SET file_done = ?3, file_size = ?4, file_sha256 = COALESCE(?5, file_sha256),
+                    next_attempt_at = CASE WHEN next_attempt_at IS NULL THEN NULL ELSE MAX(next_attempt_at, ?6) END
                  WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
-                params![peer, id, done as i64, total as i64, sha256.map(hex::encode)],
+                params![peer, id, done as i64, total as i64, sha256.map(hex::encode), now + LEASE_MS],
             )?;
+            if doing {
+                state_event(events, &id, &peer, State::Doing);
+            }
             events.push(Event::Progress { id, peer, bytes_done: done, bytes_total: total });
             Ok(())
         })
@@ -104,8 +128,11 @@ impl Store {
         self.run(move |t, _| t.record(entry)).await
     }
 
-    /// Tells watchers how far a file has come, without storing it.
+    /// Tells watchers how far a file has come, without storing it: a file received, or sent
+    /// with a reply or a synchronous request. It counts as moving until its last byte
+    /// ([`Store::transfers_moving`]).
     pub fn progress_event(&self, peer: &str, id: &str, done: u64, total: u64) {
+        self.transfers.report(Whose::Other, peer, id, done, total, Instant::now());
         let _ = self.events.send(Event::Progress {
             id: id.to_owned(),
             peer: peer.to_owned(),

@@ -28,6 +28,7 @@ mod records;
 mod replies;
 mod schema;
 mod stored;
+mod transfers;
 mod trust;
 
 use std::path::Path;
@@ -44,6 +45,7 @@ pub use files::{FormFile, ReceivedFile, ReplyFile};
 pub use incoming::{IncomingCall, ServiceOutcome};
 pub use outgoing::{Callback, NewAsync, OutboundWork, OutgoingFile};
 pub use records::{Page, Pending, QueueCount, QueueCounts, RequestFilter, RequestView, Stats};
+pub use transfers::Moving;
 pub use trust::Admission;
 
 /// How many jobs one transaction takes at most.
@@ -241,6 +243,8 @@ pub struct Store {
     readers: Arc<reader::Readers>,
     /// [`Store::moved`].
     moved: Arc<std::sync::atomic::AtomicI64>,
+    /// The files moving now ([`Store::transfers_moving`]).
+    transfers: Arc<transfers::Transfers>,
 }
 
 impl std::fmt::Debug for Store {
@@ -281,6 +285,7 @@ impl Store {
             wake: Arc::default(),
             readers,
             moved,
+            transfers: Arc::default(),
         })
     }
 

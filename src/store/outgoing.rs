@@ -10,7 +10,7 @@ use super::queue::{fail, state_event, LEASE_MS};
 use super::replies::{self, reply_entry};
 use super::stored;
 use super::trust::answer_record;
-use super::{exec, now_ms, query_row, State, Store, StoreError};
+use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
 use crate::host_file::Identity;
 use crate::wire;
 
@@ -84,6 +84,33 @@ impl OutboundWork {
             OutboundWork::Request { peer, .. } | OutboundWork::Reply { peer, .. } => peer,
         }
     }
+
+    /// The id of the request it is or answers.
+    pub fn id(&self) -> &str {
+        match self {
+            OutboundWork::Request { message, .. } => &message.request.id,
+            OutboundWork::Reply { message, .. } => &message.id,
+        }
+    }
+}
+
+/// Which outgoing requests the link still holds: stored and not yet acknowledged by the peer,
+/// `waiting`, or `doing` while their file moves (their lease set, `next_attempt_at`).
+const HELD: &str = "direction = 'outgoing' AND state IN ('waiting', 'doing') AND next_attempt_at IS NOT NULL";
+
+/// Puts this node's request `id` to `peer` back to `waiting` if it was `doing` while its file
+/// moved and the peer has not acknowledged it: the file stopped, and the request waits for
+/// another attempt.
+fn back_to_waiting(t: &Tx, events: &mut Vec<Event>, peer: &str, id: &str) -> Result<(), StoreError> {
+    let changed = exec(
+        t,
+        &format!("UPDATE requests SET state = 'waiting', updated_at = ?3 WHERE {HELD} AND state = 'doing' AND peer = ?1 AND id = ?2"),
+        params![peer, id, now_ms()],
+    )?;
+    if changed > 0 {
+        state_event(events, id, peer, State::Waiting);
+    }
+    Ok(())
 }
 
 impl Store {
@@ -144,7 +171,11 @@ impl Store {
     }
 
     /// Expires what is past its time, then claims up to `limit` requests and replies due for the link.
+    ///
+    /// A request that became `doing` while its file moved, and whose lease ran out without
+    /// progress (the file stalled, or its worker is gone), is `waiting` again and claimed anew.
     pub async fn claim_outbound(&self, limit: usize) -> Result<Vec<OutboundWork>, StoreError> {
+        let transfers = self.transfers.clone();
         self.run(move |t, events| {
             let now = now_ms();
             let expired: Vec<i64> = t
@@ -156,6 +187,18 @@ impl Store {
                 .collect::<Result<_, _>>()?;
             for row in expired {
                 fail(t, events, row, "expired: ttl_s passed before the request completed")?;
+            }
+            let stalled: Vec<(String, String)> = t
+                .prepare_cached(
+                    "UPDATE requests SET state = 'waiting', updated_at = ?1
+                     WHERE direction = 'outgoing' AND state = 'doing' AND next_attempt_at <= ?1
+                     RETURNING id, peer",
+                )?
+                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, peer) in stalled {
+                transfers.end(&peer, &id);
+                state_event(events, &id, &peer, State::Waiting);
             }
             let mut work = Vec::new();
             let mut due = t.prepare_cached(
@@ -202,17 +245,29 @@ impl Store {
                 reply_entry("out", &peer, message, wire::payload_sha256(message)).render()
             }
         });
+        self.transfers.end(&peer, &ack.id);
         self.run(move |t, events| {
             t.record(entry)?;
             if ack.seq == 0 {
+                let now = now_ms();
                 let changed = exec(
                     t,
                     "UPDATE requests SET state = 'doing', next_attempt_at = NULL, updated_at = ?3
                      WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
-                    params![peer, ack.id, now_ms()],
+                    params![peer, ack.id, now],
                 )?;
                 if changed > 0 {
                     state_event(events, &ack.id, &peer, State::Doing);
+                } else {
+                    // `doing` already if its file went first: the link no longer holds it.
+                    exec(
+                        t,
+                        &format!(
+                            "UPDATE requests SET next_attempt_at = NULL, updated_at = ?3
+                             WHERE {HELD} AND state = 'doing' AND peer = ?1 AND id = ?2"
+                        ),
+                        params![peer, ack.id, now],
+                    )?;
                 }
             } else {
                 replies::acknowledged(t, &peer, &ack.id, ack.seq)?;
@@ -224,15 +279,19 @@ impl Store {
 
     /// Sending `work` failed; try again at `at` (ms since the epoch).
     pub async fn retry_outbound(&self, work: Vec<OutboundWork>, at: i64) -> Result<(), StoreError> {
-        self.run(move |t, _| {
+        self.stopped_moving(&work);
+        self.run(move |t, events| {
             for w in &work {
                 match w {
-                    OutboundWork::Request { peer, message, .. } => exec(
-                        t,
-                        "UPDATE requests SET next_attempt_at = ?3
-                         WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
-                        params![peer, message.request.id, at],
-                    )?,
+                    OutboundWork::Request { peer, message, .. } => {
+                        back_to_waiting(t, events, peer, &message.request.id)?;
+                        exec(
+                            t,
+                            "UPDATE requests SET next_attempt_at = ?3
+                             WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                            params![peer, message.request.id, at],
+                        )?
+                    }
                     OutboundWork::Reply { peer, message, .. } => replies::retry(t, peer, message, at)?,
                 };
             }
@@ -245,22 +304,33 @@ impl Store {
     /// be sent again after a pause that doubles with each attempt, from 1 s up to a minute. A peer
     /// that comes back makes it due at once ([`Store::peer_is_back`]).
     pub async fn resend_later(&self, work: Vec<OutboundWork>) -> Result<(), StoreError> {
-        self.run(move |t, _| {
+        self.stopped_moving(&work);
+        self.run(move |t, events| {
             let now = now_ms();
             for w in &work {
                 match w {
-                    OutboundWork::Request { peer, message, .. } => exec(
-                        t,
-                        "UPDATE requests SET next_attempt_at = ?3 + MIN(60000, 1000 << MIN(MAX(attempts - 1, 0), 6))
-                         WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
-                        params![peer, message.request.id, now],
-                    )?,
+                    OutboundWork::Request { peer, message, .. } => {
+                        back_to_waiting(t, events, peer, &message.request.id)?;
+                        exec(
+                            t,
+                            "UPDATE requests SET next_attempt_at = ?3 + MIN(60000, 1000 << MIN(MAX(attempts - 1, 0), 6))
+                             WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                            params![peer, message.request.id, now],
+                        )?
+                    }
                     OutboundWork::Reply { peer, message, .. } => replies::resend_later(t, peer, message, now)?,
                 };
             }
             Ok(())
         })
         .await
+    }
+
+    /// The files of `work`, if any moved, no longer do: the link is done with these messages for now.
+    fn stopped_moving(&self, work: &[OutboundWork]) {
+        for w in work {
+            self.transfers.end(w.peer(), w.id());
+        }
     }
 
     /// Everything waiting for `peer`, requests and replies, is due now (it came back).
@@ -286,12 +356,13 @@ impl Store {
     /// a duplicate or a key still in progress).
     pub async fn refused(&self, peer: &str, id: &str, error: String) -> Result<(), StoreError> {
         let refusal = self.rendered(|| answer_record("in", peer, id, Err(&error)));
+        self.transfers.end(peer, id);
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
             t.record(refusal)?;
             let row: Option<i64> = query_row(
                 t,
-                "SELECT seq FROM requests WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                &format!("SELECT seq FROM requests WHERE {HELD} AND peer = ?1 AND id = ?2"),
                 params![peer, id],
                 |r| r.get(0),
             )
@@ -328,6 +399,7 @@ pub(super) fn outgoing_file(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Op
 mod tests {
     use super::*;
     use crate::store::queue::fixtures::new_async;
+    use crate::store::RequestFilter;
 
     /// Accepted, a request is due for the link once; acknowledged by the peer it is `doing` and
     /// not sent again.
@@ -356,6 +428,134 @@ mod tests {
                 state
             })
         );
+    }
+
+    /// A request with a file, claimed for the link.
+    async fn claimed_with_file(store: &Store, id: &str) -> OutboundWork {
+        let mut new = new_async(id);
+        new.file = Some(OutgoingFile {
+            path: "/srv/outbox/big.bin".into(),
+            name: "big.bin".into(),
+            field: "file".into(),
+            identity: None,
+        });
+        store.insert_outgoing(new).await.unwrap();
+        let mut claimed = store.claim_outbound(10).await.unwrap();
+        assert_eq!(claimed.len(), 1, "{claimed:?}");
+        claimed.remove(0)
+    }
+
+    /// The next `n` state events (a job is answered before its events are published: they may
+    /// follow a moment later).
+    async fn states(events: &mut tokio::sync::broadcast::Receiver<Event>, n: usize) -> Vec<State> {
+        let mut states = Vec::new();
+        while states.len() < n {
+            match tokio::time::timeout(std::time::Duration::from_secs(5), events.recv()).await {
+                Ok(Ok(Event::State { state, .. })) => states.push(state),
+                Ok(Ok(_)) => {}
+                _ => break,
+            }
+        }
+        let more: Vec<Event> = std::iter::from_fn(|| events.try_recv().ok()).collect();
+        assert!(!more.iter().any(|e| matches!(e, Event::State { .. })), "more states: {states:?} then {more:?}");
+        states
+    }
+
+    /// A request is `doing` once the first byte of its file is at the peer, and counted as a file
+    /// moving; a cut puts it back to `waiting` for the retry and it no longer counts; the peer's
+    /// acknowledgement finds it `doing` and tells no one twice.
+    #[tokio::test]
+    async fn a_request_is_doing_while_its_file_moves_and_waiting_again_when_cut() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let mut events = store.subscribe();
+        let work = claimed_with_file(&store, "r1").await;
+        // The offer is not answered yet: nothing is at the peer.
+        store.file_progress("org-b", "r1", 0, 100, None).await.unwrap();
+        assert_eq!(store.get("r1").await.unwrap().unwrap().state, "waiting");
+        assert!(store.transfers_moving().is_empty());
+        store.file_progress("org-b", "r1", 10, 100, None).await.unwrap();
+        let view = store.get("r1").await.unwrap().unwrap();
+        assert_eq!(view.state, "doing");
+        assert_eq!(
+            (view.transfer.as_ref().unwrap()["bytes_done"].clone(), view.transfer.as_ref().unwrap()["moving"].clone()),
+            (10.into(), true.into())
+        );
+        assert_eq!(
+            store
+                .list(RequestFilter { state: Some("doing".into()), limit: 10, ..RequestFilter::default() })
+                .await
+                .unwrap()
+                .items
+                .len(),
+            1
+        );
+        assert_eq!(store.stats().await.unwrap().outgoing["doing"], 1);
+        assert_eq!(
+            store.transfers_moving().iter().map(|m| (m.id.as_str(), m.bytes_done)).collect::<Vec<_>>(),
+            [("r1", 10)]
+        );
+        assert!(store.claim_outbound(10).await.unwrap().is_empty(), "held while it moves");
+
+        // The connection drops mid-file: the retry waits, and so does the request.
+        store.resend_later(vec![work.clone()]).await.unwrap();
+        let view = store.get("r1").await.unwrap().unwrap();
+        assert_eq!(view.state, "waiting");
+        assert_eq!(view.transfer.as_ref().unwrap()["moving"], false);
+        assert_eq!(view.transfer.as_ref().unwrap()["bytes_done"], 10, "what the peer holds is still shown");
+        assert!(store.transfers_moving().is_empty());
+
+        // The next attempt resumes, the whole file is through, the peer acknowledges.
+        store.peer_is_back("org-b").await.unwrap();
+        let [work] = store.claim_outbound(10).await.unwrap().try_into().unwrap();
+        store.file_progress("org-b", "r1", 60, 100, None).await.unwrap();
+        store.file_progress("org-b", "r1", 100, 100, Some([7; 32])).await.unwrap();
+        assert!(store.transfers_moving().is_empty(), "through");
+        assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing");
+        store.acknowledged("org-b", wire::Ack { id: "r1".into(), seq: 0 }, &work).await.unwrap();
+        assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing");
+        store.recover().await.unwrap();
+        assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing", "acknowledged: a restart keeps it");
+        assert!(store.claim_outbound(10).await.unwrap().is_empty(), "acknowledged: not sent again");
+        assert_eq!(states(&mut events, 4).await, [State::Waiting, State::Doing, State::Waiting, State::Doing]);
+    }
+
+    /// A request `doing` while its file moved is `waiting` again after a restart, and when its
+    /// lease ran out without progress; either way it is claimed again. Refused, it fails.
+    #[tokio::test]
+    async fn a_cut_or_stalled_file_leaves_its_request_waiting_to_be_sent_again() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        claimed_with_file(&store, "r1").await;
+        store.file_progress("org-b", "r1", 10, 100, None).await.unwrap();
+        drop(store);
+        let store = Store::open(dir.path()).unwrap();
+        let mut events = store.subscribe();
+        store.recover().await.unwrap();
+        assert_eq!(store.get("r1").await.unwrap().unwrap().state, "waiting");
+        assert_eq!(store.claim_outbound(10).await.unwrap().len(), 1, "claimed again after the restart");
+
+        store.file_progress("org-b", "r1", 20, 100, None).await.unwrap();
+        let lease = |store: Store| async move {
+            store
+                .run(|t, _| Ok(query_row(t, "SELECT next_attempt_at FROM requests", [], |r| r.get::<_, i64>(0))?))
+                .await
+                .unwrap()
+        };
+        assert!(lease(store.clone()).await > now_ms() + LEASE_MS - 5_000, "a report renews the lease");
+        store.run(|t, _| Ok(exec(t, "UPDATE requests SET next_attempt_at = ?1", [now_ms() - 1])?)).await.unwrap();
+        let again = store.claim_outbound(10).await.unwrap();
+        assert_eq!(again.len(), 1, "stalled past its lease: claimed again");
+        assert_eq!(store.get("r1").await.unwrap().unwrap().state, "waiting");
+        assert!(store.transfers_moving().is_empty());
+
+        store.file_progress("org-b", "r1", 30, 100, None).await.unwrap();
+        store.refused("org-b", "r1", "org-b: the file is too large".into()).await.unwrap();
+        let view = store.get("r1").await.unwrap().unwrap();
+        assert_eq!((view.state.as_str(), view.error.as_deref()), ("failed", Some("org-b: the file is too large")));
+        assert!(store.transfers_moving().is_empty());
+        let want = [State::Waiting, State::Doing, State::Waiting, State::Doing, State::Failed];
+        assert_eq!(states(&mut events, 5).await, want);
     }
 
     /// A request the peer refuses fails, and its failure is due to the callback.

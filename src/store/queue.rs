@@ -47,11 +47,22 @@ pub(super) fn fail(t: &Tx, events: &mut Vec<Event>, row: i64, error: &str) -> Re
 }
 
 impl Store {
-    /// At start-up: clears leases of the previous run, and fails incoming requests whose service
+    /// At start-up: clears leases of the previous run (a request that was `doing` while its file
+    /// moved, not yet acknowledged, is `waiting` again), and fails incoming requests whose service
     /// call was under way when the node stopped (the service may have acted; it is not called twice).
     pub async fn recover(&self) -> Result<usize, StoreError> {
         self.run(move |t, events| {
             let now = now_ms();
+            let cut: Vec<(String, String)> = t
+                .prepare(
+                    "UPDATE requests SET state = 'waiting', updated_at = ?1 WHERE direction = 'outgoing'
+                     AND state = 'doing' AND next_attempt_at IS NOT NULL RETURNING id, peer",
+                )?
+                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
+                .collect::<Result<_, _>>()?;
+            for (id, peer) in cut {
+                state_event(events, &id, &peer, State::Waiting);
+            }
             exec(
                 t,
                 "UPDATE requests SET next_attempt_at = ?1 WHERE state = 'waiting' AND next_attempt_at > ?1",

@@ -1,6 +1,8 @@
 //! Read views of the store for the monitoring API: one request, pages of requests, pending
 //! approvals, and counts. They run on read-only connections beside the writer (`reader`).
 
+use std::time::Instant;
+
 use rusqlite::{params, OptionalExtension, Row};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
@@ -44,7 +46,9 @@ pub struct RequestView {
     /// The replies; left out of lists.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub replies: Option<Vec<Value>>,
-    /// The file sent with the request: `{name, size, sha256, bytes_done, path}`.
+    /// The file sent with the request: `{name, size, sha256, bytes_done, path, moving,
+    /// bytes_per_s}` (`moving`: the file of this node's request is moving now; `bytes_per_s`: its
+    /// rate while it moves, once measured).
     pub transfer: Option<Value>,
     /// Callback delivery, for outgoing requests with a callback.
     pub callback: Option<Value>,
@@ -271,6 +275,7 @@ impl Store {
             found.map(|viewed| complete(t, viewed, true)).transpose()
         })
         .await
+        .map(|found| found.map(|view| self.in_motion(view, Instant::now())))
     }
 
     /// A page of requests, newest first.
@@ -311,6 +316,24 @@ impl Store {
             Ok(Page { items, next })
         })
         .await
+        .map(|page| {
+            let now = Instant::now();
+            Page { items: page.items.into_iter().map(|view| self.in_motion(view, now)).collect(), next: page.next }
+        })
+    }
+
+    /// `view` with its transfer's `moving` and `bytes_per_s`: whether the file of this node's
+    /// request is moving at `now`, and how fast.
+    fn in_motion(&self, mut view: RequestView, now: Instant) -> RequestView {
+        let moving = match view.direction.as_str() {
+            "outgoing" => self.transfers.own_request(&view.peer, &view.id, now),
+            _ => None,
+        };
+        if let Some(Value::Object(transfer)) = view.transfer.as_mut() {
+            transfer.insert("moving".into(), moving.is_some().into());
+            transfer.insert("bytes_per_s".into(), moving.and_then(|m| m.bytes_per_s).into());
+        }
+        view
     }
 
     /// Incoming reply-mode requests still awaiting a reply, oldest first.

@@ -246,6 +246,7 @@ impl Store {
     /// learns why. Its `file_path` stays, for the inbox to tell the operator (see
     /// [`Store::reply_file_state`]).
     pub async fn reply_refused(&self, peer: &str, id: &str, seq: u32, error: String) -> Result<(), StoreError> {
+        self.transfers.end(peer, id);
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
             let row: Option<i64> = query_row(
@@ -287,6 +288,7 @@ impl Store {
     /// Stops carrying reply `seq` of the peer's request `id`: the peer refused even the error reply
     /// [`Store::reply_refused`] made of it.
     pub async fn reply_abandoned(&self, peer: &str, id: &str, seq: u32) -> Result<(), StoreError> {
+        self.transfers.end(peer, id);
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, _| {
             exec(

@@ -1,8 +1,9 @@
 //! Links on loopback for machines whose kernel has no netem: [`LossyLink`], a UDP relay between
-//! two nodes that drops a share of the datagrams and delays the others, each way, and
-//! [`DelayRelay`], the same built for a bench's throughput (GRO in, GSO out). Which datagrams
-//! are dropped is drawn from a seeded RNG (one stream per direction), so a seed gives the same
-//! drop pattern for the same sequence of datagrams.
+//! two nodes that drops a share of the datagrams and delays the others, each way (or, as
+//! [`LossyLink::slow`], passes them at a limited rate), and [`DelayRelay`], the same built for a
+//! bench's throughput (GRO in, GSO out). Which datagrams are dropped is drawn from a seeded RNG
+//! (one stream per direction), so a seed gives the same drop pattern for the same sequence of
+//! datagrams.
 //!
 //! a pins b at [`LossyLink::to_b`] and b pins a at [`LossyLink::to_a`]: each node sees the other's
 //! datagrams come from the address it pinned, as over a real link.
@@ -39,6 +40,18 @@ impl LossyLink {
     /// Relays between `a` and `b`, dropping each datagram with probability `loss` and sending the
     /// others on `delay` after they arrived, in the order they arrived.
     pub fn start(a: SocketAddr, b: SocketAddr, loss: f64, delay: Duration, seed: u64) -> LossyLink {
+        LossyLink::relay(a, b, loss, delay, seed, None)
+    }
+
+    /// Relays between `a` and `b` at most `bytes_per_s` each way, dropping nothing: a slow link,
+    /// on which a file takes long enough to be watched mid-way. Each datagram leaves `delay` after
+    /// it arrived, or once the ones before it have left at that rate; the queue is unbounded (the
+    /// peers' flow control bounds it).
+    pub fn slow(a: SocketAddr, b: SocketAddr, bytes_per_s: u64, delay: Duration) -> LossyLink {
+        LossyLink::relay(a, b, 0.0, delay, 0, Some(bytes_per_s))
+    }
+
+    fn relay(a: SocketAddr, b: SocketAddr, loss: f64, delay: Duration, seed: u64, rate: Option<u64>) -> LossyLink {
         let near_a = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let near_b = Arc::new(UdpSocket::bind("127.0.0.1:0").unwrap());
         let stop = Arc::new(AtomicBool::new(false));
@@ -66,7 +79,17 @@ impl LossyLink {
             }));
             // Ends when the receiving thread does (the queue's sender goes with it).
             threads.push(std::thread::spawn(move || {
+                // When the link is free again, at `rate`.
+                let mut free_at = Instant::now();
                 for (at, datagram) in due {
+                    let at = match rate {
+                        Some(rate) => {
+                            let at = at.max(free_at);
+                            free_at = at + Duration::from_secs_f64(datagram.len() as f64 / rate as f64);
+                            at
+                        }
+                        None => at,
+                    };
                     std::thread::sleep(at.saturating_duration_since(Instant::now()));
                     // A send that fails is a datagram lost, as on a wire.
                     if output.send_to(&datagram, destination).is_ok() {

@@ -98,6 +98,38 @@ pub async fn serve(router: axum::Router, nodelay: bool) -> SocketAddr {
     addr
 }
 
+/// Every event of the node API at `api` (`GET /v1/events`, no token), as it comes, answering
+/// the heartbeat every 500 ms until the receiver is dropped or the node closes the socket.
+pub async fn events(api: SocketAddr) -> tokio::sync::mpsc::UnboundedReceiver<serde_json::Value> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::Message;
+
+    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{api}/v1/events")).await.unwrap();
+    let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
+    tokio::spawn(async move {
+        let mut beat = tokio::time::interval(Duration::from_millis(500));
+        loop {
+            tokio::select! {
+                _ = beat.tick() => {
+                    if ws.send(Message::text("OK")).await.is_err() {
+                        return;
+                    }
+                }
+                next = ws.next() => match next {
+                    Some(Ok(Message::Text(t))) => {
+                        if tx.send(serde_json::from_str(&t).unwrap()).is_err() {
+                            return;
+                        }
+                    }
+                    Some(Ok(_)) => {}
+                    _ => return,
+                },
+            }
+        }
+    });
+    rx
+}
+
 /// Whether the node API at `api` serves: answers `GET /v1/health` at all (with 401 where it
 /// requires a token).
 pub async fn serving(client: &reqwest::Client, api: SocketAddr) -> bool {

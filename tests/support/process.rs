@@ -13,7 +13,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Child, Command, ExitStatus, Stdio};
 use std::time::Duration;
 
-use futures::{SinkExt, StreamExt};
 use serde_json::Value;
 use tokio::time::Instant;
 
@@ -375,31 +374,16 @@ pub async fn outgoing(node: &Node) -> Result<BTreeMap<String, u64>, String> {
 /// Progress events `(bytes_done, bytes_total)` for request `id` from the node's `/v1/events`,
 /// answering the heartbeat every 500 ms.
 pub async fn progress_events(api: SocketAddr, id: String) -> tokio::sync::mpsc::UnboundedReceiver<(u64, u64)> {
-    let (mut ws, _) = tokio_tungstenite::connect_async(format!("ws://{api}/v1/events")).await.unwrap();
+    let mut events = super::events(api).await;
     let (tx, rx) = tokio::sync::mpsc::unbounded_channel();
     tokio::spawn(async move {
-        let mut beat = tokio::time::interval(Duration::from_millis(500));
-        loop {
-            tokio::select! {
-                _ = beat.tick() => {
-                    if ws.send(tokio_tungstenite::tungstenite::Message::text("OK")).await.is_err() {
-                        return;
-                    }
+        while let Some(e) = events.recv().await {
+            if e["type"] == "progress" && e["id"] == id.as_str() {
+                let done = e["bytes_done"].as_u64().unwrap();
+                let total = e["bytes_total"].as_u64().unwrap();
+                if tx.send((done, total)).is_err() {
+                    return;
                 }
-                next = ws.next() => match next {
-                    Some(Ok(tokio_tungstenite::tungstenite::Message::Text(t))) => {
-                        let e: Value = serde_json::from_str(&t).unwrap();
-                        if e["type"] == "progress" && e["id"] == id.as_str() {
-                            let done = e["bytes_done"].as_u64().unwrap();
-                            let total = e["bytes_total"].as_u64().unwrap();
-                            if tx.send((done, total)).is_err() {
-                                return;
-                            }
-                        }
-                    }
-                    Some(Ok(_)) => {}
-                    _ => return,
-                },
             }
         }
     });

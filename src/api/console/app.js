@@ -15,7 +15,9 @@
   let outbox = [];
   let lastEvidenceSeq = 0;
   let evidenceRows = [];
-  const transfers = new Map(); // id -> {done, total, at, peer}
+  const transfers = new Map(); // id -> {done, total, at, peer, rate, mark}
+  const stateOf = new Map(); // id -> the request's state as the API names it; null: not kept (synchronous)
+  const looking = new Set(); // ids whose state is being fetched
   const knownIds = new Set();
   const buckets = new Map(); // epoch second -> {bytes, requests}
 
@@ -114,14 +116,8 @@
       el("th", { text: name }),
       ...["waiting", "doing", "success", "failed"].map((s) => el("td", { class: "num", "data-state": s, text: q[s] ?? 0 })));
     $("#queues tbody").replaceChildren(row("outgoing", stats.outgoing), row("incoming", stats.incoming));
-    callbacksPending = stats.callbacks_pending;
-    showExtra();
-  }
-
-  let callbacksPending = 0;
-  function showExtra() {
-    const active = [...transfers.values()].filter((t) => t.done < t.total).length;
-    $("#queues-extra").textContent = `callbacks pending: ${callbacksPending} · transfers active: ${active}`;
+    $("#queues-extra").textContent =
+      `callbacks pending: ${stats.callbacks_pending} · transfers active: ${stats.transfers_active}`;
   }
 
   // ---- requests in flight, with transfers --------------------------------------------------
@@ -137,6 +133,7 @@
     inflightItems = [...waiting.items, ...doing.items];
     for (const item of inflightItems) {
       knownIds.add(item.id);
+      stateOf.set(item.id, item.state);
       requestInfo.set(item.id, item);
       if (item.transfer && item.transfer.size && !transfers.has(item.id)) {
         transfers.set(item.id, { done: item.transfer.bytes_done || 0, total: item.transfer.size, at: Date.now(), peer: item.peer });
@@ -147,7 +144,38 @@
       if (requestInfo.size <= 1000) break;
       requestInfo.delete(id);
     }
+    for (const id of stateOf.keys()) {
+      if (stateOf.size <= 10000) break;
+      if (!transfers.has(id)) stateOf.delete(id);
+    }
     renderInflight();
+  }
+
+  // The state of a request whose file moves but that is not listed in flight (its state came
+  // before the page opened, or it is done while its reply's file still moves): asked once.
+  async function lookUp(id) {
+    if (looking.has(id) || stateOf.has(id)) return;
+    looking.add(id);
+    try {
+      const r = await api("/v1/requests/" + encodeURIComponent(id));
+      requestInfo.set(id, r);
+      if (!stateOf.has(id)) stateOf.set(id, r.state);
+    } catch (e) {
+      if (e instanceof Refused) throw e;
+      stateOf.set(id, null); // not kept: a synchronous request's file
+    } finally {
+      looking.delete(id);
+    }
+    renderInflight();
+  }
+
+  // A transfer's state in the API's names: its request's; for a request the node does not keep
+  // (synchronous), `doing` while its file moves.
+  function transferState(id, t) {
+    const state = stateOf.get(id);
+    if (state) return state;
+    if (state === undefined) lookUp(id).catch(report);
+    return t.done < t.total ? "doing" : null;
   }
 
   function progressBar(id, t) {
@@ -162,7 +190,8 @@
     bar.setAttribute("data-total", String(t.total));
     bar.classList.toggle("done", t.done >= t.total);
     bar.firstChild.style.width = pct.toFixed(1) + "%";
-    bar.lastChild.textContent = `${bytes(t.done)} / ${bytes(t.total)} (${pct.toFixed(0)}%)`;
+    const rate = t.done < t.total && t.rate ? ` · ${bytes(Math.round(t.rate))}/s` : "";
+    bar.lastChild.textContent = `${bytes(t.done)} / ${bytes(t.total)} (${pct.toFixed(0)}%)${rate}`;
   }
 
   function renderInflight() {
@@ -179,6 +208,8 @@
     for (const [id, t] of transfers) {
       if (listed.has(id)) continue;
       if (t.done >= t.total && now - t.at > KEEP_FINISHED_TRANSFER_MS) { transfers.delete(id); continue; }
+      const state = transferState(id, t);
+      if (!state && stateOf.get(id) === null) continue; // a synchronous request's file, through
       const r = requestInfo.get(id) || {};
       rows.push(el("tr", { "data-id": id },
         el("td", {}, el("code", { text: short(id), title: id })),
@@ -186,7 +217,7 @@
         el("td", { text: t.peer || "" }),
         el("td", { text: r.service || "" }),
         el("td", {}, r.method ? el("code", { text: `${r.method} ${r.path}` }) : ""),
-        el("td", {}, t.done >= t.total ? badge("sent", "state-success") : badge("moving", "state-doing")),
+        el("td", {}, state ? badge(state) : ""),
         el("td", {}, progressBar(id, t))));
     }
     if (rows.length === 0) rows.push(el("tr", {}, el("td", { colSpan: 7, class: "muted", text: "nothing in flight" })));
@@ -197,12 +228,21 @@
     const previous = transfers.get(event.id);
     const delta = Math.max(0, event.bytes_done - (previous ? previous.done : 0));
     count("bytes", delta);
-    const t = { done: event.bytes_done, total: event.bytes_total, at: Date.now(), peer: event.peer };
+    const now = Date.now();
+    const t = { done: event.bytes_done, total: event.bytes_total, at: now, peer: event.peer, rate: null, mark: [now, event.bytes_done] };
+    if (previous && previous.mark && event.bytes_done >= previous.mark[1]) {
+      // The rate over a second or more, as the API measures it.
+      const [since, from] = previous.mark;
+      t.rate = previous.rate;
+      t.mark = previous.mark;
+      if (now - since >= 1000) { t.rate = (1000 * (event.bytes_done - from)) / (now - since); t.mark = [now, event.bytes_done]; }
+    }
     transfers.set(event.id, t);
     const bar = document.querySelector(`#inflight .bar[data-id="${CSS.escape(event.id)}"]`);
     if (bar) updateBar(bar, t);
     else renderInflight();
-    if (!previous || (previous.done < previous.total) !== (t.done < t.total)) showExtra();
+    // A file that starts or ends changes the count of transfers active.
+    if (!previous || (previous.done < previous.total) !== (t.done < t.total)) schedule("stats");
   }
 
   // ---- pending approvals -------------------------------------------------------------------
@@ -351,6 +391,7 @@
 
   function onEvent(event) {
     if (event.type === "progress") { onProgress(event); return; }
+    if (event.type === "state") stateOf.set(event.id, event.state);
     if (event.type === "state" && !knownIds.has(event.id)) {
       if (knownIds.size > 100000) knownIds.clear(); // bounded; a few old ids may count again
       knownIds.add(event.id);
