@@ -113,6 +113,10 @@ pub struct FilesConfig {
     pub send_roots: Vec<PathBuf>,
     /// The largest file sent or accepted, in bytes.
     pub max_size: u64,
+    /// Whether received files are written with direct I/O (past the page cache) where the file
+    /// system allows it, rather than through the page cache; synced as they are written either
+    /// way.
+    pub direct_io: bool,
 }
 
 /// `[api]`.
@@ -323,8 +327,9 @@ impl Config {
             let mut s = Section::new(&files, "files", &mut errs);
             let roots = if s.has("send_roots") { s.strings("send_roots") } else { vec!["outbox".to_owned()] };
             let max_size = s.size("max_size", "20GiB");
+            let direct_io = s.flag("direct_io", true);
             s.finish();
-            FilesConfig { send_roots: roots.iter().map(|r| dir.join(r)).collect(), max_size }
+            FilesConfig { send_roots: roots.iter().map(|r| dir.join(r)).collect(), max_size, direct_io }
         };
 
         let api = {
@@ -683,6 +688,7 @@ mod tests {
         state = "deprecated"
         [files]
         max_size = "10MiB"
+        direct_io = false
         [api]
         heartbeat = "500ms"
         max_connections = 64
@@ -696,7 +702,7 @@ mod tests {
         assert_eq!(c.node.data_dir, Path::new("/srv/ferry/data"));
         assert_eq!(c.peers[0].cert, Path::new("/srv/ferry/certs/peers/org-b.pem"));
         assert_eq!(c.files.send_roots, vec![PathBuf::from("/srv/ferry/outbox")]);
-        assert_eq!(c.files.max_size, 10 << 20);
+        assert_eq!((c.files.max_size, c.files.direct_io), (10 << 20, false));
         assert_eq!(c.api.heartbeat, Duration::from_millis(500));
         assert_eq!((c.api.max_connections, c.api.header_timeout), (64, Duration::from_secs(2)));
         assert_eq!(c.node.api, DEFAULT_API.parse().unwrap());

@@ -135,7 +135,10 @@ pub async fn run_with(
         files: HostFiles::new(&sendable, own_files(&config)),
     };
     let link = Link::new(sockets.link, identity.clone(), Transport::default(), config.evidence.receipts, context)?;
-    let folders = crate::transfer::Folders::new(&config.node.data_dir, config.files.max_size);
+    let folders = crate::transfer::Folders {
+        direct_io: config.files.direct_io,
+        ..crate::transfer::Folders::new(&config.node.data_dir, config.files.max_size)
+    };
     let deliverer = Deliverer::new(services.clone());
     tokio::spawn(link.clone().serve(services.clone(), Arc::new(deliverer.clone()), folders));
     let stop = CancellationToken::new();

@@ -22,9 +22,10 @@
 //!
 //! The stages ([`send`]: read → hash ∥ send; [`receive`]: receive → check and write ∥ hash) run
 //! on their own threads with bounded queues between them, so memory per transfer is a few chunk
-//! buffers whatever the file size. The receiver writes with direct I/O where the file system
-//! allows it, so a file of tens of GiB is not copied through the page cache, and syncs ranges as
-//! it goes, so that only the tail is left to sync when the last chunk is in.
+//! buffers whatever the file size. The receiver reserves the file's blocks at the offer, writes
+//! with direct I/O where the file system allows it (unless `[files] direct_io = false`), so a
+//! file of tens of GiB is not copied through the page cache, and syncs what it wrote every 32 MiB
+//! on a thread of its own, so that only the tail is left to sync when the last chunk is in.
 //!
 //! Whatever breaks the stream (a lost connection, a restart of either node, a bad chunk), the
 //! next offer of the same key continues from the last verified chunk; each side rebuilds its
@@ -92,12 +93,14 @@ pub struct Folders {
     pub received: PathBuf,
     /// The largest file accepted.
     pub max_size: u64,
+    /// Whether files are written with direct I/O where the file system allows it.
+    pub direct_io: bool,
 }
 
 impl Folders {
-    /// The folders under `data_dir`.
+    /// The folders under `data_dir`, files written with direct I/O where it can be.
     pub fn new(data_dir: &Path, max_size: u64) -> Self {
-        Folders { partial: data_dir.join("partial"), received: data_dir.join("received"), max_size }
+        Folders { partial: data_dir.join("partial"), received: data_dir.join("received"), max_size, direct_io: true }
     }
 }
 

@@ -101,7 +101,7 @@ pub async fn receive(
         let (file, recycle) = (file.try_clone().map_err(io)?, recycle_tx.clone());
         tokio::task::spawn_blocking(move || hash_chunks(&file, have, from_net_too, recycle))
     };
-    let sink = Sink::open(&partial, file, have).map_err(io)?;
+    let sink = Sink::open(&partial, file, have, folders.direct_io).map_err(io)?;
     let writer =
         tokio::task::spawn_blocking(move || write_chunks(sink, have, from_net, written_tx, recycle_tx, &cancelled));
     let mut to_disk = Some(to_disk);
