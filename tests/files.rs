@@ -34,6 +34,21 @@ fn outbox(node: &support::Node) -> PathBuf {
     node.dir.join("outbox")
 }
 
+/// Sends `path` from org-a to org-b asynchronously and waits until 8 chunks of it are on org-b's
+/// disk; the request id and the partial file.
+async fn send_until_partly_there(p: &Pair, path: &Path) -> (String, PathBuf) {
+    let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": "async", "file": path});
+    let (_, env) = p.a.request(body).await;
+    let id = env["data"]["id"].as_str().unwrap().to_owned();
+    let partial = p.b.dir.join(format!("data/partial/org-a/{id}.part"));
+    let deadline = tokio::time::Instant::now() + WITHIN;
+    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 8 * CHUNK {
+        assert!(tokio::time::Instant::now() < deadline, "the transfer never started");
+        tokio::time::sleep(Duration::from_millis(2)).await;
+    }
+    (id, partial)
+}
+
 /// The path of the received file the service saw in form field `field` of call `n`.
 fn received_path(p: &Pair, field: &str) -> PathBuf {
     let seen = p.service.seen();
@@ -314,16 +329,8 @@ async fn a_transfer_cut_midway_resumes_from_the_last_verified_chunk() {
     let mut p = pair().await;
     let size = 192 * CHUNK;
     let (path, sha) = make_file(&outbox(&p.a), "resume.bin", size);
-    let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": "async", "file": path});
-    let (_, env) = p.a.request(body).await;
-    let id = env["data"]["id"].as_str().unwrap().to_owned();
-    // Wait until part of the file is on org-b's disk, then stop org-b (the connection drops).
-    let partial = p.b.dir.join(format!("data/partial/org-a/{id}.part"));
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 8 * CHUNK {
-        assert!(tokio::time::Instant::now() < deadline, "the transfer never started");
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
+    // Once part of the file is on org-b's disk, stop org-b (the connection drops).
+    let (id, partial) = send_until_partly_there(&p, &path).await;
     p.b.stop().await;
     let kept = std::fs::metadata(&partial).unwrap().len();
     assert!(kept >= 8 * CHUNK && kept < size, "kept {kept}");
@@ -366,15 +373,7 @@ async fn a_file_truncated_while_it_is_sent_fails_its_request_and_the_receivers_p
     let p = pair().await;
     let size = 256 * CHUNK;
     let (path, _) = make_file(&outbox(&p.a), "shrinking.bin", size);
-    let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": "async", "file": path});
-    let (_, env) = p.a.request(body).await;
-    let id = env["data"]["id"].as_str().unwrap().to_owned();
-    let partial = p.b.dir.join(format!("data/partial/org-a/{id}.part"));
-    let deadline = tokio::time::Instant::now() + WITHIN;
-    while std::fs::metadata(&partial).map(|m| m.len()).unwrap_or(0) < 8 * CHUNK {
-        assert!(tokio::time::Instant::now() < deadline, "the transfer never started");
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
+    let (id, partial) = send_until_partly_there(&p, &path).await;
     std::fs::OpenOptions::new().write(true).open(&path).unwrap().set_len(size / 2).unwrap();
 
     let status = p.a.wait_state(&id, "failed", WITHIN).await;
