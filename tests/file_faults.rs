@@ -276,6 +276,46 @@ async fn hostile_file_names_land_inside_the_peers_request_folder() {
 }
 
 // ---------------------------------------------------------------------------------------------
+// a′. Space reserved for an offer
+// ---------------------------------------------------------------------------------------------
+
+/// The node reserves an offered file's space at the offer; a peer that offers 512 MiB, sends one
+/// chunk and resets the stream (or one whose stream breaks) holds no more of the disk than it
+/// sent, and its offer of the same key still resumes after that chunk.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_offer_abandoned_after_one_chunk_holds_no_more_disk_than_it_sent() {
+    use std::os::unix::fs::MetadataExt;
+    timeout(WHOLE, async {
+        let (rogue, b, _service, _root) = rogue_and_node().await;
+        let key = "0199-abandoned";
+        let size = 512 * CHUNK as u64;
+        let part = b.dir.join(format!("data/partial/rogue/{key}.part"));
+        let (mut stream, answer) = rogue.offer(key, "big.bin", size).await;
+        assert_eq!(answer, Ok(Answer::FileResume(FileResume { have: 0 })));
+        let held = |part: &Path| std::fs::metadata(part).map(|m| m.blocks() * 512).unwrap_or(0);
+        assert!(held(&part) >= size, "the offer reserved {} bytes of {size}", held(&part));
+        let first = bytes(CHUNK, 3);
+        stream.chunk(&first, 0, false).await.unwrap();
+        let deadline = Instant::now() + STEP;
+        while std::fs::metadata(&part).unwrap().len() < CHUNK as u64 {
+            assert!(Instant::now() < deadline, "the first chunk was never written");
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        let _ = stream.tx.reset(Code::Cancelled.varint());
+        drop(stream);
+        while held(&part) > 2 * CHUNK as u64 {
+            assert!(Instant::now() < deadline, "the reservation stayed: {} bytes held", held(&part));
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        assert_eq!(std::fs::metadata(&part).unwrap().len(), CHUNK as u64, "the chunk sent is kept");
+        let (_, answer) = rogue.offer(key, "big.bin", size).await;
+        assert_eq!(answer, Ok(Answer::FileResume(FileResume { have: CHUNK as u64 })));
+    })
+    .await
+    .expect("the test ends in time");
+}
+
+// ---------------------------------------------------------------------------------------------
 // b. A corrupted chunk
 // ---------------------------------------------------------------------------------------------
 

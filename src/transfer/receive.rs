@@ -101,7 +101,7 @@ pub async fn receive(
         let (file, recycle) = (file.try_clone().map_err(io)?, recycle_tx.clone());
         tokio::task::spawn_blocking(move || hash_chunks(&file, have, from_net_too, recycle))
     };
-    let sink = Sink::open(&partial, file, have, folders.direct_io).map_err(io)?;
+    let sink = Sink::open(&partial, file, have, size, folders.direct_io).map_err(io)?;
     let writer =
         tokio::task::spawn_blocking(move || write_chunks(sink, have, from_net, written_tx, recycle_tx, &cancelled));
     let mut to_disk = Some(to_disk);
@@ -348,6 +348,8 @@ fn give_back(buf: Arc<ChunkBuf>, recycle: &mpsc::UnboundedSender<ChunkBuf>) {
 
 /// The writer thread: checks each chunk, writes it, and reports the length written; stops at the
 /// first bad chunk. Returns the sink and the length once the stream side closes the channel.
+/// However it ends, the space reserved past what it wrote is given back (none is left once the
+/// file is whole): a peer that offers a large file and stops holds no more than it sent.
 fn write_chunks(
     mut sink: Sink,
     mut have: u64,
@@ -356,19 +358,23 @@ fn write_chunks(
     recycle: mpsc::UnboundedSender<ChunkBuf>,
     cancelled: &AtomicBool,
 ) -> Result<(Sink, u64), WriteFailure> {
-    while let Some((offset, len, check, buf)) = from_net.blocking_recv() {
+    let outcome = loop {
+        let Some((offset, len, check, buf)) = from_net.blocking_recv() else { break Ok(()) };
         if cancelled.load(Ordering::SeqCst) {
-            break;
+            break Ok(());
         }
         if !check.holds(&buf.window()[..len]) {
-            return Err(WriteFailure::Corrupt(offset));
+            break Err(WriteFailure::Corrupt(offset));
         }
-        sink.write(have, &buf, len).map_err(WriteFailure::Disk)?;
+        if let Err(e) = sink.write(have, &buf, len) {
+            break Err(WriteFailure::Disk(e));
+        }
         have += len as u64;
         let _ = written.send(have);
         give_back(buf, &recycle);
-    }
-    Ok((sink, have))
+    };
+    sink.release(have);
+    outcome.map(|()| (sink, have))
 }
 
 /// The hasher thread: the SHA-256 of the prefix `[0, have)` already on disk, then of each chunk

@@ -54,16 +54,31 @@ pub(super) struct Sink {
     written: mpsc::Sender<u64>,
     /// The syncer: syncs what is written every [`SYNC_EVERY`] bytes.
     syncer: std::thread::JoinHandle<std::io::Result<()>>,
+    /// Where the space reserved for the file ends.
+    reserved_to: u64,
 }
 
 impl Sink {
-    /// Writes to `file`, opened from `path`, from offset `at`; with direct I/O if `direct` and
-    /// the file system allows it.
-    pub(super) fn open(path: &Path, file: std::fs::File, at: u64, direct: bool) -> std::io::Result<Sink> {
+    /// Writes to `file`, opened from `path`, from offset `at`, its space reserved up to
+    /// `reserved_to`; with direct I/O if `direct` and the file system allows it.
+    pub(super) fn open(
+        path: &Path,
+        file: std::fs::File,
+        at: u64,
+        reserved_to: u64,
+        direct: bool,
+    ) -> std::io::Result<Sink> {
         let (written, ends) = mpsc::channel();
         let synced = file.try_clone()?;
         let syncer = std::thread::Builder::new().name("ferry-sync".into()).spawn(move || sync(&synced, at, ends))?;
-        Ok(Sink { file, direct: direct.then(|| open_direct(path)).flatten(), written, syncer })
+        Ok(Sink { file, direct: direct.then(|| open_direct(path)).flatten(), written, syncer, reserved_to })
+    }
+
+    /// Gives back the space reserved past `written`, the file's length.
+    pub(super) fn release(&self, written: u64) {
+        if written < self.reserved_to {
+            unreserve(&self.file, written);
+        }
     }
 
     /// Writes the first `len` bytes of `buf`'s window at `offset`: the whole blocks directly when
@@ -124,6 +139,13 @@ fn forget(file: &std::fs::File, from: u64, to: u64) {
     let _ = rustix::fs::fadvise(file, from, NonZeroU64::new(to - from), rustix::fs::Advice::DontNeed);
 }
 
+/// Frees the blocks reserved past `len`, the length of `file`: truncating a file to its own length
+/// frees them (on ext4; punching a hole past the length does not).
+fn unreserve(file: &std::fs::File, len: u64) {
+    // Best effort: blocks that stay reserved are freed when the file is removed or completed.
+    let _ = file.set_len(len);
+}
+
 /// Nothing to drop on this system.
 #[cfg(not(target_os = "linux"))]
 fn forget(_: &std::fs::File, _: u64, _: u64) {}
@@ -162,7 +184,7 @@ mod tests {
             let path = dir.path().join(format!("f-{direct}.part"));
             let file =
                 std::fs::OpenOptions::new().create(true).truncate(false).read(true).write(true).open(&path).unwrap();
-            let mut sink = Sink::open(&path, file, 0, direct).unwrap();
+            let mut sink = Sink::open(&path, file, 0, 0, direct).unwrap();
             let mut offset = 0;
             let mut buf = ChunkBuf::new();
             for piece in content.chunks(CHUNK) {
