@@ -95,12 +95,25 @@ pub struct Folders {
     pub max_size: u64,
     /// Whether files are written with direct I/O where the file system allows it.
     pub direct_io: bool,
+    /// How long a sender may send nothing in the middle of a file before the stream is reset
+    /// ([`wire::Code::Stalled`]) and the space reserved for the file given back.
+    pub stall: std::time::Duration,
 }
+
+/// How long a sender may send nothing in the middle of a file: a minute (a chunk of 1 MiB a
+/// minute is 17 KiB/s).
+pub const STALL: std::time::Duration = std::time::Duration::from_secs(60);
 
 impl Folders {
     /// The folders under `data_dir`, files written with direct I/O where it can be.
     pub fn new(data_dir: &Path, max_size: u64) -> Self {
-        Folders { partial: data_dir.join("partial"), received: data_dir.join("received"), max_size, direct_io: true }
+        Folders {
+            partial: data_dir.join("partial"),
+            received: data_dir.join("received"),
+            max_size,
+            direct_io: true,
+            stall: STALL,
+        }
     }
 }
 

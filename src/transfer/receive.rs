@@ -110,7 +110,8 @@ pub async fn receive(
     // How the stream part ended: with the whole file's claimed hash, or with an error.
     let ended: Result<[u8; 32], Fault> = loop {
         let buf = recycle.try_recv().unwrap_or_else(|_| ChunkBuf::new());
-        let frame = next_frame(rx, next, size, buf);
+        // A sender that sends nothing for `stall` holds the stream (and the space reserved) no more.
+        let frame = tokio::time::timeout(folders.stall, next_frame(rx, next, size, buf));
         tokio::pin!(frame);
         let frame = loop {
             tokio::select! {
@@ -120,7 +121,10 @@ pub async fn receive(
                     // The writer stopped before it was told to: a bad chunk or a disk error.
                     None => writer_gone = true,
                 },
-                frame = &mut frame => break Some(frame),
+                frame = &mut frame => break Some(frame.unwrap_or_else(|_| Err(Fault::Reset(ReceiveError::Reset(
+                    Code::Stalled,
+                    format!("the sender sent nothing for {} s", folders.stall.as_secs()),
+                ))))),
             }
             if writer_gone {
                 break None;

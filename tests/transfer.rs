@@ -1,9 +1,11 @@
-//! File streams across protocol versions (API.md §4): a node sends version-2 streams (a CRC32C
-//! per chunk) only on a `ferry/2` connection, and version-1 streams (a SHA-256 per chunk) to a
-//! node of an earlier release, whose only ALPN ids are `ferry/1+anchored` and `ferry/1`.
+//! `ferry::transfer` over a real pinned QUIC connection on loopback, one side played by this test
+//! with raw frames:
 //!
-//! The sender is `ferry::transfer::send` over a real pinned QUIC connection on loopback; the
-//! receiver is this test, reading the raw frames as an older node would.
+//! - file streams across protocol versions (API.md §4): a node sends version-2 streams (a CRC32C
+//!   per chunk) only on a `ferry/2` connection, and version-1 streams (a SHA-256 per chunk) to a
+//!   node of an earlier release, whose only ALPN ids are `ferry/1+anchored` and `ferry/1`;
+//! - a sender that offers a file and then sends nothing: the receiver resets the stream with
+//!   `Stalled` and gives back the space it reserved.
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -13,7 +15,7 @@ use sha2::{Digest, Sha256};
 use ferry::identity::{Fingerprint, Identity};
 use ferry::peer::{Peer, Peers};
 use ferry::transfer::CHUNK;
-use ferry::wire::{self, Answer, FileDone, FilePart, FileResume, Opening, Protocol};
+use ferry::wire::{self, Answer, Code, FileDone, FileOffer, FilePart, FileResume, Opening, Protocol};
 
 mod support;
 use support::files::bytes;
@@ -104,6 +106,41 @@ async fn a_node_of_an_earlier_release_gets_version_1_streams_and_a_ferry_2_node_
         assert_eq!((protocol, version, kinds), (Protocol::First, 1, vec![1, 1, 1]));
         let (protocol, version, kinds) = send_to(&wire::ALPNS).await;
         assert_eq!((protocol, version, kinds), (Protocol::Second, wire::FILE_VERSION, vec![2, 2, 2]));
+    })
+    .await
+    .expect("the test ends in time");
+}
+
+#[tokio::test]
+async fn a_sender_that_goes_quiet_mid_file_is_reset_stalled_and_its_reservation_given_back() {
+    use std::os::unix::fs::MetadataExt;
+    tokio::time::timeout(Duration::from_secs(60), async {
+        let dir = tempfile::tempdir().unwrap();
+        let folders = ferry::transfer::Folders {
+            stall: Duration::from_millis(300),
+            ..ferry::transfer::Folders::new(dir.path(), u64::MAX)
+        };
+        let (_client, _server, dialled, accepted) = connect(&wire::ALPNS).await;
+        let receiver = tokio::spawn(async move {
+            let (mut tx, mut rx) = accepted.accept_bi().await.unwrap();
+            let Opening::FileOffer(offer) = wire::read(&mut rx).await.unwrap() else { panic!("not a file offer") };
+            match ferry::transfer::receive(&folders, "quiet", offer, &mut tx, &mut rx, |_, _| {}).await {
+                Err(ferry::transfer::ReceiveError::Reset(code, why)) => (code, why),
+                other => panic!("expected a reset, got {other:?}"),
+            }
+        });
+        let size = 256 * CHUNK as u64;
+        let (mut tx, mut rx) = dialled.open_bi().await.unwrap();
+        let offer = FileOffer { version: wire::FILE_VERSION, key: "0199-quiet".into(), name: "q.bin".into(), size };
+        wire::write(&mut tx, &Opening::FileOffer(offer)).await.unwrap();
+        assert_eq!(wire::read::<_, Answer>(&mut rx).await.unwrap(), Answer::FileResume(FileResume { have: 0 }));
+        let part = dir.path().join("partial/quiet/0199-quiet.part");
+        let held = || std::fs::metadata(&part).map(|m| m.blocks() * 512).unwrap_or(0);
+        assert!(held() >= size, "the offer reserved {} bytes of {size}", held());
+        // Nothing more is sent.
+        let (code, why) = receiver.await.unwrap();
+        assert_eq!(code, Code::Stalled, "{why}");
+        assert!(held() < CHUNK as u64, "the reservation was given back: {} bytes held", held());
     })
     .await
     .expect("the test ends in time");
