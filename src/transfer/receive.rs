@@ -86,8 +86,12 @@ pub async fn receive(
     if have > 0 {
         tracing::info!(%peer, key = %offer.key, have, size, "resuming a file transfer");
     }
-    let broken = |e: &dyn std::fmt::Display| ReceiveError::Reset(Code::ProtocolViolation, e.to_string());
-    wire::write(tx, &Answer::FileResume(FileResume { have })).await.map_err(|e| broken(&e))?;
+    let hashed = file.try_clone().map_err(io)?;
+    let sink = Sink::open(&partial, file, have, size, folders.direct_io).map_err(io)?;
+    if let Err(e) = wire::write(tx, &Answer::FileResume(FileResume { have })).await {
+        sink.release(have);
+        return Err(ReceiveError::Reset(Code::ProtocolViolation, e.to_string()));
+    }
     progress(have, size);
 
     let (to_disk, from_net) = mpsc::channel::<Piece>(DEPTH);
@@ -98,10 +102,9 @@ pub async fn receive(
     // If this future is dropped, the writer writes nothing more.
     let _cancel = CancelOnDrop(cancelled.clone());
     let hasher = {
-        let (file, recycle) = (file.try_clone().map_err(io)?, recycle_tx.clone());
-        tokio::task::spawn_blocking(move || hash_chunks(&file, have, from_net_too, recycle))
+        let recycle = recycle_tx.clone();
+        tokio::task::spawn_blocking(move || hash_chunks(&hashed, have, from_net_too, recycle))
     };
-    let sink = Sink::open(&partial, file, have, size, folders.direct_io).map_err(io)?;
     let writer =
         tokio::task::spawn_blocking(move || write_chunks(sink, have, from_net, written_tx, recycle_tx, &cancelled));
     let mut to_disk = Some(to_disk);
