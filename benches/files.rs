@@ -357,6 +357,10 @@ async fn bench(settings: &Settings, runtimes: &Runtimes) -> anyhow::Result<()> {
         )
         .await?,
     );
+    let mut four = four_at_once(&nodes, &client, &service, size, n).await?;
+    four.what = format!("{}, org-b writing through the page cache", four.what);
+    four.role = Role::Plain;
+    figures.push(four);
     nodes.stop().await;
     let _ = std::fs::remove_dir_all(&cached);
 
