@@ -11,11 +11,13 @@
 //!   until org-b's service is called (the file is then on org-b's disk, verified);
 //! - **four files at once**: four such requests sent together, each with its own file of a quarter
 //!   of the size, from the first request until the last service call;
+//! - **the page cache**: the first row and four at once again, on new nodes whose org-b has
+//!   `[files] direct_io = false`;
 //! - **a big file** (`FERRY_BENCH_BIG_MIB`, 10 GiB by default): one such request, with the peak
-//!   RSS during it, and what the transfer added to the process's RSS against what the first
-//!   run of the first row added (both on fresh nodes; the big file runs last); skipped, with the reason printed, where the
-//!   disk has no room for the source, the received copy and 1 GiB to spare. Its files are removed
-//!   afterwards by a drop guard, also when the run fails;
+//!   RSS during it, and what the transfer added to the process's RSS against what the first run
+//!   of the first row added (both on fresh nodes; the big file runs last); skipped, with the
+//!   reason printed, where the disk has no room for the source, the received copy and 1 GiB to
+//!   spare. Its files are removed afterwards by a drop guard, also when the run fails;
 //! - **(a′)** the physical limit: raw quinn as (a), the receiver hashing once (SHA-256) inline and
 //!   handing 1 MiB pieces through a bounded queue to a blocking thread that writes them to a file
 //!   in the bench's temporary directory (the nodes' disk) and fsyncs it at the end, before it
