@@ -607,6 +607,42 @@ async fn peak_rss<T>(work: impl std::future::Future<Output = anyhow::Result<T>>)
     Ok((out, Rss { before_kib, sampled_kib, hwm_kib, growth_kib }))
 }
 
+/// The columns of both tables; `split`: CPU time broken down by side.
+fn headers(split: bool) -> [&'static str; 11] {
+    [
+        "measurement",
+        "runs (s)",
+        "best (s)",
+        "GB/s",
+        "MiB/s",
+        "ferry speed ×",
+        if split { "CPU s send/recv/main +other" } else { "CPU s" },
+        "others' CPUs",
+        "target",
+        "result",
+        "note",
+    ]
+}
+
+impl Figure {
+    /// Its row of a table ([`headers`]): measured at `rate` bytes/s, against ferry's `ferry`.
+    fn row(&self, rate: f64, ferry: f64, split: bool, target: String, result: String) -> Vec<String> {
+        vec![
+            self.what.clone(),
+            self.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
+            format!("{:.2}", self.best()),
+            format!("{:.2}", rate / 1e9),
+            mib_per_s(rate),
+            if self.role == Role::Ferry { String::new() } else { format!("{:.2}", ferry / rate) },
+            self.cpu.as_ref().map_or(String::new(), |c| c.summary(split)),
+            self.cpu.as_ref().and_then(|c| c.others_share).map_or(String::new(), |o| format!("{o:.2}")),
+            target,
+            result,
+            self.note.clone(),
+        ]
+    }
+}
+
 /// `PASS (93%)`: whether `share` reaches `target`, and the share.
 fn share_result(share: f64, target: f64) -> String {
     format!("{} ({:.0}%)", pass(share >= target), share * 100.0)
@@ -626,19 +662,7 @@ fn report(
     let ferry = figures.iter().find(|f| f.role == Role::Ferry).map_or(f64::NAN, |f| f.rate(size));
     // The physical limit: the faster of the (a′) rows.
     let limit = figures.iter().filter(|f| f.role == Role::Limit).map(|f| f.rate(size)).reduce(f64::max);
-    let headers = [
-        "measurement",
-        "runs (s)",
-        "best (s)",
-        "GB/s",
-        "MiB/s",
-        "ferry speed ×",
-        if settings.split { "CPU s send/recv/main +other" } else { "CPU s" },
-        "others' CPUs",
-        "target",
-        "result",
-        "note",
-    ];
+    let headers = headers(settings.split);
     let mut rows = Vec::new();
     for f in figures {
         let rate = f.rate(size);
@@ -650,19 +674,7 @@ fn report(
             (Role::Four, _) => ("four at once ≥ one file's MiB/s".to_owned(), share_result(rate / ferry, 1.0)),
             _ => (String::new(), String::new()),
         };
-        rows.push(vec![
-            f.what.clone(),
-            f.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
-            format!("{:.2}", f.best()),
-            format!("{:.2}", rate / 1e9),
-            mib_per_s(rate),
-            if f.role == Role::Ferry { String::new() } else { format!("{:.2}", ferry / rate) },
-            f.cpu.as_ref().map_or(String::new(), |c| c.summary(settings.split)),
-            f.cpu.as_ref().and_then(|c| c.others_share).map_or(String::new(), |o| format!("{o:.2}")),
-            target,
-            result,
-            f.note.clone(),
-        ]);
+        rows.push(f.row(rate, ferry, settings.split, target, result));
     }
     let rss_row = |what: String, target: String, result: String, note: String| {
         let mut row = vec![what];
@@ -1045,19 +1057,7 @@ fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
     };
     let limit = figures.iter().find(|f| f.role == Role::Limit).map(|f| f.rate(settings.wan_size));
     println!("\n{} from org-a to org-b across {}: {how}\n", human(settings.wan_size), Wan::title(settings));
-    let headers = [
-        "measurement",
-        "runs (s)",
-        "best (s)",
-        "GB/s",
-        "MiB/s",
-        "ferry speed ×",
-        "CPU s",
-        "others' CPUs",
-        "target",
-        "result",
-        "note",
-    ];
+    let headers = headers(false);
     let rows: Vec<Vec<String>> = figures
         .iter()
         .map(|f| {
@@ -1069,19 +1069,7 @@ fn report_wan(settings: &Settings, figures: &[Figure], how: &str) {
                 ),
                 _ => (String::new(), String::new()),
             };
-            vec![
-                f.what.clone(),
-                f.seconds.iter().map(|s| format!("{s:.2}")).collect::<Vec<_>>().join(", "),
-                format!("{:.2}", f.best()),
-                format!("{:.2}", rate / 1e9),
-                mib_per_s(rate),
-                if f.role == Role::Ferry { String::new() } else { format!("{:.2}", ferry / rate) },
-                f.cpu.as_ref().map_or(String::new(), |c| c.summary(false)),
-                f.cpu.as_ref().and_then(|c| c.others_share).map_or(String::new(), |o| format!("{o:.2}")),
-                target,
-                result,
-                f.note.clone(),
-            ]
+            f.row(rate, ferry, false, target, result)
         })
         .collect();
     println!("{}", render(&headers, &rows, false));

@@ -950,6 +950,22 @@ impl Place {
 }
 
 impl FrameError {
+    /// The quinn error under an I/O error, when a quinn stream read as `AsyncRead` failed.
+    pub fn read_error(&self) -> Option<&quinn::ReadError> {
+        match self {
+            FrameError::Io(e) => e.get_ref()?.downcast_ref::<quinn::ReadError>(),
+            _ => None,
+        }
+    }
+
+    /// The protocol code the peer reset the stream with, if that is why reading failed.
+    pub fn peer_reset(&self) -> Option<Code> {
+        match self.read_error()? {
+            quinn::ReadError::Reset(code) => Code::from_varint(*code),
+            _ => None,
+        }
+    }
+
     /// The code to reset the stream with after this error.
     pub fn code(&self) -> Code {
         match self {

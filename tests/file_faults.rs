@@ -19,8 +19,8 @@ use support::{rogue_and_node, Recorder, Rogue};
 use tokio::time::{timeout, Instant};
 
 use ferry::wire::{
-    self, Answer, Code, Encoding, FileChunk, FileChunkCrc, FileEnd, FileOffer, FilePart, FileRef, FileResume,
-    FrameError, Opening, RefusalKind, Request,
+    self, Answer, Code, Encoding, FileChunk, FileChunkCrc, FileEnd, FileOffer, FilePart, FileRef, FileResume, Opening,
+    RefusalKind, Request,
 };
 
 const CHUNK: usize = ferry::transfer::CHUNK;
@@ -39,15 +39,6 @@ struct FileStream {
     rx: quinn::RecvStream,
     /// The file-stream version offered: 1, chunks carry a SHA-256; 2, a CRC32C.
     version: u16,
-}
-
-/// The code a stream was reset with, if that is why reading failed.
-fn reset_code(e: &FrameError) -> Option<Code> {
-    let FrameError::Io(e) = e else { return None };
-    match e.get_ref()?.downcast_ref::<quinn::ReadError>()? {
-        quinn::ReadError::Reset(code) => Code::from_varint(*code),
-        _ => None,
-    }
 }
 
 impl Rogue {
@@ -114,7 +105,7 @@ impl FileStream {
     async fn answer(&mut self) -> Result<Answer, Option<Code>> {
         match timeout(STEP, wire::read(&mut self.rx)).await.expect("the node answers in time") {
             Ok(m) => Ok(m),
-            Err(e) => match reset_code(&e) {
+            Err(e) => match e.peer_reset() {
                 Some(code) => Err(Some(code)),
                 None => panic!("unexpected stream error: {e}"),
             },

@@ -112,10 +112,9 @@ impl From<quinn::ReadError> for LinkFailure {
 impl From<FrameError> for LinkFailure {
     fn from(e: FrameError) -> Self {
         match e {
-            // A quinn stream read as `AsyncRead` hands over its `ReadError` inside an io error.
-            FrameError::Io(e) => match e.get_ref().and_then(|inner| inner.downcast_ref::<quinn::ReadError>()) {
+            FrameError::Io(ref io) => match e.read_error() {
                 Some(read) => read.clone().into(),
-                None => LinkFailure::Interrupted(e.to_string()),
+                None => LinkFailure::Interrupted(io.to_string()),
             },
             e => LinkFailure::Noncompliant(e.to_string()),
         }

@@ -187,14 +187,6 @@ fn hash_prefix(file: &std::fs::File, len: u64) -> std::io::Result<Sha256> {
     Ok(whole)
 }
 
-/// The code `e` says the peer reset the stream with, if that is why reading it failed.
-fn peer_reset(e: &std::io::Error) -> Option<wire::Code> {
-    match e.get_ref()?.downcast_ref::<quinn::ReadError>()? {
-        quinn::ReadError::Reset(code) => wire::Code::from_varint(*code),
-        _ => None,
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::{safe_name, Check};

@@ -139,6 +139,31 @@ fn forget(file: &std::fs::File, from: u64, to: u64) {
     let _ = rustix::fs::fadvise(file, from, NonZeroU64::new(to - from), rustix::fs::Advice::DontNeed);
 }
 
+/// Reserves the blocks of `[from, size)` of `file` without changing its length (which stays the
+/// verified prefix a resumption starts from). A disk that is full fails here, before anything is
+/// sent; and the final sync of a file written into reserved blocks has no block allocations left
+/// to commit (measured on this project's ext4 disk: 0.01–0.08 s for 1 GiB written with direct
+/// I/O, against 0.75–1.27 s without). A file system that cannot reserve is written without.
+#[cfg(target_os = "linux")]
+pub(super) fn reserve(file: &std::fs::File, from: u64, size: u64) -> std::io::Result<()> {
+    use rustix::fs::{fallocate, FallocateFlags};
+    use rustix::io::Errno;
+    if size == from {
+        return Ok(());
+    }
+    match fallocate(file, FallocateFlags::KEEP_SIZE, from, size - from) {
+        Err(e) if [Errno::NOSPC, Errno::DQUOT, Errno::FBIG].contains(&e) => Err(e.into()),
+        // Not supported here (tmpfs of old kernels, some network file systems): no reservation.
+        _ => Ok(()),
+    }
+}
+
+/// Nothing to reserve with on this system.
+#[cfg(not(target_os = "linux"))]
+pub(super) fn reserve(_: &std::fs::File, _: u64, _: u64) -> std::io::Result<()> {
+    Ok(())
+}
+
 /// Frees the blocks reserved past `len`, the length of `file`: truncating a file to its own length
 /// frees them (on ext4; punching a hole past the length does not).
 fn unreserve(file: &std::fs::File, len: u64) {
