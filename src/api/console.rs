@@ -22,7 +22,7 @@ use serde::Serialize;
 use serde_json::json;
 
 use super::envelope::{ok, ApiError, Kind};
-use super::ApiState;
+use super::Shared;
 
 const INDEX: &str = include_str!("console/index.html");
 const SCRIPT: &str = include_str!("console/app.js");
@@ -62,7 +62,7 @@ fn page_headers(content_type: &'static str) -> [(header::HeaderName, HeaderValue
 }
 
 /// `GET /`: the page, with the node's heartbeat so that the page keeps its WebSocket open.
-pub(super) async fn index(State(state): State<ApiState>) -> Response {
+pub(super) async fn index(State(state): State<Shared>) -> Response {
     let heartbeat_ms = state.heartbeat.as_millis().to_string();
     let page = INDEX.replace("{{HEARTBEAT_MS}}", &heartbeat_ms);
     (page_headers("text/html; charset=utf-8"), page).into_response()
@@ -145,7 +145,7 @@ pub struct OutboxFile {
 #[utoipa::path(get, path = "/v1/outbox", tag = "files", summary = "Files below files.send_roots a reply may carry",
     responses((status = 200, description = "`data: {roots, files: [{path, name, size, modified}], truncated}`",
                body = super::openapi::Envelope)))]
-pub(super) async fn outbox(State(state): State<ApiState>) -> Result<Response, ApiError> {
+pub(super) async fn outbox(State(state): State<Shared>) -> Result<Response, ApiError> {
     let roots: Vec<PathBuf> = state.send_roots.roots().map(PathBuf::from).collect();
     let listed = roots.clone();
     let (files, truncated) = tokio::task::spawn_blocking(move || list_outbox(&listed))
@@ -208,7 +208,7 @@ fn relative_name(root: &Path, path: &Path) -> String {
     summary = "The evidence log's chain and receipts checked, as `ferry audit verify` does",
     responses((status = 200, description = "`data: {intact: true, records, receipts}` or `{intact: false, seq, why}`",
                body = super::openapi::Envelope)))]
-pub(super) async fn audit_verify(State(state): State<ApiState>) -> Result<Response, ApiError> {
+pub(super) async fn audit_verify(State(state): State<Shared>) -> Result<Response, ApiError> {
     let certs: HashMap<_, _> = state.peers.all().iter().map(|p| (p.name.clone(), p.cert.clone())).collect();
     let verdict = state
         .store

@@ -12,7 +12,7 @@ use serde::Deserialize;
 use tokio::sync::broadcast::error::RecvError;
 use tokio::time::Instant;
 
-use super::ApiState;
+use super::Shared;
 
 #[derive(Debug, Deserialize, utoipa::IntoParams)]
 #[into_params(parameter_in = Query)]
@@ -26,7 +26,7 @@ pub(super) struct EventsQuery {
     summary = "WebSocket of state, reply and progress events; send the text OK every api.heartbeat",
     params(EventsQuery), responses((status = 101, description = "Switching to the WebSocket")))]
 pub(super) async fn stream(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     Query(q): Query<EventsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {

@@ -64,8 +64,12 @@ pub struct ApiState {
     pub tsa_cert: Option<Arc<Vec<u8>>>,
 }
 
+/// The state the handlers get: one allocation shared by all, so that a request clones a pointer,
+/// not the state's fields (cloning them was 2–3% of a relay node's CPU).
+pub type Shared = Arc<ApiState>;
+
 /// The API's routes and their OpenAPI document, built from the same annotated handlers.
-pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
+pub fn routes() -> (Router<Shared>, utoipa::openapi::OpenApi) {
     use utoipa::OpenApi;
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(utoipa_axum::routes!(requests::create, monitor::list))
@@ -85,6 +89,7 @@ pub fn routes() -> (Router<ApiState>, utoipa::openapi::OpenApi) {
 
 /// The API's routes, guarded by the token and loopback rules, and `/openapi.json`.
 pub fn router(state: ApiState) -> Router {
+    let state = Arc::new(state);
     let (routes, doc) = routes();
     routes
         .route("/openapi.json", openapi::handler(doc))
@@ -105,7 +110,7 @@ pub fn router(state: ApiState) -> Router {
 /// the token); the events WebSocket also takes the token as a subprotocol, since browsers cannot
 /// set headers on it. Browsers' requests from other origins, and (without tokens) to a
 /// non-loopback host name, are refused.
-async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> Result<Response, ApiError> {
+async fn guard(State(state): State<Shared>, request: Request, next: Next) -> Result<Response, ApiError> {
     let tokens = state.tokens.load();
     if let Some(why) = console::browser_refusal(request.headers(), tokens.is_empty()) {
         return Err(ApiError::new(Kind::Forbidden, why));
@@ -146,7 +151,7 @@ async fn guard(State(state): State<ApiState>, request: Request, next: Next) -> R
 /// `GET /v1/peers`.
 #[utoipa::path(get, path = "/v1/peers", tag = "monitoring", summary = "The configured peers and their connections",
     responses((status = 200, body = openapi::Envelope)))]
-async fn peers(State(state): State<ApiState>) -> Response {
+async fn peers(State(state): State<Shared>) -> Response {
     let all: Vec<_> = state.peers.all().iter().map(|p| p.status()).collect();
     ok(StatusCode::OK, "ActionOK", all)
 }
@@ -154,7 +159,7 @@ async fn peers(State(state): State<ApiState>) -> Response {
 /// `GET /v1/health`.
 #[utoipa::path(get, path = "/v1/health", tag = "monitoring", summary = "`{name, version, fingerprint}` once the node serves, and `timestamps` with a TSA",
     responses((status = 200, body = openapi::Envelope)))]
-async fn health(State(state): State<ApiState>) -> Response {
+async fn health(State(state): State<Shared>) -> Response {
     let mut data = json!({"name": state.name, "version": env!("CARGO_PKG_VERSION"), "fingerprint": state.fingerprint});
     if let Some(status) = &state.timestamps {
         data["timestamps"] = json!(status.health());

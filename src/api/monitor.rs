@@ -8,7 +8,7 @@ use serde_json::json;
 
 use super::envelope::{cut, ok, query, ApiError, Kind};
 use super::openapi::Envelope;
-use super::ApiState;
+use super::Shared;
 use crate::store::{RequestFilter, State as RequestState, StoreError};
 
 fn internal(e: StoreError) -> ApiError {
@@ -19,7 +19,7 @@ fn internal(e: StoreError) -> ApiError {
 #[utoipa::path(get, path = "/v1/requests/{id}", tag = "monitoring", summary = "A request's status",
     params(("id" = String, Path, description = "The request id")),
     responses((status = 200, body = Envelope), (status = 404, description = "Unknown id", body = Envelope)))]
-pub(super) async fn one(State(state): State<ApiState>, Path(id): Path<String>) -> Result<Response, ApiError> {
+pub(super) async fn one(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
     match state.store.get(&id).await.map_err(internal)? {
         Some(view) => Ok(ok(StatusCode::OK, "ActionOK", view)),
         None => Err(ApiError::new(
@@ -44,7 +44,7 @@ pub(super) struct ListQuery {
 /// `GET /v1/requests`: newest first, filtered, paged with `before`.
 #[utoipa::path(get, path = "/v1/requests", tag = "monitoring", summary = "Stored requests, newest first",
     params(ListQuery), responses((status = 200, description = "`data: {items, next}`", body = Envelope)))]
-pub(super) async fn list(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub(super) async fn list(State(state): State<Shared>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q: ListQuery = query(raw.as_deref())?;
     if let Some(d) = &q.direction {
         if d != "outgoing" && d != "incoming" {
@@ -76,14 +76,14 @@ pub(super) async fn list(State(state): State<ApiState>, RawQuery(raw): RawQuery)
 /// `GET /v1/pending`.
 #[utoipa::path(get, path = "/v1/pending", tag = "monitoring",
     summary = "Incoming reply-mode requests still awaiting a reply", responses((status = 200, body = Envelope)))]
-pub(super) async fn pending(State(state): State<ApiState>) -> Result<Response, ApiError> {
+pub(super) async fn pending(State(state): State<Shared>) -> Result<Response, ApiError> {
     Ok(ok(StatusCode::OK, "ActionOK", state.store.pending().await.map_err(internal)?))
 }
 
 /// `GET /v1/stats`.
 #[utoipa::path(get, path = "/v1/stats", tag = "monitoring", summary = "Counts by state, peers, callbacks",
     responses((status = 200, body = Envelope)))]
-pub(super) async fn stats(State(state): State<ApiState>) -> Result<Response, ApiError> {
+pub(super) async fn stats(State(state): State<Shared>) -> Result<Response, ApiError> {
     let stats = state.store.stats().await.map_err(internal)?;
     let peers: Vec<_> = state
         .peers
@@ -116,7 +116,7 @@ pub(super) struct AuditQuery {
 #[utoipa::path(get, path = "/v1/audit", tag = "evidence", summary = "The evidence log as JSON lines",
     params(AuditQuery),
     responses((status = 200, description = "One evidence record per line", content_type = "application/x-ndjson", body = String)))]
-pub(super) async fn audit(State(state): State<ApiState>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+pub(super) async fn audit(State(state): State<Shared>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
     let q: AuditQuery = query(raw.as_deref())?;
     if q.since.is_some_and(|since| since < 0) {
         return Err(ApiError::bad_request("`since` must be 0 or more".to_owned()).with("field", "since"));
@@ -138,7 +138,7 @@ pub(super) async fn audit(State(state): State<ApiState>, RawQuery(raw): RawQuery
 /// are read now.
 #[utoipa::path(get, path = "/metrics", tag = "monitoring", summary = "Prometheus metrics",
     responses((status = 200, content_type = "application/openmetrics-text", body = String)))]
-pub(super) async fn metrics(State(state): State<ApiState>) -> Result<Response, ApiError> {
+pub(super) async fn metrics(State(state): State<Shared>) -> Result<Response, ApiError> {
     let queues = state.store.queue_counts().await.map_err(internal)?;
     let metrics = &state.metrics;
     metrics.requests.clear();

@@ -32,7 +32,7 @@ pub struct Envelope {
 }
 
 /// Serves the document built with the router.
-pub(super) fn handler(doc: utoipa::openapi::OpenApi) -> axum::routing::MethodRouter<super::ApiState> {
+pub(super) fn handler(doc: utoipa::openapi::OpenApi) -> axum::routing::MethodRouter<super::Shared> {
     let json = std::sync::Arc::new(serde_json::to_value(&doc).expect("the OpenAPI document serializes"));
     axum::routing::get(move || async move { Json(json.as_ref().clone()) })
 }

@@ -9,7 +9,7 @@ use serde_json::{json, Value};
 
 use super::envelope::{cut, json_body, ok, ApiError, Kind};
 use super::openapi::Envelope;
-use super::ApiState;
+use super::Shared;
 use crate::wire;
 
 /// The body of `POST /v1/replies`.
@@ -43,7 +43,7 @@ struct NewReply {
         (status = 507, description = "`insufficient_storage`: this node's store is full", body = Envelope),
     ))]
 pub(super) async fn create(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
     let reply: NewReply = json_body(body)?;

@@ -11,7 +11,7 @@ use serde_json::{json, Map, Value};
 
 use super::envelope::{cut, json_body, ok, ApiError, Kind};
 use super::openapi::Envelope;
-use super::ApiState;
+use super::{ApiState, Shared};
 use crate::exchange::Failure;
 use crate::store::{now_ms, Callback, NewAsync, OutgoingFile};
 use crate::wire::{self, Encoding, FormValue, RefusalKind};
@@ -97,7 +97,7 @@ const MAX_NAME: usize = 256;
         (status = 507, description = "`insufficient_storage`: this node's store, or the receiving node's disk for the file, is full", body = Envelope),
     ))]
 pub(super) async fn create(
-    State(state): State<ApiState>,
+    State(state): State<Shared>,
     headers: HeaderMap,
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<Response, ApiError> {
