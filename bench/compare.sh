@@ -4,6 +4,9 @@
 #   sync relay   a ferry pair  vs  a pair of nginx reverse proxies with mutual TLS between them
 #                (and the backend called directly), same backend, same load generator (wrk)
 #   async        ferry's acceptance rate of asynchronous requests (202 = on disk)
+#   CPU          each component's CPU per request (user + system, from /proc) and its threads'
+#                context switches per request, for every path: the load generator, org-a's side,
+#                org-b's side and the backend (nginx in its own instance)
 #   memory       resident memory of both ferry nodes and both nginx instances after the load
 #   files        `cargo bench --bench files` (ferry vs raw quinn), then scp and rsync over ssh on
 #                loopback with a file of the same size (FERRY_BENCH_MIB, 1024 by default), each
@@ -18,18 +21,24 @@
 # afterwards; the throwaway sshd listens on a free loopback port and is stopped on exit.
 #
 # Usage: bench/compare.sh [--no-files] [--seconds N] [--connections N]
+#        FERRY_BIN=path/to/ferry bench/compare.sh ...   measures that binary instead of building one
+#        --profile: also records each ferry node with `perf record` during its runs (installs
+#        linux-perf) and prints its CPU by component (bench/attribute.py); the profiled rows run
+#        slower than unprofiled ones would
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 SECONDS_EACH=10
 CONNECTIONS=32
 FILES=1
+PROFILE=0
 while [ $# -gt 0 ]; do
   case "$1" in
     --no-files) FILES=0 ;;
+    --profile) PROFILE=1 ;;
     --seconds) SECONDS_EACH="$2"; shift ;;
     --connections) CONNECTIONS="$2"; shift ;;
-    *) echo "usage: bench/compare.sh [--no-files] [--seconds N] [--connections N]" >&2; exit 2 ;;
+    *) echo "usage: bench/compare.sh [--no-files] [--profile] [--seconds N] [--connections N]" >&2; exit 2 ;;
   esac
   shift
 done
@@ -44,10 +53,15 @@ need nginx nginx-light
 need wrk wrk
 need openssl openssl
 need curl curl
+[ "$PROFILE" = 1 ] && need perf linux-perf
 
-echo "== building ferry (release)"
-cargo build --release -q
-FERRY="$PWD/target/release/ferry"
+if [ -n "${FERRY_BIN:-}" ]; then
+  FERRY=$(realpath "$FERRY_BIN")
+else
+  echo "== building ferry (release)"
+  cargo build --release -q
+  FERRY="$PWD/target/release/ferry"
+fi
 
 WORK=$(mktemp -d)
 PIDS=()
@@ -72,13 +86,23 @@ cert org-b-proxy
 mkdir -p "$WORK/logs" "$WORK/tmp"
 common="worker_processes 2; pid PIDFILE; error_log $WORK/logs/error.log warn; daemon on;
 events { worker_connections 4096; }"
+# the backend both relays call, an instance of its own so that its CPU is counted apart
+cat > "$WORK/nginx-backend.conf" <<EOF
+${common//PIDFILE/$WORK/nginx-backend.pid}
+http {
+  access_log off;
+  client_body_temp_path $WORK/tmp;
+  server {
+    listen 127.0.0.1:$BACKEND; default_type application/json; keepalive_requests 1000000;
+    location / { return 200 '{"ok":true}'; }
+  }
+}
+EOF
 cat > "$WORK/nginx-b.conf" <<EOF
 ${common//PIDFILE/$WORK/nginx-b.pid}
 http {
   access_log off;
   client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp;
-  # the backend both relays call
-  server { listen 127.0.0.1:$BACKEND; default_type application/json; location / { return 200 '{"ok":true}'; } }
   # org-b's proxy: accepts only org-a's pinned certificate
   upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
   server {
@@ -111,6 +135,7 @@ http {
   }
 }
 EOF
+nginx -p "$WORK" -c "$WORK/nginx-backend.conf"
 nginx -p "$WORK" -c "$WORK/nginx-b.conf"
 nginx -p "$WORK" -c "$WORK/nginx-a.conf"
 
@@ -144,12 +169,59 @@ EOF
 SYNC=$(post_script sync '{"peer":"org-b","service":"1","path":"/ok","method":"GET"}')
 ASYNC=$(post_script async '{"peer":"org-b","service":"1","path":"/ok","method":"GET","mode":"async"}')
 
+nginx_pids() { # pidfile: the master and workers of one nginx instance
+  local master; master=$(cat "$1")
+  echo "$master" $(pgrep -P "$master")
+}
+usage() { # pids...: "ticks switches": their user + system CPU in clock ticks, their threads' context switches
+  local ticks=0 switches=0 pid stat
+  for pid in "$@"; do
+    read -r -a stat < "/proc/$pid/stat" || continue
+    ticks=$((ticks + stat[13] + stat[14]))
+    switches=$((switches + $(cat /proc/"$pid"/task/*/status 2>/dev/null | awk '/ctxt_switches/ {s += $2} END {print s + 0}')))
+  done
+  echo "$ticks $switches"
+}
+per_request() { # before after requests: "µs of CPU / context switches" per request
+  awk -v b="$1" -v a="$2" -v n="$3" -v hz="$(getconf CLK_TCK)" 'BEGIN {
+    split(b, x, " "); split(a, y, " ")
+    printf "%.1f / %.2f", (y[1] - x[1]) * 1e6 / hz / n, (y[2] - x[2]) / n }'
+}
+
+profile() { # name pid: records the process for most of a run, then prints its CPU by component
+  perf record -q -F 999 -g --call-graph dwarf,16384 -p "$2" -o "$WORK/$1.perf" -- sleep $((SECONDS_EACH - 2)) \
+    >/dev/null 2>&1
+  perf script -i "$WORK/$1.perf" 2>/dev/null | python3 bench/attribute.py > "$WORK/$1.profile"
+}
+
 RESULTS=()
-run() { # label url [script]: one wrk run, a row of the table
-  local label=$1 url=$2 script=${3:-}
+CPU_ROWS=()
+PROFILES=()
+run() { # label url script "org-a's pids" "org-b's pids": one wrk run, a row of each table
+  local label=$1 url=$2 script=$3 front=$4 back=$5
+  local backend; backend=$(nginx_pids "$WORK/nginx-backend.pid")
   local args=(-t2 "-c$CONNECTIONS" "-d${SECONDS_EACH}s" --latency)
   [ -n "$script" ] && args+=(-s "$script")
-  wrk "${args[@]}" "$url" > "$WORK/wrk.out" 2>&1 || { cat "$WORK/wrk.out"; return 1; }
+  local f0 b0 k0 f1 b1 k1 wrk_cpu
+  f0=$(usage $front); b0=$(usage $back); k0=$(usage $backend)
+  local TIMEFORMAT='%U %S' profiling=()
+  if [ "$PROFILE" = 1 ] && [[ $label == ferry* ]]; then
+    (sleep 1; profile a "$front") & profiling+=($!)
+    (sleep 1; profile b "$back") & profiling+=($!)
+  fi
+  wrk_cpu=$({ time wrk "${args[@]}" "$url" > "$WORK/wrk.out" 2>&1; } 2>&1) || { cat "$WORK/wrk.out"; return 1; }
+  if [ ${#profiling[@]} -gt 0 ]; then
+    wait "${profiling[@]}"
+    PROFILES+=("" "### $label: org-a's CPU by component (perf)" "" "$(cat "$WORK/a.profile")"
+      "" "### $label: org-b's CPU by component (perf)" "" "$(cat "$WORK/b.profile")")
+  fi
+  f1=$(usage $front); b1=$(usage $back); k1=$(usage $backend)
+  local requests; requests=$(awk '/requests in/ {print $1}' "$WORK/wrk.out")
+  local wrk_us; wrk_us=$(awk -v t="$wrk_cpu" -v n="$requests" 'BEGIN {split(t, x, " "); printf "%.1f", (x[1] + x[2]) * 1e6 / n}')
+  local cells=("$wrk_us" "-" "-" "$(per_request "$k0" "$k1" "$requests")")
+  [ -n "$front" ] && cells[1]=$(per_request "$f0" "$f1" "$requests")
+  [ -n "$back" ] && cells[2]=$(per_request "$b0" "$b1" "$requests")
+  CPU_ROWS+=("$(printf '| %-44s | %8s | %15s | %15s | %15s |' "$label" "${cells[@]}")")
   local rps p50 p99 errors
   rps=$(awk '/Requests\/sec/ {print $2}' "$WORK/wrk.out")
   p50=$(awk '$1=="50%" {print $2}' "$WORK/wrk.out")
@@ -164,17 +236,18 @@ curl -sf "http://127.0.0.1:$FRONT/ok" >/dev/null
 curl -sf -X POST -H 'Content-Type: application/json' -d '{"peer":"org-b","service":"1","path":"/ok","method":"GET"}' \
   "http://127.0.0.1:$A_API/v1/requests" >/dev/null
 echo "== load: $CONNECTIONS connections, ${SECONDS_EACH} s each, wrk -t2"
-run "backend called directly" "http://127.0.0.1:$BACKEND/ok"
-run "nginx pair, mutual TLS between them" "http://127.0.0.1:$FRONT/ok"
-run "ferry pair, sync (QUIC, pinned mutual TLS)" "http://127.0.0.1:$A_API/v1/requests" "$SYNC"
-run "ferry pair, async accepted (202 = on disk)" "http://127.0.0.1:$A_API/v1/requests" "$ASYNC"
+NGINX_A=$(nginx_pids "$WORK/nginx-a.pid"); NGINX_B=$(nginx_pids "$WORK/nginx-b.pid")
+run "backend called directly" "http://127.0.0.1:$BACKEND/ok" "" "" ""
+run "nginx pair, mutual TLS between them" "http://127.0.0.1:$FRONT/ok" "" "$NGINX_A" "$NGINX_B"
+run "ferry pair, sync (QUIC, pinned mutual TLS)" "http://127.0.0.1:$A_API/v1/requests" "$SYNC" "${PIDS[0]}" "${PIDS[1]}"
+run "ferry pair, async accepted (202 = on disk)" "http://127.0.0.1:$A_API/v1/requests" "$ASYNC" "${PIDS[0]}" "${PIDS[1]}"
 
 rss() { ps -o rss= -p "$1" | awk '{printf "%.0f", $1/1024}'; }
 nginx_rss() { # master and workers of one instance, MiB
   local master; master=$(cat "$1")
   ps -o rss= --ppid "$master" -p "$master" | awk '{s+=$1} END {printf "%.0f", s/1024}'
 }
-MEM="ferry org-a $(rss "${PIDS[0]}") MiB, org-b $(rss "${PIDS[1]}") MiB; nginx org-a $(nginx_rss "$WORK/nginx-a.pid") MiB, org-b (with the backend) $(nginx_rss "$WORK/nginx-b.pid") MiB"
+MEM="ferry org-a $(rss "${PIDS[0]}") MiB, org-b $(rss "${PIDS[1]}") MiB; nginx org-a $(nginx_rss "$WORK/nginx-a.pid") MiB, org-b $(nginx_rss "$WORK/nginx-b.pid") MiB, the backend $(nginx_rss "$WORK/nginx-backend.pid") MiB"
 
 echo
 echo "## Relay, $(nproc) cores, $(date -u +%Y-%m-%d), wrk -t2 -c$CONNECTIONS -d${SECONDS_EACH}s"
@@ -182,6 +255,13 @@ echo
 echo "| path                                         |      req/s |      p50 |      p99 | errors |"
 echo "| -------------------------------------------- | ---------: | -------: | -------: | ------ |"
 printf '%s\n' "${RESULTS[@]}"
+echo
+echo "CPU per request, µs (user + system) / context switches per request, same runs:"
+echo
+echo "| path                                         |  wrk, µs |  org-a's side   |  org-b's side   |     backend     |"
+echo "| -------------------------------------------- | -------: | --------------: | --------------: | --------------: |"
+printf '%s\n' "${CPU_ROWS[@]}"
+[ ${#PROFILES[@]} -gt 0 ] && printf '%s\n' "${PROFILES[@]}"
 echo
 echo "Resident memory after the load: $MEM"
 
