@@ -200,7 +200,7 @@ PROFILES=()
 run() { # label url script "org-a's pids" "org-b's pids": one wrk run, a row of each table
   local label=$1 url=$2 script=$3 front=$4 back=$5
   local backend; backend=$(nginx_pids "$WORK/nginx-backend.pid")
-  local args=(-t2 "-c$CONNECTIONS" "-d${SECONDS_EACH}s" --latency)
+  local args=("-t$((CONNECTIONS < 2 ? 1 : 2))" "-c$CONNECTIONS" "-d${SECONDS_EACH}s" --latency)
   [ -n "$script" ] && args+=(-s "$script")
   local f0 b0 k0 f1 b1 k1 wrk_cpu
   f0=$(usage $front); b0=$(usage $back); k0=$(usage $backend)
@@ -241,6 +241,12 @@ run "backend called directly" "http://127.0.0.1:$BACKEND/ok" "" "" ""
 run "nginx pair, mutual TLS between them" "http://127.0.0.1:$FRONT/ok" "" "$NGINX_A" "$NGINX_B"
 run "ferry pair, sync (QUIC, pinned mutual TLS)" "http://127.0.0.1:$A_API/v1/requests" "$SYNC" "${PIDS[0]}" "${PIDS[1]}"
 run "ferry pair, async accepted (202 = on disk)" "http://127.0.0.1:$A_API/v1/requests" "$ASYNC" "${PIDS[0]}" "${PIDS[1]}"
+# One caller, one request at a time: what each relay adds to a call's latency.
+MANY=$CONNECTIONS; CONNECTIONS=1
+run "backend called directly, one caller" "http://127.0.0.1:$BACKEND/ok" "" "" ""
+run "nginx pair, one caller" "http://127.0.0.1:$FRONT/ok" "" "$NGINX_A" "$NGINX_B"
+run "ferry pair, sync, one caller" "http://127.0.0.1:$A_API/v1/requests" "$SYNC" "${PIDS[0]}" "${PIDS[1]}"
+CONNECTIONS=$MANY
 
 rss() { ps -o rss= -p "$1" | awk '{printf "%.0f", $1/1024}'; }
 nginx_rss() { # master and workers of one instance, MiB
@@ -252,7 +258,7 @@ MEM="ferry org-a $(rss "${PIDS[0]}") MiB, org-b $(rss "${PIDS[1]}") MiB; nginx o
 echo
 echo "## Relay, $(nproc) cores, $(date -u +%Y-%m-%d), wrk -t2 -c$CONNECTIONS -d${SECONDS_EACH}s"
 echo
-echo "| path                                         |      req/s |      p50 |      p99 | errors |"
+echo "| path (wrk -c$CONNECTIONS unless \"one caller\": -c1) |      req/s |      p50 |      p99 | errors |"
 echo "| -------------------------------------------- | ---------: | -------: | -------: | ------ |"
 printf '%s\n' "${RESULTS[@]}"
 echo
