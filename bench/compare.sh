@@ -75,6 +75,9 @@ trap cleanup EXIT
 
 port() { python3 -c 'import socket; s=socket.socket(); s.bind(("127.0.0.1",0)); print(s.getsockname()[1])'; }
 BACKEND=$(port); FRONT=$(port); BACK=$(port)
+# Idle upstream connections each nginx keeps: enough for every caller, so that no request waits
+# for a new (TLS) connection under load.
+UPSTREAM_KEEPALIVE=$((CONNECTIONS > 64 ? CONNECTIONS : 64))
 
 # -- the backend: a trivial JSON answer, served by nginx, used by every path ---------------------
 cert() { # name: a self-signed P-256 certificate and key for nginx's mutual TLS
@@ -104,7 +107,7 @@ http {
   access_log off;
   client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp;
   # org-b's proxy: accepts only org-a's pinned certificate
-  upstream backend { server 127.0.0.1:$BACKEND; keepalive 64; }
+  upstream backend { server 127.0.0.1:$BACKEND; keepalive $UPSTREAM_KEEPALIVE; }
   server {
     listen 127.0.0.1:$BACK ssl;
     ssl_protocols TLSv1.3;
@@ -121,7 +124,7 @@ http {
   access_log off;
   client_body_temp_path $WORK/tmp; proxy_temp_path $WORK/tmp;
   # org-a's proxy: host apps call it; it calls org-b's proxy with its client certificate
-  upstream org_b { server 127.0.0.1:$BACK; keepalive 64; }
+  upstream org_b { server 127.0.0.1:$BACK; keepalive $UPSTREAM_KEEPALIVE; }
   server {
     listen 127.0.0.1:$FRONT;
     keepalive_requests 1000000;
@@ -240,13 +243,14 @@ NGINX_A=$(nginx_pids "$WORK/nginx-a.pid"); NGINX_B=$(nginx_pids "$WORK/nginx-b.p
 run "backend called directly" "http://127.0.0.1:$BACKEND/ok" "" "" ""
 run "nginx pair, mutual TLS between them" "http://127.0.0.1:$FRONT/ok" "" "$NGINX_A" "$NGINX_B"
 run "ferry pair, sync (QUIC, pinned mutual TLS)" "http://127.0.0.1:$A_API/v1/requests" "$SYNC" "${PIDS[0]}" "${PIDS[1]}"
-run "ferry pair, async accepted (202 = on disk)" "http://127.0.0.1:$A_API/v1/requests" "$ASYNC" "${PIDS[0]}" "${PIDS[1]}"
 # One caller, one request at a time: what each relay adds to a call's latency.
 MANY=$CONNECTIONS; CONNECTIONS=1
 run "backend called directly, one caller" "http://127.0.0.1:$BACKEND/ok" "" "" ""
 run "nginx pair, one caller" "http://127.0.0.1:$FRONT/ok" "" "$NGINX_A" "$NGINX_B"
 run "ferry pair, sync, one caller" "http://127.0.0.1:$A_API/v1/requests" "$SYNC" "${PIDS[0]}" "${PIDS[1]}"
 CONNECTIONS=$MANY
+# Last: the accepted requests are still being carried and called for a while after the run.
+run "ferry pair, async accepted (202 = on disk)" "http://127.0.0.1:$A_API/v1/requests" "$ASYNC" "${PIDS[0]}" "${PIDS[1]}"
 
 rss() { ps -o rss= -p "$1" | awk '{printf "%.0f", $1/1024}'; }
 nginx_rss() { # master and workers of one instance, MiB
