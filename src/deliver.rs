@@ -9,7 +9,11 @@
 use std::sync::Arc;
 use std::time::Duration;
 
+use axum::http::{header, Method, Request};
+use bytes::Bytes;
 use futures::future::BoxFuture;
+use http_body_util::{BodyExt, Full};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
 
 use crate::backoff;
 use crate::config::{ServiceConfig, ServiceState};
@@ -23,23 +27,24 @@ use tokio_util::sync::CancellationToken;
 /// The largest service response body relayed, leaving room for the frame's other fields.
 pub const MAX_BODY: usize = wire::MAX_FRAME - 64 * 1024;
 
+/// The client of service calls: hyper's pooled HTTP/1 client, plain HTTP, no proxy, redirects
+/// relayed as they are. (reqwest's layers over the same client were a third of a service call's
+/// CPU: BENCHMARKS.md, issue 24.)
+type HttpClient = Client<HttpConnector, Full<Bytes>>;
+
 /// Calls this node's local services: the service table and an HTTP client pooled across calls.
 #[derive(Debug, Clone)]
 pub struct Deliverer {
     services: Services,
-    client: reqwest::Client,
+    client: HttpClient,
 }
 
 impl Deliverer {
     /// Calls the services in `services`.
     pub fn new(services: Services) -> Self {
-        let client = reqwest::Client::builder()
-            .no_proxy()
-            .tcp_nodelay(true)
-            .pool_max_idle_per_host(256)
-            .redirect(reqwest::redirect::Policy::none())
-            .build()
-            .expect("an HTTP client without TLS always builds");
+        let mut connector = HttpConnector::new();
+        connector.set_nodelay(true);
+        let client = Client::builder(hyper_util::rt::TokioExecutor::new()).pool_max_idle_per_host(256).build(connector);
         Deliverer { services, client }
     }
 
@@ -81,61 +86,119 @@ impl Deliverer {
         extra: &[(String, String)],
     ) -> Result<wire::Response, CallError> {
         let not_sent = |refusal| CallError { refusal, not_sent: true };
-        let http = self.build(&service, url, peer, request, extra).map_err(not_sent)?;
-        let response = self.client.execute(http).await.map_err(|e| backend_error(&service, e))?;
-        let mut answer = relay(response)
-            .await
-            .map_err(|e| backend_error(&service, e))?
-            .map_err(|refusal| CallError { refusal, not_sent: false })?;
+        let http = build(&service, url, peer, request, extra).map_err(not_sent)?;
+        let within = Duration::from_millis(request.timeout_ms.max(1));
+        let Ok(sent) = tokio::time::timeout(within, self.send(http)).await else {
+            let why = format!("service `{}` did not answer in time", service.id);
+            return Err(CallError { refusal: Refusal::new(RefusalKind::Timeout, why), not_sent: false });
+        };
+        let mut answer =
+            sent.map_err(|e| backend_error(&service, e))?.map_err(|refusal| CallError { refusal, not_sent: false })?;
         if service.state == ServiceState::Deprecated && !answer.headers.iter().any(|(k, _)| k == "deprecation") {
             answer.headers.push(("deprecation".into(), "true".into()));
         }
         Ok(answer)
     }
 
-    fn build(
-        &self,
-        service: &ServiceConfig,
-        url: url::Url,
-        peer: &str,
-        r: &wire::Request,
-        extra: &[(String, String)],
-    ) -> Result<reqwest::Request, Refusal> {
-        let bad = |what: String| Refusal::new(RefusalKind::BadRequest, what);
-        let method =
-            reqwest::Method::from_bytes(r.method.as_bytes()).map_err(|_| bad(format!("bad method {}", r.method)))?;
-        let mut http = self.client.request(method.clone(), url);
-        let in_query = matches!(method, reqwest::Method::GET | reqwest::Method::DELETE);
-        let added = extra.iter().map(|(k, v)| (k.clone(), wire::FormValue::Text(v.clone())));
-        let form: Vec<_> = r.form.iter().cloned().chain(added).collect();
-        let fields = || form.iter().map(|(k, v)| (k.clone(), v.to_text())).collect::<Vec<_>>();
-        http = match (r.encoding, in_query) {
-            (_, _) if form.is_empty() => http,
-            (Encoding::Form, true) => http.query(&fields()),
-            (Encoding::Form, false) => http.form(&fields()),
-            (Encoding::Json, _) => {
-                let object: serde_json::Map<_, _> = form.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
-                http.json(&object)
+    /// Sends the call and reads the service's response, refusing bodies over [`MAX_BODY`].
+    async fn send(&self, http: Request<Full<Bytes>>) -> Result<Result<wire::Response, Refusal>, Unreachable> {
+        let response = self.client.request(http).await.map_err(|e| Unreachable::of(e.is_connect(), &e))?;
+        let (parts, mut body) = response.into_parts();
+        let headers = parts
+            .headers
+            .iter()
+            .filter(|(name, _)| !wire::is_hop_by_hop(name.as_str()))
+            .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
+            .collect();
+        let mut data = Vec::new();
+        while let Some(frame) = body.frame().await {
+            let Ok(chunk) = frame.map_err(|e| Unreachable::of(false, &e))?.into_data() else { continue };
+            if data.len() + chunk.len() > MAX_BODY {
+                return Ok(Err(Refusal::new(
+                    RefusalKind::TooLarge,
+                    format!("the service's answer is over {MAX_BODY} bytes; send large data as a file"),
+                )));
             }
-        };
-        for (name, value) in &r.headers {
-            if wire::is_guarded_header(name) && !service.passes(name) {
-                let header = wire::cut(name);
-                tracing::debug!(id = %r.id, %peer, service = %service.id, %header, "dropped a header the service's `pass_headers` does not list");
-                continue;
-            }
-            http = http.header(name, value);
+            data.extend_from_slice(&chunk);
         }
-        http = http.header("X-Ferry-Peer", peer).header("X-Ferry-Request-Id", &r.id);
-        if let Some((_, id)) = extra.iter().find(|(name, _)| name == wire::CALLBACK_ID_FIELD) {
-            http = http.header("X-Ferry-Callback-Id", id);
+        Ok(Ok(wire::Response { status: parts.status.as_u16(), headers, body: data, replay_of: None }))
+    }
+}
+
+/// The HTTP call for a peer's request, as API.md describes it: the form in the query string (GET,
+/// DELETE) or the body (urlencoded or JSON), the request's headers that the service takes, and
+/// the `X-Ferry-*` headers.
+fn build(
+    service: &ServiceConfig,
+    mut url: url::Url,
+    peer: &str,
+    r: &wire::Request,
+    extra: &[(String, String)],
+) -> Result<Request<Full<Bytes>>, Refusal> {
+    let bad = |what: String| Refusal::new(RefusalKind::BadRequest, what);
+    let method = Method::from_bytes(r.method.as_bytes()).map_err(|_| bad(format!("bad method {}", r.method)))?;
+    let in_query = matches!(method, Method::GET | Method::DELETE);
+    let added = extra.iter().map(|(k, v)| (k.clone(), wire::FormValue::Text(v.clone())));
+    let form: Vec<_> = r.form.iter().cloned().chain(added).collect();
+    let fields = || form.iter().map(|(k, v)| (k.clone(), v.to_text()));
+    let (content_type, body) = match (r.encoding, in_query) {
+        (_, _) if form.is_empty() => (None, Bytes::new()),
+        (Encoding::Form, true) => {
+            url.query_pairs_mut().extend_pairs(fields());
+            (None, Bytes::new())
         }
-        if let Some(c) = &r.conversation {
-            http = http.header("X-Ferry-Conversation", c);
+        (Encoding::Form, false) => {
+            let encoded = serde_urlencoded::to_string(fields().collect::<Vec<_>>())
+                .map_err(|e| bad(format!("cannot encode the form: {e}")))?;
+            (Some("application/x-www-form-urlencoded"), Bytes::from(encoded))
         }
-        http.timeout(Duration::from_millis(r.timeout_ms.max(1)))
-            .build()
-            .map_err(|e| bad(format!("cannot build the service call: {e}")))
+        (Encoding::Json, _) => {
+            let object: serde_json::Map<_, _> = form.iter().map(|(k, v)| (k.clone(), v.to_json())).collect();
+            let encoded =
+                serde_json::to_vec(&object).map_err(|e| bad(format!("cannot encode the form as JSON: {e}")))?;
+            (Some("application/json"), Bytes::from(encoded))
+        }
+    };
+    let mut http = Request::builder().method(method).uri(url.as_str());
+    if let Some(content_type) = content_type {
+        http = http.header(header::CONTENT_TYPE, content_type);
+    }
+    for (name, value) in &r.headers {
+        if wire::is_guarded_header(name) && !service.passes(name) {
+            let header = wire::cut(name);
+            tracing::debug!(id = %r.id, %peer, service = %service.id, %header, "dropped a header the service's `pass_headers` does not list");
+            continue;
+        }
+        http = http.header(name, value);
+    }
+    http = http.header("X-Ferry-Peer", peer).header("X-Ferry-Request-Id", &r.id);
+    if let Some((_, id)) = extra.iter().find(|(name, _)| name == wire::CALLBACK_ID_FIELD) {
+        http = http.header("X-Ferry-Callback-Id", id);
+    }
+    if let Some(c) = &r.conversation {
+        http = http.header("X-Ferry-Conversation", c);
+    }
+    http.body(Full::new(body)).map_err(|e| bad(format!("cannot build the service call: {e}")))
+}
+
+/// A service call that failed on its way: no connection, or one that broke.
+#[derive(Debug)]
+struct Unreachable {
+    /// No connection was made, so the service never saw the call.
+    not_sent: bool,
+    /// The error and its causes, in words.
+    cause: String,
+}
+
+impl Unreachable {
+    fn of(not_sent: bool, e: &dyn std::error::Error) -> Unreachable {
+        let mut cause = e.to_string();
+        let mut source = e.source();
+        while let Some(s) = source {
+            cause = format!("{cause}: {s}");
+            source = s.source();
+        }
+        Unreachable { not_sent, cause }
     }
 }
 
@@ -189,43 +252,10 @@ pub async fn work(deliverer: Deliverer, store: Store, metrics: Arc<Metrics>, sto
         .await;
 }
 
-fn backend_error(service: &ServiceConfig, e: reqwest::Error) -> CallError {
-    let not_sent = e.is_connect();
-    let refusal = if e.is_timeout() {
-        Refusal::new(RefusalKind::Timeout, format!("service `{}` did not answer in time", service.id))
-    } else {
-        let mut cause = e.to_string();
-        let mut source = std::error::Error::source(&e);
-        while let Some(s) = source {
-            cause = format!("{cause}: {s}");
-            source = s.source();
-        }
-        Refusal::new(
-            RefusalKind::BackendUnreachable,
-            format!("the peer could not reach its service `{}` at {} ({cause})", service.id, service.base_url),
-        )
-    };
-    CallError { refusal, not_sent }
-}
-
-/// Reads the service's response, refusing bodies over [`MAX_BODY`].
-async fn relay(mut response: reqwest::Response) -> Result<Result<wire::Response, Refusal>, reqwest::Error> {
-    let headers = response
-        .headers()
-        .iter()
-        .filter(|(name, _)| !wire::is_hop_by_hop(name.as_str()))
-        .filter_map(|(name, value)| Some((name.as_str().to_owned(), value.to_str().ok()?.to_owned())))
-        .collect();
-    let status = response.status().as_u16();
-    let mut body = Vec::new();
-    while let Some(chunk) = response.chunk().await? {
-        if body.len() + chunk.len() > MAX_BODY {
-            return Ok(Err(Refusal::new(
-                RefusalKind::TooLarge,
-                format!("the service's answer is over {MAX_BODY} bytes; send large data as a file"),
-            )));
-        }
-        body.extend_from_slice(&chunk);
-    }
-    Ok(Ok(wire::Response { status, headers, body, replay_of: None }))
+fn backend_error(service: &ServiceConfig, e: Unreachable) -> CallError {
+    let refusal = Refusal::new(
+        RefusalKind::BackendUnreachable,
+        format!("the peer could not reach its service `{}` at {} ({})", service.id, service.base_url, e.cause),
+    );
+    CallError { refusal, not_sent: e.not_sent }
 }
