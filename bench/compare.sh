@@ -7,6 +7,8 @@
 #   CPU          each component's CPU per request (user + system, from /proc) and its threads'
 #                context switches per request, for every path: the load generator, org-a's side,
 #                org-b's side and the backend (nginx in its own instance)
+#   backlog      FERRY_BENCH_BACKLOG (10000) async requests queued while org-b is down, org-a's
+#                peak resident memory, then how fast the backlog drains once org-b is back
 #   memory       resident memory of both ferry nodes and both nginx instances after the load
 #   files        `cargo bench --bench files` (ferry vs raw quinn), then scp and rsync over ssh on
 #                loopback with a file of the same size (FERRY_BENCH_MIB, 1024 by default), each
@@ -259,6 +261,42 @@ nginx_rss() { # master and workers of one instance, MiB
 }
 MEM="ferry org-a $(rss "${PIDS[0]}") MiB, org-b $(rss "${PIDS[1]}") MiB; nginx org-a $(nginx_rss "$WORK/nginx-a.pid") MiB, org-b $(nginx_rss "$WORK/nginx-b.pid") MiB, the backend $(nginx_rss "$WORK/nginx-backend.pid") MiB"
 
+# -- the backlog: requests in flight while the peer is down, then drained ---------------------------
+BACKLOG=${FERRY_BENCH_BACKLOG:-10000}
+outgoing_left() { # org-a's outgoing requests not yet ended
+  curl -sf "http://127.0.0.1:$A_API/v1/stats" | python3 -c 'import json, sys; o = json.load(sys.stdin)["data"]["outgoing"]; print(o["waiting"] + o["doing"])'
+}
+for _ in $(seq 600); do [ "$(outgoing_left)" = 0 ] && break; sleep 0.1; done
+kill "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
+echo 5 > "/proc/${PIDS[0]}/clear_refs"
+echo "== backlog: $BACKLOG async requests while org-b is down"
+python3 - "$A_API" "$BACKLOG" <<'PY'
+import http.client, sys, threading
+port, total = int(sys.argv[1]), int(sys.argv[2])
+body = '{"peer":"org-b","service":"1","path":"/ok","method":"GET","mode":"async"}'
+def post(n):
+    c = http.client.HTTPConnection("127.0.0.1", port)
+    for _ in range(n):
+        c.request("POST", "/v1/requests", body, {"Content-Type": "application/json"})
+        r = c.getresponse(); r.read()
+        assert r.status == 202, r.status
+threads = [threading.Thread(target=post, args=(total // 16 + (i < total % 16),)) for i in range(16)]
+for t in threads: t.start()
+for t in threads: t.join()
+PY
+QUEUED=$(outgoing_left)
+RSS_QUEUED=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/${PIDS[0]}/status")
+RUST_LOG=warn "$FERRY" run --config "$WORK/org-b/config/ferry.toml" 2>>"$WORK/org-b.log" &
+PIDS[1]=$!
+t0=$(date +%s.%N)
+for _ in $(seq 6000); do [ "$(outgoing_left)" = 0 ] && break; sleep 0.05; done
+t1=$(date +%s.%N)
+LEFT=$(outgoing_left)
+BACKLOG_ROW=$(awk -v a="$t0" -v b="$t1" -v n="$QUEUED" -v left="$LEFT" 'BEGIN {
+  printf "%d requests queued; drained in %.2f s from the restart of org-b (%.0f req/s, reconnecting included)%s",
+    n, b - a, (n - left) / (b - a), (left > 0 ? ", " left " still waiting" : "") }')
+RSS_AFTER="org-a $(rss "${PIDS[0]}") MiB, org-b $(rss "${PIDS[1]}") MiB"
+
 echo
 echo "## Relay, $(nproc) cores, $(date -u +%Y-%m-%d), wrk -t2 -c$CONNECTIONS -d${SECONDS_EACH}s"
 echo
@@ -274,6 +312,8 @@ printf '%s\n' "${CPU_ROWS[@]}"
 [ ${#PROFILES[@]} -gt 0 ] && printf '%s\n' "${PROFILES[@]}"
 echo
 echo "Resident memory after the load: $MEM"
+echo
+echo "Backlog: $BACKLOG_ROW; org-a's peak resident memory while they waited: $RSS_QUEUED MiB; after the drain: $RSS_AFTER."
 
 if [ "$FILES" = 1 ]; then
   echo
