@@ -131,6 +131,21 @@ async fn a_slow_service_times_out_without_hanging_the_caller() {
 }
 
 #[tokio::test]
+async fn a_service_answer_over_the_frame_limit_is_refused_and_the_next_one_passes() {
+    let p = pair().await;
+    let over = ferry::deliver::MAX_BODY + 1;
+    let env = assert_error(
+        p.a.request(req(&format!("/bytes/{over}"), "GET", json!({}))).await,
+        StatusCode::PAYLOAD_TOO_LARGE,
+        "too_large",
+    );
+    assert!(env["msg"].as_str().unwrap().contains("send large data as a file"), "{env}");
+    let (status, env) = p.a.request(req(&format!("/bytes/{}", ferry::deliver::MAX_BODY), "GET", json!({}))).await;
+    assert_eq!(status, StatusCode::OK, "{env}");
+    assert_eq!(env["data"]["status"], 200, "{env}");
+}
+
+#[tokio::test]
 async fn a_peer_that_is_down_is_unreachable_within_five_seconds() {
     let mut p = pair().await;
     p.b.stop().await;

@@ -45,7 +45,7 @@ impl Seen {
 
 /// Records every call and answers by path: `/status/{code}` answers that code, `/sleep/{ms}`
 /// waits and answers `slept`, `/sleep/{ms}/…` waits and then echoes, `/binary` answers non-UTF-8
-/// bytes, `/text` plain text, `/flaky/{n}/…` fails its first `n` calls; anything else echoes the
+/// bytes, `/bytes/{n}` that many bytes, `/text` plain text, `/flaky/{n}/…` fails its first `n` calls; anything else echoes the
 /// call as JSON: `{"method", "path", "query", "body", "fields"}`, with `"users": ["Ada"]` added for
 /// `/user/list` (the walkthrough's user service).
 #[derive(Clone)]
@@ -169,6 +169,9 @@ async fn answer(
         }
         ["binary"] => ([("content-type", "application/octet-stream")], vec![0xffu8, 0xfe, 0x00, 0x01]).into_response(),
         ["text"] => "plain words".into_response(),
+        ["bytes", n] => {
+            ([("content-type", "application/octet-stream")], vec![b'x'; n.parse().unwrap()]).into_response()
+        }
         ["flaky", n, ..] => {
             // Fails the first `n` calls to this path, then succeeds.
             let calls = seen.lock().unwrap().iter().filter(|s| s.path == entry.path).count();
