@@ -17,12 +17,12 @@
 //!
 //! The opener's first frame is an [`Opening`]; a request and an asynchronous request carry
 //! [`PROTOCOL_VERSION`], a file offer its file-stream version (1 or [`FILE_VERSION`]), and the
-//! receiver refuses a version it does not speak with [`Code::VersionMismatch`]. After a file offer the opener sends [`FilePart`]s (see
-//! [`crate::transfer`]). The receiver sends [`Answer`]s. A message where it does not stand is a
-//! [`FrameError::Misplaced`]: a stream opened with anything but an [`Opening`] is reset with
-//! [`Code::Unsupported`], any other misplaced message with [`Code::ProtocolViolation`]. The tags
-//! are numbered across the three, as when one enum held every message, so that nodes of every
-//! release of `ferry/1` read each other's frames.
+//! receiver refuses a version it does not speak with [`Code::VersionMismatch`]. After a file
+//! offer the opener sends [`FilePart`]s (see [`crate::transfer`]). The receiver sends
+//! [`Answer`]s. A message where it does not stand is a [`FrameError::Misplaced`]: a stream opened
+//! with anything but an [`Opening`] is reset with [`Code::Unsupported`], any other misplaced
+//! message with [`Code::ProtocolViolation`]. The tags are numbered across the three, as when one
+//! enum held every message, so that nodes of every release of `ferry/1` read each other's frames.
 //!
 //! A synchronous request is one round trip:
 //!
@@ -156,6 +156,14 @@ impl Code {
     /// The code as a QUIC varint.
     pub fn varint(self) -> quinn::VarInt {
         quinn::VarInt::from_u32(self as u32)
+    }
+
+    /// The code the peer reset a stream with, if that is why `e` ended the read and it is ours.
+    pub fn reset_by(e: &quinn::ReadError) -> Option<Self> {
+        match e {
+            quinn::ReadError::Reset(code) => Code::from_varint(*code),
+            _ => None,
+        }
     }
 
     /// The code for a QUIC error code received from the peer, if it is one of ours.
@@ -960,10 +968,7 @@ impl FrameError {
 
     /// The protocol code the peer reset the stream with, if that is why reading failed.
     pub fn peer_reset(&self) -> Option<Code> {
-        match self.read_error()? {
-            quinn::ReadError::Reset(code) => Code::from_varint(*code),
-            _ => None,
-        }
+        Code::reset_by(self.read_error()?)
     }
 
     /// The code to reset the stream with after this error.

@@ -107,7 +107,6 @@ pub async fn receive(
     };
     let writer =
         tokio::task::spawn_blocking(move || write_chunks(sink, have, from_net, written_tx, recycle_tx, &cancelled));
-    let mut to_disk = Some(to_disk);
     let mut next = have;
     let mut writer_gone = false;
     // How the stream part ended: with the whole file's claimed hash, or with an error.
@@ -138,9 +137,9 @@ pub async fn receive(
             None => break stopped(),
             Some(Ok(Frame::Chunk(offset, len, check, buf))) => {
                 next += len as u64;
-                let (Some(disk), buf) = (&to_disk, Arc::new(buf)) else { unreachable!() };
+                let buf = Arc::new(buf);
                 if to_hash.send((offset, len, check, buf.clone())).await.is_err()
-                    || disk.send((offset, len, check, buf)).await.is_err()
+                    || to_disk.send((offset, len, check, buf)).await.is_err()
                 {
                     break stopped();
                 }
@@ -150,7 +149,7 @@ pub async fn receive(
         }
     };
     // Let the writer and the hasher finish what they hold, and take the writer's verdict first.
-    drop((to_disk.take(), to_hash));
+    drop((to_disk, to_hash));
     let outcome = writer.await.map_err(|e| io(std::io::Error::other(e)))?;
     let whole = hasher.await.map_err(|e| io(std::io::Error::other(e)))?;
     while let Ok(done) = written.try_recv() {
@@ -283,9 +282,7 @@ async fn next_frame(rx: &mut quinn::RecvStream, next: u64, size: u64, mut buf: C
     }
     match rx.read_exact(&mut buf.space()[..len]).await {
         Ok(()) => Ok(Frame::Chunk(offset, len, check, buf)),
-        Err(quinn::ReadExactError::ReadError(quinn::ReadError::Reset(code)))
-            if Code::from_varint(code) == Some(Code::SourceChanged) =>
-        {
+        Err(quinn::ReadExactError::ReadError(e)) if Code::reset_by(&e) == Some(Code::SourceChanged) => {
             Err(Fault::SourceChanged)
         }
         Err(e) => Err(Fault::Reset(ReceiveError::Reset(Code::Done, e.to_string()))),
