@@ -289,12 +289,19 @@ RSS_QUEUED=$(awk '/VmHWM/ {printf "%.0f", $2/1024}' "/proc/${PIDS[0]}/status")
 RUST_LOG=warn "$FERRY" run --config "$WORK/org-b/config/ferry.toml" 2>>"$WORK/org-b.log" &
 PIDS[1]=$!
 t0=$(date +%s.%N)
-for _ in $(seq 6000); do [ "$(outgoing_left)" = 0 ] && break; sleep 0.05; done
+# When the first of them ended (org-b up and connected again), and when the last did.
+tf=""
+for _ in $(seq 6000); do
+  left=$(outgoing_left)
+  [ -z "$tf" ] && [ "$left" -lt "$QUEUED" ] && { tf=$(date +%s.%N); left_f=$left; }
+  [ "$left" = 0 ] && break
+  sleep 0.05
+done
 t1=$(date +%s.%N)
 LEFT=$(outgoing_left)
-BACKLOG_ROW=$(awk -v a="$t0" -v b="$t1" -v n="$QUEUED" -v left="$LEFT" 'BEGIN {
-  printf "%d requests queued; drained in %.2f s from the restart of org-b (%.0f req/s, reconnecting included)%s",
-    n, b - a, (n - left) / (b - a), (left > 0 ? ", " left " still waiting" : "") }')
+BACKLOG_ROW=$(awk -v a="$t0" -v f="${tf:-$t1}" -v b="$t1" -v n="$QUEUED" -v nf="${left_f:-$QUEUED}" -v left="$LEFT" 'BEGIN {
+  printf "%d requests queued; drained in %.2f s from the restart of org-b (%.0f req/s, reconnecting included); the first ended %.2f s after the restart, and from then on %.0f req/s%s",
+    n, b - a, (n - left) / (b - a), f - a, (b > f ? (nf - left) / (b - f) : 0), (left > 0 ? ", " left " still waiting" : "") }')
 RSS_AFTER="org-a $(rss "${PIDS[0]}") MiB, org-b $(rss "${PIDS[1]}") MiB"
 
 echo

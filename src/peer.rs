@@ -10,6 +10,7 @@ use std::time::SystemTime;
 use rustls::pki_types::CertificateDer;
 use serde::Serialize;
 
+use crate::backoff;
 use crate::config::PeerConfig;
 use crate::identity::{load_cert, Fingerprint, IdentityError};
 
@@ -27,6 +28,8 @@ pub struct Peer {
     link: Mutex<LinkState>,
     /// Held while dialing, so that one dial serves every waiting request.
     pub dialing: tokio::sync::Mutex<()>,
+    /// Woken when the peer dials this node ([`Peer::dialed_in`]).
+    up: tokio::sync::Notify,
     /// Cancelled when a reload removes or replaces this peer.
     retired: tokio_util::sync::CancellationToken,
 }
@@ -35,6 +38,8 @@ pub struct Peer {
 struct LinkState {
     connection: Option<quinn::Connection>,
     failures: u32,
+    /// Until when stored work waits before the peer is dialed again, after a failed dial.
+    away_until: Option<std::time::Instant>,
     last_error: Option<String>,
     last_seen: Option<SystemTime>,
 }
@@ -49,6 +54,7 @@ impl Peer {
             cert: cert.clone().into_owned(),
             link: Mutex::default(),
             dialing: tokio::sync::Mutex::new(()),
+            up: tokio::sync::Notify::new(),
             retired: tokio_util::sync::CancellationToken::new(),
         }
     }
@@ -81,6 +87,7 @@ impl Peer {
         let mut link = self.link.lock().unwrap();
         link.connection = Some(connection);
         link.failures = 0;
+        link.away_until = None;
         link.last_error = None;
         link.last_seen = Some(SystemTime::now());
     }
@@ -90,16 +97,32 @@ impl Peer {
         self.link.lock().unwrap().last_seen = Some(SystemTime::now());
     }
 
-    /// Records a failure to reach the peer.
+    /// Records a failure to reach the peer: stored work for it waits [`backoff::PEER_AWAY`]
+    /// before the peer is dialed again ([`Peer::away_for`]).
     pub fn failed(&self, error: String) {
         let mut link = self.link.lock().unwrap();
         link.failures = link.failures.saturating_add(1);
+        link.away_until = Some(std::time::Instant::now() + backoff::PEER_AWAY.after(link.failures));
         link.last_error = Some(error);
     }
 
-    /// Failed attempts to reach the peer since it was last connected.
-    pub fn failures(&self) -> u32 {
-        self.link.lock().unwrap().failures
+    /// How long stored work for the peer still waits before it is dialed again, after a failed
+    /// dial; `None` once it may be dialed.
+    pub fn away_for(&self) -> Option<std::time::Duration> {
+        let until = self.link.lock().unwrap().away_until?;
+        until.checked_duration_since(std::time::Instant::now()).filter(|d| !d.is_zero())
+    }
+
+    /// Records that the peer dialed this node: it is up, so stored work need not wait to dial it,
+    /// and a dial still waiting for its answer starts over ([`Peer::up`]).
+    pub fn dialed_in(&self) {
+        self.link.lock().unwrap().away_until = None;
+        self.up.notify_waiters();
+    }
+
+    /// Resolves at the next [`Peer::dialed_in`] after this call.
+    pub fn up(&self) -> tokio::sync::futures::Notified<'_> {
+        self.up.notified()
     }
 
     /// Closes the connection, if any, with `code`.
@@ -297,5 +320,21 @@ mod tests {
         let missing = PeerConfig { cert: dir.path().join("gone.pem"), ..b };
         assert!(peers.reload(&[missing, d]).is_err());
         assert_eq!(peers.all().iter().map(|p| p.name.clone()).collect::<Vec<_>>(), ["org-d"]);
+    }
+
+    #[tokio::test]
+    async fn a_peer_that_dials_in_is_no_longer_away_and_wakes_a_dial_waiting_for_it() {
+        let peer = Peer::new("org-b", "127.0.0.1:1", &Identity::generate("org-b").unwrap().cert);
+        assert_eq!(peer.away_for(), None, "a peer never dialed may be dialed");
+        peer.failed("no answer".into());
+        let away = peer.away_for().expect("a failed dial makes stored work wait");
+        assert!(away <= backoff::PEER_AWAY.max.mul_f64(1.25), "{away:?}");
+
+        let waiting_dial = peer.up();
+        peer.dialed_in();
+        assert_eq!(peer.away_for(), None, "a peer that dialed in is up");
+        tokio::time::timeout(std::time::Duration::from_secs(10), waiting_dial)
+            .await
+            .expect("a dial begun before the peer dialed in is woken, to start over");
     }
 }

@@ -68,14 +68,21 @@ impl Link {
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Local(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         config.transport_config(self.inner.transport.config());
-        let connecting = self
-            .inner
-            .endpoint
-            .connect_with(config, addr, crate::tls::SERVER_NAME)
-            .map_err(|e| Unreachable(format!("cannot dial {}: {e}", peer.name)))?;
-        let connection = connecting
-            .await
-            .map_err(|e| Unreachable(format!("{} at {addr} refused the connection: {e}", peer.name)))?;
+        let connection = loop {
+            let up = peer.up();
+            let connecting = self
+                .inner
+                .endpoint
+                .connect_with(config.clone(), addr, crate::tls::SERVER_NAME)
+                .map_err(|e| Unreachable(format!("cannot dial {}: {e}", peer.name)))?;
+            tokio::select! {
+                connected = connecting => break connected
+                    .map_err(|e| Unreachable(format!("{} at {addr} refused the connection: {e}", peer.name)))?,
+                // The peer dialed this node meanwhile: it is up, and a new handshake reaches it at
+                // once, where this one (begun while it was down) would wait for its next resend.
+                () = up => tracing::debug!(peer = %peer.name, "the peer dialed in; dialing it anew"),
+            }
+        };
         accepted(&connection).await.map_err(|reason| {
             Unreachable(format!(
                 "{} at {addr} refused this node's certificate ({reason}); it has probably not pinned it: compare \

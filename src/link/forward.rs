@@ -49,13 +49,18 @@ impl Link {
             let _ = store.retry_outbound(batch, now_ms() + 60_000).await;
             return;
         };
+        // A peer that failed its last dial is not dialed again for each batch that falls due.
+        if let Some(wait) = peer.away_for() {
+            let _ = store.retry_outbound(batch, now_ms() + wait.as_millis() as i64).await;
+            return;
+        }
         let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
         let connection = match self.connection(&peer, deadline).await {
             Ok(c) => c,
             Err(e) => {
-                let at = now_ms() + peer_backoff(&peer);
+                let wait = peer.away_for().unwrap_or(backoff::PEER_AWAY.first);
                 tracing::debug!(peer = peer_name, error = %e, waiting = batch.len(), "peer away; retrying later");
-                let _ = store.retry_outbound(batch, at).await;
+                let _ = store.retry_outbound(batch, now_ms() + wait.as_millis() as i64).await;
                 return;
             }
         };
@@ -79,6 +84,14 @@ impl Link {
                     let recorded = match answer {
                         Ok(ack) => store.acknowledged(&peer.name, ack, &work).await,
                         Err(LinkFailure::Refused(refusal)) => self.record_refusal(&peer, work, refusal, refuser).await,
+                        // The connection went (the peer restarted, or the path broke): not this
+                        // message's fault, so it waits as for a peer away, not with a backoff of
+                        // its own, and a peer that dials back makes it due at once.
+                        Err(e) if connection.close_reason().is_some() => {
+                            tracing::debug!(peer = %peer.name, error = %e, "connection lost; resending on the next");
+                            let wait = peer.away_for().unwrap_or(backoff::PEER_AWAY.first);
+                            store.retry_outbound(vec![work], now_ms() + wait.as_millis() as i64).await
+                        }
                         Err(e) => {
                             tracing::debug!(peer = %peer.name, error = %e, "not acknowledged; resending later");
                             store.resend_later(vec![work]).await
@@ -192,9 +205,4 @@ async fn send(connection: &quinn::Connection, work: &OutboundWork) -> Result<wir
         _ => None,
     })
     .await
-}
-
-/// The pause, in milliseconds, before trying a peer again ([`backoff::PEER_AWAY`]).
-fn peer_backoff(peer: &Peer) -> i64 {
-    backoff::PEER_AWAY.after(peer.failures()).as_millis() as i64
 }

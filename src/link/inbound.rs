@@ -51,6 +51,7 @@ pub(super) async fn connection(
     };
     tracing::debug!(peer = %peer.name, %remote, "peer connected");
     peer.seen();
+    peer.dialed_in();
     // A peer that dials anew may have restarted: a datagram on this node's own connection to it
     // draws a stateless reset at once if that connection is from its previous run, so that it is
     // redialed before a request uses it.

@@ -204,8 +204,9 @@ enum Durability {
     Full,
     /// Written to the WAL without an fsync (`synchronous=NORMAL`): survives a crash or kill of
     /// the node at once, and a power loss from the next full commit or checkpoint on. Used for
-    /// deferred evidence ([`Store::defer`]), which would otherwise wait for an fsync each, and for
-    /// [`Store::flush`].
+    /// deferred evidence ([`Store::defer`]), which would otherwise wait for an fsync each, for
+    /// [`Store::flush`], and for the link's claims and the peers' acknowledgements, whose loss
+    /// only means a message is sent again.
     Relaxed,
 }
 

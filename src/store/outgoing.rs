@@ -174,9 +174,12 @@ impl Store {
     ///
     /// A request that became `doing` while its file moved, and whose lease ran out without
     /// progress (the file stalled, or its worker is gone), is `waiting` again and claimed anew.
+    ///
+    /// The claim is committed without waiting for an fsync: lost to a power cut, it
+    /// only means the message is sent again, and the peer takes a message it holds once.
     pub async fn claim_outbound(&self, limit: usize) -> Result<Vec<OutboundWork>, StoreError> {
         let transfers = self.transfers.clone();
-        self.run(move |t, events| {
+        self.run_relaxed(move |t, events| {
             let now = now_ms();
             let expired: Vec<i64> = t
                 .prepare_cached(
@@ -234,7 +237,8 @@ impl Store {
     }
 
     /// The peer persisted request `id` (`seq` 0) or its reply `seq`: `work`, as it was sent,
-    /// goes into the evidence log.
+    /// goes into the evidence log. Committed without an fsync, like the claim
+    /// ([`Store::claim_outbound`]): lost to a power cut, the message is sent and acknowledged again.
     pub async fn acknowledged(&self, peer: &str, ack: wire::Ack, work: &OutboundWork) -> Result<(), StoreError> {
         let peer = peer.to_owned();
         let entry = self.rendered(|| match work {
@@ -246,7 +250,7 @@ impl Store {
             }
         });
         self.transfers.end(&peer, &ack.id);
-        self.run(move |t, events| {
+        self.run_relaxed(move |t, events| {
             t.record(entry)?;
             if ack.seq == 0 {
                 let now = now_ms();
