@@ -613,6 +613,9 @@ pub enum FormValue {
     /// that its digits reach the service unchanged. Last, so that stored rows of older versions
     /// decode as they were.
     Number(String),
+    /// A JSON object or array, as compact JSON text: sent only with [`Encoding::Json`]. Newer
+    /// still: nodes of older versions cannot read it.
+    Json(String),
 }
 
 impl FormValue {
@@ -623,7 +626,7 @@ impl FormValue {
             FormValue::Int(i) => i.to_string(),
             FormValue::Float(f) => f.to_string(),
             FormValue::Bool(b) => b.to_string(),
-            FormValue::Number(n) => n.clone(),
+            FormValue::Number(n) | FormValue::Json(n) => n.clone(),
         }
     }
 
@@ -636,6 +639,8 @@ impl FormValue {
             FormValue::Bool(b) => (*b).into(),
             // A peer may send any text: what is not a JSON number goes as a string.
             FormValue::Number(n) => n.parse::<serde_json::Number>().map_or_else(|_| n.clone().into(), Into::into),
+            // Likewise, what is not JSON goes as a string.
+            FormValue::Json(j) => serde_json::from_str(j).unwrap_or_else(|_| j.clone().into()),
         }
     }
 }
@@ -737,6 +742,24 @@ pub enum RefusalKind {
     Duplicate,
     /// The receiving node's disk has no room for the file.
     InsufficientStorage,
+}
+
+impl RefusalKind {
+    /// The HTTP status of the API error of this kind (API.md §3).
+    pub fn http_status(self) -> u16 {
+        match self {
+            RefusalKind::BadRequest => 400,
+            RefusalKind::Forbidden => 403,
+            RefusalKind::NotFound => 404,
+            RefusalKind::Unavailable => 503,
+            RefusalKind::TooLarge => 413,
+            RefusalKind::BackendUnreachable => 502,
+            RefusalKind::Timeout => 504,
+            RefusalKind::Internal => 500,
+            RefusalKind::InProgress | RefusalKind::Duplicate => 409,
+            RefusalKind::InsufficientStorage => 507,
+        }
+    }
 }
 
 /// Whether a header is hop-by-hop (or framing) and so never crosses the link.
@@ -1275,6 +1298,11 @@ mod tests {
         assert_eq!(big.to_json().to_string(), "123456789012345678901234567890");
         let forged = FormValue::Number("1,\"admin\":true".into());
         assert_eq!(forged.to_json(), serde_json::Value::from("1,\"admin\":true"));
+        let nested = FormValue::Json(r#"{"a":[1,{"b":null}]}"#.into());
+        assert_eq!(postcard::from_bytes::<FormValue>(&postcard::to_stdvec(&nested).unwrap()).unwrap(), nested);
+        assert_eq!(nested.to_json(), serde_json::json!({"a": [1, {"b": null}]}));
+        let broken = FormValue::Json("{\"a\":".into());
+        assert_eq!(broken.to_json(), serde_json::Value::from("{\"a\":"));
     }
 
     #[test]

@@ -132,7 +132,8 @@ async fn an_error_reply_fails_the_request_with_its_reason() {
     let host = Recorder::start().await;
     let id = accepted(&p.a, async_req("/lookup", &host, true)).await;
     let callback_id = callback_id_of(&p, 1).await;
-    let (status, _) = p.b.post("/v1/replies", json!({"callback_id": callback_id, "error": "no such user"})).await;
+    // Under the name the service was given it: `callbackId`.
+    let (status, _) = p.b.post("/v1/replies", json!({"callbackId": callback_id, "error": "no such user"})).await;
     assert_eq!(status, StatusCode::ACCEPTED);
     let status = p.a.wait_state(&id, "failed", WITHIN).await;
     assert_eq!(status["error"], "no such user", "{status}");
@@ -140,6 +141,7 @@ async fn an_error_reply_fails_the_request_with_its_reason() {
     let f = calls[0].fields();
     assert_eq!(f["error"], "no such user");
     assert_eq!(f["end"], "true");
+    assert_eq!(f["status"], "422", "a rejection never reaches the callback as a 2xx: {f:?}");
 }
 
 #[tokio::test]
@@ -160,6 +162,7 @@ async fn a_failing_service_or_a_refusing_peer_fails_the_request() {
     assert!(status["error"].as_str().unwrap().contains("no service"), "{status}");
     let calls = host.wait_for(2, WITHIN).await;
     assert!(calls[1].fields()["error"].contains("no service"));
+    assert_eq!(calls[1].fields()["status"], "404", "the refusal's status: {:?}", calls[1].fields());
 }
 
 #[tokio::test]
@@ -216,6 +219,7 @@ async fn a_request_past_its_ttl_expires_and_says_so() {
     assert!(status["error"].as_str().unwrap().starts_with("expired"), "{status}");
     let f = host.wait_for(1, WITHIN).await[0].fields();
     assert!(f["error"].starts_with("expired"));
+    assert_eq!(f["status"], "504", "{f:?}");
 }
 
 #[tokio::test]

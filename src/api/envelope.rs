@@ -31,7 +31,7 @@ pub fn ok(status: StatusCode, msg: &str, data: impl Serialize) -> Response {
     (status, Json(json!({"code": 0, "msg": msg, "data": data}))).into_response()
 }
 
-/// Parses a JSON request body, naming the field that is wrong.
+/// Parses a JSON object request body, naming the field that is wrong.
 pub fn json_body<T: serde::de::DeserializeOwned>(
     body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
 ) -> Result<T, ApiError> {
@@ -39,8 +39,18 @@ pub fn json_body<T: serde::de::DeserializeOwned>(
         StatusCode::PAYLOAD_TOO_LARGE => ApiError::new(Kind::TooLarge, format!("the request body is too large ({e})")),
         _ => ApiError::bad_request(format!("cannot read the request body: {e}")),
     })?;
-    serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body))
-        .map_err(|e| field_error("the body is not valid", e))
+    let send = "send a JSON object with `Content-Type: application/json`";
+    let object = body.iter().find(|b| !b.is_ascii_whitespace()) == Some(&b'{');
+    match serde_path_to_error::deserialize(&mut serde_json::Deserializer::from_slice(&body)) {
+        Err(e) if e.inner().is_syntax() || e.inner().is_eof() => {
+            let why = crate::wire::cut_to(&e.inner().to_string(), PARSER_CHARS).into_owned();
+            Err(ApiError::bad_request(format!("the body is not JSON ({why}); {send}")))
+        }
+        // Serde would also read an object's fields from an array, by position.
+        _ if !object => Err(ApiError::bad_request(format!("the body is JSON but not an object; {send}"))),
+        Ok(parsed) => Ok(parsed),
+        Err(e) => Err(field_error("the body is not valid", e)),
+    }
 }
 
 /// Parses a query string, naming the parameter that is wrong.
@@ -50,9 +60,21 @@ pub fn query<T: serde::de::DeserializeOwned>(raw: Option<&str>) -> Result<T, Api
         .map_err(|e| field_error("the query is not valid", e))
 }
 
-/// A 400 for a parser's error: the field it names (cut), and its message (shortened).
+/// Serde's names for JSON's kinds, and the ones a host app knows them by.
+const JSON_WORDS: [(&str, &str); 6] = [
+    ("invalid type: sequence", "invalid type: an array"),
+    ("invalid type: map", "invalid type: an object"),
+    ("expected a sequence", "expected an array"),
+    ("expected a map", "expected an object"),
+    ("unit value", "null"),
+    ("floating point", "number"),
+];
+
+/// A 400 for a parser's error: the field it names (cut), and its message (shortened) in a JSON
+/// writer's words.
 fn field_error<E: std::fmt::Display>(whole: &str, e: serde_path_to_error::Error<E>) -> ApiError {
-    let why = crate::wire::cut_to(&e.inner().to_string(), PARSER_CHARS).into_owned();
+    let why = JSON_WORDS.iter().fold(e.inner().to_string(), |text, (serde, ours)| text.replace(serde, ours));
+    let why = crate::wire::cut_to(&why, PARSER_CHARS).into_owned();
     match e.path().to_string().as_str() {
         "." | "?" => ApiError::bad_request(format!("{whole}: {why}")),
         path => {

@@ -16,6 +16,8 @@ use crate::wire;
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
 #[serde(deny_unknown_fields)]
 struct NewReply {
+    /// Also read as `callbackId`, the name the service was given it under.
+    #[serde(alias = "callbackId")]
     callback_id: String,
     #[serde(default)]
     data: Option<Value>,

@@ -21,6 +21,9 @@ use crate::wire::{self, Encoding, FormValue, RefusalKind};
 #[serde(deny_unknown_fields)]
 struct NewRequest {
     peer: String,
+    /// A service id; a host may write it as a number.
+    #[serde(deserialize_with = "text_or_number")]
+    #[schema(value_type = String)]
     service: String,
     path: String,
     #[serde(default)]
@@ -53,7 +56,7 @@ struct NewRequest {
 
 /// Where an async request's results go.
 #[derive(Debug, Deserialize, utoipa::ToSchema)]
-#[serde(deny_unknown_fields)]
+#[serde(deny_unknown_fields, expecting = r#"an object like {"url": "http://127.0.0.1:8080/done", "method": "POST"}"#)]
 struct CallbackSpec {
     url: String,
     #[serde(default)]
@@ -180,11 +183,16 @@ fn validate(
                 Value::String(s) => FormValue::Text(s),
                 Value::Bool(b) => FormValue::Bool(b),
                 Value::Number(n) => form_number(n),
-                _ => {
-                    return Err(bad(format!(
-                        "field `form.{k}`: only strings, numbers and booleans can be sent as text fields"
-                    ))
-                    .with("field", format!("form.{k}")))
+                nested @ (Value::Object(_) | Value::Array(_)) if encoding == Encoding::Json => {
+                    FormValue::Json(nested.to_string())
+                }
+                Value::Object(_) | Value::Array(_) => return Err(bad(format!(
+                    "field `form.{k}`: an object or an array is sent only in a JSON body; add \"encoding\": \"json\""
+                ))
+                .with("field", format!("form.{k}"))),
+                Value::Null => {
+                    return Err(bad(format!("field `form.{k}`: null cannot be sent; leave the field out"))
+                        .with("field", format!("form.{k}")))
                 }
             };
             Ok((k, value))
@@ -331,6 +339,20 @@ fn check_limits(new: &NewRequest) -> Result<(), ApiError> {
 /// A form number as the host wrote it. An `i64`, or a float that both renderings (text field and
 /// JSON) give back as written, travels as older nodes read it; any other number (a big integer,
 /// `1.10`) as its literal text, so that its digits reach the service unchanged.
+/// Reads a JSON string, or a non-negative integer as its digits.
+fn text_or_number<'de, D: serde::Deserializer<'de>>(d: D) -> Result<String, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged, expecting = "a string or a non-negative integer")]
+    enum TextOrNumber {
+        Text(String),
+        Number(u64),
+    }
+    Ok(match TextOrNumber::deserialize(d)? {
+        TextOrNumber::Text(s) => s,
+        TextOrNumber::Number(n) => n.to_string(),
+    })
+}
+
 fn form_number(n: serde_json::Number) -> FormValue {
     let text = n.to_string();
     match (n.as_i64(), n.as_f64()) {

@@ -123,7 +123,7 @@ impl Link {
                     Refuser::ThisNode => refusal.message,
                     Refuser::Peer => format!("{}: {}", peer.name, refusal.message),
                 };
-                store.refused(&peer.name, &message.request.id, why).await
+                store.refused(&peer.name, &message.request.id, why, refusal.kind.http_status()).await
             }
             // The peer's store failed: it may take the reply later.
             OutboundWork::Reply { .. } if refusal.kind == wire::RefusalKind::Internal => {

@@ -139,7 +139,7 @@ impl Store {
                 .query_map([now], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             for row in expired {
-                fail(t, events, row, "expired: ttl_s passed before the request completed")?;
+                fail(t, events, row, "expired: ttl_s passed before the request completed", None)?;
             }
             let mut claim = t.prepare_cached(
                 "UPDATE requests SET state = 'doing', next_attempt_at = NULL, attempts = attempts + 1, updated_at = ?1
@@ -194,7 +194,7 @@ impl Store {
                     )?;
                     state_event(events, &id, &peer, State::Waiting);
                 }
-                ServiceOutcome::Failed(why) => fail(t, events, row, &why)?,
+                ServiceOutcome::Failed(why) => fail(t, events, row, &why, None)?,
                 ServiceOutcome::Answered(response) => {
                     if response.is_success() && !reply {
                         settle_key(t, &peer, &id, Some(&response))?;
@@ -207,7 +207,7 @@ impl Store {
                     )?;
                     let ok = response.is_success();
                     if !ok {
-                        fail(t, events, row, &format!("the service answered HTTP {}", response.status))?;
+                        fail(t, events, row, &format!("the service answered HTTP {}", response.status), None)?;
                     } else if !reply {
                         let data = response.body_value().0.to_string();
                         push_reply(t, row, Some(&data), None, Some(response.status), true, Due::Peer)?;

@@ -6,7 +6,7 @@
 use rusqlite::{params, OptionalExtension};
 
 use super::evidence::request_record;
-use super::queue::{fail, state_event, LEASE_MS};
+use super::queue::{fail, state_event, EXPIRED, LEASE_MS};
 use super::replies::{self, reply_entry};
 use super::stored;
 use super::trust::answer_record;
@@ -189,7 +189,7 @@ impl Store {
                 .query_map([now], |r| r.get(0))?
                 .collect::<Result<_, _>>()?;
             for row in expired {
-                fail(t, events, row, "expired: ttl_s passed before the request completed")?;
+                fail(t, events, row, "expired: ttl_s passed before the request completed", Some(EXPIRED))?;
             }
             let stalled: Vec<(String, String)> = t
                 .prepare_cached(
@@ -357,8 +357,9 @@ impl Store {
     }
 
     /// The peer refused asynchronous request `id` outright (unknown service, not allowed, disabled,
-    /// a duplicate or a key still in progress).
-    pub async fn refused(&self, peer: &str, id: &str, error: String) -> Result<(), StoreError> {
+    /// a duplicate or a key still in progress); its callback gets `status`, the HTTP status of
+    /// the refusal's kind.
+    pub async fn refused(&self, peer: &str, id: &str, error: String, status: u16) -> Result<(), StoreError> {
         let refusal = self.rendered(|| answer_record("in", peer, id, Err(&error)));
         self.transfers.end(peer, id);
         let (peer, id) = (peer.to_owned(), id.to_owned());
@@ -372,7 +373,7 @@ impl Store {
             )
             .optional()?;
             if let Some(row) = row {
-                fail(t, events, row, &error)?;
+                fail(t, events, row, &error, Some(status))?;
             }
             Ok(())
         })
@@ -554,7 +555,7 @@ mod tests {
         assert!(store.transfers_moving().is_empty());
 
         store.file_progress("org-b", "r1", 30, 100, None).await.unwrap();
-        store.refused("org-b", "r1", "org-b: the file is too large".into()).await.unwrap();
+        store.refused("org-b", "r1", "org-b: the file is too large".into(), 413).await.unwrap();
         let view = store.get("r1").await.unwrap().unwrap();
         assert_eq!((view.state.as_str(), view.error.as_deref()), ("failed", Some("org-b: the file is too large")));
         assert!(store.transfers_moving().is_empty());
@@ -568,7 +569,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.insert_outgoing(new_async("r1")).await.unwrap();
-        store.refused("org-b", "r1", "not allowed".into()).await.unwrap();
+        store.refused("org-b", "r1", "not allowed".into(), 403).await.unwrap();
         let view = store.get("r1").await.unwrap().unwrap();
         assert_eq!((view.state.as_str(), view.error.as_deref()), ("failed", Some("not allowed")));
         let due = store.claim_callbacks(10).await.unwrap();

@@ -19,10 +19,23 @@ pub(super) fn state_event(events: &mut Vec<Event>, id: &str, peer: &str, state: 
     events.push(Event::State { id: id.to_owned(), peer: peer.to_owned(), state });
 }
 
-/// Ends a request as failed with `error`, recording the error as its last reply.
+/// The callback status of a request that expired before it completed.
+pub(super) const EXPIRED: u16 = 504;
+/// The callback status of a request the peer's service rejected, or its node failed, without a
+/// failing status of the service's own.
+pub(super) const UNPROCESSABLE: u16 = 422;
+
+/// Ends a request as failed with `error`, recording the error as its last reply, with `status`
+/// for the callback.
 ///
 /// On the requesting node the reply goes to the callback; on the receiving node it is carried back.
-pub(super) fn fail(t: &Tx, events: &mut Vec<Event>, row: i64, error: &str) -> Result<(), StoreError> {
+pub(super) fn fail(
+    t: &Tx,
+    events: &mut Vec<Event>,
+    row: i64,
+    error: &str,
+    status: Option<u16>,
+) -> Result<(), StoreError> {
     let (id, peer, direction, callback): (String, String, String, Option<String>) =
         query_row(t, "SELECT id, peer, direction, callback_url FROM requests WHERE seq = ?1", [row], |r| {
             Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
@@ -41,7 +54,7 @@ pub(super) fn fail(t: &Tx, events: &mut Vec<Event>, row: i64, error: &str) -> Re
         (false, Some(_)) => Due::Callback,
         (false, None) => Due::Nobody,
     };
-    push_reply(t, row, None, Some(error), None, true, due)?;
+    push_reply(t, row, None, Some(error), status, true, due)?;
     state_event(events, &id, &peer, State::Failed);
     Ok(())
 }
@@ -84,6 +97,7 @@ impl Store {
                     *row,
                     "the receiving node stopped while its service was being called; the service may have acted, \
                      so it is not called again",
+                    None,
                 )?;
             }
             // Keys of synchronous requests cut by the stop, which never finished: a failure does not count.

@@ -9,7 +9,7 @@ use serde_json::Value;
 
 use super::evidence::file_facts;
 use super::outgoing::{outgoing_file, OutboundWork, OutgoingFile};
-use super::queue::{fail, state_event, LEASE_MS};
+use super::queue::{fail, state_event, LEASE_MS, UNPROCESSABLE};
 use super::trust::settle_key;
 use super::{exec, now_ms, query_row, Event, State, Store, StoreError};
 use crate::evidence::Entry;
@@ -204,7 +204,7 @@ impl Store {
                     .optional()?;
                 let Some((row, id, peer)) = found else { return Ok(None) };
                 if let Some(error) = error {
-                    fail(t, events, row, &error)?;
+                    fail(t, events, row, &error, None)?;
                     let seq = query_row(t, "SELECT MAX(seq) FROM replies WHERE request = ?1", [row], |r| r.get(0))?;
                     return Ok(Some((id, seq)));
                 }
@@ -331,6 +331,13 @@ impl Store {
                 return Ok(None);
             };
             let status = reply.response.as_ref().map(|r| r.status);
+            // A failure never reaches the callback with a 2xx status: the service's own failing
+            // status, else 422 (the service rejected it, or its node failed it).
+            let status = match (&reply.error, status) {
+                (Some(_), Some(s)) if !(200..300).contains(&s) => Some(s),
+                (Some(_), _) => Some(UNPROCESSABLE),
+                (None, status) => status,
+            };
             let inserted = exec(t,
                 "INSERT OR IGNORE INTO replies (request, seq, data, error, status, end, created_at, callback_at)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",

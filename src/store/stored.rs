@@ -50,6 +50,7 @@ enum StoredValue {
     Float(f64),
     Bool(bool),
     Number(String),
+    Json(String),
 }
 
 /// The form's encoding as stored.
@@ -103,6 +104,7 @@ impl From<&wire::FormValue> for StoredValue {
             wire::FormValue::Float(f) => StoredValue::Float(*f),
             wire::FormValue::Bool(b) => StoredValue::Bool(*b),
             wire::FormValue::Number(n) => StoredValue::Number(n.clone()),
+            wire::FormValue::Json(j) => StoredValue::Json(j.clone()),
         }
     }
 }
@@ -125,6 +127,7 @@ impl From<StoredRequest> for wire::Request {
                         StoredValue::Float(f) => wire::FormValue::Float(f),
                         StoredValue::Bool(b) => wire::FormValue::Bool(b),
                         StoredValue::Number(n) => wire::FormValue::Number(n),
+                        StoredValue::Json(j) => wire::FormValue::Json(j),
                     };
                     (k, v)
                 })
