@@ -44,9 +44,17 @@ const REMEMBERED: usize = 1024;
 #[derive(Debug, Clone, Default)]
 pub struct RefusalLog {
     last: Arc<Mutex<HashMap<Fingerprint, Instant>>>,
+    /// Records refusals without ever asking for them to be logged (for a caller that reports
+    /// them itself, [`RefusalLog::refused`]).
+    quiet: bool,
 }
 
 impl RefusalLog {
+    /// A log that records refusals but never has them logged.
+    pub fn quiet() -> RefusalLog {
+        RefusalLog { quiet: true, ..RefusalLog::default() }
+    }
+
     /// Records a refusal of `fingerprint`; whether to log it (none logged in the last minute).
     pub fn first_in_a_minute(&self, fingerprint: Fingerprint) -> bool {
         let now = Instant::now();
@@ -61,7 +69,12 @@ impl RefusalLog {
             }
         }
         last.insert(fingerprint, now);
-        true
+        !self.quiet
+    }
+
+    /// The certificates refused in the last minute (or longer, when no more came since).
+    pub fn refused(&self) -> Vec<Fingerprint> {
+        self.last.lock().unwrap().keys().copied().collect()
     }
 }
 

@@ -134,6 +134,9 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     pin_both_ways(&a, "org-a", &b, "org-b");
     assert_code(&peer_add(&b.dir, "org-c", &c.link.to_string(), &c.dir.cert()), 0);
     assert_code(&peer_add(&b.dir, "org-d", &d.link.to_string(), &d.dir.cert()), 0);
+    // Pinned at org-d's address: not the node that answers there.
+    let e = init_on_loopback(root.path(), "org-e");
+    assert_code(&peer_add(&b.dir, "org-e", &d.link.to_string(), &e.dir.cert()), 0);
     assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
     let dead = free_tcp();
     assert_code(&service_add(&b.dir, "2", &format!("http://{dead}"), Some("org-a")), 0);
@@ -148,7 +151,7 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     let started = Instant::now();
     let out = ferry(["check", "--connect", "--config", &b.dir.config_arg()]);
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
-    assert_code(&out, 1);
+    assert_code(&out, 2);
     let (ok, failed) = (stdout(&out), stderr(&out));
     assert!(ok.contains("ok: peer `org-a`"), "{ok}");
     assert!(ok.contains("ok: service `1`"), "{ok}");
@@ -157,9 +160,12 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     assert!(c_line.contains("no answer"), "{c_line}");
     let d_line = line("peer `org-d`").unwrap_or_else(|| panic!("org-d not named:\n{failed}"));
     assert!(d_line.contains("pinned"), "{d_line}");
+    let e_line = line("peer `org-e`").unwrap_or_else(|| panic!("org-e not named:\n{failed}"));
+    let (presented, pinned) = (fingerprint_of_pem(&d.dir.cert()), fingerprint_of_pem(&e.dir.cert()));
+    assert!(e_line.contains(&format!("presented certificate {presented}, but {pinned} is pinned")), "{e_line}");
     let s_line = line("service `2`").unwrap_or_else(|| panic!("service 2 not named:\n{failed}"));
     assert!(s_line.contains("unreachable") && s_line.contains(&dead.to_string()), "{s_line}");
-    assert_eq!(failed.lines().count(), 3, "{failed}");
+    assert_eq!(failed.lines().count(), 4, "one line each, no log lines:\n{failed}");
 }
 
 #[test]

@@ -130,6 +130,15 @@ async fn operator_commands_against_a_running_pair() {
     let out = ferry(["requests", "--state", "failed", "--json", "--config", &ca]);
     let page: Value = serde_json::from_str(&stdout(&out)).unwrap();
     assert_eq!(page["items"], json!([]), "{page}");
+    // The direction as the table prints it (or as the API names it); --config before the command.
+    for (direction, has_it) in [("out", true), ("outgoing", true), ("in", false), ("incoming", false)] {
+        let out = ferry(["--config", &ca, "requests", "--direction", direction, "--json"]);
+        assert_code(&out, 0);
+        let page: Value = serde_json::from_str(&stdout(&out)).unwrap();
+        let ids: Vec<_> = page["items"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap()).collect();
+        assert_eq!(ids.contains(&id.as_str()), has_it, "--direction {direction}: {page}");
+    }
+    assert_usage_error(&ferry(["requests", "--direction", "sideways", "--config", &ca]));
 
     // Tokens, set while the node runs: the commands need one, from --token or FERRY_TOKEN.
     let token = "operator-token-0123456789";

@@ -153,7 +153,8 @@ fn help(args: &[&str]) -> (Vec<String>, BTreeSet<String>) {
     let mut commands = Vec::new();
     let mut options = BTreeSet::new();
     let mut section = "";
-    for line in text.lines() {
+    // Long help separates options by blank lines: those do not end a section.
+    for line in text.lines().filter(|l| !l.is_empty()) {
         if !line.starts_with(' ') {
             section = line;
             continue;

@@ -280,6 +280,18 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
 
     let (code, exported, _) = p.a.audit(&["export"]);
     assert_eq!(code, 0);
+    // A reader that went (`ferry audit export | head`) ends the export quietly.
+    let mut export = support::cli::ferry_cmd()
+        .args(["audit", "export", "--config"])
+        .arg(&p.a.config_path)
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    drop(export.stdout.take());
+    let closed = support::cli::run_bounded_child(export, std::time::Duration::from_secs(30));
+    assert_eq!(closed.status.code(), Some(0), "{}", support::cli::stderr(&closed));
+    assert_eq!(support::cli::stderr(&closed), "", "nothing said of the closed pipe");
     let records: Vec<Value> = exported.lines().map(|l| serde_json::from_str(l).unwrap()).collect();
     for event in ["request", "response", "callback", "receipt"] {
         assert!(records.iter().any(|r| r["event"] == event), "a {event} record in {exported}");

@@ -186,10 +186,12 @@ fn validate(
                 nested @ (Value::Object(_) | Value::Array(_)) if encoding == Encoding::Json => {
                     FormValue::Json(nested.to_string())
                 }
-                Value::Object(_) | Value::Array(_) => return Err(bad(format!(
+                Value::Object(_) | Value::Array(_) => {
+                    return Err(bad(format!(
                     "field `form.{k}`: an object or an array is sent only in a JSON body; add \"encoding\": \"json\""
                 ))
-                .with("field", format!("form.{k}"))),
+                    .with("field", format!("form.{k}")))
+                }
                 Value::Null => {
                     return Err(bad(format!("field `form.{k}`: null cannot be sent; leave the field out"))
                         .with("field", format!("form.{k}")))

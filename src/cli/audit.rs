@@ -18,9 +18,11 @@ pub fn export(path: &Path, since: i64) -> Result<(), CliError> {
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for read in log {
         let (_, record) = read.map_err(|e| CliError::failed(e.to_string()))?;
-        writeln!(out, "{record}").map_err(|e| CliError::failed(format!("cannot write the export: {e}")))?;
+        if let Err(e) = writeln!(out, "{record}") {
+            return super::stdout_closed(e);
+        }
     }
-    out.flush().map_err(|e| CliError::failed(format!("cannot write the export: {e}")))
+    out.flush().or_else(super::stdout_closed)
 }
 
 /// Checks the chain, every receipt against the pinned peer certificates and every time-stamp
@@ -47,10 +49,10 @@ pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>) -> Re
         (Err(plain), Some(cross)) => return Err(broken(if cross.seq < plain.seq { cross } else { plain })),
         (Err(first), None) | (Ok(_), Some(first)) => return Err(broken(first)),
     };
-    println!("intact: {} records, {} receipts verified{}", intact.records, intact.receipts, stamps(&intact));
+    out!("intact: {} records, {} receipts verified{}", intact.records, intact.receipts, stamps(&intact));
     match covered {
-        Some((peer, covered)) => println!("{}", cross_checked(&peer, &covered)),
-        None => println!("{}", unanchored(&intact)),
+        Some((peer, covered)) => out!("{}", cross_checked(&peer, &covered)),
+        None => out!("{}", unanchored(&intact)),
     }
     Ok(())
 }

@@ -37,7 +37,7 @@ pub fn make(path: &Path, id: &str, out: &Path) -> Result<(), CliError> {
     }
     write_whole(out, &text).map_err(|e| CliError::failed(format!("cannot write {}: {e}", out.display())))?;
     let (first, last) = verified.segment;
-    println!(
+    out!(
         "wrote {}: request {id} with {}, {} records of the exchange, {} receipt leaves, records {first} to {last} of the chain",
         out.display(),
         bundle.peer.name,
@@ -45,9 +45,9 @@ pub fn make(path: &Path, id: &str, out: &Path) -> Result<(), CliError> {
         bundle.receipts.len()
     );
     match &bundle.anchor {
-        Anchor::Timestamp { .. } => println!("anchored by a time-stamp of record {last}"),
-        Anchor::Checkpoint { .. } => println!("anchored by a checkpoint of record {last} that a peer keeps"),
-        Anchor::None { note } => println!("not anchored: {note}"),
+        Anchor::Timestamp { .. } => out!("anchored by a time-stamp of record {last}"),
+        Anchor::Checkpoint { .. } => out!("anchored by a checkpoint of record {last} that a peer keeps"),
+        Anchor::None { note } => out!("not anchored: {note}"),
     }
     Ok(())
 }
@@ -75,7 +75,7 @@ pub fn verify(file: &Path) -> Result<(), CliError> {
     let checked = bundle::read(&bytes).and_then(|bundle| bundle::verify(&bundle));
     match checked {
         Ok(verified) => {
-            print!("{verified}");
+            out_raw!("{verified}");
             Ok(())
         }
         Err(e @ BundleError::Broken { .. }) => Err(CliError::failed(format!("the bundle does not verify: {e}"))),

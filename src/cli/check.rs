@@ -14,7 +14,7 @@ const REACH_WITHIN: Duration = Duration::from_secs(5);
 
 /// Prints a summary and returns `Ok`, or every problem found, one per line (exit 2). With
 /// `connect`, then reaches every peer and service and prints one line for each; any that fails
-/// makes the exit code 1.
+/// makes the exit code 2 too.
 pub fn check(path: &Path, connect: bool) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let mut problems = Vec::new();
@@ -43,7 +43,7 @@ pub fn check(path: &Path, connect: bool) -> Result<(), CliError> {
         return Err(CliError::usage(problems.join("\n")));
     }
     let identity = identity.expect("no problems means the identity loaded");
-    println!(
+    out!(
         "ok: node `{}`, {} peer(s), {} service(s), fingerprint {}",
         config.node.name,
         config.peers.len(),
@@ -51,7 +51,7 @@ pub fn check(path: &Path, connect: bool) -> Result<(), CliError> {
         identity.fingerprint()
     );
     if let Some(warning) = readable_tokens(&config) {
-        println!("{warning}");
+        out!("{warning}");
     }
     if !connect {
         return Ok(());
@@ -64,7 +64,7 @@ pub fn check(path: &Path, connect: bool) -> Result<(), CliError> {
     if failures.is_empty() {
         Ok(())
     } else {
-        Err(CliError::failed(failures.join("\n")))
+        Err(CliError::usage(failures.join("\n")))
     }
 }
 
@@ -100,14 +100,14 @@ async fn reach_all(
     for ((peer, _), result) in peers.iter().zip(peer_results) {
         match result {
             Ok(rtt) => {
-                println!("ok: peer `{}` at {}: pinned handshake, rtt {:.2} ms", peer.name, peer.address, rtt_ms(rtt))
+                out!("ok: peer `{}` at {}: pinned handshake, rtt {:.2} ms", peer.name, peer.address, rtt_ms(rtt))
             }
             Err(why) => failures.push(format!("peer `{}` at {}: {why}", peer.name, peer.address)),
         }
     }
     for (service, result) in services.iter().zip(service_results) {
         match result {
-            Ok(status) => println!("ok: service `{}` at {}: answered HTTP {status}", service.id, service.base_url),
+            Ok(status) => out!("ok: service `{}` at {}: answered HTTP {status}", service.id, service.base_url),
             Err(why) => failures.push(format!("service `{}` at {}: {why}", service.id, service.base_url)),
         }
     }
@@ -128,7 +128,9 @@ async fn reach_peer(identity: &Identity, peer: &PeerConfig, pinned: Fingerprint)
     let local: std::net::SocketAddr =
         if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("a valid wildcard address");
     let endpoint = quinn::Endpoint::client(local).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
-    let tls = crate::tls::client_config(identity, pinned).map_err(|e| format!("cannot set up TLS: {e}"))?;
+    let refusals = crate::tls::RefusalLog::quiet();
+    let tls =
+        crate::tls::dial_config(identity, pinned, addr, &refusals).map_err(|e| format!("cannot set up TLS: {e}"))?;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| format!("cannot set up TLS: {e}"))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
@@ -141,7 +143,15 @@ async fn reach_peer(identity: &Identity, peer: &PeerConfig, pinned: Fingerprint)
             "no answer within {REACH_WITHIN:?}; is its node running, and is UDP port {} open on the way?",
             addr.port()
         )),
-        Ok(Err(e)) => Err(explain_handshake(&e)),
+        Ok(Err(e)) => Err(match refusals.refused().first() {
+            Some(presented) => format!(
+                "it presented certificate {presented}, but {pinned} is pinned for it here ({}): if its admin made a \
+                 new key, compare fingerprints with them and pin the new certificate; otherwise this is not `{}`",
+                peer.cert.display(),
+                peer.name
+            ),
+            None => explain_handshake(&e),
+        }),
         Ok(Ok(connection)) => {
             let rtt = connection.rtt().min(started.elapsed());
             match tokio::time::timeout(REACH_WITHIN, crate::link::accepted(&connection)).await {

@@ -30,17 +30,17 @@ async fn demo() -> anyhow::Result<()> {
     let (a_api, a_link) = (a.api.local_addr()?, a.link.local_addr()?);
     let (b_api, b_link) = (b.api.local_addr()?, b.link.local_addr()?);
     let service = sample_service(b_api).await?;
-    println!("sample service of org-b listening on http://{service}");
+    out!("sample service of org-b listening on http://{service}");
     let (callback_url, mut callbacks) = callback_receiver().await?;
     let (a_dir, b_dir) = (dir.path().join("org-a"), dir.path().join("org-b"));
     let fa = init::init(&a_dir, "org-a", a_link, a_api)?;
     let fb = init::init(&b_dir, "org-b", b_link, b_api)?;
-    println!("ferry init org-a: {fa}\nferry init org-b: {fb}");
+    out!("ferry init org-a: {fa}\nferry init org-b: {fb}");
     let (a_conf, b_conf) = (a_dir.join("config/ferry.toml"), b_dir.join("config/ferry.toml"));
     peer::add(&a_conf, "org-b", &b_link.to_string(), &b_dir.join("certs/node.pem"))?;
     peer::add(&b_conf, "org-a", &a_link.to_string(), &a_dir.join("certs/node.pem"))?;
     service::add(&b_conf, "1", &format!("http://{service}"), &["org-a".to_owned()])?;
-    println!("peers pinned both ways; org-b offers service 1 to org-a\n");
+    out!("peers pinned both ways; org-b offers service 1 to org-a\n");
 
     let (stop, stopped) = tokio::sync::watch::channel(false);
     let mut nodes = Vec::new();
@@ -60,18 +60,18 @@ async fn demo() -> anyhow::Result<()> {
         json!({"peer": "org-b", "service": "1", "path": "/user/create", "method": "POST",
                "form": {"name": "Ada", "admin": true}, "conversation": "demo-1"}),
     ] {
-        println!("host app → org-a: POST /v1/requests {body}");
+        out!("host app → org-a: POST /v1/requests {body}");
         let started = std::time::Instant::now();
         let answer: Value = host.post(&url).json(&body).send().await?.json().await?;
-        println!("org-a → host app in {:.1} ms: {}\n", started.elapsed().as_secs_f64() * 1000.0, pretty(&answer));
+        out!("org-a → host app in {:.1} ms: {}\n", started.elapsed().as_secs_f64() * 1000.0, pretty(&answer));
         anyhow::ensure!(answer["code"] == 0 && answer["data"]["status"] == 200, "the request failed: {answer}");
     }
 
     let body = json!({"peer": "org-b", "service": "1", "path": "/report", "form": {"month": "2026-10"},
                       "mode": "async", "reply": true, "callback": {"url": callback_url}});
-    println!("host app → org-a: POST /v1/requests {body}");
+    out!("host app → org-a: POST /v1/requests {body}");
     let answer: Value = host.post(&url).json(&body).send().await?.json().await?;
-    println!("org-a → host app at once: {answer}");
+    out!("org-a → host app at once: {answer}");
     let id = answer["data"]["id"].as_str().unwrap_or_default().to_owned();
     anyhow::ensure!(answer["msg"] == "Accepted", "the async request was not accepted: {answer}");
     loop {
@@ -79,13 +79,13 @@ async fn demo() -> anyhow::Result<()> {
             .await
             .map_err(|_| anyhow::anyhow!("no callback within 15 s"))?
             .ok_or_else(|| anyhow::anyhow!("the callback receiver stopped"))?;
-        println!("callback → host app: seq={} end={} data={}", delivery["seq"], delivery["end"], delivery["data"]);
+        out!("callback → host app: seq={} end={} data={}", delivery["seq"], delivery["end"], delivery["data"]);
         if delivery["end"] == "true" {
             break;
         }
     }
     let status: Value = host.get(format!("http://{a_api}/v1/requests/{id}")).send().await?.json().await?;
-    println!(
+    out!(
         "GET /v1/requests/{id} on org-a: state {}, {} replies\n",
         status["data"]["state"],
         status["data"]["replies"].as_array().map_or(0, |r| r.len())
@@ -95,19 +95,22 @@ async fn demo() -> anyhow::Result<()> {
     let upload = a_dir.join("outbox/invoice-2026-10.pdf");
     std::fs::write(&upload, vec![b'%'; 3 * 1024 * 1024 + 17])?;
     let body = json!({"peer": "org-b", "service": "1", "path": "/upload", "mode": "async", "file": upload});
-    println!("host app → org-a: POST /v1/requests {body}");
+    out!("host app → org-a: POST /v1/requests {body}");
     let answer: Value = host.post(&url).json(&body).send().await?.json().await?;
     let id = answer["data"]["id"].as_str().unwrap_or_default().to_owned();
     let status = wait_done(&host, a_api, &id).await?;
-    println!(
+    out!(
         "org-a: upload {} ({} bytes, sha256 {}); org-b's service answered {}\n",
-        status["state"], status["transfer"]["bytes_done"], status["transfer"]["sha256"], status["response"]["body"]
+        status["state"],
+        status["transfer"]["bytes_done"],
+        status["transfer"]["sha256"],
+        status["response"]["body"]
     );
 
     // A download approved through org-b's inbox: the operator drops the file into the folder.
     let body = json!({"peer": "org-b", "service": "1", "path": "/download", "form": {"doc": "contract-7"},
                       "mode": "async", "reply": true, "callback": {"url": callback_url}});
-    println!("host app → org-a: POST /v1/requests {body}");
+    out!("host app → org-a: POST /v1/requests {body}");
     let answer: Value = host.post(&url).json(&body).send().await?.json().await?;
     let id = answer["data"]["id"].as_str().unwrap_or_default().to_owned();
     let inbox = b_dir.join("data/inbox");
@@ -120,20 +123,20 @@ async fn demo() -> anyhow::Result<()> {
         }
         tokio::time::sleep(std::time::Duration::from_millis(50)).await;
     };
-    println!("org-b's operator sees {}/.pending/{callback_id}.json and approves it:", inbox.display());
+    out!("org-b's operator sees {}/.pending/{callback_id}.json and approves it:", inbox.display());
     std::fs::create_dir_all(inbox.join(&callback_id))?;
     std::fs::write(inbox.join(&callback_id).join(".contract-7.pdf.tmp"), b"%PDF-1.7 signed contract")?;
     std::fs::rename(
         inbox.join(&callback_id).join(".contract-7.pdf.tmp"),
         inbox.join(&callback_id).join("contract-7.pdf"),
     )?;
-    println!("  wrote {}/{callback_id}/contract-7.pdf", inbox.display());
+    out!("  wrote {}/{callback_id}/contract-7.pdf", inbox.display());
     let delivery = tokio::time::timeout(std::time::Duration::from_secs(15), callbacks.recv())
         .await
         .map_err(|_| anyhow::anyhow!("no callback for the download within 15 s"))?
         .ok_or_else(|| anyhow::anyhow!("the callback receiver stopped"))?;
     let received = delivery.get("file").cloned().unwrap_or_default();
-    println!(
+    out!(
         "callback → host app: id={} data={} file={received} ({} bytes)\n",
         delivery["id"],
         delivery["data"],
@@ -142,23 +145,24 @@ async fn demo() -> anyhow::Result<()> {
     anyhow::ensure!(delivery["id"] == id, "the callback was for another request");
 
     let peers: Value = host.get(format!("http://{a_api}/v1/peers")).send().await?.json().await?;
-    println!("GET /v1/peers on org-a: {}", pretty(&peers["data"]));
+    out!("GET /v1/peers on org-a: {}", pretty(&peers["data"]));
 
     let _ = stop.send(true);
     for n in nodes {
         n.await??;
     }
-    println!();
+    out!();
     for (name, own, peer, theirs) in [("org-a", &a_dir, "org-b", &b_dir), ("org-b", &b_dir, "org-a", &a_dir)] {
         let certs = HashMap::from([(peer.to_owned(), crate::identity::load_cert(&theirs.join("certs/node.pem"))?)]);
         let intact = crate::store::verify_log(&own.join("data"), &certs, None)?
             .map_err(|b| anyhow::anyhow!("the evidence log of {name} is broken at seq {}: {}", b.seq, b.why))?;
-        println!(
+        out!(
             "ferry audit verify on {name}: intact, {} records, {} receipts from {peer} verified",
-            intact.records, intact.receipts
+            intact.records,
+            intact.receipts
         );
     }
-    println!("\ndemo complete: both nodes stopped cleanly");
+    out!("\ndemo complete: both nodes stopped cleanly");
     Ok(())
 }
 
@@ -224,7 +228,7 @@ async fn sample_service(node_api: SocketAddr) -> std::io::Result<SocketAddr> {
             post(|Form(form): Form<HashMap<String, String>>| async move {
                 let path = form.get("file").cloned().unwrap_or_default();
                 let bytes = std::fs::metadata(&path).map(|m| m.len()).unwrap_or(0);
-                println!("org-b's service got a file: {path} ({bytes} bytes)");
+                out!("org-b's service got a file: {path} ({bytes} bytes)");
                 Json(json!({"stored": true, "bytes": bytes}))
             }),
         )
@@ -240,7 +244,7 @@ async fn sample_service(node_api: SocketAddr) -> std::io::Result<SocketAddr> {
                         tokio::time::sleep(std::time::Duration::from_millis(200)).await;
                         let reply =
                             json!({"callback_id": callback_id, "data": {"part": part, "rows": part * 10}, "end": end});
-                        println!("org-b's service → org-b: POST /v1/replies {reply}");
+                        out!("org-b's service → org-b: POST /v1/replies {reply}");
                         let _ = client.post(&replies).json(&reply).send().await;
                     }
                 });

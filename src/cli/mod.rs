@@ -1,6 +1,24 @@
 //! The `ferry` command line (API.md §1).
 //!
 //! Every usage, file or config error ends with one line per problem on stderr and exit code 2.
+//! Output goes through [`out!`]: a reader that goes away (`ferry requests | head`) ends nothing
+//! with an error.
+
+/// `println!` that ignores a closed stdout instead of panicking.
+macro_rules! out {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = writeln!(std::io::stdout(), $($arg)*);
+    }};
+}
+
+/// `print!` that ignores a closed stdout.
+macro_rules! out_raw {
+    ($($arg:tt)*) => {{
+        use std::io::Write as _;
+        let _ = write!(std::io::stdout(), $($arg)*);
+    }};
+}
 
 mod audit;
 mod bundle;
@@ -53,6 +71,15 @@ impl std::fmt::Display for CliError {
 
 impl std::error::Error for CliError {}
 
+/// What a failed write to stdout means: a reader that went (`ferry audit export | head`) ends
+/// the command quietly; anything else is a failure.
+fn stdout_closed(e: std::io::Error) -> Result<(), CliError> {
+    match e.kind() {
+        std::io::ErrorKind::BrokenPipe => Ok(()),
+        _ => Err(CliError::failed(format!("cannot write to stdout: {e}"))),
+    }
+}
+
 impl From<crate::config::ConfigError> for CliError {
     fn from(e: crate::config::ConfigError) -> Self {
         CliError::usage(e.to_string())
@@ -68,15 +95,11 @@ impl From<crate::identity::IdentityError> for CliError {
 #[derive(Debug, Parser)]
 #[command(name = "ferry", version, about = "Peer-to-peer file and message relay between organizations")]
 struct Cli {
+    /// The node's config file (any command that reads it; before or after the command's name).
+    #[arg(long, global = true, env = "FERRY_CONFIG", default_value = "/etc/ferry/ferry.toml")]
+    config: PathBuf,
     #[command(subcommand)]
     command: Command,
-}
-
-#[derive(Debug, clap::Args)]
-struct ConfigArg {
-    /// The node's config file.
-    #[arg(long, env = "FERRY_CONFIG", default_value = "/etc/ferry/ferry.toml")]
-    config: PathBuf,
 }
 
 #[derive(Debug, Subcommand)]
@@ -112,11 +135,9 @@ enum Command {
         command: ServiceCommand,
     },
     /// Run the node until SIGTERM or SIGINT.
-    Run(ConfigArg),
+    Run,
     /// Validate the config and certificates; with --connect, also reach every peer and service.
     Check {
-        #[command(flatten)]
-        config: ConfigArg,
         /// Also try a pinned QUIC handshake with each peer and an HTTP call to each service's base URL.
         #[arg(long)]
         connect: bool,
@@ -149,8 +170,6 @@ enum AuditCommand {
         /// Only records after this seq.
         #[arg(long, default_value_t = 0)]
         since: i64,
-        #[command(flatten)]
-        config: ConfigArg,
     },
     /// Recompute the hash chain and check every receipt; exit 0 when intact, else name the first bad seq.
     Verify {
@@ -160,8 +179,6 @@ enum AuditCommand {
         /// The configured peer that exported it (default: the only configured peer).
         #[arg(long, value_name = "NAME", requires = "peer_export")]
         peer: Option<String>,
-        #[command(flatten)]
-        config: ConfigArg,
     },
     /// Write one exchange's evidence to a file a third party can check (`audit verify-bundle`).
     Bundle {
@@ -171,8 +188,6 @@ enum AuditCommand {
         /// The file to write.
         #[arg(long)]
         out: PathBuf,
-        #[command(flatten)]
-        config: ConfigArg,
     },
     /// Check a bundle of `audit bundle`, with no database and no config; exit 0 when it verifies.
     VerifyBundle {
@@ -184,7 +199,7 @@ enum AuditCommand {
 #[derive(Debug, Subcommand)]
 enum CertCommand {
     /// Print this node's certificate fingerprint, to compare with a peer's admin.
-    Fingerprint(ConfigArg),
+    Fingerprint,
 }
 
 #[derive(Debug, Subcommand)]
@@ -200,8 +215,6 @@ enum PeerCommand {
         /// The peer's certificate (its certs/node.pem), received from its admin.
         #[arg(long)]
         cert: PathBuf,
-        #[command(flatten)]
-        config: ConfigArg,
     },
 }
 
@@ -218,8 +231,6 @@ enum ServiceCommand {
         /// Peers that may call it, comma-separated; `*` for every configured peer.
         #[arg(long, value_delimiter = ',')]
         allow: Vec<String>,
-        #[command(flatten)]
-        config: ConfigArg,
     },
 }
 
@@ -234,7 +245,7 @@ pub fn main() -> ExitCode {
     };
     // The demo prints its own story; its nodes log only warnings unless RUST_LOG says otherwise.
     init_logging(if matches!(cli.command, Command::Demo) { "warn" } else { "info,quinn=warn" });
-    match run(cli.command) {
+    match run(&cli.config, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
             for line in e.message.lines() {
@@ -258,54 +269,54 @@ fn init_logging(default: &str) {
     }
 }
 
-fn run(command: Command) -> Result<(), CliError> {
+fn run(config: &Path, command: Command) -> Result<(), CliError> {
     match command {
         Command::Init { dir, name, listen, api } => {
             let fingerprint = init::init(&dir, &name, listen, api)?;
-            println!("created node `{name}` in {}", dir.display());
-            println!("fingerprint: {fingerprint}");
-            println!(
+            out!("created node `{name}` in {}", dir.display());
+            out!("fingerprint: {fingerprint}");
+            out!(
                 "send {} to your peers' admins and compare fingerprints by phone",
                 dir.join("certs/node.pem").display()
             );
             Ok(())
         }
-        Command::Cert { command: CertCommand::Fingerprint(c) } => {
-            let config = Config::load(&c.config)?;
+        Command::Cert { command: CertCommand::Fingerprint } => {
+            let config = Config::load(config)?;
             let cert = crate::identity::load_cert(&config.cert_path())?;
-            println!("{}", crate::identity::Fingerprint::of(&cert));
+            out!("{}", crate::identity::Fingerprint::of(&cert));
             Ok(())
         }
-        Command::Peer { command: PeerCommand::Add { name, address, cert, config } } => {
-            let fingerprint = peer::add(&config.config, &name, &address, &cert)?;
-            println!("added peer `{name}` at {address}");
-            println!("fingerprint: {fingerprint}");
-            println!("compare it with {name}'s admin (`ferry cert fingerprint` on their node) before you run");
+        Command::Peer { command: PeerCommand::Add { name, address, cert } } => {
+            let fingerprint = peer::add(config, &name, &address, &cert)?;
+            out!("added peer `{name}` at {address}");
+            out!("fingerprint: {fingerprint}");
+            out!("compare it with {name}'s admin (`ferry cert fingerprint` on their node) before you run");
             Ok(())
         }
-        Command::Service { command: ServiceCommand::Add { id, base_url, allow, config } } => {
-            service::add(&config.config, &id, &base_url, &allow)?;
-            println!(
+        Command::Service { command: ServiceCommand::Add { id, base_url, allow } } => {
+            service::add(config, &id, &base_url, &allow)?;
+            out!(
                 "added service `{id}` at {base_url}, allowed for: {}",
                 if allow.is_empty() { "nobody yet".into() } else { allow.join(", ") }
             );
             Ok(())
         }
-        Command::Run(c) => run_node(&c.config),
-        Command::Check { config, connect } => check::check(&config.config, connect),
-        Command::Audit { command: AuditCommand::Export { since, config } } => audit::export(&config.config, since),
-        Command::Audit { command: AuditCommand::Verify { peer_export, peer, config } } => {
-            audit::verify(&config.config, peer_export.as_deref(), peer.as_deref())
+        Command::Run => run_node(config),
+        Command::Check { connect } => check::check(config, connect),
+        Command::Audit { command: AuditCommand::Export { since } } => audit::export(config, since),
+        Command::Audit { command: AuditCommand::Verify { peer_export, peer } } => {
+            audit::verify(config, peer_export.as_deref(), peer.as_deref())
         }
-        Command::Audit { command: AuditCommand::Bundle { id, out, config } } => bundle::make(&config.config, &id, &out),
+        Command::Audit { command: AuditCommand::Bundle { id, out } } => bundle::make(config, &id, &out),
         Command::Audit { command: AuditCommand::VerifyBundle { file } } => bundle::verify(&file),
         Command::Demo => demo::run(),
-        Command::Send(a) => operator::send(a),
-        Command::Status(a) => operator::status(a),
-        Command::Requests(a) => operator::requests(a),
-        Command::Pending(a) => operator::pending(a),
-        Command::Reply(a) => operator::reply(a),
-        Command::Peers(a) => operator::peers(a),
+        Command::Send(a) => operator::send(config, a),
+        Command::Status(a) => operator::status(config, a),
+        Command::Requests(a) => operator::requests(config, a),
+        Command::Pending(a) => operator::pending(config, a),
+        Command::Reply(a) => operator::reply(config, a),
+        Command::Peers(a) => operator::peers(config, a),
     }
 }
 

@@ -6,7 +6,7 @@
 //! asks for the API's `data` as it is.
 
 use std::net::SocketAddr;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 use serde_json::{json, Map, Value};
@@ -14,30 +14,12 @@ use serde_json::{json, Map, Value};
 use super::human;
 use super::table::{cell, Table};
 
-/// `println!` that ignores a closed stdout (`ferry requests | head`) instead of panicking.
-macro_rules! out {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = writeln!(std::io::stdout(), $($arg)*);
-    }};
-}
-
-/// `print!` that ignores a closed stdout.
-macro_rules! out_raw {
-    ($($arg:tt)*) => {{
-        use std::io::Write as _;
-        let _ = write!(std::io::stdout(), $($arg)*);
-    }};
-}
 use super::CliError;
 use crate::config::Config;
 
 /// How to reach the node's API, and how to print.
 #[derive(Debug, Clone, clap::Args)]
 pub struct ApiArgs {
-    /// The node's config file; its `node.api` is the address called.
-    #[arg(long, env = "FERRY_CONFIG", default_value = "/etc/ferry/ferry.toml")]
-    pub config: PathBuf,
     /// Bearer token, one of the node's `api.tokens` (needed when tokens are configured).
     #[arg(long, env = "FERRY_TOKEN", hide_env_values = true)]
     pub token: Option<String>,
@@ -115,9 +97,9 @@ pub struct RequestsArgs {
     /// Only requests to or from this peer.
     #[arg(long)]
     pub peer: Option<String>,
-    /// Only outgoing or incoming requests.
-    #[arg(long)]
-    pub direction: Option<String>,
+    /// Only requests this node sent (`out`) or received (`in`), as the table's DIR column says.
+    #[arg(long, value_enum)]
+    pub direction: Option<Direction>,
     /// Only this conversation.
     #[arg(long)]
     pub conversation: Option<String>,
@@ -162,8 +144,9 @@ struct Api {
 }
 
 impl Api {
-    fn new(args: &ApiArgs) -> Result<Api, CliError> {
-        let config = Config::load(&args.config)?;
+    /// The API of the node configured in `config` (its `node.api`).
+    fn new(config: &Path, args: &ApiArgs) -> Result<Api, CliError> {
+        let config = Config::load(config)?;
         let addr = reachable(config.node.api);
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -287,9 +270,9 @@ fn send_body(args: &SendArgs) -> Result<Value, CliError> {
 }
 
 /// `ferry send`. A sync answer that is not 2xx exits 1 after printing it.
-pub fn send(args: SendArgs) -> Result<(), CliError> {
+pub fn send(config: &Path, args: SendArgs) -> Result<(), CliError> {
     let body = send_body(&args)?;
-    let api = Api::new(&args.api)?;
+    let api = Api::new(config, &args.api)?;
     let size = match &args.file {
         Some(f) => {
             Some(std::fs::metadata(f).map_err(|e| CliError::usage(format!("--file {}: {e}", f.display())))?.len())
@@ -439,8 +422,8 @@ fn urlencode(s: &str) -> String {
 }
 
 /// `ferry status ID`.
-pub fn status(args: StatusArgs) -> Result<(), CliError> {
-    let api = Api::new(&args.api)?;
+pub fn status(config: &Path, args: StatusArgs) -> Result<(), CliError> {
+    let api = Api::new(config, &args.api)?;
     let view = runtime()?.block_on(api.get(&format!("/v1/requests/{}", urlencode(&args.id))))?;
     if args.api.json {
         print_json(&view);
@@ -550,13 +533,34 @@ fn shorten(s: &str, max: usize) -> String {
     }
 }
 
+/// A request's direction, as the table of `ferry requests` prints it; the API's names are aliases.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum Direction {
+    /// Requests this node received.
+    #[value(alias = "incoming")]
+    In,
+    /// Requests this node sent.
+    #[value(alias = "outgoing")]
+    Out,
+}
+
+impl Direction {
+    /// The API's name (`GET /v1/requests?direction=`).
+    fn api_name(self) -> &'static str {
+        match self {
+            Direction::In => "incoming",
+            Direction::Out => "outgoing",
+        }
+    }
+}
+
 /// `ferry requests`.
-pub fn requests(args: RequestsArgs) -> Result<(), CliError> {
-    let api = Api::new(&args.api)?;
+pub fn requests(config: &Path, args: RequestsArgs) -> Result<(), CliError> {
+    let api = Api::new(config, &args.api)?;
     let query: Vec<(&str, String)> = [
         ("state", args.state.clone()),
         ("peer", args.peer.clone()),
-        ("direction", args.direction.clone()),
+        ("direction", args.direction.map(|d| d.api_name().to_owned())),
         ("conversation", args.conversation.clone()),
         ("limit", args.limit.map(|l| l.to_string())),
         ("before", args.before.clone()),
@@ -591,8 +595,8 @@ pub fn requests(args: RequestsArgs) -> Result<(), CliError> {
 }
 
 /// `ferry pending`.
-pub fn pending(args: ApiArgs) -> Result<(), CliError> {
-    let api = Api::new(&args)?;
+pub fn pending(config: &Path, args: ApiArgs) -> Result<(), CliError> {
+    let api = Api::new(config, &args)?;
     let list = runtime()?.block_on(api.get("/v1/pending"))?;
     if args.json {
         print_json(&list);
@@ -614,7 +618,7 @@ pub fn pending(args: ApiArgs) -> Result<(), CliError> {
 }
 
 /// `ferry reply CALLBACK_ID`.
-pub fn reply(args: ReplyArgs) -> Result<(), CliError> {
+pub fn reply(config: &Path, args: ReplyArgs) -> Result<(), CliError> {
     let mut body = json!({"callback_id": args.callback_id});
     if let Some(reason) = &args.reject {
         body["error"] = reason.clone().into();
@@ -632,7 +636,7 @@ pub fn reply(args: ReplyArgs) -> Result<(), CliError> {
         }
         body["end"] = (!args.more).into();
     }
-    let api = Api::new(&args.api)?;
+    let api = Api::new(config, &args.api)?;
     let data = runtime()?.block_on(api.call(api.request(reqwest::Method::POST, "/v1/replies").json(&body)))?;
     if args.api.json {
         print_json(&data);
@@ -650,8 +654,8 @@ pub fn reply(args: ReplyArgs) -> Result<(), CliError> {
 }
 
 /// `ferry peers`.
-pub fn peers(args: ApiArgs) -> Result<(), CliError> {
-    let api = Api::new(&args)?;
+pub fn peers(config: &Path, args: ApiArgs) -> Result<(), CliError> {
+    let api = Api::new(config, &args)?;
     let list = runtime()?.block_on(api.get("/v1/peers"))?;
     if args.json {
         print_json(&list);

@@ -40,6 +40,12 @@ where
 /// Runs `cmd`, killing it if it has not finished within `limit`.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn ferry");
+    run_bounded_child(child, limit)
+}
+
+/// Waits for `child` and collects what it wrote to the pipes it still has, killing it if it has
+/// not finished within `limit`.
+pub fn run_bounded_child(child: std::process::Child, limit: Duration) -> Output {
     let pid = child.id();
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
@@ -49,7 +55,7 @@ pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
         Ok(output) => output.expect("wait for ferry"),
         Err(_) => {
             let _ = Command::new("kill").arg("-KILL").arg(pid.to_string()).status();
-            panic!("{cmd:?} did not finish within {limit:?}");
+            panic!("ferry (pid {pid}) did not finish within {limit:?}");
         }
     }
 }
