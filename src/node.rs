@@ -87,8 +87,11 @@ const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 /// How long a stopping node waits for the TSA to stamp its last head.
 const STAMP_AT_STOP_WITHIN: std::time::Duration = std::time::Duration::from_secs(5);
 
+/// Where a reload's outcome goes: what changed, or why the file was refused.
+pub type ReloadAnswer = tokio::sync::oneshot::Sender<Result<String, String>>;
+
 /// What `ferry run` adds to a node: systemd notifications and reloads on SIGHUP. Tests and the
-/// demo run nodes without them.
+/// demo run nodes without them (`POST /v1/reload` reloads any node).
 #[derive(Debug, Default)]
 pub struct Controls {
     /// Each message asks for the config file to be read again (SIGHUP).
@@ -179,7 +182,9 @@ pub async fn run_with(
     link.greet_peers();
 
     let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(config.api.tokens.clone()));
+    let (reload, reloads_asked) = tokio::sync::mpsc::channel(4);
     let state = ApiState {
+        reload,
         exchange: Exchange::new(Arc::new(link.clone()), store.clone(), metrics.clone()),
         metrics,
         store: store.clone(),
@@ -204,19 +209,17 @@ pub async fn run_with(
         fingerprint = %identity.fingerprint(),
         "serving"
     );
-    let Controls { reload, notifier } = controls;
+    let Controls { reload: sighup, notifier } = controls;
     let serving = stop.child_token();
-    if let Some(reload) = reload {
-        let reloader = Reloader {
-            config: config.clone(),
-            peers: peers.clone(),
-            services,
-            tokens,
-            link: link.clone(),
-            notifier: notifier.clone(),
-        };
-        tokio::spawn(reloader.listen(reload, serving.clone()));
-    }
+    let reloader = Reloader {
+        config: config.clone(),
+        peers: peers.clone(),
+        services,
+        tokens,
+        link: link.clone(),
+        notifier: notifier.clone(),
+    };
+    tokio::spawn(reloader.listen(sighup, reloads_asked, serving.clone()));
     if let Some(n) = &notifier {
         // The listener is bound and the link serves: the API answers from the first accept on.
         let line = crate::systemd::summary(&config.node.name, &store, &peers)
@@ -269,12 +272,19 @@ struct Reloader {
 }
 
 impl Reloader {
-    async fn listen(mut self, mut requests: tokio::sync::mpsc::Receiver<()>, stop: CancellationToken) {
+    /// Reloads at each SIGHUP and each `POST /v1/reload` (which is told the outcome), until `stop`.
+    async fn listen(
+        mut self,
+        mut sighup: Option<tokio::sync::mpsc::Receiver<()>>,
+        mut asked: tokio::sync::mpsc::Receiver<ReloadAnswer>,
+        stop: CancellationToken,
+    ) {
         loop {
-            tokio::select! {
-                asked = requests.recv() => if asked.is_none() { return },
+            let answer = tokio::select! {
+                Some(()) = async { sighup.as_mut()?.recv().await } => None,
+                Some(answer) = asked.recv() => Some(answer),
                 () = stop.cancelled() => return,
-            }
+            };
             if let Some(n) = &self.notifier {
                 n.reloading();
             }
@@ -283,11 +293,11 @@ impl Reloader {
                 Ok(summary) => tracing::info!(config = %self.config.path.display(), "reloaded: {summary}"),
                 Err(e) => tracing::error!(
                     config = %self.config.path.display(),
-                    "reload refused, the running config stays in force; fix the file and send SIGHUP again: {e}"
+                    "reload refused, the running config stays in force; fix the file and reload again: {e}"
                 ),
             }
             if let Some(n) = &self.notifier {
-                let line = match outcome {
+                let line = match &outcome {
                     Ok(summary) => format!("{}: reloaded: {summary}", self.config.node.name),
                     Err(e) => format!(
                         "{}: reload refused ({}), old config in force",
@@ -296,6 +306,9 @@ impl Reloader {
                     ),
                 };
                 n.ready(&line);
+            }
+            if let Some(answer) = answer {
+                let _ = answer.send(outcome);
             }
         }
     }

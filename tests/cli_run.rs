@@ -384,3 +384,39 @@ fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
         assert!(!line.contains("T0") && !line.contains("\x1b["), "a timestamp or colour: {line:?}");
     }
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ferry_reload_says_what_changed_or_why_the_file_is_refused() {
+    let root = tempfile::tempdir().unwrap();
+    let RunningPair { a, b, node_a, node_b, client, seen } = RunningPair::start(root.path()).await;
+    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
+    let config = b.dir.config_arg();
+
+    // A second service and API tokens: without --token, the config's own is used.
+    assert_code(&service_add(&b.dir, "2", &format!("http://{}", seen.addr), Some("org-a")), 0);
+    let text = fs::read_to_string(&b.dir.config).unwrap();
+    fs::write(&b.dir.config, text.replace("tokens = []", r#"tokens = ["reload-token-0123456789"]"#)).unwrap();
+    let out = ferry(["reload", "--config", &config]);
+    assert_code(&out, 0);
+    assert_eq!(stdout(&out), "reloaded: 1 peer(s), 2 service(s)\n", "{}", stderr(&out));
+    let (status, answer) = send_request(&client, a.api, "org-b", "2").await;
+    assert_eq!(status, 200, "the new service serves at once: {answer}");
+
+    // A file the node refuses (a pinned certificate gone): the command fails with the reason.
+    let pinned = b.dir.dir.join("certs/peers/org-a.pem");
+    let kept = fs::read(&pinned).unwrap();
+    fs::remove_file(&pinned).unwrap();
+    let out = ferry(["reload", "--config", &config]);
+    assert_code(&out, 1);
+    assert!(stderr(&out).contains("reload refused") && stderr(&out).contains("org-a.pem"), "{}", stderr(&out));
+    let (status, answer) = send_request(&client, a.api, "org-b", "1").await;
+    assert_eq!(status, 200, "the running config stays: {answer}");
+    fs::write(&pinned, kept).unwrap();
+
+    // A file that cannot be read here: named, and the node is not asked.
+    fs::write(&b.dir.config, fs::read_to_string(&b.dir.config).unwrap() + "\nbogus_key = 1\n").unwrap();
+    let out = ferry(["reload", "--config", &config]);
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains("bogus_key"), "{}", stderr(&out));
+    assert_eq!(node_b.run_log().matches("reload refused").count(), 1, "only the certificate's:\n{}", node_b.run_log());
+}

@@ -228,6 +228,7 @@ fn state() -> ApiState {
         send_roots: Arc::new(ferry::host_file::HostFiles::new(std::slice::from_ref(&dir), vec![])),
         timestamps: None,
         tsa_cert: None,
+        reload: tokio::sync::mpsc::channel(1).0,
         max_size: 1 << 20,
     }
 }

@@ -62,6 +62,8 @@ pub struct ApiState {
     pub timestamps: Option<Arc<crate::stamping::Status>>,
     /// The TSA's certificate (DER), for `/v1/audit/verify` to check time-stamps.
     pub tsa_cert: Option<Arc<Vec<u8>>>,
+    /// Asks the node to read its config file again (`POST /v1/reload`).
+    pub reload: tokio::sync::mpsc::Sender<crate::node::ReloadAnswer>,
 }
 
 /// The state the handlers get: one allocation shared by all, so that a request clones a pointer,
@@ -80,6 +82,7 @@ pub fn routes() -> (Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(utoipa_axum::routes!(events::stream))
         .routes(utoipa_axum::routes!(peers))
         .routes(utoipa_axum::routes!(health))
+        .routes(utoipa_axum::routes!(reload))
         .routes(utoipa_axum::routes!(monitor::audit))
         .routes(utoipa_axum::routes!(console::audit_verify))
         .routes(utoipa_axum::routes!(console::outbox))
@@ -167,6 +170,26 @@ async fn health(State(state): State<Shared>) -> Response {
     ok(StatusCode::OK, "ActionOK", data)
 }
 
+/// `POST /v1/reload`.
+#[utoipa::path(post, path = "/v1/reload", tag = "admin",
+    summary = "Read the config file again, as SIGHUP does: peers, services and tokens",
+    responses(
+        (status = 200, description = "Reloaded; `data.summary` says what changed", body = openapi::Envelope),
+        (status = 400, description = "The file is refused and the running config stays; `msg` says why", body = openapi::Envelope),
+        (status = 503, description = "The node is stopping", body = openapi::Envelope),
+    ))]
+async fn reload(State(state): State<Shared>) -> Result<Response, ApiError> {
+    let stopping = || ApiError::new(Kind::Unavailable, "the node is stopping; nothing was reloaded");
+    let (answer, outcome) = tokio::sync::oneshot::channel();
+    state.reload.send(answer).await.map_err(|_| stopping())?;
+    match outcome.await.map_err(|_| stopping())? {
+        Ok(summary) => Ok(ok(StatusCode::OK, "Reloaded", json!({"summary": summary}))),
+        Err(why) => Err(ApiError::bad_request(format!(
+            "reload refused, the running config stays in force; fix the file and reload again: {why}"
+        ))),
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -189,6 +212,7 @@ mod tests {
             send_roots: Default::default(),
             timestamps: None,
             tsa_cert: None,
+            reload: tokio::sync::mpsc::channel(1).0,
             max_size: 1 << 30,
         }
     }

@@ -161,6 +161,9 @@ enum Command {
     Reply(operator::ReplyArgs),
     /// List the peers and their connections.
     Peers(operator::ApiArgs),
+    /// Make the running node read its config file again (peers, services, tokens), and say what
+    /// changed or why the file is refused.
+    Reload(operator::ApiArgs),
 }
 
 #[derive(Debug, Subcommand)]
@@ -317,6 +320,7 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
         Command::Pending(a) => operator::pending(config, a),
         Command::Reply(a) => operator::reply(config, a),
         Command::Peers(a) => operator::peers(config, a),
+        Command::Reload(a) => operator::reload(config, a),
     }
 }
 

@@ -1,5 +1,5 @@
 //! Operator commands that talk to the running node's local API over HTTP: `send`, `status`,
-//! `requests`, `pending`, `reply`, `peers`.
+//! `requests`, `pending`, `reply`, `peers`, `reload`.
 //!
 //! The API address is the config's `node.api` (a wildcard address is reached on loopback); the
 //! bearer token comes from `--token` or `$FERRY_TOKEN`. Output is a human table unless `--json`
@@ -154,6 +154,16 @@ impl Api {
             .build()
             .map_err(|e| CliError::failed(format!("cannot build an HTTP client: {e}")))?;
         Ok(Api { base: format!("http://{addr}"), token: args.token.clone().filter(|t| !t.is_empty()), http })
+    }
+
+    /// Like [`Api::new`], but without `--token` the config's first `api.tokens` is used: whoever
+    /// may read the config holds its tokens anyway (systemd's `ExecReload=` runs as the node's user).
+    fn as_admin(config: &Path, args: &ApiArgs) -> Result<Api, CliError> {
+        let mut api = Api::new(config, args)?;
+        if api.token.is_none() {
+            api.token = Config::load(config)?.api.tokens.first().cloned();
+        }
+        Ok(api)
     }
 
     fn request(&self, method: reqwest::Method, path: &str) -> reqwest::RequestBuilder {
@@ -672,6 +682,19 @@ pub fn peers(config: &Path, args: ApiArgs) -> Result<(), CliError> {
         ]);
     }
     out_raw!("{}", t.render());
+    Ok(())
+}
+
+/// `ferry reload`: the running node reads its config file again; prints what changed, or fails
+/// with why the file was refused (the running config stays).
+pub fn reload(config: &Path, args: ApiArgs) -> Result<(), CliError> {
+    let api = Api::as_admin(config, &args)?;
+    let data = runtime()?.block_on(api.call(api.request(reqwest::Method::POST, "/v1/reload")))?;
+    if args.json {
+        print_json(&data);
+    } else {
+        out!("reloaded: {}", data["summary"].as_str().unwrap_or_default());
+    }
     Ok(())
 }
 
