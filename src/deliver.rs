@@ -72,7 +72,7 @@ impl Deliverer {
                 tracing::info!(%id, %peer, %service, method = %request.method, %path, status = answer.status, duration_ms = format_args!("{ms:.1}"), "exchange")
             }
             Err(e) => {
-                tracing::info!(%id, %peer, %service, method = %request.method, %path, status = ?e.refusal.kind, duration_ms = format_args!("{ms:.1}"), error = %e.refusal.message, "exchange")
+                tracing::info!(%id, %peer, %service, method = %request.method, %path, status = e.refusal.kind.http_status(), duration_ms = format_args!("{ms:.1}"), error = %e.refusal.message, "exchange")
             }
         }
         result

@@ -42,6 +42,15 @@ pub enum Failure {
     Broken(String),
 }
 
+impl std::fmt::Display for Failure {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Failure::PeerUnreachable(why) | Failure::Broken(why) => f.write_str(why),
+            Failure::Refused(refusal) => f.write_str(&refusal.message),
+        }
+    }
+}
+
 /// A carrier for a node without a link (API tests): every peer is unreachable.
 #[derive(Debug, Clone, Copy)]
 pub struct NoLink;
@@ -92,7 +101,13 @@ impl Exchange {
         let (id, path, ms) = (&sent.id, &sent.path, format!("{:.1}", elapsed.as_secs_f64() * 1000.0));
         match &outcome {
             Ok(r) => tracing::info!(%id, %peer, %path, status = r.status, duration_ms = %ms, "exchange"),
-            Err(f) => tracing::info!(%id, %peer, %path, status = "failed", duration_ms = %ms, error = ?f, "exchange"),
+            Err(f) => {
+                let status = match f {
+                    Failure::Refused(refusal) => refusal.kind.http_status(),
+                    Failure::PeerUnreachable(_) | Failure::Broken(_) => 502,
+                };
+                tracing::info!(%id, %peer, %path, status, duration_ms = %ms, error = %f, "exchange")
+            }
         }
         // This node's records join a commit of the store's soon after, without holding up the
         // host's answer. Only an answer, or a refusal, from the peer's node is evidence.

@@ -183,8 +183,10 @@ pub async fn run_with(
 
     let tokens = Arc::new(arc_swap::ArcSwap::from_pointee(config.api.tokens.clone()));
     let (reload, reloads_asked) = tokio::sync::mpsc::channel(4);
+    let serving = stop.child_token();
     let state = ApiState {
         reload,
+        stopping: serving.clone(),
         exchange: Exchange::new(Arc::new(link.clone()), store.clone(), metrics.clone()),
         metrics,
         store: store.clone(),
@@ -210,7 +212,6 @@ pub async fn run_with(
         "serving"
     );
     let Controls { reload: sighup, notifier } = controls;
-    let serving = stop.child_token();
     let reloader = Reloader {
         config: config.clone(),
         peers: peers.clone(),

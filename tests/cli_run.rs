@@ -420,3 +420,67 @@ async fn ferry_reload_says_what_changed_or_why_the_file_is_refused() {
     assert!(stderr(&out).contains("bogus_key"), "{}", stderr(&out));
     assert_eq!(node_b.run_log().matches("reload refused").count(), 1, "only the certificate's:\n{}", node_b.run_log());
 }
+
+/// Log lines an operator reads: peers coming and going with their address and round-trip time,
+/// one line per exchange on both nodes (sync and async, refusals included), errors in words;
+/// and events clients told that the node stops.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn logs_name_peers_and_exchanges_in_words_and_a_stop_closes_events_sockets() {
+    use futures::StreamExt;
+    let root = tempfile::tempdir().unwrap();
+    let (service, _seen) = recording_service().await;
+    let a = init_on_loopback(root.path(), "org-a");
+    let b = init_on_loopback(root.path(), "org-b");
+    pin_both_ways(&a, "org-a", &b, "org-b");
+    assert_code(&service_add(&b.dir, "1", &format!("http://{service}"), Some("org-a")), 0);
+    let info = [("RUST_LOG", "info")];
+    let node_a = run_node_with(&a.dir, "org-a", &info);
+    let mut node_b = run_node_with(&b.dir, "org-b", &info);
+    let client = api_client();
+    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+    wait_healthy(&client, &node_b, b.api, Duration::from_secs(15)).await;
+    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
+
+    let body = |service: &str| json!({"peer": "org-b", "service": service, "path": "/x", "mode": "async"});
+    let mut ids = Vec::new();
+    for service in ["1", "9"] {
+        let (status, _, env) = post_request(&client, a.api, body(service)).await;
+        assert_eq!(status, 202, "{env}");
+        ids.push(env["data"]["id"].as_str().unwrap().to_owned());
+    }
+    let [ok_id, refused_id] = <[String; 2]>::try_from(ids).unwrap();
+    assert_eq!(wait_final(&client, a.api, &ok_id, Duration::from_secs(10)).await["state"], "success");
+    assert_eq!(wait_final(&client, a.api, &refused_id, Duration::from_secs(10)).await["state"], "failed");
+
+    let (events, _) = tokio_tungstenite::connect_async(format!("ws://{}/v1/events", b.api)).await.unwrap();
+    let (_, mut events) = events.split();
+    node_b.terminate("TERM", Duration::from_secs(10)).expect("org-b stops");
+    let close = tokio::time::timeout(Duration::from_secs(10), async {
+        while let Some(Ok(message)) = events.next().await {
+            if let tokio_tungstenite::tungstenite::Message::Close(frame) = message {
+                return frame;
+            }
+        }
+        None
+    })
+    .await
+    .expect("the socket ends within 10 s of SIGTERM");
+    let close = close.expect("a close frame, not a cut socket");
+    assert_eq!(u16::from(close.code), 1001, "{close:?}");
+
+    let (log_a, log_b) = (node_a.run_log(), node_b.run_log());
+    let line = |log: &str, all: &[&str]| log.lines().any(|l| all.iter().all(|w| l.contains(w)));
+    assert!(line(&log_a, &["connected to peer", "org-b", "address=", "rtt_ms="]), "{log_a}");
+    assert!(line(&log_b, &["peer connected", "org-a", "remote=", "rtt_ms="]), "{log_b}");
+    assert!(line(&log_a, &["exchange", "status=200"]), "the sync exchange:\n{log_a}");
+    assert!(line(&log_a, &["exchange", &ok_id, "state=\"success\""]), "the async one:\n{log_a}");
+    assert!(line(&log_a, &["exchange", &refused_id, "state=\"failed\"", "status=404"]), "the refused one:\n{log_a}");
+    assert!(line(&log_b, &["exchange", &ok_id, "status=200"]), "the service call:\n{log_b}");
+    assert!(
+        line(&log_a, &["org-b", "lost the connection"]) || line(&log_a, &["org-b", "peer disconnected"]),
+        "{log_a}"
+    );
+    for debug in ["PeerUnreachable(", "Refused(", "Some(", "Unreachable("] {
+        assert!(!log_a.contains(debug) && !log_b.contains(debug), "Rust's Debug text `{debug}` in a log");
+    }
+}

@@ -1,7 +1,8 @@
 //! `GET /v1/events`: a WebSocket of state, reply and progress events.
 //!
 //! The client must send the text `OK` at least every `api.heartbeat`; a silent client is closed,
-//! so that a dead consumer never holds events. `?peer=` keeps only one peer's events.
+//! so that a dead consumer never holds events. `?peer=` keeps only one peer's events. A node that
+//! stops closes each socket with code 1001 (going away).
 
 use std::time::Duration;
 
@@ -30,11 +31,12 @@ pub(super) async fn stream(
     Query(q): Query<EventsQuery>,
     ws: WebSocketUpgrade,
 ) -> Response {
-    let heartbeat = state.heartbeat;
+    let (heartbeat, stopping) = (state.heartbeat, state.stopping.clone());
     let events = state.store.subscribe();
     // The console asks for the `ferry` subprotocol (beside the one carrying its token); a
     // browser drops a socket whose server selects none of those it asked for.
-    ws.protocols([super::console::SUBPROTOCOL]).on_upgrade(move |socket| forward(socket, events, q.peer, heartbeat))
+    ws.protocols([super::console::SUBPROTOCOL])
+        .on_upgrade(move |socket| forward(socket, events, q.peer, heartbeat, stopping))
 }
 
 async fn forward(
@@ -42,6 +44,7 @@ async fn forward(
     mut events: tokio::sync::broadcast::Receiver<crate::store::Event>,
     peer: Option<String>,
     heartbeat: Duration,
+    stopping: tokio_util::sync::CancellationToken,
 ) {
     let mut deadline = Instant::now() + heartbeat;
     loop {
@@ -65,6 +68,11 @@ async fn forward(
             _ = tokio::time::sleep_until(deadline) => {
                 let reason = format!("no OK heartbeat within {} ms", heartbeat.as_millis());
                 let _ = socket.send(Message::Close(Some(CloseFrame { code: 4000, reason: reason.into() }))).await;
+                return;
+            }
+            () = stopping.cancelled() => {
+                let reason = "the node is stopping; connect again once it is back";
+                let _ = socket.send(Message::Close(Some(CloseFrame { code: 1001, reason: reason.into() }))).await;
                 return;
             }
         }

@@ -64,6 +64,8 @@ pub struct ApiState {
     pub tsa_cert: Option<Arc<Vec<u8>>>,
     /// Asks the node to read its config file again (`POST /v1/reload`).
     pub reload: tokio::sync::mpsc::Sender<crate::node::ReloadAnswer>,
+    /// Cancelled when the node stops: WebSocket clients are told so before their socket closes.
+    pub stopping: tokio_util::sync::CancellationToken,
 }
 
 /// The state the handlers get: one allocation shared by all, so that a request clones a pointer,
@@ -213,6 +215,7 @@ mod tests {
             timestamps: None,
             tsa_cert: None,
             reload: tokio::sync::mpsc::channel(1).0,
+            stopping: Default::default(),
             max_size: 1 << 30,
         }
     }

@@ -247,7 +247,7 @@ pub fn main() -> ExitCode {
         }
     };
     // The demo prints its own story; its nodes log only warnings unless RUST_LOG says otherwise.
-    init_logging(if matches!(cli.command, Command::Demo) { "warn" } else { "info,quinn=warn" });
+    init_logging(if matches!(cli.command, Command::Demo) { "warn" } else { "info,quinn=warn,notify=warn" });
     match run(&cli.config, cli.command) {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {

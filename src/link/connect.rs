@@ -38,6 +38,7 @@ impl Link {
         }
         match tokio::time::timeout_at(deadline, self.dial(peer)).await {
             Ok(Ok(connection)) => {
+                tracing::info!(peer = %peer.name, address = %peer.address, rtt_ms = %super::rtt_ms(&connection), "connected to peer");
                 peer.connected(connection.clone());
                 tokio::spawn(self.clone().keep(peer.clone(), connection.clone()));
                 Ok(connection)
@@ -102,7 +103,7 @@ impl Link {
             if self.is_closing() || self.inner.peers.get(&peer.name).is_none_or(|p| !Arc::ptr_eq(&p, &peer)) {
                 return;
             }
-            tracing::info!(peer = %peer.name, %reason, "lost the connection; redialing");
+            tracing::info!(peer = %peer.name, address = %peer.address, %reason, "lost the connection; redialing");
             loop {
                 let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 4);
                 tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
@@ -120,7 +121,7 @@ impl Link {
                     )))
                 }) {
                     Ok(c) => {
-                        tracing::info!(peer = %peer.name, "connected again");
+                        tracing::info!(peer = %peer.name, address = %peer.address, rtt_ms = %super::rtt_ms(&c), "connected again");
                         peer.connected(c.clone());
                         let _ = self.inner.store.peer_is_back(&peer.name).await;
                         connection = c;

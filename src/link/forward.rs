@@ -123,6 +123,8 @@ impl Link {
                     Refuser::ThisNode => refusal.message,
                     Refuser::Peer => format!("{}: {}", peer.name, refusal.message),
                 };
+                let (id, status) = (&message.request.id, refusal.kind.http_status());
+                tracing::info!(%id, peer = %peer.name, state = "failed", status, error = %why, "exchange");
                 store.refused(&peer.name, &message.request.id, why, refusal.kind.http_status()).await
             }
             // The peer's store failed: it may take the reply later.

@@ -49,7 +49,7 @@ pub(super) async fn connection(
         connection.close(Code::NotPinned.varint(), b"certificate not pinned");
         return tracing::warn!(%remote, "closed a connection whose certificate is no longer pinned");
     };
-    tracing::debug!(peer = %peer.name, %remote, "peer connected");
+    tracing::info!(peer = %peer.name, %remote, rtt_ms = %super::rtt_ms(&connection), "peer connected");
     peer.seen();
     peer.dialed_in();
     // A peer that dials anew may have restarted: a datagram on this node's own connection to it
@@ -72,7 +72,7 @@ pub(super) async fn connection(
                 Ok((send, recv)) => {
                     tokio::spawn(stream(peer.clone(), inbound.clone(), broken.clone(), send, recv));
                 }
-                Err(e) => return tracing::debug!(peer = %peer.name, reason = %e, "peer connection ended"),
+                Err(e) => return tracing::info!(peer = %peer.name, %remote, reason = %e, "peer disconnected"),
             },
             _ = broken.cancelled() => {
                 connection.close(Code::ProtocolViolation.varint(), b"protocol violation");
@@ -262,11 +262,22 @@ impl Inbound {
             Ok(file) => file,
             Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
+        let (seq, error) = (reply.seq, reply.error.clone());
         match store.received_reply(&peer.name, reply, file.map(|f| f.path), payload).await {
             Ok(ended) => {
                 if let Some(took) = ended {
                     let label = crate::metrics::PeerLabel { peer: peer.name.clone() };
                     link.inner.metrics.async_duration.get_or_create(&label).observe(took.as_secs_f64());
+                    // Where an async exchange ends on the requesting node: one line for it.
+                    let (id, ms) = (&ack.id, format!("{:.1}", took.as_secs_f64() * 1000.0));
+                    match &error {
+                        None => {
+                            tracing::info!(%id, peer = %peer.name, replies = seq, state = "success", duration_ms = %ms, "exchange")
+                        }
+                        Some(error) => {
+                            tracing::info!(%id, peer = %peer.name, replies = seq, state = "failed", duration_ms = %ms, %error, "exchange")
+                        }
+                    }
                 }
                 link.sign_receipt(&peer.name, leaf);
                 Ok(Answer::Ack(ack))

@@ -181,6 +181,11 @@ impl Link {
     }
 }
 
+/// A connection's round-trip time in milliseconds, for log lines.
+fn rtt_ms(connection: &quinn::Connection) -> String {
+    format!("{:.2}", connection.rtt().as_secs_f64() * 1000.0)
+}
+
 impl Link {
     fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Relaxed)
