@@ -117,6 +117,9 @@ pub struct FilesConfig {
     /// system allows it, rather than through the page cache; synced as they are written either
     /// way.
     pub direct_io: bool,
+    /// How long files this node received (`data_dir/received/`) and finished requests past their
+    /// ttl are kept; `None` keeps them for ever.
+    pub keep_received: Option<Duration>,
 }
 
 /// `[api]`.
@@ -328,8 +331,9 @@ impl Config {
             let roots = if s.has("send_roots") { s.strings("send_roots") } else { vec!["outbox".to_owned()] };
             let max_size = s.size("max_size", "20GiB");
             let direct_io = s.flag("direct_io", true);
+            let keep_received = s.duration("keep_received", None);
             s.finish();
-            FilesConfig { send_roots: roots.iter().map(|r| dir.join(r)).collect(), max_size, direct_io }
+            FilesConfig { send_roots: roots.iter().map(|r| dir.join(r)).collect(), max_size, direct_io, keep_received }
         };
 
         let api = {

@@ -73,7 +73,12 @@ const NOT_UTF8: &str = "the name is not valid UTF-8, so it can name neither a ca
 /// Creates the inbox `dir` and its folders (`.pending`, `.sent`, `.unmatched`, `.failed`) if
 /// missing; an entry already there under one of those names is left as it is.
 pub fn create(dir: &Path) -> std::io::Result<()> {
-    std::fs::create_dir_all(dir)?;
+    if !dir.exists() {
+        std::fs::create_dir_all(dir)?;
+        // Operators in the node's group drop files in it; what they make there stays in that group.
+        #[cfg(unix)]
+        std::fs::set_permissions(dir, std::os::unix::fs::PermissionsExt::from_mode(0o2770))?;
+    }
     for sub in [".pending", ".sent", ".unmatched", ".failed"] {
         match std::fs::create_dir(dir.join(sub)) {
             Err(e) if e.kind() == ErrorKind::AlreadyExists => {}

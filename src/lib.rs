@@ -79,6 +79,7 @@ pub mod deliver;
 pub mod evidence;
 pub mod exchange;
 pub mod host_file;
+pub mod housekeeping;
 pub mod identity;
 pub mod inbox;
 pub mod link;

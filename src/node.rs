@@ -178,6 +178,13 @@ pub async fn run_with(
         inbox,
         stamping,
         tokio::spawn(link.clone().send_checkpoints(config.evidence.checkpoint_every, stop.clone())),
+        match config.files.keep_received {
+            Some(keep) => {
+                let received = config.node.data_dir.join("received");
+                tokio::spawn(crate::housekeeping::work(store.clone(), keep, received, stop.clone()))
+            }
+            None => tokio::spawn(async {}),
+        },
     ];
     link.greet_peers();
 
@@ -343,6 +350,7 @@ impl Reloader {
             || new.api.callback_hosts != old.api.callback_hosts
             || new.files.send_roots != old.files.send_roots
             || new.files.max_size != old.files.max_size
+            || new.files.keep_received != old.files.keep_received
             || new.api.heartbeat != old.api.heartbeat
             || new.api.max_connections != old.api.max_connections
             || new.api.header_timeout != old.api.header_timeout

@@ -47,6 +47,9 @@ fn fields(seen: &support::Seen) -> std::collections::HashMap<String, String> {
 #[tokio::test]
 async fn a_file_dropped_into_the_inbox_answers_the_request() {
     let p = pair().await;
+    // The node's group may drop files in it, and what they make there stays in the group.
+    let mode = std::os::unix::fs::PermissionsExt::mode(&std::fs::metadata(inbox(&p)).unwrap().permissions());
+    assert_eq!(mode & 0o7777, 0o2770, "{mode:o}");
     let host = Recorder::start().await;
     let (id, callback_id) = download(&p, &host, 1).await;
     let pending = inbox(&p).join(format!(".pending/{callback_id}.json"));

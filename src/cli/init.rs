@@ -66,6 +66,7 @@ certs_dir = "certs"              # node.pem, node.key, peers/*.pem
 [files]
 send_roots = ["outbox"]          # a host may send only files below these folders
 max_size = "20GiB"
+keep_received = "30d"            # received files, and finished requests past their ttl, go after this
 
 [api]
 tokens = []                      # bearer tokens; when empty, only loopback callers, no token
