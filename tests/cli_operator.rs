@@ -159,3 +159,54 @@ async fn operator_commands_against_a_running_pair() {
     assert_code(&ferry_with_token(&["peers", "--config", &ca], Some(token)), 0);
     assert_code(&ferry_with_token(&["peers", "--config", &ca], Some("wrong-token-0123456789")), 1);
 }
+
+/// `ferry events` follows the node: a line per event as it happens, and the reason when the node
+/// closes the stream at its stop.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn events_follows_the_node_until_it_stops() {
+    use std::io::BufRead;
+    let root = tempfile::tempdir().unwrap();
+    let RunningPair { a, mut node_a, client, .. } = RunningPair::start(root.path()).await;
+    for json in [true, false] {
+        let mut cmd = ferry_cmd();
+        cmd.args(["events", "--peer", "org-b", "--config", &a.dir.config_arg()]);
+        if json {
+            cmd.arg("--json");
+        }
+        let mut events = cmd.stdout(std::process::Stdio::piped()).stderr(std::process::Stdio::piped()).spawn().unwrap();
+        let (lines, seen) = std::sync::mpsc::channel();
+        let stdout = events.stdout.take().unwrap();
+        std::thread::spawn(move || {
+            std::io::BufReader::new(stdout).lines().map_while(Result::ok).for_each(|l| drop(lines.send(l)))
+        });
+        // Sent until one shows: the stream may open after the first.
+        let deadline = Instant::now() + Duration::from_secs(15);
+        let line = loop {
+            let body = json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "async"});
+            let (status, _, env) = post_request(&client, a.api, body).await;
+            assert_eq!(status, 202, "{env}");
+            let id = env["data"]["id"].as_str().unwrap().to_owned();
+            if let Some(line) = seen.recv_timeout(Duration::from_millis(500)).ok().filter(|l| l.contains(&id)) {
+                break line;
+            }
+            assert!(Instant::now() < deadline, "no event line from `ferry events`");
+        };
+        if json {
+            let event: Value = serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line}"));
+            assert_eq!(event["peer"], "org-b", "{event}");
+            let _ = events.kill();
+            run_bounded_child(events, Duration::from_secs(15));
+        } else {
+            assert!(line.contains("org-b") && line.contains("state "), "{line}");
+            assert!(line.starts_with("20") && line[..25].contains('T'), "a full time first: {line}");
+            node_a.terminate("TERM", Duration::from_secs(10)).expect("org-a stops");
+            let out = run_bounded_child(events, Duration::from_secs(15));
+            assert_code(&out, 0);
+            assert!(
+                stderr(&out).contains("the node closed the events stream: the node is stopping"),
+                "{}",
+                stderr(&out)
+            );
+        }
+    }
+}

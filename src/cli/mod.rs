@@ -161,6 +161,9 @@ enum Command {
     Reply(operator::ReplyArgs),
     /// List the peers and their connections.
     Peers(operator::ApiArgs),
+    /// Follow what the running node does: request states, replies and file progress, as they
+    /// happen.
+    Events(operator::EventsArgs),
     /// Make the running node read its config file again (peers, services, tokens), and say what
     /// changed or why the file is refused.
     Reload(operator::ApiArgs),
@@ -321,6 +324,7 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
         Command::Reply(a) => operator::reply(config, a),
         Command::Peers(a) => operator::peers(config, a),
         Command::Reload(a) => operator::reload(config, a),
+        Command::Events(a) => operator::events(config, a),
     }
 }
 

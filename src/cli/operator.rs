@@ -685,6 +685,87 @@ pub fn peers(config: &Path, args: ApiArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// `ferry events`: what the running node does, as it happens.
+#[derive(Debug, Clone, clap::Args)]
+pub struct EventsArgs {
+    /// Only this peer's events.
+    #[arg(long)]
+    pub peer: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `ferry events`: follows `GET /v1/events`, one line per event (with `--json`, the event as the
+/// API sends it), answering the node's heartbeat, until the node closes it or Ctrl-C.
+pub fn events(config: &Path, args: EventsArgs) -> Result<(), CliError> {
+    let api = Api::new(config, &args.api)?;
+    let heartbeat = Config::load(config)?.api.heartbeat;
+    runtime()?.block_on(follow_events(&api, &args, heartbeat))
+}
+
+async fn follow_events(api: &Api, args: &EventsArgs, heartbeat: Duration) -> Result<(), CliError> {
+    use futures::{SinkExt, StreamExt};
+    use tokio_tungstenite::tungstenite::{client::IntoClientRequest, Message};
+    let mut url = format!("{}/v1/events", api.base.replacen("http://", "ws://", 1));
+    if let Some(peer) = &args.peer {
+        url.push_str(&format!("?peer={}", url::form_urlencoded::byte_serialize(peer.as_bytes()).collect::<String>()));
+    }
+    let mut request = url.into_client_request().map_err(|e| CliError::failed(format!("bad events URL: {e}")))?;
+    if let Some(token) = &api.token {
+        let value =
+            format!("Bearer {token}").parse().map_err(|_| CliError::usage("--token: not a valid header value"))?;
+        request.headers_mut().insert("authorization", value);
+    }
+    let (socket, _) = tokio_tungstenite::connect_async(request).await.map_err(|e| {
+        CliError::failed(format!(
+            "cannot follow the node's events at {} ({e}); is `ferry run` running with this config?",
+            api.base
+        ))
+    })?;
+    let (mut answer, mut events) = socket.split();
+    let mut beat = tokio::time::interval(heartbeat / 2);
+    loop {
+        tokio::select! {
+            _ = beat.tick() => {
+                if answer.send(Message::Text("OK".into())).await.is_err() {
+                    return Err(CliError::failed("the node closed the events stream"));
+                }
+            }
+            event = events.next() => match event {
+                Some(Ok(Message::Text(text))) if args.api.json => out!("{text}"),
+                Some(Ok(Message::Text(text))) => out!("{}", event_line(&serde_json::from_str(&text).unwrap_or_default())),
+                Some(Ok(Message::Close(frame))) => {
+                    let why = frame.map(|f| f.reason.to_string()).unwrap_or_default();
+                    eprintln!("ferry: the node closed the events stream: {why}");
+                    return Ok(());
+                }
+                Some(Ok(_)) => {}
+                None => return Ok(()),
+                Some(Err(e)) => return Err(CliError::failed(format!("the events stream broke: {e}"))),
+            },
+            _ = tokio::signal::ctrl_c() => return Ok(()),
+        }
+    }
+}
+
+/// One event for people: when it was seen, the request, the peer, and what happened.
+fn event_line(e: &Value) -> String {
+    let what = match e["type"].as_str() {
+        Some("state") => format!("state {}", cell(&e["state"])),
+        Some("reply") => {
+            let end = if e["end"] == true { ", the last" } else { "" };
+            let file = e["file"].as_str().map(|f| format!("  file {f}")).unwrap_or_default();
+            format!("reply {}{end}  {}{file}", cell(&e["seq"]), e["data"])
+        }
+        Some("progress") => {
+            let (done, total) = (e["bytes_done"].as_u64().unwrap_or(0), e["bytes_total"].as_u64().unwrap_or(0));
+            format!("file {} / {}", human::size(done), human::size(total))
+        }
+        _ => e.to_string(),
+    };
+    format!("{}  {}  {}  {what}", crate::store::rfc3339(crate::store::now_ms()), cell(&e["id"]), cell(&e["peer"]))
+}
+
 /// `ferry reload`: the running node reads its config file again; prints what changed, or fails
 /// with why the file was refused (the running config stays).
 pub fn reload(config: &Path, args: ApiArgs) -> Result<(), CliError> {
