@@ -86,6 +86,7 @@ pub mod link;
 pub mod metrics;
 pub mod node;
 pub mod peer;
+pub mod pending;
 pub mod receipt;
 pub mod service;
 pub mod stamping;

@@ -131,7 +131,9 @@ pub async fn run_with(
     // The link reads files below the send roots (requests and replies) and the inbox (replies).
     let sendable = [config.files.send_roots.clone(), vec![inbox_dir.clone()]].concat();
     let metrics = Arc::new(Metrics::default());
+    let pending = crate::pending::Pending::default();
     let context = link::Context {
+        pending: pending.clone(),
         peers: peers.clone(),
         store: store.clone(),
         metrics: metrics.clone(),
@@ -192,6 +194,7 @@ pub async fn run_with(
     let (reload, reloads_asked) = tokio::sync::mpsc::channel(4);
     let serving = stop.child_token();
     let state = ApiState {
+        pending,
         reload,
         stopping: serving.clone(),
         exchange: Exchange::new(Arc::new(link.clone()), store.clone(), metrics.clone()),

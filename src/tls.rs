@@ -24,6 +24,7 @@ use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, Signatu
 
 use crate::identity::{Fingerprint, Identity};
 use crate::peer::Peers;
+use crate::pending::Pending;
 use crate::wire::ALPNS;
 
 /// The one crypto provider the link uses.
@@ -85,14 +86,21 @@ pub struct Acceptor {
     peers: Peers,
     key: Arc<CertifiedKey>,
     refusals: RefusalLog,
+    pending: Pending,
 }
 
 impl Acceptor {
-    /// An acceptor presenting `identity`, pinning `peers`, and logging refusals in `refusals`.
-    pub fn new(identity: &Identity, peers: Peers, refusals: RefusalLog) -> Result<Acceptor, rustls::Error> {
+    /// An acceptor presenting `identity`, pinning `peers`, logging refusals in `refusals` and
+    /// listing the nodes it refuses in `pending`.
+    pub fn new(
+        identity: &Identity,
+        peers: Peers,
+        refusals: RefusalLog,
+        pending: Pending,
+    ) -> Result<Acceptor, rustls::Error> {
         let signer = provider().key_provider.load_private_key(identity.key.clone_key())?;
         let key = Arc::new(CertifiedKey::new(vec![identity.cert.clone()], signer));
-        Ok(Acceptor { peers, key, refusals })
+        Ok(Acceptor { peers, key, refusals, pending })
     }
 
     /// The configuration for a connection from `remote`.
@@ -103,6 +111,7 @@ impl Acceptor {
             algorithms: provider.signature_verification_algorithms,
             remote,
             refusals: self.refusals.clone(),
+            pending: self.pending.clone(),
         };
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
@@ -118,7 +127,7 @@ impl Acceptor {
 /// The server side for connections from unknown addresses: requires a client certificate
 /// pinned in `peers`.
 pub fn server_config(identity: &Identity, peers: Peers) -> Result<rustls::ServerConfig, rustls::Error> {
-    Acceptor::new(identity, peers, RefusalLog::default())?.config(UNKNOWN)
+    Acceptor::new(identity, peers, RefusalLog::default(), Pending::default())?.config(UNKNOWN)
 }
 
 /// The client side for dialing one peer: accepts only the certificate pinned as `expected`.
@@ -164,6 +173,7 @@ struct PinnedClients {
     algorithms: WebPkiSupportedAlgorithms,
     remote: SocketAddr,
     refusals: RefusalLog,
+    pending: Pending,
 }
 
 impl ClientCertVerifier for PinnedClients {
@@ -181,12 +191,14 @@ impl ClientCertVerifier for PinnedClients {
         if self.peers.by_fingerprint(&fingerprint).is_some() {
             return Ok(ClientCertVerified::assertion());
         }
+        self.pending.knocked(end_entity, self.remote);
         if self.refusals.first_in_a_minute(fingerprint) {
             tracing::warn!(
                 remote = %self.remote,
                 %fingerprint,
                 "refused a node whose certificate is not pinned here (its further attempts within a minute are not \
-                 logged); if it is a peer, pin its certificate with `ferry peer add`"
+                 logged); if it is a peer, compare its fingerprint with its admin and pin it: `ferry peers --pending`, \
+                 `ferry peer accept`"
             );
         }
         Err(not_pinned())

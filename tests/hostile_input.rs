@@ -229,6 +229,7 @@ fn state() -> ApiState {
         timestamps: None,
         tsa_cert: None,
         reload: tokio::sync::mpsc::channel(1).0,
+        pending: Default::default(),
         stopping: Default::default(),
         max_size: 1 << 20,
     }

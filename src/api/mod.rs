@@ -62,6 +62,8 @@ pub struct ApiState {
     pub timestamps: Option<Arc<crate::stamping::Status>>,
     /// The TSA's certificate (DER), for `/v1/audit/verify` to check time-stamps.
     pub tsa_cert: Option<Arc<Vec<u8>>>,
+    /// Nodes that dialed with a certificate not pinned here (`GET /v1/peers/pending`).
+    pub pending: crate::pending::Pending,
     /// Asks the node to read its config file again (`POST /v1/reload`).
     pub reload: tokio::sync::mpsc::Sender<crate::node::ReloadAnswer>,
     /// Cancelled when the node stops: WebSocket clients are told so before their socket closes.
@@ -83,6 +85,7 @@ pub fn routes() -> (Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(utoipa_axum::routes!(monitor::stats))
         .routes(utoipa_axum::routes!(events::stream))
         .routes(utoipa_axum::routes!(peers))
+        .routes(utoipa_axum::routes!(pending_peers))
         .routes(utoipa_axum::routes!(health))
         .routes(utoipa_axum::routes!(reload))
         .routes(utoipa_axum::routes!(monitor::audit))
@@ -161,6 +164,21 @@ async fn peers(State(state): State<Shared>) -> Response {
     ok(StatusCode::OK, "ActionOK", all)
 }
 
+/// `GET /v1/peers/pending`.
+#[utoipa::path(get, path = "/v1/peers/pending", tag = "monitoring",
+    summary = "Nodes that dialed with a certificate not pinned here, most recent first: fingerprint, address, times, certificate",
+    responses((status = 200, body = openapi::Envelope)))]
+async fn pending_peers(State(state): State<Shared>) -> Response {
+    // One pinned since it dialed is no longer waiting.
+    let waiting: Vec<_> = state
+        .pending
+        .list()
+        .into_iter()
+        .filter(|k| !state.peers.all().iter().any(|p| p.fingerprint.to_string() == k.fingerprint))
+        .collect();
+    ok(StatusCode::OK, "ActionOK", waiting)
+}
+
 /// `GET /v1/health`.
 #[utoipa::path(get, path = "/v1/health", tag = "monitoring", summary = "`{name, version, fingerprint}` once the node serves, and `timestamps` with a TSA",
     responses((status = 200, body = openapi::Envelope)))]
@@ -215,6 +233,7 @@ mod tests {
             timestamps: None,
             tsa_cert: None,
             reload: tokio::sync::mpsc::channel(1).0,
+            pending: Default::default(),
             stopping: Default::default(),
             max_size: 1 << 30,
         }

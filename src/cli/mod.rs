@@ -159,8 +159,8 @@ enum Command {
     Pending(operator::ApiArgs),
     /// Answer (or reject) an incoming reply-mode request by its callback id.
     Reply(operator::ReplyArgs),
-    /// List the peers and their connections.
-    Peers(operator::ApiArgs),
+    /// List the peers and their connections, or the nodes waiting to be pinned (--pending).
+    Peers(operator::PeersArgs),
     /// Follow what the running node does: request states, replies and file progress, as they
     /// happen.
     Events(operator::EventsArgs),
@@ -210,6 +210,9 @@ enum CertCommand {
 
 #[derive(Debug, Subcommand)]
 enum PeerCommand {
+    /// Pin a node that dialed this one with a certificate not pinned here (`ferry peers
+    /// --pending`), after comparing its fingerprint with its admin; the running node reloads.
+    Accept(operator::AcceptArgs),
     /// Pin a peer's certificate and add it to the config.
     Add {
         /// The peer's node name.
@@ -323,6 +326,7 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
         Command::Pending(a) => operator::pending(config, a),
         Command::Reply(a) => operator::reply(config, a),
         Command::Peers(a) => operator::peers(config, a),
+        Command::Peer { command: PeerCommand::Accept(a) } => operator::accept(config, a),
         Command::Reload(a) => operator::reload(config, a),
         Command::Events(a) => operator::events(config, a),
     }

@@ -664,11 +664,39 @@ pub fn reply(config: &Path, args: ReplyArgs) -> Result<(), CliError> {
 }
 
 /// `ferry peers`.
-pub fn peers(config: &Path, args: ApiArgs) -> Result<(), CliError> {
-    let api = Api::new(config, &args)?;
-    let list = runtime()?.block_on(api.get("/v1/peers"))?;
-    if args.json {
+/// `ferry peers`.
+#[derive(Debug, Clone, clap::Args)]
+pub struct PeersArgs {
+    /// List the nodes that dialed with a certificate not pinned here instead, to accept one
+    /// (`ferry peer accept`).
+    #[arg(long)]
+    pub pending: bool,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `ferry peers`: the configured peers and their connections, or with `--pending` the nodes
+/// waiting to be pinned.
+pub fn peers(config: &Path, args: PeersArgs) -> Result<(), CliError> {
+    let api = Api::new(config, &args.api)?;
+    let path = if args.pending { "/v1/peers/pending" } else { "/v1/peers" };
+    let list = runtime()?.block_on(api.get(path))?;
+    if args.api.json {
         print_json(&list);
+        return Ok(());
+    }
+    if args.pending {
+        let mut t = Table::new(["FINGERPRINT", "ADDRESS", "FIRST_SEEN", "LAST_SEEN", "ATTEMPTS"]);
+        for k in list.as_array().into_iter().flatten() {
+            t.row([
+                cell(&k["fingerprint"]),
+                cell(&k["address"]),
+                cell(&k["first_seen"]),
+                cell(&k["last_seen"]),
+                cell(&k["attempts"]),
+            ]);
+        }
+        out_raw!("{}", t.render());
         return Ok(());
     }
     let mut t = Table::new(["NAME", "ADDRESS", "CONNECTED", "RTT_MS", "LAST_ERROR"]);
@@ -764,6 +792,63 @@ fn event_line(e: &Value) -> String {
         _ => e.to_string(),
     };
     format!("{}  {}  {}  {what}", crate::store::rfc3339(crate::store::now_ms()), cell(&e["id"]), cell(&e["peer"]))
+}
+
+/// `ferry peer accept`: pins a node that dialed with a certificate not pinned here.
+#[derive(Debug, Clone, clap::Args)]
+pub struct AcceptArgs {
+    /// The name to pin it under.
+    pub name: String,
+    /// Its fingerprint as `ferry peers --pending` lists it (a unique beginning of 8 hex digits or
+    /// more will do), compared with its admin first.
+    #[arg(long)]
+    pub fingerprint: String,
+    /// Its link address, host:port, when not the one it dialed from.
+    #[arg(long)]
+    pub address: Option<String>,
+    #[command(flatten)]
+    pub api: ApiArgs,
+}
+
+/// `ferry peer accept`: takes the waiting node's certificate from the running node, pins it as
+/// `ferry peer add` does, and has the node reload.
+pub fn accept(config: &Path, args: AcceptArgs) -> Result<(), CliError> {
+    let api = Api::as_admin(config, &args.api)?;
+    let runtime = runtime()?;
+    let pending = runtime.block_on(api.get("/v1/peers/pending"))?;
+    let wanted = args.fingerprint.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+    if wanted.len() < 8 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
+        return Err(CliError::usage(
+            "--fingerprint: give at least its first 8 hex digits, as `ferry peers --pending` lists it",
+        ));
+    }
+    let matching: Vec<&Value> = pending
+        .as_array()
+        .into_iter()
+        .flatten()
+        .filter(|k| k["fingerprint"].as_str().is_some_and(|f| f.trim_start_matches("sha256:").starts_with(&wanted)))
+        .collect();
+    let knock = match matching.as_slice() {
+        [one] => *one,
+        [] => {
+            return Err(CliError::failed(format!(
+                "no node waiting with fingerprint {}; `ferry peers --pending` lists those that dialed",
+                args.fingerprint
+            )))
+        }
+        _ => return Err(CliError::usage("--fingerprint matches more than one waiting node: give more of it")),
+    };
+    let address = args.address.clone().unwrap_or_else(|| knock["address"].as_str().unwrap_or_default().to_owned());
+    let cert = tempfile::NamedTempFile::new()
+        .and_then(|mut f| {
+            std::io::Write::write_all(&mut f, knock["certificate"].as_str().unwrap_or_default().as_bytes()).map(|()| f)
+        })
+        .map_err(|e| CliError::failed(format!("cannot write the certificate down: {e}")))?;
+    let fingerprint = super::peer::add(config, &args.name, &address, cert.path())?;
+    out!("pinned `{}` at {address}, fingerprint {fingerprint}", args.name);
+    let reloaded = runtime.block_on(api.call(api.request(reqwest::Method::POST, "/v1/reload")))?;
+    out!("reloaded: {}", reloaded["summary"].as_str().unwrap_or_default());
+    Ok(())
 }
 
 /// `ferry reload`: the running node reads its config file again; prints what changed, or fails

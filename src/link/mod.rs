@@ -76,6 +76,8 @@ pub struct Context {
     pub metrics: Arc<Metrics>,
     /// Where the files of requests and replies may be read from.
     pub files: HostFiles,
+    /// Where the nodes it refuses for a certificate not pinned here are listed.
+    pub pending: crate::pending::Pending,
 }
 
 impl Link {
@@ -89,9 +91,9 @@ impl Link {
         receipts: bool,
         context: Context,
     ) -> Result<Link, LinkError> {
-        let Context { peers, store, metrics, files } = context;
+        let Context { peers, store, metrics, files, pending } = context;
         let signer = if receipts { Some(Signer::new(&identity).map_err(LinkError::Tls)?) } else { None };
-        let acceptor = crate::tls::Acceptor::new(&identity, peers.clone(), crate::tls::RefusalLog::default())
+        let acceptor = crate::tls::Acceptor::new(&identity, peers.clone(), crate::tls::RefusalLog::default(), pending)
             .map_err(|e| LinkError::Tls(e.to_string()))?;
         // Each connection is accepted with its own configuration (see `serve`); this one is
         // quinn's default, never used.
