@@ -27,6 +27,7 @@ mod config_file;
 pub mod demo;
 mod human;
 pub mod init;
+mod invite;
 mod journal;
 pub mod operator;
 pub mod peer;
@@ -118,6 +119,16 @@ enum Command {
         /// Local REST API address.
         #[arg(long, default_value = crate::config::DEFAULT_API)]
         api: SocketAddr,
+    },
+    /// Write this node's invite: a file a peer's admin pins it from (`ferry peer add --invite`).
+    Invite {
+        /// The file to write.
+        #[arg(long)]
+        out: PathBuf,
+        /// An address peers reach this node at, host:port (repeat for more; default:
+        /// node.listen, unless it is a wildcard address).
+        #[arg(long)]
+        address: Vec<String>,
     },
     /// Certificate commands.
     Cert {
@@ -213,17 +224,21 @@ enum PeerCommand {
     /// Pin a node that dialed this one with a certificate not pinned here (`ferry peers
     /// --pending`), after comparing its fingerprint with its admin; the running node reloads.
     Accept(operator::AcceptArgs),
-    /// Pin a peer's certificate and add it to the config.
+    /// Pin a peer's certificate and add it to the config: from its invite (`ferry invite`), or
+    /// from its name, address and certificate.
     Add {
+        /// The peer's invite file; --name and --address, if given, override its own.
+        #[arg(long, conflicts_with = "cert")]
+        invite: Option<PathBuf>,
         /// The peer's node name.
-        #[arg(long)]
-        name: String,
+        #[arg(long, required_unless_present = "invite")]
+        name: Option<String>,
         /// The peer's QUIC address, host:port.
-        #[arg(long)]
-        address: String,
+        #[arg(long, required_unless_present = "invite")]
+        address: Option<String>,
         /// The peer's certificate (its certs/node.pem), received from its admin.
-        #[arg(long)]
-        cert: PathBuf,
+        #[arg(long, required_unless_present = "invite")]
+        cert: Option<PathBuf>,
     },
 }
 
@@ -290,14 +305,39 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
             );
             Ok(())
         }
+        Command::Invite { out, address } => {
+            let invite = invite::write(config, &out, &address)?;
+            out!("wrote {}: node `{}` at {}", out.display(), invite.name, invite.addresses.join(", "));
+            out!("fingerprint: {}", invite.fingerprint);
+            out!("send the file to the peer's admin (`ferry peer add --invite FILE`) and compare the fingerprint by phone");
+            Ok(())
+        }
         Command::Cert { command: CertCommand::Fingerprint } => {
             let config = Config::load(config)?;
             let cert = crate::identity::load_cert(&config.cert_path())?;
             out!("{}", crate::identity::Fingerprint::of(&cert));
             Ok(())
         }
-        Command::Peer { command: PeerCommand::Add { name, address, cert } } => {
-            let fingerprint = peer::add(config, &name, &address, &cert)?;
+        Command::Peer { command: PeerCommand::Add { invite, name, address, cert } } => {
+            let (name, address, fingerprint) = match (invite, cert) {
+                (Some(file), _) => {
+                    let invite = invite::read(&file)?;
+                    let name = name.unwrap_or(invite.name);
+                    let address = address.unwrap_or_else(|| invite.addresses[0].clone());
+                    let mut pem = tempfile::NamedTempFile::new()
+                        .map_err(|e| CliError::failed(format!("cannot write the certificate down: {e}")))?;
+                    std::io::Write::write_all(&mut pem, invite.certificate.as_bytes())
+                        .map_err(|e| CliError::failed(format!("cannot write the certificate down: {e}")))?;
+                    let fingerprint = peer::add(config, &name, &address, pem.path())?;
+                    (name, address, fingerprint)
+                }
+                (None, Some(cert)) => {
+                    let (name, address) = (name.unwrap_or_default(), address.unwrap_or_default());
+                    let fingerprint = peer::add(config, &name, &address, &cert)?;
+                    (name, address, fingerprint)
+                }
+                (None, None) => unreachable!("clap requires --cert without --invite"),
+            };
             out!("added peer `{name}` at {address}");
             out!("fingerprint: {fingerprint}");
             out!("compare it with {name}'s admin (`ferry cert fingerprint` on their node) before you run");
