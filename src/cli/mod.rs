@@ -216,6 +216,26 @@ enum PeerCommand {
         #[arg(long)]
         cert: PathBuf,
     },
+    /// List the configured peers: name, address, pinned certificate and its fingerprint.
+    List {
+        /// Print a JSON array instead of a table, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a configured peer's address.
+    Set {
+        /// The peer's name.
+        name: String,
+        /// The peer's new QUIC address, host:port.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a peer: its [[peer]] table, its name from every service's allow list, and its
+    /// pinned certificate certs/peers/NAME.pem.
+    Remove {
+        /// The peer's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -231,6 +251,33 @@ enum ServiceCommand {
         /// Peers that may call it, comma-separated; `*` for every configured peer.
         #[arg(long, value_delimiter = ',')]
         allow: Vec<String>,
+    },
+    /// List the configured services: id, base URL, state and who may call them.
+    List {
+        /// Print a JSON array instead of a table, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a configured service's state, allow list or base URL.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
+    Set {
+        /// The service's id.
+        id: String,
+        /// The service's lifecycle state.
+        #[arg(long, value_enum, group = "change")]
+        state: Option<service::State>,
+        /// The peers that may call it from now on, comma-separated (replaces the list); `*` for
+        /// every configured peer, '' for nobody.
+        #[arg(long, value_delimiter = ',', group = "change")]
+        allow: Option<Vec<String>>,
+        /// The service's new base URL.
+        #[arg(long, group = "change")]
+        base_url: Option<String>,
+    },
+    /// Remove a service's [[service]] table.
+    Remove {
+        /// The service's id.
+        id: String,
     },
 }
 
@@ -291,17 +338,32 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
             let fingerprint = peer::add(config, &name, &address, &cert)?;
             out!("added peer `{name}` at {address}");
             out!("fingerprint: {fingerprint}");
-            out!("compare it with {name}'s admin (`ferry cert fingerprint` on their node) before you run");
-            Ok(())
-        }
-        Command::Service { command: ServiceCommand::Add { id, base_url, allow } } => {
-            service::add(config, &id, &base_url, &allow)?;
             out!(
-                "added service `{id}` at {base_url}, allowed for: {}",
-                if allow.is_empty() { "nobody yet".into() } else { allow.join(", ") }
+                "compare it with {name}'s admin (`ferry cert fingerprint` on their node) before you run; {}",
+                config_file::APPLIES
             );
             Ok(())
         }
+        Command::Peer { command: PeerCommand::List { json } } => peer::list(config, json),
+        Command::Peer { command: PeerCommand::Set { name, address } } => {
+            edited(peer::set_address(config, &name, &address)?)
+        }
+        Command::Peer { command: PeerCommand::Remove { name } } => edited(peer::remove(config, &name)?),
+        Command::Service { command: ServiceCommand::Add { id, base_url, allow } } => {
+            service::add(config, &id, &base_url, &allow)?;
+            let allow: Vec<&str> = allow.iter().map(String::as_str).filter(|a| !a.is_empty()).collect();
+            out!(
+                "added service `{id}` at {base_url}, allowed for: {}; {}",
+                if allow.is_empty() { "nobody yet".into() } else { allow.join(", ") },
+                config_file::APPLIES
+            );
+            Ok(())
+        }
+        Command::Service { command: ServiceCommand::List { json } } => service::list(config, json),
+        Command::Service { command: ServiceCommand::Set { id, state, allow, base_url } } => {
+            edited(service::set(config, &id, service::Changes { state, allow, base_url })?)
+        }
+        Command::Service { command: ServiceCommand::Remove { id } } => edited(service::remove(config, &id)?),
         Command::Run => run_node(config),
         Command::Check { connect } => check::check(config, connect),
         Command::Audit { command: AuditCommand::Export { since } } => audit::export(config, since),
@@ -318,6 +380,13 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
         Command::Reply(a) => operator::reply(config, a),
         Command::Peers(a) => operator::peers(config, a),
     }
+}
+
+/// Prints the line an edit of the config file returned: what changed, and how the running node
+/// applies it.
+fn edited(change: String) -> Result<(), CliError> {
+    out!("{change}");
+    Ok(())
 }
 
 fn run_node(path: &Path) -> Result<(), CliError> {
