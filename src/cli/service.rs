@@ -127,7 +127,7 @@ pub fn set(config_path: &Path, id: &str, changes: Changes) -> Result<String, Cli
 }
 
 /// Removes service `id`'s `[[service]]` table; says what changed. Peers' requests for it are
-/// refused from the reload on, also those stored before.
+/// refused from the reload on, also those stored and not yet called.
 pub fn remove(config_path: &Path, id: &str) -> Result<String, CliError> {
     let config = Config::load(config_path)?;
     let service = configured(&config, id)?;
