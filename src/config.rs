@@ -106,6 +106,23 @@ pub enum ServiceState {
     Disabled,
 }
 
+impl ServiceState {
+    /// The state as the config's `state` key writes it: `active`, `deprecated` or `disabled`.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            ServiceState::Active => "active",
+            ServiceState::Deprecated => "deprecated",
+            ServiceState::Disabled => "disabled",
+        }
+    }
+}
+
+impl std::fmt::Display for ServiceState {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
 /// `[files]`.
 #[derive(Debug, Clone)]
 pub struct FilesConfig {
@@ -276,8 +293,11 @@ impl Config {
                 if !name.is_empty() {
                     check_name(&name, &format!("peer[{i}].name"), &mut errs);
                 }
-                if !address.is_empty() && !valid_host_port(&address) {
-                    errs.push(format!("peer[{i}].address: `{address}` is not host:port (e.g. 192.0.2.7:7443)"));
+                if !address.is_empty() && !valid_address(&address) {
+                    errs.push(format!(
+                        "peer[{i}].address: {} is not host:port (e.g. 192.0.2.7:7443 or ferry.org-b.example:7443)",
+                        shown(&address)
+                    ));
                 }
                 PeerConfig { name, address, cert }
             })
@@ -309,6 +329,12 @@ impl Config {
                 let mask_fields = s.strings("mask_fields");
                 let pass_headers = s.strings("pass_headers");
                 s.finish();
+                if id.chars().any(char::is_control) {
+                    errs.push(format!(
+                        "service[{i}].id: {} holds a control character (a line break, a tab…); give it a plain id",
+                        shown(&id)
+                    ));
+                }
                 for h in &pass_headers {
                     if let Some(why) = crate::wire::header_problem(h, "") {
                         errs.push(format!("service[{i}].pass_headers: {why}"));
@@ -455,10 +481,27 @@ fn check_name(name: &str, key: &str, errs: &mut Vec<String>) {
     }
 }
 
-fn valid_host_port(address: &str) -> bool {
+/// Whether `address` is a peer's `host:port`: a DNS name or an IP address (IPv6 in brackets, or
+/// bare as the resolver also takes it) and a port from 1 to 65535. Spaces, quotes and control
+/// characters are refused: they are never part of a host, only of a mistake or an attack on the
+/// file that holds it.
+pub fn valid_address(address: &str) -> bool {
+    let host_char = |c: char| c.is_ascii_alphanumeric() || ".-_:[]".contains(c);
     match address.rsplit_once(':') {
-        Some((host, port)) => !host.is_empty() && port.parse::<u16>().is_ok_and(|p| p != 0),
+        Some((host, port)) => {
+            !host.is_empty() && host.chars().all(host_char) && port.parse::<u16>().is_ok_and(|p| p != 0)
+        }
         None => false,
+    }
+}
+
+/// `text` in backquotes for a message, with line breaks, tabs and other control characters
+/// escaped, so that a hostile name prints as one line that shows what it holds.
+pub fn shown(text: &str) -> String {
+    if text.chars().any(char::is_control) {
+        format!("`{}`", text.escape_debug())
+    } else {
+        format!("`{text}`")
     }
 }
 
@@ -605,6 +648,12 @@ impl<'a> Section<'a> {
     fn url(&mut self, key: &'a str, required: bool) -> Option<Url> {
         let text = self.string(key, if required { None } else { Some("") })?;
         if text.is_empty() {
+            return None;
+        }
+        if text.chars().any(char::is_control) {
+            // The URL parser would drop line breaks and tabs silently: the URL used would not be
+            // the one written.
+            self.problem(key, format!("{} holds a control character (a line break, a tab…)", shown(&text)));
             return None;
         }
         match Url::parse(&text) {
@@ -838,6 +887,33 @@ mod tests {
         assert_eq!(parse_size("512KiB"), Ok(512 << 10));
         assert_eq!(parse_size("20GiB"), Ok(20 << 30));
         assert!(parse_size("1.5GiB").is_err() && parse_size("99999999999TiB").is_err());
+    }
+
+    #[test]
+    fn a_peer_address_is_a_host_and_a_port_and_nothing_else() {
+        for good in ["192.0.2.7:7443", "ferry.org-b.example:7443", "localhost:1", "[::1]:7443", "::1:7443"] {
+            assert!(valid_address(good), "{good}");
+        }
+        for bad in ["no-port", "host:0", ":7443", "host:65536", "a b:1", "a\"b:1", "x\n[node]\ny:1", "a/b:1", "u@h:1"] {
+            assert!(!valid_address(bad), "{bad:?}");
+        }
+        let err = parse(&GOOD.replace("localhost:7444", "x\\n[node]:7444")).unwrap_err().to_string();
+        assert!(err.contains("peer[0].address: `x\\n[node]:7444` is not host:port"), "{err}");
+    }
+
+    /// A line break in a service id or a URL is refused and shown escaped, on one line.
+    #[test]
+    fn control_characters_in_ids_and_urls_are_refused() {
+        let text =
+            GOOD.replace("id = \"1\"", "id = \"1\\n2\"").replace("8080\"\n        [[peer]]", "8080\\t/\"\n[[peer]]");
+        let err = parse(&text).unwrap_err();
+        assert_eq!(err.problems.len(), 2, "{err}");
+        assert!(
+            err.problems[0].starts_with("node.callback_base: `http://127.0.0.1:8080\\t/` holds a control"),
+            "{err}"
+        );
+        assert!(err.problems[1].starts_with("service[0].id: `1\\n2` holds a control character"), "{err}");
+        assert_eq!(shown("org-b"), "`org-b`");
     }
 
     #[test]

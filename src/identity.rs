@@ -55,6 +55,19 @@ pub enum IdentityError {
     /// The key file exists already; `init` never overwrites it.
     #[error("{0} exists already; ferry never overwrites a key (remove it yourself if you mean to)")]
     KeyExists(PathBuf),
+    /// Two peers pin the same certificate: the node could not tell them apart when one dials in.
+    #[error(
+        "peers `{first}` and `{second}` pin the same certificate ({fingerprint}); a certificate identifies one \
+         peer: remove the wrong one (`ferry peer remove {second}`) or pin each peer's own certificate"
+    )]
+    PinnedTwice {
+        /// The peer that pins it first in the config.
+        first: String,
+        /// The peer that pins it again.
+        second: String,
+        /// The certificate's fingerprint.
+        fingerprint: Fingerprint,
+    },
     /// rcgen failed to generate a key or certificate.
     #[error("cannot generate a key: {0}")]
     Generate(#[from] rcgen::Error),

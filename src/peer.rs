@@ -197,12 +197,44 @@ struct Table {
     by_fingerprint: HashMap<Fingerprint, Arc<Peer>>,
 }
 
+/// Every peer that pins a certificate an earlier one in `pins` pins already, as an
+/// [`IdentityError::PinnedTwice`]: a node must tell its peers apart by certificate.
+pub fn pinned_twice<'a>(pins: impl IntoIterator<Item = (&'a str, Fingerprint)>) -> Vec<IdentityError> {
+    let mut first: HashMap<Fingerprint, &str> = HashMap::new();
+    let mut twice = Vec::new();
+    for (name, fingerprint) in pins {
+        match first.get(&fingerprint) {
+            Some(earlier) => twice.push(IdentityError::PinnedTwice {
+                first: (*earlier).to_owned(),
+                second: name.to_owned(),
+                fingerprint,
+            }),
+            None => {
+                first.insert(fingerprint, name);
+            }
+        }
+    }
+    twice
+}
+
+/// Loads every configured peer's certificate; refuses a certificate pinned for two peers.
+fn load_all(configs: &[PeerConfig]) -> Result<Vec<Peer>, IdentityError> {
+    let mut loaded = Vec::with_capacity(configs.len());
+    for c in configs {
+        loaded.push(Peer::new(&c.name, &c.address, &load_cert(&c.cert)?));
+    }
+    match pinned_twice(loaded.iter().map(|p| (p.name.as_str(), p.fingerprint))).into_iter().next() {
+        Some(twice) => Err(twice),
+        None => Ok(loaded),
+    }
+}
+
 impl Peers {
-    /// Loads every configured peer's certificate.
+    /// Loads every configured peer's certificate; a certificate pinned for two peers is refused.
     pub fn load(configs: &[PeerConfig]) -> Result<Peers, IdentityError> {
         let peers = Peers::default();
-        for c in configs {
-            peers.insert(Peer::new(&c.name, &c.address, &load_cert(&c.cert)?));
+        for peer in load_all(configs)? {
+            peers.insert(peer);
         }
         Ok(peers)
     }
@@ -210,12 +242,9 @@ impl Peers {
     /// Replaces the table with `configs` (on reload), keeping the live [`Peer`] of every peer whose
     /// address and certificate are unchanged, so its connection stays up. Removed and changed
     /// peers are retired: their connections close. Every certificate is loaded first: if one
-    /// cannot be, nothing changes.
+    /// cannot be, or one is pinned for two peers, nothing changes.
     pub fn reload(&self, configs: &[PeerConfig]) -> Result<PeerChanges, IdentityError> {
-        let mut loaded = Vec::with_capacity(configs.len());
-        for c in configs {
-            loaded.push(Peer::new(&c.name, &c.address, &load_cert(&c.cert)?));
-        }
+        let loaded = load_all(configs)?;
         let mut changes = PeerChanges::default();
         let mut retired = Vec::new();
         {
@@ -318,8 +347,26 @@ mod tests {
 
         // A certificate that cannot be read changes nothing.
         let missing = PeerConfig { cert: dir.path().join("gone.pem"), ..b };
-        assert!(peers.reload(&[missing, d]).is_err());
+        assert!(peers.reload(&[missing, d.clone()]).is_err());
         assert_eq!(peers.all().iter().map(|p| p.name.clone()).collect::<Vec<_>>(), ["org-d"]);
+
+        // Nor does a certificate pinned for two peers.
+        let twin = PeerConfig { name: "org-e".into(), ..d.clone() };
+        let err = peers.reload(&[d, twin]).unwrap_err();
+        assert!(
+            matches!(&err, IdentityError::PinnedTwice { first, second, .. } if first == "org-d" && second == "org-e")
+        );
+        assert_eq!(peers.all().iter().map(|p| p.name.clone()).collect::<Vec<_>>(), ["org-d"]);
+    }
+
+    #[test]
+    fn a_certificate_pinned_for_two_peers_is_refused_at_load() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, c) = (pinned(dir.path(), "org-b", "127.0.0.1:1"), pinned(dir.path(), "org-c", "127.0.0.1:2"));
+        let twin = PeerConfig { name: "org-z".into(), address: "127.0.0.1:3".into(), cert: b.cert.clone() };
+        let err = Peers::load(&[b, c, twin]).unwrap_err().to_string();
+        assert!(err.contains("`org-b` and `org-z` pin the same certificate (sha256:"), "{err}");
+        assert!(err.contains("ferry peer remove org-z"), "{err}");
     }
 
     #[tokio::test]

@@ -1,5 +1,5 @@
-//! `ferry check`: the config, this node's key and certificate, and every pinned peer certificate;
-//! with `--connect`, also a pinned QUIC handshake with each peer and a call to each service.
+//! `ferry check`: the config, this node's key and certificate, and every pinned peer certificate
+//! (each peer its own); with `--connect`, also a pinned QUIC handshake with each peer and a call to each service.
 
 use std::path::Path;
 use std::sync::Arc;
@@ -36,6 +36,8 @@ pub fn check(path: &Path, connect: bool) -> Result<(), CliError> {
             Err(e) => problems.push(format!("peer `{}`: {e}", peer.name)),
         }
     }
+    let pins = pinned.iter().map(|(peer, fingerprint)| (peer.name.as_str(), *fingerprint));
+    problems.extend(crate::peer::pinned_twice(pins).iter().map(ToString::to_string));
     if let Some(Err(e)) = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()) {
         problems.push(e);
     }

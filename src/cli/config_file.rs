@@ -1,10 +1,10 @@
-//! The config file edited in place by `ferry peer add` and `ferry service add`: comments and layout
-//! kept, each edit validated as a whole config before it is written, and written by rename, so a
-//! refused edit leaves the file as it was.
+//! The config file edited in place by `ferry peer add|set|remove` and `ferry service
+//! add|set|remove`: comments and layout kept, each edit validated as a whole config before it is
+//! written, and written by rename, so a refused edit leaves the file as it was.
 
 use std::path::Path;
 
-use toml_edit::{ArrayOfTables, DocumentMut, Item, Table};
+use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
 
 use super::CliError;
 use crate::config::Config;
@@ -15,8 +15,16 @@ pub(super) fn open(path: &Path) -> Result<DocumentMut, CliError> {
     text.parse().map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
 }
 
-/// Appends `table` to the `[[key]]` tables.
-pub(super) fn push(doc: &mut DocumentMut, key: &str, table: Table) -> Result<(), CliError> {
+/// Appends `table` to the `[[key]]` tables, at the end of the file. Comment lines right below the
+/// file's last table (commented-out keys of `[api]`, say) stay with it, above the new table; only
+/// those after a blank line stay at the end of the file.
+pub(super) fn push(doc: &mut DocumentMut, key: &str, mut table: Table) -> Result<(), CliError> {
+    let trailing = doc.trailing().as_str().unwrap_or_default().to_owned();
+    let (last_tables, end_of_file) = trailing.split_at(first_blank_line(&trailing));
+    if !last_tables.trim().is_empty() {
+        table.decor_mut().set_prefix(format!("{last_tables}\n"));
+        doc.set_trailing(end_of_file);
+    }
     let item = doc.entry(key).or_insert_with(|| Item::ArrayOfTables(ArrayOfTables::new()));
     match item.as_array_of_tables_mut() {
         Some(tables) => {
@@ -25,6 +33,87 @@ pub(super) fn push(doc: &mut DocumentMut, key: &str, table: Table) -> Result<(),
         }
         None => Err(CliError::usage(format!("`{key}` in the config is not written as [[{key}]] tables"))),
     }
+}
+
+/// Where the first blank line of `text` begins, or its length.
+fn first_blank_line(text: &str) -> usize {
+    let mut at = 0;
+    for line in text.split_inclusive('\n') {
+        if line.trim().is_empty() {
+            return at;
+        }
+        at += line.len();
+    }
+    text.len()
+}
+
+/// The `[[key]]` table whose `field` is `name` (`[[peer]]` by `name`, `[[service]]` by `id`).
+pub(super) fn table_mut<'d>(
+    doc: &'d mut DocumentMut,
+    key: &str,
+    field: &str,
+    name: &str,
+) -> Result<&'d mut Table, CliError> {
+    let tables = tables_mut(doc, key)?;
+    let at = position(tables, field, name).ok_or_else(|| not_written_as_table(key, field, name))?;
+    Ok(tables.get_mut(at).expect("the position found"))
+}
+
+/// Removes the `[[key]]` table whose `field` is `name`, with the comment lines above it; the key
+/// goes too when it was the last such table.
+pub(super) fn remove(doc: &mut DocumentMut, key: &str, field: &str, name: &str) -> Result<(), CliError> {
+    let tables = tables_mut(doc, key)?;
+    let at = position(tables, field, name).ok_or_else(|| not_written_as_table(key, field, name))?;
+    tables.remove(at);
+    if tables.is_empty() {
+        doc.remove(key);
+    }
+    Ok(())
+}
+
+/// Sets `key` of `table` to `new`, keeping the spacing and the comment after the old value.
+pub(super) fn set(table: &mut Table, key: &str, new: impl Into<Value>) {
+    let mut new = new.into();
+    if let Some(old) = table.get(key).and_then(Item::as_value) {
+        *new.decor_mut() = old.decor().clone();
+    }
+    table[key] = Item::Value(new);
+}
+
+/// Removes every `name` from the list `key` of `table` (an `allow` list), keeping the layout of
+/// the names left; whether it held one.
+pub(super) fn remove_from_list(table: &mut Table, key: &str, name: &str) -> bool {
+    let Some(list) = table.get_mut(key).and_then(Item::as_array_mut) else { return false };
+    let first_prefix = list.get(0).and_then(|v| v.decor().prefix().cloned());
+    let before = list.len();
+    list.retain(|v| v.as_str() != Some(name));
+    if list.len() == before {
+        return false;
+    }
+    if let (Some(first), Some(prefix)) = (list.get_mut(0), first_prefix) {
+        first.decor_mut().set_prefix(prefix);
+    }
+    true
+}
+
+/// Every `[[key]]` table, to edit.
+fn tables_mut<'d>(doc: &'d mut DocumentMut, key: &str) -> Result<&'d mut ArrayOfTables, CliError> {
+    doc.get_mut(key)
+        .and_then(Item::as_array_of_tables_mut)
+        .ok_or_else(|| CliError::usage(format!("`{key}` in the config is not written as [[{key}]] tables")))
+}
+
+/// Where the table whose `field` is `name` is among `tables`.
+fn position(tables: &ArrayOfTables, field: &str, name: &str) -> Option<usize> {
+    tables.iter().position(|t| t.get(field).and_then(Item::as_str) == Some(name))
+}
+
+/// The config named it, yet not in a `[[key]]` table this edit can find (an inline table, say).
+fn not_written_as_table(key: &str, field: &str, name: &str) -> CliError {
+    CliError::usage(format!(
+        "the config has no [[{key}]] table with {field} = {}; write it as one, or edit the file by hand",
+        crate::config::shown(name)
+    ))
 }
 
 /// Validates the edited document as a config, then replaces the file by rename.
@@ -51,4 +140,116 @@ fn same_access(old: &Path, new: &Path) -> std::io::Result<()> {
         }
     }
     std::fs::set_permissions(new, meta.permissions())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    const FILE: &str = r#"# org-a's node
+[node]
+name = "org-a"
+
+# org-b, since 2024
+[[peer]]
+name = "org-b"
+address = "127.0.0.1:7444"   # their VPN address
+cert = "peers/org-b.pem"
+
+# org-c, on trial
+[[peer]]
+name = "org-c"
+address = "127.0.0.1:7445"
+cert = "peers/org-c.pem"
+
+[[service]]
+id = "1"   # the user service
+base_url = "http://127.0.0.1:8080"
+allow = ["org-b", "org-c"]   # both
+"#;
+
+    fn doc() -> DocumentMut {
+        FILE.parse().unwrap()
+    }
+
+    /// The end of the file `ferry init` writes.
+    const INIT_END: &str = r#"[api]
+tokens = []
+# max_connections = 1024   # open API connections
+# header_timeout = "10s"
+
+# Peers are added with `ferry peer add`.
+"#;
+
+    #[test]
+    fn a_new_table_goes_below_the_comments_of_the_last_one_and_above_the_end_note() {
+        let mut doc: DocumentMut = INIT_END.parse().unwrap();
+        let peer = |name: &str| {
+            let mut t = Table::new();
+            t["name"] = toml_edit::value(name);
+            t
+        };
+        push(&mut doc, "peer", peer("org-b")).unwrap();
+        let mut doc: DocumentMut = doc.to_string().parse().unwrap(); // as the next command reads it
+        push(&mut doc, "peer", peer("org-c")).unwrap();
+        assert_eq!(
+            doc.to_string(),
+            "[api]\ntokens = []\n# max_connections = 1024   # open API connections\n# header_timeout = \"10s\"\n\n\
+             [[peer]]\nname = \"org-b\"\n\n[[peer]]\nname = \"org-c\"\n\n# Peers are added with `ferry peer add`.\n"
+        );
+    }
+
+    #[test]
+    fn set_keeps_the_comment_after_the_value() {
+        let mut doc = doc();
+        set(table_mut(&mut doc, "peer", "name", "org-b").unwrap(), "address", "10.0.0.2:7443");
+        let text = doc.to_string();
+        assert!(text.contains("address = \"10.0.0.2:7443\"   # their VPN address\n"), "{text}");
+        assert_eq!(text.replace("10.0.0.2:7443", "127.0.0.1:7444"), FILE);
+    }
+
+    #[test]
+    fn set_adds_a_key_that_was_not_there() {
+        let mut doc = doc();
+        set(table_mut(&mut doc, "service", "id", "1").unwrap(), "state", "disabled");
+        let text = doc.to_string();
+        assert!(text.ends_with("allow = [\"org-b\", \"org-c\"]   # both\nstate = \"disabled\"\n"), "{text}");
+    }
+
+    #[test]
+    fn remove_takes_the_table_and_its_comment_and_keeps_the_rest() {
+        let mut doc = doc();
+        remove(&mut doc, "peer", "name", "org-b").unwrap();
+        let text = doc.to_string();
+        assert!(!text.contains("org-b, since 2024") && !text.contains("7444"), "{text}");
+        assert!(text.starts_with("# org-a's node\n[node]\nname = \"org-a\"\n\n# org-c, on trial\n[[peer]]"), "{text}");
+        remove(&mut doc, "peer", "name", "org-c").unwrap();
+        assert!(doc.get("peer").is_none());
+        assert!(doc.to_string().contains("[[service]]\nid = \"1\"   # the user service"), "{doc}");
+    }
+
+    #[test]
+    fn a_name_leaves_a_list_in_its_layout() {
+        let mut doc = doc();
+        let service = table_mut(&mut doc, "service", "id", "1").unwrap();
+        assert!(remove_from_list(service, "allow", "org-b"));
+        assert!(!remove_from_list(service, "allow", "org-b"), "no longer there");
+        assert!(doc.to_string().contains("allow = [\"org-c\"]   # both\n"), "{doc}");
+        let mut doc: DocumentMut = "allow = [\n  \"org-b\",\n  \"org-c\",\n]\n".parse().unwrap();
+        assert!(remove_from_list(doc.as_table_mut(), "allow", "org-b"));
+        assert_eq!(doc.to_string(), "allow = [\n  \"org-c\",\n]\n");
+        assert!(remove_from_list(doc.as_table_mut(), "allow", "org-c"));
+        assert_eq!(doc.to_string(), "allow = [\n]\n");
+    }
+
+    #[test]
+    fn a_name_not_in_a_table_is_refused_with_it_shown_on_one_line() {
+        let mut doc = doc();
+        let err = remove(&mut doc, "peer", "name", "x\ny").unwrap_err();
+        assert_eq!((err.code, err.message.lines().count()), (2, 1), "{err}");
+        assert!(err.message.contains("`x\\ny`"), "{err}");
+        assert_eq!(doc.to_string(), FILE);
+        let mut inline: DocumentMut = "peer = [{ name = \"org-b\" }]".parse().unwrap();
+        assert!(table_mut(&mut inline, "peer", "name", "org-b").is_err());
+    }
 }

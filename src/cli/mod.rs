@@ -240,6 +240,26 @@ enum PeerCommand {
         #[arg(long, required_unless_present = "invite")]
         cert: Option<PathBuf>,
     },
+    /// List the configured peers: name, address, pinned certificate and its fingerprint.
+    List {
+        /// Print a JSON array instead of a table, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a configured peer's address.
+    Set {
+        /// The peer's name.
+        name: String,
+        /// The peer's new QUIC address, host:port.
+        #[arg(long)]
+        address: String,
+    },
+    /// Remove a peer: its [[peer]] table, its name from every service's allow list, and its
+    /// pinned certificate certs/peers/NAME.pem.
+    Remove {
+        /// The peer's name.
+        name: String,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -255,6 +275,33 @@ enum ServiceCommand {
         /// Peers that may call it, comma-separated; `*` for every configured peer.
         #[arg(long, value_delimiter = ',')]
         allow: Vec<String>,
+    },
+    /// List the configured services: id, base URL, state and who may call them.
+    List {
+        /// Print a JSON array instead of a table, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Change a configured service's state, allow list or base URL.
+    #[command(group(clap::ArgGroup::new("change").required(true).multiple(true)))]
+    Set {
+        /// The service's id.
+        id: String,
+        /// The service's lifecycle state.
+        #[arg(long, value_enum, group = "change")]
+        state: Option<service::State>,
+        /// The peers that may call it from now on, comma-separated (replaces the list); `*` for
+        /// every configured peer, '' for nobody.
+        #[arg(long, value_delimiter = ',', group = "change")]
+        allow: Option<Vec<String>>,
+        /// The service's new base URL.
+        #[arg(long, group = "change")]
+        base_url: Option<String>,
+    },
+    /// Remove a service's [[service]] table.
+    Remove {
+        /// The service's id.
+        id: String,
     },
 }
 
@@ -340,17 +387,24 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
             };
             out!("added peer `{name}` at {address}");
             out!("fingerprint: {fingerprint}");
-            out!("compare it with {name}'s admin (`ferry cert fingerprint` on their node) before you run");
-            Ok(())
+            edited(config, format!("compare it with {name}'s admin (`ferry cert fingerprint` on their node)"))
         }
+        Command::Peer { command: PeerCommand::List { json } } => peer::list(config, json),
+        Command::Peer { command: PeerCommand::Set { name, address } } => {
+            edited(config, peer::set_address(config, &name, &address)?)
+        }
+        Command::Peer { command: PeerCommand::Remove { name } } => edited(config, peer::remove(config, &name)?),
         Command::Service { command: ServiceCommand::Add { id, base_url, allow } } => {
             service::add(config, &id, &base_url, &allow)?;
-            out!(
-                "added service `{id}` at {base_url}, allowed for: {}",
-                if allow.is_empty() { "nobody yet".into() } else { allow.join(", ") }
-            );
-            Ok(())
+            let allow: Vec<&str> = allow.iter().map(String::as_str).filter(|a| !a.is_empty()).collect();
+            let allowed = if allow.is_empty() { "nobody yet".into() } else { allow.join(", ") };
+            edited(config, format!("added service `{id}` at {base_url}, allowed for: {allowed}"))
         }
+        Command::Service { command: ServiceCommand::List { json } } => service::list(config, json),
+        Command::Service { command: ServiceCommand::Set { id, state, allow, base_url } } => {
+            edited(config, service::set(config, &id, service::Changes { state, allow, base_url })?)
+        }
+        Command::Service { command: ServiceCommand::Remove { id } } => edited(config, service::remove(config, &id)?),
         Command::Run => run_node(config),
         Command::Check { connect } => check::check(config, connect),
         Command::Audit { command: AuditCommand::Export { since } } => audit::export(config, since),
@@ -370,6 +424,14 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
         Command::Reload(a) => operator::reload(config, a),
         Command::Events(a) => operator::events(config, a),
     }
+}
+
+/// Prints the line an edit of the config file `config` returned (what changed), then has the
+/// running node, if one answers, reload it.
+fn edited(config: &Path, change: String) -> Result<(), CliError> {
+    out!("{change}");
+    out!("{}", operator::reload_if_running(config)?);
+    Ok(())
 }
 
 fn run_node(path: &Path) -> Result<(), CliError> {

@@ -851,6 +851,20 @@ pub fn accept(config: &Path, args: AcceptArgs) -> Result<(), CliError> {
     Ok(())
 }
 
+/// After an edit of the config file: has the node running with it reload it, when one answers
+/// at its `node.api`; says what happened.
+pub fn reload_if_running(config: &Path) -> Result<String, CliError> {
+    let api = Api::as_admin(config, &ApiArgs { token: None, json: false })?;
+    let addr = api.base.trim_start_matches("http://");
+    let answers =
+        addr.parse().is_ok_and(|addr| std::net::TcpStream::connect_timeout(&addr, Duration::from_secs(1)).is_ok());
+    if !answers {
+        return Ok(format!("no node answers at {addr}: it reads the file when it starts"));
+    }
+    let data = runtime()?.block_on(api.call(api.request(reqwest::Method::POST, "/v1/reload")))?;
+    Ok(format!("the running node reloaded: {}", data["summary"].as_str().unwrap_or_default()))
+}
+
 /// `ferry reload`: the running node reads its config file again; prints what changed, or fails
 /// with why the file was refused (the running config stays).
 pub fn reload(config: &Path, args: ApiArgs) -> Result<(), CliError> {

@@ -1,26 +1,34 @@
-//! `ferry peer add`: pins a peer's certificate and adds its `[[peer]]` table, keeping the config
-//! file's comments and layout.
+//! `ferry peer add|list|set|remove`: the configured peers and their pinned certificates, edited
+//! in place in the config file (comments and layout kept, the whole config validated before it is
+//! written). The running node's live view of its peers is `ferry peers`, which asks its API.
 
-use std::path::Path;
+use std::path::{Path, PathBuf};
 
+use serde::Serialize;
 use toml_edit::{value, Table};
 
+use super::table::Table as TextTable;
 use super::{config_file, CliError};
-use crate::config::{valid_name, Config};
+use crate::config::{shown, valid_address, valid_name, Config, PeerConfig};
 use crate::identity::{load_cert, Fingerprint};
 
-/// Pins the certificate in `cert_file` for peer `name` and adds its `[[peer]]` table.
+/// Pins the certificate in `cert_file` for peer `name` and adds its `[[peer]]` table. A
+/// certificate pinned already, for this node or another peer, is refused.
 pub fn add(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> Result<Fingerprint, CliError> {
     let config = Config::load(config_path)?;
     if !valid_name(name) {
-        return Err(CliError::usage(format!("--name `{name}`: only letters, digits, `.`, `-` and `_` (at most 64)")));
+        return Err(CliError::usage(format!(
+            "--name {}: only letters, digits, `.`, `-` and `_` (at most 64)",
+            shown(name)
+        )));
     }
     if config.peer(name).is_some() {
         return Err(CliError::usage(format!(
-            "peer `{name}` is configured already; edit {} to change it",
-            config_path.display()
+            "peer `{name}` is configured already; `ferry peer set {name} --address …` moves it, and \
+             `ferry peer remove {name}` then `ferry peer add` pins another certificate"
         )));
     }
+    check_address(address)?;
     let cert = load_cert(cert_file)?;
     let fingerprint = Fingerprint::of(&cert);
     if load_cert(&config.cert_path()).is_ok_and(|own| Fingerprint::of(&own) == fingerprint) {
@@ -29,7 +37,17 @@ pub fn add(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> R
             cert_file.display()
         )));
     }
-    let pinned = config.node.certs_dir.join("peers").join(format!("{name}.pem"));
+    if let Some(other) = pinned_for(&config, fingerprint) {
+        return Err(CliError::usage(format!(
+            "{} is the certificate pinned already for peer `{}` ({fingerprint}); a certificate identifies one \
+             peer: ask {name}'s admin for theirs, or if `{}` is now called {name}, `ferry peer remove {}` first",
+            cert_file.display(),
+            other.name,
+            other.name,
+            other.name
+        )));
+    }
+    let pinned = pin_path(&config, name);
     if pinned.exists() {
         return Err(CliError::usage(format!(
             "{} exists already; remove it first to pin another certificate",
@@ -52,4 +70,135 @@ pub fn add(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> R
         return Err(e);
     }
     Ok(fingerprint)
+}
+
+/// A configured peer as `ferry peer list` shows it.
+#[derive(Debug, Serialize)]
+struct Listed {
+    name: String,
+    address: String,
+    /// The pinned certificate file.
+    cert: PathBuf,
+    /// Its fingerprint, when it can be read.
+    fingerprint: Option<String>,
+    /// Why it cannot be read.
+    error: Option<String>,
+}
+
+/// Prints the configured peers, as a table or (`json`) a JSON array.
+pub fn list(config_path: &Path, json: bool) -> Result<(), CliError> {
+    let config = Config::load(config_path)?;
+    let listed: Vec<Listed> = config.peers.iter().map(listed).collect();
+    if json {
+        out!("{}", serde_json::to_string_pretty(&listed).unwrap_or_default());
+        return Ok(());
+    }
+    let mut table = TextTable::new(["NAME", "ADDRESS", "CERT", "FINGERPRINT"]);
+    for p in listed {
+        let fingerprint = p.fingerprint.or(p.error.map(|e| format!("unreadable: {e}"))).unwrap_or_default();
+        table.row([p.name, p.address, p.cert.display().to_string(), fingerprint]);
+    }
+    out_raw!("{}", table.render());
+    Ok(())
+}
+
+/// A peer's row, with its certificate's fingerprint or why it cannot be read.
+fn listed(peer: &PeerConfig) -> Listed {
+    let (fingerprint, error) = match load_cert(&peer.cert) {
+        Ok(cert) => (Some(Fingerprint::of(&cert).to_string()), None),
+        Err(e) => (None, Some(e.to_string())),
+    };
+    Listed { name: peer.name.clone(), address: peer.address.clone(), cert: peer.cert.clone(), fingerprint, error }
+}
+
+/// Moves peer `name` to `address`; says what changed.
+pub fn set_address(config_path: &Path, name: &str, address: &str) -> Result<String, CliError> {
+    let config = Config::load(config_path)?;
+    let peer = configured(&config, name)?;
+    check_address(address)?;
+    if peer.address == address {
+        return Ok(format!("peer `{name}` is at {address} already; nothing changed"));
+    }
+    let mut doc = config_file::open(config_path)?;
+    config_file::set(config_file::table_mut(&mut doc, "peer", "name", name)?, "address", address);
+    config_file::save(config_path, &doc)?;
+    Ok(format!("peer `{name}` now at {address} (was {})", peer.address))
+}
+
+/// Removes peer `name`: its `[[peer]]` table, its name from every service's `allow` list (so
+/// that a peer pinned again under that name is not allowed anything until an admin says so), and
+/// its pinned certificate `certs/peers/NAME.pem` when that is the file its table names and no
+/// other peer's. Says what changed.
+pub fn remove(config_path: &Path, name: &str) -> Result<String, CliError> {
+    let config = Config::load(config_path)?;
+    let peer = configured(&config, name)?.clone();
+    let mut doc = config_file::open(config_path)?;
+    config_file::remove(&mut doc, "peer", "name", name)?;
+    let mut disallowed = Vec::new();
+    for service in config.services.iter().filter(|s| s.allow.iter().any(|a| a == name)) {
+        let table = config_file::table_mut(&mut doc, "service", "id", &service.id)?;
+        if config_file::remove_from_list(table, "allow", name) {
+            disallowed.push(format!("`{}`", service.id));
+        }
+    }
+    config_file::save(config_path, &doc)?;
+
+    let mut change = format!("removed peer `{name}` (at {})", peer.address);
+    if !disallowed.is_empty() {
+        change.push_str(&format!(" and took it off the allow list of service {}", disallowed.join(", ")));
+    }
+    let pinned = pin_path(&config, name);
+    let shared = config.peers.iter().any(|p| p.name != name && p.cert == peer.cert);
+    if peer.cert != pinned || shared {
+        let why = if shared { "another peer names it too".to_owned() } else { format!("not {}", pinned.display()) };
+        change.push_str(&format!("; kept its certificate {} ({why})", peer.cert.display()));
+    } else {
+        match std::fs::remove_file(&pinned) {
+            Ok(()) => change.push_str(&format!("; deleted {}", pinned.display())),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(CliError::failed(format!(
+                    "{change}, but cannot delete {}: {e}; delete it by hand before pinning `{name}` again",
+                    pinned.display()
+                )))
+            }
+        }
+    }
+    Ok(change)
+}
+
+/// The configured peer `name`, or an error naming the configured ones.
+fn configured<'c>(config: &'c Config, name: &str) -> Result<&'c PeerConfig, CliError> {
+    config.peer(name).ok_or_else(|| {
+        let names: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
+        CliError::usage(if names.is_empty() {
+            format!("no peer {} here: no peer is configured (add one with `ferry peer add`)", shown(name))
+        } else {
+            format!("no peer {} here; the configured peers: {}", shown(name), names.join(", "))
+        })
+    })
+}
+
+/// The configured peer whose pinned certificate has `fingerprint`; certificates that cannot be
+/// read are passed over (`ferry check` names them).
+fn pinned_for(config: &Config, fingerprint: Fingerprint) -> Option<&PeerConfig> {
+    config.peers.iter().find(|p| load_cert(&p.cert).is_ok_and(|c| Fingerprint::of(&c) == fingerprint))
+}
+
+/// Where `peer add` pins peer `name`'s certificate: `certs_dir/peers/NAME.pem`.
+fn pin_path(config: &Config, name: &str) -> PathBuf {
+    config.node.certs_dir.join("peers").join(format!("{name}.pem"))
+}
+
+/// Refuses an `--address` that is not `host:port`.
+fn check_address(address: &str) -> Result<(), CliError> {
+    if valid_address(address) {
+        Ok(())
+    } else {
+        Err(CliError::usage(format!(
+            "--address {}: not host:port with a DNS name or IP address and a port from 1 to 65535 \
+             (e.g. 192.0.2.7:7443 or ferry.org-b.example:7443)",
+            shown(address)
+        )))
+    }
 }

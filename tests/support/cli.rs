@@ -418,3 +418,26 @@ pub fn ferry_with_token(args: &[&str], token: Option<&str>) -> Output {
     }
     run_bounded(&mut cmd, Duration::from_secs(30))
 }
+
+/// Runs `ferry ARGS --config <node's config>` to completion.
+pub fn ferry_at(node: &NodeDir, args: &[&str]) -> Output {
+    let config = node.config_arg();
+    ferry(args.iter().copied().chain(["--config", config.as_str()]))
+}
+
+/// Every file below `root` with its bytes: to show that a command touched nothing it should not.
+pub fn files_below(root: &Path) -> std::collections::BTreeMap<PathBuf, Vec<u8>> {
+    let mut files = std::collections::BTreeMap::new();
+    let mut folders = vec![root.to_owned()];
+    while let Some(folder) = folders.pop() {
+        for entry in fs::read_dir(&folder).unwrap() {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                folders.push(path);
+            } else {
+                files.insert(path.clone(), fs::read(&path).unwrap());
+            }
+        }
+    }
+    files
+}
