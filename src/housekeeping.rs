@@ -13,7 +13,7 @@ use crate::store::Store;
 /// How often the node prunes, at most.
 const EVERY: Duration = Duration::from_secs(3600);
 
-/// Prunes every [`EVERY`] (or `keep`, when shorter) until `stop`; `received` is
+/// Prunes every hour (or every `keep`, when shorter) until `stop`; `received` is
 /// `data_dir/received`.
 pub async fn work(store: Store, keep: Duration, received: PathBuf, stop: CancellationToken) {
     let every = EVERY.min(keep).max(Duration::from_secs(1));

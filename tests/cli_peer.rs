@@ -134,17 +134,6 @@ fn edit_config(node: &NodeDir, edit: impl FnOnce(String) -> String) {
     fs::write(&node.config, edited).unwrap();
 }
 
-/// Asserts that an edit command said what changed in one line, then whether a running node
-/// reloaded it (here none runs); returns the first line.
-#[track_caller]
-fn assert_edited(out: &std::process::Output) -> String {
-    assert_code(out, 0);
-    let text = stdout(out);
-    assert_eq!(lines(&text).len(), 2, "{text}");
-    assert!(lines(&text)[1].starts_with("no node answers at "), "{text}");
-    format!("{}\n", lines(&text)[0])
-}
-
 #[test]
 fn peer_list_shows_the_configured_peers_as_a_table_or_json() {
     let root = tempfile::tempdir().unwrap();

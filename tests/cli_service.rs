@@ -90,17 +90,6 @@ fn text(node: &NodeDir) -> String {
     String::from_utf8(node.config_text()).unwrap()
 }
 
-/// Asserts that an edit command said what changed in one line, then whether a running node
-/// reloaded it (here none runs); returns the first line.
-#[track_caller]
-fn assert_edited(out: &std::process::Output) -> String {
-    assert_code(out, 0);
-    let text = stdout(out);
-    assert_eq!(lines(&text).len(), 2, "{text}");
-    assert!(lines(&text)[1].starts_with("no node answers at "), "{text}");
-    format!("{}\n", lines(&text)[0])
-}
-
 #[test]
 fn service_list_shows_id_base_url_state_and_allow() {
     let root = tempfile::tempdir().unwrap();

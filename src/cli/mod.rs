@@ -1,7 +1,7 @@
 //! The `ferry` command line (API.md §1).
 //!
 //! Every usage, file or config error ends with one line per problem on stderr and exit code 2.
-//! Output goes through [`out!`]: a reader that goes away (`ferry requests | head`) ends nothing
+//! Output goes through `out!`: a reader that goes away (`ferry requests | head`) ends nothing
 //! with an error.
 
 /// `println!` that ignores a closed stdout instead of panicking.
@@ -371,11 +371,7 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
                     let invite = invite::read(&file)?;
                     let name = name.unwrap_or(invite.name);
                     let address = address.unwrap_or_else(|| invite.addresses[0].clone());
-                    let mut pem = tempfile::NamedTempFile::new()
-                        .map_err(|e| CliError::failed(format!("cannot write the certificate down: {e}")))?;
-                    std::io::Write::write_all(&mut pem, invite.certificate.as_bytes())
-                        .map_err(|e| CliError::failed(format!("cannot write the certificate down: {e}")))?;
-                    let fingerprint = peer::add(config, &name, &address, pem.path())?;
+                    let fingerprint = peer::add_pem(config, &name, &address, &invite.certificate)?;
                     (name, address, fingerprint)
                 }
                 (None, Some(cert)) => {

@@ -839,15 +839,11 @@ pub fn accept(config: &Path, args: AcceptArgs) -> Result<(), CliError> {
         _ => return Err(CliError::usage("--fingerprint matches more than one waiting node: give more of it")),
     };
     let address = args.address.clone().unwrap_or_else(|| knock["address"].as_str().unwrap_or_default().to_owned());
-    let cert = tempfile::NamedTempFile::new()
-        .and_then(|mut f| {
-            std::io::Write::write_all(&mut f, knock["certificate"].as_str().unwrap_or_default().as_bytes()).map(|()| f)
-        })
-        .map_err(|e| CliError::failed(format!("cannot write the certificate down: {e}")))?;
-    let fingerprint = super::peer::add(config, &args.name, &address, cert.path())?;
+    let certificate = knock["certificate"].as_str().unwrap_or_default();
+    let fingerprint = super::peer::add_pem(config, &args.name, &address, certificate)?;
     out!("pinned `{}` at {address}, fingerprint {fingerprint}", args.name);
-    let reloaded = runtime.block_on(api.call(api.request(reqwest::Method::POST, "/v1/reload")))?;
-    out!("reloaded: {}", reloaded["summary"].as_str().unwrap_or_default());
+    drop(runtime);
+    out!("{}", reload_if_running(config)?);
     Ok(())
 }
 

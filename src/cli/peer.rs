@@ -12,6 +12,14 @@ use super::{config_file, CliError};
 use crate::config::{shown, valid_address, valid_name, Config, PeerConfig};
 use crate::identity::{load_cert, Fingerprint};
 
+/// [`add`] with the certificate as PEM text (from an invite, or a node waiting to be pinned).
+pub fn add_pem(config_path: &Path, name: &str, address: &str, pem: &str) -> Result<Fingerprint, CliError> {
+    let cert = tempfile::NamedTempFile::new()
+        .and_then(|mut f| std::io::Write::write_all(&mut f, pem.as_bytes()).map(|()| f))
+        .map_err(|e| CliError::failed(format!("cannot write the certificate down: {e}")))?;
+    add(config_path, name, address, cert.path())
+}
+
 /// Pins the certificate in `cert_file` for peer `name` and adds its `[[peer]]` table. A
 /// certificate pinned already, for this node or another peer, is refused.
 pub fn add(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> Result<Fingerprint, CliError> {

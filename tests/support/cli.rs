@@ -37,6 +37,17 @@ where
     run_bounded(ferry_cmd().args(args), Duration::from_secs(30))
 }
 
+/// Asserts that a config edit command said what changed in one line, then whether a running
+/// node reloaded it (here none runs); returns the first line.
+#[track_caller]
+pub fn assert_edited(out: &Output) -> String {
+    assert_code(out, 0);
+    let text = stdout(out);
+    assert_eq!(lines(&text).len(), 2, "{text}");
+    assert!(lines(&text)[1].starts_with("no node answers at "), "{text}");
+    format!("{}\n", lines(&text)[0])
+}
+
 /// Runs `cmd`, killing it if it has not finished within `limit`.
 pub fn run_bounded(cmd: &mut Command, limit: Duration) -> Output {
     let child = cmd.stdout(Stdio::piped()).stderr(Stdio::piped()).spawn().expect("spawn ferry");
