@@ -173,3 +173,35 @@ fn without_flag_or_variable_the_config_is_etc_ferry() {
     assert_usage_error(&out);
     assert!(stderr(&out).contains("/etc/ferry/ferry.toml"), "{}", stderr(&out));
 }
+
+/// The layout of a systemd install: the config where `--config` looks by default, the certificates
+/// beside it, the data and the send root elsewhere; `ferry check` takes it as it is.
+#[test]
+fn init_splits_config_and_data_for_an_etc_and_var_lib_layout() {
+    let root = tempfile::tempdir().unwrap();
+    let (config, data, outbox) =
+        (root.path().join("etc/ferry/ferry.toml"), root.path().join("var/lib/ferry"), root.path().join("srv/outbox"));
+    let (c, d, o) = (config.to_str().unwrap(), data.to_str().unwrap(), outbox.to_str().unwrap());
+    let out = ferry(["init", "--config-file", c, "--data-dir", d, "--send-root", o, "--name", "org-a"]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains(&format!("created node `org-a`: config {c}")), "{}", stdout(&out));
+    let etc = root.path().join("etc/ferry");
+    assert!(etc.join("certs/node.pem").is_file() && etc.join("certs/node.key").is_file());
+    assert!(etc.join("certs/peers").is_dir() && data.is_dir() && outbox.is_dir());
+    assert_eq!(mode(&config) & 0o777, 0o600);
+    let text = fs::read_to_string(&config).unwrap();
+    assert!(text.contains(&format!("data_dir = \"{d}\"")) && text.contains(&format!("send_roots = [\"{o}\"]")), "{text}");
+    assert_code(&ferry(["check", "--config", c]), 0);
+    let out = ferry(["init", "--config-file", c, "--data-dir", d, "--name", "org-a"]);
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains("never overwrites"), "{}", stderr(&out));
+
+    // A path with a quote is written as TOML, not spliced into it.
+    let odd = root.path().join("odd \"dir\"/ferry.toml");
+    let out = ferry(["init", "--config-file", odd.to_str().unwrap(), "--data-dir", "da\"ta", "--name", "org-b"]);
+    assert_code(&out, 0);
+    assert_code(&ferry(["check", "--config", odd.to_str().unwrap()]), 0);
+    // The two layouts are one or the other.
+    assert_usage_error(&ferry(["init", "--dir", d, "--config-file", c, "--data-dir", d, "--name", "x"]));
+    assert_usage_error(&ferry(["init", "--config-file", c, "--name", "x"]));
+}

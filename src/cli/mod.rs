@@ -107,9 +107,20 @@ struct Cli {
 enum Command {
     /// Create a node directory: config, key and certificate, data and outbox folders.
     Init {
-        /// The node directory to create.
-        #[arg(long)]
-        dir: PathBuf,
+        /// The node directory to create: config/ferry.toml, certs/, data/ and outbox/ in it.
+        #[arg(long, required_unless_present = "config_file", conflicts_with = "config_file")]
+        dir: Option<PathBuf>,
+        /// Instead of --dir: the config file to create, with certs/ beside it (e.g.
+        /// /etc/ferry/ferry.toml); needs --data-dir.
+        #[arg(long, requires = "data_dir")]
+        config_file: Option<PathBuf>,
+        /// With --config-file: the data folder (e.g. /var/lib/ferry).
+        #[arg(long, requires = "config_file")]
+        data_dir: Option<PathBuf>,
+        /// With --config-file: a folder host apps may send files from (repeat for more; default:
+        /// outbox/ beside the config file).
+        #[arg(long, requires = "config_file")]
+        send_root: Vec<PathBuf>,
         /// This node's name, as its peers will know it.
         #[arg(long)]
         name: String,
@@ -342,13 +353,18 @@ fn init_logging(default: &str) {
 
 fn run(config: &Path, command: Command) -> Result<(), CliError> {
     match command {
-        Command::Init { dir, name, listen, api } => {
-            let fingerprint = init::init(&dir, &name, listen, api)?;
-            out!("created node `{name}` in {}", dir.display());
+        Command::Init { dir, config_file, data_dir, send_root, name, listen, api } => {
+            let layout = match (dir, config_file, data_dir) {
+                (Some(dir), _, _) => init::Layout::in_dir(&dir),
+                (None, Some(config), Some(data)) => init::Layout::split(&config, &data, &send_root),
+                _ => unreachable!("clap requires --dir, or --config-file with --data-dir"),
+            };
+            let fingerprint = init::init_in(&layout, &name, listen, api)?;
+            out!("created node `{name}`: config {}", layout.config.display());
             out!("fingerprint: {fingerprint}");
             out!(
                 "send {} to your peers' admins and compare fingerprints by phone",
-                dir.join("certs/node.pem").display()
+                layout.node_dir.join("certs/node.pem").display()
             );
             Ok(())
         }
