@@ -34,6 +34,9 @@ fn init_creates_the_node_directory_and_prints_its_fingerprint() {
     let out = ferry(["cert", "fingerprint", "--config", &node.config_arg()]);
     assert_code(&out, 0);
     assert_eq!(stdout(&out).trim(), node.fingerprint);
+    let out = ferry(["cert", "fingerprint", "--json", "--config", &node.config_arg()]);
+    let json: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    assert_eq!(json["fingerprint"], node.fingerprint.as_str());
 
     // The config names everything relatively, with the documented defaults.
     let conf = node.toml();
@@ -190,7 +193,10 @@ fn init_splits_config_and_data_for_an_etc_and_var_lib_layout() {
     assert!(etc.join("certs/peers").is_dir() && data.is_dir() && outbox.is_dir());
     assert_eq!(mode(&config) & 0o777, 0o600);
     let text = fs::read_to_string(&config).unwrap();
-    assert!(text.contains(&format!("data_dir = \"{d}\"")) && text.contains(&format!("send_roots = [\"{o}\"]")), "{text}");
+    assert!(
+        text.contains(&format!("data_dir = \"{d}\"")) && text.contains(&format!("send_roots = [\"{o}\"]")),
+        "{text}"
+    );
     assert_code(&ferry(["check", "--config", c]), 0);
     let out = ferry(["init", "--config-file", c, "--data-dir", d, "--name", "org-a"]);
     assert_usage_error(&out);

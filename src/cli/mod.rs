@@ -227,7 +227,11 @@ enum AuditCommand {
 #[derive(Debug, Subcommand)]
 enum CertCommand {
     /// Print this node's certificate fingerprint, to compare with a peer's admin.
-    Fingerprint,
+    Fingerprint {
+        /// Print `{"fingerprint": …}`, for scripts.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -375,10 +379,13 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
             out!("send the file to the peer's admin (`ferry peer add --invite FILE`) and compare the fingerprint by phone");
             Ok(())
         }
-        Command::Cert { command: CertCommand::Fingerprint } => {
+        Command::Cert { command: CertCommand::Fingerprint { json } } => {
             let config = Config::load(config)?;
-            let cert = crate::identity::load_cert(&config.cert_path())?;
-            out!("{}", crate::identity::Fingerprint::of(&cert));
+            let fingerprint = crate::identity::Fingerprint::of(&crate::identity::load_cert(&config.cert_path())?);
+            match json {
+                true => out!("{}", serde_json::json!({"fingerprint": fingerprint.to_string()})),
+                false => out!("{fingerprint}"),
+            }
             Ok(())
         }
         Command::Peer { command: PeerCommand::Add { invite, name, address, cert } } => {
