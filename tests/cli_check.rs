@@ -166,6 +166,19 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     let s_line = line("service `2`").unwrap_or_else(|| panic!("service 2 not named:\n{failed}"));
     assert!(s_line.contains("unreachable") && s_line.contains(&dead.to_string()), "{s_line}");
     assert_eq!(failed.lines().count(), 4, "one line each, no log lines:\n{failed}");
+
+    // The same as one JSON object, the exit code the same.
+    let out = ferry(["check", "--connect", "--json", "--config", &b.dir.config_arg()]);
+    assert_code(&out, 2);
+    assert_eq!(stderr(&out), "", "JSON only");
+    let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
+    let reached = report["reached"].as_array().unwrap();
+    let of = |name: &str| reached.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name}: {report}"));
+    assert!(of("org-a")["ok"] == true && of("org-a")["rtt_ms"].is_number(), "{report}");
+    assert_eq!((&of("1")["ok"], &of("1")["kind"]), (&true.into(), &"service".into()), "{report}");
+    assert!(of("org-e")["ok"] == false && of("org-e")["detail"].as_str().unwrap().contains(&presented), "{report}");
+    assert_eq!(report["problems"], serde_json::json!([]), "{report}");
+    assert_eq!(reached.len(), 6, "{report}");
 }
 
 #[test]

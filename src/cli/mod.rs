@@ -163,6 +163,10 @@ enum Command {
         /// Also try a pinned QUIC handshake with each peer and an HTTP call to each service's base URL.
         #[arg(long)]
         connect: bool,
+        /// Print everything found as one JSON object (`problems`, `warnings`, `reached`); the
+        /// exit code is the same.
+        #[arg(long)]
+        json: bool,
     },
     /// The evidence log: export it, verify its chain and receipts, bundle one exchange's evidence.
     Audit {
@@ -425,7 +429,7 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
         }
         Command::Service { command: ServiceCommand::Remove { id } } => edited(config, service::remove(config, &id)?),
         Command::Run => run_node(config),
-        Command::Check { connect } => check::check(config, connect),
+        Command::Check { connect, json } => check::check(config, connect, json),
         Command::Audit { command: AuditCommand::Export { since } } => audit::export(config, since),
         Command::Audit { command: AuditCommand::Verify { peer_export, peer } } => {
             audit::verify(config, peer_export.as_deref(), peer.as_deref())
