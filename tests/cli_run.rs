@@ -484,3 +484,29 @@ async fn logs_name_peers_and_exchanges_in_words_and_a_stop_closes_events_sockets
         assert!(!log_a.contains(debug) && !log_b.contains(debug), "Rust's Debug text `{debug}` in a log");
     }
 }
+
+/// A stop does not wait long for a peer that does not answer: the messages stay stored for the next
+/// start.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_stop_does_not_wait_for_a_silent_peer() {
+    let root = tempfile::tempdir().unwrap();
+    let RunningPair { a, mut node_a, mut node_b, client, .. } = RunningPair::start(root.path()).await;
+    node_b.terminate("KILL", Duration::from_secs(10)).expect("org-b is killed");
+    let body = json!({"peer": "org-b", "service": "1", "path": "/x", "mode": "async"});
+    let (status, _, env) = post_request(&client, a.api, body).await;
+    assert_eq!(status, 202, "{env}");
+    let id = env["data"]["id"].as_str().unwrap().to_owned();
+    // When the stop comes, the message waits for org-b: for its dial to answer (up to 5 s), or its
+    // acknowledgement on the connection org-a still believes open. The stop gives it 2 s, then
+    // the link 2 s to close: well below the 10 s the work under way may otherwise take.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let asked = Instant::now();
+    let stopped = node_a.terminate("TERM", Duration::from_secs(15)).expect("org-a stops");
+    assert_eq!(stopped.code(), Some(0), "{}", node_a.run_log());
+    assert!(asked.elapsed() < Duration::from_secs(7), "the stop took {:?}:\n{}", asked.elapsed(), node_a.run_log());
+    node_a.start().await;
+    wait_healthy(&client, &node_a, a.api, Duration::from_secs(15)).await;
+    let view: Value =
+        client.get(format!("http://{}/v1/requests/{id}", a.api)).send().await.unwrap().json().await.unwrap();
+    assert_eq!(view["data"]["state"], "waiting", "kept for org-b: {view}");
+}

@@ -19,6 +19,8 @@ const IN_FLIGHT: usize = 1024;
 const MAX_CLAIM: usize = 512;
 /// How many streams one peer's batch uses at once.
 const STREAMS_PER_PEER: usize = 128;
+/// How long a message sent before the node began to stop may still wait for its acknowledgement.
+const STOP_GRACE: Duration = Duration::from_secs(2);
 
 impl Link {
     /// Claims due work from the store and carries it, until `stop`; then waits, briefly, for
@@ -34,15 +36,17 @@ impl Link {
                 claim,
                 |work| work.peer().to_owned(),
                 |peer, batch| {
-                    let link = self.clone();
-                    async move { link.forward_to(&peer, batch).await }
+                    let (link, stop) = (self.clone(), stop.clone());
+                    async move { link.forward_to(&peer, batch, &stop).await }
                 },
             )
             .await;
     }
 
-    /// Sends one peer's batch over its connection; on no connection, defers it with backoff.
-    async fn forward_to(&self, peer_name: &str, batch: Vec<OutboundWork>) {
+    /// Sends one peer's batch over its connection; on no connection, defers it with backoff. A
+    /// dial still waiting for its answer when the node stops is given up: the batch is due again
+    /// at the next start.
+    async fn forward_to(&self, peer_name: &str, batch: Vec<OutboundWork>, stop: &CancellationToken) {
         let store = &self.inner.store;
         let Some(peer) = self.inner.peers.get(peer_name) else {
             tracing::warn!(peer = peer_name, "work for a peer that is no longer configured; held back");
@@ -55,7 +59,14 @@ impl Link {
             return;
         }
         let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
-        let connection = match self.connection(&peer, deadline).await {
+        let dialed = tokio::select! {
+            dialed = self.connection(&peer, deadline) => dialed,
+            () = stop.cancelled() => {
+                let _ = store.retry_outbound(batch, now_ms()).await;
+                return;
+            }
+        };
+        let connection = match dialed {
             Ok(c) => c,
             Err(e) => {
                 let wait = peer.away_for().unwrap_or(backoff::PEER_AWAY.first);
@@ -70,8 +81,19 @@ impl Link {
                 let peer = peer.clone();
                 async move {
                     let mut work = work;
+                    let stopping = async {
+                        stop.cancelled().await;
+                        tokio::time::sleep(STOP_GRACE).await;
+                    };
                     let (answer, refuser) = match self.attach_file(&connection, &peer.name, &mut work).await {
-                        Ok(()) => (send(&connection, &work).await, Refuser::Peer),
+                        Ok(()) => {
+                            let answer = tokio::select! {
+                                answer = send(&connection, &work) => answer,
+                                // A peer that went silent holds no stop: the message is resent later.
+                                () = stopping => Err(LinkFailure::Interrupted("the node is stopping".into())),
+                            };
+                            (answer, Refuser::Peer)
+                        }
                         // This node's own file cannot be read (no retry helps): this node refuses
                         // the message itself.
                         Err(LinkFailure::Local(why)) => {
