@@ -285,6 +285,11 @@ fn a_deleted_record_in_a_rewritten_chain_is_named_against_the_peers_export() {
     assert_eq!(code, 1, "{out}");
     assert!(err.contains(&format!("broken at seq {}: ", gone.seq)), "{err}");
     assert!(err.contains(&format!("{} (its seq", gone.entry.id)) && err.contains("no record of it"), "{err}");
+    let (code, out, err) = copy.verify(&[&with_export()[..], &["--json"]].concat());
+    assert_eq!((code, err.as_str()), (1, ""), "{out}");
+    let verdict: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((&verdict["intact"], &verdict["broken_at"]), (&false.into(), &gone.seq.into()), "{verdict}");
+    assert!(verdict["why"].as_str().unwrap().contains("no record of it"), "{verdict}");
 }
 
 /// (c) A sent request's path and form changed, the chain recomputed: the receipt names it, and

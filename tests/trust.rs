@@ -277,6 +277,10 @@ async fn the_evidence_log_verifies_and_a_changed_deleted_or_moved_record_is_foun
     }
     let (_, out, _) = p.a.audit(&["verify"]);
     assert!(!out.contains(" 0 receipts"), "the sender holds receipts: {out}");
+    let (code, out, _) = p.a.audit(&["verify", "--json"]);
+    let verdict: Value = serde_json::from_str(&out).unwrap();
+    assert_eq!((code, &verdict["intact"]), (0, &true.into()), "{verdict}");
+    assert!(verdict["receipts"].as_u64().unwrap() > 0 && verdict["records"].as_u64().unwrap() > 0, "{verdict}");
 
     let (code, exported, _) = p.a.audit(&["export"]);
     assert_eq!(code, 0);

@@ -27,8 +27,9 @@ pub fn export(path: &Path, since: i64) -> Result<(), CliError> {
 
 /// Checks the chain, every receipt against the pinned peer certificates and every time-stamp
 /// against `evidence.tsa_cert`, and with `peer_export` (`peer`'s `ferry audit export`) cross-checks
-/// the log against it ([`crate::anchor`]); `Err` names the first bad record.
-pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>) -> Result<(), CliError> {
+/// the log against it ([`crate::anchor`]); `Err` names the first bad record. With `json`, prints
+/// the verdict as one JSON object instead of lines, the exit code the same.
+pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>, json: bool) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let mut certs = HashMap::new();
     for peer in &config.peers {
@@ -43,12 +44,36 @@ pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>) -> Re
         Some((_, Err(broken))) => (None, Some(broken)),
         None => (None, None),
     };
-    let broken = |b: Broken| CliError::failed(format!("broken at seq {}: {}", b.seq, b.why));
+    let broken = |b: Broken| {
+        if json {
+            out!("{}", serde_json::json!({"intact": false, "broken_at": b.seq, "why": b.why}));
+            return CliError::failed(String::new());
+        }
+        CliError::failed(format!("broken at seq {}: {}", b.seq, b.why))
+    };
     let intact = match (verdict, cross_broken) {
         (Ok(intact), None) => intact,
         (Err(plain), Some(cross)) => return Err(broken(if cross.seq < plain.seq { cross } else { plain })),
         (Err(first), None) | (Ok(_), Some(first)) => return Err(broken(first)),
     };
+    if json {
+        let cross_checked = covered.as_ref().map(|(peer, c)| {
+            serde_json::json!({"peer": peer, "calls_this_node": c.name, "records": c.records,
+                "newest_head": c.newest_head.map(|(seq, at)| serde_json::json!({"seq": seq, "signed_at": crate::store::rfc3339(at)}))})
+        });
+        out!(
+            "{}",
+            serde_json::json!({
+                "intact": true, "records": intact.records, "receipts": intact.receipts,
+                "timestamps": intact.timestamps, "unchecked_timestamps": intact.unchecked_timestamps,
+                "stamped": intact.stamped,
+                "anchored": intact.anchored.as_ref().map(|(peer, seq)| serde_json::json!({"peer": peer, "seq": seq})),
+                "cross_checked": cross_checked,
+                "not_ruled_out": covered.is_none().then(|| unanchored(&intact)),
+            })
+        );
+        return Ok(());
+    }
     out!("intact: {} records, {} receipts verified{}", intact.records, intact.receipts, stamps(&intact));
     match covered {
         Some((peer, covered)) => out!("{}", cross_checked(&peer, &covered)),

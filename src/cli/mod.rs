@@ -211,6 +211,10 @@ enum AuditCommand {
         /// The configured peer that exported it (default: the only configured peer).
         #[arg(long, value_name = "NAME", requires = "peer_export")]
         peer: Option<String>,
+        /// Print the verdict as one JSON object (`intact`, the counts, `broken_at` and `why`);
+        /// the exit code is the same.
+        #[arg(long)]
+        json: bool,
     },
     /// Write one exchange's evidence to a file a third party can check (`audit verify-bundle`).
     Bundle {
@@ -431,8 +435,8 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
         Command::Run => run_node(config),
         Command::Check { connect, json } => check::check(config, connect, json),
         Command::Audit { command: AuditCommand::Export { since } } => audit::export(config, since),
-        Command::Audit { command: AuditCommand::Verify { peer_export, peer } } => {
-            audit::verify(config, peer_export.as_deref(), peer.as_deref())
+        Command::Audit { command: AuditCommand::Verify { peer_export, peer, json } } => {
+            audit::verify(config, peer_export.as_deref(), peer.as_deref(), json)
         }
         Command::Audit { command: AuditCommand::Bundle { id, out } } => bundle::make(config, &id, &out),
         Command::Audit { command: AuditCommand::VerifyBundle { file } } => bundle::verify(&file),
