@@ -68,6 +68,12 @@ pub enum IdentityError {
         /// The certificate's fingerprint.
         fingerprint: Fingerprint,
     },
+    /// A peer pins this node's own certificate: a copy of this node's file was pinned for it.
+    #[error(
+        "peer `{0}` pins this node's own certificate; ask its admin for theirs, then `ferry peer remove {0}` and \
+         `ferry peer add` it"
+    )]
+    PinnedOwn(String),
     /// rcgen failed to generate a key or certificate.
     #[error("cannot generate a key: {0}")]
     Generate(#[from] rcgen::Error),

@@ -119,6 +119,9 @@ pub async fn run_with(
 ) -> Result<(), NodeError> {
     let identity = Identity::load(&config.cert_path(), &config.key_path())?;
     let peers = Peers::load(&config.peers)?;
+    if let Some(peer) = peers.by_fingerprint(&identity.fingerprint()) {
+        return Err(IdentityError::PinnedOwn(peer.name.clone()).into());
+    }
     let services = Services::new(config.services.clone());
     let store = Store::open_with(&config.node.data_dir, config.evidence.log)?;
     let interrupted = store.recover().await?;

@@ -24,6 +24,17 @@ fn run_refuses_a_missing_config_or_an_unreadable_key() {
         running.wait_for_exit(Duration::from_secs(10)).expect("`ferry run` with an unreadable key should exit");
     assert_eq!(status.code(), Some(2), "log:\n{}", running.run_log());
     assert!(running.run_log().contains("node.key"), "log:\n{}", running.run_log());
+
+    // A peer pinned with a copy of this node's own certificate (by hand: `peer add` refuses it).
+    let node = init(root.path(), "org-b", Some((free_udp(), free_tcp())));
+    fs::copy(node.cert(), node.dir.join("certs/peers/org-x.pem")).unwrap();
+    let config = fs::read_to_string(&node.config).unwrap();
+    let peer = "\n[[peer]]\nname = \"org-x\"\naddress = \"127.0.0.1:9\"\ncert = \"peers/org-x.pem\"\n";
+    fs::write(&node.config, config + peer).unwrap();
+    let mut running = run_node(&node, "org-b");
+    let status = running.wait_for_exit(Duration::from_secs(10)).expect("`ferry run` pinning its own certificate exits");
+    assert_eq!(status.code(), Some(2), "log:\n{}", running.run_log());
+    assert!(running.run_log().contains("peer `org-x` pins this node's own certificate"), "log:\n{}", running.run_log());
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
