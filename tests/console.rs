@@ -451,6 +451,12 @@ async fn drive(exe: &Path) {
         )
         .await;
     browser.wait_for("document.querySelectorAll('#evidence tr[data-seq]').length > 3", secs(15)).await;
+    // Times are whole: date, time to the second, and time zone.
+    let time = browser.eval("document.querySelector('#evidence tr[data-seq]').cells[1].innerText").await;
+    let time = time.as_str().unwrap_or_default().to_owned();
+    let whole =
+        time.len() >= 20 && time.as_bytes()[4] == b'-' && time.as_bytes()[10] == b' ' && time.as_bytes()[19] == b' ';
+    assert!(whole && time[..4].parse::<u32>().is_ok(), "not a whole time with its zone: {time:?}");
     // Every state the in-flight rows showed is one of the API's names, the moving file's too.
     let states = browser.eval("window.statesSeen").await;
     let names = ["waiting", "doing", "success", "failed"];

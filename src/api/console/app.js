@@ -48,10 +48,16 @@
     return (i === 0 ? String(n) : n.toFixed(n < 10 ? 2 : 1).replace(/\.0+$/, "")) + " " + units[i];
   }
 
+  // A whole, unambiguous time: the date, the time to the second, and the browser's time zone.
   function when(text) {
     if (!text) return "";
     const d = new Date(text);
-    return isNaN(d) ? text : d.toLocaleTimeString();
+    if (isNaN(d)) return text;
+    const p = (n) => String(n).padStart(2, "0");
+    const zone = new Intl.DateTimeFormat(undefined, { timeZoneName: "short" })
+      .formatToParts(d).find((part) => part.type === "timeZoneName");
+    return `${d.getFullYear()}-${p(d.getMonth() + 1)}-${p(d.getDate())} ` +
+      `${p(d.getHours())}:${p(d.getMinutes())}:${p(d.getSeconds())}` + (zone ? " " + zone.value : "");
   }
 
   // Ids are UUIDv7: their start is a timestamp, their end tells them apart.
