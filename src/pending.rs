@@ -70,10 +70,12 @@ impl Pending {
         knock.attempts += 1;
     }
 
-    /// The nodes waiting, the most recently heard from first.
-    pub fn list(&self) -> Vec<Knock> {
+    /// The nodes waiting, the most recently heard from first; one `peers` pins since it dialed is
+    /// no longer waiting.
+    pub fn waiting(&self, peers: &crate::peer::Peers) -> Vec<Knock> {
         let knocks = self.knocks.lock().unwrap();
-        let mut list: Vec<_> = knocks.values().collect();
+        let mut list: Vec<_> =
+            knocks.iter().filter(|(fp, _)| peers.by_fingerprint(fp).is_none()).map(|(_, knock)| knock).collect();
         list.sort_by_key(|(at, _)| std::cmp::Reverse(*at));
         list.into_iter().map(|(_, k)| k.clone()).collect()
     }
@@ -90,24 +92,24 @@ mod tests {
 
     #[test]
     fn knocks_are_counted_and_bounded() {
-        let pending = Pending::default();
+        let (pending, peers) = (Pending::default(), crate::peer::Peers::default());
         let certs: Vec<_> = (0..REMEMBERED + 1)
             .map(|i| CertificateDer::from(format!("not a real certificate {i}").into_bytes()))
             .collect();
         let from: SocketAddr = "192.0.2.7:7443".parse().unwrap();
         pending.knocked(&certs[0], from);
         pending.knocked(&certs[0], "192.0.2.8:7443".parse().unwrap());
-        let list = pending.list();
+        let list = pending.waiting(&peers);
         assert_eq!((list.len(), list[0].attempts, list[0].address.as_str()), (1, 2, "192.0.2.8:7443"));
         assert!(list[0].certificate.starts_with("-----BEGIN CERTIFICATE-----"));
         for cert in &certs[1..] {
             std::thread::sleep(std::time::Duration::from_millis(1));
             pending.knocked(cert, from);
         }
-        let list = pending.list();
+        let list = pending.waiting(&peers);
         assert_eq!(list.len(), REMEMBERED, "a flood of certificates is bounded");
         assert!(!list.iter().any(|k| k.fingerprint == Fingerprint::of(&certs[0]).to_string()), "the oldest went");
         pending.forget(&Fingerprint::of(&certs[1]));
-        assert_eq!(pending.list().len(), REMEMBERED - 1);
+        assert_eq!(pending.waiting(&peers).len(), REMEMBERED - 1);
     }
 }

@@ -169,14 +169,7 @@ async fn peers(State(state): State<Shared>) -> Response {
     summary = "Nodes that dialed with a certificate not pinned here, most recent first: fingerprint, address, times, certificate",
     responses((status = 200, body = openapi::Envelope)))]
 async fn pending_peers(State(state): State<Shared>) -> Response {
-    // One pinned since it dialed is no longer waiting.
-    let waiting: Vec<_> = state
-        .pending
-        .list()
-        .into_iter()
-        .filter(|k| !state.peers.all().iter().any(|p| p.fingerprint.to_string() == k.fingerprint))
-        .collect();
-    ok(StatusCode::OK, "ActionOK", waiting)
+    ok(StatusCode::OK, "ActionOK", state.pending.waiting(&state.peers))
 }
 
 /// `GET /v1/health`.
@@ -237,6 +230,31 @@ mod tests {
             stopping: Default::default(),
             max_size: 1 << 30,
         }
+    }
+
+    /// A node that is stopping (its reloader gone) reloads nothing and says so; one that is
+    /// running answers with what its reload found.
+    #[tokio::test]
+    async fn a_reload_is_answered_with_its_outcome_or_refused_while_stopping() {
+        async fn reload(state: ApiState) -> (StatusCode, serde_json::Value) {
+            let mut request = Request::post("/v1/reload").body(Body::empty()).unwrap();
+            request.extensions_mut().insert(ConnectInfo("127.0.0.1:9".parse::<SocketAddr>().unwrap()));
+            let response = router(state).oneshot(request).await.unwrap();
+            let status = response.status();
+            let body = axum::body::to_bytes(response.into_body(), 1 << 20).await.unwrap();
+            (status, serde_json::from_slice(&body).unwrap())
+        }
+        let (status, env) = reload(state(&[])).await;
+        assert_eq!((status, &env["data"]["error"]), (StatusCode::SERVICE_UNAVAILABLE, &"unavailable".into()), "{env}");
+
+        let (asks, mut asked) = tokio::sync::mpsc::channel(1);
+        tokio::spawn(async move {
+            let answer: crate::node::ReloadAnswer = asked.recv().await.unwrap();
+            answer.send(Err("peer[0].cert: no such file".into())).unwrap();
+        });
+        let (status, env) = reload(ApiState { reload: asks, ..state(&[]) }).await;
+        assert_eq!(status, StatusCode::BAD_REQUEST, "{env}");
+        assert!(env["msg"].as_str().unwrap().contains("the running config stays in force"), "{env}");
     }
 
     async fn call(state: ApiState, from: &str, token: Option<&str>) -> (StatusCode, serde_json::Value) {

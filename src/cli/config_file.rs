@@ -9,6 +9,20 @@ use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
 use super::CliError;
 use crate::config::Config;
 
+/// The error for a `what` (`peer`, `service`) named `name` that is not configured: it names the
+/// configured ones, or how to add one.
+pub(super) fn not_configured<'a>(what: &str, name: &str, configured: impl Iterator<Item = &'a str>) -> CliError {
+    let configured: Vec<&str> = configured.collect();
+    CliError::usage(if configured.is_empty() {
+        format!(
+            "no {what} {} here: no {what} is configured (add one with `ferry {what} add`)",
+            crate::config::shown(name)
+        )
+    } else {
+        format!("no {what} {} here; the configured {what}s: {}", crate::config::shown(name), configured.join(", "))
+    })
+}
+
 /// Reads the config file as an editable document.
 pub(super) fn open(path: &Path) -> Result<DocumentMut, CliError> {
     let text = std::fs::read_to_string(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;

@@ -146,7 +146,11 @@ struct Api {
 impl Api {
     /// The API of the node configured in `config` (its `node.api`).
     fn new(config: &Path, args: &ApiArgs) -> Result<Api, CliError> {
-        let config = Config::load(config)?;
+        Api::of(&Config::load(config)?, args)
+    }
+
+    /// The API at `config`'s `node.api`.
+    fn of(config: &Config, args: &ApiArgs) -> Result<Api, CliError> {
         let addr = reachable(config.node.api);
         let http = reqwest::Client::builder()
             .no_proxy()
@@ -159,9 +163,10 @@ impl Api {
     /// Like [`Api::new`], but without `--token` the config's first `api.tokens` is used: whoever
     /// may read the config holds its tokens anyway (systemd's `ExecReload=` runs as the node's user).
     fn as_admin(config: &Path, args: &ApiArgs) -> Result<Api, CliError> {
-        let mut api = Api::new(config, args)?;
+        let config = Config::load(config)?;
+        let mut api = Api::of(&config, args)?;
         if api.token.is_none() {
-            api.token = Config::load(config)?.api.tokens.first().cloned();
+            api.token = config.api.tokens.first().cloned();
         }
         Ok(api)
     }
@@ -726,9 +731,9 @@ pub struct EventsArgs {
 /// `ferry events`: follows `GET /v1/events`, one line per event (with `--json`, the event as the
 /// API sends it), answering the node's heartbeat, until the node closes it or Ctrl-C.
 pub fn events(config: &Path, args: EventsArgs) -> Result<(), CliError> {
-    let api = Api::new(config, &args.api)?;
-    let heartbeat = Config::load(config)?.api.heartbeat;
-    runtime()?.block_on(follow_events(&api, &args, heartbeat))
+    let config = Config::load(config)?;
+    let api = Api::of(&config, &args.api)?;
+    runtime()?.block_on(follow_events(&api, &args, config.api.heartbeat))
 }
 
 async fn follow_events(api: &Api, args: &EventsArgs, heartbeat: Duration) -> Result<(), CliError> {

@@ -177,14 +177,9 @@ pub fn remove(config_path: &Path, name: &str) -> Result<String, CliError> {
 
 /// The configured peer `name`, or an error naming the configured ones.
 fn configured<'c>(config: &'c Config, name: &str) -> Result<&'c PeerConfig, CliError> {
-    config.peer(name).ok_or_else(|| {
-        let names: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
-        CliError::usage(if names.is_empty() {
-            format!("no peer {} here: no peer is configured (add one with `ferry peer add`)", shown(name))
-        } else {
-            format!("no peer {} here; the configured peers: {}", shown(name), names.join(", "))
-        })
-    })
+    config
+        .peer(name)
+        .ok_or_else(|| config_file::not_configured("peer", name, config.peers.iter().map(|p| p.name.as_str())))
 }
 
 /// The configured peer whose pinned certificate has `fingerprint`; certificates that cannot be

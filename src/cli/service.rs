@@ -139,14 +139,9 @@ pub fn remove(config_path: &Path, id: &str) -> Result<String, CliError> {
 
 /// The configured service `id`, or an error naming the configured ones.
 fn configured<'c>(config: &'c Config, id: &str) -> Result<&'c ServiceConfig, CliError> {
-    config.service(id).ok_or_else(|| {
-        let ids: Vec<&str> = config.services.iter().map(|s| s.id.as_str()).collect();
-        CliError::usage(if ids.is_empty() {
-            format!("no service {} here: no service is configured (add one with `ferry service add`)", shown(id))
-        } else {
-            format!("no service {} here; the configured services: {}", shown(id), ids.join(", "))
-        })
-    })
+    config
+        .service(id)
+        .ok_or_else(|| config_file::not_configured("service", id, config.services.iter().map(|s| s.id.as_str())))
 }
 
 /// `--allow` as the list to write: configured peers or `*`, empty names dropped (`--allow ''`

@@ -54,8 +54,8 @@ impl Link {
             return;
         };
         // A peer that failed its last dial is not dialed again for each batch that falls due.
-        if let Some(wait) = peer.away_for() {
-            let _ = store.retry_outbound(batch, now_ms() + wait.as_millis() as i64).await;
+        if peer.away_for().is_some() {
+            let _ = store.retry_outbound(batch, retry_at(&peer)).await;
             return;
         }
         let deadline = tokio::time::Instant::now() + CONNECT_WITHIN;
@@ -69,9 +69,8 @@ impl Link {
         let connection = match dialed {
             Ok(c) => c,
             Err(e) => {
-                let wait = peer.away_for().unwrap_or(backoff::PEER_AWAY.first);
                 tracing::debug!(peer = peer_name, error = %e, waiting = batch.len(), "peer away; retrying later");
-                let _ = store.retry_outbound(batch, now_ms() + wait.as_millis() as i64).await;
+                let _ = store.retry_outbound(batch, retry_at(&peer)).await;
                 return;
             }
         };
@@ -111,8 +110,7 @@ impl Link {
                         // its own, and a peer that dials back makes it due at once.
                         Err(e) if connection.close_reason().is_some() => {
                             tracing::debug!(peer = %peer.name, error = %e, "connection lost; resending on the next");
-                            let wait = peer.away_for().unwrap_or(backoff::PEER_AWAY.first);
-                            store.retry_outbound(vec![work], now_ms() + wait.as_millis() as i64).await
+                            store.retry_outbound(vec![work], retry_at(&peer)).await
                         }
                         Err(e) => {
                             tracing::debug!(peer = %peer.name, error = %e, "not acknowledged; resending later");
@@ -147,7 +145,7 @@ impl Link {
                 };
                 let (id, status) = (&message.request.id, refusal.kind.http_status());
                 tracing::info!(%id, peer = %peer.name, state = "failed", status, error = %why, "exchange");
-                store.refused(&peer.name, &message.request.id, why, refusal.kind.http_status()).await
+                store.refused(&peer.name, id, why, status).await
             }
             // The peer's store failed: it may take the reply later.
             OutboundWork::Reply { .. } if refusal.kind == wire::RefusalKind::Internal => {
@@ -215,6 +213,12 @@ impl Link {
         *slot = Some(sent?);
         Ok(())
     }
+}
+
+/// When stored work for `peer` is due again, in milliseconds since the epoch: at the end of its
+/// away pause after a failed dial, else after [`backoff::PEER_AWAY`]'s first pause.
+fn retry_at(peer: &Peer) -> i64 {
+    now_ms() + peer.away_for().unwrap_or(backoff::PEER_AWAY.first).as_millis() as i64
 }
 
 /// Sends one message on a new stream; the peer's acknowledgement.
