@@ -59,6 +59,9 @@ pub struct PeerConfig {
     pub address: String,
     /// The pinned certificate (PEM).
     pub cert: PathBuf,
+    /// Whether a new certificate the peer's old key vouches for is pinned at once (`true`, the
+    /// default) or held until `ferry peer accept` ([`crate::rollover`]).
+    pub auto_rollover: bool,
 }
 
 /// `[[service]]`: a local service that peers may call.
@@ -289,6 +292,7 @@ impl Config {
                 let name = s.string("name", None).unwrap_or_default();
                 let address = s.string("address", None).unwrap_or_default();
                 let cert = node.certs_dir.join(s.string("cert", None).unwrap_or_default());
+                let auto_rollover = s.flag("auto_rollover", true);
                 s.finish();
                 if !name.is_empty() {
                     check_name(&name, &format!("peer[{i}].name"), &mut errs);
@@ -299,7 +303,7 @@ impl Config {
                         shown(&address)
                     ));
                 }
-                PeerConfig { name, address, cert }
+                PeerConfig { name, address, cert, auto_rollover }
             })
             .collect();
         duplicates(peers.iter().map(|p| p.name.as_str()), "peer name", &mut errs);

@@ -642,6 +642,10 @@ pub struct Broken {
     pub why: String,
 }
 
+/// Every certificate each peer has held, by peer name: the one pinned in the config and those
+/// its rollovers brought ([`crate::rollover`]).
+pub type PeerCerts = HashMap<String, Vec<CertificateDer<'static>>>;
+
 /// Checks a whole log given as (stored seq, record JSON) in stored order: the chain, and every
 /// receipt against `certs` (the pinned certificate of each peer, by name). A receipt must also
 /// match what this node recorded sending, when it recorded it: a sync request whose caller gave
@@ -653,7 +657,7 @@ pub struct Broken {
 /// log a peer keeps) must name an earlier record with its hash.
 pub fn verify(
     rows: impl IntoIterator<Item = (i64, String)>,
-    certs: &HashMap<String, CertificateDer<'static>>,
+    certs: &PeerCerts,
     tsa_cert: Option<&[u8]>,
 ) -> Result<Intact, Broken> {
     let mut prev = GENESIS.to_owned();
@@ -690,10 +694,15 @@ pub fn verify(
         }
         if entry.event == "receipt" {
             let receipt = entry.receipt.as_ref().ok_or_else(|| broken("a receipt record without a receipt".into()))?;
-            let cert = certs.get(&entry.peer).ok_or_else(|| {
+            let theirs = certs.get(&entry.peer).filter(|c| !c.is_empty()).ok_or_else(|| {
                 broken(format!("no pinned certificate for peer `{}` to check its receipt", entry.peer))
             })?;
-            receipt.verify(cert).map_err(|why| broken(format!("receipt: {why}")))?;
+            // Any certificate the peer has held: a rollover replaces the key, not its past receipts.
+            let mut checked = theirs.iter().map(|cert| receipt.verify(cert));
+            if !checked.any(|r| r.is_ok()) {
+                let why = theirs.iter().map(|cert| receipt.verify(cert)).find_map(Result::err).unwrap_or_default();
+                return Err(broken(format!("receipt: {why}")));
+            }
             intact.receipts += receipt.leaves.len() as u64;
             for signed in &receipt.leaves {
                 let key = message(&entry.peer, &signed.id, signed.reply_seq);
@@ -1032,7 +1041,7 @@ mod tests {
         let fixtures = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("tests/fixtures/evidence-v1");
         for (node, peer, records) in [("org-a", "org-b", 19), ("org-b", "org-a", 17)] {
             let cert = crate::identity::load_cert(&fixtures.join(format!("{peer}.pem"))).unwrap();
-            let certs = HashMap::from([(peer.to_owned(), cert)]);
+            let certs = HashMap::from([(peer.to_owned(), vec![cert])]);
             let log = std::fs::read_to_string(fixtures.join(format!("{node}.jsonl"))).unwrap();
             let rows: Vec<(i64, String)> = (1..).zip(log.lines().map(str::to_owned)).collect();
             let intact = verify(rows.clone(), &certs, None).unwrap();
@@ -1069,7 +1078,7 @@ mod tests {
     fn a_countersignature_binds_the_whole_record_of_what_was_sent() {
         let identity = crate::identity::Identity::generate("org-b").unwrap();
         let signer = crate::receipt::Signer::new(&identity).unwrap();
-        let certs = HashMap::from([("org-b".to_owned(), identity.cert.clone())]);
+        let certs = HashMap::from([("org-b".to_owned(), vec![identity.cert.clone()])]);
         let request = crate::wire::Request {
             version: crate::wire::PROTOCOL_VERSION,
             id: "r1".into(),
@@ -1148,7 +1157,7 @@ mod tests {
     fn a_receipt_verifies_against_the_pinned_certificate_and_what_was_sent() {
         let identity = crate::identity::Identity::generate("org-b").unwrap();
         let signer = crate::receipt::Signer::new(&identity).unwrap();
-        let certs = HashMap::from([("org-b".to_owned(), identity.cert.clone())]);
+        let certs = HashMap::from([("org-b".to_owned(), vec![identity.cert.clone()])]);
         assert_eq!(
             verify(sent_and_receipted(&signer, [1; 32]), &certs, None),
             Ok(Intact { records: 2, receipts: 1, ..Intact::default() })
@@ -1157,7 +1166,7 @@ mod tests {
         assert_eq!(broken.seq, 2);
         assert!(broken.why.contains("signed other content"), "{}", broken.why);
         let other = crate::identity::Identity::generate("org-b").unwrap();
-        let certs = HashMap::from([("org-b".to_owned(), other.cert)]);
+        let certs = HashMap::from([("org-b".to_owned(), vec![other.cert])]);
         assert!(verify(sent_and_receipted(&signer, [1; 32]), &certs, None).unwrap_err().why.contains("receipt"));
     }
 }

@@ -40,6 +40,7 @@
 //! | [`host_file`] | a host's files, opened confined beneath `files.send_roots`, never the node's own |
 //! | [`store`] | the one place of durable state (SQLite, one writer thread, group commit): the queue of requests and replies by domain (`outgoing`, `incoming`, `replies`, `callbacks`; leases and recovery in `queue`), their stored form (`stored`, versioned), files, read views (`records`) on read-only connections beside the writer (`reader`), idempotency and duplicate checks (`trust`), the evidence log's table (`evidence`) |
 //! | [`evidence`], [`receipt`] | the evidence log's records, hash chain and offline check; receipts: Merkle batches, signing and checking |
+//! | [`rollover`] | key rotation: the old key's statement for the new certificate, the keys a node presents during the grace ([`rollover::Keys`]) |
 //! | [`anchor`] | cross-checks this node's evidence log against a peer's export: the heads, messages and receipts of ours it holds |
 //! | [`bundle`] | evidence bundles: one exchange's records, the chain segment to its anchor (a time-stamp or a checkpoint a peer keeps), the peer's receipts with Merkle paths and the certificates, in one file a third party checks offline |
 //! | [`timestamp`] | trusted time (RFC 3161): asking a time-stamping authority to stamp a digest, and checking a token offline against the TSA's certificate |
@@ -88,6 +89,7 @@ pub mod node;
 pub mod peer;
 pub mod pending;
 pub mod receipt;
+pub mod rollover;
 pub mod service;
 pub mod stamping;
 pub mod store;

@@ -12,10 +12,11 @@ use crate::config::Config;
 use crate::deliver::{self, Deliverer};
 use crate::exchange::Exchange;
 use crate::host_file::HostFiles;
-use crate::identity::{Identity, IdentityError};
+use crate::identity::IdentityError;
 use crate::link::{self, Link, LinkError, Transport};
 use crate::metrics::Metrics;
 use crate::peer::Peers;
+use crate::rollover::{KeyFiles, Keys, SharedKeys};
 use crate::service::Services;
 use crate::stamping::Stamper;
 use crate::store::{Store, StoreError};
@@ -117,13 +118,13 @@ pub async fn run_with(
     shutdown: impl Future<Output = ()> + Send + 'static,
     controls: Controls,
 ) -> Result<(), NodeError> {
-    let identity = Identity::load(&config.cert_path(), &config.key_path())?;
+    let keys = Keys::load(&KeyFiles::of(&config))?;
     let peers = Peers::load(&config.peers)?;
-    if let Some(peer) = peers.by_fingerprint(&identity.fingerprint()) {
-        return Err(IdentityError::PinnedOwn(peer.name.clone()).into());
-    }
+    pins_none_of_ours(&peers, &keys)?;
+    let keys = keys.shared();
     let services = Services::new(config.services.clone());
     let store = Store::open_with(&config.node.data_dir, config.evidence.log)?;
+    peers.restore(&store.rollovers().await?);
     let interrupted = store.recover().await?;
     if interrupted > 0 {
         tracing::warn!(interrupted, "failed requests whose service call the last stop interrupted");
@@ -142,7 +143,7 @@ pub async fn run_with(
         metrics: metrics.clone(),
         files: HostFiles::new(&sendable, own_files(&config)),
     };
-    let link = Link::new(sockets.link, identity.clone(), Transport::default(), config.evidence.receipts, context)?;
+    let link = Link::new(sockets.link, keys.clone(), Transport::default(), config.evidence.receipts, context)?;
     let folders = crate::transfer::Folders {
         direct_io: config.files.direct_io,
         ..crate::transfer::Folders::new(&config.node.data_dir, config.files.max_size)
@@ -183,6 +184,7 @@ pub async fn run_with(
         inbox,
         stamping,
         tokio::spawn(link.clone().send_checkpoints(config.evidence.checkpoint_every, stop.clone())),
+        tokio::spawn(link.clone().announce_rollover(stop.clone())),
         match config.files.keep_received {
             Some(keep) => {
                 let received = config.node.data_dir.join("received");
@@ -205,7 +207,7 @@ pub async fn run_with(
         store: store.clone(),
         peers: peers.clone(),
         name: config.node.name.clone(),
-        fingerprint: identity.fingerprint().to_string(),
+        keys: keys.clone(),
         tokens: tokens.clone(),
         callback_base: config.node.callback_base.clone(),
         callback_hosts: Arc::new(config.api.callback_hosts.clone()),
@@ -221,12 +223,14 @@ pub async fn run_with(
         node = %config.node.name,
         api = %listener.local_addr()?,
         link = %link.local_addr(),
-        fingerprint = %identity.fingerprint(),
+        fingerprint = %keys.load().current.fingerprint,
         "serving"
     );
     let Controls { reload: sighup, notifier } = controls;
     let reloader = Reloader {
         config: config.clone(),
+        keys,
+        store: store.clone(),
         peers: peers.clone(),
         services,
         tokens,
@@ -274,10 +278,22 @@ pub async fn run_with(
     Ok(())
 }
 
-/// What a reload may change in place: peers, services and API tokens.
+/// Refuses peers that pin one of this node's own certificates.
+fn pins_none_of_ours(peers: &Peers, keys: &Keys) -> Result<(), IdentityError> {
+    let ours = std::iter::once(&keys.current).chain(keys.previous().map(|(p, _)| p));
+    match ours.filter_map(|key| peers.by_fingerprint(&key.fingerprint)).next() {
+        Some(peer) => Err(IdentityError::PinnedOwn(peer.name.clone())),
+        None => Ok(()),
+    }
+}
+
+/// What a reload may change in place: the node's keys (after `ferry cert rotate`), peers,
+/// services and API tokens.
 struct Reloader {
     /// The config in force.
     config: Config,
+    keys: SharedKeys,
+    store: Store,
     peers: Peers,
     services: Services,
     tokens: Arc<arc_swap::ArcSwap<Vec<String>>>,
@@ -302,7 +318,7 @@ impl Reloader {
             if let Some(n) = &self.notifier {
                 n.reloading();
             }
-            let outcome = self.reload();
+            let outcome = self.reload().await;
             match &outcome {
                 Ok(summary) => tracing::info!(config = %self.config.path.display(), "reloaded: {summary}"),
                 Err(e) => tracing::error!(
@@ -327,10 +343,12 @@ impl Reloader {
         }
     }
 
-    /// Reads the config file again and applies peers, services and tokens; on any error changes
-    /// nothing and says why.
-    fn reload(&mut self) -> Result<String, String> {
+    /// Reads the config file and the node's keys again and applies keys, peers, services and
+    /// tokens; on any error changes nothing and says why.
+    async fn reload(&mut self) -> Result<String, String> {
         let new = Config::load(&self.config.path).map_err(|e| e.to_string())?;
+        let keys = Keys::load(&KeyFiles::of(&self.config)).map_err(|e| e.to_string())?;
+        let kept = self.store.rollovers().await.map_err(|e| e.to_string())?;
         let old = &self.config;
         let mut restart = Vec::new();
         if new.node.name != old.node.name {
@@ -365,7 +383,17 @@ impl Reloader {
                 "node.callback_base, api.callback_hosts, [files], api.heartbeat, api.max_connections or api.header_timeout",
             );
         }
+        let candidate = Peers::load(&new.peers).map_err(|e| e.to_string())?;
+        candidate.restore(&kept);
+        pins_none_of_ours(&candidate, &keys).map_err(|e| e.to_string())?;
         let changes = self.peers.reload(&new.peers).map_err(|e| e.to_string())?;
+        self.peers.restore(&kept);
+        let rotated = keys.current.fingerprint != self.keys.load().current.fingerprint;
+        if rotated {
+            tracing::info!(fingerprint = %keys.current.fingerprint, "this node's new certificate is in force");
+        }
+        self.keys.store(std::sync::Arc::new(keys));
+        self.link.announce_now();
         self.services.replace(new.services.clone());
         self.tokens.store(Arc::new(new.api.tokens.clone()));
         if !changes.added.is_empty() || !changes.changed.is_empty() {
@@ -373,6 +401,9 @@ impl Reloader {
             self.link.greet_peers();
         }
         let mut summary = format!("{} peer(s), {} service(s)", new.peers.len(), new.services.len());
+        if rotated {
+            summary.push_str("; a new certificate of this node's");
+        }
         for (what, names) in [("added", &changes.added), ("changed", &changes.changed), ("removed", &changes.removed)] {
             if !names.is_empty() {
                 summary.push_str(&format!("; {what} {}", names.join(", ")));

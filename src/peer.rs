@@ -13,6 +13,7 @@ use serde::Serialize;
 use crate::backoff;
 use crate::config::PeerConfig;
 use crate::identity::{load_cert, Fingerprint, IdentityError};
+use crate::wire;
 
 /// A configured peer and its connection.
 #[derive(Debug)]
@@ -21,10 +22,16 @@ pub struct Peer {
     pub name: String,
     /// `host:port`, resolved at connect time.
     pub address: String,
-    /// The pinned certificate's fingerprint.
+    /// The fingerprint of the certificate pinned in the config.
     pub fingerprint: Fingerprint,
-    /// Its pinned certificate, which checks its receipts.
+    /// The certificate pinned in the config; after a rollover, [`Peer::pins`] says which are.
     pub cert: CertificateDer<'static>,
+    /// Whether a rollover the peer's pinned key vouches for is pinned without the admin.
+    auto_rollover: std::sync::atomic::AtomicBool,
+    rolled: Mutex<Rolled>,
+    /// The newest of this node's certificates the peer is known to pin, during this node's own
+    /// rollover ([`crate::rollover::Keys::for_peer`]).
+    pins_ours: Mutex<Option<Fingerprint>>,
     link: Mutex<LinkState>,
     /// Held while dialing, so that one dial serves every waiting request.
     pub dialing: tokio::sync::Mutex<()>,
@@ -32,6 +39,27 @@ pub struct Peer {
     up: tokio::sync::Notify,
     /// Cancelled when a reload removes or replaces this peer.
     retired: tokio_util::sync::CancellationToken,
+}
+
+/// The peer's certificate rollovers ([`crate::rollover`]) since the one in the config.
+#[derive(Debug, Default)]
+struct Rolled {
+    /// Pinned rollovers, oldest first; each replaces the certificate the one before brought (the
+    /// first, the config's), which stays pinned until the rollover's `until_ms`.
+    chain: Vec<wire::Rollover>,
+    /// A rollover of the newest pin, held for the admin's approval (`auto_rollover = false`).
+    offered: Option<wire::Rollover>,
+}
+
+/// A certificate pinned for a peer.
+#[derive(Debug, Clone)]
+pub struct Pin {
+    /// Its fingerprint.
+    pub fingerprint: Fingerprint,
+    /// The certificate, which checks the peer's signatures.
+    pub cert: CertificateDer<'static>,
+    /// When it stops being pinned, for one a rollover replaced (ms since the Unix epoch).
+    pub until_ms: Option<i64>,
 }
 
 #[derive(Debug, Default)]
@@ -45,18 +73,101 @@ struct LinkState {
 }
 
 impl Peer {
-    /// A peer with the given pinned certificate, not yet connected.
+    /// A peer with the given pinned certificate, not yet connected, whose rollovers are pinned at
+    /// once.
     pub fn new(name: &str, address: &str, cert: &CertificateDer<'_>) -> Self {
         Peer {
             name: name.to_owned(),
             address: address.to_owned(),
             fingerprint: Fingerprint::of(cert),
             cert: cert.clone().into_owned(),
+            auto_rollover: true.into(),
+            rolled: Mutex::default(),
+            pins_ours: Mutex::default(),
             link: Mutex::default(),
             dialing: tokio::sync::Mutex::new(()),
             up: tokio::sync::Notify::new(),
             retired: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// The certificates pinned for the peer now, the newest first: the config's, or the newest
+    /// rollover's and those it replaced whose grace lasts.
+    pub fn pins(&self) -> Vec<Pin> {
+        let now = crate::store::now_ms();
+        let rolled = self.rolled.lock().unwrap();
+        let mut pins = vec![Pin { fingerprint: self.fingerprint, cert: self.cert.clone(), until_ms: None }];
+        for statement in &rolled.chain {
+            let cert = CertificateDer::from(statement.new_cert.clone());
+            pins.insert(0, Pin { fingerprint: Fingerprint::of(&cert), cert, until_ms: None });
+            pins[1].until_ms = Some(statement.until_ms);
+        }
+        pins.retain(|p| p.until_ms.is_none_or(|until| until > now));
+        pins
+    }
+
+    /// Whether `fingerprint` is pinned for the peer now.
+    pub fn pinned(&self, fingerprint: &Fingerprint) -> bool {
+        self.pins().iter().any(|p| p.fingerprint == *fingerprint)
+    }
+
+    /// The newest certificate pinned for the peer, which it is asked to present.
+    pub fn newest(&self) -> Pin {
+        self.pins().swap_remove(0)
+    }
+
+    /// Every certificate ever pinned for the peer, the config's first: what its signatures in
+    /// the evidence log were made with.
+    pub fn every_cert(&self) -> Vec<CertificateDer<'static>> {
+        let rolled = self.rolled.lock().unwrap();
+        let newer = rolled.chain.iter().map(|s| CertificateDer::from(s.new_cert.clone()));
+        std::iter::once(self.cert.clone()).chain(newer).collect()
+    }
+
+    /// Whether the peer's rollovers are pinned without the admin.
+    pub fn auto_rollover(&self) -> bool {
+        self.auto_rollover.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Checks `statement` against the newest pin: `Ok(true)` when it verifies and is new,
+    /// `Ok(false)` when its certificate is pinned already.
+    pub fn check_rollover(&self, statement: &wire::Rollover) -> Result<bool, String> {
+        let newest = self.newest();
+        if crate::rollover::new_fingerprint(statement) == newest.fingerprint {
+            return Ok(false);
+        }
+        crate::rollover::verify(statement, &newest.cert)?;
+        Ok(true)
+    }
+
+    /// Pins the certificate of `statement`, which [`Peer::check_rollover`] found new and valid,
+    /// beside the ones pinned now.
+    fn roll(&self, statement: wire::Rollover) {
+        let mut rolled = self.rolled.lock().unwrap();
+        if rolled.offered.as_ref().is_some_and(|o| o.new_cert == statement.new_cert) {
+            rolled.offered = None;
+        }
+        rolled.chain.push(statement);
+    }
+
+    /// Holds `statement` for the admin's approval ([`Peers::roll`] pins it then).
+    pub fn offer(&self, statement: wire::Rollover) {
+        self.rolled.lock().unwrap().offered = Some(statement);
+    }
+
+    /// The rollover held for the admin's approval, if any.
+    pub fn offered(&self) -> Option<wire::Rollover> {
+        self.rolled.lock().unwrap().offered.clone()
+    }
+
+    /// Records that the peer pins `ours`, one of this node's certificates.
+    pub fn pins_ours(&self, ours: Fingerprint) {
+        *self.pins_ours.lock().unwrap() = Some(ours);
+    }
+
+    /// Whether the peer is known to pin `ours`.
+    pub fn is_known_to_pin(&self, ours: &Fingerprint) -> bool {
+        self.pins_ours.lock().unwrap().as_ref() == Some(ours)
     }
 
     /// Marks the peer as no longer configured (or configured anew) and closes its connection.
@@ -136,10 +247,20 @@ impl Peer {
     pub fn status(&self) -> PeerStatus {
         let link = self.link.lock().unwrap();
         let open = link.connection.as_ref().filter(|c| c.close_reason().is_none());
+        let pins = self.pins();
         PeerStatus {
             name: self.name.clone(),
             address: self.address.clone(),
-            fingerprint: self.fingerprint.to_string(),
+            fingerprint: pins[0].fingerprint.to_string(),
+            replaced: pins
+                .iter()
+                .skip(1)
+                .map(|p| Replaced {
+                    fingerprint: p.fingerprint.to_string(),
+                    until: crate::store::rfc3339(p.until_ms.unwrap_or_default()),
+                })
+                .collect(),
+            rollover_offered: self.offered().map(|o| crate::rollover::new_fingerprint(&o).to_string()),
             connected: open.is_some(),
             rtt_ms: open.map(|c| c.rtt().as_secs_f64() * 1000.0),
             last_error: link.last_error.clone(),
@@ -155,8 +276,13 @@ pub struct PeerStatus {
     pub name: String,
     /// `host:port`.
     pub address: String,
-    /// The pinned fingerprint.
+    /// The newest pinned certificate's fingerprint.
     pub fingerprint: String,
+    /// Certificates the peer replaced (a rollover) that stay pinned until their grace ends.
+    pub replaced: Vec<Replaced>,
+    /// The fingerprint of a new certificate the peer sent, held for the admin's approval
+    /// (`ferry peer accept NAME --fingerprint …`).
+    pub rollover_offered: Option<String>,
     /// Whether a connection is open now.
     pub connected: bool,
     /// The connection's smoothed round-trip time.
@@ -165,6 +291,15 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// When it last answered (RFC 3339).
     pub last_seen: Option<String>,
+}
+
+/// A peer's certificate that a rollover replaced, pinned until its grace ends.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Replaced {
+    /// Its fingerprint.
+    pub fingerprint: String,
+    /// When it stops being pinned (RFC 3339).
+    pub until: String,
 }
 
 /// What a [`Peers::reload`] changed, by peer name.
@@ -221,7 +356,9 @@ pub fn pinned_twice<'a>(pins: impl IntoIterator<Item = (&'a str, Fingerprint)>) 
 fn load_all(configs: &[PeerConfig]) -> Result<Vec<Peer>, IdentityError> {
     let mut loaded = Vec::with_capacity(configs.len());
     for c in configs {
-        loaded.push(Peer::new(&c.name, &c.address, &load_cert(&c.cert)?));
+        let peer = Peer::new(&c.name, &c.address, &load_cert(&c.cert)?);
+        peer.auto_rollover.store(c.auto_rollover, std::sync::atomic::Ordering::Relaxed);
+        loaded.push(peer);
     }
     match pinned_twice(loaded.iter().map(|p| (p.name.as_str(), p.fingerprint))).into_iter().next() {
         Some(twice) => Err(twice),
@@ -253,7 +390,10 @@ impl Peers {
             table.by_fingerprint.clear();
             for new in loaded {
                 let peer = match old.remove(&new.name) {
-                    Some(kept) if kept.address == new.address && kept.fingerprint == new.fingerprint => kept,
+                    Some(kept) if kept.address == new.address && kept.fingerprint == new.fingerprint => {
+                        kept.auto_rollover.store(new.auto_rollover(), std::sync::atomic::Ordering::Relaxed);
+                        kept
+                    }
                     Some(replaced) => {
                         changes.changed.push(new.name.clone());
                         retired.push(replaced);
@@ -264,7 +404,9 @@ impl Peers {
                         Arc::new(new)
                     }
                 };
-                table.by_fingerprint.insert(peer.fingerprint, peer.clone());
+                for pin in peer.pins() {
+                    table.by_fingerprint.insert(pin.fingerprint, peer.clone());
+                }
                 table.by_name.insert(peer.name.clone(), peer);
             }
             for (name, gone) in old {
@@ -296,9 +438,50 @@ impl Peers {
         self.inner.read().unwrap().by_name.get(name).cloned()
     }
 
-    /// The peer whose pinned certificate has this fingerprint.
+    /// The peer that pins the certificate with this fingerprint now.
     pub fn by_fingerprint(&self, fingerprint: &Fingerprint) -> Option<Arc<Peer>> {
-        self.inner.read().unwrap().by_fingerprint.get(fingerprint).cloned()
+        let peer = self.inner.read().unwrap().by_fingerprint.get(fingerprint).cloned()?;
+        peer.pinned(fingerprint).then_some(peer)
+    }
+
+    /// Pins again the rollovers `kept` in the store, after a start or a reload: for each peer,
+    /// every pinned one that verifies against its newest pin, in turn, then one held for the
+    /// admin whose grace lasts. One that does not verify (a row edited in) is ignored.
+    pub fn restore(&self, kept: &[crate::store::StoredRollover]) {
+        for peer in self.all() {
+            let theirs: Vec<_> = kept.iter().filter(|k| k.peer == peer.name).collect();
+            while let Some(next) = theirs.iter().find(|k| k.pinned && peer.check_rollover(&k.statement) == Ok(true)) {
+                if let Err(e) = self.roll(&peer, next.statement.clone()) {
+                    tracing::error!(peer = %peer.name, error = %e, "a rollover kept in the store is not pinned");
+                    break;
+                }
+            }
+            let now = crate::store::now_ms();
+            let held = theirs
+                .iter()
+                .rev()
+                .find(|k| !k.pinned && k.statement.until_ms > now && peer.check_rollover(&k.statement) == Ok(true));
+            if let Some(held) = held {
+                peer.offer(held.statement.clone());
+            }
+        }
+    }
+
+    /// Pins the new certificate of `statement` for `peer` beside its pinned ones, after
+    /// [`Peer::check_rollover`]; refused when another peer pins that certificate.
+    pub fn roll(&self, peer: &Arc<Peer>, statement: wire::Rollover) -> Result<(), IdentityError> {
+        let new = crate::rollover::new_fingerprint(&statement);
+        let mut table = self.inner.write().unwrap();
+        if let Some(other) = table.by_fingerprint.get(&new).filter(|p| p.name != peer.name && p.pinned(&new)) {
+            return Err(IdentityError::PinnedTwice {
+                first: other.name.clone(),
+                second: peer.name.clone(),
+                fingerprint: new,
+            });
+        }
+        peer.roll(statement);
+        table.by_fingerprint.insert(new, peer.clone());
+        Ok(())
     }
 
     /// Every peer, by name.
@@ -319,7 +502,7 @@ mod tests {
         if !cert.exists() {
             Identity::generate(name).unwrap().save(&cert, &dir.join(format!("{name}.key"))).unwrap();
         }
-        PeerConfig { name: name.into(), address: address.into(), cert }
+        PeerConfig { name: name.into(), address: address.into(), cert, auto_rollover: true }
     }
 
     #[test]
@@ -363,7 +546,7 @@ mod tests {
     fn a_certificate_pinned_for_two_peers_is_refused_at_load() {
         let dir = tempfile::tempdir().unwrap();
         let (b, c) = (pinned(dir.path(), "org-b", "127.0.0.1:1"), pinned(dir.path(), "org-c", "127.0.0.1:2"));
-        let twin = PeerConfig { name: "org-z".into(), address: "127.0.0.1:3".into(), cert: b.cert.clone() };
+        let twin = PeerConfig { name: "org-z".into(), address: "127.0.0.1:3".into(), ..b.clone() };
         let err = Peers::load(&[b, c, twin]).unwrap_err().to_string();
         assert!(err.contains("`org-b` and `org-z` pin the same certificate (sha256:"), "{err}");
         assert!(err.contains("ferry peer remove org-z"), "{err}");
@@ -383,5 +566,53 @@ mod tests {
         tokio::time::timeout(std::time::Duration::from_secs(10), waiting_dial)
             .await
             .expect("a dial begun before the peer dialed in is woken, to start over");
+    }
+
+    fn kept(peer: &str, statement: &wire::Rollover, pinned: bool) -> crate::store::StoredRollover {
+        crate::store::StoredRollover { peer: peer.into(), statement: statement.clone(), pinned }
+    }
+
+    #[test]
+    fn kept_rollovers_are_pinned_again_in_turn_and_only_when_they_verify() {
+        let dir = tempfile::tempdir().unwrap();
+        let (b, c) = (pinned(dir.path(), "org-b", "127.0.0.1:1"), pinned(dir.path(), "org-c", "127.0.0.1:2"));
+        let b0 = Identity::load(&b.cert, &dir.path().join("org-b.key")).unwrap();
+        let (b1, b2, stranger) = (
+            Identity::generate("org-b").unwrap(),
+            Identity::generate("org-b").unwrap(),
+            Identity::generate("x").unwrap(),
+        );
+        let now = crate::store::now_ms();
+        let sign = |old: &Identity, new: &Identity, until: i64| {
+            crate::rollover::sign("org-b", old, &new.cert, now - 10_000, until).unwrap()
+        };
+        // b0 → b1, its grace over; b1 → b2, in its grace; and rows no key of org-b's signed.
+        let first = sign(&b0, &b1, now - 1);
+        let second = sign(&b1, &b2, now + 60_000);
+        let mut forged = sign(&stranger, &stranger, now + 60_000);
+        forged.old = b0.fingerprint().0;
+        let for_c = sign(&b0, &b1, now + 60_000);
+        let peers = Peers::load(&[b.clone(), c.clone()]).unwrap();
+        peers.restore(&[
+            kept("org-b", &forged, true),
+            kept("org-b", &second, true),
+            kept("org-b", &first, true),
+            kept("org-c", &for_c, true),
+        ]);
+
+        let org_b = peers.get("org-b").unwrap();
+        let pins: Vec<_> = org_b.pins().iter().map(|p| p.fingerprint).collect();
+        assert_eq!(pins, [b2.fingerprint(), b1.fingerprint()], "b0's grace is over; b1's lasts");
+        assert!(peers.by_fingerprint(&b2.fingerprint()).is_some() && peers.by_fingerprint(&b0.fingerprint()).is_none());
+        assert_eq!(org_b.every_cert().len(), 3, "its past receipts are checked with every key it had");
+        assert!(!org_b.pinned(&stranger.fingerprint()), "a row no pinned key signed pins nothing");
+        assert_eq!(peers.get("org-c").unwrap().pins().len(), 1, "org-b's rollover does not pin for org-c");
+
+        // A rollover to a certificate another peer pins is refused.
+        let c_cert = load_cert(&c.cert).unwrap();
+        let onto_c = crate::rollover::sign("org-b", &b2, &c_cert, now, now + 60_000).unwrap();
+        assert_eq!(org_b.check_rollover(&onto_c), Ok(true));
+        assert!(matches!(peers.roll(&org_b, onto_c), Err(IdentityError::PinnedTwice { .. })));
+        assert_eq!(org_b.newest().fingerprint, b2.fingerprint());
     }
 }

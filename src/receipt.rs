@@ -344,6 +344,11 @@ impl Signer {
         self.sign_statement(&checkpoint_statement(head, at_ms))
     }
 
+    /// The signature over any `statement` (a [`crate::rollover`] statement).
+    pub fn statement(&self, statement: &[u8]) -> Vec<u8> {
+        self.sign_statement(statement)
+    }
+
     fn sign_statement(&self, statement: &[u8]) -> Vec<u8> {
         self.key.sign(&self.rng, statement).map(|s| s.as_ref().to_vec()).unwrap_or_default()
     }

@@ -19,12 +19,14 @@ use rustls::client::danger::{HandshakeSignatureValid, ServerCertVerified, Server
 use rustls::crypto::{CryptoProvider, WebPkiSupportedAlgorithms};
 use rustls::pki_types::{CertificateDer, ServerName, UnixTime};
 use rustls::server::danger::{ClientCertVerified, ClientCertVerifier};
-use rustls::sign::{CertifiedKey, SingleCertAndKey};
+use rustls::server::{ClientHello, ResolvesServerCert};
+use rustls::sign::CertifiedKey;
 use rustls::{CertificateError, DigitallySignedStruct, DistinguishedName, SignatureScheme};
 
 use crate::identity::{Fingerprint, Identity};
 use crate::peer::Peers;
 use crate::pending::Pending;
+use crate::rollover::{Keys, SharedKeys};
 use crate::wire::ALPNS;
 
 /// The one crypto provider the link uses.
@@ -84,23 +86,17 @@ impl RefusalLog {
 #[derive(Debug, Clone)]
 pub struct Acceptor {
     peers: Peers,
-    key: Arc<CertifiedKey>,
+    keys: SharedKeys,
     refusals: RefusalLog,
     pending: Pending,
 }
 
 impl Acceptor {
-    /// An acceptor presenting `identity`, pinning `peers`, logging refusals in `refusals` and
-    /// listing the nodes it refuses in `pending`.
-    pub fn new(
-        identity: &Identity,
-        peers: Peers,
-        refusals: RefusalLog,
-        pending: Pending,
-    ) -> Result<Acceptor, rustls::Error> {
-        let signer = provider().key_provider.load_private_key(identity.key.clone_key())?;
-        let key = Arc::new(CertifiedKey::new(vec![identity.cert.clone()], signer));
-        Ok(Acceptor { peers, key, refusals, pending })
+    /// An acceptor presenting `keys` (the one each client asks for, [`Keys::for_server_name`]),
+    /// pinning `peers`, logging refusals in `refusals` and listing the nodes it refuses in
+    /// `pending`.
+    pub fn new(keys: SharedKeys, peers: Peers, refusals: RefusalLog, pending: Pending) -> Acceptor {
+        Acceptor { peers, keys, refusals, pending }
     }
 
     /// The configuration for a connection from `remote`.
@@ -116,7 +112,7 @@ impl Acceptor {
         let mut config = rustls::ServerConfig::builder_with_provider(provider)
             .with_protocol_versions(&[&rustls::version::TLS13])?
             .with_client_cert_verifier(Arc::new(verifier))
-            .with_cert_resolver(Arc::new(SingleCertAndKey::from(self.key.clone())));
+            .with_cert_resolver(Arc::new(ByServerName(self.keys.clone())));
         config.alpn_protocols = ALPNS.iter().map(|id| id.to_vec()).collect();
         config.session_storage = Arc::new(rustls::server::NoServerSessionStorage {});
         config.send_tls13_tickets = 0;
@@ -124,22 +120,33 @@ impl Acceptor {
     }
 }
 
-/// The server side for connections from unknown addresses: requires a client certificate
-/// pinned in `peers`.
+/// Presents the certificate of [`Keys`] that the client's server name asks for.
+#[derive(Debug)]
+struct ByServerName(SharedKeys);
+
+impl ResolvesServerCert for ByServerName {
+    fn resolve(&self, client_hello: ClientHello<'_>) -> Option<Arc<CertifiedKey>> {
+        Some(self.0.load().for_server_name(client_hello.server_name()).certified.clone())
+    }
+}
+
+/// The server side for connections from unknown addresses: presents `identity` and requires a
+/// client certificate pinned in `peers`.
 pub fn server_config(identity: &Identity, peers: Peers) -> Result<rustls::ServerConfig, rustls::Error> {
-    Acceptor::new(identity, peers, RefusalLog::default(), Pending::default())?.config(UNKNOWN)
+    let keys = Keys::single(identity.clone()).map_err(rustls::Error::General)?;
+    Acceptor::new(keys.shared(), peers, RefusalLog::default(), Pending::default()).config(UNKNOWN)
 }
 
 /// The client side for dialing one peer: accepts only the certificate pinned as `expected`.
 pub fn client_config(identity: &Identity, expected: Fingerprint) -> Result<rustls::ClientConfig, rustls::Error> {
-    dial_config(identity, expected, UNKNOWN, &RefusalLog::default())
+    dial_config(identity, vec![expected], UNKNOWN, &RefusalLog::default())
 }
 
-/// The client side for dialing the peer at `remote`: accepts only the certificate pinned as
-/// `expected`, and logs another in `refusals`.
+/// The client side for dialing the peer at `remote`: accepts only a certificate pinned for it,
+/// one of `expected`, and logs another in `refusals`.
 pub fn dial_config(
     identity: &Identity,
-    expected: Fingerprint,
+    expected: Vec<Fingerprint>,
     remote: SocketAddr,
     refusals: &RefusalLog,
 ) -> Result<rustls::ClientConfig, rustls::Error> {
@@ -160,8 +167,26 @@ pub fn dial_config(
     Ok(config)
 }
 
-/// The server name sent in the handshake; certificates are pinned, so it is not checked.
+/// The server name sent in the handshake by a client that names no certificate; certificates are
+/// pinned, so it is not checked.
 pub const SERVER_NAME: &str = "peer.ferry";
+
+/// The server name a node dials a peer by: the newest certificate it pins for it, as two labels
+/// of 32 hex digits before [`SERVER_NAME`], so that a peer in the middle of a key rollover
+/// presents the certificate this node pins ([`crate::rollover::Keys::for_server_name`]).
+pub fn server_name(pinned: Fingerprint) -> String {
+    let hex = hex::encode(pinned.0);
+    format!("{}.{}.{SERVER_NAME}", &hex[..32], &hex[32..])
+}
+
+/// The fingerprint a [`server_name`] names, if it names one.
+pub fn pinned_in_server_name(name: &str) -> Option<Fingerprint> {
+    let labels = name.strip_suffix(SERVER_NAME)?.strip_suffix('.')?;
+    let (first, second) = labels.split_once('.')?;
+    let mut fingerprint = [0u8; 32];
+    hex::decode_to_slice(format!("{first}{second}"), &mut fingerprint).ok()?;
+    Some(Fingerprint(fingerprint))
+}
 
 fn not_pinned() -> rustls::Error {
     rustls::Error::InvalidCertificate(CertificateError::ApplicationVerificationFailure)
@@ -229,7 +254,7 @@ impl ClientCertVerifier for PinnedClients {
 
 #[derive(Debug)]
 struct PinnedServer {
-    expected: Fingerprint,
+    expected: Vec<Fingerprint>,
     algorithms: WebPkiSupportedAlgorithms,
     remote: SocketAddr,
     refusals: RefusalLog,
@@ -245,14 +270,15 @@ impl ServerCertVerifier for PinnedServer {
         _now: UnixTime,
     ) -> Result<ServerCertVerified, rustls::Error> {
         let got = Fingerprint::of(end_entity);
-        if got == self.expected {
+        if self.expected.contains(&got) {
             return Ok(ServerCertVerified::assertion());
         }
         if self.refusals.first_in_a_minute(got) {
+            let pinned: Vec<String> = self.expected.iter().map(Fingerprint::to_string).collect();
             tracing::warn!(
                 remote = %self.remote,
                 fingerprint = %got,
-                pinned = %self.expected,
+                pinned = %pinned.join(", "),
                 "refused a peer whose certificate is not the one pinned for it (further attempts within a minute are \
                  not logged); compare `ferry cert fingerprint` there with the file pinned here"
             );
@@ -296,5 +322,17 @@ mod tests {
         assert!(log.first_in_a_minute(b), "another certificate is named");
         log.last.lock().unwrap().insert(a, Instant::now() - QUIET_FOR);
         assert!(log.first_in_a_minute(a), "a minute later, named again");
+    }
+
+    #[test]
+    fn a_server_name_carries_the_pinned_fingerprint() {
+        let pinned = Fingerprint([0xab; 32]);
+        let name = server_name(pinned);
+        assert!(name.len() < 100 && name.ends_with(".peer.ferry"), "{name}");
+        assert!(rustls::pki_types::ServerName::try_from(name.as_str()).is_ok(), "a DNS name: {name}");
+        assert_eq!(pinned_in_server_name(&name), Some(pinned));
+        for other in [SERVER_NAME, "x.peer.ferry", "ab.cd.peer.ferry", "evil.example", ""] {
+            assert_eq!(pinned_in_server_name(other), None, "{other}");
+        }
     }
 }

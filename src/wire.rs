@@ -222,6 +222,9 @@ pub enum Tag {
     Checkpoint = 13,
     /// [`FilePart::FileChunkCrc`] (file streams of version 2).
     FileChunkCrc = 14,
+    /// [`Opening::Rollover`]. A node of an earlier release resets the stream: it cannot pin a
+    /// new certificate of its peer's, which keeps presenting the old one until the grace ends.
+    Rollover = 15,
 }
 
 impl Tag {
@@ -244,6 +247,7 @@ impl Tag {
             Countersign,
             Checkpoint,
             FileChunkCrc,
+            Rollover,
         ]
         .into_iter()
         .find(|t| *t as u32 == n)
@@ -275,6 +279,10 @@ pub enum Opening {
     /// The sender's signed chain head, for the receiver to keep; answered with [`Answer::Ack`]
     /// once recorded.
     Checkpoint(Checkpoint),
+    /// The sender's new certificate, vouched for by its current key ([`crate::rollover`]);
+    /// answered [`Answer::Ack`] once the receiver pins it, or [`Answer::Refused`] while its admin
+    /// has not approved it (or when it does not verify).
+    Rollover(Rollover),
 }
 
 impl Opening {
@@ -285,7 +293,11 @@ impl Opening {
             Opening::Request(r) => Some(r.version),
             Opening::AsyncRequest(a) => Some(a.request.version),
             Opening::FileOffer(o) => Some(o.version),
-            Opening::Reply(_) | Opening::Receipt(_) | Opening::Countersign(_) | Opening::Checkpoint(_) => None,
+            Opening::Reply(_)
+            | Opening::Receipt(_)
+            | Opening::Countersign(_)
+            | Opening::Checkpoint(_)
+            | Opening::Rollover(_) => None,
         }
     }
 
@@ -380,7 +392,7 @@ macro_rules! frame {
     };
 }
 
-frame!(Opening: Request, AsyncRequest, Reply, Receipt, FileOffer, Countersign, Checkpoint);
+frame!(Opening: Request, AsyncRequest, Reply, Receipt, FileOffer, Countersign, Checkpoint, Rollover);
 frame!(FilePart: FileChunk, FileChunkCrc, FileEnd);
 frame!(Answer: Response, Refused, Ack, FileResume, FileDone);
 
@@ -559,6 +571,25 @@ pub struct Checkpoint {
     /// When the sender signed it (ms since the Unix epoch).
     pub at_ms: i64,
     /// ECDSA P-256 SHA-256 signature (ASN.1 DER).
+    pub signature: Vec<u8>,
+}
+
+/// A node's new certificate and the old key's signature over it: its peers may pin the new one
+/// beside the old until `until_ms`, when the old one is dropped ([`crate::rollover`]).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct Rollover {
+    /// The node's name.
+    pub node: String,
+    /// SHA-256 of the certificate being replaced, whose key signed this.
+    pub old: [u8; 32],
+    /// The new certificate, DER.
+    pub new_cert: Vec<u8>,
+    /// When the node made it (ms since the Unix epoch).
+    pub issued_ms: i64,
+    /// When the old certificate stops being presented and pinned (ms since the Unix epoch).
+    pub until_ms: i64,
+    /// ECDSA P-256 SHA-256 signature by the old key over [`crate::rollover::signed_bytes`]
+    /// (ASN.1 DER).
     pub signature: Vec<u8>,
 }
 

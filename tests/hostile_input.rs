@@ -220,7 +220,7 @@ fn state() -> ApiState {
         store,
         peers,
         name: "org-a".into(),
-        fingerprint: "sha256:00".into(),
+        keys: ferry::rollover::Keys::single(ferry::identity::Identity::generate("org-a").unwrap()).unwrap().shared(),
         tokens: Arc::new(arc_swap::ArcSwap::from_pointee(vec![])),
         callback_base: None,
         callback_hosts: Arc::new(vec![]),

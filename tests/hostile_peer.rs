@@ -4,21 +4,7 @@
 mod support;
 
 use ferry::wire::{self, Answer, Code, Encoding, FormValue, Opening, Request};
-use support::{rogue_and_node, Rogue};
-
-impl Rogue {
-    /// Sends `bytes` on a new stream and returns the answer, or the code the stream was reset with.
-    async fn send(&self, bytes: &[u8]) -> Result<Answer, Option<Code>> {
-        let (mut send, mut recv) = self.connection.open_bi().await.unwrap();
-        send.write_all(bytes).await.unwrap();
-        let _ = send.finish();
-        match recv.read_to_end(wire::MAX_FRAME + 4).await {
-            Ok(bytes) => Ok(wire::decode(&bytes[4..]).unwrap()),
-            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => Err(Code::from_varint(code)),
-            Err(e) => panic!("unexpected stream error: {e}"),
-        }
-    }
-}
+use support::rogue_and_node;
 
 fn request(version: u16) -> Opening {
     Opening::Request(Request {

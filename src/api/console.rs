@@ -209,7 +209,7 @@ fn relative_name(root: &Path, path: &Path) -> String {
     responses((status = 200, description = "`data: {intact: true, records, receipts}` or `{intact: false, seq, why}`",
                body = super::openapi::Envelope)))]
 pub(super) async fn audit_verify(State(state): State<Shared>) -> Result<Response, ApiError> {
-    let certs: HashMap<_, _> = state.peers.all().iter().map(|p| (p.name.clone(), p.cert.clone())).collect();
+    let certs: HashMap<_, _> = state.peers.all().iter().map(|p| (p.name.clone(), p.every_cert())).collect();
     let verdict = state
         .store
         .verify_log(certs, state.tsa_cert.as_deref().cloned())

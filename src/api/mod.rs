@@ -44,8 +44,8 @@ pub struct ApiState {
     pub peers: Peers,
     /// This node's name.
     pub name: String,
-    /// This node's certificate fingerprint.
-    pub fingerprint: String,
+    /// This node's certificates: its fingerprint, and its rollover while one is under way.
+    pub keys: crate::rollover::SharedKeys,
     /// Bearer tokens; empty means loopback callers only. Swapped in place on reload.
     pub tokens: Arc<arc_swap::ArcSwap<Vec<String>>>,
     /// Base for callback URLs given as a path; callbacks may go to its host.
@@ -86,6 +86,7 @@ pub fn routes() -> (Router<Shared>, utoipa::openapi::OpenApi) {
         .routes(utoipa_axum::routes!(events::stream))
         .routes(utoipa_axum::routes!(peers))
         .routes(utoipa_axum::routes!(pending_peers))
+        .routes(utoipa_axum::routes!(accept_rollover))
         .routes(utoipa_axum::routes!(health))
         .routes(utoipa_axum::routes!(reload))
         .routes(utoipa_axum::routes!(monitor::audit))
@@ -172,11 +173,75 @@ async fn pending_peers(State(state): State<Shared>) -> Response {
     ok(StatusCode::OK, "ActionOK", state.pending.waiting(&state.peers))
 }
 
+/// The body of `POST /v1/peers/{name}/rollover`.
+#[derive(Debug, serde::Deserialize, utoipa::ToSchema)]
+#[serde(deny_unknown_fields)]
+struct RolloverApproval {
+    /// The new certificate's fingerprint, as compared with the peer's admin.
+    fingerprint: String,
+}
+
+/// `POST /v1/peers/{name}/rollover`.
+#[utoipa::path(post, path = "/v1/peers/{name}/rollover", tag = "peers",
+    summary = "Pin a peer's new certificate held for approval (auto_rollover = false), after comparing its fingerprint",
+    params(("name" = String, Path, description = "The peer's name")),
+    request_body = RolloverApproval,
+    responses(
+        (status = 200, description = "Pinned beside the old one until the rollover's grace ends", body = openapi::Envelope),
+        (status = 400, description = "A malformed body", body = openapi::Envelope),
+        (status = 404, description = "No such peer, or no rollover of it with this fingerprint is held", body = openapi::Envelope),
+        (status = 403, description = "Another peer pins that certificate", body = openapi::Envelope),
+    ))]
+async fn accept_rollover(
+    State(state): State<Shared>,
+    axum::extract::Path(name): axum::extract::Path<String>,
+    body: Result<axum::body::Bytes, axum::extract::rejection::BytesRejection>,
+) -> Result<Response, ApiError> {
+    let approval: RolloverApproval = envelope::json_body(body)?;
+    let peer = state.peers.get(&name).ok_or_else(|| {
+        ApiError::new(Kind::NotFound, format!("no peer `{name}` is configured; `ferry peer list` shows them"))
+    })?;
+    let held = peer.offered().filter(|o| crate::rollover::new_fingerprint(o).to_string() == approval.fingerprint);
+    let Some(statement) = held else {
+        let what = match peer.offered() {
+            Some(o) => format!("the one held is {}", crate::rollover::new_fingerprint(&o)),
+            None => "none is held".to_owned(),
+        };
+        return Err(ApiError::new(
+            Kind::NotFound,
+            format!(
+                "`{name}` sent no new certificate {} ({what}); compare fingerprints with its admin again",
+                approval.fingerprint
+            ),
+        ));
+    };
+    let until = crate::store::rfc3339(statement.until_ms);
+    crate::rollover::pin(&state.peers, &state.store, &peer, statement)
+        .await
+        .map_err(|why| ApiError::new(Kind::Forbidden, why))?;
+    Ok(ok(
+        StatusCode::OK,
+        "Pinned",
+        json!({"peer": name, "fingerprint": approval.fingerprint, "old_pinned_until": until}),
+    ))
+}
+
 /// `GET /v1/health`.
 #[utoipa::path(get, path = "/v1/health", tag = "monitoring", summary = "`{name, version, fingerprint}` once the node serves, and `timestamps` with a TSA",
     responses((status = 200, body = openapi::Envelope)))]
 async fn health(State(state): State<Shared>) -> Response {
-    let mut data = json!({"name": state.name, "version": env!("CARGO_PKG_VERSION"), "fingerprint": state.fingerprint});
+    let keys = state.keys.load();
+    let mut data = json!({
+        "name": state.name,
+        "version": env!("CARGO_PKG_VERSION"),
+        "fingerprint": keys.current.fingerprint.to_string(),
+    });
+    if let Some((previous, statement)) = keys.previous() {
+        data["rollover"] = json!({
+            "previous": previous.fingerprint.to_string(),
+            "until": crate::store::rfc3339(statement.until_ms),
+        });
+    }
     if let Some(status) = &state.timestamps {
         data["timestamps"] = json!(status.health());
     }
@@ -217,7 +282,9 @@ mod tests {
             store,
             peers: Peers::default(),
             name: "org-a".into(),
-            fingerprint: "sha256:00".into(),
+            keys: crate::rollover::Keys::single(crate::identity::Identity::generate("org-a").unwrap())
+                .unwrap()
+                .shared(),
             tokens: Arc::new(arc_swap::ArcSwap::from_pointee(tokens.iter().map(|t| t.to_string()).collect())),
             callback_base: None,
             callback_hosts: Arc::new(vec![]),

@@ -1,7 +1,6 @@
 //! Building a bundle from this node's log: one scan for the exchange, its receipts and anchors,
 //! then the chain segment.
 
-use std::collections::HashMap;
 use std::path::Path;
 
 use rustls::pki_types::CertificateDer;
@@ -14,10 +13,10 @@ use crate::evidence::{Entry, Record};
 pub struct Sources<'a> {
     /// This node's name.
     pub node: &'a str,
-    /// This node's certificate.
-    pub node_cert: &'a CertificateDer<'static>,
-    /// The pinned certificate of each peer, by name.
-    pub peers: &'a HashMap<String, CertificateDer<'static>>,
+    /// This node's certificates, the current first (two during a key rollover).
+    pub node_certs: &'a [CertificateDer<'static>],
+    /// Every certificate each peer has held, by name ([`crate::evidence::PeerCerts`]).
+    pub peers: &'a crate::evidence::PeerCerts,
     /// The configured TSA's certificate (DER), if any.
     pub tsa_cert: Option<&'a [u8]>,
 }
@@ -154,7 +153,7 @@ pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle
             ),
         },
     };
-    let peer_cert = sources.peers.get(&peer).ok_or_else(|| {
+    let peer_certs = sources.peers.get(&peer).filter(|certs| !certs.is_empty()).ok_or_else(|| {
         BundleError::Cannot(format!(
             "peer `{peer}` is not in the config: the bundle needs the certificate pinned for it (`ferry peer add`)"
         ))
@@ -167,14 +166,29 @@ pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle
         format: FORMAT.into(),
         explanation: Vec::new(),
         id: id.to_owned(),
-        node: Party { name: sources.node.to_owned(), certificate: pem_of(sources.node_cert) },
-        peer: Party { name: peer, certificate: pem_of(peer_cert) },
+        node: Party { name: sources.node.to_owned(), certificate: String::new() },
+        peer: Party { name: peer, certificate: String::new() },
         records: ours.into_iter().map(|r| r.text).collect(),
         segment,
         receipts: bundled,
         anchor,
     };
-    let verified = verify(&bundle).map_err(|e| {
+    // The certificates that signed this exchange's evidence: after a rollover, maybe older ones.
+    let mut verdict = None;
+    'pairs: for node_cert in sources.node_certs {
+        for peer_cert in peer_certs.iter().rev() {
+            bundle.node.certificate = pem_of(node_cert);
+            bundle.peer.certificate = pem_of(peer_cert);
+            match verify(&bundle) {
+                Ok(verified) => {
+                    verdict = Some(Ok(verified));
+                    break 'pairs;
+                }
+                Err(e) => _ = verdict.get_or_insert(Err(e)),
+            }
+        }
+    }
+    let verified = verdict.expect("a node and a peer certificate were tried").map_err(|e| {
         BundleError::Cannot(format!(
             "the evidence of request `{id}` does not verify, so no bundle was written: {e} (`ferry audit verify` checks \
              the whole log; if a peer's or the TSA's certificate changed since, the one configured now cannot check \

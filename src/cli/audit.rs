@@ -1,7 +1,6 @@
 //! `ferry audit export` and `ferry audit verify`: the evidence log, read straight from the store
 //! (the node may be running or not).
 
-use std::collections::HashMap;
 use std::io::Write;
 use std::path::Path;
 
@@ -25,16 +24,22 @@ pub fn export(path: &Path, since: i64) -> Result<(), CliError> {
     out.flush().or_else(super::stdout_closed)
 }
 
+/// Every certificate each configured peer has held: the one pinned in the config, and those of
+/// the rollovers the node pinned since (kept in its store, checked again here).
+pub fn peer_certs(config: &Config) -> Result<crate::evidence::PeerCerts, CliError> {
+    let peers = crate::peer::Peers::load(&config.peers)?;
+    let kept = crate::store::rollovers_in(&config.node.data_dir).map_err(|e| CliError::failed(e.to_string()))?;
+    peers.restore(&kept);
+    Ok(peers.all().iter().map(|p| (p.name.clone(), p.every_cert())).collect())
+}
+
 /// Checks the chain, every receipt against the pinned peer certificates and every time-stamp
 /// against `evidence.tsa_cert`, and with `peer_export` (`peer`'s `ferry audit export`) cross-checks
 /// the log against it ([`crate::anchor`]); `Err` names the first bad record. With `json`, prints
 /// the verdict as one JSON object instead of lines, the exit code the same.
 pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>, json: bool) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    let mut certs = HashMap::new();
-    for peer in &config.peers {
-        certs.insert(peer.name.clone(), load_cert(&peer.cert)?);
-    }
+    let certs = peer_certs(&config)?;
     let tsa_cert = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()).transpose().map_err(CliError::usage)?;
     let cross = peer_export.map(|file| cross_check(&config, file, peer)).transpose()?;
     let verdict = crate::store::verify_log(&config.node.data_dir, &certs, tsa_cert.as_deref())

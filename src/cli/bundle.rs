@@ -1,27 +1,24 @@
 //! `ferry audit bundle` and `ferry audit verify-bundle`: one exchange's evidence in a file, and
 //! its check with no database and no config ([`crate::bundle`]).
 
-use std::collections::HashMap;
 use std::io::{Read, Write};
 use std::path::Path;
 
 use super::CliError;
 use crate::bundle::{self, Anchor, BundleError, MAX_BYTES};
 use crate::config::Config;
-use crate::identity::load_cert;
 
 /// Writes the bundle of request `id` to `out` (whole or not at all) and says what it holds.
 pub fn make(path: &Path, id: &str, out: &Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    let node_cert = load_cert(&config.cert_path())?;
-    let mut peers = HashMap::new();
-    for peer in &config.peers {
-        peers.insert(peer.name.clone(), load_cert(&peer.cert)?);
-    }
+    let keys = crate::rollover::Keys::load(&crate::rollover::KeyFiles::of(&config))?;
+    let previous = keys.previous().map(|(p, _)| p.identity.cert.clone());
+    let node_certs: Vec<_> = std::iter::once(keys.current.identity.cert.clone()).chain(previous).collect();
+    let peers = super::audit::peer_certs(&config)?;
     let tsa_cert = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()).transpose().map_err(CliError::usage)?;
     let sources = bundle::Sources {
         node: &config.node.name,
-        node_cert: &node_cert,
+        node_certs: &node_certs,
         peers: &peers,
         tsa_cert: tsa_cert.as_deref(),
     };

@@ -8,6 +8,7 @@ use std::time::{Duration, Instant};
 use super::CliError;
 use crate::config::{Config, PeerConfig, ServiceConfig};
 use crate::identity::{load_cert, Fingerprint, Identity};
+use crate::rollover::{KeyFiles, Keys};
 
 /// How long each peer and service has to answer.
 const REACH_WITHIN: Duration = Duration::from_secs(5);
@@ -51,14 +52,15 @@ pub fn check(path: &Path, connect: bool, json: bool) -> Result<(), CliError> {
         services: config.services.len(),
         ..Report::default()
     };
-    let identity = match Identity::load(&config.cert_path(), &config.key_path()) {
-        Ok(identity) => Some(identity),
+    let files = KeyFiles::of(&config);
+    let keys = match Keys::load(&files) {
+        Ok(keys) => Some(keys),
         Err(e) => {
             report.problems.push(e.to_string());
             None
         }
     };
-    let own = identity.as_ref().map(Identity::fingerprint);
+    let own = keys.as_ref().map(|k| k.current.fingerprint);
     let mut pinned = Vec::new();
     for peer in &config.peers {
         match load_cert(&peer.cert) {
@@ -76,9 +78,22 @@ pub fn check(path: &Path, connect: bool, json: bool) -> Result<(), CliError> {
     if let Some(Err(e)) = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()) {
         report.problems.push(e);
     }
-    if let (true, Some(identity)) = (report.problems.is_empty(), &identity) {
-        report.fingerprint = Some(identity.fingerprint().to_string());
+    if let (true, Some(keys)) = (report.problems.is_empty(), &keys) {
+        report.fingerprint = Some(keys.current.fingerprint.to_string());
         report.warnings.extend(readable_tokens(&config));
+        report.warnings.extend(rollover_state(keys, &files));
+        // Peers' rollovers pinned by the node count as pins: the newest is the one reached.
+        let peers = crate::peer::Peers::load(&config.peers).map_err(CliError::from)?;
+        peers.restore(&crate::store::rollovers_in(&config.node.data_dir).unwrap_or_default());
+        let pinned: Vec<_> = pinned
+            .into_iter()
+            .map(|(config, fingerprint)| {
+                let pins = peers.get(&config.name).map(|p| p.pins().iter().map(|p| p.fingerprint).collect());
+                (config, pins.unwrap_or_else(|| vec![fingerprint]))
+            })
+            .collect();
+        // During this node's own rollover, peers may pin only the old certificate.
+        let identity = &keys.for_peer(false).identity;
         if connect {
             let runtime = tokio::runtime::Builder::new_current_thread()
                 .enable_all()
@@ -142,13 +157,35 @@ fn readable_tokens(config: &Config) -> Option<String> {
     None
 }
 
+/// A warning while this node's key rollover is under way, or when its files outlived it.
+fn rollover_state(keys: &Keys, files: &KeyFiles) -> Option<String> {
+    if let Some((previous, statement)) = keys.previous() {
+        return Some(format!(
+            "note: a key rollover is under way until {}: peers not yet pinning {} are presented {} (certs/{})",
+            crate::store::rfc3339(statement.until_ms),
+            keys.current.fingerprint,
+            previous.fingerprint,
+            crate::rollover::PREVIOUS_CERT
+        ));
+    }
+    let old_key = files.dir.join(crate::rollover::PREVIOUS_KEY);
+    old_key.exists().then(|| {
+        format!(
+            "warning: {} is a replaced key no longer used (its rollover is over or stopped); delete it, with {} and {}",
+            old_key.display(),
+            crate::rollover::PREVIOUS_CERT,
+            crate::rollover::STATEMENT_FILE
+        )
+    })
+}
+
 /// Reaches every peer and service at once.
 async fn reach_all(
     identity: &Identity,
-    peers: &[(PeerConfig, Fingerprint)],
+    peers: &[(PeerConfig, Vec<Fingerprint>)],
     services: &[ServiceConfig],
 ) -> Vec<Reached> {
-    let peer_checks = futures::future::join_all(peers.iter().map(|(p, fp)| reach_peer(identity, p, *fp)));
+    let peer_checks = futures::future::join_all(peers.iter().map(|(p, pins)| reach_peer(identity, p, pins)));
     let service_checks = futures::future::join_all(services.iter().map(reach_service));
     let (peer_results, service_results) = tokio::join!(peer_checks, service_checks);
     let peers = peers.iter().zip(peer_results).map(|((peer, _), result)| {
@@ -179,8 +216,10 @@ fn rtt_ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// A QUIC handshake with `peer` that accepts only its pinned certificate, and presents ours.
-async fn reach_peer(identity: &Identity, peer: &PeerConfig, pinned: Fingerprint) -> Result<Duration, String> {
+/// A QUIC handshake with `peer` that accepts only a certificate pinned for it (`pins`, the newest
+/// first, which it is asked for), and presents ours.
+async fn reach_peer(identity: &Identity, peer: &PeerConfig, pins: &[Fingerprint]) -> Result<Duration, String> {
+    let pinned = pins[0];
     let addr = tokio::net::lookup_host(&peer.address)
         .await
         .map_err(|e| format!("cannot resolve the address ({e}); check `address` in its [[peer]] table"))?
@@ -190,15 +229,16 @@ async fn reach_peer(identity: &Identity, peer: &PeerConfig, pinned: Fingerprint)
         if addr.is_ipv6() { "[::]:0".parse() } else { "0.0.0.0:0".parse() }.expect("a valid wildcard address");
     let endpoint = quinn::Endpoint::client(local).map_err(|e| format!("cannot open a UDP socket: {e}"))?;
     let refusals = crate::tls::RefusalLog::quiet();
-    let tls =
-        crate::tls::dial_config(identity, pinned, addr, &refusals).map_err(|e| format!("cannot set up TLS: {e}"))?;
+    let tls = crate::tls::dial_config(identity, pins.to_vec(), addr, &refusals)
+        .map_err(|e| format!("cannot set up TLS: {e}"))?;
     let crypto =
         quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| format!("cannot set up TLS: {e}"))?;
     let mut client = quinn::ClientConfig::new(Arc::new(crypto));
     client.transport_config(crate::link::Transport::default().config());
     let started = Instant::now();
-    let connecting =
-        endpoint.connect_with(client, addr, crate::tls::SERVER_NAME).map_err(|e| format!("cannot dial: {e}"))?;
+    let connecting = endpoint
+        .connect_with(client, addr, &crate::tls::server_name(pinned))
+        .map_err(|e| format!("cannot dial: {e}"))?;
     let result = match tokio::time::timeout(REACH_WITHIN, connecting).await {
         Err(_) => Err(format!(
             "no answer within {REACH_WITHIN:?}; is its node running, and is UDP port {} open on the way?",

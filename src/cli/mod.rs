@@ -236,9 +236,17 @@ enum AuditCommand {
 enum CertCommand {
     /// Print this node's certificate fingerprint, to compare with a peer's admin.
     Fingerprint {
-        /// Print `{"fingerprint": …}`, for scripts.
+        /// Print `{"fingerprint": …}` (and `rollover` while one is under way), for scripts.
         #[arg(long)]
         json: bool,
+    },
+    /// Make a new key and certificate without downtime: the old key signs a statement for the new
+    /// one, peers that pin the old one pin the new one beside it, and the old one is presented
+    /// to the others until the grace ends; the running node reloads.
+    Rotate {
+        /// How long the old certificate stays presented and pinned (e.g. 7d, 36h; at most 90d).
+        #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
+        grace: std::time::Duration,
     },
 }
 
@@ -389,11 +397,48 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
         }
         Command::Cert { command: CertCommand::Fingerprint { json } } => {
             let config = Config::load(config)?;
-            let fingerprint = crate::identity::Fingerprint::of(&crate::identity::load_cert(&config.cert_path())?);
-            match json {
-                true => out!("{}", serde_json::json!({"fingerprint": fingerprint.to_string()})),
-                false => out!("{fingerprint}"),
+            let keys = crate::rollover::Keys::load(&crate::rollover::KeyFiles::of(&config))?;
+            let fingerprint = keys.current.fingerprint.to_string();
+            let rollover = keys.previous().map(|(previous, statement)| {
+                serde_json::json!({
+                    "previous": previous.fingerprint.to_string(),
+                    "until": crate::store::rfc3339(statement.until_ms),
+                })
+            });
+            match (json, rollover) {
+                (true, None) => out!("{}", serde_json::json!({"fingerprint": fingerprint})),
+                (true, Some(rollover)) => {
+                    out!("{}", serde_json::json!({"fingerprint": fingerprint, "rollover": rollover}))
+                }
+                (false, None) => out!("{fingerprint}"),
+                (false, Some(r)) => {
+                    out!("{fingerprint}");
+                    out!(
+                        "replacing {} (presented to peers that have not pinned the new one) until {}",
+                        r["previous"],
+                        r["until"]
+                    );
+                }
             }
+            Ok(())
+        }
+        Command::Cert { command: CertCommand::Rotate { grace } } => {
+            let config = Config::load(config)?;
+            let files = crate::rollover::KeyFiles::of(&config);
+            let rotated = crate::rollover::rotate(&config.node.name, &files, grace)?;
+            out!("new certificate: {}", rotated.new);
+            out!(
+                "the old one, {}, stays presented to peers that have not pinned the new one until {}",
+                rotated.old,
+                crate::store::rfc3339(rotated.until_ms)
+            );
+            out!(
+                "peers pin it when they next talk to this node; one with auto_rollover = false needs its admin to run \
+                 `ferry peer accept {} --fingerprint {}` after comparing it",
+                config.node.name,
+                rotated.new
+            );
+            out!("{}", operator::reload_if_running(&config.path)?);
             Ok(())
         }
         Command::Peer { command: PeerCommand::Add { invite, name, address, cert } } => {

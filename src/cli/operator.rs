@@ -715,6 +715,20 @@ pub fn peers(config: &Path, args: PeersArgs) -> Result<(), CliError> {
         ]);
     }
     out_raw!("{}", t.render());
+    for p in list.as_array().into_iter().flatten() {
+        let name = cell(&p["name"]);
+        for replaced in p["replaced"].as_array().into_iter().flatten() {
+            out!(
+                "{name}: rolled over to {}; {} stays pinned until {}",
+                cell(&p["fingerprint"]),
+                cell(&replaced["fingerprint"]),
+                cell(&replaced["until"])
+            );
+        }
+        if let Some(held) = p["rollover_offered"].as_str() {
+            out!("{name}: sent a new certificate {held}, held for approval: compare it with its admin, then `ferry peer accept {name} --fingerprint {held}`");
+        }
+    }
     Ok(())
 }
 
@@ -820,13 +834,16 @@ pub struct AcceptArgs {
 pub fn accept(config: &Path, args: AcceptArgs) -> Result<(), CliError> {
     let api = Api::as_admin(config, &args.api)?;
     let runtime = runtime()?;
-    let pending = runtime.block_on(api.get("/v1/peers/pending"))?;
     let wanted = args.fingerprint.trim().trim_start_matches("sha256:").to_ascii_lowercase();
     if wanted.len() < 8 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(CliError::usage(
             "--fingerprint: give at least its first 8 hex digits, as `ferry peers --pending` lists it",
         ));
     }
+    if Config::load(config)?.peers.iter().any(|p| p.name == args.name) {
+        return runtime.block_on(accept_rollover(&api, &args.name, &wanted));
+    }
+    let pending = runtime.block_on(api.get("/v1/peers/pending"))?;
     let matching: Vec<&Value> = pending
         .as_array()
         .into_iter()
@@ -849,6 +866,27 @@ pub fn accept(config: &Path, args: AcceptArgs) -> Result<(), CliError> {
     out!("pinned `{}` at {address}, fingerprint {fingerprint}", args.name);
     drop(runtime);
     out!("{}", reload_if_running(config)?);
+    Ok(())
+}
+
+/// `ferry peer accept` of a configured peer: pins the new certificate it sent, held for the
+/// admin (`auto_rollover = false`), whose fingerprint begins with `wanted` (hex).
+async fn accept_rollover(api: &Api, name: &str, wanted: &str) -> Result<(), CliError> {
+    let peers = api.get("/v1/peers").await?;
+    let peer = peers.as_array().into_iter().flatten().find(|p| p["name"] == name);
+    let held = peer.and_then(|p| p["rollover_offered"].as_str()).unwrap_or_default().to_owned();
+    if !held.trim_start_matches("sha256:").starts_with(wanted) {
+        return Err(CliError::failed(match held.is_empty() {
+            true => format!("`{name}` is pinned already and sent no new certificate to approve"),
+            false => format!("`{name}` sent the new certificate {held}, not {wanted}…; compare with its admin again"),
+        }));
+    }
+    let path = format!("/v1/peers/{name}/rollover");
+    let data = api.call(api.request(reqwest::Method::POST, &path).json(&json!({"fingerprint": held}))).await?;
+    out!(
+        "pinned `{name}`'s new certificate {held}; its old one stays pinned until {}",
+        data["old_pinned_until"].as_str().unwrap_or_default()
+    );
     Ok(())
 }
 

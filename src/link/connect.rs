@@ -41,6 +41,7 @@ impl Link {
                 tracing::info!(peer = %peer.name, address = %peer.address, rtt_ms = %super::rtt_ms(&connection), "connected to peer");
                 peer.connected(connection.clone());
                 tokio::spawn(self.clone().keep(peer.clone(), connection.clone()));
+                self.inner.announce.notify_one();
                 Ok(connection)
             }
             Ok(Err(e)) => {
@@ -64,7 +65,11 @@ impl Link {
             .ok()
             .and_then(|mut addrs| addrs.next())
             .ok_or_else(|| Unreachable(format!("cannot resolve {} ({})", peer.address, peer.name)))?;
-        let tls = crate::tls::dial_config(&self.inner.identity, peer.fingerprint, addr, &self.inner.refusals)
+        let pins = peer.pins();
+        let server_name = crate::tls::server_name(pins[0].fingerprint);
+        let expected = pins.into_iter().map(|p| p.fingerprint).collect();
+        let presented = self.presented_to(peer);
+        let tls = crate::tls::dial_config(&presented.identity, expected, addr, &self.inner.refusals)
             .map_err(|e| Local(e.to_string()))?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Local(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
@@ -74,7 +79,7 @@ impl Link {
             let connecting = self
                 .inner
                 .endpoint
-                .connect_with(config.clone(), addr, crate::tls::SERVER_NAME)
+                .connect_with(config.clone(), addr, &server_name)
                 .map_err(|e| Unreachable(format!("cannot dial {}: {e}", peer.name)))?;
             tokio::select! {
                 connected = connecting => break connected
@@ -123,6 +128,7 @@ impl Link {
                     Ok(c) => {
                         tracing::info!(peer = %peer.name, address = %peer.address, rtt_ms = %super::rtt_ms(&c), "connected again");
                         peer.connected(c.clone());
+                        self.inner.announce.notify_one();
                         let _ = self.inner.store.peer_is_back(&peer.name).await;
                         connection = c;
                         backoff = FIRST_BACKOFF;

@@ -52,6 +52,7 @@ pub(super) async fn connection(
     tracing::info!(peer = %peer.name, %remote, rtt_ms = %super::rtt_ms(&connection), "peer connected");
     peer.seen();
     peer.dialed_in();
+    inbound.link.heard_ask_for(&peer, &connection);
     // A peer that dials anew may have restarted: a datagram on this node's own connection to it
     // draws a stateless reset at once if that connection is from its previous run, so that it is
     // redialed before a request uses it.
@@ -83,6 +84,24 @@ pub(super) async fn connection(
                 return tracing::info!(peer = %peer.name, "closed the connection of a peer that a reload removed or changed");
             }
         }
+    }
+}
+
+impl Link {
+    /// Notes which of this node's certificates `peer` asked for when it dialed ([`tls::server_name`]):
+    /// once it asks for the current one during a rollover, it pins it. Peers hear of a rollover
+    /// at each new connection.
+    ///
+    /// [`tls::server_name`]: crate::tls::server_name
+    fn heard_ask_for(&self, peer: &Peer, connection: &quinn::Connection) {
+        let asked = connection
+            .handshake_data()
+            .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
+            .and_then(|data| data.server_name.as_deref().and_then(crate::tls::pinned_in_server_name));
+        if let Some(asked) = asked.filter(|asked| *asked == self.inner.keys.load().current.fingerprint) {
+            peer.pins_ours(asked);
+        }
+        self.inner.announce.notify_one();
     }
 }
 
@@ -143,6 +162,7 @@ async fn stream(
             Some(answer) => answer,
             None => return broken.cancel(),
         },
+        Opening::Rollover(statement) => Ok(inbound.rollover(&peer, statement).await),
     };
     match answer {
         Ok(answer) => match wire::write(&mut send, &answer).await {

@@ -15,6 +15,7 @@ mod forward;
 mod inbound;
 mod outbound;
 mod receipts;
+mod rollover;
 mod transport;
 mod upload;
 
@@ -30,10 +31,9 @@ pub use error::{LinkError, LinkFailure};
 pub use transport::Transport;
 
 use crate::host_file::HostFiles;
-use crate::identity::Identity;
 use crate::metrics::Metrics;
-use crate::peer::Peers;
-use crate::receipt::Signer;
+use crate::peer::{Peer, Peers};
+use crate::rollover::{Presented, SharedKeys};
 use crate::service::{Caller, Services};
 use crate::store::Store;
 use crate::wire::Code;
@@ -49,7 +49,8 @@ pub struct Link {
 
 struct Inner {
     endpoint: quinn::Endpoint,
-    identity: Identity,
+    /// The certificates this node presents (two during its own key rollover).
+    keys: SharedKeys,
     peers: Peers,
     transport: Transport,
     store: Store,
@@ -64,6 +65,8 @@ struct Inner {
     acceptor: crate::tls::Acceptor,
     /// Certificates of dialed peers that were not the pinned ones, logged once a minute each.
     refusals: crate::tls::RefusalLog,
+    /// Woken when peers should hear of this node's rollover at once: a reload, a new connection.
+    announce: tokio::sync::Notify,
 }
 
 /// What a link works with besides its socket, identity and settings.
@@ -81,27 +84,26 @@ pub struct Context {
 }
 
 impl Link {
-    /// An endpoint on `socket` that serves `context`'s pinned peers and dials them on demand; with
-    /// `receipts`, it signs receipts for what peers send. It sends only files `context.files`
-    /// opens.
+    /// An endpoint on `socket` that presents `keys`, serves `context`'s pinned peers and dials
+    /// them on demand; with `receipts`, it signs receipts for what peers send. It sends only
+    /// files `context.files` opens.
     pub fn new(
         socket: std::net::UdpSocket,
-        identity: Identity,
+        keys: SharedKeys,
         transport: Transport,
         receipts: bool,
         context: Context,
     ) -> Result<Link, LinkError> {
         let Context { peers, store, metrics, files, pending } = context;
-        let signer = if receipts { Some(Signer::new(&identity).map_err(LinkError::Tls)?) } else { None };
-        let acceptor = crate::tls::Acceptor::new(&identity, peers.clone(), crate::tls::RefusalLog::default(), pending)
-            .map_err(|e| LinkError::Tls(e.to_string()))?;
+        let acceptor =
+            crate::tls::Acceptor::new(keys.clone(), peers.clone(), crate::tls::RefusalLog::default(), pending);
         // Each connection is accepted with its own configuration (see `serve`); this one is
         // quinn's default, never used.
         let server = server_config(&acceptor, &transport, socket.local_addr()?)?;
         let (recv_buffer, send_buffer) = transport.tune_socket(&socket)?;
         tracing::debug!(recv_buffer, send_buffer, "link socket buffers");
         let endpoint = quinn::Endpoint::new(
-            endpoint_config(&identity),
+            endpoint_config(keys.load().for_peer(false)),
             Some(Arc::unwrap_or_clone(server)),
             socket,
             Arc::new(quinn::TokioRuntime),
@@ -109,17 +111,18 @@ impl Link {
         Ok(Link {
             inner: Arc::new(Inner {
                 endpoint,
-                identity,
+                keys,
                 peers,
                 transport,
                 store,
                 metrics,
                 closing: AtomicBool::new(false),
                 uploading: Default::default(),
-                receipts: receipts::Receipts::new(signer),
+                receipts: receipts::Receipts::new(receipts),
                 files,
                 acceptor,
                 refusals: Default::default(),
+                announce: tokio::sync::Notify::new(),
             }),
         })
     }
@@ -192,6 +195,14 @@ impl Link {
     fn is_closing(&self) -> bool {
         self.inner.closing.load(Ordering::Relaxed)
     }
+
+    /// The certificate and key to present to `peer`, and sign for it with: during this node's
+    /// rollover, the new one only once the peer is known to pin it.
+    fn presented_to(&self, peer: &Peer) -> Arc<Presented> {
+        let keys = self.inner.keys.load();
+        let current = keys.current.fingerprint;
+        keys.for_peer(peer.is_known_to_pin(&current)).clone()
+    }
 }
 
 /// The QUIC server configuration for a connection from `remote`.
@@ -208,12 +219,12 @@ fn server_config(
 }
 
 /// The endpoint configuration, with the stateless-reset key and the connection-id key derived
-/// from the node key: after a restart, even a crash, the node recognises connection ids of its
-/// previous run and resets those connections, so peers notice at once instead of after the idle
-/// timeout.
-fn endpoint_config(identity: &Identity) -> quinn::EndpointConfig {
+/// from the node key (the replaced one, during a rollover): after a restart, even a crash, the
+/// node recognises connection ids of its previous run and resets those connections, so peers
+/// notice at once instead of after the idle timeout.
+fn endpoint_config(key: &Presented) -> quinn::EndpointConfig {
     let secret =
-        Sha256::new_with_prefix(b"ferry stateless reset key\0").chain_update(identity.key.secret_der()).finalize();
+        Sha256::new_with_prefix(b"ferry stateless reset key\0").chain_update(key.identity.key.secret_der()).finalize();
     let key = ring::hmac::Key::new(ring::hmac::HMAC_SHA256, secret.as_slice());
     let cid_key = u64::from_be_bytes(secret[..8].try_into().expect("a SHA-256 has 8 bytes"));
     let mut config = quinn::EndpointConfig::new(Arc::new(key));

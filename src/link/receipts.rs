@@ -10,7 +10,7 @@ use tokio_util::sync::CancellationToken;
 
 use super::{Link, LinkFailure, CONNECT_WITHIN};
 use crate::peer::Peer;
-use crate::receipt::{self, Signer};
+use crate::receipt;
 use crate::wire::{self, Answer, Countersigned, Head, Opening};
 
 /// How long accepted messages gather before one signature covers them all.
@@ -20,16 +20,16 @@ const MAX_LEAVES: usize = 1024;
 /// How long the checkpoints sent when the node stops may take.
 const LAST_CHECKPOINT_WITHIN: Duration = Duration::from_secs(2);
 
-/// The signer and one batching queue per peer.
+/// Whether receipts are signed, and one batching queue per peer.
 pub(super) struct Receipts {
-    signer: Option<Arc<Signer>>,
+    on: bool,
     queues: std::sync::Mutex<HashMap<String, mpsc::UnboundedSender<Countersigned>>>,
 }
 
 impl Receipts {
-    /// Receipts signed by `signer`; `None` signs none.
-    pub fn new(signer: Option<Signer>) -> Receipts {
-        Receipts { signer: signer.map(Arc::new), queues: Default::default() }
+    /// Receipts signed (`on`) or none, each with the key presented to its peer.
+    pub fn new(on: bool) -> Receipts {
+        Receipts { on, queues: Default::default() }
     }
 
     /// Ends every peer's queue, so their tasks (which hold the link) finish.
@@ -48,7 +48,7 @@ impl Link {
     /// makes the message as received ([`receipt::Binding::leaf`]), its time set to now.
     pub(super) fn sign_receipt(&self, peer: &str, mut leaf: Countersigned) {
         let receipts = &self.inner.receipts;
-        if receipts.signer.is_none() {
+        if !receipts.on {
             return;
         }
         leaf.leaf.at_ms = crate::store::now_ms();
@@ -71,7 +71,6 @@ impl Link {
     /// until the link closes: a countersignature with this node's chain head on a
     /// `ferry/1+anchored` connection, else a `ferry/1` receipt.
     async fn send_receipts(self, peer_name: String, mut leaves: mpsc::UnboundedReceiver<Countersigned>) {
-        let Some(signer) = self.inner.receipts.signer.clone() else { return };
         while let Some(first) = leaves.recv().await {
             if self.is_closing() {
                 return;
@@ -89,21 +88,17 @@ impl Link {
                 return;
             }
             let count = batch.len();
-            if let Err(e) = self.deliver_receipt(&peer, &signer, batch).await {
+            if let Err(e) = self.deliver_receipt(&peer, batch).await {
                 tracing::warn!(peer = %peer_name, leaves = count, error = %e, "a receipt did not reach the peer");
             }
         }
     }
 
-    /// Signs `leaves` as the connection to `peer` speaks, and sends the receipt on a stream of
-    /// its own; the peer acknowledges it.
-    async fn deliver_receipt(
-        &self,
-        peer: &Arc<Peer>,
-        signer: &Signer,
-        leaves: Vec<Countersigned>,
-    ) -> Result<(), LinkFailure> {
+    /// Signs `leaves` as the connection to `peer` speaks, with the key presented to it, and sends
+    /// the receipt on a stream of its own; the peer acknowledges it.
+    async fn deliver_receipt(&self, peer: &Arc<Peer>, leaves: Vec<Countersigned>) -> Result<(), LinkFailure> {
         let connection = self.connection(peer, tokio::time::Instant::now() + CONNECT_WITHIN).await?;
+        let signer = self.presented_to(peer).signer.clone();
         let opening = if anchored(&connection) {
             let head = self.head().await?;
             let signature = signer.countersign(&leaves, &head);
@@ -117,7 +112,11 @@ impl Link {
     }
 
     /// Sends `opening` on a stream of its own and waits for the peer's [`Answer::Ack`].
-    async fn acknowledged(&self, connection: &quinn::Connection, opening: &Opening) -> Result<(), LinkFailure> {
+    pub(super) async fn acknowledged(
+        &self,
+        connection: &quinn::Connection,
+        opening: &Opening,
+    ) -> Result<(), LinkFailure> {
         let frame = wire::encode(opening).map_err(LinkFailure::encoding)?;
         super::outbound::ask(connection, &frame, |answer| match answer {
             Answer::Ack(_) => Some(()),
@@ -137,17 +136,16 @@ impl Link {
     /// sends each peer connected on `ferry/1+anchored` this node's signed chain head, when it
     /// moved since the last one that peer acknowledged.
     pub async fn send_checkpoints(self, every: Duration, stop: CancellationToken) {
-        let Some(signer) = self.inner.receipts.signer.clone() else { return };
-        if !self.inner.store.keeps_evidence() {
+        if !self.inner.receipts.on || !self.inner.store.keeps_evidence() {
             return;
         }
         let mut held: HashMap<String, Head> = HashMap::new();
         let mut tick = tokio::time::interval_at(tokio::time::Instant::now() + every, every);
         loop {
             tokio::select! {
-                _ = tick.tick() => self.checkpoint_round(&signer, &mut held).await,
+                _ = tick.tick() => self.checkpoint_round(&mut held).await,
                 () = stop.cancelled() => {
-                    let last = self.checkpoint_round(&signer, &mut held);
+                    let last = self.checkpoint_round(&mut held);
                     let _ = tokio::time::timeout(LAST_CHECKPOINT_WITHIN, last).await;
                     return;
                 }
@@ -158,7 +156,7 @@ impl Link {
     /// Sends this node's chain head to each peer connected on `ferry/1+anchored` whose last
     /// acknowledged head (`held`) is older than the last record other than a checkpoint
     /// ([`Store::moved`](crate::store::Store::moved)), and records that the peer keeps it.
-    async fn checkpoint_round(&self, signer: &Signer, held: &mut HashMap<String, Head>) {
+    async fn checkpoint_round(&self, held: &mut HashMap<String, Head>) {
         let head = match self.head().await {
             Ok(head) if head.seq > 0 => head,
             Ok(_) => return,
@@ -171,7 +169,7 @@ impl Link {
                 continue;
             }
             let at_ms = crate::store::now_ms();
-            let signature = signer.checkpoint(&head, at_ms);
+            let signature = self.presented_to(&peer).signer.checkpoint(&head, at_ms);
             let checkpoint = wire::Checkpoint { head, at_ms, signature };
             if let Err(e) = self.acknowledged(&connection, &Opening::Checkpoint(checkpoint.clone())).await {
                 tracing::warn!(peer = %peer.name, error = %e, "a checkpoint did not reach the peer");
@@ -195,21 +193,33 @@ fn wire_head(head: Option<&(i64, String)>) -> Result<Head, String> {
 /// if it does not hold.
 pub(super) fn verify(peer: &Peer, receipt: &wire::Receipt) -> Result<(), LinkFailure> {
     covers(receipt.leaves.len())?;
-    receipt::verify_root(&peer.cert, &receipt::root(&receipt.leaves), &receipt.signature)
-        .map_err(LinkFailure::Noncompliant)
+    let statement = receipt::statement(&receipt::root(&receipt.leaves));
+    verify_with_pins(peer, &statement, &receipt.signature)
 }
 
 /// Checks a peer's countersignature against its pinned certificate.
 pub(super) fn verify_countersign(peer: &Peer, receipt: &wire::Countersign) -> Result<(), LinkFailure> {
     covers(receipt.leaves.len())?;
     let statement = receipt::countersign_statement(&receipt.leaves, &receipt.head);
-    receipt::verify_statement(&peer.cert, &statement, &receipt.signature).map_err(LinkFailure::Noncompliant)
+    verify_with_pins(peer, &statement, &receipt.signature)
 }
 
 /// Checks a peer's checkpoint against its pinned certificate.
 pub(super) fn verify_checkpoint(peer: &Peer, checkpoint: &wire::Checkpoint) -> Result<(), LinkFailure> {
     let statement = receipt::checkpoint_statement(&checkpoint.head, checkpoint.at_ms);
-    receipt::verify_statement(&peer.cert, &statement, &checkpoint.signature).map_err(LinkFailure::Noncompliant)
+    verify_with_pins(peer, &statement, &checkpoint.signature)
+}
+
+/// Checks `signature` over `statement` against each certificate pinned for `peer` now.
+fn verify_with_pins(peer: &Peer, statement: &[u8], signature: &[u8]) -> Result<(), LinkFailure> {
+    let mut why = String::new();
+    for pin in peer.pins() {
+        match receipt::verify_statement(&pin.cert, statement, signature) {
+            Ok(()) => return Ok(()),
+            Err(e) => why = e,
+        }
+    }
+    Err(LinkFailure::Noncompliant(why))
 }
 
 /// A receipt must cover 1 to [`MAX_LEAVES`] messages.

@@ -1,14 +1,12 @@
 //! The evidence log's table: one row per commit of the writer, its records as JSON lines,
 //! lz4-compressed (`Log`), read a page at a time for the API, export and checks (`LogReader`).
 
-use std::collections::HashMap;
 use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
 use rusqlite::types::ValueRef;
 use rusqlite::{params, OptionalExtension};
-use rustls::pki_types::CertificateDer;
 
 use super::{now_ms, query_row, rfc3339, Store, StoreError, Tx};
 use crate::evidence::{
@@ -252,7 +250,7 @@ impl Store {
     /// writer is not held up.
     pub async fn verify_log(
         &self,
-        certs: HashMap<String, CertificateDer<'static>>,
+        certs: crate::evidence::PeerCerts,
         tsa_cert: Option<Vec<u8>>,
     ) -> Result<Verdict, StoreError> {
         let data_dir = self.data_dir.clone();
@@ -270,7 +268,7 @@ pub type Verdict = Result<Intact, Broken>;
 /// a time ([`read_log`]).
 pub fn verify_log(
     data_dir: &Path,
-    certs: &HashMap<String, CertificateDer<'static>>,
+    certs: &crate::evidence::PeerCerts,
     tsa_cert: Option<&[u8]>,
 ) -> Result<Verdict, StoreError> {
     let mut failed = None;

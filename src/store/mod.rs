@@ -27,6 +27,7 @@ mod queue;
 mod reader;
 mod records;
 mod replies;
+mod rollovers;
 mod schema;
 mod stored;
 mod transfers;
@@ -47,6 +48,7 @@ pub use incoming::{IncomingCall, ServiceOutcome};
 pub use outgoing::{Callback, NewAsync, OutboundWork, OutgoingFile};
 pub use prune::Pruned;
 pub use records::{Page, Pending, QueueCount, QueueCounts, RequestFilter, RequestView, Stats};
+pub use rollovers::{rollovers_in, StoredRollover};
 pub use transfers::Moving;
 pub use trust::Admission;
 

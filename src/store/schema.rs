@@ -135,6 +135,15 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 8: `wire` holds the store's own request record (`stored`), of this version; NULL in rows
     // stored before, which hold a postcard `wire::Request` of the layout of record version 1.
     "ALTER TABLE requests ADD COLUMN record_version INTEGER;",
+    // 9: peers' certificate rollovers, pinned or held for the admin (`crate::rollover`).
+    "CREATE TABLE rollovers (
+        peer TEXT NOT NULL,
+        new TEXT NOT NULL,                    -- the new certificate's fingerprint
+        statement BLOB NOT NULL,              -- the wire::Rollover, postcard
+        pinned INTEGER NOT NULL,
+        received_at INTEGER NOT NULL,
+        PRIMARY KEY (peer, new)
+    );",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.

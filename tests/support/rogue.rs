@@ -4,6 +4,7 @@
 use std::sync::Arc;
 
 use ferry::identity::Identity;
+use ferry::wire::{self, Answer, Code};
 
 use super::{Node, Recorder};
 
@@ -43,4 +44,18 @@ pub async fn rogue_and_node() -> (Rogue, Node, Recorder, tempfile::TempDir) {
     let endpoint = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
     let connection = endpoint.connect_with(config, b.link, ferry::tls::SERVER_NAME).unwrap().await.unwrap();
     (Rogue { connection, identity, _endpoint: endpoint }, b, service, root)
+}
+
+impl Rogue {
+    /// Sends `bytes` on a new stream and returns the answer, or the code the stream was reset with.
+    pub async fn send(&self, bytes: &[u8]) -> Result<Answer, Option<Code>> {
+        let (mut send, mut recv) = self.connection.open_bi().await.unwrap();
+        send.write_all(bytes).await.unwrap();
+        let _ = send.finish();
+        match recv.read_to_end(wire::MAX_FRAME + 4).await {
+            Ok(bytes) => Ok(wire::decode(&bytes[4..]).unwrap()),
+            Err(quinn::ReadToEndError::Read(quinn::ReadError::Reset(code))) => Err(Code::from_varint(code)),
+            Err(e) => panic!("unexpected stream error: {e}"),
+        }
+    }
 }

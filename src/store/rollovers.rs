@@ -1,0 +1,92 @@
+//! Peers' certificate rollovers ([`crate::rollover`]): each statement a peer sent, pinned or held
+//! for the admin, kept for good. The node checks every one again against the pins when it loads
+//! them ([`crate::peer::Peers::restore`]), so a row an operator edits in cannot pin anything;
+//! `ferry audit verify` checks the peer's old receipts with the certificates they bring.
+
+use std::path::Path;
+
+use rusqlite::{params, OptionalExtension};
+
+use super::{exec, now_ms, Store, StoreError};
+use crate::evidence::Entry;
+use crate::wire;
+
+/// A peer's rollover as the store keeps it.
+#[derive(Debug, Clone)]
+pub struct StoredRollover {
+    /// The peer that sent it.
+    pub peer: String,
+    /// The statement, as the peer signed it.
+    pub statement: wire::Rollover,
+    /// Pinned (`true`) or held for the admin's approval.
+    pub pinned: bool,
+}
+
+impl Store {
+    /// Keeps `statement` from `peer`, pinned or held for approval (a pinned one stays pinned),
+    /// and records its `rollover` evidence record once pinned; returns once on disk.
+    pub async fn rollover(&self, peer: &str, statement: wire::Rollover, pinned: bool) -> Result<(), StoreError> {
+        let peer = peer.to_owned();
+        self.run(move |t, _| {
+            let new = crate::rollover::new_fingerprint(&statement).to_string();
+            let bytes = postcard::to_stdvec(&statement).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            let was_pinned: Option<bool> = t
+                .query_row("SELECT pinned FROM rollovers WHERE peer = ?1 AND new = ?2", params![peer, new], |r| {
+                    r.get(0)
+                })
+                .optional()?;
+            exec(
+                t,
+                "INSERT INTO rollovers (peer, new, statement, pinned, received_at) VALUES (?1, ?2, ?3, ?4, ?5)
+                 ON CONFLICT (peer, new) DO UPDATE SET pinned = max(pinned, excluded.pinned)",
+                params![peer, new, bytes, pinned, now_ms()],
+            )?;
+            if pinned && was_pinned != Some(true) {
+                let mut entry = Entry::new("rollover", "in", &peer, &new);
+                entry.body_sha256 = Some(crate::evidence::sha256_hex(&crate::rollover::signed_bytes(&statement)));
+                t.record(entry.render())?;
+            }
+            Ok(())
+        })
+        .await
+    }
+
+    /// Every rollover kept, in the order they arrived.
+    pub async fn rollovers(&self) -> Result<Vec<StoredRollover>, StoreError> {
+        self.read(all).await
+    }
+}
+
+/// Every rollover kept in the store under `data_dir`, read-only (for `ferry audit verify`); none
+/// in a store of a release before rollovers.
+pub fn rollovers_in(data_dir: &Path) -> Result<Vec<StoredRollover>, StoreError> {
+    let path = data_dir.join("ferry.db");
+    if !path.exists() {
+        return Ok(Vec::new());
+    }
+    let mut conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
+    let t = conn.transaction()?;
+    let known: bool = t
+        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rollovers'", [], |_| Ok(true))
+        .optional()?
+        .unwrap_or(false);
+    if known {
+        all(&t)
+    } else {
+        Ok(Vec::new())
+    }
+}
+
+fn all(t: &rusqlite::Transaction) -> Result<Vec<StoredRollover>, StoreError> {
+    let mut statement = t.prepare_cached("SELECT peer, statement, pinned FROM rollovers ORDER BY rowid")?;
+    let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?)))?;
+    let mut kept = Vec::new();
+    for row in rows {
+        let (peer, bytes, pinned) = row?;
+        match postcard::from_bytes(&bytes) {
+            Ok(statement) => kept.push(StoredRollover { peer, statement, pinned }),
+            Err(e) => tracing::warn!(%peer, error = %e, "an unreadable rollover in the store is ignored"),
+        }
+    }
+    Ok(kept)
+}
