@@ -37,7 +37,7 @@ pub const MAX_GRACE: Duration = Duration::from_secs(90 * 24 * 3600);
 /// The bytes the old key signs: a domain tag, the node's name, the old certificate's SHA-256,
 /// the new certificate's SHA-256 and both times, each field length-prefixed or fixed-size.
 pub fn signed_bytes(r: &wire::Rollover) -> Vec<u8> {
-    let mut bytes = b"ferry rollover v1\0".to_vec();
+    let mut bytes = b"ferry-rollover/1\0".to_vec();
     bytes.extend((r.node.len() as u32).to_be_bytes());
     bytes.extend(r.node.as_bytes());
     bytes.extend(r.old);

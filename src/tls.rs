@@ -1,8 +1,10 @@
 //! TLS 1.3 configurations for the link: both sides present certificates and accept only pinned ones.
 //!
 //! There is no certificate authority. The server accepts a client whose certificate's fingerprint
-//! is in the peer table; the client accepts a server only if it presents the one certificate
-//! pinned for the peer it dialed. Both still verify the handshake signature with the certificate's
+//! is pinned in the peer table; the client accepts a server only if it presents a certificate
+//! pinned for the peer it dialed (two during the peer's key rollover), and names the newest in its
+//! TLS server name ([`server_name`]) so that a server in the middle of its own rollover presents
+//! that one ([`crate::rollover::Keys::for_server_name`]). Both still verify the handshake signature with the certificate's
 //! key, so a copy of a pinned certificate without its key is worth nothing. Session resumption is
 //! off, so every connection shows its certificate to the verifier again.
 //!

@@ -55,6 +55,9 @@
 //! receipt or checkpoint that does not verify against the pinned certificate closes the connection
 //! with [`Code::ProtocolViolation`].
 //!
+//! During its key rollover a node sends each peer an [`Opening::Rollover`]: its new certificate,
+//! signed by the old key ([`crate::rollover`]); the peer acknowledges once it pins it.
+//!
 //! Every stream reset and connection close uses a [`Code`].
 
 use serde::{Deserialize, Serialize};

@@ -16,7 +16,7 @@ const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
 impl Link {
     /// Until `stop`, while this node's own rollover lasts, sends its statement to every peer not
     /// yet known to pin the new certificate: at once after a reload or a new connection, and
-    /// every [`ANNOUNCE_EVERY`]. A peer that pins it is presented the new certificate from then on.
+    /// every 30 s. A peer that pins it is presented the new certificate from then on.
     pub async fn announce_rollover(self, stop: CancellationToken) {
         // What each peer answered last, so that a peer holding it for its admin is logged once.
         let mut answered: HashMap<String, String> = HashMap::new();
