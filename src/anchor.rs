@@ -53,22 +53,31 @@ pub fn read_export(export: impl BufRead) -> Result<Vec<Record>, String> {
     Ok(records)
 }
 
-/// The name the peer's log gives the node whose certificate is `cert`: the peer of its first
-/// receipt or checkpoint that `cert`'s key signed, else `fallback` (this node's own name).
-pub fn name_in(theirs: &[Record], cert: &CertificateDer<'_>, fallback: &str) -> String {
+/// The name the peer's log gives the node whose certificates are `certs`: the peer of its first
+/// receipt or checkpoint that one of their keys signed, else `fallback` (this node's own name).
+pub fn name_in(theirs: &[Record], certs: &[CertificateDer<'static>], fallback: &str) -> String {
     theirs
         .iter()
-        .find(|r| r.entry.direction == "in" && signed(&r.entry, cert).is_some_and(|s| s.is_ok()))
+        .find(|r| r.entry.direction == "in" && signed(&r.entry, certs).is_some_and(|s| s.is_ok()))
         .map_or_else(|| fallback.to_owned(), |r| r.entry.peer.clone())
 }
 
-/// Whether `cert`'s key signed the receipt or checkpoint `entry` holds; `None`: it holds neither.
-fn signed(entry: &Entry, cert: &CertificateDer<'_>) -> Option<Result<(), String>> {
-    match (&entry.receipt, &entry.checkpoint) {
+/// Whether the key of one of `certs` signed the receipt or checkpoint `entry` holds; `None`: it
+/// holds neither.
+fn signed(entry: &Entry, certs: &[CertificateDer<'static>]) -> Option<Result<(), String>> {
+    let verify = |cert| match (&entry.receipt, &entry.checkpoint) {
         (Some(receipt), _) if entry.event == "receipt" => Some(receipt.verify(cert)),
         (_, Some(checkpoint)) if entry.event == "checkpoint" => Some(checkpoint.verify(cert)),
         _ => None,
+    };
+    let mut first = None;
+    for cert in certs {
+        match verify(cert)? {
+            Ok(()) => return Some(Ok(())),
+            Err(why) => _ = first.get_or_insert(why),
+        }
     }
+    Some(Err(first.unwrap_or_else(|| "no certificate to check it with".into())))
 }
 
 /// What kind of message a record is of.
@@ -133,13 +142,14 @@ struct Finding {
 
 /// Cross-checks this log (`ours`: (stored seq, record JSON) in order) against the peer's
 /// `theirs` ([`read_export`]), in which this node is `name` ([`name_in`]) and whose records of
-/// this node's receipts and checkpoints must verify against `cert`; `peer` is the name this node
+/// this node's receipts and checkpoints must verify against one of `certs` (its current and
+/// retired certificates, [`crate::rollover::own_certs`]); `peer` is the name this node
 /// gives the peer. `Err`: the peer's export does not hold (its seq named); `Ok(Err)`: this log's
 /// first bad seq and why.
 pub fn cross_check(
     ours: impl IntoIterator<Item = (i64, String)>,
     theirs: &[Record],
-    cert: &CertificateDer<'_>,
+    certs: &[CertificateDer<'static>],
     name: &str,
     peer: &str,
 ) -> Result<Result<Covered, Broken>, String> {
@@ -148,7 +158,7 @@ pub fn cross_check(
     for record in theirs.iter().filter(|r| r.entry.peer == name) {
         let entry = &record.entry;
         if entry.direction == "in" {
-            if let Some(verified) = signed(entry, cert) {
+            if let Some(verified) = signed(entry, certs) {
                 verified.map_err(|why| {
                     format!(
                         "the peer's seq {} holds a {} under this node's name that its key did not sign: {why}",

@@ -29,6 +29,9 @@ pub const STATEMENT_FILE: &str = "rollover.json";
 pub const PREVIOUS_CERT: &str = "previous.pem";
 /// The replaced key's file in `node.certs_dir`, kept until the statement's `until`.
 pub const PREVIOUS_KEY: &str = "previous.key";
+/// The folder in `node.certs_dir` where every replaced certificate is kept for good (public, no
+/// key): what checks the node's old signatures in its peers' logs and in bundles.
+pub const RETIRED_DIR: &str = "retired";
 /// The grace period when `ferry cert rotate` is given none.
 pub const DEFAULT_GRACE: Duration = Duration::from_secs(7 * 24 * 3600);
 /// The longest grace a node accepts from a peer: an old key stays trusted no longer than this.
@@ -352,12 +355,30 @@ pub fn rotate(node: &str, files: &KeyFiles, grace: Duration) -> Result<Rotated, 
     let statement = sign(node, &old, &new.cert, issued_ms, until_ms)
         .map_err(|what| file_error(&files.key, format!("cannot sign with the old key: {what}")))?;
     // The old pair and the statement first: a rotation cut short leaves the node on its old key.
+    let retired = files.dir.join(RETIRED_DIR);
+    std::fs::create_dir_all(&retired).map_err(|e| file_error(&retired, e.to_string()))?;
+    let hex = hex::encode(old.fingerprint().0);
+    write_file(&retired.join(format!("{}.pem", &hex[..16])), pem("CERTIFICATE", &old.cert).as_bytes(), false)?;
     write_file(&files.dir.join(PREVIOUS_KEY), pem("PRIVATE KEY", old.key.secret_der()).as_bytes(), true)?;
     write_file(&files.dir.join(PREVIOUS_CERT), pem("CERTIFICATE", &old.cert).as_bytes(), false)?;
     write_file(&files.statement(), statement_text(&statement).as_bytes(), false)?;
     write_file(&files.key, pem("PRIVATE KEY", new.key.secret_der()).as_bytes(), true)?;
     write_file(&files.cert, pem("CERTIFICATE", &new.cert).as_bytes(), false)?;
     Ok(Rotated { old: old.fingerprint(), new: new.fingerprint(), until_ms })
+}
+
+/// This node's certificate and every one it replaced (`certs/retired/`): the keys its signatures
+/// in peers' logs and in bundles were made with, the current one first.
+pub fn own_certs(files: &KeyFiles) -> Result<Vec<CertificateDer<'static>>, IdentityError> {
+    let mut certs = vec![crate::identity::load_cert(&files.cert)?];
+    let retired = files.dir.join(RETIRED_DIR);
+    let Ok(entries) = std::fs::read_dir(&retired) else { return Ok(certs) };
+    let mut paths: Vec<PathBuf> = entries.filter_map(|e| e.ok().map(|e| e.path())).collect();
+    paths.sort();
+    for path in paths.iter().filter(|p| p.extension().is_some_and(|e| e == "pem")) {
+        certs.push(crate::identity::load_cert(path)?);
+    }
+    Ok(certs)
 }
 
 fn pem(label: &str, der: &[u8]) -> String {
@@ -438,6 +459,10 @@ mod tests {
                 assert_eq!(std::fs::metadata(key).unwrap().permissions().mode() & 0o777, 0o600, "{key:?}");
             }
         }
+
+        let own = own_certs(&files).unwrap();
+        let own: Vec<_> = own.iter().map(|c| Fingerprint::of(c)).collect();
+        assert_eq!(own, [rotated.new, first.fingerprint()], "the replaced certificate is kept for good");
 
         let again = rotate("org-a", &files, Duration::from_secs(60)).unwrap_err().to_string();
         assert!(again.contains("a rollover is under way until"), "{again}");

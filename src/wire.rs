@@ -1293,7 +1293,7 @@ mod tests {
         assert!(err.to_string().contains("Request"), "{err}");
         let err = decode::<FilePart>(&ack[4..]).unwrap_err();
         assert_eq!(err.code(), Code::ProtocolViolation);
-        for unknown in [&[15u8][..], &[0x80, 0x01], &[]] {
+        for unknown in [&[16u8][..], &[0x80, 0x01], &[]] {
             assert!(matches!(decode::<Answer>(unknown), Err(FrameError::Decode(_))), "{unknown:?}");
         }
     }

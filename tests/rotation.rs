@@ -149,6 +149,12 @@ async fn a_rotation_under_traffic_loses_no_request_and_ends_with_the_new_certifi
     }
     let export = stdout(&ferry_at(&a.dir, &["audit", "export"]));
     assert!(export.contains("\"event\":\"rollover\"") && export.contains(&new), "{export}");
+    // org-a's log holds org-b's receipts signed by both keys: org-b's cross-check against it
+    // checks them with its retired certificate as well as its new one.
+    let exported = root.path().join("org-a.export");
+    std::fs::write(&exported, &export).unwrap();
+    let cross = ferry_at(&b.dir, &["audit", "verify", "--peer-export", exported.to_str().unwrap()]);
+    assert_code(&cross, 0);
     let later = ferry_at(&b.dir, &["cert", "fingerprint", "--json"]);
     assert_eq!(serde_json::from_str::<Value>(&stdout(&later)).unwrap(), serde_json::json!({"fingerprint": new}));
     let check_b = stdout(&ferry_at(&b.dir, &["check"]));

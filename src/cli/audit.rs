@@ -8,7 +8,6 @@ use super::CliError;
 use crate::anchor::Covered;
 use crate::config::Config;
 use crate::evidence::{Broken, Intact};
-use crate::identity::load_cert;
 
 /// Writes the evidence records after `since` to stdout as JSON lines.
 pub fn export(path: &Path, since: i64) -> Result<(), CliError> {
@@ -114,13 +113,13 @@ fn cross_check(
         std::fs::File::open(file).map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
     let theirs = crate::anchor::read_export(std::io::BufReader::new(opened))
         .map_err(|e| CliError::usage(format!("{}: {e}", file.display())))?;
-    let cert = load_cert(&config.cert_path())?;
-    let name = crate::anchor::name_in(&theirs, &cert, &config.node.name);
+    let certs = crate::rollover::own_certs(&crate::rollover::KeyFiles::of(config))?;
+    let name = crate::anchor::name_in(&theirs, &certs, &config.node.name);
     let mut failed = None;
     let ours = crate::store::read_log(&config.node.data_dir, 0)
         .map_err(|e| CliError::failed(e.to_string()))?
         .map_while(|read| read.map_err(|e| failed = Some(e)).ok());
-    let checked = crate::anchor::cross_check(ours, &theirs, &cert, &name, &peer)
+    let checked = crate::anchor::cross_check(ours, &theirs, &certs, &name, &peer)
         .map_err(|e| CliError::usage(format!("{} ({peer}'s export): {e}", file.display())))?;
     if let Some(e) = failed {
         return Err(CliError::failed(e.to_string()));

@@ -11,9 +11,7 @@ use crate::config::Config;
 /// Writes the bundle of request `id` to `out` (whole or not at all) and says what it holds.
 pub fn make(path: &Path, id: &str, out: &Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    let keys = crate::rollover::Keys::load(&crate::rollover::KeyFiles::of(&config))?;
-    let previous = keys.previous().map(|(p, _)| p.identity.cert.clone());
-    let node_certs: Vec<_> = std::iter::once(keys.current.identity.cert.clone()).chain(previous).collect();
+    let node_certs = crate::rollover::own_certs(&crate::rollover::KeyFiles::of(&config))?;
     let peers = super::audit::peer_certs(&config)?;
     let tsa_cert = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()).transpose().map_err(CliError::usage)?;
     let sources = bundle::Sources {
