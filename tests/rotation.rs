@@ -62,6 +62,18 @@ fn traffic(
     })
 }
 
+/// Waits until `node` (org-b, which rotated) logs that org-a pins its new certificate.
+async fn heard_pinned(node: &support::cli::RunningNode) {
+    support::until("org-b to hear that org-a pins its new certificate", async || {
+        let log = node.run_log();
+        match log.contains("the peer pins this node's new certificate") {
+            true => Ok(()),
+            false => Err(log),
+        }
+    })
+    .await;
+}
+
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_rotation_under_traffic_loses_no_request_and_ends_with_the_new_certificate_alone() {
     let root = tempfile::tempdir().unwrap();
@@ -92,14 +104,7 @@ async fn a_rotation_under_traffic_loses_no_request_and_ends_with_the_new_certifi
         }
     })
     .await;
-    support::until("org-b to hear that org-a pins its new certificate", async || {
-        let log = node_b.run_log();
-        match log.contains("the peer pins this node's new certificate") {
-            true => Ok(()),
-            false => Err(log),
-        }
-    })
-    .await;
+    heard_pinned(&node_b).await;
     // During the grace, org-b presents whichever certificate a client asks for.
     let a_identity = Identity::load(&a.dir.cert(), &a.dir.key()).unwrap();
     assert!(
@@ -203,14 +208,7 @@ async fn a_peer_with_auto_rollover_off_holds_the_new_certificate_until_its_admin
         (&new.as_str().into(), &old.as_str().into())
     );
     assert!(view["rollover_offered"].is_null());
-    support::until("org-b to hear that org-a pins its new certificate", async || {
-        let log = node_b.run_log();
-        match log.contains("the peer pins this node's new certificate") {
-            true => Ok(()),
-            false => Err(log),
-        }
-    })
-    .await;
+    heard_pinned(&node_b).await;
     request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(15), &logs).await;
 }
 
