@@ -129,6 +129,278 @@ async fn the_console_follows_the_api_token_rules() {
     }
 }
 
+/// Any call to a node's API: the HTTP status and the envelope (`Null` when the body is not JSON).
+async fn call(method: &str, url: &str, headers: &[(&str, &str)], body: Option<&str>) -> (u16, Value) {
+    let mut r = client().request(method.parse().unwrap(), url);
+    for (k, v) in headers {
+        r = r.header(*k, *v);
+    }
+    if let Some(body) = body {
+        r = r.header("content-type", "application/json").body(body.to_owned());
+    }
+    let r = r.send().await.unwrap();
+    let status = r.status().as_u16();
+    (status, serde_json::from_str(&r.text().await.unwrap()).unwrap_or(Value::Null))
+}
+
+/// A node `org-c` in `root` that pins `b` but is not pinned by it, started, dialing `b` until
+/// `b` lists it as waiting: the started node and its fingerprint.
+async fn knocking_node(root: &Path, b: &Node, bearer: &str) -> (Node, String) {
+    let mut c = Node::create(root, "org-c");
+    c.add_peer(b);
+    c.start().await;
+    let fingerprint = ferry::identity::Fingerprint::of(&ferry::identity::load_cert(&c.cert()).unwrap()).to_string();
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
+    loop {
+        let (_, waiting) = call("GET", &b.url("/v1/peers/pending"), &[("authorization", bearer)], None).await;
+        if waiting["data"].as_array().unwrap().iter().any(|k| k["fingerprint"] == fingerprint.as_str()) {
+            return (c, fingerprint);
+        }
+        assert!(tokio::time::Instant::now() < deadline, "org-c never listed as waiting at org-b: {waiting}");
+        // Dial again: a request to a peer that refuses the handshake.
+        let _ = c.request(json!({"peer": "org-b", "service": "1", "path": "/x", "timeout_ms": 500})).await;
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+}
+
+/// The console's routes, without a browser: services viewed and changed through the config file,
+/// a waiting node pinned, a request's evidence, filters and the throughput history; each with
+/// hostile input (unknown ids, bad bodies, path tricks, another origin, no token).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_console_routes_change_the_config_and_refuse_hostile_input() {
+    let started_ms = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_millis() as i64;
+    let (root, a, b, _service) = pair_with_token().await;
+    let bearer = format!("Bearer {TOKEN}");
+    let auth = [("authorization", bearer.as_str())];
+    let config = || std::fs::read_to_string(&b.config_path).unwrap();
+    let patch = |path: &str, body: &str| {
+        let (url, body) = (b.url(path), body.to_owned());
+        let bearer = bearer.clone();
+        async move { call("PATCH", &url, &[("authorization", &bearer)], Some(&body)).await }
+    };
+    let sync = || a.request(json!({"peer": "org-b", "service": "1", "path": "/ok", "timeout_ms": 10000}));
+
+    // Services: the table in force, and who may call each.
+    let (status, env) = call("GET", &b.url("/v1/services"), &auth, None).await;
+    assert_eq!(status, 200, "{env}");
+    let one = &env["data"][0];
+    assert_eq!((&one["id"], &one["state"]), (&json!("1"), &json!("active")), "{env}");
+    assert_eq!((&one["allow"], &one["callers"]), (&json!(["org-a"]), &json!(["org-a"])), "{env}");
+
+    // Disabled through the API: written to the file, reloaded, refused to org-a as unavailable.
+    let (status, env) = patch("/v1/services/1", r#"{"state": "disabled"}"#).await;
+    assert_eq!(status, 200, "{env}");
+    assert!(env["data"]["change"].as_str().unwrap().contains("state disabled (was active)"), "{env}");
+    assert!(env["data"]["summary"].is_string(), "{env}");
+    assert!(config().contains("state = \"disabled\""), "{}", config());
+    let (_, env) = call("GET", &b.url("/v1/services"), &auth, None).await;
+    assert_eq!(env["data"][0]["state"], "disabled");
+    let (status, env) = sync().await;
+    assert_eq!((status.as_u16(), &env["data"]["error"]), (503, &json!("unavailable")), "{env}");
+    // `enabled` is taken for `active`, as by `ferry service set`.
+    let (status, env) = patch("/v1/services/1", r#"{"state": "enabled"}"#).await;
+    assert_eq!(status, 200, "{env}");
+    let (status, env) = sync().await;
+    assert_eq!(status.as_u16(), 200, "{env}");
+    // The allow list: nobody, then every peer, then org-a again.
+    let (status, env) = patch("/v1/services/1", r#"{"allow": []}"#).await;
+    assert_eq!(status, 200, "{env}");
+    let (_, env) = call("GET", &b.url("/v1/services"), &auth, None).await;
+    assert_eq!(env["data"][0]["callers"], json!([]), "{env}");
+    let (status, env) = sync().await;
+    assert_eq!((status.as_u16(), &env["data"]["error"]), (403, &json!("forbidden")), "{env}");
+    let (status, env) = patch("/v1/services/1", r#"{"allow": ["*"]}"#).await;
+    assert_eq!(status, 200, "{env}");
+    let (_, env) = call("GET", &b.url("/v1/services"), &auth, None).await;
+    assert_eq!((&env["data"][0]["allow"], &env["data"][0]["callers"]), (&json!(["*"]), &json!(["org-a"])));
+    let (status, env) = patch("/v1/services/1", r#"{"allow": ["org-a"], "state": "active"}"#).await;
+    assert_eq!(status, 200, "{env}");
+    let (status, env) = patch("/v1/services/1", r#"{"allow": ["org-a"]}"#).await;
+    assert!(status == 200 && env["data"]["change"].as_str().unwrap().contains("nothing changed"), "{env}");
+
+    // Refused edits leave the file as it was.
+    let before = config();
+    for (path, body, want, field) in [
+        ("/v1/services/9", r#"{"state": "disabled"}"#, 404, None),
+        ("/v1/services/..%2F..%2Fetc%2Fpasswd", r#"{"state": "disabled"}"#, 404, None),
+        ("/v1/services/1%0A", r#"{"state": "disabled"}"#, 404, None),
+        ("/v1/services/1", r#"{"state": "paused"}"#, 400, Some("state")),
+        ("/v1/services/1", r#"{"allow": ["org-z"]}"#, 400, Some("allow")),
+        ("/v1/services/1", r#"{"allow": "org-a"}"#, 400, Some("allow")),
+        ("/v1/services/1", r#"{"base_url": "http://x\n[node]"}"#, 400, Some("base_url")),
+        ("/v1/services/1", r#"{"base_url": "ftp://files.example/"}"#, 400, None),
+        ("/v1/services/1", r#"{"colour": "red"}"#, 400, Some("colour")),
+        ("/v1/services/1", r#"{}"#, 400, None),
+        ("/v1/services/1", r#"state=disabled"#, 400, None),
+        ("/v1/services/1", r#"["disabled"]"#, 400, None),
+    ] {
+        let (status, env) = patch(path, body).await;
+        assert_eq!(status, want, "{path} {body}: {env}");
+        if let Some(field) = field {
+            assert_eq!(env["data"]["field"], field, "{path} {body}: {env}");
+        }
+        assert_eq!(config(), before, "{path} {body} changed the config");
+    }
+    let (_, env) = patch("/v1/services/9", r#"{"state": "disabled"}"#).await;
+    assert!(env["msg"].as_str().unwrap().contains("the configured services: 1"), "{env}");
+    // No token, another origin: refused, nothing written.
+    let url = b.url("/v1/services/1");
+    let (status, _) = call("PATCH", &url, &[], Some(r#"{"state": "disabled"}"#)).await;
+    assert_eq!(status, 401);
+    let evil = [("authorization", bearer.as_str()), ("origin", "http://evil.example")];
+    let (status, _) = call("PATCH", &url, &evil, Some(r#"{"state": "disabled"}"#)).await;
+    assert_eq!(status, 403);
+    let (status, _) = call("GET", &b.url("/v1/services"), &[], None).await;
+    assert_eq!(status, 401);
+    assert_eq!(config(), before);
+
+    // A config the node cannot write: 500, saying what to do, and nothing changed.
+    let tmp = b.config_path.with_extension("toml.tmp");
+    std::fs::create_dir(&tmp).unwrap(); // in the way of the new file
+    let (status, env) = patch("/v1/services/1", r#"{"state": "disabled"}"#).await;
+    assert_eq!(status, 500, "{env}");
+    assert!(env["msg"].as_str().unwrap().contains("cannot write"), "{env}");
+    std::fs::remove_dir(&tmp).unwrap();
+    assert_eq!(config(), before);
+    if !running_as_root() {
+        let dir = b.config_path.parent().unwrap().to_owned();
+        let mode = std::fs::metadata(&dir).unwrap().permissions();
+        use std::os::unix::fs::PermissionsExt;
+        std::fs::set_permissions(&dir, std::fs::Permissions::from_mode(0o500)).unwrap();
+        let (status, env) = patch("/v1/services/1", r#"{"state": "disabled"}"#).await;
+        std::fs::set_permissions(&dir, mode).unwrap();
+        assert_eq!(status, 500, "{env}");
+        let msg = env["msg"].as_str().unwrap();
+        assert!(msg.contains("Permission denied") && msg.contains("ReadWritePaths"), "{env}");
+        assert_eq!(config(), before);
+    }
+
+    // A waiting node, pinned from the API with the code of `ferry peer accept`.
+    let (_c, fingerprint) = knocking_node(root.path(), &b, &bearer).await;
+    let accept = |body: Value| {
+        let (url, bearer) = (b.url("/v1/peers/pending/accept"), bearer.clone());
+        async move { call("POST", &url, &[("authorization", &bearer)], Some(&body.to_string())).await }
+    };
+    let prefix = &fingerprint[..7 + 16];
+    for (body, want, field) in [
+        (json!({"name": "org-c", "fingerprint": "sha256:00000000"}), 404, Some("fingerprint")),
+        (json!({"name": "org-c", "fingerprint": "ab"}), 400, Some("fingerprint")),
+        (json!({"name": "org-c", "fingerprint": "not hex at all"}), 400, Some("fingerprint")),
+        (json!({"name": "../../etc/x", "fingerprint": prefix}), 400, Some("name")),
+        (json!({"name": "org-c\n[node]", "fingerprint": prefix}), 400, Some("name")),
+        (json!({"name": "org-a", "fingerprint": prefix}), 400, Some("name")),
+        (json!({"name": "org-c", "fingerprint": prefix, "address": "no port"}), 400, Some("address")),
+        (json!({"fingerprint": prefix}), 400, None),
+        (json!({"name": "org-c", "fingerprint": prefix, "trust": true}), 400, Some("trust")),
+    ] {
+        let (status, env) = accept(body.clone()).await;
+        assert_eq!(status, want, "{body}: {env}");
+        assert_eq!(env["data"]["field"].as_str(), field, "{body}: {env}");
+        assert_eq!(config(), before, "{body} changed the config");
+    }
+    let accept_url = b.url("/v1/peers/pending/accept");
+    let (status, _) =
+        call("POST", &accept_url, &evil, Some(&json!({"name": "org-c", "fingerprint": prefix}).to_string())).await;
+    assert_eq!(status, 403);
+    let (status, _) =
+        call("POST", &accept_url, &[], Some(&json!({"name": "org-c", "fingerprint": prefix}).to_string())).await;
+    assert_eq!(status, 401);
+    let (status, env) = accept(json!({"name": "org-c", "fingerprint": prefix})).await;
+    assert_eq!(status, 200, "{env}");
+    assert_eq!((&env["data"]["name"], &env["data"]["fingerprint"]), (&json!("org-c"), &json!(fingerprint)), "{env}");
+    assert!(env["data"]["summary"].as_str().unwrap().contains("org-c"), "{env}");
+    assert!(config().contains("name = \"org-c\""), "{}", config());
+    assert!(b.dir.join("certs/peers/org-c.pem").is_file());
+    let (_, peers) = call("GET", &b.url("/v1/peers"), &auth, None).await;
+    assert!(peers["data"].as_array().unwrap().iter().any(|p| p["name"] == "org-c"), "{peers}");
+    let (_, waiting) = call("GET", &b.url("/v1/peers/pending"), &auth, None).await;
+    assert_eq!(waiting["data"], json!([]), "no longer waiting");
+    let (status, _) = accept(json!({"name": "org-d", "fingerprint": prefix})).await;
+    assert_eq!(status, 404, "pinned: no longer waiting");
+
+    // Requests: filtered by service and by text in the id or idempotency key, past the first page.
+    let mut ids = Vec::new();
+    for key in ["key-alpha", "key-beta", "key-gamma"] {
+        let (status, env) = a
+            .request(json!({"peer": "org-b", "service": "1", "path": "/ok", "mode": "async", "idempotency_key": key}))
+            .await;
+        assert_eq!(status.as_u16(), 202, "{env}");
+        ids.push(env["data"]["id"].as_str().unwrap().to_owned());
+    }
+    for id in &ids {
+        assert_eq!(a.wait_state(id, "success", secs(30)).await["state"], "success");
+    }
+    let listed = |query: &str| {
+        let url = a.url(&format!("/v1/requests?{query}"));
+        let query = query.to_owned();
+        async move {
+            let (status, env) = call("GET", &url, &[], None).await;
+            assert_eq!(status, 200, "{query}: {env}");
+            let ids: Vec<String> =
+                env["data"]["items"].as_array().unwrap().iter().map(|r| r["id"].as_str().unwrap().to_owned()).collect();
+            (ids, env["data"]["next"].as_str().map(str::to_owned))
+        }
+    };
+    assert_eq!(listed("q=alpha").await.0, [ids[0].clone()]);
+    assert_eq!(listed("q=key-").await.0.len(), 3);
+    let tail = &ids[1][ids[1].len() - 12..];
+    assert_eq!(listed(&format!("q={tail}")).await.0, [ids[1].clone()], "by a part of the id");
+    assert_eq!(listed("service=1&peer=org-b&direction=outgoing&state=success").await.0.len(), 3);
+    assert_eq!(listed("service=9").await.0.len(), 0);
+    assert_eq!(listed("service=&q=&peer=").await.0.len(), 3, "empty values filter nothing");
+    let (first, next) = listed("service=1&q=key-&limit=2").await;
+    assert_eq!(first, [ids[2].clone(), ids[1].clone()]);
+    let (second, next) = listed(&format!("service=1&q=key-&limit=2&before={}", next.unwrap())).await;
+    assert_eq!((second, next), (vec![ids[0].clone()], None), "the next page keeps the filters");
+    for query in [format!("q={}", "x".repeat(257)), "colour=red".into(), "direction=sideways".into()] {
+        let (status, env) = call("GET", &a.url(&format!("/v1/requests?{query}")), &[], None).await;
+        assert_eq!(status, 400, "{query}: {env}");
+    }
+
+    // A request's evidence: its records with seq, kind and hash; unknown ids are 404.
+    let (status, env) = call("GET", &a.url(&format!("/v1/requests/{}/evidence", ids[0])), &[], None).await;
+    assert_eq!(status, 200, "{env}");
+    let records = env["data"]["records"].as_array().unwrap();
+    assert!(records.iter().any(|r| r["event"] == "request" && r["id"] == ids[0].as_str()), "{env}");
+    assert!(records.iter().all(|r| r["seq"].as_i64().unwrap() > 0 && r["hash"].as_str().unwrap().len() == 64));
+    let seqs: Vec<i64> = records.iter().map(|r| r["seq"].as_i64().unwrap()).collect();
+    assert!(seqs.windows(2).all(|w| w[0] < w[1]), "in log order: {seqs:?}");
+    for path in
+        ["/v1/requests/no-such-id/evidence", "/v1/requests/..%2F..%2Fferry.db/evidence", "/v1/requests/%00/evidence"]
+    {
+        let (status, env) = call("GET", &a.url(path), &[], None).await;
+        assert_eq!((status, &env["data"]["error"]), (404, &json!("not_found")), "{path}: {env}");
+    }
+    let (status, _) = call("GET", &b.url(&format!("/v1/requests/{}/evidence", ids[0])), &[], None).await;
+    assert_eq!(status, 401);
+
+    // The throughput history: points only over intervals the node measured, both ends.
+    let deadline = tokio::time::Instant::now() + secs(40);
+    let points = loop {
+        let (status, env) = call("GET", &a.url("/v1/stats/history"), &[], None).await;
+        assert_eq!(status, 200, "{env}");
+        assert_eq!((&env["data"]["every_s"], &env["data"]["kept_s"]), (&json!(10), &json!(86400)), "{env}");
+        let points = env["data"]["points"].as_array().unwrap().clone();
+        if points.iter().map(|p| p["requests"].as_u64().unwrap()).sum::<u64>() >= 3 {
+            break points;
+        }
+        assert!(tokio::time::Instant::now() < deadline, "no point counted the requests: {env}");
+        tokio::time::sleep(Duration::from_millis(500)).await;
+    };
+    for p in &points {
+        let begun = p["at_ms"].as_i64().unwrap() - (p["seconds"].as_f64().unwrap() * 1000.0) as i64;
+        assert!(begun >= started_ms - 1000, "a point before the node ran: {p}");
+        assert!(p["seconds"].as_f64().unwrap() > 0.0, "{p}");
+    }
+    let last = points.last().unwrap()["at_ms"].as_i64().unwrap();
+    let (_, env) = call("GET", &a.url(&format!("/v1/stats/history?since={last}")), &[], None).await;
+    assert_eq!(env["data"]["points"], json!([]), "nothing after the last point yet: {env}");
+    for query in ["since=yesterday", "since=1&colour=red"] {
+        let (status, _) = call("GET", &a.url(&format!("/v1/stats/history?{query}")), &[], None).await;
+        assert_eq!(status, 400, "{query}");
+    }
+}
+
 // ---- a small Chrome DevTools Protocol client ---------------------------------------------------
 
 type Socket = tokio_tungstenite::WebSocketStream<tokio_tungstenite::MaybeTlsStream<tokio::net::TcpStream>>;
