@@ -612,6 +612,9 @@ async fn drive(exe: &Path) {
     std::fs::write(b.dir.join("outbox/notes.txt"), b"nothing to see").unwrap();
 
     let mut browser = Browser::launch(exe).await;
+    // From the first byte of every page: a shown console never has an empty table, and never says
+    // "offline" unless it asks for a token.
+    browser.call("Page.addScriptToEvaluateOnNewDocument", json!({"source": PAINT_WATCH})).await;
     browser.call("Page.navigate", json!({"url": b.url("/")})).await;
 
     // The node requires a token: the page asks for it, and shows nothing before.
@@ -623,8 +626,69 @@ async fn drive(exe: &Path) {
     browser.wait_for("document.querySelector('#live').textContent === 'live'", secs(15)).await;
     browser.wait_for("document.querySelector('#peers tr[data-peer=\"org-a\"]') !== null", secs(10)).await;
     browser.wait_for("document.querySelector('#verify').dataset.intact === 'true'", secs(10)).await;
+    assert_eq!(browser.eval("window.paintProblems").await, json!([]), "the first paint");
 
-    // A host at org-a asks for two downloads that wait for approval, and one call that fails.
+    // Services: who may call them, and a state changed by clicking, written to the config file.
+    let row = "#services tr[data-service=\"1\"]";
+    let callers = browser.wait_for(&format!("document.querySelector('{row} td.callers')?.textContent"), secs(10)).await;
+    assert_eq!(callers, "org-a");
+    browser.click(&format!("{row} button.edit")).await;
+    browser
+        .eval(&format!(
+            "(() => {{ const s = document.querySelector('{row} select.state'); s.value = 'disabled'; \
+             s.dispatchEvent(new Event('change')); return true; }})()"
+        ))
+        .await;
+    browser.click(&format!("{row} button.save")).await;
+    browser.wait_for(&format!("document.querySelector('{row} .badge')?.textContent === 'disabled'"), secs(15)).await;
+    let said = browser.eval(&format!("document.querySelector('{row} .status').textContent")).await;
+    assert!(said.as_str().unwrap().contains("state disabled (was active)"), "{said}");
+    let config = std::fs::read_to_string(&b.config_path).unwrap();
+    assert!(config.contains("state = \"disabled\""), "{config}");
+    let (status, refused) = a.request(json!({"peer": "org-b", "service": "1", "path": "/ok"})).await;
+    assert_eq!(status.as_u16(), 503, "{refused}");
+    browser.click(&format!("{row} button.edit")).await;
+    browser
+        .eval(&format!(
+            "(() => {{ const s = document.querySelector('{row} select.state'); s.value = 'active'; return true; }})()"
+        ))
+        .await;
+    browser.click(&format!("{row} button.save")).await;
+    browser.wait_for(&format!("document.querySelector('{row} .badge')?.textContent === 'active'"), secs(15)).await;
+
+    // A node that dials unpinned is listed; accepting it asks for a name and its fingerprint as
+    // its admin reads it, and pins it only when they match.
+    let bearer = format!("Bearer {TOKEN}");
+    let (_c, fingerprint) = knocking_node(_root.path(), &b, &bearer).await;
+    let knock = format!("#pending-peers tr[data-fingerprint=\"{fingerprint}\"]");
+    browser.wait_for(&format!("document.querySelector('{knock}') !== null"), secs(20)).await;
+    browser.click(&format!("{knock} button.accept")).await;
+    browser.click(&format!("{knock} input.name")).await;
+    browser.type_text("org-c").await;
+    browser.click(&format!("{knock} input.confirm")).await;
+    browser.type_text("sha256:00000000").await;
+    assert_eq!(browser.eval(&format!("document.querySelector('{knock} button.pin').disabled")).await, true);
+    browser
+        .eval(&format!(
+            "(() => {{ const i = document.querySelector('{knock} input.confirm'); i.value = ''; \
+             i.dispatchEvent(new Event('input')); return true; }})()"
+        ))
+        .await;
+    browser.click(&format!("{knock} input.confirm")).await;
+    browser.type_text(&fingerprint[7..7 + 16]).await;
+    browser.click(&format!("{knock} button.pin")).await;
+    let pinned = browser
+        .wait_for(
+            "[...document.querySelectorAll('#pending-peers .status')].map(s => s.textContent).find(t => t.startsWith('pinned as'))",
+            secs(15),
+        )
+        .await;
+    assert!(pinned.as_str().unwrap().starts_with("pinned as org-c"), "{pinned}");
+    assert!(std::fs::read_to_string(&b.config_path).unwrap().contains("name = \"org-c\""));
+    browser.wait_for("document.querySelector('#peers tr[data-peer=\"org-c\"]') !== null", secs(15)).await;
+
+    // A host at org-a asks for three downloads that wait for approval, and one call that fails
+    // (its result goes to a callback that fails too).
     let ask = |path: &str| {
         json!({"peer": "org-b", "service": "1", "path": path, "mode": "async", "reply": true,
                "form": {"month": "2026-10"}})
@@ -634,10 +698,15 @@ async fn drive(exe: &Path) {
     let export_id = export["data"]["id"].as_str().unwrap().to_owned();
     let (_, old) = a.request(ask("/export-old")).await;
     let old_id = old["data"]["id"].as_str().unwrap().to_owned();
-    let (_, failing) =
-        a.request(json!({"peer": "org-b", "service": "1", "path": "/status/500", "mode": "async"})).await;
+    let (_, data) = a.request(ask("/export-data")).await;
+    let data_id = data["data"]["id"].as_str().unwrap().to_owned();
+    let callback = format!("{}/status/500", service.base_url());
+    let (_, failing) = a
+        .request(json!({"peer": "org-b", "service": "1", "path": "/status/500", "mode": "async",
+                        "callback": {"url": callback}}))
+        .await;
     let failing_id = failing["data"]["id"].as_str().unwrap().to_owned();
-    service.wait_for(3, secs(15)).await;
+    service.wait_for(4, secs(15)).await;
 
     // Both show up as pending approvals, live.
     let row = |path: &str| {
@@ -645,7 +714,16 @@ async fn drive(exe: &Path) {
     };
     let export_cb = browser.wait_for(&format!("({})?.dataset.callback", row("/export")), secs(15)).await;
     let old_cb = browser.wait_for(&format!("({})?.dataset.callback", row("/export-old")), secs(15)).await;
+    let data_cb = browser.wait_for(&format!("({})?.dataset.callback", row("/export-data")), secs(15)).await;
     let (export_cb, old_cb) = (export_cb.as_str().unwrap().to_owned(), old_cb.as_str().unwrap().to_owned());
+
+    // Reply to one with JSON data, typed and clicked.
+    let data_row = format!("#pending tr[data-callback=\"{}\"]", data_cb.as_str().unwrap());
+    browser.click(&format!("{data_row} input.data")).await;
+    browser.type_text(r#"{"rows": [1, 2]}"#).await;
+    browser.click(&format!("{data_row} button.reply-data")).await;
+    let replied = a.wait_state(&data_id, "success", secs(30)).await;
+    assert_eq!(replied["replies"][0]["data"], json!({"rows": [1, 2]}), "{replied}");
 
     // Watch every value the progress bars take, every state the in-flight rows show, and every
     // count of transfers active.
@@ -744,22 +822,122 @@ async fn drive(exe: &Path) {
     browser.screenshot(&shot).await;
     assert!(std::fs::metadata(&shot).unwrap().len() > 10_000, "a screenshot at {}", shot.display());
     let _ = writeln!(std::io::stderr(), "console screenshot: {}", shot.display());
-    let charted = browser
-        .eval("[document.querySelector('#chart').dataset.requests, document.querySelector('#chart').dataset.bytes]")
-        .await;
-    assert_eq!(charted[0], "3", "the chart counted the three requests");
-    assert!(
-        charted[1].as_str().unwrap().parse::<u64>().unwrap() >= FILE_SIZE / 2,
-        "the chart counted the bytes: {charted}"
+    // The chart draws what the node measured (every 10 s): the four requests and the file.
+    let charted = format!(
+        "Number(document.querySelector('#chart').dataset.requests) >= 4 && \
+         Number(document.querySelector('#chart').dataset.bytes) >= {}",
+        FILE_SIZE / 2
     );
+    browser.wait_for(&charted, secs(45)).await;
+    let before = browser.eval("document.querySelector('#chart').dataset.requests").await;
 
-    // Opened again in the same tab: the token is kept for the tab, and the chart shows the
-    // requests of the last minutes from their creation times.
+    // Requests, filtered by the node: by text in the id, by state; then one in detail.
+    let tail = &export_id[export_id.len() - 10..];
+    browser.click("#f-q").await;
+    browser.type_text(tail).await;
+    browser
+        .wait_for(
+            &format!(
+                "document.querySelector('#requests').dataset.count === '1' && \
+                 document.querySelector('#requests tr[data-id=\"{export_id}\"]') !== null"
+            ),
+            secs(10),
+        )
+        .await;
+    browser
+        .eval("(() => { const s = document.querySelector('#f-state'); s.value = 'failed'; s.dispatchEvent(new Event('change')); return true; })()")
+        .await;
+    browser.wait_for("document.querySelector('#requests').dataset.count === '0'", secs(10)).await;
+    browser.click("#f-clear").await;
+    browser
+        .eval("(() => { const s = document.querySelector('#f-state'); s.value = 'failed'; s.dispatchEvent(new Event('change')); return true; })()")
+        .await;
+    browser.wait_for("document.querySelector('#requests').dataset.count === '2'", secs(10)).await;
+    browser.click("#f-clear").await;
+    browser
+        .wait_for(&format!("document.querySelector('#requests tr[data-id=\"{export_id}\"] a.open')"), secs(10))
+        .await;
+    browser.click(&format!("#requests tr[data-id=\"{export_id}\"] a.open")).await;
+    browser
+        .wait_for(
+            &format!("document.querySelector('#detail').dataset.id === '{export_id}' && document.querySelector('#detail').dataset.loaded"),
+            secs(10),
+        )
+        .await;
+    browser.wait_for("document.querySelector('#detail-replies tr[data-seq=\"1\"]') !== null", secs(10)).await;
+    let file = browser.eval("document.querySelector('#detail-transfer').innerText").await;
+    let file = file.as_str().unwrap_or_default();
+    assert!(file.contains("export-2026-10.bin") && file.contains("400 MiB"), "{file}");
+    let sha = browser.eval("document.querySelector('#detail-transfer code.sha256').textContent").await;
+    assert!(sha.as_str().unwrap().len() == 64 && sha.as_str().unwrap().chars().all(|c| c.is_ascii_hexdigit()), "{sha}");
+    let kinds = browser
+        .wait_for(
+            "(() => { const k = [...document.querySelectorAll('#detail-evidence tr[data-seq]')].map(r => r.cells[2].textContent); \
+             return k.includes('request') && (k.includes('reply') || k.includes('file')) && k.includes('receipt') ? k : null; })()",
+            secs(10),
+        )
+        .await;
+    let hash = browser.eval("document.querySelector('#detail-evidence tr[data-seq] code.hash').title").await;
+    assert_eq!(hash.as_str().unwrap().len(), 64, "{kinds}");
+
+    // Opened again in the same tab: the token is kept for the tab, the page shows nothing empty or
+    // "offline" before its data, and the chart shows at once what the node measured before.
+    let (_, stats) = call("GET", &b.url("/v1/stats"), &[("authorization", &bearer)], None).await;
+    assert!(stats["data"].is_object());
     browser.call("Page.reload", json!({})).await;
-    browser.wait_for("document.querySelector('#live')?.textContent === 'live'", secs(15)).await;
+    browser.wait_for("document.readyState === 'complete'", secs(15)).await;
+    browser.screenshot(&shots.join("console-load.png")).await;
+    browser
+        .wait_for("document.querySelector('#console') && !document.querySelector('#console').hidden", secs(15))
+        .await;
     assert_eq!(browser.eval("document.querySelector('#login').hidden").await, true);
-    browser.wait_for("document.querySelector('#chart').dataset.requests === '3'", secs(5)).await;
+    let again = browser.eval("document.querySelector('#chart').dataset.requests").await;
+    assert!(
+        again.as_str().unwrap().parse::<u64>().unwrap() >= before.as_str().unwrap().parse::<u64>().unwrap(),
+        "{again}"
+    );
+    browser.wait_for("document.querySelector('#live')?.textContent === 'live'", secs(15)).await;
+    assert_eq!(browser.eval("window.paintProblems").await, json!([]), "after a reload");
+
+    // org-a's console (no tokens there, loopback): the failing request's callback attempts, each
+    // with its time, the status the host answered and the error.
+    browser.call("Page.navigate", json!({"url": a.url("/")})).await;
+    let link = format!("#requests tr[data-id=\"{failing_id}\"] a.open");
+    browser.wait_for(&format!("document.querySelector('{link}') !== null"), secs(15)).await;
+    browser.click(&link).await;
+    let attempt = browser
+        .wait_for(
+            "(() => { const r = document.querySelector('#detail-attempts tr[data-seq]'); \
+             return r ? [r.cells[0].textContent, r.cells[2].textContent, r.cells[3].textContent] : null; })()",
+            secs(20),
+        )
+        .await;
+    assert_eq!(attempt[1], "500", "{attempt}");
+    assert!(attempt[2].as_str().unwrap().contains("answered HTTP 500"), "{attempt}");
+    assert!(attempt[0].as_str().unwrap().len() >= 20, "a whole time: {attempt}");
+    let callback = browser.eval("document.querySelector('#detail-callback').textContent").await;
+    assert!(callback.as_str().unwrap().contains("not delivered yet"), "{callback}");
+    assert_eq!(browser.eval("window.paintProblems").await, json!([]), "org-a's console");
+    browser.screenshot(&shots.join("console-detail.png")).await;
 }
+
+/// Notes, from a page's first byte, every moment its console shows an empty table or says
+/// "offline" while it does not ask for a token (`window.paintProblems`).
+const PAINT_WATCH: &str = "window.paintProblems = []; (() => { \
+  const note = (p) => { if (!window.paintProblems.includes(p)) window.paintProblems.push(p); }; \
+  const check = () => { \
+    const live = document.getElementById('live'), main = document.getElementById('console'), \
+      login = document.getElementById('login'); \
+    if (!live || !main || !login) return; \
+    if (login.hidden && live.textContent.trim() === 'offline') note('offline shown'); \
+    if (main.hidden) return; \
+    for (const id of ['peers', 'queues', 'services', 'pending-peers', 'requests', 'inflight', 'pending', 'failures', 'evidence']) { \
+      const body = document.querySelector('#' + id + ' tbody'); \
+      if (!body || body.children.length === 0) note('empty #' + id); \
+    } \
+  }; \
+  new MutationObserver(check).observe(document, {subtree: true, childList: true, attributes: true, characterData: true}); \
+})();";
 
 fn secs(n: u64) -> Duration {
     Duration::from_secs(n)

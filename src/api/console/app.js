@@ -378,7 +378,9 @@
       evidenceRows = evidenceRows.concat(records).slice(-30);
       if (records.length < 1000) break;
     }
-    $("#evidence tbody").replaceChildren(...evidenceRows.slice().reverse().map((r) => el("tr", { "data-seq": r.seq },
+    if (evidenceRows.length === 0) {
+      $("#evidence tbody").replaceChildren(el("tr", {}, el("td", { colSpan: 8, class: "muted", text: "no record yet" })));
+    } else $("#evidence tbody").replaceChildren(...evidenceRows.slice().reverse().map((r) => el("tr", { "data-seq": r.seq },
       el("td", { class: "num", text: r.seq }),
       el("td", { text: when(r.at) }),
       el("td", {}, r.event === "receipt" ? badge("receipt", "ok") : r.event),
@@ -650,7 +652,10 @@
   // ---- services ----------------------------------------------------------------------------
 
   async function refreshServices() {
-    services = await api("/v1/services");
+    // The peers too: a service's allow list is chosen among them.
+    const [list, peers] = await Promise.all([api("/v1/services"), api("/v1/peers")]);
+    services = list;
+    peerNames = peers.map((p) => p.name);
     const body = $("#services tbody");
     const existing = new Map([...body.querySelectorAll("tr[data-service]")].map((tr) => [tr.dataset.service, tr]));
     const rows = services.map((s) => {
@@ -675,7 +680,8 @@
       ...["active", "deprecated", "disabled"].map((v) => el("option", { value: v, text: v })));
     state.value = s.state;
     const every = el("input", { type: "checkbox", class: "allow", value: "*", checked: s.allow.includes("*") });
-    const boxes = peerNames.map((n) => el("label", {},
+    const names = [...new Set([...peerNames, ...s.allow.filter((n) => n !== "*")])];
+    const boxes = names.map((n) => el("label", {},
       el("input", { type: "checkbox", class: "allow", value: n, checked: s.allow.includes(n) }), " " + n));
     const save = el("button", { type: "button", class: "save approve", text: "Save" });
     const cancel = el("button", { type: "button", class: "cancel", text: "Cancel" });
@@ -823,9 +829,15 @@
     }
     for (const reply of r.replies || []) {
       if (!reply.file_info) continue;
-      files.push(el("div", { class: "transfer", "data-name": reply.file_info.name },
-        el("div", {}, el("strong", { text: reply.file_info.name }), ` · reply ${reply.seq} · ${bytes(reply.file_info.size)}`),
-        el("div", {}, "SHA-256 ", el("code", { class: "sha256", text: reply.file_info.sha256 || "not known yet" }))));
+      // The node that sent a reply's file keeps its size and SHA-256 in the reply's evidence record.
+      const recorded = (evidence.records || []).find((e) => e.reply_seq === reply.seq && e.file && e.file.sha256);
+      const info = Object.assign({}, reply.file_info);
+      if (recorded) { info.size = info.size ?? recorded.file.size; info.sha256 = info.sha256 || recorded.file.sha256; }
+      const live = !r.transfer && transfers.get(id);
+      files.push(el("div", { class: "transfer", "data-name": info.name },
+        el("div", {}, el("strong", { text: info.name }), ` · reply ${reply.seq} · ${bytes(info.size)}`),
+        live ? progressBar(id, live) : "",
+        el("div", {}, "SHA-256 ", el("code", { class: "sha256", text: info.sha256 || "not known until it is through" }))));
     }
     $("#detail-transfer").replaceChildren(...(files.length ? files : ["no file"]));
     const replies = (r.replies || []).map((p) => el("tr", { "data-seq": p.seq },
@@ -878,6 +890,7 @@
       return;
     }
     started = true;
+    if (!socket) setLive(false, "connecting");
     $("#login").hidden = true;
     $("#loading").hidden = !$("#console").hidden;
     $("#forget").hidden = !token;
