@@ -209,6 +209,9 @@ fn view(r: &Row) -> rusqlite::Result<Viewed> {
 /// filled in.
 fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Result<RequestView, StoreError> {
     let Viewed { row, mut view, callback } = viewed;
+    // Credentials in a callback URL stored by an earlier version, and the shown form that masks
+    // them wherever an error repeats the URL.
+    let masked = callback.as_ref().map(|c| (c.url.clone(), without_credentials(&c.url)));
     if let Some(Callback { url, method }) = callback {
         let (count, delivered, attempts, last_error): (u32, u32, u32, Option<String>) = query_row(
             t,
@@ -233,7 +236,6 @@ fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Re
              WHERE request = ?1 ORDER BY seq",
         )?;
         let outgoing = view.direction == "outgoing";
-        let with_callback = view.callback.is_some();
         let replies = stmt
             .query_map([row], |r| {
                 let data: Option<String> = r.get(1)?;
@@ -250,9 +252,10 @@ fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Re
                     reply["file_info"] = json!({"name": name, "size": r.get::<_, Option<i64>>(9)?,
                         "sha256": r.get::<_, Option<String>>(10)?});
                 }
-                if with_callback {
+                if let Some((url, shown)) = &masked {
+                    let last_error = r.get::<_, Option<String>>(12)?.map(|e| e.replace(url.as_str(), shown));
                     reply["callback"] = json!({
-                        "attempts": r.get::<_, u32>(11)?, "last_error": r.get::<_, Option<String>>(12)?,
+                        "attempts": r.get::<_, u32>(11)?, "last_error": last_error,
                         "next_attempt_at": r.get::<_, Option<i64>>(13)?.map(rfc3339),
                     });
                 }
