@@ -558,6 +558,7 @@ impl Browser {
         let expression = format!(
             "(() => {{ const e = document.querySelector({selector:?}); if (!e) return null; \
              e.scrollIntoView({{block: 'center'}}); const r = e.getBoundingClientRect(); \
+             if (r.width === 0 || r.height === 0) return null; /* not shown (yet) */ \
              return [r.x + r.width / 2, r.y + r.height / 2, e.disabled === true]; }})()"
         );
         let at = self.wait_for(&expression, Duration::from_secs(10)).await;
@@ -903,6 +904,10 @@ async fn drive(exe: &Path) {
     // with its time, the status the host answered and the error.
     browser.call("Page.navigate", json!({"url": a.url("/")})).await;
     let link = format!("#requests tr[data-id=\"{failing_id}\"] a.open");
+    // The panels fill before they show: click once they do.
+    browser
+        .wait_for("document.querySelector('#console') && !document.querySelector('#console').hidden", secs(15))
+        .await;
     browser.wait_for(&format!("document.querySelector('{link}') !== null"), secs(15)).await;
     browser.click(&link).await;
     let attempt = browser
