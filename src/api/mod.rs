@@ -414,6 +414,11 @@ mod tests {
             ("/v1/events", "get"),
             ("/v1/audit", "get"),
             ("/metrics", "get"),
+            ("/v1/services", "get"),
+            ("/v1/services/{id}", "patch"),
+            ("/v1/peers/pending/accept", "post"),
+            ("/v1/requests/{id}/evidence", "get"),
+            ("/v1/stats/history", "get"),
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
         }

@@ -95,7 +95,8 @@ pub struct Accepted {
 pub const FINGERPRINT_PREFIX_MIN: usize = 8;
 
 /// Pins the node among `waiting` whose fingerprint begins with `fingerprint` (with or without
-/// `sha256:`, at least [`FINGERPRINT_PREFIX_MIN`] hex digits, matching one node only) under
+/// `sha256:`, in any case, digits in groups separated by spaces or colons allowed; at least
+/// [`FINGERPRINT_PREFIX_MIN`] hex digits, matching one node only) under
 /// `name`, at `address` or else the address it dialed from, as [`add`] does.
 pub fn accept(
     config_path: &Path,
@@ -112,7 +113,10 @@ pub fn accept(
 
 /// The one waiting node whose fingerprint begins with `given`.
 fn choose<'k>(waiting: &'k [Knock], given: &str) -> Result<&'k Knock, EditError> {
-    let wanted = given.trim().trim_start_matches("sha256:").to_ascii_lowercase();
+    // As an admin may type what is read to them: any case, digits in groups.
+    let lower = given.trim().to_ascii_lowercase();
+    let wanted: String =
+        lower.trim_start_matches("sha256:").chars().filter(|c| !c.is_whitespace() && *c != ':').collect();
     if wanted.len() < FINGERPRINT_PREFIX_MIN || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
         return Err(EditError::invalid(
             "fingerprint",
@@ -168,5 +172,36 @@ pub fn check_address(address: &str) -> Result<(), EditError> {
                 shown(address)
             ),
         ))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn knock(fingerprint: &str) -> Knock {
+        Knock {
+            fingerprint: fingerprint.into(),
+            address: "192.0.2.7:7443".into(),
+            first_seen: String::new(),
+            last_seen: String::new(),
+            attempts: 1,
+            certificate: String::new(),
+        }
+    }
+
+    /// A waiting node is chosen by a unique beginning of its fingerprint, typed as an admin may
+    /// (with or without `sha256:`, any case, spaces or colons between digits).
+    #[test]
+    fn a_waiting_node_is_chosen_by_a_unique_beginning_of_its_fingerprint() {
+        let waiting = [knock("sha256:4f0c1a2b00aa"), knock("sha256:4f0c1a2b11bb"), knock("sha256:9999aaaa0000")];
+        assert_eq!(choose(&waiting, "sha256:4f0c1a2b00").unwrap().fingerprint, "sha256:4f0c1a2b00aa");
+        assert_eq!(choose(&waiting, " SHA256:9999AAAA ").unwrap().fingerprint, "sha256:9999aaaa0000");
+        assert_eq!(choose(&waiting, "4f0c 1a2b:11").unwrap().fingerprint, "sha256:4f0c1a2b11bb");
+        let kind = |given: &str| choose(&waiting, given).map(|k| k.fingerprint.clone()).map_err(|e| (e.kind, e.field));
+        assert_eq!(kind("4f0c1a2b"), Err((super::super::EditKind::Invalid, Some("fingerprint"))), "two match");
+        assert_eq!(kind("4f0c1a"), Err((super::super::EditKind::Invalid, Some("fingerprint"))), "too short");
+        assert_eq!(kind("4f0c1a2g"), Err((super::super::EditKind::Invalid, Some("fingerprint"))), "not hex");
+        assert_eq!(kind("12345678"), Err((super::super::EditKind::NotConfigured, Some("fingerprint"))), "none");
     }
 }
