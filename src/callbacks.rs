@@ -36,7 +36,7 @@ pub async fn work(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) 
         .each(&stop, claim, |work| {
             let (store, client, metrics) = (store.clone(), client.clone(), metrics.clone());
             async move {
-                let outcome = deliver(&client, &work).await;
+                let (status, outcome) = deliver(&client, &work).await;
                 let counted = if outcome.is_ok() { "delivered" } else { "retry" };
                 metrics.callbacks.get_or_create(&OutcomeLabel { outcome: counted.into() }).inc();
                 let outcome = outcome.map_err(|error| {
@@ -44,7 +44,7 @@ pub async fn work(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) 
                     tracing::info!(id = %work.id, seq = work.seq, %error, "callback not delivered; retrying");
                     (error, (next <= work.expires_at).then_some(next))
                 });
-                if let Err(e) = store.callback_attempted(&work, outcome).await {
+                if let Err(e) = store.callback_attempted(&work, status, outcome).await {
                     tracing::error!(id = %work.id, error = %e, "cannot record a callback delivery");
                 }
             }
@@ -52,8 +52,9 @@ pub async fn work(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) 
         .await;
 }
 
-/// One delivery attempt.
-async fn deliver(client: &reqwest::Client, work: &CallbackWork) -> Result<(), String> {
+/// One delivery attempt: the status the callback answered, if it did, and whether it counts as
+/// delivered.
+async fn deliver(client: &reqwest::Client, work: &CallbackWork) -> (Option<u16>, Result<(), String>) {
     let mut fields = vec![("id", work.id.clone()), ("seq", work.seq.to_string()), ("end", work.end.to_string())];
     if let Some(data) = &work.data {
         fields.push(("data", data.clone()));
@@ -80,10 +81,14 @@ async fn deliver(client: &reqwest::Client, work: &CallbackWork) -> Result<(), St
         "GET" => client.get(&work.url).query(&fields),
         _ => client.post(&work.url).form(&fields),
     };
-    let response = request.send().await.map_err(|e| format!("cannot reach {}: {e}", work.url))?;
+    let response = match request.send().await {
+        Ok(response) => response,
+        Err(e) => return (None, Err(format!("cannot reach {}: {e}", work.url))),
+    };
+    let status = response.status().as_u16();
     if response.status().is_success() {
-        Ok(())
+        (Some(status), Ok(()))
     } else {
-        Err(format!("{} answered HTTP {}", work.url, response.status().as_u16()))
+        (Some(status), Err(format!("{} answered HTTP {status}", work.url)))
     }
 }

@@ -27,6 +27,7 @@
 //! | `main.rs` | the thin binary: calls [`cli::main`] |
 //! | [`cli`] | the command line: `init`, `peer add` and `service add` (`peer`, `service`: they keep the file's comments and are validated before they are written), `check [--connect]`, `audit`, `demo`, the operator commands over the local API (`operator`, `table`), journald log lines (`journal`) |
 //! | [`config`] | the TOML config, parsed completely; every problem is reported at once |
+//! | [`config_file`] | the config file edited in place (comments kept, validated before it is written): the service and peer edits the command line and the console share |
 //! | [`identity`] | the node's key and self-signed certificate (rcgen), and fingerprints |
 //! | [`tls`] | rustls configs that require and pin certificates both ways; the ALPN ids `ferry/2`, `ferry/1+anchored` and `ferry/1` |
 //! | [`wire`] | the node-to-node protocol: postcard frames, protocol version, close and reset codes; the checks both nodes apply to paths, fields and headers |
@@ -35,6 +36,7 @@
 //! | [`node`] | wiring: bound sockets plus a shutdown future become a running node; reload on SIGHUP |
 //! | [`systemd`] | sd_notify: READY, WATCHDOG while the store answers, RELOADING, STOPPING, STATUS |
 //! | [`metrics`] | the Prometheus metrics (`prometheus-client`) behind `GET /metrics` |
+//! | [`throughput`] | the throughput history the node keeps: its counters sampled every 10 s for 24 h (`GET /v1/stats/history`) |
 //! | [`api`] | the local REST API (axum): router and OpenAPI document from the same annotated handlers ([`api::openapi`]), token and loopback guard, requests, replies, monitoring, events, the operator console, the envelope and error kinds ([`api::envelope`]) |
 //! | [`exchange`] | synchronous requests: from the API handler's task straight to the link ([`exchange::Carrier`]), counted, logged and handed to the store as evidence |
 //! | [`host_file`] | a host's files, opened confined beneath `files.send_roots`, never the node's own |
@@ -76,6 +78,7 @@ pub mod bundle;
 pub mod callbacks;
 pub mod cli;
 pub mod config;
+pub mod config_file;
 pub mod deliver;
 pub mod evidence;
 pub mod exchange;
@@ -94,6 +97,7 @@ pub mod service;
 pub mod stamping;
 pub mod store;
 pub mod systemd;
+pub mod throughput;
 pub mod timestamp;
 pub mod tls;
 pub mod transfer;

@@ -92,6 +92,18 @@ pub struct Metrics {
     pub peer_connected: Family<PeerLabel, Gauge>,
     /// The peer connection's round-trip time in seconds (set at scrape time).
     pub peer_rtt: Family<PeerLabel, Gauge<f64, AtomicU64>>,
+    /// Sums over every label, for the throughput history.
+    pub totals: Totals,
+}
+
+/// Counters summed over their labels, read cheaply by the throughput sampler
+/// ([`crate::throughput`]).
+#[derive(Debug, Default)]
+pub struct Totals {
+    /// Synchronous exchanges, both directions.
+    pub sync_requests: AtomicU64,
+    /// File bytes moved over the link, both directions.
+    pub file_bytes: AtomicU64,
 }
 
 fn latency() -> Histogram {
@@ -114,6 +126,7 @@ impl Default for Metrics {
             callbacks_pending: Gauge::default(),
             peer_connected: Family::default(),
             peer_rtt: Family::default(),
+            totals: Totals::default(),
             registry: Registry::default(),
         };
         registry.register("sync_requests", "Synchronous exchanges", m.sync_requests.clone());
@@ -142,12 +155,14 @@ impl Default for Metrics {
 impl Metrics {
     /// Counts a synchronous exchange.
     pub fn sync_request(&self, peer: &str, direction: &str, outcome: &str) {
+        self.totals.sync_requests.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
         let labels = SyncLabels { peer: peer.to_owned(), direction: direction.to_owned(), outcome: outcome.to_owned() };
         self.sync_requests.get_or_create(&labels).inc();
     }
 
     /// Counts file bytes moved to or from `peer`.
     pub fn file_bytes(&self, peer: &str, direction: &str, bytes: u64) {
+        self.totals.file_bytes.fetch_add(bytes, std::sync::atomic::Ordering::Relaxed);
         let labels = BytesLabels { peer: peer.to_owned(), direction: direction.to_owned() };
         self.file_bytes.get_or_create(&labels).inc_by(bytes);
     }

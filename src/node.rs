@@ -21,7 +21,7 @@ use crate::service::Services;
 use crate::stamping::Stamper;
 use crate::store::{Store, StoreError};
 use crate::systemd::Notifier;
-use crate::{callbacks, inbox};
+use crate::{callbacks, inbox, throughput};
 
 /// The node's two sockets, bound before it starts so that callers (and tests) may bind port 0.
 #[derive(Debug)]
@@ -216,7 +216,13 @@ pub async fn run_with(
         max_size: config.files.max_size,
         timestamps: stamper.as_ref().map(Stamper::status),
         tsa_cert,
+        config_file: Arc::new(api::ConfigFile::new(config.path.clone())),
+        services: services.clone(),
+        throughput: throughput::History::default(),
     };
+    let sampling =
+        state.throughput.clone().sample(state.metrics.clone(), store.clone(), throughput::EVERY, serving.clone());
+    tokio::spawn(sampling);
     sockets.api.set_nonblocking(true)?;
     let listener = tokio::net::TcpListener::from_std(sockets.api)?;
     tracing::info!(

@@ -11,7 +11,7 @@ use std::net::SocketAddr;
 use std::sync::{Arc, Mutex};
 
 use rustls::pki_types::CertificateDer;
-use serde::Serialize;
+use serde::{Deserialize, Serialize};
 
 use crate::identity::Fingerprint;
 
@@ -19,7 +19,7 @@ use crate::identity::Fingerprint;
 pub const REMEMBERED: usize = 256;
 
 /// What is known of a node that dialed with a certificate not pinned here (`GET /v1/peers/pending`).
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
 pub struct Knock {
     /// Its certificate's fingerprint, to compare with its admin.
     pub fingerprint: String,

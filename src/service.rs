@@ -24,6 +24,11 @@ impl Services {
         Services { table: Arc::new(RwLock::new(Arc::new(services))) }
     }
 
+    /// The services as configured now.
+    pub fn all(&self) -> Arc<Vec<ServiceConfig>> {
+        self.table.read().unwrap().clone()
+    }
+
     /// Replaces the service table (on reload).
     pub fn replace(&self, services: Vec<ServiceConfig>) {
         *self.table.write().unwrap() = Arc::new(services);

@@ -232,6 +232,9 @@ fn state() -> ApiState {
         pending: Default::default(),
         stopping: Default::default(),
         max_size: 1 << 20,
+        config_file: Arc::new(ferry::api::ConfigFile::new(dir.join("ferry.toml"))),
+        services: ferry::service::Services::new(vec![]),
+        throughput: Default::default(),
     }
 }
 

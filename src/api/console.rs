@@ -1,5 +1,8 @@
-//! The operator console: a page served at `GET /` that shows peers, queues, transfers, pending
-//! approvals, failures and the evidence log, live from `/v1/events`.
+//! The operator console: a page served at `GET /` that shows the node's throughput history,
+//! peers, nodes waiting to be pinned, services and who may call them, queues, transfers, pending
+//! approvals, requests filtered by the node with each one's detail, failures and the evidence
+//! log, live from `/v1/events`. It changes things only through the API: `PATCH
+//! /v1/services/{id}`, `POST /v1/peers/pending/accept`, `POST /v1/replies`.
 //!
 //! The page is plain HTML, JavaScript and CSS embedded in the binary. It holds no data itself:
 //! everything it shows comes from the API with the same token rules as any host app. With tokens

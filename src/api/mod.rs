@@ -9,9 +9,11 @@ mod events;
 pub mod files;
 mod monitor;
 pub mod openapi;
+mod pairing;
 mod replies;
 mod requests;
 pub mod serve;
+mod services;
 
 use std::net::SocketAddr;
 use std::sync::Arc;
@@ -68,6 +70,28 @@ pub struct ApiState {
     pub reload: tokio::sync::mpsc::Sender<crate::node::ReloadAnswer>,
     /// Cancelled when the node stops: WebSocket clients are told so before their socket closes.
     pub stopping: tokio_util::sync::CancellationToken,
+    /// The config file the node runs with, which the console's edits change.
+    pub config_file: Arc<ConfigFile>,
+    /// The services in force (`GET /v1/services`).
+    pub services: crate::service::Services,
+    /// The throughput history (`GET /v1/stats/history`).
+    pub throughput: crate::throughput::History,
+}
+
+/// The node's config file, edited by one API call at a time.
+#[derive(Debug)]
+pub struct ConfigFile {
+    /// Where it is.
+    pub path: std::path::PathBuf,
+    /// Held through each edit and the reload that follows it.
+    edits: tokio::sync::Mutex<()>,
+}
+
+impl ConfigFile {
+    /// The config file at `path`.
+    pub fn new(path: std::path::PathBuf) -> Self {
+        ConfigFile { path, edits: tokio::sync::Mutex::new(()) }
+    }
 }
 
 /// The state the handlers get: one allocation shared by all, so that a request clones a pointer,
@@ -80,9 +104,14 @@ pub fn routes() -> (Router<Shared>, utoipa::openapi::OpenApi) {
     utoipa_axum::router::OpenApiRouter::with_openapi(openapi::ApiDoc::openapi())
         .routes(utoipa_axum::routes!(requests::create, monitor::list))
         .routes(utoipa_axum::routes!(monitor::one))
+        .routes(utoipa_axum::routes!(monitor::evidence))
         .routes(utoipa_axum::routes!(replies::create))
         .routes(utoipa_axum::routes!(monitor::pending))
         .routes(utoipa_axum::routes!(monitor::stats))
+        .routes(utoipa_axum::routes!(monitor::history))
+        .routes(utoipa_axum::routes!(services::list))
+        .routes(utoipa_axum::routes!(services::change))
+        .routes(utoipa_axum::routes!(pairing::accept))
         .routes(utoipa_axum::routes!(events::stream))
         .routes(utoipa_axum::routes!(peers))
         .routes(utoipa_axum::routes!(pending_peers))
@@ -257,13 +286,66 @@ async fn health(State(state): State<Shared>) -> Response {
         (status = 503, description = "The node is stopping", body = openapi::Envelope),
     ))]
 async fn reload(State(state): State<Shared>) -> Result<Response, ApiError> {
-    let stopping = || ApiError::new(Kind::Unavailable, "the node is stopping; nothing was reloaded");
-    let (answer, outcome) = tokio::sync::oneshot::channel();
-    state.reload.send(answer).await.map_err(|_| stopping())?;
-    match outcome.await.map_err(|_| stopping())? {
+    match reload_now(&state).await {
         Ok(summary) => Ok(ok(StatusCode::OK, "Reloaded", json!({"summary": summary}))),
-        Err(why) => Err(ApiError::bad_request(format!(
+        Err(Reload::Stopping) => Err(ApiError::new(Kind::Unavailable, "the node is stopping; nothing was reloaded")),
+        Err(Reload::Refused(why)) => Err(ApiError::bad_request(format!(
             "reload refused, the running config stays in force; fix the file and reload again: {why}"
+        ))),
+    }
+}
+
+/// Why a reload did not happen.
+enum Reload {
+    /// The node is stopping.
+    Stopping,
+    /// The node refused the file; the running config stays.
+    Refused(String),
+}
+
+/// Has the node read its config file again, as SIGHUP does: what changed.
+async fn reload_now(state: &Shared) -> Result<String, Reload> {
+    let (answer, outcome) = tokio::sync::oneshot::channel();
+    state.reload.send(answer).await.map_err(|_| Reload::Stopping)?;
+    outcome.await.map_err(|_| Reload::Stopping)?.map_err(Reload::Refused)
+}
+
+/// Runs `edit` on the node's config file (one edit at a time, off the async threads), then has
+/// the node reload it: what the edit returned, and the reload's summary.
+async fn edit_then_reload<T: Send + 'static>(
+    state: &Shared,
+    edit: impl FnOnce(&std::path::Path) -> Result<T, crate::config_file::EditError> + Send + 'static,
+) -> Result<(T, String), ApiError> {
+    use crate::config_file::EditKind;
+    if state.stopping.is_cancelled() {
+        return Err(ApiError::new(Kind::Unavailable, "the node is stopping; nothing was changed"));
+    }
+    let _one_at_a_time = state.config_file.edits.lock().await;
+    let path = state.config_file.path.clone();
+    let edited = tokio::task::spawn_blocking(move || edit(&path))
+        .await
+        .map_err(|e| ApiError::new(Kind::Internal, format!("the edit of the config file failed: {e}")))?;
+    let edited = edited.map_err(|e| {
+        let kind = match e.kind {
+            EditKind::NotConfigured => Kind::NotFound,
+            EditKind::Invalid => Kind::BadRequest,
+            EditKind::File | EditKind::Failed => Kind::Internal,
+        };
+        let error = ApiError::new(kind, e.for_api());
+        match e.field {
+            Some(field) => error.with("field", field),
+            None => error,
+        }
+    })?;
+    match reload_now(state).await {
+        Ok(summary) => Ok((edited, summary)),
+        Err(Reload::Stopping) => Err(ApiError::new(
+            Kind::Unavailable,
+            "the config file was changed, but the node is stopping: it reads the file at its next start",
+        )),
+        Err(Reload::Refused(why)) => Err(ApiError::bad_request(format!(
+            "the config file was changed, but the node refused to reload it and runs as before; fix the file \
+             and reload (POST /v1/reload): {why}"
         ))),
     }
 }
@@ -296,6 +378,9 @@ mod tests {
             pending: Default::default(),
             stopping: Default::default(),
             max_size: 1 << 30,
+            config_file: Arc::new(ConfigFile::new("/nonexistent/ferry.toml".into())),
+            services: crate::service::Services::new(vec![]),
+            throughput: Default::default(),
         }
     }
 
@@ -396,6 +481,11 @@ mod tests {
             ("/v1/events", "get"),
             ("/v1/audit", "get"),
             ("/metrics", "get"),
+            ("/v1/services", "get"),
+            ("/v1/services/{id}", "patch"),
+            ("/v1/peers/pending/accept", "post"),
+            ("/v1/requests/{id}/evidence", "get"),
+            ("/v1/stats/history", "get"),
         ] {
             assert!(paths.get(path).and_then(|p| p.get(method)).is_some(), "{method} {path} is documented");
         }

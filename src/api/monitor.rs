@@ -37,6 +37,10 @@ pub(super) struct ListQuery {
     state: Option<String>,
     peer: Option<String>,
     conversation: Option<String>,
+    /// A service id.
+    service: Option<String>,
+    /// Text the request id or its idempotency key holds (1 to 256 characters).
+    q: Option<String>,
     limit: Option<usize>,
     before: Option<String>,
 }
@@ -62,15 +66,85 @@ pub(super) async fn list(State(state): State<Shared>, RawQuery(raw): RawQuery) -
     if !(1..=500).contains(&limit) {
         return Err(ApiError::bad_request("`limit` must be 1 to 500".to_owned()).with("field", "limit"));
     }
+    // An empty value does not filter: a form's cleared field.
+    let given = |v: Option<String>| v.filter(|v| !v.is_empty());
+    if q.q.as_ref().is_some_and(|t| t.chars().count() > 256) {
+        return Err(ApiError::bad_request("`q` is at most 256 characters".to_owned()).with("field", "q"));
+    }
     let filter = RequestFilter {
         direction: q.direction,
         state: q.state,
-        peer: q.peer,
-        conversation: q.conversation,
+        peer: given(q.peer),
+        conversation: given(q.conversation),
+        service: given(q.service),
+        text: given(q.q),
         limit,
-        before: q.before,
+        before: given(q.before),
     };
     Ok(ok(StatusCode::OK, "ActionOK", state.store.list(filter).await.map_err(internal)?))
+}
+
+/// The most records `GET /v1/requests/{id}/evidence` gives.
+const EVIDENCE_MAX: usize = 1000;
+
+/// `GET /v1/requests/{id}/evidence`: the request's records in the evidence log and the receipts
+/// that cover them, as `ferry audit bundle` finds them.
+#[utoipa::path(get, path = "/v1/requests/{id}/evidence", tag = "evidence",
+    summary = "A request's evidence records and the receipts covering them, in log order",
+    params(("id" = String, Path, description = "The request id")),
+    responses(
+        (status = 200, description = "`data: {id, records: [record], truncated}`", body = Envelope),
+        (status = 404, description = "No request and no record with that id", body = Envelope),
+    ))]
+pub(super) async fn evidence(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    let not_found = || {
+        ApiError::new(
+            Kind::NotFound,
+            format!("no request `{}` and no record of it in this node's evidence log", cut(&id)),
+        )
+    };
+    if id.is_empty() || id.len() > 256 {
+        return Err(not_found());
+    }
+    state.store.flush().await.map_err(internal)?;
+    let (data_dir, wanted) = (state.store.data_dir().to_path_buf(), id.clone());
+    let found = tokio::task::spawn_blocking(move || crate::bundle::exchange_records(&data_dir, &wanted))
+        .await
+        .map_err(|e| ApiError::new(Kind::Internal, format!("reading the evidence log failed: {e}")))?
+        .map_err(|e| ApiError::new(Kind::Internal, format!("the evidence log cannot be read: {e}")))?;
+    if found.is_empty() && state.store.get(&id).await.map_err(internal)?.is_none() {
+        return Err(not_found());
+    }
+    let truncated = found.len() > EVIDENCE_MAX;
+    let records: Vec<serde_json::Value> = found
+        .into_iter()
+        .take(EVIDENCE_MAX)
+        .map(|(seq, text)| serde_json::from_str(&text).unwrap_or_else(|_| json!({"seq": seq, "unreadable": true})))
+        .collect();
+    Ok(ok(StatusCode::OK, "ActionOK", json!({"id": id, "records": records, "truncated": truncated})))
+}
+
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
+#[serde(deny_unknown_fields)]
+pub(super) struct HistoryQuery {
+    /// Only points whose interval ends after this time, in milliseconds since the epoch.
+    since: Option<i64>,
+}
+
+/// `GET /v1/stats/history`: the throughput the node measured, every 10 s for the last 24 h.
+#[utoipa::path(get, path = "/v1/stats/history", tag = "monitoring",
+    summary = "Throughput history: file bytes and requests per interval of 10 s, the last 24 h",
+    params(HistoryQuery),
+    responses((status = 200, description = "`data: {every_s, kept_s, points: [{at, at_ms, seconds, bytes, requests, bytes_per_s, requests_per_s}]}`", body = Envelope)))]
+pub(super) async fn history(State(state): State<Shared>, RawQuery(raw): RawQuery) -> Result<Response, ApiError> {
+    let q: HistoryQuery = query(raw.as_deref())?;
+    let points = state.throughput.since(q.since);
+    Ok(ok(
+        StatusCode::OK,
+        "ActionOK",
+        json!({"every_s": crate::throughput::EVERY.as_secs(), "kept_s": crate::throughput::KEPT.as_secs(), "points": points}),
+    ))
 }
 
 /// `GET /v1/pending`.

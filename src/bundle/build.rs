@@ -80,6 +80,16 @@ fn scan(data_dir: &Path, id: &str) -> Result<Found, BundleError> {
     Ok(found)
 }
 
+/// The records of request `id` in the evidence log under `data_dir` and the receipts that cover
+/// them, in log order, as (seq, the record's stored JSON): what a bundle of it would hold besides
+/// the chain segment. Reads the whole log once, read-only.
+pub fn exchange_records(data_dir: &Path, id: &str) -> Result<Vec<(i64, String)>, BundleError> {
+    let Found { ours, receipts, .. } = scan(data_dir, id)?;
+    let mut records: Vec<(i64, String)> = ours.into_iter().chain(receipts).map(|r| (r.seq, r.text)).collect();
+    records.sort_by_key(|(seq, _)| *seq);
+    Ok(records)
+}
+
 /// A failure to read the log, for [`build`].
 fn cannot(e: crate::store::StoreError) -> BundleError {
     BundleError::Cannot(e.to_string())

@@ -19,7 +19,7 @@ use crate::evidence::{sha256_bytes as sha256, ChainHead, Entry, Signed, TimeStam
 use crate::receipt::{self, Side, Step};
 use crate::wire::Countersigned;
 
-pub use build::{build, Sources};
+pub use build::{build, exchange_records, Sources};
 pub use verify::{verify, Anchored, Verified};
 
 /// The bundle format this version writes and reads.

@@ -74,21 +74,10 @@ pub fn init_in(layout: &Layout, name: &str, listen: SocketAddr, api: SocketAddr)
             .map_err(|e| CliError::usage(format!("cannot create {}: {e}", path.display())))?;
     }
     identity.save(&cert, &key)?;
-    write_private(config, &template(name, listen, api, layout))
+    // Readable by its owner only (mode 0600): the config will hold `api.tokens`.
+    crate::config_file::write_private(config, &template(name, listen, api, layout))
         .map_err(|e| CliError::usage(format!("cannot write {}: {e}", config.display())))?;
     Ok(identity.fingerprint())
-}
-
-/// Writes a new file readable by its owner only (mode 0600): the config will hold `api.tokens`.
-pub(super) fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
-    use std::io::Write;
-    let mut options = std::fs::OpenOptions::new();
-    options.write(true).create_new(true);
-    #[cfg(unix)]
-    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
-    let mut file = options.open(path)?;
-    file.write_all(text.as_bytes())?;
-    file.sync_all()
 }
 
 fn template(name: &str, listen: SocketAddr, api: SocketAddr, layout: &Layout) -> String {

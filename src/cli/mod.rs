@@ -23,7 +23,6 @@ macro_rules! out_raw {
 mod audit;
 mod bundle;
 mod check;
-mod config_file;
 pub mod demo;
 mod human;
 pub mod init;
@@ -84,6 +83,16 @@ fn stdout_closed(e: std::io::Error) -> Result<(), CliError> {
 impl From<crate::config::ConfigError> for CliError {
     fn from(e: crate::config::ConfigError) -> Self {
         CliError::usage(e.to_string())
+    }
+}
+
+impl From<crate::config_file::EditError> for CliError {
+    fn from(e: crate::config_file::EditError) -> Self {
+        let message = e.for_command_line();
+        match e.kind {
+            crate::config_file::EditKind::Failed => CliError::failed(message),
+            _ => CliError::usage(message),
+        }
     }
 }
 

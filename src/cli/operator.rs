@@ -834,35 +834,21 @@ pub struct AcceptArgs {
 pub fn accept(config: &Path, args: AcceptArgs) -> Result<(), CliError> {
     let api = Api::as_admin(config, &args.api)?;
     let runtime = runtime()?;
-    let wanted = args.fingerprint.trim().trim_start_matches("sha256:").to_ascii_lowercase();
-    if wanted.len() < 8 || !wanted.chars().all(|c| c.is_ascii_hexdigit()) {
-        return Err(CliError::usage(
-            "--fingerprint: give at least its first 8 hex digits, as `ferry peers --pending` lists it",
-        ));
-    }
     if Config::load(config)?.peers.iter().any(|p| p.name == args.name) {
+        let wanted = crate::config_file::peer::typed_fingerprint(&args.fingerprint)?;
         return runtime.block_on(accept_rollover(&api, &args.name, &wanted));
     }
     let pending = runtime.block_on(api.get("/v1/peers/pending"))?;
-    let matching: Vec<&Value> = pending
-        .as_array()
-        .into_iter()
-        .flatten()
-        .filter(|k| k["fingerprint"].as_str().is_some_and(|f| f.trim_start_matches("sha256:").starts_with(&wanted)))
-        .collect();
-    let knock = match matching.as_slice() {
-        [one] => *one,
-        [] => {
-            return Err(CliError::failed(format!(
-                "no node waiting with fingerprint {}; `ferry peers --pending` lists those that dialed",
-                args.fingerprint
-            )))
-        }
-        _ => return Err(CliError::usage("--fingerprint matches more than one waiting node: give more of it")),
-    };
-    let address = args.address.clone().unwrap_or_else(|| knock["address"].as_str().unwrap_or_default().to_owned());
-    let certificate = knock["certificate"].as_str().unwrap_or_default();
-    let fingerprint = super::peer::add_pem(config, &args.name, &address, certificate)?;
+    let waiting: Vec<crate::pending::Knock> = serde_json::from_value(pending)
+        .map_err(|e| CliError::failed(format!("the node's list of waiting nodes is unreadable: {e}")))?;
+    let accepted =
+        crate::config_file::peer::accept(config, &waiting, &args.name, &args.fingerprint, args.address.as_deref())
+            .map_err(|e| match e.kind {
+                // No such node waits: a failure at run time (exit 1), as before.
+                crate::config_file::EditKind::NotConfigured => CliError::failed(e.for_command_line()),
+                _ => CliError::from(e),
+            })?;
+    let (address, fingerprint) = (accepted.address, accepted.fingerprint);
     out!("pinned `{}` at {address}, fingerprint {fingerprint}", args.name);
     drop(runtime);
     out!("{}", reload_if_running(config)?);

@@ -5,79 +5,22 @@
 use std::path::{Path, PathBuf};
 
 use serde::Serialize;
-use toml_edit::{value, Table};
 
 use super::table::Table as TextTable;
-use super::{config_file, CliError};
-use crate::config::{shown, valid_address, valid_name, Config, PeerConfig};
+use super::CliError;
+use crate::config::{Config, PeerConfig};
+use crate::config_file::{self, peer::check_address, peer::pin_path};
 use crate::identity::{load_cert, Fingerprint};
 
-/// [`add`] with the certificate as PEM text (from an invite, or a node waiting to be pinned).
+/// [`add`] with the certificate as PEM text (from an invite).
 pub fn add_pem(config_path: &Path, name: &str, address: &str, pem: &str) -> Result<Fingerprint, CliError> {
-    let cert = tempfile::NamedTempFile::new()
-        .and_then(|mut f| std::io::Write::write_all(&mut f, pem.as_bytes()).map(|()| f))
-        .map_err(|e| CliError::failed(format!("cannot write the certificate down: {e}")))?;
-    add(config_path, name, address, cert.path())
+    Ok(config_file::peer::add_pem(config_path, name, address, pem)?)
 }
 
-/// Pins the certificate in `cert_file` for peer `name` and adds its `[[peer]]` table. A
-/// certificate pinned already, for this node or another peer, is refused.
+/// Pins the certificate in `cert_file` for peer `name` and adds its `[[peer]]` table
+/// ([`config_file::peer::add`]).
 pub fn add(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> Result<Fingerprint, CliError> {
-    let config = Config::load(config_path)?;
-    if !valid_name(name) {
-        return Err(CliError::usage(format!(
-            "--name {}: only letters, digits, `.`, `-` and `_` (at most 64)",
-            shown(name)
-        )));
-    }
-    if config.peer(name).is_some() {
-        return Err(CliError::usage(format!(
-            "peer `{name}` is configured already; `ferry peer set {name} --address …` moves it, and \
-             `ferry peer remove {name}` then `ferry peer add` pins another certificate"
-        )));
-    }
-    check_address(address)?;
-    let cert = load_cert(cert_file)?;
-    let fingerprint = Fingerprint::of(&cert);
-    if load_cert(&config.cert_path()).is_ok_and(|own| Fingerprint::of(&own) == fingerprint) {
-        return Err(CliError::usage(format!(
-            "{} is this node's own certificate; ask {name}'s admin for theirs",
-            cert_file.display()
-        )));
-    }
-    if let Some(other) = pinned_for(&config, fingerprint) {
-        return Err(CliError::usage(format!(
-            "{} is the certificate pinned already for peer `{}` ({fingerprint}); a certificate identifies one \
-             peer: ask {name}'s admin for theirs, or if `{}` is now called {name}, `ferry peer remove {}` first",
-            cert_file.display(),
-            other.name,
-            other.name,
-            other.name
-        )));
-    }
-    let pinned = pin_path(&config, name);
-    if pinned.exists() {
-        return Err(CliError::usage(format!(
-            "{} exists already; remove it first to pin another certificate",
-            pinned.display()
-        )));
-    }
-
-    let mut doc = config_file::open(config_path)?;
-    let mut peer = Table::new();
-    peer["name"] = value(name);
-    peer["address"] = value(address);
-    peer["cert"] = value(format!("peers/{name}.pem"));
-    config_file::push(&mut doc, "peer", peer)?;
-
-    std::fs::create_dir_all(pinned.parent().expect("peers/ has a parent"))
-        .and_then(|_| std::fs::copy(cert_file, &pinned))
-        .map_err(|e| CliError::usage(format!("cannot copy the certificate to {}: {e}", pinned.display())))?;
-    if let Err(e) = config_file::save(config_path, &doc) {
-        let _ = std::fs::remove_file(&pinned);
-        return Err(e);
-    }
-    Ok(fingerprint)
+    Ok(config_file::peer::add(config_path, name, address, cert_file)?)
 }
 
 /// A configured peer as `ferry peer list` shows it.
@@ -179,29 +122,5 @@ pub fn remove(config_path: &Path, name: &str) -> Result<String, CliError> {
 fn configured<'c>(config: &'c Config, name: &str) -> Result<&'c PeerConfig, CliError> {
     config
         .peer(name)
-        .ok_or_else(|| config_file::not_configured("peer", name, config.peers.iter().map(|p| p.name.as_str())))
-}
-
-/// The configured peer whose pinned certificate has `fingerprint`; certificates that cannot be
-/// read are passed over (`ferry check` names them).
-fn pinned_for(config: &Config, fingerprint: Fingerprint) -> Option<&PeerConfig> {
-    config.peers.iter().find(|p| load_cert(&p.cert).is_ok_and(|c| Fingerprint::of(&c) == fingerprint))
-}
-
-/// Where `peer add` pins peer `name`'s certificate: `certs_dir/peers/NAME.pem`.
-fn pin_path(config: &Config, name: &str) -> PathBuf {
-    config.node.certs_dir.join("peers").join(format!("{name}.pem"))
-}
-
-/// Refuses an `--address` that is not `host:port`.
-fn check_address(address: &str) -> Result<(), CliError> {
-    if valid_address(address) {
-        Ok(())
-    } else {
-        Err(CliError::usage(format!(
-            "--address {}: not host:port with a DNS name or IP address and a port from 1 to 65535 \
-             (e.g. 192.0.2.7:7443 or ferry.org-b.example:7443)",
-            shown(address)
-        )))
-    }
+        .ok_or_else(|| config_file::not_configured("peer", name, config.peers.iter().map(|p| p.name.as_str())).into())
 }

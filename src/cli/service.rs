@@ -7,8 +7,10 @@ use serde::Serialize;
 use toml_edit::{value, Array, Table};
 
 use super::table::Table as TextTable;
-use super::{config_file, CliError};
-use crate::config::{shown, Config, ServiceConfig, ServiceState};
+use super::CliError;
+use crate::config::{shown, Config, ServiceState};
+use crate::config_file::service::{allow_list, allowed, check_base_url, configured};
+use crate::config_file::{self, service as edit};
 
 /// A lifecycle state as `service set --state` takes it (the values of the config's `state` key).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -60,7 +62,7 @@ pub fn add(config_path: &Path, id: &str, base_url: &str, allow: &[String]) -> Re
     service["base_url"] = value(base_url);
     service["allow"] = value(allow.iter().map(String::as_str).collect::<Array>());
     config_file::push(&mut doc, "service", service)?;
-    config_file::save(config_path, &doc)
+    Ok(config_file::save(config_path, &doc)?)
 }
 
 /// A configured service as `ferry service list` shows it.
@@ -94,36 +96,15 @@ pub fn list(config_path: &Path, json: bool) -> Result<(), CliError> {
     Ok(())
 }
 
-/// Changes service `id`'s state, allow list or base URL in place; says what changed.
+/// Changes service `id`'s state, allow list or base URL in place; says what changed
+/// ([`config_file::service::set`], which the console's `PATCH /v1/services/{id}` calls too).
 pub fn set(config_path: &Path, id: &str, changes: Changes) -> Result<String, CliError> {
-    let config = Config::load(config_path)?;
-    let service = configured(&config, id)?;
-    let mut doc = config_file::open(config_path)?;
-    let table = config_file::table_mut(&mut doc, "service", "id", id)?;
-    let mut changed = Vec::new();
-    if let Some(state) = changes.state.map(ServiceState::from).filter(|s| *s != service.state) {
-        config_file::set(table, "state", state.as_str());
-        changed.push(format!("state {state} (was {})", service.state));
-    }
-    if let Some(allow) = changes.allow {
-        let allow = allow_list(&config, &allow)?;
-        if allow != service.allow {
-            config_file::set(table, "allow", allow.iter().map(String::as_str).collect::<Array>());
-            changed.push(format!("allowed for {} (was {})", allowed(&allow), allowed(&service.allow)));
-        }
-    }
-    if let Some(base_url) = changes.base_url {
-        check_base_url(&base_url)?;
-        if base_url != service.base_url.as_str() {
-            config_file::set(table, "base_url", base_url.as_str());
-            changed.push(format!("base_url {base_url} (was {})", service.base_url));
-        }
-    }
-    if changed.is_empty() {
-        return Ok(format!("service `{id}` has those settings already; nothing changed"));
-    }
-    config_file::save(config_path, &doc)?;
-    Ok(format!("service `{id}`: {}", changed.join(", ")))
+    let changes = edit::Changes {
+        state: changes.state.map(ServiceState::from),
+        allow: changes.allow,
+        base_url: changes.base_url,
+    };
+    Ok(edit::set(config_path, id, changes)?)
 }
 
 /// Removes service `id`'s `[[service]]` table; says what changed. Peers' requests for it are
@@ -135,47 +116,4 @@ pub fn remove(config_path: &Path, id: &str) -> Result<String, CliError> {
     config_file::remove(&mut doc, "service", "id", id)?;
     config_file::save(config_path, &doc)?;
     Ok(format!("removed service `{id}` (at {})", service.base_url))
-}
-
-/// The configured service `id`, or an error naming the configured ones.
-fn configured<'c>(config: &'c Config, id: &str) -> Result<&'c ServiceConfig, CliError> {
-    config
-        .service(id)
-        .ok_or_else(|| config_file::not_configured("service", id, config.services.iter().map(|s| s.id.as_str())))
-}
-
-/// `--allow` as the list to write: configured peers or `*`, empty names dropped (`--allow ''`
-/// allows nobody); an unknown peer is refused, with the configured ones named.
-fn allow_list(config: &Config, allow: &[String]) -> Result<Vec<String>, CliError> {
-    let allow: Vec<String> = allow.iter().filter(|a| !a.is_empty()).cloned().collect();
-    if let Some(unknown) = allow.iter().find(|a| *a != "*" && config.peer(a).is_none()) {
-        let names: Vec<&str> = config.peers.iter().map(|p| p.name.as_str()).collect();
-        let configured = if names.is_empty() { "none yet".to_owned() } else { names.join(", ") };
-        return Err(CliError::usage(format!(
-            "--allow: {} is not a configured peer (add it with `ferry peer add`); the configured peers: {configured}",
-            shown(unknown)
-        )));
-    }
-    Ok(allow)
-}
-
-/// Refuses a `--base-url` holding control characters, which a URL parser would silently drop;
-/// the config's own check (an http(s) URL with a host) follows when the edit is validated.
-fn check_base_url(base_url: &str) -> Result<(), CliError> {
-    if base_url.chars().any(char::is_control) {
-        return Err(CliError::usage(format!(
-            "--base-url {}: a URL holds no line breaks, tabs or other control characters",
-            shown(base_url)
-        )));
-    }
-    Ok(())
-}
-
-/// An allow list for people: the names, or `nobody`.
-fn allowed(allow: &[String]) -> String {
-    if allow.is_empty() {
-        "nobody".to_owned()
-    } else {
-        allow.join(",")
-    }
 }

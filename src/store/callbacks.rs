@@ -96,13 +96,23 @@ impl Store {
     }
 
     /// Records one delivery attempt: delivered, or failed with `error` and the next try at `retry_at`
-    /// (`None`: give up).
+    /// (`None`: give up); `status` is what the callback answered, if it did.
     pub async fn callback_attempted(
         &self,
         work: &CallbackWork,
+        status: Option<u16>,
         outcome: Result<(), (String, Option<i64>)>,
     ) -> Result<(), StoreError> {
         let (request, seq) = (work.request, work.seq);
+        self.attempts.note(
+            &work.id,
+            super::CallbackAttempt {
+                seq,
+                at: super::rfc3339(super::now_ms()),
+                status,
+                error: outcome.as_ref().err().map(|(e, _)| e.clone()),
+            },
+        );
         let mut delivered = Entry::new("callback", "out", "", &work.id);
         delivered.reply_seq = Some(work.seq);
         delivered.body_sha256 =
@@ -154,7 +164,7 @@ mod tests {
         store.received_reply("org-b", reply("r1", 1, false), None, [0; 32]).await.unwrap();
         let first = store.claim_callbacks(10).await.unwrap();
         assert_eq!(first.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![1]);
-        store.callback_attempted(&first[0], Ok(())).await.unwrap();
+        store.callback_attempted(&first[0], Some(200), Ok(())).await.unwrap();
         assert_eq!(due(store.clone()).await, vec![2], "seq 2 once seq 1 is delivered");
     }
 
@@ -167,9 +177,9 @@ mod tests {
         store.received_reply("org-b", reply("r1", 1, true), None, [0; 32]).await.unwrap();
         let first = store.claim_callbacks(10).await.unwrap();
         let later = crate::store::now_ms() + 60_000;
-        store.callback_attempted(&first[0], Err(("HTTP 500".into(), Some(later)))).await.unwrap();
+        store.callback_attempted(&first[0], Some(500), Err(("HTTP 500".into(), Some(later)))).await.unwrap();
         assert!(store.claim_callbacks(10).await.unwrap().is_empty(), "not due yet");
-        store.callback_attempted(&first[0], Err(("HTTP 500".into(), Some(0)))).await.unwrap();
+        store.callback_attempted(&first[0], Some(500), Err(("HTTP 500".into(), Some(0)))).await.unwrap();
         let again = store.claim_callbacks(10).await.unwrap();
         assert_eq!(again.iter().map(|w| (w.seq, w.attempts)).collect::<Vec<_>>(), [(1, 2)]);
     }

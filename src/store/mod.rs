@@ -17,6 +17,7 @@
 //! HTTP connection, so they go straight to the link ([`crate::exchange`]); the store only records
 //! them ([`Store::sync_exchanged`]).
 
+mod attempts;
 mod callbacks;
 mod evidence;
 mod files;
@@ -41,6 +42,7 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, oneshot, Notify};
 
+pub use attempts::CallbackAttempt;
 pub use callbacks::CallbackWork;
 pub use evidence::{read_log, verify_log, LogReader, Verdict};
 pub use files::{FormFile, ReceivedFile, ReplyFile};
@@ -250,6 +252,8 @@ pub struct Store {
     moved: Arc<std::sync::atomic::AtomicI64>,
     /// The files moving now ([`Store::transfers_moving`]).
     transfers: Arc<transfers::Transfers>,
+    /// Recent callback delivery attempts, for the request detail.
+    attempts: Arc<attempts::Attempts>,
 }
 
 impl std::fmt::Debug for Store {
@@ -291,7 +295,13 @@ impl Store {
             readers,
             moved,
             transfers: Arc::default(),
+            attempts: Arc::default(),
         })
+    }
+
+    /// The folder of the database (`node.data_dir`).
+    pub fn data_dir(&self) -> &Path {
+        &self.data_dir
     }
 
     /// Whether this store keeps the evidence log.

@@ -65,6 +65,10 @@ pub struct RequestFilter {
     pub peer: Option<String>,
     /// A conversation label.
     pub conversation: Option<String>,
+    /// A service id.
+    pub service: Option<String>,
+    /// Text the request id or its idempotency key holds.
+    pub text: Option<String>,
     /// At most this many (1..=500).
     pub limit: usize,
     /// Only requests older than this id (the previous page's `next`).
@@ -205,6 +209,9 @@ fn view(r: &Row) -> rusqlite::Result<Viewed> {
 /// filled in.
 fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Result<RequestView, StoreError> {
     let Viewed { row, mut view, callback } = viewed;
+    // Credentials in a callback URL stored by an earlier version, and the shown form that masks
+    // them wherever an error repeats the URL.
+    let masked = callback.as_ref().map(|c| (c.url.clone(), without_credentials(&c.url)));
     if let Some(Callback { url, method }) = callback {
         let (count, delivered, attempts, last_error): (u32, u32, u32, Option<String>) = query_row(
             t,
@@ -224,7 +231,8 @@ fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Re
     }
     if with_replies {
         let mut stmt = t.prepare_cached(
-            "SELECT seq, data, error, end, created_at, delivered, next_send_at IS NULL, file_path FROM replies
+            "SELECT seq, data, error, end, created_at, delivered, next_send_at IS NULL, file_path, file_name, file_size,
+                    file_sha256, callback_attempts, callback_error, callback_at FROM replies
              WHERE request = ?1 ORDER BY seq",
         )?;
         let outgoing = view.direction == "outgoing";
@@ -235,11 +243,23 @@ fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Re
                 // On the requesting node `delivered` means delivered to the callback; on the
                 // receiving node, acknowledged by the requesting node.
                 let delivered: bool = if outgoing { r.get(5)? } else { r.get(6)? };
-                Ok(json!({
+                let mut reply = json!({
                     "seq": r.get::<_, u32>(0)?, "data": data, "error": r.get::<_, Option<String>>(2)?,
                     "file": r.get::<_, Option<String>>(7)?, "end": r.get::<_, bool>(3)?, "received_at": rfc3339(r.get(4)?),
                     "delivered": delivered,
-                }))
+                });
+                if let Some(name) = r.get::<_, Option<String>>(8)? {
+                    reply["file_info"] = json!({"name": name, "size": r.get::<_, Option<i64>>(9)?,
+                        "sha256": r.get::<_, Option<String>>(10)?});
+                }
+                if let Some((url, shown)) = &masked {
+                    let last_error = r.get::<_, Option<String>>(12)?.map(|e| e.replace(url.as_str(), shown));
+                    reply["callback"] = json!({
+                        "attempts": r.get::<_, u32>(11)?, "last_error": last_error,
+                        "next_attempt_at": r.get::<_, Option<i64>>(13)?.map(rfc3339),
+                    });
+                }
+                Ok(reply)
             })?
             .collect::<Result<Vec<_>, _>>()?;
         view.replies = Some(replies);
@@ -272,10 +292,30 @@ impl Store {
                 view,
             )
             .optional()?;
-            found.map(|viewed| complete(t, viewed, true)).transpose()
+            let url = found.as_ref().and_then(|viewed| viewed.callback.as_ref().map(|c| c.url.clone()));
+            Ok(found.map(|viewed| complete(t, viewed, true)).transpose()?.map(|view| (view, url)))
         })
         .await
-        .map(|found| found.map(|view| self.in_motion(view, Instant::now())))
+        .map(|found| found.map(|(view, url)| self.with_attempts(self.in_motion(view, Instant::now()), url)))
+    }
+
+    /// `view` with its callback's recent attempts (`callback.history`), credentials in the URL
+    /// masked in their errors as in `callback.url`.
+    fn with_attempts(&self, mut view: RequestView, url: Option<String>) -> RequestView {
+        if let (Some(Value::Object(callback)), Some(url)) = (view.callback.as_mut(), url) {
+            let shown = without_credentials(&url);
+            let history: Vec<_> = self
+                .attempts
+                .of(&view.id)
+                .into_iter()
+                .map(|mut a| {
+                    a.error = a.error.map(|e| e.replace(&url, &shown));
+                    a
+                })
+                .collect();
+            callback.insert("history".into(), json!(history));
+        }
+        view
     }
 
     /// A page of requests, newest first.
@@ -291,6 +331,8 @@ impl Store {
                 "SELECT {COLUMNS} FROM requests WHERE seq < ?1
                  AND (?2 IS NULL OR direction = ?2) AND (?3 IS NULL OR state = ?3)
                  AND (?4 IS NULL OR peer = ?4) AND (?5 IS NULL OR conversation = ?5)
+                 AND (?7 IS NULL OR service = ?7)
+                 AND (?8 IS NULL OR instr(id, ?8) > 0 OR instr(COALESCE(idempotency_key, ''), ?8) > 0)
                  ORDER BY seq DESC LIMIT ?6"
             ))?;
             let rows = stmt
@@ -301,7 +343,9 @@ impl Store {
                         filter.state,
                         filter.peer,
                         filter.conversation,
-                        filter.limit as i64 + 1
+                        filter.limit as i64 + 1,
+                        filter.service,
+                        filter.text,
                     ],
                     view,
                 )?
@@ -397,6 +441,12 @@ impl Store {
             Ok(QueueCounts { requests, callbacks_pending })
         })
         .await
+    }
+
+    /// How many requests were stored so far, both directions: the seq of the newest (rows let go
+    /// of by housekeeping still count).
+    pub async fn requests_stored(&self) -> Result<u64, StoreError> {
+        self.read(move |t| Ok(query_row(t, "SELECT COALESCE(MAX(seq), 0) FROM requests", [], |r| r.get(0))?)).await
     }
 
     /// Counts of requests by direction and state, and undelivered callback results.

@@ -1,38 +1,118 @@
-//! The config file edited in place by `ferry peer add|set|remove` and `ferry service
-//! add|set|remove`: comments and layout kept, each edit validated as a whole config before it is
-//! written, and written by rename, so a refused edit leaves the file as it was.
+//! The config file edited in place, by the command line (`ferry peer add|set|remove|accept`,
+//! `ferry service add|set|remove`) and by the running node for its console (`PATCH
+//! /v1/services/{id}`, `POST /v1/peers/pending/accept`): comments and layout kept, each edit
+//! validated as a whole config before it is written, and written by rename, so a refused edit
+//! leaves the file as it was.
+//!
+//! [`service`] and [`peer`] hold the edits both callers share; this module the document's
+//! handling.
+
+pub mod peer;
+pub mod service;
 
 use std::path::Path;
 
 use toml_edit::{ArrayOfTables, DocumentMut, Item, Table, Value};
 
-use super::CliError;
-use crate::config::Config;
+use crate::config::{Config, ConfigError};
+
+/// What kind of refusal an edit met, so that each caller answers it its own way (an exit code, an
+/// HTTP status).
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum EditKind {
+    /// The peer or service named is not configured.
+    NotConfigured,
+    /// A value given is refused (`field` names it).
+    Invalid,
+    /// The config file cannot be read, is invalid, or cannot be written.
+    File,
+    /// Something else failed on the way (a temporary file, a certificate that cannot be deleted).
+    Failed,
+}
+
+/// An edit that was refused or failed; the file is as it was, unless `message` says otherwise.
+#[derive(Debug, Clone)]
+pub struct EditError {
+    /// What kind of refusal.
+    pub kind: EditKind,
+    /// The value refused, by its name (`allow`, `address`…), when one is.
+    pub field: Option<&'static str>,
+    /// What is wrong and what to do, in one line.
+    pub message: String,
+}
+
+impl EditError {
+    /// A refused value of `field`.
+    pub fn invalid(field: &'static str, message: impl Into<String>) -> Self {
+        EditError { kind: EditKind::Invalid, field: Some(field), message: message.into() }
+    }
+
+    /// A problem with the config file itself.
+    pub fn file(message: impl Into<String>) -> Self {
+        EditError { kind: EditKind::File, field: None, message: message.into() }
+    }
+
+    /// Another failure.
+    pub fn failed(message: impl Into<String>) -> Self {
+        EditError { kind: EditKind::Failed, field: None, message: message.into() }
+    }
+
+    /// The message with the field named as the command line names it (`--base-url: …`).
+    pub fn for_command_line(&self) -> String {
+        match self.field {
+            Some(field) => format!("--{}: {}", field.replace('_', "-"), self.message),
+            None => self.message.clone(),
+        }
+    }
+
+    /// The message with the field named as the API names it (`` `base_url`: … ``).
+    pub fn for_api(&self) -> String {
+        match self.field {
+            Some(field) => format!("`{field}`: {}", self.message),
+            None => self.message.clone(),
+        }
+    }
+}
+
+impl std::fmt::Display for EditError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.for_api())
+    }
+}
+
+impl std::error::Error for EditError {}
+
+impl From<ConfigError> for EditError {
+    fn from(e: ConfigError) -> Self {
+        EditError::file(e.to_string())
+    }
+}
 
 /// The error for a `what` (`peer`, `service`) named `name` that is not configured: it names the
 /// configured ones, or how to add one.
-pub(super) fn not_configured<'a>(what: &str, name: &str, configured: impl Iterator<Item = &'a str>) -> CliError {
+pub fn not_configured<'a>(what: &str, name: &str, configured: impl Iterator<Item = &'a str>) -> EditError {
     let configured: Vec<&str> = configured.collect();
-    CliError::usage(if configured.is_empty() {
+    let message = if configured.is_empty() {
         format!(
             "no {what} {} here: no {what} is configured (add one with `ferry {what} add`)",
             crate::config::shown(name)
         )
     } else {
         format!("no {what} {} here; the configured {what}s: {}", crate::config::shown(name), configured.join(", "))
-    })
+    };
+    EditError { kind: EditKind::NotConfigured, field: None, message }
 }
 
 /// Reads the config file as an editable document.
-pub(super) fn open(path: &Path) -> Result<DocumentMut, CliError> {
-    let text = std::fs::read_to_string(path).map_err(|e| CliError::usage(format!("{}: {e}", path.display())))?;
-    text.parse().map_err(|e| CliError::usage(format!("{}: {e}", path.display())))
+pub fn open(path: &Path) -> Result<DocumentMut, EditError> {
+    let text = std::fs::read_to_string(path).map_err(|e| EditError::file(format!("{}: {e}", path.display())))?;
+    text.parse().map_err(|e| EditError::file(format!("{}: {e}", path.display())))
 }
 
 /// Appends `table` to the `[[key]]` tables, at the end of the file. Comment lines right below the
 /// file's last table (commented-out keys of `[api]`, say) stay with it, above the new table; only
 /// those after a blank line stay at the end of the file.
-pub(super) fn push(doc: &mut DocumentMut, key: &str, mut table: Table) -> Result<(), CliError> {
+pub fn push(doc: &mut DocumentMut, key: &str, mut table: Table) -> Result<(), EditError> {
     let trailing = doc.trailing().as_str().unwrap_or_default().to_owned();
     let (last_tables, end_of_file) = trailing.split_at(first_blank_line(&trailing));
     if !last_tables.trim().is_empty() {
@@ -45,7 +125,7 @@ pub(super) fn push(doc: &mut DocumentMut, key: &str, mut table: Table) -> Result
             tables.push(table);
             Ok(())
         }
-        None => Err(CliError::usage(format!("`{key}` in the config is not written as [[{key}]] tables"))),
+        None => Err(EditError::file(format!("`{key}` in the config is not written as [[{key}]] tables"))),
     }
 }
 
@@ -62,12 +142,7 @@ fn first_blank_line(text: &str) -> usize {
 }
 
 /// The `[[key]]` table whose `field` is `name` (`[[peer]]` by `name`, `[[service]]` by `id`).
-pub(super) fn table_mut<'d>(
-    doc: &'d mut DocumentMut,
-    key: &str,
-    field: &str,
-    name: &str,
-) -> Result<&'d mut Table, CliError> {
+pub fn table_mut<'d>(doc: &'d mut DocumentMut, key: &str, field: &str, name: &str) -> Result<&'d mut Table, EditError> {
     let tables = tables_mut(doc, key)?;
     let at = position(tables, field, name).ok_or_else(|| not_written_as_table(key, field, name))?;
     Ok(tables.get_mut(at).expect("the position found"))
@@ -75,7 +150,7 @@ pub(super) fn table_mut<'d>(
 
 /// Removes the `[[key]]` table whose `field` is `name`, with the comment lines above it; the key
 /// goes too when it was the last such table.
-pub(super) fn remove(doc: &mut DocumentMut, key: &str, field: &str, name: &str) -> Result<(), CliError> {
+pub fn remove(doc: &mut DocumentMut, key: &str, field: &str, name: &str) -> Result<(), EditError> {
     let tables = tables_mut(doc, key)?;
     let at = position(tables, field, name).ok_or_else(|| not_written_as_table(key, field, name))?;
     tables.remove(at);
@@ -86,7 +161,7 @@ pub(super) fn remove(doc: &mut DocumentMut, key: &str, field: &str, name: &str) 
 }
 
 /// Sets `key` of `table` to `new`, keeping the spacing and the comment after the old value.
-pub(super) fn set(table: &mut Table, key: &str, new: impl Into<Value>) {
+pub fn set(table: &mut Table, key: &str, new: impl Into<Value>) {
     let mut new = new.into();
     if let Some(old) = table.get(key).and_then(Item::as_value) {
         *new.decor_mut() = old.decor().clone();
@@ -96,7 +171,7 @@ pub(super) fn set(table: &mut Table, key: &str, new: impl Into<Value>) {
 
 /// Removes every `name` from the list `key` of `table` (an `allow` list), keeping the layout of
 /// the names left; whether it held one.
-pub(super) fn remove_from_list(table: &mut Table, key: &str, name: &str) -> bool {
+pub fn remove_from_list(table: &mut Table, key: &str, name: &str) -> bool {
     let Some(list) = table.get_mut(key).and_then(Item::as_array_mut) else { return false };
     let first_prefix = list.get(0).and_then(|v| v.decor().prefix().cloned());
     let before = list.len();
@@ -111,10 +186,10 @@ pub(super) fn remove_from_list(table: &mut Table, key: &str, name: &str) -> bool
 }
 
 /// Every `[[key]]` table, to edit.
-fn tables_mut<'d>(doc: &'d mut DocumentMut, key: &str) -> Result<&'d mut ArrayOfTables, CliError> {
+fn tables_mut<'d>(doc: &'d mut DocumentMut, key: &str) -> Result<&'d mut ArrayOfTables, EditError> {
     doc.get_mut(key)
         .and_then(Item::as_array_of_tables_mut)
-        .ok_or_else(|| CliError::usage(format!("`{key}` in the config is not written as [[{key}]] tables")))
+        .ok_or_else(|| EditError::file(format!("`{key}` in the config is not written as [[{key}]] tables")))
 }
 
 /// Where the table whose `field` is `name` is among `tables`.
@@ -123,23 +198,63 @@ fn position(tables: &ArrayOfTables, field: &str, name: &str) -> Option<usize> {
 }
 
 /// The config named it, yet not in a `[[key]]` table this edit can find (an inline table, say).
-fn not_written_as_table(key: &str, field: &str, name: &str) -> CliError {
-    CliError::usage(format!(
+fn not_written_as_table(key: &str, field: &str, name: &str) -> EditError {
+    EditError::file(format!(
         "the config has no [[{key}]] table with {field} = {}; write it as one, or edit the file by hand",
         crate::config::shown(name)
     ))
 }
 
-/// Validates the edited document as a config, then replaces the file by rename.
-pub(super) fn save(path: &Path, doc: &DocumentMut) -> Result<(), CliError> {
+/// Validates the edited document as a config, then replaces the file by rename: a new file is
+/// written beside it, so the config's folder must be writable by whoever edits it.
+pub fn save(path: &Path, doc: &DocumentMut) -> Result<(), EditError> {
     let text = doc.to_string();
-    Config::parse(path, &text)?;
+    // The file was valid before the edit: what the check refuses now, the edit brought in.
+    Config::parse(path, &text).map_err(|e| EditError {
+        kind: EditKind::Invalid,
+        field: None,
+        message: format!("the edit is refused: {e}"),
+    })?;
     let tmp = path.with_extension("toml.tmp");
     let _ = std::fs::remove_file(&tmp); // left by an edit that was interrupted
-    super::init::write_private(&tmp, &text)
-        .and_then(|_| same_access(path, &tmp))
-        .and_then(|_| std::fs::rename(&tmp, path))
-        .map_err(|e| CliError::usage(format!("cannot write {}: {e}", path.display())))
+    let written =
+        write_private(&tmp, &text).and_then(|_| same_access(path, &tmp)).and_then(|_| std::fs::rename(&tmp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&tmp);
+    }
+    written.map_err(|e| unwritable(path, &e))
+}
+
+/// Why `path` could not be written, and what to do: an edit writes a new file in the config's
+/// folder and renames it over the config, so the folder must be writable by the user that edits
+/// (the node's, for its console).
+fn unwritable(path: &Path, e: &std::io::Error) -> EditError {
+    let dir = path.parent().filter(|d| !d.as_os_str().is_empty()).unwrap_or(Path::new("."));
+    let hint = match e.kind() {
+        std::io::ErrorKind::PermissionDenied | std::io::ErrorKind::ReadOnlyFilesystem => format!(
+            "; nothing was changed. An edit writes a new file in {} and renames it over the config, so that folder \
+             must be writable by this process's user: make the node's user own it (`chown ferry:ferry {}`), and \
+             under systemd allow the node to write it (`ReadWritePaths={}`, as the shipped unit does; \
+             docs/operating.md)",
+            dir.display(),
+            dir.display(),
+            dir.display()
+        ),
+        _ => "; nothing was changed".to_owned(),
+    };
+    EditError::file(format!("cannot write {}: {e}{hint}", path.display()))
+}
+
+/// Creates `path` (which must not exist) readable by its owner only, with `text`, synced.
+pub fn write_private(path: &Path, text: &str) -> std::io::Result<()> {
+    use std::io::Write;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).create_new(true);
+    #[cfg(unix)]
+    std::os::unix::fs::OpenOptionsExt::mode(&mut options, 0o600);
+    let mut file = options.open(path)?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
 }
 
 /// Gives `new` the mode, owner and group of `old` (the owner only when run as root), so that an
@@ -260,7 +375,7 @@ tokens = []
     fn a_name_not_in_a_table_is_refused_with_it_shown_on_one_line() {
         let mut doc = doc();
         let err = remove(&mut doc, "peer", "name", "x\ny").unwrap_err();
-        assert_eq!((err.code, err.message.lines().count()), (2, 1), "{err}");
+        assert_eq!((err.kind, err.message.lines().count()), (EditKind::File, 1), "{err}");
         assert!(err.message.contains("`x\\ny`"), "{err}");
         assert_eq!(doc.to_string(), FILE);
         let mut inline: DocumentMut = "peer = [{ name = \"org-b\" }]".parse().unwrap();
