@@ -64,6 +64,14 @@ fn verify_bundle(file: &Path) -> (i32, String, String) {
     (out.status.code().unwrap_or(-1), support::cli::stdout(&out), support::cli::stderr(&out))
 }
 
+/// `ferry audit verify-bundle --json FILE`: the exit code and the JSON verdict.
+fn verify_bundle_json(file: &Path) -> (i32, Value) {
+    let mut cmd = support::cli::ferry_cmd();
+    cmd.args(["audit", "verify-bundle", "--json"]).arg(file);
+    let out = support::cli::run_bounded(&mut cmd, Duration::from_secs(60));
+    (out.status.code().unwrap_or(-1), serde_json::from_str(&support::cli::stdout(&out)).unwrap())
+}
+
 /// `ferry audit bundle --id ID --out dir/name.json` on `node`, which must say `anchored`: the
 /// file, read.
 fn bundle(node: &Node, id: &str, dir: &Path, name: &str, anchored: &str) -> (PathBuf, Value) {
@@ -87,6 +95,10 @@ fn fails(dir: &Path, what: &str, bundle: &Value, reasons: &[&str]) {
 fn fails_as_is(file: &Path, what: &str, reasons: &[&str]) {
     let (code, out, err) = verify_bundle(file);
     assert_eq!(code, 1, "{what}: exit {code}\n{out}{err}");
+    let (code, said) = verify_bundle_json(file);
+    assert_eq!((code, &said["verified"]), (1, &false.into()), "{what}: {said}");
+    let first = |why: &str| why.lines().next().is_some_and(|line| err.contains(line));
+    assert!(said["why"].as_str().is_some_and(first), "{what}: {said} against {err}");
     assert!(!err.contains("panicked"), "{what}: {err}");
     for reason in reasons {
         assert!(err.contains(reason), "{what}: `{reason}` not in: {err}");
@@ -408,6 +420,13 @@ async fn bundles_verify_after_both_nodes_are_gone_and_tampering_is_named() {
         }
         let (_, told, _) = verify_bundle(&sync_file);
         assert!(told.contains("the request at seq") && told.contains("countersigned"), "{told}");
+        let (code, said) = verify_bundle_json(&sync_file);
+        assert_eq!(
+            (code, &said["verified"], &said["anchor"]["kind"]),
+            (0, &true.into(), &"timestamp".into()),
+            "{said}"
+        );
+        assert!(said["records"].as_array().is_some_and(|r| !r.is_empty()) && said["node"]["fingerprint"].is_string());
         for bundle in [&sync_bundle, &async_bundle, &batched_bundle, &reply_bundle] {
             check_by_hand(bundle, out.path());
         }

@@ -51,6 +51,30 @@ pub enum Anchored {
     Nothing,
 }
 
+impl Verified {
+    /// What was verified as one JSON object (`ferry audit verify-bundle --json`).
+    pub fn to_json(&self) -> serde_json::Value {
+        let anchor = match &self.anchor {
+            Anchored::Timestamp { time, tsa } => serde_json::json!({"kind": "timestamp", "time": time, "tsa": tsa}),
+            Anchored::Checkpoint { holder, at } => {
+                serde_json::json!({"kind": "checkpoint", "holder": holder, "at": at})
+            }
+            Anchored::Nothing => serde_json::json!({"kind": "none"}),
+        };
+        serde_json::json!({
+            "verified": true,
+            "id": self.id,
+            "node": {"name": self.node.0, "fingerprint": self.node.1},
+            "peer": {"name": self.peer.0, "fingerprint": self.peer.1},
+            "segment": {"first": self.segment.0, "last": self.segment.1},
+            "records": self.records,
+            "receipts": self.receipts,
+            "unreceipted": self.unreceipted,
+            "anchor": anchor,
+        })
+    }
+}
+
 impl fmt::Display for Verified {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         let (node, peer) = (&self.node.0, &self.peer.0);

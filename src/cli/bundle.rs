@@ -9,7 +9,7 @@ use crate::bundle::{self, Anchor, BundleError, MAX_BYTES};
 use crate::config::Config;
 
 /// Writes the bundle of request `id` to `out` (whole or not at all) and says what it holds.
-pub fn make(path: &Path, id: &str, out: &Path) -> Result<(), CliError> {
+pub fn make(path: &Path, id: &str, out: &Path, json: bool) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let node_certs = crate::rollover::own_certs(&crate::rollover::KeyFiles::of(&config))?;
     let peers = super::audit::peer_certs(&config)?;
@@ -32,6 +32,12 @@ pub fn make(path: &Path, id: &str, out: &Path) -> Result<(), CliError> {
     }
     write_whole(out, &text).map_err(|e| CliError::failed(format!("cannot write {}: {e}", out.display())))?;
     let (first, last) = verified.segment;
+    if json {
+        let mut said = verified.to_json();
+        said["file"] = out.display().to_string().into();
+        out!("{said}");
+        return Ok(());
+    }
     out!(
         "wrote {}: request {id} with {}, {} records of the exchange, {} receipt leaves, records {first} to {last} of the chain",
         out.display(),
@@ -58,8 +64,9 @@ fn write_whole(out: &Path, bytes: &[u8]) -> std::io::Result<()> {
     Ok(())
 }
 
-/// Checks the bundle in `file` and says what it verified; exit 1 names what failed.
-pub fn verify(file: &Path) -> Result<(), CliError> {
+/// Checks the bundle in `file` and says what it verified; exit 1 names what failed. With `json`,
+/// says either as one JSON object (`verified`, and what was checked or `why` not).
+pub fn verify(file: &Path, json: bool) -> Result<(), CliError> {
     let opened =
         std::fs::File::open(file).map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
     let mut bytes = Vec::new();
@@ -68,12 +75,20 @@ pub fn verify(file: &Path) -> Result<(), CliError> {
         .read_to_end(&mut bytes)
         .map_err(|e| CliError::usage(format!("cannot read {}: {e}", file.display())))?;
     let checked = bundle::read(&bytes).and_then(|bundle| bundle::verify(&bundle));
-    match checked {
+    let why = match checked {
         Ok(verified) => {
-            out_raw!("{verified}");
-            Ok(())
+            match json {
+                true => out!("{}", verified.to_json()),
+                false => out_raw!("{verified}"),
+            }
+            return Ok(());
         }
-        Err(e @ BundleError::Broken { .. }) => Err(CliError::failed(format!("the bundle does not verify: {e}"))),
-        Err(e) => Err(CliError::failed(e.to_string())),
+        Err(e @ BundleError::Broken { .. }) => format!("the bundle does not verify: {e}"),
+        Err(e) => e.to_string(),
+    };
+    if json {
+        out!("{}", serde_json::json!({"verified": false, "why": why}));
+        return Err(CliError::failed(String::new()));
     }
+    Err(CliError::failed(why))
 }

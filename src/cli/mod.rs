@@ -38,6 +38,7 @@ use std::path::{Path, PathBuf};
 use std::process::ExitCode;
 
 use clap::{Parser, Subcommand};
+use serde_json::json;
 
 use crate::config::Config;
 use crate::node;
@@ -139,6 +140,9 @@ enum Command {
         /// Local REST API address.
         #[arg(long, default_value = crate::config::DEFAULT_API)]
         api: SocketAddr,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Write this node's invite: a file a peer's admin pins it from (`ferry peer add --invite`).
     Invite {
@@ -149,6 +153,9 @@ enum Command {
         /// node.listen, unless it is a wildcard address).
         #[arg(long)]
         address: Vec<String>,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Certificate commands.
     Cert {
@@ -233,11 +240,18 @@ enum AuditCommand {
         /// The file to write.
         #[arg(long)]
         out: PathBuf,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Check a bundle of `audit bundle`, with no database and no config; exit 0 when it verifies.
     VerifyBundle {
         /// The bundle file.
         file: PathBuf,
+        /// Print the verdict as one JSON object (`verified`, what was checked or `why` not); the
+        /// exit code is the same.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -256,6 +270,9 @@ enum CertCommand {
         /// How long the old certificate stays presented and pinned (e.g. 7d, 36h; at most 90d).
         #[arg(long, default_value = "7d", value_parser = humantime::parse_duration)]
         grace: std::time::Duration,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -279,6 +296,9 @@ enum PeerCommand {
         /// The peer's certificate (its certs/node.pem), received from its admin.
         #[arg(long, required_unless_present = "invite")]
         cert: Option<PathBuf>,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// List the configured peers: name, address, pinned certificate and its fingerprint.
     List {
@@ -293,12 +313,18 @@ enum PeerCommand {
         /// The peer's new QUIC address, host:port.
         #[arg(long)]
         address: String,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a peer: its [[peer]] table, its name from every service's allow list, and its
     /// pinned certificate certs/peers/NAME.pem.
     Remove {
         /// The peer's name.
         name: String,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -315,6 +341,9 @@ enum ServiceCommand {
         /// Peers that may call it, comma-separated; `*` for every configured peer.
         #[arg(long, value_delimiter = ',')]
         allow: Vec<String>,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// List the configured services: id, base URL, state and who may call them.
     List {
@@ -337,11 +366,17 @@ enum ServiceCommand {
         /// The service's new base URL.
         #[arg(long, group = "change")]
         base_url: Option<String>,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
     /// Remove a service's [[service]] table.
     Remove {
         /// The service's id.
         id: String,
+        /// Print the result as one JSON object, for scripts.
+        #[arg(long)]
+        json: bool,
     },
 }
 
@@ -382,23 +417,31 @@ fn init_logging(default: &str) {
 
 fn run(config: &Path, command: Command) -> Result<(), CliError> {
     match command {
-        Command::Init { dir, config_file, data_dir, send_root, name, listen, api } => {
+        Command::Init { dir, config_file, data_dir, send_root, name, listen, api, json } => {
             let layout = match (dir, config_file, data_dir) {
                 (Some(dir), _, _) => init::Layout::in_dir(&dir),
                 (None, Some(config), Some(data)) => init::Layout::split(&config, &data, &send_root),
                 _ => unreachable!("clap requires --dir, or --config-file with --data-dir"),
             };
             let fingerprint = init::init_in(&layout, &name, listen, api)?;
+            let certificate = layout.node_dir.join("certs/node.pem");
+            if json {
+                let said = json!({"name": name, "config": layout.config, "certificate": certificate, "fingerprint": fingerprint.to_string()});
+                out!("{said}");
+                return Ok(());
+            }
             out!("created node `{name}`: config {}", layout.config.display());
             out!("fingerprint: {fingerprint}");
-            out!(
-                "send {} to your peers' admins and compare fingerprints by phone",
-                layout.node_dir.join("certs/node.pem").display()
-            );
+            out!("send {} to your peers' admins and compare fingerprints by phone", certificate.display());
             Ok(())
         }
-        Command::Invite { out, address } => {
+        Command::Invite { out, address, json } => {
             let invite = invite::write(config, &out, &address)?;
+            if json {
+                let said = json!({"file": out, "name": invite.name, "addresses": invite.addresses, "fingerprint": invite.fingerprint});
+                out!("{said}");
+                return Ok(());
+            }
             out!("wrote {}: node `{}` at {}", out.display(), invite.name, invite.addresses.join(", "));
             out!("fingerprint: {}", invite.fingerprint);
             out!("send the file to the peer's admin (`ferry peer add --invite FILE`) and compare the fingerprint by phone");
@@ -431,15 +474,21 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
             }
             Ok(())
         }
-        Command::Cert { command: CertCommand::Rotate { grace } } => {
+        Command::Cert { command: CertCommand::Rotate { grace, json } } => {
             let config = Config::load(config)?;
             let files = crate::rollover::KeyFiles::of(&config);
             let rotated = crate::rollover::rotate(&config.node.name, &files, grace)?;
+            let until = crate::store::rfc3339(rotated.until_ms);
+            if json {
+                let reload = operator::reload_if_running(&config.path)?;
+                let said = json!({"fingerprint": rotated.new.to_string(), "previous": rotated.old.to_string(), "until": until, "reload": reload});
+                out!("{said}");
+                return Ok(());
+            }
             out!("new certificate: {}", rotated.new);
             out!(
-                "the old one, {}, stays presented to peers that have not pinned the new one until {}",
-                rotated.old,
-                crate::store::rfc3339(rotated.until_ms)
+                "the old one, {}, stays presented to peers that have not pinned the new one until {until}",
+                rotated.old
             );
             out!(
                 "peers pin it when they next talk to this node; one with auto_rollover = false needs its admin to run \
@@ -450,7 +499,7 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
             out!("{}", operator::reload_if_running(&config.path)?);
             Ok(())
         }
-        Command::Peer { command: PeerCommand::Add { invite, name, address, cert } } => {
+        Command::Peer { command: PeerCommand::Add { invite, name, address, cert, json } } => {
             let (name, address, fingerprint) = match (invite, cert) {
                 (Some(file), _) => {
                     let invite = invite::read(&file)?;
@@ -466,34 +515,46 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
                 }
                 (None, None) => unreachable!("clap requires --cert without --invite"),
             };
-            out!("added peer `{name}` at {address}");
-            out!("fingerprint: {fingerprint}");
-            edited(config, format!("compare it with {name}'s admin (`ferry cert fingerprint` on their node)"))
+            let change = format!(
+                "added peer `{name}` at {address}\nfingerprint: {fingerprint}\ncompare it with {name}'s admin (`ferry cert \
+                 fingerprint` on their node)"
+            );
+            let pinned = json!({"name": name, "address": address, "fingerprint": fingerprint.to_string()});
+            edited(config, change, json.then_some(pinned))
         }
         Command::Peer { command: PeerCommand::List { json } } => peer::list(config, json),
-        Command::Peer { command: PeerCommand::Set { name, address } } => {
-            edited(config, peer::set_address(config, &name, &address)?)
+        Command::Peer { command: PeerCommand::Set { name, address, json } } => {
+            edited(config, peer::set_address(config, &name, &address)?, json.then(|| json!({})))
         }
-        Command::Peer { command: PeerCommand::Remove { name } } => edited(config, peer::remove(config, &name)?),
-        Command::Service { command: ServiceCommand::Add { id, base_url, allow } } => {
+        Command::Peer { command: PeerCommand::Remove { name, json } } => {
+            edited(config, peer::remove(config, &name)?, json.then(|| json!({})))
+        }
+        Command::Service { command: ServiceCommand::Add { id, base_url, allow, json } } => {
             service::add(config, &id, &base_url, &allow)?;
             let allow: Vec<&str> = allow.iter().map(String::as_str).filter(|a| !a.is_empty()).collect();
             let allowed = if allow.is_empty() { "nobody yet".into() } else { allow.join(", ") };
-            edited(config, format!("added service `{id}` at {base_url}, allowed for: {allowed}"))
+            edited(
+                config,
+                format!("added service `{id}` at {base_url}, allowed for: {allowed}"),
+                json.then(|| json!({})),
+            )
         }
         Command::Service { command: ServiceCommand::List { json } } => service::list(config, json),
-        Command::Service { command: ServiceCommand::Set { id, state, allow, base_url } } => {
-            edited(config, service::set(config, &id, service::Changes { state, allow, base_url })?)
+        Command::Service { command: ServiceCommand::Set { id, state, allow, base_url, json } } => {
+            let change = service::set(config, &id, service::Changes { state, allow, base_url })?;
+            edited(config, change, json.then(|| json!({})))
         }
-        Command::Service { command: ServiceCommand::Remove { id } } => edited(config, service::remove(config, &id)?),
+        Command::Service { command: ServiceCommand::Remove { id, json } } => {
+            edited(config, service::remove(config, &id)?, json.then(|| json!({})))
+        }
         Command::Run => run_node(config),
         Command::Check { connect, json } => check::check(config, connect, json),
         Command::Audit { command: AuditCommand::Export { since } } => audit::export(config, since),
         Command::Audit { command: AuditCommand::Verify { peer_export, peer, json } } => {
             audit::verify(config, peer_export.as_deref(), peer.as_deref(), json)
         }
-        Command::Audit { command: AuditCommand::Bundle { id, out } } => bundle::make(config, &id, &out),
-        Command::Audit { command: AuditCommand::VerifyBundle { file } } => bundle::verify(&file),
+        Command::Audit { command: AuditCommand::Bundle { id, out, json } } => bundle::make(config, &id, &out, json),
+        Command::Audit { command: AuditCommand::VerifyBundle { file, json } } => bundle::verify(&file, json),
         Command::Demo => demo::run(),
         Command::Send(a) => operator::send(config, a),
         Command::Status(a) => operator::status(config, a),
@@ -507,11 +568,22 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
     }
 }
 
-/// Prints the line an edit of the config file `config` returned (what changed), then has the
-/// running node, if one answers, reload it.
-fn edited(config: &Path, change: String) -> Result<(), CliError> {
-    out!("{change}");
-    out!("{}", operator::reload_if_running(config)?);
+/// Prints what an edit of the config file `config` changed, then has the running node, if one
+/// answers, reload it and says how that went. With `json` (an object of the edit's own fields),
+/// prints that object with `change` and `reload` added instead.
+fn edited(config: &Path, change: String, json: Option<serde_json::Value>) -> Result<(), CliError> {
+    let reload = operator::reload_if_running(config)?;
+    match json {
+        Some(mut said) => {
+            said["change"] = change.into();
+            said["reload"] = reload.into();
+            out!("{said}");
+        }
+        None => {
+            out!("{change}");
+            out!("{reload}");
+        }
+    }
     Ok(())
 }
 
