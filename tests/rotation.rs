@@ -146,6 +146,8 @@ async fn a_rotation_under_traffic_loses_no_request_and_ends_with_the_new_certifi
     assert_eq!(peer_view(&client, a.api, "org-b").await["fingerprint"], new.as_str());
     let check = ferry_at(&a.dir, &["check", "--connect"]);
     assert_code(&check, 0);
+    let listed: Value = serde_json::from_str(&stdout(&ferry_at(&a.dir, &["peer", "list", "--json"]))).unwrap();
+    assert_eq!((&listed[0]["fingerprint"], &listed[0]["rolled_over_to"]), (&old.as_str().into(), &new.as_str().into()));
 
     // The evidence holds: org-b's receipts, signed by both keys, verify on org-a, and org-a's
     // log records the rollover it pinned.

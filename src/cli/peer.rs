@@ -34,22 +34,40 @@ struct Listed {
     fingerprint: Option<String>,
     /// Why it cannot be read.
     error: Option<String>,
+    /// The newest certificate pinned for the peer since a rollover (kept in the node's store),
+    /// when it is not the file's.
+    rolled_over_to: Option<String>,
 }
 
 /// Prints the configured peers, as a table or (`json`) a JSON array.
 pub fn list(config_path: &Path, json: bool) -> Result<(), CliError> {
     let config = Config::load(config_path)?;
-    let listed: Vec<Listed> = config.peers.iter().map(listed).collect();
+    let mut listed: Vec<Listed> = config.peers.iter().map(listed).collect();
+    // The rollovers the node pinned, checked again here as the node checks them at a start.
+    if let Ok(peers) = crate::peer::Peers::load(&config.peers) {
+        peers.restore(&crate::store::rollovers_in(&config.node.data_dir).unwrap_or_default());
+        for row in &mut listed {
+            let newest = peers.get(&row.name).map(|p| p.newest().fingerprint.to_string());
+            row.rolled_over_to = newest.filter(|newest| Some(newest) != row.fingerprint.as_ref());
+        }
+    }
     if json {
         out!("{}", serde_json::to_string_pretty(&listed).unwrap_or_default());
         return Ok(());
     }
     let mut table = TextTable::new(["NAME", "ADDRESS", "CERT", "FINGERPRINT"]);
+    let mut rolled = Vec::new();
     for p in listed {
+        if let Some(newest) = p.rolled_over_to {
+            rolled.push(format!("{}: rolled over to {newest}, pinned by the node (`ferry peers`)", p.name));
+        }
         let fingerprint = p.fingerprint.or(p.error.map(|e| format!("unreadable: {e}"))).unwrap_or_default();
         table.row([p.name, p.address, p.cert.display().to_string(), fingerprint]);
     }
     out_raw!("{}", table.render());
+    for line in rolled {
+        out!("{line}");
+    }
     Ok(())
 }
 
@@ -59,7 +77,8 @@ fn listed(peer: &PeerConfig) -> Listed {
         Ok(cert) => (Some(Fingerprint::of(&cert).to_string()), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    Listed { name: peer.name.clone(), address: peer.address.clone(), cert: peer.cert.clone(), fingerprint, error }
+    let (name, address, cert) = (peer.name.clone(), peer.address.clone(), peer.cert.clone());
+    Listed { name, address, cert, fingerprint, error, rolled_over_to: None }
 }
 
 /// Moves peer `name` to `address`; says what changed.
