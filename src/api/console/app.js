@@ -121,6 +121,18 @@
 
   // ---- peers and queues --------------------------------------------------------------------
 
+  // A peer's key rollover: the certificates it replaced, still pinned until their grace ends, and
+  // a new one held for the admin to compare and pin (`ferry peer accept`).
+  function rollover(p) {
+    const lines = (p.replaced || []).map((r) =>
+      el("div", { class: "muted", text: `replaces ${r.fingerprint}, pinned until ${when(r.until)}` }));
+    if (p.rollover_offered) {
+      lines.push(el("div", { class: "error", text: `new certificate held for approval: ${p.rollover_offered} ` +
+        `(compare it with ${p.name}'s admin, then: ferry peer accept ${p.name} --fingerprint ${p.rollover_offered})` }));
+    }
+    return lines;
+  }
+
   async function refreshStats() {
     const [stats, peers] = await Promise.all([api("/v1/stats"), api("/v1/peers")]);
     const rtt = new Map(stats.peers.map((p) => [p.name, p]));
@@ -128,7 +140,7 @@
       el("td", { text: p.name }),
       el("td", {}, badge(p.connected ? "connected" : "disconnected")),
       el("td", { class: "num", text: p.rtt_ms == null ? "–" : p.rtt_ms.toFixed(1) + " ms" }),
-      el("td", {}, el("code", { text: p.fingerprint, title: p.address })),
+      el("td", {}, el("code", { text: p.fingerprint, title: p.address }), ...rollover(p)),
       el("td", { class: "error", text: p.last_error || "", title: "last seen " + ((rtt.get(p.name) || {}).last_seen || "never") }))));
     const row = (name, q) => el("tr", { "data-direction": name },
       el("th", { text: name }),
