@@ -233,15 +233,22 @@
     bar.lastChild.textContent = `${bytes(t.done)} / ${bytes(t.total)} (${pct.toFixed(0)}%)${rate}`;
   }
 
-  function renderInflight() {
-    const now = Date.now();
-    const rows = inflightItems.map((r) => el("tr", { "data-id": r.id },
+  // A request's id, direction, peer, service, method and path, and state, as table cells.
+  function requestCells(r) {
+    return [
       el("td", {}, idLink(r.id)),
       el("td", { text: r.direction === "outgoing" ? "out" : "in" }),
       el("td", { text: r.peer }),
       el("td", { text: r.service }),
       el("td", {}, el("code", { text: `${r.method} ${r.path}` })),
       el("td", {}, badge(r.state)),
+    ];
+  }
+
+  function renderInflight() {
+    const now = Date.now();
+    const rows = inflightItems.map((r) => el("tr", { "data-id": r.id },
+      ...requestCells(r),
       el("td", {}, transfers.has(r.id) ? progressBar(r.id, transfers.get(r.id)) : "")));
     const listed = new Set(inflightItems.map((r) => r.id));
     for (const [id, t] of transfers) {
@@ -758,12 +765,7 @@
     if (asked.replace(/&before=[^&]*/, "") !== requestQuery().toString()) return; // the filters changed meanwhile
     const rows = page.items.map((r) => el("tr", { "data-id": r.id, class: r.id === detailId ? "chosen" : "" },
       el("td", { text: when(r.created_at) }),
-      el("td", {}, idLink(r.id)),
-      el("td", { text: r.direction === "outgoing" ? "out" : "in" }),
-      el("td", { text: r.peer }),
-      el("td", { text: r.service }),
-      el("td", {}, el("code", { text: `${r.method} ${r.path}` })),
-      el("td", {}, badge(r.state)),
+      ...requestCells(r),
       el("td", { class: "error", text: r.error || "" })));
     const body = $("#requests tbody");
     if (more) {
