@@ -1,17 +1,13 @@
-//! The recent callback delivery attempts of each request, kept in memory for the console's
-//! request detail: when, the status the host answered, the error. Bounded ([`PER_REQUEST`]
-//! attempts for each of the last [`REQUESTS`] requests) and gone at a restart; the store keeps
-//! each reply's count of attempts and last error durably.
+//! Each delivery attempt of a result to a host's callback, kept in the store for a request's
+//! status (`callback.history`): the latest [`PER_REQUEST`] of each request, deleted with it.
 
-use std::collections::{HashMap, VecDeque};
-use std::sync::Mutex;
-
+use rusqlite::params;
 use serde::Serialize;
+
+use super::{exec, rfc3339, StoreError};
 
 /// The most attempts kept per request (the latest).
 pub const PER_REQUEST: usize = 20;
-/// The most requests whose attempts are kept (those attempted most recently).
-pub const REQUESTS: usize = 10_000;
 
 /// One delivery attempt of a result to a host's callback.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -26,65 +22,61 @@ pub struct CallbackAttempt {
     pub error: Option<String>,
 }
 
-/// The attempts by request id.
-#[derive(Debug, Default)]
-pub(super) struct Attempts {
-    inner: Mutex<Kept>,
+/// Records an attempt for the request stored as `request`, keeping its latest [`PER_REQUEST`].
+pub(super) fn note(
+    t: &rusqlite::Transaction,
+    request: i64,
+    seq: u32,
+    at_ms: i64,
+    status: Option<u16>,
+    error: Option<&str>,
+) -> Result<(), StoreError> {
+    exec(
+        t,
+        "INSERT INTO callback_attempts (request, seq, at, status, error) VALUES (?1, ?2, ?3, ?4, ?5)",
+        params![request, seq, at_ms, status, error],
+    )?;
+    exec(
+        t,
+        "DELETE FROM callback_attempts WHERE request = ?1 AND rowid NOT IN
+         (SELECT rowid FROM callback_attempts WHERE request = ?1 ORDER BY rowid DESC LIMIT ?2)",
+        params![request, PER_REQUEST as i64],
+    )?;
+    Ok(())
 }
 
-#[derive(Debug, Default)]
-struct Kept {
-    by_id: HashMap<String, VecDeque<CallbackAttempt>>,
-    /// Ids in the order they were first attempted, to forget the oldest.
-    order: VecDeque<String>,
-}
-
-impl Attempts {
-    /// Notes an attempt for request `id`.
-    pub(super) fn note(&self, id: &str, attempt: CallbackAttempt) {
-        let mut kept = self.inner.lock().unwrap();
-        if !kept.by_id.contains_key(id) {
-            if kept.order.len() >= REQUESTS {
-                if let Some(oldest) = kept.order.pop_front() {
-                    kept.by_id.remove(&oldest);
-                }
-            }
-            kept.order.push_back(id.to_owned());
-        }
-        let list = kept.by_id.entry(id.to_owned()).or_default();
-        if list.len() >= PER_REQUEST {
-            list.pop_front();
-        }
-        list.push_back(attempt);
-    }
-
-    /// The attempts kept for request `id`, oldest first.
-    pub(super) fn of(&self, id: &str) -> Vec<CallbackAttempt> {
-        self.inner.lock().unwrap().by_id.get(id).map(|l| l.iter().cloned().collect()).unwrap_or_default()
-    }
+/// The attempts kept for the outgoing request `id`, oldest first.
+pub(super) fn of(t: &rusqlite::Transaction, id: &str) -> Result<Vec<CallbackAttempt>, StoreError> {
+    let mut statement = t.prepare_cached(
+        "SELECT a.seq, a.at, a.status, a.error FROM callback_attempts a JOIN requests r ON r.seq = a.request
+         WHERE r.direction = 'outgoing' AND r.id = ?1 ORDER BY a.rowid",
+    )?;
+    let rows = statement.query_map([id], |r| {
+        Ok(CallbackAttempt { seq: r.get(0)?, at: rfc3339(r.get(1)?), status: r.get(2)?, error: r.get(3)? })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
 }
 
 #[cfg(test)]
 mod tests {
-    use super::*;
+    use crate::store::queue::fixtures::{new_async, reply};
+    use crate::store::Store;
 
-    fn attempt(seq: u32) -> CallbackAttempt {
-        CallbackAttempt { seq, at: String::new(), status: Some(500), error: Some("HTTP 500".into()) }
-    }
-
-    #[test]
-    fn attempts_are_bounded_per_request_and_in_all() {
-        let attempts = Attempts::default();
-        for seq in 0..(PER_REQUEST as u32 + 5) {
-            attempts.note("r1", attempt(seq));
+    #[tokio::test]
+    async fn the_latest_attempts_of_each_request_are_kept() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        store.insert_outgoing(new_async("r1")).await.unwrap();
+        store.received_reply("org-b", reply("r1", 1, true), None, [0; 32]).await.unwrap();
+        let work = store.claim_callbacks(10).await.unwrap().remove(0);
+        for status in 400..(400 + super::PER_REQUEST as u16 + 5) {
+            store.callback_attempted(&work, Some(status), Err((format!("HTTP {status}"), Some(0)))).await.unwrap();
         }
-        let kept = attempts.of("r1");
-        assert_eq!((kept.len(), kept[0].seq), (PER_REQUEST, 5), "the latest are kept");
-        for i in 0..REQUESTS {
-            attempts.note(&format!("other-{i}"), attempt(1));
-        }
-        assert!(attempts.of("r1").is_empty(), "the request attempted first went");
-        assert_eq!(attempts.of(&format!("other-{}", REQUESTS - 1)).len(), 1);
-        assert!(attempts.of("unknown").is_empty());
+        store.callback_attempted(&work, Some(200), Ok(())).await.unwrap();
+        let kept = store.read(|t| super::of(t, "r1")).await.unwrap();
+        assert_eq!(kept.len(), super::PER_REQUEST, "the latest only");
+        assert_eq!((kept[0].status, kept[0].error.as_deref()), (Some(406), Some("HTTP 406")), "oldest first");
+        assert_eq!((kept.last().unwrap().status, &kept.last().unwrap().error), (Some(200), &None));
+        assert!(store.read(|t| super::of(t, "unknown")).await.unwrap().is_empty());
     }
 }

@@ -104,15 +104,6 @@ impl Store {
         outcome: Result<(), (String, Option<i64>)>,
     ) -> Result<(), StoreError> {
         let (request, seq) = (work.request, work.seq);
-        self.attempts.note(
-            &work.id,
-            super::CallbackAttempt {
-                seq,
-                at: super::rfc3339(super::now_ms()),
-                status,
-                error: outcome.as_ref().err().map(|(e, _)| e.clone()),
-            },
-        );
         let mut delivered = Entry::new("callback", "out", "", &work.id);
         delivered.reply_seq = Some(work.seq);
         delivered.body_sha256 =
@@ -120,6 +111,8 @@ impl Store {
         delivered.path = Some(work.url.clone());
         delivered.method = Some(work.method.clone());
         self.run(move |t, _| {
+            let error = outcome.as_ref().err().map(|(e, _)| e.as_str());
+            super::attempts::note(t, request, seq, super::now_ms(), status, error)?;
             if outcome.is_ok() {
                 delivered.peer = query_row(t, "SELECT peer FROM requests WHERE seq = ?1", [request], |r| r.get(0))?;
                 t.record(delivered)?;

@@ -252,8 +252,6 @@ pub struct Store {
     moved: Arc<std::sync::atomic::AtomicI64>,
     /// The files moving now ([`Store::transfers_moving`]).
     transfers: Arc<transfers::Transfers>,
-    /// Recent callback delivery attempts, for the request detail.
-    attempts: Arc<attempts::Attempts>,
 }
 
 impl std::fmt::Debug for Store {
@@ -295,7 +293,6 @@ impl Store {
             readers,
             moved,
             transfers: Arc::default(),
-            attempts: Arc::default(),
         })
     }
 

@@ -45,6 +45,7 @@ impl Store {
             let finished = "SELECT seq FROM requests WHERE state IN ('success', 'failed') AND expires_at < ?1
                             AND updated_at < ?2";
             let now = now_ms();
+            exec(t, &format!("DELETE FROM callback_attempts WHERE request IN ({finished})"), params![now, before])?;
             exec(t, &format!("DELETE FROM replies WHERE request IN ({finished})"), params![now, before])?;
             pruned.requests = exec(t, &format!("DELETE FROM requests WHERE seq IN ({finished})"), params![now, before])?;
             Ok(pruned)

@@ -207,6 +207,23 @@ fn view(r: &Row) -> rusqlite::Result<Viewed> {
 
 /// The view of a request row with its callback delivery (and, when `with_replies`, its replies)
 /// filled in.
+/// `view` with its callback's delivery `attempts` (`callback.history`), credentials in the URL
+/// masked in their errors as in `callback.url`.
+fn with_attempts(mut view: RequestView, url: Option<String>, attempts: Vec<super::CallbackAttempt>) -> RequestView {
+    if let (Some(Value::Object(callback)), Some(url)) = (view.callback.as_mut(), url) {
+        let shown = without_credentials(&url);
+        let history: Vec<_> = attempts
+            .into_iter()
+            .map(|mut a| {
+                a.error = a.error.map(|e| e.replace(&url, &shown));
+                a
+            })
+            .collect();
+        callback.insert("history".into(), json!(history));
+    }
+    view
+}
+
 fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Result<RequestView, StoreError> {
     let Viewed { row, mut view, callback } = viewed;
     // Credentials in a callback URL stored by an earlier version, and the shown form that masks
@@ -293,29 +310,12 @@ impl Store {
             )
             .optional()?;
             let url = found.as_ref().and_then(|viewed| viewed.callback.as_ref().map(|c| c.url.clone()));
-            Ok(found.map(|viewed| complete(t, viewed, true)).transpose()?.map(|view| (view, url)))
+            let Some(view) = found.map(|viewed| complete(t, viewed, true)).transpose()? else { return Ok(None) };
+            let attempts = super::attempts::of(t, &id)?;
+            Ok(Some(with_attempts(view, url, attempts)))
         })
         .await
-        .map(|found| found.map(|(view, url)| self.with_attempts(self.in_motion(view, Instant::now()), url)))
-    }
-
-    /// `view` with its callback's recent attempts (`callback.history`), credentials in the URL
-    /// masked in their errors as in `callback.url`.
-    fn with_attempts(&self, mut view: RequestView, url: Option<String>) -> RequestView {
-        if let (Some(Value::Object(callback)), Some(url)) = (view.callback.as_mut(), url) {
-            let shown = without_credentials(&url);
-            let history: Vec<_> = self
-                .attempts
-                .of(&view.id)
-                .into_iter()
-                .map(|mut a| {
-                    a.error = a.error.map(|e| e.replace(&url, &shown));
-                    a
-                })
-                .collect();
-            callback.insert("history".into(), json!(history));
-        }
-        view
+        .map(|found| found.map(|view| self.in_motion(view, Instant::now())))
     }
 
     /// A page of requests, newest first.

@@ -144,6 +144,16 @@ pub(super) const MIGRATIONS: &[&str] = &[
         received_at INTEGER NOT NULL,
         PRIMARY KEY (peer, new)
     );",
+    // 10: each delivery attempt of a result to a host's callback, the latest 20 of each request
+    // (`callback.history` of its status).
+    "CREATE TABLE callback_attempts (
+        request INTEGER NOT NULL,             -- requests.seq
+        seq INTEGER NOT NULL,                 -- the reply's
+        at INTEGER NOT NULL,                  -- ms since the epoch
+        status INTEGER,                       -- what the callback answered; NULL: no answer
+        error TEXT                            -- NULL: delivered
+    );
+    CREATE INDEX callback_attempts_by_request ON callback_attempts (request);",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.
