@@ -49,16 +49,23 @@ async fn received_files_and_finished_requests_go_after_keep_received_and_nothing
     }
     drop(db);
 
+    // The row goes first, then the file, then its emptied folder: wait for all three (waiting for
+    // the first two alone raced the folder's removal).
+    let folder = received.parent().unwrap();
     let deadline = tokio::time::Instant::now() + WITHIN;
     loop {
         let (status, _) = p.b.get(&format!("/v1/requests/{id}")).await;
-        if !received.exists() && status == 404 {
+        if !received.exists() && status == 404 && !folder.exists() {
             break;
         }
-        assert!(tokio::time::Instant::now() < deadline, "still there: file {}, row {status}", received.exists());
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "still there: file {}, row {status}, the request's emptied folder {}",
+            received.exists(),
+            folder.exists()
+        );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
-    assert!(!received.parent().unwrap().exists(), "the request's emptied folder goes too");
     assert!(sent.is_file(), "the host's file stays");
     assert_eq!(std::fs::read_to_string(&outside).unwrap(), "keep me");
     assert!(std::fs::symlink_metadata(&link).is_ok(), "a link is not followed, nor deleted");

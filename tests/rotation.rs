@@ -171,13 +171,12 @@ async fn a_rotation_under_traffic_loses_no_request_and_ends_with_the_new_certifi
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_peer_with_auto_rollover_off_holds_the_new_certificate_until_its_admin_accepts() {
     let root = tempfile::tempdir().unwrap();
-    let RunningPair { a, b, node_a, node_b, client, seen: _seen } = RunningPair::start(root.path()).await;
-    let logs = [&node_a, &node_b];
+    let RunningPair { a, b, node_a, mut node_b, client, seen: _seen } = RunningPair::start(root.path()).await;
     let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&a.dir.config).unwrap().parse().unwrap();
     doc["peer"].as_array_of_tables_mut().unwrap().get_mut(0).unwrap()["auto_rollover"] = toml_edit::value(false);
     std::fs::write(&a.dir.config, doc.to_string()).unwrap();
     assert_code(&ferry_at(&a.dir, &["reload"]), 0);
-    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(15), &logs).await;
+    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(15), &[&node_a, &node_b]).await;
     let old = b.dir.fingerprint.clone();
 
     let rotated = ferry_at(&b.dir, &["cert", "rotate", "--grace", "1h"]);
@@ -193,7 +192,7 @@ async fn a_peer_with_auto_rollover_off_holds_the_new_certificate_until_its_admin
     .await;
     let view = peer_view(&client, a.api, "org-b").await;
     assert_eq!(view["fingerprint"], old.as_str(), "nothing new is pinned without the admin");
-    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(15), &logs).await;
+    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(15), &[&node_a, &node_b]).await;
     let peers = stdout(&ferry_at(&a.dir, &["peers"]));
     assert!(peers.contains(&format!("ferry peer accept org-b --fingerprint {new}")), "{peers}");
 
@@ -211,7 +210,16 @@ async fn a_peer_with_auto_rollover_off_holds_the_new_certificate_until_its_admin
     );
     assert!(view["rollover_offered"].is_null());
     heard_pinned(&node_b).await;
-    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(15), &logs).await;
+    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(15), &[&node_a, &node_b]).await;
+
+    // org-b restarted inside the grace presents the old certificate until org-a acknowledges the
+    // statement again, at once, then the new one; nothing in between fails.
+    node_b.stop().await;
+    node_b.start().await;
+    request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(15), &[&node_a, &node_b]).await;
+    heard_pinned(&node_b).await;
+    let (status, answer) = send_request(&client, a.api, "org-b", "1").await;
+    assert_eq!((status, &answer["data"]["status"]), (200, &200.into()), "{answer}");
 }
 
 /// A peer's rollover statement is pinned only when its pinned key signed it, for a certificate
