@@ -121,6 +121,7 @@ pub async fn run_with(
     let keys = Keys::load(&KeyFiles::of(&config))?;
     let peers = Peers::load(&config.peers)?;
     pins_none_of_ours(&peers, &keys)?;
+    peers.set_own(keys.fingerprints());
     let keys = keys.shared();
     let services = Services::new(config.services.clone());
     let store = Store::open_with(&config.node.data_dir, config.evidence.log)?;
@@ -286,8 +287,7 @@ pub async fn run_with(
 
 /// Refuses peers that pin one of this node's own certificates.
 fn pins_none_of_ours(peers: &Peers, keys: &Keys) -> Result<(), IdentityError> {
-    let ours = std::iter::once(&keys.current).chain(keys.previous().map(|(p, _)| p));
-    match ours.filter_map(|key| peers.by_fingerprint(&key.fingerprint)).next() {
+    match keys.fingerprints().iter().filter_map(|ours| peers.by_fingerprint(ours)).next() {
         Some(peer) => Err(IdentityError::PinnedOwn(peer.name.clone())),
         None => Ok(()),
     }
@@ -390,9 +390,11 @@ impl Reloader {
             );
         }
         let candidate = Peers::load(&new.peers).map_err(|e| e.to_string())?;
+        candidate.set_own(keys.fingerprints());
         candidate.restore(&kept);
         pins_none_of_ours(&candidate, &keys).map_err(|e| e.to_string())?;
         let changes = self.peers.reload(&new.peers).map_err(|e| e.to_string())?;
+        self.peers.set_own(keys.fingerprints());
         self.peers.restore(&kept);
         let rotated = keys.current.fingerprint != self.keys.load().current.fingerprint;
         if rotated {

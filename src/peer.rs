@@ -140,6 +140,19 @@ impl Peer {
         Ok(true)
     }
 
+    /// `Err` while the peer's last rollover's grace lasts: a node rotates again only after it
+    /// (`ferry cert rotate` refuses sooner), so a peer cannot keep piling up pins.
+    pub fn may_roll_over(&self) -> Result<(), String> {
+        let rolled = self.rolled.lock().unwrap();
+        match rolled.chain.last().filter(|s| s.until_ms > crate::store::now_ms()) {
+            Some(last) => Err(format!(
+                "its previous rollover's grace lasts until {}; a node rotates again only after that",
+                crate::store::rfc3339(last.until_ms)
+            )),
+            None => Ok(()),
+        }
+    }
+
     /// Pins the certificate of `statement`, which [`Peer::check_rollover`] found new and valid,
     /// beside the ones pinned now.
     fn roll(&self, statement: wire::Rollover) {
@@ -324,6 +337,8 @@ impl PeerChanges {
 #[derive(Debug, Clone, Default)]
 pub struct Peers {
     inner: Arc<RwLock<Table>>,
+    /// This node's own certificates, which no rollover of a peer may pin ([`Peers::set_own`]).
+    own: Arc<RwLock<Vec<Fingerprint>>>,
 }
 
 #[derive(Debug, Default)]
@@ -444,6 +459,12 @@ impl Peers {
         peer.pinned(fingerprint).then_some(peer)
     }
 
+    /// Sets this node's own certificates (its current one, and the one it replaces during its own
+    /// rollover): a peer's rollover to one of them is refused, as a config pinning one is.
+    pub fn set_own(&self, own: Vec<Fingerprint>) {
+        *self.own.write().unwrap() = own;
+    }
+
     /// Pins again the rollovers `kept` in the store, after a start or a reload: for each peer,
     /// every pinned one that verifies against its newest pin, in turn, then one held for the
     /// admin whose grace lasts. One that does not verify (a row edited in) is ignored.
@@ -471,6 +492,9 @@ impl Peers {
     /// [`Peer::check_rollover`]; refused when another peer pins that certificate.
     pub fn roll(&self, peer: &Arc<Peer>, statement: wire::Rollover) -> Result<(), IdentityError> {
         let new = crate::rollover::new_fingerprint(&statement);
+        if self.own.read().unwrap().contains(&new) {
+            return Err(IdentityError::PinnedOwn(peer.name.clone()));
+        }
         let mut table = self.inner.write().unwrap();
         if let Some(other) = table.by_fingerprint.get(&new).filter(|p| p.name != peer.name && p.pinned(&new)) {
             return Err(IdentityError::PinnedTwice {
@@ -614,5 +638,12 @@ mod tests {
         assert_eq!(org_b.check_rollover(&onto_c), Ok(true));
         assert!(matches!(peers.roll(&org_b, onto_c), Err(IdentityError::PinnedTwice { .. })));
         assert_eq!(org_b.newest().fingerprint, b2.fingerprint());
+
+        // Nor to this node's own certificate, and not again while the last rollover's grace lasts.
+        let ours = Identity::generate("org-a").unwrap();
+        peers.set_own(vec![ours.fingerprint()]);
+        let onto_ours = crate::rollover::sign("org-b", &b2, &ours.cert, now, now + 60_000).unwrap();
+        assert!(matches!(peers.roll(&org_b, onto_ours), Err(IdentityError::PinnedOwn(_))));
+        assert!(org_b.may_roll_over().unwrap_err().contains("grace lasts until"));
     }
 }

@@ -264,6 +264,12 @@ impl Keys {
         Ok(Some((previous, statement)))
     }
 
+    /// The fingerprints of the certificates presented now: the current one, and the replaced one
+    /// while the grace lasts.
+    pub fn fingerprints(&self) -> Vec<Fingerprint> {
+        std::iter::once(self.current.fingerprint).chain(self.previous().map(|(p, _)| p.fingerprint)).collect()
+    }
+
     /// The replaced certificate and the statement, while its grace lasts.
     pub fn previous(&self) -> Option<(&Arc<Presented>, &wire::Rollover)> {
         self.previous.as_ref().filter(|(_, s)| s.until_ms > crate::store::now_ms()).map(|(p, s)| (p, s))
@@ -300,6 +306,7 @@ pub async fn pin(
     statement: wire::Rollover,
 ) -> Result<(), String> {
     let (new, old, until) = (new_fingerprint(&statement), Fingerprint(statement.old), statement.until_ms);
+    peer.may_roll_over()?;
     peers.roll(peer, statement.clone()).map_err(|e| e.to_string())?;
     if let Err(e) = store.rollover(&peer.name, statement, true).await {
         tracing::error!(peer = %peer.name, error = %e, "cannot keep a pinned rollover; it is pinned until the next start");

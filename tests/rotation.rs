@@ -249,6 +249,11 @@ async fn a_rollover_is_pinned_only_when_the_pinned_key_vouches_for_it() {
     // A grace beyond 90 days.
     let long = ferry::rollover::sign("rogue", &rogue.identity, &next.cert, now, now + 91 * 86_400_000).unwrap();
     assert!(refused(send(long).await).contains("grace"));
+    // A certificate of the node's own: pinning it for a peer would make every later start and
+    // reload refuse the config.
+    let own = ferry::identity::load_cert(&b.cert()).unwrap();
+    let onto_own = ferry::rollover::sign("rogue", &rogue.identity, &own, now, now + 60_000).unwrap();
+    assert!(refused(send(onto_own).await).contains("this node's own certificate"));
     assert_eq!(rogue_view().await["fingerprint"], original.as_str(), "nothing was pinned");
 
     let genuine = ferry::rollover::sign("rogue", &rogue.identity, &next.cert, now, now + 60_000).unwrap();
@@ -257,6 +262,10 @@ async fn a_rollover_is_pinned_only_when_the_pinned_key_vouches_for_it() {
     assert_eq!(view["fingerprint"], next.fingerprint().to_string());
     assert_eq!(view["replaced"][0]["fingerprint"], original.as_str());
     assert!(matches!(send(genuine).await, Ok(Answer::Ack(_))), "the same statement again: pinned already");
+    // Another rollover inside the first one's grace: refused, so pins cannot pile up.
+    let third = Identity::generate("rogue").unwrap();
+    let soon = ferry::rollover::sign("rogue", &next, &third.cert, now, now + 60_000).unwrap();
+    assert!(refused(send(soon).await).contains("grace lasts until"));
 
     // The old key, stolen, vouches for a certificate of the thief's: it is not the newest pin's.
     let thief = ferry::rollover::sign("rogue", &rogue.identity, &stranger.cert, now, now + 60_000).unwrap();

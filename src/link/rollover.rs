@@ -86,7 +86,11 @@ impl Inbound {
             Ok(true) if statement.until_ms <= crate::store::now_ms() => {
                 return refused("the rollover's grace is over".into());
             }
-            Ok(true) => {}
+            Ok(true) => {
+                if let Err(why) = peer.may_roll_over() {
+                    return refused(why);
+                }
+            }
             Err(why) => {
                 tracing::warn!(peer = %peer.name, fingerprint = %new, %why, "refused a rollover that does not hold");
                 return refused(format!("the rollover does not hold: {why}"));

@@ -35,6 +35,10 @@ impl Store {
                     r.get(0)
                 })
                 .optional()?;
+            if !pinned {
+                // One held for the admin per peer: a later one replaces it.
+                exec(t, "DELETE FROM rollovers WHERE peer = ?1 AND pinned = 0 AND new != ?2", params![peer, new])?;
+            }
             exec(
                 t,
                 "INSERT INTO rollovers (peer, new, statement, pinned, received_at) VALUES (?1, ?2, ?3, ?4, ?5)
@@ -89,4 +93,35 @@ fn all(t: &rusqlite::Transaction) -> Result<Vec<StoredRollover>, StoreError> {
         }
     }
     Ok(kept)
+}
+
+#[cfg(test)]
+mod tests {
+    use crate::identity::Identity;
+    use crate::store::Store;
+
+    #[tokio::test]
+    async fn one_rollover_per_peer_is_held_and_a_pinned_one_stays_pinned() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open(dir.path()).unwrap();
+        let old = Identity::generate("org-b").unwrap();
+        let now = crate::store::now_ms();
+        let statement = |name| {
+            let new = Identity::generate(name).unwrap();
+            crate::rollover::sign("org-b", &old, &new.cert, now, now + 60_000).unwrap()
+        };
+        let (first, second) = (statement("one"), statement("two"));
+        store.rollover("org-b", first, false).await.unwrap();
+        store.rollover("org-b", second.clone(), false).await.unwrap();
+        let kept = store.rollovers().await.unwrap();
+        assert_eq!(kept.len(), 1, "a later held rollover replaces the earlier one");
+        assert_eq!((&kept[0].statement, kept[0].pinned), (&second, false));
+
+        store.rollover("org-b", second.clone(), true).await.unwrap();
+        store.rollover("org-b", second.clone(), false).await.unwrap();
+        let kept = store.rollovers().await.unwrap();
+        assert_eq!((kept.len(), kept[0].pinned), (1, true), "pinned stays pinned");
+        let log: Vec<_> = crate::store::read_log(dir.path(), 0).unwrap().map(|r| r.unwrap().1).collect();
+        assert_eq!(log.iter().filter(|r| r.contains("\"event\":\"rollover\"")).count(), 1, "one evidence record");
+    }
 }
