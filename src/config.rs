@@ -55,8 +55,10 @@ pub struct NodeConfig {
 pub struct PeerConfig {
     /// The peer's node name.
     pub name: String,
-    /// `host:port`; a DNS name is resolved at connect time.
-    pub address: String,
+    /// Where the peer answers, `host:port`, one or several (`address = ["a:7443", "b:7443"]`):
+    /// the addresses of its members, dialed in turn until one answers ([`crate::link`]). A DNS
+    /// name is resolved at connect time.
+    pub addresses: Vec<String>,
     /// The pinned certificate (PEM).
     pub cert: PathBuf,
     /// Whether a new certificate the peer's old key vouches for is pinned at once (`true`, the
@@ -235,6 +237,8 @@ fn tsa_config(
     }
 }
 
+/// The most addresses a peer may have (`[[peer]] address`): its members, dialed in turn.
+pub const MAX_ADDRESSES: usize = 16;
 /// Default QUIC listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 /// Default API address.
@@ -290,20 +294,21 @@ impl Config {
             .map(|(i, t)| {
                 let mut s = Section::new(t, &format!("peer[{i}]"), &mut errs);
                 let name = s.string("name", None).unwrap_or_default();
-                let address = s.string("address", None).unwrap_or_default();
+                let addresses = s.one_or_more("address", MAX_ADDRESSES);
                 let cert = node.certs_dir.join(s.string("cert", None).unwrap_or_default());
                 let auto_rollover = s.flag("auto_rollover", true);
                 s.finish();
                 if !name.is_empty() {
                     check_name(&name, &format!("peer[{i}].name"), &mut errs);
                 }
-                if !address.is_empty() && !valid_address(&address) {
+                for address in addresses.iter().filter(|a| !valid_address(a)) {
                     errs.push(format!(
                         "peer[{i}].address: {} is not host:port (e.g. 192.0.2.7:7443 or ferry.org-b.example:7443)",
-                        shown(&address)
+                        shown(address)
                     ));
                 }
-                PeerConfig { name, address, cert, auto_rollover }
+                duplicates(addresses.iter().map(String::as_str), &format!("peer[{i}].address"), &mut errs);
+                PeerConfig { name, addresses, cert, auto_rollover }
             })
             .collect();
         duplicates(peers.iter().map(|p| p.name.as_str()), "peer name", &mut errs);
@@ -641,6 +646,20 @@ impl<'a> Section<'a> {
         }
     }
 
+    /// A required string, or a list of 1 to `max` strings: a key that usually holds one value.
+    fn one_or_more(&mut self, key: &'a str, max: usize) -> Vec<String> {
+        match self.get(key) {
+            Some(Value::Array(items)) if (1..=max).contains(&items.len()) && items.iter().all(Value::is_str) => {
+                items.iter().filter_map(|v| v.as_str().map(str::to_owned)).collect()
+            }
+            Some(Value::Array(_)) => {
+                self.problem(key, format!("must be a string or a list of 1 to {max} strings, e.g. [\"a\", \"b\"]"));
+                vec![]
+            }
+            _ => self.string(key, None).into_iter().collect(),
+        }
+    }
+
     fn addr(&mut self, key: &'a str, default: &str) -> SocketAddr {
         let text = self.string(key, Some(default)).unwrap_or_else(|| default.to_owned());
         text.parse().unwrap_or_else(|_| {
@@ -808,6 +827,30 @@ mod tests {
             assert!(all.contains(needle), "missing {needle:?} in:\n{all}");
         }
         assert_eq!(err.problems.len(), 10, "{all}");
+    }
+
+    /// A peer's `address` is one string or a list of 1 to 16 (its members'), each host:port, none
+    /// twice; anything else is refused with the key named.
+    #[test]
+    fn a_peer_address_is_one_or_a_list() {
+        let with = |value: &str| parse(&GOOD.replace(r#"address = "localhost:7444""#, &format!("address = {value}")));
+        assert_eq!(with(r#""10.0.0.1:7443""#).unwrap().peers[0].addresses, ["10.0.0.1:7443"]);
+        let two = with(r#"["10.0.0.1:7443", "b.example:7443"]"#).unwrap();
+        assert_eq!(two.peers[0].addresses, ["10.0.0.1:7443", "b.example:7443"]);
+        let many = format!("[{}]", (1..=17).map(|p| format!("\"h:{p}\"")).collect::<Vec<_>>().join(", "));
+        for (value, says) in [
+            ("[]", "a list of 1 to 16 strings"),
+            (many.as_str(), "a list of 1 to 16 strings"),
+            (r#"["a:1", 7]"#, "a list of 1 to 16 strings"),
+            (r#"["a:1", "no-port"]"#, "`no-port` is not host:port"),
+            (r#"["a:1", "a:1"]"#, "`a:1` appears twice"),
+            ("7443", "must be a string"),
+            (r#""""#, "must not be empty"),
+        ] {
+            let err = with(value).unwrap_err();
+            assert_eq!(err.problems.len(), 1, "{value}: {err}");
+            assert!(err.problems[0].starts_with("peer[0].address") && err.problems[0].contains(says), "{value}: {err}");
+        }
     }
 
     #[test]

@@ -20,8 +20,11 @@ use crate::wire;
 pub struct Peer {
     /// The peer's node name.
     pub name: String,
-    /// `host:port`, resolved at connect time.
-    pub address: String,
+    /// Where it answers, `host:port`, one or several (its members), resolved at connect time and
+    /// dialed in turn ([`Peer::dial_order`]).
+    pub addresses: Vec<String>,
+    /// The index in `addresses` of the one that answered last, dialed first next time.
+    answered: std::sync::atomic::AtomicUsize,
     /// The fingerprint of the certificate pinned in the config.
     pub fingerprint: Fingerprint,
     /// The certificate pinned in the config; after a rollover, [`Peer::pins`] says which are.
@@ -73,12 +76,13 @@ struct LinkState {
 }
 
 impl Peer {
-    /// A peer with the given pinned certificate, not yet connected, whose rollovers are pinned at
-    /// once.
-    pub fn new(name: &str, address: &str, cert: &CertificateDer<'_>) -> Self {
+    /// A peer at `addresses` with the given pinned certificate, not yet connected, whose
+    /// rollovers are pinned at once.
+    pub fn new(name: &str, addresses: impl IntoIterator<Item = impl Into<String>>, cert: &CertificateDer<'_>) -> Self {
         Peer {
             name: name.to_owned(),
-            address: address.to_owned(),
+            addresses: addresses.into_iter().map(Into::into).collect(),
+            answered: 0.into(),
             fingerprint: Fingerprint::of(cert),
             cert: cert.clone().into_owned(),
             auto_rollover: true.into(),
@@ -89,6 +93,25 @@ impl Peer {
             up: tokio::sync::Notify::new(),
             retired: tokio_util::sync::CancellationToken::new(),
         }
+    }
+
+    /// The peer's addresses in the order to dial them: the one that answered last first, then
+    /// those after it as configured, wrapping around.
+    pub fn dial_order(&self) -> impl Iterator<Item = (usize, &str)> {
+        let first = self.answered.load(std::sync::atomic::Ordering::Relaxed);
+        let n = self.addresses.len();
+        (0..n).map(move |i| (first + i) % n).map(|i| (i, self.addresses[i].as_str()))
+    }
+
+    /// The address in use: the one that answered last (the first configured until one has).
+    pub fn address(&self) -> &str {
+        let i = self.answered.load(std::sync::atomic::Ordering::Relaxed);
+        self.addresses.get(i).map_or("", String::as_str)
+    }
+
+    /// Records that the address at `index` of `addresses` answered: it is dialed first from now.
+    pub fn answered_at(&self, index: usize) {
+        self.answered.store(index, std::sync::atomic::Ordering::Relaxed);
     }
 
     /// The certificates pinned for the peer now, the newest first: the config's, or the newest
@@ -263,7 +286,8 @@ impl Peer {
         let pins = self.pins();
         PeerStatus {
             name: self.name.clone(),
-            address: self.address.clone(),
+            address: self.address().to_owned(),
+            addresses: self.addresses.clone(),
             fingerprint: pins[0].fingerprint.to_string(),
             replaced: pins
                 .iter()
@@ -287,8 +311,10 @@ impl Peer {
 pub struct PeerStatus {
     /// The peer's node name.
     pub name: String,
-    /// `host:port`.
+    /// The address in use, `host:port`: the one that answered last.
     pub address: String,
+    /// Every address the peer is dialed at, in the config's order.
+    pub addresses: Vec<String>,
     /// The newest pinned certificate's fingerprint.
     pub fingerprint: String,
     /// Certificates the peer replaced (a rollover) that stay pinned until their grace ends.
@@ -371,7 +397,7 @@ pub fn pinned_twice<'a>(pins: impl IntoIterator<Item = (&'a str, Fingerprint)>) 
 fn load_all(configs: &[PeerConfig]) -> Result<Vec<Peer>, IdentityError> {
     let mut loaded = Vec::with_capacity(configs.len());
     for c in configs {
-        let peer = Peer::new(&c.name, &c.address, &load_cert(&c.cert)?);
+        let peer = Peer::new(&c.name, c.addresses.iter().cloned(), &load_cert(&c.cert)?);
         peer.auto_rollover.store(c.auto_rollover, std::sync::atomic::Ordering::Relaxed);
         loaded.push(peer);
     }
@@ -405,7 +431,7 @@ impl Peers {
             table.by_fingerprint.clear();
             for new in loaded {
                 let peer = match old.remove(&new.name) {
-                    Some(kept) if kept.address == new.address && kept.fingerprint == new.fingerprint => {
+                    Some(kept) if kept.addresses == new.addresses && kept.fingerprint == new.fingerprint => {
                         kept.auto_rollover.store(new.auto_rollover(), std::sync::atomic::Ordering::Relaxed);
                         kept
                     }
@@ -526,7 +552,7 @@ mod tests {
         if !cert.exists() {
             Identity::generate(name).unwrap().save(&cert, &dir.join(format!("{name}.key"))).unwrap();
         }
-        PeerConfig { name: name.into(), address: address.into(), cert, auto_rollover: true }
+        PeerConfig { name: name.into(), addresses: vec![address.into()], cert, auto_rollover: true }
     }
 
     #[test]
@@ -536,7 +562,7 @@ mod tests {
         let peers = Peers::load(&[b.clone(), c.clone()]).unwrap();
         let (old_b, old_c) = (peers.get("org-b").unwrap(), peers.get("org-c").unwrap());
 
-        let moved_c = PeerConfig { address: "127.0.0.1:3".into(), ..c.clone() };
+        let moved_c = PeerConfig { addresses: vec!["127.0.0.1:3".into()], ..c.clone() };
         let d = pinned(dir.path(), "org-d", "127.0.0.1:4");
         let changes = peers.reload(&[b.clone(), moved_c, d.clone()]).unwrap();
         assert_eq!(changes.added, ["org-d"]);
@@ -544,7 +570,7 @@ mod tests {
         assert!(changes.removed.is_empty());
         assert!(Arc::ptr_eq(&old_b, &peers.get("org-b").unwrap()), "an unchanged peer keeps its connection");
         assert!(old_c.retired.is_cancelled() && !old_b.retired.is_cancelled());
-        assert_eq!(peers.get("org-c").unwrap().address, "127.0.0.1:3");
+        assert_eq!(peers.get("org-c").unwrap().addresses, ["127.0.0.1:3"]);
         assert!(peers.by_fingerprint(&peers.get("org-d").unwrap().fingerprint).is_some());
 
         let changes = peers.reload(std::slice::from_ref(&d)).unwrap();
@@ -570,7 +596,7 @@ mod tests {
     fn a_certificate_pinned_for_two_peers_is_refused_at_load() {
         let dir = tempfile::tempdir().unwrap();
         let (b, c) = (pinned(dir.path(), "org-b", "127.0.0.1:1"), pinned(dir.path(), "org-c", "127.0.0.1:2"));
-        let twin = PeerConfig { name: "org-z".into(), address: "127.0.0.1:3".into(), ..b.clone() };
+        let twin = PeerConfig { name: "org-z".into(), addresses: vec!["127.0.0.1:3".into()], ..b.clone() };
         let err = Peers::load(&[b, c, twin]).unwrap_err().to_string();
         assert!(err.contains("`org-b` and `org-z` pin the same certificate (sha256:"), "{err}");
         assert!(err.contains("ferry peer remove org-z"), "{err}");
@@ -578,7 +604,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_dials_in_is_no_longer_away_and_wakes_a_dial_waiting_for_it() {
-        let peer = Peer::new("org-b", "127.0.0.1:1", &Identity::generate("org-b").unwrap().cert);
+        let peer = Peer::new("org-b", ["127.0.0.1:1"], &Identity::generate("org-b").unwrap().cert);
         assert_eq!(peer.away_for(), None, "a peer never dialed may be dialed");
         peer.failed("no answer".into());
         let away = peer.away_for().expect("a failed dial makes stored work wait");

@@ -132,6 +132,9 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     let c = init_on_loopback(root.path(), "org-c"); // pinned by org-b, never started
     let d = init_on_loopback(root.path(), "org-d"); // running, but does not pin org-b
     pin_both_ways(&a, "org-a", &b, "org-b");
+    // org-a at two addresses (two members), the second one silent: each address is reached.
+    let (a_link, silent) = (a.link.to_string(), c.link.to_string());
+    assert_code(&ferry_at(&b.dir, &["peer", "set", "org-a", "--address", &a_link, "--address", &silent]), 0);
     assert_code(&peer_add(&b.dir, "org-c", &c.link.to_string(), &c.dir.cert()), 0);
     assert_code(&peer_add(&b.dir, "org-d", &d.link.to_string(), &d.dir.cert()), 0);
     // Pinned at org-d's address: not the node that answers there.
@@ -153,7 +156,7 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     assert!(started.elapsed() < Duration::from_secs(15), "took {:?}", started.elapsed());
     assert_code(&out, 2);
     let (ok, failed) = (stdout(&out), stderr(&out));
-    assert!(ok.contains("ok: peer `org-a`"), "{ok}");
+    assert!(ok.contains(&format!("ok: peer `org-a` at {a_link}")), "{ok}");
     assert!(ok.contains("ok: service `1`"), "{ok}");
     let line = |name: &str| failed.lines().find(|l| l.contains(name)).map(str::to_owned);
     let c_line = line("peer `org-c`").unwrap_or_else(|| panic!("org-c not named:\n{failed}"));
@@ -165,7 +168,9 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     assert!(e_line.contains(&format!("presented certificate {presented}, but {pinned} is pinned")), "{e_line}");
     let s_line = line("service `2`").unwrap_or_else(|| panic!("service 2 not named:\n{failed}"));
     assert!(s_line.contains("unreachable") && s_line.contains(&dead.to_string()), "{s_line}");
-    assert_eq!(failed.lines().count(), 4, "one line each, no log lines:\n{failed}");
+    let a_line = line("peer `org-a`").unwrap_or_else(|| panic!("org-a's silent member not named:\n{failed}"));
+    assert!(a_line.contains(&format!("at {silent}: no answer")), "{a_line}");
+    assert_eq!(failed.lines().count(), 5, "one line each, no log lines:\n{failed}");
 
     // The same as one JSON object, the exit code the same.
     let out = ferry(["check", "--connect", "--json", "--config", &b.dir.config_arg()]);
@@ -174,11 +179,13 @@ async fn check_connect_names_each_unreachable_peer_and_service() {
     let report: serde_json::Value = serde_json::from_str(&stdout(&out)).unwrap();
     let reached = report["reached"].as_array().unwrap();
     let of = |name: &str| reached.iter().find(|r| r["name"] == name).unwrap_or_else(|| panic!("{name}: {report}"));
-    assert!(of("org-a")["ok"] == true && of("org-a")["rtt_ms"].is_number(), "{report}");
+    let a_at = |address: &str| reached.iter().find(|r| r["name"] == "org-a" && r["address"] == address).unwrap();
+    assert!(a_at(&a_link)["ok"] == true && a_at(&a_link)["rtt_ms"].is_number(), "{report}");
+    assert_eq!(a_at(&silent)["ok"], false, "{report}");
     assert_eq!((&of("1")["ok"], &of("1")["kind"]), (&true.into(), &"service".into()), "{report}");
     assert!(of("org-e")["ok"] == false && of("org-e")["detail"].as_str().unwrap().contains(&presented), "{report}");
     assert_eq!(report["problems"], serde_json::json!([]), "{report}");
-    assert_eq!(reached.len(), 6, "{report}");
+    assert_eq!(reached.len(), 7, "{report}");
 }
 
 #[test]

@@ -213,6 +213,27 @@ fn peer_set_moves_a_peer_in_place_keeping_the_comments() {
     assert_usage_error(&out);
     assert!(stderr(&out).contains("org-z") && stderr(&out).contains("org-b, org-c"), "{}", stderr(&out));
     assert_eq!(String::from_utf8(a.config_text()).unwrap(), after);
+
+    // Several addresses (the peer's members): written as a list, listed, and moved back to one.
+    let members = ["peer", "set", "org-b", "--address", "10.0.0.1:7443", "--address", "10.0.0.2:7443"];
+    let line = assert_edited(&ferry_at(&a, &members));
+    assert!(line.contains("now at 10.0.0.1:7443, 10.0.0.2:7443"), "{line}");
+    let text = String::from_utf8(a.config_text()).unwrap();
+    assert!(text.contains(r#"address = ["10.0.0.1:7443", "10.0.0.2:7443"]   # over the VPN"#), "{text}");
+    let json: Value = serde_json::from_slice(&ferry_at(&a, &["peer", "list", "--json"]).stdout).unwrap();
+    assert_eq!(json[0]["addresses"], serde_json::json!(["10.0.0.1:7443", "10.0.0.2:7443"]));
+    assert_eq!(json[0]["address"], "10.0.0.1:7443", "the first, dialed first");
+    let out = ferry_at(&a, &["peer", "list"]);
+    assert!(stdout(&out).contains("10.0.0.1:7443, 10.0.0.2:7443"), "{}", stdout(&out));
+    assert_code(&check(&a), 0);
+    let before = a.config_text();
+    let twice = ["peer", "set", "org-b", "--address", "10.0.0.1:7443", "--address", "10.0.0.1:7443"];
+    let out = ferry_at(&a, &twice);
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains("given twice"), "{}", stderr(&out));
+    assert_eq!(a.config_text(), before, "a refused list writes nothing");
+    assert_edited(&ferry_at(&a, &["peer", "set", "org-b", "--address", "10.0.0.3:7443"]));
+    assert!(String::from_utf8(a.config_text()).unwrap().contains("address = \"10.0.0.3:7443\"   # over the VPN"));
 }
 
 #[test]

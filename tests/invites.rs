@@ -56,8 +56,21 @@ fn an_invite_pins_its_node_and_a_changed_one_is_refused() {
         wild.to_str().unwrap(),
         "--address",
         "203.0.113.7:7443",
+        "--address",
+        "ferry-2.org-c.example:7443",
         "--config",
         &c.config_arg(),
     ]);
     assert_code(&out, 0);
+
+    // An invite with several addresses (the node's members) pins the peer at every one of them.
+    let out = ferry(["peer", "add", "--invite", wild.to_str().unwrap(), "--config", &b.dir.config_arg()]);
+    assert_code(&out, 0);
+    assert!(stdout(&out).contains("at 203.0.113.7:7443, ferry-2.org-c.example:7443"), "{}", stdout(&out));
+    let config = b.dir.toml();
+    let pinned = &config["peer"].as_array().unwrap()[1];
+    assert_eq!(pinned["name"].as_str(), Some("org-c"));
+    let addresses: Vec<&str> = pinned["address"].as_array().unwrap().iter().filter_map(|a| a.as_str()).collect();
+    assert_eq!(addresses, ["203.0.113.7:7443", "ferry-2.org-c.example:7443"]);
+    assert_code(&check(&b.dir), 0);
 }

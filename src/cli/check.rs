@@ -179,21 +179,23 @@ fn rollover_state(keys: &Keys, files: &KeyFiles) -> Option<String> {
     })
 }
 
-/// Reaches every peer and service at once.
+/// Reaches every peer (at each of its addresses) and service at once.
 async fn reach_all(
     identity: &Identity,
     peers: &[(PeerConfig, Vec<Fingerprint>)],
     services: &[ServiceConfig],
 ) -> Vec<Reached> {
-    let peer_checks = futures::future::join_all(peers.iter().map(|(p, pins)| reach_peer(identity, p, pins)));
+    let each_address = peers.iter().flat_map(|(p, pins)| p.addresses.iter().map(move |a| (p, pins, a)));
+    let peer_checks =
+        futures::future::join_all(each_address.clone().map(|(p, pins, a)| reach_peer(identity, p, a, pins)));
     let service_checks = futures::future::join_all(services.iter().map(reach_service));
     let (peer_results, service_results) = tokio::join!(peer_checks, service_checks);
-    let peers = peers.iter().zip(peer_results).map(|((peer, _), result)| {
+    let peers = each_address.zip(peer_results).map(|((peer, _, address), result)| {
         let rtt = result.as_ref().ok().map(|rtt| rtt_ms(*rtt));
         Reached {
             kind: "peer",
             name: peer.name.clone(),
-            address: peer.address.clone(),
+            address: address.clone(),
             ok: result.is_ok(),
             detail: result.map_or_else(|why| why, |rtt| format!("pinned handshake, rtt {:.2} ms", rtt_ms(rtt))),
             rtt_ms: rtt,
@@ -216,11 +218,16 @@ fn rtt_ms(d: Duration) -> f64 {
     d.as_secs_f64() * 1000.0
 }
 
-/// A QUIC handshake with `peer` that accepts only a certificate pinned for it (`pins`, the newest
-/// first, which it is asked for), and presents ours.
-async fn reach_peer(identity: &Identity, peer: &PeerConfig, pins: &[Fingerprint]) -> Result<Duration, String> {
+/// A QUIC handshake with `peer` at `address`, one of its addresses, that accepts only a
+/// certificate pinned for it (`pins`, the newest first, which it is asked for), and presents ours.
+async fn reach_peer(
+    identity: &Identity,
+    peer: &PeerConfig,
+    address: &str,
+    pins: &[Fingerprint],
+) -> Result<Duration, String> {
     let pinned = pins[0];
-    let addr = tokio::net::lookup_host(&peer.address)
+    let addr = tokio::net::lookup_host(address)
         .await
         .map_err(|e| format!("cannot resolve the address ({e}); check `address` in its [[peer]] table"))?
         .next()

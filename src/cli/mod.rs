@@ -290,9 +290,9 @@ enum PeerCommand {
         /// The peer's node name.
         #[arg(long, required_unless_present = "invite")]
         name: Option<String>,
-        /// The peer's QUIC address, host:port.
+        /// The peer's QUIC address, host:port; repeat it for each of its members, dialed in turn.
         #[arg(long, required_unless_present = "invite")]
-        address: Option<String>,
+        address: Vec<String>,
         /// The peer's certificate (its certs/node.pem), received from its admin.
         #[arg(long, required_unless_present = "invite")]
         cert: Option<PathBuf>,
@@ -306,13 +306,14 @@ enum PeerCommand {
         #[arg(long)]
         json: bool,
     },
-    /// Change a configured peer's address.
+    /// Change a configured peer's address (or addresses).
     Set {
         /// The peer's name.
         name: String,
-        /// The peer's new QUIC address, host:port.
-        #[arg(long)]
-        address: String,
+        /// The peer's new QUIC address, host:port; repeat it for each of its members, dialed in
+        /// turn. The list replaces the old one.
+        #[arg(long, required = true)]
+        address: Vec<String>,
         /// Print the result as one JSON object, for scripts.
         #[arg(long)]
         json: bool,
@@ -500,31 +501,33 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Peer { command: PeerCommand::Add { invite, name, address, cert, json } } => {
-            let (name, address, fingerprint) = match (invite, cert) {
+            let (name, addresses, fingerprint) = match (invite, cert) {
                 (Some(file), _) => {
                     let invite = invite::read(&file)?;
                     let name = name.unwrap_or(invite.name);
-                    let address = address.unwrap_or_else(|| invite.addresses[0].clone());
-                    let fingerprint = peer::add_pem(config, &name, &address, &invite.certificate)?;
-                    (name, address, fingerprint)
+                    let addresses = if address.is_empty() { invite.addresses } else { address };
+                    let fingerprint = peer::add_pem(config, &name, &addresses, &invite.certificate)?;
+                    (name, addresses, fingerprint)
                 }
                 (None, Some(cert)) => {
-                    let (name, address) = (name.unwrap_or_default(), address.unwrap_or_default());
+                    let name = name.unwrap_or_default();
                     let fingerprint = peer::add(config, &name, &address, &cert)?;
                     (name, address, fingerprint)
                 }
                 (None, None) => unreachable!("clap requires --cert without --invite"),
             };
             let change = format!(
-                "added peer `{name}` at {address}\nfingerprint: {fingerprint}\ncompare it with {name}'s admin (`ferry cert \
-                 fingerprint` on their node)"
+                "added peer `{name}` at {}\nfingerprint: {fingerprint}\ncompare it with {name}'s admin (`ferry cert \
+                 fingerprint` on their node)",
+                addresses.join(", ")
             );
-            let pinned = json!({"name": name, "address": address, "fingerprint": fingerprint.to_string()});
+            let pinned = json!({"name": name, "address": addresses[0], "addresses": addresses,
+                "fingerprint": fingerprint.to_string()});
             edited(config, change, json.then_some(pinned))
         }
         Command::Peer { command: PeerCommand::List { json } } => peer::list(config, json),
         Command::Peer { command: PeerCommand::Set { name, address, json } } => {
-            edited(config, peer::set_address(config, &name, &address)?, json.then(|| json!({})))
+            edited(config, peer::set_addresses(config, &name, &address)?, json.then(|| json!({})))
         }
         Command::Peer { command: PeerCommand::Remove { name, json } } => {
             edited(config, peer::remove(config, &name)?, json.then(|| json!({})))

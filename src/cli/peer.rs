@@ -9,25 +9,28 @@ use serde::Serialize;
 use super::table::Table as TextTable;
 use super::CliError;
 use crate::config::{Config, PeerConfig};
-use crate::config_file::{self, peer::check_address, peer::pin_path};
+use crate::config_file::{self, peer::check_addresses, peer::pin_path};
 use crate::identity::{load_cert, Fingerprint};
 
 /// [`add`] with the certificate as PEM text (from an invite).
-pub fn add_pem(config_path: &Path, name: &str, address: &str, pem: &str) -> Result<Fingerprint, CliError> {
-    Ok(config_file::peer::add_pem(config_path, name, address, pem)?)
+pub fn add_pem(config_path: &Path, name: &str, addresses: &[String], pem: &str) -> Result<Fingerprint, CliError> {
+    Ok(config_file::peer::add_pem(config_path, name, addresses, pem)?)
 }
 
 /// Pins the certificate in `cert_file` for peer `name` and adds its `[[peer]]` table
 /// ([`config_file::peer::add`]).
-pub fn add(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> Result<Fingerprint, CliError> {
-    Ok(config_file::peer::add(config_path, name, address, cert_file)?)
+pub fn add(config_path: &Path, name: &str, addresses: &[String], cert_file: &Path) -> Result<Fingerprint, CliError> {
+    Ok(config_file::peer::add(config_path, name, addresses, cert_file)?)
 }
 
 /// A configured peer as `ferry peer list` shows it.
 #[derive(Debug, Serialize)]
 struct Listed {
     name: String,
+    /// The first of `addresses`, dialed first.
     address: String,
+    /// Every address the peer is dialed at (its members').
+    addresses: Vec<String>,
     /// The pinned certificate file.
     cert: PathBuf,
     /// Its fingerprint, when it can be read.
@@ -62,7 +65,7 @@ pub fn list(config_path: &Path, json: bool) -> Result<(), CliError> {
             rolled.push(format!("{}: rolled over to {newest}, pinned by the node (`ferry peers`)", p.name));
         }
         let fingerprint = p.fingerprint.or(p.error.map(|e| format!("unreadable: {e}"))).unwrap_or_default();
-        table.row([p.name, p.address, p.cert.display().to_string(), fingerprint]);
+        table.row([p.name, p.addresses.join(", "), p.cert.display().to_string(), fingerprint]);
     }
     out_raw!("{}", table.render());
     for line in rolled {
@@ -77,22 +80,25 @@ fn listed(peer: &PeerConfig) -> Listed {
         Ok(cert) => (Some(Fingerprint::of(&cert).to_string()), None),
         Err(e) => (None, Some(e.to_string())),
     };
-    let (name, address, cert) = (peer.name.clone(), peer.address.clone(), peer.cert.clone());
-    Listed { name, address, cert, fingerprint, error, rolled_over_to: None }
+    let (name, addresses, cert) = (peer.name.clone(), peer.addresses.clone(), peer.cert.clone());
+    let address = addresses.first().cloned().unwrap_or_default();
+    Listed { name, address, addresses, cert, fingerprint, error, rolled_over_to: None }
 }
 
-/// Moves peer `name` to `address`; says what changed.
-pub fn set_address(config_path: &Path, name: &str, address: &str) -> Result<String, CliError> {
+/// Moves peer `name` to `addresses` (one, or each of its members'); says what changed.
+pub fn set_addresses(config_path: &Path, name: &str, addresses: &[String]) -> Result<String, CliError> {
     let config = Config::load(config_path)?;
     let peer = configured(&config, name)?;
-    check_address(address)?;
-    if peer.address == address {
-        return Ok(format!("peer `{name}` is at {address} already; nothing changed"));
+    check_addresses(addresses)?;
+    let new = addresses.join(", ");
+    if peer.addresses == addresses {
+        return Ok(format!("peer `{name}` is at {new} already; nothing changed"));
     }
     let mut doc = config_file::open(config_path)?;
-    config_file::set(config_file::table_mut(&mut doc, "peer", "name", name)?, "address", address);
+    let table = config_file::table_mut(&mut doc, "peer", "name", name)?;
+    config_file::set(table, "address", config_file::peer::address_value(addresses));
     config_file::save(config_path, &doc)?;
-    Ok(format!("peer `{name}` now at {address} (was {})", peer.address))
+    Ok(format!("peer `{name}` now at {new} (was {})", peer.addresses.join(", ")))
 }
 
 /// Removes peer `name`: its `[[peer]]` table, its name from every service's `allow` list (so
@@ -113,7 +119,7 @@ pub fn remove(config_path: &Path, name: &str) -> Result<String, CliError> {
     }
     config_file::save(config_path, &doc)?;
 
-    let mut change = format!("removed peer `{name}` (at {})", peer.address);
+    let mut change = format!("removed peer `{name}` (at {})", peer.addresses.join(", "));
     if !disallowed.is_empty() {
         change.push_str(&format!(" and took it off the allow list of service {}", disallowed.join(", ")));
     }

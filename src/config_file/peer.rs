@@ -7,21 +7,22 @@ use std::path::{Path, PathBuf};
 use toml_edit::{value, Table};
 
 use super::EditError;
-use crate::config::{shown, valid_address, valid_name, Config, PeerConfig};
+use crate::config::{shown, valid_address, valid_name, Config, PeerConfig, MAX_ADDRESSES};
 use crate::identity::{load_cert, Fingerprint};
 use crate::pending::Knock;
 
 /// [`add`] with the certificate as PEM text (from an invite, or a node waiting to be pinned).
-pub fn add_pem(config_path: &Path, name: &str, address: &str, pem: &str) -> Result<Fingerprint, EditError> {
+pub fn add_pem(config_path: &Path, name: &str, addresses: &[String], pem: &str) -> Result<Fingerprint, EditError> {
     let cert = tempfile::NamedTempFile::new()
         .and_then(|mut f| std::io::Write::write_all(&mut f, pem.as_bytes()).map(|()| f))
         .map_err(|e| EditError::failed(format!("cannot write the certificate down: {e}")))?;
-    add(config_path, name, address, cert.path())
+    add(config_path, name, addresses, cert.path())
 }
 
-/// Pins the certificate in `cert_file` for peer `name` and adds its `[[peer]]` table. A
-/// certificate pinned already, for this node or another peer, is refused.
-pub fn add(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> Result<Fingerprint, EditError> {
+/// Pins the certificate in `cert_file` for peer `name` at `addresses` (one, or each of its
+/// members') and adds its `[[peer]]` table. A certificate pinned already, for this node or
+/// another peer, is refused.
+pub fn add(config_path: &Path, name: &str, addresses: &[String], cert_file: &Path) -> Result<Fingerprint, EditError> {
     let config = Config::load(config_path)?;
     check_name(name)?;
     if config.peer(name).is_some() {
@@ -33,7 +34,7 @@ pub fn add(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> R
             ),
         ));
     }
-    check_address(address)?;
+    check_addresses(addresses)?;
     let cert = load_cert(cert_file).map_err(|e| EditError::invalid("cert", e.to_string()))?;
     let fingerprint = Fingerprint::of(&cert);
     if load_cert(&config.cert_path()).is_ok_and(|own| Fingerprint::of(&own) == fingerprint) {
@@ -66,7 +67,7 @@ pub fn add(config_path: &Path, name: &str, address: &str, cert_file: &Path) -> R
     let mut doc = super::open(config_path)?;
     let mut peer = Table::new();
     peer["name"] = value(name);
-    peer["address"] = value(address);
+    peer["address"] = toml_edit::Item::Value(address_value(addresses));
     peer["cert"] = value(format!("peers/{name}.pem"));
     super::push(&mut doc, "peer", peer)?;
 
@@ -107,7 +108,7 @@ pub fn accept(
 ) -> Result<Accepted, EditError> {
     let knock = choose(waiting, fingerprint)?;
     let address = address.unwrap_or(&knock.address).to_owned();
-    let fingerprint = add_pem(config_path, name, &address, &knock.certificate)?;
+    let fingerprint = add_pem(config_path, name, std::slice::from_ref(&address), &knock.certificate)?;
     Ok(Accepted { name: name.to_owned(), address, fingerprint })
 }
 
@@ -166,19 +167,33 @@ pub fn check_name(name: &str) -> Result<(), EditError> {
     }
 }
 
-/// Refuses an address that is not `host:port`.
-pub fn check_address(address: &str) -> Result<(), EditError> {
-    if valid_address(address) {
-        Ok(())
-    } else {
-        Err(EditError::invalid(
+/// Refuses a peer's addresses unless there are 1 to [`MAX_ADDRESSES`], each `host:port`, none
+/// twice.
+pub fn check_addresses(addresses: &[String]) -> Result<(), EditError> {
+    if addresses.is_empty() || addresses.len() > MAX_ADDRESSES {
+        return Err(EditError::invalid("address", format!("give 1 to {MAX_ADDRESSES} addresses, host:port")));
+    }
+    if let Some(bad) = addresses.iter().find(|a| !valid_address(a)) {
+        return Err(EditError::invalid(
             "address",
             format!(
                 "{}: not host:port with a DNS name or IP address and a port from 1 to 65535 \
                  (e.g. 192.0.2.7:7443 or ferry.org-b.example:7443)",
-                shown(address)
+                shown(bad)
             ),
-        ))
+        ));
+    }
+    if let Some(twice) = addresses.iter().enumerate().find(|(i, a)| addresses[..*i].contains(a)) {
+        return Err(EditError::invalid("address", format!("{} is given twice", shown(twice.1))));
+    }
+    Ok(())
+}
+
+/// A peer's `address` as the config writes it: a string for one, a list for several.
+pub fn address_value(addresses: &[String]) -> toml_edit::Value {
+    match addresses {
+        [one] => one.as_str().into(),
+        several => several.iter().map(String::as_str).collect::<toml_edit::Array>().into(),
     }
 }
 

@@ -13,6 +13,8 @@ use crate::peer::Peer;
 const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 /// The longest pause between redials.
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+/// How long a dial waits for one of a peer's addresses before it tries the next one as well.
+const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(500);
 
 impl Link {
     /// The connection to `peer`, dialing it if there is none, by `deadline` at the latest.
@@ -28,7 +30,7 @@ impl Link {
             LinkFailure::Unreachable(format!(
                 "no connection to {} at {} within {:?}",
                 peer.name,
-                peer.address,
+                peer.addresses.join(", "),
                 super::CONNECT_WITHIN
             ))
         };
@@ -38,7 +40,7 @@ impl Link {
         }
         match tokio::time::timeout_at(deadline, self.dial(peer)).await {
             Ok(Ok(connection)) => {
-                tracing::info!(peer = %peer.name, address = %peer.address, rtt_ms = %super::rtt_ms(&connection), "connected to peer");
+                tracing::info!(peer = %peer.name, address = %peer.address(), rtt_ms = %super::rtt_ms(&connection), "connected to peer");
                 peer.connected(connection.clone());
                 tokio::spawn(self.clone().keep(peer.clone(), connection.clone()));
                 self.inner.announce.notify_one();
@@ -55,16 +57,48 @@ impl Link {
         }
     }
 
-    /// One attempt to connect to `peer`, accepting only its pinned certificate. Fails
-    /// [`LinkFailure::Unreachable`], or [`LinkFailure::Local`] when this node's own TLS
-    /// configuration cannot be made.
+    /// One attempt to connect to `peer`, accepting only its pinned certificate: its addresses are
+    /// dialed in [`Peer::dial_order`], the next one started when the last failed or has not
+    /// answered within [`NEXT_ADDRESS_AFTER`], and the first to complete the handshake wins (the
+    /// others are dropped). Fails [`LinkFailure::Unreachable`] when none answers, or
+    /// [`LinkFailure::Local`] when this node's own TLS configuration cannot be made.
     async fn dial(&self, peer: &Peer) -> Result<quinn::Connection, LinkFailure> {
+        use futures::stream::{FuturesUnordered, StreamExt};
+        let mut order = peer.dial_order();
+        let mut attempts = FuturesUnordered::new();
+        let mut failures = Vec::new();
+        loop {
+            let more = match order.next() {
+                Some((index, address)) => {
+                    attempts.push(async move { (index, self.dial_at(peer, address).await) });
+                    true
+                }
+                None => false,
+            };
+            tokio::select! {
+                Some((index, dialed)) = attempts.next() => match dialed {
+                    Ok(connection) => {
+                        peer.answered_at(index);
+                        return Ok(connection);
+                    }
+                    Err(e @ LinkFailure::Local(_)) => return Err(e),
+                    Err(e) => failures.push(e.to_string()),
+                },
+                () = tokio::time::sleep(NEXT_ADDRESS_AFTER), if more => {}
+                else => break,
+            }
+        }
+        Err(LinkFailure::Unreachable(failures.join("; ")))
+    }
+
+    /// One attempt to connect to `peer` at `address`, one of its addresses.
+    async fn dial_at(&self, peer: &Peer, address: &str) -> Result<quinn::Connection, LinkFailure> {
         use LinkFailure::{Local, Unreachable};
-        let addr = tokio::net::lookup_host(&peer.address)
+        let addr = tokio::net::lookup_host(address)
             .await
             .ok()
             .and_then(|mut addrs| addrs.next())
-            .ok_or_else(|| Unreachable(format!("cannot resolve {} ({})", peer.address, peer.name)))?;
+            .ok_or_else(|| Unreachable(format!("cannot resolve {address} ({})", peer.name)))?;
         let pins = peer.pins();
         let server_name = crate::tls::server_name(pins[0].fingerprint);
         let expected = pins.into_iter().map(|p| p.fingerprint).collect();
@@ -108,7 +142,7 @@ impl Link {
             if self.is_closing() || self.inner.peers.get(&peer.name).is_none_or(|p| !Arc::ptr_eq(&p, &peer)) {
                 return;
             }
-            tracing::info!(peer = %peer.name, address = %peer.address, %reason, "lost the connection; redialing");
+            tracing::info!(peer = %peer.name, address = %peer.address(), %reason, "lost the connection; redialing");
             loop {
                 let jitter = rand::rng().random_range(0..=backoff.as_millis() as u64 / 4);
                 tokio::time::sleep(backoff + Duration::from_millis(jitter)).await;
@@ -121,12 +155,12 @@ impl Link {
                 match dialed.unwrap_or_else(|_| {
                     Err(LinkFailure::Unreachable(format!(
                         "no answer from {} within {:?}",
-                        peer.address,
+                        peer.addresses.join(", "),
                         super::CONNECT_WITHIN
                     )))
                 }) {
                     Ok(c) => {
-                        tracing::info!(peer = %peer.name, address = %peer.address, rtt_ms = %super::rtt_ms(&c), "connected again");
+                        tracing::info!(peer = %peer.name, address = %peer.address(), rtt_ms = %super::rtt_ms(&c), "connected again");
                         peer.connected(c.clone());
                         self.inner.announce.notify_one();
                         let _ = self.inner.store.peer_is_back(&peer.name).await;
