@@ -1388,7 +1388,7 @@ impl QuinnPair {
         let server_id = Identity::generate("bench-server")?;
         let client_id = Identity::generate("bench-client")?;
         let peers = Peers::default();
-        peers.insert(Peer::new("bench-client", ["127.0.0.1:9"], &client_id.cert));
+        peers.insert(Peer::new("bench-client", ["127.0.0.1:9"], [client_id.cert.clone()]));
         let server_tls = ferry::tls::server_config(&server_id, peers)?;
         let mut server_config =
             quinn::ServerConfig::with_crypto(Arc::new(quinn::crypto::rustls::QuicServerConfig::try_from(server_tls)?));

@@ -59,8 +59,10 @@ pub struct PeerConfig {
     /// the addresses of its members, dialed in turn until one answers ([`crate::link`]). A DNS
     /// name is resolved at connect time.
     pub addresses: Vec<String>,
-    /// The pinned certificate (PEM).
-    pub cert: PathBuf,
+    /// The pinned certificates (PEM): one, or one per member when the peer's members each have
+    /// their own key (`cert = ["peers/org-b.pem", "peers/org-b-2.pem"]`). Any of them may
+    /// answer at any of `addresses`.
+    pub certs: Vec<PathBuf>,
     /// Whether a new certificate the peer's old key vouches for is pinned at once (`true`, the
     /// default) or held until `ferry peer accept` ([`crate::rollover`]).
     pub auto_rollover: bool,
@@ -239,6 +241,8 @@ fn tsa_config(
 
 /// The most addresses a peer may have (`[[peer]] address`): its members, dialed in turn.
 pub const MAX_ADDRESSES: usize = 16;
+/// The most certificates a peer may have pinned in its `[[peer]] cert`: one per member.
+pub const MAX_MEMBERS: usize = 16;
 /// Default QUIC listen address.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 /// Default API address.
@@ -295,7 +299,8 @@ impl Config {
                 let mut s = Section::new(t, &format!("peer[{i}]"), &mut errs);
                 let name = s.string("name", None).unwrap_or_default();
                 let addresses = s.one_or_more("address", MAX_ADDRESSES);
-                let cert = node.certs_dir.join(s.string("cert", None).unwrap_or_default());
+                let certs: Vec<PathBuf> =
+                    s.one_or_more("cert", MAX_MEMBERS).iter().map(|c| node.certs_dir.join(c)).collect();
                 let auto_rollover = s.flag("auto_rollover", true);
                 s.finish();
                 if !name.is_empty() {
@@ -308,7 +313,9 @@ impl Config {
                     ));
                 }
                 duplicates(addresses.iter().map(String::as_str), &format!("peer[{i}].address"), &mut errs);
-                PeerConfig { name, addresses, cert, auto_rollover }
+                let files = certs.iter().filter_map(|c| c.to_str());
+                duplicates(files, &format!("peer[{i}].cert"), &mut errs);
+                PeerConfig { name, addresses, certs, auto_rollover }
             })
             .collect();
         duplicates(peers.iter().map(|p| p.name.as_str()), "peer name", &mut errs);
@@ -776,7 +783,7 @@ mod tests {
         let c = parse(GOOD).unwrap();
         assert_eq!(c.dir, Path::new("/srv/ferry"));
         assert_eq!(c.node.data_dir, Path::new("/srv/ferry/data"));
-        assert_eq!(c.peers[0].cert, Path::new("/srv/ferry/certs/peers/org-b.pem"));
+        assert_eq!(c.peers[0].certs, [Path::new("/srv/ferry/certs/peers/org-b.pem")]);
         assert_eq!(c.files.send_roots, vec![PathBuf::from("/srv/ferry/outbox")]);
         assert_eq!((c.files.max_size, c.files.direct_io), (10 << 20, false));
         assert_eq!(c.api.heartbeat, Duration::from_millis(500));

@@ -25,10 +25,9 @@ pub struct Peer {
     pub addresses: Vec<String>,
     /// The index in `addresses` of the one that answered last, dialed first next time.
     answered: std::sync::atomic::AtomicUsize,
-    /// The fingerprint of the certificate pinned in the config.
-    pub fingerprint: Fingerprint,
-    /// The certificate pinned in the config; after a rollover, [`Peer::pins`] says which are.
-    pub cert: CertificateDer<'static>,
+    /// The certificates pinned in the config, one per member (usually one); after a rollover,
+    /// [`Peer::pins`] says which are pinned.
+    pub certs: Vec<CertificateDer<'static>>,
     /// Whether a rollover the peer's pinned key vouches for is pinned without the admin.
     auto_rollover: std::sync::atomic::AtomicBool,
     rolled: Mutex<Rolled>,
@@ -44,13 +43,14 @@ pub struct Peer {
     retired: tokio_util::sync::CancellationToken,
 }
 
-/// The peer's certificate rollovers ([`crate::rollover`]) since the one in the config.
+/// The peer's certificate rollovers ([`crate::rollover`]) since the ones in the config.
 #[derive(Debug, Default)]
 struct Rolled {
-    /// Pinned rollovers, oldest first; each replaces the certificate the one before brought (the
-    /// first, the config's), which stays pinned until the rollover's `until_ms`.
+    /// Pinned rollovers, oldest first; each replaces the certificate it names (`old`): one in the
+    /// config or one an earlier rollover brought, which stays pinned until the rollover's
+    /// `until_ms`. With several members, each member's rollovers form a chain of their own.
     chain: Vec<wire::Rollover>,
-    /// A rollover of the newest pin, held for the admin's approval (`auto_rollover = false`).
+    /// A rollover of a newest pin, held for the admin's approval (`auto_rollover = false`).
     offered: Option<wire::Rollover>,
 }
 
@@ -76,15 +76,18 @@ struct LinkState {
 }
 
 impl Peer {
-    /// A peer at `addresses` with the given pinned certificate, not yet connected, whose
-    /// rollovers are pinned at once.
-    pub fn new(name: &str, addresses: impl IntoIterator<Item = impl Into<String>>, cert: &CertificateDer<'_>) -> Self {
+    /// A peer at `addresses` with the given pinned certificates (one per member), not yet
+    /// connected, whose rollovers are pinned at once.
+    pub fn new(
+        name: &str,
+        addresses: impl IntoIterator<Item = impl Into<String>>,
+        certs: impl IntoIterator<Item = CertificateDer<'static>>,
+    ) -> Self {
         Peer {
             name: name.to_owned(),
             addresses: addresses.into_iter().map(Into::into).collect(),
             answered: 0.into(),
-            fingerprint: Fingerprint::of(cert),
-            cert: cert.clone().into_owned(),
+            certs: certs.into_iter().collect(),
             auto_rollover: true.into(),
             rolled: Mutex::default(),
             pins_ours: Mutex::default(),
@@ -114,18 +117,26 @@ impl Peer {
         self.answered.store(index, std::sync::atomic::Ordering::Relaxed);
     }
 
-    /// The certificates pinned for the peer now, the newest first: the config's, or the newest
-    /// rollover's and those it replaced whose grace lasts.
+    /// The certificates pinned for the peer now: first the newest of each member (the config's,
+    /// or its newest rollover's; the latest rollover first), then those a rollover replaced whose
+    /// grace lasts (`until_ms`).
     pub fn pins(&self) -> Vec<Pin> {
         let now = crate::store::now_ms();
         let rolled = self.rolled.lock().unwrap();
-        let mut pins = vec![Pin { fingerprint: self.fingerprint, cert: self.cert.clone(), until_ms: None }];
+        let mut pins: Vec<Pin> = self
+            .certs
+            .iter()
+            .map(|cert| Pin { fingerprint: Fingerprint::of(cert), cert: cert.clone(), until_ms: None })
+            .collect();
         for statement in &rolled.chain {
+            if let Some(old) = pins.iter_mut().find(|p| p.fingerprint.0 == statement.old && p.until_ms.is_none()) {
+                old.until_ms = Some(statement.until_ms);
+            }
             let cert = CertificateDer::from(statement.new_cert.clone());
             pins.insert(0, Pin { fingerprint: Fingerprint::of(&cert), cert, until_ms: None });
-            pins[1].until_ms = Some(statement.until_ms);
         }
         pins.retain(|p| p.until_ms.is_none_or(|until| until > now));
+        pins.sort_by_key(|p| p.until_ms.is_some());
         pins
     }
 
@@ -134,9 +145,23 @@ impl Peer {
         self.pins().iter().any(|p| p.fingerprint == *fingerprint)
     }
 
-    /// The newest certificate pinned for the peer, which it is asked to present.
+    /// The newest certificate pinned for the peer (its first member's, with several), which it
+    /// is asked to present.
     pub fn newest(&self) -> Pin {
         self.pins().swap_remove(0)
+    }
+
+    /// The newest certificate pinned in place of `configured`, one of the config's: itself, or
+    /// the one its member's latest rollover brought.
+    pub fn newest_of(&self, configured: Fingerprint) -> Fingerprint {
+        let rolled = self.rolled.lock().unwrap();
+        rolled.chain.iter().fold(configured, |newest, statement| {
+            if statement.old == newest.0 {
+                crate::rollover::new_fingerprint(statement)
+            } else {
+                newest
+            }
+        })
     }
 
     /// Every certificate ever pinned for the peer, the config's first: what its signatures in
@@ -144,7 +169,7 @@ impl Peer {
     pub fn every_cert(&self) -> Vec<CertificateDer<'static>> {
         let rolled = self.rolled.lock().unwrap();
         let newer = rolled.chain.iter().map(|s| CertificateDer::from(s.new_cert.clone()));
-        std::iter::once(self.cert.clone()).chain(newer).collect()
+        self.certs.iter().cloned().chain(newer).collect()
     }
 
     /// Whether the peer's rollovers are pinned without the admin.
@@ -152,25 +177,34 @@ impl Peer {
         self.auto_rollover.load(std::sync::atomic::Ordering::Relaxed)
     }
 
-    /// Checks `statement` against the newest pin: `Ok(true)` when it verifies and is new,
-    /// `Ok(false)` when its certificate is pinned already.
+    /// Checks `statement` against the pin it replaces, which must be the newest of its member:
+    /// `Ok(true)` when it verifies and is new, `Ok(false)` when its certificate is pinned already.
     pub fn check_rollover(&self, statement: &wire::Rollover) -> Result<bool, String> {
-        let newest = self.newest();
-        if crate::rollover::new_fingerprint(statement) == newest.fingerprint {
+        let pins = self.pins();
+        if pins.iter().any(|p| p.fingerprint == crate::rollover::new_fingerprint(statement)) {
             return Ok(false);
         }
-        crate::rollover::verify(statement, &newest.cert)?;
-        Ok(true)
+        match pins.iter().find(|p| p.fingerprint.0 == statement.old && p.until_ms.is_none()) {
+            Some(replaced) => crate::rollover::verify(statement, &replaced.cert).map(|()| true),
+            None => Err(format!(
+                "it replaces certificate {}, which is not the newest pinned for {}",
+                Fingerprint(statement.old),
+                self.name
+            )),
+        }
     }
 
-    /// `Err` while the peer's last rollover's grace lasts: a node rotates again only after it
-    /// (`ferry cert rotate` refuses sooner), so a peer cannot keep piling up pins.
-    pub fn may_roll_over(&self) -> Result<(), String> {
+    /// `Err` while the grace of the rollover that brought the certificate `statement` replaces
+    /// lasts: a node rotates again only after it (`ferry cert rotate` refuses sooner), so a peer
+    /// cannot keep piling up pins.
+    pub fn may_roll_over(&self, statement: &wire::Rollover) -> Result<(), String> {
         let rolled = self.rolled.lock().unwrap();
-        match rolled.chain.last().filter(|s| s.until_ms > crate::store::now_ms()) {
-            Some(last) => Err(format!(
+        let now = crate::store::now_ms();
+        let previous = rolled.chain.iter().find(|s| crate::rollover::new_fingerprint(s).0 == statement.old);
+        match previous.filter(|s| s.until_ms > now) {
+            Some(previous) => Err(format!(
                 "its previous rollover's grace lasts until {}; a node rotates again only after that",
-                crate::store::rfc3339(last.until_ms)
+                crate::store::rfc3339(previous.until_ms)
             )),
             None => Ok(()),
         }
@@ -289,9 +323,10 @@ impl Peer {
             address: self.address().to_owned(),
             addresses: self.addresses.clone(),
             fingerprint: pins[0].fingerprint.to_string(),
+            fingerprints: pins.iter().filter(|p| p.until_ms.is_none()).map(|p| p.fingerprint.to_string()).collect(),
             replaced: pins
                 .iter()
-                .skip(1)
+                .filter(|p| p.until_ms.is_some())
                 .map(|p| Replaced {
                     fingerprint: p.fingerprint.to_string(),
                     until: crate::store::rfc3339(p.until_ms.unwrap_or_default()),
@@ -315,8 +350,11 @@ pub struct PeerStatus {
     pub address: String,
     /// Every address the peer is dialed at, in the config's order.
     pub addresses: Vec<String>,
-    /// The newest pinned certificate's fingerprint.
+    /// The newest pinned certificate's fingerprint (the first member's, with several).
     pub fingerprint: String,
+    /// The newest pinned certificate of each member: `fingerprint` alone, unless the peer has
+    /// several members with a key each.
+    pub fingerprints: Vec<String>,
     /// Certificates the peer replaced (a rollover) that stay pinned until their grace ends.
     pub replaced: Vec<Replaced>,
     /// The fingerprint of a new certificate the peer sent, held for the admin's approval
@@ -397,11 +435,13 @@ pub fn pinned_twice<'a>(pins: impl IntoIterator<Item = (&'a str, Fingerprint)>) 
 fn load_all(configs: &[PeerConfig]) -> Result<Vec<Peer>, IdentityError> {
     let mut loaded = Vec::with_capacity(configs.len());
     for c in configs {
-        let peer = Peer::new(&c.name, c.addresses.iter().cloned(), &load_cert(&c.cert)?);
+        let certs = c.certs.iter().map(|path| load_cert(path)).collect::<Result<Vec<_>, _>>()?;
+        let peer = Peer::new(&c.name, c.addresses.iter().cloned(), certs);
         peer.auto_rollover.store(c.auto_rollover, std::sync::atomic::Ordering::Relaxed);
         loaded.push(peer);
     }
-    match pinned_twice(loaded.iter().map(|p| (p.name.as_str(), p.fingerprint))).into_iter().next() {
+    let pins = loaded.iter().flat_map(|p| p.certs.iter().map(|c| (p.name.as_str(), Fingerprint::of(c))));
+    match pinned_twice(pins).into_iter().next() {
         Some(twice) => Err(twice),
         None => Ok(loaded),
     }
@@ -431,7 +471,7 @@ impl Peers {
             table.by_fingerprint.clear();
             for new in loaded {
                 let peer = match old.remove(&new.name) {
-                    Some(kept) if kept.addresses == new.addresses && kept.fingerprint == new.fingerprint => {
+                    Some(kept) if kept.addresses == new.addresses && kept.certs == new.certs => {
                         kept.auto_rollover.store(new.auto_rollover(), std::sync::atomic::Ordering::Relaxed);
                         kept
                     }
@@ -469,9 +509,11 @@ impl Peers {
         let peer = Arc::new(peer);
         let mut table = self.inner.write().unwrap();
         if let Some(old) = table.by_name.insert(peer.name.clone(), peer.clone()) {
-            table.by_fingerprint.remove(&old.fingerprint);
+            table.by_fingerprint.retain(|_, p| !Arc::ptr_eq(p, &old));
         }
-        table.by_fingerprint.insert(peer.fingerprint, peer);
+        for pin in peer.pins() {
+            table.by_fingerprint.insert(pin.fingerprint, peer.clone());
+        }
     }
 
     /// The peer named `name`.
@@ -552,7 +594,7 @@ mod tests {
         if !cert.exists() {
             Identity::generate(name).unwrap().save(&cert, &dir.join(format!("{name}.key"))).unwrap();
         }
-        PeerConfig { name: name.into(), addresses: vec![address.into()], cert, auto_rollover: true }
+        PeerConfig { name: name.into(), addresses: vec![address.into()], certs: vec![cert], auto_rollover: true }
     }
 
     #[test]
@@ -571,15 +613,15 @@ mod tests {
         assert!(Arc::ptr_eq(&old_b, &peers.get("org-b").unwrap()), "an unchanged peer keeps its connection");
         assert!(old_c.retired.is_cancelled() && !old_b.retired.is_cancelled());
         assert_eq!(peers.get("org-c").unwrap().addresses, ["127.0.0.1:3"]);
-        assert!(peers.by_fingerprint(&peers.get("org-d").unwrap().fingerprint).is_some());
+        assert!(peers.by_fingerprint(&Fingerprint::of(&peers.get("org-d").unwrap().certs[0])).is_some());
 
         let changes = peers.reload(std::slice::from_ref(&d)).unwrap();
         assert_eq!(changes.removed, ["org-b", "org-c"]);
         assert!(old_b.retired.is_cancelled());
-        assert!(peers.get("org-b").is_none() && peers.by_fingerprint(&old_b.fingerprint).is_none());
+        assert!(peers.get("org-b").is_none() && peers.by_fingerprint(&Fingerprint::of(&old_b.certs[0])).is_none());
 
         // A certificate that cannot be read changes nothing.
-        let missing = PeerConfig { cert: dir.path().join("gone.pem"), ..b };
+        let missing = PeerConfig { certs: vec![dir.path().join("gone.pem")], ..b };
         assert!(peers.reload(&[missing, d.clone()]).is_err());
         assert_eq!(peers.all().iter().map(|p| p.name.clone()).collect::<Vec<_>>(), ["org-d"]);
 
@@ -604,7 +646,7 @@ mod tests {
 
     #[tokio::test]
     async fn a_peer_that_dials_in_is_no_longer_away_and_wakes_a_dial_waiting_for_it() {
-        let peer = Peer::new("org-b", ["127.0.0.1:1"], &Identity::generate("org-b").unwrap().cert);
+        let peer = Peer::new("org-b", ["127.0.0.1:1"], [Identity::generate("org-b").unwrap().cert]);
         assert_eq!(peer.away_for(), None, "a peer never dialed may be dialed");
         peer.failed("no answer".into());
         let away = peer.away_for().expect("a failed dial makes stored work wait");
@@ -626,7 +668,7 @@ mod tests {
     fn kept_rollovers_are_pinned_again_in_turn_and_only_when_they_verify() {
         let dir = tempfile::tempdir().unwrap();
         let (b, c) = (pinned(dir.path(), "org-b", "127.0.0.1:1"), pinned(dir.path(), "org-c", "127.0.0.1:2"));
-        let b0 = Identity::load(&b.cert, &dir.path().join("org-b.key")).unwrap();
+        let b0 = Identity::load(&b.certs[0], &dir.path().join("org-b.key")).unwrap();
         let (b1, b2, stranger) = (
             Identity::generate("org-b").unwrap(),
             Identity::generate("org-b").unwrap(),
@@ -659,7 +701,7 @@ mod tests {
         assert_eq!(peers.get("org-c").unwrap().pins().len(), 1, "org-b's rollover does not pin for org-c");
 
         // A rollover to a certificate another peer pins is refused.
-        let c_cert = load_cert(&c.cert).unwrap();
+        let c_cert = load_cert(&c.certs[0]).unwrap();
         let onto_c = crate::rollover::sign("org-b", &b2, &c_cert, now, now + 60_000).unwrap();
         assert_eq!(org_b.check_rollover(&onto_c), Ok(true));
         assert!(matches!(peers.roll(&org_b, onto_c), Err(IdentityError::PinnedTwice { .. })));
@@ -670,6 +712,47 @@ mod tests {
         peers.set_own(vec![ours.fingerprint()]);
         let onto_ours = crate::rollover::sign("org-b", &b2, &ours.cert, now, now + 60_000).unwrap();
         assert!(matches!(peers.roll(&org_b, onto_ours), Err(IdentityError::PinnedOwn(_))));
-        assert!(org_b.may_roll_over().unwrap_err().contains("grace lasts until"));
+        let again = sign(&b2, &Identity::generate("org-b").unwrap(), now + 60_000);
+        assert!(org_b.may_roll_over(&again).unwrap_err().contains("grace lasts until"));
+    }
+
+    /// A peer whose two members have a key each: both certificates are pinned, either answers,
+    /// and one member's rollover replaces its own certificate only.
+    #[test]
+    fn each_member_of_a_peer_has_its_pin_and_rolls_over_alone() {
+        let dir = tempfile::tempdir().unwrap();
+        let b = pinned(dir.path(), "org-b", "127.0.0.1:1");
+        let m2 = Identity::generate("org-b").unwrap();
+        let m2_file = dir.path().join("org-b-2.pem");
+        m2.save(&m2_file, &dir.path().join("org-b-2.key")).unwrap();
+        let config = PeerConfig { certs: vec![b.certs[0].clone(), m2_file], ..b.clone() };
+        let peers = Peers::load(std::slice::from_ref(&config)).unwrap();
+        let org_b = peers.get("org-b").unwrap();
+        let m1 = Identity::load(&b.certs[0], &dir.path().join("org-b.key")).unwrap();
+        for member in [&m1, &m2] {
+            assert!(peers.by_fingerprint(&member.fingerprint()).is_some_and(|p| p.name == "org-b"));
+        }
+        assert_eq!(org_b.status().fingerprints, [m1.fingerprint().to_string(), m2.fingerprint().to_string()]);
+
+        // Member 2 rotates: its new certificate replaces its own; member 1's stays as it was.
+        let (m2_new, now) = (Identity::generate("org-b").unwrap(), crate::store::now_ms());
+        let statement = crate::rollover::sign("org-b", &m2, &m2_new.cert, now, now + 60_000).unwrap();
+        assert_eq!(org_b.check_rollover(&statement), Ok(true));
+        peers.roll(&org_b, statement.clone()).unwrap();
+        let pins: Vec<_> = org_b.pins().iter().map(|p| (p.fingerprint, p.until_ms)).collect();
+        let expected = [(m2_new.fingerprint(), None), (m1.fingerprint(), None), (m2.fingerprint(), Some(now + 60_000))];
+        assert_eq!(pins, expected);
+        assert_eq!(org_b.newest_of(m2.fingerprint()), m2_new.fingerprint());
+        assert_eq!(org_b.newest_of(m1.fingerprint()), m1.fingerprint());
+        assert_eq!(org_b.check_rollover(&statement), Ok(false), "sent again, it is pinned already");
+
+        // Member 1 may rotate at once; member 2 not within its grace, nor from its replaced key.
+        let m1_new = Identity::generate("org-b").unwrap();
+        let of_m1 = crate::rollover::sign("org-b", &m1, &m1_new.cert, now, now + 60_000).unwrap();
+        assert_eq!((org_b.check_rollover(&of_m1), org_b.may_roll_over(&of_m1)), (Ok(true), Ok(())));
+        let again = crate::rollover::sign("org-b", &m2_new, &m1_new.cert, now, now + 60_000).unwrap();
+        assert!(org_b.may_roll_over(&again).is_err());
+        let from_replaced = crate::rollover::sign("org-b", &m2, &m1_new.cert, now, now + 60_000).unwrap();
+        assert!(org_b.check_rollover(&from_replaced).unwrap_err().contains("not the newest pinned"));
     }
 }

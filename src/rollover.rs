@@ -306,7 +306,7 @@ pub async fn pin(
     statement: wire::Rollover,
 ) -> Result<(), String> {
     let (new, old, until) = (new_fingerprint(&statement), Fingerprint(statement.old), statement.until_ms);
-    peer.may_roll_over()?;
+    peer.may_roll_over(&statement)?;
     peers.roll(peer, statement.clone()).map_err(|e| e.to_string())?;
     if let Err(e) = store.rollover(&peer.name, statement, true).await {
         tracing::error!(peer = %peer.name, error = %e, "cannot keep a pinned rollover; it is pinned until the next start");

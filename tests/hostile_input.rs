@@ -212,7 +212,7 @@ fn request_body() -> impl Strategy<Value = Value> {
 fn state() -> ApiState {
     let dir = tempfile::tempdir().unwrap().keep();
     let peers = Peers::default();
-    peers.insert(Peer::new("org-b", ["127.0.0.1:9"], &Identity::generate("org-b").unwrap().cert));
+    peers.insert(Peer::new("org-b", ["127.0.0.1:9"], [Identity::generate("org-b").unwrap().cert]));
     let store = Store::open(&dir).unwrap();
     ApiState {
         exchange: Exchange::new(Arc::new(NoLink), store.clone(), Arc::default()),

@@ -21,9 +21,9 @@ fn member(root: &std::path::Path, dir: &str, a: &Node, service: &Recorder) -> No
     m
 }
 
-/// Pins org-b on org-a at `addresses` with `cert`.
-fn pin_members(a: &Node, addresses: &[String], cert: &std::path::Path) {
-    ferry::cli::peer::add(&a.config_path, "org-b", addresses, cert).unwrap();
+/// Pins org-b on org-a at `addresses` with `certs`, one per member.
+fn pin_members(a: &Node, addresses: &[String], certs: &[std::path::PathBuf]) {
+    ferry::cli::peer::add(&a.config_path, "org-b", addresses, certs).unwrap();
 }
 
 /// What org-a's `GET /v1/peers` says of org-b.
@@ -48,7 +48,7 @@ async fn a_peer_is_reached_at_its_next_address_when_the_first_is_silent() {
     let mut a = Node::create(root.path(), "org-a");
     let mut b = member(root.path(), "b1", &a, &service);
     let (_silent, silent) = silent_address();
-    pin_members(&a, &[silent.clone(), b.link.to_string()], &b.cert());
+    pin_members(&a, &[silent.clone(), b.link.to_string()], &[b.cert()]);
     a.start().await;
     b.start().await;
 
@@ -64,20 +64,19 @@ async fn a_peer_is_reached_at_its_next_address_when_the_first_is_silent() {
     b.stop().await;
 }
 
-/// org-b runs two members (one certificate, a data directory each): when the one in use stops,
-/// org-a's requests, sync and async, go to the other; when it comes back, the link stays where it
-/// is; every request is served once.
+/// org-b runs two members, each with its own key and data directory, both pinned by org-a:
+/// when the one in use stops, org-a's requests, sync and async, go to the other; when it comes
+/// back, the link stays where it is; every request is served once. Either member's requests
+/// reach org-a as org-b's.
 #[tokio::test]
 async fn requests_fail_over_to_another_member_and_stay_there() {
-    let (service_1, service_2) = (Recorder::start().await, Recorder::start().await);
+    let (service_1, service_2, a_service) = (Recorder::start().await, Recorder::start().await, Recorder::start().await);
     let root = tempfile::tempdir().unwrap();
     let mut a = Node::create(root.path(), "org-a");
     let mut m1 = member(root.path(), "b1", &a, &service_1);
     let mut m2 = member(root.path(), "b2", &a, &service_2);
-    for file in ["certs/node.pem", "certs/node.key"] {
-        std::fs::copy(m1.dir.join(file), m2.dir.join(file)).unwrap();
-    }
-    pin_members(&a, &[m1.link.to_string(), m2.link.to_string()], &m1.cert());
+    pin_members(&a, &[m1.link.to_string(), m2.link.to_string()], &[m1.cert(), m2.cert()]);
+    a.add_service("9", &a_service.base_url(), &["org-b"]);
     a.start().await;
     m1.start().await;
     m2.start().await;
@@ -102,10 +101,83 @@ async fn requests_fail_over_to_another_member_and_stay_there() {
     let (status, env) = a.request(req("/still-member-2")).await;
     assert_eq!(status, StatusCode::OK, "{env}");
 
+    // Inbound, either member is org-b.
+    for (m, path) in [(&m1, "/from-member-1"), (&m2, "/from-member-2")] {
+        let body = json!({"peer": "org-a", "service": "9", "path": path, "method": "GET", "form": {}});
+        let (status, env) = m.request(body).await;
+        assert_eq!(status, StatusCode::OK, "{env}");
+    }
+    let callers: Vec<_> = a_service.seen().into_iter().map(|s| (s.path, s.headers["x-ferry-peer"].clone())).collect();
+    assert_eq!(callers, [("/from-member-1".into(), "org-b".into()), ("/from-member-2".into(), "org-b".into())]);
+
     let paths = |r: &Recorder| r.seen().into_iter().map(|s| s.path).collect::<Vec<_>>();
     assert_eq!(paths(&service_1), ["/to-member-1"]);
     assert_eq!(paths(&service_2), ["/to-member-2", "/async-to-member-2", "/still-member-2"]);
     for node in [&mut a, &mut m1, &mut m2] {
+        node.stop().await;
+    }
+    // org-a's evidence holds receipts signed by both members' keys, each checked with its own.
+    let (code, out, err) = a.audit(&["verify"]);
+    assert_eq!(code, 0, "{out}{err}");
+    // Some of them member 2 signed: with member 1's certificate alone, they do not verify.
+    let config = std::fs::read_to_string(&a.config_path).unwrap();
+    let both = r#"cert = ["peers/org-b.pem", "peers/org-b-2.pem"]"#;
+    assert!(config.contains(both), "{config}");
+    std::fs::write(&a.config_path, config.replace(both, r#"cert = "peers/org-b.pem""#)).unwrap();
+    let (code, out, err) = a.audit(&["verify"]);
+    assert_eq!(code, 1, "{out}{err}");
+}
+
+/// One member of org-b rotates its key (`ferry cert rotate`): org-a pins that member's new
+/// certificate beside its old one and keeps the other member's as it was; the rotated member
+/// then serves org-a with its new certificate.
+#[tokio::test]
+async fn one_member_rotates_alone() {
+    let (service_1, service_2, a_service) = (Recorder::start().await, Recorder::start().await, Recorder::start().await);
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::create(root.path(), "org-a");
+    let mut m1 = member(root.path(), "b1", &a, &service_1);
+    let mut m2 = member(root.path(), "b2", &a, &service_2);
+    pin_members(&a, &[m1.link.to_string(), m2.link.to_string()], &[m1.cert(), m2.cert()]);
+    a.add_service("9", &a_service.base_url(), &["org-b"]);
+    a.start().await;
+    m1.start().await;
+    m2.start().await;
+    let fingerprint = |node: &Node| support::cli::fingerprint_of_pem(&node.cert());
+    let (m1_fp, m2_old) = (fingerprint(&m1), fingerprint(&m2));
+
+    // The command has the running node reload through its API: it runs beside this runtime.
+    let config = m2.config_path.to_str().unwrap().to_owned();
+    let rotated = tokio::task::spawn_blocking(move || {
+        support::cli::ferry(["cert", "rotate", "--grace", "1h", "--config", &config])
+    })
+    .await
+    .unwrap();
+    support::cli::assert_code(&rotated, 0);
+    let m2_new = fingerprint(&m2);
+    // Member 2 talks to org-a, which gets the statement on that connection.
+    let body = json!({"peer": "org-a", "service": "9", "path": "/from-member-2", "method": "GET", "form": {}});
+    let (status, env) = m2.request(body).await;
+    assert_eq!(status, StatusCode::OK, "{env}");
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    let peer = loop {
+        let peer = org_b_on(&a).await;
+        if peer["fingerprints"].as_array().unwrap().iter().any(|f| f == m2_new.as_str())
+            || tokio::time::Instant::now() > deadline
+        {
+            break peer;
+        }
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    };
+    assert_eq!(peer["fingerprints"], json!([m2_new, m1_fp]), "{peer}");
+    assert_eq!(peer["replaced"][0]["fingerprint"], m2_old.as_str(), "{peer}");
+
+    // With member 1 gone, org-a reaches member 2, which presents its new certificate.
+    m1.stop().await;
+    let (status, env) = a.request(req("/to-member-2")).await;
+    assert_eq!(status, StatusCode::OK, "{env}");
+    assert_eq!(service_2.seen().len(), 1);
+    for node in [&mut a, &mut m2] {
         node.stop().await;
     }
 }

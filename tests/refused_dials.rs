@@ -108,7 +108,7 @@ async fn a_peer_with_another_certificate_than_the_pinned_one_is_backed_off_from_
     let other = ferry::identity::Identity::generate("org-b").unwrap();
     let (other_cert, other_key) = (root.path().join("other.pem"), root.path().join("other.key"));
     other.save(&other_cert, &other_key).unwrap();
-    ferry::cli::peer::add(&a.config_path, "org-b", &[b.link.to_string()], &other_cert).unwrap();
+    ferry::cli::peer::add(&a.config_path, "org-b", &[b.link.to_string()], &[other_cert]).unwrap();
     b.add_peer(&a);
     b.start().await;
     a.start().await;

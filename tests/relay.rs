@@ -275,7 +275,7 @@ async fn a_server_that_is_not_the_pinned_one_is_refused() {
     let mut b = Node::create(root.path(), "org-b");
     let impostor = Node::create(root.path(), "impostor");
     // org-a pins the impostor's certificate under org-b's name and address.
-    ferry::cli::peer::add(&a.config_path, "org-b", &[b.link.to_string()], &impostor.cert()).unwrap();
+    ferry::cli::peer::add(&a.config_path, "org-b", &[b.link.to_string()], &[impostor.cert()]).unwrap();
     b.add_peer(&a);
     b.add_service("1", &service.base_url(), &["org-a"]);
     a.start().await;

@@ -24,7 +24,7 @@ use support::files::bytes;
 async fn connect(alpns: &[&[u8]]) -> (quinn::Endpoint, quinn::Endpoint, quinn::Connection, quinn::Connection) {
     let (server_id, client_id) = (Identity::generate("server").unwrap(), Identity::generate("client").unwrap());
     let peers = Peers::default();
-    peers.insert(Peer::new("client", ["127.0.0.1:9"], &client_id.cert));
+    peers.insert(Peer::new("client", ["127.0.0.1:9"], [client_id.cert.clone()]));
     let mut server_tls = ferry::tls::server_config(&server_id, peers).unwrap();
     server_tls.alpn_protocols = alpns.iter().map(|id| id.to_vec()).collect();
     let server_config = quinn::ServerConfig::with_crypto(Arc::new(

@@ -63,17 +63,21 @@ pub fn check(path: &Path, connect: bool, json: bool) -> Result<(), CliError> {
     let own = keys.as_ref().map(|k| k.current.fingerprint);
     let mut pinned = Vec::new();
     for peer in &config.peers {
-        match load_cert(&peer.cert) {
-            Ok(cert) if Some(Fingerprint::of(&cert)) == own => report.problems.push(format!(
-                "peer `{}`: {} is this node's own certificate",
-                peer.name,
-                peer.cert.display()
-            )),
-            Ok(cert) => pinned.push((peer.clone(), Fingerprint::of(&cert))),
-            Err(e) => report.problems.push(format!("peer `{}`: {e}", peer.name)),
+        let mut fingerprints = Vec::new();
+        for file in &peer.certs {
+            match load_cert(file) {
+                Ok(cert) if Some(Fingerprint::of(&cert)) == own => report.problems.push(format!(
+                    "peer `{}`: {} is this node's own certificate",
+                    peer.name,
+                    file.display()
+                )),
+                Ok(cert) => fingerprints.push(Fingerprint::of(&cert)),
+                Err(e) => report.problems.push(format!("peer `{}`: {e}", peer.name)),
+            }
         }
+        pinned.push((peer.clone(), fingerprints));
     }
-    let pins = pinned.iter().map(|(peer, fingerprint)| (peer.name.as_str(), *fingerprint));
+    let pins = pinned.iter().flat_map(|(peer, fingerprints)| fingerprints.iter().map(|f| (peer.name.as_str(), *f)));
     report.problems.extend(crate::peer::pinned_twice(pins).iter().map(ToString::to_string));
     if let Some(Err(e)) = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()) {
         report.problems.push(e);
@@ -87,9 +91,9 @@ pub fn check(path: &Path, connect: bool, json: bool) -> Result<(), CliError> {
         peers.restore(&crate::store::rollovers_in(&config.node.data_dir).unwrap_or_default());
         let pinned: Vec<_> = pinned
             .into_iter()
-            .map(|(config, fingerprint)| {
+            .map(|(config, fingerprints)| {
                 let pins = peers.get(&config.name).map(|p| p.pins().iter().map(|p| p.fingerprint).collect());
-                (config, pins.unwrap_or_else(|| vec![fingerprint]))
+                (config, pins.unwrap_or(fingerprints))
             })
             .collect();
         // During this node's own rollover, peers may pin only the old certificate.
@@ -253,9 +257,14 @@ async fn reach_peer(
         )),
         Ok(Err(e)) => Err(match refusals.refused().first() {
             Some(presented) => format!(
-                "it presented certificate {presented}, but {pinned} is pinned for it here ({}): if its admin made a \
+                "it presented certificate {presented}, but {} pinned for it here ({}): if its admin made a \
                  new key, compare fingerprints with them and pin the new certificate; otherwise this is not `{}`",
-                peer.cert.display(),
+                match pins {
+                    [one] => format!("{one} is"),
+                    several =>
+                        format!("{} are", several.iter().map(ToString::to_string).collect::<Vec<_>>().join(", ")),
+                },
+                peer.certs.iter().map(|c| c.display().to_string()).collect::<Vec<_>>().join(", "),
                 peer.name
             ),
             None => explain_handshake(&e),

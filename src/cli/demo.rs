@@ -37,8 +37,8 @@ async fn demo() -> anyhow::Result<()> {
     let fb = init::init(&b_dir, "org-b", b_link, b_api)?;
     out!("ferry init org-a: {fa}\nferry init org-b: {fb}");
     let (a_conf, b_conf) = (a_dir.join("config/ferry.toml"), b_dir.join("config/ferry.toml"));
-    peer::add(&a_conf, "org-b", &[b_link.to_string()], &b_dir.join("certs/node.pem"))?;
-    peer::add(&b_conf, "org-a", &[a_link.to_string()], &a_dir.join("certs/node.pem"))?;
+    peer::add(&a_conf, "org-b", &[b_link.to_string()], &[b_dir.join("certs/node.pem")])?;
+    peer::add(&b_conf, "org-a", &[a_link.to_string()], &[a_dir.join("certs/node.pem")])?;
     service::add(&b_conf, "1", &format!("http://{service}"), &["org-a".to_owned()])?;
     out!("peers pinned both ways; org-b offers service 1 to org-a\n");
 

@@ -153,6 +153,10 @@ enum Command {
         /// node.listen, unless it is a wildcard address).
         #[arg(long)]
         address: Vec<String>,
+        /// The invite of another member of this organization (same name, its own host and
+        /// key), merged into this one; repeat for each.
+        #[arg(long)]
+        member: Vec<PathBuf>,
         /// Print the result as one JSON object, for scripts.
         #[arg(long)]
         json: bool,
@@ -293,9 +297,10 @@ enum PeerCommand {
         /// The peer's QUIC address, host:port; repeat it for each of its members, dialed in turn.
         #[arg(long, required_unless_present = "invite")]
         address: Vec<String>,
-        /// The peer's certificate (its certs/node.pem), received from its admin.
+        /// The peer's certificate (its certs/node.pem), received from its admin; repeat it for
+        /// each of its members that has a key of its own.
         #[arg(long, required_unless_present = "invite")]
-        cert: Option<PathBuf>,
+        cert: Vec<PathBuf>,
         /// Print the result as one JSON object, for scripts.
         #[arg(long)]
         json: bool,
@@ -436,15 +441,17 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
             out!("send {} to your peers' admins and compare fingerprints by phone", certificate.display());
             Ok(())
         }
-        Command::Invite { out, address, json } => {
-            let invite = invite::write(config, &out, &address)?;
+        Command::Invite { out, address, member, json } => {
+            let invite = invite::write(config, &out, &address, &member)?;
+            let (addresses, (_, fingerprints)) = (invite.all_addresses(), invite.certificates());
             if json {
-                let said = json!({"file": out, "name": invite.name, "addresses": invite.addresses, "fingerprint": invite.fingerprint});
+                let said = json!({"file": out, "name": invite.name, "addresses": addresses,
+                    "fingerprint": invite.fingerprint, "fingerprints": fingerprints});
                 out!("{said}");
                 return Ok(());
             }
-            out!("wrote {}: node `{}` at {}", out.display(), invite.name, invite.addresses.join(", "));
-            out!("fingerprint: {}", invite.fingerprint);
+            out!("wrote {}: node `{}` at {}", out.display(), invite.name, addresses.join(", "));
+            out!("fingerprint: {}", fingerprints.join(", "));
             out!("send the file to the peer's admin (`ferry peer add --invite FILE`) and compare the fingerprint by phone");
             Ok(())
         }
@@ -501,28 +508,33 @@ fn run(config: &Path, command: Command) -> Result<(), CliError> {
             Ok(())
         }
         Command::Peer { command: PeerCommand::Add { invite, name, address, cert, json } } => {
-            let (name, addresses, fingerprint) = match (invite, cert) {
-                (Some(file), _) => {
+            let (name, addresses, fingerprints) = match invite {
+                Some(file) => {
                     let invite = invite::read(&file)?;
-                    let name = name.unwrap_or(invite.name);
-                    let addresses = if address.is_empty() { invite.addresses } else { address };
-                    let fingerprint = peer::add_pem(config, &name, &addresses, &invite.certificate)?;
-                    (name, addresses, fingerprint)
+                    let addresses = if address.is_empty() { invite.all_addresses() } else { address };
+                    let name = name.unwrap_or(invite.name.clone());
+                    (
+                        name.clone(),
+                        addresses.clone(),
+                        peer::add_pem(config, &name, &addresses, &invite.certificates().0)?,
+                    )
                 }
-                (None, Some(cert)) => {
+                None => {
                     let name = name.unwrap_or_default();
-                    let fingerprint = peer::add(config, &name, &address, &cert)?;
-                    (name, address, fingerprint)
+                    let fingerprints = peer::add(config, &name, &address, &cert)?;
+                    (name, address, fingerprints)
                 }
-                (None, None) => unreachable!("clap requires --cert without --invite"),
             };
+            let fingerprints: Vec<String> = fingerprints.iter().map(ToString::to_string).collect();
             let change = format!(
-                "added peer `{name}` at {}\nfingerprint: {fingerprint}\ncompare it with {name}'s admin (`ferry cert \
-                 fingerprint` on their node)",
-                addresses.join(", ")
+                "added peer `{name}` at {}\nfingerprint: {}\ncompare it with {name}'s admin (`ferry cert fingerprint` \
+                 on their node{})",
+                addresses.join(", "),
+                fingerprints.join(", "),
+                if fingerprints.len() > 1 { "s" } else { "" }
             );
             let pinned = json!({"name": name, "address": addresses[0], "addresses": addresses,
-                "fingerprint": fingerprint.to_string()});
+                "fingerprint": fingerprints[0], "fingerprints": fingerprints});
             edited(config, change, json.then_some(pinned))
         }
         Command::Peer { command: PeerCommand::List { json } } => peer::list(config, json),

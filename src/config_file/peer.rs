@@ -7,22 +7,38 @@ use std::path::{Path, PathBuf};
 use toml_edit::{value, Table};
 
 use super::EditError;
-use crate::config::{shown, valid_address, valid_name, Config, PeerConfig, MAX_ADDRESSES};
+use crate::config::{shown, valid_address, valid_name, Config, PeerConfig, MAX_ADDRESSES, MAX_MEMBERS};
 use crate::identity::{load_cert, Fingerprint};
 use crate::pending::Knock;
 
-/// [`add`] with the certificate as PEM text (from an invite, or a node waiting to be pinned).
-pub fn add_pem(config_path: &Path, name: &str, addresses: &[String], pem: &str) -> Result<Fingerprint, EditError> {
-    let cert = tempfile::NamedTempFile::new()
-        .and_then(|mut f| std::io::Write::write_all(&mut f, pem.as_bytes()).map(|()| f))
-        .map_err(|e| EditError::failed(format!("cannot write the certificate down: {e}")))?;
-    add(config_path, name, addresses, cert.path())
+/// [`add`] with the certificates as PEM text (from an invite, or a node waiting to be pinned).
+pub fn add_pem(
+    config_path: &Path,
+    name: &str,
+    addresses: &[String],
+    pems: &[String],
+) -> Result<Vec<Fingerprint>, EditError> {
+    let mut files = Vec::with_capacity(pems.len());
+    for pem in pems {
+        let file = tempfile::NamedTempFile::new()
+            .and_then(|mut f| std::io::Write::write_all(&mut f, pem.as_bytes()).map(|()| f))
+            .map_err(|e| EditError::failed(format!("cannot write the certificate down: {e}")))?;
+        files.push(file);
+    }
+    let paths: Vec<PathBuf> = files.iter().map(|f| f.path().to_owned()).collect();
+    add(config_path, name, addresses, &paths)
 }
 
-/// Pins the certificate in `cert_file` for peer `name` at `addresses` (one, or each of its
-/// members') and adds its `[[peer]]` table. A certificate pinned already, for this node or
-/// another peer, is refused.
-pub fn add(config_path: &Path, name: &str, addresses: &[String], cert_file: &Path) -> Result<Fingerprint, EditError> {
+/// Pins the certificates in `cert_files` (one, or one per member with a key of its own) for
+/// peer `name` at `addresses` (one, or each of its members') and adds its `[[peer]]` table;
+/// their fingerprints. A certificate pinned already, for this node or another
+/// peer, or given twice, is refused.
+pub fn add(
+    config_path: &Path,
+    name: &str,
+    addresses: &[String],
+    cert_files: &[PathBuf],
+) -> Result<Vec<Fingerprint>, EditError> {
     let config = Config::load(config_path)?;
     check_name(name)?;
     if config.peer(name).is_some() {
@@ -35,6 +51,52 @@ pub fn add(config_path: &Path, name: &str, addresses: &[String], cert_file: &Pat
         ));
     }
     check_addresses(addresses)?;
+    if cert_files.is_empty() || cert_files.len() > MAX_MEMBERS {
+        return Err(EditError::invalid("cert", format!("give 1 to {MAX_MEMBERS} certificates, one per member")));
+    }
+    let mut fingerprints = Vec::with_capacity(cert_files.len());
+    for cert_file in cert_files {
+        let fingerprint = checked_cert(&config, name, cert_file)?;
+        if fingerprints.contains(&fingerprint) {
+            return Err(EditError::invalid("cert", format!("{} is given twice ({fingerprint})", cert_file.display())));
+        }
+        fingerprints.push(fingerprint);
+    }
+    let pinned: Vec<PathBuf> = (0..cert_files.len()).map(|member| pin_path(&config, name, member)).collect();
+    if let Some(there) = pinned.iter().find(|p| p.exists()) {
+        return Err(EditError::file(format!(
+            "{} exists already; remove it first to pin another certificate",
+            there.display()
+        )));
+    }
+
+    let mut doc = super::open(config_path)?;
+    let mut peer = Table::new();
+    peer["name"] = value(name);
+    peer["address"] = toml_edit::Item::Value(one_or_list(addresses));
+    let relative: Vec<String> =
+        (0..cert_files.len()).map(|member| format!("peers/{}", pin_file(name, member))).collect();
+    peer["cert"] = toml_edit::Item::Value(one_or_list(&relative));
+    super::push(&mut doc, "peer", peer)?;
+
+    let copied = cert_files.iter().zip(&pinned).try_for_each(|(from, to)| {
+        std::fs::create_dir_all(to.parent().expect("peers/ has a parent"))
+            .and_then(|_| std::fs::copy(from, to))
+            .map(drop)
+            .map_err(|e| EditError::file(format!("cannot copy the certificate to {}: {e}", to.display())))
+    });
+    if let Err(e) = copied.and_then(|()| super::save(config_path, &doc)) {
+        for file in &pinned {
+            let _ = std::fs::remove_file(file);
+        }
+        return Err(e);
+    }
+    Ok(fingerprints)
+}
+
+/// The fingerprint of the certificate in `cert_file`, to be pinned for peer `name`; refused
+/// when it cannot be read, is this node's own, or is pinned for another peer.
+fn checked_cert(config: &Config, name: &str, cert_file: &Path) -> Result<Fingerprint, EditError> {
     let cert = load_cert(cert_file).map_err(|e| EditError::invalid("cert", e.to_string()))?;
     let fingerprint = Fingerprint::of(&cert);
     if load_cert(&config.cert_path()).is_ok_and(|own| Fingerprint::of(&own) == fingerprint) {
@@ -43,7 +105,7 @@ pub fn add(config_path: &Path, name: &str, addresses: &[String], cert_file: &Pat
             format!("{} is this node's own certificate; ask {name}'s admin for theirs", cert_file.display()),
         ));
     }
-    if let Some(other) = pinned_for(&config, fingerprint) {
+    if let Some(other) = pinned_for(config, fingerprint) {
         return Err(EditError::invalid(
             "cert",
             format!(
@@ -55,28 +117,6 @@ pub fn add(config_path: &Path, name: &str, addresses: &[String], cert_file: &Pat
                 other.name
             ),
         ));
-    }
-    let pinned = pin_path(&config, name);
-    if pinned.exists() {
-        return Err(EditError::file(format!(
-            "{} exists already; remove it first to pin another certificate",
-            pinned.display()
-        )));
-    }
-
-    let mut doc = super::open(config_path)?;
-    let mut peer = Table::new();
-    peer["name"] = value(name);
-    peer["address"] = toml_edit::Item::Value(address_value(addresses));
-    peer["cert"] = value(format!("peers/{name}.pem"));
-    super::push(&mut doc, "peer", peer)?;
-
-    std::fs::create_dir_all(pinned.parent().expect("peers/ has a parent"))
-        .and_then(|_| std::fs::copy(cert_file, &pinned))
-        .map_err(|e| EditError::file(format!("cannot copy the certificate to {}: {e}", pinned.display())))?;
-    if let Err(e) = super::save(config_path, &doc) {
-        let _ = std::fs::remove_file(&pinned);
-        return Err(e);
     }
     Ok(fingerprint)
 }
@@ -108,7 +148,8 @@ pub fn accept(
 ) -> Result<Accepted, EditError> {
     let knock = choose(waiting, fingerprint)?;
     let address = address.unwrap_or(&knock.address).to_owned();
-    let fingerprint = add_pem(config_path, name, std::slice::from_ref(&address), &knock.certificate)?;
+    let fingerprint =
+        add_pem(config_path, name, std::slice::from_ref(&address), std::slice::from_ref(&knock.certificate))?[0];
     Ok(Accepted { name: name.to_owned(), address, fingerprint })
 }
 
@@ -147,15 +188,24 @@ fn choose<'k>(waiting: &'k [Knock], given: &str) -> Result<&'k Knock, EditError>
     }
 }
 
-/// The configured peer whose pinned certificate has `fingerprint`; certificates that cannot be
-/// read are passed over (`ferry check` names them).
+/// The configured peer one of whose pinned certificates has `fingerprint`; certificates that
+/// cannot be read are passed over (`ferry check` names them).
 pub fn pinned_for(config: &Config, fingerprint: Fingerprint) -> Option<&PeerConfig> {
-    config.peers.iter().find(|p| load_cert(&p.cert).is_ok_and(|c| Fingerprint::of(&c) == fingerprint))
+    let has = |p: &&PeerConfig| p.certs.iter().any(|c| load_cert(c).is_ok_and(|c| Fingerprint::of(&c) == fingerprint));
+    config.peers.iter().find(has)
 }
 
-/// Where a peer `name`'s certificate is pinned: `certs_dir/peers/NAME.pem`.
-pub fn pin_path(config: &Config, name: &str) -> PathBuf {
-    config.node.certs_dir.join("peers").join(format!("{name}.pem"))
+/// Where `ferry peer add` pins the certificate of peer `name`'s `member` (0, 1, …):
+/// `certs_dir/peers/NAME.pem`, then `NAME-2.pem`, `NAME-3.pem`…
+pub fn pin_path(config: &Config, name: &str, member: usize) -> PathBuf {
+    config.node.certs_dir.join("peers").join(pin_file(name, member))
+}
+
+fn pin_file(name: &str, member: usize) -> String {
+    match member {
+        0 => format!("{name}.pem"),
+        n => format!("{name}-{}.pem", n + 1),
+    }
 }
 
 /// Refuses a peer name that is not letters, digits, `.`, `-` and `_` (at most 64).
@@ -189,9 +239,10 @@ pub fn check_addresses(addresses: &[String]) -> Result<(), EditError> {
     Ok(())
 }
 
-/// A peer's `address` as the config writes it: a string for one, a list for several.
-pub fn address_value(addresses: &[String]) -> toml_edit::Value {
-    match addresses {
+/// A key that usually holds one value as the config writes it (a peer's `address` or `cert`): a
+/// string for one, a list for several.
+pub fn one_or_list(values: &[String]) -> toml_edit::Value {
+    match values {
         [one] => one.as_str().into(),
         several => several.iter().map(String::as_str).collect::<toml_edit::Array>().into(),
     }

@@ -87,7 +87,7 @@ impl Inbound {
                 return refused("the rollover's grace is over".into());
             }
             Ok(true) => {
-                if let Err(why) = peer.may_roll_over() {
+                if let Err(why) = peer.may_roll_over(&statement) {
                     return refused(why);
                 }
             }

@@ -199,7 +199,7 @@ impl NodeDir {
 
     /// Pins `other` as a peer reached at `addr` (`ferry peer add`).
     pub fn pin_at(&self, other: &NodeDir, addr: SocketAddr) {
-        ferry::cli::peer::add(&self.config, &other.name, &[addr.to_string()], &other.cert()).unwrap();
+        ferry::cli::peer::add(&self.config, &other.name, &[addr.to_string()], &[other.cert()]).unwrap();
     }
 
     /// Declares service `id` at `base_url` for `allow` (`ferry service add`).

@@ -140,7 +140,7 @@
       el("td", { text: p.name }),
       el("td", {}, badge(p.connected ? "connected" : "disconnected")),
       el("td", { class: "num", text: p.rtt_ms == null ? "–" : p.rtt_ms.toFixed(1) + " ms" }),
-      el("td", {}, el("code", { text: p.fingerprint,
+      el("td", {}, el("code", { text: p.fingerprints.length > 1 ? p.fingerprints.join(", ") : p.fingerprint,
         title: p.addresses.length > 1 ? `at ${p.address}, one of ${p.addresses.join(", ")}` : `at ${p.address}` }), ...rollover(p)),
       el("td", { class: "error", text: p.last_error || "", title: "last seen " + ((rtt.get(p.name) || {}).last_seen || "never") }))));
     const row = (name, q) => el("tr", { "data-direction": name },
