@@ -25,6 +25,8 @@ pub struct Peer {
     pub addresses: Vec<String>,
     /// The index in `addresses` of the one that answered last, dialed first next time.
     answered: std::sync::atomic::AtomicUsize,
+    /// The outcome of the latest dial to each of `addresses`, by index.
+    dials: Mutex<Vec<Dialed>>,
     /// The certificates pinned in the config, one per member (usually one); after a rollover,
     /// [`Peer::pins`] says which are pinned.
     pub certs: Vec<CertificateDer<'static>>,
@@ -87,6 +89,7 @@ impl Peer {
             name: name.to_owned(),
             addresses: addresses.into_iter().map(Into::into).collect(),
             answered: 0.into(),
+            dials: Mutex::default(),
             certs: certs.into_iter().collect(),
             auto_rollover: true.into(),
             rolled: Mutex::default(),
@@ -115,6 +118,22 @@ impl Peer {
     /// Records that the address at `index` of `addresses` answered: it is dialed first from now.
     pub fn answered_at(&self, index: usize) {
         self.answered.store(index, std::sync::atomic::Ordering::Relaxed);
+        self.dialed(index, Dialed { answered: true, at: Some(SystemTime::now()), error: None });
+    }
+
+    /// Records that a dial to the address at `index` of `addresses` failed, and why.
+    pub fn not_answered_at(&self, index: usize, error: String) {
+        self.dialed(index, Dialed { answered: false, at: Some(SystemTime::now()), error: Some(error) });
+    }
+
+    fn dialed(&self, index: usize, outcome: Dialed) {
+        let mut dials = self.dials.lock().unwrap();
+        if dials.len() < self.addresses.len() {
+            dials.resize(self.addresses.len(), Dialed::default());
+        }
+        if let Some(slot) = dials.get_mut(index) {
+            *slot = outcome;
+        }
     }
 
     /// The certificates pinned for the peer now: first the newest of each member (the config's,
@@ -324,6 +343,11 @@ impl Peer {
             addresses: self.addresses.clone(),
             fingerprint: pins[0].fingerprint.to_string(),
             fingerprints: pins.iter().filter(|p| p.until_ms.is_none()).map(|p| p.fingerprint.to_string()).collect(),
+            dials: {
+                let dials = self.dials.lock().unwrap();
+                let outcome = |i: usize| dials.get(i).cloned().unwrap_or_default();
+                self.addresses.iter().enumerate().map(|(i, a)| outcome(i).status(a)).collect()
+            },
             replaced: pins
                 .iter()
                 .filter(|p| p.until_ms.is_some())
@@ -355,6 +379,8 @@ pub struct PeerStatus {
     /// The newest pinned certificate of each member: `fingerprint` alone, unless the peer has
     /// several members with a key each.
     pub fingerprints: Vec<String>,
+    /// The latest dial to each of `addresses`, in their order: which members answered.
+    pub dials: Vec<DialStatus>,
     /// Certificates the peer replaced (a rollover) that stay pinned until their grace ends.
     pub replaced: Vec<Replaced>,
     /// The fingerprint of a new certificate the peer sent, held for the admin's approval
@@ -368,6 +394,38 @@ pub struct PeerStatus {
     pub last_error: Option<String>,
     /// When it last answered (RFC 3339).
     pub last_seen: Option<String>,
+}
+
+/// The outcome of the latest dial to one of a peer's addresses.
+#[derive(Debug, Clone, Default)]
+struct Dialed {
+    answered: bool,
+    at: Option<SystemTime>,
+    error: Option<String>,
+}
+
+impl Dialed {
+    fn status(self, address: &str) -> DialStatus {
+        DialStatus {
+            address: address.to_owned(),
+            answered: self.at.map(|_| self.answered),
+            at: self.at.map(|t| humantime::format_rfc3339_millis(t).to_string()),
+            error: self.error,
+        }
+    }
+}
+
+/// What the API shows of the latest dial to one of a peer's addresses.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct DialStatus {
+    /// The address, `host:port`.
+    pub address: String,
+    /// Whether it answered; `null` when it has not been dialed since the node started.
+    pub answered: Option<bool>,
+    /// When (RFC 3339).
+    pub at: Option<String>,
+    /// Why it did not answer.
+    pub error: Option<String>,
 }
 
 /// A peer's certificate that a rollover replaced, pinned until its grace ends.

@@ -59,6 +59,10 @@ async fn a_peer_is_reached_at_its_next_address_when_the_first_is_silent() {
     let peer = org_b_on(&a).await;
     assert_eq!(peer["address"], b.link.to_string(), "{peer}");
     assert_eq!(peer["addresses"], json!([silent, b.link.to_string()]), "{peer}");
+    let dials = peer["dials"].as_array().unwrap();
+    assert_eq!((&dials[0]["address"], &dials[0]["answered"]), (&json!(silent), &json!(false)), "{peer}");
+    assert!(dials[0]["error"].as_str().unwrap().contains("no answer"), "{peer}");
+    assert_eq!(dials[1]["answered"], true, "{peer}");
     assert_eq!(service.seen().len(), 1);
     a.stop().await;
     b.stop().await;

@@ -717,6 +717,15 @@ pub fn peers(config: &Path, args: PeersArgs) -> Result<(), CliError> {
     out_raw!("{}", t.render());
     for p in list.as_array().into_iter().flatten() {
         let name = cell(&p["name"]);
+        let dials = p["dials"].as_array().map(Vec::as_slice).unwrap_or_default();
+        for failed in dials.iter().filter(|d| d["answered"] == false && dials.len() > 1) {
+            out!(
+                "{name}: {} did not answer at {}: {}",
+                cell(&failed["address"]),
+                cell(&failed["at"]),
+                cell(&failed["error"])
+            );
+        }
         for replaced in p["replaced"].as_array().into_iter().flatten() {
             out!(
                 "{name}: rolled over to {}; {} stays pinned until {}",

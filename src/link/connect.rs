@@ -66,11 +66,13 @@ impl Link {
         use futures::stream::{FuturesUnordered, StreamExt};
         let mut order = peer.dial_order();
         let mut attempts = FuturesUnordered::new();
-        let mut failures = Vec::new();
+        let (mut failures, mut waiting) = (Vec::new(), Vec::new());
+        let started = std::time::Instant::now();
         loop {
             let more = match order.next() {
                 Some((index, address)) => {
                     attempts.push(async move { (index, self.dial_at(peer, address).await) });
+                    waiting.push(index);
                     true
                 }
                 None => false,
@@ -79,10 +81,18 @@ impl Link {
                 Some((index, dialed)) = attempts.next() => match dialed {
                     Ok(connection) => {
                         peer.answered_at(index);
+                        for other in waiting.into_iter().filter(|i| *i != index) {
+                            let why = format!("no answer within {:?}; {} answered", started.elapsed(), peer.address());
+                            peer.not_answered_at(other, why);
+                        }
                         return Ok(connection);
                     }
                     Err(e @ LinkFailure::Local(_)) => return Err(e),
-                    Err(e) => failures.push(e.to_string()),
+                    Err(e) => {
+                        waiting.retain(|i| *i != index);
+                        peer.not_answered_at(index, e.to_string());
+                        failures.push(e.to_string());
+                    }
                 },
                 () = tokio::time::sleep(NEXT_ADDRESS_AFTER), if more => {}
                 else => break,
