@@ -68,22 +68,42 @@ async fn a_peer_is_reached_at_its_next_address_when_the_first_is_silent() {
     b.stop().await;
 }
 
+/// org-a, and org-b as two members with a key and a service each, pinned on org-a at both
+/// addresses with both certificates; org-a offers service "9" to org-b. All started.
+struct Members {
+    root: tempfile::TempDir,
+    a: Node,
+    m1: Node,
+    m2: Node,
+    service_1: Recorder,
+    service_2: Recorder,
+    a_service: Recorder,
+}
+
+impl Members {
+    async fn start() -> Members {
+        let (service_1, service_2, a_service) =
+            (Recorder::start().await, Recorder::start().await, Recorder::start().await);
+        let root = tempfile::tempdir().unwrap();
+        let mut a = Node::create(root.path(), "org-a");
+        let mut m1 = member(root.path(), "b1", &a, &service_1);
+        let mut m2 = member(root.path(), "b2", &a, &service_2);
+        pin_members(&a, &[m1.link.to_string(), m2.link.to_string()], &[m1.cert(), m2.cert()]);
+        a.add_service("9", &a_service.base_url(), &["org-b"]);
+        for node in [&mut a, &mut m1, &mut m2] {
+            node.start().await;
+        }
+        Members { root, a, m1, m2, service_1, service_2, a_service }
+    }
+}
+
 /// org-b runs two members, each with its own key and data directory, both pinned by org-a:
 /// when the one in use stops, org-a's requests, sync and async, go to the other; when it comes
 /// back, the link stays where it is; every request is served once. Either member's requests
 /// reach org-a as org-b's.
 #[tokio::test]
 async fn requests_fail_over_to_another_member_and_stay_there() {
-    let (service_1, service_2, a_service) = (Recorder::start().await, Recorder::start().await, Recorder::start().await);
-    let root = tempfile::tempdir().unwrap();
-    let mut a = Node::create(root.path(), "org-a");
-    let mut m1 = member(root.path(), "b1", &a, &service_1);
-    let mut m2 = member(root.path(), "b2", &a, &service_2);
-    pin_members(&a, &[m1.link.to_string(), m2.link.to_string()], &[m1.cert(), m2.cert()]);
-    a.add_service("9", &a_service.base_url(), &["org-b"]);
-    a.start().await;
-    m1.start().await;
-    m2.start().await;
+    let Members { root: _root, mut a, mut m1, mut m2, service_1, service_2, a_service } = Members::start().await;
 
     let (status, env) = a.request(req("/to-member-1")).await;
     assert_eq!(status, StatusCode::OK, "{env}");
@@ -137,16 +157,8 @@ async fn requests_fail_over_to_another_member_and_stay_there() {
 /// then serves org-a with its new certificate.
 #[tokio::test]
 async fn one_member_rotates_alone() {
-    let (service_1, service_2, a_service) = (Recorder::start().await, Recorder::start().await, Recorder::start().await);
-    let root = tempfile::tempdir().unwrap();
-    let mut a = Node::create(root.path(), "org-a");
-    let mut m1 = member(root.path(), "b1", &a, &service_1);
-    let mut m2 = member(root.path(), "b2", &a, &service_2);
-    pin_members(&a, &[m1.link.to_string(), m2.link.to_string()], &[m1.cert(), m2.cert()]);
-    a.add_service("9", &a_service.base_url(), &["org-b"]);
-    a.start().await;
-    m1.start().await;
-    m2.start().await;
+    let Members { root: _root, mut a, mut m1, mut m2, service_1: _service_1, service_2, a_service: _a_service } =
+        Members::start().await;
     let fingerprint = |node: &Node| support::cli::fingerprint_of_pem(&node.cert());
     let (m1_fp, m2_old) = (fingerprint(&m1), fingerprint(&m2));
 
