@@ -144,7 +144,9 @@ struct Finding {
 /// `theirs` ([`read_export`]), in which this node is `name` ([`name_in`]) and whose records of
 /// this node's receipts and checkpoints must verify against one of `certs` (its current and
 /// retired certificates, [`crate::rollover::own_certs`]); `peer` is the name this node
-/// gives the peer. `Err`: the peer's export does not hold (its seq named); `Ok(Err)`: this log's
+/// gives the peer. When this node is one of several members with a key each, the peer's records
+/// of the other members (their `member` another certificate than one of `certs`) are theirs, not
+/// this node's, and are passed over. `Err`: the peer's export does not hold (its seq named); `Ok(Err)`: this log's
 /// first bad seq and why.
 pub fn cross_check(
     ours: impl IntoIterator<Item = (i64, String)>,
@@ -155,7 +157,11 @@ pub fn cross_check(
 ) -> Result<Result<Covered, Broken>, String> {
     let mut heads: HashMap<i64, Vec<Head>> = HashMap::new();
     let mut wants: HashMap<Key, Vec<Want>> = HashMap::new();
-    for record in theirs.iter().filter(|r| r.entry.peer == name) {
+    let ours_fingerprints: Vec<String> =
+        certs.iter().map(|c| crate::identity::Fingerprint::of(c).to_string()).collect();
+    let of_this_node =
+        |r: &&Record| r.entry.peer == name && r.entry.member.as_ref().is_none_or(|m| ours_fingerprints.contains(m));
+    for record in theirs.iter().filter(of_this_node) {
         let entry = &record.entry;
         if entry.direction == "in" {
             if let Some(verified) = signed(entry, certs) {

@@ -65,6 +65,10 @@ pub struct Entry {
     pub direction: Cow<'static, str>,
     /// The peer of the exchange.
     pub peer: String,
+    /// Which member of the peer it was with, by the fingerprint of the certificate it presented:
+    /// only for a peer whose members have a key each (several `cert`s), absent otherwise.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub member: Option<String>,
     /// The request id.
     pub id: String,
     /// The reply's sequence number, for replies and their receipts.
@@ -338,6 +342,8 @@ pub struct Summary<'a> {
     pub direction: &'static str,
     /// As [`Entry::peer`].
     pub peer: &'a str,
+    /// As [`Entry::member`].
+    pub member: Option<&'a str>,
     /// As [`Entry::id`].
     pub id: &'a str,
     /// As [`Entry::method`].
@@ -442,14 +448,15 @@ impl Summary<'_> {
 
     /// Appends the record's JSON object to `out`, field by field as [`Entry`] serializes.
     fn write(&self, out: &mut String) {
+        let member = self.member.map(|member| (",\"member\":", Some(member)));
         let texts = [
             ("{\"event\":", Some(self.event)),
             (",\"direction\":", Some(self.direction)),
             (",\"peer\":", Some(self.peer)),
-            (",\"id\":", Some(self.id)),
-            (",\"method\":", self.method),
-            (",\"path\":", self.path),
-        ];
+        ]
+        .into_iter()
+        .chain(member)
+        .chain([(",\"id\":", Some(self.id)), (",\"method\":", self.method), (",\"path\":", self.path)]);
         for (key, text) in texts {
             out.push_str(key);
             json_option(out, text);
@@ -482,6 +489,7 @@ impl Summary<'_> {
             event: self.event.into(),
             direction: self.direction.into(),
             peer: self.peer.into(),
+            member: self.member.map(str::to_owned),
             id: self.id.into(),
             reply_seq: None,
             method: self.method.map(str::to_owned),
@@ -887,12 +895,14 @@ mod tests {
             file in proptest::option::of(("[a-z\"]{1,4}", 0u64..u64::MAX)),
             request in proptest::bool::ANY,
             answer in proptest::option::of(proptest::bool::ANY),
+            member in proptest::option::of("[a-f0-9:\"]{1,6}"),
         ) {
             let file = file.map(|(name, size)| FileFacts { name: Some(name), size: Some(size), sha256: "ab".into() });
             let summary = Summary {
                 event: if request { "request" } else { "response" },
                 direction: "in",
                 peer: "org-b",
+                member: member.as_deref(),
                 id: "r\u{1}1",
                 method: request.then_some("POST"),
                 path: request.then_some("/a?b=\"c\""),
@@ -1104,6 +1114,7 @@ mod tests {
             event: "request",
             direction: "out",
             peer: "org-b",
+            member: None,
             id: "r1",
             method: Some("POST"),
             path: Some("/pay"),

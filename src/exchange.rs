@@ -17,15 +17,33 @@ use crate::wire;
 
 /// Carries one synchronous request to a peer and brings back its answer: the link.
 pub trait Carrier: Send + Sync {
-    /// One request–answer exchange with `peer`, the file (if any) sent first. Returns the request
-    /// as it went on the wire (with its file reference), its [`wire::payload_sha256`] once it was
-    /// encoded to be sent, and the outcome.
+    /// One request–answer exchange with `peer`, the file (if any) sent first: what was sent, and
+    /// the outcome.
     fn exchange(
         &self,
         peer: String,
         request: wire::Request,
         file: Option<OutgoingFile>,
-    ) -> BoxFuture<'static, (wire::Request, Option<[u8; 32]>, Outcome)>;
+    ) -> BoxFuture<'static, (Sent, Outcome)>;
+}
+
+/// A synchronous request as it went to the peer.
+#[derive(Debug, Clone)]
+pub struct Sent {
+    /// The request as it went on the wire (with its file reference).
+    pub request: wire::Request,
+    /// Its [`wire::payload_sha256`], once it was encoded to be sent.
+    pub payload: Option<[u8; 32]>,
+    /// The member of the peer it went to, for a peer whose members have a key each
+    /// ([`crate::peer::Peer::member_of`]).
+    pub member: Option<String>,
+}
+
+impl Sent {
+    /// `request`, not (yet) sent.
+    pub fn unsent(request: wire::Request) -> Sent {
+        Sent { request, payload: None, member: None }
+    }
 }
 
 /// The result of one synchronous exchange with a peer.
@@ -61,8 +79,9 @@ impl Carrier for NoLink {
         _peer: String,
         request: wire::Request,
         _file: Option<OutgoingFile>,
-    ) -> BoxFuture<'static, (wire::Request, Option<[u8; 32]>, Outcome)> {
-        Box::pin(async move { (request, None, Err(Failure::PeerUnreachable("the node's link is not running".into()))) })
+    ) -> BoxFuture<'static, (Sent, Outcome)> {
+        let unreachable = Failure::PeerUnreachable("the node's link is not running".into());
+        Box::pin(async move { (Sent::unsent(request), Err(unreachable)) })
     }
 }
 
@@ -86,7 +105,8 @@ impl Exchange {
     /// Dropping the returned future abandons the exchange (the caller has gone).
     pub async fn request(&self, peer: &str, request: wire::Request, file: Option<OutgoingFile>) -> Outcome {
         let started = Instant::now();
-        let (sent, payload, outcome) = self.carrier.exchange(peer.to_owned(), request, file).await;
+        let (Sent { request: sent, payload, member }, outcome) =
+            self.carrier.exchange(peer.to_owned(), request, file).await;
         let elapsed = started.elapsed();
         let label = PeerLabel { peer: peer.to_owned() };
         self.metrics.sync_duration.get_or_create(&label).observe(elapsed.as_secs_f64());
@@ -117,7 +137,7 @@ impl Exchange {
             Err(_) => None,
         };
         if let Some(answer) = answered {
-            self.store.sync_exchanged(peer, &sent, payload, answer);
+            self.store.sync_exchanged(peer, member.as_deref(), &sent, payload, answer);
         }
         outcome
     }

@@ -101,6 +101,13 @@ impl Peer {
         }
     }
 
+    /// Which member of the peer `connection` is with, as evidence records name it: the
+    /// fingerprint of the certificate it presented, for a peer whose members have a key each;
+    /// `None` for a peer with one certificate in the config.
+    pub fn member_of(&self, connection: &quinn::Connection) -> Option<String> {
+        (self.certs.len() > 1).then(|| crate::tls::presented(connection)).flatten().map(|f| f.to_string())
+    }
+
     /// The peer's addresses in the order to dial them: the one that answered last first, then
     /// those after it as configured, wrapping around.
     pub fn dial_order(&self) -> impl Iterator<Item = (usize, &str)> {

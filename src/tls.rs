@@ -181,6 +181,13 @@ pub fn server_name(pinned: Fingerprint) -> String {
     format!("{}.{}.{SERVER_NAME}", &hex[..32], &hex[32..])
 }
 
+/// The fingerprint of the certificate the other end of `connection` presented.
+pub fn presented(connection: &quinn::Connection) -> Option<Fingerprint> {
+    let identity = connection.peer_identity()?;
+    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
+    Some(Fingerprint::of(certs.first()?))
+}
+
 /// The fingerprint a [`server_name`] names, if it names one.
 pub fn pinned_in_server_name(name: &str) -> Option<Fingerprint> {
     let labels = name.strip_suffix(SERVER_NAME)?.strip_suffix('.')?;

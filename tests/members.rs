@@ -143,6 +143,27 @@ async fn requests_fail_over_to_another_member_and_stay_there() {
     // org-a's evidence holds receipts signed by both members' keys, each checked with its own.
     let (code, out, err) = a.audit(&["verify"]);
     assert_eq!(code, 0, "{out}{err}");
+    // Each side's export cross-checks against the other's log, member by member: a member passes
+    // over org-a's records of the other member.
+    let export = |node: &Node| {
+        let (code, out, err) = node.audit(&["export"]);
+        assert_eq!(code, 0, "{err}");
+        let file = node.dir.join("export.jsonl");
+        std::fs::write(&file, out).unwrap();
+        file.to_str().unwrap().to_owned()
+    };
+    let a_export = export(&a);
+    for m in [&m1, &m2] {
+        let (code, out, err) = m.audit(&["verify", "--peer-export", &a_export, "--peer", "org-a"]);
+        assert_eq!(code, 0, "{} against org-a's export: {out}{err}", m.dir.display());
+        assert!(out.contains("cross-checked with org-a's export"), "{out}");
+        let (code, out, err) = a.audit(&["verify", "--peer-export", &export(m), "--peer", "org-b"]);
+        assert_eq!(code, 0, "org-a against {}: {out}{err}", m.dir.display());
+    }
+    let records = std::fs::read_to_string(&a_export).unwrap();
+    let m2_fp = support::cli::fingerprint_of_pem(&m2.cert());
+    assert!(records.contains(&format!("\"member\":\"{m2_fp}\"")), "org-a's records name the member");
+
     // Some of them member 2 signed: with member 1's certificate alone, they do not verify.
     let config = std::fs::read_to_string(&a.config_path).unwrap();
     let both = r#"cert = ["peers/org-b.pem", "peers/org-b-2.pem"]"#;

@@ -103,7 +103,9 @@ impl Link {
                     };
                     let store = &self.inner.store;
                     let recorded = match answer {
-                        Ok(ack) => store.acknowledged(&peer.name, ack, &work).await,
+                        Ok(ack) => {
+                            store.acknowledged(&peer.name, peer.member_of(&connection).as_deref(), ack, &work).await
+                        }
                         Err(LinkFailure::Refused(refusal)) => self.record_refusal(&peer, work, refusal, refuser).await,
                         // The connection went (the peer restarted, or the path broke): not this
                         // message's fault, so it waits as for a peer away, not with a backoff of

@@ -3,10 +3,7 @@
 use std::sync::Arc;
 use std::time::Duration;
 
-use rustls::pki_types::CertificateDer;
-
 use super::{receipts, Link, LinkFailure};
-use crate::identity::Fingerprint;
 use crate::peer::{Peer, Peers};
 use crate::receipt::Binding;
 use crate::service::{Caller, Services};
@@ -67,11 +64,13 @@ pub(super) async fn connection(
     // (Stream tasks do not hold the connection itself: a task that outlived it would keep the
     // endpoint, and its socket, from closing.)
     let broken = tokio_util::sync::CancellationToken::new();
+    let member: Option<Arc<str>> = peer.member_of(&connection).map(Into::into);
     loop {
         tokio::select! {
             accepted = connection.accept_bi() => match accepted {
                 Ok((send, recv)) => {
-                    tokio::spawn(stream(peer.clone(), inbound.clone(), broken.clone(), send, recv));
+                    let from = (peer.clone(), member.clone());
+                    tokio::spawn(stream(from, inbound.clone(), broken.clone(), send, recv));
                 }
                 Err(e) => return tracing::info!(peer = %peer.name, %remote, reason = %e, "peer disconnected"),
             },
@@ -107,9 +106,7 @@ impl Link {
 
 /// The pinned peer that presented this connection's client certificate.
 fn identify(peers: &Peers, connection: &quinn::Connection) -> Option<Arc<Peer>> {
-    let identity = connection.peer_identity()?;
-    let certs = identity.downcast::<Vec<CertificateDer<'static>>>().ok()?;
-    peers.by_fingerprint(&Fingerprint::of(certs.first()?))
+    peers.by_fingerprint(&crate::tls::presented(connection)?)
 }
 
 fn reset(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: Code) {
@@ -120,7 +117,7 @@ fn reset(send: &mut quinn::SendStream, recv: &mut quinn::RecvStream, code: Code)
 /// Answers one stream: reads its opening message, hands it to the handler for its kind, and
 /// sends the answer, or resets the stream with the code the handler gives.
 async fn stream(
-    peer: Arc<Peer>,
+    (peer, member): (Arc<Peer>, Option<Arc<str>>),
     inbound: Inbound,
     broken: tokio_util::sync::CancellationToken,
     mut send: quinn::SendStream,
@@ -143,22 +140,23 @@ async fn stream(
         return reset(&mut send, &mut recv, Code::VersionMismatch);
     }
     peer.seen();
+    let from = Origin { peer: &peer, member: member.as_deref() };
     let answer = match opening {
-        Opening::Request(request) => inbound.request(&peer, &request).await,
-        Opening::AsyncRequest(message) => inbound.async_request(&peer, message).await,
-        Opening::Reply(reply) => inbound.reply(&peer, reply).await,
-        Opening::FileOffer(offer) => inbound.file_offer(&peer, offer, &mut send, &mut recv).await,
-        Opening::Receipt(r) => match inbound.receipt(&peer, r.leaves.len(), receipts::verify(&peer, &r), r) {
+        Opening::Request(request) => inbound.request(from, &request).await,
+        Opening::AsyncRequest(message) => inbound.async_request(from, message).await,
+        Opening::Reply(reply) => inbound.reply(from, reply).await,
+        Opening::FileOffer(offer) => inbound.file_offer(from, offer, &mut send, &mut recv).await,
+        Opening::Receipt(r) => match inbound.receipt(from, r.leaves.len(), receipts::verify(&peer, &r), r) {
             Some(ack) => Ok(ack),
             None => return broken.cancel(),
         },
         Opening::Countersign(r) => {
-            match inbound.receipt(&peer, r.leaves.len(), receipts::verify_countersign(&peer, &r), r) {
+            match inbound.receipt(from, r.leaves.len(), receipts::verify_countersign(&peer, &r), r) {
                 Some(ack) => Ok(ack),
                 None => return broken.cancel(),
             }
         }
-        Opening::Checkpoint(checkpoint) => match inbound.checkpoint(&peer, checkpoint).await {
+        Opening::Checkpoint(checkpoint) => match inbound.checkpoint(from, checkpoint).await {
             Some(answer) => answer,
             None => return broken.cancel(),
         },
@@ -175,6 +173,14 @@ async fn stream(
     }
 }
 
+/// Who opened a stream: the peer, and for a peer whose members have a key each, which member
+/// ([`Peer::member_of`]), as its evidence records name it.
+#[derive(Clone, Copy)]
+struct Origin<'a> {
+    peer: &'a Peer,
+    member: Option<&'a str>,
+}
+
 /// The handlers, one per message that opens a stream. Each returns its answer, or the code to
 /// reset the stream with.
 impl Inbound {
@@ -183,7 +189,7 @@ impl Inbound {
     /// leaves), the service call, and the evidence of the exchange. A plain exchange changes no
     /// state: its records join the writer's next commit without holding up the answer.
     /// `Err`: the store failed; nothing was called.
-    async fn request(&self, peer: &Peer, request: &wire::Request) -> Result<Answer, Code> {
+    async fn request(&self, Origin { peer, member }: Origin<'_>, request: &wire::Request) -> Result<Answer, Code> {
         let Inbound { link, services, caller, store, .. } = self;
         let allowed = match services.check_request(&peer.name, request) {
             Ok(allowed) => allowed,
@@ -197,7 +203,7 @@ impl Inbound {
         let payload = wire::payload_sha256(request);
         let checked = request.idempotency_key.is_some() || service.dedupe_window.is_some();
         if checked {
-            let admitted = store.admit_sync(&peer.name, request, &service, payload).await.map_err(|e| {
+            let admitted = store.admit_sync(&peer.name, member, request, &service, payload).await.map_err(|e| {
                 tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a request");
                 Code::Done
             })?;
@@ -223,11 +229,11 @@ impl Inbound {
         tracing::debug!(peer = %peer.name, id = %request.id, path = %request.path, elapsed = ?started.elapsed(), "answered");
         let answered = answer.as_ref().map_err(|r| r.message.as_str());
         if checked {
-            if let Err(e) = store.sync_settled(&peer.name, &request.id, answered).await {
+            if let Err(e) = store.sync_settled(&peer.name, member, &request.id, answered).await {
                 tracing::error!(peer = %peer.name, id = %request.id, error = %e, "cannot record a service's answer");
             }
         } else {
-            store.sync_served(&peer.name, request, &service.mask_fields, payload, answered);
+            store.sync_served(&peer.name, member, request, &service.mask_fields, payload, answered);
         }
         Ok(match answer {
             Ok(response) => Answer::Response(response),
@@ -238,7 +244,11 @@ impl Inbound {
     /// Takes an asynchronous request: checked against its service and refused here, before it
     /// is stored, so that nothing hostile waits in the store for a call; else persisted (once
     /// per id) and acknowledged. `Err`: the store failed; the peer will send it again.
-    async fn async_request(&self, peer: &Peer, message: wire::AsyncRequest) -> Result<Answer, Code> {
+    async fn async_request(
+        &self,
+        Origin { peer, member }: Origin<'_>,
+        message: wire::AsyncRequest,
+    ) -> Result<Answer, Code> {
         let Inbound { link, services, store, .. } = self;
         let id = message.request.id.clone();
         let payload = wire::payload_sha256(&message.request);
@@ -251,7 +261,7 @@ impl Inbound {
             Ok(file) => file,
             Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
-        match store.insert_incoming(&peer.name, message, file.map(|f| f.path), &service, payload).await {
+        match store.insert_incoming(&peer.name, member, message, file.map(|f| f.path), &service, payload).await {
             Ok(Admission::Refused(refusal)) => Ok(Answer::Refused(refusal)),
             Ok(_) => {
                 link.sign_receipt(&peer.name, leaf);
@@ -266,7 +276,7 @@ impl Inbound {
 
     /// Takes a reply to one of this node's requests: persisted (once per `id/seq`) and
     /// acknowledged. `Err`: the store failed; the peer will send it again.
-    async fn reply(&self, peer: &Peer, reply: wire::Reply) -> Result<Answer, Code> {
+    async fn reply(&self, Origin { peer, member }: Origin<'_>, reply: wire::Reply) -> Result<Answer, Code> {
         let Inbound { link, store, .. } = self;
         let ack = wire::Ack { id: reply.id.clone(), seq: reply.seq };
         let key = format!("{}/{}", reply.id, reply.seq);
@@ -283,7 +293,7 @@ impl Inbound {
             Err(refusal) => return Ok(Answer::Refused(refusal)),
         };
         let (seq, error) = (reply.seq, reply.error.clone());
-        match store.received_reply(&peer.name, reply, file.map(|f| f.path), payload).await {
+        match store.received_reply(&peer.name, member, reply, file.map(|f| f.path), payload).await {
             Ok(ended) => {
                 if let Some(took) = ended {
                     let label = crate::metrics::PeerLabel { peer: peer.name.clone() };
@@ -314,7 +324,7 @@ impl Inbound {
     /// another offer of it is reset with [`Code::Done`] and resumes later) and recorded.
     async fn file_offer(
         &self,
-        peer: &Peer,
+        Origin { peer, member }: Origin<'_>,
         offer: wire::FileOffer,
         send: &mut quinn::SendStream,
         recv: &mut quinn::RecvStream,
@@ -355,7 +365,7 @@ impl Inbound {
                     size: received.size,
                     sha256,
                 };
-                if let Err(e) = store.file_received(&peer.name, &key, record).await {
+                if let Err(e) = store.file_received(&peer.name, member, &key, record).await {
                     tracing::error!(peer = %peer.name, %key, error = %e, "cannot record a received file");
                     return Err(Code::Done);
                 }
@@ -377,7 +387,7 @@ impl Inbound {
     /// pinned certificate (`verified`), and the connection must close.
     fn receipt(
         &self,
-        peer: &Peer,
+        Origin { peer, member }: Origin<'_>,
         leaves: usize,
         verified: Result<(), LinkFailure>,
         receipt: impl Into<crate::evidence::Receipt>,
@@ -386,19 +396,23 @@ impl Inbound {
             tracing::error!(peer = %peer.name, %why, "a forged or malformed receipt; closing the connection");
             return None;
         }
-        self.store.receipt(&peer.name, receipt);
+        self.store.receipt(&peer.name, member, receipt);
         Some(Answer::Ack(wire::Ack { id: String::new(), seq: leaves as u32 }))
     }
 
     /// Keeps a peer's checkpoint of its chain head and acknowledges it once on disk (`Err`: the
     /// store failed; the peer sends a later one); `None` when it does not verify, and the
     /// connection must close.
-    async fn checkpoint(&self, peer: &Peer, checkpoint: wire::Checkpoint) -> Option<Result<Answer, Code>> {
+    async fn checkpoint(
+        &self,
+        Origin { peer, member }: Origin<'_>,
+        checkpoint: wire::Checkpoint,
+    ) -> Option<Result<Answer, Code>> {
         if let Err(why) = receipts::verify_checkpoint(peer, &checkpoint) {
             tracing::error!(peer = %peer.name, %why, "a forged or malformed checkpoint; closing the connection");
             return None;
         }
-        Some(match self.store.checkpoint("in", &peer.name, checkpoint).await {
+        Some(match self.store.checkpoint("in", &peer.name, member, checkpoint).await {
             Ok(_) => Ok(Answer::Ack(wire::Ack { id: String::new(), seq: 0 })),
             Err(e) => {
                 tracing::error!(peer = %peer.name, error = %e, "cannot record a peer's checkpoint");

@@ -6,7 +6,7 @@ use tokio::time::Instant;
 use super::{Link, LinkFailure, CONNECT_WITHIN};
 use futures::future::BoxFuture;
 
-use crate::exchange::{Carrier, Failure, Outcome};
+use crate::exchange::{Carrier, Failure, Outcome, Sent};
 use crate::store::OutgoingFile;
 use crate::wire::{self, Answer, Code, FrameError};
 
@@ -16,12 +16,12 @@ impl Carrier for Link {
         peer: String,
         request: wire::Request,
         file: Option<OutgoingFile>,
-    ) -> BoxFuture<'static, (wire::Request, Option<[u8; 32]>, Outcome)> {
+    ) -> BoxFuture<'static, (Sent, Outcome)> {
         let link = self.clone();
         Box::pin(async move {
-            let (mut request, mut payload) = (request, None);
-            let outcome = exchange(&link, &peer, &mut request, &mut payload, file).await;
-            (request, payload, outcome)
+            let mut sent = Sent::unsent(request);
+            let outcome = exchange(&link, &peer, &mut sent, file).await;
+            (sent, outcome)
         })
     }
 }
@@ -33,14 +33,10 @@ impl Carrier for Link {
 /// have carried the request to the service of its previous run). Stale connections to a
 /// restarted peer are found before requests use them: see [`super::inbound`].
 ///
-/// `payload` is set to the request's [`wire::payload_sha256`] once it is encoded to be sent.
-async fn exchange(
-    link: &Link,
-    peer_name: &str,
-    request: &mut wire::Request,
-    payload: &mut Option<[u8; 32]>,
-    file: Option<OutgoingFile>,
-) -> Outcome {
+/// `sent` gets the request's file reference, its [`wire::payload_sha256`] once it is encoded to be
+/// sent, and the member it goes to.
+async fn exchange(link: &Link, peer_name: &str, sent: &mut Sent, file: Option<OutgoingFile>) -> Outcome {
+    let request = &mut sent.request;
     let peer = link.inner.peers.get(peer_name).ok_or_else(|| {
         Failure::PeerUnreachable(format!("`{peer_name}` is not a configured peer (add it with `ferry peer add`)"))
     })?;
@@ -56,8 +52,9 @@ async fn exchange(
         })?);
     }
     let (frame, sha256) = wire::encode_request(request).map_err(|e| Failure::Broken(e.to_string()))?;
-    *payload = Some(sha256);
+    sent.payload = Some(sha256);
     let connection = link.connection(&peer, Instant::now() + CONNECT_WITHIN).await.map_err(unreachable)?;
+    sent.member = peer.member_of(&connection);
     let answer = ask(&connection, &frame, |answer| match answer {
         Answer::Response(response) => Some(response),
         _ => None,

@@ -176,7 +176,8 @@ impl Link {
                 continue;
             }
             held.insert(peer.name.clone(), head);
-            if let Err(e) = self.inner.store.checkpoint("out", &peer.name, checkpoint).await {
+            let member = peer.member_of(&connection);
+            if let Err(e) = self.inner.store.checkpoint("out", &peer.name, member.as_deref(), checkpoint).await {
                 tracing::error!(peer = %peer.name, error = %e, "cannot record a checkpoint a peer keeps");
             }
         }

@@ -73,7 +73,8 @@ impl Link {
         let (size, sha256) = result?;
         report(&store, peer, &id, size, size, Some(sha256), stored).await;
         let sent = FileRef { field: file.field.clone(), name: file.name.clone(), size, sha256 };
-        if let Err(e) = store.file_sent(peer, key, &sent).await {
+        let member = self.inner.peers.get(peer).and_then(|p| p.member_of(connection));
+        if let Err(e) = store.file_sent(peer, member.as_deref(), key, &sent).await {
             tracing::error!(%peer, %key, error = %e, "cannot record a sent file in the evidence log");
         }
         Ok(sent)

@@ -67,7 +67,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.insert_outgoing(new_async("r1")).await.unwrap();
-        store.received_reply("org-b", reply("r1", 1, true), None, [0; 32]).await.unwrap();
+        store.received_reply("org-b", None, reply("r1", 1, true), None, [0; 32]).await.unwrap();
         let work = store.claim_callbacks(10).await.unwrap().remove(0);
         for status in 400..(400 + super::PER_REQUEST as u16 + 5) {
             store.callback_attempted(&work, Some(status), Err((format!("HTTP {status}"), Some(0)))).await.unwrap();

@@ -152,9 +152,9 @@ mod tests {
             store.claim_callbacks(10).await.unwrap().into_iter().map(|w| w.seq).collect::<Vec<_>>()
         };
 
-        store.received_reply("org-b", reply("r1", 2, true), None, [0; 32]).await.unwrap();
+        store.received_reply("org-b", None, reply("r1", 2, true), None, [0; 32]).await.unwrap();
         assert_eq!(due(store.clone()).await, Vec::<u32>::new(), "seq 2 waits while seq 1 has not arrived");
-        store.received_reply("org-b", reply("r1", 1, false), None, [0; 32]).await.unwrap();
+        store.received_reply("org-b", None, reply("r1", 1, false), None, [0; 32]).await.unwrap();
         let first = store.claim_callbacks(10).await.unwrap();
         assert_eq!(first.iter().map(|w| w.seq).collect::<Vec<_>>(), vec![1]);
         store.callback_attempted(&first[0], Some(200), Ok(())).await.unwrap();
@@ -167,7 +167,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.insert_outgoing(new_async("r1")).await.unwrap();
-        store.received_reply("org-b", reply("r1", 1, true), None, [0; 32]).await.unwrap();
+        store.received_reply("org-b", None, reply("r1", 1, true), None, [0; 32]).await.unwrap();
         let first = store.claim_callbacks(10).await.unwrap();
         let later = crate::store::now_ms() + 60_000;
         store.callback_attempted(&first[0], Some(500), Err(("HTTP 500".into(), Some(later)))).await.unwrap();

@@ -187,11 +187,12 @@ impl Store {
 
     /// Records a peer's verified receipt, which covers what this node sent it, as one record.
     /// Deferred: it joins the writer's next commit, or one of its own within 20 ms.
-    pub fn receipt(&self, peer: &str, receipt: impl Into<Receipt>) {
+    pub fn receipt(&self, peer: &str, member: Option<&str>, receipt: impl Into<Receipt>) {
         if !self.evidence {
             return;
         }
         let mut entry = Entry::new("receipt", "in", peer, "");
+        entry.member = member.map(str::to_owned);
         entry.receipt = Some(receipt.into());
         let rendered = entry.render();
         self.defer("a peer's receipt", move |t| t.record(rendered))
@@ -204,12 +205,14 @@ impl Store {
         &self,
         direction: &'static str,
         peer: &str,
+        member: Option<&str>,
         checkpoint: wire::Checkpoint,
     ) -> Result<(), StoreError> {
         if !self.evidence {
             return Ok(());
         }
         let mut entry = Entry::new("checkpoint", direction, peer, "");
+        entry.member = member.map(str::to_owned);
         entry.checkpoint = Some(Checkpoint::kept(checkpoint));
         let rendered = entry.render();
         self.run(move |t, _| t.record(rendered)).await
@@ -342,11 +345,12 @@ impl Iterator for LogReader {
 pub(crate) fn request_record(
     direction: &'static str,
     peer: &str,
+    member: Option<&str>,
     request: &crate::wire::Request,
     payload_sha256: [u8; 32],
     mask: &[String],
 ) -> Rendered {
-    exchange_record(direction, peer, request, payload_sha256, mask, None)
+    exchange_record(direction, peer, member, request, payload_sha256, mask, None)
 }
 
 /// The record of a request with its `answer` (event and body SHA-256), as [`request_record`]: the
@@ -354,6 +358,7 @@ pub(crate) fn request_record(
 pub(crate) fn exchange_record(
     direction: &'static str,
     peer: &str,
+    member: Option<&str>,
     request: &crate::wire::Request,
     payload_sha256: [u8; 32],
     mask: &[String],
@@ -364,6 +369,7 @@ pub(crate) fn exchange_record(
         event: "request",
         direction,
         peer,
+        member,
         id: &request.id,
         method: Some(&request.method),
         path: Some(&request.path),

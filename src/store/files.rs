@@ -19,11 +19,12 @@ pub struct FormFile {
 }
 
 /// The log's record of a file moved under `key` (a request id, or `id/seq` for a reply).
-fn file_entry(direction: &'static str, peer: &str, key: &str, name: &str, size: u64, sha256: &[u8; 32]) -> Entry {
+fn file_entry(direction: &'static str, peer: &str, member: Option<&str>, key: &str, file: FileFacts) -> Entry {
     let (id, seq) = key.split_once('/').map_or((key, None), |(id, seq)| (id, seq.parse().ok()));
     let mut entry = Entry::new("file", direction, peer, id);
+    entry.member = member.map(str::to_owned);
     entry.reply_seq = seq;
-    entry.file = Some(FileFacts { name: Some(name.to_owned()), size: Some(size), sha256: hex::encode(sha256) });
+    entry.file = Some(file);
     entry
 }
 
@@ -61,12 +62,21 @@ impl Store {
     }
 
     /// Records a file received from `peer` for `key`, verified and in its final place.
-    pub async fn file_received(&self, peer: &str, key: &str, file: ReceivedFile) -> Result<(), StoreError> {
+    pub async fn file_received(
+        &self,
+        peer: &str,
+        member: Option<&str>,
+        key: &str,
+        file: ReceivedFile,
+    ) -> Result<(), StoreError> {
         self.transfers.end(peer, key.split('/').next().unwrap_or_default());
+        let name = std::path::Path::new(&file.path).file_name().map(|n| n.to_string_lossy().into_owned());
+        let facts =
+            FileFacts { name: Some(name.unwrap_or_default()), size: Some(file.size), sha256: hex::encode(file.sha256) };
+        let entry = file_entry("in", peer, member, key, facts);
         let (peer, key) = (peer.to_owned(), key.to_owned());
         self.run(move |t, _| {
-            let name = std::path::Path::new(&file.path).file_name().map(|n| n.to_string_lossy().into_owned());
-            t.record(file_entry("in", &peer, &key, &name.unwrap_or_default(), file.size, &file.sha256))?;
+            t.record(entry)?;
             exec(
                 t,
                 "INSERT OR REPLACE INTO received_files (peer, key, path, size, sha256, received_at)
@@ -123,8 +133,14 @@ impl Store {
     }
 
     /// Records that `peer` verified the whole file sent under `key`.
-    pub async fn file_sent(&self, peer: &str, key: &str, file: &crate::wire::FileRef) -> Result<(), StoreError> {
-        let entry = file_entry("out", peer, key, &file.name, file.size, &file.sha256);
+    pub async fn file_sent(
+        &self,
+        peer: &str,
+        member: Option<&str>,
+        key: &str,
+        file: &crate::wire::FileRef,
+    ) -> Result<(), StoreError> {
+        let entry = file_entry("out", peer, member, key, super::evidence::file_facts(file));
         self.run(move |t, _| t.record(entry)).await
     }
 

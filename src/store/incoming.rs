@@ -50,12 +50,13 @@ impl Store {
     pub async fn insert_incoming(
         &self,
         peer: &str,
+        member: Option<&str>,
         message: wire::AsyncRequest,
         file: Option<String>,
         service: &ServiceConfig,
         payload_sha256: [u8; 32],
     ) -> Result<Admission, StoreError> {
-        let arrived = self.arrived(peer, &message.request, service, payload_sha256);
+        let arrived = self.arrived(peer, member, &message.request, service, payload_sha256);
         let (peer, service) = (peer.to_owned(), service.clone());
         let admission = self
             .run(move |t, events| {
@@ -278,7 +279,7 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let service = service();
-        let admit = || store.insert_incoming("org-a", incoming("r1"), None, &service, [0; 32]);
+        let admit = || store.insert_incoming("org-a", None, incoming("r1"), None, &service, [0; 32]);
         assert_eq!(admit().await.unwrap(), Admission::New);
         assert_eq!(admit().await.unwrap(), Admission::Known);
         let calls = store.claim_incoming(10).await.unwrap();
@@ -296,7 +297,7 @@ mod tests {
     async fn an_unreachable_service_is_called_again_later() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.insert_incoming("org-a", incoming("r1"), None, &service(), [0; 32]).await.unwrap();
+        store.insert_incoming("org-a", None, incoming("r1"), None, &service(), [0; 32]).await.unwrap();
         assert_eq!(store.claim_incoming(10).await.unwrap().len(), 1);
         let later = ServiceOutcome::RetryAt(now_ms() + 60_000, "connection refused".into());
         store.service_answered("org-a", "r1", later).await.unwrap();

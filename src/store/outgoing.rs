@@ -239,16 +239,22 @@ impl Store {
     /// The peer persisted request `id` (`seq` 0) or its reply `seq`: `work`, as it was sent,
     /// goes into the evidence log. Committed without an fsync, like the claim
     /// ([`Store::claim_outbound`]): lost to a power cut, the message is sent and acknowledged again.
-    pub async fn acknowledged(&self, peer: &str, ack: wire::Ack, work: &OutboundWork) -> Result<(), StoreError> {
-        let peer = peer.to_owned();
+    pub async fn acknowledged(
+        &self,
+        peer: &str,
+        member: Option<&str>,
+        ack: wire::Ack,
+        work: &OutboundWork,
+    ) -> Result<(), StoreError> {
         let entry = self.rendered(|| match work {
             OutboundWork::Request { message, .. } => {
-                request_record("out", &peer, &message.request, wire::payload_sha256(&message.request), &[])
+                request_record("out", peer, member, &message.request, wire::payload_sha256(&message.request), &[])
             }
             OutboundWork::Reply { message, .. } => {
-                reply_entry("out", &peer, message, wire::payload_sha256(message)).render()
+                reply_entry("out", peer, member, message, wire::payload_sha256(message)).render()
             }
         });
+        let peer = peer.to_owned();
         self.transfers.end(&peer, &ack.id);
         self.run_relaxed(move |t, events| {
             t.record(entry)?;
@@ -360,7 +366,7 @@ impl Store {
     /// a duplicate or a key still in progress); its callback gets `status`, the HTTP status of
     /// the refusal's kind.
     pub async fn refused(&self, peer: &str, id: &str, error: String, status: u16) -> Result<(), StoreError> {
-        let refusal = self.rendered(|| answer_record("in", peer, id, Err(&error)));
+        let refusal = self.rendered(|| answer_record("in", peer, None, id, Err(&error)));
         self.transfers.end(peer, id);
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
@@ -420,7 +426,7 @@ mod tests {
         };
         assert_eq!(message.request, new_async("r1").request);
         assert!(store.claim_outbound(10).await.unwrap().is_empty(), "leased while in flight");
-        store.acknowledged("org-b", wire::Ack { id: "r1".into(), seq: 0 }, work).await.unwrap();
+        store.acknowledged("org-b", None, wire::Ack { id: "r1".into(), seq: 0 }, work).await.unwrap();
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing");
         store.recover().await.unwrap();
         assert!(store.claim_outbound(10).await.unwrap().is_empty(), "acknowledged: not sent again");
@@ -517,7 +523,7 @@ mod tests {
         store.file_progress("org-b", "r1", 100, 100, Some([7; 32])).await.unwrap();
         assert!(store.transfers_moving().is_empty(), "through");
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing");
-        store.acknowledged("org-b", wire::Ack { id: "r1".into(), seq: 0 }, &work).await.unwrap();
+        store.acknowledged("org-b", None, wire::Ack { id: "r1".into(), seq: 0 }, &work).await.unwrap();
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing");
         store.recover().await.unwrap();
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing", "acknowledged: a restart keeps it");

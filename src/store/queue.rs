@@ -191,7 +191,7 @@ mod tests {
     async fn a_service_call_cut_by_a_stop_fails_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.insert_incoming("org-a", incoming("r1"), None, &service(), [0; 32]).await.unwrap();
+        store.insert_incoming("org-a", None, incoming("r1"), None, &service(), [0; 32]).await.unwrap();
         assert_eq!(store.claim_incoming(10).await.unwrap().len(), 1);
         drop(store);
 

@@ -149,9 +149,16 @@ pub(super) fn due_now(t: &Transaction, peer: &str, now: i64) -> Result<(), Store
 }
 
 /// The log's record of a reply (or of a non-reply-mode result, event `response`).
-pub(super) fn reply_entry(direction: &'static str, peer: &str, reply: &wire::Reply, payload_sha256: [u8; 32]) -> Entry {
+pub(super) fn reply_entry(
+    direction: &'static str,
+    peer: &str,
+    member: Option<&str>,
+    reply: &wire::Reply,
+    payload_sha256: [u8; 32],
+) -> Entry {
     let event = if reply.response.is_some() && reply.error.is_none() { "response" } else { "reply" };
     let mut entry = Entry::new(event, direction, peer, &reply.id);
+    entry.member = member.map(str::to_owned);
     entry.reply_seq = Some(reply.seq);
     entry.body_sha256 = Some(hex::encode(payload_sha256));
     entry.file = reply.file.as_ref().map(file_facts);
@@ -313,11 +320,12 @@ impl Store {
     pub async fn received_reply(
         &self,
         peer: &str,
+        member: Option<&str>,
         reply: wire::Reply,
         file: Option<String>,
         payload_sha256: [u8; 32],
     ) -> Result<Option<Duration>, StoreError> {
-        let arrived = self.rendered(|| reply_entry("in", peer, &reply, payload_sha256).render());
+        let arrived = self.rendered(|| reply_entry("in", peer, member, &reply, payload_sha256).render());
         let peer = peer.to_owned();
         let took = self.run(move |t, events| {
             let found: Option<(i64, i64, Option<String>)> = query_row(t,
@@ -403,9 +411,9 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         store.insert_outgoing(new_async("r1")).await.unwrap();
-        let took = store.received_reply("org-b", reply("r1", 1, true), None, [0; 32]).await.unwrap();
+        let took = store.received_reply("org-b", None, reply("r1", 1, true), None, [0; 32]).await.unwrap();
         assert!(took.is_some(), "the last reply ends the request");
-        assert_eq!(store.received_reply("org-b", reply("r1", 1, true), None, [0; 32]).await.unwrap(), None);
+        assert_eq!(store.received_reply("org-b", None, reply("r1", 1, true), None, [0; 32]).await.unwrap(), None);
         let view = store.get("r1").await.unwrap().unwrap();
         assert_eq!(view.state, "success");
         assert_eq!(view.replies.unwrap().len(), 1);
@@ -418,7 +426,7 @@ mod tests {
     async fn a_reply_is_carried_until_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
-        store.insert_incoming("org-a", incoming("r1"), None, &service(), [0; 32]).await.unwrap();
+        store.insert_incoming("org-a", None, incoming("r1"), None, &service(), [0; 32]).await.unwrap();
         let callback_id = store.claim_incoming(10).await.unwrap()[0].callback_id.clone().unwrap();
         let accepted = wire::Response { status: 202, headers: vec![], body: b"{}".to_vec(), replay_of: None };
         store.service_answered("org-a", "r1", crate::store::ServiceOutcome::Answered(accepted)).await.unwrap();
@@ -436,7 +444,7 @@ mod tests {
         store.resend_later(carried.clone()).await.unwrap();
         store.recover().await.unwrap();
         assert_eq!(store.claim_outbound(10).await.unwrap().len(), 1, "not acknowledged: carried again");
-        store.acknowledged("org-a", wire::Ack { id: "r1".into(), seq: 1 }, work).await.unwrap();
+        store.acknowledged("org-a", None, wire::Ack { id: "r1".into(), seq: 1 }, work).await.unwrap();
         store.recover().await.unwrap();
         assert!(store.claim_outbound(10).await.unwrap().is_empty(), "acknowledged: done with");
     }

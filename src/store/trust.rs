@@ -158,11 +158,12 @@ pub(super) fn answer_facts(answer: Result<&wire::Response, &str>) -> (&'static s
 pub(super) fn answer_record(
     direction: &'static str,
     peer: &str,
+    member: Option<&str>,
     id: &str,
     answer: Result<&wire::Response, &str>,
 ) -> Rendered {
     let (event, body_sha256) = answer_facts(answer);
-    Summary { event, direction, peer, id, body_sha256: Some(&body_sha256), ..Summary::default() }.render()
+    Summary { event, direction, peer, member, id, body_sha256: Some(&body_sha256), ..Summary::default() }.render()
 }
 
 /// The one record of a synchronous exchange on this node: the request (as sent, `out`, or as
@@ -170,13 +171,15 @@ pub(super) fn answer_record(
 fn exchange_record(
     direction: &'static str,
     peer: &str,
+    member: Option<&str>,
     request: &wire::Request,
     payload_sha256: [u8; 32],
     mask: &[String],
     answer: Result<&wire::Response, &str>,
 ) -> Rendered {
     let (event, body_sha256) = answer_facts(answer);
-    super::evidence::exchange_record(direction, peer, request, payload_sha256, mask, Some((event, &body_sha256)))
+    let answer = Some((event, body_sha256.as_str()));
+    super::evidence::exchange_record(direction, peer, member, request, payload_sha256, mask, answer)
 }
 
 impl Store {
@@ -185,11 +188,12 @@ impl Store {
     pub async fn admit_sync(
         &self,
         peer: &str,
+        member: Option<&str>,
         request: &wire::Request,
         service: &ServiceConfig,
         payload_sha256: [u8; 32],
     ) -> Result<Admission, StoreError> {
-        let arrived = self.arrived(peer, request, service, payload_sha256);
+        let arrived = self.arrived(peer, member, request, service, payload_sha256);
         let (peer, request, service) = (peer.to_owned(), request.clone(), service.clone());
         self.run(move |t, _| admit(t, &peer, &request, &service, arrived)).await
     }
@@ -198,11 +202,12 @@ impl Store {
     pub(super) fn arrived(
         &self,
         peer: &str,
+        member: Option<&str>,
         request: &wire::Request,
         service: &ServiceConfig,
         payload_sha256: [u8; 32],
     ) -> Rendered {
-        self.rendered(|| request_record("in", peer, request, payload_sha256, &service.mask_fields))
+        self.rendered(|| request_record("in", peer, member, request, payload_sha256, &service.mask_fields))
     }
 
     /// Records the service's answer (or the failure) to an admitted synchronous request from
@@ -213,10 +218,11 @@ impl Store {
     pub async fn sync_settled(
         &self,
         peer: &str,
+        member: Option<&str>,
         id: &str,
         answer: Result<&wire::Response, &str>,
     ) -> Result<(), StoreError> {
-        let answered = self.rendered(|| answer_record("out", peer, id, answer));
+        let answered = self.rendered(|| answer_record("out", peer, member, id, answer));
         let success = answer.ok().filter(|r| r.is_success()).cloned();
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, _| {
@@ -232,6 +238,7 @@ impl Store {
     pub fn sync_served(
         &self,
         peer: &str,
+        member: Option<&str>,
         request: &wire::Request,
         mask: &[String],
         payload_sha256: [u8; 32],
@@ -240,7 +247,7 @@ impl Store {
         if !self.evidence {
             return;
         }
-        let served = exchange_record("in", peer, request, payload_sha256, mask, answer);
+        let served = exchange_record("in", peer, member, request, payload_sha256, mask, answer);
         self.defer("a synchronous exchange", move |t| t.record(served));
     }
 
@@ -250,6 +257,7 @@ impl Store {
     pub fn sync_exchanged(
         &self,
         peer: &str,
+        member: Option<&str>,
         request: &wire::Request,
         payload: Option<[u8; 32]>,
         answer: Result<&wire::Response, &str>,
@@ -258,7 +266,7 @@ impl Store {
             return;
         }
         let payload = payload.unwrap_or_else(|| wire::payload_sha256(request));
-        let exchanged = exchange_record("out", peer, request, payload, &[], answer);
+        let exchanged = exchange_record("out", peer, member, request, payload, &[], answer);
         self.defer("a synchronous exchange", move |t| t.record(exchanged));
     }
 }
