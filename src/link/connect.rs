@@ -15,6 +15,13 @@ const FIRST_BACKOFF: Duration = Duration::from_millis(200);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
 /// How long a dial waits for one of a peer's addresses before it tries the next one as well.
 const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(500);
+/// How often a connection to a peer at several addresses (its members) is kept alive: each
+/// keep-alive draws an acknowledgement, so a live member is heard from at least this often.
+const MEMBER_KEEP_ALIVE: Duration = Duration::from_secs(1);
+/// How long a connection to a peer at several addresses may go unheard before it is given up
+/// for another member: a member killed or cut off sends no close, and the connection's idle
+/// timeout (30 s) is too long to wait with another member at hand.
+const MEMBER_SILENT_AFTER: Duration = Duration::from_secs(3);
 
 impl Link {
     /// The connection to `peer`, dialing it if there is none, by `deadline` at the latest.
@@ -117,7 +124,11 @@ impl Link {
             .map_err(|e| Local(e.to_string()))?;
         let crypto = quinn::crypto::rustls::QuicClientConfig::try_from(tls).map_err(|e| Local(e.to_string()))?;
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
-        config.transport_config(self.inner.transport.config());
+        let transport = match peer.addresses.len() {
+            1 => self.inner.transport.config(),
+            _ => super::Transport { keep_alive: MEMBER_KEEP_ALIVE, ..self.inner.transport.clone() }.config(),
+        };
+        config.transport_config(transport);
         let connection = loop {
             let up = peer.up();
             let connecting = self
@@ -148,7 +159,15 @@ impl Link {
     async fn keep(self, peer: Arc<Peer>, mut connection: quinn::Connection) {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let reason = connection.closed().await;
+            let reason = tokio::select! {
+                reason = connection.closed() => reason,
+                () = silent(&connection, MEMBER_SILENT_AFTER), if peer.addresses.len() > 1 => {
+                    tracing::warn!(peer = %peer.name, address = %peer.address(), silent_s = MEMBER_SILENT_AFTER.as_secs(),
+                        "the peer's member went silent; trying its other addresses");
+                    connection.close(crate::wire::Code::Stalled.varint(), b"silent");
+                    connection.closed().await
+                }
+            };
             if self.is_closing() || self.inner.peers.get(&peer.name).is_none_or(|p| !Arc::ptr_eq(&p, &peer)) {
                 return;
             }
@@ -182,6 +201,21 @@ impl Link {
                     Err(e) => peer.failed(e.to_string()),
                 }
             }
+        }
+    }
+}
+
+/// Resolves once nothing at all has come from the peer on `connection` for `after` (keep-alives
+/// draw acknowledgements, so a live peer is heard from well within it).
+async fn silent(connection: &quinn::Connection, after: Duration) {
+    let mut heard = (connection.stats().udp_rx.datagrams, Instant::now());
+    loop {
+        tokio::time::sleep(after / 4).await;
+        let received = connection.stats().udp_rx.datagrams;
+        if received != heard.0 {
+            heard = (received, Instant::now());
+        } else if heard.1.elapsed() >= after {
+            return;
         }
     }
 }
