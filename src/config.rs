@@ -60,7 +60,7 @@ pub struct PeerConfig {
     /// name is resolved at connect time.
     pub addresses: Vec<String>,
     /// The pinned certificates (PEM): one, or one per member when the peer's members each have
-    /// their own key (`cert = ["peers/org-b.pem", "peers/org-b-2.pem"]`). Any of them may
+    /// their own key (`cert = ["peers/org-b.pem", "peers/org-b+2.pem"]`). Any of them may
     /// answer at any of `addresses`.
     pub certs: Vec<PathBuf>,
     /// Whether a new certificate the peer's old key vouches for is pinned at once (`true`, the

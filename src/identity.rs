@@ -74,6 +74,10 @@ pub enum IdentityError {
          `ferry peer add` it"
     )]
     PinnedOwn(String),
+    /// A rollover of a peer no longer holds when it is pinned: another of the same certificate
+    /// was pinned meanwhile.
+    #[error("peer `{0}`'s rollover was overtaken by another of the same certificate; the newest stands")]
+    RolledOverAlready(String),
     /// rcgen failed to generate a key or certificate.
     #[error("cannot generate a key: {0}")]
     Generate(#[from] rcgen::Error),

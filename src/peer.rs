@@ -37,6 +37,9 @@ pub struct Peer {
     /// rollover ([`crate::rollover::Keys::for_peer`]).
     pins_ours: Mutex<Option<Fingerprint>>,
     link: Mutex<LinkState>,
+    /// Connections to particular members, by fingerprint, for the results of the requests each
+    /// sent ([`crate::link`]'s `member_connection`), when the kept connection is with another.
+    to_members: Mutex<HashMap<String, quinn::Connection>>,
     /// Held while dialing, so that one dial serves every waiting request.
     pub dialing: tokio::sync::Mutex<()>,
     /// Woken when the peer dials this node ([`Peer::dialed_in`]).
@@ -90,6 +93,7 @@ impl Peer {
             addresses: addresses.into_iter().map(Into::into).collect(),
             answered: 0.into(),
             dials: Mutex::default(),
+            to_members: Mutex::default(),
             certs: certs.into_iter().collect(),
             auto_rollover: true.into(),
             rolled: Mutex::default(),
@@ -106,6 +110,33 @@ impl Peer {
     /// `None` for a peer with one certificate in the config.
     pub fn member_of(&self, connection: &quinn::Connection) -> Option<String> {
         (self.certs.len() > 1).then(|| crate::tls::presented(connection)).flatten().map(|f| f.to_string())
+    }
+
+    /// The certificates that `member` (a fingerprint [`Peer::member_of`] gave) may present now:
+    /// it, and the one its rollover brought, as far as pinned; `None` when none is.
+    pub fn member_pins(&self, member: &str) -> Option<Vec<Fingerprint>> {
+        let named = self.every_cert().iter().map(|c| Fingerprint::of(c)).find(|f| f.to_string() == member)?;
+        let newest = self.newest_of(named);
+        let wanted: Vec<Fingerprint> =
+            [newest, named].into_iter().filter(|f| self.pinned(f)).fold(Vec::new(), |mut wanted, f| {
+                if !wanted.contains(&f) {
+                    wanted.push(f);
+                }
+                wanted
+            });
+        (!wanted.is_empty()).then_some(wanted)
+    }
+
+    /// The open connection to `member` alone, if there is one.
+    pub fn connection_to(&self, member: &str) -> Option<quinn::Connection> {
+        let mut to_members = self.to_members.lock().unwrap();
+        to_members.retain(|_, c| c.close_reason().is_none());
+        to_members.get(member).cloned()
+    }
+
+    /// Records a connection to `member` alone.
+    pub fn connected_to(&self, member: &str, connection: quinn::Connection) {
+        self.to_members.lock().unwrap().insert(member.to_owned(), connection);
     }
 
     /// The peer's addresses in the order to dial them: the one that answered last first, then
@@ -155,9 +186,11 @@ impl Peer {
             .map(|cert| Pin { fingerprint: Fingerprint::of(cert), cert: cert.clone(), until_ms: None })
             .collect();
         for statement in &rolled.chain {
-            if let Some(old) = pins.iter_mut().find(|p| p.fingerprint.0 == statement.old && p.until_ms.is_none()) {
-                old.until_ms = Some(statement.until_ms);
-            }
+            // Each replaces a newest pin; one that does not (two raced) brings nothing.
+            let Some(old) = pins.iter_mut().find(|p| p.fingerprint.0 == statement.old && p.until_ms.is_none()) else {
+                continue;
+            };
+            old.until_ms = Some(statement.until_ms);
             let cert = CertificateDer::from(statement.new_cert.clone());
             pins.insert(0, Pin { fingerprint: Fingerprint::of(&cert), cert, until_ms: None });
         }
@@ -169,12 +202,6 @@ impl Peer {
     /// Whether `fingerprint` is pinned for the peer now.
     pub fn pinned(&self, fingerprint: &Fingerprint) -> bool {
         self.pins().iter().any(|p| p.fingerprint == *fingerprint)
-    }
-
-    /// The newest certificate pinned for the peer (its first member's, with several), which it
-    /// is asked to present.
-    pub fn newest(&self) -> Pin {
-        self.pins().swap_remove(0)
     }
 
     /// The newest certificate pinned in place of `configured`, one of the config's: itself, or
@@ -204,12 +231,17 @@ impl Peer {
     }
 
     /// Checks `statement` against the pin it replaces, which must be the newest of its member:
-    /// `Ok(true)` when it verifies and is new, `Ok(false)` when its certificate is pinned already.
+    /// `Ok(true)` when it verifies and is new, `Ok(false)` when it is pinned already. A
+    /// certificate the peer held before, or one another member presents, is refused.
     pub fn check_rollover(&self, statement: &wire::Rollover) -> Result<bool, String> {
-        let pins = self.pins();
-        if pins.iter().any(|p| p.fingerprint == crate::rollover::new_fingerprint(statement)) {
+        let new = crate::rollover::new_fingerprint(statement);
+        if self.newest_of(Fingerprint(statement.old)) == new && self.pinned(&new) {
             return Ok(false);
         }
+        if self.every_cert().iter().any(|c| Fingerprint::of(c) == new) {
+            return Err(format!("it brings certificate {new}, which {} has held or holds already", self.name));
+        }
+        let pins = self.pins();
         match pins.iter().find(|p| p.fingerprint.0 == statement.old && p.until_ms.is_none()) {
             Some(replaced) => crate::rollover::verify(statement, &replaced.cert).map(|()| true),
             None => Err(format!(
@@ -226,7 +258,7 @@ impl Peer {
     pub fn may_roll_over(&self, statement: &wire::Rollover) -> Result<(), String> {
         let rolled = self.rolled.lock().unwrap();
         let now = crate::store::now_ms();
-        let previous = rolled.chain.iter().find(|s| crate::rollover::new_fingerprint(s).0 == statement.old);
+        let previous = rolled.chain.iter().rev().find(|s| crate::rollover::new_fingerprint(s).0 == statement.old);
         match previous.filter(|s| s.until_ms > now) {
             Some(previous) => Err(format!(
                 "its previous rollover's grace lasts until {}; a node rotates again only after that",
@@ -270,6 +302,9 @@ impl Peer {
     pub fn retire(&self) {
         self.retired.cancel();
         self.disconnect(crate::wire::Code::NotPinned, "no longer pinned");
+        for (_, c) in self.to_members.lock().unwrap().drain() {
+            c.close(crate::wire::Code::NotPinned.varint(), b"no longer pinned");
+        }
     }
 
     /// Resolves once the peer has been retired by a reload; connections it opened should close.
@@ -381,7 +416,8 @@ pub struct PeerStatus {
     pub address: String,
     /// Every address the peer is dialed at, in the config's order.
     pub addresses: Vec<String>,
-    /// The newest pinned certificate's fingerprint (the first member's, with several).
+    /// The newest pinned certificate's fingerprint (with several members, the one the latest
+    /// rollover brought, else the first member's).
     pub fingerprint: String,
     /// The newest pinned certificate of each member: `fingerprint` alone, unless the peer has
     /// several members with a key each.
@@ -477,12 +513,14 @@ struct Table {
 }
 
 /// Every peer that pins a certificate an earlier one in `pins` pins already, as an
-/// [`IdentityError::PinnedTwice`]: a node must tell its peers apart by certificate.
+/// [`IdentityError::PinnedTwice`]: a node must tell its peers apart by certificate. (One peer
+/// naming one certificate twice, in two files, is harmless.)
 pub fn pinned_twice<'a>(pins: impl IntoIterator<Item = (&'a str, Fingerprint)>) -> Vec<IdentityError> {
     let mut first: HashMap<Fingerprint, &str> = HashMap::new();
     let mut twice = Vec::new();
     for (name, fingerprint) in pins {
         match first.get(&fingerprint) {
+            Some(earlier) if *earlier == name => {}
             Some(earlier) => twice.push(IdentityError::PinnedTwice {
                 first: (*earlier).to_owned(),
                 second: name.to_owned(),
@@ -629,6 +667,10 @@ impl Peers {
             return Err(IdentityError::PinnedOwn(peer.name.clone()));
         }
         let mut table = self.inner.write().unwrap();
+        // Checked again under the lock: two statements of one member may arrive at once.
+        if peer.check_rollover(&statement) != Ok(true) {
+            return Err(IdentityError::RolledOverAlready(peer.name.clone()));
+        }
         if let Some(other) = table.by_fingerprint.get(&new).filter(|p| p.name != peer.name && p.pinned(&new)) {
             return Err(IdentityError::PinnedTwice {
                 first: other.name.clone(),
@@ -770,7 +812,7 @@ mod tests {
         let onto_c = crate::rollover::sign("org-b", &b2, &c_cert, now, now + 60_000).unwrap();
         assert_eq!(org_b.check_rollover(&onto_c), Ok(true));
         assert!(matches!(peers.roll(&org_b, onto_c), Err(IdentityError::PinnedTwice { .. })));
-        assert_eq!(org_b.newest().fingerprint, b2.fingerprint());
+        assert_eq!(org_b.pins()[0].fingerprint, b2.fingerprint());
 
         // Nor to this node's own certificate, and not again while the last rollover's grace lasts.
         let ours = Identity::generate("org-a").unwrap();

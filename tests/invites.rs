@@ -144,7 +144,7 @@ fn an_organization_of_two_members_is_pinned_from_one_invite() {
     let config = a.dir.toml();
     let pinned = &config["peer"].as_array().unwrap()[0];
     assert_eq!(pinned["cert"].as_array().unwrap().len(), 2, "{pinned}");
-    assert_eq!(fingerprint_of_pem(&a.dir.dir.join("certs/peers/org-b-2.pem")), fp2);
+    assert_eq!(fingerprint_of_pem(&a.dir.dir.join("certs/peers/org-b+2.pem")), fp2);
     assert_code(&check(&a.dir), 0);
     let listed: Value = serde_json::from_slice(&ferry_at(&a.dir, &["peer", "list", "--json"]).stdout).unwrap();
     assert_eq!(listed[0]["fingerprint"], fp1.as_str(), "{listed}");
@@ -162,6 +162,6 @@ fn an_organization_of_two_members_is_pinned_from_one_invite() {
     assert!(!a.dir.dir.join("certs/peers/org-c.pem").exists(), "nothing of a refused add is left");
 
     let line = assert_edited(&ferry_at(&a.dir, &["peer", "remove", "org-b"]));
-    assert!(line.contains("org-b.pem") && line.contains("org-b-2.pem"), "{line}");
-    assert!(!a.dir.dir.join("certs/peers/org-b-2.pem").exists());
+    assert!(line.contains("org-b.pem") && line.contains("org-b+2.pem"), "{line}");
+    assert!(!a.dir.dir.join("certs/peers/org-b+2.pem").exists());
 }

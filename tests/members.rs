@@ -166,7 +166,7 @@ async fn requests_fail_over_to_another_member_and_stay_there() {
 
     // Some of them member 2 signed: with member 1's certificate alone, they do not verify.
     let config = std::fs::read_to_string(&a.config_path).unwrap();
-    let both = r#"cert = ["peers/org-b.pem", "peers/org-b-2.pem"]"#;
+    let both = r#"cert = ["peers/org-b.pem", "peers/org-b+2.pem"]"#;
     assert!(config.contains(both), "{config}");
     std::fs::write(&a.config_path, config.replace(both, r#"cert = "peers/org-b.pem""#)).unwrap();
     let (code, out, err) = a.audit(&["verify"]);
@@ -215,6 +215,32 @@ async fn one_member_rotates_alone() {
     assert_eq!(status, StatusCode::OK, "{env}");
     assert_eq!(service_2.seen().len(), 1);
     for node in [&mut a, &mut m2] {
+        node.stop().await;
+    }
+}
+
+/// A member's asynchronous request to org-a gets its result back although org-a's connection to
+/// org-b is with the other member: results go to the member that sent the request, which alone
+/// knows it, over a connection to that member.
+#[tokio::test]
+async fn results_go_back_to_the_member_that_asked() {
+    let Members { root: _root, mut a, mut m1, mut m2, service_1: _s1, service_2: _s2, a_service } =
+        Members::start().await;
+    let (status, env) = a.request(req("/to-member-1")).await;
+    assert_eq!(status, StatusCode::OK, "{env}");
+    assert_eq!(org_b_on(&a).await["address"], m1.link.to_string(), "org-a's connection is with member 1");
+
+    for (m, path) in [(&m2, "/async-from-member-2"), (&m1, "/async-from-member-1")] {
+        let body = json!({"peer": "org-a", "service": "9", "path": path, "method": "GET", "form": {}, "mode": "async"});
+        let (status, env) = m.request(body).await;
+        assert_eq!(status, StatusCode::ACCEPTED, "{env}");
+        let id = env["data"]["id"].as_str().unwrap().to_owned();
+        let done = m.wait_state(&id, "success", Duration::from_secs(20)).await;
+        assert_eq!(done["state"], "success", "{path}: {done}");
+        assert_eq!(done["response"]["body"]["path"], path, "{done}");
+    }
+    assert_eq!(a_service.seen().len(), 2);
+    for node in [&mut a, &mut m1, &mut m2] {
         node.stop().await;
     }
 }

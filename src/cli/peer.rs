@@ -139,7 +139,7 @@ pub fn set_addresses(config_path: &Path, name: &str, addresses: &[String]) -> Re
 /// Removes peer `name`: its `[[peer]]` table, its name from every service's `allow` list (so
 /// that a peer pinned again under that name is not allowed anything until an admin says so), and
 /// each of its pinned certificates that `ferry peer add` wrote (`certs/peers/NAME.pem`,
-/// `NAME-2.pem`…) and no other peer names. Says what changed.
+/// `NAME+2.pem`…) and no other peer names. Says what changed.
 pub fn remove(config_path: &Path, name: &str) -> Result<String, CliError> {
     let config = Config::load(config_path)?;
     let peer = configured(&config, name)?.clone();

@@ -196,7 +196,7 @@ pub fn pinned_for(config: &Config, fingerprint: Fingerprint) -> Option<&PeerConf
 }
 
 /// Where `ferry peer add` pins the certificate of peer `name`'s `member` (0, 1, …):
-/// `certs_dir/peers/NAME.pem`, then `NAME-2.pem`, `NAME-3.pem`…
+/// `certs_dir/peers/NAME.pem`, then `NAME+2.pem`, `NAME+3.pem`… (`+`: no peer name holds one)
 pub fn pin_path(config: &Config, name: &str, member: usize) -> PathBuf {
     config.node.certs_dir.join("peers").join(pin_file(name, member))
 }
@@ -204,7 +204,7 @@ pub fn pin_path(config: &Config, name: &str, member: usize) -> PathBuf {
 fn pin_file(name: &str, member: usize) -> String {
     match member {
         0 => format!("{name}.pem"),
-        n => format!("{name}-{}.pem", n + 1),
+        n => format!("{name}+{}.pem", n + 1),
     }
 }
 

@@ -7,6 +7,7 @@ use rand::Rng;
 use tokio::time::Instant;
 
 use super::{Link, LinkFailure};
+use crate::identity::Fingerprint;
 use crate::peer::Peer;
 
 /// The first pause before redialing a lost peer; it doubles up to [`MAX_BACKOFF`].
@@ -18,9 +19,9 @@ const NEXT_ADDRESS_AFTER: Duration = Duration::from_millis(500);
 /// How often a connection to a peer at several addresses (its members) is kept alive: each
 /// keep-alive draws an acknowledgement, so a live member is heard from at least this often.
 const MEMBER_KEEP_ALIVE: Duration = Duration::from_secs(1);
-/// How long a connection to a peer at several addresses may go unheard before it is given up
-/// for another member: a member killed or cut off sends no close, and the connection's idle
-/// timeout (30 s) is too long to wait with another member at hand.
+/// The idle timeout of a connection to a peer at several addresses: how long it may go unheard
+/// before it is given up for another member. A member killed or cut off sends no close, and the
+/// usual idle timeout (30 s) is too long to wait with another member at hand.
 const MEMBER_SILENT_AFTER: Duration = Duration::from_secs(3);
 
 impl Link {
@@ -45,7 +46,7 @@ impl Link {
         if let Some(c) = peer.connection() {
             return Ok(c);
         }
-        match tokio::time::timeout_at(deadline, self.dial(peer)).await {
+        match tokio::time::timeout_at(deadline, self.dial(peer, None)).await {
             Ok(Ok(connection)) => {
                 tracing::info!(peer = %peer.name, address = %peer.address(), rtt_ms = %super::rtt_ms(&connection), "connected to peer");
                 peer.connected(connection.clone());
@@ -64,13 +65,46 @@ impl Link {
         }
     }
 
-    /// One attempt to connect to `peer`, accepting only its pinned certificate: its addresses are
+    /// A connection to `member` of `peer` (the fingerprint of its certificate, for a peer whose
+    /// members have a key each), which alone knows the requests it sent: the peer's kept
+    /// connection when that is with it, else one to it alone, kept while it lasts and dialed at
+    /// each address until that member answers.
+    pub(super) async fn member_connection(
+        &self,
+        peer: &Arc<Peer>,
+        member: &str,
+        deadline: Instant,
+    ) -> Result<quinn::Connection, LinkFailure> {
+        let kept = peer.connection().filter(|c| peer.member_of(c).as_deref() == Some(member));
+        if let Some(c) = kept.or_else(|| peer.connection_to(member)) {
+            return Ok(c);
+        }
+        let Some(wanted) = peer.member_pins(member) else {
+            return Err(LinkFailure::Unreachable(format!("{member}, a member of {}, is no longer pinned", peer.name)));
+        };
+        let _dialing = tokio::time::timeout_at(deadline, peer.dialing.lock()).await;
+        if let Some(c) = peer.connection_to(member) {
+            return Ok(c);
+        }
+        let dialed = tokio::time::timeout_at(deadline, self.dial(peer, Some(&wanted))).await;
+        let connection = dialed.unwrap_or_else(|_| {
+            Err(LinkFailure::Unreachable(format!("no answer from {member}, a member of {}, in time", peer.name)))
+        })?;
+        tracing::info!(peer = %peer.name, %member, rtt_ms = %super::rtt_ms(&connection), "connected to a member for its results");
+        peer.connected_to(member, connection.clone());
+        Ok(connection)
+    }
+
+    /// One attempt to connect to `peer`, accepting only its pinned certificate (only those of
+    /// `member`, when given: a member's certificates, [`Peer::member_pins`]): its addresses are
     /// dialed in [`Peer::dial_order`], the next one started when the last failed or has not
     /// answered within [`NEXT_ADDRESS_AFTER`], and the first to complete the handshake wins (the
     /// others are dropped). Fails [`LinkFailure::Unreachable`] when none answers, or
-    /// [`LinkFailure::Local`] when this node's own TLS configuration cannot be made.
-    async fn dial(&self, peer: &Peer) -> Result<quinn::Connection, LinkFailure> {
+    /// [`LinkFailure::Local`] when this node's own TLS configuration cannot be made. Which address
+    /// answered is recorded for a dial of the whole peer only.
+    async fn dial(&self, peer: &Peer, member: Option<&[Fingerprint]>) -> Result<quinn::Connection, LinkFailure> {
         use futures::stream::{FuturesUnordered, StreamExt};
+        let whole = member.is_none();
         let mut order = peer.dial_order();
         let mut attempts = FuturesUnordered::new();
         let (mut failures, mut waiting) = (Vec::new(), Vec::new());
@@ -78,7 +112,7 @@ impl Link {
         loop {
             let more = match order.next() {
                 Some((index, address)) => {
-                    attempts.push(async move { (index, self.dial_at(peer, address).await) });
+                    attempts.push(async move { (index, self.dial_at(peer, address, member).await) });
                     waiting.push(index);
                     true
                 }
@@ -86,6 +120,7 @@ impl Link {
             };
             tokio::select! {
                 Some((index, dialed)) = attempts.next() => match dialed {
+                    Ok(connection) if !whole => return Ok(connection),
                     Ok(connection) => {
                         peer.answered_at(index);
                         for other in waiting.into_iter().filter(|i| *i != index) {
@@ -97,7 +132,9 @@ impl Link {
                     Err(e @ LinkFailure::Local(_)) => return Err(e),
                     Err(e) => {
                         waiting.retain(|i| *i != index);
-                        peer.not_answered_at(index, e.to_string());
+                        if whole {
+                            peer.not_answered_at(index, e.to_string());
+                        }
                         failures.push(e.to_string());
                     }
                 },
@@ -108,17 +145,25 @@ impl Link {
         Err(LinkFailure::Unreachable(failures.join("; ")))
     }
 
-    /// One attempt to connect to `peer` at `address`, one of its addresses.
-    async fn dial_at(&self, peer: &Peer, address: &str) -> Result<quinn::Connection, LinkFailure> {
+    /// One attempt to connect to `peer` at `address`, one of its addresses, accepting its pinned
+    /// certificates (only `member`'s, when given).
+    async fn dial_at(
+        &self,
+        peer: &Peer,
+        address: &str,
+        member: Option<&[Fingerprint]>,
+    ) -> Result<quinn::Connection, LinkFailure> {
         use LinkFailure::{Local, Unreachable};
         let addr = tokio::net::lookup_host(address)
             .await
             .ok()
             .and_then(|mut addrs| addrs.next())
             .ok_or_else(|| Unreachable(format!("cannot resolve {address} ({})", peer.name)))?;
-        let pins = peer.pins();
-        let server_name = crate::tls::server_name(pins[0].fingerprint);
-        let expected = pins.into_iter().map(|p| p.fingerprint).collect();
+        let expected: Vec<Fingerprint> = match member {
+            Some(member) => member.to_vec(),
+            None => peer.pins().into_iter().map(|p| p.fingerprint).collect(),
+        };
+        let server_name = crate::tls::server_name(expected[0]);
         let presented = self.presented_to(peer);
         let tls = crate::tls::dial_config(&presented.identity, expected, addr, &self.inner.refusals)
             .map_err(|e| Local(e.to_string()))?;
@@ -126,7 +171,12 @@ impl Link {
         let mut config = quinn::ClientConfig::new(Arc::new(crypto));
         let transport = match peer.addresses.len() {
             1 => self.inner.transport.config(),
-            _ => super::Transport { keep_alive: MEMBER_KEEP_ALIVE, ..self.inner.transport.clone() }.config(),
+            _ => super::Transport {
+                keep_alive: MEMBER_KEEP_ALIVE,
+                idle_timeout: MEMBER_SILENT_AFTER,
+                ..self.inner.transport.clone()
+            }
+            .config(),
         };
         config.transport_config(transport);
         let connection = loop {
@@ -159,15 +209,7 @@ impl Link {
     async fn keep(self, peer: Arc<Peer>, mut connection: quinn::Connection) {
         let mut backoff = FIRST_BACKOFF;
         loop {
-            let reason = tokio::select! {
-                reason = connection.closed() => reason,
-                () = silent(&connection, MEMBER_SILENT_AFTER), if peer.addresses.len() > 1 => {
-                    tracing::warn!(peer = %peer.name, address = %peer.address(), silent_s = MEMBER_SILENT_AFTER.as_secs(),
-                        "the peer's member went silent; trying its other addresses");
-                    connection.close(crate::wire::Code::Stalled.varint(), b"silent");
-                    connection.closed().await
-                }
-            };
+            let reason = connection.closed().await;
             if self.is_closing() || self.inner.peers.get(&peer.name).is_none_or(|p| !Arc::ptr_eq(&p, &peer)) {
                 return;
             }
@@ -180,7 +222,7 @@ impl Link {
                 if peer.connection().is_some() || !peer.holds(&connection) {
                     return; // a request dialed since; the keeper of its connection watches it
                 }
-                let dialed = tokio::time::timeout(super::CONNECT_WITHIN, self.dial(&peer)).await;
+                let dialed = tokio::time::timeout(super::CONNECT_WITHIN, self.dial(&peer, None)).await;
                 match dialed.unwrap_or_else(|_| {
                     Err(LinkFailure::Unreachable(format!(
                         "no answer from {} within {:?}",
@@ -201,21 +243,6 @@ impl Link {
                     Err(e) => peer.failed(e.to_string()),
                 }
             }
-        }
-    }
-}
-
-/// Resolves once nothing at all has come from the peer on `connection` for `after` (keep-alives
-/// draw acknowledgements, so a live peer is heard from well within it).
-async fn silent(connection: &quinn::Connection, after: Duration) {
-    let mut heard = (connection.stats().udp_rx.datagrams, Instant::now());
-    loop {
-        tokio::time::sleep(after / 4).await;
-        let received = connection.stats().udp_rx.datagrams;
-        if received != heard.0 {
-            heard = (received, Instant::now());
-        } else if heard.1.elapsed() >= after {
-            return;
         }
     }
 }

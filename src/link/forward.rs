@@ -80,6 +80,20 @@ impl Link {
                 let peer = peer.clone();
                 async move {
                     let mut work = work;
+                    // A result goes to the member that sent its request, which alone knows it.
+                    let connection = match work.member() {
+                        Some(member) if peer.member_of(&connection).as_deref() != Some(member) => {
+                            match self.member_connection(&peer, member, deadline).await {
+                                Ok(c) => c,
+                                Err(e) => {
+                                    tracing::debug!(peer = %peer.name, %member, error = %e, "member away; retrying later");
+                                    let _ = store.retry_outbound(vec![work], retry_at(&peer)).await;
+                                    return;
+                                }
+                            }
+                        }
+                        _ => connection,
+                    };
                     let stopping = async {
                         stop.cancelled().await;
                         tokio::time::sleep(STOP_GRACE).await;

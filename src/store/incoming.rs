@@ -57,7 +57,7 @@ impl Store {
         payload_sha256: [u8; 32],
     ) -> Result<Admission, StoreError> {
         let arrived = self.arrived(peer, member, &message.request, service, payload_sha256);
-        let (peer, service) = (peer.to_owned(), service.clone());
+        let (peer, member, service) = (peer.to_owned(), member.map(str::to_owned), service.clone());
         let admission = self
             .run(move |t, events| {
                 let now = now_ms();
@@ -86,9 +86,9 @@ impl Store {
                     "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply,
                         conversation, callback_id, state, created_at, updated_at, expires_at, next_attempt_at,
                         file_path, file_name, file_field, file_size, file_sha256, file_done, idempotency_key,
-                        masked_form, record_version)
+                        masked_form, record_version, member)
                      VALUES (?1, 'incoming', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'waiting', ?10, ?10, ?11, ?10,
-                        ?12, ?13, ?14, ?15, ?16, COALESCE(?15, 0), ?17, ?18, ?19)",
+                        ?12, ?13, ?14, ?15, ?16, COALESCE(?15, 0), ?17, ?18, ?19, ?20)",
                     params![
                         r.id,
                         peer,
@@ -109,6 +109,7 @@ impl Store {
                         r.idempotency_key,
                         masked,
                         stored::VERSION,
+                        member,
                     ],
                 )?;
                 let row = t.last_insert_rowid();

@@ -70,6 +70,9 @@ pub enum OutboundWork {
     Reply {
         /// The peer that sent the request.
         peer: String,
+        /// The member of the peer that sent it, for a peer whose members have a key each (the
+        /// fingerprint of its certificate then): only it knows the request.
+        member: Option<String>,
         /// The message.
         message: wire::Reply,
         /// A file to send first.
@@ -78,6 +81,14 @@ pub enum OutboundWork {
 }
 
 impl OutboundWork {
+    /// The member of the peer a result goes to, for a peer whose members have a key each.
+    pub fn member(&self) -> Option<&str> {
+        match self {
+            OutboundWork::Request { .. } => None,
+            OutboundWork::Reply { member, .. } => member.as_deref(),
+        }
+    }
+
     /// The peer it goes to.
     pub fn peer(&self) -> &str {
         match self {

@@ -68,7 +68,8 @@ pub(super) fn claim_due(t: &Transaction, now: i64, limit: usize) -> Result<Vec<O
                    (SELECT id FROM requests q WHERE q.seq = request),
                    request, seq, end, data, error, status,
                    (SELECT response_status FROM requests q WHERE q.seq = request),
-                   file_path, file_name, file_field, file_identity",
+                   file_path, file_name, file_field, file_identity,
+                   (SELECT member FROM requests q WHERE q.seq = request)",
     )?;
     let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
     let mut replies = Vec::new();
@@ -78,6 +79,7 @@ pub(super) fn claim_due(t: &Transaction, now: i64, limit: usize) -> Result<Vec<O
             r.get::<_, u32>(3)?,
             OutboundWork::Reply {
                 peer: r.get(0)?,
+                member: r.get(13)?,
                 message: wire::Reply {
                     id: r.get(1)?,
                     seq: r.get(3)?,

@@ -154,6 +154,9 @@ pub(super) const MIGRATIONS: &[&str] = &[
         error TEXT                            -- NULL: delivered
     );
     CREATE INDEX callback_attempts_by_request ON callback_attempts (request);",
+    // 11: which member of the peer sent an incoming request, for a peer whose members have a key
+    // each (the fingerprint of the certificate it presented): its results go back to that member.
+    "ALTER TABLE requests ADD COLUMN member TEXT;",
 ];
 
 /// Sets the connection up (WAL, full sync, foreign keys) and migrates the schema.
