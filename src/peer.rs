@@ -40,6 +40,9 @@ pub struct Peer {
     /// Connections to particular members, by fingerprint, for the results of the requests each
     /// sent ([`crate::link`]'s `member_connection`), when the kept connection is with another.
     to_members: Mutex<HashMap<String, quinn::Connection>>,
+    /// Held while dialing a particular member, apart from [`Peer::dialing`]: a member away must
+    /// not hold up the peer's requests.
+    pub dialing_member: tokio::sync::Mutex<()>,
     /// Held while dialing, so that one dial serves every waiting request.
     pub dialing: tokio::sync::Mutex<()>,
     /// Woken when the peer dials this node ([`Peer::dialed_in`]).
@@ -94,6 +97,7 @@ impl Peer {
             answered: 0.into(),
             dials: Mutex::default(),
             to_members: Mutex::default(),
+            dialing_member: tokio::sync::Mutex::new(()),
             certs: certs.into_iter().collect(),
             auto_rollover: true.into(),
             rolled: Mutex::default(),

@@ -138,6 +138,23 @@ fn an_organization_of_two_members_is_pinned_from_one_invite() {
     assert_usage_error(&out);
     assert!(stderr(&out).contains("not of a member of `org-a`"), "{}", stderr(&out));
 
+    // Merging members past what a peer may pin is refused when the invite is written.
+    let many: Vec<Value> = (0..16)
+        .map(|i| {
+            let member = ferry::identity::Identity::generate("org-b").unwrap();
+            let certificate = pem::encode(&pem::Pem::new("CERTIFICATE", member.cert.to_vec()));
+            serde_json::json!({"addresses": [format!("10.0.1.{i}:7443")], "certificate": certificate,
+                "fingerprint": member.fingerprint().to_string()})
+        })
+        .collect();
+    let mut crowded = invite.clone();
+    crowded["members"] = many.into();
+    fs::write(&tampered, crowded.to_string()).unwrap();
+    let out =
+        ferry(["invite", "--out", &path(&m1_file), "--member", &path(&tampered), "--config", &m2.dir.config_arg()]);
+    assert_usage_error(&out);
+    assert!(stderr(&out).contains("at most 16 certificates"), "{}", stderr(&out));
+
     let out = ferry(["peer", "add", "--invite", &path(&org), "--config", &a.dir.config_arg()]);
     assert_code(&out, 0);
     assert!(stdout(&out).contains(&format!("fingerprint: {fp1}, {fp2}")), "{}", stdout(&out));

@@ -8,7 +8,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::CliError;
-use crate::config::{valid_name, Config};
+use crate::config::{valid_name, Config, MAX_ADDRESSES, MAX_MEMBERS};
 use crate::identity::{load_cert, Fingerprint};
 
 /// The invite file (JSON). Public: it holds no secret.
@@ -120,6 +120,13 @@ pub fn write(
                 None => invite.members.push(member),
             }
         }
+    }
+    let (members, addresses) = (invite.members.len() + 1, invite.all_addresses().len());
+    if members > MAX_MEMBERS || addresses > MAX_ADDRESSES {
+        return Err(CliError::usage(format!(
+            "the invite would name {members} members and {addresses} addresses; a peer pins at most {MAX_MEMBERS} \
+             certificates and {MAX_ADDRESSES} addresses"
+        )));
     }
     let text = serde_json::to_string_pretty(&invite).expect("an invite serializes");
     std::fs::write(out, text + "\n").map_err(|e| CliError::usage(format!("cannot write {}: {e}", out.display())))?;

@@ -82,7 +82,7 @@ impl Link {
         let Some(wanted) = peer.member_pins(member) else {
             return Err(LinkFailure::Unreachable(format!("{member}, a member of {}, is no longer pinned", peer.name)));
         };
-        let _dialing = tokio::time::timeout_at(deadline, peer.dialing.lock()).await;
+        let _dialing = tokio::time::timeout_at(deadline, peer.dialing_member.lock()).await;
         if let Some(c) = peer.connection_to(member) {
             return Ok(c);
         }
