@@ -68,7 +68,8 @@ impl Link {
     /// A connection to `member` of `peer` (the fingerprint of its certificate, for a peer whose
     /// members have a key each), which alone knows the requests it sent: the peer's kept
     /// connection when that is with it, else one to it alone, kept while it lasts and dialed at
-    /// each address until that member answers.
+    /// each address until that member answers. A member no longer pinned gets the kept
+    /// connection.
     pub(super) async fn member_connection(
         &self,
         peer: &Arc<Peer>,
@@ -80,7 +81,8 @@ impl Link {
             return Ok(c);
         }
         let Some(wanted) = peer.member_pins(member) else {
-            return Err(LinkFailure::Unreachable(format!("{member}, a member of {}, is no longer pinned", peer.name)));
+            // A member no longer pinned (the config changed since): any member, as for a peer of one.
+            return self.connection(peer, deadline).await;
         };
         let _dialing = tokio::time::timeout_at(deadline, peer.dialing_member.lock()).await;
         if let Some(c) = peer.connection_to(member) {
