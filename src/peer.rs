@@ -58,8 +58,9 @@ struct Rolled {
     /// config or one an earlier rollover brought, which stays pinned until the rollover's
     /// `until_ms`. With several members, each member's rollovers form a chain of their own.
     chain: Vec<wire::Rollover>,
-    /// A rollover of a newest pin, held for the admin's approval (`auto_rollover = false`).
-    offered: Option<wire::Rollover>,
+    /// Rollovers of newest pins held for the admin's approval (`auto_rollover = false`): one
+    /// per certificate replaced, so one per member.
+    offered: Vec<wire::Rollover>,
 }
 
 /// A certificate pinned for a peer.
@@ -276,19 +277,19 @@ impl Peer {
     /// beside the ones pinned now.
     fn roll(&self, statement: wire::Rollover) {
         let mut rolled = self.rolled.lock().unwrap();
-        if rolled.offered.as_ref().is_some_and(|o| o.new_cert == statement.new_cert) {
-            rolled.offered = None;
-        }
+        rolled.offered.retain(|o| o.old != statement.old);
         rolled.chain.push(statement);
     }
 
     /// Holds `statement` for the admin's approval ([`Peers::roll`] pins it then).
     pub fn offer(&self, statement: wire::Rollover) {
-        self.rolled.lock().unwrap().offered = Some(statement);
+        let mut rolled = self.rolled.lock().unwrap();
+        rolled.offered.retain(|o| o.old != statement.old);
+        rolled.offered.push(statement);
     }
 
     /// The rollover held for the admin's approval, if any.
-    pub fn offered(&self) -> Option<wire::Rollover> {
+    pub fn offered(&self) -> Vec<wire::Rollover> {
         self.rolled.lock().unwrap().offered.clone()
     }
 
@@ -402,7 +403,8 @@ impl Peer {
                     until: crate::store::rfc3339(p.until_ms.unwrap_or_default()),
                 })
                 .collect(),
-            rollover_offered: self.offered().map(|o| crate::rollover::new_fingerprint(&o).to_string()),
+            rollover_offered: self.offered().last().map(|o| crate::rollover::new_fingerprint(o).to_string()),
+            rollovers_offered: self.offered().iter().map(|o| crate::rollover::new_fingerprint(o).to_string()).collect(),
             connected: open.is_some(),
             rtt_ms: open.map(|c| c.rtt().as_secs_f64() * 1000.0),
             last_error: link.last_error.clone(),
@@ -433,6 +435,9 @@ pub struct PeerStatus {
     /// The fingerprint of a new certificate the peer sent, held for the admin's approval
     /// (`ferry peer accept NAME --fingerprint …`).
     pub rollover_offered: Option<String>,
+    /// Every new certificate held for approval, one per member at most (`rollover_offered` is
+    /// the latest).
+    pub rollovers_offered: Vec<String>,
     /// Whether a connection is open now.
     pub connected: bool,
     /// The connection's smoothed round-trip time.
@@ -652,12 +657,10 @@ impl Peers {
                     break;
                 }
             }
+            // Held ones in the order they came: the latest of each member stays held.
             let now = crate::store::now_ms();
-            let held = theirs
-                .iter()
-                .rev()
-                .find(|k| !k.pinned && k.statement.until_ms > now && peer.check_rollover(&k.statement) == Ok(true));
-            if let Some(held) = held {
+            let held = theirs.iter().filter(|k| !k.pinned && k.statement.until_ms > now);
+            for held in held.filter(|k| peer.check_rollover(&k.statement) == Ok(true)) {
                 peer.offer(held.statement.clone());
             }
         }
@@ -865,5 +868,18 @@ mod tests {
         assert!(org_b.may_roll_over(&again).is_err());
         let from_replaced = crate::rollover::sign("org-b", &m2, &m1_new.cert, now, now + 60_000).unwrap();
         assert!(org_b.check_rollover(&from_replaced).unwrap_err().contains("not the newest pinned"));
+
+        // Held for the admin (auto_rollover = false): one per member, a later one replacing it.
+        let of_m2 =
+            crate::rollover::sign("org-b", &m2_new, &Identity::generate("x").unwrap().cert, now, now + 1).unwrap();
+        let of_m1_later =
+            crate::rollover::sign("org-b", &m1, &Identity::generate("y").unwrap().cert, now, now + 1).unwrap();
+        for held in [of_m1.clone(), of_m2.clone(), of_m1_later.clone()] {
+            org_b.offer(held);
+        }
+        assert_eq!(org_b.offered(), [of_m2, of_m1_later.clone()]);
+        assert_eq!(org_b.status().rollovers_offered.len(), 2);
+        peers.roll(&org_b, of_m1_later).unwrap();
+        assert_eq!(org_b.offered().len(), 1, "the pinned one is no longer held");
     }
 }

@@ -230,11 +230,15 @@ async fn accept_rollover(
     let peer = state.peers.get(&name).ok_or_else(|| {
         ApiError::new(Kind::NotFound, format!("no peer `{name}` is configured; `ferry peer list` shows them"))
     })?;
-    let held = peer.offered().filter(|o| crate::rollover::new_fingerprint(o).to_string() == approval.fingerprint);
-    let Some(statement) = held else {
-        let what = match peer.offered() {
-            Some(o) => format!("the one held is {}", crate::rollover::new_fingerprint(&o)),
-            None => "none is held".to_owned(),
+    let offered = peer.offered();
+    let held = offered.iter().find(|o| crate::rollover::new_fingerprint(o).to_string() == approval.fingerprint);
+    let Some(statement) = held.cloned() else {
+        let what = match offered.as_slice() {
+            [] => "none is held".to_owned(),
+            held => {
+                let held: Vec<String> = held.iter().map(|o| crate::rollover::new_fingerprint(o).to_string()).collect();
+                format!("held: {}", held.join(", "))
+            }
         };
         return Err(ApiError::new(
             Kind::NotFound,

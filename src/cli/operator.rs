@@ -734,7 +734,7 @@ pub fn peers(config: &Path, args: PeersArgs) -> Result<(), CliError> {
                 cell(&replaced["until"])
             );
         }
-        if let Some(held) = p["rollover_offered"].as_str() {
+        for held in p["rollovers_offered"].as_array().into_iter().flatten().filter_map(Value::as_str) {
             out!("{name}: sent a new certificate {held}, held for approval: compare it with its admin, then `ferry peer accept {name} --fingerprint {held}`");
         }
     }
@@ -869,13 +869,18 @@ pub fn accept(config: &Path, args: AcceptArgs) -> Result<(), CliError> {
 async fn accept_rollover(api: &Api, name: &str, wanted: &str) -> Result<(), CliError> {
     let peers = api.get("/v1/peers").await?;
     let peer = peers.as_array().into_iter().flatten().find(|p| p["name"] == name);
-    let held = peer.and_then(|p| p["rollover_offered"].as_str()).unwrap_or_default().to_owned();
-    if !held.trim_start_matches("sha256:").starts_with(wanted) {
-        return Err(CliError::failed(match held.is_empty() {
+    let offered: Vec<&str> =
+        peer.and_then(|p| p["rollovers_offered"].as_array()).into_iter().flatten().filter_map(Value::as_str).collect();
+    let Some(held) = offered.iter().find(|held| held.trim_start_matches("sha256:").starts_with(wanted)) else {
+        return Err(CliError::failed(match offered.is_empty() {
             true => format!("`{name}` is pinned already and sent no new certificate to approve"),
-            false => format!("`{name}` sent the new certificate {held}, not {wanted}…; compare with its admin again"),
+            false => format!(
+                "`{name}` sent the new certificate {}, not {wanted}…; compare with its admin again",
+                offered.join(", ")
+            ),
         }));
-    }
+    };
+    let held = held.to_string();
     let path = format!("/v1/peers/{name}/rollover");
     let data = api.call(api.request(reqwest::Method::POST, &path).json(&json!({"fingerprint": held}))).await?;
     out!(

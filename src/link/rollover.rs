@@ -97,7 +97,7 @@ impl Inbound {
             }
         }
         if !peer.auto_rollover() {
-            if peer.offered().as_ref() != Some(&statement) {
+            if !peer.offered().contains(&statement) {
                 if let Err(e) = self.store.rollover(&peer.name, statement.clone(), false).await {
                     tracing::error!(peer = %peer.name, error = %e, "cannot keep a rollover for approval");
                     return refused("the node cannot keep it now; it is sent again".into());

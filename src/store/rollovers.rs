@@ -36,8 +36,19 @@ impl Store {
                 })
                 .optional()?;
             if !pinned {
-                // One held for the admin per peer: a later one replaces it.
-                exec(t, "DELETE FROM rollovers WHERE peer = ?1 AND pinned = 0 AND new != ?2", params![peer, new])?;
+                // One held for the admin per certificate replaced (per member): a later one
+                // replaces it.
+                let held: Vec<(String, Vec<u8>)> = t
+                    .prepare("SELECT new, statement FROM rollovers WHERE peer = ?1 AND pinned = 0 AND new != ?2")?
+                    .query_map(params![peer, new], |r| Ok((r.get(0)?, r.get(1)?)))?
+                    .collect::<Result<_, _>>()?;
+                for (other, bytes) in held {
+                    let same_member =
+                        postcard::from_bytes::<wire::Rollover>(&bytes).map_or(true, |s| s.old == statement.old);
+                    if same_member {
+                        exec(t, "DELETE FROM rollovers WHERE peer = ?1 AND new = ?2", params![peer, other])?;
+                    }
+                }
             }
             exec(
                 t,
@@ -101,7 +112,7 @@ mod tests {
     use crate::store::Store;
 
     #[tokio::test]
-    async fn one_rollover_per_peer_is_held_and_a_pinned_one_stays_pinned() {
+    async fn one_rollover_per_member_is_held_and_a_pinned_one_stays_pinned() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open(dir.path()).unwrap();
         let old = Identity::generate("org-b").unwrap();
@@ -116,12 +127,25 @@ mod tests {
         let kept = store.rollovers().await.unwrap();
         assert_eq!(kept.len(), 1, "a later held rollover replaces the earlier one");
         assert_eq!((&kept[0].statement, kept[0].pinned), (&second, false));
+        // Another member's (another certificate replaced) is held beside it.
+        let other_member = Identity::generate("org-b").unwrap();
+        let of_other = crate::rollover::sign(
+            "org-b",
+            &other_member,
+            &Identity::generate("three").unwrap().cert,
+            now,
+            now + 60_000,
+        )
+        .unwrap();
+        store.rollover("org-b", of_other.clone(), false).await.unwrap();
+        assert_eq!(store.rollovers().await.unwrap().len(), 2, "one held per member");
+        store.rollover("org-b", of_other.clone(), true).await.unwrap();
 
         store.rollover("org-b", second.clone(), true).await.unwrap();
         store.rollover("org-b", second.clone(), false).await.unwrap();
-        let kept = store.rollovers().await.unwrap();
+        let kept: Vec<_> = store.rollovers().await.unwrap().into_iter().filter(|k| k.statement == second).collect();
         assert_eq!((kept.len(), kept[0].pinned), (1, true), "pinned stays pinned");
         let log: Vec<_> = crate::store::read_log(dir.path(), 0).unwrap().map(|r| r.unwrap().1).collect();
-        assert_eq!(log.iter().filter(|r| r.contains("\"event\":\"rollover\"")).count(), 1, "one evidence record");
+        assert_eq!(log.iter().filter(|r| r.contains("\"event\":\"rollover\"")).count(), 2, "one evidence record each");
     }
 }
