@@ -449,6 +449,29 @@ mod tests {
         assert_eq!(differs(&theirs, &ours), Some("its path"));
     }
 
+    /// A peer's records of another member of this node's organization (their `member` a
+    /// certificate not this node's) are passed over; those of this node, or naming no member,
+    /// are held against this log, whatever `member` claims.
+    #[test]
+    fn records_of_another_member_are_passed_over() {
+        let ours = crate::identity::Identity::generate("org-b").unwrap();
+        let certs = [ours.cert.clone()];
+        let check = |member: Option<String>| {
+            let mut entry = Entry::new("request", "in", "org-b", "r1");
+            entry.member = member;
+            let mut text = String::new();
+            entry.render().seal(&mut text, 1, "2026-12-06T00:00:00.000Z", GENESIS);
+            let theirs = read_export(text.as_bytes()).unwrap();
+            cross_check(Vec::<(i64, String)>::new(), &theirs, &certs, "org-b", "org-a").unwrap()
+        };
+        let other = crate::identity::Identity::generate("org-b").unwrap().fingerprint().to_string();
+        assert!(check(Some(other)).is_ok(), "another member's exchange is not this log's");
+        for member in [None, Some(ours.fingerprint().to_string())] {
+            let broken = check(member.clone()).unwrap_err();
+            assert!(broken.why.contains("this log has no record of it"), "{member:?}: {}", broken.why);
+        }
+    }
+
     /// Where both records of a synchronous exchange carry its answer, a changed answer differs.
     #[test]
     fn a_changed_answer_differs() {

@@ -92,11 +92,12 @@ impl Peer {
         addresses: impl IntoIterator<Item = impl Into<String>>,
         certs: impl IntoIterator<Item = CertificateDer<'static>>,
     ) -> Self {
+        let addresses: Vec<String> = addresses.into_iter().map(Into::into).collect();
         Peer {
             name: name.to_owned(),
-            addresses: addresses.into_iter().map(Into::into).collect(),
+            dials: Mutex::new(vec![Dialed::default(); addresses.len()]),
+            addresses,
             answered: 0.into(),
-            dials: Mutex::default(),
             to_members: Mutex::default(),
             dialing_member: tokio::sync::Mutex::new(()),
             certs: certs.into_iter().collect(),
@@ -170,11 +171,7 @@ impl Peer {
     }
 
     fn dialed(&self, index: usize, outcome: Dialed) {
-        let mut dials = self.dials.lock().unwrap();
-        if dials.len() < self.addresses.len() {
-            dials.resize(self.addresses.len(), Dialed::default());
-        }
-        if let Some(slot) = dials.get_mut(index) {
+        if let Some(slot) = self.dials.lock().unwrap().get_mut(index) {
             *slot = outcome;
         }
     }
@@ -391,9 +388,8 @@ impl Peer {
             fingerprint: pins[0].fingerprint.to_string(),
             fingerprints: pins.iter().filter(|p| p.until_ms.is_none()).map(|p| p.fingerprint.to_string()).collect(),
             dials: {
-                let dials = self.dials.lock().unwrap();
-                let outcome = |i: usize| dials.get(i).cloned().unwrap_or_default();
-                self.addresses.iter().enumerate().map(|(i, a)| outcome(i).status(a)).collect()
+                let dials = self.dials.lock().unwrap().clone();
+                dials.into_iter().zip(&self.addresses).map(|(d, a)| d.status(a)).collect()
             },
             replaced: pins
                 .iter()

@@ -48,6 +48,11 @@ async fn a_killed_member_is_failed_over_within_seconds() {
     // Not a speed target: the mechanism. Waiting for the idle timeout would take 30 s.
     assert!(took < Duration::from_secs(20), "failed over after {took:?}: the silence went unnoticed");
     assert!(a.log_text().contains("lost the connection; redialing"), "{}", a.log_text());
+    // The admin sees which member did not answer.
+    let config = a.config.to_str().unwrap().to_owned();
+    let peers = tokio::task::spawn_blocking(move || support::cli::ferry(["peers", "--config", &config])).await.unwrap();
+    let said = support::cli::stdout(&peers);
+    assert!(said.contains(&format!("org-b: {} did not answer at ", m1.link)), "{said}");
 
     // Asynchronous work goes to member 2 as well, and member 1, restarted, is not needed.
     let mut body = request("/async-after");
