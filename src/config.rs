@@ -31,6 +31,29 @@ pub struct Config {
     pub api: ApiConfig,
     /// `[evidence]`.
     pub evidence: EvidenceConfig,
+    /// `[store]`.
+    pub store: StoreConfig,
+}
+
+/// `[store]`: where the node keeps its state.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct StoreConfig {
+    /// `url = "postgres://…"`: a PostgreSQL database the organization's members share; `None`:
+    /// SQLite in `data_dir` (the default).
+    pub url: Option<String>,
+    /// `member`: this node's name among the members sharing the store (default: the host's name
+    /// and the QUIC port, `host:7443`).
+    pub member: String,
+}
+
+impl Config {
+    /// Where the store is: PostgreSQL with `[store] url`, else `data_dir`.
+    pub fn store_location(&self) -> crate::store::Location {
+        match &self.store.url {
+            Some(url) => crate::store::Location::Postgres { url: url.clone(), member: self.store.member.clone() },
+            None => crate::store::Location::Sqlite(self.node.data_dir.clone()),
+        }
+    }
 }
 
 /// `[node]`: who this node is and where it listens.
@@ -275,6 +298,7 @@ impl Config {
         let files = root.table("files", false);
         let api = root.table("api", false);
         let evidence = root.table("evidence", false);
+        let store = root.table("store", false);
         root.finish();
 
         let node = {
@@ -412,8 +436,29 @@ impl Config {
             EvidenceConfig { log, receipts, tsa, checkpoint_every }
         };
 
+        let store = {
+            let mut s = Section::new(&store, "store", &mut errs);
+            let url = s.string("url", Some("")).filter(|u| !u.is_empty());
+            let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
+            let default_member = format!("{}:{}", host.trim(), node.listen.port());
+            let member = s.string("member", Some(&default_member)).unwrap_or_default();
+            s.finish();
+            if let Some(url) = &url {
+                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+                    errs.push("store.url: must be a PostgreSQL URL, postgres://user@host:5432/db (or remove it for SQLite in node.data_dir)".into());
+                }
+            }
+            if member.is_empty() || member.chars().any(char::is_control) || member.len() > 128 {
+                errs.push(format!(
+                    "store.member: {} is not a name; give each member its own, e.g. \"b1\"",
+                    shown(&member)
+                ));
+            }
+            StoreConfig { url, member }
+        };
+
         if errs.is_empty() {
-            Ok(Config { path: path.to_owned(), dir, node, peers, services, files, api, evidence })
+            Ok(Config { path: path.to_owned(), dir, node, peers, services, files, api, evidence, store })
         } else {
             Err(fail(errs))
         }

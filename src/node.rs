@@ -124,7 +124,7 @@ pub async fn run_with(
     peers.set_own(keys.fingerprints());
     let keys = keys.shared();
     let services = Services::new(config.services.clone());
-    let store = Store::open_with(&config.node.data_dir, config.evidence.log)?;
+    let store = Store::open_at(&config.store_location(), &config.node.data_dir, config.evidence.log)?;
     peers.restore(&store.rollovers().await?);
     let interrupted = store.recover().await?;
     if interrupted > 0 {

@@ -47,7 +47,7 @@ fn exported(node: &Node) -> Vec<Value> {
 /// Waits until `node`'s log has a record matching `found`.
 async fn wait_for(node: &Node, what: &str, found: impl Fn(&Value) -> bool) {
     support::until(what, async || {
-        let records: Vec<Value> = ferry::store::read_log(&node.dir.join("data"), 0)
+        let records: Vec<Value> = ferry::store::read_log(&ferry::store::Location::Sqlite(node.dir.join("data")), 0)
             .map_err(|e| e.to_string())?
             .map(|r| serde_json::from_str(&r.unwrap().1).unwrap())
             .collect();

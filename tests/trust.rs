@@ -231,7 +231,7 @@ async fn responses(node: &support::Node, id: &str) -> Vec<Value> {
 async fn wait_for_record(node: &support::Node, event: &str) {
     let pattern = format!("\"event\":\"{event}\"");
     for _ in 0..200 {
-        let log = ferry::store::read_log(&node.dir.join("data"), 0).unwrap();
+        let log = ferry::store::read_log(&ferry::store::Location::Sqlite(node.dir.join("data")), 0).unwrap();
         if log.map(|read| read.unwrap().1).any(|record| record.contains(&pattern)) {
             return;
         }
@@ -245,8 +245,10 @@ async fn wait_for_record(node: &support::Node, event: &str) {
 /// a row of one line of text is a record as well. Returns the database and the records, (seq,
 /// JSON), in order.
 fn one_record_per_row(node: &support::Node) -> (rusqlite::Connection, Vec<(i64, String)>) {
-    let records: Vec<(i64, String)> =
-        ferry::store::read_log(&node.dir.join("data"), 0).unwrap().collect::<Result<_, _>>().unwrap();
+    let records: Vec<(i64, String)> = ferry::store::read_log(&ferry::store::Location::Sqlite(node.dir.join("data")), 0)
+        .unwrap()
+        .collect::<Result<_, _>>()
+        .unwrap();
     let db = database(node);
     db.execute("DELETE FROM evidence", []).unwrap();
     for (seq, record) in &records {
@@ -438,7 +440,7 @@ async fn masked_fields_appear_only_as_their_hash() {
 /// `node`'s records (but receipts) of the request to `path`, once its request record is there.
 async fn records_of(node: &support::Node, path: &str) -> Vec<Value> {
     for _ in 0..200 {
-        let records: Vec<Value> = ferry::store::read_log(&node.dir.join("data"), 0)
+        let records: Vec<Value> = ferry::store::read_log(&ferry::store::Location::Sqlite(node.dir.join("data")), 0)
             .unwrap()
             .map(|read| serde_json::from_str::<Value>(&read.unwrap().1).unwrap())
             .collect();

@@ -107,8 +107,8 @@ pub(super) async fn evidence(State(state): State<Shared>, Path(id): Path<String>
         return Err(not_found());
     }
     state.store.flush().await.map_err(internal)?;
-    let (data_dir, wanted) = (state.store.data_dir().to_path_buf(), id.clone());
-    let found = tokio::task::spawn_blocking(move || crate::bundle::exchange_records(&data_dir, &wanted))
+    let (store, wanted) = (state.store.location().clone(), id.clone());
+    let found = tokio::task::spawn_blocking(move || crate::bundle::exchange_records(&store, &wanted))
         .await
         .map_err(|e| ApiError::new(Kind::Internal, format!("reading the evidence log failed: {e}")))?
         .map_err(|e| ApiError::new(Kind::Internal, format!("the evidence log cannot be read: {e}")))?;

@@ -1,8 +1,6 @@
 //! Building a bundle from this node's log: one scan for the exchange, its receipts and anchors,
 //! then the chain segment.
 
-use std::path::Path;
-
 use rustls::pki_types::CertificateDer;
 
 use super::verify::explanation;
@@ -46,12 +44,12 @@ struct Found {
 
 /// Reads the whole log once for request `id`, parsing only the records that name it and those
 /// that may anchor it.
-fn scan(data_dir: &Path, id: &str) -> Result<Found, BundleError> {
+fn scan(store: &crate::store::Location, id: &str) -> Result<Found, BundleError> {
     // The id as it appears in a record's text: on the exchange's records and on the leaves of
     // the receipts that cover them.
     let needle = format!("\"id\":{}", serde_json::to_string(id).expect("a string serializes"));
     let mut found = Found::default();
-    for read in crate::store::read_log(data_dir, 0).map_err(cannot)? {
+    for read in crate::store::read_log(store, 0).map_err(cannot)? {
         let (seq, text) = read.map_err(cannot)?;
         found.head = seq;
         let mentions = text.contains(&needle);
@@ -80,11 +78,11 @@ fn scan(data_dir: &Path, id: &str) -> Result<Found, BundleError> {
     Ok(found)
 }
 
-/// The records of request `id` in the evidence log under `data_dir` and the receipts that cover
+/// The records of request `id` in the evidence log of the store at `store` and the receipts that cover
 /// them, in log order, as (seq, the record's stored JSON): what a bundle of it would hold besides
 /// the chain segment. Reads the whole log once, read-only.
-pub fn exchange_records(data_dir: &Path, id: &str) -> Result<Vec<(i64, String)>, BundleError> {
-    let Found { ours, receipts, .. } = scan(data_dir, id)?;
+pub fn exchange_records(store: &crate::store::Location, id: &str) -> Result<Vec<(i64, String)>, BundleError> {
+    let Found { ours, receipts, .. } = scan(store, id)?;
     let mut records: Vec<(i64, String)> = ours.into_iter().chain(receipts).map(|r| (r.seq, r.text)).collect();
     records.sort_by_key(|(seq, _)| *seq);
     Ok(records)
@@ -97,14 +95,14 @@ fn cannot(e: crate::store::StoreError) -> BundleError {
 
 /// The records `first` to `end` of the log as stored, and the record at `anchor` (after `end`).
 fn read_segment(
-    data_dir: &Path,
+    store: &crate::store::Location,
     first: i64,
     end: i64,
     anchor: Option<i64>,
 ) -> Result<(Vec<String>, Option<String>), BundleError> {
     let mut segment = Vec::new();
     let mut anchor_text = None;
-    for read in crate::store::read_log(data_dir, first - 1).map_err(cannot)? {
+    for read in crate::store::read_log(store, first - 1).map_err(cannot)? {
         let (seq, text) = read.map_err(cannot)?;
         if seq <= end {
             segment.push(text);
@@ -118,13 +116,17 @@ fn read_segment(
     Ok((segment, anchor_text))
 }
 
-/// Makes the bundle of request `id` from the evidence log under `data_dir` (read-only: the node
+/// Makes the bundle of request `id` from the evidence log of the store at `store` (read-only: the node
 /// may be running), and checks it ([`verify`]).
-pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle, Verified), BundleError> {
+pub fn build(
+    store: &crate::store::Location,
+    id: &str,
+    sources: &Sources<'_>,
+) -> Result<(Bundle, Verified), BundleError> {
     if id.is_empty() {
         return Err(BundleError::Cannot("the request id is empty: give the id of a request (`ferry requests`)".into()));
     }
-    let Found { ours, mut receipts, stamps, checkpoints, head } = scan(data_dir, id)?;
+    let Found { ours, mut receipts, stamps, checkpoints, head } = scan(store, id)?;
     let Some(first) = ours.first().map(|r| r.seq) else {
         return Err(BundleError::Cannot(format!(
             "no record of request `{id}` in the evidence log; check the id (`ferry requests` lists them)"
@@ -149,7 +151,7 @@ pub fn build(data_dir: &Path, id: &str, sources: &Sources<'_>) -> Result<(Bundle
                 .into(),
         ));
     }
-    let (segment, anchor_text) = read_segment(data_dir, first, end, anchor_seq)?;
+    let (segment, anchor_text) = read_segment(store, first, end, anchor_seq)?;
     let anchor = match (stamp, anchor_text) {
         (Some(_), Some(record)) => {
             Anchor::Timestamp { record, tsa_certificate: pem_of(sources.tsa_cert.unwrap_or_default()) }

@@ -12,7 +12,7 @@ use crate::evidence::{Broken, Intact};
 /// Writes the evidence records after `since` to stdout as JSON lines.
 pub fn export(path: &Path, since: i64) -> Result<(), CliError> {
     let config = Config::load(path)?;
-    let log = crate::store::read_log(&config.node.data_dir, since).map_err(|e| CliError::failed(e.to_string()))?;
+    let log = crate::store::read_log(&config.store_location(), since).map_err(|e| CliError::failed(e.to_string()))?;
     let mut out = std::io::BufWriter::new(std::io::stdout().lock());
     for read in log {
         let (_, record) = read.map_err(|e| CliError::failed(e.to_string()))?;
@@ -27,7 +27,7 @@ pub fn export(path: &Path, since: i64) -> Result<(), CliError> {
 /// the rollovers the node pinned since (kept in its store, checked again here).
 pub fn peer_certs(config: &Config) -> Result<crate::evidence::PeerCerts, CliError> {
     let peers = crate::peer::Peers::load(&config.peers)?;
-    let kept = crate::store::rollovers_in(&config.node.data_dir).map_err(|e| CliError::failed(e.to_string()))?;
+    let kept = crate::store::rollovers_in(&config.store_location()).map_err(|e| CliError::failed(e.to_string()))?;
     peers.restore(&kept);
     Ok(peers.all().iter().map(|p| (p.name.clone(), p.every_cert())).collect())
 }
@@ -41,7 +41,7 @@ pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>, json:
     let certs = peer_certs(&config)?;
     let tsa_cert = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()).transpose().map_err(CliError::usage)?;
     let cross = peer_export.map(|file| cross_check(&config, file, peer)).transpose()?;
-    let verdict = crate::store::verify_log(&config.node.data_dir, &certs, tsa_cert.as_deref())
+    let verdict = crate::store::verify_log(&config.store_location(), &certs, tsa_cert.as_deref())
         .map_err(|e| CliError::failed(e.to_string()))?;
     let (covered, cross_broken) = match cross {
         Some((peer, Ok(covered))) => (Some((peer, covered)), None),
@@ -116,7 +116,7 @@ fn cross_check(
     let certs = crate::rollover::own_certs(&crate::rollover::KeyFiles::of(config))?;
     let name = crate::anchor::name_in(&theirs, &certs, &config.node.name);
     let mut failed = None;
-    let ours = crate::store::read_log(&config.node.data_dir, 0)
+    let ours = crate::store::read_log(&config.store_location(), 0)
         .map_err(|e| CliError::failed(e.to_string()))?
         .map_while(|read| read.map_err(|e| failed = Some(e)).ok());
     let checked = crate::anchor::cross_check(ours, &theirs, &certs, &name, &peer)

@@ -21,7 +21,7 @@ pub fn make(path: &Path, id: &str, out: &Path, json: bool) -> Result<(), CliErro
         tsa_cert: tsa_cert.as_deref(),
     };
     let (bundle, verified) =
-        bundle::build(&config.node.data_dir, id, &sources).map_err(|e| CliError::failed(e.to_string()))?;
+        bundle::build(&config.store_location(), id, &sources).map_err(|e| CliError::failed(e.to_string()))?;
     let mut text = serde_json::to_vec_pretty(&bundle).expect("a bundle serializes");
     text.push(b'\n');
     if text.len() > MAX_BYTES {

@@ -88,7 +88,7 @@ pub fn check(path: &Path, connect: bool, json: bool) -> Result<(), CliError> {
         report.warnings.extend(rollover_state(keys, &files));
         // Peers' rollovers pinned by the node count as pins: the newest is the one reached.
         let peers = crate::peer::Peers::load(&config.peers).map_err(CliError::from)?;
-        peers.restore(&crate::store::rollovers_in(&config.node.data_dir).unwrap_or_default());
+        peers.restore(&crate::store::rollovers_in(&config.store_location()).unwrap_or_default());
         let pinned: Vec<_> = pinned
             .into_iter()
             .map(|(config, fingerprints)| {

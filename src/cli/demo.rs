@@ -155,7 +155,7 @@ async fn demo() -> anyhow::Result<()> {
     for (name, own, peer, theirs) in [("org-a", &a_dir, "org-b", &b_dir), ("org-b", &b_dir, "org-a", &a_dir)] {
         let certs =
             HashMap::from([(peer.to_owned(), vec![crate::identity::load_cert(&theirs.join("certs/node.pem"))?])]);
-        let intact = crate::store::verify_log(&own.join("data"), &certs, None)?
+        let intact = crate::store::verify_log(&crate::store::Location::Sqlite(own.join("data")), &certs, None)?
             .map_err(|b| anyhow::anyhow!("the evidence log of {name} is broken at seq {}: {}", b.seq, b.why))?;
         out!(
             "ferry audit verify on {name}: intact, {} records, {} receipts from {peer} verified",

@@ -68,7 +68,7 @@ pub fn list(config_path: &Path, json: bool) -> Result<(), CliError> {
     // The rollovers the node pinned, checked again here as the node checks them at a start.
     let peers = crate::peer::Peers::load(&config.peers).ok();
     if let Some(peers) = &peers {
-        peers.restore(&crate::store::rollovers_in(&config.node.data_dir).unwrap_or_default());
+        peers.restore(&crate::store::rollovers_in(&config.store_location()).unwrap_or_default());
     }
     let listed: Vec<Listed> =
         config.peers.iter().map(|p| listed(p, peers.as_ref().and_then(|peers| peers.get(&p.name)))).collect();

@@ -1,7 +1,7 @@
 //! Each delivery attempt of a result to a host's callback, kept in the store for a request's
 //! status (`callback.history`): the latest [`PER_REQUEST`] of each request, deleted with it.
 
-use rusqlite::params;
+use super::sql::{params, Sql};
 use serde::Serialize;
 
 use super::{exec, rfc3339, StoreError};
@@ -24,7 +24,7 @@ pub struct CallbackAttempt {
 
 /// Records an attempt for the request stored as `request`, keeping its latest [`PER_REQUEST`].
 pub(super) fn note(
-    t: &rusqlite::Transaction,
+    t: &Sql,
     request: i64,
     seq: u32,
     at_ms: i64,
@@ -46,15 +46,13 @@ pub(super) fn note(
 }
 
 /// The attempts kept for the outgoing request `id`, oldest first.
-pub(super) fn of(t: &rusqlite::Transaction, id: &str) -> Result<Vec<CallbackAttempt>, StoreError> {
-    let mut statement = t.prepare_cached(
+pub(super) fn of(t: &Sql, id: &str) -> Result<Vec<CallbackAttempt>, StoreError> {
+    t.query(
         "SELECT a.seq, a.at, a.status, a.error FROM callback_attempts a JOIN requests r ON r.seq = a.request
          WHERE r.direction = 'outgoing' AND r.id = ?1 ORDER BY a.rowid",
-    )?;
-    let rows = statement.query_map([id], |r| {
-        Ok(CallbackAttempt { seq: r.get(0)?, at: rfc3339(r.get(1)?), status: r.get(2)?, error: r.get(3)? })
-    })?;
-    Ok(rows.collect::<Result<_, _>>()?)
+        [id],
+        |r| Ok(CallbackAttempt { seq: r.get(0)?, at: rfc3339(r.get(1)?), status: r.get(2)?, error: r.get(3)? }),
+    )
 }
 
 #[cfg(test)]

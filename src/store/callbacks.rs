@@ -1,7 +1,7 @@
 //! Results for host apps' callbacks: replies to this node's requests, claimed per request in
 //! `seq` order (a reply waits until the one before it is delivered), and each attempt recorded.
 
-use rusqlite::params;
+use super::sql::params;
 
 use super::queue::LEASE_MS;
 use super::{exec, now_ms, query_row, FormFile, Store, StoreError};
@@ -41,32 +41,30 @@ impl Store {
     pub async fn claim_callbacks(&self, limit: usize) -> Result<Vec<CallbackWork>, StoreError> {
         self.run(move |t, _| {
             let now = now_ms();
-            let mut claim = t.prepare_cached(
+            let claim = format!(
                 "UPDATE replies SET callback_at = ?1 + ?2
                  WHERE rowid IN (
                     SELECT r.rowid FROM replies r WHERE r.callback_at <= ?1 AND r.delivered = 0
                     AND (r.seq = 1 OR EXISTS (SELECT 1 FROM replies e WHERE e.request = r.request
                                               AND e.seq = r.seq - 1 AND e.delivered = 1))
-                    ORDER BY r.callback_at LIMIT ?3)
-                 RETURNING request, seq, end, data, error, status, callback_attempts, file_field, file_path",
-            )?;
-            let mut rows = claim.query(params![now, LEASE_MS, limit as i64])?;
-            let mut claimed = Vec::new();
-            while let Some(r) = rows.next()? {
-                claimed.push((
-                    r.get::<_, i64>(0)?,
-                    r.get::<_, u32>(1)?,
-                    r.get::<_, bool>(2)?,
-                    r.get::<_, Option<String>>(3)?,
-                    r.get::<_, Option<String>>(4)?,
-                    r.get::<_, Option<u16>>(5)?,
-                    r.get::<_, u32>(6)?,
-                    r.get::<_, Option<String>>(7)?
-                        .zip(r.get::<_, Option<String>>(8)?)
+                    ORDER BY r.callback_at LIMIT ?3{})
+                 RETURNING request, seq, \"end\", data, error, status, callback_attempts, file_field, file_path",
+                t.skip_locked("r")
+            );
+            let claimed = t.query(&claim, params![now, LEASE_MS, limit as i64], |r| {
+                Ok((
+                    r.get::<i64>(0)?,
+                    r.get::<u32>(1)?,
+                    r.get::<bool>(2)?,
+                    r.get::<Option<String>>(3)?,
+                    r.get::<Option<String>>(4)?,
+                    r.get::<Option<u16>>(5)?,
+                    r.get::<u32>(6)?,
+                    r.get::<Option<String>>(7)?
+                        .zip(r.get::<Option<String>>(8)?)
                         .map(|(field, path)| FormFile { field, path }),
-                ));
-            }
-            drop(rows);
+                ))
+            })?;
             let mut work = Vec::new();
             for (request, seq, end, data, error, status, attempts, file) in claimed {
                 let (id, url, method, expires_at) = query_row(

@@ -1,14 +1,11 @@
 //! The evidence log's table: one row per commit of the writer, its records as JSON lines,
 //! lz4-compressed (`Log`), read a page at a time for the API, export and checks (`LogReader`).
 
-use std::path::Path;
 use std::sync::atomic::{AtomicI64, Ordering};
 use std::sync::Arc;
 
-use rusqlite::types::ValueRef;
-use rusqlite::{params, OptionalExtension};
-
-use super::{now_ms, query_row, rfc3339, Store, StoreError, Tx};
+use super::sql::{params, Begin, Connection, Location, OptionalExtension, Sql, ValueRef};
+use super::{exec, now_ms, query_row, rfc3339, schema, Store, StoreError, Tx};
 use crate::evidence::{
     Broken, Checkpoint, Entry, Intact, MaskedForm, Receipt, Record, Rendered, Summary, TimeStamp, GENESIS,
 };
@@ -19,10 +16,11 @@ use crate::wire;
 /// transaction commits: one insert per commit rather than per record. The block is stored
 /// lz4-compressed ([`unpack`]): records repeat their keys and each one's `prev` is the hash before
 /// it, so it takes 3–4 times less to write, checkpoint and keep. A row of one line is a record as
-/// schema version 4 kept it.
-pub(super) struct Log<'c> {
-    /// The block's insert, prepared once for the writer's life.
-    insert: rusqlite::Statement<'c>,
+/// schema version 4 kept it. Each member of a shared store keeps a chain of its own, under its
+/// name (`member`).
+pub(super) struct Log {
+    /// The member whose chain this is (`""` on SQLite).
+    member: String,
     /// The open transaction's records, sealed, one per line; its buffer is kept between them.
     block: String,
     /// The seq of the block's first record.
@@ -31,15 +29,25 @@ pub(super) struct Log<'c> {
     moved: Arc<AtomicI64>,
 }
 
-impl<'c> Log<'c> {
-    /// The log of the writer's connection; it sets `moved` ([`Store::moved`]).
-    pub(super) fn prepare(conn: &'c rusqlite::Connection, moved: Arc<AtomicI64>) -> rusqlite::Result<Log<'c>> {
-        let insert = conn.prepare("INSERT INTO evidence (seq, records) VALUES (?1, ?2)")?;
-        Ok(Log { insert, block: String::new(), first: 0, moved })
+impl Log {
+    /// The log of `member`'s chain; it sets `moved` ([`Store::moved`]).
+    pub(super) fn new(member: &str, moved: Arc<AtomicI64>) -> Log {
+        Log { member: member.to_owned(), block: String::new(), first: 0, moved }
+    }
+
+    /// Where the open block ends now, to go [`Log::back_to`] if a job fails.
+    pub(super) fn mark(&self) -> (usize, i64) {
+        (self.block.len(), self.first)
+    }
+
+    /// Drops what was appended to the open block since `mark`.
+    pub(super) fn back_to(&mut self, (len, first): (usize, i64)) {
+        self.block.truncate(len);
+        self.first = first;
     }
 }
 
-impl Tx<'_, '_> {
+impl Tx<'_> {
     /// Appends `entry` to the evidence log, chained to the last record, in this transaction.
     pub(crate) fn record(&self, entry: impl Into<Rendered>) -> Result<(), StoreError> {
         let Some(log) = self.log else {
@@ -69,10 +77,16 @@ impl Tx<'_, '_> {
         if let Some(head) = self.head.borrow().clone() {
             return Ok(Some(head));
         }
-        let last = query_row(self, "SELECT seq, records FROM evidence ORDER BY seq DESC LIMIT 1", [], |r| {
-            let seq = r.get(0)?;
-            Ok(last_record(seq, unpack(seq, r.get_ref(1)?)))
-        })
+        let member = self.log.map(|log| log.borrow().member.clone()).unwrap_or_default();
+        let last = query_row(
+            self,
+            "SELECT seq, records FROM evidence WHERE member = ?1 ORDER BY seq DESC LIMIT 1",
+            [member],
+            |r| {
+                let seq = r.get(0)?;
+                Ok(last_record(seq, unpack(seq, r.get_ref(1)?)))
+            },
+        )
         .optional()?;
         self.head.borrow_mut().clone_from(&last);
         Ok(last)
@@ -89,7 +103,11 @@ impl Tx<'_, '_> {
             return Ok(());
         }
         let packed = lz4_flex::block::compress_prepend_size(log.block.as_bytes());
-        let inserted = log.insert.execute(params![log.first, packed]);
+        let inserted = exec(
+            self,
+            "INSERT INTO evidence (member, seq, records) VALUES (?1, ?2, ?3)",
+            params![log.member, log.first, packed],
+        );
         log.block.clear();
         inserted?;
         Ok(())
@@ -142,21 +160,29 @@ fn lines(seq: i64, block: &str) -> impl Iterator<Item = (i64, &str)> {
     (seq..).zip(block.split('\n'))
 }
 
-/// Up to `limit` records after `since`, in order, with their seqs, from the blocks of `conn`.
-fn records_after(conn: &rusqlite::Connection, since: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
+/// How many blocks a page reads at most: a block holds one commit's records, often one.
+const BLOCKS: i64 = 1024;
+
+/// Up to `limit` records of `member`'s chain after `since`, in order, with their seqs.
+fn records_after(t: &Sql, member: &str, since: i64, limit: usize) -> Result<Vec<(i64, String)>, StoreError> {
     // From the block holding the record after `since`.
-    let mut rows = conn.prepare_cached(
-        "SELECT seq, records FROM evidence
-         WHERE seq >= (SELECT COALESCE(MAX(seq), 0) FROM evidence WHERE seq <= ?1 + 1) ORDER BY seq",
+    let blocks = t.query(
+        "SELECT seq, records FROM evidence WHERE member = ?1 AND seq >=
+            (SELECT COALESCE(MAX(seq), 0) FROM evidence WHERE member = ?1 AND seq <= ?2 + 1)
+         ORDER BY seq LIMIT ?3",
+        params![member, since, BLOCKS.min(limit as i64)],
+        |r| {
+            let seq = r.get(0)?;
+            Ok((seq, unpack(seq, r.get_ref(1)?)?))
+        },
     )?;
-    let mut rows = rows.query([since])?;
     let mut records = Vec::new();
-    while records.len() < limit {
-        let Some(row) = rows.next()? else { break };
-        let seq = row.get(0)?;
-        let block = unpack(seq, row.get_ref(1)?)?;
+    for (seq, block) in blocks {
         let after = lines(seq, &block).filter(|(seq, _)| *seq > since);
         records.extend(after.take(limit - records.len()).map(|(seq, line)| (seq, line.to_owned())));
+        if records.len() == limit {
+            break;
+        }
     }
     Ok(records)
 }
@@ -167,9 +193,9 @@ impl Store {
     /// the writer is not held up.
     pub async fn audit(&self, since: i64, limit: usize) -> Result<Vec<String>, StoreError> {
         self.flush().await?;
-        let data_dir = self.data_dir.clone();
+        let location = self.location.clone();
         tokio::task::spawn_blocking(move || {
-            read_log_in_pages(&data_dir, since, limit)?.take(limit).map(|read| read.map(|(_, text)| text)).collect()
+            read_log_in_pages(&location, since, limit)?.take(limit).map(|read| read.map(|(_, text)| text)).collect()
         })
         .await
         .map_err(|e| StoreError::Io(format!("the log reader failed: {e}")))?
@@ -256,8 +282,8 @@ impl Store {
         certs: crate::evidence::PeerCerts,
         tsa_cert: Option<Vec<u8>>,
     ) -> Result<Verdict, StoreError> {
-        let data_dir = self.data_dir.clone();
-        tokio::task::spawn_blocking(move || verify_log(&data_dir, &certs, tsa_cert.as_deref()))
+        let location = self.location.clone();
+        tokio::task::spawn_blocking(move || verify_log(&location, &certs, tsa_cert.as_deref()))
             .await
             .map_err(|e| StoreError::Io(format!("the log check failed: {e}")))?
     }
@@ -266,16 +292,16 @@ impl Store {
 /// What checking a log found: intact, or where it is broken.
 pub type Verdict = Result<Intact, Broken>;
 
-/// Checks the evidence log of the database under `data_dir` against the peers' pinned `certs`
+/// Checks this member's evidence log of the store at `location` against the peers' pinned `certs`
 /// and its time-stamps against `tsa_cert` (DER) ([`crate::evidence::verify`]), reading it a page at
 /// a time ([`read_log`]).
 pub fn verify_log(
-    data_dir: &Path,
+    location: &Location,
     certs: &crate::evidence::PeerCerts,
     tsa_cert: Option<&[u8]>,
 ) -> Result<Verdict, StoreError> {
     let mut failed = None;
-    let records = read_log(data_dir, 0)?.map_while(|read| read.map_err(|e| failed = Some(e)).ok());
+    let records = read_log(location, 0)?.map_while(|read| read.map_err(|e| failed = Some(e)).ok());
     let verdict = crate::evidence::verify(records, certs, tsa_cert);
     failed.map_or(Ok(verdict), Err)
 }
@@ -283,30 +309,27 @@ pub fn verify_log(
 /// How many records [`LogReader`] reads at a time.
 const PAGE: usize = 4096;
 
-/// Reads the evidence log of the database under `data_dir` after `since`, read-only (a running
-/// node may keep writing; each page reads what was committed before it began).
-pub fn read_log(data_dir: &Path, since: i64) -> Result<LogReader, StoreError> {
-    read_log_in_pages(data_dir, since, PAGE)
+/// Reads this member's evidence log of the store at `location` after `since`, read-only (a
+/// running node may keep writing; each page reads what was committed before it began).
+pub fn read_log(location: &Location, since: i64) -> Result<LogReader, StoreError> {
+    read_log_in_pages(location, since, PAGE)
 }
 
-fn read_log_in_pages(data_dir: &Path, since: i64, page: usize) -> Result<LogReader, StoreError> {
-    let path = data_dir.join("ferry.db");
-    if !path.exists() {
-        return Err(StoreError::Io(format!("no store at {}; is `node.data_dir` right?", path.display())));
-    }
-    let conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let has_log: bool = conn
-        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'evidence'", [], |_| Ok(true))
-        .optional()?
-        .unwrap_or(false);
-    Ok(LogReader { conn: has_log.then_some(conn), after: since, page, read: Vec::new().into_iter() })
+fn read_log_in_pages(location: &Location, since: i64, page: usize) -> Result<LogReader, StoreError> {
+    let Some(conn) = schema::open_existing(location)? else {
+        return Err(StoreError::Io(format!("no store at {}; is `node.data_dir` right?", location.shown())));
+    };
+    let conn = Some(conn);
+    Ok(LogReader { conn, member: location.member().to_owned(), after: since, page, read: Vec::new().into_iter() })
 }
 
 /// The records of an evidence log in order, as (seq, record JSON), read a page at a time so that a
 /// log of any length takes little memory ([`read_log`]).
 pub struct LogReader {
-    /// `None` once the log is read to its end, or has failed.
-    conn: Option<rusqlite::Connection>,
+    /// `None` once the log is read to its end, or has failed, or when there is none.
+    conn: Option<Connection>,
+    /// The member whose chain is read.
+    member: String,
     /// The seq of the last record given.
     after: i64,
     /// How many records a page holds.
@@ -324,7 +347,8 @@ impl Iterator for LogReader {
                 self.after = record.0;
                 return Some(Ok(record));
             }
-            let read = records_after(self.conn.as_ref()?, self.after, self.page);
+            let (member, after, page) = (&self.member, self.after, self.page);
+            let read = self.conn.as_mut()?.begin(Begin::Read).and_then(|t| records_after(&t, member, after, page));
             match read {
                 Ok(page) if !page.is_empty() => self.read = page.into_iter(),
                 Ok(_) => {
@@ -407,7 +431,8 @@ mod tests {
                 .unwrap();
         }
         for (since, page) in [(0, 1), (0, 2), (2, 4), (4, 100), (9, 2)] {
-            let seqs: Vec<i64> = read_log_in_pages(dir.path(), since, page).unwrap().map(|r| r.unwrap().0).collect();
+            let location = Location::Sqlite(dir.path().to_path_buf());
+            let seqs: Vec<i64> = read_log_in_pages(&location, since, page).unwrap().map(|r| r.unwrap().0).collect();
             assert_eq!(seqs, ((since + 1)..=9).collect::<Vec<_>>(), "after {since}, pages of {page}");
         }
     }

@@ -2,7 +2,7 @@
 
 use std::time::Instant;
 
-use rusqlite::{params, OptionalExtension};
+use super::sql::{params, OptionalExtension};
 
 use super::queue::{state_event, LEASE_MS};
 use super::transfers::Whose;
@@ -79,8 +79,10 @@ impl Store {
             t.record(entry)?;
             exec(
                 t,
-                "INSERT OR REPLACE INTO received_files (peer, key, path, size, sha256, received_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+                "INSERT INTO received_files (peer, key, path, size, sha256, received_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6)
+                 ON CONFLICT (peer, key) DO UPDATE SET path = excluded.path, size = excluded.size,
+                    sha256 = excluded.sha256, received_at = excluded.received_at",
                 params![peer, key, file.path, file.size as i64, hex::encode(file.sha256), now_ms()],
             )?;
             Ok(())
@@ -119,7 +121,7 @@ impl Store {
             exec(
                 t,
                 "UPDATE requests SET file_done = ?3, file_size = ?4, file_sha256 = COALESCE(?5, file_sha256),
-                    next_attempt_at = CASE WHEN next_attempt_at IS NULL THEN NULL ELSE MAX(next_attempt_at, ?6) END
+                    next_attempt_at = CASE WHEN next_attempt_at IS NULL THEN NULL WHEN next_attempt_at > ?6 THEN next_attempt_at ELSE ?6 END
                  WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2",
                 params![peer, id, done as i64, total as i64, sha256.map(hex::encode), now + LEASE_MS],
             )?;
@@ -174,19 +176,19 @@ impl Store {
     pub async fn reply_file_state(&self, path: &str) -> Result<Option<ReplyFile>, StoreError> {
         let path = path.to_owned();
         self.read(move |t| {
-            Ok(query_row(
+            query_row(
                 t,
                 "SELECT next_send_at IS NULL, error FROM replies WHERE file_path = ?1 ORDER BY rowid DESC LIMIT 1",
                 [path],
                 |r| {
-                    Ok(match (r.get::<_, bool>(0)?, r.get::<_, Option<String>>(1)?) {
+                    Ok(match (r.get::<bool>(0)?, r.get::<Option<String>>(1)?) {
                         (_, Some(error)) => ReplyFile::Failed(error),
                         (true, None) => ReplyFile::Delivered,
                         (false, None) => ReplyFile::Sending,
                     })
                 },
             )
-            .optional()?)
+            .optional()
         })
         .await
     }

@@ -2,7 +2,7 @@
 //! service's idempotency and duplicate checks), claimed when the service call is due, and
 //! completed by what the service answered.
 
-use rusqlite::{params, OptionalExtension};
+use super::sql::{params, OptionalExtension};
 
 use super::queue::{fail, state_event};
 use super::replies::{push_reply, Due};
@@ -81,14 +81,15 @@ impl Store {
                 let blob = stored::encode(r)?;
                 let callback_id = message.reply.then(|| uuid::Uuid::new_v4().simple().to_string());
                 let masked = crate::service::masked_form(&r.form, &service.mask_fields).to_string();
-                exec(
+                let row: i64 = query_row(
                     t,
                     "INSERT INTO requests (id, direction, peer, service, method, path, wire, reply,
                         conversation, callback_id, state, created_at, updated_at, expires_at, next_attempt_at,
                         file_path, file_name, file_field, file_size, file_sha256, file_done, idempotency_key,
                         masked_form, record_version, member)
                      VALUES (?1, 'incoming', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'waiting', ?10, ?10, ?11, ?10,
-                        ?12, ?13, ?14, ?15, ?16, COALESCE(?15, 0), ?17, ?18, ?19, ?20)",
+                        ?12, ?13, ?14, ?15, ?16, COALESCE(?15, 0), ?17, ?18, ?19, ?20)
+                     RETURNING seq",
                     params![
                         r.id,
                         peer,
@@ -111,8 +112,8 @@ impl Store {
                         stored::VERSION,
                         member,
                     ],
+                    |r| r.get(0),
                 )?;
-                let row = t.last_insert_rowid();
                 match replay {
                     None => state_event(events, &r.id, &peer, State::Waiting),
                     Some(response) => replay_results(t, events, row, &peer, &r.id, response)?,
@@ -134,27 +135,23 @@ impl Store {
         self.run(move |t, events| {
             let now = now_ms();
             let expired: Vec<i64> = t
-                .prepare_cached(
+                .query(
                     "SELECT seq FROM requests WHERE direction = 'incoming' AND expires_at < ?1
-                     AND (state = 'waiting' OR (state = 'doing' AND callback_id IS NOT NULL AND response_status IS NOT NULL))",
-                )?
-                .query_map([now], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+                     AND (state = 'waiting' OR (state = 'doing' AND callback_id IS NOT NULL AND response_status IS NOT NULL))", [now], |r| r.get(0))?;
             for row in expired {
                 fail(t, events, row, "expired: ttl_s passed before the request completed", None)?;
             }
-            let mut claim = t.prepare_cached(
+            let claim = format!(
                 "UPDATE requests SET state = 'doing', next_attempt_at = NULL, attempts = attempts + 1, updated_at = ?1
                  WHERE seq IN (SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'waiting'
-                               AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?2)
+                               AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?2{})
                  RETURNING seq, peer, wire, callback_id, expires_at, attempts, file_field, file_path, record_version",
-            )?;
-            let mut rows = claim.query(params![now, limit as i64])?;
-            let mut calls = Vec::new();
-            while let Some(r) = rows.next()? {
+                t.skip_locked("requests")
+            );
+            let mut calls = t.query(&claim, params![now, limit as i64], |r| {
                 let blob: Vec<u8> = r.get(2)?;
-                calls.push((
-                    r.get::<_, i64>(0)?,
+                Ok((
+                    r.get::<i64>(0)?,
                     IncomingCall {
                         peer: r.get(1)?,
                         request: stored::decode(r.get(8)?, &blob)?,
@@ -162,12 +159,12 @@ impl Store {
                         expires_at: r.get(4)?,
                         attempts: r.get(5)?,
                         file: r
-                            .get::<_, Option<String>>(6)?
-                            .zip(r.get::<_, Option<String>>(7)?)
+                            .get::<Option<String>>(6)?
+                            .zip(r.get::<Option<String>>(7)?)
                             .map(|(field, path)| FormFile { field, path }),
                     },
-                ));
-            }
+                ))
+            })?;
             calls.sort_by_key(|(seq, _)| *seq);
             for (_, c) in &calls {
                 state_event(events, &c.request.id, &c.peer, State::Doing);
@@ -252,9 +249,9 @@ fn replay_results(
     )?;
     let copied = exec(
         t,
-        "INSERT INTO replies (request, seq, data, error, status, end, created_at, next_send_at,
+        "INSERT INTO replies (request, seq, data, error, status, \"end\", created_at, next_send_at,
             file_path, file_name, file_field, file_identity)
-         SELECT ?1, r.seq, r.data, r.error, r.status, r.end, ?2, ?2, r.file_path, r.file_name, r.file_field,
+         SELECT ?1, r.seq, r.data, r.error, r.status, r.\"end\", ?2, ?2, r.file_path, r.file_name, r.file_field,
             r.file_identity
          FROM replies r JOIN requests q ON r.request = q.seq
          WHERE q.direction = 'incoming' AND q.peer = ?3 AND q.id = ?4",

@@ -30,6 +30,7 @@ mod records;
 mod replies;
 mod rollovers;
 mod schema;
+pub(crate) mod sql;
 mod stored;
 mod transfers;
 mod trust;
@@ -51,6 +52,7 @@ pub use outgoing::{Callback, NewAsync, OutboundWork, OutgoingFile};
 pub use prune::Pruned;
 pub use records::{Page, Pending, QueueCount, QueueCounts, RequestFilter, RequestView, Stats};
 pub use rollovers::{rollovers_in, StoredRollover};
+pub use sql::Location;
 pub use transfers::Moving;
 pub use trust::Admission;
 
@@ -146,6 +148,12 @@ pub enum StoreError {
     /// SQLite refused an operation.
     #[error("store: {0}")]
     Sqlite(#[from] rusqlite::Error),
+    /// PostgreSQL refused an operation, or could not be reached.
+    #[error("store: {}", postgres_error(.0))]
+    Postgres(#[from] postgres::Error),
+    /// A query that wants one row found none.
+    #[error("store: no such row")]
+    NoRow,
     /// The writer thread has stopped.
     #[error("the store has stopped")]
     Stopped,
@@ -158,6 +166,14 @@ pub enum StoreError {
     /// The transaction holding this change could not be committed (nothing of it was stored).
     #[error("store: not committed: {}", .0.why)]
     NotCommitted(NotCommitted),
+}
+
+/// A PostgreSQL error with the server's own message, which `postgres::Error` shows only as "db error".
+fn postgres_error(e: &postgres::Error) -> String {
+    match e.as_db_error() {
+        Some(db) => format!("{}: {}", db.severity(), db.message()),
+        None => e.to_string(),
+    }
 }
 
 /// Why a transaction was not committed.
@@ -200,7 +216,9 @@ pub(crate) struct Wakers {
 
 /// Told whether the job's transaction committed: `None` if it did, else why not.
 type Answer = Box<dyn FnOnce(Option<&NotCommitted>) + Send>;
-type Job = Box<dyn FnOnce(&Tx, &mut Vec<Event>) -> Answer + Send>;
+/// A job of the writer: whether it succeeded (a failed job's changes are rolled back, the other
+/// jobs of its transaction keep theirs), and its answer.
+type Job = Box<dyn FnOnce(&Tx, &mut Vec<Event>) -> (bool, Answer) + Send>;
 
 /// How a job's changes must be on disk when it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -217,10 +235,10 @@ enum Durability {
 }
 
 /// The writer's transaction, with the evidence log beside it ([`Tx::record`]).
-pub(crate) struct Tx<'t, 'c> {
-    t: rusqlite::Transaction<'t>,
+pub(crate) struct Tx<'t> {
+    t: sql::Sql<'t>,
     /// The evidence log; `None` when no log is kept.
-    log: Option<&'t std::cell::RefCell<evidence::Log<'c>>>,
+    log: Option<&'t std::cell::RefCell<evidence::Log>>,
     /// The evidence log's last record (seq, hash), once known: the writer keeps it from one
     /// transaction to the next, and forgets it when a commit fails.
     head: std::cell::RefCell<Option<(i64, String)>>,
@@ -228,8 +246,8 @@ pub(crate) struct Tx<'t, 'c> {
     at: std::cell::OnceCell<String>,
 }
 
-impl<'t> std::ops::Deref for Tx<'t, '_> {
-    type Target = rusqlite::Transaction<'t>;
+impl<'t> std::ops::Deref for Tx<'t> {
+    type Target = sql::Sql<'t>;
 
     fn deref(&self) -> &Self::Target {
         &self.t
@@ -240,6 +258,7 @@ impl<'t> std::ops::Deref for Tx<'t, '_> {
 #[derive(Clone)]
 pub struct Store {
     evidence: bool,
+    location: Arc<Location>,
     data_dir: Arc<std::path::PathBuf>,
     jobs: std::sync::mpsc::Sender<Message>,
     /// Jobs no one waits for, committed with the writer's next transaction ([`Store::defer`]).
@@ -268,23 +287,30 @@ impl Store {
 
     /// Like [`Store::open`]; `evidence: false` keeps no evidence log (for measuring its cost).
     pub fn open_with(data_dir: &Path, evidence: bool) -> Result<Store, StoreError> {
+        Store::open_at(&Location::Sqlite(data_dir.to_path_buf()), data_dir, evidence)
+    }
+
+    /// Opens (creating or migrating) the store at `location` and starts its writer; received
+    /// files are kept under `data_dir`. `evidence: false` keeps no evidence log.
+    pub fn open_at(location: &Location, data_dir: &Path, evidence: bool) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", data_dir.display())))?;
-        let mut conn = rusqlite::Connection::open(data_dir.join("ferry.db"))?;
+        let mut conn = schema::open(location)?;
         schema::prepare(&mut conn)?;
         let (jobs, rx) = std::sync::mpsc::channel();
         let deferred = Arc::default();
         let (events, _) = broadcast::channel(4096);
         let (publish, waiting) = (events.clone(), Arc::clone(&deferred));
         let moved = Arc::<std::sync::atomic::AtomicI64>::default();
-        let writer_moved = moved.clone();
+        let log = evidence.then(|| evidence::Log::new(location.member(), moved.clone()));
         std::thread::Builder::new()
             .name("ferry-store".into())
-            .spawn(move || writer(conn, evidence.then_some(writer_moved), rx, waiting, publish))
+            .spawn(move || writer(conn, log, rx, waiting, publish))
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
-        let readers = Arc::new(reader::Readers::new(data_dir.join("ferry.db")));
+        let readers = Arc::new(reader::Readers::new(location.clone()));
         Ok(Store {
             evidence,
+            location: Arc::new(location.clone()),
             data_dir: Arc::new(data_dir.to_path_buf()),
             jobs,
             deferred,
@@ -294,6 +320,11 @@ impl Store {
             moved,
             transfers: Arc::default(),
         })
+    }
+
+    /// Where the store is kept.
+    pub fn location(&self) -> &Location {
+        &self.location
     }
 
     /// The folder of the database (`node.data_dir`).
@@ -339,12 +370,14 @@ impl Store {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |t, events| {
             let result = f(t, events);
-            Box::new(move |failed: Option<&NotCommitted>| {
+            let ok = result.is_ok();
+            let answer = Box::new(move |failed: Option<&NotCommitted>| {
                 let _ = tx.send(match failed {
                     None => result,
                     Some(why) => Err(StoreError::NotCommitted(why.clone())),
                 });
-            })
+            });
+            (ok, answer as Answer)
         });
         self.jobs.send(Some((durability, job))).map_err(|_| StoreError::Stopped)?;
         rx.await.map_err(|_| StoreError::Stopped)?
@@ -359,10 +392,11 @@ impl Store {
         F: FnOnce(&Tx) -> Result<(), StoreError> + Send + 'static,
     {
         let job: Job = Box::new(move |t, _| {
-            if let Err(e) = f(t) {
+            let done = f(t);
+            if let Err(e) = &done {
                 tracing::error!(error = %e, "cannot record {what}");
             }
-            Box::new(|_| {})
+            (done.is_ok(), Box::new(|_| {}))
         });
         let mut deferred = self.deferred.lock().unwrap();
         deferred.push(job);
@@ -385,18 +419,14 @@ type Message = Option<(Durability, Job)>;
 /// Deferred jobs join the next transaction, or one of their own [`DEFER_WITHIN`] after the first
 /// of them was queued.
 fn writer(
-    conn: rusqlite::Connection,
-    evidence: Option<Arc<std::sync::atomic::AtomicI64>>,
+    conn: sql::Connection,
+    log: Option<evidence::Log>,
     jobs: std::sync::mpsc::Receiver<Message>,
     deferred: Arc<std::sync::Mutex<Vec<Job>>>,
     publish: broadcast::Sender<Event>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let log = match evidence.map(|moved| evidence::Log::prepare(&conn, moved)).transpose() {
-        Ok(log) => log.map(std::cell::RefCell::new),
-        Err(e) => return tracing::error!(error = %e, "the store cannot prepare its evidence log; it stops"),
-    };
-    let mut state = Writer { conn: &conn, synchronous: Durability::Full, head: None, log };
+    let mut state = Writer { conn, synchronous: Durability::Full, head: None, log: log.map(std::cell::RefCell::new) };
     // When the deferred jobs waiting must be committed.
     let mut due: Option<std::time::Instant> = None;
     let mut emptied: Vec<Job> = Vec::new();
@@ -447,31 +477,33 @@ fn writer(
 }
 
 /// What the writer keeps between transactions.
-struct Writer<'c> {
+struct Writer {
     /// The store's connection; the writer is its only user.
-    conn: &'c rusqlite::Connection,
-    /// The connection's `synchronous` setting.
+    conn: sql::Connection,
+    /// SQLite's `synchronous` setting of the connection.
     synchronous: Durability,
     /// The evidence log's last record, once known.
     head: Option<(i64, String)>,
     /// The evidence log ([`Tx::log`]).
-    log: Option<std::cell::RefCell<evidence::Log<'c>>>,
+    log: Option<std::cell::RefCell<evidence::Log>>,
 }
 
-impl<'c> Writer<'c> {
+impl Writer {
     /// Runs `jobs` in one transaction and commits it with `needed` durability, then answers them
-    /// and publishes their events; `jobs` is left empty.
+    /// and publishes their events; `jobs` is left empty. A job that fails is rolled back to where
+    /// it began (its statements, events and evidence records), and the others go on.
     fn commit(&mut self, jobs: &mut Vec<Job>, needed: Durability, publish: &broadcast::Sender<Event>) {
-        if needed != self.synchronous {
-            let mode = if needed == Durability::Full { "FULL" } else { "NORMAL" };
-            match self.conn.pragma_update(None, "synchronous", mode) {
-                Ok(()) => self.synchronous = needed,
-                Err(e) => tracing::error!(error = %e, "the store cannot set synchronous={mode}"),
+        if let sql::Connection::Sqlite(conn) = &self.conn {
+            if needed != self.synchronous {
+                let mode = if needed == Durability::Full { "FULL" } else { "NORMAL" };
+                match conn.pragma_update(None, "synchronous", mode) {
+                    Ok(()) => self.synchronous = needed,
+                    Err(e) => tracing::error!(error = %e, "the store cannot set synchronous={mode}"),
+                }
             }
         }
         let mut events = Vec::new();
-        // The writer is the connection's only user, so no transaction of its is open here.
-        let t = match self.conn.unchecked_transaction() {
+        let t = match self.conn.begin(sql::Begin::Write { durable: needed == Durability::Full }) {
             Ok(t) => Tx {
                 t,
                 log: self.log.as_ref(),
@@ -485,7 +517,7 @@ impl<'c> Writer<'c> {
                 return;
             }
         };
-        let answers: Vec<Answer> = jobs.drain(..).map(|job| job(&t, &mut events)).collect();
+        let answers: Vec<Answer> = jobs.drain(..).map(|job| t.isolated(job, &mut events)).collect();
         let appended = t.append_block().map_err(|e| {
             tracing::error!(error = %e, "the store cannot append to the evidence log");
             NotCommitted::of(&e)
@@ -496,7 +528,7 @@ impl<'c> Writer<'c> {
             .and_then(|()| {
                 t.commit().map_err(|e| {
                     tracing::error!(error = %e, "the store could not commit");
-                    NotCommitted::of(&e.into())
+                    NotCommitted::of(&e)
                 })
             })
             .err();
@@ -513,19 +545,47 @@ impl<'c> Writer<'c> {
     }
 }
 
+impl Tx<'_> {
+    /// Runs `job` inside a savepoint: if it fails, what it changed is undone, so that the
+    /// transaction's other jobs are committed as if it had never run.
+    fn isolated(&self, job: Job, events: &mut Vec<Event>) -> Answer {
+        let (events_before, head_before) = (events.len(), self.head.borrow().clone());
+        let block_before = self.log.map(|log| log.borrow().mark());
+        if let Err(e) = self.exec("SAVEPOINT job", sql::params![]) {
+            tracing::error!(error = %e, "the store cannot set a savepoint");
+        }
+        let (ok, answer) = job(self, events);
+        let ended = if ok {
+            self.exec("RELEASE SAVEPOINT job", sql::params![])
+        } else {
+            events.truncate(events_before);
+            *self.head.borrow_mut() = head_before;
+            if let (Some(log), Some(mark)) = (self.log, block_before) {
+                log.borrow_mut().back_to(mark);
+            }
+            self.exec("ROLLBACK TO SAVEPOINT job", sql::params![])
+                .and_then(|_| self.exec("RELEASE SAVEPOINT job", sql::params![]))
+        };
+        if let Err(e) = ended {
+            tracing::error!(error = %e, "the store cannot end a savepoint");
+        }
+        answer
+    }
+}
+
 /// Runs a statement, prepared once per connection and cached.
-pub(crate) fn exec<P: rusqlite::Params>(t: &rusqlite::Transaction, sql: &str, params: P) -> rusqlite::Result<usize> {
-    t.prepare_cached(sql)?.execute(params)
+pub(crate) fn exec(t: &sql::Sql, sql: &str, params: impl sql::Params) -> Result<usize, StoreError> {
+    t.exec(sql, params)
 }
 
 /// Reads one row with a statement prepared once per connection and cached.
-pub(crate) fn query_row<P: rusqlite::Params, T>(
-    t: &rusqlite::Transaction,
+pub(crate) fn query_row<T>(
+    t: &sql::Sql,
     sql: &str,
-    params: P,
-    f: impl FnOnce(&rusqlite::Row<'_>) -> rusqlite::Result<T>,
-) -> rusqlite::Result<T> {
-    t.prepare_cached(sql)?.query_row(params, f)
+    params: impl sql::Params,
+    f: impl FnOnce(&sql::Row<'_>) -> Result<T, StoreError>,
+) -> Result<T, StoreError> {
+    t.query_row(sql, params, f)
 }
 
 /// Milliseconds since the Unix epoch.
@@ -550,7 +610,7 @@ mod tests {
 
     /// The whole evidence log under `dir`.
     fn log(dir: &Path) -> Vec<(i64, String)> {
-        read_log(dir, 0).unwrap().collect::<Result<_, _>>().unwrap()
+        read_log(&Location::Sqlite(dir.into()), 0).unwrap().collect::<Result<_, _>>().unwrap()
     }
 
     /// A deferred record is committed on its own, with no other job to join, and
@@ -603,7 +663,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         store.run(|t, _| t.record(Entry::new("request", "out", "org-b", "r3"))).await.unwrap();
         assert_eq!(
-            verify_log(dir.path(), &HashMap::new(), None).unwrap(),
+            verify_log(&Location::Sqlite(dir.path().into()), &HashMap::new(), None).unwrap(),
             Ok(Intact { records: 3, ..Intact::default() })
         );
     }
@@ -626,15 +686,16 @@ mod tests {
         let (rows, stored): (i64, String) =
             db.query_row("SELECT COUNT(*), typeof(records) FROM evidence", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((rows, stored.as_str()), (1, "blob"), "one row, compressed");
-        let lines: Vec<String> = read_log(dir.path(), 0).unwrap().map(|r| r.unwrap().1).collect();
+        let lines: Vec<String> =
+            read_log(&Location::Sqlite(dir.path().into()), 0).unwrap().map(|r| r.unwrap().1).collect();
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert_eq!(
-            verify_log(dir.path(), &HashMap::new(), None).unwrap(),
+            verify_log(&Location::Sqlite(dir.path().into()), &HashMap::new(), None).unwrap(),
             Ok(Intact { records: 3, ..Intact::default() })
         );
         // Rewritten by hand as text, the middle record left out.
         db.execute("UPDATE evidence SET records = ?1", [format!("{}\n{}", lines[0], lines[2])]).unwrap();
-        let broken = verify_log(dir.path(), &HashMap::new(), None).unwrap().unwrap_err();
+        let broken = verify_log(&Location::Sqlite(dir.path().into()), &HashMap::new(), None).unwrap().unwrap_err();
         assert_eq!(broken.seq, 2, "{broken:?}");
     }
 
@@ -650,7 +711,8 @@ mod tests {
         let packed: Vec<u8> = db.query_row("SELECT records FROM evidence WHERE seq = 2", [], |r| r.get(0)).unwrap();
         for damaged in [packed[..packed.len() / 2].to_vec(), vec![0xff; 4], vec![]] {
             db.execute("UPDATE evidence SET records = ?1 WHERE seq = 2", [&damaged]).unwrap();
-            let error = verify_log(dir.path(), &HashMap::new(), None).unwrap_err().to_string();
+            let error =
+                verify_log(&Location::Sqlite(dir.path().into()), &HashMap::new(), None).unwrap_err().to_string();
             assert!(error.contains("seq 2"), "{error}");
         }
         // A node started on it still records, after the damaged block.

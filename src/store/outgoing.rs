@@ -3,7 +3,7 @@
 //! queue ([`OutboundWork`]) also carries this node's replies to peers' requests, whose rows
 //! [`super::replies`] keeps.
 
-use rusqlite::{params, OptionalExtension};
+use super::sql::{params, OptionalExtension, Row};
 
 use super::evidence::request_record;
 use super::queue::{fail, state_event, EXPIRED, LEASE_MS};
@@ -192,42 +192,39 @@ impl Store {
         let transfers = self.transfers.clone();
         self.run_relaxed(move |t, events| {
             let now = now_ms();
-            let expired: Vec<i64> = t
-                .prepare_cached(
-                    "SELECT seq FROM requests WHERE direction = 'outgoing' AND state IN ('waiting', 'doing')
+            let expired: Vec<i64> = t.query(
+                "SELECT seq FROM requests WHERE direction = 'outgoing' AND state IN ('waiting', 'doing')
                      AND expires_at < ?1",
-                )?
-                .query_map([now], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+                [now],
+                |r| r.get(0),
+            )?;
             for row in expired {
                 fail(t, events, row, "expired: ttl_s passed before the request completed", Some(EXPIRED))?;
             }
-            let stalled: Vec<(String, String)> = t
-                .prepare_cached(
-                    "UPDATE requests SET state = 'waiting', updated_at = ?1
+            let stalled: Vec<(String, String)> = t.query(
+                "UPDATE requests SET state = 'waiting', updated_at = ?1
                      WHERE direction = 'outgoing' AND state = 'doing' AND next_attempt_at <= ?1
                      RETURNING id, peer",
-                )?
-                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
+                [now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             for (id, peer) in stalled {
                 transfers.end(&peer, &id);
                 state_event(events, &id, &peer, State::Waiting);
             }
             let mut work = Vec::new();
-            let mut due = t.prepare_cached(
+            let due = format!(
                 "UPDATE requests SET next_attempt_at = ?1 + ?2, attempts = attempts + 1
                  WHERE seq IN (SELECT seq FROM requests WHERE direction = 'outgoing' AND state = 'waiting'
-                               AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?3)
+                               AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?3{})
                  RETURNING seq, peer, wire, reply, expires_at, file_path, file_name, file_field, file_identity,
                     record_version",
-            )?;
-            let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
-            let mut requests = Vec::new();
-            while let Some(r) = rows.next()? {
+                t.skip_locked("requests")
+            );
+            let mut requests = t.query(&due, params![now, LEASE_MS, limit as i64], |r| {
                 let blob: Vec<u8> = r.get(2)?;
-                requests.push((
-                    r.get::<_, i64>(0)?,
+                Ok((
+                    r.get::<i64>(0)?,
                     OutboundWork::Request {
                         peer: r.get(1)?,
                         message: wire::AsyncRequest {
@@ -237,8 +234,8 @@ impl Store {
                         },
                         file: outgoing_file(r, 5)?,
                     },
-                ));
-            }
+                ))
+            })?;
             requests.sort_by_key(|(seq, _)| *seq);
             work.extend(requests.into_iter().map(|(_, w)| w));
             work.extend(replies::claim_due(t, now, limit)?);
@@ -334,8 +331,11 @@ impl Store {
                         back_to_waiting(t, events, peer, &message.request.id)?;
                         exec(
                             t,
-                            "UPDATE requests SET next_attempt_at = ?3 + MIN(60000, 1000 << MIN(MAX(attempts - 1, 0), 6))
-                             WHERE direction = 'outgoing' AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                            &format!(
+                                "UPDATE requests SET next_attempt_at = ?3 + {} WHERE direction = 'outgoing'
+                                 AND peer = ?1 AND id = ?2 AND state = 'waiting'",
+                                super::queue::backoff("attempts")
+                            ),
                             params![peer, message.request.id, now],
                         )?
                     }
@@ -401,20 +401,14 @@ impl Store {
 }
 
 /// The outgoing file in columns `at` to `at + 3` (path, name, field, identity), if any.
-pub(super) fn outgoing_file(r: &rusqlite::Row, at: usize) -> rusqlite::Result<Option<OutgoingFile>> {
-    Ok(
-        match (
-            r.get::<_, Option<String>>(at)?,
-            r.get::<_, Option<String>>(at + 1)?,
-            r.get::<_, Option<String>>(at + 2)?,
-        ) {
-            (Some(path), Some(name), Some(field)) => {
-                let identity = r.get::<_, Option<String>>(at + 3)?.as_deref().and_then(Identity::parse);
-                Some(OutgoingFile { path, name, field, identity })
-            }
-            _ => None,
-        },
-    )
+pub(super) fn outgoing_file(r: &Row, at: usize) -> Result<Option<OutgoingFile>, StoreError> {
+    Ok(match (r.get::<Option<String>>(at)?, r.get::<Option<String>>(at + 1)?, r.get::<Option<String>>(at + 2)?) {
+        (Some(path), Some(name), Some(field)) => {
+            let identity = r.get::<Option<String>>(at + 3)?.as_deref().and_then(Identity::parse);
+            Some(OutgoingFile { path, name, field, identity })
+        }
+        _ => None,
+    })
 }
 
 #[cfg(test)]
@@ -560,12 +554,12 @@ mod tests {
         store.file_progress("org-b", "r1", 20, 100, None).await.unwrap();
         let lease = |store: Store| async move {
             store
-                .run(|t, _| Ok(query_row(t, "SELECT next_attempt_at FROM requests", [], |r| r.get::<_, i64>(0))?))
+                .run(|t, _| query_row(t, "SELECT next_attempt_at FROM requests", params![], |r| r.get::<i64>(0)))
                 .await
                 .unwrap()
         };
         assert!(lease(store.clone()).await > now_ms() + LEASE_MS - 5_000, "a report renews the lease");
-        store.run(|t, _| Ok(exec(t, "UPDATE requests SET next_attempt_at = ?1", [now_ms() - 1])?)).await.unwrap();
+        store.run(|t, _| exec(t, "UPDATE requests SET next_attempt_at = ?1", [now_ms() - 1])).await.unwrap();
         let again = store.claim_outbound(10).await.unwrap();
         assert_eq!(again.len(), 1, "stalled past its lease: claimed again");
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "waiting");
@@ -609,10 +603,10 @@ mod tests {
         let pause = |store: Store, attempts: i64| {
             let claimed = claimed.clone();
             async move {
-                store.run(move |t, _| Ok(exec(t, "UPDATE requests SET attempts = ?1", [attempts])?)).await.unwrap();
+                store.run(move |t, _| exec(t, "UPDATE requests SET attempts = ?1", [attempts])).await.unwrap();
                 store.resend_later(claimed).await.unwrap();
                 let at: i64 = store
-                    .run(|t, _| Ok(query_row(t, "SELECT next_attempt_at FROM requests", [], |r| r.get(0))?))
+                    .run(|t, _| query_row(t, "SELECT next_attempt_at FROM requests", params![], |r| r.get(0)))
                     .await
                     .unwrap();
                 at - now_ms()

@@ -3,7 +3,7 @@
 
 use std::time::Duration;
 
-use rusqlite::params;
+use super::sql::params;
 
 use super::{exec, now_ms, query_row, Store, StoreError};
 
@@ -24,9 +24,7 @@ impl Store {
         let before = now_ms().saturating_sub(keep.as_millis() as i64);
         self.run_relaxed(move |t, _| {
             let received: Vec<(String, String, String)> = t
-                .prepare_cached("SELECT peer, key, path FROM received_files WHERE received_at < ?1")?
-                .query_map([before], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?
-                .collect::<Result<_, _>>()?;
+                .query("SELECT peer, key, path FROM received_files WHERE received_at < ?1", [before], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?)))?;
             let mut pruned = Pruned::default();
             for (peer, key, path) in received {
                 // A reply's file is keyed `id/seq`.

@@ -5,7 +5,7 @@
 //! takes the same item twice while it is in flight, and an item whose worker died becomes due
 //! again by itself. [`Store::recover`] clears leases at start-up.
 
-use rusqlite::params;
+use super::sql::params;
 
 use super::replies::{push_reply, Due};
 use super::trust::settle_key;
@@ -13,6 +13,15 @@ use super::{exec, now_ms, query_row, Event, State, Store, StoreError, Tx};
 
 /// How long a claimed item stays with its worker before it is due again.
 pub(super) const LEASE_MS: i64 = 60_000;
+
+/// The SQL of the wait before the next attempt of an item tried `attempts` times: 1 s, doubling
+/// to 32 s, then 60 s.
+pub(super) fn backoff(attempts: &str) -> String {
+    format!(
+        "CASE WHEN {attempts} <= 1 THEN 1000 WHEN {attempts} <= 6 THEN 1000 * (CASE {attempts} WHEN 2 THEN 2 \
+         WHEN 3 THEN 4 WHEN 4 THEN 8 WHEN 5 THEN 16 ELSE 32 END) ELSE 60000 END"
+    )
+}
 
 /// Tells watchers that request `id` exchanged with `peer` is now in `state`.
 pub(super) fn state_event(events: &mut Vec<Event>, id: &str, peer: &str, state: State) {
@@ -66,13 +75,12 @@ impl Store {
     pub async fn recover(&self) -> Result<usize, StoreError> {
         self.run(move |t, events| {
             let now = now_ms();
-            let cut: Vec<(String, String)> = t
-                .prepare(
-                    "UPDATE requests SET state = 'waiting', updated_at = ?1 WHERE direction = 'outgoing'
+            let cut: Vec<(String, String)> = t.query(
+                "UPDATE requests SET state = 'waiting', updated_at = ?1 WHERE direction = 'outgoing'
                      AND state = 'doing' AND next_attempt_at IS NOT NULL RETURNING id, peer",
-                )?
-                .query_map([now], |r| Ok((r.get(0)?, r.get(1)?)))?
-                .collect::<Result<_, _>>()?;
+                [now],
+                |r| Ok((r.get(0)?, r.get(1)?)),
+            )?;
             for (id, peer) in cut {
                 state_event(events, &id, &peer, State::Waiting);
             }
@@ -83,13 +91,12 @@ impl Store {
             )?;
             exec(t, "UPDATE replies SET next_send_at = ?1 WHERE next_send_at > ?1", [now])?;
             exec(t, "UPDATE replies SET callback_at = ?1 WHERE callback_at > ?1 AND delivered = 0", [now])?;
-            let interrupted: Vec<i64> = t
-                .prepare(
-                    "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'doing'
+            let interrupted: Vec<i64> = t.query(
+                "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'doing'
                      AND response_status IS NULL",
-                )?
-                .query_map([], |r| r.get(0))?
-                .collect::<Result<_, _>>()?;
+                params![],
+                |r| r.get(0),
+            )?;
             for row in &interrupted {
                 fail(
                     t,
@@ -105,7 +112,7 @@ impl Store {
                 t,
                 "DELETE FROM idempotency WHERE state = 'running' AND id NOT IN
                     (SELECT id FROM requests WHERE direction = 'incoming' AND state IN ('waiting', 'doing'))",
-                [],
+                params![],
             )?;
             exec(t, "DELETE FROM idempotency WHERE state = 'success' AND expires_at < ?1", [now])?;
             Ok(interrupted.len())

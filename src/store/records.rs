@@ -3,7 +3,7 @@
 
 use std::time::Instant;
 
-use rusqlite::{params, OptionalExtension, Row};
+use super::sql::{params, OptionalExtension, Row, Sql};
 use serde::Serialize;
 use serde_json::{json, Map, Value};
 
@@ -150,12 +150,12 @@ struct Viewed {
     callback: Option<Callback>,
 }
 
-fn view(r: &Row) -> rusqlite::Result<Viewed> {
-    let response = match r.get::<_, Option<u16>>(14)? {
+fn view(r: &Row) -> Result<Viewed, StoreError> {
+    let response = match r.get::<Option<u16>>(14)? {
         Some(status) => {
             let headers: Vec<(String, String)> =
-                r.get::<_, Option<String>>(15)?.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
-            let body: Vec<u8> = r.get::<_, Option<Vec<u8>>>(16)?.unwrap_or_default();
+                r.get::<Option<String>>(15)?.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
+            let body: Vec<u8> = r.get::<Option<Vec<u8>>>(16)?.unwrap_or_default();
             let response = wire::Response { status, headers, body, replay_of: None };
             let (body, encoding) = response.body_value();
             let mut v = json!({"status": status, "headers": response.headers_json(), "body": body});
@@ -166,7 +166,7 @@ fn view(r: &Row) -> rusqlite::Result<Viewed> {
         }
         None => None,
     };
-    let callback = match (r.get::<_, Option<String>>(17)?, r.get::<_, Option<String>>(18)?) {
+    let callback = match (r.get::<Option<String>>(17)?, r.get::<Option<String>>(18)?) {
         (Some(url), Some(method)) => Some(Callback { url, method }),
         _ => None,
     };
@@ -189,13 +189,13 @@ fn view(r: &Row) -> rusqlite::Result<Viewed> {
             attempts: r.get(13)?,
             response,
             replies: None,
-            transfer: match r.get::<_, Option<String>>(19)? {
+            transfer: match r.get::<Option<String>>(19)? {
                 Some(name) => Some(json!({
                     "name": name,
-                    "size": r.get::<_, Option<i64>>(20)?,
-                    "sha256": r.get::<_, Option<String>>(21)?,
-                    "bytes_done": r.get::<_, i64>(22)?,
-                    "path": r.get::<_, Option<String>>(23)?,
+                    "size": r.get::<Option<i64>>(20)?,
+                    "sha256": r.get::<Option<String>>(21)?,
+                    "bytes_done": r.get::<i64>(22)?,
+                    "path": r.get::<Option<String>>(23)?,
                 })),
                 None => None,
             },
@@ -224,7 +224,7 @@ fn with_attempts(mut view: RequestView, url: Option<String>, attempts: Vec<super
     view
 }
 
-fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Result<RequestView, StoreError> {
+fn complete(t: &Sql, viewed: Viewed, with_replies: bool) -> Result<RequestView, StoreError> {
     let Viewed { row, mut view, callback } = viewed;
     // Credentials in a callback URL stored by an earlier version, and the shown form that masks
     // them wherever an error repeats the URL.
@@ -232,7 +232,8 @@ fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Re
     if let Some(Callback { url, method }) = callback {
         let (count, delivered, attempts, last_error): (u32, u32, u32, Option<String>) = query_row(
             t,
-            "SELECT COUNT(*), COALESCE(SUM(delivered), 0), COALESCE(SUM(callback_attempts), 0),
+            "SELECT COUNT(*), CAST(COALESCE(SUM(delivered), 0) AS BIGINT),
+                    CAST(COALESCE(SUM(callback_attempts), 0) AS BIGINT),
                     (SELECT callback_error FROM replies WHERE request = ?1 AND callback_error IS NOT NULL
                      ORDER BY seq DESC LIMIT 1)
              FROM replies WHERE request = ?1",
@@ -247,38 +248,37 @@ fn complete(t: &rusqlite::Transaction, viewed: Viewed, with_replies: bool) -> Re
         }));
     }
     if with_replies {
-        let mut stmt = t.prepare_cached(
-            "SELECT seq, data, error, end, created_at, delivered, next_send_at IS NULL, file_path, file_name, file_size,
+        let outgoing = view.direction == "outgoing";
+        let replies = t.query(
+            "SELECT seq, data, error, \"end\", created_at, delivered, next_send_at IS NULL, file_path, file_name, file_size,
                     file_sha256, callback_attempts, callback_error, callback_at FROM replies
              WHERE request = ?1 ORDER BY seq",
-        )?;
-        let outgoing = view.direction == "outgoing";
-        let replies = stmt
-            .query_map([row], |r| {
+            [row],
+            |r| {
                 let data: Option<String> = r.get(1)?;
                 let data = data.and_then(|d| serde_json::from_str::<Value>(&d).ok()).unwrap_or(Value::Null);
                 // On the requesting node `delivered` means delivered to the callback; on the
                 // receiving node, acknowledged by the requesting node.
                 let delivered: bool = if outgoing { r.get(5)? } else { r.get(6)? };
                 let mut reply = json!({
-                    "seq": r.get::<_, u32>(0)?, "data": data, "error": r.get::<_, Option<String>>(2)?,
-                    "file": r.get::<_, Option<String>>(7)?, "end": r.get::<_, bool>(3)?, "received_at": rfc3339(r.get(4)?),
+                    "seq": r.get::<u32>(0)?, "data": data, "error": r.get::<Option<String>>(2)?,
+                    "file": r.get::<Option<String>>(7)?, "end": r.get::<bool>(3)?, "received_at": rfc3339(r.get(4)?),
                     "delivered": delivered,
                 });
-                if let Some(name) = r.get::<_, Option<String>>(8)? {
-                    reply["file_info"] = json!({"name": name, "size": r.get::<_, Option<i64>>(9)?,
-                        "sha256": r.get::<_, Option<String>>(10)?});
+                if let Some(name) = r.get::<Option<String>>(8)? {
+                    reply["file_info"] = json!({"name": name, "size": r.get::<Option<i64>>(9)?,
+                        "sha256": r.get::<Option<String>>(10)?});
                 }
                 if let Some((url, shown)) = &masked {
-                    let last_error = r.get::<_, Option<String>>(12)?.map(|e| e.replace(url.as_str(), shown));
+                    let last_error = r.get::<Option<String>>(12)?.map(|e| e.replace(url.as_str(), shown));
                     reply["callback"] = json!({
-                        "attempts": r.get::<_, u32>(11)?, "last_error": last_error,
-                        "next_attempt_at": r.get::<_, Option<i64>>(13)?.map(rfc3339),
+                        "attempts": r.get::<u32>(11)?, "last_error": last_error,
+                        "next_attempt_at": r.get::<Option<i64>>(13)?.map(rfc3339),
                     });
                 }
                 Ok(reply)
-            })?
-            .collect::<Result<Vec<_>, _>>()?;
+            },
+        )?;
         view.replies = Some(replies);
     }
     Ok(view)
@@ -323,33 +323,32 @@ impl Store {
         self.read(move |t| {
             let before: i64 = match &filter.before {
                 Some(id) => t
-                    .query_row("SELECT MIN(seq) FROM requests WHERE id = ?1", [id], |r| r.get::<_, Option<i64>>(0))?
+                    .query_row("SELECT MIN(seq) FROM requests WHERE id = ?1", [id], |r| r.get::<Option<i64>>(0))?
                     .unwrap_or(0),
                 None => i64::MAX,
             };
-            let mut stmt = t.prepare_cached(&format!(
-                "SELECT {COLUMNS} FROM requests WHERE seq < ?1
+            let rows = t.query(
+                &format!(
+                    "SELECT {COLUMNS} FROM requests WHERE seq < ?1
                  AND (?2 IS NULL OR direction = ?2) AND (?3 IS NULL OR state = ?3)
                  AND (?4 IS NULL OR peer = ?4) AND (?5 IS NULL OR conversation = ?5)
                  AND (?7 IS NULL OR service = ?7)
-                 AND (?8 IS NULL OR instr(id, ?8) > 0 OR instr(COALESCE(idempotency_key, ''), ?8) > 0)
-                 ORDER BY seq DESC LIMIT ?6"
-            ))?;
-            let rows = stmt
-                .query_map(
-                    params![
-                        before,
-                        filter.direction,
-                        filter.state,
-                        filter.peer,
-                        filter.conversation,
-                        filter.limit as i64 + 1,
-                        filter.service,
-                        filter.text,
-                    ],
-                    view,
-                )?
-                .collect::<Result<Vec<_>, _>>()?;
+                 AND (?8 IS NULL OR {instr}(id, ?8) > 0 OR {instr}(COALESCE(idempotency_key, ''), ?8) > 0)
+                 ORDER BY seq DESC LIMIT ?6",
+                    instr = if t.is_postgres() { "strpos" } else { "instr" }
+                ),
+                params![
+                    before,
+                    filter.direction,
+                    filter.state,
+                    filter.peer,
+                    filter.conversation,
+                    filter.limit as i64 + 1,
+                    filter.service,
+                    filter.text,
+                ],
+                view,
+            )?;
             let more = rows.len() > filter.limit;
             let items = rows
                 .into_iter()
@@ -383,23 +382,22 @@ impl Store {
     /// Incoming reply-mode requests still awaiting a reply, oldest first.
     pub async fn pending(&self) -> Result<Vec<Pending>, StoreError> {
         self.read(move |t| {
-            let mut stmt = t.prepare_cached(
+            let rows = t.query(
                 "SELECT callback_id, peer, wire, created_at, masked_form, record_version FROM requests
                  WHERE direction = 'incoming' AND callback_id IS NOT NULL AND state = 'doing' AND response_status IS NOT NULL
                  ORDER BY seq",
-            )?;
-            let rows = stmt
-                .query_map([], |r| {
+                params![],
+                |r| {
                     Ok((
-                        r.get::<_, String>(0)?,
-                        r.get::<_, String>(1)?,
-                        r.get::<_, Vec<u8>>(2)?,
-                        r.get::<_, i64>(3)?,
-                        r.get::<_, Option<String>>(4)?,
-                        r.get::<_, Option<i64>>(5)?,
+                        r.get::<String>(0)?,
+                        r.get::<String>(1)?,
+                        r.get::<Vec<u8>>(2)?,
+                        r.get::<i64>(3)?,
+                        r.get::<Option<String>>(4)?,
+                        r.get::<Option<i64>>(5)?,
                     ))
-                })?
-                .collect::<Result<Vec<_>, _>>()?;
+                },
+            )?;
             rows.into_iter()
                 .map(|(callback_id, peer, blob, created, masked, version)| {
                     let request = stored::decode(version, &blob)?;
@@ -424,18 +422,15 @@ impl Store {
     /// results waiting for callbacks.
     pub async fn queue_counts(&self) -> Result<QueueCounts, StoreError> {
         self.read(move |t| {
-            let mut stmt = t.prepare_cached(
+            let requests = t.query(
                 "SELECT direction, peer, state, COUNT(*) FROM requests GROUP BY direction, peer, state",
+                params![],
+                |r| Ok(QueueCount { direction: r.get(0)?, peer: r.get(1)?, state: r.get(2)?, count: r.get(3)? }),
             )?;
-            let requests = stmt
-                .query_map([], |r| {
-                    Ok(QueueCount { direction: r.get(0)?, peer: r.get(1)?, state: r.get(2)?, count: r.get(3)? })
-                })?
-                .collect::<Result<_, _>>()?;
             let callbacks_pending = query_row(
                 t,
                 "SELECT COUNT(*) FROM replies WHERE callback_at IS NOT NULL AND delivered = 0",
-                [],
+                params![],
                 |r| r.get(0),
             )?;
             Ok(QueueCounts { requests, callbacks_pending })
@@ -446,7 +441,7 @@ impl Store {
     /// How many requests were stored so far, both directions: the seq of the newest (rows let go
     /// of by housekeeping still count).
     pub async fn requests_stored(&self) -> Result<u64, StoreError> {
-        self.read(move |t| Ok(query_row(t, "SELECT COALESCE(MAX(seq), 0) FROM requests", [], |r| r.get(0))?)).await
+        self.read(move |t| query_row(t, "SELECT COALESCE(MAX(seq), 0) FROM requests", params![], |r| r.get(0))).await
     }
 
     /// Counts of requests by direction and state, and undelivered callback results.
@@ -458,18 +453,18 @@ impl Store {
                     map.insert(s.into(), 0.into());
                 }
             }
-            let mut stmt =
-                t.prepare_cached("SELECT direction, state, COUNT(*) FROM requests GROUP BY direction, state")?;
-            let mut rows = stmt.query([])?;
-            while let Some(r) = rows.next()? {
-                let (direction, state, n): (String, String, u64) = (r.get(0)?, r.get(1)?, r.get(2)?);
+            let rows =
+                t.query("SELECT direction, state, COUNT(*) FROM requests GROUP BY direction, state", params![], |r| {
+                    Ok((r.get::<String>(0)?, r.get::<String>(1)?, r.get::<u64>(2)?))
+                })?;
+            for (direction, state, n) in rows {
                 let map = if direction == "outgoing" { &mut stats.outgoing } else { &mut stats.incoming };
                 map.insert(state, n.into());
             }
             stats.callbacks_pending = query_row(
                 t,
                 "SELECT COUNT(*) FROM replies WHERE callback_at IS NOT NULL AND delivered = 0",
-                [],
+                params![],
                 |r| r.get(0),
             )?;
             Ok(stats)

@@ -4,7 +4,7 @@
 
 use std::time::Duration;
 
-use rusqlite::{params, OptionalExtension, Transaction};
+use super::sql::{params, OptionalExtension, Sql};
 use serde_json::Value;
 
 use super::evidence::file_facts;
@@ -28,7 +28,7 @@ pub(super) enum Due {
 
 /// Adds a reply row (the next seq) for request row `request`, due to `due` now; returns its seq.
 pub(super) fn push_reply(
-    t: &Transaction,
+    t: &Sql,
     request: i64,
     data: Option<&str>,
     error: Option<&str>,
@@ -41,7 +41,7 @@ pub(super) fn push_reply(
     let now = now_ms();
     exec(
         t,
-        "INSERT INTO replies (request, seq, data, error, status, end, created_at, next_send_at, callback_at)
+        "INSERT INTO replies (request, seq, data, error, status, \"end\", created_at, next_send_at, callback_at)
          VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9)",
         params![
             request,
@@ -59,24 +59,23 @@ pub(super) fn push_reply(
 }
 
 /// Claims up to `limit` of this node's replies due to be carried to peers, in order per request.
-pub(super) fn claim_due(t: &Transaction, now: i64, limit: usize) -> Result<Vec<OutboundWork>, StoreError> {
-    let mut due = t.prepare_cached(
+pub(super) fn claim_due(t: &Sql, now: i64, limit: usize) -> Result<Vec<OutboundWork>, StoreError> {
+    let due = format!(
         "UPDATE replies SET next_send_at = ?1 + ?2, send_attempts = send_attempts + 1
          WHERE rowid IN (SELECT rowid FROM replies WHERE next_send_at <= ?1
-                         ORDER BY next_send_at, rowid LIMIT ?3)
+                         ORDER BY next_send_at, rowid LIMIT ?3{})
          RETURNING (SELECT peer FROM requests q WHERE q.seq = request),
                    (SELECT id FROM requests q WHERE q.seq = request),
-                   request, seq, end, data, error, status,
+                   request, seq, \"end\", data, error, status,
                    (SELECT response_status FROM requests q WHERE q.seq = request),
                    file_path, file_name, file_field, file_identity,
                    (SELECT member FROM requests q WHERE q.seq = request)",
-    )?;
-    let mut rows = due.query(params![now, LEASE_MS, limit as i64])?;
-    let mut replies = Vec::new();
-    while let Some(r) = rows.next()? {
-        replies.push((
-            r.get::<_, i64>(2)?,
-            r.get::<_, u32>(3)?,
+        t.skip_locked("replies")
+    );
+    let mut replies = t.query(&due, params![now, LEASE_MS, limit as i64], |r| {
+        Ok((
+            r.get::<i64>(2)?,
+            r.get::<u32>(3)?,
             OutboundWork::Reply {
                 peer: r.get(0)?,
                 member: r.get(13)?,
@@ -91,9 +90,8 @@ pub(super) fn claim_due(t: &Transaction, now: i64, limit: usize) -> Result<Vec<O
                 },
                 file: outgoing_file(r, 9)?,
             },
-        ));
-    }
-    drop(rows);
+        ))
+    })?;
     replies.sort_by_key(|(request, seq, _)| (*request, *seq));
     let mut work = Vec::with_capacity(replies.len());
     for (request, _, mut w) in replies {
@@ -106,7 +104,7 @@ pub(super) fn claim_due(t: &Transaction, now: i64, limit: usize) -> Result<Vec<O
 }
 
 /// The peer persisted reply `seq` of its request `id`: it is not carried again.
-pub(super) fn acknowledged(t: &Transaction, peer: &str, id: &str, seq: u32) -> Result<(), StoreError> {
+pub(super) fn acknowledged(t: &Sql, peer: &str, id: &str, seq: u32) -> Result<(), StoreError> {
     exec(
         t,
         "UPDATE replies SET next_send_at = NULL
@@ -118,29 +116,31 @@ pub(super) fn acknowledged(t: &Transaction, peer: &str, id: &str, seq: u32) -> R
 }
 
 /// Carrying `reply` to `peer` failed: it is due again at `at`, unless acknowledged meanwhile.
-pub(super) fn retry(t: &Transaction, peer: &str, reply: &wire::Reply, at: i64) -> Result<usize, StoreError> {
-    Ok(exec(
+pub(super) fn retry(t: &Sql, peer: &str, reply: &wire::Reply, at: i64) -> Result<usize, StoreError> {
+    exec(
         t,
         "UPDATE replies SET next_send_at = ?4 WHERE seq = ?3 AND next_send_at IS NOT NULL
          AND request = (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
         params![peer, reply.id, reply.seq, at],
-    )?)
+    )
 }
 
 /// `peer` did not acknowledge `reply`: it is due again after a pause that doubles with each
 /// attempt, from 1 s up to a minute after `now`.
-pub(super) fn resend_later(t: &Transaction, peer: &str, reply: &wire::Reply, now: i64) -> Result<usize, StoreError> {
-    Ok(exec(
+pub(super) fn resend_later(t: &Sql, peer: &str, reply: &wire::Reply, now: i64) -> Result<usize, StoreError> {
+    exec(
         t,
-        "UPDATE replies SET next_send_at = ?4 + MIN(60000, 1000 << MIN(MAX(send_attempts - 1, 0), 6))
-         WHERE seq = ?3 AND next_send_at IS NOT NULL
-         AND request = (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
+        &format!(
+            "UPDATE replies SET next_send_at = ?4 + {} WHERE seq = ?3 AND next_send_at IS NOT NULL
+             AND request = (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
+            super::queue::backoff("send_attempts")
+        ),
         params![peer, reply.id, reply.seq, now],
-    )?)
+    )
 }
 
 /// Every reply waiting for `peer` is due at `now` (it came back).
-pub(super) fn due_now(t: &Transaction, peer: &str, now: i64) -> Result<(), StoreError> {
+pub(super) fn due_now(t: &Sql, peer: &str, now: i64) -> Result<(), StoreError> {
     exec(
         t,
         "UPDATE replies SET next_send_at = ?2 WHERE next_send_at > ?2
@@ -168,7 +168,7 @@ pub(super) fn reply_entry(
 }
 
 /// The stored service response of request row `request`, if any.
-fn response_of(t: &Transaction, request: i64) -> Result<Option<wire::Response>, StoreError> {
+fn response_of(t: &Sql, request: i64) -> Result<Option<wire::Response>, StoreError> {
     let response = t
         .query_row(
             "SELECT response_status, response_headers, response_body FROM requests WHERE seq = ?1",
@@ -180,7 +180,7 @@ fn response_of(t: &Transaction, request: i64) -> Result<Option<wire::Response>, 
                     replay_of: None,
                     status,
                     headers: headers.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default(),
-                    body: r.get::<_, Option<Vec<u8>>>(2)?.unwrap_or_default(),
+                    body: r.get::<Option<Vec<u8>>>(2)?.unwrap_or_default(),
                 }))
             },
         )
@@ -268,7 +268,7 @@ impl Store {
             let Some(row) = row else { return Ok(()) };
             exec(
                 t,
-                "UPDATE replies SET data = NULL, error = ?3, end = 1, next_send_at = ?4, file_name = NULL,
+                "UPDATE replies SET data = NULL, error = ?3, \"end\" = 1, next_send_at = ?4, file_name = NULL,
                     file_field = NULL, file_identity = NULL
                  WHERE request = ?1 AND seq = ?2",
                 params![row, seq, error, now_ms()],
@@ -349,8 +349,8 @@ impl Store {
                 (None, status) => status,
             };
             let inserted = exec(t,
-                "INSERT OR IGNORE INTO replies (request, seq, data, error, status, end, created_at, callback_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
+                "INSERT INTO replies (request, seq, data, error, status, \"end\", created_at, callback_at)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8) ON CONFLICT DO NOTHING",
                 params![row, reply.seq, reply.data, reply.error, status, reply.end, now_ms(), callback.as_ref().map(|_| now_ms())],
             )?;
             if inserted == 0 {

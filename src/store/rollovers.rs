@@ -3,11 +3,9 @@
 //! them ([`crate::peer::Peers::restore`]), so a row an operator edits in cannot pin anything;
 //! `ferry audit verify` checks the peer's old receipts with the certificates they bring.
 
-use std::path::Path;
+use super::sql::{params, Begin, Location, OptionalExtension, Sql};
 
-use rusqlite::{params, OptionalExtension};
-
-use super::{exec, now_ms, Store, StoreError};
+use super::{exec, now_ms, schema, Store, StoreError};
 use crate::evidence::Entry;
 use crate::wire;
 
@@ -38,10 +36,11 @@ impl Store {
             if !pinned {
                 // One held for the admin per certificate replaced (per member): a later one
                 // replaces it.
-                let held: Vec<(String, Vec<u8>)> = t
-                    .prepare("SELECT new, statement FROM rollovers WHERE peer = ?1 AND pinned = 0 AND new != ?2")?
-                    .query_map(params![peer, new], |r| Ok((r.get(0)?, r.get(1)?)))?
-                    .collect::<Result<_, _>>()?;
+                let held: Vec<(String, Vec<u8>)> = t.query(
+                    "SELECT new, statement FROM rollovers WHERE peer = ?1 AND pinned = 0 AND new != ?2",
+                    params![peer, new],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )?;
                 for (other, bytes) in held {
                     let same_member =
                         postcard::from_bytes::<wire::Rollover>(&bytes).map_or(true, |s| s.old == statement.old);
@@ -72,32 +71,21 @@ impl Store {
     }
 }
 
-/// Every rollover kept in the store under `data_dir`, read-only (for `ferry audit verify`); none
-/// in a store of a release before rollovers.
-pub fn rollovers_in(data_dir: &Path) -> Result<Vec<StoredRollover>, StoreError> {
-    let path = data_dir.join("ferry.db");
-    if !path.exists() {
-        return Ok(Vec::new());
-    }
-    let mut conn = rusqlite::Connection::open_with_flags(&path, rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY)?;
-    let t = conn.transaction()?;
-    let known: bool = t
-        .query_row("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'rollovers'", [], |_| Ok(true))
-        .optional()?
-        .unwrap_or(false);
-    if known {
-        all(&t)
-    } else {
-        Ok(Vec::new())
+/// Every rollover kept in the store at `location`, read-only (for `ferry audit verify`); none
+/// where there is no store yet.
+pub fn rollovers_in(location: &Location) -> Result<Vec<StoredRollover>, StoreError> {
+    match schema::open_existing(location)? {
+        Some(mut conn) => all(&conn.begin(Begin::Read)?),
+        None => Ok(Vec::new()),
     }
 }
 
-fn all(t: &rusqlite::Transaction) -> Result<Vec<StoredRollover>, StoreError> {
-    let mut statement = t.prepare_cached("SELECT peer, statement, pinned FROM rollovers ORDER BY rowid")?;
-    let rows = statement.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, Vec<u8>>(1)?, r.get(2)?)))?;
+fn all(t: &Sql) -> Result<Vec<StoredRollover>, StoreError> {
+    let rows = t.query("SELECT peer, statement, pinned FROM rollovers ORDER BY rowid", params![], |r| {
+        Ok((r.get::<String>(0)?, r.get::<Vec<u8>>(1)?, r.get(2)?))
+    })?;
     let mut kept = Vec::new();
-    for row in rows {
-        let (peer, bytes, pinned) = row?;
+    for (peer, bytes, pinned) in rows {
         match postcard::from_bytes(&bytes) {
             Ok(statement) => kept.push(StoredRollover { peer, statement, pinned }),
             Err(e) => tracing::warn!(%peer, error = %e, "an unreadable rollover in the store is ignored"),
@@ -145,7 +133,10 @@ mod tests {
         store.rollover("org-b", second.clone(), false).await.unwrap();
         let kept: Vec<_> = store.rollovers().await.unwrap().into_iter().filter(|k| k.statement == second).collect();
         assert_eq!((kept.len(), kept[0].pinned), (1, true), "pinned stays pinned");
-        let log: Vec<_> = crate::store::read_log(dir.path(), 0).unwrap().map(|r| r.unwrap().1).collect();
+        let log: Vec<_> = crate::store::read_log(&crate::store::Location::Sqlite(dir.path().into()), 0)
+            .unwrap()
+            .map(|r| r.unwrap().1)
+            .collect();
         assert_eq!(log.iter().filter(|r| r.contains("\"event\":\"rollover\"")).count(), 2, "one evidence record each");
     }
 }

@@ -5,7 +5,7 @@
 //! `dedupe_window` are, inside one writer transaction, so two concurrent requests with one key
 //! cannot both get through.
 
-use rusqlite::{params, OptionalExtension};
+use super::sql::{params, OptionalExtension};
 
 use super::evidence::request_record;
 use super::{exec, now_ms, query_row, StoreError, Tx};
@@ -111,8 +111,11 @@ pub(super) fn admit(
     if let Some(key) = key {
         exec(
             t,
-            "INSERT OR REPLACE INTO idempotency (peer, service, path, key, id, state, ttl_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)",
+            "INSERT INTO idempotency (peer, service, path, key, id, state, ttl_ms)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)
+             ON CONFLICT (peer, service, path, key) DO UPDATE SET id = excluded.id, state = 'running',
+                ttl_ms = excluded.ttl_ms, response_status = NULL, response_headers = NULL, response_body = NULL,
+                expires_at = NULL",
             params![peer, request.service, request.path, key, request.id, service.idempotency_ttl.as_millis() as i64],
         )?;
     }

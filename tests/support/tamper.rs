@@ -28,7 +28,7 @@ impl Copy {
 
     /// The log's records, in order.
     pub fn records(&self) -> Vec<Record> {
-        ferry::store::read_log(&self.dir.join("data"), 0)
+        ferry::store::read_log(&ferry::store::Location::Sqlite(self.dir.join("data")), 0)
             .unwrap()
             .map(|read| serde_json::from_str(&read.unwrap().1).unwrap())
             .collect()

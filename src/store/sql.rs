@@ -1,0 +1,535 @@
+//! The two databases the store runs on, behind one way of running SQL: the embedded SQLite file in
+//! `data_dir` (the default), or a PostgreSQL server that several members of one organization share
+//! (`[store] url`).
+//!
+//! Statements are written once, in the SQL both understand, with SQLite's numbered parameters
+//! (`?1`); PostgreSQL gets them as `$1` ([`postgres_text`]). Values cross as [`ValueRef`]s, bound to
+//! whatever type the server inferred for a parameter, and rows are read by column index. Each
+//! connection prepares a statement once and keeps it.
+
+use std::cell::RefCell;
+use std::collections::HashMap;
+use std::error::Error as StdError;
+use std::path::PathBuf;
+
+use postgres::types::{FromSql, IsNull, ToSql, Type};
+
+use super::StoreError;
+
+/// Where the store is kept.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Location {
+    /// `ferry.db` in this folder (`node.data_dir`).
+    Sqlite(PathBuf),
+    /// A PostgreSQL database shared by the organization's members.
+    Postgres {
+        /// `postgres://user@host:port/db` or `host=… user=…`.
+        url: String,
+        /// This member's name: its evidence chain and its leases are kept under it.
+        member: String,
+    },
+}
+
+impl Location {
+    /// The member whose evidence chain and leases this node keeps (`""` on SQLite, which holds
+    /// one member's).
+    pub fn member(&self) -> &str {
+        match self {
+            Location::Sqlite(_) => "",
+            Location::Postgres { member, .. } => member,
+        }
+    }
+
+    /// Where it is, for messages (a URL without its password).
+    pub fn shown(&self) -> String {
+        match self {
+            Location::Sqlite(dir) => dir.join("ferry.db").display().to_string(),
+            Location::Postgres { url, .. } => match url::Url::parse(url) {
+                Ok(mut u) if u.password().is_some() => {
+                    let _ = u.set_password(Some("…"));
+                    u.to_string()
+                }
+                _ => url.clone(),
+            },
+        }
+    }
+}
+
+/// A value bound to a statement or read from a row, borrowed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub(crate) enum ValueRef<'a> {
+    Null,
+    Int(i64),
+    Real(f64),
+    /// UTF-8 text (checked when read as a `String`).
+    Text(&'a [u8]),
+    Blob(&'a [u8]),
+}
+
+/// What can be bound to a statement's parameter.
+pub(crate) trait Param {
+    fn value(&self) -> ValueRef<'_>;
+}
+
+macro_rules! int_param {
+    ($($t:ty),*) => {$(
+        impl Param for $t {
+            fn value(&self) -> ValueRef<'_> {
+                ValueRef::Int(*self as i64)
+            }
+        }
+    )*};
+}
+int_param!(i64, i32, u32, u16, u8, usize, u64);
+
+impl Param for bool {
+    fn value(&self) -> ValueRef<'_> {
+        ValueRef::Int(*self as i64)
+    }
+}
+impl Param for f64 {
+    fn value(&self) -> ValueRef<'_> {
+        ValueRef::Real(*self)
+    }
+}
+impl Param for str {
+    fn value(&self) -> ValueRef<'_> {
+        ValueRef::Text(self.as_bytes())
+    }
+}
+impl Param for String {
+    fn value(&self) -> ValueRef<'_> {
+        ValueRef::Text(self.as_bytes())
+    }
+}
+impl Param for [u8] {
+    fn value(&self) -> ValueRef<'_> {
+        ValueRef::Blob(self)
+    }
+}
+impl Param for Vec<u8> {
+    fn value(&self) -> ValueRef<'_> {
+        ValueRef::Blob(self)
+    }
+}
+impl<const N: usize> Param for [u8; N] {
+    fn value(&self) -> ValueRef<'_> {
+        ValueRef::Blob(self)
+    }
+}
+impl<T: Param> Param for Option<T> {
+    fn value(&self) -> ValueRef<'_> {
+        self.as_ref().map_or(ValueRef::Null, Param::value)
+    }
+}
+impl<T: Param + ?Sized> Param for &T {
+    fn value(&self) -> ValueRef<'_> {
+        (**self).value()
+    }
+}
+
+/// A statement's parameters: `params![a, b]`, or an array of one type (`[id]`).
+pub(crate) trait Params {
+    fn with<R>(&self, f: impl FnOnce(&[&dyn Param]) -> R) -> R;
+}
+impl<T: Param, const N: usize> Params for [T; N] {
+    fn with<R>(&self, f: impl FnOnce(&[&dyn Param]) -> R) -> R {
+        f(&self.each_ref().map(|p| p as &dyn Param))
+    }
+}
+impl Params for &[&dyn Param] {
+    fn with<R>(&self, f: impl FnOnce(&[&dyn Param]) -> R) -> R {
+        f(self)
+    }
+}
+impl Params for Vec<&dyn Param> {
+    fn with<R>(&self, f: impl FnOnce(&[&dyn Param]) -> R) -> R {
+        f(self)
+    }
+}
+
+/// Parameters of different types: `params![id, now, file]`; `params![]` for none.
+macro_rules! params {
+    () => { [] as [&dyn $crate::store::sql::Param; 0] };
+    ($($p:expr),+ $(,)?) => { [$(&$p as &dyn $crate::store::sql::Param),+] };
+}
+pub(crate) use params;
+
+/// What a column can be read as.
+pub(crate) trait FromValue: Sized {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, String>;
+}
+
+macro_rules! int_value {
+    ($($t:ty),*) => {$(
+        impl FromValue for $t {
+            fn from_value(v: ValueRef<'_>) -> Result<Self, String> {
+                match v {
+                    ValueRef::Int(i) => <$t>::try_from(i).map_err(|_| format!("{i} is out of range")),
+                    other => Err(format!("want an integer, found {other:?}")),
+                }
+            }
+        }
+    )*};
+}
+int_value!(i64, i32, u32, u16, u8, usize, u64);
+
+impl FromValue for bool {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, String> {
+        i64::from_value(v).map(|i| i != 0)
+    }
+}
+impl FromValue for f64 {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, String> {
+        match v {
+            ValueRef::Real(f) => Ok(f),
+            ValueRef::Int(i) => Ok(i as f64),
+            other => Err(format!("want a number, found {other:?}")),
+        }
+    }
+}
+impl FromValue for String {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, String> {
+        match v {
+            ValueRef::Text(t) => String::from_utf8(t.to_vec()).map_err(|_| "text is not UTF-8".to_owned()),
+            other => Err(format!("want text, found {other:?}")),
+        }
+    }
+}
+impl FromValue for Vec<u8> {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, String> {
+        match v {
+            ValueRef::Blob(b) | ValueRef::Text(b) => Ok(b.to_vec()),
+            other => Err(format!("want bytes, found {other:?}")),
+        }
+    }
+}
+impl<T: FromValue> FromValue for Option<T> {
+    fn from_value(v: ValueRef<'_>) -> Result<Self, String> {
+        match v {
+            ValueRef::Null => Ok(None),
+            v => T::from_value(v).map(Some),
+        }
+    }
+}
+
+/// A row of a result, read by column index.
+pub(crate) enum Row<'r> {
+    Sqlite(&'r rusqlite::Row<'r>),
+    Postgres(&'r postgres::Row),
+}
+
+impl Row<'_> {
+    /// Column `i` as it is stored.
+    pub(crate) fn get_ref(&self, i: usize) -> Result<ValueRef<'_>, StoreError> {
+        match self {
+            Row::Sqlite(r) => Ok(match r.get_ref(i)? {
+                rusqlite::types::ValueRef::Null => ValueRef::Null,
+                rusqlite::types::ValueRef::Integer(n) => ValueRef::Int(n),
+                rusqlite::types::ValueRef::Real(f) => ValueRef::Real(f),
+                rusqlite::types::ValueRef::Text(t) => ValueRef::Text(t),
+                rusqlite::types::ValueRef::Blob(b) => ValueRef::Blob(b),
+            }),
+            Row::Postgres(r) => r.try_get::<usize, PgValue>(i).map(|v| v.0).map_err(StoreError::from),
+        }
+    }
+
+    /// Column `i`, read as `T`.
+    pub(crate) fn get<T: FromValue>(&self, i: usize) -> Result<T, StoreError> {
+        T::from_value(self.get_ref(i)?).map_err(|why| StoreError::Corrupt(format!("column {i}: {why}")))
+    }
+}
+
+/// `Ok(None)` for a query that found no row.
+pub(crate) trait OptionalExtension<T> {
+    fn optional(self) -> Result<Option<T>, StoreError>;
+}
+impl<T> OptionalExtension<T> for Result<T, StoreError> {
+    fn optional(self) -> Result<Option<T>, StoreError> {
+        match self {
+            Ok(v) => Ok(Some(v)),
+            Err(StoreError::NoRow) => Ok(None),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// An open connection of either database.
+pub(super) enum Connection {
+    Sqlite(rusqlite::Connection),
+    Postgres(Box<PgConnection>),
+}
+
+/// A PostgreSQL connection and the statements it has prepared.
+pub(super) struct PgConnection {
+    client: postgres::Client,
+    prepared: HashMap<String, postgres::Statement>,
+}
+
+impl Connection {
+    /// Connects to PostgreSQL at `url`.
+    pub(super) fn postgres(url: &str) -> Result<Connection, StoreError> {
+        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        Ok(Connection::Postgres(Box::new(PgConnection { client, prepared: HashMap::new() })))
+    }
+
+    /// Begins a transaction: a read-write one of the writer (`durable`: its commit waits for the
+    /// disk), or a read-only one that sees one moment's committed state.
+    pub(super) fn begin(&mut self, kind: Begin) -> Result<Sql<'_>, StoreError> {
+        match self {
+            Connection::Sqlite(c) => {
+                let behavior = match kind {
+                    Begin::Read => rusqlite::TransactionBehavior::Deferred,
+                    Begin::Write { .. } => rusqlite::TransactionBehavior::Immediate,
+                };
+                Ok(Sql::Sqlite(rusqlite::Transaction::new_unchecked(c, behavior)?))
+            }
+            Connection::Postgres(pg) => {
+                let PgConnection { client, prepared } = &mut **pg;
+                let mut t = client.transaction()?;
+                match kind {
+                    Begin::Read => t.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?,
+                    Begin::Write { durable: false } => t.batch_execute("SET LOCAL synchronous_commit TO OFF")?,
+                    Begin::Write { durable: true } => {}
+                }
+                Ok(Sql::Postgres { t: RefCell::new(t), prepared: RefCell::new(prepared) })
+            }
+        }
+    }
+}
+
+/// What kind of transaction [`Connection::begin`] opens.
+#[derive(Debug, Clone, Copy)]
+pub(super) enum Begin {
+    Read,
+    Write { durable: bool },
+}
+
+/// An open transaction, on either database: what every statement of the store runs in.
+pub(crate) enum Sql<'c> {
+    Sqlite(rusqlite::Transaction<'c>),
+    Postgres { t: RefCell<postgres::Transaction<'c>>, prepared: RefCell<&'c mut HashMap<String, postgres::Statement>> },
+}
+
+impl Sql<'_> {
+    /// Whether this is PostgreSQL, whose few statements that differ are chosen by it.
+    pub(crate) fn is_postgres(&self) -> bool {
+        matches!(self, Sql::Postgres { .. })
+    }
+
+    /// What a claim's inner `SELECT` ends with: on PostgreSQL, where members claim work side by
+    /// side, `FOR UPDATE OF table SKIP LOCKED` (rows another member is claiming are passed over,
+    /// not waited for); nothing on SQLite, whose one writer claims alone.
+    pub(crate) fn skip_locked(&self, table: &str) -> String {
+        match self {
+            Sql::Sqlite(_) => String::new(),
+            Sql::Postgres { .. } => format!(" FOR UPDATE OF {table} SKIP LOCKED"),
+        }
+    }
+
+    /// The prepared statement of `sql` on this PostgreSQL connection.
+    fn pg_statement(
+        t: &mut postgres::Transaction<'_>,
+        prepared: &mut HashMap<String, postgres::Statement>,
+        sql: &str,
+    ) -> Result<postgres::Statement, StoreError> {
+        if let Some(s) = prepared.get(sql) {
+            return Ok(s.clone());
+        }
+        let statement = t.prepare(&postgres_text(sql))?;
+        prepared.insert(sql.to_owned(), statement.clone());
+        Ok(statement)
+    }
+
+    /// Runs a statement; returns how many rows it changed.
+    pub(crate) fn exec(&self, sql: &str, params: impl Params) -> Result<usize, StoreError> {
+        params.with(|p| match self {
+            Sql::Sqlite(t) => {
+                Ok(t.prepare_cached(sql)?.execute(rusqlite::params_from_iter(p.iter().map(|v| Bind(*v))))?)
+            }
+            Sql::Postgres { t, prepared } => {
+                let t = &mut *t.borrow_mut();
+                let statement = Self::pg_statement(t, &mut prepared.borrow_mut(), sql)?;
+                let binds: Vec<PgBind> = p.iter().map(|v| PgBind(v.value())).collect();
+                let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+                Ok(t.execute(&statement, &refs)? as usize)
+            }
+        })
+    }
+
+    /// Each row of a query, read by `f`.
+    pub(crate) fn query<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        mut f: impl FnMut(&Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<Vec<T>, StoreError> {
+        params.with(|p| match self {
+            Sql::Sqlite(t) => {
+                let mut statement = t.prepare_cached(sql)?;
+                let mut rows = statement.query(rusqlite::params_from_iter(p.iter().map(|v| Bind(*v))))?;
+                let mut out = Vec::new();
+                while let Some(row) = rows.next()? {
+                    out.push(f(&Row::Sqlite(row))?);
+                }
+                Ok(out)
+            }
+            Sql::Postgres { t, prepared } => {
+                let t = &mut *t.borrow_mut();
+                let statement = Self::pg_statement(t, &mut prepared.borrow_mut(), sql)?;
+                let binds: Vec<PgBind> = p.iter().map(|v| PgBind(v.value())).collect();
+                let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
+                t.query(&statement, &refs)?.iter().map(|r| f(&Row::Postgres(r))).collect()
+            }
+        })
+    }
+
+    /// The first row of a query, read by `f`; [`StoreError::NoRow`] when there is none
+    /// ([`OptionalExtension::optional`]).
+    pub(crate) fn query_row<T>(
+        &self,
+        sql: &str,
+        params: impl Params,
+        f: impl FnOnce(&Row<'_>) -> Result<T, StoreError>,
+    ) -> Result<T, StoreError> {
+        let mut f = Some(f);
+        let first = self.query(sql, params, |r| f.take().map(|f| f(r)).transpose())?;
+        first.into_iter().flatten().next().ok_or(StoreError::NoRow)
+    }
+
+    /// Runs statements of no parameters and no result, separated by `;` (a migration).
+    pub(crate) fn batch(&self, sql: &str) -> Result<(), StoreError> {
+        match self {
+            Sql::Sqlite(t) => Ok(t.execute_batch(sql)?),
+            Sql::Postgres { t, .. } => Ok(t.borrow_mut().batch_execute(sql)?),
+        }
+    }
+
+    /// Commits.
+    pub(crate) fn commit(self) -> Result<(), StoreError> {
+        match self {
+            Sql::Sqlite(t) => Ok(t.commit()?),
+            Sql::Postgres { t, .. } => Ok(t.into_inner().commit()?),
+        }
+    }
+}
+
+/// A parameter bound for SQLite.
+struct Bind<'a>(&'a dyn Param);
+
+impl rusqlite::ToSql for Bind<'_> {
+    fn to_sql(&self) -> rusqlite::Result<rusqlite::types::ToSqlOutput<'_>> {
+        use rusqlite::types::ValueRef as V;
+        Ok(rusqlite::types::ToSqlOutput::Borrowed(match self.0.value() {
+            ValueRef::Null => V::Null,
+            ValueRef::Int(i) => V::Integer(i),
+            ValueRef::Real(f) => V::Real(f),
+            ValueRef::Text(t) => V::Text(t),
+            ValueRef::Blob(b) => V::Blob(b),
+        }))
+    }
+}
+
+/// A parameter bound for PostgreSQL, as the type the server inferred for it.
+#[derive(Debug)]
+struct PgBind<'a>(ValueRef<'a>);
+
+type BoxError = Box<dyn StdError + Sync + Send>;
+
+impl ToSql for PgBind<'_> {
+    fn to_sql(&self, ty: &Type, out: &mut bytes::BytesMut) -> Result<IsNull, BoxError> {
+        let wrong = || -> BoxError { format!("cannot bind {:?} as {ty}", self.0).into() };
+        match self.0 {
+            ValueRef::Null => Ok(IsNull::Yes),
+            ValueRef::Int(i) => match *ty {
+                Type::INT8 => i.to_sql(ty, out),
+                Type::INT4 => i32::try_from(i).map_err(|_| wrong())?.to_sql(ty, out),
+                Type::INT2 => i16::try_from(i).map_err(|_| wrong())?.to_sql(ty, out),
+                Type::BOOL => (i != 0).to_sql(ty, out),
+                Type::FLOAT8 => (i as f64).to_sql(ty, out),
+                Type::TEXT | Type::VARCHAR => i.to_string().to_sql(ty, out),
+                _ => Err(wrong()),
+            },
+            ValueRef::Real(f) => match *ty {
+                Type::FLOAT8 => f.to_sql(ty, out),
+                Type::FLOAT4 => (f as f32).to_sql(ty, out),
+                _ => Err(wrong()),
+            },
+            ValueRef::Text(t) => match *ty {
+                Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
+                    std::str::from_utf8(t)?.to_sql(&Type::TEXT, out)
+                }
+                Type::BYTEA => t.to_sql(ty, out),
+                _ => Err(wrong()),
+            },
+            ValueRef::Blob(b) => match *ty {
+                Type::BYTEA => b.to_sql(ty, out),
+                _ => Err(wrong()),
+            },
+        }
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+
+    postgres::types::to_sql_checked!();
+}
+
+/// A column read from PostgreSQL.
+struct PgValue<'a>(ValueRef<'a>);
+
+impl<'a> FromSql<'a> for PgValue<'a> {
+    fn from_sql(ty: &Type, raw: &'a [u8]) -> Result<Self, BoxError> {
+        Ok(PgValue(match *ty {
+            Type::INT8 => ValueRef::Int(i64::from_sql(ty, raw)?),
+            Type::INT4 => ValueRef::Int(i32::from_sql(ty, raw)?.into()),
+            Type::INT2 => ValueRef::Int(i16::from_sql(ty, raw)?.into()),
+            Type::BOOL => ValueRef::Int(bool::from_sql(ty, raw)?.into()),
+            Type::FLOAT8 => ValueRef::Real(f64::from_sql(ty, raw)?),
+            Type::FLOAT4 => ValueRef::Real(f32::from_sql(ty, raw)?.into()),
+            Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME => ValueRef::Text(raw),
+            Type::BYTEA => ValueRef::Blob(raw),
+            _ => return Err(format!("the store does not read columns of type {ty}").into()),
+        }))
+    }
+
+    fn from_sql_null(_: &Type) -> Result<Self, BoxError> {
+        Ok(PgValue(ValueRef::Null))
+    }
+
+    fn accepts(_: &Type) -> bool {
+        true
+    }
+}
+
+/// A statement's text for PostgreSQL: SQLite's `?1` parameters become `$1` (outside quotes).
+pub(crate) fn postgres_text(sql: &str) -> String {
+    let mut out = String::with_capacity(sql.len());
+    let mut quote = None;
+    let mut chars = sql.chars().peekable();
+    while let Some(c) = chars.next() {
+        match (quote, c) {
+            (None, '\'' | '"') => quote = Some(c),
+            (Some(q), c) if c == q => quote = None,
+            (None, '?') if chars.peek().is_some_and(char::is_ascii_digit) => {
+                out.push('$');
+                continue;
+            }
+            _ => {}
+        }
+        out.push(c);
+    }
+    out
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn parameters_are_numbered_for_postgres_outside_quotes() {
+        assert_eq!(
+            super::postgres_text("SELECT '?1', \"a?2\" FROM t WHERE a = ?1 AND b IN (?2, ?10)"),
+            "SELECT '?1', \"a?2\" FROM t WHERE a = $1 AND b IN ($2, $10)"
+        );
+    }
+}
