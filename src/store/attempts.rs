@@ -63,7 +63,7 @@ mod tests {
     #[tokio::test]
     async fn the_latest_attempts_of_each_request_are_kept() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         store.insert_outgoing(new_async("r1")).await.unwrap();
         store.received_reply("org-b", None, reply("r1", 1, true), None, [0; 32]).await.unwrap();
         let work = store.claim_callbacks(10).await.unwrap().remove(0);

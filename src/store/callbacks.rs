@@ -42,7 +42,7 @@ impl Store {
         self.run(move |t, _| {
             let now = now_ms();
             let claim = format!(
-                "UPDATE replies SET callback_at = ?1 + ?2
+                "UPDATE replies SET callback_at = CAST(?1 AS BIGINT) + ?2
                  WHERE rowid IN (
                     SELECT r.rowid FROM replies r WHERE r.callback_at <= ?1 AND r.delivered = 0
                     AND (r.seq = 1 OR EXISTS (SELECT 1 FROM replies e WHERE e.request = r.request
@@ -144,7 +144,7 @@ mod tests {
     #[tokio::test]
     async fn a_reply_that_overtakes_an_earlier_one_waits_for_its_callback() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         store.insert_outgoing(new_async("r1")).await.unwrap();
         let due = |store: Store| async move {
             store.claim_callbacks(10).await.unwrap().into_iter().map(|w| w.seq).collect::<Vec<_>>()
@@ -163,7 +163,7 @@ mod tests {
     #[tokio::test]
     async fn a_failed_delivery_is_tried_again_when_due() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         store.insert_outgoing(new_async("r1")).await.unwrap();
         store.received_reply("org-b", None, reply("r1", 1, true), None, [0; 32]).await.unwrap();
         let first = store.claim_callbacks(10).await.unwrap();

@@ -168,7 +168,7 @@ fn records_after(t: &Sql, member: &str, since: i64, limit: usize) -> Result<Vec<
     // From the block holding the record after `since`.
     let blocks = t.query(
         "SELECT seq, records FROM evidence WHERE member = ?1 AND seq >=
-            (SELECT COALESCE(MAX(seq), 0) FROM evidence WHERE member = ?1 AND seq <= ?2 + 1)
+            (SELECT COALESCE(MAX(seq), 0) FROM evidence WHERE member = ?1 AND seq <= CAST(?2 AS BIGINT) + 1)
          ORDER BY seq LIMIT ?3",
         params![member, since, BLOCKS.min(limit as i64)],
         |r| {
@@ -418,7 +418,7 @@ mod tests {
     #[tokio::test]
     async fn the_log_reads_in_pages_across_rows() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         for commit in 0..3 {
             store
                 .run(move |t, _| {
@@ -431,8 +431,9 @@ mod tests {
                 .unwrap();
         }
         for (since, page) in [(0, 1), (0, 2), (2, 4), (4, 100), (9, 2)] {
-            let location = Location::Sqlite(dir.path().to_path_buf());
-            let seqs: Vec<i64> = read_log_in_pages(&location, since, page).unwrap().map(|r| r.unwrap().0).collect();
+            let location = store.location().clone();
+            let read = move || read_log_in_pages(&location, since, page).unwrap().map(|r| r.unwrap().0).collect();
+            let seqs: Vec<i64> = std::thread::spawn(read).join().unwrap();
             assert_eq!(seqs, ((since + 1)..=9).collect::<Vec<_>>(), "after {since}, pages of {page}");
         }
     }

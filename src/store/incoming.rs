@@ -88,7 +88,7 @@ impl Store {
                         file_path, file_name, file_field, file_size, file_sha256, file_done, idempotency_key,
                         masked_form, record_version, member)
                      VALUES (?1, 'incoming', ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, 'waiting', ?10, ?10, ?11, ?10,
-                        ?12, ?13, ?14, ?15, ?16, COALESCE(?15, 0), ?17, ?18, ?19, ?20)
+                        ?12, ?13, ?14, ?15, ?16, COALESCE(?15, CAST(0 AS BIGINT)), ?17, ?18, ?19, ?20)
                      RETURNING seq",
                     params![
                         r.id,
@@ -275,7 +275,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_admitted_twice_is_known_and_called_once() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         let service = service();
         let admit = || store.insert_incoming("org-a", None, incoming("r1"), None, &service, [0; 32]);
         assert_eq!(admit().await.unwrap(), Admission::New);
@@ -294,7 +294,7 @@ mod tests {
     #[tokio::test]
     async fn an_unreachable_service_is_called_again_later() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         store.insert_incoming("org-a", None, incoming("r1"), None, &service(), [0; 32]).await.unwrap();
         assert_eq!(store.claim_incoming(10).await.unwrap().len(), 1);
         let later = ServiceOutcome::RetryAt(now_ms() + 60_000, "connection refused".into());

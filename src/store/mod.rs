@@ -169,7 +169,7 @@ pub enum StoreError {
 }
 
 /// A PostgreSQL error with the server's own message, which `postgres::Error` shows only as "db error".
-fn postgres_error(e: &postgres::Error) -> String {
+pub(super) fn postgres_error(e: &postgres::Error) -> String {
     match e.as_db_error() {
         Some(db) => format!("{}: {}", db.severity(), db.message()),
         None => e.to_string(),
@@ -295,18 +295,32 @@ impl Store {
     pub fn open_at(location: &Location, data_dir: &Path, evidence: bool) -> Result<Store, StoreError> {
         std::fs::create_dir_all(data_dir)
             .map_err(|e| StoreError::Io(format!("cannot create {}: {e}", data_dir.display())))?;
-        let mut conn = schema::open(location)?;
-        schema::prepare(&mut conn)?;
         let (jobs, rx) = std::sync::mpsc::channel();
         let deferred = Arc::default();
         let (events, _) = broadcast::channel(4096);
         let (publish, waiting) = (events.clone(), Arc::clone(&deferred));
         let moved = Arc::<std::sync::atomic::AtomicI64>::default();
         let log = evidence.then(|| evidence::Log::new(location.member(), moved.clone()));
+        // The writer's thread opens the database: PostgreSQL's client may not block a thread of
+        // the async runtime this may be called on.
+        let (opened, open) = std::sync::mpsc::sync_channel(1);
+        let at = location.clone();
         std::thread::Builder::new()
             .name("ferry-store".into())
-            .spawn(move || writer(conn, log, rx, waiting, publish))
+            .spawn(move || {
+                let conn = schema::open(&at).and_then(|mut conn| schema::prepare(&mut conn).map(|()| conn));
+                match conn {
+                    Ok(conn) => {
+                        let _ = opened.send(Ok(()));
+                        writer(conn, log, rx, waiting, publish)
+                    }
+                    Err(e) => {
+                        let _ = opened.send(Err(e));
+                    }
+                }
+            })
             .map_err(|e| StoreError::Io(format!("cannot start the store thread: {e}")))?;
+        open.recv().map_err(|_| StoreError::Stopped)??;
         let readers = Arc::new(reader::Readers::new(location.clone()));
         Ok(Store {
             evidence,
@@ -588,6 +602,29 @@ pub(crate) fn query_row<T>(
     t.query_row(sql, params, f)
 }
 
+/// The tests' PostgreSQL server.
+#[cfg(test)]
+#[path = "../../tests/support/postgres.rs"]
+pub(crate) mod test_postgres;
+
+#[cfg(test)]
+impl Store {
+    /// The store of a unit test in `dir`: SQLite there, or with `FERRY_TEST_STORE=postgres` a
+    /// database of its own on the tests' PostgreSQL server (the same one each time for `dir`).
+    pub(crate) fn open_for_test(dir: &Path) -> Store {
+        if !test_postgres::wanted() {
+            return Store::open(dir).unwrap();
+        }
+        let kept = dir.join("postgres-url");
+        let url = std::fs::read_to_string(&kept).unwrap_or_else(|_| {
+            let url = test_postgres::database();
+            std::fs::write(&kept, &url).unwrap();
+            url
+        });
+        Store::open_at(&Location::Postgres { url, member: "test".into() }, dir, true).unwrap()
+    }
+}
+
 /// Milliseconds since the Unix epoch.
 pub fn now_ms() -> i64 {
     SystemTime::now().duration_since(SystemTime::UNIX_EPOCH).unwrap_or_default().as_millis() as i64
@@ -608,9 +645,11 @@ mod tests {
 
     use crate::evidence::{verify, Entry, Intact};
 
-    /// The whole evidence log under `dir`.
-    fn log(dir: &Path) -> Vec<(i64, String)> {
-        read_log(&Location::Sqlite(dir.into()), 0).unwrap().collect::<Result<_, _>>().unwrap()
+    /// The whole evidence log of `store` (read on a thread of its own: PostgreSQL's blocking
+    /// client may not run on the test's runtime).
+    fn log(store: &Store) -> Vec<(i64, String)> {
+        let location = store.location().clone();
+        std::thread::spawn(move || read_log(&location, 0).unwrap().collect::<Result<_, _>>().unwrap()).join().unwrap()
     }
 
     /// A deferred record is committed on its own, with no other job to join, and
@@ -618,11 +657,11 @@ mod tests {
     #[tokio::test]
     async fn deferred_records_are_committed_on_their_own_and_by_a_flush() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         let record = |id: String| move |t: &Tx| t.record(Entry::new("request", "out", "org-b", &id));
         store.defer("a test record", record("r1".into()));
         let started = std::time::Instant::now();
-        while log(dir.path()).is_empty() {
+        while log(&store).is_empty() {
             assert!(started.elapsed() < Duration::from_secs(5), "the deferred record was never committed");
             tokio::time::sleep(Duration::from_millis(1)).await;
         }
@@ -630,7 +669,7 @@ mod tests {
             store.defer("a test record", record(format!("r{i}")));
         }
         store.flush().await.unwrap();
-        let records = log(dir.path());
+        let records = log(&store);
         assert_eq!(verify(records.clone(), &HashMap::new(), None), Ok(Intact { records: 50, ..Intact::default() }));
         let ids: Vec<String> =
             records.iter().map(|(_, text)| serde_json::from_str::<Value>(text).unwrap()["id"].to_string()).collect();
@@ -663,7 +702,7 @@ mod tests {
         let store = Store::open(dir.path()).unwrap();
         store.run(|t, _| t.record(Entry::new("request", "out", "org-b", "r3"))).await.unwrap();
         assert_eq!(
-            verify_log(&Location::Sqlite(dir.path().into()), &HashMap::new(), None).unwrap(),
+            verify_log(store.location(), &HashMap::new(), None).unwrap(),
             Ok(Intact { records: 3, ..Intact::default() })
         );
     }
@@ -686,16 +725,15 @@ mod tests {
         let (rows, stored): (i64, String) =
             db.query_row("SELECT COUNT(*), typeof(records) FROM evidence", [], |r| Ok((r.get(0)?, r.get(1)?))).unwrap();
         assert_eq!((rows, stored.as_str()), (1, "blob"), "one row, compressed");
-        let lines: Vec<String> =
-            read_log(&Location::Sqlite(dir.path().into()), 0).unwrap().map(|r| r.unwrap().1).collect();
+        let lines: Vec<String> = read_log(store.location(), 0).unwrap().map(|r| r.unwrap().1).collect();
         assert_eq!(lines.len(), 3, "{lines:?}");
         assert_eq!(
-            verify_log(&Location::Sqlite(dir.path().into()), &HashMap::new(), None).unwrap(),
+            verify_log(store.location(), &HashMap::new(), None).unwrap(),
             Ok(Intact { records: 3, ..Intact::default() })
         );
         // Rewritten by hand as text, the middle record left out.
         db.execute("UPDATE evidence SET records = ?1", [format!("{}\n{}", lines[0], lines[2])]).unwrap();
-        let broken = verify_log(&Location::Sqlite(dir.path().into()), &HashMap::new(), None).unwrap().unwrap_err();
+        let broken = verify_log(store.location(), &HashMap::new(), None).unwrap().unwrap_err();
         assert_eq!(broken.seq, 2, "{broken:?}");
     }
 
@@ -711,8 +749,7 @@ mod tests {
         let packed: Vec<u8> = db.query_row("SELECT records FROM evidence WHERE seq = 2", [], |r| r.get(0)).unwrap();
         for damaged in [packed[..packed.len() / 2].to_vec(), vec![0xff; 4], vec![]] {
             db.execute("UPDATE evidence SET records = ?1 WHERE seq = 2", [&damaged]).unwrap();
-            let error =
-                verify_log(&Location::Sqlite(dir.path().into()), &HashMap::new(), None).unwrap_err().to_string();
+            let error = verify_log(store.location(), &HashMap::new(), None).unwrap_err().to_string();
             assert!(error.contains("seq 2"), "{error}");
         }
         // A node started on it still records, after the damaged block.

@@ -214,7 +214,7 @@ impl Store {
             }
             let mut work = Vec::new();
             let due = format!(
-                "UPDATE requests SET next_attempt_at = ?1 + ?2, attempts = attempts + 1
+                "UPDATE requests SET next_attempt_at = CAST(?1 AS BIGINT) + ?2, attempts = attempts + 1
                  WHERE seq IN (SELECT seq FROM requests WHERE direction = 'outgoing' AND state = 'waiting'
                                AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?3{})
                  RETURNING seq, peer, wire, reply, expires_at, file_path, file_name, file_field, file_identity,
@@ -332,7 +332,7 @@ impl Store {
                         exec(
                             t,
                             &format!(
-                                "UPDATE requests SET next_attempt_at = ?3 + {} WHERE direction = 'outgoing'
+                                "UPDATE requests SET next_attempt_at = CAST(?3 AS BIGINT) + {} WHERE direction = 'outgoing'
                                  AND peer = ?1 AND id = ?2 AND state = 'waiting'",
                                 super::queue::backoff("attempts")
                             ),
@@ -422,7 +422,7 @@ mod tests {
     #[tokio::test]
     async fn an_accepted_request_is_claimed_once_and_done_with_when_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         let mut events = store.subscribe();
         assert_eq!(store.insert_outgoing(new_async("r1")).await.unwrap(), ("r1".to_owned(), State::Waiting));
         let claimed = store.claim_outbound(10).await.unwrap();
@@ -483,7 +483,7 @@ mod tests {
     #[tokio::test]
     async fn a_request_is_doing_while_its_file_moves_and_waiting_again_when_cut() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         let mut events = store.subscribe();
         let work = claimed_with_file(&store, "r1").await;
         // The offer is not answered yet: nothing is at the peer.
@@ -541,11 +541,11 @@ mod tests {
     #[tokio::test]
     async fn a_cut_or_stalled_file_leaves_its_request_waiting_to_be_sent_again() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         claimed_with_file(&store, "r1").await;
         store.file_progress("org-b", "r1", 10, 100, None).await.unwrap();
         drop(store);
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         let mut events = store.subscribe();
         store.recover().await.unwrap();
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "waiting");
@@ -578,7 +578,7 @@ mod tests {
     #[tokio::test]
     async fn a_refused_request_fails_and_tells_its_callback() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         store.insert_outgoing(new_async("r1")).await.unwrap();
         store.refused("org-b", "r1", "not allowed".into(), 403).await.unwrap();
         let view = store.get("r1").await.unwrap().unwrap();
@@ -594,7 +594,7 @@ mod tests {
     #[tokio::test]
     async fn resends_back_off() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         let mut new = new_async("r1");
         new.callback = None;
         store.insert_outgoing(new).await.unwrap();

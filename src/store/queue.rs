@@ -197,12 +197,12 @@ mod tests {
     #[tokio::test]
     async fn a_service_call_cut_by_a_stop_fails_at_start_up() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         store.insert_incoming("org-a", None, incoming("r1"), None, &service(), [0; 32]).await.unwrap();
         assert_eq!(store.claim_incoming(10).await.unwrap().len(), 1);
         drop(store);
 
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         assert_eq!(store.recover().await.unwrap(), 1);
         assert!(store.claim_incoming(10).await.unwrap().is_empty(), "the service is not called again");
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, State::Failed.as_str());

@@ -63,6 +63,18 @@ impl Readers {
     }
 }
 
+impl Drop for Readers {
+    /// PostgreSQL's blocking client may not close a connection on an async runtime's thread,
+    /// which the last handle of a store may be dropped on: its connections close on a thread of
+    /// their own.
+    fn drop(&mut self) {
+        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
+        if idle.iter().any(|c| matches!(c, Connection::Postgres(_))) {
+            std::thread::spawn(move || drop(idle));
+        }
+    }
+}
+
 impl Store {
     /// Runs `f` in a read transaction of its own, beside the writer, on a blocking thread.
     pub(super) async fn read<T, F>(&self, f: F) -> Result<T, StoreError>

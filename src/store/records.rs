@@ -330,10 +330,10 @@ impl Store {
             let rows = t.query(
                 &format!(
                     "SELECT {COLUMNS} FROM requests WHERE seq < ?1
-                 AND (?2 IS NULL OR direction = ?2) AND (?3 IS NULL OR state = ?3)
-                 AND (?4 IS NULL OR peer = ?4) AND (?5 IS NULL OR conversation = ?5)
-                 AND (?7 IS NULL OR service = ?7)
-                 AND (?8 IS NULL OR {instr}(id, ?8) > 0 OR {instr}(COALESCE(idempotency_key, ''), ?8) > 0)
+                 AND (CAST(?2 AS TEXT) IS NULL OR direction = ?2) AND (CAST(?3 AS TEXT) IS NULL OR state = ?3)
+                 AND (CAST(?4 AS TEXT) IS NULL OR peer = ?4) AND (CAST(?5 AS TEXT) IS NULL OR conversation = ?5)
+                 AND (CAST(?7 AS TEXT) IS NULL OR service = ?7)
+                 AND (CAST(?8 AS TEXT) IS NULL OR {instr}(id, ?8) > 0 OR {instr}(COALESCE(idempotency_key, ''), ?8) > 0)
                  ORDER BY seq DESC LIMIT ?6",
                     instr = if t.is_postgres() { "strpos" } else { "instr" }
                 ),
@@ -484,7 +484,7 @@ mod tests {
     #[tokio::test]
     async fn a_read_sees_every_write_answered_before_it() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         for i in 0..50 {
             let id = format!("r{i}");
             store.insert_outgoing(new_async(&id)).await.unwrap();
@@ -499,7 +499,7 @@ mod tests {
     #[tokio::test]
     async fn reads_do_not_queue_behind_the_writer() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         store.insert_outgoing(new_async("r1")).await.unwrap();
         let (started, busy) = tokio::sync::oneshot::channel();
         let (release, released) = std::sync::mpsc::channel::<()>();

@@ -61,7 +61,7 @@ pub(super) fn push_reply(
 /// Claims up to `limit` of this node's replies due to be carried to peers, in order per request.
 pub(super) fn claim_due(t: &Sql, now: i64, limit: usize) -> Result<Vec<OutboundWork>, StoreError> {
     let due = format!(
-        "UPDATE replies SET next_send_at = ?1 + ?2, send_attempts = send_attempts + 1
+        "UPDATE replies SET next_send_at = CAST(?1 AS BIGINT) + ?2, send_attempts = send_attempts + 1
          WHERE rowid IN (SELECT rowid FROM replies WHERE next_send_at <= ?1
                          ORDER BY next_send_at, rowid LIMIT ?3{})
          RETURNING (SELECT peer FROM requests q WHERE q.seq = request),
@@ -131,7 +131,7 @@ pub(super) fn resend_later(t: &Sql, peer: &str, reply: &wire::Reply, now: i64) -
     exec(
         t,
         &format!(
-            "UPDATE replies SET next_send_at = ?4 + {} WHERE seq = ?3 AND next_send_at IS NOT NULL
+            "UPDATE replies SET next_send_at = CAST(?4 AS BIGINT) + {} WHERE seq = ?3 AND next_send_at IS NOT NULL
              AND request = (SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2)",
             super::queue::backoff("send_attempts")
         ),
@@ -411,7 +411,7 @@ mod tests {
     #[tokio::test]
     async fn a_retransmitted_reply_is_ignored() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         store.insert_outgoing(new_async("r1")).await.unwrap();
         let took = store.received_reply("org-b", None, reply("r1", 1, true), None, [0; 32]).await.unwrap();
         assert!(took.is_some(), "the last reply ends the request");
@@ -427,7 +427,7 @@ mod tests {
     #[tokio::test]
     async fn a_reply_is_carried_until_acknowledged() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         store.insert_incoming("org-a", None, incoming("r1"), None, &service(), [0; 32]).await.unwrap();
         let callback_id = store.claim_incoming(10).await.unwrap()[0].callback_id.clone().unwrap();
         let accepted = wire::Response { status: 202, headers: vec![], body: b"{}".to_vec(), replay_of: None };

@@ -52,7 +52,8 @@ impl Store {
             exec(
                 t,
                 "INSERT INTO rollovers (peer, new, statement, pinned, received_at) VALUES (?1, ?2, ?3, ?4, ?5)
-                 ON CONFLICT (peer, new) DO UPDATE SET pinned = max(pinned, excluded.pinned)",
+                 ON CONFLICT (peer, new) DO UPDATE SET
+                    pinned = CASE WHEN excluded.pinned = 1 THEN 1 ELSE rollovers.pinned END",
                 params![peer, new, bytes, pinned, now_ms()],
             )?;
             if pinned && was_pinned != Some(true) {
@@ -102,7 +103,7 @@ mod tests {
     #[tokio::test]
     async fn one_rollover_per_member_is_held_and_a_pinned_one_stays_pinned() {
         let dir = tempfile::tempdir().unwrap();
-        let store = Store::open(dir.path()).unwrap();
+        let store = Store::open_for_test(dir.path());
         let old = Identity::generate("org-b").unwrap();
         let now = crate::store::now_ms();
         let statement = |name| {
@@ -133,10 +134,9 @@ mod tests {
         store.rollover("org-b", second.clone(), false).await.unwrap();
         let kept: Vec<_> = store.rollovers().await.unwrap().into_iter().filter(|k| k.statement == second).collect();
         assert_eq!((kept.len(), kept[0].pinned), (1, true), "pinned stays pinned");
-        let log: Vec<_> = crate::store::read_log(&crate::store::Location::Sqlite(dir.path().into()), 0)
-            .unwrap()
-            .map(|r| r.unwrap().1)
-            .collect();
+        let location = store.location().clone();
+        let read = move || crate::store::read_log(&location, 0).unwrap().map(|r| r.unwrap().1).collect();
+        let log: Vec<String> = std::thread::spawn(read).join().unwrap();
         assert_eq!(log.iter().filter(|r| r.contains("\"event\":\"rollover\"")).count(), 2, "one evidence record each");
     }
 }

@@ -336,7 +336,9 @@ impl Sql<'_> {
         if let Some(s) = prepared.get(sql) {
             return Ok(s.clone());
         }
-        let statement = t.prepare(&postgres_text(sql))?;
+        let statement = t.prepare(&postgres_text(sql)).inspect_err(
+            |e| tracing::error!(error = super::postgres_error(e), %sql, "PostgreSQL refused a statement of the store"),
+        )?;
         prepared.insert(sql.to_owned(), statement.clone());
         Ok(statement)
     }

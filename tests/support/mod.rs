@@ -19,6 +19,7 @@
 //! | [`lossy`] | userspace UDP relays that drop or delay datagrams, where there is no netem |
 //! | [`tamper`] | a stopped node's evidence log rewritten as an insider would, on a copy of its folder |
 //! | [`tsa`] | an RFC 3161 time-stamping authority on loopback (`openssl ts -reply`) |
+//! | [`postgres`] | a PostgreSQL server of the process's own, for `FERRY_TEST_STORE=postgres` |
 //! | [`report`] | the benches' tables, statistics and evidence settings |
 #![allow(dead_code)]
 
@@ -28,6 +29,7 @@ pub mod files;
 pub mod lossy;
 pub mod netns;
 pub mod node;
+pub mod postgres;
 pub mod process;
 pub mod recorder;
 pub mod report;
@@ -189,7 +191,18 @@ impl NodeDir {
     pub fn init(root: &Path, name: &str, link: SocketAddr, api: SocketAddr) -> NodeDir {
         let dir = root.join(name);
         ferry::cli::init::init(&dir, name, link, api).unwrap_or_else(|e| panic!("ferry init {name}: {e}"));
-        NodeDir { name: name.to_owned(), config: dir.join("config/ferry.toml"), dir, link, api }
+        let at = NodeDir { name: name.to_owned(), config: dir.join("config/ferry.toml"), dir, link, api };
+        if postgres::wanted() {
+            at.use_store(&postgres::database());
+        }
+        at
+    }
+
+    /// Keeps the node's store in the PostgreSQL database at `url` (`[store] url`).
+    pub fn use_store(&self, url: &str) {
+        let mut text = std::fs::read_to_string(&self.config).unwrap();
+        text.push_str(&format!("\n[store]\nurl = \"{url}\"\n"));
+        std::fs::write(&self.config, text).unwrap();
     }
 
     /// The node's certificate.

@@ -1,0 +1,162 @@
+//! A PostgreSQL server of the test process's own, for the store's PostgreSQL backend: started on
+//! first use in a temporary folder on a loopback port (as the `postgres` user when the tests run
+//! as root, since the server refuses root), and stopped when the process ends. Each caller gets a
+//! database of its own ([`database`]).
+//!
+//! `FERRY_TEST_STORE=postgres` runs the tests' nodes on it ([`wanted`]); `.ci/setup-postgres`
+//! installs Debian's server where it is missing. Shared by the store's unit tests and the
+//! integration tests, so it uses only the standard library and crates ferry itself depends on.
+
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::OnceLock;
+use std::time::{Duration, Instant};
+
+/// Whether the tests' stores are to run on PostgreSQL (`FERRY_TEST_STORE=postgres`).
+pub fn wanted() -> bool {
+    std::env::var("FERRY_TEST_STORE").is_ok_and(|v| v == "postgres")
+}
+
+/// The URL of a new, empty database on this process's server, started on first use. Panics with
+/// the reason when the server cannot be started. May be called on an async runtime's thread: the
+/// blocking client runs on a thread of its own.
+pub fn database() -> String {
+    std::thread::spawn(create_database).join().unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+fn create_database() -> String {
+    static NEXT: AtomicUsize = AtomicUsize::new(0);
+    let server = server();
+    let name = format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed));
+    let mut admin = postgres::Client::connect(&server.url("postgres"), postgres::NoTls)
+        .unwrap_or_else(|e| panic!("the test PostgreSQL server does not answer: {e}"));
+    admin.batch_execute(&format!("CREATE DATABASE {name}")).unwrap();
+    server.url(&name)
+}
+
+/// The running server.
+pub struct Server {
+    port: u16,
+}
+
+impl Server {
+    /// The URL of database `name`.
+    pub fn url(&self, name: &str) -> String {
+        format!("postgres://ferry@127.0.0.1:{}/{name}", self.port)
+    }
+}
+
+fn server() -> &'static Server {
+    static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+    match SERVER.get_or_init(start) {
+        Ok(server) => server,
+        Err(why) => panic!("cannot start a PostgreSQL server for the tests: {why} (run .ci/setup-postgres)"),
+    }
+}
+
+/// The folder of the server's programs: `initdb` on PATH, else Debian's newest.
+fn bin_dir() -> Result<PathBuf, String> {
+    if let Ok(out) = Command::new("pg_config").arg("--bindir").output() {
+        let dir = PathBuf::from(String::from_utf8_lossy(&out.stdout).trim());
+        if dir.join("initdb").exists() {
+            return Ok(dir);
+        }
+    }
+    let mut found: Vec<PathBuf> = std::fs::read_dir("/usr/lib/postgresql")
+        .map_err(|_| "PostgreSQL's server is not installed (no /usr/lib/postgresql)".to_owned())?
+        .filter_map(|e| e.ok().map(|e| e.path().join("bin")))
+        .filter(|bin| bin.join("initdb").exists())
+        .collect();
+    found.sort_by_key(|p| p.parent().and_then(|v| v.file_name()?.to_str()?.parse::<u32>().ok()));
+    found.pop().ok_or_else(|| "no initdb under /usr/lib/postgresql".to_owned())
+}
+
+/// The uid and gid of the `postgres` user, which runs the server when the tests run as root.
+fn postgres_user() -> Option<(u32, u32)> {
+    let passwd = std::fs::read_to_string("/etc/passwd").ok()?;
+    let line = passwd.lines().find(|l| l.starts_with("postgres:"))?;
+    let fields: Vec<&str> = line.split(':').collect();
+    Some((fields.get(2)?.parse().ok()?, fields.get(3)?.parse().ok()?))
+}
+
+/// A command that runs as the `postgres` user when this process is root.
+fn as_server_user(program: &Path) -> Result<Command, String> {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new(program);
+    if is_root() {
+        let (uid, gid) = postgres_user().ok_or("running as root, and there is no `postgres` user to run the server")?;
+        cmd.uid(uid).gid(gid);
+    }
+    Ok(cmd)
+}
+
+fn is_root() -> bool {
+    // SAFETY: geteuid has no preconditions.
+    unsafe { libc::geteuid() == 0 }
+}
+
+fn start() -> Result<Server, String> {
+    let bin = bin_dir()?;
+    let dir = std::env::temp_dir().join(format!("ferry-test-pg-{}", std::process::id()));
+    let _ = std::fs::remove_dir_all(&dir);
+    std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
+    if is_root() {
+        let (uid, gid) = postgres_user().ok_or("running as root, and there is no `postgres` user")?;
+        std::os::unix::fs::chown(&dir, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+    }
+    let data = dir.join("data");
+    let init = as_server_user(&bin.join("initdb"))?
+        .args(["-U", "ferry", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions", "-D"])
+        .arg(&data)
+        .stdout(Stdio::null())
+        .output()
+        .map_err(|e| format!("initdb: {e}"))?;
+    if !init.status.success() {
+        return Err(format!("initdb failed: {}", String::from_utf8_lossy(&init.stderr)));
+    }
+    let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+    let mut cmd = as_server_user(&bin.join("postgres"))?;
+    cmd.arg("-D")
+        .arg(&data)
+        .args(["-p", &port.to_string(), "-k"])
+        .arg(&dir)
+        // Loopback only; the tests' speed, not durability: the tests do not cut the power.
+        .args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=400", "-c", "fsync=off"])
+        .args(["-c", "full_page_writes=off", "-c", "shared_buffers=64MB"])
+        .stdout(Stdio::null())
+        .stderr(std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?);
+    // The server stops (fast shutdown) when the thread that started it ends, which is when this
+    // process does: the thread below never returns.
+    {
+        use std::os::unix::process::CommandExt;
+        // SAFETY: prctl is async-signal-safe and touches no memory of this process.
+        unsafe {
+            cmd.pre_exec(|| {
+                libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGINT);
+                Ok(())
+            });
+        }
+    }
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        let started = cmd.spawn().map_err(|e| format!("postgres: {e}"));
+        let _ = tx.send(started.map(|_| ()));
+        loop {
+            std::thread::park();
+        }
+    });
+    rx.recv().map_err(|e| e.to_string())??;
+    let server = Server { port };
+    let began = Instant::now();
+    loop {
+        match postgres::Client::connect(&server.url("postgres"), postgres::NoTls) {
+            Ok(_) => return Ok(server),
+            Err(e) if began.elapsed() > Duration::from_secs(30) => {
+                let log = std::fs::read_to_string(dir.join("server.log")).unwrap_or_default();
+                return Err(format!("the server did not answer within 30 s: {e}\n{log}"));
+            }
+            Err(_) => std::thread::sleep(Duration::from_millis(50)),
+        }
+    }
+}
