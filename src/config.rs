@@ -44,13 +44,22 @@ pub struct StoreConfig {
     /// `member`: this node's name among the members sharing the store (default: the host's name
     /// and the QUIC port, `host:7443`).
     pub member: String,
+    /// `readers`: how many connections to PostgreSQL reads may use at once (default 8).
+    pub readers: usize,
 }
+
+/// Default `store.readers`.
+pub const DEFAULT_STORE_READERS: usize = 8;
 
 impl Config {
     /// Where the store is: PostgreSQL with `[store] url`, else `data_dir`.
     pub fn store_location(&self) -> crate::store::Location {
         match &self.store.url {
-            Some(url) => crate::store::Location::Postgres { url: url.clone(), member: self.store.member.clone() },
+            Some(url) => crate::store::Location::Postgres {
+                url: url.clone(),
+                member: self.store.member.clone(),
+                readers: self.store.readers,
+            },
             None => crate::store::Location::Sqlite(self.node.data_dir.clone()),
         }
     }
@@ -167,6 +176,9 @@ pub struct FilesConfig {
     /// How long files this node received (`data_dir/received/`) and finished requests past their
     /// ttl are kept; `None` keeps them for ever.
     pub keep_received: Option<Duration>,
+    /// Whether this node watches `data_dir/inbox`: members sharing a store and a `data_dir` let
+    /// one of them watch it.
+    pub inbox: bool,
 }
 
 /// `[api]`.
@@ -398,8 +410,10 @@ impl Config {
             let max_size = s.size("max_size", "20GiB");
             let direct_io = s.flag("direct_io", true);
             let keep_received = s.duration("keep_received", None);
+            let inbox = s.flag("inbox", true);
             s.finish();
-            FilesConfig { send_roots: roots.iter().map(|r| dir.join(r)).collect(), max_size, direct_io, keep_received }
+            let send_roots = roots.iter().map(|r| dir.join(r)).collect();
+            FilesConfig { send_roots, max_size, direct_io, keep_received, inbox }
         };
 
         let api = {
@@ -442,7 +456,11 @@ impl Config {
             let host = std::fs::read_to_string("/proc/sys/kernel/hostname").unwrap_or_default();
             let default_member = format!("{}:{}", host.trim(), node.listen.port());
             let member = s.string("member", Some(&default_member)).unwrap_or_default();
+            let readers = s.count("readers", DEFAULT_STORE_READERS);
             s.finish();
+            if !(1..=64).contains(&readers) {
+                errs.push(format!("store.readers: {readers} is not 1 to 64"));
+            }
             if let Some(url) = &url {
                 if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
                     errs.push("store.url: must be a PostgreSQL URL, postgres://user@host:5432/db (or remove it for SQLite in node.data_dir)".into());
@@ -454,7 +472,7 @@ impl Config {
                     shown(&member)
                 ));
             }
-            StoreConfig { url, member }
+            StoreConfig { url, member, readers }
         };
 
         if errs.is_empty() {

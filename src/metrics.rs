@@ -88,6 +88,9 @@ pub struct Metrics {
     pub requests: Family<QueueLabels, Gauge>,
     /// Results waiting for delivery to callbacks (set at scrape time).
     pub callbacks_pending: Gauge,
+    /// Members of the organization sharing this node's store that are alive, this one included
+    /// (set at scrape time; 1 on SQLite).
+    pub members_alive: Gauge,
     /// 1 when the node holds a connection to the peer (set at scrape time).
     pub peer_connected: Family<PeerLabel, Gauge>,
     /// The peer connection's round-trip time in seconds (set at scrape time).
@@ -124,6 +127,7 @@ impl Default for Metrics {
             timestamps: Family::default(),
             requests: Family::default(),
             callbacks_pending: Gauge::default(),
+            members_alive: Gauge::default(),
             peer_connected: Family::default(),
             peer_rtt: Family::default(),
             totals: Totals::default(),
@@ -145,6 +149,11 @@ impl Default for Metrics {
             "callbacks_pending",
             "Results waiting for delivery to callbacks",
             m.callbacks_pending.clone(),
+        );
+        registry.register(
+            "store_members_alive",
+            "Members sharing the store that are alive, this one included",
+            m.members_alive.clone(),
         );
         registry.register("peer_connected", "1 when connected to the peer", m.peer_connected.clone());
         registry.register("peer_rtt_seconds", "Round-trip time to the peer", m.peer_rtt.clone());

@@ -82,6 +82,22 @@ fn own_files(config: &Config) -> Vec<std::path::PathBuf> {
     files
 }
 
+/// Says every [`crate::store::SAY_EVERY`] that this member is alive, taking over the work of
+/// members of a shared store that stopped saying so.
+async fn say_alive(store: Store, address: String, stop: CancellationToken) {
+    let mut every = tokio::time::interval(crate::store::SAY_EVERY);
+    every.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = every.tick() => {}
+        }
+        if let Err(e) = store.say_alive(&address, false).await {
+            tracing::warn!(error = %e, "cannot tell the store this member is alive");
+        }
+    }
+}
+
 /// How long a stopping node waits for work under way.
 const DRAIN_WITHIN: std::time::Duration = std::time::Duration::from_secs(10);
 
@@ -130,6 +146,8 @@ pub async fn run_with(
     if interrupted > 0 {
         tracing::warn!(interrupted, "failed requests whose service call the last stop interrupted");
     }
+    let member_address = sockets.link.local_addr()?.to_string();
+    store.say_alive(&member_address, true).await?;
     // The inbox's folders exist once the node is up, for operators and scripts to drop files in.
     let inbox_dir = config.node.data_dir.join("inbox");
     let inbox_made = inbox::create(&inbox_dir);
@@ -153,6 +171,10 @@ pub async fn run_with(
     tokio::spawn(link.clone().serve(services.clone(), Arc::new(deliverer.clone()), folders));
     let stop = CancellationToken::new();
     let inbox = match inbox_made {
+        Ok(()) if !config.files.inbox => {
+            tracing::info!(dir = %inbox_dir.display(), "files.inbox is false: another member watches the inbox");
+            tokio::spawn(async {})
+        }
         Ok(()) => {
             let files = HostFiles::new(std::slice::from_ref(&inbox_dir), own_files(&config));
             tokio::spawn(inbox::work(store.clone(), inbox_dir, files, stop.clone()))
@@ -186,6 +208,7 @@ pub async fn run_with(
         stamping,
         tokio::spawn(link.clone().send_checkpoints(config.evidence.checkpoint_every, stop.clone())),
         tokio::spawn(link.clone().announce_rollover(stop.clone())),
+        tokio::spawn(say_alive(store.clone(), member_address, stop.clone())),
         match config.files.keep_received {
             Some(keep) => {
                 let received = config.node.data_dir.join("received");

@@ -107,6 +107,14 @@ pub struct CallError {
 /// The URL request `r` calls at `service`, or why it may not reach it (see
 /// [`Services::check_request`]).
 fn within_boundary(service: &ServiceConfig, r: &wire::Request) -> Result<url::Url, String> {
+    let names = [
+        ("id", Some(&r.id)),
+        ("idempotency_key", r.idempotency_key.as_ref()),
+        ("conversation", r.conversation.as_ref()),
+    ];
+    if let Some((field, _)) = names.iter().find(|(_, v)| v.is_some_and(|v| v.chars().any(char::is_control))) {
+        return Err(format!("{field}: holds a control character (NUL, a line break…)"));
+    }
     let url = service_url(&service.base_url, &r.path).map_err(|why| format!("path `{}` {why}", wire::cut(&r.path)))?;
     match wire::boundary_problem(r, r.file.as_ref().map(|f| f.field.as_str())) {
         Some((field, why)) => Err(format!("{field}: {why}")),

@@ -27,10 +27,7 @@ const STAMPED: &str = "anchored by a time-stamp";
 
 /// `node`'s evidence records.
 fn records(node: &Node) -> Vec<Record> {
-    ferry::store::read_log(&ferry::store::Location::Sqlite(node.dir.join("data")), 0)
-        .unwrap()
-        .map(|read| serde_json::from_str(&read.unwrap().1).unwrap())
-        .collect()
+    support::evidence_log(&node.dir).iter().map(|(_, text)| serde_json::from_str(text).unwrap()).collect()
 }
 
 /// The receipts in `node`'s log with a leaf of request `id` (and reply `reply_seq`): how many

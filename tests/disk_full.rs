@@ -128,6 +128,9 @@ async fn a_disk_that_fills_under_way_refuses_what_does_not_fit_and_keeps_what_do
 
 #[tokio::test]
 async fn a_full_store_refuses_507_keeps_what_it_holds_and_takes_work_again_once_space_returns() {
+    if support::sqlite_only("a_full_store_refuses_507_keeps_what_it_holds_and_takes_work_again_once_space_returns") {
+        return;
+    }
     let p = support::unstarted_pair().await;
     let support::Pair { root: _root, mut a, mut b, service: _ } = p;
     let Some(_disk) = SmallDisk::mount(&a.dir.join("data"), 8) else { return };

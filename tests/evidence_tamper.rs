@@ -47,10 +47,8 @@ fn exported(node: &Node) -> Vec<Value> {
 /// Waits until `node`'s log has a record matching `found`.
 async fn wait_for(node: &Node, what: &str, found: impl Fn(&Value) -> bool) {
     support::until(what, async || {
-        let records: Vec<Value> = ferry::store::read_log(&ferry::store::Location::Sqlite(node.dir.join("data")), 0)
-            .map_err(|e| e.to_string())?
-            .map(|r| serde_json::from_str(&r.unwrap().1).unwrap())
-            .collect();
+        let records: Vec<Value> =
+            support::evidence_log(&node.dir).iter().map(|(_, text)| serde_json::from_str(text).unwrap()).collect();
         records.iter().any(&found).then_some(()).ok_or_else(|| format!("no {what} in {}'s log", node.name))
     })
     .await

@@ -14,6 +14,9 @@ const WITHIN: Duration = Duration::from_secs(20);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn received_files_and_finished_requests_go_after_keep_received_and_nothing_else() {
+    if support::sqlite_only("received_files_and_finished_requests_go_after_keep_received_and_nothing_else") {
+        return;
+    }
     let mut p = unstarted_pair().await;
     let config = std::fs::read_to_string(&p.b.config_path).unwrap();
     assert!(config.contains("keep_received = \"30d\""), "`ferry init` keeps 30 days: {config}");

@@ -278,6 +278,18 @@ async fn health(State(state): State<Shared>) -> Response {
     if let Some(status) = &state.timestamps {
         data["timestamps"] = json!(status.health());
     }
+    data["store"] = match state.store.location() {
+        crate::store::Location::Sqlite(_) => json!({"backend": "sqlite"}),
+        crate::store::Location::Postgres { member, .. } => {
+            let members = state.store.members().await.unwrap_or_default();
+            json!({
+                "backend": "postgres",
+                "member": member,
+                "members_alive": members.iter().filter(|m| m.alive).count(),
+                "members": members,
+            })
+        }
+    };
     ok(StatusCode::OK, "ActionOK", data)
 }
 

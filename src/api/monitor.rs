@@ -20,7 +20,12 @@ fn internal(e: StoreError) -> ApiError {
     params(("id" = String, Path, description = "The request id")),
     responses((status = 200, body = Envelope), (status = 404, description = "Unknown id", body = Envelope)))]
 pub(super) async fn one(State(state): State<Shared>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    match state.store.get(&id).await.map_err(internal)? {
+    // No id holds a control character: the store is not asked (PostgreSQL's text holds no NUL).
+    let found = match id.chars().any(char::is_control) {
+        true => None,
+        false => state.store.get(&id).await.map_err(internal)?,
+    };
+    match found {
         Some(view) => Ok(ok(StatusCode::OK, "ActionOK", view)),
         None => Err(ApiError::new(
             Kind::NotFound,
@@ -103,7 +108,7 @@ pub(super) async fn evidence(State(state): State<Shared>, Path(id): Path<String>
             format!("no request `{}` and no record of it in this node's evidence log", cut(&id)),
         )
     };
-    if id.is_empty() || id.len() > 256 {
+    if id.is_empty() || id.len() > 256 || id.chars().any(char::is_control) {
         return Err(not_found());
     }
     state.store.flush().await.map_err(internal)?;
@@ -221,6 +226,8 @@ pub(super) async fn metrics(State(state): State<Shared>) -> Result<Response, Api
         metrics.requests.get_or_create(&labels).set(q.count);
     }
     metrics.callbacks_pending.set(queues.callbacks_pending);
+    let members = state.store.members().await.map_err(internal)?;
+    metrics.members_alive.set(members.iter().filter(|m| m.alive).count() as i64);
     metrics.peer_connected.clear();
     metrics.peer_rtt.clear();
     for peer in state.peers.all() {

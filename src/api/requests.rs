@@ -230,10 +230,12 @@ fn validate(
         }
         None => None,
     };
-    if idempotency_key.as_ref().is_some_and(|key| key.is_empty() || key.chars().count() > 64) {
-        return Err(
-            bad("field `idempotency_key`: must be 1 to 64 characters".to_owned()).with("field", "idempotency_key")
-        );
+    if idempotency_key
+        .as_ref()
+        .is_some_and(|key| key.is_empty() || key.chars().count() > 64 || key.chars().any(char::is_control))
+    {
+        return Err(bad("field `idempotency_key`: must be 1 to 64 characters, none a control character".to_owned())
+            .with("field", "idempotency_key"));
     }
     let timeout_ms = new.timeout_ms.unwrap_or(DEFAULT_TIMEOUT_MS);
     let request = wire::Request {
@@ -327,6 +329,9 @@ fn check_limits(new: &NewRequest) -> Result<(), ApiError> {
     for (field, value) in names {
         if value.is_some_and(|v| v.chars().count() > MAX_NAME) {
             return refuse(field, format!("over {MAX_NAME} characters"));
+        }
+        if value.is_some_and(|v| v.chars().any(char::is_control)) {
+            return refuse(field, "holds a control character (NUL, a line break…)".into());
         }
     }
     if new.ttl_s.is_some_and(|ttl| !(1..=MAX_TTL_S).contains(&ttl)) {

@@ -42,7 +42,7 @@ impl Store {
         self.run(move |t, _| {
             let now = now_ms();
             let claim = format!(
-                "UPDATE replies SET callback_at = CAST(?1 AS BIGINT) + ?2
+                "UPDATE replies SET callback_at = CAST(?1 AS BIGINT) + ?2, lease_holder = ?4
                  WHERE rowid IN (
                     SELECT r.rowid FROM replies r WHERE r.callback_at <= ?1 AND r.delivered = 0
                     AND (r.seq = 1 OR EXISTS (SELECT 1 FROM replies e WHERE e.request = r.request
@@ -51,7 +51,7 @@ impl Store {
                  RETURNING request, seq, \"end\", data, error, status, callback_attempts, file_field, file_path",
                 t.skip_locked("r")
             );
-            let claimed = t.query(&claim, params![now, LEASE_MS, limit as i64], |r| {
+            let claimed = t.query(&claim, params![now, LEASE_MS, limit as i64, t.member()], |r| {
                 Ok((
                     r.get::<i64>(0)?,
                     r.get::<u32>(1)?,

@@ -62,6 +62,8 @@ impl Store {
             .run(move |t, events| {
                 let now = now_ms();
                 let r = &message.request;
+                // Two members may be handed the same request at once (the peer resent it).
+                t.lock(&format!("incoming\u{1}{peer}\u{1}{}", r.id))?;
                 let known: Option<i64> = query_row(
                     t,
                     "SELECT seq FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2",
@@ -142,13 +144,14 @@ impl Store {
                 fail(t, events, row, "expired: ttl_s passed before the request completed", None)?;
             }
             let claim = format!(
-                "UPDATE requests SET state = 'doing', next_attempt_at = NULL, attempts = attempts + 1, updated_at = ?1
+                "UPDATE requests SET state = 'doing', next_attempt_at = NULL, attempts = attempts + 1, updated_at = ?1,
+                    lease_holder = ?3
                  WHERE seq IN (SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'waiting'
                                AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?2{})
                  RETURNING seq, peer, wire, callback_id, expires_at, attempts, file_field, file_path, record_version",
                 t.skip_locked("requests")
             );
-            let mut calls = t.query(&claim, params![now, limit as i64], |r| {
+            let mut calls = t.query(&claim, params![now, limit as i64, t.member()], |r| {
                 let blob: Vec<u8> = r.get(2)?;
                 Ok((
                     r.get::<i64>(0)?,

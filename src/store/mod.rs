@@ -22,6 +22,7 @@ mod callbacks;
 mod evidence;
 mod files;
 mod incoming;
+mod members;
 mod outgoing;
 mod prune;
 mod queue;
@@ -48,6 +49,7 @@ pub use callbacks::CallbackWork;
 pub use evidence::{read_log, verify_log, LogReader, Verdict};
 pub use files::{FormFile, ReceivedFile, ReplyFile};
 pub use incoming::{IncomingCall, ServiceOutcome};
+pub use members::{Member, TakenOver, SAY_EVERY, SILENT_AFTER_MS};
 pub use outgoing::{Callback, NewAsync, OutboundWork, OutgoingFile};
 pub use prune::Pruned;
 pub use records::{Page, Pending, QueueCount, QueueCounts, RequestFilter, RequestView, Stats};
@@ -237,6 +239,8 @@ enum Durability {
 /// The writer's transaction, with the evidence log beside it ([`Tx::record`]).
 pub(crate) struct Tx<'t> {
     t: sql::Sql<'t>,
+    /// This member's name (`""` on SQLite): the holder of the leases it claims.
+    member: &'t str,
     /// The evidence log; `None` when no log is kept.
     log: Option<&'t std::cell::RefCell<evidence::Log>>,
     /// The evidence log's last record (seq, hash), once known: the writer keeps it from one
@@ -304,7 +308,7 @@ impl Store {
         // The writer's thread opens the database: PostgreSQL's client may not block a thread of
         // the async runtime this may be called on.
         let (opened, open) = std::sync::mpsc::sync_channel(1);
-        let at = location.clone();
+        let (at, member) = (location.clone(), location.member().to_owned());
         std::thread::Builder::new()
             .name("ferry-store".into())
             .spawn(move || {
@@ -312,7 +316,7 @@ impl Store {
                 match conn {
                     Ok(conn) => {
                         let _ = opened.send(Ok(()));
-                        writer(conn, log, rx, waiting, publish)
+                        writer(conn, member, log, rx, waiting, publish)
                     }
                     Err(e) => {
                         let _ = opened.send(Err(e));
@@ -434,13 +438,15 @@ type Message = Option<(Durability, Job)>;
 /// of them was queued.
 fn writer(
     conn: sql::Connection,
+    member: String,
     log: Option<evidence::Log>,
     jobs: std::sync::mpsc::Receiver<Message>,
     deferred: Arc<std::sync::Mutex<Vec<Job>>>,
     publish: broadcast::Sender<Event>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let mut state = Writer { conn, synchronous: Durability::Full, head: None, log: log.map(std::cell::RefCell::new) };
+    let mut state =
+        Writer { conn, member, synchronous: Durability::Full, head: None, log: log.map(std::cell::RefCell::new) };
     // When the deferred jobs waiting must be committed.
     let mut due: Option<std::time::Instant> = None;
     let mut emptied: Vec<Job> = Vec::new();
@@ -494,6 +500,8 @@ fn writer(
 struct Writer {
     /// The store's connection; the writer is its only user.
     conn: sql::Connection,
+    /// This member's name ([`Tx::member`]).
+    member: String,
     /// SQLite's `synchronous` setting of the connection.
     synchronous: Durability,
     /// The evidence log's last record, once known.
@@ -520,6 +528,7 @@ impl Writer {
         let t = match self.conn.begin(sql::Begin::Write { durable: needed == Durability::Full }) {
             Ok(t) => Tx {
                 t,
+                member: &self.member,
                 log: self.log.as_ref(),
                 head: std::cell::RefCell::new(self.head.take()),
                 at: std::cell::OnceCell::new(),
@@ -560,6 +569,11 @@ impl Writer {
 }
 
 impl Tx<'_> {
+    /// This member's name (`""` on SQLite): the holder of the leases it claims.
+    pub(crate) fn member(&self) -> &str {
+        self.member
+    }
+
     /// Runs `job` inside a savepoint: if it fails, what it changed is undone, so that the
     /// transaction's other jobs are committed as if it had never run.
     fn isolated(&self, job: Job, events: &mut Vec<Event>) -> Answer {
@@ -605,6 +619,7 @@ pub(crate) fn query_row<T>(
 /// The tests' PostgreSQL server.
 #[cfg(test)]
 #[path = "../../tests/support/postgres.rs"]
+#[allow(dead_code)] // shared with the integration tests, which use all of it
 pub(crate) mod test_postgres;
 
 #[cfg(test)]
@@ -621,7 +636,7 @@ impl Store {
             std::fs::write(&kept, &url).unwrap();
             url
         });
-        Store::open_at(&Location::Postgres { url, member: "test".into() }, dir, true).unwrap()
+        Store::open_at(&Location::Postgres { url, member: "test".into(), readers: 8 }, dir, true).unwrap()
     }
 }
 

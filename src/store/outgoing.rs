@@ -135,6 +135,8 @@ impl Store {
             let now = now_ms();
             let r = &new.request;
             if let Some(key) = &r.idempotency_key {
+                // Two members may be handed the same key at once.
+                t.lock(&format!("outgoing-key\u{1}{}\u{1}{}\u{1}{}\u{1}{key}", new.peer, r.service, r.path))?;
                 let running: Option<(String, String)> = query_row(t,
                     "SELECT id, state FROM requests WHERE peer = ?1 AND service = ?2 AND path = ?3
                      AND idempotency_key = ?4 AND direction = 'outgoing' AND state IN ('waiting', 'doing')",
@@ -214,14 +216,14 @@ impl Store {
             }
             let mut work = Vec::new();
             let due = format!(
-                "UPDATE requests SET next_attempt_at = CAST(?1 AS BIGINT) + ?2, attempts = attempts + 1
+                "UPDATE requests SET next_attempt_at = CAST(?1 AS BIGINT) + ?2, attempts = attempts + 1, lease_holder = ?4
                  WHERE seq IN (SELECT seq FROM requests WHERE direction = 'outgoing' AND state = 'waiting'
                                AND next_attempt_at <= ?1 ORDER BY next_attempt_at, seq LIMIT ?3{})
                  RETURNING seq, peer, wire, reply, expires_at, file_path, file_name, file_field, file_identity,
                     record_version",
                 t.skip_locked("requests")
             );
-            let mut requests = t.query(&due, params![now, LEASE_MS, limit as i64], |r| {
+            let mut requests = t.query(&due, params![now, LEASE_MS, limit as i64, t.member()], |r| {
                 let blob: Vec<u8> = r.get(2)?;
                 Ok((
                     r.get::<i64>(0)?,

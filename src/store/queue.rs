@@ -5,7 +5,7 @@
 //! takes the same item twice while it is in flight, and an item whose worker died becomes due
 //! again by itself. [`Store::recover`] clears leases at start-up.
 
-use super::sql::params;
+use super::sql::{params, OptionalExtension};
 
 use super::replies::{push_reply, Due};
 use super::trust::settle_key;
@@ -45,15 +45,19 @@ pub(super) fn fail(
     error: &str,
     status: Option<u16>,
 ) -> Result<(), StoreError> {
-    let (id, peer, direction, callback): (String, String, String, Option<String>) =
-        query_row(t, "SELECT id, peer, direction, callback_url FROM requests WHERE seq = ?1", [row], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?))
-        })?;
-    exec(
+    // Only a request not yet ended: members sharing a store may find the same one due at once,
+    // and the second waits for the first's commit, then finds it failed already.
+    let ended: Option<(String, String, String, Option<String>)> = query_row(
         t,
-        "UPDATE requests SET state = 'failed', error = ?2, updated_at = ?3, next_attempt_at = NULL WHERE seq = ?1",
+        "UPDATE requests SET state = 'failed', error = ?2, updated_at = ?3, next_attempt_at = NULL
+         WHERE seq = ?1 AND state IN ('waiting', 'doing') RETURNING id, peer, direction, callback_url",
         params![row, error, now_ms()],
-    )?;
+        |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)),
+    )
+    .optional()?;
+    let Some((id, peer, direction, callback)) = ended else {
+        return Ok(());
+    };
     let incoming = direction == "incoming";
     if incoming {
         settle_key(t, &peer, &id, None)?;
@@ -68,45 +72,67 @@ pub(super) fn fail(
     Ok(())
 }
 
+/// Gives up the leases `member` holds (all of them on SQLite, whose one member is `""`): its
+/// work is due again at once, for any member to claim. A request that was `doing` while its file
+/// moved, not yet acknowledged, is `waiting` again. Incoming requests whose service call it had
+/// under way are failed: the service may have acted, so it is not called twice. Returns how many
+/// service calls were cut.
+pub(super) fn release(t: &Tx, events: &mut Vec<Event>, member: &str, now: i64) -> Result<usize, StoreError> {
+    const HOLDS: &str = "(CAST(?2 AS TEXT) = '' OR lease_holder = ?2)";
+    let cut = t.query(
+        &format!(
+            "UPDATE requests SET state = 'waiting', updated_at = ?1 WHERE direction = 'outgoing'
+             AND state = 'doing' AND next_attempt_at IS NOT NULL AND {HOLDS} RETURNING id, peer"
+        ),
+        params![now, member],
+        |r| Ok((r.get::<String>(0)?, r.get::<String>(1)?)),
+    )?;
+    for (id, peer) in cut {
+        state_event(events, &id, &peer, State::Waiting);
+    }
+    exec(
+        t,
+        &format!(
+            "UPDATE requests SET next_attempt_at = ?1 WHERE state = 'waiting' AND next_attempt_at > ?1 AND {HOLDS}"
+        ),
+        params![now, member],
+    )?;
+    exec(
+        t,
+        &format!("UPDATE replies SET next_send_at = ?1 WHERE next_send_at > ?1 AND {HOLDS}"),
+        params![now, member],
+    )?;
+    exec(
+        t,
+        &format!("UPDATE replies SET callback_at = ?1 WHERE callback_at > ?1 AND delivered = 0 AND {HOLDS}"),
+        params![now, member],
+    )?;
+    let interrupted = t.query(
+        "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'doing'
+         AND response_status IS NULL AND (CAST(?1 AS TEXT) = '' OR lease_holder = ?1)",
+        [member],
+        |r| r.get::<i64>(0),
+    )?;
+    for row in &interrupted {
+        fail(
+            t,
+            events,
+            *row,
+            "the receiving node stopped while its service was being called; the service may have acted, \
+             so it is not called again",
+            None,
+        )?;
+    }
+    Ok(interrupted.len())
+}
+
 impl Store {
-    /// At start-up: clears leases of the previous run (a request that was `doing` while its file
-    /// moved, not yet acknowledged, is `waiting` again), and fails incoming requests whose service
-    /// call was under way when the node stopped (the service may have acted; it is not called twice).
+    /// At start-up: gives up the leases of this member's previous run ([`release`]), and frees
+    /// the idempotency keys of synchronous requests a stop cut.
     pub async fn recover(&self) -> Result<usize, StoreError> {
         self.run(move |t, events| {
             let now = now_ms();
-            let cut: Vec<(String, String)> = t.query(
-                "UPDATE requests SET state = 'waiting', updated_at = ?1 WHERE direction = 'outgoing'
-                     AND state = 'doing' AND next_attempt_at IS NOT NULL RETURNING id, peer",
-                [now],
-                |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
-            for (id, peer) in cut {
-                state_event(events, &id, &peer, State::Waiting);
-            }
-            exec(
-                t,
-                "UPDATE requests SET next_attempt_at = ?1 WHERE state = 'waiting' AND next_attempt_at > ?1",
-                [now],
-            )?;
-            exec(t, "UPDATE replies SET next_send_at = ?1 WHERE next_send_at > ?1", [now])?;
-            exec(t, "UPDATE replies SET callback_at = ?1 WHERE callback_at > ?1 AND delivered = 0", [now])?;
-            let interrupted: Vec<i64> = t.query(
-                "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'doing'
-                     AND response_status IS NULL",
-                params![],
-                |r| r.get(0),
-            )?;
-            for row in &interrupted {
-                fail(
-                    t,
-                    events,
-                    *row,
-                    "the receiving node stopped while its service was being called; the service may have acted, \
-                     so it is not called again",
-                    None,
-                )?;
-            }
+            let interrupted = release(t, events, t.member(), now)?;
             // Keys of synchronous requests cut by the stop, which never finished: a failure does not count.
             exec(
                 t,
@@ -115,7 +141,7 @@ impl Store {
                 params![],
             )?;
             exec(t, "DELETE FROM idempotency WHERE state = 'success' AND expires_at < ?1", [now])?;
-            Ok(interrupted.len())
+            Ok(interrupted)
         })
         .await
     }

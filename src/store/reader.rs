@@ -6,26 +6,59 @@
 //! after a write was answered sees that write. Reads run on tokio's blocking threads, never on the
 //! async runtime's.
 
-use std::sync::Mutex;
+use std::sync::{Condvar, Mutex};
 
 use super::sql::{Begin, Connection, Location, Sql};
 use super::{schema, Store, StoreError};
 
 /// How many idle read connections are kept open; more are opened while more reads overlap.
 const KEEP: usize = 4;
-
-/// The database's read connections not in use: a pool.
+/// The database's read connections: a pool.
 pub(super) struct Readers {
     /// The database.
     location: Location,
-    /// Connections to use again.
-    idle: Mutex<Vec<Connection>>,
+    /// Connections to use again, and how many are open.
+    pool: Mutex<Pool>,
+    /// Told when a connection is given back.
+    given_back: Condvar,
+}
+
+#[derive(Default)]
+struct Pool {
+    idle: Vec<Connection>,
+    open: usize,
 }
 
 impl Readers {
     /// Readers of the database at `location`, which the writer has opened and migrated.
     pub(super) fn new(location: Location) -> Readers {
-        Readers { location, idle: Mutex::new(Vec::new()) }
+        Readers { location, pool: Mutex::default(), given_back: Condvar::new() }
+    }
+
+    /// An idle connection, or a new one, or on PostgreSQL past `[store] readers` one given back
+    /// (so that members do not use up the server's connections). SQLite's are not limited.
+    fn take(&self) -> Result<Connection, StoreError> {
+        let limit = match self.location {
+            Location::Sqlite(_) => usize::MAX,
+            Location::Postgres { readers, .. } => readers.max(1),
+        };
+        let mut pool = self.pool.lock().unwrap();
+        loop {
+            if let Some(conn) = pool.idle.pop() {
+                return Ok(conn);
+            }
+            if pool.open < limit {
+                pool.open += 1;
+                drop(pool);
+                let opened = self.connect();
+                if opened.is_err() {
+                    self.pool.lock().unwrap().open -= 1;
+                    self.given_back.notify_one();
+                }
+                return opened;
+            }
+            pool = self.given_back.wait(pool).unwrap();
+        }
     }
 
     /// Opens a read connection.
@@ -46,19 +79,20 @@ impl Readers {
 
     /// Runs `f` in a read transaction of an idle connection, or of a new one.
     pub(super) fn read<T>(&self, f: impl FnOnce(&Sql) -> Result<T, StoreError>) -> Result<T, StoreError> {
-        let idle = self.idle.lock().unwrap().pop();
-        let mut conn = match idle {
-            Some(conn) => conn,
-            None => self.connect()?,
-        };
+        let mut conn = self.take()?;
         // Dropped, the transaction rolls back: it changed nothing.
         let read = conn.begin(Begin::Read).and_then(|t| f(&t));
         // A connection that failed (a PostgreSQL server restarted, say) is not kept.
         let broken = matches!(&read, Err(StoreError::Postgres(e)) if e.is_closed());
-        let mut idle = self.idle.lock().unwrap();
-        if idle.len() < KEEP && !broken {
-            idle.push(conn);
+        let mut pool = self.pool.lock().unwrap();
+        if pool.idle.len() < KEEP && !broken {
+            pool.idle.push(conn);
+        } else {
+            pool.open -= 1;
+            drop(pool);
+            close(conn);
         }
+        self.given_back.notify_one();
         read
     }
 }
@@ -68,10 +102,16 @@ impl Drop for Readers {
     /// which the last handle of a store may be dropped on: its connections close on a thread of
     /// their own.
     fn drop(&mut self) {
-        let idle = std::mem::take(&mut *self.idle.lock().unwrap_or_else(|e| e.into_inner()));
-        if idle.iter().any(|c| matches!(c, Connection::Postgres(_))) {
-            std::thread::spawn(move || drop(idle));
-        }
+        let idle = std::mem::take(&mut self.pool.lock().unwrap_or_else(|e| e.into_inner()).idle);
+        idle.into_iter().for_each(close);
+    }
+}
+
+/// Closes `conn`; PostgreSQL's on a thread of its own (its blocking client may not close one on
+/// an async runtime's thread, where a read or the store's last handle may end).
+fn close(conn: Connection) {
+    if let Connection::Postgres(_) = conn {
+        std::thread::spawn(move || drop(conn));
     }
 }
 

@@ -59,9 +59,10 @@ pub(super) fn push_reply(
 }
 
 /// Claims up to `limit` of this node's replies due to be carried to peers, in order per request.
-pub(super) fn claim_due(t: &Sql, now: i64, limit: usize) -> Result<Vec<OutboundWork>, StoreError> {
+pub(super) fn claim_due(t: &super::Tx, now: i64, limit: usize) -> Result<Vec<OutboundWork>, StoreError> {
     let due = format!(
-        "UPDATE replies SET next_send_at = CAST(?1 AS BIGINT) + ?2, send_attempts = send_attempts + 1
+        "UPDATE replies SET next_send_at = CAST(?1 AS BIGINT) + ?2, send_attempts = send_attempts + 1,
+            lease_holder = ?4
          WHERE rowid IN (SELECT rowid FROM replies WHERE next_send_at <= ?1
                          ORDER BY next_send_at, rowid LIMIT ?3{})
          RETURNING (SELECT peer FROM requests q WHERE q.seq = request),
@@ -72,7 +73,7 @@ pub(super) fn claim_due(t: &Sql, now: i64, limit: usize) -> Result<Vec<OutboundW
                    (SELECT member FROM requests q WHERE q.seq = request)",
         t.skip_locked("replies")
     );
-    let mut replies = t.query(&due, params![now, LEASE_MS, limit as i64], |r| {
+    let mut replies = t.query(&due, params![now, LEASE_MS, limit as i64, t.member()], |r| {
         Ok((
             r.get::<i64>(2)?,
             r.get::<u32>(3)?,

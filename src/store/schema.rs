@@ -157,9 +157,11 @@ pub(super) const MIGRATIONS: &[&str] = &[
     // 11: which member of the peer sent an incoming request, for a peer whose members have a key
     // each (the fingerprint of the certificate it presented): its results go back to that member.
     "ALTER TABLE requests ADD COLUMN member TEXT;",
-    // 12: members sharing one store (PostgreSQL): each keeps its own evidence chain, and says it
-    // is alive. SQLite holds one member's, named "".
+    // 12: members sharing one store (PostgreSQL): each keeps its own evidence chain, holds the
+    // leases of the work it claimed, and says it is alive. SQLite holds one member's, named "".
     "ALTER TABLE evidence ADD COLUMN member TEXT NOT NULL DEFAULT '';
+    ALTER TABLE requests ADD COLUMN lease_holder TEXT;    -- the member that claimed it last
+    ALTER TABLE replies ADD COLUMN lease_holder TEXT;
     CREATE TABLE members (
         member TEXT PRIMARY KEY,
         address TEXT NOT NULL,                -- where peers reach it (QUIC)
@@ -208,6 +210,7 @@ pub(super) const POSTGRES_MIGRATIONS: &[&str] = &[
         file_identity TEXT,
         record_version BIGINT,
         member TEXT,
+        lease_holder TEXT,
         UNIQUE (direction, peer, id)
     );
     CREATE INDEX requests_due ON requests (direction, state, next_attempt_at);
@@ -236,6 +239,7 @@ pub(super) const POSTGRES_MIGRATIONS: &[&str] = &[
         file_size BIGINT,
         file_sha256 TEXT,
         file_identity TEXT,
+        lease_holder TEXT,
         PRIMARY KEY (request, seq)
     );
     CREATE INDEX replies_send ON replies (next_send_at);

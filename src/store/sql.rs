@@ -27,6 +27,8 @@ pub enum Location {
         url: String,
         /// This member's name: its evidence chain and its leases are kept under it.
         member: String,
+        /// How many connections reads may use at once.
+        readers: usize,
     },
 }
 
@@ -327,6 +329,17 @@ impl Sql<'_> {
         }
     }
 
+    /// Holds the lock named `what` (no NUL in it) until this transaction ends, on PostgreSQL, where another
+    /// member's transaction may be deciding the same thing (whether a request is known, a key
+    /// taken): it waits for that one to commit, and then sees what it decided. Nothing on SQLite,
+    /// whose one writer decides alone.
+    pub(crate) fn lock(&self, what: &str) -> Result<(), StoreError> {
+        if self.is_postgres() {
+            self.query_row("SELECT pg_advisory_xact_lock(hashtextextended(?1, 0))", [what], |_| Ok(()))?;
+        }
+        Ok(())
+    }
+
     /// The prepared statement of `sql` on this PostgreSQL connection.
     fn pg_statement(
         t: &mut postgres::Transaction<'_>,
@@ -457,6 +470,7 @@ impl ToSql for PgBind<'_> {
                 Type::FLOAT4 => (f as f32).to_sql(ty, out),
                 _ => Err(wrong()),
             },
+            ValueRef::Text(t) if t.contains(&0) => Err("PostgreSQL's text cannot hold a NUL byte".into()),
             ValueRef::Text(t) => match *ty {
                 Type::TEXT | Type::VARCHAR | Type::BPCHAR | Type::NAME | Type::UNKNOWN => {
                     std::str::from_utf8(t)?.to_sql(&Type::TEXT, out)

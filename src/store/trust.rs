@@ -41,6 +41,14 @@ pub(super) fn admit(
 ) -> Result<Admission, StoreError> {
     let now = now_ms();
     let key = request.idempotency_key.as_deref();
+    // Members sharing a store decide on a key, or a duplicate, one at a time.
+    if let Some(key) = key {
+        t.lock(&format!("key\u{1}{peer}\u{1}{}\u{1}{}\u{1}{key}", request.service, request.path))?;
+    }
+    let digest = service.dedupe_window.map(|_| dedupe_digest(peer, request));
+    if let Some(digest) = &digest {
+        t.lock(&format!("dedupe\u{1}{}\u{1}{digest}", service.id))?;
+    }
     if let Some(key) = key {
         // The key's earlier request: id, state, its stored response, when that stops counting.
         type Earlier = (String, String, Option<u16>, Option<String>, Option<Vec<u8>>, Option<i64>);
@@ -72,8 +80,7 @@ pub(super) fn admit(
             _ => {}
         }
     }
-    if let Some(window) = service.dedupe_window {
-        let digest = dedupe_digest(peer, request);
+    if let (Some(window), Some(digest)) = (service.dedupe_window, digest) {
         exec(
             t,
             "DELETE FROM dedupe WHERE service = ?1 AND at <= ?2",

@@ -193,15 +193,22 @@ impl NodeDir {
         ferry::cli::init::init(&dir, name, link, api).unwrap_or_else(|e| panic!("ferry init {name}: {e}"));
         let at = NodeDir { name: name.to_owned(), config: dir.join("config/ferry.toml"), dir, link, api };
         if postgres::wanted() {
-            at.use_store(&postgres::database());
+            at.use_store(&postgres::database(), None);
         }
         at
     }
 
-    /// Keeps the node's store in the PostgreSQL database at `url` (`[store] url`).
-    pub fn use_store(&self, url: &str) {
+    /// Keeps the node's store in the PostgreSQL database at `url` (`[store] url`), as `member`
+    /// when given; replaces a `[store]` this harness set before.
+    pub fn use_store(&self, url: &str, member: Option<&str>) {
         let mut text = std::fs::read_to_string(&self.config).unwrap();
+        if let Some(at) = text.find("\n[store]\n") {
+            text.truncate(at);
+        }
         text.push_str(&format!("\n[store]\nurl = \"{url}\"\n"));
+        if let Some(member) = member {
+            text.push_str(&format!("member = \"{member}\"\n"));
+        }
         std::fs::write(&self.config, text).unwrap();
     }
 
@@ -220,6 +227,26 @@ impl NodeDir {
         let allow: Vec<String> = allow.iter().map(|s| s.to_string()).collect();
         ferry::cli::service::add(&self.config, id, base_url, &allow).unwrap();
     }
+}
+
+/// The evidence log of the node in `dir` (`ferry init`'s folder), as (seq, record JSON), read from
+/// its store wherever its config keeps it (on a thread of its own: PostgreSQL's blocking client may
+/// not run on the test's runtime).
+pub fn evidence_log(dir: &Path) -> Vec<(i64, String)> {
+    let location = ferry::config::Config::load(&dir.join("config/ferry.toml")).unwrap().store_location();
+    std::thread::spawn(move || ferry::store::read_log(&location, 0).unwrap().collect::<Result<_, _>>().unwrap())
+        .join()
+        .unwrap()
+}
+
+/// Skips a test that edits SQLite's `ferry.db` by hand when the stores run on PostgreSQL
+/// (`FERRY_TEST_STORE=postgres`): true, having said so, when it is to be skipped.
+pub fn sqlite_only(test: &str) -> bool {
+    let skip = postgres::wanted();
+    if skip {
+        eprintln!("{test}: SQLite only (it edits ferry.db by hand); skipped with FERRY_TEST_STORE=postgres");
+    }
+    skip
 }
 
 /// org-a and org-b as admins set them up: pinned both ways (each reached at its link address),

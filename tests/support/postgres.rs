@@ -35,6 +35,41 @@ fn create_database() -> String {
     server.url(&name)
 }
 
+/// A new database holding what the one at `url` holds (no one may be connected to it): its URL.
+pub fn copy_database(url: &str) -> String {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        static COPIES: AtomicUsize = AtomicUsize::new(0);
+        let (base, name) = url.rsplit_once('/').unwrap();
+        let copy = format!("{name}_copy{}", COPIES.fetch_add(1, Ordering::Relaxed));
+        let mut admin = postgres::Client::connect(&format!("{base}/postgres"), postgres::NoTls).unwrap();
+        // A stopped node's connections may take a moment to close.
+        let began = Instant::now();
+        while let Err(e) = admin.batch_execute(&format!("CREATE DATABASE {copy} TEMPLATE {name}")) {
+            assert!(began.elapsed() < Duration::from_secs(10), "cannot copy {name}: {e:?}");
+            std::thread::sleep(Duration::from_millis(100));
+        }
+        format!("{base}/{copy}")
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
+/// A new database as [`database`] makes it, or `None` where no server can be started and the
+/// tests do not run under CI (`CI` unset): the caller skips, saying so. Under CI it panics.
+pub fn database_or_skip(test: &str) -> Option<String> {
+    if std::env::var_os("CI").is_some() {
+        return Some(database());
+    }
+    match std::thread::spawn(|| server_started().map(|_| ())).join().unwrap() {
+        Ok(()) => Some(database()),
+        Err(why) => {
+            eprintln!("skipping {test}: no PostgreSQL server ({why}); run .ci/setup-postgres");
+            None
+        }
+    }
+}
+
 /// The running server.
 pub struct Server {
     port: u16,
@@ -48,11 +83,15 @@ impl Server {
 }
 
 fn server() -> &'static Server {
-    static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
-    match SERVER.get_or_init(start) {
+    match server_started() {
         Ok(server) => server,
         Err(why) => panic!("cannot start a PostgreSQL server for the tests: {why} (run .ci/setup-postgres)"),
     }
+}
+
+fn server_started() -> Result<&'static Server, String> {
+    static SERVER: OnceLock<Result<Server, String>> = OnceLock::new();
+    SERVER.get_or_init(start).as_ref().map_err(Clone::clone)
 }
 
 /// The folder of the server's programs: `initdb` on PATH, else Debian's newest.

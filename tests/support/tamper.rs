@@ -1,11 +1,12 @@
 //! Tampering with a stopped node's evidence log as an insider with the database would: a copy of
 //! the node's folder, its records read and written back one per row as text (the store keeps each
 //! commit's records in one lz4-packed row; a row of one line of text is a record as well), the
-//! chain's hashes recomputed or not.
+//! chain's hashes recomputed or not. A node on a PostgreSQL store gets a copy of its database.
 
 use std::path::{Path, PathBuf};
 
 use ferry::evidence::{Record, GENESIS};
+use ferry::store::Location;
 
 /// A copy of a node's folder (config, certificates, data) whose log is tampered with.
 pub struct Copy {
@@ -18,7 +19,17 @@ impl Copy {
     pub fn of(dir: &Path, to: &Path) -> Copy {
         let _ = std::fs::remove_dir_all(to);
         copy_dir(dir, to);
-        Copy { dir: to.to_owned() }
+        let copy = Copy { dir: to.to_owned() };
+        if let Location::Postgres { url, .. } = copy.location() {
+            let text = std::fs::read_to_string(copy.config()).unwrap();
+            std::fs::write(copy.config(), text.replace(&url, &super::postgres::copy_database(&url))).unwrap();
+        }
+        copy
+    }
+
+    /// Where the copy's store is.
+    fn location(&self) -> Location {
+        ferry::config::Config::load(&self.config()).unwrap().store_location()
     }
 
     /// The copy's config.
@@ -28,10 +39,14 @@ impl Copy {
 
     /// The log's records, in order.
     pub fn records(&self) -> Vec<Record> {
-        ferry::store::read_log(&ferry::store::Location::Sqlite(self.dir.join("data")), 0)
-            .unwrap()
-            .map(|read| serde_json::from_str(&read.unwrap().1).unwrap())
-            .collect()
+        let location = self.location();
+        let read = move || {
+            ferry::store::read_log(&location, 0)
+                .unwrap()
+                .map(|read| serde_json::from_str(&read.unwrap().1).unwrap())
+                .collect()
+        };
+        std::thread::spawn(read).join().unwrap()
     }
 
     /// Writes `records` back as the whole log, one row each; with `rechain`, each record's seq,
@@ -46,12 +61,32 @@ impl Copy {
                 prev = record.hash.clone();
             }
         }
-        let db = rusqlite::Connection::open(self.dir.join("data/ferry.db")).unwrap();
-        db.execute("DELETE FROM evidence", []).unwrap();
-        for record in &records {
-            let text = serde_json::to_string(record).unwrap();
-            db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![record.seq, text])
-                .unwrap();
+        let rows: Vec<(i64, String)> =
+            records.iter().map(|r| (r.seq as i64, serde_json::to_string(r).unwrap())).collect();
+        match self.location() {
+            Location::Sqlite(data) => {
+                let db = rusqlite::Connection::open(data.join("ferry.db")).unwrap();
+                db.execute("DELETE FROM evidence", []).unwrap();
+                for (seq, text) in &rows {
+                    db.execute("INSERT INTO evidence (seq, records) VALUES (?1, ?2)", rusqlite::params![seq, text])
+                        .unwrap();
+                }
+            }
+            // PostgreSQL keeps blocks as bytes: each row one record, packed as the node packs them.
+            Location::Postgres { url, member, .. } => std::thread::spawn(move || {
+                let mut db = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+                db.execute("DELETE FROM evidence WHERE member = $1", &[&member]).unwrap();
+                for (seq, text) in &rows {
+                    let packed = lz4_flex::block::compress_prepend_size(text.as_bytes());
+                    db.execute(
+                        "INSERT INTO evidence (member, seq, records) VALUES ($1, $2, $3)",
+                        &[&member, seq, &packed],
+                    )
+                    .unwrap();
+                }
+            })
+            .join()
+            .unwrap(),
         }
     }
 

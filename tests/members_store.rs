@@ -1,0 +1,210 @@
+//! Two members of org-b on one PostgreSQL store (`[store] url`), as real `ferry run` processes:
+//! org-a sends a steady mix of synchronous, asynchronous, file and reply-mode requests; member 1
+//! is killed (SIGKILL) in the middle and restarted later. Nothing accepted is lost, no request
+//! reaches the service twice, every result reaches org-a's callback once and in order, replies
+//! are answered on either member, and each member's evidence chain verifies.
+
+mod support;
+
+use std::collections::HashMap;
+
+use serde_json::{json, Value};
+use support::process::{Node, INTERRUPTED};
+use support::{files, postgres};
+use support::{until, Recorder};
+
+/// org-a's request `n` to org-b's service "1": asynchronous unless `sync`, with a file when
+/// given, in reply mode when `reply`.
+fn request(n: usize, callbacks: &Recorder, file: Option<&std::path::Path>, reply: bool) -> Value {
+    let mut body = json!({
+        "peer": "org-b", "service": "1", "path": format!("/job/{n}"), "method": "POST", "form": {"n": n.to_string()},
+        "mode": "async", "reply": reply, "callback": {"url": format!("{}/cb", callbacks.base_url())},
+    });
+    if let Some(file) = file {
+        body["file"] = file.to_str().unwrap().into();
+    }
+    body
+}
+
+/// A synchronous request `n`, sent until a member answers it: during a failover one may fail
+/// with 502 ("the service may or may not have been called"), as API.md says.
+async fn sync_request(a: &Node, n: usize) -> usize {
+    let body = json!({"peer": "org-b", "service": "1", "path": format!("/sync/{n}"), "method": "GET", "form": {}});
+    let mut failed = 0;
+    until(&format!("sync request {n} answered"), async || match a.try_post("/v1/requests", &body).await {
+        Ok((200, _)) => Ok(()),
+        other => {
+            failed += 1;
+            Err(format!("{other:?}"))
+        }
+    })
+    .await;
+    failed
+}
+
+/// The `store` part of a member's health.
+async fn store_health(node: &Node) -> Value {
+    node.get("/v1/health").await.map(|h| h["store"].clone()).unwrap_or(Value::Null)
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn two_members_on_one_store_lose_nothing_when_one_is_killed() {
+    let Some(url) = postgres::database_or_skip("two_members_on_one_store_lose_nothing_when_one_is_killed") else {
+        return;
+    };
+    let (service, callbacks) = (Recorder::start().await, Recorder::start().await);
+    let root = tempfile::tempdir().unwrap();
+    let mut a = Node::create(root.path(), "org-a");
+    let mut b1 = Node::create(&root.path().join("b1"), "org-b");
+    let mut b2 = Node::create(&root.path().join("b2"), "org-b");
+    // One store, and one data_dir for received files, that both members see.
+    let shared = root.path().join("b-data");
+    for (m, name) in [(&b1, "b1"), (&b2, "b2")] {
+        m.setup().use_store(&url, Some(name));
+        let text = std::fs::read_to_string(&m.config).unwrap();
+        let text = text.replacen("data_dir = \"data\"", &format!("data_dir = {:?}", shared.to_str().unwrap()), 1);
+        assert!(text.contains("b-data"), "{text}");
+        std::fs::write(&m.config, text).unwrap();
+        m.pin(&a);
+        m.add_service("1", &service.base_url(), &["org-a"]);
+    }
+    let cert = |m: &Node| m.dir.join("certs/node.pem");
+    ferry::cli::peer::add(&a.config, "org-b", &[b1.link.to_string(), b2.link.to_string()], &[cert(&b1), cert(&b2)])
+        .unwrap();
+    for node in [&mut a, &mut b1, &mut b2] {
+        node.start().await;
+    }
+    let outbox = a.dir.join("outbox");
+    std::fs::create_dir_all(&outbox).unwrap();
+    let file = |n: usize| {
+        let path = outbox.join(format!("f{n}.bin"));
+        std::fs::write(&path, files::bytes(256 * 1024 + n, n as u64)).unwrap();
+        path
+    };
+    until("both members alive in the store", async || {
+        let store = store_health(&b2).await;
+        if store["members_alive"] == 2 {
+            Ok(())
+        } else {
+            Err(store.to_string())
+        }
+    })
+    .await;
+
+    // Sent in three waves: before member 1 is killed, right after, and after its restart. Every
+    // fifth carries a file, every seventh is in reply mode.
+    let mut ids = Vec::new();
+    let mut reply_mode = Vec::new();
+    let mut sync_failed = 0;
+    let send = async |a: &Node, range: std::ops::Range<usize>, ids: &mut Vec<String>, reply_mode: &mut Vec<String>| {
+        let mut failed = 0;
+        for n in range {
+            let with_file = (n % 5 == 0).then(|| file(n));
+            let id = a.accepted(request(n, &callbacks, with_file.as_deref(), n % 7 == 0)).await;
+            if n % 7 == 0 {
+                reply_mode.push(id.clone());
+            }
+            ids.push(id);
+            if n % 4 == 0 {
+                failed += sync_request(a, n).await;
+            }
+        }
+        failed
+    };
+    sync_failed += send(&a, 0..20, &mut ids, &mut reply_mode).await;
+    b1.kill();
+    sync_failed += send(&a, 20..40, &mut ids, &mut reply_mode).await;
+    until("member 1 taken over by member 2", async || {
+        let store = store_health(&b2).await;
+        if store["members_alive"] == 1 {
+            Ok(())
+        } else {
+            Err(store.to_string())
+        }
+    })
+    .await;
+
+    // The service answers reply-mode requests on member 2 alone, also those member 1 received.
+    let answer_replies = async |reply_mode: &[String], answered: &mut Vec<String>| {
+        let open: Vec<&String> = reply_mode.iter().filter(|id| !answered.contains(id)).collect();
+        for id in open {
+            let Some(call) = service.calls_for(id).into_iter().next() else { continue };
+            let callback_id = call.headers["x-ferry-callback-id"].clone();
+            let (status, env) = b2.post("/v1/replies", &json!({"callback_id": callback_id, "data": {"ok": id}})).await;
+            assert_eq!(status, 202, "{env}");
+            answered.push(id.clone());
+        }
+    };
+    let mut answered = Vec::new();
+    b1.start().await;
+    until("both members alive again", async || {
+        let store = store_health(&b1).await;
+        if store["members_alive"] == 2 {
+            Ok(())
+        } else {
+            Err(store.to_string())
+        }
+    })
+    .await;
+    sync_failed += send(&a, 40..50, &mut ids, &mut reply_mode).await;
+
+    // Every request ends: done, or failed because member 1 was killed during its service call.
+    let mut ended = HashMap::new();
+    until("every accepted request ended", async || {
+        answer_replies(&reply_mode, &mut answered).await;
+        let open: Vec<&String> = ids.iter().filter(|id| !ended.contains_key(*id)).collect();
+        for id in open {
+            let status = a.status(id).await?;
+            if status["state"] == "success" || status["state"] == "failed" {
+                ended.insert(id.clone(), status);
+            }
+        }
+        if ended.len() == ids.len() {
+            Ok(())
+        } else {
+            Err(format!("{} of {} ended", ended.len(), ids.len()))
+        }
+    })
+    .await;
+    let cut: Vec<&Value> = ended.values().filter(|s| s["state"] == "failed").collect();
+    for status in &cut {
+        assert!(status["error"].as_str().unwrap_or_default().contains(INTERRUPTED), "{status}");
+    }
+    println!(
+        "{} requests: {} done, {} cut by the kill during their service call; {} sync attempt(s) failed during failover",
+        ids.len(),
+        ids.len() - cut.len(),
+        cut.len(),
+        sync_failed
+    );
+    assert!(cut.len() <= 4, "only calls under way at the kill may be cut: {cut:?}");
+
+    // Nothing done twice: each request reached the service at most once.
+    let twice: Vec<_> = service.calls_by_id().into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "called twice: {twice:?}");
+    // Each result reached the callback once, and a request's results in order.
+    until("every result delivered", async || {
+        let delivered = callbacks.callbacks_by_id_seq();
+        let missing: Vec<_> = ids.iter().filter(|id| !delivered.contains_key(&((*id).clone(), "1".into()))).collect();
+        if missing.is_empty() {
+            Ok(())
+        } else {
+            Err(format!("no result yet for {missing:?}"))
+        }
+    })
+    .await;
+    let twice: Vec<_> = callbacks.callbacks_by_id_seq().into_iter().filter(|(_, n)| *n > 1).collect();
+    assert!(twice.is_empty(), "a result delivered twice: {twice:?}");
+    for id in &reply_mode {
+        if ended[id]["state"] == "success" {
+            assert_eq!(callbacks.callbacks_for(id)[0]["data"], json!({"ok": id}).to_string(), "{id}");
+        }
+    }
+
+    // Each member's chain of the evidence log verifies, and org-a's.
+    for node in [&mut a, &mut b1, &mut b2] {
+        node.stop().await;
+        let verified = node.audit_verify().unwrap_or_else(|e| panic!("{}: {e}", node.dir.display()));
+        assert!(verified.contains("intact"), "{verified}");
+    }
+}
