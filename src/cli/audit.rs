@@ -41,16 +41,42 @@ pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>, json:
     let certs = peer_certs(&config)?;
     let tsa_cert = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()).transpose().map_err(CliError::usage)?;
     let cross = peer_export.map(|file| cross_check(&config, file, peer)).transpose()?;
-    let verdict = crate::store::verify_log(&config.store_location(), &certs, tsa_cert.as_deref())
+    let location = config.store_location();
+    let verdict = crate::store::verify_log(&location, &certs, tsa_cert.as_deref())
         .map_err(|e| CliError::failed(e.to_string()))?;
+    // On a shared store, the other members' chains too.
+    let others: Vec<(String, crate::store::Verdict)> = crate::store::chains_in(&location)
+        .map_err(|e| CliError::failed(e.to_string()))?
+        .into_iter()
+        .filter(|member| member != location.member())
+        .map(|member| {
+            let verdict = crate::store::verify_log(&location.of_member(&member), &certs, tsa_cert.as_deref());
+            verdict.map(|v| (member, v)).map_err(|e| CliError::failed(e.to_string()))
+        })
+        .collect::<Result<_, _>>()?;
+    let members_broken = others.iter().any(|(_, v)| v.is_err());
     let (covered, cross_broken) = match cross {
         Some((peer, Ok(covered))) => (Some((peer, covered)), None),
         Some((_, Err(broken))) => (None, Some(broken)),
         None => (None, None),
     };
+    let members_json = || -> Vec<serde_json::Value> {
+        others
+            .iter()
+            .map(|(member, verdict)| match verdict {
+                Ok(i) => {
+                    serde_json::json!({"member": member, "intact": true, "records": i.records, "receipts": i.receipts})
+                }
+                Err(b) => serde_json::json!({"member": member, "intact": false, "broken_at": b.seq, "why": b.why}),
+            })
+            .collect()
+    };
     let broken = |b: Broken| {
         if json {
-            out!("{}", serde_json::json!({"intact": false, "broken_at": b.seq, "why": b.why}));
+            out!(
+                "{}",
+                serde_json::json!({"intact": false, "broken_at": b.seq, "why": b.why, "members": members_json()})
+            );
             return CliError::failed(String::new());
         }
         CliError::failed(format!("broken at seq {}: {}", b.seq, b.why))
@@ -74,16 +100,26 @@ pub fn verify(path: &Path, peer_export: Option<&Path>, peer: Option<&str>, json:
                 "anchored": intact.anchored.as_ref().map(|(peer, seq)| serde_json::json!({"peer": peer, "seq": seq})),
                 "cross_checked": cross_checked,
                 "not_ruled_out": covered.is_none().then(|| unanchored(&intact)),
+                "members": members_json(),
             })
         );
-        return Ok(());
+        return if members_broken { Err(CliError::failed(String::new())) } else { Ok(()) };
     }
     out!("intact: {} records, {} receipts verified{}", intact.records, intact.receipts, stamps(&intact));
     match covered {
         Some((peer, covered)) => out!("{}", cross_checked(&peer, &covered)),
         None => out!("{}", unanchored(&intact)),
     }
-    Ok(())
+    for (member, verdict) in &others {
+        match verdict {
+            Ok(i) => out!("member {member}'s chain: intact, {} records, {} receipts verified", i.records, i.receipts),
+            Err(b) => out!("member {member}'s chain: broken at seq {}: {}", b.seq, b.why),
+        }
+    }
+    match members_broken {
+        true => Err(CliError::failed("another member's chain is broken (above)")),
+        false => Ok(()),
+    }
 }
 
 /// Cross-checks the log under `config` against `peer`'s export in `file`: the peer's name, and

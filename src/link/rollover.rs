@@ -12,19 +12,24 @@ use crate::wire::{self, Answer, Opening, Refusal, RefusalKind};
 
 /// How often a peer that has not pinned this node's new certificate hears of it again.
 const ANNOUNCE_EVERY: Duration = Duration::from_secs(30);
+/// How often while a peer holds it for its admin (`auto_rollover = false`): the admin's accept
+/// is heard within this, since the peer has no word of its own to say so.
+const ASK_AGAIN_EVERY: Duration = Duration::from_secs(2);
 
 impl Link {
     /// Until `stop`, while this node's own rollover lasts, sends its statement to every peer not
     /// yet known to pin the new certificate: at once after a reload or a new connection, and
-    /// every 30 s. A peer that pins it is presented the new certificate from then on.
+    /// every 30 s (every 2 s to a peer holding it for its admin). A peer that pins it is presented
+    /// the new certificate from then on.
     pub async fn announce_rollover(self, stop: CancellationToken) {
         // What each peer answered last, so that a peer holding it for its admin is logged once.
         let mut answered: HashMap<String, String> = HashMap::new();
         loop {
+            let every = if answered.is_empty() { ANNOUNCE_EVERY } else { ASK_AGAIN_EVERY };
             tokio::select! {
                 () = stop.cancelled() => return,
                 () = self.inner.announce.notified() => {}
-                () = tokio::time::sleep(ANNOUNCE_EVERY) => {}
+                () = tokio::time::sleep(every) => {}
             }
             let keys = self.inner.keys.load_full();
             let Some((_, statement)) = keys.previous() else { continue };
@@ -35,6 +40,7 @@ impl Link {
                 }
                 let answer = match self.tell_rollover(&peer, statement).await {
                     Ok(()) => {
+                        answered.remove(&peer.name);
                         peer.pins_ours(current);
                         tracing::info!(
                             peer = %peer.name,

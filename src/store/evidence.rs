@@ -306,6 +306,18 @@ pub fn verify_log(
     failed.map_or(Ok(verdict), Err)
 }
 
+/// The members whose evidence chains the store at `location` holds, by name: on a shared
+/// PostgreSQL store each member keeps one; SQLite holds one, `""`.
+pub fn chains_in(location: &Location) -> Result<Vec<String>, StoreError> {
+    match schema::open_existing(location)? {
+        Some(mut conn) => {
+            conn.begin(Begin::Read)?
+                .query("SELECT DISTINCT member FROM evidence ORDER BY member", params![], |r| r.get(0))
+        }
+        None => Ok(Vec::new()),
+    }
+}
+
 /// How many records [`LogReader`] reads at a time.
 const PAGE: usize = 4096;
 

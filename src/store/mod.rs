@@ -46,7 +46,7 @@ use tokio::sync::{broadcast, oneshot, Notify};
 
 pub use attempts::CallbackAttempt;
 pub use callbacks::CallbackWork;
-pub use evidence::{read_log, verify_log, LogReader, Verdict};
+pub use evidence::{chains_in, read_log, verify_log, LogReader, Verdict};
 pub use files::{FormFile, ReceivedFile, ReplyFile};
 pub use incoming::{IncomingCall, ServiceOutcome};
 pub use members::{Member, TakenOver, SAY_EVERY, SILENT_AFTER_MS};

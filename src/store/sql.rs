@@ -33,6 +33,16 @@ pub enum Location {
 }
 
 impl Location {
+    /// The same store, `member`'s part of it (its evidence chain).
+    pub fn of_member(&self, member: &str) -> Location {
+        match self {
+            Location::Sqlite(dir) => Location::Sqlite(dir.clone()),
+            Location::Postgres { url, readers, .. } => {
+                Location::Postgres { url: url.clone(), member: member.to_owned(), readers: *readers }
+            }
+        }
+    }
+
     /// The member whose evidence chain and leases this node keeps (`""` on SQLite, which holds
     /// one member's).
     pub fn member(&self) -> &str {

@@ -61,8 +61,7 @@ impl Copy {
                 prev = record.hash.clone();
             }
         }
-        let rows: Vec<(i64, String)> =
-            records.iter().map(|r| (r.seq as i64, serde_json::to_string(r).unwrap())).collect();
+        let rows: Vec<(i64, String)> = records.iter().map(|r| (r.seq, serde_json::to_string(r).unwrap())).collect();
         match self.location() {
             Location::Sqlite(data) => {
                 let db = rusqlite::Connection::open(data.join("ferry.db")).unwrap();
