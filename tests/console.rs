@@ -628,6 +628,16 @@ async fn drive(exe: &Path) {
     browser.wait_for("document.querySelector('#peers tr[data-peer=\"org-a\"]') !== null", secs(10)).await;
     browser.wait_for("document.querySelector('#verify').dataset.intact === 'true'", secs(10)).await;
     assert_eq!(browser.eval("window.paintProblems").await, json!([]), "the first paint");
+    // The members panel shows on a shared store (this node, alive), and not on SQLite.
+    match support::postgres::wanted() {
+        true => {
+            let alive = "document.querySelector('#members tr td .badge')?.textContent === 'alive'";
+            browser.wait_for(alive, secs(10)).await;
+            let member = browser.eval("document.querySelector('#members tr td').textContent").await;
+            assert!(member.as_str().unwrap_or_default().ends_with("(this one)"), "{member}");
+        }
+        false => assert_eq!(browser.eval("document.querySelector('#members-section').hidden").await, true),
+    }
 
     // Services: who may call them, and a state changed by clicking, written to the config file.
     let row = "#services tr[data-service=\"1\"]";

@@ -8,7 +8,7 @@ use std::time::Duration;
 use serde::Serialize;
 
 use super::queue::release;
-use super::sql::params;
+use super::sql::{params, OptionalExtension};
 use super::{exec, now_ms, rfc3339, Store, StoreError};
 
 /// How often a member says it is alive.
@@ -42,12 +42,28 @@ pub struct TakenOver {
 
 impl Store {
     /// Says this member is alive and reached at `address` (its start when `starting`), and takes
-    /// over the work of every member silent for longer than [`SILENT_AFTER_MS`].
+    /// over the work of every member silent for longer than [`SILENT_AFTER_MS`]. At its start, a
+    /// member of the same name alive at another address is refused: two would write one chain.
     pub async fn say_alive(&self, address: &str, starting: bool) -> Result<TakenOver, StoreError> {
         let address = address.to_owned();
         let taken = self
             .run_relaxed(move |t, events| {
                 let now = now_ms();
+                let running: Option<(String, i64)> = t
+                    .query_row("SELECT address, alive_at FROM members WHERE member = ?1", [t.member()], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })
+                    .optional()?;
+                if let Some((elsewhere, alive_at)) =
+                    running.filter(|(at, alive_at)| starting && *at != address && now - alive_at <= SILENT_AFTER_MS)
+                {
+                    return Err(StoreError::Io(format!(
+                        "member `{}` is running already, at {elsewhere} ({} ms ago); give each member its own \
+                         `[store] member`",
+                        t.member(),
+                        now - alive_at
+                    )));
+                }
                 exec(
                     t,
                     "INSERT INTO members (member, address, started_at, alive_at) VALUES (?1, ?2, ?3, ?3)
@@ -112,6 +128,12 @@ mod tests {
             Store::open_at(&location, dir, true).unwrap()
         };
         Some((open("m1"), open("m2"), url))
+    }
+
+    /// Another store of member `m2` on the database at `url`.
+    fn m1_named_m2(url: &str, dir: &std::path::Path) -> Store {
+        let location = Location::Postgres { url: url.to_owned(), member: "m2".into(), readers: 8 };
+        Store::open_at(&location, dir, true).unwrap()
     }
 
     /// Runs `sql` on the database at `url`, off the test's runtime.
@@ -203,6 +225,10 @@ mod tests {
         assert_eq!(m2.members().await.unwrap().len(), 1, "m1 is gone until it says it is alive");
         // Taken over once: another look finds nothing more.
         assert_eq!(m2.say_alive("127.0.0.1:2", false).await.unwrap(), TakenOver::default());
+        // A second member of m2's name, elsewhere, is refused while m2 is alive; m2 itself restarting is not.
+        let refused = m1_named_m2(&url, dir.path()).say_alive("127.0.0.1:3", true).await.unwrap_err();
+        assert!(refused.to_string().contains("member `m2` is running already, at 127.0.0.1:2"), "{refused}");
+        m2.say_alive("127.0.0.1:2", true).await.unwrap();
         drop(m1);
     }
 }

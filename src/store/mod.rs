@@ -248,6 +248,9 @@ pub(crate) struct Tx<'t> {
     head: std::cell::RefCell<Option<(i64, String)>>,
     /// When this transaction's records are recorded (RFC 3339), once the first one is.
     at: std::cell::OnceCell<String>,
+    /// PostgreSQL aborted the transaction (a statement of a job failed on the server): it cannot
+    /// be committed.
+    aborted: std::cell::Cell<bool>,
 }
 
 impl<'t> std::ops::Deref for Tx<'t> {
@@ -316,7 +319,7 @@ impl Store {
                 match conn {
                     Ok(conn) => {
                         let _ = opened.send(Ok(()));
-                        writer(conn, member, log, rx, waiting, publish)
+                        writer(Writer::new(conn, at, member, log), rx, waiting, publish)
                     }
                     Err(e) => {
                         let _ = opened.send(Err(e));
@@ -437,16 +440,12 @@ type Message = Option<(Durability, Job)>;
 /// Deferred jobs join the next transaction, or one of their own [`DEFER_WITHIN`] after the first
 /// of them was queued.
 fn writer(
-    conn: sql::Connection,
-    member: String,
-    log: Option<evidence::Log>,
+    mut state: Writer,
     jobs: std::sync::mpsc::Receiver<Message>,
     deferred: Arc<std::sync::Mutex<Vec<Job>>>,
     publish: broadcast::Sender<Event>,
 ) {
     use std::sync::mpsc::RecvTimeoutError;
-    let mut state =
-        Writer { conn, member, synchronous: Durability::Full, head: None, log: log.map(std::cell::RefCell::new) };
     // When the deferred jobs waiting must be committed.
     let mut due: Option<std::time::Instant> = None;
     let mut emptied: Vec<Job> = Vec::new();
@@ -500,6 +499,8 @@ fn writer(
 struct Writer {
     /// The store's connection; the writer is its only user.
     conn: sql::Connection,
+    /// Where it leads, to connect again when a PostgreSQL connection is lost.
+    location: Location,
     /// This member's name ([`Tx::member`]).
     member: String,
     /// SQLite's `synchronous` setting of the connection.
@@ -511,6 +512,11 @@ struct Writer {
 }
 
 impl Writer {
+    fn new(conn: sql::Connection, location: Location, member: String, log: Option<evidence::Log>) -> Writer {
+        let log = log.map(std::cell::RefCell::new);
+        Writer { conn, location, member, synchronous: Durability::Full, head: None, log }
+    }
+
     /// Runs `jobs` in one transaction and commits it with `needed` durability, then answers them
     /// and publishes their events; `jobs` is left empty. A job that fails is rolled back to where
     /// it began (its statements, events and evidence records), and the others go on.
@@ -524,6 +530,15 @@ impl Writer {
                 }
             }
         }
+        if self.conn.is_closed() {
+            match schema::open(&self.location) {
+                Ok(conn) => {
+                    tracing::warn!("connected to the store again");
+                    self.conn = conn;
+                }
+                Err(e) => tracing::error!(error = %e, "the store's connection is lost and cannot be made again"),
+            }
+        }
         let mut events = Vec::new();
         let t = match self.conn.begin(sql::Begin::Write { durable: needed == Durability::Full }) {
             Ok(t) => Tx {
@@ -532,6 +547,7 @@ impl Writer {
                 log: self.log.as_ref(),
                 head: std::cell::RefCell::new(self.head.take()),
                 at: std::cell::OnceCell::new(),
+                aborted: std::cell::Cell::new(false),
             },
             Err(e) => {
                 tracing::error!(error = %e, "the store cannot begin a transaction");
@@ -541,13 +557,23 @@ impl Writer {
             }
         };
         let answers: Vec<Answer> = jobs.drain(..).map(|job| t.isolated(job, &mut events)).collect();
-        let appended = t.append_block().map_err(|e| {
+        let appended = if t.aborted.get() { Ok(()) } else { t.append_block() }.map_err(|e| {
             tracing::error!(error = %e, "the store cannot append to the evidence log");
             NotCommitted::of(&e)
         });
-        let Tx { t, head: chain_head, .. } = t;
+        let Tx { t, head: chain_head, aborted, .. } = t;
+        let aborted = match aborted.get() {
+            true => Err(NotCommitted {
+                why: "another change in the same transaction failed in PostgreSQL, so nothing of it was stored; \
+                      try again"
+                    .into(),
+                disk_full: false,
+            }),
+            false => Ok(()),
+        };
         // Without its records, the transaction rolls back.
-        let failed = appended
+        let failed = aborted
+            .and(appended)
             .and_then(|()| {
                 t.commit().map_err(|e| {
                     tracing::error!(error = %e, "the store could not commit");
@@ -576,26 +602,41 @@ impl Tx<'_> {
 
     /// Runs `job` inside a savepoint: if it fails, what it changed is undone, so that the
     /// transaction's other jobs are committed as if it had never run.
+    ///
+    /// On PostgreSQL a savepoint would cost two round trips a job, for failures that do not happen
+    /// in practice; there a failed job's events and records are dropped, and if the server failed
+    /// its statement (which aborts the transaction), nothing of the transaction is committed and
+    /// every job of it is told so ([`Tx::aborted`]).
     fn isolated(&self, job: Job, events: &mut Vec<Event>) -> Answer {
         let (events_before, head_before) = (events.len(), self.head.borrow().clone());
         let block_before = self.log.map(|log| log.borrow().mark());
-        if let Err(e) = self.exec("SAVEPOINT job", sql::params![]) {
-            tracing::error!(error = %e, "the store cannot set a savepoint");
+        let savepoint = !self.is_postgres();
+        if savepoint {
+            if let Err(e) = self.exec("SAVEPOINT job", sql::params![]) {
+                tracing::error!(error = %e, "the store cannot set a savepoint");
+            }
         }
         let (ok, answer) = job(self, events);
-        let ended = if ok {
-            self.exec("RELEASE SAVEPOINT job", sql::params![])
-        } else {
+        if !ok {
             events.truncate(events_before);
             *self.head.borrow_mut() = head_before;
             if let (Some(log), Some(mark)) = (self.log, block_before) {
                 log.borrow_mut().back_to(mark);
             }
-            self.exec("ROLLBACK TO SAVEPOINT job", sql::params![])
+        }
+        let ended = match (savepoint, ok) {
+            (true, true) => self.exec("RELEASE SAVEPOINT job", sql::params![]).map(drop),
+            (true, false) => self
+                .exec("ROLLBACK TO SAVEPOINT job", sql::params![])
                 .and_then(|_| self.exec("RELEASE SAVEPOINT job", sql::params![]))
+                .map(drop),
+            (false, true) => Ok(()),
+            // Whether the server aborted the transaction: then even this fails.
+            (false, false) => self.exec("SELECT 1", sql::params![]).map(drop).inspect_err(|_| self.aborted.set(true)),
         };
-        if let Err(e) = ended {
-            tracing::error!(error = %e, "the store cannot end a savepoint");
+        match ended {
+            Err(e) if savepoint => tracing::error!(error = %e, "the store cannot end a savepoint"),
+            _ => {}
         }
         answer
     }

@@ -279,6 +279,15 @@ pub(super) struct PgConnection {
 }
 
 impl Connection {
+    /// Whether the connection is gone (PostgreSQL's server restarted or the network failed); an
+    /// SQLite file never goes.
+    pub(super) fn is_closed(&self) -> bool {
+        match self {
+            Connection::Sqlite(_) => false,
+            Connection::Postgres(pg) => pg.client.is_closed(),
+        }
+    }
+
     /// Connects to PostgreSQL at `url`.
     pub(super) fn postgres(url: &str) -> Result<Connection, StoreError> {
         let client = postgres::Client::connect(url, postgres::NoTls)?;

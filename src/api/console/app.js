@@ -133,8 +133,21 @@
     return lines;
   }
 
+  // The members sharing this node's store (PostgreSQL), this one marked; hidden on SQLite.
+  function showMembers(store) {
+    $("#members-section").hidden = store.backend !== "postgres";
+    if (store.backend !== "postgres") return;
+    $("#members tbody").replaceChildren(...store.members.map((m) => el("tr", { "data-member": m.name },
+      el("td", { text: m.name + (m.name === store.member ? " (this one)" : "") }),
+      el("td", {}, badge(m.alive ? "alive" : "silent", m.alive ? "state-success" : "state-failed")),
+      el("td", {}, el("code", { text: m.address })),
+      el("td", { text: when(m.started_at) }),
+      el("td", { text: when(m.alive_at) }))));
+  }
+
   async function refreshStats() {
-    const [stats, peers] = await Promise.all([api("/v1/stats"), api("/v1/peers")]);
+    const [stats, peers, health] = await Promise.all([api("/v1/stats"), api("/v1/peers"), api("/v1/health")]);
+    showMembers(health.store || {});
     const rtt = new Map(stats.peers.map((p) => [p.name, p]));
     $("#peers tbody").replaceChildren(...peers.map((p) => el("tr", { "data-peer": p.name },
       el("td", { text: p.name }),
