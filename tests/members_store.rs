@@ -42,9 +42,17 @@ async fn sync_request(a: &Node, n: usize) -> usize {
     failed
 }
 
-/// The `store` part of a member's health.
-async fn store_health(node: &Node) -> Value {
-    node.get("/v1/health").await.map(|h| h["store"].clone()).unwrap_or(Value::Null)
+/// Waits until `node`'s health counts `alive` members of the store alive.
+async fn members_alive(node: &Node, alive: u64) {
+    until(&format!("{alive} member(s) alive in the store"), async || {
+        let store = node.get("/v1/health").await.map(|h| h["store"].clone()).unwrap_or(Value::Null);
+        if store["members_alive"] == alive {
+            Ok(())
+        } else {
+            Err(store.to_string())
+        }
+    })
+    .await;
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -81,15 +89,7 @@ async fn two_members_on_one_store_lose_nothing_when_one_is_killed() {
         std::fs::write(&path, files::bytes(256 * 1024 + n, n as u64)).unwrap();
         path
     };
-    until("both members alive in the store", async || {
-        let store = store_health(&b2).await;
-        if store["members_alive"] == 2 {
-            Ok(())
-        } else {
-            Err(store.to_string())
-        }
-    })
-    .await;
+    members_alive(&b2, 2).await;
 
     // Sent in three waves: before member 1 is killed, right after, and after its restart. Every
     // fifth carries a file, every seventh is in reply mode.
@@ -114,39 +114,27 @@ async fn two_members_on_one_store_lose_nothing_when_one_is_killed() {
     sync_failed += send(&a, 0..20, &mut ids, &mut reply_mode).await;
     b1.kill();
     sync_failed += send(&a, 20..40, &mut ids, &mut reply_mode).await;
-    until("member 1 taken over by member 2", async || {
-        let store = store_health(&b2).await;
-        if store["members_alive"] == 1 {
-            Ok(())
-        } else {
-            Err(store.to_string())
-        }
-    })
-    .await;
+    members_alive(&b2, 1).await;
 
-    // The service answers reply-mode requests on member 2 alone, also those member 1 received.
+    // The service answers reply-mode requests on member 2 alone, also those member 1 received:
+    // two replies each, to reach org-a's callback in order.
     let answer_replies = async |reply_mode: &[String], answered: &mut Vec<String>| {
         let open: Vec<&String> = reply_mode.iter().filter(|id| !answered.contains(id)).collect();
         for id in open {
             let Some(call) = service.calls_for(id).into_iter().next() else { continue };
             let callback_id = call.headers["x-ferry-callback-id"].clone();
-            let (status, env) = b2.post("/v1/replies", &json!({"callback_id": callback_id, "data": {"ok": id}})).await;
-            // 404: the request failed already, its service call cut by the kill.
-            assert!(status == 202 || status == 404, "{env}");
+            for (part, end) in [(1, false), (2, true)] {
+                let reply = json!({"callback_id": callback_id, "data": {"ok": id, "part": part}, "end": end});
+                let (status, env) = b2.post("/v1/replies", &reply).await;
+                // 404: the request failed already, its service call cut by the kill.
+                assert!(status == 202 || status == 404, "{env}");
+            }
             answered.push(id.clone());
         }
     };
     let mut answered = Vec::new();
     b1.start().await;
-    until("both members alive again", async || {
-        let store = store_health(&b1).await;
-        if store["members_alive"] == 2 {
-            Ok(())
-        } else {
-            Err(store.to_string())
-        }
-    })
-    .await;
+    members_alive(&b1, 2).await;
     sync_failed += send(&a, 40..50, &mut ids, &mut reply_mode).await;
 
     // Every request ends: done, or failed because member 1 was killed during its service call.
@@ -186,7 +174,9 @@ async fn two_members_on_one_store_lose_nothing_when_one_is_killed() {
     // Each result reached the callback once, and a request's results in order.
     until("every result delivered", async || {
         let delivered = callbacks.callbacks_by_id_seq();
-        let missing: Vec<_> = ids.iter().filter(|id| !delivered.contains_key(&((*id).clone(), "1".into()))).collect();
+        let last = |id: &String| if reply_mode.contains(id) && ended[id]["state"] == "success" { "2" } else { "1" };
+        let missing: Vec<_> =
+            ids.iter().filter(|id| !delivered.contains_key(&((*id).clone(), last(id).into()))).collect();
         if missing.is_empty() {
             Ok(())
         } else {
@@ -196,10 +186,10 @@ async fn two_members_on_one_store_lose_nothing_when_one_is_killed() {
     .await;
     let twice: Vec<_> = callbacks.callbacks_by_id_seq().into_iter().filter(|(_, n)| *n > 1).collect();
     assert!(twice.is_empty(), "a result delivered twice: {twice:?}");
-    for id in &reply_mode {
-        if ended[id]["state"] == "success" {
-            assert_eq!(callbacks.callbacks_for(id)[0]["data"], json!({"ok": id}).to_string(), "{id}");
-        }
+    for id in reply_mode.iter().filter(|id| ended[*id]["state"] == "success") {
+        let parts: Vec<String> = callbacks.callbacks_for(id).iter().map(|c| c["data"].clone()).collect();
+        let want = [1, 2].map(|part| json!({"ok": id, "part": part}).to_string());
+        assert_eq!(parts, want, "{id}: both replies, in order");
     }
 
     // Each member's chain of the evidence log verifies, and org-a's.

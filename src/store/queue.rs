@@ -127,7 +127,7 @@ pub(super) fn release(t: &Tx, events: &mut Vec<Event>, member: &str, now: i64) -
 }
 
 impl Store {
-    /// At start-up: gives up the leases of this member's previous run ([`release`]), and frees
+    /// At start-up: gives up the leases of this member's previous run (`release`), and frees
     /// the idempotency keys of synchronous requests a stop cut.
     pub async fn recover(&self) -> Result<usize, StoreError> {
         self.run(move |t, events| {
