@@ -353,3 +353,22 @@ async fn a_dot_folder_swapped_for_a_dangling_link_does_not_turn_the_inbox_off() 
     wait_scanned(&p).await;
     assert!(inbox(&p).join(".failed").symlink_metadata().unwrap().is_symlink(), "a host's entry is left alone");
 }
+
+/// A member that leaves the inbox to another (`[files] inbox = false`) takes nothing from it,
+/// while a node watching it sets the same stray file aside at once (the test above).
+#[tokio::test]
+async fn a_node_with_the_inbox_off_leaves_it_to_another_member() {
+    let mut p = support::unstarted_pair().await;
+    let mut doc: toml_edit::DocumentMut = std::fs::read_to_string(&p.b.config_path).unwrap().parse().unwrap();
+    doc["files"]["inbox"] = toml_edit::value(false);
+    std::fs::write(&p.b.config_path, doc.to_string()).unwrap();
+    p.a.start().await;
+    p.b.start().await;
+    let folder = inbox(&p).join("0123456789abcdef");
+    std::fs::create_dir_all(&folder).unwrap();
+    std::fs::write(folder.join("stray.txt"), "for the member that watches").unwrap();
+    // Several scans' time (every half second), and the file's stable time.
+    tokio::time::sleep(Duration::from_secs(3)).await;
+    assert!(folder.join("stray.txt").exists(), "taken by a node whose inbox is off");
+    assert!(!inbox(&p).join(".unmatched/stray.txt").exists());
+}

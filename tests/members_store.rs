@@ -192,6 +192,14 @@ async fn two_members_on_one_store_lose_nothing_when_one_is_killed() {
         assert_eq!(parts, want, "{id}: both replies, in order");
     }
 
+    // Either member answers the status of any request org-b took, whichever member took it.
+    for id in &ids {
+        for member in [&b1, &b2] {
+            let status = member.status(id).await.unwrap();
+            assert_eq!((&status["direction"], &status["state"]), (&"incoming".into(), &ended[id]["state"]), "{status}");
+        }
+    }
+
     // Each member's chain of the evidence log verifies, and org-a's.
     for node in [&mut a, &mut b1, &mut b2] {
         node.stop().await;
