@@ -1,8 +1,10 @@
 //! The one place of durable state, where the API's and the peers' requests meet the workers that
 //! carry them.
 //!
-//! A SQLite database in WAL mode under `data_dir` holds requests, replies and callback
-//! deliveries. One writer thread owns the connection that changes it; everyone else holds a cheap,
+//! A database holds requests, replies and callback deliveries: SQLite in WAL mode under
+//! `data_dir`, or PostgreSQL shared by the organization's members (`[store] url`; `sql` runs the
+//! same statements on either, `members` shares the work). One writer thread owns the connection
+//! that changes it; everyone else holds a cheap,
 //! cloneable [`Store`] handle that sends it jobs. The writer runs every job waiting in its queue
 //! inside one transaction and commits once (group commit), and only then answers the jobs and
 //! publishes their [`Event`]s: an answer from the store means the change is on disk. Evidence no
