@@ -142,12 +142,13 @@ pub async fn run_with(
     let services = Services::new(config.services.clone());
     let store = Store::open_at(&config.store_location(), &config.node.data_dir, config.evidence.log)?;
     peers.restore(&store.rollovers().await?);
+    // Before its leases are given up: a member of the same name alive elsewhere is refused.
+    let member_address = sockets.link.local_addr()?.to_string();
+    store.say_alive(&member_address, true).await?;
     let interrupted = store.recover().await?;
     if interrupted > 0 {
         tracing::warn!(interrupted, "failed requests whose service call the last stop interrupted");
     }
-    let member_address = sockets.link.local_addr()?.to_string();
-    store.say_alive(&member_address, true).await?;
     // The inbox's folders exist once the node is up, for operators and scripts to drop files in.
     let inbox_dir = config.node.data_dir.join("inbox");
     let inbox_made = inbox::create(&inbox_dir);

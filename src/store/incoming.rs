@@ -183,11 +183,20 @@ impl Store {
     pub async fn service_answered(&self, peer: &str, id: &str, outcome: ServiceOutcome) -> Result<(), StoreError> {
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
-            let (row, reply): (i64, bool) = query_row(t,
-                "SELECT seq, reply FROM requests WHERE direction = 'incoming' AND peer = ?1 AND id = ?2",
-                params![peer, id],
+            // Only while this member still holds the call: a member taken over (silent too long)
+            // finds the request failed by another, and its answer is not used.
+            let held: Option<(i64, bool)> = query_row(t,
+                "UPDATE requests SET updated_at = ?4 WHERE direction = 'incoming' AND peer = ?1 AND id = ?2
+                 AND state = 'doing' AND (CAST(?3 AS TEXT) = '' OR lease_holder = ?3) RETURNING seq, reply",
+                params![peer, id, t.member(), now_ms()],
                 |r| Ok((r.get(0)?, r.get(1)?)),
-            )?;
+            )
+            .optional()?;
+            let Some((row, reply)) = held else {
+                tracing::warn!(%peer, %id, "the service answered a request this node no longer holds (ended, or taken \
+                    over by another member); its answer is not used");
+                return Ok(());
+            };
             match outcome {
                 ServiceOutcome::RetryAt(at, why) => {
                     exec(t,

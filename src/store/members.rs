@@ -207,7 +207,10 @@ mod tests {
         m1.say_alive("127.0.0.1:1", true).await.unwrap();
         m2.say_alive("127.0.0.1:2", true).await.unwrap();
         for id in ["cut", "waiting"] {
-            m1.insert_incoming("org-a", None, incoming(id), None, &service(), [0; 32]).await.unwrap();
+            // Not in reply mode: the service's answer would end the request.
+            let mut request = incoming(id);
+            request.reply = false;
+            m1.insert_incoming("org-a", None, request, None, &service(), [0; 32]).await.unwrap();
         }
         let claimed = m1.claim_incoming(1).await.unwrap();
         assert_eq!(claimed.len(), 1);
@@ -222,6 +225,13 @@ mod tests {
         assert_eq!(taken, TakenOver { members: vec!["m1".into()], interrupted: 1 });
         let cut = &claimed[0].request.id;
         assert_eq!(m2.get(cut).await.unwrap().unwrap().state, State::Failed.as_str());
+        // m1's call comes back late: its answer is not used, the request stays failed with one reply.
+        let late =
+            crate::wire::Response { status: 200, headers: Default::default(), body: b"{}".to_vec(), replay_of: None };
+        m1.service_answered("org-a", cut, crate::store::ServiceOutcome::Answered(late)).await.unwrap();
+        let view = m2.get(cut).await.unwrap().unwrap();
+        assert_eq!(view.state, State::Failed.as_str());
+        assert_eq!(view.replies.unwrap().len(), 1, "no second reply");
         assert_eq!(m2.members().await.unwrap().len(), 1, "m1 is gone until it says it is alive");
         // Taken over once: another look finds nothing more.
         assert_eq!(m2.say_alive("127.0.0.1:2", false).await.unwrap(), TakenOver::default());

@@ -75,8 +75,8 @@ pub(super) fn fail(
 /// Gives up the leases `member` holds (all of them on SQLite, whose one member is `""`): its
 /// work is due again at once, for any member to claim. A request that was `doing` while its file
 /// moved, not yet acknowledged, is `waiting` again. Incoming requests whose service call it had
-/// under way are failed: the service may have acted, so it is not called twice. Returns how many
-/// service calls were cut.
+/// under way are failed: the service may have acted, so it is not called twice. The idempotency
+/// keys of its synchronous calls under way are freed. Returns how many service calls were cut.
 pub(super) fn release(t: &Tx, events: &mut Vec<Event>, member: &str, now: i64) -> Result<usize, StoreError> {
     const HOLDS: &str = "(CAST(?2 AS TEXT) = '' OR lease_holder = ?2)";
     let cut = t.query(
@@ -107,11 +107,20 @@ pub(super) fn release(t: &Tx, events: &mut Vec<Event>, member: &str, now: i64) -
         &format!("UPDATE replies SET callback_at = ?1 WHERE callback_at > ?1 AND delivered = 0 AND {HOLDS}"),
         params![now, member],
     )?;
+    // Updated, not only read: the rows stay locked until the commit, so a member's answer arriving
+    // meanwhile waits, then finds the call no longer its own.
     let interrupted = t.query(
-        "SELECT seq FROM requests WHERE direction = 'incoming' AND state = 'doing'
-         AND response_status IS NULL AND (CAST(?1 AS TEXT) = '' OR lease_holder = ?1)",
+        "UPDATE requests SET lease_holder = NULL WHERE direction = 'incoming' AND state = 'doing'
+         AND response_status IS NULL AND (CAST(?1 AS TEXT) = '' OR lease_holder = ?1) RETURNING seq",
         [member],
         |r| r.get::<i64>(0),
+    )?;
+    // Keys of synchronous requests it had under way, which never finished: a failure does not count.
+    exec(
+        t,
+        "DELETE FROM idempotency WHERE state = 'running' AND (CAST(?1 AS TEXT) = '' OR holder = ?1) AND id NOT IN
+            (SELECT id FROM requests WHERE direction = 'incoming' AND state IN ('waiting', 'doing'))",
+        [member],
     )?;
     for row in &interrupted {
         fail(
@@ -127,19 +136,12 @@ pub(super) fn release(t: &Tx, events: &mut Vec<Event>, member: &str, now: i64) -
 }
 
 impl Store {
-    /// At start-up: gives up the leases of this member's previous run (`release`), and frees
-    /// the idempotency keys of synchronous requests a stop cut.
+    /// At start-up: gives up the leases of this member's previous run (`release`), and lets go of
+    /// idempotency results past their time.
     pub async fn recover(&self) -> Result<usize, StoreError> {
         self.run(move |t, events| {
             let now = now_ms();
             let interrupted = release(t, events, t.member(), now)?;
-            // Keys of synchronous requests cut by the stop, which never finished: a failure does not count.
-            exec(
-                t,
-                "DELETE FROM idempotency WHERE state = 'running' AND id NOT IN
-                    (SELECT id FROM requests WHERE direction = 'incoming' AND state IN ('waiting', 'doing'))",
-                params![],
-            )?;
             exec(t, "DELETE FROM idempotency WHERE state = 'success' AND expires_at < ?1", [now])?;
             Ok(interrupted)
         })

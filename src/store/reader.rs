@@ -80,8 +80,19 @@ impl Readers {
     /// Runs `f` in a read transaction of an idle connection, or of a new one.
     pub(super) fn read<T>(&self, f: impl FnOnce(&Sql) -> Result<T, StoreError>) -> Result<T, StoreError> {
         let mut conn = self.take()?;
-        // Dropped, the transaction rolls back: it changed nothing.
-        let read = conn.begin(Begin::Read).and_then(|t| f(&t));
+        // Dropped, the transaction rolls back: it changed nothing. A read that panics gives its
+        // place in the pool back before the panic goes on.
+        let read =
+            std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| conn.begin(Begin::Read).and_then(|t| f(&t))));
+        let read = match read {
+            Ok(read) => read,
+            Err(panic) => {
+                self.pool.lock().unwrap_or_else(|e| e.into_inner()).open -= 1;
+                self.given_back.notify_one();
+                close(conn);
+                std::panic::resume_unwind(panic);
+            }
+        };
         // A connection that failed (a PostgreSQL server restarted, say) is not kept.
         let broken = matches!(&read, Err(StoreError::Postgres(e)) if e.is_closed());
         let mut pool = self.pool.lock().unwrap();

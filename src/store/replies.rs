@@ -36,6 +36,8 @@ pub(super) fn push_reply(
     end: bool,
     due: Due,
 ) -> Result<u32, StoreError> {
+    // Two members may add a reply to one request at once.
+    t.lock(&format!("replies\u{1}{request}"))?;
     let seq: u32 =
         query_row(t, "SELECT COALESCE(MAX(seq), 0) + 1 FROM replies WHERE request = ?1", [request], |r| r.get(0))?;
     let now = now_ms();
@@ -204,6 +206,8 @@ impl Store {
         let callback_id = callback_id.to_owned();
         let added = self
             .run(move |t, events| {
+                // The host may post a request's replies to two members at once.
+                t.lock(&format!("callback\u{1}{callback_id}"))?;
                 let found: Option<(i64, String, String)> = t
                     .query_row(
                         "SELECT seq, id, peer FROM requests WHERE callback_id = ?1 AND direction = 'incoming'

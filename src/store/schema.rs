@@ -1,7 +1,7 @@
 //! The database schema and its migrations, for each database: SQLite's applied in order and
 //! recorded in `user_version`, PostgreSQL's in the table `ferry_schema`.
 
-use super::sql::{Begin, Connection, Location, OptionalExtension};
+use super::sql::{Begin, Connection, Location};
 use super::StoreError;
 
 /// Each entry moves the schema one version up; never edit one that has shipped, add another.
@@ -162,6 +162,7 @@ pub(super) const MIGRATIONS: &[&str] = &[
     "ALTER TABLE evidence ADD COLUMN member TEXT NOT NULL DEFAULT '';
     ALTER TABLE requests ADD COLUMN lease_holder TEXT;    -- the member that claimed it last
     ALTER TABLE replies ADD COLUMN lease_holder TEXT;
+    ALTER TABLE idempotency ADD COLUMN holder TEXT;       -- the member whose request runs under the key
     CREATE TABLE members (
         member TEXT PRIMARY KEY,
         address TEXT NOT NULL,                -- where peers reach it (QUIC)
@@ -265,6 +266,7 @@ pub(super) const POSTGRES_MIGRATIONS: &[&str] = &[
         response_body BYTEA,
         ttl_ms BIGINT NOT NULL,
         expires_at BIGINT,
+        holder TEXT,
         PRIMARY KEY (peer, service, path, key)
     );
     CREATE INDEX idempotency_by_id ON idempotency (id);
@@ -341,14 +343,12 @@ pub(super) fn open_existing(location: &Location) -> Result<Option<Connection>, S
         Location::Postgres { .. } => {
             let mut conn = open(location)?;
             let t = conn.begin(Begin::Read)?;
-            let version: Option<usize> = t
-                .query_row(
-                    "SELECT (SELECT MAX(version) FROM ferry_schema) FROM pg_tables WHERE tablename = 'ferry_schema'",
-                    super::sql::params![],
-                    |r| r.get(0),
-                )
-                .optional()?
-                .flatten();
+            let made: bool =
+                t.query_row("SELECT to_regclass('ferry_schema') IS NOT NULL", super::sql::params![], |r| r.get(0))?;
+            let version: Option<usize> = match made {
+                true => t.query_row("SELECT MAX(version) FROM ferry_schema", super::sql::params![], |r| r.get(0))?,
+                false => None,
+            };
             drop(t);
             match version {
                 None => return Ok(None),

@@ -290,7 +290,10 @@ impl Connection {
 
     /// Connects to PostgreSQL at `url`.
     pub(super) fn postgres(url: &str) -> Result<Connection, StoreError> {
-        let client = postgres::Client::connect(url, postgres::NoTls)?;
+        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+        // A member frozen inside a transaction lets go of its locks, and no member waits on a lock
+        // for ever: the job fails, and its work is tried again.
+        client.batch_execute("SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '10s'")?;
         Ok(Connection::Postgres(Box::new(PgConnection { client, prepared: HashMap::new() })))
     }
 

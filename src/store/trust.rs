@@ -118,12 +118,20 @@ pub(super) fn admit(
     if let Some(key) = key {
         exec(
             t,
-            "INSERT INTO idempotency (peer, service, path, key, id, state, ttl_ms)
-             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6)
+            "INSERT INTO idempotency (peer, service, path, key, id, state, ttl_ms, holder)
+             VALUES (?1, ?2, ?3, ?4, ?5, 'running', ?6, ?7)
              ON CONFLICT (peer, service, path, key) DO UPDATE SET id = excluded.id, state = 'running',
                 ttl_ms = excluded.ttl_ms, response_status = NULL, response_headers = NULL, response_body = NULL,
-                expires_at = NULL",
-            params![peer, request.service, request.path, key, request.id, service.idempotency_ttl.as_millis() as i64],
+                expires_at = NULL, holder = excluded.holder",
+            params![
+                peer,
+                request.service,
+                request.path,
+                key,
+                request.id,
+                service.idempotency_ttl.as_millis() as i64,
+                t.member()
+            ],
         )?;
     }
     t.record(arrived)?;
