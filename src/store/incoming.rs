@@ -309,10 +309,12 @@ mod tests {
         let store = Store::open_for_test(dir.path());
         store.insert_incoming("org-a", None, incoming("r1"), None, &service(), [0; 32]).await.unwrap();
         assert_eq!(store.claim_incoming(10).await.unwrap().len(), 1);
-        let later = ServiceOutcome::RetryAt(now_ms() + 60_000, "connection refused".into());
-        store.service_answered("org-a", "r1", later).await.unwrap();
+        let due = now_ms() + 1_500;
+        store.service_answered("org-a", "r1", ServiceOutcome::RetryAt(due, "connection refused".into())).await.unwrap();
         assert!(store.claim_incoming(10).await.unwrap().is_empty(), "not due yet");
-        store.service_answered("org-a", "r1", ServiceOutcome::RetryAt(0, "connection refused".into())).await.unwrap();
+        while now_ms() <= due {
+            tokio::time::sleep(std::time::Duration::from_millis(50)).await;
+        }
         let calls = store.claim_incoming(10).await.unwrap();
         assert_eq!(calls.iter().map(|c| c.attempts).collect::<Vec<_>>(), [2]);
     }
