@@ -111,6 +111,7 @@ fn within_boundary(service: &ServiceConfig, r: &wire::Request) -> Result<url::Ur
         ("id", Some(&r.id)),
         ("idempotency_key", r.idempotency_key.as_ref()),
         ("conversation", r.conversation.as_ref()),
+        ("file.name", r.file.as_ref().map(|f| &f.name)),
     ];
     if let Some((field, _)) = names.iter().find(|(_, v)| v.is_some_and(|v| v.chars().any(char::is_control))) {
         return Err(format!("{field}: holds a control character (NUL, a line break…)"));
@@ -177,5 +178,48 @@ mod tests {
         assert!(below(&base, &url("/api/v1")) && below(&base, &url("/api/v1/x")));
         assert!(!below(&base, &url("/api/v10")) && !below(&base, &url("/api/v10/x")));
         assert!(!below(&base, &url::Url::parse("http://127.0.0.2:8080/api/v1/x").unwrap()));
+    }
+
+    /// A peer's id, idempotency key, conversation or file name holding a control character is
+    /// refused before anything is stored (PostgreSQL's text cannot even hold a NUL).
+    #[test]
+    fn names_with_control_characters_are_refused() {
+        let service = ServiceConfig {
+            id: "1".into(),
+            base_url: "http://127.0.0.1:9/".parse().unwrap(),
+            allow: vec!["*".into()],
+            dedupe_window: None,
+            idempotency_ttl: std::time::Duration::from_secs(60),
+            state: crate::config::ServiceState::Active,
+            mask_fields: vec![],
+            pass_headers: vec![],
+        };
+        let plain = wire::Request {
+            version: wire::PROTOCOL_VERSION,
+            id: "r1".into(),
+            service: "1".into(),
+            method: "POST".into(),
+            path: "/job".into(),
+            form: vec![],
+            encoding: wire::Encoding::Form,
+            headers: vec![],
+            conversation: None,
+            timeout_ms: 30_000,
+            file: Some(wire::FileRef { field: "file".into(), name: "a.txt".into(), size: 1, sha256: [0; 32] }),
+            idempotency_key: None,
+        };
+        assert!(within_boundary(&service, &plain).is_ok());
+        let hostile: [(&str, fn(&mut wire::Request)); 4] = [
+            ("id", |r| r.id = "r\01".into()),
+            ("idempotency_key", |r| r.idempotency_key = Some("k\n".into())),
+            ("conversation", |r| r.conversation = Some("c\0".into())),
+            ("file.name", |r| r.file.as_mut().unwrap().name = "a\0.txt".into()),
+        ];
+        for (field, make) in hostile {
+            let mut r = plain.clone();
+            make(&mut r);
+            let refused = within_boundary(&service, &r).unwrap_err();
+            assert!(refused.starts_with(&format!("{field}: holds a control character")), "{refused}");
+        }
     }
 }
