@@ -209,8 +209,9 @@ mod tests {
             idempotency_key: None,
         };
         assert!(within_boundary(&service, &plain).is_ok());
-        let hostile: [(&str, fn(&mut wire::Request)); 4] = [
-            ("id", |r| r.id = "r\01".into()),
+        type Change = fn(&mut wire::Request);
+        let hostile: [(&str, Change); 4] = [
+            ("id", |r| r.id = "r\0x".into()),
             ("idempotency_key", |r| r.idempotency_key = Some("k\n".into())),
             ("conversation", |r| r.conversation = Some("c\0".into())),
             ("file.name", |r| r.file.as_mut().unwrap().name = "a\0.txt".into()),
