@@ -290,9 +290,9 @@ impl Peer {
         self.rolled.lock().unwrap().offered.clone()
     }
 
-    /// Records that the peer pins `ours`, one of this node's certificates.
-    pub fn pins_ours(&self, ours: Fingerprint) {
-        *self.pins_ours.lock().unwrap() = Some(ours);
+    /// Records that the peer pins `ours`, one of this node's certificates; whether that is news.
+    pub fn pins_ours(&self, ours: Fingerprint) -> bool {
+        self.pins_ours.lock().unwrap().replace(ours) != Some(ours)
     }
 
     /// Whether the peer is known to pin `ours`.

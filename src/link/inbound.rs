@@ -97,8 +97,16 @@ impl Link {
             .handshake_data()
             .and_then(|data| data.downcast::<quinn::crypto::rustls::HandshakeData>().ok())
             .and_then(|data| data.server_name.as_deref().and_then(crate::tls::pinned_in_server_name));
-        if let Some(asked) = asked.filter(|asked| *asked == self.inner.keys.load().current.fingerprint) {
-            peer.pins_ours(asked);
+        let keys = self.inner.keys.load();
+        if let Some(asked) = asked.filter(|asked| *asked == keys.current.fingerprint) {
+            // Learned from its dial, during this node's rollover: said as when it answers the statement.
+            if peer.pins_ours(asked) && keys.previous().is_some() {
+                tracing::info!(
+                    peer = %peer.name,
+                    fingerprint = %asked,
+                    "the peer pins this node's new certificate; it is presented to it from now on"
+                );
+            }
         }
         self.inner.announce.notify_one();
     }
