@@ -184,30 +184,9 @@ mod tests {
     /// refused before anything is stored (PostgreSQL's text cannot even hold a NUL).
     #[test]
     fn names_with_control_characters_are_refused() {
-        let service = ServiceConfig {
-            id: "1".into(),
-            base_url: "http://127.0.0.1:9/".parse().unwrap(),
-            allow: vec!["*".into()],
-            dedupe_window: None,
-            idempotency_ttl: std::time::Duration::from_secs(60),
-            state: crate::config::ServiceState::Active,
-            mask_fields: vec![],
-            pass_headers: vec![],
-        };
-        let plain = wire::Request {
-            version: wire::PROTOCOL_VERSION,
-            id: "r1".into(),
-            service: "1".into(),
-            method: "POST".into(),
-            path: "/job".into(),
-            form: vec![],
-            encoding: wire::Encoding::Form,
-            headers: vec![],
-            conversation: None,
-            timeout_ms: 30_000,
-            file: Some(wire::FileRef { field: "file".into(), name: "a.txt".into(), size: 1, sha256: [0; 32] }),
-            idempotency_key: None,
-        };
+        let service = crate::store::fixtures::service();
+        let mut plain = crate::store::fixtures::request("r1");
+        plain.file = Some(wire::FileRef { field: "file".into(), name: "a.txt".into(), size: 1, sha256: [0; 32] });
         assert!(within_boundary(&service, &plain).is_ok());
         type Change = fn(&mut wire::Request);
         let hostile: [(&str, Change); 4] = [

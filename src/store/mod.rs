@@ -642,6 +642,10 @@ pub(crate) fn query_row<T>(
     t.query_row(sql, params, f)
 }
 
+/// Requests, replies and services the tests share.
+#[cfg(test)]
+pub(crate) use queue::fixtures;
+
 /// The tests' PostgreSQL server.
 #[cfg(test)]
 #[path = "../../tests/support/postgres.rs"]

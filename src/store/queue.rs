@@ -151,7 +151,7 @@ impl Store {
 
 /// Requests, replies and services the store's tests share.
 #[cfg(test)]
-pub(super) mod fixtures {
+pub(crate) mod fixtures {
     use std::time::Duration;
 
     use super::now_ms;
@@ -160,13 +160,13 @@ pub(super) mod fixtures {
     use crate::wire;
 
     /// Reply `seq` of request `id`, its data `{"n": seq}`.
-    pub(in crate::store) fn reply(id: &str, seq: u32, end: bool) -> wire::Reply {
+    pub(crate) fn reply(id: &str, seq: u32, end: bool) -> wire::Reply {
         let data = Some(format!("{{\"n\":{seq}}}"));
         wire::Reply { id: id.to_owned(), seq, end, data, error: None, response: None, file: None }
     }
 
     /// `POST /job` to service 1, request `id`.
-    pub(in crate::store) fn request(id: &str) -> wire::Request {
+    pub(crate) fn request(id: &str) -> wire::Request {
         wire::Request {
             version: wire::PROTOCOL_VERSION,
             id: id.into(),
@@ -184,7 +184,7 @@ pub(super) mod fixtures {
     }
 
     /// An async reply-mode request `id` to org-b with a callback, expiring in a minute.
-    pub(in crate::store) fn new_async(id: &str) -> NewAsync {
+    pub(crate) fn new_async(id: &str) -> NewAsync {
         NewAsync {
             peer: "org-b".into(),
             request: request(id),
@@ -196,12 +196,12 @@ pub(super) mod fixtures {
     }
 
     /// `request(id)` as org-a sends it in reply mode, expiring in a minute.
-    pub(in crate::store) fn incoming(id: &str) -> wire::AsyncRequest {
+    pub(crate) fn incoming(id: &str) -> wire::AsyncRequest {
         wire::AsyncRequest { request: request(id), reply: true, expires_at_ms: now_ms() + 60_000 }
     }
 
     /// Service 1, open to every peer, with no duplicate window.
-    pub(in crate::store) fn service() -> ServiceConfig {
+    pub(crate) fn service() -> ServiceConfig {
         ServiceConfig {
             id: "1".into(),
             base_url: "http://127.0.0.1:9/".parse().unwrap(),
