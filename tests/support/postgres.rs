@@ -1,7 +1,7 @@
 //! A PostgreSQL server of the test process's own, for the store's PostgreSQL backend: started on
 //! first use in a temporary folder on a loopback port (as the `postgres` user when the tests run
-//! as root, since the server refuses root), and stopped when the process ends. Each caller gets a
-//! database of its own ([`database`]).
+//! as root, since the server refuses root), and stopped, its folder removed, when the process
+//! exits. Each caller gets a database of its own ([`database`]).
 //!
 //! `FERRY_TEST_STORE=postgres` runs the tests' nodes on it ([`wanted`]); `.ci/setup-postgres`
 //! installs Debian's server where it is missing. Shared by the store's unit tests and the
@@ -9,7 +9,7 @@
 
 use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
-use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::atomic::{AtomicI32, AtomicUsize, Ordering};
 use std::sync::OnceLock;
 use std::time::{Duration, Instant};
 
@@ -135,9 +135,54 @@ fn is_root() -> bool {
     unsafe { libc::geteuid() == 0 }
 }
 
+/// The folder of this process's server.
+fn server_dir() -> PathBuf {
+    std::env::temp_dir().join(format!("ferry-test-pg-{}", std::process::id()))
+}
+
+/// The server's process id, once started (0 before).
+static SERVER_PID: AtomicI32 = AtomicI32::new(0);
+
+/// Run by `exit`: stops the server (fast shutdown, killed after 10 s) and removes its folder,
+/// which holds a few hundred MB of databases and WAL.
+extern "C" fn stop_server() {
+    let pid = SERVER_PID.load(Ordering::SeqCst);
+    if pid == 0 {
+        return;
+    }
+    // SAFETY: kill and waitpid on the server, a child of this process that nothing else waits on.
+    unsafe {
+        libc::kill(pid, libc::SIGINT);
+        let began = Instant::now();
+        while libc::waitpid(pid, std::ptr::null_mut(), libc::WNOHANG) == 0 {
+            if began.elapsed() > Duration::from_secs(10) {
+                libc::kill(pid, libc::SIGKILL);
+                libc::waitpid(pid, std::ptr::null_mut(), 0);
+                break;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+    let _ = std::fs::remove_dir_all(server_dir());
+}
+
+/// Removes the folders of earlier test processes' servers whose process is gone: killed, they
+/// could not remove their own.
+fn remove_stale_servers() {
+    let Ok(entries) = std::fs::read_dir(std::env::temp_dir()) else { return };
+    for entry in entries.flatten() {
+        let name = entry.file_name();
+        let Some(pid) = name.to_str().and_then(|n| n.strip_prefix("ferry-test-pg-")) else { continue };
+        if pid.parse::<u32>().is_ok() && !Path::new("/proc").join(pid).exists() {
+            let _ = std::fs::remove_dir_all(entry.path());
+        }
+    }
+}
+
 fn start() -> Result<Server, String> {
     let bin = bin_dir()?;
-    let dir = std::env::temp_dir().join(format!("ferry-test-pg-{}", std::process::id()));
+    remove_stale_servers();
+    let dir = server_dir();
     let _ = std::fs::remove_dir_all(&dir);
     std::fs::create_dir_all(&dir).map_err(|e| e.to_string())?;
     if is_root() {
@@ -163,10 +208,12 @@ fn start() -> Result<Server, String> {
         // Loopback only; the tests' speed, not durability: the tests do not cut the power.
         .args(["-c", "listen_addresses=127.0.0.1", "-c", "max_connections=400", "-c", "fsync=off"])
         .args(["-c", "full_page_writes=off", "-c", "shared_buffers=64MB"])
+        // Each test's database is a copy of the template, written to the WAL: keep it small.
+        .args(["-c", "min_wal_size=32MB", "-c", "max_wal_size=64MB"])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?);
-    // The server stops (fast shutdown) when the thread that started it ends, which is when this
-    // process does: the thread below never returns.
+    // The server stops (fast shutdown) when this process exits ([`stop_server`]), or when the
+    // thread that started it ends if the process is killed: the thread below never returns.
     {
         use std::os::unix::process::CommandExt;
         // SAFETY: prctl is async-signal-safe and touches no memory of this process.
@@ -180,6 +227,11 @@ fn start() -> Result<Server, String> {
     let (tx, rx) = std::sync::mpsc::channel();
     std::thread::spawn(move || {
         let started = cmd.spawn().map_err(|e| format!("postgres: {e}"));
+        if let Ok(child) = &started {
+            SERVER_PID.store(child.id() as i32, Ordering::SeqCst);
+            // SAFETY: registers a plain function, run once at exit.
+            unsafe { libc::atexit(stop_server) };
+        }
         let _ = tx.send(started.map(|_| ()));
         loop {
             std::thread::park();
