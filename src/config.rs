@@ -46,6 +46,10 @@ pub struct StoreConfig {
     pub member: String,
     /// `readers`: how many connections to PostgreSQL reads may use at once (default 8).
     pub readers: usize,
+    /// `ca`: the PEM file of the CAs that sign the PostgreSQL server's certificate (relative to
+    /// the node's folder, as `data_dir`). Set, the store is reached over TLS only, the server's certificate
+    /// checked against the URL's host; unset, without TLS.
+    pub ca: Option<PathBuf>,
 }
 
 /// Default `store.readers`.
@@ -59,6 +63,7 @@ impl Config {
                 url: url.clone(),
                 member: self.store.member.clone(),
                 readers: self.store.readers,
+                ca: self.store.ca.clone(),
             },
             None => crate::store::Location::Sqlite(self.node.data_dir.clone()),
         }
@@ -274,6 +279,25 @@ fn tsa_config(
     }
 }
 
+/// What is wrong with `[store] url`, PostgreSQL's; `tls`: whether `[store] ca` is set.
+fn store_url_problems(url: &str, tls: bool, errs: &mut Vec<String>) {
+    if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
+        errs.push("store.url: must be a PostgreSQL URL, postgres://user@host:5432/db (or remove it for SQLite in node.data_dir)".into());
+        return;
+    }
+    match url.parse::<postgres::Config>() {
+        Err(e) => {
+            errs.push(format!("store.url: {}; see docs/operating.md for its form", crate::store::postgres_error(&e)))
+        }
+        Ok(c) if c.get_ssl_mode() == postgres::config::SslMode::Require && !tls => errs.push(
+            "store.url: sslmode=require needs store.ca, the PEM certificate of the CA that signed the server's \
+             (ferry checks it); or remove sslmode"
+                .into(),
+        ),
+        Ok(_) => {}
+    }
+}
+
 /// The most addresses a peer may have (`[[peer]] address`): its members, dialed in turn.
 pub const MAX_ADDRESSES: usize = 16;
 /// The most certificates a peer may have pinned in its `[[peer]] cert`: one per member.
@@ -457,14 +481,16 @@ impl Config {
             let default_member = format!("{}:{}", host.trim(), node.listen.port());
             let member = s.string("member", Some(&default_member)).unwrap_or_default();
             let readers = s.count("readers", DEFAULT_STORE_READERS);
+            let ca = s.string("ca", Some("")).filter(|c| !c.is_empty()).map(|c| dir.join(c));
             s.finish();
             if !(1..=64).contains(&readers) {
                 errs.push(format!("store.readers: {readers} is not 1 to 64"));
             }
             if let Some(url) = &url {
-                if !(url.starts_with("postgres://") || url.starts_with("postgresql://")) {
-                    errs.push("store.url: must be a PostgreSQL URL, postgres://user@host:5432/db (or remove it for SQLite in node.data_dir)".into());
-                }
+                store_url_problems(url, ca.is_some(), &mut errs);
+            }
+            if ca.is_some() && url.is_none() {
+                errs.push("store.ca: is for TLS to PostgreSQL; set store.url too, or remove store.ca".into());
             }
             if member.is_empty() || member.chars().any(char::is_control) || member.len() > 128 {
                 errs.push(format!(
@@ -472,7 +498,7 @@ impl Config {
                     shown(&member)
                 ));
             }
-            StoreConfig { url, member, readers }
+            StoreConfig { url, member, readers, ca }
         };
 
         if errs.is_empty() {
@@ -840,6 +866,30 @@ mod tests {
         max_connections = 64
         header_timeout = "2s"
     "#;
+
+    #[test]
+    fn tls_to_the_store_is_required_with_a_ca_and_never_asked_for_without_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("db-ca.pem");
+        let with = |store: &str| {
+            Config::parse(&dir.path().join("config/ferry.toml"), &format!("[node]\nname = \"org-a\"\n[store]\n{store}"))
+        };
+        let url = "url = \"postgres://ferry@db.example:5432/ferry\"";
+        let c = with(&format!("{url}\nca = \"db-ca.pem\"")).unwrap();
+        assert_eq!(c.store.ca.as_deref(), Some(ca.as_path()));
+        assert!(matches!(c.store_location(), crate::store::Location::Postgres { ca: Some(_), .. }));
+        for (store, says) in [
+            ("url = \"postgres://ferry@db.example/ferry?sslmode=require\"", "sslmode=require needs store.ca"),
+            ("ca = \"db-ca.pem\"", "store.ca: is for TLS to PostgreSQL; set store.url"),
+            (
+                "url = \"postgres://ferry@db.example/ferry?sslmode=sometimes\"",
+                "store.url: invalid connection string: invalid value for option `sslmode`",
+            ),
+        ] {
+            let err = with(store).unwrap_err().to_string();
+            assert!(err.contains(says), "{store}: {err}");
+        }
+    }
 
     #[test]
     fn a_full_config_parses_with_paths_resolved_against_the_node_dir() {

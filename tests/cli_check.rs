@@ -211,3 +211,23 @@ fn check_refuses_a_tsa_certificate_missing_or_not_for_time_stamping() {
     use_tsa_cert("tsa.pem");
     assert_code(&check(&node), 0);
 }
+
+#[test]
+fn check_refuses_a_store_ca_missing_or_holding_no_certificate() {
+    let root = tempfile::tempdir().unwrap();
+    let node = init(root.path(), "org-a", None);
+    let mut doc: toml_edit::DocumentMut = fs::read_to_string(&node.config).unwrap().parse().unwrap();
+    doc["store"] = toml_edit::table();
+    doc["store"]["url"] = toml_edit::value("postgres://ferry@127.0.0.1:1/ferry");
+    doc["store"]["ca"] = toml_edit::value("db-ca.pem");
+    fs::write(&node.config, doc.to_string()).unwrap();
+    for (ca, named) in [(None, "No such file"), (Some("no certificate here"), "holds no certificate")] {
+        if let Some(text) = ca {
+            fs::write(node.dir.join("db-ca.pem"), text).unwrap();
+        }
+        let out = check(&node);
+        assert_usage_error(&out);
+        let err = stderr(&out);
+        assert!(err.contains("store.ca ") && err.contains("db-ca.pem") && err.contains(named), "{err}");
+    }
+}

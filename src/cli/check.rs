@@ -82,6 +82,9 @@ pub fn check(path: &Path, connect: bool, json: bool) -> Result<(), CliError> {
     if let Some(Err(e)) = config.evidence.tsa.as_ref().map(|tsa| tsa.certificate()) {
         report.problems.push(e);
     }
+    if let Some(Err(e)) = config.store.ca.as_deref().map(crate::store::store_ca) {
+        report.problems.push(e.to_string());
+    }
     if let (true, Some(keys)) = (report.problems.is_empty(), &keys) {
         report.fingerprint = Some(keys.current.fingerprint.to_string());
         report.warnings.extend(readable_tokens(&config));

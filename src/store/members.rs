@@ -124,7 +124,7 @@ mod tests {
     fn two_members(test: &str, dir: &std::path::Path) -> Option<(Store, Store, String)> {
         let url = test_postgres::database_or_skip(test)?;
         let open = |member: &str| {
-            let location = Location::Postgres { url: url.clone(), member: member.into(), readers: 8 };
+            let location = Location::Postgres { url: url.clone(), member: member.into(), readers: 8, ca: None };
             Store::open_at(&location, dir, true).unwrap()
         };
         Some((open("m1"), open("m2"), url))
@@ -132,7 +132,7 @@ mod tests {
 
     /// Another store of member `m2` on the database at `url`.
     fn m1_named_m2(url: &str, dir: &std::path::Path) -> Store {
-        let location = Location::Postgres { url: url.to_owned(), member: "m2".into(), readers: 8 };
+        let location = Location::Postgres { url: url.to_owned(), member: "m2".into(), readers: 8, ca: None };
         Store::open_at(&location, dir, true).unwrap()
     }
 

@@ -56,7 +56,7 @@ pub use outgoing::{Callback, NewAsync, OutboundWork, OutgoingFile};
 pub use prune::Pruned;
 pub use records::{Page, Pending, QueueCount, QueueCounts, RequestFilter, RequestView, Stats};
 pub use rollovers::{rollovers_in, StoredRollover};
-pub use sql::Location;
+pub use sql::{store_ca, Location};
 pub use transfers::Moving;
 pub use trust::Admission;
 
@@ -172,12 +172,22 @@ pub enum StoreError {
     NotCommitted(NotCommitted),
 }
 
-/// A PostgreSQL error with the server's own message, which `postgres::Error` shows only as "db error".
-pub(super) fn postgres_error(e: &postgres::Error) -> String {
-    match e.as_db_error() {
-        Some(db) => format!("{}: {}", db.severity(), db.message()),
-        None => e.to_string(),
+/// A PostgreSQL error with the server's own message, which `postgres::Error` shows only as "db
+/// error", or with its causes (why a TLS handshake failed, say), which it does not show.
+pub(crate) fn postgres_error(e: &postgres::Error) -> String {
+    if let Some(db) = e.as_db_error() {
+        return format!("{}: {}", db.severity(), db.message());
     }
+    let mut text = e.to_string();
+    let mut cause = std::error::Error::source(e);
+    while let Some(c) = cause {
+        let said = c.to_string();
+        if !text.ends_with(&said) {
+            text = format!("{text}: {said}");
+        }
+        cause = c.source();
+    }
+    text
 }
 
 /// Why a transaction was not committed.
@@ -666,7 +676,7 @@ impl Store {
             std::fs::write(&kept, &url).unwrap();
             url
         });
-        Store::open_at(&Location::Postgres { url, member: "test".into(), readers: 8 }, dir, true).unwrap()
+        Store::open_at(&Location::Postgres { url, member: "test".into(), readers: 8, ca: None }, dir, true).unwrap()
     }
 }
 

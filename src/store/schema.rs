@@ -314,10 +314,11 @@ pub(super) const POSTGRES_MIGRATIONS: &[&str] = &[
 pub(super) fn open(location: &Location) -> Result<Connection, StoreError> {
     match location {
         Location::Sqlite(dir) => Ok(Connection::Sqlite(rusqlite::Connection::open(dir.join("ferry.db"))?)),
-        Location::Postgres { url, .. } => Connection::postgres(url).map_err(|e| {
+        Location::Postgres { url, ca, .. } => Connection::postgres(url, ca.as_deref()).map_err(|e| {
             StoreError::Io(format!(
-                "cannot reach the PostgreSQL store at {}: {e}; is `[store] url` right?",
-                location.shown()
+                "cannot reach the PostgreSQL store at {}: {e}; is `[store] url` right{}?",
+                location.shown(),
+                if ca.is_some() { ", and `[store] ca` the CA that signed the server's certificate" } else { "" }
             ))
         }),
     }

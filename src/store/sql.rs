@@ -10,7 +10,7 @@
 use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as StdError;
-use std::path::PathBuf;
+use std::path::{Path, PathBuf};
 
 use postgres::types::{FromSql, IsNull, ToSql, Type};
 
@@ -29,6 +29,9 @@ pub enum Location {
         member: String,
         /// How many connections reads may use at once.
         readers: usize,
+        /// The PEM certificates of the CAs that sign the server's certificate: TLS is then
+        /// required and the server's certificate checked against the URL's host. `None`: no TLS.
+        ca: Option<PathBuf>,
     },
 }
 
@@ -37,8 +40,8 @@ impl Location {
     pub fn of_member(&self, member: &str) -> Location {
         match self {
             Location::Sqlite(dir) => Location::Sqlite(dir.clone()),
-            Location::Postgres { url, readers, .. } => {
-                Location::Postgres { url: url.clone(), member: member.to_owned(), readers: *readers }
+            Location::Postgres { url, readers, ca, .. } => {
+                Location::Postgres { url: url.clone(), member: member.to_owned(), readers: *readers, ca: ca.clone() }
             }
         }
     }
@@ -266,6 +269,35 @@ impl<T> OptionalExtension<T> for Result<T, StoreError> {
     }
 }
 
+/// The CA certificates in the PEM file `ca` (`[store] ca`), which sign the PostgreSQL server's.
+pub fn store_ca(ca: &Path) -> Result<rustls::RootCertStore, StoreError> {
+    use rustls::pki_types::{pem::PemObject, CertificateDer};
+    let unusable = |why: &dyn std::fmt::Display| {
+        StoreError::Io(format!(
+            "store.ca {}: {why}; give the PEM certificate of the CA that signed the PostgreSQL server's",
+            ca.display()
+        ))
+    };
+    let mut roots = rustls::RootCertStore::empty();
+    for cert in CertificateDer::pem_file_iter(ca).map_err(|e| unusable(&e))? {
+        roots.add(cert.map_err(|e| unusable(&e))?).map_err(|e| unusable(&e))?;
+    }
+    if roots.is_empty() {
+        return Err(unusable(&"holds no certificate"));
+    }
+    Ok(roots)
+}
+
+/// TLS to PostgreSQL whose server certificate a CA in the PEM file `ca` signed.
+fn tls_checked_by(ca: &Path) -> Result<tokio_postgres_rustls::MakeRustlsConnect, StoreError> {
+    let config = rustls::ClientConfig::builder_with_provider(crate::tls::provider())
+        .with_safe_default_protocol_versions()
+        .map_err(|e| StoreError::Io(format!("TLS to the store: {e}")))?
+        .with_root_certificates(store_ca(ca)?)
+        .with_no_client_auth();
+    Ok(tokio_postgres_rustls::MakeRustlsConnect::new(config))
+}
+
 /// An open connection of either database.
 pub(super) enum Connection {
     Sqlite(rusqlite::Connection),
@@ -288,9 +320,18 @@ impl Connection {
         }
     }
 
-    /// Connects to PostgreSQL at `url`.
-    pub(super) fn postgres(url: &str) -> Result<Connection, StoreError> {
-        let mut client = postgres::Client::connect(url, postgres::NoTls)?;
+    /// Connects to PostgreSQL at `url`: over TLS, the server's certificate checked against the
+    /// CAs in the PEM file `ca`, when given.
+    pub(super) fn postgres(url: &str, ca: Option<&Path>) -> Result<Connection, StoreError> {
+        let mut config: postgres::Config = url.parse()?;
+        let mut client = match ca {
+            Some(ca) => {
+                // Never `prefer`: a server (or someone between) refusing TLS must not get plain text.
+                config.ssl_mode(postgres::config::SslMode::Require);
+                config.connect(tls_checked_by(ca)?)?
+            }
+            None => config.connect(postgres::NoTls)?,
+        };
         // A member frozen inside a transaction lets go of its locks, and no member waits on a lock
         // for ever: the job fails, and its work is tried again.
         client.batch_execute("SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '10s'")?;
@@ -563,6 +604,75 @@ pub(crate) fn postgres_text(sql: &str) -> String {
 
 #[cfg(test)]
 mod tests {
+    use std::io::{Read, Write};
+    use std::time::Duration;
+
+    use super::*;
+    use crate::store::test_postgres;
+
+    /// Whether the connection is encrypted, as its server sees it.
+    fn encrypted(connection: &mut Connection) -> bool {
+        let Connection::Postgres(pg) = connection else { panic!("not PostgreSQL") };
+        pg.client.query_one("SELECT ssl FROM pg_stat_ssl WHERE pid = pg_backend_pid()", &[]).unwrap().get(0)
+    }
+
+    #[test]
+    fn the_store_over_tls_takes_only_a_server_certificate_of_its_ca_for_its_host() {
+        let Some(url) = test_postgres::database_or_skip("tls to the store") else { return };
+        let ca = test_postgres::ca_file();
+        assert!(encrypted(&mut Connection::postgres(&url, Some(&ca)).unwrap()));
+        assert!(!encrypted(&mut Connection::postgres(&url, None).unwrap()), "no TLS without store.ca");
+
+        // Another CA's name on the server: refused.
+        let dir = tempfile::tempdir().unwrap();
+        let other = dir.path().join("other-ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let mut params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+        std::fs::write(&other, params.self_signed(&key).unwrap().pem()).unwrap();
+        let err = Connection::postgres(&url, Some(&other)).err().expect("a server certificate of another CA");
+        assert!(err.to_string().contains("UnknownIssuer"), "{err}");
+
+        // The right CA, but the certificate is for 127.0.0.1, not the host the URL names.
+        let elsewhere = format!("{}?hostaddr=127.0.0.1", url.replace("@127.0.0.1:", "@localhost:"));
+        let err = Connection::postgres(&elsewhere, Some(&ca)).err().expect("a certificate for another host");
+        assert!(err.to_string().contains("not valid for name \"localhost\""), "{err}");
+
+        // A file that holds no certificate says what to give.
+        std::fs::write(&other, "not a certificate").unwrap();
+        let err = Connection::postgres(&url, Some(&other)).err().unwrap().to_string();
+        assert!(err.contains("holds no certificate") && err.contains("the CA that signed"), "{err}");
+    }
+
+    /// Someone between the member and its database answers "no TLS here": the member says
+    /// nothing more, in particular not its user name and database in plain text.
+    #[test]
+    fn a_store_refusing_tls_hears_nothing_but_the_request_for_it() {
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("postgres://ferry:secret@127.0.0.1:{}/ferry", listener.local_addr().unwrap().port());
+        let impostor = std::thread::spawn(move || {
+            let (mut peer, _) = listener.accept().unwrap();
+            peer.set_read_timeout(Some(Duration::from_secs(5))).unwrap();
+            let mut asked = [0u8; 8];
+            peer.read_exact(&mut asked).unwrap();
+            peer.write_all(b"N").unwrap();
+            let mut rest = Vec::new();
+            let _ = peer.read_to_end(&mut rest);
+            (asked, rest)
+        });
+        let dir = tempfile::tempdir().unwrap();
+        let ca = dir.path().join("ca.pem");
+        let key = rcgen::KeyPair::generate().unwrap();
+        let params = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()]).unwrap();
+        std::fs::write(&ca, params.self_signed(&key).unwrap().pem()).unwrap();
+        let err = Connection::postgres(&url, Some(&ca)).err().expect("a server without TLS");
+        let (asked, rest) = impostor.join().unwrap();
+        // SSLRequest: length 8, code 80877103.
+        assert_eq!(asked, [0, 0, 0, 8, 0x04, 0xd2, 0x16, 0x2f]);
+        assert!(rest.is_empty(), "sent in plain text after TLS was refused: {:?}", String::from_utf8_lossy(&rest));
+        assert!(err.to_string().to_lowercase().contains("tls"), "{err}");
+    }
+
     #[test]
     fn parameters_are_numbered_for_postgres_outside_quotes() {
         assert_eq!(

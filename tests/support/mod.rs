@@ -205,7 +205,9 @@ impl NodeDir {
         if let Some(at) = text.find("\n[store]\n") {
             text.truncate(at);
         }
-        text.push_str(&format!("\n[store]\nurl = \"{url}\"\n"));
+        // Over TLS, the server's certificate checked: the node's connections to the store are
+        // the ones an organization would run across its network.
+        text.push_str(&format!("\n[store]\nurl = \"{url}\"\nca = \"{}\"\n", postgres::ca_file().display()));
         if let Some(member) = member {
             text.push_str(&format!("member = \"{member}\"\n"));
         }

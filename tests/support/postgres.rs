@@ -55,6 +55,25 @@ pub fn copy_database(url: &str) -> String {
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// How many of the other connections to the database at `url` are encrypted, and how many not.
+pub fn connections_by_tls(url: &str) -> (i64, i64) {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let row = client
+            .query_one(
+                "SELECT count(*) FILTER (WHERE s.ssl), count(*) FILTER (WHERE NOT s.ssl)
+                 FROM pg_stat_ssl s JOIN pg_stat_activity a USING (pid)
+                 WHERE a.datname = current_database() AND a.pid <> pg_backend_pid()",
+                &[],
+            )
+            .unwrap();
+        (row.get(0), row.get(1))
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// A new database as [`database`] makes it, or `None` where no server can be started and the
 /// tests do not run under CI (`CI` unset): the caller skips, saying so. Under CI it panics.
 pub fn database_or_skip(test: &str) -> Option<String> {
@@ -68,6 +87,12 @@ pub fn database_or_skip(test: &str) -> Option<String> {
             None
         }
     }
+}
+
+/// The PEM file of the CA that signed the server's certificate (for `127.0.0.1`): `[store] ca`.
+pub fn ca_file() -> PathBuf {
+    server();
+    server_dir().join("ca.pem")
 }
 
 /// The running server.
@@ -166,6 +191,33 @@ extern "C" fn stop_server() {
     let _ = std::fs::remove_dir_all(server_dir());
 }
 
+/// Writes a CA (`ca.pem`) and the server's certificate for `127.0.0.1`, signed by it, with its
+/// key (readable by the server's user alone, as the server demands) into `dir`: their paths.
+fn tls_files(dir: &Path) -> Result<(PathBuf, PathBuf), String> {
+    use std::os::unix::fs::PermissionsExt;
+    let fail = |e: rcgen::Error| e.to_string();
+    let mut ca_params = rcgen::CertificateParams::new(Vec::<String>::new()).map_err(fail)?;
+    ca_params.is_ca = rcgen::IsCa::Ca(rcgen::BasicConstraints::Unconstrained);
+    ca_params.distinguished_name.push(rcgen::DnType::CommonName, "ferry tests' PostgreSQL CA");
+    let ca_key = rcgen::KeyPair::generate().map_err(fail)?;
+    let ca = rcgen::CertifiedIssuer::self_signed(ca_params, ca_key).map_err(fail)?;
+    let key = rcgen::KeyPair::generate().map_err(fail)?;
+    let cert = rcgen::CertificateParams::new(vec!["127.0.0.1".to_owned()])
+        .and_then(|p| p.signed_by(&key, &ca))
+        .map_err(fail)?;
+    let (cert_file, key_file) = (dir.join("server.crt"), dir.join("server.key"));
+    let write = |path: &Path, text: &str| std::fs::write(path, text).map_err(|e| format!("{}: {e}", path.display()));
+    write(&dir.join("ca.pem"), &ca.pem())?;
+    write(&cert_file, &cert.pem())?;
+    write(&key_file, &key.serialize_pem())?;
+    std::fs::set_permissions(&key_file, std::fs::Permissions::from_mode(0o600)).map_err(|e| e.to_string())?;
+    if is_root() {
+        let (uid, gid) = postgres_user().ok_or("running as root, and there is no `postgres` user")?;
+        std::os::unix::fs::chown(&key_file, Some(uid), Some(gid)).map_err(|e| e.to_string())?;
+    }
+    Ok((cert_file, key_file))
+}
+
 /// Removes the folders of earlier test processes' servers whose process is gone: killed, they
 /// could not remove their own.
 fn remove_stale_servers() {
@@ -199,6 +251,7 @@ fn start() -> Result<Server, String> {
     if !init.status.success() {
         return Err(format!("initdb failed: {}", String::from_utf8_lossy(&init.stderr)));
     }
+    let (cert, key) = tls_files(&dir)?;
     let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
     let mut cmd = as_server_user(&bin.join("postgres"))?;
     cmd.arg("-D")
@@ -210,6 +263,9 @@ fn start() -> Result<Server, String> {
         .args(["-c", "full_page_writes=off", "-c", "shared_buffers=64MB"])
         // Each test's database is a copy of the template, written to the WAL: keep it small.
         .args(["-c", "min_wal_size=32MB", "-c", "max_wal_size=64MB"])
+        // TLS for whoever asks ([`ca_file`]); plain connections are served too.
+        .args(["-c", "ssl=on", "-c", &format!("ssl_cert_file={}", cert.display())])
+        .args(["-c", &format!("ssl_key_file={}", key.display())])
         .stdout(Stdio::null())
         .stderr(std::fs::File::create(dir.join("server.log")).map_err(|e| e.to_string())?);
     // The server stops (fast shutdown) when this process exits ([`stop_server`]), or when the
