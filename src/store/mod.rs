@@ -231,8 +231,9 @@ pub(crate) struct Wakers {
 /// Told whether the job's transaction committed: `None` if it did, else why not.
 type Answer = Box<dyn FnOnce(Option<&NotCommitted>) + Send>;
 /// A job of the writer: whether it succeeded (a failed job's changes are rolled back, the other
-/// jobs of its transaction keep theirs), and its answer.
-type Job = Box<dyn FnOnce(&Tx, &mut Vec<Event>) -> (bool, Answer) + Send>;
+/// jobs of its transaction keep theirs), and its answer. Given no transaction (none could
+/// begin), it does nothing and only answers.
+type Job = Box<dyn FnOnce(Option<&Tx>, &mut Vec<Event>) -> (bool, Answer) + Send>;
 
 /// How a job's changes must be on disk when it is answered.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -331,7 +332,7 @@ impl Store {
                 match conn {
                     Ok(conn) => {
                         let _ = opened.send(Ok(()));
-                        writer(Writer::new(conn, at, member, log), rx, waiting, publish)
+                        writer(Writer::new(conn, member, log), rx, waiting, publish)
                     }
                     Err(e) => {
                         let _ = opened.send(Err(e));
@@ -402,7 +403,11 @@ impl Store {
     {
         let (tx, rx) = oneshot::channel();
         let job: Job = Box::new(move |t, events| {
-            let result = f(t, events);
+            let result = match t {
+                Some(t) => f(t, events),
+                // Never sent: the answer says why no transaction began.
+                None => Err(StoreError::Stopped),
+            };
             let ok = result.is_ok();
             let answer = Box::new(move |failed: Option<&NotCommitted>| {
                 let _ = tx.send(match failed {
@@ -425,6 +430,10 @@ impl Store {
         F: FnOnce(&Tx) -> Result<(), StoreError> + Send + 'static,
     {
         let job: Job = Box::new(move |t, _| {
+            let Some(t) = t else {
+                tracing::error!("cannot record {what}: the store could not begin a transaction");
+                return (false, Box::new(|_| {}));
+            };
             let done = f(t);
             if let Err(e) = &done {
                 tracing::error!(error = %e, "cannot record {what}");
@@ -511,8 +520,6 @@ fn writer(
 struct Writer {
     /// The store's connection; the writer is its only user.
     conn: sql::Connection,
-    /// Where it leads, to connect again when a PostgreSQL connection is lost.
-    location: Location,
     /// This member's name ([`Tx::member`]).
     member: String,
     /// SQLite's `synchronous` setting of the connection.
@@ -524,9 +531,9 @@ struct Writer {
 }
 
 impl Writer {
-    fn new(conn: sql::Connection, location: Location, member: String, log: Option<evidence::Log>) -> Writer {
+    fn new(conn: sql::Connection, member: String, log: Option<evidence::Log>) -> Writer {
         let log = log.map(std::cell::RefCell::new);
-        Writer { conn, location, member, synchronous: Durability::Full, head: None, log }
+        Writer { conn, member, synchronous: Durability::Full, head: None, log }
     }
 
     /// Runs `jobs` in one transaction and commits it with `needed` durability, then answers them
@@ -542,15 +549,6 @@ impl Writer {
                 }
             }
         }
-        if self.conn.is_closed() {
-            match schema::open(&self.location) {
-                Ok(conn) => {
-                    tracing::warn!("connected to the store again");
-                    self.conn = conn;
-                }
-                Err(e) => tracing::error!(error = %e, "the store's connection is lost and cannot be made again"),
-            }
-        }
         let mut events = Vec::new();
         let t = match self.conn.begin(sql::Begin::Write { durable: needed == Durability::Full }) {
             Ok(t) => Tx {
@@ -563,8 +561,10 @@ impl Writer {
             },
             Err(e) => {
                 tracing::error!(error = %e, "the store cannot begin a transaction");
-                // Unanswered, their callers learn the store failed.
-                jobs.clear();
+                let why = NotCommitted { why: format!("no transaction could begin: {e}"), disk_full: e.is_disk_full() };
+                for job in jobs.drain(..) {
+                    job(None, &mut Vec::new()).1(Some(&why));
+                }
                 return;
             }
         };
@@ -621,7 +621,7 @@ impl Tx<'_> {
     fn isolated(&self, job: Job, events: &mut Vec<Event>) -> Answer {
         let (events_before, head_before) = (events.len(), self.head.borrow().clone());
         let block_before = self.log.map(|log| log.borrow().mark());
-        let (ok, answer) = job(self, events);
+        let (ok, answer) = job(Some(self), events);
         if !ok {
             events.truncate(events_before);
             *self.head.borrow_mut() = head_before;

@@ -11,6 +11,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::error::Error as StdError;
 use std::path::{Path, PathBuf};
+use std::time::Duration;
 
 use postgres::types::{FromSql, IsNull, ToSql, Type};
 
@@ -304,42 +305,64 @@ pub(super) enum Connection {
     Postgres(Box<PgConnection>),
 }
 
-/// A PostgreSQL connection and the statements it has prepared.
+/// A PostgreSQL connection, the statements it has prepared, and where it connects again when
+/// the server drops it.
 pub(super) struct PgConnection {
     client: postgres::Client,
     prepared: HashMap<String, postgres::Statement>,
+    url: String,
+    ca: Option<PathBuf>,
+}
+
+/// How long a connection to PostgreSQL may take to be made, unless the URL says
+/// (`connect_timeout`): a database host that is gone makes the store fail, not wait for minutes.
+const CONNECT_WITHIN: Duration = Duration::from_secs(10);
+/// How long what was sent to PostgreSQL may go unacknowledged before the connection is given up
+/// (`TCP_USER_TIMEOUT`), unless the URL says (`tcp_user_timeout`): a network that went silent
+/// fails the transaction, and the next one connects again.
+const SILENT_FOR: Duration = Duration::from_secs(30);
+
+/// Connects to PostgreSQL at `url`: over TLS, the server's certificate checked against the CAs
+/// in the PEM file `ca`, when given.
+fn connect(url: &str, ca: Option<&Path>) -> Result<postgres::Client, StoreError> {
+    let mut config: postgres::Config = url.parse()?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(CONNECT_WITHIN);
+    }
+    if config.get_tcp_user_timeout().is_none() {
+        config.tcp_user_timeout(SILENT_FOR);
+    }
+    let mut client = match ca {
+        Some(ca) => {
+            // Never `prefer`: a server (or someone between) refusing TLS must not get plain text.
+            config.ssl_mode(postgres::config::SslMode::Require);
+            config.connect(tls_checked_by(ca)?)?
+        }
+        None => config.connect(postgres::NoTls)?,
+    };
+    // A member frozen inside a transaction lets go of its locks, and no member waits on a lock
+    // for ever: the job fails, and its work is tried again.
+    client.batch_execute("SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '10s'")?;
+    Ok(client)
 }
 
 impl Connection {
-    /// Whether the connection is gone (PostgreSQL's server restarted or the network failed); an
-    /// SQLite file never goes.
-    pub(super) fn is_closed(&self) -> bool {
-        match self {
-            Connection::Sqlite(_) => false,
-            Connection::Postgres(pg) => pg.client.is_closed(),
-        }
-    }
-
     /// Connects to PostgreSQL at `url`: over TLS, the server's certificate checked against the
     /// CAs in the PEM file `ca`, when given.
     pub(super) fn postgres(url: &str, ca: Option<&Path>) -> Result<Connection, StoreError> {
-        let mut config: postgres::Config = url.parse()?;
-        let mut client = match ca {
-            Some(ca) => {
-                // Never `prefer`: a server (or someone between) refusing TLS must not get plain text.
-                config.ssl_mode(postgres::config::SslMode::Require);
-                config.connect(tls_checked_by(ca)?)?
-            }
-            None => config.connect(postgres::NoTls)?,
-        };
-        // A member frozen inside a transaction lets go of its locks, and no member waits on a lock
-        // for ever: the job fails, and its work is tried again.
-        client.batch_execute("SET idle_in_transaction_session_timeout = '60s'; SET lock_timeout = '10s'")?;
-        Ok(Connection::Postgres(Box::new(PgConnection { client, prepared: HashMap::new() })))
+        Ok(Connection::Postgres(Box::new(PgConnection {
+            client: connect(url, ca)?,
+            prepared: HashMap::new(),
+            url: url.to_owned(),
+            ca: ca.map(Path::to_owned),
+        })))
     }
 
     /// Begins a transaction: a read-write one of the writer (`durable`: its commit waits for the
     /// disk), or a read-only one that sees one moment's committed state.
+    ///
+    /// On PostgreSQL, a connection the server dropped (it restarted, failed over, or ended it) is
+    /// made again, once, and the transaction begun on it: nothing had begun, so nothing is lost.
     pub(super) fn begin(&mut self, kind: Begin) -> Result<Sql<'_>, StoreError> {
         match self {
             Connection::Sqlite(c) => {
@@ -350,14 +373,43 @@ impl Connection {
                 Ok(Sql::Sqlite(rusqlite::Transaction::new_unchecked(c, behavior)?))
             }
             Connection::Postgres(pg) => {
-                let PgConnection { client, prepared } = &mut **pg;
-                let mut t = client.transaction()?;
-                match kind {
-                    Begin::Read => t.batch_execute("SET TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY")?,
-                    Begin::Write { durable: false } => t.batch_execute("SET LOCAL synchronous_commit TO OFF")?,
-                    Begin::Write { durable: true } => {}
+                // One round trip.
+                let start = match kind {
+                    Begin::Read => "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
+                    Begin::Write { durable: false } => "BEGIN; SET LOCAL synchronous_commit TO OFF",
+                    Begin::Write { durable: true } => "BEGIN",
+                };
+                if let Err(e) = pg.client.batch_execute(start) {
+                    if !pg.client.is_closed() {
+                        return Err(e.into());
+                    }
+                    tracing::warn!(
+                        error = super::postgres_error(&e),
+                        "the store's connection was lost; connecting again"
+                    );
+                    pg.client = connect(&pg.url, pg.ca.as_deref())?;
+                    pg.prepared.clear();
+                    pg.client.batch_execute(start)?;
+                    tracing::info!("connected to the store again");
                 }
-                Ok(Sql::Postgres { t: RefCell::new(t), prepared: RefCell::new(prepared) })
+                let PgConnection { client, prepared, .. } = &mut **pg;
+                Ok(Sql::Postgres { t: RefCell::new(PgTx { client, open: true }), prepared: RefCell::new(prepared) })
+            }
+        }
+    }
+}
+
+/// A transaction begun on a PostgreSQL connection: rolled back unless committed.
+pub(crate) struct PgTx<'c> {
+    client: &'c mut postgres::Client,
+    open: bool,
+}
+
+impl Drop for PgTx<'_> {
+    fn drop(&mut self) {
+        if self.open && !self.client.is_closed() {
+            if let Err(e) = self.client.batch_execute("ROLLBACK") {
+                tracing::warn!(error = super::postgres_error(&e), "the store could not roll a transaction back");
             }
         }
     }
@@ -373,7 +425,7 @@ pub(super) enum Begin {
 /// An open transaction, on either database: what every statement of the store runs in.
 pub(crate) enum Sql<'c> {
     Sqlite(rusqlite::Transaction<'c>),
-    Postgres { t: RefCell<postgres::Transaction<'c>>, prepared: RefCell<&'c mut HashMap<String, postgres::Statement>> },
+    Postgres { t: RefCell<PgTx<'c>>, prepared: RefCell<&'c mut HashMap<String, postgres::Statement>> },
 }
 
 impl Sql<'_> {
@@ -405,7 +457,7 @@ impl Sql<'_> {
 
     /// The prepared statement of `sql` on this PostgreSQL connection.
     fn pg_statement(
-        t: &mut postgres::Transaction<'_>,
+        t: &mut postgres::Client,
         prepared: &mut HashMap<String, postgres::Statement>,
         sql: &str,
     ) -> Result<postgres::Statement, StoreError> {
@@ -426,7 +478,7 @@ impl Sql<'_> {
                 Ok(t.prepare_cached(sql)?.execute(rusqlite::params_from_iter(p.iter().map(|v| Bind(*v))))?)
             }
             Sql::Postgres { t, prepared } => {
-                let t = &mut *t.borrow_mut();
+                let t = &mut *t.borrow_mut().client;
                 let statement = Self::pg_statement(t, &mut prepared.borrow_mut(), sql)?;
                 let binds: Vec<PgBind> = p.iter().map(|v| PgBind(v.value())).collect();
                 let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
@@ -453,7 +505,7 @@ impl Sql<'_> {
                 Ok(out)
             }
             Sql::Postgres { t, prepared } => {
-                let t = &mut *t.borrow_mut();
+                let t = &mut *t.borrow_mut().client;
                 let statement = Self::pg_statement(t, &mut prepared.borrow_mut(), sql)?;
                 let binds: Vec<PgBind> = p.iter().map(|v| PgBind(v.value())).collect();
                 let refs: Vec<&(dyn ToSql + Sync)> = binds.iter().map(|b| b as &(dyn ToSql + Sync)).collect();
@@ -479,7 +531,7 @@ impl Sql<'_> {
     pub(crate) fn batch(&self, sql: &str) -> Result<(), StoreError> {
         match self {
             Sql::Sqlite(t) => Ok(t.execute_batch(sql)?),
-            Sql::Postgres { t, .. } => Ok(t.borrow_mut().batch_execute(sql)?),
+            Sql::Postgres { t, .. } => Ok(t.borrow_mut().client.batch_execute(sql)?),
         }
     }
 
@@ -487,7 +539,12 @@ impl Sql<'_> {
     pub(crate) fn commit(self) -> Result<(), StoreError> {
         match self {
             Sql::Sqlite(t) => Ok(t.commit()?),
-            Sql::Postgres { t, .. } => Ok(t.into_inner().commit()?),
+            Sql::Postgres { t, .. } => {
+                let mut t = t.into_inner();
+                t.client.batch_execute("COMMIT")?;
+                t.open = false;
+                Ok(())
+            }
         }
     }
 }

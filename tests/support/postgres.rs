@@ -74,6 +74,20 @@ pub fn connections_by_tls(url: &str) -> (i64, i64) {
     .unwrap_or_else(|e| std::panic::resume_unwind(e))
 }
 
+/// Ends every other connection to the database at `url`, as a restart or a failover of its
+/// server would, and returns once their server processes are gone: how many were ended.
+pub fn end_connections(url: &str) -> i64 {
+    let url = url.to_owned();
+    std::thread::spawn(move || {
+        let mut client = postgres::Client::connect(&url, postgres::NoTls).unwrap();
+        let sql = "SELECT count(*) FILTER (WHERE pg_terminate_backend(pid, 10000)) FROM pg_stat_activity
+                   WHERE datname = current_database() AND pid <> pg_backend_pid()";
+        client.query_one(sql, &[]).unwrap().get(0)
+    })
+    .join()
+    .unwrap_or_else(|e| std::panic::resume_unwind(e))
+}
+
 /// A new database as [`database`] makes it, or `None` where no server can be started and the
 /// tests do not run under CI (`CI` unset): the caller skips, saying so. Under CI it panics.
 pub fn database_or_skip(test: &str) -> Option<String> {
