@@ -4,10 +4,10 @@
 //! `service add`); PostgreSQL is a server of the bench's own (`tests/support/postgres.rs`, the
 //! tests' settings: loopback, `fsync=off`). org-b is one node on SQLite whose service is a trivial
 //! axum handler counting the distinct `X-Ferry-Request-Id`s it sees. org-a, the side measured, is
-//! laid out three ways, one after the other, in one run:
+//! laid out four ways, one after the other, in one run:
 //!
 //! 1. one member on SQLite (the default);
-//! 2. one member on PostgreSQL;
+//! 2. one member on PostgreSQL, over TLS (`[store] ca`), and the same without TLS;
 //! 3. two members on one PostgreSQL store, the callers split between them.
 //!
 //! For each: **accept**: `FERRY_BENCH_CALLERS` callers post asynchronous requests back to back for
@@ -161,13 +161,17 @@ async fn callers(
 }
 
 /// org-a laid out as `members` members (none: SQLite), with org-b pinning them all; started.
-async fn org_a(root: &Path, b: &Node, members: &[&str], url: Option<&str>, readers: usize) -> Vec<Node> {
+/// On PostgreSQL, over TLS when `tls`.
+async fn org_a(root: &Path, b: &Node, members: &[&str], url: Option<&str>, readers: usize, tls: bool) -> Vec<Node> {
     let mut nodes = Vec::new();
     for (i, member) in members.iter().enumerate() {
         let node = Node::create(&root.join(format!("a{i}")), "org-a");
         if let Some(url) = url {
             node.setup().use_store(url, Some(member));
             let mut text = std::fs::read_to_string(&node.config_path).unwrap();
+            if !tls {
+                text = text.lines().filter(|l| !l.starts_with("ca = ")).map(|l| format!("{l}\n")).collect();
+            }
             text.push_str(&format!("readers = {readers}\n"));
             std::fs::write(&node.config_path, text).unwrap();
         }
@@ -215,22 +219,24 @@ async fn main() {
     println!("callers {callers_n}, {} ms a phase; PostgreSQL: the bench's own server on loopback", measure.as_millis());
 
     let mut rows = Vec::new();
-    let layouts: [(&str, &[&str], bool, usize); 6] = [
-        ("1 member, SQLite", &["a1"], false, 8),
-        ("1 member, PostgreSQL", &["a1"], true, 8),
-        ("2 members, one PostgreSQL store", &["a1", "a2"], true, 8),
-        ("1 member, PostgreSQL, readers = 2", &["a1"], true, 2),
-        ("1 member, PostgreSQL, readers = 8", &["a1"], true, 8),
-        ("1 member, PostgreSQL, readers = 32", &["a1"], true, 32),
+    // (layout, members, on PostgreSQL, readers, over TLS)
+    let layouts: [(&str, &[&str], bool, usize, bool); 7] = [
+        ("1 member, SQLite", &["a1"], false, 8, false),
+        ("1 member, PostgreSQL", &["a1"], true, 8, true),
+        ("1 member, PostgreSQL without TLS", &["a1"], true, 8, false),
+        ("2 members, one PostgreSQL store", &["a1", "a2"], true, 8, true),
+        ("1 member, PostgreSQL, readers = 2", &["a1"], true, 2, true),
+        ("1 member, PostgreSQL, readers = 8", &["a1"], true, 8, true),
+        ("1 member, PostgreSQL, readers = 32", &["a1"], true, 32, true),
     ];
     let only = std::env::var("FERRY_BENCH_ONLY").unwrap_or_default();
-    for (i, (layout, members, on_postgres, readers)) in layouts.into_iter().enumerate() {
+    for (i, (layout, members, on_postgres, readers, tls)) in layouts.into_iter().enumerate() {
         if !layout.contains(only.as_str()) {
             continue;
         }
         let url = on_postgres.then(postgres::database);
         let dir = root.path().join(format!("layout{i}"));
-        let mut a = org_a(&dir, &b, members, url.as_deref(), readers).await;
+        let mut a = org_a(&dir, &b, members, url.as_deref(), readers, tls).await;
         let apis: Vec<_> = a.iter().map(|n| n.api).collect();
         let before = seen.lock().unwrap().len();
         let started = Instant::now();
