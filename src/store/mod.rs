@@ -429,19 +429,8 @@ impl Store {
     where
         F: FnOnce(&Tx) -> Result<(), StoreError> + Send + 'static,
     {
-        let job: Job = Box::new(move |t, _| {
-            let Some(t) = t else {
-                tracing::error!("cannot record {what}: the store could not begin a transaction");
-                return (false, Box::new(|_| {}));
-            };
-            let done = f(t);
-            if let Err(e) = &done {
-                tracing::error!(error = %e, "cannot record {what}");
-            }
-            (done.is_ok(), Box::new(|_| {}))
-        });
         let mut deferred = self.deferred.lock().unwrap();
-        deferred.push(job);
+        deferred.push(deferred_job(self.deferred.clone(), what, f));
         if deferred.len() == 1 {
             let _ = self.jobs.send(None);
         }
@@ -451,6 +440,27 @@ impl Store {
     pub async fn flush(&self) -> Result<(), StoreError> {
         self.run_relaxed(|_, _| Ok(())).await
     }
+}
+
+/// The job of [`Store::defer`]: `f` in the transaction it is given. Given none (the database
+/// cannot be reached), it is queued again, with the deferred jobs of the next transaction: a
+/// record is not lost to a database that restarts.
+fn deferred_job<F>(queue: Arc<std::sync::Mutex<Vec<Job>>>, what: &'static str, f: F) -> Job
+where
+    F: FnOnce(&Tx) -> Result<(), StoreError> + Send + 'static,
+{
+    Box::new(move |t, _| {
+        let Some(t) = t else {
+            tracing::warn!("{what} is kept to be recorded in the next transaction");
+            queue.lock().unwrap().push(deferred_job(queue.clone(), what, f));
+            return (false, Box::new(|_| {}));
+        };
+        let done = f(t);
+        if let Err(e) = &done {
+            tracing::error!(error = %e, "cannot record {what}");
+        }
+        (done.is_ok(), Box::new(|_| {}))
+    })
 }
 
 /// What the writer's queue carries: a job, or word that deferred jobs are waiting.
@@ -729,6 +739,41 @@ mod tests {
         let ids: Vec<String> =
             records.iter().map(|(_, text)| serde_json::from_str::<Value>(text).unwrap()["id"].to_string()).collect();
         assert_eq!(ids, (1..=50).map(|i| format!("\"r{i}\"")).collect::<Vec<_>>());
+    }
+
+    /// A deferred record (a synchronous exchange's, a peer's receipt) waits while no transaction
+    /// can begin, the database refusing connections, and is committed once one can.
+    #[tokio::test]
+    async fn a_deferred_record_waits_out_a_database_that_cannot_be_reached() {
+        let Some(url) = test_postgres::database_or_skip("a_deferred_record_waits_out…") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_at(
+            &Location::Postgres { url: url.clone(), member: "m".into(), readers: 8, ca: None },
+            dir.path(),
+            true,
+        )
+        .unwrap();
+        let name = url.rsplit('/').next().unwrap().to_owned();
+        let admin = |sql: String| {
+            let url = url.replace(&format!("/{name}"), "/postgres");
+            std::thread::spawn(move || {
+                postgres::Client::connect(&url, postgres::NoTls).unwrap().batch_execute(&sql).unwrap()
+            })
+            .join()
+            .unwrap()
+        };
+        admin(format!(
+            "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
+             SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = '{name}'"
+        ));
+        store.defer("a test record", |t: &Tx| t.record(Entry::new("request", "out", "org-b", "kept")));
+        let refused = store.flush().await.expect_err("no transaction can begin");
+        assert!(refused.to_string().contains("no transaction could begin"), "{refused}");
+        admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
+        store.flush().await.unwrap();
+        let records = log(&store);
+        assert_eq!(records.len(), 1, "{records:?}");
+        assert!(records[0].1.contains("\"kept\""), "{records:?}");
     }
 
     /// A log kept one record per row (schema 4) goes on in rows of a commit each, one chain.
