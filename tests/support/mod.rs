@@ -198,20 +198,20 @@ impl NodeDir {
         at
     }
 
-    /// Keeps the node's store in the PostgreSQL database at `url` (`[store] url`), as `member`
-    /// when given; replaces a `[store]` this harness set before.
+    /// Keeps the node's store in the PostgreSQL database at `url` (`[store] url`), over TLS, as
+    /// `member` when given; replaces any `[store]` and keeps the rest of the config.
     pub fn use_store(&self, url: &str, member: Option<&str>) {
-        let mut text = std::fs::read_to_string(&self.config).unwrap();
-        if let Some(at) = text.find("\n[store]\n") {
-            text.truncate(at);
-        }
+        let mut config: toml_edit::DocumentMut = std::fs::read_to_string(&self.config).unwrap().parse().unwrap();
+        let mut store = toml_edit::Table::new();
+        store["url"] = toml_edit::value(url);
         // Over TLS, the server's certificate checked: the node's connections to the store are
         // the ones an organization would run across its network.
-        text.push_str(&format!("\n[store]\nurl = \"{url}\"\nca = \"{}\"\n", postgres::ca_file().display()));
+        store["ca"] = toml_edit::value(postgres::ca_file().to_str().unwrap());
         if let Some(member) = member {
-            text.push_str(&format!("member = \"{member}\"\n"));
+            store["member"] = toml_edit::value(member);
         }
-        std::fs::write(&self.config, text).unwrap();
+        config["store"] = toml_edit::Item::Table(store);
+        std::fs::write(&self.config, config.to_string()).unwrap();
     }
 
     /// The node's certificate.
