@@ -45,6 +45,11 @@ impl Log {
         self.block.truncate(len);
         self.first = first;
     }
+
+    /// Drops the open block: its transaction did not commit.
+    pub(super) fn discard(&mut self) {
+        self.block.clear();
+    }
 }
 
 impl Tx<'_> {
@@ -221,7 +226,7 @@ impl Store {
         entry.member = member.map(str::to_owned);
         entry.receipt = Some(receipt.into());
         let rendered = entry.render();
-        self.defer("a peer's receipt", move |t| t.record(rendered))
+        self.defer("a peer's receipt", rendered)
     }
 
     /// Records a checkpoint of a chain head (`event: "checkpoint"`): a peer's, verified, that this

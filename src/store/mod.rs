@@ -46,6 +46,8 @@ use serde::Serialize;
 use thiserror::Error;
 use tokio::sync::{broadcast, oneshot, Notify};
 
+use crate::evidence::Rendered;
+
 pub use attempts::CallbackAttempt;
 pub use callbacks::CallbackWork;
 pub use evidence::{chains_in, read_log, verify_log, LogReader, Verdict};
@@ -425,12 +427,9 @@ impl Store {
     /// own and without anyone waiting: for evidence that must not hold up an exchange (the
     /// records of a plain synchronous exchange, peers' receipts). A failure is logged
     /// as `what`. Many exchanges' records share one commit, and the writer is woken once for them.
-    fn defer<F>(&self, what: &'static str, f: F)
-    where
-        F: FnOnce(&Tx) -> Result<(), StoreError> + Send + 'static,
-    {
+    fn defer(&self, what: &'static str, record: Rendered) {
         let mut deferred = self.deferred.lock().unwrap();
-        deferred.push(deferred_job(self.deferred.clone(), what, f));
+        deferred.push(deferred_job(self.deferred.clone(), what, record));
         if deferred.len() == 1 {
             let _ = self.jobs.send(None);
         }
@@ -442,26 +441,42 @@ impl Store {
     }
 }
 
-/// The job of [`Store::defer`]: `f` in the transaction it is given. Given none (the database
-/// cannot be reached), it is queued again, with the deferred jobs of the next transaction: a
-/// record is not lost to a database that restarts.
-fn deferred_job<F>(queue: Arc<std::sync::Mutex<Vec<Job>>>, what: &'static str, f: F) -> Job
-where
-    F: FnOnce(&Tx) -> Result<(), StoreError> + Send + 'static,
-{
+/// The job of [`Store::defer`]: `record` appended in the transaction it is given. When that
+/// transaction does not commit, or none could begin (the database cannot be reached), the record
+/// is queued again for the next one: a record is not lost to a database that restarts. At most
+/// [`MAX_KEPT`] wait so; past that, a record is dropped, and the log says so.
+fn deferred_job(queue: Arc<std::sync::Mutex<Vec<Job>>>, what: &'static str, record: Rendered) -> Job {
+    let again = move |queue: Arc<std::sync::Mutex<Vec<Job>>>, record: Rendered| {
+        let mut waiting = queue.lock().unwrap();
+        if waiting.len() < MAX_KEPT {
+            waiting.push(deferred_job(queue.clone(), what, record));
+        } else {
+            tracing::error!("{what} is not recorded: {MAX_KEPT} records already wait for the store");
+        }
+    };
     Box::new(move |t, _| {
         let Some(t) = t else {
-            tracing::warn!("{what} is kept to be recorded in the next transaction");
-            queue.lock().unwrap().push(deferred_job(queue.clone(), what, f));
+            again(queue, record);
             return (false, Box::new(|_| {}));
         };
-        let done = f(t);
+        let kept = record.clone();
+        let done = t.record(record);
         if let Err(e) = &done {
             tracing::error!(error = %e, "cannot record {what}");
         }
-        (done.is_ok(), Box::new(|_| {}))
+        let answer = move |failed: Option<&NotCommitted>| {
+            if failed.is_some() {
+                again(queue, kept);
+            }
+        };
+        (done.is_ok(), if done.is_ok() { Box::new(answer) as Answer } else { Box::new(|_| {}) })
     })
 }
+
+/// The most deferred records kept in memory while the store cannot commit them.
+const MAX_KEPT: usize = 100_000;
+/// How soon deferred records that could not be committed are tried again, with no other job.
+const RETRY_KEPT: Duration = Duration::from_secs(1);
 
 /// What the writer's queue carries: a job, or word that deferred jobs are waiting.
 type Message = Option<(Durability, Job)>;
@@ -520,8 +535,15 @@ fn writer(
             state.commit(&mut all, needed, &publish);
         }
         emptied = all;
+        let kept = deferred.lock().unwrap().len();
         if stopping {
+            if kept > 0 {
+                tracing::error!("{kept} evidence record(s) could not be stored before the store stopped");
+            }
             return;
+        }
+        if kept > 0 && due.is_none() {
+            due = Some(std::time::Instant::now() + RETRY_KEPT);
         }
     }
 }
@@ -561,14 +583,18 @@ impl Writer {
         }
         let mut events = Vec::new();
         let t = match self.conn.begin(sql::Begin::Write { durable: needed == Durability::Full }) {
-            Ok(t) => Tx {
-                t,
-                member: &self.member,
-                log: self.log.as_ref(),
-                head: std::cell::RefCell::new(self.head.take()),
-                at: std::cell::OnceCell::new(),
-                aborted: std::cell::Cell::new(false),
-            },
+            Ok(t) => {
+                // A cached head may be gone on another server (a failover): it is read again.
+                let head = if t.reconnected() { None } else { self.head.take() };
+                Tx {
+                    t,
+                    member: &self.member,
+                    log: self.log.as_ref(),
+                    head: std::cell::RefCell::new(head),
+                    at: std::cell::OnceCell::new(),
+                    aborted: std::cell::Cell::new(false),
+                }
+            }
             Err(e) => {
                 tracing::error!(error = %e, "the store cannot begin a transaction");
                 let why = NotCommitted { why: format!("no transaction could begin: {e}"), disk_full: e.is_disk_full() };
@@ -605,6 +631,11 @@ impl Writer {
             .err();
         let committed = failed.is_none();
         self.head = if committed { chain_head.into_inner() } else { None };
+        if let (false, Some(log)) = (committed, &self.log) {
+            // Records of a transaction that aborted before its block was appended; their
+            // chain is read again from the store.
+            log.borrow_mut().discard();
+        }
         for answer in answers {
             answer(failed.as_ref());
         }
@@ -723,7 +754,7 @@ mod tests {
     async fn deferred_records_are_committed_on_their_own_and_by_a_flush() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_for_test(dir.path());
-        let record = |id: String| move |t: &Tx| t.record(Entry::new("request", "out", "org-b", &id));
+        let record = |id: String| Entry::new("request", "out", "org-b", &id).render();
         store.defer("a test record", record("r1".into()));
         let started = std::time::Instant::now();
         while log(&store).is_empty() {
@@ -766,14 +797,32 @@ mod tests {
             "ALTER DATABASE {name} ALLOW_CONNECTIONS false;
              SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = '{name}'"
         ));
-        store.defer("a test record", |t: &Tx| t.record(Entry::new("request", "out", "org-b", "kept")));
+        store.defer("a test record", Entry::new("request", "out", "org-b", "kept").render());
         let refused = store.flush().await.expect_err("no transaction can begin");
         assert!(refused.to_string().contains("no transaction could begin"), "{refused}");
         admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
         store.flush().await.unwrap();
         let records = log(&store);
-        assert_eq!(records.len(), 1, "{records:?}");
-        assert!(records[0].1.contains("\"kept\""), "{records:?}");
+        assert!(records.len() == 1 && records[0].1.contains("\"kept\""), "{records:?}");
+        assert_eq!(verify(records, &HashMap::new(), None), Ok(Intact { records: 1, ..Intact::default() }));
+    }
+
+    /// A deferred record whose transaction does not commit (PostgreSQL aborted it: another job's
+    /// statement was refused) is kept for the next one.
+    #[tokio::test]
+    async fn a_deferred_record_outlives_a_transaction_that_did_not_commit() {
+        let Some(url) = test_postgres::database_or_skip("a_deferred_record_outlives…") else { return };
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::Postgres { url, member: "m".into(), readers: 8, ca: None };
+        let store = Store::open_at(&location, dir.path(), true).unwrap();
+        store.defer("a test record", Entry::new("request", "out", "org-b", "kept").render());
+        // Taken with the record, in one transaction, which the server's refusal aborts.
+        let refused = store.run(|t, _| t.exec("SELECT 1/0", sql::params![])).await;
+        assert!(refused.is_err());
+        store.flush().await.unwrap();
+        let records = log(&store);
+        assert!(records.len() == 1 && records[0].1.contains("\"kept\""), "{records:?}");
+        assert_eq!(verify(records, &HashMap::new(), None), Ok(Intact { records: 1, ..Intact::default() }));
     }
 
     /// A log kept one record per row (schema 4) goes on in rows of a commit each, one chain.

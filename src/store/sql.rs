@@ -379,8 +379,11 @@ impl Connection {
                     Begin::Write { durable: false } => "BEGIN; SET LOCAL synchronous_commit TO OFF",
                     Begin::Write { durable: true } => "BEGIN",
                 };
+                let mut reconnected = false;
                 if let Err(e) = pg.client.batch_execute(start) {
                     if !pg.client.is_closed() {
+                        // `BEGIN` may have run before what followed it failed.
+                        let _ = pg.client.batch_execute("ROLLBACK");
                         return Err(e.into());
                     }
                     tracing::warn!(
@@ -389,11 +392,13 @@ impl Connection {
                     );
                     pg.client = connect(&pg.url, pg.ca.as_deref())?;
                     pg.prepared.clear();
+                    reconnected = true;
                     pg.client.batch_execute(start)?;
                     tracing::info!("connected to the store again");
                 }
                 let PgConnection { client, prepared, .. } = &mut **pg;
-                Ok(Sql::Postgres { t: RefCell::new(PgTx { client, open: true }), prepared: RefCell::new(prepared) })
+                let t = PgTx { client, open: true, reconnected };
+                Ok(Sql::Postgres { t: RefCell::new(t), prepared: RefCell::new(prepared) })
             }
         }
     }
@@ -403,6 +408,8 @@ impl Connection {
 pub(crate) struct PgTx<'c> {
     client: &'c mut postgres::Client,
     open: bool,
+    /// Begun on a connection made again: the server may be another (a failover).
+    reconnected: bool,
 }
 
 impl Drop for PgTx<'_> {
@@ -432,6 +439,12 @@ impl Sql<'_> {
     /// Whether this is PostgreSQL, whose few statements that differ are chosen by it.
     pub(crate) fn is_postgres(&self) -> bool {
         matches!(self, Sql::Postgres { .. })
+    }
+
+    /// Whether the connection was made again to begin this transaction (PostgreSQL's server
+    /// dropped it): what was read before may be gone, if a replica took over.
+    pub(crate) fn reconnected(&self) -> bool {
+        matches!(self, Sql::Postgres { t, .. } if t.borrow().reconnected)
     }
 
     /// What a claim's inner `SELECT` ends with: on PostgreSQL, where members claim work side by

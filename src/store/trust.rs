@@ -266,7 +266,7 @@ impl Store {
             return;
         }
         let served = exchange_record("in", peer, member, request, payload_sha256, mask, answer);
-        self.defer("a synchronous exchange", move |t| t.record(served));
+        self.defer("a synchronous exchange", served);
     }
 
     /// Records, on the requesting node, a synchronous exchange that reached the peer: one
@@ -285,6 +285,6 @@ impl Store {
         }
         let payload = payload.unwrap_or_else(|| wire::payload_sha256(request));
         let exchanged = exchange_record("out", peer, member, request, payload, &[], answer);
-        self.defer("a synchronous exchange", move |t| t.record(exchanged));
+        self.defer("a synchronous exchange", exchanged);
     }
 }
