@@ -373,33 +373,64 @@ impl Connection {
                 Ok(Sql::Sqlite(rusqlite::Transaction::new_unchecked(c, behavior)?))
             }
             Connection::Postgres(pg) => {
-                // One round trip.
+                // One round trip; a write learns its transaction's id, to ask after a commit in doubt.
                 let start = match kind {
                     Begin::Read => "START TRANSACTION ISOLATION LEVEL REPEATABLE READ, READ ONLY",
-                    Begin::Write { durable: false } => "BEGIN; SET LOCAL synchronous_commit TO OFF",
-                    Begin::Write { durable: true } => "BEGIN",
+                    Begin::Write { durable: false } => {
+                        "BEGIN; SET LOCAL synchronous_commit TO OFF; SELECT txid_current()::text"
+                    }
+                    Begin::Write { durable: true } => "BEGIN; SELECT txid_current()::text",
                 };
                 let mut reconnected = false;
-                if let Err(e) = pg.client.batch_execute(start) {
-                    if !pg.client.is_closed() {
+                let xid = match begun(&mut pg.client, start) {
+                    Ok(xid) => xid,
+                    Err(e) if !pg.client.is_closed() => {
                         // `BEGIN` may have run before what followed it failed.
                         let _ = pg.client.batch_execute("ROLLBACK");
                         return Err(e.into());
                     }
-                    tracing::warn!(
-                        error = super::postgres_error(&e),
-                        "the store's connection was lost; connecting again"
-                    );
-                    pg.client = connect(&pg.url, pg.ca.as_deref())?;
-                    pg.prepared.clear();
-                    reconnected = true;
-                    pg.client.batch_execute(start)?;
-                    tracing::info!("connected to the store again");
-                }
-                let PgConnection { client, prepared, .. } = &mut **pg;
-                let t = PgTx { client, open: true, reconnected };
+                    Err(e) => {
+                        tracing::warn!(
+                            error = super::postgres_error(&e),
+                            "the store's connection was lost; connecting again"
+                        );
+                        pg.client = connect(&pg.url, pg.ca.as_deref())?;
+                        pg.prepared.clear();
+                        reconnected = true;
+                        let xid = begun(&mut pg.client, start)?;
+                        tracing::info!("connected to the store again");
+                        xid
+                    }
+                };
+                let PgConnection { client, prepared, url, ca } = &mut **pg;
+                let t = PgTx { client, open: true, reconnected, xid, url, ca: ca.as_deref() };
                 Ok(Sql::Postgres { t: RefCell::new(t), prepared: RefCell::new(prepared) })
             }
+        }
+    }
+}
+
+/// Runs `start`, which begins a transaction: the transaction's id if it selects one.
+fn begun(client: &mut postgres::Client, start: &str) -> Result<Option<i64>, postgres::Error> {
+    let xid = client.simple_query(start)?.into_iter().find_map(|m| match m {
+        postgres::SimpleQueryMessage::Row(row) => row.get(0).and_then(|x| x.parse().ok()),
+        _ => None,
+    });
+    Ok(xid)
+}
+
+/// Whether transaction `xid`, whose `COMMIT` lost its connection before the answer came, was
+/// committed: asked on a new connection, once the server has finished it.
+fn committed_in_doubt(url: &str, ca: Option<&Path>, xid: i64) -> Result<bool, StoreError> {
+    let mut client = connect(url, ca)?;
+    let began = std::time::Instant::now();
+    loop {
+        let status: Option<String> = client.query_one("SELECT txid_status($1)", &[&xid])?.get(0);
+        match status.as_deref() {
+            Some("in progress") if began.elapsed() < Duration::from_secs(10) => {
+                std::thread::sleep(Duration::from_millis(50))
+            }
+            status => return Ok(status == Some("committed")),
         }
     }
 }
@@ -410,6 +441,11 @@ pub(crate) struct PgTx<'c> {
     open: bool,
     /// Begun on a connection made again: the server may be another (a failover).
     reconnected: bool,
+    /// The transaction's id (writes), and where to ask whether it committed when its `COMMIT`
+    /// lost the connection.
+    xid: Option<i64>,
+    url: &'c str,
+    ca: Option<&'c Path>,
 }
 
 impl Drop for PgTx<'_> {
@@ -554,9 +590,25 @@ impl Sql<'_> {
             Sql::Sqlite(t) => Ok(t.commit()?),
             Sql::Postgres { t, .. } => {
                 let mut t = t.into_inner();
-                t.client.batch_execute("COMMIT")?;
+                let done = t.client.batch_execute("COMMIT");
                 t.open = false;
-                Ok(())
+                match (done, t.xid) {
+                    (Ok(()), _) => Ok(()),
+                    // The server may have committed before the connection went: a write told
+                    // "not stored" that was stored would be sent again by its host.
+                    (Err(e), Some(xid)) if t.client.is_closed() => match committed_in_doubt(t.url, t.ca, xid) {
+                        Ok(true) => {
+                            tracing::warn!(xid, "the store's connection went during a commit, which took effect");
+                            Ok(())
+                        }
+                        Ok(false) => Err(e.into()),
+                        Err(asked) => Err(StoreError::Io(format!(
+                            "the connection went during a commit, and whether it took effect is unknown ({asked}): {}",
+                            super::postgres_error(&e)
+                        ))),
+                    },
+                    (Err(e), _) => Err(e.into()),
+                }
             }
         }
     }
@@ -712,6 +764,26 @@ mod tests {
         std::fs::write(&other, "not a certificate").unwrap();
         let err = Connection::postgres(&url, Some(&other)).err().unwrap().to_string();
         assert!(err.contains("holds no certificate") && err.contains("the CA that signed"), "{err}");
+    }
+
+    /// A transaction whose `COMMIT` lost its connection is asked after by its id: committed, or
+    /// not (rolled back, or never committed).
+    #[test]
+    fn a_commit_in_doubt_is_asked_after_by_its_transaction_id() {
+        let Some(url) = test_postgres::database_or_skip("a commit in doubt") else { return };
+        let mut conn = Connection::postgres(&url, None).unwrap();
+        let xid = |t: &Sql<'_>| match t {
+            Sql::Postgres { t, .. } => t.borrow().xid.expect("a write knows its transaction id"),
+            Sql::Sqlite(_) => unreachable!(),
+        };
+        let t = conn.begin(Begin::Write { durable: true }).unwrap();
+        let kept = xid(&t);
+        t.commit().unwrap();
+        let t = conn.begin(Begin::Write { durable: false }).unwrap();
+        let dropped = xid(&t);
+        drop(t);
+        assert!(committed_in_doubt(&url, None, kept).unwrap());
+        assert!(!committed_in_doubt(&url, None, dropped).unwrap());
     }
 
     /// Someone between the member and its database answers "no TLS here": the member says
