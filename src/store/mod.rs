@@ -772,18 +772,27 @@ mod tests {
         assert_eq!(ids, (1..=50).map(|i| format!("\"r{i}\"")).collect::<Vec<_>>());
     }
 
+    /// A store of member `m` on the PostgreSQL database at `url`, and its folder.
+    fn store_at(url: &str) -> (tempfile::TempDir, Store) {
+        let dir = tempfile::tempdir().unwrap();
+        let location = Location::Postgres { url: url.to_owned(), member: "m".into(), readers: 8, ca: None };
+        let store = Store::open_at(&location, dir.path(), true).unwrap();
+        (dir, store)
+    }
+
+    /// The log holds the record `kept`, and only it, in an intact chain.
+    fn only_kept_in_chain(store: &Store) {
+        let records = log(store);
+        assert!(records.len() == 1 && records[0].1.contains("\"kept\""), "{records:?}");
+        assert_eq!(verify(records, &HashMap::new(), None), Ok(Intact { records: 1, ..Intact::default() }));
+    }
+
     /// A deferred record (a synchronous exchange's, a peer's receipt) waits while no transaction
     /// can begin, the database refusing connections, and is committed once one can.
     #[tokio::test]
     async fn a_deferred_record_waits_out_a_database_that_cannot_be_reached() {
         let Some(url) = test_postgres::database_or_skip("a_deferred_record_waits_out…") else { return };
-        let dir = tempfile::tempdir().unwrap();
-        let store = Store::open_at(
-            &Location::Postgres { url: url.clone(), member: "m".into(), readers: 8, ca: None },
-            dir.path(),
-            true,
-        )
-        .unwrap();
+        let (_dir, store) = store_at(&url);
         let name = url.rsplit('/').next().unwrap().to_owned();
         let admin = |sql: String| {
             let url = url.replace(&format!("/{name}"), "/postgres");
@@ -802,9 +811,7 @@ mod tests {
         assert!(refused.to_string().contains("no transaction could begin"), "{refused}");
         admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
         store.flush().await.unwrap();
-        let records = log(&store);
-        assert!(records.len() == 1 && records[0].1.contains("\"kept\""), "{records:?}");
-        assert_eq!(verify(records, &HashMap::new(), None), Ok(Intact { records: 1, ..Intact::default() }));
+        only_kept_in_chain(&store);
     }
 
     /// A deferred record whose transaction does not commit (PostgreSQL aborted it: another job's
@@ -812,17 +819,13 @@ mod tests {
     #[tokio::test]
     async fn a_deferred_record_outlives_a_transaction_that_did_not_commit() {
         let Some(url) = test_postgres::database_or_skip("a_deferred_record_outlives…") else { return };
-        let dir = tempfile::tempdir().unwrap();
-        let location = Location::Postgres { url, member: "m".into(), readers: 8, ca: None };
-        let store = Store::open_at(&location, dir.path(), true).unwrap();
+        let (_dir, store) = store_at(&url);
         store.defer("a test record", Entry::new("request", "out", "org-b", "kept").render());
         // Taken with the record, in one transaction, which the server's refusal aborts.
         let refused = store.run(|t, _| t.exec("SELECT 1/0", sql::params![])).await;
         assert!(refused.is_err());
         store.flush().await.unwrap();
-        let records = log(&store);
-        assert!(records.len() == 1 && records[0].1.contains("\"kept\""), "{records:?}");
-        assert_eq!(verify(records, &HashMap::new(), None), Ok(Intact { records: 1, ..Intact::default() }));
+        only_kept_in_chain(&store);
     }
 
     /// A log kept one record per row (schema 4) goes on in rows of a commit each, one chain.
