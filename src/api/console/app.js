@@ -695,7 +695,15 @@
       const old = existing.get(s.id);
       // A row being changed keeps its controls; it shows the new values once saved or closed.
       if (old && old.querySelector(".editor:not([hidden])")) return old;
-      return serviceRow(s);
+      const row = serviceRow(s);
+      // The line saying what the last change did stays with its row (and the row keeps its shape).
+      const said = old?.querySelector(".status");
+      if (said) {
+        const status = row.querySelector(".status");
+        status.textContent = said.textContent;
+        status.className = said.className;
+      }
+      return row;
     });
     if (rows.length === 0) rows.push(el("tr", {}, el("td", { colSpan: 5, class: "muted", text: "no service is configured" })));
     body.replaceChildren(...rows);
@@ -739,11 +747,8 @@
         status.textContent = e.message;
       }
       save.disabled = false;
-      // The row shows the node's table after the reload; the status line stays with it.
-      const line = status.textContent, cls = status.className;
+      // The row shows the node's table after the reload, its status line carried over.
       await refreshServices();
-      const row = document.querySelector(`#services tr[data-service="${CSS.escape(s.id)}"] .status`);
-      if (row) { row.textContent = line; row.className = cls; }
     });
     return el("tr", { "data-service": s.id },
       el("td", {}, el("code", { text: s.id })),
