@@ -21,8 +21,6 @@ const MAX_CLAIM: usize = 512;
 const STREAMS_PER_PEER: usize = 128;
 /// How long a message sent before the node began to stop may still wait for its acknowledgement.
 const STOP_GRACE: Duration = Duration::from_secs(2);
-/// The pauses before recording a peer's acknowledgement again when the store failed to.
-const ACK_RETRIES: [Duration; 3] = [Duration::from_millis(100), Duration::from_millis(500), Duration::from_secs(2)];
 
 impl Link {
     /// Claims due work from the store and carries it, until `stop`; then waits, briefly, for
@@ -120,19 +118,8 @@ impl Link {
                     let store = &self.inner.store;
                     let recorded = match answer {
                         Ok(ack) => {
-                            let member = peer.member_of(&connection);
-                            let mut recorded = store.acknowledged(&peer.name, member.as_deref(), ack.clone(), &work).await;
-                            // The peer has it: a store that failed for a moment (its database
-                            // restarting) is asked again, rather than the message waiting out its
-                            // lease to be sent again.
-                            for pause in ACK_RETRIES {
-                                if recorded.is_ok() {
-                                    break;
-                                }
-                                tokio::time::sleep(pause).await;
-                                recorded = store.acknowledged(&peer.name, member.as_deref(), ack.clone(), &work).await;
-                            }
-                            recorded
+                            store.acknowledged(&peer.name, peer.member_of(&connection).as_deref(), ack, &work);
+                            Ok(())
                         }
                         Err(LinkFailure::Refused(refusal)) => self.record_refusal(&peer, work, refusal, refuser).await,
                         // The connection went (the peer restarted, or the path broke): not this

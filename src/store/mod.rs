@@ -423,13 +423,21 @@ impl Store {
         rx.await.map_err(|_| StoreError::Stopped)?
     }
 
-    /// Runs `f` in a transaction of the writer within [`DEFER_WITHIN`], without an fsync of its
-    /// own and without anyone waiting: for evidence that must not hold up an exchange (the
-    /// records of a plain synchronous exchange, peers' receipts). A failure is logged
-    /// as `what`. Many exchanges' records share one commit, and the writer is woken once for them.
+    /// Appends `record` in a transaction of the writer within [`DEFER_WITHIN`], without an
+    /// fsync of its own and without anyone waiting: for evidence that must not hold up an
+    /// exchange (the records of a plain synchronous exchange, peers' receipts). A failure is
+    /// logged as `what`. Many exchanges' records share one commit, and the writer is woken once
+    /// for them.
     fn defer(&self, what: &'static str, record: Rendered) {
+        self.defer_change(what, Arc::new(move |t, _| t.record(record.clone())));
+    }
+
+    /// Makes `change` in a transaction of the writer within [`DEFER_WITHIN`], like
+    /// [`Store::defer`]: for a change that only spares work once committed (a peer's
+    /// acknowledgement), so that none needs a commit of its own or holds up its task.
+    fn defer_change(&self, what: &'static str, change: Deferred) {
         let mut deferred = self.deferred.lock().unwrap();
-        deferred.push(deferred_job(self.deferred.clone(), what, record));
+        deferred.push(deferred_job(self.deferred.clone(), what, change));
         if deferred.len() == 1 {
             let _ = self.jobs.send(None);
         }
@@ -441,39 +449,41 @@ impl Store {
     }
 }
 
-/// The job of [`Store::defer`]: `record` appended in the transaction it is given. When that
-/// transaction does not commit, or none could begin (the database cannot be reached), the record
-/// is queued again for the next one: a record is not lost to a database that restarts. At most
-/// [`MAX_KEPT`] wait so; past that, a record is dropped, and the log says so.
-fn deferred_job(queue: Arc<std::sync::Mutex<Vec<Job>>>, what: &'static str, record: Rendered) -> Job {
-    let again = move |queue: Arc<std::sync::Mutex<Vec<Job>>>, record: Rendered| {
+/// A change of [`Store::defer_change`]; it may be made again, in another transaction.
+type Deferred = Arc<dyn Fn(&Tx, &mut Vec<Event>) -> Result<(), StoreError> + Send + Sync>;
+
+/// The job of [`Store::defer_change`]: `change` made in the transaction it is given. When that
+/// transaction does not commit, or none could begin (the database cannot be reached), the change
+/// is queued again for the next one: it is not lost to a database that restarts. At most
+/// [`MAX_KEPT`] wait so; past that, a change is dropped, and the log says so.
+fn deferred_job(queue: Arc<std::sync::Mutex<Vec<Job>>>, what: &'static str, change: Deferred) -> Job {
+    let again = move |queue: Arc<std::sync::Mutex<Vec<Job>>>, change: Deferred| {
         let mut waiting = queue.lock().unwrap();
         if waiting.len() < MAX_KEPT {
-            waiting.push(deferred_job(queue.clone(), what, record));
+            waiting.push(deferred_job(queue.clone(), what, change));
         } else {
-            tracing::error!("{what} is not recorded: {MAX_KEPT} records already wait for the store");
+            tracing::error!("{what} is not recorded: {MAX_KEPT} changes already wait for the store");
         }
     };
-    Box::new(move |t, _| {
+    Box::new(move |t, events| {
         let Some(t) = t else {
-            again(queue, record);
+            again(queue, change);
             return (false, Box::new(|_| {}));
         };
-        let kept = record.clone();
-        let done = t.record(record);
+        let done = change(t, events);
         if let Err(e) = &done {
             tracing::error!(error = %e, "cannot record {what}");
         }
         let answer = move |failed: Option<&NotCommitted>| {
             if failed.is_some() {
-                again(queue, kept);
+                again(queue, change);
             }
         };
         (done.is_ok(), if done.is_ok() { Box::new(answer) as Answer } else { Box::new(|_| {}) })
     })
 }
 
-/// The most deferred records kept in memory while the store cannot commit them.
+/// The most deferred changes kept in memory while the store cannot commit them.
 const MAX_KEPT: usize = 100_000;
 /// How soon deferred records that could not be committed are tried again, with no other job.
 const RETRY_KEPT: Duration = Duration::from_secs(1);
@@ -538,7 +548,7 @@ fn writer(
         let kept = deferred.lock().unwrap().len();
         if stopping {
             if kept > 0 {
-                tracing::error!("{kept} evidence record(s) could not be stored before the store stopped");
+                tracing::error!("{kept} deferred change(s) (evidence records, peers' acknowledgements) could not be stored before the store stopped");
             }
             return;
         }
@@ -787,12 +797,17 @@ mod tests {
         assert_eq!(verify(records, &HashMap::new(), None), Ok(Intact { records: 1, ..Intact::default() }));
     }
 
-    /// A deferred record (a synchronous exchange's, a peer's receipt) waits while no transaction
-    /// can begin, the database refusing connections, and is committed once one can.
+    /// A deferred record (a synchronous exchange's, a peer's receipt) and a peer's
+    /// acknowledgement wait while no transaction can begin, the database refusing connections,
+    /// and are committed once one can.
     #[tokio::test]
     async fn a_deferred_record_waits_out_a_database_that_cannot_be_reached() {
         let Some(url) = test_postgres::database_or_skip("a_deferred_record_waits_out…") else { return };
         let (_dir, store) = store_at(&url);
+        let mut request = queue::fixtures::new_async("r1");
+        request.callback = None;
+        store.insert_outgoing(request).await.unwrap();
+        let [sent] = store.claim_outbound(10).await.unwrap().try_into().unwrap();
         let name = url.rsplit('/').next().unwrap().to_owned();
         let admin = |sql: String| {
             let url = url.replace(&format!("/{name}"), "/postgres");
@@ -807,11 +822,16 @@ mod tests {
              SELECT pg_terminate_backend(pid, 10000) FROM pg_stat_activity WHERE datname = '{name}'"
         ));
         store.defer("a test record", Entry::new("request", "out", "org-b", "kept").render());
+        store.acknowledged("org-b", None, crate::wire::Ack { id: "r1".into(), seq: 0 }, &sent);
         let refused = store.flush().await.expect_err("no transaction can begin");
         assert!(refused.to_string().contains("no transaction could begin"), "{refused}");
         admin(format!("ALTER DATABASE {name} ALLOW_CONNECTIONS true"));
         store.flush().await.unwrap();
-        only_kept_in_chain(&store);
+        assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing", "the acknowledgement was kept");
+        let records = log(&store);
+        assert_eq!(records.len(), 2, "{records:?}");
+        assert!(records[0].1.contains("\"kept\"") && records[1].1.contains("\"r1\""), "{records:?}");
+        assert_eq!(verify(records, &HashMap::new(), None), Ok(Intact { records: 2, ..Intact::default() }));
     }
 
     /// A deferred record whose transaction does not commit (PostgreSQL aborted it: another job's

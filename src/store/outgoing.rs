@@ -247,15 +247,11 @@ impl Store {
     }
 
     /// The peer persisted request `id` (`seq` 0) or its reply `seq`: `work`, as it was sent,
-    /// goes into the evidence log. Committed without an fsync, like the claim
-    /// ([`Store::claim_outbound`]): lost to a power cut, the message is sent and acknowledged again.
-    pub async fn acknowledged(
-        &self,
-        peer: &str,
-        member: Option<&str>,
-        ack: wire::Ack,
-        work: &OutboundWork,
-    ) -> Result<(), StoreError> {
+    /// goes into the evidence log. Recorded in the writer's next transaction, deferred and
+    /// without an fsync ([`Store::defer_change`]): nothing waits for it, and lost to a power cut
+    /// it only means the message is sent and acknowledged again, which the peer takes once.
+    /// Until it commits, the claim's lease keeps the message from being sent again.
+    pub fn acknowledged(&self, peer: &str, member: Option<&str>, ack: wire::Ack, work: &OutboundWork) {
         let entry = self.rendered(|| match work {
             OutboundWork::Request { message, .. } => {
                 request_record("out", peer, member, &message.request, wire::payload_sha256(&message.request), &[])
@@ -266,9 +262,13 @@ impl Store {
         });
         let peer = peer.to_owned();
         self.transfers.end(&peer, &ack.id);
-        self.run_relaxed(move |t, events| {
-            t.record(entry)?;
-            if ack.seq == 0 {
+        self.defer_change(
+            "a peer's acknowledgement",
+            std::sync::Arc::new(move |t, events| {
+                t.record(entry.clone())?;
+                if ack.seq != 0 {
+                    return replies::acknowledged(t, &peer, &ack.id, ack.seq);
+                }
                 let now = now_ms();
                 let changed = exec(
                     t,
@@ -289,12 +289,9 @@ impl Store {
                         params![peer, ack.id, now],
                     )?;
                 }
-            } else {
-                replies::acknowledged(t, &peer, &ack.id, ack.seq)?;
-            }
-            Ok(())
-        })
-        .await
+                Ok(())
+            }),
+        );
     }
 
     /// Sending `work` failed; try again at `at` (ms since the epoch).
@@ -433,7 +430,8 @@ mod tests {
         };
         assert_eq!(message.request, new_async("r1").request);
         assert!(store.claim_outbound(10).await.unwrap().is_empty(), "leased while in flight");
-        store.acknowledged("org-b", None, wire::Ack { id: "r1".into(), seq: 0 }, work).await.unwrap();
+        store.acknowledged("org-b", None, wire::Ack { id: "r1".into(), seq: 0 }, work);
+        store.flush().await.unwrap();
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing");
         store.recover().await.unwrap();
         assert!(store.claim_outbound(10).await.unwrap().is_empty(), "acknowledged: not sent again");
@@ -530,7 +528,8 @@ mod tests {
         store.file_progress("org-b", "r1", 100, 100, Some([7; 32])).await.unwrap();
         assert!(store.transfers_moving().is_empty(), "through");
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing");
-        store.acknowledged("org-b", None, wire::Ack { id: "r1".into(), seq: 0 }, &work).await.unwrap();
+        store.acknowledged("org-b", None, wire::Ack { id: "r1".into(), seq: 0 }, &work);
+        store.flush().await.unwrap();
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing");
         store.recover().await.unwrap();
         assert_eq!(store.get("r1").await.unwrap().unwrap().state, "doing", "acknowledged: a restart keeps it");

@@ -451,7 +451,8 @@ mod tests {
         store.resend_later(carried.clone()).await.unwrap();
         store.recover().await.unwrap();
         assert_eq!(store.claim_outbound(10).await.unwrap().len(), 1, "not acknowledged: carried again");
-        store.acknowledged("org-a", None, wire::Ack { id: "r1".into(), seq: 1 }, work).await.unwrap();
+        store.acknowledged("org-a", None, wire::Ack { id: "r1".into(), seq: 1 }, work);
+        store.flush().await.unwrap();
         store.recover().await.unwrap();
         assert!(store.claim_outbound(10).await.unwrap().is_empty(), "acknowledged: done with");
     }
