@@ -60,7 +60,10 @@
 //!
 //! Every stream reset and connection close uses a [`Code`].
 
+use std::borrow::Cow;
+
 use serde::{Deserialize, Serialize};
+use serde_json::value::RawValue;
 use thiserror::Error;
 use tokio::io::{AsyncRead, AsyncReadExt, AsyncWrite, AsyncWriteExt};
 
@@ -703,15 +706,17 @@ pub struct Response {
 }
 
 impl Response {
-    /// The body for a host: JSON when the Content-Type says so and it parses, text when it is
-    /// UTF-8, else base64 (and then the returned encoding is `Some("base64")`).
-    pub fn body_value(&self) -> (serde_json::Value, Option<&'static str>) {
+    /// The body for a host: the service's JSON as it was sent, when the Content-Type says so and
+    /// it parses; else its text as a JSON string when it is UTF-8; else base64 of its bytes (and
+    /// then the returned encoding is `Some("base64")`). JSON is only checked, never rebuilt.
+    pub fn body_json(&self) -> (Cow<'_, RawValue>, Option<&'static str>) {
         use base64::Engine;
+        let string = |text: &str| Cow::Owned(serde_json::value::to_raw_value(text).expect("a string serializes"));
         let is_json = self.headers.iter().any(|(k, v)| k == "content-type" && v.contains("json"));
         match (is_json, std::str::from_utf8(&self.body)) {
-            (true, Ok(text)) => (serde_json::from_str(text).unwrap_or_else(|_| text.into()), None),
-            (false, Ok(text)) => (text.into(), None),
-            (_, Err(_)) => (base64::engine::general_purpose::STANDARD.encode(&self.body).into(), Some("base64")),
+            (true, Ok(text)) => (serde_json::from_str(text).map_or_else(|_| string(text), Cow::Borrowed), None),
+            (false, Ok(text)) => (string(text), None),
+            (_, Err(_)) => (string(&base64::engine::general_purpose::STANDARD.encode(&self.body)), Some("base64")),
         }
     }
 
@@ -1102,6 +1107,31 @@ pub async fn read<R: AsyncRead + Unpin, M: Frame>(input: &mut R) -> Result<M, Fr
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    /// A service's body as a host gets it: JSON copied as it was sent (its numbers exactly),
+    /// anything else as a JSON string, bytes that are not UTF-8 as base64.
+    #[test]
+    fn a_body_is_json_as_sent_else_a_string() {
+        let body = |content_type: &str, body: &[u8]| {
+            let response = Response {
+                status: 200,
+                headers: vec![("content-type".into(), content_type.into())],
+                body: body.to_vec(),
+                replay_of: None,
+            };
+            let (json, encoding) = response.body_json();
+            (json.get().to_owned(), encoding)
+        };
+        let json = "application/json";
+        assert_eq!(
+            body(json, b" {\"n\": 1.50, \"big\": 123456789012345678901234567890}\n").0,
+            "{\"n\": 1.50, \"big\": 123456789012345678901234567890}"
+        );
+        assert_eq!(body(json, b"{\"n\": 1"), ("\"{\\\"n\\\": 1\"".to_owned(), None), "not JSON: a string");
+        assert_eq!(body(json, b"{} {}").0, "\"{} {}\"", "two values are not one");
+        assert_eq!(body("text/plain", b"{\"a\":1}"), ("\"{\\\"a\\\":1}\"".to_owned(), None));
+        assert_eq!(body("text/plain", &[0xff, 0]), ("\"/wA=\"".to_owned(), Some("base64")));
+    }
 
     fn request() -> Opening {
         Opening::Request(Request {

@@ -28,7 +28,14 @@ pub fn store_failed(what: &str, e: &crate::store::StoreError) -> ApiError {
 
 /// An answer with `code: 0`: `msg` and `data` as given.
 pub fn ok(status: StatusCode, msg: &str, data: impl Serialize) -> Response {
-    (status, Json(json!({"code": 0, "msg": msg, "data": data}))).into_response()
+    /// Written straight out, without a JSON tree in between.
+    #[derive(Serialize)]
+    struct Answer<'a, T> {
+        code: u8,
+        msg: &'a str,
+        data: T,
+    }
+    (status, Json(Answer { code: 0, msg, data })).into_response()
 }
 
 /// Parses a JSON object request body, naming the field that is wrong.

@@ -5,7 +5,7 @@ use std::time::Duration;
 
 use axum::extract::State;
 use axum::http::{HeaderMap, HeaderValue, StatusCode};
-use axum::response::{IntoResponse, Response};
+use axum::response::Response;
 use serde::Deserialize;
 use serde_json::{json, Map, Value};
 
@@ -376,22 +376,33 @@ fn form_number(n: serde_json::Number) -> FormValue {
 /// The 200 answer: the service's status, headers and body (JSON, text or base64). A stored answer
 /// to an idempotency key names the earlier request's id and says `"replayed": true`.
 fn answer(id: &str, response: wire::Response) -> Response {
-    let id = response.replay_of.as_deref().unwrap_or(id);
-    let (body, encoding) = response.body_value();
-    let headers = response.headers_json();
-    let deprecation = response.headers.iter().find(|(k, _)| k == "deprecation").map(|(_, v)| v.clone());
-    let mut data = json!({"id": id, "status": response.status, "headers": headers, "body": body});
-    if let Some(e) = encoding {
-        data["body_encoding"] = e.into();
+    /// The answer's `data`, written straight out: the service's JSON body is copied, not rebuilt.
+    #[derive(serde::Serialize)]
+    struct Answered<'a> {
+        id: &'a str,
+        status: u16,
+        headers: Map<String, Value>,
+        body: std::borrow::Cow<'a, serde_json::value::RawValue>,
+        #[serde(skip_serializing_if = "Option::is_none")]
+        body_encoding: Option<&'static str>,
+        #[serde(skip_serializing_if = "std::ops::Not::not")]
+        replayed: bool,
     }
-    if response.replay_of.is_some() {
-        data["replayed"] = true.into();
-    }
+    let (body, body_encoding) = response.body_json();
+    let data = Answered {
+        id: response.replay_of.as_deref().unwrap_or(id),
+        status: response.status,
+        headers: response.headers_json(),
+        body,
+        body_encoding,
+        replayed: response.replay_of.is_some(),
+    };
     let mut reply = ok(StatusCode::OK, "ActionOK", data);
-    if let Some(value) = deprecation.and_then(|v| HeaderValue::from_str(&v).ok()) {
+    let deprecation = response.headers.iter().find(|(k, _)| k == "deprecation");
+    if let Some(value) = deprecation.and_then(|(_, v)| HeaderValue::from_str(v).ok()) {
         reply.headers_mut().insert("deprecation", value);
     }
-    reply.into_response()
+    reply
 }
 
 /// The API error for a failed exchange.

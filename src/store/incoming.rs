@@ -220,7 +220,7 @@ impl Store {
                     if !ok {
                         fail(t, events, row, &format!("the service answered HTTP {}", response.status), None)?;
                     } else if !reply {
-                        let data = response.body_value().0.to_string();
+                        let data = response.body_json().0.get().to_owned();
                         push_reply(t, row, Some(&data), None, Some(response.status), true, Due::Peer)?;
                         exec(t, "UPDATE requests SET state = 'success' WHERE seq = ?1", [row])?;
                         state_event(events, &id, &peer, State::Success);
@@ -270,7 +270,7 @@ fn replay_results(
         params![row, now, peer, earlier],
     )?;
     if copied == 0 {
-        let data = response.body_value().0.to_string();
+        let data = response.body_json().0.get().to_owned();
         push_reply(t, row, Some(&data), None, Some(response.status), true, Due::Peer)?;
     }
     state_event(events, id, peer, State::Success);

@@ -157,7 +157,7 @@ fn view(r: &Row) -> Result<Viewed, StoreError> {
                 r.get::<Option<String>>(15)?.and_then(|h| serde_json::from_str(&h).ok()).unwrap_or_default();
             let body: Vec<u8> = r.get::<Option<Vec<u8>>>(16)?.unwrap_or_default();
             let response = wire::Response { status, headers, body, replay_of: None };
-            let (body, encoding) = response.body_value();
+            let (body, encoding) = response.body_json();
             let mut v = json!({"status": status, "headers": response.headers_json(), "body": body});
             if let Some(e) = encoding {
                 v["body_encoding"] = e.into();
