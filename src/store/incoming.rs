@@ -184,11 +184,30 @@ impl Store {
         let (peer, id) = (peer.to_owned(), id.to_owned());
         self.run(move |t, events| {
             // Only while this member still holds the call: a member taken over (silent too long)
-            // finds the request failed by another, and its answer is not used.
+            // finds the request failed by another, and its answer is not used. The answer, and the
+            // success a plain request ends in, are written by the same change of its row.
+            let answered = match &outcome {
+                ServiceOutcome::Answered(r) => {
+                    Some((r.status, serde_json::to_string(&r.headers).unwrap_or_default(), &r.body, r.is_success()))
+                }
+                _ => None,
+            };
             let held: Option<(i64, bool)> = query_row(t,
-                "UPDATE requests SET updated_at = ?4 WHERE direction = 'incoming' AND peer = ?1 AND id = ?2
+                "UPDATE requests SET updated_at = ?4, response_status = COALESCE(?5, response_status),
+                    response_headers = COALESCE(?6, response_headers), response_body = COALESCE(?7, response_body),
+                    state = CASE WHEN ?8 = 1 AND reply = 0 THEN 'success' ELSE state END
+                 WHERE direction = 'incoming' AND peer = ?1 AND id = ?2
                  AND state = 'doing' AND (CAST(?3 AS TEXT) = '' OR lease_holder = ?3) RETURNING seq, reply",
-                params![peer, id, t.member(), now_ms()],
+                params![
+                    peer,
+                    id,
+                    t.member(),
+                    now_ms(),
+                    answered.as_ref().map(|a| a.0),
+                    answered.as_ref().map(|a| &a.1),
+                    answered.as_ref().map(|a| a.2),
+                    answered.as_ref().map_or(0, |a| a.3 as i64),
+                ],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )
             .optional()?;
@@ -206,25 +225,16 @@ impl Store {
                     state_event(events, &id, &peer, State::Waiting);
                 }
                 ServiceOutcome::Failed(why) => fail(t, events, row, &why, None)?,
+                ServiceOutcome::Answered(response) if !response.is_success() => {
+                    fail(t, events, row, &format!("the service answered HTTP {}", response.status), None)?
+                }
+                // A reply-mode request waits for the service's replies.
+                ServiceOutcome::Answered(_) if reply => {}
                 ServiceOutcome::Answered(response) => {
-                    if response.is_success() && !reply {
-                        settle_key(t, &peer, &id, Some(&response))?;
-                    }
-                    let headers = serde_json::to_string(&response.headers).unwrap_or_default();
-                    exec(t,
-                        "UPDATE requests SET response_status = ?2, response_headers = ?3, response_body = ?4, updated_at = ?5
-                         WHERE seq = ?1",
-                        params![row, response.status, headers, response.body, now_ms()],
-                    )?;
-                    let ok = response.is_success();
-                    if !ok {
-                        fail(t, events, row, &format!("the service answered HTTP {}", response.status), None)?;
-                    } else if !reply {
-                        let data = response.body_json().0.get().to_owned();
-                        push_reply(t, row, Some(&data), None, Some(response.status), true, Due::Peer)?;
-                        exec(t, "UPDATE requests SET state = 'success' WHERE seq = ?1", [row])?;
-                        state_event(events, &id, &peer, State::Success);
-                    }
+                    settle_key(t, &peer, &id, Some(&response))?;
+                    let data = response.body_json().0.get().to_owned();
+                    push_reply(t, row, Some(&data), None, Some(response.status), true, Due::Peer)?;
+                    state_event(events, &id, &peer, State::Success);
                 }
             }
             Ok(())
@@ -281,6 +291,7 @@ fn replay_results(
 mod tests {
     use super::*;
     use crate::store::queue::fixtures::{incoming, service};
+    use crate::store::OutboundWork;
 
     /// A request the peer sends again (its acknowledgement was lost) is known, and its service
     /// is called once.
@@ -300,6 +311,55 @@ mod tests {
         assert!(calls[0].callback_id.is_some(), "reply mode: the service answers with a callback id");
         assert_eq!(admit().await.unwrap(), Admission::Known);
         assert!(store.claim_incoming(10).await.unwrap().is_empty(), "called once");
+    }
+
+    /// The service's answer is kept with the request. A plain request ends in success with one
+    /// reply due to the requesting node, its data the service's JSON; an answer that is not 2xx
+    /// fails it; a reply-mode request is still under way, waiting for the service's replies.
+    #[tokio::test]
+    async fn the_services_answer_ends_a_plain_request_and_not_a_reply_mode_one() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_for_test(dir.path());
+        let answer = |status: u16| {
+            ServiceOutcome::Answered(wire::Response {
+                status,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: br#"{"done": 1.50}"#.to_vec(),
+                replay_of: None,
+            })
+        };
+        for (id, reply, status) in [("plain", false, 200), ("refused", false, 503), ("replying", true, 200)] {
+            let mut message = incoming(id);
+            message.reply = reply;
+            store.insert_incoming("org-a", None, message, None, &service(), [0; 32]).await.unwrap();
+            assert_eq!(store.claim_incoming(10).await.unwrap().len(), 1);
+            store.service_answered("org-a", id, answer(status)).await.unwrap();
+            if !reply {
+                // Ended, it is no longer held: an answer that comes again changes nothing.
+                store.service_answered("org-a", id, answer(500)).await.unwrap();
+            }
+        }
+        let view = |id: &'static str| {
+            let store = store.clone();
+            async move {
+                let v = store.get(id).await.unwrap().unwrap();
+                (v.state, v.error, v.response.unwrap()["status"].clone(), v.replies.map_or(0, |r| r.len()))
+            }
+        };
+        assert_eq!(view("plain").await, ("success".into(), None, 200.into(), 1));
+        let failed = ("failed".into(), Some("the service answered HTTP 503".into()), 503.into(), 1);
+        assert_eq!(view("refused").await, failed, "its failure is carried back");
+        assert_eq!(view("replying").await, ("doing".into(), None, 200.into(), 0));
+        let carried = store.claim_outbound(10).await.unwrap();
+        let data: Vec<_> = carried
+            .iter()
+            .map(|w| match w {
+                OutboundWork::Reply { message, .. } => (message.id.as_str(), message.data.clone(), message.end),
+                other => panic!("{other:?}"),
+            })
+            .collect();
+        assert_eq!(data[0], ("plain", Some(r#"{"done": 1.50}"#.into()), true), "{data:?}");
+        assert_eq!(data.len(), 2, "{data:?}");
     }
 
     /// A service that cannot be reached leaves the request waiting, due again at the time given.
