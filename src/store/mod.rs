@@ -485,7 +485,7 @@ fn deferred_job(queue: Arc<std::sync::Mutex<Vec<Job>>>, what: &'static str, chan
 
 /// The most deferred changes kept in memory while the store cannot commit them.
 const MAX_KEPT: usize = 100_000;
-/// How soon deferred records that could not be committed are tried again, with no other job.
+/// How soon deferred changes that could not be committed are tried again, with no other job.
 const RETRY_KEPT: Duration = Duration::from_secs(1);
 
 /// What the writer's queue carries: a job, or word that deferred jobs are waiting.
