@@ -369,13 +369,6 @@ impl Store {
                     params![row, reply.seq, file, f.name, f.field, f.size as i64, hex::encode(f.sha256)],
                 )?;
             }
-            if let Some(response) = &reply.response {
-                let headers = serde_json::to_string(&response.headers).unwrap_or_default();
-                exec(t,
-                    "UPDATE requests SET response_status = ?2, response_headers = ?3, response_body = ?4 WHERE seq = ?1",
-                    params![row, response.status, headers, response.body],
-                )?;
-            }
             let data = reply.data.as_deref().and_then(|d| serde_json::from_str(d).ok()).unwrap_or(Value::Null);
             events.push(Event::Reply {
                 id: reply.id.clone(),
@@ -390,14 +383,29 @@ impl Store {
                 (None, true) => Some(State::Success),
                 (None, false) => None,
             };
+            // The service's response (the first reply of a plain request carries it) is stored
+            // by the change that ends the request, or alone if there is none.
+            let response = reply.response.as_ref();
+            let (status, body) = (response.map(|r| r.status), response.map(|r| &r.body));
+            let headers = response.map(|r| serde_json::to_string(&r.headers).unwrap_or_default());
             if let Some(state) = state {
-                exec(t,
-                    "UPDATE requests SET state = ?2, error = ?3, updated_at = ?4, next_attempt_at = NULL
+                let ended = exec(t,
+                    "UPDATE requests SET state = ?2, error = ?3, updated_at = ?4, next_attempt_at = NULL,
+                        response_status = COALESCE(?5, response_status), response_headers = COALESCE(?6, response_headers),
+                        response_body = COALESCE(?7, response_body)
                      WHERE seq = ?1 AND state IN ('waiting', 'doing')",
-                    params![row, state.as_str(), reply.error, now_ms()],
+                    params![row, state.as_str(), reply.error, now_ms(), status, headers, body],
                 )?;
-                state_event(events, &reply.id, &peer, state);
-                return Ok(Some(Duration::from_millis((now_ms() - created_at).max(0) as u64)));
+                if ended > 0 {
+                    state_event(events, &reply.id, &peer, state);
+                    return Ok(Some(Duration::from_millis((now_ms() - created_at).max(0) as u64)));
+                }
+            }
+            if response.is_some() {
+                exec(t,
+                    "UPDATE requests SET response_status = ?2, response_headers = ?3, response_body = ?4 WHERE seq = ?1",
+                    params![row, status, headers, body],
+                )?;
             }
             Ok(None)
         })
@@ -425,6 +433,48 @@ mod tests {
         assert_eq!(view.state, "success");
         assert_eq!(view.replies.unwrap().len(), 1);
         assert_eq!(store.claim_callbacks(10).await.unwrap().len(), 1, "delivered once");
+    }
+
+    /// The reply that ends a plain request stores the service's response with its success. One
+    /// that comes after the request ended (refused, expired) changes nothing, and no one is told
+    /// of a success: the failure was the request's last reply.
+    #[tokio::test]
+    async fn the_last_reply_stores_the_response_and_ends_only_a_request_under_way() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_for_test(dir.path());
+        let mut events = store.subscribe();
+        let answered = |id: &str| {
+            let mut last = reply(id, 1, true);
+            last.response = Some(wire::Response {
+                status: 201,
+                headers: vec![("content-type".into(), "application/json".into())],
+                body: b"{}".to_vec(),
+                replay_of: None,
+            });
+            last
+        };
+        for id in ["r1", "r2"] {
+            let mut request = new_async(id);
+            request.reply = false;
+            store.insert_outgoing(request).await.unwrap();
+        }
+        store.refused("org-b", "r2", "not allowed".into(), 403).await.unwrap();
+        let took = store.received_reply("org-b", None, answered("r1"), None, [0; 32]).await.unwrap();
+        assert!(took.is_some(), "the last reply ends the request");
+        let late = store.received_reply("org-b", None, answered("r2"), None, [0; 32]).await.unwrap();
+        assert_eq!(late, None, "it had ended");
+        let view = store.get("r1").await.unwrap().unwrap();
+        assert_eq!((view.state.as_str(), view.response.unwrap()["status"].clone()), ("success", 201.into()));
+        let view = store.get("r2").await.unwrap().unwrap();
+        assert_eq!((view.state.as_str(), view.response, view.replies.unwrap().len()), ("failed", None, 1));
+        let states: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
+            .filter_map(|e| match e {
+                Event::State { id, state, .. } => Some((id, state)),
+                _ => None,
+            })
+            .collect();
+        let want = [("r1", State::Waiting), ("r2", State::Waiting), ("r2", State::Failed), ("r1", State::Success)];
+        assert_eq!(states, want.map(|(id, state)| (id.to_owned(), state)));
     }
 
     /// A service's reply is carried to the requesting node until it acknowledges it; the first
