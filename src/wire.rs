@@ -714,7 +714,7 @@ impl Response {
         let string = |text: &str| Cow::Owned(serde_json::value::to_raw_value(text).expect("a string serializes"));
         let is_json = self.headers.iter().any(|(k, v)| k == "content-type" && v.contains("json"));
         match (is_json, std::str::from_utf8(&self.body)) {
-            (true, Ok(text)) => (serde_json::from_str(text).map_or_else(|_| string(text), Cow::Borrowed), None),
+            (true, Ok(text)) => (json_as_sent(text).map_or_else(|| string(text), Cow::Borrowed), None),
             (false, Ok(text)) => (string(text), None),
             (_, Err(_)) => (string(&base64::engine::general_purpose::STANDARD.encode(&self.body)), Some("base64")),
         }
@@ -736,6 +736,34 @@ impl Response {
     pub fn is_success(&self) -> bool {
         (200..300).contains(&self.status)
     }
+}
+
+/// `text` as one JSON value, if serde_json reads it as one: checked, not built. Checking alone
+/// passes what reading refuses (lone surrogates in `\u` escapes, nesting past 128 levels), and
+/// a view of the request reads it, so text with either is read in full before it passes.
+fn json_as_sent(text: &str) -> Option<&RawValue> {
+    let raw: &RawValue = serde_json::from_str(text).ok()?;
+    let plain = !text.contains("\\u") && nesting(text) < 100;
+    (plain || serde_json::from_str::<serde_json::Value>(text).is_ok()).then_some(raw)
+}
+
+/// The deepest nesting of arrays and objects in JSON `text`, brackets in strings aside.
+fn nesting(text: &str) -> usize {
+    let (mut depth, mut deepest, mut in_string, mut escaped) = (0usize, 0, false, false);
+    for b in text.bytes() {
+        match (in_string, b) {
+            (true, _) if escaped => escaped = false,
+            (true, b'\\') => escaped = true,
+            (_, b'"') => in_string = !in_string,
+            (false, b'[' | b'{') => {
+                depth += 1;
+                deepest = deepest.max(depth);
+            }
+            (false, b']' | b'}') => depth = depth.saturating_sub(1),
+            _ => {}
+        }
+    }
+    deepest
 }
 
 /// Why the receiving node did not relay a service's answer.
@@ -1131,6 +1159,21 @@ mod tests {
         assert_eq!(body(json, b"{} {}").0, "\"{} {}\"", "two values are not one");
         assert_eq!(body("text/plain", b"{\"a\":1}"), ("\"{\\\"a\\\":1}\"".to_owned(), None));
         assert_eq!(body("text/plain", &[0xff, 0]), ("\"/wA=\"".to_owned(), Some("base64")));
+        // What serde_json checks but would not read stays text, so a view of it reads it.
+        assert_eq!(body(json, br#"{"a":"\ud83d\ude00"}"#).0, r#"{"a":"\ud83d\ude00"}"#, "a surrogate pair");
+        assert_eq!(body(json, br#"{"a":"\ud800"}"#).0, r#""{\"a\":\"\\ud800\"}""#, "a lone surrogate");
+        let nested = |depth: usize| format!("{}{}", "[".repeat(depth), "]".repeat(depth));
+        assert_eq!(body(json, nested(120).as_bytes()).0, nested(120));
+        assert_eq!(body(json, nested(200).as_bytes()).0, format!("\"{}\"", nested(200)));
+        for text in [r#"{"a":"\ud800"}"#.to_owned(), nested(200), nested(120), r#"{"b":"]]\"[["}"#.into()] {
+            let response = Response {
+                status: 200,
+                headers: vec![("content-type".into(), json.into())],
+                body: text.clone().into_bytes(),
+                replay_of: None,
+            };
+            assert!(serde_json::to_value(response.body_json().0).is_ok(), "{text}");
+        }
     }
 
     fn request() -> Opening {

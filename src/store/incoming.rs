@@ -185,7 +185,9 @@ impl Store {
         self.run(move |t, events| {
             // Only while this member still holds the call: a member taken over (silent too long)
             // finds the request failed by another, and its answer is not used. The answer, and the
-            // success a plain request ends in, are written by the same change of its row.
+            // success a plain request ends in, are written by the same change of its row. (Should
+            // queueing its reply then fail, SQLite keeps that change, as it keeps what any failed
+            // job wrote before it failed: the requesting node's ttl then ends the request.)
             let answered = match &outcome {
                 ServiceOutcome::Answered(r) => {
                     Some((r.status, serde_json::to_string(&r.headers).unwrap_or_default(), &r.body, r.is_success()))

@@ -7,9 +7,10 @@
 //! that changes it; everyone else holds a cheap,
 //! cloneable [`Store`] handle that sends it jobs. The writer runs every job waiting in its queue
 //! inside one transaction and commits once (group commit), and only then answers the jobs and
-//! publishes their [`Event`]s: an answer from the store means the change is on disk. Evidence no
-//! one waits for (both nodes' records of a plain synchronous exchange, peers' receipts) is
-//! deferred: it joins the next transaction, or one of its own within 20 ms. Read views do not
+//! publishes their [`Event`]s: an answer from the store means the change is on disk. Changes no
+//! one waits for (both nodes' records of a plain synchronous exchange, peers' receipts, peers'
+//! acknowledgements of messages) are deferred: they join the next transaction, or one of their
+//! own within 20 ms. Read views do not
 //! queue behind the writer: they run on read-only connections of their own (`reader`), and see
 //! every change answered before they began.
 //!
@@ -433,11 +434,12 @@ impl Store {
     }
 
     /// Makes `change` in a transaction of the writer within [`DEFER_WITHIN`], like
-    /// [`Store::defer`]: for a change that only spares work once committed (a peer's
-    /// acknowledgement), so that none needs a commit of its own or holds up its task.
+    /// [`Store::defer`]: for a change no one waits for (a peer's acknowledgement and its
+    /// evidence record), so that none needs a commit of its own or holds up its task. It may be
+    /// made twice, if the first transaction fails after it.
     fn defer_change(&self, what: &'static str, change: Deferred) {
         let mut deferred = self.deferred.lock().unwrap();
-        deferred.push(deferred_job(self.deferred.clone(), what, change));
+        deferred.push(deferred_job(self.deferred.clone(), what, change, 0));
         if deferred.len() == 1 {
             let _ = self.jobs.send(None);
         }
@@ -453,35 +455,47 @@ impl Store {
 type Deferred = Arc<dyn Fn(&Tx, &mut Vec<Event>) -> Result<(), StoreError> + Send + Sync>;
 
 /// The job of [`Store::defer_change`]: `change` made in the transaction it is given. When that
-/// transaction does not commit, or none could begin (the database cannot be reached), the change
-/// is queued again for the next one: it is not lost to a database that restarts. At most
-/// [`MAX_KEPT`] wait so; past that, a change is dropped, and the log says so.
-fn deferred_job(queue: Arc<std::sync::Mutex<Vec<Job>>>, what: &'static str, change: Deferred) -> Job {
-    let again = move |queue: Arc<std::sync::Mutex<Vec<Job>>>, change: Deferred| {
+/// transaction does not commit, or none could begin (the database cannot be reached, or restarted
+/// under it), the change is queued again for the next one: it is not lost to a database that
+/// restarts. At most [`MAX_KEPT`] wait so; past that, a change is dropped, and the log says so. A
+/// change whose own statement failed is dropped once its transaction committed without it (SQLite
+/// goes on past a failed statement), or after [`OWN_FAILURES`] transactions that it aborted.
+fn deferred_job(
+    queue: Arc<std::sync::Mutex<Vec<Job>>>,
+    what: &'static str,
+    change: Deferred,
+    own_failures: u32,
+) -> Job {
+    let again = move |queue: Arc<std::sync::Mutex<Vec<Job>>>, change: Deferred, own_failures: u32| {
         let mut waiting = queue.lock().unwrap();
         if waiting.len() < MAX_KEPT {
-            waiting.push(deferred_job(queue.clone(), what, change));
+            waiting.push(deferred_job(queue.clone(), what, change, own_failures));
         } else {
             tracing::error!("{what} is not recorded: {MAX_KEPT} changes already wait for the store");
         }
     };
     Box::new(move |t, events| {
         let Some(t) = t else {
-            again(queue, change);
+            again(queue, change, own_failures);
             return (false, Box::new(|_| {}));
         };
         let done = change(t, events);
+        let own_failures = own_failures + u32::from(done.is_err());
         if let Err(e) = &done {
             tracing::error!(error = %e, "cannot record {what}");
         }
         let answer = move |failed: Option<&NotCommitted>| {
-            if failed.is_some() {
-                again(queue, change);
+            if failed.is_some() && own_failures < OWN_FAILURES {
+                again(queue, change, own_failures);
             }
         };
-        (done.is_ok(), if done.is_ok() { Box::new(answer) as Answer } else { Box::new(|_| {}) })
+        (done.is_ok(), Box::new(answer) as Answer)
     })
 }
+
+/// How many transactions a deferred change whose own statement fails may abort before it is
+/// dropped: a connection lost in the middle fails a statement too, and is worth another try.
+const OWN_FAILURES: u32 = 3;
 
 /// The most deferred changes kept in memory while the store cannot commit them.
 const MAX_KEPT: usize = 100_000;

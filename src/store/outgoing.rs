@@ -249,8 +249,9 @@ impl Store {
     /// The peer persisted request `id` (`seq` 0) or its reply `seq`: `work`, as it was sent,
     /// goes into the evidence log. Recorded in the writer's next transaction, deferred and
     /// without an fsync like the evidence of a synchronous exchange: nothing waits for it, and
-    /// lost to a power cut it only means the message is sent and acknowledged again, which the
-    /// peer takes once. Until it commits, the claim's lease keeps the message from being sent again.
+    /// lost to a power cut or a kill it only means the message is sent and acknowledged again
+    /// after the restart, which the peer takes once. Until it commits, the claim's lease keeps the
+    /// message from being sent again.
     pub fn acknowledged(&self, peer: &str, member: Option<&str>, ack: wire::Ack, work: &OutboundWork) {
         let entry = self.rendered(|| match work {
             OutboundWork::Request { message, .. } => {

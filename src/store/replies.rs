@@ -436,15 +436,15 @@ mod tests {
     }
 
     /// The reply that ends a plain request stores the service's response with its success. One
-    /// that comes after the request ended (refused, expired) changes nothing, and no one is told
-    /// of a success: the failure was the request's last reply.
+    /// that comes after the request ended (here refused, which was its first reply) keeps its
+    /// response but ends nothing, and no one is told of a success.
     #[tokio::test]
     async fn the_last_reply_stores_the_response_and_ends_only_a_request_under_way() {
         let dir = tempfile::tempdir().unwrap();
         let store = Store::open_for_test(dir.path());
         let mut events = store.subscribe();
-        let answered = |id: &str| {
-            let mut last = reply(id, 1, true);
+        let answered = |id: &str, seq: u32| {
+            let mut last = reply(id, seq, true);
             last.response = Some(wire::Response {
                 status: 201,
                 headers: vec![("content-type".into(), "application/json".into())],
@@ -459,14 +459,15 @@ mod tests {
             store.insert_outgoing(request).await.unwrap();
         }
         store.refused("org-b", "r2", "not allowed".into(), 403).await.unwrap();
-        let took = store.received_reply("org-b", None, answered("r1"), None, [0; 32]).await.unwrap();
+        let took = store.received_reply("org-b", None, answered("r1", 1), None, [0; 32]).await.unwrap();
         assert!(took.is_some(), "the last reply ends the request");
-        let late = store.received_reply("org-b", None, answered("r2"), None, [0; 32]).await.unwrap();
+        let late = store.received_reply("org-b", None, answered("r2", 2), None, [0; 32]).await.unwrap();
         assert_eq!(late, None, "it had ended");
         let view = store.get("r1").await.unwrap().unwrap();
         assert_eq!((view.state.as_str(), view.response.unwrap()["status"].clone()), ("success", 201.into()));
         let view = store.get("r2").await.unwrap().unwrap();
-        assert_eq!((view.state.as_str(), view.response, view.replies.unwrap().len()), ("failed", None, 1));
+        let response = view.response.unwrap()["status"].clone();
+        assert_eq!((view.state.as_str(), response, view.replies.unwrap().len()), ("failed", 201.into(), 2));
         let states: Vec<_> = std::iter::from_fn(|| events.try_recv().ok())
             .filter_map(|e| match e {
                 Event::State { id, state, .. } => Some((id, state)),
