@@ -446,4 +446,31 @@ mod tests {
             assert_eq!(number(text), FormValue::Number(text.into()), "{text}");
         }
     }
+
+    /// The sync answer as a host reads it (API.md): the envelope, then `data` with the service's
+    /// JSON body as the service sent it, its spacing and numbers kept; a replayed answer names
+    /// the earlier request and says so; a deprecated service's header is passed on.
+    #[tokio::test]
+    async fn a_sync_answer_carries_the_services_json_as_sent() {
+        let response = |replay_of: Option<&str>| wire::Response {
+            status: 201,
+            headers: vec![("content-type".into(), "application/json".into()), ("deprecation".into(), "true".into())],
+            body: br#"{"n": 1.50, "big": 123456789012345678901234567890}"#.to_vec(),
+            replay_of: replay_of.map(str::to_owned),
+        };
+        let text = |reply: Response| async move {
+            assert_eq!(reply.headers()["deprecation"], "true");
+            let bytes = axum::body::to_bytes(reply.into_body(), usize::MAX).await.unwrap();
+            String::from_utf8(bytes.to_vec()).unwrap()
+        };
+        assert_eq!(
+            text(answer("r1", response(None))).await,
+            r#"{"code":0,"msg":"ActionOK","data":{"id":"r1","status":201,"headers":{"content-type":"application/json","deprecation":"true"},"body":{"n": 1.50, "big": 123456789012345678901234567890}}}"#
+        );
+        let replayed = text(answer("r2", response(Some("r1")))).await;
+        assert!(
+            replayed.contains(r#"{"id":"r1","status":201"#) && replayed.ends_with(r#","replayed":true}}"#),
+            "{replayed}"
+        );
+    }
 }

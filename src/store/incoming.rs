@@ -5,7 +5,7 @@
 use super::sql::{params, OptionalExtension};
 
 use super::queue::{fail, state_event};
-use super::replies::{push_reply, Due};
+use super::replies::{push_reply, response_columns, Due};
 use super::stored;
 use super::trust::{admit, settle_key, Admission};
 use super::{exec, now_ms, query_row, Event, FormFile, State, Store, StoreError, Tx};
@@ -189,11 +189,10 @@ impl Store {
             // queueing its reply then fail, SQLite keeps that change, as it keeps what any failed
             // job wrote before it failed: the requesting node's ttl then ends the request.)
             let answered = match &outcome {
-                ServiceOutcome::Answered(r) => {
-                    Some((r.status, serde_json::to_string(&r.headers).unwrap_or_default(), &r.body, r.is_success()))
-                }
+                ServiceOutcome::Answered(r) => Some(r),
                 _ => None,
             };
+            let (status, headers, body) = response_columns(answered);
             let held: Option<(i64, bool)> = query_row(t,
                 "UPDATE requests SET updated_at = ?4, response_status = COALESCE(?5, response_status),
                     response_headers = COALESCE(?6, response_headers), response_body = COALESCE(?7, response_body),
@@ -205,10 +204,10 @@ impl Store {
                     id,
                     t.member(),
                     now_ms(),
-                    answered.as_ref().map(|a| a.0),
-                    answered.as_ref().map(|a| &a.1),
-                    answered.as_ref().map(|a| a.2),
-                    answered.as_ref().map_or(0, |a| a.3 as i64),
+                    status,
+                    headers,
+                    body,
+                    answered.is_some_and(|r| r.is_success()) as i64,
                 ],
                 |r| Ok((r.get(0)?, r.get(1)?)),
             )

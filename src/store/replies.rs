@@ -385,9 +385,7 @@ impl Store {
             };
             // The service's response (the first reply of a plain request carries it) is stored
             // by the change that ends the request, or alone if there is none.
-            let response = reply.response.as_ref();
-            let (status, body) = (response.map(|r| r.status), response.map(|r| &r.body));
-            let headers = response.map(|r| serde_json::to_string(&r.headers).unwrap_or_default());
+            let (status, headers, body) = response_columns(reply.response.as_ref());
             if let Some(state) = state {
                 let ended = exec(t,
                     "UPDATE requests SET state = ?2, error = ?3, updated_at = ?4, next_attempt_at = NULL,
@@ -401,7 +399,7 @@ impl Store {
                     return Ok(Some(Duration::from_millis((now_ms() - created_at).max(0) as u64)));
                 }
             }
-            if response.is_some() {
+            if status.is_some() {
                 exec(t,
                     "UPDATE requests SET response_status = ?2, response_headers = ?3, response_body = ?4 WHERE seq = ?1",
                     params![row, status, headers, body],
@@ -413,6 +411,13 @@ impl Store {
         self.wake.callbacks.notify_one();
         Ok(took)
     }
+}
+
+/// A service's response as the columns `response_status`, `response_headers` (JSON) and
+/// `response_body` keep it; all `None` without one.
+pub(super) fn response_columns(response: Option<&wire::Response>) -> (Option<u16>, Option<String>, Option<&[u8]>) {
+    let headers = response.map(|r| serde_json::to_string(&r.headers).unwrap_or_default());
+    (response.map(|r| r.status), headers, response.map(|r| r.body.as_slice()))
 }
 
 #[cfg(test)]
