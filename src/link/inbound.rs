@@ -131,6 +131,7 @@ async fn stream(
     mut send: quinn::SendStream,
     mut recv: quinn::RecvStream,
 ) {
+    let _open = super::runtime::OpenStream::new();
     let opening: Opening = match tokio::time::timeout(FIRST_FRAME_WITHIN, wire::read(&mut recv)).await {
         Err(_) => return reset(&mut send, &mut recv, Code::Stalled),
         Ok(Err(e @ FrameError::Misplaced { .. })) => {

@@ -16,6 +16,7 @@ mod inbound;
 mod outbound;
 mod receipts;
 mod rollover;
+mod runtime;
 mod transport;
 mod upload;
 
@@ -106,7 +107,7 @@ impl Link {
             endpoint_config(keys.load().for_peer(false)),
             Some(Arc::unwrap_or_clone(server)),
             socket,
-            Arc::new(quinn::TokioRuntime),
+            Arc::new(runtime::Gathering),
         )?;
         Ok(Link {
             inner: Arc::new(Inner {

@@ -85,6 +85,7 @@ pub(super) async fn ask<T>(
     frame: &[u8],
     expected: impl FnOnce(Answer) -> Option<T>,
 ) -> Result<T, LinkFailure> {
+    let _open = super::runtime::OpenStream::new();
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(frame).await?;
     let _ = send.finish();
