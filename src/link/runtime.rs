@@ -9,7 +9,6 @@
 //! gathered"). It does so only while several streams are open ([`OpenStream`]): a lone request has
 //! nothing to wait for, and the yield would cost it a poll for I/O at each step.
 
-use std::fmt;
 use std::future::Future;
 use std::io;
 use std::pin::Pin;
@@ -19,7 +18,7 @@ use std::task::{Context, Poll};
 use std::time::Instant;
 
 /// quinn's tokio runtime, except that the tasks it spawns (the connection and endpoint drivers)
-/// yield once each time they are woken, before they run.
+/// yield once each time they are woken while several streams are open, before they run.
 #[derive(Debug)]
 pub(super) struct Gathering;
 
@@ -81,12 +80,6 @@ impl Future for YieldFirst {
         }
         self.yielded = false;
         self.future.as_mut().poll(cx)
-    }
-}
-
-impl fmt::Debug for YieldFirst {
-    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("YieldFirst").field("yielded", &self.yielded).finish_non_exhaustive()
     }
 }
 
