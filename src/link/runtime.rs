@@ -36,7 +36,8 @@ impl quinn::Runtime for Gathering {
     }
 }
 
-/// Streams open on this process's links, as [`OpenStream`] counts them.
+/// Message streams open on this process's links (a file's transfer stream is not counted), as
+/// [`OpenStream`] counts them.
 static OPEN_STREAMS: AtomicUsize = AtomicUsize::new(0);
 
 /// Counts a message's stream as open for as long as it lives: while another stream is open, a
