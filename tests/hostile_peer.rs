@@ -58,6 +58,19 @@ async fn protocol_violations_reset_the_stream_and_spare_the_connection() {
     assert_eq!(seen[0].headers["x-ferry-peer"], "rogue", "the peer is named by its certificate");
 }
 
+/// A node reads a well-formed message's stream to its end: it stops none of them, which would
+/// cost a STOP_SENDING frame, and a datagram each way, for every message.
+#[tokio::test]
+async fn a_node_reads_each_message_to_its_end() {
+    let (rogue, _b, _service, _root) = rogue_and_node().await;
+    for _ in 0..3 {
+        let good = wire::encode(&request(wire::PROTOCOL_VERSION)).unwrap();
+        assert!(matches!(rogue.send(&good).await, Ok(Answer::Response(_))));
+    }
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(rogue.connection.stats().frame_rx.stop_sending, 0);
+}
+
 #[tokio::test]
 async fn a_hostile_path_cannot_reach_another_host() {
     let (rogue, _b, service, _root) = rogue_and_node().await;

@@ -149,6 +149,9 @@ async fn stream(
         return reset(&mut send, &mut recv, Code::VersionMismatch);
     }
     peer.seen();
+    if !matches!(opening, Opening::FileOffer(_)) {
+        super::read_end(&mut recv);
+    }
     let from = Origin { peer: &peer, member: member.as_deref() };
     let answer = match opening {
         Opening::Request(request) => inbound.request(from, &request).await,

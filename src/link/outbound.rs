@@ -89,7 +89,9 @@ pub(super) async fn ask<T>(
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(frame).await?;
     let _ = send.finish();
-    let unexpected = match wire::read(&mut recv).await {
+    let answer = wire::read(&mut recv).await;
+    super::read_end(&mut recv);
+    let unexpected = match answer {
         Ok(Answer::Refused(refusal)) => return Err(LinkFailure::Refused(refusal)),
         Ok(answer) => match expected(answer) {
             Some(answer) => return Ok(answer),
@@ -100,4 +102,62 @@ pub(super) async fn ask<T>(
     };
     let _ = recv.stop(Code::ProtocolViolation.varint());
     Err(unexpected)
+}
+
+#[cfg(test)]
+mod tests {
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    use super::*;
+    use crate::identity::{Fingerprint, Identity};
+    use crate::peer::{Peer, Peers};
+
+    /// A message and its answer each go on a stream read to its end on both sides, so neither
+    /// side stops the other's half with a STOP_SENDING frame (a datagram of its own each way).
+    #[tokio::test]
+    async fn an_asked_stream_is_read_to_its_end_on_both_sides() {
+        let (server_id, client_id) = (Identity::generate("server").unwrap(), Identity::generate("client").unwrap());
+        let peers = Peers::default();
+        peers.insert(Peer::new("client", ["127.0.0.1:9"], [client_id.cert.clone()]));
+        let tls = crate::tls::server_config(&server_id, peers).unwrap();
+        let tls = quinn::crypto::rustls::QuicServerConfig::try_from(tls).unwrap();
+        let server =
+            quinn::Endpoint::server(quinn::ServerConfig::with_crypto(Arc::new(tls)), "127.0.0.1:0".parse().unwrap())
+                .unwrap();
+        let tls = crate::tls::client_config(&client_id, Fingerprint::of(&server_id.cert)).unwrap();
+        let mut client = quinn::Endpoint::client("127.0.0.1:0".parse().unwrap()).unwrap();
+        client.set_default_client_config(quinn::ClientConfig::new(Arc::new(
+            quinn::crypto::rustls::QuicClientConfig::try_from(tls).unwrap(),
+        )));
+        let to = server.local_addr().unwrap();
+        let dialing = client.connect(to, crate::tls::SERVER_NAME).unwrap();
+        let accepting = async { server.accept().await.unwrap().await.unwrap() };
+        let (connection, accepted) = tokio::join!(async { dialing.await.unwrap() }, accepting);
+        let answering = tokio::spawn(async move {
+            let (mut send, mut recv) = accepted.accept_bi().await.unwrap();
+            let asked: Answer = wire::read(&mut recv).await.unwrap();
+            super::super::read_end(&mut recv);
+            wire::write(&mut send, &asked).await.unwrap();
+            send.finish().unwrap();
+            accepted
+        });
+
+        let ack = wire::Ack { id: "r1".into(), seq: 0 };
+        let frame = wire::encode(&Answer::Ack(ack.clone())).unwrap();
+        let answer = ask(&connection, &frame, |answer| match answer {
+            Answer::Ack(ack) => Some(ack),
+            _ => None,
+        })
+        .await
+        .unwrap();
+        assert_eq!((answer.id, answer.seq), (ack.id, ack.seq));
+        let accepted = answering.await.unwrap();
+        // Long enough for a STOP_SENDING queued by either side to go out and arrive.
+        tokio::time::sleep(Duration::from_millis(100)).await;
+        let (asker, answerer) = (connection.stats(), accepted.stats());
+        assert_eq!(asker.frame_tx.stop_sending, 0, "the asker stopped the answer's half");
+        assert_eq!(answerer.frame_tx.stop_sending, 0, "the answerer stopped the message's half");
+        assert_eq!(answerer.frame_rx.stream, 1, "the message and its end came as one frame");
+    }
 }
