@@ -33,10 +33,12 @@ pub async fn work(store: Store, metrics: Arc<Metrics>, stop: CancellationToken) 
         Worker { what: "callbacks", slots: CONCURRENT, tick: Duration::from_millis(250), wake: &store.wake.callbacks };
     let claim = |free| store.claim_callbacks(free);
     worker
-        .each(&stop, claim, |work| {
+        .each(&stop, claim, |work, slot| {
             let (store, client, metrics) = (store.clone(), client.clone(), metrics.clone());
             async move {
                 let (status, outcome) = deliver(&client, &work).await;
+                // The slot bounds calls to hosts; recording the delivery does not call one.
+                slot.free();
                 let counted = if outcome.is_ok() { "delivered" } else { "retry" };
                 metrics.callbacks.get_or_create(&OutcomeLabel { outcome: counted.into() }).inc();
                 let outcome = outcome.map_err(|error| {

@@ -214,7 +214,8 @@ impl Caller for Deliverer {
     }
 }
 
-/// How many service calls for asynchronous requests run at once.
+/// How many service calls for asynchronous requests run at once (their answers are then recorded
+/// without holding a call's place).
 const CONCURRENT_CALLS: usize = 64;
 
 /// Calls the local services for incoming asynchronous requests as the store says they are due,
@@ -224,7 +225,7 @@ pub async fn work(deliverer: Deliverer, store: Store, metrics: Arc<Metrics>, sto
     let worker = Worker { what: "service calls", slots: CONCURRENT_CALLS, tick: Duration::from_millis(500), wake };
     let claim = |free| store.claim_incoming(free);
     worker
-        .each(&stop, claim, |call| {
+        .each(&stop, claim, |call, slot| {
             let (deliverer, store, metrics) = (deliverer.clone(), store.clone(), metrics.clone());
             async move {
                 let extra: Vec<(String, String)> = call
@@ -235,6 +236,8 @@ pub async fn work(deliverer: Deliverer, store: Store, metrics: Arc<Metrics>, sto
                     .collect();
                 let started = std::time::Instant::now();
                 let called = deliverer.call(&call.peer, &call.request, None, &extra).await;
+                // The slot bounds calls to the service; recording the answer does not call it.
+                slot.free();
                 let label = ServiceLabel { service: call.request.service.clone() };
                 metrics.service_duration.get_or_create(&label).observe(started.elapsed().as_secs_f64());
                 let outcome = match called {

@@ -2,7 +2,9 @@
 //! and handle each in a task of its own; idle until woken or the next tick when nothing is due.
 //!
 //! [`crate::callbacks`], [`crate::deliver`] and the link's forwarding loop ([`crate::link`]) each run
-//! one. At stop, a worker claims nothing more and waits for the tasks under way.
+//! one. A task holds its item's slot until it ends, or until it gives the slot back ([`Slot::free`])
+//! once what the slots limit (a call to a service or a host) is over. At stop, a worker claims
+//! nothing more and waits for every task under way.
 
 use std::collections::BTreeMap;
 use std::fmt::Display;
@@ -10,8 +12,9 @@ use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
-use tokio::sync::{Notify, Semaphore};
+use tokio::sync::{Notify, OwnedSemaphorePermit, Semaphore};
 use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
 
 /// A worker's settings.
 #[derive(Debug, Clone, Copy)]
@@ -27,14 +30,14 @@ pub struct Worker<'a> {
 }
 
 impl Worker<'_> {
-    /// Claims up to the free slots with `claim` and runs `handle` on each item in a task of its
-    /// own, until `stop`; then waits for the tasks under way.
+    /// Claims up to the free slots with `claim` and runs `handle` on each item, with its slot, in a
+    /// task of its own, until `stop`; then waits for the tasks under way.
     pub async fn each<T, E, C, CF, H, HF>(self, stop: &CancellationToken, claim: C, handle: H)
     where
         C: FnMut(usize) -> CF,
         CF: Future<Output = Result<Vec<T>, E>>,
         E: Display,
-        H: FnMut(T) -> HF,
+        H: FnMut(T, Slot) -> HF,
         HF: Future<Output = ()> + Send + 'static,
     {
         self.run(stop, claim, |items| items.into_iter().map(|item| (1, item)).collect(), handle).await
@@ -54,7 +57,7 @@ impl Worker<'_> {
         C: FnMut(usize) -> CF,
         CF: Future<Output = Result<Vec<T>, E>>,
         E: Display,
-        H: FnMut(K, Vec<T>) -> HF,
+        H: FnMut(K, Vec<T>, Slot) -> HF,
         HF: Future<Output = ()> + Send + 'static,
     {
         let group = |items: Vec<T>| {
@@ -64,7 +67,7 @@ impl Worker<'_> {
             }
             groups.into_iter().map(|(k, items)| (items.len() as u32, (k, items))).collect()
         };
-        self.run(stop, claim, group, |(k, items)| handle(k, items)).await
+        self.run(stop, claim, group, |(k, items), slot| handle(k, items, slot)).await
     }
 
     /// The loop: `split` turns what was claimed into tasks, each with the slots it takes.
@@ -74,10 +77,11 @@ impl Worker<'_> {
         CF: Future<Output = Result<Vec<T>, E>>,
         E: Display,
         S: FnMut(Vec<T>) -> Vec<(u32, G)>,
-        H: FnMut(G) -> HF,
+        H: FnMut(G, Slot) -> HF,
         HF: Future<Output = ()> + Send + 'static,
     {
         let slots = Arc::new(Semaphore::new(self.slots));
+        let tasks = TaskTracker::new();
         while !stop.is_cancelled() {
             if !slot_free(&slots, stop).await {
                 break;
@@ -99,14 +103,29 @@ impl Worker<'_> {
             }
             for (taken, task) in split(claimed) {
                 let permits = slots.clone().acquire_many_owned(taken).await.expect("the semaphore is never closed");
-                let task = handle(task);
-                tokio::spawn(async move {
+                let slot = Slot(Arc::new(std::sync::Mutex::new(Some(permits))));
+                let task = handle(task, slot.clone());
+                tasks.spawn(async move {
                     task.await;
-                    drop(permits);
+                    drop(slot);
                 });
             }
         }
-        let _ = slots.acquire_many(self.slots as u32).await;
+        tasks.close();
+        tasks.wait().await;
+    }
+}
+
+/// The slots a task's items take, held until the task ends or gives them back. Cheap to clone;
+/// clones share.
+#[derive(Clone)]
+pub struct Slot(Arc<std::sync::Mutex<Option<OwnedSemaphorePermit>>>);
+
+impl Slot {
+    /// Gives the slots back before the task ends: what is left of it (recording the outcome) no
+    /// longer keeps the worker from claiming more. The worker still waits for the task at stop.
+    pub fn free(&self) {
+        self.0.lock().unwrap_or_else(|e| e.into_inner()).take();
     }
 }
 
@@ -166,7 +185,7 @@ mod tests {
             std::future::ready(Ok::<_, String>(vec![(); n]))
         };
         worker
-            .each(&stop, claim, |()| {
+            .each(&stop, claim, |(), _slot| {
                 let (running, most, done) = (running.clone(), most.clone(), done.clone());
                 async move {
                     most.fetch_max(running.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
@@ -179,6 +198,47 @@ mod tests {
         assert_eq!(done.load(Ordering::SeqCst), 7, "returned before all it claimed was handled");
         assert!(most.load(Ordering::SeqCst) <= 2, "{} at once", most.load(Ordering::SeqCst));
         assert!(asked.iter().all(|&free| (1..=2).contains(&free)), "claimed {asked:?}");
+    }
+
+    /// A task that gives its slot back after its call lets the worker claim the next item while
+    /// it records the outcome: every call here is made while the first tasks still wait to record
+    /// (without the slots given back, the worker could never claim the third item). The calls at
+    /// once still keep to the slots, and the worker waits for every task before it returns.
+    #[tokio::test]
+    async fn a_slot_given_back_is_claimed_again_while_its_task_ends() {
+        const ITEMS: usize = 6;
+        let (wake, stop) = (Notify::new(), CancellationToken::new());
+        let worker = Worker { what: "test items", slots: 2, tick: Duration::from_millis(5), wake: &wake };
+        let (calling, most, done) =
+            (Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)), Arc::new(AtomicUsize::new(0)));
+        let (called, _) = tokio::sync::watch::channel(0usize);
+        let called = Arc::new(called);
+        let mut left = ITEMS;
+        let claim = |free: usize| {
+            let n = free.min(left);
+            left -= n;
+            if left == 0 {
+                stop.cancel();
+            }
+            std::future::ready(Ok::<_, String>(vec![(); n]))
+        };
+        let working = worker.each(&stop, claim, |(), slot| {
+            let (calling, most, done, called) = (calling.clone(), most.clone(), done.clone(), called.clone());
+            async move {
+                most.fetch_max(calling.fetch_add(1, Ordering::SeqCst) + 1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                calling.fetch_sub(1, Ordering::SeqCst);
+                slot.free();
+                called.send_modify(|n| *n += 1);
+                let _ = called.subscribe().wait_for(|n| *n == ITEMS).await;
+                done.fetch_add(1, Ordering::SeqCst);
+            }
+        });
+        tokio::time::timeout(Duration::from_secs(10), working)
+            .await
+            .expect("a slot given back was never claimed again");
+        assert_eq!(done.load(Ordering::SeqCst), ITEMS, "returned before all it claimed was handled");
+        assert!(most.load(Ordering::SeqCst) <= 2, "{} calls at once", most.load(Ordering::SeqCst));
     }
 
     /// Items claimed together are handled one task per key, each with its items in the order
@@ -197,7 +257,7 @@ mod tests {
                 &stop,
                 claim,
                 |item| item.0,
-                |key, items| {
+                |key, items, _slot| {
                     let handled = handled.clone();
                     async move {
                         tokio::time::sleep(Duration::from_millis(10)).await;
