@@ -253,6 +253,11 @@ run "ferry pair, sync, one caller" "http://127.0.0.1:$A_API/v1/requests" "$SYNC"
 CONNECTIONS=$MANY
 # Last: the accepted requests are still being carried and called for a while after the run.
 run "ferry pair, async accepted (202 = on disk)" "http://127.0.0.1:$A_API/v1/requests" "$ASYNC" "${PIDS[0]}" "${PIDS[1]}"
+outgoing_left() { # org-a's outgoing requests not yet ended
+  curl -sf "http://127.0.0.1:$A_API/v1/stats" | python3 -c 'import json, sys; o = json.load(sys.stdin)["data"]["outgoing"]; print(o["waiting"] + o["doing"])'
+}
+# What the async run accepted faster than the pipeline ended it: its rate holds only while that grows.
+ASYNC_LEFT="the async run left $(outgoing_left) of its $(awk '/requests in/ {print $1}' "$WORK/wrk.out") accepted requests not yet ended"
 
 rss() { ps -o rss= -p "$1" | awk '{printf "%.0f", $1/1024}'; }
 nginx_rss() { # master and workers of one instance, MiB
@@ -263,9 +268,6 @@ MEM="ferry org-a $(rss "${PIDS[0]}") MiB, org-b $(rss "${PIDS[1]}") MiB; nginx o
 
 # -- the backlog: requests in flight while the peer is down, then drained ---------------------------
 BACKLOG=${FERRY_BENCH_BACKLOG:-10000}
-outgoing_left() { # org-a's outgoing requests not yet ended
-  curl -sf "http://127.0.0.1:$A_API/v1/stats" | python3 -c 'import json, sys; o = json.load(sys.stdin)["data"]["outgoing"]; print(o["waiting"] + o["doing"])'
-}
 for _ in $(seq 600); do [ "$(outgoing_left)" = 0 ] && break; sleep 0.1; done
 kill "${PIDS[1]}"; wait "${PIDS[1]}" 2>/dev/null || true
 echo 5 > "/proc/${PIDS[0]}/clear_refs"
@@ -318,7 +320,7 @@ echo "| -------------------------------------------- | -------: | --------------
 printf '%s\n' "${CPU_ROWS[@]}"
 [ ${#PROFILES[@]} -gt 0 ] && printf '%s\n' "${PROFILES[@]}"
 echo
-echo "Resident memory after the load: $MEM"
+echo "Resident memory after the load: $MEM; $ASYNC_LEFT."
 echo
 echo "Backlog: $BACKLOG_ROW; org-a's peak resident memory while they waited: $RSS_QUEUED MiB; after the drain: $RSS_AFTER."
 
