@@ -45,14 +45,11 @@ pub(super) fn note(
     Ok(())
 }
 
-/// The attempts kept for the outgoing request `id`, oldest first.
-pub(super) fn of(t: &Sql, id: &str) -> Result<Vec<CallbackAttempt>, StoreError> {
-    t.query(
-        "SELECT a.seq, a.at, a.status, a.error FROM callback_attempts a JOIN requests r ON r.seq = a.request
-         WHERE r.direction = 'outgoing' AND r.id = ?1 ORDER BY a.rowid",
-        [id],
-        |r| Ok(CallbackAttempt { seq: r.get(0)?, at: rfc3339(r.get(1)?), status: r.get(2)?, error: r.get(3)? }),
-    )
+/// The attempts kept for the request stored as `request`, oldest first.
+pub(super) fn of(t: &Sql, request: i64) -> Result<Vec<CallbackAttempt>, StoreError> {
+    t.query("SELECT seq, at, status, error FROM callback_attempts WHERE request = ?1 ORDER BY rowid", [request], |r| {
+        Ok(CallbackAttempt { seq: r.get(0)?, at: rfc3339(r.get(1)?), status: r.get(2)?, error: r.get(3)? })
+    })
 }
 
 #[cfg(test)]
@@ -71,10 +68,21 @@ mod tests {
             store.callback_attempted(&work, Some(status), Err((format!("HTTP {status}"), Some(0)))).await.unwrap();
         }
         store.callback_attempted(&work, Some(200), Ok(())).await.unwrap();
-        let kept = store.read(|t| super::of(t, "r1")).await.unwrap();
+        let kept = store
+            .read(|t| super::of(t, t.query_row("SELECT seq FROM requests WHERE id = ?1", ["r1"], |r| r.get(0))?))
+            .await
+            .unwrap();
         assert_eq!(kept.len(), super::PER_REQUEST, "the latest only");
         assert_eq!((kept[0].status, kept[0].error.as_deref()), (Some(406), Some("HTTP 406")), "oldest first");
         assert_eq!((kept.last().unwrap().status, &kept.last().unwrap().error), (Some(200), &None));
-        assert!(store.read(|t| super::of(t, "unknown")).await.unwrap().is_empty());
+        assert!(store.read(|t| super::of(t, -1)).await.unwrap().is_empty());
+        // The request's view shows them, as `callback.history`.
+        let view = serde_json::to_value(store.get("r1").await.unwrap().unwrap()).unwrap();
+        let history = view["callback"]["history"].as_array().unwrap();
+        assert_eq!(history.len(), super::PER_REQUEST);
+        assert_eq!(
+            (&history[0]["status"], &history[0]["error"]),
+            (&serde_json::json!(406), &serde_json::json!("HTTP 406"))
+        );
     }
 }

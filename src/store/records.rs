@@ -309,9 +309,12 @@ impl Store {
                 view,
             )
             .optional()?;
-            let url = found.as_ref().and_then(|viewed| viewed.callback.as_ref().map(|c| c.url.clone()));
-            let Some(view) = found.map(|viewed| complete(t, viewed, true)).transpose()? else { return Ok(None) };
-            let attempts = super::attempts::of(t, &id)?;
+            let Some(viewed) = found else { return Ok(None) };
+            let (row, url) = (viewed.row, viewed.callback.as_ref().map(|c| c.url.clone()));
+            let view = complete(t, viewed, true)?;
+            // By the row: a lookup by id and direction would scan every outgoing request's entry
+            // of the (direction, peer, id) index, which SQLite prefers to the id's own.
+            let attempts = if url.is_some() { super::attempts::of(t, row)? } else { Vec::new() };
             Ok(Some(with_attempts(view, url, attempts)))
         })
         .await
