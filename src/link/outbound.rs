@@ -89,12 +89,16 @@ pub(super) async fn ask<T>(
     let (mut send, mut recv) = connection.open_bi().await?;
     send.write_all(frame).await?;
     let _ = send.finish();
-    let answer = wire::read(&mut recv).await;
-    super::read_end(&mut recv);
-    let unexpected = match answer {
-        Ok(Answer::Refused(refusal)) => return Err(LinkFailure::Refused(refusal)),
+    let unexpected = match wire::read(&mut recv).await {
+        Ok(Answer::Refused(refusal)) => {
+            super::read_end(&mut recv);
+            return Err(LinkFailure::Refused(refusal));
+        }
         Ok(answer) => match expected(answer) {
-            Some(answer) => return Ok(answer),
+            Some(answer) => {
+                super::read_end(&mut recv);
+                return Ok(answer);
+            }
             None => LinkFailure::Noncompliant("the peer answered with an unexpected message".into()),
         },
         Err(e @ FrameError::Misplaced { .. }) => e.into(),
