@@ -69,6 +69,14 @@ async fn a_node_reads_each_message_to_its_end() {
     }
     tokio::time::sleep(std::time::Duration::from_millis(100)).await;
     assert_eq!(rogue.connection.stats().frame_rx.stop_sending, 0);
+
+    // Bytes after the message are not read as anything: the message is answered, and the rest of
+    // the stream is stopped unread.
+    let mut trailing = wire::encode(&request(wire::PROTOCOL_VERSION)).unwrap();
+    trailing.extend([0xde, 0xad, 0xbe, 0xef]);
+    assert!(matches!(rogue.send(&trailing).await, Ok(Answer::Response(_))));
+    tokio::time::sleep(std::time::Duration::from_millis(100)).await;
+    assert_eq!(rogue.connection.stats().frame_rx.stop_sending, 1, "the unread rest is stopped");
 }
 
 #[tokio::test]
