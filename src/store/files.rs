@@ -171,25 +171,48 @@ pub enum ReplyFile {
     Failed(String),
 }
 
+/// The latest reply carrying a file, found by the file's path (`replies_by_file`).
+const REPLY_FILE_STATE: &str =
+    "SELECT next_send_at IS NULL, error FROM replies WHERE file_path = ?1 ORDER BY rowid DESC LIMIT 1";
+
 impl Store {
     /// Where the latest reply of this node carrying the file at `path` stands, if one does.
     pub async fn reply_file_state(&self, path: &str) -> Result<Option<ReplyFile>, StoreError> {
         let path = path.to_owned();
         self.read(move |t| {
-            query_row(
-                t,
-                "SELECT next_send_at IS NULL, error FROM replies WHERE file_path = ?1 ORDER BY rowid DESC LIMIT 1",
-                [path],
-                |r| {
-                    Ok(match (r.get::<bool>(0)?, r.get::<Option<String>>(1)?) {
-                        (_, Some(error)) => ReplyFile::Failed(error),
-                        (true, None) => ReplyFile::Delivered,
-                        (false, None) => ReplyFile::Sending,
-                    })
-                },
-            )
+            query_row(t, REPLY_FILE_STATE, [path], |r| {
+                Ok(match (r.get::<bool>(0)?, r.get::<Option<String>>(1)?) {
+                    (_, Some(error)) => ReplyFile::Failed(error),
+                    (true, None) => ReplyFile::Delivered,
+                    (false, None) => ReplyFile::Sending,
+                })
+            })
             .optional()
         })
         .await
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The inbox asks this for every file it holds at every scan: a file no reply carries yet
+    /// must be a lookup in the index, not a read of every reply the node ever sent.
+    #[tokio::test]
+    async fn a_reply_file_is_looked_up_by_its_path() {
+        let dir = tempfile::tempdir().unwrap();
+        let store = Store::open_for_test(dir.path());
+        assert_eq!(store.reply_file_state("/inbox/none").await.unwrap(), None);
+        if super::super::test_postgres::wanted() {
+            return; // PostgreSQL's planner reads a table this small whole, index or not
+        }
+        let plan = store
+            .read(|t| {
+                t.query(&format!("EXPLAIN QUERY PLAN {REPLY_FILE_STATE}"), ["/inbox/none"], |r| r.get::<String>(3))
+            })
+            .await
+            .unwrap();
+        assert_eq!(plan, ["SEARCH replies USING INDEX replies_by_file (file_path=?)"], "the statement's plan");
     }
 }

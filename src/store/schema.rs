@@ -169,6 +169,10 @@ pub(super) const MIGRATIONS: &[&str] = &[
         started_at INTEGER NOT NULL,
         alive_at INTEGER NOT NULL             -- its last word, every few seconds
     );",
+    // 13: the inbox asks, for each file it holds, which reply carries it
+    // (`Store::reply_file_state`): an index, so that a file with no reply yet does not read
+    // every reply.
+    "CREATE INDEX replies_by_file ON replies (file_path) WHERE file_path IS NOT NULL;",
 ];
 
 /// PostgreSQL's migrations: the first is SQLite's schema up to version 12 at once, with
@@ -308,6 +312,8 @@ pub(super) const POSTGRES_MIGRATIONS: &[&str] = &[
         started_at BIGINT NOT NULL,
         alive_at BIGINT NOT NULL
     );",
+    // 2 (SQLite's 13)
+    "CREATE INDEX replies_by_file ON replies (file_path, rowid) WHERE file_path IS NOT NULL;",
 ];
 
 /// Opens the store's database at `location` (not yet migrated: [`prepare`]).
