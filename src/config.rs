@@ -85,6 +85,11 @@ pub struct NodeConfig {
     pub certs_dir: PathBuf,
     /// Base for callback URLs given as a path.
     pub callback_base: Option<Url>,
+    /// `threads`: the threads that carry requests, peers' links and the API (the store's writer
+    /// and file I/O have threads of their own). One by default: a connection's work then never
+    /// crosses threads, which costs a quarter less CPU per request than a thread per core on a
+    /// small host (BENCHMARKS.md, issue 24); a host that needs more than one core of it sets more.
+    pub threads: usize,
 }
 
 /// `[[peer]]`: a node this one exchanges with.
@@ -306,6 +311,10 @@ pub const MAX_MEMBERS: usize = 16;
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:7443";
 /// Default API address.
 pub const DEFAULT_API: &str = "127.0.0.1:8888";
+/// Default `node.threads`.
+pub const DEFAULT_THREADS: usize = 1;
+/// The most `node.threads`.
+pub const MAX_THREADS: usize = 256;
 /// Default `api.max_connections`: far below the unit's `LimitNOFILE`, so that API clients cannot
 /// take the descriptors the store, the inbox, files and peers need.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
@@ -345,11 +354,15 @@ impl Config {
             let data_dir = dir.join(s.string("data_dir", Some("data")).unwrap_or_default());
             let certs_dir = dir.join(s.string("certs_dir", Some("certs")).unwrap_or_default());
             let callback_base = s.url("callback_base", false);
+            let threads = s.count("threads", DEFAULT_THREADS);
+            if threads > MAX_THREADS {
+                s.problem("threads", format!("must be at most {MAX_THREADS}, e.g. the host's number of cores"));
+            }
             s.finish();
             if !name.is_empty() {
                 check_name(&name, "node.name", &mut errs);
             }
-            NodeConfig { name, listen, api, data_dir, certs_dir, callback_base }
+            NodeConfig { name, listen, api, data_dir, certs_dir, callback_base, threads }
         };
 
         let peers: Vec<PeerConfig> = peers
@@ -981,6 +994,16 @@ mod tests {
         let err = with(r#"["X-Ferry-Peer", "Host", "bad name"]"#).unwrap_err();
         assert_eq!(err.problems.len(), 3, "{err}");
         assert!(err.problems.iter().all(|p| p.starts_with("service[0].pass_headers: ")), "{err}");
+    }
+
+    #[test]
+    fn threads_default_to_one_and_are_checked() {
+        assert_eq!(parse("[node]\nname = \"org-a\"").unwrap().node.threads, 1);
+        assert_eq!(parse("[node]\nname = \"org-a\"\nthreads = 4").unwrap().node.threads, 4);
+        for bad in ["0", "257", "\"auto\""] {
+            let err = parse(&format!("[node]\nname = \"org-a\"\nthreads = {bad}")).unwrap_err();
+            assert!(err.to_string().contains("node.threads: must be"), "threads = {bad}: {err}");
+        }
     }
 
     #[test]

@@ -255,6 +255,7 @@ pub async fn run_with(
         api = %listener.local_addr()?,
         link = %link.local_addr(),
         fingerprint = %keys.load().current.fingerprint,
+        threads = tokio::runtime::Handle::current().metrics().num_workers(),
         "serving"
     );
     let Controls { reload: sighup, notifier } = controls;
@@ -395,6 +396,9 @@ impl Reloader {
         }
         if new.node.certs_dir != old.node.certs_dir {
             restart.push("node.certs_dir");
+        }
+        if new.node.threads != old.node.threads {
+            restart.push("node.threads");
         }
         if new.evidence != old.evidence {
             // Including evidence.tsa_url, tsa_cert and tsa_every: the stamping task starts with the node.

@@ -374,6 +374,31 @@ async fn deprecated_and_disabled_services_take_effect_on_sighup() {
     request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
 }
 
+/// `[node] threads` is the number of threads the running node carries its requests on (one by
+/// default), as its start-up line says from the runtime itself.
+#[test]
+fn the_node_runs_on_the_threads_its_config_names() {
+    let root = tempfile::tempdir().unwrap();
+    for (name, threads) in [("org-a", None), ("org-b", Some(3))] {
+        let node = init_on_loopback(root.path(), name).dir;
+        if let Some(n) = threads {
+            let config = fs::read_to_string(&node.config).unwrap();
+            fs::write(&node.config, config.replacen("[node]\n", &format!("[node]\nthreads = {n}\n"), 1)).unwrap();
+        }
+        let mut running = run_node(&node, name);
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while !running.run_log().contains("serving") {
+            assert!(Instant::now() < deadline, "no serving line:\n{}", running.run_log());
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        let status = running.terminate("TERM", Duration::from_secs(10));
+        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", running.run_log());
+        let want = format!("threads={}", threads.unwrap_or(1));
+        let log = running.run_log();
+        assert!(log.lines().any(|l| l.contains("serving") && l.contains(&want)), "{want} not in:\n{log}");
+    }
+}
+
 #[test]
 fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
     let root = tempfile::tempdir().unwrap();

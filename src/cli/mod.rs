@@ -605,8 +605,11 @@ fn edited(config: &Path, change: String, json: Option<serde_json::Value>) -> Res
 fn run_node(path: &Path) -> Result<(), CliError> {
     let config = Config::load(path)?;
     let sockets = node::Sockets::bind(&config).map_err(|e| CliError::failed(e.to_string()))?;
-    let runtime =
-        tokio::runtime::Runtime::new().map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(config.node.threads)
+        .enable_all()
+        .build()
+        .map_err(|e| CliError::failed(format!("cannot start the runtime: {e}")))?;
     runtime
         .block_on(async {
             let (reload, reloads) = tokio::sync::mpsc::channel(1);
