@@ -96,6 +96,7 @@ api = "{api}"           # local REST API for host apps
 data_dir = {data}                # store, received files, inbox
 certs_dir = "certs"              # node.pem, node.key, peers/*.pem
 # callback_base = "http://127.0.0.1:8080"   # base for callback urls given as a path
+# threads = 1                    # threads for requests, links and the API; more only past a core of that work
 
 [files]
 send_roots = [{roots}]          # a host may send only files below these folders
