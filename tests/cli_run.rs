@@ -374,6 +374,18 @@ async fn deprecated_and_disabled_services_take_effect_on_sighup() {
     request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
 }
 
+/// Waits for `node`'s serving line, stops it with SIGTERM (it must exit 0) and returns its log.
+fn serve_then_stop(mut node: RunningNode) -> String {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    while !node.run_log().contains("serving") {
+        assert!(Instant::now() < deadline, "no serving line:\n{}", node.run_log());
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    let status = node.terminate("TERM", Duration::from_secs(10));
+    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.run_log());
+    node.run_log()
+}
+
 /// `[node] threads` is the number of threads the running node carries its requests on (one by
 /// default), as its start-up line says from the runtime itself.
 #[test]
@@ -385,16 +397,8 @@ fn the_node_runs_on_the_threads_its_config_names() {
             let config = fs::read_to_string(&node.config).unwrap();
             fs::write(&node.config, config.replacen("[node]\n", &format!("[node]\nthreads = {n}\n"), 1)).unwrap();
         }
-        let mut running = run_node(&node, name);
-        let deadline = Instant::now() + Duration::from_secs(15);
-        while !running.run_log().contains("serving") {
-            assert!(Instant::now() < deadline, "no serving line:\n{}", running.run_log());
-            std::thread::sleep(Duration::from_millis(50));
-        }
-        let status = running.terminate("TERM", Duration::from_secs(10));
-        assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", running.run_log());
+        let log = serve_then_stop(run_node(&node, name));
         let want = format!("threads={}", threads.unwrap_or(1));
-        let log = running.run_log();
         assert!(log.lines().any(|l| l.contains("serving") && l.contains(&want)), "{want} not in:\n{log}");
     }
 }
@@ -403,15 +407,7 @@ fn the_node_runs_on_the_threads_its_config_names() {
 fn under_journald_log_lines_carry_priorities_and_no_timestamps() {
     let root = tempfile::tempdir().unwrap();
     let a = init_on_loopback(root.path(), "org-a");
-    let mut node = run_node_with(&a.dir, "org-a", &[("JOURNAL_STREAM", "8:12345")]);
-    let deadline = Instant::now() + Duration::from_secs(15);
-    while !node.run_log().contains("serving") {
-        assert!(Instant::now() < deadline, "no serving line:\n{}", node.run_log());
-        std::thread::sleep(Duration::from_millis(50));
-    }
-    let status = node.terminate("TERM", Duration::from_secs(10));
-    assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.run_log());
-    let text = node.run_log();
+    let text = serve_then_stop(run_node_with(&a.dir, "org-a", &[("JOURNAL_STREAM", "8:12345")]));
     let lines = lines(&text);
     assert!(lines.iter().any(|l| l.starts_with("<6>serving node=org-a")), "{text}");
     assert!(lines.iter().any(|l| l.starts_with("<6>") && l.contains("stopped")), "{text}");
