@@ -87,8 +87,8 @@ pub struct NodeConfig {
     pub callback_base: Option<Url>,
     /// `threads`: the threads that carry requests, peers' links and the API (the store's writer
     /// and file I/O have threads of their own). One by default: a connection's work then never
-    /// crosses threads, which costs a quarter less CPU per request than a thread per core on a
-    /// small host (BENCHMARKS.md, issue 24); a host that needs more than one core of it sets more.
+    /// crosses threads, which costs 12–35% less CPU per request than a thread per core on a small
+    /// host (BENCHMARKS.md, issue 24); a host that needs more than one core of it sets more.
     pub threads: usize,
 }
 
