@@ -374,33 +374,47 @@ async fn deprecated_and_disabled_services_take_effect_on_sighup() {
     request_until_ok(&client, a.api, "org-b", "1", Duration::from_secs(10), &[&node_a, &node_b]).await;
 }
 
-/// Waits for `node`'s serving line, stops it with SIGTERM (it must exit 0) and returns its log.
-fn serve_then_stop(mut node: RunningNode) -> String {
+/// Waits until `node`'s log holds `text`.
+fn wait_for_log(node: &RunningNode, text: &str) {
     let deadline = Instant::now() + Duration::from_secs(15);
-    while !node.run_log().contains("serving") {
-        assert!(Instant::now() < deadline, "no serving line:\n{}", node.run_log());
+    while !node.run_log().contains(text) {
+        assert!(Instant::now() < deadline, "no `{text}` in the log:\n{}", node.run_log());
         std::thread::sleep(Duration::from_millis(50));
     }
+}
+
+/// Waits for `node`'s serving line, stops it with SIGTERM (it must exit 0) and returns its log.
+fn serve_then_stop(mut node: RunningNode) -> String {
+    wait_for_log(&node, "serving");
     let status = node.terminate("TERM", Duration::from_secs(10));
     assert_eq!(status.and_then(|s| s.code()), Some(0), "{}", node.run_log());
     node.run_log()
 }
 
 /// `[node] threads` is the number of threads the running node carries its requests on (one by
-/// default), as its start-up line says from the runtime itself.
+/// default), as its start-up line says from the runtime itself; a reload that changes it says that
+/// it waits for the next start.
 #[test]
 fn the_node_runs_on_the_threads_its_config_names() {
     let root = tempfile::tempdir().unwrap();
-    for (name, threads) in [("org-a", None), ("org-b", Some(3))] {
-        let node = init_on_loopback(root.path(), name).dir;
-        if let Some(n) = threads {
-            let config = fs::read_to_string(&node.config).unwrap();
-            fs::write(&node.config, config.replacen("[node]\n", &format!("[node]\nthreads = {n}\n"), 1)).unwrap();
-        }
-        let log = serve_then_stop(run_node(&node, name));
-        let want = format!("threads={}", threads.unwrap_or(1));
-        assert!(log.lines().any(|l| l.contains("serving") && l.contains(&want)), "{want} not in:\n{log}");
-    }
+    let set_threads = |node: &NodeDir, n: usize| {
+        let config = fs::read_to_string(&node.config).unwrap();
+        let config = config.lines().filter(|l| !l.starts_with("threads =")).collect::<Vec<_>>().join("\n");
+        fs::write(&node.config, config.replacen("[node]\n", &format!("[node]\nthreads = {n}\n"), 1)).unwrap();
+    };
+    let a = init_on_loopback(root.path(), "org-a").dir;
+    let log = serve_then_stop(run_node(&a, "org-a"));
+    assert!(log.lines().any(|l| l.contains("serving") && l.contains("threads=1")), "threads=1 not in:\n{log}");
+
+    let b = init_on_loopback(root.path(), "org-b").dir;
+    set_threads(&b, 3);
+    let node = run_node(&b, "org-b");
+    wait_for_log(&node, "serving");
+    set_threads(&b, 2);
+    node.signal("HUP");
+    wait_for_log(&node, "node.threads take effect only at the next start");
+    let log = serve_then_stop(node);
+    assert!(log.lines().any(|l| l.contains("serving") && l.contains("threads=3")), "threads=3 not in:\n{log}");
 }
 
 #[test]
