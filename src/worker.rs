@@ -44,8 +44,8 @@ impl Worker<'_> {
     }
 
     /// Claims up to the free slots with `claim`, groups the items by `key`, and runs `handle` on
-    /// each group, in key order, in a task of its own that takes one slot per item; until `stop`,
-    /// then waits for the tasks under way.
+    /// each group, in key order, in a task of its own that holds one slot per item until it ends;
+    /// until `stop`, then waits for the tasks under way.
     pub async fn by<T, K, E, C, CF, H, HF>(
         self,
         stop: &CancellationToken,
@@ -57,7 +57,7 @@ impl Worker<'_> {
         C: FnMut(usize) -> CF,
         CF: Future<Output = Result<Vec<T>, E>>,
         E: Display,
-        H: FnMut(K, Vec<T>, Slot) -> HF,
+        H: FnMut(K, Vec<T>) -> HF,
         HF: Future<Output = ()> + Send + 'static,
     {
         let group = |items: Vec<T>| {
@@ -67,7 +67,7 @@ impl Worker<'_> {
             }
             groups.into_iter().map(|(k, items)| (items.len() as u32, (k, items))).collect()
         };
-        self.run(stop, claim, group, |(k, items), slot| handle(k, items, slot)).await
+        self.run(stop, claim, group, |(k, items), _slot| handle(k, items)).await
     }
 
     /// The loop: `split` turns what was claimed into tasks, each with the slots it takes.
@@ -257,7 +257,7 @@ mod tests {
                 &stop,
                 claim,
                 |item| item.0,
-                |key, items, _slot| {
+                |key, items| {
                     let handled = handled.clone();
                     async move {
                         tokio::time::sleep(Duration::from_millis(10)).await;

@@ -35,7 +35,7 @@ impl Link {
                 &stop,
                 claim,
                 |work| work.peer().to_owned(),
-                |peer, batch, _slots| {
+                |peer, batch| {
                     let (link, stop) = (self.clone(), stop.clone());
                     async move { link.forward_to(&peer, batch, &stop).await }
                 },
